@@ -1,0 +1,31 @@
+"""Dense level ``d``: every coordinate 0..N-1 under every parent position."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .level import Level
+
+
+@dataclass(frozen=True)
+class Dense(Level):
+    letter: ClassVar[str] = "d"
+    arrays: ClassVar[tuple] = ()
+
+    @property
+    def is_dense(self) -> bool:
+        return True
+
+    @property
+    def locatable(self) -> bool:
+        return True
+
+    @property
+    def full(self) -> bool:
+        return True
+
+    def num_positions(self, parent_positions, dim_size, arrays):
+        return parent_positions * dim_size
+
+    def spec(self) -> str:
+        return "d"

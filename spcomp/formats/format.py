@@ -1,0 +1,254 @@
+"""Formats: one level kind per stored dimension plus a mode ordering (DESIGN §3).
+
+``Format(levels, order)``: level ``l`` stores tensor dimension ``order[l]``.
+Format strings: level letters ``d`` ``c`` ``q`` ``p(B,K)`` / ``p(K)`` with
+optional flags (``c(nonunique)``, ``q(unordered)``, ``p(256,32,unordered)``),
+an optional mode order after a colon (``"dc:1,0"`` is CSC), or a preset name:
+``dense csr csc coo dcsr csf ell(K=..) twell(B=..,K=..)``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..errors import FormatError
+from .compressed import Compressed
+from .dense import Dense
+from .level import Level
+from .packed import PackedBlock
+from .singleton import Singleton
+
+
+@dataclass(frozen=True)
+class Format:
+    levels: tuple
+    order: tuple = None  # type: ignore[assignment]
+    name: str | None = None  # the preset it came from, for printing
+
+    def __post_init__(self):
+        levels = tuple(self.levels)
+        object.__setattr__(self, "levels", levels)
+        order = tuple(range(len(levels))) if self.order is None else tuple(int(o) for o in self.order)
+        object.__setattr__(self, "order", order)
+        if sorted(order) != list(range(len(levels))):
+            raise FormatError(f"format {self.spec()!r}: mode order {order} is not a permutation "
+                              f"of 0..{len(levels) - 1}")
+        for lvl in levels:
+            if not isinstance(lvl, Level):
+                raise FormatError(f"format level {lvl!r} is not a Level")
+        for l, lvl in enumerate(levels):
+            if isinstance(lvl, Singleton) and l == 0:
+                raise FormatError(f"format {self.spec()!r}: a singleton level (q) needs a parent level "
+                                  "above it; use 'coo' = c(nonunique) q for coordinate lists")
+
+    # ------------------------------------------------------------ facts
+    @property
+    def ndim(self) -> int:
+        return len(self.levels)
+
+    @property
+    def is_dense(self) -> bool:
+        return all(l.is_dense for l in self.levels)
+
+    def level_of_dim(self, dim: int) -> int:
+        return self.order.index(dim)
+
+    def spec(self) -> str:
+        text = "".join(l.spec() for l in self.levels)
+        if self.order is not None and tuple(self.order) != tuple(range(len(self.levels))):
+            text += ":" + ",".join(str(o) for o in self.order)
+        return text
+
+    def __str__(self) -> str:
+        return self.name or self.spec()
+
+    def __repr__(self) -> str:
+        return f"Format({self.spec()!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Format) and self.levels == other.levels and self.order == other.order
+
+    def __hash__(self) -> int:
+        return hash((self.levels, self.order))
+
+    def with_order(self, order) -> "Format":
+        return Format(self.levels, tuple(order))
+
+    # ---------------------------------------------------------- presets
+    @staticmethod
+    def dense(ndim: int) -> "Format":
+        return Format((Dense(),) * ndim, name="dense")
+
+    @staticmethod
+    def csr() -> "Format":
+        return Format((Dense(), Compressed()), name="csr")
+
+    @staticmethod
+    def csc() -> "Format":
+        return Format((Dense(), Compressed()), (1, 0), name="csc")
+
+    @staticmethod
+    def dcsr() -> "Format":
+        return Format((Compressed(), Compressed()), name="dcsr")
+
+    @staticmethod
+    def coo(ndim: int = 2) -> "Format":
+        if ndim == 1:
+            return Format((Compressed(),), name="coo")
+        levels = [Compressed(unique=False)] + [Singleton(unique=False)] * (ndim - 2) + [Singleton()]
+        return Format(tuple(levels), name="coo")
+
+    @staticmethod
+    def csf(ndim: int = 3) -> "Format":
+        return Format((Compressed(),) * ndim, name="csf")
+
+    @staticmethod
+    def twell(B: int = 256, K: int = 32, ndim: int = 2) -> "Format":
+        """TwELL: dense rows, each cut in tiles of B columns with K slots per tile."""
+        return Format((Dense(),) * (ndim - 1) + (PackedBlock(B, K),), name=f"twell(B={B},K={K})")
+
+    @staticmethod
+    def ell(K: int = 32, ndim: int = 2) -> "Format":
+        """ELLPACK: dense rows with K slots each."""
+        return Format((Dense(),) * (ndim - 1) + (PackedBlock(None, K),), name=f"ell(K={K})")
+
+    # ----------------------------------------------------------- parsing
+    @staticmethod
+    def parse(spec, ndim: int | None = None) -> "Format":
+        """A Format from a string, a Format, or a sequence of level letters.
+
+        ``ndim`` is the tensor's order; presets like ``dense`` and ``coo`` need it,
+        and the result is checked against it.
+        """
+        if isinstance(spec, Format):
+            fmt = spec
+        elif isinstance(spec, str):
+            fmt = _parse_string(spec.strip(), ndim)
+        else:
+            raise FormatError(f"a format is a string or spcomp.Format, not {type(spec).__name__}")
+        if ndim is not None and fmt.ndim != ndim:
+            raise FormatError(f"format {str(fmt)!r} has {fmt.ndim} level(s) but the tensor has "
+                              f"{ndim} dimension(s)")
+        return fmt
+
+
+_PRESET_ARGS = re.compile(r"^(\w+)\s*(?:\((.*)\))?$")
+
+
+def _preset(name: str, args: str | None, ndim: int | None) -> Format | None:
+    kwargs: dict = {}
+    if args:
+        for part in args.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "=" not in part:
+                raise FormatError(f"format {name}({args}): write parameters as NAME=VALUE, e.g. "
+                                  f"twell(B=256,K=32)")
+            key, value = (s.strip() for s in part.split("=", 1))
+            if key not in ("B", "K"):
+                raise FormatError(f"format {name}({args}): unknown parameter {key!r} (expected B or K)")
+            try:
+                kwargs[key] = int(value)
+            except ValueError:
+                raise FormatError(f"format {name}({args}): {key} must be an integer, got {value!r}") from None
+    simple = {"csr": Format.csr, "csc": Format.csc, "dcsr": Format.dcsr}
+    if name in simple:
+        if args:
+            raise FormatError(f"format {name!r} takes no parameters")
+        return simple[name]()
+    nd = 2 if ndim is None else ndim
+    if name == "dense":
+        if ndim is None:
+            raise FormatError("format 'dense' needs the tensor's order")
+        return Format.dense(ndim)
+    if name == "coo":
+        return Format.coo(nd)
+    if name == "csf":
+        return Format.csf(3 if ndim is None else ndim)
+    if name == "twell":
+        if "B" in kwargs and "K" not in kwargs:
+            kwargs["K"] = max(1, kwargs["B"] // 8)
+        return Format.twell(kwargs.get("B", 256), kwargs.get("K", 32), nd)
+    if name == "ell":
+        if "B" in kwargs:
+            raise FormatError("format 'ell' has one block per row: give only K, e.g. ell(K=16)")
+        return Format.ell(kwargs.get("K", 32), nd)
+    return None
+
+
+_LEVEL = re.compile(r"\s*([dcqp])(?:\(([^)]*)\))?")
+
+
+def _parse_levels(text: str) -> tuple:
+    levels = []
+    pos = 0
+    while pos < len(text):
+        if text[pos].isspace():
+            pos += 1
+            continue
+        m = _LEVEL.match(text, pos)
+        if not m:
+            raise FormatError(f"format {text!r}: cannot read a level at {text[pos:]!r}; levels are "
+                              "d, c, q, p(B,K) or a preset (dense csr csc coo dcsr csf ell twell)")
+        letter, args = m.group(1), m.group(2)
+        flags = [a.strip() for a in args.split(",")] if args is not None else []
+        levels.append(_make_level(letter, flags, text))
+        pos = m.end()
+    if not levels:
+        raise FormatError(f"format {text!r} has no levels")
+    return tuple(levels)
+
+
+def _make_level(letter: str, flags: list, text: str) -> Level:
+    words = [f for f in flags if f and not f.lstrip("-").isdigit()]
+    numbers = [int(f) for f in flags if f and f.lstrip("-").isdigit()]
+    for w in words:
+        if w not in ("nonunique", "unordered"):
+            raise FormatError(f"format {text!r}: unknown level flag {w!r} (known: nonunique, unordered)")
+    ordered = "unordered" not in words
+    unique = "nonunique" not in words
+    if letter == "d":
+        if flags:
+            raise FormatError(f"format {text!r}: a dense level takes no flags")
+        return Dense()
+    if letter == "c":
+        if numbers:
+            raise FormatError(f"format {text!r}: a compressed level takes no numbers")
+        return Compressed(ordered=ordered, unique=unique)
+    if letter == "q":
+        if numbers:
+            raise FormatError(f"format {text!r}: a singleton level takes no numbers")
+        return Singleton(ordered=ordered, unique=unique)
+    if not unique:
+        raise FormatError(f"format {text!r}: a packed-block level is always unique")
+    if len(numbers) == 2:
+        return PackedBlock(numbers[0], numbers[1], ordered=ordered)
+    if len(numbers) == 1:
+        return PackedBlock(None, numbers[0], ordered=ordered)
+    raise FormatError(f"format {text!r}: a packed-block level is p(B,K) or p(K)")
+
+
+def _parse_string(text: str, ndim: int | None) -> Format:
+    if not text:
+        raise FormatError("empty format string")
+    body, _, order_text = text.partition(":")
+    m = _PRESET_ARGS.match(body.strip())
+    if m and m.group(1) in ("dense", "csr", "csc", "coo", "dcsr", "csf", "twell", "ell"):
+        fmt = _preset(m.group(1), m.group(2), ndim)
+        if order_text:
+            return Format(fmt.levels, _parse_order(order_text, text), name=None)
+        return fmt
+    levels = _parse_levels(body)
+    order = _parse_order(order_text, text) if order_text else None
+    if order is not None and len(order) != len(levels):
+        raise FormatError(f"format {text!r}: mode order has {len(order)} entries for {len(levels)} levels")
+    return Format(levels, order)
+
+
+def _parse_order(order_text: str, text: str) -> tuple:
+    try:
+        return tuple(int(x) for x in order_text.split(","))
+    except ValueError:
+        raise FormatError(f"format {text!r}: the mode order after ':' is a comma-separated list "
+                          "of dimensions, e.g. 'dc:1,0'") from None

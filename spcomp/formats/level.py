@@ -1,0 +1,56 @@
+"""The level protocol: what every level kind tells the runtime and the lowerer.
+
+A tensor's storage is a stack of levels, one per stored dimension. Level ``l``
+sits under a parent that has some number of *positions* (1 for the first
+level); every level maps each parent position to a set of (coordinate,
+position) pairs of its own. Values live in one array indexed by the positions
+of the last level.
+
+Concrete kinds live in one module each (``dense``, ``compressed``,
+``singleton``, ``packed``). The runtime asks a level for its array names and
+how many positions it has; the lowerer asks it what it *can do*
+(``iterable``, ``locatable``, ``appendable`` ...) and for the IR that does it,
+never what it *is*.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class Level:
+    """Base class of level kinds. Subclasses are frozen dataclasses."""
+
+    letter: ClassVar[str] = "?"
+    # Names of the integer arrays this level stores, in the kernel's parameter order.
+    arrays: ClassVar[tuple] = ()
+
+    # ----- facts the lowerer and runtime consult
+    ordered = True  # plain class attributes here; kinds that vary them make them fields
+    unique = True
+
+    @property
+    def is_dense(self) -> bool:
+        return False
+
+    @property
+    def locatable(self) -> bool:
+        """Can find the position of a given coordinate in O(1)."""
+        return False
+
+    @property
+    def full(self) -> bool:
+        """Stores every coordinate of the dimension under every parent position."""
+        return False
+
+    def num_positions(self, parent_positions: int, dim_size: int, arrays: dict) -> int:
+        """How many positions this level has, given its parent's and its arrays."""
+        raise NotImplementedError
+
+    def spec(self) -> str:
+        """This level in format-string syntax."""
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return self.spec()

@@ -1,0 +1,271 @@
+"""The kernel IR: a small imperative language both backends consume.
+
+Expressions and statements are frozen dataclasses. A kernel is a
+:class:`Module` of :class:`Function` s; every function returns an ``i32``
+status (0 = success, see :data:`STATUS_CODES`). Parameters are scalars
+(``i64``) or pointers to typed arrays; pointer parameters never alias each
+other (the runtime guarantees it), so backends may mark them ``noalias`` /
+``__restrict__``.
+
+Conventions every backend follows:
+
+* Integer arithmetic is in the type of the operands; the lowerer inserts
+  :class:`Cast` where types differ, so backends never guess.
+* ``Load``/``Store`` index arrays by element, not byte.
+* ``For`` runs ``var`` from ``start`` (inclusive) to ``end`` (exclusive) by 1.
+  ``parallel`` is ``None`` or a mapping name: ``"threads"`` (CPU: the runtime
+  calls the function over sub-ranges ``[lo, hi)``; the lowerer only puts it on
+  the outermost loop, whose bounds are then the ``lo``/``hi`` params),
+  ``"gpu-block"``, ``"gpu-thread"``, ``"gpu-warp"``.
+* ``Allocate``/``Reallocate``/``Free`` manage heap arrays held in pointer
+  variables (CPU: malloc/realloc/free from libc; ``zero`` means calloc).
+* ``Sort`` sorts ``count`` integers of ``array`` starting at ``start`` ascending.
+* ``Return`` leaves the function with a status code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+from .types import BOOL, F32, F64, I32, I64, PointerType, ScalarType, Type
+
+STATUS_OK = 0
+STATUS_PACKED_OVERFLOW = 1
+STATUS_OUT_OF_MEMORY = 2
+STATUS_CODES = {
+    STATUS_OK: "ok",
+    STATUS_PACKED_OVERFLOW: "a packed-block level got more nonzeros in a block than it has slots",
+    STATUS_OUT_OF_MEMORY: "the kernel could not allocate memory",
+}
+
+
+# ---------------------------------------------------------------- expressions
+
+@dataclass(frozen=True)
+class Var:
+    name: str
+    type: Type
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Const:
+    value: Union[int, float, bool]
+    type: ScalarType
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+@dataclass(frozen=True)
+class Load:
+    array: "Expr"  # of PointerType
+    index: "Expr"
+
+    @property
+    def type(self) -> Type:
+        return self.array.type.elem
+
+
+BINARY_OPS = ("+", "-", "*", "/", "%", "<", "<=", ">", ">=", "==", "!=",
+              "&&", "||", "min", "max", "<<", ">>", "&", "|")
+COMPARISONS = ("<", "<=", ">", ">=", "==", "!=", "&&", "||")
+
+
+@dataclass(frozen=True)
+class Binary:
+    op: str
+    lhs: "Expr"
+    rhs: "Expr"
+
+    @property
+    def type(self) -> Type:
+        return BOOL if self.op in COMPARISONS else self.lhs.type
+
+
+@dataclass(frozen=True)
+class Unary:
+    op: str  # '-' or '!'
+    operand: "Expr"
+
+    @property
+    def type(self) -> Type:
+        return self.operand.type
+
+
+INTRINSICS = ("exp", "log", "sqrt", "abs", "tanh", "erf")
+
+
+@dataclass(frozen=True)
+class Call:
+    """A math intrinsic on a float value: one of :data:`INTRINSICS`."""
+    func: str
+    args: tuple
+    type: ScalarType
+
+
+@dataclass(frozen=True)
+class Select:
+    cond: "Expr"
+    if_true: "Expr"
+    if_false: "Expr"
+
+    @property
+    def type(self) -> Type:
+        return self.if_true.type
+
+
+@dataclass(frozen=True)
+class Cast:
+    value: "Expr"
+    type: ScalarType
+
+
+Expr = Union[Var, Const, Load, Binary, Unary, Call, Select, Cast]
+
+
+# ----------------------------------------------------------------- statements
+
+@dataclass(frozen=True)
+class Comment:
+    text: str
+
+
+@dataclass(frozen=True)
+class Declare:
+    var: Var
+    init: Expr | None = None
+
+
+@dataclass(frozen=True)
+class Assign:
+    var: Var
+    value: Expr
+
+
+@dataclass(frozen=True)
+class Store:
+    array: Expr
+    index: Expr
+    value: Expr
+
+
+@dataclass(frozen=True)
+class AtomicAdd:
+    array: Expr
+    index: Expr
+    value: Expr
+
+
+@dataclass(frozen=True)
+class Block:
+    body: tuple = ()
+
+
+@dataclass(frozen=True)
+class For:
+    var: Var
+    start: Expr
+    end: Expr
+    body: Block
+    parallel: str | None = None
+    vectorize: int = 0  # preferred vector width hint; 0 = backend decides
+    unroll: int = 0     # unroll factor hint; 0 = backend decides
+
+
+@dataclass(frozen=True)
+class While:
+    cond: Expr
+    body: Block
+
+
+@dataclass(frozen=True)
+class If:
+    cond: Expr
+    then: Block
+    otherwise: Block | None = None
+
+
+@dataclass(frozen=True)
+class Allocate:
+    var: Var  # of PointerType; declared by this statement
+    count: Expr
+    zero: bool = False
+
+
+@dataclass(frozen=True)
+class Reallocate:
+    var: Var
+    count: Expr
+
+
+@dataclass(frozen=True)
+class Free:
+    var: Var
+
+
+@dataclass(frozen=True)
+class Sort:
+    array: Expr
+    start: Expr
+    count: Expr
+
+
+@dataclass(frozen=True)
+class Return:
+    status: int = STATUS_OK
+
+
+Stmt = Union[Comment, Declare, Assign, Store, AtomicAdd, Block, For, While, If,
+             Allocate, Reallocate, Free, Sort, Return]
+
+
+@dataclass(frozen=True)
+class Function:
+    name: str
+    params: tuple  # of Var
+    body: Block
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Module:
+    functions: tuple  # of Function
+    entry: str = ""
+
+    def function(self, name: str) -> Function:
+        for f in self.functions:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+
+# -------------------------------------------------------------- small helpers
+
+def const(value, type_: ScalarType) -> Const:
+    if type_.is_float:
+        return Const(float(value), type_)
+    if type_ == BOOL:
+        return Const(bool(value), type_)
+    return Const(int(value), type_)
+
+
+def i64(value: int) -> Const:
+    return Const(int(value), I64)
+
+
+def block(*stmts) -> Block:
+    """A Block from statements, flattening nested Blocks and dropping Nones."""
+    out = []
+    for s in stmts:
+        if s is None:
+            continue
+        if isinstance(s, Block):
+            out.extend(s.body)
+        elif isinstance(s, (list, tuple)):
+            out.extend(block(*s).body)
+        else:
+            out.append(s)
+    return Block(tuple(out))

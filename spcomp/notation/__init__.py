@@ -1,0 +1,4 @@
+"""Index notation (typed expression trees) and the helpers that walk them."""
+from .nodes import (FUNCTIONS, Access, Add, Assignment, Call, Div, IndexVar,
+                    Literal, Mul, Neg, Sub, Sum, TensorVar, accesses, children,
+                    free_indices)

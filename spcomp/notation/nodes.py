@@ -1,0 +1,184 @@
+"""Index notation: the typed, checked form of an expression (DESIGN §4).
+
+The frontend turns parsed text into one :class:`Assignment`. Implicit sums
+are explicit :class:`Sum` nodes, placed by the TACO rule: a sum wraps the
+smallest sub-expression that holds every use of its index. Tensors carry
+their format and value dtype; dimension sizes stay symbolic until a kernel
+is called.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+# Functions the language knows: name -> (arity, maps zero to zero)
+FUNCTIONS = {
+    "relu": (1, True),
+    "gelu": (1, True),
+    "silu": (1, True),
+    "abs": (1, True),
+    "sqrt": (1, True),
+    "tanh": (1, True),
+    "exp": (1, False),
+    "log": (1, False),
+    "max": (2, True),
+    "min": (2, True),
+}
+
+
+@dataclass(frozen=True)
+class IndexVar:
+    name: str
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class TensorVar:
+    name: str
+    order: int
+    format: "object"  # spcomp.formats.Format
+    dtype: str = "float64"  # numpy dtype name of stored values ('bfloat16' allowed)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Access:
+    tensor: TensorVar
+    indices: tuple  # of IndexVar
+
+    def __repr__(self) -> str:
+        if not self.indices:
+            return self.tensor.name
+        return f"{self.tensor.name}[{','.join(i.name for i in self.indices)}]"
+
+
+@dataclass(frozen=True)
+class Literal:
+    value: float
+
+    def __repr__(self) -> str:
+        v = self.value
+        return repr(int(v)) if float(v).is_integer() else repr(v)
+
+
+@dataclass(frozen=True)
+class Neg:
+    operand: "Expr"
+
+    def __repr__(self) -> str:
+        return f"-{self.operand!r}"
+
+
+@dataclass(frozen=True)
+class Add:
+    lhs: "Expr"
+    rhs: "Expr"
+
+    def __repr__(self) -> str:
+        return f"({self.lhs!r} + {self.rhs!r})"
+
+
+@dataclass(frozen=True)
+class Sub:
+    lhs: "Expr"
+    rhs: "Expr"
+
+    def __repr__(self) -> str:
+        return f"({self.lhs!r} - {self.rhs!r})"
+
+
+@dataclass(frozen=True)
+class Mul:
+    lhs: "Expr"
+    rhs: "Expr"
+
+    def __repr__(self) -> str:
+        return f"{self.lhs!r} * {self.rhs!r}"
+
+
+@dataclass(frozen=True)
+class Div:
+    lhs: "Expr"
+    rhs: "Expr"
+
+    def __repr__(self) -> str:
+        return f"{self.lhs!r} / {self.rhs!r}"
+
+
+@dataclass(frozen=True)
+class Call:
+    func: str
+    args: tuple
+
+    def __repr__(self) -> str:
+        return f"{self.func}({', '.join(repr(a) for a in self.args)})"
+
+
+@dataclass(frozen=True)
+class Sum:
+    index: IndexVar
+    body: "Expr"
+
+    def __repr__(self) -> str:
+        return f"sum({self.index.name}, {self.body!r})"
+
+
+Expr = Union[Access, Literal, Neg, Add, Sub, Mul, Div, Call, Sum]
+
+
+@dataclass(frozen=True)
+class Assignment:
+    lhs: Access
+    rhs: Expr
+    accumulate: bool = False  # '+=' instead of '='
+
+    def __repr__(self) -> str:
+        return f"{self.lhs!r} {'+=' if self.accumulate else '='} {self.rhs!r}"
+
+    @property
+    def tensors(self) -> dict:
+        """Every tensor by name, output first."""
+        out = {self.lhs.tensor.name: self.lhs.tensor}
+        for a in accesses(self.rhs):
+            out.setdefault(a.tensor.name, a.tensor)
+        return out
+
+
+def children(e) -> tuple:
+    if isinstance(e, (Access, Literal)):
+        return ()
+    if isinstance(e, (Neg,)):
+        return (e.operand,)
+    if isinstance(e, (Add, Sub, Mul, Div)):
+        return (e.lhs, e.rhs)
+    if isinstance(e, Call):
+        return tuple(e.args)
+    if isinstance(e, Sum):
+        return (e.body,)
+    raise TypeError(f"not an index-notation expression: {e!r}")
+
+
+def accesses(e) -> list:
+    """Every Access in ``e``, left to right."""
+    if isinstance(e, Access):
+        return [e]
+    out = []
+    for c in children(e):
+        out.extend(accesses(c))
+    return out
+
+
+def free_indices(e) -> set:
+    """Indices used in ``e`` and not summed inside it."""
+    if isinstance(e, Access):
+        return set(e.indices)
+    if isinstance(e, Sum):
+        return free_indices(e.body) - {e.index}
+    out = set()
+    for c in children(e):
+        out |= free_indices(c)
+    return out
