@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .level import Level
+from ..ir import nodes as n
+from ..ir.types import I64
+from .level import Level, LevelIterator, PosInfo
 
 
 @dataclass(frozen=True)
@@ -27,3 +29,61 @@ class Compressed(Level):
     def spec(self) -> str:
         flags = [f for f, on in (("nonunique", not self.unique), ("unordered", not self.ordered)) if on]
         return "c" + (f"({','.join(flags)})" if flags else "")
+
+    def iterator(self, la, fresh) -> "CompressedIterator":
+        return CompressedIterator(la, fresh)
+
+
+# ------------------------------------------------------------------ lowering
+
+def _idx(e):
+    return n.Cast(e, I64) if e.type != I64 else e
+
+
+class CompressedIterator(LevelIterator):
+    """``for p in pos[q] .. pos[q+1]``; a non-unique level walks runs of equal crd."""
+
+    def __init__(self, la, fresh):
+        super().__init__(la, fresh)
+        self.p = n.Var(fresh("p" + la.name), I64)
+        self.end = n.Var(fresh("p" + la.name + "_end"), I64)
+        self.seg = n.Var(fresh("p" + la.name + "_seg"), I64) if not la.kind.unique else None
+
+    def _bounds(self):
+        q = self.la.parent.pos
+        pos = self.la.arrays["pos"]
+        return _idx(n.Load(pos, q)), _idx(n.Load(pos, n.Binary("+", q, n.i64(1))))
+
+    def init(self):
+        lo, hi = self._bounds()
+        return [n.Declare(self.p, lo), n.Declare(self.end, hi)]
+
+    def valid(self):
+        return n.Binary("<", self.p, self.end)
+
+    def load(self, coord):
+        crd = self.la.arrays["crd"]
+        out = [n.Assign(coord, _idx(n.Load(crd, self.p)))]
+        if self.seg is not None:
+            nxt = n.Binary("+", self.seg, n.i64(1))
+            out += [n.Declare(self.seg, n.Binary("+", self.p, n.i64(1))),
+                    n.While(n.Binary("&&", n.Binary("<", self.seg, self.end),
+                                     n.Binary("==", _idx(n.Load(crd, self.seg)), coord)),
+                            n.block(n.Assign(self.seg, nxt)))]
+        return out
+
+    def position(self):
+        return PosInfo(self.p, self.seg)
+
+    def advance(self):
+        if self.seg is not None:
+            return [n.Assign(self.p, self.seg)]
+        return [n.Assign(self.p, n.Binary("+", self.p, n.i64(1)))]
+
+    def loop(self, coord, body):
+        if self.seg is not None:
+            return super().loop(coord, body)
+        lo, hi = self._bounds()
+        crd = self.la.arrays["crd"]
+        return [n.For(self.p, lo, hi, n.block(n.Declare(coord, _idx(n.Load(crd, self.p))),
+                                              *body(PosInfo(self.p))))]

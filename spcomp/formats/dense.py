@@ -29,3 +29,12 @@ class Dense(Level):
 
     def spec(self) -> str:
         return "d"
+
+    def locate(self, la, coord) -> "PosInfo":
+        """Position of ``coord`` under the parent: ``parent * N + coord``."""
+        from ..ir import nodes as n
+        from .level import PosInfo
+        pos = la.parent.pos
+        if isinstance(pos, n.Const) and pos.value == 0:
+            return PosInfo(coord)
+        return PosInfo(n.Binary("+", n.Binary("*", pos, la.dim), coord))

@@ -54,3 +54,60 @@ class Level:
 
     def __str__(self) -> str:
         return self.spec()
+
+
+# ------------------------------------------------------------------ lowering
+# What the lowerer hands a level when it asks for code. Kept here, next to the
+# protocol, so a level module depends on the kernel IR and nothing else.
+
+@dataclass(frozen=True)
+class PosInfo:
+    """A position in a level: ``pos``; for a non-unique level the run of equal
+    coordinates ``[pos, seg_end)`` that its singleton child iterates."""
+    pos: object
+    seg_end: object = None
+
+
+@dataclass
+class LevelAccess:
+    """One access's view of one of its tensor's levels, with IR variables."""
+    name: str        # base name for generated variables, e.g. "A2"
+    kind: Level
+    arrays: dict     # array name -> ir.Var of the parameter
+    dim: object      # ir expression: size of the dimension this level stores
+    parent: PosInfo  # position in the parent level (0 for the first level)
+    parent_unique: bool = True
+
+
+class LevelIterator:
+    """Walks the coordinates one parent position owns, in increasing order when
+    the level is ordered. The lowerer drives it in two ways: ``loop`` when it is
+    the only iterator of a loop, and init/valid/load/advance when it merges."""
+
+    def __init__(self, la: LevelAccess, fresh):
+        self.la = la
+        self.fresh = fresh
+
+    def init(self) -> list:
+        raise NotImplementedError
+
+    def valid(self):
+        raise NotImplementedError
+
+    def load(self, coord) -> list:
+        """Statements that assign the current coordinate to ``coord`` (declared)."""
+        raise NotImplementedError
+
+    def position(self) -> PosInfo:
+        raise NotImplementedError
+
+    def advance(self) -> list:
+        raise NotImplementedError
+
+    def loop(self, coord, body) -> list:
+        """A loop over every coordinate; ``body(PosInfo)`` gives its statements.
+        The default drives the merge protocol with a while loop."""
+        from ..ir import nodes as n
+        return [*self.init(),
+                n.While(self.valid(), n.block(n.Declare(coord), *self.load(coord),
+                                              *body(self.position()), *self.advance()))]

@@ -17,7 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .level import Level
+from ..ir import nodes as n
+from ..ir.types import I64
+from .level import Level, LevelIterator, PosInfo
 
 
 @dataclass(frozen=True)
@@ -57,3 +59,82 @@ class PackedBlock(Level):
         if not self.ordered:
             args.append("unordered")
         return f"p({','.join(args)})"
+
+    def iterator(self, la, fresh) -> "PackedIterator":
+        return PackedIterator(la, fresh)
+
+    # IR expressions shared by the iterator and the output appender
+    def block_size_expr(self, dim):
+        if self.B is not None:
+            return n.i64(self.B)
+        return n.Binary("max", dim, n.i64(1))
+
+    def num_blocks_expr(self, dim):
+        bs = self.block_size_expr(dim)
+        return n.Binary("/", n.Binary("+", dim, n.Binary("-", bs, n.i64(1))), bs)
+
+
+def _add(a, b):
+    return n.Binary("+", a, b)
+
+
+def _mul(a, b):
+    return n.Binary("*", a, b)
+
+
+class PackedIterator(LevelIterator):
+    """Blocks in order, and in each block the used slots ``0 .. count``."""
+
+    def __init__(self, la, fresh):
+        super().__init__(la, fresh)
+        base = la.name
+        self.b = n.Var(fresh("b" + base), I64)
+        self.p = n.Var(fresh("p" + base), I64)
+        self.end = n.Var(fresh("p" + base + "_end"), I64)
+        self.nb = n.Var(fresh("nb" + base), I64)
+        kind = la.kind
+        self.bs = kind.block_size_expr(la.dim)
+
+    def _tile(self, b):
+        return _add(_mul(self.la.parent.pos, self.nb), b)
+
+    def _count(self, b):
+        return n.Cast(n.Load(self.la.arrays["count"], self._tile(b)), I64)
+
+    def _skip_empty(self):
+        K = n.i64(self.la.kind.K)
+        nxt = _add(self.b, n.i64(1))
+        return n.While(
+            n.Binary("&&", n.Binary("==", self.p, self.end), n.Binary("<", nxt, self.nb)),
+            n.block(n.Assign(self.b, nxt),
+                    n.Assign(self.p, _mul(self._tile(self.b), K)),
+                    n.Assign(self.end, _add(self.p, self._count(self.b)))))
+
+    def init(self):
+        return [n.Declare(self.nb, self.la.kind.num_blocks_expr(self.la.dim)),
+                n.Declare(self.b, n.i64(-1)), n.Declare(self.p, n.i64(0)),
+                n.Declare(self.end, n.i64(0)), self._skip_empty()]
+
+    def valid(self):
+        return n.Binary("<", self.p, self.end)
+
+    def load(self, coord):
+        crd = n.Cast(n.Load(self.la.arrays["crd"], self.p), I64)
+        return [n.Assign(coord, _add(_mul(self.b, self.bs), crd))]
+
+    def position(self):
+        return PosInfo(self.p)
+
+    def advance(self):
+        return [n.Assign(self.p, _add(self.p, n.i64(1))), self._skip_empty()]
+
+    def loop(self, coord, body):
+        K = n.i64(self.la.kind.K)
+        base = n.Var(self.fresh("slot" + self.la.name), I64)
+        crd = n.Cast(n.Load(self.la.arrays["crd"], self.p), I64)
+        inner = n.For(self.p, base, _add(base, self._count(self.b)),
+                      n.block(n.Declare(coord, _add(_mul(self.b, self.bs), crd)),
+                              *body(PosInfo(self.p))))
+        return [n.Declare(self.nb, self.la.kind.num_blocks_expr(self.la.dim)),
+                n.For(self.b, n.i64(0), self.nb,
+                      n.block(n.Declare(base, _mul(self._tile(self.b), K)), inner))]

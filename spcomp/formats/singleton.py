@@ -7,7 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .level import Level
+from ..ir import nodes as n
+from ..ir.types import I64
+from .compressed import CompressedIterator, _idx
+from .level import Level, PosInfo
 
 
 @dataclass(frozen=True)
@@ -23,3 +26,24 @@ class Singleton(Level):
     def spec(self) -> str:
         flags = [f for f, on in (("nonunique", not self.unique), ("unordered", not self.ordered)) if on]
         return "q" + (f"({','.join(flags)})" if flags else "")
+
+    def iterator(self, la, fresh) -> "SingletonIterator":
+        return SingletonIterator(la, fresh)
+
+
+class SingletonIterator(CompressedIterator):
+    """The positions ``[q, q+1)`` of a unique parent, or the run ``[q, seg_end)``
+    a non-unique parent found; otherwise iterated like a compressed level."""
+
+    def _bounds(self):
+        parent = self.la.parent
+        end = parent.seg_end if parent.seg_end is not None else n.Binary("+", parent.pos, n.i64(1))
+        return parent.pos, end
+
+    def loop(self, coord, body):
+        if self.seg is None and self.la.parent.seg_end is None:
+            crd = self.la.arrays["crd"]
+            q = self.la.parent.pos
+            return [n.block(n.Declare(self.p, q), n.Declare(coord, _idx(n.Load(crd, self.p))),
+                            *body(PosInfo(self.p)))]
+        return super().loop(coord, body)

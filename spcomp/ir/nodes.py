@@ -257,14 +257,14 @@ def i64(value: int) -> Const:
 
 
 def block(*stmts) -> Block:
-    """A Block from statements, flattening nested Blocks and dropping Nones."""
+    """A Block from statements, flattening lists and dropping Nones.
+
+    A Block given as a statement stays a nested scope."""
     out = []
     for s in stmts:
         if s is None:
             continue
-        if isinstance(s, Block):
-            out.extend(s.body)
-        elif isinstance(s, (list, tuple)):
+        if isinstance(s, (list, tuple)):
             out.extend(block(*s).body)
         else:
             out.append(s)

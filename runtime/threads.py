@@ -1,0 +1,102 @@
+"""A persistent thread pool that runs a kernel's parallel loop in chunks.
+
+Generated kernels take their outer loop's bounds ``[lo, hi)`` as arguments, so
+running in parallel is calling the same function on disjoint ranges from
+several threads; ctypes releases the GIL for the call. Ranges are balanced by
+the nonzeros a pos array says each row holds, not by row count.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_num_threads: int | None = None
+
+
+def _default_threads() -> int:
+    env = os.environ.get("SPCOMP_NUM_THREADS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            pass
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def get_num_threads() -> int:
+    global _num_threads
+    if _num_threads is None:
+        _num_threads = _default_threads()
+    return _num_threads
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads for parallel kernels (default: the cores available,
+    or ``SPCOMP_NUM_THREADS``)."""
+    global _num_threads, _pool
+    n = int(n)
+    if n < 1:
+        raise ValueError("set_num_threads: n must be >= 1")
+    with _lock:
+        _num_threads = n
+        if _pool is not None:
+            _pool.shutdown(wait=False)
+            _pool = None
+
+
+def _get_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=max(1, get_num_threads() - 1),
+                                       thread_name_prefix="spcomp")
+        return _pool
+
+
+def split(n: int, parts: int, pos: np.ndarray | None = None) -> list:
+    """Cut ``[0, n)`` into at most ``parts`` ranges of about equal work.
+
+    With ``pos`` (length n+1, cumulative nonzeros per row) a row weighs its
+    nonzeros plus one, so empty rows still cost something."""
+    if n <= 0:
+        return []
+    parts = max(1, min(parts, n))
+    if parts == 1:
+        return [(0, n)]
+    if pos is None or len(pos) != n + 1:
+        bounds = np.linspace(0, n, parts + 1).astype(np.int64)
+    else:
+        work = pos.astype(np.int64) + np.arange(n + 1, dtype=np.int64)
+        targets = np.linspace(0, work[-1], parts + 1)
+        bounds = np.searchsorted(work, targets, side="left").astype(np.int64)
+        bounds[0], bounds[-1] = 0, n
+        bounds = np.maximum.accumulate(bounds)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+# Below this many loop iterations + nonzeros a kernel runs on the calling thread.
+MIN_PARALLEL_WORK = 20000
+
+
+def run_ranges(call, n: int, pos: np.ndarray | None = None, threads: int | None = None) -> list:
+    """Run ``call(lo, hi)`` over ``[0, n)``; returns the status codes."""
+    threads = get_num_threads() if threads is None else threads
+    work = n + (int(pos[-1]) if pos is not None and len(pos) else 0)
+    if threads <= 1 or work < MIN_PARALLEL_WORK:
+        return [call(0, n)]
+    ranges = split(n, threads, pos)
+    if len(ranges) <= 1:
+        return [call(0, n)]
+    pool = _get_pool()
+    futures = [pool.submit(call, lo, hi) for lo, hi in ranges[1:]]
+    statuses = [call(*ranges[0])]
+    statuses += [f.result() for f in futures]
+    return statuses

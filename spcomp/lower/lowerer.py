@@ -1,0 +1,678 @@
+"""Index notation + schedule -> kernel IR (DESIGN §5).
+
+The lowerer walks the loop order. At each loop it builds the merge lattice of
+the expression for that index and emits one of three loop shapes:
+
+* one sparse iterator: the level's own ``for`` loop;
+* a lattice with the all-coordinates point: ``for i in 0..N`` that advances each
+  sparse iterator whose coordinate equals ``i``;
+* otherwise TACO's co-iteration: one ``while`` loop per lattice point, each
+  taking the smallest coordinate and dispatching to the sub-points present.
+
+In each case the body is the expression *specialised* to the operands present,
+so ``A + B`` computes ``A`` alone where ``B`` has no entry. Sums whose free
+indices are all bound are computed into temporaries before going deeper
+(precompute/hoisting). Output assembly is delegated to a sink (outputs.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import ScheduleError, UnsupportedError
+from ..formats import Format
+from ..formats.level import LevelAccess, PosInfo
+from ..ir import nodes as n
+from ..ir.types import BOOL, F32, F64, I32, I64, ptr
+from ..notation import (Access, Add, Assignment, Call, Div, Literal, Mul, Neg,
+                        Sub, Sum, TensorVar, accesses, free_indices)
+from . import lattice as lat
+from .context import (Binding, Env, Names, TensorParams, index_type,
+                      level_array_type, value_type)
+from .normalize import (ZERO, lift_sums, nested_sums, push_sums, replace,
+                        specialize, split_sums)
+from .order import access_chain, choose_order
+from .outputs import AppendSink, DenseSink, ScalarSink, WorkspaceSink
+
+TEMP_FORMAT = Format(())
+
+
+@dataclass
+class Options:
+    index_bits: int = 32
+    drop_zeros: bool | None = None   # None: only where an output loop is dense
+    parallel: str | None = None      # index name to run on threads, or None
+    order: list | None = None        # user loop order (names)
+    precompute: tuple = ()           # reductions to push into temporaries
+    auto_precompute: bool = True
+    name: str = "kernel"
+
+
+@dataclass
+class Lowered:
+    module: n.Module
+    entry: str
+    bindings: list
+    order: list
+    transposes: dict           # storage name -> (operand name, Format)
+    output_shape: str          # 'dense' 'csf' 'coo' 'packed'
+    growable: list             # (level, array) the kernel allocates
+    parallel: str | None       # index run over threads, if any
+    balance: tuple | None      # (storage name, level) whose pos balances threads
+    loops: str                 # the concrete loop nest as text
+    notation: Assignment
+    warnings: list = field(default_factory=list)
+
+
+def _idx(e):
+    return n.Cast(e, I64) if e.type != I64 else e
+
+
+class Lowerer:
+    def __init__(self, assignment: Assignment, options: Options | None = None):
+        self.a = assignment
+        self.opt = options or Options()
+        self.loops_text: list = []
+        self.warnings: list = []
+
+    # ================================================================ setup
+    def run(self) -> Lowered:
+        a = self.a
+        lhs, rhs = a.lhs, a.rhs
+        self.accumulate = a.accumulate
+        out_sparse = not lhs.tensor.format.is_dense
+        if out_sparse and a.accumulate:
+            # C += E on a sparse C is C = C_old + E: a union with the old pattern
+            old = TensorVar(lhs.tensor.name + "_old", lhs.tensor.order, lhs.tensor.format, lhs.tensor.dtype)
+            self.old_alias = (old.name, lhs.tensor.name)
+            rhs = Add(Access(old, lhs.indices), rhs)
+            self.accumulate = False
+        else:
+            self.old_alias = None
+        for acc in accesses(rhs):
+            if not acc.tensor.format.is_dense and len(set(acc.indices)) != len(acc.indices):
+                raise UnsupportedError(
+                    f"{acc!r}: an index repeated in an access of sparse tensor {acc.tensor.name} "
+                    f"(format {acc.tensor.format}) is not supported; store it dense")
+        lifted = lift_sums(rhs)
+        pushed = push_sums(lifted, force=self.opt.precompute, allow=self.opt.auto_precompute
+                           or bool(self.opt.precompute))
+        try:
+            order, transposes = choose_order(lhs, pushed, self.opt.order)
+            rhs = pushed
+        except UnsupportedError:
+            if pushed == lifted:
+                raise
+            order, transposes = choose_order(lhs, lifted, self.opt.order)
+            rhs = lifted
+        self.order = order
+        self.position = {i: k for k, i in enumerate(order)}
+        # storage of transposed operands
+        self.transposes = {}
+        for acc, fmt in transposes.items():
+            t = acc.tensor
+            new = TensorVar(t.name + "_T", t.order, fmt, t.dtype)
+            self.transposes[new.name] = (t.name, fmt)
+            self.warnings.append(
+                f"operand {t.name} is stored as {t.format} but accessed as {acc!r}; spcomp "
+                f"converts it to {fmt.spec()!r} at each call (pass it in that format to avoid the copy)")
+            rhs = replace(rhs, acc, Access(new, acc.indices))
+        self.rhs = rhs
+        self.lhs = lhs
+        self.compute = F64 if any(t.dtype == "float64" for t in a.tensors.values()) else F32
+        # top-level reductions: scatter (outside an output index) or gather
+        top, body = split_sums(rhs)
+        out_pos = [self.position[i] for i in lhs.indices]
+        last_out = max(out_pos) if out_pos else -1
+        self.scatter = [r for r in top if self.position[r] < last_out]
+        gather = [r for r in top if r not in self.scatter]
+        from .normalize import wrap_sums
+        self.expr = wrap_sums(gather, body)
+        self.outer = [i for i in order if i in set(lhs.indices) | set(self.scatter)]
+        self.sum_order = order
+        self._make_params()
+        return self._build()
+
+    # ----------------------------------------------------------- params
+    def _make_params(self):
+        opt = self.opt
+        tensors = {}
+        for acc in [self.lhs] + accesses(self.rhs):
+            tensors.setdefault(acc.tensor.name, acc.tensor)
+        self.fresh = Names()
+        self.bindings: list = []
+        self.sizes = {}
+        for i in sorted(self.order, key=lambda x: x.name):
+            v = n.Var(self.fresh(f"N_{i.name}"), I64)
+            self.sizes[i] = v
+            self.bindings.append(Binding(v, "size", index=i.name))
+        self.coords = {}
+        self.params: dict = {}
+        self.out_name = self.lhs.tensor.name
+        for name, t in tensors.items():
+            operand = name
+            if name in self.transposes:
+                operand = self.transposes[name][0]
+            if self.old_alias and name == self.old_alias[0]:
+                operand = self.old_alias[1]
+            is_out = t is self.lhs.tensor
+            levels = []
+            for l, kind in enumerate(t.format.levels):
+                arrays = {}
+                for arr in kind.arrays:
+                    et = level_array_type(kind, arr, opt.index_bits)
+                    v = n.Var(self.fresh(f"{name}{l + 1}_{arr}"), ptr(et))
+                    arrays[arr] = v
+                levels.append(arrays)
+            vals = n.Var(self.fresh(f"{name}_vals"), ptr(value_type(t)))
+            self.params[name] = TensorParams(name, t, levels, vals)
+            if not is_out:
+                for l, arrays in enumerate(levels):
+                    for arr, v in arrays.items():
+                        self.bindings.append(Binding(v, "input", operand, l, arr, storage=name))
+                self.bindings.append(Binding(vals, "input", operand, -1, "vals", storage=name))
+
+    # ------------------------------------------------------------ build
+    def _build(self) -> Lowered:
+        lhs = self.lhs
+        out = self.params[self.out_name]
+        fmt = lhs.tensor.format
+        self.capacity_param = None
+        grow = []
+        if fmt.is_dense:
+            shape = "dense"
+            sink = DenseSink(out, access_chain(lhs), self.sizes,
+                             accumulate=self.accumulate or bool(self.scatter))
+            self.out_sink = sink
+            self.bindings.append(Binding(out.vals, "output", self.out_name, -1, "vals", storage=self.out_name))
+        else:
+            drop = self.opt.drop_zeros
+            if drop is None:
+                # a packed output stores nonzeros by definition; others keep the
+                # iteration pattern unless a loop over the output is dense
+                drop = fmt.levels[-1].letter == "p" or self._output_loops_dense()
+            self.capacity_param = n.Var(self.fresh("capacity"), I64)
+            self.bindings.append(Binding(self.capacity_param, "capacity"))
+            sink = AppendSink(self, out, lhs, drop_zeros=drop)
+            shape = sink.shape
+            grow = sink.growable()
+            out_params, locals_ = {}, {}
+            for (l, arr) in grow:
+                local = out.vals if arr == "vals" else out.array(l, arr)
+                param = n.Var(self.fresh(local.name + "_out"), ptr(local.type))
+                out_params[(l, arr)] = param
+                locals_[(l, arr)] = local
+            sink.bind_growable(out_params, locals_)
+            for l, arrays in enumerate(out.levels):
+                for arr, v in arrays.items():
+                    if (l, arr) in out_params:
+                        self.bindings.append(Binding(out_params[(l, arr)], "output_grow", self.out_name, l, arr,
+                                                     storage=self.out_name))
+                    else:
+                        self.bindings.append(Binding(v, "output", self.out_name, l, arr, storage=self.out_name))
+            if (-1, "vals") in out_params:
+                self.bindings.append(Binding(out_params[(-1, "vals")], "output_grow", self.out_name, -1, "vals",
+                                             storage=self.out_name))
+            else:
+                self.bindings.append(Binding(out.vals, "output", self.out_name, -1, "vals", storage=self.out_name))
+            self.out_sink = sink
+        self.out_shape = shape
+        # workspace when a reduction runs outside the output's last index
+        self.workspace = None
+        if shape != "dense" and self.scatter:
+            self.workspace = self._make_workspace()
+        # parallel outer loop
+        self.parallel = self._choose_parallel(shape)
+        self.lo = self.hi = None
+        params_front = []
+        if self.parallel is not None:
+            self.lo = n.Var(self.fresh("lo"), I64)
+            self.hi = n.Var(self.fresh("hi"), I64)
+            params_front = [Binding(self.lo, "lo"), Binding(self.hi, "hi")]
+        self.bindings = params_front + self.bindings
+        env = Env()
+        body = []
+        body.append(n.Comment(f"{self.a!r}"))
+        body += self.out_sink.prologue()
+        if self.workspace:
+            body += self.workspace["prologue"]
+        body += self.nest(self.outer, self.expr, self.out_sink, env, depth=0)
+        if self.workspace:
+            body += self.workspace["epilogue"]
+        body += self.out_sink.epilogue()
+        fn = n.Function(self.opt.name, tuple(b.var for b in self.bindings), n.block(*body),
+                        doc=f"{self.a!r}\nloop order: {', '.join(i.name for i in self.order)}")
+        module = n.Module((fn,), entry=self.opt.name)
+        return Lowered(module=module, entry=self.opt.name, bindings=self.bindings, order=self.order,
+                       transposes=self.transposes, output_shape=shape, growable=grow,
+                       parallel=self.parallel.name if self.parallel is not None else None,
+                       balance=self._balance(), loops="\n".join(self.loops_text),
+                       notation=Assignment(self.lhs, self.rhs, self.a.accumulate), warnings=self.warnings)
+
+    def _output_loops_dense(self) -> bool:
+        """Whether a sparse output level's index is iterated over its whole range
+        (then most of what the loop produces is zero and is not stored)."""
+        fmt = self.lhs.tensor.format
+        for l, kind in enumerate(fmt.levels):
+            if kind.is_dense:
+                continue
+            i = access_chain(self.lhs)[l]
+            L = lat.build(self.expr, i, lambda a: self._probe_key(a, i))
+            if L.full:
+                return True
+        return False
+
+    def _probe_key(self, acc, i):
+        if acc.tensor.format.is_dense or acc.tensor in self._temp_tensors() or i not in acc.indices:
+            return None
+        l = access_chain(acc).index(i)
+        kind = acc.tensor.format.levels[l]
+        return None if kind.locatable else (acc, l)
+
+    def _temp_tensors(self):
+        return getattr(self, "_temps", set())
+
+    def _make_workspace(self):
+        lhs = self.lhs
+        last = access_chain(lhs)[-1]
+        first_scatter = min(self.position[r] for r in self.scatter)
+        if self.position[last] < first_scatter:
+            raise UnsupportedError("internal: workspace not needed")
+        size = self.sizes[last]
+        values = n.Var(self.fresh("workspace"), ptr(self.compute))
+        marks = n.Var(self.fresh("workspace_marks"), ptr(I32))
+        touched = n.Var(self.fresh("workspace_list"), ptr(I64))
+        count = n.Var(self.fresh("workspace_count"), I64)
+        return {
+            "index": last, "values": values, "marks": marks, "touched": touched, "count": count,
+            "prologue": [n.Comment(f"workspace: a dense row over {last.name} and the list of touched coordinates"),
+                         n.Allocate(values, n.Binary("max", size, n.i64(1)), zero=True),
+                         n.Allocate(marks, n.Binary("max", size, n.i64(1)), zero=True),
+                         n.Allocate(touched, n.Binary("max", size, n.i64(1)), zero=False)],
+            "epilogue": [n.Free(values), n.Free(marks), n.Free(touched)],
+            "start": first_scatter,
+        }
+
+    def _choose_parallel(self, shape):
+        want = self.opt.parallel
+        if want is None or not self.outer:
+            return None
+        first = self.outer[0]
+        if want != "auto" and want != first.name:
+            raise ScheduleError(f"parallelize({want!r}): only the outermost loop ({first.name}) can run "
+                                "on threads; reorder it first")
+        ok, why = self._parallel_ok(first, shape)
+        if not ok:
+            if want == "auto":
+                return None
+            raise ScheduleError(f"parallelize({first.name!r}) is not safe: {why}")
+        return first
+
+    def _parallel_ok(self, i, shape):
+        if i not in self.lhs.indices:
+            return False, f"{i.name} is a reduction index: iterations would race on the output"
+        if shape in ("csf", "coo"):
+            return False, "the output is appended to in order (compressed/coo output)"
+        if shape == "packed" and access_chain(self.lhs)[0] != i:
+            return False, "packed output rows must be split by the outer index"
+        L = lat.build(self.expr, i, lambda a: self._probe_key(a, i) if i in a.indices else None)
+        if not L.full or L.points:
+            return False, f"loop {i.name} co-iterates sparse operands"
+        return True, ""
+
+    def _balance(self):
+        """A pos array whose prefix sums measure the work of the parallel loop."""
+        if self.parallel is None:
+            return None
+        i = self.parallel
+        for acc in accesses(self.rhs):
+            fmt = acc.tensor.format
+            chain = access_chain(acc)
+            if fmt.is_dense or chain[0] != i or len(chain) < 2:
+                continue
+            if fmt.levels[0].is_dense and fmt.levels[1].letter == "c":
+                return (acc.tensor.name, 1)
+        return None
+
+    # ============================================================ the nest
+    def nest(self, order, expr, sink, env: Env, depth: int) -> list:
+        stmts, expr = self.hoist(expr, env, depth)
+        if expr == ZERO:
+            return stmts
+        if not order:
+            self._note(depth, f"{sink_label(sink, self)} {expr!r}")
+            return stmts + sink.innermost(self.value(expr, env), env)
+        i = order[0]
+        if self.workspace and sink is self.out_sink and self.position[i] == self.workspace["start"]:
+            return stmts + self.workspace_region(order, expr, env, depth)
+        return stmts + self.loop(i, order[1:], expr, sink, env, depth)
+
+    def hoist(self, expr, env, depth):
+        """Compute every sum whose free indices are bound into a temporary."""
+        stmts = []
+        for s in nested_sums(expr):
+            if not free_indices(s) <= set(env.bound):
+                continue
+            idx, body = split_sums(s)
+            t = n.Var(self.fresh("t" + "".join(i.name for i in idx)), self.compute)
+            tv = TensorVar(t.name, 0, TEMP_FORMAT, "float64")
+            self._temps = self._temp_tensors() | {tv}
+            env.temps[tv] = t
+            inner = sorted(idx, key=lambda x: self.position[x])
+            self._note(depth, f"{t.name} = {s!r}")
+            stmts.append(n.Comment(f"{t.name} = {s!r}"))
+            stmts.append(n.Declare(t, n.const(0, self.compute)))
+            stmts += self.nest(inner, body, ScalarSink(t), env.child(), depth + 1)
+            expr = replace(expr, s, Access(tv, ()))
+        return stmts, expr
+
+    def workspace_region(self, order, expr, env, depth):
+        w = self.workspace
+        c = w["count"]
+        last = w["index"]
+        self._note(depth, f"workspace over {last.name}:")
+        stmts = [n.Declare(c, n.i64(0))]
+        inner = WorkspaceSink(w["values"], w["marks"], w["touched"], c, last)
+        stmts += self.nest(order, expr, inner, env.child(), depth + 1)
+        # drain in coordinate order
+        t = n.Var(self.fresh("k"), I64)
+        coord = n.Var(self.fresh(last.name), I64)
+        value = n.Var(self.fresh("v"), self.compute)
+        drain_env = env.child()
+        drain_env.bound[last] = coord
+        body = [n.Declare(coord, n.Load(w["touched"], t)),
+                n.Declare(value, n.Load(w["values"], coord)),
+                n.Store(w["values"], coord, n.const(0, self.compute)),
+                n.Store(w["marks"], coord, n.Const(0, I32))]
+        body += self.out_sink.enter(last, drain_env)
+        body += self.out_sink.innermost(value, drain_env)
+        body += self.out_sink.exit(last, drain_env)
+        self._note(depth, f"append the workspace's {last.name} in order")
+        stmts += [n.Sort(w["touched"], n.i64(0), c), n.For(t, n.i64(0), c, n.block(*body))]
+        return stmts
+
+    # --------------------------------------------------------------- loops
+    def _level_of(self, acc, i):
+        chain = access_chain(acc)
+        return chain.index(i)
+
+    def _iter_key(self, acc, i, env):
+        """Iterator key for acc's level that stores i, or None when located."""
+        fmt = acc.tensor.format
+        if fmt.is_dense or acc.tensor in self._temp_tensors() or i not in acc.indices:
+            return None
+        l = self._level_of(acc, i)
+        kind = fmt.levels[l]
+        if kind.locatable:
+            return None
+        return (acc, l)
+
+    def _level_access(self, acc, l, env) -> LevelAccess:
+        t = acc.tensor
+        p = self.params[t.name]
+        kind = t.format.levels[l]
+        chain = access_chain(acc)
+        if l == 0:
+            parent, parent_unique = PosInfo(n.i64(0)), True
+        else:
+            if (acc, l - 1) not in env.pos:
+                raise UnsupportedError(f"internal: {acc!r} level {l + 1} reached before its parent")
+            parent = env.pos[(acc, l - 1)]
+            parent_unique = t.format.levels[l - 1].unique
+        return LevelAccess(name=f"{t.name}{l + 1}", kind=kind, arrays=p.levels[l],
+                           dim=self.sizes[chain[l]], parent=parent, parent_unique=parent_unique)
+
+    def _locates(self, i, expr, env, coord):
+        """Positions of dense levels that store ``i`` under a bound parent."""
+        stmts = []
+        for acc in set(accesses(expr)):
+            fmt = acc.tensor.format
+            if fmt.is_dense or acc.tensor in self._temp_tensors() or i not in acc.indices:
+                continue
+            l = self._level_of(acc, i)
+            kind = fmt.levels[l]
+            if not kind.locatable or (acc, l) in env.pos:
+                continue
+            if l > 0 and (acc, l - 1) not in env.pos:
+                continue
+            la = self._level_access(acc, l, env)
+            info = kind.locate(la, coord)
+            var = n.Var(self.fresh(f"p{acc.tensor.name}{l + 1}"), I64)
+            stmts.append(n.Declare(var, info.pos))
+            env.pos[(acc, l)] = PosInfo(var)
+        return stmts
+
+    def _body(self, i, rest, expr, sink, env, coord, depth, present=None):
+        env.bound[i] = coord
+        stmts = self._locates(i, expr, env, coord)
+        stmts += sink.enter(i, env)
+        stmts += self.nest(rest, expr, sink, env, depth + 1)
+        stmts += sink.exit(i, env)
+        return stmts
+
+    def loop(self, i, rest, expr, sink, env, depth) -> list:
+        L = lat.build(expr, i, lambda a: self._iter_key(a, i, env))
+        if L.empty:
+            return []
+        keys = sorted(L.iterators(), key=lambda k: (k[0].tensor.name, repr(k[0]), k[1]))
+        iters = {}
+        for k in keys:
+            acc, l = k
+            la = self._level_access(acc, l, env)
+            iters[k] = la.kind.iterator(la, self.fresh)
+        size = self.sizes[i]
+        parallel = self.parallel is not None and i == self.parallel and depth == 0
+        # --- one sparse iterator, nothing else
+        if not L.full and len(keys) == 1:
+            k = keys[0]
+            it = iters[k]
+            coord = n.Var(self.fresh(i.name), I64)
+            self._note(depth, f"for {i.name} in {k[0].tensor.name} level {k[1] + 1} ({k[0].tensor.format.levels[k[1]].spec()})")
+
+            def body(info, k=k):
+                e = env.child()
+                e.pos[k] = info
+                return self._body(i, rest, expr, sink, e, coord, depth)
+            return [n.Comment(f"loop over {i.name}: {k[0]!r} level {k[1] + 1}"), *it.loop(coord, body)]
+        # --- the whole dimension
+        if L.full:
+            coord = n.Var(self.fresh(i.name), I64)
+            start, end = (self.lo, self.hi) if parallel else (n.i64(0), size)
+            where = f"0..{size.name}" + (" (parallel: threads)" if parallel else "")
+            if not keys:
+                self._note(depth, f"for {i.name} in {where}")
+                body = self._body(i, rest, expr, sink, env.child(), coord, depth)
+                return [n.For(coord, start, end, n.block(*body), parallel="threads" if parallel else None)]
+            for k in keys:
+                self._require_ordered(k, i)
+            self._note(depth, f"for {i.name} in {where}, co-iterating "
+                              + ", ".join(f"{k[0].tensor.name} level {k[1] + 1}" for k in keys))
+            pre = []
+            matches = {}
+            loop_body = []
+            for k in keys:
+                it = iters[k]
+                pre += it.init()
+                c = n.Var(self.fresh(f"{i.name}{k[0].tensor.name}"), I64)
+                m = n.Var(self.fresh(f"at_{k[0].tensor.name}{k[1] + 1}"), BOOL)
+                loop_body += [n.Declare(c, size), n.If(it.valid(), n.block(*it.load(c))),
+                              n.Declare(m, n.Binary("==", c, coord))]
+                matches[k] = m
+            loop_body += self._cases(i, rest, expr, sink, env, coord, depth, L, keys, iters, matches,
+                                     with_full=True)
+            for k in keys:
+                loop_body.append(n.If(matches[k], n.block(*iters[k].advance())))
+            return [*pre, n.For(coord, n.i64(0), size, n.block(*loop_body))]
+        # --- co-iteration: one while loop per lattice point
+        for k in keys:
+            self._require_ordered(k, i)
+        stmts = []
+        for k in keys:
+            stmts += iters[k].init()
+        self._note(depth, f"co-iterate {i.name} over " + " | ".join(
+            "∩".join(f"{k[0].tensor.name}{k[1] + 1}" for k in sorted(p, key=repr)) for p in L.ordered_points()))
+        for point in L.ordered_points():
+            pkeys = [k for k in keys if k in point]
+            # operands outside this point are exhausted: they count as zero
+            exhausted = {k[0] for k in keys if k not in point}
+            point_expr = specialize(expr, exhausted)
+            if len(pkeys) == 1:
+                stmts.append(self._remainder(i, rest, point_expr, sink, env, depth, pkeys[0], iters[pkeys[0]]))
+                continue
+            coord = n.Var(self.fresh(i.name), I64)
+            body = []
+            cvars = {}
+            for k in pkeys:
+                c = n.Var(self.fresh(f"{i.name}{k[0].tensor.name}"), I64)
+                body += [n.Declare(c), *iters[k].load(c)]
+                cvars[k] = c
+            mn = None
+            for k in pkeys:
+                mn = cvars[k] if mn is None else n.Binary("min", mn, cvars[k])
+            body.append(n.Declare(coord, mn))
+            matches = {}
+            for k in pkeys:
+                m = n.Var(self.fresh(f"at_{k[0].tensor.name}{k[1] + 1}"), BOOL)
+                body.append(n.Declare(m, n.Binary("==", cvars[k], coord)))
+                matches[k] = m
+            sub = lat.Lattice(frozenset(p for p in L.points if p <= point), False)
+            body += self._cases(i, rest, point_expr, sink, env, coord, depth, sub, pkeys, iters, matches,
+                                with_full=False)
+            for k in pkeys:
+                body.append(n.If(matches[k], n.block(*iters[k].advance())))
+            cond = None
+            for k in pkeys:
+                v = iters[k].valid()
+                cond = v if cond is None else n.Binary("&&", cond, v)
+            stmts.append(n.While(cond, n.block(*body)))
+        return stmts
+
+    def _remainder(self, i, rest, expr, sink, env, depth, k, it):
+        """The tail of a merge where one iterator is left: walk it to its end."""
+        coord = n.Var(self.fresh(i.name), I64)
+        e = env.child()
+        e.pos[k] = it.position()
+        body = [n.Declare(coord), *it.load(coord)]
+        if expr != ZERO:
+            body += self._body(i, rest, expr, sink, e, coord, depth)
+        body += it.advance()
+        return n.While(it.valid(), n.block(*body))
+
+    def _require_ordered(self, k, i):
+        acc, l = k
+        kind = acc.tensor.format.levels[l]
+        if not kind.ordered:
+            raise UnsupportedError(
+                f"loop {i.name} must merge {acc!r} level {l + 1} ({kind.spec()}) with other operands, "
+                f"but that level is unordered; store {acc.tensor.name} with ordered levels "
+                f"(e.g. {kind.spec().replace(',unordered', '').replace('(unordered)', '')})")
+
+    def _cases(self, i, rest, expr, sink, env, coord, depth, L, keys, iters, matches, with_full):
+        """An if/else chain over the lattice points, each with its sub-expression."""
+        chain = None
+        all_accs = {k[0] for k in keys}
+        branches = []
+        for point in L.ordered_points():
+            present = {k[0] for k in point}
+            absent = {a for a in all_accs if a not in present}
+            sub = specialize(expr, absent)
+            if sub == ZERO:
+                continue
+            cond = None
+            for k in keys:
+                if k in point:
+                    cond = matches[k] if cond is None else n.Binary("&&", cond, matches[k])
+            e = env.child()
+            for k in point:
+                e.pos[k] = iters[k].position()
+            body = self._body(i, rest, sub, sink, e, coord, depth)
+            branches.append((cond, body))
+        otherwise = None
+        if with_full and L.full:
+            sub = specialize(expr, all_accs)
+            if sub != ZERO:
+                otherwise = self._body(i, rest, sub, sink, env.child(), coord, depth)
+        # build the chain from the end
+        tail = n.block(*otherwise) if otherwise else None
+        for cond, body in reversed(branches):
+            tail = n.block(n.If(cond, n.block(*body), tail))
+        return list(tail.body) if tail is not None else []
+
+    # --------------------------------------------------------------- values
+    def value(self, e, env):
+        ct = self.compute
+        if isinstance(e, Access):
+            if e.tensor in env.temps:
+                return env.temps[e.tensor]
+            return self._load(e, env)
+        if isinstance(e, Literal):
+            return n.const(e.value, ct)
+        if isinstance(e, Neg):
+            return n.Unary("-", self.value(e.operand, env))
+        if isinstance(e, (Add, Sub, Mul, Div)):
+            op = {Add: "+", Sub: "-", Mul: "*", Div: "/"}[type(e)]
+            return n.Binary(op, self.value(e.lhs, env), self.value(e.rhs, env))
+        if isinstance(e, Call):
+            args = [self.value(x, env) for x in e.args]
+            return self._call(e.func, args)
+        if isinstance(e, Sum):
+            raise UnsupportedError(f"internal: sum {e!r} reached the innermost loop unevaluated")
+        raise TypeError(e)
+
+    def _call(self, func, args):
+        ct = self.compute
+        x = args[0]
+        c = lambda v: n.const(v, ct)  # noqa: E731
+        if func == "relu":
+            return n.Binary("max", x, c(0))
+        if func in ("max", "min"):
+            return n.Binary(func, args[0], args[1])
+        if func == "gelu":
+            return n.Binary("*", n.Binary("*", c(0.5), x),
+                            n.Binary("+", c(1), n.Call("erf", (n.Binary("*", x, c(0.7071067811865476)),), ct)))
+        if func == "silu":
+            return n.Binary("/", x, n.Binary("+", c(1), n.Call("exp", (n.Unary("-", x),), ct)))
+        return n.Call(func, (x,), ct)
+
+    def _load(self, acc, env):
+        t = acc.tensor
+        p = self.params[t.name]
+        fmt = t.format
+        if fmt.is_dense:
+            lin = None
+            for d in fmt.order:
+                i = acc.indices[d]
+                cv = env.bound[i]
+                lin = cv if lin is None else n.Binary("+", n.Binary("*", lin, self.sizes[i]), cv)
+            pos = lin if lin is not None else n.i64(0)
+        else:
+            last = len(fmt.levels) - 1
+            pos = env.pos[(acc, last)].pos
+        v = n.Load(p.vals, pos)
+        return n.Cast(v, self.compute) if v.type != self.compute else v
+
+    def dense_positions(self, indices):
+        """Number of positions of dense levels over ``indices``: the product of sizes."""
+        out = n.i64(1)
+        for i in indices:
+            out = self.sizes[i] if out == n.i64(1) else n.Binary("*", out, self.sizes[i])
+        return out
+
+    # ------------------------------------------------------------- printing
+    def _note(self, depth, text):
+        self.loops_text.append("  " * depth + text)
+
+
+def sink_label(sink, lw) -> str:
+    if isinstance(sink, ScalarSink):
+        return f"{sink.var.name} +="
+    if isinstance(sink, WorkspaceSink):
+        return f"workspace[{sink.index.name}] +="
+    lhs = lw.lhs
+    op = "+=" if (lw.accumulate or lw.scatter) and isinstance(sink, DenseSink) else "="
+    if isinstance(sink, AppendSink):
+        op = "append"
+    return f"{lhs!r} {op}"
+
+
+def lower(assignment: Assignment, options: Options | None = None) -> Lowered:
+    return Lowerer(assignment, options).run()

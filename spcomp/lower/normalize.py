@@ -1,0 +1,278 @@
+"""Rewrites of index notation before loop ordering.
+
+* :func:`lift_sums` moves sums up through products (Σ_j a·b = a·Σ_j b read right
+  to left), so a product term is ``Σ_{r...} (f1 * f2 * ...)``.
+* :func:`push_sums` then pushes a reduction down onto the factors that use it
+  when the other factors use an index those factors do not: that is the
+  precompute/hoisting of DESIGN §5, which makes
+  ``O[t,d] = H[t,n]*X[t,k]*Wu[n,k]*Wd[n,d]`` cost nnz(H)·(K+D), not nnz(H)·K·D.
+* :func:`specialize` replaces absent sparse operands by zero and simplifies,
+  which is how one lattice point's sub-expression is formed.
+"""
+from __future__ import annotations
+
+import math
+
+from ..notation import (FUNCTIONS, Access, Add, Call, Div, Literal, Mul, Neg,
+                        Sub, Sum, children, free_indices)
+
+ZERO = Literal(0.0)
+
+
+# ----------------------------------------------------------------- products
+
+def factors(e) -> list:
+    """The factors of a product tree (Mul/Neg flattened; Neg becomes a -1 literal)."""
+    if isinstance(e, Mul):
+        return factors(e.lhs) + factors(e.rhs)
+    if isinstance(e, Neg):
+        return [Literal(-1.0)] + factors(e.operand)
+    return [e]
+
+
+def product(fs: list):
+    """Rebuild a left-associated product from factors (literals folded, first)."""
+    coeff = 1.0
+    rest = []
+    for f in fs:
+        if isinstance(f, Literal):
+            coeff *= f.value
+        else:
+            rest.append(f)
+    if coeff == 0.0:
+        return ZERO
+    if not rest:
+        return Literal(coeff)
+    out = rest[0]
+    for f in rest[1:]:
+        out = Mul(out, f)
+    if coeff == -1.0:
+        return Neg(out)
+    if coeff != 1.0:
+        return Mul(Literal(coeff), out)
+    return out
+
+
+def wrap_sums(indices, body):
+    for i in reversed(list(indices)):
+        body = Sum(i, body)
+    return body
+
+
+def split_sums(e):
+    """``Σ_a Σ_b body`` -> ([a, b], body)."""
+    idx = []
+    while isinstance(e, Sum):
+        idx.append(e.index)
+        e = e.body
+    return idx, e
+
+
+# -------------------------------------------------------------------- lift
+
+def lift_sums(e):
+    """Move sums up through Mul, Neg and the numerator of Div."""
+    if isinstance(e, (Access, Literal)):
+        return e
+    if isinstance(e, Sum):
+        return Sum(e.index, lift_sums(e.body))
+    if isinstance(e, Neg):
+        inner = lift_sums(e.operand)
+        idx, body = split_sums(inner)
+        return wrap_sums(idx, Neg(body)) if idx else Neg(inner)
+    if isinstance(e, Mul):
+        li, lb = split_sums(lift_sums(e.lhs))
+        ri, rb = split_sums(lift_sums(e.rhs))
+        return wrap_sums(li + ri, Mul(lb, rb))
+    if isinstance(e, Div):
+        ni, nb = split_sums(lift_sums(e.lhs))
+        return wrap_sums(ni, Div(nb, lift_sums(e.rhs)))
+    if isinstance(e, (Add, Sub)):
+        return type(e)(lift_sums(e.lhs), lift_sums(e.rhs))
+    if isinstance(e, Call):
+        return Call(e.func, tuple(lift_sums(a) for a in e.args))
+    raise TypeError(e)
+
+
+# -------------------------------------------------------------------- push
+
+def _indices_of(fs) -> set:
+    out = set()
+    for f in fs:
+        out |= free_indices(f)
+    return out
+
+
+def push_sums(e, force=(), allow=True):
+    """Push reductions onto the factors that use them where that saves work.
+
+    A reduction over ``r`` of a product is split as ``rest * Σ_r (users of r)``
+    when ``rest`` uses an index that the users of ``r`` do not (the temporary is
+    then computed once per combination of fewer indices). ``force`` names
+    indices to push whenever possible (``Schedule.precompute``).
+    """
+    if isinstance(e, (Access, Literal)):
+        return e
+    if isinstance(e, Sum):
+        idx, body = split_sums(e)
+        body = push_sums(body, force, allow)
+        if not allow or not isinstance(body, (Mul, Neg)):
+            return wrap_sums(idx, body)
+        fs = factors(body)
+        remaining = list(idx)
+        changed = True
+        while changed:
+            changed = False
+            for r in list(remaining):
+                users = [f for f in fs if r in free_indices(f)]
+                rest = [f for f in fs if r not in free_indices(f)]
+                if not users or not [f for f in rest if not isinstance(f, Literal)]:
+                    continue
+                users_idx = _indices_of(users)
+                gain = not (_indices_of(rest) <= users_idx)
+                if not gain and r.name not in force:
+                    continue
+                # reductions used only by `users` move inside with r
+                inner = [r] + [s for s in remaining if s != r and s in users_idx
+                               and s not in _indices_of(rest)]
+                nested = wrap_sums(inner, push_sums(product(users), force, allow))
+                fs = rest + [nested]
+                remaining = [s for s in remaining if s not in inner]
+                changed = True
+                break
+        return wrap_sums(remaining, product(fs))
+    if isinstance(e, Neg):
+        return Neg(push_sums(e.operand, force, allow))
+    if isinstance(e, (Add, Sub, Mul, Div)):
+        return type(e)(push_sums(e.lhs, force, allow), push_sums(e.rhs, force, allow))
+    if isinstance(e, Call):
+        return Call(e.func, tuple(push_sums(a, force, allow) for a in e.args))
+    raise TypeError(e)
+
+
+# -------------------------------------------------------------- specialize
+
+def apply_function(func: str, args: list) -> float:
+    """Evaluate a language function on Python floats (constant folding)."""
+    x = args[0]
+    if func == "relu":
+        return max(x, 0.0)
+    if func == "gelu":
+        return 0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0)))
+    if func == "silu":
+        return x / (1.0 + math.exp(-x)) if x > -700 else 0.0
+    if func == "abs":
+        return abs(x)
+    if func == "sqrt":
+        return math.sqrt(x) if x >= 0 else math.nan
+    if func == "tanh":
+        return math.tanh(x)
+    if func == "exp":
+        return math.exp(x) if x < 700 else math.inf
+    if func == "log":
+        return math.log(x) if x > 0 else (-math.inf if x == 0 else math.nan)
+    if func == "max":
+        return max(args)
+    if func == "min":
+        return min(args)
+    raise KeyError(func)
+
+
+def simplify(e):
+    """Fold zeros and constants: 0*x = 0, 0+x = x, relu(0) = 0, exp(0) = 1 ..."""
+    if isinstance(e, (Access, Literal)):
+        return e
+    if isinstance(e, Sum):
+        b = simplify(e.body)
+        return ZERO if b == ZERO else Sum(e.index, b)
+    if isinstance(e, Neg):
+        o = simplify(e.operand)
+        if isinstance(o, Literal):
+            return Literal(-o.value) if o.value != 0 else ZERO
+        return Neg(o)
+    if isinstance(e, (Add, Sub, Mul, Div)):
+        a, b = simplify(e.lhs), simplify(e.rhs)
+        if isinstance(e, Mul):
+            if a == ZERO or b == ZERO:
+                return ZERO
+            if isinstance(a, Literal) and isinstance(b, Literal):
+                return Literal(a.value * b.value)
+            return Mul(a, b)
+        if isinstance(e, Div):
+            # division is defined on stored values only: an absent operand gives 0
+            if a == ZERO or b == ZERO:
+                return ZERO
+            if isinstance(a, Literal) and isinstance(b, Literal):
+                return Literal(a.value / b.value)
+            return Div(a, b)
+        if isinstance(e, Add):
+            if a == ZERO:
+                return b
+            if b == ZERO:
+                return a
+            if isinstance(a, Literal) and isinstance(b, Literal):
+                return Literal(a.value + b.value)
+            return Add(a, b)
+        if b == ZERO:
+            return a
+        if a == ZERO:
+            return simplify(Neg(b))
+        if isinstance(a, Literal) and isinstance(b, Literal):
+            return Literal(a.value - b.value)
+        return Sub(a, b)
+    if isinstance(e, Call):
+        args = tuple(simplify(a) for a in e.args)
+        if all(isinstance(a, Literal) for a in args):
+            return Literal(apply_function(e.func, [a.value for a in args]))
+        return Call(e.func, args)
+    raise TypeError(e)
+
+
+def specialize(e, absent: set):
+    """``e`` with every access in ``absent`` replaced by zero, simplified."""
+    def go(x):
+        if isinstance(x, Access):
+            return ZERO if x in absent else x
+        if isinstance(x, Literal):
+            return x
+        if isinstance(x, Sum):
+            return Sum(x.index, go(x.body))
+        if isinstance(x, Neg):
+            return Neg(go(x.operand))
+        if isinstance(x, (Add, Sub, Mul, Div)):
+            return type(x)(go(x.lhs), go(x.rhs))
+        if isinstance(x, Call):
+            return Call(x.func, tuple(go(a) for a in x.args))
+        raise TypeError(x)
+    return simplify(go(e))
+
+
+def zero_preserving(func: str) -> bool:
+    return FUNCTIONS[func][1]
+
+
+def nested_sums(e) -> list:
+    """Sum nodes in ``e`` that are not inside another Sum (outermost first)."""
+    if isinstance(e, Sum):
+        return [e]
+    out = []
+    for c in children(e):
+        out.extend(nested_sums(c))
+    return out
+
+
+def replace(e, old, new):
+    """``e`` with every occurrence of the node ``old`` replaced by ``new``."""
+    if e == old:
+        return new
+    if isinstance(e, (Access, Literal)):
+        return e
+    if isinstance(e, Sum):
+        return Sum(e.index, replace(e.body, old, new))
+    if isinstance(e, Neg):
+        return Neg(replace(e.operand, old, new))
+    if isinstance(e, (Add, Sub, Mul, Div)):
+        return type(e)(replace(e.lhs, old, new), replace(e.rhs, old, new))
+    if isinstance(e, Call):
+        return Call(e.func, tuple(replace(a, old, new) for a in e.args))
+    raise TypeError(e)

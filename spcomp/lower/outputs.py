@@ -1,0 +1,339 @@
+"""Where a computed value goes: output assembly (DESIGN §5).
+
+A *sink* receives events from the loop nest: ``enter``/``exit`` around the
+body of each loop (with the loop's index bound) and ``innermost`` with the
+value. Dense outputs are located; sparse outputs are appended in one pass
+(compressed levels in CSF or COO shape, packed-block tiles with a count), or
+gathered in a workspace — a dense row plus the list of touched coordinates —
+when a reduction loop runs outside the output's last index (Gustavson).
+"""
+from __future__ import annotations
+
+from ..errors import UnsupportedError
+from ..formats.compressed import Compressed
+from ..formats.level import PosInfo
+from ..formats.packed import PackedBlock
+from ..formats.singleton import Singleton
+from ..ir import nodes as n
+from ..ir.types import BOOL, I32, I64, ptr
+
+
+def _add(a, b):
+    return n.Binary("+", a, b)
+
+
+def _mul(a, b):
+    return n.Binary("*", a, b)
+
+
+def store_value(vals, index, value, accumulate: bool):
+    """``vals[index] (+)= value``, casting through the storage type."""
+    t = vals.type.elem
+    if accumulate:
+        old = n.Load(vals, index)
+        if old.type != value.type:
+            old = n.Cast(old, value.type)
+        value = n.Binary("+", old, value)
+    if value.type != t:
+        value = n.Cast(value, t)
+    return n.Store(vals, index, value)
+
+
+class Sink:
+    def prologue(self) -> list:
+        return []
+
+    def epilogue(self) -> list:
+        return []
+
+    def enter(self, index, env) -> list:
+        return []
+
+    def exit(self, index, env) -> list:
+        return []
+
+    def innermost(self, value, env) -> list:
+        raise NotImplementedError
+
+
+class ScalarSink(Sink):
+    """Accumulate into a scalar temporary (a reduction computed in place)."""
+
+    def __init__(self, var: n.Var):
+        self.var = var
+
+    def innermost(self, value, env):
+        return [n.Assign(self.var, n.Binary("+", self.var, value))]
+
+
+class DenseSink(Sink):
+    """Locate into a dense output: ``out[linear(i, j, ...)] (+)= value``."""
+
+    def __init__(self, params, chain, sizes, accumulate: bool):
+        self.vals = params.vals
+        self.chain = chain        # output indices in storage order
+        self.sizes = sizes        # IndexVar -> size var
+        self.accumulate = accumulate
+
+    def linear(self, env):
+        lin = None
+        for i in self.chain:
+            c = env.bound[i]
+            lin = c if lin is None else _add(_mul(lin, self.sizes[i]), c)
+        return lin if lin is not None else n.i64(0)
+
+    def innermost(self, value, env):
+        return [store_value(self.vals, self.linear(env), value, self.accumulate)]
+
+
+class AppendSink(Sink):
+    """Assemble a sparse output while the loops walk it in order.
+
+    Supported shapes: dense levels, then either compressed levels (CSR, DCSR,
+    CSF), or one non-unique compressed level and singletons (COO), or one
+    packed-block level (TwELL/ELL)."""
+
+    def __init__(self, lowerer, params, lhs, drop_zeros: bool):
+        self.lw = lowerer
+        self.p = params
+        fmt = lhs.tensor.format
+        self.levels = fmt.levels
+        self.chain = [lhs.indices[d] for d in fmt.order]
+        self.drop = drop_zeros
+        self.d = 0
+        while self.d < len(self.levels) and self.levels[self.d].is_dense:
+            self.d += 1
+        self.shape = self._classify(lhs)
+        fresh = lowerer.fresh
+        self.counters = {}
+        self.caps = {}
+        self.begins = {}
+        self.grow_ptrs = {}   # (level, array) -> local pointer var
+        self.out_params = {}  # (level, array) -> out param var
+        self.overflow = None
+        m = len(self.levels)
+        name = params.var_name
+        if self.shape in ("csf", "coo"):
+            groups = range(self.d, m) if self.shape == "csf" else [self.d]
+            for l in groups:
+                self.counters[l] = n.Var(fresh(f"p{name}{l + 1}"), I64)
+                self.caps[l] = n.Var(fresh(f"{name}{l + 1}_capacity"), I64)
+        if self.shape == "packed":
+            self.overflow = n.Var(fresh(f"{name}_overflow"), I32)
+
+    # ------------------------------------------------------------ shape
+    def _classify(self, lhs) -> str:
+        sparse = self.levels[self.d:]
+        name = lhs.tensor.name
+        if not sparse:
+            raise UnsupportedError("internal: AppendSink on a dense output")
+        if any(l.is_dense for l in sparse):
+            lv = self.d + [l.is_dense for l in sparse].index(True)
+            raise UnsupportedError(
+                f"output {name}: a dense level (level {lv + 1}) below a sparse one cannot be assembled; "
+                f"use a format whose dense levels come first, e.g. 'csr' or 'dcsr'")
+        if len(sparse) == 1 and isinstance(sparse[0], PackedBlock):
+            return "packed"
+        if all(isinstance(l, Compressed) and l.unique for l in sparse):
+            return "csf"
+        if (isinstance(sparse[0], Compressed) and all(isinstance(l, Singleton) for l in sparse[1:])
+                and len(sparse) > 1):
+            return "coo"
+        raise UnsupportedError(
+            f"output {name} in format {lhs.tensor.format}: spcomp assembles sparse outputs whose "
+            "levels are dense then compressed (csr, dcsr, csf), coordinate lists (coo), or one "
+            "packed-block level (twell, ell)")
+
+    def growable(self):
+        """(level, array) pairs the kernel allocates and grows itself."""
+        out = []
+        m = len(self.levels)
+        if self.shape == "csf":
+            for l in range(self.d, m):
+                if l > self.d:
+                    out.append((l, "pos"))
+                out.append((l, "crd"))
+            out.append((-1, "vals"))
+        elif self.shape == "coo":
+            for l in range(self.d, m):
+                out.append((l, "crd"))
+            out.append((-1, "vals"))
+        return out
+
+    def _group_of(self, level, array):
+        if self.shape == "coo":
+            return self.d
+        if array == "vals":
+            return len(self.levels) - 1
+        if array == "pos":
+            return level - 1
+        return level
+
+    def bind_growable(self, out_params: dict, locals_: dict):
+        self.out_params = out_params
+        self.grow_ptrs = locals_
+
+    def _array(self, level, array):
+        if (level, array) in self.grow_ptrs:
+            return self.grow_ptrs[(level, array)]
+        if array == "vals":
+            return self.p.vals
+        return self.p.array(level, array)
+
+    def _ensure(self, group, p) -> list:
+        cap = self.caps[group]
+        body = [n.Assign(cap, _mul(cap, n.i64(2)))]
+        for (l, a), var in self.grow_ptrs.items():
+            if self._group_of(l, a) != group:
+                continue
+            count = _add(cap, n.i64(1)) if a == "pos" else cap
+            body += [n.Reallocate(var, count), n.Store(self.out_params[(l, a)], n.i64(0), var)]
+        return [n.If(n.Binary(">=", p, cap), n.block(*body))]
+
+    # ------------------------------------------------------- prologue
+    def prologue(self):
+        out = []
+        cap0 = self.lw.capacity_param
+        for g, cap in self.caps.items():
+            out.append(n.Declare(self.counters[g], n.i64(0)))
+            out.append(n.Declare(cap, n.Binary("max", cap0, n.i64(16))))
+        for (l, a), var in self.grow_ptrs.items():
+            g = self._group_of(l, a)
+            count = _add(self.caps[g], n.i64(1)) if a == "pos" else self.caps[g]
+            out += [n.Allocate(var, count, zero=(a == "pos")),
+                    n.Store(self.out_params[(l, a)], n.i64(0), var)]
+        if self.overflow is not None:
+            out.append(n.Declare(self.overflow, n.Const(0, I32)))
+        return out
+
+    def epilogue(self):
+        out = []
+        if self.shape in ("csf", "coo") and self.d == 0:
+            out.append(n.Store(self._array(0, "pos"), n.i64(1),
+                               n.Cast(self.counters[self.d], self._array(0, "pos").type.elem)))
+        if self.shape in ("csf", "coo") and self.d > 0:
+            # rows the loops never visited keep the previous row's end
+            pos = self._array(self.d, "pos")
+            q = n.Var(self.lw.fresh("q"), I64)
+            prev = n.Load(pos, q)
+            nxt = _add(q, n.i64(1))
+            out.append(n.Comment(f"rows no loop visited end where the previous row ends"))
+            out.append(n.For(q, n.i64(0), self.lw.dense_positions(self.chain[:self.d]), n.block(
+                n.If(n.Binary("<", n.Load(pos, nxt), prev), n.block(n.Store(pos, nxt, prev))))))
+        if self.overflow is not None:
+            out.append(n.If(n.Binary("!=", self.overflow, n.Const(0, I32)),
+                            n.block(n.Return(n.STATUS_PACKED_OVERFLOW))))
+        return out
+
+    # ---------------------------------------------------------- events
+    def _level_of(self, index):
+        return self.chain.index(index) if index in self.chain else None
+
+    def enter(self, index, env):
+        l = self._level_of(index)
+        if l is None:
+            return []
+        if l < self.d:
+            parent = env.pos.get(("out", l - 1), PosInfo(n.i64(0))) if l > 0 else PosInfo(n.i64(0))
+            from ..ir.types import I64 as _I64
+            pos = env.bound[index] if l == 0 else _add(_mul(parent.pos, self.lw.sizes[index]),
+                                                        env.bound[index])
+            var = n.Var(self.lw.fresh(f"p{self.p.var_name}{l + 1}"), _I64)
+            env.pos[("out", l)] = PosInfo(var)
+            return [n.Declare(var, pos)]
+        if self.shape == "csf" and l < len(self.levels) - 1:
+            child = self.counters[l + 1]
+            begin = n.Var(self.lw.fresh(f"p{self.p.var_name}{l + 2}_begin"), I64)
+            self.begins[(id(env), l)] = begin
+            env.pos[("out_begin", l)] = begin
+            return [n.Declare(begin, child)]
+        return []
+
+    def exit(self, index, env):
+        l = self._level_of(index)
+        if l is None:
+            return []
+        out = []
+        if l == self.d - 1 and self.shape in ("csf", "coo"):
+            q = env.pos[("out", l)].pos
+            pos = self._array(self.d, "pos")
+            out.append(n.Store(pos, _add(q, n.i64(1)),
+                               n.Cast(self.counters[self.d], pos.type.elem)))
+        if self.shape == "csf" and self.d <= l < len(self.levels) - 1:
+            p = self.counters[l]
+            child = self.counters[l + 1]
+            begin = env.pos[("out_begin", l)]
+            pos = self._array(l + 1, "pos")
+            crd = self._array(l, "crd")
+            out += self._ensure(l, p)
+            out.append(n.Store(pos, _add(p, n.i64(1)), n.Cast(child, pos.type.elem)))
+            out.append(n.If(n.Binary(">", child, begin), n.block(
+                n.Store(crd, p, n.Cast(env.bound[index], crd.type.elem)),
+                n.Assign(p, _add(p, n.i64(1))))))
+        return out
+
+    def innermost(self, value, env):
+        t = n.Var(self.lw.fresh("value"), value.type)
+        body = self._append(t, env)
+        stmts = [n.Declare(t, value)]
+        if self.drop:
+            zero = n.const(0, value.type)
+            stmts.append(n.If(n.Binary("!=", t, zero), n.block(*body)))
+        else:
+            stmts += body
+        return stmts
+
+    def _append(self, value, env) -> list:
+        m = len(self.levels)
+        last = self.chain[-1]
+        c = env.bound[last]
+        if self.shape == "packed":
+            level = self.levels[-1]
+            dim = self.lw.sizes[last]
+            q = env.pos[("out", m - 2)].pos if m >= 2 else n.i64(0)
+            bs = level.block_size_expr(dim)
+            nb = level.num_blocks_expr(dim)
+            tile = n.Var(self.lw.fresh("tile"), I64)
+            slot = n.Var(self.lw.fresh("slot"), I64)
+            count = self._array(m - 1, "count")
+            crd = self._array(m - 1, "crd")
+            at = _add(_mul(tile, n.i64(level.K)), slot)
+            block_no = n.Binary("/", c, bs)
+            return [
+                n.Declare(tile, _add(_mul(q, nb), block_no)),
+                n.Declare(slot, n.Cast(n.Load(count, tile), I64)),
+                n.If(n.Binary("<", slot, n.i64(level.K)), n.block(
+                    n.Store(crd, at, n.Cast(n.Binary("-", c, _mul(block_no, bs)), crd.type.elem)),
+                    store_value(self.p.vals, at, value, False)),
+                    n.block(n.Assign(self.overflow, n.Const(1, I32)))),
+                n.Store(count, tile, n.Cast(_add(slot, n.i64(1)), count.type.elem)),
+            ]
+        group = m - 1 if self.shape == "csf" else self.d
+        p = self.counters[group]
+        out = self._ensure(group, p)
+        levels = [m - 1] if self.shape == "csf" else range(self.d, m)
+        for l in levels:
+            crd = self._array(l, "crd")
+            out.append(n.Store(crd, p, n.Cast(env.bound[self.chain[l]], crd.type.elem)))
+        out.append(store_value(self._array(-1, "vals"), p, value, False))
+        out.append(n.Assign(p, _add(p, n.i64(1))))
+        return out
+
+
+class WorkspaceSink(Sink):
+    """Scatter into a dense row of the output's last dimension, remembering
+    which coordinates were touched; the lowerer drains it in order."""
+
+    def __init__(self, values, marks, touched, count, index):
+        self.values, self.marks, self.touched, self.count = values, marks, touched, count
+        self.index = index
+
+    def innermost(self, value, env):
+        c = env.bound[self.index]
+        return [
+            n.If(n.Binary("==", n.Load(self.marks, c), n.Const(0, I32)), n.block(
+                n.Store(self.marks, c, n.Const(1, I32)),
+                n.Store(self.touched, self.count, c),
+                n.Assign(self.count, _add(self.count, n.i64(1))))),
+            n.Store(self.values, c, n.Binary("+", n.Load(self.values, c), value)),
+        ]

@@ -1,0 +1,102 @@
+"""Adapters between a Kernel and the backends: build machine code from a lowered
+kernel and return a Python callable that takes NumPy arrays and integers."""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+from .errors import BackendUnavailableError, UnsupportedError
+
+
+def _pointer(a):
+    if isinstance(a, np.ndarray):
+        return a.__array_interface__["data"][0]
+    return a
+
+
+class CpuTarget:
+    """LLVM through llvmlite, called through ctypes (which releases the GIL)."""
+    name = "cpu"
+
+    def build(self, lowered):
+        from .backends.cpu import compile_module
+        return compile_module(lowered.module)
+
+    def entry(self, compiled, lowered):
+        fn = compiled.function(lowered.entry)
+
+        def call(*args):
+            return fn(*[_pointer(a) for a in args])
+        call.keepalive = compiled
+        return call
+
+    def source(self, compiled) -> str:
+        return compiled.llvm_ir
+
+
+class CudaSimTarget:
+    """The emitted CUDA C run on the CPU through the cuda-sim harness."""
+    name = "cuda-sim"
+
+    def build(self, lowered):
+        from .backends.cuda import emit_module
+        from .backends.cuda.sim import compile_sim
+        source = emit_module(lowered.module)
+        return (source, compile_sim(source))
+
+    def entry(self, compiled, lowered):
+        from .backends.cuda import launch_config
+        source, module = compiled
+        fn = lowered.module.function(lowered.entry)
+        names = [p.name for p in fn.params]
+
+        def call(*args):
+            conv = [a for a in args]
+            grid, block = launch_config(fn, dict(zip(names, [a if isinstance(a, int) else 0 for a in conv])))
+            return module.launch(lowered.entry, conv, grid, block)
+        return call
+
+    def source(self, compiled) -> str:
+        return compiled[0]
+
+
+class CudaTarget:
+    """CUDA C through pycuda on a real GPU."""
+    name = "cuda"
+
+    def build(self, lowered):
+        from .backends.cuda import emit_module
+        source = emit_module(lowered.module)
+        return (source, None)
+
+    def entry(self, compiled, lowered):
+        from .backends.cuda import launch_config
+        from .backends.cuda.device import compile_gpu, gpu_available
+        source, _ = compiled
+        fn = lowered.module.function(lowered.entry)
+        names = [p.name for p in fn.params]
+        state = {}
+
+        def call(*args):
+            ok, why = gpu_available()
+            if not ok:
+                raise BackendUnavailableError(f"backend 'cuda' cannot run here: {why}")
+            if "module" not in state:
+                state["module"] = compile_gpu(source)
+            grid, block = launch_config(fn, dict(zip(names, [a if isinstance(a, int) else 0 for a in args])))
+            return state["module"].launch(lowered.entry, list(args), grid, block)
+        return call
+
+    def source(self, compiled) -> str:
+        return compiled[0]
+
+
+TARGETS = {"cpu": CpuTarget, "cuda-sim": CudaSimTarget, "cuda": CudaTarget}
+
+
+def get_target(name: str):
+    try:
+        return TARGETS[name]()
+    except KeyError:
+        raise UnsupportedError(f"unknown backend {name!r}; use one of {', '.join(TARGETS)}") from None
