@@ -12,7 +12,11 @@ Conventions every backend follows:
 * Integer arithmetic is in the type of the operands; the lowerer inserts
   :class:`Cast` where types differ, so backends never guess.
 * ``Load``/``Store`` index arrays by element, not byte.
-* ``For`` runs ``var`` from ``start`` (inclusive) to ``end`` (exclusive) by 1.
+* ``&&``, ``||`` and ``Select`` have C semantics: the right operand of ``&&``
+  is not evaluated when the left is false, so ``p < end && crd[p] == i`` never
+  reads ``crd[end]``.
+* ``For`` runs ``var`` from ``start`` (inclusive) to ``end`` (exclusive) by 1;
+  ``end`` must not change inside the body (backends may evaluate it once).
   ``parallel`` is ``None`` or a mapping name: ``"threads"`` (CPU: the runtime
   calls the function over sub-ranges ``[lo, hi)``; the lowerer only puts it on
   the outermost loop, whose bounds are then the ``lo``/``hi`` params),

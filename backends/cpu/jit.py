@@ -1,0 +1,225 @@
+"""LLVM IR -> optimised machine code for the host CPU -> callable ctypes functions.
+
+One :class:`_Host` per process holds the target machine (host CPU name and features,
+O3 code generation) and the new-pass-manager O3 pipeline. :func:`compile_module` lowers
+kernel IR (:mod:`.codegen`), optimises it, emits object code and loads it;
+:func:`load_object` loads object code from an earlier compile (the disk cache) without
+parsing or optimising anything. Either way a :class:`CompiledModule` owns an MCJIT
+execution engine holding the code; the ctypes functions it hands out keep it alive.
+
+Object code uses the large code model (llvmlite's ``jitdefault``), so it loads at any
+address. ctypes releases the GIL while a kernel runs.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import struct
+import sys
+import threading
+
+import llvmlite
+import llvmlite.binding as llvm
+
+from spcomp.errors import CacheError
+from spcomp.ir import nodes as n
+from spcomp.ir.types import BF16, BOOL, F32, F64, I8, I16, I32, I64, PointerType
+
+from . import codegen
+from .codegen import KernelIRError
+
+_CTYPES = {BOOL: ctypes.c_bool, I8: ctypes.c_int8, I16: ctypes.c_int16, I32: ctypes.c_int32,
+           I64: ctypes.c_int64, F32: ctypes.c_float, F64: ctypes.c_double,
+           BF16: ctypes.c_uint16}
+
+_lock = threading.RLock()
+_host: "_Host | None" = None
+
+
+def ctypes_signature(f: n.Function) -> ctypes.CFUNCTYPE:
+    """The ctypes prototype of a kernel function: ``int32 f(void*, int64, ...)``."""
+    args = [ctypes.c_void_p if isinstance(p.type, PointerType) else _CTYPES[p.type]
+            for p in f.params]
+    return ctypes.CFUNCTYPE(ctypes.c_int32, *args)
+
+
+class _Host:
+    """The process-wide LLVM state: initialised targets, target machine, pass pipeline."""
+
+    def __init__(self):
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        for lib in ("m", "c"):
+            path = ctypes.util.find_library(lib)
+            if path:
+                llvm.load_library_permanently(path)
+        self.triple = llvm.get_process_triple()
+        self.cpu = llvm.get_host_cpu_name()
+        try:
+            self.features = llvm.get_host_cpu_features().flatten()
+        except RuntimeError:  # not reported on this platform
+            self.features = ""
+        self.target = llvm.Target.from_triple(self.triple)
+        self.tm = self.make_target_machine()
+        self.data_layout = str(self.tm.target_data)
+        self.pto = llvm.create_pipeline_tuning_options(speed_level=3)
+        self.pto.loop_vectorization = True
+        self.pto.slp_vectorization = True
+        self.pto.loop_interleaving = True
+        self.pto.loop_unrolling = True
+        self.pass_builder = llvm.create_pass_builder(self.tm, self.pto)
+        self.key = f"{self.triple}/{self.cpu}/{self.features}"
+
+    def make_target_machine(self, jit: bool = False):
+        return self.target.create_target_machine(
+            cpu=self.cpu, features=self.features, opt=3, reloc="default",
+            codemodel="jitdefault", jit=jit)
+
+    def optimize(self, module_ref) -> None:
+        self.pass_builder.getModulePassManager().run(module_ref, self.pass_builder)
+
+
+def _get_host() -> _Host:
+    global _host
+    with _lock:
+        if _host is None:
+            _host = _Host()
+        return _host
+
+
+def host_cpu_key() -> str:
+    """Triple, CPU name and feature string of this machine, for cache keys."""
+    return _get_host().key
+
+
+def llvm_version() -> str:
+    return ".".join(map(str, llvm.llvm_version_info)) + f" (llvmlite {llvmlite.__version__})"
+
+
+# ------------------------------------------------------------ object files
+
+def _check_object(data: bytes) -> None:
+    """Refuse bytes that are not a whole ELF relocatable object for this machine.
+
+    LLVM does not check what it is given: loading garbage crashes the process."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CacheError(f"object code must be bytes, not {type(data).__name__}")
+    data = bytes(data)
+    if sys.platform != "linux":
+        return  # only ELF is checked; other formats go to LLVM as they are
+    if len(data) < 64 or data[:4] != b"\x7fELF":
+        raise CacheError("object code is not an ELF file (corrupt or truncated cache entry)")
+    if data[4] != 2 or data[5] != (1 if sys.byteorder == "little" else 2):
+        raise CacheError("object code is not a 64-bit ELF file of this byte order")
+    endian = "<" if data[5] == 1 else ">"
+    e_type, e_machine = struct.unpack_from(endian + "HH", data, 16)
+    host_machine = {"x86_64": 62, "aarch64": 183, "ppc64le": 21, "riscv64": 243}.get(
+        llvm.get_process_triple().split("-")[0])
+    if e_type != 1 or (host_machine is not None and e_machine != host_machine):
+        raise CacheError(f"object code is not a relocatable object for this machine "
+                         f"(type {e_type}, machine {e_machine})")
+    shoff, = struct.unpack_from(endian + "Q", data, 40)
+    shentsize, shnum = struct.unpack_from(endian + "HH", data, 58)
+    if shentsize < 64 or shoff + shentsize * shnum > len(data):
+        raise CacheError("object code is truncated (section table past the end)")
+    for i in range(shnum):
+        sh_type, = struct.unpack_from(endian + "I", data, shoff + i * shentsize + 4)
+        offset, size = struct.unpack_from(endian + "QQ", data, shoff + i * shentsize + 24)
+        if sh_type != 8 and offset + size > len(data):  # 8 = SHT_NOBITS
+            raise CacheError(f"object code is truncated (section {i} past the end)")
+
+
+class CompiledModule:
+    """Machine code for one kernel IR module, loaded and callable.
+
+    ``llvm_ir`` and ``optimized_ir`` are ``None`` for a module made by :func:`load_object`;
+    so is ``assembly``.
+    """
+
+    def __init__(self, ir_module: n.Module, object_code: bytes,
+                 llvm_ir: str | None = None, optimized_ir: str | None = None):
+        self.ir_module = ir_module
+        self.object_code = bytes(object_code)
+        self.llvm_ir = llvm_ir
+        self.optimized_ir = optimized_ir
+        self._assembly: str | None = None
+        self._functions: dict[str, object] = {}
+        host = _get_host()
+        with _lock:
+            # MCJIT owns the target machine it is given, so each engine gets its own.
+            engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""),
+                                                host.make_target_machine(jit=True))
+            engine.add_object_file(llvm.ObjectFileRef.from_data(self.object_code))
+            engine.finalize_object()
+        self._engine = engine
+        self._addresses = {}
+        for f in ir_module.functions:
+            address = engine.get_function_address(f.name)
+            if not address:
+                raise CacheError(f"object code has no function {f.name!r}: it was not "
+                                 f"compiled from this kernel IR")
+            self._addresses[f.name] = address
+
+    @property
+    def assembly(self) -> str | None:
+        """Assembly of the optimised code (emitted on first use)."""
+        if self._assembly is None and self.optimized_ir is not None:
+            host = _get_host()
+            with _lock:
+                self._assembly = host.tm.emit_assembly(llvm.parse_assembly(self.optimized_ir))
+        return self._assembly
+
+    def address(self, name: str) -> int:
+        try:
+            return self._addresses[name]
+        except KeyError:
+            raise KeyError(f"no function {name!r} in this module "
+                           f"(has {', '.join(self._addresses)})") from None
+
+    def function(self, name: str):
+        """The ctypes function for IR function ``name``: returns the int32 status.
+
+        Pointer parameters take ``c_void_p`` (an address such as ``array.ctypes.data``),
+        scalar parameters their ctypes type. The function keeps this module alive."""
+        f = self._functions.get(name)
+        if f is None:
+            address = self.address(name)
+            f = ctypes_signature(self.ir_module.function(name))(address)
+            f.compiled_module = self
+            self._functions[name] = f
+        return f
+
+    def __repr__(self) -> str:
+        names = ", ".join(f.name for f in self.ir_module.functions)
+        return f"<CompiledModule [{names}] {len(self.object_code)} bytes of object code>"
+
+
+def to_llvm_ir(ir_module: n.Module, *, fast_math: bool = False) -> str:
+    """The LLVM IR text for a kernel IR module, before optimisation."""
+    host = _get_host()
+    return str(codegen.generate(ir_module, triple=host.triple, data_layout=host.data_layout,
+                                fast_math=fast_math))
+
+
+def compile_module(ir_module: n.Module, *, fast_math: bool = False) -> CompiledModule:
+    """Lower, optimise (O3, host CPU), emit object code and load it."""
+    host = _get_host()
+    text = to_llvm_ir(ir_module, fast_math=fast_math)
+    with _lock:
+        try:
+            ref = llvm.parse_assembly(text)
+            ref.verify()
+        except RuntimeError as e:
+            raise KernelIRError(f"the CPU backend produced invalid LLVM IR: {e}\n{text}") from e
+        host.optimize(ref)
+        optimized = str(ref)
+        obj = host.tm.emit_object(ref)
+    return CompiledModule(ir_module, obj, text, optimized)
+
+
+def load_object(object_code: bytes, ir_module: n.Module) -> CompiledModule:
+    """Load object code from :attr:`CompiledModule.object_code` without optimising again.
+
+    ``ir_module`` gives the function signatures; it must be the module compiled."""
+    _check_object(object_code)
+    return CompiledModule(ir_module, object_code)

@@ -1,0 +1,494 @@
+"""Packing coordinates and dense arrays into level storage, and unpacking it again.
+
+Everything here works on plain arrays, so :mod:`spcomp.runtime.tensor` can wrap it:
+
+* :func:`pack_coo` / :func:`pack_dense` build ``(format, levels, vals)`` for any
+  format from a coordinate list or a dense array. They walk the levels top-down
+  with one array ``ppos`` (the parent position of every entry) and build each
+  level's arrays with a few vectorised NumPy passes: no Python loop runs per entry.
+* :func:`unpack_coo` / :func:`unpack_dense` read any storage back.
+* :func:`resolve_dtype` decides the value dtype (float32, float64, bfloat16).
+
+Storage layout is fixed by the level docstrings in :mod:`spcomp.formats`.
+Packing rules beyond that layout:
+
+* Entries are stored in lexicographic order of their storage-ordered coordinates.
+* A unique level groups entries by (parent position, coordinate). A non-unique
+  compressed level (the top of COO) gives one position per distinct coordinate
+  tuple through the run of singleton levels under it, so COO holds one position
+  per entry; duplicates are summed before packing.
+* A singleton level under a level with more positions than entries (``d q``)
+  stores coordinate 0 and value 0 at positions that hold no entry.
+* Packed-block slots are filled in coordinate order; unused slots hold coordinate
+  0 and value 0. ``overflow="grow"`` raises K to the largest block count.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import ml_dtypes
+import numpy as np
+
+from spcomp.errors import DTypeError, FormatError, InvalidTensorError, PackedOverflowError, ShapeError
+from spcomp.formats import Compressed, Dense, Format, PackedBlock, Singleton
+
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+FLOAT32 = np.dtype(np.float32)
+FLOAT64 = np.dtype(np.float64)
+#: The value dtypes a tensor may store.
+STORAGE_DTYPES = (FLOAT32, FLOAT64, BFLOAT16)
+INT32_MAX = int(np.iinfo(np.int32).max)
+
+_OVERFLOW_MODES = ("error", "grow")
+
+
+# ------------------------------------------------------------------ dtypes
+
+def resolve_dtype(dtype=None, source=None) -> np.dtype:
+    """The value dtype to store, given a requested ``dtype`` and the ``source`` values' dtype.
+
+    ``dtype=None`` keeps float32, float64 and bfloat16, turns float16 into float32 and
+    integers/bools into float64. ``"bfloat16"`` (or ``"bf16"``, ``ml_dtypes.bfloat16``)
+    stores bfloat16. Complex, object and string data, and any other requested dtype,
+    raise :class:`~spcomp.errors.DTypeError` naming the dtype.
+    """
+    src = None if source is None else np.dtype(source)
+    if src is not None and (src.kind in "cOSUMmV" and src != BFLOAT16):
+        raise DTypeError(f"values of dtype {src} cannot be stored: spcomp stores float32, float64 "
+                         "or bfloat16 values (convert real data with .astype(np.float64))")
+    if dtype is None:
+        if src is None:
+            return FLOAT64
+        if src in STORAGE_DTYPES:
+            return src
+        if src == np.float16:
+            return FLOAT32
+        if src.kind in "biu":
+            return FLOAT64
+        raise DTypeError(f"values of dtype {src} cannot be stored: spcomp stores float32, float64 "
+                         "or bfloat16 values")
+    if isinstance(dtype, str) and dtype.strip().lower() in ("bfloat16", "bf16"):
+        return BFLOAT16
+    try:
+        want = np.dtype(dtype)
+    except TypeError:
+        raise DTypeError(f"dtype {dtype!r} is not a dtype: spcomp stores float32, float64 or "
+                         "bfloat16 values") from None
+    if want not in STORAGE_DTYPES:
+        raise DTypeError(f"dtype {want} cannot be stored: spcomp stores float32, float64 or "
+                         "bfloat16 values")
+    return want
+
+
+def _work_dtype(dtype: np.dtype) -> np.dtype:
+    """Accumulation dtype for summing duplicates: float64 for float64, else float32."""
+    return FLOAT64 if dtype == FLOAT64 else FLOAT32
+
+
+def index_array(a: np.ndarray, bound: int | None = None) -> np.ndarray:
+    """``a`` as int32 when every value fits (``bound`` is a known upper bound), else int64."""
+    if bound is None:
+        bound = int(a.max()) if a.size else 0
+    return a.astype(np.int32 if bound <= INT32_MAX else np.int64, copy=False)
+
+
+def packed_crd_dtype(level: PackedBlock) -> np.dtype:
+    return np.dtype(np.int16 if level.crd_dtype_bits() == 16 else np.int32)
+
+
+def level_kind(level) -> str:
+    """The name messages use for a level kind."""
+    for cls, name in ((Dense, "dense"), (Compressed, "compressed"), (Singleton, "singleton"),
+                      (PackedBlock, "packed-block")):
+        if isinstance(level, cls):
+            return name
+    return type(level).__name__
+
+
+def storage_dims(fmt: Format, shape) -> list:
+    """Size of the dimension each storage level holds."""
+    return [int(shape[d]) for d in fmt.order]
+
+
+def _check_overflow_mode(overflow: str) -> None:
+    if overflow not in _OVERFLOW_MODES:
+        raise ValueError(f"overflow must be 'error' or 'grow', not {overflow!r}")
+
+
+# ------------------------------------------------------------------ helpers
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, s + n)`` for every (s, n), vectorised."""
+    lengths = lengths.astype(np.int64, copy=False)
+    total = int(lengths.sum()) if lengths.size else 0
+    if total == 0:
+        return np.zeros(0, np.int64)
+    ends = np.cumsum(lengths)
+    offsets = np.repeat(starts.astype(np.int64, copy=False) - (ends - lengths), lengths)
+    return np.arange(total, dtype=np.int64) + offsets
+
+
+def _run_starts(n: int, *keys: np.ndarray) -> np.ndarray:
+    """Boolean mask: entry k differs from entry k-1 in some key (entry 0 always starts)."""
+    start = np.zeros(n, bool)
+    if n:
+        start[0] = True
+        for key in keys:
+            start[1:] |= key[1:] != key[:-1]
+    return start
+
+
+def _with_level(fmt: Format, l: int, level) -> Format:
+    """``fmt`` with level ``l`` replaced; a twell/ell preset name follows the new K."""
+    levels = list(fmt.levels)
+    levels[l] = level
+    name = None
+    if fmt.name and isinstance(level, PackedBlock) and l == fmt.ndim - 1:
+        if fmt.name.startswith("twell"):
+            name = f"twell(B={level.B},K={level.K})"
+        elif fmt.name.startswith("ell"):
+            name = f"ell(K={level.K})"
+    return Format(tuple(levels), fmt.order, name=name)
+
+
+# ------------------------------------------------------------------ packing
+
+def _sort_coo(scoords: list, shape_s: list, values: np.ndarray):
+    """Sort entries lexicographically by storage coordinates; return (scoords, values, unique?)."""
+    n = len(values)
+    if n <= 1 or not scoords:
+        return scoords, values, n <= 1
+    total = 1
+    for s in shape_s:
+        total *= max(int(s), 1)
+    if total < 2 ** 62:
+        key = np.zeros(n, np.int64)
+        for c, s in zip(scoords, shape_s):
+            key *= int(s)
+            key += c
+        d = np.diff(key)
+        if not (d < 0).any():
+            return scoords, values, bool((d > 0).all())
+        perm = np.argsort(key, kind="stable")
+        key = key[perm]
+        unique = bool((key[1:] != key[:-1]).all())
+    else:
+        perm = np.lexsort(scoords[::-1])
+        unique = None
+    scoords = [c[perm] for c in scoords]
+    values = values[perm]
+    if unique is None:
+        unique = not (~_run_starts(n, *scoords)[1:]).any()
+    return scoords, values, unique
+
+
+def pack_coo(fmt: Format, shape, coords, values, dtype=None, sum_duplicates=True,
+             overflow="error", sorted_unique=False):
+    """Storage of a tensor given by coordinates (in dimension order) and values.
+
+    ``coords`` is an ``(ndim, nnz)`` integer array or a sequence of ``ndim`` arrays.
+    Returns ``(format, levels, vals)``; the format differs from ``fmt`` only when
+    ``overflow="grow"`` raised a packed level's K. ``sorted_unique=True`` promises the
+    entries are already unique and sorted in storage order (skips the sort).
+    """
+    _check_overflow_mode(overflow)
+    shape = tuple(int(s) for s in shape)
+    ndim = len(shape)
+    if any(s < 0 for s in shape):
+        raise ShapeError(f"shape {shape} has a negative size")
+    if fmt.ndim != ndim:
+        raise FormatError(f"format {str(fmt)!r} has {fmt.ndim} level(s) but the tensor has "
+                          f"{ndim} dimension(s)")
+    values = values_in = np.asarray(values)
+    target = resolve_dtype(dtype, values.dtype)
+    coords = _as_coords(coords, ndim)
+    nnz = coords[0].shape[0] if ndim else values.size
+    if values.ndim == 0:
+        values = np.broadcast_to(values, (nnz,))
+    values = values.reshape(-1) if values.ndim > 1 and values.size == nnz else values
+    if values.ndim != 1 or values.shape[0] != nnz:
+        raise ShapeError(f"values has shape {values.shape} but the coordinates list {nnz} entries")
+    for d, c in enumerate(coords):
+        if c.shape != (nnz,):
+            raise ShapeError(f"coords[{d}] has shape {c.shape}; every coordinate array needs "
+                             f"{nnz} entries")
+        if nnz:
+            bad = np.flatnonzero((c < 0) | (c >= shape[d]))
+            if bad.size:
+                k = int(bad[0])
+                raise InvalidTensorError(f"coords[{d}][{k}] = {int(c[k])} is out of range for "
+                                         f"dimension {d} of size {shape[d]}")
+    if ndim == 0:
+        work = values.astype(_work_dtype(target))
+        if nnz > 1 and not sum_duplicates:
+            raise InvalidTensorError(f"an order-0 tensor holds one value; got {nnz} entries "
+                                     "(pass sum_duplicates=True to add them)")
+        return fmt, [], np.array([work.sum()], dtype=target)
+    scoords = [coords[d].astype(np.int64, copy=False) for d in fmt.order]
+    dims = storage_dims(fmt, shape)
+    if sorted_unique:
+        unique = True
+    else:
+        scoords, values, unique = _sort_coo(scoords, dims, values)
+    if not unique:
+        start = _run_starts(nnz, *scoords)
+        if not sum_duplicates:
+            k = int(np.flatnonzero(~start)[0])
+            where = tuple(int(coords_d[k]) for coords_d in _unpermute(scoords, fmt.order))
+            raise InvalidTensorError(f"coordinate {where} appears more than once; pass "
+                                     "sum_duplicates=True to add duplicates")
+        idx = np.flatnonzero(start)
+        values = np.add.reduceat(values.astype(_work_dtype(target)), idx) if idx.size else values
+        scoords = [c[idx] for c in scoords]
+    else:
+        # _build may hand ``values`` back as vals: never alias the caller's array
+        if sorted_unique or np.may_share_memory(values, values_in):
+            values = np.array(values, dtype=target)
+    return _build(fmt, dims, scoords, values.astype(target, copy=False), overflow)
+
+
+def _unpermute(scoords: list, order) -> list:
+    out = [None] * len(order)
+    for l, d in enumerate(order):
+        out[d] = scoords[l]
+    return out
+
+
+def _as_coords(coords, ndim: int) -> list:
+    if isinstance(coords, np.ndarray):
+        if coords.ndim == 1 and ndim == 1:
+            coords = [coords]
+        elif coords.ndim != 2 or coords.shape[0] != ndim:
+            raise ShapeError(f"coords has shape {coords.shape}; expected (ndim, nnz) with ndim = {ndim}")
+    coords = [np.asarray(c) for c in coords]
+    if len(coords) != ndim:
+        raise ShapeError(f"coords has {len(coords)} coordinate arrays for a tensor of order {ndim}")
+    for d, c in enumerate(coords):
+        if c.size and c.dtype.kind not in "iu":
+            if c.dtype.kind == "f" and np.array_equal(c, np.round(c)):
+                continue
+            raise InvalidTensorError(f"coords[{d}] has dtype {c.dtype}; coordinates are integers")
+    if ndim:
+        coords = [c.astype(np.int64, copy=False).reshape(-1) if c.ndim else c.reshape(1).astype(np.int64)
+                  for c in coords]
+    return coords
+
+
+def pack_dense(a, fmt: Format, dtype=None, overflow="error"):
+    """Storage of a dense array; zeros are not stored in sparse levels."""
+    _check_overflow_mode(overflow)
+    a = np.asarray(a)
+    target = resolve_dtype(dtype, a.dtype)
+    if fmt.ndim != a.ndim:
+        raise FormatError(f"format {str(fmt)!r} has {fmt.ndim} level(s) but the array has "
+                          f"{a.ndim} dimension(s)")
+    st = np.transpose(a, fmt.order) if a.ndim else a
+    if fmt.is_dense:
+        return fmt, [{} for _ in fmt.levels], np.array(st, dtype=target, order="C").reshape(-1)
+    dims = list(st.shape)
+    # Leading dense levels: their positions are the row-major index of their coordinates,
+    # so one flat index per nonzero gives the parent position of the first sparse level.
+    lead = 0
+    while isinstance(fmt.levels[lead], Dense):
+        lead += 1
+    mask = st != 0
+    values = st[mask].astype(target, copy=False)   # boolean indexing gives a fresh array
+    flat = np.flatnonzero(mask)
+    inner = 1
+    for s in dims[lead:]:
+        inner *= s
+    if lead:
+        ppos = flat // inner
+        rest = flat - ppos * inner
+    else:
+        ppos, rest = None, flat
+    sub = [rest] if len(dims) - lead == 1 else list(np.unravel_index(rest, dims[lead:]))
+    sc = [None] * lead + sub
+    P = 1
+    for s in dims[:lead]:
+        P *= s
+    return _build(fmt, dims, sc, values, overflow, start=lead, ppos=ppos, P=P)
+
+
+def _build(fmt: Format, dims: list, sc: list, values: np.ndarray, overflow: str,
+           start: int = 0, ppos=None, P: int = 1):
+    """Build level arrays from unique entries sorted by storage coordinates.
+
+    ``values`` must be a fresh array (it may become ``vals``). Levels before ``start``
+    are dense and already folded into ``ppos`` (the parent position of each entry,
+    ``None`` meaning ``arange(n)``) and ``P`` (the number of parent positions).
+    """
+    n = values.shape[0]
+    ndim = fmt.ndim
+    levels_out: list = [{} for _ in range(start)]
+    if ppos is None and start == 0:
+        ppos = np.zeros(n, np.int64)   # every entry under the one root position
+
+    def group_starts(l: int, m: int):
+        # entries that open a new (parent position, coordinates through level m) group;
+        # None when every entry does (the entries are unique)
+        if m == ndim - 1 or n == 0:
+            return None
+        keys = [ppos] if ppos is not None else []
+        start_mask = _run_starts(n, *keys, *sc[l:m + 1])
+        return None if start_mask.all() else start_mask
+
+    def identity():
+        return np.arange(n, dtype=np.int64)
+
+    for l in range(start, ndim):
+        lvl = fmt.levels[l]
+        N = dims[l]
+        c = sc[l].astype(np.int64, copy=False)
+        if ppos is None:
+            ppos = identity()
+        if isinstance(lvl, Dense):
+            ppos = ppos * N + c
+            P *= N
+            levels_out.append({})
+        elif isinstance(lvl, Compressed):
+            m = l
+            if not lvl.unique:
+                while m + 1 < ndim and isinstance(fmt.levels[m + 1], Singleton):
+                    m += 1
+            first = group_starts(l, m)
+            if first is None:
+                crd, owner = c, ppos
+                new_ppos = None if n else np.zeros(0, np.int64)
+            else:
+                crd, owner = c[first], ppos[first]
+                new_ppos = np.cumsum(first) - 1
+            pos = np.zeros(P + 1, np.int64)
+            np.cumsum(np.bincount(owner, minlength=P), out=pos[1:])
+            levels_out.append({"pos": index_array(pos, int(pos[-1])),
+                               "crd": index_array(crd, N - 1 if N - 1 <= INT32_MAX else None)})
+            ppos = new_ppos
+            P = int(pos[-1])
+        elif isinstance(lvl, Singleton):
+            if n > 1:
+                bad = np.flatnonzero((ppos[1:] == ppos[:-1]) & (c[1:] != c[:-1]))
+                if bad.size:
+                    q = int(ppos[bad[0]])
+                    raise FormatError(
+                        f"format {str(fmt)!r} cannot hold this tensor: level {l} (singleton) stores "
+                        f"one coordinate per position of level {l - 1}, but position {q} has entries "
+                        f"with coordinates {int(c[bad[0]])} and {int(c[bad[0] + 1])}; use a "
+                        "non-unique parent level (e.g. 'coo')")
+            crd = np.zeros(P, np.int64)
+            crd[ppos] = c
+            levels_out.append({"crd": index_array(crd, N - 1 if N - 1 <= INT32_MAX else None)})
+        elif isinstance(lvl, PackedBlock):
+            B, nb = lvl.block_size(N), lvl.num_blocks(N)
+            if B - 1 > np.iinfo(packed_crd_dtype(lvl)).max:
+                raise FormatError(f"format {str(fmt)!r}: level {l} ({lvl.spec()}) has blocks of {B} "
+                                  "coordinates, more than its in-block coordinates can hold; give B")
+            first = group_starts(l, l)
+            dc = c if first is None else c[first]
+            dp = ppos if first is None else ppos[first]
+            blk = dc // B
+            g = dp * nb + blk
+            counts = np.bincount(g, minlength=P * nb)
+            largest = int(counts.max()) if counts.size else 0
+            K = lvl.K
+            if largest > K:
+                if overflow == "grow":
+                    lvl = dataclasses.replace(lvl, K=largest)
+                    fmt = _with_level(fmt, l, lvl)
+                    K = largest
+                else:
+                    raise _overflow_error(fmt, l, lvl, dims, counts, largest, nb)
+            # slot of item k = g*K + (k - index of the first item of its block)
+            group_first = np.cumsum(counts) - counts
+            slot = np.arange(len(g), dtype=np.int64)
+            slot += g * K
+            slot -= group_first[g]
+            crd = np.zeros(P * nb * K, packed_crd_dtype(lvl))
+            crd[slot] = dc - blk * B
+            levels_out.append({"count": counts.astype(np.int32), "crd": crd})
+            ppos = slot if first is None else slot[np.cumsum(first) - 1]
+            P = P * nb * K
+        else:  # pragma: no cover - a new level kind needs a packing rule here
+            raise FormatError(f"level {l} ({lvl.spec()}) has no packing rule in spcomp.runtime")
+    if ppos is None and P == n:
+        return fmt, levels_out, values
+    vals = np.zeros(P, values.dtype)
+    vals[ppos if ppos is not None else identity()] = values
+    return fmt, levels_out, vals
+
+
+def _overflow_error(fmt, l, lvl, dims, counts, largest, nb) -> PackedOverflowError:
+    g = int(np.argmax(counts))
+    q, b = divmod(g, nb)
+    B = lvl.block_size(dims[l])
+    lo, hi = b * B, min((b + 1) * B, dims[l]) - 1
+    above = fmt.levels[:l]
+    if all(isinstance(x, Dense) for x in above):
+        where = f"under index {tuple(int(i) for i in np.unravel_index(q, dims[:l]))} " if l else ""
+    else:
+        where = f"under parent position {q} "
+    suggestion = _with_level(fmt, l, dataclasses.replace(lvl, K=largest))
+    return PackedOverflowError(
+        f"tensor level {l} (packed-block {lvl.spec()}) of format {str(fmt)!r}: block {b} "
+        f"(coordinates {lo}..{hi}) {where}holds {largest} nonzeros but has only K={lvl.K} slots; "
+        f"the largest count found is {largest}. Use K >= {largest} (format {str(suggestion)!r}) "
+        f"or pass overflow='grow'", largest)
+
+
+# ------------------------------------------------------------------ unpacking
+
+def unpack_coo(fmt: Format, shape, levels: list, vals: np.ndarray):
+    """Stored entries as (storage-ordered coordinate arrays, values), in storage order.
+
+    Walks the used positions top-down; unused packed slots are skipped. Assumes
+    well-formed storage (validate first when the arrays come from a user).
+    """
+    dims = storage_dims(fmt, shape)
+    cur = np.zeros(1, np.int64)
+    coords: list = []
+    for l, lvl in enumerate(fmt.levels):
+        N, arr = dims[l], levels[l]
+        if isinstance(lvl, Dense):
+            new = (cur[:, None] * N + np.arange(N, dtype=np.int64)).reshape(-1)
+            coords = [np.repeat(x, N) for x in coords] + [np.tile(np.arange(N, dtype=np.int64), len(cur))]
+        elif isinstance(lvl, Compressed):
+            pos = np.asarray(arr["pos"]).astype(np.int64, copy=False)
+            lo = pos[cur]
+            lens = pos[cur + 1] - lo
+            new = _ranges(lo, lens)
+            coords = [np.repeat(x, lens) for x in coords] + [np.asarray(arr["crd"])[new].astype(np.int64)]
+        elif isinstance(lvl, Singleton):
+            new = cur
+            coords = coords + [np.asarray(arr["crd"])[cur].astype(np.int64)]
+        elif isinstance(lvl, PackedBlock):
+            B, nb, K = lvl.block_size(N), lvl.num_blocks(N), lvl.K
+            g = (cur[:, None] * nb + np.arange(nb, dtype=np.int64)).reshape(-1)
+            cnt = np.asarray(arr["count"])[g].astype(np.int64)
+            new = _ranges(g * K, cnt)
+            blk = np.repeat(g % nb, cnt) if nb else np.zeros(0, np.int64)
+            coords = [np.repeat(np.repeat(x, nb), cnt) for x in coords] + \
+                [blk * B + np.asarray(arr["crd"])[new].astype(np.int64)]
+        else:  # pragma: no cover
+            raise FormatError(f"level {l} ({lvl.spec()}) has no unpacking rule in spcomp.runtime")
+        cur = new
+    return coords, vals[cur]
+
+
+def unpack_dense(fmt: Format, shape, levels: list, vals: np.ndarray) -> np.ndarray:
+    """A fresh dense array in dimension order; duplicate entries (COO) are summed."""
+    shape = tuple(int(s) for s in shape)
+    dims = storage_dims(fmt, shape)
+    if fmt.is_dense:
+        inv = np.argsort(fmt.order)
+        return np.transpose(vals.reshape(dims), inv).copy() if shape else vals.reshape(()).copy()
+    coords, values = unpack_coo(fmt, shape, levels, vals)
+    dcoords = tuple(_unpermute(coords, fmt.order))
+    if all(lvl.unique for lvl in fmt.levels):
+        out = np.zeros(shape, vals.dtype)
+        out[dcoords] = values
+        return out
+    size = 1
+    for s in shape:
+        size *= s
+    flat = np.ravel_multi_index(dcoords, shape) if values.size else np.zeros(0, np.int64)
+    sums = np.bincount(flat, weights=values.astype(np.float64), minlength=size)
+    return sums.astype(vals.dtype).reshape(shape)

@@ -1,0 +1,292 @@
+"""``Tensor``: a format, a shape, a value dtype and the NumPy arrays of each level.
+
+Storage (fixed by :mod:`spcomp.formats`): ``levels[l]`` is a dict holding the
+arrays ``format.levels[l].arrays`` of storage level ``l``, which stores tensor
+dimension ``format.order[l]``; ``vals`` is a 1-D array with one value per
+position of the last level (for an all-dense format the row-major flattening of
+``np.transpose(a, format.order)``; an order-0 tensor has one value).
+
+A ``Tensor`` does not copy what it is given, and it never mutates its arrays.
+**Do not mutate the arrays of a tensor after it was built or validated**: the
+validation result, ``nnz`` and the kernel arrays are cached on the tensor.
+
+Constructors::
+
+    Tensor.from_numpy(a, format)          Tensor.from_scipy(m, format)
+    Tensor.from_coo(coords, values, shape, format)
+    Tensor.from_arrays(format, shape, levels, vals)      # user arrays, validated now
+
+Tensors built by the ``from_numpy`` / ``from_coo`` / ``from_scipy`` packers are
+well formed by construction and marked validated, except the zero-copy
+``from_scipy`` path, whose arrays belong to the user (validated on first use).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from spcomp.errors import DTypeError, ShapeError
+from spcomp.formats import Compressed, Dense, Format, PackedBlock
+
+from . import convert as _cv
+from .validate import validate_storage
+
+__all__ = ["Tensor", "as_tensor"]
+
+
+def _parse_format(format, ndim: int) -> Format:
+    return Format.parse(format, ndim=ndim)
+
+
+class Tensor:
+    """A sparse (or dense) tensor stored level by level. See the module docstring."""
+
+    __slots__ = ("format", "shape", "dtype", "levels", "vals", "_validated", "_nnz",
+                 "_kernel_arrays", "_index_bits", "__weakref__")
+
+    def __init__(self, format, shape, levels, vals, *, validated: bool = False):
+        shape = tuple(int(s) for s in shape)
+        fmt = format if isinstance(format, Format) else _parse_format(format, len(shape))
+        self.format: Format = fmt
+        self.shape: tuple = shape
+        self.levels: list = [
+            {k: (v if isinstance(v, np.ndarray) else np.asarray(v)) for k, v in lv.items()}
+            if isinstance(lv, Mapping) else lv
+            for lv in levels]
+        self.vals: np.ndarray = vals if isinstance(vals, np.ndarray) else np.asarray(vals)
+        self.dtype: np.dtype = self.vals.dtype
+        self._validated = bool(validated)
+        self._nnz = None
+        self._kernel_arrays: dict = {}
+        self._index_bits = None
+
+    # ------------------------------------------------------------ constructors
+    @classmethod
+    def from_numpy(cls, a, format, dtype=None, overflow: str = "error") -> "Tensor":
+        """Pack a dense array into ``format``; zeros are not stored in sparse levels.
+
+        ``overflow="grow"`` raises a packed-block level's K to the largest block count
+        instead of raising :class:`~spcomp.errors.PackedOverflowError`.
+        """
+        a = np.asarray(a)
+        fmt = _parse_format(format, a.ndim)
+        fmt, levels, vals = _cv.pack_dense(a, fmt, dtype, overflow)
+        return cls(fmt, a.shape, levels, vals, validated=True)
+
+    @classmethod
+    def from_coo(cls, coords, values, shape, format, dtype=None, sum_duplicates: bool = True,
+                 overflow: str = "error") -> "Tensor":
+        """Pack a coordinate list: ``coords`` is ``(ndim, nnz)`` or ``ndim`` arrays, in
+        dimension order. Duplicates are summed (``sum_duplicates=False`` makes them an
+        :class:`~spcomp.errors.InvalidTensorError`). Explicit zeros given are stored."""
+        shape = tuple(int(s) for s in shape)
+        fmt = _parse_format(format, len(shape))
+        fmt, levels, vals = _cv.pack_coo(fmt, shape, coords, values, dtype, sum_duplicates, overflow)
+        return cls(fmt, shape, levels, vals, validated=True)
+
+    @classmethod
+    def from_scipy(cls, m, format="csr", dtype=None, overflow: str = "error") -> "Tensor":
+        """Pack any ``scipy.sparse`` matrix or array.
+
+        Zero-copy when ``m`` is CSR in canonical form (sorted, no duplicates) and the
+        format is ``csr`` (``d c``), or likewise CSC and ``csc`` (``d c:1,0``): the
+        tensor shares ``indptr``/``indices``/``data`` (and keeps scipy's index dtype);
+        ``data`` is converted only when the value dtype changes.
+        """
+        import scipy.sparse as sp
+
+        if not sp.issparse(m):
+            raise TypeError(f"from_scipy takes a scipy.sparse matrix or array, not {type(m).__name__}")
+        shape = tuple(int(s) for s in m.shape)
+        fmt = _parse_format(format, len(shape))
+        target = _cv.resolve_dtype(dtype, m.dtype)
+        kind = m.format
+        if (kind in ("csr", "csc") and len(shape) == 2 and _is_dense_compressed(fmt)
+                and fmt.order == ((0, 1) if kind == "csr" else (1, 0)) and m.has_canonical_format):
+            data = m.data if m.data.dtype == target else m.data.astype(target)
+            levels = [{}, {"pos": m.indptr, "crd": m.indices}]
+            return cls(fmt, shape, levels, data, validated=False)
+        coo = m.tocoo()
+        coords = getattr(coo, "coords", None)
+        if coords is None:
+            coords = (coo.row, coo.col)
+        fmt, levels, vals = _cv.pack_coo(fmt, shape, tuple(coords), coo.data, target, True, overflow)
+        return cls(fmt, shape, levels, vals, validated=True)
+
+    @classmethod
+    def from_arrays(cls, format, shape, levels, vals) -> "Tensor":
+        """Wrap raw level arrays from a user (no copy), validating them now."""
+        t = cls(format, shape, levels, vals)
+        t.validate()
+        return t
+
+    # ------------------------------------------------------------ facts
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored entries (explicit zeros included; packed levels: used slots)."""
+        if self._nnz is None:
+            if any(isinstance(l, PackedBlock) for l in self.format.levels):
+                coords, _ = _cv.unpack_coo(self.format, self.shape, self.levels, self.vals)
+                self._nnz = int(coords[-1].shape[0])
+            else:
+                self._nnz = int(self.vals.shape[0])
+        return self._nnz
+
+    def __repr__(self) -> str:
+        return (f"Tensor(format={str(self.format)!r}, shape={self.shape}, dtype={self.dtype.name}, "
+                f"nnz={self.nnz})")
+
+    # ------------------------------------------------------------ validation
+    def validate(self, name: str | None = None) -> "Tensor":
+        """Check the storage is well formed; raise :class:`~spcomp.errors.InvalidTensorError`
+        naming the level, array and first bad position (``name`` labels the tensor in the
+        message). The result is cached: a second call is O(1), so the arrays must not be
+        mutated after validation. Returns ``self``."""
+        if not self._validated:
+            validate_storage(self.format, self.shape, self.levels, self.vals, name)
+            self._validated = True
+        return self
+
+    @property
+    def validated(self) -> bool:
+        return self._validated
+
+    # ------------------------------------------------------------ kernel side
+    def index_bits_needed(self) -> int:
+        """32 when every index (sizes, positions, pos/crd values) fits in int32, else 64."""
+        if self._index_bits is None:
+            big = max([0, self.vals.shape[0], *self.shape])
+            for lvl, arrays in zip(self.format.levels, self.levels):
+                if isinstance(lvl, PackedBlock):
+                    continue
+                for key, a in arrays.items():
+                    if a.size and (a.dtype.itemsize > 4 or a.dtype == np.uint32):
+                        big = max(big, int(a.max()))
+            self._index_bits = 32 if big <= _cv.INT32_MAX else 64
+        return self._index_bits
+
+    def kernel_arrays(self, index_bits: int = 32) -> list:
+        """The arrays a kernel takes, in parameter order: per level the arrays of
+        ``format.levels[l].arrays`` in order, then ``vals``.
+
+        pos/crd of compressed and singleton levels become int32 (``index_bits=32``) or
+        int64 (64); packed ``count`` is int32 and packed ``crd`` int16/int32 as the level
+        says; ``vals`` keeps its dtype (bfloat16 stays ``ml_dtypes.bfloat16``). All arrays
+        are C-contiguous. The tensor is validated first. Cached per ``index_bits``.
+        Raises ``ValueError`` when 32 bits are asked and some index does not fit.
+        """
+        if index_bits not in (32, 64):
+            raise ValueError(f"index_bits must be 32 or 64, not {index_bits!r}")
+        cached = self._kernel_arrays.get(index_bits)
+        if cached is not None:
+            return cached
+        self.validate()
+        if index_bits == 32 and self.index_bits_needed() == 64:
+            raise ValueError(f"{self!r} has indices that do not fit in int32; use index_bits=64")
+        idx = np.dtype(np.int32 if index_bits == 32 else np.int64)
+        out = []
+        for lvl, arrays in zip(self.format.levels, self.levels):
+            for key in lvl.arrays:
+                a = arrays[key]
+                if isinstance(lvl, PackedBlock):
+                    want = np.dtype(np.int32) if key == "count" else _cv.packed_crd_dtype(lvl)
+                else:
+                    want = idx
+                out.append(np.ascontiguousarray(a, dtype=want))
+        out.append(np.ascontiguousarray(self.vals))
+        self._kernel_arrays[index_bits] = out
+        return out
+
+    # ------------------------------------------------------------ conversions
+    def to_numpy(self) -> np.ndarray:
+        """A fresh dense array in dimension order (duplicates in COO storage are summed)."""
+        return _cv.unpack_dense(self.format, self.shape, self.levels, self.vals)
+
+    def to_coo(self, drop_zeros: bool = False):
+        """``(coords, values)``: coords ``(ndim, nnz)`` int64 in dimension order, entries in
+        storage order. Stored explicit zeros are kept unless ``drop_zeros``."""
+        coords, values = _cv.unpack_coo(self.format, self.shape, self.levels, self.vals)
+        n = values.shape[0]
+        out = np.empty((self.ndim, n), np.int64)
+        for l, d in enumerate(self.format.order):
+            out[d] = coords[l]
+        if drop_zeros:
+            keep = values != 0
+            out, values = out[:, keep], values[keep]
+        return out, values
+
+    def to_scipy(self, kind: str = "csr"):
+        """A ``scipy.sparse`` array (``csr_array`` etc.; any ``asformat`` kind) of a 2-D tensor.
+
+        bfloat16 values become float32 (SciPy has no bfloat16). A csr/csc tensor with
+        ``kind`` equal to its layout shares its arrays with the result.
+        """
+        import scipy.sparse as sp
+
+        if self.ndim != 2:
+            raise ShapeError(f"to_scipy needs a 2-D tensor; this one has shape {self.shape}")
+        vals = self.vals.astype(np.float32) if self.dtype == _cv.BFLOAT16 else self.vals
+        fmt = self.format
+        if kind in ("csr", "csc") and _is_dense_compressed(fmt) \
+                and fmt.order == ((0, 1) if kind == "csr" else (1, 0)) and fmt.levels[1].ordered \
+                and fmt.levels[1].unique:
+            self.validate()
+            cls = sp.csr_array if kind == "csr" else sp.csc_array
+            lv = self.levels[1]
+            return cls((vals, lv["crd"], lv["pos"]), shape=self.shape)
+        coords, values = self.to_coo()
+        if values.dtype == _cv.BFLOAT16:
+            values = values.astype(np.float32)
+        m = sp.coo_array((values, (coords[0], coords[1])), shape=self.shape)
+        m.sum_duplicates()
+        return m.asformat(kind)
+
+    def to_format(self, format, overflow: str = "error", drop_zeros: bool = True) -> "Tensor":
+        """The same tensor in another format (via COO). Returns ``self`` when the format
+        is already the same. Zeros are not carried over unless ``drop_zeros=False``."""
+        fmt = _parse_format(format, self.ndim)
+        if fmt == self.format:
+            return self
+        if self.format.is_dense:
+            return Tensor.from_numpy(self.to_numpy(), fmt, overflow=overflow)
+        coords, values = self.to_coo(drop_zeros=drop_zeros)
+        return Tensor.from_coo(coords, values, self.shape, fmt, dtype=self.dtype, overflow=overflow)
+
+    def astype(self, dtype) -> "Tensor":
+        """The same storage with values converted (level arrays are shared)."""
+        target = _cv.resolve_dtype(dtype, self.dtype)
+        if target == self.dtype:
+            return self
+        return Tensor(self.format, self.shape, self.levels, self.vals.astype(target),
+                      validated=self._validated)
+
+
+def _is_dense_compressed(fmt: Format) -> bool:
+    return (fmt.ndim == 2 and isinstance(fmt.levels[0], Dense)
+            and isinstance(fmt.levels[1], Compressed) and fmt.levels[1].ordered and fmt.levels[1].unique)
+
+
+def as_tensor(x, format=None, dtype=None, overflow: str = "error") -> Tensor:
+    """Whatever a user passes as an operand, as a :class:`Tensor`.
+
+    A ``Tensor`` is converted to ``format`` (and ``dtype``) only when they differ; a
+    ``scipy.sparse`` object goes through :meth:`Tensor.from_scipy` (``format`` defaults
+    to ``csr``); anything else through :meth:`Tensor.from_numpy` (``format`` defaults to
+    dense).
+    """
+    import scipy.sparse as sp
+
+    if isinstance(x, Tensor):
+        t = x if format is None else x.to_format(format, overflow=overflow)
+        return t if dtype is None else t.astype(dtype)
+    if sp.issparse(x):
+        return Tensor.from_scipy(x, "csr" if format is None else format, dtype=dtype, overflow=overflow)
+    a = np.asarray(x)
+    if a.dtype.kind in "OSU":
+        raise DTypeError(f"cannot use an array of dtype {a.dtype} as a tensor")
+    return Tensor.from_numpy(a, "dense" if format is None else format, dtype=dtype, overflow=overflow)
