@@ -61,8 +61,8 @@ class Literal:
     value: float
 
     def __repr__(self) -> str:
-        v = self.value
-        return repr(int(v)) if float(v).is_integer() else repr(v)
+        v = float(self.value)
+        return repr(int(v)) if v.is_integer() and abs(v) < 1e16 else repr(v)
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,8 @@ class Neg:
     operand: "Expr"
 
     def __repr__(self) -> str:
-        return f"-{self.operand!r}"
+        o = self.operand
+        return f"-({o!r})" if isinstance(o, (Mul, Div)) else f"-{o!r}"
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,8 @@ class Mul:
     rhs: "Expr"
 
     def __repr__(self) -> str:
-        return f"{self.lhs!r} * {self.rhs!r}"
+        r = f"({self.rhs!r})" if isinstance(self.rhs, (Mul, Div)) else repr(self.rhs)
+        return f"{self.lhs!r} * {r}"
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,8 @@ class Div:
     rhs: "Expr"
 
     def __repr__(self) -> str:
-        return f"{self.lhs!r} / {self.rhs!r}"
+        r = f"({self.rhs!r})" if isinstance(self.rhs, (Mul, Div)) else repr(self.rhs)
+        return f"{self.lhs!r} / {r}"
 
 
 @dataclass(frozen=True)
