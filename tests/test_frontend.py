@@ -96,7 +96,7 @@ def test_mttkrp_sums_sit_on_the_lowest_common_ancestor():
     assert (notation("A[i,l] = B[i,j,k] * C[j,l] * D[k,l]", formats={"B": "csf"})
             == "A[i,l] = sum(k, sum(j, B[i,j,k] * C[j,l]) * D[k,l])")
     assert (notation("A[i,l] = B[i,j,k] * (C[j,l] * D[k,l])")
-            == "A[i,l] = sum(j, sum(k, B[i,j,k] * C[j,l] * D[k,l]))")
+            == "A[i,l] = sum(j, sum(k, B[i,j,k] * (C[j,l] * D[k,l])))")
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -88,10 +88,10 @@ def build(e, index, sparse_key) -> Lattice:
     if isinstance(e, Sum):
         return build(e.body, index, sparse_key)
     if isinstance(e, Call):
-        if not zero_preserving(e.func):
-            return FULL
         out = EMPTY
         for a in e.args:
             out = union(out, build(a, index, sparse_key))
-        return out
+        # f(0) != 0: every coordinate has a value, but the operands still
+        # have to be walked to know where they are nonzero
+        return out if zero_preserving(e.func) else union(out, FULL)
     raise TypeError(e)
