@@ -9,12 +9,16 @@ bfloat16 values are written as float32. Complex files raise ``DTypeError``.
 from __future__ import annotations
 
 import numpy as np
-import scipy.io
 import scipy.sparse as sp
 
 from spcomp.errors import ShapeError
 
 from .convert import BFLOAT16
+
+
+def _mmio():
+    import scipy.io  # imported on use: it costs ~0.1 s at startup
+    return scipy.io
 from .tensor import Tensor
 
 __all__ = ["read_matrix_market", "write_matrix_market"]
@@ -22,7 +26,7 @@ __all__ = ["read_matrix_market", "write_matrix_market"]
 
 def read_matrix_market(source, format="csr", dtype=None, overflow: str = "error") -> Tensor:
     """A Tensor from a Matrix Market file name or file-like object."""
-    m = scipy.io.mmread(source)
+    m = _mmio().mmread(source)
     if sp.issparse(m):
         return Tensor.from_scipy(m, format, dtype=dtype, overflow=overflow)
     return Tensor.from_numpy(np.asarray(m), format, dtype=dtype, overflow=overflow)
@@ -41,5 +45,5 @@ def write_matrix_market(target, tensor: Tensor, comment: str | None = None,
             a = a.astype(np.float32)
     else:
         a = tensor.to_scipy("coo")
-    scipy.io.mmwrite(target, a, comment=comment or "", field="real", precision=precision,
+    _mmio().mmwrite(target, a, comment=comment or "", field="real", precision=precision,
                      symmetry=symmetry)

@@ -20,6 +20,9 @@ def __getattr__(name):
     if name == "clear_cache":
         from .api import clear_cache
         return clear_cache
+    if name == "load":
+        from .kernel import Kernel
+        return Kernel.load
     if name == "Kernel":
         from .kernel import Kernel
         return Kernel

@@ -62,13 +62,14 @@ class _Variant:
 class Kernel:
     """A compiled index-notation kernel. Call it with operands by name."""
 
-    def __init__(self, expression: str, notation, options: Options, backend, schedule=None):
+    def __init__(self, expression: str, notation, options: Options, backend, schedule=None,
+                 variants: dict | None = None):
         self.expression = expression
         self.notation = notation
         self._options = options
         self._backend = backend
         self.schedule = schedule
-        self._variants: dict = {}
+        self._variants: dict = dict(variants or {})
         self._tensor_cache: dict = {}
         self._variant(32)  # compile now: errors surface at compile(), source is ready
         low = self._variants[32].lowered
@@ -114,12 +115,72 @@ class Kernel:
     def _variant(self, bits: int) -> _Variant:
         v = self._variants.get(bits)
         if v is None:
-            opt = Options(**{**self._options.__dict__, "index_bits": bits})
-            lowered = lower(self.notation, opt)
-            compiled = self._backend.build(lowered)
-            v = _Variant(lowered, compiled, self._backend.entry(compiled, lowered))
+            v = self._load_or_build(bits)
             self._variants[bits] = v
         return v
+
+    def _cache_key(self, bits: int):
+        return (self.expression, repr(self.notation), {k: v.spec() for k, v in self.formats.items()},
+                repr(self._options), bits, self._backend.name) + self._backend.cache_key()
+
+    def _load_or_build(self, bits: int) -> _Variant:
+        from .runtime import cache
+        can_cache = hasattr(self._backend, "load")
+        digest = cache.key_digest(self._cache_key(bits)) if can_cache else None
+        if digest is not None:
+            payload = cache.load_entry(digest)
+            if payload is not None:
+                try:
+                    compiled = self._backend.load(payload["compiled"], payload["lowered"])
+                    lowered = payload["lowered"]
+                    return _Variant(lowered, compiled, self._backend.entry(compiled, lowered))
+                except SpcompError:
+                    pass  # unusable here: rebuild below
+        opt = Options(**{**self._options.__dict__, "index_bits": bits})
+        lowered = lower(self.notation, opt)
+        compiled = self._backend.build(lowered)
+        if digest is not None:
+            cache.store_entry(digest, {"lowered": lowered, "compiled": self._backend.dump(compiled)})
+        return _Variant(lowered, compiled, self._backend.entry(compiled, lowered))
+
+    # -------------------------------------------------------- save / load
+    def save(self, path) -> None:
+        """Write this kernel (every index width compiled so far) to ``path``, to ship
+        with an inference script; :func:`spcomp.load` reads it without compiling."""
+        from .runtime import cache
+        if not hasattr(self._backend, "dump"):
+            raise SpcompError(f"kernels of backend {self._backend.name!r} cannot be saved")
+        payload = {
+            "expression": self.expression, "notation": self.notation, "options": self._options,
+            "backend": self._backend.name, "machine": self._backend.cache_key(),
+            "variants": {b: {"lowered": v.lowered, "compiled": self._backend.dump(v.compiled)}
+                         for b, v in self._variants.items()},
+        }
+        from pathlib import Path
+        cache.write_atomic(Path(path), cache.pack(payload))
+
+    @classmethod
+    def load(cls, path) -> "Kernel":
+        from pathlib import Path
+
+        from .errors import CacheError
+        from .runtime import cache
+        from .targets import get_target
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise CacheError(f"cannot read kernel file {path}: {e}") from None
+        payload = cache.unpack(data, str(path))
+        backend = get_target(payload["backend"])
+        if payload["machine"] != backend.cache_key():
+            raise CacheError(f"{path} was compiled for another machine or library version "
+                             f"({payload['machine'][0]}); recompile it here")
+        variants = {}
+        for bits, entry in payload["variants"].items():
+            compiled = backend.load(entry["compiled"], entry["lowered"])
+            variants[bits] = _Variant(entry["lowered"], compiled, backend.entry(compiled, entry["lowered"]))
+        return cls(payload["expression"], payload["notation"], payload["options"], backend, None,
+                   variants=variants)
 
     # ----------------------------------------------------------- operands
     def _to_tensor(self, name: str, value, fmt: Format, dtype: np.dtype):

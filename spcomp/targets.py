@@ -32,7 +32,25 @@ class CpuTarget:
         return call
 
     def source(self, compiled) -> str:
-        return compiled.llvm_ir
+        return compiled.llvm_ir if compiled.llvm_ir is not None else getattr(compiled, "saved_llvm_ir", "")
+
+    # --- disk cache and saved kernels: object code plus the readable IR
+    def cache_key(self) -> tuple:
+        import llvmlite
+
+        from . import __version__
+        from .backends.cpu import host_cpu_key
+        from .backends.cpu.jit import llvm_version
+        return (host_cpu_key(), llvmlite.__version__, llvm_version(), __version__)
+
+    def dump(self, compiled) -> dict:
+        return {"object": compiled.object_code, "llvm_ir": self.source(compiled)}
+
+    def load(self, data: dict, lowered):
+        from .backends.cpu import load_object
+        compiled = load_object(data["object"], lowered.module)
+        compiled.saved_llvm_ir = data["llvm_ir"]
+        return compiled
 
 
 class CudaSimTarget:
@@ -59,6 +77,9 @@ class CudaSimTarget:
 
     def source(self, compiled) -> str:
         return compiled[0]
+
+    def cache_key(self) -> tuple:
+        return ()
 
 
 class CudaTarget:
@@ -90,6 +111,9 @@ class CudaTarget:
 
     def source(self, compiled) -> str:
         return compiled[0]
+
+    def cache_key(self) -> tuple:
+        return ()
 
 
 TARGETS = {"cpu": CpuTarget, "cuda-sim": CudaSimTarget, "cuda": CudaTarget}

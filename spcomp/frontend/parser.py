@@ -20,8 +20,14 @@ from . import ast
 
 @functools.lru_cache(maxsize=None)
 def _lark() -> Lark:
-    return Lark(grammar_text(), parser="lalr", start="statement",
-                propagate_positions=True, maybe_placeholders=True)
+    # cache=True keeps the built LALR tables in a temp file (keyed by the grammar's
+    # hash): building them costs ~0.1 s of every process's first compile
+    try:
+        return Lark(grammar_text(), parser="lalr", start="statement",
+                    propagate_positions=True, maybe_placeholders=True, cache=True)
+    except OSError:
+        return Lark(grammar_text(), parser="lalr", start="statement",
+                    propagate_positions=True, maybe_placeholders=True)
 
 
 def parse(text: str) -> ast.Statement:

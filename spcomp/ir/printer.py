@@ -50,7 +50,10 @@ class CPrinter:
         return f"({a} {e.op} {b})"
 
     def expr_Unary(self, e: n.Unary) -> str:
-        return f"{e.op}{self.expr(e.operand)}"
+        inner = self.expr(e.operand)
+        if inner.startswith(("-", "!")) or (isinstance(e.operand, n.Const) and e.operand.value < 0):
+            inner = f"({inner})"
+        return f"{e.op}{inner}"
 
     def expr_Call(self, e: n.Call) -> str:
         name = e.func

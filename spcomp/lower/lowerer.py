@@ -16,6 +16,7 @@ indices are all bound are computed into temporaries before going deeper
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from ..errors import ScheduleError, UnsupportedError
@@ -472,7 +473,8 @@ class Lowerer:
                 e = env.child()
                 e.pos[k] = info
                 return self._body(i, rest, expr, sink, e, coord, depth)
-            return [n.Comment(f"loop over {i.name}: {k[0]!r} level {k[1] + 1}"), *it.loop(coord, body)]
+            loop = self._vector_hint(it.loop(coord, body), sink, rest)
+            return [n.Comment(f"loop over {i.name}: {k[0]!r} level {k[1] + 1}"), *loop]
         # --- the whole dimension
         if L.full:
             coord = n.Var(self.fresh(i.name), I64)
@@ -481,7 +483,8 @@ class Lowerer:
             if not keys:
                 self._note(depth, f"for {i.name} in {where}")
                 body = self._body(i, rest, expr, sink, env.child(), coord, depth)
-                return [n.For(coord, start, end, n.block(*body), parallel="threads" if parallel else None)]
+                loop = [n.For(coord, start, end, n.block(*body), parallel="threads" if parallel else None)]
+                return self._vector_hint(loop, sink, rest)
             for k in keys:
                 self._require_ordered(k, i)
             self._note(depth, f"for {i.name} in {where}, co-iterating "
@@ -556,6 +559,19 @@ class Lowerer:
             body += self._body(i, rest, expr, sink, e, coord, depth)
         body += it.advance()
         return n.While(it.valid(), n.block(*body))
+
+    def _vector_hint(self, stmts, sink, rest):
+        """Let the innermost loop of a reduction be vectorised: the hint allows
+        LLVM to reassociate the float sum (deterministic for a given kernel)."""
+        if rest or not isinstance(sink, ScalarSink):
+            return stmts
+        width = 8 if self.compute == F32 else 4
+        out = []
+        for s in stmts:
+            if isinstance(s, n.For) and not any(isinstance(x, (n.For, n.While)) for x in s.body.body):
+                s = dataclasses.replace(s, vectorize=width)
+            out.append(s)
+        return out
 
     def _require_ordered(self, k, i):
         acc, l = k

@@ -1,0 +1,122 @@
+"""Run emitted CUDA C on a real GPU through pycuda (DESIGN §7).
+
+    ok, why = gpu_available()
+    gpu = compile_gpu(emit_module(module))         # pycuda SourceModule, no_extern_c=True
+    status = gpu.launch("spmv", [n, pos, crd, vals, x, y], grid=4, block=256)
+
+``launch`` takes NumPy arrays (copied to the device before the launch; those the
+kernel may write -- every pointer parameter not declared ``const`` -- are copied
+back after it) or ``pycuda.gpuarray.GPUArray`` s (used in place, nothing copied).
+Scalars are converted to the parameter's C type. It returns the kernel's status
+(0 = ok). Without pycuda, a CUDA driver or a device, :func:`compile_gpu` and
+:func:`run` raise :class:`~spcomp.errors.BackendUnavailableError` naming what is
+missing; emitting CUDA C still works everywhere.
+
+The CUDA context is the device's primary context (``pycuda.autoprimaryctx``),
+shared with other libraries in the process.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from spcomp import errors
+
+from .emit import coerce_args, emit_module, launch_config, parse_kernels
+
+
+def gpu_available() -> tuple[bool, str]:
+    """(True, device name) when pycuda, a CUDA driver and a device are there, else (False, why not)."""
+    try:
+        import pycuda.driver as drv
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] == "pycuda":
+            return False, f"pycuda is not installed ({e}); pip install 'spcomp[cuda]'"
+        return False, f"pycuda cannot be imported: {e}"
+    except Exception as e:  # a broken pycuda build, no libcuda.so (no NVIDIA driver)
+        return False, f"pycuda cannot be imported (is the NVIDIA driver installed?): {e}"
+    try:
+        drv.init()
+        count = drv.Device.count()
+    except Exception as e:
+        return False, f"the CUDA driver could not be initialised: {e}"
+    if count == 0:
+        return False, "the CUDA driver reports no device"
+    return True, drv.Device(0).name()
+
+
+def _require_gpu():
+    ok, why = gpu_available()
+    if not ok:
+        raise errors.BackendUnavailableError(f"the cuda backend cannot run kernels here: {why}")
+
+
+class GpuModule:
+    """A CUDA module compiled by pycuda; ``launch`` runs one of its kernels."""
+
+    def __init__(self, cuda_source: str, arch: str | None = None, options=()):
+        _require_gpu()
+        import pycuda.autoprimaryctx  # noqa: F401  (makes the primary context current)
+        from pycuda.compiler import SourceModule
+        self.source = cuda_source
+        self.kernels = parse_kernels(cuda_source)
+        try:
+            self._module = SourceModule(cuda_source, no_extern_c=True, arch=arch, options=list(options) or None)
+        except Exception as e:  # pycuda.driver.CompileError carries nvcc's messages
+            from .nvcc import NvccError
+            raise NvccError(f"pycuda could not compile the CUDA source:\n{e}", log=str(e), arch=arch or "") from e
+        self._functions = {name: self._module.get_function(name) for name in self.kernels}
+
+    def launch(self, function_name: str, args, grid=1, block=256, heap_bytes: int | None = None) -> int:
+        """Run ``function_name`` over ``grid`` x ``block`` threads and return its status.
+
+        ``heap_bytes`` raises the device heap that in-kernel ``malloc`` draws from
+        (8 MiB by default) before the launch.
+        """
+        import pycuda.driver as drv
+        from pycuda.gpuarray import GPUArray
+        if function_name not in self.kernels:
+            raise errors.OperandError(f"no kernel `{function_name}` in this module "
+                                      f"(it has {', '.join(sorted(self.kernels)) or 'none'})")
+        sig = self.kernels[function_name]
+        values = coerce_args(sig, args, device_arrays=(GPUArray,))
+        call = []
+        for p, v in zip(sig.user_params, values):
+            if not p.pointer:
+                call.append(np.uint8(v) if p.base == "bool" else v)  # pycuda packs NumPy numbers only
+            elif isinstance(v, GPUArray):
+                call.append(v.gpudata)
+            else:
+                host = v.view(np.uint16) if v.dtype.name == "bfloat16" else v
+                if host.size == 0:  # cuMemAlloc(0) fails; the kernel never touches the element
+                    call.append(drv.In(np.zeros(1, dtype=host.dtype)))
+                else:
+                    call.append(drv.In(host) if p.const else drv.InOut(host))
+        status = np.zeros(1, dtype=np.int32)
+        if sig.has_status:
+            call.append(drv.InOut(status))
+        if heap_bytes is not None:
+            drv.Context.set_limit(drv.limit.MALLOC_HEAP_SIZE, int(heap_bytes))
+        grid3 = (grid, 1, 1) if isinstance(grid, (int, np.integer)) else tuple(grid) + (1,) * (3 - len(grid))
+        block3 = (block, 1, 1) if isinstance(block, (int, np.integer)) else tuple(block) + (1,) * (3 - len(block))
+        self._functions[function_name](*call, grid=tuple(int(g) for g in grid3),
+                                       block=tuple(int(b) for b in block3))
+        drv.Context.synchronize()
+        return int(status[0])
+
+
+def compile_gpu(cuda_source: str, arch: str | None = None, options=()) -> GpuModule:
+    """Compile CUDA C for the GPU of this machine (raises BackendUnavailableError without one)."""
+    return GpuModule(cuda_source, arch=arch, options=options)
+
+
+def run(module, function_name: str, args_by_name: dict, block: int = 256, grid: int | None = None) -> int:
+    """Emit, compile and launch one function of an IR module on the GPU; returns its status."""
+    _require_gpu()
+    fn = module.function(function_name)
+    gpu = compile_gpu(emit_module(module))
+    if grid is None:
+        grid, block = launch_config(fn, args_by_name, block)
+    missing = [p.name for p in fn.params if p.name not in args_by_name]
+    if missing:
+        raise errors.OperandError(f"`{function_name}` needs {', '.join(missing)}")
+    return gpu.launch(function_name, [args_by_name[p.name] for p in fn.params], grid, block)
