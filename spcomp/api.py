@@ -60,15 +60,21 @@ def compile(expression: str, formats: dict | None = None, dtype="float64", sched
 
 def options_from_schedule(schedule: Schedule, drop_zeros, name, backend) -> Options:
     par = schedule.parallel
+    kind = "threads" if backend == "cpu" else "gpu-thread"
     if schedule.get("sequential"):
         parallel = None
     elif par is not None:
-        parallel = par[0]
+        parallel, kind = par[0], par[1]
+        if (kind == "threads") != (backend == "cpu"):
+            from .errors import ScheduleError
+            raise ScheduleError(f"parallelize({parallel!r}, {kind!r}) does not fit backend {backend!r}: "
+                                f"use 'threads' on cpu and gpu-block/gpu-thread/gpu-warp on cuda")
     else:
-        parallel = "auto" if backend == "cpu" else None
+        parallel = "auto"
     return Options(
         drop_zeros=drop_zeros,
         parallel=parallel,
+        parallel_kind=kind,
         order=schedule.order,
         precompute=tuple(p[0] for p in schedule.get("precompute")),
         auto_precompute=not schedule.get("no_precompute"),

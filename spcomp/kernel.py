@@ -347,8 +347,11 @@ class Kernel:
         fn = variant.function
         if lohi is None:
             return [fn(*args)]
-        from .runtime.threads import run_ranges
         n = sizes[low.parallel]
+        if self._backend.name != "cpu":  # the GPU grid covers the whole range
+            args[lohi], args[lohi + 1] = 0, n
+            return [fn(*args)]
+        from .runtime.threads import run_ranges
         pos = None
         if low.balance is not None:
             name, level = low.balance

@@ -77,6 +77,7 @@ class Env:
     bound: dict = field(default_factory=dict)   # IndexVar -> ir.Var coordinate
     pos: dict = field(default_factory=dict)     # (Access, level) -> PosInfo; ('out', l) too
     temps: dict = field(default_factory=dict)   # temp TensorVar -> ir.Var
+    team: str | None = None   # member mapping still to place inside a GPU team loop
 
     def child(self) -> "Env":
-        return Env(dict(self.bound), dict(self.pos), dict(self.temps))
+        return Env(dict(self.bound), dict(self.pos), dict(self.temps), self.team)

@@ -35,13 +35,16 @@ from .order import access_chain, choose_order
 from .outputs import AppendSink, DenseSink, ScalarSink, WorkspaceSink
 
 TEMP_FORMAT = Format(())
+# the loops a team-per-iteration mapping splits among its members
+TEAM_MEMBERS = {"gpu-warp": "gpu-lane", "gpu-block": "gpu-thread"}
 
 
 @dataclass
 class Options:
     index_bits: int = 32
     drop_zeros: bool | None = None   # None: only where an output loop is dense
-    parallel: str | None = None      # index name to run on threads, or None
+    parallel: str | None = None      # index name to run in parallel, "auto", or None
+    parallel_kind: str = "threads"   # threads | gpu-thread | gpu-block | gpu-warp
     order: list | None = None        # user loop order (names)
     precompute: tuple = ()           # reductions to push into temporaries
     auto_precompute: bool = True
@@ -469,21 +472,35 @@ class Lowerer:
             coord = n.Var(self.fresh(i.name), I64)
             self._note(depth, f"for {i.name} in {k[0].tensor.name} level {k[1] + 1} ({k[0].tensor.format.levels[k[1]].spec()})")
 
+            member = self._member(i, sink, env)
+
             def body(info, k=k):
                 e = env.child()
                 e.pos[k] = info
+                if member:
+                    e.team = None
                 return self._body(i, rest, expr, sink, e, coord, depth)
             loop = self._vector_hint(it.loop(coord, body), sink, rest)
+            if member:
+                loop = self._mark_member(loop, member)
             return [n.Comment(f"loop over {i.name}: {k[0]!r} level {k[1] + 1}"), *loop]
         # --- the whole dimension
         if L.full:
             coord = n.Var(self.fresh(i.name), I64)
             start, end = (self.lo, self.hi) if parallel else (n.i64(0), size)
-            where = f"0..{size.name}" + (" (parallel: threads)" if parallel else "")
+            kind = self.opt.parallel_kind
+            where = f"0..{size.name}" + (f" (parallel: {kind})" if parallel else "")
             if not keys:
                 self._note(depth, f"for {i.name} in {where}")
-                body = self._body(i, rest, expr, sink, env.child(), coord, depth)
-                loop = [n.For(coord, start, end, n.block(*body), parallel="threads" if parallel else None)]
+                inner = env.child()
+                if parallel and kind in TEAM_MEMBERS and self.out_shape == "dense":
+                    inner.team = TEAM_MEMBERS[kind]
+                member = self._member(i, sink, env)
+                if member:
+                    inner.team = None
+                body = self._body(i, rest, expr, sink, inner, coord, depth)
+                loop = [n.For(coord, start, end, n.block(*body),
+                              parallel=kind if parallel else member)]
                 return self._vector_hint(loop, sink, rest)
             for k in keys:
                 self._require_ordered(k, i)
@@ -559,6 +576,25 @@ class Lowerer:
             body += self._body(i, rest, expr, sink, e, coord, depth)
         body += it.advance()
         return n.While(it.valid(), n.block(*body))
+
+    def _member(self, i, sink, env):
+        """Inside a GPU team loop (a block or warp per iteration), the first loop
+        whose iterations are independent is split among the team: a reduction
+        into a temporary, or a loop over an index of the dense output."""
+        if env.team is None:
+            return None
+        if isinstance(sink, ScalarSink) or (isinstance(sink, DenseSink) and i in self.lhs.indices):
+            return env.team
+        return None
+
+    def _mark_member(self, stmts, member):
+        out, done = [], False
+        for s in stmts:
+            if not done and isinstance(s, n.For):
+                s = dataclasses.replace(s, parallel=member, vectorize=0)
+                done = True
+            out.append(s)
+        return out
 
     def _vector_hint(self, stmts, sink, rest):
         """Let the innermost loop of a reduction be vectorised: the hint allows
