@@ -120,8 +120,9 @@ class Kernel:
         return v
 
     def _cache_key(self, bits: int):
-        return (self.expression, repr(self.notation), {k: v.spec() for k, v in self.formats.items()},
-                repr(self._options), bits, self._backend.name) + self._backend.cache_key()
+        tensors = sorted((t.name, t.order, t.format.spec(), t.dtype) for t in self.notation.tensors.values())
+        return (self.expression, repr(self.notation), tensors, repr(self._options), bits,
+                self._backend.name) + self._backend.cache_key()
 
     def _load_or_build(self, bits: int) -> _Variant:
         from .runtime import cache
