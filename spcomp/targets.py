@@ -2,17 +2,7 @@
 kernel and return a Python callable that takes NumPy arrays and integers."""
 from __future__ import annotations
 
-import ctypes
-
-import numpy as np
-
 from .errors import BackendUnavailableError, UnsupportedError
-
-
-def _pointer(a):
-    if isinstance(a, np.ndarray):
-        return a.__array_interface__["data"][0]
-    return a
 
 
 class CpuTarget:
@@ -24,12 +14,8 @@ class CpuTarget:
         return compile_module(lowered.module)
 
     def entry(self, compiled, lowered):
-        fn = compiled.function(lowered.entry)
-
-        def call(*args):
-            return fn(*[_pointer(a) for a in args])
-        call.keepalive = compiled
-        return call
+        # the Kernel passes data pointers as ints: the ctypes function is called directly
+        return compiled.function(lowered.entry)
 
     def source(self, compiled) -> str:
         return compiled.llvm_ir if compiled.llvm_ir is not None else getattr(compiled, "saved_llvm_ir", "")
