@@ -77,6 +77,8 @@ def options_from_schedule(schedule: Schedule, drop_zeros, name, backend) -> Opti
         parallel_kind=kind,
         order=schedule.order,
         precompute=tuple(p[0] for p in schedule.get("precompute")),
+        vectorize=tuple((v[0], v[1]) for v in schedule.get("vectorize")),
+        unroll=tuple((u[0], u[1]) for u in schedule.get("unroll")),
         auto_precompute=not schedule.get("no_precompute"),
         name=name,
     )

@@ -47,6 +47,8 @@ class Options:
     parallel_kind: str = "threads"   # threads | gpu-thread | gpu-block | gpu-warp
     order: list | None = None        # user loop order (names)
     precompute: tuple = ()           # reductions to push into temporaries
+    vectorize: tuple = ()            # (index, width) hints
+    unroll: tuple = ()               # (index, factor) hints
     auto_precompute: bool = True
     name: str = "kernel"
 
@@ -480,7 +482,7 @@ class Lowerer:
                 if member:
                     e.team = None
                 return self._body(i, rest, expr, sink, e, coord, depth)
-            loop = self._vector_hint(it.loop(coord, body), sink, rest)
+            loop = self._user_hints(self._vector_hint(it.loop(coord, body), sink, rest), i)
             if member:
                 loop = self._mark_member(loop, member)
             return [n.Comment(f"loop over {i.name}: {k[0]!r} level {k[1] + 1}"), *loop]
@@ -501,7 +503,7 @@ class Lowerer:
                 body = self._body(i, rest, expr, sink, inner, coord, depth)
                 loop = [n.For(coord, start, end, n.block(*body),
                               parallel=kind if parallel else member)]
-                return self._vector_hint(loop, sink, rest)
+                return self._user_hints(self._vector_hint(loop, sink, rest), i)
             for k in keys:
                 self._require_ordered(k, i)
             self._note(depth, f"for {i.name} in {where}, co-iterating "
@@ -592,6 +594,21 @@ class Lowerer:
         for s in stmts:
             if not done and isinstance(s, n.For):
                 s = dataclasses.replace(s, parallel=member, vectorize=0)
+                done = True
+            out.append(s)
+        return out
+
+    def _user_hints(self, stmts, i):
+        """Schedule.vectorize / unroll: hints on the loop over ``i``."""
+        vec = dict(self.opt.vectorize).get(i.name)
+        unr = dict(self.opt.unroll).get(i.name)
+        if vec is None and unr is None:
+            return stmts
+        out, done = [], False
+        for s in stmts:
+            if not done and isinstance(s, n.For):
+                s = dataclasses.replace(s, vectorize=s.vectorize if vec is None else (vec or 8),
+                                        unroll=s.unroll if unr is None else unr)
                 done = True
             out.append(s)
         return out

@@ -163,9 +163,13 @@ def choose_order(lhs: Access, rhs, user_order=None):
             bad = [(a.name, b.name) for a, b in problem.structural if not _respects(order, {(a, b)})]
             raise ScheduleError(f"reorder {[i.name for i in order]} puts {bad[0][1]} before {bad[0][0]}, "
                                 "which the output format or a nested sum requires the other way round")
-        transposes = {a: transposed_format(a, order) for a, e in problem.input_edges.items()
-                      if not _respects(order, e)}
-        return order, transposes
+        for a, e in problem.input_edges.items():
+            if not _respects(order, e):
+                raise ScheduleError(
+                    f"reorder {[i.name for i in order]} is not concordant with {a!r}: "
+                    f"{a.tensor.name} is stored as {a.tensor.format} and would have to be stored as "
+                    f"{transposed_format(a, order).spec()!r} for that loop order")
+        return order, {}
     order = topo_order(problem, problem.structural | all_input)
     if order is not None:
         return order, {}
