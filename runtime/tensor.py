@@ -102,6 +102,8 @@ class Tensor:
         fmt = _parse_format(format, len(shape))
         target = _cv.resolve_dtype(dtype, m.dtype)
         kind = m.format
+        if kind in ("csr", "csc"):
+            _check_scipy_compressed(m)
         if (kind in ("csr", "csc") and len(shape) == 2 and _is_dense_compressed(fmt)
                 and fmt.order == ((0, 1) if kind == "csr" else (1, 0)) and m.has_canonical_format):
             data = m.data if m.data.dtype == target else m.data.astype(target)
@@ -290,3 +292,29 @@ def as_tensor(x, format=None, dtype=None, overflow: str = "error") -> Tensor:
     if a.dtype.kind in "OSU":
         raise DTypeError(f"cannot use an array of dtype {a.dtype} as a tensor")
     return Tensor.from_numpy(a, "dense" if format is None else format, dtype=dtype, overflow=overflow)
+
+
+def _check_scipy_compressed(m) -> None:
+    """Check a scipy CSR/CSC's indptr and indices before SciPy or a kernel reads them
+    (SciPy does not check arrays handed to its constructors)."""
+    from spcomp.errors import InvalidTensorError
+    major, minor = (m.shape[0], m.shape[1]) if m.format == "csr" else (m.shape[1], m.shape[0])
+    indptr, indices = np.asarray(m.indptr), np.asarray(m.indices)
+    what = f"scipy {m.format} matrix"
+    if indptr.ndim != 1 or len(indptr) != major + 1:
+        raise InvalidTensorError(f"{what}: indptr has length {len(indptr)}, expected {major + 1}")
+    if len(indptr) and indptr[0] != 0:
+        raise InvalidTensorError(f"{what}: indptr[0] = {int(indptr[0])}, expected 0")
+    steps = np.diff(indptr)
+    if steps.size and steps.min() < 0:
+        at = int(np.argmax(steps < 0))
+        raise InvalidTensorError(f"{what}: indptr decreases at {at + 1} "
+                                 f"({int(indptr[at])} -> {int(indptr[at + 1])})")
+    end = int(indptr[-1]) if len(indptr) else 0
+    if end != len(indices) or end > len(m.data):
+        raise InvalidTensorError(f"{what}: indptr ends at {end} but indices has {len(indices)} "
+                                 f"and data {len(m.data)} entries")
+    if indices.size and (indices.min() < 0 or indices.max() >= minor):
+        bad = int(np.argmax((indices < 0) | (indices >= minor)))
+        raise InvalidTensorError(f"{what}: indices[{bad}] = {int(indices[bad])} is out of range "
+                                 f"for size {minor}")

@@ -45,17 +45,31 @@ def compile(expression: str, formats: dict | None = None, dtype="float64", sched
     key = (expression, _format_key(formats), dtype_name, _dtype_key(dtypes), schedule.key(), backend,
            drop_zeros, name)
     with _cache_lock:
-        hit = _cache.get(key)
-    if hit is not None:
-        return hit
-    notation = to_notation(expression, formats=formats, dtypes=dtypes, default_dtype=dtype)
-    options = options_from_schedule(schedule, drop_zeros, name, backend)
-    kernel = Kernel(expression, notation, options, get_target(backend), schedule)
-    for w in kernel.warnings:
+        kernel = _cache.get(key)
+    if kernel is None:
+        notation = to_notation(expression, formats=formats, dtypes=dtypes, default_dtype=dtype)
+        _check_schedule_names(schedule, notation)
+        options = options_from_schedule(schedule, drop_zeros, name, backend)
+        kernel = Kernel(expression, notation, options, get_target(backend), schedule)
+        with _cache_lock:
+            _cache[key] = kernel
+    for w in kernel.warnings:  # on every compile, cached or not: the copy happens on every call
         warnings.warn(w, TranspositionWarning, stacklevel=2)
-    with _cache_lock:
-        _cache[key] = kernel
     return kernel
+
+
+def _check_schedule_names(schedule: Schedule, notation) -> None:
+    """Every index a schedule names must be one the expression uses."""
+    from .errors import ScheduleError
+    from .notation import accesses
+    used = {i.name for a in [notation.lhs] + accesses(notation.rhs) for i in a.indices}
+    for d in schedule.directives:
+        names = d[1] if d[0] == "reorder" else d[1:2] if d[0] in (
+            "parallelize", "precompute", "vectorize", "unroll") else ()
+        for n in names:
+            if n not in used:
+                raise ScheduleError(f"{d[0]}({n!r}): the expression has no index {n!r} "
+                                    f"(its indices: {', '.join(sorted(used)) or 'none'})")
 
 
 def options_from_schedule(schedule: Schedule, drop_zeros, name, backend) -> Options:

@@ -59,7 +59,7 @@ def _dense(x):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="spcomp", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="spcomp", description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("expression", nargs="?", default="y[i] = W[i,j] * x[j]",
                    help="index notation, e.g. \"y[i] = W[i,j] * x[j]\" (default)")
     p.add_argument("-f", "--format", action="append", metavar="NAME=FORMAT",

@@ -206,8 +206,8 @@ class Kernel:
             else:
                 arr = np.asarray(value)
                 if arr.dtype.kind not in "biuf" and arr.dtype.name != "bfloat16":
-                    raise DTypeError(f"operand {name} has dtype {arr.dtype}, which spcomp cannot compute "
-                                     f"with; the kernel takes {dtype}")
+                    raise DTypeError(f"has dtype {arr.dtype}, which spcomp cannot compute with; "
+                                     f"the kernel takes {dtype}")
                 t = Tensor.from_numpy(arr, fmt)
         except SpcompError as e:
             raise _renamed(e, name) from None
@@ -218,10 +218,12 @@ class Kernel:
             t.validate()
         except SpcompError as e:
             raise _renamed(e, name) from None
+        if not _tracks(value, t):
+            return t  # a converted copy would go stale if the caller changes the original
         try:
             self._tensor_cache[key] = (weakref.ref(value), t)
         except TypeError:
-            pass  # not weak-referenceable (e.g. a Python list): convert each call
+            pass  # not weak-referenceable: convert each call
         if len(self._tensor_cache) > 256:
             self._tensor_cache = {k: v for k, v in self._tensor_cache.items() if v[0]() is not None}
         return t
@@ -417,6 +419,19 @@ class Kernel:
                                  f"{irn.STATUS_CODES.get(status, f'status {status}')}")
 
 
+def _tracks(value, t) -> bool:
+    """Whether Tensor ``t`` made from ``value`` stays right if the caller later
+    changes ``value``'s numbers in place: a Tensor itself (immutable by contract)
+    or a zero-copy view sharing ``value``'s values array."""
+    from .runtime import Tensor
+    if isinstance(value, Tensor):
+        return value is t
+    data = getattr(value, "data", None)
+    if isinstance(data, np.ndarray) and hasattr(value, "indptr"):  # scipy compressed
+        return np.shares_memory(t.vals, data)
+    return False
+
+
 def _renamed(e: SpcompError, name: str) -> SpcompError:
     """``e`` with the operand's name in front, keeping its attributes."""
     e.args = (f"operand {name}: {e.args[0] if e.args else ''}",) + tuple(e.args[1:])
@@ -556,7 +571,7 @@ class _Output:
         if low.output_shape == "dense":
             self._alloc_dense(given)
         else:
-            if given is not None and not low.notation.accumulate:
+            if given is not None and not kernel.notation.accumulate:
                 raise OperandError(f"output {self.t.name} is sparse: the kernel assembles it, so do not "
                                    "pass it (pass it only with +=)")
             self._alloc_sparse()
@@ -581,7 +596,7 @@ class _Output:
             self.dense = view
         else:
             self.dense = np.ascontiguousarray(view)
-        if not self.low.notation.accumulate:
+        if not self.k.notation.accumulate:
             self.dense[...] = 0
 
     # -------------------------------------------------------------- sparse

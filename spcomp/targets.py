@@ -5,6 +5,26 @@ from __future__ import annotations
 from .errors import BackendUnavailableError, UnsupportedError
 
 
+_SOURCE_DIGEST = None
+
+
+def _source_digest() -> str:
+    """A hash of the compiler's own source: an edited compiler never reuses old kernels."""
+    global _SOURCE_DIGEST
+    if _SOURCE_DIGEST is None:
+        import hashlib
+        from pathlib import Path
+
+        from . import backends
+        h = hashlib.sha256()
+        roots = [Path(__file__).parent, Path(backends.__file__).parent]
+        for root in roots:
+            for path in sorted(root.rglob("*.py")):
+                h.update(path.read_bytes())
+        _SOURCE_DIGEST = h.hexdigest()[:16]
+    return _SOURCE_DIGEST
+
+
 class CpuTarget:
     """LLVM through llvmlite, called through ctypes (which releases the GIL)."""
     name = "cpu"
@@ -27,7 +47,7 @@ class CpuTarget:
         from . import __version__
         from .backends.cpu import host_cpu_key
         from .backends.cpu.jit import llvm_version
-        return (host_cpu_key(), llvmlite.__version__, llvm_version(), __version__)
+        return (host_cpu_key(), llvmlite.__version__, llvm_version(), __version__, _source_digest())
 
     def dump(self, compiled) -> dict:
         return {"object": compiled.object_code, "llvm_ir": self.source(compiled)}

@@ -56,7 +56,10 @@ class CompressedIterator(LevelIterator):
 
     def init(self):
         lo, hi = self._bounds()
-        return [n.Declare(self.p, lo), n.Declare(self.end, hi)]
+        out = [n.Declare(self.p, lo), n.Declare(self.end, hi)]
+        if self.seg is not None:
+            out.append(n.Declare(self.seg, self.p))
+        return out
 
     def valid(self):
         return n.Binary("<", self.p, self.end)
@@ -66,7 +69,7 @@ class CompressedIterator(LevelIterator):
         out = [n.Assign(coord, _idx(n.Load(crd, self.p)))]
         if self.seg is not None:
             nxt = n.Binary("+", self.seg, n.i64(1))
-            out += [n.Declare(self.seg, n.Binary("+", self.p, n.i64(1))),
+            out += [n.Assign(self.seg, n.Binary("+", self.p, n.i64(1))),
                     n.While(n.Binary("&&", n.Binary("<", self.seg, self.end),
                                      n.Binary("==", _idx(n.Load(crd, self.seg)), coord)),
                             n.block(n.Assign(self.seg, nxt)))]

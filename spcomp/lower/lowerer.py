@@ -73,6 +73,14 @@ def _idx(e):
     return n.Cast(e, I64) if e.type != I64 else e
 
 
+def _transposable(fmt: Format) -> Format:
+    """The storage of a transposed copy: packed-block levels become compressed ones
+    (a transposed tile can hold more than K entries), other levels stay."""
+    from ..formats import Compressed
+    levels = tuple(Compressed() if kind.letter == "p" else kind for kind in fmt.levels)
+    return Format(levels, fmt.order)
+
+
 class Lowerer:
     def __init__(self, assignment: Assignment, options: Options | None = None):
         self.a = assignment
@@ -114,13 +122,21 @@ class Lowerer:
         self.position = {i: k for k, i in enumerate(order)}
         # storage of transposed operands
         self.transposes = {}
+        taken = {t.name for t in a.tensors.values()}
         for acc, fmt in transposes.items():
             t = acc.tensor
-            new = TensorVar(t.name + "_T", t.order, fmt, t.dtype)
+            fmt = _transposable(fmt)
+            name = t.name + "_T"
+            k = 2
+            while name in taken:
+                name, k = f"{t.name}_T{k}", k + 1
+            taken.add(name)
+            new = TensorVar(name, t.order, fmt, t.dtype)
             self.transposes[new.name] = (t.name, fmt)
             self.warnings.append(
-                f"operand {t.name} is stored as {t.format} but accessed as {acc!r}; spcomp "
-                f"converts it to {fmt.spec()!r} at each call (pass it in that format to avoid the copy)")
+                f"operand {t.name} is stored as {t.format} but the loop order "
+                f"({', '.join(i.name for i in order)}) walks {acc!r} against it; spcomp converts it "
+                f"to {fmt.spec()!r} at each call (pass it in that format to avoid the copy)")
             rhs = replace(rhs, acc, Access(new, acc.indices))
         self.rhs = rhs
         self.lhs = lhs
@@ -252,7 +268,7 @@ class Lowerer:
                        transposes=self.transposes, output_shape=shape, growable=grow,
                        parallel=self.parallel.name if self.parallel is not None else None,
                        balance=self._balance(), loops="\n".join(self.loops_text),
-                       notation=Assignment(self.lhs, self.rhs, self.a.accumulate), warnings=self.warnings)
+                       notation=Assignment(self.lhs, self.rhs, self.accumulate), warnings=self.warnings)
 
     def _output_loops_dense(self) -> bool:
         """Whether a sparse output level's index is iterated over its whole range
@@ -300,12 +316,24 @@ class Lowerer:
 
     def _choose_parallel(self, shape):
         want = self.opt.parallel
-        if want is None or not self.outer:
+        if want is None:
             return None
+        if not self.outer:
+            if want == "auto":
+                return None
+            raise ScheduleError(f"parallelize({want!r}): the output {self.lhs.tensor.name} has no loop to "
+                                "split; iterations of a reduction into one value would race")
         first = self.outer[0]
         if want != "auto" and want != first.name:
             raise ScheduleError(f"parallelize({want!r}): only the outermost loop ({first.name}) can run "
                                 "on threads; reorder it first")
+        if self.opt.parallel_kind in TEAM_MEMBERS and shape != "dense":
+            if want == "auto":
+                return None
+            raise ScheduleError(
+                f"parallelize({first.name!r}, {self.opt.parallel_kind!r}): the {shape} output "
+                f"{self.lhs.tensor.name} is appended to one entry at a time per row, which a team of "
+                "GPU threads would race on; use 'gpu-thread' (a thread per row)")
         ok, why = self._parallel_ok(first, shape)
         if not ok:
             if want == "auto":
@@ -430,7 +458,7 @@ class Lowerer:
     def _locates(self, i, expr, env, coord):
         """Positions of dense levels that store ``i`` under a bound parent."""
         stmts = []
-        for acc in set(accesses(expr)):
+        for acc in dict.fromkeys(accesses(expr)):
             fmt = acc.tensor.format
             if fmt.is_dense or acc.tensor in self._temp_tensors() or i not in acc.indices:
                 continue
@@ -626,13 +654,19 @@ class Lowerer:
             out.append(s)
         return out
 
+    def _user_name(self, tensor_name: str) -> str:
+        if tensor_name in self.transposes:
+            return self.transposes[tensor_name][0]
+        return tensor_name
+
     def _require_ordered(self, k, i):
         acc, l = k
         kind = acc.tensor.format.levels[l]
         if not kind.ordered:
+            name = self._user_name(acc.tensor.name)
             raise UnsupportedError(
-                f"loop {i.name} must merge {acc!r} level {l + 1} ({kind.spec()}) with other operands, "
-                f"but that level is unordered; store {acc.tensor.name} with ordered levels "
+                f"loop {i.name} must merge {name}'s level {l + 1} ({kind.spec()}) with other operands, "
+                f"but that level is unordered; store {name} with ordered levels "
                 f"(e.g. {kind.spec().replace(',unordered', '').replace('(unordered)', '')})")
 
     def _cases(self, i, rest, expr, sink, env, coord, depth, L, keys, iters, matches, with_full):

@@ -136,8 +136,8 @@ class AppendSink(Sink):
             return "packed"
         if all(isinstance(l, Compressed) and l.unique for l in sparse):
             return "csf"
-        if (isinstance(sparse[0], Compressed) and all(isinstance(l, Singleton) for l in sparse[1:])
-                and len(sparse) > 1):
+        if (isinstance(sparse[0], Compressed) and not sparse[0].unique
+                and all(isinstance(l, Singleton) for l in sparse[1:]) and len(sparse) > 1):
             return "coo"
         raise UnsupportedError(
             f"output {name} in format {lhs.tensor.format}: spcomp assembles sparse outputs whose "
