@@ -693,12 +693,7 @@ class _Output:
                     arrs[a] = self.arrays[(l, a)]
                 elif a == "pos":
                     arrs[a] = self._take((l, a), parent + 1, dt)
-            if "pos" in arrs:
-                count = int(arrs["pos"][parent]) if len(arrs["pos"]) > parent else 0
-            elif kind.letter == "q":
-                count = parent
-            else:
-                count = parent * kind.num_blocks(self.level_sizes[l]) * kind.K
+            count = kind.num_positions(parent, self.level_sizes[l], arrs)
             for a in kind.arrays:
                 if a not in arrs:
                     dt = to_numpy(level_array_type(kind, a, self.bits))

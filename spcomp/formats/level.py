@@ -30,6 +30,11 @@ class Level:
     ordered = True  # plain class attributes here; kinds that vary them make them fields
     unique = True
 
+    # A level with a fixed number of slots per parent (packed-block): it holds
+    # only what fits, so outputs of this kind store nonzeros only, and a
+    # transposed copy of it is stored compressed instead.
+    fixed_slots = False
+
     @property
     def is_dense(self) -> bool:
         return False

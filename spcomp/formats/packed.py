@@ -26,6 +26,7 @@ from .level import Level, LevelIterator, PosInfo
 class PackedBlock(Level):
     letter: ClassVar[str] = "p"
     arrays: ClassVar[tuple] = ("count", "crd")
+    fixed_slots: ClassVar[bool] = True
     B: int | None = 256
     K: int = 32
     ordered: bool = True

@@ -67,6 +67,11 @@ class CPrinter:
         return f"({self.expr(e.cond)} ? {self.expr(e.if_true)} : {self.expr(e.if_false)})"
 
     def expr_Cast(self, e: n.Cast) -> str:
+        # bf16 is stored as the upper half of a float: name the conversion, not a C cast
+        if e.type == BF16:
+            return f"float_to_bf16({self.expr(e.value)})"
+        if getattr(e.value, "type", None) == BF16:
+            return f"bf16_to_float({self.expr(e.value)})"
         return f"({self.type_name(e.type)}){self.expr(e.value)}"
 
     # -------------------------------------------------------- statements

@@ -77,7 +77,7 @@ def _transposable(fmt: Format) -> Format:
     """The storage of a transposed copy: packed-block levels become compressed ones
     (a transposed tile can hold more than K entries), other levels stay."""
     from ..formats import Compressed
-    levels = tuple(Compressed() if kind.letter == "p" else kind for kind in fmt.levels)
+    levels = tuple(Compressed() if kind.fixed_slots else kind for kind in fmt.levels)
     return Format(levels, fmt.order)
 
 
@@ -211,7 +211,7 @@ class Lowerer:
             if drop is None:
                 # a packed output stores nonzeros by definition; others keep the
                 # iteration pattern unless a loop over the output is dense
-                drop = fmt.levels[-1].letter == "p" or self._output_loops_dense()
+                drop = fmt.levels[-1].fixed_slots or self._output_loops_dense()
             self.capacity_param = n.Var(self.fresh("capacity"), I64)
             self.bindings.append(Binding(self.capacity_param, "capacity"))
             sink = AppendSink(self, out, lhs, drop_zeros=drop)
@@ -363,7 +363,7 @@ class Lowerer:
             chain = access_chain(acc)
             if fmt.is_dense or chain[0] != i or len(chain) < 2:
                 continue
-            if fmt.levels[0].is_dense and fmt.levels[1].letter == "c":
+            if fmt.levels[0].is_dense and "pos" in fmt.levels[1].arrays:
                 return (acc.tensor.name, 1)
         return None
 
