@@ -1,0 +1,128 @@
+"""Hypothesis profiles and shared test helpers.
+
+Profiles (choose with ``HYPOTHESIS_PROFILE=name``; default ``ci``):
+
+* ``ci``: deterministic (``derandomize=True``, no example database), no
+  deadline (a kernel compiles in 20-500 ms), the example counts each property
+  test asks for through :func:`examples`.
+* ``dev``: random seeds and the local example database, same counts: use it to
+  look for new failures.
+* ``thorough``: like ``dev`` with 10x the examples.
+
+``SPCOMP_HYPOTHESIS_EXAMPLES`` scales every property test's example count: a
+float factor (``SPCOMP_HYPOTHESIS_EXAMPLES=0.2`` for a smoke run, ``=5`` for a
+soak run).
+
+Kernels compile into a fresh on-disk cache per test session (a temporary
+``SPCOMP_CACHE_DIR``, removed at the end) unless ``SPCOMP_CACHE_DIR`` is already
+set, so a run neither reads nor fills the user's cache and every lowering under
+test is done by the code under test (export ``SPCOMP_CACHE_DIR`` to reuse one).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections import Counter
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+_SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
+             HealthCheck.large_base_example]
+
+_SESSION_CACHE = None
+if not os.environ.get("SPCOMP_CACHE_DIR"):
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="spcomp-test-cache-")
+    os.environ["SPCOMP_CACHE_DIR"] = _SESSION_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _SESSION_CACHE is not None:
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
+
+settings.register_profile("ci", deadline=None, derandomize=True, database=None, print_blob=True,
+                          suppress_health_check=_SUPPRESS)
+settings.register_profile("dev", deadline=None, print_blob=True, suppress_health_check=_SUPPRESS)
+settings.register_profile("thorough", deadline=None, print_blob=True, suppress_health_check=_SUPPRESS)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def examples(n: int) -> int:
+    """``n`` scaled by ``SPCOMP_HYPOTHESIS_EXAMPLES`` (and 10x under ``thorough``), at least 1."""
+    try:
+        factor = float(os.environ.get("SPCOMP_HYPOTHESIS_EXAMPLES", "1"))
+    except ValueError:
+        factor = 1.0
+    if os.environ.get("HYPOTHESIS_PROFILE") == "thorough":
+        factor *= 10
+    return max(1, int(round(n * factor)))
+
+
+class OutcomeStats:
+    """Counts what the generated cases of one property test did: ``ok``,
+    ``refused`` (UnsupportedError with a reason, by first line of the message),
+    ``known bug`` (by bug name). Summarised at the end of the run."""
+
+    registry: dict = {}
+
+    def __init__(self, name: str):
+        self.name = name
+        self.counts = Counter()
+        self.refusals = Counter()
+        self.known = Counter()
+        self.features = Counter()
+        OutcomeStats.registry[name] = self
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def ok(self):
+        self.counts["ok"] += 1
+
+    def refused(self, reason: str):
+        self.counts["refused"] += 1
+        self.refusals[reason] += 1
+
+    def known_bug(self, name: str):
+        self.counts["known bug"] += 1
+        self.known[name] += 1
+
+    def feature(self, *names: str):
+        """Count features of a case that ran (sparse output, += ...), for the summary."""
+        for n in names:
+            self.features[n] += 1
+
+    def refusal_rate(self) -> float:
+        return self.counts["refused"] / self.total if self.total else 0.0
+
+    def summary(self) -> str:
+        parts = [f"{self.name}: {self.total} cases, " + ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()))]
+        if self.features:
+            parts.append("    ran: " + ", ".join(f"{k} {v}" for k, v in sorted(self.features.items())))
+        for reason, n in self.refusals.most_common(5):
+            parts.append(f"    refused {n}x: {reason}")
+        for bug, n in self.known.most_common():
+            parts.append(f"    known bug {n}x: {bug}")
+        return "\n".join(parts)
+
+    def assert_refusal_rate(self, limit: float = 0.2):
+        assert self.refusal_rate() <= limit, (
+            f"{self.refusal_rate():.0%} of the generated cases were refused (limit {limit:.0%}); "
+            f"narrow the generators.\n{self.summary()}")
+
+
+@pytest.fixture
+def outcome_stats(request):
+    """An :class:`OutcomeStats` named after the test."""
+    return OutcomeStats(request.node.name)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not OutcomeStats.registry:
+        return
+    terminalreporter.section("spcomp property-test outcomes")
+    for stats in OutcomeStats.registry.values():
+        terminalreporter.write_line(stats.summary())

@@ -1,0 +1,469 @@
+"""The classic sparse kernels, each checked against the float64 reference with
+spcomp.testing.check_kernel, plus calling conventions (shapes, threads, scipy
+inputs, in-place +=, inspection), large outputs, and regression tests for the
+lowering bugs the property tests found.
+
+A new bug goes here as a minimal reproduction marked
+``pytest.mark.xfail(strict=True, reason=...)`` (with, if the property tests hit
+it, an entry in KNOWN_BUGS of test_properties.py); the mark comes off with the fix."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import spcomp
+from spcomp.errors import PackedOverflowError, TranspositionWarning
+from spcomp.testing import check_kernel, densify, random_tensor
+
+def sparse_tensor(shape, fmt, density=0.3, seed=0):
+    return random_tensor(np.random.default_rng(seed), shape, fmt, density)[1]
+
+
+# ================================================================== SpMV / SpMM
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo", "dcsr", "dc", "cc", "d p(4,4)", "ell(K=6)"])
+def test_spmv(fmt):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TranspositionWarning)  # csc is transposed for row order
+        check_kernel("y[i] = A[i,j] * x[j]", {"A": fmt}, sizes={"i": 9, "j": 6})
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo", "dcsr"])
+def test_spmv_transposed_access(fmt):
+    """y = A^T x: the access order is j, i."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TranspositionWarning)
+        check_kernel("y[j] = A[i,j] * x[i]", {"A": fmt}, sizes={"i": 9, "j": 6})
+
+
+@pytest.mark.parametrize("fmt", ["csr", "dcsr", "coo"])
+def test_spmm(fmt):
+    check_kernel("C[i,k] = A[i,j] * B[j,k]", {"A": fmt}, sizes={"i": 8, "j": 7, "k": 5})
+
+
+def test_spmm_dense_times_sparse():
+    check_kernel("C[i,k] = B[i,j] * A[j,k]", {"A": "csr"}, sizes={"i": 4, "j": 7, "k": 6})
+
+
+# ================================================================== add / sub
+
+@pytest.mark.parametrize("op", ["+", "-"])
+@pytest.mark.parametrize("out", ["csr", "dense", "dcsr", "coo"])
+def test_sparse_add_sub(op, out):
+    fmts = {"A": "csr", "B": "csr"}
+    if out != "dense":
+        fmts["C"] = out
+    check_kernel(f"C[i,j] = A[i,j] {op} B[i,j]", fmts, sizes={"i": 7, "j": 9}, density=0.3)
+
+
+def test_sparse_sub_of_itself_gives_explicit_or_no_zeros():
+    """A - A: every value is 0; whether zeros are stored or not, densified it is 0."""
+    A = sparse_tensor((6, 5), "csr", 0.5)
+    r = check_kernel("C[i,j] = A[i,j] - B[i,j]", {"A": "csr", "B": "csr", "C": "csr"}, {"A": A, "B": A})
+    assert not np.any(densify(r.result))
+
+
+@pytest.mark.parametrize("fb", ["dcsr", "csr", "coo"])
+def test_sparse_add_mixed_formats(fb):
+    check_kernel("C[i,j] = A[i,j] + B[i,j] + D[i,j]", {"A": "csr", "B": fb, "D": "dcsr", "C": "csr"},
+                 sizes={"i": 6, "j": 8})
+
+
+# ================================================================== SpGEMM / SDDMM
+
+def test_spgemm_csr_csr_to_csr():
+    r = check_kernel("C[i,j] = A[i,k] * B[k,j]", {"A": "csr", "B": "csr", "C": "csr"},
+                     sizes={"i": 12, "k": 10, "j": 11}, density=0.2)
+    assert isinstance(r.result, spcomp.Tensor) and r.result.format == spcomp.Format.parse("csr")
+
+
+def test_spgemm_matches_scipy():
+    a = sp.random(30, 20, density=0.1, format="csr", random_state=1)
+    b = sp.random(20, 25, density=0.1, format="csr", random_state=2)
+    k = spcomp.compile("C[i,j] = A[i,k] * B[k,j]", formats={"A": "csr", "B": "csr", "C": "csr"})
+    np.testing.assert_allclose(k(A=a, B=b).to_numpy(), (a @ b).toarray(), rtol=1e-12, atol=1e-12)
+
+
+def test_sddmm():
+    check_kernel("C[i,j] = S[i,j] * U[i,k] * V[j,k]", {"S": "csr", "C": "csr"}, sizes={"i": 9, "j": 8, "k": 4})
+
+
+def test_sddmm_dense_output():
+    check_kernel("C[i,j] = S[i,j] * U[i,k] * V[k,j]", {"S": "csr"}, sizes={"i": 9, "j": 8, "k": 4})
+
+
+# ================================================================== tensors (CSF)
+
+def test_mttkrp_csf():
+    check_kernel("A[i,r] = T[i,j,k] * B[j,r] * C[k,r]", {"T": "csf"}, sizes={"i": 6, "j": 5, "k": 7, "r": 3})
+
+
+def test_ttm_csf():
+    check_kernel("Y[i,j,r] = T[i,j,k] * M[r,k]", {"T": "csf"}, sizes={"i": 5, "j": 4, "k": 6, "r": 3})
+
+
+def test_ttm_csf_sparse_output():
+    check_kernel("Y[i,j,r] = T[i,j,k] * M[r,k]", {"T": "csf", "Y": "ccc"},
+                 sizes={"i": 5, "j": 4, "k": 6, "r": 3})
+
+
+def test_ttv_csf():
+    check_kernel("Y[i,j] = T[i,j,k] * v[k]", {"T": "csf"}, sizes={"i": 5, "j": 4, "k": 6})
+
+
+def test_ttv_csf_sparse_output():
+    check_kernel("Y[i,j] = T[i,j,k] * v[k]", {"T": "csf", "Y": "dcsr"}, sizes={"i": 5, "j": 4, "k": 6})
+
+
+# ================================================================== vectors, scalars
+
+@pytest.mark.parametrize("fa,fb", [("c", "c"), ("c", "d"), ("d", "c"), ("coo", "p(4,4)")])
+def test_inner_product(fa, fb):
+    r = check_kernel("s = a[i] * b[i]", {"a": fa, "b": fb}, sizes={"i": 11})
+    assert isinstance(r.result, float)
+
+
+@pytest.mark.parametrize("out", ["csr", "dcsr", "coo", "dense"])
+def test_outer_product_sparse_sparse(out):
+    fmts = {"a": "c", "b": "c"}
+    if out != "dense":
+        fmts["C"] = out
+    check_kernel("C[i,j] = a[i] * b[j]", fmts, sizes={"i": 7, "j": 6})
+
+
+@pytest.mark.parametrize("out", ["dense", "csc", "dc:1,0", "dcsr"])
+def test_transposed_output(out):
+    fmts = {"A": "csr"}
+    if out != "dense":
+        fmts["B"] = out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TranspositionWarning)
+        check_kernel("B[j,i] = A[i,j]", fmts, sizes={"i": 6, "j": 8})
+
+
+@pytest.mark.parametrize("fmt", ["d", "c", "p(4,2)"])
+def test_scalar_broadcast(fmt):
+    r = check_kernel("y[i] = alpha * x[i]", {"x": fmt}, {"alpha": 2.5}, sizes={"i": 10})
+    if fmt != "d":
+        check_kernel("y[i] = alpha * x[i]", {"x": fmt, "y": fmt}, {"alpha": -1.5, "x": r.operands["x"]})
+
+
+def test_scalar_times_matrix_sparse_output():
+    check_kernel("B[i,j] = alpha * A[i,j]", {"A": "csr", "B": "csr"}, {"alpha": 3.0})
+
+
+@pytest.mark.parametrize("fmt", ["csr", "coo", "dcsr", "csc"])
+def test_row_sums(fmt):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TranspositionWarning)
+        check_kernel("r[i] = A[i,j]", {"A": fmt}, sizes={"i": 9, "j": 5})
+
+
+def test_total_sum():
+    r = check_kernel("s = A[i,j]", {"A": "csr"})
+    assert isinstance(r.result, float)
+
+
+# ================================================================== more shapes of expressions
+
+@pytest.mark.parametrize("expr,fmts", [
+    ("Y[i,j] = A[i,j] / B[i,j]", {"A": "csr", "B": "csr"}),          # division of stored values
+    ("Y[i,j] = A[i,j] / B[i,j]", {"A": "csr", "B": "coo", "Y": "coo"}),
+    ("y[i] = A[i,j] / x[j]", {"A": "csr", "x": "c"}),
+    ("Y[i,j] = (A[i,j] + B[i,j]) / 2", {"A": "csr", "B": "csr", "Y": "csr"}),
+    ("y[i] = A[i,i] * x[i]", {"x": "c"}),                             # diagonal of a dense operand
+    ("Y[i,j] = A[i,j] * B[j,j]", {"A": "csr"}),
+    ("y[i] = A[i,j]*x[j] + A[i,k]*z[k]", {"A": "csr"}),               # one tensor, two sums
+    ("y[i] = A[i,j]*x[j] - A[i,j]*z[j]", {"A": "csr", "x": "c", "z": "c"}),
+    ("Y[i,j] = A[i,k]*B[k,j] + C[i,j]", {"A": "csr", "B": "csr", "C": "coo", "Y": "coo"}),
+    ("Y[i,j] = exp(A[i,k]*B[k,j])", {"A": "csr", "B": "csr", "Y": "csr"}),
+    ("s = A[i,j]*B[j,k]*C[k,i]", {"A": "csr", "B": "csr", "C": "csr"}),  # trace of a product
+    ("y[i] = A[i,j]*(B[j,k]*x[k])", {"A": "csr", "B": "csr"}),
+    ("Y[i,j] = A[i,j] * (B[i,k] * C[k,j])", {"A": "csr", "B": "csr", "C": "csc", "Y": "csr"}),
+    ("Y[i,j] = min(A[i,j], -1) + max(B[i,j], 0.5)", {"A": "csr", "B": "dcsr", "Y": "csr"}),
+])
+def test_expression_shapes(expr, fmts):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TranspositionWarning)
+        check_kernel(expr, fmts, density=0.5, seed=3)
+
+
+# ================================================================== +=
+
+def test_accumulate_dense_output_in_place():
+    A = sparse_tensor((8, 6), "csr", 0.4)
+    x = np.arange(6.0)
+    y = np.full(8, 10.0)
+    old = y.copy()
+    k = spcomp.compile("y[i] += A[i,j] * x[j]", formats={"A": "csr"})
+    out = k(A=A, x=x, y=y)
+    assert out is y
+    np.testing.assert_allclose(y, old + A.to_numpy() @ x)
+
+
+def test_accumulate_via_check_kernel():
+    check_kernel("y[i] += A[i,j] * x[j]", {"A": "csr"}, {"y": np.ones(7)}, sizes={"i": 7, "j": 5})
+
+
+def test_accumulate_sparse_output():
+    check_kernel("C[i,j] += A[i,j]", {"A": "csr", "C": "csr"})
+
+
+def test_accumulate_scalar():
+    s = np.array(5.0)
+    r = check_kernel("s += a[i] * b[i]", {"a": "c"}, {"s": s})
+    assert r.result is s
+
+
+def test_accumulate_requires_output():
+    k = spcomp.compile("y[i] += A[i,j] * x[j]", formats={"A": "csr"})
+    with pytest.raises(spcomp.OperandError, match="y"):
+        k(A=sparse_tensor((3, 4), "csr"), x=np.ones(4))
+
+
+# ================================================================== functions
+
+def test_exp_of_sparse_vector_densifies():
+    r = check_kernel("y[i] = exp(x[i])", {"x": "c"}, sizes={"i": 12}, density=0.3)
+    assert np.all(r.result > 0)  # exp(0) = 1 where x has no entry
+
+
+def test_exp_of_sparse_matrix_to_sparse_output():
+    r = check_kernel("Y[i,j] = exp(A[i,j])", {"A": "csr", "Y": "csr"}, sizes={"i": 5, "j": 4}, density=0.3)
+    assert np.all(densify(r.result) > 0)
+
+
+@pytest.mark.parametrize("f", ["relu", "gelu", "silu", "abs", "tanh"])
+@pytest.mark.parametrize("out", ["dense", "csr"])
+def test_activation_functions(f, out):
+    fmts = {"A": "csr"}
+    if out != "dense":
+        fmts["Y"] = out
+    check_kernel(f"Y[i,j] = {f}(A[i,j])", fmts, sizes={"i": 6, "j": 7})
+
+
+@pytest.mark.parametrize("f", ["relu", "gelu", "silu"])
+def test_activation_of_a_product(f):
+    check_kernel(f"y[i] = {f}(A[i,j] * x[j]) + b[i]", {"A": "csr"}, sizes={"i": 9, "j": 6})
+
+
+@pytest.mark.parametrize("fb", ["dcsr", "coo"])
+def test_sqrt_and_max_min(fb):
+    check_kernel("Y[i,j] = sqrt(abs(A[i,j])) + max(A[i,j], B[i,j]) - min(A[i,j], 0.5)",
+                 {"A": "csr", "B": fb})
+
+
+def test_float32_and_bfloat16_spmv():
+    check_kernel("y[i] = A[i,j] * x[j]", {"A": "csr"}, dtype="float32")
+    check_kernel("y[i] = A[i,j] * x[j]", {"A": "csr"}, dtype="bfloat16")
+    check_kernel("y[i] = A[i,j] * x[j]", {"A": "csr"}, dtype="bfloat16", dtypes={"y": "float32"})
+
+
+# ================================================================== TwELL (sparse FFN)
+
+@pytest.mark.parametrize("B", [4, 5, 8])
+def test_twell_gate_relu_packed_output(B):
+    """H = relu(X Wg^T) packed per tile of B columns; K = B cannot overflow."""
+    r = check_kernel("H[t,n] = relu(X[t,k] * Wg[n,k])", {"H": f"twell(B={B},K={B})"},
+                     sizes={"t": 5, "k": 6, "n": 19})
+    H = r.result
+    assert H.format == spcomp.Format.parse(f"twell(B={B},K={B})", 2)
+    assert np.all(densify(H) >= 0)
+
+
+def test_twell_gate_overflow_is_reported():
+    """With K smaller than a tile's nonzeros the kernel raises PackedOverflowError
+    naming the largest count (and does not crash or truncate silently)."""
+    X = np.ones((3, 4))
+    Wg = np.ones((8, 4))  # every gate output is 4 > 0: tiles of 4 are full
+    k = spcomp.compile("H[t,n] = relu(X[t,k] * Wg[n,k])", formats={"H": "twell(B=4,K=2)"})
+    with pytest.raises(PackedOverflowError) as e:
+        k(X=X, Wg=Wg)
+    assert e.value.largest_count == 4
+    assert "K=" in str(e.value) and "H" in str(e.value)
+
+
+def test_twell_down_projection():
+    check_kernel("O[t,d] = H[t,n] * Wd[n,d]", {"H": "twell(B=4,K=3)"}, sizes={"t": 6, "n": 11, "d": 5},
+                 density=0.4)
+
+
+def test_twell_fused_up_down():
+    """O = (H * (X Wu^T)) Wd with the X Wu^T product computed only where H is nonzero."""
+    r = check_kernel("O[t,d] = H[t,n] * X[t,k] * Wu[n,k] * Wd[n,d]", {"H": "twell(B=4,K=2)"},
+                     sizes={"t": 5, "n": 10, "k": 6, "d": 3}, density=0.4)
+    assert "Wu" in r.kernel.loops and "Wd" in r.kernel.loops
+
+
+def test_twell_pipeline_gate_then_down():
+    """The gate kernel's packed output feeds the down projection directly."""
+    g = np.random.default_rng(3)
+    X, Wg, Wd = g.standard_normal((4, 8)), g.standard_normal((12, 8)), g.standard_normal((12, 5))
+    gate = spcomp.compile("H[t,n] = relu(X[t,k] * Wg[n,k])", formats={"H": "twell(B=4,K=4)"})
+    down = spcomp.compile("O[t,d] = H[t,n] * Wd[n,d]", formats={"H": "twell(B=4,K=4)"})
+    H = gate(X=X, Wg=Wg)
+    np.testing.assert_allclose(down(H=H, Wd=Wd), np.maximum(X @ Wg.T, 0) @ Wd, rtol=1e-10, atol=1e-10)
+
+
+# ================================================================== calling conventions
+
+def test_kernel_compiled_once_called_with_several_shapes():
+    k = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"})
+    for shape in [(5, 3), (1, 1), (0, 4), (4, 0), (17, 9)]:
+        A = sparse_tensor(shape, "csr", 0.5)
+        r = check_kernel("y[i] = A[i,j] * x[j]", {"A": "csr"}, {"A": A}, sizes={"j": shape[1]})
+        assert r.kernel is k  # the compile cache gives back the same kernel
+        assert r.result.shape == (shape[0],)
+
+
+def test_sparse_output_kernel_with_several_shapes():
+    for shape in [(3, 4), (0, 2), (6, 1), (2, 9)]:
+        check_kernel("C[i,j] = A[i,j] * B[i,j]", {"A": "csr", "B": "coo", "C": "csr"},
+                     sizes={"i": shape[0], "j": shape[1]})
+
+
+def _big_csr(n=3000, density=0.01, seed=7):
+    m = sp.random(n, n, density=density, format="csr", random_state=seed)
+    m.data = np.random.default_rng(seed).standard_normal(m.nnz)
+    return m
+
+
+@pytest.mark.parametrize("expr,extra", [("y[i] = A[i,j] * x[j]", {"x": (3000,)}),
+                                        ("C[i,k] = A[i,j] * B[j,k]", {"B": (3000, 8)})])
+def test_thread_count_independence(expr, extra):
+    """1 and 2 threads give bitwise-equal float64 results."""
+    A = _big_csr()
+    g = np.random.default_rng(1)
+    ops = {"A": A, **{n: g.standard_normal(s) for n, s in extra.items()}}
+    k = spcomp.compile(expr, formats={"A": "csr"})
+    before = spcomp.get_num_threads()
+    try:
+        spcomp.set_num_threads(1)
+        one = k(**ops)
+        spcomp.set_num_threads(2)
+        two = k(**ops)
+    finally:
+        spcomp.set_num_threads(before)
+    assert one.tobytes() == two.tobytes()
+    ref = A @ ops["x"] if "x" in ops else A @ ops["B"]
+    np.testing.assert_allclose(one, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["csr", "csc", "coo"])
+def test_scipy_inputs_with_int64_indices(kind):
+    m = sp.random(40, 30, density=0.1, format=kind, random_state=3)
+    if kind == "coo":
+        m.row, m.col = m.row.astype(np.int64), m.col.astype(np.int64)
+    else:
+        m.indices, m.indptr = m.indices.astype(np.int64), m.indptr.astype(np.int64)
+    fmt = {"coo": "coo", "csr": "csr", "csc": "csc"}[kind]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TranspositionWarning)
+        r = check_kernel("y[i] = A[i,j] * x[j]", {"A": fmt}, {"A": m})
+    np.testing.assert_allclose(r.result, m @ r.operands["x"], rtol=1e-12)
+
+
+def test_scipy_sparse_array_input():
+    m = sp.csr_array(sp.random(10, 8, density=0.3, random_state=4))
+    check_kernel("y[i] = A[i,j] * x[j]", {"A": "csr"}, {"A": m})
+
+
+def test_kernel_inspection_strings_name_the_tensors():
+    k = spcomp.compile("y[i] = W[i,j] * x[j]", formats={"W": "csr"})
+    for text in (k.index_notation, k.loops, k.ir, k.source):
+        assert isinstance(text, str) and text.strip()
+    for name in ("W", "x", "y"):
+        assert name in k.loops and name in k.ir and name in k.source
+    assert k.output_name == "y" and set(k.inputs) == {"W", "x"}
+
+
+# ================================================================== regressions
+# Bugs the property tests found (fixed in d69bf95); each test is the minimal reproduction.
+
+def test_regression_two_transposes_of_one_tensor():
+    """Two accesses of one tensor needing two different transposed formats used to
+    share the storage name A_T: one access read the other's layout (wrong result)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TranspositionWarning)
+        check_kernel("s = A[i,j,k] * A[i,k,j] - x[j]", {"A": "ccc"}, sizes={"i": 3, "j": 3, "k": 3})
+
+
+def test_regression_coo_in_full_loop():
+    """A COO level co-iterated in a loop over the whole dimension declared its
+    segment end inside `if (valid)`: KernelIRError at compile time."""
+    check_kernel("y[i] = A[i,j] + x[i]", {"A": "coo"}, sizes={"i": 5, "j": 4})
+
+
+def test_regression_packed_transpose_overflow():
+    """A packed operand the compiler transposes used to keep its K, so valid input
+    raised PackedOverflowError for a format the user never gave (dp(4,1):1,0)."""
+    A = spcomp.Tensor.from_numpy(np.array([[1.0, 0.0], [1.0, 0.0]]), "dp(4,1)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TranspositionWarning)
+        check_kernel("Y[j,i] = A[i,j]", {"A": "dp(4,1)", "Y": "csr"}, {"A": A})
+
+
+# ================================================================== large outputs
+
+@pytest.mark.parametrize("out", ["csr", "coo", "dcsr"])
+def test_sparse_output_grows_past_its_initial_capacity(out):
+    """An outer product with ~20k entries from ~300 input nonzeros: the kernel's
+    output arrays must grow (initial capacity is about max(1024, nnz of inputs))."""
+    r = check_kernel("C[i,j] = a[i] * b[j]", {"a": "c", "b": "c", "C": out}, sizes={"i": 300, "j": 300},
+                     density=0.5)
+    assert r.result.nnz > 10000
+
+
+def test_spgemm_with_fill_in_and_csf_output():
+    check_kernel("C[i,j] = A[i,k] * B[k,j]", {"A": "csr", "B": "csr", "C": "csr"},
+                 sizes={"i": 200, "j": 200, "k": 50}, density=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TranspositionWarning)  # C[i,j,k] walks B[k,j] column-wise
+        check_kernel("C[i,j,k] = A[i,k] * B[k,j]", {"A": "csr", "B": "csr", "C": "csf"},
+                     sizes={"i": 60, "j": 60, "k": 50}, density=0.3)
+
+
+def test_large_packed_output():
+    check_kernel("Y[i,j] = relu(A[i,j] - B[i,j])", {"A": "csr", "B": "csr", "Y": "twell(B=64,K=64)"},
+                 sizes={"i": 500, "j": 300}, density=0.05)
+
+
+# ================================================================== spcomp.testing itself
+
+def test_check_kernel_reports_a_wrong_result_clearly(monkeypatch):
+    import spcomp.testing.check as check
+    real = check.reference
+    monkeypatch.setattr(check, "reference", lambda *a, **k: real(*a, **k) + 1.0)
+    with pytest.raises(AssertionError) as e:
+        check_kernel("y[i] = A[i,j] * x[j]", {"A": "csr"}, sizes={"i": 4, "j": 3})
+    msg = str(e.value)
+    for part in ("y[i] = A[i,j] * x[j]", "'A': 'dc'", "'i': 4", "'j': 3", "max |error| = 1", "loops:"):
+        assert part in msg, part
+
+
+def test_tolerance_follows_the_least_precise_dtype():
+    from spcomp.testing import TOLERANCES, tolerance
+    assert tolerance(["float64", "float32"]) == TOLERANCES["float32"]
+    assert tolerance(["float32", "bfloat16", "float64"]) == TOLERANCES["bfloat16"]
+    assert tolerance("float64") == TOLERANCES["float64"]
+
+
+def test_fit_packed_makes_any_data_fit():
+    from spcomp.testing import fit_packed
+    a = np.ones((3, 10, 4))
+    for spec in ["d p(4,1) d", "p(3,2) c p(2,1)", "d d p(3)", "c(nonunique) q(nonunique) q"]:
+        fitted = fit_packed(a, spec)
+        t = spcomp.Tensor.from_numpy(fitted, spec)  # overflow="error": raises if it does not fit
+        np.testing.assert_array_equal(t.to_numpy(), fitted)
+        assert np.count_nonzero(fitted) > 0
+
+
+def test_random_operands_ties_sizes_of_a_repeated_tensor():
+    from spcomp.testing import random_operands
+    k = spcomp.compile("s = A[i,j] * A[j,k] * x[k]")
+    ops = random_operands(k, seed=5)
+    n = ops["A"].shape[0]
+    assert ops["A"].shape == (n, n) and ops["x"].shape == (n,)
