@@ -131,10 +131,15 @@ def split(n: int, parts: int, pos: np.ndarray | None = None) -> list:
 MIN_PARALLEL_WORK = 20000
 
 
-def run_ranges(call, n: int, pos: np.ndarray | None = None, threads: int | None = None) -> list:
-    """Run ``call(lo, hi)`` over ``[0, n)``; returns the status codes."""
+def run_ranges(call, n: int, pos: np.ndarray | None = None, threads: int | None = None,
+               work: int | None = None) -> list:
+    """Run ``call(lo, hi)`` over ``[0, n)``; returns the status codes.
+
+    ``work`` estimates the whole call's cost in loop iterations (default: rows
+    plus the nonzeros ``pos`` counts); below MIN_PARALLEL_WORK it runs here."""
     threads = get_num_threads() if threads is None else threads
-    work = n + (int(pos[-1]) if pos is not None and len(pos) else 0)
+    if work is None:
+        work = n + (int(pos[-1]) if pos is not None and len(pos) else 0)
     if threads <= 1 or work < MIN_PARALLEL_WORK:
         return [call(0, n)]
     ranges = split(n, threads, pos)

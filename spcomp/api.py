@@ -16,9 +16,18 @@ _cache_lock = threading.Lock()
 
 
 def _format_key(formats) -> tuple:
+    """Formats as canonical specs, so "csr" and Format.csr() share a cache entry."""
     if not formats:
         return ()
-    return tuple(sorted((k, v.spec() if isinstance(v, Format) else str(v)) for k, v in formats.items()))
+
+    def spec(v):
+        if isinstance(v, Format):
+            return v.spec()
+        try:
+            return Format.parse(str(v)).spec()
+        except Exception:  # needs the tensor's order ('dense') or is invalid: keep the text
+            return str(v)
+    return tuple(sorted((k, spec(v)) for k, v in formats.items()))
 
 
 def _dtype_key(dtypes) -> tuple:

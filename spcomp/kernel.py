@@ -192,6 +192,14 @@ class Kernel:
         """The operand as a validated Tensor in ``fmt`` (cached per object)."""
         from .runtime import Tensor
         import scipy.sparse as sp
+        if isinstance(value, Tensor) and value.format == fmt:
+            # a Tensor caches its own validation: nothing to remember here
+            self._check_dtype(name, value.dtype, dtype)
+            if value.dtype == dtype:
+                try:
+                    return value.validate()
+                except SpcompError as e:
+                    raise _renamed(e, name) from None
         key = (id(value), id(fmt))  # fmt objects live as long as the kernel's plan
         hit = self._tensor_cache.get(key)
         if hit is not None and hit[0]() is value:
@@ -220,12 +228,13 @@ class Kernel:
             raise _renamed(e, name) from None
         if not _tracks(value, t):
             return t  # a converted copy would go stale if the caller changes the original
+        cache = self._tensor_cache
         try:
-            self._tensor_cache[key] = (weakref.ref(value), t)
+            # the entry goes when the caller's object does, so it never keeps data alive
+            ref = weakref.ref(value, lambda _r, key=key, cache=cache: cache.pop(key, None))
         except TypeError:
-            pass  # not weak-referenceable: convert each call
-        if len(self._tensor_cache) > 256:
-            self._tensor_cache = {k: v for k, v in self._tensor_cache.items() if v[0]() is not None}
+            return t  # not weak-referenceable: convert each call
+        cache[key] = (ref, t)
         return t
 
     @staticmethod
@@ -251,10 +260,9 @@ class Kernel:
         hit = self._pointer_cache.get(key)
         if hit is None or hit[0]() is not t:
             ptrs = [a.__array_interface__["data"][0] for a in t.kernel_arrays(bits)]
-            hit = (weakref.ref(t), ptrs)
-            if len(self._pointer_cache) > 256:
-                self._pointer_cache.clear()
-            self._pointer_cache[key] = hit
+            cache = self._pointer_cache
+            hit = (weakref.ref(t, lambda _r, key=key, cache=cache: cache.pop(key, None)), ptrs)
+            cache[key] = hit
         return hit[1][k]
 
     def _operand(self, spec, value):
@@ -389,24 +397,30 @@ class Kernel:
         if lohi is None:
             return [fn(*args)]
         n = sizes[low.parallel]
-        if self._backend.name != "cpu" or n < _threads.MIN_PARALLEL_WORK // 4:
-            # the GPU grid covers the whole range; small CPU work runs on this thread
-            args[lohi], args[lohi + 1] = 0, n
-            return [fn(*args)]
-        run_ranges = _threads.run_ranges
         pos = None
         if low.balance is not None:
             name, level = low.balance
             t = storages.get(name)
             if t is not None and not isinstance(t, _Dense):
                 pos = t.levels[level].get("pos")
+        if pos is not None:
+            work = n + (int(pos[-1]) if len(pos) else 0)
+        else:  # no nonzero count to go by: the loop nest's dense iteration space bounds it
+            work = 1
+            for v in sizes.values():
+                work *= max(int(v), 1)
+        if self._backend.name != "cpu" or n < 2 or work < _threads.MIN_PARALLEL_WORK:
+            # the GPU grid covers the whole range; small CPU work runs on this thread
+            args[lohi], args[lohi + 1] = 0, n
+            return [fn(*args)]
+        run_ranges = _threads.run_ranges
 
         def call(lo, hi):
             a = list(args)
             a[lohi] = lo
             a[lohi + 1] = hi
             return fn(*a)
-        return run_ranges(call, n, pos)
+        return run_ranges(call, n, pos, work=work)
 
     def _raise_status(self, status, out):
         if status == irn.STATUS_PACKED_OVERFLOW:

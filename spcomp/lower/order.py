@@ -34,6 +34,7 @@ class OrderProblem:
     dense_only: set               # indices used only by all-dense accesses
     output_indices: list          # output indices in output storage order
     top_reductions: list          # reductions at the top of the right side
+    trailing: set = field(default_factory=set)  # dense-only indices some dense access has last
     structural: set = field(default_factory=set)   # edges that never move
     input_edges: dict = field(default_factory=dict)  # access -> set of edges
 
@@ -87,6 +88,10 @@ def build_problem(lhs: Access, rhs) -> OrderProblem:
         output_indices=access_chain(lhs),
         top_reductions=list(top),
     )
+    for a in all_acc:
+        chain = access_chain(a)
+        if chain and a.tensor.format.is_dense:
+            problem.trailing.add(chain[-1])
     problem.structural |= _nested_sum_edges(rhs)
     if not lhs.tensor.format.is_dense:
         out_chain = access_chain(lhs)
@@ -115,11 +120,19 @@ def _all_sums(e) -> list:
 
 
 def _priority(problem: OrderProblem, i):
+    """Smaller runs further out. An index only dense operands use goes innermost
+    when it is some dense operand's last (contiguous) dimension — the j of SpMM —
+    and outermost otherwise — the token index t of ``Y[t,o] = X[t,i]*W[o,i]`` —
+    so dense operands are walked row by row."""
     if i in problem.output_indices:
         rank = problem.output_indices.index(i)
     else:
         rank = len(problem.output_indices) + problem.indices.index(i)
-    return (i in problem.dense_only, rank)
+    if i not in problem.dense_only:
+        bucket = 1
+    else:
+        bucket = 2 if i in problem.trailing else 0
+    return (bucket, rank)
 
 
 def topo_order(problem: OrderProblem, edges: set):
