@@ -127,8 +127,9 @@ def split(n: int, parts: int, pos: np.ndarray | None = None) -> list:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-# Below this many loop iterations + nonzeros a kernel runs on the calling thread.
-MIN_PARALLEL_WORK = 20000
+# Below this many loop iterations + nonzeros a kernel runs on the calling thread:
+# waking a second thread costs more than it saves on smaller work (measured here).
+MIN_PARALLEL_WORK = 250_000
 
 
 def run_ranges(call, n: int, pos: np.ndarray | None = None, threads: int | None = None,

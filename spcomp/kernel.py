@@ -59,6 +59,8 @@ class _Variant:
         self.compiled = compiled
         self.function = function
         self.arg_plan = _arg_plan(lowered)
+        self.driver = None  # native parallel driver, looked up on first parallel call
+        self.driver_checked = False
 
 
 class Kernel:
@@ -74,6 +76,7 @@ class Kernel:
         self._variants: dict = dict(variants or {})
         self._tensor_cache: dict = {}
         self._pointer_cache: dict = {}
+        self._bounds_cache: dict = {}
         self._variant(32)  # compile now: errors surface at compile(), source is ready
         low = self._variants[32].lowered
         self.warnings = list(low.warnings)
@@ -413,6 +416,15 @@ class Kernel:
             # the GPU grid covers the whole range; small CPU work runs on this thread
             args[lohi], args[lohi + 1] = 0, n
             return [fn(*args)]
+        threads = _threads.get_num_threads()
+        if not variant.driver_checked:
+            finder = getattr(self._backend, "parallel_driver", None)
+            variant.driver = finder(variant.compiled, low) if finder else None
+            variant.driver_checked = True
+        if variant.driver is not None and threads > 1:
+            bounds = self._bounds(n, threads, pos)
+            rest = args[:lohi] + args[lohi + 2:]
+            return [variant.driver(len(bounds) - 1, bounds.__array_interface__["data"][0], *rest)]
         run_ranges = _threads.run_ranges
 
         def call(lo, hi):
@@ -421,6 +433,21 @@ class Kernel:
             a[lohi + 1] = hi
             return fn(*a)
         return run_ranges(call, n, pos, work=work)
+
+    def _bounds(self, n, threads, pos):
+        """Row bounds of the threads' chunks, balanced by ``pos``; cached per pos array
+        (splitting costs O(rows), more than a small kernel's whole run)."""
+        key = (n, threads, id(pos) if pos is not None else None)
+        hit = self._bounds_cache.get(key)
+        if hit is not None and (pos is None or hit[0]() is pos):
+            return hit[1]
+        ranges = _threads.split(n, threads, pos)
+        bounds = np.array([r[0] for r in ranges] + [ranges[-1][1]], dtype=np.int64)
+        cache = self._bounds_cache
+        ref = (weakref.ref(pos, lambda _r, key=key, cache=cache: cache.pop(key, None))
+               if pos is not None else None)
+        cache[key] = (ref, bounds)
+        return bounds
 
     def _raise_status(self, status, out):
         if status == irn.STATUS_PACKED_OVERFLOW:

@@ -37,6 +37,10 @@ class CpuTarget:
         # the Kernel passes data pointers as ints: the ctypes function is called directly
         return compiled.function(lowered.entry)
 
+    def parallel_driver(self, compiled, lowered):
+        """``f(nthreads, bounds, args...)`` running the kernel on native threads, or None."""
+        return compiled.parallel_driver(lowered.entry)
+
     def source(self, compiled) -> str:
         return compiled.llvm_ir if compiled.llvm_ir is not None else getattr(compiled, "saved_llvm_ir", "")
 

@@ -325,7 +325,7 @@ def test_sparse_output_kernel_with_several_shapes():
                      sizes={"i": shape[0], "j": shape[1]})
 
 
-def _big_csr(n=3000, density=0.01, seed=7):
+def _big_csr(n=3000, density=0.04, seed=7):
     m = sp.random(n, n, density=density, format="csr", random_state=seed)
     m.data = np.random.default_rng(seed).standard_normal(m.nnz)
     return m
@@ -335,7 +335,9 @@ def _big_csr(n=3000, density=0.01, seed=7):
                                         ("C[i,k] = A[i,j] * B[j,k]", {"B": (3000, 8)})])
 def test_thread_count_independence(expr, extra):
     """1 and 2 threads give bitwise-equal float64 results."""
+    from spcomp.runtime.threads import MIN_PARALLEL_WORK
     A = _big_csr()
+    assert A.shape[0] + A.nnz >= MIN_PARALLEL_WORK  # big enough to really run on 2 threads
     g = np.random.default_rng(1)
     ops = {"A": A, **{n: g.standard_normal(s) for n, s in extra.items()}}
     k = spcomp.compile(expr, formats={"A": "csr"})

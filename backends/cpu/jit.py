@@ -53,6 +53,9 @@ class _Host:
             path = ctypes.util.find_library(lib)
             if path:
                 llvm.load_library_permanently(path)
+        from .parallel import gomp_library
+        if gomp_library():
+            llvm.load_library_permanently(gomp_library())
         self.triple = llvm.get_process_triple()
         self.cpu = llvm.get_host_cpu_name()
         try:
@@ -176,6 +179,23 @@ class CompiledModule:
             raise KeyError(f"no function {name!r} in this module "
                            f"(has {', '.join(self._addresses)})") from None
 
+    def parallel_driver(self, name: str):
+        """The native parallel driver of kernel ``name`` (see parallel.py), or None."""
+        from .parallel import DRIVER_SUFFIX, driver_signature, is_parallel
+        key = name + DRIVER_SUFFIX
+        f = self._functions.get(key)
+        if f is None:
+            fn = self.ir_module.function(name)
+            if not is_parallel(fn):
+                return None
+            address = self._engine.get_function_address(key)
+            if not address:
+                return None
+            f = driver_signature(fn)(address)
+            f.compiled_module = self
+            self._functions[key] = f
+        return f
+
     def function(self, name: str):
         """The ctypes function for IR function ``name``: returns the int32 status.
 
@@ -196,9 +216,12 @@ class CompiledModule:
 
 def to_llvm_ir(ir_module: n.Module, *, fast_math: bool = False) -> str:
     """The LLVM IR text for a kernel IR module, before optimisation."""
+    from .parallel import add_drivers
     host = _get_host()
-    return str(codegen.generate(ir_module, triple=host.triple, data_layout=host.data_layout,
-                                fast_math=fast_math))
+    llmod = codegen.generate(ir_module, triple=host.triple, data_layout=host.data_layout,
+                             fast_math=fast_math)
+    add_drivers(llmod, ir_module)
+    return str(llmod)
 
 
 def compile_module(ir_module: n.Module, *, fast_math: bool = False) -> CompiledModule:
