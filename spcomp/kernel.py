@@ -43,12 +43,23 @@ def _libc():
 _LIBC = None
 
 
-def _free(ptr: int):
+def _get_libc():
     global _LIBC
     if _LIBC is None:
         _LIBC = _libc()
         _LIBC.free.argtypes = [ctypes.c_void_p]
-    _LIBC.free(ctypes.c_void_p(ptr))
+        _LIBC.realloc.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        _LIBC.realloc.restype = ctypes.c_void_p
+    return _LIBC
+
+
+def _free(ptr: int):
+    """Free memory a kernel allocated (kernels use the process's malloc)."""
+    _get_libc().free(ctypes.c_void_p(ptr))
+
+
+def _realloc(ptr: int, nbytes: int) -> int:
+    return _get_libc().realloc(ctypes.c_void_p(ptr), nbytes) or 0
 
 
 class _Variant:
@@ -698,16 +709,20 @@ class _Output:
         return self.fmt.levels[-1].K
 
     def _take(self, key, n, dtype):
-        """Copy a kernel-allocated array into NumPy and free the original."""
+        """A kernel-allocated array as NumPy, without a copy: trimmed to its length
+        with realloc and freed when the last array using it goes."""
         ptr = self.grow[key].value
         if n == 0 or not ptr:
             if ptr:
                 _free(ptr)
             return np.zeros(0, dtype=dtype)
-        buf = (ctypes.c_char * (n * dtype.itemsize)).from_address(ptr)
-        arr = np.frombuffer(buf, dtype=dtype, count=n).copy()
-        _free(ptr)
-        return arr
+        nbytes = n * dtype.itemsize
+        trimmed = _realloc(ptr, nbytes)
+        if trimmed:
+            ptr = trimmed
+        buf = (ctypes.c_char * nbytes).from_address(ptr)
+        weakref.finalize(buf, _free, ptr)
+        return np.frombuffer(buf, dtype=dtype, count=n)
 
     def result(self):
         if self.low.output_shape == "dense":

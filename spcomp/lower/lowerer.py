@@ -35,6 +35,9 @@ from .order import access_chain, choose_order
 from .outputs import AppendSink, DenseSink, ScalarSink, WorkspaceSink
 
 TEMP_FORMAT = Format(())
+# a workspace row with more than 1/SCAN_RATIO of its coordinates touched is
+# drained by scanning its marks instead of sorting the touched list
+SCAN_RATIO = 16
 # the loops a team-per-iteration mapping splits among its members
 TEAM_MEMBERS = {"gpu-warp": "gpu-lane", "gpu-block": "gpu-thread"}
 
@@ -407,21 +410,37 @@ class Lowerer:
         stmts = [n.Declare(c, n.i64(0))]
         inner = WorkspaceSink(w["values"], w["marks"], w["touched"], c, last)
         stmts += self.nest(order, expr, inner, env.child(), depth + 1)
-        # drain in coordinate order
+        # drain in coordinate order: sort the touched list, or scan the marks when
+        # so many coordinates were touched that a linear pass is cheaper
+        value = n.Var(self.fresh("v"), self.compute)
+
+        def drain(coord):
+            drain_env = env.child()
+            drain_env.bound[last] = coord
+            body = [n.Declare(value, n.Load(w["values"], coord)),
+                    n.Store(w["values"], coord, n.const(0, self.compute)),
+                    n.Store(w["marks"], coord, n.Const(0, I32))]
+            body += self.out_sink.enter(last, drain_env)
+            body += self.out_sink.innermost(value, drain_env)
+            body += self.out_sink.exit(last, drain_env)
+            return body
         t = n.Var(self.fresh("k"), I64)
         coord = n.Var(self.fresh(last.name), I64)
-        value = n.Var(self.fresh("v"), self.compute)
-        drain_env = env.child()
-        drain_env.bound[last] = coord
-        body = [n.Declare(coord, n.Load(w["touched"], t)),
-                n.Declare(value, n.Load(w["values"], coord)),
-                n.Store(w["values"], coord, n.const(0, self.compute)),
-                n.Store(w["marks"], coord, n.Const(0, I32))]
-        body += self.out_sink.enter(last, drain_env)
-        body += self.out_sink.innermost(value, drain_env)
-        body += self.out_sink.exit(last, drain_env)
+        scan = n.Var(self.fresh(last.name), I64)
+        by_sort = n.block(n.Sort(w["touched"], n.i64(0), c),
+                          n.For(t, n.i64(0), c, n.block(n.Declare(coord, n.Load(w["touched"], t)),
+                                                          *drain(coord))))
+        by_scan = n.block(n.For(scan, n.i64(0), self.sizes[last], n.block(
+            n.If(n.Binary("!=", n.Load(w["marks"], scan), n.Const(0, I32)), n.block(*drain(scan))))))
+        if not self.lhs.tensor.format.levels[-1].ordered:
+            # an unordered output level takes the coordinates as they were touched
+            self._note(depth, f"append the workspace's {last.name} as touched (unordered output)")
+            stmts.append(n.For(t, n.i64(0), c, n.block(n.Declare(coord, n.Load(w["touched"], t)),
+                                                      *drain(coord))))
+            return stmts
+        dense_enough = n.Binary(">", n.Binary("*", c, n.i64(SCAN_RATIO)), self.sizes[last])
         self._note(depth, f"append the workspace's {last.name} in order")
-        stmts += [n.Sort(w["touched"], n.i64(0), c), n.For(t, n.i64(0), c, n.block(*body))]
+        stmts.append(n.If(dense_enough, by_scan, by_sort))
         return stmts
 
     # --------------------------------------------------------------- loops
