@@ -19,6 +19,23 @@ from ..notation import (FUNCTIONS, Access, Add, Call, Div, Literal, Mul, Neg,
 ZERO = Literal(0.0)
 
 
+# ------------------------------------------------------------------ walking
+
+def rebuild(e, f):
+    """``e`` with ``f`` applied to each direct child (leaves come back as they are)."""
+    if isinstance(e, (Access, Literal)):
+        return e
+    if isinstance(e, Sum):
+        return Sum(e.index, f(e.body))
+    if isinstance(e, Neg):
+        return Neg(f(e.operand))
+    if isinstance(e, (Add, Sub, Mul, Div)):
+        return type(e)(f(e.lhs), f(e.rhs))
+    if isinstance(e, Call):
+        return Call(e.func, tuple(f(a) for a in e.args))
+    raise TypeError(f"not an index-notation expression: {e!r}")
+
+
 # ----------------------------------------------------------------- products
 
 def factors(e) -> list:
@@ -141,13 +158,7 @@ def push_sums(e, force=(), allow=True):
                 changed = True
                 break
         return wrap_sums(remaining, product(fs))
-    if isinstance(e, Neg):
-        return Neg(push_sums(e.operand, force, allow))
-    if isinstance(e, (Add, Sub, Mul, Div)):
-        return type(e)(push_sums(e.lhs, force, allow), push_sums(e.rhs, force, allow))
-    if isinstance(e, Call):
-        return Call(e.func, tuple(push_sums(a, force, allow) for a in e.args))
-    raise TypeError(e)
+    return rebuild(e, lambda c: push_sums(c, force, allow))
 
 
 # -------------------------------------------------------------- specialize
@@ -233,17 +244,7 @@ def specialize(e, absent: set):
     def go(x):
         if isinstance(x, Access):
             return ZERO if x in absent else x
-        if isinstance(x, Literal):
-            return x
-        if isinstance(x, Sum):
-            return Sum(x.index, go(x.body))
-        if isinstance(x, Neg):
-            return Neg(go(x.operand))
-        if isinstance(x, (Add, Sub, Mul, Div)):
-            return type(x)(go(x.lhs), go(x.rhs))
-        if isinstance(x, Call):
-            return Call(x.func, tuple(go(a) for a in x.args))
-        raise TypeError(x)
+        return rebuild(x, go)
     return simplify(go(e))
 
 
@@ -265,14 +266,4 @@ def replace(e, old, new):
     """``e`` with every occurrence of the node ``old`` replaced by ``new``."""
     if e == old:
         return new
-    if isinstance(e, (Access, Literal)):
-        return e
-    if isinstance(e, Sum):
-        return Sum(e.index, replace(e.body, old, new))
-    if isinstance(e, Neg):
-        return Neg(replace(e.operand, old, new))
-    if isinstance(e, (Add, Sub, Mul, Div)):
-        return type(e)(replace(e.lhs, old, new), replace(e.rhs, old, new))
-    if isinstance(e, Call):
-        return Call(e.func, tuple(replace(a, old, new) for a in e.args))
-    raise TypeError(e)
+    return rebuild(e, lambda c: replace(c, old, new))
