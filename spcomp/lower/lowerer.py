@@ -53,6 +53,7 @@ class Options:
     vectorize: tuple = ()            # (index, width) hints
     unroll: tuple = ()               # (index, factor) hints
     auto_precompute: bool = True
+    auto_layout: bool = True          # copy dense inputs whose inner loop would stride
     name: str = "kernel"
 
 
@@ -74,6 +75,27 @@ class Lowered:
 
 def _idx(e):
     return n.Cast(e, I64) if e.type != I64 else e
+
+
+def _dense_relayouts(rhs, order, enabled: bool) -> dict:
+    """Dense inputs (2-D and up) that the innermost of their loops would walk across
+    rows: ``E[k,j]`` under ``for j: for k`` (SDDMM). A row-major copy with that
+    index last is read contiguously; copying costs one pass over the operand per
+    call, far less than a strided read per nonzero."""
+    if not enabled:
+        return {}
+    pos = {i: k for k, i in enumerate(order)}
+    out = {}
+    for acc in dict.fromkeys(accesses(rhs)):
+        fmt = acc.tensor.format
+        if not fmt.is_dense or len(acc.indices) < 2 or len(set(acc.indices)) != len(acc.indices):
+            continue
+        innermost = max(acc.indices, key=lambda i: pos[i])
+        last = acc.indices[fmt.order[-1]]
+        if innermost != last:
+            dims = sorted(range(len(acc.indices)), key=lambda d: pos[acc.indices[d]])
+            out[acc] = Format(fmt.levels, tuple(dims))
+    return out
 
 
 def _transposable(fmt: Format) -> Format:
@@ -125,8 +147,10 @@ class Lowerer:
         self.position = {i: k for k, i in enumerate(order)}
         # storage of transposed operands
         self.transposes = {}
+        self.dense_relayouts = []
         taken = {t.name for t in a.tensors.values()}
-        for acc, fmt in transposes.items():
+        relayout = _dense_relayouts(rhs, order, self.opt.auto_layout)
+        for acc, fmt in list(transposes.items()) + list(relayout.items()):
             t = acc.tensor
             fmt = _transposable(fmt)
             name = t.name + "_T"
@@ -136,11 +160,17 @@ class Lowerer:
             taken.add(name)
             new = TensorVar(name, t.order, fmt, t.dtype)
             self.transposes[new.name] = (t.name, fmt)
+            rhs = replace(rhs, acc, Access(new, acc.indices))
+            if acc in relayout:
+                # a dense operand copied so the innermost loop reads it contiguously:
+                # a layout choice, not a conflict with the user's format, so no warning
+                self.dense_relayouts.append(f"{t.name} copied to {fmt.spec()!r} (innermost loop reads it "
+                                            f"contiguously)")
+                continue
             self.warnings.append(
                 f"operand {t.name} is stored as {t.format} but the loop order "
                 f"({', '.join(i.name for i in order)}) walks {acc!r} against it; spcomp converts it "
                 f"to {fmt.spec()!r} at each call (pass it in that format to avoid the copy)")
-            rhs = replace(rhs, acc, Access(new, acc.indices))
         self.rhs = rhs
         self.lhs = lhs
         self.compute = F64 if any(t.dtype == "float64" for t in a.tensors.values()) else F32
@@ -270,7 +300,8 @@ class Lowerer:
         return Lowered(module=module, entry=self.opt.name, bindings=self.bindings, order=self.order,
                        transposes=self.transposes, output_shape=shape, growable=grow,
                        parallel=self.parallel.name if self.parallel is not None else None,
-                       balance=self._balance(), loops="\n".join(self.loops_text),
+                       balance=self._balance(),
+                       loops="\n".join(self.loops_text + [f"(layout: {r})" for r in self.dense_relayouts]),
                        notation=Assignment(self.lhs, self.rhs, self.accumulate), warnings=self.warnings)
 
     def _output_loops_dense(self) -> bool:
