@@ -204,8 +204,13 @@ class Kernel:
     # ----------------------------------------------------------- operands
     def _to_tensor(self, name: str, value, fmt: Format, dtype: np.dtype):
         """The operand as a validated Tensor in ``fmt`` (cached per object)."""
-        from .runtime import Tensor
+        key = (id(value), id(fmt))  # fmt objects live as long as the kernel's plan
+        hit = self._tensor_cache.get(key)
+        if hit is not None and hit[0]() is value:
+            return hit[1]
         import scipy.sparse as sp
+
+        from .runtime import Tensor
         if isinstance(value, Tensor) and value.format == fmt:
             # a Tensor caches its own validation: nothing to remember here
             self._check_dtype(name, value.dtype, dtype)
@@ -214,10 +219,6 @@ class Kernel:
                     return value.validate()
                 except SpcompError as e:
                     raise _renamed(e, name) from None
-        key = (id(value), id(fmt))  # fmt objects live as long as the kernel's plan
-        hit = self._tensor_cache.get(key)
-        if hit is not None and hit[0]() is value:
-            return hit[1]
         try:
             if isinstance(value, Tensor):
                 t = value
@@ -417,7 +418,9 @@ class Kernel:
             t = storages.get(name)
             if t is not None and not isinstance(t, _Dense):
                 pos = t.levels[level].get("pos")
-        if pos is not None:
+        if n < 2 or self._backend.name != "cpu":
+            work = 0
+        elif pos is not None:
             work = n + (int(pos[-1]) if len(pos) else 0)
         else:  # no nonzero count to go by: the loop nest's dense iteration space bounds it
             work = 1
