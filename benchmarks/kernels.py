@@ -204,17 +204,26 @@ def case_add(env: Env) -> Case:
     return case
 
 
-def case_spgemm(env: Env) -> Case:
+def _spgemm_data(env: Env):
     s = env.sizes
-    A = env.csr(s.g_n, s.g_n, s.g_density)
-    B = env.csr(s.g_n, s.g_n, s.g_density)
+    return env.csr(s.g_n, s.g_n, s.g_density), env.csr(s.g_n, s.g_n, s.g_density)
+
+
+def case_spgemm(env: Env, out_fmt: str = "csr", data=None) -> Case:
+    s = env.sizes
+    A, B = data if data is not None else _spgemm_data(env)
     ref = (A @ B).tocsr()
-    case = Case("spgemm", "SpGEMM C=A·B (CSR)", f"{s.g_n}² {s.g_density:.1%} nnz(C)={ref.nnz}")
-    k = spcomp.compile("C[i,j] = A[i,k] * B[k,j]", formats={"A": "csr", "B": "csr", "C": "csr"}, dtype="float64")
+    ordered = out_fmt == "csr"
+    key = "spgemm" if ordered else "spgemm-unordered"
+    name = "SpGEMM C=A·B (CSR)" if ordered else "SpGEMM, C unordered"
+    case = Case(key, name, f"{s.g_n}² {s.g_density:.1%} nnz(C)={ref.nnz}")
+    k = spcomp.compile("C[i,j] = A[i,k] * B[k,j]", formats={"A": "csr", "B": "csr", "C": out_fmt},
+                       dtype="float64")
     case.kernel = k
-    case.add("spcomp", "C[i,j] = A[i,k]*B[k,j], all csr (workspace)", lambda: k(A=A, B=B),
+    case.add("spcomp", f"C[i,j] = A[i,k]*B[k,j], A,B csr, C {out_fmt} (workspace)", lambda: k(A=A, B=B),
              lambda r: C.check_sparse(_sp_of(r), ref))
-    case.add("scipy", "A @ B (scipy.sparse CSR)", lambda: A @ B, lambda r: C.check_sparse(r, ref))
+    case.add("scipy", "A @ B (scipy.sparse CSR; its result's column indices are not sorted)", lambda: A @ B,
+             lambda r: C.check_sparse(r, ref))
     if not env.skip_torch(case):
         At, Bt = env.torch_csr(A), env.torch_csr(B)
         case.add("torch", "CSR @ CSR (torch.mm, sparse result)", lambda: env.torch.mm(At, Bt),
@@ -310,13 +319,20 @@ def case_mttkrp(env: Env, fmt: str = "csf", data=None) -> Case:
 
 
 def make_cases(env: Env, only) -> list:
-    builders = [("spmv", case_spmv), ("spmm", case_spmm), ("add", case_add), ("spgemm", case_spgemm),
-                ("sddmm", case_sddmm)]
     cases = []
-    for key, build in builders:
+    for key, build in [("spmv", case_spmv), ("spmm", case_spmm), ("add", case_add)]:
         if only is None or key in only:
             C.eprint(f"[setup] {key}")
             cases.append(build(env))
+    if only is None or "spgemm" in only:
+        C.eprint("[setup] spgemm")
+        data = _spgemm_data(env)
+        cases.append(case_spgemm(env, "csr", data))
+        # the same product into an unordered compressed level: no per-row sort, like SciPy's result
+        cases.append(case_spgemm(env, "d c(unordered)", data))
+    if only is None or "sddmm" in only:
+        C.eprint("[setup] sddmm")
+        cases.append(case_sddmm(env))
     if only is None or "mttkrp" in only:
         C.eprint("[setup] mttkrp")
         data = _mttkrp_data(env)
