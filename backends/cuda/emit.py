@@ -614,15 +614,7 @@ class CudaEmitter(CPrinter):
         return lines
 
     # ------------------------------------------------------------ loops
-    def loop_annotation(self, s: n.For) -> str:
-        notes = []
-        if s.parallel:
-            notes.append(f"parallel: {s.parallel}")
-        if s.vectorize:
-            notes.append(f"vectorize: {s.vectorize}")
-        if s.unroll:
-            notes.append(f"unroll: {s.unroll}")
-        return f"  // {', '.join(notes)}" if notes else ""
+    # loop_annotation is inherited from CPrinter
 
     def stmt_For(self, s: n.For, d):
         if s.parallel:
