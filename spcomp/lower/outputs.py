@@ -82,7 +82,14 @@ class DenseSink(Sink):
             lin = c if lin is None else _add(_mul(lin, self.sizes[i]), c)
         return lin if lin is not None else n.i64(0)
 
+    #: set by the lowerer when a parallel reduction loop adds into the output (GPU):
+    #: every update is an ``AtomicAdd``
+    atomic = False
+
     def innermost(self, value, env):
+        if self.atomic:
+            t = self.vals.type.elem
+            return [n.AtomicAdd(self.vals, self.linear(env), value if value.type == t else n.Cast(value, t))]
         return [store_value(self.vals, self.linear(env), value, self.accumulate)]
 
 
@@ -325,15 +332,18 @@ class WorkspaceSink(Sink):
     which coordinates were touched; the lowerer drains it in order."""
 
     def __init__(self, values, marks, touched, count, index):
+        # values None: only which coordinates are touched matters (a count phase)
         self.values, self.marks, self.touched, self.count = values, marks, touched, count
         self.index = index
 
     def innermost(self, value, env):
         c = env.bound[self.index]
-        return [
+        out = [
             n.If(n.Binary("==", n.Load(self.marks, c), n.Const(0, I32)), n.block(
                 n.Store(self.marks, c, n.Const(1, I32)),
                 n.Store(self.touched, self.count, c),
                 n.Assign(self.count, _add(self.count, n.i64(1))))),
-            n.Store(self.values, c, n.Binary("+", n.Load(self.values, c), value)),
         ]
+        if self.values is not None:
+            out.append(n.Store(self.values, c, n.Binary("+", n.Load(self.values, c), value)))
+        return out

@@ -1,0 +1,265 @@
+"""Two-phase (count -> scan -> fill) assembly of sparse outputs.
+
+A sparse output whose first level is dense (csr, dense-then-csf) is assembled in
+parallel over its rows: ``NAME_count`` counts each row's entries, the runtime
+scans the counts into ``pos`` and allocates exact-size arrays, ``NAME_fill``
+writes each row from its start. These tests check the results against the dense
+reference (``spcomp.testing``), that 1 and 2 threads give the same arrays bit for
+bit, that cuda-sim runs the same kernels over several blocks, that nvcc compiles
+every emitted source for sm_90, and what is still refused.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import spcomp
+from spcomp.errors import ScheduleError, UnsupportedError
+from spcomp.runtime import threads as _threads
+from spcomp.testing import check_kernel
+from spcomp.testing.check import make_operands
+
+CSR3 = {"A": "csr", "B": "csr", "C": "csr"}
+ADD = "C[i,j] = A[i,j] + B[i,j]"
+SUB = "C[i,j] = A[i,j] - B[i,j]"
+MUL = "C[i,j] = A[i,j] * B[i,j]"
+SPGEMM = "C[i,j] = A[i,k] * B[k,j]"
+
+# (expression, formats): every kernel here is assembled in two phases
+CASES = [
+    pytest.param(ADD, CSR3, id="csr-add"),
+    pytest.param(SUB, CSR3, id="csr-sub"),
+    pytest.param(MUL, CSR3, id="csr-mul"),
+    pytest.param(SPGEMM, CSR3, id="spgemm"),
+    pytest.param(SPGEMM, {"A": "csr", "B": "csr", "C": "d c(unordered)"}, id="spgemm-unordered"),
+    pytest.param("C[i,j] = A[i,j] + 2 * B[i,j]", {"A": "csr", "B": "dense", "C": "csr"}, id="csr-plus-dense"),
+    pytest.param("C[i,j,k] = A[i,j,k] + B[i,j,k]", {"A": "dcc", "B": "dcc", "C": "dcc"}, id="csf-under-dense-add"),
+    pytest.param("C[i,j,k] = A[i,j,k] * B[i,j,k]", {"A": "ddc", "B": "ddc", "C": "ddc"}, id="dense-dense-c-mul"),
+    pytest.param("C[i,j,k] = A[i,j,l] * B[l,k]", {"A": "dcc", "B": "csr", "C": "dcc"}, id="csf-under-dense-spgemm"),
+]
+SIZES = {"i": 70, "j": 45, "k": 30, "l": 20}
+
+
+@contextlib.contextmanager
+def threads(n, min_work=0):
+    """Run kernels on ``n`` threads, splitting even small work (``min_work``)."""
+    before, work = spcomp.get_num_threads(), _threads.MIN_PARALLEL_WORK
+    spcomp.set_num_threads(n)
+    _threads.MIN_PARALLEL_WORK = min_work
+    try:
+        yield
+    finally:
+        spcomp.set_num_threads(before)
+        _threads.MIN_PARALLEL_WORK = work
+
+
+def arrays(t):
+    """A result Tensor's level arrays and values, for bitwise comparison."""
+    out = [np.asarray(a) for level in t.levels for a in level.values()]
+    return out + [np.asarray(t.vals)]
+
+
+def assert_same_bits(a, b):
+    assert a.format == b.format and a.shape == b.shape
+    for x, y in zip(arrays(a), arrays(b)):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert x.tobytes() == y.tobytes()
+
+
+def two_phase(kernel):
+    return kernel._variants[32].lowered.assembly is not None
+
+
+# ====================================================================== CPU
+
+@pytest.mark.parametrize("expr,formats", CASES)
+def test_cpu_matches_reference_and_is_thread_count_independent(expr, formats):
+    results = []
+    for n in (1, 2):
+        with threads(n):
+            r = check_kernel(expr, formats, sizes=SIZES, density=0.3, seed=3)
+        assert two_phase(r.kernel)
+        results.append(r.result)
+    assert_same_bits(*results)
+
+
+def test_generated_code_names_the_phases():
+    k = spcomp.compile(ADD, formats=CSR3)
+    assert 'define i32 @"kernel_count"' in k.source or "@kernel_count(" in k.source
+    assert "kernel_fill" in k.source
+    assert "int32_t kernel_count(" in k.ir and "int32_t kernel_fill(" in k.ir
+    assert "(count phase)" in k.ir and "(fill phase)" in k.ir
+    assert "two-phase assembly of C" in k.loops
+    assert "for i in 0..N_i (parallel: threads)" in k.loops
+
+
+def test_big_add_really_runs_on_two_threads(monkeypatch):
+    """Big enough to pass the runtime's own work threshold; both phases split rows."""
+    rng = np.random.default_rng(0)
+    n = 60_000
+    A = sp.random(n, n, density=6e-5, format="csr", random_state=rng, dtype=np.float64)
+    B = sp.random(n, n, density=6e-5, format="csr", random_state=rng, dtype=np.float64)
+    assert n + A.nnz >= _threads.MIN_PARALLEL_WORK
+    k = spcomp.compile(ADD, formats=CSR3)
+    split = []
+    real_bounds = spcomp.Kernel._bounds
+    real_ranges = _threads.run_ranges
+
+    def bounds(self, rows, nthreads, pos):
+        split.append(nthreads)
+        return real_bounds(self, rows, nthreads, pos)
+
+    def run_ranges(call, rows, pos=None, threads=None, work=None):
+        split.append(_threads.get_num_threads())
+        return real_ranges(call, rows, pos, threads=threads, work=work)
+    monkeypatch.setattr(spcomp.Kernel, "_bounds", bounds)
+    monkeypatch.setattr(_threads, "run_ranges", run_ranges)
+    with threads(2, _threads.MIN_PARALLEL_WORK):
+        two = k(A=A, B=B)
+    assert split == [2, 2]  # count and fill
+    split.clear()
+    with threads(1, _threads.MIN_PARALLEL_WORK):
+        one = k(A=A, B=B)
+    assert_same_bits(one, two)
+    expected = (A + B).tocsr()
+    expected.sort_indices()
+    got = two.to_scipy()
+    assert abs(got - expected).max() == 0
+
+
+def test_sparse_accumulate():
+    """A ``+=`` into a csr output reads the old one as an input: still two phases."""
+    k = spcomp.compile("C[i,j] += A[i,j] * B[i,j]", formats=CSR3)
+    assert two_phase(k)
+    with threads(2):
+        r = check_kernel("C[i,j] += A[i,j] * B[i,j]", CSR3, sizes=SIZES, density=0.4)
+    assert r.max_error == 0
+
+
+def test_drop_zeros_counts_only_what_is_stored():
+    """With drop_zeros the count and the fill skip the same computed zeros."""
+    a = np.array([[1.0, 2.0, 0.0], [0.0, 3.0, 4.0]])
+    b = np.array([[-1.0, 2.0, 5.0], [0.0, -3.0, 0.0]])
+    k = spcomp.compile(ADD, formats=CSR3, drop_zeros=True)
+    with threads(2):
+        c = k(A=spcomp.Tensor.from_numpy(a, "csr"), B=spcomp.Tensor.from_numpy(b, "csr"))
+    assert c.nnz == 3
+    np.testing.assert_array_equal(c.to_numpy(), a + b)
+    # SpGEMM: the count phase then needs the workspace's values too
+    x = np.array([[1.0, 1.0, 0.0], [2.0, 0.0, 1.0]])
+    y = np.array([[1.0, 3.0], [-1.0, 1.0], [0.0, 1.0]])
+    k = spcomp.compile(SPGEMM, formats=CSR3, drop_zeros=True)
+    with threads(2):
+        c = k(A=spcomp.Tensor.from_numpy(x, "csr"), B=spcomp.Tensor.from_numpy(y, "csr"))
+    assert c.nnz == 3  # (0, 0) cancels to zero
+    np.testing.assert_array_equal(c.to_numpy(), x @ y)
+
+
+def test_serial_schedule_keeps_the_one_pass_append():
+    k = spcomp.compile(ADD, formats=CSR3, schedule=spcomp.Schedule().sequential())
+    assert not two_phase(k)
+    assert "kernel_count" not in k.ir
+
+
+@pytest.mark.parametrize("formats", [
+    pytest.param({"A": "csr", "B": "csr", "C": "coo"}, id="coo-output"),
+    pytest.param({"A": "dcsr", "B": "dcsr", "C": "dcsr"}, id="dcsr-output"),
+])
+def test_outputs_without_a_dense_first_level_stay_one_pass(formats):
+    r = check_kernel(ADD, formats, sizes={"i": 20, "j": 15})
+    assert not two_phase(r.kernel)
+    with pytest.raises(ScheduleError, match="appended to in order"):
+        spcomp.compile(ADD, formats=formats, schedule=spcomp.Schedule().parallelize("i"))
+
+
+# ========================================================== property test
+
+KERNELS = [(ADD, CSR3), (SUB, CSR3), (MUL, CSR3), (SPGEMM, CSR3),
+           (SPGEMM, {"A": "csr", "B": "csr", "C": "d c(unordered)"})]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=st.sampled_from(range(len(KERNELS))),
+       i=st.integers(0, 40), j=st.integers(0, 40), k=st.integers(0, 12),
+       density=st.sampled_from([0.0, 0.05, 0.3, 1.0]), empty_rows=st.sampled_from([0.0, 0.5]),
+       seed=st.integers(0, 2**16))
+def test_property_random_shapes_and_densities(case, i, j, k, density, empty_rows, seed):
+    expr, formats = KERNELS[case]
+    kernel = spcomp.compile(expr, formats=formats)
+    assert two_phase(kernel)
+    ops = make_operands(kernel.notation, {"i": i, "j": j, "k": k}, np.random.default_rng(seed), density,
+                        empty_rows=empty_rows)
+    results = []
+    for n in (1, 2):
+        with threads(n):
+            results.append(check_kernel(expr, formats, operands=ops).result)
+    assert_same_bits(*results)
+
+
+# ================================================================ cuda-sim
+
+SIM_SIZES = {"i": 600, "j": 40, "k": 30, "l": 12}  # 600 rows: 3 blocks of 256 threads
+
+
+@pytest.mark.parametrize("expr,formats", CASES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cuda_sim_matches_reference(expr, formats, dtype):
+    r = check_kernel(expr, formats, sizes=SIM_SIZES, density=0.1, seed=5, backend="cuda-sim", dtype=dtype)
+    assert two_phase(r.kernel)
+    fn = r.kernel._variants[32].lowered.module.function("kernel_fill")
+    from spcomp.backends.cuda import launch_config
+    grid, block = launch_config(fn, {"lo": 0, "hi": SIM_SIZES["i"]})
+    assert grid == 3 and block == 256
+    # the same arrays as the CPU kernel, bit for bit
+    cpu = check_kernel(expr, formats, operands=r.operands, dtype=dtype)
+    assert_same_bits(cpu.result, r.result)
+
+
+def test_cuda_sim_empty_and_zero_size():
+    for sizes in ({"i": 0, "j": 5, "k": 3}, {"i": 7, "j": 0, "k": 3}, {"i": 7, "j": 4, "k": 0}):
+        for expr in (ADD, SPGEMM):
+            check_kernel(expr, CSR3, sizes=sizes, backend="cuda-sim")
+
+
+@pytest.mark.parametrize("expr,formats", CASES)
+def test_cuda_sources_compile_with_nvcc_for_sm90(expr, formats):
+    from spcomp.backends.cuda import check_source, nvcc_available
+    if not nvcc_available():
+        pytest.skip("nvcc not installed")
+    k = spcomp.compile(expr, formats=formats, backend="cuda", dtype="float32")
+    assert "__global__ void kernel_count(" in k.source and "__global__ void kernel_fill(" in k.source
+    report = check_source(k.source, arch="sm_90")
+    assert set(report) == {"kernel_count", "kernel_fill"}
+
+
+def test_cuda_still_refuses_what_cannot_be_split():
+    for formats in ({"A": "csr", "B": "csr", "C": "coo"}, {"A": "dcsr", "B": "dcsr", "C": "dcsr"}):
+        with pytest.raises(UnsupportedError, match="two phases.*first level is dense"):
+            spcomp.compile(ADD, formats=formats, backend="cuda-sim")
+    with pytest.raises(ScheduleError, match="gpu-thread"):
+        spcomp.compile(ADD, formats=CSR3, backend="cuda-sim",
+                       schedule=spcomp.Schedule().parallelize("i", "gpu-block"))
+
+
+def test_save_load_keeps_both_phases(tmp_path):
+    k = spcomp.compile(SPGEMM, formats=CSR3)
+    k.save(tmp_path / "spgemm.spk")
+    loaded = spcomp.load(tmp_path / "spgemm.spk")
+    ops = make_operands(k.notation, {"i": 30, "j": 20, "k": 10}, np.random.default_rng(1), 0.3)
+    with threads(2):
+        assert_same_bits(k(**ops), loaded(**ops))
+
+
+def test_64_bit_indices(monkeypatch):
+    """Operands that need 64-bit indices get the 64-bit variant of both phases."""
+    from spcomp.runtime import Tensor
+    monkeypatch.setattr(Tensor, "index_bits_needed", lambda self: 64)
+    with threads(2):
+        r = check_kernel(SPGEMM, CSR3, sizes=SIZES, density=0.3)
+    assert r.result.levels[1]["pos"].dtype == np.int64
+    assert r.kernel._variants[64].lowered.assembly is not None
