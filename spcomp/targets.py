@@ -74,16 +74,10 @@ class CudaSimTarget:
         return (source, compile_sim(source))
 
     def entry(self, compiled, lowered):
-        from .backends.cuda import launch_config
-        source, module = compiled
-        fn = lowered.module.function(lowered.entry)
-        names = [p.name for p in fn.params]
+        return _GpuCall(self, compiled, lowered)
 
-        def call(*args):
-            conv = [a for a in args]
-            grid, block = launch_config(fn, dict(zip(names, [a if isinstance(a, int) else 0 for a in conv])))
-            return module.launch(lowered.entry, conv, grid, block)
-        return call
+    def run(self, compiled, lowered, args, grid, block) -> int:
+        return compiled[1].launch(lowered.entry, list(args), grid, block)
 
     def source(self, compiled) -> str:
         return compiled[0]
@@ -96,34 +90,58 @@ class CudaTarget:
     """CUDA C through pycuda on a real GPU."""
     name = "cuda"
 
+    def __init__(self):
+        self._modules: dict = {}  # CUDA C text -> pycuda module, compiled on the first launch
+
     def build(self, lowered):
         from .backends.cuda import emit_module
         source = emit_module(lowered.module)
         return (source, None)
 
     def entry(self, compiled, lowered):
-        from .backends.cuda import launch_config
-        from .backends.cuda.device import compile_gpu, gpu_available
-        source, _ = compiled
-        fn = lowered.module.function(lowered.entry)
-        names = [p.name for p in fn.params]
-        state = {}
+        return _GpuCall(self, compiled, lowered)
 
-        def call(*args):
-            ok, why = gpu_available()
-            if not ok:
-                raise BackendUnavailableError(f"backend 'cuda' cannot run here: {why}")
-            if "module" not in state:
-                state["module"] = compile_gpu(source)
-            grid, block = launch_config(fn, dict(zip(names, [a if isinstance(a, int) else 0 for a in args])))
-            return state["module"].launch(lowered.entry, list(args), grid, block)
-        return call
+    def run(self, compiled, lowered, args, grid, block) -> int:
+        from .backends.cuda.device import compile_gpu, gpu_available
+        ok, why = gpu_available()
+        if not ok:
+            raise BackendUnavailableError(f"backend 'cuda' cannot run here: {why}")
+        if compiled[0] not in self._modules:
+            self._modules[compiled[0]] = compile_gpu(compiled[0])
+        return self._modules[compiled[0]].launch(lowered.entry, list(args), grid, block)
 
     def source(self, compiled) -> str:
         return compiled[0]
 
     def cache_key(self) -> tuple:
         return ()
+
+
+class _GpuCall:
+    """Launches a GPU kernel: the mapping its lowering fixed, or -- when the default
+    schedule left a thread or a warp per row open (gpu_default.RowChoice) -- the one
+    the call's row lengths pick, built on first need. Records ``target.last_launch``."""
+
+    def __init__(self, target, compiled, lowered):
+        from .backends.cuda import launch_config
+        from .gpu_default import mapping
+        self.launch_config = launch_config  # bound now: tests patch the module's function
+        self.target = target
+        self.choice = getattr(lowered, "gpu_choice", None)
+        self.default = mapping(lowered)
+        self.built = {self.default: (lowered, compiled)}
+
+    def __call__(self, *args):
+        how, why = self.choice.pick(args) if self.choice is not None else (self.default, None)
+        if how not in self.built:
+            low = self.choice.warp
+            self.built[how] = (low, self.target.build(low))
+        low, compiled = self.built[how]
+        fn = low.module.function(low.entry)
+        scalars = {p.name: a if isinstance(a, int) else 0 for p, a in zip(fn.params, args)}
+        grid, block = self.launch_config(fn, scalars)
+        self.target.last_launch = {"mapping": how, "grid": grid, "block": block, "why": why}
+        return self.target.run(compiled, low, args, grid, block)
 
 
 TARGETS = {"cpu": CpuTarget, "cuda-sim": CudaSimTarget, "cuda": CudaTarget}

@@ -10,8 +10,11 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
-from spcomp import errors
+import spcomp
+import spcomp.backends.cuda as cuda
+from spcomp import Schedule, errors
 from spcomp.backends.cuda import device, emit, nvcc, sim
 from spcomp.backends.cuda.emit import emit_module, launch_config
 from spcomp.ir import nodes as n
@@ -321,7 +324,8 @@ def test_team_code_guards_writes_and_places_barriers(source):
     assert "spc_block_reduce<spc_sum_op>(s)" in norm
     assert "__syncthreads()" not in norm.split("spc_block_reduce")[1]  # nothing reads what is written
     spmm = emit.emit_function(MODULE.function("spmm_block"))
-    assert "__syncthreads" not in spmm  # each thread owns the Y[i, k] of its k in every member loop
+    # each thread owns the Y[i, k] of its k in every member loop: the only barriers stage the row's entries
+    assert spmm.count("__syncthreads") == 2 and "__syncthreads();  // the chunk is staged" in spmm
     rev = emit.emit_function(MODULE.function("reverse_block"))
     assert rev.count("__syncthreads();") == 1  # tmp[i, K-1-k] belongs to another thread
     warp = emit.emit_function(MODULE.function("spmv_warp"))
@@ -768,3 +772,122 @@ def test_atomics_and_bf16_on_the_gpu(source):
     assert gpu.launch("bf16_casts", [m, f32_in, np.zeros(m), np.zeros(m, BF), to_bf, np.zeros(m, np.float32),
                                      np.zeros(m, BF), np.zeros(m, BF)], 4, 256) == 0
     np.testing.assert_array_equal(to_bf.view(np.uint16), f32_in.astype(BF).view(np.uint16))
+
+
+# ------------------------------------------- atomics: parallel loops that scatter
+
+SCATTER = {  # expression, formats, operands(rng, A) -> dict, reference(dense A, ops)
+    "spmv_t": ("y[j] = A[i,j] * x[i]", lambda rng, m: {"x": rng.standard_normal(m.shape[0])},
+               lambda a, o: a.T @ o["x"]),
+    "colsum": ("y[j] = A[i,j]", lambda rng, m: {}, lambda a, o: a.sum(axis=0)),
+    "dot": ("s = A[i,j] * B[i,j]", lambda rng, m: {"B": rng.standard_normal(m.shape)},
+            lambda a, o: np.sum(a * o["B"])),
+    "spmm_t": ("C[j,k] = A[i,j] * B[i,k]", lambda rng, m: {"B": rng.standard_normal((m.shape[0], 5))},
+               lambda a, o: a.T @ o["B"]),
+}
+MAPPINGS = ("gpu-thread", "gpu-warp", "gpu-block")
+
+
+@pytest.fixture
+def forced_launch(monkeypatch):
+    """Launch the kernels compiled in the test with grid 6 x block 256 (grid-stride loops)."""
+    real = cuda.launch_config
+
+    def forced(function, args_by_name, block=256, max_grid=emit.MAX_GRID):
+        real(function, args_by_name, block, max_grid)
+        return 6, 256
+
+    spcomp.clear_cache()  # targets bind launch_config when a kernel is built
+    monkeypatch.setattr(cuda, "launch_config", forced)
+    yield
+    spcomp.clear_cache()
+
+
+def _scatter_kernel(name, how):
+    expr = SCATTER[name][0]
+    return spcomp.compile(expr, formats={"A": "csr"}, backend="cuda-sim",
+                          schedule=Schedule() if how == "gpu-thread" else Schedule().parallelize("i", how))
+
+
+def _check_scatter(name, k, A):
+    _, draw, ref = SCATTER[name]
+    ops = draw(np.random.default_rng(5), A)
+    got = k(A=A, **ops)
+    want = ref(A.toarray(), ops)
+    np.testing.assert_allclose(got, np.asarray(want).reshape(np.shape(got)), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("how", MAPPINGS)
+@pytest.mark.parametrize("name", sorted(SCATTER))
+def test_scatter_loops_run_in_parallel_with_atomics(forced_launch, name, how):
+    """The outer loop over a reduction index runs on the GPU mapping, adding into the
+    output with atomicAdd; many blocks of 256 threads agree with NumPy."""
+    k = _scatter_kernel(name, how)
+    body = k.source[k.source.index('extern "C"'):]
+    assert f"parallel: {how}" in body and "atomicAdd(&" in body
+    assert "serial kernel" not in body
+    A = sp.random(300, 40, density=0.1, format="csr", random_state=3)
+    _check_scatter(name, k, A)
+
+
+@pytest.mark.parametrize("how", MAPPINGS)
+@pytest.mark.parametrize("name", ["spmv_t", "colsum", "dot"])
+def test_atomics_under_heavy_contention(forced_launch, name, how):
+    """Every one of 3000 rows hits the same three columns: thousands of atomicAdds
+    on three addresses (or one, for the dot product) from concurrent blocks."""
+    rows, cols = 3000, 50
+    rng = np.random.default_rng(7)
+    hot = np.array([3, 17, 41])
+    data = rng.choice([-2.0, -0.5, 0.25, 1.0, 3.0], size=(rows, 3)) + rng.standard_normal((rows, 3)) * 1e-3
+    A = sp.csr_matrix((data.ravel(), np.tile(hot, rows), np.arange(0, 3 * rows + 1, 3)), shape=(rows, cols))
+    _check_scatter(name, _scatter_kernel(name, how), A)
+
+
+def test_cpu_refuses_a_parallel_scatter_loop():
+    """On CPU threads the same loop would race (no atomics there): refused with the reason,
+    and the default schedule keeps it sequential."""
+    with pytest.raises(errors.ScheduleError, match="reduction index: iterations would race on the output y"):
+        spcomp.compile("y[j] = A[i,j] * x[i]", formats={"A": "csr"}, schedule=Schedule().parallelize("i"))
+    with pytest.raises(errors.ScheduleError, match="no loop to split"):
+        spcomp.compile("s = A[i,j] * B[i,j]", formats={"A": "csr"}, schedule=Schedule().parallelize("i"))
+    k = spcomp.compile("y[j] = A[i,j] * x[i]", formats={"A": "csr"})
+    assert "parallel" not in k.loops
+
+
+def test_sequential_schedule_keeps_gpu_scatter_serial():
+    k = spcomp.compile("y[j] = A[i,j] * x[i]", formats={"A": "csr"}, backend="cuda-sim",
+                       schedule=Schedule().sequential())
+    assert "serial kernel" in k.source and "atomicAdd(&y_vals" not in k.source
+
+
+@needs_nvcc
+@pytest.mark.parametrize("how", MAPPINGS)
+def test_atomic_kernels_compile_with_nvcc(how):
+    """float64 and float32 atomicAdd build for sm_80 and sm_90; check() reports each arch."""
+    for dtype in ("float64", "float32"):
+        k = spcomp.compile("C[j,k] = A[i,j] * B[i,k]", formats={"A": "csr"}, dtype=dtype, backend="cuda-sim",
+                           schedule=Schedule().parallelize("i", how))
+        report = cuda.check(k)
+        assert set(report) == {"sm_80", "sm_90"}
+        for arch, kernels in report.items():
+            assert set(kernels) == {"kernel"}, (arch, kernels)
+            assert 0 < kernels["kernel"]["registers"] <= 255
+
+
+def test_check_refuses_cpu_kernels_and_reports_nvcc_errors(monkeypatch):
+    k = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"})
+    with pytest.raises(errors.UnsupportedError, match="backend='cuda-sim'"):
+        cuda.check(k)
+    g = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"}, backend="cuda-sim")
+    monkeypatch.setattr(nvcc, "nvcc_path", lambda: None)
+    with pytest.raises(errors.BackendUnavailableError, match="nvcc was not found"):
+        cuda.check(g)
+
+
+@needs_nvcc
+def test_check_names_the_kernel_when_nvcc_fails(monkeypatch):
+    g = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"}, backend="cuda-sim")
+    monkeypatch.setattr(type(g._backend), "source", lambda self, compiled: compiled[0] + "\nint broken = ;\n")
+    with pytest.raises(nvcc.NvccError, match=r"y\[i\] = A\[i,j\] \* x\[j\].*sm_80") as e:
+        cuda.check(g)
+    assert e.value.arch == "sm_80" and "broken" in e.value.log

@@ -101,6 +101,13 @@ iteration, so the body is *team-uniform* code with these rules:
   lane 0 / thread 0 by the rule above (``y[i] = acc`` is stored once).
   ``v`` must be f32, f64, i32 or i64. A "gpu-warp" member loop of a block may
   not assign the block's scalars at all.
+* **Staging.** A sequential loop in a block's team-uniform code whose body holds
+  a member loop and loads read-only parameter arrays at exactly the loop's
+  variable (``A2_crd[p]``, ``A_vals[p]``: a sparse row walked by the block) is
+  printed in chunks of ``staging.STAGE_ENTRIES``: the block's threads copy a
+  chunk of those arrays into ``__shared__`` arrays, ``__syncthreads()``, every
+  thread runs the body over the chunk reading the copies, ``__syncthreads()``.
+  Its end bound must not change inside it (see :mod:`.staging`).
 
 Launch geometry is 1-D (``block = (n, 1, 1)``); "gpu-warp" and "gpu-block"
 mappings need a block size that is a multiple of 32.
@@ -139,11 +146,20 @@ from spcomp.ir import nodes as n
 from spcomp.ir.printer import CPrinter
 from spcomp.ir.types import BF16, BOOL, F32, F64, I32, I64, PointerType, ScalarType
 
+from . import staging
+
 STATUS_PARAM = "spc_status"
 
 GRID_MAPPINGS = ("gpu-thread", "threads", "gpu-block", "gpu-warp")
 PARALLEL_KINDS = ("gpu-thread", "threads", "gpu-block", "gpu-warp", "gpu-lane")
 REDUCIBLE = (F32, F64, I32, I64)
+# what to do about a sparse output the lowerer could only append on one thread
+GROWING_OUTPUT_HELP = (
+    "a sparse output is assembled on the GPU in two phases (count, prefix sum, fill; a thread per row) only when "
+    "its first level is dense and the kernel's parallel outer loop walks it (e.g. a 'csr' output whose row loop "
+    "does not co-iterate sparse operands); coo outputs, a compressed first level (dcsr, a sparse vector) and "
+    "team mappings (gpu-block, gpu-warp) are appended one entry at a time instead. Use such a format, "
+    "parallelize the row loop with 'gpu-thread', or use a dense or packed-block output")
 
 PRELUDE = r"""// ---- spcomp CUDA prelude (the same text compiles under nvcc and runtime/cuda_sim.h) ----
 #include <stdint.h>
@@ -352,6 +368,7 @@ class CudaEmitter(CPrinter):
         self._counter = 0
         self._fn = ""
         self._readonly: set[str] = set()
+        self._staged: dict = {}  # (array, loop variable) -> the __shared__ copy a staged loop reads
 
     # ------------------------------------------------------------ helpers
     def _fail(self, msg: str):
@@ -386,6 +403,13 @@ class CudaEmitter(CPrinter):
 
     def expr_Unary(self, e: n.Unary) -> str:
         return f"({e.op}{self.expr(e.operand)})"
+
+    def expr_Load(self, e: n.Load) -> str:
+        if self._staged and isinstance(e.array, n.Var) and isinstance(e.index, n.Var):
+            shared = self._staged.get((e.array.name, e.index.name))
+            if shared is not None:  # a staged loop's entry: read the block's shared copy
+                return f"{shared[0]}[{shared[1]}]"
+        return super().expr_Load(e)
 
     def expr_Binary(self, e: n.Binary) -> str:
         a, b = self.expr(e.lhs), self.expr(e.rhs)
@@ -478,7 +502,7 @@ class CudaEmitter(CPrinter):
 
     def stmt_Reallocate(self, s: n.Reallocate, d):
         self._fail(f"reallocating `{s.var.name}`: sparse outputs that grow while the kernel runs are not supported "
-                   "on the cuda backend yet; use a dense or packed-block output")
+                   f"on the cuda backend; {GROWING_OUTPUT_HELP}")
 
     def stmt_Sort(self, s: n.Sort, d):
         self._check_effect(s.array, "sorting")
@@ -619,11 +643,48 @@ class CudaEmitter(CPrinter):
     def stmt_For(self, s: n.For, d):
         if s.parallel:
             return self._parallel_for(s, d)
+        if self._ctx.kind == "block":
+            arrays = staging.plan(s, self._readonly)
+            if arrays:
+                return self._staged_for(s, d, arrays)
         lines = [self.line(d, f"#pragma unroll {int(s.unroll)}")] if s.unroll and s.unroll > 1 else []
         v = s.var.name
         head = (f"for ({self.type_name(s.var.type)} {v} = {self.expr(s.start)}; "
                 f"{v} < {self.expr(s.end)}; ++{v}) {{{self.loop_annotation(s)}")
         return lines + [self.line(d, head)] + self.block_lines(s.body, d + 1) + [self.line(d, "}")]
+
+    def _staged_for(self, s: n.For, d, arrays) -> list[str]:
+        """A block's sequential loop over a row's entries, read through shared memory
+        in chunks (see :mod:`spcomp.backends.cuda.staging`)."""
+        t, v, size = self.type_name(s.var.type), s.var.name, staging.STAGE_ENTRIES
+        tag = self._fresh("p0")[len("spc_p0_"):]
+        p0, end, count, k = f"spc_p0_{tag}", f"spc_end_{tag}", f"spc_n_{tag}", f"spc_s_{tag}"
+        shared = {a.name: f"spc_{a.name}_{tag}" for a in arrays}
+        names = ", ".join(f"{a.name}[{v}]" for a in arrays)
+        lines = [self.line(d, f"// {names} staged in shared memory: the block copies {size} entries at a "
+                              "time, then every thread reads them there")]
+        lines += [self.line(d, f"__shared__ {self.type_name(a.type.elem)} {shared[a.name]}[{size}];")
+                  for a in arrays]
+        lines += [self.line(d, f"const {t} {end} = {self.expr(s.end)};"),
+                  self.line(d, f"for ({t} {p0} = {self.expr(s.start)}; {p0} < {end}; {p0} += {size}) {{"),
+                  self.line(d + 1, f"const {t} {count} = spc_min<{t}>({size}, {end} - {p0});"),
+                  self.line(d + 1, f"for ({t} {k} = threadIdx.x; {k} < {count}; {k} += blockDim.x) {{  "
+                                   "// stage: the block's threads copy the chunk")]
+        lines += [self.line(d + 2, f"{shared[a.name]}[{k}] = {a.name}[{p0} + {k}];") for a in arrays]
+        lines += [self.line(d + 1, "}"),
+                  self.line(d + 1, "__syncthreads();  // the chunk is staged"),
+                  self.line(d + 1, f"for ({t} {k} = 0; {k} < {count}; ++{k}) {{"),
+                  self.line(d + 2, f"{t} {v} = {p0} + {k};")]
+        saved = dict(self._staged)
+        self._staged.update({(a.name, v): (shared[a.name], k) for a in arrays})
+        try:
+            lines += self.block_lines(s.body, d + 2)
+        finally:
+            self._staged = saved
+        return lines + [self.line(d + 1, "}"),
+                        self.line(d + 1, "__syncthreads();  // every thread is done with the chunk before the "
+                                         "next one is staged"),
+                        self.line(d, "}")]
 
     def _loop_head(self, s: n.For, offset: str, step: str, note: str) -> str:
         t = self.type_name(s.var.type)
@@ -764,8 +825,7 @@ class CudaEmitter(CPrinter):
         if isinstance(p.type, PointerType):
             if isinstance(p.type.elem, PointerType):
                 self._fail(f"parameter `{p.name}` is a pointer to a pointer (an output that grows while the kernel "
-                           "runs): sparse outputs that grow are not supported on the cuda backend yet; use a dense "
-                           "or packed-block output")
+                           f"runs): sparse outputs that grow are not supported on the cuda backend; {GROWING_OUTPUT_HELP}")
             const = "const " if p.name in self._readonly else ""
             return f"{const}{self.type_name(p.type)} __restrict__ {p.name}"
         return f"{self.type_name(p.type)} {p.name}"
@@ -791,6 +851,7 @@ class CudaEmitter(CPrinter):
     def function(self, f: n.Function) -> str:
         self._fn = f.name
         self._private = set()
+        self._staged = {}
         self._counter = 0
         grid = self._check_structure(f)
         self._readonly = _readonly_params(f)

@@ -1,7 +1,10 @@
 """Compile checks with nvcc: does the emitted CUDA C build, and what does it cost?
 
-:func:`check_source` runs ``nvcc -cubin -arch=<arch> -Xptxas -v`` on a source and
-reads ptxas' report for every kernel (entry function)::
+:func:`check` takes a compiled :class:`spcomp.Kernel` (backend ``cuda`` or
+``cuda-sim``) and reports, per arch (sm_80 and sm_90 by default) and per
+``__global__`` function, what ptxas says about it. :func:`check_source`, the
+lower-level function, runs ``nvcc -cubin -arch=<arch> -Xptxas -v`` on a source
+text and reads ptxas' report for every kernel (entry function)::
 
     {"spmv": {"registers": 18, "shared_bytes": 0, "spill_stores": 0,
               "spill_loads": 0, "stack_bytes": 0, "barriers": 0}}
@@ -121,3 +124,39 @@ def check_source(cuda_source: str, arch: str = "sm_90", options=(), timeout: flo
     result = parse_ptxas(log)
     _results[key] = result
     return {k: dict(v) for k, v in result.items()}
+
+
+def kernel_sources(kernel) -> list[str]:
+    """The distinct CUDA C texts of a compiled :class:`spcomp.Kernel` (one per index width built)."""
+    backend = getattr(getattr(kernel, "_backend", None), "name", None)
+    if backend not in ("cuda", "cuda-sim"):
+        raise errors.UnsupportedError(
+            f"check() compiles CUDA kernels; {kernel!r} was compiled for backend {backend!r}: "
+            "compile it with backend='cuda' or backend='cuda-sim'")
+    kernel._variant(32)
+    texts = [kernel._backend.source(v.compiled) for _, v in sorted(kernel._variants.items())]
+    return list(dict.fromkeys(texts))
+
+
+def check(kernel, arch=("sm_80", "sm_90"), options=(), timeout: float = 300) -> dict:
+    """ptxas' resource use of a compiled kernel: ``{arch: {function: {...}}}``.
+
+    ``kernel`` is a :class:`spcomp.Kernel` compiled with ``backend="cuda"`` or
+    ``"cuda-sim"``; every ``__global__`` function of its CUDA C (every index width
+    built so far) is compiled for each ``arch`` (a name or a tuple of names) and
+    reported as :func:`check_source` does: ``registers``, ``shared_bytes``,
+    ``spill_stores``, ``spill_loads`` (bytes), ``stack_bytes``, ``barriers``.
+    Raises :class:`~spcomp.errors.BackendUnavailableError` without nvcc and
+    :class:`NvccError` naming the kernel and the arch when nvcc rejects the text.
+    """
+    archs = (arch,) if isinstance(arch, str) else tuple(arch)
+    out: dict[str, dict] = {}
+    for a in archs:
+        report: dict[str, dict] = {}
+        for text in kernel_sources(kernel):
+            try:
+                report.update(check_source(text, a, options, timeout))
+            except NvccError as e:
+                raise NvccError(f"{kernel!r}: {e}", log=e.log, arch=a) from None
+        out[a] = report
+    return out
