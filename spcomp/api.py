@@ -77,6 +77,12 @@ def _check_schedule_names(schedule: Schedule, notation) -> None:
     from .errors import ScheduleError
     from .notation import accesses
     used = {i.name for a in [notation.lhs] + accesses(notation.rhs) for i in a.indices}
+    splits = schedule.get("split")
+    for base, *_ in splits:
+        if base not in used:
+            raise ScheduleError(f"split({base!r}, ...): the expression has no index {base!r} "
+                                f"(its indices: {', '.join(sorted(used)) or 'none'})")
+    used = used | {name for s in splits for name in s[1:3]}  # the pieces are loops too
     for d in schedule.directives:
         names = d[1] if d[0] == "reorder" else d[1:2] if d[0] in (
             "parallelize", "precompute", "vectorize", "unroll") else ()
@@ -108,6 +114,8 @@ def options_from_schedule(schedule: Schedule, drop_zeros, name, backend) -> Opti
         vectorize=tuple((v[0], v[1]) for v in schedule.get("vectorize")),
         unroll=tuple((u[0], u[1]) for u in schedule.get("unroll")),
         auto_precompute=not schedule.get("no_precompute"),
+        blas=backend == "cpu" and not schedule.get("no_blas"),
+        split=tuple(tuple(s) for s in schedule.get("split")),
         name=name,
     )
 

@@ -62,6 +62,50 @@ def _realloc(ptr: int, nbytes: int) -> int:
     return _get_libc().realloc(ctypes.c_void_p(ptr), nbytes) or 0
 
 
+def _slow_data_ptr(a) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def _pick_data_ptr():
+    """The cheapest reader of an ndarray's data pointer that this interpreter allows.
+
+    ``__array_interface__`` builds a dict (~1.5 us, a tenth of a small call); on
+    CPython the pointer is the first field after the object header (NumPy's ABI:
+    ``PyArray_DATA``), read in ~0.2 us. The fast reader is used only when it
+    agrees with ``__array_interface__`` on probes here."""
+    import platform
+    if platform.python_implementation() != "CPython":
+        return _slow_data_ptr
+    at = ctypes.c_void_p.from_address
+    offset = object.__basicsize__
+
+    def fast(a) -> int:
+        return at(id(a) + offset).value
+
+    base = np.arange(8.0)
+    probes = [base, base[3:], np.zeros((2, 3), np.float32), np.zeros(0)]
+    if all(fast(a) == _slow_data_ptr(a) for a in probes):
+        return fast
+    return _slow_data_ptr
+
+
+_data_ptr = _pick_data_ptr()
+
+
+def _scipy_fingerprint(m) -> tuple:
+    """What a zero-copy Tensor of SciPy matrix ``m`` depends on besides the numbers
+    in its arrays: which arrays ``m`` holds and its shape (reassigning ``m.data``
+    or ``m.indices``, or ``sum_duplicates()``, changes it). Weak references, so
+    that neither an array's id is reused unnoticed nor its memory kept alive."""
+    return (weakref.ref(m.data), weakref.ref(m.indices), weakref.ref(m.indptr), m.shape)
+
+
+def _scipy_unchanged(m, fingerprint) -> bool:
+    data, indices, indptr, shape = fingerprint
+    return (data() is m.data and indices() is m.indices and indptr() is m.indptr
+            and m.shape == shape)
+
+
 class _Variant:
     """One lowering + machine code, for one index width."""
 
@@ -88,6 +132,7 @@ class Kernel:
         self._tensor_cache: dict = {}
         self._pointer_cache: dict = {}
         self._bounds_cache: dict = {}
+        self._fast: _FastCall | None = None
         self._variant(32)  # compile now: errors surface at compile(), source is ready
         low = self._variants[32].lowered
         self.warnings = list(low.warnings)
@@ -112,6 +157,12 @@ class Kernel:
         return f"{low.notation!r}\n" + low.loops
 
     @property
+    def blas_calls(self) -> list:
+        """The matrix products this kernel hands to BLAS, one line each (empty when
+        none; see ``Schedule.no_blas``)."""
+        return list(self._variants[32].lowered.blas)
+
+    @property
     def ir(self) -> str:
         """The kernel IR printed as C-like code."""
         return print_ir(self._variants[32].lowered.module)
@@ -120,6 +171,13 @@ class Kernel:
     def source(self) -> str:
         """The generated code: LLVM IR for the CPU backend, CUDA C for cuda."""
         return self._backend.source(self._variants[32].compiled)
+
+    @property
+    def last_launch(self) -> dict | None:
+        """GPU backends: how the last call ran -- ``mapping`` ('gpu-thread', 'gpu-warp',
+        'gpu-block' or 'serial'), ``grid``, ``block`` and ``why`` (the default schedule's
+        reason for a thread or a warp per row, else None); None before the first call."""
+        return getattr(self._backend, "last_launch", None)
 
     @property
     def formats(self) -> dict:
@@ -156,7 +214,11 @@ class Kernel:
                 except SpcompError:
                     pass  # unusable here: rebuild below
         opt = Options(**{**self._options.__dict__, "index_bits": bits})
-        lowered = lower(self.notation, opt)
+        if self._backend.name == "cpu":
+            lowered = lower(self.notation, opt)
+        else:  # the default GPU schedule depends on the kernel's class (gpu_default.py)
+            from .gpu_default import lower_default
+            lowered = lower_default(self.notation, opt)
         compiled = self._backend.build(lowered)
         if digest is not None:
             cache.store_entry(digest, {"lowered": lowered, "compiled": self._backend.dump(compiled)})
@@ -206,7 +268,7 @@ class Kernel:
         """The operand as a validated Tensor in ``fmt`` (cached per object)."""
         key = (id(value), id(fmt))  # fmt objects live as long as the kernel's plan
         hit = self._tensor_cache.get(key)
-        if hit is not None and hit[0]() is value:
+        if hit is not None and hit[0]() is value and (hit[2] is None or _scipy_unchanged(value, hit[2])):
             return hit[1]
         import scipy.sparse as sp
 
@@ -249,7 +311,7 @@ class Kernel:
             ref = weakref.ref(value, lambda _r, key=key, cache=cache: cache.pop(key, None))
         except TypeError:
             return t  # not weak-referenceable: convert each call
-        cache[key] = (ref, t)
+        cache[key] = (ref, t, _scipy_fingerprint(value) if sp.issparse(value) else None)
         return t
 
     @staticmethod
@@ -274,7 +336,7 @@ class Kernel:
         key = (id(t), bits)
         hit = self._pointer_cache.get(key)
         if hit is None or hit[0]() is not t:
-            ptrs = [a.__array_interface__["data"][0] for a in t.kernel_arrays(bits)]
+            ptrs = [_data_ptr(a) for a in t.kernel_arrays(bits)]
             cache = self._pointer_cache
             hit = (weakref.ref(t, lambda _r, key=key, cache=cache: cache.pop(key, None)), ptrs)
             cache[key] = hit
@@ -292,6 +354,11 @@ class Kernel:
     # ---------------------------------------------------------------- call
     def __call__(self, **operands):
         """Run the kernel: operands by name -> ndarray, Tensor or float."""
+        fast = self._fast
+        if fast is not None and len(operands) == fast.count:
+            args = fast.bind(operands)
+            if args is not None:
+                return fast.run(self, args, operands)
         plan = self._plan
         names = operands.keys()
         if names != plan.names:
@@ -312,6 +379,9 @@ class Kernel:
         variant = self._variants.get(bits) or self._variant(bits)
         low = variant.lowered
         given = operands.get(self.output_name)
+        if low.assembly is not None:  # a sparse output assembled in two phases (spcomp/assemble.py)
+            from .assemble import run_two_phase
+            return run_two_phase(self, variant, storages, sizes, bits, given)
         if given is None and plan.plain_output:
             out = _PlainOutput(tuple(sizes[i] for i in plan.out_indices), plan.out_dtype)
         else:
@@ -335,12 +405,68 @@ class Kernel:
                 args.append(0)
             else:  # capacity
                 args.append(max(1024, sum(t.nnz for t in storages.values())))
+        if pointers and plan.plain_output:
+            self._fast = self._fast_call(operands, storages, variant, args, lohi, sizes, given)
         statuses = self._run(variant, args, lohi, low, sizes, storages)
         for s in statuses:
             if s != 0:
                 out.discard()
                 self._raise_status(s, out)
         return out.result()
+
+    def _fast_call(self, operands, storages, variant, args, lohi, sizes, given):
+        """The _FastCall that repeats this call, or None when an operand is a
+        converted copy (its conversion must run on every call) or the given
+        output is not a plain writeable row-major array of the output's shape."""
+        plan = self._plan
+        out_shape = tuple(sizes[i] for i in plan.out_indices)
+        checks = {}
+        if given is not None:
+            out_check = (out_shape, plan.out_dtype)
+            if not _plain_output_array(given, out_check):
+                return None
+            checks[self.output_name] = (_OUTPUT, out_check)
+        for storage, operand, fmt, _dtype, _plain in self._plan.storages:
+            value, st = operands[operand], storages[storage]
+            if type(st) is _Dense and st.array is value:
+                check = (_ARRAY, (value.shape, value.strides, value.dtype))
+            elif st is value:  # a Tensor in the kernel's format and dtype
+                check = (_TENSOR, None)
+            else:
+                hit = self._tensor_cache.get((id(value), id(fmt)))
+                if hit is None or hit[1] is not st or hit[2] is None:
+                    return None
+                check = (_SCIPY, (hit[2], weakref.ref(st)))
+            if checks.setdefault(operand, check)[0] != check[0]:
+                return None
+        marked = list(args)
+        for k, (role, a, _b) in enumerate(variant.arg_plan):
+            if role == "out":
+                marked[k] = _OUT
+            elif role == "in" and checks[self._plan.operand_of[a]][0] == _ARRAY:
+                marked[k] = _Slot(self._plan.operand_of[a], args[k])
+        launch = self._launch(variant, marked, lohi, variant.lowered, sizes, storages)
+        if launch is None:
+            return None
+        fn, call_args = launch
+        template = [v.value if type(v) is _Slot else v for v in call_args]
+        entries = []
+        for name, (kind, fp) in checks.items():
+            slots = tuple(k for k, v in enumerate(call_args) if type(v) is _Slot and v.name == name)
+            entries.append((name, weakref.ref(operands[name]), kind, fp, slots))
+        return _FastCall(
+            entries, fn, template, tuple(k for k, v in enumerate(call_args) if v is _OUT),
+            out_shape, plan.out_dtype,
+            _threads.get_num_threads() if lohi is not None else None,
+            self._driver_bounds(variant, fn, sizes, storages),
+            self.output_name if given is not None else None, not self.notation.accumulate)
+
+    def _driver_bounds(self, variant, fn, sizes, storages):
+        """The bounds array a parallel-driver launch points at (kept alive with it)."""
+        if fn is not variant.driver or fn is None:
+            return None
+        low = variant.lowered
+        return self._bounds(_parallel_extent(low, sizes), _threads.get_num_threads(), self._balance_pos(low, storages))
 
     def _check_names(self, operands):
         plan = self._plan
@@ -408,37 +534,14 @@ class Kernel:
                         f"dimension {first[1]} of {first[0]} (size {first[2]})")
 
     def _run(self, variant, args, lohi, low, sizes, storages):
+        launch = self._launch(variant, args, lohi, low, sizes, storages)
+        if launch is not None:
+            fn, call_args = launch
+            return [fn(*call_args)]
         fn = variant.function
-        if lohi is None:
-            return [fn(*args)]
-        n = sizes[low.parallel]
-        pos = None
-        if low.balance is not None:
-            name, level = low.balance
-            t = storages.get(name)
-            if t is not None and not isinstance(t, _Dense):
-                pos = t.levels[level].get("pos")
-        if n < 2 or self._backend.name != "cpu":
-            work = 0
-        elif pos is not None:
-            work = n + (int(pos[-1]) if len(pos) else 0)
-        else:  # no nonzero count to go by: the loop nest's dense iteration space bounds it
-            work = 1
-            for v in sizes.values():
-                work *= max(int(v), 1)
-        if self._backend.name != "cpu" or n < 2 or work < _threads.MIN_PARALLEL_WORK:
-            # the GPU grid covers the whole range; small CPU work runs on this thread
-            args[lohi], args[lohi + 1] = 0, n
-            return [fn(*args)]
-        threads = _threads.get_num_threads()
-        if not variant.driver_checked:
-            finder = getattr(self._backend, "parallel_driver", None)
-            variant.driver = finder(variant.compiled, low) if finder else None
-            variant.driver_checked = True
-        if variant.driver is not None and threads > 1:
-            bounds = self._bounds(n, threads, pos)
-            rest = args[:lohi] + args[lohi + 2:]
-            return [variant.driver(len(bounds) - 1, bounds.__array_interface__["data"][0], *rest)]
+        n = _parallel_extent(low, sizes)
+        pos = self._balance_pos(low, storages)
+        work = self._work(n, pos, sizes)
         run_ranges = _threads.run_ranges
 
         def call(lo, hi):
@@ -447,6 +550,54 @@ class Kernel:
             a[lohi + 1] = hi
             return fn(*a)
         return run_ranges(call, n, pos, work=work)
+
+    @staticmethod
+    def _balance_pos(low, storages):
+        """The pos array that measures each row's work, when the kernel names one."""
+        if low.balance is None or getattr(low, "parallel_split", None):
+            return None
+        name, level = low.balance
+        t = storages.get(name)
+        if t is None or isinstance(t, _Dense):
+            return None
+        return t.levels[level].get("pos")
+
+    @staticmethod
+    def _work(n, pos, sizes) -> int:
+        if pos is not None:
+            return n + (int(pos[-1]) if len(pos) else 0)
+        work = 1  # no nonzero count to go by: the loop nest's dense iteration space bounds it
+        for v in sizes.values():
+            work *= max(int(v), 1)
+        return work
+
+    def _launch(self, variant, args, lohi, low, sizes, storages):
+        """(function, arguments) that run the whole call from this thread: the kernel
+        itself, or its native parallel driver; None when the Python pool must run it."""
+        fn = variant.function
+        if lohi is None:
+            return fn, args
+        n = _parallel_extent(low, sizes)
+        cpu = self._backend.name == "cpu"
+        pos = self._balance_pos(low, storages) if cpu and n >= 2 else None
+        if not cpu or n < 2 or self._work(n, pos, sizes) < _threads.MIN_PARALLEL_WORK:
+            # the GPU grid covers the whole range; small CPU work runs on this thread
+            a = list(args)
+            a[lohi], a[lohi + 1] = 0, n
+            return fn, a
+        threads = _threads.get_num_threads()
+        if not variant.driver_checked:
+            finder = getattr(self._backend, "parallel_driver", None)
+            variant.driver = finder(variant.compiled, low) if finder else None
+            variant.driver_checked = True
+        if variant.driver is not None and threads > 1:
+            bounds = self._bounds(n, threads, pos)
+            return variant.driver, [len(bounds) - 1, _data_ptr(bounds)] + args[:lohi] + args[lohi + 2:]
+        if threads <= 1:
+            a = list(args)
+            a[lohi], a[lohi + 1] = 0, n
+            return fn, a
+        return None
 
     def _bounds(self, n, threads, pos):
         """Row bounds of the threads' chunks, balanced by ``pos``; cached per pos array
@@ -474,6 +625,16 @@ class Kernel:
                                  f"{irn.STATUS_CODES.get(status, f'status {status}')}")
 
 
+def _parallel_extent(low, sizes) -> int:
+    """Trip count of the parallel loop: its index's size, or a split piece's share."""
+    n = sizes[low.parallel]
+    split = getattr(low, "parallel_split", None)
+    if split:
+        factor, outer = split
+        n = -(-n // factor) if outer else min(factor, n)
+    return n
+
+
 def _tracks(value, t) -> bool:
     """Whether Tensor ``t`` made from ``value`` stays right if the caller later
     changes ``value``'s numbers in place: a Tensor itself (immutable by contract)
@@ -481,8 +642,10 @@ def _tracks(value, t) -> bool:
     from .runtime import Tensor
     if isinstance(value, Tensor):
         return value is t
+    if not hasattr(value, "indptr"):  # (an ndarray's .data is a memoryview, which bfloat16 cannot make)
+        return False
     data = getattr(value, "data", None)
-    if isinstance(data, np.ndarray) and hasattr(value, "indptr"):  # scipy compressed
+    if isinstance(data, np.ndarray):  # scipy compressed
         return np.shares_memory(t.vals, data)
     return False
 
@@ -491,6 +654,94 @@ def _renamed(e: SpcompError, name: str) -> SpcompError:
     """``e`` with the operand's name in front, keeping its attributes."""
     e.args = (f"operand {name}: {e.args[0] if e.args else ''}",) + tuple(e.args[1:])
     return e
+
+
+_TENSOR, _ARRAY, _SCIPY, _OUTPUT = 0, 1, 2, 3
+
+
+def _plain_output_array(v, shape_dtype) -> bool:
+    """Whether ``v`` can be written by the kernel as it is: an ndarray of the output's
+    shape and dtype, row-major and writeable."""
+    return (type(v) is np.ndarray and (v.shape, v.dtype) == shape_dtype
+            and v.flags.c_contiguous and v.flags.writeable)
+_OUT = object()  # marks the output's pointer in a _FastCall's argument template
+
+
+class _Slot:
+    """Marks a dense operand's pointer in an argument list (see Kernel._fast_call)."""
+    __slots__ = ("name", "value")
+
+    def __init__(self, name, value):
+        self.name = name
+        self.value = value
+
+
+class _FastCall:
+    """The last call's native call, repeated while the same operands come back.
+
+    Each operand is checked for being the very object of the last call and
+    unchanged where it could change without a copy: an ndarray's shape, strides
+    and dtype (its data pointer moves only with its size), a SciPy matrix's
+    arrays and shape; an spcomp Tensor is immutable. A new ndarray like the last
+    one (the next batch of activations) only swaps its pointer into a copy of the
+    argument list. The check is a few attribute reads, against ~10 us for the
+    general path. Never changed once built, so concurrent calls are safe."""
+    __slots__ = ("checks", "count", "fn", "args", "out_slots", "out_shape", "out_dtype",
+                 "threads", "keep", "given", "zero_given")
+
+    def __init__(self, checks, fn, args, out_slots, out_shape, out_dtype, threads, keep,
+                 given=None, zero_given=True):
+        self.checks = tuple(checks)
+        self.count = len(self.checks)
+        self.fn = fn
+        self.args = args
+        self.out_slots = out_slots
+        self.out_shape = out_shape
+        self.out_dtype = out_dtype
+        self.threads = threads  # thread count the launch was planned for, if it matters
+        self.keep = keep  # the thread bounds array whose pointer is in args
+        self.given = given  # name of the output operand when the caller passes it
+        self.zero_given = zero_given  # "=" kernels clear a given output, "+=" ones add to it
+
+    def bind(self, operands):
+        """The argument list for ``operands`` (output slot unset), or None."""
+        if self.threads is not None and self.threads != _threads.get_num_threads():
+            return None
+        args = None
+        for name, ref, kind, fp, slots in self.checks:
+            v = operands.get(name, _OUT)  # a missing name never matches (a dead ref gives None)
+            if kind == _OUTPUT:  # any array the kernel can write as it is
+                if not _plain_output_array(v, fp):
+                    return None
+            elif kind == _ARRAY:
+                if type(v) is not np.ndarray or (v.shape, v.strides, v.dtype) != fp:
+                    return None
+                if ref() is not v:  # a new array laid out like the last: its pointer changes
+                    if args is None:
+                        args = list(self.args)
+                    p = _data_ptr(v)
+                    for k in slots:
+                        args[k] = p
+            elif ref() is not v:
+                return None
+            elif kind == _SCIPY and (fp[1]() is None or not _scipy_unchanged(v, fp[0])):
+                return None
+        return list(self.args) if args is None else args
+
+    def run(self, kernel, args, operands):
+        if self.given is None:
+            out = np.zeros(self.out_shape, self.out_dtype)
+        else:
+            out = operands[self.given]
+            if self.zero_given:
+                out.fill(0)
+        p = _data_ptr(out)
+        for k in self.out_slots:
+            args[k] = p
+        status = self.fn(*args)
+        if status != 0:
+            kernel._raise_status(status, None)
+        return out if self.out_shape or self.given is not None else out.item()
 
 
 class _Dense:
@@ -510,7 +761,7 @@ class _Dense:
         if not pointers:
             return self.array.reshape(-1)
         if self._ptr is None:
-            self._ptr = self.array.__array_interface__["data"][0]
+            self._ptr = _data_ptr(self.array)
         return self._ptr
 
 
@@ -522,7 +773,7 @@ class _PlainOutput:
         self.array = np.zeros(shape, dtype=dtype)
 
     def arg(self, b, pointers=True):
-        return self.array.__array_interface__["data"][0] if pointers else self.array.reshape(-1)
+        return _data_ptr(self.array) if pointers else self.array.reshape(-1)
 
     def discard(self):
         pass
@@ -555,6 +806,7 @@ class _CallPlan:
                 operand, fmt, dtype = b.storage, t.format, _np_dtype(t.dtype)
             plain = fmt.is_dense and fmt.order == tuple(range(fmt.ndim))
             self.storages.append((b.storage, operand, fmt, dtype, plain))
+        self.operand_of = {st[0]: st[1] for st in self.storages}
         self.names = frozenset(kernel.inputs) | ({kernel.output_name} if notation.accumulate else set())
         self.allowed = self.names | {kernel.output_name}
         self.shape_checks = []
@@ -694,7 +946,7 @@ class _Output:
             return ctypes.byref(self.grow[(b.level, b.array)])
         else:
             arr = self.arrays[(b.level, b.array)]
-        return arr.__array_interface__["data"][0] if pointers else arr
+        return _data_ptr(arr) if pointers else arr
 
     def discard(self):
         for ptr in self.grow.values():

@@ -50,6 +50,24 @@ class Schedule:
         """Keep reductions where the expression puts them (no automatic hoisting)."""
         return self._with("no_precompute")
 
+    def no_blas(self) -> "Schedule":
+        """Run matrix products of dense operands in the loop nest, not by a BLAS
+        ``gemm`` call (spcomp offloads them on the CPU by default; see docs/guide.md)."""
+        return self._with("no_blas")
+
+    def split(self, index: str, outer: str, inner: str, factor: int) -> "Schedule":
+        """Run the loop over ``index`` as two loops, ``outer`` over blocks of ``factor``
+        coordinates and ``inner`` within a block (``index = outer*factor + inner``;
+        the last block is cut at the dimension's end). The pieces can be reordered,
+        parallelised, vectorised and unrolled like any loop. Dense loops only."""
+        if not all(isinstance(x, str) for x in (index, outer, inner)) or len({index, outer, inner}) != 3:
+            raise ScheduleError(f"split({index!r}, {outer!r}, {inner!r}, ...): three distinct index names, "
+                                "e.g. split('i', 'i0', 'i1', 8)")
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+            raise ScheduleError(f"split({index!r}, {outer!r}, {inner!r}, {factor!r}): the factor must be "
+                                "an integer >= 1")
+        return self._with("split", index, outer, inner, int(factor))
+
     def vectorize(self, index: str, width: int = 0) -> "Schedule":
         return self._with("vectorize", index, int(width))
 

@@ -469,3 +469,13 @@ def test_random_operands_ties_sizes_of_a_repeated_tensor():
     ops = random_operands(k, seed=5)
     n = ops["A"].shape[0]
     assert ops["A"].shape == (n, n) and ops["x"].shape == (n,)
+
+
+def test_bfloat16_ndarray_converted_to_another_layout():
+    """A bfloat16 ndarray read across its rows is copied to the kernel's layout (its
+    ``.data`` memoryview cannot be made: the conversion cache must not ask for it)."""
+    import ml_dtypes
+    A = np.arange(12, dtype=np.float32).reshape(3, 4).astype(ml_dtypes.bfloat16)
+    k = spcomp.compile("Y[j,i] = A[i,j]", dtype="bfloat16")
+    out = np.asarray(k(A=A), np.float32)
+    np.testing.assert_array_equal(out, A.T.astype(np.float32))
