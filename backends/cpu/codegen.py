@@ -29,6 +29,10 @@ Besides the conventions of :mod:`spcomp.ir.nodes`, it fixes these:
   overflows an ``i64``; a failed ``Reallocate`` leaves the old block allocated.
 * ``Sort`` calls an internal helper per element type (insertion sort up to 16 elements,
   heapsort above), itself written in kernel IR and lowered by this module.
+* ``Gemm`` calls the Fortran-convention ``sgemm``/``dgemm`` that SciPy exports (symbols
+  ``spcomp_blas_sgemm``/``spcomp_blas_dgemm``, registered by ``blas.py``), swapping the
+  operands so that column-major BLAS computes the row-major product; a size over
+  ``2**31 - 1`` returns status 3.
 """
 from __future__ import annotations
 
@@ -174,6 +178,9 @@ def _copied_pointers(f: n.Function) -> set:
             expr(s.array, True)
             expr(s.start)
             expr(s.count)
+        elif isinstance(s, n.Gemm):  # the pointers go to BLAS
+            for e in (s.a, s.b, s.c, s.m, s.n, s.k, s.lda, s.ldb, s.ldc):
+                expr(e)
 
     stmt(f.body)
     return out
@@ -628,6 +635,42 @@ class _FunctionLowering:
         base = self.address(s.array, s.start, s)
         count = self.to_i64(self.expr(s.count), s.count.type)
         self.b.call(self.ml.sort_helper(elem), [base, count])
+
+    def stmt_Gemm(self, s: n.Gemm):
+        """Row-major ``C = op(A)·op(B)`` is column-major ``Cᵀ = op(B)ᵀ·op(A)ᵀ``: call
+        Fortran gemm with B first, sizes (n, m, k), every argument by reference."""
+        elem = s.c.type.elem if isinstance(s.c.type, PointerType) else None
+        if elem not in (F32, F64) or any(x.type != s.c.type for x in (s.a, s.b)):
+            raise self.error("Gemm needs three f32 or three f64 pointers", s)
+        lt = register_type(elem)
+        sizes = []
+        for name, e in (("m", s.m), ("n", s.n), ("k", s.k), ("lda", s.lda), ("ldb", s.ldb), ("ldc", s.ldc)):
+            v = self.to_i64(self.expr(e), e.type)
+            too_big = self.b.icmp_unsigned(">", v, ir.Constant(I64_T, 2**31 - 1), name=f"{name}.too.big")
+            ok = self.new_block(f"gemm.{name}.ok")
+            fail = self.new_block(f"gemm.{name}.too.big")
+            self.b.cbranch(too_big, fail, ok)
+            self.enter(fail)
+            self.b.ret(ir.Constant(I32_T, n.STATUS_TOO_LARGE_FOR_BLAS))
+            self.enter(ok)
+            sizes.append(self.b.trunc(v, I32_T, name=name))
+        m, n_, k, lda, ldb, ldc = sizes
+
+        def by_ref(value, t, name):
+            slot = self.allocas.alloca(t, name=name)  # entry-block slot, like a variable's
+            slot.type = PTR
+            self.b.store(value, slot)
+            return slot
+        trans = {False: ir.Constant(I8_T, ord("N")), True: ir.Constant(I8_T, ord("T"))}
+        fn = self.ml.external("spcomp_blas_" + ("dgemm" if elem == F64 else "sgemm"), ir.VoidType(),
+                              [PTR] * 13)
+        self.b.call(fn, [by_ref(trans[s.trans_b], I8_T, "gemm.transa"), by_ref(trans[s.trans_a], I8_T, "gemm.transb"),
+                         by_ref(n_, I32_T, "gemm.m"), by_ref(m, I32_T, "gemm.n"), by_ref(k, I32_T, "gemm.k"),
+                         by_ref(ir.Constant(lt, 1.0), lt, "gemm.alpha"),
+                         self.expr(s.b), by_ref(ldb, I32_T, "gemm.lda"),
+                         self.expr(s.a), by_ref(lda, I32_T, "gemm.ldb"),
+                         by_ref(ir.Constant(lt, 0.0), lt, "gemm.beta"),
+                         self.expr(s.c), by_ref(ldc, I32_T, "gemm.ldc")])
 
     def stmt_Return(self, s: n.Return):
         self.b.ret(ir.Constant(I32_T, int(s.status)))

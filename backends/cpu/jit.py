@@ -148,6 +148,9 @@ class CompiledModule:
         self._assembly: str | None = None
         self._functions: dict[str, object] = {}
         host = _get_host()
+        if b"spcomp_blas_" in self.object_code:  # calls BLAS (a Gemm statement)
+            from .blas import register_symbols
+            register_symbols()  # imports scipy.linalg: only for kernels that need it
         with _lock:
             # MCJIT owns the target machine it is given, so each engine gets its own.
             engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""),

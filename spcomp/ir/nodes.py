@@ -36,10 +36,13 @@ from .types import BOOL, F32, F64, I32, I64, PointerType, ScalarType, Type
 STATUS_OK = 0
 STATUS_PACKED_OVERFLOW = 1
 STATUS_OUT_OF_MEMORY = 2
+STATUS_TOO_LARGE_FOR_BLAS = 3
 STATUS_CODES = {
     STATUS_OK: "ok",
     STATUS_PACKED_OVERFLOW: "a packed-block level got more nonzeros in a block than it has slots",
     STATUS_OUT_OF_MEMORY: "the kernel could not allocate memory",
+    STATUS_TOO_LARGE_FOR_BLAS: "a matrix product has a dimension over 2**31-1, more than BLAS's "
+                               "32-bit sizes allow; compile with Schedule().no_blas()",
 }
 
 
@@ -218,12 +221,33 @@ class Sort:
 
 
 @dataclass(frozen=True)
+class Gemm:
+    """``c = op(a) · op(b)`` over row-major matrices by the process's BLAS (CPU only).
+
+    ``c`` is ``m × n`` with row stride ``ldc``; ``a`` is ``m × k`` (``k × m`` when
+    ``trans_a``) with row stride ``lda``; ``b`` is ``k × n`` (``n × k`` when
+    ``trans_b``). The backend returns status 3 when a size exceeds BLAS's int32.
+    """
+    c: Expr
+    a: Expr
+    b: Expr
+    m: Expr
+    n: Expr
+    k: Expr
+    lda: Expr
+    ldb: Expr
+    ldc: Expr
+    trans_a: bool
+    trans_b: bool
+
+
+@dataclass(frozen=True)
 class Return:
     status: int = STATUS_OK
 
 
 Stmt = Union[Comment, Declare, Assign, Store, AtomicAdd, Block, For, While, If,
-             Allocate, Reallocate, Free, Sort, Return]
+             Allocate, Reallocate, Free, Sort, Gemm, Return]
 
 
 @dataclass(frozen=True)

@@ -167,6 +167,17 @@ class CPrinter:
     def stmt_Sort(self, s: n.Sort, d):
         return [self.line(d, f"sort_ascending({self.expr(s.array)} + {self.expr(s.start)}, {self.expr(s.count)});")]
 
+    def stmt_Gemm(self, s: n.Gemm, d):
+        elem = s.c.type.elem if isinstance(s.c.type, PointerType) else None
+        fn = "cblas_dgemm" if elem == F64 else "cblas_sgemm"
+        one = "1.0" if elem == F64 else "1.0f"
+        zero = "0.0" if elem == F64 else "0.0f"
+        ta = "CblasTrans" if s.trans_a else "CblasNoTrans"
+        tb = "CblasTrans" if s.trans_b else "CblasNoTrans"
+        e = self.expr
+        return [self.line(d, f"{fn}(CblasRowMajor, {ta}, {tb}, {e(s.m)}, {e(s.n)}, {e(s.k)}, {one}, "
+                             f"{e(s.a)}, {e(s.lda)}, {e(s.b)}, {e(s.ldb)}, {zero}, {e(s.c)}, {e(s.ldc)});")]
+
     def stmt_Return(self, s: n.Return, d):
         return [self.line(d, f"return {s.status};")]
 

@@ -31,7 +31,10 @@ from .context import (Binding, Env, Names, TensorParams, index_type,
                       level_array_type, value_type)
 from .normalize import (ZERO, lift_sums, nested_sums, push_sums, replace,
                         specialize, split_sums)
+from .blas import offload
+from . import split as split_mod
 from .order import access_chain, choose_order
+from .split import SplitPiece
 from .outputs import AppendSink, DenseSink, ScalarSink, WorkspaceSink
 
 TEMP_FORMAT = Format(())
@@ -54,6 +57,8 @@ class Options:
     unroll: tuple = ()               # (index, factor) hints
     auto_precompute: bool = True
     auto_layout: bool = True          # copy dense inputs whose inner loop would stride
+    blas: bool = False                # dense matrix products by a BLAS gemm call (blas.py)
+    split: tuple = ()                 # (index, outer, inner, factor) per Schedule.split
     name: str = "kernel"
 
 
@@ -71,13 +76,17 @@ class Lowered:
     loops: str                 # the concrete loop nest as text
     notation: Assignment
     warnings: list = field(default_factory=list)
+    blas: list = field(default_factory=list)  # matrix products done by gemm calls, described
+    parallel_split: tuple | None = None  # (factor, outer?) when the parallel loop is a split piece
+    assembly: object = None    # assembly.TwoPhase when the output is counted, then filled
+    gpu_choice: object = None  # gpu_default.RowChoice: thread or warp per row, picked per call
 
 
 def _idx(e):
     return n.Cast(e, I64) if e.type != I64 else e
 
 
-def _dense_relayouts(rhs, order, enabled: bool) -> dict:
+def _dense_relayouts(rhs, order, enabled: bool, skip=frozenset()) -> dict:
     """Dense inputs (2-D and up) that the innermost of their loops would walk across
     rows: ``E[k,j]`` under ``for j: for k`` (SDDMM). A row-major copy with that
     index last is read contiguously; copying costs one pass over the operand per
@@ -88,7 +97,8 @@ def _dense_relayouts(rhs, order, enabled: bool) -> dict:
     out = {}
     for acc in dict.fromkeys(accesses(rhs)):
         fmt = acc.tensor.format
-        if not fmt.is_dense or len(acc.indices) < 2 or len(set(acc.indices)) != len(acc.indices):
+        if (not fmt.is_dense or len(acc.indices) < 2 or len(set(acc.indices)) != len(acc.indices)
+                or acc.tensor in skip):
             continue
         innermost = max(acc.indices, key=lambda i: pos[i])
         last = acc.indices[fmt.order[-1]]
@@ -96,6 +106,26 @@ def _dense_relayouts(rhs, order, enabled: bool) -> dict:
             dims = sorted(range(len(acc.indices)), key=lambda d: pos[acc.indices[d]])
             out[acc] = Format(fmt.levels, tuple(dims))
     return out
+
+
+def _free_before_error_returns(stmts: list, pointers: list) -> list:
+    """``stmts`` with ``free(p)`` for each of ``pointers`` before every ``return``
+    of an error status, so a kernel that stops early does not leak them."""
+    if not pointers:
+        return stmts
+
+    def go(s):
+        if isinstance(s, n.Return) and s.status != n.STATUS_OK:
+            return n.block(*[n.Free(p) for p in pointers], s)
+        if isinstance(s, n.Block):
+            return n.Block(tuple(go(t) for t in s.body))
+        if isinstance(s, (n.For, n.While)):
+            return dataclasses.replace(s, body=go(s.body))
+        if isinstance(s, n.If):
+            return dataclasses.replace(s, then=go(s.then),
+                                       otherwise=None if s.otherwise is None else go(s.otherwise))
+        return s
+    return [go(s) for s in stmts]
 
 
 def _transposable(fmt: Format) -> Format:
@@ -135,21 +165,34 @@ class Lowerer:
         lifted = lift_sums(rhs)
         pushed = push_sums(lifted, force=self.opt.precompute, allow=self.opt.auto_precompute
                            or bool(self.opt.precompute))
+        self.gemms = []
+        user_order = self._check_splits(lhs, rhs)
         try:
-            order, transposes = choose_order(lhs, pushed, self.opt.order)
+            order, transposes = self._choose_order(lhs, pushed, user_order)
             rhs = pushed
         except UnsupportedError:
             if pushed == lifted:
                 raise
-            order, transposes = choose_order(lhs, lifted, self.opt.order)
+            order, transposes = self._choose_order(lhs, lifted, user_order)
             rhs = lifted
+        # the notation the runtime checks operands against keeps every access;
+        # the nest may read matrix products from temporaries instead (blas.py)
+        notation_rhs = rhs
+        if self._blas_allowed():
+            offloaded, gemms = offload(rhs, lhs, self._compute_dtype(), {t.name for t in a.tensors.values()})
+            if gemms:
+                try:
+                    order, transposes = choose_order(lhs, offloaded, None)
+                    rhs, self.gemms = offloaded, gemms
+                except UnsupportedError:
+                    pass
         self.order = order
         self.position = {i: k for k, i in enumerate(order)}
         # storage of transposed operands
         self.transposes = {}
         self.dense_relayouts = []
         taken = {t.name for t in a.tensors.values()}
-        relayout = _dense_relayouts(rhs, order, self.opt.auto_layout)
+        relayout = _dense_relayouts(rhs, order, self.opt.auto_layout, skip={g.temp for g in self.gemms})
         for acc, fmt in list(transposes.items()) + list(relayout.items()):
             t = acc.tensor
             fmt = _transposable(fmt)
@@ -161,6 +204,7 @@ class Lowerer:
             new = TensorVar(name, t.order, fmt, t.dtype)
             self.transposes[new.name] = (t.name, fmt)
             rhs = replace(rhs, acc, Access(new, acc.indices))
+            notation_rhs = replace(notation_rhs, acc, Access(new, acc.indices))
             if acc in relayout:
                 # a dense operand copied so the innermost loop reads it contiguously:
                 # a layout choice, not a conflict with the user's format, so no warning
@@ -172,6 +216,7 @@ class Lowerer:
                 f"({', '.join(i.name for i in order)}) walks {acc!r} against it; spcomp converts it "
                 f"to {fmt.spec()!r} at each call (pass it in that format to avoid the copy)")
         self.rhs = rhs
+        self.notation_rhs = notation_rhs
         self.lhs = lhs
         self.compute = F64 if any(t.dtype == "float64" for t in a.tensors.values()) else F32
         # top-level reductions: scatter (outside an output index) or gather
@@ -179,10 +224,14 @@ class Lowerer:
         out_pos = [self.position[i] for i in lhs.indices]
         last_out = max(out_pos) if out_pos else -1
         self.scatter = [r for r in top if self.position[r] < last_out]
+        if not lhs.indices and order and order[0] in top and self._gpu_atomics():
+            # a scalar output on the GPU: the outermost sum runs in parallel, adding atomically
+            self.scatter = [order[0]]
         gather = [r for r in top if r not in self.scatter]
         from .normalize import wrap_sums
         self.expr = wrap_sums(gather, body)
         self.outer = [i for i in order if i in set(lhs.indices) | set(self.scatter)]
+        self._expand_splits(order)
         self.sum_order = order
         self._make_params()
         return self._build()
@@ -191,12 +240,15 @@ class Lowerer:
     def _make_params(self):
         opt = self.opt
         tensors = {}
-        for acc in [self.lhs] + accesses(self.rhs):
+        gemm_operands = [acc for g in self.gemms for acc in (g.a, g.b)]
+        for acc in [self.lhs] + accesses(self.rhs) + gemm_operands:
             tensors.setdefault(acc.tensor.name, acc.tensor)
+        temps = {g.temp.name for g in self.gemms}
         self.fresh = Names()
         self.bindings: list = []
         self.sizes = {}
-        for i in sorted(self.order, key=lambda x: x.name):
+        gemm_indices = {i for acc in gemm_operands for i in acc.indices} - set(self.order)
+        for i in sorted(list(self.order) + list(gemm_indices), key=lambda x: x.name):
             v = n.Var(self.fresh(f"N_{i.name}"), I64)
             self.sizes[i] = v
             self.bindings.append(Binding(v, "size", index=i.name))
@@ -220,7 +272,7 @@ class Lowerer:
                 levels.append(arrays)
             vals = n.Var(self.fresh(f"{name}_vals"), ptr(value_type(t)))
             self.params[name] = TensorParams(name, t, levels, vals)
-            if not is_out:
+            if not is_out and name not in temps:
                 for l, arrays in enumerate(levels):
                     for arr, v in arrays.items():
                         self.bindings.append(Binding(v, "input", operand, l, arr, storage=name))
@@ -233,6 +285,11 @@ class Lowerer:
         fmt = lhs.tensor.format
         self.capacity_param = None
         grow = []
+        if not fmt.is_dense:
+            from . import assembly
+            two_phase = assembly.plan(self)  # rows in parallel: count, scan, fill
+            if two_phase is not None:
+                return two_phase
         if fmt.is_dense:
             shape = "dense"
             sink = DenseSink(out, access_chain(lhs), self.sizes,
@@ -277,6 +334,8 @@ class Lowerer:
             self.workspace = self._make_workspace()
         # parallel outer loop
         self.parallel = self._choose_parallel(shape)
+        if self.parallel is not None and split_mod.base_of(self.parallel) not in self.lhs.indices:
+            self.out_sink.atomic = True  # iterations of a reduction loop add into the output concurrently
         self.lo = self.hi = None
         params_front = []
         if self.parallel is not None:
@@ -290,19 +349,50 @@ class Lowerer:
         body += self.out_sink.prologue()
         if self.workspace:
             body += self.workspace["prologue"]
-        body += self.nest(self.outer, self.expr, self.out_sink, env, depth=0)
+        gemm_temps = [self.params[g.temp.name].vals for g in self.gemms]
+        for g in self.gemms:
+            body += self._gemm(g)
+        nest = self.nest(self.outer, self.expr, self.out_sink, env, depth=0)
+        body += _free_before_error_returns(nest, gemm_temps)
         if self.workspace:
             body += self.workspace["epilogue"]
+        body += [n.Free(v) for v in gemm_temps]
         body += self.out_sink.epilogue()
         fn = n.Function(self.opt.name, tuple(b.var for b in self.bindings), n.block(*body),
-                        doc=f"{self.a!r}\nloop order: {', '.join(i.name for i in self.order)}")
+                        doc=f"{self.a!r}\nloop order: {', '.join(i.name for i in self.loop_order)}")
         module = n.Module((fn,), entry=self.opt.name)
         return Lowered(module=module, entry=self.opt.name, bindings=self.bindings, order=self.order,
                        transposes=self.transposes, output_shape=shape, growable=grow,
-                       parallel=self.parallel.name if self.parallel is not None else None,
+                       parallel=split_mod.base_of(self.parallel).name if self.parallel is not None else None,
+                       parallel_split=split_mod.extent_rule(self.parallel),
                        balance=self._balance(),
-                       loops="\n".join(self.loops_text + [f"(layout: {r})" for r in self.dense_relayouts]),
-                       notation=Assignment(self.lhs, self.rhs, self.accumulate), warnings=self.warnings)
+                       loops="\n".join([g.describe() for g in self.gemms] + self.loops_text
+                                       + [f"(layout: {r})" for r in self.dense_relayouts]),
+                       notation=Assignment(self.lhs, self.notation_rhs, self.accumulate), warnings=self.warnings,
+                       blas=[g.describe() for g in self.gemms])
+
+    # ----------------------------------------------------- BLAS offload
+    def _compute_dtype(self) -> str:
+        return "float64" if any(t.dtype == "float64" for t in self.a.tensors.values()) else "float32"
+
+    def _blas_allowed(self) -> bool:
+        """Offload only on the CPU and under the default schedule: a schedule that
+        names loops is about the loop nest, which the offload would take away."""
+        o = self.opt
+        return (o.blas and o.parallel_kind == "threads" and o.parallel in (None, "auto")
+                and not (o.order or o.precompute or o.vectorize or o.unroll or getattr(o, "split", ())))
+
+    def _gemm(self, g) -> list:
+        """Allocate the product's temporary and fill it with one gemm call."""
+        def row_stride(acc):
+            return n.Binary("max", self.sizes[acc.indices[acc.tensor.format.order[1]]], n.i64(1))
+        c = self.params[g.temp.name].vals
+        m, n_ = self.sizes[g.m], self.sizes[g.n]
+        return [n.Comment(g.describe()),
+                n.Allocate(c, n.Binary("*", m, n_)),  # gemm with beta = 0 writes every entry
+                n.Gemm(c, self.params[g.a.tensor.name].vals, self.params[g.b.tensor.name].vals,
+                       m, n_, self.sizes[g.k], row_stride(g.a), row_stride(g.b),
+                       n.Binary("max", n_, n.i64(1)), g.trans_a, g.trans_b)]
 
     def _output_loops_dense(self) -> bool:
         """Whether a sparse output level's index is iterated over its whole range
@@ -350,8 +440,8 @@ class Lowerer:
 
     def _choose_parallel(self, shape):
         want = self.opt.parallel
-        if want is None:
-            return None
+        if want is None or self.gemms:
+            return None  # with a matrix product, BLAS's own threads do the bulk of the work
         if not self.outer:
             if want == "auto":
                 return None
@@ -368,18 +458,34 @@ class Lowerer:
                 f"parallelize({first.name!r}, {self.opt.parallel_kind!r}): the {shape} output "
                 f"{self.lhs.tensor.name} is appended to one entry at a time per row, which a team of "
                 "GPU threads would race on; use 'gpu-thread' (a thread per row)")
-        ok, why = self._parallel_ok(first, shape)
+        if isinstance(first, SplitPiece) and self.opt.parallel_kind != "threads":
+            if want == "auto":
+                return None
+            raise ScheduleError(f"parallelize({first.name!r}, {self.opt.parallel_kind!r}): a piece of a split "
+                                "loop runs on CPU threads only")
+        ok, why = self._parallel_ok(split_mod.base_of(first), shape)
         if not ok:
             if want == "auto":
                 return None
             raise ScheduleError(f"parallelize({first.name!r}) is not safe: {why}")
         return first
 
+    def _gpu_atomics(self) -> bool:
+        """Whether a parallel loop over a reduction index may add into the output with
+        atomics: on a GPU backend, into a dense output."""
+        return (self.opt.parallel is not None and self.opt.parallel_kind != "threads"
+                and self.lhs.tensor.format.is_dense)
+
     def _parallel_ok(self, i, shape):
-        if i not in self.lhs.indices:
-            return False, f"{i.name} is a reduction index: iterations would race on the output"
+        if i not in self.lhs.indices and not (shape == "dense" and self._gpu_atomics()):
+            return False, (f"{i.name} is a reduction index: iterations would race on the output "
+                           f"{self.lhs.tensor.name} (only the GPU backends add into a dense output with "
+                           "atomics); keep this loop sequential")
         if shape in ("csf", "coo"):
-            return False, "the output is appended to in order (compressed/coo output)"
+            from .assembly import splittable
+            ok, why = splittable(self, i, shape)
+            if not ok:
+                return False, why
         if shape == "packed" and access_chain(self.lhs)[0] != i:
             return False, "packed output rows must be split by the outer index"
         L = lat.build(self.expr, i, lambda a: self._probe_key(a, i) if i in a.indices else None)
@@ -426,6 +532,8 @@ class Lowerer:
             self._temps = self._temp_tensors() | {tv}
             env.temps[tv] = t
             inner = sorted(idx, key=lambda x: self.position[x])
+            if self.split_pieces:
+                inner = split_mod.restrict(self.loop_order, inner)
             self._note(depth, f"{t.name} = {s!r}")
             stmts.append(n.Comment(f"{t.name} = {s!r}"))
             stmts.append(n.Declare(t, n.const(0, self.compute)))
@@ -439,7 +547,8 @@ class Lowerer:
         last = w["index"]
         self._note(depth, f"workspace over {last.name}:")
         stmts = [n.Declare(c, n.i64(0))]
-        inner = WorkspaceSink(w["values"], w["marks"], w["touched"], c, last)
+        symbolic = getattr(self.out_sink, "symbolic", False)  # a count phase needs no values
+        inner = WorkspaceSink(None if symbolic else w["values"], w["marks"], w["touched"], c, last)
         stmts += self.nest(order, expr, inner, env.child(), depth + 1)
         # drain in coordinate order: sort the touched list, or scan the marks when
         # so many coordinates were touched that a linear pass is cheaper
@@ -449,8 +558,8 @@ class Lowerer:
             drain_env = env.child()
             drain_env.bound[last] = coord
             body = [n.Declare(value, n.Load(w["values"], coord)),
-                    n.Store(w["values"], coord, n.const(0, self.compute)),
-                    n.Store(w["marks"], coord, n.Const(0, I32))]
+                    n.Store(w["values"], coord, n.const(0, self.compute))] if not symbolic else []
+            body.append(n.Store(w["marks"], coord, n.Const(0, I32)))
             body += self.out_sink.enter(last, drain_env)
             body += self.out_sink.innermost(value, drain_env)
             body += self.out_sink.exit(last, drain_env)
@@ -463,7 +572,7 @@ class Lowerer:
                                                           *drain(coord))))
         by_scan = n.block(n.For(scan, n.i64(0), self.sizes[last], n.block(
             n.If(n.Binary("!=", n.Load(w["marks"], scan), n.Const(0, I32)), n.block(*drain(scan))))))
-        if not self.lhs.tensor.format.levels[-1].ordered:
+        if not self.lhs.tensor.format.levels[-1].ordered or getattr(self.out_sink, "order_free", False):
             # an unordered output level takes the coordinates as they were touched
             self._note(depth, f"append the workspace's {last.name} as touched (unordered output)")
             stmts.append(n.For(t, n.i64(0), c, n.block(n.Declare(coord, n.Load(w["touched"], t)),
@@ -534,6 +643,8 @@ class Lowerer:
         return stmts
 
     def loop(self, i, rest, expr, sink, env, depth) -> list:
+        if isinstance(i, SplitPiece):
+            return self._split_loop(i, rest, expr, sink, env, depth)
         L = lat.build(expr, i, lambda a: self._iter_key(a, i, env))
         if L.empty:
             return []
@@ -645,6 +756,69 @@ class Lowerer:
                 cond = v if cond is None else n.Binary("&&", cond, v)
             stmts.append(n.While(cond, n.block(*body)))
         return stmts
+
+    # ---------------------------------------------------------------- split
+    def _check_splits(self, lhs, rhs):
+        """Refuse splits that cannot apply; the user order in base indices."""
+        self.split_pieces = {}
+        if not self.opt.split:
+            return self.opt.order
+        names = {i.name for acc in [lhs] + accesses(rhs) for i in acc.indices}
+        split_mod.check(self.opt.split, names, lhs.tensor.format.is_dense)
+        return split_mod.order_for_graph(self.opt.order, self.opt.split)
+
+    def _choose_order(self, lhs, rhs, user_order):
+        """choose_order, with a refused reorder explained in terms of split pieces."""
+        try:
+            return choose_order(lhs, rhs, user_order)
+        except ScheduleError as e:
+            if not self.opt.split:
+                raise
+            pieces = ", ".join(f"{b} runs where the later of {o}, {i} runs" for b, o, i, _f in self.opt.split)
+            raise ScheduleError(f"{e} (the schedule splits loops: {pieces})") from None
+
+    def _expand_splits(self, order):
+        """Put the pieces of split indices into the loop order and the outer loops."""
+        self.loop_order = list(order)
+        if not self.opt.split:
+            return
+        self.split_pieces = split_mod.pieces(self.opt.split, order)
+        self.loop_order = split_mod.expand(order, self.split_pieces, self.opt.order)
+        split_mod.check_reductions_adjacent(self.loop_order, set(order) - set(self.lhs.indices))
+        self.outer = split_mod.restrict(self.loop_order, self.outer)
+
+    def _split_loop(self, piece, rest, expr, sink, env, depth) -> list:
+        """One piece of a split loop; the second binds ``i = i0*f + i1``."""
+        base = piece.base
+        L = lat.build(expr, base, lambda a: self._iter_key(a, base, env))
+        if L.empty:
+            return []
+        keys = sorted(L.iterators(), key=repr)
+        if keys or not L.full:
+            acc, l = keys[0]
+            raise ScheduleError(
+                f"split({base.name!r}, ...): the loop over {base.name} walks {self._user_name(acc.tensor.name)}'s "
+                f"level {l + 1} ({acc.tensor.format.levels[l].spec()}); only dense loops can be split")
+        parallel = self.parallel is not None and piece == self.parallel and depth == 0
+        second = split_mod.bound_partner(piece, env.bound)
+        start, end = n.i64(0), split_mod.extent(piece, self.sizes[base], env.bound)
+        self._note(depth, f"for {piece.name} in {split_mod.describe(piece, second)}"
+                          + (f" (parallel: {self.opt.parallel_kind})" if parallel else ""))
+        if parallel:
+            start, end = self.lo, self.hi
+        var = n.Var(self.fresh(piece.name), I64)
+        inner = env.child()
+        split_mod.bind(piece, var, inner.bound)
+        if second:
+            coord = n.Var(self.fresh(base.name), I64)
+            body = [n.Declare(coord, split_mod.coordinate(piece, var, env.bound))]
+            body += self._body(base, rest, expr, sink, inner, coord, depth)
+        else:
+            body = self.nest(rest, expr, sink, inner, depth + 1)
+        loop = [n.For(var, start, end, n.block(*body), parallel=self.opt.parallel_kind if parallel else None)]
+        if second:
+            loop = self._vector_hint(loop, sink, rest)
+        return self._user_hints(loop, piece)
 
     def _remainder(self, i, rest, expr, sink, env, depth, k, it):
         """The tail of a merge where one iterator is left: walk it to its end."""
