@@ -146,14 +146,24 @@ def test_relu_ffn_packs_twell_and_grows_K(data):
     close(H.to_numpy(), a)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("consume", ["columns", "rows"])
 @pytest.mark.parametrize("biases", [True, False])
-def test_gated_relu_ffn_fused(data, biases):
+def test_gated_relu_ffn_fused(data, biases, consume, threads):
+    """Both ways of walking H (by columns: re-packed, column ranges on threads, partial
+    outputs summed; by rows: twell as packed) give the dense result."""
     d = data
     b1, b2, bg = (d["b1"], d["b2"], d["bg"]) if biases else (None, None, d["bg"])
-    ffn = SparseFFN.activation_sparse(d["w1"], b1, d["w2"], b2, w_gate=d["wg"], b_gate=bg)
+    ffn = SparseFFN.activation_sparse(d["w1"], b1, d["w2"], b2, w_gate=d["wg"], b_gate=bg, consume=consume)
     g = relu(d["x64"] @ d["wg"].T + bg)
     u = d["x64"] @ d["w1"].T + (0 if b1 is None else b1)
-    close(ffn(d["x"]), (g * u) @ d["w2"].T + (0 if b2 is None else b2))
+    before = spcomp.get_num_threads()
+    spcomp.set_num_threads(threads)
+    try:
+        out = ffn(d["x"])
+    finally:
+        spcomp.set_num_threads(before)
+    close(out, (g * u) @ d["w2"].T + (0 if b2 is None else b2))
     assert ffn.sparsity == pytest.approx(1 - np.count_nonzero(g) / g.size)
     assert 0.5 < ffn.sparsity < 1.0
 
@@ -177,13 +187,15 @@ def test_gelu_topk_ffn(data, topk, k):
     assert ffn.sparsity == pytest.approx(1 - k / d["F"])
 
 
-def test_gelu_threshold_magnitude_and_compensation(data):
+@pytest.mark.parametrize("consume", ["columns", "rows"])
+def test_gelu_threshold_magnitude_and_compensation(data, consume):
     d = data
     a = gelu(d["x64"] @ d["w1"].T + d["b1"])
-    ffn = SparseFFN.activation_sparse(d["w1"], d["b1"], d["w2"], d["b2"], activation="gelu", threshold=0.25)
+    ffn = SparseFFN.activation_sparse(d["w1"], d["b1"], d["w2"], d["b2"], activation="gelu", threshold=0.25,
+                                      consume=consume)
     close(ffn(d["x"]), np.where(a > 0.25, a, 0) @ d["w2"].T + d["b2"])
     ffn = SparseFFN.activation_sparse(d["w1"], d["b1"], d["w2"], d["b2"], activation="gelu", topk=0.2,
-                                      select="magnitude", compensate=True)
+                                      select="magnitude", compensate=True, consume=consume)
     k = int(round(0.2 * d["F"]))
     h = _topk_ref(a, k, by_magnitude=True)
     c = (a - h).sum(axis=1) / (d["F"] - k)
@@ -207,6 +219,8 @@ def test_ffn_argument_errors(data):
         SparseFFN.from_dense(d["w1"], None, d["w2"], None, activation="tanh")
     with pytest.raises(spcomp.ShapeError):
         SparseFFN.activation_sparse(d["w1"], None, d["w2"].T, None)
+    with pytest.raises(ValueError, match="consume"):
+        SparseFFN.activation_sparse(d["w1"], None, d["w2"], None, consume="diagonal")
     ffn = SparseFFN.activation_sparse(d["w1"], None, d["w2"], None)
     with pytest.raises(spcomp.ShapeError):
         ffn(np.ones((2, 5), np.float32))

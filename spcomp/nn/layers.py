@@ -38,10 +38,12 @@ training-free sparsifier, selects which activations to keep.
 
 Two things the layers do around the compiler, for speed (see docs/ffn.md):
 
-* The packed gate is computed one TwELL tile column at a time: a call per B rows
-  of the gate weight, so that slice of the weight stays in cache while every token
-  streams over it, and the calls run on ``spcomp.get_num_threads()`` threads. The
-  per-tile twell outputs are stacked into one tensor (array concatenation).
+* The packed gate ``relu(X·Wgᵀ + b)`` is one kernel whose matrix product spcomp
+  hands to BLAS (see ``Kernel.blas_calls``); the loop nest adds the bias, applies
+  relu and packs. Under a schedule without BLAS it is computed one TwELL tile
+  column at a time instead: a call per B rows of the gate weight, so that slice
+  stays in cache while every token streams over it, on
+  ``spcomp.get_num_threads()`` threads, the per-tile outputs stacked into one tensor.
 * Kernels whose outer loop runs over tokens are called on row blocks from the
   same threads (the runtime keeps a call of a few hundred rows on one thread).
 """
@@ -62,6 +64,7 @@ ACTIVATIONS = ("relu", "gelu", "silu")
 WEIGHT_FORMATS = ("csr", "csc", "dense")
 
 TOKEN_MAJOR = "dense"      # X[t,i] stored row by row (NumPy's C order)
+COLUMN_MAJOR = "dc:1,0"    # H[t,n] compressed by columns (CSC): the consumer walks n, then t
 FEATURE_MAJOR = "dd:1,0"   # X[t,i] stored as X^T: the token axis is contiguous
 
 
@@ -418,14 +421,21 @@ class SparseFFN:
     times the column sums of the down weight: a rank-1 correction for the systematic
     shift that dropping many small negative GELU values causes.
 
-    ``sparsity`` is the measured sparsity of the mode: of the weights, or of the last
+    ``consume`` is how the down projection (fused with up when gated) walks H:
+    ``"columns"`` (default) re-packs H by columns so each used row of ``Wu``/``Wd``
+    is read once for all tokens that need it (the weights, not the activations,
+    are the memory traffic at 99 % sparsity); ``"rows"`` reads the twell rows as
+    packed, a token at a time.
+
+``sparsity`` is the measured sparsity of the mode: of the weights, or of the last
     call's activations (``1 - nnz(H) / (tokens * ffn)``).
     """
 
     def __init__(self, w_up, b_up, w_down, b_down, *, w_gate=None, b_gate=None,
                  activation: str = "gelu", mode: str = "weight", weight_density: float | None = None,
                  weight_format: str = "csr", topk: float | None = None, threshold: float | None = None,
-                 B: int = 256, K: int = 32, select: str = "value", compensate: bool = False):
+                 B: int = 256, K: int = 32, select: str = "value", compensate: bool = False,
+                 consume: str = "columns"):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {activation!r}")
         if mode not in ("weight", "activation"):
@@ -445,6 +455,9 @@ class SparseFFN:
         self.threshold = threshold
         self.select = select
         self.compensate = bool(compensate)
+        if consume not in ("columns", "rows"):
+            raise ValueError(f"consume must be 'columns' or 'rows', not {consume!r}")
+        self.consume = consume
         self.B = int(B)
         self.K = int(K)
         self.last_nnz: int | None = None
@@ -461,7 +474,7 @@ class SparseFFN:
     def from_dense(cls, w_up, b_up, w_down, b_down, *, w_gate=None, b_gate=None, activation: str = "gelu",
                    weight_density: float | None = None, weight_format: str = "csr", topk=None,
                    threshold=None, B: int = 256, K: int = 32, select: str = "value",
-                   compensate: bool = False, mode: str | None = None) -> "SparseFFN":
+                   compensate: bool = False, mode: str | None = None, consume: str = "columns") -> "SparseFFN":
         """Build from dense weights; the mode follows the arguments when not given:
         ``weight_density`` -> weight-sparse; ``topk``/``threshold`` or a ReLU
         activation -> activation-sparse (TwELL); otherwise weight-sparse keeping
@@ -475,7 +488,7 @@ class SparseFFN:
                 mode = "weight"
         return cls(w_up, b_up, w_down, b_down, w_gate=w_gate, b_gate=b_gate, activation=activation,
                    mode=mode, weight_density=weight_density, weight_format=weight_format, topk=topk,
-                   threshold=threshold, B=B, K=K, select=select, compensate=compensate)
+                   threshold=threshold, B=B, K=K, select=select, compensate=compensate, consume=consume)
 
     @classmethod
     def weight_sparse(cls, w_up, b_up, w_down, b_down, *, density: float, w_gate=None, b_gate=None,
@@ -486,10 +499,11 @@ class SparseFFN:
     @classmethod
     def activation_sparse(cls, w_up, b_up, w_down, b_down, *, w_gate=None, b_gate=None,
                           activation: str = "relu", topk=None, threshold=None, B: int = 256,
-                          K: int = 32, select: str = "value", compensate: bool = False) -> "SparseFFN":
+                          K: int = 32, select: str = "value", compensate: bool = False,
+                          consume: str = "columns") -> "SparseFFN":
         return cls(w_up, b_up, w_down, b_down, w_gate=w_gate, b_gate=b_gate, activation=activation,
                    mode="activation", topk=topk, threshold=threshold, B=B, K=K, select=select,
-                   compensate=compensate)
+                   compensate=compensate, consume=consume)
 
     # ------------------------------------------------- weight-sparse set-up
     def _init_weight(self, w_up, b_up, w_down, b_down, w_gate, b_gate, density, fmt):
@@ -518,9 +532,11 @@ class SparseFFN:
             raise ShapeError(f"w_down has shape {w_down.shape}; expected ({self.hidden}, {self.ffn})")
         self.b_up = _vector(b_up, self.ffn, "b_up")
         self.b_down = _vector(b_down, self.hidden, "b_down")
-        self.wu = Tensor.from_numpy(w_up, "dense", dtype=DTYPE)
+        self._wu_rows = np.ascontiguousarray(w_up, dtype=DTYPE)                  # (ffn, hidden)
+        self._wd_rows = np.ascontiguousarray(w_down.T, dtype=DTYPE)              # (ffn, hidden)
+        self.wu = Tensor.from_numpy(self._wu_rows, "dense", dtype=DTYPE)
         self._bu = None if self.b_up is None else Tensor.from_numpy(self.b_up, "dense")
-        self.wd = Tensor.from_numpy(np.ascontiguousarray(w_down.T), "dense", dtype=DTYPE)  # (ffn, hidden)
+        self.wd = Tensor.from_numpy(self._wd_rows, "dense", dtype=DTYPE)
         if self.gated:
             w_act = _matrix(w_gate, "w_gate")
             if w_act.shape != (self.ffn, self.hidden):
@@ -529,6 +545,8 @@ class SparseFFN:
         else:
             w_act, b_act = w_up, self.b_up
         # the projection that decides sparsity (gate if gated, else up), cut in tiles of B rows
+        self.act_whole = (Tensor.from_numpy(w_act, "dense", dtype=DTYPE),
+                          None if b_act is None else Tensor.from_numpy(b_act, "dense"))
         self.act_tiles = [(Tensor.from_numpy(w_act[n0:n0 + self.B], "dense", dtype=DTYPE),
                            None if b_act is None else Tensor.from_numpy(b_act[n0:n0 + self.B], "dense"))
                           for n0 in range(0, self.ffn, self.B)]
@@ -559,14 +577,16 @@ class SparseFFN:
         act = None
         if self.sparsifier == "relu":
             act = _compile(self.act_expression.replace("A[t,n]", "H[t,n]"), tw)
-        op = "+=" if self.b_down is not None else "="
+        self._packed_kernels[K] = (act, self._consumer(tw))
+        return self._packed_kernels[K]
+
+    def _consumer(self, formats: dict):
+        """The down projection (fused with the up projection when gated) reading H
+        in the format given; it adds into O, which starts as the bias or zero."""
         if self.gated:
             up = "(X[t,k]*Wu[n,k] + bu[n])" if self.b_up is not None else "X[t,k]*Wu[n,k]"
-            consumer = _compile(f"O[t,d] {op} H[t,n] * {up} * Wd[n,d]", tw)
-        else:
-            consumer = _compile(f"O[t,d] {op} H[t,n] * Wd[n,d]", tw)
-        self._packed_kernels[K] = (act, consumer)
-        return act, consumer
+            return _compile(f"O[t,d] += H[t,n] * {up} * Wd[n,d]", formats)
+        return _compile("O[t,d] += H[t,n] * Wd[n,d]", formats)
 
     # ---------------------------------------------------------------- facts
     @property
@@ -657,16 +677,20 @@ class SparseFFN:
         return ((total - kept) / np.maximum(dropped, 1)).astype(DTYPE)
 
     def _tile_calls(self, kernel, X) -> list:
-        """Call ``kernel`` once per weight tile (B rows), tiles spread over threads."""
+        """Call ``kernel`` once per weight tile (B rows), tiles spread over threads;
+        or once on the whole weight when the kernel hands its matrix product to
+        BLAS (which blocks for the cache and runs its own threads)."""
+        def call(w, b):
+            ops = {"X": X, "Wa": w}
+            if b is not None:
+                ops["ba"] = b
+            return _call(kernel, **ops)
+
+        if kernel.blas_calls:
+            return [call(*self.act_whole)]
+
         def run(idx):
-            res = []
-            for j in idx:
-                w, b = self.act_tiles[j]
-                ops = {"X": X, "Wa": w}
-                if b is not None:
-                    ops["ba"] = b
-                res.append(_call(kernel, **ops))
-            return res
+            return [call(*self.act_tiles[j]) for j in idx]
         groups = _chunks(len(self.act_tiles), _threads())
         return [r for part in _parallel(run, groups) for r in part]
 
@@ -679,7 +703,7 @@ class SparseFFN:
             except PackedOverflowError as e:
                 largest = e.largest_count or self.K + 1
                 self.K = min(self.B, max(_next_pow2(largest), 2 * self.K))
-        return _twell_hstack(tiles, (T, self.ffn))
+        return tiles[0] if len(tiles) == 1 else _twell_hstack(tiles, (T, self.ffn))
 
     def _dense_activation(self, X, T: int) -> np.ndarray:
         tiles = self._tile_calls(self.dense_act_kernel, X)
@@ -710,8 +734,13 @@ class SparseFFN:
     def _forward_activation(self, x: np.ndarray) -> np.ndarray:
         T = x.shape[0]
         H, c = self._activations(x)
-        _, consumer = self._kernels_for(H.format.levels[1].K)
         out = _filled((T, self.hidden), TOKEN_MAJOR, self.b_down)
+        if self.consume == "columns":
+            self._consume_by_columns(H, x, out)
+            if c is not None:
+                _call(self._compensation, c=_vector_operand(c), S=self._wd_colsum, O=out)
+            return out
+        _, consumer = self._kernels_for(H.format.levels[1].K)
 
         def run(r):
             lo, hi = r
@@ -726,3 +755,34 @@ class SparseFFN:
                 _call(self._compensation, c=_vector_operand(c[lo:hi]), S=self._wd_colsum, O=out[lo:hi])
         _parallel(run, _row_ranges(T, _row_nnz(H)))
         return out
+
+    def _consume_by_columns(self, H, x: np.ndarray, out: np.ndarray) -> None:
+        """The consumer with H re-packed by columns (``dc:1,0``): each stored column
+        ``n`` loads its rows of ``Wu`` and ``Wd`` once for all the tokens that use
+        it, where the row-major twell walk loads them once per token. Threads take
+        column ranges balanced by nonzeros, each into its own output, summed after."""
+        from spcomp.runtime import Tensor
+        from spcomp.runtime.threads import split
+        coords, values = H.to_coo()
+        Hc = Tensor.from_coo(coords, values, H.shape, COLUMN_MAJOR)
+        pos, crd = Hc.levels[1]["pos"], Hc.levels[1]["crd"]
+        consumer = self._consumer({"H": COLUMN_MAJOR})
+        X = _dense_operand(x, TOKEN_MAJOR)
+        ranges = split(self.ffn, max(1, min(_threads(), Hc.nnz // 64)), pos)
+        outputs = [out] + [np.zeros_like(out) for _ in ranges[1:]]
+
+        def run(p):
+            lo, hi = ranges[p]
+            a, b = int(pos[lo]), int(pos[hi])
+            cols = Tensor(Hc.format, (H.shape[0], hi - lo), [{}, {"pos": pos[lo:hi + 1] - pos[lo], "crd": crd[a:b]}],
+                          Hc.vals[a:b], validated=True)
+            ops = {"H": cols, "Wd": self._wd_rows[lo:hi], "O": outputs[p]}
+            if self.gated:
+                ops["X"] = X
+                ops["Wu"] = self._wu_rows[lo:hi]
+                if self.b_up is not None:
+                    ops["bu"] = self.b_up[lo:hi]
+            _call(consumer, **ops)
+        _parallel(run, list(range(len(ranges))))
+        for part in outputs[1:]:
+            _call(_compile("O[t,d] += P[t,d]"), O=out, P=part)
