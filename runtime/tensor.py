@@ -201,8 +201,9 @@ class Tensor:
                     want = idx
                 out.append(np.ascontiguousarray(a, dtype=want))
         out.append(np.ascontiguousarray(self.vals))
-        self._kernel_arrays[index_bits] = out
-        return out
+        # two threads may convert at once: both must get the same arrays, since the
+        # kernel's pointer cache keeps their addresses (not the arrays) per Tensor
+        return self._kernel_arrays.setdefault(index_bits, out)
 
     # ------------------------------------------------------------ conversions
     def to_numpy(self) -> np.ndarray:

@@ -10,6 +10,7 @@ returns a NumPy array, a Tensor or a scalar.
 from __future__ import annotations
 
 import ctypes
+import threading
 import weakref
 
 import numpy as np
@@ -104,6 +105,10 @@ def _scipy_unchanged(m, fingerprint) -> bool:
     data, indices, indptr, shape = fingerprint
     return (data() is m.data and indices() is m.indices and indptr() is m.indptr
             and m.shape == shape)
+
+
+# guards Kernel._bounds_cache (see Kernel._bounds)
+_BOUNDS_LOCK = threading.Lock()
 
 
 class _Variant:
@@ -603,16 +608,20 @@ class Kernel:
         """Row bounds of the threads' chunks, balanced by ``pos``; cached per pos array
         (splitting costs O(rows), more than a small kernel's whole run)."""
         key = (n, threads, id(pos) if pos is not None else None)
-        hit = self._bounds_cache.get(key)
-        if hit is not None and (pos is None or hit[0]() is pos):
-            return hit[1]
-        ranges = _threads.split(n, threads, pos)
-        bounds = np.array([r[0] for r in ranges] + [ranges[-1][1]], dtype=np.int64)
-        cache = self._bounds_cache
-        ref = (weakref.ref(pos, lambda _r, key=key, cache=cache: cache.pop(key, None))
-               if pos is not None else None)
-        cache[key] = (ref, bounds)
-        return bounds
+        with _BOUNDS_LOCK:
+            # under the lock: a call hands the driver only the array's address, so an
+            # entry another thread is using must never be replaced (freeing its array);
+            # only a stale entry (its pos array died, so no call uses it) is
+            hit = self._bounds_cache.get(key)
+            if hit is not None and (pos is None or hit[0]() is pos):
+                return hit[1]
+            ranges = _threads.split(n, threads, pos)
+            bounds = np.array([r[0] for r in ranges] + [ranges[-1][1]], dtype=np.int64)
+            cache = self._bounds_cache
+            ref = (weakref.ref(pos, lambda _r, key=key, cache=cache: cache.pop(key, None))
+                   if pos is not None else None)
+            cache[key] = (ref, bounds)
+            return bounds
 
     def _raise_status(self, status, out):
         if status == irn.STATUS_PACKED_OVERFLOW:

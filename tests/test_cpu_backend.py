@@ -547,3 +547,65 @@ def test_malformed_ir_is_reported():
 
 def test_get_backend():
     assert get_backend("cpu").compile_module is compile_module
+
+
+# ------------------------------------------------------------ native parallel driver
+
+_DRIVER_SCRIPT = r"""
+import numpy as np, scipy.sparse as sp, spcomp
+spcomp.set_num_threads(4)
+A = sp.random(3000, 3000, density=0.05, format="csr", random_state=1)  # work above the threshold
+x = np.random.default_rng(2).standard_normal(3000)
+k = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"})
+assert k._variants[32].compiled.parallel_driver("kernel") is not None, "no native driver"
+y = k(A=A, x=x)
+spcomp.set_num_threads(1)
+assert np.array_equal(y, k(A=A, x=x)), "driver result differs from one thread"
+print("max error", float(np.abs(y - A @ x).max()))
+"""
+
+
+@pytest.mark.parametrize("limit", ["1", "2"])
+def test_driver_runs_every_chunk_when_libgomp_gives_fewer_threads(limit):
+    """libgomp may give a team fewer threads than the chunks asked for (here
+    OMP_THREAD_LIMIT): each team thread then takes several chunks, none is skipped."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, OMP_THREAD_LIMIT=limit)
+    run = subprocess.run([sys.executable, "-c", _DRIVER_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert float(run.stdout.split()[-1]) < 1e-10
+
+
+def test_concurrent_first_calls_share_one_bounds_array(monkeypatch):
+    """Threads calling one parallel kernel at once with a new size all miss the
+    bounds cache together. The driver gets the array's address only, so they must
+    all get the same array: a second insertion replacing the first would free the
+    array the first call is using. ``split`` is slowed so both threads are in it
+    at once unless the cache serialises them."""
+    import numpy as np
+
+    import spcomp
+    from spcomp.runtime import threads as threads_module
+    k = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"})
+    barrier = threading.Barrier(2)
+    real_split = threads_module.split
+
+    def slow_split(*args, **kw):
+        try:
+            barrier.wait(timeout=0.5)  # meets the other thread only if it got in too
+        except threading.BrokenBarrierError:
+            pass
+        return real_split(*args, **kw)
+    monkeypatch.setattr(threads_module, "split", slow_split)
+    got = []
+    workers = [threading.Thread(target=lambda: got.append(k._bounds(5000, 2, None))) for _ in range(2)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert len(got) == 2 and got[0] is got[1]
+    assert k._bounds_cache[(5000, 2, None)][1] is got[0]
+    np.testing.assert_array_equal(got[0], [0, 2500, 5000])

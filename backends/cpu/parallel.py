@@ -5,9 +5,11 @@ two parameters (``lo``, ``hi``). For each such function this module adds
 
     int32_t NAME__omp(int64_t nthreads, const int64_t* bounds, <the other params>)
 
-which hands ``NAME(bounds[t], bounds[t+1], ...)`` to thread ``t`` of an OpenMP
-team (``GOMP_parallel`` from libgomp, whose threads stay parked between calls)
-and returns the largest status. Dispatching from Python threads costs a few GIL
+which runs ``NAME(bounds[c], bounds[c+1], ...)`` for every chunk ``c`` on an
+OpenMP team (``GOMP_parallel`` from libgomp, whose threads stay parked between
+calls), thread ``t`` of a team of ``T`` taking chunks ``t, t+T, ...`` (libgomp
+may give fewer threads than asked: then no chunk is skipped), and returns the
+largest status. Dispatching from Python threads costs a few GIL
 hand-overs per call (~0.2 ms here); this costs a few microseconds. When libgomp
 cannot be loaded no driver is generated and the runtime falls back to Python
 threads.
@@ -59,17 +61,21 @@ def add_drivers(llmod: ir.Module, module: n.Module) -> list:
     names = []
     gomp = ir.Function(llmod, ir.FunctionType(_VOID, [_PTR, _PTR, _I32, _I32]), name="GOMP_parallel")
     tid_fn = ir.Function(llmod, ir.FunctionType(_I32, []), name="omp_get_thread_num")
+    team_fn = ir.Function(llmod, ir.FunctionType(_I32, []), name="omp_get_num_threads")
     for f in module.functions:
         if is_parallel(f):
-            names.append(_add_driver(llmod, llmod.get_global(f.name), gomp, tid_fn))
+            names.append(_add_driver(llmod, llmod.get_global(f.name), gomp, tid_fn, team_fn))
     return names
 
 
-def _add_driver(llmod, kernel, gomp, tid_fn) -> str:
+FIRST_PARAM_SLOT = 3  # frame slots: bounds, status, chunk count, then the kernel's other parameters
+
+
+def _add_driver(llmod, kernel, gomp, tid_fn, team_fn) -> str:
     rest = [a.type for a in kernel.args[2:]]
-    # the frame handed to every team thread: i64 slots holding bounds, status and
-    # the other parameters (pointers as integers)
-    nslots = ir.Constant(_I64, 2 + len(rest))
+    # the frame handed to every team thread: i64 slots holding bounds, status, the
+    # number of chunks and the other parameters (pointers as integers)
+    nslots = ir.Constant(_I64, FIRST_PARAM_SLOT + len(rest))
 
     def slot(b, base, k):
         return b.gep(base, [ir.Constant(_I64, k)], inbounds=True, source_etype=_I64)
@@ -80,19 +86,32 @@ def _add_driver(llmod, kernel, gomp, tid_fn) -> str:
     def from_slot(b, value, ty):
         return b.inttoptr(value, ty) if isinstance(ty, ir.PointerType) else value
 
-    # the body each team thread runs: its own [bounds[t], bounds[t+1])
+    # the body each team thread runs: chunks tid, tid + team, ... of the bounds
     body = ir.Function(llmod, ir.FunctionType(_VOID, [_PTR]), name=kernel.name + "__omp_body")
     body.linkage = "internal"
-    b = ir.IRBuilder(body.append_basic_block("entry"))
+    entry = body.append_basic_block("entry")
+    loop = body.append_basic_block("chunk")
+    done = body.append_basic_block("done")
+    b = ir.IRBuilder(entry)
     data = body.args[0]
     t = b.sext(b.call(tid_fn, []), _I64)
+    team = b.sext(b.call(team_fn, []), _I64)
+    chunks = b.load(slot(b, data, 2), typ=_I64)
     bounds = from_slot(b, b.load(slot(b, data, 0), typ=_I64), _PTR)
-    lo = b.load(b.gep(bounds, [t], inbounds=True, source_etype=_I64), typ=_I64)
-    hi = b.load(b.gep(bounds, [b.add(t, ir.Constant(_I64, 1))], inbounds=True, source_etype=_I64), typ=_I64)
-    args = [lo, hi] + [from_slot(b, b.load(slot(b, data, 2 + k), typ=_I64), ty)
-                       for k, ty in enumerate(rest)]
-    status = b.sext(b.call(kernel, args), _I64)
+    params = [from_slot(b, b.load(slot(b, data, FIRST_PARAM_SLOT + k), typ=_I64), ty)
+              for k, ty in enumerate(rest)]
+    b.cbranch(b.icmp_signed("<", t, chunks), loop, done)
+    b.position_at_end(loop)
+    c = b.phi(_I64, name="c")
+    c.add_incoming(t, entry)
+    lo = b.load(b.gep(bounds, [c], inbounds=True, source_etype=_I64), typ=_I64)
+    hi = b.load(b.gep(bounds, [b.add(c, ir.Constant(_I64, 1))], inbounds=True, source_etype=_I64), typ=_I64)
+    status = b.sext(b.call(kernel, [lo, hi] + params), _I64)
     b.atomic_rmw("max", slot(b, data, 1), status, "monotonic")
+    nxt = b.add(c, team, name="c.next")
+    c.add_incoming(nxt, loop)
+    b.cbranch(b.icmp_signed("<", nxt, chunks), loop, done)
+    b.position_at_end(done)
     b.ret_void()
 
     # the driver the runtime calls
@@ -103,8 +122,9 @@ def _add_driver(llmod, kernel, gomp, tid_fn) -> str:
     frame = b.alloca(_I64, size=nslots)
     b.store(to_slot(b, bounds_arg), slot(b, frame, 0))
     b.store(ir.Constant(_I64, 0), slot(b, frame, 1))
+    b.store(nthreads, slot(b, frame, 2))
     for k, arg in enumerate(drv.args[2:]):
-        b.store(to_slot(b, arg), slot(b, frame, 2 + k))
+        b.store(to_slot(b, arg), slot(b, frame, FIRST_PARAM_SLOT + k))
     b.call(gomp, [body, frame, b.trunc(nthreads, _I32), ir.Constant(_I32, 0)])
     b.ret(b.trunc(b.load(slot(b, frame, 1), typ=_I64), _I32))
     return name
