@@ -111,13 +111,14 @@ def _features(stats, k):
     stats.feature(*names)
 
 
-def run_cuda_case(data, stats, how, dtype="float64", **expr_kw):
-    """Draw a case and a launch, compile for cuda-sim, check against NumPy and nvcc."""
+def run_cuda_case(data, stats, how, dtype="float64", backend=BACKEND, **expr_kw):
+    """Draw a case and a launch, compile for ``backend`` (cuda-sim, or cuda on a
+    GPU), check against NumPy and nvcc."""
     case = data.draw(expressions(max_operands=3, max_order=3, output_format=_dense_mostly, **expr_kw),
                      label="case")
     _launch.update(grid=data.draw(st.sampled_from(GRIDS), label="grid"),
                    block=data.draw(st.sampled_from(BLOCKS), label="block"))
-    kw = dict(dtype=dtype, backend=BACKEND)
+    kw = dict(dtype=dtype, backend=backend)
     try:
         kw["schedule"] = _schedule(case, how, dtype)
         with warnings.catch_warnings():
@@ -137,12 +138,12 @@ def run_cuda_case(data, stats, how, dtype="float64", **expr_kw):
     _features(stats, k)
 
 
-def _run(stats, n, how, dtype="float64", min_ok=0.6, min_parallel=0.3, **expr_kw):
+def _run(stats, n, how, dtype="float64", min_ok=0.6, min_parallel=0.3, backend=BACKEND, **expr_kw):
     """Run ``n`` examples; assert that most ran and enough of them with ``how``."""
     @settings(max_examples=examples(n))
     @given(st.data())
     def run(data):
-        run_cuda_case(data, stats, how, dtype, **expr_kw)
+        run_cuda_case(data, stats, how, dtype, backend=backend, **expr_kw)
 
     run()
     ok = stats.counts["ok"]
@@ -171,3 +172,15 @@ def test_random_scatter_kernels_float32(outcome_stats):
     """float32 with csr-like inputs: outer loops over a reduction index (scatter)
     add into shared output entries with atomicAdd, in float32."""
     _run(outcome_stats, 20, "gpu-thread", dtype="float32", input_formats=_rows_dense)
+
+
+GPU_OK, GPU_WHY = cuda.device.gpu_available()
+
+
+@pytest.mark.skipif(not GPU_OK, reason=f"no GPU: {GPU_WHY}")
+@pytest.mark.parametrize("how", ["gpu-thread", "gpu-warp", "gpu-block"])
+def test_random_kernels_on_a_real_gpu(outcome_stats, how):
+    """The same random suite on ``backend="cuda"`` (pycuda, a real device), with the
+    same forced launches; runs wherever a GPU and pycuda are present."""
+    kw = {} if how == "gpu-thread" else {"input_formats": _rows_dense}
+    _run(outcome_stats, 40, how, backend="cuda", **kw)
