@@ -350,11 +350,33 @@ class Kernel:
     def _operand(self, spec, value):
         """An operand ready for the kernel: (shape, arrays by index width, tensor)."""
         storage, operand, fmt, dtype, plain = spec
+        if _is_device_array(value):
+            return self._device_operand(spec, value)
         if plain and type(value) is np.ndarray and value.dtype == dtype and value.flags.c_contiguous:
             return _Dense(value)  # a dense array in row-major order is its own storage
         if fmt.ndim == 0 and isinstance(value, (int, float, np.number)):
             return _Dense(np.asarray(value, dtype=dtype))
         return self._to_tensor(operand, value, fmt, dtype)
+
+    def _device_operand(self, spec, value):
+        """A pycuda GPUArray operand, kept on the device (backend "cuda" only)."""
+        storage, operand, fmt, dtype, plain = spec
+        if self._backend.name != "cuda":
+            raise OperandError(f"operand {operand} is a pycuda GPUArray: only backend='cuda' takes device "
+                               f"arrays (this kernel is for {self._backend.name!r}); pass a NumPy array")
+        if not plain and fmt.is_dense:
+            raise OperandError(f"operand {operand} is a pycuda GPUArray, but the kernel reads it through a "
+                               f"copy in layout {fmt.spec()!r}, which is not made on the device: pass it "
+                               "in that layout (e.g. transposed), or as a NumPy array")
+        if not plain:
+            raise OperandError(f"operand {operand} is a pycuda GPUArray, but the kernel stores it as "
+                               f"{fmt.spec()!r}: a device array can only be a row-major dense operand "
+                               "(pass sparse operands as SciPy/NumPy/Tensor, they are copied)")
+        if np.dtype(value.dtype) != dtype:
+            raise DTypeError(f"operand {operand}: the GPUArray holds {value.dtype}, the kernel takes {dtype}")
+        if not value.flags.c_contiguous:
+            raise OperandError(f"operand {operand}: the GPUArray is not C-contiguous")
+        return _Dense(value)
 
     # ---------------------------------------------------------------- call
     def __call__(self, **operands):
@@ -387,7 +409,12 @@ class Kernel:
         if low.assembly is not None:  # a sparse output assembled in two phases (spcomp/assemble.py)
             from .assemble import run_two_phase
             return run_two_phase(self, variant, storages, sizes, bits, given)
-        if given is None and plan.plain_output:
+        if self._backend.name == "cuda" and plan.plain_output and any(
+                type(st) is _Dense and _is_device_array(st.array) for st in storages.values()):
+            # pycuda arrays in, a pycuda array out: nothing leaves the device
+            out = _DeviceOutput(tuple(sizes[i] for i in plan.out_indices), plan.out_dtype, given,
+                                self.notation.accumulate)
+        elif given is None and plan.plain_output:
             out = _PlainOutput(tuple(sizes[i] for i in plan.out_indices), plan.out_dtype)
         else:
             out = _Output(self, low, sizes, given, bits)
@@ -772,6 +799,41 @@ class _Dense:
         if self._ptr is None:
             self._ptr = _data_ptr(self.array)
         return self._ptr
+
+
+def _is_device_array(value) -> bool:
+    """A pycuda ``GPUArray`` (checked by module and attribute: importing pycuda
+    just to ask would fail on machines without the CUDA driver)."""
+    return type(value).__module__.startswith("pycuda") and hasattr(value, "gpudata")
+
+
+class _DeviceOutput:
+    """A dense output on the GPU: the caller's GPUArray (``+=``, or ``=`` into a
+    given buffer, zeroed first) or a fresh one from ``pycuda.gpuarray.zeros``."""
+    __slots__ = ("array",)
+
+    def __init__(self, shape, dtype, given, accumulate):
+        if given is None:
+            import pycuda.gpuarray as gpuarray
+            self.array = gpuarray.zeros(shape, dtype=dtype)
+            return
+        if not _is_device_array(given):
+            raise OperandError("the other operands are on the GPU: pass the output as a pycuda GPUArray too")
+        if tuple(given.shape) != tuple(shape) or np.dtype(given.dtype) != np.dtype(dtype):
+            raise ShapeError(f"output has shape {tuple(given.shape)} and dtype {given.dtype}; the kernel "
+                             f"produces {tuple(shape)} {np.dtype(dtype)}")
+        if not accumulate:
+            given.fill(0)
+        self.array = given
+
+    def arg(self, b, pointers=False):
+        return self.array.reshape(-1)
+
+    def discard(self):
+        pass
+
+    def result(self):
+        return self.array
 
 
 class _PlainOutput:
