@@ -123,13 +123,10 @@ class _Rows:
 
 def _args(kernel, phase, storages, sizes, bits, rows, pointers):
     """The phase's argument list and where ``lo`` sits in it."""
-    from .kernel import _Dense
     args, lohi = [], None
     for role, key, slot in phase.plan:
         if role == "in":
-            st = storages[key]
-            args.append(st.arg(bits, slot, pointers) if type(st) is _Dense
-                        else kernel._tensor_arg(st, bits, slot, pointers))
+            args.append(kernel._input_arg(storages[key], bits, slot, pointers))
         elif role == "size":
             args.append(sizes[key])
         elif role == "out":

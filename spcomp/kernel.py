@@ -200,15 +200,28 @@ class Kernel:
             self._variants[bits] = v
         return v
 
-    def _cache_key(self, bits: int):
+    def _one_pass_variant(self, bits: int) -> _Variant:
+        """This kernel lowered without a parallel loop, so a sparse output is appended
+        in one pass: for calls too small to split, where the two-phase assembly's
+        counting pass would be pure overhead."""
+        key = (bits, "one-pass")
+        v = self._variants.get(key)
+        if v is None:
+            import dataclasses
+            v = self._load_or_build(bits, dataclasses.replace(self._options, parallel=None))
+            self._variants[key] = v
+        return v
+
+    def _cache_key(self, bits: int, options=None):
         tensors = sorted((t.name, t.order, t.format.spec(), t.dtype) for t in self.notation.tensors.values())
-        return (self.expression, repr(self.notation), tensors, repr(self._options), bits,
+        return (self.expression, repr(self.notation), tensors, repr(options or self._options), bits,
                 self._backend.name) + self._backend.cache_key()
 
-    def _load_or_build(self, bits: int) -> _Variant:
+    def _load_or_build(self, bits: int, options=None) -> _Variant:
         from .runtime import cache
+        options = options or self._options
         can_cache = hasattr(self._backend, "load")
-        digest = cache.key_digest(self._cache_key(bits)) if can_cache else None
+        digest = cache.key_digest(self._cache_key(bits, options)) if can_cache else None
         if digest is not None:
             payload = cache.load_entry(digest)
             if payload is not None:
@@ -218,7 +231,7 @@ class Kernel:
                     return _Variant(lowered, compiled, self._backend.entry(compiled, lowered))
                 except SpcompError:
                     pass  # unusable here: rebuild below
-        opt = Options(**{**self._options.__dict__, "index_bits": bits})
+        opt = Options(**{**options.__dict__, "index_bits": bits})
         if self._backend.name == "cpu":
             lowered = lower(self.notation, opt)
         else:  # the default GPU schedule depends on the kernel's class (gpu_default.py)
@@ -334,6 +347,10 @@ class Kernel:
         raise DTypeError(f"operand {name} has dtype {have} but the kernel was compiled for {want}; "
                          f"convert it (e.g. .astype({want.name!r})) or compile with dtype={have.name!r}")
 
+    def _input_arg(self, st, bits, k, pointers):
+        """Array ``k`` of an input storage (a plain dense array, or a Tensor)."""
+        return st.arg(bits, k, pointers) if type(st) is _Dense else self._tensor_arg(st, bits, k, pointers)
+
     def _tensor_arg(self, t, bits, k, pointers):
         """Array ``k`` of ``t``'s kernel arrays, as a data pointer on the CPU."""
         if not pointers:
@@ -407,8 +424,11 @@ class Kernel:
         low = variant.lowered
         given = operands.get(self.output_name)
         if low.assembly is not None:  # a sparse output assembled in two phases (spcomp/assemble.py)
-            from .assemble import run_two_phase
-            return run_two_phase(self, variant, storages, sizes, bits, given)
+            if self._backend.name != "cpu" or self._splits(low, sizes, storages):
+                from .assemble import run_two_phase
+                return run_two_phase(self, variant, storages, sizes, bits, given)
+            variant = self._one_pass_variant(bits)  # one thread: append in one pass
+            low = variant.lowered
         if self._backend.name == "cuda" and plan.plain_output and any(
                 type(st) is _Dense and _is_device_array(st.array) for st in storages.values()):
             # pycuda arrays in, a pycuda array out: nothing leaves the device
@@ -423,9 +443,7 @@ class Kernel:
         lohi = None
         for role, a, b in variant.arg_plan:
             if role == "in":
-                st = storages[a]
-                args.append(st.arg(bits, b, pointers) if type(st) is _Dense
-                            else self._tensor_arg(st, bits, b, pointers))
+                args.append(self._input_arg(storages[a], bits, b, pointers))
             elif role == "size":
                 args.append(sizes[a])
             elif role == "out":
@@ -602,6 +620,13 @@ class Kernel:
         for v in sizes.values():
             work *= max(int(v), 1)
         return work
+
+    def _splits(self, low, sizes, storages) -> bool:
+        """Whether a CPU call of this lowering runs its parallel loop on several threads."""
+        n = _parallel_extent(low, sizes)
+        if n < 2 or _threads.get_num_threads() <= 1:
+            return False
+        return self._work(n, self._balance_pos(low, storages), sizes) >= _threads.MIN_PARALLEL_WORK
 
     def _launch(self, variant, args, lohi, low, sizes, storages):
         """(function, arguments) that run the whole call from this thread: the kernel
