@@ -68,9 +68,9 @@ COLUMN_MAJOR = "dc:1,0"    # H[t,n] compressed by columns (CSC): the consumer wa
 FEATURE_MAJOR = "dd:1,0"   # X[t,i] stored as X^T: the token axis is contiguous
 
 
-def _compile(expression: str, formats: dict | None = None) -> "spcomp.Kernel":
+def _compile(expression: str, formats: dict | None = None, schedule=None) -> "spcomp.Kernel":
     """A float32 CPU kernel (a cache hit after the first build of a layer)."""
-    return spcomp.compile(expression, formats=formats or {}, dtype="float32")
+    return spcomp.compile(expression, formats=formats or {}, dtype="float32", schedule=schedule)
 
 
 # --------------------------------------------------------------------- operands
@@ -784,5 +784,8 @@ class SparseFFN:
                     ops["bu"] = self.b_up[lo:hi]
             _call(consumer, **ops)
         _parallel(run, list(range(len(ranges))))
+        # summed on this thread: a libgomp team woken for this small add would keep
+        # spinning afterwards and slow the next BLAS call (the next layer's gate)
+        add = _compile("O[t,d] += P[t,d]", schedule=spcomp.Schedule().sequential())
         for part in outputs[1:]:
-            _call(_compile("O[t,d] += P[t,d]"), O=out, P=part)
+            _call(add, O=out, P=part)
