@@ -315,3 +315,11 @@ def test_every_public_error_is_an_spcomp_error():
                 and obj.__module__ == errors.__name__):
             assert issubclass(obj, errors.SpcompError), name
     assert issubclass(errors.TranspositionWarning, UserWarning)
+
+
+def test_unique_compressed_over_singleton_output_is_refused():
+    """``cq`` (a unique compressed level over a singleton) cannot be assembled as a
+    coordinate list without repeating coordinates in the unique level: refused,
+    naming the formats that work, instead of returning a tensor that does not validate."""
+    with pytest.raises(spcomp.UnsupportedError, match="coo"):
+        spcomp.compile("C[i,j] = A[i,j] * 2", formats={"A": "csr", "C": "cq"})
