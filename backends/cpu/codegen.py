@@ -666,10 +666,10 @@ class _FunctionLowering:
                               [PTR] * 13)
         self.b.call(fn, [by_ref(trans[s.trans_b], I8_T, "gemm.transa"), by_ref(trans[s.trans_a], I8_T, "gemm.transb"),
                          by_ref(n_, I32_T, "gemm.m"), by_ref(m, I32_T, "gemm.n"), by_ref(k, I32_T, "gemm.k"),
-                         by_ref(ir.Constant(lt, 1.0), lt, "gemm.alpha"),
+                         by_ref(ir.Constant(lt, float(s.alpha)), lt, "gemm.alpha"),
                          self.expr(s.b), by_ref(ldb, I32_T, "gemm.lda"),
                          self.expr(s.a), by_ref(lda, I32_T, "gemm.ldb"),
-                         by_ref(ir.Constant(lt, 0.0), lt, "gemm.beta"),
+                         by_ref(ir.Constant(lt, float(s.beta)), lt, "gemm.beta"),
                          self.expr(s.c), by_ref(ldc, I32_T, "gemm.ldc")])
 
     def stmt_Return(self, s: n.Return):

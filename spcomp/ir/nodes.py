@@ -239,6 +239,8 @@ class Gemm:
     ldc: Expr
     trans_a: bool
     trans_b: bool
+    alpha: float = 1.0   # c = alpha * op(a)·op(b) + beta * c
+    beta: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -170,8 +170,9 @@ class CPrinter:
     def stmt_Gemm(self, s: n.Gemm, d):
         elem = s.c.type.elem if isinstance(s.c.type, PointerType) else None
         fn = "cblas_dgemm" if elem == F64 else "cblas_sgemm"
-        one = "1.0" if elem == F64 else "1.0f"
-        zero = "0.0" if elem == F64 else "0.0f"
+        suffix = "" if elem == F64 else "f"
+        one = f"{float(s.alpha)!r}{suffix}"
+        zero = f"{float(s.beta)!r}{suffix}"
         ta = "CblasTrans" if s.trans_a else "CblasNoTrans"
         tb = "CblasTrans" if s.trans_b else "CblasNoTrans"
         e = self.expr

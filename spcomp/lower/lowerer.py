@@ -29,7 +29,7 @@ from ..notation import (Access, Add, Assignment, Call, Div, Literal, Mul, Neg,
 from . import lattice as lat
 from .context import (Binding, Env, Names, TensorParams, index_type,
                       level_array_type, value_type)
-from .normalize import (ZERO, lift_sums, nested_sums, push_sums, replace,
+from .normalize import (ZERO, factors, lift_sums, nested_sums, push_sums, replace,
                         specialize, split_sums)
 from .blas import offload
 from . import split as split_mod
@@ -349,11 +349,22 @@ class Lowerer:
         body += self.out_sink.prologue()
         if self.workspace:
             body += self.workspace["prologue"]
-        gemm_temps = [self.params[g.temp.name].vals for g in self.gemms]
-        for g in self.gemms:
-            body += self._gemm(g)
-        nest = self.nest(self.outer, self.expr, self.out_sink, env, depth=0)
-        body += _free_before_error_returns(nest, gemm_temps)
+        direct = self._direct_gemm()
+        gemm_temps = [] if direct else [self.params[g.temp.name].vals for g in self.gemms]
+        if direct:
+            # the whole right side is one product and the output is laid out like it:
+            # BLAS writes the output itself, no temporary and no loop nest
+            g, alpha = direct
+            beta = 1.0 if self.accumulate else 0.0
+            self.loops_text.append(f"{self.lhs!r} {'+=' if self.accumulate else '='} "
+                                   f"{'' if alpha == 1.0 else f'{alpha!r} * '}{g.access!r}: BLAS writes the output")
+            body += [n.Comment(g.describe() + ", written into the output"),
+                     self._gemm_call(g, out.vals, alpha, beta)]
+        else:
+            for g in self.gemms:
+                body += self._gemm(g)
+            nest = self.nest(self.outer, self.expr, self.out_sink, env, depth=0)
+            body += _free_before_error_returns(nest, gemm_temps)
         if self.workspace:
             body += self.workspace["epilogue"]
         body += [n.Free(v) for v in gemm_temps]
@@ -384,15 +395,37 @@ class Lowerer:
 
     def _gemm(self, g) -> list:
         """Allocate the product's temporary and fill it with one gemm call."""
+        c = self.params[g.temp.name].vals
+        return [n.Comment(g.describe()),
+                n.Allocate(c, n.Binary("*", self.sizes[g.m], self.sizes[g.n])),  # beta = 0 writes every entry
+                self._gemm_call(g, c)]
+
+    def _gemm_call(self, g, c, alpha: float = 1.0, beta: float = 0.0):
+        """``c = alpha * a·b + beta * c`` for product ``g``, ``c`` row-major ``m × n``."""
         def row_stride(acc):
             return n.Binary("max", self.sizes[acc.indices[acc.tensor.format.order[1]]], n.i64(1))
-        c = self.params[g.temp.name].vals
         m, n_ = self.sizes[g.m], self.sizes[g.n]
-        return [n.Comment(g.describe()),
-                n.Allocate(c, n.Binary("*", m, n_)),  # gemm with beta = 0 writes every entry
-                n.Gemm(c, self.params[g.a.tensor.name].vals, self.params[g.b.tensor.name].vals,
-                       m, n_, self.sizes[g.k], row_stride(g.a), row_stride(g.b),
-                       n.Binary("max", n_, n.i64(1)), g.trans_a, g.trans_b)]
+        return n.Gemm(c, self.params[g.a.tensor.name].vals, self.params[g.b.tensor.name].vals,
+                      m, n_, self.sizes[g.k], row_stride(g.a), row_stride(g.b),
+                      n.Binary("max", n_, n.i64(1)), g.trans_a, g.trans_b, alpha, beta)
+
+    def _direct_gemm(self):
+        """``(gemm, alpha)`` when the right side is ``alpha`` times one product and the
+        dense output is stored row-major over the product's ``(m, n)``, else None."""
+        if len(self.gemms) != 1:
+            return None
+        g = self.gemms[0]
+        fmt = self.lhs.tensor.format
+        if (not fmt.is_dense or fmt.order != tuple(range(fmt.ndim)) or tuple(self.lhs.indices) != (g.m, g.n)
+                or self.lhs.tensor.dtype != g.temp.dtype):
+            return None
+        alpha, rest = 1.0, []
+        for f in factors(self.rhs):
+            if isinstance(f, Literal):
+                alpha *= f.value
+            else:
+                rest.append(f)
+        return (g, alpha) if rest == [g.access] else None
 
     def _output_loops_dense(self) -> bool:
         """Whether a sparse output level's index is iterated over its whole range
