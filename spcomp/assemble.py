@@ -123,6 +123,7 @@ class _Rows:
 
 def _args(kernel, phase, storages, sizes, bits, rows, pointers):
     """The phase's argument list and where ``lo`` sits in it."""
+    from .kernel import _data_ptr
     args, lohi = [], None
     for role, key, slot in phase.plan:
         if role == "in":
@@ -131,7 +132,7 @@ def _args(kernel, phase, storages, sizes, bits, rows, pointers):
             args.append(sizes[key])
         elif role == "out":
             arr = rows.array(key)
-            args.append(arr.__array_interface__["data"][0] if pointers else arr)
+            args.append(_data_ptr(arr) if pointers else arr)
         else:
             if role == "lo":
                 lohi = len(args)

@@ -148,6 +148,7 @@ class Lowerer:
         a = self.a
         lhs, rhs = a.lhs, a.rhs
         self.accumulate = a.accumulate
+        self.compute = F64 if any(t.dtype == "float64" for t in a.tensors.values()) else F32
         out_sparse = not lhs.tensor.format.is_dense
         if out_sparse and a.accumulate:
             # C += E on a sparse C is C = C_old + E: a union with the old pattern
@@ -179,7 +180,8 @@ class Lowerer:
         # the nest may read matrix products from temporaries instead (blas.py)
         notation_rhs = rhs
         if self._blas_allowed():
-            offloaded, gemms = offload(rhs, lhs, self._compute_dtype(), {t.name for t in a.tensors.values()})
+            compute = "float64" if self.compute == F64 else "float32"
+            offloaded, gemms = offload(rhs, lhs, compute, {t.name for t in a.tensors.values()})
             if gemms:
                 try:
                     order, transposes = choose_order(lhs, offloaded, None)
@@ -218,7 +220,6 @@ class Lowerer:
         self.rhs = rhs
         self.notation_rhs = notation_rhs
         self.lhs = lhs
-        self.compute = F64 if any(t.dtype == "float64" for t in a.tensors.values()) else F32
         # top-level reductions: scatter (outside an output index) or gather
         top, body = split_sums(rhs)
         out_pos = [self.position[i] for i in lhs.indices]
@@ -383,15 +384,12 @@ class Lowerer:
                        blas=[g.describe() for g in self.gemms])
 
     # ----------------------------------------------------- BLAS offload
-    def _compute_dtype(self) -> str:
-        return "float64" if any(t.dtype == "float64" for t in self.a.tensors.values()) else "float32"
-
     def _blas_allowed(self) -> bool:
         """Offload only on the CPU and under the default schedule: a schedule that
         names loops is about the loop nest, which the offload would take away."""
         o = self.opt
         return (o.blas and o.parallel_kind == "threads" and o.parallel in (None, "auto")
-                and not (o.order or o.precompute or o.vectorize or o.unroll or getattr(o, "split", ())))
+                and not (o.order or o.precompute or o.vectorize or o.unroll or o.split))
 
     def _gemm(self, g) -> list:
         """Allocate the product's temporary and fill it with one gemm call."""
