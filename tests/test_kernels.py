@@ -382,6 +382,27 @@ def test_kernel_inspection_strings_name_the_tensors():
     assert k.output_name == "y" and set(k.inputs) == {"W", "x"}
 
 
+def test_vector_hint_skips_gather_loops_only():
+    """A reduction loop that reads another operand at stored coordinates (x[j] in
+    SpMV) gets no vectorize hint (LLVM's scalar loop beats its gathers); a reduction
+    over contiguous data (the dense k loop of a dot product) keeps it. Both still
+    match einsum."""
+    spmv = spcomp.compile("y[i] = W[i,j] * x[j]", formats={"W": "csr"}, dtype="float32")
+    assert "vectorize" not in spmv.ir
+    rowsum = spcomp.compile("y[i] = W[i,j]", formats={"W": "csr"}, dtype="float32")
+    assert "vectorize: 8" in rowsum.ir
+    dots = spcomp.compile("y[i] = A[i,k] * B[i,k]", formats={"A": "csr", "B": "dense"},
+                          dtype="float64", schedule=spcomp.Schedule().no_blas())
+    assert "vectorize" not in dots.ir  # B[i,k] is read at A's stored coordinates: a gather
+    sddmm = spcomp.compile("C[i,j] = S[i,j] * D[i,k] * E[k,j]", formats={"S": "csr", "C": "csr"})
+    assert "vectorize: 4" in sddmm.ir  # the k dot product reads D and E densely
+    rng = np.random.default_rng(3)
+    W = sp.random(40, 30, density=0.2, format="csr", random_state=rng, dtype=np.float32)
+    x = rng.random(30, dtype=np.float32)
+    np.testing.assert_allclose(spmv(W=W, x=x), np.einsum("ij,j->i", W.toarray(), x), rtol=1e-5)
+    np.testing.assert_allclose(rowsum(W=W), W.toarray().sum(1), rtol=1e-5)
+
+
 # ================================================================== regressions
 # Bugs the property tests found (fixed in d69bf95); each test is the minimal reproduction.
 

@@ -126,8 +126,8 @@ Other statements
 * ``Reallocate`` (sparse outputs that grow) and pointer-to-pointer parameters
   raise :class:`~spcomp.errors.UnsupportedError`.
 * ``Cast`` to or from bf16 goes through ``spc_bf16_to_f32`` /
-  ``spc_f32_to_bf16`` (round to nearest even; f64 goes through f32 first, as
-  ml_dtypes' ``astype`` does, so results match the NumPy reference bit for bit).
+  ``spc_f32_to_bf16`` (round to nearest even; f64 goes through f32 first, as the
+  CPU backend does, so both backends agree bit for bit).
 * ``min``/``max`` -> ``spc_min<T>``/``spc_max<T>`` (``fminf``/``fmaxf`` for
   floats: a NaN operand yields the other operand).
 * Loop hints: ``unroll`` -> ``#pragma unroll N``; ``vectorize`` and the parallel
