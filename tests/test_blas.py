@@ -137,3 +137,51 @@ def test_size_beyond_blas_int32_is_an_error_not_a_wrong_answer():
     B = np.zeros((2**31, 0), np.float32)
     with pytest.raises(KernelRuntimeError, match="no_blas"):
         k(A=A, B=B)
+
+
+# ------------------------------------------------------------ BLAS threads
+
+def test_single_threaded_blas_sets_one_thread_and_restores_it():
+    """Nested and concurrent blocks: one thread inside any of them, the caller's
+    count back when the last one ends (also when a block raises)."""
+    import threading
+    from spcomp.backends.cpu import blas
+    fns = blas._openblas_thread_functions()
+    if fns is None:
+        pytest.skip("SciPy's BLAS is not OpenBLAS here: single_threaded_blas is a no-op")
+    get, set_ = fns
+    before = get()
+    set_(2)
+    try:
+        with blas.single_threaded_blas():
+            assert get() == 1
+            with blas.single_threaded_blas():
+                assert get() == 1
+            assert get() == 1
+        assert get() == 2
+        with pytest.raises(RuntimeError):
+            with blas.single_threaded_blas():
+                raise RuntimeError("boom")
+        assert get() == 2
+        inside, gate = [], threading.Barrier(4)
+
+        def work():
+            with blas.single_threaded_blas():
+                gate.wait()
+                inside.append(get())
+                gate.wait()
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert inside == [1, 1, 1, 1] and get() == 2
+    finally:
+        set_(before)
+
+
+def test_single_threaded_blas_is_a_no_op_without_openblas(monkeypatch):
+    from spcomp.backends.cpu import blas
+    monkeypatch.setattr(blas, "_openblas_thread_functions", lambda: None)
+    with blas.single_threaded_blas():
+        pass

@@ -168,6 +168,40 @@ def test_gated_relu_ffn_fused(data, biases, consume, threads):
     assert 0.5 < ffn.sparsity < 1.0
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3, 4])
+def test_gate_runs_one_weight_slab_per_thread_with_single_threaded_blas(data, threads, monkeypatch):
+    """The gate's BLAS kernel runs once per thread on a slab of whole B-row tiles
+    (F=300, B=64: 5 tiles, the last partial), with SciPy's OpenBLAS on one thread
+    during the calls and its thread count restored after; H is the same for any
+    thread count."""
+    from spcomp.backends.cpu import blas
+    from spcomp.nn import layers
+    d = data
+    ffn = SparseFFN.activation_sparse(d["w1"], None, d["w2"], None, w_gate=d["wg"], b_gate=d["bg"], B=64)
+    fns = blas._openblas_thread_functions()
+    seen, calls = [], []
+    real_call = layers._call
+
+    def spy(kernel, **ops):
+        if kernel.blas_calls:
+            calls.append(ops["Wa"].shape[0])
+            seen.append(fns[0]() if fns else None)
+        return real_call(kernel, **ops)
+    monkeypatch.setattr(layers, "_call", spy)
+    before_blas = fns[0]() if fns else None
+    before = spcomp.get_num_threads()
+    spcomp.set_num_threads(threads)
+    try:
+        H = ffn.activations(d["x"])
+    finally:
+        spcomp.set_num_threads(before)
+    assert len(calls) == min(threads, 5) and sum(calls) == d["F"]
+    assert sum(rows % 64 != 0 for rows in calls) == 1          # whole tiles, the last one partial
+    if fns and threads > 1:
+        assert seen == [1] * len(calls) and fns[0]() == before_blas
+    close(H.to_numpy(), relu(d["x64"] @ d["wg"].T + d["bg"]))
+
+
 def _topk_ref(a, k, by_magnitude=False):
     score = np.abs(a) if by_magnitude else a
     idx = np.argsort(-score, axis=1, kind="stable")[:, :k]

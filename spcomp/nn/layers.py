@@ -55,6 +55,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 import spcomp
+from spcomp.backends.cpu.blas import single_threaded_blas
 from spcomp.errors import PackedOverflowError, ShapeError
 
 __all__ = ["SparseLinear", "SparseFFN", "prune_magnitude", "ACTIVATIONS"]
@@ -195,14 +196,13 @@ def _twell_rows(H, lo: int, hi: int):
 
 
 def _twell_hstack(tiles: list, shape: tuple):
-    """Join twell tensors holding consecutive column tiles (one block per row each)."""
+    """Join twell tensors holding consecutive column ranges (whole blocks each)."""
     from spcomp.runtime import Tensor
     T = shape[0]
     fmt = tiles[0].format
-    K = fmt.levels[1].K
-    count = np.stack([t.levels[1]["count"].reshape(T) for t in tiles], axis=1).reshape(-1)
-    crd = np.stack([t.levels[1]["crd"].reshape(T, K) for t in tiles], axis=1).reshape(-1)
-    vals = np.stack([t.vals.reshape(T, K) for t in tiles], axis=1).reshape(-1)
+    count = np.concatenate([t.levels[1]["count"].reshape(T, -1) for t in tiles], axis=1).reshape(-1)
+    crd = np.concatenate([t.levels[1]["crd"].reshape(T, -1) for t in tiles], axis=1).reshape(-1)
+    vals = np.concatenate([t.vals.reshape(T, -1) for t in tiles], axis=1).reshape(-1)
     return Tensor(fmt, shape, [{}, {"count": count, "crd": crd}], vals, validated=True)
 
 
@@ -556,6 +556,8 @@ class SparseFFN:
                            None if b_act is None else Tensor.from_numpy(b_act[n0:n0 + self.B], "dense"))
                           for n0 in range(0, self.ffn, self.B)]
         self.act_has_bias = b_act is not None
+        self._w_act, self._b_act = w_act, b_act
+        self._slabs: dict = {}
         self._packed_kernels: dict = {}
         self.sparsifier = "relu" if (self.activation == "relu" and self.topk is None
                                      and self.threshold is None) else ("topk" if self.topk is not None
@@ -683,8 +685,8 @@ class SparseFFN:
 
     def _tile_calls(self, kernel, X) -> list:
         """Call ``kernel`` once per weight tile (B rows), tiles spread over threads;
-        or once on the whole weight when the kernel hands its matrix product to
-        BLAS (which blocks for the cache and runs its own threads)."""
+        or, when the kernel hands its matrix product to BLAS, once per thread on a
+        slab of whole tiles (a slab is big enough for BLAS's cache blocking)."""
         def call(w, b):
             ops = {"X": X, "Wa": w}
             if b is not None:
@@ -692,12 +694,34 @@ class SparseFFN:
             return _call(kernel, **ops)
 
         if kernel.blas_calls:
-            return [call(*self.act_whole)]
+            slabs = self._act_slabs(_threads())
+            if len(slabs) == 1:
+                return [call(*slabs[0])]
+            # one weight slab per thread, each with a single-threaded BLAS call: the
+            # relu + pack nests run in parallel too, and OpenBLAS's own workers get
+            # no job, so they do not spin on the cores the consumer needs next
+            with single_threaded_blas():
+                return _parallel(lambda slab: call(*slab), slabs)
 
         def run(idx):
             return [call(*self.act_tiles[j]) for j in idx]
         groups = _chunks(len(self.act_tiles), _threads())
         return [r for part in _parallel(run, groups) for r in part]
+
+    def _act_slabs(self, parts: int) -> list:
+        """The activation weight (and bias) as ``parts`` row slabs of whole B-row
+        tiles, as Tensors (made once per thread count)."""
+        from spcomp.runtime import Tensor
+        if parts <= 1:
+            return [self.act_whole]
+        if parts not in self._slabs:
+            w, b = self._w_act, self._b_act
+            tiles = -(-self.ffn // self.B)
+            cuts = [min(self.ffn, self.B * (tiles * p // parts)) for p in range(parts + 1)]
+            self._slabs[parts] = [(Tensor.from_numpy(w[lo:hi], "dense", dtype=DTYPE),
+                                   None if b is None else Tensor.from_numpy(b[lo:hi], "dense"))
+                                  for lo, hi in zip(cuts[:-1], cuts[1:]) if hi > lo]
+        return self._slabs[parts]
 
     def _packed_relu(self, X, T: int):
         while True:
