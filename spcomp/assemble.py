@@ -124,20 +124,11 @@ class _Rows:
 def _args(kernel, phase, storages, sizes, bits, rows, pointers):
     """The phase's argument list and where ``lo`` sits in it."""
     from .kernel import _data_ptr
-    args, lohi = [], None
-    for role, key, slot in phase.plan:
-        if role == "in":
-            args.append(kernel._input_arg(storages[key], bits, slot, pointers))
-        elif role == "size":
-            args.append(sizes[key])
-        elif role == "out":
-            arr = rows.array(key)
-            args.append(_data_ptr(arr) if pointers else arr)
-        else:
-            if role == "lo":
-                lohi = len(args)
-            args.append(0)
-    return args, lohi
+
+    def out_arg(key):
+        arr = rows.array(key)
+        return _data_ptr(arr) if pointers else arr
+    return kernel._call_args(phase.plan, storages, sizes, bits, pointers, out_arg)
 
 
 def _index_bits(low) -> int:

@@ -439,22 +439,8 @@ class Kernel:
         else:
             out = _Output(self, low, sizes, given, bits)
         pointers = self._backend.name == "cpu"
-        args = []
-        lohi = None
-        for role, a, b in variant.arg_plan:
-            if role == "in":
-                args.append(self._input_arg(storages[a], bits, b, pointers))
-            elif role == "size":
-                args.append(sizes[a])
-            elif role == "out":
-                args.append(out.arg(a, pointers))
-            elif role == "lo":
-                lohi = len(args)
-                args.append(0)
-            elif role == "hi":
-                args.append(0)
-            else:  # capacity
-                args.append(max(1024, sum(t.nnz for t in storages.values())))
+        args, lohi = self._call_args(variant.arg_plan, storages, sizes, bits, pointers,
+                                     lambda key: out.arg(key, pointers))
         if pointers and plan.plain_output:
             self._fast = self._fast_call(operands, storages, variant, args, lohi, sizes, given)
         statuses = self._run(variant, args, lohi, low, sizes, storages)
@@ -517,6 +503,26 @@ class Kernel:
             return None
         low = variant.lowered
         return self._bounds(_parallel_extent(low, sizes), _threads.get_num_threads(), self._balance_pos(low, storages))
+
+    def _call_args(self, arg_plan, storages, sizes, bits, pointers, out_arg):
+        """A call's argument list from an argument plan, and where ``lo`` sits in it
+        (``lo``/``hi`` are placeholders the launcher fills); ``out_arg(key)`` gives an
+        output array's argument. Shared by plain calls and the two-phase assembly."""
+        args, lohi = [], None
+        for role, a, b in arg_plan:
+            if role == "in":
+                args.append(self._input_arg(storages[a], bits, b, pointers))
+            elif role == "size":
+                args.append(sizes[a])
+            elif role == "out":
+                args.append(out_arg(a))
+            elif role == "capacity":
+                args.append(max(1024, sum(t.nnz for t in storages.values())))
+            else:  # lo, hi
+                if role == "lo":
+                    lohi = len(args)
+                args.append(0)
+        return args, lohi
 
     def _check_names(self, operands):
         plan = self._plan
