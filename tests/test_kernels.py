@@ -382,25 +382,37 @@ def test_kernel_inspection_strings_name_the_tensors():
     assert k.output_name == "y" and set(k.inputs) == {"W", "x"}
 
 
-def test_vector_hint_skips_gather_loops_only():
+def test_gather_loops_get_a_masked_tail_vector_hint():
     """A reduction loop that reads another operand at stored coordinates (x[j] in
-    SpMV) gets no vectorize hint (LLVM's scalar loop beats its gathers); a reduction
-    over contiguous data (the dense k loop of a dot product) keeps it. Both still
-    match einsum."""
+    SpMV) is vectorised 8 wide with its last partial vector masked, and the LLVM
+    loop metadata says so; a reduction over contiguous data (the dense k loop of a
+    dot product) keeps the plain hint. Rows of every length from 0 to 19 (below,
+    at and across multiples of the width) still match einsum."""
     spmv = spcomp.compile("y[i] = W[i,j] * x[j]", formats={"W": "csr"}, dtype="float32")
-    assert "vectorize" not in spmv.ir
+    assert "vectorize: 8, masked tail" in spmv.ir
+    assert "llvm.loop.vectorize.predicate.enable" in spmv.source
     rowsum = spcomp.compile("y[i] = W[i,j]", formats={"W": "csr"}, dtype="float32")
-    assert "vectorize: 8" in rowsum.ir
+    assert "vectorize: 8" in rowsum.ir and "masked tail" not in rowsum.ir
+    assert "predicate.enable" not in rowsum.source
     dots = spcomp.compile("y[i] = A[i,k] * B[i,k]", formats={"A": "csr", "B": "dense"},
                           dtype="float64", schedule=spcomp.Schedule().no_blas())
-    assert "vectorize" not in dots.ir  # B[i,k] is read at A's stored coordinates: a gather
+    assert "vectorize: 8, masked tail" in dots.ir  # B[i,k] is read at A's stored coordinates
     sddmm = spcomp.compile("C[i,j] = S[i,j] * D[i,k] * E[k,j]", formats={"S": "csr", "C": "csr"})
-    assert "vectorize: 4" in sddmm.ir  # the k dot product reads D and E densely
+    assert "vectorize: 4" in sddmm.ir and "masked tail" not in sddmm.ir
     rng = np.random.default_rng(3)
-    W = sp.random(40, 30, density=0.2, format="csr", random_state=rng, dtype=np.float32)
-    x = rng.random(30, dtype=np.float32)
-    np.testing.assert_allclose(spmv(W=W, x=x), np.einsum("ij,j->i", W.toarray(), x), rtol=1e-5)
-    np.testing.assert_allclose(rowsum(W=W), W.toarray().sum(1), rtol=1e-5)
+    rows = [np.sort(rng.choice(40, size=n, replace=False)) for n in range(20)]
+    for dtype, rtol in (("float32", 1e-5), ("float64", 1e-12)):
+        W = sp.csr_matrix((rng.standard_normal(sum(map(len, rows))).astype(dtype),
+                           np.concatenate(rows), np.cumsum([0] + [len(r) for r in rows])),
+                          shape=(20, 40))
+        x = rng.standard_normal(40).astype(dtype)
+        B = rng.standard_normal((20, 40)).astype(dtype)
+        k = spcomp.compile("y[i] = W[i,j] * x[j]", formats={"W": "csr"}, dtype=dtype)
+        np.testing.assert_allclose(k(W=W, x=x), np.einsum("ij,j->i", W.toarray(), x), rtol=rtol, atol=rtol)
+        k = spcomp.compile("y[i] = A[i,k] * B[i,k]", formats={"A": "csr", "B": "dense"},
+                           dtype=dtype, schedule=spcomp.Schedule().no_blas())
+        np.testing.assert_allclose(k(A=W, B=B), np.einsum("ik,ik->i", W.toarray(), B), rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(rowsum(W=W.astype(np.float32)), W.toarray().sum(1), rtol=1e-5)
 
 
 # ================================================================== regressions

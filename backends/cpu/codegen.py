@@ -16,7 +16,9 @@ Besides the conventions of :mod:`spcomp.ir.nodes`, it fixes these:
   the unoptimised LLVM IR text.
 * ``For`` evaluates ``start`` and ``end`` once, before the loop, then runs ``var`` up by 1
   with ``add nsw``; its latch carries ``llvm.loop`` metadata: ``mustprogress``, the
-  vectorize hint (``vectorize.enable`` + ``width``; width 1 disables) and the unroll hint
+  vectorize hint (``vectorize.enable`` + ``width``; width 1 disables; a ``masked_tail``
+  loop adds ``vectorize.predicate.enable`` and ``interleave.count 1``, so its last partial
+  vector runs masked instead of in a scalar remainder loop) and the unroll hint
   (``unroll.count``; 1 disables).
 * ``&&``, ``||`` and ``Select`` are eager (``and``/``or``/``select``), except where C would
   skip an operand that may trap (one holding a ``Load`` or an integer ``/``/``%``): then they
@@ -296,6 +298,9 @@ class _ModuleLowering:
         elif loop.vectorize > 1:
             props.append(md(["llvm.loop.vectorize.enable", ir.Constant(I1_T, 1)]))
             props.append(md(["llvm.loop.vectorize.width", ir.Constant(I32_T, loop.vectorize)]))
+            if loop.masked_tail:
+                props.append(md(["llvm.loop.vectorize.predicate.enable", ir.Constant(I1_T, 1)]))
+                props.append(md(["llvm.loop.interleave.count", ir.Constant(I32_T, 1)]))
         if loop.unroll == 1:
             props.append(md(["llvm.loop.unroll.disable"]))
         elif loop.unroll > 1:
@@ -515,6 +520,8 @@ class _FunctionLowering:
                                  f"{bound.type}: {print_ir(bound)}")
         notes = [f"{k} {v}" for k, v in (("parallel", s.parallel), ("vectorize", s.vectorize),
                                            ("unroll", s.unroll)) if v]
+        if s.vectorize > 1 and s.masked_tail:
+            notes.append("masked tail")
         self.comment(f"for {var.name} in [{print_ir(s.start)}, {print_ir(s.end)})"
                      + (f"  ({', '.join(notes)})" if notes else ""))
         start = self.expr(s.start)

@@ -180,6 +180,7 @@ class For:
     parallel: str | None = None
     vectorize: int = 0  # preferred vector width hint; 0 = backend decides
     unroll: int = 0     # unroll factor hint; 0 = backend decides
+    masked_tail: bool = False  # with ``vectorize``: mask the last partial vector, no scalar remainder
 
 
 @dataclass(frozen=True)

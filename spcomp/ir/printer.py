@@ -120,7 +120,7 @@ class CPrinter:
         if s.parallel:
             notes.append(f"parallel: {s.parallel}")
         if s.vectorize:
-            notes.append(f"vectorize: {s.vectorize}")
+            notes.append(f"vectorize: {s.vectorize}" + (", masked tail" if s.masked_tail else ""))
         if s.unroll:
             notes.append(f"unroll: {s.unroll}")
         return f"  // {', '.join(notes)}" if notes else ""

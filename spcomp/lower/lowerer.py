@@ -702,9 +702,8 @@ class Lowerer:
                 if member:
                     e.team = None
                 return self._body(i, rest, expr, sink, e, coord, depth)
-            loop = it.loop(coord, body)
-            if not self._gathers(expr, k[0], i):
-                loop = self._vector_hint(loop, sink, rest)
+            loop = self._vector_hint(it.loop(coord, body), sink, rest,
+                                     gathers=self._gathers(expr, k[0], i))
             loop = self._user_hints(loop, i)
             if member:
                 loop = self._mark_member(loop, member)
@@ -902,21 +901,25 @@ class Lowerer:
     @staticmethod
     def _gathers(expr, iterated, i) -> bool:
         """Whether a loop over ``iterated``'s stored coordinates of ``i`` reads another
-        operand at those coordinates: an indirect load per entry (SpMV's ``x[j]``).
-        Such loops stay scalar: LLVM's unrolled scalar loop beats its gather loop
-        (measured on Zen 4, float32 SpMV 1.47x vs 1.06x SciPy; docs/performance.md)."""
+        operand at those coordinates: an indirect load per entry (SpMV's ``x[j]``)."""
         return any(i in acc.indices for acc in accesses(expr) if acc is not iterated)
 
-    def _vector_hint(self, stmts, sink, rest):
+    def _vector_hint(self, stmts, sink, rest, gathers=False):
         """Let the innermost loop of a reduction be vectorised: the hint allows
-        LLVM to reassociate the float sum (deterministic for a given kernel)."""
+        LLVM to reassociate the float sum (deterministic for a given kernel).
+
+        A loop that gathers (SpMV's ``x[crd[p]]``) runs 8 lanes with its last partial
+        vector masked: its trip count is a row's length, often below LLVM's unrolled
+        vector body (32 entries), whose scalar remainder loop then did all the work.
+        Masked, a 20-entry row is three vector iterations (float64 SpMV 1.06x -> 1.35x
+        SciPy on one thread of an AVX-512 Xeon; docs/performance.md)."""
         if rest or not isinstance(sink, ScalarSink):
             return stmts
-        width = 8 if self.compute == F32 else 4
+        width = 8 if gathers or self.compute == F32 else 4
         out = []
         for s in stmts:
             if isinstance(s, n.For) and not any(isinstance(x, (n.For, n.While)) for x in s.body.body):
-                s = dataclasses.replace(s, vectorize=width)
+                s = dataclasses.replace(s, vectorize=width, masked_tail=gathers)
             out.append(s)
         return out
 
