@@ -512,3 +512,42 @@ def test_bfloat16_ndarray_converted_to_another_layout():
     k = spcomp.compile("Y[j,i] = A[i,j]", dtype="bfloat16")
     out = np.asarray(k(A=A), np.float32)
     np.testing.assert_array_equal(out, A.T.astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_register_blocked_spmm_is_bitwise_the_unblocked_nest(dtype):
+    """SpMM's dense k loop runs in blocks whose output row stays in registers across
+    the sparse j loop (lower/regblock.py), plus a remainder loop. Every K around the
+    block width (and a row with no entries, and += into a given output) gives the
+    bitwise result of the unblocked nest, which a vectorize hint on k keeps, and
+    matches einsum."""
+    blocked = spcomp.compile("Y[i,k] = A[i,j] * X[j,k]", formats={"A": "csr"}, dtype=dtype)
+    plain = spcomp.compile("Y[i,k] = A[i,j] * X[j,k]", formats={"A": "csr"}, dtype=dtype,
+                           schedule=spcomp.Schedule().vectorize("k", 4))
+    width = 64 if dtype == "float32" else 32
+    assert f"k in blocks of {width}" in blocked.ir and "blocks of" not in plain.ir
+    adding = spcomp.compile("Y[i,k] += A[i,j] * X[j,k]", formats={"A": "csr"}, dtype=dtype)
+    assert "blocks of" in adding.ir
+    rng = np.random.default_rng(11)
+    A = sp.random(30, 25, density=0.3, format="csr", random_state=rng, dtype=dtype)
+    A = sp.csr_matrix(A.multiply(np.arange(30)[:, None] % 7 != 3))  # empty rows
+    for K in (0, 1, width - 1, width, width + 1, 2 * width + 5):
+        X = rng.standard_normal((25, K)).astype(dtype)
+        got = blocked(A=A, X=X)
+        np.testing.assert_array_equal(got, plain(A=A, X=X))
+        np.testing.assert_allclose(got, np.einsum("ij,jk->ik", A.toarray(), X),
+                                   rtol=1e-5 if dtype == "float32" else 1e-12, atol=1e-5)
+        Y0 = rng.standard_normal((30, K)).astype(dtype)
+        Y = Y0.copy()
+        adding(A=A, X=X, Y=Y)
+        np.testing.assert_allclose(Y, Y0 + got, rtol=1e-5 if dtype == "float32" else 1e-12, atol=1e-5)
+
+
+def test_register_blocking_is_cpu_only_and_skips_user_hinted_loops():
+    """The GPU lowering keeps the plain nest (a thread has no vector registers to
+    fill); a user's unroll hint on k keeps it too."""
+    gpu = spcomp.compile("Y[i,k] = A[i,j] * X[j,k]", formats={"A": "csr"}, backend="cuda-sim")
+    assert "blocks of" not in gpu.ir
+    hinted = spcomp.compile("Y[i,k] = A[i,j] * X[j,k]", formats={"A": "csr"},
+                            schedule=spcomp.Schedule().unroll("k", 2))
+    assert "blocks of" not in hinted.ir

@@ -35,6 +35,7 @@ from .blas import offload
 from . import split as split_mod
 from .order import access_chain, choose_order
 from .split import SplitPiece
+from .regblock import block_rows
 from .outputs import AppendSink, DenseSink, ScalarSink, WorkspaceSink
 
 TEMP_FORMAT = Format(())
@@ -365,6 +366,8 @@ class Lowerer:
             for g in self.gemms:
                 body += self._gemm(g)
             nest = self.nest(self.outer, self.expr, self.out_sink, env, depth=0)
+            if self.opt.parallel_kind == "threads":  # a GPU thread has no vector registers to fill
+                nest = block_rows(nest, self.fresh)
             body += _free_before_error_returns(nest, gemm_temps)
         if self.workspace:
             body += self.workspace["epilogue"]
