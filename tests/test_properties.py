@@ -118,6 +118,8 @@ def _features(stats, case, k, result):
     if any(t.format.levels and t.format.levels[-1].letter == "p" or any(l.letter == "p" for l in t.format.levels)
            for n, t in k.notation.tensors.items() if n != case.output):
         names.append("packed input")
+    if "blocks of" in k.ir:
+        names.append("register-blocked")
     if result.expected.size == 0:
         names.append("empty result")
     elif not np.any(result.expected):
@@ -161,6 +163,40 @@ def test_random_sparse_outputs_float64(outcome_stats):
 
     run()
     outcome_stats.assert_refusal_rate(0.2)
+
+
+# dense rows accumulated under a sparse loop: the shapes register blocking rewrites
+_ROW_ACCUMULATIONS = (
+    ("Y[i,w] = A[i,j] * B[j,w]", {"A": 2, "B": 2}),
+    ("Y[i,w] += A[i,j] * B[j,w]", {"A": 2, "B": 2}),
+    ("Y[i,w] = alpha * A[i,j] * (B[j,w] - C[j,w])", {"A": 2, "B": 2, "C": 2, "alpha": 0}),
+    ("Y[i,w] = A[i,j,l] * B[j,w] * C[l,w]", {"A": 3, "B": 2, "C": 2}),
+    ("Y[i,w] = relu(A[i,j]) * B[j,w] * c[w]", {"A": 2, "B": 2, "c": 1}),
+    ("Y[w] = a[j] * B[j,w]", {"a": 1, "B": 2}),
+)
+
+
+def test_random_row_accumulations_wide(outcome_stats):
+    """Register blocking (lower/regblock.py) runs a dense loop in blocks of 32
+    float64 / 64 float32 columns; the usual sizes (0-7) only reach its remainder
+    loop. Here SpMM/MTTKRP-shaped kernels with a random format for the sparse
+    operand, random dtype and a 0-130 wide ``w`` run the blocks, the remainder and
+    both, against einsum; the generic property tests cover every other shape."""
+
+    @_settings(80)
+    @given(st.data())
+    def run(data):
+        text, orders = data.draw(st.sampled_from(_ROW_ACCUMULATIONS), label="expression")
+        sparse = "a" if "a[j]" in text else "A"
+        fmt = data.draw(formats(orders[sparse]), label="format")
+        case = ExpressionCase(text, {sparse: fmt}, {"Y": 2 if "Y[i,w]" in text else 1, **orders})
+        dtype = data.draw(st.sampled_from(["float64", "float32"]), label="dtype")
+        width = data.draw(st.sampled_from([0, 1, 31, 32, 33, 63, 64, 65, 130]), label="w")
+        run_case(data, case, outcome_stats, dtype=dtype, sizes={"w": width})
+
+    run()
+    outcome_stats.assert_refusal_rate(0.2)
+    assert outcome_stats.features["register-blocked"] > 10, outcome_stats.summary()
 
 
 def test_random_kernels_explicit_drop_zeros(outcome_stats):
