@@ -576,6 +576,7 @@ inline float __int_as_float(int u) { float f; memcpy(&f, &u, 4); return f; }
 inline int __float_as_int(float f) { int u; memcpy(&u, &f, 4); return u; }
 inline double __longlong_as_double(long long u) { double f; memcpy(&f, &u, 8); return f; }
 inline long long __double_as_longlong(double f) { long long u; memcpy(&u, &f, 8); return u; }
+inline int __ffsll(long long x) { return __builtin_ffsll(x); }
 inline float __expf(float x) { return expf(x); }
 inline float __logf(float x) { return logf(x); }
 inline float __fdividef(float a, float b) { return a / b; }

@@ -339,6 +339,19 @@ def test_intrinsics(t, dtype, rtol):
         np.testing.assert_allclose(got, want.astype(dtype), rtol=rtol, atol=0, err_msg=name)
 
 
+def test_ctz_intrinsic_on_i64_including_the_sign_bit():
+    """``ctz`` (lowest set bit of a nonzero i64, for the workspace bitmaps) is LLVM's
+    cttz; bit 63 (a negative word) and single high bits included. A float or i32
+    argument is refused."""
+    cm = compile_module(Module((elementwise("lowbit", I64, I64, lambda e: Call("ctz", (e,), I64)),)))
+    x = np.array([1, 2, 3, 8, 12, 1 << 40, (1 << 62) + (1 << 5), -(1 << 63), -1, -2, 7 << 60],
+                 dtype=np.int64)
+    want = np.array([(int(v) & -int(v)).bit_length() - 1 for v in x.tolist()], dtype=np.int64)
+    np.testing.assert_array_equal(run_elementwise(cm, "lowbit", x, np.int64), want)
+    with pytest.raises(KernelIRError, match="ctz"):
+        compile_module(Module((elementwise("bad", I32, I32, lambda e: Call("ctz", (e,), I32)),)))
+
+
 def test_casts():
     pairs = [(F64, I32), (F32, I64), (I32, F64), (I64, F32), (I32, I64), (I64, I8), (I16, I32),
              (F32, F64), (F64, F32), (I32, BOOL), (F64, BOOL), (BOOL, I32), (BOOL, F32)]

@@ -187,6 +187,9 @@ __device__ __forceinline__ uint16_t spc_f32_to_bf16(float f) {  // round to near
 #define SPC_INFINITY_F64 __longlong_as_double(0x7ff0000000000000LL)
 #define SPC_NAN_F64 __longlong_as_double(0x7ff8000000000000LL)
 
+// index of the lowest set bit of a nonzero word (workspace bitmaps)
+__device__ __forceinline__ int64_t spc_ctz(int64_t x) { return (int64_t)__ffsll((long long)x) - 1; }
+
 template <typename T> __device__ __forceinline__ T spc_min(T a, T b) { return b < a ? b : a; }
 template <typename T> __device__ __forceinline__ T spc_max(T a, T b) { return a < b ? b : a; }
 template <> __device__ __forceinline__ float spc_min<float>(float a, float b) { return fminf(a, b); }
@@ -410,6 +413,11 @@ class CudaEmitter(CPrinter):
             if shared is not None:  # a staged loop's entry: read the block's shared copy
                 return f"{shared[0]}[{shared[1]}]"
         return super().expr_Load(e)
+
+    def expr_Call(self, e: n.Call) -> str:
+        if e.func in n.INT_INTRINSICS:
+            return f"spc_{e.func}({self.expr(e.args[0])})"
+        return super().expr_Call(e)
 
     def expr_Binary(self, e: n.Binary) -> str:
         a, b = self.expr(e.lhs), self.expr(e.rhs)

@@ -103,11 +103,14 @@ class Unary:
 
 
 INTRINSICS = ("exp", "log", "sqrt", "abs", "tanh", "erf")
+# on an i64: the index of its lowest set bit (the argument is never 0), to walk bitmaps
+INT_INTRINSICS = ("ctz",)
 
 
 @dataclass(frozen=True)
 class Call:
-    """A math intrinsic on a float value: one of :data:`INTRINSICS`."""
+    """A math intrinsic on a float value (one of :data:`INTRINSICS`) or an integer
+    one on an ``i64`` (:data:`INT_INTRINSICS`)."""
     func: str
     args: tuple
     type: ScalarType

@@ -39,9 +39,10 @@ from .regblock import block_rows
 from .outputs import AppendSink, DenseSink, ScalarSink, WorkspaceSink
 
 TEMP_FORMAT = Format(())
-# a workspace row with more than 1/SCAN_RATIO of its coordinates touched is
-# drained by scanning its marks instead of sorting the touched list
-SCAN_RATIO = 16
+# a workspace row whose bitmap has at most SCAN_WORDS words per touched coordinate
+# is drained in order by scanning the bitmap (lowest set bit first) instead of
+# sorting the touched list: 64 coordinates per word cost one load and a test
+SCAN_WORDS = 16
 # the loops a team-per-iteration mapping splits among its members
 TEAM_MEMBERS = {"gpu-warp": "gpu-lane", "gpu-block": "gpu-thread"}
 
@@ -459,16 +460,19 @@ class Lowerer:
             raise UnsupportedError("internal: workspace not needed")
         size = self.sizes[last]
         values = n.Var(self.fresh("workspace"), ptr(self.compute))
-        marks = n.Var(self.fresh("workspace_marks"), ptr(I32))
+        bits = n.Var(self.fresh("workspace_bits"), ptr(I64))
+        words = n.Var(self.fresh("workspace_words"), I64)
         touched = n.Var(self.fresh("workspace_list"), ptr(I64))
         count = n.Var(self.fresh("workspace_count"), I64)
         return {
-            "index": last, "values": values, "marks": marks, "touched": touched, "count": count,
-            "prologue": [n.Comment(f"workspace: a dense row over {last.name} and the list of touched coordinates"),
+            "index": last, "values": values, "bits": bits, "words": words, "touched": touched, "count": count,
+            "prologue": [n.Comment(f"workspace: a dense row over {last.name}, a bitmap of the touched "
+                                   "coordinates and their list"),
+                         n.Declare(words, n.Binary("/", n.Binary("+", size, n.i64(63)), n.i64(64))),
                          n.Allocate(values, n.Binary("max", size, n.i64(1)), zero=True),
-                         n.Allocate(marks, n.Binary("max", size, n.i64(1)), zero=True),
+                         n.Allocate(bits, n.Binary("max", words, n.i64(1)), zero=True),
                          n.Allocate(touched, n.Binary("max", size, n.i64(1)), zero=False)],
-            "epilogue": [n.Free(values), n.Free(marks), n.Free(touched)],
+            "epilogue": [n.Free(values), n.Free(bits), n.Free(touched)],
             "start": first_scatter,
         }
 
@@ -582,10 +586,10 @@ class Lowerer:
         self._note(depth, f"workspace over {last.name}:")
         stmts = [n.Declare(c, n.i64(0))]
         symbolic = getattr(self.out_sink, "symbolic", False)  # a count phase needs no values
-        inner = WorkspaceSink(None if symbolic else w["values"], w["marks"], w["touched"], c, last)
+        inner = WorkspaceSink(None if symbolic else w["values"], w["bits"], w["touched"], c, last)
         stmts += self.nest(order, expr, inner, env.child(), depth + 1)
-        # drain in coordinate order: sort the touched list, or scan the marks when
-        # so many coordinates were touched that a linear pass is cheaper
+        # drain in coordinate order: scan the bitmap when it is short enough for the
+        # number of touched coordinates, else sort the touched list
         value = n.Var(self.fresh("v"), self.compute)
 
         def drain(coord):
@@ -593,28 +597,39 @@ class Lowerer:
             drain_env.bound[last] = coord
             body = [n.Declare(value, n.Load(w["values"], coord)),
                     n.Store(w["values"], coord, n.const(0, self.compute))] if not symbolic else []
-            body.append(n.Store(w["marks"], coord, n.Const(0, I32)))
             body += self.out_sink.enter(last, drain_env)
             body += self.out_sink.innermost(value, drain_env)
             body += self.out_sink.exit(last, drain_env)
             return body
-        t = n.Var(self.fresh("k"), I64)
-        coord = n.Var(self.fresh(last.name), I64)
-        scan = n.Var(self.fresh(last.name), I64)
-        by_sort = n.block(n.Sort(w["touched"], n.i64(0), c),
-                          n.For(t, n.i64(0), c, n.block(n.Declare(coord, n.Load(w["touched"], t)),
-                                                          *drain(coord))))
-        by_scan = n.block(n.For(scan, n.i64(0), self.sizes[last], n.block(
-            n.If(n.Binary("!=", n.Load(w["marks"], scan), n.Const(0, I32)), n.block(*drain(scan))))))
+
+        def from_list():
+            t = n.Var(self.fresh("k"), I64)
+            coord = n.Var(self.fresh(last.name), I64)
+            return n.For(t, n.i64(0), c, n.block(
+                n.Declare(coord, n.Load(w["touched"], t)),
+                n.Store(w["bits"], n.Binary(">>", coord, n.i64(6)), n.i64(0)),  # its whole word: all drained
+                *drain(coord)))
         if not self.lhs.tensor.format.levels[-1].ordered or getattr(self.out_sink, "order_free", False):
             # an unordered output level takes the coordinates as they were touched
             self._note(depth, f"append the workspace's {last.name} as touched (unordered output)")
-            stmts.append(n.For(t, n.i64(0), c, n.block(n.Declare(coord, n.Load(w["touched"], t)),
-                                                      *drain(coord))))
+            stmts.append(from_list())
             return stmts
-        dense_enough = n.Binary(">", n.Binary("*", c, n.i64(SCAN_RATIO)), self.sizes[last])
+        word_at, word, low = (n.Var(self.fresh(x), I64) for x in ("word_at", "word", "low"))
+        coord = n.Var(self.fresh(last.name), I64)
+        by_scan = n.block(n.For(word_at, n.i64(0), w["words"], n.block(
+            n.Declare(word, n.Load(w["bits"], word_at)),
+            n.If(n.Binary("!=", word, n.i64(0)), n.block(
+                n.Store(w["bits"], word_at, n.i64(0)),
+                n.While(n.Binary("!=", word, n.i64(0)), n.block(
+                    n.Declare(low, n.Call("ctz", (word,), I64)),
+                    n.Declare(coord, n.Binary("+", n.Binary("*", word_at, n.i64(64)), low)),
+                    *drain(coord),
+                    # clear that bit (subtracting the lowest set bit never overflows)
+                    n.Assign(word, n.Binary("-", word, n.Binary("<<", n.i64(1), low))))))))))
+        by_sort = n.block(n.Sort(w["touched"], n.i64(0), c), from_list())
+        short_enough = n.Binary("<=", w["words"], n.Binary("*", c, n.i64(SCAN_WORDS)))
         self._note(depth, f"append the workspace's {last.name} in order")
-        stmts.append(n.If(dense_enough, by_scan, by_sort))
+        stmts.append(n.If(short_enough, by_scan, by_sort))
         return stmts
 
     # --------------------------------------------------------------- loops

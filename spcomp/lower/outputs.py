@@ -331,16 +331,18 @@ class WorkspaceSink(Sink):
     """Scatter into a dense row of the output's last dimension, remembering
     which coordinates were touched; the lowerer drains it in order."""
 
-    def __init__(self, values, marks, touched, count, index):
+    def __init__(self, values, bits, touched, count, index):
         # values None: only which coordinates are touched matters (a count phase)
-        self.values, self.marks, self.touched, self.count = values, marks, touched, count
+        self.values, self.bits, self.touched, self.count = values, bits, touched, count
         self.index = index
 
     def innermost(self, value, env):
         c = env.bound[self.index]
+        word_at = n.Binary(">>", c, n.i64(6))
+        bit = n.Binary("<<", n.i64(1), n.Binary("&", c, n.i64(63)))
         out = [
-            n.If(n.Binary("==", n.Load(self.marks, c), n.Const(0, I32)), n.block(
-                n.Store(self.marks, c, n.Const(1, I32)),
+            n.If(n.Binary("==", n.Binary("&", n.Load(self.bits, word_at), bit), n.i64(0)), n.block(
+                n.Store(self.bits, word_at, n.Binary("|", n.Load(self.bits, word_at), bit)),
                 n.Store(self.touched, self.count, c),
                 n.Assign(self.count, _add(self.count, n.i64(1))))),
         ]
