@@ -597,7 +597,7 @@ class Kernel:
         fn = variant.function
         n = _parallel_extent(low, sizes)
         pos = self._balance_pos(low, storages)
-        work = self._work(n, pos, sizes)
+        work = self._work(n, pos, sizes, low, storages)
         run_ranges = _threads.run_ranges
 
         def call(lo, hi):
@@ -619,9 +619,21 @@ class Kernel:
         return t.levels[level].get("pos")
 
     @staticmethod
-    def _work(n, pos, sizes) -> int:
+    def _work(n, pos, sizes, low=None, storages=None) -> int:
+        """Work units of a call: with a balancing pos array, rows + its nonzeros times
+        what each nonzero's nested loops cost (``Lowered.work_scale``); else the
+        dense iteration space."""
         if pos is not None:
-            return n + (int(pos[-1]) if len(pos) else 0)
+            per = 1.0
+            for kind, *what in getattr(low, "work_scale", ()) or ():
+                if kind == "size":
+                    per *= max(int(sizes.get(what[0], 1)), 1)
+                    continue
+                t = storages.get(what[0]) if storages is not None else None
+                inner = t.levels[what[1]].get("pos") if t is not None and not isinstance(t, _Dense) else None
+                if inner is not None and len(inner) > 1:
+                    per *= max(int(inner[-1]) / (len(inner) - 1), 1.0)
+            return n + int((int(pos[-1]) if len(pos) else 0) * per)
         work = 1  # no nonzero count to go by: the loop nest's dense iteration space bounds it
         for v in sizes.values():
             work *= max(int(v), 1)
@@ -632,7 +644,7 @@ class Kernel:
         n = _parallel_extent(low, sizes)
         if n < 2 or _threads.get_num_threads() <= 1:
             return False
-        return self._work(n, self._balance_pos(low, storages), sizes) >= _threads.MIN_PARALLEL_WORK
+        return self._work(n, self._balance_pos(low, storages), sizes, low, storages) >= _threads.MIN_PARALLEL_WORK
 
     def _launch(self, variant, args, lohi, low, sizes, storages):
         """(function, arguments) that run the whole call from this thread: the kernel
@@ -643,7 +655,7 @@ class Kernel:
         n = _parallel_extent(low, sizes)
         cpu = self._backend.name == "cpu"
         pos = self._balance_pos(low, storages) if cpu and n >= 2 else None
-        if not cpu or n < 2 or self._work(n, pos, sizes) < _threads.MIN_PARALLEL_WORK:
+        if not cpu or n < 2 or self._work(n, pos, sizes, low, storages) < _threads.MIN_PARALLEL_WORK:
             # the GPU grid covers the whole range; small CPU work runs on this thread
             a = list(args)
             a[lohi], a[lohi + 1] = 0, n

@@ -263,3 +263,37 @@ def test_64_bit_indices(monkeypatch):
         r = check_kernel(SPGEMM, CSR3, sizes=SIZES, density=0.3)
     assert r.result.levels[1]["pos"].dtype == np.int64
     assert r.kernel._variants[64].lowered.assembly is not None
+
+
+def test_spgemm_work_counts_the_rows_of_B_each_nonzero_walks(monkeypatch):
+    """The runtime's work estimate multiplies each balanced nonzero by what its nested
+    loops cost (``Lowered.work_scale``): for SpGEMM the mean row length of B. A
+    product whose rows + nnz(A) is far under the threshold, but whose multiply-adds
+    are over it, splits on two threads, with the bits of the one-thread result;
+    SpMV of the same A (no nested loop) does not split."""
+    rng = np.random.default_rng(4)
+    A = sp.random(4000, 4000, density=0.002, format="csr", random_state=rng, dtype=np.float64)
+    B = sp.random(4000, 4000, density=0.02, format="csr", random_state=rng, dtype=np.float64)
+    assert A.shape[0] + A.nnz < _threads.MIN_PARALLEL_WORK / 4
+    assert A.nnz * B.nnz / B.shape[0] > _threads.MIN_PARALLEL_WORK
+    k = spcomp.compile(SPGEMM, formats=CSR3)
+    assert k._variants[32].lowered.work_scale == (("avg", "B", 1),)
+    spmv = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"})
+    assert spmv._variants[32].lowered.work_scale == ()
+    split = []
+    real_bounds = spcomp.Kernel._bounds
+
+    def bounds(self, rows, nthreads, pos):
+        split.append(nthreads)
+        return real_bounds(self, rows, nthreads, pos)
+    monkeypatch.setattr(spcomp.Kernel, "_bounds", bounds)
+    with threads(2, _threads.MIN_PARALLEL_WORK):
+        two = k(A=A, B=B)
+        assert split == [2, 2]  # count and fill
+        split.clear()
+        spmv(A=A, x=np.ones(4000))
+        assert split == []
+    with threads(1, _threads.MIN_PARALLEL_WORK):
+        one = k(A=A, B=B)
+    assert_same_bits(one, two)
+    np.testing.assert_allclose(two.to_numpy(), (A @ B).toarray(), rtol=1e-12, atol=1e-12)

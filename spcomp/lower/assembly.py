@@ -277,7 +277,7 @@ def _build(lw):
     from ..notation import Assignment
     return Lowered(module=module, entry=fill_fn.name, bindings=fill_bindings, order=lw.order,
                    transposes=lw.transposes, output_shape="csf", growable=[], parallel=lw.parallel.name,
-                   balance=lw._balance(),
+                   balance=lw._balance(), work_scale=lw._work_scale(),
                    loops="\n".join(lw.loops_text + [f"(layout: {r})" for r in lw.dense_relayouts]),
                    notation=Assignment(lw.lhs, lw.rhs, lw.accumulate), warnings=lw.warnings,
                    assembly=TwoPhase(count_fn.name, fill_fn.name, count_bindings, d))

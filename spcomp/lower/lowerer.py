@@ -82,6 +82,7 @@ class Lowered:
     parallel_split: tuple | None = None  # (factor, outer?) when the parallel loop is a split piece
     assembly: object = None    # assembly.TwoPhase when the output is counted, then filled
     gpu_choice: object = None  # gpu_default.RowChoice: thread or warp per row, picked per call
+    work_scale: tuple = ()     # what multiplies a balanced nonzero's work (Lowerer._work_scale)
 
 
 def _idx(e):
@@ -381,7 +382,7 @@ class Lowerer:
                        transposes=self.transposes, output_shape=shape, growable=grow,
                        parallel=split_mod.base_of(self.parallel).name if self.parallel is not None else None,
                        parallel_split=split_mod.extent_rule(self.parallel),
-                       balance=self._balance(),
+                       balance=self._balance(), work_scale=self._work_scale(),
                        loops="\n".join([g.describe() for g in self.gemms] + self.loops_text
                                        + [f"(layout: {r})" for r in self.dense_relayouts]),
                        notation=Assignment(self.lhs, self.notation_rhs, self.accumulate), warnings=self.warnings,
@@ -544,6 +545,31 @@ class Lowerer:
             if fmt.levels[0].is_dense and "pos" in fmt.levels[1].arrays:
                 return (acc.tensor.name, 1)
         return None
+
+    def _work_scale(self):
+        """What one stored entry of the balanced level costs, as the loops nested
+        inside its loop: ("size", index) for a loop over a whole dimension, ("avg",
+        storage, level) for a loop over a compressed level (its mean segment length).
+        The runtime multiplies these to decide whether a call is worth splitting:
+        SpGEMM's nonzero of A walks a row of B, SpMM's walks K columns."""
+        balance = self._balance()
+        if balance is None:
+            return ()
+        name, level = balance
+        acc = next(a for a in accesses(self.rhs) if a.tensor.name == name)
+        walked_here = access_chain(acc)[level]
+        scale = []
+        for idx in self.loop_order[self.position[walked_here] + 1:]:
+            walked = None
+            for a in accesses(self.rhs):
+                chain = access_chain(a)
+                if idx in chain and a.tensor.format.levels:
+                    l = chain.index(idx)
+                    if l > 0 and "pos" in a.tensor.format.levels[l].arrays:
+                        walked = ("avg", a.tensor.name, l)
+                        break
+            scale.append(walked or ("size", split_mod.base_of(idx).name))
+        return tuple(scale)
 
     # ============================================================ the nest
     def nest(self, order, expr, sink, env: Env, depth: int) -> list:
