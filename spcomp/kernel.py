@@ -621,13 +621,16 @@ class Kernel:
     @staticmethod
     def _work(n, pos, sizes, low=None, storages=None) -> int:
         """Work units of a call: with a balancing pos array, rows + its nonzeros times
-        what each nonzero's nested loops cost (``Lowered.work_scale``); else the
-        dense iteration space."""
+        the mean length of the sparse segments each nonzero walks in its nested
+        loops (``Lowered.work_scale``, SpGEMM's rows of B); else the dense
+        iteration space. Nested dense loops are not counted: they run vectorised,
+        and counting them sent small weight-sparse FFN kernels (1536 rows, 256
+        tokens) to both cores, where OpenBLAS threads still spinning from a dense
+        GEMM next to them made their medians 2-5x worse (docs/performance.md)."""
         if pos is not None:
             per = 1.0
             for kind, *what in getattr(low, "work_scale", ()) or ():
-                if kind == "size":
-                    per *= max(int(sizes.get(what[0], 1)), 1)
+                if kind != "avg":
                     continue
                 t = storages.get(what[0]) if storages is not None else None
                 inner = t.levels[what[1]].get("pos") if t is not None and not isinstance(t, _Dense) else None

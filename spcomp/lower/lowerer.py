@@ -550,8 +550,8 @@ class Lowerer:
         """What one stored entry of the balanced level costs, as the loops nested
         inside its loop: ("size", index) for a loop over a whole dimension, ("avg",
         storage, level) for a loop over a compressed level (its mean segment length).
-        The runtime multiplies these to decide whether a call is worth splitting:
-        SpGEMM's nonzero of A walks a row of B, SpMM's walks K columns."""
+        The runtime multiplies the sparse ones to decide whether a call is worth
+        splitting (SpGEMM's nonzero of A walks a row of B)."""
         balance = self._balance()
         if balance is None:
             return ()
