@@ -248,47 +248,6 @@ template <typename T> __device__ void spc_sort_ascending(T* a, int64_t count) { 
 
 # ---------------------------------------------------------------- IR walking
 
-def _children(node):
-    """The statement and expression children of an IR node, in order."""
-    if isinstance(node, (n.Var, n.Const, n.Comment, n.Return)):
-        return ()
-    if isinstance(node, n.Load):
-        return (node.array, node.index)
-    if isinstance(node, n.Binary):
-        return (node.lhs, node.rhs)
-    if isinstance(node, n.Unary):
-        return (node.operand,)
-    if isinstance(node, n.Call):
-        return tuple(node.args)
-    if isinstance(node, n.Select):
-        return (node.cond, node.if_true, node.if_false)
-    if isinstance(node, n.Cast):
-        return (node.value,)
-    if isinstance(node, n.Declare):
-        return (node.var,) if node.init is None else (node.var, node.init)
-    if isinstance(node, n.Assign):
-        return (node.var, node.value)
-    if isinstance(node, (n.Store, n.AtomicAdd)):
-        return (node.array, node.index, node.value)
-    if isinstance(node, n.Block):
-        return tuple(node.body)
-    if isinstance(node, n.For):
-        return (node.var, node.start, node.end, node.body)
-    if isinstance(node, n.While):
-        return (node.cond, node.body)
-    if isinstance(node, n.If):
-        return (node.cond, node.then) + ((node.otherwise,) if node.otherwise is not None else ())
-    if isinstance(node, (n.Allocate, n.Reallocate)):
-        return (node.var, node.count)
-    if isinstance(node, n.Free):
-        return (node.var,)
-    if isinstance(node, n.Sort):
-        return (node.array, node.start, node.count)
-    if isinstance(node, n.Function):
-        return tuple(node.params) + (node.body,)
-    return ()
-
-
 def _walk(node, skip=()):
     """Every node under ``node`` (pre-order), skipping subtrees whose id is in ``skip``."""
     stack = [node]
@@ -297,7 +256,7 @@ def _walk(node, skip=()):
         if id(x) in skip:
             continue
         yield x
-        stack.extend(reversed(_children(x)))
+        stack.extend(reversed(n.children(x)))
 
 
 def _array_name(e) -> str:
@@ -341,7 +300,7 @@ def _first_parallel(node):
         if isinstance(x, n.For) and x.parallel:
             out.append(x)
             return
-        for c in _children(x):
+        for c in n.children(x):
             if not isinstance(c, (n.Var, n.Const, n.Load, n.Binary, n.Unary, n.Call, n.Select, n.Cast)):
                 visit(c)
     visit(node)
@@ -624,7 +583,7 @@ class CudaEmitter(CPrinter):
                     if loop.var.name not in free or ((free | start) - {loop.var.name}) & changed:
                         ok = False
                     keys.add((loop.var.name, loop.start, loop.parallel, node.index))
-            for c in _children(node):
+            for c in n.children(node):
                 visit(c, loop)
 
         visit(body, None)

@@ -303,3 +303,44 @@ def block(*stmts) -> Block:
         else:
             out.append(s)
     return Block(tuple(out))
+
+
+def children(node) -> tuple:
+    """The statement and expression children of an IR node, in order."""
+    if isinstance(node, (Var, Const, Comment, Return)):
+        return ()
+    if isinstance(node, Load):
+        return (node.array, node.index)
+    if isinstance(node, Binary):
+        return (node.lhs, node.rhs)
+    if isinstance(node, Unary):
+        return (node.operand,)
+    if isinstance(node, Call):
+        return tuple(node.args)
+    if isinstance(node, Select):
+        return (node.cond, node.if_true, node.if_false)
+    if isinstance(node, Cast):
+        return (node.value,)
+    if isinstance(node, Declare):
+        return (node.var,) if node.init is None else (node.var, node.init)
+    if isinstance(node, Assign):
+        return (node.var, node.value)
+    if isinstance(node, (Store, AtomicAdd)):
+        return (node.array, node.index, node.value)
+    if isinstance(node, Block):
+        return tuple(node.body)
+    if isinstance(node, For):
+        return (node.var, node.start, node.end, node.body)
+    if isinstance(node, While):
+        return (node.cond, node.body)
+    if isinstance(node, If):
+        return (node.cond, node.then) + ((node.otherwise,) if node.otherwise is not None else ())
+    if isinstance(node, (Allocate, Reallocate)):
+        return (node.var, node.count)
+    if isinstance(node, Free):
+        return (node.var,)
+    if isinstance(node, Sort):
+        return (node.array, node.start, node.count)
+    if isinstance(node, Function):
+        return tuple(node.params) + (node.body,)
+    return ()

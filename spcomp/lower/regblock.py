@@ -114,29 +114,13 @@ def _with_inner(body: n.Block, old: n.For, new: n.For) -> n.Block:
     return n.Block(tuple(new if s is old else s for s in body.body))
 
 
-def _children(e):
-    if isinstance(e, n.Load):
-        return (e.array, e.index)
-    if isinstance(e, n.Binary):
-        return (e.lhs, e.rhs)
-    if isinstance(e, n.Unary):
-        return (e.operand,)
-    if isinstance(e, n.Call):
-        return tuple(e.args)
-    if isinstance(e, n.Select):
-        return (e.cond, e.if_true, e.if_false)
-    if isinstance(e, n.Cast):
-        return (e.value,)
-    return ()
-
-
 def _uses(e, names) -> bool:
     if isinstance(e, n.Var):
         return e in names
-    return any(_uses(c, names) for c in _children(e))
+    return any(_uses(c, names) for c in n.children(e))
 
 
 def _loads_from(e, array) -> bool:
     if isinstance(e, n.Load) and e.array == array:
         return True
-    return any(_loads_from(c, array) for c in _children(e))
+    return any(_loads_from(c, array) for c in n.children(e))
