@@ -19,9 +19,10 @@ of an AVX-512 Xeon: 12.6 -> 10.4 ms; docs/performance.md).
 The rewrite applies to a loop ``L`` (not parallel) whose body is declarations of
 its own variables followed by one loop ``K`` whose body is a single accumulation
 ``Y[idx] = Y[idx] + v``, where ``K``'s bounds and ``idx`` (apart from ``K``'s
-variable) do not depend on ``L``, and nothing in ``L`` reads ``Y`` elsewhere. Each
-element of ``Y`` receives the same terms in the same order as before: the result
-is bitwise unchanged.
+variable, which it must use) do not depend on ``L``, and nothing in ``L`` reads
+``Y`` elsewhere. With ``idx`` naming a different element for each ``k`` (a row of
+``Y``: the lowerer's dense sinks), each element receives the same terms in the
+same order as before, so the result is bitwise unchanged.
 """
 from __future__ import annotations
 
@@ -83,6 +84,8 @@ def _blocked(outer: n.For, fresh) -> list | None:
         return None
     local = {outer.var} | {s.var for s in prelude}
     if any(_uses(e, local) for e in (inner.start, inner.end, store.index)):
+        return None
+    if not _uses(store.index, {inner.var}):  # one element for every k: a sum, not a row
         return None
     if any(_loads_from(e, store.array) for e in [value.rhs] + [s.init for s in prelude if s.init is not None]):
         return None
