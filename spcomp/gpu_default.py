@@ -109,8 +109,8 @@ def _team_lowering(notation, opt, kind, base):
 
 
 def _has_member(low, member: str) -> bool:
-    from .backends.cuda.emit import _walk
-    return any(getattr(x, "parallel", None) == member for x in _walk(low.module.function(low.entry).body))
+    from .ir.nodes import walk
+    return any(getattr(x, "parallel", None) == member for x in walk(low.module.function(low.entry).body))
 
 
 def _stages(low) -> bool:

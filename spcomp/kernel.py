@@ -619,7 +619,7 @@ class Kernel:
         return t.levels[level].get("pos")
 
     @staticmethod
-    def _work(n, pos, sizes, low=None, storages=None) -> int:
+    def _work(n, pos, sizes, low, storages) -> int:
         """Work units of a call: with a balancing pos array, rows + its nonzeros times
         the mean length of the sparse segments each nonzero walks in its nested
         loops (``Lowered.work_scale``, SpGEMM's rows of B); else the dense
@@ -629,11 +629,9 @@ class Kernel:
         GEMM next to them made their medians 2-5x worse (docs/performance.md)."""
         if pos is not None:
             per = 1.0
-            for kind, *what in getattr(low, "work_scale", ()) or ():
-                if kind != "avg":
-                    continue
-                t = storages.get(what[0]) if storages is not None else None
-                inner = t.levels[what[1]].get("pos") if t is not None and not isinstance(t, _Dense) else None
+            for name, level in low.work_scale:
+                t = storages.get(name)
+                inner = t.levels[level].get("pos") if t is not None and not isinstance(t, _Dense) else None
                 if inner is not None and len(inner) > 1:
                     per *= max(int(inner[-1]) / (len(inner) - 1), 1.0)
             return n + int((int(pos[-1]) if len(pos) else 0) * per)

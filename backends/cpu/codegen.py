@@ -822,8 +822,8 @@ class _FunctionLowering:
         if e.func in n.INT_INTRINSICS:
             if t != I64 or len(e.args) != 1 or e.args[0].type != I64:
                 raise self.error(f"intrinsic {e.func} takes and returns one i64", e)
-            fn = self.ml.external("llvm.cttz.i64", ir.IntType(64), [ir.IntType(64), ir.IntType(1)])
-            return self.b.call(fn, [self.expr(e.args[0]), ir.Constant(ir.IntType(1), 1)], name=e.func)
+            fn = self.ml.external("llvm.cttz.i64", I64_T, [I64_T, I1_T])
+            return self.b.call(fn, [self.expr(e.args[0]), ir.Constant(I1_T, 1)], name=e.func)
         if e.func not in n.INTRINSICS:
             raise self.error(f"unknown intrinsic {e.func!r}", e)
         if t not in (F32, F64):

@@ -248,17 +248,6 @@ template <typename T> __device__ void spc_sort_ascending(T* a, int64_t count) { 
 
 # ---------------------------------------------------------------- IR walking
 
-def _walk(node, skip=()):
-    """Every node under ``node`` (pre-order), skipping subtrees whose id is in ``skip``."""
-    stack = [node]
-    while stack:
-        x = stack.pop()
-        if id(x) in skip:
-            continue
-        yield x
-        stack.extend(reversed(n.children(x)))
-
-
 def _array_name(e) -> str:
     return e.name if isinstance(e, n.Var) else "?"  # '?': an address we cannot name
 
@@ -266,7 +255,7 @@ def _array_name(e) -> str:
 def _accesses(node, skip=()):
     """(arrays loaded, arrays written) under ``node``, by name."""
     loads, writes = set(), set()
-    for x in _walk(node, skip):
+    for x in n.walk(node, skip):
         if isinstance(x, n.Load):
             loads.add(_array_name(x.array))
         elif isinstance(x, (n.Store, n.AtomicAdd)):
@@ -280,7 +269,7 @@ def _accesses(node, skip=()):
 def _declared(node) -> set:
     """Names a statement declares (Declare, For variables, Allocate), itself included."""
     out = set()
-    for x in _walk(node):
+    for x in n.walk(node):
         if isinstance(x, (n.Declare, n.Allocate)):
             out.add(x.var.name)
         elif isinstance(x, n.For):
@@ -289,7 +278,7 @@ def _declared(node) -> set:
 
 
 def _arrays_in(node):
-    return [x.array for x in _walk(node) if isinstance(x, (n.Load, n.Store, n.AtomicAdd, n.Sort))]
+    return [x.array for x in n.walk(node) if isinstance(x, (n.Load, n.Store, n.AtomicAdd, n.Sort))]
 
 
 def _first_parallel(node):
@@ -507,7 +496,7 @@ class CudaEmitter(CPrinter):
         return out
 
     def _has_effects(self, s) -> bool:
-        for x in _walk(s):
+        for x in n.walk(s):
             if isinstance(x, (n.Store, n.AtomicAdd, n.Sort)) and not self._is_private(x.array):
                 return True
         return False
@@ -519,7 +508,7 @@ class CudaEmitter(CPrinter):
         if not self._has_effects(s):
             return False
         inner = _declared(s)
-        for x in _walk(s):
+        for x in n.walk(s):
             if isinstance(x, n.For) and x.parallel:
                 return False
             if isinstance(x, (n.Return, n.Allocate, n.Free, n.Reallocate)):
@@ -557,7 +546,7 @@ class CudaEmitter(CPrinter):
         body = self._ctx.body
         member_kinds = ("gpu-thread", "threads") if self._ctx.kind == "block" else ("gpu-lane",)
         changed = set()
-        for x in _walk(body):
+        for x in n.walk(body):
             if isinstance(x, (n.Declare, n.Assign, n.Allocate, n.Reallocate)):
                 changed.add(x.var.name)
             elif isinstance(x, n.For):
@@ -578,8 +567,8 @@ class CudaEmitter(CPrinter):
                 if loop is None or not isinstance(node, (n.Load, n.Store)):
                     ok = False
                 else:
-                    free = {v.name for v in _walk(node.index) if isinstance(v, n.Var)}
-                    start = {v.name for v in _walk(loop.start) if isinstance(v, n.Var)}
+                    free = {v.name for v in n.walk(node.index) if isinstance(v, n.Var)}
+                    start = {v.name for v in n.walk(loop.start) if isinstance(v, n.Var)}
                     if loop.var.name not in free or ((free | start) - {loop.var.name}) & changed:
                         ok = False
                     keys.add((loop.var.name, loop.start, loop.parallel, node.index))
@@ -706,7 +695,7 @@ class CudaEmitter(CPrinter):
         """{var name: (Var, op)} for the outer scalars a member loop accumulates."""
         inner = _declared(s.body) | {s.var.name}
         assigns: dict[str, list] = {}
-        for x in _walk(s.body):
+        for x in n.walk(s.body):
             if isinstance(x, n.Assign) and x.var.name not in inner:
                 assigns.setdefault(x.var.name, []).append(x)
         if not assigns:
@@ -722,9 +711,9 @@ class CudaEmitter(CPrinter):
                 v = a.value
                 op = None
                 if isinstance(v, n.Binary) and v.op in ("+", "min", "max"):
-                    if v.lhs == var and var not in set(_walk(v.rhs)):
+                    if v.lhs == var and var not in set(n.walk(v.rhs)):
                         op = v.op
-                    elif v.rhs == var and var not in set(_walk(v.lhs)):
+                    elif v.rhs == var and var not in set(n.walk(v.lhs)):
                         op = v.op
                 if op is None:
                     self._fail(f"{_fmt_loop(s)} assigns `{name}`, declared outside it, as `{name} = "
@@ -733,7 +722,7 @@ class CudaEmitter(CPrinter):
                 ops.add(op)
             if len(ops) > 1:
                 self._fail(f"{_fmt_loop(s)} accumulates `{name}` with different operators ({', '.join(sorted(ops))})")
-            uses = sum(1 for x in _walk(s.body) if x == var)
+            uses = sum(1 for x in n.walk(s.body) if x == var)
             if uses != 2 * len(list_):  # each accumulation names it twice: target and operand
                 self._fail(f"{_fmt_loop(s)} reads `{name}`, which its members accumulate: inside the loop each "
                            "member only holds a partial value")
@@ -798,7 +787,7 @@ class CudaEmitter(CPrinter):
         return f"{self.type_name(p.type)} {p.name}"
 
     def _check_structure(self, f: n.Function):
-        for x in [*f.params, *_walk(f.body)]:
+        for x in [*f.params, *n.walk(f.body)]:
             if isinstance(x, (n.Var, n.Declare, n.Allocate)):
                 name = x.name if isinstance(x, n.Var) else x.var.name
                 if name.startswith("spc_"):
@@ -809,8 +798,8 @@ class CudaEmitter(CPrinter):
                        "has no grid-wide barrier between them; lower them as separate functions")
         if grid:
             loop = grid[0]
-            for x in _walk(f.body, skip={id(loop)}):
-                if isinstance(x, (n.For, n.While)) and any(y is loop for y in _walk(x)):
+            for x in n.walk(f.body, skip={id(loop)}):
+                if isinstance(x, (n.For, n.While)) and any(y is loop for y in n.walk(x)):
                     self._fail(f"{_fmt_loop(loop)} sits inside a sequential loop: each of its rounds would need a "
                                "grid-wide barrier; lower the outer loop on the host (one launch per round)")
         return grid
@@ -847,7 +836,7 @@ def _readonly_params(f: n.Function) -> set:
     ptrs = {p.name for p in f.params if isinstance(p.type, PointerType)}
     seen: dict[str, int] = {}
     loaded: dict[str, int] = {}
-    for x in _walk(f.body):
+    for x in n.walk(f.body):
         if isinstance(x, n.Var) and x.name in ptrs:
             seen[x.name] = seen.get(x.name, 0) + 1
         elif isinstance(x, n.Load) and isinstance(x.array, n.Var) and x.array.name in ptrs:

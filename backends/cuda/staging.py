@@ -30,13 +30,8 @@ STAGE_ENTRIES = 64
 _MEMBER_KINDS = ("gpu-thread", "threads")
 
 
-def _walk(node):
-    from .emit import _walk as walk
-    return walk(node)
-
-
 def _vars(e) -> set:
-    return {x.name for x in _walk(e) if isinstance(x, n.Var)}
+    return {x.name for x in n.walk(e) if isinstance(x, n.Var)}
 
 
 def plan(loop: n.For, readonly: set) -> list | None:
@@ -48,7 +43,7 @@ def plan(loop: n.For, readonly: set) -> list | None:
     variable, or leaves the kernel (the chunk barriers need every thread)."""
     if loop.parallel:
         return None
-    body = list(_walk(loop.body))
+    body = list(n.walk(loop.body))
     if not any(isinstance(x, n.For) and x.parallel in _MEMBER_KINDS for x in body):
         return None
     if any(isinstance(x, n.For) and x.parallel and x.parallel not in _MEMBER_KINDS for x in body):
@@ -58,7 +53,7 @@ def plan(loop: n.For, readonly: set) -> list | None:
     changed = {x.var.name for x in body if isinstance(x, (n.Declare, n.Assign))}
     written = {x.array.name for x in body if isinstance(x, (n.Store, n.AtomicAdd, n.Sort))
                and isinstance(x.array, n.Var)}
-    end_loads = {x.array.name for x in _walk(loop.end) if isinstance(x, n.Load) and isinstance(x.array, n.Var)}
+    end_loads = {x.array.name for x in n.walk(loop.end) if isinstance(x, n.Load) and isinstance(x.array, n.Var)}
     if loop.var.name in changed or _vars(loop.end) & (changed | {loop.var.name}) or end_loads & written:
         return None
     arrays = []

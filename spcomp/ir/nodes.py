@@ -344,3 +344,14 @@ def children(node) -> tuple:
     if isinstance(node, Function):
         return tuple(node.params) + (node.body,)
     return ()
+
+
+def walk(node, skip=()):
+    """Every node under ``node`` (pre-order), skipping subtrees whose id is in ``skip``."""
+    stack = [node]
+    while stack:
+        x = stack.pop()
+        if id(x) in skip:
+            continue
+        yield x
+        stack.extend(reversed(children(x)))

@@ -82,7 +82,7 @@ class Lowered:
     parallel_split: tuple | None = None  # (factor, outer?) when the parallel loop is a split piece
     assembly: object = None    # assembly.TwoPhase when the output is counted, then filled
     gpu_choice: object = None  # gpu_default.RowChoice: thread or warp per row, picked per call
-    work_scale: tuple = ()     # what multiplies a balanced nonzero's work (Lowerer._work_scale)
+    work_scale: tuple = ()     # (storage, level) walked under each balanced nonzero (Lowerer._work_scale)
 
 
 def _idx(e):
@@ -547,11 +547,11 @@ class Lowerer:
         return None
 
     def _work_scale(self):
-        """What one stored entry of the balanced level costs, as the loops nested
-        inside its loop: ("size", index) for a loop over a whole dimension, ("avg",
-        storage, level) for a loop over a compressed level (its mean segment length).
-        The runtime multiplies the sparse ones to decide whether a call is worth
-        splitting (SpGEMM's nonzero of A walks a row of B)."""
+        """The compressed levels, as (storage, level), that the loops nested inside
+        the balanced level's loop walk: the runtime multiplies a balanced nonzero's
+        work by their mean segment lengths to decide whether a call is worth
+        splitting (SpGEMM's nonzero of A walks a row of B). Nested dense loops are
+        left out on purpose (Kernel._work says why)."""
         balance = self._balance()
         if balance is None:
             return ()
@@ -560,15 +560,13 @@ class Lowerer:
         walked_here = access_chain(acc)[level]
         scale = []
         for idx in self.loop_order[self.position[walked_here] + 1:]:
-            walked = None
             for a in accesses(self.rhs):
                 chain = access_chain(a)
                 if idx in chain and a.tensor.format.levels:
                     l = chain.index(idx)
                     if l > 0 and "pos" in a.tensor.format.levels[l].arrays:
-                        walked = ("avg", a.tensor.name, l)
+                        scale.append((a.tensor.name, l))
                         break
-            scale.append(walked or ("size", split_mod.base_of(idx).name))
         return tuple(scale)
 
     # ============================================================ the nest

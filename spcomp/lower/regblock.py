@@ -97,7 +97,7 @@ def _blocked(outer: n.For, fresh) -> list | None:
     rest = n.Var(fresh(inner.var.name + "_rest"), I64)
     w = n.i64(width)
     by_block = dataclasses.replace(outer, body=_with_inner(outer.body, inner, dataclasses.replace(
-        inner, start=first, end=n.Binary("+", first, w), unroll=0)))
+        inner, start=first, end=n.Binary("+", first, w))))
     remainder = dataclasses.replace(outer, body=_with_inner(outer.body, inner, dataclasses.replace(
         inner, start=rest)))
     return [
@@ -118,12 +118,8 @@ def _with_inner(body: n.Block, old: n.For, new: n.For) -> n.Block:
 
 
 def _uses(e, names) -> bool:
-    if isinstance(e, n.Var):
-        return e in names
-    return any(_uses(c, names) for c in n.children(e))
+    return any(isinstance(x, n.Var) and x in names for x in n.walk(e))
 
 
 def _loads_from(e, array) -> bool:
-    if isinstance(e, n.Load) and e.array == array:
-        return True
-    return any(_loads_from(c, array) for c in n.children(e))
+    return any(isinstance(x, n.Load) and x.array == array for x in n.walk(e))
