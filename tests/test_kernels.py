@@ -406,22 +406,31 @@ def test_kernel_inspection_strings_name_the_tensors():
     assert k.output_name == "y" and set(k.inputs) == {"W", "x"}
 
 
-def test_gather_loops_get_a_masked_tail_vector_hint():
+@pytest.mark.parametrize("fast_gathers", [True, False], ids=["fast-gathers", "slow-gathers"])
+def test_gather_loops_get_a_masked_tail_vector_hint(monkeypatch, fast_gathers):
     """A reduction loop that reads another operand at stored coordinates (x[j] in
     SpMV) is vectorised 8 wide with its last partial vector masked, and the LLVM
-    loop metadata says so; a reduction over contiguous data (the dense k loop of a
-    dot product) keeps the plain hint. Rows of every length from 0 to 19 (below,
-    at and across multiples of the width) still match einsum."""
-    spmv = spcomp.compile("y[i] = W[i,j] * x[j]", formats={"W": "csr"}, dtype="float32")
-    assert "vectorize: 8, masked tail" in spmv.ir
-    assert "llvm.loop.vectorize.predicate.enable" in spmv.source
-    rowsum = spcomp.compile("y[i] = W[i,j]", formats={"W": "csr"}, dtype="float32")
+    loop metadata says so, on a CPU with fast gathers; on one without (AMD Zen) it
+    gets no hint and stays scalar. A reduction over contiguous data (the dense k loop
+    of a row sum) keeps the plain hint either way. Rows of every length from 0 to 19
+    (below, at and across multiples of the width) still match einsum."""
+    monkeypatch.setattr("spcomp.backends.cpu.jit.host_gathers_fast", lambda: fast_gathers)
+    spcomp.clear_cache()
+    spmv = spcomp.compile("y[i] = W[i,j] * x[j]", formats={"W": "csr"}, dtype="float32",
+                          name=f"gathers_{fast_gathers}")
+    assert ("vectorize: 8, masked tail" in spmv.ir) == fast_gathers
+    assert ("llvm.loop.vectorize.predicate.enable" in spmv.source) == fast_gathers
+    if not fast_gathers:
+        assert "vectorize" not in spmv.ir and "llvm.loop.vectorize.enable" not in spmv.source
+    rowsum = spcomp.compile("y[i] = W[i,j]", formats={"W": "csr"}, dtype="float32",
+                            name=f"gathers_{fast_gathers}")
     assert "vectorize: 8" in rowsum.ir and "masked tail" not in rowsum.ir
     assert "predicate.enable" not in rowsum.source
     dots = spcomp.compile("y[i] = A[i,k] * B[i,k]", formats={"A": "csr", "B": "dense"},
-                          dtype="float64", schedule=spcomp.Schedule().no_blas())
-    assert "vectorize: 8, masked tail" in dots.ir  # B[i,k] is read at A's stored coordinates
-    sddmm = spcomp.compile("C[i,j] = S[i,j] * D[i,k] * E[k,j]", formats={"S": "csr", "C": "csr"})
+                          dtype="float64", schedule=spcomp.Schedule().no_blas(), name=f"gathers_{fast_gathers}")
+    assert ("vectorize: 8, masked tail" in dots.ir) == fast_gathers  # B[i,k] is read at A's stored coordinates
+    sddmm = spcomp.compile("C[i,j] = S[i,j] * D[i,k] * E[k,j]", formats={"S": "csr", "C": "csr"},
+                           name=f"gathers_{fast_gathers}")
     assert "vectorize: 4" in sddmm.ir and "masked tail" not in sddmm.ir
     rng = np.random.default_rng(3)
     rows = [np.sort(rng.choice(40, size=n, replace=False)) for n in range(20)]
@@ -431,10 +440,11 @@ def test_gather_loops_get_a_masked_tail_vector_hint():
                           shape=(20, 40))
         x = rng.standard_normal(40).astype(dtype)
         B = rng.standard_normal((20, 40)).astype(dtype)
-        k = spcomp.compile("y[i] = W[i,j] * x[j]", formats={"W": "csr"}, dtype=dtype)
+        k = spcomp.compile("y[i] = W[i,j] * x[j]", formats={"W": "csr"}, dtype=dtype,
+                           name=f"gathers_{fast_gathers}")
         np.testing.assert_allclose(k(W=W, x=x), np.einsum("ij,j->i", W.toarray(), x), rtol=rtol, atol=rtol)
         k = spcomp.compile("y[i] = A[i,k] * B[i,k]", formats={"A": "csr", "B": "dense"},
-                           dtype=dtype, schedule=spcomp.Schedule().no_blas())
+                           dtype=dtype, schedule=spcomp.Schedule().no_blas(), name=f"gathers_{fast_gathers}")
         np.testing.assert_allclose(k(A=W, B=B), np.einsum("ik,ik->i", W.toarray(), B), rtol=rtol, atol=rtol)
     np.testing.assert_allclose(rowsum(W=W.astype(np.float32)), W.toarray().sum(1), rtol=1e-5)
 

@@ -60,6 +60,7 @@ class Options:
     auto_precompute: bool = True
     auto_layout: bool = True          # copy dense inputs whose inner loop would stride
     blas: bool = False                # dense matrix products by a BLAS gemm call (blas.py)
+    vector_gathers: bool = True       # vectorise loops that gather (the CPU's gathers are fast)
     split: tuple = ()                 # (index, outer, inner, factor) per Schedule.split
     name: str = "kernel"
 
@@ -954,8 +955,13 @@ class Lowerer:
         vector masked: its trip count is a row's length, often below LLVM's unrolled
         vector body (32 entries), whose scalar remainder loop then did all the work.
         Masked, a 20-entry row is three vector iterations (float64 SpMV 1.06x -> 1.35x
-        SciPy on one thread of an AVX-512 Xeon; docs/performance.md)."""
+        SciPy on one thread of an AVX-512 Xeon; docs/performance.md). Where the CPU's
+        gather instructions are slow (AMD Zen: ``vector_gathers`` off) such a loop
+        gets no hint and stays a scalar loop, which measured fastest there (float64
+        SpMV 1.05x SciPy against 0.6-0.8x for every vector form on a Zen 4)."""
         if rest or not isinstance(sink, ScalarSink):
+            return stmts
+        if gathers and not self.opt.vector_gathers:
             return stmts
         width = 8 if gathers or self.compute == F32 else 4
         out = []
