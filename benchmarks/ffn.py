@@ -12,11 +12,15 @@ Variants (all float32, biases included where the model has them):
   dense          NumPy: x @ W.T through BLAS, activation in NumPy/SciPy
   weight-sparse  spcomp SparseFFN(mode="weight"): every FFN weight pruned by magnitude to
                  90 / 95 / 99 % sparsity, stored csr; kernels Y[t,o] += X[t,i]*W[o,i]
-  act-sparse     spcomp SparseFFN(mode="activation"): activation packed in twell(B=256,K=32).
-                 ReLU: the gate (or up) bias is shifted so that ReLU leaves 1 % / 0.5 % of each
-                 row nonzero (~56 / ~28 of 5632; ~15 / ~8 of 1536). GELU: top-k with k = 1 % / 0.5 %.
-                 The packed gate is one spcomp kernel whose matrix product spcomp hands to BLAS
-                 (Kernel.blas_calls); the fused up+down kernel reads H re-packed by columns.
+  act-sparse     spcomp SparseFFN(mode="activation"), default consume="auto" (by columns at
+                 256 tokens). ReLU: the gate (or up) bias is shifted so that ReLU leaves 1 % / 0.5 %
+                 of each row nonzero (~56 / ~28 of 5632; ~15 / ~8 of 1536); each thread runs the
+                 gate kernel on its weight slab (its matrix product handed to BLAS,
+                 Kernel.blas_calls), writing its columns of H compressed (dc:1,0), then the fused
+                 up+down kernel on those columns. GELU: top-k with k = 1 % / 0.5 %, packed in
+                 twell(B=256,K=32) and re-packed by columns for the consumer.
+  act-sparse twell rows  1b only: consume="rows", the TwELL layout end to end (gate writes
+                 twell(B=256,K=32) rows, the fused kernel reads them a token row at a time).
   (diagnostic)   1b only: the gate as a NumPy BLAS GEMM + relu, packed with Tensor.from_numpy,
                  then the spcomp fused kernel on twell rows: the peer of the spcomp path.
 
@@ -219,16 +223,24 @@ def bench_1b(T, rounds):
     for sp in (0.99, 0.995):
         ffn = SparseFFN.activation_sparse(wu, None, wd, None, w_gate=wg, b_gate=bias[sp], activation="relu")
         act[sp] = ffn
-        cases.append(Case(f"spcomp act-sparse {sp:.1%} gated relu twell", lambda ffn=ffn: ffn(x),
+        cases.append(Case(f"spcomp act-sparse {sp:.1%} gated relu", lambda ffn=ffn: ffn(x),
                           lambda b=bias[sp]: (relu(x64 @ wg.T + b) * (x64 @ wu.T)) @ wd.T.astype(np.float64)))
     ffn995 = act[0.995]
-    cases.append(Case("  of which: gate kernel -> twell", lambda: ffn995.activations(x), None,
-                      "H[t,n] = relu(X[t,k]*Wa[n,k] + ba[n]): product by BLAS sgemm, relu + pack in the nest"))
+    slabs = _gate_slabs(ffn995, x)
+    cases.append(Case("  of which: gate kernels -> dc:1,0", lambda: _gate_slabs(ffn995, x), None,
+                      "H[t,n] = relu(X[t,k]*Wa[n,k] + ba[n]) per weight slab and thread: BLAS sgemm, relu + pack"))
+    cases.append(Case("  of which: fused up+down kernels", lambda: _consume_slabs(ffn995, slabs, x), None,
+                      "O[t,d] += H[t,n]*(X[t,k]*Wu[n,k])*Wd[n,d] on each slab's columns, outputs summed"))
+    rows995 = SparseFFN.activation_sparse(wu, None, wd, None, w_gate=wg, b_gate=b995, activation="relu",
+                                          consume="rows")
+    cases.append(Case("spcomp act-sparse 99.5% twell rows", lambda: rows995(x),
+                      lambda: (relu(x64 @ wg.T + b995) * (x64 @ wu.T)) @ wd.T.astype(np.float64),
+                      "consume='rows': gate -> twell(B=256,K=32), fused kernel a token row at a time"))
     H995 = ffn995.activations(x)
-    cases.append(Case("  of which: fused up+down kernel", lambda: _fused_only(ffn995, H995, x), None,
-                      "O[t,d] += H[t,n]*(X[t,k]*Wu[n,k])*Wd[n,d], H re-packed by columns (dc:1,0)"))
-    cases.append(Case("  fused up+down reading twell rows", lambda: _fused_rows(ffn995, H995, x), None,
-                      "the same kernel on H as packed, a token row at a time"))
+    cases.append(Case("  of which: gate kernel -> twell", lambda: ffn995.activations(x), None,
+                      "the same gate writing twell rows (SparseFFN.activations)"))
+    cases.append(Case("  of which: fused up+down on twell rows", lambda: _fused_rows(ffn995, H995, x), None,
+                      "the fused kernel on H as packed, token rows split over threads"))
 
     cases.append(Case("(diagnostic) BLAS gate GEMM + relu only", lambda: relu(x @ wg.T + b995), None,
                       "NumPy: the peer of the gate kernel row"))
@@ -243,17 +255,45 @@ def bench_1b(T, rounds):
     run_rounds(cases, rounds)
     for sp, c in zip((0.99, 0.995), cases[4:6]):
         c.note = (f"activation sparsity {act[sp].sparsity:.4f} "
-                  f"({act[sp].last_nnz / T:.1f} nonzeros/row), K={act[sp].K}")
+                  f"({act[sp].last_nnz / T:.1f} nonzeros/row), H by columns (dc:1,0) per weight slab")
     rows += table(f"SparseLM-1B FFN (hidden {D}, FFN {F}, gated relu), {T} tokens", cases,
                   "\n(act-sparse rows: gate bias shifted for the sparsity; dense BLAS time does not "
                   "depend on bias values)")
     return rows
 
 
-def _fused_only(ffn, H, x):
-    out = np.zeros((x.shape[0], ffn.hidden), np.float32)
-    ffn._consume_by_columns(H, x, out)
-    return out
+def _gate_slabs(ffn, x):
+    """The first stage of the by-columns forward pass alone: each thread's gate kernel
+    on its weight slab, H compressed by columns."""
+    from spcomp.backends.cpu.blas import single_threaded_blas
+    from spcomp.nn.layers import _call, _dense_operand, _parallel, _threads
+    X = _dense_operand(x, "dense")
+    gate = ffn._gate_by_columns()
+    slabs = ffn._act_slabs(_threads())
+
+    def run(slab):
+        w, b = slab
+        return _call(gate, X=X, Wa=w, ba=b)
+    if len(slabs) == 1:
+        return [run(slabs[0])]
+    with single_threaded_blas():
+        return _parallel(run, slabs)
+
+
+def _consume_slabs(ffn, Hs, x):
+    """The second stage alone: the fused kernel on each slab's columns, outputs summed."""
+    from spcomp.nn.layers import COLUMN_MAJOR, _call, _dense_operand, _parallel, _threads
+    X = _dense_operand(x, "dense")
+    consumer = ffn._consumer({"H": COLUMN_MAJOR})
+    cuts = ffn._slab_cuts(_threads()) if len(Hs) > 1 else [(0, ffn.ffn)]
+    outs = [np.zeros((x.shape[0], ffn.hidden), np.float32) for _ in Hs]
+
+    def run(p):
+        lo, hi = cuts[p]
+        _call(consumer, H=Hs[p], X=X, Wu=ffn._wu_rows[lo:hi], Wd=ffn._wd_rows[lo:hi], O=outs[p])
+    _parallel(run, list(range(len(Hs))))
+    ffn._sum_outputs(outs[0], outs[1:])
+    return outs[0]
 
 
 def _fused_rows(ffn, H, x):

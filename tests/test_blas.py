@@ -58,6 +58,21 @@ def test_offloaded_kernel_shows_the_call():
     assert "G[t,n] = sum(k, X[t,k] * W[n,k])" in k.loops
 
 
+@pytest.mark.parametrize("fmt, temp", [("csr", "G[t,n]"), ("dc:1,0", "G[n,t]"), ("dense", "G[t,n]"),
+                                       ("dd:1,0", "G[n,t]")])
+def test_product_temporary_is_laid_out_as_the_output_is_stored(fmt, temp):
+    """The nest walks the output in its storage order (CSC: columns first), so the
+    product's temporary is stored that way too and the nest reads it row by row: a
+    column walk over a row-major temporary strides by its row length (on a
+    2816-column slab every access missed L1: the CSC gate measured 2 ms slower)."""
+    k = spcomp.compile("H[t,n] = relu(X[t,k]*W[n,k] + b[n])", formats={"H": fmt}, dtype="float32")
+    assert k.blas_calls[0].startswith(temp)
+    inner = k.ir[k.ir.index("for ("):]
+    assert (f"G_vals[((n * N_t) + t)]" if temp == "G[n,t]" else f"G_vals[((t * N_n) + n)]") in inner
+    check_kernel("H[t,n] = relu(X[t,k]*W[n,k] + b[n])", {"H": fmt}, dtype="float32",
+                 sizes={"t": 7, "n": 33, "k": 5}, density=1.0)
+
+
 # ------------------------------------------------------------ correctness
 
 LAYOUTS = ["dd", "dd:1,0"]
@@ -88,7 +103,7 @@ def matrix_products(draw):
         rhs = f"-2*{product}"
     else:
         rhs = product
-    formats["C"] = draw(st.sampled_from(["dense", "dd:1,0", "csr"]))
+    formats["C"] = draw(st.sampled_from(["dense", "dd:1,0", "csr", "dc:1,0"]))
     sizes = {i: draw(st.sampled_from([0, 1, 2, 5, 17])) for i in "ijkl"}
     return f"{lhs} = {rhs}", formats, sizes
 

@@ -165,7 +165,9 @@ def run_blocks(paths, workdir: Path) -> dict:
     comparable. Each block still gets a fresh namespace and its own cache directory.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONHASHSEED="0", SPCOMP_CACHE_DIR=str(workdir / "cache"))
+    # SPCOMP_VECTOR_GATHERS: SpMV's loop hint depends on the CPU (backends/cpu/jit.py);
+    # the printed kernels show the one a CPU with fast gathers gets
+    env = dict(os.environ, PYTHONHASHSEED="0", SPCOMP_CACHE_DIR=str(workdir / "cache"), SPCOMP_VECTOR_GATHERS="1")
     out = workdir / "results.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(workdir), *paths]
     proc = subprocess.run(cmd, env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=600)

@@ -406,6 +406,20 @@ def test_kernel_inspection_strings_name_the_tensors():
     assert k.output_name == "y" and set(k.inputs) == {"W", "x"}
 
 
+def test_vector_gathers_guess_and_its_override(monkeypatch):
+    """The gather policy follows the LLVM CPU name (AMD Zen: scalar) unless
+    SPCOMP_VECTOR_GATHERS says otherwise."""
+    from spcomp.backends.cpu import jit
+    monkeypatch.delenv("SPCOMP_VECTOR_GATHERS", raising=False)
+    assert jit.host_gathers_fast() == (not jit._get_host().cpu.startswith(jit.SLOW_GATHER_CPUS))
+    for value, fast in (("1", True), ("0", False)):
+        monkeypatch.setenv("SPCOMP_VECTOR_GATHERS", value)
+        assert jit.host_gathers_fast() is fast
+        from spcomp.api import options_from_schedule
+        opts = options_from_schedule(spcomp.Schedule(), None, "k", "cpu")
+        assert opts.vector_gathers is fast
+
+
 @pytest.mark.parametrize("fast_gathers", [True, False], ids=["fast-gathers", "slow-gathers"])
 def test_gather_loops_get_a_masked_tail_vector_hint(monkeypatch, fast_gathers):
     """A reduction loop that reads another operand at stored coordinates (x[j] in

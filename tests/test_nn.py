@@ -202,6 +202,53 @@ def test_gate_runs_one_weight_slab_per_thread_with_single_threaded_blas(data, th
     close(H.to_numpy(), relu(d["x64"] @ d["wg"].T + d["bg"]))
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("gated", [True, False])
+def test_relu_by_columns_packs_each_weight_slab_by_columns(data, threads, gated, monkeypatch):
+    """consume="columns" with a ReLU: each thread runs the gate on its weight slab
+    writing H compressed by columns (dc:1,0, no twell), then the consumer on those
+    columns with the matching rows of Wu/Wd; one BLAS thread per slab; the result
+    and the reported sparsity are the dense ones for any thread count."""
+    from spcomp.backends.cpu import blas
+    from spcomp.nn import layers
+    d = data
+    wg = d["wg"] if gated else None
+    bg = d["bg"] if gated else None
+    b1 = d["b1"] - (0 if gated else 0.8)
+    ffn = SparseFFN.activation_sparse(d["w1"], b1, d["w2"], d["b2"], w_gate=wg, b_gate=bg, B=64,
+                                      consume="columns")
+    fns = blas._openblas_thread_functions()
+    gates, consumers, blas_threads = [], [], []
+    real_call = layers._call
+
+    def spy(kernel, **ops):
+        out = real_call(kernel, **ops)
+        if kernel.blas_calls:
+            gates.append((ops["Wa"].shape[0], str(out.format)))
+            blas_threads.append(fns[0]() if fns else None)
+        elif "Wd" in ops:
+            consumers.append((ops["H"].shape[1], ops["Wd"].shape[0], str(ops["H"].format)))
+        return out
+    monkeypatch.setattr(layers, "_call", spy)
+    before = spcomp.get_num_threads()
+    spcomp.set_num_threads(threads)
+    try:
+        out = ffn(d["x"])
+    finally:
+        spcomp.set_num_threads(before)
+    slabs = min(threads, 5)                                   # F=300, B=64: 5 tiles
+    assert len(gates) == slabs and sum(rows for rows, _ in gates) == d["F"]
+    assert all(fmt == "dc:1,0" for _, fmt in gates)
+    assert sorted(c[:2] for c in consumers) == sorted((rows, rows) for rows, _ in gates)
+    assert all(c[2] == "dc:1,0" for c in consumers)
+    if fns and slabs > 1:
+        assert blas_threads == [1] * slabs
+    act = relu(d["x64"] @ (wg if gated else d["w1"]).T + (bg if gated else b1))
+    h = act * (d["x64"] @ d["w1"].T + b1) if gated else act
+    close(out, h @ d["w2"].T + d["b2"])
+    assert ffn.sparsity == pytest.approx(1 - np.count_nonzero(act) / act.size)
+
+
 def _topk_ref(a, k, by_magnitude=False):
     score = np.abs(a) if by_magnitude else a
     idx = np.argsort(-score, axis=1, kind="stable")[:, :k]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import struct
 import sys
 import threading
@@ -104,7 +105,13 @@ SLOW_GATHER_CPUS = ("znver", "bdver", "btver", "amdfam")
 
 
 def host_gathers_fast() -> bool:
-    """Whether loops that gather (``x[crd[p]]``) should be vectorised on this CPU."""
+    """Whether loops that gather (``x[crd[p]]``) should be vectorised on this CPU.
+
+    ``SPCOMP_VECTOR_GATHERS=1`` or ``0`` overrides the guess (for a CPU this table
+    does not know, and for printouts that must not depend on the machine)."""
+    forced = os.environ.get("SPCOMP_VECTOR_GATHERS", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
     return not _get_host().cpu.startswith(SLOW_GATHER_CPUS)
 
 

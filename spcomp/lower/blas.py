@@ -74,8 +74,10 @@ def _as_gemm(s: Sum, lhs: Access, dtype: str, name: str):
     free = [next(i for i in f.indices if i != k) for f in fs]
     if free[0] == free[1]:
         return None  # a batch index (row-wise dot products), not a matrix product
-    # the factor whose free index comes first in the output is A, so G is laid out like it
-    out = list(lhs.indices)
+    # the factor whose free index the output stores first is A, so G is laid out as
+    # the output is stored and the nest, which walks the output in its storage order
+    # (a CSC output: columns first), reads G row by row, not with a stride
+    out = [lhs.indices[level] for level in lhs.tensor.format.order]
     rank = [out.index(i) if i in out else len(out) for i in free]
     if rank[1] < rank[0]:
         fs, free = fs[::-1], free[::-1]

@@ -708,19 +708,24 @@ class SparseFFN:
         groups = _chunks(len(self.act_tiles), _threads())
         return [r for part in _parallel(run, groups) for r in part]
 
+    def _slab_cuts(self, parts: int) -> list:
+        """``[(lo, hi), ...]``: ``parts`` row ranges of the FFN width, each whole
+        B-row tiles (the last may be partial), none empty."""
+        tiles = -(-self.ffn // self.B)
+        cuts = [min(self.ffn, self.B * (tiles * p // parts)) for p in range(parts + 1)]
+        return [(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:]) if hi > lo]
+
     def _act_slabs(self, parts: int) -> list:
         """The activation weight (and bias) as ``parts`` row slabs of whole B-row
-        tiles, as Tensors (made once per thread count)."""
+        tiles (:meth:`_slab_cuts`), as Tensors (made once per thread count)."""
         from spcomp.runtime import Tensor
         if parts <= 1:
             return [self.act_whole]
         if parts not in self._slabs:
             w, b = self._w_act, self._b_act
-            tiles = -(-self.ffn // self.B)
-            cuts = [min(self.ffn, self.B * (tiles * p // parts)) for p in range(parts + 1)]
             self._slabs[parts] = [(Tensor.from_numpy(w[lo:hi], "dense", dtype=DTYPE),
                                    None if b is None else Tensor.from_numpy(b[lo:hi], "dense"))
-                                  for lo, hi in zip(cuts[:-1], cuts[1:]) if hi > lo]
+                                  for lo, hi in self._slab_cuts(parts)]
         return self._slabs[parts]
 
     def _packed_relu(self, X, T: int):
@@ -762,9 +767,12 @@ class SparseFFN:
 
     def _forward_activation(self, x: np.ndarray) -> np.ndarray:
         T = x.shape[0]
+        by_columns = self.consume == "columns" or (self.consume == "auto" and T >= COLUMNS_FROM_TOKENS)
+        if by_columns and self.sparsifier == "relu":
+            return self._forward_relu_columns(x)
         H, c = self._activations(x)
         out = _filled((T, self.hidden), TOKEN_MAJOR, self.b_down)
-        if self.consume == "columns" or (self.consume == "auto" and T >= COLUMNS_FROM_TOKENS):
+        if by_columns:
             self._consume_by_columns(H, x, out)
             if c is not None:
                 _call(self._compensation, c=_vector_operand(c), S=self._wd_colsum, O=out)
@@ -784,6 +792,61 @@ class SparseFFN:
                 _call(self._compensation, c=_vector_operand(c[lo:hi]), S=self._wd_colsum, O=out[lo:hi])
         _parallel(run, _row_ranges(T, _row_nnz(H)))
         return out
+
+    def _forward_relu_columns(self, x: np.ndarray) -> np.ndarray:
+        """The ReLU FFN with H compressed by columns, one weight slab per thread.
+
+        Each thread runs the gate kernel on its slab of the gate weight, writing its
+        columns of H as ``dc:1,0`` straight from the GEMM tile (no twell, no
+        re-pack), then the consumer on those columns into its own output; the
+        outputs are summed at the end. The slabs are the gate's (equal GEMM work);
+        the consumer's share follows the slab's nonzeros."""
+        T = x.shape[0]
+        X = _dense_operand(x, TOKEN_MAJOR)
+        gate = self._gate_by_columns()
+        consumer = self._consumer({"H": COLUMN_MAJOR})
+        parts = _threads()
+        cuts = self._slab_cuts(parts) if parts > 1 else [(0, self.ffn)]
+        slabs = self._act_slabs(parts)
+        out = _filled((T, self.hidden), TOKEN_MAJOR, self.b_down)
+        outputs = [out] + [np.zeros_like(out) for _ in cuts[1:]]
+
+        def run(p):
+            (lo, hi), (w, b) = cuts[p], slabs[p]
+            ops = {"X": X, "Wa": w}
+            if b is not None:
+                ops["ba"] = b
+            H = _call(gate, **ops)
+            ops = {"H": H, "Wd": self._wd_rows[lo:hi], "O": outputs[p]}
+            if self.gated:
+                ops["X"] = X
+                ops["Wu"] = self._wu_rows[lo:hi]
+                if self.b_up is not None:
+                    ops["bu"] = self.b_up[lo:hi]
+            _call(consumer, **ops)
+            return H.nnz
+
+        if len(cuts) == 1:
+            nnz = [run(0)]
+        else:
+            with single_threaded_blas():  # see _tile_calls: one BLAS thread per slab
+                nnz = _parallel(run, list(range(len(cuts))))
+        self.last_nnz = int(sum(nnz))
+        self.last_size = T * self.ffn
+        self._sum_outputs(out, outputs[1:])
+        return out
+
+    def _gate_by_columns(self):
+        """The ReLU activation kernel writing H compressed by columns (``dc:1,0``)."""
+        return _compile(self.act_expression.replace("A[t,n]", "H[t,n]"), {"H": COLUMN_MAJOR})
+
+    @staticmethod
+    def _sum_outputs(out: np.ndarray, parts: list) -> None:
+        # summed on this thread: a libgomp team woken for this small add would keep
+        # spinning afterwards and slow the next BLAS call (the next layer's gate)
+        add = _compile("O[t,d] += P[t,d]", schedule=spcomp.Schedule().sequential())
+        for part in parts:
+            _call(add, O=out, P=part)
 
     def _consume_by_columns(self, H, x: np.ndarray, out: np.ndarray) -> None:
         """The consumer with H re-packed by columns (``dc:1,0``): each stored column
@@ -813,8 +876,4 @@ class SparseFFN:
                     ops["bu"] = self.b_up[lo:hi]
             _call(consumer, **ops)
         _parallel(run, list(range(len(ranges))))
-        # summed on this thread: a libgomp team woken for this small add would keep
-        # spinning afterwards and slow the next BLAS call (the next layer's gate)
-        add = _compile("O[t,d] += P[t,d]", schedule=spcomp.Schedule().sequential())
-        for part in outputs[1:]:
-            _call(add, O=out, P=part)
+        self._sum_outputs(out, outputs[1:])
