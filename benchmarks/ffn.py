@@ -166,7 +166,7 @@ def bench_minilm(T, rounds):
                 bs = (b1 + shift).astype(np.float32)
                 ffn = SparseFFN.activation_sparse(w1, bs, w2, b2, activation="relu")
                 ref = (lambda bs=bs: relu(x64 @ w1.T + bs) @ w2.T + b2)
-                name = f"spcomp act-sparse {sp:.1%} relu twell"
+                name = f"spcomp act-sparse {sp:.1%} relu"
             else:
                 k = max(1, int(round((1 - sp) * F)))
                 ffn = SparseFFN.activation_sparse(w1, b1, w2, b2, activation="gelu", topk=k)
