@@ -11,11 +11,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.special import erf
 
 import spcomp
 from spcomp.nn import SparseFFN, SparseLinear, prune_magnitude
 from spcomp.nn import minilm
+
+from conftest import examples
 
 RTOL = 2e-5
 
@@ -38,7 +42,7 @@ ACT = {"gelu": gelu, "silu": silu, "relu": relu}
 def close(out, ref, rtol=RTOL):
     assert out.shape == ref.shape
     assert out.dtype == np.float32
-    scale = max(np.abs(ref).max(), 1.0)
+    scale = max(np.abs(ref).max(initial=0.0), 1.0)
     np.testing.assert_allclose(out, ref, atol=rtol * scale, rtol=0)
 
 
@@ -255,6 +259,70 @@ def _topk_ref(a, k, by_magnitude=False):
     h = np.zeros_like(a)
     np.put_along_axis(h, idx, np.take_along_axis(a, idx, 1), 1)
     return h
+
+
+@st.composite
+def activation_sparse_ffns(draw):
+    """A random activation-sparse FFN and its input: shapes (0 tokens, one feature,
+    partial last tiles, around the 64-token switch to columns), tile sizes, K small
+    enough to overflow, gated or not, every bias present or absent, how H is
+    consumed, the sparsifier (exact ReLU, top-k, threshold) and the thread count."""
+    T = draw(st.sampled_from([0, 1, 5, 63, 64, 70]))
+    D = draw(st.integers(1, 12))
+    F = draw(st.integers(1, 90))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    w = lambda *shape: (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)
+    maybe = lambda n: (0.3 * rng.standard_normal(n)).astype(np.float32) if draw(st.booleans()) else None
+    gated = draw(st.booleans())
+    case = dict(x=rng.standard_normal((T, D)).astype(np.float32), w_up=w(F, D), b_up=maybe(F),
+                w_down=w(D, F), b_down=maybe(D), w_gate=w(F, D) if gated else None,
+                b_gate=maybe(F) if gated else None)
+    kind = draw(st.sampled_from(["relu", "topk", "threshold"]))
+    opts = dict(B=draw(st.sampled_from([8, 16, 64])), K=draw(st.sampled_from([1, 2, 8])),
+                consume=draw(st.sampled_from(["auto", "columns", "rows"])))
+    if kind == "relu":
+        opts["activation"] = "relu"
+    else:
+        opts["activation"] = "gelu"
+        if kind == "topk":
+            opts["topk"] = draw(st.sampled_from([1, 3, 0.2]))
+        else:
+            opts["threshold"] = draw(st.sampled_from([0.0, 0.3]))
+    return case, opts, draw(st.sampled_from([1, 2, 3]))
+
+
+def _ffn_reference(case, opts):
+    x = case["x"].astype(np.float64)
+    add = lambda a, b: a if b is None else a + b
+    up = add(x @ case["w_up"].T, case["b_up"])
+    pre = add(x @ case["w_gate"].T, case["b_gate"]) if case["w_gate"] is not None else up
+    act = ACT[opts["activation"]](pre)
+    if "topk" in opts:
+        F = pre.shape[1]
+        k = int(round(opts["topk"] * F)) if opts["topk"] < 1 else int(opts["topk"])
+        act = _topk_ref(act, max(1, min(k, F)))
+    elif "threshold" in opts:
+        act = np.where(act > opts["threshold"], act, 0.0)
+    h = act * up if case["w_gate"] is not None else act
+    return add(h @ case["w_down"].T, case["b_down"]), act
+
+
+@settings(max_examples=examples(40), deadline=None)
+@given(drawn=activation_sparse_ffns())
+def test_random_activation_sparse_ffns_match_numpy(drawn):
+    case, opts, threads = drawn
+    ffn = SparseFFN.activation_sparse(case["w_up"], case["b_up"], case["w_down"], case["b_down"],
+                                      w_gate=case["w_gate"], b_gate=case["b_gate"], **opts)
+    before = spcomp.get_num_threads()
+    spcomp.set_num_threads(threads)
+    try:
+        out = ffn(case["x"])
+    finally:
+        spcomp.set_num_threads(before)
+    ref, act = _ffn_reference(case, opts)
+    close(out, ref.astype(np.float64), rtol=1e-4)
+    if act.size:
+        assert ffn.sparsity == pytest.approx(1 - np.count_nonzero(act) / act.size)
 
 
 @pytest.mark.parametrize("topk,k", [(0.1, 30), (12, 12)])

@@ -200,9 +200,14 @@ def _twell_hstack(tiles: list, shape: tuple):
     from spcomp.runtime import Tensor
     T = shape[0]
     fmt = tiles[0].format
-    count = np.concatenate([t.levels[1]["count"].reshape(T, -1) for t in tiles], axis=1).reshape(-1)
-    crd = np.concatenate([t.levels[1]["crd"].reshape(T, -1) for t in tiles], axis=1).reshape(-1)
-    vals = np.concatenate([t.vals.reshape(T, -1) for t in tiles], axis=1).reshape(-1)
+    K = fmt.levels[1].K
+    blocks = [fmt.levels[1].num_blocks(t.shape[1]) for t in tiles]  # explicit: T may be 0
+
+    def join(arrays, width):
+        return np.concatenate([a.reshape(T, nb * width) for a, nb in zip(arrays, blocks)], axis=1).reshape(-1)
+    count = join([t.levels[1]["count"] for t in tiles], 1)
+    crd = join([t.levels[1]["crd"] for t in tiles], K)
+    vals = join([t.vals for t in tiles], K)
     return Tensor(fmt, shape, [{}, {"count": count, "crd": crd}], vals, validated=True)
 
 
