@@ -296,6 +296,10 @@ def test_from_scipy_non_canonical():
         np.testing.assert_array_equal(t.to_numpy(), want)
         _fresh(t).validate()
     assert not np.shares_memory(Tensor.from_scipy(m, "csr").vals, m.data)
+    # canonicalised on a copy: the caller's matrix keeps its order and duplicates
+    np.testing.assert_array_equal(m.indices, [3, 1, 1, 0])
+    np.testing.assert_array_equal(m.data, data)
+    assert not m.has_canonical_format
 
 
 def test_from_scipy_other_kinds_and_dtypes():
