@@ -502,7 +502,7 @@ class Kernel:
         if fn is not variant.driver or fn is None:
             return None
         low = variant.lowered
-        return self._bounds(_parallel_extent(low, sizes), _threads.get_num_threads(), self._balance_pos(low, storages))
+        return self._bounds(_parallel_extent(low, sizes, storages), _threads.get_num_threads(), self._balance_pos(low, storages))
 
     def _call_args(self, arg_plan, storages, sizes, bits, pointers, out_arg):
         """A call's argument list from an argument plan, and where ``lo`` sits in it
@@ -595,7 +595,7 @@ class Kernel:
             fn, call_args = launch
             return [fn(*call_args)]
         fn = variant.function
-        n = _parallel_extent(low, sizes)
+        n = _parallel_extent(low, sizes, storages)
         pos = self._balance_pos(low, storages)
         work = self._work(n, pos, sizes, low, storages)
         run_ranges = _threads.run_ranges
@@ -642,7 +642,7 @@ class Kernel:
 
     def _splits(self, low, sizes, storages) -> bool:
         """Whether a CPU call of this lowering runs its parallel loop on several threads."""
-        n = _parallel_extent(low, sizes)
+        n = _parallel_extent(low, sizes, storages)
         if n < 2 or _threads.get_num_threads() <= 1:
             return False
         return self._work(n, self._balance_pos(low, storages), sizes, low, storages) >= _threads.MIN_PARALLEL_WORK
@@ -653,7 +653,7 @@ class Kernel:
         fn = variant.function
         if lohi is None:
             return fn, args
-        n = _parallel_extent(low, sizes)
+        n = _parallel_extent(low, sizes, storages)
         cpu = self._backend.name == "cpu"
         pos = self._balance_pos(low, storages) if cpu and n >= 2 else None
         if not cpu or n < 2 or self._work(n, pos, sizes, low, storages) < _threads.MIN_PARALLEL_WORK:
@@ -705,8 +705,13 @@ class Kernel:
                                  f"{irn.STATUS_CODES.get(status, f'status {status}')}")
 
 
-def _parallel_extent(low, sizes) -> int:
-    """Trip count of the parallel loop: its index's size, or a split piece's share."""
+def _parallel_extent(low, sizes, storages) -> int:
+    """Trip count of the parallel loop: its index's size, a split piece's share, or
+    the number of positions of the top compressed level it walks."""
+    walked = getattr(low, "parallel_positions", None)
+    if walked is not None:
+        pos = storages[walked[0]].levels[walked[1]]["pos"]
+        return int(pos[-1]) if len(pos) else 0
     n = sizes[low.parallel]
     split = getattr(low, "parallel_split", None)
     if split:

@@ -20,7 +20,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ..errors import ScheduleError, UnsupportedError
-from ..formats import Format
+from ..formats import Compressed, Format
 from ..formats.level import LevelAccess, PosInfo
 from ..ir import nodes as n
 from ..ir.types import BOOL, F32, F64, I32, I64, ptr
@@ -81,6 +81,7 @@ class Lowered:
     warnings: list = field(default_factory=list)
     blas: list = field(default_factory=list)  # matrix products done by gemm calls, described
     parallel_split: tuple | None = None  # (factor, outer?) when the parallel loop is a split piece
+    parallel_positions: tuple | None = None  # (storage, level): threads split that level's positions
     assembly: object = None    # assembly.TwoPhase when the output is counted, then filled
     gpu_choice: object = None  # gpu_default.RowChoice: thread or warp per row, picked per call
     work_scale: tuple = ()     # (storage, level) walked under each balanced nonzero (Lowerer._work_scale)
@@ -146,6 +147,7 @@ class Lowerer:
         self.opt = options or Options()
         self.loops_text: list = []
         self.warnings: list = []
+        self.parallel_positions = None   # (access, level) when the threads split a top level's positions
 
     # ================================================================ setup
     def run(self) -> Lowered:
@@ -339,6 +341,8 @@ class Lowerer:
             self.workspace = self._make_workspace()
         # parallel outer loop
         self.parallel = self._choose_parallel(shape)
+        if self.parallel is None:
+            self.parallel_positions = None
         if self.parallel is not None and split_mod.base_of(self.parallel) not in self.lhs.indices:
             self.out_sink.atomic = True  # iterations of a reduction loop add into the output concurrently
         self.lo = self.hi = None
@@ -383,6 +387,8 @@ class Lowerer:
                        transposes=self.transposes, output_shape=shape, growable=grow,
                        parallel=split_mod.base_of(self.parallel).name if self.parallel is not None else None,
                        parallel_split=split_mod.extent_rule(self.parallel),
+                       parallel_positions=(None if self.parallel_positions is None else
+                                           (self.parallel_positions[0].tensor.name, self.parallel_positions[1])),
                        balance=self._balance(), work_scale=self._work_scale(),
                        loops="\n".join([g.describe() for g in self.gemms] + self.loops_text
                                        + [f"(layout: {r})" for r in self.dense_relayouts]),
@@ -530,8 +536,27 @@ class Lowerer:
             return False, "packed output rows must be split by the outer index"
         L = lat.build(self.expr, i, lambda a: self._probe_key(a, i) if i in a.indices else None)
         if not L.full or L.points:
-            return False, f"loop {i.name} co-iterates sparse operands"
+            top = self._top_positions(i, L, shape)
+            if top is None:
+                return False, f"loop {i.name} co-iterates sparse operands"
+            self.parallel_positions = top
         return True, ""
+
+    def _top_positions(self, i, L, shape):
+        """``(access, 0)`` when the outer loop walks one operand's top compressed level
+        and nothing else (a DCSR or CSF operand, no co-iteration): its positions can be
+        split over CPU threads like rows, since a unique level gives every position
+        its own coordinate and so its own rows of a dense output. None otherwise."""
+        if shape != "dense" or self.opt.parallel_kind != "threads" or L.full or len(L.points) != 1:
+            return None
+        (point,) = L.points
+        if len(point) != 1:
+            return None
+        acc, level = next(iter(point))
+        kind = acc.tensor.format.levels[level]
+        if level != 0 or not isinstance(kind, Compressed) or not kind.unique:
+            return None
+        return acc, level
 
     def _balance(self):
         """A pos array whose prefix sums measure the work of the parallel loop."""
@@ -543,8 +568,9 @@ class Lowerer:
             chain = access_chain(acc)
             if fmt.is_dense or chain[0] != i or len(chain) < 2:
                 continue
-            if fmt.levels[0].is_dense and "pos" in fmt.levels[1].arrays:
-                return (acc.tensor.name, 1)
+            top_walked = self.parallel_positions is not None and self.parallel_positions[0] is acc
+            if (fmt.levels[0].is_dense or top_walked) and "pos" in fmt.levels[1].arrays:
+                return (acc.tensor.name, 1)  # indexed like the parallel loop: rows, or top positions
         return None
 
     def _work_scale(self):
@@ -735,7 +761,8 @@ class Lowerer:
             k = keys[0]
             it = iters[k]
             coord = n.Var(self.fresh(i.name), I64)
-            self._note(depth, f"for {i.name} in {k[0].tensor.name} level {k[1] + 1} ({k[0].tensor.format.levels[k[1]].spec()})")
+            self._note(depth, f"for {i.name} in {k[0].tensor.name} level {k[1] + 1} ({k[0].tensor.format.levels[k[1]].spec()})"
+                              + (f" (parallel: {self.opt.parallel_kind}, by positions)" if parallel else ""))
 
             member = self._member(i, sink, env)
 
@@ -745,8 +772,11 @@ class Lowerer:
                 if member:
                     e.team = None
                 return self._body(i, rest, expr, sink, e, coord, depth)
-            loop = self._vector_hint(it.loop(coord, body), sink, rest,
-                                     gathers=self._gathers(expr, k[0], i))
+            loop = it.loop(coord, body)
+            if parallel:  # threads take ranges of the level's positions (_top_positions)
+                assert len(loop) == 1 and isinstance(loop[0], n.For), "a unique compressed level loops with For"
+                loop = [dataclasses.replace(loop[0], start=self.lo, end=self.hi, parallel=self.opt.parallel_kind)]
+            loop = self._vector_hint(loop, sink, rest, gathers=self._gathers(expr, k[0], i))
             loop = self._user_hints(loop, i)
             if member:
                 loop = self._mark_member(loop, member)
