@@ -432,10 +432,13 @@ class SparseFFN:
     shift that dropping many small negative GELU values causes.
 
     ``consume`` is how the down projection (fused with up when gated) walks H:
-    ``"columns"`` re-packs H by columns so each used row of ``Wu``/``Wd`` is read
+    ``"columns"`` walks H by columns so each used row of ``Wu``/``Wd`` is read
     once for all tokens that need it (the weights, not the activations, are the
-    memory traffic at 99 % sparsity); ``"rows"`` reads the twell rows as packed, a
-    token at a time; ``"auto"`` (default) takes columns from 64 tokens on.
+    memory traffic at 99 % sparsity): with a ReLU each thread's gate kernel writes
+    its weight slab's columns of H compressed (``dc:1,0``) and the consumer walks
+    them on the same thread; top-k/threshold twell is re-packed by columns.
+    ``"rows"`` packs twell and reads its rows as packed, a token at a time;
+    ``"auto"`` (default) takes columns from 64 tokens on.
 
     ``sparsity`` is the measured sparsity of the mode: of the weights, or of the last
     call's activations (``1 - nnz(H) / (tokens * ffn)``).
