@@ -628,7 +628,10 @@ class SparseFFN:
                     f"({self.up.format}, sparsity {self.weight_sparsity:.3f})")
         how = {"relu": "relu zeros", "topk": f"top-k {self.topk}",
                "threshold": f"threshold {self.threshold}"}[self.sparsifier]
-        return f"activation-sparse {self.activation}{' gated' if self.gated else ''} (twell B={self.B}, {how})"
+        walk = {"rows": "twell rows", "columns": "by columns",
+                "auto": f"twell rows, by columns from {COLUMNS_FROM_TOKENS} tokens"}[self.consume]
+        return (f"activation-sparse {self.activation}{' gated' if self.gated else ''} "
+                f"({how}; H {walk}, B={self.B})")
 
     def __repr__(self) -> str:
         return f"SparseFFN(hidden={self.hidden}, ffn={self.ffn}, {self.describe()})"
