@@ -275,9 +275,10 @@ def _build(lw):
     lw.loops_text.insert(mark, f"(two-phase assembly of {name}: {count_fn.name} counts each {lw.parallel.name} "
                                f"row, a prefix sum gives the row starts, {fill_fn.name} writes the rows)")
     from ..notation import Assignment
+    balance = lw._balance()
     return Lowered(module=module, entry=fill_fn.name, bindings=fill_bindings, order=lw.order,
                    transposes=lw.transposes, output_shape="csf", growable=[], parallel=lw.parallel.name,
-                   balance=lw._balance(), work_scale=lw._work_scale(),
+                   balance=balance, work_scale=lw._work_scale(balance),
                    loops="\n".join(lw.loops_text + [f"(layout: {r})" for r in lw.dense_relayouts]),
                    notation=Assignment(lw.lhs, lw.rhs, lw.accumulate), warnings=lw.warnings,
                    assembly=TwoPhase(count_fn.name, fill_fn.name, count_bindings, d))

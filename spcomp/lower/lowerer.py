@@ -147,7 +147,6 @@ class Lowerer:
         self.opt = options or Options()
         self.loops_text: list = []
         self.warnings: list = []
-        self.parallel_positions = None   # (access, level) when the threads split a top level's positions
 
     # ================================================================ setup
     def run(self) -> Lowered:
@@ -341,8 +340,6 @@ class Lowerer:
             self.workspace = self._make_workspace()
         # parallel outer loop
         self.parallel = self._choose_parallel(shape)
-        if self.parallel is None:
-            self.parallel_positions = None
         if self.parallel is not None and split_mod.base_of(self.parallel) not in self.lhs.indices:
             self.out_sink.atomic = True  # iterations of a reduction loop add into the output concurrently
         self.lo = self.hi = None
@@ -383,13 +380,13 @@ class Lowerer:
         fn = n.Function(self.opt.name, tuple(b.var for b in self.bindings), n.block(*body),
                         doc=f"{self.a!r}\nloop order: {', '.join(i.name for i in self.loop_order)}")
         module = n.Module((fn,), entry=self.opt.name)
+        balance, walked = self._balance(), self.parallel_positions
         return Lowered(module=module, entry=self.opt.name, bindings=self.bindings, order=self.order,
                        transposes=self.transposes, output_shape=shape, growable=grow,
                        parallel=split_mod.base_of(self.parallel).name if self.parallel is not None else None,
                        parallel_split=split_mod.extent_rule(self.parallel),
-                       parallel_positions=(None if self.parallel_positions is None else
-                                           (self.parallel_positions[0].tensor.name, self.parallel_positions[1])),
-                       balance=self._balance(), work_scale=self._work_scale(),
+                       parallel_positions=None if walked is None else (walked[0].tensor.name, walked[1]),
+                       balance=balance, work_scale=self._work_scale(balance),
                        loops="\n".join([g.describe() for g in self.gemms] + self.loops_text
                                        + [f"(layout: {r})" for r in self.dense_relayouts]),
                        notation=Assignment(self.lhs, self.notation_rhs, self.accumulate), warnings=self.warnings,
@@ -534,20 +531,33 @@ class Lowerer:
                 return False, why
         if shape == "packed" and access_chain(self.lhs)[0] != i:
             return False, "packed output rows must be split by the outer index"
-        L = lat.build(self.expr, i, lambda a: self._probe_key(a, i) if i in a.indices else None)
-        if not L.full or L.points:
-            top = self._top_positions(i, L, shape)
-            if top is None:
-                return False, f"loop {i.name} co-iterates sparse operands"
-            self.parallel_positions = top
+        L = self._probe_lattice(i)
+        if (not L.full or L.points) and self._top_positions(i, shape) is None:
+            return False, f"loop {i.name} co-iterates sparse operands"
         return True, ""
 
-    def _top_positions(self, i, L, shape):
-        """``(access, 0)`` when the outer loop walks one operand's top compressed level
-        and nothing else (a DCSR or CSF operand, no co-iteration): its positions can be
-        split over CPU threads like rows, since a unique level gives every position
-        its own coordinate and so its own rows of a dense output. None otherwise."""
-        if shape != "dense" or self.opt.parallel_kind != "threads" or L.full or len(L.points) != 1:
+    @property
+    def parallel_positions(self):
+        """``(access, 0)`` when the threads split a top compressed level's positions
+        instead of rows (see :meth:`_top_positions`), else None."""
+        if self.parallel is None:
+            return None
+        return self._top_positions(split_mod.base_of(self.parallel), self.out_shape)
+
+    def _probe_lattice(self, i):
+        """The lattice of loop ``i`` at the top of the nest (nothing bound yet)."""
+        return lat.build(self.expr, i, lambda a: self._probe_key(a, i) if i in a.indices else None)
+
+    def _top_positions(self, i, shape):
+        """``(access, 0)`` when the outer loop over ``i`` walks one operand's top
+        compressed level and nothing else (a DCSR or CSF operand, no co-iteration):
+        its positions can be split over CPU threads like rows, since a unique level
+        gives every position its own coordinate and so its own rows of a dense
+        output. None otherwise."""
+        if shape != "dense" or self.opt.parallel_kind != "threads":
+            return None
+        L = self._probe_lattice(i)
+        if L.full or len(L.points) != 1:
             return None
         (point,) = L.points
         if len(point) != 1:
@@ -563,23 +573,23 @@ class Lowerer:
         if self.parallel is None:
             return None
         i = self.parallel
+        walked = self.parallel_positions
         for acc in accesses(self.rhs):
             fmt = acc.tensor.format
             chain = access_chain(acc)
             if fmt.is_dense or chain[0] != i or len(chain) < 2:
                 continue
-            top_walked = self.parallel_positions is not None and self.parallel_positions[0] is acc
+            top_walked = walked is not None and walked[0] is acc
             if (fmt.levels[0].is_dense or top_walked) and "pos" in fmt.levels[1].arrays:
                 return (acc.tensor.name, 1)  # indexed like the parallel loop: rows, or top positions
         return None
 
-    def _work_scale(self):
+    def _work_scale(self, balance):
         """The compressed levels, as (storage, level), that the loops nested inside
-        the balanced level's loop walk: the runtime multiplies a balanced nonzero's
-        work by their mean segment lengths to decide whether a call is worth
-        splitting (SpGEMM's nonzero of A walks a row of B). Nested dense loops are
-        left out on purpose (Kernel._work says why)."""
-        balance = self._balance()
+        the balanced level's loop (``balance``, from :meth:`_balance`) walk: the
+        runtime multiplies a balanced nonzero's work by their mean segment lengths
+        to decide whether a call is worth splitting (SpGEMM's nonzero of A walks a
+        row of B). Nested dense loops are left out on purpose (Kernel._work says why)."""
         if balance is None:
             return ()
         name, level = balance
