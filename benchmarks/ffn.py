@@ -265,33 +265,19 @@ def bench_1b(T, rounds):
 def _gate_slabs(ffn, x):
     """The first stage of the by-columns forward pass alone: each thread's gate kernel
     on its weight slab, H compressed by columns."""
-    from spcomp.backends.cpu.blas import single_threaded_blas
-    from spcomp.nn.layers import _call, _dense_operand, _parallel, _threads
+    from spcomp.nn.layers import _dense_operand
     X = _dense_operand(x, "dense")
-    gate = ffn._gate_by_columns()
-    slabs = ffn._act_slabs(_threads())
-
-    def run(slab):
-        w, b = slab
-        return _call(gate, X=X, Wa=w, ba=b)
-    if len(slabs) == 1:
-        return [run(slabs[0])]
-    with single_threaded_blas():
-        return _parallel(run, slabs)
+    slabs = ffn._column_slabs()
+    return ffn._on_slabs(lambda p: ffn._gate_slab(slabs[p], X), slabs)
 
 
 def _consume_slabs(ffn, Hs, x):
     """The second stage alone: the fused kernel on each slab's columns, outputs summed."""
-    from spcomp.nn.layers import COLUMN_MAJOR, _call, _dense_operand, _parallel, _threads
+    from spcomp.nn.layers import _dense_operand
     X = _dense_operand(x, "dense")
-    consumer = ffn._consumer({"H": COLUMN_MAJOR})
-    cuts = ffn._slab_cuts(_threads()) if len(Hs) > 1 else [(0, ffn.ffn)]
-    outs = [np.zeros((x.shape[0], ffn.hidden), np.float32) for _ in Hs]
-
-    def run(p):
-        lo, hi = cuts[p]
-        _call(consumer, H=Hs[p], X=X, Wu=ffn._wu_rows[lo:hi], Wd=ffn._wd_rows[lo:hi], O=outs[p])
-    _parallel(run, list(range(len(Hs))))
+    slabs = ffn._column_slabs()
+    outs = [np.zeros((x.shape[0], ffn.hidden), np.float32) for _ in slabs]
+    ffn._on_slabs(lambda p: ffn._consume_slab(slabs[p], Hs[p], X, outs[p]), slabs)
     ffn._sum_outputs(outs[0], outs[1:])
     return outs[0]
 

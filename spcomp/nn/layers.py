@@ -814,32 +814,47 @@ class SparseFFN:
         the consumer's share follows the slab's nonzeros."""
         T = x.shape[0]
         X = _dense_operand(x, TOKEN_MAJOR)
-        gate = self._gate_by_columns()
-        consumer = self._consumer({"H": COLUMN_MAJOR})
-        parts = _threads()
-        cuts = self._slab_cuts(parts) if parts > 1 else [(0, self.ffn)]
-        slabs = self._act_slabs(parts)
+        slabs = self._column_slabs()
         out = _filled((T, self.hidden), TOKEN_MAJOR, self.b_down)
-        outputs = [out] + [np.zeros_like(out) for _ in cuts[1:]]
+        outputs = [out] + [np.zeros_like(out) for _ in slabs[1:]]
 
         def run(p):
-            (lo, hi), (w, b) = cuts[p], slabs[p]
-            ops = {"X": X, "Wa": w}
-            if b is not None:
-                ops["ba"] = b
-            H = _call(gate, **ops)
-            _call(consumer, **self._column_operands(H, X, lo, hi, outputs[p]))
+            H = self._gate_slab(slabs[p], X)
+            self._consume_slab(slabs[p], H, X, outputs[p])
             return H.nnz
-
-        if len(cuts) == 1:
-            nnz = [run(0)]
-        else:
-            with single_threaded_blas():  # see _tile_calls: one BLAS thread per slab
-                nnz = _parallel(run, list(range(len(cuts))))
+        nnz = self._on_slabs(run, slabs)
         self.last_nnz = int(sum(nnz))
         self.last_size = T * self.ffn
         self._sum_outputs(out, outputs[1:])
         return out
+
+    def _column_slabs(self) -> list:
+        """``[((lo, hi), (weight, bias)), ...]``: the gate weight's slab per thread."""
+        parts = _threads()
+        cuts = self._slab_cuts(parts) if parts > 1 else [(0, self.ffn)]
+        return list(zip(cuts, self._act_slabs(parts)))
+
+    def _gate_slab(self, slab, X):
+        """H's columns ``lo:hi`` (``dc:1,0``) from the gate kernel on that slab."""
+        _, (w, b) = slab
+        ops = {"X": X, "Wa": w}
+        if b is not None:
+            ops["ba"] = b
+        return _call(self._gate_by_columns(), **ops)
+
+    def _consume_slab(self, slab, H, X, out: np.ndarray) -> None:
+        """The fused consumer on a slab's columns of H, adding into ``out``."""
+        (lo, hi), _ = slab
+        _call(self._consumer({"H": COLUMN_MAJOR}), **self._column_operands(H, X, lo, hi, out))
+
+    @staticmethod
+    def _on_slabs(fn, slabs: list) -> list:
+        """``[fn(p) for each slab p]``, a slab per thread, each thread's BLAS calls on
+        that thread (see :meth:`_tile_calls`)."""
+        if len(slabs) == 1:
+            return [fn(0)]
+        with single_threaded_blas():
+            return _parallel(fn, list(range(len(slabs))))
 
     def _column_operands(self, H, X, lo: int, hi: int, out: np.ndarray) -> dict:
         """The consumer's operands for H's columns ``lo:hi`` of the FFN width (H
