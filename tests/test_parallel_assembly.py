@@ -10,8 +10,6 @@ every emitted source for sm_90, and what is still refused.
 """
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -23,6 +21,8 @@ from spcomp.errors import ScheduleError, UnsupportedError
 from spcomp.runtime import threads as _threads
 from spcomp.testing import check_kernel
 from spcomp.testing.check import make_operands
+
+from conftest import spcomp_threads
 
 CSR3 = {"A": "csr", "B": "csr", "C": "csr"}
 ADD = "C[i,j] = A[i,j] + B[i,j]"
@@ -45,17 +45,9 @@ CASES = [
 SIZES = {"i": 70, "j": 45, "k": 30, "l": 20}
 
 
-@contextlib.contextmanager
 def threads(n, min_work=0):
     """Run kernels on ``n`` threads, splitting even small work (``min_work``)."""
-    before, work = spcomp.get_num_threads(), _threads.MIN_PARALLEL_WORK
-    spcomp.set_num_threads(n)
-    _threads.MIN_PARALLEL_WORK = min_work
-    try:
-        yield
-    finally:
-        spcomp.set_num_threads(before)
-        _threads.MIN_PARALLEL_WORK = work
+    return spcomp_threads(n, min_work)
 
 
 def arrays(t):

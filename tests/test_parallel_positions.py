@@ -21,13 +21,12 @@ import spcomp
 from spcomp.runtime import threads as _threads
 from spcomp.testing import check_kernel, random_operands
 
-from conftest import examples
+from conftest import examples, spcomp_threads
 
 
 @contextlib.contextmanager
 def split_everything(n, monkeypatch):
     """``n`` threads, even for tiny work; yields the list of (extent, parts) splits."""
-    before, work = spcomp.get_num_threads(), _threads.MIN_PARALLEL_WORK
     calls = []
     real = _threads.split
 
@@ -35,13 +34,8 @@ def split_everything(n, monkeypatch):
         calls.append((extent, parts))
         return real(extent, parts, pos)
     monkeypatch.setattr(_threads, "split", spy)
-    spcomp.set_num_threads(n)
-    _threads.MIN_PARALLEL_WORK = 0
-    try:
+    with spcomp_threads(n, min_work=0):
         yield calls
-    finally:
-        spcomp.set_num_threads(before)
-        _threads.MIN_PARALLEL_WORK = work
 
 
 def _lowered(k):
@@ -130,15 +124,17 @@ def test_random_kernels_split_by_positions_match_numpy_and_one_thread(case, thre
     expr, fmts, sizes, density = case
     k = spcomp.compile(expr, formats=fmts, dtype=dtype)
     walked = _lowered(k).parallel_positions
+    ops = random_operands(k, sizes=sizes, density=density, seed=seed)
+
+    def fresh():  # a += output is updated in place: each call gets its own copy of the arrays
+        return {n: (v.copy() if isinstance(v, np.ndarray) else v) for n, v in ops.items()}
     with pytest.MonkeyPatch.context() as mp:
-        ops = random_operands(k, sizes=sizes, density=density, seed=seed)
         with split_everything(1, mp):
-            one = k(**{n: (v.copy() if isinstance(v, np.ndarray) else v) for n, v in ops.items()})
+            one = k(**fresh())
         k._bounds_cache.clear()  # splits are cached per kernel; the spy should see this one
         with split_everything(threads, mp) as calls:
-            check_kernel(expr, fmts, dtype=dtype, operands={n: (v.copy() if isinstance(v, np.ndarray) else v)
-                                                            for n, v in ops.items()})
-            many = k(**{n: (v.copy() if isinstance(v, np.ndarray) else v) for n, v in ops.items()})
+            check_kernel(expr, fmts, dtype=dtype, operands=fresh())
+            many = k(**fresh())
     if walked is not None:  # (a column-major operand under a row output keeps its loop sequential)
         assert walked[1] == 0
         operand = ops.get(walked[0])
