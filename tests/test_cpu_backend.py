@@ -622,3 +622,33 @@ def test_concurrent_first_calls_share_one_bounds_array(monkeypatch):
     assert len(got) == 2 and got[0] is got[1]
     assert k._bounds_cache[(5000, 2, None)][1] is got[0]
     np.testing.assert_array_equal(got[0], [0, 2500, 5000])
+
+
+def _row_sums(vectorize: int) -> Function:
+    """y[i] = sum of vals[pos[i]:pos[i+1]], the sum in a scalar (SpMV's shape)."""
+    pos, vals, y = Var("pos", ptr(I64)), Var("vals", ptr(F64)), Var("y", ptr(F64))
+    rows, i, p, t = Var("rows", I64), Var("i", I64), Var("p", I64), Var("t", F64)
+    return Function(f"row_sums_{vectorize}", (pos, vals, y, rows), block(
+        For(i, i64(0), rows, block(
+            Declare(t, c(0.0, F64)),
+            For(p, Load(pos, i), Load(pos, add(i, i64(1))),
+                block(Assign(t, add(t, Load(vals, p)))), vectorize=vectorize),
+            Store(y, i, t)))))
+
+
+def test_a_sum_in_a_vectorised_loop_may_add_its_lanes_as_a_tree():
+    """Only the reduction of a loop with a vectorize hint (whose lanes are summed out
+    of order anyway) gets ``reassoc``; a scalar loop keeps C's order exactly."""
+    cm = compile_module(Module((_row_sums(8), _row_sums(1))))
+    text = cm.llvm_ir
+    vector = text[text.index('@"row_sums_8"'):text.index('@"row_sums_1"')]
+    scalar = text[text.index('@"row_sums_1"'):]
+    assert "fadd contract reassoc double" in vector
+    assert "reassoc" not in scalar and "fadd contract double" in scalar
+    rng = np.random.default_rng(0)
+    pos = np.array([0, 0, 1, 9, 40, 41], dtype=np.int64)
+    vals = rng.standard_normal(41)
+    for name in ("row_sums_8", "row_sums_1"):
+        y = np.full(5, np.nan)
+        assert cm.function(name)(addr(pos), addr(vals), addr(y), 5) == 0
+        np.testing.assert_allclose(y, np.add.reduceat(vals, pos[:-1]) * (np.diff(pos) > 0), rtol=1e-13)

@@ -25,7 +25,10 @@ Besides the conventions of :mod:`spcomp.ir.nodes`, it fixes these:
   branch, like C, so ``p < end && crd[p] < x`` never reads ``crd[end]``.
 * Float compares are ordered, except ``!=`` (unordered, as in C). Float ``min``/``max`` are
   ``a < b ? a : b`` / ``a > b ? a : b`` (with a NaN the second operand wins, like x86
-  ``minps``/``maxps``). Float arithmetic carries ``contract`` (FMA allowed, as clang does).
+  ``minps``/``maxps``). Float arithmetic carries ``contract`` (FMA allowed, as clang does);
+  a float sum ``t = t + v`` inside a loop with a vectorize hint also carries ``reassoc``:
+  the hint already lets LLVM keep per-lane partial sums, and the flag lets it add the
+  lanes up as a tree at the end instead of in lane order.
 * ``Allocate``/``Reallocate`` call libc for at least one element and return status 2
   (``STATUS_OUT_OF_MEMORY``) on a null result or a count that is negative or whose size
   overflows an ``i64``; a failed ``Reallocate`` leaves the old block allocated.
@@ -352,6 +355,7 @@ class _FunctionLowering:
         self.b = ir.IRBuilder()
         self.scopes: list[dict] = [{}]
         self.oom_block: ir.Block | None = None
+        self.vector_loops = 0  # depth of enclosing loops with a vectorize hint
 
     # ----------------------------------------------------------- helpers
     def error(self, message: str, node=None):
@@ -478,7 +482,16 @@ class _FunctionLowering:
     def stmt_Assign(self, s: n.Assign):
         if s.value.type != s.var.type:
             raise self.error(f"{s.var.name} is {s.var.type}, the value {s.value.type}", s)
-        self.b.store(self.expr(s.value), self.slot(s.var))
+        v = s.value
+        if (self.vector_loops and isinstance(v, n.Binary) and v.op == "+" and v.type.is_float
+                and v.lhs == s.var):
+            # a float sum in a vectorised loop: its lanes are already summed out of order,
+            # and ``reassoc`` lets LLVM add the lanes up as a tree (3 steps for 8 lanes)
+            # instead of one after another (SpMV: 8 dependent adds per row, 12 % of its time)
+            value = self.b.fadd(self.expr(v.lhs), self.expr(v.rhs), flags=self.ff if "fast" in self.ff else tuple(self.ff) + ("reassoc",))
+        else:
+            value = self.expr(s.value)
+        self.b.store(value, self.slot(s.var))
 
     def address(self, array, index, node):
         if not isinstance(array.type, PointerType):
@@ -539,7 +552,10 @@ class _FunctionLowering:
         iv = self.b.load(slot, name=var.name)
         self.b.cbranch(self.b.icmp_signed("<", iv, end, name=label + ".cond"), body, exit_)
         self.enter(body)
+        vector = s.vectorize > 1
+        self.vector_loops += vector
         self.block(s.body)
+        self.vector_loops -= vector
         self.branch_to(latch)
         self.enter(latch)
         iv = self.b.load(slot, name=var.name)
