@@ -435,7 +435,8 @@ class Kernel:
             out = _DeviceOutput(tuple(sizes[i] for i in plan.out_indices), plan.out_dtype, given,
                                 self.notation.accumulate)
         elif given is None and plan.plain_output:
-            out = _PlainOutput(tuple(sizes[i] for i in plan.out_indices), plan.out_dtype)
+            out = _PlainOutput(tuple(sizes[i] for i in plan.out_indices), plan.out_dtype,
+                               self._overwrites(low))
         else:
             out = _Output(self, low, sizes, given, bits)
         pointers = self._backend.name == "cpu"
@@ -495,7 +496,14 @@ class Kernel:
             out_shape, plan.out_dtype,
             _threads.get_num_threads() if lohi is not None else None,
             self._driver_bounds(variant, fn, sizes, storages),
-            self.output_name if given is not None else None, not self.notation.accumulate)
+            self.output_name if given is not None else None, not self.notation.accumulate,
+            self._overwrites(variant.lowered))
+
+    def _overwrites(self, low) -> bool:
+        """Whether the kernel stores every element of its dense output, so a fresh
+        output need not be zeroed nor a given one cleared (lower/coverage.py). CPU
+        only: a GPU launch's coverage of the range is the grid's business."""
+        return self._backend.name == "cpu" and getattr(low, "overwrites_output", False)
 
     def _driver_bounds(self, variant, fn, sizes, storages):
         """The bounds array a parallel-driver launch points at (kept alive with it)."""
@@ -772,10 +780,10 @@ class _FastCall:
     argument list. The check is a few attribute reads, against ~10 us for the
     general path. Never changed once built, so concurrent calls are safe."""
     __slots__ = ("checks", "count", "fn", "args", "out_slots", "out_shape", "out_dtype",
-                 "threads", "keep", "given", "zero_given")
+                 "threads", "keep", "given", "zero_given", "overwrite")
 
     def __init__(self, checks, fn, args, out_slots, out_shape, out_dtype, threads, keep,
-                 given=None, zero_given=True):
+                 given=None, zero_given=True, overwrite=False):
         self.checks = tuple(checks)
         self.count = len(self.checks)
         self.fn = fn
@@ -786,7 +794,8 @@ class _FastCall:
         self.threads = threads  # thread count the launch was planned for, if it matters
         self.keep = keep  # the thread bounds array whose pointer is in args
         self.given = given  # name of the output operand when the caller passes it
-        self.zero_given = zero_given  # "=" kernels clear a given output, "+=" ones add to it
+        self.zero_given = zero_given and not overwrite  # "=" kernels clear a given output, "+=" ones add to it
+        self.overwrite = overwrite  # the kernel stores every output element: a fresh one needs no zeros
 
     def bind(self, operands):
         """The argument list for ``operands`` (output slot unset), or None."""
@@ -815,7 +824,7 @@ class _FastCall:
 
     def run(self, kernel, args, operands):
         if self.given is None:
-            out = np.zeros(self.out_shape, self.out_dtype)
+            out = _fresh_output(self.out_shape, self.out_dtype, self.overwrite)
         else:
             out = operands[self.given]
             if self.zero_given:
@@ -885,12 +894,19 @@ class _DeviceOutput:
         return self.array
 
 
+def _fresh_output(shape, dtype, overwrite: bool) -> np.ndarray:
+    """A new dense output: left uninitialised when the kernel stores every element
+    (``Lowered.overwrites_output``), else zeros. Tests replace this with one that
+    fills the array with garbage, so a kernel that skips an element fails."""
+    return np.empty(shape, dtype=dtype) if overwrite else np.zeros(shape, dtype=dtype)
+
+
 class _PlainOutput:
     """A fresh row-major dense output (the common case, kept cheap)."""
     __slots__ = ("array",)
 
-    def __init__(self, shape, dtype):
-        self.array = np.zeros(shape, dtype=dtype)
+    def __init__(self, shape, dtype, overwrite=False):
+        self.array = _fresh_output(shape, dtype, overwrite)
 
     def arg(self, b, pointers=True):
         return _data_ptr(self.array) if pointers else self.array.reshape(-1)
@@ -1006,8 +1022,9 @@ class _Output:
     # --------------------------------------------------------------- dense
     def _alloc_dense(self, given):
         storage_shape = tuple(self.level_sizes)
+        overwrite = self.k._overwrites(self.low)
         if given is None:
-            self.dense = np.zeros(storage_shape, dtype=self.dtype)
+            self.dense = _fresh_output(storage_shape, self.dtype, overwrite)
             self.user = None
             return
         arr = given
@@ -1023,7 +1040,7 @@ class _Output:
             self.dense = view
         else:
             self.dense = np.ascontiguousarray(view)
-        if not self.k.notation.accumulate:
+        if not self.k.notation.accumulate and not overwrite:
             self.dense[...] = 0
 
     # -------------------------------------------------------------- sparse

@@ -36,6 +36,7 @@ from . import split as split_mod
 from .order import access_chain, choose_order
 from .split import SplitPiece
 from .regblock import block_rows
+from .coverage import writes_every_element
 from .outputs import AppendSink, DenseSink, ScalarSink, WorkspaceSink
 
 TEMP_FORMAT = Format(())
@@ -85,6 +86,7 @@ class Lowered:
     assembly: object = None    # assembly.TwoPhase when the output is counted, then filled
     gpu_choice: object = None  # gpu_default.RowChoice: thread or warp per row, picked per call
     work_scale: tuple = ()     # (storage, level) walked under each balanced nonzero (Lowerer._work_scale)
+    overwrites_output: bool = False  # a dense output every element of which the kernel stores: not zeroed first
 
 
 def _idx(e):
@@ -381,7 +383,7 @@ class Lowerer:
                         doc=f"{self.a!r}\nloop order: {', '.join(i.name for i in self.loop_order)}")
         module = n.Module((fn,), entry=self.opt.name)
         balance, walked = self._balance(), self.parallel_positions
-        return Lowered(module=module, entry=self.opt.name, bindings=self.bindings, order=self.order,
+        return Lowered(overwrites_output=self._overwrites_output(fn, shape, walked),module=module, entry=self.opt.name, bindings=self.bindings, order=self.order,
                        transposes=self.transposes, output_shape=shape, growable=grow,
                        parallel=split_mod.base_of(self.parallel).name if self.parallel is not None else None,
                        parallel_split=split_mod.extent_rule(self.parallel),
@@ -391,6 +393,17 @@ class Lowerer:
                                        + [f"(layout: {r})" for r in self.dense_relayouts]),
                        notation=Assignment(self.lhs, self.notation_rhs, self.accumulate), warnings=self.warnings,
                        blas=[g.describe() for g in self.gemms])
+
+    def _overwrites_output(self, fn, shape, walked) -> bool:
+        """Whether the kernel stores every element of its dense output (coverage.py)."""
+        if shape != "dense" or not isinstance(self.out_sink, DenseSink) or self.out_sink.accumulate:
+            return False
+        parallel = None
+        if (self.parallel is not None and walked is None
+                and split_mod.base_of(self.parallel) is self.parallel):
+            parallel = (self.parallel, self.lo, self.hi)
+        sink = self.out_sink
+        return writes_every_element(fn, sink.vals, sink.chain, sink.sizes, parallel)
 
     # ----------------------------------------------------- BLAS offload
     def _blas_allowed(self) -> bool:
