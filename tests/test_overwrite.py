@@ -47,17 +47,25 @@ def _overwrites(expr, formats):
 
 
 @pytest.mark.parametrize("expr, formats, expected", [
-    ("y[i] = A[i,j] * x[j]", {"A": "csr"}, True),             # every row stores its sum
+    # stored whole: every row stores its value once
+    ("y[i] = A[i,j] * x[j]", {"A": "csr"}, True),
     ("y[i] = A[i,j] * x[j] + b[i]", {"A": "csr"}, True),
     ("y[i] = A[i,j] * x[j]", {"A": "twell"}, True),
     ("Y[i,j] = 2 * A[i,j]", {}, True),                       # dense in, dense out
     ("s = a[i] * b[i]", {"a": "c"}, True),                   # a scalar, stored once
-    ("y[i] = A[i,j] * x[j]", {"A": "dcsr"}, False),          # only the stored rows
+    # rows cleared by the kernel at the top of the row loop (coverage.zero_rows)
+    ("Y[i,k] = A[i,j] * X[j,k]", {"A": "csr"}, True),        # register blocks load Y's row
+    ("y[i] = a[i] + b[i]", {"a": "c"}, True),                # a merge loop: stores under ifs
+    ("Y[i,j] = 2 * A[i,j]", {"A": "csr"}, True),             # only the nonzeros are stored
+    ("A[i,j] = B[i,k,l] * C[k,j] * D[l,j]", {"B": "dcc"}, True),
+    # neither: the runtime zeroes the output
+    ("y[i] = A[i,j] * x[j]", {"A": "dcsr"}, False),          # the row loop walks stored rows only
+    ("A[i,j] = B[i,k,l] * C[k,j] * D[l,j]", {"B": "csf"}, False),
+    ("y[i] = A[i,j] * x[j]", {"A": "coo"}, False),           # a row may come back (non-unique level)
     ("y[i] = A[i,j] * x[j]", {"A": "csc"}, False),           # scattered adds
+    ("y[j] = A[i,j] * x[i]", {"A": "csr"}, False),
     ("y[i] += A[i,j] * x[j]", {"A": "csr"}, False),          # adds to what is there
-    ("Y[i,k] = A[i,j] * X[j,k]", {"A": "csr"}, False),       # the register blocks read Y
-    ("y[i] = a[i] + b[i]", {"a": "c"}, False),               # a merge loop: stores under ifs
-    ("Y[i,j] = 2 * A[i,j]", {"A": "csr"}, False),            # the zeros between nonzeros
+    ("Y[i,k] = A[i,j] * X[j,k]", {"A": "csr", "Y": "dd:1,0"}, False),  # rows of Y are not i
 ])
 def test_which_kernels_overwrite(expr, formats, expected):
     assert _overwrites(expr, formats) is expected
@@ -94,6 +102,13 @@ def test_coverage_rejects_partial_loops_guards_and_early_returns():
     assert not writes_every_element(fn(chunk), y, ["i"], sizes)  # a chunk of another loop
 
 
+def test_the_row_loop_clears_its_row_before_adding_into_it():
+    k = spcomp.compile("Y[i,k] = A[i,j] * X[j,k]", formats={"A": "csr"})
+    body = k.ir[k.ir.index("for (int64_t i = lo; i < hi; i++)"):]
+    assert body.index("zero row i of Y_vals") < body.index("in blocks of 32")
+    assert "Y_vals[q] = 0.0;" in body
+
+
 def test_skipped_zeros_still_give_the_right_result(poisoned):
     rng = np.random.default_rng(3)
     A = sp.random(300, 200, density=0.05, format="csr", random_state=4)
@@ -104,6 +119,16 @@ def test_skipped_zeros_still_give_the_right_result(poisoned):
             for _ in range(3):  # the general path, then the cached fast path
                 np.testing.assert_allclose(k(A=A, x=x), A @ x, rtol=1e-12, atol=1e-12)
     assert poisoned["skipped zeros"] == 6
+    X = rng.standard_normal((200, 37))  # 32 columns in registers + 5 in the remainder
+    k = spcomp.compile("Y[i,k] = A[i,j] * X[j,k]", formats={"A": "csr"})
+    for threads in (1, 2):
+        with spcomp_threads(threads, min_work=0):
+            for _ in range(2):
+                np.testing.assert_allclose(k(A=A, X=X), A @ X, rtol=1e-12, atol=1e-12)
+                Y = np.full((300, 37), np.nan)
+                assert k(A=A, X=X, Y=Y) is Y
+                np.testing.assert_allclose(Y, A @ X, rtol=1e-12, atol=1e-12)
+    assert poisoned["skipped zeros"] == 10
 
 
 def test_a_given_output_full_of_garbage_is_overwritten_or_cleared():
@@ -133,3 +158,24 @@ def test_random_kernels_with_poisoned_fresh_outputs(outcome_stats, poisoned):
     outcome_stats.assert_refusal_rate(0.2)
     print("fresh outputs left unzeroed:", poisoned["skipped zeros"])
     assert poisoned["skipped zeros"] > 0, "no random kernel overwrote its output: the test checks nothing"
+
+
+def test_an_output_that_shares_memory_with_an_input_is_refused():
+    """Writing y while reading x from the same memory is a silent wrong answer, with
+    or without the zeros: refused, on the general and on the cached fast path."""
+    A = sp.random(6, 6, density=0.5, format="csr", random_state=6)
+    x, y = np.ones(6), np.zeros(6)
+    buf = np.zeros(12)
+    for expr in ("y[i] = A[i,j] * x[j]", "y[i] += A[i,j] * x[j]"):
+        k = spcomp.compile(expr, formats={"A": "csr"})
+        for _ in range(2):  # the second call would take the fast path
+            k(A=A, x=x, y=y)
+            with pytest.raises(spcomp.OperandError, match="output y shares memory with input x"):
+                k(A=A, x=x, y=x)
+            with pytest.raises(spcomp.OperandError, match="shares memory"):
+                k(A=A, x=buf[:6], y=buf[3:9])
+    k = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"})
+    data = np.zeros(3 + A.nnz)
+    B = sp.csr_matrix((data[3:], A.indices, A.indptr), shape=A.shape)  # B.data overlaps y
+    with pytest.raises(spcomp.OperandError, match="input A"):
+        k(A=B, x=x, y=data[:6])

@@ -1,5 +1,7 @@
 """Does a kernel write every element of its dense output? Then the runtime need not zero it.
 
+(:func:`zero_rows` makes a nest that adds into its output clear each row itself, to the same end.)
+
 A dense output is handed to the kernel zeroed (``np.zeros``), because most nests
 add into it or write only some of it (a DCSR row loop skips empty rows). When the
 nest stores every element unconditionally (SpMV's ``y[i] = t`` under a loop over
@@ -20,7 +22,10 @@ The check is structural and conservative. It answers yes only when
 """
 from __future__ import annotations
 
+import dataclasses
+
 from ..ir import nodes as n
+from ..ir.types import BF16, F32, I64
 
 
 def writes_every_element(fn: n.Function, vals: n.Var, chain: list, sizes: dict,
@@ -148,3 +153,53 @@ def _statements(s):
         yield from _statements(s.then)
         if s.otherwise is not None:
             yield from _statements(s.otherwise)
+
+
+def zero_rows(stmts: list, vals: n.Var, chain: list, sizes: dict, parallel=None, fresh=None):
+    """``(stmts, True)`` with each output row zeroed at the top of the loop that owns
+    it, or ``(stmts, False)`` when the nest is not that shape.
+
+    For a nest that adds into its dense output (SpMM's register blocks load ``Y``'s
+    row, add the row's products, store it) the runtime would otherwise zero the
+    whole output first: a 10 MB ``memset`` on the calling thread before the kernel
+    starts, whose lines the other thread must then fetch. Zeroed here, each thread
+    clears the rows it is about to fill, in its own cache, and the runtime skips the
+    zeros. It applies when the nest's only loop at the top is a loop over the
+    output's first storage index covering its whole range (so it visits each row
+    once and every store of iteration ``i`` lands in row ``i``), as
+    :func:`writes_every_element` accepts it; the row is the contiguous block of the
+    remaining output indices."""
+    if not chain:
+        return stmts, False
+    loops = [s for s in stmts if not isinstance(s, (n.Comment, n.Declare))]
+    if len(loops) != 1 or not isinstance(loops[0], n.For):
+        return stmts, False
+    row_loop = loops[0]
+    size = sizes.get(chain[0])
+    rest = [sizes.get(i) for i in chain[1:]]
+    if size is None or any(r is None for r in rest) or row_loop.var.name != chain[0].name:
+        return stmts, False
+    whole = (isinstance(row_loop.start, n.Const) and row_loop.start.value == 0
+             and row_loop.end == size)
+    chunk = (parallel is not None and parallel[0] == chain[0] and row_loop.parallel is not None
+             and row_loop.start == parallel[1] and row_loop.end == parallel[2])
+    if not (whole or chunk) or _assigned(row_loop, row_loop.var):
+        return stmts, False
+    from .outputs import store_value
+    elem = vals.type.elem
+    zero = n.const(0, F32 if elem == BF16 else elem)
+    i = row_loop.var
+    if not rest:
+        fill = [store_value(vals, i, zero, accumulate=False)]
+    else:
+        width = rest[0]
+        for r in rest[1:]:
+            width = n.Binary("*", width, r)
+        q = n.Var(fresh("q"), I64)
+        first = n.Binary("*", i, width)
+        fill = [n.For(q, first, n.Binary("+", first, width),
+                      n.block(store_value(vals, q, zero, accumulate=False)))]
+    body = (n.Comment(f"zero row {i.name} of {vals.name} here, so the caller need not zero it"),
+            *fill, *row_loop.body.body)
+    new = dataclasses.replace(row_loop, body=n.Block(body))
+    return [new if s is row_loop else s for s in stmts], True

@@ -36,7 +36,7 @@ from . import split as split_mod
 from .order import access_chain, choose_order
 from .split import SplitPiece
 from .regblock import block_rows
-from .coverage import writes_every_element
+from .coverage import writes_every_element, zero_rows
 from .outputs import AppendSink, DenseSink, ScalarSink, WorkspaceSink
 
 TEMP_FORMAT = Format(())
@@ -374,6 +374,7 @@ class Lowerer:
             nest = self.nest(self.outer, self.expr, self.out_sink, env, depth=0)
             if self.opt.parallel_kind == "threads":  # a GPU thread has no vector registers to fill
                 nest = block_rows(nest, self.fresh)
+                nest = self._zero_rows(nest)
             body += _free_before_error_returns(nest, gemm_temps)
         if self.workspace:
             body += self.workspace["epilogue"]
@@ -383,7 +384,7 @@ class Lowerer:
                         doc=f"{self.a!r}\nloop order: {', '.join(i.name for i in self.loop_order)}")
         module = n.Module((fn,), entry=self.opt.name)
         balance, walked = self._balance(), self.parallel_positions
-        return Lowered(overwrites_output=self._overwrites_output(fn, shape, walked),module=module, entry=self.opt.name, bindings=self.bindings, order=self.order,
+        return Lowered(overwrites_output=self._overwrites_output(fn, shape),module=module, entry=self.opt.name, bindings=self.bindings, order=self.order,
                        transposes=self.transposes, output_shape=shape, growable=grow,
                        parallel=split_mod.base_of(self.parallel).name if self.parallel is not None else None,
                        parallel_split=split_mod.extent_rule(self.parallel),
@@ -394,16 +395,42 @@ class Lowerer:
                        notation=Assignment(self.lhs, self.notation_rhs, self.accumulate), warnings=self.warnings,
                        blas=[g.describe() for g in self.gemms])
 
-    def _overwrites_output(self, fn, shape, walked) -> bool:
-        """Whether the kernel stores every element of its dense output (coverage.py)."""
-        if shape != "dense" or not isinstance(self.out_sink, DenseSink) or self.out_sink.accumulate:
-            return False
-        parallel = None
-        if (self.parallel is not None and walked is None
-                and split_mod.base_of(self.parallel) is self.parallel):
-            parallel = (self.parallel, self.lo, self.hi)
+    def _row_split(self):
+        """``(index, lo, hi)`` when the parallel loop is a plain loop over an index's
+        whole range split into ``[lo, hi)`` chunks (not positions, not a split piece)."""
+        if (self.parallel is None or self.parallel_positions is not None
+                or split_mod.base_of(self.parallel) is not self.parallel):
+            return None
+        return (self.parallel, self.lo, self.hi)
+
+    def _fresh_dense_output(self) -> bool:
+        """A dense ``=`` output that only this kernel's nest writes, one thread per element."""
         sink = self.out_sink
-        return writes_every_element(fn, sink.vals, sink.chain, sink.sizes, parallel)
+        return (self.out_shape == "dense" and isinstance(sink, DenseSink) and not self.accumulate
+                and not sink.atomic)
+
+    def _zero_rows(self, nest: list) -> list:
+        """The nest clearing each output row itself when it adds into them (coverage.py)."""
+        self.zeroes_rows = False
+        if not self._fresh_dense_output():
+            return nest
+        sink = self.out_sink
+        fn = n.Function("nest", (), n.block(*nest))
+        if writes_every_element(fn, sink.vals, sink.chain, sink.sizes, self._row_split()):
+            return nest  # stored whole already: nothing to clear
+        nest, self.zeroes_rows = zero_rows(nest, sink.vals, sink.chain, sink.sizes,
+                                           self._row_split(), self.fresh)
+        return nest
+
+    def _overwrites_output(self, fn, shape) -> bool:
+        """Whether the kernel stores every element of its dense output before the
+        caller could see it: stored whole, or each row cleared first (coverage.py)."""
+        if shape != "dense" or not self._fresh_dense_output():
+            return False
+        if getattr(self, "zeroes_rows", False):
+            return True
+        sink = self.out_sink
+        return writes_every_element(fn, sink.vals, sink.chain, sink.sizes, self._row_split())
 
     # ----------------------------------------------------- BLAS offload
     def _blas_allowed(self) -> bool:
