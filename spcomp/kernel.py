@@ -423,6 +423,8 @@ class Kernel:
         variant = self._variants.get(bits) or self._variant(bits)
         low = variant.lowered
         given = operands.get(self.output_name)
+        if given is not None:
+            _refuse_overlap(given, operands, self.output_name)
         if low.assembly is not None:  # a sparse output assembled in two phases (spcomp/assemble.py)
             if self._backend.name != "cpu" or self._splits(low, sizes, storages):
                 from .assemble import run_two_phase
@@ -807,6 +809,7 @@ class _FastCall:
             if kind == _OUTPUT:  # any array the kernel can write as it is
                 if not _plain_output_array(v, fp):
                     return None
+                _refuse_overlap(v, operands, name)
             elif kind == _ARRAY:
                 if type(v) is not np.ndarray or (v.shape, v.strides, v.dtype) != fp:
                     return None
@@ -892,6 +895,23 @@ class _DeviceOutput:
 
     def result(self):
         return self.array
+
+
+def _refuse_overlap(out, operands, out_name) -> None:
+    """An ``OperandError`` when the output array shares memory with an input: the
+    kernel would read values it has already overwritten (or zeroed), a silent wrong
+    answer. Checked by address ranges (``np.may_share_memory``), which is cheap."""
+    if not isinstance(out, np.ndarray):
+        return
+    for name, value in operands.items():
+        if name == out_name:
+            continue
+        arrays = [value] if isinstance(value, np.ndarray) else [
+            a for a in (getattr(value, attr, None) for attr in ("data", "indices", "indptr"))
+            if isinstance(a, np.ndarray)]
+        if any(np.may_share_memory(out, a) for a in arrays):
+            raise OperandError(f"output {out_name} shares memory with input {name}: pass a "
+                               f"separate array for the output")
 
 
 def _fresh_output(shape, dtype, overwrite: bool) -> np.ndarray:
