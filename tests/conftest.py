@@ -144,3 +144,23 @@ def spcomp_threads(n: int, min_work: int | None = None):
     finally:
         spcomp.set_num_threads(before)
         _threads.MIN_PARALLEL_WORK = work
+
+
+@pytest.fixture(autouse=True)
+def _unzeroed_outputs_hold_garbage(monkeypatch):
+    """Every test runs with the fresh dense outputs the runtime leaves unzeroed
+    (a kernel that stores every element, spcomp/lower/coverage.py) filled with NaN
+    bytes instead of whatever ``np.empty`` returned, which is often zero by luck: a
+    kernel that skips an element it promised to store then fails its check, in
+    every property and example test."""
+    import numpy as np
+    import spcomp.kernel as kernel_module
+    real = kernel_module._fresh_output
+
+    def fresh(shape, dtype, overwrite):
+        out = real(shape, dtype, overwrite)
+        if overwrite:
+            out.reshape(-1).view(np.uint8).fill(0xFF)
+        return out
+
+    monkeypatch.setattr(kernel_module, "_fresh_output", fresh)

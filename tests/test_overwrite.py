@@ -1,9 +1,9 @@
 """Dense outputs the kernel writes whole are not zeroed first (spcomp/lower/coverage.py).
 
 A wrong "yes" from the coverage check would return uninitialised memory, which is
-often zero by luck; so these tests replace the runtime's fresh-output allocator
-with one that fills the array with NaN bytes whenever it skips the zeros, and a
-given output is filled with garbage before the call.
+often zero by luck; so every test runs with such outputs filled with NaN bytes
+(conftest.py), and these tests also count how many outputs were left unzeroed and
+fill given outputs with garbage before the call.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ from test_properties import run_case
 
 @pytest.fixture
 def poisoned(monkeypatch):
-    """Fresh outputs the kernel promises to overwrite start as NaN; counts them."""
+    """Counts the fresh outputs the kernel promises to overwrite (NaN-filled, as in
+    every test: conftest.py)."""
     counts = {"skipped zeros": 0}
     real = kernel_module._fresh_output
 
