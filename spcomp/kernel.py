@@ -900,7 +900,7 @@ class _DeviceOutput:
 def _refuse_overlap(out, operands, out_name) -> None:
     """An ``OperandError`` when the output array shares memory with an input: the
     kernel would read values it has already overwritten (or zeroed), a silent wrong
-    answer. Checked by address ranges (``np.may_share_memory``), which is cheap."""
+    answer. Interleaved views of one buffer that share no element are fine."""
     if not isinstance(out, np.ndarray):
         return
     for name, value in operands.items():
@@ -909,9 +909,20 @@ def _refuse_overlap(out, operands, out_name) -> None:
         arrays = [value] if isinstance(value, np.ndarray) else [
             a for a in (getattr(value, attr, None) for attr in ("data", "indices", "indptr"))
             if isinstance(a, np.ndarray)]
-        if any(np.may_share_memory(out, a) for a in arrays):
+        if any(_overlaps(out, a) for a in arrays):
             raise OperandError(f"output {out_name} shares memory with input {name}: pass a "
                                f"separate array for the output")
+
+
+def _overlaps(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two arrays share an element: the address ranges first (cheap), then
+    NumPy's exact answer, bounded; an answer too hard to find counts as yes."""
+    if not np.may_share_memory(a, b):
+        return False
+    try:
+        return np.shares_memory(a, b, max_work=10_000)
+    except np.exceptions.TooHardError:
+        return True
 
 
 def _fresh_output(shape, dtype, overwrite: bool) -> np.ndarray:

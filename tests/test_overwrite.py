@@ -180,3 +180,12 @@ def test_an_output_that_shares_memory_with_an_input_is_refused():
     B = sp.csr_matrix((data[3:], A.indices, A.indptr), shape=A.shape)  # B.data overlaps y
     with pytest.raises(spcomp.OperandError, match="input A"):
         k(A=B, x=x, y=data[:6])
+
+
+def test_interleaved_views_of_one_buffer_are_not_an_overlap():
+    A = sp.random(6, 6, density=0.5, format="csr", random_state=7)
+    buf = np.arange(12.0)
+    x, y = buf[0::2], buf[1::2]  # address ranges overlap, elements do not
+    k = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"})
+    expected = A @ x.copy()
+    np.testing.assert_allclose(k(A=A, x=x, y=y), expected, rtol=1e-12)
