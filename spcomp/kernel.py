@@ -921,7 +921,7 @@ def _overlaps(a: np.ndarray, b: np.ndarray) -> bool:
         return False
     try:
         return np.shares_memory(a, b, max_work=10_000)
-    except np.exceptions.TooHardError:
+    except getattr(np, "exceptions", np).TooHardError:  # np.TooHardError before NumPy 1.25
         return True
 
 
