@@ -338,6 +338,7 @@ class Lowerer:
         self.out_shape = shape
         # workspace when a reduction runs outside the output's last index
         self.workspace = None
+        self.zeroes_rows = False  # set by _zero_rows when the nest clears each output row
         if shape != "dense" and self.scatter:
             self.workspace = self._make_workspace()
         # parallel outer loop
@@ -384,7 +385,7 @@ class Lowerer:
                         doc=f"{self.a!r}\nloop order: {', '.join(i.name for i in self.loop_order)}")
         module = n.Module((fn,), entry=self.opt.name)
         balance, walked = self._balance(), self.parallel_positions
-        return Lowered(overwrites_output=self._overwrites_output(fn, shape),module=module, entry=self.opt.name, bindings=self.bindings, order=self.order,
+        return Lowered(module=module, entry=self.opt.name, bindings=self.bindings, order=self.order,
                        transposes=self.transposes, output_shape=shape, growable=grow,
                        parallel=split_mod.base_of(self.parallel).name if self.parallel is not None else None,
                        parallel_split=split_mod.extent_rule(self.parallel),
@@ -393,7 +394,8 @@ class Lowerer:
                        loops="\n".join([g.describe() for g in self.gemms] + self.loops_text
                                        + [f"(layout: {r})" for r in self.dense_relayouts]),
                        notation=Assignment(self.lhs, self.notation_rhs, self.accumulate), warnings=self.warnings,
-                       blas=[g.describe() for g in self.gemms])
+                       blas=[g.describe() for g in self.gemms],
+                       overwrites_output=self._overwrites_output(fn, shape))
 
     def _row_split(self):
         """``(index, lo, hi)`` when the parallel loop is a plain loop over an index's
@@ -411,7 +413,6 @@ class Lowerer:
 
     def _zero_rows(self, nest: list) -> list:
         """The nest clearing each output row itself when it adds into them (coverage.py)."""
-        self.zeroes_rows = False
         if not self._fresh_dense_output():
             return nest
         sink = self.out_sink
@@ -427,7 +428,7 @@ class Lowerer:
         caller could see it: stored whole, or each row cleared first (coverage.py)."""
         if shape != "dense" or not self._fresh_dense_output():
             return False
-        if getattr(self, "zeroes_rows", False):
+        if self.zeroes_rows:
             return True
         sink = self.out_sink
         return writes_every_element(fn, sink.vals, sink.chain, sink.sizes, self._row_split())
