@@ -20,8 +20,8 @@ from spcomp.backends.cpu import (KernelIRError, compile_module, host_cpu_key, lo
 from spcomp.errors import CacheError, UnsupportedError
 from spcomp.ir import (BF16, BOOL, F32, F64, I8, I16, I32, I64, AtomicAdd, Allocate, Assign,
                        Binary, Block, Call, Cast, Comment, Const, Declare, For, Free, Function,
-                       If, Load, Module, Reallocate, Return, Select, Sort, Store, Unary, Var,
-                       While, block, i64, ptr)
+                       If, Load, Module, Prefetch, Reallocate, Return, Select, Sort, Store, Unary,
+                       Var, While, block, i64, ptr)
 from spcomp.ir.nodes import STATUS_OUT_OF_MEMORY
 
 LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
@@ -652,3 +652,23 @@ def test_a_sum_in_a_vectorised_loop_may_add_its_lanes_as_a_tree():
         y = np.full(5, np.nan)
         assert cm.function(name)(addr(pos), addr(vals), addr(y), 5) == 0
         np.testing.assert_allclose(y, np.add.reduceat(vals, pos[:-1]) * (np.diff(pos) > 0), rtol=1e-13)
+
+
+def test_a_prefetch_past_the_end_of_an_array_is_harmless():
+    """``Prefetch`` is a hint: LLVM's ``llvm.prefetch``, which never faults, and no
+    ``inbounds`` on its address (the look-ahead may point past the array)."""
+    x, y, n_, i = Var("x", ptr(F64)), Var("y", ptr(F64)), Var("n", I64), Var("i", I64)
+    f = Function("copy_with_hints", (x, y, n_), block(
+        For(i, i64(0), n_, block(
+            Prefetch(x, add(i, i64(1 << 30))),  # 8 GiB past the end
+            Store(y, i, Load(x, i))))))
+    cm = compile_module(Module((f,)))
+    assert "call void @\"llvm.prefetch.p0\"" in cm.llvm_ir
+    src = np.arange(100.0)
+    assert np.array_equal(run_elementwise_like(cm, src), src)
+
+
+def run_elementwise_like(cm, src):
+    dst = np.zeros_like(src)
+    assert cm.function("copy_with_hints")(addr(src), addr(dst), len(src)) == 0
+    return dst

@@ -894,3 +894,17 @@ def test_check_names_the_kernel_when_nvcc_fails(monkeypatch):
     with pytest.raises(nvcc.NvccError, match=r"y\[i\] = A\[i,j\] \* x\[j\].*sm_80") as e:
         cuda.check(g)
     assert e.value.arch == "sm_80" and "broken" in e.value.log
+
+
+def test_a_cpu_prefetch_hint_is_dropped_from_cuda_source():
+    """The register-blocking pass only runs for CPU threads, but a kernel IR with a
+    ``Prefetch`` still emits valid CUDA C: the hint becomes a comment."""
+    x, y, i, count = V("x", ptr(F32)), V("y", ptr(F32)), V("i", I64), V("count", I64)
+    f = n.Function("hinted", (x, y, count), n.block(
+        n.For(i, n.i64(0), count, n.block(
+            n.Prefetch(x, n.Binary("+", i, n.i64(64))),
+            n.Store(y, i, n.Load(x, i))), parallel="gpu-thread")))
+    src = emit_module(n.Module((f,)))
+    assert "prefetch of x dropped" in src and "__builtin_prefetch" not in src
+    if nvcc.nvcc_available():
+        nvcc.check_source(src)  # raises with nvcc's messages if the source does not compile

@@ -49,3 +49,36 @@ def test_leaves_alone_what_it_cannot_block():
     parallel = n.For(parallel.var, parallel.start, parallel.end, parallel.body, parallel="threads")
     assert not blocked(parallel)
     assert blocked(spmm_nest())
+
+
+def _prefetches(stmts):
+    return [x for s in stmts for x in n.walk(s) if isinstance(x, n.Prefetch)]
+
+
+def test_prefetches_the_block_rows_ahead_only_with_a_known_last_position():
+    last = n.Var("last", I64)
+    without = block_rows([spmm_nest()], Names())
+    assert not _prefetches(without)  # no bound for the look-ahead read of crd: no hints
+    out = block_rows([spmm_nest()], Names(), {P: last})
+    hints = _prefetches(out)
+    assert {h.array for h in hints} == {X}  # the indirect rows, not V (sequential) nor Y
+    assert len(hints) == 5  # the block's 4 lines, and a 5th when X's rows are misaligned
+    blocked_loop = next(s for s in out if isinstance(s, n.For)).body.body[-1]
+    ahead = next(s for s in blocked_loop.body.body if isinstance(s, n.Declare) and s.var.name.startswith("p_ahead"))
+    assert ahead.init == n.Binary("min", n.Binary("+", P, n.i64(8)), last)  # never past the level
+    remainder = out[-1].then.body[-1]
+    assert not _prefetches([remainder])  # the short remainder pass gets none
+
+
+def test_compiled_spmm_prefetches_within_the_matrix():
+    import numpy as np
+    import scipy.sparse as sp
+    import spcomp
+    k = spcomp.compile("Y[i,k] = A[i,j] * X[j,k]", formats={"A": "csr"})
+    assert "__builtin_prefetch(&X_vals[" in k.ir and "(int64_t)A2_pos[N_i] - 1" in k.ir
+    dcsr = spcomp.compile("Y[i,k] = A[i,j] * X[j,k]", formats={"A": "dcsr"})
+    assert "__builtin_prefetch" not in dcsr.ir  # the last position of a level under a compressed one is not known
+    # the last rows hold the last nonzeros: the look-ahead is clamped, results exact
+    A = sp.csr_matrix(np.triu(np.ones((40, 40))))
+    X = np.arange(40 * 35, dtype=np.float64).reshape(40, 35)
+    np.testing.assert_array_equal(k(A=A, X=X), A @ X)

@@ -185,6 +185,9 @@ def _copied_pointers(f: n.Function) -> set:
             expr(s.array, True)
             expr(s.start)
             expr(s.count)
+        elif isinstance(s, n.Prefetch):
+            expr(s.array, True)
+            expr(s.index)
         elif isinstance(s, n.Gemm):  # the pointers go to BLAS
             for e in (s.a, s.b, s.c, s.m, s.n, s.k, s.lda, s.ldb, s.ldc):
                 expr(e)
@@ -660,6 +663,17 @@ class _FunctionLowering:
         base = self.address(s.array, s.start, s)
         count = self.to_i64(self.expr(s.count), s.count.type)
         self.b.call(self.ml.sort_helper(elem), [base, count])
+
+    def stmt_Prefetch(self, s: n.Prefetch):
+        """``llvm.prefetch`` of the element's line: a read, kept in every cache level."""
+        if not isinstance(s.array.type, PointerType):
+            raise self.error(f"prefetching from a non-pointer of type {s.array.type}", s)
+        base = self.expr(s.array)
+        idx = self.to_i64(self.expr(s.index), s.index.type)
+        # no ``inbounds``: the element may lie past the array, which a prefetch allows
+        address = self.b.gep(base, [idx], source_etype=memory_type(s.array.type.elem))
+        fn = self.ml.external("llvm.prefetch.p0", ir.VoidType(), [PTR, I32_T, I32_T, I32_T])
+        self.b.call(fn, [address, ir.Constant(I32_T, 0), ir.Constant(I32_T, 3), ir.Constant(I32_T, 1)])
 
     def stmt_Gemm(self, s: n.Gemm):
         """Row-major ``C = op(A)·op(B)`` is column-major ``Cᵀ = op(B)ᵀ·op(A)ᵀ``: call

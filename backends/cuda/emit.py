@@ -465,6 +465,10 @@ class CudaEmitter(CPrinter):
         return [self.line(d, f"spc_sort_ascending({self.expr(s.array)} + {self.expr(s.start)}, "
                              f"{self.expr(s.count)});")]
 
+    def stmt_Prefetch(self, s: n.Prefetch, d):
+        # a CPU cache hint (the CPU register-blocking pass adds it): dropped, always correct
+        return [self.line(d, f"// prefetch of {self.expr(s.array)} dropped")]
+
     # ----------------------------------------------------- team bodies
     def block_lines(self, b: n.Block, depth: int) -> list[str]:
         if self._ctx.kind not in ("block", "warp"):

@@ -24,6 +24,9 @@ Conventions every backend follows:
 * ``Allocate``/``Reallocate``/``Free`` manage heap arrays held in pointer
   variables (CPU: malloc/realloc/free from libc; ``zero`` means calloc).
 * ``Sort`` sorts ``count`` integers of ``array`` starting at ``start`` ascending.
+* ``Prefetch`` asks the cache for the line holding ``array[index]``: it reads and
+  writes nothing and never faults, even past the array's end (computing ``index``
+  must still stay in bounds); dropping it is a correct implementation.
 * ``Return`` leaves the function with a status code.
 """
 from __future__ import annotations
@@ -225,6 +228,12 @@ class Sort:
 
 
 @dataclass(frozen=True)
+class Prefetch:
+    array: Expr
+    index: Expr
+
+
+@dataclass(frozen=True)
 class Gemm:
     """``c = op(a) · op(b)`` over row-major matrices by the process's BLAS (CPU only).
 
@@ -253,7 +262,7 @@ class Return:
 
 
 Stmt = Union[Comment, Declare, Assign, Store, AtomicAdd, Block, For, While, If,
-             Allocate, Reallocate, Free, Sort, Gemm, Return]
+             Allocate, Reallocate, Free, Sort, Prefetch, Gemm, Return]
 
 
 @dataclass(frozen=True)
@@ -341,6 +350,8 @@ def children(node) -> tuple:
         return (node.var,)
     if isinstance(node, Sort):
         return (node.array, node.start, node.count)
+    if isinstance(node, Prefetch):
+        return (node.array, node.index)
     if isinstance(node, Function):
         return tuple(node.params) + (node.body,)
     return ()

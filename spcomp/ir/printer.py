@@ -167,6 +167,9 @@ class CPrinter:
     def stmt_Sort(self, s: n.Sort, d):
         return [self.line(d, f"sort_ascending({self.expr(s.array)} + {self.expr(s.start)}, {self.expr(s.count)});")]
 
+    def stmt_Prefetch(self, s: n.Prefetch, d):
+        return [self.line(d, f"__builtin_prefetch(&{self.expr(s.array)}[{self.expr(s.index)}]);")]
+
     def stmt_Gemm(self, s: n.Gemm, d):
         elem = s.c.type.elem if isinstance(s.c.type, PointerType) else None
         fn = "cblas_dgemm" if elem == F64 else "cblas_sgemm"

@@ -82,6 +82,8 @@ def _scan(s, vals, loops: tuple, stores: list, last: bool) -> bool:
         return vals not in (s.a, s.b, s.c)
     if isinstance(s, n.Sort):
         return s.array != vals
+    if isinstance(s, n.Prefetch):  # a cache hint: reads and writes nothing
+        return True
     if isinstance(s, n.Return):
         return last or s.status != n.STATUS_OK  # an error return discards the output
     if isinstance(s, n.Declare):

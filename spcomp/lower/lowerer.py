@@ -149,6 +149,7 @@ class Lowerer:
         self.opt = options or Options()
         self.loops_text: list = []
         self.warnings: list = []
+        self.position_ends: dict = {}  # position loop var -> its level's last position (_note_position_end)
 
     # ================================================================ setup
     def run(self) -> Lowered:
@@ -374,7 +375,7 @@ class Lowerer:
                 body += self._gemm(g)
             nest = self.nest(self.outer, self.expr, self.out_sink, env, depth=0)
             if self.opt.parallel_kind == "threads":  # a GPU thread has no vector registers to fill
-                nest = block_rows(nest, self.fresh)
+                nest = block_rows(nest, self.fresh, self.position_ends)
                 nest = self._zero_rows(nest)
             body += _free_before_error_returns(nest, gemm_temps)
         if self.workspace:
@@ -396,6 +397,23 @@ class Lowerer:
                        notation=Assignment(self.lhs, self.notation_rhs, self.accumulate), warnings=self.warnings,
                        blas=[g.describe() for g in self.gemms],
                        overwrites_output=self._overwrites_output(fn, shape))
+
+    def _note_position_end(self, loop: list, key) -> None:
+        """Remember the last position of a compressed level whose parents are all
+        dense (CSR's ``pos[N_i] - 1``) for the loop walking it: the register-blocking
+        pass clamps its look-ahead reads of ``crd`` there (regblock.py)."""
+        acc, l = key
+        levels = acc.tensor.format.levels
+        if len(loop) != 1 or not isinstance(loop[0], n.For) or "pos" not in levels[l].arrays:
+            return
+        if any(not lv.is_dense for lv in levels[:l]):
+            return
+        chain = access_chain(acc)
+        count = n.i64(1) if l == 0 else self.sizes[chain[0]]
+        for m in range(1, l):
+            count = n.Binary("*", count, self.sizes[chain[m]])
+        pos = self.params[acc.tensor.name].levels[l]["pos"]
+        self.position_ends[loop[0].var] = n.Binary("-", _idx(n.Load(pos, count)), n.i64(1))
 
     def _row_split(self):
         """``(index, lo, hi)`` when the parallel loop is a plain loop over an index's
@@ -824,6 +842,7 @@ class Lowerer:
                     e.team = None
                 return self._body(i, rest, expr, sink, e, coord, depth)
             loop = it.loop(coord, body)
+            self._note_position_end(loop, k)
             if parallel:  # threads take ranges of the level's positions (_top_positions)
                 assert len(loop) == 1 and isinstance(loop[0], n.For), "a unique compressed level loops with For"
                 loop = [dataclasses.replace(loop[0], start=self.lo, end=self.hi, parallel=self.opt.parallel_kind)]
