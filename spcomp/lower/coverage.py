@@ -149,19 +149,7 @@ def _linear_terms(e, size_vars: list):
 
 
 def _assigned(loop: n.For, v) -> bool:
-    return any(isinstance(x, n.Assign) and x.var == v for x in _statements(loop.body))
-
-
-def _statements(s):
-    yield s
-    for child in getattr(s, "body", ()) if isinstance(s, n.Block) else ():
-        yield from _statements(child)
-    if isinstance(s, (n.For, n.While)):
-        yield from _statements(s.body)
-    if isinstance(s, n.If):
-        yield from _statements(s.then)
-        if s.otherwise is not None:
-            yield from _statements(s.otherwise)
+    return any(isinstance(x, n.Assign) and x.var == v for x in n.walk(loop.body))
 
 
 def zero_rows(stmts: list, vals: n.Var, chain: list, sizes: dict, parallel=None, fresh=None):

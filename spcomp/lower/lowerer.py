@@ -396,7 +396,7 @@ class Lowerer:
                                        + [f"(layout: {r})" for r in self.dense_relayouts]),
                        notation=Assignment(self.lhs, self.notation_rhs, self.accumulate), warnings=self.warnings,
                        blas=[g.describe() for g in self.gemms],
-                       overwrites_output=self._overwrites_output(fn, shape))
+                       overwrites_output=self._overwrites_output(fn))
 
     def _note_position_end(self, loop: list, key) -> None:
         """Remember the last position of a compressed level whose parents are all
@@ -433,18 +433,17 @@ class Lowerer:
         """The nest clearing each output row itself when it adds into them (coverage.py)."""
         if not self._fresh_dense_output():
             return nest
-        sink = self.out_sink
+        sink, split = self.out_sink, self._row_split()
         fn = n.Function("nest", (), n.block(*nest))
-        if writes_every_element(fn, sink.vals, sink.chain, sink.sizes, self._row_split()):
+        if writes_every_element(fn, sink.vals, sink.chain, sink.sizes, split):
             return nest  # stored whole already: nothing to clear
-        nest, self.zeroes_rows = zero_rows(nest, sink.vals, sink.chain, sink.sizes,
-                                           self._row_split(), self.fresh)
+        nest, self.zeroes_rows = zero_rows(nest, sink.vals, sink.chain, sink.sizes, split, self.fresh)
         return nest
 
-    def _overwrites_output(self, fn, shape) -> bool:
+    def _overwrites_output(self, fn) -> bool:
         """Whether the kernel stores every element of its dense output before the
         caller could see it: stored whole, or each row cleared first (coverage.py)."""
-        if shape != "dense" or not self._fresh_dense_output():
+        if not self._fresh_dense_output():
             return False
         if self.zeroes_rows:
             return True
