@@ -30,6 +30,7 @@ from ..ir import nodes as n
 from ..ir.types import I64, ptr
 from .context import Binding, level_array_type
 from .outputs import AppendSink, _add
+from .prefetch import prefetch_rows
 
 ROW_POS = "row_pos"  # binding role / array name: per-row starts of a lower level
 
@@ -291,7 +292,10 @@ def _function_body(lw, sink, phase) -> list:
     body += sink.prologue()
     if lw.workspace:
         body += lw.workspace["prologue"]
-    body += lw.nest(lw.outer, lw.expr, sink, Env(), depth=0)
+    nest = lw.nest(lw.outer, lw.expr, sink, Env(), depth=0)
+    if phase == "fill" and lw.opt.parallel_kind == "threads":  # the count phase reads no rows
+        nest = prefetch_rows(nest, lw.position_ends, lw.fresh)
+    body += nest
     if lw.workspace:
         body += lw.workspace["epilogue"]
     return body

@@ -36,6 +36,7 @@ from . import split as split_mod
 from .order import access_chain, choose_order
 from .split import SplitPiece
 from .regblock import block_rows
+from .prefetch import prefetch_rows
 from .coverage import writes_every_element, zero_rows
 from .outputs import AppendSink, DenseSink, ScalarSink, WorkspaceSink
 
@@ -376,6 +377,7 @@ class Lowerer:
             nest = self.nest(self.outer, self.expr, self.out_sink, env, depth=0)
             if self.opt.parallel_kind == "threads":  # a GPU thread has no vector registers to fill
                 nest = block_rows(nest, self.fresh, self.position_ends)
+                nest = prefetch_rows(nest, self.position_ends, self.fresh)
                 nest = self._zero_rows(nest)
             body += _free_before_error_returns(nest, gemm_temps)
         if self.workspace:

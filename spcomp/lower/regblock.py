@@ -32,6 +32,7 @@ import dataclasses
 
 from ..ir import nodes as n
 from ..ir.types import I64
+from .prefetch import LINE_BYTES, PREFETCH_DISTANCE, look_ahead, substitute
 
 # bytes of output kept in registers per block: four 512-bit or eight 256-bit vectors,
 # which leaves registers free on a 16-register AVX2 machine (512 bytes measured no faster)
@@ -130,10 +131,6 @@ def _with_inner(body: n.Block, old: n.For, new: n.For, before=()) -> n.Block:
     return n.Block(tuple(out))
 
 
-# how many iterations of the sparse loop ahead a block's rows are prefetched
-PREFETCH_DISTANCE = 8
-
-
 def _prefetches(outer: n.For, prelude: list, inner: n.For, rhs, first, width: int,
                 elem_bytes: int, last, fresh) -> list:
     """Prefetch hints for the block-row reads of a later iteration of ``outer``.
@@ -141,10 +138,11 @@ def _prefetches(outer: n.For, prelude: list, inner: n.For, rhs, first, width: in
     A read whose address depends on the sparse loop's variables (``X[j*N + k]`` with
     ``j = crd[p]``) jumps to an unpredictable row each iteration, which the hardware
     prefetchers cannot follow. Each of the block's cache lines is requested for
-    ``p' = min(p + PREFETCH_DISTANCE, last)``, the prelude recomputed at ``p'``.
-    ``last`` is the level's last position (None: unknown, no hints); clamping to the
-    row's own end instead would keep ``crd`` in bounds too, but then the next row's
-    first nonzeros, the ones that miss, are never fetched early (measured: no gain).
+    ``p' = min(p + PREFETCH_DISTANCE, last)``, the prelude recomputed at ``p'``
+    (prefetch.py). ``last`` is the level's last position (None: unknown, no hints);
+    clamping to the row's own end instead would keep ``crd`` in bounds too, but then
+    the next row's first nonzeros, the ones that miss, are never fetched early
+    (measured: no gain).
     """
     if last is None or any(d.init is None for d in prelude):
         return []
@@ -153,43 +151,16 @@ def _prefetches(outer: n.For, prelude: list, inner: n.For, rhs, first, width: in
              and _uses(x.index, local) and _uses(x.index, {inner.var})]
     if not reads:
         return []
-    t = outer.var.type
-    ahead = n.Var(fresh(outer.var.name + "_ahead"), t)
-    stmts = [n.Comment(f"fetch the rows {PREFETCH_DISTANCE} nonzeros ahead: their addresses jump"),
-             n.Declare(ahead, n.Binary("min", n.Binary("+", outer.var, n.const(PREFETCH_DISTANCE, t)), last))]
-    mapping = {outer.var: ahead}
-    for d in prelude:
-        later = n.Var(fresh(d.var.name + "_ahead"), d.var.type)
-        stmts.append(n.Declare(later, _substitute(d.init, mapping)))
-        mapping[d.var] = later
-    per_line = max(64 // elem_bytes, 1)
+    ahead, mapping = look_ahead(outer, prelude, last, fresh)
+    stmts = [n.Comment(f"fetch the rows {PREFETCH_DISTANCE} nonzeros ahead: their addresses jump"), *ahead]
+    per_line = max(LINE_BYTES // elem_bytes, 1)
     offsets = sorted(set(range(0, width, per_line)) | {width - 1})  # every line, aligned or not
     for load in dict.fromkeys(reads):
         for off in offsets:
             at = dict(mapping)
             at[inner.var] = n.Binary("+", first, n.i64(off))
-            stmts.append(n.Prefetch(load.array, _substitute(load.index, at)))
+            stmts.append(n.Prefetch(load.array, substitute(load.index, at)))
     return stmts
-
-
-def _substitute(e, mapping: dict):
-    """Expression ``e`` with variables replaced by ``mapping``'s expressions."""
-    if isinstance(e, n.Var):
-        return mapping.get(e, e)
-    if isinstance(e, n.Const):
-        return e
-    changes = {}
-    for f in dataclasses.fields(e):
-        v = getattr(e, f.name)
-        if isinstance(v, tuple):
-            changes[f.name] = tuple(_substitute(x, mapping) if _is_expr(x) else x for x in v)
-        elif _is_expr(v):
-            changes[f.name] = _substitute(v, mapping)
-    return dataclasses.replace(e, **changes)
-
-
-def _is_expr(x) -> bool:
-    return isinstance(x, (n.Var, n.Const, n.Load, n.Binary, n.Unary, n.Call, n.Select, n.Cast))
 
 
 def _uses(e, names) -> bool:
