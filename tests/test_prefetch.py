@@ -11,7 +11,7 @@ import spcomp
 from spcomp.ir import nodes as n
 from spcomp.ir.types import F64, I32, I64, ptr
 from spcomp.lower.context import Names
-from spcomp.lower.prefetch import MAX_LINES, prefetch_rows
+from spcomp.lower.prefetch import MAX_LINES, MIN_TABLE_BYTES, prefetch_rows
 
 OUT, E, V, W = (n.Var(name, ptr(F64)) for name in ("out", "E", "V", "W"))
 CRD = n.Var("crd", ptr(I32))
@@ -82,6 +82,21 @@ def test_only_the_prelude_the_addresses_need_is_recomputed():
     assert not any(name.startswith("v_ahead") for name in declared)
 
 
+def test_hints_for_a_table_of_known_size_run_only_when_it_outgrows_l1():
+    out = prefetch_rows([sddmm_nest()], {P: LAST}, Names(), {E: n.Binary("*", T, NK)})
+    guards = [s for s in out[0].body.body if isinstance(s, n.If)]
+    assert len(guards) == 1 and hints(guards[0].then.body)
+    assert guards[0].cond == n.Binary(">=", n.Binary("*", T, NK), n.i64(MIN_TABLE_BYTES // 8))
+    unguarded = prefetch_rows([sddmm_nest()], {P: LAST}, Names())  # size unknown: always
+    assert not any(isinstance(s, n.If) for s in unguarded[0].body.body) and hints(unguarded)
+
+
+def test_the_last_position_of_a_level_under_compressed_ones_is_known():
+    """CSF's third level ends at pos3[pos2[pos1[1]]] - 1: its loop gets hints too."""
+    k = spcomp.compile("A[i,j] = B[i,k,l] * C[k,j] * D[l,j]", formats={"B": "csf"})
+    assert "min((pB3 + 8), ((int64_t)B3_pos[(int64_t)B2_pos[(int64_t)B1_pos[1]]] - 1))" in k.ir
+
+
 SDDMM = "C[i,j] = B[i,j] * D[i,k] * E[k,j]"
 
 
@@ -96,8 +111,11 @@ def test_compiled_sddmm_prefetches_in_its_fill_phase_only():
 
 @pytest.mark.parametrize("expr, formats", [
     (SDDMM, {"B": "csr", "C": "csr"}),
+    (SDDMM, {"B": "dcsr", "C": "dcsr"}),
     ("C[i,j] = B[i,j] * D[i,k] * E[k,j]", {"B": "csr"}),
     ("y[i,r] = A[i,j] * X[j,r]", {"A": "csr"}),
+    ("y[i,r] = A[i,j] * X[j,r]", {"A": "dcsr"}),
+    ("y[i,r] = A[j,i] * X[j,r]", {"A": "csc"}),
     ("y[i] = A[i,j] * X[j,r] * w[r]", {"A": "csr"}),
 ])
 def test_results_are_bitwise_those_without_prefetches(monkeypatch, tmp_path, expr, formats):
@@ -106,8 +124,8 @@ def test_results_are_bitwise_those_without_prefetches(monkeypatch, tmp_path, exp
     import spcomp.lower.assembly as assembly
     import spcomp.lower.lowerer as lowerer
     rng = np.random.default_rng(7)
-    n_rows, n_inner = 37, 13
-    A = sp.random(n_rows, n_rows, density=0.2, format="csr", random_state=3)
+    n_rows, n_inner = 700, 13  # 9100-element tables: over MIN_TABLE_BYTES, the hints run
+    A = sp.random(n_rows, n_rows, density=0.02, format="csr", random_state=3)
     A = sp.csr_matrix(A + sp.eye(n_rows, format="csr"))  # the last row holds nonzeros
     dense = {"D": rng.standard_normal((n_rows, n_inner)), "E": rng.standard_normal((n_inner, n_rows)),
              "X": rng.standard_normal((n_rows, n_inner)), "w": rng.standard_normal(n_inner)}
@@ -116,8 +134,8 @@ def test_results_are_bitwise_those_without_prefetches(monkeypatch, tmp_path, exp
     args = {name: value for name, value in {**names, **dense}.items() if f"{name}[" in expr}
     with_hints = spcomp.compile(expr, formats=formats)
     got = with_hints(**args)
-    monkeypatch.setattr(lowerer, "prefetch_rows", lambda nest, ends, fresh: nest)
-    monkeypatch.setattr(assembly, "prefetch_rows", lambda nest, ends, fresh: nest)
+    monkeypatch.setattr(lowerer, "prefetch_rows", lambda nest, *rest: nest)
+    monkeypatch.setattr(assembly, "prefetch_rows", lambda nest, *rest: nest)
     monkeypatch.setenv("SPCOMP_CACHE_DIR", str(tmp_path / "without"))
     spcomp.clear_cache()
     try:
@@ -129,6 +147,7 @@ def test_results_are_bitwise_those_without_prefetches(monkeypatch, tmp_path, exp
         spcomp.clear_cache()  # later tests must not get the kernel without hints
     as_dense = [r.to_scipy().toarray() if hasattr(r, "to_scipy") else np.asarray(r) for r in (got, ref)]
     np.testing.assert_array_equal(as_dense[0], as_dense[1])
+    assert "__builtin_prefetch" in with_hints.ir
     reference = np.einsum(_einsum_spec(expr), *[a.toarray() if sp.issparse(a) else a for a in args.values()])
     np.testing.assert_allclose(as_dense[0], reference, rtol=1e-12, atol=1e-12)
 

@@ -294,7 +294,7 @@ def _function_body(lw, sink, phase) -> list:
         body += lw.workspace["prologue"]
     nest = lw.nest(lw.outer, lw.expr, sink, Env(), depth=0)
     if phase == "fill" and lw.opt.parallel_kind == "threads":  # the count phase reads no rows
-        nest = prefetch_rows(nest, lw.position_ends, lw.fresh)
+        nest = prefetch_rows(nest, lw.position_ends, lw.fresh, lw.table_sizes())
     body += nest
     if lw.workspace:
         body += lw.workspace["epilogue"]

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ScheduleError, UnsupportedError
 from ..formats import Compressed, Format
+from ..formats.singleton import Singleton
 from ..formats.level import LevelAccess, PosInfo
 from ..ir import nodes as n
 from ..ir.types import BOOL, F32, F64, I32, I64, ptr
@@ -377,7 +378,7 @@ class Lowerer:
             nest = self.nest(self.outer, self.expr, self.out_sink, env, depth=0)
             if self.opt.parallel_kind == "threads":  # a GPU thread has no vector registers to fill
                 nest = block_rows(nest, self.fresh, self.position_ends)
-                nest = prefetch_rows(nest, self.position_ends, self.fresh)
+                nest = prefetch_rows(nest, self.position_ends, self.fresh, self.table_sizes())
                 nest = self._zero_rows(nest)
             body += _free_before_error_returns(nest, gemm_temps)
         if self.workspace:
@@ -400,22 +401,46 @@ class Lowerer:
                        blas=[g.describe() for g in self.gemms],
                        overwrites_output=self._overwrites_output(fn))
 
+    def table_sizes(self) -> dict:
+        """The number of elements of each dense operand, by its values array: the
+        prefetch pass hints rows of large tables only (prefetch.py)."""
+        out = {}
+        for acc in accesses(self.expr):
+            params = self.params.get(acc.tensor.name)
+            if params is None or not acc.tensor.format.is_dense or not acc.indices:
+                continue
+            if any(i not in self.sizes for i in acc.indices):
+                continue
+            count = self.sizes[acc.indices[0]]
+            for i in acc.indices[1:]:
+                count = n.Binary("*", count, self.sizes[i])
+            out[params.vals] = count
+        return out
+
     def _note_position_end(self, loop: list, key) -> None:
-        """Remember the last position of a compressed level whose parents are all
-        dense (CSR's ``pos[N_i] - 1``) for the loop walking it: the register-blocking
-        pass clamps its look-ahead reads of ``crd`` there (regblock.py)."""
+        """Remember the last position of a compressed level (CSR's ``pos[N_i] - 1``,
+        CSF's third level ``pos3[pos2[pos1[1]]] - 1``) for the loop walking it: the
+        prefetch passes clamp their look-ahead reads of ``crd`` there (prefetch.py).
+        The count of the parent level's positions is built level by level: a dense
+        level multiplies it by its size, a compressed one reads it from its ``pos``,
+        a singleton keeps it; under any other kind it is not known."""
         acc, l = key
         levels = acc.tensor.format.levels
         if len(loop) != 1 or not isinstance(loop[0], n.For) or "pos" not in levels[l].arrays:
             return
-        if any(not lv.is_dense for lv in levels[:l]):
-            return
         chain = access_chain(acc)
-        count = n.i64(1) if l == 0 else self.sizes[chain[0]]
-        for m in range(1, l):
-            count = n.Binary("*", count, self.sizes[chain[m]])
-        pos = self.params[acc.tensor.name].levels[l]["pos"]
-        self.position_ends[loop[0].var] = n.Binary("-", _idx(n.Load(pos, count)), n.i64(1))
+        arrays = self.params[acc.tensor.name].levels
+        count = n.i64(1)
+        for m in range(l):
+            kind = levels[m]
+            if kind.is_dense:
+                size = self.sizes[chain[m]]
+                count = size if count == n.i64(1) else n.Binary("*", count, size)
+            elif isinstance(kind, Compressed):
+                count = _idx(n.Load(arrays[m]["pos"], count))
+            elif not isinstance(kind, Singleton):
+                return
+        self.position_ends[loop[0].var] = n.Binary("-", _idx(n.Load(arrays[l]["pos"], count)), n.i64(1))
 
     def _row_split(self):
         """``(index, lo, hi)`` when the parallel loop is a plain loop over an index's

@@ -11,9 +11,11 @@ of the nonzero ``PREFETCH_DISTANCE`` positions ahead while it works on this one:
     j_ahead = crd[p_ahead]            # the loop's prelude, recomputed at p_ahead
     for line in 0..min(lines of the row, MAX_LINES): prefetch(&E_T[j_ahead*N_k + line*8])
 
-SDDMM 20000² 0.1 %, K = 64, one thread of a Zen 3, hand-written C: 29.7 -> 18.0 ms
-(docs/performance.md). A prefetch never faults and changes no value, so results
-are bitwise those without it.
+Hand-written C of SDDMM 20000² 0.1 %, K = 64 on a Zen 3: 29.7 -> 18.0 ms; spcomp's
+SDDMM on two threads 10.9 -> 8.0 ms and SpMM with K = 16 6.9 -> 4.3 ms on one
+(docs/performance.md). When the lowerer knows the table's size the hints run only
+for a table larger than L1 (``MIN_TABLE_BYTES``). A prefetch never faults and
+changes no value, so results are bitwise those without it.
 
 Two users: :func:`prefetch_rows`, a pass over any nest (the plain row loops of the
 CPU backend), and regblock.py, whose register-blocked loop asks for the lines of
@@ -32,6 +34,8 @@ PREFETCH_DISTANCE = 8
 # row by itself, and requesting a long row whole would evict what the loop is using
 MAX_LINES = 16
 LINE_BYTES = 64
+# a table of rows smaller than this stays in L1 (32-48 KiB on the hosts measured)
+MIN_TABLE_BYTES = 64 * 1024
 
 
 def look_ahead(outer: n.For, prelude: list, last, fresh) -> tuple[list, dict]:
@@ -49,31 +53,39 @@ def look_ahead(outer: n.For, prelude: list, last, fresh) -> tuple[list, dict]:
     return stmts, mapping
 
 
-def prefetch_rows(stmts, position_ends: dict, fresh) -> list:
+def prefetch_rows(stmts, position_ends: dict, fresh, table_sizes: dict | None = None) -> list:
     """``stmts`` with row prefetches added to every loop over a compressed level's
     positions whose last position is known (``position_ends``: loop variable ->
     last position, from the lowerer) and which holds a dense loop reading a row at
     an address that follows the sparse loop's coordinate. Loops that already hold
-    prefetches (register-blocked ones) are left as they are."""
-    out = []
-    for s in stmts:
-        if isinstance(s, n.For):
-            s = dataclasses.replace(s, body=n.Block(tuple(prefetch_rows(s.body.body, position_ends, fresh))))
-            s = _with_prefetches(s, position_ends.get(s.var), fresh) or s
-        elif isinstance(s, n.While):
-            s = dataclasses.replace(s, body=n.Block(tuple(prefetch_rows(s.body.body, position_ends, fresh))))
-        elif isinstance(s, n.If):
-            s = dataclasses.replace(
-                s, then=n.Block(tuple(prefetch_rows(s.then.body, position_ends, fresh))),
-                otherwise=None if s.otherwise is None
-                else n.Block(tuple(prefetch_rows(s.otherwise.body, position_ends, fresh))))
-        elif isinstance(s, n.Block):
-            s = n.Block(tuple(prefetch_rows(s.body, position_ends, fresh)))
-        out.append(s)
-    return out
+    prefetches (register-blocked ones) are left as they are.
+
+    ``table_sizes`` maps an array to its number of elements (the lowerer's dense
+    operands): the hints for its rows then run only when it is larger than
+    ``MIN_TABLE_BYTES`` -- rows that stay in L1 gain nothing from a hint, and its
+    few instructions per nonzero cost 6-11 % (MTTKRP 200³, R = 16)."""
+    sizes = table_sizes or {}
+
+    def walk(stmts):
+        out = []
+        for s in stmts:
+            if isinstance(s, n.For):
+                s = dataclasses.replace(s, body=n.Block(tuple(walk(s.body.body))))
+                s = _with_prefetches(s, position_ends.get(s.var), fresh, sizes) or s
+            elif isinstance(s, n.While):
+                s = dataclasses.replace(s, body=n.Block(tuple(walk(s.body.body))))
+            elif isinstance(s, n.If):
+                s = dataclasses.replace(s, then=n.Block(tuple(walk(s.then.body))),
+                                        otherwise=None if s.otherwise is None
+                                        else n.Block(tuple(walk(s.otherwise.body))))
+            elif isinstance(s, n.Block):
+                s = n.Block(tuple(walk(s.body)))
+            out.append(s)
+        return out
+    return walk(stmts)
 
 
-def _with_prefetches(outer: n.For, last, fresh) -> n.For | None:
+def _with_prefetches(outer: n.For, last, fresh, sizes: dict) -> n.For | None:
     """``outer`` with prefetches at the top of its body, or None when there is
     nothing to prefetch."""
     if last is None or any(isinstance(x, n.Prefetch) for x in n.walk(outer.body)):
@@ -107,10 +119,25 @@ def _with_prefetches(outer: n.For, last, fresh) -> n.For | None:
         return None
     needed = _closure(rows, prelude, outer)
     stmts, mapping = look_ahead(outer, [d for d in prelude if d.var in needed], last, fresh)
-    stmts.insert(0, n.Comment(f"fetch the rows {PREFETCH_DISTANCE} nonzeros ahead: their addresses jump"))
     for (array, base), inner in rows.items():
         stmts += _row_lines(array, substitute(base, mapping), inner, fresh)
-    return dataclasses.replace(outer, body=n.Block(tuple(stmts) + tuple(body)))
+    hint = [n.Comment(f"fetch the rows {PREFETCH_DISTANCE} nonzeros ahead: their addresses jump")]
+    large = [_larger_than_l1(array, sizes[array]) for array, _ in rows if array in sizes]
+    if large and len(large) == len(rows):  # every table's size is known: hint only when one is large
+        cond = large[0]
+        for c in large[1:]:
+            cond = n.Binary("||", cond, c)
+        hint.append(n.If(cond, n.Block(tuple(stmts))))
+    else:
+        hint += stmts
+    return dataclasses.replace(outer, body=n.Block(tuple(hint) + tuple(body)))
+
+
+def _larger_than_l1(array, elements):
+    """Whether ``array`` (``elements`` long) exceeds MIN_TABLE_BYTES: loop-invariant,
+    so the branch costs nothing and LLVM may unswitch the loop on it."""
+    elem = array.type.elem.bits // 8
+    return n.Binary(">=", elements, n.i64(-(-MIN_TABLE_BYTES // elem)))
 
 
 def _recomputable(outer: n.For, prelude: list, written: set, assigned: set) -> set:
