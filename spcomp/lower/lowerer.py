@@ -24,11 +24,11 @@ from ..formats import Compressed, Format
 from ..formats.singleton import Singleton
 from ..formats.level import LevelAccess, PosInfo
 from ..ir import nodes as n
-from ..ir.types import BOOL, F32, F64, I32, I64, ptr
+from ..ir.types import BOOL, F32, F64, I64, ptr
 from ..notation import (Access, Add, Assignment, Call, Div, Literal, Mul, Neg,
                         Sub, Sum, TensorVar, accesses, free_indices)
 from . import lattice as lat
-from .context import (Binding, Env, Names, TensorParams, index_type,
+from .context import (Binding, Env, Names, TensorParams,
                       level_array_type, value_type)
 from .normalize import (ZERO, factors, lift_sums, nested_sums, push_sums, replace,
                         specialize, split_sums)
@@ -1114,7 +1114,6 @@ class Lowerer:
 
     def _cases(self, i, rest, expr, sink, env, coord, depth, L, keys, iters, matches, with_full):
         """An if/else chain over the lattice points, each with its sub-expression."""
-        chain = None
         all_accs = {k[0] for k in keys}
         branches = []
         for point in L.ordered_points():
