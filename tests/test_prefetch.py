@@ -157,3 +157,33 @@ def _einsum_spec(expr: str) -> str:
     out = lhs[lhs.index("[") + 1:lhs.index("]")].replace(",", "")
     ins = [f[f.index("[") + 1:f.index("]")].replace(",", "") for f in rhs.split("*") if "[" in f]
     return ",".join(ins) + "->" + out
+
+
+@pytest.mark.parametrize("fmt", ["csf", "dcc"])
+def test_mttkrp_over_a_large_factor_is_bitwise_that_without_hints(monkeypatch, tmp_path, fmt):
+    """The innermost level of a CSF tensor, its last position read through two
+    parents' pos arrays, with a factor table large enough for the hints to run."""
+    import spcomp.lower.lowerer as lowerer
+    rng = np.random.default_rng(11)
+    shape, rank = (9, 30, 800), 12  # D: 800 x 12 = 9600 elements, over MIN_TABLE_BYTES
+    corner = np.array(shape) - 1  # the last fibre holds the last position
+    coords = np.unique(np.vstack([rng.integers(0, shape, size=(600, 3)), corner]), axis=0).T
+    values = rng.standard_normal(coords.shape[1])
+    B = spcomp.Tensor.from_coo(coords, values, shape, fmt)
+    C, D = rng.standard_normal((shape[1], rank)), rng.standard_normal((shape[2], rank))
+    expr = "A[i,j] = B[i,k,l] * C[k,j] * D[l,j]"
+    monkeypatch.setenv("SPCOMP_CACHE_DIR", str(tmp_path))
+    with_hints = spcomp.compile(expr, formats={"B": fmt})
+    assert "if (((N_l * N_j) >= 8192))" in with_hints.ir
+    got = with_hints(B=B, C=C, D=D)
+    monkeypatch.setattr(lowerer, "prefetch_rows", lambda nest, *rest: nest)
+    monkeypatch.setenv("SPCOMP_CACHE_DIR", str(tmp_path / "without"))
+    spcomp.clear_cache()
+    try:
+        ref = spcomp.compile(expr, formats={"B": fmt})(B=B, C=C, D=D)
+    finally:
+        spcomp.clear_cache()
+    np.testing.assert_array_equal(got, ref)
+    dense_B = np.zeros(shape)
+    dense_B[tuple(coords)] = values
+    np.testing.assert_allclose(got, np.einsum("ikl,kj,lj->ij", dense_B, C, D), rtol=1e-12, atol=1e-12)
