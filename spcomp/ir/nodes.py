@@ -32,6 +32,7 @@ Conventions every backend follows:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from dataclasses import replace as _replace
 from typing import Union
 
 from .types import BOOL, F32, F64, I32, I64, PointerType, ScalarType, Type
@@ -366,3 +367,24 @@ def walk(node, skip=()):
             continue
         yield x
         stack.extend(reversed(children(x)))
+
+
+def uses(e, names) -> bool:
+    """Whether expression ``e`` reads any of the variables ``names``."""
+    return any(isinstance(x, Var) and x in names for x in walk(e))
+
+
+def map_blocks(s, f):
+    """``s`` with ``f`` (statement list -> statement list) applied to each statement
+    list it holds directly: a loop's body, an if's branches, a nested block. Other
+    statements come back as they are. The recursion step of the passes that rewrite
+    a nest (register blocking, prefetch, frees before error returns)."""
+    def each(b):
+        return Block(tuple(f(list(b.body))))
+    if isinstance(s, Block):
+        return each(s)
+    if isinstance(s, (For, While)):
+        return _replace(s, body=each(s.body))
+    if isinstance(s, If):
+        return _replace(s, then=each(s.then), otherwise=None if s.otherwise is None else each(s.otherwise))
+    return s

@@ -123,18 +123,11 @@ def _free_before_error_returns(stmts: list, pointers: list) -> list:
     if not pointers:
         return stmts
 
-    def go(s):
-        if isinstance(s, n.Return) and s.status != n.STATUS_OK:
-            return n.block(*[n.Free(p) for p in pointers], s)
-        if isinstance(s, n.Block):
-            return n.Block(tuple(go(t) for t in s.body))
-        if isinstance(s, (n.For, n.While)):
-            return dataclasses.replace(s, body=go(s.body))
-        if isinstance(s, n.If):
-            return dataclasses.replace(s, then=go(s.then),
-                                       otherwise=None if s.otherwise is None else go(s.otherwise))
-        return s
-    return [go(s) for s in stmts]
+    def go(stmts):
+        return [n.block(*[n.Free(p) for p in pointers], s)
+                if isinstance(s, n.Return) and s.status != n.STATUS_OK else n.map_blocks(s, go)
+                for s in stmts]
+    return go(stmts)
 
 
 def _transposable(fmt: Format) -> Format:

@@ -69,17 +69,9 @@ def prefetch_rows(stmts, position_ends: dict, fresh, table_sizes: dict | None = 
     def walk(stmts):
         out = []
         for s in stmts:
+            s = n.map_blocks(s, walk)  # inner loops first
             if isinstance(s, n.For):
-                s = dataclasses.replace(s, body=n.Block(tuple(walk(s.body.body))))
                 s = _with_prefetches(s, position_ends.get(s.var), fresh, sizes) or s
-            elif isinstance(s, n.While):
-                s = dataclasses.replace(s, body=n.Block(tuple(walk(s.body.body))))
-            elif isinstance(s, n.If):
-                s = dataclasses.replace(s, then=n.Block(tuple(walk(s.then.body))),
-                                        otherwise=None if s.otherwise is None
-                                        else n.Block(tuple(walk(s.otherwise.body))))
-            elif isinstance(s, n.Block):
-                s = n.Block(tuple(walk(s.body)))
             out.append(s)
         return out
     return walk(stmts)
@@ -106,18 +98,18 @@ def _with_prefetches(outer: n.For, last, fresh, sizes: dict) -> n.For | None:
     for inner in body:
         if not isinstance(inner, n.For) or inner.parallel is not None:
             continue
-        if any(_uses(e, assigned | {outer.var}) for e in (inner.start, inner.end)):
+        if any(n.uses(e, assigned | {outer.var}) for e in (inner.start, inner.end)):
             continue
         for load in n.walk(inner.body):
             if not isinstance(load, n.Load) or load.array in written:
                 continue
             base = _row_base(load.index, inner.var)
-            if base is None or not _uses(base, jumping) or not _only_uses(base, safe, assigned | {inner.var}):
+            if base is None or not n.uses(base, jumping) or not _only_uses(base, safe, assigned | {inner.var}):
                 continue
             rows.setdefault((load.array, base), inner)
     if not rows:
         return None
-    needed = _closure(rows, prelude, outer)
+    needed = _closure(rows, prelude)
     stmts, mapping = look_ahead(outer, [d for d in prelude if d.var in needed], last, fresh)
     for (array, base), inner in rows.items():
         stmts += _row_lines(array, substitute(base, mapping), inner, fresh)
@@ -165,7 +157,7 @@ def _jumping(prelude: list, safe: set) -> set:
     return out
 
 
-def _closure(rows, prelude: list, outer: n.For) -> set:
+def _closure(rows, prelude: list) -> set:
     """The prelude variables the row addresses need, directly or through others."""
     needed = set()
     frontier = [base for _, base in rows]
@@ -206,7 +198,7 @@ def _row_base(index, var):
     ``b``: the loop reads consecutive elements, one row. None otherwise."""
     if isinstance(index, n.Binary) and index.op == "+":
         for base, other in ((index.lhs, index.rhs), (index.rhs, index.lhs)):
-            if other == var and not _uses(base, {var}):
+            if other == var and not n.uses(base, {var}):
                 return base
     return None
 
@@ -229,10 +221,6 @@ def substitute(e, mapping: dict):
 
 def _is_expr(x) -> bool:
     return isinstance(x, (n.Var, n.Const, n.Load, n.Binary, n.Unary, n.Call, n.Select, n.Cast))
-
-
-def _uses(e, names) -> bool:
-    return any(isinstance(x, n.Var) and x in names for x in n.walk(e))
 
 
 def _only_uses(e, ok: set, local: set) -> bool:

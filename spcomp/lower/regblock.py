@@ -53,16 +53,7 @@ def block_rows(stmts, fresh, position_ends=None) -> list:
             if done is not None:
                 out.extend(done)
                 continue
-            s = dataclasses.replace(s, body=n.Block(tuple(block_rows(s.body.body, fresh, ends))))
-        elif isinstance(s, n.While):
-            s = dataclasses.replace(s, body=n.Block(tuple(block_rows(s.body.body, fresh, ends))))
-        elif isinstance(s, n.If):
-            s = dataclasses.replace(
-                s, then=n.Block(tuple(block_rows(s.then.body, fresh, ends))),
-                otherwise=None if s.otherwise is None else n.Block(tuple(block_rows(s.otherwise.body, fresh, ends))))
-        elif isinstance(s, n.Block):
-            s = n.Block(tuple(block_rows(s.body, fresh, ends)))
-        out.append(s)
+        out.append(n.map_blocks(s, lambda body: block_rows(body, fresh, ends)))
     return out
 
 
@@ -90,9 +81,9 @@ def _blocked(outer: n.For, fresh, ends: dict) -> list | None:
     if not isinstance(store.array, n.Var) or not store.value.type.is_float:
         return None
     local = {outer.var} | {s.var for s in prelude}
-    if any(_uses(e, local) for e in (inner.start, inner.end, store.index)):
+    if any(n.uses(e, local) for e in (inner.start, inner.end, store.index)):
         return None
-    if not _uses(store.index, {inner.var}):  # one element for every k: a sum, not a row
+    if not n.uses(store.index, {inner.var}):  # one element for every k: a sum, not a row
         return None
     if any(_loads_from(e, store.array) for e in [value.rhs] + [s.init for s in prelude if s.init is not None]):
         return None
@@ -148,7 +139,7 @@ def _prefetches(outer: n.For, prelude: list, inner: n.For, rhs, first, width: in
         return []
     local = {outer.var} | {d.var for d in prelude}
     reads = [x for x in n.walk(rhs) if isinstance(x, n.Load)
-             and _uses(x.index, local) and _uses(x.index, {inner.var})]
+             and n.uses(x.index, local) and n.uses(x.index, {inner.var})]
     if not reads:
         return []
     ahead, mapping = look_ahead(outer, prelude, last, fresh)
@@ -161,10 +152,6 @@ def _prefetches(outer: n.For, prelude: list, inner: n.For, rhs, first, width: in
             at[inner.var] = n.Binary("+", first, n.i64(off))
             stmts.append(n.Prefetch(load.array, substitute(load.index, at)))
     return stmts
-
-
-def _uses(e, names) -> bool:
-    return any(isinstance(x, n.Var) and x in names for x in n.walk(e))
 
 
 def _loads_from(e, array) -> bool:
