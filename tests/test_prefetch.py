@@ -121,8 +121,6 @@ def test_compiled_sddmm_prefetches_in_its_fill_phase_only():
 def test_results_are_bitwise_those_without_prefetches(monkeypatch, tmp_path, expr, formats):
     """The hints change no value: the same kernel compiled without the pass agrees to
     the bit, on a matrix whose last rows hold its last nonzeros (the clamp matters)."""
-    import spcomp.lower.assembly as assembly
-    import spcomp.lower.lowerer as lowerer
     rng = np.random.default_rng(7)
     n_rows, n_inner = 700, 13  # 9100-element tables: over MIN_TABLE_BYTES, the hints run
     A = sp.random(n_rows, n_rows, density=0.02, format="csr", random_state=3)
@@ -134,22 +132,31 @@ def test_results_are_bitwise_those_without_prefetches(monkeypatch, tmp_path, exp
     args = {name: value for name, value in {**names, **dense}.items() if f"{name}[" in expr}
     with_hints = spcomp.compile(expr, formats=formats)
     got = with_hints(**args)
-    monkeypatch.setattr(lowerer, "prefetch_rows", lambda nest, *rest: nest)
-    monkeypatch.setattr(assembly, "prefetch_rows", lambda nest, *rest: nest)
-    monkeypatch.setenv("SPCOMP_CACHE_DIR", str(tmp_path / "without"))
-    spcomp.clear_cache()
-    try:
-        without = spcomp.compile(expr, formats=formats)
-        assert without is not with_hints
-        assert "__builtin_prefetch" not in without.ir or " in blocks of " in without.ir  # regblock's own hints stay
-        ref = without(**args)
-    finally:
-        spcomp.clear_cache()  # later tests must not get the kernel without hints
+    without = _without_prefetch_pass(monkeypatch, tmp_path, expr, formats)
+    assert without is not with_hints
+    assert "__builtin_prefetch" not in without.ir or " in blocks of " in without.ir  # regblock's own hints stay
+    ref = without(**args)
     as_dense = [r.to_scipy().toarray() if hasattr(r, "to_scipy") else np.asarray(r) for r in (got, ref)]
     np.testing.assert_array_equal(as_dense[0], as_dense[1])
     assert "__builtin_prefetch" in with_hints.ir
     reference = np.einsum(_einsum_spec(expr), *[a.toarray() if sp.issparse(a) else a for a in args.values()])
     np.testing.assert_allclose(as_dense[0], reference, rtol=1e-12, atol=1e-12)
+
+
+def _without_prefetch_pass(monkeypatch, tmp_path, expr, formats):
+    """The kernel compiled with the prefetch pass switched off (a fresh disk and
+    memory cache, so it is really rebuilt); the memory cache is cleared again so
+    later tests do not get it."""
+    import spcomp.lower.assembly as assembly
+    import spcomp.lower.lowerer as lowerer
+    monkeypatch.setattr(lowerer, "prefetch_rows", lambda nest, *rest: nest)
+    monkeypatch.setattr(assembly, "prefetch_rows", lambda nest, *rest: nest)
+    monkeypatch.setenv("SPCOMP_CACHE_DIR", str(tmp_path / "without"))
+    spcomp.clear_cache()
+    try:
+        return spcomp.compile(expr, formats=formats)
+    finally:
+        spcomp.clear_cache()
 
 
 def _einsum_spec(expr: str) -> str:
@@ -163,7 +170,6 @@ def _einsum_spec(expr: str) -> str:
 def test_mttkrp_over_a_large_factor_is_bitwise_that_without_hints(monkeypatch, tmp_path, fmt):
     """The innermost level of a CSF tensor, its last position read through two
     parents' pos arrays, with a factor table large enough for the hints to run."""
-    import spcomp.lower.lowerer as lowerer
     rng = np.random.default_rng(11)
     shape, rank = (9, 30, 800), 12  # D: 800 x 12 = 9600 elements, over MIN_TABLE_BYTES
     corner = np.array(shape) - 1  # the last fibre holds the last position
@@ -176,13 +182,7 @@ def test_mttkrp_over_a_large_factor_is_bitwise_that_without_hints(monkeypatch, t
     with_hints = spcomp.compile(expr, formats={"B": fmt})
     assert "if (((N_l * N_j) >= 8192))" in with_hints.ir
     got = with_hints(B=B, C=C, D=D)
-    monkeypatch.setattr(lowerer, "prefetch_rows", lambda nest, *rest: nest)
-    monkeypatch.setenv("SPCOMP_CACHE_DIR", str(tmp_path / "without"))
-    spcomp.clear_cache()
-    try:
-        ref = spcomp.compile(expr, formats={"B": fmt})(B=B, C=C, D=D)
-    finally:
-        spcomp.clear_cache()
+    ref = _without_prefetch_pass(monkeypatch, tmp_path, expr, {"B": fmt})(B=B, C=C, D=D)
     np.testing.assert_array_equal(got, ref)
     dense_B = np.zeros(shape)
     dense_B[tuple(coords)] = values
