@@ -141,7 +141,6 @@ def _index_bits(low) -> int:
 
 def run_two_phase(kernel, variant, storages, sizes, bits, given=None):
     """Count, scan, fill: the call path of a kernel whose ``Lowered.assembly`` is set."""
-    low = variant.lowered
     if given is not None and not kernel.notation.accumulate:
         raise OperandError(f"output {kernel.output_name} is sparse: the kernel assembles it, so do not "
                            "pass it (pass it only with +=)")

@@ -115,9 +115,9 @@ def main(argv=None) -> int:
     scale = float(np.max(np.abs(ref))) if ref.size else 0.0
     ok = err <= tol * max(1.0, scale)
     print(f"# {k.index_notation}")
-    print(f"# loops:\n" + "\n".join("#   " + line for line in k.loops.splitlines()))
+    print("# loops:\n" + "\n".join("#   " + line for line in k.loops.splitlines()))
     print(k.ir)
-    print(f"# operands: " + ", ".join(f"{n}{tuple(np.shape(_dense(v)))}" for n, v in ops.items()))
+    print("# operands: " + ", ".join(f"{n}{tuple(np.shape(_dense(v)))}" for n, v in ops.items()))
     print(f"# compile {compile_s * 1e3:.1f} ms; run median {np.median(times) * 1e3:.3f} ms over {len(times)} calls")
     print(f"# check against numpy.einsum: {'OK' if ok else 'MISMATCH'} (max abs error {err:.3g})")
     return 0 if ok else 1

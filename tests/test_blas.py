@@ -68,7 +68,7 @@ def test_product_temporary_is_laid_out_as_the_output_is_stored(fmt, temp):
     k = spcomp.compile("H[t,n] = relu(X[t,k]*W[n,k] + b[n])", formats={"H": fmt}, dtype="float32")
     assert k.blas_calls[0].startswith(temp)
     inner = k.ir[k.ir.index("for ("):]
-    assert (f"G_vals[((n * N_t) + t)]" if temp == "G[n,t]" else f"G_vals[((t * N_n) + n)]") in inner
+    assert ("G_vals[((n * N_t) + t)]" if temp == "G[n,t]" else "G_vals[((t * N_n) + n)]") in inner
     check_kernel("H[t,n] = relu(X[t,k]*W[n,k] + b[n])", {"H": fmt}, dtype="float32",
                  sizes={"t": 7, "n": 33, "k": 5}, density=1.0)
 

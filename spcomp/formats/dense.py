@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .level import Level
+from .level import Level, PosInfo
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,9 @@ class Dense(Level):
     def spec(self) -> str:
         return "d"
 
-    def locate(self, la, coord) -> "PosInfo":
+    def locate(self, la, coord) -> PosInfo:
         """Position of ``coord`` under the parent: ``parent * N + coord``."""
         from ..ir import nodes as n
-        from .level import PosInfo
         pos = la.parent.pos
         if isinstance(pos, n.Const) and pos.value == 0:
             return PosInfo(coord)

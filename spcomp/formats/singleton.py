@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..ir import nodes as n
-from ..ir.types import I64
 from .compressed import CompressedIterator, _idx
 from .level import Level, PosInfo
 

@@ -31,11 +31,11 @@ Conventions every backend follows:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from dataclasses import replace as _replace
 from typing import Union
 
-from .types import BOOL, F32, F64, I32, I64, PointerType, ScalarType, Type
+from .types import BOOL, I64, ScalarType, Type
 
 STATUS_OK = 0
 STATUS_PACKED_OVERFLOW = 1

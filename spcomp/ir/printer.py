@@ -7,7 +7,7 @@ atomics), so the two texts stay alike.
 from __future__ import annotations
 
 from . import nodes as n
-from .types import BF16, BOOL, F32, F64, PointerType, ScalarType
+from .types import BF16, BOOL, F32, F64, PointerType
 
 
 class CPrinter:

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from ..formats.packed import PackedBlock
 from ..ir import nodes as n
-from ..ir.types import BF16, F32, F64, I16, I32, I64, ScalarType, ptr
+from ..ir.types import BF16, F32, F64, I16, I32, I64, ScalarType
 from ..notation import TensorVar
 
 

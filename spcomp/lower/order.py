@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from ..errors import ScheduleError, UnsupportedError
 from ..formats import Format
 from ..notation import Access, accesses, free_indices
-from .normalize import nested_sums, split_sums
+from .normalize import split_sums
 
 
 def access_chain(a: Access) -> list:

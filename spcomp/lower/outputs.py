@@ -15,7 +15,7 @@ from ..formats.level import PosInfo
 from ..formats.packed import PackedBlock
 from ..formats.singleton import Singleton
 from ..ir import nodes as n
-from ..ir.types import BOOL, I32, I64, ptr
+from ..ir.types import I32, I64
 
 
 def _add(a, b):
@@ -224,7 +224,7 @@ class AppendSink(Sink):
             q = n.Var(self.lw.fresh("q"), I64)
             prev = n.Load(pos, q)
             nxt = _add(q, n.i64(1))
-            out.append(n.Comment(f"rows no loop visited end where the previous row ends"))
+            out.append(n.Comment("rows no loop visited end where the previous row ends"))
             out.append(n.For(q, n.i64(0), self.lw.dense_positions(self.chain[:self.d]), n.block(
                 n.If(n.Binary("<", n.Load(pos, nxt), prev), n.block(n.Store(pos, nxt, prev))))))
         if self.overflow is not None:

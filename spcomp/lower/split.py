@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 from ..errors import ScheduleError
 from ..ir import nodes as n
-from ..ir.types import I64
 from ..notation import IndexVar
 
 

@@ -264,7 +264,6 @@ def random_operands(kernel, sizes: dict | None = None, density: float = 0.5, see
     ``density``, trimmed to fit packed levels; for ``+=`` the old output is drawn
     too (an ndarray, 0-d for a scalar output, or a Tensor in the output's format).
     """
-    from ..notation import accesses
     notation = kernel.notation
     rng = np.random.default_rng(seed)
     given = dict(given or {})
