@@ -7,6 +7,7 @@ the nonzeros a pos array says each row holds, not by row count.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import numpy as np
@@ -14,6 +15,7 @@ import numpy as np
 _lock = threading.Lock()
 _pool: "_Pool | None" = None
 _num_threads: int | None = None
+_local = threading.local()  # .limit: this thread's cap from thread_limit(), if any
 
 
 class _Worker(threading.Thread):
@@ -80,10 +82,37 @@ def _default_threads() -> int:
 
 
 def get_num_threads() -> int:
+    """Threads a kernel called from this thread may use: the process-wide count,
+    capped by an enclosing :func:`thread_limit` on this thread."""
+    limit = getattr(_local, "limit", None)
+    count = _process_threads()
+    return count if limit is None else min(limit, count)
+
+
+def _process_threads() -> int:
     global _num_threads
     if _num_threads is None:
         _num_threads = _default_threads()
     return _num_threads
+
+
+@contextlib.contextmanager
+def thread_limit(n: int):
+    """Within the block, kernels called *from this thread* use at most ``n`` threads.
+
+    For code that is already parallel (one kernel call per worker of the caller's
+    own pool): each call then runs on its worker instead of starting a thread team
+    of its own, which would put two teams' threads on the same cores. Other
+    threads, and the count after the block, are unchanged."""
+    n = int(n)
+    if n < 1:
+        raise ValueError("thread_limit: n must be >= 1")
+    before = getattr(_local, "limit", None)
+    _local.limit = n if before is None else min(n, before)
+    try:
+        yield
+    finally:
+        _local.limit = before
 
 
 def set_num_threads(n: int) -> None:
@@ -102,7 +131,7 @@ def _get_pool() -> "_Pool":
     global _pool
     with _lock:
         if _pool is None:
-            _pool = _Pool(max(1, get_num_threads() - 1))
+            _pool = _Pool(max(1, _process_threads() - 1))
         return _pool
 
 

@@ -29,7 +29,7 @@ def __getattr__(name):
     if name == "Tensor":
         from .runtime import Tensor
         return Tensor
-    if name in ("set_num_threads", "get_num_threads"):
+    if name in ("set_num_threads", "get_num_threads", "thread_limit"):
         from .runtime import threads
         return getattr(threads, name)
     if name == "testing":

@@ -20,7 +20,7 @@ from .errors import (DTypeError, KernelRuntimeError, OperandError,
 from .formats import Format
 from .ir import nodes as irn
 from .ir.printer import print_ir
-from .lower.context import index_type, level_array_type
+from .lower.context import level_array_type
 from .lower.lowerer import Options, lower
 from .lower.order import access_chain
 from .notation import accesses
@@ -109,6 +109,12 @@ def _scipy_unchanged(m, fingerprint) -> bool:
 
 # guards Kernel._bounds_cache (see Kernel._bounds)
 _BOUNDS_LOCK = threading.Lock()
+
+# Work of one iteration of a dense loop nested under a sparse one, in units of a
+# sparse nonzero's: such loops run vectorised (SpMM's k loop: 0.23 ns per nonzero
+# and column against SpMV's 0.7 ns per nonzero on a Zen 4), so MTTKRP's R=16 loop
+# makes each nonzero weigh 4 (docs/performance.md, "Threads").
+DENSE_ITERATION_WORK = 0.25
 
 
 class _Variant:
@@ -632,11 +638,9 @@ class Kernel:
     def _work(n, pos, sizes, low, storages) -> int:
         """Work units of a call: with a balancing pos array, rows + its nonzeros times
         the mean length of the sparse segments each nonzero walks in its nested
-        loops (``Lowered.work_scale``, SpGEMM's rows of B); else the dense
-        iteration space. Nested dense loops are not counted: they run vectorised,
-        and counting them sent small weight-sparse FFN kernels (1536 rows, 256
-        tokens) to both cores, where OpenBLAS threads still spinning from a dense
-        GEMM next to them made their medians 2-5x worse (docs/performance.md)."""
+        loops (``Lowered.work_scale``, SpGEMM's rows of B) and times its nested dense
+        loops' iterations (``Lowered.work_dense``, SpMM's k) at DENSE_ITERATION_WORK
+        each; else the dense iteration space."""
         if pos is not None:
             per = 1.0
             for name, level in low.work_scale:
@@ -644,6 +648,10 @@ class Kernel:
                 inner = t.levels[level].get("pos") if t is not None and not isinstance(t, _Dense) else None
                 if inner is not None and len(inner) > 1:
                     per *= max(int(inner[-1]) / (len(inner) - 1), 1.0)
+            dense = 1
+            for index in getattr(low, "work_dense", ()):
+                dense *= max(int(sizes.get(index, 1)), 1)
+            per *= max(dense * DENSE_ITERATION_WORK, 1.0)
             return n + int((int(pos[-1]) if len(pos) else 0) * per)
         work = 1  # no nonzero count to go by: the loop nest's dense iteration space bounds it
         for v in sizes.values():

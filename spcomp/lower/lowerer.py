@@ -88,6 +88,7 @@ class Lowered:
     assembly: object = None    # assembly.TwoPhase when the output is counted, then filled
     gpu_choice: object = None  # gpu_default.RowChoice: thread or warp per row, picked per call
     work_scale: tuple = ()     # (storage, level) walked under each balanced nonzero (Lowerer._work_scale)
+    work_dense: tuple = ()     # indices of the dense loops under each balanced nonzero (Lowerer._work_dense)
     overwrites_output: bool = False  # a dense output every element of which the kernel stores: not zeroed first
 
 
@@ -388,6 +389,7 @@ class Lowerer:
                        parallel_split=split_mod.extent_rule(self.parallel),
                        parallel_positions=None if walked is None else (walked[0].tensor.name, walked[1]),
                        balance=balance, work_scale=self._work_scale(balance),
+                       work_dense=self._work_dense(balance),
                        loops="\n".join([g.describe() for g in self.gemms] + self.loops_text
                                        + [f"(layout: {r})" for r in self.dense_relayouts]),
                        notation=Assignment(self.lhs, self.notation_rhs, self.accumulate), warnings=self.warnings,
@@ -667,14 +669,9 @@ class Lowerer:
         the balanced level's loop (``balance``, from :meth:`_balance`) walk: the
         runtime multiplies a balanced nonzero's work by their mean segment lengths
         to decide whether a call is worth splitting (SpGEMM's nonzero of A walks a
-        row of B). Nested dense loops are left out on purpose (Kernel._work says why)."""
-        if balance is None:
-            return ()
-        name, level = balance
-        acc = next(a for a in accesses(self.rhs) if a.tensor.name == name)
-        walked_here = access_chain(acc)[level]
+        row of B). Nested dense loops are :meth:`_work_dense`."""
         scale = []
-        for idx in self.loop_order[self.position[walked_here] + 1:]:
+        for idx in self._loops_under(balance):
             for a in accesses(self.rhs):
                 chain = access_chain(a)
                 if idx in chain and a.tensor.format.levels:
@@ -683,6 +680,27 @@ class Lowerer:
                         scale.append((a.tensor.name, l))
                         break
         return tuple(scale)
+
+    def _work_dense(self, balance):
+        """Names of the indices nested inside the balanced level's loop that no operand
+        stores sparsely: dense loops (SpMM's k, MTTKRP's j), whose sizes the runtime
+        weighs into a balanced nonzero's work. A loop that merges a sparse level with
+        a dense one runs densely but is left out: the estimate stays on the low side."""
+        def stored_sparsely(idx):
+            for a in accesses(self.rhs):
+                chain, levels = access_chain(a), a.tensor.format.levels
+                if idx in chain and not levels[chain.index(idx)].is_dense:
+                    return True
+            return False
+        return tuple(idx.name for idx in self._loops_under(balance) if not stored_sparsely(idx))
+
+    def _loops_under(self, balance) -> list:
+        """The loop order's indices nested inside the loop over the balanced level."""
+        if balance is None:
+            return []
+        name, level = balance
+        acc = next(a for a in accesses(self.rhs) if a.tensor.name == name)
+        return self.loop_order[self.position[access_chain(acc)[level]] + 1:]
 
     # ============================================================ the nest
     def nest(self, order, expr, sink, env: Env, depth: int) -> list:

@@ -49,6 +49,7 @@ Two things the layers do around the compiler, for speed (see docs/ffn.md):
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -111,10 +112,9 @@ def _filled(shape: tuple, layout: str, row: np.ndarray | None) -> np.ndarray:
 def _call(kernel, **operands):
     """Run a kernel, then drop the operands from its per-object conversion cache.
 
-    Works around two effects of ``Kernel._tensor_cache`` (reported in docs/ffn.md):
-    it keeps every Tensor passed alive (strong reference), and it serves a NumPy
-    array mutated in place since the last call from the stale converted copy.
-    The layers pass fresh Tensors and forget them after the call.
+    The cache no longer keeps operands alive nor serves stale copies (both fixed
+    since docs/ffn.md reported them); dropping the entries still frees a converted
+    copy as soon as the call returns, where the layers pass fresh operands per call.
     """
     try:
         return kernel(**operands)
@@ -139,7 +139,9 @@ def _threads() -> int:
 
 
 def _parallel(fn, items: list) -> list:
-    """``[fn(item) for item in items]`` on the spcomp thread count (kernel calls release the GIL)."""
+    """``[fn(item) for item in items]`` on the spcomp thread count (kernel calls release
+    the GIL). Each item's kernel calls run on its own thread (``thread_limit(1)``): the
+    items are the parallelism, a thread team per call would oversubscribe the cores."""
     global _pool, _pool_size
     n = _threads()
     if n <= 1 or len(items) <= 1:
@@ -149,10 +151,14 @@ def _parallel(fn, items: list) -> list:
             _pool = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="spcomp-nn")
             _pool_size = n
         pool = _pool
-    futures = [pool.submit(fn, it) for it in items[1:]]
+
+    def one_thread(item):
+        with spcomp.thread_limit(1):
+            return fn(item)
+    futures = [pool.submit(one_thread, it) for it in items[1:]]
     results, errors = [], []
     try:
-        results.append(fn(items[0]))
+        results.append(one_thread(items[0]))
     except BaseException as e:  # still wait: workers write into buffers the caller owns
         errors.append(e)
     for f in futures:
@@ -163,6 +169,19 @@ def _parallel(fn, items: list) -> list:
     if errors:
         raise errors[0]
     return results
+
+
+def _serial_when_small(nonzero_work: int):
+    """Keep a weight-sparse call on this thread when its rows + nonzeros are under the
+    runtime's threshold, although its token loop makes the runtime's estimate larger.
+
+    In a model such a call (~1 ms) sits between NumPy GEMMs: a libgomp team woken for
+    it keeps spinning into the next GEMM while OpenBLAS's threads spin into the next
+    kernel. Measured on the MiniLM encoder (examples/minilm_sparse.py --sweep, 2
+    threads): a 10 %-density model's forward took 51-66 ms with these calls split,
+    38-45 ms on one thread each (docs/ffn.md)."""
+    from spcomp.runtime.threads import MIN_PARALLEL_WORK
+    return spcomp.thread_limit(1) if nonzero_work < MIN_PARALLEL_WORK else contextlib.nullcontext()
 
 
 def _row_ranges(n: int, work: np.ndarray | None = None, min_rows: int = 8) -> list:
@@ -391,7 +410,8 @@ class SparseLinear:
         out = _filled((T, self.out_features), self.layout, self.bias)
         if self.layout == FEATURE_MAJOR:
             # one call: the runtime splits the outer loop over outputs (csr) by nonzeros
-            _call(self.kernel, X=_dense_operand(x, self.layout), W=self.weight, Y=out)
+            with _serial_when_small(self.out_features + self.weight.nnz):
+                _call(self.kernel, X=_dense_operand(x, self.layout), W=self.weight, Y=out)
             return out
 
         def run(r):
