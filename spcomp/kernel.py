@@ -431,6 +431,7 @@ class Kernel:
         given = operands.get(self.output_name)
         if given is not None:
             _refuse_overlap(given, operands, self.output_name)
+        sizing = low  # the lowering whose balance and work_scale size a growable output
         if low.assembly is not None:  # a sparse output assembled in two phases (spcomp/assemble.py)
             if self._backend.name != "cpu" or self._splits(low, sizes, storages):
                 from .assemble import run_two_phase
@@ -449,7 +450,10 @@ class Kernel:
             out = _Output(self, low, sizes, given, bits)
         pointers = self._backend.name == "cpu"
         args, lohi = self._call_args(variant.arg_plan, storages, sizes, bits, pointers,
-                                     lambda key: out.arg(key, pointers))
+                                     lambda key: out.arg(key, pointers), sizing)
+        for k, (role, _a, _b) in enumerate(variant.arg_plan):
+            if role == "capacity":
+                out.capacity = args[k]
         if pointers and plan.plain_output:
             self._fast = self._fast_call(operands, storages, variant, args, lohi, sizes, given)
         statuses = self._run(variant, args, lohi, low, sizes, storages)
@@ -520,7 +524,7 @@ class Kernel:
         low = variant.lowered
         return self._bounds(_parallel_extent(low, sizes, storages), _threads.get_num_threads(), self._balance_pos(low, storages))
 
-    def _call_args(self, arg_plan, storages, sizes, bits, pointers, out_arg):
+    def _call_args(self, arg_plan, storages, sizes, bits, pointers, out_arg, low=None):
         """A call's argument list from an argument plan, and where ``lo`` sits in it
         (``lo``/``hi`` are placeholders the launcher fills); ``out_arg(key)`` gives an
         output array's argument. Shared by plain calls and the two-phase assembly."""
@@ -533,7 +537,7 @@ class Kernel:
             elif role == "out":
                 args.append(out_arg(a))
             elif role == "capacity":
-                args.append(max(1024, sum(t.nnz for t in storages.values())))
+                args.append(self._initial_capacity(low, sizes, storages))
             else:  # lo, hi
                 if role == "lo":
                     lohi = len(args)
@@ -642,21 +646,43 @@ class Kernel:
         loops' iterations (``Lowered.work_dense``, SpMM's k) at DENSE_ITERATION_WORK
         each; else the dense iteration space."""
         if pos is not None:
-            per = 1.0
-            for name, level in low.work_scale:
-                t = storages.get(name)
-                inner = t.levels[level].get("pos") if t is not None and not isinstance(t, _Dense) else None
-                if inner is not None and len(inner) > 1:
-                    per *= max(int(inner[-1]) / (len(inner) - 1), 1.0)
             dense = 1
             for index in getattr(low, "work_dense", ()):
                 dense *= max(int(sizes.get(index, 1)), 1)
-            per *= max(dense * DENSE_ITERATION_WORK, 1.0)
+            per = Kernel._segment_scale(low, storages) * max(dense * DENSE_ITERATION_WORK, 1.0)
             return n + int((int(pos[-1]) if len(pos) else 0) * per)
         work = 1  # no nonzero count to go by: the loop nest's dense iteration space bounds it
         for v in sizes.values():
             work *= max(int(v), 1)
         return work
+
+    @staticmethod
+    def _segment_scale(low, storages) -> float:
+        """The product of the mean segment lengths of the sparse levels a balanced
+        nonzero's nested loops walk (``Lowered.work_scale``); 1 when none."""
+        per = 1.0
+        for name, level in low.work_scale:
+            t = storages.get(name)
+            inner = t.levels[level].get("pos") if t is not None and not isinstance(t, _Dense) else None
+            if inner is not None and len(inner) > 1:
+                per *= max(int(inner[-1]) / (len(inner) - 1), 1.0)
+        return per
+
+    def _initial_capacity(self, low, sizes, storages) -> int:
+        """Entries to allocate for an output the kernel appends to (it doubles them
+        when they run out; :meth:`_Output._take` trims them when much is unused): at
+        least the inputs' nonzeros, and the products a balanced nonzero's nested
+        sparse loops form when known (SpGEMM: nnz(A) times B's mean row length, which
+        is nnz(C) up to collisions), never more than the output's dense size.
+        Starting at nnz(A) + nnz(B), SpGEMM's output grew three times a call."""
+        guess = max(1024, sum(t.nnz for t in storages.values()))
+        pos = self._balance_pos(low, storages) if low is not None and low.work_scale else None
+        if pos is not None and len(pos):
+            guess = max(guess, int(int(pos[-1]) * self._segment_scale(low, storages)))
+        dense = 1
+        for i in self._plan.out_indices:
+            dense *= max(int(sizes[i]), 1)
+        return max(1, min(guess, dense))
 
     def _splits(self, low, sizes, storages) -> bool:
         """Whether a CPU call of this lowering runs its parallel loop on several threads."""
@@ -1047,6 +1073,7 @@ class _Output:
         self.bits = bits
         self.arrays = {}
         self.grow = {}
+        self.capacity = None  # entries the kernel's growable arrays start with (Kernel.__call__)
         self.given = given
         chain = access_chain(low.notation.lhs)
         self.level_sizes = [sizes[i.name] for i in chain]
@@ -1140,17 +1167,25 @@ class _Output:
         return self.fmt.levels[-1].K
 
     def _take(self, key, n, dtype):
-        """A kernel-allocated array as NumPy, without a copy: trimmed to its length
-        with realloc and freed when the last array using it goes."""
+        """A kernel-allocated array as NumPy, without a copy, freed when the last array
+        using it goes; trimmed to its length with realloc when much of it is unused.
+
+        A buffer the call's initial capacity held (no growth) with under a quarter
+        unused is kept whole: trimming a large block before it is freed leaves
+        malloc's mmap threshold just under the next call's request, so every call
+        got fresh pages (SpGEMM 5000² on one thread: ~1000 page faults and 5.5 ms a
+        call trimmed, ~100 and 2.6 ms kept; docs/performance.md)."""
         ptr = self.grow[key].value
         if n == 0 or not ptr:
             if ptr:
                 _free(ptr)
             return np.zeros(0, dtype=dtype)
         nbytes = n * dtype.itemsize
-        trimmed = _realloc(ptr, nbytes)
-        if trimmed:
-            ptr = trimmed
+        capacity = self.capacity
+        if capacity is None or n > capacity or 4 * (capacity - n) > capacity:
+            trimmed = _realloc(ptr, nbytes)
+            if trimmed:
+                ptr = trimmed
         buf = (ctypes.c_char * nbytes).from_address(ptr)
         weakref.finalize(buf, _free, ptr)
         return np.frombuffer(buf, dtype=dtype, count=n)

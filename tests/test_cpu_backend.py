@@ -339,17 +339,22 @@ def test_intrinsics(t, dtype, rtol):
         np.testing.assert_allclose(got, want.astype(dtype), rtol=rtol, atol=0, err_msg=name)
 
 
-def test_ctz_intrinsic_on_i64_including_the_sign_bit():
-    """``ctz`` (lowest set bit of a nonzero i64, for the workspace bitmaps) is LLVM's
-    cttz; bit 63 (a negative word) and single high bits included. A float or i32
-    argument is refused."""
-    cm = compile_module(Module((elementwise("lowbit", I64, I64, lambda e: Call("ctz", (e,), I64)),)))
-    x = np.array([1, 2, 3, 8, 12, 1 << 40, (1 << 62) + (1 << 5), -(1 << 63), -1, -2, 7 << 60],
+def test_bit_intrinsics_on_i64_including_the_sign_bit_and_zero():
+    """``ctz`` (lowest set bit, 64 for 0) and ``popcount`` (set bits) of an i64, for the
+    workspace bitmaps: bit 63 (a negative word), single high bits and 0 included. A
+    float or i32 argument is refused."""
+    cm = compile_module(Module((elementwise("lowbit", I64, I64, lambda e: Call("ctz", (e,), I64)),
+                                elementwise("bits", I64, I64, lambda e: Call("popcount", (e,), I64)))))
+    x = np.array([1, 2, 3, 8, 12, 1 << 40, (1 << 62) + (1 << 5), -(1 << 63), -1, -2, 7 << 60, 0],
                  dtype=np.int64)
-    want = np.array([(int(v) & -int(v)).bit_length() - 1 for v in x.tolist()], dtype=np.int64)
+    values = [int(v) for v in x.tolist()]
+    want = np.array([(v & -v).bit_length() - 1 if v else 64 for v in values], dtype=np.int64)
     np.testing.assert_array_equal(run_elementwise(cm, "lowbit", x, np.int64), want)
-    with pytest.raises(KernelIRError, match="ctz"):
-        compile_module(Module((elementwise("bad", I32, I32, lambda e: Call("ctz", (e,), I32)),)))
+    ones = np.array([bin(v & (2 ** 64 - 1)).count("1") for v in values], dtype=np.int64)
+    np.testing.assert_array_equal(run_elementwise(cm, "bits", x, np.int64), ones)
+    for name in ("ctz", "popcount"):
+        with pytest.raises(KernelIRError, match=name):
+            compile_module(Module((elementwise("bad", I32, I32, lambda e: Call(name, (e,), I32)),)))
 
 
 def test_casts():

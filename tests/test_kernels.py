@@ -509,6 +509,71 @@ def test_spgemm_with_fill_in_and_csf_output():
                      sizes={"i": 60, "j": 60, "k": 50}, density=0.3)
 
 
+def _rows_of_every_fill(n=150, m=200, seed=7):
+    """A (n, n) whose rows range from empty to full, and B (n, m), m not a multiple
+    of 64: rows of A @ B whose bitmap words hold 0, 1-4 and many touched columns."""
+    rng = np.random.default_rng(seed)
+    dens = np.concatenate([[0.0, 1.0, 0.5], rng.choice([0.002, 0.01, 0.05, 0.3], n - 3)])
+    A = sp.csr_matrix((rng.random((n, n)) < dens[:, None]) * rng.random((n, n)))
+    B = sp.random(n, m, density=0.03, format="csr", random_state=rng)
+    return A, B
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_ordered_workspace_refill_with_words_of_every_fill(threads):
+    """The in-order refill of a workspace's touched list from its bitmap (four bits a
+    word without a test, a loop for more, unused slots overwritten): exactly SciPy's
+    sorted pattern, on one thread (one pass) and two (count, then fill)."""
+    from conftest import spcomp_threads
+    A, B = _rows_of_every_fill()
+    want = (A @ B).tocsr()
+    want.sort_indices()
+    k = spcomp.compile("C[i,j] = A[i,k] * B[k,j]", formats={"A": "csr", "B": "csr", "C": "csr"},
+                       dtype="float64")
+    with spcomp_threads(threads, 0):
+        got = k(A=A, B=B).to_scipy("csr")
+    np.testing.assert_array_equal(got.indptr, want.indptr)
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_allclose(got.data, want.data, rtol=1e-13)
+
+
+def test_one_pass_output_starts_at_the_product_count_and_is_kept_whole(monkeypatch):
+    """On one thread SpGEMM appends to arrays sized by the products its loops form,
+    nnz(A) times B's mean row length (nnz(C) up to collisions): here they never grow,
+    and with under a quarter unused the runtime hands them out without trimming them
+    (trimming left malloc handing out fresh pages every call). A capacity far above
+    the result is trimmed; one far below grows. Every result is SciPy's."""
+    import spcomp.kernel as kernel_module
+    from conftest import spcomp_threads
+    rng = np.random.default_rng(11)
+    A = sp.random(400, 400, density=0.02, format="csr", random_state=rng)
+    B = sp.random(400, 400, density=0.02, format="csr", random_state=rng)
+    want = (A @ B).tocsr()
+    want.sort_indices()
+    products = int(A.nnz * (B.nnz / B.shape[0]))
+    assert products >= want.nnz > 0.75 * products
+    k = spcomp.compile("C[i,j] = A[i,k] * B[k,j]", formats={"A": "csr", "B": "csr", "C": "csr"},
+                       dtype="float64")
+    trims, capacities = [], []
+    real_realloc, real_capacity = kernel_module._realloc, kernel_module.Kernel._initial_capacity
+    monkeypatch.setattr(kernel_module, "_realloc", lambda p, nbytes: trims.append(nbytes) or real_realloc(p, nbytes))
+
+    def capacity(self, low, sizes, storages):
+        capacities.append(real_capacity(self, low, sizes, storages))
+        return capacities[-1]
+    monkeypatch.setattr(kernel_module.Kernel, "_initial_capacity", capacity)
+    for forced, trimmed in [(None, False), (10 * products, True), (16, True)]:
+        if forced is not None:
+            monkeypatch.setattr(kernel_module.Kernel, "_initial_capacity", lambda *a, c=forced: c)
+        trims.clear()
+        with spcomp_threads(1):
+            got = k(A=A, B=B).to_scipy("csr")
+        np.testing.assert_array_equal(got.indices, want.indices)
+        np.testing.assert_allclose(got.data, want.data, rtol=1e-13)
+        assert bool(trims) == trimmed, (forced, trims)
+    assert capacities == [products]
+
+
 def test_large_packed_output():
     check_kernel("Y[i,j] = relu(A[i,j] - B[i,j])", {"A": "csr", "B": "csr", "Y": "twell(B=64,K=64)"},
                  sizes={"i": 500, "j": 300}, density=0.05)

@@ -32,8 +32,8 @@ Besides the conventions of :mod:`spcomp.ir.nodes`, it fixes these:
 * ``Allocate``/``Reallocate`` call libc for at least one element and return status 2
   (``STATUS_OUT_OF_MEMORY``) on a null result or a count that is negative or whose size
   overflows an ``i64``; a failed ``Reallocate`` leaves the old block allocated.
-* ``Call("ctz", (x,), i64)`` is ``llvm.cttz.i64`` with zero poison: the lowerer only
-  asks for the lowest set bit of a nonzero bitmap word.
+* ``Call("ctz", (x,), i64)`` is ``llvm.cttz.i64`` defined for 0 (64: ``tzcnt``), and
+  ``Call("popcount", ...)`` ``llvm.ctpop.i64``: the lowerer reads bitmap words with them.
 * ``Sort`` calls an internal helper per element type (insertion sort up to 16 elements,
   heapsort above), itself written in kernel IR and lowered by this module.
 * ``Gemm`` calls the Fortran-convention ``sgemm``/``dgemm`` that SciPy exports (symbols
@@ -853,8 +853,11 @@ class _FunctionLowering:
         if e.func in n.INT_INTRINSICS:
             if t != I64 or len(e.args) != 1 or e.args[0].type != I64:
                 raise self.error(f"intrinsic {e.func} takes and returns one i64", e)
-            fn = self.ml.external("llvm.cttz.i64", I64_T, [I64_T, I1_T])
-            return self.b.call(fn, [self.expr(e.args[0]), ir.Constant(I1_T, 1)], name=e.func)
+            if e.func == "popcount":
+                fn = self.ml.external("llvm.ctpop.i64", I64_T, [I64_T])
+                return self.b.call(fn, [self.expr(e.args[0])], name=e.func)
+            fn = self.ml.external("llvm.cttz.i64", I64_T, [I64_T, I1_T])  # defined (64) for 0
+            return self.b.call(fn, [self.expr(e.args[0]), ir.Constant(I1_T, 0)], name=e.func)
         if e.func not in n.INTRINSICS:
             raise self.error(f"unknown intrinsic {e.func!r}", e)
         if t not in (F32, F64):

@@ -107,8 +107,9 @@ class Unary:
 
 
 INTRINSICS = ("exp", "log", "sqrt", "abs", "tanh", "erf")
-# on an i64: the index of its lowest set bit (the argument is never 0), to walk bitmaps
-INT_INTRINSICS = ("ctz",)
+# on an i64, to walk bitmaps: ``ctz`` the index of its lowest set bit (64 for 0),
+# ``popcount`` the number of set bits
+INT_INTRINSICS = ("ctz", "popcount")
 
 
 @dataclass(frozen=True)
