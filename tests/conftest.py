@@ -146,6 +146,20 @@ def spcomp_threads(n: int, min_work: int | None = None):
         _threads.MIN_PARALLEL_WORK = work
 
 
+def record_splits(monkeypatch) -> list:
+    """A list that collects the thread count each time the runtime cuts a call's
+    row bounds (a split call asks once or more; a call on one thread never does)."""
+    import spcomp
+    split = []
+    real_bounds = spcomp.Kernel._bounds
+
+    def bounds(self, rows, nthreads, pos):
+        split.append(nthreads)
+        return real_bounds(self, rows, nthreads, pos)
+    monkeypatch.setattr(spcomp.Kernel, "_bounds", bounds)
+    return split
+
+
 @pytest.fixture(autouse=True)
 def _unzeroed_outputs_hold_garbage(monkeypatch):
     """Every test runs with the fresh dense outputs the runtime leaves unzeroed

@@ -22,7 +22,7 @@ from spcomp.runtime import threads as _threads
 from spcomp.testing import check_kernel
 from spcomp.testing.check import make_operands
 
-from conftest import spcomp_threads
+from conftest import record_splits, spcomp_threads
 
 CSR3 = {"A": "csr", "B": "csr", "C": "csr"}
 ADD = "C[i,j] = A[i,j] + B[i,j]"
@@ -272,13 +272,7 @@ def test_spgemm_work_counts_the_rows_of_B_each_nonzero_walks(monkeypatch):
     assert k._variants[32].lowered.work_scale == (("B", 1),)
     spmv = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"})
     assert spmv._variants[32].lowered.work_scale == ()
-    split = []
-    real_bounds = spcomp.Kernel._bounds
-
-    def bounds(self, rows, nthreads, pos):
-        split.append(nthreads)
-        return real_bounds(self, rows, nthreads, pos)
-    monkeypatch.setattr(spcomp.Kernel, "_bounds", bounds)
+    split = record_splits(monkeypatch)
     with threads(2, _threads.MIN_PARALLEL_WORK):
         two = k(A=A, B=B)
         assert split == [2, 2]  # count and fill

@@ -11,22 +11,9 @@ from spcomp.kernel import DENSE_ITERATION_WORK
 from spcomp.runtime import Tensor
 from spcomp.runtime import threads as _threads
 
-from conftest import spcomp_threads as threads
+from conftest import record_splits, spcomp_threads as threads
 
 MTTKRP = "A[i,j] = B[i,k,l] * C[k,j] * D[l,j]"
-
-
-def _count_splits(monkeypatch) -> list:
-    """Record the thread counts the runtime cuts row bounds for (a split call
-    asks one or more times; a call on one thread never does)."""
-    split = []
-    real_bounds = spcomp.Kernel._bounds
-
-    def bounds(self, rows, nthreads, pos):
-        split.append(nthreads)
-        return real_bounds(self, rows, nthreads, pos)
-    monkeypatch.setattr(spcomp.Kernel, "_bounds", bounds)
-    return split
 
 
 def _tensor3(n, nnz, seed):
@@ -52,7 +39,7 @@ def test_a_dense_loop_under_the_nonzeros_weighs_into_the_estimate(monkeypatch, f
     C, D = rng.random((n, R)), rng.random((n, R))
     k = spcomp.compile(MTTKRP, formats={"B": fmt}, dtype="float64")
     assert k._variants[32].lowered.work_dense == ("j",)
-    split = _count_splits(monkeypatch)
+    split = record_splits(monkeypatch)
     with threads(2, _threads.MIN_PARALLEL_WORK):
         two = k(B=B, C=C, D=D)
         assert split and set(split) == {2}
@@ -106,7 +93,7 @@ def test_a_call_under_thread_limit_runs_on_one_thread(monkeypatch):
     A = sp.random(3000, 3000, density=0.01, format="csr", random_state=rng, dtype=np.float64)
     x = rng.random(3000)
     k = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"}, dtype="float64")
-    split = _count_splits(monkeypatch)
+    split = record_splits(monkeypatch)
     with threads(2, 0):
         outside = k(A=A, x=x)
         assert split and set(split) == {2}
