@@ -574,6 +574,34 @@ def test_one_pass_output_starts_at_the_product_count_and_is_kept_whole(monkeypat
     assert capacities == [products]
 
 
+def test_dense_operands_do_not_inflate_a_sparse_outputs_capacity(monkeypatch):
+    """SDDMM's output holds at most B's entries: its one-pass arrays start there, not
+    at nnz(B) plus D's and E's sizes (which were trimmed, and faulted in afresh, on
+    every call). With only dense operands the output's dense size bounds it."""
+    import spcomp.kernel as kernel_module
+    from conftest import spcomp_threads
+    capacities = []
+    real_capacity = kernel_module.Kernel._initial_capacity
+
+    def capacity(self, low, sizes, storages):
+        capacities.append(real_capacity(self, low, sizes, storages))
+        return capacities[-1]
+    monkeypatch.setattr(kernel_module.Kernel, "_initial_capacity", capacity)
+    rng = np.random.default_rng(5)
+    B = sp.random(300, 200, density=0.2, format="csr", random_state=rng)
+    D, E = rng.random((300, 16)), rng.random((16, 200))
+    k = spcomp.compile("C[i,j] = B[i,j] * D[i,k] * E[k,j]", formats={"B": "csr", "C": "csr"}, dtype="float64")
+    with spcomp_threads(1):
+        got = k(B=B, D=D, E=E).to_numpy()
+    np.testing.assert_allclose(got, B.toarray() * (D @ E), rtol=1e-12)
+    assert capacities == [max(1024, B.nnz)]
+    relu = spcomp.compile("C[i,j] = relu(X[i,j])", formats={"C": "csr"}, dtype="float64")
+    X = rng.standard_normal((40, 30))
+    with spcomp_threads(1):
+        np.testing.assert_array_equal(relu(X=X).to_numpy(), np.maximum(X, 0))
+    assert capacities[1] == 40 * 30
+
+
 def test_large_packed_output():
     check_kernel("Y[i,j] = relu(A[i,j] - B[i,j])", {"A": "csr", "B": "csr", "Y": "twell(B=64,K=64)"},
                  sizes={"i": 500, "j": 300}, density=0.05)
