@@ -575,7 +575,9 @@ def main(argv=None) -> int:
     for line in notes:
         print("- " + line)
     if targets:
-        print("\ntargets (issue 4):")
+        print("\ntargets (issue 4)" + (", at the quick sizes: the targets are set for the full run's "
+                                      "(a quick SpMV or add is under the runtime's threshold for "
+                                      "splitting and runs on one thread)" if args.quick else "") + ":")
         for line in targets:
             print("  " + line)
     if failures:
