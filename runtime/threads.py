@@ -156,8 +156,12 @@ def split(n: int, parts: int, pos: np.ndarray | None = None) -> list:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-# Below this many loop iterations + nonzeros a kernel runs on the calling thread:
-# waking a second thread costs more than it saves on smaller work (measured here).
+# Below this many units of work (Kernel._work: rows + nonzeros, ...) a kernel runs on
+# the calling thread. In isolation two threads win far lower (idle Zen 4: SpMV of 25k
+# nonzeros 23.5 -> 16 us, of 100k 60 -> 46 us), but a short call next to NumPy's BLAS
+# meets OpenBLAS's spinning threads, and libgomp's then spin into the next GEMM: with
+# 100k the MiniLM encoder's compensated top-k variants went from 68-109 to 126-211 ms
+# (examples/minilm_sparse.py --sweep, session 8), so the margin stays.
 MIN_PARALLEL_WORK = 250_000
 
 
