@@ -115,6 +115,9 @@ _BOUNDS_LOCK = threading.Lock()
 # and column against SpMV's 0.7 ns per nonzero on a Zen 4), so MTTKRP's R=16 loop
 # makes each nonzero weigh 4 (docs/performance.md, "Threads").
 DENSE_ITERATION_WORK = 0.25
+# a growable output's first capacity counts at most this many times the inputs'
+# stored entries from the products its loops form (Kernel._initial_capacity)
+PRODUCT_GUESS_CAP = 16
 
 
 class _Variant:
@@ -681,7 +684,10 @@ class Kernel:
         guess = max(1024, sum(sparse) if sparse else sum(t.nnz for t in storages.values()))
         pos = self._balance_pos(low, storages) if low is not None and low.work_scale else None
         if pos is not None and len(pos):
-            guess = max(guess, int(int(pos[-1]) * self._segment_scale(low, storages)))
+            # products can far exceed the result (many collisions): past PRODUCT_GUESS_CAP
+            # times the inputs the arrays grow instead of starting far above the result
+            products = int(int(pos[-1]) * self._segment_scale(low, storages))
+            guess = max(guess, min(products, PRODUCT_GUESS_CAP * guess))
         dense = 1
         for i in self._plan.out_indices:
             dense *= max(int(sizes[i]), 1)

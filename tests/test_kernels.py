@@ -574,6 +574,36 @@ def test_one_pass_output_starts_at_the_product_count_and_is_kept_whole(monkeypat
     assert capacities == [products]
 
 
+def test_a_product_with_many_collisions_starts_at_a_capped_capacity(monkeypatch):
+    """Products far above the inputs' entries (an outer-product-like SpGEMM whose
+    result is nearly dense) start the output at PRODUCT_GUESS_CAP times the inputs,
+    not at the products, and grow from there; the result is still SciPy's."""
+    import spcomp.kernel as kernel_module
+    from conftest import spcomp_threads
+    rng = np.random.default_rng(9)
+    A = sp.random(600, 20, density=0.5, format="csr", random_state=rng)
+    B = sp.random(20, 600, density=0.5, format="csr", random_state=rng)
+    stored = A.nnz + B.nnz
+    assert A.nnz * B.nnz / B.shape[0] > 2 * kernel_module.PRODUCT_GUESS_CAP * stored
+    capacities = []
+    real_capacity = kernel_module.Kernel._initial_capacity
+
+    def capacity(self, low, sizes, storages):
+        capacities.append(real_capacity(self, low, sizes, storages))
+        return capacities[-1]
+    monkeypatch.setattr(kernel_module.Kernel, "_initial_capacity", capacity)
+    k = spcomp.compile("C[i,j] = A[i,k] * B[k,j]", formats={"A": "csr", "B": "csr", "C": "csr"},
+                       dtype="float64")
+    with spcomp_threads(1):
+        got = k(A=A, B=B).to_scipy("csr")
+    want = (A @ B).tocsr()
+    want.sort_indices()
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_allclose(got.data, want.data, rtol=1e-13)
+    assert capacities == [min(kernel_module.PRODUCT_GUESS_CAP * stored, 600 * 600)]
+    assert want.nnz > capacities[0]  # it grew
+
+
 def test_dense_operands_do_not_inflate_a_sparse_outputs_capacity(monkeypatch):
     """SDDMM's output holds at most B's entries: its one-pass arrays start there, not
     at nnz(B) plus D's and E's sizes (which were trimmed, and faulted in afresh, on
