@@ -509,6 +509,19 @@ def test_spgemm_with_fill_in_and_csf_output():
                      sizes={"i": 60, "j": 60, "k": 50}, density=0.3)
 
 
+def _record_capacities(monkeypatch) -> list:
+    """A list that collects the first capacity of every growable output a call sizes."""
+    import spcomp.kernel as kernel_module
+    capacities = []
+    real_capacity = kernel_module.Kernel._initial_capacity
+
+    def capacity(self, low, sizes, storages):
+        capacities.append(real_capacity(self, low, sizes, storages))
+        return capacities[-1]
+    monkeypatch.setattr(kernel_module.Kernel, "_initial_capacity", capacity)
+    return capacities
+
+
 def _rows_of_every_fill(n=150, m=200, seed=7):
     """A (n, n) whose rows range from empty to full, and B (n, m), m not a multiple
     of 64: rows of A @ B whose bitmap words hold 0, 1-4 and many touched columns."""
@@ -554,14 +567,9 @@ def test_one_pass_output_starts_at_the_product_count_and_is_kept_whole(monkeypat
     assert products >= want.nnz > 0.75 * products
     k = spcomp.compile("C[i,j] = A[i,k] * B[k,j]", formats={"A": "csr", "B": "csr", "C": "csr"},
                        dtype="float64")
-    trims, capacities = [], []
-    real_realloc, real_capacity = kernel_module._realloc, kernel_module.Kernel._initial_capacity
+    trims, real_realloc = [], kernel_module._realloc
     monkeypatch.setattr(kernel_module, "_realloc", lambda p, nbytes: trims.append(nbytes) or real_realloc(p, nbytes))
-
-    def capacity(self, low, sizes, storages):
-        capacities.append(real_capacity(self, low, sizes, storages))
-        return capacities[-1]
-    monkeypatch.setattr(kernel_module.Kernel, "_initial_capacity", capacity)
+    capacities = _record_capacities(monkeypatch)
     for forced, trimmed in [(None, False), (10 * products, True), (16, True)]:
         if forced is not None:
             monkeypatch.setattr(kernel_module.Kernel, "_initial_capacity", lambda *a, c=forced: c)
@@ -585,13 +593,7 @@ def test_a_product_with_many_collisions_starts_at_a_capped_capacity(monkeypatch)
     B = sp.random(20, 600, density=0.5, format="csr", random_state=rng)
     stored = A.nnz + B.nnz
     assert A.nnz * B.nnz / B.shape[0] > 2 * kernel_module.PRODUCT_GUESS_CAP * stored
-    capacities = []
-    real_capacity = kernel_module.Kernel._initial_capacity
-
-    def capacity(self, low, sizes, storages):
-        capacities.append(real_capacity(self, low, sizes, storages))
-        return capacities[-1]
-    monkeypatch.setattr(kernel_module.Kernel, "_initial_capacity", capacity)
+    capacities = _record_capacities(monkeypatch)
     k = spcomp.compile("C[i,j] = A[i,k] * B[k,j]", formats={"A": "csr", "B": "csr", "C": "csr"},
                        dtype="float64")
     with spcomp_threads(1):
@@ -608,15 +610,8 @@ def test_dense_operands_do_not_inflate_a_sparse_outputs_capacity(monkeypatch):
     """SDDMM's output holds at most B's entries: its one-pass arrays start there, not
     at nnz(B) plus D's and E's sizes (which were trimmed, and faulted in afresh, on
     every call). With only dense operands the output's dense size bounds it."""
-    import spcomp.kernel as kernel_module
     from conftest import spcomp_threads
-    capacities = []
-    real_capacity = kernel_module.Kernel._initial_capacity
-
-    def capacity(self, low, sizes, storages):
-        capacities.append(real_capacity(self, low, sizes, storages))
-        return capacities[-1]
-    monkeypatch.setattr(kernel_module.Kernel, "_initial_capacity", capacity)
+    capacities = _record_capacities(monkeypatch)
     rng = np.random.default_rng(5)
     B = sp.random(300, 200, density=0.2, format="csr", random_state=rng)
     D, E = rng.random((300, 16)), rng.random((16, 200))
