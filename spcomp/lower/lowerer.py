@@ -373,8 +373,9 @@ class Lowerer:
                 body += self._gemm(g)
             nest = self.nest(self.outer, self.expr, self.out_sink, env, depth=0)
             if self.opt.parallel_kind == "threads":  # a GPU thread has no vector registers to fill
-                nest = block_rows(nest, self.fresh, self.position_ends)
-                nest = prefetch_rows(nest, self.position_ends, self.fresh, self.table_sizes())
+                sizes = self.table_sizes()
+                nest = block_rows(nest, self.fresh, self.position_ends, sizes)
+                nest = prefetch_rows(nest, self.position_ends, self.fresh, sizes)
                 nest = self._zero_rows(nest)
             body += _free_before_error_returns(nest, gemm_temps)
         if self.workspace:

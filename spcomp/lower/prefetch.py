@@ -113,16 +113,22 @@ def _with_prefetches(outer: n.For, last, fresh, sizes: dict) -> n.For | None:
     stmts, mapping = look_ahead(outer, [d for d in prelude if d.var in needed], last, fresh)
     for (array, base), inner in rows.items():
         stmts += _row_lines(array, substitute(base, mapping), inner, fresh)
-    hint = [n.Comment(f"fetch the rows {PREFETCH_DISTANCE} nonzeros ahead: their addresses jump")]
-    large = [_larger_than_l1(array, sizes[array]) for array, _ in rows if array in sizes]
-    if large and len(large) == len(rows):  # every table's size is known: hint only when one is large
-        cond = large[0]
-        for c in large[1:]:
-            cond = n.Binary("||", cond, c)
-        hint.append(n.If(cond, n.Block(tuple(stmts))))
-    else:
-        hint += stmts
+    hint = [n.Comment(f"fetch the rows {PREFETCH_DISTANCE} nonzeros ahead: their addresses jump"),
+            *when_large([array for array, _ in rows], stmts, sizes)]
     return dataclasses.replace(outer, body=n.Block(tuple(hint) + tuple(body)))
+
+
+def when_large(arrays: list, stmts: list, sizes: dict) -> list:
+    """``stmts`` (prefetches of rows of ``arrays``) under a test that one of the tables
+    is larger than MIN_TABLE_BYTES, when every table's size is known (``sizes``:
+    array variable -> element count); as they are otherwise."""
+    arrays = list(dict.fromkeys(arrays))
+    if not stmts or not arrays or any(a not in sizes for a in arrays):
+        return list(stmts)
+    cond = _larger_than_l1(arrays[0], sizes[arrays[0]])
+    for a in arrays[1:]:
+        cond = n.Binary("||", cond, _larger_than_l1(a, sizes[a]))
+    return [n.If(cond, n.Block(tuple(stmts)))]
 
 
 def _larger_than_l1(array, elements):

@@ -32,32 +32,33 @@ import dataclasses
 
 from ..ir import nodes as n
 from ..ir.types import I64
-from .prefetch import LINE_BYTES, PREFETCH_DISTANCE, look_ahead, substitute
+from .prefetch import LINE_BYTES, PREFETCH_DISTANCE, look_ahead, substitute, when_large
 
 # bytes of output kept in registers per block: four 512-bit or eight 256-bit vectors,
 # which leaves registers free on a 16-register AVX2 machine (512 bytes measured no faster)
 BLOCK_BYTES = 256
 
 
-def block_rows(stmts, fresh, position_ends=None) -> list:
+def block_rows(stmts, fresh, position_ends=None, table_sizes=None) -> list:
     """``stmts`` with every accumulation nest of the shape above register-blocked.
     ``fresh`` makes new variable names (the lowerer's :class:`Names`);
     ``position_ends`` maps a sparse loop's variable to the last valid position of
     the level it walks, which lets the blocked loop prefetch rows ahead (see
-    :func:`_prefetches`)."""
-    ends = position_ends or {}
+    :func:`_prefetches`); ``table_sizes`` (array -> element count) lets those hints
+    run only for a table larger than L1, as prefetch.py's do."""
+    ends, sizes = position_ends or {}, table_sizes or {}
     out = []
     for s in stmts:
         if isinstance(s, n.For):
-            done = _blocked(s, fresh, ends)
+            done = _blocked(s, fresh, ends, sizes)
             if done is not None:
                 out.extend(done)
                 continue
-        out.append(n.map_blocks(s, lambda body: block_rows(body, fresh, ends)))
+        out.append(n.map_blocks(s, lambda body: block_rows(body, fresh, ends, sizes)))
     return out
 
 
-def _blocked(outer: n.For, fresh, ends: dict) -> list | None:
+def _blocked(outer: n.For, fresh, ends: dict, sizes: dict) -> list | None:
     """The blocked statements replacing ``outer``, or None when it is not the shape."""
     if outer.parallel is not None:
         return None
@@ -96,7 +97,7 @@ def _blocked(outer: n.For, fresh, ends: dict) -> list | None:
     w = n.i64(width)
     blocked_inner = dataclasses.replace(inner, start=first, end=n.Binary("+", first, w))
     hints = _prefetches(outer, prelude, inner, value.rhs, first, width,
-                        store.value.type.bits // 8, ends.get(outer.var), fresh)
+                        store.value.type.bits // 8, ends.get(outer.var), fresh, sizes)
     by_block = dataclasses.replace(outer, body=_with_inner(outer.body, inner, blocked_inner, hints))
     remainder = dataclasses.replace(outer, body=_with_inner(outer.body, inner, dataclasses.replace(
         inner, start=rest)))
@@ -123,7 +124,7 @@ def _with_inner(body: n.Block, old: n.For, new: n.For, before=()) -> n.Block:
 
 
 def _prefetches(outer: n.For, prelude: list, inner: n.For, rhs, first, width: int,
-                elem_bytes: int, last, fresh) -> list:
+                elem_bytes: int, last, fresh, sizes: dict) -> list:
     """Prefetch hints for the block-row reads of a later iteration of ``outer``.
 
     A read whose address depends on the sparse loop's variables (``X[j*N + k]`` with
@@ -143,7 +144,7 @@ def _prefetches(outer: n.For, prelude: list, inner: n.For, rhs, first, width: in
     if not reads:
         return []
     ahead, mapping = look_ahead(outer, prelude, last, fresh)
-    stmts = [n.Comment(f"fetch the rows {PREFETCH_DISTANCE} nonzeros ahead: their addresses jump"), *ahead]
+    stmts = list(ahead)
     per_line = max(LINE_BYTES // elem_bytes, 1)
     offsets = sorted(set(range(0, width, per_line)) | {width - 1})  # every line, aligned or not
     for load in dict.fromkeys(reads):
@@ -151,7 +152,8 @@ def _prefetches(outer: n.For, prelude: list, inner: n.For, rhs, first, width: in
             at = dict(mapping)
             at[inner.var] = n.Binary("+", first, n.i64(off))
             stmts.append(n.Prefetch(load.array, substitute(load.index, at)))
-    return stmts
+    return [n.Comment(f"fetch the rows {PREFETCH_DISTANCE} nonzeros ahead: their addresses jump"),
+            *when_large([load.array for load in reads], stmts, sizes)]
 
 
 def _loads_from(e, array) -> bool:
