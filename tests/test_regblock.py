@@ -78,6 +78,14 @@ def test_compiled_spmm_prefetches_within_the_matrix():
     assert "__builtin_prefetch(&X_vals[" in k.ir and "(int64_t)A2_pos[N_i] - 1" in k.ir
     dcsr = spcomp.compile("Y[i,k] = A[i,j] * X[j,k]", formats={"A": "dcsr"})
     assert "(int64_t)A2_pos[(int64_t)A1_pos[1]] - 1" in dcsr.ir  # under a compressed level: through its pos
+    # a singleton level (COO) has its parent's positions: it ends where level 1 does
+    coo = spcomp.compile("Y[i,k] = A[i,j] * X[j,k]", formats={"A": "coo"})
+    assert "min((pA2 + 8), ((int64_t)A1_pos[1] - 1))" in coo.ir
+    rng = np.random.default_rng(2)
+    C = sp.random(60, 50, density=0.3, format="coo", random_state=rng)
+    C.sum_duplicates()
+    Xc = rng.random((50, 200))  # 10000 elements: over MIN_TABLE_BYTES, the hints run
+    np.testing.assert_allclose(coo(A=spcomp.Tensor.from_scipy(C, "coo"), X=Xc), C @ Xc, rtol=1e-12)
     # the last rows hold the last nonzeros: the look-ahead is clamped, results exact
     A = sp.csr_matrix(np.triu(np.ones((40, 40))))
     X = np.arange(40 * 35, dtype=np.float64).reshape(40, 35)

@@ -421,10 +421,16 @@ class Lowerer:
         prefetch passes clamp their look-ahead reads of ``crd`` there (prefetch.py).
         The count of the parent level's positions is built level by level: a dense
         level multiplies it by its size, a compressed one reads it from its ``pos``,
-        a singleton keeps it; under any other kind it is not known."""
+        a singleton keeps it; under any other kind it is not known. A singleton level
+        (COO's second) has its parent's positions, so it ends where the compressed
+        level above its run of singletons ends."""
         acc, l = key
         levels = acc.tensor.format.levels
-        if len(loop) != 1 or not isinstance(loop[0], n.For) or "pos" not in levels[l].arrays:
+        if len(loop) != 1 or not isinstance(loop[0], n.For):
+            return
+        while l > 0 and isinstance(levels[l], Singleton):
+            l -= 1
+        if "pos" not in levels[l].arrays:
             return
         chain = access_chain(acc)
         arrays = self.params[acc.tensor.name].levels
