@@ -674,10 +674,11 @@ class Kernel:
     def _initial_capacity(self, low, sizes, storages) -> int:
         """Entries to allocate for an output the kernel appends to (it doubles them
         when they run out; :meth:`_Output._take` trims them when much is unused): at
-        least the sparse inputs' stored entries, and the products a balanced nonzero's nested
-        sparse loops form when known (SpGEMM: nnz(A) times B's mean row length, which
-        is nnz(C) up to collisions), never more than the output's dense size.
-        Starting at nnz(A) + nnz(B), SpGEMM's output grew three times a call."""
+        least the sparse inputs' stored entries, and the products a balanced
+        nonzero's nested sparse loops form when known (SpGEMM: nnz(A) times B's mean
+        row length, which is nnz(C) up to collisions), never more than the output's
+        dense size. Starting at nnz(A) + nnz(B), SpGEMM's output grew three times a
+        call."""
         sparse = [t.nnz for t in storages.values() if not isinstance(t, _Dense) and not t.format.is_dense]
         # with a sparse operand the dense ones say nothing of the output's size (SDDMM's
         # D and E counted made 2.96M entries for 400k, trimmed and faulted in each call)

@@ -340,11 +340,13 @@ def test_intrinsics(t, dtype, rtol):
 
 
 def test_bit_intrinsics_on_i64_including_the_sign_bit_and_zero():
-    """``ctz`` (lowest set bit, 64 for 0) and ``popcount`` (set bits) of an i64, for the
-    workspace bitmaps: bit 63 (a negative word), single high bits and 0 included. A
-    float or i32 argument is refused."""
+    """``ctz`` (lowest set bit, 64 for 0), ``popcount`` (set bits) and ``clear_lowest``
+    (the word without its lowest set bit) of an i64, for the workspace bitmaps: bit 63
+    alone (where ``x - 1`` would overflow), single high bits and 0 included. A float or
+    i32 argument is refused."""
     cm = compile_module(Module((elementwise("lowbit", I64, I64, lambda e: Call("ctz", (e,), I64)),
-                                elementwise("bits", I64, I64, lambda e: Call("popcount", (e,), I64)))))
+                                elementwise("bits", I64, I64, lambda e: Call("popcount", (e,), I64)),
+                                elementwise("drop", I64, I64, lambda e: Call("clear_lowest", (e,), I64)))))
     x = np.array([1, 2, 3, 8, 12, 1 << 40, (1 << 62) + (1 << 5), -(1 << 63), -1, -2, 7 << 60, 0],
                  dtype=np.int64)
     values = [int(v) for v in x.tolist()]
@@ -352,7 +354,9 @@ def test_bit_intrinsics_on_i64_including_the_sign_bit_and_zero():
     np.testing.assert_array_equal(run_elementwise(cm, "lowbit", x, np.int64), want)
     ones = np.array([bin(v & (2 ** 64 - 1)).count("1") for v in values], dtype=np.int64)
     np.testing.assert_array_equal(run_elementwise(cm, "bits", x, np.int64), ones)
-    for name in ("ctz", "popcount"):
+    dropped = [(v & (v - 1)) if v != -(1 << 63) else 0 for v in values]  # Python ints do not wrap
+    np.testing.assert_array_equal(run_elementwise(cm, "drop", x, np.int64), np.array(dropped, dtype=np.int64))
+    for name in ("ctz", "popcount", "clear_lowest"):
         with pytest.raises(KernelIRError, match=name):
             compile_module(Module((elementwise("bad", I32, I32, lambda e: Call(name, (e,), I32)),)))
 

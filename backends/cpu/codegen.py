@@ -32,8 +32,9 @@ Besides the conventions of :mod:`spcomp.ir.nodes`, it fixes these:
 * ``Allocate``/``Reallocate`` call libc for at least one element and return status 2
   (``STATUS_OUT_OF_MEMORY``) on a null result or a count that is negative or whose size
   overflows an ``i64``; a failed ``Reallocate`` leaves the old block allocated.
-* ``Call("ctz", (x,), i64)`` is ``llvm.cttz.i64`` defined for 0 (64: ``tzcnt``), and
-  ``Call("popcount", ...)`` ``llvm.ctpop.i64``: the lowerer reads bitmap words with them.
+* ``Call("ctz", (x,), i64)`` is ``llvm.cttz.i64`` defined for 0 (64: ``tzcnt``),
+  ``Call("popcount", ...)`` ``llvm.ctpop.i64`` and ``Call("clear_lowest", ...)``
+  ``x & (x - 1)`` with a wrapping ``sub``: the lowerer reads bitmap words with them.
 * ``Sort`` calls an internal helper per element type (insertion sort up to 16 elements,
   heapsort above), itself written in kernel IR and lowered by this module.
 * ``Gemm`` calls the Fortran-convention ``sgemm``/``dgemm`` that SciPy exports (symbols
@@ -856,6 +857,9 @@ class _FunctionLowering:
             if e.func == "popcount":
                 fn = self.ml.external("llvm.ctpop.i64", I64_T, [I64_T])
                 return self.b.call(fn, [self.expr(e.args[0])], name=e.func)
+            if e.func == "clear_lowest":  # a wrapping sub (no nsw): 0 and bit 63 alone are fine
+                x = self.expr(e.args[0])
+                return self.b.and_(x, self.b.sub(x, ir.Constant(I64_T, 1)), name=e.func)
             fn = self.ml.external("llvm.cttz.i64", I64_T, [I64_T, I1_T])  # defined (64) for 0
             return self.b.call(fn, [self.expr(e.args[0]), ir.Constant(I1_T, 0)], name=e.func)
         if e.func not in n.INTRINSICS:

@@ -108,8 +108,10 @@ class Unary:
 
 INTRINSICS = ("exp", "log", "sqrt", "abs", "tanh", "erf")
 # on an i64, to walk bitmaps: ``ctz`` the index of its lowest set bit (64 for 0),
-# ``popcount`` the number of set bits
-INT_INTRINSICS = ("ctz", "popcount")
+# ``popcount`` the number of set bits, ``clear_lowest`` the word without its lowest set
+# bit (``x & (x - 1)`` in wrapping arithmetic: integer ``-`` may not overflow, and
+# ``x - 1`` does for a word holding only bit 63)
+INT_INTRINSICS = ("ctz", "popcount", "clear_lowest")
 
 
 @dataclass(frozen=True)

@@ -805,7 +805,7 @@ class Lowerer:
 
         def take_lowest():  # touched[at] = base + ctz(word); drop that bit; at += 1
             return [n.Store(w["touched"], at, n.Binary("+", base, n.Call("ctz", (word,), I64))),
-                    n.Assign(word, n.Binary("&", word, n.Binary("-", word, one))),
+                    n.Assign(word, n.Call("clear_lowest", (word,), I64)),
                     n.Assign(at, n.Binary("+", at, one))]
         step = [s for _ in range(BITS_PER_STEP) for s in take_lowest()]
         return [n.Comment(f"the touched {w['index'].name} in order: the bitmap's set bits, word by word"),
