@@ -452,11 +452,11 @@ class Kernel:
         else:
             out = _Output(self, low, sizes, given, bits)
         pointers = self._backend.name == "cpu"
+        capacity = None
+        if any(role == "capacity" for role, _a, _b in variant.arg_plan):  # a growable output: an _Output
+            capacity = out.capacity = self._initial_capacity(sizing, sizes, storages)
         args, lohi = self._call_args(variant.arg_plan, storages, sizes, bits, pointers,
-                                     lambda key: out.arg(key, pointers), sizing)
-        for k, (role, _a, _b) in enumerate(variant.arg_plan):
-            if role == "capacity":
-                out.capacity = args[k]
+                                     lambda key: out.arg(key, pointers), capacity)
         if pointers and plan.plain_output:
             self._fast = self._fast_call(operands, storages, variant, args, lohi, sizes, given)
         statuses = self._run(variant, args, lohi, low, sizes, storages)
@@ -527,10 +527,11 @@ class Kernel:
         low = variant.lowered
         return self._bounds(_parallel_extent(low, sizes, storages), _threads.get_num_threads(), self._balance_pos(low, storages))
 
-    def _call_args(self, arg_plan, storages, sizes, bits, pointers, out_arg, low=None):
+    def _call_args(self, arg_plan, storages, sizes, bits, pointers, out_arg, capacity=None):
         """A call's argument list from an argument plan, and where ``lo`` sits in it
         (``lo``/``hi`` are placeholders the launcher fills); ``out_arg(key)`` gives an
-        output array's argument. Shared by plain calls and the two-phase assembly."""
+        output array's argument, ``capacity`` a growable output's first size (plans
+        with a ``capacity`` role only). Shared by plain calls and the two-phase assembly."""
         args, lohi = [], None
         for role, a, b in arg_plan:
             if role == "in":
@@ -540,7 +541,7 @@ class Kernel:
             elif role == "out":
                 args.append(out_arg(a))
             elif role == "capacity":
-                args.append(self._initial_capacity(low, sizes, storages))
+                args.append(capacity)
             else:  # lo, hi
                 if role == "lo":
                     lohi = len(args)
@@ -650,7 +651,7 @@ class Kernel:
         each; else the dense iteration space."""
         if pos is not None:
             dense = 1
-            for index in getattr(low, "work_dense", ()):
+            for index in low.work_dense:
                 dense *= max(int(sizes.get(index, 1)), 1)
             per = Kernel._segment_scale(low, storages) * max(dense * DENSE_ITERATION_WORK, 1.0)
             return n + int((int(pos[-1]) if len(pos) else 0) * per)
@@ -683,7 +684,7 @@ class Kernel:
         # with a sparse operand the dense ones say nothing of the output's size (SDDMM's
         # D and E counted made 2.96M entries for 400k, trimmed and faulted in each call)
         guess = max(1024, sum(sparse) if sparse else sum(t.nnz for t in storages.values()))
-        pos = self._balance_pos(low, storages) if low is not None and low.work_scale else None
+        pos = self._balance_pos(low, storages) if low.work_scale else None
         if pos is not None and len(pos):
             # products can far exceed the result (many collisions): past PRODUCT_GUESS_CAP
             # times the inputs the arrays grow instead of starting far above the result
