@@ -25,6 +25,7 @@ from .lower.lowerer import Options, lower
 from .lower.order import access_chain
 from .notation import accesses
 from .runtime import threads as _threads
+from . import chunks as _chunks
 
 _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
@@ -221,6 +222,18 @@ class Kernel:
             self._variants[key] = v
         return v
 
+    def _chunks_variant(self, bits: int) -> _Variant:
+        """This kernel lowered so that each ``[lo, hi)`` call appends its rows to arrays
+        of its own, for CPU threads to fill a sparse output without counting it
+        first (``Lowered.append_chunks``; spcomp/chunks.py)."""
+        key = (bits, "chunks")
+        v = self._variants.get(key)
+        if v is None:
+            import dataclasses
+            v = self._load_or_build(bits, dataclasses.replace(self._options, append_chunks=True))
+            self._variants[key] = v
+        return v
+
     def _cache_key(self, bits: int, options=None):
         tensors = sorted((t.name, t.order, t.format.spec(), t.dtype) for t in self.notation.tensors.values())
         return (self.expression, repr(self.notation), tensors, repr(options or self._options), bits,
@@ -258,6 +271,7 @@ class Kernel:
         from .runtime import cache
         if not hasattr(self._backend, "dump"):
             raise SpcompError(f"kernels of backend {self._backend.name!r} cannot be saved")
+        self._build_call_variants()
         payload = {
             "expression": self.expression, "notation": self.notation, "options": self._options,
             "backend": self._backend.name, "machine": self._backend.cache_key(),
@@ -266,6 +280,19 @@ class Kernel:
         }
         from pathlib import Path
         cache.write_atomic(Path(path), cache.pack(payload))
+
+    def _build_call_variants(self) -> None:
+        """Compile the variants a call may pick besides the plain one, so that a saved
+        kernel runs without LLVM: a sparse output's one-pass append (one thread) and
+        its chunks (CPU threads, where :func:`spcomp.chunks.preferred`)."""
+        if self._backend.name != "cpu":
+            return
+        for bits in [b for b in self._variants if isinstance(b, int)]:
+            low = self._variants[bits].lowered
+            if low.assembly is not None:
+                self._one_pass_variant(bits)
+                if _chunks.preferred(low):
+                    self._chunks_variant(bits)
 
     @classmethod
     def load(cls, path) -> "Kernel":
@@ -435,11 +462,15 @@ class Kernel:
         if given is not None:
             _refuse_overlap(given, operands, self.output_name)
         sizing = low  # the lowering whose balance and work_scale size a growable output
-        if low.assembly is not None:  # a sparse output assembled in two phases (spcomp/assemble.py)
-            if self._backend.name != "cpu" or self._splits(low, sizes, storages):
+        if low.assembly is not None:  # a sparse output whose rows may be assembled in parallel
+            cpu = self._backend.name == "cpu"
+            if cpu and not self._splits(low, sizes, storages):
+                variant = self._one_pass_variant(bits)  # one thread: append in one pass
+            elif cpu and _chunks.preferred(low) and self._chunks_variant(bits).lowered.append_chunks:
+                variant = self._chunks_variant(bits)  # threads append chunks of rows (spcomp/chunks.py)
+            else:  # the GPU, or rows the chunks cannot cover: count, scan, fill (spcomp/assemble.py)
                 from .assemble import run_two_phase
                 return run_two_phase(self, variant, storages, sizes, bits, given)
-            variant = self._one_pass_variant(bits)  # one thread: append in one pass
             low = variant.lowered
         if self._backend.name == "cuda" and plan.plain_output and any(
                 type(st) is _Dense and _is_device_array(st.array) for st in storages.values()):
@@ -455,6 +486,8 @@ class Kernel:
         capacity = None
         if any(role == "capacity" for role, _a, _b in variant.arg_plan):  # a growable output: an _Output
             capacity = out.capacity = self._initial_capacity(sizing, sizes, storages)
+        if low.append_chunks:
+            return _chunks.run_chunks(self, variant, storages, sizes, bits, out, capacity)
         args, lohi = self._call_args(variant.arg_plan, storages, sizes, bits, pointers,
                                      lambda key: out.arg(key, pointers), capacity)
         if pointers and plan.plain_output:

@@ -148,15 +148,31 @@ def spcomp_threads(n: int, min_work: int | None = None):
 
 def record_splits(monkeypatch) -> list:
     """A list that collects the thread count each time the runtime cuts a call's
-    row bounds (a split call asks once or more; a call on one thread never does)."""
+    row bounds for the native driver, and the number of chunks each time the Python
+    pool runs a call on more than one (a split call adds once or more; a call on
+    one thread never does)."""
     import spcomp
+    from spcomp.runtime import threads as _threads
     split = []
     real_bounds = spcomp.Kernel._bounds
+    real_ranges = _threads.run_ranges
 
     def bounds(self, rows, nthreads, pos):
         split.append(nthreads)
         return real_bounds(self, rows, nthreads, pos)
+
+    def run_ranges(call, n, pos=None, threads=None, work=None):
+        ran = []
+
+        def counted(lo, hi):
+            ran.append(lo)
+            return call(lo, hi)
+        statuses = real_ranges(counted, n, pos, threads=threads, work=work)
+        if len(ran) > 1:
+            split.append(len(ran))
+        return statuses
     monkeypatch.setattr(spcomp.Kernel, "_bounds", bounds)
+    monkeypatch.setattr(_threads, "run_ranges", run_ranges)
     return split
 
 

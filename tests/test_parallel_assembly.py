@@ -1,14 +1,18 @@
-"""Two-phase (count -> scan -> fill) assembly of sparse outputs.
+"""Parallel assembly of sparse outputs whose first level is dense (csr, dense-then-csf).
 
-A sparse output whose first level is dense (csr, dense-then-csf) is assembled in
-parallel over its rows: ``NAME_count`` counts each row's entries, the runtime
-scans the counts into ``pos`` and allocates exact-size arrays, ``NAME_fill``
-writes each row from its start. These tests check the results against the dense
-reference (``spcomp.testing``), that 1 and 2 threads give the same arrays bit for
-bit, that cuda-sim runs the same kernels over several blocks, that nvcc compiles
-every emitted source for sm_90, and what is still refused.
+Two ways, both tested here on the CPU: chunks (spcomp/chunks.py, the CPU's
+default), where each thread appends its rows to arrays of its own and the
+runtime stitches them; and two phases (count -> scan -> fill, the GPU's way),
+where ``NAME_count`` counts each row's entries, the runtime scans the counts
+into ``pos`` and allocates exact-size arrays and ``NAME_fill`` writes each row
+from its start. These tests check the results against the dense reference
+(``spcomp.testing``), that 1, 2 and 3 threads give the same arrays bit for bit
+either way, that cuda-sim runs the two-phase kernels over several blocks, that
+nvcc compiles every emitted source for sm_90, and what is still refused.
 """
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import pytest
@@ -17,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import spcomp
+from spcomp import chunks as _chunks
 from spcomp.errors import ScheduleError, UnsupportedError
 from spcomp.runtime import threads as _threads
 from spcomp.testing import check_kernel
@@ -66,20 +71,44 @@ def assert_same_bits(a, b):
 
 
 def two_phase(kernel):
+    """Whether the kernel's rows may be assembled in parallel (it then has the two
+    phases; CPU calls on threads use its chunks variant unless ``mode`` says not)."""
     return kernel._variants[32].lowered.assembly is not None
+
+
+class Mode(str):
+    """The ``mode`` fixture's value; ``chunk_calls`` counts calls that ran as chunks."""
+    chunk_calls = 0
+
+
+@pytest.fixture(params=["chunks", "two-phase"])
+def mode(request, monkeypatch):
+    """How CPU threads assemble a sparse output: appended chunks, stitched (the
+    default) or counted, then filled."""
+    monkeypatch.setattr(_chunks, "MODE", "always" if request.param == "chunks" else "never")
+    m = Mode(request.param)
+    real = _chunks.run_chunks
+
+    def counted(*args):
+        m.chunk_calls += 1
+        return real(*args)
+    monkeypatch.setattr(_chunks, "run_chunks", counted)
+    return m
 
 
 # ====================================================================== CPU
 
 @pytest.mark.parametrize("expr,formats", CASES)
-def test_cpu_matches_reference_and_is_thread_count_independent(expr, formats):
+def test_cpu_matches_reference_and_is_thread_count_independent(expr, formats, mode):
     results = []
-    for n in (1, 2):
+    for n in (1, 2, 3):
         with threads(n):
             r = check_kernel(expr, formats, sizes=SIZES, density=0.3, seed=3)
         assert two_phase(r.kernel)
         results.append(r.result)
-    assert_same_bits(*results)
+    assert mode.chunk_calls == (2 if mode == "chunks" else 0)  # the 2- and 3-thread calls
+    for other in results[1:]:
+        assert_same_bits(results[0], other)
 
 
 def test_generated_code_names_the_phases():
@@ -92,30 +121,19 @@ def test_generated_code_names_the_phases():
     assert "for i in 0..N_i (parallel: threads)" in k.loops
 
 
-def test_big_add_really_runs_on_two_threads(monkeypatch):
-    """Big enough to pass the runtime's own work threshold; both phases split rows."""
+def test_big_add_really_runs_on_two_threads(monkeypatch, mode):
+    """Big enough to pass the runtime's own work threshold: two chunks, or both
+    phases split rows."""
     rng = np.random.default_rng(0)
     n = 60_000
     A = sp.random(n, n, density=6e-5, format="csr", random_state=rng, dtype=np.float64)
     B = sp.random(n, n, density=6e-5, format="csr", random_state=rng, dtype=np.float64)
     assert n + A.nnz >= _threads.MIN_PARALLEL_WORK
     k = spcomp.compile(ADD, formats=CSR3)
-    split = []
-    real_bounds = spcomp.Kernel._bounds
-    real_ranges = _threads.run_ranges
-
-    def bounds(self, rows, nthreads, pos):
-        split.append(nthreads)
-        return real_bounds(self, rows, nthreads, pos)
-
-    def run_ranges(call, rows, pos=None, threads=None, work=None):
-        split.append(_threads.get_num_threads())
-        return real_ranges(call, rows, pos, threads=threads, work=work)
-    monkeypatch.setattr(spcomp.Kernel, "_bounds", bounds)
-    monkeypatch.setattr(_threads, "run_ranges", run_ranges)
+    split = record_splits(monkeypatch)
     with threads(2, _threads.MIN_PARALLEL_WORK):
         two = k(A=A, B=B)
-    assert split == [2, 2]  # count and fill
+    assert split == ([2] if mode == "chunks" else [2, 2])  # chunks, or count and fill
     split.clear()
     with threads(1, _threads.MIN_PARALLEL_WORK):
         one = k(A=A, B=B)
@@ -126,7 +144,61 @@ def test_big_add_really_runs_on_two_threads(monkeypatch):
     assert abs(got - expected).max() == 0
 
 
-def test_sparse_accumulate():
+@pytest.mark.parametrize("capacity", [1, 300, 10**6], ids=["all-grow", "some-grow", "none-grow"])
+@pytest.mark.parametrize("expr,formats", [CASES[3], CASES[6]])
+def test_chunks_stitch_whatever_their_arrays_held(expr, formats, capacity, monkeypatch, mode):
+    """The first chunk's arrays become the result's: grown by realloc when the others'
+    entries do not fit (or the kernel already doubled them), used as they are when
+    they do. Chunks that doubled their own arrays are copied like the others."""
+    monkeypatch.setattr(spcomp.Kernel, "_initial_capacity", lambda self, low, sizes, storages: capacity)
+    monkeypatch.setattr(_chunks, "CHUNK_SLACK", 1e-9)  # the later chunks start at 1024 entries
+    ops = None
+    results = []
+    for n in (1, 3):
+        with threads(n):
+            r = check_kernel(expr, formats, sizes={"i": 90, "j": 80, "k": 70, "l": 40}, density=0.5,
+                             seed=5, operands=ops)
+        ops = r.operands
+        results.append(r.result)
+    assert results[0].nnz > 2048  # more than the later chunks' first 1024 entries each
+    assert_same_bits(*results)
+    assert mode.chunk_calls == (1 if mode == "chunks" else 0)
+
+
+def test_cpu_threads_chunk_only_where_counting_repeats_nested_loops(monkeypatch):
+    """By default SpGEMM (a row of B walked per nonzero of A) runs as chunks and the
+    sparse add (one walk per row) as count and fill; both give the one-thread bits."""
+    split = record_splits(monkeypatch)
+    for expr, expected in ((SPGEMM, [2]), (ADD, [2, 2])):
+        ops = None
+        results = []
+        for n in (2, 1):
+            split.clear()
+            with threads(n):
+                r = check_kernel(expr, CSR3, sizes=SIZES, density=0.3, seed=2, operands=ops)
+            ops = r.operands
+            results.append(r.result)
+            assert split == (expected if n == 2 else [])
+        assert_same_bits(*results)
+
+
+def test_saved_kernel_holds_the_variants_calls_pick(tmp_path, monkeypatch):
+    """A saved sparse-output kernel carries its one-pass and chunks variants: the
+    loaded one runs on one thread and on two without compiling anything."""
+    k = spcomp.compile(SPGEMM, formats=CSR3)
+    k.save(tmp_path / "spgemm.spk")
+    loaded = spcomp.load(tmp_path / "spgemm.spk")
+
+    def no_compiling(*args, **kwargs):
+        raise AssertionError("the loaded kernel compiled a variant")
+    monkeypatch.setattr(loaded, "_load_or_build", no_compiling)
+    ops = make_operands(k.notation, {"i": 30, "j": 20, "k": 10}, np.random.default_rng(2), 0.3)
+    for n in (1, 2):
+        with threads(n):
+            assert_same_bits(k(**ops), loaded(**ops))
+
+
+def test_sparse_accumulate(mode):
     """A ``+=`` into a csr output reads the old one as an input: still two phases."""
     k = spcomp.compile("C[i,j] += A[i,j] * B[i,j]", formats=CSR3)
     assert two_phase(k)
@@ -135,7 +207,7 @@ def test_sparse_accumulate():
     assert r.max_error == 0
 
 
-def test_drop_zeros_counts_only_what_is_stored():
+def test_drop_zeros_counts_only_what_is_stored(mode):
     """With drop_zeros the count and the fill skip the same computed zeros."""
     a = np.array([[1.0, 2.0, 0.0], [0.0, 3.0, 4.0]])
     b = np.array([[-1.0, 2.0, 5.0], [0.0, -3.0, 0.0]])
@@ -189,10 +261,22 @@ def test_property_random_shapes_and_densities(case, i, j, k, density, empty_rows
     ops = make_operands(kernel.notation, {"i": i, "j": j, "k": k}, np.random.default_rng(seed), density,
                         empty_rows=empty_rows)
     results = []
-    for n in (1, 2):
-        with threads(n):
+    for n, chunks in ((1, True), (2, True), (3, True), (2, False)):
+        with threads(n), _assembly(chunks):
             results.append(check_kernel(expr, formats, operands=ops).result)
-    assert_same_bits(*results)
+    for other in results[1:]:
+        assert_same_bits(results[0], other)
+
+
+@contextlib.contextmanager
+def _assembly(chunks: bool):
+    """The ``mode`` fixture's switch, for a hypothesis test (no function fixtures)."""
+    before = _chunks.MODE
+    _chunks.MODE = "always" if chunks else "never"
+    try:
+        yield
+    finally:
+        _chunks.MODE = before
 
 
 # ================================================================ cuda-sim
@@ -240,7 +324,7 @@ def test_cuda_still_refuses_what_cannot_be_split():
                        schedule=spcomp.Schedule().parallelize("i", "gpu-block"))
 
 
-def test_save_load_keeps_both_phases(tmp_path):
+def test_save_load_keeps_both_phases(tmp_path, mode):
     k = spcomp.compile(SPGEMM, formats=CSR3)
     k.save(tmp_path / "spgemm.spk")
     loaded = spcomp.load(tmp_path / "spgemm.spk")
@@ -249,7 +333,7 @@ def test_save_load_keeps_both_phases(tmp_path):
         assert_same_bits(k(**ops), loaded(**ops))
 
 
-def test_64_bit_indices(monkeypatch):
+def test_64_bit_indices(monkeypatch, mode):
     """Operands that need 64-bit indices get the 64-bit variant of both phases."""
     from spcomp.runtime import Tensor
     monkeypatch.setattr(Tensor, "index_bits_needed", lambda self: 64)
@@ -259,7 +343,7 @@ def test_64_bit_indices(monkeypatch):
     assert r.kernel._variants[64].lowered.assembly is not None
 
 
-def test_spgemm_work_counts_the_rows_of_B_each_nonzero_walks(monkeypatch):
+def test_spgemm_work_counts_the_rows_of_B_each_nonzero_walks(monkeypatch, mode):
     """The runtime's work estimate multiplies each balanced nonzero by what its nested
     loops cost (``Lowered.work_scale``): for SpGEMM the mean row length of B. A
     product whose rows + nnz(A) is far under the threshold, but whose multiply-adds
@@ -277,7 +361,7 @@ def test_spgemm_work_counts_the_rows_of_B_each_nonzero_walks(monkeypatch):
     split = record_splits(monkeypatch)
     with threads(2, SPGEMM_THRESHOLD):
         two = k(A=A, B=B)
-        assert split == [2, 2]  # count and fill
+        assert split == ([2] if mode == "chunks" else [2, 2])  # chunks, or count and fill
         split.clear()
         spmv(A=A, x=np.ones(4000))
         assert split == []

@@ -67,6 +67,10 @@ class Options:
     blas: bool = False                # dense matrix products by a BLAS gemm call (blas.py)
     vector_gathers: bool = True       # vectorise loops that gather (the CPU's gathers are fast)
     split: tuple = ()                 # (index, outer, inner, factor) per Schedule.split
+    # CPU threads and a sparse output with dense rows: each chunk of rows appends to
+    # arrays of its own and the runtime stitches them (spcomp/chunks.py) instead of
+    # the two-phase count and fill (assembly.py)
+    append_chunks: bool = False
     name: str = "kernel"
 
 
@@ -92,6 +96,7 @@ class Lowered:
     work_scale: tuple = ()     # (storage, level) walked under each balanced nonzero (Lowerer._work_scale)
     work_dense: tuple = ()     # indices of the dense loops under each balanced nonzero (Lowerer._work_dense)
     overwrites_output: bool = False  # a dense output every element of which the kernel stores: not zeroed first
+    append_chunks: bool = False  # each [lo, hi) call appends its rows from position 0 (spcomp/chunks.py)
 
 
 def _idx(e):
@@ -292,7 +297,7 @@ class Lowerer:
         fmt = lhs.tensor.format
         self.capacity_param = None
         grow = []
-        if not fmt.is_dense:
+        if not fmt.is_dense and not self.opt.append_chunks:
             from . import assembly
             two_phase = assembly.plan(self)  # rows in parallel: count, scan, fill
             if two_phase is not None:
@@ -397,7 +402,8 @@ class Lowerer:
                                        + [f"(layout: {r})" for r in self.dense_relayouts]),
                        notation=Assignment(self.lhs, self.notation_rhs, self.accumulate), warnings=self.warnings,
                        blas=[g.describe() for g in self.gemms],
-                       overwrites_output=self._overwrites_output(fn))
+                       overwrites_output=self._overwrites_output(fn),
+                       append_chunks=self._appends_in_chunks(shape))
 
     def table_sizes(self) -> dict:
         """The number of elements of each dense operand, by its values array: the
@@ -470,6 +476,14 @@ class Lowerer:
             return nest  # stored whole already: nothing to clear
         nest, self.zeroes_rows = zero_rows(nest, sink.vals, sink.chain, sink.sizes, split, self.fresh)
         return nest
+
+    def _appends_in_chunks(self, shape) -> bool:
+        """Whether each ``[lo, hi)`` call appends a chunk of whole output rows from
+        position 0, for the runtime to stitch (``Options.append_chunks``): the
+        parallel loop walks the output's first index itself, not positions of an
+        input's level nor a piece of a split loop."""
+        return (self.opt.append_chunks and shape == "csf" and self.parallel is not None
+                and not isinstance(self.parallel, SplitPiece) and self.parallel_positions is None)
 
     def _overwrites_output(self, fn) -> bool:
         """Whether the kernel stores every element of its dense output before the

@@ -218,7 +218,11 @@ class AppendSink(Sink):
         if self.shape in ("csf", "coo") and self.d == 0:
             out.append(n.Store(self._array(0, "pos"), n.i64(1),
                                n.Cast(self.counters[self.d], self._array(0, "pos").type.elem)))
-        if self.shape in ("csf", "coo") and self.d > 0:
+        if self.shape in ("csf", "coo") and self.d > 0 and self.lw.parallel is not None:
+            # threads' chunks (Options.append_chunks) each count from 0: the runtime
+            # stitches them and gives unvisited rows their ends (spcomp/chunks.py)
+            out.append(n.Comment("rows no loop visited get their ends when the chunks are stitched"))
+        elif self.shape in ("csf", "coo") and self.d > 0:
             # rows the loops never visited keep the previous row's end
             pos = self._array(self.d, "pos")
             q = n.Var(self.lw.fresh("q"), I64)
