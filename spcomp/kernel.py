@@ -214,23 +214,22 @@ class Kernel:
         """This kernel lowered without a parallel loop, so a sparse output is appended
         in one pass: for calls too small to split, where the two-phase assembly's
         counting pass would be pure overhead."""
-        key = (bits, "one-pass")
-        v = self._variants.get(key)
-        if v is None:
-            import dataclasses
-            v = self._load_or_build(bits, dataclasses.replace(self._options, parallel=None))
-            self._variants[key] = v
-        return v
+        return self._variant_with(bits, "one-pass", parallel=None)
 
     def _chunks_variant(self, bits: int) -> _Variant:
         """This kernel lowered so that each ``[lo, hi)`` call appends its rows to arrays
         of its own, for CPU threads to fill a sparse output without counting it
         first (``Lowered.append_chunks``; spcomp/chunks.py)."""
-        key = (bits, "chunks")
+        return self._variant_with(bits, "chunks", append_chunks=True)
+
+    def _variant_with(self, bits: int, tag: str, **changes) -> _Variant:
+        """The variant lowered with ``changes`` to this kernel's options, built once
+        and kept under ``(bits, tag)`` (so ``save`` ships it)."""
+        key = (bits, tag)
         v = self._variants.get(key)
         if v is None:
             import dataclasses
-            v = self._load_or_build(bits, dataclasses.replace(self._options, append_chunks=True))
+            v = self._load_or_build(bits, dataclasses.replace(self._options, **changes))
             self._variants[key] = v
         return v
 
