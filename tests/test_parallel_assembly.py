@@ -198,6 +198,33 @@ def test_saved_kernel_holds_the_variants_calls_pick(tmp_path, monkeypatch):
             assert_same_bits(k(**ops), loaded(**ops))
 
 
+def test_concurrent_callers_get_their_own_results(mode):
+    """Several Python threads call one sparse-output kernel at once: while one call
+    holds the pool the others run on their own thread; every result is its own
+    operands' product, bit for bit the one-thread result."""
+    import threading
+    k = spcomp.compile(SPGEMM, formats=CSR3)
+    rng = np.random.default_rng(7)
+    cases = [make_operands(k.notation, {"i": 60, "j": 50, "k": 40}, rng, 0.3) for _ in range(4)]
+    with threads(1):
+        expected = [k(**ops) for ops in cases]
+    failures = []
+
+    def work(s):
+        try:
+            for _ in range(20):
+                assert_same_bits(k(**cases[s]), expected[s])
+        except BaseException as e:  # reported by the main thread
+            failures.append(e)
+    with threads(2):
+        workers = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    assert not failures, failures[0]
+
+
 def test_sparse_accumulate(mode):
     """A ``+=`` into a csr output reads the old one as an input: still two phases."""
     k = spcomp.compile("C[i,j] += A[i,j] * B[i,j]", formats=CSR3)
