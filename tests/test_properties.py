@@ -165,6 +165,28 @@ def test_random_sparse_outputs_float64(outcome_stats):
     outcome_stats.assert_refusal_rate(0.2)
 
 
+def test_random_sparse_outputs_grow_from_sixteen_entries(outcome_stats, monkeypatch):
+    """The same cases with every growable output starting at the kernel's minimum
+    (16 entries): each row's room (``AppendSink.reserve``: the rows' segment lengths
+    summed, a dense loop's size, a workspace's touched count) and each per-entry
+    check must grow the arrays before they are written, in every output shape."""
+    import spcomp.kernel as kernel_module
+    monkeypatch.setattr(kernel_module.Kernel, "_initial_capacity", lambda self, low, sizes, storages: 1)
+
+    def sparse_out(ndim):
+        return output_formats(ndim, allow_dense=False)
+
+    @_settings(80)
+    @given(st.data())
+    def run(data):
+        case = data.draw(expressions(max_operands=3, max_order=3, min_output_order=1,
+                                     output_format=sparse_out), label="case")
+        run_case(data, case, outcome_stats)
+
+    run()
+    outcome_stats.assert_refusal_rate(0.2)
+
+
 # dense rows accumulated under a sparse loop: the shapes register blocking rewrites
 _ROW_ACCUMULATIONS = (
     ("Y[i,w] = A[i,j] * B[j,w]", {"A": 2, "B": 2}),

@@ -54,6 +54,13 @@ class CompressedIterator(LevelIterator):
         pos = self.la.arrays["pos"]
         return _idx(n.Load(pos, q)), _idx(n.Load(pos, n.Binary("+", q, n.i64(1))))
 
+    def segment_length(self):
+        lo, hi = self._bounds()
+        return n.Binary("-", hi, lo)
+
+    def remaining(self):
+        return n.Binary("-", self.end, self.p)
+
     def init(self):
         lo, hi = self._bounds()
         out = [n.Declare(self.p, lo), n.Declare(self.end, hi)]

@@ -109,6 +109,15 @@ class LevelIterator:
     def advance(self) -> list:
         raise NotImplementedError
 
+    def segment_length(self):
+        """An expression bounding the coordinates this iterator yields under its
+        parent (valid before ``init``), or None when the level cannot say cheaply."""
+        return None
+
+    def remaining(self):
+        """After ``init``: an expression bounding the coordinates still to come, or None."""
+        return None
+
     def loop(self, coord, body) -> list:
         """A loop over every coordinate; ``body(PosInfo)`` gives its statements.
         The default drives the merge protocol with a while loop."""

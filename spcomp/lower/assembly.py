@@ -120,6 +120,12 @@ class _RowSink(AppendSink):
     def epilogue(self):
         return []
 
+    def reserve(self, index, bound):
+        return []  # the arrays have their exact sizes (fill) or there are none (count)
+
+    def release(self, index):
+        pass
+
     def enter(self, index, env):
         out = super().enter(index, env)
         if self._level_of(index) == self.d - 1:

@@ -791,13 +791,16 @@ class Lowerer:
                 n.Declare(coord, n.Load(w["touched"], t)),
                 *clear,  # its whole word: all drained
                 *drain(coord)))
+        stmts += self.out_sink.reserve(last, c)  # the drain appends at most the touched count
         if not self.lhs.tensor.format.levels[-1].ordered or getattr(self.out_sink, "order_free", False):
             # an unordered output level takes the coordinates as they were touched
             self._note(depth, f"append the workspace's {last.name} as touched (unordered output)")
             stmts.append(from_list())
+            self.out_sink.release(last)
             return stmts
         by_scan = n.block(*self._bitmap_to_list(w), from_list(clear_bits=False))
         by_sort = n.block(n.Sort(w["touched"], n.i64(0), c), from_list())
+        self.out_sink.release(last)
         short_enough = n.Binary("<=", w["words"], n.Binary("*", c, n.i64(SCAN_WORDS)))
         self._note(depth, f"append the workspace's {last.name} in order")
         stmts.append(n.If(short_enough, by_scan, by_sort))
@@ -922,7 +925,9 @@ class Lowerer:
                 if member:
                     e.team = None
                 return self._body(i, rest, expr, sink, e, coord, depth)
+            grow = [] if parallel else self._reserve(i, rest, sink, it.segment_length())
             loop = it.loop(coord, body)
+            sink.release(i)
             self._note_position_end(loop, k)
             if parallel:  # threads take ranges of the level's positions (_top_positions)
                 assert len(loop) == 1 and isinstance(loop[0], n.For), "a unique compressed level loops with For"
@@ -931,7 +936,7 @@ class Lowerer:
             loop = self._user_hints(loop, i)
             if member:
                 loop = self._mark_member(loop, member)
-            return [n.Comment(f"loop over {i.name}: {k[0]!r} level {k[1] + 1}"), *loop]
+            return [*grow, n.Comment(f"loop over {i.name}: {k[0]!r} level {k[1] + 1}"), *loop]
         # --- the whole dimension
         if L.full:
             coord = n.Var(self.fresh(i.name), I64)
@@ -946,15 +951,17 @@ class Lowerer:
                 member = self._member(i, sink, env)
                 if member:
                     inner.team = None
+                grow = [] if parallel else self._reserve(i, rest, sink, size)
                 body = self._body(i, rest, expr, sink, inner, coord, depth)
+                sink.release(i)
                 loop = [n.For(coord, start, end, n.block(*body),
                               parallel=kind if parallel else member)]
-                return self._user_hints(self._vector_hint(loop, sink, rest), i)
+                return grow + self._user_hints(self._vector_hint(loop, sink, rest), i)
             for k in keys:
                 self._require_ordered(k, i)
             self._note(depth, f"for {i.name} in {where}, co-iterating "
                               + ", ".join(f"{k[0].tensor.name} level {k[1] + 1}" for k in keys))
-            pre = []
+            pre = [] if parallel else self._reserve(i, rest, sink, size)
             matches = {}
             loop_body = []
             for k in keys:
@@ -967,6 +974,7 @@ class Lowerer:
                 matches[k] = m
             loop_body += self._cases(i, rest, expr, sink, env, coord, depth, L, keys, iters, matches,
                                      with_full=True)
+            sink.release(i)
             for k in keys:
                 loop_body.append(n.If(matches[k], n.block(*iters[k].advance())))
             return [*pre, n.For(coord, n.i64(0), size, n.block(*loop_body))]
@@ -976,6 +984,12 @@ class Lowerer:
         stmts = []
         for k in keys:
             stmts += iters[k].init()
+        lengths = [iters[k].remaining() for k in keys]
+        if None not in lengths:  # each iteration advances one iterator at least
+            bound = lengths[0]
+            for length in lengths[1:]:
+                bound = n.Binary("+", bound, length)
+            stmts += self._reserve(i, rest, sink, bound)
         self._note(depth, f"co-iterate {i.name} over " + " | ".join(
             "∩".join(f"{k[0].tensor.name}{k[1] + 1}" for k in sorted(p, key=repr)) for p in L.ordered_points()))
         for point in L.ordered_points():
@@ -1012,7 +1026,16 @@ class Lowerer:
                 v = iters[k].valid()
                 cond = v if cond is None else n.Binary("&&", cond, v)
             stmts.append(n.While(cond, n.block(*body)))
+        sink.release(i)
         return stmts
+
+    @staticmethod
+    def _reserve(i, rest, sink, bound) -> list:
+        """The sink's room for the appends of the loop over ``i`` when it is the
+        innermost loop (each iteration then appends at most once)."""
+        if rest or bound is None:
+            return []
+        return sink.reserve(i, bound)
 
     # ---------------------------------------------------------------- split
     def _check_splits(self, lhs, rhs):

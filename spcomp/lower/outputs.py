@@ -55,6 +55,15 @@ class Sink:
     def innermost(self, value, env) -> list:
         raise NotImplementedError
 
+    def reserve(self, index, bound) -> list:
+        """Statements, before the innermost loop over ``index`` runs, that make room
+        for the at most ``bound`` entries it appends; its appends then skip their
+        own check until :meth:`release`. [] where the sink has no room to make."""
+        return []
+
+    def release(self, index) -> None:
+        """The loop over ``index`` is built: appends check their room again."""
+
 
 class ScalarSink(Sink):
     """Accumulate into a scalar temporary (a reduction computed in place)."""
@@ -118,6 +127,7 @@ class AppendSink(Sink):
         self.grow_ptrs = {}   # (level, array) -> local pointer var
         self.out_params = {}  # (level, array) -> out param var
         self.overflow = None
+        self.reserved = set()  # indices whose loop made room for its appends (reserve)
         m = len(self.levels)
         name = params.var_name
         if self.shape in ("csf", "coo"):
@@ -187,15 +197,39 @@ class AppendSink(Sink):
             return self.p.vals
         return self.p.array(level, array)
 
-    def _ensure(self, group, p) -> list:
+    def _regrow(self, group) -> list:
+        """Reallocate the group's arrays to its capacity variable and publish them."""
         cap = self.caps[group]
-        body = [n.Assign(cap, _mul(cap, n.i64(2)))]
+        body = []
         for (l, a), var in self.grow_ptrs.items():
             if self._group_of(l, a) != group:
                 continue
             count = _add(cap, n.i64(1)) if a == "pos" else cap
             body += [n.Reallocate(var, count), n.Store(self.out_params[(l, a)], n.i64(0), var)]
-        return [n.If(n.Binary(">=", p, cap), n.block(*body))]
+        return body
+
+    def _ensure(self, group, p) -> list:
+        cap = self.caps[group]
+        return [n.If(n.Binary(">=", p, cap), n.block(n.Assign(cap, _mul(cap, n.i64(2))), *self._regrow(group)))]
+
+    def reserve(self, index, bound) -> list:
+        """Room for a whole innermost loop's appends at once, when the loop walks the
+        output's last index (one append per iteration at most): a test per row
+        instead of per entry. Hand-written C of the CSR add: 3.9-4.4 ms against
+        4.6-5.4 with a test per entry."""
+        if self.shape not in ("csf", "coo") or index != self.chain[-1] or not self.grow_ptrs:
+            return []
+        group = len(self.levels) - 1 if self.shape == "csf" else self.d
+        cap = self.caps[group]
+        need = n.Var(self.lw.fresh(f"{self.p.var_name}{group + 1}_need"), I64)
+        self.reserved.add(index)
+        return [n.Comment(f"room for this loop's entries of {self.p.var_name}"),
+                n.Declare(need, _add(self.counters[group], bound)),
+                n.If(n.Binary(">", need, cap), n.block(
+                    n.Assign(cap, n.Binary("max", _mul(cap, n.i64(2)), need)), *self._regrow(group)))]
+
+    def release(self, index) -> None:
+        self.reserved.discard(index)
 
     # ------------------------------------------------------- prologue
     def prologue(self):
@@ -321,7 +355,7 @@ class AppendSink(Sink):
             ]
         group = m - 1 if self.shape == "csf" else self.d
         p = self.counters[group]
-        out = self._ensure(group, p)
+        out = [] if self.chain[-1] in self.reserved else self._ensure(group, p)
         levels = [m - 1] if self.shape == "csf" else range(self.d, m)
         for l in levels:
             crd = self._array(l, "crd")
