@@ -81,12 +81,15 @@ class Mode(str):
     chunk_calls = 0
 
 
-@pytest.fixture(params=["chunks", "two-phase"])
+@pytest.fixture(params=["chunks", "chunks-pool", "two-phase"])
 def mode(request, monkeypatch):
-    """How CPU threads assemble a sparse output: appended chunks, stitched (the
-    default) or counted, then filled."""
-    monkeypatch.setattr(_chunks, "MODE", "always" if request.param == "chunks" else "never")
-    m = Mode(request.param)
+    """How CPU threads assemble a sparse output: appended chunks, stitched (on
+    libgomp's team through the native driver, or on the Python pool when there is
+    none) or counted, then filled."""
+    monkeypatch.setattr(_chunks, "MODE", "never" if request.param == "two-phase" else "always")
+    if request.param == "chunks-pool":
+        monkeypatch.setattr(_chunks, "_driver", lambda *args: None)
+    m = Mode("two-phase" if request.param == "two-phase" else "chunks")
     real = _chunks.run_chunks
 
     def counted(*args):

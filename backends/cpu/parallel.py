@@ -64,14 +64,18 @@ def add_drivers(llmod: ir.Module, module: n.Module) -> list:
     team_fn = ir.Function(llmod, ir.FunctionType(_I32, []), name="omp_get_num_threads")
     for f in module.functions:
         if is_parallel(f):
-            names.append(_add_driver(llmod, llmod.get_global(f.name), gomp, tid_fn, team_fn))
+            per_chunk = {k for k, p in enumerate(f.params[2:]) if p.name in f.per_chunk}
+            names.append(_add_driver(llmod, llmod.get_global(f.name), gomp, tid_fn, team_fn, per_chunk))
     return names
 
 
 FIRST_PARAM_SLOT = 3  # frame slots: bounds, status, chunk count, then the kernel's other parameters
 
 
-def _add_driver(llmod, kernel, gomp, tid_fn, team_fn) -> str:
+def _add_driver(llmod, kernel, gomp, tid_fn, team_fn, per_chunk=frozenset()) -> str:
+    """``per_chunk``: indices (among the parameters after lo, hi) that the driver
+    takes as a pointer to one 64-bit value per chunk (an integer, or an address):
+    chunk ``c`` gets element ``c``."""
     rest = [a.type for a in kernel.args[2:]]
     # the frame handed to every team thread: i64 slots holding bounds, status, the
     # number of chunks and the other parameters (pointers as integers)
@@ -98,14 +102,17 @@ def _add_driver(llmod, kernel, gomp, tid_fn, team_fn) -> str:
     team = b.sext(b.call(team_fn, []), _I64)
     chunks = b.load(slot(b, data, 2), typ=_I64)
     bounds = from_slot(b, b.load(slot(b, data, 0), typ=_I64), _PTR)
-    params = [from_slot(b, b.load(slot(b, data, FIRST_PARAM_SLOT + k), typ=_I64), ty)
-              for k, ty in enumerate(rest)]
+    params = [b.load(slot(b, data, FIRST_PARAM_SLOT + k), typ=_I64) for k in range(len(rest))]
+    params = [p if k in per_chunk else from_slot(b, p, rest[k]) for k, p in enumerate(params)]
     b.cbranch(b.icmp_signed("<", t, chunks), loop, done)
     b.position_at_end(loop)
     c = b.phi(_I64, name="c")
     c.add_incoming(t, entry)
     lo = b.load(b.gep(bounds, [c], inbounds=True, source_etype=_I64), typ=_I64)
     hi = b.load(b.gep(bounds, [b.add(c, ir.Constant(_I64, 1))], inbounds=True, source_etype=_I64), typ=_I64)
+    for k in per_chunk:  # element c of the array the slot points at
+        values = b.inttoptr(params[k], _PTR)
+        params[k] = from_slot(b, b.load(b.gep(values, [c], inbounds=True, source_etype=_I64), typ=_I64), rest[k])
     status = b.sext(b.call(kernel, [lo, hi] + params), _I64)
     b.atomic_rmw("max", slot(b, data, 1), status, "monotonic")
     nxt = b.add(c, team, name="c.next")
@@ -116,7 +123,8 @@ def _add_driver(llmod, kernel, gomp, tid_fn, team_fn) -> str:
 
     # the driver the runtime calls
     name = kernel.name + DRIVER_SUFFIX
-    drv = ir.Function(llmod, ir.FunctionType(_I32, [_I64, _PTR] + rest), name=name)
+    drv = ir.Function(llmod, ir.FunctionType(_I32, [_I64, _PTR] + [_PTR if k in per_chunk else ty
+                                                                   for k, ty in enumerate(rest)]), name=name)
     b = ir.IRBuilder(drv.append_basic_block("entry"))
     nthreads, bounds_arg = drv.args[0], drv.args[1]
     frame = b.alloca(_I64, size=nslots)
@@ -134,4 +142,5 @@ def driver_signature(f: n.Function):
     """ctypes prototype of ``NAME__omp``."""
     from .jit import ctypes_signature
     base = ctypes_signature(f)
-    return ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p, *base._argtypes_[2:])
+    rest = [ctypes.c_void_p if p.name in f.per_chunk else t for p, t in zip(f.params[2:], base._argtypes_[2:])]
+    return ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p, *rest)

@@ -275,6 +275,9 @@ class Function:
     params: tuple  # of Var
     body: Block
     doc: str = ""
+    # parameters a native parallel driver takes as arrays, one value per chunk of
+    # [lo, hi) (a chunked append's capacity and output pointers: spcomp/chunks.py)
+    per_chunk: tuple = ()
 
 
 @dataclass(frozen=True)

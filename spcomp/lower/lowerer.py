@@ -387,8 +387,11 @@ class Lowerer:
             body += self.workspace["epilogue"]
         body += [n.Free(v) for v in gemm_temps]
         body += self.out_sink.epilogue()
+        chunked = self._appends_in_chunks(shape)
+        per_chunk = tuple(b.var.name for b in self.bindings if b.role in ("capacity", "output_grow")) if chunked else ()
         fn = n.Function(self.opt.name, tuple(b.var for b in self.bindings), n.block(*body),
-                        doc=f"{self.a!r}\nloop order: {', '.join(i.name for i in self.loop_order)}")
+                        doc=f"{self.a!r}\nloop order: {', '.join(i.name for i in self.loop_order)}",
+                        per_chunk=per_chunk)
         module = n.Module((fn,), entry=self.opt.name)
         balance, walked = self._balance(), self.parallel_positions
         return Lowered(module=module, entry=self.opt.name, bindings=self.bindings, order=self.order,
@@ -403,7 +406,7 @@ class Lowerer:
                        notation=Assignment(self.lhs, self.notation_rhs, self.accumulate), warnings=self.warnings,
                        blas=[g.describe() for g in self.gemms],
                        overwrites_output=self._overwrites_output(fn),
-                       append_chunks=self._appends_in_chunks(shape))
+                       append_chunks=chunked)
 
     def table_sizes(self) -> dict:
         """The number of elements of each dense operand, by its values array: the
