@@ -44,11 +44,11 @@ def preferred(low) -> bool:
 
     Where each nonzero walks nested sparse loops (``Lowered.work_scale``: SpGEMM's
     row of B per nonzero of A), the count pass repeats that merge, about half the
-    fill's cost: chunks measured 1.12-1.17x faster on two threads (5000² SpGEMM,
-    blocks of calls between other work). Where a row is one operand's walk (sparse
-    add, SDDMM) counting is cheap and the exact-size arrays win: chunks measured
-    0.95x (add) and 0.67x (SDDMM, whose copy of the later chunks' entries and
-    growable stores cost more than its count)."""
+    fill's cost: on two threads chunks measured 1.18x count and fill (5000² SpGEMM,
+    blocks of calls) and 1.04x with a two-thread SpMV between calls. Where a row is
+    one operand's walk counting is cheap: the sparse add measured 1.14x and 0.92x,
+    SDDMM 0.94x and 0.91x (its copy of the later chunks' entries costs more than its
+    count), so they keep count and fill."""
     if MODE != "auto":
         return MODE == "always"
     return bool(low.work_scale)
