@@ -148,13 +148,13 @@ def test_random_kernels_float64(outcome_stats):
     outcome_stats.assert_refusal_rate(0.2)
 
 
-def test_random_sparse_outputs_float64(outcome_stats):
-    """Every case has a sparse output: compressed (csr/dcsr/csf), coo, or packed."""
+def _sparse_output_cases(outcome_stats, n):
+    """``n`` random cases whose output is sparse (compressed, coo or packed), run."""
 
     def sparse_out(ndim):
         return output_formats(ndim, allow_dense=False)
 
-    @_settings(120)
+    @_settings(n)
     @given(st.data())
     def run(data):
         case = data.draw(expressions(max_operands=3, max_order=3, min_output_order=1,
@@ -163,6 +163,11 @@ def test_random_sparse_outputs_float64(outcome_stats):
 
     run()
     outcome_stats.assert_refusal_rate(0.2)
+
+
+def test_random_sparse_outputs_float64(outcome_stats):
+    """Every case has a sparse output: compressed (csr/dcsr/csf), coo, or packed."""
+    _sparse_output_cases(outcome_stats, 120)
 
 
 def test_random_sparse_outputs_grow_from_sixteen_entries(outcome_stats, monkeypatch):
@@ -172,19 +177,7 @@ def test_random_sparse_outputs_grow_from_sixteen_entries(outcome_stats, monkeypa
     check must grow the arrays before they are written, in every output shape."""
     import spcomp.kernel as kernel_module
     monkeypatch.setattr(kernel_module.Kernel, "_initial_capacity", lambda self, low, sizes, storages: 1)
-
-    def sparse_out(ndim):
-        return output_formats(ndim, allow_dense=False)
-
-    @_settings(80)
-    @given(st.data())
-    def run(data):
-        case = data.draw(expressions(max_operands=3, max_order=3, min_output_order=1,
-                                     output_format=sparse_out), label="case")
-        run_case(data, case, outcome_stats)
-
-    run()
-    outcome_stats.assert_refusal_rate(0.2)
+    _sparse_output_cases(outcome_stats, 80)
 
 
 # dense rows accumulated under a sparse loop: the shapes register blocking rewrites
