@@ -169,7 +169,11 @@ class Kernel:
     def loops(self) -> str:
         """The loop nest the lowerer chose, one loop a line."""
         low = self._variants[32].lowered
-        return f"{low.notation!r}\n" + low.loops
+        text = f"{low.notation!r}\n" + low.loops
+        if low.assembly is not None and self._backend.name == "cpu" and _chunks.preferred(low):
+            text += (f"\n(on CPU threads: each thread appends its {low.parallel} rows instead of counting "
+                     "them first, and the runtime joins the chunks)")
+        return text
 
     @property
     def blas_calls(self) -> list:

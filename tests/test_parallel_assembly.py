@@ -183,6 +183,7 @@ def test_cpu_threads_chunk_only_where_counting_repeats_nested_loops(monkeypatch)
             results.append(r.result)
             assert split == (expected if n == 2 else [])
         assert_same_bits(*results)
+        assert ("each thread appends its i rows" in r.kernel.loops) == (expected == [2])
 
 
 def test_saved_kernel_holds_the_variants_calls_pick(tmp_path, monkeypatch):
