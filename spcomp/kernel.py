@@ -26,6 +26,7 @@ from .lower.order import access_chain
 from .notation import accesses
 from .runtime import threads as _threads
 from . import chunks as _chunks
+from . import relayout as _relayout
 
 _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
@@ -350,7 +351,12 @@ class Kernel:
                 if arr.dtype.kind not in "biuf" and arr.dtype.name != "bfloat16":
                     raise DTypeError(f"has dtype {arr.dtype}, which spcomp cannot compute with; "
                                      f"the kernel takes {dtype}")
-                t = Tensor.from_numpy(arr, fmt)
+                flat = (_relayout.relayout(arr, fmt.order, dtype)
+                        if fmt.is_dense and self._backend.name == "cpu" else None)
+                if flat is not None:  # a dense copy in another order, made on the threads
+                    t = Tensor(fmt, arr.shape, [{} for _ in fmt.levels], flat, validated=True)
+                else:
+                    t = Tensor.from_numpy(arr, fmt)
         except SpcompError as e:
             raise _renamed(e, name) from None
         self._check_dtype(name, t.dtype, dtype)

@@ -28,3 +28,48 @@ def test_layouts_already_contiguous_are_left_alone():
 
 def test_relayout_matches_reference_for_a_three_way_product():
     check_kernel("y[i] = A[i,j]*B[k,j]*x[k]", {"A": "csr"}, sizes={"i": 7, "j": 9, "k": 5})
+
+
+def test_threads_copy_a_dense_operand_into_any_dimension_order(monkeypatch):
+    """The copy kernel (spcomp/relayout.py) stores every permutation of a 3-D array
+    exactly as NumPy's transpose does, and leaves what NumPy copies better alone."""
+    import itertools
+
+    from spcomp import relayout
+    from conftest import spcomp_threads
+    monkeypatch.setattr(relayout, "MIN_ELEMENTS", 0)
+    a = np.random.default_rng(1).standard_normal((5, 7, 3))
+    with spcomp_threads(2, 0):
+        for order in itertools.permutations(range(3)):
+            flat = relayout.relayout(a, order, a.dtype)
+            if order == (0, 1, 2):
+                assert flat is None  # already in order
+                continue
+            assert flat.tobytes() == np.ascontiguousarray(np.transpose(a, order)).reshape(-1).tobytes()
+        assert relayout.relayout(a.astype(np.float32), (1, 0, 2), np.dtype(np.float64)) is None  # a conversion
+        assert relayout.relayout(np.asfortranarray(a), (1, 0, 2), a.dtype) is None
+    with spcomp_threads(1):
+        assert relayout.relayout(a, (1, 0, 2), a.dtype) is None  # one thread: NumPy's copy
+    assert relayout.copy_expression((1, 0)) == "T[a,b] = E[b,a]"
+    assert relayout.copy_expression((2, 0, 1)) == "T[a,b,c] = E[b,c,a]"
+
+
+def test_sddmm_on_threads_reads_the_threads_copy_of_e(monkeypatch):
+    """A two-thread SDDMM gets its E_T from the copy kernel and the one-thread bits."""
+    from spcomp import relayout
+    from conftest import spcomp_threads
+    monkeypatch.setattr(relayout, "MIN_ELEMENTS", 0)
+    made = []
+    real = relayout.relayout
+    monkeypatch.setattr(relayout, "relayout", lambda *args: made.append(real(*args)) or made[-1])
+    k = spcomp.compile("C[i,j] = B[i,j]*D[i,k]*E[k,j]", formats={"B": "csr", "C": "csr"})
+    b = sp.random(300, 400, density=0.05, format="csr", random_state=0)
+    rng = np.random.default_rng(0)
+    d, e = rng.standard_normal((300, 16)), rng.standard_normal((16, 400))
+    results = []
+    for n in (1, 2):
+        with spcomp_threads(n, 0):
+            results.append(k(B=b, D=d, E=e))
+    assert made[0] is None and made[1] is not None  # NumPy's copy on one thread, the kernel's on two
+    assert results[0].vals.tobytes() == results[1].vals.tobytes()
+    np.testing.assert_allclose(results[1].to_numpy(), b.toarray() * (d @ e), atol=1e-12)
