@@ -29,6 +29,7 @@ import numpy as np
 from .errors import KernelRuntimeError
 from .ir.types import to_numpy
 from .lower.context import level_array_type
+from .lower.outputs import MIN_CAPACITY
 from .runtime import threads as _threads
 
 # "auto": chunks where counting would repeat nested sparse loops, else two phases
@@ -59,9 +60,9 @@ class _Chunk:
 
     __slots__ = ("lo", "hi", "grow")
 
-    def __init__(self, lo: int, hi: int, keys):
+    def __init__(self, lo: int, hi: int, grow: dict):
         self.lo, self.hi = lo, hi
-        self.grow = {key: ctypes.c_void_p(0) for key in keys}
+        self.grow = grow  # (level, array) -> ctypes.c_void_p the kernel set
 
     def free(self):
         from .kernel import _free
@@ -73,10 +74,10 @@ class _Chunk:
 
 def _view(address: int, count: int, dtype: np.dtype) -> np.ndarray:
     """``count`` items of malloc'd memory as NumPy, without owning it."""
+    from .kernel import _malloc_view
     if count == 0 or not address:
         return np.zeros(0, dtype=dtype)
-    buf = (ctypes.c_char * (count * dtype.itemsize)).from_address(address)
-    return np.frombuffer(buf, dtype=dtype, count=count)
+    return _malloc_view(address, count, dtype)
 
 
 def run_chunks(kernel, variant, storages, sizes, bits, out, capacity: int):
@@ -95,7 +96,7 @@ def run_chunks(kernel, variant, storages, sizes, bits, out, capacity: int):
     weight = (lambda lo, hi: int(pos[hi]) - int(pos[lo]) + hi - lo) if pos is not None else (lambda lo, hi: hi - lo)
     whole = max(weight(0, n), 1)
 
-    def first_capacity(lo, hi):
+    def chunk_capacity(lo, hi):
         # the first chunk's arrays become the result's: they start at the whole call's
         # capacity, so the others' entries fit after its own in memory that the
         # previous call's result (same request) left warm; the rest start at their share
@@ -103,11 +104,11 @@ def run_chunks(kernel, variant, storages, sizes, bits, out, capacity: int):
     chunks = []
 
     def call(lo, hi):
-        chunk = _Chunk(lo, hi, grow_slots.values())
+        chunk = _Chunk(lo, hi, {key: ctypes.c_void_p(0) for key in grow_slots.values()})
         chunks.append(chunk)
         a = list(args)
         a[lohi], a[lohi + 1] = lo, hi
-        a[cap_slot] = first_capacity(lo, hi)
+        a[cap_slot] = chunk_capacity(lo, hi)
         for k, key in grow_slots.items():
             a[k] = ctypes.byref(chunk.grow[key])
         return variant.function(*a)
@@ -116,7 +117,7 @@ def run_chunks(kernel, variant, storages, sizes, bits, out, capacity: int):
         driver = _driver(kernel, variant, n, work)
         if driver is not None:  # libgomp's team, like every other parallel kernel
             statuses = [_run_on_driver(kernel, driver, variant, args, lohi, cap_slot, grow_slots, n, pos,
-                                       first_capacity, chunks)]
+                                       chunk_capacity, chunks)]
         else:
             statuses = _threads.run_ranges(call, n, pos, work=work)
         for s in statuses:
@@ -139,14 +140,10 @@ def _driver(kernel, variant, n: int, work: int):
     threads = _threads.get_num_threads()
     if n < 2 or threads <= 1 or work < _threads.MIN_PARALLEL_WORK:
         return None
-    if not variant.driver_checked:
-        finder = getattr(kernel._backend, "parallel_driver", None)
-        variant.driver = finder(variant.compiled, variant.lowered) if finder else None
-        variant.driver_checked = True
-    return variant.driver
+    return kernel._driver_of(variant)
 
 
-def _run_on_driver(kernel, driver, variant, args, lohi, cap_slot, grow_slots, n, pos, first_capacity, chunks):
+def _run_on_driver(kernel, driver, variant, args, lohi, cap_slot, grow_slots, n, pos, chunk_capacity, chunks):
     """One driver call over the balanced chunks: each chunk's capacity and output
     pointers are element ``c`` of per-chunk arrays (``Function.per_chunk``); the
     chunks it ran are appended to ``chunks``. Returns the largest status.
@@ -157,7 +154,7 @@ def _run_on_driver(kernel, driver, variant, args, lohi, cap_slot, grow_slots, n,
     from .kernel import _data_ptr
     bounds = kernel._bounds(n, _threads.get_num_threads(), pos)
     count = len(bounds) - 1
-    caps = np.array([first_capacity(int(bounds[c]), int(bounds[c + 1])) for c in range(count)], dtype=np.int64)
+    caps = np.array([chunk_capacity(int(bounds[c]), int(bounds[c + 1])) for c in range(count)], dtype=np.int64)
     made = {key: np.zeros(count, dtype=np.int64) for key in grow_slots.values()}  # the kernels' pointers
     where = {key: _data_ptr(a) + 8 * np.arange(count, dtype=np.int64) for key, a in made.items()}
     a = list(args)
@@ -169,9 +166,8 @@ def _run_on_driver(kernel, driver, variant, args, lohi, cap_slot, grow_slots, n,
         status = driver(count, _data_ptr(bounds), *a)
     finally:  # whatever ran, its arrays are freed with the chunks
         for c in range(count):
-            chunk = _Chunk(int(bounds[c]), int(bounds[c + 1]), ())
-            chunk.grow = {key: ctypes.c_void_p(int(made[key][c]) or None) for key in made}
-            chunks.append(chunk)
+            chunks.append(_Chunk(int(bounds[c]), int(bounds[c + 1]),
+                                 {key: ctypes.c_void_p(int(made[key][c]) or None) for key in made}))
     return status
 
 
@@ -191,11 +187,10 @@ def _stitch(out, chunks, n: int, capacity: int) -> None:
         seg = pos_d[c.lo * rows_per + 1: c.hi * rows_per + 1]
         np.maximum.accumulate(seg, out=seg)
         counts[d].append(int(seg[-1]) if seg.size else 0)
-    dtypes = {}
+    def dtype_of(l, array):
+        return out.dtype if array == "vals" else to_numpy(level_array_type(levels[l], array, out.bits))
     for l in range(d + 1, m):
-        dt = to_numpy(level_array_type(levels[l], "pos", out.bits))
-        dtypes[l] = dt
-        counts[l] = [int(_view(c.grow[(l, "pos")].value, counts[l - 1][t] + 1, dt)[-1])
+        counts[l] = [int(_view(c.grow[(l, "pos")].value, counts[l - 1][t] + 1, dtype_of(l, "pos"))[-1])
                      for t, c in enumerate(chunks)]
     starts = {l: np.concatenate([[0], np.cumsum(counts[l], dtype=np.int64)]) for l in counts}
     for l in range(d, m):
@@ -209,16 +204,11 @@ def _stitch(out, chunks, n: int, capacity: int) -> None:
     for key in chunks[0].grow:
         l, array = key
         group = l - 1 if array == "pos" else (m - 1 if array == "vals" else l)
-        if array == "vals":
-            dt = out.dtype
-        elif array == "pos":
-            dt = dtypes[l]
-        else:
-            dt = to_numpy(level_array_type(levels[l], array, out.bits))
+        dt = dtype_of(l, array)
         extra = 1 if array == "pos" else 0
         total = int(starts[group][-1]) + extra
         first = chunks[0].grow[key]
-        room = max(capacity, 16)  # what the kernel allocated (AppendSink: max(capacity, 16))
+        room = max(capacity, MIN_CAPACITY)  # what the kernel allocated (AppendSink's prologue)
         if counts[group][0] >= room or total > room:  # it grew, or the rest do not fit
             grown = _realloc(first.value, max(total, 1) * dt.itemsize)
             if not grown:

@@ -65,6 +65,13 @@ def _realloc(ptr: int, nbytes: int) -> int:
     return _get_libc().realloc(ctypes.c_void_p(ptr), nbytes) or 0
 
 
+def _malloc_view(ptr: int, n: int, dtype: np.dtype) -> np.ndarray:
+    """``n`` items of malloc'd memory as NumPy, not owning it (its ``base`` is the
+    ctypes buffer, for a finalizer that frees it)."""
+    buf = (ctypes.c_char * (n * dtype.itemsize)).from_address(ptr)
+    return np.frombuffer(buf, dtype=dtype, count=n)
+
+
 def _slow_data_ptr(a) -> int:
     return a.__array_interface__["data"][0]
 
@@ -495,7 +502,7 @@ class Kernel:
         capacity = None
         if any(role == "capacity" for role, _a, _b in variant.arg_plan):  # a growable output: an _Output
             capacity = out.capacity = self._initial_capacity(sizing, sizes, storages)
-        if low.append_chunks:
+        if capacity is not None and low.append_chunks:  # (only a growable output can be chunked)
             return _chunks.run_chunks(self, variant, storages, sizes, bits, out, capacity)
         args, lohi = self._call_args(variant.arg_plan, storages, sizes, bits, pointers,
                                      lambda key: out.arg(key, pointers), capacity)
@@ -759,11 +766,7 @@ class Kernel:
             a[lohi], a[lohi + 1] = 0, n
             return fn, a
         threads = _threads.get_num_threads()
-        if not variant.driver_checked:
-            finder = getattr(self._backend, "parallel_driver", None)
-            variant.driver = finder(variant.compiled, low) if finder else None
-            variant.driver_checked = True
-        if variant.driver is not None and threads > 1:
+        if self._driver_of(variant) is not None and threads > 1:
             bounds = self._bounds(n, threads, pos)
             return variant.driver, [len(bounds) - 1, _data_ptr(bounds)] + args[:lohi] + args[lohi + 2:]
         if threads <= 1:
@@ -771,6 +774,14 @@ class Kernel:
             a[lohi], a[lohi + 1] = 0, n
             return fn, a
         return None
+
+    def _driver_of(self, variant):
+        """The variant's native parallel driver (looked up once), or None."""
+        if not variant.driver_checked:
+            finder = getattr(self._backend, "parallel_driver", None)
+            variant.driver = finder(variant.compiled, variant.lowered) if finder else None
+            variant.driver_checked = True
+        return variant.driver
 
     def _bounds(self, n, threads, pos):
         """Row bounds of the threads' chunks, balanced by ``pos``; cached per pos array
@@ -1239,9 +1250,9 @@ class _Output:
             trimmed = _realloc(ptr, nbytes)
             if trimmed:
                 ptr = trimmed
-        buf = (ctypes.c_char * nbytes).from_address(ptr)
-        weakref.finalize(buf, _free, ptr)
-        return np.frombuffer(buf, dtype=dtype, count=n)
+        view = _malloc_view(ptr, n, dtype)
+        weakref.finalize(view.base, _free, ptr)
+        return view
 
     def result(self):
         if self.low.output_shape == "dense":

@@ -96,7 +96,12 @@ class Lowered:
     work_scale: tuple = ()     # (storage, level) walked under each balanced nonzero (Lowerer._work_scale)
     work_dense: tuple = ()     # indices of the dense loops under each balanced nonzero (Lowerer._work_dense)
     overwrites_output: bool = False  # a dense output every element of which the kernel stores: not zeroed first
-    append_chunks: bool = False  # each [lo, hi) call appends its rows from position 0 (spcomp/chunks.py)
+
+    @property
+    def append_chunks(self) -> bool:
+        """Whether each ``[lo, hi)`` call appends its rows from position 0, for the
+        runtime to stitch (spcomp/chunks.py): the entry then has per-chunk parameters."""
+        return bool(self.module.function(self.entry).per_chunk)
 
 
 def _idx(e):
@@ -387,8 +392,8 @@ class Lowerer:
             body += self.workspace["epilogue"]
         body += [n.Free(v) for v in gemm_temps]
         body += self.out_sink.epilogue()
-        chunked = self._appends_in_chunks(shape)
-        per_chunk = tuple(b.var.name for b in self.bindings if b.role in ("capacity", "output_grow")) if chunked else ()
+        per_chunk = (tuple(b.var.name for b in self.bindings if b.role in ("capacity", "output_grow"))
+                     if self._appends_in_chunks(shape) else ())
         fn = n.Function(self.opt.name, tuple(b.var for b in self.bindings), n.block(*body),
                         doc=f"{self.a!r}\nloop order: {', '.join(i.name for i in self.loop_order)}",
                         per_chunk=per_chunk)
@@ -405,8 +410,7 @@ class Lowerer:
                                        + [f"(layout: {r})" for r in self.dense_relayouts]),
                        notation=Assignment(self.lhs, self.notation_rhs, self.accumulate), warnings=self.warnings,
                        blas=[g.describe() for g in self.gemms],
-                       overwrites_output=self._overwrites_output(fn),
-                       append_chunks=chunked)
+                       overwrites_output=self._overwrites_output(fn))
 
     def table_sizes(self) -> dict:
         """The number of elements of each dense operand, by its values array: the

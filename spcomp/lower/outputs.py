@@ -18,6 +18,10 @@ from ..ir import nodes as n
 from ..ir.types import I32, I64
 
 
+# entries a growable output's arrays start with at least, whatever the capacity asked
+MIN_CAPACITY = 16
+
+
 def _add(a, b):
     return n.Binary("+", a, b)
 
@@ -237,7 +241,7 @@ class AppendSink(Sink):
         cap0 = self.lw.capacity_param
         for g, cap in self.caps.items():
             out.append(n.Declare(self.counters[g], n.i64(0)))
-            out.append(n.Declare(cap, n.Binary("max", cap0, n.i64(16))))
+            out.append(n.Declare(cap, n.Binary("max", cap0, n.i64(MIN_CAPACITY))))
         for (l, a), var in self.grow_ptrs.items():
             g = self._group_of(l, a)
             count = _add(self.caps[g], n.i64(1)) if a == "pos" else self.caps[g]
