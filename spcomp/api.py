@@ -115,6 +115,7 @@ def options_from_schedule(schedule: Schedule, drop_zeros, name, backend) -> Opti
         unroll=tuple((u[0], u[1]) for u in schedule.get("unroll")),
         auto_precompute=not schedule.get("no_precompute"),
         blas=backend == "cpu" and not schedule.get("no_blas"),
+        auto_layout=not schedule.get("keep_layout"),
         vector_gathers=backend != "cpu" or _host_gathers_fast(),
         split=tuple(tuple(s) for s in schedule.get("split")),
         name=name,

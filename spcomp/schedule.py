@@ -55,6 +55,13 @@ class Schedule:
         ``gemm`` call (spcomp offloads them on the CPU by default; see docs/guide.md)."""
         return self._with("no_blas")
 
+    def keep_layout(self) -> "Schedule":
+        """Read every dense operand in the layout it comes in: no per-call row-major
+        copy of one that the innermost loop would walk across rows (the default makes
+        that copy, one pass over the operand, where it saves a strided read per
+        nonzero). For operands too large to copy, or loops that are fast strided."""
+        return self._with("keep_layout")
+
     def split(self, index: str, outer: str, inner: str, factor: int) -> "Schedule":
         """Run the loop over ``index`` as two loops, ``outer`` over blocks of ``factor``
         coordinates and ``inner`` within a block (``index = outer*factor + inner``;

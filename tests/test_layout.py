@@ -20,6 +20,22 @@ def test_sddmm_reads_a_transposed_copy_of_e():
     np.testing.assert_allclose(k(B=b, D=d, E=e).to_numpy(), b.toarray() * (d @ e), atol=1e-12)
 
 
+def test_keep_layout_reads_e_as_it_comes_and_agrees():
+    """Schedule().keep_layout(): no copy, the strided read gives the same result as
+    the copied one (both sum each row's k in the same order: bitwise equal)."""
+    fmts = {"B": "csr", "C": "csr"}
+    expr = "C[i,j] = B[i,j]*D[i,k]*E[k,j]"
+    kept = spcomp.compile(expr, formats=fmts, schedule=spcomp.Schedule().keep_layout())
+    copied = spcomp.compile(expr, formats=fmts)
+    assert "copied" not in kept.loops and "copied" in copied.loops
+    b = sp.random(30, 40, density=0.2, format="csr", random_state=1)
+    rng = np.random.default_rng(1)
+    d, e = rng.standard_normal((30, 8)), rng.standard_normal((8, 40))
+    np.testing.assert_array_equal(kept(B=b, D=d, E=e).vals, copied(B=b, D=d, E=e).vals)
+    np.testing.assert_allclose(kept(B=b, D=d, E=e).to_numpy(), b.toarray() * (d @ e), atol=1e-12)
+    check_kernel(expr, fmts, schedule=spcomp.Schedule().keep_layout(), sizes={"i": 6, "j": 7, "k": 5})
+
+
 def test_layouts_already_contiguous_are_left_alone():
     for expr, fmts in [("C[i,j] = A[i,k]*B[k,j]", {"A": "csr"}),
                        ("H[t,n] = relu(X[t,k]*W[n,k])", {"H": "twell(B=8,K=8)"})]:

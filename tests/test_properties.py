@@ -336,11 +336,12 @@ def test_random_packed_outputs(outcome_stats):
 @st.composite
 def schedules(draw, indices):
     """A random Schedule over ``indices``: reorder, parallelize, precompute,
-    no_precompute, sequential, vectorize, unroll (some of them illegal)."""
+    no_precompute, sequential, vectorize, unroll, keep_layout, no_blas (some of
+    them illegal)."""
     s = spcomp.Schedule()
     for _ in range(draw(st.integers(0, 3))):
         kind = draw(st.sampled_from(["reorder", "parallelize", "precompute", "no_precompute", "sequential",
-                                     "vectorize", "unroll"]))
+                                     "vectorize", "unroll", "keep_layout", "no_blas"]))
         if kind == "reorder" and indices:
             s = s.reorder(*draw(st.permutations(indices)))
         elif kind == "parallelize" and indices:
@@ -351,6 +352,10 @@ def schedules(draw, indices):
             s = s.no_precompute()
         elif kind == "sequential":
             s = s.sequential()
+        elif kind == "keep_layout":
+            s = s.keep_layout()
+        elif kind == "no_blas":
+            s = s.no_blas()
         elif kind == "vectorize" and indices:
             s = s.vectorize(draw(st.sampled_from(indices)), draw(st.sampled_from([0, 4, 8])))
         elif kind == "unroll" and indices:
