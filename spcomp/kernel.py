@@ -277,20 +277,29 @@ class Kernel:
 
     # -------------------------------------------------------- save / load
     def save(self, path) -> None:
-        """Write this kernel (every index width compiled so far) to ``path``, to ship
-        with an inference script; :func:`spcomp.load` reads it without compiling."""
+        """Write this kernel (every index width compiled so far, the variants a call
+        may pick, and the copy kernels of its auto-layout) to ``path``, to ship with an
+        inference script; :func:`spcomp.load` reads it without compiling."""
+        from pathlib import Path
+
         from .runtime import cache
+        cache.write_atomic(Path(path), cache.pack(self._payload()))
+
+    def _payload(self) -> dict:
         if not hasattr(self._backend, "dump"):
             raise SpcompError(f"kernels of backend {self._backend.name!r} cannot be saved")
         self._build_call_variants()
-        payload = {
+        relayouts = {}
+        if self._backend.name == "cpu" and self._options.auto_layout:
+            relayouts = {key: _relayout.copy_kernel(key)._payload()
+                         for key in _relayout.copies_of(self._plan.storages)}
+        return {
             "expression": self.expression, "notation": self.notation, "options": self._options,
             "backend": self._backend.name, "machine": self._backend.cache_key(),
             "variants": {b: {"lowered": v.lowered, "compiled": self._backend.dump(v.compiled)}
                          for b, v in self._variants.items()},
+            "relayouts": relayouts,
         }
-        from pathlib import Path
-        cache.write_atomic(Path(path), cache.pack(payload))
 
     def _build_call_variants(self) -> None:
         """Compile the variants a call may pick besides the plain one, so that a saved
@@ -311,12 +320,16 @@ class Kernel:
 
         from .errors import CacheError
         from .runtime import cache
-        from .targets import get_target
         try:
             data = Path(path).read_bytes()
         except OSError as e:
             raise CacheError(f"cannot read kernel file {path}: {e}") from None
-        payload = cache.unpack(data, str(path))
+        return cls._from_payload(cache.unpack(data, str(path)), path)
+
+    @classmethod
+    def _from_payload(cls, payload: dict, path) -> "Kernel":
+        from .errors import CacheError
+        from .targets import get_target
         backend = get_target(payload["backend"])
         if payload["machine"] != backend.cache_key():
             raise CacheError(f"{path} was compiled for another machine or library version "
@@ -325,6 +338,8 @@ class Kernel:
         for bits, entry in payload["variants"].items():
             compiled = backend.load(entry["compiled"], entry["lowered"])
             variants[bits] = _Variant(entry["lowered"], compiled, backend.entry(compiled, entry["lowered"]))
+        for key, copy in payload.get("relayouts", {}).items():
+            _relayout.install(key, cls._from_payload(copy, path))
         return cls(payload["expression"], payload["notation"], payload["options"], backend, None,
                    variants=variants)
 

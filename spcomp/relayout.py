@@ -57,6 +57,30 @@ def _kernel(order: tuple, dtype: str):
     return k
 
 
+def copies_of(storages) -> list:
+    """The ``(order, dtype name)`` of every copy a kernel's calls may make here: its
+    dense storages (``_CallPlan.storages``) in a non-identity order with a float dtype."""
+    keys = []
+    for _storage, _operand, fmt, dtype, _plain in storages:
+        order = tuple(fmt.order)
+        if (fmt.is_dense and len(order) >= 2 and order != tuple(range(len(order)))
+                and np.dtype(dtype).name in DTYPES):
+            keys.append((order, np.dtype(dtype).name))
+    return list(dict.fromkeys(keys))
+
+
+def copy_kernel(key: tuple):
+    """The compiled copy kernel for ``(order, dtype name)`` (compiled on first use)."""
+    return _kernel(*key)
+
+
+def install(key: tuple, kernel) -> None:
+    """Use ``kernel`` (one read from a saved kernel file) for ``key`` unless one is
+    already there: a loaded kernel then copies without compiling."""
+    with _lock:
+        _kernels.setdefault(tuple(key), kernel)
+
+
 def relayout(value: np.ndarray, order: tuple, dtype: np.dtype) -> np.ndarray | None:
     """``value``'s elements in storage ``order``, flat, copied on the threads; None
     where NumPy's copy is the better tool (one thread, a small or non-float array,
@@ -68,4 +92,4 @@ def relayout(value: np.ndarray, order: tuple, dtype: np.dtype) -> np.ndarray | N
     return _kernel(tuple(order), dtype.name)(E=value).reshape(-1)
 
 
-__all__ = ["relayout", "copy_expression", "MIN_ELEMENTS"]
+__all__ = ["relayout", "copy_expression", "copies_of", "copy_kernel", "install", "MIN_ELEMENTS"]

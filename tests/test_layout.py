@@ -89,3 +89,40 @@ def test_sddmm_on_threads_reads_the_threads_copy_of_e(monkeypatch):
     assert made[0] is None and made[1] is not None  # NumPy's copy on one thread, the kernel's on two
     assert results[0].vals.tobytes() == results[1].vals.tobytes()
     np.testing.assert_allclose(results[1].to_numpy(), b.toarray() * (d @ e), atol=1e-12)
+
+
+def test_saved_kernel_carries_its_copy_kernels(tmp_path, monkeypatch):
+    """Kernel.save holds the copy kernels its auto-layout may run on threads: after
+    spcomp.load in a process that never built them, a two-thread call copies E with
+    the loaded one, compiles nothing, and gives the original kernel's bits."""
+    from spcomp import relayout
+    from spcomp.kernel import Kernel
+    from conftest import spcomp_threads
+    monkeypatch.setattr(relayout, "MIN_ELEMENTS", 0)
+    expr = "C[i,j] = B[i,j]*D[i,k]*E[k,j]"
+    k = spcomp.compile(expr, formats={"B": "csr", "C": "csr"})
+    assert relayout.copies_of(k._plan.storages) == [((1, 0), "float64")]
+    k.save(tmp_path / "sddmm.spk")
+    monkeypatch.setattr(relayout, "_kernels", {})  # as in a fresh process
+    loaded = spcomp.load(tmp_path / "sddmm.spk")
+    copy = relayout._kernels[((1, 0), "float64")]
+    assert copy.expression == "T[a,b] = E[b,a]"
+
+    def no_compiling(*args, **kwargs):
+        raise AssertionError("the loaded kernel compiled something")
+    monkeypatch.setattr(Kernel, "_load_or_build", no_compiling)
+    made = []
+    real = relayout.relayout
+    monkeypatch.setattr(relayout, "relayout", lambda *args: made.append(real(*args)) or made[-1])
+    b = sp.random(200, 300, density=0.05, format="csr", random_state=2)
+    rng = np.random.default_rng(2)
+    d, e = rng.standard_normal((200, 8)), rng.standard_normal((8, 300))
+    with spcomp_threads(2, 0):
+        got = loaded(B=b, D=d, E=e)
+    assert made and made[0] is not None  # E was copied by the loaded copy kernel
+    with spcomp_threads(1):
+        want = k(B=b, D=d, E=e)
+    assert got.vals.tobytes() == want.vals.tobytes()
+    # a kernel that keeps its layout carries no copy kernel
+    kept = spcomp.compile(expr, formats={"B": "csr", "C": "csr"}, schedule=spcomp.Schedule().keep_layout())
+    assert kept._payload()["relayouts"] == {}
