@@ -128,6 +128,14 @@ class TimingPolicy:
     max_repeats: int = 200
     target_s: float = 1.0
     pause_s: float = 0.25   # between implementations: lets spinning pool threads sleep
+    rounds: int = 1         # interleaved rounds: each implementation's samples are spread
+                            # over the run, so they all see the same noise from the host
+
+    def per_round(self) -> "TimingPolicy":
+        """The share of one round: the sample budget split evenly over the rounds."""
+        r = max(1, self.rounds)
+        return self.scaled(min_repeats=-(-self.min_repeats // r), max_repeats=-(-self.max_repeats // r),
+                           target_s=self.target_s / r, rounds=1)
 
     def scaled(self, **kw) -> "TimingPolicy":
         return TimingPolicy(**{**self.__dict__, **kw})
@@ -147,6 +155,21 @@ def measure(fn: Callable[[], Any], policy: TimingPolicy) -> Timing:
         samples.append(dt)
         spent += dt
     return Timing(statistics.median(samples), samples)
+
+
+def measure_interleaved(fns: dict, policy: TimingPolicy) -> dict:
+    """``{name: Timing}`` for every callable in ``fns``, timed in ``policy.rounds``
+    interleaved rounds (a pause before each implementation's share of a round); the
+    median is taken over all of an implementation's samples. On a shared host whose
+    neighbours come and go within seconds, one implementation timed in one window
+    and its peer in the next can differ by 30 % for no reason of their own."""
+    share = policy.per_round()
+    samples = {name: [] for name in fns}
+    for r in range(max(1, policy.rounds)):
+        for name, fn in fns.items():
+            pause(policy)  # later rounds: one call wakes the pools the pause put to sleep
+            samples[name] += measure(fn, share if r == 0 else share.scaled(warmup=1)).samples
+    return {name: Timing(statistics.median(s), s) for name, s in samples.items()}
 
 
 def measure_each_call(fn: Callable[[], Any], calls: int, warmup: int = 1000) -> Timing:

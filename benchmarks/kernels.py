@@ -66,7 +66,7 @@ FULL = Sizes(n=20000, density=0.001, k=64, g_n=5000, g_density=0.002,
 QUICK = Sizes(n=5000, density=0.004, k=64, g_n=2000, g_density=0.005,
               t_n=100, t_density=0.01, rank=16, dense_peer=True)
 
-FULL_POLICY = C.TimingPolicy(warmup=3, min_repeats=10, max_repeats=500, target_s=1.0, pause_s=0.25)
+FULL_POLICY = C.TimingPolicy(warmup=3, min_repeats=10, max_repeats=500, target_s=1.0, pause_s=0.25, rounds=5)
 QUICK_POLICY = C.TimingPolicy(warmup=1, min_repeats=3, max_repeats=50, target_s=0.05, pause_s=0.05)
 
 
@@ -349,6 +349,7 @@ def run_case(case: Case, threads: C.Threads, nthreads: int, policy: C.TimingPoli
     row = {"bench": case.name, "size": case.size, "threads": str(nthreads), "unit": "ms"}
     times = {}
     checks = []
+    timed = {}
     for impl in case.impls:
         try:
             ok, msg = impl.check(impl.run())
@@ -359,8 +360,9 @@ def run_case(case: Case, threads: C.Threads, nthreads: int, policy: C.TimingPoli
             times[impl.column] = "FAIL"
             checks.append(f"{impl.column} FAIL")
             continue
-        C.pause(policy)
-        times[impl.column] = C.measure(impl.run, policy).median_s
+        timed[impl.column] = impl.run
+    for column, timing in C.measure_interleaved(timed, policy).items():
+        times[column] = timing.median_s
     ours = times.get("spcomp")
     row["spcomp"] = C.fmt_time(ours)
     for p in PEERS:
@@ -548,7 +550,8 @@ def main(argv=None) -> int:
 
     notes = ["speedup ×peer = peer time / spcomp time (above 1× spcomp is faster); times are medians of "
              f"repeated calls after {policy.warmup} warm-up call(s), at least {policy.min_repeats} samples "
-             f"and {policy.target_s:g} s of samples per cell",
+             f"and {policy.target_s:g} s of samples per cell (at most {policy.max_repeats}), taken in "
+             f"{policy.rounds} interleaved round(s) of the row's implementations",
              "scipy.sparse kernels are single-threaded: their 'all threads' rows run the same code as the 1-thread rows"]
     notes += threads.notes
     for case in cases:
