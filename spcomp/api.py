@@ -116,6 +116,7 @@ def options_from_schedule(schedule: Schedule, drop_zeros, name, backend) -> Opti
         auto_precompute=not schedule.get("no_precompute"),
         blas=backend == "cpu" and not schedule.get("no_blas"),
         auto_layout=not schedule.get("keep_layout"),
+        bounded_appends=backend != "cpu",
         vector_gathers=backend != "cpu" or _host_gathers_fast(),
         split=tuple(tuple(s) for s in schedule.get("split")),
         name=name,

@@ -524,6 +524,15 @@ class Kernel:
         if pointers and plan.plain_output:
             self._fast = self._fast_call(operands, storages, variant, args, lohi, sizes, given)
         statuses = self._run(variant, args, lohi, low, sizes, storages)
+        if capacity is not None and low.bounded and out.needed() > capacity and not any(statuses):
+            # the appends did not fit the arrays (device code cannot grow them): run
+            # again with room for exactly what the first run counted
+            capacity = out.needed()
+            out = _Output(self, low, sizes, given, bits)
+            out.capacity = capacity
+            args, lohi = self._call_args(variant.arg_plan, storages, sizes, bits, pointers,
+                                         lambda key: out.arg(key, pointers), capacity)
+            statuses = self._run(variant, args, lohi, low, sizes, storages)
         for s in statuses:
             if s != 0:
                 out.discard()
@@ -1115,7 +1124,7 @@ def _arg_plan(low) -> list:
             plan.append(("in", b.storage, _array_slot(low, b)))
         elif b.role == "size":
             plan.append(("size", b.index, None))
-        elif b.role in ("output", "output_grow"):
+        elif b.role in ("output", "output_grow", "output_bounded", "needed"):
             plan.append(("out", b, None))
         else:
             plan.append((b.role, None, None))
@@ -1198,9 +1207,13 @@ class _Output:
         self.d = d
         self.dense_positions = dense_positions
         grow = set(self.low.growable)
+        self.bounded = {}  # (level, array) -> array at self.capacity entries, made on first use
+        bounded = set(getattr(self.low, "bounded", ()))
         for l in range(d, len(levels)):
             kind = levels[l]
             for a in kind.arrays:
+                if (l, a) in bounded:
+                    continue
                 if (l, a) in grow:
                     self.grow[(l, a)] = ctypes.c_void_p(0)
                     continue
@@ -1216,6 +1229,8 @@ class _Output:
                     self.arrays[(l, a)] = np.zeros(n, dtype=dt)
         if (-1, "vals") in grow:
             self.grow[(-1, "vals")] = ctypes.c_void_p(0)
+        elif (-1, "vals") in bounded:
+            pass
         else:
             kind = levels[-1]
             n = dense_positions * kind.num_blocks(self.level_sizes[-1]) * kind.K
@@ -1226,9 +1241,34 @@ class _Output:
             arr = self.dense
         elif b.role == "output_grow":
             return ctypes.byref(self.grow[(b.level, b.array)])
+        elif b.role in ("output_bounded", "needed"):
+            arr = self._bounded_array(b)
         else:
             arr = self.arrays[(b.level, b.array)]
         return _data_ptr(arr) if pointers else arr
+
+    def _bounded_array(self, b):
+        """An array the kernel appends into without growing it (Options.bounded_appends):
+        ``capacity`` entries (``pos`` one more), or the per-group counts it reports."""
+        key = (b.level, b.array) if b.role == "output_bounded" else "needed"
+        arr = self.bounded.get(key)
+        if arr is None:
+            if key == "needed":
+                arr = np.zeros(len(self.low.bounded), np.int64)
+            else:
+                from .ir.types import to_numpy
+                if b.array == "vals":
+                    dt = self.dtype
+                else:
+                    dt = to_numpy(level_array_type(self.fmt.levels[b.level], b.array, self.bits))
+                arr = np.zeros(self.capacity + (1 if b.array == "pos" else 0), dt)
+            self.bounded[key] = arr
+        return arr
+
+    def needed(self) -> int:
+        """Entries a bounded-append kernel needed (0 when it grows its own arrays)."""
+        counts = self.bounded.get("needed")
+        return int(counts.max()) if counts is not None and counts.size else 0
 
     def discard(self):
         for ptr in self.grow.values():
@@ -1244,6 +1284,13 @@ class _Output:
 
     def packed_k(self):
         return self.fmt.levels[-1].K
+
+    def _taken(self, key, n, dtype):
+        """The first ``n`` entries of an array the kernel appended to."""
+        if key in self.bounded:
+            arr = self.bounded[key][:n]
+            return arr.copy() if 4 * (self.bounded[key].shape[0] - n) > n else arr
+        return self._take(key, n, dtype)
 
     def _take(self, key, n, dtype):
         """A kernel-allocated array as NumPy, without a copy, freed when the last array
@@ -1293,17 +1340,17 @@ class _Output:
                 if (l, a) in self.arrays:
                     arrs[a] = self.arrays[(l, a)]
                 elif a == "pos":
-                    arrs[a] = self._take((l, a), parent + 1, dt)
+                    arrs[a] = self._taken((l, a), parent + 1, dt)
             count = kind.num_positions(parent, self.level_sizes[l], arrs)
             for a in kind.arrays:
                 if a not in arrs:
                     dt = to_numpy(level_array_type(kind, a, self.bits))
-                    arrs[a] = self._take((l, a), count, dt)
+                    arrs[a] = self._taken((l, a), count, dt)
             level_arrays[l] = arrs
             parent = count
         if (-1, "vals") in self.arrays:
             vals = self.arrays[(-1, "vals")]
         else:
-            vals = self._take((-1, "vals"), parent, self.dtype)
+            vals = self._taken((-1, "vals"), parent, self.dtype)
         # built by the kernel, well formed by construction: no validation pass
         return Tensor(self.fmt, self.shape, level_arrays, vals, validated=True)

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import spcomp
 from spcomp import chunks as _chunks
-from spcomp.errors import ScheduleError, UnsupportedError
+from spcomp.errors import ScheduleError
 from spcomp.runtime import threads as _threads
 from spcomp.testing import check_kernel
 from spcomp.testing.check import make_operands
@@ -346,10 +346,13 @@ def test_cuda_sources_compile_with_nvcc_for_sm90(expr, formats):
     assert set(report) == {"kernel_count", "kernel_fill"}
 
 
-def test_cuda_still_refuses_what_cannot_be_split():
+def test_cuda_appends_what_cannot_be_split_and_refuses_team_mappings():
+    """Outputs the two phases cannot cover (coo, dcsr) run serially into bounded
+    arrays on the GPU (tests/test_cuda_appends.py); a team mapping is refused."""
     for formats in ({"A": "csr", "B": "csr", "C": "coo"}, {"A": "dcsr", "B": "dcsr", "C": "dcsr"}):
-        with pytest.raises(UnsupportedError, match="two phases.*first level is dense"):
-            spcomp.compile(ADD, formats=formats, backend="cuda-sim")
+        k = spcomp.compile(ADD, formats=formats, backend="cuda-sim")
+        assert k._variants[32].lowered.assembly is None and k._variants[32].lowered.bounded
+        check_kernel(ADD, formats, backend="cuda-sim", sizes={"i": 9, "j": 7}, density=0.4)
     with pytest.raises(ScheduleError, match="gpu-thread"):
         spcomp.compile(ADD, formats=CSR3, backend="cuda-sim",
                        schedule=spcomp.Schedule().parallelize("i", "gpu-block"))

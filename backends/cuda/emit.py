@@ -155,11 +155,10 @@ PARALLEL_KINDS = ("gpu-thread", "threads", "gpu-block", "gpu-warp", "gpu-lane")
 REDUCIBLE = (F32, F64, I32, I64)
 # what to do about a sparse output the lowerer could only append on one thread
 GROWING_OUTPUT_HELP = (
-    "a sparse output is assembled on the GPU in two phases (count, prefix sum, fill; a thread per row) only when "
-    "its first level is dense and the kernel's parallel outer loop walks it (e.g. a 'csr' output whose row loop "
-    "does not co-iterate sparse operands); coo outputs, a compressed first level (dcsr, a sparse vector) and "
-    "team mappings (gpu-block, gpu-warp) are appended one entry at a time instead. Use such a format, "
-    "parallelize the row loop with 'gpu-thread', or use a dense or packed-block output")
+    "spcomp lowers sparse outputs for the GPU in two phases (count, prefix sum, fill; a thread per row) or "
+    "into arrays the runtime allocates at a capacity (Options.bounded_appends: the kernel reports the entries "
+    "it needed and runs again when they did not fit), never with realloc; this kernel was lowered for the "
+    "CPU: compile it with backend='cuda' or 'cuda-sim'")
 
 PRELUDE = r"""// ---- spcomp CUDA prelude (the same text compiles under nvcc and runtime/cuda_sim.h) ----
 #include <stdint.h>

@@ -71,6 +71,11 @@ class Options:
     # arrays of its own and the runtime stitches them (spcomp/chunks.py) instead of
     # the two-phase count and fill (assembly.py)
     append_chunks: bool = False
+    # the GPU: a sparse output appended one entry at a time gets arrays the runtime
+    # allocates at a capacity; the kernel stores what fits, counts the rest, reports
+    # the entries it needed, and the runtime runs it again when they did not fit
+    # (device code cannot realloc)
+    bounded_appends: bool = False
     name: str = "kernel"
 
 
@@ -96,6 +101,7 @@ class Lowered:
     work_scale: tuple = ()     # (storage, level) walked under each balanced nonzero (Lowerer._work_scale)
     work_dense: tuple = ()     # indices of the dense loops under each balanced nonzero (Lowerer._work_dense)
     overwrites_output: bool = False  # a dense output every element of which the kernel stores: not zeroed first
+    bounded: tuple = ()        # (level, array) appended into runtime-allocated arrays (Options.bounded_appends)
 
     @property
     def append_chunks(self) -> bool:
@@ -301,6 +307,7 @@ class Lowerer:
         out = self.params[self.out_name]
         fmt = lhs.tensor.format
         self.capacity_param = None
+        self.bounded = ()
         grow = []
         if not fmt.is_dense and not self.opt.append_chunks:
             from . import assembly
@@ -324,6 +331,11 @@ class Lowerer:
             sink = AppendSink(self, out, lhs, drop_zeros=drop)
             shape = sink.shape
             grow = sink.growable()
+            bounded = ()
+            if self.opt.bounded_appends and grow:
+                bounded, grow = tuple(grow), []
+                needed = n.Var(self.fresh(f"{out.var_name}_needed"), ptr(I64))
+                sink.bind_bounded(needed)
             out_params, locals_ = {}, {}
             for (l, arr) in grow:
                 local = out.vals if arr == "vals" else out.array(l, arr)
@@ -337,12 +349,17 @@ class Lowerer:
                         self.bindings.append(Binding(out_params[(l, arr)], "output_grow", self.out_name, l, arr,
                                                      storage=self.out_name))
                     else:
-                        self.bindings.append(Binding(v, "output", self.out_name, l, arr, storage=self.out_name))
+                        role = "output_bounded" if (l, arr) in bounded else "output"
+                        self.bindings.append(Binding(v, role, self.out_name, l, arr, storage=self.out_name))
             if (-1, "vals") in out_params:
                 self.bindings.append(Binding(out_params[(-1, "vals")], "output_grow", self.out_name, -1, "vals",
                                              storage=self.out_name))
             else:
-                self.bindings.append(Binding(out.vals, "output", self.out_name, -1, "vals", storage=self.out_name))
+                role = "output_bounded" if (-1, "vals") in bounded else "output"
+                self.bindings.append(Binding(out.vals, role, self.out_name, -1, "vals", storage=self.out_name))
+            if bounded:
+                self.bindings.append(Binding(needed, "needed", self.out_name, storage=self.out_name))
+            self.bounded = bounded
             self.out_sink = sink
         self.out_shape = shape
         # workspace when a reduction runs outside the output's last index
@@ -401,6 +418,7 @@ class Lowerer:
         balance, walked = self._balance(), self.parallel_positions
         return Lowered(module=module, entry=self.opt.name, bindings=self.bindings, order=self.order,
                        transposes=self.transposes, output_shape=shape, growable=grow,
+                       bounded=self.bounded,
                        parallel=split_mod.base_of(self.parallel).name if self.parallel is not None else None,
                        parallel_split=split_mod.extent_rule(self.parallel),
                        parallel_positions=None if walked is None else (walked[0].tensor.name, walked[1]),

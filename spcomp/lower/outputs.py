@@ -131,6 +131,7 @@ class AppendSink(Sink):
         self.grow_ptrs = {}   # (level, array) -> local pointer var
         self.out_params = {}  # (level, array) -> out param var
         self.overflow = None
+        self.needed = None     # Options.bounded_appends: where the kernel reports the entries it needed
         self.reserved = set()  # indices whose loop made room for its appends (reserve)
         m = len(self.levels)
         name = params.var_name
@@ -194,6 +195,17 @@ class AppendSink(Sink):
         self.out_params = out_params
         self.grow_ptrs = locals_
 
+    def bind_bounded(self, needed):
+        """Append into arrays the runtime allocated at ``capacity`` entries: store
+        what fits, count everything, and write each group's count to ``needed``."""
+        self.needed = needed
+
+    def _fits(self, group, p, stores) -> list:
+        """``stores`` at position ``p``; guarded by the capacity when it cannot grow."""
+        if self.needed is None:
+            return list(stores)
+        return [n.If(n.Binary("<", p, self.caps[group]), n.block(*stores))]
+
     def _array(self, level, array):
         if (level, array) in self.grow_ptrs:
             return self.grow_ptrs[(level, array)]
@@ -213,6 +225,8 @@ class AppendSink(Sink):
         return body
 
     def _ensure(self, group, p) -> list:
+        if self.needed is not None:
+            return []  # bounded: the stores check the capacity themselves (_fits)
         cap = self.caps[group]
         return [n.If(n.Binary(">=", p, cap), n.block(n.Assign(cap, _mul(cap, n.i64(2))), *self._regrow(group)))]
 
@@ -241,7 +255,8 @@ class AppendSink(Sink):
         cap0 = self.lw.capacity_param
         for g, cap in self.caps.items():
             out.append(n.Declare(self.counters[g], n.i64(0)))
-            out.append(n.Declare(cap, n.Binary("max", cap0, n.i64(MIN_CAPACITY))))
+            # bounded: the runtime allocated exactly cap0 entries
+            out.append(n.Declare(cap, cap0 if self.needed is not None else n.Binary("max", cap0, n.i64(MIN_CAPACITY))))
         for (l, a), var in self.grow_ptrs.items():
             g = self._group_of(l, a)
             count = _add(self.caps[g], n.i64(1)) if a == "pos" else self.caps[g]
@@ -269,6 +284,10 @@ class AppendSink(Sink):
             out.append(n.Comment("rows no loop visited end where the previous row ends"))
             out.append(n.For(q, n.i64(0), self.lw.dense_positions(self.chain[:self.d]), n.block(
                 n.If(n.Binary("<", n.Load(pos, nxt), prev), n.block(n.Store(pos, nxt, prev))))))
+        if self.needed is not None:
+            out.append(n.Comment("the entries each group needed: the runtime runs again when they did not fit"))
+            for k, g in enumerate(sorted(self.counters)):
+                out.append(n.Store(self.needed, n.i64(k), self.counters[g]))
         if self.overflow is not None:
             out.append(n.If(n.Binary("!=", self.overflow, n.Const(0, I32)),
                             n.block(n.Return(n.STATUS_PACKED_OVERFLOW))))
@@ -315,9 +334,9 @@ class AppendSink(Sink):
             pos = self._array(l + 1, "pos")
             crd = self._array(l, "crd")
             out += self._ensure(l, p)
-            out.append(n.Store(pos, _add(p, n.i64(1)), n.Cast(child, pos.type.elem)))
+            out += self._fits(l, p, [n.Store(pos, _add(p, n.i64(1)), n.Cast(child, pos.type.elem))])
             out.append(n.If(n.Binary(">", child, begin), n.block(
-                n.Store(crd, p, n.Cast(env.bound[index], crd.type.elem)),
+                *self._fits(l, p, [n.Store(crd, p, n.Cast(env.bound[index], crd.type.elem))]),
                 n.Assign(p, _add(p, n.i64(1))))))
         return out
 
@@ -361,10 +380,12 @@ class AppendSink(Sink):
         p = self.counters[group]
         out = [] if self.chain[-1] in self.reserved else self._ensure(group, p)
         levels = [m - 1] if self.shape == "csf" else range(self.d, m)
+        stores = []
         for l in levels:
             crd = self._array(l, "crd")
-            out.append(n.Store(crd, p, n.Cast(env.bound[self.chain[l]], crd.type.elem)))
-        out.append(store_value(self._array(-1, "vals"), p, value, False))
+            stores.append(n.Store(crd, p, n.Cast(env.bound[self.chain[l]], crd.type.elem)))
+        stores.append(store_value(self._array(-1, "vals"), p, value, False))
+        out += self._fits(group, p, stores)
         out.append(n.Assign(p, _add(p, n.i64(1))))
         return out
 
