@@ -181,6 +181,9 @@ class Kernel:
         if low.assembly is not None and self._backend.name == "cpu" and _chunks.preferred(low):
             text += (f"\n(on CPU threads: each thread appends its {low.parallel} rows instead of counting "
                      "them first, and the runtime joins the chunks)")
+        if low.bounded:
+            text += (f"\n(appends {self.output_name} into arrays allocated at a first guess of its size, "
+                     "counting every entry; runs once more at the exact size when they did not fit)")
         return text
 
     @property

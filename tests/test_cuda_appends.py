@@ -42,6 +42,7 @@ def _runs(monkeypatch) -> list:
 def test_appended_outputs_match_the_reference_on_cuda_sim(expr, formats):
     k = spcomp.compile(expr, formats=formats, backend="cuda-sim")
     assert "_needed" in k.ir  # the kernel reports what it appended
+    assert "runs once more at the exact size" in k.loops
     for density in (0.0, 0.2, 0.7):
         check_kernel(expr, formats, backend="cuda-sim", sizes=SIZES, density=density, seed=3)
 
