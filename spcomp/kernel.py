@@ -181,6 +181,10 @@ class Kernel:
         if low.assembly is not None and self._backend.name == "cpu" and _chunks.preferred(low):
             text += (f"\n(on CPU threads: each thread appends its {low.parallel} rows instead of counting "
                      "them first, and the runtime joins the chunks)")
+        for name, diag in getattr(low, "diagonals", {}).items():
+            kept = list(dict.fromkeys(diag.indices))
+            text += (f"\n(diagonal: {name}[{','.join(kept)}] = {diag.operand}[{','.join(diag.indices)}], "
+                     f"the entries of {diag.operand} on it, gathered at each call)")
         if low.bounded:
             text += (f"\n(appends {self.output_name} into arrays allocated at a first guess of its size, "
                      "counting every entry; runs once more at the exact size when they did not fit)")
@@ -437,6 +441,8 @@ class Kernel:
     def _operand(self, spec, value):
         """An operand ready for the kernel: (shape, arrays by index width, tensor)."""
         storage, operand, fmt, dtype, plain = spec
+        if storage in self._plan.derived:
+            return self._diagonal_operand(spec, value)
         if _is_device_array(value):
             return self._device_operand(spec, value)
         if plain and type(value) is np.ndarray and value.dtype == dtype and value.flags.c_contiguous:
@@ -444,6 +450,44 @@ class Kernel:
         if fmt.ndim == 0 and isinstance(value, (int, float, np.number)):
             return _Dense(np.asarray(value, dtype=dtype))
         return self._to_tensor(operand, value, fmt, dtype)
+
+    def _diagonal_operand(self, spec, value):
+        """The diagonal storage (or its transposed copy) a kernel reads for an access
+        that repeats an index on a sparse operand (spcomp/lower/diagonal.py): the
+        operand's entries whose coordinates agree on each repeated index. Cached per
+        operand Tensor, like a conversion."""
+        storage, operand, fmt, dtype, _plain = spec
+        low = self._variants[32].lowered
+        source = self._plan.derived[storage]
+        diag = low.diagonals[source]
+        if _is_device_array(value):
+            raise OperandError(f"operand {operand} is a pycuda GPUArray, but the kernel reads its diagonal "
+                               "through a copy made on the host: pass it as a NumPy/SciPy array or Tensor")
+        tensor = self._to_tensor(operand, value, diag.operand_format, dtype)
+        key = ("diagonal", storage)
+        hit = self._tensor_cache.get(key)
+        if hit is not None and hit[0]() is tensor:
+            return hit[1]
+        first = {}
+        for d, k in enumerate(diag.dims):
+            if k in first and tensor.shape[first[k]] != tensor.shape[d]:
+                raise ShapeError(f"operand {operand}: dimensions {first[k]} and {d} are both indexed by "
+                                 f"{diag.indices[d]} but have sizes {tensor.shape[first[k]]} and "
+                                 f"{tensor.shape[d]}")
+            first.setdefault(k, d)
+        coords, values = tensor.to_coo()
+        keep = np.ones(values.shape[0], dtype=bool)
+        for d, k in enumerate(diag.dims):
+            keep &= coords[d] == coords[first[k]]
+        kept = [first[k] for k in range(len(first))]
+        from .runtime import Tensor
+        out = Tensor.from_coo(coords[kept][:, keep], values[keep], tuple(tensor.shape[d] for d in kept),
+                              diag.format, dtype=dtype)
+        if source != storage:  # read through a transposed copy
+            out = out.to_format(fmt, drop_zeros=False)
+        out.validate()
+        self._tensor_cache[key] = (weakref.ref(tensor), out, None)
+        return out
 
     def _device_operand(self, spec, value):
         """A pycuda GPUArray operand, kept on the device (backend "cuda" only)."""
@@ -1083,20 +1127,29 @@ class _CallPlan:
         notation = kernel.notation
         out_t = notation.lhs.tensor
         self.storages = []
+        self.derived = {}  # storage -> the diagonal storage it is read through (diagonal.py)
         seen = set()
         for b in low.bindings:
             if b.role != "input" or b.storage in seen:
                 continue
             seen.add(b.storage)
+            diagonals = getattr(low, "diagonals", {})
             if b.storage in low.transposes:
                 operand, fmt = low.transposes[b.storage]
+                if operand in diagonals:  # a transposed copy of a diagonal storage
+                    self.derived[b.storage] = operand
+                    operand = diagonals[operand].operand
+                dtype = _np_dtype(notation.tensors[operand].dtype)
+            elif b.storage in diagonals:
+                operand, fmt = diagonals[b.storage].operand, diagonals[b.storage].format
+                self.derived[b.storage] = b.storage
                 dtype = _np_dtype(notation.tensors[operand].dtype)
             elif b.tensor == kernel.output_name:
                 operand, fmt, dtype = b.tensor, out_t.format, _np_dtype(out_t.dtype)
             else:
                 t = notation.tensors[b.storage]
                 operand, fmt, dtype = b.storage, t.format, _np_dtype(t.dtype)
-            plain = fmt.is_dense and fmt.order == tuple(range(fmt.ndim))
+            plain = fmt.is_dense and fmt.order == tuple(range(fmt.ndim)) and b.storage not in self.derived
             self.storages.append((b.storage, operand, fmt, dtype, plain))
         self.operand_of = {st[0]: st[1] for st in self.storages}
         self.names = frozenset(kernel.inputs) | ({kernel.output_name} if notation.accumulate else set())
@@ -1109,6 +1162,9 @@ class _CallPlan:
                 continue
             checked.add(acc)
             shown = low.transposes.get(name, (name,))[0]
+            diagonal = getattr(low, "diagonals", {}).get(shown)
+            if diagonal is not None:
+                shown = diagonal.operand
             if name.endswith("_old") and name[:-4] == kernel.output_name:
                 shown = kernel.output_name
             self.shape_checks.append((name, len(acc.indices), [i.name for i in acc.indices], shown))

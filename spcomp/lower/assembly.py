@@ -284,7 +284,8 @@ def _build(lw):
     from ..notation import Assignment
     balance = lw._balance()
     return Lowered(module=module, entry=fill_fn.name, bindings=fill_bindings, order=lw.order,
-                   transposes=lw.transposes, output_shape="csf", growable=[], parallel=lw.parallel.name,
+                   transposes=lw.transposes, diagonals=lw.diagonals, output_shape="csf", growable=[],
+                   parallel=lw.parallel.name,
                    balance=balance, work_scale=lw._work_scale(balance), work_dense=lw._work_dense(balance),
                    loops="\n".join(lw.loops_text + [f"(layout: {r})" for r in lw.dense_relayouts]),
                    notation=Assignment(lw.lhs, lw.rhs, lw.accumulate), warnings=lw.warnings,

@@ -40,6 +40,7 @@ from .regblock import block_rows
 from .prefetch import prefetch_rows
 from .coverage import writes_every_element, zero_rows
 from .outputs import AppendSink, DenseSink, ScalarSink, WorkspaceSink
+from .diagonal import diagonal_storages
 
 TEMP_FORMAT = Format(())
 # a workspace row whose bitmap has at most SCAN_WORDS words per touched coordinate
@@ -102,6 +103,7 @@ class Lowered:
     work_dense: tuple = ()     # indices of the dense loops under each balanced nonzero (Lowerer._work_dense)
     overwrites_output: bool = False  # a dense output every element of which the kernel stores: not zeroed first
     bounded: tuple = ()        # (level, array) appended into runtime-allocated arrays (Options.bounded_appends)
+    diagonals: dict = field(default_factory=dict)  # storage name -> diagonal.Diagonal (A_diag[i] = A[i,i])
 
     @property
     def append_chunks(self) -> bool:
@@ -180,11 +182,9 @@ class Lowerer:
             self.accumulate = False
         else:
             self.old_alias = None
-        for acc in accesses(rhs):
-            if not acc.tensor.format.is_dense and len(set(acc.indices)) != len(acc.indices):
-                raise UnsupportedError(
-                    f"{acc!r}: an index repeated in an access of sparse tensor {acc.tensor.name} "
-                    f"(format {acc.tensor.format}) is not supported; store it dense")
+        # A[i,i] on a sparse A reads a diagonal storage the runtime builds (diagonal.py)
+        rhs, self.diagonals = diagonal_storages(rhs, {t.name for t in a.tensors.values()}
+                                                | {lhs.tensor.name + "_old"})
         lifted = lift_sums(rhs)
         pushed = push_sums(lifted, force=self.opt.precompute, allow=self.opt.auto_precompute
                            or bool(self.opt.precompute))
@@ -215,7 +215,7 @@ class Lowerer:
         # storage of transposed operands
         self.transposes = {}
         self.dense_relayouts = []
-        taken = {t.name for t in a.tensors.values()}
+        taken = {t.name for t in a.tensors.values()} | set(self.diagonals)
         relayout = _dense_relayouts(rhs, order, self.opt.auto_layout, skip={g.temp for g in self.gemms})
         for acc, fmt in list(transposes.items()) + list(relayout.items()):
             t = acc.tensor
@@ -418,7 +418,7 @@ class Lowerer:
         balance, walked = self._balance(), self.parallel_positions
         return Lowered(module=module, entry=self.opt.name, bindings=self.bindings, order=self.order,
                        transposes=self.transposes, output_shape=shape, growable=grow,
-                       bounded=self.bounded,
+                       bounded=self.bounded, diagonals=self.diagonals,
                        parallel=split_mod.base_of(self.parallel).name if self.parallel is not None else None,
                        parallel_split=split_mod.extent_rule(self.parallel),
                        parallel_positions=None if walked is None else (walked[0].tensor.name, walked[1]),

@@ -264,8 +264,11 @@ class _Node:
 
 
 @st.composite
-def _access(draw, tensors: dict, max_order: int, index_pool, reuse: bool, scalars: bool):
-    """One access: reuse a tensor already drawn (same order, new indices) or a new one."""
+def _access(draw, tensors: dict, max_order: int, index_pool, reuse: bool, scalars: bool,
+            diagonals: bool = False):
+    """One access: reuse a tensor already drawn (same order, new indices) or a new one;
+    with ``diagonals`` an access of order 2 or more sometimes repeats an index
+    (``A[i,i]``, ``X[j,i,j]``: the diagonal)."""
     if reuse and tensors and _chance(draw, 6):
         name = draw(st.sampled_from(sorted(tensors)))
         order = tensors[name]
@@ -280,6 +283,9 @@ def _access(draw, tensors: dict, max_order: int, index_pool, reuse: bool, scalar
         name = pool[0]
         tensors[name] = order
     idx = draw(st.permutations(index_pool))[:order] if order else []
+    if diagonals and order >= 2 and _chance(draw, 6):
+        at = draw(st.integers(1, order - 1))
+        idx[at] = idx[draw(st.integers(0, at - 1))]
     text = f"{name}[{','.join(idx)}]" if order else name
     return _Node(text, frozenset(idx), exact=True, leaf=True)
 
@@ -341,7 +347,7 @@ def expressions(draw, max_operands: int = 4, max_order: int = 3, functions=DEFAU
                 repeat_tensors: bool = True, transposed_outputs: bool = True, accumulate: bool = True,
                 input_formats=True, output_format=True, kinds: str = "dcqp", allow_packed: bool = True,
                 allow_order: bool = True, min_operands: int = 1, max_indices: int | None = None,
-                min_output_order: int = 0):
+                min_output_order: int = 0, diagonals: bool = True):
     """A random well-formed expression with a format per tensor: an :class:`ExpressionCase`.
 
     The right side has ``min_operands..max_operands`` accesses of order
@@ -351,7 +357,8 @@ def expressions(draw, max_operands: int = 4, max_order: int = 3, functions=DEFAU
     min, gelu, silu, tanh, exp, sqrt, log; written ``sqrt(abs(x))`` and
     ``log(abs(x) + 1)`` so they stay real, ``exp`` only of a single access so it
     cannot overflow). With ``repeat_tensors`` one tensor may be used twice, with
-    other indices (``A[i,j] * A[j,i]``).
+    other indices (``A[i,j] * A[j,i]``); with ``diagonals`` an access sometimes
+    repeats an index (``A[i,i]``, dense or sparse).
 
     The output takes a subset of the right side's indices (the others are summed;
     always all of them unless ``reductions``), in a random order when
@@ -370,7 +377,7 @@ def expressions(draw, max_operands: int = 4, max_order: int = 3, functions=DEFAU
     pool = list(INDEX_NAMES[:max(1, min(n_idx, len(INDEX_NAMES)))])
     fns = tuple(functions or ())
     orders: dict = {}
-    leaves = [draw(_access(orders, max_order, pool, repeat_tensors, scalars)) for _ in range(n_ops)]
+    leaves = [draw(_access(orders, max_order, pool, repeat_tensors, scalars, diagonals)) for _ in range(n_ops)]
     nodes = [draw(_decorate(x, fns, literals)) if _chance(draw, 3) else x for x in leaves]
     while len(nodes) > 1:
         k = draw(st.integers(0, len(nodes) - 2))
