@@ -230,10 +230,14 @@ def test_merge_of_a_transposed_unordered_level_names_the_user_tensor():
     assert "A_T" not in str(e.value) and "A" in str(e.value) and "unordered" in str(e.value)
 
 
-def test_diagonal_of_a_sparse_operand_is_refused():
-    with pytest.raises(errors.UnsupportedError) as e:
-        spcomp.compile("y[i] = A[i,i]", formats={"A": "csr"})
-    assert "A[i,i]" in str(e.value) and "dense" in str(e.value)
+def test_diagonal_of_a_sparse_operand_needs_equal_sizes():
+    """A[i,i] on a sparse A compiles (tests/test_diagonal.py); a non-square A is a
+    ShapeError naming A, both dimensions and the index."""
+    import scipy.sparse as sp
+    k = spcomp.compile("y[i] = A[i,i]", formats={"A": "csr"})
+    with pytest.raises(errors.ShapeError) as e:
+        k(A=sp.random(4, 6, density=0.5, format="csr", random_state=0))
+    assert "operand A" in str(e.value) and "dimensions 0 and 1" in str(e.value) and " i " in str(e.value)
 
 
 def test_sparse_output_with_dense_level_below_sparse_one():
