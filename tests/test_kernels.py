@@ -717,3 +717,28 @@ def test_register_blocking_is_cpu_only_and_skips_user_hinted_loops():
     hinted = spcomp.compile("Y[i,k] = A[i,j] * X[j,k]", formats={"A": "csr"},
                             schedule=spcomp.Schedule().unroll("k", 2))
     assert "blocks of" not in hinted.ir
+
+
+def test_division_divides_stored_values_only():
+    """``a / b`` is computed where both sides store a value (DESIGN §4): a dense zero
+    divisor is stored (inf), an absent sparse one gives 0, an absent factor of a
+    product annihilates even inf, and a sum written in the numerator stays there
+    ((-3 + 2 - 0.25) / 0 is -inf, not the NaN of summing -inf, inf and -inf)."""
+    import scipy.sparse as sp
+    x, z = np.array([1.0, 2.0, 3.0]), np.array([0.0, 2.0, 0.0])
+    assert list(spcomp.compile("y[i] = x[i] / z[i]")(x=x, z=z)) == [np.inf, 1.0, np.inf]
+    k = spcomp.compile("y[i] = x[i] / z[i]", formats={"z": "c"})
+    np.testing.assert_array_equal(k(x=x, z=spcomp.Tensor.from_numpy(z, "c")), [0.0, 1.0, 0.0])
+    # a sum wraps the smallest sub-expression holding its index: x[j] / (sum_i Z[i,j])
+    zs = sp.csr_matrix(np.array([[0.0, 2.0, 0.0]]))
+    k = spcomp.compile("y[j] = x[j] / Z[i,j]", formats={"Z": "csc"})
+    np.testing.assert_array_equal(k(x=x, Z=zs), [np.inf, 1.0, np.inf])
+    a = sp.csr_matrix(np.array([[-3.0, 2.0, 0.0, -0.5]]))
+    k = spcomp.compile("y[i] = A[i,j] * v[j] / w[i]", formats={"A": "csr"})
+    assert k(A=a, v=np.array([1.0, 1.0, 0.0, 0.5]), w=np.array([0.0]))[0] == -np.inf
+    k = spcomp.compile("y[i] = x[i] / z[i] * C[i]", formats={"C": "c"})
+    c = spcomp.Tensor.from_numpy(np.array([0.0, 1.0, 0.0]), "c")
+    np.testing.assert_array_equal(k(x=np.zeros(3), z=np.zeros(3), C=c)[[0, 2]], [0.0, 0.0])
+    for expr, fmts in [("y[i] = A[i,j] * x[j] / z[i]", {"A": "csr"}),
+                       ("Y[i,j] = A[i] / B[i,j]", {"B": "cd"})]:
+        check_kernel(expr, fmts, sizes={"i": 7, "j": 6}, density=0.4, seed=2)  # zeros in dense divisors

@@ -88,7 +88,11 @@ def split_sums(e):
 # -------------------------------------------------------------------- lift
 
 def lift_sums(e):
-    """Move sums up through Mul, Neg and the numerator of Div."""
+    """Move sums up through Mul, Neg and the numerator of a division by a literal.
+
+    Not through the numerator of a division by a tensor: ``(Σ_j a) / z`` and
+    ``Σ_j (a / z)`` differ where ``z`` is 0 (``-1.25 / 0`` is ``-inf``, while
+    ``-3/0 + 2/0 - 0.25/0`` is NaN), so the sum stays where the expression put it."""
     if isinstance(e, (Access, Literal)):
         return e
     if isinstance(e, Sum):
@@ -102,8 +106,10 @@ def lift_sums(e):
         ri, rb = split_sums(lift_sums(e.rhs))
         return wrap_sums(li + ri, Mul(lb, rb))
     if isinstance(e, Div):
+        if not isinstance(e.rhs, Literal):
+            return Div(lift_sums(e.lhs), lift_sums(e.rhs))
         ni, nb = split_sums(lift_sums(e.lhs))
-        return wrap_sums(ni, Div(nb, lift_sums(e.rhs)))
+        return wrap_sums(ni, Div(nb, e.rhs))
     if isinstance(e, (Add, Sub)):
         return type(e)(lift_sums(e.lhs), lift_sums(e.rhs))
     if isinstance(e, Call):

@@ -311,6 +311,21 @@ def make_operands(notation, sizes: dict, rng, density=0.5, given: dict | None = 
     return out
 
 
+def stored_masks(ops: dict, notation, out_name: str) -> dict:
+    """Where each sparse Tensor operand stores an entry (its coordinates, in
+    dimension order), for the reference's division and product of stored values."""
+    from ..runtime import Tensor
+    masks = {}
+    for name, value in ops.items():
+        if name == out_name or not isinstance(value, Tensor) or value.format.is_dense:
+            continue
+        coords, _ = value.to_coo()
+        mask = np.zeros(value.shape, dtype=bool)
+        mask[tuple(coords)] = True
+        masks[name] = mask
+    return masks
+
+
 def check_kernel(expr: str, formats: dict | None = None, operands: dict | None = None, dtype="float64",
                  rtol: float | None = None, atol: float | None = None, *, sizes: dict | None = None,
                  density: float = 0.5, seed: int = 0, **compile_kwargs) -> KernelCheck:
@@ -352,7 +367,7 @@ def check_kernel(expr: str, formats: dict | None = None, operands: dict | None =
     old = densify(ops[out_name]) if out_name in ops else None
     given_out = ops.get(out_name)
     sizes_seen = _index_sizes(notation, ops)
-    expected = reference(notation, dense_in, out=old)
+    expected = reference(notation, dense_in, out=old, stored=stored_masks(ops, notation, out_name))
 
     result = kernel(**ops)
 

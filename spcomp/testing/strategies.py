@@ -293,11 +293,13 @@ def _access(draw, tensors: dict, max_order: int, index_pool, reuse: bool, scalar
 def _combine(op: str, a: _Node, b: _Node) -> _Node:
     if op == "*":
         text, prec = f"{a.wrapped(2)} * {b.wrapped(3)}", 2
+    elif op == "/":  # a divisor that is never 0: inf and NaN have no place in the checks
+        text, prec = f"{a.wrapped(2)} / (abs({b.text}) + 1)", 2
     elif op == "+":
         text, prec = f"{a.wrapped(1)} + {b.wrapped(2)}", 1
     else:
         text, prec = f"{a.wrapped(1)} - {b.wrapped(2)}", 1
-    return _Node(text, a.indices | b.indices, a.exact and b.exact, False, prec)
+    return _Node(text, a.indices | b.indices, a.exact and b.exact and op != "/", False, prec)
 
 
 @st.composite
@@ -347,7 +349,7 @@ def expressions(draw, max_operands: int = 4, max_order: int = 3, functions=DEFAU
                 repeat_tensors: bool = True, transposed_outputs: bool = True, accumulate: bool = True,
                 input_formats=True, output_format=True, kinds: str = "dcqp", allow_packed: bool = True,
                 allow_order: bool = True, min_operands: int = 1, max_indices: int | None = None,
-                min_output_order: int = 0, diagonals: bool = True):
+                min_output_order: int = 0, diagonals: bool = True, divisions: bool = True):
     """A random well-formed expression with a format per tensor: an :class:`ExpressionCase`.
 
     The right side has ``min_operands..max_operands`` accesses of order
@@ -358,7 +360,9 @@ def expressions(draw, max_operands: int = 4, max_order: int = 3, functions=DEFAU
     ``log(abs(x) + 1)`` so they stay real, ``exp`` only of a single access so it
     cannot overflow). With ``repeat_tensors`` one tensor may be used twice, with
     other indices (``A[i,j] * A[j,i]``); with ``diagonals`` an access sometimes
-    repeats an index (``A[i,i]``, dense or sparse).
+    repeats an index (``A[i,i]``, dense or sparse); with ``divisions`` two
+    sub-expressions are sometimes divided, as ``a / (abs(b) + 1)`` (a divisor that is
+    never 0, so no check meets inf or NaN).
 
     The output takes a subset of the right side's indices (the others are summed;
     always all of them unless ``reductions``), in a random order when
@@ -382,6 +386,8 @@ def expressions(draw, max_operands: int = 4, max_order: int = 3, functions=DEFAU
     while len(nodes) > 1:
         k = draw(st.integers(0, len(nodes) - 2))
         op = draw(st.sampled_from(["*", "*", "+", "-"]))
+        if divisions and _chance(draw, 10):
+            op = "/"
         if op == "+" and {"max", "min"} & set(fns) and _chance(draw, 6):
             f = draw(st.sampled_from([f for f in ("max", "min") if f in fns]))
             a, b = nodes[k], nodes[k + 1]
