@@ -72,6 +72,12 @@ def _malloc_view(ptr: int, n: int, dtype: np.dtype) -> np.ndarray:
     return np.frombuffer(buf, dtype=dtype, count=n)
 
 
+def _mostly_unused(n: int, capacity: int) -> bool:
+    """Whether an output array of ``capacity`` entries holding ``n`` leaves over a
+    quarter unused: then it is cut to ``n`` (see _Output._take), else kept whole."""
+    return 4 * (capacity - n) > capacity
+
+
 def _slow_data_ptr(a) -> int:
     return a.__array_interface__["data"][0]
 
@@ -566,20 +572,19 @@ class Kernel:
             capacity = out.capacity = self._initial_capacity(sizing, sizes, storages)
         if capacity is not None and low.append_chunks:  # (only a growable output can be chunked)
             return _chunks.run_chunks(self, variant, storages, sizes, bits, out, capacity)
-        args, lohi = self._call_args(variant.arg_plan, storages, sizes, bits, pointers,
-                                     lambda key: out.arg(key, pointers), capacity)
-        if pointers and plan.plain_output:
-            self._fast = self._fast_call(operands, storages, variant, args, lohi, sizes, given)
-        statuses = self._run(variant, args, lohi, low, sizes, storages)
-        if capacity is not None and low.bounded and out.needed() > capacity and not any(statuses):
+        while True:
+            args, lohi = self._call_args(variant.arg_plan, storages, sizes, bits, pointers,
+                                         lambda key: out.arg(key, pointers), capacity)
+            if pointers and plan.plain_output:
+                self._fast = self._fast_call(operands, storages, variant, args, lohi, sizes, given)
+            statuses = self._run(variant, args, lohi, low, sizes, storages)
+            if capacity is None or not low.bounded or out.needed() <= capacity or any(statuses):
+                break
             # the appends did not fit the arrays (device code cannot grow them): run
-            # again with room for exactly what the first run counted
+            # again with room for exactly what this run counted
             capacity = out.needed()
             out = _Output(self, low, sizes, given, bits)
             out.capacity = capacity
-            args, lohi = self._call_args(variant.arg_plan, storages, sizes, bits, pointers,
-                                         lambda key: out.arg(key, pointers), capacity)
-            statuses = self._run(variant, args, lohi, low, sizes, storages)
         for s in statuses:
             if s != 0:
                 out.discard()
@@ -1288,9 +1293,7 @@ class _Output:
                     self.arrays[(l, a)] = np.zeros(n, dtype=dt)
         if (-1, "vals") in grow:
             self.grow[(-1, "vals")] = ctypes.c_void_p(0)
-        elif (-1, "vals") in bounded:
-            pass
-        else:
+        elif (-1, "vals") not in bounded:
             kind = levels[-1]
             n = dense_positions * kind.num_blocks(self.level_sizes[-1]) * kind.K
             self.arrays[(-1, "vals")] = np.zeros(n, dtype=self.dtype)
@@ -1308,12 +1311,12 @@ class _Output:
 
     def _bounded_array(self, b):
         """An array the kernel appends into without growing it (Options.bounded_appends):
-        ``capacity`` entries (``pos`` one more), or the per-group counts it reports."""
+        ``capacity`` entries (``pos`` one more), or the one count it reports."""
         key = (b.level, b.array) if b.role == "output_bounded" else "needed"
         arr = self.bounded.get(key)
         if arr is None:
             if key == "needed":
-                arr = np.zeros(len(self.low.bounded), np.int64)
+                arr = np.zeros(1, np.int64)
             else:
                 from .ir.types import to_numpy
                 if b.array == "vals":
@@ -1327,7 +1330,7 @@ class _Output:
     def needed(self) -> int:
         """Entries a bounded-append kernel needed (0 when it grows its own arrays)."""
         counts = self.bounded.get("needed")
-        return int(counts.max()) if counts is not None and counts.size else 0
+        return int(counts[0]) if counts is not None else 0
 
     def discard(self):
         for ptr in self.grow.values():
@@ -1347,8 +1350,8 @@ class _Output:
     def _taken(self, key, n, dtype):
         """The first ``n`` entries of an array the kernel appended to."""
         if key in self.bounded:
-            arr = self.bounded[key][:n]
-            return arr.copy() if 4 * (self.bounded[key].shape[0] - n) > n else arr
+            whole = self.bounded[key]
+            return whole[:n].copy() if _mostly_unused(n, whole.shape[0]) else whole[:n]
         return self._take(key, n, dtype)
 
     def _take(self, key, n, dtype):
@@ -1367,7 +1370,7 @@ class _Output:
             return np.zeros(0, dtype=dtype)
         nbytes = n * dtype.itemsize
         capacity = self.capacity
-        if capacity is None or n > capacity or 4 * (capacity - n) > capacity:
+        if capacity is None or n > capacity or _mostly_unused(n, capacity):
             trimmed = _realloc(ptr, nbytes)
             if trimmed:
                 ptr = trimmed

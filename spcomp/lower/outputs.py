@@ -197,7 +197,7 @@ class AppendSink(Sink):
 
     def bind_bounded(self, needed):
         """Append into arrays the runtime allocated at ``capacity`` entries: store
-        what fits, count everything, and write each group's count to ``needed``."""
+        what fits, count everything, and write the largest group's count to ``needed``."""
         self.needed = needed
 
     def _fits(self, group, p, stores) -> list:
@@ -285,9 +285,13 @@ class AppendSink(Sink):
             out.append(n.For(q, n.i64(0), self.lw.dense_positions(self.chain[:self.d]), n.block(
                 n.If(n.Binary("<", n.Load(pos, nxt), prev), n.block(n.Store(pos, nxt, prev))))))
         if self.needed is not None:
-            out.append(n.Comment("the entries each group needed: the runtime runs again when they did not fit"))
-            for k, g in enumerate(sorted(self.counters)):
-                out.append(n.Store(self.needed, n.i64(k), self.counters[g]))
+            out.append(n.Comment("the entries the largest group needed: the runtime runs again when they "
+                                 "did not fit"))
+            groups = [self.counters[g] for g in sorted(self.counters)]
+            most = groups[0]
+            for count in groups[1:]:
+                most = n.Binary("max", most, count)
+            out.append(n.Store(self.needed, n.i64(0), most))
         if self.overflow is not None:
             out.append(n.If(n.Binary("!=", self.overflow, n.Const(0, I32)),
                             n.block(n.Return(n.STATUS_PACKED_OVERFLOW))))
