@@ -188,7 +188,7 @@ class Kernel:
             text += (f"\n(on CPU threads: each thread appends its {low.parallel} rows instead of counting "
                      "them first, and the runtime joins the chunks)")
         for name, diag in getattr(low, "diagonals", {}).items():
-            kept = list(dict.fromkeys(diag.indices))
+            kept = [diag.indices[d] for d in diag.kept]
             text += (f"\n(diagonal: {name}[{','.join(kept)}] = {diag.operand}[{','.join(diag.indices)}], "
                      f"the entries of {diag.operand} on it, gathered at each call)")
         if low.bounded:
@@ -474,18 +474,16 @@ class Kernel:
         hit = self._tensor_cache.get(key)
         if hit is not None and hit[0]() is tensor:
             return hit[1]
-        first = {}
+        kept = list(diag.kept)
         for d, k in enumerate(diag.dims):
-            if k in first and tensor.shape[first[k]] != tensor.shape[d]:
-                raise ShapeError(f"operand {operand}: dimensions {first[k]} and {d} are both indexed by "
-                                 f"{diag.indices[d]} but have sizes {tensor.shape[first[k]]} and "
+            if tensor.shape[kept[k]] != tensor.shape[d]:
+                raise ShapeError(f"operand {operand}: dimensions {kept[k]} and {d} are both indexed by "
+                                 f"{diag.indices[d]} but have sizes {tensor.shape[kept[k]]} and "
                                  f"{tensor.shape[d]}")
-            first.setdefault(k, d)
         coords, values = tensor.to_coo()
         keep = np.ones(values.shape[0], dtype=bool)
         for d, k in enumerate(diag.dims):
-            keep &= coords[d] == coords[first[k]]
-        kept = [first[k] for k in range(len(first))]
+            keep &= coords[d] == coords[kept[k]]
         from .runtime import Tensor
         out = Tensor.from_coo(coords[kept][:, keep], values[keep], tuple(tensor.shape[d] for d in kept),
                               diag.format, dtype=dtype)
@@ -1133,12 +1131,12 @@ class _CallPlan:
         out_t = notation.lhs.tensor
         self.storages = []
         self.derived = {}  # storage -> the diagonal storage it is read through (diagonal.py)
+        diagonals = getattr(low, "diagonals", {})  # absent from kernels saved before diagonals
         seen = set()
         for b in low.bindings:
             if b.role != "input" or b.storage in seen:
                 continue
             seen.add(b.storage)
-            diagonals = getattr(low, "diagonals", {})
             if b.storage in low.transposes:
                 operand, fmt = low.transposes[b.storage]
                 if operand in diagonals:  # a transposed copy of a diagonal storage
@@ -1167,7 +1165,7 @@ class _CallPlan:
                 continue
             checked.add(acc)
             shown = low.transposes.get(name, (name,))[0]
-            diagonal = getattr(low, "diagonals", {}).get(shown)
+            diagonal = diagonals.get(shown)
             if diagonal is not None:
                 shown = diagonal.operand
             if name.endswith("_old") and name[:-4] == kernel.output_name:

@@ -26,17 +26,27 @@ class Diagonal:
     indices: tuple        # the access's index names, per operand dimension (for messages)
     format: Format        # the diagonal storage's own format (diagonal_format)
 
+    @property
+    def kept(self) -> tuple:
+        """Per diagonal dimension, the operand dimension it comes from (the first of
+        those its index covers)."""
+        return kept_dims(self.dims)
 
-def diagonal_format(fmt: Format, dims: tuple, ndim: int) -> Format:
+
+def kept_dims(dims: tuple) -> tuple:
+    """For ``dims`` (operand dimension -> diagonal dimension), the first operand
+    dimension of each diagonal dimension."""
+    return tuple(dims.index(k) for k in range(max(dims) + 1))
+
+
+def diagonal_format(fmt: Format, dims: tuple) -> Format:
     """The diagonal's storage: the operand's levels of the dimensions kept (each
     repeated index keeps its first dimension), in the operand's storage order, with
     coordinate-list and packed levels made compressed (the runtime sums duplicates)."""
-    first = {}
-    for d, k in enumerate(dims):
-        first.setdefault(k, d)
-    kept = [(level, dims[d]) for level, d in zip(fmt.levels, fmt.order) if first[dims[d]] == d]
-    levels = tuple(level if level.is_dense else Compressed() for level, _ in kept)
-    return Format(levels, tuple(k for _, k in kept))
+    kept = kept_dims(dims)
+    levels = [(level, dims[d]) for level, d in zip(fmt.levels, fmt.order) if kept[dims[d]] == d]
+    return Format(tuple(level if level.is_dense else Compressed() for level, _ in levels),
+                  tuple(k for _, k in levels))
 
 
 def diagonal_storages(rhs, taken: set):
@@ -54,7 +64,7 @@ def diagonal_storages(rhs, taken: set):
         while name in taken:
             name, k = f"{acc.tensor.name}_diag{k}", k + 1
         taken.add(name)
-        storage = TensorVar(name, len(unique), diagonal_format(fmt, dims, len(unique)), acc.tensor.dtype)
+        storage = TensorVar(name, len(unique), diagonal_format(fmt, dims), acc.tensor.dtype)
         found[name] = Diagonal(acc.tensor.name, fmt, dims, tuple(names), storage.format)
         rhs = replace(rhs, acc, Access(storage, tuple(unique)))
     return rhs, found
