@@ -11,7 +11,6 @@ one thread they tie (1.45 vs 1.34 ms), so one thread keeps NumPy's copy.
 """
 from __future__ import annotations
 
-import dataclasses
 import string
 import threading
 
@@ -37,8 +36,9 @@ def copy_expression(order: tuple) -> str:
     return f"T[{','.join(names)}] = E[{','.join(operand)}]"
 
 
-def _kernel(order: tuple, dtype: str):
-    key = (order, dtype)
+def copy_kernel(key: tuple):
+    """The compiled copy kernel for ``(order, dtype name)`` (compiled on first use)."""
+    order, dtype = key
     with _lock:
         k = _kernels.get(key)
     if k is None:
@@ -49,8 +49,7 @@ def _kernel(order: tuple, dtype: str):
         from .targets import get_target
         expression = copy_expression(order)
         notation = to_notation(expression, formats=None, dtypes=None, default_dtype=dtype)
-        options = dataclasses.replace(options_from_schedule(Schedule(), None, "relayout", "cpu"),
-                                      auto_layout=False)
+        options = options_from_schedule(Schedule().keep_layout(), None, "relayout", "cpu")
         k = Kernel(expression, notation, options, get_target("cpu"))
         with _lock:
             k = _kernels.setdefault(key, k)
@@ -69,11 +68,6 @@ def copies_of(storages) -> list:
     return list(dict.fromkeys(keys))
 
 
-def copy_kernel(key: tuple):
-    """The compiled copy kernel for ``(order, dtype name)`` (compiled on first use)."""
-    return _kernel(*key)
-
-
 def install(key: tuple, kernel) -> None:
     """Use ``kernel`` (one read from a saved kernel file) for ``key`` unless one is
     already there: a loaded kernel then copies without compiling."""
@@ -89,7 +83,7 @@ def relayout(value: np.ndarray, order: tuple, dtype: np.dtype) -> np.ndarray | N
             or not value.flags.c_contiguous or value.dtype != dtype or dtype.name not in DTYPES
             or tuple(order) == tuple(range(value.ndim))):
         return None
-    return _kernel(tuple(order), dtype.name)(E=value).reshape(-1)
+    return copy_kernel((tuple(order), dtype.name))(E=value).reshape(-1)
 
 
 __all__ = ["relayout", "copy_expression", "copies_of", "copy_kernel", "install", "MIN_ELEMENTS"]

@@ -311,7 +311,7 @@ def make_operands(notation, sizes: dict, rng, density=0.5, given: dict | None = 
     return out
 
 
-def stored_masks(ops: dict, notation, out_name: str) -> dict:
+def stored_masks(ops: dict, out_name: str) -> dict:
     """Where each sparse Tensor operand stores an entry (its coordinates, in
     dimension order), for the reference's division and product of stored values."""
     from ..runtime import Tensor
@@ -367,7 +367,7 @@ def check_kernel(expr: str, formats: dict | None = None, operands: dict | None =
     old = densify(ops[out_name]) if out_name in ops else None
     given_out = ops.get(out_name)
     sizes_seen = _index_sizes(notation, ops)
-    expected = reference(notation, dense_in, out=old, stored=stored_masks(ops, notation, out_name))
+    expected = reference(notation, dense_in, out=old, masks=stored_masks(ops, out_name))
 
     result = kernel(**ops)
 

@@ -137,10 +137,11 @@ def stored(e, operands: dict, sizes: dict, masks: dict | None = None):
     raise TypeError(e)
 
 
-def reference(assignment, operands: dict, out=None, stored: dict | None = None):
+def reference(assignment, operands: dict, out=None, masks: dict | None = None):
     """Evaluate ``assignment`` on dense float64 operands (name -> array).
 
-    ``out`` is the output's old value for ``+=``. Returns a float64 array in the
+    ``out`` is the output's old value for ``+=``; ``masks`` says where sparse
+    operands store entries (see :func:`evaluate`). Returns a float64 array in the
     output's dimension order (a 0-d array for a scalar output)."""
     from ..notation import accesses
     sizes = {}
@@ -152,7 +153,7 @@ def reference(assignment, operands: dict, out=None, stored: dict | None = None):
     if out is not None:
         for d, i in enumerate(lhs.indices):
             sizes.setdefault(i.name, np.shape(out)[d])
-    val, idx = evaluate(assignment.rhs, operands, sizes, stored)
+    val, idx = evaluate(assignment.rhs, operands, sizes, masks)
     target = [i.name for i in lhs.indices]
     result = np.array(_align(val, idx, target, sizes), dtype=np.float64)
     if assignment.accumulate and out is not None:
