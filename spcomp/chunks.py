@@ -27,8 +27,6 @@ import ctypes
 import numpy as np
 
 from .errors import KernelRuntimeError
-from .ir.types import to_numpy
-from .lower.context import level_array_type
 from .lower.outputs import MIN_CAPACITY
 from .runtime import threads as _threads
 
@@ -187,10 +185,8 @@ def _stitch(out, chunks, n: int, capacity: int) -> None:
         seg = pos_d[c.lo * rows_per + 1: c.hi * rows_per + 1]
         np.maximum.accumulate(seg, out=seg)
         counts[d].append(int(seg[-1]) if seg.size else 0)
-    def dtype_of(l, array):
-        return out.dtype if array == "vals" else to_numpy(level_array_type(levels[l], array, out.bits))
     for l in range(d + 1, m):
-        counts[l] = [int(_view(c.grow[(l, "pos")].value, counts[l - 1][t] + 1, dtype_of(l, "pos"))[-1])
+        counts[l] = [int(_view(c.grow[(l, "pos")].value, counts[l - 1][t] + 1, out.dtype_of(l, "pos"))[-1])
                      for t, c in enumerate(chunks)]
     starts = {l: np.concatenate([[0], np.cumsum(counts[l], dtype=np.int64)]) for l in counts}
     for l in range(d, m):
@@ -204,7 +200,7 @@ def _stitch(out, chunks, n: int, capacity: int) -> None:
     for key in chunks[0].grow:
         l, array = key
         group = l - 1 if array == "pos" else (m - 1 if array == "vals" else l)
-        dt = dtype_of(l, array)
+        dt = out.dtype_of(l, array)
         extra = 1 if array == "pos" else 0
         total = int(starts[group][-1]) + extra
         first = chunks[0].grow[key]

@@ -1307,6 +1307,13 @@ class _Output:
             arr = self.arrays[(b.level, b.array)]
         return _data_ptr(arr) if pointers else arr
 
+    def dtype_of(self, level: int, array: str) -> np.dtype:
+        """The NumPy dtype of one of the output's arrays (``vals``: the values')."""
+        if array == "vals":
+            return self.dtype
+        from .ir.types import to_numpy
+        return to_numpy(level_array_type(self.fmt.levels[level], array, self.bits))
+
     def _bounded_array(self, b):
         """An array the kernel appends into without growing it (Options.bounded_appends):
         ``capacity`` entries (``pos`` one more), or the one count it reports."""
@@ -1316,12 +1323,7 @@ class _Output:
             if key == "needed":
                 arr = np.zeros(1, np.int64)
             else:
-                from .ir.types import to_numpy
-                if b.array == "vals":
-                    dt = self.dtype
-                else:
-                    dt = to_numpy(level_array_type(self.fmt.levels[b.level], b.array, self.bits))
-                arr = np.zeros(self.capacity + (1 if b.array == "pos" else 0), dt)
+                arr = np.zeros(self.capacity + (1 if b.array == "pos" else 0), self.dtype_of(b.level, b.array))
             self.bounded[key] = arr
         return arr
 
@@ -1387,7 +1389,6 @@ class _Output:
                 return out.reshape(()).item() if out.size else 0.0
             inv = np.argsort(self.fmt.order)
             return np.transpose(out, inv)
-        from .ir.types import to_numpy
         from .runtime import Tensor
         levels = self.fmt.levels
         level_arrays = [dict() for _ in levels]
@@ -1396,16 +1397,14 @@ class _Output:
             kind = levels[l]
             arrs = {}
             for a in kind.arrays:
-                dt = to_numpy(level_array_type(kind, a, self.bits))
                 if (l, a) in self.arrays:
                     arrs[a] = self.arrays[(l, a)]
                 elif a == "pos":
-                    arrs[a] = self._taken((l, a), parent + 1, dt)
+                    arrs[a] = self._taken((l, a), parent + 1, self.dtype_of(l, a))
             count = kind.num_positions(parent, self.level_sizes[l], arrs)
             for a in kind.arrays:
                 if a not in arrs:
-                    dt = to_numpy(level_array_type(kind, a, self.bits))
-                    arrs[a] = self._taken((l, a), count, dt)
+                    arrs[a] = self._taken((l, a), count, self.dtype_of(l, a))
             level_arrays[l] = arrs
             parent = count
         if (-1, "vals") in self.arrays:
