@@ -91,3 +91,8 @@ class CacheError(SpcompError):
 class TranspositionWarning(UserWarning):
     """spcomp inserted a transposition (format conversion) of an operand to make
     its accesses concordant with the loop order."""
+
+
+class InsecureCacheWarning(UserWarning):
+    """spcomp did not use a cache directory (kernels, cuda-sim libraries) because
+    another user could write into it; it compiles without that cache instead."""

@@ -275,7 +275,7 @@ class Kernel:
                     compiled = self._backend.load(payload["compiled"], payload["lowered"])
                     lowered = payload["lowered"]
                     return _Variant(lowered, compiled, self._backend.entry(compiled, lowered))
-                except SpcompError:
+                except (SpcompError, KeyError, TypeError, AttributeError):
                     pass  # unusable here: rebuild below
         opt = Options(**{**options.__dict__, "index_bits": bits})
         if self._backend.name == "cpu":
@@ -289,14 +289,20 @@ class Kernel:
         return _Variant(lowered, compiled, self._backend.entry(compiled, lowered))
 
     # -------------------------------------------------------- save / load
-    def save(self, path) -> None:
+    def save(self, path, key=None) -> None:
         """Write this kernel (every index width compiled so far, the variants a call
         may pick, and the copy kernels of its auto-layout) to ``path``, to ship with an
-        inference script; :func:`spcomp.load` reads it without compiling."""
+        inference script; :func:`spcomp.load` reads it without compiling.
+
+        The file holds machine code: loading it runs that code in the loading
+        process, as loading a shared library does. With ``key`` (bytes or str, at
+        least 16 bytes) the file is signed (HMAC-SHA256), and ``spcomp.load(path,
+        key=key)`` refuses a file that was not signed with it; without one it
+        carries a checksum, which detects damage but not tampering."""
         from pathlib import Path
 
-        from .runtime import cache
-        cache.write_atomic(Path(path), cache.pack(self._payload()))
+        from .runtime import cache, trust
+        cache.write_atomic(Path(path), cache.pack(self._payload(), trust.as_key(key)))
 
     def _payload(self) -> dict:
         if not hasattr(self._backend, "dump"):
@@ -328,16 +334,26 @@ class Kernel:
                     self._chunks_variant(bits)
 
     @classmethod
-    def load(cls, path) -> "Kernel":
+    def load(cls, path, key=None) -> "Kernel":
+        """The kernel :meth:`save` wrote to ``path``. Loading runs the machine code the
+        file holds: load only files you trust, as you would a shared library. With
+        ``key``, the file must be signed with it (``save(path, key=...)``); a signed
+        file needs its key. The file is checked (signature or checksum, format,
+        this machine and spcomp version) before anything in it is used."""
         from pathlib import Path
 
         from .errors import CacheError
-        from .runtime import cache
+        from .runtime import cache, trust
+        key = trust.as_key(key)
         try:
             data = Path(path).read_bytes()
         except OSError as e:
             raise CacheError(f"cannot read kernel file {path}: {e}") from None
-        return cls._from_payload(cache.unpack(data, str(path)), path)
+        payload = cache.unpack(data, str(path), key)
+        try:
+            return cls._from_payload(payload, path)
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise CacheError(f"{path}: not a saved kernel of this spcomp ({type(e).__name__}: {e})") from None
 
     @classmethod
     def _from_payload(cls, payload: dict, path) -> "Kernel":

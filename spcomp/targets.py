@@ -51,7 +51,10 @@ class CpuTarget:
         from . import __version__
         from .backends.cpu import host_cpu_key
         from .backends.cpu.jit import llvm_version
-        return (host_cpu_key(), llvmlite.__version__, llvm_version(), __version__, _source_digest())
+        from .backends.cpu.parallel import gomp_library
+        # kernels built where libgomp loads call GOMP_parallel: elsewhere they could not link
+        threads = "libgomp" if gomp_library() else "no-libgomp"
+        return (host_cpu_key(), llvmlite.__version__, llvm_version(), __version__, _source_digest(), threads)
 
     def dump(self, compiled) -> dict:
         return {"object": compiled.object_code, "llvm_ir": self.source(compiled)}

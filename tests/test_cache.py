@@ -90,8 +90,9 @@ def test_save_and_load_round_trip(cache_dir, tmp_path):
 
 
 def test_loading_a_corrupt_saved_kernel_raises(tmp_path):
+    from spcomp.runtime.cache import MAGIC
     path = tmp_path / "bad.spk"
-    path.write_bytes(b"SPCOMP-KERNEL-1\n" + b"0" * 64 + b"\nnot a pickle")
+    path.write_bytes(MAGIC + b"sha256 " + b"0" * 64 + b"\nnot a record")
     with pytest.raises(CacheError, match="checksum"):
         spcomp.load(path)
     with pytest.raises(CacheError, match="cannot read"):

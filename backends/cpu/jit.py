@@ -268,4 +268,8 @@ def load_object(object_code: bytes, ir_module: n.Module) -> CompiledModule:
 
     ``ir_module`` gives the function signatures; it must be the module compiled."""
     _check_object(object_code)
+    from .parallel import gomp_library
+    if b"GOMP_parallel" in bytes(object_code) and gomp_library() is None:
+        raise CacheError("the object code runs on libgomp's threads, and libgomp cannot be loaded here; "
+                         "recompile the kernel on this machine")
     return CompiledModule(ir_module, object_code)

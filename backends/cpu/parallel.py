@@ -34,10 +34,14 @@ _gomp_path: str | None | bool = False
 
 
 def gomp_library() -> str | None:
-    """Path of libgomp when it can be loaded into this process, else None."""
+    """Path of libgomp when it can be loaded into this process, else None.
+
+    ``SPCOMP_LIBGOMP=0`` (read once, at the first compile) runs parallel kernels on
+    spcomp's Python thread pool instead, as on a machine without libgomp."""
     global _gomp_path
     if _gomp_path is False:
-        path = ctypes.util.find_library("gomp")
+        import os
+        path = None if os.environ.get("SPCOMP_LIBGOMP", "1") == "0" else ctypes.util.find_library("gomp")
         try:
             if path:
                 ctypes.CDLL(path)

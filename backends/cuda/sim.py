@@ -8,8 +8,11 @@ runs the kernel over the grid: blocks on a few worker threads, the threads of a
 block as cooperative fibers, so ``__syncthreads``, ``__syncwarp`` and the warp
 shuffles are real barriers (see the header for the full model).
 
-Libraries are cached in ``$TMPDIR/spcomp-cuda-sim-<uid>/`` under the hash of
-header, source and compiler flags, and in memory per process.
+Libraries are cached in memory per process and, signed with the user's key, in
+the kernel cache's private directory (``cuda-sim/``, see :mod:`spcomp.runtime.trust`)
+under the hash of header, source and compiler flags. A cached library is loaded
+only after its HMAC checks out, from an anonymous in-memory file (``memfd``), so
+nothing another user can write is ever ``dlopen``-ed.
 
     sim = compile_sim(emit_module(module))
     status = sim.launch("spmv", [n, pos, crd, vals, x, y], grid=4, block=64)
@@ -88,11 +91,10 @@ def _launcher(sig: KernelSignature) -> str:
 class SimModule:
     """A compiled cuda-sim library: ``launch`` runs one of its kernels."""
 
-    def __init__(self, path: Path, kernels: dict, source: str):
-        self.path = path
+    def __init__(self, library: bytes, kernels: dict, source: str):
         self.kernels = kernels
         self.source = source
-        self._lib = ctypes.CDLL(str(path))
+        self._lib = _dlopen_bytes(library)
         self._fns = {}
         for name in kernels:
             fn = getattr(self._lib, f"spc_sim_launch_{name}")
@@ -140,12 +142,86 @@ class SimModule:
 
 _cache: dict[str, SimModule] = {}
 _lock = threading.Lock()
+SIM_MAGIC = b"SPCOMP-SIM-1\n"
 
 
-def cache_dir() -> Path:
-    d = Path(tempfile.gettempdir()) / f"spcomp-cuda-sim-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+def _dlopen_bytes(library: bytes) -> ctypes.CDLL:
+    """Load a shared library from bytes already verified, through an anonymous
+    in-memory file: no path another process could swap between check and load.
+
+    The file stays open with the library: the dynamic loader knows a library by
+    its path, so a reused descriptor number would hand back the old library."""
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        fd = os.memfd_create("spcomp-cuda-sim", getattr(os, "MFD_CLOEXEC", 0))
+        try:
+            view = memoryview(library)
+            while view:
+                view = view[os.write(fd, view):]
+            lib = ctypes.CDLL(f"/proc/self/fd/{fd}")
+        except BaseException:
+            os.close(fd)
+            raise
+        _open_libraries.append(fd)
+        return lib
+    with tempfile.TemporaryDirectory(prefix="spcomp-sim-") as tmp:  # 0700, this process's own
+        path = Path(tmp) / f"kernel-{len(_open_libraries)}.so"
+        path.write_bytes(library)
+        lib = ctypes.CDLL(str(path))
+        _open_libraries.append(path)
+        return lib
+
+
+_open_libraries: list = []  # memfd descriptors of the loaded libraries (kept open, see above)
+
+
+def _build(cxx: str, header: Path, full: str) -> bytes:
+    """The shared library of ``full`` (CUDA C plus launchers), compiled in a private
+    temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="spcomp-sim-") as tmp:
+        src = Path(tmp) / "kernel.cu"
+        src.write_text(full)
+        out = Path(tmp) / "kernel.so"
+        cmd = [cxx, *CXXFLAGS, "-include", str(header), "-x", "c++", str(src), "-o", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise CudaSimError(f"cuda-sim: the host compiler rejected the CUDA source:\n"
+                               f"{proc.stderr.strip()}\n[command: {' '.join(cmd)}]")
+        return out.read_bytes()
+
+
+def _cached_library(key: str) -> bytes | None:
+    """The library cached under ``key``, when its signature checks out."""
+    from spcomp.runtime import cache, trust
+    folder, user_key = cache.trusted_dir()
+    if folder is None:
+        return None
+    path = folder / cache.SIM_FOLDER / f"{key}.sim"
+    try:
+        data = trust.read_private(path)
+        if not data.startswith(SIM_MAGIC):
+            raise errors.CacheError(f"{path}: not a cuda-sim library")
+        library = trust.verify(data[len(SIM_MAGIC):], user_key, str(path), "cache key")
+    except FileNotFoundError:
+        return None
+    except (OSError, errors.CacheError):
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        return None
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+    return library
+
+
+def _store_library(key: str, library: bytes) -> None:
+    from spcomp.runtime import cache, trust
+    folder, user_key = cache.trusted_dir()
+    if folder is not None:
+        cache.store_bytes(folder, folder / cache.SIM_FOLDER / f"{key}.sim",
+                          SIM_MAGIC + trust.sign(library, user_key) + library)
 
 
 def compile_sim(cuda_source: str) -> SimModule:
@@ -162,19 +238,11 @@ def compile_sim(cuda_source: str) -> SimModule:
     with _lock:
         if key in _cache:
             return _cache[key]
-        out = cache_dir() / f"{key}.so"
-        if not out.exists():
-            with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
-                src = Path(tmp) / "kernel.cu"
-                src.write_text(full)
-                tmp_so = Path(tmp) / "kernel.so"
-                cmd = [cxx, *CXXFLAGS, "-include", str(header), "-x", "c++", str(src), "-o", str(tmp_so)]
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                if proc.returncode != 0:
-                    raise CudaSimError(f"cuda-sim: the host compiler rejected the CUDA source:\n"
-                                       f"{proc.stderr.strip()}\n[command: {' '.join(cmd)}]")
-                os.replace(tmp_so, out)
-        module = SimModule(out, kernels, cuda_source)
+        library = _cached_library(key)
+        if library is None:
+            library = _build(cxx, header, full)
+            _store_library(key, library)
+        module = SimModule(library, kernels, cuda_source)
         _cache[key] = module
         return module
 
