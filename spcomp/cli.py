@@ -38,7 +38,8 @@ class UsageError(Exception):
 
 
 # ------------------------------------------------------------------ the parser
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (public so that tests and docs can read its options and help)."""
     p = argparse.ArgumentParser(
         prog="spcomp", description=__doc__.split("\n\n")[0].replace("\n", " "),
         epilog="exit status: 0 the result matches NumPy, 1 numeric mismatch, "
@@ -280,7 +281,7 @@ def _first_line(e: BaseException) -> str:
 def main(argv=None) -> int:
     """Run the command line and return its exit status (see the module docstring)."""
     try:
-        args = _parser().parse_args(argv)
+        args = build_parser().parse_args(argv)
     except SystemExit as e:  # argparse: --help exits 0, a usage error 2
         return e.code if isinstance(e.code, int) else EXIT_ERROR
     from .errors import SpcompError
