@@ -8,6 +8,7 @@ an optional mode order after a colon (``"dc:1,0"`` is CSC), or a preset name:
 """
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 
@@ -190,7 +191,8 @@ def _parse_levels(text: str) -> tuple:
         m = _LEVEL.match(text, pos)
         if not m:
             raise FormatError(f"format {text!r}: cannot read a level at {text[pos:]!r}; levels are "
-                              "d, c, q, p(B,K) or a preset (dense csr csc coo dcsr csf ell twell)")
+                              "d, c, q, p(B,K) or a preset (dense csr csc coo dcsr csf ell twell)"
+                              + _did_you_mean(text))
         letter, args = m.group(1), m.group(2)
         flags = [a.strip() for a in args.split(",")] if args is not None else []
         levels.append(_make_level(letter, flags, text))
@@ -198,6 +200,20 @@ def _parse_levels(text: str) -> tuple:
     if not levels:
         raise FormatError(f"format {text!r} has no levels")
     return tuple(levels)
+
+
+_PRESETS = ("dense", "csr", "csc", "coo", "dcsr", "csf", "ell", "twell")
+
+
+def _did_you_mean(text: str) -> str:
+    """A hint for a misspelt preset (``CSR``, ``cssr``): such a string fails as level
+    letters, and the level error alone would not tell the user which name they meant."""
+    m = re.match(r"\s*([A-Za-z]+)(.*)$", text, re.S)
+    if not m:
+        return ""
+    word, rest = m.group(1).lower(), m.group(2)
+    close = difflib.get_close_matches(word, _PRESETS, n=1, cutoff=0.6)
+    return f"; did you mean {close[0] + rest!r}?" if close else ""
 
 
 def _make_level(letter: str, flags: list, text: str) -> Level:
