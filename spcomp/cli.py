@@ -2,6 +2,7 @@
 check against NumPy, print the generated code and the time.
 
 ``--emit ir|llvm|loops|notation|cuda`` prints that stage only and runs nothing.
+``python -m spcomp cache --info`` / ``--clear`` shows or empties the disk cache.
 
 Exit status: 0 the result matches NumPy, 1 it does not (a numeric mismatch and
 nothing else), 2 anything else that stops the run: a bad command line, an spcomp
@@ -12,7 +13,9 @@ every failure prints one ``spcomp: ...`` message instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 import time
 import warnings
 from dataclasses import dataclass
@@ -278,9 +281,37 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else "(no message)"
 
 
+def cache_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spcomp cache", description="the disk cache of compiled kernels "
+                                "(SPCOMP_CACHE_DIR, size limit SPCOMP_CACHE_MAX)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--info", action="store_true", help="print where it is, what it holds and its limit "
+                      "(the default)")
+    what.add_argument("--clear", action="store_true", help="remove every cached kernel and cuda-sim library")
+    return p
+
+
+def _cache_command(argv) -> int:
+    from .runtime import cache
+    args = cache_parser().parse_args(argv)
+    if args.clear:
+        print(f"removed {cache.clear()} files from {cache.cache_dir()}")
+        return EXIT_MATCH
+    info = cache.info()
+    print(f"path     {info['path']}")
+    print(f"usable   {'yes' if info['usable'] else 'no'}" + (f" ({info['why']})" if info["why"] else ""))
+    print(f"kernels  {info['entries']}")
+    print(f"cuda-sim {info['libraries']} libraries")
+    print(f"size     {info['bytes'] / 2**20:.1f} MiB of {info['limit'] / 2**20:.0f} MiB")
+    return EXIT_MATCH if info["usable"] else EXIT_ERROR
+
+
 def main(argv=None) -> int:
     """Run the command line and return its exit status (see the module docstring)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        if argv[:1] == ["cache"]:
+            return _cache_command(argv[1:])
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # argparse: --help exits 0, a usage error 2
         return e.code if isinstance(e.code, int) else EXIT_ERROR
@@ -295,8 +326,11 @@ def main(argv=None) -> int:
         print("spcomp: out of memory while running the kernel; pass a smaller --size or --density",
               file=sys.stderr)
     except Exception as e:  # a bug in spcomp: say so, but never let it read as a mismatch (1)
+        if os.environ.get("SPCOMP_TRACEBACK"):
+            traceback.print_exc()
         print(f"spcomp: internal error: {type(e).__name__}: {_first_line(e)} "
-              "(this is a bug in spcomp; please report it with the command line)", file=sys.stderr)
+              "(this is a bug in spcomp; please report it with the command line; "
+              "SPCOMP_TRACEBACK=1 prints the traceback)", file=sys.stderr)
     return EXIT_ERROR
 
 

@@ -248,3 +248,21 @@ def test_any_numbers_exit_0_or_2_without_a_traceback(size, density, repeat, seed
     assert code == (0 if _valid(size, density, repeat, seed) else 2), err.getvalue()
     if code == 2:
         assert err.getvalue().startswith("spcomp: "), err.getvalue()
+
+
+def test_cache_info_and_clear(tmp_path, monkeypatch, capsys):
+    import spcomp
+    monkeypatch.setenv("SPCOMP_CACHE_DIR", str(tmp_path / "c"))
+    spcomp.clear_cache()
+    spcomp.compile("y[i] = A[i,j]*x[j]", formats={"A": "csr"}, name="cli_cache")
+    assert cli.main(["cache", "--info"]) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / "c") in out and "kernels  1" in out
+    assert cli.main(["cache", "--clear"]) == 0
+    assert "removed 1 files" in capsys.readouterr().out
+    assert cli.main(["cache"]) == 0 and "kernels  0" in capsys.readouterr().out
+    monkeypatch.setenv("SPCOMP_CACHE_DIR", str(tmp_path))
+    (tmp_path).chmod(0o777)
+    assert cli.main(["cache", "--info"]) == 2
+    assert "writable by other users" in capsys.readouterr().out
+    spcomp.clear_cache()
