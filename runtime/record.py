@@ -32,12 +32,12 @@ RECORD_VERSION = 1
 
 # every module whose dataclasses may appear in a record
 RECORD_MODULES = (
-    "spcomp.ir.types", "spcomp.ir.nodes", "spcomp.notation.nodes",
+    "spcomp.ir.types", "spcomp.ir.nodes", "spcomp.ir.target", "spcomp.notation.nodes",
     "spcomp.formats.level", "spcomp.formats.dense", "spcomp.formats.compressed",
     "spcomp.formats.singleton", "spcomp.formats.packed", "spcomp.formats.format",
-    "spcomp.lower.context", "spcomp.lower.lowerer", "spcomp.lower.split",
+    "spcomp.lower.context", "spcomp.lower.record", "spcomp.lower.split",
     "spcomp.lower.diagonal", "spcomp.lower.assembly", "spcomp.lower.blas",
-    "spcomp.gpu_default",
+    "spcomp.backends.cuda.default_schedule",
 )
 
 
@@ -65,9 +65,10 @@ _SCHEMA: str | None = None
 def _tables():
     global _CLASSES, _TAGS, _SCHEMA
     if _CLASSES is None:
+        from spcomp.lower.record import LOWERED_VERSION
         classes = _registry()
         shape = sorted((tag, [f.name for f in dataclasses.fields(cls)]) for tag, cls in classes.items())
-        _SCHEMA = hashlib.sha256(repr((RECORD_VERSION, shape)).encode()).hexdigest()[:16]
+        _SCHEMA = hashlib.sha256(repr((RECORD_VERSION, LOWERED_VERSION, shape)).encode()).hexdigest()[:16]
         _TAGS = {cls: tag for tag, cls in classes.items()}
         _CLASSES = classes
     return _CLASSES, _TAGS

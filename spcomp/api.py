@@ -10,7 +10,7 @@ from .formats import Format
 from .kernel import Kernel
 from .lower.lowerer import Options
 from .schedule import Schedule
-from .targets import get_target
+from .backends import get_target
 
 _cache: dict = {}
 _cache_lock = threading.Lock()
@@ -63,8 +63,9 @@ def compile(expression: str, formats: dict | None = None, dtype="float64", sched
     if kernel is None:
         notation = to_notation(expression, formats=formats, dtypes=dtypes, default_dtype=dtype)
         _check_schedule_names(schedule, notation)
-        options = options_from_schedule(schedule, drop_zeros, name, backend)
-        kernel = Kernel(expression, notation, options, get_target(backend), schedule)
+        target = get_target(backend)
+        options = options_from_schedule(schedule, drop_zeros, name, target.capabilities)
+        kernel = Kernel(expression, notation, options, target, schedule)
         with _cache_lock:
             _cache[key] = kernel
     for w in kernel.warnings:  # on every compile, cached or not: the copy happens on every call
@@ -92,40 +93,9 @@ def _check_schedule_names(schedule: Schedule, notation) -> None:
                                     f"(its indices: {', '.join(sorted(used)) or 'none'})")
 
 
-def options_from_schedule(schedule: Schedule, drop_zeros, name, backend) -> Options:
-    par = schedule.parallel
-    kind = "threads" if backend == "cpu" else "gpu-thread"
-    if schedule.get("sequential"):
-        parallel = None
-    elif par is not None:
-        parallel, kind = par[0], par[1]
-        if (kind == "threads") != (backend == "cpu"):
-            from .errors import ScheduleError
-            raise ScheduleError(f"parallelize({parallel!r}, {kind!r}) does not fit backend {backend!r}: "
-                                f"use 'threads' on cpu and gpu-block/gpu-thread/gpu-warp on cuda")
-    else:
-        parallel = "auto"
-    return Options(
-        drop_zeros=drop_zeros,
-        parallel=parallel,
-        parallel_kind=kind,
-        order=schedule.order,
-        precompute=tuple(p[0] for p in schedule.get("precompute")),
-        vectorize=tuple((v[0], v[1]) for v in schedule.get("vectorize")),
-        unroll=tuple((u[0], u[1]) for u in schedule.get("unroll")),
-        auto_precompute=not schedule.get("no_precompute"),
-        blas=backend == "cpu" and not schedule.get("no_blas"),
-        auto_layout=not schedule.get("keep_layout"),
-        bounded_appends=backend != "cpu",
-        vector_gathers=backend != "cpu" or _host_gathers_fast(),
-        split=tuple(tuple(s) for s in schedule.get("split")),
-        name=name,
-    )
-
-
-def _host_gathers_fast() -> bool:
-    from .backends.cpu.jit import host_gathers_fast
-    return host_gathers_fast()
+def options_from_schedule(schedule: Schedule, drop_zeros, name, caps) -> Options:
+    """The lowering options of ``schedule`` for a backend with capabilities ``caps``."""
+    return Options.from_schedule(schedule, drop_zeros, name, caps)
 
 
 def clear_cache() -> None:

@@ -154,7 +154,8 @@ def record_splits(monkeypatch) -> list:
     import spcomp
     from spcomp.runtime import threads as _threads
     split = []
-    real_bounds = spcomp.Kernel._bounds
+    from spcomp.runtime.launch import Launcher
+    real_bounds = Launcher.bounds
     real_ranges = _threads.run_ranges
 
     def bounds(self, rows, nthreads, pos):
@@ -171,26 +172,16 @@ def record_splits(monkeypatch) -> list:
         if len(ran) > 1:
             split.append(len(ran))
         return statuses
-    monkeypatch.setattr(spcomp.Kernel, "_bounds", bounds)
+    monkeypatch.setattr(Launcher, "bounds", bounds)
     monkeypatch.setattr(_threads, "run_ranges", run_ranges)
     return split
 
 
-@pytest.fixture(autouse=True)
-def _unzeroed_outputs_hold_garbage(monkeypatch):
+def pytest_configure(config):
     """Every test runs with the fresh dense outputs the runtime leaves unzeroed
     (a kernel that stores every element, spcomp/lower/coverage.py) filled with NaN
     bytes instead of whatever ``np.empty`` returned, which is often zero by luck: a
     kernel that skips an element it promised to store then fails its check, in
     every property and example test."""
-    import numpy as np
-    import spcomp.kernel as kernel_module
-    real = kernel_module._fresh_output
-
-    def fresh(shape, dtype, overwrite):
-        out = real(shape, dtype, overwrite)
-        if overwrite:
-            out.reshape(-1).view(np.uint8).fill(0xFF)
-        return out
-
-    monkeypatch.setattr(kernel_module, "_fresh_output", fresh)
+    from spcomp.runtime.outputs import poison_unzeroed
+    poison_unzeroed(True)

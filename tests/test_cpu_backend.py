@@ -579,7 +579,7 @@ spcomp.set_num_threads(4)
 A = sp.random(3000, 3000, density=0.05, format="csr", random_state=1)  # work above the threshold
 x = np.random.default_rng(2).standard_normal(3000)
 k = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"})
-assert k._variants[32].compiled.parallel_driver("kernel") is not None, "no native driver"
+assert k.variant().compiled.parallel_driver("kernel") is not None, "no native driver"
 y = k(A=A, x=x)
 spcomp.set_num_threads(1)
 assert np.array_equal(y, k(A=A, x=x)), "driver result differs from one thread"
@@ -623,13 +623,13 @@ def test_concurrent_first_calls_share_one_bounds_array(monkeypatch):
         return real_split(*args, **kw)
     monkeypatch.setattr(threads_module, "split", slow_split)
     got = []
-    workers = [threading.Thread(target=lambda: got.append(k._bounds(5000, 2, None))) for _ in range(2)]
+    workers = [threading.Thread(target=lambda: got.append(k.runtime.launcher.bounds(5000, 2, None))) for _ in range(2)]
     for t in workers:
         t.start()
     for t in workers:
         t.join()
     assert len(got) == 2 and got[0] is got[1]
-    assert k._bounds_cache[(5000, 2, None)][1] is got[0]
+    assert k.runtime.launcher.bounds_cache[(5000, 2, None)][1] is got[0]
     np.testing.assert_array_equal(got[0], [0, 2500, 5000])
 
 

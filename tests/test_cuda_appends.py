@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 import spcomp
 from spcomp.backends.cuda import nvcc
-from spcomp.kernel import Kernel
+from spcomp.runtime import launch
+from spcomp.runtime.launch import Launcher
 from spcomp.testing import check_kernel, random_operands
 
 CASES = [
@@ -29,12 +30,12 @@ SIZES = {"i": 23, "j": 19, "k": 17}
 def _runs(monkeypatch) -> list:
     """Count the kernel launches of each call."""
     runs = []
-    real = Kernel._run
+    real = Launcher.run
 
     def counted(self, *args, **kwargs):
         runs.append(1)
         return real(self, *args, **kwargs)
-    monkeypatch.setattr(Kernel, "_run", counted)
+    monkeypatch.setattr(Launcher, "run", counted)
     return runs
 
 
@@ -53,7 +54,7 @@ def test_a_second_launch_only_when_the_first_did_not_fit(monkeypatch, capacity, 
     k = spcomp.compile(expr, formats=formats, backend="cuda-sim")
     ops = random_operands(k, sizes=SIZES, density=0.4, seed=1)
     want = k(**ops).to_numpy()  # whatever capacity the runtime guessed
-    monkeypatch.setattr(Kernel, "_initial_capacity", lambda self, *a: capacity)
+    monkeypatch.setattr(launch, "FIRST_CAPACITY", capacity)
     runs = _runs(monkeypatch)
     got = k(**ops)
     assert len(runs) == launches
@@ -73,12 +74,9 @@ def test_a_second_launch_only_when_the_first_did_not_fit(monkeypatch, capacity, 
 def test_any_first_capacity_gives_the_reference(case, density, seed, capacity, sizes):
     """Whatever the runtime's first guess, the result is the reference's."""
     expr, formats = case
-    real = Kernel._initial_capacity
-    Kernel._initial_capacity = lambda self, *a: capacity
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(launch, "FIRST_CAPACITY", capacity)
         check_kernel(expr, formats, backend="cuda-sim", sizes=sizes, density=density, seed=seed)
-    finally:
-        Kernel._initial_capacity = real
 
 
 @pytest.mark.skipif(not nvcc.nvcc_available(), reason="nvcc (the CUDA toolkit) is not installed")

@@ -890,7 +890,7 @@ def test_check_refuses_cpu_kernels_and_reports_nvcc_errors(monkeypatch):
 @needs_nvcc
 def test_check_names_the_kernel_when_nvcc_fails(monkeypatch):
     g = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"}, backend="cuda-sim")
-    monkeypatch.setattr(type(g._backend), "source", lambda self, compiled: compiled[0] + "\nint broken = ;\n")
+    monkeypatch.setattr(type(g.target), "source", lambda self, compiled: compiled[0] + "\nint broken = ;\n")
     with pytest.raises(nvcc.NvccError, match=r"y\[i\] = A\[i,j\] \* x\[j\].*sm_80") as e:
         cuda.check(g)
     assert e.value.arch == "sm_80" and "broken" in e.value.log

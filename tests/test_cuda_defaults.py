@@ -20,7 +20,8 @@ import scipy.sparse as sp
 
 import spcomp
 import spcomp.backends.cuda as cuda
-from spcomp import Schedule, gpu_default
+from spcomp import Schedule
+from spcomp.backends.cuda import default_schedule as gpu_default
 from spcomp.backends.cuda import emit, nvcc, sim, staging
 from spcomp.testing import check_kernel, fit_packed
 
@@ -90,7 +91,7 @@ def test_the_same_kernel_switches_mapping_per_call(several_blocks):
     """One kernel: long rows run a warp per row, short rows a thread, then a warp again;
     the warp variant is built once, on the first call that needs it."""
     k = spcomp.compile(SPMV, formats=CSR, **SIM)
-    launcher = k._variants[32].function
+    launcher = k.variant().function
     assert set(launcher.built) == {"gpu-thread"}  # the warp variant is not built before it is needed
     x = np.ones(120)
     for lens, mapping in [(SHORT, "gpu-thread"), (LONG, "gpu-warp"), (SHORT, "gpu-thread"), (LONG, "gpu-warp")]:
@@ -238,6 +239,6 @@ def test_warp_variant_is_the_explicit_warp_kernel():
     """What the default launches for long rows is the same CUDA C as an explicit gpu-warp schedule."""
     k = spcomp.compile(SPMV, formats=CSR, **SIM)
     k(A=csr_rows(LONG, 120), x=np.ones(120))
-    low, compiled = k._variants[32].function.built["gpu-warp"]
+    low, compiled = k.variant().function.built["gpu-warp"]
     explicit = spcomp.compile(SPMV, formats=CSR, schedule=Schedule().parallelize("i", "gpu-warp"), **SIM)
-    assert k._backend.source(compiled) == explicit.source
+    assert k.target.source(compiled) == explicit.source

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 
 import spcomp
 from spcomp.errors import DTypeError, OperandError
-from spcomp.targets import CudaSimTarget, CudaTarget
+from spcomp.backends.cuda.target import CudaSimTarget, CudaTarget
 
 from spcomp.backends.cuda import sim
 

@@ -27,6 +27,7 @@ import spcomp
 import spcomp.backends.cuda as cuda
 from spcomp import Schedule
 from spcomp.api import options_from_schedule
+from spcomp.backends import get_target
 from spcomp.errors import ScheduleError, TranspositionWarning, UnsupportedError
 from spcomp.frontend import to_notation
 from spcomp.lower.lowerer import lower
@@ -81,7 +82,7 @@ def _rows_dense(ndim):
 def _parallel_index(case, dtype):
     """The loop the default GPU schedule parallelises (lowering only), or None."""
     notation = to_notation(case.text, formats=case.formats, default_dtype=dtype)
-    return lower(notation, options_from_schedule(Schedule(), None, "kernel", BACKEND)).parallel
+    return lower(notation, options_from_schedule(Schedule(), None, "kernel", get_target(BACKEND).capabilities)).threads.parallel
 
 
 def _schedule(case, how, dtype):

@@ -23,7 +23,7 @@ BACKENDS = ["cpu", pytest.param("cuda-sim", marks=pytest.mark.skipif(
 def test_ffn_kernel(expr, formats, sizes, dtype, backend):
     r = check_kernel(expr, formats, dtype=dtype, sizes=sizes, density=0.3, backend=backend)
     out = r.result
-    want = np.dtype(spcomp.kernel._np_dtype(dtype))
+    want = np.dtype(spcomp.runtime.plan.np_dtype(dtype))
     got = out.dtype if hasattr(out, "dtype") else None
     assert got == want
 

@@ -416,7 +416,8 @@ def test_vector_gathers_guess_and_its_override(monkeypatch):
         monkeypatch.setenv("SPCOMP_VECTOR_GATHERS", value)
         assert jit.host_gathers_fast() is fast
         from spcomp.api import options_from_schedule
-        opts = options_from_schedule(spcomp.Schedule(), None, "k", "cpu")
+        from spcomp.backends import get_target
+        opts = options_from_schedule(spcomp.Schedule(), None, "k", get_target("cpu").capabilities)
         assert opts.vector_gathers is fast
 
 
@@ -511,14 +512,14 @@ def test_spgemm_with_fill_in_and_csf_output():
 
 def _record_capacities(monkeypatch) -> list:
     """A list that collects the first capacity of every growable output a call sizes."""
-    import spcomp.kernel as kernel_module
+    from spcomp.runtime import launch
     capacities = []
-    real_capacity = kernel_module.Kernel._initial_capacity
+    real_capacity = launch.initial_capacity
 
-    def capacity(self, low, sizes, storages):
-        capacities.append(real_capacity(self, low, sizes, storages))
+    def capacity(*args):
+        capacities.append(real_capacity(*args))
         return capacities[-1]
-    monkeypatch.setattr(kernel_module.Kernel, "_initial_capacity", capacity)
+    monkeypatch.setattr(launch, "initial_capacity", capacity)
     return capacities
 
 
@@ -556,8 +557,8 @@ def test_one_pass_output_starts_at_the_product_count_and_is_kept_whole(monkeypat
     and with under a quarter unused the runtime hands them out without trimming them
     (trimming left malloc handing out fresh pages every call). A capacity far above
     the result is trimmed; one far below grows. Every result is SciPy's."""
-    import spcomp.kernel as kernel_module
     from conftest import spcomp_threads
+    from spcomp.runtime import launch, memory
     rng = np.random.default_rng(11)
     A = sp.random(400, 400, density=0.02, format="csr", random_state=rng)
     B = sp.random(400, 400, density=0.02, format="csr", random_state=rng)
@@ -567,12 +568,12 @@ def test_one_pass_output_starts_at_the_product_count_and_is_kept_whole(monkeypat
     assert products >= want.nnz > 0.75 * products
     k = spcomp.compile("C[i,j] = A[i,k] * B[k,j]", formats={"A": "csr", "B": "csr", "C": "csr"},
                        dtype="float64")
-    trims, real_realloc = [], kernel_module._realloc
-    monkeypatch.setattr(kernel_module, "_realloc", lambda p, nbytes: trims.append(nbytes) or real_realloc(p, nbytes))
+    trims, real_realloc = [], memory.realloc
+    monkeypatch.setattr(memory, "realloc", lambda p, nbytes: trims.append(nbytes) or real_realloc(p, nbytes))
     capacities = _record_capacities(monkeypatch)
     for forced, trimmed in [(None, False), (10 * products, True), (16, True)]:
         if forced is not None:
-            monkeypatch.setattr(kernel_module.Kernel, "_initial_capacity", lambda *a, c=forced: c)
+            monkeypatch.setattr(launch, "FIRST_CAPACITY", forced)
         trims.clear()
         with spcomp_threads(1):
             got = k(A=A, B=B).to_scipy("csr")
@@ -586,13 +587,13 @@ def test_a_product_with_many_collisions_starts_at_a_capped_capacity(monkeypatch)
     """Products far above the inputs' entries (an outer-product-like SpGEMM whose
     result is nearly dense) start the output at PRODUCT_GUESS_CAP times the inputs,
     not at the products, and grow from there; the result is still SciPy's."""
-    import spcomp.kernel as kernel_module
     from conftest import spcomp_threads
+    from spcomp.runtime import launch
     rng = np.random.default_rng(9)
     A = sp.random(600, 20, density=0.5, format="csr", random_state=rng)
     B = sp.random(20, 600, density=0.5, format="csr", random_state=rng)
     stored = A.nnz + B.nnz
-    assert A.nnz * B.nnz / B.shape[0] > 2 * kernel_module.PRODUCT_GUESS_CAP * stored
+    assert A.nnz * B.nnz / B.shape[0] > 2 * launch.PRODUCT_GUESS_CAP * stored
     capacities = _record_capacities(monkeypatch)
     k = spcomp.compile("C[i,j] = A[i,k] * B[k,j]", formats={"A": "csr", "B": "csr", "C": "csr"},
                        dtype="float64")
@@ -602,7 +603,7 @@ def test_a_product_with_many_collisions_starts_at_a_capped_capacity(monkeypatch)
     want.sort_indices()
     np.testing.assert_array_equal(got.indices, want.indices)
     np.testing.assert_allclose(got.data, want.data, rtol=1e-13)
-    assert capacities == [min(kernel_module.PRODUCT_GUESS_CAP * stored, 600 * 600)]
+    assert capacities == [min(launch.PRODUCT_GUESS_CAP * stored, 600 * 600)]
     assert want.nnz > capacities[0]  # it grew
 
 

@@ -51,7 +51,7 @@ def test_threads_copy_a_dense_operand_into_any_dimension_order(monkeypatch):
     exactly as NumPy's transpose does, and leaves what NumPy copies better alone."""
     import itertools
 
-    from spcomp import relayout
+    from spcomp.runtime import relayout
     from conftest import spcomp_threads
     monkeypatch.setattr(relayout, "MIN_ELEMENTS", 0)
     a = np.random.default_rng(1).standard_normal((5, 7, 3))
@@ -72,7 +72,7 @@ def test_threads_copy_a_dense_operand_into_any_dimension_order(monkeypatch):
 
 def test_sddmm_on_threads_reads_the_threads_copy_of_e(monkeypatch):
     """A two-thread SDDMM gets its E_T from the copy kernel and the one-thread bits."""
-    from spcomp import relayout
+    from spcomp.runtime import relayout
     from conftest import spcomp_threads
     monkeypatch.setattr(relayout, "MIN_ELEMENTS", 0)
     made = []
@@ -95,13 +95,13 @@ def test_saved_kernel_carries_its_copy_kernels(tmp_path, monkeypatch):
     """Kernel.save holds the copy kernels its auto-layout may run on threads: after
     spcomp.load in a process that never built them, a two-thread call copies E with
     the loaded one, compiles nothing, and gives the original kernel's bits."""
-    from spcomp import relayout
+    from spcomp.runtime import relayout
     from spcomp.kernel import Kernel
     from conftest import spcomp_threads
     monkeypatch.setattr(relayout, "MIN_ELEMENTS", 0)
     expr = "C[i,j] = B[i,j]*D[i,k]*E[k,j]"
     k = spcomp.compile(expr, formats={"B": "csr", "C": "csr"})
-    assert relayout.copies_of(k._plan.storages) == [((1, 0), "float64")]
+    assert relayout.copies_of(k.runtime.plan.storages) == [((1, 0), "float64")]
     k.save(tmp_path / "sddmm.spk")
     monkeypatch.setattr(relayout, "_kernels", {})  # as in a fresh process
     loaded = spcomp.load(tmp_path / "sddmm.spk")

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import spcomp
-import spcomp.kernel as kernel_module
+from spcomp.runtime import outputs as outputs_module
 from spcomp.ir import nodes as n
 from spcomp.ir.types import F64, I64, PointerType
 from spcomp.lower.coverage import writes_every_element
@@ -29,7 +29,7 @@ def poisoned(monkeypatch):
     """Counts the fresh outputs the kernel promises to overwrite (NaN-filled, as in
     every test: conftest.py)."""
     counts = {"skipped zeros": 0}
-    real = kernel_module._fresh_output
+    real = outputs_module.fresh_output
 
     def fresh(shape, dtype, overwrite):
         out = real(shape, dtype, overwrite)
@@ -38,13 +38,13 @@ def poisoned(monkeypatch):
             out.reshape(-1).view(np.uint8).fill(0xFF)  # NaN in every float type; True / -1 otherwise
         return out
 
-    monkeypatch.setattr(kernel_module, "_fresh_output", fresh)
+    monkeypatch.setattr(outputs_module, "fresh_output", fresh)
     return counts
 
 
 def _overwrites(expr, formats):
     k = spcomp.compile(expr, formats=formats)
-    return k._variant(32).lowered.overwrites_output
+    return k.lowered.output.overwrites
 
 
 @pytest.mark.parametrize("expr, formats, expected", [

@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import spcomp
-from spcomp import chunks as _chunks
+from spcomp.runtime import chunks as _chunks
+from spcomp.runtime import launch
 from spcomp.errors import ScheduleError
 from spcomp.runtime import threads as _threads
 from spcomp.testing import check_kernel
@@ -73,7 +74,7 @@ def assert_same_bits(a, b):
 def two_phase(kernel):
     """Whether the kernel's rows may be assembled in parallel (it then has the two
     phases; CPU calls on threads use its chunks variant unless ``mode`` says not)."""
-    return kernel._variants[32].lowered.assembly is not None
+    return kernel.lowered.output.assembly is not None
 
 
 class Mode(str):
@@ -153,7 +154,7 @@ def test_chunks_stitch_whatever_their_arrays_held(expr, formats, capacity, monke
     """The first chunk's arrays become the result's: grown by realloc when the others'
     entries do not fit (or the kernel already doubled them), used as they are when
     they do. Chunks that doubled their own arrays are copied like the others."""
-    monkeypatch.setattr(spcomp.Kernel, "_initial_capacity", lambda self, low, sizes, storages: capacity)
+    monkeypatch.setattr(launch, "FIRST_CAPACITY", capacity)
     monkeypatch.setattr(_chunks, "CHUNK_SLACK", 1e-9)  # the later chunks start at 1024 entries
     ops = None
     results = []
@@ -320,7 +321,7 @@ SIM_SIZES = {"i": 600, "j": 40, "k": 30, "l": 12}  # 600 rows: 3 blocks of 256 t
 def test_cuda_sim_matches_reference(expr, formats, dtype):
     r = check_kernel(expr, formats, sizes=SIM_SIZES, density=0.1, seed=5, backend="cuda-sim", dtype=dtype)
     assert two_phase(r.kernel)
-    fn = r.kernel._variants[32].lowered.module.function("kernel_fill")
+    fn = r.kernel.lowered.code.module.function("kernel_fill")
     from spcomp.backends.cuda import launch_config
     grid, block = launch_config(fn, {"lo": 0, "hi": SIM_SIZES["i"]})
     assert grid == 3 and block == 256
@@ -351,7 +352,7 @@ def test_cuda_appends_what_cannot_be_split_and_refuses_team_mappings():
     arrays on the GPU (tests/test_cuda_appends.py); a team mapping is refused."""
     for formats in ({"A": "csr", "B": "csr", "C": "coo"}, {"A": "dcsr", "B": "dcsr", "C": "dcsr"}):
         k = spcomp.compile(ADD, formats=formats, backend="cuda-sim")
-        assert k._variants[32].lowered.assembly is None and k._variants[32].lowered.bounded
+        assert k.lowered.output.assembly is None and k.lowered.output.bounded
         check_kernel(ADD, formats, backend="cuda-sim", sizes={"i": 9, "j": 7}, density=0.4)
     with pytest.raises(ScheduleError, match="gpu-thread"):
         spcomp.compile(ADD, formats=CSR3, backend="cuda-sim",
@@ -374,7 +375,7 @@ def test_64_bit_indices(monkeypatch, mode):
     with threads(2):
         r = check_kernel(SPGEMM, CSR3, sizes=SIZES, density=0.3)
     assert r.result.levels[1]["pos"].dtype == np.int64
-    assert r.kernel._variants[64].lowered.assembly is not None
+    assert r.kernel.lowering(64).output.assembly is not None
 
 
 def test_spgemm_work_counts_the_rows_of_B_each_nonzero_walks(monkeypatch, mode):
@@ -389,9 +390,9 @@ def test_spgemm_work_counts_the_rows_of_B_each_nonzero_walks(monkeypatch, mode):
     assert A.shape[0] + A.nnz < SPGEMM_THRESHOLD / 4
     assert A.nnz * B.nnz / B.shape[0] > SPGEMM_THRESHOLD
     k = spcomp.compile(SPGEMM, formats=CSR3)
-    assert k._variants[32].lowered.work_scale == (("B", 1),)
+    assert k.lowered.threads.work_scale == (("B", 1),)
     spmv = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"})
-    assert spmv._variants[32].lowered.work_scale == ()
+    assert spmv.lowered.threads.work_scale == ()
     split = record_splits(monkeypatch)
     with threads(2, SPGEMM_THRESHOLD):
         two = k(A=A, B=B)

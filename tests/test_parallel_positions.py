@@ -39,7 +39,7 @@ def split_everything(n, monkeypatch):
 
 
 def _lowered(k):
-    return k._variant(32).lowered
+    return k.lowered
 
 
 @pytest.mark.parametrize("expr, formats, walked", [
@@ -52,7 +52,7 @@ def _lowered(k):
 def test_top_compressed_loops_are_parallel_by_positions(expr, formats, walked):
     k = spcomp.compile(expr, formats=formats)
     low = _lowered(k)
-    assert low.parallel_positions == walked
+    assert low.threads.positions == walked
     assert "(parallel: threads, by positions)" in k.loops
     assert "// parallel: threads" in k.ir
 
@@ -66,7 +66,7 @@ def test_top_compressed_loops_are_parallel_by_positions(expr, formats, walked):
 ])
 def test_loops_that_are_not_split_by_positions(expr, formats, backend):
     k = spcomp.compile(expr, formats=formats, backend=backend)
-    assert getattr(_lowered(k), "parallel_positions", None) is None
+    assert _lowered(k).threads.positions is None
     assert "by positions" not in k.loops
 
 
@@ -123,7 +123,7 @@ def top_compressed_kernels(draw):
 def test_random_kernels_split_by_positions_match_numpy_and_one_thread(case, threads, seed, dtype):
     expr, fmts, sizes, density = case
     k = spcomp.compile(expr, formats=fmts, dtype=dtype)
-    walked = _lowered(k).parallel_positions
+    walked = _lowered(k).threads.positions
     ops = random_operands(k, sizes=sizes, density=density, seed=seed)
 
     def fresh():  # a += output is updated in place: each call gets its own copy of the arrays
@@ -131,7 +131,7 @@ def test_random_kernels_split_by_positions_match_numpy_and_one_thread(case, thre
     with pytest.MonkeyPatch.context() as mp:
         with split_everything(1, mp):
             one = k(**fresh())
-        k._bounds_cache.clear()  # splits are cached per kernel; the spy should see this one
+        k.runtime.launcher.bounds_cache.clear()  # splits are cached per kernel; the spy should see this one
         with split_everything(threads, mp) as calls:
             check_kernel(expr, fmts, dtype=dtype, operands=fresh())
             many = k(**fresh())

@@ -175,8 +175,8 @@ def test_random_sparse_outputs_grow_from_sixteen_entries(outcome_stats, monkeypa
     (16 entries): each row's room (``AppendSink.reserve``: the rows' segment lengths
     summed, a dense loop's size, a workspace's touched count) and each per-entry
     check must grow the arrays before they are written, in every output shape."""
-    import spcomp.kernel as kernel_module
-    monkeypatch.setattr(kernel_module.Kernel, "_initial_capacity", lambda self, low, sizes, storages: 1)
+    from spcomp.runtime import launch
+    monkeypatch.setattr(launch, "FIRST_CAPACITY", 1)
     _sparse_output_cases(outcome_stats, 80)
 
 

@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 import spcomp
-from spcomp.kernel import DENSE_ITERATION_WORK
+from spcomp.runtime.launch import DENSE_ITERATION_WORK
 from spcomp.runtime import Tensor
 
 from conftest import record_splits, spcomp_threads as threads
@@ -39,7 +39,7 @@ def test_a_dense_loop_under_the_nonzeros_weighs_into_the_estimate(monkeypatch, f
     rng = np.random.default_rng(2)
     C, D = rng.random((n, R)), rng.random((n, R))
     k = spcomp.compile(MTTKRP, formats={"B": fmt}, dtype="float64")
-    assert k._variants[32].lowered.work_dense == ("j",)
+    assert k.lowered.threads.work_dense == ("j",)
     split = record_splits(monkeypatch)
     with threads(2, THRESHOLD):
         two = k(B=B, C=C, D=D)
@@ -63,7 +63,7 @@ def test_work_dense_names_only_loops_no_operand_stores_sparsely():
              ("C[i,j] = A[i,k] * B[k,j]", {"A": "csr", "B": "csr", "C": "csr"}, ())]
     for expr, formats, dense in cases:
         k = spcomp.compile(expr, formats=formats, dtype="float64")
-        assert k._variants[32].lowered.work_dense == dense, expr
+        assert k.lowered.threads.work_dense == dense, expr
 
 
 def test_thread_limit_caps_this_thread_only():

@@ -282,7 +282,7 @@ def _arrays_in(node):
     return [x.array for x in n.walk(node) if isinstance(x, (n.Load, n.Store, n.AtomicAdd, n.Sort))]
 
 
-def _first_parallel(node):
+def first_parallel(node):
     """The outermost parallel loops under ``node`` (not those nested in another)."""
     out = []
 
@@ -797,7 +797,7 @@ class CudaEmitter(CPrinter):
                 name = x.name if isinstance(x, n.Var) else x.var.name
                 if name.startswith("spc_"):
                     self._fail(f"the name `{name}` is reserved for the cuda backend (prefix spc_)")
-        grid = _first_parallel(f.body)
+        grid = first_parallel(f.body)
         if len(grid) > 1:
             self._fail(f"{len(grid)} grid-level parallel loops ({', '.join(_fmt_loop(l) for l in grid)}): a kernel "
                        "has no grid-wide barrier between them; lower them as separate functions")
@@ -815,7 +815,7 @@ class CudaEmitter(CPrinter):
         self._staged = {}
         self._counter = 0
         grid = self._check_structure(f)
-        self._readonly = _readonly_params(f)
+        self._readonly = readonly_params(f)
         lines = [f"// {line}" for line in f.doc.splitlines()] if f.doc else []
         params = [self.param(p) for p in f.params] + [f"int32_t* __restrict__ {STATUS_PARAM}"]
         lines.append(f'extern "C" __global__ void {f.name}(\n    ' + ",\n    ".join(params) + ") {")
@@ -836,7 +836,7 @@ class CudaEmitter(CPrinter):
         return PRELUDE + "\n" + "\n\n".join(self.function(f) for f in m.functions) + "\n"
 
 
-def _readonly_params(f: n.Function) -> set:
+def readonly_params(f: n.Function) -> set:
     """Pointer parameters the function only loads from (they become ``const T*``)."""
     ptrs = {p.name for p in f.params if isinstance(p.type, PointerType)}
     seen: dict[str, int] = {}
@@ -925,7 +925,7 @@ def launch_config(function: n.Function, args_by_name: dict, block: int = 256,
     ``max_grid`` (the loops are grid-stride) and at least 1. A function without a
     parallel loop runs as grid=1, block=1.
     """
-    loops = _first_parallel(function.body)
+    loops = first_parallel(function.body)
     if not loops:
         return 1, 1
     if len(loops) > 1:

@@ -128,13 +128,13 @@ def check_source(cuda_source: str, arch: str = "sm_90", options=(), timeout: flo
 
 def kernel_sources(kernel) -> list[str]:
     """The distinct CUDA C texts of a compiled :class:`spcomp.Kernel` (one per index width built)."""
-    backend = getattr(getattr(kernel, "_backend", None), "name", None)
+    backend = getattr(kernel, "backend", None)
     if backend not in ("cuda", "cuda-sim"):
         raise errors.UnsupportedError(
             f"check() compiles CUDA kernels; {kernel!r} was compiled for backend {backend!r}: "
             "compile it with backend='cuda' or backend='cuda-sim'")
     kernel._variant(32)
-    texts = [kernel._backend.source(v.compiled) for _, v in sorted(kernel._variants.items())]
+    texts = [kernel.target.source(v.compiled) for _, v in sorted(kernel.variants.items(), key=str)]
     return list(dict.fromkeys(texts))
 
 

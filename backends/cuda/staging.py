@@ -67,8 +67,8 @@ def plan(loop: n.For, readonly: set) -> list | None:
 def staged_loops(function: n.Function, readonly: set) -> list:
     """The loops of ``function``'s gpu-block team body the emitter stages (for the
     default schedule, which prefers a block per row when there are some)."""
-    from .emit import _first_parallel
-    grid = _first_parallel(function.body)
+    from .emit import first_parallel
+    grid = first_parallel(function.body)
     if len(grid) != 1 or grid[0].parallel != "gpu-block":
         return []
     out = []

@@ -234,7 +234,6 @@ def _row_arrays(lw, out, d):
 
 
 def _build(lw):
-    from .lowerer import Lowered
     lhs = lw.lhs
     out = lw.params[lw.out_name]
     d = dense_prefix(lhs.tensor.format)
@@ -282,14 +281,10 @@ def _build(lw):
     lw.loops_text.insert(mark, f"(two-phase assembly of {name}: {count_fn.name} counts each {lw.parallel.name} "
                                f"row, a prefix sum gives the row starts, {fill_fn.name} writes the rows)")
     from ..notation import Assignment
-    balance = lw._balance()
-    return Lowered(module=module, entry=fill_fn.name, bindings=fill_bindings, order=lw.order,
-                   transposes=lw.transposes, diagonals=lw.diagonals, output_shape="csf", growable=[],
-                   parallel=lw.parallel.name,
-                   balance=balance, work_scale=lw._work_scale(balance), work_dense=lw._work_dense(balance),
-                   loops="\n".join(lw.loops_text + [f"(layout: {r})" for r in lw.dense_relayouts]),
-                   notation=Assignment(lw.lhs, lw.rhs, lw.accumulate), warnings=lw.warnings,
-                   assembly=TwoPhase(count_fn.name, fill_fn.name, count_bindings, d))
+    from .record import OutputPlan
+    return lw.record(module, fill_fn.name, fill_bindings,
+                     OutputPlan("csf", assembly=TwoPhase(count_fn.name, fill_fn.name, count_bindings, d)),
+                     Assignment(lw.lhs, lw.rhs, lw.accumulate), list(lw.loops_text))
 
 
 def _function_body(lw, sink, phase) -> list:
@@ -300,7 +295,7 @@ def _function_body(lw, sink, phase) -> list:
     if lw.workspace:
         body += lw.workspace["prologue"]
     nest = lw.nest(lw.outer, lw.expr, sink, Env(), depth=0)
-    if phase == "fill" and lw.opt.parallel_kind == "threads":  # the count phase reads no rows
+    if phase == "fill" and lw.opt.caps.vector_units:  # the count phase reads no rows
         nest = prefetch_rows(nest, lw.position_ends, lw.fresh, lw.table_sizes())
     body += nest
     if lw.workspace:

@@ -41,6 +41,8 @@ from .prefetch import prefetch_rows
 from .coverage import writes_every_element, zero_rows
 from .outputs import AppendSink, DenseSink, ScalarSink, WorkspaceSink
 from .diagonal import diagonal_storages
+from .record import (Code, Inspection, Lowered, OperandPlan, Options, OutputPlan,  # noqa: F401
+                     ThreadPlan)
 
 TEMP_FORMAT = Format(())
 # a workspace row whose bitmap has at most SCAN_WORDS words per touched coordinate
@@ -51,65 +53,6 @@ SCAN_WORDS = 16
 BITS_PER_STEP = 4
 # the loops a team-per-iteration mapping splits among its members
 TEAM_MEMBERS = {"gpu-warp": "gpu-lane", "gpu-block": "gpu-thread"}
-
-
-@dataclass
-class Options:
-    index_bits: int = 32
-    drop_zeros: bool | None = None   # None: only where an output loop is dense
-    parallel: str | None = None      # index name to run in parallel, "auto", or None
-    parallel_kind: str = "threads"   # threads | gpu-thread | gpu-block | gpu-warp
-    order: list | None = None        # user loop order (names)
-    precompute: tuple = ()           # reductions to push into temporaries
-    vectorize: tuple = ()            # (index, width) hints
-    unroll: tuple = ()               # (index, factor) hints
-    auto_precompute: bool = True
-    auto_layout: bool = True          # copy dense inputs whose inner loop would stride
-    blas: bool = False                # dense matrix products by a BLAS gemm call (blas.py)
-    vector_gathers: bool = True       # vectorise loops that gather (the CPU's gathers are fast)
-    split: tuple = ()                 # (index, outer, inner, factor) per Schedule.split
-    # CPU threads and a sparse output with dense rows: each chunk of rows appends to
-    # arrays of its own and the runtime stitches them (spcomp/chunks.py) instead of
-    # the two-phase count and fill (assembly.py)
-    append_chunks: bool = False
-    # the GPU: a sparse output appended one entry at a time gets arrays the runtime
-    # allocates at a capacity; the kernel stores what fits, counts the rest, reports
-    # the entries it needed, and the runtime runs it again when they did not fit
-    # (device code cannot realloc)
-    bounded_appends: bool = False
-    name: str = "kernel"
-
-
-@dataclass
-class Lowered:
-    module: n.Module
-    entry: str
-    bindings: list
-    order: list
-    transposes: dict           # storage name -> (operand name, Format)
-    output_shape: str          # 'dense' 'csf' 'coo' 'packed'
-    growable: list             # (level, array) the kernel allocates
-    parallel: str | None       # index run over threads, if any
-    balance: tuple | None      # (storage name, level) whose pos balances threads
-    loops: str                 # the concrete loop nest as text
-    notation: Assignment
-    warnings: list = field(default_factory=list)
-    blas: list = field(default_factory=list)  # matrix products done by gemm calls, described
-    parallel_split: tuple | None = None  # (factor, outer?) when the parallel loop is a split piece
-    parallel_positions: tuple | None = None  # (storage, level): threads split that level's positions
-    assembly: object = None    # assembly.TwoPhase when the output is counted, then filled
-    gpu_choice: object = None  # gpu_default.RowChoice: thread or warp per row, picked per call
-    work_scale: tuple = ()     # (storage, level) walked under each balanced nonzero (Lowerer._work_scale)
-    work_dense: tuple = ()     # indices of the dense loops under each balanced nonzero (Lowerer._work_dense)
-    overwrites_output: bool = False  # a dense output every element of which the kernel stores: not zeroed first
-    bounded: tuple = ()        # (level, array) appended into runtime-allocated arrays (Options.bounded_appends)
-    diagonals: dict = field(default_factory=dict)  # storage name -> diagonal.Diagonal (A_diag[i] = A[i,i])
-
-    @property
-    def append_chunks(self) -> bool:
-        """Whether each ``[lo, hi)`` call appends its rows from position 0, for the
-        runtime to stitch (spcomp/chunks.py): the entry then has per-chunk parameters."""
-        return bool(self.module.function(self.entry).per_chunk)
 
 
 def _idx(e):
@@ -399,7 +342,7 @@ class Lowerer:
             for g in self.gemms:
                 body += self._gemm(g)
             nest = self.nest(self.outer, self.expr, self.out_sink, env, depth=0)
-            if self.opt.parallel_kind == "threads":  # a GPU thread has no vector registers to fill
+            if self.opt.caps.vector_units:  # a GPU thread has no vector registers to fill
                 sizes = self.table_sizes()
                 nest = block_rows(nest, self.fresh, self.position_ends, sizes)
                 nest = prefetch_rows(nest, self.position_ends, self.fresh, sizes)
@@ -415,20 +358,24 @@ class Lowerer:
                         doc=f"{self.a!r}\nloop order: {', '.join(i.name for i in self.loop_order)}",
                         per_chunk=per_chunk)
         module = n.Module((fn,), entry=self.opt.name)
+        return self.record(module, self.opt.name, self.bindings,
+                           OutputPlan(shape, grow, self.bounded, overwrites=self._overwrites_output(fn)),
+                           Assignment(self.lhs, self.notation_rhs, self.accumulate),
+                           [g.describe() for g in self.gemms] + self.loops_text)
+
+    def record(self, module, entry, bindings, output: OutputPlan, notation, loops: list) -> Lowered:
+        """The Lowered record of this lowering: the one place it is built."""
         balance, walked = self._balance(), self.parallel_positions
-        return Lowered(module=module, entry=self.opt.name, bindings=self.bindings, order=self.order,
-                       transposes=self.transposes, output_shape=shape, growable=grow,
-                       bounded=self.bounded, diagonals=self.diagonals,
-                       parallel=split_mod.base_of(self.parallel).name if self.parallel is not None else None,
-                       parallel_split=split_mod.extent_rule(self.parallel),
-                       parallel_positions=None if walked is None else (walked[0].tensor.name, walked[1]),
-                       balance=balance, work_scale=self._work_scale(balance),
-                       work_dense=self._work_dense(balance),
-                       loops="\n".join([g.describe() for g in self.gemms] + self.loops_text
-                                       + [f"(layout: {r})" for r in self.dense_relayouts]),
-                       notation=Assignment(self.lhs, self.notation_rhs, self.accumulate), warnings=self.warnings,
-                       blas=[g.describe() for g in self.gemms],
-                       overwrites_output=self._overwrites_output(fn))
+        threads = ThreadPlan(
+            parallel=split_mod.base_of(self.parallel).name if self.parallel is not None else None,
+            balance=balance, split=split_mod.extent_rule(self.parallel),
+            positions=None if walked is None else (walked[0].tensor.name, walked[1]),
+            work_scale=self._work_scale(balance), work_dense=self._work_dense(balance))
+        inspection = Inspection(notation=notation, order=self.order, warnings=self.warnings,
+                                loops="\n".join(loops + [f"(layout: {r})" for r in self.dense_relayouts]),
+                                blas=[g.describe() for g in self.gemms])
+        return Lowered(Code(module, entry, bindings), OperandPlan(self.transposes, self.diagonals), output,
+                       threads, inspection)
 
     def table_sizes(self) -> dict:
         """The number of elements of each dense operand, by its values array: the
@@ -525,7 +472,7 @@ class Lowerer:
         """Offload only on the CPU and under the default schedule: a schedule that
         names loops is about the loop nest, which the offload would take away."""
         o = self.opt
-        return (o.blas and o.parallel_kind == "threads" and o.parallel in (None, "auto")
+        return (o.blas and o.caps.blas and o.parallel in (None, "auto")
                 and not (o.order or o.precompute or o.vectorize or o.unroll or o.split))
 
     def _gemm(self, g) -> list:
@@ -630,7 +577,7 @@ class Lowerer:
                 f"parallelize({first.name!r}, {self.opt.parallel_kind!r}): the {shape} output "
                 f"{self.lhs.tensor.name} is appended to one entry at a time per row, which a team of "
                 "GPU threads would race on; use 'gpu-thread' (a thread per row)")
-        if isinstance(first, SplitPiece) and self.opt.parallel_kind != "threads":
+        if isinstance(first, SplitPiece) and not self.opt.caps.host_threads:
             if want == "auto":
                 return None
             raise ScheduleError(f"parallelize({first.name!r}, {self.opt.parallel_kind!r}): a piece of a split "
@@ -645,7 +592,7 @@ class Lowerer:
     def _gpu_atomics(self) -> bool:
         """Whether a parallel loop over a reduction index may add into the output with
         atomics: on a GPU backend, into a dense output."""
-        return (self.opt.parallel is not None and self.opt.parallel_kind != "threads"
+        return (self.opt.parallel is not None and self.opt.caps.atomics
                 and self.lhs.tensor.format.is_dense)
 
     def _parallel_ok(self, i, shape):
@@ -683,7 +630,7 @@ class Lowerer:
         its positions can be split over CPU threads like rows, since a unique level
         gives every position its own coordinate and so its own rows of a dense
         output. None otherwise."""
-        if shape != "dense" or self.opt.parallel_kind != "threads":
+        if shape != "dense" or not self.opt.caps.host_threads:
             return None
         L = self._probe_lattice(i)
         if L.full or len(L.points) != 1:

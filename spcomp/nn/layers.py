@@ -119,12 +119,7 @@ def _call(kernel, **operands):
     try:
         return kernel(**operands)
     finally:
-        cache = getattr(kernel, "_tensor_cache", None)
-        if cache is not None:
-            ids = {id(v) for v in operands.values()}
-            for key in list(cache):
-                if key[0] in ids:
-                    cache.pop(key, None)
+        kernel.forget(*operands.values())
 
 
 # ---------------------------------------------------------------------- threads

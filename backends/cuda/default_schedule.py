@@ -24,7 +24,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .errors import SpcompError
+from spcomp.errors import SpcompError
+from spcomp.ir.nodes import walk
+from spcomp.lower.lowerer import TEAM_MEMBERS, lower
+
+from .emit import emit_module, first_parallel, readonly_params
+from .staging import staged_loops
 
 # Average stored entries per row from which a warp per row beats a thread per
 # row: with 16 a warp's single pass over the row keeps at least half of its 32
@@ -61,32 +66,34 @@ def is_default(opt) -> bool:
 def lower_default(notation, opt):
     """The Lowered a GPU kernel runs by default (see the module docs); with an
     explicit schedule, the plain lowering."""
-    from .lower.lowerer import lower
     base = lower(notation, opt)
-    if (not is_default(opt) or base.parallel is None or base.output_shape != "dense"
-            or getattr(base, "parallel_split", None) or getattr(base, "assembly", None) is not None):
+    threads = base.threads
+    if (not is_default(opt) or threads.parallel is None or base.output.shape != "dense"
+            or threads.split or base.output.assembly is not None):
         return base
     block = _team_lowering(notation, opt, "gpu-block", base)
     if block is not None and _stages(block):
-        block.loops += (f"\n(GPU default: a block per {base.parallel}; the row's entries are staged in shared "
-                        "memory)")
-        return block
-    if base.balance is None:
+        return _noted(block, f"(GPU default: a block per {threads.parallel}; the row's entries are staged "
+                             "in shared memory)")
+    if threads.balance is None:
         return base
     warp = _team_lowering(notation, opt, "gpu-warp", base)
     pos_param = _pos_param(base)
     if warp is None or pos_param is None:
         return base
-    base.gpu_choice = RowChoice(pos_param, base.balance[0], warp)
-    base.loops += (f"\n(GPU default: a warp per {base.parallel} when {base.balance[0]} has >= "
-                   f"{WARP_ROW_THRESHOLD} entries per row on average, else a thread; see Kernel.last_launch)")
-    return base
+    chosen = replace(base, threads=replace(threads, gpu_choice=RowChoice(pos_param, threads.balance[0], warp)))
+    return _noted(chosen, f"(GPU default: a warp per {threads.parallel} when {threads.balance[0]} has >= "
+                          f"{WARP_ROW_THRESHOLD} entries per row on average, else a thread; see Kernel.last_launch)")
+
+
+def _noted(low, line: str):
+    """``low`` with ``line`` added to its loop-nest text."""
+    return replace(low, inspection=replace(low.inspection, loops=low.inspection.loops + "\n" + line))
 
 
 def mapping(lowered) -> str:
     """The mapping of a lowered kernel's grid-level loop ('serial' without one)."""
-    from .backends.cuda.emit import _first_parallel
-    loops = _first_parallel(lowered.module.function(lowered.entry).body)
+    loops = first_parallel(lowered.entry_function.body)
     return loops[0].parallel if loops else "serial"
 
 
@@ -94,39 +101,35 @@ def _team_lowering(notation, opt, kind, base):
     """``notation`` lowered with a ``kind`` team per outer iteration, or None when
     that is refused, parallelises another loop, splits nothing among the team,
     takes other parameters than ``base`` or does not emit."""
-    from .backends.cuda.emit import emit_module
-    from .lower.lowerer import TEAM_MEMBERS, lower
     try:
         low = lower(notation, replace(opt, parallel_kind=kind))
-        if low.parallel != base.parallel or mapping(low) != kind or not _has_member(low, TEAM_MEMBERS[kind]):
+        if (low.threads.parallel != base.threads.parallel or mapping(low) != kind
+                or not _has_member(low, TEAM_MEMBERS[kind])):
             return None
         if _param_names(low) != _param_names(base):
             return None
-        emit_module(low.module)
+        emit_module(low.code.module)
     except SpcompError:
         return None
     return low
 
 
 def _has_member(low, member: str) -> bool:
-    from .ir.nodes import walk
-    return any(getattr(x, "parallel", None) == member for x in walk(low.module.function(low.entry).body))
+    return any(getattr(x, "parallel", None) == member for x in walk(low.entry_function.body))
 
 
 def _stages(low) -> bool:
-    from .backends.cuda.emit import _readonly_params
-    from .backends.cuda.staging import staged_loops
-    fn = low.module.function(low.entry)
-    return bool(staged_loops(fn, _readonly_params(fn)))
+    fn = low.entry_function
+    return bool(staged_loops(fn, readonly_params(fn)))
 
 
 def _param_names(low) -> list:
-    return [p.name for p in low.module.function(low.entry).params]
+    return [p.name for p in low.entry_function.params]
 
 
 def _pos_param(low) -> int | None:
-    name, level = low.balance
-    for k, b in enumerate(low.bindings):
+    name, level = low.threads.balance
+    for k, b in enumerate(low.code.bindings):
         if b.storage == name and b.level == level and b.array == "pos" and b.role == "input":
             return k
     return None

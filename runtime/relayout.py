@@ -16,7 +16,7 @@ import threading
 
 import numpy as np
 
-from .runtime import threads as _threads
+from . import threads as _threads
 
 # below this many elements NumPy's copy is as quick as waking the team
 MIN_ELEMENTS = 1 << 18
@@ -36,21 +36,13 @@ def copy_expression(order: tuple) -> str:
     return f"T[{','.join(names)}] = E[{','.join(operand)}]"
 
 
-def copy_kernel(key: tuple):
-    """The compiled copy kernel for ``(order, dtype name)`` (compiled on first use)."""
-    order, dtype = key
+def copy_kernel(key: tuple, make):
+    """The compiled copy kernel for ``(order, dtype name)``, made by ``make(key)`` on
+    first use (the Kernel module supplies it: the runtime does not compile)."""
     with _lock:
         k = _kernels.get(key)
     if k is None:
-        from .api import options_from_schedule
-        from .frontend import to_notation
-        from .kernel import Kernel
-        from .schedule import Schedule
-        from .targets import get_target
-        expression = copy_expression(order)
-        notation = to_notation(expression, formats=None, dtypes=None, default_dtype=dtype)
-        options = options_from_schedule(Schedule().keep_layout(), None, "relayout", "cpu")
-        k = Kernel(expression, notation, options, get_target("cpu"))
+        k = make(key)
         with _lock:
             k = _kernels.setdefault(key, k)
     return k
@@ -58,7 +50,7 @@ def copy_kernel(key: tuple):
 
 def copies_of(storages) -> list:
     """The ``(order, dtype name)`` of every copy a kernel's calls may make here: its
-    dense storages (``_CallPlan.storages``) in a non-identity order with a float dtype."""
+    dense storages (``CallPlan.storages``) in a non-identity order with a float dtype."""
     keys = []
     for _storage, _operand, fmt, dtype, _plain in storages:
         order = tuple(fmt.order)
@@ -75,15 +67,15 @@ def install(key: tuple, kernel) -> None:
         _kernels.setdefault(tuple(key), kernel)
 
 
-def relayout(value: np.ndarray, order: tuple, dtype: np.dtype) -> np.ndarray | None:
-    """``value``'s elements in storage ``order``, flat, copied on the threads; None
-    where NumPy's copy is the better tool (one thread, a small or non-float array,
-    a conversion of dtype on the way)."""
+def relayout(value: np.ndarray, order: tuple, dtype: np.dtype, make) -> np.ndarray | None:
+    """``value``'s elements in storage ``order``, flat, copied on the threads by the
+    kernel ``make`` compiles; None where NumPy's copy is the better tool (one thread,
+    a small or non-float array, a conversion of dtype on the way)."""
     if (_threads.get_num_threads() <= 1 or value.size < MIN_ELEMENTS or value.ndim < 2
             or not value.flags.c_contiguous or value.dtype != dtype or dtype.name not in DTYPES
             or tuple(order) == tuple(range(value.ndim))):
         return None
-    return copy_kernel((tuple(order), dtype.name))(E=value).reshape(-1)
+    return copy_kernel((tuple(order), dtype.name), make)(E=value).reshape(-1)
 
 
 __all__ = ["relayout", "copy_expression", "copies_of", "copy_kernel", "install", "MIN_ELEMENTS"]

@@ -26,9 +26,12 @@ import ctypes
 
 import numpy as np
 
-from .errors import KernelRuntimeError
-from .lower.outputs import MIN_CAPACITY
-from .runtime import threads as _threads
+from spcomp.errors import KernelRuntimeError
+from spcomp.lower.outputs import MIN_CAPACITY
+
+from . import threads as _threads
+from .launch import balance_pos, parallel_extent, work
+from .memory import data_ptr, free, malloc_view, realloc
 
 # "auto": chunks where counting would repeat nested sparse loops, else two phases
 # (see preferred); tests force "always" or "never" to cover both ways on the CPU
@@ -50,7 +53,7 @@ def preferred(low) -> bool:
     count), so they keep count and fill."""
     if MODE != "auto":
         return MODE == "always"
-    return bool(low.work_scale)
+    return bool(low.threads.work_scale)
 
 
 class _Chunk:
@@ -63,31 +66,27 @@ class _Chunk:
         self.grow = grow  # (level, array) -> ctypes.c_void_p the kernel set
 
     def free(self):
-        from .kernel import _free
         for p in self.grow.values():
             if p.value:
-                _free(p.value)
+                free(p.value)
                 p.value = None
 
 
 def _view(address: int, count: int, dtype: np.dtype) -> np.ndarray:
     """``count`` items of malloc'd memory as NumPy, without owning it."""
-    from .kernel import _malloc_view
     if count == 0 or not address:
         return np.zeros(0, dtype=dtype)
-    return _malloc_view(address, count, dtype)
+    return malloc_view(address, count, dtype)
 
 
-def run_chunks(kernel, variant, storages, sizes, bits, out, capacity: int):
+def run_chunks(ctx, variant, storages, sizes, bits, out, capacity: int):
     """Run ``variant`` (``Lowered.append_chunks``) over the threads' row ranges
-    into ``out`` (an ``_Output``) and return the stitched result."""
-    from .kernel import _parallel_extent
+    into ``out`` (an ``Output``) and return the stitched result."""
     low = variant.lowered
-    n = _parallel_extent(low, sizes, storages)
-    pos = kernel._balance_pos(low, storages)
-    work = kernel._work(n, pos, sizes, low, storages)
-    args, lohi = kernel._call_args(variant.arg_plan, storages, sizes, bits, True,
-                                   lambda b: out.arg(b, True), capacity)
+    n = parallel_extent(low, sizes, storages)
+    pos = balance_pos(low, storages)
+    units = work(n, pos, sizes, low, storages)
+    args, lohi = ctx.args(variant.arg_plan, storages, sizes, bits, lambda b: out.arg(b, True), capacity)
     cap_slot = next(k for k, (role, _a, _b) in enumerate(variant.arg_plan) if role == "capacity")
     grow_slots = {k: (b.level, b.array) for k, (role, b, _x) in enumerate(variant.arg_plan)
                   if role == "out" and b.role == "output_grow"}
@@ -112,15 +111,15 @@ def run_chunks(kernel, variant, storages, sizes, bits, out, capacity: int):
         return variant.function(*a)
 
     try:
-        driver = _driver(kernel, variant, n, work)
+        driver = _driver(ctx.launcher, variant, n, units)
         if driver is not None:  # libgomp's team, like every other parallel kernel
-            statuses = [_run_on_driver(kernel, driver, variant, args, lohi, cap_slot, grow_slots, n, pos,
+            statuses = [_run_on_driver(ctx.launcher, driver, args, lohi, cap_slot, grow_slots, n, pos,
                                        chunk_capacity, chunks)]
         else:
-            statuses = _threads.run_ranges(call, n, pos, work=work)
+            statuses = _threads.run_ranges(call, n, pos, work=units)
         for s in statuses:
             if s != 0:
-                kernel._raise_status(s, out)
+                ctx.fail(s, out)
         chunks.sort(key=lambda c: c.lo)
         _stitch(out, chunks, n, capacity)
     except BaseException:
@@ -132,16 +131,16 @@ def run_chunks(kernel, variant, storages, sizes, bits, out, capacity: int):
     return out.result()
 
 
-def _driver(kernel, variant, n: int, work: int):
+def _driver(launcher, variant, n: int, units: int):
     """The variant's native parallel driver when this call splits, else None (one
     thread, or no libgomp: the Python pool runs the chunks)."""
     threads = _threads.get_num_threads()
-    if n < 2 or threads <= 1 or work < _threads.MIN_PARALLEL_WORK:
+    if n < 2 or threads <= 1 or units < _threads.MIN_PARALLEL_WORK:
         return None
-    return kernel._driver_of(variant)
+    return launcher.driver_of(variant)
 
 
-def _run_on_driver(kernel, driver, variant, args, lohi, cap_slot, grow_slots, n, pos, chunk_capacity, chunks):
+def _run_on_driver(launcher, driver, args, lohi, cap_slot, grow_slots, n, pos, chunk_capacity, chunks):
     """One driver call over the balanced chunks: each chunk's capacity and output
     pointers are element ``c`` of per-chunk arrays (``Function.per_chunk``); the
     chunks it ran are appended to ``chunks``. Returns the largest status.
@@ -149,19 +148,18 @@ def _run_on_driver(kernel, driver, variant, args, lohi, cap_slot, grow_slots, n,
     The Python pool would do too, but after any libgomp kernel the team's threads
     spin for a while on the cores the pool's workers need: SpGEMM on two threads
     with an SpMV between calls took 4.3 ms by the pool against 2.9 by count and fill."""
-    from .kernel import _data_ptr
-    bounds = kernel._bounds(n, _threads.get_num_threads(), pos)
+    bounds = launcher.bounds(n, _threads.get_num_threads(), pos)
     count = len(bounds) - 1
     caps = np.array([chunk_capacity(int(bounds[c]), int(bounds[c + 1])) for c in range(count)], dtype=np.int64)
     made = {key: np.zeros(count, dtype=np.int64) for key in grow_slots.values()}  # the kernels' pointers
-    where = {key: _data_ptr(a) + 8 * np.arange(count, dtype=np.int64) for key, a in made.items()}
+    where = {key: data_ptr(a) + 8 * np.arange(count, dtype=np.int64) for key, a in made.items()}
     a = list(args)
-    a[cap_slot] = _data_ptr(caps)
+    a[cap_slot] = data_ptr(caps)
     for k, key in grow_slots.items():
-        a[k] = _data_ptr(where[key])
+        a[k] = data_ptr(where[key])
     del a[lohi:lohi + 2]
     try:
-        status = driver(count, _data_ptr(bounds), *a)
+        status = driver(count, data_ptr(bounds), *a)
     finally:  # whatever ran, its arrays are freed with the chunks
         for c in range(count):
             chunks.append(_Chunk(int(bounds[c]), int(bounds[c + 1]),
@@ -171,12 +169,12 @@ def _run_on_driver(kernel, driver, variant, args, lohi, cap_slot, grow_slots, n,
 
 def _stitch(out, chunks, n: int, capacity: int) -> None:
     """Join the chunks' arrays into ``out``'s (see the module docstring)."""
-    from .kernel import _realloc
-    levels = out.fmt.levels
-    d, m = out.d, len(levels)
+    layout = out.layout
+    levels = layout.fmt.levels
+    d, m = layout.first, len(levels)
     if not chunks:
         return
-    rows_per = out.dense_positions // n if n else 0  # level d-1 positions per parallel iteration
+    rows_per = layout.dense_positions // n if n else 0  # level d-1 positions per parallel iteration
     pos_d = out.arrays[(d, "pos")]
     limit = np.iinfo(pos_d.dtype).max
     # entries each chunk holds at each compressed level, and the offsets they start at
@@ -186,7 +184,7 @@ def _stitch(out, chunks, n: int, capacity: int) -> None:
         np.maximum.accumulate(seg, out=seg)
         counts[d].append(int(seg[-1]) if seg.size else 0)
     for l in range(d + 1, m):
-        counts[l] = [int(_view(c.grow[(l, "pos")].value, counts[l - 1][t] + 1, out.dtype_of(l, "pos"))[-1])
+        counts[l] = [int(_view(c.grow[(l, "pos")].value, counts[l - 1][t] + 1, layout.dtype_of(l, "pos"))[-1])
                      for t, c in enumerate(chunks)]
     starts = {l: np.concatenate([[0], np.cumsum(counts[l], dtype=np.int64)]) for l in counts}
     for l in range(d, m):
@@ -200,15 +198,15 @@ def _stitch(out, chunks, n: int, capacity: int) -> None:
     for key in chunks[0].grow:
         l, array = key
         group = l - 1 if array == "pos" else (m - 1 if array == "vals" else l)
-        dt = out.dtype_of(l, array)
+        dt = layout.dtype_of(l, array)
         extra = 1 if array == "pos" else 0
         total = int(starts[group][-1]) + extra
         first = chunks[0].grow[key]
         room = max(capacity, MIN_CAPACITY)  # what the kernel allocated (AppendSink's prologue)
         if counts[group][0] >= room or total > room:  # it grew, or the rest do not fit
-            grown = _realloc(first.value, max(total, 1) * dt.itemsize)
+            grown = realloc(first.value, max(total, 1) * dt.itemsize)
             if not grown:
-                raise KernelRuntimeError(f"out of memory joining the threads' parts of output {out.t.name}")
+                raise KernelRuntimeError(f"out of memory joining the threads' parts of output {out.name}")
         else:
             grown = first.value
         first.value = None  # the output owns it now

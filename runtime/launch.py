@@ -1,0 +1,242 @@
+"""Running a call's machine code: how much work it is, how it is split, what its status means.
+
+A parallel kernel takes its outer loop's bounds ``[lo, hi)``. A call either runs
+it once over the whole range (small work, one thread, or a GPU grid), through
+the kernel's native libgomp driver over balanced chunks, or on the Python pool.
+The work estimate (:func:`work`) decides, from the thread plan the lowerer
+recorded: rows, the nonzeros a ``pos`` array counts, and what each nonzero's
+nested loops walk. The same facts size a growable output's first allocation.
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+
+import numpy as np
+
+from spcomp.errors import KernelRuntimeError, PackedOverflowError
+from spcomp.ir import nodes as irn
+
+from . import threads as _threads
+from .memory import data_ptr
+from .operands import Dense
+
+# Work of one iteration of a dense loop nested under a sparse one, in units of a
+# sparse nonzero's: such loops run vectorised (SpMM's k loop: 0.23 ns per nonzero
+# and column against SpMV's 0.7 ns per nonzero on a Zen 4), so MTTKRP's R=16 loop
+# makes each nonzero weigh 4 (docs/performance.md, "Threads").
+DENSE_ITERATION_WORK = 0.25
+# a growable output's first capacity counts at most this many times the inputs'
+# stored entries from the products its loops form (initial_capacity)
+PRODUCT_GUESS_CAP = 16
+
+
+def parallel_extent(low, sizes, storages) -> int:
+    """Trip count of the parallel loop: its index's size, a split piece's share, or
+    the number of positions of the top compressed level it walks."""
+    th = low.threads
+    if th.positions is not None:
+        pos = storages[th.positions[0]].levels[th.positions[1]]["pos"]
+        return int(pos[-1]) if len(pos) else 0
+    n = sizes[th.parallel]
+    if th.split:
+        factor, outer = th.split
+        n = -(-n // factor) if outer else min(factor, n)
+    return n
+
+
+def balance_pos(low, storages):
+    """The pos array that measures each row's work, when the kernel names one."""
+    th = low.threads
+    if th.balance is None or th.split:
+        return None
+    name, level = th.balance
+    t = storages.get(name)
+    if t is None or isinstance(t, Dense):
+        return None
+    return t.levels[level].get("pos")
+
+
+def segment_scale(low, storages) -> float:
+    """The product of the mean segment lengths of the sparse levels a balanced
+    nonzero's nested loops walk (``ThreadPlan.work_scale``); 1 when none."""
+    per = 1.0
+    for name, level in low.threads.work_scale:
+        t = storages.get(name)
+        inner = t.levels[level].get("pos") if t is not None and not isinstance(t, Dense) else None
+        if inner is not None and len(inner) > 1:
+            per *= max(int(inner[-1]) / (len(inner) - 1), 1.0)
+    return per
+
+
+def work(n, pos, sizes, low, storages) -> int:
+    """Work units of a call: with a balancing pos array, rows + its nonzeros times
+    the mean length of the sparse segments each nonzero walks in its nested loops
+    (``work_scale``, SpGEMM's rows of B) and times its nested dense loops'
+    iterations (``work_dense``, SpMM's k) at DENSE_ITERATION_WORK each; else the
+    dense iteration space."""
+    if pos is not None:
+        dense = 1
+        for index in low.threads.work_dense:
+            dense *= max(int(sizes.get(index, 1)), 1)
+        per = segment_scale(low, storages) * max(dense * DENSE_ITERATION_WORK, 1.0)
+        return n + int((int(pos[-1]) if len(pos) else 0) * per)
+    total = 1  # no nonzero count to go by: the loop nest's dense iteration space bounds it
+    for v in sizes.values():
+        total *= max(int(v), 1)
+    return total
+
+
+def initial_capacity(low, sizes, storages, out_indices) -> int:
+    """Entries to allocate for an output the kernel appends to (it doubles them
+    when they run out; the output trims them when much is unused): at least the
+    sparse inputs' stored entries, and the products a balanced nonzero's nested
+    sparse loops form when known (SpGEMM: nnz(A) times B's mean row length, which
+    is nnz(C) up to collisions), never more than the output's dense size.
+    Starting at nnz(A) + nnz(B), SpGEMM's output grew three times a call."""
+    sparse = [t.nnz for t in storages.values() if not isinstance(t, Dense) and not t.format.is_dense]
+    # with a sparse operand the dense ones say nothing of the output's size (SDDMM's
+    # D and E counted made 2.96M entries for 400k, trimmed and faulted in each call)
+    guess = max(1024, sum(sparse) if sparse else sum(t.nnz for t in storages.values()))
+    pos = balance_pos(low, storages) if low.threads.work_scale else None
+    if pos is not None and len(pos):
+        # products can far exceed the result (many collisions): past PRODUCT_GUESS_CAP
+        # times the inputs the arrays grow instead of starting far above the result
+        products = int(int(pos[-1]) * segment_scale(low, storages))
+        guess = max(guess, min(products, PRODUCT_GUESS_CAP * guess))
+    dense = 1
+    for i in out_indices:
+        dense *= max(int(sizes[i]), 1)
+    return max(1, min(guess, dense))
+
+
+# when set, every growable output starts at this many entries instead of the
+# estimate (tests: force growth, or a second GPU launch)
+FIRST_CAPACITY: int | None = None
+
+
+def first_capacity(low, sizes, storages, out_indices) -> int:
+    """The first capacity of a growable output: FIRST_CAPACITY, else initial_capacity."""
+    if FIRST_CAPACITY is not None:
+        return FIRST_CAPACITY
+    return initial_capacity(low, sizes, storages, out_indices)
+
+
+def raise_status(status, out, output_name: str, expression: str):
+    """The exception a kernel's nonzero status stands for."""
+    if status == irn.STATUS_PACKED_OVERFLOW and out is not None:
+        largest = out.largest_count()
+        raise PackedOverflowError(
+            f"output {output_name}: a block got {largest} nonzeros but the packed-block level "
+            f"has K={out.packed_k()} slots; compile with a larger K (e.g. twell(B=..,K={largest}))",
+            largest_count=largest)
+    raise KernelRuntimeError(f"kernel for {expression!r} failed: "
+                             f"{irn.STATUS_CODES.get(status, f'status {status}')}")
+
+
+class Launcher:
+    """Runs a kernel's parallel loop for one Kernel: the call's split, the native
+    driver, and the row bounds it is handed (cached per pos array)."""
+
+    def __init__(self, target):
+        self.target = target
+        self.host_threads = target.capabilities.host_threads
+        self.bounds_cache: dict = {}
+        self.lock = threading.Lock()  # guards bounds_cache (see bounds)
+
+    def splits(self, low, sizes, storages) -> bool:
+        """Whether a host-thread call of this lowering runs its parallel loop on several threads."""
+        n = parallel_extent(low, sizes, storages)
+        if n < 2 or _threads.get_num_threads() <= 1:
+            return False
+        return work(n, balance_pos(low, storages), sizes, low, storages) >= _threads.MIN_PARALLEL_WORK
+
+    def launch(self, variant, args, lohi, low, sizes, storages):
+        """(function, arguments) that run the whole call from this thread: the kernel
+        itself, or its native parallel driver; None when the Python pool must run it."""
+        fn = variant.function
+        if lohi is None:
+            return fn, args
+        n = parallel_extent(low, sizes, storages)
+        host = self.host_threads
+        pos = balance_pos(low, storages) if host and n >= 2 else None
+        if not host or n < 2 or work(n, pos, sizes, low, storages) < _threads.MIN_PARALLEL_WORK:
+            # the GPU grid covers the whole range; small host work runs on this thread
+            a = list(args)
+            a[lohi], a[lohi + 1] = 0, n
+            return fn, a
+        threads = _threads.get_num_threads()
+        if self.driver_of(variant) is not None and threads > 1:
+            bounds = self.bounds(n, threads, pos)
+            return variant.driver, [len(bounds) - 1, data_ptr(bounds)] + args[:lohi] + args[lohi + 2:]
+        if threads <= 1:
+            a = list(args)
+            a[lohi], a[lohi + 1] = 0, n
+            return fn, a
+        return None
+
+    def run(self, variant, args, lohi, low, sizes, storages) -> list:
+        """Run a call; returns the status of each piece it ran as."""
+        launch = self.launch(variant, args, lohi, low, sizes, storages)
+        if launch is not None:
+            fn, call_args = launch
+            return [fn(*call_args)]
+        fn = variant.function
+        n = parallel_extent(low, sizes, storages)
+        pos = balance_pos(low, storages)
+
+        def call(lo, hi):
+            a = list(args)
+            a[lohi] = lo
+            a[lohi + 1] = hi
+            return fn(*a)
+        return _threads.run_ranges(call, n, pos, work=work(n, pos, sizes, low, storages))
+
+    def driver_bounds(self, variant, fn, sizes, storages):
+        """The bounds array a parallel-driver launch points at (kept alive with it)."""
+        if fn is not variant.driver or fn is None:
+            return None
+        low = variant.lowered
+        return self.bounds(parallel_extent(low, sizes, storages), _threads.get_num_threads(),
+                           balance_pos(low, storages))
+
+    def driver_of(self, variant):
+        """The variant's native parallel driver (looked up once), or None."""
+        if not variant.driver_checked:
+            finder = getattr(self.target, "parallel_driver", None)
+            variant.driver = finder(variant.compiled, variant.lowered) if finder else None
+            variant.driver_checked = True
+        return variant.driver
+
+    def bounds(self, n, threads, pos):
+        """Row bounds of the threads' chunks, balanced by ``pos``; cached per pos array
+        (splitting costs O(rows), more than a small kernel's whole run)."""
+        key = (n, threads, id(pos) if pos is not None else None)
+        with self.lock:
+            # under the lock: a call hands the driver only the array's address, so an
+            # entry another thread is using must never be replaced (freeing its array);
+            # only a stale entry (its pos array died, so no call uses it) is
+            hit = self.bounds_cache.get(key)
+            if hit is not None and (pos is None or hit[0]() is pos):
+                return hit[1]
+            ranges = _threads.split(n, threads, pos)
+            bounds = np.array([r[0] for r in ranges] + [ranges[-1][1]], dtype=np.int64)
+            cache = self.bounds_cache
+            ref = (weakref.ref(pos, lambda _r, key=key, cache=cache: cache.pop(key, None))
+                   if pos is not None else None)
+            cache[key] = (ref, bounds)
+            return bounds
+
+
+class Variant:
+    """One lowering + its machine code, for one index width (and options)."""
+
+    def __init__(self, lowered, compiled, function):
+        from .plan import arg_plan
+        self.lowered = lowered
+        self.compiled = compiled
+        self.function = function
+        self.arg_plan = arg_plan(lowered.inspection.notation, lowered.code.bindings)
+        self.driver = None  # native parallel driver, looked up on first parallel call
+        self.driver_checked = False
+        self.two_phase = None  # the count and fill phases (assemble.py), built on first use

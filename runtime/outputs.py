@@ -1,0 +1,301 @@
+"""The output of a call: allocated before the kernel runs, handed back after.
+
+* :class:`PlainOutput` -- a fresh row-major dense array (the common case, kept cheap);
+* :class:`DeviceOutput` -- a dense output on the GPU (pycuda in, pycuda out);
+* :class:`Output` -- everything else: a dense output in another layout or given by
+  the caller, and sparse outputs, whose arrays the kernel appends to (growing its
+  own, or filling arrays of a capacity the runtime chose).
+
+:class:`OutputLayout` is the one walk over a sparse output's levels: which arrays
+each level has, their dtypes, and how the arrays become a :class:`Tensor`. The
+one-pass append (here), the two-phase count and fill (``assemble.py``) and the
+chunked append (``chunks.py``) all build their result through it.
+"""
+from __future__ import annotations
+
+import ctypes
+import weakref
+
+import numpy as np
+
+from spcomp.errors import DTypeError, OperandError
+from spcomp.ir.types import to_numpy
+from spcomp.lower.context import level_array_type
+from spcomp.lower.order import access_chain
+
+from . import memory
+from .memory import data_ptr, free, malloc_view, mostly_unused
+from .plan import np_dtype
+from .tensor import Tensor
+
+_poison = False
+
+
+def poison_unzeroed(on: bool = True) -> None:
+    """Fill the dense outputs a kernel promised to store whole (and that are
+    therefore not zeroed) with NaN bytes instead of leaving ``np.empty``'s
+    contents, which are often zero by luck: a kernel that skips an element then
+    shows NaN. For tests and debugging (the test suite turns it on); it costs a
+    pass over each such output."""
+    global _poison
+    _poison = bool(on)
+
+
+def fresh_output(shape, dtype, overwrite: bool) -> np.ndarray:
+    """A new dense output: left uninitialised when the kernel stores every element
+    (``OutputPlan.overwrites``), else zeros."""
+    if not overwrite:
+        return np.zeros(shape, dtype=dtype)
+    out = np.empty(shape, dtype=dtype)
+    if _poison:
+        out.reshape(-1).view(np.uint8).fill(0xFF)
+    return out
+
+
+class PlainOutput:
+    """A fresh row-major dense output (the common case, kept cheap)."""
+    __slots__ = ("array",)
+
+    def __init__(self, shape, dtype, overwrite=False):
+        self.array = fresh_output(shape, dtype, overwrite)
+
+    def arg(self, b, pointers=True):
+        return data_ptr(self.array) if pointers else self.array.reshape(-1)
+
+    def discard(self):
+        pass
+
+    def result(self):
+        if not self.array.shape:
+            return self.array.item()
+        return self.array
+
+
+class DeviceOutput:
+    """A dense output on the GPU: the caller's GPUArray (``+=``, or ``=`` into a
+    given buffer, zeroed first) or a fresh one from ``pycuda.gpuarray.zeros``."""
+    __slots__ = ("array",)
+
+    def __init__(self, shape, dtype, given, accumulate):
+        from spcomp.errors import ShapeError
+
+        from .operands import is_device_array
+        if given is None:
+            import pycuda.gpuarray as gpuarray
+            self.array = gpuarray.zeros(shape, dtype=dtype)
+            return
+        if not is_device_array(given):
+            raise OperandError("the other operands are on the GPU: pass the output as a pycuda GPUArray too")
+        if tuple(given.shape) != tuple(shape) or np.dtype(given.dtype) != np.dtype(dtype):
+            raise ShapeError(f"output has shape {tuple(given.shape)} and dtype {given.dtype}; the kernel "
+                             f"produces {tuple(shape)} {np.dtype(dtype)}")
+        if not accumulate:
+            given.fill(0)
+        self.array = given
+
+    def arg(self, b, pointers=False):
+        return self.array.reshape(-1)
+
+    def discard(self):
+        pass
+
+    def result(self):
+        return self.array
+
+
+class OutputLayout:
+    """A sparse output's levels as the runtime sees them: level ``first`` is the first
+    stored one (the levels above it are dense: ``dense_positions`` rows), each level's
+    arrays and their dtypes for an index width, and how arrays become a Tensor."""
+
+    def __init__(self, fmt, level_sizes: list, bits: int, dtype: np.dtype):
+        self.fmt = fmt
+        self.level_sizes = list(level_sizes)
+        self.bits = bits
+        self.dtype = dtype
+        d = 0
+        while d < len(fmt.levels) and fmt.levels[d].is_dense:
+            d += 1
+        self.first = d
+        self.dense_positions = int(np.prod(self.level_sizes[:d])) if d else 1
+
+    def dtype_of(self, level: int, array: str) -> np.dtype:
+        """The NumPy dtype of one of the output's arrays (``vals``: the values')."""
+        if array == "vals":
+            return self.dtype
+        return to_numpy(level_array_type(self.fmt.levels[level], array, self.bits))
+
+    def keys(self) -> list:
+        """``(level, array)`` of every stored array, ``(-1, "vals")`` last."""
+        return [(l, a) for l in range(self.first, len(self.fmt.levels)) for a in self.fmt.levels[l].arrays] + [
+            (-1, "vals")]
+
+    def fixed_size(self, level: int, array: str) -> int:
+        """Entries of an array whose size does not depend on what the kernel appends:
+        the first stored level's ``pos`` (one per row, plus one) and packed-block
+        arrays (a slot block per row and tile)."""
+        if array == "pos":
+            return self.dense_positions + 1
+        kind = self.fmt.levels[level if level >= 0 else -1]
+        size = self.level_sizes[level if level >= 0 else -1]
+        blocks = self.dense_positions * kind.num_blocks(size)
+        return blocks if array == "count" else blocks * kind.K
+
+    def tensor(self, shape, take) -> Tensor:
+        """The output Tensor, the arrays taken level by level: ``take(key, n, dtype)``
+        gives the first ``n`` entries of array ``key`` (``pos`` first, which says
+        how many entries the level's other arrays hold)."""
+        levels = self.fmt.levels
+        level_arrays = [dict() for _ in levels]
+        parent = self.dense_positions
+        for l in range(self.first, len(levels)):
+            kind = levels[l]
+            arrays = {}
+            if "pos" in kind.arrays:
+                arrays["pos"] = take((l, "pos"), parent + 1, self.dtype_of(l, "pos"))
+            count = kind.num_positions(parent, self.level_sizes[l], arrays)
+            for a in kind.arrays:
+                if a not in arrays:
+                    arrays[a] = take((l, a), count, self.dtype_of(l, a))
+            level_arrays[l] = arrays
+            parent = count
+        vals = take((-1, "vals"), parent, self.dtype)
+        # built by the kernel, well formed by construction: no validation pass
+        return Tensor(self.fmt, shape, level_arrays, vals, validated=True)
+
+
+class Output:
+    """Allocates a kernel's output, hands its pointers out, and builds the result."""
+
+    def __init__(self, low, sizes: dict, given, bits: int, accumulate: bool, overwrite: bool):
+        t = low.inspection.notation.lhs.tensor
+        self.name = t.name
+        self.fmt = t.format
+        self.dtype = np_dtype(t.dtype)
+        self.shape = tuple(sizes[i.name] for i in low.inspection.notation.lhs.indices)
+        self.dense_out = low.output.shape == "dense"
+        self.capacity = None  # entries the kernel's growable arrays start with (set by the caller)
+        self.arrays, self.grow, self.bounded = {}, {}, {}
+        level_sizes = [sizes[i.name] for i in access_chain(low.inspection.notation.lhs)]
+        self.layout = OutputLayout(self.fmt, level_sizes, bits, self.dtype)
+        if self.dense_out:
+            self._alloc_dense(given, accumulate, overwrite, level_sizes)
+            return
+        if given is not None and not accumulate:
+            raise OperandError(f"output {self.name} is sparse: the kernel assembles it, so do not "
+                               "pass it (pass it only with +=)")
+        grow, bounded = set(low.output.growable), set(low.output.bounded)
+        for key in self.layout.keys():
+            if key in grow:
+                self.grow[key] = ctypes.c_void_p(0)
+            elif key not in bounded:
+                self.arrays[key] = np.zeros(self.layout.fixed_size(*key), dtype=self.layout.dtype_of(*key))
+
+    def _alloc_dense(self, given, accumulate, overwrite, level_sizes):
+        if given is None:
+            self.dense = fresh_output(tuple(level_sizes), self.dtype, overwrite)
+            self.user = None
+            return
+        arr = given
+        if not isinstance(arr, np.ndarray):
+            raise OperandError(f"output {self.name} must be a numpy.ndarray, not {type(arr).__name__}")
+        if arr.dtype != self.dtype:
+            raise DTypeError(f"output {self.name} has dtype {arr.dtype} but the kernel writes {self.dtype}")
+        if not arr.flags.writeable:
+            raise OperandError(f"output {self.name} is read-only")
+        view = np.transpose(arr, self.fmt.order) if self.fmt.order else arr
+        self.user = arr
+        self.dense = view if view.flags.c_contiguous else np.ascontiguousarray(view)
+        if not accumulate and not overwrite:
+            self.dense[...] = 0
+
+    # ------------------------------------------------------------ arguments
+    def arg(self, b, pointers=True):
+        if self.dense_out:
+            arr = self.dense
+        elif b.role == "output_grow":
+            return ctypes.byref(self.grow[(b.level, b.array)])
+        elif b.role in ("output_bounded", "needed"):
+            arr = self._bounded_array(b)
+        else:
+            arr = self.arrays[(b.level, b.array)]
+        return data_ptr(arr) if pointers else arr
+
+    def _bounded_array(self, b):
+        """An array the kernel appends into without growing it (Options.bounded_appends):
+        ``capacity`` entries (``pos`` one more), or the one count it reports."""
+        key = (b.level, b.array) if b.role == "output_bounded" else "needed"
+        arr = self.bounded.get(key)
+        if arr is None:
+            if key == "needed":
+                arr = np.zeros(1, np.int64)
+            else:
+                arr = np.zeros(self.capacity + (1 if b.array == "pos" else 0), self.layout.dtype_of(*key))
+            self.bounded[key] = arr
+        return arr
+
+    def needed(self) -> int:
+        """Entries a bounded-append kernel needed (0 when it grows its own arrays)."""
+        counts = self.bounded.get("needed")
+        return int(counts[0]) if counts is not None else 0
+
+    def discard(self):
+        for ptr in self.grow.values():
+            if ptr.value:
+                free(ptr.value)
+                ptr.value = None
+
+    def largest_count(self):
+        for (_l, a), arr in self.arrays.items():
+            if a == "count":
+                return int(arr.max()) if arr.size else 0
+        return 0
+
+    def packed_k(self):
+        return self.fmt.levels[-1].K
+
+    # --------------------------------------------------------------- result
+    def _taken(self, key, n, dtype):
+        """The first ``n`` entries of one of the output's arrays."""
+        if key in self.arrays:
+            return self.arrays[key]
+        if key in self.bounded:
+            whole = self.bounded[key]
+            return whole[:n].copy() if mostly_unused(n, whole.shape[0]) else whole[:n]
+        return self._take(key, n, dtype)
+
+    def _take(self, key, n, dtype):
+        """A kernel-allocated array as NumPy, without a copy, freed when the last array
+        using it goes; trimmed to its length with realloc when much of it is unused.
+
+        A buffer the call's initial capacity held (no growth) with under a quarter
+        unused is kept whole: trimming a large block before it is freed leaves
+        malloc's mmap threshold just under the next call's request, so every call
+        got fresh pages (SpGEMM 5000² on one thread: ~1000 page faults and 5.5 ms a
+        call trimmed, ~100 and 2.6 ms kept; docs/performance.md)."""
+        ptr = self.grow[key].value
+        if n == 0 or not ptr:
+            if ptr:
+                free(ptr)
+            return np.zeros(0, dtype=dtype)
+        nbytes = n * dtype.itemsize
+        capacity = self.capacity
+        if capacity is None or n > capacity or mostly_unused(n, capacity):
+            trimmed = memory.realloc(ptr, nbytes)
+            if trimmed:
+                ptr = trimmed
+        view = malloc_view(ptr, n, dtype)
+        weakref.finalize(view.base, free, ptr)
+        return view
+
+    def result(self):
+        if not self.dense_out:
+            return self.layout.tensor(self.shape, self._taken)
+        out = self.dense
+        if self.user is not None:
+            if not np.shares_memory(out, self.user):
+                np.copyto(np.transpose(self.user, self.fmt.order), out)
+            return self.user
+        if not self.shape:
+            return out.reshape(()).item() if out.size else 0.0
+        return np.transpose(out, np.argsort(self.fmt.order))

@@ -1,0 +1,148 @@
+"""The lowering's input and output as records: :class:`Options` in, :class:`Lowered` out.
+
+``Lowered`` is what every later stage reads -- the backends (code), the runtime
+(operand, output and thread plans) and the user (inspection) -- and what the disk
+cache and kernel files store (``runtime/record.py`` writes it as data). It is
+built in one place (:func:`lowered_record`) and read, never patched, afterwards:
+each part says what it is for, so a reader knows which stage depends on which
+field. :data:`LOWERED_VERSION` is part of the stored schema.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import ScheduleError
+from ..ir import nodes as n
+from ..ir.target import Capabilities
+from ..notation import Assignment
+
+# bump when a field keeps its name but changes its meaning
+LOWERED_VERSION = 2
+
+
+@dataclass
+class Options:
+    """How to lower: the schedule, as data (part of every cache key)."""
+    index_bits: int = 32
+    drop_zeros: bool | None = None   # None: only where an output loop is dense
+    parallel: str | None = None      # index name to run in parallel, "auto", or None
+    parallel_kind: str = "threads"   # threads | gpu-thread | gpu-block | gpu-warp
+    order: list | None = None        # user loop order (names)
+    precompute: tuple = ()           # reductions to push into temporaries
+    vectorize: tuple = ()            # (index, width) hints
+    unroll: tuple = ()               # (index, factor) hints
+    auto_precompute: bool = True
+    auto_layout: bool = True          # copy dense inputs whose inner loop would stride
+    blas: bool = False                # dense matrix products by a BLAS gemm call (blas.py)
+    vector_gathers: bool = True       # vectorise loops that gather (the CPU's gathers are fast)
+    split: tuple = ()                 # (index, outer, inner, factor) per Schedule.split
+    # CPU threads and a sparse output with dense rows: each chunk of rows appends to
+    # arrays of its own and the runtime stitches them (runtime/chunks.py) instead of
+    # the two-phase count and fill (assembly.py)
+    append_chunks: bool = False
+    # the GPU: a sparse output appended one entry at a time gets arrays the runtime
+    # allocates at a capacity; the kernel stores what fits, counts the rest, reports
+    # the entries it needed, and the runtime runs it again when they did not fit
+    # (device code cannot realloc)
+    bounded_appends: bool = False
+    name: str = "kernel"
+    caps: Capabilities = field(default_factory=lambda: Capabilities("cpu"))  # what the backend can do
+
+    @classmethod
+    def from_schedule(cls, schedule, drop_zeros, name, caps) -> "Options":
+        """The options of a ``Schedule`` for a backend with capabilities ``caps``;
+        ScheduleError for a parallel mapping the backend does not run."""
+        par = schedule.parallel
+        kind = caps.default_parallel_kind
+        if schedule.get("sequential"):
+            parallel = None
+        elif par is not None:
+            parallel, kind = par[0], par[1]
+            if kind not in caps.parallel_kinds:
+                raise ScheduleError(f"parallelize({parallel!r}, {kind!r}) does not fit backend {caps.name!r}, "
+                                    f"which runs {', '.join(caps.parallel_kinds)}")
+        else:
+            parallel = "auto"
+        return cls(
+            drop_zeros=drop_zeros,
+            parallel=parallel,
+            parallel_kind=kind,
+            order=schedule.order,
+            precompute=tuple(p[0] for p in schedule.get("precompute")),
+            vectorize=tuple((v[0], v[1]) for v in schedule.get("vectorize")),
+            unroll=tuple((u[0], u[1]) for u in schedule.get("unroll")),
+            auto_precompute=not schedule.get("no_precompute"),
+            blas=caps.blas and not schedule.get("no_blas"),
+            auto_layout=not schedule.get("keep_layout"),
+            bounded_appends=not caps.growable_outputs,
+            vector_gathers=caps.vector_gathers,
+            split=tuple(tuple(s) for s in schedule.get("split")),
+            name=name,
+            caps=caps,
+        )
+
+
+@dataclass
+class Code:
+    """What the backends compile and the runtime calls."""
+    module: n.Module
+    entry: str                 # the function a call runs (a two-phase kernel's fill)
+    bindings: list             # what the runtime passes for each of the entry's parameters
+
+
+@dataclass
+class OperandPlan:
+    """Storages the runtime makes from operands before a call."""
+    transposes: dict = field(default_factory=dict)  # storage name -> (operand name, Format)
+    diagonals: dict = field(default_factory=dict)   # storage name -> diagonal.Diagonal (A_diag[i] = A[i,i])
+
+
+@dataclass
+class OutputPlan:
+    """How the output is made."""
+    shape: str                 # 'dense' 'csf' 'coo' 'packed'
+    growable: list = field(default_factory=list)  # (level, array) the kernel allocates and grows
+    bounded: tuple = ()        # (level, array) appended into runtime-allocated arrays (Options.bounded_appends)
+    assembly: object = None    # assembly.TwoPhase when the output is counted, then filled
+    overwrites: bool = False   # a dense output every element of which the kernel stores: not zeroed first
+
+
+@dataclass
+class ThreadPlan:
+    """How a call's parallel loop is split, and what its work is."""
+    parallel: str | None = None        # index run over threads, if any
+    balance: tuple | None = None       # (storage name, level) whose pos balances threads
+    split: tuple | None = None         # (factor, outer?) when the parallel loop is a split piece
+    positions: tuple | None = None     # (storage, level): threads split that level's positions
+    work_scale: tuple = ()     # (storage, level) walked under each balanced nonzero (Lowerer._work_scale)
+    work_dense: tuple = ()     # indices of the dense loops under each balanced nonzero
+    gpu_choice: object = None  # default_schedule.RowChoice: thread or warp per row, picked per call
+
+
+@dataclass
+class Inspection:
+    """What ``k.loops``, ``k.index_notation``, warnings and the shape checks read."""
+    notation: Assignment       # the notation operands are checked against (every access kept)
+    order: list                # the loop order, as IndexVars
+    loops: str = ""            # the concrete loop nest as text
+    warnings: list = field(default_factory=list)
+    blas: list = field(default_factory=list)  # matrix products done by gemm calls, described
+
+
+@dataclass
+class Lowered:
+    code: Code
+    operands: OperandPlan
+    output: OutputPlan
+    threads: ThreadPlan
+    inspection: Inspection
+
+    @property
+    def append_chunks(self) -> bool:
+        """Whether each ``[lo, hi)`` call appends its rows from position 0, for the
+        runtime to stitch (runtime/chunks.py): the entry then has per-chunk parameters."""
+        return bool(self.code.module.function(self.code.entry).per_chunk)
+
+    @property
+    def entry_function(self) -> n.Function:
+        return self.code.module.function(self.code.entry)
