@@ -416,6 +416,10 @@ def _generic_eval(expr, present: set, rng_values: dict):
     return go(expr)[0]
 
 
+def sorted_repr(p):
+    return sorted(map(repr, p))
+
+
 def _all_nodes(expr):
     from spcomp.notation import children
     out = [expr]
@@ -466,7 +470,3 @@ def test_lattice_points_are_the_operand_sets_that_matter(shape):
     # the same lattice from union/intersect in the other operand order
     if isinstance(expr, (Add, Mul)):
         assert build(type(expr)(expr.rhs, expr.lhs), i, key) == L
-
-
-def sorted_repr(p):
-    return sorted(map(repr, p))

@@ -310,8 +310,8 @@ def test_user_order_is_kept_when_legal_and_refused_with_a_working_format_otherwi
         return
     m = re.search(r"not concordant with (\S+): (\w+) is stored as .* would have to be stored as '([^']+)'", msg)
     assert m, msg
-    (named,) = [a for a in bad if repr(a) == m.group(1)][:1] or [None]
-    assert named is not None, (msg, bad)
+    named = next((a for a in bad if repr(a) == m.group(1)), None)
+    assert named is not None, (msg, bad)  # the access named is one that is not concordant
     fixed = Format.parse(m.group(3))
     moved = Access(TensorVar(named.tensor.name, named.tensor.order, fixed), named.indices)
     assert fixed.levels == named.tensor.format.levels
