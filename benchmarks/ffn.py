@@ -265,16 +265,16 @@ def bench_1b(T, rounds):
 def _gate_slabs(ffn, x):
     """The first stage of the by-columns forward pass alone: each thread's gate kernel
     on its weight slab, H compressed by columns."""
-    from spcomp.nn.layers import _dense_operand
-    X = _dense_operand(x, "dense")
+    from spcomp.nn.kernels import dense_operand
+    X = dense_operand(x, "dense")
     slabs = ffn._column_slabs()
     return ffn._on_slabs(lambda p: ffn._gate_slab(slabs[p], X), slabs)
 
 
 def _consume_slabs(ffn, Hs, x):
     """The second stage alone: the fused kernel on each slab's columns, outputs summed."""
-    from spcomp.nn.layers import _dense_operand
-    X = _dense_operand(x, "dense")
+    from spcomp.nn.kernels import dense_operand
+    X = dense_operand(x, "dense")
     slabs = ffn._column_slabs()
     outs = [np.zeros((x.shape[0], ffn.hidden), np.float32) for _ in slabs]
     ffn._on_slabs(lambda p: ffn._consume_slab(slabs[p], Hs[p], X, outs[p]), slabs)
@@ -283,15 +283,17 @@ def _consume_slabs(ffn, Hs, x):
 
 
 def _fused_rows(ffn, H, x):
-    from spcomp.nn.layers import _call, _dense_operand, _row_nnz, _row_ranges, _twell_rows, _parallel
+    from spcomp.nn.kernels import call_kernel, dense_operand
+    from spcomp.nn.parallel import parallel_map, row_ranges
+    from spcomp.nn.twell import row_nnz, twell_rows
     _, consumer = ffn._kernels_for(H.format.levels[1].K)
     out = np.zeros((x.shape[0], ffn.hidden), np.float32)
 
     def run(r):
         lo, hi = r
-        _call(consumer, H=_twell_rows(H, lo, hi), Wd=ffn.wd, O=out[lo:hi],
-              X=_dense_operand(x[lo:hi], "dense"), Wu=ffn.wu)
-    _parallel(run, _row_ranges(x.shape[0], _row_nnz(H)))
+        call_kernel(consumer, H=twell_rows(H, lo, hi), Wd=ffn.wd, O=out[lo:hi],
+                    X=dense_operand(x[lo:hi], "dense"), Wu=ffn.wu)
+    parallel_map(run, row_ranges(x.shape[0], row_nnz(H)))
     return out
 
 

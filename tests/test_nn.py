@@ -175,19 +175,19 @@ def test_gate_runs_one_weight_slab_per_thread_with_single_threaded_blas(data, th
     during the calls and its thread count restored after; H is the same for any
     thread count."""
     from spcomp.backends.cpu import blas
-    from spcomp.nn import layers
+    from spcomp.nn import twell_ffn
     d = data
     ffn = SparseFFN.activation_sparse(d["w1"], None, d["w2"], None, w_gate=d["wg"], b_gate=d["bg"], B=64)
     fns = blas._openblas_thread_functions()
     seen, calls = [], []
-    real_call = layers._call
+    real_call = twell_ffn.call_kernel
 
     def spy(kernel, **ops):
         if kernel.blas_calls:
             calls.append(ops["Wa"].shape[0])
             seen.append(fns[0]() if fns else None)
         return real_call(kernel, **ops)
-    monkeypatch.setattr(layers, "_call", spy)
+    monkeypatch.setattr(twell_ffn, "call_kernel", spy)
     before_blas = fns[0]() if fns else None
     with spcomp_threads(threads):
         H = ffn.activations(d["x"])
@@ -206,7 +206,7 @@ def test_relu_by_columns_packs_each_weight_slab_by_columns(data, threads, gated,
     columns with the matching rows of Wu/Wd; one BLAS thread per slab; the result
     and the reported sparsity are the dense ones for any thread count."""
     from spcomp.backends.cpu import blas
-    from spcomp.nn import layers
+    from spcomp.nn import twell_ffn
     d = data
     wg = d["wg"] if gated else None
     bg = d["bg"] if gated else None
@@ -215,7 +215,7 @@ def test_relu_by_columns_packs_each_weight_slab_by_columns(data, threads, gated,
                                       consume="columns")
     fns = blas._openblas_thread_functions()
     gates, consumers, blas_threads = [], [], []
-    real_call = layers._call
+    real_call = twell_ffn.call_kernel
 
     def spy(kernel, **ops):
         out = real_call(kernel, **ops)
@@ -225,7 +225,7 @@ def test_relu_by_columns_packs_each_weight_slab_by_columns(data, threads, gated,
         elif "Wd" in ops:
             consumers.append((ops["H"].shape[1], ops["Wd"].shape[0], str(ops["H"].format)))
         return out
-    monkeypatch.setattr(layers, "_call", spy)
+    monkeypatch.setattr(twell_ffn, "call_kernel", spy)
     with spcomp_threads(threads):
         out = ffn(d["x"])
     slabs = min(threads, 5)                                   # F=300, B=64: 5 tiles

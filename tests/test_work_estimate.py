@@ -112,8 +112,8 @@ def test_a_call_under_thread_limit_runs_on_one_thread(monkeypatch):
 def test_nn_items_run_their_kernels_on_their_own_thread():
     """spcomp.nn spreads items over its pool; each item's kernel calls see one thread
     (a libgomp team per item would put two teams on the same cores)."""
-    from spcomp.nn.layers import _parallel
+    from spcomp.nn.parallel import parallel_map
     with threads(2):
-        counts = _parallel(lambda _item: spcomp.get_num_threads(), list(range(4)))
+        counts = parallel_map(lambda _item: spcomp.get_num_threads(), list(range(4)))
         assert counts == [1, 1, 1, 1]
         assert spcomp.get_num_threads() == 2

@@ -147,7 +147,7 @@ class MiniLM:
         """One :class:`~spcomp.nn.SparseFFN` per layer, built from the checkpoint's FFN
         weights with ``SparseFFN.from_dense(..., activation="gelu", **kwargs)``
         (e.g. ``weight_density=0.5`` or ``topk=0.1``)."""
-        from .layers import SparseFFN
+        from .ffn import SparseFFN
         kwargs.setdefault("activation", "gelu")
         return [SparseFFN.from_dense(*self.ffn_weights(l), **kwargs) for l in range(self.num_layers)]
 

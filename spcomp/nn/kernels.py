@@ -1,0 +1,102 @@
+"""The layers' side of the kernel interface: float32 arrays in the layouts the
+kernels take, compiling and calling.
+
+Every layer passes NumPy arrays through these helpers, so the dtype, the layouts
+and the cache dropping after each call are decided in one place.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import spcomp
+from spcomp.errors import ShapeError
+
+DTYPE = np.float32
+TOKEN_MAJOR = "dense"      # X[t,i] stored row by row (NumPy's C order)
+FEATURE_MAJOR = "dd:1,0"   # X[t,i] stored as X^T: the token axis is contiguous
+COLUMN_MAJOR = "dc:1,0"    # H[t,n] compressed by columns (CSC): the consumer walks n, then t
+
+
+def compile_kernel(expression: str, formats: dict | None = None, schedule=None) -> "spcomp.Kernel":
+    """A float32 CPU kernel (a cache hit after the first build of a layer)."""
+    return spcomp.compile(expression, formats=formats or {}, dtype="float32", schedule=schedule)
+
+
+def call_kernel(kernel, **operands):
+    """Run a kernel, then drop the operands from its per-object conversion cache.
+
+    The cache no longer keeps operands alive nor serves stale copies (both fixed
+    since docs/ffn.md reported them); dropping the entries still frees a converted
+    copy as soon as the call returns, where the layers pass fresh operands per call.
+    """
+    try:
+        return kernel(**operands)
+    finally:
+        kernel.forget(*operands.values())
+
+
+# --------------------------------------------------------------------- operands
+
+def _order(layout: str) -> tuple:
+    return (1, 0) if layout == FEATURE_MAJOR else (0, 1)
+
+
+def dense_operand(a: np.ndarray, layout: str) -> "spcomp.Tensor":
+    """A 2-D array as a dense Tensor in ``layout``; no copy when it already is."""
+    from spcomp.runtime import Tensor
+    storage = np.transpose(a, _order(layout))
+    if storage.dtype != DTYPE or not storage.flags.c_contiguous:
+        storage = np.ascontiguousarray(storage, dtype=DTYPE)
+    return Tensor(layout, a.shape, [{}, {}], storage.reshape(-1), validated=True)
+
+
+def vector_operand(v: np.ndarray) -> "spcomp.Tensor":
+    """A 1-D array as a dense Tensor."""
+    from spcomp.runtime import Tensor
+    return Tensor("dense", v.shape, [{}], np.ascontiguousarray(v, dtype=DTYPE), validated=True)
+
+
+def empty(shape: tuple, layout: str) -> np.ndarray:
+    """An uninitialised (rows, cols) array whose memory is laid out as ``layout``."""
+    if layout == FEATURE_MAJOR:
+        return np.empty(shape[::-1], DTYPE).T
+    return np.empty(shape, DTYPE)
+
+
+def filled(shape: tuple, layout: str, row: np.ndarray | None) -> np.ndarray:
+    """(rows, cols) in ``layout``, every row equal to ``row`` (zeros when None)."""
+    out = empty(shape, layout)
+    out[...] = 0.0 if row is None else row
+    return out
+
+
+# -------------------------------------------------------------------- arguments
+
+def as_vector(b, n: int, what: str) -> np.ndarray | None:
+    """A bias as a float32 vector of ``n`` entries (None stays None)."""
+    if b is None:
+        return None
+    b = np.ascontiguousarray(b, dtype=DTYPE).reshape(-1)
+    if b.shape[0] != n:
+        raise ShapeError(f"{what} has {b.shape[0]} entries; the layer has {n} outputs")
+    return b
+
+
+def as_matrix(w, what: str) -> np.ndarray:
+    """A dense or ``scipy.sparse`` weight as a dense float32 2-D array."""
+    import scipy.sparse as sp
+    if sp.issparse(w):
+        w = w.toarray()
+    w = np.ascontiguousarray(w, dtype=DTYPE)
+    if w.ndim != 2:
+        raise ShapeError(f"{what} is 2-D; this one has shape {w.shape}")
+    return w
+
+
+def as_tokens(x, features: int) -> tuple:
+    """``x`` as (tokens, features) plus the leading shape to restore."""
+    x = np.asarray(x)
+    if x.ndim == 0 or x.shape[-1] != features:
+        raise ShapeError(f"input has shape {x.shape}; the layer takes (..., {features})")
+    lead = x.shape[:-1]
+    return x.reshape(-1, features), lead
