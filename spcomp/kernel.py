@@ -25,6 +25,7 @@ from .lower.lowerer import Options, lower
 from .lower.order import access_chain
 from .notation import accesses
 from .runtime import threads as _threads
+from .runtime.bounds import check_sizes
 from . import chunks as _chunks
 from . import relayout as _relayout
 
@@ -712,6 +713,7 @@ class Kernel:
             if i not in sizes:
                 raise ShapeError(f"the size of index {i} cannot be inferred from the operands; pass "
                                  f"the output {self.output_name} to give it")
+        check_sizes(sizes, self.output_name, self.notation.lhs.tensor.format, self._plan.out_indices)
         return sizes
 
     def _size_origins(self, storages) -> dict:
