@@ -10,6 +10,8 @@ Everything here works on plain arrays, so :mod:`spcomp.runtime.tensor` can wrap 
 * :func:`resolve_dtype` decides the value dtype (float32, float64, bfloat16), always
   in native byte order: big-endian data (read from a file, say) is converted by
   the packers on the copy they make anyway.
+* :func:`scalar_value` converts a scalar operand to a kernel's value type, refusing
+  what the conversion would change silently.
 
 Storage layout is fixed by the level docstrings in :mod:`spcomp.formats`.
 Packing rules beyond that layout:
@@ -27,6 +29,7 @@ Packing rules beyond that layout:
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import ml_dtypes
 import numpy as np
@@ -88,6 +91,45 @@ def resolve_dtype(dtype=None, source=None) -> np.dtype:
 
 def _native(dtype: np.dtype) -> np.dtype:
     return dtype if dtype.isnative else dtype.newbyteorder("=")
+
+
+def scalar_value(name: str, value, dtype) -> np.ndarray:
+    """A Python or NumPy scalar operand as a 0-d array of the kernel's value ``dtype``.
+
+    Refused with a :class:`~spcomp.errors.DTypeError` naming operand ``name``: complex
+    values (NumPy's cast drops the imaginary part), non-numbers, and finite values
+    that the cast would turn into inf (``1e300`` for float32; an ``int`` past float64's
+    range, where Python's ``float()`` raises OverflowError). Rounding to the kernel's
+    precision is accepted (an ``int`` past int64 included: it is converted to a float,
+    never to an integer type), as is inf or NaN given as such.
+    """
+    dtype = np.dtype(dtype)
+    if isinstance(value, (complex, np.complexfloating)):
+        raise DTypeError(f"operand {name} is the complex scalar {value!r}; spcomp computes with real "
+                         f"{dtype} values (pass .real if the imaginary part is not needed)")
+    if isinstance(value, (bool, np.bool_)):
+        return np.asarray(value, dtype=dtype)
+    if not isinstance(value, (int, float, np.integer, np.floating)):
+        raise DTypeError(f"operand {name} is a {type(value).__name__}, which spcomp cannot compute "
+                         f"with; the kernel takes a real {dtype} scalar")
+    finfo = ml_dtypes.finfo(dtype)
+    try:
+        x = float(value)
+    except OverflowError:
+        x = None
+    text = repr(value)
+    if len(text) > 32:
+        text = f"(an integer of {len(str(value))} digits)"
+    if x is None or (math.isinf(x) and np.isfinite(value)):
+        raise DTypeError(f"operand {name} = {text} is beyond the range of float64; the kernel takes "
+                         f"{dtype} values of magnitude at most {float(finfo.max):.7g}")
+    with np.errstate(over="ignore"):
+        out = np.asarray(x, dtype=dtype)
+    if math.isfinite(x) and not np.isfinite(out):
+        raise DTypeError(f"operand {name} = {text} is beyond the range of {dtype} (largest finite "
+                         f"magnitude {float(finfo.max):.7g}): it would become inf; compile with "
+                         "dtype='float64' or scale the value")
+    return out
 
 
 def _work_dtype(dtype: np.dtype) -> np.dtype:

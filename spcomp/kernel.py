@@ -26,6 +26,7 @@ from .lower.order import access_chain
 from .notation import accesses
 from .runtime import threads as _threads
 from .runtime.bounds import check_sizes
+from .runtime.convert import scalar_value
 from . import chunks as _chunks
 from . import relayout as _relayout
 
@@ -454,8 +455,8 @@ class Kernel:
             return self._device_operand(spec, value)
         if plain and type(value) is np.ndarray and value.dtype == dtype and value.flags.c_contiguous:
             return _Dense(value)  # a dense array in row-major order is its own storage
-        if fmt.ndim == 0 and isinstance(value, (int, float, np.number)):
-            return _Dense(np.asarray(value, dtype=dtype))
+        if fmt.ndim == 0 and isinstance(value, (int, float, complex, np.number)):
+            return _Dense(scalar_value(operand, value, dtype))
         return self._to_tensor(operand, value, fmt, dtype)
 
     def _diagonal_operand(self, spec, value):

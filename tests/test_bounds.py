@@ -190,6 +190,59 @@ def test_split_factor_at_least_the_dimension_computes_one_block(index, factor):
     np.testing.assert_allclose(k(A=A, x=x), A @ x)
 
 
+# ------------------------------------------------------------ 4. scalars
+
+@pytest.fixture(scope="module")
+def scale():
+    return {d: spcomp.compile("y[i] = a * x[i]", dtype=d) for d in ("float64", "float32", "bfloat16")}
+
+
+def _ones(dtype):
+    return np.ones(3, ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+
+
+@pytest.mark.parametrize("value", [1 + 2j, np.complex128(3 + 0j), np.complex64(1j), np.clongdouble(2)])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_complex_scalar_is_refused(scale, value, dtype):
+    with pytest.raises(DTypeError, match=r"operand a is the complex scalar .*spcomp computes with real"):
+        scale[dtype](a=value, x=_ones(dtype))
+
+
+@pytest.mark.parametrize("dtype,value", [
+    ("float32", 1e300), ("float32", np.float64(-1e39)), ("float32", 2 ** 200),
+    ("bfloat16", 3.4e38), ("bfloat16", np.float32(3.4e38)),
+    ("float64", 2 ** 1100), ("float32", 2 ** 1100)])
+def test_scalar_beyond_the_kernel_range_is_refused(scale, dtype, value):
+    with pytest.raises(DTypeError, match=r"operand a = .* is beyond the range of (float64|float32|bfloat16)"):
+        scale[dtype](a=value, x=_ones(dtype))
+
+
+@pytest.mark.skipif(np.finfo(np.longdouble).max <= np.finfo(np.float64).max,
+                    reason="long double is double here")
+def test_long_double_beyond_float64_is_refused(scale):
+    with pytest.raises(DTypeError, match=r"operand a = .* is beyond the range of float64"):
+        scale["float64"](a=np.longdouble(2) ** 2000, x=_ones("float64"))
+
+
+@pytest.mark.parametrize("dtype,value", [
+    ("float32", 0.1), ("float32", 3e38), ("float32", 1e-300), ("float32", float("inf")),
+    ("float32", np.float64(-2.5)), ("float64", 2 ** 70), ("float64", np.uint64(2 ** 64 - 1)),
+    ("bfloat16", 1e38), ("float64", True), ("float32", np.int8(-3)), ("float64", np.longdouble(7))])
+def test_scalars_in_range_are_converted(scale, dtype, value):
+    y = scale[dtype](a=value, x=_ones(dtype))
+    want = np.asarray(float(value)).astype(y.dtype)
+    assert y.tolist() == [want.item()] * 3
+
+
+def test_non_number_scalar_and_complex_array_operands_are_dtype_errors(scale):
+    with pytest.raises(DTypeError, match="operand a"):
+        scale["float64"](a="2", x=_ones("float64"))
+    with pytest.raises(DTypeError, match="operand x: has dtype complex128"):
+        scale["float64"](a=2.0, x=np.ones(3, complex))
+    with pytest.raises(DTypeError, match="operand a: has dtype complex128"):
+        scale["float64"](a=np.array(2 + 1j), x=_ones("float64"))
+
+
 # ------------------------------------------------------------ 5. shapes are integers
 
 @pytest.mark.parametrize("bad,message", [
