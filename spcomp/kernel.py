@@ -27,6 +27,7 @@ from .notation import accesses
 from .runtime import threads as _threads
 from .runtime.bounds import check_sizes
 from .runtime.convert import scalar_value
+from .runtime.tensor import Tensor
 from . import chunks as _chunks
 from . import relayout as _relayout
 
@@ -1084,6 +1085,8 @@ def _refuse_overlap(out, operands, out_name) -> None:
         arrays = [value] if isinstance(value, np.ndarray) else [
             a for a in (getattr(value, attr, None) for attr in ("data", "indices", "indptr"))
             if isinstance(a, np.ndarray)]
+        if isinstance(value, Tensor):  # (validated by now) every level array and the values
+            arrays = [a for lv in value.levels for a in lv.values()] + [value.vals]
         if any(_overlaps(out, a) for a in arrays):
             raise OperandError(f"output {out_name} shares memory with input {name}: pass a "
                                f"separate array for the output")

@@ -385,6 +385,31 @@ def test_big_endian_values_of_a_raw_tensor_say_how_to_convert():
     assert t.to_numpy().tolist() == [[0, 0, 1], [0, 0, 0]]
 
 
+# ------------------------------------------------------------ 8. output overlaps a Tensor
+
+def test_output_sharing_memory_with_a_tensor_operand_is_refused():
+    k = spcomp.compile("y[i] += A[i,j] * x[j]", formats={"A": "csr"})
+    buf = np.ones(6)
+    y = buf[:3]
+    levels = [{}, {"pos": np.array([0, 1, 2, 3]), "crd": np.array([0, 1, 2])}]
+    for vals in (buf[:3], buf[2:5]):  # the whole output, or one element of it
+        A = Tensor.from_arrays("csr", (3, 3), levels, vals)
+        with pytest.raises(OperandError, match="output y shares memory with input A"):
+            k(A=A, x=np.ones(3), y=y)
+    A = Tensor.from_arrays("csr", (3, 3), levels, buf[3:])  # next to y, not in it
+    assert k(A=A, x=np.ones(3), y=y).tolist() == [2.0, 2.0, 2.0]
+    # the repeated-call path (same A, an output that is now A's values)
+    assert k(A=A, x=np.ones(3), y=np.zeros(3)).tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(OperandError, match="output y shares memory with input A"):
+        k(A=A, x=np.ones(3), y=buf[3:])
+    pos = np.zeros(4, np.int64)  # an index array inside the output buffer
+    out = pos.view(np.float64)[:3]
+    pos[:] = [0, 1, 2, 3]
+    A = Tensor.from_arrays("csr", (3, 3), [{}, {"pos": pos, "crd": np.array([0, 1, 2])}], np.ones(3))
+    with pytest.raises(OperandError, match="output y shares memory with input A"):
+        k(A=A, x=np.ones(3), y=out)
+
+
 # ------------------------------------------------------------ properties
 
 _INT_DTYPES = ["i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f4", "f8", "b1"]
