@@ -49,6 +49,8 @@ def check_shape(shape, name=None) -> tuple:
     """``shape`` as a tuple of Python ints, or a ShapeError naming the tensor and the
     dimension: sizes are integers (a float such as ``2.5`` or ``3.0`` is refused
     rather than truncated; a bool is not a size), non-negative and below ``2**63 - 1``."""
+    if type(shape) is tuple and all(type(s) is int and 0 <= s < SIZE_LIMIT for s in shape):
+        return shape  # the common case, kept cheap: Tensor.__init__ runs this for every result
     t = _tensor(name)
     if isinstance(shape, (str, bytes, Mapping)):
         raise ShapeError(f"{t}: shape {shape!r} is not a sequence of sizes; give a tuple of integers")
