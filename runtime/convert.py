@@ -7,7 +7,11 @@ Everything here works on plain arrays, so :mod:`spcomp.runtime.tensor` can wrap 
   with one array ``ppos`` (the parent position of every entry) and build each
   level's arrays with a few vectorised NumPy passes: no Python loop runs per entry.
 * :func:`unpack_coo` / :func:`unpack_dense` read any storage back.
-* :func:`resolve_dtype` decides the value dtype (float32, float64, bfloat16).
+* :func:`resolve_dtype` decides the value dtype (float32, float64, bfloat16), always
+  in native byte order: big-endian data (read from a file, say) is converted by
+  the packers on the copy they make anyway.
+* :func:`scalar_value` converts a scalar operand to a kernel's value type, refusing
+  what the conversion would change silently.
 
 Storage layout is fixed by the level docstrings in :mod:`spcomp.formats`.
 Packing rules beyond that layout:
@@ -25,12 +29,15 @@ Packing rules beyond that layout:
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import ml_dtypes
 import numpy as np
 
 from spcomp.errors import DTypeError, FormatError, InvalidTensorError, PackedOverflowError, ShapeError
 from spcomp.formats import Compressed, Dense, Format, PackedBlock, Singleton
+
+from .bounds import INT64_MAX, check_shape, check_storage, index_dtype_problem, uint64_overflow
 
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 FLOAT32 = np.dtype(np.float32)
@@ -50,9 +57,11 @@ def resolve_dtype(dtype=None, source=None) -> np.dtype:
     ``dtype=None`` keeps float32, float64 and bfloat16, turns float16 into float32 and
     integers/bools into float64. ``"bfloat16"`` (or ``"bf16"``, ``ml_dtypes.bfloat16``)
     stores bfloat16. Complex, object and string data, and any other requested dtype,
-    raise :class:`~spcomp.errors.DTypeError` naming the dtype.
+    raise :class:`~spcomp.errors.DTypeError` naming the dtype. A non-native byte order
+    (``>f8`` on a little-endian machine) counts as its native twin: the result is
+    always native, so converting to it byte-swaps.
     """
-    src = None if source is None else np.dtype(source)
+    src = None if source is None else _native(np.dtype(source))
     if src is not None and (src.kind in "cOSUMmV" and src != BFLOAT16):
         raise DTypeError(f"values of dtype {src} cannot be stored: spcomp stores float32, float64 "
                          "or bfloat16 values (convert real data with .astype(np.float64))")
@@ -70,7 +79,7 @@ def resolve_dtype(dtype=None, source=None) -> np.dtype:
     if isinstance(dtype, str) and dtype.strip().lower() in ("bfloat16", "bf16"):
         return BFLOAT16
     try:
-        want = np.dtype(dtype)
+        want = _native(np.dtype(dtype))
     except TypeError:
         raise DTypeError(f"dtype {dtype!r} is not a dtype: spcomp stores float32, float64 or "
                          "bfloat16 values") from None
@@ -78,6 +87,49 @@ def resolve_dtype(dtype=None, source=None) -> np.dtype:
         raise DTypeError(f"dtype {want} cannot be stored: spcomp stores float32, float64 or "
                          "bfloat16 values")
     return want
+
+
+def _native(dtype: np.dtype) -> np.dtype:
+    return dtype if dtype.isnative else dtype.newbyteorder("=")
+
+
+def scalar_value(name: str, value, dtype) -> np.ndarray:
+    """A Python or NumPy scalar operand as a 0-d array of the kernel's value ``dtype``.
+
+    Refused with a :class:`~spcomp.errors.DTypeError` naming operand ``name``: complex
+    values (NumPy's cast drops the imaginary part), non-numbers, and finite values
+    that the cast would turn into inf (``1e300`` for float32; an ``int`` past float64's
+    range, where Python's ``float()`` raises OverflowError). Rounding to the kernel's
+    precision is accepted (an ``int`` past int64 included: it is converted to a float,
+    never to an integer type), as is inf or NaN given as such.
+    """
+    dtype = np.dtype(dtype)
+    if isinstance(value, (complex, np.complexfloating)):
+        raise DTypeError(f"operand {name} is the complex scalar {value!r}; spcomp computes with real "
+                         f"{dtype} values (pass .real if the imaginary part is not needed)")
+    if isinstance(value, (bool, np.bool_)):
+        return np.asarray(value, dtype=dtype)
+    if not isinstance(value, (int, float, np.integer, np.floating)):
+        raise DTypeError(f"operand {name} is a {type(value).__name__}, which spcomp cannot compute "
+                         f"with; the kernel takes a real {dtype} scalar")
+    finfo = ml_dtypes.finfo(dtype)
+    try:
+        x = float(value)
+    except OverflowError:
+        x = None
+    text = repr(value)
+    if len(text) > 32:
+        text = f"(an integer of {len(str(value))} digits)"
+    if x is None or (math.isinf(x) and np.isfinite(value)):
+        raise DTypeError(f"operand {name} = {text} is beyond the range of float64; the kernel takes "
+                         f"{dtype} values of magnitude at most {float(finfo.max):.7g}")
+    with np.errstate(over="ignore"):
+        out = np.asarray(x, dtype=dtype)
+    if math.isfinite(x) and not np.isfinite(out):
+        raise DTypeError(f"operand {name} = {text} is beyond the range of {dtype} (largest finite "
+                         f"magnitude {float(finfo.max):.7g}): it would become inf; compile with "
+                         "dtype='float64' or scale the value")
+    return out
 
 
 def _work_dtype(dtype: np.dtype) -> np.dtype:
@@ -94,6 +146,24 @@ def index_array(a: np.ndarray, bound: int | None = None) -> np.ndarray:
 
 def packed_crd_dtype(level: PackedBlock) -> np.dtype:
     return np.dtype(np.int16 if level.crd_dtype_bits() == 16 else np.int32)
+
+
+def check_packed_level(fmt: Format, l: int, level: PackedBlock, dim_size: int) -> None:
+    """A FormatError when a kernel could not read packed-block level ``l`` in its types:
+    in-block coordinates are read as :func:`packed_crd_dtype` (int16, or int32 for
+    blocks over 32768 and for ``ell``, whose one block spans the dimension), so a block
+    holds at most 2**31 coordinates; ``count`` is read as int32, so K <= 2**31 - 1.
+    Shared by packing and validation, so neither lets a value wrap in the kernel."""
+    B = level.block_size(dim_size)
+    crd = packed_crd_dtype(level)
+    if B - 1 > np.iinfo(crd).max:
+        raise FormatError(f"format {str(fmt)!r}: level {l} ({level.spec()}) has blocks of {B} "
+                          f"coordinates, more than its in-block coordinates ({crd}, at most "
+                          f"{int(np.iinfo(crd).max) + 1} per block) can hold; "
+                          + ("give B" if level.B is None else f"use B <= {int(np.iinfo(crd).max) + 1}"))
+    if level.K > INT32_MAX:
+        raise FormatError(f"format {str(fmt)!r}: level {l} ({level.spec()}) has K = {level.K} slots "
+                          f"per block; counts are int32, so K must be at most {INT32_MAX}")
 
 
 def level_kind(level) -> str:
@@ -192,13 +262,12 @@ def pack_coo(fmt: Format, shape, coords, values, dtype=None, sum_duplicates=True
     entries are already unique and sorted in storage order (skips the sort).
     """
     _check_overflow_mode(overflow)
-    shape = tuple(int(s) for s in shape)
+    shape = check_shape(shape)
     ndim = len(shape)
-    if any(s < 0 for s in shape):
-        raise ShapeError(f"shape {shape} has a negative size")
     if fmt.ndim != ndim:
         raise FormatError(f"format {str(fmt)!r} has {fmt.ndim} level(s) but the tensor has "
                           f"{ndim} dimension(s)")
+    check_storage(fmt, shape)
     values = values_in = np.asarray(values)
     target = resolve_dtype(dtype, values.dtype)
     coords = _as_coords(coords, ndim)
@@ -244,7 +313,11 @@ def pack_coo(fmt: Format, shape, coords, values, dtype=None, sum_duplicates=True
         # _build may hand ``values`` back as vals: never alias the caller's array
         if sorted_unique or np.may_share_memory(values, values_in):
             values = np.array(values, dtype=target)
-    return _build(fmt, dims, scoords, values.astype(target, copy=False), overflow)
+    try:
+        return _build(fmt, dims, scoords, values.astype(target, copy=False), overflow)
+    except MemoryError as e:  # NumPy's own message says how much it asked for
+        raise ShapeError(f"tensor of shape {shape} in format {str(fmt)!r}: its storage cannot be "
+                         f"allocated ({e})") from e
 
 
 def _unpermute(scoords: list, order) -> list:
@@ -264,14 +337,34 @@ def _as_coords(coords, ndim: int) -> list:
     if len(coords) != ndim:
         raise ShapeError(f"coords has {len(coords)} coordinate arrays for a tensor of order {ndim}")
     for d, c in enumerate(coords):
-        if c.size and c.dtype.kind not in "iu":
-            if c.dtype.kind == "f" and np.array_equal(c, np.round(c)):
-                continue
-            raise InvalidTensorError(f"coords[{d}] has dtype {c.dtype}; coordinates are integers")
+        _check_coords(f"coords[{d}]", c)
     if ndim:
         coords = [c.astype(np.int64, copy=False).reshape(-1) if c.ndim else c.reshape(1).astype(np.int64)
                   for c in coords]
     return coords
+
+
+def _check_coords(what: str, c: np.ndarray) -> None:
+    """An InvalidTensorError unless ``c`` holds whole numbers that fit in int64: an
+    integer array (a uint64 value past 2**63 - 1 would wrap in the cast), or a float
+    array of finite whole numbers below 2**63 (the cast truncates and wraps the rest)."""
+    if not c.size:
+        return
+    if c.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(c) | (c != np.round(c)) | (np.abs(c) >= 2.0 ** 63))
+        if bad.size:
+            k = int(bad[0])
+            raise InvalidTensorError(f"{what}[{k}] = {c.reshape(-1)[k]!r} is not a whole number that fits "
+                                     "in int64; coordinates are integers (signed or unsigned integer "
+                                     "arrays, or floats holding whole numbers)")
+        return
+    problem = index_dtype_problem(c.dtype)
+    if problem is not None:
+        raise InvalidTensorError(f"{what} {problem}")
+    bad = uint64_overflow(c.reshape(-1))
+    if bad is not None:
+        raise InvalidTensorError(f"{what}[{bad[0]}] = {bad[1]} does not fit in int64 (coordinates must "
+                                 f"be at most {INT64_MAX})")
 
 
 def pack_dense(a, fmt: Format, dtype=None, overflow="error"):
@@ -379,9 +472,7 @@ def _build(fmt: Format, dims: list, sc: list, values: np.ndarray, overflow: str,
             levels_out.append({"crd": index_array(crd, N - 1 if N - 1 <= INT32_MAX else None)})
         elif isinstance(lvl, PackedBlock):
             B, nb = lvl.block_size(N), lvl.num_blocks(N)
-            if B - 1 > np.iinfo(packed_crd_dtype(lvl)).max:
-                raise FormatError(f"format {str(fmt)!r}: level {l} ({lvl.spec()}) has blocks of {B} "
-                                  "coordinates, more than its in-block coordinates can hold; give B")
+            check_packed_level(fmt, l, lvl, N)
             first = group_starts(l, l)
             dc = c if first is None else c[first]
             dp = ppos if first is None else ppos[first]

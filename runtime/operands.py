@@ -15,6 +15,7 @@ import numpy as np
 
 from spcomp.errors import DTypeError, OperandError, ShapeError, SpcompError
 
+from .convert import scalar_value
 from .memory import data_ptr
 from .tensor import Tensor
 
@@ -141,8 +142,8 @@ class Operands:
             return self.device(spec, value)
         if plain and is_plain_array(value, dtype):
             return Dense(value)
-        if fmt.ndim == 0 and isinstance(value, (int, float, np.number)):
-            return Dense(np.asarray(value, dtype=dtype))
+        if fmt.ndim == 0 and isinstance(value, (int, float, complex, np.number)):
+            return Dense(scalar_value(operand, value, dtype))
         return self.tensor(operand, value, fmt, dtype)
 
     # ------------------------------------------------------------ tensors
@@ -295,6 +296,8 @@ def refuse_overlap(out, operands, out_name) -> None:
         arrays = [value] if isinstance(value, np.ndarray) else [
             a for a in (getattr(value, attr, None) for attr in ("data", "indices", "indptr"))
             if isinstance(a, np.ndarray)]
+        if isinstance(value, Tensor):  # (validated by now) every level array and the values
+            arrays = [a for lv in value.levels for a in lv.values()] + [value.vals]
         if any(overlaps(out, a) for a in arrays):
             raise OperandError(f"output {out_name} shares memory with input {name}: pass a "
                                f"separate array for the output")

@@ -15,6 +15,7 @@ from spcomp.errors import OperandError, ShapeError
 from spcomp.lower.order import access_chain
 from spcomp.notation import accesses
 
+from .bounds import check_sizes
 from .convert import BFLOAT16, FLOAT32, FLOAT64
 
 # Binding roles that are arrays of the output (allocated by the runtime or the kernel)
@@ -97,6 +98,7 @@ class CallPlan:
         self.plain_output = low.output.shape == "dense" and ofmt.order == tuple(range(ofmt.ndim))
         self.out_indices = [i.name for i in notation.lhs.indices]
         self.out_dtype = np_dtype(out_t.dtype)
+        self.out_format = ofmt
         self.lhs_indices = [i.name for i in notation.lhs.indices]
 
     # ------------------------------------------------------------ names
@@ -143,6 +145,7 @@ class CallPlan:
             if i not in sizes:
                 raise ShapeError(f"the size of index {i} cannot be inferred from the operands; pass "
                                  f"the output {self.output_name} to give it")
+        check_sizes(sizes, self.output_name, self.out_format, self.out_indices)
         return sizes
 
     def _size_origins(self) -> dict:

@@ -22,6 +22,7 @@ well formed by construction and marked validated, except the zero-copy
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 
 import numpy as np
@@ -30,6 +31,7 @@ from spcomp.errors import DTypeError, ShapeError
 from spcomp.formats import Compressed, Dense, Format, PackedBlock
 
 from . import convert as _cv
+from .bounds import check_shape, native_index_array
 from .validate import validate_storage
 
 __all__ = ["Tensor", "as_tensor"]
@@ -46,7 +48,7 @@ class Tensor:
                  "_kernel_arrays", "_index_bits", "__weakref__")
 
     def __init__(self, format, shape, levels, vals, *, validated: bool = False):
-        shape = tuple(int(s) for s in shape)
+        shape = check_shape(shape)  # integers below 2**63 - 1, never truncated (runtime/bounds.py)
         fmt = format if isinstance(format, Format) else _parse_format(format, len(shape))
         self.format: Format = fmt
         self.shape: tuple = shape
@@ -79,8 +81,9 @@ class Tensor:
                  overflow: str = "error") -> "Tensor":
         """Pack a coordinate list: ``coords`` is ``(ndim, nnz)`` or ``ndim`` arrays, in
         dimension order. Duplicates are summed (``sum_duplicates=False`` makes them an
-        :class:`~spcomp.errors.InvalidTensorError`). Explicit zeros given are stored."""
-        shape = tuple(int(s) for s in shape)
+        :class:`~spcomp.errors.InvalidTensorError`). Explicit zeros given are stored.
+        Values and coordinates in either byte order are accepted (the packed copy is native)."""
+        shape = check_shape(shape)
         fmt = _parse_format(format, len(shape))
         fmt, levels, vals = _cv.pack_coo(fmt, shape, coords, values, dtype, sum_duplicates, overflow)
         return cls(fmt, shape, levels, vals, validated=True)
@@ -91,8 +94,9 @@ class Tensor:
 
         Zero-copy when ``m`` is CSR in canonical form (sorted, no duplicates) and the
         format is ``csr`` (``d c``), or likewise CSC and ``csc`` (``d c:1,0``): the
-        tensor shares ``indptr``/``indices``/``data`` (and keeps scipy's index dtype);
-        ``data`` is converted only when the value dtype changes.
+        tensor shares ``indptr``/``indices`` when they are native int32/int64 (other
+        integer dtypes and big-endian ones are converted: SciPy's own conversions
+        refuse them) and ``data`` unless the value dtype or byte order changes.
         """
         import scipy.sparse as sp
 
@@ -102,6 +106,7 @@ class Tensor:
         fmt = _parse_format(format, len(shape))
         target = _cv.resolve_dtype(dtype, m.dtype)
         kind = m.format
+        m = _scipy_ready(m, target)
         if kind in ("csr", "csc"):
             _check_scipy_compressed(m)
         if (kind in ("csr", "csc") and len(shape) == 2 and _is_dense_compressed(fmt)
@@ -212,12 +217,17 @@ class Tensor:
 
     # ------------------------------------------------------------ conversions
     def to_numpy(self) -> np.ndarray:
-        """A fresh dense array in dimension order (duplicates in COO storage are summed)."""
+        """A fresh dense array in dimension order (duplicates in COO storage are summed).
+        Validates first: unpacking trusts the arrays (a bad ``pos`` would make NumPy
+        raise its own errors, or read garbage)."""
+        self.validate()
         return _cv.unpack_dense(self.format, self.shape, self.levels, self.vals)
 
     def to_coo(self, drop_zeros: bool = False):
         """``(coords, values)``: coords ``(ndim, nnz)`` int64 in dimension order, entries in
-        storage order. Stored explicit zeros are kept unless ``drop_zeros``."""
+        storage order. Stored explicit zeros are kept unless ``drop_zeros``. Validates
+        first, like :meth:`to_numpy` (so conversions to other formats do too)."""
+        self.validate()
         coords, values = _cv.unpack_coo(self.format, self.shape, self.levels, self.vals)
         n = values.shape[0]
         out = np.empty((self.ndim, n), np.int64)
@@ -298,6 +308,34 @@ def as_tensor(x, format=None, dtype=None, overflow: str = "error") -> Tensor:
     if a.dtype.kind in "OSU":
         raise DTypeError(f"cannot use an array of dtype {a.dtype} as a tensor")
     return Tensor.from_numpy(a, "dense" if format is None else format, dtype=dtype, overflow=overflow)
+
+
+def _scipy_ready(m, target: np.dtype):
+    """``m``, or a shallow copy of it that SciPy's own conversions (``tocoo``,
+    ``sum_duplicates``) take, since they raise a ValueError of their own on what a
+    user may have put in the arrays: ``indptr``/``indices`` become native int32/int64
+    (:func:`~spcomp.runtime.bounds.native_index_array`; a float, bool or out-of-range
+    uint64 index array is an InvalidTensorError naming it), and values SciPy does not
+    compute with (float16, bfloat16, big-endian) become ``target`` (float32 for
+    bfloat16, which SciPy lacks), exactly. The caller's matrix is not changed. COO
+    coordinates are checked by the packer (``pack_coo``)."""
+    fixed = {}
+    if m.format in ("csr", "csc", "bsr"):
+        new = {key: native_index_array(getattr(m, key), f"scipy {m.format} matrix: {key}")
+               for key in ("indptr", "indices")}
+        if new["indptr"].dtype != new["indices"].dtype:  # SciPy wants one index dtype
+            new = {key: a.astype(np.int64) for key, a in new.items()}
+        fixed = {key: a for key, a in new.items() if a is not getattr(m, key)}
+    if m.format in ("csr", "csc", "bsr", "coo", "dia"):
+        dt = m.data.dtype
+        if not (dt.isnative and (dt.kind in "biu" or dt in (_cv.FLOAT32, _cv.FLOAT64))):
+            fixed["data"] = m.data.astype(_cv.FLOAT32 if target == _cv.BFLOAT16 else target)
+    if not fixed:
+        return m
+    m = copy.copy(m)  # shares what is not fixed; the fixed arrays are this copy's alone
+    for key, a in fixed.items():
+        setattr(m, key, a)
+    return m
 
 
 def _check_scipy_compressed(m) -> None:

@@ -3,21 +3,27 @@
 :func:`validate_storage` checks everything a generated kernel relies on before a
 user's arrays reach machine code:
 
-* the shape has one non-negative size per format level;
-* each level holds exactly the arrays its kind names, 1-D and integer typed;
+* the shape has one integer size per format level, in ``0 .. 2**63 - 2``, and the
+  dense and packed-block levels hold a number of positions an array can have
+  (:mod:`spcomp.runtime.bounds`);
+* each level holds exactly the arrays its kind names, 1-D and integer typed (signed
+  or unsigned, either byte order; uint64 values past ``2**63 - 1`` are refused);
 * compressed: ``pos`` has parent positions + 1 entries, starts at 0, never
   decreases and ends at ``len(crd)``; coordinates lie in ``[0, N)``; within a
   segment they increase strictly (ordered unique), never decrease (ordered
   non-unique) or do not repeat (unordered unique);
 * singleton: one coordinate per parent position, in ``[0, N)``, ordered (and
   unique) among siblings whose coordinates above are equal (COO runs);
-* packed-block: ``count`` per (parent, block) in ``[0, K]``, ``crd`` of length
+* packed-block: the block size and K fit the types a kernel reads them in
+  (:func:`~spcomp.runtime.convert.check_packed_level`: in-block coordinates as int16
+  or int32, counts as int32);
+  ``count`` per (parent, block) in ``[0, K]``, ``crd`` of length
   parent positions * blocks * K holding in-block coordinates ``[0, block size)``;
   used slots increase strictly (ordered) or do not repeat (unordered); unused
   slots hold coordinate 0 and, on the last level, value 0 (so kernels that read
   every slot stay in bounds and add nothing);
-* ``vals`` is 1-D, float32 / float64 / bfloat16, one value per position of the
-  last level.
+* ``vals`` is 1-D, float32 / float64 / bfloat16 in native byte order, one value
+  per position of the last level.
 
 The checks are vectorised NumPy: no Python loop runs per entry. Each message
 names the tensor level, its kind, the array and the first bad position, e.g.
@@ -30,10 +36,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from spcomp.errors import DTypeError, InvalidTensorError
+from spcomp.errors import DTypeError, FormatError, InvalidTensorError
 from spcomp.formats import Compressed, Dense, Format, PackedBlock, Singleton
 
-from .convert import STORAGE_DTYPES, level_kind
+from .bounds import check_shape, check_storage, index_dtype_problem, uint64_overflow
+from .convert import STORAGE_DTYPES, check_packed_level, level_kind
 
 
 class _Where:
@@ -74,24 +81,27 @@ def _index_array(where: _Where, prefix: str, arrays: Mapping, key: str) -> np.nd
         where.fail(prefix, f"{key} is a {type(a).__name__}, not a NumPy array")
     if a.ndim != 1:
         where.fail(prefix, f"{key} has shape {a.shape}; level arrays are 1-D")
-    if a.dtype.kind not in "iu":
-        where.fail(prefix, f"{key} has dtype {a.dtype}; index arrays must be integer typed")
+    problem = index_dtype_problem(a.dtype)
+    if problem is not None:
+        where.fail(prefix, f"{key} {problem}")
+    bad = uint64_overflow(a)
+    if bad is not None:  # the int64 casts below (and the kernel's) would wrap it negative
+        where.fail(prefix, f"{key}[{bad[0]}] = {bad[1]} does not fit in int64 (index values must be "
+                           "at most 2**63 - 1)")
     return a
 
 
 def validate_storage(fmt: Format, shape, levels, vals, name: str | None = None) -> None:
-    """Raise :class:`~spcomp.errors.InvalidTensorError` (or ``DTypeError`` for ``vals``)
-    on the first structural defect of the storage; return None when it is well formed."""
+    """Raise :class:`~spcomp.errors.InvalidTensorError` (``ShapeError`` for a shape out of
+    bounds, ``FormatError`` for a packed level a kernel cannot read, ``DTypeError`` for
+    ``vals``) on the first defect of the storage; return None when it is well formed."""
     where = _Where(name)
     t = where.tensor
-    shape = tuple(shape)
+    shape = check_shape(shape, name)
     if len(shape) != fmt.ndim:
         raise InvalidTensorError(f"{t}: shape {shape} has {len(shape)} dimension(s) but format "
                                  f"{str(fmt)!r} has {fmt.ndim} level(s)")
-    for d, s in enumerate(shape):
-        if not isinstance(s, (int, np.integer)) or s < 0:
-            raise InvalidTensorError(f"{t}: shape {shape}: size of dimension {d} must be a "
-                                     f"non-negative integer, got {s!r}")
+    check_storage(fmt, shape, name)
     if isinstance(levels, Mapping) or len(levels) != fmt.ndim:
         raise InvalidTensorError(f"{t}: format {str(fmt)!r} has {fmt.ndim} level(s); levels must be "
                                  f"a list of {fmt.ndim} dict(s) of arrays")
@@ -204,6 +214,10 @@ def validate_storage(fmt: Format, shape, levels, vals, name: str | None = None) 
             count = _index_array(where, prefix, arrays, "count")
             crd = _index_array(where, prefix, arrays, "crd")
             B, nb, K = lvl.block_size(N), lvl.num_blocks(N), lvl.K
+            try:
+                check_packed_level(fmt, l, lvl, N)
+            except FormatError as e:
+                raise FormatError(f"{t}: {e}") from None
             G = P * nb  # (parent, block) pairs
             if count.shape[0] != G:
                 where.fail(prefix, f"count has {count.shape[0]} entries but needs {G} "
@@ -268,6 +282,11 @@ def validate_storage(fmt: Format, shape, levels, vals, name: str | None = None) 
 def _check_vals_array(t: str, vals, P: int) -> None:
     if not isinstance(vals, np.ndarray):
         raise InvalidTensorError(f"{t}: vals is a {type(vals).__name__}, not a NumPy array")
+    native = vals.dtype.newbyteorder("=")
+    if not vals.dtype.isnative and native in STORAGE_DTYPES:  # (the packers convert; raw arrays are kept)
+        order = "big-endian" if vals.dtype.byteorder == ">" else "little-endian"
+        raise DTypeError(f"{t}: vals is {order} ({vals.dtype.str}); a kernel reads {native.name} in "
+                         f"this machine's byte order: convert with .astype({native.str!r})")
     if vals.dtype not in STORAGE_DTYPES:
         raise DTypeError(f"{t}: vals has dtype {vals.dtype}; spcomp stores float32, float64 or "
                          "bfloat16 values")

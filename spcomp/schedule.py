@@ -6,15 +6,41 @@ new schedule, so they chain::
     Schedule().reorder("i", "k", "j").parallelize("i").precompute("k")
 
 The lowerer checks every directive and refuses an illegal one with a
-:class:`~spcomp.errors.ScheduleError` that says why.
+:class:`~spcomp.errors.ScheduleError` that says why. The numbers a directive takes
+are checked here, when the schedule is built: integers (Python or NumPy, not bools)
+within the bounds below, so that none reaches LLVM as a count it cannot honour.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 from .errors import ScheduleError
 
 PARALLEL_KINDS = ("threads", "gpu-block", "gpu-thread", "gpu-warp")
+#: ``split`` factors: 1 ..  2**31 - 1. A factor at least the dimension's size is one
+#: block (the right answer, nothing gained); larger ones are refused as mistakes.
+SPLIT_FACTOR_MAX = 2 ** 31 - 1
+#: ``unroll`` factors: 1 .. 64. LLVM copies the loop body that many times: beyond 64
+#: the code only grows (2**31 compiles for minutes, 2**32 aborts LLVM).
+UNROLL_MAX = 64
+#: ``vectorize`` widths: 0 (the backend decides), or a power of two up to 64 lanes.
+VECTOR_WIDTH_MAX = 64
+
+
+def _count(call: str, value, lo: int, hi: int, what: str) -> int:
+    """``value`` as an int in ``lo..hi``, or a ScheduleError naming the directive."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ScheduleError(f"{call}: the {what} must be an integer, not {type(value).__name__} "
+                            f"{value!r}")
+    if not lo <= value <= hi:
+        raise ScheduleError(f"{call}: the {what} must be in {lo}..{hi}, got {int(value)}")
+    return int(value)
+
+
+def _index_name(call: str, index) -> None:
+    if not isinstance(index, str):
+        raise ScheduleError(f"{call}: the index must be a name (a str), not {type(index).__name__}")
 
 
 @dataclass(frozen=True)
@@ -66,22 +92,32 @@ class Schedule:
         """Run the loop over ``index`` as two loops, ``outer`` over blocks of ``factor``
         coordinates and ``inner`` within a block (``index = outer*factor + inner``;
         the last block is cut at the dimension's end). The pieces can be reordered,
-        parallelised, vectorised and unrolled like any loop. Dense loops only."""
+        parallelised, vectorised and unrolled like any loop. Dense loops only.
+        ``factor`` is an integer in 1..2**31 - 1; one at least the dimension's size
+        runs one block."""
         if not all(isinstance(x, str) for x in (index, outer, inner)) or len({index, outer, inner}) != 3:
             raise ScheduleError(f"split({index!r}, {outer!r}, {inner!r}, ...): three distinct index names, "
                                 "e.g. split('i', 'i0', 'i1', 8)")
-        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
-            raise ScheduleError(f"split({index!r}, {outer!r}, {inner!r}, {factor!r}): the factor must be "
-                                "an integer >= 1")
-        return self._with("split", index, outer, inner, int(factor))
+        factor = _count(f"split({index!r}, {outer!r}, {inner!r}, {factor!r})", factor, 1,
+                        SPLIT_FACTOR_MAX, "factor")
+        return self._with("split", index, outer, inner, factor)
 
     def vectorize(self, index: str, width: int = 0) -> "Schedule":
-        return self._with("vectorize", index, int(width))
+        """Ask the backend to vectorise the loop over ``index`` ``width`` lanes wide:
+        0 lets it choose, 1 keeps the loop scalar, else a power of two up to 64."""
+        call = f"vectorize({index!r}, {width!r})"
+        _index_name(call, index)
+        width = _count(call, width, 0, VECTOR_WIDTH_MAX, "width")
+        if width & (width - 1):
+            raise ScheduleError(f"{call}: the width must be 0 or a power of two up to {VECTOR_WIDTH_MAX}")
+        return self._with("vectorize", index, width)
 
     def unroll(self, index: str, factor: int) -> "Schedule":
-        if factor < 1:
-            raise ScheduleError(f"unroll({index!r}, {factor}): the factor must be >= 1")
-        return self._with("unroll", index, int(factor))
+        """Ask the backend to unroll the loop over ``index`` ``factor`` times (1..64;
+        1 keeps it rolled)."""
+        call = f"unroll({index!r}, {factor!r})"
+        _index_name(call, index)
+        return self._with("unroll", index, _count(call, factor, 1, UNROLL_MAX, "factor"))
 
     # ------------------------------------------------------------- queries
     def get(self, name):

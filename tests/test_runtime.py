@@ -438,7 +438,6 @@ INVALID = [
     ("csr", (3, 4), _csr(), np.ones(4), r"vals has 4 entries but the last level has 3 positions"),
     ("csr", (3, 4), _csr(), np.ones((3, 1)), r"vals has shape \(3, 1\)"),
     (Format.csr(), (3, 4, 5), _csr(), np.ones(3), r"shape \(3, 4, 5\) has 3 dimension\(s\)"),
-    (Format.csr(), (3, -4), _csr(), np.ones(3), r"dimension 1 must be a non-negative"),
     ("csr", (3, 4), [{}], np.ones(3), r"levels must be a list of 2"),
     ("c(unordered)", (5,), [dict(pos=I32(0, 3), crd=I32(3, 1, 3))], np.ones(3),
      r"level 0 \(compressed\): crd\[2\] = 3 repeats crd\[0\]"),
