@@ -9,7 +9,7 @@ from .errors import *  # noqa: F401,F403
 from .formats import Format
 from .schedule import Schedule
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
 
 def __getattr__(name):

@@ -24,24 +24,13 @@ import llvmlite.binding as llvm
 
 from spcomp.errors import CacheError
 from spcomp.ir import nodes as n
-from spcomp.ir.types import BF16, BOOL, F32, F64, I8, I16, I32, I64, PointerType
 
 from . import codegen
+from .abi import ctypes_signature
 from .codegen import KernelIRError
-
-_CTYPES = {BOOL: ctypes.c_bool, I8: ctypes.c_int8, I16: ctypes.c_int16, I32: ctypes.c_int32,
-           I64: ctypes.c_int64, F32: ctypes.c_float, F64: ctypes.c_double,
-           BF16: ctypes.c_uint16}
 
 _lock = threading.RLock()
 _host: "_Host | None" = None
-
-
-def ctypes_signature(f: n.Function) -> ctypes.CFUNCTYPE:
-    """The ctypes prototype of a kernel function: ``int32 f(void*, int64, ...)``."""
-    args = [ctypes.c_void_p if isinstance(p.type, PointerType) else _CTYPES[p.type]
-            for p in f.params]
-    return ctypes.CFUNCTYPE(ctypes.c_int32, *args)
 
 
 class _Host:

@@ -24,6 +24,8 @@ from llvmlite import ir
 from spcomp.ir import nodes as n
 from spcomp.ir.types import I64
 
+from .abi import ctypes_signature
+
 DRIVER_SUFFIX = "__omp"
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -144,7 +146,6 @@ def _add_driver(llmod, kernel, gomp, tid_fn, team_fn, per_chunk=frozenset()) -> 
 
 def driver_signature(f: n.Function):
     """ctypes prototype of ``NAME__omp``."""
-    from .jit import ctypes_signature
     base = ctypes_signature(f)
     rest = [ctypes.c_void_p if p.name in f.per_chunk else t for p, t in zip(f.params[2:], base._argtypes_[2:])]
     return ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p, *rest)

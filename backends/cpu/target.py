@@ -20,10 +20,10 @@ def source_digest() -> str:
         import hashlib
         from pathlib import Path
 
-        import spcomp
-        from spcomp import backends
+        import spcomp.errors
+        import spcomp.backends
         h = hashlib.sha256()
-        roots = [Path(spcomp.__file__).parent, Path(backends.__file__).parent]
+        roots = [Path(spcomp.errors.__file__).parent, Path(spcomp.backends.__file__).parent]
         for root in roots:
             for path in sorted(root.rglob("*.py")):
                 h.update(path.read_bytes())
@@ -63,7 +63,7 @@ class CpuTarget:
     def cache_key(self) -> tuple:
         import llvmlite
 
-        from spcomp import __version__
+        from spcomp.version import __version__
         from .jit import host_cpu_key, llvm_version
         from .parallel import gomp_library
         # kernels built where libgomp loads call GOMP_parallel: elsewhere they could not link

@@ -25,10 +25,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from spcomp.errors import SpcompError
+from spcomp.ir.loops import first_parallel
 from spcomp.ir.nodes import walk
 from spcomp.lower.lowerer import TEAM_MEMBERS, lower
 
-from .emit import emit_module, first_parallel, readonly_params
+from .emit import emit_module, readonly_params
 from .staging import staged_loops
 
 # Average stored entries per row from which a warp per row beats a thread per

@@ -143,6 +143,7 @@ import numpy as np
 
 from spcomp import errors
 from spcomp.ir import nodes as n
+from spcomp.ir.loops import first_parallel
 from spcomp.ir.printer import CPrinter
 from spcomp.ir.types import BF16, BOOL, F32, F64, I32, I64, PointerType, ScalarType
 
@@ -280,21 +281,6 @@ def _declared(node) -> set:
 
 def _arrays_in(node):
     return [x.array for x in n.walk(node) if isinstance(x, (n.Load, n.Store, n.AtomicAdd, n.Sort))]
-
-
-def first_parallel(node):
-    """The outermost parallel loops under ``node`` (not those nested in another)."""
-    out = []
-
-    def visit(x):
-        if isinstance(x, n.For) and x.parallel:
-            out.append(x)
-            return
-        for c in n.children(x):
-            if not isinstance(c, (n.Var, n.Const, n.Load, n.Binary, n.Unary, n.Call, n.Select, n.Cast)):
-                visit(c)
-    visit(node)
-    return out
 
 
 # ------------------------------------------------------------------ contexts

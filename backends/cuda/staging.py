@@ -21,6 +21,7 @@ This module decides which loops qualify (:func:`plan`); the emitter prints them
 from __future__ import annotations
 
 from spcomp.ir import nodes as n
+from spcomp.ir.loops import first_parallel
 
 # entries staged per chunk: two warps' worth, so one pass of a block of >= 64
 # threads fills it; 64 * (4 + 4) = 512 bytes of shared memory for an int32 crd
@@ -67,7 +68,6 @@ def plan(loop: n.For, readonly: set) -> list | None:
 def staged_loops(function: n.Function, readonly: set) -> list:
     """The loops of ``function``'s gpu-block team body the emitter stages (for the
     default schedule, which prefers a block per row when there are some)."""
-    from .emit import first_parallel
     grid = first_parallel(function.body)
     if len(grid) != 1 or grid[0].parallel != "gpu-block":
         return []

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..ir import nodes as n
+from ..ir.build import as_i64
 from ..ir.types import I64
 from .level import Level, LevelIterator, PosInfo
 
@@ -36,9 +37,6 @@ class Compressed(Level):
 
 # ------------------------------------------------------------------ lowering
 
-def _idx(e):
-    return n.Cast(e, I64) if e.type != I64 else e
-
 
 class CompressedIterator(LevelIterator):
     """``for p in pos[q] .. pos[q+1]``; a non-unique level walks runs of equal crd."""
@@ -52,7 +50,7 @@ class CompressedIterator(LevelIterator):
     def _bounds(self):
         q = self.la.parent.pos
         pos = self.la.arrays["pos"]
-        return _idx(n.Load(pos, q)), _idx(n.Load(pos, n.Binary("+", q, n.i64(1))))
+        return as_i64(n.Load(pos, q)), as_i64(n.Load(pos, n.Binary("+", q, n.i64(1))))
 
     def segment_length(self):
         lo, hi = self._bounds()
@@ -73,12 +71,12 @@ class CompressedIterator(LevelIterator):
 
     def load(self, coord):
         crd = self.la.arrays["crd"]
-        out = [n.Assign(coord, _idx(n.Load(crd, self.p)))]
+        out = [n.Assign(coord, as_i64(n.Load(crd, self.p)))]
         if self.seg is not None:
             nxt = n.Binary("+", self.seg, n.i64(1))
             out += [n.Assign(self.seg, n.Binary("+", self.p, n.i64(1))),
                     n.While(n.Binary("&&", n.Binary("<", self.seg, self.end),
-                                     n.Binary("==", _idx(n.Load(crd, self.seg)), coord)),
+                                     n.Binary("==", as_i64(n.Load(crd, self.seg)), coord)),
                             n.block(n.Assign(self.seg, nxt)))]
         return out
 
@@ -95,5 +93,5 @@ class CompressedIterator(LevelIterator):
             return super().loop(coord, body)
         lo, hi = self._bounds()
         crd = self.la.arrays["crd"]
-        return [n.For(self.p, lo, hi, n.block(n.Declare(coord, _idx(n.Load(crd, self.p))),
+        return [n.For(self.p, lo, hi, n.block(n.Declare(coord, as_i64(n.Load(crd, self.p))),
                                               *body(PosInfo(self.p))))]

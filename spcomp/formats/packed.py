@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..ir import nodes as n
+from ..ir.build import add, mul
 from ..ir.types import I64
 from .level import Level, LevelIterator, PosInfo
 
@@ -75,12 +76,6 @@ class PackedBlock(Level):
         return n.Binary("/", n.Binary("+", dim, n.Binary("-", bs, n.i64(1))), bs)
 
 
-def _add(a, b):
-    return n.Binary("+", a, b)
-
-
-def _mul(a, b):
-    return n.Binary("*", a, b)
 
 
 class PackedIterator(LevelIterator):
@@ -97,19 +92,19 @@ class PackedIterator(LevelIterator):
         self.bs = kind.block_size_expr(la.dim)
 
     def _tile(self, b):
-        return _add(_mul(self.la.parent.pos, self.nb), b)
+        return add(mul(self.la.parent.pos, self.nb), b)
 
     def _count(self, b):
         return n.Cast(n.Load(self.la.arrays["count"], self._tile(b)), I64)
 
     def _skip_empty(self):
         K = n.i64(self.la.kind.K)
-        nxt = _add(self.b, n.i64(1))
+        nxt = add(self.b, n.i64(1))
         return n.While(
             n.Binary("&&", n.Binary("==", self.p, self.end), n.Binary("<", nxt, self.nb)),
             n.block(n.Assign(self.b, nxt),
-                    n.Assign(self.p, _mul(self._tile(self.b), K)),
-                    n.Assign(self.end, _add(self.p, self._count(self.b)))))
+                    n.Assign(self.p, mul(self._tile(self.b), K)),
+                    n.Assign(self.end, add(self.p, self._count(self.b)))))
 
     def init(self):
         return [n.Declare(self.nb, self.la.kind.num_blocks_expr(self.la.dim)),
@@ -121,21 +116,21 @@ class PackedIterator(LevelIterator):
 
     def load(self, coord):
         crd = n.Cast(n.Load(self.la.arrays["crd"], self.p), I64)
-        return [n.Assign(coord, _add(_mul(self.b, self.bs), crd))]
+        return [n.Assign(coord, add(mul(self.b, self.bs), crd))]
 
     def position(self):
         return PosInfo(self.p)
 
     def advance(self):
-        return [n.Assign(self.p, _add(self.p, n.i64(1))), self._skip_empty()]
+        return [n.Assign(self.p, add(self.p, n.i64(1))), self._skip_empty()]
 
     def loop(self, coord, body):
         K = n.i64(self.la.kind.K)
         base = n.Var(self.fresh("slot" + self.la.name), I64)
         crd = n.Cast(n.Load(self.la.arrays["crd"], self.p), I64)
-        inner = n.For(self.p, base, _add(base, self._count(self.b)),
-                      n.block(n.Declare(coord, _add(_mul(self.b, self.bs), crd)),
+        inner = n.For(self.p, base, add(base, self._count(self.b)),
+                      n.block(n.Declare(coord, add(mul(self.b, self.bs), crd)),
                               *body(PosInfo(self.p))))
         return [n.Declare(self.nb, self.la.kind.num_blocks_expr(self.la.dim)),
                 n.For(self.b, n.i64(0), self.nb,
-                      n.block(n.Declare(base, _mul(self._tile(self.b), K)), inner))]
+                      n.block(n.Declare(base, mul(self._tile(self.b), K)), inner))]

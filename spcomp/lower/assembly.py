@@ -27,9 +27,10 @@ from dataclasses import dataclass
 
 from ..formats.compressed import Compressed
 from ..ir import nodes as n
+from ..ir.build import add
 from ..ir.types import I64, ptr
 from .context import Binding, level_array_type
-from .outputs import AppendSink, _add
+from .outputs import AppendSink
 from .prefetch import prefetch_rows
 
 ROW_POS = "row_pos"  # binding role / array name: per-row starts of a lower level
@@ -174,11 +175,11 @@ class CountSink(_RowSink):
         return [n.Assign(c, n.i64(0)) for c in self.counters.values()]
 
     def row_end(self, q):
-        nxt = _add(q, n.i64(1))
+        nxt = add(q, n.i64(1))
         return [n.Store(arr, nxt, n.Cast(self.counters[l], arr.type.elem)) for l, arr in self.counts.items()]
 
     def commit(self, l, coord, p, child):
-        return [n.Assign(p, _add(p, n.i64(1)))]
+        return [n.Assign(p, add(p, n.i64(1)))]
 
     def innermost(self, value, env):
         if self.drop:
@@ -187,7 +188,7 @@ class CountSink(_RowSink):
 
     def _append(self, value, env):
         p = self.counters[len(self.levels) - 1]
-        return [n.Assign(p, _add(p, n.i64(1)))]
+        return [n.Assign(p, add(p, n.i64(1)))]
 
 
 class FillSink(_RowSink):
@@ -204,8 +205,8 @@ class FillSink(_RowSink):
         crd = self.p.array(l, "crd")
         pos = self.p.array(l + 1, "pos")
         return [n.Store(crd, p, n.Cast(coord, crd.type.elem)),
-                n.Store(pos, _add(p, n.i64(1)), n.Cast(child, pos.type.elem)),
-                n.Assign(p, _add(p, n.i64(1)))]
+                n.Store(pos, add(p, n.i64(1)), n.Cast(child, pos.type.elem)),
+                n.Assign(p, add(p, n.i64(1)))]
 
     def _append(self, value, env):
         from .outputs import store_value
@@ -214,7 +215,7 @@ class FillSink(_RowSink):
         crd = self.p.array(m - 1, "crd")
         return [n.Store(crd, p, n.Cast(env.bound[self.chain[-1]], crd.type.elem)),
                 store_value(self.p.vals, p, value, False),
-                n.Assign(p, _add(p, n.i64(1)))]
+                n.Assign(p, add(p, n.i64(1)))]
 
 
 # ----------------------------------------------------------------- build

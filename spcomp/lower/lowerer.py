@@ -24,6 +24,7 @@ from ..formats import Compressed, Format
 from ..formats.singleton import Singleton
 from ..formats.level import LevelAccess, PosInfo
 from ..ir import nodes as n
+from ..ir.build import as_i64
 from ..ir.types import BOOL, F32, F64, I64, ptr
 from ..notation import (Access, Add, Assignment, Call, Div, Literal, Mul, Neg,
                         Sub, Sum, TensorVar, accesses, free_indices)
@@ -54,9 +55,6 @@ BITS_PER_STEP = 4
 # the loops a team-per-iteration mapping splits among its members
 TEAM_MEMBERS = {"gpu-warp": "gpu-lane", "gpu-block": "gpu-thread"}
 
-
-def _idx(e):
-    return n.Cast(e, I64) if e.type != I64 else e
 
 
 def _dense_relayouts(rhs, order, enabled: bool, skip=frozenset()) -> dict:
@@ -419,10 +417,10 @@ class Lowerer:
                 size = self.sizes[chain[m]]
                 count = size if count == n.i64(1) else n.Binary("*", count, size)
             elif isinstance(kind, Compressed):
-                count = _idx(n.Load(arrays[m]["pos"], count))
+                count = as_i64(n.Load(arrays[m]["pos"], count))
             elif not isinstance(kind, Singleton):
                 return
-        self.position_ends[loop[0].var] = n.Binary("-", _idx(n.Load(arrays[l]["pos"], count)), n.i64(1))
+        self.position_ends[loop[0].var] = n.Binary("-", as_i64(n.Load(arrays[l]["pos"], count)), n.i64(1))
 
     def _row_split(self):
         """``(index, lo, hi)`` when the parallel loop is a plain loop over an index's

@@ -15,6 +15,7 @@ from ..formats.level import PosInfo
 from ..formats.packed import PackedBlock
 from ..formats.singleton import Singleton
 from ..ir import nodes as n
+from ..ir.build import add, mul
 from ..ir.types import I32, I64
 
 
@@ -22,12 +23,6 @@ from ..ir.types import I32, I64
 MIN_CAPACITY = 16
 
 
-def _add(a, b):
-    return n.Binary("+", a, b)
-
-
-def _mul(a, b):
-    return n.Binary("*", a, b)
 
 
 def store_value(vals, index, value, accumulate: bool):
@@ -92,7 +87,7 @@ class DenseSink(Sink):
         lin = None
         for i in self.chain:
             c = env.bound[i]
-            lin = c if lin is None else _add(_mul(lin, self.sizes[i]), c)
+            lin = c if lin is None else add(mul(lin, self.sizes[i]), c)
         return lin if lin is not None else n.i64(0)
 
     #: set by the lowerer when a parallel reduction loop adds into the output (GPU):
@@ -220,7 +215,7 @@ class AppendSink(Sink):
         for (l, a), var in self.grow_ptrs.items():
             if self._group_of(l, a) != group:
                 continue
-            count = _add(cap, n.i64(1)) if a == "pos" else cap
+            count = add(cap, n.i64(1)) if a == "pos" else cap
             body += [n.Reallocate(var, count), n.Store(self.out_params[(l, a)], n.i64(0), var)]
         return body
 
@@ -228,7 +223,7 @@ class AppendSink(Sink):
         if self.needed is not None:
             return []  # bounded: the stores check the capacity themselves (_fits)
         cap = self.caps[group]
-        return [n.If(n.Binary(">=", p, cap), n.block(n.Assign(cap, _mul(cap, n.i64(2))), *self._regrow(group)))]
+        return [n.If(n.Binary(">=", p, cap), n.block(n.Assign(cap, mul(cap, n.i64(2))), *self._regrow(group)))]
 
     def reserve(self, index, bound) -> list:
         """Room for a whole innermost loop's appends at once, when the loop walks the
@@ -242,9 +237,9 @@ class AppendSink(Sink):
         need = n.Var(self.lw.fresh(f"{self.p.var_name}{group + 1}_need"), I64)
         self.reserved.add(index)
         return [n.Comment(f"room for this loop's entries of {self.p.var_name}"),
-                n.Declare(need, _add(self.counters[group], bound)),
+                n.Declare(need, add(self.counters[group], bound)),
                 n.If(n.Binary(">", need, cap), n.block(
-                    n.Assign(cap, n.Binary("max", _mul(cap, n.i64(2)), need)), *self._regrow(group)))]
+                    n.Assign(cap, n.Binary("max", mul(cap, n.i64(2)), need)), *self._regrow(group)))]
 
     def release(self, index) -> None:
         self.reserved.discard(index)
@@ -259,7 +254,7 @@ class AppendSink(Sink):
             out.append(n.Declare(cap, cap0 if self.needed is not None else n.Binary("max", cap0, n.i64(MIN_CAPACITY))))
         for (l, a), var in self.grow_ptrs.items():
             g = self._group_of(l, a)
-            count = _add(self.caps[g], n.i64(1)) if a == "pos" else self.caps[g]
+            count = add(self.caps[g], n.i64(1)) if a == "pos" else self.caps[g]
             out += [n.Allocate(var, count, zero=(a == "pos")),
                     n.Store(self.out_params[(l, a)], n.i64(0), var)]
         if self.overflow is not None:
@@ -280,7 +275,7 @@ class AppendSink(Sink):
             pos = self._array(self.d, "pos")
             q = n.Var(self.lw.fresh("q"), I64)
             prev = n.Load(pos, q)
-            nxt = _add(q, n.i64(1))
+            nxt = add(q, n.i64(1))
             out.append(n.Comment("rows no loop visited end where the previous row ends"))
             out.append(n.For(q, n.i64(0), self.lw.dense_positions(self.chain[:self.d]), n.block(
                 n.If(n.Binary("<", n.Load(pos, nxt), prev), n.block(n.Store(pos, nxt, prev))))))
@@ -308,7 +303,7 @@ class AppendSink(Sink):
         if l < self.d:
             parent = env.pos.get(("out", l - 1), PosInfo(n.i64(0))) if l > 0 else PosInfo(n.i64(0))
             from ..ir.types import I64 as _I64
-            pos = env.bound[index] if l == 0 else _add(_mul(parent.pos, self.lw.sizes[index]),
+            pos = env.bound[index] if l == 0 else add(mul(parent.pos, self.lw.sizes[index]),
                                                         env.bound[index])
             var = n.Var(self.lw.fresh(f"p{self.p.var_name}{l + 1}"), _I64)
             env.pos[("out", l)] = PosInfo(var)
@@ -329,7 +324,7 @@ class AppendSink(Sink):
         if l == self.d - 1 and self.shape in ("csf", "coo"):
             q = env.pos[("out", l)].pos
             pos = self._array(self.d, "pos")
-            out.append(n.Store(pos, _add(q, n.i64(1)),
+            out.append(n.Store(pos, add(q, n.i64(1)),
                                n.Cast(self.counters[self.d], pos.type.elem)))
         if self.shape == "csf" and self.d <= l < len(self.levels) - 1:
             p = self.counters[l]
@@ -338,10 +333,10 @@ class AppendSink(Sink):
             pos = self._array(l + 1, "pos")
             crd = self._array(l, "crd")
             out += self._ensure(l, p)
-            out += self._fits(l, p, [n.Store(pos, _add(p, n.i64(1)), n.Cast(child, pos.type.elem))])
+            out += self._fits(l, p, [n.Store(pos, add(p, n.i64(1)), n.Cast(child, pos.type.elem))])
             out.append(n.If(n.Binary(">", child, begin), n.block(
                 *self._fits(l, p, [n.Store(crd, p, n.Cast(env.bound[index], crd.type.elem))]),
-                n.Assign(p, _add(p, n.i64(1))))))
+                n.Assign(p, add(p, n.i64(1))))))
         return out
 
     def innermost(self, value, env):
@@ -369,16 +364,16 @@ class AppendSink(Sink):
             slot = n.Var(self.lw.fresh("slot"), I64)
             count = self._array(m - 1, "count")
             crd = self._array(m - 1, "crd")
-            at = _add(_mul(tile, n.i64(level.K)), slot)
+            at = add(mul(tile, n.i64(level.K)), slot)
             block_no = n.Binary("/", c, bs)
             return [
-                n.Declare(tile, _add(_mul(q, nb), block_no)),
+                n.Declare(tile, add(mul(q, nb), block_no)),
                 n.Declare(slot, n.Cast(n.Load(count, tile), I64)),
                 n.If(n.Binary("<", slot, n.i64(level.K)), n.block(
-                    n.Store(crd, at, n.Cast(n.Binary("-", c, _mul(block_no, bs)), crd.type.elem)),
+                    n.Store(crd, at, n.Cast(n.Binary("-", c, mul(block_no, bs)), crd.type.elem)),
                     store_value(self.p.vals, at, value, False)),
                     n.block(n.Assign(self.overflow, n.Const(1, I32)))),
-                n.Store(count, tile, n.Cast(_add(slot, n.i64(1)), count.type.elem)),
+                n.Store(count, tile, n.Cast(add(slot, n.i64(1)), count.type.elem)),
             ]
         group = m - 1 if self.shape == "csf" else self.d
         p = self.counters[group]
@@ -390,7 +385,7 @@ class AppendSink(Sink):
             stores.append(n.Store(crd, p, n.Cast(env.bound[self.chain[l]], crd.type.elem)))
         stores.append(store_value(self._array(-1, "vals"), p, value, False))
         out += self._fits(group, p, stores)
-        out.append(n.Assign(p, _add(p, n.i64(1))))
+        out.append(n.Assign(p, add(p, n.i64(1))))
         return out
 
 
@@ -411,7 +406,7 @@ class WorkspaceSink(Sink):
             n.If(n.Binary("==", n.Binary("&", n.Load(self.bits, word_at), bit), n.i64(0)), n.block(
                 n.Store(self.bits, word_at, n.Binary("|", n.Load(self.bits, word_at), bit)),
                 n.Store(self.touched, self.count, c),
-                n.Assign(self.count, _add(self.count, n.i64(1))))),
+                n.Assign(self.count, add(self.count, n.i64(1))))),
         ]
         if self.values is not None:
             out.append(n.Store(self.values, c, n.Binary("+", n.Load(self.values, c), value)))

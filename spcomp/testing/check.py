@@ -99,7 +99,7 @@ def random_values(rng: np.random.Generator, shape, density: float, empty_rows: f
     return np.asarray(a, dtype=np.float64)
 
 
-def _np_dtype(dtype) -> np.dtype:
+def np_dtype(dtype) -> np.dtype:
     if str(dtype) in ("bfloat16", "bf16"):
         import ml_dtypes
         return np.dtype(ml_dtypes.bfloat16)
@@ -110,7 +110,7 @@ def random_tensor_from(a: np.ndarray, format, dtype="float64"):
     """``a`` trimmed to fit ``format``'s packed levels, as a :class:`spcomp.Tensor`."""
     from ..runtime import Tensor
     fmt = Format.parse(format, a.ndim)
-    return Tensor.from_numpy(fit_packed(a, fmt), fmt, dtype=_np_dtype(dtype))
+    return Tensor.from_numpy(fit_packed(a, fmt), fmt, dtype=np_dtype(dtype))
 
 
 def random_tensor(rng: np.random.Generator, shape, format, density: float = 0.5, dtype="float64",
@@ -295,7 +295,7 @@ def make_operands(notation, sizes: dict, rng, density=0.5, given: dict | None = 
             out[t.name] = given[t.name]
             continue
         shape = tuple(sizes[i.name] for i in acc.indices)
-        dt = _np_dtype(t.dtype)
+        dt = np_dtype(t.dtype)
         d = density.get(t.name, 0.5) if isinstance(density, dict) else density
         is_out = t is notation.lhs.tensor
         if t.order == 0:
@@ -363,7 +363,7 @@ def check_kernel(expr: str, formats: dict | None = None, operands: dict | None =
         if name == out_name:
             continue
         t = notation.tensors[name]
-        dense_in[name] = densify(value).astype(_np_dtype(t.dtype)).astype(np.float64)
+        dense_in[name] = densify(value).astype(np_dtype(t.dtype)).astype(np.float64)
     old = densify(ops[out_name]) if out_name in ops else None
     given_out = ops.get(out_name)
     sizes_seen = _index_sizes(notation, ops)
@@ -373,7 +373,7 @@ def check_kernel(expr: str, formats: dict | None = None, operands: dict | None =
 
     out_t = notation.lhs.tensor
     fmt = out_t.format
-    out_dtype = _np_dtype(out_t.dtype)
+    out_dtype = np_dtype(out_t.dtype)
 
     def context() -> str:
         fmts = {n: t.format.spec() or "scalar" for n, t in notation.tensors.items()}

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from hypothesis import strategies as st
 
-from .check import VALUES, _np_dtype, fit_packed, random_tensor, random_values  # noqa: F401 (re-exported)
+from .check import VALUES, np_dtype, fit_packed, random_tensor, random_values  # noqa: F401 (re-exported)
 
 __all__ = [
     "ExpressionCase", "formats", "output_formats", "tensors", "expressions", "operands",
