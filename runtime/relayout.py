@@ -48,6 +48,12 @@ def copy_kernel(key: tuple, make):
     return k
 
 
+def forget_copy_kernels() -> None:
+    """Drop every copy kernel built or installed so far (as a fresh process has none)."""
+    with _lock:
+        _kernels.clear()
+
+
 def copies_of(storages) -> list:
     """The ``(order, dtype name)`` of every copy a kernel's calls may make here: its
     dense storages (``CallPlan.storages``) in a non-identity order with a float dtype."""

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import functools
-
 from .backends import get_target
 from .errors import CacheError, SpcompError
 from .frontend import to_notation
@@ -45,7 +43,7 @@ class Kernel:
         self.inputs = list(dict.fromkeys(acc.tensor.name for acc in accesses(notation.rhs)))
         # the call machinery (plan, operand converter, launcher): public for inspection
         self.runtime = call.CallContext(expression, notation, low, target, self.output_name, self.inputs,
-                                      functools.partial(relayout_kernels.relayout, make=copy_kernel))
+                                      _relayout)
 
     # ----------------------------------------------------------- inspection
     @property
@@ -298,6 +296,11 @@ class Kernel:
         if fast is not None:
             self._fast = fast
         return result
+
+
+def _relayout(value, order, dtype):
+    """A dense operand copied into storage ``order`` on the threads (runtime/relayout.py)."""
+    return relayout_kernels.relayout(value, order, dtype, make=copy_kernel)
 
 
 def copy_kernel(key: tuple) -> Kernel:

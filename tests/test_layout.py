@@ -47,25 +47,26 @@ def test_relayout_matches_reference_for_a_three_way_product():
 
 
 def test_threads_copy_a_dense_operand_into_any_dimension_order(monkeypatch):
-    """The copy kernel (spcomp/relayout.py) stores every permutation of a 3-D array
+    """The copy kernel (runtime/relayout.py) stores every permutation of a 3-D array
     exactly as NumPy's transpose does, and leaves what NumPy copies better alone."""
     import itertools
 
+    from spcomp.kernel import copy_kernel
     from spcomp.runtime import relayout
     from conftest import spcomp_threads
     monkeypatch.setattr(relayout, "MIN_ELEMENTS", 0)
     a = np.random.default_rng(1).standard_normal((5, 7, 3))
     with spcomp_threads(2, 0):
         for order in itertools.permutations(range(3)):
-            flat = relayout.relayout(a, order, a.dtype)
+            flat = relayout.relayout(a, order, a.dtype, make=copy_kernel)
             if order == (0, 1, 2):
                 assert flat is None  # already in order
                 continue
             assert flat.tobytes() == np.ascontiguousarray(np.transpose(a, order)).reshape(-1).tobytes()
-        assert relayout.relayout(a.astype(np.float32), (1, 0, 2), np.dtype(np.float64)) is None  # a conversion
-        assert relayout.relayout(np.asfortranarray(a), (1, 0, 2), a.dtype) is None
+        assert relayout.relayout(a.astype(np.float32), (1, 0, 2), np.dtype(np.float64), make=copy_kernel) is None  # a conversion
+        assert relayout.relayout(np.asfortranarray(a), (1, 0, 2), a.dtype, make=copy_kernel) is None
     with spcomp_threads(1):
-        assert relayout.relayout(a, (1, 0, 2), a.dtype) is None  # one thread: NumPy's copy
+        assert relayout.relayout(a, (1, 0, 2), a.dtype, make=copy_kernel) is None  # one thread: NumPy's copy
     assert relayout.copy_expression((1, 0)) == "T[a,b] = E[b,a]"
     assert relayout.copy_expression((2, 0, 1)) == "T[a,b,c] = E[b,c,a]"
 
@@ -77,7 +78,7 @@ def test_sddmm_on_threads_reads_the_threads_copy_of_e(monkeypatch):
     monkeypatch.setattr(relayout, "MIN_ELEMENTS", 0)
     made = []
     real = relayout.relayout
-    monkeypatch.setattr(relayout, "relayout", lambda *args: made.append(real(*args)) or made[-1])
+    monkeypatch.setattr(relayout, "relayout", lambda *args, **kw: made.append(real(*args, **kw)) or made[-1])
     k = spcomp.compile("C[i,j] = B[i,j]*D[i,k]*E[k,j]", formats={"B": "csr", "C": "csr"})
     b = sp.random(300, 400, density=0.05, format="csr", random_state=0)
     rng = np.random.default_rng(0)
@@ -96,24 +97,25 @@ def test_saved_kernel_carries_its_copy_kernels(tmp_path, monkeypatch):
     spcomp.load in a process that never built them, a two-thread call copies E with
     the loaded one, compiles nothing, and gives the original kernel's bits."""
     from spcomp.runtime import relayout
-    from spcomp.kernel import Kernel
+    from spcomp.backends.cpu.target import CpuTarget
     from conftest import spcomp_threads
     monkeypatch.setattr(relayout, "MIN_ELEMENTS", 0)
     expr = "C[i,j] = B[i,j]*D[i,k]*E[k,j]"
     k = spcomp.compile(expr, formats={"B": "csr", "C": "csr"})
     assert relayout.copies_of(k.runtime.plan.storages) == [((1, 0), "float64")]
     k.save(tmp_path / "sddmm.spk")
-    monkeypatch.setattr(relayout, "_kernels", {})  # as in a fresh process
+    relayout.forget_copy_kernels()  # as in a fresh process
     loaded = spcomp.load(tmp_path / "sddmm.spk")
-    copy = relayout._kernels[((1, 0), "float64")]
+    copy = relayout.copy_kernel(((1, 0), "float64"), make=None)
     assert copy.expression == "T[a,b] = E[b,a]"
 
     def no_compiling(*args, **kwargs):
         raise AssertionError("the loaded kernel compiled something")
-    monkeypatch.setattr(Kernel, "_load_or_build", no_compiling)
+    monkeypatch.setattr(CpuTarget, "lower", no_compiling)
+    monkeypatch.setattr(CpuTarget, "build", no_compiling)
     made = []
     real = relayout.relayout
-    monkeypatch.setattr(relayout, "relayout", lambda *args: made.append(real(*args)) or made[-1])
+    monkeypatch.setattr(relayout, "relayout", lambda *args, **kw: made.append(real(*args, **kw)) or made[-1])
     b = sp.random(200, 300, density=0.05, format="csr", random_state=2)
     rng = np.random.default_rng(2)
     d, e = rng.standard_normal((200, 8)), rng.standard_normal((8, 300))

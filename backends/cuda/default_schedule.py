@@ -27,7 +27,8 @@ import numpy as np
 from spcomp.errors import SpcompError
 from spcomp.ir.loops import first_parallel
 from spcomp.ir.nodes import walk
-from spcomp.lower.lowerer import TEAM_MEMBERS, lower
+from spcomp.lower.lowerer import lower
+from spcomp.lower.parallel import TEAM_MEMBERS
 
 from .emit import emit_module, readonly_params
 from .staging import staged_loops

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..formats.compressed import Compressed
 from ..ir import nodes as n
 from ..ir.build import add
 from ..ir.types import I64, ptr
 from .context import Binding, level_array_type
-from .outputs import AppendSink
+from .outputs import AppendSink, applies, dense_prefix
+from .parallel import choose_parallel
 from .prefetch import prefetch_rows
 
 ROW_POS = "row_pos"  # binding role / array name: per-row starts of a lower level
@@ -45,34 +45,6 @@ class TwoPhase:
     first: int            # the first compressed level (= number of leading dense levels)
 
 
-def dense_prefix(fmt) -> int:
-    """How many dense levels the format starts with."""
-    d = 0
-    while d < len(fmt.levels) and fmt.levels[d].is_dense:
-        d += 1
-    return d
-
-
-def applies(fmt) -> bool:
-    """Whether ``fmt`` is dense levels (at least one) then unique compressed ones."""
-    d = dense_prefix(fmt)
-    rest = fmt.levels[d:]
-    return d >= 1 and bool(rest) and all(isinstance(l, Compressed) and l.unique for l in rest)
-
-
-def splittable(lw, i, shape) -> tuple:
-    """Whether the loop over ``i`` may run on threads although the output is
-    sparse: only through two-phase assembly, over the output's first level."""
-    fmt = lw.lhs.tensor.format
-    chain = [lw.lhs.indices[d] for d in fmt.order]
-    if shape != "csf" or not applies(fmt):
-        return False, ("the output is appended to in order (a coo output, or a compressed first level: "
-                       "only outputs whose first level is dense are assembled in parallel)")
-    if chain[0] != i:
-        return False, f"the output is assembled row by row over {chain[0].name}, not {i.name}"
-    return True, ""
-
-
 def plan(lw):
     """A two-phase ``Lowered`` when the output fits and its row loop is parallel, else None."""
     fmt = lw.lhs.tensor.format
@@ -80,10 +52,10 @@ def plan(lw):
         return None
     lw.out_shape = "csf"
     if lw.scatter:
-        lw.workspace = lw._make_workspace()
+        lw.workspace = lw.make_workspace()
     else:
         lw.workspace = None
-    parallel = lw._choose_parallel("csf")
+    parallel = choose_parallel(lw.facts(), "csf")
     if parallel is None:
         lw.workspace = None
         return None
@@ -101,9 +73,10 @@ class _RowSink(AppendSink):
     counter_prefix = "p"
     order_free = False   # whether the workspace may be drained in any order
 
-    def __init__(self, lw, params, lhs, drop_zeros):  # AppendSink's growth state is not needed
-        self.lw = lw
+    def __init__(self, params, lhs, drop_zeros, fresh, sizes):  # AppendSink's growth state is not needed
         self.p = params
+        self.fresh = fresh
+        self.sizes = sizes
         self.levels = lhs.tensor.format.levels
         self.chain = [lhs.indices[d] for d in lhs.tensor.format.order]
         self.drop = drop_zeros
@@ -112,7 +85,7 @@ class _RowSink(AppendSink):
         self.begins, self.grow_ptrs, self.out_params, self.caps = {}, {}, {}, {}
         self.overflow = None
         name = params.var_name
-        self.counters = {l: n.Var(lw.fresh(f"{self.counter_prefix}{name}{l + 1}"), I64)
+        self.counters = {l: n.Var(fresh(f"{self.counter_prefix}{name}{l + 1}"), I64)
                          for l in range(self.d, len(self.levels))}
 
     def prologue(self):
@@ -167,8 +140,8 @@ class CountSink(_RowSink):
         """Whether counting needs no values: only when computed zeros are kept."""
         return not self.drop
 
-    def __init__(self, lw, params, lhs, drop_zeros, counts: dict):
-        super().__init__(lw, params, lhs, drop_zeros)
+    def __init__(self, params, lhs, drop_zeros, fresh, sizes, counts: dict):
+        super().__init__(params, lhs, drop_zeros, fresh, sizes)
         self.counts = counts  # level -> array parameter (level d's is the output pos)
 
     def row_start(self, q):
@@ -194,8 +167,8 @@ class CountSink(_RowSink):
 class FillSink(_RowSink):
     """Step 3 (``NAME_fill``): write each row's entries from the row starts the scan produced."""
 
-    def __init__(self, lw, params, lhs, drop_zeros, starts: dict):
-        super().__init__(lw, params, lhs, drop_zeros)
+    def __init__(self, params, lhs, drop_zeros, fresh, sizes, starts: dict):
+        super().__init__(params, lhs, drop_zeros, fresh, sizes)
         self.starts = starts  # level -> array of row starts (level d's is the output pos)
 
     def row_start(self, q):
@@ -222,7 +195,7 @@ class FillSink(_RowSink):
 
 def _drop(lw) -> bool:
     drop = lw.opt.drop_zeros
-    return lw._output_loops_dense() if drop is None else drop
+    return lw.output_loops_dense() if drop is None else drop
 
 
 def _row_arrays(lw, out, d):
@@ -263,8 +236,8 @@ def _build(lw):
     fill_bindings.append(out_binding(-1, "vals", out.vals))
 
     names = set(lw.fresh.used)  # both nests start from the same names: the functions read alike
-    count_sink = CountSink(lw, out, lhs, drop, per_row)
-    fill_sink = FillSink(lw, out, lhs, drop, per_row)
+    count_sink = CountSink(out, lhs, drop, lw.fresh, lw.sizes, per_row)
+    fill_sink = FillSink(out, lhs, drop, lw.fresh, lw.sizes, per_row)
     mark = len(lw.loops_text)
     count_body = _function_body(lw, count_sink, "count")
     del lw.loops_text[mark:]
@@ -295,7 +268,7 @@ def _function_body(lw, sink, phase) -> list:
     body += sink.prologue()
     if lw.workspace:
         body += lw.workspace["prologue"]
-    nest = lw.nest(lw.outer, lw.expr, sink, Env(), depth=0)
+    nest = lw.emit_nest(sink, Env())
     if phase == "fill" and lw.opt.caps.vector_units:  # the count phase reads no rows
         nest = prefetch_rows(nest, lw.position_ends, lw.fresh, lw.table_sizes())
     body += nest
@@ -304,4 +277,4 @@ def _function_body(lw, sink, phase) -> list:
     return body
 
 
-__all__ = ["TwoPhase", "CountSink", "FillSink", "applies", "plan", "splittable", "ROW_POS"]
+__all__ = ["TwoPhase", "CountSink", "FillSink", "plan", "ROW_POS"]

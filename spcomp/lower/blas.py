@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..formats import Format
+from ..ir import nodes as n
 from ..notation import Access, IndexVar, Literal, Sum, TensorVar, accesses
 from .normalize import factors, product, rebuild
 
@@ -118,3 +119,42 @@ def offload(rhs, lhs: Access, dtype: str, taken: set) -> tuple:
         return e
 
     return go(rhs), gemms
+
+
+# ------------------------------------------------------------ the calls
+
+def gemm_into_temporary(g: Gemm, params: dict, sizes: dict) -> list:
+    """Allocate the product's temporary and fill it with one gemm call."""
+    c = params[g.temp.name].vals
+    return [n.Comment(g.describe()),
+            n.Allocate(c, n.Binary("*", sizes[g.m], sizes[g.n])),  # beta = 0 writes every entry
+            gemm_call(g, c, params, sizes)]
+
+
+def gemm_call(g: Gemm, c, params: dict, sizes: dict, alpha: float = 1.0, beta: float = 0.0):
+    """``c = alpha * a·b + beta * c`` for product ``g``, ``c`` row-major ``m × n``."""
+    def row_stride(acc):
+        return n.Binary("max", sizes[acc.indices[acc.tensor.format.order[1]]], n.i64(1))
+    m, n_ = sizes[g.m], sizes[g.n]
+    return n.Gemm(c, params[g.a.tensor.name].vals, params[g.b.tensor.name].vals,
+                  m, n_, sizes[g.k], row_stride(g.a), row_stride(g.b),
+                  n.Binary("max", n_, n.i64(1)), g.trans_a, g.trans_b, alpha, beta)
+
+
+def direct_gemm(gemms: list, lhs, rhs):
+    """``(gemm, alpha)`` when the right side is ``alpha`` times one product and the
+    dense output is stored row-major over the product's ``(m, n)``, else None."""
+    if len(gemms) != 1:
+        return None
+    g = gemms[0]
+    fmt = lhs.tensor.format
+    if (not fmt.is_dense or fmt.order != tuple(range(fmt.ndim)) or tuple(lhs.indices) != (g.m, g.n)
+            or lhs.tensor.dtype != g.temp.dtype):
+        return None
+    alpha, rest = 1.0, []
+    for f in factors(rhs):
+        if isinstance(f, Literal):
+            alpha *= f.value
+        else:
+            rest.append(f)
+    return (g, alpha) if rest == [g.access] else None

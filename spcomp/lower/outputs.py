@@ -38,6 +38,21 @@ def store_value(vals, index, value, accumulate: bool):
     return n.Store(vals, index, value)
 
 
+def dense_prefix(fmt) -> int:
+    """How many dense levels the format starts with."""
+    d = 0
+    while d < len(fmt.levels) and fmt.levels[d].is_dense:
+        d += 1
+    return d
+
+
+def applies(fmt) -> bool:
+    """Whether ``fmt`` is dense levels (at least one) then unique compressed ones."""
+    d = dense_prefix(fmt)
+    rest = fmt.levels[d:]
+    return d >= 1 and bool(rest) and all(isinstance(l, Compressed) and l.unique for l in rest)
+
+
 class Sink:
     def prologue(self) -> list:
         return []
@@ -108,9 +123,14 @@ class AppendSink(Sink):
     CSF), or one non-unique compressed level and singletons (COO), or one
     packed-block level (TwELL/ELL)."""
 
-    def __init__(self, lowerer, params, lhs, drop_zeros: bool):
-        self.lw = lowerer
+    def __init__(self, params, lhs, drop_zeros: bool, fresh, sizes, capacity=None):
         self.p = params
+        self.fresh = fresh          # Names: fresh variable names
+        self.sizes = sizes          # IndexVar -> size parameter
+        self.capacity = capacity    # the parameter giving the first capacity of growable arrays
+        # whether the rows are split over threads, each chunk counting from 0 (Options.append_chunks);
+        # set once the lowerer has chosen the parallel loop
+        self.rows_in_parallel = False
         fmt = lhs.tensor.format
         self.levels = fmt.levels
         self.chain = [lhs.indices[d] for d in fmt.order]
@@ -119,7 +139,6 @@ class AppendSink(Sink):
         while self.d < len(self.levels) and self.levels[self.d].is_dense:
             self.d += 1
         self.shape = self._classify(lhs)
-        fresh = lowerer.fresh
         self.counters = {}
         self.caps = {}
         self.begins = {}
@@ -234,7 +253,7 @@ class AppendSink(Sink):
             return []
         group = len(self.levels) - 1 if self.shape == "csf" else self.d
         cap = self.caps[group]
-        need = n.Var(self.lw.fresh(f"{self.p.var_name}{group + 1}_need"), I64)
+        need = n.Var(self.fresh(f"{self.p.var_name}{group + 1}_need"), I64)
         self.reserved.add(index)
         return [n.Comment(f"room for this loop's entries of {self.p.var_name}"),
                 n.Declare(need, add(self.counters[group], bound)),
@@ -247,7 +266,7 @@ class AppendSink(Sink):
     # ------------------------------------------------------- prologue
     def prologue(self):
         out = []
-        cap0 = self.lw.capacity_param
+        cap0 = self.capacity
         for g, cap in self.caps.items():
             out.append(n.Declare(self.counters[g], n.i64(0)))
             # bounded: the runtime allocated exactly cap0 entries
@@ -266,18 +285,18 @@ class AppendSink(Sink):
         if self.shape in ("csf", "coo") and self.d == 0:
             out.append(n.Store(self._array(0, "pos"), n.i64(1),
                                n.Cast(self.counters[self.d], self._array(0, "pos").type.elem)))
-        if self.shape in ("csf", "coo") and self.d > 0 and self.lw.parallel is not None:
+        if self.shape in ("csf", "coo") and self.d > 0 and self.rows_in_parallel:
             # threads' chunks (Options.append_chunks) each count from 0: the runtime
             # stitches them and gives unvisited rows their ends (spcomp/chunks.py)
             out.append(n.Comment("rows no loop visited get their ends when the chunks are stitched"))
         elif self.shape in ("csf", "coo") and self.d > 0:
             # rows the loops never visited keep the previous row's end
             pos = self._array(self.d, "pos")
-            q = n.Var(self.lw.fresh("q"), I64)
+            q = n.Var(self.fresh("q"), I64)
             prev = n.Load(pos, q)
             nxt = add(q, n.i64(1))
             out.append(n.Comment("rows no loop visited end where the previous row ends"))
-            out.append(n.For(q, n.i64(0), self.lw.dense_positions(self.chain[:self.d]), n.block(
+            out.append(n.For(q, n.i64(0), self._rows(), n.block(
                 n.If(n.Binary("<", n.Load(pos, nxt), prev), n.block(n.Store(pos, nxt, prev))))))
         if self.needed is not None:
             out.append(n.Comment("the entries the largest group needed: the runtime runs again when they "
@@ -292,6 +311,13 @@ class AppendSink(Sink):
                             n.block(n.Return(n.STATUS_PACKED_OVERFLOW))))
         return out
 
+    def _rows(self):
+        """The positions of the output's leading dense levels: the product of their sizes."""
+        out = n.i64(1)
+        for i in self.chain[:self.d]:
+            out = self.sizes[i] if out == n.i64(1) else n.Binary("*", out, self.sizes[i])
+        return out
+
     # ---------------------------------------------------------- events
     def _level_of(self, index):
         return self.chain.index(index) if index in self.chain else None
@@ -303,14 +329,14 @@ class AppendSink(Sink):
         if l < self.d:
             parent = env.pos.get(("out", l - 1), PosInfo(n.i64(0))) if l > 0 else PosInfo(n.i64(0))
             from ..ir.types import I64 as _I64
-            pos = env.bound[index] if l == 0 else add(mul(parent.pos, self.lw.sizes[index]),
+            pos = env.bound[index] if l == 0 else add(mul(parent.pos, self.sizes[index]),
                                                         env.bound[index])
-            var = n.Var(self.lw.fresh(f"p{self.p.var_name}{l + 1}"), _I64)
+            var = n.Var(self.fresh(f"p{self.p.var_name}{l + 1}"), _I64)
             env.pos[("out", l)] = PosInfo(var)
             return [n.Declare(var, pos)]
         if self.shape == "csf" and l < len(self.levels) - 1:
             child = self.counters[l + 1]
-            begin = n.Var(self.lw.fresh(f"p{self.p.var_name}{l + 2}_begin"), I64)
+            begin = n.Var(self.fresh(f"p{self.p.var_name}{l + 2}_begin"), I64)
             self.begins[(id(env), l)] = begin
             env.pos[("out_begin", l)] = begin
             return [n.Declare(begin, child)]
@@ -340,7 +366,7 @@ class AppendSink(Sink):
         return out
 
     def innermost(self, value, env):
-        t = n.Var(self.lw.fresh("value"), value.type)
+        t = n.Var(self.fresh("value"), value.type)
         body = self._append(t, env)
         stmts = [n.Declare(t, value)]
         if self.drop:
@@ -356,12 +382,12 @@ class AppendSink(Sink):
         c = env.bound[last]
         if self.shape == "packed":
             level = self.levels[-1]
-            dim = self.lw.sizes[last]
+            dim = self.sizes[last]
             q = env.pos[("out", m - 2)].pos if m >= 2 else n.i64(0)
             bs = level.block_size_expr(dim)
             nb = level.num_blocks_expr(dim)
-            tile = n.Var(self.lw.fresh("tile"), I64)
-            slot = n.Var(self.lw.fresh("slot"), I64)
+            tile = n.Var(self.fresh("tile"), I64)
+            slot = n.Var(self.fresh("slot"), I64)
             count = self._array(m - 1, "count")
             crd = self._array(m - 1, "crd")
             at = add(mul(tile, n.i64(level.K)), slot)

@@ -1,0 +1,212 @@
+"""Which loop runs in parallel, and the facts the runtime needs to split it.
+
+The lowerer asks two things before it emits a nest: may the outermost output
+loop run on threads (or a GPU grid), and if so, what measures a call's work --
+the ``pos`` array whose prefix sums balance the threads, the sparse levels and
+dense loops nested under each balanced nonzero (``ThreadPlan.work_scale`` and
+``work_dense``). Answers come from the loop order, the lattice each loop would
+build and the output's format; nothing here emits code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ScheduleError
+from ..formats import Compressed
+from ..notation import Access, accesses
+from . import lattice as lat
+from . import split as split_mod
+from .order import access_chain
+from .outputs import applies
+from .split import SplitPiece
+
+# the loops a team-per-iteration mapping splits among its members
+TEAM_MEMBERS = {"gpu-warp": "gpu-lane", "gpu-block": "gpu-thread"}
+
+
+def probe_key(acc, i):
+    """The iterator key of ``acc``'s level that stores ``i`` at the top of the nest
+    (nothing bound yet), or None when that level is located or absent."""
+    if acc.tensor.format.is_dense or i not in acc.indices:
+        return None
+    level = access_chain(acc).index(i)
+    kind = acc.tensor.format.levels[level]
+    return None if kind.locatable else (acc, level)
+
+
+def probe_lattice(expr, i):
+    """The lattice of loop ``i`` at the top of the nest."""
+    return lat.build(expr, i, lambda a: probe_key(a, i))
+
+
+@dataclass
+class LoopFacts:
+    """What the parallel choice reads from a lowering."""
+    opt: object          # Options
+    lhs: Access
+    expr: object         # the expression the nest computes
+    rhs: object          # the right side, every access (balance and work)
+    outer: list          # the loops over output indices and scatters, outermost first
+    loop_order: list
+    position: dict       # IndexVar -> its place in the loop order
+    has_gemms: bool = False
+
+    def gpu_atomics(self) -> bool:
+        return gpu_atomics(self.opt, self.lhs)
+
+
+def gpu_atomics(opt, lhs) -> bool:
+    """Whether a parallel loop over a reduction index may add into the output with
+    atomics: where the backend has them, into a dense output."""
+    return opt.parallel is not None and opt.caps.atomics and lhs.tensor.format.is_dense
+
+
+def choose_parallel(f: LoopFacts, shape: str):
+    """The loop to run in parallel for an output of ``shape``, or None; a
+    ScheduleError when the schedule asks for one that would be wrong."""
+    want = f.opt.parallel
+    if want is None or f.has_gemms:
+        return None  # with a matrix product, BLAS's own threads do the bulk of the work
+    lhs, kind = f.lhs, f.opt.parallel_kind
+    if not f.outer:
+        if want == "auto":
+            return None
+        raise ScheduleError(f"parallelize({want!r}): the output {lhs.tensor.name} has no loop to "
+                            "split; iterations of a reduction into one value would race")
+    first = f.outer[0]
+    if want != "auto" and want != first.name:
+        raise ScheduleError(f"parallelize({want!r}): only the outermost loop ({first.name}) can run "
+                            "on threads; reorder it first")
+    why = None
+    if kind in TEAM_MEMBERS and shape != "dense":
+        why = (f"parallelize({first.name!r}, {kind!r}): the {shape} output {lhs.tensor.name} is appended to "
+               "one entry at a time per row, which a team of GPU threads would race on; use 'gpu-thread' "
+               "(a thread per row)")
+    elif isinstance(first, SplitPiece) and not f.opt.caps.host_threads:
+        why = f"parallelize({first.name!r}, {kind!r}): a piece of a split loop runs on CPU threads only"
+    else:
+        ok, reason = _parallel_ok(f, split_mod.base_of(first), shape)
+        if not ok:
+            why = f"parallelize({first.name!r}) is not safe: {reason}"
+    if why is None:
+        return first
+    if want == "auto":
+        return None
+    raise ScheduleError(why)
+
+
+def _parallel_ok(f: LoopFacts, i, shape):
+    lhs = f.lhs
+    if i not in lhs.indices and not (shape == "dense" and f.gpu_atomics()):
+        return False, (f"{i.name} is a reduction index: iterations would race on the output "
+                       f"{lhs.tensor.name} (only the GPU backends add into a dense output with "
+                       "atomics); keep this loop sequential")
+    if shape in ("csf", "coo"):
+        ok, why = splittable(lhs, i, shape)
+        if not ok:
+            return False, why
+    if shape == "packed" and access_chain(lhs)[0] != i:
+        return False, "packed output rows must be split by the outer index"
+    L = probe_lattice(f.expr, i)
+    if (not L.full or L.points) and top_positions(f, i, shape) is None:
+        return False, f"loop {i.name} co-iterates sparse operands"
+    return True, ""
+
+
+def top_positions(f: LoopFacts, i, shape):
+    """``(access, 0)`` when the outer loop over ``i`` walks one operand's top
+    compressed level and nothing else (a DCSR or CSF operand, no co-iteration):
+    its positions can be split over host threads like rows, since a unique level
+    gives every position its own coordinate and so its own rows of a dense
+    output. None otherwise."""
+    if shape != "dense" or not f.opt.caps.host_threads:
+        return None
+    L = probe_lattice(f.expr, i)
+    if L.full or len(L.points) != 1:
+        return None
+    (point,) = L.points
+    if len(point) != 1:
+        return None
+    acc, level = next(iter(point))
+    kind = acc.tensor.format.levels[level]
+    if level != 0 or not isinstance(kind, Compressed) or not kind.unique:
+        return None
+    return acc, level
+
+
+def parallel_positions(f: LoopFacts, parallel, shape):
+    """``(access, 0)`` when the threads split a top compressed level's positions
+    instead of rows (see :func:`top_positions`), else None."""
+    if parallel is None:
+        return None
+    return top_positions(f, split_mod.base_of(parallel), shape)
+
+
+def balance(f: LoopFacts, parallel, walked):
+    """A pos array, as (storage, level), whose prefix sums measure the work of the
+    parallel loop (``walked``: the positions the threads split, if any)."""
+    if parallel is None:
+        return None
+    for acc in accesses(f.rhs):
+        fmt = acc.tensor.format
+        chain = access_chain(acc)
+        if fmt.is_dense or chain[0] != parallel or len(chain) < 2:
+            continue
+        top_walked = walked is not None and walked[0] is acc
+        if (fmt.levels[0].is_dense or top_walked) and "pos" in fmt.levels[1].arrays:
+            return (acc.tensor.name, 1)  # indexed like the parallel loop: rows, or top positions
+    return None
+
+
+def work_scale(f: LoopFacts, balanced) -> tuple:
+    """The compressed levels, as (storage, level), that the loops nested inside
+    the balanced level's loop walk: the runtime multiplies a balanced nonzero's
+    work by their mean segment lengths to decide whether a call is worth
+    splitting (SpGEMM's nonzero of A walks a row of B). Nested dense loops are
+    :func:`work_dense`."""
+    scale = []
+    for idx in _loops_under(f, balanced):
+        for a in accesses(f.rhs):
+            chain = access_chain(a)
+            if idx in chain and a.tensor.format.levels:
+                level = chain.index(idx)
+                if level > 0 and "pos" in a.tensor.format.levels[level].arrays:
+                    scale.append((a.tensor.name, level))
+                    break
+    return tuple(scale)
+
+
+def work_dense(f: LoopFacts, balanced) -> tuple:
+    """Names of the indices nested inside the balanced level's loop that no operand
+    stores sparsely: dense loops (SpMM's k, MTTKRP's j), whose sizes the runtime
+    weighs into a balanced nonzero's work. A loop that merges a sparse level with
+    a dense one runs densely but is left out: the estimate stays on the low side."""
+    def stored_sparsely(idx):
+        for a in accesses(f.rhs):
+            chain, levels = access_chain(a), a.tensor.format.levels
+            if idx in chain and not levels[chain.index(idx)].is_dense:
+                return True
+        return False
+    return tuple(idx.name for idx in _loops_under(f, balanced) if not stored_sparsely(idx))
+
+
+def _loops_under(f: LoopFacts, balanced) -> list:
+    """The loop order's indices nested inside the loop over the balanced level."""
+    if balanced is None:
+        return []
+    name, level = balanced
+    acc = next(a for a in accesses(f.rhs) if a.tensor.name == name)
+    return f.loop_order[f.position[access_chain(acc)[level]] + 1:]
+
+
+def splittable(lhs, i, shape) -> tuple:
+    """Whether the loop over ``i`` may run on threads although the output is
+    sparse: only through two-phase assembly, over the output's first level."""
+    fmt = lhs.tensor.format
+    chain = [lhs.indices[d] for d in fmt.order]
+    if shape != "csf" or not applies(fmt):
+        return False, ("the output is appended to in order (a coo output, or a compressed first level: "
+                       "only outputs whose first level is dense are assembled in parallel)")
+    if chain[0] != i:
+        return False, f"the output is assembled row by row over {chain[0].name}, not {i.name}"
+    return True, ""
