@@ -28,6 +28,7 @@ import numpy as np
 
 from .errors import KernelRuntimeError
 from .lower.outputs import MIN_CAPACITY
+from .runtime import interrupt as _interrupt
 from .runtime import threads as _threads
 
 # "auto": chunks where counting would repeat nested sparse loops, else two phases
@@ -114,10 +115,10 @@ def run_chunks(kernel, variant, storages, sizes, bits, out, capacity: int):
     try:
         driver = _driver(kernel, variant, n, work)
         if driver is not None:  # libgomp's team, like every other parallel kernel
-            statuses = [_run_on_driver(kernel, driver, variant, args, lohi, cap_slot, grow_slots, n, pos,
-                                       chunk_capacity, chunks)]
-        else:
-            statuses = _threads.run_ranges(call, n, pos, work=work)
+            statuses = [_interrupt.run(work, _run_on_driver, kernel, driver, variant, args, lohi, cap_slot,
+                                       grow_slots, n, pos, chunk_capacity, chunks)]
+        else:  # (Ctrl-C: run_ranges returns once no worker runs, then the chunks are freed)
+            statuses = _interrupt.run(work, _threads.run_ranges, call, n, pos, None, work)
         for s in statuses:
             if s != 0:
                 kernel._raise_status(s, out)

@@ -24,6 +24,7 @@ from .lower.context import level_array_type
 from .lower.lowerer import Options, lower
 from .lower.order import access_chain
 from .notation import accesses
+from .runtime import interrupt as _interrupt
 from .runtime import threads as _threads
 from . import chunks as _chunks
 from . import relayout as _relayout
@@ -570,12 +571,17 @@ class Kernel:
             capacity = out.capacity = self._initial_capacity(sizing, sizes, storages)
         if capacity is not None and low.append_chunks:  # (only a growable output can be chunked)
             return _chunks.run_chunks(self, variant, storages, sizes, bits, out, capacity)
+        work = self._call_work(low, sizes, storages)
         while True:
             args, lohi = self._call_args(variant.arg_plan, storages, sizes, bits, pointers,
                                          lambda key: out.arg(key, pointers), capacity)
             if pointers and plan.plain_output:
-                self._fast = self._fast_call(operands, storages, variant, args, lohi, sizes, given)
-            statuses = self._run(variant, args, lohi, low, sizes, storages)
+                self._fast = self._fast_call(operands, storages, variant, args, lohi, sizes, given, work)
+            try:
+                statuses = self._run(variant, args, lohi, low, sizes, storages, work)
+            except BaseException:  # Ctrl-C (runtime/interrupt.py): free what the kernel allocated
+                out.discard()
+                raise
             if capacity is None or not low.bounded or out.needed() <= capacity or any(statuses):
                 break
             # the appends did not fit the arrays (device code cannot grow them): run
@@ -589,7 +595,7 @@ class Kernel:
                 self._raise_status(s, out)
         return out.result()
 
-    def _fast_call(self, operands, storages, variant, args, lohi, sizes, given):
+    def _fast_call(self, operands, storages, variant, args, lohi, sizes, given, work):
         """The _FastCall that repeats this call, or None when an operand is a
         converted copy (its conversion must run on every call) or the given
         output is not a plain writeable row-major array of the output's shape."""
@@ -630,7 +636,8 @@ class Kernel:
             slots = tuple(k for k, v in enumerate(call_args) if type(v) is _Slot and v.name == name)
             entries.append((name, weakref.ref(operands[name]), kind, fp, slots))
         return _FastCall(
-            entries, fn, template, tuple(k for k, v in enumerate(call_args) if v is _OUT),
+            entries, _interrupt.wrap(fn, work), template,
+            tuple(k for k, v in enumerate(call_args) if v is _OUT),
             out_shape, plan.out_dtype,
             _threads.get_num_threads() if lohi is not None else None,
             self._driver_bounds(variant, fn, sizes, storages),
@@ -736,11 +743,14 @@ class Kernel:
                         f"index {index} is bound to dimension {d} of {shown} (size {shape[d]}) and to "
                         f"dimension {first[1]} of {first[0]} (size {first[2]})")
 
-    def _run(self, variant, args, lohi, low, sizes, storages):
+    def _run(self, variant, args, lohi, low, sizes, storages, work=None):
+        """Run the call (``work``: its :meth:`_call_work`, when the caller has it);
+        the statuses of the kernel calls."""
         launch = self._launch(variant, args, lohi, low, sizes, storages)
         if launch is not None:
             fn, call_args = launch
-            return [fn(*call_args)]
+            work = self._call_work(low, sizes, storages) if work is None else work
+            return [_interrupt.run(work, fn, *call_args)]
         fn = variant.function
         n = _parallel_extent(low, sizes, storages)
         pos = self._balance_pos(low, storages)
@@ -752,7 +762,19 @@ class Kernel:
             a[lohi] = lo
             a[lohi + 1] = hi
             return fn(*a)
-        return run_ranges(call, n, pos, work=work)
+        return _interrupt.run(work, run_ranges, call, n, pos, None, work)
+
+    def _call_work(self, low, sizes, storages) -> int:
+        """A CPU call's work units (:meth:`_work`), for :func:`~.runtime.interrupt.run`:
+        0 on the GPU (its kernels cannot be stopped, nor launched from another thread);
+        a lowering without a parallel loop (the one-pass variant) is measured by the
+        kernel's own, the dense iteration space when neither has one."""
+        if self._backend.name != "cpu":
+            return 0
+        if low.parallel is None:
+            low = self._variants[32].lowered
+        n = _parallel_extent(low, sizes, storages) if low.parallel is not None else 0
+        return self._work(n, self._balance_pos(low, storages) if n else None, sizes, low, storages)
 
     @staticmethod
     def _balance_pos(low, storages):
@@ -877,6 +899,8 @@ class Kernel:
             return bounds
 
     def _raise_status(self, status, out):
+        if status == irn.STATUS_INTERRUPTED:  # the interrupt flag was set: Ctrl-C
+            raise KeyboardInterrupt
         if status == irn.STATUS_PACKED_OVERFLOW:
             largest = out.largest_count()
             raise PackedOverflowError(

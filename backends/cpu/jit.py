@@ -57,6 +57,8 @@ class _Host:
         from .parallel import gomp_library
         if gomp_library():
             llvm.load_library_permanently(gomp_library())
+        from spcomp.runtime import interrupt
+        llvm.add_symbol(interrupt.SYMBOL, interrupt.address())  # the flag generated code polls
         self.triple = llvm.get_process_triple()
         self.cpu = llvm.get_host_cpu_name()
         try:

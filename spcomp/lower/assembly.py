@@ -30,6 +30,7 @@ from ..ir import nodes as n
 from ..ir.types import I64, ptr
 from .context import Binding, level_array_type
 from .outputs import AppendSink, _add
+from .polls import poll_outer_loops
 from .prefetch import prefetch_rows
 
 ROW_POS = "row_pos"  # binding role / array name: per-row starts of a lower level
@@ -302,6 +303,8 @@ def _function_body(lw, sink, phase) -> list:
     nest = lw.nest(lw.outer, lw.expr, sink, Env(), depth=0)
     if phase == "fill" and lw.opt.parallel_kind == "threads":  # the count phase reads no rows
         nest = prefetch_rows(nest, lw.position_ends, lw.fresh, lw.table_sizes())
+    if lw.opt.parallel_kind == "threads":  # Ctrl-C stops a long CPU call (polls.py)
+        nest = poll_outer_loops(nest, lw.workspace["arrays"] if lw.workspace else [])
     body += nest
     if lw.workspace:
         body += lw.workspace["epilogue"]

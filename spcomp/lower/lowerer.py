@@ -41,6 +41,7 @@ from .prefetch import prefetch_rows
 from .coverage import writes_every_element, zero_rows
 from .outputs import AppendSink, DenseSink, ScalarSink, WorkspaceSink
 from .diagonal import diagonal_storages
+from .polls import poll_outer_loops
 
 TEMP_FORMAT = Format(())
 # a workspace row whose bitmap has at most SCAN_WORDS words per touched coordinate
@@ -404,6 +405,7 @@ class Lowerer:
                 nest = block_rows(nest, self.fresh, self.position_ends, sizes)
                 nest = prefetch_rows(nest, self.position_ends, self.fresh, sizes)
                 nest = self._zero_rows(nest)
+                nest = poll_outer_loops(nest, gemm_temps + (self.workspace["arrays"] if self.workspace else []))
             body += _free_before_error_returns(nest, gemm_temps)
         if self.workspace:
             body += self.workspace["epilogue"]
@@ -607,6 +609,7 @@ class Lowerer:
                          # BITS_PER_STEP spare slots for the in-order refill (_bitmap_to_list)
                          n.Allocate(touched, n.Binary("+", size, n.i64(BITS_PER_STEP)), zero=False)],
             "epilogue": [n.Free(values), n.Free(bits), n.Free(touched)],
+            "arrays": [values, bits, touched],  # heap arrays live throughout the nest
             "start": first_scatter,
         }
 
