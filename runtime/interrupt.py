@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import threading
 
 from . import threads
@@ -100,5 +101,16 @@ def _stop(task: Task) -> None:
     finally:
         _flag.value = 0
 
+
+def _after_fork_in_child() -> None:
+    """The helper thread does not exist in a child made by ``os.fork()``; a new one
+    is made on demand. The flag is cleared (the fork may have come from another
+    thread while the main thread was stopping a call)."""
+    global _helper
+    _helper = None
+    _flag.value = 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 __all__ = ["LONG_WORK", "SYMBOL", "address", "requested", "run", "wrap"]

@@ -104,7 +104,8 @@ def thread_limit(n: int):
 
 def set_num_threads(n: int) -> None:
     """Use ``n`` threads for parallel kernels (default: the cores available,
-    or ``SPCOMP_NUM_THREADS``)."""
+    or ``SPCOMP_NUM_THREADS``; 1 in a child made by ``os.fork()``, where ``n``
+    threads then run on the Python pool, never on libgomp's team)."""
     global _num_threads, _pool
     n = int(n)
     if n < 1:
@@ -171,3 +172,17 @@ def run_ranges(call, n: int, pos: np.ndarray | None = None, threads: int | None 
         return [call(0, n)]
     return pool.run(call, ranges)
 
+
+def _after_fork_in_child() -> None:
+    """In a child made by ``os.fork()`` (multiprocessing's "fork" start method) the
+    pool's worker threads do not exist, and a lock that another thread held at the
+    fork stays held: both are made anew, the pool on demand. Kernels run on one
+    thread until :func:`set_num_threads`: a forked child is usually one of many
+    workers, and libgomp's team cannot be used in it at all (runtime/forksafe.py)."""
+    global _lock, _pool, _num_threads
+    _lock = threading.Lock()
+    _pool = None
+    _num_threads = 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

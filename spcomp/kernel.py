@@ -10,6 +10,7 @@ returns a NumPy array, a Tensor or a scalar.
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 import weakref
 
@@ -24,6 +25,7 @@ from .lower.context import level_array_type
 from .lower.lowerer import Options, lower
 from .lower.order import access_chain
 from .notation import accesses
+from .runtime import forksafe as _forksafe
 from .runtime import interrupt as _interrupt
 from .runtime import threads as _threads
 from . import chunks as _chunks
@@ -125,6 +127,15 @@ def _scipy_unchanged(m, fingerprint) -> bool:
 
 # guards Kernel._bounds_cache (see Kernel._bounds)
 _BOUNDS_LOCK = threading.Lock()
+
+
+def _after_fork_in_child():
+    """A lock another thread held at ``os.fork()`` stays held in the child: a new one."""
+    global _BOUNDS_LOCK
+    _BOUNDS_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 # Work of one iteration of a dense loop nested under a sparse one, in units of a
 # sparse nonzero's: such loops run vectorised (SpMM's k loop: 0.23 ns per nonzero
@@ -872,7 +883,10 @@ class Kernel:
         return None
 
     def _driver_of(self, variant):
-        """The variant's native parallel driver (looked up once), or None."""
+        """The variant's native parallel driver (looked up once), or None; always None
+        in a forked child, where libgomp's team is unusable (runtime/forksafe.py)."""
+        if _forksafe.forked():
+            return None
         if not variant.driver_checked:
             finder = getattr(self._backend, "parallel_driver", None)
             variant.driver = finder(variant.compiled, variant.lowered) if finder else None

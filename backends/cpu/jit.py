@@ -37,6 +37,15 @@ _lock = threading.RLock()
 _host: "_Host | None" = None
 
 
+def _after_fork_in_child():
+    """A lock another thread held at ``os.fork()`` stays held in the child: a new one."""
+    global _lock
+    _lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def ctypes_signature(f: n.Function) -> ctypes.CFUNCTYPE:
     """The ctypes prototype of a kernel function: ``int32 f(void*, int64, ...)``."""
     args = [ctypes.c_void_p if isinstance(p.type, PointerType) else _CTYPES[p.type]
@@ -57,8 +66,9 @@ class _Host:
         from .parallel import gomp_library
         if gomp_library():
             llvm.load_library_permanently(gomp_library())
-        from spcomp.runtime import interrupt
-        llvm.add_symbol(interrupt.SYMBOL, interrupt.address())  # the flag generated code polls
+        from spcomp.runtime import forksafe, interrupt
+        for words in (interrupt, forksafe):  # the runtime's flags that generated code reads
+            llvm.add_symbol(words.SYMBOL, words.address())
         self.triple = llvm.get_process_triple()
         self.cpu = llvm.get_host_cpu_name()
         try:

@@ -142,6 +142,15 @@ _cache: dict[str, SimModule] = {}
 _lock = threading.Lock()
 
 
+def _after_fork_in_child():
+    """A lock another thread held at ``os.fork()`` stays held in the child: a new one."""
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def cache_dir() -> Path:
     d = Path(tempfile.gettempdir()) / f"spcomp-cuda-sim-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
     d.mkdir(parents=True, exist_ok=True)

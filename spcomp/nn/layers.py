@@ -50,6 +50,7 @@ Two things the layers do around the compiler, for speed (see docs/ffn.md):
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -132,6 +133,17 @@ def _call(kernel, **operands):
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _pool_lock = threading.Lock()
+
+
+def _after_fork_in_child():
+    """The executor's threads do not exist in a child made by ``os.fork()`` (it would
+    queue work nobody runs), and a lock another thread held stays held: new ones."""
+    global _pool_lock, _pool
+    _pool_lock = threading.Lock()
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _threads() -> int:
