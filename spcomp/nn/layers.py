@@ -174,10 +174,14 @@ def _parallel(fn, items: list) -> list:
     except BaseException as e:  # still wait: workers write into buffers the caller owns
         errors.append(e)
     for f in futures:
-        try:
-            results.append(f.result())
-        except BaseException as e:
-            errors.append(e)
+        while True:
+            try:
+                results.append(f.result())
+                break
+            except BaseException as e:
+                errors.append(e)
+                if f.done():  # the item's own error, not a signal (Ctrl-C) while waiting
+                    break
     if errors:
         raise errors[0]
     return results
