@@ -7,8 +7,8 @@ call (here), the two-phase assembly (``assemble.py``) and the chunked append
 """
 from __future__ import annotations
 
-from . import chunks, fastcall, launch
-from .launch import Launcher, raise_status
+from . import chunks, fastcall, interrupt, launch
+from .launch import Launcher, call_work, raise_status
 from .operands import Dense, Operands, is_device_array
 from .outputs import DeviceOutput, Output, PlainOutput
 from .plan import CallPlan, call_args
@@ -33,8 +33,8 @@ class CallContext:
         return call_args(arg_plan, storages, sizes, bits, self.caps.pointers, self.operands.input_arg,
                          out_arg, capacity)
 
-    def run(self, variant, args, lohi, low, sizes, storages) -> list:
-        return self.launcher.run(variant, args, lohi, low, sizes, storages)
+    def run(self, variant, args, lohi, low, sizes, storages, units=None) -> list:
+        return self.launcher.run(variant, args, lohi, low, sizes, storages, units)
 
     def fail(self, status, out=None):
         """Raise the exception a nonzero status stands for."""
@@ -67,16 +67,22 @@ def run(ctx: CallContext, variant, sizing, storages, sizes, bits, given, operand
     capacity = None
     if any(role == "capacity" for role, _a, _b in variant.arg_plan):  # a growable output: an Output
         capacity = out.capacity = launch.first_capacity(sizing, sizes, storages, ctx.plan.out_indices)
+    units = call_work(ctx.caps, low, sizing, sizes, storages)
     if capacity is not None and low.append_chunks:  # (only a growable output can be chunked)
-        return chunks.run_chunks(ctx, variant, storages, sizes, bits, out, capacity), None
+        return chunks.run_chunks(ctx, variant, storages, sizes, bits, out, capacity, units), None
     pointers, fast = ctx.caps.pointers, None
     while True:
         args, lohi = ctx.args(variant.arg_plan, storages, sizes, bits, lambda b: out.arg(b, pointers), capacity)
         if pointers and ctx.plan.plain_output:
             fast = fastcall.build(ctx.plan, ctx.operands, ctx.launcher, variant, operands, storages, args, lohi,
                                   sizes, given, output_name=ctx.output_name, accumulate=ctx.accumulate,
-                                  overwrite=ctx.overwrites(low), fail=ctx.fail)
-        statuses = ctx.run(variant, args, lohi, low, sizes, storages)
+                                  overwrite=ctx.overwrites(low), fail=ctx.fail,
+                                  wrap=lambda fn: interrupt.wrap(fn, units))
+        try:
+            statuses = ctx.run(variant, args, lohi, low, sizes, storages, units)
+        except BaseException:  # Ctrl-C (interrupt.py): free what the kernel allocated
+            out.discard()
+            raise
         if capacity is None or not low.output.bounded or out.needed() <= capacity or any(statuses):
             break
         # the appends did not fit the arrays (device code cannot grow them): run

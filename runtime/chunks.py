@@ -29,6 +29,7 @@ import numpy as np
 from spcomp.errors import KernelRuntimeError
 from spcomp.lower.outputs import MIN_CAPACITY
 
+from . import interrupt
 from . import threads as _threads
 from .launch import balance_pos, parallel_extent, work
 from .memory import data_ptr, free, malloc_view, realloc
@@ -79,9 +80,10 @@ def _view(address: int, count: int, dtype: np.dtype) -> np.ndarray:
     return malloc_view(address, count, dtype)
 
 
-def run_chunks(ctx, variant, storages, sizes, bits, out, capacity: int):
+def run_chunks(ctx, variant, storages, sizes, bits, out, capacity: int, call_units: int = 0):
     """Run ``variant`` (``Lowered.append_chunks``) over the threads' row ranges
-    into ``out`` (an ``Output``) and return the stitched result."""
+    into ``out`` (an ``Output``) and return the stitched result; ``call_units``,
+    the call's work (launch.call_work), decides whether Ctrl-C must be able to stop it."""
     low = variant.lowered
     n = parallel_extent(low, sizes, storages)
     pos = balance_pos(low, storages)
@@ -113,10 +115,10 @@ def run_chunks(ctx, variant, storages, sizes, bits, out, capacity: int):
     try:
         driver = _driver(ctx.launcher, variant, n, units)
         if driver is not None:  # libgomp's team, like every other parallel kernel
-            statuses = [_run_on_driver(ctx.launcher, driver, args, lohi, cap_slot, grow_slots, n, pos,
-                                       chunk_capacity, chunks)]
-        else:
-            statuses = _threads.run_ranges(call, n, pos, work=units)
+            statuses = [interrupt.run(call_units, _run_on_driver, ctx.launcher, driver, args, lohi, cap_slot,
+                                      grow_slots, n, pos, chunk_capacity, chunks)]
+        else:  # (Ctrl-C: run_ranges returns once no worker runs, then the chunks are freed)
+            statuses = interrupt.run(call_units, _threads.run_ranges, call, n, pos, None, units)
         for s in statuses:
             if s != 0:
                 ctx.fail(s, out)

@@ -106,10 +106,11 @@ class FastCall:
 
 
 def build(plan, op_cache, launcher, variant, operands, storages, args, lohi, sizes, given, *,
-          output_name, accumulate, overwrite, fail):
+          output_name, accumulate, overwrite, fail, wrap=None):
     """The FastCall that repeats this call, or None when an operand is a converted
     copy (its conversion must run on every call) or the given output is not a
-    plain writeable row-major array of the output's shape."""
+    plain writeable row-major array of the output's shape. ``wrap(fn)`` is what a
+    repeated call runs instead of ``fn`` (a long one: where Ctrl-C stops it)."""
     out_shape = tuple(sizes[i] for i in plan.out_indices)
     checks = {}
     if given is not None:
@@ -146,7 +147,7 @@ def build(plan, op_cache, launcher, variant, operands, storages, args, lohi, siz
         slots = tuple(k for k, v in enumerate(call_args) if type(v) is Slot and v.name == name)
         entries.append((name, weakref.ref(operands[name]), kind, fp, slots))
     return FastCall(
-        entries, fn, template, tuple(k for k, v in enumerate(call_args) if v is OUT),
+        entries, fn if wrap is None else wrap(fn), template, tuple(k for k, v in enumerate(call_args) if v is OUT),
         out_shape, plan.out_dtype,
         _threads.get_num_threads() if lohi is not None else None,
         launcher.driver_bounds(variant, fn, sizes, storages),

@@ -9,6 +9,7 @@ nested loops walk. The same facts size a growable output's first allocation.
 """
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 
@@ -17,6 +18,7 @@ import numpy as np
 from spcomp.errors import KernelRuntimeError, PackedOverflowError
 from spcomp.ir import nodes as irn
 
+from . import forksafe, interrupt
 from . import threads as _threads
 from .memory import data_ptr
 from .operands import Dense
@@ -122,8 +124,24 @@ def first_capacity(low, sizes, storages, out_indices) -> int:
     return initial_capacity(low, sizes, storages, out_indices)
 
 
+def call_work(caps, low, plain, sizes, storages) -> int:
+    """A host-thread call's work units (:func:`work`), for :func:`interrupt.run`: 0
+    where the target has no host threads (GPU kernels are neither stopped nor
+    launched from another thread); a lowering without a parallel loop (the one-pass
+    variant) is measured by the ``plain`` one's, the dense iteration space when
+    neither has one."""
+    if not caps.host_threads:
+        return 0
+    if low.threads.parallel is None:
+        low = plain
+    n = parallel_extent(low, sizes, storages) if low.threads.parallel is not None else 0
+    return work(n, balance_pos(low, storages) if n else None, sizes, low, storages)
+
+
 def raise_status(status, out, output_name: str, expression: str):
     """The exception a kernel's nonzero status stands for."""
+    if status == irn.STATUS_INTERRUPTED:  # the interrupt flag was set: Ctrl-C (interrupt.py)
+        raise KeyboardInterrupt
     if status == irn.STATUS_PACKED_OVERFLOW and out is not None:
         largest = out.largest_count()
         raise PackedOverflowError(
@@ -134,15 +152,28 @@ def raise_status(status, out, output_name: str, expression: str):
                              f"{irn.STATUS_CODES.get(status, f'status {status}')}")
 
 
+# guards every Launcher's bounds cache (see Launcher.bounds)
+_BOUNDS_LOCK = threading.Lock()
+
+
+def _after_fork_in_child():
+    """A lock another thread held at ``os.fork()`` stays held in the child: a new one."""
+    global _BOUNDS_LOCK
+    _BOUNDS_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Launcher:
     """Runs a kernel's parallel loop for one Kernel: the call's split, the native
     driver, and the row bounds it is handed (cached per pos array)."""
 
     def __init__(self, target):
         self.target = target
-        self.host_threads = target.capabilities.host_threads
+        self.caps = target.capabilities
+        self.host_threads = self.caps.host_threads
         self.bounds_cache: dict = {}
-        self.lock = threading.Lock()  # guards bounds_cache (see bounds)
 
     def splits(self, low, sizes, storages) -> bool:
         """Whether a host-thread call of this lowering runs its parallel loop on several threads."""
@@ -175,12 +206,16 @@ class Launcher:
             return fn, a
         return None
 
-    def run(self, variant, args, lohi, low, sizes, storages) -> list:
-        """Run a call; returns the status of each piece it ran as."""
+    def run(self, variant, args, lohi, low, sizes, storages, units=None) -> list:
+        """Run a call; returns the status of each piece it ran as. ``units``: the
+        call's :func:`call_work` when the caller has it; a long call made on the
+        main thread runs where Ctrl-C can stop it (interrupt.py)."""
+        if units is None:
+            units = call_work(self.caps, low, low, sizes, storages)
         launch = self.launch(variant, args, lohi, low, sizes, storages)
         if launch is not None:
             fn, call_args = launch
-            return [fn(*call_args)]
+            return [interrupt.run(units, fn, *call_args)]
         fn = variant.function
         n = parallel_extent(low, sizes, storages)
         pos = balance_pos(low, storages)
@@ -190,7 +225,7 @@ class Launcher:
             a[lohi] = lo
             a[lohi + 1] = hi
             return fn(*a)
-        return _threads.run_ranges(call, n, pos, work=work(n, pos, sizes, low, storages))
+        return interrupt.run(units, _threads.run_ranges, call, n, pos, None, work(n, pos, sizes, low, storages))
 
     def driver_bounds(self, variant, fn, sizes, storages):
         """The bounds array a parallel-driver launch points at (kept alive with it)."""
@@ -201,7 +236,10 @@ class Launcher:
                            balance_pos(low, storages))
 
     def driver_of(self, variant):
-        """The variant's native parallel driver (looked up once), or None."""
+        """The variant's native parallel driver (looked up once), or None; always None
+        in a forked child, where libgomp's team is unusable (forksafe.py)."""
+        if forksafe.forked():
+            return None
         if not variant.driver_checked:
             finder = getattr(self.target, "parallel_driver", None)
             variant.driver = finder(variant.compiled, variant.lowered) if finder else None
@@ -212,7 +250,7 @@ class Launcher:
         """Row bounds of the threads' chunks, balanced by ``pos``; cached per pos array
         (splitting costs O(rows), more than a small kernel's whole run)."""
         key = (n, threads, id(pos) if pos is not None else None)
-        with self.lock:
+        with _BOUNDS_LOCK:
             # under the lock: a call hands the driver only the array's address, so an
             # entry another thread is using must never be replaced (freeing its array);
             # only a stale entry (its pos array died, so no call uses it) is

@@ -12,59 +12,46 @@ import os
 import threading
 import numpy as np
 
+from .handoff import Task, Worker
+
 _lock = threading.Lock()
 _pool: "_Pool | None" = None
 _num_threads: int | None = None
 _local = threading.local()  # .limit: this thread's cap from thread_limit(), if any
 
 
-class _Worker(threading.Thread):
-    """A daemon thread that runs one chunk each time its start lock is released.
-
-    Plain locks hand work over in a few microseconds, several times faster than
-    a concurrent.futures pool, which matters for sub-millisecond kernels."""
-
-    def __init__(self):
-        super().__init__(daemon=True, name="spcomp-worker")
-        self.start_lock = threading.Lock()
-        self.done_lock = threading.Lock()
-        self.start_lock.acquire()
-        self.done_lock.acquire()
-        self.task = None
-        self.result = None
-
-    def run(self):
-        while True:
-            self.start_lock.acquire()
-            call, lo, hi = self.task
-            try:
-                self.result = call(lo, hi)
-            except BaseException as e:  # handed back to the caller
-                self.result = e
-            self.done_lock.release()
-
-
 class _Pool:
+    """Worker threads that run the ranges of one call after another's.
+
+    Each range is a :class:`~.handoff.Task`: a hand-over costs a few microseconds,
+    several times less than a concurrent.futures pool, which matters for
+    sub-millisecond kernels; and an exception on the calling thread (Ctrl-C while
+    it waits) withdraws the ranges no worker has taken and waits for the others
+    before it propagates, so no worker writes into arrays the caller frees and the
+    next call finds the pool as it was."""
+
     def __init__(self, n: int):
-        self.workers = [_Worker() for _ in range(n)]
-        for w in self.workers:
-            w.start()
+        self.workers = [Worker("spcomp-worker") for _ in range(n)]
         self.busy = threading.Lock()
 
     def run(self, call, ranges) -> list:
         """Run ``call`` over ``ranges``: the first on this thread, the rest on workers."""
         with self.busy:
-            used = self.workers[:len(ranges) - 1]
-            for w, (lo, hi) in zip(used, ranges[1:]):
-                w.task = (call, lo, hi)
-                w.start_lock.release()
-            results = [call(*ranges[0])]
-            for w in used:
-                w.done_lock.acquire()
-                results.append(w.result)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
+            tasks = [Task(call, lo, hi) for lo, hi in ranges[1:len(self.workers) + 1]]
+            try:
+                for w, t in zip(self.workers, tasks):
+                    w.tasks.put(t)
+                results = [call(*ranges[0])]
+                for t in tasks:
+                    t.wait()
+            except BaseException:
+                for t in tasks:
+                    t.settle()
+                raise
+        for t in tasks:
+            if t.error is not None:
+                raise t.error
+            results.append(t.result)
         return results
 
 
@@ -117,7 +104,8 @@ def thread_limit(n: int):
 
 def set_num_threads(n: int) -> None:
     """Use ``n`` threads for parallel kernels (default: the cores available,
-    or ``SPCOMP_NUM_THREADS``)."""
+    or ``SPCOMP_NUM_THREADS``; 1 in a child made by ``os.fork()``, where ``n``
+    threads then run on the Python pool, never on libgomp's team)."""
     global _num_threads, _pool
     n = int(n)
     if n < 1:
@@ -183,3 +171,18 @@ def run_ranges(call, n: int, pos: np.ndarray | None = None, threads: int | None 
     if pool.busy.locked():  # called from several Python threads at once: run here
         return [call(0, n)]
     return pool.run(call, ranges)
+
+
+def _after_fork_in_child() -> None:
+    """In a child made by ``os.fork()`` (multiprocessing's "fork" start method) the
+    pool's worker threads do not exist, and a lock that another thread held at the
+    fork stays held: both are made anew, the pool on demand. Kernels run on one
+    thread until :func:`set_num_threads`: a forked child is usually one of many
+    workers, and libgomp's team cannot be used in it at all (runtime/forksafe.py)."""
+    global _lock, _pool, _num_threads
+    _lock = threading.Lock()
+    _pool = None
+    _num_threads = 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

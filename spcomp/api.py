@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import warnings
 
@@ -14,6 +15,15 @@ from .backends import get_target
 
 _cache: dict = {}
 _cache_lock = threading.Lock()
+
+
+def _after_fork_in_child():
+    """A lock another thread held at ``os.fork()`` stays held in the child: a new one."""
+    global _cache_lock
+    _cache_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _format_key(formats) -> tuple:

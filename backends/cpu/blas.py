@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import threading
 
 from llvmlite import binding as llvm
@@ -52,6 +53,16 @@ _thread_fns_found = False
 _limit_lock = threading.Lock()
 _limit_depth = 0
 _limit_saved = 0
+
+
+def _after_fork_in_child():
+    """A lock another thread held at ``os.fork()`` stays held in the child: a new one
+    (a block that thread was in never ends there: OpenBLAS keeps one thread)."""
+    global _limit_lock
+    _limit_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _openblas_thread_functions() -> tuple | None:

@@ -41,6 +41,11 @@ Besides the conventions of :mod:`spcomp.ir.nodes`, it fixes these:
   ``spcomp_blas_sgemm``/``spcomp_blas_dgemm``, registered by ``blas.py``), swapping the
   operands so that column-major BLAS computes the row-major product; a size over
   ``2**31 - 1`` returns status 3.
+* ``PollInterrupt`` is a ``load atomic monotonic`` of the external ``i32``
+  ``spcomp_interrupt`` (the runtime's flag, registered with the JIT by jit.py) and a
+  branch, weighted as unlikely, to a block that frees the poll's arrays and returns
+  status 4. Atomic, so LLVM may neither hoist the load out of the loop nor assume
+  it unchanged; it sits in an outer loop, so the inner loops' analysis never sees it.
 """
 from __future__ import annotations
 
@@ -53,6 +58,7 @@ from spcomp.errors import SpcompError, UnsupportedError
 from spcomp.ir import nodes as n
 from spcomp.ir.printer import print_ir
 from spcomp.ir.types import BF16, BOOL, F32, F64, I64, PointerType, ScalarType, ptr
+from spcomp.runtime.flags import INTERRUPT_SYMBOL
 
 
 class KernelIRError(SpcompError, ValueError):
@@ -89,7 +95,7 @@ def sizeof(t) -> int:
 #: Symbols the generated code calls or that LLVM lowers intrinsics to; kernels may not use them.
 RUNTIME_SYMBOLS = frozenset(
     "malloc calloc realloc free tanh tanhf erf erff exp expf log logf sqrt sqrtf "
-    "fabs fabsf memcpy memset memmove".split())
+    "fabs fabsf memcpy memset memmove".split()) | {INTERRUPT_SYMBOL}
 SORT_HELPER_PREFIX = "__spcomp_sort_"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -295,6 +301,14 @@ class _ModuleLowering:
             fn = ir.Function(self.module, ir.FunctionType(ret, list(args)), name=name)
             fn.attributes.add("nounwind")
         return fn
+
+    def external_i32(self, name: str) -> ir.GlobalVariable:
+        """An ``i32`` defined outside the module (the JIT resolves it by name)."""
+        g = self.module.globals.get(name)
+        if g is None:
+            g = ir.GlobalVariable(self.module, I32_T, name=name)
+            g.type = PTR  # print `ptr`, not llvmlite's typed `i32*`
+        return g
 
     def sort_helper(self, t: ScalarType) -> ir.Function:
         name = SORT_HELPER_PREFIX + t.name
@@ -716,6 +730,17 @@ class _FunctionLowering:
     def stmt_Return(self, s: n.Return):
         self.b.ret(ir.Constant(I32_T, int(s.status)))
         self.enter(self.new_block("after.return"))
+
+    def stmt_PollInterrupt(self, s: n.PollInterrupt):
+        flag = self.b.load_atomic(self.ml.external_i32(INTERRUPT_SYMBOL), "monotonic", 4, typ=I32_T,
+                                  name="interrupt")
+        stop, go = self.new_block("interrupted"), self.new_block("not.interrupted")
+        self.b.cbranch(self.b.icmp_signed("!=", flag, ir.Constant(I32_T, 0)), stop, go).set_weights([1, 1 << 20])
+        self.enter(stop)
+        for v in s.free:
+            self.stmt_Free(n.Free(v))
+        self.b.ret(ir.Constant(I32_T, n.STATUS_INTERRUPTED))
+        self.enter(go)
 
     # ------------------------------------------------------- expressions
     def expr(self, e):

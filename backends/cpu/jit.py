@@ -33,6 +33,15 @@ _lock = threading.RLock()
 _host: "_Host | None" = None
 
 
+def _after_fork_in_child():
+    """A lock another thread held at ``os.fork()`` stays held in the child: a new one."""
+    global _lock
+    _lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class _Host:
     """The process-wide LLVM state: initialised targets, target machine, pass pipeline."""
 
@@ -46,6 +55,9 @@ class _Host:
         from .parallel import gomp_library
         if gomp_library():
             llvm.load_library_permanently(gomp_library())
+        from spcomp.runtime import flags
+        for name, address in flags.symbols().items():  # the runtime's words generated code reads
+            llvm.add_symbol(name, address)
         self.triple = llvm.get_process_triple()
         self.cpu = llvm.get_host_cpu_name()
         try:

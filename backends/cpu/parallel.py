@@ -13,6 +13,10 @@ largest status. Dispatching from Python threads costs a few GIL
 hand-overs per call (~0.2 ms here); this costs a few microseconds. When libgomp
 cannot be loaded no driver is generated and the runtime falls back to Python
 threads.
+
+In a process made by ``os.fork()`` libgomp's team is unusable (runtime/forksafe.py):
+there the driver reads the runtime's ``spcomp_forked`` word (runtime/flags.py) as set and runs every
+chunk on the calling thread, one after another, instead of calling ``GOMP_parallel``.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from llvmlite import ir
 
 from spcomp.ir import nodes as n
 from spcomp.ir.types import I64
+from spcomp.runtime.flags import FORKED_SYMBOL
 
 from .abi import ctypes_signature
 
@@ -99,6 +104,7 @@ def _add_driver(llmod, kernel, gomp, tid_fn, team_fn, per_chunk=frozenset()) -> 
     # the body each team thread runs: chunks tid, tid + team, ... of the bounds
     body = ir.Function(llmod, ir.FunctionType(_VOID, [_PTR]), name=kernel.name + "__omp_body")
     body.linkage = "internal"
+    body.attributes.add("noinline")  # called directly only in a forked child: not worth a copy
     entry = body.append_basic_block("entry")
     loop = body.append_basic_block("chunk")
     done = body.append_basic_block("done")
@@ -139,7 +145,16 @@ def _add_driver(llmod, kernel, gomp, tid_fn, team_fn, per_chunk=frozenset()) -> 
     b.store(nthreads, slot(b, frame, 2))
     for k, arg in enumerate(drv.args[2:]):
         b.store(to_slot(b, arg), slot(b, frame, FIRST_PARAM_SLOT + k))
+    forked = llmod.globals.get(FORKED_SYMBOL) or ir.GlobalVariable(llmod, _I32, name=FORKED_SYMBOL)
+    alone, team, done = (drv.append_basic_block(x) for x in ("forked", "team", "done"))
+    b.cbranch(b.icmp_signed("!=", b.load(forked, typ=_I32), ir.Constant(_I32, 0)), alone, team)
+    b.position_at_end(alone)  # outside a parallel region the body is thread 0 of a team of 1
+    b.call(body, [frame])
+    b.branch(done)
+    b.position_at_end(team)
     b.call(gomp, [body, frame, b.trunc(nthreads, _I32), ir.Constant(_I32, 0)])
+    b.branch(done)
+    b.position_at_end(done)
     b.ret(b.trunc(b.load(slot(b, frame, 1), typ=_I64), _I32))
     return name
 

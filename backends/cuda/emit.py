@@ -456,6 +456,10 @@ class CudaEmitter(CPrinter):
         # a CPU cache hint (the CPU register-blocking pass adds it): dropped, always correct
         return [self.line(d, f"// prefetch of {self.expr(s.array)} dropped")]
 
+    def stmt_PollInterrupt(self, s: n.PollInterrupt, d):
+        # the host's interrupt flag is not visible to device code: a GPU kernel runs to its end
+        return [self.line(d, "// interrupt poll dropped (CPU only)")]
+
     # ----------------------------------------------------- team bodies
     def block_lines(self, b: n.Block, depth: int) -> list[str]:
         if self._ctx.kind not in ("block", "warp"):

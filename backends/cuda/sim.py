@@ -224,6 +224,15 @@ def _store_library(key: str, library: bytes) -> None:
                           SIM_MAGIC + trust.sign(library, user_key) + library)
 
 
+def _after_fork_in_child():
+    """A lock another thread held at ``os.fork()`` stays held in the child: a new one."""
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def compile_sim(cuda_source: str) -> SimModule:
     """Compile CUDA C (e.g. from :func:`~spcomp.backends.cuda.emit.emit_module`) for the CPU harness."""
     cxx = compiler()

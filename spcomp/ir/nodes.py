@@ -28,6 +28,12 @@ Conventions every backend follows:
   writes nothing and never faults, even past the array's end (computing ``index``
   must still stay in bounds); dropping it is a correct implementation.
 * ``Return`` leaves the function with a status code.
+* ``PollInterrupt`` leaves the function with ``STATUS_INTERRUPTED``, after freeing
+  its ``free`` pointers, when the process's interrupt flag is set (Ctrl-C during a
+  long call: runtime/interrupt.py); otherwise it does nothing. The CPU reads the
+  flag with an atomic load; a backend that cannot see it (the GPU) drops the
+  statement. The lowerer puts one at the top of each outermost loop that holds
+  another loop (lower/polls.py), so inner, vectorised loops never test it.
 """
 from __future__ import annotations
 
@@ -41,12 +47,14 @@ STATUS_OK = 0
 STATUS_PACKED_OVERFLOW = 1
 STATUS_OUT_OF_MEMORY = 2
 STATUS_TOO_LARGE_FOR_BLAS = 3
+STATUS_INTERRUPTED = 4
 STATUS_CODES = {
     STATUS_OK: "ok",
     STATUS_PACKED_OVERFLOW: "a packed-block level got more nonzeros in a block than it has slots",
     STATUS_OUT_OF_MEMORY: "the kernel could not allocate memory",
     STATUS_TOO_LARGE_FOR_BLAS: "a matrix product has a dimension over 2**31-1, more than BLAS's "
                                "32-bit sizes allow; compile with Schedule().no_blas()",
+    STATUS_INTERRUPTED: "interrupted (the process's interrupt flag was set: Ctrl-C)",
 }
 
 
@@ -265,8 +273,17 @@ class Return:
     status: int = STATUS_OK
 
 
+@dataclass(frozen=True)
+class PollInterrupt:
+    """``if (interrupt flag) { free(each of free); return STATUS_INTERRUPTED; }``.
+
+    ``free`` lists the kernel's own heap arrays live at the poll (workspaces, BLAS
+    temporaries): arrays it publishes to the runtime are freed by the runtime."""
+    free: tuple = ()  # of Var
+
+
 Stmt = Union[Comment, Declare, Assign, Store, AtomicAdd, Block, For, While, If,
-             Allocate, Reallocate, Free, Sort, Prefetch, Gemm, Return]
+             Allocate, Reallocate, Free, Sort, Prefetch, Gemm, Return, PollInterrupt]
 
 
 @dataclass(frozen=True)
@@ -359,6 +376,8 @@ def children(node) -> tuple:
         return (node.array, node.start, node.count)
     if isinstance(node, Prefetch):
         return (node.array, node.index)
+    if isinstance(node, PollInterrupt):
+        return tuple(node.free)
     if isinstance(node, Function):
         return tuple(node.params) + (node.body,)
     return ()

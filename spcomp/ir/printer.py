@@ -185,6 +185,10 @@ class CPrinter:
     def stmt_Return(self, s: n.Return, d):
         return [self.line(d, f"return {s.status};")]
 
+    def stmt_PollInterrupt(self, s: n.PollInterrupt, d):
+        leave = "".join(f"free({v.name}); " for v in s.free) + f"return {n.STATUS_INTERRUPTED};"
+        return [self.line(d, f"if (interrupt_requested()) {{ {leave} }}  // Ctrl-C: stop early")]
+
     # --------------------------------------------------------- functions
     def param(self, p: n.Var) -> str:
         if isinstance(p.type, PointerType):

@@ -86,6 +86,8 @@ def _scan(s, vals, loops: tuple, stores: list, last: bool) -> bool:
         return True
     if isinstance(s, n.Return):
         return last or s.status != n.STATUS_OK  # an error return discards the output
+    if isinstance(s, n.PollInterrupt):  # stops with an error status, which discards the output
+        return True
     if isinstance(s, n.Declare):
         return s.var != vals and (s.init is None or not _reads(s.init, vals))
     if isinstance(s, n.Assign):

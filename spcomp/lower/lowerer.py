@@ -31,6 +31,7 @@ from .emitter import BITS_PER_STEP, LoopEmitter, NestContext
 from .normalize import lift_sums, push_sums, replace, split_sums
 from .order import access_chain, choose_order
 from .outputs import AppendSink, DenseSink
+from .polls import poll_outer_loops
 from .prefetch import prefetch_rows
 from .record import (Code, Inspection, Lowered, OperandPlan, Options, OutputPlan,  # noqa: F401
                      ThreadPlan)
@@ -328,6 +329,8 @@ class Lowerer:
                 nest = block_rows(nest, self.fresh, self.position_ends, sizes)
                 nest = prefetch_rows(nest, self.position_ends, self.fresh, sizes)
                 nest = self._zero_rows(nest)
+            if self.opt.caps.host_threads:  # Ctrl-C stops a long host call (polls.py)
+                nest = poll_outer_loops(nest, gemm_temps + (self.workspace["arrays"] if self.workspace else []))
             body += _free_before_error_returns(nest, gemm_temps)
         if self.workspace:
             body += self.workspace["epilogue"]
@@ -486,6 +489,7 @@ class Lowerer:
                          # BITS_PER_STEP spare slots for the in-order refill (_bitmap_to_list)
                          n.Allocate(touched, n.Binary("+", size, n.i64(BITS_PER_STEP)), zero=False)],
             "epilogue": [n.Free(values), n.Free(bits), n.Free(touched)],
+            "arrays": [values, bits, touched],  # heap arrays live throughout the nest
             "start": first_scatter,
         }
 

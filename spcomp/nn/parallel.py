@@ -6,6 +6,7 @@ where the runtime would not, so the pool and the split sizes live here.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +17,17 @@ import spcomp
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _pool_lock = threading.Lock()
+
+
+def _after_fork_in_child():
+    """The executor's threads do not exist in a child made by ``os.fork()`` (it would
+    queue work nobody runs), and a lock another thread held stays held: new ones."""
+    global _pool_lock, _pool
+    _pool_lock = threading.Lock()
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def num_threads() -> int:
@@ -46,10 +58,14 @@ def parallel_map(fn, items: list) -> list:
     except BaseException as e:  # still wait: workers write into buffers the caller owns
         errors.append(e)
     for f in futures:
-        try:
-            results.append(f.result())
-        except BaseException as e:
-            errors.append(e)
+        while True:
+            try:
+                results.append(f.result())
+                break
+            except BaseException as e:
+                errors.append(e)
+                if f.done():  # the item's own error, not a signal (Ctrl-C) while waiting
+                    break
     if errors:
         raise errors[0]
     return results
