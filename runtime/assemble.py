@@ -13,9 +13,10 @@ import dataclasses
 
 import numpy as np
 
-from spcomp.errors import KernelRuntimeError, OperandError
+from spcomp.errors import OperandError
 from spcomp.lower.assembly import ROW_POS
 
+from .launch import WiderIndices
 from .memory import data_ptr
 from .outputs import OutputLayout
 from .plan import arg_plan, np_dtype, output_level_sizes
@@ -60,17 +61,15 @@ class Rows:
         self.per_row = {l: np.zeros(rows + 1, dtype=self.index) for l in range(self.d, len(t.format.levels))}
         self.arrays = {(self.d, "pos"): self.per_row[self.d]}
 
-    def scan(self):
-        """Counts at ``[q+1]`` -> row starts (exclusive prefix sum), then exact allocations."""
-        limit = np.iinfo(self.index).max
+    def scan(self, limit: int):
+        """Counts at ``[q+1]`` -> row starts (exclusive prefix sum), then exact
+        allocations; WiderIndices when a level holds more than ``limit`` entries."""
         totals = {}
         for l, counts in self.per_row.items():
             starts = np.cumsum(counts, dtype=np.int64)
             total = int(starts[-1])
             if total > limit:
-                raise KernelRuntimeError(
-                    f"the output has {total} entries at level {l + 1}, more than {self.index.name} indices "
-                    "address; pass operands with 64-bit indices")
+                raise WiderIndices(f"{total} entries at level {l + 1}")
             counts[:] = starts
             totals[l] = total
         levels = self.layout.fmt.levels
@@ -103,7 +102,8 @@ def run_two_phase(ctx, variant, storages, sizes, bits, given=None):
         return data_ptr(arr) if pointers else arr
     for phase in (count, fill):
         if phase is fill:
-            rows.scan()
+            limit = variant.lowered.output.index_limit
+            rows.scan(np.iinfo(rows.index).max if limit is None else limit)
         args, lohi = ctx.args(phase.arg_plan, storages, sizes, bits, out_arg)
         for status in ctx.run(phase, args, lohi, phase.lowered, sizes, storages):
             if status != 0:

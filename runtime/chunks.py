@@ -31,7 +31,7 @@ from spcomp.lower.outputs import MIN_CAPACITY
 
 from . import interrupt
 from . import threads as _threads
-from .launch import balance_pos, parallel_extent, work
+from .launch import WiderIndices, balance_pos, parallel_extent, work
 from .memory import data_ptr, free, malloc_view, realloc
 
 # "auto": chunks where counting would repeat nested sparse loops, else two phases
@@ -178,7 +178,7 @@ def _stitch(out, chunks, n: int, capacity: int) -> None:
         return
     rows_per = layout.dense_positions // n if n else 0  # level d-1 positions per parallel iteration
     pos_d = out.arrays[(d, "pos")]
-    limit = np.iinfo(pos_d.dtype).max
+    limit = np.iinfo(pos_d.dtype).max if out.index_limit is None else out.index_limit
     # entries each chunk holds at each compressed level, and the offsets they start at
     counts = {l: [] for l in range(d, m)}
     for c in chunks:
@@ -190,10 +190,8 @@ def _stitch(out, chunks, n: int, capacity: int) -> None:
                      for t, c in enumerate(chunks)]
     starts = {l: np.concatenate([[0], np.cumsum(counts[l], dtype=np.int64)]) for l in counts}
     for l in range(d, m):
-        if starts[l][-1] > limit:
-            raise KernelRuntimeError(
-                f"the output has {int(starts[l][-1])} entries at level {l + 1}, more than "
-                f"{pos_d.dtype.name} indices address; pass operands with 64-bit indices")
+        if starts[l][-1] > limit:  # (the 64-bit kernel runs the call again)
+            raise WiderIndices(f"{int(starts[l][-1])} entries at level {l + 1}")
     for t in range(1, len(chunks)):
         lo, hi = chunks[t].lo * rows_per, chunks[t].hi * rows_per
         pos_d[lo + 1: hi + 1] += pos_d.dtype.type(starts[d][t])

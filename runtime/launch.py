@@ -138,10 +138,17 @@ def call_work(caps, low, plain, sizes, storages) -> int:
     return work(n, balance_pos(low, storages) if n else None, sizes, low, storages)
 
 
+class WiderIndices(Exception):
+    """A 32-bit kernel's output got more entries than its positions hold: the call
+    is run again with the 64-bit kernel (Kernel.__call__). Never reaches the user."""
+
+
 def raise_status(status, out, output_name: str, expression: str):
     """The exception a kernel's nonzero status stands for."""
     if status == irn.STATUS_INTERRUPTED:  # the interrupt flag was set: Ctrl-C (interrupt.py)
         raise KeyboardInterrupt
+    if status == irn.STATUS_INDEX_OVERFLOW:
+        raise WiderIndices(output_name)
     if status == irn.STATUS_PACKED_OVERFLOW and out is not None:
         largest = out.largest_count()
         raise PackedOverflowError(

@@ -102,10 +102,15 @@ def _tracks(value, t) -> bool:
     return False
 
 
-def index_bits(storages) -> int:
-    """The index width a call needs: 64 when any storage's indices pass int32."""
+def index_bits(storages, sizes: dict, limit: int) -> int:
+    """The index width a call needs: 64 when any storage's indices pass int32, or an
+    index's size or a dense operand's element count passes ``limit`` (the 32-bit
+    kernel's: its coordinates and dense positions would wrap)."""
     for st in storages.values():
-        if st.index_bits_needed() > 32:
+        if st.index_bits_needed() > 32 or (type(st) is Dense and st.nnz > limit):
+            return 64
+    for size in sizes.values():
+        if size > limit:
             return 64
     return 32
 

@@ -174,6 +174,7 @@ class Output:
         self.dtype = np_dtype(t.dtype)
         self.shape = tuple(sizes[i.name] for i in low.inspection.notation.lhs.indices)
         self.dense_out = low.output.shape == "dense"
+        self.index_limit = low.output.index_limit  # the most entries the kernel's positions hold
         self.capacity = None  # entries the kernel's growable arrays start with (set by the caller)
         self.arrays, self.grow, self.bounded = {}, {}, {}
         level_sizes = [sizes[i.name] for i in access_chain(low.inspection.notation.lhs)]

@@ -14,14 +14,14 @@ from __future__ import annotations
 import dataclasses
 
 from .backends import get_target
-from .errors import CacheError, SpcompError
+from .errors import CacheError, KernelRuntimeError, SpcompError
 from .frontend import to_notation
 from .ir.printer import print_ir
 from .lower.record import Options
 from .notation import accesses
 from .runtime import assemble, call, chunks
 from .runtime import relayout as relayout_kernels
-from .runtime.launch import Variant
+from .runtime.launch import Variant, WiderIndices
 from .runtime.operands import index_bits, refuse_overlap
 from .schedule import Schedule
 
@@ -281,18 +281,28 @@ class Kernel:
             ctx.plan.check_names(operands, self.expression)
         storages = ctx.operands.storages(operands)
         sizes = ctx.plan.bind_sizes(storages, operands)
-        bits = index_bits(storages)
-        variant = self._variants.get(bits) or self._variant(bits)
         given = operands.get(self.output_name)
         if given is not None:
             refuse_overlap(given, operands, self.output_name)
+        bits = index_bits(storages, sizes, self._options.index32_limit)
+        try:
+            return self._call_with(bits, storages, sizes, given, operands)
+        except WiderIndices:
+            if bits == 64:
+                raise KernelRuntimeError(f"kernel for {self.expression!r}: its 64-bit output overflowed") from None
+            # the output outgrew 32-bit positions: the 64-bit kernel runs the call again
+            return self._call_with(64, storages, sizes, given, operands)
+
+    def _call_with(self, bits, storages, sizes, given, operands):
+        """The call with ``bits``-bit indices, from its operands' storages."""
+        variant = self._variants.get(bits) or self._variant(bits)
         sizing = variant.lowered  # the lowering whose thread plan sizes a growable output
         if sizing.output.assembly is not None:  # a sparse output whose rows may be assembled in parallel
             chosen = self._assembly_variant(variant, bits, sizes, storages)
             if chosen is None:
-                return assemble.run_two_phase(ctx, variant, storages, sizes, bits, given)
+                return assemble.run_two_phase(self.runtime, variant, storages, sizes, bits, given)
             variant = chosen
-        result, fast = call.run(ctx, variant, sizing, storages, sizes, bits, given, operands)
+        result, fast = call.run(self.runtime, variant, sizing, storages, sizes, bits, given, operands)
         if fast is not None:
             self._fast = fast
         return result

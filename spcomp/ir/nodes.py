@@ -48,6 +48,7 @@ STATUS_PACKED_OVERFLOW = 1
 STATUS_OUT_OF_MEMORY = 2
 STATUS_TOO_LARGE_FOR_BLAS = 3
 STATUS_INTERRUPTED = 4
+STATUS_INDEX_OVERFLOW = 5
 STATUS_CODES = {
     STATUS_OK: "ok",
     STATUS_PACKED_OVERFLOW: "a packed-block level got more nonzeros in a block than it has slots",
@@ -55,6 +56,8 @@ STATUS_CODES = {
     STATUS_TOO_LARGE_FOR_BLAS: "a matrix product has a dimension over 2**31-1, more than BLAS's "
                                "32-bit sizes allow; compile with Schedule().no_blas()",
     STATUS_INTERRUPTED: "interrupted (the process's interrupt flag was set: Ctrl-C)",
+    STATUS_INDEX_OVERFLOW: "a sparse output got more entries than its 32-bit positions hold (the runtime "
+                           "runs the 64-bit kernel then)",
 }
 
 

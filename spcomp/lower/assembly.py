@@ -74,8 +74,9 @@ class _RowSink(AppendSink):
     counter_prefix = "p"
     order_free = False   # whether the workspace may be drained in any order
 
-    def __init__(self, params, lhs, drop_zeros, fresh, sizes):  # AppendSink's growth state is not needed
+    def __init__(self, params, lhs, drop_zeros, fresh, sizes, index_limit=None):  # (no growth state)
         self.p = params
+        self.index_limit = index_limit
         self.fresh = fresh
         self.sizes = sizes
         self.levels = lhs.tensor.format.levels
@@ -141,16 +142,27 @@ class CountSink(_RowSink):
         """Whether counting needs no values: only when computed zeros are kept."""
         return not self.drop
 
-    def __init__(self, params, lhs, drop_zeros, fresh, sizes, counts: dict):
-        super().__init__(params, lhs, drop_zeros, fresh, sizes)
+    def __init__(self, params, lhs, drop_zeros, fresh, sizes, counts: dict, index_limit=None):
+        super().__init__(params, lhs, drop_zeros, fresh, sizes, index_limit)
         self.counts = counts  # level -> array parameter (level d's is the output pos)
+        # the largest count a row got: one row past 32-bit positions wraps its count
+        self.largest = n.Var(fresh(f"n{params.var_name}_largest"), I64) if index_limit is not None else None
+
+    def prologue(self):
+        return super().prologue() + ([n.Declare(self.largest, n.i64(0))] if self.largest is not None else [])
+
+    def epilogue(self):
+        return self.too_many_entries([self.largest] if self.largest is not None else [])
 
     def row_start(self, q):
         return [n.Assign(c, n.i64(0)) for c in self.counters.values()]
 
     def row_end(self, q):
         nxt = add(q, n.i64(1))
-        return [n.Store(arr, nxt, n.Cast(self.counters[l], arr.type.elem)) for l, arr in self.counts.items()]
+        out = [n.Store(arr, nxt, n.Cast(self.counters[l], arr.type.elem)) for l, arr in self.counts.items()]
+        if self.largest is not None:
+            out += [n.Assign(self.largest, n.Binary("max", self.largest, c)) for c in self.counters.values()]
+        return out
 
     def commit(self, l, coord, p, child):
         return [n.Assign(p, add(p, n.i64(1)))]
@@ -237,7 +249,7 @@ def _build(lw):
     fill_bindings.append(out_binding(-1, "vals", out.vals))
 
     names = set(lw.fresh.used)  # both nests start from the same names: the functions read alike
-    count_sink = CountSink(out, lhs, drop, lw.fresh, lw.sizes, per_row)
+    count_sink = CountSink(out, lhs, drop, lw.fresh, lw.sizes, per_row, lw.opt.index_limit)
     fill_sink = FillSink(out, lhs, drop, lw.fresh, lw.sizes, per_row)
     mark = len(lw.loops_text)
     count_body = _function_body(lw, count_sink, "count")
@@ -258,7 +270,8 @@ def _build(lw):
     from ..notation import Assignment
     from .record import OutputPlan
     return lw.record(module, fill_fn.name, fill_bindings,
-                     OutputPlan("csf", assembly=TwoPhase(count_fn.name, fill_fn.name, count_bindings, d)),
+                     OutputPlan("csf", assembly=TwoPhase(count_fn.name, fill_fn.name, count_bindings, d),
+                                index_limit=lw.opt.index_limit),
                      Assignment(lw.lhs, lw.rhs, lw.accumulate), list(lw.loops_text))
 
 

@@ -251,7 +251,7 @@ class Lowerer:
                 drop = fmt.levels[-1].fixed_slots or self.output_loops_dense()
             self.capacity_param = n.Var(self.fresh("capacity"), I64)
             self.bindings.append(Binding(self.capacity_param, "capacity"))
-            sink = AppendSink(out, lhs, drop, self.fresh, self.sizes, self.capacity_param)
+            sink = AppendSink(out, lhs, drop, self.fresh, self.sizes, self.capacity_param, self.opt.index_limit)
             shape = sink.shape
             grow = sink.growable()
             bounded = ()
@@ -343,7 +343,8 @@ class Lowerer:
                         per_chunk=per_chunk)
         module = n.Module((fn,), entry=self.opt.name)
         return self.record(module, self.opt.name, self.bindings,
-                           OutputPlan(shape, grow, self.bounded, overwrites=self._overwrites_output(fn)),
+                           OutputPlan(shape, grow, self.bounded, overwrites=self._overwrites_output(fn),
+                                      index_limit=self.opt.index_limit),
                            Assignment(self.lhs, self.notation_rhs, self.accumulate),
                            [g.describe() for g in self.gemms] + self.loops_text)
 

@@ -123,8 +123,10 @@ class AppendSink(Sink):
     CSF), or one non-unique compressed level and singletons (COO), or one
     packed-block level (TwELL/ELL)."""
 
-    def __init__(self, params, lhs, drop_zeros: bool, fresh, sizes, capacity=None):
+    def __init__(self, params, lhs, drop_zeros: bool, fresh, sizes, capacity=None, index_limit=None):
         self.p = params
+        # the most entries a count may reach before its 32-bit positions wrap (None: 64-bit)
+        self.index_limit = index_limit
         self.fresh = fresh          # Names: fresh variable names
         self.sizes = sizes          # IndexVar -> size parameter
         self.capacity = capacity    # the parameter giving the first capacity of growable arrays
@@ -281,7 +283,7 @@ class AppendSink(Sink):
         return out
 
     def epilogue(self):
-        out = []
+        out = self.too_many_entries(self.counters.values())
         if self.shape in ("csf", "coo") and self.d == 0:
             out.append(n.Store(self._array(0, "pos"), n.i64(1),
                                n.Cast(self.counters[self.d], self._array(0, "pos").type.elem)))
@@ -310,6 +312,18 @@ class AppendSink(Sink):
             out.append(n.If(n.Binary("!=", self.overflow, n.Const(0, I32)),
                             n.block(n.Return(n.STATUS_PACKED_OVERFLOW))))
         return out
+
+    def too_many_entries(self, counts) -> list:
+        """``return STATUS_INDEX_OVERFLOW`` when a count passed what 32-bit positions
+        hold: the positions stored on the way wrapped, so the runtime discards the
+        output and runs the 64-bit kernel (counters only grow: the last is the largest)."""
+        counts = list(counts)
+        if self.index_limit is None or not counts:
+            return []
+        most = counts[0]
+        for c in counts[1:]:
+            most = n.Binary("max", most, c)
+        return [n.If(n.Binary(">", most, n.i64(self.index_limit)), n.block(n.Return(n.STATUS_INDEX_OVERFLOW)))]
 
     def _rows(self):
         """The positions of the output's leading dense levels: the product of their sizes."""

@@ -18,6 +18,9 @@ from ..notation import Assignment
 
 # bump when a field keeps its name but changes its meaning
 LOWERED_VERSION = 2
+# the most entries (and the largest coordinate) a 32-bit index addresses; tests lower
+# it to exercise the switch to 64-bit kernels at small sizes (then compile afresh)
+INDEX32_LIMIT = 2**31 - 1
 
 
 @dataclass
@@ -47,6 +50,14 @@ class Options:
     bounded_appends: bool = False
     name: str = "kernel"
     caps: Capabilities = field(default_factory=lambda: Capabilities("cpu"))  # what the backend can do
+    # the most entries a 32-bit index addresses (INDEX32_LIMIT when the options were made)
+    index32_limit: int = field(default_factory=lambda: INDEX32_LIMIT)
+
+    @property
+    def index_limit(self) -> int | None:
+        """The most entries an output of this kernel may count: its 32-bit indices'
+        limit, or None for 64-bit indices."""
+        return self.index32_limit if self.index_bits == 32 else None
 
     @classmethod
     def from_schedule(cls, schedule, drop_zeros, name, caps) -> "Options":
@@ -105,6 +116,7 @@ class OutputPlan:
     bounded: tuple = ()        # (level, array) appended into runtime-allocated arrays (Options.bounded_appends)
     assembly: object = None    # assembly.TwoPhase when the output is counted, then filled
     overwrites: bool = False   # a dense output every element of which the kernel stores: not zeroed first
+    index_limit: int | None = None  # the most entries a 32-bit kernel's output holds (None: 64-bit)
 
 
 @dataclass
