@@ -55,15 +55,19 @@ def is_plain_array(value, dtype) -> bool:
 def scipy_fingerprint(m) -> tuple:
     """What a zero-copy Tensor of SciPy matrix ``m`` depends on besides the numbers
     in its arrays: which arrays ``m`` holds and its shape (reassigning ``m.data``
-    or ``m.indices``, or ``sum_duplicates()``, changes it). Weak references, so
-    that neither an array's id is reused unnoticed nor its memory kept alive."""
-    return (weakref.ref(m.data), weakref.ref(m.indices), weakref.ref(m.indptr), m.shape)
+    or ``m.indices``, or ``sum_duplicates()``, changes it), and the contents of
+    ``indptr``, copied: a row's extent changed in place (``indptr[-1]`` raised) is
+    caught at O(rows) per call. Weak references, so that neither an array's id is
+    reused unnoticed nor its memory kept alive. (Coordinates changed in place are
+    not detected, which would cost a pass over them; kernels clamp every coordinate
+    they read into its dimension, so they can never address outside an array.)"""
+    return (weakref.ref(m.data), weakref.ref(m.indices), weakref.ref(m.indptr), m.shape, m.indptr.copy())
 
 
 def scipy_unchanged(m, fingerprint) -> bool:
-    data, indices, indptr, shape = fingerprint
+    data, indices, indptr, shape, extents = fingerprint
     return (data() is m.data and indices() is m.indices and indptr() is m.indptr
-            and m.shape == shape)
+            and m.shape == shape and np.array_equal(m.indptr, extents))
 
 
 def renamed(e: SpcompError, name: str) -> SpcompError:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..ir import nodes as n
-from ..ir.build import as_i64
+from ..ir.build import as_i64, clamp_coordinate
 from ..ir.types import I64
 from .level import Level, LevelIterator, PosInfo
 
@@ -52,6 +52,10 @@ class CompressedIterator(LevelIterator):
         pos = self.la.arrays["pos"]
         return as_i64(n.Load(pos, q)), as_i64(n.Load(pos, n.Binary("+", q, n.i64(1))))
 
+    def coordinate(self, p):
+        """The coordinate at position ``p``, within the dimension (ir.build.clamp_coordinate)."""
+        return clamp_coordinate(as_i64(n.Load(self.la.arrays["crd"], p)), self.la.dim)
+
     def segment_length(self):
         lo, hi = self._bounds()
         return n.Binary("-", hi, lo)
@@ -71,7 +75,7 @@ class CompressedIterator(LevelIterator):
 
     def load(self, coord):
         crd = self.la.arrays["crd"]
-        out = [n.Assign(coord, as_i64(n.Load(crd, self.p)))]
+        out = [n.Assign(coord, self.coordinate(self.p))]
         if self.seg is not None:
             nxt = n.Binary("+", self.seg, n.i64(1))
             out += [n.Assign(self.seg, n.Binary("+", self.p, n.i64(1))),
@@ -92,6 +96,5 @@ class CompressedIterator(LevelIterator):
         if self.seg is not None:
             return super().loop(coord, body)
         lo, hi = self._bounds()
-        crd = self.la.arrays["crd"]
-        return [n.For(self.p, lo, hi, n.block(n.Declare(coord, as_i64(n.Load(crd, self.p))),
+        return [n.For(self.p, lo, hi, n.block(n.Declare(coord, self.coordinate(self.p)),
                                               *body(PosInfo(self.p))))]

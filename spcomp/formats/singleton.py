@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..ir import nodes as n
-from ..ir.build import as_i64
 from .compressed import CompressedIterator
 from .level import Level, PosInfo
 
@@ -42,8 +41,7 @@ class SingletonIterator(CompressedIterator):
 
     def loop(self, coord, body):
         if self.seg is None and self.la.parent.seg_end is None:
-            crd = self.la.arrays["crd"]
             q = self.la.parent.pos
-            return [n.block(n.Declare(self.p, q), n.Declare(coord, as_i64(n.Load(crd, self.p))),
+            return [n.block(n.Declare(self.p, q), n.Declare(coord, self.coordinate(self.p)),
                             *body(PosInfo(self.p)))]
         return super().loop(coord, body)

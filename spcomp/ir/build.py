@@ -10,6 +10,15 @@ def as_i64(e):
     return n.Cast(e, I64) if e.type != I64 else e
 
 
+def clamp_coordinate(c, size):
+    """``c`` kept within ``0 .. size-1`` (0 when ``size`` is 0): a coordinate read from
+    an operand's ``crd`` and used to address other arrays can then never reach
+    outside them, even if the caller changed the operand's indices after it was
+    validated (a SciPy matrix mutated in place). Two ALU operations per entry,
+    vectorisable; a coordinate of a valid operand passes unchanged."""
+    return n.Binary("max", n.Binary("min", c, n.Binary("-", size, n.i64(1))), n.i64(0))
+
+
 def add(a, b):
     return n.Binary("+", a, b)
 
