@@ -272,12 +272,6 @@ def test_frontend_notation_gives_the_same_lattice():
     assert L.points == pts({A, B}, {A}) and not L.full
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: build() gives a Sum the lattice of its body, but a reduction is a computed "
-    "value stored at every coordinate (0 on an empty segment, reference.py), so "
-    "d[i] / sum(j, A[i,j]) is d[i]/0 = inf on an empty row of A and the i loop must be "
-    "full. With A in dcsr the kernel for 'y[i] = d[i] / A[i,j]' skips empty rows and "
-    "returns 0 there; with A in csr it returns inf"))
 def test_division_by_a_reduction_is_full():
     A = Access(TensorVar("A", 2, Format.parse("dcsr")), (i, j))
     L = build(Div(d, Sum(j, A)), i, level_key(i))

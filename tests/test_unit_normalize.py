@@ -271,12 +271,6 @@ def test_simplify_folds_constants():
     assert simplify(Div(Literal(1.0), ZERO)) == ZERO  # a literal 0 divisor counts as absent
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: simplify() turns a Sum whose body is zero into ZERO and then a division by it "
-    "into ZERO, but a reduction is a computed value stored everywhere (0 on an empty "
-    "segment, reference.py), so d[i] / sum(j, A[i,j]) with A absent is d[i]/0 = inf, not 0. "
-    "Same root cause as the lattice xfail in test_unit_lattice.py: the lowerer's full "
-    "branch is specialize(expr, every iterated access), which drops the inf"))
 def test_specialize_keeps_a_division_by_an_empty_reduction():
     e = rhs("y[i] = d[i] / A[i,j]", {"A": "dcsr"})
     assert repr(e) == "d[i] / sum(j, A[i,j])"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..notation import (Access, Add, Call, Div, Literal, Mul, Neg, Sub, Sum)
+from ..notation import (Access, Add, Call, Div, Literal, Mul, Neg, Sub, Sum, children, free_indices)
 from .normalize import zero_preserving
 
 
@@ -66,6 +66,15 @@ def union(a: Lattice, b: Lattice) -> Lattice:
     return Lattice(frozenset(pts), a.full or b.full)
 
 
+def _reduces_over_other_index(e, index) -> bool:
+    """Whether ``e`` holds a sum that ``index`` is free in (computed for each ``index``)."""
+    if isinstance(e, Sum):
+        return index != e.index and index in free_indices(e)
+    if isinstance(e, (Access, Literal)):
+        return False
+    return any(_reduces_over_other_index(c, index) for c in children(e))
+
+
 def build(e, index, sparse_key) -> Lattice:
     """The lattice of ``e`` for loop ``index``.
 
@@ -81,8 +90,15 @@ def build(e, index, sparse_key) -> Lattice:
         return EMPTY if e.value == 0 else FULL
     if isinstance(e, Neg):
         return build(e.operand, index, sparse_key)
-    if isinstance(e, (Mul, Div)):
+    if isinstance(e, Mul):
         return intersect(build(e.lhs, index, sparse_key), build(e.rhs, index, sparse_key))
+    if isinstance(e, Div):
+        den = build(e.rhs, index, sparse_key)
+        if _reduces_over_other_index(e.rhs, index):
+            # a sum is a computed value stored at every coordinate (0 on an empty
+            # segment): dividing by it where it is empty gives inf, so it is never absent
+            den = union(den, FULL)
+        return intersect(build(e.lhs, index, sparse_key), den)
     if isinstance(e, (Add, Sub)):
         return union(build(e.lhs, index, sparse_key), build(e.rhs, index, sparse_key))
     if isinstance(e, Sum):

@@ -12,11 +12,28 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from ..notation import (FUNCTIONS, Access, Add, Call, Div, Literal, Mul, Neg,
                         Sub, Sum, children, free_indices)
 
 ZERO = Literal(0.0)
+
+
+@dataclass(frozen=True)
+class ComputedZero(Literal):
+    """The value of a sum over an empty segment: a stored 0 (reference.py), unlike
+    ZERO, an absent operand. The two differ only as a divisor: ``d / ZERO`` is
+    absent (division of stored values), ``d / Σ_j A[i,j]`` over an empty row is
+    ``d / 0``, inf. Everywhere else simplify treats it as ZERO."""
+    value: float = 0.0
+
+
+COMPUTED_ZERO = ComputedZero()
+
+
+def _zero(e) -> bool:
+    return e == ZERO or isinstance(e, ComputedZero)
 
 
 # ------------------------------------------------------------------ walking
@@ -201,7 +218,7 @@ def simplify(e):
         return e
     if isinstance(e, Sum):
         b = simplify(e.body)
-        return ZERO if b == ZERO else Sum(e.index, b)
+        return COMPUTED_ZERO if _zero(b) else Sum(e.index, b)
     if isinstance(e, Neg):
         o = simplify(e.operand)
         if isinstance(o, Literal):
@@ -210,29 +227,30 @@ def simplify(e):
     if isinstance(e, (Add, Sub, Mul, Div)):
         a, b = simplify(e.lhs), simplify(e.rhs)
         if isinstance(e, Mul):
-            if a == ZERO or b == ZERO:
+            if _zero(a) or _zero(b):
                 return ZERO
             if isinstance(a, Literal) and isinstance(b, Literal):
                 return Literal(a.value * b.value)
             return Mul(a, b)
         if isinstance(e, Div):
-            # division is defined on stored values only: an absent operand gives 0
-            if a == ZERO or b == ZERO:
+            # division is defined on stored values only: an absent operand gives 0, but
+            # an empty sum is a stored 0 (ComputedZero): d / 0 is inf
+            if _zero(a) or b == ZERO:
                 return ZERO
             if isinstance(a, Literal) and isinstance(b, Literal):
-                return Literal(a.value / b.value)
+                return Literal(_divide(a.value, b.value))
             return Div(a, b)
         if isinstance(e, Add):
-            if a == ZERO:
+            if _zero(a):
                 return b
-            if b == ZERO:
+            if _zero(b):
                 return a
             if isinstance(a, Literal) and isinstance(b, Literal):
                 return Literal(a.value + b.value)
             return Add(a, b)
-        if b == ZERO:
+        if _zero(b):
             return a
-        if a == ZERO:
+        if _zero(a):
             return simplify(Neg(b))
         if isinstance(a, Literal) and isinstance(b, Literal):
             return Literal(a.value - b.value)
@@ -246,12 +264,21 @@ def simplify(e):
 
 
 def specialize(e, absent: set):
-    """``e`` with every access in ``absent`` replaced by zero, simplified."""
+    """``e`` with every access in ``absent`` replaced by zero, simplified (ZERO when
+    nothing is left to compute)."""
     def go(x):
         if isinstance(x, Access):
             return ZERO if x in absent else x
         return rebuild(x, go)
-    return simplify(go(e))
+    out = simplify(go(e))
+    return ZERO if isinstance(out, ComputedZero) else out
+
+
+def _divide(a: float, b: float) -> float:
+    """IEEE division of two constants (Python raises on a zero divisor)."""
+    if b != 0:
+        return a / b
+    return math.nan if a == 0 or math.isnan(a) else math.copysign(math.inf, a) * math.copysign(1.0, b)
 
 
 def zero_preserving(func: str) -> bool:
