@@ -5,13 +5,23 @@ O3 code generation) and the new-pass-manager O3 pipeline. :func:`compile_module`
 kernel IR (:mod:`.codegen`), optimises it, emits object code and loads it;
 :func:`load_object` loads object code from an earlier compile (the disk cache) without
 parsing or optimising anything. Either way a :class:`CompiledModule` owns an MCJIT
-execution engine holding the code; the ctypes functions it hands out keep it alive.
+execution engine holding the code; the ctypes functions it hands out keep the engine alive.
 
 Object code uses the large code model (llvmlite's ``jitdefault``), so it loads at any
 address. ctypes releases the GIL while a kernel runs.
+
+Memory: a process may compile thousands of kernels, so each compile frees what it
+made. Three workarounds for llvmlite 0.50 (``benchmarks/llvmlite_leak_repro.py``
+measures each): the O3 pass manager is freed by hand (llvmlite never frees it, ~75 KB
+a compile); the pass builder is replaced every :data:`PASS_BUILDER_RUNS` optimisations
+(each run adds callbacks to it that are never removed, and every later pass calls
+them: compiles got 4x slower over 2000 of them); and each module is parsed into a
+context of its own, freed with it (the global context keeps every constant and
+metadata node an optimisation creates, ~2.5 KB a compile).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -73,6 +83,7 @@ class _Host:
         self.pto.loop_interleaving = True
         self.pto.loop_unrolling = True
         self.pass_builder = llvm.create_pass_builder(self.tm, self.pto)
+        self.pass_builder_runs = 0
         self.key = f"{self.triple}/{self.cpu}/{self.features}"
 
     def make_target_machine(self, jit: bool = False):
@@ -81,7 +92,40 @@ class _Host:
             codemodel="jitdefault", jit=jit)
 
     def optimize(self, module_ref) -> None:
-        self.pass_builder.getModulePassManager().run(module_ref, self.pass_builder)
+        """Run the O3 pipeline on ``module_ref`` (the caller holds ``_lock``).
+
+        A pipeline cannot run twice, so each call builds one and frees it after.
+        llvmlite registers new instrumentation callbacks in the pass builder on every
+        run and never removes them, so the builder is replaced before they pile up
+        (the old one's callback list, ~1.5 KB, stays allocated: llvmlite does not free it)."""
+        if self.pass_builder_runs >= PASS_BUILDER_RUNS:
+            self.pass_builder.close()
+            self.pass_builder = llvm.create_pass_builder(self.tm, self.pto)
+            self.pass_builder_runs = 0
+        self.pass_builder_runs += 1
+        mpm = self.pass_builder.getModulePassManager()
+        try:
+            mpm.run(module_ref, self.pass_builder)
+        finally:
+            _free_pass_manager(mpm)
+
+
+# Optimisations one pass builder runs before it is replaced (see _Host.optimize):
+# 16 keeps the callbacks each pass calls few and leaks ~0.1 KB a compile.
+PASS_BUILDER_RUNS = 16
+
+
+def _free_pass_manager(mpm) -> None:
+    """Free a new-pass-manager pipeline.
+
+    In llvmlite 0.50 ``ModulePassManager.close()`` frees nothing: the no-op
+    ``ObjectRef._dispose`` precedes ``NewPassManager._dispose`` in its MRO. When
+    that is so, the C++ object is deleted here; a fixed llvmlite just closes it."""
+    if type(mpm)._dispose is llvm.ffi.ObjectRef._dispose:
+        llvm.ffi.lib.LLVMPY_DisposeNewModulePassManger(mpm)
+        mpm.detach()
+    else:
+        mpm.close()
 
 
 def _get_host() -> _Host:
@@ -192,8 +236,8 @@ class CompiledModule:
         """Assembly of the optimised code (emitted on first use)."""
         if self._assembly is None and self.optimized_ir is not None:
             host = _get_host()
-            with _lock:
-                self._assembly = host.tm.emit_assembly(llvm.parse_assembly(self.optimized_ir))
+            with _lock, _module_in_own_context(self.optimized_ir) as ref:
+                self._assembly = host.tm.emit_assembly(ref)
         return self._assembly
 
     def address(self, name: str) -> int:
@@ -216,7 +260,7 @@ class CompiledModule:
             if not address:
                 return None
             f = driver_signature(fn)(address)
-            f.compiled_module = self
+            f.engine = self._engine  # the code's owner; see function()
             self._functions[key] = f
         return f
 
@@ -224,12 +268,15 @@ class CompiledModule:
         """The ctypes function for IR function ``name``: returns the int32 status.
 
         Pointer parameters take ``c_void_p`` (an address such as ``array.ctypes.data``),
-        scalar parameters their ctypes type. The function keeps this module alive."""
+        scalar parameters their ctypes type. The function keeps the machine code alive
+        by holding the execution engine, not this module: a module that caches its
+        functions and a function that held the module would be a cycle, freed only by
+        the cyclic GC, so ``spcomp.clear_cache()`` would not free the code."""
         f = self._functions.get(name)
         if f is None:
             address = self.address(name)
             f = ctypes_signature(self.ir_module.function(name))(address)
-            f.compiled_module = self
+            f.engine = self._engine  # the code's owner; see function()
             self._functions[name] = f
         return f
 
@@ -252,16 +299,31 @@ def compile_module(ir_module: n.Module, *, fast_math: bool = False) -> CompiledM
     """Lower, optimise (O3, host CPU), emit object code and load it."""
     host = _get_host()
     text = to_llvm_ir(ir_module, fast_math=fast_math)
-    with _lock:
-        try:
-            ref = llvm.parse_assembly(text)
-            ref.verify()
-        except RuntimeError as e:
-            raise KernelIRError(f"the CPU backend produced invalid LLVM IR: {e}\n{text}") from e
+    with _lock, _module_in_own_context(text) as ref:
         host.optimize(ref)
         optimized = str(ref)
         obj = host.tm.emit_object(ref)
     return CompiledModule(ir_module, obj, text, optimized)
+
+
+@contextlib.contextmanager
+def _module_in_own_context(text: str):
+    """The parsed and verified module of ``text``, in an LLVM context of its own that
+    is freed with it on exit (the global context would keep every constant and
+    metadata node the optimiser makes for the life of the process)."""
+    context = llvm.create_context()
+    try:
+        try:
+            ref = llvm.parse_assembly(text, context=context)
+            ref.verify()
+        except RuntimeError as e:
+            raise KernelIRError(f"the CPU backend produced invalid LLVM IR: {e}\n{text}") from e
+        try:
+            yield ref
+        finally:
+            ref.close()
+    finally:
+        context.close()
 
 
 def load_object(object_code: bytes, ir_module: n.Module) -> CompiledModule:
