@@ -37,6 +37,12 @@ class UnknownFunctionError(NotationError):
     """A function name that spcomp does not know."""
 
 
+class LimitError(NotationError):
+    """The expression is larger than spcomp compiles: more operands, more index
+    variables or deeper nesting than the limit the message states
+    (``spcomp.frontend.limits``)."""
+
+
 class FormatError(SpcompError):
     """A format string or Format that is malformed or that does not fit the tensor."""
 

@@ -32,7 +32,7 @@ import numpy as np
 from .. import notation as nt
 from ..errors import DTypeError, FormatError, NotationError, UnknownFunctionError
 from ..formats import Format
-from . import ast
+from . import ast, limits
 
 DTYPES = ("float32", "float64", "bfloat16")
 
@@ -51,6 +51,8 @@ def check(stmt: ast.Statement, formats: dict | None = None, dtypes: dict | None 
     if not isinstance(stmt, ast.Statement):
         raise TypeError(f"check() takes a parsed Statement, not {type(stmt).__name__}; "
                         "use spcomp.frontend.to_notation for text")
+    limits.check_operands(stmt)
+    limits.check_indices(stmt)
     _check_output_indices(stmt)
     _check_functions_and_numbers(stmt)
     orders = _tensor_orders(stmt)
@@ -59,7 +61,9 @@ def check(stmt: ast.Statement, formats: dict | None = None, dtypes: dict | None 
     dtypes = _resolve_dtypes(dtypes or {}, default_dtype, orders, stmt.text)
     tensors = {n: nt.TensorVar(n, orders[n], formats[n], dtypes[n]) for n in orders}
     lhs = nt.Access(tensors[stmt.lhs.name], tuple(nt.IndexVar(i.name) for i in stmt.lhs.indices))
-    return nt.Assignment(lhs, _place_sums(stmt, tensors), stmt.accumulate)
+    rhs = limits.balance(_place_sums(stmt, tensors))
+    limits.check_depth(rhs)
+    return nt.Assignment(lhs, rhs, stmt.accumulate)
 
 
 # --------------------------------------------------------------- messages
@@ -79,10 +83,16 @@ def _indices(n: int) -> str:
 # ------------------------------------------------------------------ checks
 
 def _walk(node, path=()):
-    """Every (path, node) of an expression, parents first, left to right."""
-    yield path, node
-    for k, child in enumerate(ast.children(node)):
-        yield from _walk(child, path + (k,))
+    """Every (path, node) of an expression, parents first, left to right.
+
+    Iterative, like :func:`_convert`: a tree as parsed is as deep as its longest
+    ``+`` chain (see limits.py)."""
+    stack = [(path, node)]
+    while stack:
+        path, node = stack.pop()
+        yield path, node
+        kids = ast.children(node)
+        stack.extend((path + (k,), kids[k]) for k in reversed(range(len(kids))))
 
 
 def _check_output_indices(stmt: ast.Statement) -> None:
@@ -224,26 +234,30 @@ def _place_sums(stmt: ast.Statement, tensors: dict):
     sums: dict = {}  # path -> indices summed there, outermost first
     for name, paths in uses.items():
         sums.setdefault(_common_prefix(paths), []).append(name)
-    return _convert(stmt.rhs, (), sums, tensors)
+    return _convert(stmt.rhs, sums, tensors)
 
 
-def _convert(node, path: tuple, sums: dict, tensors: dict):
-    kids = [_convert(c, path + (k,), sums, tensors) for k, c in enumerate(ast.children(node))]
-    if isinstance(node, ast.Access):
-        out = nt.Access(tensors[node.name], tuple(nt.IndexVar(i.name) for i in node.indices))
-    elif isinstance(node, ast.Number):
-        out = nt.Literal(node.value)
-    elif isinstance(node, ast.Neg):
-        out = nt.Neg(kids[0])
-    elif isinstance(node, ast.BinOp):
-        out = _BINOPS[node.op](kids[0], kids[1])
-    elif isinstance(node, ast.Call):
-        out = nt.Call(node.func, tuple(kids))
-    else:
-        raise TypeError(f"not a spcomp syntax node: {node!r}")
-    for name in reversed(sums.get(path, ())):
-        out = nt.Sum(nt.IndexVar(name), out)
-    return out
+def _convert(root, sums: dict, tensors: dict):
+    """The syntax tree at ``root`` as index notation, with the sums at their paths."""
+    done: dict = {}  # path -> converted node
+    for path, node in reversed(list(_walk(root))):  # children before parents
+        kids = [done.pop(path + (k,)) for k in range(len(ast.children(node)))]
+        if isinstance(node, ast.Access):
+            out = nt.Access(tensors[node.name], tuple(nt.IndexVar(i.name) for i in node.indices))
+        elif isinstance(node, ast.Number):
+            out = nt.Literal(node.value)
+        elif isinstance(node, ast.Neg):
+            out = nt.Neg(kids[0])
+        elif isinstance(node, ast.BinOp):
+            out = _BINOPS[node.op](kids[0], kids[1])
+        elif isinstance(node, ast.Call):
+            out = nt.Call(node.func, tuple(kids))
+        else:
+            raise TypeError(f"not a spcomp syntax node: {node!r}")
+        for name in reversed(sums.get(path, ())):
+            out = nt.Sum(nt.IndexVar(name), out)
+        done[path] = out
+    return done[()]
 
 
 # ------------------------------------------------------------ notation -> text

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 
-from lark import Lark, Transformer, v_args
+from lark import Lark, Transformer_NonRecursive, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from ..errors import ParseError
@@ -56,8 +56,9 @@ def _binop(op: str):
 
 
 @v_args(inline=True, meta=True)
-class _Build(Transformer):
-    """One method per grammar rule, each building one AST node."""
+class _Build(Transformer_NonRecursive):
+    """One method per grammar rule, each building one AST node. Non-recursive: the
+    tree of ``a + b + c + ...`` is as deep as the sum is long (limits.py)."""
 
     def __init__(self, text: str):
         super().__init__()

@@ -82,6 +82,7 @@ class LoopEmitter:
         self.loops_text = [] if loops_text is None else loops_text  # k.loops, one loop a line
         self.position_ends: dict = {}  # position loop var -> its level's last position (prefetch.py)
         self._temps: set = set()       # the scalar temporaries hoisting made
+        self.cases = 0                 # if/else cases the loops emitted so far (lattice.count_cases)
 
     def nest(self, order, expr, sink, env: Env, depth: int) -> list:
         stmts, expr = self.hoist(expr, env, depth)
@@ -256,6 +257,7 @@ class LoopEmitter:
         L = lat.build(expr, i, lambda a: self._iter_key(a, i, env))
         if L.empty:
             return []
+        self.cases = lat.count_cases(L, self.cases)
         keys = sorted(L.iterators(), key=lambda k: (k[0].tensor.name, repr(k[0]), k[1]))
         iters = {}
         for k in keys:

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from ..notation import (FUNCTIONS, Access, Add, Call, Div, Literal, Mul, Neg,
-                        Sub, Sum, children, free_indices)
+                        Sub, Sum, chains, children, free_indices)
 
 ZERO = Literal(0.0)
 
@@ -65,7 +65,8 @@ def factors(e) -> list:
 
 
 def product(fs: list):
-    """Rebuild a left-associated product from factors (literals folded, first)."""
+    """Rebuild a product from factors (literals folded, first): left associated, or
+    balanced from ``chains.BALANCE_FROM`` factors."""
     coeff = 1.0
     rest = []
     for f in fs:
@@ -77,9 +78,7 @@ def product(fs: list):
         return ZERO
     if not rest:
         return Literal(coeff)
-    out = rest[0]
-    for f in rest[1:]:
-        out = Mul(out, f)
+    out = chains.product(rest)  # balanced when long: see notation/chains.py
     if coeff == -1.0:
         return Neg(out)
     if coeff != 1.0:

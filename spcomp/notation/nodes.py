@@ -8,6 +8,7 @@ is called.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Union
 
@@ -142,9 +143,10 @@ class Assignment:
     def __repr__(self) -> str:
         return f"{self.lhs!r} {'+=' if self.accumulate else '='} {self.rhs!r}"
 
-    @property
+    @functools.cached_property
     def tensors(self) -> dict:
-        """Every tensor by name, output first."""
+        """Every tensor by name, output first (computed once: the kernel asks for it
+        once per operand, which made a 1000-operand sum quadratic)."""
         out = {self.lhs.tensor.name: self.lhs.tensor}
         for a in accesses(self.rhs):
             out.setdefault(a.tensor.name, a.tensor)
@@ -165,23 +167,45 @@ def children(e) -> tuple:
     raise TypeError(f"not an index-notation expression: {e!r}")
 
 
+def with_children(e, kids):
+    """``e`` with its direct children (as :func:`children` lists them) replaced by ``kids``."""
+    if isinstance(e, (Access, Literal)):
+        return e
+    if isinstance(e, Neg):
+        return Neg(kids[0])
+    if isinstance(e, (Add, Sub, Mul, Div)):
+        return type(e)(kids[0], kids[1])
+    if isinstance(e, Call):
+        return Call(e.func, tuple(kids))
+    if isinstance(e, Sum):
+        return Sum(e.index, kids[0])
+    raise TypeError(f"not an index-notation expression: {e!r}")
+
+
 def accesses(e) -> list:
-    """Every Access in ``e``, left to right."""
-    if isinstance(e, Access):
-        return [e]
-    out = []
-    for c in children(e):
-        out.extend(accesses(c))
+    """Every Access in ``e``, left to right. Iterative, like :func:`free_indices`:
+    the frontend calls both on trees as deep as the expression is long, before it
+    balances them (see :mod:`.chains`)."""
+    out, stack = [], [e]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Access):
+            out.append(node)
+        else:
+            stack.extend(reversed(children(node)))
     return out
 
 
 def free_indices(e) -> set:
     """Indices used in ``e`` and not summed inside it."""
-    if isinstance(e, Access):
-        return set(e.indices)
-    if isinstance(e, Sum):
-        return free_indices(e.body) - {e.index}
     out = set()
-    for c in children(e):
-        out |= free_indices(c)
+    stack = [(e, frozenset())]
+    while stack:
+        node, bound = stack.pop()
+        if isinstance(node, Access):
+            out.update(i for i in node.indices if i not in bound)
+        elif isinstance(node, Sum):
+            stack.append((node.body, bound | {node.index}))
+        else:
+            stack.extend((c, bound) for c in children(node))
     return out
