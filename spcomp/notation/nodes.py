@@ -8,7 +8,7 @@ is called.
 """
 from __future__ import annotations
 
-import functools
+import weakref
 from dataclasses import dataclass
 from typing import Union
 
@@ -143,14 +143,26 @@ class Assignment:
     def __repr__(self) -> str:
         return f"{self.lhs!r} {'+=' if self.accumulate else '='} {self.rhs!r}"
 
-    @functools.cached_property
+    @property
     def tensors(self) -> dict:
-        """Every tensor by name, output first (computed once: the kernel asks for it
-        once per operand, which made a 1000-operand sum quadratic)."""
+        """Every tensor by name, output first (do not change it: it is computed once
+        per Assignment and shared, since the runtime asks for it once per operand,
+        which made a 1000-operand sum quadratic)."""
+        hit = _TENSORS.get(id(self))
+        if hit is not None and hit[0]() is self:
+            return hit[1]
         out = {self.lhs.tensor.name: self.lhs.tensor}
         for a in accesses(self.rhs):
             out.setdefault(a.tensor.name, a.tensor)
+        key = id(self)
+        _TENSORS[key] = (weakref.ref(self, lambda _, key=key: _TENSORS.pop(key, None)), out)
         return out
+
+
+# id(Assignment) -> (weak reference to it, its tensors). Kept outside the instance:
+# a frozen dataclass's __dict__ holds its fields and nothing else (runtime/record.py
+# refuses more), and a dict keyed by the Assignment itself would hash the whole tree.
+_TENSORS: dict = {}
 
 
 def children(e) -> tuple:
