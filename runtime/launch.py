@@ -9,8 +9,6 @@ nested loops walk. The same facts size a growable output's first allocation.
 """
 from __future__ import annotations
 
-import os
-import threading
 import weakref
 
 import numpy as np
@@ -160,16 +158,7 @@ def raise_status(status, out, output_name: str, expression: str):
 
 
 # guards every Launcher's bounds cache (see Launcher.bounds)
-_BOUNDS_LOCK = threading.Lock()
-
-
-def _after_fork_in_child():
-    """A lock another thread held at ``os.fork()`` stays held in the child: a new one."""
-    global _BOUNDS_LOCK
-    _BOUNDS_LOCK = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_BOUNDS_LOCK = forksafe.Lock()
 
 
 class Launcher:

@@ -11,12 +11,11 @@ one thread they tie (1.45 vs 1.34 ms), so one thread keeps NumPy's copy.
 """
 from __future__ import annotations
 
-import os
 import string
-import threading
 
 import numpy as np
 
+from . import forksafe
 from . import threads as _threads
 
 # below this many elements NumPy's copy is as quick as waking the team
@@ -24,25 +23,7 @@ MIN_ELEMENTS = 1 << 18
 DTYPES = ("float32", "float64")
 
 _kernels: dict = {}
-_lock = threading.Lock()
-
-
-def _after_fork_in_child():
-    """A lock another thread held at ``os.fork()`` stays held in the child: a new one."""
-    global _lock
-    _lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _after_fork_in_child():
-    """A lock another thread held at ``os.fork()`` stays held in the child: a new one."""
-    global _lock
-    _lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_lock = forksafe.Lock()
 
 
 def copy_expression(order: tuple) -> str:

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import functools
-import os
-import threading
 import warnings
 
 from .errors import TranspositionWarning
@@ -12,18 +10,10 @@ from .kernel import Kernel
 from .lower.lowerer import Options
 from .schedule import Schedule
 from .backends import get_target
+from .runtime import forksafe
 
 _cache: dict = {}
-_cache_lock = threading.Lock()
-
-
-def _after_fork_in_child():
-    """A lock another thread held at ``os.fork()`` stays held in the child: a new one."""
-    global _cache_lock
-    _cache_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_cache_lock = forksafe.Lock()
 
 
 def _format_key(formats) -> tuple:

@@ -116,6 +116,16 @@ class OutcomeStats:
 
 
 @pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    """A fresh, private disk cache for the test (and no kernel kept in memory)."""
+    import spcomp
+    monkeypatch.setenv("SPCOMP_CACHE_DIR", str(tmp_path / "cache"))
+    spcomp.clear_cache()
+    yield tmp_path / "cache"
+    spcomp.clear_cache()
+
+
+@pytest.fixture
 def outcome_stats(request):
     """An :class:`OutcomeStats` named after the test."""
     return OutcomeStats(request.node.name)

@@ -11,14 +11,6 @@ import spcomp
 from spcomp.errors import CacheError
 
 
-@pytest.fixture
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPCOMP_CACHE_DIR", str(tmp_path / "cache"))
-    spcomp.clear_cache()
-    yield tmp_path / "cache"
-    spcomp.clear_cache()
-
-
 def _spmv_ok(k):
     m = sp.random(50, 40, density=0.2, format="csr", random_state=3)
     x = np.arange(40, dtype=np.float64)

@@ -298,3 +298,27 @@ def test_a_long_call_on_the_helper_keeps_the_callers_thread_limit():
     with spcomp.thread_limit(1):
         assert interrupt.run(interrupt.LONG_WORK, spcomp.get_num_threads) == 1
     assert interrupt.run(interrupt.LONG_WORK, threading.current_thread).name == "spcomp-interruptible"
+
+
+def test_a_lock_held_at_fork_is_free_in_the_child():
+    """spcomp's module locks (runtime/forksafe.Lock) come back released in a forked child."""
+    from spcomp.runtime import forksafe
+    lock = forksafe.Lock()
+    lock.acquire()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: the lock must be free, or this would hang (the parent times out)
+            ok = lock.acquire(timeout=5)
+            os._exit(0 if ok else 3)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            raise AssertionError("the child hung on a lock held at fork")
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        lock.release()

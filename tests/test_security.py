@@ -29,14 +29,6 @@ as_root = pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
                              reason="needs root to act as a second user (uid 65534)")
 
 
-@pytest.fixture
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPCOMP_CACHE_DIR", str(tmp_path / "cache"))
-    spcomp.clear_cache()
-    yield tmp_path / "cache"
-    spcomp.clear_cache()
-
-
 class _Marker:
     """Unpickling this creates the file ``path``: proof that a pickle ran."""
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
-import threading
 
 from llvmlite import binding as llvm
+
+from spcomp.runtime import forksafe
 
 SYMBOLS = {"spcomp_blas_sgemm": "sgemm", "spcomp_blas_dgemm": "dgemm"}
 
@@ -50,19 +50,10 @@ class _DlInfo(ctypes.Structure):
 
 _thread_fns: tuple | None = None
 _thread_fns_found = False
-_limit_lock = threading.Lock()
+# (a block a thread was in at a fork never ends in the child: OpenBLAS keeps one thread there)
+_limit_lock = forksafe.Lock()
 _limit_depth = 0
 _limit_saved = 0
-
-
-def _after_fork_in_child():
-    """A lock another thread held at ``os.fork()`` stays held in the child: a new one
-    (a block that thread was in never ends there: OpenBLAS keeps one thread)."""
-    global _limit_lock
-    _limit_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _openblas_thread_functions() -> tuple | None:

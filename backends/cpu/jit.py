@@ -34,22 +34,14 @@ import llvmlite.binding as llvm
 
 from spcomp.errors import CacheError
 from spcomp.ir import nodes as n
+from spcomp.runtime import forksafe
 
 from . import codegen
 from .abi import ctypes_signature
 from .codegen import KernelIRError
 
-_lock = threading.RLock()
+_lock = forksafe.Lock(threading.RLock)
 _host: "_Host | None" = None
-
-
-def _after_fork_in_child():
-    """A lock another thread held at ``os.fork()`` stays held in the child: a new one."""
-    global _lock
-    _lock = threading.RLock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Host:

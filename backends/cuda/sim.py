@@ -30,12 +30,12 @@ import os
 import shutil
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
 
 from spcomp import errors
+from spcomp.runtime import forksafe
 
 from .emit import KernelSignature, coerce_args, emit_module, launch_config, parse_kernels
 
@@ -141,7 +141,7 @@ class SimModule:
 
 
 _cache: dict[str, SimModule] = {}
-_lock = threading.Lock()
+_lock = forksafe.Lock()
 SIM_MAGIC = b"SPCOMP-SIM-1\n"
 
 
@@ -222,15 +222,6 @@ def _store_library(key: str, library: bytes) -> None:
     if folder is not None:
         cache.store_bytes(folder, folder / cache.SIM_FOLDER / f"{key}.sim",
                           SIM_MAGIC + trust.sign(library, user_key) + library)
-
-
-def _after_fork_in_child():
-    """A lock another thread held at ``os.fork()`` stays held in the child: a new one."""
-    global _lock
-    _lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def compile_sim(cuda_source: str) -> SimModule:
