@@ -22,6 +22,8 @@ def _libc():
         libc.free.argtypes = [ctypes.c_void_p]
         libc.realloc.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
         libc.realloc.restype = ctypes.c_void_p
+        libc.memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+        libc.memcmp.restype = ctypes.c_int
         _LIBC = libc
     return _LIBC
 
@@ -41,6 +43,16 @@ def malloc_view(ptr: int, n: int, dtype: np.dtype) -> np.ndarray:
     ctypes buffer, for a finalizer that frees it)."""
     buf = (ctypes.c_char * (n * dtype.itemsize)).from_address(ptr)
     return np.frombuffer(buf, dtype=dtype, count=n)
+
+
+def same_contents(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two arrays hold the same bytes: libc's ``memcmp`` on contiguous arrays
+    of one dtype and shape (~0.3 us plus the bytes at memory speed; ``np.array_equal``
+    costs ~3 us of Python before it compares anything), NumPy otherwise."""
+    if (type(a) is np.ndarray and type(b) is np.ndarray and a.dtype == b.dtype and a.shape == b.shape
+            and a.flags.c_contiguous and b.flags.c_contiguous):
+        return a.nbytes == 0 or _libc().memcmp(data_ptr(a), data_ptr(b), a.nbytes) == 0
+    return bool(np.array_equal(a, b))
 
 
 def mostly_unused(n: int, capacity: int) -> bool:
