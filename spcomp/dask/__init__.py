@@ -8,8 +8,8 @@
   arrays, SciPy sparse matrices, pydata ``sparse`` arrays or :class:`spcomp.Tensor`
   objects (operands that are not Dask arrays are one chunk, cut to fit the others);
 * :func:`nnz` -- the stored entries of a result, as a Delayed, before computing it;
-* :func:`from_scipy`, :func:`from_tensor`, :func:`from_npz`, :func:`read_matrix_market`, :func:`read_tns`
-  -- chunked arrays from a matrix in memory or from files read in pieces;
+* :func:`from_scipy`, :func:`from_tensor`, :func:`from_npz`, :func:`read_matrix_market`,
+  :func:`read_tns` -- chunked arrays from memory, or from files read in pieces;
 * :func:`register` -- prepare a ``distributed`` client's workers (``apply`` does it
   for the default client); :func:`worker_cache_info` -- a process's kernel cache.
 
@@ -80,8 +80,8 @@ def register(client=None) -> None:
             client = default_client()
         except ValueError:
             return
-    if client.id in _registered:
-        return
+    if client.id in _registered or getattr(client, "asynchronous", False):
+        return  # (an asynchronous client: await client.register_plugin(SpcompWorkers()) yourself)
     from .cluster import SpcompWorkers
     client.register_plugin(SpcompWorkers(), name="spcomp-dask")
     _registered.add(client.id)

@@ -101,6 +101,9 @@ def _as_dask(value, name: str, order: int, da):
     if _is_dask(value):
         if value.ndim != order:
             raise ShapeError(f"{WHAT}: operand {name} has {value.ndim} dimensions, the kernel's {name} {order}")
+        if any(np.isnan(c) for dim in value.chunks for c in dim):
+            raise ShapeError(f"{WHAT}: operand {name} has chunks of unknown size; call "
+                             f"{name}.compute_chunk_sizes() first")
         return value
     if order == 0 and np.ndim(value) == 0 and not isinstance(value, Tensor):
         return value
@@ -175,11 +178,10 @@ def _unify(st, arrays, users: set) -> dict:
             seen.setdefault(i, []).append((name, idx, a.chunks[d]))
     chunks = {}
     for i, entries in seen.items():
-        sizes = {sum(c) for _, _, c in entries}
-        if len(sizes) > 1:
-            (n1, _, c1), (n2, _, c2) = [e for e in entries if sum(e[2]) == min(sizes)][0], \
-                [e for e in entries if sum(e[2]) == max(sizes)][0]
-            raise ShapeError(f"{WHAT}: index {i} has size {sum(c1)} in {n1} and {sum(c2)} in {n2}")
+        other = [e for e in entries if sum(e[2]) != sum(entries[0][2])]
+        if other:
+            raise ShapeError(f"{WHAT}: index {i} has size {sum(entries[0][2])} in {entries[0][0]} and "
+                             f"{sum(other[0][2])} in {other[0][0]}")
         distinct = list(dict.fromkeys(c for _, _, c in entries))
         if len(distinct) == 1:
             chunks[i] = distinct[0]
