@@ -138,47 +138,62 @@ def problems(gb: float):
     return out
 
 
-def run(workers: int, gb: float, memory_limit: str, repeat: int):
-    """Each problem on a fresh cluster of ``workers`` processes: wall time, task
-    times, a check, and what the workers spilled."""
-    import dask
-    from distributed import Client, LocalCluster, get_task_stream
+def run(sizes: tuple, gb: float, memory_limit: str, repeat: int) -> dict:
+    """Each problem on a cluster of each size in ``sizes`` (worker processes), all
+    started at once and run in turn, ``repeat`` rounds, the fastest round counting:
+    this machine's cores are shared, and taking turns spreads other load over all
+    sizes alike. Returns {size: {problem: wall time, task times, check, spills}}."""
+    from distributed import Client, LocalCluster
 
     import spcomp.dask as sd
 
-    results = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cluster = LocalCluster(processes=True, n_workers=workers, threads_per_worker=1,
-                               memory_limit=memory_limit, dashboard_address=None)
-    client = Client(cluster)
+    clients = {}
     try:
+        for w in sizes:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cluster = LocalCluster(processes=True, n_workers=w, threads_per_worker=1,
+                                       memory_limit=memory_limit, dashboard_address=None)
+            clients[w] = Client(cluster, set_as_default=False)
+            sd.register(clients[w])
+        results = {w: {} for w in sizes}
         for name, kernel, operands, check, factors, nbytes, blocks in problems(gb):
             out = sd.apply(kernel, **operands)
             summary = out.sum(axis=0)
-            before = set(client.scheduler_info()["workers"])
-            wall, stream = math.inf, None
-            for _ in range(repeat):  # the fastest of a few: this machine's cores are shared
-                t0 = time.perf_counter()
-                with get_task_stream(client) as ts:
-                    totals = client.compute(summary).result()
-                if time.perf_counter() - t0 < wall:
-                    wall, stream = time.perf_counter() - t0, ts
-            first, last = dask.compute(out.blocks[0], out.blocks[blocks - 1])
-            error = max(check(first, 0), check(last, blocks - 1))
-            kernel_tasks = [r for r in stream.data if "spcomp-partial" in str(r["key"])]
-            make_tasks = [r for r in stream.data if "make-" in str(r["key"])]
-            spilled = sum(v for v in client.run(_spilled).values())
-            lost = len(before - set(client.scheduler_info()["workers"]))
-            results[name] = dict(wall=wall, error=error, tasks=len(kernel_tasks),
-                                 kernel_s=_compute_seconds(kernel_tasks), make_s=_compute_seconds(make_tasks),
-                                 operand_bytes=nbytes, factor_bytes=sum(f.nbytes for f in factors),
-                                 kernel_bytes=len(kernel.to_bytes()), result_bytes=np.asarray(totals).nbytes,
-                                 spilled=spilled, lost=lost, finite=bool(np.isfinite(totals).all()))
+            before = {w: set(c.scheduler_info()["workers"]) for w, c in clients.items()}
+            best = {w: (math.inf, None) for w in sizes}
+            for _ in range(repeat):
+                for w, client in clients.items():
+                    wall, stream, totals = _timed(client, summary)
+                    if wall < best[w][0]:
+                        best[w] = (wall, stream)
+            for w, client in clients.items():
+                wall, stream = best[w]
+                first, last = client.compute([out.blocks[0], out.blocks[blocks - 1]], sync=True)
+                kernel_tasks = [r for r in stream if "spcomp-partial" in str(r["key"])]
+                make_tasks = [r for r in stream if "make-" in str(r["key"])]
+                results[w][name] = dict(
+                    wall=wall, error=max(check(first, 0), check(last, blocks - 1)), tasks=len(kernel_tasks),
+                    kernel_s=_compute_seconds(kernel_tasks), make_s=_compute_seconds(make_tasks),
+                    operand_bytes=nbytes, factor_bytes=sum(f.nbytes for f in factors),
+                    kernel_bytes=len(kernel.to_bytes()), result_bytes=np.asarray(totals).nbytes,
+                    spilled=sum(client.run(_spilled).values()),
+                    lost=len(before[w] - set(client.scheduler_info()["workers"])))
     finally:
-        client.close()
-        cluster.close()
+        for client in clients.values():
+            cluster = client.cluster
+            client.close()
+            cluster.close()
     return results
+
+
+def _timed(client, collection):
+    """Seconds to compute ``collection`` on ``client``, its task records, the result."""
+    from distributed import get_task_stream
+    t0 = time.perf_counter()
+    with get_task_stream(client) as ts:
+        result = client.compute(collection).result()
+    return time.perf_counter() - t0, list(ts.data), result
 
 
 def _compute_seconds(records) -> float:
@@ -209,16 +224,16 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gb", type=float, default=1.0, help="size of the big operand of each kernel (GB)")
     p.add_argument("--memory-limit", default="300MB", help="memory limit of each worker")
-    p.add_argument("--repeat", type=int, default=3, help="runs of each kernel; the fastest counts")
+    p.add_argument("--repeat", type=int, default=3, help="rounds of each kernel; the fastest counts")
     p.add_argument("--bandwidth", type=float, default=1.25e9, help="bytes/s between machines, for the model")
     args = p.parse_args(argv)
     print(f"operands of {args.gb:.2f} GB each; workers: 1 thread, memory_limit={args.memory_limit}; "
           f"{os.cpu_count()} cores here, load average {os.getloadavg()[0]:.1f} before the run; "
-          f"fastest of {args.repeat} runs")
-    one = run(1, args.gb, args.memory_limit, args.repeat)
-    two = run(2, args.gb, args.memory_limit, args.repeat)
-    for name in one:
-        r1, r2 = one[name], two[name]
+          f"the fastest of {args.repeat} rounds, 1 and 2 workers taking turns")
+    results = run((1, 2), args.gb, args.memory_limit, args.repeat)
+    print(f"load average {os.getloadavg()[0]:.1f} after the run")
+    for name in results[1]:
+        r1, r2 = results[1][name], results[2][name]
         print(f"\n{name}: big operand {r1['operand_bytes'] / 1e9:.2f} GB in {r1['tasks']} chunks; "
               f"dense factors {r1['factor_bytes'] / 1e6:.1f} MB; kernel bytes {r1['kernel_bytes'] / 1e3:.0f} kB")
         for w, r in ((1, r1), (2, r2)):
