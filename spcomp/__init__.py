@@ -23,6 +23,9 @@ def __getattr__(name):
     if name == "load":
         from .kernel import Kernel
         return Kernel.load
+    if name == "loads":
+        from .kernel import Kernel
+        return Kernel.from_bytes
     if name == "Kernel":
         from .kernel import Kernel
         return Kernel

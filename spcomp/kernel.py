@@ -207,8 +207,15 @@ class Kernel:
         carries a checksum, which detects damage but not tampering."""
         from pathlib import Path
 
+        from .runtime import cache
+        cache.write_atomic(Path(path), self.to_bytes(key))
+
+    def to_bytes(self, key=None) -> bytes:
+        """The bytes :meth:`save` writes, in memory: to send a kernel to other processes
+        (``spcomp.dask`` ships one to its workers this way) instead of compiling it
+        there. Same format, same signing rules; :func:`spcomp.loads` reads them."""
         from .runtime import cache, trust
-        cache.write_atomic(Path(path), cache.pack(self._payload(), trust.as_key(key)))
+        return cache.pack(self._payload(), trust.as_key(key))
 
     def _payload(self) -> dict:
         caps = self.runtime.caps
@@ -241,17 +248,22 @@ class Kernel:
         this machine and spcomp version) before anything in it is used."""
         from pathlib import Path
 
-        from .runtime import cache, trust
-        key = trust.as_key(key)
         try:
             data = Path(path).read_bytes()
         except OSError as e:
             raise CacheError(f"cannot read kernel file {path}: {e}") from None
-        payload = cache.unpack(data, str(path), key)
+        return cls.from_bytes(data, key, where=str(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, key=None, where: str = "kernel bytes") -> "Kernel":
+        """The kernel :meth:`to_bytes` (or :meth:`save`) wrote, from memory
+        (``spcomp.loads``); checked and trusted exactly as :meth:`load` checks a file."""
+        from .runtime import cache, trust
+        payload = cache.unpack(bytes(data), where, trust.as_key(key))
         try:
-            return cls._from_payload(payload, path)
+            return cls._from_payload(payload, where)
         except (KeyError, TypeError, AttributeError, ValueError) as e:
-            raise CacheError(f"{path}: not a saved kernel of this spcomp ({type(e).__name__}: {e})") from None
+            raise CacheError(f"{where}: not a saved kernel of this spcomp ({type(e).__name__}: {e})") from None
 
     @classmethod
     def _from_payload(cls, payload: dict, path) -> "Kernel":
