@@ -2,7 +2,8 @@
 
 :func:`emit_module` verifies a :class:`~spcomp.ir.nodes.Module`
 (:func:`spcomp.ir.verify.verify_module`) and prints it as one CUDA C translation
-unit: the prelude (:mod:`.prelude`), then one kernel per IR ``Function``::
+unit: the prelude (:mod:`.prelude`), the sort helpers its ``Sort`` statements call,
+then one kernel per IR ``Function``::
 
     extern "C" __global__ void NAME(<params>, int32_t* __restrict__ spc_status)
 
@@ -125,8 +126,10 @@ Other statements
 * ``Allocate`` -> device ``malloc`` (zeroed when ``zero``), per thread; a NULL
   result reports status 2 (out of memory) and leaves the thread. The device heap
   is 8 MiB unless the launcher raises it. ``Free`` -> ``free``.
-* ``Sort`` -> ``spc_sort_ascending``, a device insertion sort (fine for the short
-  segments a thread sorts).
+* ``Sort`` -> ``spc_sort_<t>(array + start, count)``, the IR's own sort
+  (:mod:`spcomp.ir.sort`: insertion sort up to 16 elements, heap sort above, the
+  CPU backend's algorithm) printed as a ``__device__`` function after the prelude,
+  one per element type the module sorts.
 * ``Reallocate`` (sparse outputs that grow) and pointer-to-pointer parameters
   raise :class:`~spcomp.errors.UnsupportedError`.
 * ``Cast`` to or from bf16 goes through ``spc_bf16_to_f32`` /
@@ -143,6 +146,7 @@ from spcomp import errors
 from spcomp.ir import nodes as n
 from spcomp.ir.loops import first_parallel
 from spcomp.ir.printer import CPrinter
+from spcomp.ir.sort import sort_function, sorted_types
 from spcomp.ir.types import BF16, BOOL, F32, F64, I32, I64, PointerType, ScalarType, bf16_bits
 from spcomp.ir.verify import verify_function, verify_module
 
@@ -153,7 +157,7 @@ from .prelude import PRELUDE
 from .signature import STATUS_PARAM, kernel_params, readonly_params
 from .team import TeamEmission
 
-__all__ = ["CudaEmitter", "emit_function", "emit_module", "readonly_params"]
+__all__ = ["CudaEmitter", "emit_function", "emit_module", "readonly_params", "sort_helper_name"]
 
 # what to do about a sparse output the lowerer could only append on one thread
 GROWING_OUTPUT_HELP = (
@@ -161,6 +165,11 @@ GROWING_OUTPUT_HELP = (
     "into arrays the runtime allocates at a capacity (Options.bounded_appends: the kernel reports the entries "
     "it needed and runs again when they did not fit), never with realloc; this kernel was lowered for the "
     "CPU: compile it with backend='cuda' or 'cuda-sim'")
+
+
+def sort_helper_name(t: ScalarType) -> str:
+    """The ``__device__`` function ``Sort`` on elements of ``t`` calls: ``spc_sort_i64``..."""
+    return f"spc_sort_{t.name}"
 
 
 class CudaEmitter(TeamEmission, CPrinter):
@@ -313,8 +322,8 @@ class CudaEmitter(TeamEmission, CPrinter):
 
     def stmt_Sort(self, s: n.Sort, d):
         self.check_effect(s.array, "sorting")
-        return [self.line(d, f"spc_sort_ascending({self.expr(s.array)} + {self.expr(s.start)}, "
-                             f"{self.expr(s.count)});")]
+        return [self.line(d, f"{sort_helper_name(s.array.type.elem)}({self.expr(s.array)} + "
+                             f"{self.expr(s.start)}, {self.expr(s.count)});")]
 
     def stmt_Prefetch(self, s: n.Prefetch, d):
         # a CPU cache hint (the CPU register-blocking pass adds it): dropped, always correct
@@ -440,9 +449,24 @@ class CudaEmitter(TeamEmission, CPrinter):
         lines.append("}")
         return "\n".join(lines)
 
+    def device_function(self, f: n.Function) -> str:
+        """A ``__device__`` helper the kernels call (the sort): per-thread code that returns
+        nothing (its ``Return(0)`` is ``return;``)."""
+        self.start(f)
+        lines = [f"// {line}" for line in f.doc.splitlines()] if f.doc else []
+        lines.append(f"__device__ void {f.name}({', '.join(self.params(f))}) {{")
+        self.ctx = Ctx("thread", where=f"the helper `{f.name}`")
+        try:
+            lines += self.block_lines(f.body, 1)
+        finally:
+            self.ctx = Ctx("kernel")
+        lines.append("}")
+        return "\n".join(lines)
+
     def module(self, m: n.Module) -> str:
         verify_module(m)
-        return PRELUDE + "\n" + "\n\n".join(self.function(f) for f in m.functions) + "\n"
+        helpers = [self.device_function(sort_function(t, sort_helper_name(t))) for t in sorted_types(m)]
+        return PRELUDE + "\n" + "\n\n".join(helpers + [self.function(f) for f in m.functions]) + "\n"
 
 
 def emit_module(module: n.Module) -> str:

@@ -1,6 +1,6 @@
 """The text every emitted CUDA module starts with: thread and warp numbering, bf16
 conversions, the bit intrinsics, ``spc_min``/``spc_max``, warp and block reductions,
-the bf16 atomic add, the per-thread allocator and the device sort. The same text compiles under nvcc
+the bf16 atomic add and the per-thread allocator. The same text compiles under nvcc
 and under the CPU harness ``runtime/cuda_sim.h``. The ``spc_`` prefix is the
 backend's: IR names may not use it.
 """
@@ -74,19 +74,11 @@ __device__ __forceinline__ void spc_atomic_add_bf16(uint16_t* p, float v) {
   } while (old != assumed);
 }
 
-// per-thread workspaces and sorting
+// per-thread workspaces (a module's sort helpers, spcomp/ir/sort.py, follow the prelude)
 template <typename T> __device__ __forceinline__ T* spc_alloc(int64_t count, bool zero) {
   T* p = (T*)malloc(sizeof(T) * (size_t)(count > 0 ? count : 1));
   if (p != NULL && zero) for (int64_t k = 0; k < count; ++k) p[k] = (T)0;
   return p;
-}
-template <typename T> __device__ void spc_sort_ascending(T* a, int64_t count) {  // insertion sort
-  for (int64_t k = 1; k < count; ++k) {
-    T key = a[k];
-    int64_t j = k - 1;
-    while (j >= 0 && a[j] > key) { a[j + 1] = a[j]; --j; }
-    a[j + 1] = key;
-  }
 }
 // ---- end of prelude ----
 """
