@@ -1,14 +1,13 @@
 """The contexts CUDA code is emitted in (emit.py's docstring: kernel, per-thread,
-team, single) and the parallel mappings the emitter knows."""
+team, single) and the mappings a grid-level loop may have."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from spcomp.ir import nodes as n
 
-# mappings of a grid-level loop, and every mapping (member loops add "gpu-lane")
+# the mappings a grid-level loop may have (of ir.nodes.PARALLEL_MAPPINGS; "gpu-lane" is a member loop's)
 GRID_MAPPINGS = ("gpu-thread", "threads", "gpu-block", "gpu-warp")
-PARALLEL_KINDS = ("gpu-thread", "threads", "gpu-block", "gpu-warp", "gpu-lane")
 
 
 @dataclass

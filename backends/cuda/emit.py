@@ -257,7 +257,7 @@ class CudaEmitter(TeamEmission, CPrinter):
         ctx = self.ctx
         if ctx.member:
             self.fail(f"`return {s.status}` inside {ctx.where}: a member of a warp or block cannot leave "
-                       "early (the team's shuffles and barriers wait for it); set a flag and return after the loop")
+                      "early (the team's shuffles and barriers wait for it); set a flag and return after the loop")
         if s.status == n.STATUS_OK:
             return [self.line(d, "return;")]
         return [self.line(d, f"{{ atomicMax({STATUS_PARAM}, {int(s.status)}); return; }}")]
@@ -268,7 +268,7 @@ class CudaEmitter(TeamEmission, CPrinter):
     def check_effect(self, array, what: str):
         if self.ctx.kind == "kernel" and not self.is_private(array):
             self.fail(f"{what} `{array_name(array)}` outside the parallel loop: every GPU thread would run it. "
-                       "Move it into the parallel loop, or into a separate function")
+                      "Move it into the parallel loop, or into a separate function")
 
     def stmt_Store(self, s: n.Store, d):
         self.check_effect(s.array, "a store into")
@@ -295,14 +295,14 @@ class CudaEmitter(TeamEmission, CPrinter):
                 fv = f"(float)({self.expr(v)})"
             return [self.line(d, f"spc_atomic_add_bf16(&{target}, {fv});")]
         self.fail(f"atomic add into `{array_name(s.array)}` of type {t}: the cuda backend has atomics for "
-                   "f32, f64, bf16, i32 and i64 only")
+                  "f32, f64, bf16, i32 and i64 only")
 
     def stmt_Allocate(self, s: n.Allocate, d):
         ctx = self.ctx
         if ctx.kind in ("block", "warp", "single") or ctx.member:
             where = ctx.where or "a team"
             self.fail(f"allocating `{s.var.name}` in {where}: workspaces are per thread on the GPU; allocate them "
-                       "at kernel level or inside a grid-level gpu-thread loop")
+                      "at kernel level or inside a grid-level gpu-thread loop")
         self.private.add(s.var.name)
         t = self.type_name(s.var.type)
         elem = self.type_name(s.var.type.elem)
@@ -318,7 +318,7 @@ class CudaEmitter(TeamEmission, CPrinter):
 
     def stmt_Reallocate(self, s: n.Reallocate, d):
         self.fail(f"reallocating `{s.var.name}`: sparse outputs that grow while the kernel runs are not supported "
-                   f"on the cuda backend; {GROWING_OUTPUT_HELP}")
+                  f"on the cuda backend; {GROWING_OUTPUT_HELP}")
 
     def stmt_Sort(self, s: n.Sort, d):
         self.check_effect(s.array, "sorting")
@@ -376,16 +376,16 @@ class CudaEmitter(TeamEmission, CPrinter):
             return self.member_loop(s, d)
         if kind == "gpu-lane":
             self.fail(f"{describe_loop(s)} is not directly inside a gpu-warp loop: gpu-lane loops split a warp's "
-                       "iteration among its 32 lanes")
+                      "iteration among its 32 lanes")
         where = ctx.where or "this loop"
         self.fail(f"{describe_loop(s)} is nested in {where}; the cuda backend maps gpu-block > gpu-thread, "
-                   "gpu-block > gpu-warp > gpu-lane and gpu-warp > gpu-lane, one parallel loop of each kind")
+                  "gpu-block > gpu-warp > gpu-lane and gpu-warp > gpu-lane, one parallel loop of each kind")
 
     def grid_loop(self, s: n.For, d):
         kind = s.parallel
         if kind in ("gpu-thread", "threads"):
             head = self.loop_head(s, "spc_global_thread()", "spc_grid_threads()",
-                                   "grid-stride, one iteration per GPU thread")
+                                  "grid-stride, one iteration per GPU thread")
             ctx = Ctx("thread", where=describe_loop(s))
         elif kind == "gpu-block":
             head = self.loop_head(s, "blockIdx.x", "gridDim.x", "one iteration per block")
@@ -413,13 +413,13 @@ class CudaEmitter(TeamEmission, CPrinter):
         grid = first_parallel(f.body)
         if len(grid) > 1:
             self.fail(f"{len(grid)} grid-level parallel loops ({', '.join(describe_loop(l) for l in grid)}): a kernel "
-                       "has no grid-wide barrier between them; lower them as separate functions")
+                      "has no grid-wide barrier between them; lower them as separate functions")
         if grid:
             loop = grid[0]
             for x in n.walk(f.body, skip={id(loop)}):
                 if isinstance(x, (n.For, n.While)) and any(y is loop for y in n.walk(x)):
                     self.fail(f"{describe_loop(loop)} sits inside a sequential loop: each of its rounds would need a "
-                               "grid-wide barrier; lower the outer loop on the host (one launch per round)")
+                              "grid-wide barrier; lower the outer loop on the host (one launch per round)")
         return grid
 
     def start(self, f: n.Function):

@@ -145,7 +145,7 @@ class TeamEmission:
             return {}
         if s.parallel == "gpu-warp":
             self.fail(f"{describe_loop(s)} assigns `{sorted(assigns)[0]}`, a scalar of the enclosing gpu-block "
-                       "iteration: warps of a block cannot reduce into it; store per-warp results instead")
+                      "iteration: warps of a block cannot reduce into it; store per-warp results instead")
         out = {}
         for name, list_ in assigns.items():
             var = list_[0].var
@@ -160,18 +160,18 @@ class TeamEmission:
                         op = v.op
                 if op is None:
                     self.fail(f"{describe_loop(s)} assigns `{name}`, declared outside it, as `{name} = "
-                               f"{self.expr(v)}`: across the members of a team only accumulations "
-                               f"`{name} = {name} + x`, `max({name}, x)` or `min({name}, x)` can be combined")
+                              f"{self.expr(v)}`: across the members of a team only accumulations "
+                              f"`{name} = {name} + x`, `max({name}, x)` or `min({name}, x)` can be combined")
                 ops.add(op)
             if len(ops) > 1:
                 self.fail(f"{describe_loop(s)} accumulates `{name}` with different operators ({', '.join(sorted(ops))})")
             uses = sum(1 for x in n.walk(s.body) if x == var)
             if uses != 2 * len(list_):  # each accumulation names it twice: target and operand
                 self.fail(f"{describe_loop(s)} reads `{name}`, which its members accumulate: inside the loop each "
-                           "member only holds a partial value")
+                          "member only holds a partial value")
             if var.type not in REDUCIBLE:
                 self.fail(f"{describe_loop(s)} accumulates `{name}` of type {var.type}; reductions across a team "
-                           "take f32, f64, i32 or i64")
+                          "take f32, f64, i32 or i64")
             out[name] = (var, ops.pop())
         return out
 
@@ -184,7 +184,7 @@ class TeamEmission:
             ctx = Ctx("thread", member=True, where=describe_loop(s))
         elif kind == "gpu-warp":
             head = self.loop_head(s, "spc_warp_in_block()", "spc_block_warps()",
-                                   "one iteration per warp of the block")
+                                  "one iteration per warp of the block")
             combine, who = None, "block"
             ctx = Ctx("warp", member=True, body=s.body, where=describe_loop(s))
         else:
