@@ -15,8 +15,10 @@ import scipy.sparse as sp
 import spcomp
 import spcomp.backends.cuda as cuda
 from spcomp import Schedule, errors
-from spcomp.backends.cuda import device, emit, nvcc, sim
-from spcomp.backends.cuda.emit import emit_module, launch_config
+from spcomp.backends.cuda import device, emit, launch, nvcc, sim
+from spcomp.backends.cuda.emit import emit_module
+from spcomp.backends.cuda.launch import launch_config
+from spcomp.backends.cuda.signature import parse_kernels, signatures
 from spcomp.ir import nodes as n
 from spcomp.ir.types import BF16, F32, F64, I32, I64, ptr
 
@@ -271,7 +273,7 @@ needs_cxx = pytest.mark.skipif(sim.compiler() is None, reason="cuda-sim needs a 
 def simmod(source):
     if sim.compiler() is None:
         pytest.skip("cuda-sim needs a host C++ compiler (g++)")
-    return sim.compile_sim(source)
+    return sim.compile_sim(source, signatures(MODULE))  # the launchers' signatures from the IR
 
 
 def run(simmod, name, block=BLOCK, grid=None, **args):
@@ -393,7 +395,7 @@ def test_launch_config():
     assert launch_config(f, {"n": 0}, 256) == (1, 256)
     assert launch_config(MODULE.function("spmv_warp"), {"n": 1000}, 256) == (125, 256)
     assert launch_config(MODULE.function("spmv_block"), {"n": 1000}, 128) == (1000, 128)
-    assert launch_config(MODULE.function("spmv_block"), {"n": 10**9}, 128) == (emit.MAX_GRID, 128)
+    assert launch_config(MODULE.function("spmv_block"), {"n": 10**9}, 128) == (launch.MAX_GRID, 128)
     assert launch_config(MODULE.function("cumsum_serial"), {"m": 5}, 256) == (1, 1)
     # the CPU mapping: the lowerer's lo/hi parameters
     lo, hi = V("lo", I64), V("hi", I64)
@@ -409,6 +411,21 @@ def test_launch_config():
         launch_config(f3, {}, 64)
     with pytest.raises(errors.UnsupportedError, match="multiple of 32"):
         launch_config(MODULE.function("spmv_warp"), {"n": 10}, 48)
+
+
+def test_signatures_come_from_the_ir_and_agree_with_the_text(source):
+    """The emitter prints each kernel's parameters from the same signature objects the
+    launchers check arguments against; reading them back from the text (what
+    compile_sim does for CUDA C spcomp did not emit) gives the same."""
+    sigs = signatures(MODULE)
+    assert sigs == parse_kernels(source)
+    spmv = sigs["spmv_thread"]
+    assert [p.ctype for p in spmv.params] == ["int64_t", "const int64_t*", "const int32_t*", "const float*",
+                                              "const float*", "float*", "int32_t*"]
+    assert spmv.has_status and [p.name for p in spmv.user_params] == ["n", "pos", "crd", "vals", "x", "y"]
+    assert sigs["scatter_atomic"].params[-2].ctype == "uint16_t*"  # bf16 is stored as uint16_t
+    with pytest.raises(errors.UnsupportedError, match="pointer to a pointer"):
+        signatures(n.Module((n.Function("grow", (V("out", ptr(ptr(F32))),), n.block()),)))
 
 
 def test_arguments_are_checked(simmod):
@@ -796,7 +813,7 @@ def forced_launch(monkeypatch):
     """Launch the kernels compiled in the test with grid 6 x block 256 (grid-stride loops)."""
     real = cuda.launch_config
 
-    def forced(function, args_by_name, block=256, max_grid=emit.MAX_GRID):
+    def forced(function, args_by_name, block=256, max_grid=launch.MAX_GRID):
         real(function, args_by_name, block, max_grid)
         return 6, 256
 

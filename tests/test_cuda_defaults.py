@@ -22,7 +22,7 @@ import spcomp
 import spcomp.backends.cuda as cuda
 from spcomp import Schedule
 from spcomp.backends.cuda import default_schedule as gpu_default
-from spcomp.backends.cuda import emit, nvcc, sim, staging
+from spcomp.backends.cuda import launch, nvcc, sim, staging
 from spcomp.testing import check_kernel, fit_packed
 
 pytestmark = pytest.mark.skipif(sim.compiler() is None, reason="cuda-sim needs a host C++ compiler (g++)")
@@ -41,7 +41,7 @@ def several_blocks(request, monkeypatch):
     a 64-entry chunk is staged in two passes by 32 threads, in one by 128)."""
     real = cuda.launch_config
 
-    def forced(function, args_by_name, block=256, max_grid=emit.MAX_GRID):
+    def forced(function, args_by_name, block=256, max_grid=launch.MAX_GRID):
         real(function, args_by_name, block, max_grid)
         return 3, request.param
 

@@ -53,7 +53,7 @@ def forced_launches():
     """Launch every cuda-sim kernel built in this module with ``_launch``'s grid and block."""
     real = cuda.launch_config
 
-    def forced(function, args_by_name, block=256, max_grid=cuda.emit.MAX_GRID):
+    def forced(function, args_by_name, block=256, max_grid=cuda.launch.MAX_GRID):
         grid, block = real(function, args_by_name, block, max_grid)  # still validates the bounds
         return (_launch["grid"], _launch["block"]) if _launch else (grid, block)
 
@@ -94,7 +94,7 @@ def _schedule(case, how, dtype):
 
 def _nvcc_check(k):
     report = cuda.check(k, arch="sm_90")["sm_90"]
-    assert set(report) == set(cuda.emit.parse_kernels(k.source)), report
+    assert set(report) == set(cuda.signature.parse_kernels(k.source)), report
     for name, info in report.items():
         assert 0 < info["registers"] <= 255, (name, info)
 

@@ -34,11 +34,11 @@ import llvmlite.binding as llvm
 
 from spcomp.errors import CacheError
 from spcomp.ir import nodes as n
+from spcomp.ir.verify import KernelIRError
 from spcomp.runtime import forksafe
 
 from . import codegen
 from .abi import ctypes_signature
-from .codegen import KernelIRError
 
 _lock = forksafe.Lock(threading.RLock)
 _host: "_Host | None" = None

@@ -11,7 +11,8 @@
 * :func:`gpu_available` / :func:`compile_gpu` -- the real GPU through pycuda.
 """
 from .device import compile_gpu, gpu_available
-from .emit import CudaEmitter, emit_function, emit_module, launch_config
+from .emit import CudaEmitter, emit_function, emit_module
+from .launch import launch_config
 from .nvcc import NvccError, check, check_source, nvcc_available
 from .sim import CudaSimError, compile_sim
 

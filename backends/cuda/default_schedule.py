@@ -30,7 +30,8 @@ from spcomp.ir.nodes import walk
 from spcomp.lower.lowerer import lower
 from spcomp.lower.parallel import TEAM_MEMBERS
 
-from .emit import emit_module, readonly_params
+from .emit import emit_module
+from .signature import readonly_params
 from .staging import staged_loops
 
 # Average stored entries per row from which a warp per row beats a thread per

@@ -1,7 +1,7 @@
 """Run emitted CUDA C on a real GPU through pycuda (DESIGN §7).
 
     ok, why = gpu_available()
-    gpu = compile_gpu(emit_module(module))         # pycuda SourceModule, no_extern_c=True
+    gpu = compile_gpu(emit_module(module), kernels=signatures(module))  # pycuda, no_extern_c=True
     status = gpu.launch("spmv", [n, pos, crd, vals, x, y], grid=4, block=256)
 
 ``launch`` takes NumPy arrays (copied to the device before the launch; those the
@@ -21,7 +21,9 @@ import numpy as np
 
 from spcomp import errors
 
-from .emit import coerce_args, emit_module, launch_config, parse_kernels
+from .emit import emit_module
+from .launch import launch_config
+from .signature import coerce_args, parse_kernels, signatures
 
 
 def gpu_available() -> tuple[bool, str]:
@@ -53,12 +55,12 @@ def _require_gpu():
 class GpuModule:
     """A CUDA module compiled by pycuda; ``launch`` runs one of its kernels."""
 
-    def __init__(self, cuda_source: str, arch: str | None = None, options=()):
+    def __init__(self, cuda_source: str, arch: str | None = None, options=(), kernels: dict | None = None):
         _require_gpu()
         import pycuda.autoprimaryctx  # noqa: F401  (makes the primary context current)
         from pycuda.compiler import SourceModule
         self.source = cuda_source
-        self.kernels = parse_kernels(cuda_source)
+        self.kernels = parse_kernels(cuda_source) if kernels is None else kernels
         try:
             self._module = SourceModule(cuda_source, no_extern_c=True, arch=arch, options=list(options) or None)
         except Exception as e:  # pycuda.driver.CompileError carries nvcc's messages
@@ -104,16 +106,20 @@ class GpuModule:
         return int(status[0])
 
 
-def compile_gpu(cuda_source: str, arch: str | None = None, options=()) -> GpuModule:
-    """Compile CUDA C for the GPU of this machine (raises BackendUnavailableError without one)."""
-    return GpuModule(cuda_source, arch=arch, options=options)
+def compile_gpu(cuda_source: str, arch: str | None = None, options=(), kernels: dict | None = None) -> GpuModule:
+    """Compile CUDA C for the GPU of this machine (raises BackendUnavailableError without one).
+
+    ``kernels``: the source's kernel signatures ({name: KernelSignature}), from the IR
+    for emitted source (:func:`~spcomp.backends.cuda.signature.signatures`); without it
+    they are read from the text."""
+    return GpuModule(cuda_source, arch=arch, options=options, kernels=kernels)
 
 
 def run(module, function_name: str, args_by_name: dict, block: int = 256, grid: int | None = None) -> int:
     """Emit, compile and launch one function of an IR module on the GPU; returns its status."""
     _require_gpu()
     fn = module.function(function_name)
-    gpu = compile_gpu(emit_module(module))
+    gpu = compile_gpu(emit_module(module), kernels=signatures(module))
     if grid is None:
         grid, block = launch_config(fn, args_by_name, block)
     missing = [p.name for p in fn.params if p.name not in args_by_name]

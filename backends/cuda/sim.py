@@ -14,7 +14,7 @@ under the hash of header, source and compiler flags. A cached library is loaded
 only after its HMAC checks out, from an anonymous in-memory file (``memfd``), so
 nothing another user can write is ever ``dlopen``-ed.
 
-    sim = compile_sim(emit_module(module))
+    sim = compile_sim(emit_module(module), signatures(module))
     status = sim.launch("spmv", [n, pos, crd, vals, x, y], grid=4, block=64)
 
 Arrays are passed as host pointers: the kernel reads and writes the NumPy
@@ -37,7 +37,9 @@ import numpy as np
 from spcomp import errors
 from spcomp.runtime import forksafe
 
-from .emit import KernelSignature, coerce_args, emit_module, launch_config, parse_kernels
+from .emit import emit_module
+from .launch import launch_config
+from .signature import KernelSignature, coerce_args, parse_kernels, signatures
 
 CXXFLAGS = ("-O1", "-std=c++17", "-fPIC", "-shared", "-pthread", "-w", "-fno-strict-aliasing")
 
@@ -224,13 +226,18 @@ def _store_library(key: str, library: bytes) -> None:
                           SIM_MAGIC + trust.sign(library, user_key) + library)
 
 
-def compile_sim(cuda_source: str) -> SimModule:
-    """Compile CUDA C (e.g. from :func:`~spcomp.backends.cuda.emit.emit_module`) for the CPU harness."""
+def compile_sim(cuda_source: str, kernels: dict | None = None) -> SimModule:
+    """Compile CUDA C (e.g. from :func:`~spcomp.backends.cuda.emit.emit_module`) for the CPU harness.
+
+    ``kernels`` ({name: KernelSignature}) are the source's ``__global__`` functions to
+    launch: for emitted source, :func:`~spcomp.backends.cuda.signature.signatures` of the
+    IR module; without it they are read from the text (hand-written CUDA C)."""
     cxx = compiler()
     if cxx is None:
         raise errors.BackendUnavailableError("cuda-sim needs a host C++ compiler (g++ or $CXX); none was found")
     header = header_path()
-    kernels = parse_kernels(cuda_source)
+    if kernels is None:
+        kernels = parse_kernels(cuda_source)
     if not kernels:
         raise CudaSimError("the source has no __global__ function to launch")
     full = cuda_source + "\n\n// ---- cuda-sim launchers ----\n" + "\n".join(_launcher(s) for s in kernels.values())
@@ -252,10 +259,10 @@ def run(module, function_name: str, args_by_name: dict, block: int = 256, grid: 
     """Emit, compile (cached) and launch one function of an IR module under cuda-sim.
 
     Arguments are given by parameter name; without ``grid`` the launch
-    configuration comes from :func:`~spcomp.backends.cuda.emit.launch_config`.
+    configuration comes from :func:`~spcomp.backends.cuda.launch.launch_config`.
     """
     fn = module.function(function_name)
-    sim = compile_sim(emit_module(module))
+    sim = compile_sim(emit_module(module), signatures(module))
     if grid is None:
         grid, block = launch_config(fn, args_by_name, block)
     missing = [p.name for p in fn.params if p.name not in args_by_name]

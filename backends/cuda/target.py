@@ -50,9 +50,10 @@ class CudaSimTarget(_GpuTarget):
 
     def build(self, lowered):
         from . import emit_module
+        from .signature import signatures
         from .sim import compile_sim
         source = emit_module(lowered.code.module)
-        return (source, compile_sim(source))
+        return (source, compile_sim(source, signatures(lowered.code.module)))
 
     def run(self, compiled, lowered, args, grid, block) -> int:
         return compiled[1].launch(lowered.code.entry, list(args), grid, block)
@@ -72,11 +73,12 @@ class CudaTarget(_GpuTarget):
 
     def run(self, compiled, lowered, args, grid, block) -> int:
         from .device import compile_gpu, gpu_available
+        from .signature import signatures
         ok, why = gpu_available()
         if not ok:
             raise BackendUnavailableError(f"backend 'cuda' cannot run here: {why}")
         if compiled[0] not in self._modules:
-            self._modules[compiled[0]] = compile_gpu(compiled[0])
+            self._modules[compiled[0]] = compile_gpu(compiled[0], kernels=signatures(lowered.code.module))
         return self._modules[compiled[0]].launch(lowered.code.entry, list(args), grid, block)
 
 

@@ -7,7 +7,8 @@ status (0 = success, see :data:`STATUS_CODES`). Parameters are scalars
 other (the runtime guarantees it), so backends may mark them ``noalias`` /
 ``__restrict__``.
 
-Conventions every backend follows:
+Conventions every backend follows (:func:`spcomp.ir.verify.verify_module` checks the
+IR against them before either backend sees it):
 
 * Integer arithmetic is in the type of the operands; the lowerer inserts
   :class:`Cast` where types differ, so backends never guess.
@@ -20,10 +21,12 @@ Conventions every backend follows:
   ``parallel`` is ``None`` or a mapping name: ``"threads"`` (CPU: the runtime
   calls the function over sub-ranges ``[lo, hi)``; the lowerer only puts it on
   the outermost loop, whose bounds are then the ``lo``/``hi`` params),
-  ``"gpu-block"``, ``"gpu-thread"``, ``"gpu-warp"``.
+  ``"gpu-block"``, ``"gpu-thread"``, ``"gpu-warp"``, ``"gpu-lane"``
+  (:data:`PARALLEL_MAPPINGS`; backends/cuda/emit.py says how they nest).
 * ``Allocate``/``Reallocate``/``Free`` manage heap arrays held in pointer
   variables (CPU: malloc/realloc/free from libc; ``zero`` means calloc).
-* ``Sort`` sorts ``count`` integers of ``array`` starting at ``start`` ascending.
+* ``Sort`` sorts ``count`` elements (integers, f32 or f64) of ``array`` starting at
+  ``start`` ascending; both backends run the heap sort of :mod:`spcomp.ir.sort`.
 * ``Prefetch`` asks the cache for the line holding ``array[index]``: it reads and
   writes nothing and never faults, even past the array's end (computing ``index``
   must still stay in bounds); dropping it is a correct implementation.
@@ -190,6 +193,10 @@ class AtomicAdd:
 @dataclass(frozen=True)
 class Block:
     body: tuple = ()
+
+
+# the mappings a ``For`` may name in ``parallel`` ("gpu-lane": the lanes of a gpu-warp loop)
+PARALLEL_MAPPINGS = ("threads", "gpu-block", "gpu-thread", "gpu-warp", "gpu-lane")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,84 @@
+"""The text every emitted CUDA module starts with: thread and warp numbering, bf16
+conversions, the bit intrinsics, ``spc_min``/``spc_max``, warp and block reductions,
+the bf16 atomic add and the per-thread allocator. The same text compiles under nvcc
+and under the CPU harness ``runtime/cuda_sim.h``. The ``spc_`` prefix is the
+backend's: IR names may not use it.
+"""
+
+PRELUDE = r"""// ---- spcomp CUDA prelude (the same text compiles under nvcc and runtime/cuda_sim.h) ----
+#include <stdint.h>
+#include <stddef.h>
+
+// global thread / warp numbering for grid-stride loops (1-D launches)
+__device__ __forceinline__ int64_t spc_global_thread(void) { return (int64_t)blockIdx.x * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ int64_t spc_grid_threads(void) { return (int64_t)gridDim.x * blockDim.x; }
+__device__ __forceinline__ int64_t spc_global_warp(void) { return spc_global_thread() / 32; }
+__device__ __forceinline__ int64_t spc_grid_warps(void) { return spc_grid_threads() / 32; }
+__device__ __forceinline__ int spc_lane(void) { return (int)(threadIdx.x % 32u); }
+__device__ __forceinline__ int spc_warp_in_block(void) { return (int)(threadIdx.x / 32u); }
+__device__ __forceinline__ int spc_block_warps(void) { return (int)(blockDim.x / 32u); }
+
+// bf16 is stored as the upper 16 bits of an IEEE float32
+__device__ __forceinline__ float spc_bf16_to_f32(uint16_t h) { return __uint_as_float(((uint32_t)h) << 16); }
+__device__ __forceinline__ uint16_t spc_f32_to_bf16(float f) {  // round to nearest, ties to even
+  uint32_t u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);  // NaN stays a (quiet) NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+#define SPC_INFINITY_F32 __int_as_float(0x7f800000)
+#define SPC_NAN_F32 __int_as_float(0x7fc00000)
+#define SPC_INFINITY_F64 __longlong_as_double(0x7ff0000000000000LL)
+#define SPC_NAN_F64 __longlong_as_double(0x7ff8000000000000LL)
+
+// index of the lowest set bit of a word, 64 for 0, and its set bits (workspace bitmaps)
+__device__ __forceinline__ int64_t spc_ctz(int64_t x) { return x == 0 ? 64 : (int64_t)__ffsll((long long)x) - 1; }
+__device__ __forceinline__ int64_t spc_popcount(int64_t x) { return (int64_t)__popcll((unsigned long long)x); }
+__device__ __forceinline__ int64_t spc_clear_lowest(int64_t x) { unsigned long long u = (unsigned long long)x; return (int64_t)(u & (u - 1ULL)); }
+
+template <typename T> __device__ __forceinline__ T spc_min(T a, T b) { return b < a ? b : a; }
+template <typename T> __device__ __forceinline__ T spc_max(T a, T b) { return a < b ? b : a; }
+template <> __device__ __forceinline__ float spc_min<float>(float a, float b) { return fminf(a, b); }
+template <> __device__ __forceinline__ float spc_max<float>(float a, float b) { return fmaxf(a, b); }
+template <> __device__ __forceinline__ double spc_min<double>(double a, double b) { return fmin(a, b); }
+template <> __device__ __forceinline__ double spc_max<double>(double a, double b) { return fmax(a, b); }
+
+// reductions across a warp (xor butterfly: every lane gets the same total) and a block
+struct spc_sum_op { template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; } };
+struct spc_min_op { template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return spc_min<T>(a, b); } };
+struct spc_max_op { template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return spc_max<T>(a, b); } };
+template <typename Op, typename T> __device__ __forceinline__ T spc_warp_reduce(T v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v = Op()(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+template <typename Op, typename T> __device__ T spc_block_reduce(T v) {  // blockDim.x % 32 == 0
+  __shared__ T spc_partials[32];
+  v = spc_warp_reduce<Op>(v);
+  __syncthreads();  // an earlier reduction has finished reading spc_partials
+  if (threadIdx.x % 32u == 0) spc_partials[threadIdx.x / 32u] = v;
+  __syncthreads();
+  T total = spc_partials[0];
+  for (unsigned w = 1; w < blockDim.x / 32u; ++w) total = Op()(total, spc_partials[w]);
+  return total;
+}
+
+// atomics the hardware lacks
+__device__ __forceinline__ void spc_atomic_add_bf16(uint16_t* p, float v) {
+  unsigned int* word = (unsigned int*)((uintptr_t)p & ~(uintptr_t)3);
+  const unsigned int shift = ((uintptr_t)p & 2) ? 16u : 0u;
+  unsigned int old = *word, assumed;
+  do {
+    assumed = old;
+    const uint16_t h = spc_f32_to_bf16(spc_bf16_to_f32((uint16_t)(assumed >> shift)) + v);
+    old = atomicCAS(word, assumed, (assumed & ~(0xffffu << shift)) | ((unsigned int)h << shift));
+  } while (old != assumed);
+}
+
+// per-thread workspaces (a module's sort helpers, spcomp/ir/sort.py, follow the prelude)
+template <typename T> __device__ __forceinline__ T* spc_alloc(int64_t count, bool zero) {
+  T* p = (T*)malloc(sizeof(T) * (size_t)(count > 0 ? count : 1));
+  if (p != NULL && zero) for (int64_t k = 0; k < count; ++k) p[k] = (T)0;
+  return p;
+}
+// ---- end of prelude ----
+"""
