@@ -149,6 +149,10 @@ _PREAMBLE = r"""
 import os, signal, sys, threading, time
 import numpy as np, spcomp
 
+# a child started where SIGINT is ignored (a shell's background job, some CI runners)
+# inherits the ignore, and Python then installs no handler: restore Python's own
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 def interrupted_within(seconds, call):
     sent = []
     def fire():
