@@ -86,22 +86,29 @@ def host_value(t, caps=None):
 def device_value(t, caps):
     """A CUDA tensor as a pycuda GPUArray over the same memory (``backend="cuda"``).
 
-    The launch goes through pycuda on its default stream and synchronises the
-    context after it; torch's current stream is synchronised first, so work torch
-    queued on the tensor is done before the kernel reads it."""
+    pycuda launches on its own (default) stream and synchronises the context after
+    the launch; torch's current stream is synchronised first (:func:`sync_stream`),
+    so whatever torch queued on the tensor is done before the kernel reads it. The
+    launch is not put on torch's stream itself: pycuda takes its own Stream objects
+    only (docs/torch.md, Limits)."""
     if caps is None or not caps.device_arrays:
         raise OperandError("a CUDA tensor is an operand of backend='cuda' kernels only (this kernel's "
                            "backend runs on the host): call .cpu() first")
     torch = torch_module()
-    if t.layout != torch.strided:
-        raise OperandError("sparse CUDA tensors are not taken yet: pass the sparse operand on the host "
-                           "(it is copied to the device) and dense ones on the device")
+    if t.layout is not torch.strided:
+        raise OperandError("sparse CUDA tensors are not taken: pass the sparse operand on the host "
+                           "(the launch copies it to the device) and dense ones on the device")
     if not t.is_contiguous():
         raise OperandError("a CUDA tensor operand must be contiguous (call .contiguous())")
-    torch.cuda.current_stream(t.device).synchronize()
+    sync_stream(t)
     import pycuda.gpuarray as gpuarray
-    dtype = BFLOAT16 if t.dtype == torch.bfloat16 else np.dtype(str(t.dtype).replace("torch.", ""))
+    dtype = BFLOAT16 if t.dtype is torch.bfloat16 else np.dtype(str(t.dtype).replace("torch.", ""))
     return gpuarray.GPUArray(tuple(t.shape), dtype, gpudata=np.uintp(t.data_ptr()), base=t)
+
+
+def sync_stream(t) -> None:
+    """Wait for torch's current stream on ``t``'s device (before pycuda launches)."""
+    torch_module().cuda.current_stream(t.device).synchronize()
 
 
 def result(value, out_dtype):
