@@ -164,6 +164,9 @@ def _activation(fn, config_act) -> tuple:
 
 
 def _set_child(model, name: str, new) -> None:
+    if not name:
+        raise ValueError("the model itself is a gated MLP: sparsify replaces blocks inside a model "
+                         "(use spcomp.torch.SparseFFN.from_linears for a lone block)")
     parent, _, attr = name.rpartition(".")
     owner = model.get_submodule(parent) if parent else model
     setattr(owner, attr, new)
