@@ -48,10 +48,17 @@ def _parse():
     p.add_argument("--no-models", action="store_true", help="blocks only")
     p.add_argument("--no-blocks", action="store_true", help="models only")
     p.add_argument("--json", default=None)
+    p.add_argument("--wait-idle", type=float, default=60.0,
+                   help="before each table, wait up to this many seconds for other processes to go quiet")
     return p.parse_args()
 
 
 ARGS = _parse()
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if sys.path and os.path.abspath(sys.path[0] or ".") == _HERE:
+    # run as a script: this folder first on the path would let benchmarks/kernels.py
+    # shadow the `kernels` package transformers imports; the repository root instead
+    sys.path[0] = os.path.dirname(_HERE)
 THREADS = ARGS.threads or len(os.sched_getaffinity(0))
 os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
@@ -68,6 +75,8 @@ import torch.nn.functional as F  # noqa: E402
 import spcomp  # noqa: E402
 import spcomp.torch as st  # noqa: E402
 
+from benchmarks import common as C  # noqa: E402
+
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 warnings.filterwarnings("ignore", message="Sparse invariant checks")
 torch.set_num_threads(THREADS)
@@ -76,17 +85,32 @@ spcomp.set_num_threads(THREADS)
 SHAPES = {"minilm": (384, 1536, False), "1b": (2048, 5632, True), "1b-8192": (2048, 8192, True)}
 
 
+LOAD = {}  # the other processes' CPU share during the last timed() call
+
+
 def timed(fns: dict, rounds: int) -> dict:
-    """name -> median seconds, every function once per round, rounds interleaved."""
+    """name -> median seconds, every function once per round, rounds interleaved,
+    after waiting (``--wait-idle``) for other processes to go quiet; their CPU share
+    while timing goes to ``LOAD["share"]`` and is printed under each table (spinning
+    OpenMP workers, torch's and libgomp's, suffer most from a busy neighbour)."""
     for f in fns.values():
         f()
+    if ARGS.wait_idle > 0:
+        C.wait_until_idle(ARGS.wait_idle)
+    monitor = C.LoadMonitor()
     times = {k: [] for k in fns}
     for _ in range(rounds):
         for k, f in fns.items():
             t0 = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t0)
+    LOAD["share"] = monitor.share()
     return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def load_note() -> str:
+    share = LOAD.get("share")
+    return "" if share is None else f"(other processes used {share:.0%} of the CPU while timing)"
 
 
 def rel_err(got, ref) -> float:
@@ -181,7 +205,9 @@ def bench_block(size: str, T: int, rounds: int) -> list:
             print(f"{name:26s} {dense * 1e3:9.2f} {ours * 1e3:10.2f} {dense / ours:7.2f}x {theirs * 1e3:13.2f} "
                   f"{dense / theirs:7.2f}x {err:8.1e}  {sparsity:.4f}")
             rows.append(dict(table=title, variant=name, dense_s=dense, spcomp_s=ours, torch_csr_s=theirs,
-                             spcomp_x=dense / ours, torch_csr_x=dense / theirs, rel_err=err, sparsity=sparsity))
+                             spcomp_x=dense / ours, torch_csr_x=dense / theirs, rel_err=err, sparsity=sparsity,
+                             other_load=LOAD.get("share")))
+        print(load_note())
     return rows
 
 
@@ -277,7 +303,8 @@ def bench_minilm_model(rounds: int) -> list:
             print(f"{name:30s} {med[name] * 1e3:8.1f} {x:7.2f}x {float(cos.mean()):9.4f} {float(cos.min()):8.4f}  "
                   f"{'' if s is None else f'{s:.4f}'}")
             rows.append(dict(table=title, variant=name, seconds=med[name], x_dense=x, cos_mean=float(cos.mean()),
-                             cos_min=float(cos.min()), sparsity=s))
+                             cos_min=float(cos.min()), sparsity=s, other_load=LOAD.get("share")))
+        print(load_note())
     return rows
 
 
@@ -315,7 +342,8 @@ def bench_llama_model(rounds: int, T: int = 256) -> list:
             x = med["dense PyTorch"] / med[name]
             print(f"{name:32s} {med[name] * 1e3:8.1f} {x:7.2f}x {float(cos.min()):8.4f}  {'' if s is None else f'{s:.4f}'}")
             rows.append(dict(table=title, variant=name, seconds=med[name], x_dense=x, cos_min=float(cos.min()),
-                             sparsity=s))
+                             sparsity=s, other_load=LOAD.get("share")))
+        print(load_note())
     return rows
 
 
