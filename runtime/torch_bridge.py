@@ -72,6 +72,12 @@ def host_value(t, caps=None):
     """What a kernel call takes for torch tensor ``t``: an ndarray view, a Tensor,
     or (CUDA tensor, device-array backend) a pycuda GPUArray over its memory."""
     torch = torch_module()
+    if type(t) is torch.Tensor and t.is_cpu and t.layout is torch.strided and not t.requires_grad \
+            and t.dtype is not torch.bfloat16:
+        try:  # the common case first, in as few steps as possible: it runs per operand per call
+            return t.numpy()
+        except (RuntimeError, TypeError):
+            pass  # a lazy conjugate or negative bit, a dtype NumPy lacks: numpy_view says or resolves
     if not isinstance(t, torch.Tensor):
         return t  # torch.Size and other torch objects: NumPy takes them as they are
     if not t.is_cpu:

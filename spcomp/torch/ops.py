@@ -105,6 +105,9 @@ class KernelOp:
         self.out_indices = [i.name for i in notation.lhs.indices]
         self.out_order = tuple(notation.lhs.tensor.format.order) or ()
         self.index_of = self._index_sources(notation)
+        # (operand, level arrays or 0 for a dense operand, order) in argument order
+        self._layout = [(n, self.counts.get(n, 0), self.formats[n].ndim) for n in self.names]
+        self._out_np_dtype = plan.out_dtype
         self._cache: dict = {}
         _register(name, self)
         self.packet = getattr(torch.ops.spcomp, name.replace("spcomp::", "")).default
@@ -174,17 +177,17 @@ class KernelOp:
 
     # ------------------------------------------------------------ the implementation
     def unflatten(self, arrays, shapes) -> dict:
-        """The kernel's operands from the operator's arguments (views, no copies)."""
+        """The kernel's operands from the operator's arguments: NumPy views of the
+        dense tensors (device arrays for CUDA ones), Tensors over the level arrays."""
         ops, a, s = {}, 0, 0
-        for n in self.names:
-            if n in self.sparse:
-                k = self.counts[n]
-                ndim = self.formats[n].ndim
+        caps = self.kernel.runtime.caps
+        for n, k, ndim in self._layout:
+            if k:
                 ops[n] = self._sparse_operand(n, arrays[a:a + k], tuple(shapes[s:s + ndim]))
                 a += k
                 s += ndim
             else:
-                ops[n] = arrays[a]
+                ops[n] = torch_bridge.host_value(arrays[a], caps)
                 a += 1
         return ops
 
@@ -223,12 +226,12 @@ class KernelOp:
 
     def run(self, arrays, shapes):
         """The operator's eager implementation: the kernel on views of the arrays."""
-        ops = self.unflatten(arrays, shapes)
-        if self.accumulate:  # functional: the result is a new tensor, the given output is not changed
-            ops[self.output] = ops[self.output].clone()
-        out = torch_bridge.call(self.kernel, ops, self.output, self.kernel.runtime.plan.out_dtype,
-                                self.kernel.runtime.caps)
-        return out
+        if self.accumulate:  # functional: into a copy of the given output, which is returned
+            arrays = list(arrays)
+            given = arrays[self._output_position()] = arrays[self._output_position()].clone()
+            self.kernel(**self.unflatten(arrays, shapes))
+            return given
+        return torch_bridge.result(self.kernel(**self.unflatten(arrays, shapes)), self._out_np_dtype)
 
     def fake(self, arrays, shapes):
         """The result's shape, dtype and strides, without running the kernel."""
