@@ -126,3 +126,18 @@ def test_sparse_operands_in_the_operator_are_validated_once_and_again_when_chang
     levels.arrays[1][0] = 10_000  # a column out of range, written in place: validated again, refused
     with pytest.raises(spcomp.InvalidTensorError):
         spmv(W=levels, x=x)
+
+
+def test_docs_torch_md_runs(tmp_path):
+    """docs/torch.md's python blocks run and print what the page shows (the conventions
+    of tests/test_docs.py; ``python tests/test_docs.py --update docs/torch.md`` refreshes)."""
+    from test_docs import parse, run_blocks
+    results = run_blocks(["docs/torch.md"], tmp_path)
+    blocks = [b for b in parse("docs/torch.md") if not b.skip]
+    assert blocks
+    for block in blocks:
+        printed, error = results[block.id]
+        assert error is None, f"{block.id} raised:\n{error}"
+        if block.expected is not None:
+            got = [line.rstrip() for line in printed.rstrip("\n").splitlines()]
+            assert got == [line.rstrip() for line in block.expected.rstrip("\n").splitlines()], block.id
