@@ -1,7 +1,7 @@
 """spcomp kernels and ``spcomp.nn`` layers as torch custom operators.
 
 ``torch.compile`` and ``torch.export`` see a kernel call as one operator when it
-is registered with ``torch.library.custom_op`` and has a *fake* implementation
+is a registered torch operator (``torch.library``) with a *fake* implementation
 that says what it returns without running it. Two kinds are made here:
 
 * :func:`op` (``KernelOp``): one compiled kernel, ``spcomp::k_<digest>``, the
