@@ -47,6 +47,22 @@ def is_device_array(value) -> bool:
     return type(value).__module__.startswith("pycuda") and hasattr(value, "gpudata")
 
 
+def is_torch(value) -> bool:
+    """A ``torch.Tensor`` (or Parameter), asked of its type's module so that nothing
+    here imports torch: its conversions live in ``torch_bridge.py``, imported on the
+    first call that passes one."""
+    return type(value).__module__.startswith("torch")
+
+
+def any_torch(operands: dict) -> bool:
+    """Whether any operand of a call is a torch tensor (the call then goes through
+    ``torch_bridge.call``, and its result comes back as torch)."""
+    for v in operands.values():
+        if type(v).__module__.startswith("torch"):
+            return True
+    return False
+
+
 def is_plain_array(value, dtype) -> bool:
     """Whether ``value`` is a row-major ndarray of ``dtype``: then it is its own storage."""
     return type(value) is np.ndarray and value.dtype == dtype and value.flags.c_contiguous
@@ -155,6 +171,9 @@ class Operands:
     def operand(self, spec, value):
         """An operand ready for the kernel: Dense or a validated Tensor."""
         storage, operand, fmt, dtype, plain = spec
+        if is_torch(value):  # (Kernel.__call__ converts them first; a direct caller may not)
+            from . import torch_bridge
+            value = torch_bridge.host_value(value, self.caps)
         if storage in self.plan.derived:
             return self.diagonal(spec, value)
         if is_device_array(value):
@@ -217,6 +236,10 @@ class Operands:
         arr = np.asarray(value)
         if arr.dtype.kind not in "biuf" and arr.dtype.name != "bfloat16":
             raise DTypeError(f"has dtype {arr.dtype}, which spcomp cannot compute with; the kernel takes {dtype}")
+        if fmt.is_dense and arr.dtype == dtype and arr.ndim == fmt.ndim:
+            stored = np.transpose(arr, fmt.order)
+            if stored.flags.c_contiguous:  # already laid out as the format stores it (a transpose)
+                return Tensor(fmt, arr.shape, [{} for _ in fmt.levels], stored.reshape(-1), validated=True)
         if fmt.is_dense and self.relayout is not None:
             flat = self.relayout(arr, fmt.order, dtype)
             if flat is not None:  # a dense copy in another order, made on the threads

@@ -47,7 +47,13 @@ class Tensor:
     __slots__ = ("format", "shape", "dtype", "levels", "vals", "_validated", "_nnz",
                  "_kernel_arrays", "_index_bits", "__weakref__")
 
-    def __init__(self, format, shape, levels, vals, *, validated: bool = False):
+    def __init__(self, format, shape, levels, vals, *, validated: bool = False, index_bits: int | None = None):
+        """``index_bits=64`` makes kernels read the index arrays as given, with their
+        64-bit variant, even when every index fits int32 (by default int64 arrays
+        whose values fit are converted to int32 once, on first use): for int64
+        arrays shared with another library (torch), which then are never copied."""
+        if index_bits not in (None, 32, 64):
+            raise ValueError(f"index_bits must be None, 32 or 64, not {index_bits!r}")
         shape = check_shape(shape)  # integers below 2**63 - 1, never truncated (runtime/bounds.py)
         fmt = format if isinstance(format, Format) else _parse_format(format, len(shape))
         self.format: Format = fmt
@@ -61,7 +67,7 @@ class Tensor:
         self._validated = bool(validated)
         self._nnz = None
         self._kernel_arrays: dict = {}
-        self._index_bits = None
+        self._index_bits = 64 if index_bits == 64 else None
 
     # ------------------------------------------------------------ constructors
     @classmethod
@@ -281,7 +287,30 @@ class Tensor:
         if target == self.dtype:
             return self
         return Tensor(self.format, self.shape, self.levels, self.vals.astype(target),
-                      validated=self._validated)
+                      validated=self._validated, index_bits=self._index_bits if self._index_bits == 64 else None)
+
+    # ------------------------------------------------------------ torch
+    @classmethod
+    def from_torch(cls, t, format=None, index_bits: int | None = None) -> "Tensor":
+        """A ``torch.Tensor`` as a Tensor, sharing its buffers where the layouts agree:
+        strided -> ``dense`` (a C-contiguous tensor's memory is the values array),
+        ``sparse_csr`` -> ``csr``, ``sparse_csc`` -> ``csc``, coalesced ``sparse_coo``
+        -> ``coo``; ``torch.bfloat16`` values are viewed as ``ml_dtypes.bfloat16``.
+        ``format`` converts the result (a copy) when it differs. ``index_bits=64``
+        keeps int64 index buffers for the kernels' 64-bit variant (see ``__init__``).
+        Imports torch (runtime/torch_convert.py); docs/torch.md lists what is copied."""
+        from . import torch_convert
+        out = torch_convert.from_torch(cls, t, index_bits=index_bits)
+        return out if format is None else out.to_format(format)
+
+    def to_torch(self, layout=None):
+        """This tensor as a ``torch.Tensor`` sharing its arrays where torch has the
+        layout: ``csr`` -> ``torch.sparse_csr``, ``csc`` -> ``torch.sparse_csc``,
+        ``coo`` -> ``torch.sparse_coo`` (its coordinates stacked: a copy), dense
+        formats -> strided (a copy unless row-major); any other format is converted
+        to ``layout`` (``torch.sparse_coo`` when None)."""
+        from . import torch_convert
+        return torch_convert.to_torch(self, layout)
 
 
 def _is_dense_compressed(fmt: Format) -> bool:

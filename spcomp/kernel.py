@@ -22,7 +22,7 @@ from .notation import accesses
 from .runtime import assemble, call, chunks
 from .runtime import relayout as relayout_kernels
 from .runtime.launch import Variant, WiderIndices
-from .runtime.operands import index_bits, refuse_overlap
+from .runtime.operands import any_torch, index_bits, refuse_overlap
 from .schedule import Schedule
 
 
@@ -282,13 +282,17 @@ class Kernel:
 
     # ---------------------------------------------------------------- call
     def __call__(self, **operands):
-        """Run the kernel: operands by name -> ndarray, Tensor or float."""
+        """Run the kernel: operands by name -> ndarray, Tensor or float; with any
+        ``torch.Tensor`` operand, a torch tensor (docs/torch.md)."""
         fast = self._fast
         if fast is not None and len(operands) == fast.count:
             args = fast.bind(operands)
             if args is not None:
                 return fast.run(args, operands)
         ctx = self.runtime
+        if any_torch(operands):  # their buffers as storages, the result back as torch
+            from .runtime import torch_bridge
+            return torch_bridge.call(self, operands, self.output_name, ctx.plan.out_dtype, ctx.caps)
         if operands.keys() != ctx.plan.names:
             ctx.plan.check_names(operands, self.expression)
         storages = ctx.operands.storages(operands)
