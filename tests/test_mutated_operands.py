@@ -83,3 +83,21 @@ def test_any_in_place_coordinates_leave_the_kernel_inside_its_arrays(changes):
     y = k(A=A, x=x)
     assert y.shape == (A.shape[1],) and np.isfinite(y).all()
     assert y.sum() == pytest.approx(A.data.sum())  # every entry added once, into some column
+
+
+def test_coordinates_only_merged_and_stored_are_not_clamped_and_stay_harmless():
+    """A sparse add reads coordinates only to merge them and to store them into the
+    output: its loops carry no clamp (they would cost a quarter of its time), and a
+    coordinate changed in place is copied into the result as it is. The result then
+    fails validation when used (a kernel clamps what addresses memory anyway)."""
+    k = spcomp.compile("C[i,j] = A[i,j] + B[i,j]", formats={"A": "csr", "B": "csr", "C": "csr"})
+    assert "max(min(" not in k.ir
+    A, B = _matrix(1), _matrix(2)
+    k(A=A, B=B)
+    A.indices[0] = 10**6
+    C = k(A=A, B=B)
+    assert C.levels[1]["crd"].max() == 10**6
+    spmv = spcomp.compile(*SPMV)
+    with pytest.raises(InvalidTensorError, match="out of range"):  # arrays handed in anew are validated
+        spmv(A=spcomp.Tensor(C.format, C.shape, C.levels, C.vals), x=np.ones(50))
+    assert np.isfinite(spmv(A=C, x=np.ones(50))).all()  # the result itself: its addressing is clamped

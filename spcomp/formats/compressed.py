@@ -53,8 +53,10 @@ class CompressedIterator(LevelIterator):
         return as_i64(n.Load(pos, q)), as_i64(n.Load(pos, n.Binary("+", q, n.i64(1))))
 
     def coordinate(self, p):
-        """The coordinate at position ``p``, within the dimension (ir.build.clamp_coordinate)."""
-        return clamp_coordinate(as_i64(n.Load(self.la.arrays["crd"], p)), self.la.dim)
+        """The coordinate at position ``p``; kept within the dimension where it
+        addresses memory (``LevelAccess.addressing``, ir.build.clamp_coordinate)."""
+        c = as_i64(n.Load(self.la.arrays["crd"], p))
+        return clamp_coordinate(c, self.la.dim) if self.la.addressing else c
 
     def segment_length(self):
         lo, hi = self._bounds()

@@ -82,6 +82,11 @@ class LevelAccess:
     dim: object      # ir expression: size of the dimension this level stores
     parent: PosInfo  # position in the parent level (0 for the first level)
     parent_unique: bool = True
+    # whether the coordinates this level yields address memory in the loop's body (a
+    # dense level of another operand, a dense output, a workspace): then they are kept
+    # within the dimension (ir.build.clamp_coordinate); coordinates only compared and
+    # stored need no clamp
+    addressing: bool = True
 
 
 class LevelIterator:

@@ -208,7 +208,7 @@ class LoopEmitter:
             return None
         return (acc, l)
 
-    def _level_access(self, acc, l, env) -> LevelAccess:
+    def _level_access(self, acc, l, env, addressing: bool = True) -> LevelAccess:
         t = acc.tensor
         p = self.params[t.name]
         kind = t.format.levels[l]
@@ -221,7 +221,24 @@ class LoopEmitter:
             parent = env.pos[(acc, l - 1)]
             parent_unique = t.format.levels[l - 1].unique
         return LevelAccess(name=f"{t.name}{l + 1}", kind=kind, arrays=p.levels[l],
-                           dim=self.sizes[chain[l]], parent=parent, parent_unique=parent_unique)
+                           dim=self.sizes[chain[l]], parent=parent, parent_unique=parent_unique,
+                           addressing=addressing)
+
+    def _addresses(self, i, expr, sink, keys) -> bool:
+        """Whether a coordinate of ``i`` read from an operand's ``crd`` would address
+        memory in the loop's body: it locates a level of an operand that is not
+        iterated here (a dense level), indexes a dense output, a workspace, a packed
+        output's tile or the rows of an appended output. Conservative: True unless the
+        coordinate is only merged, compared and stored (a sparse add's)."""
+        iterated = {k[0] for k in keys}
+        for acc in accesses(expr):
+            if i in acc.indices and acc.tensor not in self._temps and acc not in iterated:
+                return True
+        if isinstance(sink, ScalarSink):
+            return False
+        if isinstance(sink, AppendSink):
+            return i in sink.chain[:sink.d] or (sink.shape == "packed" and i in sink.chain)
+        return True
 
     def _locates(self, i, expr, env, coord):
         """Positions of dense levels that store ``i`` under a bound parent."""
@@ -260,9 +277,11 @@ class LoopEmitter:
         self.cases = lat.count_cases(L, self.cases)
         keys = sorted(L.iterators(), key=lambda k: (k[0].tensor.name, repr(k[0]), k[1]))
         iters = {}
+        # a full loop's coordinate is its own counter: the iterators' are only compared to it
+        addressing = not L.full and self._addresses(i, expr, sink, keys)
         for k in keys:
             acc, l = k
-            la = self._level_access(acc, l, env)
+            la = self._level_access(acc, l, env, addressing)
             iters[k] = la.kind.iterator(la, self.fresh)
         size = self.sizes[i]
         parallel = self.parallel is not None and i == self.parallel and depth == 0
