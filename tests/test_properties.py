@@ -111,6 +111,9 @@ def _features(stats, case, k, result):
            else "packed output" if fmt.levels[-1].letter == "p"
            else "coo output" if any(l.letter == "q" for l in fmt.levels) else "compressed output")
     names = [out]
+    if any(l.is_dense for l in fmt.levels[[l.is_dense for l in fmt.levels].index(False):]) \
+            if not fmt.is_dense else False:
+        names.append("dense under sparse output")
     if case.accumulate:
         names.append("+=")
     if k.warnings:

@@ -160,6 +160,8 @@ def output_formats(draw, ndim: int, allow_packed: bool = True, allow_order: bool
     """A format the compiler can *assemble* as an output of order ``ndim``.
 
     One of: all dense; dense levels then compressed levels (csr, dcsr, csf style);
+    dense levels, a compressed level, then compressed or dense levels in any mix
+    (``cd``, ``dcd``, ``cdc``: dense sub-blocks under stored positions);
     dense levels then a coordinate list (``c(nonunique) q .. q``); dense levels then
     one packed-block level ``p(B,K)`` / ``p(K)``. With ``allow_order`` a random mode
     order is added a third of the time (a transposed output).
@@ -174,12 +176,20 @@ def output_formats(draw, ndim: int, allow_packed: bool = True, allow_order: bool
     if ndim == 0:
         return "dense"
     shapes = ["csf", "coo"] + (["dense"] if allow_dense else []) + (["packed"] if allow_packed else [])
+    if ndim >= 2:
+        shapes.append("mixed")
     shape = draw(st.sampled_from(shapes))
     if shape == "dense":
         levels = ["d"] * ndim
     elif shape == "csf":
         lead = draw(st.integers(0, ndim - 1))
         levels = ["d"] * lead + ["c"] * (ndim - lead)
+    elif shape == "mixed":
+        lead = draw(st.integers(0, ndim - 2))
+        below = [draw(st.sampled_from("dc")) for _ in range(ndim - lead - 1)]
+        if "d" not in below:
+            below[draw(st.integers(0, len(below) - 1))] = "d"
+        levels = ["d"] * lead + ["c"] + below
     elif shape == "coo":
         lead = draw(st.integers(0, ndim - 1))
         levels = ["d"] * lead + _coo_tail(ndim - lead)
