@@ -36,6 +36,7 @@ import numpy as np
 
 from spcomp.errors import DTypeError, FormatError, InvalidTensorError, PackedOverflowError, ShapeError
 from spcomp.formats import Compressed, Dense, Format, PackedBlock, Singleton
+from spcomp.formats.level import PackContext
 
 from .bounds import INT64_MAX, check_shape, check_storage, index_dtype_problem, uint64_overflow
 
@@ -167,12 +168,8 @@ def check_packed_level(fmt: Format, l: int, level: PackedBlock, dim_size: int) -
 
 
 def level_kind(level) -> str:
-    """The name messages use for a level kind."""
-    for cls, name in ((Dense, "dense"), (Compressed, "compressed"), (Singleton, "singleton"),
-                      (PackedBlock, "packed-block")):
-        if isinstance(level, cls):
-            return name
-    return type(level).__name__
+    """The name messages use for a level kind (the kind says)."""
+    return level.kind_name
 
 
 def storage_dims(fmt: Format, shape) -> list:
@@ -498,8 +495,11 @@ def _build(fmt: Format, dims: list, sc: list, values: np.ndarray, overflow: str,
             levels_out.append({"count": counts.astype(np.int32), "crd": crd})
             ppos = slot if first is None else slot[np.cumsum(first) - 1]
             P = P * nb * K
-        else:  # pragma: no cover - a new level kind needs a packing rule here
-            raise FormatError(f"level {l} ({lvl.spec()}) has no packing rule in spcomp.runtime")
+        else:  # a kind that packs itself (Level.pack: the bitmap level)
+            if ppos is None:
+                ppos = identity()
+            arrays, ppos, P = lvl.pack(PackContext(N, c, ppos, P))
+            levels_out.append(arrays)
     if ppos is None and P == n:
         return fmt, levels_out, values
     vals = np.zeros(P, values.dtype)
@@ -571,8 +571,9 @@ def unpack_coo(fmt: Format, shape, levels: list, vals: np.ndarray):
             blk = np.repeat(g % nb, cnt) if nb else np.zeros(0, np.int64)
             coords = [np.repeat(np.repeat(x, nb), cnt) for x in coords] + \
                 [blk * B + np.asarray(arr["crd"])[new].astype(np.int64)]
-        else:  # pragma: no cover
-            raise FormatError(f"level {l} ({lvl.spec()}) has no unpacking rule in spcomp.runtime")
+        else:  # a kind that unpacks itself (Level.unpack: the bitmap level)
+            new, mine, counts = lvl.unpack(arr, cur, N)
+            coords = [np.repeat(x, counts) for x in coords] + [mine]
         cur = new
     return coords, vals[cur]
 

@@ -38,6 +38,7 @@ import numpy as np
 
 from spcomp.errors import DTypeError, FormatError, InvalidTensorError
 from spcomp.formats import Compressed, Dense, Format, PackedBlock, Singleton
+from spcomp.formats.level import CheckContext
 
 from .bounds import check_shape, check_storage, index_dtype_problem, uint64_overflow
 from .convert import STORAGE_DTYPES, check_packed_level, level_kind
@@ -274,8 +275,11 @@ def validate_storage(fmt: Format, shape, levels, vals, name: str | None = None) 
                                        f"{int(count[k // K])}) and must be 0")
             same = None
             P = G * K
-        else:  # pragma: no cover - a new level kind needs a rule here
-            where.fail(prefix, f"no validation rule for level kind {type(lvl).__name__}")
+        else:  # a kind that validates itself (Level.validate: the bitmap level)
+            P = lvl.validate(CheckContext(
+                arrays, N, P, parents, lambda text, prefix=prefix: where.fail(prefix, text),
+                lambda key, prefix=prefix, arrays=arrays: _index_array(where, prefix, arrays, key)))
+            same = None
     _check_vals_array(t, vals, P)
 
 

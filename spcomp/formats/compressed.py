@@ -14,15 +14,34 @@ from typing import ClassVar
 from ..ir import nodes as n
 from ..ir.build import as_i64, clamp_coordinate
 from ..ir.types import I64
-from .level import Level, LevelIterator, PosInfo
+from .level import Level, LevelIterator, PosInfo, StorageArray
+
+
+def level_flags(words: list, text: str, kind: str) -> dict:
+    """``ordered``/``unique`` from a level's flags (``c(nonunique,unordered)``)."""
+    from ..errors import FormatError
+    for w in words:
+        if w not in ("nonunique", "unordered"):
+            raise FormatError(f"format {text!r}: unknown level flag {w!r} (known: nonunique, unordered)")
+    return {"ordered": "unordered" not in words, "unique": "nonunique" not in words}
 
 
 @dataclass(frozen=True)
 class Compressed(Level):
     letter: ClassVar[str] = "c"
+    kind_name: ClassVar[str] = "compressed"
     arrays: ClassVar[tuple] = ("pos", "crd")
+    storage: ClassVar[tuple] = (StorageArray("pos", "segments", "index"),
+                                StorageArray("crd", "coordinates", "index"))
     ordered: bool = True
     unique: bool = True
+
+    @classmethod
+    def from_spec(cls, words, numbers, text):
+        if numbers:
+            from ..errors import FormatError
+            raise FormatError(f"format {text!r}: a compressed level takes no numbers")
+        return cls(**level_flags(words, text, "compressed"))
 
     def num_positions(self, parent_positions, dim_size, arrays):
         return int(arrays["pos"][parent_positions]) if len(arrays["pos"]) > parent_positions else 0

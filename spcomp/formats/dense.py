@@ -10,7 +10,23 @@ from .level import Level, PosInfo
 @dataclass(frozen=True)
 class Dense(Level):
     letter: ClassVar[str] = "d"
+    kind_name: ClassVar[str] = "dense"
     arrays: ClassVar[tuple] = ()
+
+    @classmethod
+    def from_spec(cls, words, numbers, text):
+        if words or numbers:
+            from ..errors import FormatError
+            raise FormatError(f"format {text!r}: a dense level takes no flags")
+        return cls()
+
+    def assembled_as(self, under_sparse: bool):
+        """Under a sparse level an output's dense level is appended compressed and
+        expanded by the runtime into zero-filled blocks (outputs.assembled_format)."""
+        if under_sparse:
+            from .compressed import Compressed
+            return Compressed()
+        return self
 
     @property
     def is_dense(self) -> bool:

@@ -20,14 +20,18 @@ from typing import ClassVar
 from ..ir import nodes as n
 from ..ir.build import add, mul
 from ..ir.types import I64
-from .level import Level, LevelIterator, PosInfo
+from .level import Level, LevelIterator, PosInfo, StorageArray
 
 
 @dataclass(frozen=True)
 class PackedBlock(Level):
     letter: ClassVar[str] = "p"
+    kind_name: ClassVar[str] = "packed-block"
     arrays: ClassVar[tuple] = ("count", "crd")
+    storage: ClassVar[tuple] = (StorageArray("count", "counts", "int32: used slots per (parent, block)"),
+                                StorageArray("crd", "coordinates", "int16 (B <= 32768) or int32: in-block"))
     fixed_slots: ClassVar[bool] = True
+    has_unused_positions: ClassVar[bool] = True
     B: int | None = 256
     K: int = 32
     ordered: bool = True
@@ -41,6 +45,25 @@ class PackedBlock(Level):
             raise FormatError(f"packed-block level p(B={self.B},K={self.K}): K must be >= 1")
         if self.B is not None and self.K > self.B:
             raise FormatError(f"packed-block level p(B={self.B},K={self.K}): K must not exceed B")
+
+    @classmethod
+    def from_spec(cls, words, numbers, text):
+        from ..errors import FormatError
+        from .compressed import level_flags
+        flags = level_flags(words, text, "packed-block")
+        if not flags["unique"]:
+            raise FormatError(f"format {text!r}: a packed-block level is always unique")
+        if len(numbers) == 2:
+            return cls(numbers[0], numbers[1], ordered=flags["ordered"])
+        if len(numbers) == 1:
+            return cls(None, numbers[0], ordered=flags["ordered"])
+        raise FormatError(f"format {text!r}: a packed-block level is p(B,K) or p(K)")
+
+    def array_type(self, array, index_bits):
+        from ..ir.types import I16, I32
+        if array == "count":
+            return I32
+        return I16 if self.crd_dtype_bits() == 16 else I32
 
     def block_size(self, dim_size: int) -> int:
         return self.B if self.B is not None else max(dim_size, 1)

@@ -8,16 +8,25 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..ir import nodes as n
-from .compressed import CompressedIterator
-from .level import Level, PosInfo
+from .compressed import CompressedIterator, level_flags
+from .level import Level, PosInfo, StorageArray
 
 
 @dataclass(frozen=True)
 class Singleton(Level):
     letter: ClassVar[str] = "q"
+    kind_name: ClassVar[str] = "singleton"
     arrays: ClassVar[tuple] = ("crd",)
+    storage: ClassVar[tuple] = (StorageArray("crd", "coordinates", "index"),)
     ordered: bool = True
     unique: bool = True
+
+    @classmethod
+    def from_spec(cls, words, numbers, text):
+        if numbers:
+            from ..errors import FormatError
+            raise FormatError(f"format {text!r}: a singleton level takes no numbers")
+        return cls(**level_flags(words, text, "singleton"))
 
     def num_positions(self, parent_positions, dim_size, arrays):
         return parent_positions

@@ -55,10 +55,10 @@ def assembled_format(fmt):
     The stand-in keeps the mode order and the coordinates' order, so the expansion
     is one pass without a sort."""
     d = dense_prefix(fmt)
-    if not any(l.is_dense for l in fmt.levels[d:]):
+    levels = tuple(kind.assembled_as(l > d) for l, kind in enumerate(fmt.levels))
+    if levels == fmt.levels:
         return fmt
     from ..formats import Format
-    levels = tuple(Compressed() if (l >= d and kind.is_dense) else kind for l, kind in enumerate(fmt.levels))
     return Format(levels, fmt.order)
 
 
