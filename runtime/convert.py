@@ -525,17 +525,11 @@ def _overflow_error(fmt, l, lvl, dims, counts, largest, nb) -> PackedOverflowErr
         f"or pass overflow='grow'", largest)
 
 
-def expand_output(t, fmt: Format):
-    """A kernel's output assembled in a stand-in format (``lower/outputs.assembled_format``:
-    dense levels under sparse ones stored compressed) as a Tensor of ``fmt``: each stored
-    parent position of a dense level gets the level's whole sub-block, zero where the
-    kernel stored nothing. The stand-in has ``fmt``'s mode order and its entries are
-    unique and sorted in storage order, so the levels are built without a sort."""
-    from .tensor import Tensor
-    dims = storage_dims(fmt, t.shape)
-    coords, values = unpack_coo(t.format, t.shape, t.levels, t.vals)
-    fmt2, levels, vals = _build(fmt, dims, coords, np.array(values), "error")
-    return Tensor(fmt2, t.shape, levels, vals, validated=True)
+def pack_sorted(fmt: Format, shape, scoords: list, values: np.ndarray):
+    """``(levels, vals)`` of ``fmt`` from unique entries already sorted by their storage
+    coordinates ``scoords`` (one int64 array per level): no sort, no duplicate check."""
+    fmt2, levels, vals = _build(fmt, storage_dims(fmt, shape), scoords, np.array(values), "error")
+    return levels, vals
 
 
 # ------------------------------------------------------------------ unpacking

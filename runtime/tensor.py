@@ -309,6 +309,18 @@ class Tensor:
         return torch_convert.to_torch(self, layout)
 
 
+def expand_output(t: Tensor, fmt: Format) -> Tensor:
+    """A kernel's output assembled in a stand-in format (``lower/outputs.assembled_format``:
+    dense levels under sparse ones, and bitmap levels, stored compressed) as a Tensor of
+    ``fmt``: each stored parent position of a dense level gets the level's whole
+    sub-block, zero where the kernel stored nothing. The stand-in has ``fmt``'s mode
+    order and its entries are unique and sorted in storage order, so the levels are
+    built in one pass without a sort."""
+    coords, values = _cv.unpack_coo(t.format, t.shape, t.levels, t.vals)
+    levels, vals = _cv.pack_sorted(fmt, t.shape, coords, values)
+    return Tensor(fmt, t.shape, levels, vals, validated=True)
+
+
 def _is_dense_compressed(fmt: Format) -> bool:
     return (fmt.ndim == 2 and isinstance(fmt.levels[0], Dense)
             and isinstance(fmt.levels[1], Compressed) and fmt.levels[1].ordered and fmt.levels[1].unique)

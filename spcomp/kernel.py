@@ -21,7 +21,7 @@ from .lower.record import Options
 from .notation import accesses
 from .runtime import assemble, call, chunks
 from .runtime import relayout as relayout_kernels
-from .runtime.convert import expand_output
+from .runtime.tensor import expand_output
 from .runtime.launch import Variant, WiderIndices
 from .runtime.operands import any_torch, index_bits, refuse_overlap
 from .schedule import Schedule

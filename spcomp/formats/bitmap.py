@@ -28,6 +28,7 @@ from .level import Level, LevelIterator, PosInfo, StorageArray
 @dataclass(frozen=True)
 class Bitmap(Level):
     letter: ClassVar[str] = "b"
+    kind_name: ClassVar[str] = "bitmap"
     arrays: ClassVar[tuple] = ("map",)
     storage: ClassVar[tuple] = (StorageArray("map", "membership", "int8: 1 stored, 0 not"),)
     has_unused_positions: ClassVar[bool] = True
