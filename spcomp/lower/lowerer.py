@@ -258,7 +258,8 @@ class Lowerer:
                 drop = fmt.levels[-1].fixed_slots or self.output_loops_dense()
             self.capacity_param = n.Var(self.fresh("capacity"), I64)
             self.bindings.append(Binding(self.capacity_param, "capacity"))
-            sink = AppendSink(out, lhs, drop, self.fresh, self.sizes, self.capacity_param, self.opt.index_limit)
+            sink = AppendSink(out, lhs, drop, self.fresh, self.sizes, self.capacity_param, self.opt.index_limit,
+                              asked=self.expand)
             shape = sink.shape
             grow = sink.growable()
             bounded = ()

@@ -69,24 +69,26 @@ def applies(fmt) -> bool:
     return d >= 1 and bool(rest) and all(isinstance(l, Compressed) and l.unique for l in rest)
 
 
-def _refusal(sparse, d) -> str:
-    """Which stored level of an output cannot be appended to, and why."""
+def _refusal(sparse, d, shown) -> str:
+    """Which stored level of an output cannot be appended to, and why (``shown``: the
+    levels as the user wrote them, where the lowerer appends a stand-in)."""
     for k, kind in enumerate(sparse):
         l = d + k + 1  # levels are counted from 1 in messages
+        spec = shown[k].spec()
         if kind.fixed_slots and k > 0:
-            return (f"level {l} ({kind.spec()}) is packed-block under a sparse level: its slot blocks are "
+            return (f"level {l} ({spec}) is packed-block under a sparse level: its slot blocks are "
                     "allocated per row of dense levels above it only")
         if kind.fixed_slots and k < len(sparse) - 1:
-            return (f"level {l} ({kind.spec()}) is packed-block with levels below it: its slots hold "
+            return (f"level {l} ({spec}) is packed-block with levels below it: its slots hold "
                     "coordinates of the last level only")
         if not kind.unique and not (k == 0 and all(isinstance(x, Singleton) for x in sparse[1:])):
-            return (f"level {l} ({kind.spec()}) is non-unique: a coordinate list is one non-unique "
+            return (f"level {l} ({spec}) is non-unique: a coordinate list is one non-unique "
                     "compressed level then singletons only")
         if isinstance(kind, Singleton) and not (k > 0 and not sparse[0].unique):
-            return (f"level {l} ({kind.spec()}) is a singleton under a unique level: a singleton is "
+            return (f"level {l} ({spec}) is a singleton under a unique level: a singleton is "
                     "appended with its non-unique parent (coo) only")
         if not kind.ordered:
-            return f"level {l} ({kind.spec()}) is unordered"
+            return f"level {l} ({spec}) is unordered"
     return "its levels mix kinds that are not appended together"
 
 
@@ -160,8 +162,11 @@ class AppendSink(Sink):
     CSF), or one non-unique compressed level and singletons (COO), or one
     packed-block level (TwELL/ELL)."""
 
-    def __init__(self, params, lhs, drop_zeros: bool, fresh, sizes, capacity=None, index_limit=None):
+    def __init__(self, params, lhs, drop_zeros: bool, fresh, sizes, capacity=None, index_limit=None,
+                 asked=None):
         self.p = params
+        # the format the user asked for, when lhs carries its stand-in (assembled_format): for messages
+        self.asked = asked or lhs.tensor.format
         # the most entries a count may reach before its 32-bit positions wrap (None: 64-bit)
         self.index_limit = index_limit
         self.fresh = fresh          # Names: fresh variable names
@@ -215,7 +220,7 @@ class AppendSink(Sink):
                 and all(isinstance(l, Singleton) for l in sparse[1:]) and len(sparse) > 1):
             return "coo"
         raise UnsupportedError(
-            f"output {name} in format {lhs.tensor.format}: {_refusal(sparse, self.d)}; spcomp "
+            f"output {name} in format {self.asked}: {_refusal(sparse, self.d, self.asked.levels[self.d:])}; spcomp "
             "assembles sparse outputs whose levels are dense then compressed (csr, dcsr, csf, with "
             "dense levels anywhere below: cd, dcd, cdc), coordinate lists (coo), or one packed-block "
             "level last (twell, ell)")
