@@ -544,30 +544,8 @@ def unpack_coo(fmt: Format, shape, levels: list, vals: np.ndarray):
     cur = np.zeros(1, np.int64)
     coords: list = []
     for l, lvl in enumerate(fmt.levels):
-        N, arr = dims[l], levels[l]
-        if isinstance(lvl, Dense):
-            new = (cur[:, None] * N + np.arange(N, dtype=np.int64)).reshape(-1)
-            coords = [np.repeat(x, N) for x in coords] + [np.tile(np.arange(N, dtype=np.int64), len(cur))]
-        elif isinstance(lvl, Compressed):
-            pos = np.asarray(arr["pos"]).astype(np.int64, copy=False)
-            lo = pos[cur]
-            lens = pos[cur + 1] - lo
-            new = _ranges(lo, lens)
-            coords = [np.repeat(x, lens) for x in coords] + [np.asarray(arr["crd"])[new].astype(np.int64)]
-        elif isinstance(lvl, Singleton):
-            new = cur
-            coords = coords + [np.asarray(arr["crd"])[cur].astype(np.int64)]
-        elif isinstance(lvl, PackedBlock):
-            B, nb, K = lvl.block_size(N), lvl.num_blocks(N), lvl.K
-            g = (cur[:, None] * nb + np.arange(nb, dtype=np.int64)).reshape(-1)
-            cnt = np.asarray(arr["count"])[g].astype(np.int64)
-            new = _ranges(g * K, cnt)
-            blk = np.repeat(g % nb, cnt) if nb else np.zeros(0, np.int64)
-            coords = [np.repeat(np.repeat(x, nb), cnt) for x in coords] + \
-                [blk * B + np.asarray(arr["crd"])[new].astype(np.int64)]
-        else:  # a kind that unpacks itself (Level.unpack: the bitmap level)
-            new, mine, counts = lvl.unpack(arr, cur, N)
-            coords = [np.repeat(x, counts) for x in coords] + [mine]
+        new, mine, counts = lvl.unpack(levels[l], cur, dims[l])  # the level's own rule
+        coords = [np.repeat(x, counts) for x in coords] + [mine]
         cur = new
     return coords, vals[cur]
 

@@ -50,6 +50,16 @@ class Compressed(Level):
         flags = [f for f, on in (("nonunique", not self.unique), ("unordered", not self.ordered)) if on]
         return "c" + (f"({','.join(flags)})" if flags else "")
 
+    def unpack(self, arrays, cur, N):
+        import numpy as np
+
+        from .storage import ranges
+        pos = np.asarray(arrays["pos"]).astype(np.int64, copy=False)
+        lo = pos[cur]
+        lens = pos[cur + 1] - lo
+        new = ranges(lo, lens)
+        return new, np.asarray(arrays["crd"])[new].astype(np.int64), lens
+
     def iterator(self, la, fresh) -> "CompressedIterator":
         return CompressedIterator(la, fresh)
 

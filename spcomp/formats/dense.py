@@ -46,6 +46,12 @@ class Dense(Level):
     def spec(self) -> str:
         return "d"
 
+    def unpack(self, arrays, cur, N):
+        import numpy as np
+
+        from .storage import grid
+        return grid(cur, N), np.tile(np.arange(N, dtype=np.int64), len(cur)), np.full(len(cur), N, np.int64)
+
     def locate(self, la, coord) -> PosInfo:
         """Position of ``coord`` under the parent: ``parent * N + coord``."""
         from ..ir import nodes as n

@@ -85,6 +85,20 @@ class PackedBlock(Level):
             args.append("unordered")
         return f"p({','.join(args)})"
 
+    def unpack(self, arrays, cur, N):
+        """Used slots only, block by block under each parent."""
+        import numpy as np
+
+        from .storage import ranges
+        B, nb, K = self.block_size(N), self.num_blocks(N), self.K
+        g = (cur[:, None] * nb + np.arange(nb, dtype=np.int64)).reshape(-1)
+        cnt = np.asarray(arrays["count"])[g].astype(np.int64)
+        new = ranges(g * K, cnt)
+        blk = np.repeat(g % nb, cnt) if nb else np.zeros(0, np.int64)
+        coords = blk * B + np.asarray(arrays["crd"])[new].astype(np.int64)
+        counts = cnt.reshape(len(cur), nb).sum(axis=1) if nb else np.zeros(len(cur), np.int64)
+        return new, coords, counts
+
     def iterator(self, la, fresh) -> "PackedIterator":
         return PackedIterator(la, fresh)
 

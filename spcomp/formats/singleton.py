@@ -35,6 +35,10 @@ class Singleton(Level):
         flags = [f for f, on in (("nonunique", not self.unique), ("unordered", not self.ordered)) if on]
         return "q" + (f"({','.join(flags)})" if flags else "")
 
+    def unpack(self, arrays, cur, N):
+        import numpy as np
+        return cur, np.asarray(arrays["crd"])[cur].astype(np.int64), np.ones(len(cur), np.int64)
+
     def iterator(self, la, fresh) -> "SingletonIterator":
         return SingletonIterator(la, fresh)
 
