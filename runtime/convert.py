@@ -150,21 +150,9 @@ def packed_crd_dtype(level: PackedBlock) -> np.dtype:
 
 
 def check_packed_level(fmt: Format, l: int, level: PackedBlock, dim_size: int) -> None:
-    """A FormatError when a kernel could not read packed-block level ``l`` in its types:
-    in-block coordinates are read as :func:`packed_crd_dtype` (int16, or int32 for
-    blocks over 32768 and for ``ell``, whose one block spans the dimension), so a block
-    holds at most 2**31 coordinates; ``count`` is read as int32, so K <= 2**31 - 1.
-    Shared by packing and validation, so neither lets a value wrap in the kernel."""
-    B = level.block_size(dim_size)
-    crd = packed_crd_dtype(level)
-    if B - 1 > np.iinfo(crd).max:
-        raise FormatError(f"format {str(fmt)!r}: level {l} ({level.spec()}) has blocks of {B} "
-                          f"coordinates, more than its in-block coordinates ({crd}, at most "
-                          f"{int(np.iinfo(crd).max) + 1} per block) can hold; "
-                          + ("give B" if level.B is None else f"use B <= {int(np.iinfo(crd).max) + 1}"))
-    if level.K > INT32_MAX:
-        raise FormatError(f"format {str(fmt)!r}: level {l} ({level.spec()}) has K = {level.K} slots "
-                          f"per block; counts are int32, so K must be at most {INT32_MAX}")
+    """A FormatError when a kernel could not read packed-block level ``l`` in its types
+    (the level's rule: ``PackedBlock.check_types``)."""
+    level.check_types(fmt, l, dim_size)
 
 
 def level_kind(level) -> str:
@@ -183,17 +171,6 @@ def _check_overflow_mode(overflow: str) -> None:
 
 
 # ------------------------------------------------------------------ helpers
-
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(s, s + n)`` for every (s, n), vectorised."""
-    lengths = lengths.astype(np.int64, copy=False)
-    total = int(lengths.sum()) if lengths.size else 0
-    if total == 0:
-        return np.zeros(0, np.int64)
-    ends = np.cumsum(lengths)
-    offsets = np.repeat(starts.astype(np.int64, copy=False) - (ends - lengths), lengths)
-    return np.arange(total, dtype=np.int64) + offsets
-
 
 def _run_starts(n: int, *keys: np.ndarray) -> np.ndarray:
     """Boolean mask: entry k differs from entry k-1 in some key (entry 0 always starts)."""

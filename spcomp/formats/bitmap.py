@@ -77,6 +77,7 @@ class Bitmap(Level):
         k = np.flatnonzero((bits != 0) & (bits != 1))
         if k.size:
             ctx.fail(f"map[{int(k[0])}] = {int(bits[k[0]])}; a bitmap holds 0 (not stored) or 1 (stored)")
+        ctx.same = None
         return P
 
     # ------------------------------------------------------------ lowering

@@ -46,6 +46,10 @@ class Dense(Level):
     def spec(self) -> str:
         return "d"
 
+    def validate(self, ctx):
+        ctx.same = None
+        return ctx.P * ctx.N
+
     def unpack(self, arrays, cur, N):
         import numpy as np
 

@@ -53,6 +53,18 @@ class CheckContext:
     parents: str         # the parent positions in words, for messages
     fail: object         # fail(text): raises InvalidTensorError naming tensor and level
     index_array: object  # index_array(key): the array as a 1-D integer ndarray (or fail)
+    dim: int = 0         # the tensor dimension the level stores (for messages)
+    level: int = 0       # the level's number
+    fmt: object = None   # the Format
+    tensor: str = ""     # the tensor, in words (for messages)
+    last: bool = False   # the last level: its positions index vals
+    vals: object = None
+    check_vals: object = None  # check_vals(P): vals is a well-formed array of P values
+    next_aligned: bool = False  # the level below is aligned_with_parent (a singleton)
+    # per position: the same coordinates through the level above as the previous
+    # position (set by a level whose child is aligned with it; None otherwise): the
+    # hook reads its parent's and sets its own
+    same: object = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,10 @@ class Level:
     # Some of its positions hold no entry (packed-block slots, bitmap bytes of 0):
     # the number of stored entries is not the length of ``vals``.
     has_unused_positions: ClassVar[bool] = False
+
+    # Has exactly its parent's positions, one coordinate each (singleton): a parent
+    # that validates tells it which positions hold equal coordinates (CheckContext.same).
+    aligned_with_parent: ClassVar[bool] = False
 
     @classmethod
     def from_spec(cls, words: list, numbers: list, text: str) -> "Level":

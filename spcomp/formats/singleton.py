@@ -18,6 +18,7 @@ class Singleton(Level):
     kind_name: ClassVar[str] = "singleton"
     arrays: ClassVar[tuple] = ("crd",)
     storage: ClassVar[tuple] = (StorageArray("crd", "coordinates", "index"),)
+    aligned_with_parent: ClassVar[bool] = True
     ordered: bool = True
     unique: bool = True
 
@@ -38,6 +39,48 @@ class Singleton(Level):
     def unpack(self, arrays, cur, N):
         import numpy as np
         return cur, np.asarray(arrays["crd"])[cur].astype(np.int64), np.ones(len(cur), np.int64)
+
+    def validate(self, ctx):
+        """One ``crd`` per parent position, in range; ordered/unique among the positions
+        whose levels above hold equal coordinates (``ctx.same``)."""
+        import numpy as np
+
+        from .storage import first, first_duplicate
+        P = ctx.P
+        crd = ctx.index_array("crd")
+        if crd.shape[0] != P:
+            ctx.fail(f"crd has {crd.shape[0]} entries but needs {P} (one per position of "
+                               f"{'the root' if ctx.level == 0 else f'level {ctx.level - 1}'})")
+        c = crd.astype(np.int64, copy=False)
+        k = first((c < 0) | (c >= ctx.N))
+        if k is not None:
+            ctx.fail(f"crd[{k}] = {int(crd[k])} is out of range for dimension {ctx.dim} of size {ctx.N}")
+        if ctx.same is not None and P > 1:
+            eq_above = ctx.same[1:]
+            if self.ordered:
+                step = c[1:] - c[:-1]
+                bad = (step <= 0) if self.unique else (step < 0)
+                k = first(bad & eq_above)
+                if k is not None:
+                    rel_text = (f"is not greater than crd[{k}] = {int(c[k])}" if self.unique
+                                else f"is less than crd[{k}] = {int(c[k])}")
+                    ctx.fail(f"crd[{k + 1}] = {int(c[k + 1])} {rel_text} while the "
+                                       "coordinates of the levels above are equal; the level is "
+                                       f"ordered{' and unique' if self.unique else ''}")
+            elif self.unique:
+                segment = np.cumsum(~ctx.same) - 1
+                dup = first_duplicate(segment, c)
+                if dup is not None:
+                    ctx.fail(f"crd[{dup[1]}] = {int(c[dup[1]])} repeats crd[{dup[0]}] under "
+                                       "equal coordinates of the levels above; the level is unique")
+        if ctx.next_aligned and ctx.same is not None:
+            nxt = np.zeros(P, bool)
+            if P > 1:
+                nxt[1:] = ctx.same[1:] & (c[1:] == c[:-1])
+            ctx.same = nxt
+        else:
+            ctx.same = None
+        return P
 
     def iterator(self, la, fresh) -> "SingletonIterator":
         return SingletonIterator(la, fresh)
