@@ -116,3 +116,26 @@ def test_random_bitmap_formats_round_trip(data):
     dense, t = data.draw(tensors(shape, spec))
     np.testing.assert_array_equal(t.to_numpy(), dense)
     assert t.nnz == t.to_coo()[1].size
+
+
+_KIND_FORMATS = {"d": "dd", "c": "dc", "q": "coo", "p": "dp(4,2)", "b": "db"}
+
+
+@pytest.mark.parametrize("letter", sorted(LEVEL_KINDS))
+def test_every_kind_round_trips_and_refuses_a_truncated_array(letter):
+    """Every registered kind packs, unpacks and validates through its own hooks, and
+    a level array cut short is an InvalidTensorError naming the level and its kind."""
+    spec = _KIND_FORMATS[letter]
+    rng = np.random.default_rng(7)
+    a = rng.random((5, 8)) * (rng.random((5, 8)) < 0.2)
+    t = spcomp.Tensor.from_numpy(a, spec)
+    np.testing.assert_array_equal(spcomp.Tensor(spec, a.shape, t.levels, t.vals).to_numpy(), a)
+    l = next(i for i, lv in enumerate(t.format.levels) if lv.letter == letter)
+    kind = t.format.levels[l]
+    if not kind.arrays:
+        return  # dense: nothing to corrupt
+    levels = [dict(lv) for lv in t.levels]
+    name = kind.arrays[0]
+    levels[l][name] = levels[l][name][:-1]
+    with pytest.raises(InvalidTensorError, match=rf"level {l} \({kind.kind_name}\): {name} "):
+        spcomp.Tensor(spec, a.shape, levels, t.vals).validate("A")
