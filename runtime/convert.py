@@ -35,7 +35,8 @@ import ml_dtypes
 import numpy as np
 
 from spcomp.errors import DTypeError, FormatError, InvalidTensorError, PackedOverflowError, ShapeError
-from spcomp.formats import Compressed, Dense, Format, PackedBlock, Singleton
+from spcomp.formats import Dense, Format, PackedBlock
+from spcomp.formats import storage
 from spcomp.formats.level import PackContext
 
 from .bounds import INT64_MAX, check_shape, check_storage, index_dtype_problem, uint64_overflow
@@ -138,11 +139,7 @@ def _work_dtype(dtype: np.dtype) -> np.dtype:
     return FLOAT64 if dtype == FLOAT64 else FLOAT32
 
 
-def index_array(a: np.ndarray, bound: int | None = None) -> np.ndarray:
-    """``a`` as int32 when every value fits (``bound`` is a known upper bound), else int64."""
-    if bound is None:
-        bound = int(a.max()) if a.size else 0
-    return a.astype(np.int32 if bound <= INT32_MAX else np.int64, copy=False)
+index_array = storage.index_array  # int32 when the values fit, else int64
 
 
 def packed_crd_dtype(level: PackedBlock) -> np.dtype:
@@ -409,74 +406,13 @@ def _build(fmt: Format, dims: list, sc: list, values: np.ndarray, overflow: str,
         c = sc[l].astype(np.int64, copy=False)
         if ppos is None:
             ppos = identity()
-        if isinstance(lvl, Dense):
-            ppos = ppos * N + c
-            P *= N
-            levels_out.append({})
-        elif isinstance(lvl, Compressed):
-            m = l
-            if not lvl.unique:
-                while m + 1 < ndim and isinstance(fmt.levels[m + 1], Singleton):
-                    m += 1
-            first = group_starts(l, m)
-            if first is None:
-                crd, owner = c, ppos
-                new_ppos = None if n else np.zeros(0, np.int64)
-            else:
-                crd, owner = c[first], ppos[first]
-                new_ppos = np.cumsum(first) - 1
-            pos = np.zeros(P + 1, np.int64)
-            np.cumsum(np.bincount(owner, minlength=P), out=pos[1:])
-            levels_out.append({"pos": index_array(pos, int(pos[-1])),
-                               "crd": index_array(crd, N - 1 if N - 1 <= INT32_MAX else None)})
-            ppos = new_ppos
-            P = int(pos[-1])
-        elif isinstance(lvl, Singleton):
-            if n > 1:
-                bad = np.flatnonzero((ppos[1:] == ppos[:-1]) & (c[1:] != c[:-1]))
-                if bad.size:
-                    q = int(ppos[bad[0]])
-                    raise FormatError(
-                        f"format {str(fmt)!r} cannot hold this tensor: level {l} (singleton) stores "
-                        f"one coordinate per position of level {l - 1}, but position {q} has entries "
-                        f"with coordinates {int(c[bad[0]])} and {int(c[bad[0] + 1])}; use a "
-                        "non-unique parent level (e.g. 'coo')")
-            crd = np.zeros(P, np.int64)
-            crd[ppos] = c
-            levels_out.append({"crd": index_array(crd, N - 1 if N - 1 <= INT32_MAX else None)})
-        elif isinstance(lvl, PackedBlock):
-            B, nb = lvl.block_size(N), lvl.num_blocks(N)
-            check_packed_level(fmt, l, lvl, N)
-            first = group_starts(l, l)
-            dc = c if first is None else c[first]
-            dp = ppos if first is None else ppos[first]
-            blk = dc // B
-            g = dp * nb + blk
-            counts = np.bincount(g, minlength=P * nb)
-            largest = int(counts.max()) if counts.size else 0
-            K = lvl.K
-            if largest > K:
-                if overflow == "grow":
-                    lvl = dataclasses.replace(lvl, K=largest)
-                    fmt = _with_level(fmt, l, lvl)
-                    K = largest
-                else:
-                    raise _overflow_error(fmt, l, lvl, dims, counts, largest, nb)
-            # slot of item k = g*K + (k - index of the first item of its block)
-            group_first = np.cumsum(counts) - counts
-            slot = np.arange(len(g), dtype=np.int64)
-            slot += g * K
-            slot -= group_first[g]
-            crd = np.zeros(P * nb * K, packed_crd_dtype(lvl))
-            crd[slot] = dc - blk * B
-            levels_out.append({"count": counts.astype(np.int32), "crd": crd})
-            ppos = slot if first is None else slot[np.cumsum(first) - 1]
-            P = P * nb * K
-        else:  # a kind that packs itself (Level.pack: the bitmap level)
-            if ppos is None:
-                ppos = identity()
-            arrays, ppos, P = lvl.pack(PackContext(N, c, ppos, P))
-            levels_out.append(arrays)
+        ctx = PackContext(N, c, ppos, P, level=l, fmt=fmt, group_starts=lambda m, l=l: group_starts(l, m),
+                          overflow=overflow, overflow_error=lambda lvl, counts, largest, nb, l=l:
+                          _overflow_error(fmt, l, lvl, dims, counts, largest, nb))
+        arrays, ppos, P = lvl.pack(ctx)  # the level's own rule
+        if ctx.replaced is not None:  # a packed-block level whose K grew
+            fmt = _with_level(fmt, l, ctx.replaced)
+        levels_out.append(arrays)
     if ppos is None and P == n:
         return fmt, levels_out, values
     vals = np.zeros(P, values.dtype)

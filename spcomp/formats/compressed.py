@@ -50,6 +50,30 @@ class Compressed(Level):
         flags = [f for f, on in (("nonunique", not self.unique), ("unordered", not self.ordered)) if on]
         return "c" + (f"({','.join(flags)})" if flags else "")
 
+    def pack(self, ctx):
+        """One segment per parent; a non-unique level holds one position per entry of the
+        run of singleton levels below it (COO), a unique one per distinct coordinate."""
+        import numpy as np
+
+        from .storage import coordinate_array, index_array
+        levels = ctx.fmt.levels
+        m = ctx.level
+        if not self.unique:
+            while m + 1 < len(levels) and levels[m + 1].aligned_with_parent:
+                m += 1
+        first = ctx.group_starts(m)
+        n = ctx.coords.shape[0]
+        if first is None:  # every entry its own position: None stands for arange(n)
+            crd, owner = ctx.coords, ctx.ppos
+            new_ppos = None if n else np.zeros(0, np.int64)
+        else:
+            crd, owner = ctx.coords[first], ctx.ppos[first]
+            new_ppos = np.cumsum(first) - 1
+        pos = np.zeros(ctx.P + 1, np.int64)
+        np.cumsum(np.bincount(owner, minlength=ctx.P), out=pos[1:])
+        return ({"pos": index_array(pos, int(pos[-1])), "crd": coordinate_array(crd, ctx.N)},
+                new_ppos, int(pos[-1]))
+
     def unpack(self, arrays, cur, N):
         import numpy as np
 

@@ -46,6 +46,9 @@ class Dense(Level):
     def spec(self) -> str:
         return "d"
 
+    def pack(self, ctx):
+        return {}, ctx.ppos * ctx.N + ctx.coords, ctx.P * ctx.N
+
     def validate(self, ctx):
         ctx.same = None
         return ctx.P * ctx.N

@@ -14,10 +14,10 @@ lowerer asks it what it *can do* (``locatable``, ``full``, its iterator, what
 an output of it is assembled as) and for the IR that does it, never what it *is*.
 
 Storage hooks: ``pack`` (arrays from sorted coordinates), ``unpack`` (stored
-positions and coordinates under given parent positions) and ``validate``. A new
-kind implements them and the runtime's packing, unpacking, validation and
-kernel arrays use them; the four original kinds keep their packing and
-validation rules in ``runtime/convert.py`` and ``runtime/validate.py``.
+positions and coordinates under given parent positions) and ``validate``. Every
+kind implements them, and the runtime's packing (``runtime/convert.py``),
+unpacking, validation (``runtime/validate.py``) and kernel arrays are one walk
+over the levels that calls them.
 """
 from __future__ import annotations
 
@@ -42,6 +42,15 @@ class PackContext:
     coords: object       # int64 array: each entry's coordinate at this level
     ppos: object         # int64 array: each entry's parent position
     P: int               # number of parent positions
+    level: int = 0       # the level's number
+    fmt: object = None   # the Format being packed (for messages)
+    # group_starts(m): mask of the entries that open a new (parent, coordinates of this
+    # level through level m) group, None when every entry does
+    group_starts: object = None
+    overflow: str = "error"  # a packed-block level's answer to a full block: 'error' or 'grow'
+    # overflow_error(level, counts, largest, blocks): the exception for a full block
+    overflow_error: object = None
+    replaced: object = None  # set by pack when the level changes (a packed-block K grown)
 
 
 @dataclass
@@ -116,8 +125,7 @@ class Level:
 
     def pack(self, ctx: PackContext):
         """``(arrays, ppos, P)`` from the entries in ``ctx``: this level's arrays, each
-        entry's position in it and its number of positions. Kinds whose rule lives in
-        the runtime (dense, compressed, singleton, packed-block) leave it unimplemented."""
+        entry's position in it (None: the entry's own index) and its number of positions."""
         raise NotImplementedError
 
     def unpack(self, arrays: dict, cur, N: int):

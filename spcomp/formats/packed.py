@@ -85,6 +85,40 @@ class PackedBlock(Level):
             args.append("unordered")
         return f"p({','.join(args)})"
 
+    def pack(self, ctx):
+        """Entries into their block's slots in order; a block with more than K entries
+        grows K (``ctx.overflow == 'grow'``, ``ctx.replaced``) or is an error."""
+        import dataclasses
+
+        import numpy as np
+
+        from ..ir.types import to_numpy
+        level, N, c, ppos, P = self, ctx.N, ctx.coords, ctx.ppos, ctx.P
+        B, nb = self.block_size(N), self.num_blocks(N)
+        self.check_types(ctx.fmt, ctx.level, N)
+        first = ctx.group_starts(ctx.level)
+        dc = c if first is None else c[first]
+        dp = ppos if first is None else ppos[first]
+        blk = dc // B
+        g = dp * nb + blk
+        counts = np.bincount(g, minlength=P * nb)
+        largest = int(counts.max()) if counts.size else 0
+        K = self.K
+        if largest > K:
+            if ctx.overflow != "grow":
+                raise ctx.overflow_error(self, counts, largest, nb)
+            level = ctx.replaced = dataclasses.replace(self, K=largest)
+            K = largest
+        # slot of item k = g*K + (k - index of the first item of its block)
+        group_first = np.cumsum(counts) - counts
+        slot = np.arange(len(g), dtype=np.int64)
+        slot += g * K
+        slot -= group_first[g]
+        crd = np.zeros(P * nb * K, to_numpy(level.array_type("crd", 32)))
+        crd[slot] = dc - blk * B
+        return ({"count": counts.astype(np.int32), "crd": crd},
+                slot if first is None else slot[np.cumsum(first) - 1], P * nb * K)
+
     def unpack(self, arrays, cur, N):
         """Used slots only, block by block under each parent."""
         import numpy as np

@@ -36,6 +36,26 @@ class Singleton(Level):
         flags = [f for f, on in (("nonunique", not self.unique), ("unordered", not self.ordered)) if on]
         return "q" + (f"({','.join(flags)})" if flags else "")
 
+    def pack(self, ctx):
+        """The coordinate of each parent position; a parent with two differs is an error."""
+        import numpy as np
+
+        from ..errors import FormatError
+        from .storage import coordinate_array
+        ppos, c, l = ctx.ppos, ctx.coords, ctx.level
+        if len(c) > 1:
+            bad = np.flatnonzero((ppos[1:] == ppos[:-1]) & (c[1:] != c[:-1]))
+            if bad.size:
+                q = int(ppos[bad[0]])
+                raise FormatError(
+                    f"format {str(ctx.fmt)!r} cannot hold this tensor: level {l} (singleton) stores "
+                    f"one coordinate per position of level {l - 1}, but position {q} has entries "
+                    f"with coordinates {int(c[bad[0]])} and {int(c[bad[0] + 1])}; use a "
+                    "non-unique parent level (e.g. 'coo')")
+        crd = np.zeros(ctx.P, np.int64)
+        crd[ppos] = c
+        return {"crd": coordinate_array(crd, ctx.N)}, ppos, ctx.P
+
     def unpack(self, arrays, cur, N):
         import numpy as np
         return cur, np.asarray(arrays["crd"])[cur].astype(np.int64), np.ones(len(cur), np.int64)

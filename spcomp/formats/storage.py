@@ -6,6 +6,18 @@ import numpy as np
 INT32_MAX = 2**31 - 1
 
 
+def index_array(a: np.ndarray, bound: int | None = None) -> np.ndarray:
+    """``a`` as int32 when every value fits (``bound`` is a known upper bound), else int64."""
+    if bound is None:
+        bound = int(a.max()) if a.size else 0
+    return a.astype(np.int32 if bound <= INT32_MAX else np.int64, copy=False)
+
+
+def coordinate_array(c: np.ndarray, N: int) -> np.ndarray:
+    """Coordinates of a dimension of size ``N`` as int32 when N - 1 fits, else by their values."""
+    return index_array(c, N - 1 if N - 1 <= INT32_MAX else None)
+
+
 def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenation of ``arange(s, s + n)`` for every (s, n), vectorised."""
     lengths = lengths.astype(np.int64, copy=False)
