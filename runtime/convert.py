@@ -379,8 +379,9 @@ def _build(fmt: Format, dims: list, sc: list, values: np.ndarray, overflow: str,
     """Build level arrays from unique entries sorted by storage coordinates.
 
     ``values`` must be a fresh array (it may become ``vals``). Levels before ``start``
-    are dense and already folded into ``ppos`` (the parent position of each entry,
-    ``None`` meaning ``arange(n)``) and ``P`` (the number of parent positions).
+    are built already (dense ones by the caller, or any kept by :func:`repack_below`)
+    and folded into ``ppos`` (the parent position of each entry, ``None`` meaning
+    ``arange(n)``) and ``P`` (the number of parent positions).
     """
     n = values.shape[0]
     ndim = fmt.ndim
@@ -438,11 +439,27 @@ def _overflow_error(fmt, l, lvl, dims, counts, largest, nb) -> PackedOverflowErr
         f"or pass overflow='grow'", largest)
 
 
-def pack_sorted(fmt: Format, shape, scoords: list, values: np.ndarray):
-    """``(levels, vals)`` of ``fmt`` from unique entries already sorted by their storage
-    coordinates ``scoords`` (one int64 array per level): no sort, no duplicate check."""
-    fmt2, levels, vals = _build(fmt, storage_dims(fmt, shape), scoords, np.array(values), "error")
-    return levels, vals
+def repack_below(src: Format, levels: list, vals: np.ndarray, fmt: Format, shape):
+    """``(levels, vals)`` of ``fmt`` from storage of ``src``, a format with the same mode
+    order whose levels agree with ``fmt``'s down to some level ``L``: the arrays of the
+    levels above ``L`` are kept as they are, and only the entries' coordinates from
+    ``L`` down are read back and packed (in storage order already: no sort)."""
+    dims = storage_dims(fmt, shape)
+    L = next((l for l, (a, b) in enumerate(zip(src.levels, fmt.levels)) if a != b), fmt.ndim)
+    if L == fmt.ndim:
+        return levels, vals
+    P = 1
+    for l in range(L):
+        P = src.levels[l].num_positions(P, dims[l], levels[l])
+    cur = owner = np.arange(P, dtype=np.int64)
+    coords: list = []
+    for l in range(L, src.ndim):
+        new, mine, counts = src.levels[l].unpack(levels[l], cur, dims[l])
+        owner = np.repeat(owner, counts)
+        coords = [np.repeat(x, counts) for x in coords] + [mine]
+        cur = new
+    _fmt, out, new_vals = _build(fmt, dims, [None] * L + coords, vals[cur], "error", start=L, ppos=owner, P=P)
+    return list(levels[:L]) + out[L:], new_vals
 
 
 # ------------------------------------------------------------------ unpacking

@@ -314,10 +314,9 @@ def expand_output(t: Tensor, fmt: Format) -> Tensor:
     dense levels under sparse ones, and bitmap levels, stored compressed) as a Tensor of
     ``fmt``: each stored parent position of a dense level gets the level's whole
     sub-block, zero where the kernel stored nothing. The stand-in has ``fmt``'s mode
-    order and its entries are unique and sorted in storage order, so the levels are
-    built in one pass without a sort."""
-    coords, values = _cv.unpack_coo(t.format, t.shape, t.levels, t.vals)
-    levels, vals = _cv.pack_sorted(fmt, t.shape, coords, values)
+    order and its entries are unique and sorted in storage order: the levels above the
+    first substituted one keep the kernel's arrays, the rest are built without a sort."""
+    levels, vals = _cv.repack_below(t.format, t.levels, t.vals, fmt, t.shape)
     return Tensor(fmt, t.shape, levels, vals, validated=True)
 
 
