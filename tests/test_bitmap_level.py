@@ -139,3 +139,11 @@ def test_every_kind_round_trips_and_refuses_a_truncated_array(letter):
     levels[l][name] = levels[l][name][:-1]
     with pytest.raises(InvalidTensorError, match=rf"level {l} \({kind.kind_name}\): {name} "):
         spcomp.Tensor(spec, a.shape, levels, t.vals).validate("A")
+
+
+def test_a_bitmap_too_large_for_any_array_is_a_shape_error():
+    """A bitmap's positions follow from the shape (Level.shape_sized), so the bound on
+    positions applies before any array is read."""
+    one = np.zeros(1, np.int8)
+    with pytest.raises(spcomp.errors.ShapeError, match="hold 4611686018427387904 positions"):
+        spcomp.Tensor("bb", (2**31, 2**31), [{"map": one}, {"map": one}], np.zeros(1)).validate("A")

@@ -11,6 +11,7 @@ from .level import Level, PosInfo
 class Dense(Level):
     letter: ClassVar[str] = "d"
     kind_name: ClassVar[str] = "dense"
+    shape_sized: ClassVar[bool] = True
     arrays: ClassVar[tuple] = ()
 
     @classmethod

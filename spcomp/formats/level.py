@@ -101,6 +101,10 @@ class Level:
     # the number of stored entries is not the length of ``vals``.
     has_unused_positions: ClassVar[bool] = False
 
+    # Its number of positions follows from its parent's and the dimension's size alone
+    # (num_positions reads no array): dense, packed-block, bitmap.
+    shape_sized: ClassVar[bool] = False
+
     # Has exactly its parent's positions, one coordinate each (singleton): a parent
     # that validates tells it which positions hold equal coordinates (CheckContext.same).
     aligned_with_parent: ClassVar[bool] = False

@@ -32,6 +32,7 @@ class PackedBlock(Level):
                                 StorageArray("crd", "coordinates", "int16 (B <= 32768) or int32: in-block"))
     fixed_slots: ClassVar[bool] = True
     has_unused_positions: ClassVar[bool] = True
+    shape_sized: ClassVar[bool] = True
     B: int | None = 256
     K: int = 32
     ordered: bool = True
