@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 import spcomp
 from spcomp.backends.cuda import nvcc
 from spcomp.errors import FormatError, InvalidTensorError
-from spcomp.formats import LEVEL_KINDS, Bitmap, Format
+from spcomp.formats import LEVEL_KINDS, Format
+from spcomp.formats.bitmap import Bitmap
 from spcomp.testing import check_kernel
 from spcomp.testing.strategies import formats, tensors
 
