@@ -14,6 +14,7 @@ from llvmlite import ir
 from spcomp.ir import nodes as n
 from spcomp.ir.types import BF16, BOOL, F32, ScalarType, bf16_bits
 
+from . import math_functions
 from .llvm_types import F32_T, I1_T, I8_T, I16_T, I32_T, I64_T, memory_type, register_type, wrap_int
 
 
@@ -181,12 +182,17 @@ class ExpressionLowering:
             return self.b.call(fn, [self.expr(e.args[0]), ir.Constant(I1_T, 0)], name=e.func)
         xs = [self.expr(a) for a in e.args]
         lt = register_type(t)
-        if e.func in LLVM_MATH:
-            name = {"abs": "fabs"}.get(e.func, e.func)
-            fn = self.ml.external(f"llvm.{name}.{'f32' if t == F32 else 'f64'}", lt, [lt] * len(xs))
-        else:  # the C library's (resolved in the process, as Python links libm)
-            fn = self.ml.external(e.func + ("f" if t == F32 else ""), lt, [lt] * len(xs))
-        return self.b.call(fn, xs, name=e.func)
+
+        def libm(name, arity):
+            if name in LLVM_MATH:
+                llvm_name = {"abs": "fabs"}.get(name, name)
+                return self.ml.external(f"llvm.{llvm_name}.{'f32' if t == F32 else 'f64'}", lt, [lt] * arity)
+            # the C library's (resolved in the process, as Python links libm)
+            return self.ml.external(name + ("f" if t == F32 else ""), lt, [lt] * arity)
+
+        if e.func in n.COMPOUND_INTRINSICS:
+            return math_functions.expand(self.b, libm, e.func, xs, lt)
+        return self.b.call(libm(e.func, len(xs)), xs, name=e.func)
 
     def expr_Select(self, e: n.Select):
         t = e.if_true.type

@@ -43,6 +43,25 @@ template <> __device__ __forceinline__ float spc_max<float>(float a, float b) { 
 template <> __device__ __forceinline__ double spc_min<double>(double a, double b) { return fmin(a, b); }
 template <> __device__ __forceinline__ double spc_max<double>(double a, double b) { return fmax(a, b); }
 
+// the language's compound functions (spcomp/notation/functions.py), NumPy's meanings with NaN:
+// one overload per float type, so each argument is computed once
+#define SPC_FLOAT_FUNCTIONS(T, S) \
+__device__ __forceinline__ T spc_relu(T x) { return x < (T)0 ? (T)0 : x; } \
+__device__ __forceinline__ T spc_maximum(T a, T b) { return a != a ? a : ((a < b || b != b) ? b : a); } \
+__device__ __forceinline__ T spc_minimum(T a, T b) { return a != a ? a : ((a > b || b != b) ? b : a); } \
+__device__ __forceinline__ T spc_sign(T x) { return x > (T)0 ? (T)1 : (x < (T)0 ? (T)-1 : x); } \
+__device__ __forceinline__ T spc_heaviside(T x, T h) { return x < (T)0 ? (T)0 : (x > (T)0 ? (T)1 : (x != x ? x : h)); } \
+__device__ __forceinline__ T spc_mod(T x, T m) { T r = fmod##S(x, m); return (r != (T)0 && ((r < (T)0) != (m < (T)0))) ? r + m : r; } \
+__device__ __forceinline__ T spc_gelu(T x) { return (T)0.5 * x * ((T)1 + erf##S(x * (T)0.7071067811865476)); } \
+__device__ __forceinline__ T spc_sigmoid(T x) { return (T)1 / ((T)1 + exp##S(-x)); } \
+__device__ __forceinline__ T spc_silu(T x) { return x / ((T)1 + exp##S(-x)); } \
+__device__ __forceinline__ T spc_softplus(T x) { return log1p##S(exp##S(-fabs##S(x))) + (x < (T)0 ? (T)0 : x); } \
+__device__ __forceinline__ T spc_square(T x) { return x * x; } \
+__device__ __forceinline__ T spc_cube(T x) { return x * x * x; }
+SPC_FLOAT_FUNCTIONS(double, )
+SPC_FLOAT_FUNCTIONS(float, f)
+#undef SPC_FLOAT_FUNCTIONS
+
 // reductions across a warp (xor butterfly: every lane gets the same total) and a block
 struct spc_sum_op { template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; } };
 struct spc_min_op { template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return spc_min<T>(a, b); } };

@@ -120,12 +120,19 @@ class Unary:
         return self.operand.type
 
 
-# the C math library's functions on a float value (f32 calls the ``f`` variant);
-# ``pow`` and ``atan2`` take two arguments, the others one
-INTRINSICS = ("exp", "expm1", "log", "log1p", "log2", "log10", "sqrt", "cbrt", "abs", "erf",
-              "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh",
-              "acosh", "atanh", "floor", "ceil", "rint", "trunc", "pow", "atan2")
-BINARY_INTRINSICS = ("pow", "atan2")
+# Float intrinsics. The C math library's functions (f32 calls the ``f`` variant) and
+# the language's compound functions, which each backend expands on its arguments'
+# values, so an argument is computed once however often the formula uses it
+# (``sign(sign(...))`` stays linear in size): ``relu``, NaN-propagating
+# ``maximum``/``minimum`` (np.maximum), ``sign``, ``heaviside``, ``mod`` (np.mod),
+# ``gelu`` (erf form), ``silu``, ``sigmoid``, ``softplus``, ``square``, ``cube``.
+LIBM_INTRINSICS = ("exp", "expm1", "log", "log1p", "log2", "log10", "sqrt", "cbrt", "abs", "erf",
+                   "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh",
+                   "acosh", "atanh", "floor", "ceil", "rint", "trunc", "pow", "atan2")
+COMPOUND_INTRINSICS = ("relu", "maximum", "minimum", "sign", "heaviside", "mod", "gelu", "silu",
+                       "sigmoid", "softplus", "square", "cube")
+INTRINSICS = LIBM_INTRINSICS + COMPOUND_INTRINSICS
+BINARY_INTRINSICS = ("pow", "atan2", "maximum", "minimum", "heaviside", "mod")
 # on an i64, to walk bitmaps: ``ctz`` the index of its lowest set bit (64 for 0),
 # ``popcount`` the number of set bits, ``clear_lowest`` the word without its lowest set
 # bit (``x & (x - 1)`` in wrapping arithmetic: integer ``-`` may not overflow, and

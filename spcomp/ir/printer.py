@@ -59,6 +59,8 @@ class CPrinter:
 
     def expr_Call(self, e: n.Call) -> str:
         name = e.func
+        if name in n.COMPOUND_INTRINSICS:  # one name for every float type
+            return f"{name}({', '.join(self.expr(a) for a in e.args)})"
         if e.type == F32:
             name = {"abs": "fabsf"}.get(name, name + "f")
         elif name == "abs":
