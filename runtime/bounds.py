@@ -28,7 +28,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from spcomp.errors import InvalidTensorError, ShapeError
-from spcomp.formats import Dense, Format, PackedBlock
+from spcomp.formats import Format
 
 INT64_MAX = int(np.iinfo(np.int64).max)
 #: Every dimension size must be below this (``2**63 - 1``).
@@ -73,19 +73,17 @@ def check_shape(shape, name=None) -> tuple:
 
 def check_storage(fmt: Format, shape, name=None) -> None:
     """A ShapeError when the levels of ``fmt`` whose positions the shape alone fixes
-    (the dense and packed-block levels down to the first compressed or singleton one)
+    (``Level.shape_sized``: dense, packed-block and bitmap levels, down to the first
+    compressed or singleton one)
     would hold more than ``POSITION_LIMIT`` positions: their ``pos``/``count``/``crd``/
     ``vals`` arrays could not exist. Levels below a compressed one are sized by its
     arrays, which validation compares."""
     P = 1
     for l, lvl in enumerate(fmt.levels):
         N = int(shape[fmt.order[l]])
-        if isinstance(lvl, Dense):
-            P *= N
-        elif isinstance(lvl, PackedBlock):
-            P *= lvl.num_blocks(N) * lvl.K
-        else:
+        if not lvl.shape_sized:
             return
+        P = lvl.num_positions(P, N, {})
         if P > POSITION_LIMIT:
             dims = ", ".join(str(d) for d in fmt.order[:l + 1])
             raise ShapeError(f"{_tensor(name)} of shape {tuple(shape)} in format {str(fmt)!r}: storage "

@@ -35,7 +35,9 @@ import ml_dtypes
 import numpy as np
 
 from spcomp.errors import DTypeError, FormatError, InvalidTensorError, PackedOverflowError, ShapeError
-from spcomp.formats import Compressed, Dense, Format, PackedBlock, Singleton
+from spcomp.formats import Dense, Format, PackedBlock
+from spcomp.formats import storage
+from spcomp.formats.level import PackContext
 
 from .bounds import INT64_MAX, check_shape, check_storage, index_dtype_problem, uint64_overflow
 
@@ -137,11 +139,7 @@ def _work_dtype(dtype: np.dtype) -> np.dtype:
     return FLOAT64 if dtype == FLOAT64 else FLOAT32
 
 
-def index_array(a: np.ndarray, bound: int | None = None) -> np.ndarray:
-    """``a`` as int32 when every value fits (``bound`` is a known upper bound), else int64."""
-    if bound is None:
-        bound = int(a.max()) if a.size else 0
-    return a.astype(np.int32 if bound <= INT32_MAX else np.int64, copy=False)
+index_array = storage.index_array  # int32 when the values fit, else int64
 
 
 def packed_crd_dtype(level: PackedBlock) -> np.dtype:
@@ -149,30 +147,14 @@ def packed_crd_dtype(level: PackedBlock) -> np.dtype:
 
 
 def check_packed_level(fmt: Format, l: int, level: PackedBlock, dim_size: int) -> None:
-    """A FormatError when a kernel could not read packed-block level ``l`` in its types:
-    in-block coordinates are read as :func:`packed_crd_dtype` (int16, or int32 for
-    blocks over 32768 and for ``ell``, whose one block spans the dimension), so a block
-    holds at most 2**31 coordinates; ``count`` is read as int32, so K <= 2**31 - 1.
-    Shared by packing and validation, so neither lets a value wrap in the kernel."""
-    B = level.block_size(dim_size)
-    crd = packed_crd_dtype(level)
-    if B - 1 > np.iinfo(crd).max:
-        raise FormatError(f"format {str(fmt)!r}: level {l} ({level.spec()}) has blocks of {B} "
-                          f"coordinates, more than its in-block coordinates ({crd}, at most "
-                          f"{int(np.iinfo(crd).max) + 1} per block) can hold; "
-                          + ("give B" if level.B is None else f"use B <= {int(np.iinfo(crd).max) + 1}"))
-    if level.K > INT32_MAX:
-        raise FormatError(f"format {str(fmt)!r}: level {l} ({level.spec()}) has K = {level.K} slots "
-                          f"per block; counts are int32, so K must be at most {INT32_MAX}")
+    """A FormatError when a kernel could not read packed-block level ``l`` in its types
+    (the level's rule: ``PackedBlock.check_types``)."""
+    level.check_types(fmt, l, dim_size)
 
 
 def level_kind(level) -> str:
-    """The name messages use for a level kind."""
-    for cls, name in ((Dense, "dense"), (Compressed, "compressed"), (Singleton, "singleton"),
-                      (PackedBlock, "packed-block")):
-        if isinstance(level, cls):
-            return name
-    return type(level).__name__
+    """The name messages use for a level kind (the kind says)."""
+    return level.kind_name
 
 
 def storage_dims(fmt: Format, shape) -> list:
@@ -186,17 +168,6 @@ def _check_overflow_mode(overflow: str) -> None:
 
 
 # ------------------------------------------------------------------ helpers
-
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(s, s + n)`` for every (s, n), vectorised."""
-    lengths = lengths.astype(np.int64, copy=False)
-    total = int(lengths.sum()) if lengths.size else 0
-    if total == 0:
-        return np.zeros(0, np.int64)
-    ends = np.cumsum(lengths)
-    offsets = np.repeat(starts.astype(np.int64, copy=False) - (ends - lengths), lengths)
-    return np.arange(total, dtype=np.int64) + offsets
-
 
 def _run_starts(n: int, *keys: np.ndarray) -> np.ndarray:
     """Boolean mask: entry k differs from entry k-1 in some key (entry 0 always starts)."""
@@ -408,8 +379,9 @@ def _build(fmt: Format, dims: list, sc: list, values: np.ndarray, overflow: str,
     """Build level arrays from unique entries sorted by storage coordinates.
 
     ``values`` must be a fresh array (it may become ``vals``). Levels before ``start``
-    are dense and already folded into ``ppos`` (the parent position of each entry,
-    ``None`` meaning ``arange(n)``) and ``P`` (the number of parent positions).
+    are built already (dense ones by the caller, or any kept by :func:`repack_below`)
+    and folded into ``ppos`` (the parent position of each entry, ``None`` meaning
+    ``arange(n)``) and ``P`` (the number of parent positions).
     """
     n = values.shape[0]
     ndim = fmt.ndim
@@ -435,71 +407,13 @@ def _build(fmt: Format, dims: list, sc: list, values: np.ndarray, overflow: str,
         c = sc[l].astype(np.int64, copy=False)
         if ppos is None:
             ppos = identity()
-        if isinstance(lvl, Dense):
-            ppos = ppos * N + c
-            P *= N
-            levels_out.append({})
-        elif isinstance(lvl, Compressed):
-            m = l
-            if not lvl.unique:
-                while m + 1 < ndim and isinstance(fmt.levels[m + 1], Singleton):
-                    m += 1
-            first = group_starts(l, m)
-            if first is None:
-                crd, owner = c, ppos
-                new_ppos = None if n else np.zeros(0, np.int64)
-            else:
-                crd, owner = c[first], ppos[first]
-                new_ppos = np.cumsum(first) - 1
-            pos = np.zeros(P + 1, np.int64)
-            np.cumsum(np.bincount(owner, minlength=P), out=pos[1:])
-            levels_out.append({"pos": index_array(pos, int(pos[-1])),
-                               "crd": index_array(crd, N - 1 if N - 1 <= INT32_MAX else None)})
-            ppos = new_ppos
-            P = int(pos[-1])
-        elif isinstance(lvl, Singleton):
-            if n > 1:
-                bad = np.flatnonzero((ppos[1:] == ppos[:-1]) & (c[1:] != c[:-1]))
-                if bad.size:
-                    q = int(ppos[bad[0]])
-                    raise FormatError(
-                        f"format {str(fmt)!r} cannot hold this tensor: level {l} (singleton) stores "
-                        f"one coordinate per position of level {l - 1}, but position {q} has entries "
-                        f"with coordinates {int(c[bad[0]])} and {int(c[bad[0] + 1])}; use a "
-                        "non-unique parent level (e.g. 'coo')")
-            crd = np.zeros(P, np.int64)
-            crd[ppos] = c
-            levels_out.append({"crd": index_array(crd, N - 1 if N - 1 <= INT32_MAX else None)})
-        elif isinstance(lvl, PackedBlock):
-            B, nb = lvl.block_size(N), lvl.num_blocks(N)
-            check_packed_level(fmt, l, lvl, N)
-            first = group_starts(l, l)
-            dc = c if first is None else c[first]
-            dp = ppos if first is None else ppos[first]
-            blk = dc // B
-            g = dp * nb + blk
-            counts = np.bincount(g, minlength=P * nb)
-            largest = int(counts.max()) if counts.size else 0
-            K = lvl.K
-            if largest > K:
-                if overflow == "grow":
-                    lvl = dataclasses.replace(lvl, K=largest)
-                    fmt = _with_level(fmt, l, lvl)
-                    K = largest
-                else:
-                    raise _overflow_error(fmt, l, lvl, dims, counts, largest, nb)
-            # slot of item k = g*K + (k - index of the first item of its block)
-            group_first = np.cumsum(counts) - counts
-            slot = np.arange(len(g), dtype=np.int64)
-            slot += g * K
-            slot -= group_first[g]
-            crd = np.zeros(P * nb * K, packed_crd_dtype(lvl))
-            crd[slot] = dc - blk * B
-            levels_out.append({"count": counts.astype(np.int32), "crd": crd})
-            ppos = slot if first is None else slot[np.cumsum(first) - 1]
-            P = P * nb * K
-        else:  # pragma: no cover - a new level kind needs a packing rule here
-            raise FormatError(f"level {l} ({lvl.spec()}) has no packing rule in spcomp.runtime")
+        ctx = PackContext(N, c, ppos, P, level=l, fmt=fmt, group_starts=lambda m, l=l: group_starts(l, m),
+                          overflow=overflow, overflow_error=lambda lvl, counts, largest, nb, l=l:
+                          _overflow_error(fmt, l, lvl, dims, counts, largest, nb))
+        arrays, ppos, P = lvl.pack(ctx)  # the level's own rule
+        if ctx.replaced is not None:  # a packed-block level whose K grew
+            fmt = _with_level(fmt, l, ctx.replaced)
+        levels_out.append(arrays)
     if ppos is None and P == n:
         return fmt, levels_out, values
     vals = np.zeros(P, values.dtype)
@@ -525,6 +439,29 @@ def _overflow_error(fmt, l, lvl, dims, counts, largest, nb) -> PackedOverflowErr
         f"or pass overflow='grow'", largest)
 
 
+def repack_below(src: Format, levels: list, vals: np.ndarray, fmt: Format, shape):
+    """``(levels, vals)`` of ``fmt`` from storage of ``src``, a format with the same mode
+    order whose levels agree with ``fmt``'s down to some level ``L``: the arrays of the
+    levels above ``L`` are kept as they are, and only the entries' coordinates from
+    ``L`` down are read back and packed (in storage order already: no sort)."""
+    dims = storage_dims(fmt, shape)
+    L = next((l for l, (a, b) in enumerate(zip(src.levels, fmt.levels)) if a != b), fmt.ndim)
+    if L == fmt.ndim:
+        return levels, vals
+    P = 1
+    for l in range(L):
+        P = src.levels[l].num_positions(P, dims[l], levels[l])
+    cur = owner = np.arange(P, dtype=np.int64)
+    coords: list = []
+    for l in range(L, src.ndim):
+        new, mine, counts = src.levels[l].unpack(levels[l], cur, dims[l])
+        owner = np.repeat(owner, counts)
+        coords = [np.repeat(x, counts) for x in coords] + [mine]
+        cur = new
+    _fmt, out, new_vals = _build(fmt, dims, [None] * L + coords, vals[cur], "error", start=L, ppos=owner, P=P)
+    return list(levels[:L]) + out[L:], new_vals
+
+
 # ------------------------------------------------------------------ unpacking
 
 def unpack_coo(fmt: Format, shape, levels: list, vals: np.ndarray):
@@ -537,29 +474,8 @@ def unpack_coo(fmt: Format, shape, levels: list, vals: np.ndarray):
     cur = np.zeros(1, np.int64)
     coords: list = []
     for l, lvl in enumerate(fmt.levels):
-        N, arr = dims[l], levels[l]
-        if isinstance(lvl, Dense):
-            new = (cur[:, None] * N + np.arange(N, dtype=np.int64)).reshape(-1)
-            coords = [np.repeat(x, N) for x in coords] + [np.tile(np.arange(N, dtype=np.int64), len(cur))]
-        elif isinstance(lvl, Compressed):
-            pos = np.asarray(arr["pos"]).astype(np.int64, copy=False)
-            lo = pos[cur]
-            lens = pos[cur + 1] - lo
-            new = _ranges(lo, lens)
-            coords = [np.repeat(x, lens) for x in coords] + [np.asarray(arr["crd"])[new].astype(np.int64)]
-        elif isinstance(lvl, Singleton):
-            new = cur
-            coords = coords + [np.asarray(arr["crd"])[cur].astype(np.int64)]
-        elif isinstance(lvl, PackedBlock):
-            B, nb, K = lvl.block_size(N), lvl.num_blocks(N), lvl.K
-            g = (cur[:, None] * nb + np.arange(nb, dtype=np.int64)).reshape(-1)
-            cnt = np.asarray(arr["count"])[g].astype(np.int64)
-            new = _ranges(g * K, cnt)
-            blk = np.repeat(g % nb, cnt) if nb else np.zeros(0, np.int64)
-            coords = [np.repeat(np.repeat(x, nb), cnt) for x in coords] + \
-                [blk * B + np.asarray(arr["crd"])[new].astype(np.int64)]
-        else:  # pragma: no cover
-            raise FormatError(f"level {l} ({lvl.spec()}) has no unpacking rule in spcomp.runtime")
+        new, mine, counts = lvl.unpack(levels[l], cur, dims[l])  # the level's own rule
+        coords = [np.repeat(x, counts) for x in coords] + [mine]
         cur = new
     return coords, vals[cur]
 

@@ -26,6 +26,7 @@ import json
 import math
 
 from spcomp.errors import CacheError
+from spcomp.formats.registry import LEVEL_KINDS
 
 # bump when the meaning of a field changes without its name changing
 RECORD_VERSION = 1
@@ -33,12 +34,11 @@ RECORD_VERSION = 1
 # every module whose dataclasses may appear in a record
 RECORD_MODULES = (
     "spcomp.ir.types", "spcomp.ir.nodes", "spcomp.ir.target", "spcomp.notation.nodes",
-    "spcomp.formats.level", "spcomp.formats.dense", "spcomp.formats.compressed",
-    "spcomp.formats.singleton", "spcomp.formats.packed", "spcomp.formats.format",
+    "spcomp.formats.level", "spcomp.formats.format",
     "spcomp.lower.context", "spcomp.lower.record", "spcomp.lower.split",
     "spcomp.lower.diagonal", "spcomp.lower.assembly", "spcomp.lower.blas",
     "spcomp.backends.cuda.default_schedule",
-)
+) + tuple(dict.fromkeys(kind.__module__ for kind in LEVEL_KINDS.values()))  # every registered level kind
 
 
 class RecordError(CacheError):

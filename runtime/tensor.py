@@ -28,7 +28,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from spcomp.errors import DTypeError, ShapeError
-from spcomp.formats import Compressed, Dense, Format, PackedBlock
+from spcomp.formats import Compressed, Dense, Format
+from spcomp.ir.types import to_numpy
 
 from . import convert as _cv
 from .bounds import check_shape, native_index_array
@@ -148,7 +149,7 @@ class Tensor:
     def nnz(self) -> int:
         """Number of stored entries (explicit zeros included; packed levels: used slots)."""
         if self._nnz is None:
-            if any(isinstance(l, PackedBlock) for l in self.format.levels):
+            if any(l.has_unused_positions for l in self.format.levels):
                 coords, _ = _cv.unpack_coo(self.format, self.shape, self.levels, self.vals)
                 self._nnz = int(coords[-1].shape[0])
             else:
@@ -180,9 +181,9 @@ class Tensor:
         if self._index_bits is None:
             big = max([0, self.vals.shape[0], *self.shape])
             for lvl, arrays in zip(self.format.levels, self.levels):
-                if isinstance(lvl, PackedBlock):
-                    continue
                 for key, a in arrays.items():
+                    if lvl.array_type(key, 32) != lvl.array_type(key, 64):
+                        continue  # only arrays of the index width bound it (not packed counts, bitmaps)
                     if a.size and (a.dtype.itemsize > 4 or a.dtype == np.uint32):
                         big = max(big, int(a.max()))
             self._index_bits = 32 if big <= _cv.INT32_MAX else 64
@@ -206,16 +207,11 @@ class Tensor:
         self.validate()
         if index_bits == 32 and self.index_bits_needed() == 64:
             raise ValueError(f"{self!r} has indices that do not fit in int32; use index_bits=64")
-        idx = np.dtype(np.int32 if index_bits == 32 else np.int64)
         out = []
         for lvl, arrays in zip(self.format.levels, self.levels):
             for key in lvl.arrays:
-                a = arrays[key]
-                if isinstance(lvl, PackedBlock):
-                    want = np.dtype(np.int32) if key == "count" else _cv.packed_crd_dtype(lvl)
-                else:
-                    want = idx
-                out.append(np.ascontiguousarray(a, dtype=want))
+                want = to_numpy(lvl.array_type(key, index_bits))  # the level's rule
+                out.append(np.ascontiguousarray(arrays[key], dtype=want))
         out.append(np.ascontiguousarray(self.vals))
         # two threads may convert at once: both must get the same arrays, since the
         # kernel's pointer cache keeps their addresses (not the arrays) per Tensor
@@ -311,6 +307,17 @@ class Tensor:
         to ``layout`` (``torch.sparse_coo`` when None)."""
         from . import torch_convert
         return torch_convert.to_torch(self, layout)
+
+
+def expand_output(t: Tensor, fmt: Format) -> Tensor:
+    """A kernel's output assembled in a stand-in format (``lower/outputs.assembled_format``:
+    dense levels under sparse ones, and bitmap levels, stored compressed) as a Tensor of
+    ``fmt``: each stored parent position of a dense level gets the level's whole
+    sub-block, zero where the kernel stored nothing. The stand-in has ``fmt``'s mode
+    order and its entries are unique and sorted in storage order: the levels above the
+    first substituted one keep the kernel's arrays, the rest are built without a sort."""
+    levels, vals = _cv.repack_below(t.format, t.levels, t.vals, fmt, t.shape)
+    return Tensor(fmt, t.shape, levels, vals, validated=True)
 
 
 def _is_dense_compressed(fmt: Format) -> bool:

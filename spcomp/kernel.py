@@ -21,6 +21,7 @@ from .lower.record import Options
 from .notation import accesses
 from .runtime import assemble, call, chunks
 from .runtime import relayout as relayout_kernels
+from .runtime.tensor import expand_output
 from .runtime.launch import Variant, WiderIndices
 from .runtime.operands import any_torch, index_bits, refuse_overlap
 from .schedule import Schedule
@@ -312,6 +313,13 @@ class Kernel:
     def _call_with(self, bits, storages, sizes, given, operands):
         """The call with ``bits``-bit indices, from its operands' storages."""
         variant = self._variants.get(bits) or self._variant(bits)
+        expand = variant.lowered.output.expand
+        if expand is not None:  # dense levels under sparse ones: assembled compressed, then expanded
+            return expand_output(self._assembled(variant, bits, storages, sizes, given, operands), expand)
+        return self._assembled(variant, bits, storages, sizes, given, operands)
+
+    def _assembled(self, variant, bits, storages, sizes, given, operands):
+        """The call's result as the kernel assembles it."""
         sizing = variant.lowered  # the lowering whose thread plan sizes a growable output
         if sizing.output.assembly is not None:  # a sparse output whose rows may be assembled in parallel
             chosen = self._assembly_variant(variant, bits, sizes, storages)

@@ -109,14 +109,25 @@ def _features(stats, k):
         names.append("team reduction")
     fmt = k.notation.lhs.tensor.format
     names.append("scalar output" if not fmt.levels else "dense output" if fmt.is_dense else "sparse output")
+    if _any_order(fmt.spec()):
+        names.append("bitmap or dense-under-sparse output")
+    if any(lv.letter == "b" for t in k.notation.tensors.values() for lv in t.format.levels):
+        names.append("bitmap level")
     stats.feature(*names)
+
+
+def _any_order(spec: str) -> bool:
+    """A bitmap level, or a dense level under a sparse one: assembled through a stand-in."""
+    levels = spcomp.Format.parse(spec).levels
+    first = next((l for l, lv in enumerate(levels) if not lv.is_dense), len(levels))
+    return any(lv.letter == "b" for lv in levels) or any(lv.is_dense for lv in levels[first:])
 
 
 def run_cuda_case(data, stats, how, dtype="float64", backend=BACKEND, **expr_kw):
     """Draw a case and a launch, compile for ``backend`` (cuda-sim, or cuda on a
     GPU), check against NumPy and nvcc."""
-    case = data.draw(expressions(max_operands=3, max_order=3, output_format=_dense_mostly, **expr_kw),
-                     label="case")
+    expr_kw.setdefault("output_format", _dense_mostly)
+    case = data.draw(expressions(max_operands=3, max_order=3, **expr_kw), label="case")
     _launch.update(grid=data.draw(st.sampled_from(GRIDS), label="grid"),
                    block=data.draw(st.sampled_from(BLOCKS), label="block"))
     kw = dict(dtype=dtype, backend=backend)
@@ -176,6 +187,18 @@ def test_random_scatter_kernels_float32(outcome_stats):
     """float32 with csr-like inputs: outer loops over a reduction index (scatter)
     add into shared output entries with atomicAdd, in float32."""
     _run(outcome_stats, 20, "gpu-thread", dtype="float32", input_formats=_rows_dense)
+
+
+def test_random_any_level_order_outputs(outcome_stats):
+    """Outputs with a bitmap level or a dense level under a sparse one (``cd``,
+    ``db``, ``cdc:1,0,2``), which the kernel assembles through a compressed stand-in
+    and the runtime expands: the GPU kernels under the forced launches."""
+    def any_order(ndim):
+        if ndim < 2:
+            return output_formats(ndim, allow_packed=False)
+        return output_formats(ndim, allow_packed=False).filter(_any_order)
+    _run(outcome_stats, 12, "gpu-thread", min_parallel=0.0, min_output_order=2, output_format=any_order)
+    assert outcome_stats.features["bitmap or dense-under-sparse output"] >= 1, outcome_stats.summary()
 
 
 GPU_OK, GPU_WHY = cuda.device.gpu_available()

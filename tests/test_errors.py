@@ -240,10 +240,16 @@ def test_diagonal_of_a_sparse_operand_needs_equal_sizes():
     assert "operand A" in str(e.value) and "dimensions 0 and 1" in str(e.value) and " i " in str(e.value)
 
 
-def test_sparse_output_with_dense_level_below_sparse_one():
+def test_sparse_output_with_dense_level_below_sparse_one_compiles():
+    """``cd`` used to be refused; it is assembled now (tests/test_dense_under_sparse.py)."""
+    k = spcomp.compile("C[i,j] = A[i,j]", formats={"A": "csr", "C": "cd"})
+    assert k.notation.lhs.tensor.format.spec() == "cd"
+
+
+def test_sparse_output_refusal_names_the_level_and_why():
     with pytest.raises(errors.UnsupportedError) as e:
-        spcomp.compile("C[i,j] = A[i,j]", formats={"A": "csr", "C": "cd"})
-    assert "output C" in str(e.value) and "level 2" in str(e.value)
+        spcomp.compile("C[i,j] = A[i,j]", formats={"A": "csr", "C": "p(2,2)d"})
+    assert "output C" in str(e.value) and "level 1 (p(2,2))" in str(e.value) and "levels below it" in str(e.value)
 
 
 def test_sparse_output_of_unassemblable_format():

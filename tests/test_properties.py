@@ -111,6 +111,13 @@ def _features(stats, case, k, result):
            else "packed output" if fmt.levels[-1].letter == "p"
            else "coo output" if any(l.letter == "q" for l in fmt.levels) else "compressed output")
     names = [out]
+    if any(l.is_dense for l in fmt.levels[[l.is_dense for l in fmt.levels].index(False):]) \
+            if not fmt.is_dense else False:
+        names.append("dense under sparse output")
+    if any(l.letter == "b" for l in fmt.levels):
+        names.append("bitmap output")
+    if any(l.letter == "b" for n, t in k.notation.tensors.items() if n != case.output for l in t.format.levels):
+        names.append("bitmap input")
     if case.accumulate:
         names.append("+=")
     if k.warnings:

@@ -4,4 +4,5 @@ from .dense import Dense
 from .format import Format
 from .level import Level
 from .packed import PackedBlock
+from .registry import LEVEL_KINDS
 from .singleton import Singleton

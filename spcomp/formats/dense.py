@@ -10,7 +10,24 @@ from .level import Level, PosInfo
 @dataclass(frozen=True)
 class Dense(Level):
     letter: ClassVar[str] = "d"
+    kind_name: ClassVar[str] = "dense"
+    shape_sized: ClassVar[bool] = True
     arrays: ClassVar[tuple] = ()
+
+    @classmethod
+    def from_spec(cls, words, numbers, text):
+        if words or numbers:
+            from ..errors import FormatError
+            raise FormatError(f"format {text!r}: a dense level takes no flags")
+        return cls()
+
+    def assembled_as(self, under_sparse: bool):
+        """Under a sparse level an output's dense level is appended compressed and
+        expanded by the runtime into zero-filled blocks (outputs.assembled_format)."""
+        if under_sparse:
+            from .compressed import Compressed
+            return Compressed()
+        return self
 
     @property
     def is_dense(self) -> bool:
@@ -29,6 +46,19 @@ class Dense(Level):
 
     def spec(self) -> str:
         return "d"
+
+    def pack(self, ctx):
+        return {}, ctx.ppos * ctx.N + ctx.coords, ctx.P * ctx.N
+
+    def validate(self, ctx):
+        ctx.same = None
+        return ctx.P * ctx.N
+
+    def unpack(self, arrays, cur, N):
+        import numpy as np
+
+        from .storage import grid
+        return grid(cur, N), np.tile(np.arange(N, dtype=np.int64), len(cur)), np.full(len(cur), N, np.int64)
 
     def locate(self, la, coord) -> PosInfo:
         """Position of ``coord`` under the parent: ``parent * N + coord``."""

@@ -1,7 +1,7 @@
 """Formats: one level kind per stored dimension plus a mode ordering (DESIGN §3).
 
 ``Format(levels, order)``: level ``l`` stores tensor dimension ``order[l]``.
-Format strings: level letters ``d`` ``c`` ``q`` ``p(B,K)`` / ``p(K)`` with
+Format strings: level letters (``registry.py``) ``d`` ``c`` ``q`` ``p(B,K)`` / ``p(K)`` ``b`` with
 optional flags (``c(nonunique)``, ``q(unordered)``, ``p(256,32,unordered)``),
 an optional mode order after a colon (``"dc:1,0"`` is CSC), or a preset name:
 ``dense csr csc coo dcsr csf ell(K=..) twell(B=..,K=..)``.
@@ -17,6 +17,7 @@ from .compressed import Compressed
 from .dense import Dense
 from .level import Level
 from .packed import PackedBlock
+from .registry import LEVEL_KINDS
 from .singleton import Singleton
 
 
@@ -178,7 +179,7 @@ def _preset(name: str, args: str | None, ndim: int | None) -> Format | None:
     return None
 
 
-_LEVEL = re.compile(r"\s*([dcqp])(?:\(([^)]*)\))?")
+_LEVEL = re.compile(r"\s*([" + "".join(LEVEL_KINDS) + r"])(?:\(([^)]*)\))?")
 
 
 def _parse_levels(text: str) -> tuple:
@@ -191,7 +192,7 @@ def _parse_levels(text: str) -> tuple:
         m = _LEVEL.match(text, pos)
         if not m:
             raise FormatError(f"format {text!r}: cannot read a level at {text[pos:]!r}; levels are "
-                              "d, c, q, p(B,K) or a preset (dense csr csc coo dcsr csf ell twell)"
+                              "d, c, q, p(B,K), b or a preset (dense csr csc coo dcsr csf ell twell)"
                               + _did_you_mean(text))
         letter, args = m.group(1), m.group(2)
         flags = [a.strip() for a in args.split(",")] if args is not None else []
@@ -219,30 +220,7 @@ def _did_you_mean(text: str) -> str:
 def _make_level(letter: str, flags: list, text: str) -> Level:
     words = [f for f in flags if f and not f.lstrip("-").isdigit()]
     numbers = [int(f) for f in flags if f and f.lstrip("-").isdigit()]
-    for w in words:
-        if w not in ("nonunique", "unordered"):
-            raise FormatError(f"format {text!r}: unknown level flag {w!r} (known: nonunique, unordered)")
-    ordered = "unordered" not in words
-    unique = "nonunique" not in words
-    if letter == "d":
-        if flags:
-            raise FormatError(f"format {text!r}: a dense level takes no flags")
-        return Dense()
-    if letter == "c":
-        if numbers:
-            raise FormatError(f"format {text!r}: a compressed level takes no numbers")
-        return Compressed(ordered=ordered, unique=unique)
-    if letter == "q":
-        if numbers:
-            raise FormatError(f"format {text!r}: a singleton level takes no numbers")
-        return Singleton(ordered=ordered, unique=unique)
-    if not unique:
-        raise FormatError(f"format {text!r}: a packed-block level is always unique")
-    if len(numbers) == 2:
-        return PackedBlock(numbers[0], numbers[1], ordered=ordered)
-    if len(numbers) == 1:
-        return PackedBlock(None, numbers[0], ordered=ordered)
-    raise FormatError(f"format {text!r}: a packed-block level is p(B,K) or p(K)")
+    return LEVEL_KINDS[letter].from_spec(words, numbers, text)
 
 
 def _parse_string(text: str, ndim: int | None) -> Format:

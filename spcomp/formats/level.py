@@ -7,10 +7,17 @@ position) pairs of its own. Values live in one array indexed by the positions
 of the last level.
 
 Concrete kinds live in one module each (``dense``, ``compressed``,
-``singleton``, ``packed``). The runtime asks a level for its array names and
-how many positions it has; the lowerer asks it what it *can do*
-(``iterable``, ``locatable``, ``appendable`` ...) and for the IR that does it,
-never what it *is*.
+``singleton``, ``packed``, ``bitmap``) and ``registry.py`` maps a letter to its
+kind. The runtime asks a level for its arrays (:class:`StorageArray`: name,
+role, element type for an index width) and how many positions it has; the
+lowerer asks it what it *can do* (``locatable``, ``full``, its iterator, what
+an output of it is assembled as) and for the IR that does it, never what it *is*.
+
+Storage hooks: ``pack`` (arrays from sorted coordinates), ``unpack`` (stored
+positions and coordinates under given parent positions) and ``validate``. Every
+kind implements them, and the runtime's packing (``runtime/convert.py``),
+unpacking, validation (``runtime/validate.py``) and kernel arrays are one walk
+over the levels that calls them.
 """
 from __future__ import annotations
 
@@ -19,10 +26,62 @@ from typing import ClassVar
 
 
 @dataclass(frozen=True)
+class StorageArray:
+    """One array a level stores: its name (the key in the level's dict and in
+    kernel parameter names), its role, and its element type rule in words."""
+    name: str
+    role: str    # 'segments' (pos) 'coordinates' (crd) 'counts' 'membership' ...
+    dtype: str   # e.g. 'index' (int32 or int64 with the kernel's index width), 'int8'
+
+
+@dataclass
+class PackContext:
+    """What a level's ``pack`` gets: the entries (unique, sorted by storage
+    coordinates) as their coordinate at this level and their parent position."""
+    N: int               # size of the dimension this level stores
+    coords: object       # int64 array: each entry's coordinate at this level
+    ppos: object         # int64 array: each entry's parent position
+    P: int               # number of parent positions
+    level: int = 0       # the level's number
+    fmt: object = None   # the Format being packed (for messages)
+    # group_starts(m): mask of the entries that open a new (parent, coordinates of this
+    # level through level m) group, None when every entry does
+    group_starts: object = None
+    overflow: str = "error"  # a packed-block level's answer to a full block: 'error' or 'grow'
+    # overflow_error(level, counts, largest, blocks): the exception for a full block
+    overflow_error: object = None
+    replaced: object = None  # set by pack when the level changes (a packed-block K grown)
+
+
+@dataclass
+class CheckContext:
+    """What a level's ``validate`` gets: its arrays, sizes and how to fail."""
+    arrays: dict
+    N: int
+    P: int               # number of parent positions
+    parents: str         # the parent positions in words, for messages
+    fail: object         # fail(text): raises InvalidTensorError naming tensor and level
+    index_array: object  # index_array(key): the array as a 1-D integer ndarray (or fail)
+    dim: int = 0         # the tensor dimension the level stores (for messages)
+    level: int = 0       # the level's number
+    fmt: object = None   # the Format
+    tensor: str = ""     # the tensor, in words (for messages)
+    last: bool = False   # the last level: its positions index vals
+    vals: object = None
+    check_vals: object = None  # check_vals(P): vals is a well-formed array of P values
+    next_aligned: bool = False  # the level below is aligned_with_parent (a singleton)
+    # per position: the same coordinates through the level above as the previous
+    # position (set by a level whose child is aligned with it; None otherwise): the
+    # hook reads its parent's and sets its own
+    same: object = None
+
+
+@dataclass(frozen=True)
 class Level:
     """Base class of level kinds. Subclasses are frozen dataclasses."""
 
     letter: ClassVar[str] = "?"
+    kind_name: ClassVar[str] = "?"  # what messages call the kind
     # Names of the integer arrays this level stores, in the kernel's parameter order.
     arrays: ClassVar[tuple] = ()
 
@@ -30,10 +89,58 @@ class Level:
     ordered = True  # plain class attributes here; kinds that vary them make them fields
     unique = True
 
+    # The arrays in words (name, role, element type); kinds declare theirs.
+    storage: ClassVar[tuple] = ()
+
     # A level with a fixed number of slots per parent (packed-block): it holds
     # only what fits, so outputs of this kind store nonzeros only, and a
     # transposed copy of it is stored compressed instead.
     fixed_slots = False
+
+    # Some of its positions hold no entry (packed-block slots, bitmap bytes of 0):
+    # the number of stored entries is not the length of ``vals``.
+    has_unused_positions: ClassVar[bool] = False
+
+    # Its number of positions follows from its parent's and the dimension's size alone
+    # (num_positions reads no array): dense, packed-block, bitmap.
+    shape_sized: ClassVar[bool] = False
+
+    # Has exactly its parent's positions, one coordinate each (singleton): a parent
+    # that validates tells it which positions hold equal coordinates (CheckContext.same).
+    aligned_with_parent: ClassVar[bool] = False
+
+    @classmethod
+    def from_spec(cls, words: list, numbers: list, text: str) -> "Level":
+        """The level a format string spells with this kind's letter: ``words`` are its
+        flags, ``numbers`` its integer arguments, ``text`` the whole format (for errors)."""
+        raise NotImplementedError
+
+    def array_type(self, array: str, index_bits: int):
+        """The kernel's element type (an ``ir.types.ScalarType``) of one of its arrays:
+        by default the index type of the width (int32 or int64)."""
+        from ..ir.types import I32, I64
+        return I32 if index_bits == 32 else I64
+
+    def assembled_as(self, under_sparse: bool) -> "Level":
+        """The level a kernel appends in place of this one when it is an output level
+        (``under_sparse``: a sparse level is above it); the runtime then packs the
+        result into this kind (``lower/outputs.assembled_format``). Itself by default."""
+        return self
+
+    def pack(self, ctx: PackContext):
+        """``(arrays, ppos, P)`` from the entries in ``ctx``: this level's arrays, each
+        entry's position in it (None: the entry's own index) and its number of positions."""
+        raise NotImplementedError
+
+    def unpack(self, arrays: dict, cur, N: int):
+        """``(positions, coords, counts)``: the stored positions under the parent positions
+        ``cur`` in order, their coordinates, and how many each parent owns."""
+        raise NotImplementedError
+
+    def validate(self, ctx: CheckContext) -> int:
+        """Check this level's arrays (``ctx.fail`` on the first defect); return its
+        number of positions."""
+        raise NotImplementedError
 
     @property
     def is_dense(self) -> bool:

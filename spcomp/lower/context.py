@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..formats.packed import PackedBlock
 from ..ir import nodes as n
-from ..ir.types import BF16, F32, F64, I16, I32, I64, ScalarType
+from ..ir.types import BF16, F32, F64, I32, I64, ScalarType
 from ..notation import TensorVar
 
 
@@ -39,12 +38,8 @@ def index_type(bits: int) -> ScalarType:
 
 
 def level_array_type(level, array: str, bits: int) -> ScalarType:
-    """Element type of one level array in the kernel for an index width."""
-    if isinstance(level, PackedBlock):
-        if array == "count":
-            return I32
-        return I16 if level.crd_dtype_bits() == 16 else I32
-    return index_type(bits)
+    """Element type of one level array in the kernel for an index width (the level says)."""
+    return level.array_type(array, bits)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from .diagonal import diagonal_storages
 from .emitter import BITS_PER_STEP, LoopEmitter, NestContext
 from .normalize import lift_sums, push_sums, replace, split_sums
 from .order import access_chain, choose_order
-from .outputs import AppendSink, DenseSink
+from .outputs import AppendSink, DenseSink, assembled_format
 from .polls import poll_outer_loops
 from .prefetch import prefetch_rows
 from .record import (Code, Inspection, Lowered, OperandPlan, Options, OutputPlan,  # noqa: F401
@@ -105,6 +105,13 @@ class Lowerer:
             self.accumulate = False
         else:
             self.old_alias = None
+        # dense levels under sparse ones: assembled compressed, expanded by the runtime
+        self.expand = None
+        stand_in = assembled_format(lhs.tensor.format)
+        if stand_in is not lhs.tensor.format:
+            self.expand = lhs.tensor.format
+            t = lhs.tensor
+            lhs = Access(TensorVar(t.name, t.order, stand_in, t.dtype), lhs.indices)
         # A[i,i] on a sparse A reads a diagonal storage the runtime builds (diagonal.py)
         rhs, self.diagonals = diagonal_storages(rhs, {t.name for t in a.tensors.values()}
                                                 | {lhs.tensor.name + "_old"})
@@ -251,7 +258,8 @@ class Lowerer:
                 drop = fmt.levels[-1].fixed_slots or self.output_loops_dense()
             self.capacity_param = n.Var(self.fresh("capacity"), I64)
             self.bindings.append(Binding(self.capacity_param, "capacity"))
-            sink = AppendSink(out, lhs, drop, self.fresh, self.sizes, self.capacity_param, self.opt.index_limit)
+            sink = AppendSink(out, lhs, drop, self.fresh, self.sizes, self.capacity_param, self.opt.index_limit,
+                              asked=self.expand)
             shape = sink.shape
             grow = sink.growable()
             bounded = ()
@@ -350,6 +358,7 @@ class Lowerer:
 
     def record(self, module, entry, bindings, output: OutputPlan, notation, loops: list) -> Lowered:
         """The Lowered record of this lowering: the one place it is built."""
+        output.expand = self.expand
         facts, walked = self.facts(), self.parallel_positions
         balance = par.balance(facts, self.parallel, walked)
         threads = ThreadPlan(

@@ -46,11 +46,50 @@ def dense_prefix(fmt) -> int:
     return d
 
 
+def assembled_format(fmt):
+    """The format the kernel assembles an output of ``fmt`` in: ``fmt`` itself, or,
+    when a dense level sits below a sparse one (``cd``, ``dcd``, ``ccd``, ``cdc``),
+    the same levels with each such dense level compressed. The runtime then expands
+    the result to ``fmt`` (``runtime/convert.expand_output``): every stored parent
+    position gets its whole dense sub-block, zero-filled where nothing was computed.
+    The stand-in keeps the mode order and the coordinates' order, so the expansion
+    is one pass without a sort."""
+    d = dense_prefix(fmt)
+    levels = tuple(kind.assembled_as(l > d) for l, kind in enumerate(fmt.levels))
+    if levels == fmt.levels:
+        return fmt
+    from ..formats import Format
+    return Format(levels, fmt.order)
+
+
 def applies(fmt) -> bool:
     """Whether ``fmt`` is dense levels (at least one) then unique compressed ones."""
     d = dense_prefix(fmt)
     rest = fmt.levels[d:]
     return d >= 1 and bool(rest) and all(isinstance(l, Compressed) and l.unique for l in rest)
+
+
+def _refusal(sparse, d, shown) -> str:
+    """Which stored level of an output cannot be appended to, and why (``shown``: the
+    levels as the user wrote them, where the lowerer appends a stand-in)."""
+    for k, kind in enumerate(sparse):
+        l = d + k + 1  # levels are counted from 1 in messages
+        spec = shown[k].spec()
+        if kind.fixed_slots and k > 0:
+            return (f"level {l} ({spec}) is packed-block under a sparse level: its slot blocks are "
+                    "allocated per row of dense levels above it only")
+        if kind.fixed_slots and k < len(sparse) - 1:
+            return (f"level {l} ({spec}) is packed-block with levels below it: its slots hold "
+                    "coordinates of the last level only")
+        if not kind.unique and not (k == 0 and all(isinstance(x, Singleton) for x in sparse[1:])):
+            return (f"level {l} ({spec}) is non-unique: a coordinate list is one non-unique "
+                    "compressed level then singletons only")
+        if isinstance(kind, Singleton) and not (k > 0 and not sparse[0].unique):
+            return (f"level {l} ({spec}) is a singleton under a unique level: a singleton is "
+                    "appended with its non-unique parent (coo) only")
+        if not kind.ordered:
+            return f"level {l} ({spec}) is unordered"
+    return "its levels mix kinds that are not appended together"
 
 
 class Sink:
@@ -123,8 +162,11 @@ class AppendSink(Sink):
     CSF), or one non-unique compressed level and singletons (COO), or one
     packed-block level (TwELL/ELL)."""
 
-    def __init__(self, params, lhs, drop_zeros: bool, fresh, sizes, capacity=None, index_limit=None):
+    def __init__(self, params, lhs, drop_zeros: bool, fresh, sizes, capacity=None, index_limit=None,
+                 asked=None):
         self.p = params
+        # the format the user asked for, when lhs carries its stand-in (assembled_format): for messages
+        self.asked = asked or lhs.tensor.format
         # the most entries a count may reach before its 32-bit positions wrap (None: 64-bit)
         self.index_limit = index_limit
         self.fresh = fresh          # Names: fresh variable names
@@ -168,8 +210,8 @@ class AppendSink(Sink):
         if any(l.is_dense for l in sparse):
             lv = self.d + [l.is_dense for l in sparse].index(True)
             raise UnsupportedError(
-                f"output {name}: a dense level (level {lv + 1}) below a sparse one cannot be assembled; "
-                f"use a format whose dense levels come first, e.g. 'csr' or 'dcsr'")
+                f"internal: output {name}: the lowerer assembles a dense level (level {lv + 1}) below a "
+                "sparse one through outputs.assembled_format, not in the sink")
         if len(sparse) == 1 and isinstance(sparse[0], PackedBlock):
             return "packed"
         if all(isinstance(l, Compressed) and l.unique for l in sparse):
@@ -178,9 +220,10 @@ class AppendSink(Sink):
                 and all(isinstance(l, Singleton) for l in sparse[1:]) and len(sparse) > 1):
             return "coo"
         raise UnsupportedError(
-            f"output {name} in format {lhs.tensor.format}: spcomp assembles sparse outputs whose "
-            "levels are dense then compressed (csr, dcsr, csf), coordinate lists (coo), or one "
-            "packed-block level (twell, ell)")
+            f"output {name} in format {self.asked}: {_refusal(sparse, self.d, self.asked.levels[self.d:])}; spcomp "
+            "assembles sparse outputs whose levels are dense then compressed (csr, dcsr, csf, with "
+            "dense levels anywhere below: cd, dcd, cdc), coordinate lists (coo), or one packed-block "
+            "level last (twell, ell)")
 
     def growable(self):
         """(level, array) pairs the kernel allocates and grows itself."""

@@ -117,6 +117,9 @@ class OutputPlan:
     assembly: object = None    # assembly.TwoPhase when the output is counted, then filled
     overwrites: bool = False   # a dense output every element of which the kernel stores: not zeroed first
     index_limit: int | None = None  # the most entries a 32-bit kernel's output holds (None: 64-bit)
+    # the format asked for, when the kernel assembles a stand-in with compressed levels
+    # where it has dense ones under sparse ones (outputs.assembled_format); the runtime expands
+    expand: object = None
 
 
 @dataclass

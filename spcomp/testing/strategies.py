@@ -99,13 +99,13 @@ _PRESETS = {  # preset -> (orders it fits, level letters it uses)
 
 
 @st.composite
-def formats(draw, ndim: int, kinds: str = "dcqp", allow_packed: bool = True, allow_order: bool = True,
+def formats(draw, ndim: int, kinds: str = "dcqpb", allow_packed: bool = True, allow_order: bool = True,
             allow_unordered: bool = False, presets: bool = True, max_block: int = 8):
     """A format string that the compiler accepts for an *input* of order ``ndim``.
 
     Each stored dimension gets a level whose letter is in ``kinds``:
 
-    * ``d`` dense and ``c`` compressed, anywhere (``"cd"`` and ``"dc"`` alike);
+    * ``d`` dense, ``c`` compressed and ``b`` bitmap, anywhere (``"cd"``, ``"dc"``, ``"bc"`` alike);
     * ``q`` singleton only as in COO: a run ``c(nonunique) q(nonunique) .. q`` that
       ends the format (singletons need a non-unique compressed parent);
     * ``p`` packed-block ``p(B,K)`` with small ``1 <= B <= max_block`` and
@@ -122,7 +122,7 @@ def formats(draw, ndim: int, kinds: str = "dcqp", allow_packed: bool = True, all
     """
     if ndim == 0:
         return "dense"
-    usable = [k for k in kinds if k in "dcp" and (k != "p" or allow_packed)]
+    usable = [k for k in kinds if k in "dcpb" and (k != "p" or allow_packed)]
     if not usable:
         usable = ["c"] if "c" in kinds or "q" in kinds else ["d"]
     if presets and _chance(draw, 5):
@@ -156,10 +156,14 @@ def formats(draw, ndim: int, kinds: str = "dcqp", allow_packed: bool = True, all
 
 @st.composite
 def output_formats(draw, ndim: int, allow_packed: bool = True, allow_order: bool = True,
-                   packed_k: str = "full", max_block: int = 8, allow_dense: bool = True):
+                   packed_k: str = "full", max_block: int = 8, allow_dense: bool = True,
+                   allow_bitmap: bool = True):
     """A format the compiler can *assemble* as an output of order ``ndim``.
 
     One of: all dense; dense levels then compressed levels (csr, dcsr, csf style);
+    dense levels, a compressed level, then compressed or dense levels in any mix
+    (``cd``, ``dcd``, ``cdc``: dense sub-blocks under stored positions); with
+    ``allow_bitmap`` dense, compressed and bitmap levels in any order, one bitmap at least;
     dense levels then a coordinate list (``c(nonunique) q .. q``); dense levels then
     one packed-block level ``p(B,K)`` / ``p(K)``. With ``allow_order`` a random mode
     order is added a third of the time (a transposed output).
@@ -174,12 +178,26 @@ def output_formats(draw, ndim: int, allow_packed: bool = True, allow_order: bool
     if ndim == 0:
         return "dense"
     shapes = ["csf", "coo"] + (["dense"] if allow_dense else []) + (["packed"] if allow_packed else [])
+    if ndim >= 2:
+        shapes.append("mixed")
+    if allow_bitmap:
+        shapes.append("bitmap")
     shape = draw(st.sampled_from(shapes))
     if shape == "dense":
         levels = ["d"] * ndim
     elif shape == "csf":
         lead = draw(st.integers(0, ndim - 1))
         levels = ["d"] * lead + ["c"] * (ndim - lead)
+    elif shape == "mixed":
+        lead = draw(st.integers(0, ndim - 2))
+        below = [draw(st.sampled_from("dc")) for _ in range(ndim - lead - 1)]
+        if "d" not in below:
+            below[draw(st.integers(0, len(below) - 1))] = "d"
+        levels = ["d"] * lead + ["c"] + below
+    elif shape == "bitmap":
+        levels = [draw(st.sampled_from("dcb")) for _ in range(ndim)]
+        if "b" not in levels:
+            levels[draw(st.integers(0, ndim - 1))] = "b"
     elif shape == "coo":
         lead = draw(st.integers(0, ndim - 1))
         levels = ["d"] * lead + _coo_tail(ndim - lead)
@@ -360,7 +378,7 @@ def _decorate(draw, node: _Node, functions, literals: bool) -> _Node:
 def expressions(draw, max_operands: int = 4, max_order: int = 3, functions=DEFAULT_FUNCTIONS,
                 literals: bool = True, reductions: bool = True, scalars: bool = True,
                 repeat_tensors: bool = True, transposed_outputs: bool = True, accumulate: bool = True,
-                input_formats=True, output_format=True, kinds: str = "dcqp", allow_packed: bool = True,
+                input_formats=True, output_format=True, kinds: str = "dcqpb", allow_packed: bool = True,
                 allow_order: bool = True, min_operands: int = 1, max_indices: int | None = None,
                 min_output_order: int = 0, diagonals: bool = True, divisions: bool = True):
     """A random well-formed expression with a format per tensor: an :class:`ExpressionCase`.
@@ -508,7 +526,7 @@ def operands(draw, case: ExpressionCase, dtype="float64", sizes=None, density=No
 def all_format_strings(ndim: int, kinds: str = "dcq", blocks=((2, 2), (3, 1))) -> list:
     """Every input format of order ``ndim`` over ``kinds`` with identity mode order
     (packed levels from ``blocks``); handy for exhaustive parametrisation."""
-    letters = [k for k in kinds if k in "dc"] + [f"p({b},{k})" for b, k in blocks if "p" in kinds]
+    letters = [k for k in kinds if k in "dcb"] + [f"p({b},{k})" for b, k in blocks if "p" in kinds]
     out = ["".join(p) for p in itertools.product(letters, repeat=ndim)]
     if "q" in kinds:
         for tail in range(2, ndim + 1):
