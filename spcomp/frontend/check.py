@@ -51,7 +51,7 @@ def check(stmt: ast.Statement, formats: dict | None = None, dtypes: dict | None 
     if not isinstance(stmt, ast.Statement):
         raise TypeError(f"check() takes a parsed Statement, not {type(stmt).__name__}; "
                         "use spcomp.frontend.to_notation for text")
-    stmt = _explicit_reductions(stmt)
+    stmt = explicit_reductions(stmt)
     limits.check_operands(stmt)
     limits.check_indices(stmt)
     _check_output_indices(stmt)
@@ -128,7 +128,7 @@ def _check_functions_and_numbers(stmt: ast.Statement) -> None:
 REDUCTIONS = ("sum", "max", "min")
 
 
-def _explicit_reductions(stmt: ast.Statement) -> ast.Statement:
+def explicit_reductions(stmt: ast.Statement) -> ast.Statement:
     """``stmt`` with each ``sum(k, e)``, ``max(k, e)``, ``min(k, e)`` whose first
     argument is a bare name the statement uses as an index (inside brackets) turned
     into an :class:`ast.Reduce`; ``max(a, b)`` of two values stays the function."""

@@ -1,0 +1,101 @@
+"""Several lowered statements as one kernel function: consecutive loop nests, one launch.
+
+A program's statements are lowered one by one (each with its own loop order,
+sinks and passes); :func:`fuse` then joins their functions into one. Each
+statement's variables are renamed apart (the first statement keeps its names,
+later ones get ``_2``, ``_3`` ... where a name is taken), its body runs in its
+own block in program order, and a temporary that one statement writes and a
+later one reads becomes a single parameter: the reader's input array *is* the
+writer's output array, so the reader sees the values just stored, and no two
+parameters of the function alias (the backends mark pointers ``noalias``).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from ..ir import nodes as n
+from ..ir.types import Type
+from .context import Names
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedParam:
+    """Where one parameter of the fused function comes from: parameter ``position``
+    of statement ``statement``'s own function."""
+    statement: int
+    position: int
+
+
+def fuse(functions: list, bindings: list, links: list, name: str = "program", docs=()) -> tuple:
+    """``(Function, [FusedParam])``: ``functions[k]`` (statement ``k``'s kernel
+    function, its parameters described by ``bindings[k]``) run in order in one
+    function. ``links[k]`` maps a storage statement ``k`` reads to the statement
+    that writes it earlier in the same function (a dense temporary): the reader's
+    ``vals`` parameter is replaced by the writer's output parameter."""
+    names = Names()
+    renamed: list = []      # per statement: old name -> new Var
+    outputs: list = []      # per statement: tensor -> its output vals Var (after renaming)
+    params, sources, body = [], [], []
+    for k, fn in enumerate(functions):
+        mapping: dict = {}
+        shared = {}
+        for pos, b in enumerate(bindings[k]):
+            if b.role == "input" and b.storage in links[k] and b.array == "vals":
+                writer = links[k][b.storage]
+                shared[b.var.name] = outputs[writer][b.storage]
+        for var in _variables(fn):
+            if var.name in mapping:
+                continue
+            mapping[var.name] = shared.get(var.name) or n.Var(names(var.name), var.type)
+        renamed.append(mapping)
+        outs = {}
+        for pos, (param, b) in enumerate(zip(fn.params, bindings[k])):
+            new = mapping[param.name]
+            if b.role == "output":
+                outs[b.tensor] = new
+            if param.name in shared:
+                continue
+            params.append(new)
+            sources.append(FusedParam(k, pos))
+        outputs.append(outs)
+        stmts = list(fn.body.body)
+        if stmts and isinstance(stmts[-1], n.Return) and stmts[-1].status == n.STATUS_OK:
+            stmts.pop()
+        note = [n.Comment(f"statement {k + 1}: {docs[k]}")] if k < len(docs) else []
+        body.append(n.Block(tuple(note + [_rename(s, mapping) for s in stmts])))
+    body.append(n.Return(n.STATUS_OK))
+    doc = "\n".join(docs)
+    return n.Function(name, tuple(params), n.Block(tuple(body)), doc=doc), sources
+
+
+def _variables(fn) -> list:
+    """Every variable ``fn`` names, parameters first."""
+    seen: dict = {}
+    for p in fn.params:
+        seen.setdefault(p.name, p)
+    for node in n.walk(fn.body):
+        if isinstance(node, n.Var):
+            seen.setdefault(node.name, node)
+        elif isinstance(node, n.PollInterrupt):
+            for v in node.free:
+                seen.setdefault(v.name, v)
+    return list(seen.values())
+
+
+def _rename(node, mapping: dict):
+    """``node`` with every variable renamed by ``mapping`` (name -> Var)."""
+    if isinstance(node, n.Var):
+        return mapping.get(node.name, node)
+    if isinstance(node, tuple):
+        return tuple(_rename(x, mapping) for x in node)
+    if isinstance(node, list):
+        return [_rename(x, mapping) for x in node]
+    if isinstance(node, Type) or not dataclasses.is_dataclass(node) or isinstance(node, type):
+        return node
+    changes = {}
+    for f in dataclasses.fields(node):
+        old = getattr(node, f.name)
+        new = _rename(old, mapping)
+        if new is not old:
+            changes[f.name] = new
+    return dataclasses.replace(node, **changes) if changes else node
