@@ -42,7 +42,9 @@ class ProgramKernel:
         self.inputs = [n for n in program.inputs if n not in program.outputs]
         self._accumulated = [s.lhs.tensor.name for s in program.statements if s.accumulate]
         self.segments = self._plan()
-        self.warnings = [w for kind, seg, _ in self.segments if kind == "kernel" for w in seg.warnings]
+        self.warnings = [w for kind, seg, _ in self.segments
+                         for w in (seg.warnings if kind == "kernel" else
+                                   [x for st in seg.steps for x in st.low.inspection.warnings])]
 
     # ------------------------------------------------------------ planning
     def _plan(self) -> list:
