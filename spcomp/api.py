@@ -76,11 +76,22 @@ def compile(expression: str, formats: dict | None = None, dtype="float64", sched
         target = get_target(backend)
         options = options_from_schedule(schedule, drop_zeros, name, target.capabilities)
         kernel = Kernel(expression, notation, options, target, schedule)
+        _attach_contraction(kernel, schedule)
         with _cache_lock:
             _cache[key] = kernel
     for w in kernel.warnings:  # on every compile, cached or not: the copy happens on every call
         warnings.warn(w, TranspositionWarning, stacklevel=2)
     return kernel
+
+
+def _attach_contraction(kernel, schedule) -> None:
+    """Give a product of three or more tensors its contraction planner (spcomp/contraction.py)."""
+    from .contraction import Contraction
+    fixed = schedule.get("factorize")
+    if fixed and fixed[-1][0] is False:
+        return
+    if Contraction.applies(kernel.notation):
+        kernel.contraction = Contraction(kernel, fixed[-1][0] if fixed else None)
 
 
 def _is_program(expression, outputs) -> bool:

@@ -39,6 +39,7 @@ class Kernel:
         self.schedule = schedule
         self._variants: dict = dict(variants or {})
         self._fast = None
+        self.contraction = None  # spcomp.contraction.Contraction: may run a factorised program instead
         low = self._variant(32).lowered  # compile now: errors surface at compile(), source is ready
         self.warnings = list(low.inspection.warnings)
         self.output_name = notation.lhs.tensor.name
@@ -72,6 +73,11 @@ class Kernel:
         return dict(self._variants)
 
     @property
+    def options(self):
+        """The lowering options (``spcomp.lower.record.Options``) this kernel was built with."""
+        return self._options
+
+    @property
     def target(self):
         """The backend object this kernel was built by (``spcomp.backends.get_target``)."""
         return self._target
@@ -96,6 +102,8 @@ class Kernel:
         if low.output.bounded:
             text += (f"\n(appends {self.output_name} into arrays allocated at a first guess of its size, "
                      "counting every entry; runs once more at the exact size when they did not fit)")
+        if self.contraction is not None:
+            text += "\n" + self.contraction.describe()
         return text
 
     @property
@@ -292,6 +300,10 @@ class Kernel:
             cell = np.array(operands[self.output_name], dtype=self.runtime.plan.out_dtype)
             self(**{**operands, self.output_name: cell})
             return cell.item()
+        if self.contraction is not None and not any_torch(operands):
+            program = self.contraction.kernel_for(operands)
+            if program is not None:
+                return program(**operands)
         fast = self._fast
         if fast is not None and len(operands) == fast.count:
             args = fast.bind(operands)

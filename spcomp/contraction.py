@@ -1,0 +1,143 @@
+"""The contraction order a kernel's call runs: the statement as written, or a program.
+
+A :class:`Kernel` whose statement multiplies three or more tensors, at least one
+sparse, into a dense output gets a :class:`Contraction` (``spcomp.compile``
+attaches it). At a call it measures the operands -- shapes, stored entries -- and
+asks the cost model (``lower/contract.py``) for the cheapest plan; plans are
+cached per shape and density bucket (a power of two), so a repeated call costs a
+dictionary look-up. A factorised plan runs as a
+:class:`~spcomp.program.ProgramKernel` (its dense temporaries in one native
+function with the statements that read them); the plain plan falls through to
+the kernel itself. ``Schedule().factorize(...)`` fixes the plan or turns this off.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .lower import contract
+
+
+class Contraction:
+    """Chooses, per call, between a kernel's statement and its factorised programs."""
+
+    def __init__(self, kernel, groups=None):
+        self.kernel = kernel
+        self.notation = kernel.notation
+        self.dtype = "float64" if any(t.dtype == "float64" for t in self.notation.tensors.values()) \
+            else "float32"
+        self.fixed = contract.fixed(self.notation, groups, self.dtype) if groups else None
+        self.cache: dict = {}   # (shapes, density buckets) -> (Plan, one-statement cost, ProgramKernel | None)
+        self.last = None
+        self.inputs = list(dict.fromkeys(a.tensor.name for a in _accesses(self.notation)))
+
+    @staticmethod
+    def applies(notation) -> bool:
+        """Whether a statement is a product this planner may factorise."""
+        fmt = notation.lhs.tensor.format
+        if not fmt.is_dense or contract.product_factors(notation) is None:
+            return False
+        return any(not a.tensor.format.is_dense for a in _accesses(notation))
+
+    # ------------------------------------------------------------------ call
+    def kernel_for(self, operands):
+        """The ProgramKernel a call with these operands runs, or None for the kernel itself."""
+        if self.kernel.output_name in operands and not self.notation.accumulate:
+            return None  # an output given to write into: the kernel's own path
+        measured = self.measure(operands)
+        if measured is None:
+            return None
+        key, sizes, density = measured
+        hit = self.cache.get(key)
+        if hit is None:
+            hit = self.cache[key] = self._plan(sizes, density)
+        self.last = hit
+        return hit[2]
+
+    def plan(self, operands):
+        """``(Plan, cost of the statement as written)`` for these operands (tests, k.loops)."""
+        measured = self.measure(operands)
+        if measured is None:
+            return None
+        _key, sizes, density = measured
+        plan, single, _ = self._plan(sizes, density, build=False)
+        return plan, single
+
+    def _plan(self, sizes, density, build=True):
+        single = contract.statement_cost(self.notation, sizes, density)
+        if self.fixed is not None:
+            plan = self.fixed
+        else:
+            plan = contract.best(self.notation, sizes, density, self.dtype)
+        if plan.factorised and math.isnan(plan.cost):
+            plan = contract.Plan(plan.statements, _program_cost(plan, sizes, density), plan.temporaries)
+        program = self._program(plan) if build and plan.factorised else None
+        return plan, single, program
+
+    def _program(self, plan):
+        from .frontend.program import Program
+        from .program import ProgramKernel
+        a = self.notation
+        out = a.lhs.tensor.name
+        inputs = tuple(self.inputs) + ((out,) if a.accumulate else ())
+        program = Program(plan.statements, tuple(repr(s) for s in plan.statements), inputs, (out,),
+                          plan.temporaries)
+        k = self.kernel
+        return ProgramKernel(k.expression, program, k.options, k.target)
+
+    def measure(self, operands):
+        """``(cache key, index sizes, densities)`` of a call's operands, or None when
+        one cannot be measured (an unknown kind of operand)."""
+        sizes, density, shapes, buckets = {}, {}, [], []
+        tensors = self.notation.tensors
+        for name in self.inputs:
+            value = operands.get(name)
+            if value is None:
+                return None
+            shape = tuple(int(s) for s in getattr(value, "shape", np.shape(value)))
+            fmt = tensors[name].format
+            size = math.prod(shape)
+            if fmt.is_dense or size == 0:
+                d = 1.0
+            else:
+                nnz = getattr(value, "nnz", None)
+                if nnz is None:
+                    if not isinstance(value, np.ndarray):
+                        return None
+                    nnz = int(np.count_nonzero(value))
+                d = int(nnz) / size
+            density[name] = d
+            shapes.append(shape)
+            buckets.append(math.floor(math.log2(d)) if d > 0 else -999)
+        for acc in _accesses(self.notation):
+            shape = shapes[self.inputs.index(acc.tensor.name)]
+            for dim, i in enumerate(acc.indices):
+                if dim < len(shape):
+                    sizes.setdefault(i.name, shape[dim])
+        return (tuple(shapes), tuple(buckets)), sizes, density
+
+    def describe(self) -> str:
+        """What ``k.loops`` adds: the plan of the last call."""
+        if self.last is None:
+            return ("(contraction order: chosen at the first call from the operands' sizes and densities; "
+                    "Schedule().factorize(...) fixes it)")
+        plan, single, program = self.last
+        if program is None:
+            return (f"(contraction order for the last call's operands: as written, about {single:.3g} "
+                    "iterations; no factorisation saves half of that)")
+        return (f"(contraction order for the last call's operands: {plan.describe()} -- about "
+                f"{plan.cost:.3g} iterations against {single:.3g} as written)\n" + program.loops)
+
+
+def _program_cost(plan, sizes, density) -> float:
+    dens, cost = dict(density), 0.0
+    for s in plan.statements:
+        cost += contract.statement_cost(s, sizes, dens)
+        dens[s.lhs.tensor.name] = 1.0
+    return cost
+
+
+def _accesses(a) -> list:
+    from .notation import accesses
+    return accesses(a.rhs)
