@@ -30,7 +30,7 @@ import math
 import numpy as np
 
 from .. import notation as nt
-from ..errors import DTypeError, FormatError, NotationError, UnknownFunctionError, UnsupportedError
+from ..errors import DTypeError, FormatError, NotationError, UnknownFunctionError
 from ..formats import Format
 from . import ast, limits
 
@@ -280,7 +280,8 @@ def _place_sums(stmt: ast.Statement, tensors: dict):
             name = node.index.name
             if name in kept or name in bound or name in reduced:
                 raise NotationError(_located(
-                    f"index '{name}' of {node.op}({name}, ...) is {'an output index' if name in kept else 'reduced twice'}; "
+                    f"index '{name}' of {node.op}({name}, ...) is "
+                    f"{'an output index' if name in kept else 'reduced twice'}; "
                     "an explicit reduction needs an index of its own", node, stmt.text))
             reduced[name] = node
             bound = bound | {name}
@@ -336,9 +337,7 @@ def _reduction(node: ast.Reduce, body):
     """The notation of an explicit reduction: ``sum`` is a :class:`~spcomp.notation.Sum`."""
     if node.op == "sum":
         return nt.Sum(nt.IndexVar(node.index.name), body)
-    raise UnsupportedError(
-        f"{node.op}({node.index.name}, ...): max and min reductions are not implemented yet; "
-        f"sum({node.index.name}, ...) is (max(a, b) and min(a, b) of two values are)")
+    return nt.Reduce(node.op, nt.IndexVar(node.index.name), body)
 
 
 # ------------------------------------------------------------ notation -> text
@@ -366,6 +365,8 @@ def _number(value: float):
 def _to_ast(e):
     if isinstance(e, nt.Sum):
         return _to_ast(e.body)
+    if isinstance(e, nt.Reduce):
+        return ast.Reduce(e.op, ast.Index(e.index.name), _to_ast(e.body))
     if isinstance(e, nt.Access):
         return ast.Access(e.tensor.name, tuple(ast.Index(i.name) for i in e.indices))
     if isinstance(e, nt.Literal):

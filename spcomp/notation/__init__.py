@@ -1,5 +1,5 @@
 """Index notation (typed expression trees) and the helpers that walk them."""
 from . import chains
 from .nodes import (FUNCTIONS, Access, Add, Assignment, Call, Div, IndexVar,
-                    Literal, Mul, Neg, Sub, Sum, TensorVar, accesses, children,
+                    Literal, Mul, Neg, Reduce, Sub, Sum, TensorVar, accesses, children,
                     free_indices, with_children)
