@@ -118,14 +118,11 @@ class Contraction:
         return (tuple(shapes), tuple(buckets)), sizes, density
 
     def describe(self) -> str:
-        """What ``k.loops`` adds: the plan of the last call."""
-        if self.last is None:
-            return ("(contraction order: chosen at the first call from the operands' sizes and densities; "
-                    "Schedule().factorize(...) fixes it)")
+        """What ``k.loops`` adds: the last call's plan when it was factorised ("" while
+        the statement as written runs)."""
+        if self.last is None or self.last[2] is None:
+            return ""
         plan, single, program = self.last
-        if program is None:
-            return (f"(contraction order for the last call's operands: as written, about {single:.3g} "
-                    "iterations; no factorisation saves half of that)")
         return (f"(contraction order for the last call's operands: {plan.describe()} -- about "
                 f"{plan.cost:.3g} iterations against {single:.3g} as written)\n" + program.loops)
 

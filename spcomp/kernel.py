@@ -102,8 +102,9 @@ class Kernel:
         if low.output.bounded:
             text += (f"\n(appends {self.output_name} into arrays allocated at a first guess of its size, "
                      "counting every entry; runs once more at the exact size when they did not fit)")
-        if self.contraction is not None:
-            text += "\n" + self.contraction.describe()
+        plan = self.contraction.describe() if self.contraction is not None else ""
+        if plan:
+            text += "\n" + plan
         return text
 
     @property
