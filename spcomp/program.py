@@ -124,14 +124,38 @@ class ProgramKernel:
             mine = {acc.tensor.name for acc in _accesses(stmts[k])}
             links.append({name: w for name, w in written.items() if name in mine})
             written[stmts[k].lhs.tensor.name] = j
-        fn, sources = fuse([low.entry_function for low in lows], [low.code.bindings for low in lows], links,
-                           name=self._options.name, docs=[repr(stmts[k]) for k in run])
+        fn, sources, merged = fuse([low.entry_function for low in lows], [low.code.bindings for low in lows],
+                                   links, name=self._options.name, docs=[repr(stmts[k]) for k in run],
+                                   share_loop=self._shared_loops(run, lows))
         module = irn.Module((fn,), fn.name)
         record = dataclasses.replace(lows[0], code=Code(module, fn.name, []))
         compiled = self._target.build(record)
         function = self._target.entry(compiled, record)
         plans = [Variant(low, None, None).arg_plan for low in lows]
-        return function, sources, plans, module, compiled
+        return function, sources, plans, module, compiled, merged
+
+    def _shared_loops(self, run: list, lows: list) -> list:
+        """Per statement of a run: the name of its outer loop's index when it may run
+        inside the previous statement's outer loop, else None. It may when it reads
+        what the statements of that loop wrote, each such tensor written row by row
+        (its first index is its writer's outer loop) and read at the row the loop is
+        on (its first index is this statement's outer loop)."""
+        stmts = self.program.statements
+        out: list = [None]
+        rows: dict = {}   # tensor written in the current loop -> written row by row there
+        first = lows[0].inspection.order
+        a0 = stmts[run[0]]
+        rows[a0.lhs.tensor.name] = bool(first) and bool(a0.lhs.indices) and a0.lhs.indices[0] == first[0]
+        for j in range(1, len(run)):
+            a, order = stmts[run[j]], lows[j].inspection.order
+            reads = [acc for acc in _accesses(a) if acc.tensor.name in rows]
+            ok = bool(order) and bool(reads) and stmts[run[j - 1]].lhs.tensor.name in {r.tensor.name for r in reads}
+            ok = ok and all(rows[acc.tensor.name] and acc.indices and acc.indices[0] == order[0] for acc in reads)
+            out.append(order[0].name if ok else None)
+            if not ok:
+                rows = {}
+            rows[a.lhs.tensor.name] = bool(order) and bool(a.lhs.indices) and a.lhs.indices[0] == order[0]
+        return out
 
     # ---------------------------------------------------------- inspection
     @property
@@ -146,7 +170,11 @@ class ProgramKernel:
             which = ", ".join(str(k + 1) for k in run)
             if kind == "fused":
                 parts.append(f"# statements {which}: one native function, one after the other (one thread)")
-                for st in seg.steps:
+                merged = seg.compiled[5]
+                for j, st in enumerate(seg.steps):
+                    if merged[j]:
+                        parts.append(f"# statement {run[j] + 1} runs inside statement {run[j - 1] + 1}'s outer loop, "
+                                     "at the same iteration: the rows it reads were just written")
                     parts.append(f"{st.low.inspection.notation!r}\n{st.low.inspection.loops}")
             else:
                 parts.append(f"# statement {which}: a kernel of its own\n{seg.loops}")

@@ -122,7 +122,7 @@ def test_explicit_sum_matches_implicit():
 @pytest.mark.parametrize("text, words", [
     ("y[i] = relu(sum(j, A[i,j]*x[j])) + c[j]", "also used outside"),
     ("y[i] = sum(i, x[i])", "output index"),
-    ("n = max(i, x[i])", "not implemented"),
+    ("n = max(i, max(i, x[i]))", "reduced twice"),
     ("t[i] = x[i]; t[i] = x[i] * 2", "written once"),
     ("y[i] = t[i] * 2; t[i] = x[i]", "before the statement"),
     ("t[i] = x[i]; y[i] = t[i,j]", "one order"),
@@ -150,3 +150,26 @@ def test_split_statements_keeps_continued_lines():
     assert split_statements("y[i] = A[i,j]*\n  x[j]") == ["y[i] = A[i,j]*\n  x[j]"]
     assert split_statements("t[i] = x[i]\ny[i] = t[i]; z = y[i]") == ["t[i] = x[i]", "y[i] = t[i]", "z = y[i]"]
     assert split_statements("s += a[i]\n\n") == ["s += a[i]"]
+
+
+def test_epilogue_runs_inside_the_reduction_loop_and_keeps_hoisting():
+    rng = np.random.default_rng(0)
+    H = sp.random(16, 32, density=0.2, format="csr", random_state=5)
+    X, Wu, Wd, b = rng.standard_normal((16, 8)), rng.standard_normal((32, 8)), rng.standard_normal((32, 8)), \
+        rng.standard_normal(8)
+    k = spcomp.compile("P[t,d] = H[t,n]*X[t,k]*Wu[n,k]*Wd[n,d]\nO[t,d] = relu(P[t,d] + b[d])",
+                       formats={"H": "csr"})
+    assert "runs inside statement 1's outer loop" in k.loops
+    assert k.ir.count("for (int64_t t") == 1          # one loop over t for both statements
+    assert "tk = sum(k, X[t,k] * Wu[n,k])" in k.loops  # the FFN's hoisted dot product is kept
+    want = np.maximum((H.toarray() * (X @ Wu.T)) @ Wd + b, 0)
+    assert np.allclose(k(H=H, X=X, Wu=Wu, Wd=Wd, b=b), want)
+
+
+def test_loops_not_shared_when_a_row_is_read_elsewhere():
+    x = np.arange(4.0)
+    A = np.arange(16.0).reshape(4, 4)
+    # y reads T at row j, not at the row its outer loop (i) is on: two loops
+    k = spcomp.compile("T[i,j] = A[i,j] * 2; y[i] = T[j,i] * x[j]")
+    assert "runs inside" not in k.loops
+    assert np.allclose(k(A=A, x=x), (2 * A).T @ x)

@@ -77,3 +77,9 @@ def test_dask_refuses_a_split_max():
     a = to_notation("m[i] = max(j, A[i,j])")
     with pytest.raises(UnsupportedError, match="one chunk"):
         hoist(a.rhs, {"j"}, set())
+
+
+def test_sibling_reductions_over_one_name_are_separate():
+    x, y = np.array([1.0, -2.0, 3.0]), np.array([-4.0, 1.0, 0.0])
+    assert spcomp.compile("n = sum(i, x[i]) * sum(i, y[i])")(x=x, y=y) == x.sum() * y.sum()
+    assert spcomp.compile("n = max(i, x[i]) + min(i, y[i])")(x=x, y=y) == x.max() + y.min()

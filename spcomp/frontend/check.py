@@ -143,14 +143,23 @@ def explicit_reductions(stmt: ast.Statement) -> ast.Statement:
             break
     if not found:
         return stmt
+    taken = set(index_names) | {stmt.lhs.name} | {n.name for _, n in _walk(stmt.rhs) if isinstance(n, ast.Access)}
+    seen: set = set()
     done: dict = {}
     for path, node in reversed(list(_walk(stmt.rhs))):  # children before parents
         kids = [done.pop(path + (k,)) for k in range(len(ast.children(node)))]
         pos = {"line": node.line, "column": node.column}
         if _is_reduction(node, index_names):
             first = node.args[0]
-            out = ast.Reduce(node.func, ast.Index(first.name, line=first.line, column=first.column),
-                             kids[1], **pos)
+            name, body = first.name, kids[1]
+            if name in seen:  # a sibling reduction over the same name: its own index
+                k = 2
+                while f"{name}_{k}" in taken:
+                    k += 1
+                taken.add(f"{name}_{k}")
+                body, name = _renamed(body, name, f"{name}_{k}"), f"{name}_{k}"
+            seen.add(name)
+            out = ast.Reduce(node.func, ast.Index(name, line=first.line, column=first.column), body, **pos)
         elif isinstance(node, ast.Neg):
             out = ast.Neg(kids[0], **pos)
         elif isinstance(node, ast.BinOp):
@@ -161,6 +170,24 @@ def explicit_reductions(stmt: ast.Statement) -> ast.Statement:
             out = node
         done[path] = out
     return ast.Statement(stmt.lhs, done[()], stmt.accumulate, stmt.text, line=stmt.line, column=stmt.column)
+
+
+def _renamed(node, old: str, new: str):
+    """``node`` with index ``old`` renamed ``new`` in every access (a reduction's body)."""
+    if isinstance(node, ast.Access):
+        return ast.Access(node.name, tuple(ast.Index(new if i.name == old else i.name, line=i.line,
+                                                     column=i.column) for i in node.indices),
+                          line=node.line, column=node.column)
+    pos = {"line": node.line, "column": node.column}
+    if isinstance(node, ast.Neg):
+        return ast.Neg(_renamed(node.operand, old, new), **pos)
+    if isinstance(node, ast.BinOp):
+        return ast.BinOp(node.op, _renamed(node.lhs, old, new), _renamed(node.rhs, old, new), **pos)
+    if isinstance(node, ast.Call):
+        return ast.Call(node.func, tuple(_renamed(a, old, new) for a in node.args), **pos)
+    if isinstance(node, ast.Reduce):
+        return ast.Reduce(node.op, node.index, _renamed(node.body, old, new), **pos)
+    return node
 
 
 def _is_reduction(node, index_names: set) -> bool:
@@ -278,12 +305,12 @@ def _place_sums(stmt: ast.Statement, tensors: dict):
         path, node, bound = stack.pop()
         if isinstance(node, ast.Reduce):
             name = node.index.name
-            if name in kept or name in bound or name in reduced:
+            if name in kept or name in bound:
                 raise NotationError(_located(
                     f"index '{name}' of {node.op}({name}, ...) is "
                     f"{'an output index' if name in kept else 'reduced twice'}; "
                     "an explicit reduction needs an index of its own", node, stmt.text))
-            reduced[name] = node
+            reduced.setdefault(name, node)
             bound = bound | {name}
         elif isinstance(node, ast.Access):
             for index in node.indices:

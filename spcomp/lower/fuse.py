@@ -26,16 +26,25 @@ class FusedParam:
     position: int
 
 
-def fuse(functions: list, bindings: list, links: list, name: str = "program", docs=()) -> tuple:
-    """``(Function, [FusedParam])``: ``functions[k]`` (statement ``k``'s kernel
+def fuse(functions: list, bindings: list, links: list, name: str = "program", docs=(),
+         share_loop=()) -> tuple:
+    """``(Function, [FusedParam], merged)``: ``functions[k]`` (statement ``k``'s kernel
     function, its parameters described by ``bindings[k]``) run in order in one
     function. ``links[k]`` maps a storage statement ``k`` reads to the statement
     that writes it earlier in the same function (a dense temporary): the reader's
-    ``vals`` parameter is replaced by the writer's output parameter."""
+    ``vals`` parameter is replaced by the writer's output parameter.
+
+    ``share_loop[k]``, when given, names the index of statement ``k``'s outer loop
+    if the caller has checked that it may run inside statement ``k - 1``'s outer
+    loop (same range; every temporary it reads is read at the row that loop is on,
+    and was written at that row: see ``spcomp.program``). Where both functions are
+    one loop over that index after declarations, the bodies are joined into one
+    loop (``merged[k]`` True): the consumer reads each row while it is in cache."""
     names = Names()
     renamed: list = []      # per statement: old name -> new Var
     outputs: list = []      # per statement: tensor -> its output vals Var (after renaming)
     params, sources, body = [], [], []
+    merged = [False] * len(functions)
     for k, fn in enumerate(functions):
         mapping: dict = {}
         shared = {}
@@ -62,10 +71,48 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
         if stmts and isinstance(stmts[-1], n.Return) and stmts[-1].status == n.STATUS_OK:
             stmts.pop()
         note = [n.Comment(f"statement {k + 1}: {docs[k]}")] if k < len(docs) else []
-        body.append(n.Block(tuple(note + [_rename(s, mapping) for s in stmts])))
+        stmts = note + [_rename(s, mapping) for s in stmts]
+        index = share_loop[k] if k < len(share_loop) else None
+        if index is not None and body:
+            joined = _join_loops(body[-1], stmts, mapping.get(index))
+            if joined is not None:
+                body[-1] = joined
+                merged[k] = True
+                continue
+        body.append(n.Block(tuple(stmts)))
     body.append(n.Return(n.STATUS_OK))
     doc = "\n".join(docs)
-    return n.Function(name, tuple(params), n.Block(tuple(body)), doc=doc), sources
+    return n.Function(name, tuple(params), n.Block(tuple(body)), doc=doc), sources, merged
+
+
+def _one_loop(stmts):
+    """``(prefix, loop)`` when ``stmts`` are comments and declarations that read no
+    array, then one sequential ``For`` from 0; else None."""
+    if not stmts or not isinstance(stmts[-1], n.For):
+        return None
+    loop = stmts[-1]
+    if loop.parallel is not None or loop.start != n.i64(0):
+        return None
+    for s in stmts[:-1]:
+        if isinstance(s, n.Comment):
+            continue
+        if isinstance(s, n.Declare) and not any(isinstance(x, n.Load) for x in n.walk(s)):
+            continue
+        return None
+    return list(stmts[:-1]), loop
+
+
+def _join_loops(previous: n.Block, stmts: list, var) -> n.Block | None:
+    """``previous`` (a statement's block, or blocks already joined) with ``stmts``'s
+    loop over ``var`` run inside its loop, at the same iteration; None when either
+    is not one loop over the index."""
+    first, second = _one_loop(list(previous.body)), _one_loop(stmts)
+    if first is None or second is None or var is None or second[1].var != var:
+        return None
+    (prefix1, loop1), (prefix2, loop2) = first, second
+    inner = _rename(loop2.body, {var.name: loop1.var})
+    loop = dataclasses.replace(loop1, body=n.Block(tuple(loop1.body.body) + (inner,)))
+    return n.Block(tuple(prefix1 + prefix2 + [loop]))
 
 
 def _variables(fn) -> list:
