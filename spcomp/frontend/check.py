@@ -152,7 +152,8 @@ def explicit_reductions(stmt: ast.Statement) -> ast.Statement:
         if _is_reduction(node, index_names):
             first = node.args[0]
             name, body = first.name, kids[1]
-            if name in seen:  # a sibling reduction over the same name: its own index
+            nested = any(isinstance(x, ast.Reduce) and x.index.name == name for _, x in _walk(body))
+            if name in seen and not nested:  # a sibling reduction over the same name: its own index
                 k = 2
                 while f"{name}_{k}" in taken:
                     k += 1
