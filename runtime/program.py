@@ -43,6 +43,7 @@ class FusedRun:
         self.build = build
         self.limit = index32_limit
         self.expression = expression
+        self.compiled = None  # what build(32) made, for inspection (set by spcomp.program)
 
     def run(self, env: dict) -> None:
         """Run the statements on the values in ``env`` (inputs and earlier results by

@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from .errors import OperandError
+from .errors import OperandError, SpcompError
 from .ir import nodes as irn
 from .ir.printer import print_ir
 from .kernel import Kernel
@@ -201,6 +201,15 @@ class ProgramKernel:
     @property
     def backend(self) -> str:
         return self._target.name
+
+    def save(self, path, key=None) -> None:
+        """Programs are not saved yet: SpcompError (compile them in each process)."""
+        raise SpcompError("a program of several statements cannot be saved yet; save each statement's "
+                          "kernel, or compile the program in each process")
+
+    def to_bytes(self, key=None) -> bytes:
+        """Programs are not saved yet (see :meth:`save`)."""
+        self.save(None, key)
 
     def __repr__(self) -> str:
         return f"<spcomp.ProgramKernel {self.expression!r} outputs={self.outputs} backend={self._target.name}>"
