@@ -41,7 +41,10 @@ def _cases(n, per_row, rng):
     c = rng.standard_normal(n)
     C4 = rng.standard_normal((n, 4))
     m = max(n // 10, 64)
-    T = sp.random(m, m * m, density=per_row / (m * m), format="csr", random_state=3)  # unfolded 3-tensor
+    nnz3 = m * per_row  # a 3-tensor with per_row entries per slice, as an unfolded m x m*m matrix
+    T = sp.csr_matrix((rng.standard_normal(nnz3), (rng.integers(0, m, nnz3), rng.integers(0, m * m, nnz3))),
+                      shape=(m, m * m))
+    T.sum_duplicates()
     U, V = rng.standard_normal((m, 8)), rng.standard_normal((m, 8))
     S = sp.random(m, m, density=per_row / m, format="csr", random_state=4)
     Q, K, Vv = (rng.standard_normal((m, 32)) for _ in range(3))
