@@ -5,7 +5,8 @@ sparse, into a dense output gets a :class:`Contraction` (``spcomp.compile``
 attaches it). At a call it measures the operands -- shapes, stored entries -- and
 asks the cost model (``lower/contract.py``) for the cheapest plan; plans are
 cached per shape and density bucket (a power of two), so a repeated call costs a
-dictionary look-up. A factorised plan runs as a
+dictionary look-up, and a call with the very objects of the last call reuses its
+plan without measuring (a plan only chooses the speed, never the answer). A factorised plan runs as a
 :class:`~spcomp.program.ProgramKernel` (its dense temporaries in one native
 function with the statements that read them); the plain plan falls through to
 the kernel itself. ``Schedule().factorize(...)`` fixes the plan or turns this off.
@@ -30,7 +31,13 @@ class Contraction:
         self.fixed = contract.fixed(self.notation, groups, self.dtype) if groups else None
         self.cache: dict = {}   # (shapes, density buckets) -> (Plan, one-statement cost, ProgramKernel | None)
         self.last = None
+        self._last_ids = None
         self.inputs = list(dict.fromkeys(a.tensor.name for a in _accesses(self.notation)))
+        # per input: its name, whether its format is dense, and the index of each dimension
+        dims: dict = {}
+        for acc in _accesses(self.notation):
+            dims.setdefault(acc.tensor.name, [i.name for i in acc.indices])
+        self._shape_of = [(name, self.notation.tensors[name].format.is_dense, dims[name]) for name in self.inputs]
 
     @staticmethod
     def applies(notation) -> bool:
@@ -45,6 +52,9 @@ class Contraction:
         """The ProgramKernel a call with these operands runs, or None for the kernel itself."""
         if self.kernel.output_name in operands and not self.notation.accumulate:
             return None  # an output given to write into: the kernel's own path
+        ids = tuple(id(operands.get(name)) for name, _d, _i in self._shape_of)
+        if ids == self._last_ids and self.last is not None:
+            return self.last[2]  # the same objects again (a plan is a speed choice: never a wrong answer)
         measured = self.measure(operands)
         if measured is None:
             return None
@@ -53,6 +63,7 @@ class Contraction:
         if hit is None:
             hit = self.cache[key] = self._plan(sizes, density)
         self.last = hit
+        self._last_ids = ids
         return hit[2]
 
     def plan(self, operands):
@@ -90,31 +101,30 @@ class Contraction:
         """``(cache key, index sizes, densities)`` of a call's operands, or None when
         one cannot be measured (an unknown kind of operand)."""
         sizes, density, shapes, buckets = {}, {}, [], []
-        tensors = self.notation.tensors
-        for name in self.inputs:
+        for name, dense, indices in self._shape_of:
             value = operands.get(name)
             if value is None:
                 return None
-            shape = tuple(int(s) for s in getattr(value, "shape", np.shape(value)))
-            fmt = tensors[name].format
+            shape = getattr(value, "shape", None)
+            shape = tuple(shape) if shape is not None else np.shape(value)
+            if len(shape) != len(indices):
+                return None  # the kernel's own checks say what is wrong
             size = math.prod(shape)
-            if fmt.is_dense or size == 0:
+            if dense or size == 0:
                 d = 1.0
+                buckets.append(0)
             else:
                 nnz = getattr(value, "nnz", None)
                 if nnz is None:
-                    if not isinstance(value, np.ndarray):
+                    if type(value) is not np.ndarray:
                         return None
-                    nnz = int(np.count_nonzero(value))
+                    nnz = np.count_nonzero(value)
                 d = int(nnz) / size
+                buckets.append(math.floor(math.log2(d)) if d > 0 else -999)
             density[name] = d
             shapes.append(shape)
-            buckets.append(math.floor(math.log2(d)) if d > 0 else -999)
-        for acc in _accesses(self.notation):
-            shape = shapes[self.inputs.index(acc.tensor.name)]
-            for dim, i in enumerate(acc.indices):
-                if dim < len(shape):
-                    sizes.setdefault(i.name, shape[dim])
+            for i, n in zip(indices, shape):
+                sizes.setdefault(i, int(n))
         return (tuple(shapes), tuple(buckets)), sizes, density
 
     def describe(self) -> str:
