@@ -82,7 +82,8 @@ def compile(expression: str, formats: dict | None = None, dtype="float64", sched
             _cache[key] = kernel
     for w in kernel.warnings:  # on every compile, cached or not: the copy happens on every call
         warnings.warn(w, TranspositionWarning, stacklevel=2)
-    for call, acc in densifying_calls(kernel.notation.rhs):
+    statements = kernel.program.statements if hasattr(kernel, "program") else (kernel.notation,)
+    for call, acc in (c for a in statements for c in densifying_calls(a.rhs)):
         warnings.warn(f"{call!r} is not 0 where {acc.tensor.name} stores nothing ({call.func} of 0 is "
                       f"not 0), so the kernel visits every coordinate, not only {acc.tensor.name}'s "
                       f"{acc.tensor.format} entries; functions with f(0) = 0 (relu, sin, sqrt ...) keep "
