@@ -29,6 +29,9 @@ def __getattr__(name):
     if name == "Kernel":
         from .kernel import Kernel
         return Kernel
+    if name == "ProgramKernel":
+        from .program import ProgramKernel
+        return ProgramKernel
     if name == "Tensor":
         from .runtime import Tensor
         return Tensor

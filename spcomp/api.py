@@ -44,7 +44,7 @@ def _dtype_key(dtypes) -> tuple:
 
 def compile(expression: str, formats: dict | None = None, dtype="float64", schedule: Schedule | None = None,
             backend: str = "cpu", *, dtypes: dict | None = None, drop_zeros: bool | None = None,
-            name: str = "kernel") -> Kernel:
+            name: str = "kernel", outputs=None):
     """Compile one line of index notation into a kernel.
 
     ``formats`` maps tensor names to a format string or :class:`Format` (others are
@@ -53,30 +53,71 @@ def compile(expression: str, formats: dict | None = None, dtype="float64", sched
     nest; ``backend`` is "cpu", "cuda" or "cuda-sim"; ``drop_zeros`` makes a sparse
     output skip values that compute to zero (default: where a loop over the
     output's sparse level is dense, and always for packed-block outputs).
+
+    Several statements (separated by ``;`` or newlines) make a program
+    (:class:`~spcomp.program.ProgramKernel`): later statements read what earlier
+    ones wrote; ``outputs`` names what it returns (default: every written name no
+    later statement reads), the other written names are temporaries (dense unless
+    ``formats`` names them).
     """
     from .frontend import to_notation
     schedule = schedule or Schedule()
     dtype_name = getattr(dtype, "__name__", None) or str(dtype)
     key = (expression, _format_key(formats), dtype_name, _dtype_key(dtypes), schedule.key(), backend,
-           drop_zeros, name)
+           drop_zeros, name, outputs if outputs is None or isinstance(outputs, str) else tuple(outputs))
     with _cache_lock:
         kernel = _cache.get(key)
+    if kernel is None and _is_program(expression, outputs):
+        kernel = _compile_program(expression, formats, dtype, dtypes, schedule, backend, drop_zeros, name, outputs)
+        with _cache_lock:
+            _cache[key] = kernel
     if kernel is None:
         notation = to_notation(expression, formats=formats, dtypes=dtypes, default_dtype=dtype)
         _check_schedule_names(schedule, notation)
         target = get_target(backend)
         options = options_from_schedule(schedule, drop_zeros, name, target.capabilities)
         kernel = Kernel(expression, notation, options, target, schedule)
+        _attach_contraction(kernel, schedule)
         with _cache_lock:
             _cache[key] = kernel
     for w in kernel.warnings:  # on every compile, cached or not: the copy happens on every call
         warnings.warn(w, TranspositionWarning, stacklevel=2)
-    for call, acc in densifying_calls(kernel.notation.rhs):
+    statements = kernel.program.statements if hasattr(kernel, "program") else (kernel.notation,)
+    for call, acc in (c for a in statements for c in densifying_calls(a.rhs)):
         warnings.warn(f"{call!r} is not 0 where {acc.tensor.name} stores nothing ({call.func} of 0 is "
                       f"not 0), so the kernel visits every coordinate, not only {acc.tensor.name}'s "
                       f"{acc.tensor.format} entries; functions with f(0) = 0 (relu, sin, sqrt ...) keep "
                       f"a sparse operand's iteration", DensifyWarning, stacklevel=2)
     return kernel
+
+
+def _attach_contraction(kernel, schedule) -> None:
+    """Give a product of three or more tensors its contraction planner (spcomp/contraction.py)."""
+    from .contraction import Contraction
+    fixed = schedule.get("factorize")
+    if fixed and fixed[-1][0] is False:
+        return
+    if Contraction.applies(kernel.notation):
+        kernel.contraction = Contraction(kernel, fixed[-1][0] if fixed else None)
+
+
+def _is_program(expression, outputs) -> bool:
+    from .frontend.program import is_program
+    return is_program(expression) or outputs is not None
+
+
+def _compile_program(expression, formats, dtype, dtypes, schedule, backend, drop_zeros, name, outputs):
+    """A :class:`~spcomp.program.ProgramKernel` for several statements."""
+    from .errors import ScheduleError
+    from .frontend.program import check_program, split_statements
+    from .program import ProgramKernel
+    program = check_program(split_statements(expression), formats, dtypes, dtype, outputs)
+    if schedule.directives:
+        raise ScheduleError("a program of several statements takes no schedule yet; compile a statement "
+                            "alone to schedule it")
+    target = get_target(backend)
+    options = options_from_schedule(schedule, drop_zeros, name, target.capabilities)
+    return ProgramKernel(expression, program, options, target, schedule)
 
 
 def _check_schedule_names(schedule: Schedule, notation) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from .backends import get_target
 from .errors import CacheError, KernelRuntimeError, SpcompError
 from .frontend import to_notation
@@ -38,9 +40,12 @@ class Kernel:
         self.schedule = schedule
         self._variants: dict = dict(variants or {})
         self._fast = None
+        self.contraction = None  # spcomp.contraction.Contraction: may run a factorised program instead
         low = self._variant(32).lowered  # compile now: errors surface at compile(), source is ready
         self.warnings = list(low.inspection.warnings)
         self.output_name = notation.lhs.tensor.name
+        # an order-0 ``+=`` output may be a Python or NumPy scalar: the updated value comes back
+        self._scalar_acc = notation.accumulate and notation.lhs.tensor.order == 0
         self.inputs = list(dict.fromkeys(acc.tensor.name for acc in accesses(notation.rhs)))
         # the call machinery (plan, operand converter, launcher): public for inspection
         self.runtime = call.CallContext(expression, notation, low, target, self.output_name, self.inputs,
@@ -69,6 +74,11 @@ class Kernel:
         return dict(self._variants)
 
     @property
+    def options(self):
+        """The lowering options (``spcomp.lower.record.Options``) this kernel was built with."""
+        return self._options
+
+    @property
     def target(self):
         """The backend object this kernel was built by (``spcomp.backends.get_target``)."""
         return self._target
@@ -93,6 +103,9 @@ class Kernel:
         if low.output.bounded:
             text += (f"\n(appends {self.output_name} into arrays allocated at a first guess of its size, "
                      "counting every entry; runs once more at the exact size when they did not fit)")
+        plan = self.contraction.describe() if self.contraction is not None else ""
+        if plan:
+            text += "\n" + plan
         return text
 
     @property
@@ -285,6 +298,14 @@ class Kernel:
     def __call__(self, **operands):
         """Run the kernel: operands by name -> ndarray, Tensor or float; with any
         ``torch.Tensor`` operand, a torch tensor (docs/torch.md)."""
+        if self._scalar_acc and _is_scalar(operands.get(self.output_name)):
+            cell = np.array(operands[self.output_name], dtype=self.runtime.plan.out_dtype)
+            self(**{**operands, self.output_name: cell})
+            return cell.item()
+        if self.contraction is not None and not any_torch(operands):
+            program = self.contraction.kernel_for(operands)
+            if program is not None:
+                return program(**operands)
         fast = self._fast
         if fast is not None and len(operands) == fast.count:
             args = fast.bind(operands)
@@ -330,6 +351,11 @@ class Kernel:
         if fast is not None:
             self._fast = fast
         return result
+
+
+def _is_scalar(value) -> bool:
+    """A Python or NumPy real scalar (not a bool, not an array)."""
+    return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _relayout(value, order, dtype):

@@ -88,6 +88,22 @@ class Schedule:
         nonzero). For operands too large to copy, or loops that are fast strided."""
         return self._with("keep_layout")
 
+    def factorize(self, *groups) -> "Schedule":
+        """Fix the contraction order of a product of three or more tensors.
+
+        ``factorize(False)`` keeps the statement as written (no temporaries);
+        ``factorize(("B", "c"))`` contracts ``B`` and ``c`` into a dense temporary
+        ``t1`` first, then the rest; each further group may name earlier groups'
+        temporaries (``t1``, ``t2`` ...). Without this directive the compiler
+        chooses from the operands' sizes and densities at the first call."""
+        if groups == (False,):
+            return self._with("factorize", False)
+        if not groups or not all(isinstance(g, (tuple, list)) and len(g) >= 2
+                                 and all(isinstance(x, str) for x in g) for g in groups):
+            raise ScheduleError("factorize takes False or groups of two or more operand names, "
+                                "e.g. factorize(('B', 'c'))")
+        return self._with("factorize", tuple(tuple(g) for g in groups))
+
     def split(self, index: str, outer: str, inner: str, factor: int) -> "Schedule":
         """Run the loop over ``index`` as two loops, ``outer`` over blocks of ``factor``
         coordinates and ``inner`` within a block (``index = outer*factor + inner``;

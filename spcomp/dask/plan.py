@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from spcomp.errors import UnsupportedError
-from spcomp.notation import (Access, Add, Call, Div, Literal, Mul, Neg, Sub, Sum, TensorVar, accesses,
+from spcomp.notation import (Access, Add, Call, Div, Literal, Mul, Neg, Reduce, Sub, Sum, TensorVar, accesses,
                              free_indices)
 
 
@@ -93,6 +93,11 @@ def hoist(rhs, split: set, taken: set):
             return type(e)(walk(e.lhs, False), walk(e.rhs, False))
         if isinstance(e, Call):
             return Call(e.func, tuple(walk(a, False) for a in e.args))
+        if isinstance(e, Reduce):
+            if e.index.name in split:
+                raise UnsupportedError(f"spcomp.dask: {e.op}({e.index.name}, ...) over an index split into "
+                                       "several chunks is not supported; keep that dimension in one chunk")
+            return Reduce(e.op, e.index, walk(e.body, False))
         raise TypeError(f"not an index-notation expression: {e!r}")
 
     return walk(rhs, True), temps
@@ -131,6 +136,8 @@ def text(e) -> str:
         return f"({text(e.lhs)} {op} {text(e.rhs)})"
     if isinstance(e, Call):
         return f"{e.func}({', '.join(text(a) for a in e.args)})"
+    if isinstance(e, Reduce):
+        return f"{e.op}({e.index.name}, {text(e.body)})"
     raise TypeError(f"not an index-notation expression: {e!r}")
 
 

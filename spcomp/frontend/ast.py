@@ -82,6 +82,16 @@ class Call(Node):
 
 
 @dataclass(frozen=True, repr=False)
+class Reduce(Node):
+    """An explicit reduction ``op(index, body)``: ``sum(i, abs(x[i]))``. The parser
+    reads it as a :class:`Call`; the checker makes it a Reduce when the first
+    argument is a bare name the statement uses as an index."""
+    op: str  # 'sum' 'max' 'min'
+    index: Index
+    body: "Expr"
+
+
+@dataclass(frozen=True, repr=False)
 class Statement(Node):
     """``lhs = rhs`` or, with ``accumulate``, ``lhs += rhs``; ``text`` is the source."""
     lhs: Access
@@ -90,7 +100,7 @@ class Statement(Node):
     text: str = field(default="", compare=False)
 
 
-Expr = Union[Access, Number, Neg, BinOp, Call]
+Expr = Union[Access, Number, Neg, BinOp, Call, Reduce]
 
 
 def children(node) -> tuple:
@@ -101,6 +111,8 @@ def children(node) -> tuple:
         return (node.lhs, node.rhs)
     if isinstance(node, Call):
         return tuple(node.args)
+    if isinstance(node, Reduce):
+        return (node.body,)
     return ()
 
 
@@ -129,6 +141,8 @@ def _text(node, need: int) -> str:
         return node.name + (f"[{','.join(i.name for i in node.indices)}]" if node.indices else "")
     if isinstance(node, Call):
         return f"{node.func}({', '.join(_text(a, 0) for a in node.args)})"
+    if isinstance(node, Reduce):
+        return f"{node.op}({node.index.name}, {_text(node.body, 0)})"
     if isinstance(node, Neg):
         out = "-" + _text(node.operand, _UNARY)
     elif isinstance(node, BinOp):

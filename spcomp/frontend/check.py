@@ -51,6 +51,7 @@ def check(stmt: ast.Statement, formats: dict | None = None, dtypes: dict | None 
     if not isinstance(stmt, ast.Statement):
         raise TypeError(f"check() takes a parsed Statement, not {type(stmt).__name__}; "
                         "use spcomp.frontend.to_notation for text")
+    stmt = explicit_reductions(stmt)
     limits.check_operands(stmt)
     limits.check_indices(stmt)
     _check_output_indices(stmt)
@@ -109,8 +110,9 @@ def _check_functions_and_numbers(stmt: ast.Statement) -> None:
     for _, node in _walk(stmt.rhs):
         if isinstance(node, ast.Call):
             if node.func not in nt.FUNCTIONS:
-                hint = ("; sums are implicit: an index on the right that is not on the left is summed"
-                        if node.func == "sum" else "")
+                hint = ("; sum(i, expr) reduces over the index i (its first argument must be an index "
+                        "the statement uses in brackets), and an index on the right that is not on the "
+                        "left is summed implicitly without it" if node.func == "sum" else "")
                 raise UnknownFunctionError(_located(
                     f"unknown function '{node.func}'; known functions are "
                     f"{', '.join(sorted(nt.FUNCTIONS))}{hint}", node, stmt.text))
@@ -121,6 +123,78 @@ def _check_functions_and_numbers(stmt: ast.Statement) -> None:
                     f"got {len(node.args)}", node, stmt.text))
         elif isinstance(node, ast.Number) and not math.isfinite(node.value):
             raise NotationError(_located(f"number '{node.text}' is not a finite float64", node, stmt.text))
+
+
+REDUCTIONS = ("sum", "max", "min")
+
+
+def explicit_reductions(stmt: ast.Statement) -> ast.Statement:
+    """``stmt`` with each ``sum(k, e)``, ``max(k, e)``, ``min(k, e)`` whose first
+    argument is a bare name the statement uses as an index (inside brackets) turned
+    into an :class:`ast.Reduce`; ``max(a, b)`` of two values stays the function."""
+    index_names = {i.name for i in stmt.lhs.indices}
+    for _, node in _walk(stmt.rhs):
+        if isinstance(node, ast.Access):
+            index_names.update(i.name for i in node.indices)
+    found = False
+    for _, node in _walk(stmt.rhs):
+        if _is_reduction(node, index_names):
+            found = True
+            break
+    if not found:
+        return stmt
+    taken = set(index_names) | {stmt.lhs.name} | {n.name for _, n in _walk(stmt.rhs) if isinstance(n, ast.Access)}
+    seen: set = set()
+    done: dict = {}
+    for path, node in reversed(list(_walk(stmt.rhs))):  # children before parents
+        kids = [done.pop(path + (k,)) for k in range(len(ast.children(node)))]
+        pos = {"line": node.line, "column": node.column}
+        if _is_reduction(node, index_names):
+            first = node.args[0]
+            name, body = first.name, kids[1]
+            nested = any(isinstance(x, ast.Reduce) and x.index.name == name for _, x in _walk(body))
+            if name in seen and not nested:  # a sibling reduction over the same name: its own index
+                k = 2
+                while f"{name}_{k}" in taken:
+                    k += 1
+                taken.add(f"{name}_{k}")
+                body, name = _renamed(body, name, f"{name}_{k}"), f"{name}_{k}"
+            seen.add(name)
+            out = ast.Reduce(node.func, ast.Index(name, line=first.line, column=first.column), body, **pos)
+        elif isinstance(node, ast.Neg):
+            out = ast.Neg(kids[0], **pos)
+        elif isinstance(node, ast.BinOp):
+            out = ast.BinOp(node.op, kids[0], kids[1], **pos)
+        elif isinstance(node, ast.Call):
+            out = ast.Call(node.func, tuple(kids), **pos)
+        else:
+            out = node
+        done[path] = out
+    return ast.Statement(stmt.lhs, done[()], stmt.accumulate, stmt.text, line=stmt.line, column=stmt.column)
+
+
+def _renamed(node, old: str, new: str):
+    """``node`` with index ``old`` renamed ``new`` in every access (a reduction's body)."""
+    if isinstance(node, ast.Access):
+        return ast.Access(node.name, tuple(ast.Index(new if i.name == old else i.name, line=i.line,
+                                                     column=i.column) for i in node.indices),
+                          line=node.line, column=node.column)
+    pos = {"line": node.line, "column": node.column}
+    if isinstance(node, ast.Neg):
+        return ast.Neg(_renamed(node.operand, old, new), **pos)
+    if isinstance(node, ast.BinOp):
+        return ast.BinOp(node.op, _renamed(node.lhs, old, new), _renamed(node.rhs, old, new), **pos)
+    if isinstance(node, ast.Call):
+        return ast.Call(node.func, tuple(_renamed(a, old, new) for a in node.args), **pos)
+    if isinstance(node, ast.Reduce):
+        return ast.Reduce(node.op, node.index, _renamed(node.body, old, new), **pos)
+    return node
+
+
+def _is_reduction(node, index_names: set) -> bool:
+    return (isinstance(node, ast.Call) and node.func in REDUCTIONS and len(node.args) == 2
+            and isinstance(node.args[0], ast.Access) and not node.args[0].indices
+            and node.args[0].name in index_names)
 
 
 def _tensor_orders(stmt: ast.Statement) -> dict:
@@ -226,11 +300,36 @@ def _place_sums(stmt: ast.Statement, tensors: dict):
     common ancestor (see the module docstring)."""
     kept = {i.name for i in stmt.lhs.indices}
     uses: dict = {}  # summed index -> paths of the accesses that use it; order of first appearance
-    for path, node in _walk(stmt.rhs):
-        if isinstance(node, ast.Access):
+    reduced: dict = {}  # index of an explicit reduction -> the Reduce node
+    stack = [((), stmt.rhs, frozenset())]
+    while stack:
+        path, node, bound = stack.pop()
+        if isinstance(node, ast.Reduce):
+            name = node.index.name
+            if name in kept or name in bound:
+                raise NotationError(_located(
+                    f"index '{name}' of {node.op}({name}, ...) is "
+                    f"{'an output index' if name in kept else 'reduced twice'}; "
+                    "an explicit reduction needs an index of its own", node, stmt.text))
+            reduced.setdefault(name, node)
+            bound = bound | {name}
+        elif isinstance(node, ast.Access):
             for index in node.indices:
+                if index.name in bound:
+                    continue
+                if index.name in reduced:
+                    raise NotationError(_located(
+                        f"index '{index.name}' is reduced by {reduced[index.name].op}({index.name}, ...) "
+                        "and also used outside it; give the other use another index", node, stmt.text))
                 if index.name not in kept:
                     uses.setdefault(index.name, []).append(path)
+        kids = ast.children(node)
+        stack.extend((path + (k,), kids[k], bound) for k in reversed(range(len(kids))))
+    for name, node in reduced.items():
+        if name in uses:
+            raise NotationError(_located(
+                f"index '{name}' is reduced by {node.op}({name}, ...) and also used outside it; "
+                "give the other use another index", node, stmt.text))
     sums: dict = {}  # path -> indices summed there, outermost first
     for name, paths in uses.items():
         sums.setdefault(_common_prefix(paths), []).append(name)
@@ -252,12 +351,21 @@ def _convert(root, sums: dict, tensors: dict):
             out = _BINOPS[node.op](kids[0], kids[1])
         elif isinstance(node, ast.Call):
             out = nt.Call(node.func, tuple(kids))
+        elif isinstance(node, ast.Reduce):
+            out = _reduction(node, kids[0])
         else:
             raise TypeError(f"not a spcomp syntax node: {node!r}")
         for name in reversed(sums.get(path, ())):
             out = nt.Sum(nt.IndexVar(name), out)
         done[path] = out
     return done[()]
+
+
+def _reduction(node: ast.Reduce, body):
+    """The notation of an explicit reduction: ``sum`` is a :class:`~spcomp.notation.Sum`."""
+    if node.op == "sum":
+        return nt.Sum(nt.IndexVar(node.index.name), body)
+    return nt.Reduce(node.op, nt.IndexVar(node.index.name), body)
 
 
 # ------------------------------------------------------------ notation -> text
@@ -285,6 +393,8 @@ def _number(value: float):
 def _to_ast(e):
     if isinstance(e, nt.Sum):
         return _to_ast(e.body)
+    if isinstance(e, nt.Reduce):
+        return ast.Reduce(e.op, ast.Index(e.index.name), _to_ast(e.body))
     if isinstance(e, nt.Access):
         return ast.Access(e.tensor.name, tuple(ast.Index(i.name) for i in e.indices))
     if isinstance(e, nt.Literal):

@@ -31,7 +31,7 @@ from ..formats.singleton import Singleton
 from ..ir import nodes as n
 from ..ir.build import as_i64
 from ..ir.types import BOOL, F32, I64
-from ..notation import (Access, Add, Call, Div, Literal, Mul, Neg, Sub, Sum, TensorVar, accesses,
+from ..notation import (Access, Add, Call, Div, Literal, Mul, Neg, Reduce, Sub, Sum, TensorVar, accesses,
                         free_indices)
 from . import lattice as lat
 from .context import Env
@@ -39,7 +39,7 @@ from .functions import lower_call
 from . import split as split_mod
 from .normalize import ZERO, nested_sums, replace, specialize, split_sums
 from .order import access_chain
-from .outputs import AppendSink, DenseSink, ScalarSink, WorkspaceSink
+from .outputs import AppendSink, DenseSink, ReduceSink, ScalarSink, WorkspaceSink
 from .parallel import TEAM_MEMBERS
 from .split import SplitPiece
 
@@ -103,8 +103,9 @@ class LoopEmitter:
         for s in nested_sums(expr):
             if not free_indices(s) <= set(env.bound):
                 continue
-            idx, body = split_sums(s)
-            t = n.Var(self.fresh("t" + "".join(i.name for i in idx)), self.compute)
+            idx, body = ([s.index], s.body) if isinstance(s, Reduce) else split_sums(s)
+            t = n.Var(self.fresh(("m" if isinstance(s, Reduce) else "t") + "".join(i.name for i in idx)),
+                      self.compute)
             tv = TensorVar(t.name, 0, TEMP_FORMAT, "float64")
             self._temps = self._temp_tensors() | {tv}
             env.temps[tv] = t
@@ -113,10 +114,27 @@ class LoopEmitter:
                 inner = split_mod.restrict(self.loop_order, inner)
             self._note(depth, f"{t.name} = {s!r}")
             stmts.append(n.Comment(f"{t.name} = {s!r}"))
-            stmts.append(n.Declare(t, n.const(0, self.compute)))
-            stmts += self.nest(inner, body, ScalarSink(t), env.child(), depth + 1)
+            if isinstance(s, Reduce):
+                stmts += self._fold(s, t, inner, body, env, depth)
+            else:
+                stmts.append(n.Declare(t, n.const(0, self.compute)))
+                stmts += self.nest(inner, body, ScalarSink(t), env.child(), depth + 1)
             expr = replace(expr, s, Access(tv, ()))
         return stmts, expr
+
+    def _fold(self, s, t, inner, body, env, depth) -> list:
+        """A max or min reduction into ``t``: the loops fold every value they visit
+        and count them; when fewer than the index's size were visited (a sparse
+        operand's unstored entries) -- or none -- a 0 is folded in too, so the result
+        is the dense reference's (and 0 over an empty range, as a sum's)."""
+        ident = float("-inf") if s.op == "max" else float("inf")
+        count = n.Var(self.fresh("n" + s.index.name), I64)
+        stmts = [n.Declare(t, n.const(ident, self.compute)), n.Declare(count, n.i64(0))]
+        stmts += self.nest(inner, body, ReduceSink(t, s.op, count), env.child(), depth + 1)
+        missing = n.Binary("||", n.Binary("<", count, self.sizes[s.index]), n.Binary("==", count, n.i64(0)))
+        self._note(depth + 1, f"{t.name} = {s.op}({t.name}, 0) when a coordinate of {s.index.name} was not visited")
+        stmts.append(n.If(missing, n.block(n.Assign(t, n.Binary(s.op, t, n.const(0, self.compute))))))
+        return stmts
 
     def workspace_region(self, order, expr, env, depth):
         w = self.workspace
@@ -583,8 +601,8 @@ class LoopEmitter:
         if isinstance(e, Call):
             args = [self.value(x, env) for x in e.args]
             return self._call(e.func, args)
-        if isinstance(e, Sum):
-            raise UnsupportedError(f"internal: sum {e!r} reached the innermost loop unevaluated")
+        if isinstance(e, (Sum, Reduce)):
+            raise UnsupportedError(f"internal: reduction {e!r} reached the innermost loop unevaluated")
         raise TypeError(e)
 
     def _call(self, func, args):
@@ -654,6 +672,8 @@ class LoopEmitter:
     def sink_label(self, sink) -> str:
         if isinstance(sink, ScalarSink):
             return f"{sink.var.name} +="
+        if isinstance(sink, ReduceSink):
+            return f"{sink.var.name} {sink.op}="
         if isinstance(sink, WorkspaceSink):
             return f"workspace[{sink.index.name}] +="
         if isinstance(sink, AppendSink):

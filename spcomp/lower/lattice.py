@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import LimitError
-from ..notation import (Access, Add, Call, Div, Literal, Mul, Neg, Sub, Sum, children, free_indices)
+from ..notation import (Access, Add, Call, Div, Literal, Mul, Neg, Reduce, Sub, Sum, children, free_indices)
 from .normalize import zero_preserving
 
 # A loop tests its lattice's points as one if/else chain, each case with its own copy
@@ -88,7 +88,7 @@ def union(a: Lattice, b: Lattice) -> Lattice:
 
 def _reduces_over_other_index(e, index) -> bool:
     """Whether ``e`` holds a sum that ``index`` is free in (computed for each ``index``)."""
-    if isinstance(e, Sum):
+    if isinstance(e, (Sum, Reduce)):
         return index != e.index and index in free_indices(e)
     if isinstance(e, (Access, Literal)):
         return False
@@ -132,7 +132,7 @@ def _build(e, index, sparse_key) -> Lattice:
         return intersect(_build(e.lhs, index, sparse_key), den)
     if isinstance(e, (Add, Sub)):
         return union(_build(e.lhs, index, sparse_key), _build(e.rhs, index, sparse_key))
-    if isinstance(e, Sum):
+    if isinstance(e, (Sum, Reduce)):
         return _build(e.body, index, sparse_key)
     if isinstance(e, Call):
         keeps_zero = zero_preserving(e)

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from ..notation import (FUNCTIONS, Access, maps_zero_to_zero, Add, Call, Div, Literal, Mul, Neg,
-                        Sub, Sum, chains, children, free_indices)
+                        Reduce, Sub, Sum, chains, children, free_indices)
 
 ZERO = Literal(0.0)
 
@@ -44,6 +44,8 @@ def rebuild(e, f):
         return e
     if isinstance(e, Sum):
         return Sum(e.index, f(e.body))
+    if isinstance(e, Reduce):
+        return Reduce(e.op, e.index, f(e.body))
     if isinstance(e, Neg):
         return Neg(f(e.operand))
     if isinstance(e, (Add, Sub, Mul, Div)):
@@ -113,6 +115,8 @@ def lift_sums(e):
         return e
     if isinstance(e, Sum):
         return Sum(e.index, lift_sums(e.body))
+    if isinstance(e, Reduce):  # a max or min: no sum moves through it
+        return Reduce(e.op, e.index, lift_sums(e.body))
     if isinstance(e, Neg):
         inner = lift_sums(e.operand)
         idx, body = split_sums(inner)
@@ -198,6 +202,9 @@ def simplify(e):
     if isinstance(e, Sum):
         b = simplify(e.body)
         return COMPUTED_ZERO if _zero(b) else Sum(e.index, b)
+    if isinstance(e, Reduce):  # the max or min of zeros (or of nothing) is a computed 0
+        b = simplify(e.body)
+        return COMPUTED_ZERO if _zero(b) else Reduce(e.op, e.index, b)
     if isinstance(e, Neg):
         o = simplify(e.operand)
         if isinstance(o, Literal):
@@ -267,8 +274,8 @@ def zero_preserving(call: Call) -> bool:
 
 
 def nested_sums(e) -> list:
-    """Sum nodes in ``e`` that are not inside another Sum (outermost first)."""
-    if isinstance(e, Sum):
+    """Sum (and max/min Reduce) nodes in ``e`` that are not inside another (outermost first)."""
+    if isinstance(e, (Sum, Reduce)):
         return [e]
     out = []
     for c in children(e):

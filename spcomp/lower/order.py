@@ -45,10 +45,15 @@ def _chain_edges(chain) -> set:
 
 def _nested_sum_edges(e) -> set:
     """free(S) -> every index of S, for each chain of sums below the top."""
-    from ..notation import Sum, children
+    from ..notation import Reduce, Sum, children
     edges = set()
 
     def visit(x):
+        if isinstance(x, Reduce):
+            for f in free_indices(x):
+                edges.add((f, x.index))
+            visit(x.body)
+            return
         if isinstance(x, Sum):
             free = free_indices(x)
             idx, body = split_sums(x)
@@ -110,10 +115,10 @@ def build_problem(lhs: Access, rhs) -> OrderProblem:
 def _all_sums(e) -> list:
     out = []
     stack = [e]
-    from ..notation import Sum, children
+    from ..notation import Reduce, Sum, children
     while stack:
         x = stack.pop()
-        if isinstance(x, Sum):
+        if isinstance(x, (Sum, Reduce)):
             out.append(x)
         stack.extend(children(x))
     return out

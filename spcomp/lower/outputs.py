@@ -128,6 +128,22 @@ class ScalarSink(Sink):
         return [n.Assign(self.var, n.Binary("+", self.var, value))]
 
 
+class ReduceSink(Sink):
+    """Fold into a scalar temporary with ``max`` or ``min`` (an explicit reduction),
+    counting the coordinates folded: the emitter folds in one 0 for the coordinates
+    the loops skipped (unstored entries of a sparse operand). Not a ScalarSink, so
+    no GPU team splits it as a sum."""
+
+    def __init__(self, var: n.Var, op: str, count: n.Var):
+        self.var = var
+        self.op = op
+        self.count = count
+
+    def innermost(self, value, env):
+        return [n.Assign(self.var, n.Binary(self.op, self.var, value)),
+                n.Assign(self.count, n.Binary("+", self.count, n.i64(1)))]
+
+
 class DenseSink(Sink):
     """Locate into a dense output: ``out[linear(i, j, ...)] (+)= value``."""
 

@@ -2,5 +2,5 @@
 from . import chains
 from .functions import FUNCTIONS, Function, maps_zero_to_zero
 from .nodes import (Access, Add, Assignment, Call, Div, IndexVar,
-                    Literal, Mul, Neg, Sub, Sum, TensorVar, accesses, children,
+                    Literal, Mul, Neg, Reduce, Sub, Sum, TensorVar, accesses, children,
                     free_indices, with_children)

@@ -116,7 +116,20 @@ class Sum:
         return f"sum({self.index.name}, {self.body!r})"
 
 
-Expr = Union[Access, Literal, Neg, Add, Sub, Mul, Div, Call, Sum]
+@dataclass(frozen=True)
+class Reduce:
+    """``max(index, body)`` or ``min(index, body)``: an explicit reduction other than a
+    sum. Over a sparse operand the coordinates it does not store count as zeros (as
+    in the dense reference); over an empty range the result is 0, as a sum's is."""
+    op: str  # 'max' | 'min'
+    index: IndexVar
+    body: "Expr"
+
+    def __repr__(self) -> str:
+        return f"{self.op}({self.index.name}, {self.body!r})"
+
+
+Expr = Union[Access, Literal, Neg, Add, Sub, Mul, Div, Call, Sum, Reduce]
 
 
 @dataclass(frozen=True)
@@ -159,7 +172,7 @@ def children(e) -> tuple:
         return (e.lhs, e.rhs)
     if isinstance(e, Call):
         return tuple(e.args)
-    if isinstance(e, Sum):
+    if isinstance(e, (Sum, Reduce)):
         return (e.body,)
     raise TypeError(f"not an index-notation expression: {e!r}")
 
@@ -176,6 +189,8 @@ def with_children(e, kids):
         return Call(e.func, tuple(kids))
     if isinstance(e, Sum):
         return Sum(e.index, kids[0])
+    if isinstance(e, Reduce):
+        return Reduce(e.op, e.index, kids[0])
     raise TypeError(f"not an index-notation expression: {e!r}")
 
 
@@ -201,7 +216,7 @@ def free_indices(e) -> set:
         node, bound = stack.pop()
         if isinstance(node, Access):
             out.update(i for i in node.indices if i not in bound)
-        elif isinstance(node, Sum):
+        elif isinstance(node, (Sum, Reduce)):
             stack.append((node.body, bound | {node.index}))
         else:
             stack.extend((c, bound) for c in children(node))

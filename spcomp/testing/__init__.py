@@ -9,6 +9,10 @@
   assemble), :func:`tensors` (data of a shape, format, density and dtype),
   :func:`expressions` (random well-formed expressions with formats) and
   :func:`operands` (operands that fit a drawn expression).
+* :mod:`spcomp.testing.programs` (re-exported here) draws programs of several
+  statements (:func:`programs`, :func:`program_operands`) and products of three
+  or more operands (:func:`products`), with :func:`reference_program`, the
+  statement-by-statement reference.
 
 A property test over random kernels::
 
@@ -36,7 +40,8 @@ from .reference import reference
 
 __all__ = ["TOLERANCES", "KernelCheck", "check_kernel", "densify", "random_operands", "reference",
            "tolerance", "ExpressionCase", "expressions", "fit_packed", "formats", "operands",
-           "output_formats", "tensors", "random_tensor", "random_values", "VALUES"]
+           "output_formats", "tensors", "random_tensor", "random_values", "VALUES",
+           "ProgramCase", "programs", "program_operands", "products", "reference_program"]
 
 
 def __getattr__(name):
@@ -46,4 +51,7 @@ def __getattr__(name):
         import importlib
         strategies = importlib.import_module(f"{__name__}.strategies")
         return strategies if name == "strategies" else getattr(strategies, name)
+    if name in ("ProgramCase", "programs", "program_operands", "products", "reference_program"):
+        import importlib
+        return getattr(importlib.import_module(f"{__name__}.programs"), name)
     raise AttributeError(f"module 'spcomp.testing' has no attribute {name!r}")

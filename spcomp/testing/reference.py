@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..notation import (FUNCTIONS, Access, Add, Call, Div, Literal, Mul, Neg, Sub, Sum, maps_zero_to_zero)
+from ..notation import (FUNCTIONS, Access, Add, Call, Div, Literal, Mul, Neg, Reduce, Sub, Sum,
+                        maps_zero_to_zero)
 
 
 def _align(arr, idx, target, sizes):
@@ -61,6 +62,16 @@ def evaluate(e, operands: dict, sizes: dict, masks: dict | None = None):
         if name not in ia:
             return a * sizes[name], ia
         return np.sum(a, axis=ia.index(name)), [i for i in ia if i != name]
+    if isinstance(e, Reduce):  # unstored entries are zeros; an empty range gives 0
+        a, ia = evaluate(e.body, operands, sizes, masks)
+        name = e.index.name
+        if name not in ia:
+            return (a if sizes[name] else np.zeros_like(a)), ia
+        axis = ia.index(name)
+        rest = [i for i in ia if i != name]
+        if np.shape(a)[axis] == 0:
+            return np.zeros(tuple(sizes[i] for i in rest)), rest
+        return (np.max if e.op == "max" else np.min)(a, axis=axis), rest
     if isinstance(e, (Add, Sub, Mul, Div)):
         a, ia = evaluate(e.lhs, operands, sizes, masks)
         b, ib = evaluate(e.rhs, operands, sizes, masks)
@@ -101,7 +112,7 @@ def stored(e, operands: dict, sizes: dict, masks: dict | None = None):
         return np.bool_(e.value != 0), []
     if isinstance(e, Neg):
         return stored(e.operand, operands, sizes, masks)
-    if isinstance(e, Sum):
+    if isinstance(e, (Sum, Reduce)):
         # a reduction is a computed value, 0 for an empty segment: stored everywhere
         # (so (Σ_j A[i,j] x[j]) / z[i] is 0/0 = NaN on an empty row where z[i] = 0,
         # as (A @ x) / z is in NumPy)

@@ -1,0 +1,136 @@
+"""Contraction order: a factorised product against the statement as written and its peers.
+
+    python -m benchmarks.contraction [--n 20000] [--per-row 16] [--repeat 7] [--threads 1]
+
+Each case is one statement of three or four operands. spcomp runs it with the plan
+its cost model picks at the first call (``auto``) and as written
+(``Schedule().factorize(False)``); the peers evaluate the same product with
+``opt_einsum.contract`` (its own contraction order, NumPy/BLAS underneath) where
+opt_einsum is installed, ``numpy.einsum(..., optimize=True)`` on dense copies
+where they fit in memory, and SciPy sparse products in the cheapest order written
+by hand. Each result is checked against SciPy's before it is timed. The model's
+operation counts (iterations of the innermost loops) are printed beside the times.
+Times are medians of ``--repeat`` calls; on a shared machine they are noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import scipy.sparse as sp
+
+import spcomp
+
+DENSE_LIMIT = 4e8  # dense copies above this many elements are not made (numpy.einsum column)
+
+
+def _median(fn, repeat):
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def _cases(n, per_row, rng):
+    A = sp.random(n, n, density=per_row / n, format="csr", random_state=1)
+    B = sp.random(n, n, density=per_row / n, format="csr", random_state=2)
+    c = rng.standard_normal(n)
+    C4 = rng.standard_normal((n, 4))
+    m = max(n // 10, 64)
+    nnz3 = m * per_row  # a 3-tensor with per_row entries per slice, as an unfolded m x m*m matrix
+    T = sp.csr_matrix((rng.standard_normal(nnz3), (rng.integers(0, m, nnz3), rng.integers(0, m * m, nnz3))),
+                      shape=(m, m * m))
+    T.sum_duplicates()
+    U, V = rng.standard_normal((m, 8)), rng.standard_normal((m, 8))
+    S = sp.random(m, m, density=per_row / m, format="csr", random_state=4)
+    Q, K, Vv = (rng.standard_normal((m, 32)) for _ in range(3))
+    return [
+        ("y = A·B·c (SpMV chain)", "y[i] = A[i,j]*B[j,k]*c[k]", {"A": "csr", "B": "csr"},
+         dict(A=A, B=B, c=c), "ij,jk,k->i", lambda: A @ (B @ c)),
+        ("Y = A·B·C, C thin dense", "Y[i,l] = A[i,j]*B[j,k]*C[k,l]", {"A": "csr", "B": "csr"},
+         dict(A=A, B=B, C=C4), "ij,jk,kl->il", lambda: A @ (B @ C4)),
+        ("TTM chain Y[i,r,s] = X[i,j,k]·U[j,r]·V[k,s]", "Y[i,r,s] = X[i,j,k]*U[j,r]*V[k,s]", {"X": "csf"},
+         dict(X=_tensor3(T, m), U=U, V=V), "ijk,jr,ks->irs",
+         lambda: _ttm_scipy(T, m, U, V)),
+        ("attention O = (S∘QKᵀ)·V", "O[i,d] = S[i,j]*Q[i,k]*K[j,k]*V[j,d]", {"S": "csr"},
+         dict(S=S, Q=Q, K=K, V=Vv), "ij,ik,jk,jd->id", lambda: _sddmm_spmm(S, Q, K, Vv)),
+    ]
+
+
+def _tensor3(T, m):
+    coo = T.tocoo()
+    coords = np.stack([coo.row, coo.col // m, coo.col % m])
+    return spcomp.Tensor.from_coo(coords, coo.data, (m, m, m), "csf")
+
+
+def _ttm_scipy(T, m, U, V):
+    # X_(1) (m x m*m) times (U ⊗ V) without forming the Kronecker product
+    coo = T.tocoo()
+    j, k = coo.col // m, coo.col % m
+    out = np.zeros((m, U.shape[1], V.shape[1]))
+    np.add.at(out, coo.row, coo.data[:, None, None] * U[j][:, :, None] * V[k][:, None, :])
+    return out
+
+
+def _sddmm_spmm(S, Q, K, V):
+    coo = S.tocoo()
+    vals = coo.data * np.einsum("pk,pk->p", Q[coo.row], K[coo.col])
+    return sp.csr_matrix((vals, (coo.row, coo.col)), shape=S.shape) @ V
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=20000)
+    p.add_argument("--per-row", type=int, default=16)
+    p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        spcomp.set_num_threads(args.threads)
+    try:
+        import opt_einsum
+    except ImportError:
+        opt_einsum = None
+    rng = np.random.default_rng(0)
+    print(f"# n={args.n} stored per row={args.per_row}, medians of {args.repeat} calls (ms); "
+          "counts: the cost model's innermost iterations")
+    if opt_einsum is None:
+        print("# opt_einsum: not installed (pip install opt_einsum): its column is skipped")
+    header = ["case", "plan", "count", "as written count", "spcomp auto", "as written", "scipy",
+              "numpy einsum", "opt_einsum"]
+    print(" | ".join(header))
+    for name, text, fmts, ops, spec, scipy_fn in _cases(args.n, args.per_row, rng):
+        auto = spcomp.compile(text, formats=fmts)
+        plain = spcomp.compile(text, formats=fmts, schedule=spcomp.Schedule().factorize(False))
+        want = scipy_fn()
+        want = want.toarray() if sp.issparse(want) else np.asarray(want)
+        for k in (auto, plain):
+            got = k(**ops)
+            assert np.allclose(got, want, rtol=1e-8, atol=1e-8 * max(1.0, np.abs(want).max())), name
+        plan, single = auto.contraction.plan(ops)
+        row = [name, plan.describe() if plan.factorised else "as written", f"{plan.cost:.3g}", f"{single:.3g}",
+               f"{1e3 * _median(lambda: auto(**ops), args.repeat):.3f}",
+               f"{1e3 * _median(lambda: plain(**ops), args.repeat):.3f}",
+               f"{1e3 * _median(scipy_fn, args.repeat):.3f}"]
+        dense = [v.toarray() if sp.issparse(v) else (v.to_numpy() if isinstance(v, spcomp.Tensor) else v)
+                 for v in ops.values()] if sum(np.prod(getattr(v, "shape", ())) for v in ops.values()) \
+            < DENSE_LIMIT else None
+        if dense is None:
+            row.append("too large dense")
+        else:
+            row.append(f"{1e3 * _median(lambda: np.einsum(spec, *dense, optimize=True), args.repeat):.3f}")
+        if opt_einsum is None:
+            row.append("not installed")
+        elif dense is None:
+            row.append("too large dense")
+        else:
+            row.append(f"{1e3 * _median(lambda: opt_einsum.contract(spec, *dense), args.repeat):.3f}")
+        print(" | ".join(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

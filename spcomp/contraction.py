@@ -1,0 +1,150 @@
+"""The contraction order a kernel's call runs: the statement as written, or a program.
+
+A :class:`Kernel` whose statement multiplies three or more tensors, at least one
+sparse, into a dense output gets a :class:`Contraction` (``spcomp.compile``
+attaches it). At a call it measures the operands -- shapes, stored entries -- and
+asks the cost model (``lower/contract.py``) for the cheapest plan; plans are
+cached per shape and density bucket (a power of two), so a repeated call costs a
+dictionary look-up, and a call with the very objects of the last call reuses its
+plan without measuring (a plan only chooses the speed, never the answer). A factorised plan runs as a
+:class:`~spcomp.program.ProgramKernel` (its dense temporaries in one native
+function with the statements that read them); the plain plan falls through to
+the kernel itself. ``Schedule().factorize(...)`` fixes the plan or turns this off.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .lower import contract
+
+
+class Contraction:
+    """Chooses, per call, between a kernel's statement and its factorised programs."""
+
+    def __init__(self, kernel, groups=None):
+        self.kernel = kernel
+        self.notation = kernel.notation
+        self.dtype = "float64" if any(t.dtype == "float64" for t in self.notation.tensors.values()) \
+            else "float32"
+        self.fixed = contract.fixed(self.notation, groups, self.dtype) if groups else None
+        self.cache: dict = {}   # (shapes, density buckets) -> (Plan, one-statement cost, ProgramKernel | None)
+        self.last = None
+        self._last_ids = None
+        self.inputs = list(dict.fromkeys(a.tensor.name for a in _accesses(self.notation)))
+        # per input: its name, whether its format is dense, and the index of each dimension
+        dims: dict = {}
+        for acc in _accesses(self.notation):
+            dims.setdefault(acc.tensor.name, [i.name for i in acc.indices])
+        self._shape_of = [(name, self.notation.tensors[name].format.is_dense, dims[name]) for name in self.inputs]
+
+    @staticmethod
+    def applies(notation) -> bool:
+        """Whether a statement is a product this planner may factorise."""
+        fmt = notation.lhs.tensor.format
+        if not fmt.is_dense or contract.product_factors(notation) is None:
+            return False
+        return any(not a.tensor.format.is_dense for a in _accesses(notation))
+
+    # ------------------------------------------------------------------ call
+    def kernel_for(self, operands):
+        """The ProgramKernel a call with these operands runs, or None for the kernel itself."""
+        if self.kernel.output_name in operands and not self.notation.accumulate:
+            return None  # an output given to write into: the kernel's own path
+        ids = tuple(id(operands.get(name)) for name, _d, _i in self._shape_of)
+        if ids == self._last_ids and self.last is not None:
+            return self.last[2]  # the same objects again (a plan is a speed choice: never a wrong answer)
+        measured = self.measure(operands)
+        if measured is None:
+            return None
+        key, sizes, density = measured
+        hit = self.cache.get(key)
+        if hit is None:
+            hit = self.cache[key] = self._plan(sizes, density)
+        self.last = hit
+        self._last_ids = ids
+        return hit[2]
+
+    def plan(self, operands):
+        """``(Plan, cost of the statement as written)`` for these operands (tests, k.loops)."""
+        measured = self.measure(operands)
+        if measured is None:
+            return None
+        _key, sizes, density = measured
+        plan, single, _ = self._plan(sizes, density, build=False)
+        return plan, single
+
+    def _plan(self, sizes, density, build=True):
+        single = contract.statement_cost(self.notation, sizes, density)
+        if self.fixed is not None:
+            plan = self.fixed
+        else:
+            plan = contract.best(self.notation, sizes, density, self.dtype)
+        if plan.factorised and math.isnan(plan.cost):
+            plan = contract.Plan(plan.statements, _program_cost(plan, sizes, density), plan.temporaries)
+        program = self._program(plan) if build and plan.factorised else None
+        return plan, single, program
+
+    def _program(self, plan):
+        from .frontend.program import Program
+        from .program import ProgramKernel
+        a = self.notation
+        out = a.lhs.tensor.name
+        inputs = tuple(self.inputs) + ((out,) if a.accumulate else ())
+        program = Program(plan.statements, tuple(repr(s) for s in plan.statements), inputs, (out,),
+                          plan.temporaries)
+        k = self.kernel
+        return ProgramKernel(k.expression, program, k.options, k.target)
+
+    def measure(self, operands):
+        """``(cache key, index sizes, densities)`` of a call's operands, or None when
+        one cannot be measured (an unknown kind of operand)."""
+        sizes, density, shapes, buckets = {}, {}, [], []
+        for name, dense, indices in self._shape_of:
+            value = operands.get(name)
+            if value is None:
+                return None
+            shape = getattr(value, "shape", None)
+            shape = tuple(shape) if shape is not None else np.shape(value)
+            if len(shape) != len(indices):
+                return None  # the kernel's own checks say what is wrong
+            size = math.prod(shape)
+            if dense or size == 0:
+                d = 1.0
+                buckets.append(0)
+            else:
+                nnz = getattr(value, "nnz", None)
+                if nnz is None:
+                    if type(value) is not np.ndarray:
+                        return None
+                    nnz = np.count_nonzero(value)
+                d = int(nnz) / size
+                buckets.append(math.floor(math.log2(d)) if d > 0 else -999)
+            density[name] = d
+            shapes.append(shape)
+            for i, n in zip(indices, shape):
+                sizes.setdefault(i, int(n))
+        return (tuple(shapes), tuple(buckets)), sizes, density
+
+    def describe(self) -> str:
+        """What ``k.loops`` adds: the last call's plan when it was factorised ("" while
+        the statement as written runs)."""
+        if self.last is None or self.last[2] is None:
+            return ""
+        plan, single, program = self.last
+        return (f"(contraction order for the last call's operands: {plan.describe()} -- about "
+                f"{plan.cost:.3g} iterations against {single:.3g} as written)\n" + program.loops)
+
+
+def _program_cost(plan, sizes, density) -> float:
+    dens, cost = dict(density), 0.0
+    for s in plan.statements:
+        cost += contract.statement_cost(s, sizes, dens)
+        dens[s.lhs.tensor.name] = 1.0
+    return cost
+
+
+def _accesses(a) -> list:
+    from .notation import accesses
+    return accesses(a.rhs)
