@@ -19,13 +19,15 @@ caller hands it the Kernel class (``spcomp.Kernel.vjp``, ``spcomp.vjp``).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from ..errors import NotationError, OperandError, SpcompError
+from ..errors import NotationError, OperandError, SpcompError, UnsupportedError
 from ..formats import Format
 from ..frontend import to_notation, unparse
 from ..lower.record import Options
-from ..notation import Assignment, TensorVar
+from ..notation import Access, Assignment, TensorVar
 from ..schedule import Schedule
 from .derive import Gradient, Names, derive, names_in
 
@@ -104,7 +106,17 @@ class VJP:
         if k is None:
             a = g.parts[part]
             options = Options.from_schedule(self._schedule, False, "vjp_" + name, self._target.capabilities)
-            k = self._kernels[key] = self._kernel_class(_text(a), a, options, self._target, self._schedule)
+            try:
+                k = self._kernel_class(_text(a), a, options, self._target, self._schedule)
+            except UnsupportedError:
+                out = a.lhs.tensor
+                if out.format.is_dense:
+                    raise
+                # a format no kernel assembles (blocked, ...): append coordinates, convert after
+                fmt = Format.parse("coo" if out.order > 1 else "c", ndim=out.order)
+                a = Assignment(Access(dataclasses.replace(out, format=fmt), a.lhs.indices), a.rhs)
+                k = self._kernel_class(_text(a), a, options, self._target, self._schedule)
+            self._kernels[key] = k
         return k
 
     def compile(self) -> "VJP":
@@ -138,6 +150,8 @@ class VJP:
             if plain and g.pattern is not None:
                 kargs[g.pattern] = pattern_of(value, tensor.format)
                 got = self.kernel(g.operand, part)(**kargs)
+                if got.format != tensor.format:
+                    got = got.to_format(tensor.format, drop_zeros=False)
                 if len(g.parts) == 1:
                     return got
                 total = got.to_numpy() if total is None else total + got.to_numpy()
