@@ -124,3 +124,20 @@ def test_second_derivatives():
 def test_refusals():
     with pytest.raises(NotationError, match="wrt names 'Z'"):
         spcomp.vjp("y[i] = A[i,j]*x[j]", wrt=["Z"])
+
+
+def _random_case(data, functions=()):
+    case = data.draw(expressions(max_operands=3, max_order=2, functions=functions, output_format=False,
+                                 divisions=bool(functions)),
+                     label="case")
+    ops = data.draw(operands(case), label="operands")
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    return case, jitter(ops, np.random.default_rng(seed), case.output), seed
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_random_expressions_against_finite_differences_and_torch(data):
+    case, ops, seed = _random_case(data)
+    dense = data.draw(st.booleans(), label="dense")
+    check_vjp(case.text, case.formats, ops, seed=seed, dense=dense)

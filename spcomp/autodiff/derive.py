@@ -49,6 +49,7 @@ class Gradient:
     operand: str
     parts: dict
     pattern: str | None = None
+    sizes: dict = None  # scalar operand name -> the index of the statement whose size it holds
 
 
 def names_in(assignment: Assignment) -> set:
@@ -226,6 +227,7 @@ def derive(assignment: Assignment, operand: str, cotangent: TensorVar, gradient_
     # the output index names of the gradient: the operand's first plain access, else fresh
     terms: dict = {}  # diagonal pattern -> list of terms
     lhs_names: dict = {}
+    sizes: dict = {}
     out_access = Access(cotangent, assignment.lhs.indices)
     for path in paths:
         sign, factors, stripped, access = _walk(assignment.rhs, path, names)
@@ -240,6 +242,15 @@ def derive(assignment: Assignment, operand: str, cotangent: TensorVar, gradient_
         for n in clashes:
             mapping[n] = names.fresh(n)
         body = substitute(body, mapping)
+        # a sum this occurrence sits under whose index the term no longer uses: the
+        # term counts it (Σ_k of something without k is size(k) times it); the size
+        # is a scalar operand the caller binds from the forward operands' shapes
+        used = _free_names(body)
+        for n in stripped:
+            if n not in distinct and mapping.get(n, n) not in used:
+                scalar = TensorVar(names.fresh("n" + n), 0, Format(()), tensor.dtype)
+                sizes[scalar.name] = n
+                body = Mul(body, Access(scalar, ()))
         kept = set(target)
         if pattern is not None and diag == tuple(range(len(diag))):
             body = Mul(Access(pattern, tuple(IndexVar(n) for n in target)), body)
@@ -257,4 +268,4 @@ def derive(assignment: Assignment, operand: str, cotangent: TensorVar, gradient_
             Format.dense(order) if order else Format(()))
         out = TensorVar(gradient_name, order, fmt, tensor.dtype)
         parts[diag] = Assignment(Access(out, tuple(IndexVar(n) for n in lhs_names[diag])), rhs)
-    return Gradient(operand, parts, pattern.name if pattern is not None else None)
+    return Gradient(operand, parts, pattern.name if pattern is not None else None, sizes)

@@ -143,6 +143,8 @@ class VJP:
         shape = _shape(value, tensor.order)
         args = {n: v for n, v in operands.items() if n in self.notation.tensors and n != self.notation.lhs.tensor.name}
         args[self.cotangent.name] = cotangent
+        for scalar, index in (g.sizes or {}).items():
+            args[scalar] = float(_index_size(self.notation, operands, index))
         total = None
         for part, a in g.parts.items():
             kargs = {n: args[n] for n in a.tensors if n in args}
@@ -167,6 +169,16 @@ class VJP:
             return as_tensor(np.where(mask, total, 0.0).astype(_np_dtype(tensor.dtype)), tensor.format)
         return total.astype(_np_dtype(tensor.dtype)) if tensor.order else total.astype(
             _np_dtype(tensor.dtype))[()]
+
+
+def _index_size(notation: Assignment, operands: dict, index: str) -> int:
+    """The size of ``index`` in the forward statement, from its operands' shapes."""
+    from ..notation import accesses
+    for acc in accesses(notation.rhs):
+        for d, i in enumerate(acc.indices):
+            if i.name == index and acc.tensor.name in operands:
+                return _shape(operands[acc.tensor.name], acc.tensor.order)[d]
+    raise OperandError(f"cannot tell the size of index {index!r} from the operands given")
 
 
 def _np_dtype(name: str):

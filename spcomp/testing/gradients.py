@@ -67,6 +67,8 @@ def numeric_vjp(notation, arrays: dict, masks: dict, cotangent, name: str, h: fl
     cot = np.asarray(cotangent, dtype=np.float64)
     base = arrays[name]
     where = masks.get(name) if not dense else None
+    if dense:  # the dense function: the operand's unstored entries are values too
+        masks = {n: m for n, m in masks.items() if n != name}
     grad = np.zeros(np.shape(base))
     for pos in np.ndindex(np.shape(base)):
         if where is not None and not where[pos]:
