@@ -135,6 +135,12 @@ class VJP:
         (the same names as the forward call; the output is not needed)."""
         return {name: self._gradient(g, cotangent, operands) for name, g in self.gradients.items()}
 
+    def gradient(self, name: str, cotangent, **operands):
+        """The gradient of operand ``name`` alone (as ``self(cotangent, ...)[name]``)."""
+        if name not in self.gradients:
+            raise NotationError(f"no gradient of {name!r} was derived; derived: {', '.join(self.gradients)}")
+        return self._gradient(self.gradients[name], cotangent, operands)
+
     def _gradient(self, g: Gradient, cotangent, operands: dict):
         tensor = self.notation.tensors[g.operand]
         if g.operand not in operands:

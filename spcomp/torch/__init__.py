@@ -6,6 +6,9 @@ needs torch itself:
 
 * :func:`op` -- a kernel as a torch custom operator, traced by ``torch.compile``
   (``fullgraph=True``) and kept as one node by ``torch.export``;
+* :func:`function` -- a kernel torch can differentiate: its operator with an
+  autograd formula whose backward runs the derived gradient kernels
+  (docs/autodiff.md), eager and under ``torch.compile``;
 * :mod:`spcomp.torch.nn` -- ``SparseLinear`` and ``SparseFFN`` as ``torch.nn.Module``
   s over ``spcomp.nn``'s layers, called through the ``spcomp::layer`` operator;
 * :func:`sparsify` -- swaps the MLP blocks of Hugging Face models (BERT family,
@@ -13,8 +16,9 @@ needs torch itself:
 
 ``import spcomp`` never imports torch; ``import spcomp.torch`` does (not transformers).
 """
+from .autograd import KernelFunction, function
 from .nn import SparseFFN, SparseLinear
 from .ops import KernelOp, Levels, layer_op, op
 from .sparsify import SparsifyReport, sparsify
 
-__all__ = ["op", "KernelOp", "Levels", "layer_op", "SparseLinear", "SparseFFN", "sparsify", "SparsifyReport"]
+__all__ = ["function", "KernelFunction", "op", "KernelOp", "Levels", "layer_op", "SparseLinear", "SparseFFN", "sparsify", "SparsifyReport"]
