@@ -117,6 +117,7 @@ class OutputPlan:
     assembly: object = None    # assembly.TwoPhase when the output is counted, then filled
     overwrites: bool = False   # a dense output every element of which the kernel stores: not zeroed first
     index_limit: int | None = None  # the most entries a 32-bit kernel's output holds (None: 64-bit)
+    drops_zeros: bool = False  # a sparse output that skips computed zeros (its stored values are nonzero)
 
 
 @dataclass
