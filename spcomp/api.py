@@ -85,8 +85,12 @@ def vjp(expression: str, wrt=None, formats: dict | None = None, dtype="float64",
     from .autodiff import VJP
     from .frontend import to_notation
     notation = to_notation(expression, formats=formats, dtypes=dtypes, default_dtype=dtype)
+    drops = False
+    if not notation.lhs.tensor.format.is_dense:  # whether the forward stores only nonzeros
+        forward = compile(expression, formats, dtype, schedule, backend, dtypes=dtypes)
+        drops = forward.lowered.output.drops_zeros
     return VJP(notation, wrt, dense=dense, target=get_target(backend), kernel_class=Kernel,
-               cotangent_format=cotangent_format, schedule=schedule)
+               cotangent_format=cotangent_format, schedule=schedule, output_drops_zeros=drops)
 
 
 def _check_schedule_names(schedule: Schedule, notation) -> None:

@@ -140,7 +140,8 @@ class Kernel:
         and schedule (see :func:`spcomp.vjp` and docs/autodiff.md)."""
         from .autodiff import VJP
         return VJP(self.notation, wrt, dense=dense, target=self._target, kernel_class=type(self),
-                   cotangent_format=cotangent_format, schedule=self.schedule)
+                   cotangent_format=cotangent_format, schedule=self.schedule,
+                   output_drops_zeros=self.lowered.output.drops_zeros)
 
     def forget(self, *values) -> None:
         """Drop the cached conversions of these operand objects now (they go anyway

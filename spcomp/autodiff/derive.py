@@ -119,12 +119,14 @@ def substitute(e, mapping: dict):
 def function_derivative(call: Call, k: int):
     """``∂ f(args) / ∂ args[k]`` as an expression, from the function registry."""
     try:
-        from ..notation import functions
-    except ImportError:  # the registry is not in this tree yet
-        functions = None
-    if functions is None:
-        raise UnsupportedError(f"cannot differentiate {call!r}: no function registry with derivatives")
-    return functions.derivative(call.func, call.args, k)
+        from ..notation.functions import FUNCTIONS as REGISTRY
+    except ImportError:  # a tree without the registry
+        REGISTRY = {}
+    entry = REGISTRY.get(call.func)
+    if entry is None:
+        raise UnsupportedError(f"cannot differentiate {call!r}: the function registry has no derivative "
+                               f"of {call.func!r}")
+    return entry.derivative(call.args, k)
 
 
 def _occurrences(e, name: str, path=()):
@@ -137,12 +139,24 @@ def _occurrences(e, name: str, path=()):
     return out
 
 
-def _walk(rhs, path, names: Names):
+def _stored_slope_is_one(call: Call, derivative) -> bool:
+    """Whether ``call`` at the root of a zero-dropping output has slope 1 wherever the
+    output stores a value: a function with ``f(0) = 0`` whose derivative is
+    ``heaviside(x, h)`` is ``max(x, 0)``, so a stored (nonzero) value means ``x > 0``.
+    That is how the ReLU mask becomes the output's stored pattern (no mask tensor)."""
+    from ..notation.functions import maps_zero_to_zero
+    return (len(call.args) == 1 and isinstance(derivative, Call) and derivative.func == "heaviside"
+            and derivative.args[:1] == call.args and maps_zero_to_zero(call))
+
+
+def _walk(rhs, path, names: Names, zero_dropping: bool = False):
     """The factors, sign and stripped sums on the way from ``rhs`` to the access at
-    ``path``: -> (sign, factors, stripped index names, the access)."""
+    ``path``: -> (sign, factors, stripped index names, the access). With
+    ``zero_dropping`` the gradient is read only where the output stores a nonzero
+    (see :func:`_stored_slope_is_one`)."""
     sign, factors, stripped = 1.0, [], []
     node = rhs
-    for k in path:
+    for depth, k in enumerate(path):
         if isinstance(node, Sum):
             stripped.append(node.index.name)
         elif isinstance(node, Neg):
@@ -160,7 +174,9 @@ def _walk(rhs, path, names: Names):
                 sign = -sign
         elif isinstance(node, Call):
             args = tuple(rename_bound(a, names) for a in node.args)
-            factors.append(rename_bound(function_derivative(Call(node.func, args), k), names))
+            d = function_derivative(Call(node.func, args), k)
+            if not (depth == 0 and zero_dropping and _stored_slope_is_one(Call(node.func, args), d)):
+                factors.append(rename_bound(d, names))
         node = children(node)[k]
     return sign, factors, stripped, node
 
@@ -209,13 +225,15 @@ def _first_appearance(e) -> list:
 
 
 def derive(assignment: Assignment, operand: str, cotangent: TensorVar, gradient_name: str,
-           pattern: TensorVar | None = None) -> Gradient:
+           pattern: TensorVar | None = None, zero_dropping: bool = False) -> Gradient:
     """The gradient statements of ``operand`` for the statement ``assignment``.
 
     ``cotangent`` is the tensor holding ``∂L/∂Y`` (read at the output's indices);
     ``gradient_name`` names the gradient's output; ``pattern``, when given, is a
     tensor of the operand's order and format whose stored entries the gradient is
     taken at (the statements read it as a factor: an SDDMM-shaped sampled product).
+    ``zero_dropping`` says the output is sparse and stores only nonzeros, and the
+    cotangent has its pattern (a ReLU at the root then needs no mask factor).
     """
     paths = _occurrences(assignment.rhs, operand)
     if not paths:
@@ -230,7 +248,7 @@ def derive(assignment: Assignment, operand: str, cotangent: TensorVar, gradient_
     sizes: dict = {}
     out_access = Access(cotangent, assignment.lhs.indices)
     for path in paths:
-        sign, factors, stripped, access = _walk(assignment.rhs, path, names)
+        sign, factors, stripped, access = _walk(assignment.rhs, path, names, zero_dropping)
         diag = _diagonal_pattern(access)
         distinct = list(dict.fromkeys(i.name for i in access.indices))
         target = lhs_names.setdefault(diag, distinct)

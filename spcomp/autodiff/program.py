@@ -53,7 +53,7 @@ class VJP:
     and the forward operands returns ``{name: gradient}``."""
 
     def __init__(self, notation: Assignment, wrt=None, *, dense=False, target, kernel_class,
-                 cotangent_format=None, schedule: Schedule | None = None):
+                 cotangent_format=None, schedule: Schedule | None = None, output_drops_zeros: bool = False):
         self.notation = notation
         tensors = notation.tensors
         out = notation.lhs.tensor
@@ -73,7 +73,8 @@ class VJP:
             pattern = None
             if not t.format.is_dense and name not in dense:
                 pattern = TensorVar(names.fresh(name + "_pattern"), t.order, t.format, t.dtype)
-            g = derive(notation, name, self.cotangent, names.fresh("d" + name), pattern)
+            g = derive(notation, name, self.cotangent, names.fresh("d" + name), pattern,
+                       zero_dropping=output_drops_zeros and not cot_fmt.is_dense and cot_fmt == out.format)
             self.gradients[name] = g
         self._target = target
         self._kernel_class = kernel_class

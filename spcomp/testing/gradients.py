@@ -85,14 +85,17 @@ def numeric_vjp(notation, arrays: dict, masks: dict, cotangent, name: str, h: fl
 
 # ------------------------------------------------------------------- torch
 
-def _torch_functions():
+def _torch_function(name: str):
+    """The torch function of a language function (the oracle's; torch derives it)."""
     import torch
-    return {
-        "relu": torch.relu, "gelu": torch.nn.functional.gelu, "silu": torch.nn.functional.silu,
-        "abs": torch.abs, "sqrt": torch.sqrt, "tanh": torch.tanh, "exp": torch.exp, "log": torch.log,
-        "max": torch.maximum, "min": torch.minimum, "sigmoid": torch.sigmoid, "erf": torch.erf,
-        "sign": torch.sign, "heaviside": lambda x: (x > 0).to(x.dtype),
+    F = torch.nn.functional
+    special = {
+        "gelu": F.gelu, "silu": F.silu, "softplus": F.softplus, "relu": torch.relu,
+        "max": torch.maximum, "min": torch.minimum, "mod": torch.remainder,
+        "cube": lambda x: x * x * x, "cbrt": lambda x: torch.sign(x) * torch.abs(x) ** (1.0 / 3.0),
+        "heaviside": lambda x, h: (x > 0).to(x.dtype) + (x == 0).to(x.dtype) * h,
     }
+    return special.get(name) or getattr(torch, name)
 
 
 def _align(t, idx: list, target: list, sizes: dict):
@@ -131,7 +134,7 @@ def torch_evaluate(e, tensors: dict, sizes: dict):
         for _, i in vals:
             idx += [x for x in i if x not in idx]
         args = [_align(t, i, idx, sizes) for t, i in vals]
-        return _torch_functions()[e.func](*args), idx
+        return _torch_function(e.func)(*args), idx
     (a, ia), (b, ib) = torch_evaluate(e.lhs, tensors, sizes), torch_evaluate(e.rhs, tensors, sizes)
     idx = ia + [x for x in ib if x not in ia]
     A, B = _align(a, ia, idx, sizes), _align(b, ib, idx, sizes)
