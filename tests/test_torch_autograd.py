@@ -69,3 +69,32 @@ def test_only_needed_gradients_run():
     f(A=A, x=x).sum().backward()
     torch.testing.assert_close(A.grad, x.expand(3, 4))
     assert x.grad is None
+
+
+def test_trainable_sparse_linear_trains_its_stored_weights():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(12, 6)
+    layer = st.TrainableSparseLinear.from_linear(lin, density=0.3)
+    pattern = [getattr(layer, f"level{k}").clone() for k in range(layer._n_levels)]
+    x = torch.randn(5, 12)
+    target = torch.randn(5, 6)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = ((layer(x) - target) ** 2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+    assert all(torch.equal(a, getattr(layer, f"level{k}")) for k, a in enumerate(pattern))  # pattern fixed
+    # the values' gradient is the dense one at the stored entries
+    w = torch.zeros(6, 12)
+    lv = layer.weight_levels
+    rows = torch.repeat_interleave(torch.arange(6), torch.diff(lv.arrays[0].long()))
+    w[rows, lv.arrays[1].long()] = layer.values.detach()
+    wd = w.clone().requires_grad_()
+    ((x @ wd.T + layer.bias.detach() - target) ** 2).mean().backward()
+    layer.values.grad = None
+    ((layer(x) - target) ** 2).mean().backward()
+    torch.testing.assert_close(layer.values.grad, wd.grad[rows, lv.arrays[1].long()], rtol=1e-4, atol=1e-6)

@@ -11,6 +11,8 @@ needs torch itself:
   (docs/autodiff.md), eager and under ``torch.compile``;
 * :mod:`spcomp.torch.nn` -- ``SparseLinear`` and ``SparseFFN`` as ``torch.nn.Module``
   s over ``spcomp.nn``'s layers, called through the ``spcomp::layer`` operator;
+* :class:`TrainableSparseLinear`, :class:`TwellFFN` -- trainable weight-sparse and
+  activation-sparse (TwELL) layers whose backward passes are derived kernels;
 * :func:`sparsify` -- swaps the MLP blocks of Hugging Face models (BERT family,
   LLaMA/Qwen/Mistral-style gated MLPs) for those modules, and reports what it did.
 
@@ -20,5 +22,7 @@ from .autograd import KernelFunction, function
 from .nn import SparseFFN, SparseLinear
 from .ops import KernelOp, Levels, layer_op, op
 from .sparsify import SparsifyReport, sparsify
+from .training import TrainableSparseLinear, TwellFFN
 
-__all__ = ["function", "KernelFunction", "op", "KernelOp", "Levels", "layer_op", "SparseLinear", "SparseFFN", "sparsify", "SparsifyReport"]
+__all__ = ["function", "KernelFunction", "op", "KernelOp", "Levels", "layer_op", "SparseLinear", "SparseFFN", "sparsify", "SparsifyReport",
+           "TrainableSparseLinear", "TwellFFN"]

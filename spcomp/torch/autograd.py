@@ -20,7 +20,7 @@ import torch
 from spcomp.errors import OperandError
 from spcomp.runtime import Tensor, torch_bridge
 
-from .ops import Levels, _define, op
+from .ops import Levels, define_operator, op
 
 __all__ = ["KernelFunction", "function"]
 
@@ -83,7 +83,7 @@ class KernelFunction:
         grads = [None] * len(arrays)
         needs = ctx.needs_input_grad[0]  # one flag per array
         a = 0
-        for name, count, _ in self.kop._layout:
+        for name, count, _ in self.kop.layout:
             k = count or 1
             if name in self._grad_ops and needs[a + k - 1]:
                 g = self._grad_ops[name](arrays + [grad.contiguous()], ctx.shapes)
@@ -98,14 +98,14 @@ class KernelFunction:
         full = "spcomp::" + op_name
         _GRADIENTS[full] = (self, name)
         if not hasattr(torch.ops.spcomp, op_name):
-            _define(op_name, "(Tensor[] arrays, int[] shapes) -> Tensor",
+            define_operator(op_name, "(Tensor[] arrays, int[] shapes) -> Tensor",
                     lambda arrays, shapes, full=full: _run_gradient(full, arrays, shapes),
                     lambda arrays, shapes, full=full: _fake_gradient(full, arrays, shapes))
         return getattr(torch.ops.spcomp, op_name).default
 
     def _position(self, name: str) -> tuple:
         a = 0
-        for n, count, _ in self.kop._layout:
+        for n, count, _ in self.kop.layout:
             if n == name:
                 return a, count or 1
             a += count or 1
