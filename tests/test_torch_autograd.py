@@ -98,3 +98,30 @@ def test_trainable_sparse_linear_trains_its_stored_weights():
     layer.values.grad = None
     ((layer(x) - target) ** 2).mean().backward()
     torch.testing.assert_close(layer.values.grad, wd.grad[rows, lv.arrays[1].long()], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_twell_ffn_gradients_match_dense_torch(gated):
+    torch.manual_seed(1)
+    H_, F_, T = 8, 32, 6
+    up, down = torch.nn.Linear(H_, F_), torch.nn.Linear(F_, H_)
+    gate = torch.nn.Linear(H_, F_) if gated else None
+    ffn = st.TwellFFN.from_linears(up, down, gate=gate, B=8, K=2)   # K grows on overflow
+    x = torch.randn(T, H_, requires_grad=True)
+    out = ffn(x)
+    loss = (out ** 2).sum() + 0.5 * ffn.l1
+    loss.backward()
+
+    xd = x.detach().clone().requires_grad_()
+    ref = {n: p.detach().clone().requires_grad_() for n, p in ffn.named_parameters()}
+    act = xd @ ref["w_gate" if gated else "w_up"].T + ref["b_gate" if gated else "b_up"]
+    h = torch.relu(act)
+    inner = h * (xd @ ref["w_up"].T + ref["b_up"]) if gated else h
+    out_ref = inner @ ref["w_down"].T + ref["b_down"]
+    ((out_ref ** 2).sum() + 0.5 * h.mean()).backward()
+
+    torch.testing.assert_close(out, out_ref, rtol=1e-4, atol=1e-5)
+    assert ffn.sparsity == pytest.approx(float((h == 0).float().mean()))
+    torch.testing.assert_close(x.grad, xd.grad, rtol=1e-4, atol=1e-5)
+    for n, p in ffn.named_parameters():
+        torch.testing.assert_close(p.grad, ref[n].grad, rtol=1e-4, atol=1e-5, msg=n)
