@@ -125,3 +125,15 @@ def test_twell_ffn_gradients_match_dense_torch(gated):
     torch.testing.assert_close(x.grad, xd.grad, rtol=1e-4, atol=1e-5)
     for n, p in ffn.named_parameters():
         torch.testing.assert_close(p.grad, ref[n].grad, rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_sparse_linear_module_has_a_trainable_twin():
+    torch.manual_seed(2)
+    lin = torch.nn.Linear(10, 4)
+    inference = st.SparseLinear.from_linear(lin, density=0.5)
+    twin = inference.trainable()
+    x = torch.randn(3, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), inference(x), rtol=1e-5, atol=1e-6)
+    twin(x).sum().backward()
+    assert twin.values.grad is not None and twin.values.grad.shape == twin.values.shape

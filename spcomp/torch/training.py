@@ -28,7 +28,8 @@ __all__ = ["TrainableSparseLinear", "TwellFFN"]
 _F32 = "float32"
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
+def float32_array(t: torch.Tensor) -> np.ndarray:
+    """A tensor as a contiguous float32 NumPy array (a view when it already is one)."""
     return np.ascontiguousarray(t.detach().to(torch.float32).cpu().numpy())
 
 
@@ -38,10 +39,11 @@ class TrainableSparseLinear(torch.nn.Module):
     def __init__(self, weight, bias=None, format: str = "csr"):
         super().__init__()
         w = weight.detach().to(torch.float32).cpu().numpy() if isinstance(weight, torch.Tensor) else weight
+        if not isinstance(w, Tensor) and not hasattr(w, "tocsr"):
+            w = Tensor.from_numpy(np.asarray(w, dtype=np.float32), format)
         kernel = spcomp.compile("Y[t,o] = X[t,i]*W[o,i]", formats={"W": format}, dtype=_F32)
         self.fn = function(kernel)
-        levels = self.fn.levels("W", Tensor.from_numpy(np.asarray(w, dtype=np.float32), format)
-                                if not hasattr(w, "tocsr") else w)
+        levels = self.fn.levels("W", w)
         self.out_features, self.in_features = levels.shape
         for k, a in enumerate(levels.arrays[:-1]):
             self.register_buffer(f"level{k}", a)
@@ -97,7 +99,7 @@ class _Block:
 class _TwellFFNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, module, x, wa, ba, wu, bu, wd):
-        X, Wa, ba_ = _np(x), _np(wa), _np(ba)
+        X, Wa, ba_ = float32_array(x), float32_array(wa), float32_array(ba)
         while True:
             act, down, vjp_act, vjp_down = module.block.kernels(module.K)
             try:
@@ -106,10 +108,10 @@ class _TwellFFNFunction(torch.autograd.Function):
             except PackedOverflowError as e:
                 largest = e.largest_count or module.K + 1
                 module.K = min(module.B, max(1 << (max(1, largest) - 1).bit_length(), 2 * module.K))
-        Wd = np.ascontiguousarray(_np(wd).T)  # (ffn, hidden)
+        Wd = np.ascontiguousarray(float32_array(wd).T)  # (ffn, hidden)
         ops = {"H": H, "Wd": Wd}
         if module.gated:
-            ops.update(X=X, Wu=_np(wu), bu=_np(bu))
+            ops.update(X=X, Wu=float32_array(wu), bu=float32_array(bu))
         out = down(**ops)
         nnz = int(H.levels[1]["count"].sum())
         module.stored = nnz
@@ -121,7 +123,7 @@ class _TwellFFNFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out, d_l1):
         module, X, Wa, ba_, H, ops, vjp_act, vjp_down = ctx.state
-        dO = _np(d_out)
+        dO = float32_array(d_out)
         g2 = vjp_down(dO, **ops)
         dH = g2["H"]
         if d_l1 is not None and float(d_l1) != 0.0:  # d(mean H)/dH at the stored entries
