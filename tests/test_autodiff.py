@@ -9,6 +9,7 @@ import spcomp
 from spcomp.errors import NotationError, UnsupportedError
 from spcomp.frontend import to_notation
 from spcomp.testing import expressions, operands
+from spcomp.testing.strategies import DEFAULT_FUNCTIONS
 from spcomp.testing.check import densify
 from spcomp.testing.gradients import dense_inputs, jitter, numeric_vjp, torch_vjp
 
@@ -141,3 +142,10 @@ def test_random_expressions_against_finite_differences_and_torch(data):
     case, ops, seed = _random_case(data)
     dense = data.draw(st.booleans(), label="dense")
     check_vjp(case.text, case.formats, ops, seed=seed, dense=dense)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_random_expressions_with_functions(data):
+    case, ops, seed = _random_case(data, functions=DEFAULT_FUNCTIONS)
+    check_vjp(case.text, case.formats, ops, seed=seed, dense=data.draw(st.booleans(), label="dense"))

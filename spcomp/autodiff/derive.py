@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from ..errors import NotationError, UnsupportedError
 from ..formats import Format
+from ..notation.functions import FUNCTIONS as REGISTRY, maps_zero_to_zero
 from ..notation import (Access, Add, Assignment, Call, Div, IndexVar, Literal, Mul, Neg, Sub, Sum,
                         TensorVar, accesses, children, free_indices)
 
@@ -118,10 +119,6 @@ def substitute(e, mapping: dict):
 
 def function_derivative(call: Call, k: int):
     """``∂ f(args) / ∂ args[k]`` as an expression, from the function registry."""
-    try:
-        from ..notation.functions import FUNCTIONS as REGISTRY
-    except ImportError:  # a tree without the registry
-        REGISTRY = {}
     entry = REGISTRY.get(call.func)
     if entry is None:
         raise UnsupportedError(f"cannot differentiate {call!r}: the function registry has no derivative "
@@ -144,7 +141,6 @@ def _stored_slope_is_one(call: Call, derivative) -> bool:
     output stores a value: a function with ``f(0) = 0`` whose derivative is
     ``heaviside(x, h)`` is ``max(x, 0)``, so a stored (nonzero) value means ``x > 0``.
     That is how the ReLU mask becomes the output's stored pattern (no mask tensor)."""
-    from ..notation.functions import maps_zero_to_zero
     return (len(call.args) == 1 and isinstance(derivative, Call) and derivative.func == "heaviside"
             and derivative.args[:1] == call.args and maps_zero_to_zero(call))
 
