@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import spcomp
 from spcomp.errors import NotationError, UnsupportedError
 from spcomp.frontend import to_notation
+from spcomp.notation import accesses
 from spcomp.testing import expressions, operands
 from spcomp.testing.strategies import DEFAULT_FUNCTIONS
 from spcomp.testing.check import densify
@@ -149,3 +150,42 @@ def test_random_expressions_against_finite_differences_and_torch(data):
 def test_random_expressions_with_functions(data):
     case, ops, seed = _random_case(data, functions=DEFAULT_FUNCTIONS)
     check_vjp(case.text, case.formats, ops, seed=seed, dense=data.draw(st.booleans(), label="dense"))
+
+
+def check_notation_vjp(notation, ops, kernel, seed=0):
+    """check_vjp for a statement given as notation (a derived one), dense operands."""
+    from spcomp.autodiff import VJP
+    rng = np.random.default_rng(seed)
+    v = VJP(notation, target=kernel.target, kernel_class=type(kernel))
+    arrays, masks = dense_inputs(notation, ops)
+    out_shape = tuple(np.shape(spcomp.testing.reference(notation, arrays, masks=masks)))
+    cot = rng.standard_normal(out_shape)
+    grads = v(cot, **ops)
+    expect_t = torch_vjp(notation, arrays, masks, cot, list(v.gradients))
+    for name in v.gradients:
+        got = densify(grads[name])
+        fd = numeric_vjp(notation, arrays, masks, cot, name)
+        np.testing.assert_allclose(got, fd, rtol=1e-5, atol=1e-6, err_msg=f"{notation!r}: d{name} (finite diff)")
+        np.testing.assert_allclose(got, expect_t[name], rtol=1e-9, atol=1e-9, err_msg=f"{notation!r}: d{name} (torch)")
+    return v
+
+
+@pytest.mark.parametrize("text, wrt, shapes", [
+    ("Y[i,k] = A[i,j]*B[j,k]", "A", {"A": (3, 4), "B": (4, 2)}),
+    ("y[i] = tanh(A[i,j]*x[j]) * b[i]", "x", {"A": (3, 4), "x": (4,), "b": (3,)}),
+    ("s = exp(a[i]) * b[i] + sigmoid(c[i])", "a", {"a": (4,), "b": (4,), "c": (4,)}),
+    ("y[i] = a[i] / (b[i]*b[i] + 1) - silu(a[i])", "b", {"a": (3,), "b": (3,)}),
+    ("Y[i,j] = A[i] + B[i,k] + C[j,k]", "A", {"A": (3,), "B": (3, 2), "C": (2, 2)}),
+])
+def test_second_derivatives_are_gradients_of_the_derived_statement(text, wrt, shapes):
+    k = spcomp.compile(text)
+    first = k.vjp(wrt=wrt)
+    stmt = first.statements[wrt][0]
+    ops = {n: (float(_dense()) if not s else _dense(*s)) for n, s in shapes.items()}
+    out_shape = tuple(np.shape(spcomp.testing.reference(k.notation, ops)))
+    ops = {n: v for n, v in ops.items() if n in stmt.tensors}
+    ops[first.cotangent.name] = _dense(*out_shape) if out_shape else float(_dense())
+    sizes = {i.name: shapes[a.tensor.name][d] for a in accesses(k.notation.rhs) for d, i in enumerate(a.indices)}
+    for scalar, index in (first.gradients[wrt].sizes or {}).items():  # nk: the size of k
+        ops[scalar] = float(sizes[index])
+    check_notation_vjp(stmt, ops, k)
