@@ -189,3 +189,30 @@ def test_second_derivatives_are_gradients_of_the_derived_statement(text, wrt, sh
     for scalar, index in (first.gradients[wrt].sizes or {}).items():  # nk: the size of k
         ops[scalar] = float(sizes[index])
     check_notation_vjp(stmt, ops, k)
+
+
+@pytest.mark.parametrize("fmt", ["twell(B=4,K=4)", "csr"])
+def test_relu_into_a_zero_dropping_output_needs_no_mask(fmt):
+    text = "H[t,n] = relu(X[t,k]*W[n,k] + b[n])"
+    k = spcomp.compile(text, formats={"H": fmt})
+    assert k.lowered.output.drops_zeros
+    v = k.vjp()
+    assert v.expressions == {"X": ["dX[t,k] = dH[t,n] * W[n,k]"], "W": ["dW[n,k] = dH[t,n] * X[t,k]"],
+                             "b": ["db[n] = dH[t,n]"]}
+    X, W, b = _dense(5, 3), _dense(8, 3), _dense(8)
+    H = k(X=X, W=W, b=b)
+    stored = H.to_numpy() != 0
+    assert 0 < stored.sum() < stored.size
+    # the cotangent at H's pattern (the slots TwELL leaves unused stay 0)
+    dH = type(H)(H.format, H.shape, H.levels, np.where(H.vals != 0, RNG.standard_normal(H.vals.shape), 0.0))
+    g = v(dH, X=X, W=W, b=b)
+    # the dense derivative with the cotangent restricted to the stored positions
+    notation = to_notation(text)
+    expect = torch_vjp(notation, {"X": X, "W": W, "b": b}, {}, np.where(stored, dH.to_numpy(), 0.0), ["X", "W", "b"])
+    for name in "XWb":
+        np.testing.assert_allclose(g[name], expect[name], rtol=1e-10, atol=1e-12)
+
+
+def test_relu_into_a_dense_output_keeps_its_mask():
+    v = spcomp.vjp("H[t,n] = relu(X[t,k]*W[n,k])")
+    assert "heaviside(" in v.expressions["X"][0]
