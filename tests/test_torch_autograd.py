@@ -21,6 +21,7 @@ def _csr_rows(m):
     ("y[i] = A[i,j]/x[j] - x[i]", {"A": (3, 3), "x": (3,)}),
     ("s = a[i]*b[i] + c[j]", {"a": (3,), "b": (3,), "c": (2,)}),
     ("Y[j,i] = A[i,j] + A[j,i]", {"A": (3, 3)}),
+    ("y[i] += A[i,j]*x[j]", {"A": (3, 4), "x": (4,), "y": (3,)}),
 ])
 def test_gradcheck_dense(text, shapes):
     f = st.function(spcomp.compile(text))

@@ -27,7 +27,7 @@ from ..errors import NotationError, OperandError, SpcompError, UnsupportedError
 from ..formats import Format
 from ..frontend import to_notation, unparse
 from ..lower.record import Options
-from ..notation import Access, Assignment, TensorVar
+from ..notation import Access, Assignment, TensorVar, accesses
 from ..schedule import Schedule
 from .derive import Gradient, Names, derive, names_in
 
@@ -165,9 +165,14 @@ class VJP:
                     return got
                 total = got.to_numpy() if total is None else total + got.to_numpy()
                 continue
-            out_shape = tuple(shape[part.index(k)] for k in range(len(set(part))))
-            kargs[a.lhs.tensor.name] = np.zeros(out_shape, dtype=_np_dtype(tensor.dtype))
-            got = np.asarray(self.kernel(g.operand, part)(**kargs), dtype=np.float64)
+            used = {i.name for acc in accesses(a.rhs) for i in acc.indices}
+            if not {i.name for i in a.lhs.indices} <= used:  # a size only the operand knows
+                out_shape = tuple(shape[part.index(k)] for k in range(len(set(part))))
+                kargs[a.lhs.tensor.name] = np.zeros(out_shape, dtype=_np_dtype(tensor.dtype))
+            got = self.kernel(g.operand, part)(**kargs)
+            if plain and len(g.parts) == 1 and g.pattern is None:  # the common case: as computed
+                return got if tensor.order else np.asarray(got)[()]
+            got = np.asarray(got, dtype=np.float64)
             full = got if plain else _embed(got, part, shape)
             total = full if total is None else total + full
         if g.pattern is not None:  # only diagonal parts: sample the dense sum at the pattern
@@ -180,7 +185,6 @@ class VJP:
 
 def _index_size(notation: Assignment, operands: dict, index: str) -> int:
     """The size of ``index`` in the forward statement, from its operands' shapes."""
-    from ..notation import accesses
     for acc in accesses(notation.rhs):
         for d, i in enumerate(acc.indices):
             if i.name == index and acc.tensor.name in operands:

@@ -88,6 +88,8 @@ class KernelFunction:
             if name in self._grad_ops and needs[a + k - 1]:
                 g = self._grad_ops[name](arrays + [grad.contiguous()], ctx.shapes)
                 grads[a + k - 1] = g  # a sparse operand: its values array, the last of its arrays
+            elif name == self.kop.output and needs[a]:  # '+=': the old output passes through
+                grads[a] = grad
             a += k
         return grads, (None if len(ctx.shapes) else [])  # the structure torch checks
 
