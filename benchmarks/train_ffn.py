@@ -104,10 +104,11 @@ def main(argv=None) -> int:
             t_dense = median_time(dense_step, args.rounds)
             t_sparse = median_time(sparse_step, args.rounds)
             # the gradients agree
-            names = ["w_gate", "b_gate", "w_up", "b_up", "w_down", "b_down"]
+            names = ["w_gate", "b_gate", "w_up", "b_up", "w_down_t", "b_down"]
             errs = {"x": float((xs.grad - xd.grad).norm() / xd.grad.norm())}
             for n, p in zip(names, dense_params):
                 q = getattr(ffn, n).grad
+                q = q.T if n == "w_down_t" else q
                 errs[n] = float((q - p.grad).norm() / max(p.grad.norm(), 1e-30))
             print(f"\n{T} tokens, activation sparsity {ffn.sparsity:.4f} (asked {sp}), TwELL K={ffn.K}; {load()}")
             print(f"  training step (forward + backward): dense PyTorch {t_dense * 1e3:8.1f} ms, "
@@ -124,7 +125,7 @@ def breakdown(ffn, x, dO, rounds: int) -> None:
     X = _np(x)
     Wa, ba = _np(ffn.w_gate), _np(ffn.b_gate)
     H = act(X=X, Wa=Wa, ba=ba)
-    ops = {"H": H, "Wd": np.ascontiguousarray(_np(ffn.w_down).T), "X": X, "Wu": _np(ffn.w_up),
+    ops = {"H": H, "Wd": _np(ffn.w_down_t), "X": X, "Wu": _np(ffn.w_up),
            "bu": _np(ffn.b_up)}
     dOn = _np(dO)
     dH = vjp_down.gradient("H", dOn, **ops)

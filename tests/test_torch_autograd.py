@@ -118,7 +118,7 @@ def test_twell_ffn_gradients_match_dense_torch(gated):
     act = xd @ ref["w_gate" if gated else "w_up"].T + ref["b_gate" if gated else "b_up"]
     h = torch.relu(act)
     inner = h * (xd @ ref["w_up"].T + ref["b_up"]) if gated else h
-    out_ref = inner @ ref["w_down"].T + ref["b_down"]
+    out_ref = inner @ ref["w_down_t"] + ref["b_down"]
     ((out_ref ** 2).sum() + 0.5 * h.mean()).backward()
 
     torch.testing.assert_close(out, out_ref, rtol=1e-4, atol=1e-5)

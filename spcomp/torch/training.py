@@ -108,7 +108,7 @@ class _TwellFFNFunction(torch.autograd.Function):
             except PackedOverflowError as e:
                 largest = e.largest_count or module.K + 1
                 module.K = min(module.B, max(1 << (max(1, largest) - 1).bit_length(), 2 * module.K))
-        Wd = np.ascontiguousarray(float32_array(wd).T)  # (ffn, hidden)
+        Wd = float32_array(wd)  # (ffn, hidden): the parameter is kept in the layout the kernels read
         ops = {"H": H, "Wd": Wd}
         if module.gated:
             ops.update(X=X, Wu=float32_array(wu), bu=float32_array(bu))
@@ -139,7 +139,7 @@ class _TwellFFNFunction(torch.autograd.Function):
             out += [t(np.asarray(g2["Wu"], np.float32)), t(np.asarray(g2["bu"], np.float32))]
         else:
             out += [None, None]
-        out.append(t(np.ascontiguousarray(np.asarray(g2["Wd"], np.float32).T)))
+        out.append(t(np.asarray(g2["Wd"], np.float32)))
         ctx.state = None
         return tuple(out)
 
@@ -147,7 +147,9 @@ class _TwellFFNFunction(torch.autograd.Function):
 class TwellFFN(torch.nn.Module):
     """``down(relu(gate(x)) * up(x))`` (gated) or ``down(relu(up(x)))`` with the ReLU's
     output stored as TwELL(B, K) (see the module docstring). Weights are the
-    ``nn.Linear`` layouts: ``w_up``/``w_gate`` (ffn, hidden), ``w_down`` (hidden, ffn)."""
+    ``nn.Linear`` layouts: ``w_up``/``w_gate`` (ffn, hidden), ``w_down`` (hidden, ffn); the
+    down weight is kept transposed, as the parameter ``w_down_t`` (ffn, hidden), the
+    layout its kernels read (no transposed copy per step); ``w_down`` is a view of it."""
 
     def __init__(self, w_up, b_up, w_down, b_down, w_gate=None, b_gate=None, B: int = 64, K: int = 8):
         super().__init__()
@@ -155,10 +157,12 @@ class TwellFFN(torch.nn.Module):
         def param(w):
             return None if w is None else torch.nn.Parameter(torch.as_tensor(w, dtype=torch.float32).clone())
         self.gated = w_gate is not None
-        self.w_up, self.w_down, self.w_gate = param(w_up), param(w_down), param(w_gate)
+        self.w_up, self.w_gate = param(w_up), param(w_gate)
         self.ffn, self.hidden = self.w_up.shape
-        if tuple(self.w_down.shape) != (self.hidden, self.ffn):
-            raise ShapeError(f"w_down has shape {tuple(self.w_down.shape)}; expected ({self.hidden}, {self.ffn})")
+        w_down = torch.as_tensor(w_down, dtype=torch.float32)
+        if tuple(w_down.shape) != (self.hidden, self.ffn):
+            raise ShapeError(f"w_down has shape {tuple(w_down.shape)}; expected ({self.hidden}, {self.ffn})")
+        self.w_down_t = torch.nn.Parameter(w_down.T.contiguous())
         zeros = torch.zeros
         self.b_up = param(b_up if b_up is not None else zeros(self.ffn))
         self.b_down = param(b_down if b_down is not None else zeros(self.hidden))
@@ -178,14 +182,19 @@ class TwellFFN(torch.nn.Module):
         (wu, bu), (wd, bd), (wg, bg) = wb(up), wb(down), wb(gate)
         return cls(wu, bu, wd, bd, wg, bg, **kw)
 
+    @property
+    def w_down(self) -> torch.Tensor:
+        """The down weight in ``nn.Linear``'s layout (hidden, ffn): a view of ``w_down_t``."""
+        return self.w_down_t.T
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         X = x.reshape(-1, self.hidden)
         if self.gated:
             out, self.l1 = _TwellFFNFunction.apply(self, X, self.w_gate, self.b_gate, self.w_up, self.b_up,
-                                                   self.w_down)
+                                                   self.w_down_t)
         else:
-            out, self.l1 = _TwellFFNFunction.apply(self, X, self.w_up, self.b_up, None, None, self.w_down)
+            out, self.l1 = _TwellFFNFunction.apply(self, X, self.w_up, self.b_up, None, None, self.w_down_t)
         return (out + self.b_down).to(x.dtype).reshape(*lead, self.hidden)
 
     def extra_repr(self) -> str:
