@@ -6,7 +6,7 @@ import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import spcomp
-from spcomp.errors import NotationError, UnsupportedError
+from spcomp.errors import NotationError
 from spcomp.frontend import to_notation
 from spcomp.notation import accesses
 from spcomp.testing import expressions, operands
@@ -114,10 +114,10 @@ def test_second_derivatives():
     first = k.vjp()
     stmt = first.statements["A"][0]
     second = spcomp.autodiff.VJP(stmt, ["B", "dY"], target=k.target, kernel_class=type(k))
-    assert second.expressions["B"] == ["ddA[j,k] = ddA1[i,j] * dY[i,k]"] or second.expressions["B"]
+    assert second.expressions == {"B": ["dB[j,k] = ddA[i,j] * dY[i,k]"],
+                                  "dY": ["ddY[i,k] = ddA[i,j] * B[j,k]"]}
     rng = np.random.default_rng(1)
-    A, B, dY, W = rng.standard_normal((3, 4)), rng.standard_normal((4, 5)), rng.standard_normal((3, 5)), \
-        rng.standard_normal((3, 4))
+    B, dY, W = rng.standard_normal((4, 5)), rng.standard_normal((3, 5)), rng.standard_normal((3, 4))
     g = second(W, B=B, dY=dY)
     np.testing.assert_allclose(g["B"], W.T @ dY, atol=1e-12)
     np.testing.assert_allclose(g["dY"], W @ B, atol=1e-12)

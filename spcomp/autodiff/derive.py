@@ -50,7 +50,7 @@ class Gradient:
     operand: str
     parts: dict
     pattern: str | None = None
-    sizes: dict = None  # scalar operand name -> the index of the statement whose size it holds
+    sizes: dict | None = None  # scalar operand name -> the index of the statement whose size it holds
 
 
 def names_in(assignment: Assignment) -> set:
@@ -238,9 +238,8 @@ def derive(assignment: Assignment, operand: str, cotangent: TensorVar, gradient_
     tensor = assignment.tensors[operand]
     names = Names(names_in(assignment) | {cotangent.name, gradient_name}
                   | ({pattern.name} if pattern is not None else set()))
-    # the output index names of the gradient: the operand's first plain access, else fresh
-    terms: dict = {}  # diagonal pattern -> list of terms
-    lhs_names: dict = {}
+    terms: dict = {}      # diagonal pattern -> [(sign, term)]
+    lhs_names: dict = {}  # diagonal pattern -> the gradient's index names: its first occurrence's
     sizes: dict = {}
     out_access = Access(cotangent, assignment.lhs.indices)
     for path in paths:

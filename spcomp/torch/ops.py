@@ -18,8 +18,8 @@ that says what it returns without running it. Two kinds are made here:
   nothing of spcomp.nn is re-implemented for torch. The modules of
   :mod:`spcomp.torch.nn` call it.
 
-Both are inference operators: no autograd formula is registered, so a backward
-through them raises torch's "no autograd kernel" error.
+Both are inference operators as made here; :func:`spcomp.torch.function`
+(``autograd.py``) registers a kernel operator's autograd formula.
 """
 from __future__ import annotations
 
