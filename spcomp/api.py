@@ -120,6 +120,26 @@ def _compile_program(expression, formats, dtype, dtypes, schedule, backend, drop
     return ProgramKernel(expression, program, options, target, schedule)
 
 
+def vjp(expression: str, wrt=None, formats: dict | None = None, dtype="float64", *, dtypes: dict | None = None,
+        dense=False, cotangent_format=None, backend: str = "cpu", schedule: Schedule | None = None):
+    """The backward pass of ``expression``: one derived gradient statement per operand
+    in ``wrt`` (default: every operand), compiled like any kernel (docs/autodiff.md).
+
+    A sparse operand's gradient is taken at its stored pattern, in its format, unless
+    ``dense`` is True or names it; the cotangent is read in the output's format
+    (``cotangent_format`` overrides). Returns a :class:`spcomp.autodiff.VJP`: call it
+    as ``vjp(dY, **operands)`` for ``{name: gradient}``."""
+    from .autodiff import VJP
+    from .frontend import to_notation
+    notation = to_notation(expression, formats=formats, dtypes=dtypes, default_dtype=dtype)
+    drops = False
+    if not notation.lhs.tensor.format.is_dense:  # whether the forward stores only nonzeros
+        forward = compile(expression, formats, dtype, schedule, backend, dtypes=dtypes)
+        drops = forward.lowered.output.drops_zeros
+    return VJP(notation, wrt, dense=dense, target=get_target(backend), kernel_class=Kernel,
+               cotangent_format=cotangent_format, schedule=schedule, output_drops_zeros=drops)
+
+
 def _check_schedule_names(schedule: Schedule, notation) -> None:
     """Every index a schedule names must be one the expression uses."""
     from .errors import ScheduleError

@@ -148,6 +148,17 @@ class Kernel:
         fmts = ", ".join(f"{k}={v}" for k, v in self.formats.items() if not v.is_dense)
         return f"<spcomp.Kernel {self.expression!r}{' ' + fmts if fmts else ''} backend={self._target.name}>"
 
+    def vjp(self, wrt=None, *, dense=False, cotangent_format=None, schedule=None):
+        """The backward pass of this kernel's statement: the derived gradient statements
+        of the operands in ``wrt`` (default: all), compiled for this kernel's backend
+        with the default schedule (this kernel's directives name its own loops, not
+        the derived statements'; pass ``schedule`` to choose one) -- see
+        :func:`spcomp.vjp` and docs/autodiff.md."""
+        from .autodiff import VJP
+        return VJP(self.notation, wrt, dense=dense, target=self._target, kernel_class=type(self),
+                   cotangent_format=cotangent_format, schedule=schedule,
+                   output_drops_zeros=self.lowered.output.drops_zeros)
+
     def forget(self, *values) -> None:
         """Drop the cached conversions of these operand objects now (they go anyway
         when the objects do): for callers that pass many short-lived operands."""

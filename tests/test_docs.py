@@ -44,7 +44,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ("docs/guide.md", "docs/formats.md", "docs/lowering-example.md")
+DOCS = ("docs/guide.md", "docs/formats.md", "docs/lowering-example.md", "docs/autodiff.md")
 # every doc this suite owns: their relative links must point at files that exist
 LINKED = DOCS + ("docs/architecture.md", "docs/cuda.md", "docs/torch.md")
 # documents other engineers write; a link to them is fine before they exist

@@ -271,7 +271,7 @@ def _build(lw):
     from .record import OutputPlan
     return lw.record(module, fill_fn.name, fill_bindings,
                      OutputPlan("csf", assembly=TwoPhase(count_fn.name, fill_fn.name, count_bindings, d),
-                                index_limit=lw.opt.index_limit),
+                                index_limit=lw.opt.index_limit, drops_zeros=drop),
                      Assignment(lw.lhs, lw.rhs, lw.accumulate), list(lw.loops_text))
 
 

@@ -238,6 +238,7 @@ class Lowerer:
         fmt = lhs.tensor.format
         self.capacity_param = None
         self.bounded = ()
+        self.drops_zeros = False
         grow = []
         if not fmt.is_dense and not self.opt.append_chunks:
             from . import assembly
@@ -260,6 +261,7 @@ class Lowerer:
             self.bindings.append(Binding(self.capacity_param, "capacity"))
             sink = AppendSink(out, lhs, drop, self.fresh, self.sizes, self.capacity_param, self.opt.index_limit,
                               asked=self.expand)
+            self.drops_zeros = drop
             shape = sink.shape
             grow = sink.growable()
             bounded = ()
@@ -352,7 +354,8 @@ class Lowerer:
         module = n.Module((fn,), entry=self.opt.name)
         return self.record(module, self.opt.name, self.bindings,
                            OutputPlan(shape, grow, self.bounded, overwrites=self._overwrites_output(fn),
-                                      index_limit=self.opt.index_limit),
+                                      index_limit=self.opt.index_limit,
+                                      drops_zeros=self.drops_zeros),
                            Assignment(self.lhs, self.notation_rhs, self.accumulate),
                            [g.describe() for g in self.gemms] + self.loops_text)
 

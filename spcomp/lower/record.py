@@ -120,6 +120,7 @@ class OutputPlan:
     # the format asked for, when the kernel assembles a stand-in with compressed levels
     # where it has dense ones under sparse ones (outputs.assembled_format); the runtime expands
     expand: object = None
+    drops_zeros: bool = False  # a sparse output that skips computed zeros (its stored values are nonzero)
 
 
 @dataclass

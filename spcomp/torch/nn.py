@@ -6,7 +6,8 @@ calls it through the ``spcomp::layer`` custom operator (:func:`spcomp.torch.ops.
 so ``torch.compile(model, fullgraph=True)`` traces a model holding them without
 graph breaks. The weights are spcomp's (NumPy arrays and spcomp Tensors inside
 the layer), not torch parameters: the modules are for inference on the CPU, in
-float32 (other input dtypes are converted in and out), and have no backward.
+float32 (other input dtypes are converted in and out), and have no backward:
+``SparseLinear.trainable()`` gives the trainable twin (spcomp/torch/training.py).
 
 >>> lin = SparseLinear.from_linear(torch_linear, density=0.05)          # doctest: +SKIP
 >>> ffn = SparseFFN.from_linears(up, down, gate=gate, activation="silu", topk=0.05)
@@ -60,6 +61,14 @@ class SparseLinear(_LayerModule):
     @property
     def sparsity(self) -> float:
         return self.layer.sparsity
+
+    def trainable(self):
+        """This layer as a :class:`~spcomp.torch.training.TrainableSparseLinear` (same
+        stored weights and pattern, its values an ``nn.Parameter``; docs/autodiff.md)."""
+        from .training import TrainableSparseLinear
+        fmt = "csr" if self.layer.format == "dense" else self.layer.format
+        w = self.layer.weight.to_numpy() if self.layer.format == "dense" else self.layer.weight
+        return TrainableSparseLinear(w, self.layer.bias, format=fmt)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -18,8 +18,8 @@ that says what it returns without running it. Two kinds are made here:
   nothing of spcomp.nn is re-implemented for torch. The modules of
   :mod:`spcomp.torch.nn` call it.
 
-Both are inference operators: no autograd formula is registered, so a backward
-through them raises torch's "no autograd kernel" error.
+Both are inference operators as made here; :func:`spcomp.torch.function`
+(``autograd.py``) registers a kernel operator's autograd formula.
 """
 from __future__ import annotations
 
@@ -123,6 +123,11 @@ class KernelOp:
             for d, i in enumerate(notation.lhs.indices):
                 where.setdefault(i.name, (self.output, d))
         return where
+
+    @property
+    def layout(self) -> list:
+        """``(operand, number of level arrays or 0 when dense, order)`` in argument order."""
+        return list(self._layout)
 
     def __repr__(self) -> str:
         return f"<spcomp.torch.KernelOp torch.ops.{self.name.replace('::', '.')} for {self.kernel.expression!r}>"
@@ -285,7 +290,7 @@ def _raw_view(x: torch.Tensor) -> np.ndarray:
 _LIB = torch.library.Library("spcomp", "FRAGMENT")
 
 
-def _define(name: str, schema: str, impl, fake) -> None:
+def define_operator(name: str, schema: str, impl, fake) -> None:
     """Define ``spcomp::name`` with ``impl`` for CPU and CUDA tensors and ``fake``
     for the tracers (fake and meta tensors)."""
     _LIB.define(name + schema)
@@ -305,7 +310,7 @@ def _register(name: str, kop: KernelOp):
     def fake(arrays, shapes):
         return _OPS[name].fake(arrays, shapes)
 
-    _define(name.split("::")[1], "(Tensor[] arrays, int[] shapes) -> Tensor", impl, fake)
+    define_operator(name.split("::")[1], "(Tensor[] arrays, int[] shapes) -> Tensor", impl, fake)
 
 
 # ------------------------------------------------------------------ layers
@@ -340,5 +345,5 @@ def _layer_fake(x, handle, out_features):
     return x.new_empty((*x.shape[:-1], out_features), dtype=torch.float32)
 
 
-_define("layer", "(Tensor x, int handle, int out_features) -> Tensor", _layer_impl, _layer_fake)
+define_operator("layer", "(Tensor x, int handle, int out_features) -> Tensor", _layer_impl, _layer_fake)
 layer_op = torch.ops.spcomp.layer.default
