@@ -244,6 +244,8 @@ def derive(assignment: Assignment, operand: str, cotangent: TensorVar, gradient_
     out_access = Access(cotangent, assignment.lhs.indices)
     for path in paths:
         sign, factors, stripped, access = _walk(assignment.rhs, path, names, zero_dropping)
+        if any(isinstance(f, Literal) and f.value == 0 for f in factors):
+            continue  # through sign, floor, heaviside ...: this occurrence passes no gradient
         diag = _diagonal_pattern(access)
         distinct = list(dict.fromkeys(i.name for i in access.indices))
         target = lhs_names.setdefault(diag, distinct)

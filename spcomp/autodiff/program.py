@@ -152,6 +152,8 @@ class VJP:
         args[self.cotangent.name] = cotangent
         for scalar, index in (g.sizes or {}).items():
             args[scalar] = float(_index_size(self.notation, operands, index))
+        if not g.parts:  # every occurrence passes through a piecewise-constant function
+            return _zero_gradient(value, tensor, g.pattern is not None, shape)
         total = None
         for part, a in g.parts.items():
             kargs = {n: args[n] for n in a.tensors if n in args}
@@ -165,10 +167,10 @@ class VJP:
                     return got
                 total = got.to_numpy() if total is None else total + got.to_numpy()
                 continue
-            used = {i.name for acc in accesses(a.rhs) for i in acc.indices}
-            if not {i.name for i in a.lhs.indices} <= used:  # a size only the operand knows
-                out_shape = tuple(shape[part.index(k)] for k in range(len(set(part))))
-                kargs[a.lhs.tensor.name] = np.zeros(out_shape, dtype=_np_dtype(tensor.dtype))
+            # the gradient's shape is the operand's: given, so a statement that reads none of
+            # its indices (or folds to 0, as through sign or floor) still knows it
+            out_shape = tuple(shape[part.index(k)] for k in range(len(set(part))))
+            kargs[a.lhs.tensor.name] = np.zeros(out_shape, dtype=_np_dtype(tensor.dtype))
             got = self.kernel(g.operand, part)(**kargs)
             if plain and len(g.parts) == 1 and g.pattern is None:  # the common case: as computed
                 return got if tensor.order else np.asarray(got)[()]
@@ -181,6 +183,16 @@ class VJP:
             return as_tensor(np.where(mask, total, 0.0).astype(_np_dtype(tensor.dtype)), tensor.format)
         return total.astype(_np_dtype(tensor.dtype)) if tensor.order else total.astype(
             _np_dtype(tensor.dtype))[()]
+
+
+def _zero_gradient(value, tensor, at_pattern: bool, shape: tuple):
+    """A gradient that is 0 everywhere, in the form a computed one would take."""
+    if at_pattern:
+        from ..runtime import Tensor
+        p = pattern_of(value, tensor.format)
+        return Tensor(p.format, p.shape, p.levels, np.zeros_like(p.vals))
+    zero = np.zeros(shape, dtype=_np_dtype(tensor.dtype))
+    return zero if tensor.order else zero[()]
 
 
 def _index_size(notation: Assignment, operands: dict, index: str) -> int:

@@ -17,7 +17,8 @@ from .reference import reference
 
 def jitter(ops: dict, rng: np.random.Generator, out_name: str | None = None) -> dict:
     """``ops`` with every nonzero value moved by up to ±0.2 (so no two values tie and no
-    function meets its kink by construction); zeros and every stored pattern kept."""
+    function meets its kink by construction); every stored pattern kept (a dense
+    operand's zeros are moved too)."""
     import scipy.sparse as sp
     from ..runtime import Tensor
     out = {}
@@ -35,8 +36,10 @@ def jitter(ops: dict, rng: np.random.Generator, out_name: str | None = None) -> 
         elif isinstance(v, float):
             out[name] = v + float(rng.uniform(-0.2, 0.2)) if v else v
         else:
+            # a dense operand has no pattern: its zeros move too, off relu's and abs's kinks
             a = np.asarray(v)
-            out[name] = np.where(a != 0, a + rng.uniform(-0.2, 0.2, a.shape), 0).astype(a.dtype)
+            nudge = rng.uniform(-0.2, 0.2, a.shape)
+            out[name] = np.where(a != 0, a + nudge, np.where(nudge < 0, nudge - 0.05, nudge + 0.05)).astype(a.dtype)
     return out
 
 
