@@ -16,7 +16,7 @@ import numpy as np
 from spcomp.errors import KernelRuntimeError, PackedOverflowError
 from spcomp.ir import nodes as irn
 
-from . import forksafe, interrupt
+from . import forksafe, interrupt, partials
 from . import threads as _threads
 from .memory import data_ptr
 from .operands import Dense
@@ -170,13 +170,28 @@ class Launcher:
         self.caps = target.capabilities
         self.host_threads = self.caps.host_threads
         self.bounds_cache: dict = {}
+        calibrate = getattr(target, "split_threshold", None)
+        if self.host_threads and calibrate is not None:
+            _threads.set_calibrator(calibrate)
 
     def splits(self, low, sizes, storages) -> bool:
         """Whether a host-thread call of this lowering runs its parallel loop on several threads."""
         n = parallel_extent(low, sizes, storages)
-        if n < 2 or _threads.get_num_threads() <= 1:
+        threads = _threads.get_num_threads()
+        if n < 2 or threads <= 1:
             return False
-        return work(n, balance_pos(low, storages), sizes, low, storages) >= _threads.MIN_PARALLEL_WORK
+        return self.worth_splitting(low, sizes, threads, work(n, balance_pos(low, storages), sizes, low, storages))
+
+    @staticmethod
+    def worth_splitting(low, sizes, threads: int, units: int) -> bool:
+        """Whether ``units`` of work gain from ``threads`` threads: above the host's
+        measured threshold, and for a reduction into per-thread copies of the output,
+        with copies small against the work (partials.py)."""
+        threshold = _threads.min_parallel_work(units, threads)
+        if units < threshold:
+            return False
+        # (a fixed threshold of 0 splits every call, copies included: tests of the split)
+        return not low.threads.partials or threshold == 0 or partials.worth(low, sizes, threads, units)
 
     def launch(self, variant, args, lohi, low, sizes, storages):
         """(function, arguments) that run the whole call from this thread: the kernel
@@ -187,15 +202,21 @@ class Launcher:
         n = parallel_extent(low, sizes, storages)
         host = self.host_threads
         pos = balance_pos(low, storages) if host and n >= 2 else None
-        if not host or n < 2 or work(n, pos, sizes, low, storages) < _threads.MIN_PARALLEL_WORK:
+        threads = _threads.get_num_threads()
+        if not host or n < 2 or not self.worth_splitting(low, sizes, threads, work(n, pos, sizes, low, storages)):
             # the GPU grid covers the whole range; small host work runs on this thread
             a = list(args)
             a[lohi], a[lohi + 1] = 0, n
             return fn, a
-        threads = _threads.get_num_threads()
         if self.driver_of(variant) is not None and threads > 1:
             bounds = self.bounds(n, threads, pos)
-            return variant.driver, [len(bounds) - 1, data_ptr(bounds)] + args[:lohi] + args[lohi + 2:]
+            call_args = [len(bounds) - 1, data_ptr(bounds)] + args[:lohi] + args[lohi + 2:]
+            if low.threads.partials:
+                slot = partials.out_slot(variant)
+                slot = slot + 2 if slot < lohi else slot
+                return partials.PartialDriver(variant.driver, slot, len(bounds) - 1, partials.out_size(low, sizes),
+                                              partials.out_dtype(low), bounds), call_args
+            return variant.driver, call_args
         if threads <= 1:
             a = list(args)
             a[lohi], a[lohi + 1] = 0, n
@@ -215,6 +236,10 @@ class Launcher:
         fn = variant.function
         n = parallel_extent(low, sizes, storages)
         pos = balance_pos(low, storages)
+        if low.threads.partials:
+            return interrupt.run(units, partials.on_pool, _threads.run_ranges, fn, args, lohi,
+                                 partials.out_slot(variant), partials.out_size(low, sizes), partials.out_dtype(low),
+                                 n, pos, work(n, pos, sizes, low, storages))
 
         def call(lo, hi):
             a = list(args)
