@@ -9,6 +9,7 @@ general path.
 """
 from __future__ import annotations
 
+import functools
 import weakref
 
 import numpy as np
@@ -45,7 +46,7 @@ class FastCall:
     arrays and shape; an spcomp Tensor is immutable. Never changed once built, so
     concurrent calls are safe."""
     __slots__ = ("checks", "count", "fn", "args", "out_slots", "out_shape", "out_dtype",
-                 "threads", "keep", "given", "zero_given", "overwrite", "fail")
+                 "threads", "keep", "given", "zero_given", "overwrite", "fail", "apart", "new_out")
 
     def __init__(self, checks, fn, args, out_slots, out_shape, out_dtype, threads, keep,
                  given=None, zero_given=True, overwrite=False, fail=None):
@@ -62,18 +63,23 @@ class FastCall:
         self.zero_given = zero_given and not overwrite  # "=" kernels clear a given output, "+=" ones add to it
         self.overwrite = overwrite  # the kernel stores every output element: a fresh one needs no zeros
         self.fail = fail  # status -> raises the matching exception
+        # a weak reference to the last given output found to share no memory with this
+        # call's inputs (the very objects, see bind): the overlap check runs once per
+        # output object, not per call. Replaced whole, so concurrent calls stay safe.
+        self.apart = None
+        self.new_out = None if overwrite else functools.partial(np.zeros, out_shape, out_dtype)
 
     def bind(self, operands):
         """The argument list for ``operands`` (output slot unset), or None."""
         if self.threads is not None and self.threads != _threads.get_num_threads():
             return None
-        args = None
+        args = out = None
         for name, ref, kind, fp, slots in self.checks:
             v = operands.get(name, OUT)  # a missing name never matches (a dead ref gives None)
             if kind == OUTPUT:  # any array the kernel can write as it is
                 if not plain_output_array(v, fp):
                     return None
-                refuse_overlap(v, operands, name)
+                out = v
             elif kind == ARRAY:
                 if type(v) is not np.ndarray or (v.shape, v.strides, v.dtype) != fp:
                     return None
@@ -87,11 +93,19 @@ class FastCall:
                 return None
             elif kind == SCIPY and (fp[1]() is None or not scipy_unchanged(v, fp[0])):
                 return None
+        if out is not None:
+            # every input is the object checked before unless an array was swapped in
+            apart = self.apart
+            if args is not None or apart is None or apart() is not out:
+                refuse_overlap(out, operands, self.given)
+                if args is None:
+                    self.apart = weakref.ref(out)
         return list(self.args) if args is None else args
 
     def run(self, args, operands):
         if self.given is None:
-            out = outputs.fresh_output(self.out_shape, self.out_dtype, self.overwrite)
+            new = self.new_out
+            out = new() if new is not None else outputs.fresh_output(self.out_shape, self.out_dtype, True)
         else:
             out = operands[self.given]
             if self.zero_given:

@@ -215,7 +215,7 @@ class Launcher:
                 slot = partials.out_slot(variant)
                 slot = slot + 2 if slot < lohi else slot
                 return partials.PartialDriver(variant.driver, slot, len(bounds) - 1, partials.out_size(low, sizes),
-                                              partials.out_dtype(low), bounds), call_args
+                                              partials.out_dtype(low), bounds, low.output.overwrites), call_args
             return variant.driver, call_args
         if threads <= 1:
             a = list(args)
@@ -239,7 +239,7 @@ class Launcher:
         if low.threads.partials:
             return interrupt.run(units, partials.on_pool, _threads.run_ranges, fn, args, lohi,
                                  partials.out_slot(variant), partials.out_size(low, sizes), partials.out_dtype(low),
-                                 n, pos, work(n, pos, sizes, low, storages))
+                                 n, pos, work(n, pos, sizes, low, storages), low.output.overwrites)
 
         def call(lo, hi):
             a = list(args)

@@ -49,9 +49,14 @@ def worth(low, sizes, threads: int, units: int) -> bool:
     return 2 * out_size(low, sizes) * threads <= COPY_SHARE * units
 
 
-def add_into(address: int, parts: np.ndarray) -> None:
-    """Add the chunks' copies into the output at ``address``, in chunk order."""
+def add_into(address: int, parts: np.ndarray, assign: bool = False) -> None:
+    """Add the chunks' copies into the output at ``address``, in chunk order; with
+    ``assign`` (a kernel that stores its whole output, ``OutputPlan.overwrites``: its
+    output is not zeroed first) the sum replaces the output's values."""
     out = malloc_view(address, parts.shape[1], parts.dtype)
+    if assign:
+        out[...] = parts[0]
+        parts = parts[1:]
     for row in parts:
         out += row
 
@@ -60,11 +65,12 @@ class PartialDriver:
     """Calls a native parallel driver with one zeroed copy of the output per chunk,
     then adds them into the output; takes the driver's own arguments (the output's
     address in ``slot``), so the fast path replays it like the driver."""
-    __slots__ = ("driver", "slot", "count", "size", "dtype", "bounds")
+    __slots__ = ("driver", "slot", "count", "size", "dtype", "bounds", "assign")
 
-    def __init__(self, driver, slot: int, count: int, size: int, dtype, bounds):
+    def __init__(self, driver, slot: int, count: int, size: int, dtype, bounds, assign: bool = False):
         self.driver, self.slot, self.count, self.size, self.dtype = driver, slot, count, size, dtype
         self.bounds = bounds  # the chunks' bounds array, whose address the arguments hold
+        self.assign = assign  # the output is not zeroed: the sum replaces it (add_into)
 
     def __call__(self, *args):
         parts = np.zeros((self.count, self.size), self.dtype)
@@ -73,11 +79,11 @@ class PartialDriver:
         a[self.slot] = data_ptr(where)
         status = self.driver(*a)
         if status == 0:
-            add_into(args[self.slot], parts)
+            add_into(args[self.slot], parts, self.assign)
         return status
 
 
-def on_pool(run_ranges, fn, args, lohi, slot, size, dtype, n, pos, work) -> list:
+def on_pool(run_ranges, fn, args, lohi, slot, size, dtype, n, pos, work, assign=False) -> list:
     """Run the chunks on the Python pool (no libgomp), each into its own copy."""
     copies = {}
 
@@ -90,5 +96,5 @@ def on_pool(run_ranges, fn, args, lohi, slot, size, dtype, n, pos, work) -> list
         return fn(*a)
     statuses = run_ranges(call, n, pos, None, work)
     if not any(statuses) and copies:
-        add_into(args[slot], np.stack([copies[lo] for lo in sorted(copies)]))
+        add_into(args[slot], np.stack([copies[lo] for lo in sorted(copies)]), assign)
     return statuses

@@ -425,7 +425,7 @@ class Lowerer:
         """A dense ``=`` output that only this kernel's nest writes, one thread per element."""
         sink = self.out_sink
         return (self.out_shape == "dense" and isinstance(sink, DenseSink) and not self.accumulate
-                and not sink.atomic and not self.partials)
+                and not sink.atomic and not (self.partials and self.scatter))
 
     def _zero_rows(self, nest: list) -> list:
         """The nest clearing each output row itself when it adds into them (coverage.py)."""
