@@ -17,7 +17,14 @@ from .handoff import Task, Worker
 _lock = threading.Lock()
 _pool: "_Pool | None" = None
 _num_threads: int | None = None
-_local = threading.local()  # .limit: this thread's cap from thread_limit(), if any
+class _Local(threading.local):
+    """This thread's cap from thread_limit(), if any. The class default makes reading
+    an unset cap a plain lookup: ``getattr(local, name, None)`` raised and caught an
+    AttributeError, ~0.8 us of every warm call's ~2 us of Python."""
+    limit = None
+
+
+_local = _Local()
 
 
 class _Pool:
@@ -71,8 +78,8 @@ def _default_threads() -> int:
 def get_num_threads() -> int:
     """Threads a kernel called from this thread may use: the process-wide count,
     capped by an enclosing :func:`thread_limit` on this thread."""
-    limit = getattr(_local, "limit", None)
-    count = _process_threads()
+    limit = _local.limit
+    count = _num_threads or _process_threads()
     return count if limit is None else min(limit, count)
 
 
@@ -94,7 +101,7 @@ def thread_limit(n: int):
     n = int(n)
     if n < 1:
         raise ValueError("thread_limit: n must be >= 1")
-    before = getattr(_local, "limit", None)
+    before = _local.limit
     _local.limit = n if before is None else min(n, before)
     try:
         yield
