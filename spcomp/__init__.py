@@ -17,6 +17,9 @@ def __getattr__(name):
     if name == "compile":
         from .api import compile
         return compile
+    if name == "tune":
+        from .tuner import tune
+        return tune
     if name == "clear_cache":
         from .api import clear_cache
         return clear_cache

@@ -139,3 +139,22 @@ class Schedule:
     def __str__(self) -> str:
         parts = [f"{d[0]}({', '.join(repr(x) for x in d[1:])})" for d in self.directives]
         return "Schedule()" + "".join("." + p for p in parts)
+
+
+def check_names(schedule: Schedule, notation) -> None:
+    """Every index a schedule names must be one the expression uses."""
+    from .notation import accesses
+    used = {i.name for a in [notation.lhs] + accesses(notation.rhs) for i in a.indices}
+    splits = schedule.get("split")
+    for base, *_ in splits:
+        if base not in used:
+            raise ScheduleError(f"split({base!r}, ...): the expression has no index {base!r} "
+                                f"(its indices: {', '.join(sorted(used)) or 'none'})")
+    used = used | {name for s in splits for name in s[1:3]}  # the pieces are loops too
+    for d in schedule.directives:
+        names = d[1] if d[0] == "reorder" else d[1:2] if d[0] in (
+            "parallelize", "precompute", "vectorize", "unroll") else ()
+        for n in names:
+            if n not in used:
+                raise ScheduleError(f"{d[0]}({n!r}): the expression has no index {n!r} "
+                                    f"(its indices: {', '.join(sorted(used)) or 'none'})")
