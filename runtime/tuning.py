@@ -40,19 +40,29 @@ def generation() -> int:
 
 
 def tune_dir() -> Path | None:
-    """The tuning cache's directory, or None when it is off."""
+    """The tuning cache's directory as configured, or None when it is off."""
     env = os.environ.get("SPCOMP_TUNE_CACHE")
     if env is not None and env.strip().lower() in ("", "0", "off", "no", "false"):
         return None
     return Path(env) if env else cache.cache_dir() / "tune"
 
 
-def _trusted() -> tuple:
+def _trusted(create: bool) -> tuple:
+    """(the checked directory, this user's key there), or (None, None). Without
+    ``create`` a missing directory is not made (a compile only looks); the default
+    one, inside the kernel cache's directory, needs that directory to pass first."""
     path = tune_dir()
     if path is None:
         return None, None
+    if not os.environ.get("SPCOMP_TUNE_CACHE"):
+        parent, _key = cache.trusted_dir()
+        if parent is None:
+            return None, None
+        path = parent / "tune"
+    if not create and not os.path.isdir(path):
+        return None, None
     try:
-        real = trust.private_dir(path)
+        real = trust.private_dir(path) if create else trust.check_private_dir(path)
         return real, trust.user_key(real)
     except trust.InsecureDirectory as e:
         trust.warn_once(path, str(e), "the tuning cache")
@@ -129,7 +139,7 @@ def _read(folder: Path, key: bytes, name: str) -> dict:
 def lookup(name: str, problem: str | None = None):
     """``(Schedule, seconds)`` recorded for kernel ``name`` and ``problem`` (a
     :func:`bucket`), or the latest tuned one when ``problem`` is None; None if none."""
-    folder, key = _trusted()
+    folder, key = _trusted(create=False)
     if folder is None:
         return None
     entry = _read(folder, key, name)
@@ -145,7 +155,7 @@ def lookup(name: str, problem: str | None = None):
 def record(name: str, problem: str, schedule: Schedule, seconds: float, describe: dict) -> bool:
     """Store the fastest ``schedule`` for kernel ``name`` on ``problem``; False when
     the cache is off or not private."""
-    folder, key = _trusted()
+    folder, key = _trusted(create=True)
     if folder is None:
         return False
     with _lock:
