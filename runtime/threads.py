@@ -151,14 +151,15 @@ def split(n: int, parts: int, pos: np.ndarray | None = None) -> list:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-# Above this many units of work (launch.work: rows + nonzeros, ...) a call always
-# splits; below it, where the host's measured fork/join cost says it gains
-# (min_parallel_work). A short call next to NumPy's BLAS meets OpenBLAS's spinning
-# threads, and libgomp's then spin into the next GEMM: with 100k the MiniLM
-# encoder's compensated top-k variants went from 68-109 to 126-211 ms
-# (examples/minilm_sparse.py --sweep, session 8), so spcomp.nn keeps this margin
-# for its calls between GEMMs (nn/parallel.py).
-SPLIT_ALWAYS_WORK = 250_000
+# Without a measurement (no libgomp, a forked child, a failed one) calls under this
+# many units of work (launch.work: rows + nonzeros, ...) run on the calling thread.
+# A short call next to NumPy's BLAS meets OpenBLAS's spinning threads, and libgomp's
+# then spin into the next GEMM: with 100k the MiniLM encoder's compensated top-k
+# variants went from 68-109 to 126-211 ms (examples/minilm_sparse.py --sweep,
+# session 8), so spcomp.nn keeps this margin for its calls between GEMMs.
+FALLBACK_PARALLEL_WORK = 250_000
+# at or above this many units a call always splits, unmeasured (~3 ms on one thread)
+SPLIT_ALWAYS_WORK = 4_000_000
 # below this many units a call never splits, whatever the measurement says
 SPLIT_NEVER_WORK = 4_096
 # a fixed threshold when set (tests set 0 to split every call); None: measured
@@ -180,8 +181,12 @@ def min_parallel_work(units: int | None = None, threads: int | None = None) -> i
     """The work units below which a call stays on the calling thread: MIN_PARALLEL_WORK
     or ``SPCOMP_MIN_PARALLEL_WORK`` when set, else the host's fork/join cost against
     per-unit work, measured once per process and thread count (calibrate.py in the CPU
-    backend), between SPLIT_NEVER_WORK and SPLIT_ALWAYS_WORK. ``units``, a call's
-    work, lets a call outside that band skip the measurement."""
+    backend), between SPLIT_NEVER_WORK and SPLIT_ALWAYS_WORK (FALLBACK_PARALLEL_WORK
+    when it cannot be measured). ``units``, a call's work, lets a call outside that
+    band skip the measurement. A measurement made while other processes hold the
+    cores finds a team slow to wake (a scheduler tick, milliseconds) and keeps the
+    process's calls below SPLIT_ALWAYS_WORK on one thread: at worst what one thread
+    costs, where splitting on such a machine costs ten times that."""
     if MIN_PARALLEL_WORK is not None:
         return MIN_PARALLEL_WORK
     env = _env_threshold()
@@ -218,7 +223,7 @@ def _measure(threads: int) -> int:
         except Exception:  # a failed measurement keeps the fixed threshold
             got = None
     if got is None:
-        return SPLIT_ALWAYS_WORK
+        return FALLBACK_PARALLEL_WORK
     return int(min(max(got, SPLIT_NEVER_WORK), SPLIT_ALWAYS_WORK))
 
 

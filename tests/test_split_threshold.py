@@ -54,8 +54,8 @@ def test_calls_outside_the_band_are_not_measured(fresh):
 
 
 @pytest.mark.parametrize("value, want", [(1, _threads.SPLIT_NEVER_WORK), (10 ** 9, _threads.SPLIT_ALWAYS_WORK),
-                                         (None, _threads.SPLIT_ALWAYS_WORK),
-                                         (RuntimeError("no"), _threads.SPLIT_ALWAYS_WORK)])
+                                         (None, _threads.FALLBACK_PARALLEL_WORK),
+                                         (RuntimeError("no"), _threads.FALLBACK_PARALLEL_WORK)])
 def test_measurement_is_clamped_and_failures_keep_the_fixed_threshold(fresh, value, want):
     fresh.value = value
     assert _threads.min_parallel_work(50_000, 2) == want
