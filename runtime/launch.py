@@ -15,6 +15,7 @@ import numpy as np
 
 from spcomp.errors import KernelRuntimeError, PackedOverflowError
 from spcomp.ir import nodes as irn
+from spcomp.lower.split import run_time_factor as split_factor
 
 from . import forksafe, interrupt, partials
 from . import threads as _threads
@@ -41,6 +42,7 @@ def parallel_extent(low, sizes, storages) -> int:
     n = sizes[th.parallel]
     if th.split:
         factor, outer = th.split
+        factor = split_factor(factor, n)
         n = -(-n // factor) if outer else min(factor, n)
     return n
 

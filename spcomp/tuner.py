@@ -3,7 +3,8 @@
 The candidates are schedules of the kernel's own loops: the default, one thread,
 other loop orders, each loop run in parallel, hoisting reductions or not, a
 split of the outer dense loop with its outer piece on threads, vector widths and
-unrolling of the innermost loop. A candidate the lowerer refuses is listed as
+unrolling of the innermost loop, a divide of the outer loop into one block per
+thread. A candidate the lowerer refuses is listed as
 refused; one whose result differs from the default schedule's (beyond rounding)
 is listed as wrong and never kept. The fastest is recorded in the tuning cache
 (runtime/tuning.py), which later ``spcomp.compile`` calls of the kernel without
@@ -83,6 +84,7 @@ def candidates(kernel, limit: int | None = None) -> list:
         outer = order[0]
         for f in SPLIT_FACTORS:
             found.append(Schedule().split(outer, outer + "_o", outer + "_i", f).parallelize(outer + "_o"))
+        found.append(Schedule().divide(outer, outer + "_o", outer + "_i", threads()).parallelize(outer + "_o"))
     if inner is not None:
         found += [Schedule().vectorize(inner, w) for w in VECTOR_WIDTHS]
         found.append(Schedule().unroll(inner, 4))
@@ -93,6 +95,11 @@ def candidates(kernel, limit: int | None = None) -> list:
             seen.add(s.key())
             unique.append(s)
     return unique[:limit] if limit else unique
+
+
+def threads() -> int:
+    from .runtime.threads import get_num_threads
+    return get_num_threads()
 
 
 def _dense(result):

@@ -438,7 +438,7 @@ class LoopEmitter:
         split_mod.bind(piece, var, inner.bound)
         if second:
             coord = n.Var(self.fresh(base.name), I64)
-            body = [n.Declare(coord, split_mod.coordinate(piece, var, env.bound))]
+            body = [n.Declare(coord, split_mod.coordinate(piece, var, env.bound, self.sizes[base]))]
             body += self._body(base, rest, expr, sink, inner, coord, depth)
         else:
             body = self.nest(rest, expr, sink, inner, depth + 1)

@@ -87,7 +87,8 @@ class Options:
             auto_layout=not schedule.get("keep_layout"),
             bounded_appends=not caps.growable_outputs,
             vector_gathers=caps.vector_gathers,
-            split=tuple(tuple(s) for s in schedule.get("split")),
+            split=tuple(tuple(s) for s in schedule.get("split"))
+            + tuple((b, o, i, -parts) for b, o, i, parts in schedule.get("divide")),  # (lower/split.py)
             name=name,
             caps=caps,
         )
