@@ -5,8 +5,9 @@ import functools
 import os
 import warnings
 
-from .errors import ScheduleError, TranspositionWarning, UnsupportedError
+from .errors import DensifyWarning, ScheduleError, TranspositionWarning, UnsupportedError
 from .formats import Format
+from .notation.functions import densifying_calls
 from .kernel import Kernel
 from .lower.lowerer import Options
 from .schedule import Schedule, check_names
@@ -84,6 +85,11 @@ def compile(expression: str, formats: dict | None = None, dtype="float64", sched
             _cache[key] = kernel
     for w in kernel.warnings:  # on every compile, cached or not: the copy happens on every call
         warnings.warn(w, TranspositionWarning, stacklevel=2)
+    for call, acc in densifying_calls(kernel.notation.rhs):
+        warnings.warn(f"{call!r} is not 0 where {acc.tensor.name} stores nothing ({call.func} of 0 is "
+                      f"not 0), so the kernel visits every coordinate, not only {acc.tensor.name}'s "
+                      f"{acc.tensor.format} entries; functions with f(0) = 0 (relu, sin, sqrt ...) keep "
+                      f"a sparse operand's iteration", DensifyWarning, stacklevel=2)
     return kernel
 
 

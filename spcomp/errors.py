@@ -99,6 +99,12 @@ class TranspositionWarning(UserWarning):
     its accesses concordant with the loop order."""
 
 
+class DensifyWarning(UserWarning):
+    """A function that is not 0 at 0 (``exp``, ``cos``, ``pow(x, 0)`` ...) is applied
+    to a sparse operand where nothing multiplies it away: the kernel visits every
+    coordinate, not only the stored ones."""
+
+
 class InsecureCacheWarning(UserWarning):
     """spcomp did not use a cache directory (kernels, cuda-sim libraries) because
     another user could write into it; it compiles without that cache instead."""

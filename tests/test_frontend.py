@@ -338,7 +338,7 @@ def expressions(draw, depth=3):
     if kind == "paren":
         return f"({w1}{draw(sub)}{w2})"
     func = draw(st.sampled_from(sorted(nt.FUNCTIONS)))
-    args = [draw(sub) for _ in range(nt.FUNCTIONS[func][0])]
+    args = [draw(sub) for _ in range(nt.FUNCTIONS[func].arity)]
     return f"{func}{w1}({w2}{(',' + w1).join(args)})"
 
 

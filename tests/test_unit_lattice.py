@@ -225,6 +225,16 @@ def test_function_that_does_not_keep_zero_makes_the_loop_full():
     assert L.full and L.points == pts({a, b})
 
 
+def test_literal_arguments_of_a_zero_keeping_call_are_not_coordinates():
+    # pow(a, 2) is absent where a is; pow(a, 0) = 1 everywhere
+    assert build(Call("pow", (a, Literal(2.0))), i, key) == build(a, i, key)
+    L = build(Call("pow", (a, Literal(0.0))), i, key)
+    assert L.full and L.points == pts({a})
+    # max(a, b) over two sparse operands is their union; max(a, 1) is everywhere
+    assert build(Call("max", (a, b)), i, key).points == pts({a, b}, {a}, {b})
+    assert build(Call("max", (a, Literal(1.0))), i, key).full
+
+
 def test_exp_under_a_product_is_no_longer_full():
     L = build(Mul(b, Call("exp", (a,))), i, key)
     assert L.points == pts({a, b}, {b}) and not L.full
@@ -234,8 +244,12 @@ def test_max_and_min_unite_their_arguments():
     for fn in ("max", "min"):
         L = build(Call(fn, (a, b)), i, key)
         assert L.points == pts({a, b}, {a}, {b}) and not L.full, fn
-        L = build(Call(fn, (a, Literal(0.5))), i, key)
-        assert L.points == pts({a}) and L.full, fn
+    # the zero rule is asked of the call: max(0, 0.5) = 0.5 is everywhere, min(0, 0.5) = 0
+    # is absent where a is
+    L = build(Call("max", (a, Literal(0.5))), i, key)
+    assert L.points == pts({a}) and L.full
+    L = build(Call("min", (a, Literal(0.5))), i, key)
+    assert L.points == pts({a}) and not L.full
 
 
 def test_functions_of_literals():

@@ -207,8 +207,21 @@ def test_replace_and_rebuild():
 
 
 def test_zero_preserving():
-    assert zero_preserving("relu") and zero_preserving("tanh") and zero_preserving("max")
-    assert not zero_preserving("exp") and not zero_preserving("log")
+    x = Access(TensorVar("x", 1, None), (IndexVar("i"),))
+    call = lambda f, *args: Call(f, args or (x,))  # noqa: E731
+    for f in ("relu", "tanh", "sin", "atanh", "expm1", "sign", "round", "erf", "cube"):
+        assert zero_preserving(call(f)), f
+    for f in ("exp", "log", "cos", "acosh", "sigmoid", "softplus", "log10"):
+        assert not zero_preserving(call(f)), f
+    # literal arguments count as written: 0**2 = 0 but 0**0 = 1 and 0**-1 = inf
+    assert zero_preserving(call("pow", x, Literal(2.0)))
+    assert not zero_preserving(call("pow", x, Literal(0.0)))
+    assert not zero_preserving(call("pow", x, Literal(-1.0)))
+    assert zero_preserving(call("heaviside", x, Literal(0.0)))
+    assert not zero_preserving(call("heaviside", x, Literal(0.5)))
+    assert zero_preserving(call("max", x, x)) and not zero_preserving(call("max", x, Literal(1.0)))
+    assert zero_preserving(call("mod", x, Literal(3.0)))
+    assert not zero_preserving(call("mod", x, x))  # mod(0, 0) is NaN
 
 
 # ------------------------------------------------------------- specialize

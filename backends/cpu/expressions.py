@@ -36,6 +36,11 @@ def may_trap(e) -> bool:
     return False
 
 
+# intrinsics LLVM knows (it folds and vectorises them); the others are C library calls
+LLVM_MATH = ("exp", "log", "log2", "log10", "sqrt", "abs", "sin", "cos", "floor", "ceil", "rint",
+             "trunc", "pow")
+
+
 class ExpressionLowering:
     """``expr(e)``: the LLVM value of IR expression ``e`` at the builder's position."""
 
@@ -174,15 +179,14 @@ class ExpressionLowering:
                 return self.b.and_(x, self.b.sub(x, ir.Constant(I64_T, 1)), name=e.func)
             fn = self.ml.external("llvm.cttz.i64", I64_T, [I64_T, I1_T])  # defined (64) for 0
             return self.b.call(fn, [self.expr(e.args[0]), ir.Constant(I1_T, 0)], name=e.func)
-        x = self.expr(e.args[0])
+        xs = [self.expr(a) for a in e.args]
         lt = register_type(t)
-        suffix = "f32" if t == F32 else "f64"
-        if e.func in ("tanh", "erf"):
-            fn = self.ml.external(e.func + ("f" if t == F32 else ""), lt, [lt])
-        else:
+        if e.func in LLVM_MATH:
             name = {"abs": "fabs"}.get(e.func, e.func)
-            fn = self.ml.external(f"llvm.{name}.{suffix}", lt, [lt])
-        return self.b.call(fn, [x], name=e.func)
+            fn = self.ml.external(f"llvm.{name}.{'f32' if t == F32 else 'f64'}", lt, [lt] * len(xs))
+        else:  # the C library's (resolved in the process, as Python links libm)
+            fn = self.ml.external(e.func + ("f" if t == F32 else ""), lt, [lt] * len(xs))
+        return self.b.call(fn, xs, name=e.func)
 
     def expr_Select(self, e: n.Select):
         t = e.if_true.type

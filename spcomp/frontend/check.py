@@ -114,7 +114,7 @@ def _check_functions_and_numbers(stmt: ast.Statement) -> None:
                 raise UnknownFunctionError(_located(
                     f"unknown function '{node.func}'; known functions are "
                     f"{', '.join(sorted(nt.FUNCTIONS))}{hint}", node, stmt.text))
-            arity = nt.FUNCTIONS[node.func][0]
+            arity = nt.FUNCTIONS[node.func].arity
             if len(node.args) != arity:
                 raise NotationError(_located(
                     f"function '{node.func}' takes {arity} argument{'s' if arity != 1 else ''}, "

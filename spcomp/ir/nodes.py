@@ -120,7 +120,12 @@ class Unary:
         return self.operand.type
 
 
-INTRINSICS = ("exp", "log", "sqrt", "abs", "tanh", "erf")
+# the C math library's functions on a float value (f32 calls the ``f`` variant);
+# ``pow`` and ``atan2`` take two arguments, the others one
+INTRINSICS = ("exp", "expm1", "log", "log1p", "log2", "log10", "sqrt", "cbrt", "abs", "erf",
+              "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh",
+              "acosh", "atanh", "floor", "ceil", "rint", "trunc", "pow", "atan2")
+BINARY_INTRINSICS = ("pow", "atan2")
 # on an i64, to walk bitmaps: ``ctz`` the index of its lowest set bit (64 for 0),
 # ``popcount`` the number of set bits, ``clear_lowest`` the word without its lowest set
 # bit (``x & (x - 1)`` in wrapping arithmetic: integer ``-`` may not overflow, and

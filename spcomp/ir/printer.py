@@ -47,6 +47,8 @@ class CPrinter:
         a, b = self.expr(e.lhs), self.expr(e.rhs)
         if e.op in ("min", "max"):
             return f"{e.op}({a}, {b})"
+        if e.op == "%" and getattr(e.lhs.type, "is_float", False):
+            return f"{'fmodf' if e.lhs.type == F32 else 'fmod'}({a}, {b})"
         return f"({a} {e.op} {b})"
 
     def expr_Unary(self, e: n.Unary) -> str:

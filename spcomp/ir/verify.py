@@ -347,8 +347,9 @@ class _Verifier:
             raise self.error(f"unknown intrinsic {e.func!r}", e)
         elif t not in (F32, F64):
             raise self.error(f"intrinsic {e.func} on {t} (only f32 and f64)", e)
-        elif args != [t]:
-            raise self.error(f"intrinsic {e.func} takes one {t} argument", e)
+        elif args != [t] * (2 if e.func in n.BINARY_INTRINSICS else 1):
+            count = "two" if e.func in n.BINARY_INTRINSICS else "one"
+            raise self.error(f"intrinsic {e.func} takes {count} {t} argument(s)", e)
         return t
 
     def expr_Select(self, e: n.Select):

@@ -35,6 +35,7 @@ from ..notation import (Access, Add, Call, Div, Literal, Mul, Neg, Sub, Sum, Ten
                         free_indices)
 from . import lattice as lat
 from .context import Env
+from .functions import lower_call
 from . import split as split_mod
 from .normalize import ZERO, nested_sums, replace, specialize, split_sums
 from .order import access_chain
@@ -588,19 +589,7 @@ class LoopEmitter:
         raise TypeError(e)
 
     def _call(self, func, args):
-        ct = self.compute
-        x = args[0]
-        c = lambda v: n.const(v, ct)  # noqa: E731
-        if func == "relu":
-            return n.Binary("max", x, c(0))
-        if func in ("max", "min"):
-            return n.Binary(func, args[0], args[1])
-        if func == "gelu":
-            return n.Binary("*", n.Binary("*", c(0.5), x),
-                            n.Binary("+", c(1), n.Call("erf", (n.Binary("*", x, c(0.7071067811865476)),), ct)))
-        if func == "silu":
-            return n.Binary("/", x, n.Binary("+", c(1), n.Call("exp", (n.Unary("-", x),), ct)))
-        return n.Call(func, (x,), ct)
+        return lower_call(func, args, self.compute)
 
     def _load(self, acc, env):
         t = acc.tensor

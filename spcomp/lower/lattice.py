@@ -135,12 +135,15 @@ def _build(e, index, sparse_key) -> Lattice:
     if isinstance(e, Sum):
         return _build(e.body, index, sparse_key)
     if isinstance(e, Call):
+        keeps_zero = zero_preserving(e)
         out = EMPTY
         for a in e.args:
+            if keeps_zero and isinstance(a, Literal):
+                continue  # pow(x, 2): the 2 is not a coordinate where a value is stored
             out = union(out, _build(a, index, sparse_key))
         # f(0) != 0: every coordinate has a value, but the operands still
         # have to be walked to know where they are nonzero
-        return out if zero_preserving(e.func) else union(out, FULL)
+        return out if keeps_zero else union(out, FULL)
     raise TypeError(e)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..notation import (FUNCTIONS, Access, Add, Call, Div, Literal, Mul, Neg,
+from ..notation import (FUNCTIONS, Access, maps_zero_to_zero, Add, Call, Div, Literal, Mul, Neg,
                         Sub, Sum, chains, children, free_indices)
 
 ZERO = Literal(0.0)
@@ -186,29 +186,9 @@ def push_sums(e, force=(), allow=True):
 # -------------------------------------------------------------- specialize
 
 def apply_function(func: str, args: list) -> float:
-    """Evaluate a language function on Python floats (constant folding)."""
-    x = args[0]
-    if func == "relu":
-        return max(x, 0.0)
-    if func == "gelu":
-        return 0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0)))
-    if func == "silu":
-        return x / (1.0 + math.exp(-x)) if x > -700 else 0.0
-    if func == "abs":
-        return abs(x)
-    if func == "sqrt":
-        return math.sqrt(x) if x >= 0 else math.nan
-    if func == "tanh":
-        return math.tanh(x)
-    if func == "exp":
-        return math.exp(x) if x < 700 else math.inf
-    if func == "log":
-        return math.log(x) if x > 0 else (-math.inf if x == 0 else math.nan)
-    if func == "max":
-        return max(args)
-    if func == "min":
-        return min(args)
-    raise KeyError(func)
+    """Evaluate a language function on Python floats (constant folding): its NumPy
+    meaning, so a folded constant is what the reference computes."""
+    return FUNCTIONS[func].scalar(*args)
 
 
 def simplify(e):
@@ -280,8 +260,10 @@ def _divide(a: float, b: float) -> float:
     return math.nan if a == 0 or math.isnan(a) else math.copysign(math.inf, a) * math.copysign(1.0, b)
 
 
-def zero_preserving(func: str) -> bool:
-    return FUNCTIONS[func][1]
+def zero_preserving(call: Call) -> bool:
+    """Whether ``call`` is absent where its tensor arguments all are (see
+    :func:`spcomp.notation.maps_zero_to_zero`)."""
+    return maps_zero_to_zero(call)
 
 
 def nested_sums(e) -> list:

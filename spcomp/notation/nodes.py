@@ -12,21 +12,6 @@ import weakref
 from dataclasses import dataclass
 from typing import Union
 
-# Functions the language knows: name -> (arity, maps zero to zero)
-FUNCTIONS = {
-    "relu": (1, True),
-    "gelu": (1, True),
-    "silu": (1, True),
-    "abs": (1, True),
-    "sqrt": (1, True),
-    "tanh": (1, True),
-    "exp": (1, False),
-    "log": (1, False),
-    "max": (2, True),
-    "min": (2, True),
-}
-
-
 @dataclass(frozen=True)
 class IndexVar:
     name: str

@@ -14,20 +14,8 @@ and a sum everything (its value on an empty segment is a computed 0).
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import erf
 
-from ..notation import (FUNCTIONS, Access, Add, Call, Div, Literal, Mul, Neg, Sub, Sum)
-
-_FUNCS = {
-    "relu": lambda x: np.maximum(x, 0.0),
-    "gelu": lambda x: 0.5 * x * (1.0 + erf(x / np.sqrt(2.0))),
-    "silu": lambda x: x / (1.0 + np.exp(-x)),
-    "abs": np.abs,
-    "sqrt": np.sqrt,
-    "tanh": np.tanh,
-    "exp": np.exp,
-    "log": np.log,
-}
+from ..notation import (FUNCTIONS, Access, Add, Call, Div, Literal, Mul, Neg, Sub, Sum, maps_zero_to_zero)
 
 
 def _align(arr, idx, target, sizes):
@@ -91,14 +79,11 @@ def evaluate(e, operands: dict, sizes: dict, masks: dict | None = None):
             return np.where(both, A / np.where(both, B, 1.0), 0.0), idx
     if isinstance(e, Call):
         vals = [evaluate(a, operands, sizes, masks) for a in e.args]
-        if e.func in ("max", "min"):
-            (a, ia), (b, ib) = vals
-            idx = _union(ia, ib)
-            f = np.maximum if e.func == "max" else np.minimum
-            return f(_align(a, ia, idx, sizes), _align(b, ib, idx, sizes)), idx
-        a, ia = vals[0]
+        idx = []
+        for _, ia in vals:
+            idx = _union(idx, ia)
         with np.errstate(all="ignore"):
-            return _FUNCS[e.func](a), ia
+            return FUNCTIONS[e.func].numpy(*(_align(a, ia, idx, sizes) for a, ia in vals)), idx
     raise TypeError(e)
 
 
@@ -123,17 +108,26 @@ def stored(e, operands: dict, sizes: dict, masks: dict | None = None):
         m, im = stored(e.body, operands, sizes, masks)
         name = e.index.name
         return np.ones(tuple(sizes[i] for i in im if i != name), dtype=bool), [i for i in im if i != name]
-    if isinstance(e, (Add, Sub, Mul, Div)) or (isinstance(e, Call) and e.func in ("max", "min")):
-        (a, ia), (b, ib) = (stored(x, operands, sizes, masks) for x in
-                            ((e.lhs, e.rhs) if not isinstance(e, Call) else e.args))
+    if isinstance(e, (Add, Sub, Mul, Div)):
+        (a, ia), (b, ib) = (stored(x, operands, sizes, masks) for x in (e.lhs, e.rhs))
         idx = _union(ia, ib)
         A, B = _align(a, ia, idx, sizes) != 0, _align(b, ib, idx, sizes) != 0
         return (A & B if isinstance(e, (Mul, Div)) else A | B), idx
     if isinstance(e, Call):
-        m, im = stored(e.args[0], operands, sizes, masks)
-        if FUNCTIONS[e.func][1]:
-            return m, im
-        return np.ones(np.shape(m), dtype=bool), im
+        # stored where any tensor argument is, when f(0, ...) = 0; everywhere otherwise
+        keeps_zero = maps_zero_to_zero(e)
+        parts = [stored(x, operands, sizes, masks) for x in e.args
+                 if not (keeps_zero and isinstance(x, Literal))]
+        idx = []
+        for _, ia in parts:
+            idx = _union(idx, ia)
+        shape = tuple(sizes[i] for i in idx)
+        if not keeps_zero:
+            return np.ones(shape, dtype=bool), idx
+        out = np.zeros(shape, dtype=bool)
+        for m, im in parts:
+            out = out | (_align(m, im, idx, sizes) != 0)
+        return out, idx
     raise TypeError(e)
 
 

@@ -246,9 +246,14 @@ class ExpressionCase:
 # rounding, so only ``gelu``/``silu``/``tanh``/``log1p(abs)`` may take a rounded
 # argument: ``sqrt`` (unbounded slope at 0) and ``exp`` (overflow) take exact
 # arguments, and ``exp`` only a single access, so its magnitude stays below e**3.
-_EXACT_UNARY = ("relu", "abs")
-_SMOOTH_UNARY = ("gelu", "silu", "tanh")
-DEFAULT_FUNCTIONS = ("relu", "abs", "max", "min", "gelu", "silu", "tanh", "exp", "sqrt", "log")
+# Piecewise-constant ones (sign, floor ...) take only exact arguments: a rounded
+# argument near a step would flip the result.
+_EXACT_UNARY = ("relu", "abs", "square", "cube")
+_PIECEWISE_UNARY = ("sign", "floor", "ceil", "round", "trunc")
+_SMOOTH_UNARY = ("gelu", "silu", "tanh", "sin", "cos", "atan", "asinh", "erf", "sigmoid", "softplus")
+DEFAULT_FUNCTIONS = ("relu", "abs", "max", "min", "gelu", "silu", "tanh", "exp", "sqrt", "log",
+                     "square", "cube", "sign", "floor", "ceil", "round", "trunc", "sin", "cos", "atan",
+                     "asinh", "erf", "sigmoid", "softplus", "pow", "mod", "heaviside")
 
 
 @dataclass
@@ -312,6 +317,9 @@ def _decorate(draw, node: _Node, functions, literals: bool) -> _Node:
     if choice in (1, 2):
         options = [f for f in _EXACT_UNARY if f in fns]
         options += [f for f in _SMOOTH_UNARY if f in fns]
+        if node.exact:
+            options += [f for f in _PIECEWISE_UNARY if f in fns]
+            options += [f for f in ("pow", "mod", "heaviside") if f in fns]
         if "log" in fns:
             options.append("log")
         if node.exact and "sqrt" in fns:
@@ -325,9 +333,14 @@ def _decorate(draw, node: _Node, functions, literals: bool) -> _Node:
             text = f"sqrt(abs({node.text}))"
         elif f == "log":
             text = f"log(abs({node.text}) + 1)"
+        elif f in ("pow", "mod", "heaviside"):
+            second = draw(st.sampled_from({"pow": ["2", "3", "0"], "mod": ["3", "1.5"],
+                                           "heaviside": ["0", "0.5"]}[f]))
+            text = f"{f}({node.text}, {second})"
+            return _Node(text, node.indices, node.exact, False, 3)
         else:
             text = f"{f}({node.text})"
-        return _Node(text, node.indices, node.exact and f in _EXACT_UNARY, False, 3)
+        return _Node(text, node.indices, node.exact and f in _EXACT_UNARY + _PIECEWISE_UNARY, False, 3)
     if choice == 3 and literals:
         lit = draw(st.sampled_from(["2", "0.5", "3", "1.5"]))
         form = draw(st.integers(0, 3))
