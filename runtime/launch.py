@@ -48,11 +48,16 @@ def parallel_extent(low, sizes, storages) -> int:
 
 
 def balance_pos(low, storages):
-    """The pos array that measures each row's work, when the kernel names one."""
+    """The pos array that measures each row's work, when the kernel names one (not
+    for a split piece, whose chunks are blocks of rows)."""
     th = low.threads
     if th.balance is None or th.split:
         return None
-    name, level = th.balance
+    return _level_pos(th.balance, storages)
+
+
+def _level_pos(balance, storages):
+    name, level = balance
     t = storages.get(name)
     if t is None or isinstance(t, Dense):
         return None
@@ -76,7 +81,13 @@ def work(n, pos, sizes, low, storages) -> int:
     the mean length of the sparse segments each nonzero walks in its nested loops
     (``work_scale``, SpGEMM's rows of B) and times its nested dense loops'
     iterations (``work_dense``, SpMM's k) at DENSE_ITERATION_WORK each; else the
-    dense iteration space."""
+    dense iteration space. A split piece's chunks are not balanced by a pos array,
+    but its whole loop's nonzeros still measure the call (else a split SpMV counted
+    N_i*N_j units and always split)."""
+    if pos is None and low.threads.split and low.threads.balance is not None:
+        pos = _level_pos(low.threads.balance, storages)
+        if pos is not None:
+            n = max(len(pos) - 1, 0)
     if pos is not None:
         dense = 1
         for index in low.threads.work_dense:

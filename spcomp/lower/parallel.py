@@ -173,6 +173,7 @@ def balance(f: LoopFacts, parallel, walked):
     parallel loop (``walked``: the positions the threads split, if any)."""
     if parallel is None:
         return None
+    parallel = split_mod.base_of(parallel)  # a split piece: the whole loop's work (not its chunks')
     for acc in accesses(f.rhs):
         fmt = acc.tensor.format
         chain = access_chain(acc)
@@ -222,7 +223,10 @@ def _loops_under(f: LoopFacts, balanced) -> list:
         return []
     name, level = balanced
     acc = next(a for a in accesses(f.rhs) if a.tensor.name == name)
-    return f.loop_order[f.position[access_chain(acc)[level]] + 1:]
+    index = access_chain(acc)[level]
+    # the last loop running that index (a split index's inner piece), in the loop order with pieces
+    at = max(k for k, x in enumerate(f.loop_order) if split_mod.base_of(x) == index)
+    return list(dict.fromkeys(split_mod.base_of(x) for x in f.loop_order[at + 1:]))
 
 
 def splittable(lhs, i, shape) -> tuple:
