@@ -137,7 +137,7 @@ def _driver(launcher, variant, n: int, units: int):
     """The variant's native parallel driver when this call splits, else None (one
     thread, or no libgomp: the Python pool runs the chunks)."""
     threads = _threads.get_num_threads()
-    if n < 2 or threads <= 1 or units < _threads.MIN_PARALLEL_WORK:
+    if n < 2 or threads <= 1 or units < _threads.min_parallel_work(units, threads):
         return None
     return launcher.driver_of(variant)
 

@@ -15,8 +15,9 @@ import numpy as np
 
 from spcomp.errors import KernelRuntimeError, PackedOverflowError
 from spcomp.ir import nodes as irn
+from spcomp.lower.split import run_time_factor as split_factor
 
-from . import forksafe, interrupt
+from . import forksafe, interrupt, partials
 from . import threads as _threads
 from .memory import data_ptr
 from .operands import Dense
@@ -41,16 +42,22 @@ def parallel_extent(low, sizes, storages) -> int:
     n = sizes[th.parallel]
     if th.split:
         factor, outer = th.split
+        factor = split_factor(factor, n)
         n = -(-n // factor) if outer else min(factor, n)
     return n
 
 
 def balance_pos(low, storages):
-    """The pos array that measures each row's work, when the kernel names one."""
+    """The pos array that measures each row's work, when the kernel names one (not
+    for a split piece, whose chunks are blocks of rows)."""
     th = low.threads
     if th.balance is None or th.split:
         return None
-    name, level = th.balance
+    return _level_pos(th.balance, storages)
+
+
+def _level_pos(balance, storages):
+    name, level = balance
     t = storages.get(name)
     if t is None or isinstance(t, Dense):
         return None
@@ -74,7 +81,13 @@ def work(n, pos, sizes, low, storages) -> int:
     the mean length of the sparse segments each nonzero walks in its nested loops
     (``work_scale``, SpGEMM's rows of B) and times its nested dense loops'
     iterations (``work_dense``, SpMM's k) at DENSE_ITERATION_WORK each; else the
-    dense iteration space."""
+    dense iteration space. A split piece's chunks are not balanced by a pos array,
+    but its whole loop's nonzeros still measure the call (else a split SpMV counted
+    N_i*N_j units and always split)."""
+    if pos is None and low.threads.split and low.threads.balance is not None:
+        pos = _level_pos(low.threads.balance, storages)
+        if pos is not None:
+            n = max(len(pos) - 1, 0)
     if pos is not None:
         dense = 1
         for index in low.threads.work_dense:
@@ -170,13 +183,28 @@ class Launcher:
         self.caps = target.capabilities
         self.host_threads = self.caps.host_threads
         self.bounds_cache: dict = {}
+        calibrate = getattr(target, "split_threshold", None)
+        if self.host_threads and calibrate is not None:
+            _threads.set_calibrator(calibrate)
 
     def splits(self, low, sizes, storages) -> bool:
         """Whether a host-thread call of this lowering runs its parallel loop on several threads."""
         n = parallel_extent(low, sizes, storages)
-        if n < 2 or _threads.get_num_threads() <= 1:
+        threads = _threads.get_num_threads()
+        if n < 2 or threads <= 1:
             return False
-        return work(n, balance_pos(low, storages), sizes, low, storages) >= _threads.MIN_PARALLEL_WORK
+        return self.worth_splitting(low, sizes, threads, work(n, balance_pos(low, storages), sizes, low, storages))
+
+    @staticmethod
+    def worth_splitting(low, sizes, threads: int, units: int) -> bool:
+        """Whether ``units`` of work gain from ``threads`` threads: above the host's
+        measured threshold, and for a reduction into per-thread copies of the output,
+        with copies small against the work (partials.py)."""
+        threshold = _threads.min_parallel_work(units, threads)
+        if units < threshold:
+            return False
+        # (a fixed threshold of 0 splits every call, copies included: tests of the split)
+        return not low.threads.partials or threshold == 0 or partials.worth(low, sizes, threads, units)
 
     def launch(self, variant, args, lohi, low, sizes, storages):
         """(function, arguments) that run the whole call from this thread: the kernel
@@ -187,15 +215,21 @@ class Launcher:
         n = parallel_extent(low, sizes, storages)
         host = self.host_threads
         pos = balance_pos(low, storages) if host and n >= 2 else None
-        if not host or n < 2 or work(n, pos, sizes, low, storages) < _threads.MIN_PARALLEL_WORK:
+        threads = _threads.get_num_threads()
+        if not host or n < 2 or not self.worth_splitting(low, sizes, threads, work(n, pos, sizes, low, storages)):
             # the GPU grid covers the whole range; small host work runs on this thread
             a = list(args)
             a[lohi], a[lohi + 1] = 0, n
             return fn, a
-        threads = _threads.get_num_threads()
         if self.driver_of(variant) is not None and threads > 1:
             bounds = self.bounds(n, threads, pos)
-            return variant.driver, [len(bounds) - 1, data_ptr(bounds)] + args[:lohi] + args[lohi + 2:]
+            call_args = [len(bounds) - 1, data_ptr(bounds)] + args[:lohi] + args[lohi + 2:]
+            if low.threads.partials:
+                slot = partials.out_slot(variant)
+                slot = slot + 2 if slot < lohi else slot
+                return partials.PartialDriver(variant.driver, slot, len(bounds) - 1, partials.out_size(low, sizes),
+                                              partials.out_dtype(low), bounds, low.output.overwrites), call_args
+            return variant.driver, call_args
         if threads <= 1:
             a = list(args)
             a[lohi], a[lohi + 1] = 0, n
@@ -215,6 +249,10 @@ class Launcher:
         fn = variant.function
         n = parallel_extent(low, sizes, storages)
         pos = balance_pos(low, storages)
+        if low.threads.partials:
+            return interrupt.run(units, partials.on_pool, _threads.run_ranges, fn, args, lohi,
+                                 partials.out_slot(variant), partials.out_size(low, sizes), partials.out_dtype(low),
+                                 n, pos, work(n, pos, sizes, low, storages), low.output.overwrites)
 
         def call(lo, hi):
             a = list(args)

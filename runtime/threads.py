@@ -17,7 +17,14 @@ from .handoff import Task, Worker
 _lock = threading.Lock()
 _pool: "_Pool | None" = None
 _num_threads: int | None = None
-_local = threading.local()  # .limit: this thread's cap from thread_limit(), if any
+class _Local(threading.local):
+    """This thread's cap from thread_limit(), if any. The class default makes reading
+    an unset cap a plain lookup: ``getattr(local, name, None)`` raised and caught an
+    AttributeError, ~0.8 us of every warm call's ~2 us of Python."""
+    limit = None
+
+
+_local = _Local()
 
 
 class _Pool:
@@ -71,8 +78,8 @@ def _default_threads() -> int:
 def get_num_threads() -> int:
     """Threads a kernel called from this thread may use: the process-wide count,
     capped by an enclosing :func:`thread_limit` on this thread."""
-    limit = getattr(_local, "limit", None)
-    count = _process_threads()
+    limit = _local.limit
+    count = _num_threads or _process_threads()
     return count if limit is None else min(limit, count)
 
 
@@ -94,7 +101,7 @@ def thread_limit(n: int):
     n = int(n)
     if n < 1:
         raise ValueError("thread_limit: n must be >= 1")
-    before = getattr(_local, "limit", None)
+    before = _local.limit
     _local.limit = n if before is None else min(n, before)
     try:
         yield
@@ -144,13 +151,80 @@ def split(n: int, parts: int, pos: np.ndarray | None = None) -> list:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-# Below this many units of work (Kernel._work: rows + nonzeros, ...) a kernel runs on
-# the calling thread. In isolation two threads win far lower (idle Zen 4: SpMV of 25k
-# nonzeros 23.5 -> 16 us, of 100k 60 -> 46 us), but a short call next to NumPy's BLAS
-# meets OpenBLAS's spinning threads, and libgomp's then spin into the next GEMM: with
-# 100k the MiniLM encoder's compensated top-k variants went from 68-109 to 126-211 ms
-# (examples/minilm_sparse.py --sweep, session 8), so the margin stays.
-MIN_PARALLEL_WORK = 250_000
+# Without a measurement (no libgomp, a forked child, a failed one) calls under this
+# many units of work (launch.work: rows + nonzeros, ...) run on the calling thread.
+# A short call next to NumPy's BLAS meets OpenBLAS's spinning threads, and libgomp's
+# then spin into the next GEMM: with 100k the MiniLM encoder's compensated top-k
+# variants went from 68-109 to 126-211 ms (examples/minilm_sparse.py --sweep,
+# session 8), so spcomp.nn keeps this margin for its calls between GEMMs.
+FALLBACK_PARALLEL_WORK = 250_000
+# at or above this many units a call always splits, unmeasured (~3 ms on one thread)
+SPLIT_ALWAYS_WORK = 4_000_000
+# below this many units a call never splits, whatever the measurement says
+SPLIT_NEVER_WORK = 4_096
+# a fixed threshold when set (tests set 0 to split every call); None: measured
+MIN_PARALLEL_WORK: int | None = None
+_measured: dict = {}  # threads -> threshold measured in this process
+_measure_lock = threading.Lock()
+_calibrator = None  # threads -> units or None: the CPU backend's measurement (set by launch.py)
+
+
+def set_calibrator(fn) -> None:
+    """Give the measurement of the host's fork/join cost (``fn(threads)`` -> the
+    work units below which one thread is faster, or None)."""
+    global _calibrator
+    if _calibrator is None:
+        _calibrator = fn
+
+
+def min_parallel_work(units: int | None = None, threads: int | None = None) -> int:
+    """The work units below which a call stays on the calling thread: MIN_PARALLEL_WORK
+    or ``SPCOMP_MIN_PARALLEL_WORK`` when set, else the host's fork/join cost against
+    per-unit work, measured once per process and thread count (calibrate.py in the CPU
+    backend), between SPLIT_NEVER_WORK and SPLIT_ALWAYS_WORK (FALLBACK_PARALLEL_WORK
+    when it cannot be measured). ``units``, a call's work, lets a call outside that
+    band skip the measurement. A measurement made while other processes hold the
+    cores finds a team slow to wake (a scheduler tick, milliseconds) and keeps the
+    process's calls below SPLIT_ALWAYS_WORK on one thread: at worst what one thread
+    costs, where splitting on such a machine costs ten times that."""
+    if MIN_PARALLEL_WORK is not None:
+        return MIN_PARALLEL_WORK
+    env = _env_threshold()
+    if env is not None:
+        return env
+    if units is not None and (units >= SPLIT_ALWAYS_WORK or units < SPLIT_NEVER_WORK):
+        return SPLIT_ALWAYS_WORK
+    threads = get_num_threads() if threads is None else threads
+    got = _measured.get(threads)
+    if got is None:
+        with _measure_lock:
+            got = _measured.get(threads)
+            if got is None:
+                got = _measured[threads] = _measure(threads)
+    return got
+
+
+def _env_threshold():
+    env = os.environ.get("SPCOMP_MIN_PARALLEL_WORK")
+    if env:
+        try:
+            return max(0, int(env))
+        except ValueError:
+            pass
+    return None
+
+
+def _measure(threads: int) -> int:
+    from . import forksafe
+    got = None
+    if _calibrator is not None and threads > 1 and not forksafe.forked():
+        try:
+            got = _calibrator(threads)
+        except Exception:  # a failed measurement keeps the fixed threshold
+            got = None
+    if got is None:
+        return FALLBACK_PARALLEL_WORK
+    return int(min(max(got, SPLIT_NEVER_WORK), SPLIT_ALWAYS_WORK))
 
 
 def run_ranges(call, n: int, pos: np.ndarray | None = None, threads: int | None = None,
@@ -158,11 +232,11 @@ def run_ranges(call, n: int, pos: np.ndarray | None = None, threads: int | None 
     """Run ``call(lo, hi)`` over ``[0, n)``; returns the status codes.
 
     ``work`` estimates the whole call's cost in loop iterations (default: rows
-    plus the nonzeros ``pos`` counts); below MIN_PARALLEL_WORK it runs here."""
+    plus the nonzeros ``pos`` counts); below :func:`min_parallel_work` it runs here."""
     threads = get_num_threads() if threads is None else threads
     if work is None:
         work = n + (int(pos[-1]) if pos is not None and len(pos) else 0)
-    if threads <= 1 or work < MIN_PARALLEL_WORK:
+    if threads <= 1 or work < min_parallel_work(work, threads):
         return [call(0, n)]
     ranges = split(n, threads, pos)
     if len(ranges) <= 1:
@@ -179,8 +253,9 @@ def _after_fork_in_child() -> None:
     fork stays held: both are made anew, the pool on demand. Kernels run on one
     thread until :func:`set_num_threads`: a forked child is usually one of many
     workers, and libgomp's team cannot be used in it at all (runtime/forksafe.py)."""
-    global _lock, _pool, _num_threads
+    global _lock, _pool, _num_threads, _measure_lock
     _lock = threading.Lock()
+    _measure_lock = threading.Lock()
     _pool = None
     _num_threads = 1
 

@@ -20,6 +20,9 @@ def __getattr__(name):
     if name == "vjp":
         from .api import vjp
         return vjp
+    if name == "tune":
+        from .tuner import tune
+        return tune
     if name == "clear_cache":
         from .api import clear_cache
         return clear_cache

@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 
-from .errors import DensifyWarning, TranspositionWarning
+from .errors import DensifyWarning, ScheduleError, TranspositionWarning, UnsupportedError
 from .formats import Format
 from .notation.functions import densifying_calls
 from .kernel import Kernel
 from .lower.lowerer import Options
-from .schedule import Schedule
+from .schedule import Schedule, check_names
 from .backends import get_target
-from .runtime import forksafe
+from .runtime import forksafe, tuning
 
 _cache: dict = {}
 _cache_lock = forksafe.Lock()
@@ -61,10 +62,13 @@ def compile(expression: str, formats: dict | None = None, dtype="float64", sched
     ``formats`` names them).
     """
     from .frontend import to_notation
+    explicit = schedule is not None
     schedule = schedule or Schedule()
     dtype_name = getattr(dtype, "__name__", None) or str(dtype)
-    key = (expression, _format_key(formats), dtype_name, _dtype_key(dtypes), schedule.key(), backend,
-           drop_zeros, name, outputs if outputs is None or isinstance(outputs, str) else tuple(outputs))
+    # without a schedule the kernel is the latest tuned one's: a new tuning makes a new key
+    key = (expression, _format_key(formats), dtype_name, _dtype_key(dtypes),
+           schedule.key() if explicit else ("tuned", tuning.generation()), backend, drop_zeros, name,
+           outputs if outputs is None or isinstance(outputs, str) else tuple(outputs))
     with _cache_lock:
         kernel = _cache.get(key)
     if kernel is None and _is_program(expression, outputs):
@@ -73,10 +77,21 @@ def compile(expression: str, formats: dict | None = None, dtype="float64", sched
             _cache[key] = kernel
     if kernel is None:
         notation = to_notation(expression, formats=formats, dtypes=dtypes, default_dtype=dtype)
-        _check_schedule_names(schedule, notation)
         target = get_target(backend)
-        options = options_from_schedule(schedule, drop_zeros, name, target.capabilities)
-        kernel = Kernel(expression, notation, options, target, schedule)
+        tuned = None if explicit else _tuned(expression, notation, backend)
+        kernel = None
+        if tuned is not None:  # the schedule spcomp.tune kept for this kernel (tuner.py)
+            try:
+                check_names(tuned, notation)
+                options = options_from_schedule(tuned, drop_zeros, name, target.capabilities)
+                kernel = Kernel(expression, notation, options, target, tuned)
+            except (ScheduleError, UnsupportedError):
+                kernel = None  # no longer legal (another spcomp version): the default
+        if kernel is None:
+            check_names(schedule, notation)
+            options = options_from_schedule(schedule, drop_zeros, name, target.capabilities)
+            kernel = Kernel(expression, notation, options, target, schedule)
+        kernel.autotune = not explicit and os.environ.get("SPCOMP_AUTOTUNE") == "1"
         _attach_contraction(kernel, schedule)
         with _cache_lock:
             _cache[key] = kernel
@@ -140,24 +155,11 @@ def vjp(expression: str, wrt=None, formats: dict | None = None, dtype="float64",
                cotangent_format=cotangent_format, schedule=schedule, output_drops_zeros=drops)
 
 
-def _check_schedule_names(schedule: Schedule, notation) -> None:
-    """Every index a schedule names must be one the expression uses."""
-    from .errors import ScheduleError
-    from .notation import accesses
-    used = {i.name for a in [notation.lhs] + accesses(notation.rhs) for i in a.indices}
-    splits = schedule.get("split")
-    for base, *_ in splits:
-        if base not in used:
-            raise ScheduleError(f"split({base!r}, ...): the expression has no index {base!r} "
-                                f"(its indices: {', '.join(sorted(used)) or 'none'})")
-    used = used | {name for s in splits for name in s[1:3]}  # the pieces are loops too
-    for d in schedule.directives:
-        names = d[1] if d[0] == "reorder" else d[1:2] if d[0] in (
-            "parallelize", "precompute", "vectorize", "unroll") else ()
-        for n in names:
-            if n not in used:
-                raise ScheduleError(f"{d[0]}({n!r}): the expression has no index {n!r} "
-                                    f"(its indices: {', '.join(sorted(used)) or 'none'})")
+def _tuned(expression, notation, backend):
+    try:
+        return tuning.tuned_schedule(expression, notation, backend)
+    except Exception:  # an unreadable tuning cache never stops a compile
+        return None
 
 
 def options_from_schedule(schedule: Schedule, drop_zeros, name, caps) -> Options:

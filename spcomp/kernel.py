@@ -26,7 +26,7 @@ from .runtime import relayout as relayout_kernels
 from .runtime.tensor import expand_output
 from .runtime.launch import Variant, WiderIndices
 from .runtime.operands import any_torch, index_bits, refuse_overlap
-from .schedule import Schedule
+from .schedule import Schedule, check_names
 
 
 class Kernel:
@@ -41,6 +41,7 @@ class Kernel:
         self._variants: dict = dict(variants or {})
         self._fast = None
         self.contraction = None  # spcomp.contraction.Contraction: may run a factorised program instead
+        self.autotune = False  # SPCOMP_AUTOTUNE=1 and no schedule given: tune on the first call (tuner.py)
         low = self._variant(32).lowered  # compile now: errors surface at compile(), source is ready
         self.warnings = list(low.inspection.warnings)
         self.output_name = notation.lhs.tensor.name
@@ -322,6 +323,8 @@ class Kernel:
             args = fast.bind(operands)
             if args is not None:
                 return fast.run(args, operands)
+        if self.autotune:
+            self._adopt_tuned(operands)
         ctx = self.runtime
         if any_torch(operands):  # their buffers as storages, the result back as torch
             from .runtime import torch_bridge
@@ -341,6 +344,23 @@ class Kernel:
                 raise KernelRuntimeError(f"kernel for {self.expression!r}: its 64-bit output overflowed") from None
             # the output outgrew 32-bit positions: the 64-bit kernel runs the call again
             return self._call_with(64, storages, sizes, given, operands)
+
+    def with_schedule(self, schedule) -> "Kernel":
+        """This kernel (expression, formats, dtypes, backend, output options) compiled
+        with ``schedule`` instead; ScheduleError when the schedule does not apply."""
+        check_names(schedule, self.notation)
+        o = self._options
+        options = Options.from_schedule(schedule, o.drop_zeros, o.name, self._target.capabilities)
+        return Kernel(self.expression, self.notation, options, self._target, schedule)
+
+    def _adopt_tuned(self, operands) -> None:
+        """Tune on these operands (``SPCOMP_AUTOTUNE=1``) and run with the kept schedule from now on."""
+        from .tuner import tune
+        self.autotune = False
+        best = tune(self, progress=False, **operands).kernel
+        if best is not self:
+            self._options, self._variants, self.schedule = best._options, best._variants, best.schedule
+            self.runtime, self.warnings, self._fast = best.runtime, best.warnings, None
 
     def _call_with(self, bits, storages, sizes, given, operands):
         """The call with ``bits``-bit indices, from its operands' storages."""

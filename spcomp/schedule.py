@@ -118,6 +118,17 @@ class Schedule:
                         SPLIT_FACTOR_MAX, "factor")
         return self._with("split", index, outer, inner, factor)
 
+    def divide(self, index: str, outer: str, inner: str, parts: int) -> "Schedule":
+        """Run the loop over ``index`` as ``parts`` blocks (TACO's divide): ``outer``
+        over the blocks, ``inner`` within one, like ``split`` with the factor
+        ``ceil(N/parts)`` taken at run time from the dimension's size. ``parts`` is an
+        integer in 1..2**31 - 1. Dense loops only."""
+        if not all(isinstance(x, str) for x in (index, outer, inner)) or len({index, outer, inner}) != 3:
+            raise ScheduleError(f"divide({index!r}, {outer!r}, {inner!r}, ...): three distinct index names, "
+                                "e.g. divide('i', 'i0', 'i1', 4)")
+        parts = _count(f"divide({index!r}, {outer!r}, {inner!r}, {parts!r})", parts, 1, SPLIT_FACTOR_MAX, "parts")
+        return self._with("divide", index, outer, inner, parts)
+
     def vectorize(self, index: str, width: int = 0) -> "Schedule":
         """Ask the backend to vectorise the loop over ``index`` ``width`` lanes wide:
         0 lets it choose, 1 keeps the loop scalar, else a power of two up to 64."""
@@ -155,3 +166,22 @@ class Schedule:
     def __str__(self) -> str:
         parts = [f"{d[0]}({', '.join(repr(x) for x in d[1:])})" for d in self.directives]
         return "Schedule()" + "".join("." + p for p in parts)
+
+
+def check_names(schedule: Schedule, notation) -> None:
+    """Every index a schedule names must be one the expression uses."""
+    from .notation import accesses
+    used = {i.name for a in [notation.lhs] + accesses(notation.rhs) for i in a.indices}
+    splits = [d for d in schedule.directives if d[0] in ("split", "divide")]
+    for kind, base, *_ in splits:
+        if base not in used:
+            raise ScheduleError(f"{kind}({base!r}, ...): the expression has no index {base!r} "
+                                f"(its indices: {', '.join(sorted(used)) or 'none'})")
+    used = used | {name for s in splits for name in s[2:4]}  # the pieces are loops too
+    for d in schedule.directives:
+        names = d[1] if d[0] == "reorder" else d[1:2] if d[0] in (
+            "parallelize", "precompute", "vectorize", "unroll") else ()
+        for n in names:
+            if n not in used:
+                raise ScheduleError(f"{d[0]}({n!r}): the expression has no index {n!r} "
+                                    f"(its indices: {', '.join(sorted(used)) or 'none'})")

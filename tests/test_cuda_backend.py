@@ -863,15 +863,16 @@ def test_atomics_under_heavy_contention(forced_launch, name, how):
     _check_scatter(name, _scatter_kernel(name, how), A)
 
 
-def test_cpu_refuses_a_parallel_scatter_loop():
-    """On CPU threads the same loop would race (no atomics there): refused with the reason,
-    and the default schedule keeps it sequential."""
-    with pytest.raises(errors.ScheduleError, match="reduction index: iterations would race on the output y"):
-        spcomp.compile("y[j] = A[i,j] * x[i]", formats={"A": "csr"}, schedule=Schedule().parallelize("i"))
-    with pytest.raises(errors.ScheduleError, match="no loop to split"):
-        spcomp.compile("s = A[i,j] * B[i,j]", formats={"A": "csr"}, schedule=Schedule().parallelize("i"))
-    k = spcomp.compile("y[j] = A[i,j] * x[i]", formats={"A": "csr"})
-    assert "parallel" not in k.loops
+def test_cpu_runs_a_parallel_scatter_loop_into_partials():
+    """On CPU threads (no atomics there) the same loop runs with a private copy of the
+    output per thread, added up at the end (runtime/partials.py); one that would race
+    with a matrix output is refused with the reason."""
+    k = spcomp.compile("y[j] = A[i,j] * x[i]", formats={"A": "csr"}, schedule=Schedule().parallelize("i"))
+    assert k.lowered.threads.partials
+    k = spcomp.compile("s = A[i,j] * B[i,j]", formats={"A": "csr"}, schedule=Schedule().parallelize("i"))
+    assert k.lowered.threads.partials
+    with pytest.raises(errors.ScheduleError, match="reduction index: iterations would race on the output C"):
+        spcomp.compile("C[j,k] = A[i,j] * B[i,k]", formats={"A": "csr"}, schedule=Schedule().parallelize("i"))
 
 
 def test_sequential_schedule_keeps_gpu_scatter_serial():

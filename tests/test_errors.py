@@ -279,8 +279,10 @@ def test_format_object_of_wrong_type():
 # ================================================================== schedules
 
 def test_parallelize_a_reduction():
+    """Into a matrix output a parallel reduction loop would race (a vector or scalar
+    output gets per-thread copies, tests/test_parallel_reductions.py)."""
     with pytest.raises(errors.ScheduleError) as e:
-        spcomp.compile("y[i] = A[i,j] * x[j]", schedule=spcomp.Schedule().reorder("j", "i").parallelize("j"))
+        spcomp.compile("C[i,k] = A[i,j] * B[j,k]", schedule=spcomp.Schedule().reorder("j", "i", "k").parallelize("j"))
     assert "'j'" in str(e.value) and "reduction" in str(e.value)
 
 
@@ -291,9 +293,12 @@ def test_parallelize_an_inner_loop():
 
 
 def test_parallelize_the_reduction_of_a_scalar():
-    """Regression: parallelize() with no output loop used to be silently ignored."""
-    with pytest.raises(errors.ScheduleError, match="j"):
-        spcomp.compile("s = x[j] * z[j]", schedule=spcomp.Schedule().parallelize("j"))
+    """Regression: parallelize() with no output loop used to be silently ignored; it
+    runs the sum on threads into per-thread partial sums, or is refused."""
+    k = spcomp.compile("s = x[j] * z[j]", schedule=spcomp.Schedule().parallelize("j"))
+    assert k.lowered.threads.parallel == "j" and k.lowered.threads.partials
+    with pytest.raises(errors.ScheduleError, match="only the outermost loop"):
+        spcomp.compile("s = A[i,j]", schedule=spcomp.Schedule().parallelize("j"))
 
 
 def test_reorder_names_a_missing_index():

@@ -136,7 +136,7 @@ def test_pool_waits_for_its_workers_before_an_exception_propagates():
         finished.append(hi)
         return 0
 
-    work = threads_module.MIN_PARALLEL_WORK
+    work = threads_module.SPLIT_ALWAYS_WORK  # splits without a measurement
     with pytest.raises(ValueError):
         threads_module.run_ranges(call, 10, threads=2, work=work)
     assert finished == [10]

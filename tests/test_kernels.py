@@ -359,7 +359,7 @@ def _big_csr(n=3000, density=0.04, seed=7):
                                         ("C[i,k] = A[i,j] * B[j,k]", {"B": (3000, 8)})])
 def test_thread_count_independence(expr, extra):
     """1 and 2 threads give bitwise-equal float64 results."""
-    from spcomp.runtime.threads import MIN_PARALLEL_WORK
+    from spcomp.runtime.threads import FALLBACK_PARALLEL_WORK as MIN_PARALLEL_WORK
     A = _big_csr()
     assert A.shape[0] + A.nnz >= MIN_PARALLEL_WORK  # big enough to really run on 2 threads
     g = np.random.default_rng(1)

@@ -132,14 +132,14 @@ def test_big_add_really_runs_on_two_threads(monkeypatch, mode):
     n = 60_000
     A = sp.random(n, n, density=6e-5, format="csr", random_state=rng, dtype=np.float64)
     B = sp.random(n, n, density=6e-5, format="csr", random_state=rng, dtype=np.float64)
-    assert n + A.nnz >= _threads.MIN_PARALLEL_WORK
+    assert n + A.nnz >= _threads.FALLBACK_PARALLEL_WORK
     k = spcomp.compile(ADD, formats=CSR3)
     split = record_splits(monkeypatch)
-    with threads(2, _threads.MIN_PARALLEL_WORK):
+    with threads(2, _threads.FALLBACK_PARALLEL_WORK):
         two = k(A=A, B=B)
     assert split == ([2] if mode == "chunks" else [2, 2])  # chunks, or count and fill
     split.clear()
-    with threads(1, _threads.MIN_PARALLEL_WORK):
+    with threads(1, _threads.FALLBACK_PARALLEL_WORK):
         one = k(A=A, B=B)
     assert_same_bits(one, two)
     expected = (A + B).tocsr()

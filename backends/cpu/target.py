@@ -52,6 +52,12 @@ class CpuTarget:
         # the Kernel passes data pointers as ints: the ctypes function is called directly
         return compiled.function(lowered.code.entry)
 
+    def split_threshold(self, threads: int):
+        """The work units below which a call is faster on one thread than on
+        ``threads`` (measured on this host, calibrate.py), or None without libgomp."""
+        from .calibrate import threshold
+        return threshold(threads)
+
     def parallel_driver(self, compiled, lowered):
         """``f(nthreads, bounds, args...)`` running the kernel on native threads, or None."""
         return compiled.parallel_driver(lowered.code.entry)

@@ -71,6 +71,7 @@ class NestContext:
     out_shape: str = "dense"
     workspace: dict | None = None
     output_op: str = "="     # how the nest's note shows a dense output's update ("=" or "+=")
+    parallel_depth: int = 0  # the nest depth of the parallel loop: 1 for a scalar's sum
 
 
 class LoopEmitter:
@@ -303,7 +304,7 @@ class LoopEmitter:
             la = self._level_access(acc, l, env, addressing)
             iters[k] = la.kind.iterator(la, self.fresh)
         size = self.sizes[i]
-        parallel = self.parallel is not None and i == self.parallel and depth == 0
+        parallel = self.parallel is not None and i == self.parallel and depth == self.parallel_depth
         # --- one sparse iterator, nothing else
         if not L.full and len(keys) == 1:
             k = keys[0]
@@ -444,7 +445,7 @@ class LoopEmitter:
             raise ScheduleError(
                 f"split({base.name!r}, ...): the loop over {base.name} walks {self._user_name(acc.tensor.name)}'s "
                 f"level {l + 1} ({acc.tensor.format.levels[l].spec()}); only dense loops can be split")
-        parallel = self.parallel is not None and piece == self.parallel and depth == 0
+        parallel = self.parallel is not None and piece == self.parallel and depth == self.parallel_depth
         second = split_mod.bound_partner(piece, env.bound)
         start, end = n.i64(0), split_mod.extent(piece, self.sizes[base], env.bound)
         self._note(depth, f"for {piece.name} in {split_mod.describe(piece, second)}"
@@ -456,7 +457,7 @@ class LoopEmitter:
         split_mod.bind(piece, var, inner.bound)
         if second:
             coord = n.Var(self.fresh(base.name), I64)
-            body = [n.Declare(coord, split_mod.coordinate(piece, var, env.bound))]
+            body = [n.Declare(coord, split_mod.coordinate(piece, var, env.bound, self.sizes[base]))]
             body += self._body(base, rest, expr, sink, inner, coord, depth)
         else:
             body = self.nest(rest, expr, sink, inner, depth + 1)

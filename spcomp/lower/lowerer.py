@@ -89,6 +89,7 @@ class Lowerer:
         self.loops_text: list = []
         self.warnings: list = []
         self.position_ends: dict = {}  # set by the nest's emitter: each compressed loop's last position
+        self.partials = False  # the parallel loop reduces into per-chunk copies of the output
 
     # ================================================================ setup
     def run(self) -> Lowered:
@@ -179,6 +180,7 @@ class Lowerer:
         self.scatter = [r for r in top if self.position[r] < last_out]
         if not lhs.indices and order and order[0] in top and par.gpu_atomics(self.opt, lhs):
             # a scalar output on the GPU: the outermost sum runs in parallel, adding atomically
+            # (on CPU threads the sum's first loop runs in parallel, parallel.scalar_sum_loop)
             self.scatter = [order[0]]
         gather = [r for r in top if r not in self.scatter]
         from .normalize import wrap_sums
@@ -303,7 +305,10 @@ class Lowerer:
         # parallel outer loop
         self.parallel = par.choose_parallel(self.facts(), shape)
         if self.parallel is not None and split_mod.base_of(self.parallel) not in self.lhs.indices:
-            self.out_sink.atomic = True  # iterations of a reduction loop add into the output concurrently
+            if self.opt.caps.atomics:
+                self.out_sink.atomic = True  # iterations of a reduction loop add into the output concurrently
+            else:  # each chunk adds into its own zeroed copy, summed by the runtime (launch.py)
+                self.partials = True
         if isinstance(self.out_sink, AppendSink):
             self.out_sink.rows_in_parallel = self.parallel is not None
         self.lo = self.hi = None
@@ -348,6 +353,8 @@ class Lowerer:
         body += self.out_sink.epilogue()
         per_chunk = (tuple(b.var.name for b in self.bindings if b.role in ("capacity", "output_grow"))
                      if self._appends_in_chunks(shape) else ())
+        if self.partials:  # chunk c adds into copy c of the output
+            per_chunk = (out.vals.name,)
         fn = n.Function(self.opt.name, tuple(b.var for b in self.bindings), n.block(*body),
                         doc=f"{self.a!r}\nloop order: {', '.join(i.name for i in self.loop_order)}",
                         per_chunk=per_chunk)
@@ -368,7 +375,8 @@ class Lowerer:
             parallel=split_mod.base_of(self.parallel).name if self.parallel is not None else None,
             balance=balance, split=split_mod.extent_rule(self.parallel),
             positions=None if walked is None else (walked[0].tensor.name, walked[1]),
-            work_scale=par.work_scale(facts, balance), work_dense=par.work_dense(facts, balance))
+            work_scale=par.work_scale(facts, balance), work_dense=par.work_dense(facts, balance),
+            partials=self.partials)
         inspection = Inspection(notation=notation, order=self.order, warnings=self.warnings,
                                 loops="\n".join(loops + [f"(layout: {r})" for r in self.dense_relayouts]),
                                 blas=[g.describe() for g in self.gemms])
@@ -390,7 +398,8 @@ class Lowerer:
         ctx = NestContext(self.opt, self.lhs, self.params, self.sizes, self.fresh, self.compute,
                           self.position, self.loop_order, self.split_pieces, self.transposes,
                           self.parallel, self.lo, self.hi, self.out_shape, self.workspace,
-                          "+=" if self.accumulate or self.scatter else "=")
+                          "+=" if self.accumulate or self.scatter else "=",
+                          parallel_depth=0 if self.outer else 1)
         return LoopEmitter(ctx, sink, self.loops_text)
 
     def emit_nest(self, sink, env) -> list:
@@ -428,7 +437,7 @@ class Lowerer:
         """A dense ``=`` output that only this kernel's nest writes, one thread per element."""
         sink = self.out_sink
         return (self.out_shape == "dense" and isinstance(sink, DenseSink) and not self.accumulate
-                and not sink.atomic)
+                and not sink.atomic and not (self.partials and self.scatter))
 
     def _zero_rows(self, nest: list) -> list:
         """The nest clearing each output row itself when it adds into them (coverage.py)."""

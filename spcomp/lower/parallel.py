@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ..errors import ScheduleError
 from ..formats import Compressed
 from ..notation import Access, accesses
+from .normalize import split_sums
 from . import lattice as lat
 from . import split as split_mod
 from .order import access_chain
@@ -61,6 +62,30 @@ def gpu_atomics(opt, lhs) -> bool:
     return opt.parallel is not None and opt.caps.atomics and lhs.tensor.format.is_dense
 
 
+def partials_ok(opt, lhs) -> bool:
+    """Whether a parallel loop over a reduction index may give each host thread its
+    own zeroed copy of the output (a scalar or a vector) for the runtime to add up
+    at the end (TACO's ``ParallelReduction``/``Temporary`` strategies): where the
+    backend runs host threads and has no atomics of its own, into a dense output of
+    at most one index. The runtime splits such a call only where the copies cost
+    little against its work (launch.py)."""
+    return (opt.parallel is not None and opt.caps.host_threads and not opt.caps.atomics
+            and lhs.tensor.format.is_dense and len(lhs.indices) <= 1)
+
+
+def scalar_sum_loop(f: LoopFacts):
+    """The first loop of a scalar output's sum, when CPU threads may run it into
+    per-thread partial sums (:func:`partials_ok`); else None. The sum keeps its
+    register accumulator (and its vector lanes) within each thread's range."""
+    if f.lhs.indices or not f.loop_order or not partials_ok(f.opt, f.lhs):
+        return None
+    top, _body = split_sums(f.expr)
+    first = f.loop_order[0]
+    # the whole right side must be one sum over the loop: ``sum(i, x[i]) + sum(j, y[j])``
+    # split by i would add the j sum once per thread
+    return first if split_mod.base_of(first) in top else None
+
+
 def choose_parallel(f: LoopFacts, shape: str):
     """The loop to run in parallel for an output of ``shape``, or None; a
     ScheduleError when the schedule asks for one that would be wrong."""
@@ -68,12 +93,12 @@ def choose_parallel(f: LoopFacts, shape: str):
     if want is None or f.has_gemms:
         return None  # with a matrix product, BLAS's own threads do the bulk of the work
     lhs, kind = f.lhs, f.opt.parallel_kind
-    if not f.outer:
+    first = f.outer[0] if f.outer else scalar_sum_loop(f)
+    if first is None:
         if want == "auto":
             return None
         raise ScheduleError(f"parallelize({want!r}): the output {lhs.tensor.name} has no loop to "
                             "split; iterations of a reduction into one value would race")
-    first = f.outer[0]
     if want != "auto" and want != first.name:
         raise ScheduleError(f"parallelize({want!r}): only the outermost loop ({first.name}) can run "
                             "on threads; reorder it first")
@@ -97,10 +122,11 @@ def choose_parallel(f: LoopFacts, shape: str):
 
 def _parallel_ok(f: LoopFacts, i, shape):
     lhs = f.lhs
-    if i not in lhs.indices and not (shape == "dense" and f.gpu_atomics()):
+    if i not in lhs.indices and not (shape == "dense" and (f.gpu_atomics() or partials_ok(f.opt, lhs))):
         return False, (f"{i.name} is a reduction index: iterations would race on the output "
-                       f"{lhs.tensor.name} (only the GPU backends add into a dense output with "
-                       "atomics); keep this loop sequential")
+                       f"{lhs.tensor.name} (the GPU backends add into a dense output with atomics; "
+                       "CPU threads add up private copies of a scalar or vector output only); "
+                       "keep this loop sequential")
     if shape in ("csf", "coo"):
         ok, why = splittable(lhs, i, shape)
         if not ok:
@@ -147,6 +173,7 @@ def balance(f: LoopFacts, parallel, walked):
     parallel loop (``walked``: the positions the threads split, if any)."""
     if parallel is None:
         return None
+    parallel = split_mod.base_of(parallel)  # a split piece: the whole loop's work (not its chunks')
     for acc in accesses(f.rhs):
         fmt = acc.tensor.format
         chain = access_chain(acc)
@@ -196,7 +223,10 @@ def _loops_under(f: LoopFacts, balanced) -> list:
         return []
     name, level = balanced
     acc = next(a for a in accesses(f.rhs) if a.tensor.name == name)
-    return f.loop_order[f.position[access_chain(acc)[level]] + 1:]
+    index = access_chain(acc)[level]
+    # the last loop running that index (a split index's inner piece), in the loop order with pieces
+    at = max(k for k, x in enumerate(f.loop_order) if split_mod.base_of(x) == index)
+    return list(dict.fromkeys(split_mod.base_of(x) for x in f.loop_order[at + 1:]))
 
 
 def splittable(lhs, i, shape) -> tuple:

@@ -87,7 +87,8 @@ class Options:
             auto_layout=not schedule.get("keep_layout"),
             bounded_appends=not caps.growable_outputs,
             vector_gathers=caps.vector_gathers,
-            split=tuple(tuple(s) for s in schedule.get("split")),
+            split=tuple(tuple(s) for s in schedule.get("split"))
+            + tuple((b, o, i, -parts) for b, o, i, parts in schedule.get("divide")),  # (lower/split.py)
             name=name,
             caps=caps,
         )
@@ -133,6 +134,7 @@ class ThreadPlan:
     work_scale: tuple = ()     # (storage, level) walked under each balanced nonzero (Lowerer._work_scale)
     work_dense: tuple = ()     # indices of the dense loops under each balanced nonzero
     gpu_choice: object = None  # default_schedule.RowChoice: thread or warp per row, picked per call
+    partials: bool = False     # the parallel loop reduces: each chunk adds into its own copy of the output
 
 
 @dataclass
@@ -157,7 +159,7 @@ class Lowered:
     def append_chunks(self) -> bool:
         """Whether each ``[lo, hi)`` call appends its rows from position 0, for the
         runtime to stitch (runtime/chunks.py): the entry then has per-chunk parameters."""
-        return bool(self.code.module.function(self.code.entry).per_chunk)
+        return bool(self.code.module.function(self.code.entry).per_chunk) and not self.threads.partials
 
     @property
     def entry_function(self) -> n.Function:

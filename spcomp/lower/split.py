@@ -12,6 +12,10 @@ level (a dense loop: dense operands and dense levels located at ``i``) can be
 split; positions of a compressed level are not split (no position splitting).
 The lowerer calls :func:`check`, :func:`order_for_graph`, :func:`expand` and
 :func:`emit`; the rest of the lowering sees the base index ``i``.
+
+``divide("i", "i0", "i1", P)`` (TACO's divide) is a split into ``P`` blocks: its
+factor is ``ceil(N/P)`` at run time (at least 1). Options carry it as a split
+whose factor is ``-P`` (:func:`factor_expr` and the runtime's trip count read it).
 """
 from __future__ import annotations
 
@@ -39,7 +43,8 @@ def check(splits, index_names, output_dense: bool) -> None:
     """Refuse splits the lowerer cannot honour, naming the directive."""
     taken = set(index_names)
     for base, outer, inner, factor in splits:
-        what = f"split({base!r}, {outer!r}, {inner!r}, {factor})"
+        what = (f"split({base!r}, {outer!r}, {inner!r}, {factor})" if factor > 0
+                else f"divide({base!r}, {outer!r}, {inner!r}, {-factor})")
         if base not in index_names:
             raise ScheduleError(f"{what}: the expression has no index {base!r} (splitting a piece of a "
                                 "split loop again is not supported)")
@@ -127,15 +132,29 @@ def check_reductions_adjacent(loop_order, reductions) -> None:
                                     f"in the loop order (other loops run between {x.name} and its partner)")
 
 
+def factor_expr(piece: SplitPiece, size) -> n.Expr:
+    """The block size: the split's factor, or ``max(1, ceil(N/P))`` for a divide into P."""
+    if piece.factor > 0:
+        return n.i64(piece.factor)
+    parts = -piece.factor
+    return n.Binary("max", n.i64(1), n.Binary("/", n.Binary("+", size, n.i64(parts - 1)), n.i64(parts)))
+
+
+def run_time_factor(factor: int, size: int) -> int:
+    """:func:`factor_expr` for the runtime, from the recorded factor and N."""
+    return factor if factor > 0 else max(1, -(-size // -factor))
+
+
 def extent(piece: SplitPiece, size, env_bound) -> n.Expr:
     """Trip count of ``piece``: exact, so that ``i0*f + i1 < N`` always holds."""
-    f = n.i64(piece.factor)
+    f = factor_expr(piece, size)
+    less = n.Binary("-", f, n.i64(1))
     partner = env_bound.get(_partner_key(piece))
     if piece.outer:
         if partner is None:  # ceil(N / f)
-            return n.Binary("/", n.Binary("+", size, n.i64(piece.factor - 1)), f)
+            return n.Binary("/", n.Binary("+", size, less), f)
         # inside i1: i0 < ceil((N - i1) / f); N - i1 + f - 1 >= 0 since i1 < min(f, N)
-        return n.Binary("/", n.Binary("+", n.Binary("-", size, partner), n.i64(piece.factor - 1)), f)
+        return n.Binary("/", n.Binary("+", n.Binary("-", size, partner), less), f)
     if partner is None:
         return n.Binary("min", f, size)
     return n.Binary("min", f, n.Binary("-", size, n.Binary("*", partner, f)))
@@ -157,11 +176,11 @@ def bind(piece: SplitPiece, var, env_bound) -> None:
     env_bound[_own_key(piece)] = var
 
 
-def coordinate(piece: SplitPiece, var, env_bound) -> n.Expr:
+def coordinate(piece: SplitPiece, var, env_bound, size) -> n.Expr:
     """``i0*f + i1`` once both pieces are bound (``piece`` is the second)."""
     partner = env_bound[_partner_key(piece)]
     outer, inner = (var, partner) if piece.outer else (partner, var)
-    return n.Binary("+", n.Binary("*", outer, n.i64(piece.factor)), inner)
+    return n.Binary("+", n.Binary("*", outer, factor_expr(piece, size)), inner)
 
 
 def base_of(i):
@@ -178,6 +197,8 @@ def extent_rule(i):
 def describe(piece: SplitPiece, second: bool) -> str:
     """The piece's range as the loop nest text shows it."""
     i, f, other = piece.base.name, piece.factor, piece.partner
+    if f < 0:
+        f = f"ceil(N_{i}/{-f})"
     if piece.outer:
         text = f"0..ceil(N_{i}/{f})" if not second else f"0..ceil((N_{i}-{other})/{f})"
     else:

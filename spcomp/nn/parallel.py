@@ -80,8 +80,9 @@ def serial_when_small(nonzero_work: int):
     kernel. Measured on the MiniLM encoder (examples/minilm_sparse.py --sweep, 2
     threads): a 10 %-density model's forward took 51-66 ms with these calls split,
     38-45 ms on one thread each (docs/ffn.md)."""
-    from spcomp.runtime.threads import MIN_PARALLEL_WORK
-    return spcomp.thread_limit(1) if nonzero_work < MIN_PARALLEL_WORK else contextlib.nullcontext()
+    from spcomp.runtime.threads import MIN_PARALLEL_WORK, FALLBACK_PARALLEL_WORK
+    limit = FALLBACK_PARALLEL_WORK if MIN_PARALLEL_WORK is None else MIN_PARALLEL_WORK
+    return spcomp.thread_limit(1) if nonzero_work < limit else contextlib.nullcontext()
 
 
 def row_ranges(n: int, work: np.ndarray | None = None, min_rows: int = 8) -> list:

@@ -1,0 +1,86 @@
+"""What a warm call of a compiled kernel costs over calling its native function through ctypes.
+
+    python -m benchmarks.call_overhead            # best of 7 x 20 000 calls, one thread
+    python -m benchmarks.call_overhead --clock cpu   # CPU time: steadier on a loaded machine
+
+A tiny SpMV (64 x 64, 10 % dense, float64), so that the kernel's own work is a
+hundred nanoseconds or so and the rest is the call: the kernel called with an
+spcomp Tensor, with a SciPy csr matrix, and with the output given, each against
+the very same native function (``Kernel``'s fast path's ctypes function) called
+with a prepared argument list -- what calling TACO's generated C through ctypes
+costs. Both are timed in one process, interleaved, so the difference is the
+Python side of the call. The issue's target: at most 1.5 us over the native call.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import scipy.sparse as sp
+
+import spcomp
+from spcomp import Tensor
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def bench(f, n: int, repeat: int, clock=time.perf_counter) -> float:
+    """Best of ``repeat`` means over ``n`` calls, in microseconds."""
+    f()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = clock()
+        for _ in range(n):
+            f()
+        best = min(best, (clock() - t0) / n)
+    return best * 1e6
+
+
+def native(k, operands):
+    """The ctypes function and argument list the kernel's fast path replays for
+    ``operands`` (with a fresh output the call would allocate), ready to call."""
+    k(**operands)
+    fast = k._fast
+    if fast is None or fast.bind(operands) is None:
+        raise SystemExit("the kernel has no fast path for these operands")
+    args = fast.bind(operands)
+    out = np.zeros(fast.out_shape, fast.out_dtype)
+    for slot in fast.out_slots:
+        args[slot] = out.ctypes.data
+    fn = fast.fn
+    return lambda: fn(*args)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--calls", type=int, default=20000)
+    p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="cpu: this thread's CPU time, steadier on a shared, loaded machine")
+    a = p.parse_args()
+    clock = CLOCKS[a.clock]
+    spcomp.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    A = sp.random(64, 64, density=0.1, format="csr", random_state=rng)
+    At = Tensor.from_scipy(A, "csr")
+    x = rng.random(64)
+    y = np.zeros(64)
+    k = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"})
+    cases = [("Tensor operand", {"A": At, "x": x}),
+             ("SciPy csr operand", {"A": A, "x": x}),
+             ("output given (y=)", {"A": At, "x": x, "y": y})]
+    print(f"{'call':<22} {'spcomp us':>10} {'ctypes us':>10} {'over us':>8} {'ratio':>6}")
+    for name, ops in cases:
+        k._fast = None
+        raw = native(k, ops)
+        ours = bench(lambda: k(**ops), a.calls, a.repeat, clock)
+        base = bench(raw, a.calls, a.repeat, clock)
+        ours = min(ours, bench(lambda: k(**ops), a.calls, a.repeat, clock))  # interleaved: both see the same noise
+        base = min(base, bench(raw, a.calls, a.repeat, clock))
+        print(f"{name:<22} {ours:>10.2f} {base:>10.2f} {ours - base:>8.2f} {ours / base:>6.2f}")
+
+
+if __name__ == "__main__":
+    main()
