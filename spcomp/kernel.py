@@ -27,6 +27,7 @@ from .runtime.tensor import expand_output
 from .runtime.launch import Variant, WiderIndices
 from .runtime.operands import any_torch, index_bits, refuse_overlap
 from .schedule import Schedule, check_names
+from .tuner import adopt_tuned
 
 
 class Kernel:
@@ -150,11 +151,9 @@ class Kernel:
         return f"<spcomp.Kernel {self.expression!r}{' ' + fmts if fmts else ''} backend={self._target.name}>"
 
     def vjp(self, wrt=None, *, dense=False, cotangent_format=None, schedule=None):
-        """The backward pass of this kernel's statement: the derived gradient statements
-        of the operands in ``wrt`` (default: all), compiled for this kernel's backend
-        with the default schedule (this kernel's directives name its own loops, not
-        the derived statements'; pass ``schedule`` to choose one) -- see
-        :func:`spcomp.vjp` and docs/autodiff.md."""
+        """The derived gradient statements of the operands in ``wrt`` (default: all) for
+        this kernel's backend, with the default schedule unless ``schedule`` is given
+        (:func:`spcomp.vjp`, docs/autodiff.md)."""
         from .autodiff import VJP
         return VJP(self.notation, wrt, dense=dense, target=self._target, kernel_class=type(self),
                    cotangent_format=cotangent_format, schedule=schedule,
@@ -324,7 +323,7 @@ class Kernel:
             if args is not None:
                 return fast.run(args, operands)
         if self.autotune:
-            self._adopt_tuned(operands)
+            adopt_tuned(self, operands)
         ctx = self.runtime
         if any_torch(operands):  # their buffers as storages, the result back as torch
             from .runtime import torch_bridge
@@ -352,15 +351,6 @@ class Kernel:
         o = self._options
         options = Options.from_schedule(schedule, o.drop_zeros, o.name, self._target.capabilities)
         return Kernel(self.expression, self.notation, options, self._target, schedule)
-
-    def _adopt_tuned(self, operands) -> None:
-        """Tune on these operands (``SPCOMP_AUTOTUNE=1``) and run with the kept schedule from now on."""
-        from .tuner import tune
-        self.autotune = False
-        best = tune(self, progress=False, **operands).kernel
-        if best is not self:
-            self._options, self._variants, self.schedule = best._options, best._variants, best.schedule
-            self.runtime, self.warnings, self._fast = best.runtime, best.warnings, None
 
     def _call_with(self, bits, storages, sizes, given, operands):
         """The call with ``bits``-bit indices, from its operands' storages."""

@@ -218,3 +218,13 @@ def _compile(kernel, schedule: Schedule):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a reorder against a format warns of its copy: timed like the rest
         return kernel.with_schedule(schedule)
+
+
+def adopt_tuned(kernel, operands: dict) -> None:
+    """Tune ``kernel`` on these operands (``SPCOMP_AUTOTUNE=1``, first call) and make it
+    run with the kept schedule from now on."""
+    kernel.autotune = False
+    best = tune(kernel, progress=False, **operands).kernel
+    if best is not kernel:
+        kernel._options, kernel._variants, kernel.schedule = best._options, best._variants, best.schedule
+        kernel.runtime, kernel.warnings, kernel._fast = best.runtime, best.warnings, None
