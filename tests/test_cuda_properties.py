@@ -118,6 +118,8 @@ def _features(stats, k):
 
 def _any_order(spec: str) -> bool:
     """A bitmap level, or a dense level under a sparse one: assembled through a stand-in."""
+    if not spec:  # a scalar output has no levels
+        return False
     levels = spcomp.Format.parse(spec).levels
     first = next((l for l, lv in enumerate(levels) if not lv.is_dense), len(levels))
     return any(lv.letter == "b" for lv in levels) or any(lv.is_dense for lv in levels[first:])
@@ -160,7 +162,9 @@ def _run(stats, n, how, dtype="float64", min_ok=0.6, min_parallel=0.3, backend=B
     run()
     ok = stats.counts["ok"]
     assert ok >= min_ok * stats.total, f"too few cases ran:\n{stats.summary()}"
-    assert stats.features[f"{how} kernel"] >= min_parallel * ok, \
+    # kernels over a bitmap level mostly run serial under the default GPU schedule: the
+    # share of parallel kernels is asked of the other cases
+    assert stats.features[f"{how} kernel"] >= min_parallel * (ok - stats.features["bitmap level"]), \
         f"too few cases ran a {how} loop:\n{stats.summary()}"
 
 

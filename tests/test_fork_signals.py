@@ -32,8 +32,17 @@ from spcomp.runtime import threads as threads_module
 TIMEOUT_S = 60
 
 
+@pytest.fixture(autouse=True)
+def _calls_always_split(monkeypatch):
+    """These tests are about threads across fork and signals, not about when a call
+    splits: every call splits (the measured threshold of a loaded host keeps a 2M-unit
+    call on one thread). The variable reaches spawned children; the attribute, forked ones."""
+    monkeypatch.setattr(threads_module, "MIN_PARALLEL_WORK", 0)
+    monkeypatch.setenv("SPCOMP_MIN_PARALLEL_WORK", "0")
+
+
 def _spmv_operands(seed=1):
-    """SpMV with 2M nonzeros: far above MIN_PARALLEL_WORK, so it goes over threads."""
+    """SpMV with 2M nonzeros: it goes over threads."""
     rng = np.random.default_rng(seed)
     n, per_row = 100_000, 20
     A = sp.csr_matrix((rng.standard_normal(n * per_row), rng.integers(0, n, n * per_row),
