@@ -601,13 +601,10 @@ class LoopEmitter:
             return n.Binary(op, self.value(e.lhs, env), self.value(e.rhs, env))
         if isinstance(e, Call):
             args = [self.value(x, env) for x in e.args]
-            return self._call(e.func, args)
+            return lower_call(e.func, args, self.compute)
         if isinstance(e, (Sum, Reduce)):
             raise UnsupportedError(f"internal: reduction {e!r} reached the innermost loop unevaluated")
         raise TypeError(e)
-
-    def _call(self, func, args):
-        return lower_call(func, args, self.compute)
 
     def _load(self, acc, env):
         t = acc.tensor

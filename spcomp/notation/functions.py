@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from .nodes import Add, Call, Div, Literal, Mul, Neg, Sub
+from .nodes import Add, Call, Div, Literal, Mul, Neg, Sub, Sum, accesses, children
 
 
 @dataclass(frozen=True)
@@ -126,72 +126,66 @@ def _relu(x):
     return np.where(x < 0.0, 0.0, x)  # NaN stays NaN, as np.maximum(x, 0) gives
 
 
-_mk = Function
-
 _TABLE = [
     # activations
-    _mk("relu", 1, _relu, _unary(lambda x: _f("heaviside", x, _c(0.0))), "max(x, 0)"),
-    _mk("gelu", 1, _gelu,
+    Function("relu", 1, _relu, _unary(lambda x: _f("heaviside", x, _c(0.0))), "max(x, 0)"),
+    Function("gelu", 1, _gelu,
         _unary(lambda x: Add(Mul(_c(0.5), Add(_c(1.0), _f("erf", Mul(x, _c(_INV_SQRT_2))))),
                              Mul(Mul(x, _c(_INV_SQRT_2PI)), _f("exp", Mul(_c(-0.5), _sq(x)))))),
         "x·Φ(x), the exact (erf) GELU"),
-    _mk("silu", 1, lambda x: x / (1.0 + np.exp(-x)),
+    Function("silu", 1, lambda x: x / (1.0 + np.exp(-x)),
         _unary(lambda x: Mul(_f("sigmoid", x), Add(_c(1.0), Mul(x, Sub(_c(1.0), _f("sigmoid", x)))))),
         "x·sigmoid(x)"),
-    _mk("sigmoid", 1, _sigmoid,
+    Function("sigmoid", 1, _sigmoid,
         _unary(lambda x: Mul(_f("sigmoid", x), Sub(_c(1.0), _f("sigmoid", x)))), "1 / (1 + exp(-x))"),
-    _mk("softplus", 1, _softplus, _unary(lambda x: _f("sigmoid", x)), "log(1 + exp(x)), computed stably"),
+    Function("softplus", 1, _softplus, _unary(lambda x: _f("sigmoid", x)), "log(1 + exp(x)), computed stably"),
     # powers and roots
-    _mk("abs", 1, np.abs, _unary(lambda x: _f("sign", x)), "|x|"),
-    _mk("sqrt", 1, np.sqrt, _unary(lambda x: Div(_c(0.5), _f("sqrt", x))), "√x (NaN below 0)"),
-    _mk("cbrt", 1, np.cbrt, _unary(lambda x: Div(_c(1.0), Mul(_c(3.0), _sq(_f("cbrt", x))))), "∛x"),
-    _mk("square", 1, np.square, _unary(lambda x: Mul(_c(2.0), x)), "x²"),
-    _mk("cube", 1, lambda x: x * x * x, _unary(lambda x: Mul(_c(3.0), _sq(x))), "x³"),
-    _mk("pow", 2, np.power, _pow_rule, "x to the power p"),
+    Function("abs", 1, np.abs, _unary(lambda x: _f("sign", x)), "|x|"),
+    Function("sqrt", 1, np.sqrt, _unary(lambda x: Div(_c(0.5), _f("sqrt", x))), "√x (NaN below 0)"),
+    Function("cbrt", 1, np.cbrt, _unary(lambda x: Div(_c(1.0), Mul(_c(3.0), _sq(_f("cbrt", x))))), "∛x"),
+    Function("square", 1, np.square, _unary(lambda x: Mul(_c(2.0), x)), "x²"),
+    Function("cube", 1, lambda x: x * x * x, _unary(lambda x: Mul(_c(3.0), _sq(x))), "x³"),
+    Function("pow", 2, np.power, _pow_rule, "x to the power p"),
     # exponentials and logarithms
-    _mk("exp", 1, np.exp, _unary(lambda x: _f("exp", x)), "eˣ"),
-    _mk("expm1", 1, np.expm1, _unary(lambda x: _f("exp", x)), "eˣ - 1, exact near 0"),
-    _mk("log", 1, np.log, _unary(lambda x: Div(_c(1.0), x)), "natural logarithm"),
-    _mk("log1p", 1, np.log1p, _unary(lambda x: Div(_c(1.0), Add(_c(1.0), x))), "log(1 + x), exact near 0"),
-    _mk("log2", 1, np.log2, _unary(lambda x: Div(_c(1.0 / math.log(2.0)), x)), "base-2 logarithm"),
-    _mk("log10", 1, np.log10, _unary(lambda x: Div(_c(1.0 / math.log(10.0)), x)), "base-10 logarithm"),
+    Function("exp", 1, np.exp, _unary(lambda x: _f("exp", x)), "eˣ"),
+    Function("expm1", 1, np.expm1, _unary(lambda x: _f("exp", x)), "eˣ - 1, exact near 0"),
+    Function("log", 1, np.log, _unary(lambda x: Div(_c(1.0), x)), "natural logarithm"),
+    Function("log1p", 1, np.log1p, _unary(lambda x: Div(_c(1.0), Add(_c(1.0), x))), "log(1 + x), exact near 0"),
+    Function("log2", 1, np.log2, _unary(lambda x: Div(_c(1.0 / math.log(2.0)), x)), "base-2 logarithm"),
+    Function("log10", 1, np.log10, _unary(lambda x: Div(_c(1.0 / math.log(10.0)), x)), "base-10 logarithm"),
     # trigonometric and hyperbolic
-    _mk("sin", 1, np.sin, _unary(lambda x: _f("cos", x)), "sine"),
-    _mk("cos", 1, np.cos, _unary(lambda x: Neg(_f("sin", x))), "cosine"),
-    _mk("tan", 1, np.tan, _unary(lambda x: Add(_c(1.0), _sq(_f("tan", x)))), "tangent"),
-    _mk("asin", 1, np.arcsin, _unary(lambda x: Div(_c(1.0), _f("sqrt", Sub(_c(1.0), _sq(x))))), "arc sine"),
-    _mk("acos", 1, np.arccos, _unary(lambda x: Neg(Div(_c(1.0), _f("sqrt", Sub(_c(1.0), _sq(x)))))),
+    Function("sin", 1, np.sin, _unary(lambda x: _f("cos", x)), "sine"),
+    Function("cos", 1, np.cos, _unary(lambda x: Neg(_f("sin", x))), "cosine"),
+    Function("tan", 1, np.tan, _unary(lambda x: Add(_c(1.0), _sq(_f("tan", x)))), "tangent"),
+    Function("asin", 1, np.arcsin, _unary(lambda x: Div(_c(1.0), _f("sqrt", Sub(_c(1.0), _sq(x))))), "arc sine"),
+    Function("acos", 1, np.arccos, _unary(lambda x: Neg(Div(_c(1.0), _f("sqrt", Sub(_c(1.0), _sq(x)))))),
         "arc cosine"),
-    _mk("atan", 1, np.arctan, _unary(lambda x: Div(_c(1.0), Add(_c(1.0), _sq(x)))), "arc tangent"),
-    _mk("atan2", 2, np.arctan2, _atan2_rule, "angle of the point (x, y): atan2(y, x)"),
-    _mk("sinh", 1, np.sinh, _unary(lambda x: _f("cosh", x)), "hyperbolic sine"),
-    _mk("cosh", 1, np.cosh, _unary(lambda x: _f("sinh", x)), "hyperbolic cosine"),
-    _mk("tanh", 1, np.tanh, _unary(lambda x: Sub(_c(1.0), _sq(_f("tanh", x)))), "hyperbolic tangent"),
-    _mk("asinh", 1, np.arcsinh, _unary(lambda x: Div(_c(1.0), _f("sqrt", Add(_sq(x), _c(1.0))))),
+    Function("atan", 1, np.arctan, _unary(lambda x: Div(_c(1.0), Add(_c(1.0), _sq(x)))), "arc tangent"),
+    Function("atan2", 2, np.arctan2, _atan2_rule, "angle of the point (x, y): atan2(y, x)"),
+    Function("sinh", 1, np.sinh, _unary(lambda x: _f("cosh", x)), "hyperbolic sine"),
+    Function("cosh", 1, np.cosh, _unary(lambda x: _f("sinh", x)), "hyperbolic cosine"),
+    Function("tanh", 1, np.tanh, _unary(lambda x: Sub(_c(1.0), _sq(_f("tanh", x)))), "hyperbolic tangent"),
+    Function("asinh", 1, np.arcsinh, _unary(lambda x: Div(_c(1.0), _f("sqrt", Add(_sq(x), _c(1.0))))),
         "inverse hyperbolic sine"),
-    _mk("acosh", 1, np.arccosh,
+    Function("acosh", 1, np.arccosh,
         _unary(lambda x: Div(_c(1.0), Mul(_f("sqrt", Sub(x, _c(1.0))), _f("sqrt", Add(x, _c(1.0)))))),
         "inverse hyperbolic cosine"),
-    _mk("atanh", 1, np.arctanh, _unary(lambda x: Div(_c(1.0), Sub(_c(1.0), _sq(x)))),
+    Function("atanh", 1, np.arctanh, _unary(lambda x: Div(_c(1.0), Sub(_c(1.0), _sq(x)))),
         "inverse hyperbolic tangent"),
-    _mk("erf", 1, _erf, _unary(lambda x: Mul(_c(_SQRT_2_OVER_PI), _f("exp", Neg(_sq(x))))), "error function"),
+    Function("erf", 1, _erf, _unary(lambda x: Mul(_c(_SQRT_2_OVER_PI), _f("exp", Neg(_sq(x))))), "error function"),
     # piecewise
-    _mk("sign", 1, np.sign, _zero, "-1, 0 or 1 (NaN stays NaN)"),
-    _mk("floor", 1, np.floor, _zero, "round down"),
-    _mk("ceil", 1, np.ceil, _zero, "round up"),
-    _mk("round", 1, np.round, _zero, "round half to even, as NumPy"),
-    _mk("trunc", 1, np.trunc, _zero, "round toward 0"),
-    _mk("heaviside", 2, np.heaviside, _heaviside_rule, "0 below 0, h at 0, 1 above: heaviside(x, h)"),
-    _mk("mod", 2, np.mod, _mod_rule, "x mod m with the sign of m, as NumPy's mod"),
-    _mk("max", 2, np.maximum, _max_rule, "the larger (NaN wins, as np.maximum)"),
-    _mk("min", 2, np.minimum, _min_rule, "the smaller (NaN wins, as np.minimum)"),
+    Function("sign", 1, np.sign, _zero, "-1, 0 or 1 (NaN stays NaN)"),
+    Function("floor", 1, np.floor, _zero, "round down"),
+    Function("ceil", 1, np.ceil, _zero, "round up"),
+    Function("round", 1, np.round, _zero, "round half to even, as NumPy"),
+    Function("trunc", 1, np.trunc, _zero, "round toward 0"),
+    Function("heaviside", 2, np.heaviside, _heaviside_rule, "0 below 0, h at 0, 1 above: heaviside(x, h)"),
+    Function("mod", 2, np.mod, _mod_rule, "x mod m with the sign of m, as NumPy's mod"),
+    Function("max", 2, np.maximum, _max_rule, "the larger (NaN wins, as np.maximum)"),
+    Function("min", 2, np.minimum, _min_rule, "the smaller (NaN wins, as np.minimum)"),
 ]
 
 FUNCTIONS: dict = {f.name: f for f in _TABLE}
-
-
-def lookup(name: str) -> Function:
-    return FUNCTIONS[name]
 
 
 def maps_zero_to_zero(call: Call) -> bool:
@@ -212,14 +206,13 @@ def densifying_calls(e) -> list:
     stored ``access`` and only sums, differences and other calls lie between it and
     the statement's root: nothing multiplies the call's value away where the access
     stores nothing, so every coordinate of its loops is visited."""
-    from .nodes import Access, Sum, accesses, children
     found = []
 
     def walk(x):
         if isinstance(x, Call) and not maps_zero_to_zero(x):
             for acc in accesses(x):
                 fmt = acc.tensor.format
-                if isinstance(acc, Access) and fmt is not None and not fmt.is_dense:
+                if fmt is not None and not fmt.is_dense:
                     found.append((x, acc))
             return
         if isinstance(x, (Add, Sub, Neg, Call, Sum)):
