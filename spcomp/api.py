@@ -70,11 +70,10 @@ def compile(expression: str, formats: dict | None = None, dtype="float64", sched
            schedule.key() if explicit else ("tuned", tuning.generation()), backend, drop_zeros, name,
            outputs if outputs is None or isinstance(outputs, str) else tuple(outputs))
     with _cache_lock:
-        kernel = _cache.get(key)
+        kernel, densifying = _cache.get(key, (None, ()))
     if kernel is None and _is_program(expression, outputs):
         kernel = _compile_program(expression, formats, dtype, dtypes, schedule, backend, drop_zeros, name, outputs)
-        with _cache_lock:
-            _cache[key] = kernel
+        densifying = _remember(key, kernel)
     if kernel is None:
         notation = to_notation(expression, formats=formats, dtypes=dtypes, default_dtype=dtype)
         target = get_target(backend)
@@ -93,17 +92,26 @@ def compile(expression: str, formats: dict | None = None, dtype="float64", sched
             kernel = Kernel(expression, notation, options, target, schedule)
         kernel.autotune = not explicit and os.environ.get("SPCOMP_AUTOTUNE") == "1"
         _attach_contraction(kernel, schedule)
-        with _cache_lock:
-            _cache[key] = kernel
+        densifying = _remember(key, kernel)
     for w in kernel.warnings:  # on every compile, cached or not: the copy happens on every call
         warnings.warn(w, TranspositionWarning, stacklevel=2)
-    statements = kernel.program.statements if hasattr(kernel, "program") else (kernel.notation,)
-    for call, acc in (c for a in statements for c in densifying_calls(a.rhs)):
-        warnings.warn(f"{call!r} is not 0 where {acc.tensor.name} stores nothing ({call.func} of 0 is "
-                      f"not 0), so the kernel visits every coordinate, not only {acc.tensor.name}'s "
-                      f"{acc.tensor.format} entries; functions with f(0) = 0 (relu, sin, sqrt ...) keep "
-                      f"a sparse operand's iteration", DensifyWarning, stacklevel=2)
+    for w in densifying:  # likewise: the warning is about every call
+        warnings.warn(w, DensifyWarning, stacklevel=2)
     return kernel
+
+
+def _remember(key, kernel) -> tuple:
+    """Cache ``kernel`` under ``key`` with its DensifyWarning texts (found once, not on
+    every compile that hits the cache); returns those texts."""
+    statements = kernel.program.statements if hasattr(kernel, "program") else (kernel.notation,)
+    texts = tuple(f"{call!r} is not 0 where {acc.tensor.name} stores nothing ({call.func} of 0 is "
+                  f"not 0), so the kernel visits every coordinate, not only {acc.tensor.name}'s "
+                  f"{acc.tensor.format} entries; functions with f(0) = 0 (relu, sin, sqrt ...) keep "
+                  f"a sparse operand's iteration"
+                  for a in statements for call, acc in densifying_calls(a.rhs))
+    with _cache_lock:
+        _cache[key] = (kernel, texts)
+    return texts
 
 
 def _attach_contraction(kernel, schedule) -> None:
