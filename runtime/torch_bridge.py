@@ -33,6 +33,7 @@ import numpy as np
 from spcomp.errors import OperandError
 from spcomp.formats import Dense
 
+from . import streams
 from .convert import BFLOAT16
 from .tensor import Tensor
 from .torch_convert import (compressed_level, coordinate_list, from_numpy, numpy_view, sparse_parts, to_torch,
@@ -118,7 +119,7 @@ class TorchStreamOrder:
     current stream (what torch queued on the operands is done first), after it
     torch's current stream waits for it (what torch queues next sees the result).
     Neither wait blocks the host (``wait_stream`` records an event and enqueues the
-    wait). The protocol is ``backends.cuda.streams``'."""
+    wait). The protocol is :mod:`.streams`."""
 
     _local = threading.local()
 
@@ -196,7 +197,6 @@ def call(kernel, operands: dict, output_name: str, out_dtype, caps):
     if device is None:
         out = kernel(**host)
     else:
-        from spcomp.backends.cuda import streams  # only on a CUDA call: the package is not small
         with streams.ordered(TorchStreamOrder(device)):
             out = kernel(**host)
     given = operands.get(output_name)

@@ -178,7 +178,7 @@ def test_the_torch_order_fences_the_launch_on_the_device(fake_streams):
 
 
 def test_a_call_with_device_tensors_launches_inside_the_torch_order(device, fake_streams, monkeypatch):
-    from spcomp.backends.cuda import streams
+    from spcomp.runtime import streams
     seen = []
     run = CudaTarget.run
 
@@ -201,7 +201,7 @@ def test_a_call_with_device_tensors_launches_inside_the_torch_order(device, fake
 def test_gpu_module_launches_on_the_order_stream(monkeypatch):
     """GpuModule.launch with fake pycuda: inside an order the kernel goes on the order's
     stream between before() and after(), and that stream -- not the context -- is waited for."""
-    from spcomp.backends.cuda import streams
+    from spcomp.runtime import streams
     from spcomp.backends.cuda.device import GpuModule
     from spcomp.backends.cuda.signature import parse_kernels
     events = []

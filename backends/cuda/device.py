@@ -22,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from spcomp import errors
+from spcomp.runtime import streams
 
-from . import streams
 from .emit import emit_module
 from .launch import launch_config
 from .signature import coerce_args, parse_kernels, signatures

@@ -10,10 +10,11 @@ methods:
 * ``before(stream)`` -- make that stream wait (on the device) for the caller's work;
 * ``after(stream)`` -- make the caller's stream wait for the launch.
 
-:meth:`~spcomp.backends.cuda.device.GpuModule.launch` reads :func:`current` and,
+The CUDA backend's ``GpuModule.launch`` (backends/cuda/device.py) reads :func:`current` and,
 when there is an order, launches on its stream and synchronises that stream alone
-(the kernel's status word is read on the host) instead of the whole context. The
-torch bridge (``runtime/torch_bridge.TorchStreamOrder``) is the one order today; a
+(the kernel's status word is read on the host) instead of the whole context. It lives in the runtime
+because both sides import it: the backend reads it, the torch bridge
+(``torch_bridge.TorchStreamOrder``) sets it -- the one order today; a
 context variable keeps concurrent calls on different threads apart.
 """
 from __future__ import annotations
