@@ -62,12 +62,13 @@ def _ulps(got, want):
 
 
 @pytest.mark.parametrize("f, lo, hi, limit", [("erf", -5, 5, 0.54), ("exp", -87, 88.7, 0.51),
+                                              ("tanh", -12, 12, 0.51), ("tanh", -0.1, 0.1, 0.51),
                                               ("silu", -80, 80, 2.5), ("sigmoid", -80, 80, 2.5),
                                               # x < 0: 1 + erf cancels in float32 whatever erf
                                               # is (a correctly rounded erff gives 11.3 ulp)
                                               ("gelu", -2, 12, 11.3)])
-def test_float32_erf_and_exp_forms_are_within_an_ulp_over_a_dense_grid(f, lo, hi, limit):
-    """The CPU backend computes float32 erf and exp (and gelu, silu, sigmoid through them)
+def test_float32_erf_exp_tanh_forms_are_within_an_ulp_over_a_dense_grid(f, lo, hi, limit):
+    """The CPU backend computes float32 erf, exp and tanh (and gelu, silu, sigmoid through them)
     with its own vectorisable forms (backends/cpu/math_functions.py), not libm: held to
     float32 rounding over ~10^6 points against the float64 NumPy meaning."""
     tiny = np.float32(10.0) ** np.arange(-37, 0, 0.05).astype(np.float32)
@@ -81,10 +82,10 @@ def test_float32_erf_and_exp_forms_are_within_an_ulp_over_a_dense_grid(f, lo, hi
 
 def test_float32_erf_and_exp_are_not_libm_calls():
     """The point of the forms: no call to erff/expf, so the loop can vectorise."""
-    for f in ("erf", "exp", "gelu", "silu"):
+    for f in ("erf", "exp", "gelu", "silu", "tanh"):
         k = spcomp.compile(f"y[i] = {f}(x[i])", dtype="float32")
-        ir_text = "\n".join(l for l in k.source.splitlines() if l.lstrip().startswith("%") or "call" in l)
-        assert '@"erff"' not in ir_text and '@"expf"' not in ir_text, f
+        for symbol in ("erff", "expf", "tanhf"):
+            assert f'@"{symbol}"' not in k.source, (f, symbol)
 
 
 @pytest.mark.parametrize("f", BINARY)

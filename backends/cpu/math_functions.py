@@ -54,6 +54,15 @@ def _clamp(b: ir.IRBuilder, v: ir.Value, lo: ir.Value, hi: ir.Value) -> ir.Value
     return b.select(b.fcmp_ordered(">", v, hi), hi, b.select(b.fcmp_ordered("<", v, lo), lo, v))
 
 
+def _double_intrinsic(b: ir.IRBuilder, name: str, arity: int) -> ir.Function:
+    """The module's declaration of an LLVM double intrinsic, made on first use."""
+    found = b.module.globals.get(name)
+    if found is None:
+        dt = ir.DoubleType()
+        found = ir.Function(b.module, ir.FunctionType(dt, [dt] * arity), name)
+    return found
+
+
 def _horner(b: ir.IRBuilder, coefficients, t: ir.Value, d) -> ir.Value:
     acc = d(coefficients[-1])
     for k in reversed(coefficients[:-1]):
@@ -61,9 +70,20 @@ def _horner(b: ir.IRBuilder, coefficients, t: ir.Value, d) -> ir.Value:
     return acc
 
 
+def _exp_double(b: ir.IRBuilder, v: ir.Value, d) -> ir.Value:
+    """e^v in double to ~4e-11 relative (float32's needs), for v finite in [-104, 89]:
+    2^k e^r with k = rint(v / ln 2), |r| <= ln2/2."""
+    k = b.call(_double_intrinsic(b, "llvm.rint.f64", 1), [b.fmul(v, d(1.4426950408889634))])
+    r = b.fsub(v, b.fmul(k, d(0.6931471805599453)))
+    # 2^k as a double: k + 1023 in the exponent field
+    bits = b.shl(b.add(b.fptosi(k, ir.IntType(64)), ir.Constant(ir.IntType(64), 1023)),
+                 ir.Constant(ir.IntType(64), 52))
+    return b.fmul(_horner(b, EXP32_C, r, d), b.bitcast(bits, ir.DoubleType()))
+
+
 def exp(b: ir.IRBuilder, libm, x: ir.Value, lt) -> ir.Value:
     """e^x: LLVM's intrinsic (the C library's ``exp``) for double; for float32 a
-    vectorisable form in double, 2^k e^r with k = rint(x / ln 2).
+    vectorisable form in double (:func:`_exp_double`).
 
     ``expf`` is a call (~4.4 ns a value here) that keeps every loop using it --
     sigmoid, silu, softplus, the gated FFN's activations -- scalar. x is clamped to
@@ -74,15 +94,26 @@ def exp(b: ir.IRBuilder, libm, x: ir.Value, lt) -> ir.Value:
     v, d = _double(b, x)
     is_nan = b.fcmp_unordered("uno", v, v)
     v = b.select(is_nan, d(0), _clamp(b, v, d(-104), d(89)))
-    rint = b.module.declare_intrinsic("llvm.rint", [ir.DoubleType()])
-    k = b.call(rint, [b.fmul(v, d(1.4426950408889634))])
-    r = b.fsub(v, b.fmul(k, d(0.6931471805599453)))
-    # 2^k as a double: k + 1023 in the exponent field
-    bits = b.shl(b.add(b.fptosi(k, ir.IntType(64)), ir.Constant(ir.IntType(64), 1023)),
-                 ir.Constant(ir.IntType(64), 52))
-    scale = b.bitcast(bits, ir.DoubleType())
-    y = b.fptrunc(b.fmul(_horner(b, EXP32_C, r, d), scale), lt)
-    return b.select(is_nan, x, y, name="exp")
+    return b.select(is_nan, x, b.fptrunc(_exp_double(b, v, d), lt), name="exp")
+
+
+def tanh(b: ir.IRBuilder, libm, x: ir.Value, lt) -> ir.Value:
+    """tanh(x): the C library's for double; for float32 ``1 - 2/(e^2|x| + 1)`` in double
+    with x's sign, and the series ``x - x^3/3 + 2x^5/15 - 17x^7/315`` below |x| = 0.05
+    (where the first form cancels). glibc 2.36's ``tanhf`` costs ~60 ns a value here.
+    |x| is clamped at 20 (tanh is 1 in float32 well before); NaN and -0 are kept."""
+    if not isinstance(lt, ir.FloatType):
+        return b.call(libm("tanh", 1), [x], name="tanh")
+    v, d = _double(b, x)
+    is_nan = b.fcmp_unordered("uno", v, v)
+    a = b.call(_double_intrinsic(b, "llvm.fabs.f64", 1), [b.select(is_nan, d(0), v)])
+    a = b.select(b.fcmp_ordered(">", a, d(20)), d(20), a)
+    far = b.fsub(d(1), b.fdiv(d(2), b.fadd(_exp_double(b, b.fmul(a, d(2)), d), d(1))))
+    t = b.fmul(a, a)
+    near = b.fmul(a, _horner(b, (1.0, -1 / 3, 2 / 15, -17 / 315), t, d))
+    magnitude = b.select(b.fcmp_ordered("<", a, d(0.05)), near, far)
+    y = b.fptrunc(b.call(_double_intrinsic(b, "llvm.copysign.f64", 2), [magnitude, v]), lt)
+    return b.select(is_nan, x, y, name="tanh")
 
 
 def expand(b: ir.IRBuilder, libm, name: str, xs: list, lt) -> ir.Value:
