@@ -9,13 +9,12 @@ general path.
 """
 from __future__ import annotations
 
-import functools
 import weakref
 
 import numpy as np
 
 from . import threads as _threads
-from .memory import data_ptr
+from .memory import data_ptr, pointer_parts
 from .operands import Dense, refuse_overlap, scipy_unchanged
 from . import outputs
 
@@ -52,7 +51,7 @@ class FastCall:
     ctypes call (benchmarks/call_overhead.py)."""
     __slots__ = ("checks", "count", "fn", "args", "out_slots", "out_shape", "out_dtype",
                  "threads", "keep", "given", "zero_given", "overwrite", "fail", "apart", "new_out",
-                 "tensors", "arrays", "scipys", "out_check", "single_out")
+                 "tensors", "arrays", "scipys", "out_check", "single_out", "call")
 
     def __init__(self, checks, fn, args, out_slots, out_shape, out_dtype, threads, keep,
                  given=None, zero_given=True, overwrite=False, fail=None):
@@ -74,12 +73,13 @@ class FastCall:
         # call's inputs (the very objects, see bind): the overlap check runs once per
         # output object, not per call. Replaced whole, so concurrent calls stay safe.
         self.apart = None
-        self.new_out = None if overwrite else functools.partial(np.zeros, out_shape, out_dtype)
+        self.new_out = outputs.fresh_maker(out_shape, out_dtype, overwrite)
         self.tensors = tuple((name, ref) for name, ref, kind, _fp, _s in self.checks if kind == TENSOR)
         self.arrays = tuple((name, ref, fp[0], fp[1], fp[2], slots)
                             for name, ref, kind, fp, slots in self.checks if kind == ARRAY)
         self.scipys = tuple((name, ref, fp) for name, ref, kind, fp, _s in self.checks if kind == SCIPY)
         self.out_check = next(((name, fp) for name, _r, kind, fp, _s in self.checks if kind == OUTPUT), None)
+        self.call = _specialise(self)  # operands -> result, or MISS: what Kernel.__call__ runs
 
     def bind(self, operands):
         """The argument list for ``operands`` (output slot unset), or None."""
@@ -121,8 +121,7 @@ class FastCall:
 
     def run(self, args, operands):
         if self.given is None:
-            new = self.new_out
-            out = new() if new is not None else outputs.fresh_output(self.out_shape, self.out_dtype, True)
+            out = self.new_out()
         else:
             out = operands[self.given]
             if self.zero_given:
@@ -138,6 +137,85 @@ class FastCall:
         if status != 0:
             self.fail(status)
         return out if self.out_shape or self.given is not None else out.item()
+
+
+MISS = object()  # what FastCall.call returns when the operands are not the last call's
+
+
+def _specialise(fc: "FastCall"):
+    """``fc``'s checks and native call as one straight-line Python function of the
+    operands dict: each operand's check inlined with its constants as closure
+    cells, the argument list written out instead of copied and patched. It
+    returns the result or MISS. Only fixed identifiers go into the source (the
+    operand names are constants in the namespace), so no user string is ever
+    compiled."""
+    ns = {"MISS": MISS, "ndarray": np.ndarray, "data_ptr": data_ptr, "unchanged": scipy_unchanged,
+          "plain": plain_output_array, "overlap": refuse_overlap, "wref": weakref.ref, "fc": fc,
+          "fn": fc.fn, "fail": fc.fail, "nthreads": _threads.get_num_threads, "THREADS": fc.threads,
+          "COUNT": fc.count}
+    body = ["if len(operands) != COUNT: return MISS"]
+    if fc.threads is not None:
+        body.append("if nthreads() != THREADS: return MISS")
+    body.append("get = operands.get")
+    value = ["c%d" % k for k in range(len(fc.args))]  # the argument expressions, in order
+    for k, v in enumerate(fc.args):
+        ns["c%d" % k] = v
+    swaps = []
+    for j, (name, ref) in enumerate(fc.tensors):
+        ns["tn%d" % j], ns["tr%d" % j] = name, ref
+        # (a dead reference gives None: a None operand must not match it)
+        body.append(f"v = get(tn{j})\nif v is None or v is not tr{j}(): return MISS")
+    for j, (name, ref, shape, strides, dtype, slots) in enumerate(fc.arrays):
+        ns.update({"an%d" % j: name, "ar%d" % j: ref, "ash%d" % j: shape, "ast%d" % j: strides,
+                   "adt%d" % j: dtype, "ap%d" % j: fc.args[slots[0]] if slots else 0})
+        # an array's shape and dtype can be set in place: checked even for the same object
+        body.append(f"a{j} = get(an{j})\n"
+                    f"if (type(a{j}) is not ndarray or a{j}.shape != ash{j} or a{j}.strides != ast{j}\n"
+                    f"        or (a{j}.dtype is not adt{j} and a{j}.dtype != adt{j})): return MISS\n"
+                    f"s{j} = ar{j}() is not a{j}\n"
+                    f"p{j} = data_ptr(a{j}) if s{j} else ap{j}")
+        swaps.append(f"s{j}")
+        for k in slots:
+            value[k] = "p%d" % j
+    for j, (name, ref, fp) in enumerate(fc.scipys):
+        data, indices, indptr, shape, extents = fp[0]
+        ns.update({"sn%d" % j: name, "sr%d" % j: ref, "sf%d" % j: fp[0], "sw%d" % j: fp[1], "sd%d" % j: data,
+                   "si%d" % j: indices, "sp%d" % j: indptr, "ssh%d" % j: shape, "sx%d" % j: extents})
+        # the matrix's arrays and shape, and its row extents, as scipy_unchanged checks them
+        same = (f"v.data is sd{j}() and v.indices is si{j}() and v.indptr is sp{j}() and v.shape == ssh{j} "
+                f"and v.indptr.tobytes() == sx{j}" if type(extents) is bytes else f"unchanged(v, sf{j})")
+        body.append(f"v = get(sn{j})\n"
+                    f"if v is None or v is not sr{j}() or sw{j}() is None or not ({same}): return MISS")
+    if fc.given is not None:
+        name, check = fc.out_check
+        ns.update({"on": name, "ocheck": check})
+        swapped = " or ".join(swaps) or "False"
+        body.append("out = get(on)\n"
+                    "if not plain(out, ocheck): return MISS\n"
+                    # every input is the object checked before unless an array was swapped in
+                    f"swapped = {swapped}\n"
+                    "apart = fc.apart\n"
+                    "if swapped or apart is None or apart() is not out:\n"
+                    "    overlap(out, operands, on)\n"
+                    "    if not swapped: fc.apart = wref(out)")
+        if fc.zero_given:
+            body.append("out.fill(0)")
+    else:
+        ns["new_out"] = fc.new_out
+        body.append("out = new_out()")
+    parts = pointer_parts()
+    if parts is not None:  # data_ptr's read, inlined: a Python call less
+        ns["at"], ns["OFFSET"] = parts
+        body.append("po = at(id(out) + OFFSET).value")
+    else:
+        body.append("po = data_ptr(out)")
+    for k in fc.out_slots:
+        value[k] = "po"
+    body.append(f"status = fn({', '.join(value)})\nif status: fail(status)")
+    body.append("return out" if fc.out_shape or fc.given is not None else "return out.item()")
+    src = "def call(operands):\n" + "".join("    " + line + "\n" for part in body for line in part.split("\n"))
+    exec(compile(src, "<spcomp fastcall>", "exec"), ns)  # noqa: S102 (fixed identifiers only, see above)
+    return ns["call"]
 
 
 def build(plan, op_cache, launcher, variant, operands, storages, args, lohi, sizes, given, *,

@@ -232,3 +232,30 @@ def test_accumulating_kernel_adds_into_the_given_output():
     for n in range(1, 4):
         k(W=W, x=x, y=y)
         np.testing.assert_allclose(y, 1 + n * (W @ x))
+
+
+@pytest.mark.parametrize("kind", ["tensor", "scipy"])
+def test_none_in_place_of_a_dead_operand_is_not_served(spmv, kind):
+    """A dead weak reference reads as None: an operand passed as None must not match
+    it, or the call would run on the freed operand's arrays."""
+    W, x = _W(), np.arange(10.0)
+    if kind == "tensor":
+        W = Tensor.from_scipy(W, "csr")
+    _twice(spmv, W=W, x=x)
+    del W
+    gc.collect()
+    with pytest.raises(spcomp.SpcompError):
+        spmv(W=None, x=x)
+
+
+def test_repeated_call_runs_the_specialised_function(spmv):
+    """The fast path is one generated function of the operands; it serves only the
+    operands it was built for and says MISS for others."""
+    from spcomp.runtime.fastcall import MISS
+    W, x = _W(), np.arange(10.0)
+    _twice(spmv, W=W, x=x)
+    fast = spmv._fast
+    np.testing.assert_allclose(fast.call({"W": W, "x": x}), W @ x)
+    assert fast.call({"W": _W(1), "x": x}) is MISS
+    assert fast.call({"W": W, "x": x, "z": x}) is MISS
+    assert fast.call({"W": W, "x": x.astype(np.float32)}) is MISS
