@@ -182,8 +182,9 @@ def _specialise(fc: "FastCall"):
         ns.update({"sn%d" % j: name, "sr%d" % j: ref, "sf%d" % j: fp[0], "sw%d" % j: fp[1], "sd%d" % j: data,
                    "si%d" % j: indices, "sp%d" % j: indptr, "ssh%d" % j: shape, "sx%d" % j: extents})
         # the matrix's arrays and shape, and its row extents, as scipy_unchanged checks them
-        same = (f"v.data is sd{j}() and v.indices is si{j}() and v.indptr is sp{j}() and v.shape == ssh{j} "
-                f"and v.indptr.tobytes() == sx{j}" if type(extents) is bytes else f"unchanged(v, sf{j})")
+        same = (f"v.data is sd{j}() and v.indices is si{j}() and (ip := v.indptr) is sp{j}() "
+                f"and v.shape == ssh{j} and ip.tobytes() == sx{j}" if type(extents) is bytes
+                else f"unchanged(v, sf{j})")
         body.append(f"v = get(sn{j})\n"
                     f"if v is None or v is not sr{j}() or sw{j}() is None or not ({same}): return MISS")
     if fc.given is not None:
@@ -201,8 +202,10 @@ def _specialise(fc: "FastCall"):
         if fc.zero_given:
             body.append("out.fill(0)")
     else:
-        ns["new_out"] = fc.new_out
-        body.append("out = new_out()")
+        new = fc.new_out  # a partial: its function called directly, one object less to touch
+        ns["alloc"] = new.func
+        ns.update({"oa%d" % i: a for i, a in enumerate(new.args)})
+        body.append(f"out = alloc({', '.join('oa%d' % i for i in range(len(new.args)))})")
     parts = pointer_parts()
     if parts is not None:  # data_ptr's read, inlined: a Python call less
         ns["at"], ns["OFFSET"] = parts
