@@ -76,7 +76,7 @@ def native(k, operands):
     """The ctypes function and argument list the kernel's fast path replays for
     ``operands`` (with a fresh output the call would allocate), ready to call."""
     k(**operands)
-    fast = k._fast
+    fast = k._fast.latest if k._fast is not None else None
     if fast is None or fast.bind(operands) is None:
         raise SystemExit("the kernel has no fast path for these operands")
     args = fast.bind(operands)

@@ -9,6 +9,8 @@ general path.
 """
 from __future__ import annotations
 
+import functools
+import threading
 import weakref
 
 import numpy as np
@@ -51,7 +53,7 @@ class FastCall:
     ctypes call (benchmarks/call_overhead.py)."""
     __slots__ = ("checks", "count", "fn", "args", "out_slots", "out_shape", "out_dtype",
                  "threads", "keep", "given", "zero_given", "overwrite", "fail", "apart", "new_out",
-                 "tensors", "arrays", "scipys", "out_check", "single_out", "call")
+                 "tensors", "arrays", "scipys", "out_check", "single_out", "spec")
 
     def __init__(self, checks, fn, args, out_slots, out_shape, out_dtype, threads, keep,
                  given=None, zero_given=True, overwrite=False, fail=None):
@@ -72,14 +74,28 @@ class FastCall:
         # a weak reference to the last given output found to share no memory with this
         # call's inputs (the very objects, see bind): the overlap check runs once per
         # output object, not per call. Replaced whole, so concurrent calls stay safe.
-        self.apart = None
+        self.apart = [None]  # (a box the generated function shares: it holds no reference to self)
         self.new_out = outputs.fresh_maker(out_shape, out_dtype, overwrite)
         self.tensors = tuple((name, ref) for name, ref, kind, _fp, _s in self.checks if kind == TENSOR)
         self.arrays = tuple((name, ref, fp[0], fp[1], fp[2], slots)
                             for name, ref, kind, fp, slots in self.checks if kind == ARRAY)
         self.scipys = tuple((name, ref, fp) for name, ref, kind, fp, _s in self.checks if kind == SCIPY)
         self.out_check = next(((name, fp) for name, _r, kind, fp, _s in self.checks if kind == OUTPUT), None)
-        self.call = _specialise(self)  # operands -> result, or MISS: what Kernel.__call__ runs
+        self.spec = None  # the specialised function, made when the FastCall first serves a call
+
+    def call(self, operands):
+        """The result of the call with ``operands``, or MISS when they are not the
+        ones this FastCall repeats. The checks of :meth:`bind` until it first serves
+        a call; from then on the specialised function (~20 us to make), so that a
+        caller passing new objects every call never pays for one."""
+        spec = self.spec
+        if spec is not None:
+            return spec(operands)
+        args = self.bind(operands) if len(operands) == self.count else None
+        if args is None:
+            return MISS
+        self.spec = _specialise(self)
+        return self.run(args, operands)
 
     def bind(self, operands):
         """The argument list for ``operands`` (output slot unset), or None."""
@@ -112,11 +128,11 @@ class FastCall:
             if not plain_output_array(out, fp):  # any array the kernel can write as it is
                 return None
             # every input is the object checked before unless an array was swapped in
-            apart = self.apart
+            apart = self.apart[0]
             if args is not None or apart is None or apart() is not out:
                 refuse_overlap(out, operands, self.given)
                 if args is None:
-                    self.apart = weakref.ref(out)
+                    self.apart[0] = weakref.ref(out)
         return list(self.args) if args is None else args
 
     def run(self, args, operands):
@@ -150,9 +166,9 @@ def _specialise(fc: "FastCall"):
     operand names are constants in the namespace), so no user string is ever
     compiled."""
     ns = {"MISS": MISS, "ndarray": np.ndarray, "data_ptr": data_ptr, "unchanged": scipy_unchanged,
-          "plain": plain_output_array, "overlap": refuse_overlap, "wref": weakref.ref, "fc": fc,
+          "plain": plain_output_array, "overlap": refuse_overlap, "wref": weakref.ref, "box": fc.apart,
           "fn": fc.fn, "fail": fc.fail, "nthreads": _threads.get_num_threads, "THREADS": fc.threads,
-          "COUNT": fc.count}
+          "COUNT": fc.count, "KEEP": fc.keep}  # (KEEP: the array whose pointer is in the arguments)
     body = ["if len(operands) != COUNT: return MISS"]
     if fc.threads is not None:
         body.append("if nthreads() != THREADS: return MISS")
@@ -195,10 +211,10 @@ def _specialise(fc: "FastCall"):
                     "if not plain(out, ocheck): return MISS\n"
                     # every input is the object checked before unless an array was swapped in
                     f"swapped = {swapped}\n"
-                    "apart = fc.apart\n"
+                    "apart = box[0]\n"
                     "if swapped or apart is None or apart() is not out:\n"
                     "    overlap(out, operands, on)\n"
-                    "    if not swapped: fc.apart = wref(out)")
+                    "    if not swapped: box[0] = wref(out)")
         if fc.zero_given:
             body.append("out.fill(0)")
     else:
@@ -217,8 +233,55 @@ def _specialise(fc: "FastCall"):
     body.append(f"status = fn({', '.join(value)})\nif status: fail(status)")
     body.append("return out" if fc.out_shape or fc.given is not None else "return out.item()")
     src = "def call(operands):\n" + "".join("    " + line + "\n" for part in body for line in part.split("\n"))
-    exec(compile(src, "<spcomp fastcall>", "exec"), ns)  # noqa: S102 (fixed identifiers only, see above)
+    exec(_compiled(src), ns)  # noqa: S102 (fixed identifiers only, see above)
     return ns["call"]
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(src: str):
+    """The code of a generated source, compiled once: sources repeat across
+    kernels and calls (they name slots, not values), and compiling costs ~100 us."""
+    return compile(src, "<spcomp fastcall>", "exec")
+
+
+class Recent:
+    """A kernel's FastCalls for its last few distinct sets of operand objects, so that
+    calls alternating between operands (two matrices, one vector) stay on the fast
+    path: the newest is tried first, then the one built for these very objects.
+    Each still checks everything itself; the key (the operands' ids) only picks it."""
+    __slots__ = ("latest", "by_ids", "lock")
+    SIZE = 8
+
+    def __init__(self, latest):
+        self.latest = latest
+        self.by_ids = {}
+        self.lock = threading.Lock()
+
+    def call(self, operands):
+        fast = self.latest
+        spec = fast.spec  # (its specialised function called here: one Python call less)
+        result = spec(operands) if spec is not None else fast.call(operands)
+        if result is not MISS:
+            return result
+        other = self.by_ids.get(tuple(map(id, operands.values())))
+        if other is None or other is self.latest:
+            return MISS
+        self.latest = other
+        return other.call(operands)
+
+    def add(self, fast, operands):
+        with self.lock:
+            self.by_ids[tuple(map(id, operands.values()))] = self.latest = fast
+            while len(self.by_ids) > self.SIZE:
+                del self.by_ids[next(iter(self.by_ids))]
+
+
+def remember(recent, fast, operands):
+    """``recent`` (a Recent, or None) with ``fast`` added as the newest."""
+    if recent is None:
+        recent = Recent(fast)
+    recent.add(fast, operands)
+    return recent
 
 
 def build(plan, op_cache, launcher, variant, operands, storages, args, lohi, sizes, given, *,

@@ -24,7 +24,7 @@ from .notation import accesses
 from .runtime import assemble, call, chunks
 from .runtime import relayout as relayout_kernels
 from .runtime.tensor import expand_output
-from .runtime.fastcall import MISS
+from .runtime.fastcall import MISS, remember
 from .runtime.launch import Variant, WiderIndices
 from .runtime.operands import any_torch, index_bits, refuse_overlap
 from .schedule import Schedule, check_names
@@ -374,7 +374,7 @@ class Kernel:
             variant = chosen
         result, fast = call.run(self.runtime, variant, sizing, storages, sizes, bits, given, operands)
         if fast is not None:
-            self._fast = fast
+            self._fast = remember(self._fast, fast, operands)
         return result
 
 
