@@ -1,11 +1,12 @@
-"""The fast path: the last call's native call, repeated while the same operands come back.
+"""The fast path: a call's native call, repeated while the same operands come back.
 
 A small kernel call is mostly Python: naming operands, converting, checking
 shapes, building the argument list. When the operands of a call are the very
-objects of the last one (or a new ndarray laid out like the last: the next batch
-of activations), :class:`FastCall` replays the last argument list with only the
-changed pointers swapped in -- a few attribute reads against ~10 us for the
-general path.
+objects of an earlier one (or a new ndarray laid out like it: the next batch of
+activations), :class:`FastCall` replays that call's argument list with only the
+changed pointers swapped in, through one straight-line function generated for it
+(about a microsecond over the ctypes call, against ~10 us for the general path).
+:class:`Recent` keeps a kernel's FastCalls of its last few operand sets.
 """
 from __future__ import annotations
 
@@ -44,13 +45,13 @@ class FastCall:
     """Each operand is checked for being the very object of the last call and
     unchanged where it could change without a copy: an ndarray's shape, strides
     and dtype (its data pointer moves only with its size), a SciPy matrix's
-    arrays and shape; an spcomp Tensor is immutable. Never changed once built, so
-    concurrent calls are safe.
+    arrays, shape and row extents; an spcomp Tensor is immutable. Its checks
+    never change once built, so concurrent calls are safe.
 
     The checks are grouped by kind when it is built (Tensors, arrays, SciPy
-    matrices, the given output), so that a call walks short flat tuples: the
-    whole Python side of a warm call is a few hundred nanoseconds over the
-    ctypes call (benchmarks/call_overhead.py)."""
+    matrices, the given output); once it has served a call they run as one
+    generated function (:func:`_specialise`): the whole Python side of a warm
+    call is about a microsecond over the ctypes call (benchmarks/call_overhead.py)."""
     __slots__ = ("checks", "count", "fn", "args", "out_slots", "out_shape", "out_dtype",
                  "threads", "keep", "given", "zero_given", "overwrite", "fail", "apart", "new_out",
                  "tensors", "arrays", "scipys", "out_check", "single_out", "spec")
@@ -160,8 +161,8 @@ MISS = object()  # what FastCall.call returns when the operands are not the last
 
 def _specialise(fc: "FastCall"):
     """``fc``'s checks and native call as one straight-line Python function of the
-    operands dict: each operand's check inlined with its constants as closure
-    cells, the argument list written out instead of copied and patched. It
+    operands dict: each operand's check inlined with its constants as the
+    function's globals, the argument list written out instead of copied and patched. It
     returns the result or MISS. Only fixed identifiers go into the source (the
     operand names are constants in the namespace), so no user string is ever
     compiled."""
