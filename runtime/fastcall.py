@@ -11,12 +11,11 @@ changed pointers swapped in, through one straight-line function generated for it
 from __future__ import annotations
 
 import functools
-import threading
 import weakref
 
 import numpy as np
 
-from . import threads as _threads
+from . import forksafe, threads as _threads
 from .memory import data_ptr, pointer_parts
 from .operands import Dense, refuse_overlap, scipy_unchanged
 from . import outputs
@@ -245,18 +244,20 @@ def _compiled(src: str):
     return compile(src, "<spcomp fastcall>", "exec")
 
 
+_ADD_LOCK = forksafe.Lock()  # a child made by os.fork() finds it released
+
+
 class Recent:
     """A kernel's FastCalls for its last few distinct sets of operand objects, so that
     calls alternating between operands (two matrices, one vector) stay on the fast
     path: the newest is tried first, then the one built for these very objects.
     Each still checks everything itself; the key (the operands' ids) only picks it."""
-    __slots__ = ("latest", "by_ids", "lock")
+    __slots__ = ("latest", "by_ids")
     SIZE = 8
 
     def __init__(self, latest):
         self.latest = latest
         self.by_ids = {}
-        self.lock = threading.Lock()
 
     def call(self, operands):
         fast = self.latest
@@ -271,7 +272,7 @@ class Recent:
         return other.call(operands)
 
     def add(self, fast, operands):
-        with self.lock:
+        with _ADD_LOCK:  # (the general path only; readers never take it)
             self.by_ids[tuple(map(id, operands.values()))] = self.latest = fast
             while len(self.by_ids) > self.SIZE:
                 del self.by_ids[next(iter(self.by_ids))]
