@@ -2,6 +2,7 @@
 
     python -m benchmarks.call_overhead            # best of 7 x 20 000 calls, one thread
     python -m benchmarks.call_overhead --clock cpu   # CPU time: steadier on a loaded machine
+    python -m benchmarks.call_overhead --cold 200 --evict-mb 64   # also: one call with cold caches
 
 A tiny SpMV (64 x 64, 10 % dense, float64), so that the kernel's own work is a
 hundred nanoseconds or so and the rest is the call: the kernel called with an
@@ -10,6 +11,14 @@ the very same native function (``Kernel``'s fast path's ctypes function) called
 with a prepared argument list -- what calling TACO's generated C through ctypes
 costs. Both are timed in one process, interleaved, so the difference is the
 Python side of the call. The issue's target: at most 1.5 us over the native call.
+
+``--cold N`` adds the cold-cache call: before each timed call a buffer of
+``--evict-mb`` MB is written one byte per 64-byte line (evicting the
+interpreter's code and objects, the operands and the TLB from the caches the
+buffer covers), then one call is timed; N such samples each for spcomp and for
+the ctypes call, interleaved, and their medians. The target there: at most
+20 us for the whole call. (An L3 larger than the buffer keeps part of what the
+call touches: ``lscpu`` says how large it is; raise ``--evict-mb`` past it.)
 """
 from __future__ import annotations
 
@@ -38,11 +47,36 @@ def bench(f, n: int, repeat: int, clock=time.perf_counter) -> float:
     return best * 1e6
 
 
+class Evictor:
+    """Writes one byte per cache line of a large buffer: what the caches held before
+    is gone (as after a burst of other work between two calls)."""
+
+    def __init__(self, mb: int):
+        self.lines = np.zeros(mb << 20, np.uint8)[::64]
+
+    def __call__(self):
+        np.add(self.lines, 1, out=self.lines)
+
+
+def cold(fs: dict, evict, samples: int) -> dict:
+    """Median time in microseconds of one call of each of ``fs`` right after
+    ``evict()``, the functions taking turns so that both see the same host."""
+    times = {name: [] for name in fs}
+    clock = time.perf_counter
+    for _ in range(samples):
+        for name, f in fs.items():
+            evict()
+            t0 = clock()
+            f()
+            times[name].append(clock() - t0)
+    return {name: float(np.median(ts)) * 1e6 for name, ts in times.items()}
+
+
 def native(k, operands):
     """The ctypes function and argument list the kernel's fast path replays for
     ``operands`` (with a fresh output the call would allocate), ready to call."""
     k(**operands)
-    fast = k._fast
+    fast = k._fast.latest if k._fast is not None else None
     if fast is None or fast.bind(operands) is None:
         raise SystemExit("the kernel has no fast path for these operands")
     args = fast.bind(operands)
@@ -59,6 +93,9 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="cpu: this thread's CPU time, steadier on a shared, loaded machine")
+    p.add_argument("--cold", type=int, default=0, metavar="N",
+                   help="also time N single calls each with cold caches (0: skip)")
+    p.add_argument("--evict-mb", type=int, default=64, help="the buffer written between cold calls (MB)")
     a = p.parse_args()
     clock = CLOCKS[a.clock]
     spcomp.set_num_threads(1)
@@ -80,6 +117,16 @@ def main() -> None:
         ours = min(ours, bench(lambda: k(**ops), a.calls, a.repeat, clock))  # interleaved: both see the same noise
         base = min(base, bench(raw, a.calls, a.repeat, clock))
         print(f"{name:<22} {ours:>10.2f} {base:>10.2f} {ours - base:>8.2f} {ours / base:>6.2f}")
+    if a.cold:
+        evict = Evictor(a.evict_mb)
+        print(f"\ncold caches ({a.evict_mb} MB written before each call; median of {a.cold} calls)")
+        print(f"{'call':<22} {'spcomp us':>10} {'ctypes us':>10} {'over us':>8} {'ratio':>6}")
+        for name, ops in cases:
+            k._fast = None
+            raw = native(k, ops)
+            got = cold({"ours": lambda: k(**ops), "base": raw}, evict, a.cold)
+            ours, base = got["ours"], got["base"]
+            print(f"{name:<22} {ours:>10.2f} {base:>10.2f} {ours - base:>8.2f} {ours / base:>6.2f}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
-"""The fast path: the last call's native call, repeated while the same operands come back.
+"""The fast path: a call's native call, repeated while the same operands come back.
 
 A small kernel call is mostly Python: naming operands, converting, checking
 shapes, building the argument list. When the operands of a call are the very
-objects of the last one (or a new ndarray laid out like the last: the next batch
-of activations), :class:`FastCall` replays the last argument list with only the
-changed pointers swapped in -- a few attribute reads against ~10 us for the
-general path.
+objects of an earlier one (or a new ndarray laid out like it: the next batch of
+activations), :class:`FastCall` replays that call's argument list with only the
+changed pointers swapped in, through one straight-line function generated for it
+(about a microsecond over the ctypes call, against ~10 us for the general path).
+:class:`Recent` keeps a kernel's FastCalls of its last few operand sets.
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import weakref
 
 import numpy as np
 
-from . import threads as _threads
-from .memory import data_ptr
+from . import forksafe, threads as _threads
+from .memory import data_ptr, pointer_parts
 from .operands import Dense, refuse_overlap, scipy_unchanged
 from . import outputs
 
@@ -43,16 +44,16 @@ class FastCall:
     """Each operand is checked for being the very object of the last call and
     unchanged where it could change without a copy: an ndarray's shape, strides
     and dtype (its data pointer moves only with its size), a SciPy matrix's
-    arrays and shape; an spcomp Tensor is immutable. Never changed once built, so
-    concurrent calls are safe.
+    arrays, shape and row extents; an spcomp Tensor is immutable. Its checks
+    never change once built, so concurrent calls are safe.
 
     The checks are grouped by kind when it is built (Tensors, arrays, SciPy
-    matrices, the given output), so that a call walks short flat tuples: the
-    whole Python side of a warm call is a few hundred nanoseconds over the
-    ctypes call (benchmarks/call_overhead.py)."""
+    matrices, the given output); once it has served a call they run as one
+    generated function (:func:`_specialise`): the whole Python side of a warm
+    call is about a microsecond over the ctypes call (benchmarks/call_overhead.py)."""
     __slots__ = ("checks", "count", "fn", "args", "out_slots", "out_shape", "out_dtype",
                  "threads", "keep", "given", "zero_given", "overwrite", "fail", "apart", "new_out",
-                 "tensors", "arrays", "scipys", "out_check", "single_out")
+                 "tensors", "arrays", "scipys", "out_check", "single_out", "spec")
 
     def __init__(self, checks, fn, args, out_slots, out_shape, out_dtype, threads, keep,
                  given=None, zero_given=True, overwrite=False, fail=None):
@@ -73,13 +74,28 @@ class FastCall:
         # a weak reference to the last given output found to share no memory with this
         # call's inputs (the very objects, see bind): the overlap check runs once per
         # output object, not per call. Replaced whole, so concurrent calls stay safe.
-        self.apart = None
-        self.new_out = None if overwrite else functools.partial(np.zeros, out_shape, out_dtype)
+        self.apart = [None]  # (a box the generated function shares: it holds no reference to self)
+        self.new_out = outputs.fresh_maker(out_shape, out_dtype, overwrite)
         self.tensors = tuple((name, ref) for name, ref, kind, _fp, _s in self.checks if kind == TENSOR)
         self.arrays = tuple((name, ref, fp[0], fp[1], fp[2], slots)
                             for name, ref, kind, fp, slots in self.checks if kind == ARRAY)
         self.scipys = tuple((name, ref, fp) for name, ref, kind, fp, _s in self.checks if kind == SCIPY)
         self.out_check = next(((name, fp) for name, _r, kind, fp, _s in self.checks if kind == OUTPUT), None)
+        self.spec = None  # the specialised function, made when the FastCall first serves a call
+
+    def call(self, operands):
+        """The result of the call with ``operands``, or MISS when they are not the
+        ones this FastCall repeats. The checks of :meth:`bind` until it first serves
+        a call; from then on the specialised function (~20 us to make), so that a
+        caller passing new objects every call never pays for one."""
+        spec = self.spec
+        if spec is not None:
+            return spec(operands)
+        args = self.bind(operands) if len(operands) == self.count else None
+        if args is None:
+            return MISS
+        self.spec = _specialise(self)
+        return self.run(args, operands)
 
     def bind(self, operands):
         """The argument list for ``operands`` (output slot unset), or None."""
@@ -112,17 +128,16 @@ class FastCall:
             if not plain_output_array(out, fp):  # any array the kernel can write as it is
                 return None
             # every input is the object checked before unless an array was swapped in
-            apart = self.apart
+            apart = self.apart[0]
             if args is not None or apart is None or apart() is not out:
                 refuse_overlap(out, operands, self.given)
                 if args is None:
-                    self.apart = weakref.ref(out)
+                    self.apart[0] = weakref.ref(out)
         return list(self.args) if args is None else args
 
     def run(self, args, operands):
         if self.given is None:
-            new = self.new_out
-            out = new() if new is not None else outputs.fresh_output(self.out_shape, self.out_dtype, True)
+            out = self.new_out()
         else:
             out = operands[self.given]
             if self.zero_given:
@@ -138,6 +153,137 @@ class FastCall:
         if status != 0:
             self.fail(status)
         return out if self.out_shape or self.given is not None else out.item()
+
+
+MISS = object()  # what FastCall.call returns when the operands are not the last call's
+
+
+def _specialise(fc: "FastCall"):
+    """``fc``'s checks and native call as one straight-line Python function of the
+    operands dict: each operand's check inlined with its constants as the
+    function's globals, the argument list written out instead of copied and patched. It
+    returns the result or MISS. Only fixed identifiers go into the source (the
+    operand names are constants in the namespace), so no user string is ever
+    compiled."""
+    ns = {"MISS": MISS, "ndarray": np.ndarray, "data_ptr": data_ptr, "unchanged": scipy_unchanged,
+          "plain": plain_output_array, "overlap": refuse_overlap, "wref": weakref.ref, "box": fc.apart,
+          "fn": fc.fn, "fail": fc.fail, "nthreads": _threads.get_num_threads, "THREADS": fc.threads,
+          "COUNT": fc.count, "KEEP": fc.keep}  # (KEEP: the array whose pointer is in the arguments)
+    body = ["if len(operands) != COUNT: return MISS"]
+    if fc.threads is not None:
+        body.append("if nthreads() != THREADS: return MISS")
+    body.append("get = operands.get")
+    value = ["c%d" % k for k in range(len(fc.args))]  # the argument expressions, in order
+    for k, v in enumerate(fc.args):
+        ns["c%d" % k] = v
+    swaps = []
+    for j, (name, ref) in enumerate(fc.tensors):
+        ns["tn%d" % j], ns["tr%d" % j] = name, ref
+        # (a dead reference gives None: a None operand must not match it)
+        body.append(f"v = get(tn{j})\nif v is None or v is not tr{j}(): return MISS")
+    for j, (name, ref, shape, strides, dtype, slots) in enumerate(fc.arrays):
+        ns.update({"an%d" % j: name, "ar%d" % j: ref, "ash%d" % j: shape, "ast%d" % j: strides,
+                   "adt%d" % j: dtype, "ap%d" % j: fc.args[slots[0]] if slots else 0})
+        # an array's shape and dtype can be set in place: checked even for the same object
+        body.append(f"a{j} = get(an{j})\n"
+                    f"if (type(a{j}) is not ndarray or a{j}.shape != ash{j} or a{j}.strides != ast{j}\n"
+                    f"        or (a{j}.dtype is not adt{j} and a{j}.dtype != adt{j})): return MISS\n"
+                    f"s{j} = ar{j}() is not a{j}\n"
+                    f"p{j} = data_ptr(a{j}) if s{j} else ap{j}")
+        swaps.append(f"s{j}")
+        for k in slots:
+            value[k] = "p%d" % j
+    for j, (name, ref, fp) in enumerate(fc.scipys):
+        data, indices, indptr, shape, extents = fp[0]
+        ns.update({"sn%d" % j: name, "sr%d" % j: ref, "sf%d" % j: fp[0], "sw%d" % j: fp[1], "sd%d" % j: data,
+                   "si%d" % j: indices, "sp%d" % j: indptr, "ssh%d" % j: shape, "sx%d" % j: extents})
+        # the matrix's arrays and shape, and its row extents, as scipy_unchanged checks them
+        same = (f"v.data is sd{j}() and v.indices is si{j}() and (ip := v.indptr) is sp{j}() "
+                f"and v.shape == ssh{j} and ip.tobytes() == sx{j}" if type(extents) is bytes
+                else f"unchanged(v, sf{j})")
+        body.append(f"v = get(sn{j})\n"
+                    f"if v is None or v is not sr{j}() or sw{j}() is None or not ({same}): return MISS")
+    if fc.given is not None:
+        name, check = fc.out_check
+        ns.update({"on": name, "ocheck": check})
+        swapped = " or ".join(swaps) or "False"
+        body.append("out = get(on)\n"
+                    "if not plain(out, ocheck): return MISS\n"
+                    # every input is the object checked before unless an array was swapped in
+                    f"swapped = {swapped}\n"
+                    "apart = box[0]\n"
+                    "if swapped or apart is None or apart() is not out:\n"
+                    "    overlap(out, operands, on)\n"
+                    "    if not swapped: box[0] = wref(out)")
+        if fc.zero_given:
+            body.append("out.fill(0)")
+    else:
+        new = fc.new_out  # a partial: its function called directly, one object less to touch
+        ns["alloc"] = new.func
+        ns.update({"oa%d" % i: a for i, a in enumerate(new.args)})
+        body.append(f"out = alloc({', '.join('oa%d' % i for i in range(len(new.args)))})")
+    parts = pointer_parts()
+    if parts is not None:  # data_ptr's read, inlined: a Python call less
+        ns["at"], ns["OFFSET"] = parts
+        body.append("po = at(id(out) + OFFSET).value")
+    else:
+        body.append("po = data_ptr(out)")
+    for k in fc.out_slots:
+        value[k] = "po"
+    body.append(f"status = fn({', '.join(value)})\nif status: fail(status)")
+    body.append("return out" if fc.out_shape or fc.given is not None else "return out.item()")
+    src = "def call(operands):\n" + "".join("    " + line + "\n" for part in body for line in part.split("\n"))
+    exec(_compiled(src), ns)  # noqa: S102 (fixed identifiers only, see above)
+    return ns["call"]
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(src: str):
+    """The code of a generated source, compiled once: sources repeat across
+    kernels and calls (they name slots, not values), and compiling costs ~100 us."""
+    return compile(src, "<spcomp fastcall>", "exec")
+
+
+_ADD_LOCK = forksafe.Lock()  # a child made by os.fork() finds it released
+
+
+class Recent:
+    """A kernel's FastCalls for its last few distinct sets of operand objects, so that
+    calls alternating between operands (two matrices, one vector) stay on the fast
+    path: the newest is tried first, then the one built for these very objects.
+    Each still checks everything itself; the key (the operands' ids) only picks it."""
+    __slots__ = ("latest", "by_ids")
+    SIZE = 8
+
+    def __init__(self, latest):
+        self.latest = latest
+        self.by_ids = {}
+
+    def call(self, operands):
+        fast = self.latest
+        spec = fast.spec  # (its specialised function called here: one Python call less)
+        result = spec(operands) if spec is not None else fast.call(operands)
+        if result is not MISS:
+            return result
+        other = self.by_ids.get(tuple(map(id, operands.values())))
+        if other is None or other is self.latest:
+            return MISS
+        self.latest = other
+        return other.call(operands)
+
+    def add(self, fast, operands):
+        with _ADD_LOCK:  # (the general path only; readers never take it)
+            self.by_ids[tuple(map(id, operands.values()))] = self.latest = fast
+            while len(self.by_ids) > self.SIZE:
+                del self.by_ids[next(iter(self.by_ids))]
+
+
+def remember(recent, fast, operands):
+    """``recent`` (a Recent, or None) with ``fast`` added as the newest."""
+    if recent is None:
+        recent = Recent(fast)
+    recent.add(fast, operands)
+    return recent
 
 
 def build(plan, op_cache, launcher, variant, operands, storages, args, lohi, sizes, given, *,

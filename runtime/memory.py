@@ -84,9 +84,16 @@ def _pick_data_ptr():
     base = np.arange(8.0)
     probes = [base, base[3:], np.zeros((2, 3), np.float32), np.zeros(0)]
     if all(fast(a) == _slow_data_ptr(a) for a in probes):
+        fast.parts = (at, offset)  # for generated code that inlines the read (fastcall.py)
         return fast
     return _slow_data_ptr
 
 
 data_ptr = _pick_data_ptr()
 data_ptr.__doc__ = "The address of an ndarray's first element."
+
+
+def pointer_parts():
+    """``(from_address, offset)`` with ``from_address(id(a) + offset).value`` the data
+    pointer of ndarray ``a``, where :func:`data_ptr` reads it that way; else None."""
+    return getattr(data_ptr, "parts", None)

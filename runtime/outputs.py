@@ -14,6 +14,7 @@ chunked append (``chunks.py``) all build their result through it.
 from __future__ import annotations
 
 import ctypes
+import functools
 import weakref
 
 import numpy as np
@@ -50,6 +51,18 @@ def fresh_output(shape, dtype, overwrite: bool) -> np.ndarray:
     if _poison:
         out.reshape(-1).view(np.uint8).fill(0xFF)
     return out
+
+
+def fresh_maker(shape, dtype, overwrite: bool):
+    """A function of no arguments that makes what ``fresh_output(shape, dtype,
+    overwrite)`` makes, bound once for a repeated call (fastcall.py): NumPy's
+    allocator itself where nothing else is done. Poisoning applies to makers made
+    while it is on."""
+    if not overwrite:
+        return functools.partial(np.zeros, shape, dtype)
+    if not _poison:
+        return functools.partial(np.empty, shape, dtype)
+    return functools.partial(fresh_output, shape, dtype, True)
 
 
 class PlainOutput:

@@ -24,6 +24,7 @@ from .notation import accesses
 from .runtime import assemble, call, chunks
 from .runtime import relayout as relayout_kernels
 from .runtime.tensor import expand_output
+from .runtime.fastcall import MISS, remember
 from .runtime.launch import Variant, WiderIndices
 from .runtime.operands import any_torch, index_bits, refuse_overlap
 from .schedule import Schedule, check_names
@@ -309,6 +310,11 @@ class Kernel:
     def __call__(self, **operands):
         """Run the kernel: operands by name -> ndarray, Tensor or float; with any
         ``torch.Tensor`` operand, a torch tensor (docs/torch.md)."""
+        fast = self._fast
+        if fast is not None and self.contraction is None:  # the last call's operands again?
+            result = fast.call(operands)  # (fastcall.py; MISS for any others, a scalar output too)
+            if result is not MISS:
+                return result
         if self._scalar_acc and _is_scalar(operands.get(self.output_name)):
             cell = np.array(operands[self.output_name], dtype=self.runtime.plan.out_dtype)
             self(**{**operands, self.output_name: cell})
@@ -317,11 +323,9 @@ class Kernel:
             program = self.contraction.kernel_for(operands)
             if program is not None:
                 return program(**operands)
-        fast = self._fast
-        if fast is not None and len(operands) == fast.count:
-            args = fast.bind(operands)
-            if args is not None:
-                return fast.run(args, operands)
+            result = MISS if fast is None else fast.call(operands)
+            if result is not MISS:
+                return result
         if self.autotune:
             adopt_tuned(self, operands)
         ctx = self.runtime
@@ -370,7 +374,7 @@ class Kernel:
             variant = chosen
         result, fast = call.run(self.runtime, variant, sizing, storages, sizes, bits, given, operands)
         if fast is not None:
-            self._fast = fast
+            self._fast = remember(self._fast, fast, operands)
         return result
 
 

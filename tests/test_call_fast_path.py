@@ -232,3 +232,56 @@ def test_accumulating_kernel_adds_into_the_given_output():
     for n in range(1, 4):
         k(W=W, x=x, y=y)
         np.testing.assert_allclose(y, 1 + n * (W @ x))
+
+
+@pytest.mark.parametrize("kind", ["tensor", "scipy"])
+def test_none_in_place_of_a_dead_operand_is_not_served(spmv, kind):
+    """A dead weak reference reads as None: an operand passed as None must not match
+    it, or the call would run on the freed operand's arrays."""
+    W, x = _W(), np.arange(10.0)
+    if kind == "tensor":
+        W = Tensor.from_scipy(W, "csr")
+    _twice(spmv, W=W, x=x)
+    del W
+    gc.collect()
+    with pytest.raises(spcomp.SpcompError):
+        spmv(W=None, x=x)
+
+
+def test_repeated_call_runs_the_specialised_function(spmv):
+    """The fast path is one generated function of the operands; it serves only the
+    operands it was built for and says MISS for others."""
+    from spcomp.runtime.fastcall import MISS
+    W, x = _W(), np.arange(10.0)
+    _twice(spmv, W=W, x=x)
+    fast = spmv._fast
+    np.testing.assert_allclose(fast.call({"W": W, "x": x}), W @ x)
+    assert fast.call({"W": _W(1), "x": x}) is MISS
+    assert fast.call({"W": W, "x": x, "z": x}) is MISS
+    assert fast.call({"W": W, "x": x.astype(np.float32)}) is MISS
+
+
+def test_calls_alternating_between_operands_each_get_their_own_result(spmv):
+    """The fast paths of the last few operand sets are kept (fastcall.Recent): each
+    serves only its own objects, and more sets than it keeps still compute right."""
+    x = np.arange(10.0)
+    Ws = [_W(seed) for seed in range(12)]
+    for _ in range(3):
+        for W in Ws[:2]:
+            np.testing.assert_allclose(spmv(W=W, x=x), W @ x)
+    recent = spmv._fast
+    assert len(recent.by_ids) >= 2 and all(f.spec is not None for f in recent.by_ids.values())
+    for _ in range(2):
+        for W in Ws:  # more than it keeps: the oldest go
+            np.testing.assert_allclose(spmv(W=W, x=x), W @ x)
+    assert len(recent.by_ids) <= recent.SIZE
+    Ws[3].data *= 2  # changed in place while its fast path is kept
+    np.testing.assert_allclose(spmv(W=Ws[3], x=x), Ws[3] @ x)
+
+
+def test_a_fast_path_is_specialised_only_once_it_serves_a_call():
+    k = spcomp.compile(SPMV, formats={"W": "csr"})
+    x = np.arange(10.0)
+    k(W=_W(0), x=x)
+    k(W=_W(1), x=x)  # new objects each call: nothing generated for them
+    assert all(f.spec is None for f in k._fast.by_ids.values())
