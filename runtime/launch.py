@@ -38,7 +38,11 @@ def parallel_extent(low, sizes, storages) -> int:
     th = low.threads
     if th.positions is not None:
         pos = storages[th.positions[0]].levels[th.positions[1]]["pos"]
-        return int(pos[-1]) if len(pos) else 0
+        n = int(pos[-1]) if len(pos) else 0
+        if th.split:  # chunks of a position loop (lower/possplit.py)
+            factor = split_factor(th.split[0], n)
+            n = -(-n // factor)
+        return n
     n = sizes[th.parallel]
     if th.split:
         factor, outer = th.split

@@ -72,6 +72,7 @@ class NestContext:
     workspace: dict | None = None
     output_op: str = "="     # how the nest's note shows a dense output's update ("=" or "+=")
     parallel_depth: int = 0  # the nest depth of the parallel loop: 1 for a scalar's sum
+    positions: object = None  # possplit.PositionPlan: the chain's loops clamped to a chunk's rows
 
 
 class LoopEmitter:
@@ -305,6 +306,9 @@ class LoopEmitter:
             iters[k] = la.kind.iterator(la, self.fresh)
         size = self.sizes[i]
         parallel = self.parallel is not None and i == self.parallel and depth == self.parallel_depth
+        chained = self.positions.level_of(i) if self.positions is not None else None
+        if chained is not None:  # a loop the position loop's chunks give (possplit.py)
+            self.positions.check_loop(i, keys, L.full)
         # --- one sparse iterator, nothing else
         if not L.full and len(keys) == 1:
             k = keys[0]
@@ -324,6 +328,8 @@ class LoopEmitter:
             grow = [] if parallel else self._reserve(i, rest, sink, it.segment_length())
             loop = it.loop(coord, body)
             sink.release(i)
+            if chained is not None:
+                loop = [self.positions.clamp(loop[0], chained)]
             self._note_position_end(loop, k)
             if parallel:  # threads take ranges of the level's positions (_top_positions)
                 assert len(loop) == 1 and isinstance(loop[0], n.For), "a unique compressed level loops with For"
@@ -337,6 +343,8 @@ class LoopEmitter:
         if L.full:
             coord = n.Var(self.fresh(i.name), I64)
             start, end = (self.lo, self.hi) if parallel else (n.i64(0), size)
+            if chained is not None:
+                start, end = self.positions.ranges[0]
             kind = self.opt.parallel_kind
             where = f"0..{size.name}" + (f" (parallel: {kind})" if parallel else "")
             if not keys:

@@ -20,8 +20,9 @@ from ..errors import ScheduleError, UnsupportedError
 from ..formats import Format
 from ..ir import nodes as n
 from ..ir.types import F32, F64, I64, ptr
-from ..notation import Access, Add, Assignment, TensorVar, accesses
+from ..notation import Access, Add, Assignment, IndexVar, TensorVar, accesses
 from . import parallel as par
+from . import possplit
 from . import split as split_mod
 from .blas import direct_gemm, gemm_call, gemm_into_temporary, offload
 from .context import Binding, Env, Names, TensorParams, level_array_type, value_type
@@ -121,6 +122,7 @@ class Lowerer:
                            or bool(self.opt.precompute))
         self.gemms = []
         user_order = self._check_splits(lhs, rhs)
+        user_order = self._position_loop(lhs, rhs, user_order)
         try:
             order, transposes = self._choose_order(lhs, pushed, user_order)
             rhs = pushed
@@ -172,6 +174,7 @@ class Lowerer:
                 f"to {fmt.spec()!r} at each call (pass it in that format to avoid the copy)")
         self.rhs = rhs
         self.notation_rhs = notation_rhs
+        self._check_position_order(order, rhs)
         self.lhs = lhs
         # top-level reductions: scatter (outside an output index) or gather
         top, body = split_sums(rhs)
@@ -249,8 +252,8 @@ class Lowerer:
                 return two_phase
         if fmt.is_dense:
             shape = "dense"
-            sink = DenseSink(out, access_chain(lhs), self.sizes,
-                             accumulate=self.accumulate or bool(self.scatter))
+            sink = DenseSink(out, access_chain(lhs), self.sizes,  # positions: rows in pieces, added up
+                             accumulate=self.accumulate or bool(self.scatter) or self.pos_plan is not None)
             self.out_sink = sink
             self.bindings.append(Binding(out.vals, "output", self.out_name, -1, "vals", storage=self.out_name))
         else:
@@ -303,8 +306,17 @@ class Lowerer:
         if shape != "dense" and self.scatter:
             self.workspace = self.make_workspace()
         # parallel outer loop
-        self.parallel = par.choose_parallel(self.facts(), shape)
-        if self.parallel is not None and split_mod.base_of(self.parallel) not in self.lhs.indices:
+        if self.pos_plan is not None:
+            self.parallel = self._position_parallel()
+        else:
+            self.parallel = par.choose_parallel(self.facts(), shape)
+        if self.pos_plan is not None:
+            self.partials = self.pos_plan.race == "partials"
+            if self.pos_plan.race == "atomics":
+                self.out_sink.atomic = True
+            elif self.pos_plan.race == "boundary-atomics":
+                self.out_sink.atomic_if = self.pos_plan.boundary
+        elif self.parallel is not None and split_mod.base_of(self.parallel) not in self.lhs.indices:
             if self.opt.caps.atomics:
                 self.out_sink.atomic = True  # iterations of a reduction loop add into the output concurrently
             else:  # each chunk adds into its own zeroed copy, summed by the runtime (launch.py)
@@ -371,10 +383,16 @@ class Lowerer:
         output.expand = self.expand
         facts, walked = self.facts(), self.parallel_positions
         balance = par.balance(facts, self.parallel, walked)
+        split, positions = split_mod.extent_rule(self.parallel), None
+        if walked is not None:
+            positions = (walked[0].tensor.name, walked[1])
+        if self.pos_plan is not None and self.parallel is not None:  # chunks of positions (possplit.py)
+            plan = self.pos_plan
+            balance = positions = (plan.name, plan.level)
+            split = (plan.spec.factor, True)
         threads = ThreadPlan(
             parallel=split_mod.base_of(self.parallel).name if self.parallel is not None else None,
-            balance=balance, split=split_mod.extent_rule(self.parallel),
-            positions=None if walked is None else (walked[0].tensor.name, walked[1]),
+            balance=balance, split=split, positions=positions,
             work_scale=par.work_scale(facts, balance), work_dense=par.work_dense(facts, balance),
             partials=self.partials)
         inspection = Inspection(notation=notation, order=self.order, warnings=self.warnings,
@@ -391,21 +409,29 @@ class Lowerer:
     @property
     def parallel_positions(self):
         """``(access, 0)`` when the threads split a top compressed level's positions."""
+        if self.pos_plan is not None:
+            return None  # a position loop's chunks: record() says so
         return par.parallel_positions(self.facts(), self.parallel, self.out_shape)
 
     def emitter(self, sink) -> LoopEmitter:
         """A loop emitter for this lowering's nest, its values going to ``sink``."""
         ctx = NestContext(self.opt, self.lhs, self.params, self.sizes, self.fresh, self.compute,
                           self.position, self.loop_order, self.split_pieces, self.transposes,
-                          self.parallel, self.lo, self.hi, self.out_shape, self.workspace,
-                          "+=" if self.accumulate or self.scatter else "=",
-                          parallel_depth=0 if self.outer else 1)
+                          None if self.pos_plan is not None else self.parallel, self.lo, self.hi,
+                          self.out_shape, self.workspace,
+                          "+=" if self.accumulate or self.scatter or self.pos_plan is not None else "=",
+                          parallel_depth=0 if self.outer else 1, positions=self.pos_plan)
         return LoopEmitter(ctx, sink, self.loops_text)
 
     def emit_nest(self, sink, env) -> list:
         """The loop nest over the outer loops, its values going to ``sink``."""
         emitter = self.emitter(sink)
-        nest = emitter.nest(self.outer, self.expr, sink, env, depth=0)
+        head = []
+        if self.pos_plan is not None:  # the chunks' positions and the rows that hold them
+            self.pos_plan.params = self.params[self.pos_plan.name]
+            head = self.pos_plan.prelude(self.lo or n.i64(0), self.hi, self.sizes, self.fresh)
+            self.loops_text.append(self.pos_plan.describe(self.parallel is not None, self.opt.parallel_kind))
+        nest = head + emitter.nest(self.outer, self.expr, sink, env, depth=1 if head else 0)
         self.position_ends = emitter.position_ends
         return nest
 
@@ -437,7 +463,7 @@ class Lowerer:
         """A dense ``=`` output that only this kernel's nest writes, one thread per element."""
         sink = self.out_sink
         return (self.out_shape == "dense" and isinstance(sink, DenseSink) and not self.accumulate
-                and not sink.atomic and not (self.partials and self.scatter))
+                and not sink.atomic and not (self.partials and self.scatter) and self.pos_plan is None)
 
     def _zero_rows(self, nest: list) -> list:
         """The nest clearing each output row itself when it adds into them (coverage.py)."""
@@ -528,6 +554,79 @@ class Lowerer:
         names = {i.name for acc in [lhs] + accesses(rhs) for i in acc.indices}
         split_mod.check(self.opt.split, names, lhs.tensor.format.is_dense)
         return split_mod.order_for_graph(self.opt.order, self.opt.split)
+
+    # ----------------------------------------------------- position loops
+    def _position_loop(self, lhs, rhs, user_order):
+        """The position loop's plan (possplit.py), checked; the user order with the
+        operand's chain of loops first."""
+        self.pos_plan = None
+        if not self.opt.pos_split:
+            return user_order
+        spec = possplit.PosSplit(*self.opt.pos_split)
+        acc = possplit.find_operand(spec, rhs)
+        level = possplit.check(spec, acc, lhs, rhs, self.opt.caps)
+        chain = access_chain(acc)[:level + 1]
+        for base, outer, inner, _f in self.opt.split:
+            if base in {i.name for i in chain}:
+                raise ScheduleError(f"{spec.what}: split({base!r}, {outer!r}, {inner!r}, ...) splits a loop "
+                                    "the positions give; split the position loop instead")
+        named = set(spec.names) | {spec.index, spec.parent}
+        if user_order and named & set(user_order) - {spec.parent, spec.index} or (
+                user_order and [x for x in user_order if x in {i.name for i in chain}]
+                != [i.name for i in chain if i.name in user_order]):
+            raise ScheduleError(f"{spec.what}: reorder({', '.join(map(repr, user_order))}) moves the position "
+                                f"loop; it runs outermost, over {', '.join(i.name for i in chain)} in level order")
+        self.pos_plan = possplit.PositionPlan(spec, acc, level, chain)
+        rest = [x for x in (user_order or []) if x not in {i.name for i in chain}]
+        return [i.name for i in chain] + rest
+
+    def _check_position_order(self, order, rhs) -> None:
+        """The chain's loops outermost, the operand not transposed; its parameters."""
+        plan = self.pos_plan
+        if plan is None:
+            return
+        if order[:len(plan.chain)] != plan.chain:
+            raise ScheduleError(f"{plan.spec.what}: the loops over {', '.join(i.name for i in plan.chain)} must "
+                                f"run outermost, but the loop order is {', '.join(i.name for i in order)}")
+        if plan.acc not in accesses(rhs):
+            raise ScheduleError(f"{plan.spec.what}: {plan.name} is read through a transposed copy in this loop "
+                                "order; its positions cannot be split")
+
+    def _position_parallel(self):
+        """The chunk loop when it runs on threads (asked, or by default), and the race strategy."""
+        plan, opt = self.pos_plan, self.opt
+        spec = plan.spec
+        want = opt.parallel
+        if want is None:
+            return None
+        if want != "auto" and want != spec.outer:
+            loops = ", ".join(i.name for i in plan.chain) + (f", {spec.inner}" if spec.inner else "")
+            raise ScheduleError(f"parallelize({want!r}): with {spec.what} only the loop over chunks of positions "
+                                f"({spec.outer}) can run on threads ({loops} run inside it)")
+        race, insist = opt.race or (None, False)
+        shared_rows = plan.chain[0] in self.lhs.indices  # chunks share only their first and last rows
+        bf16 = self.lhs.tensor.dtype == "bfloat16"
+        if race is None:
+            race = "Atomics" if shared_rows and not bf16 else "ParallelReduction"
+        if race == "NoRaces":
+            raise ScheduleError(f"parallelize({spec.outer!r}, race='NoRaces'): chunks of positions share the "
+                                f"output's {'rows at their ends' if shared_rows else 'elements'}; use 'Atomics' "
+                                "or 'ParallelReduction'")
+        if race == "IgnoreRaces":
+            if not insist:
+                raise ScheduleError(f"parallelize({spec.outer!r}, race='IgnoreRaces'): chunks of positions add "
+                                    f"into shared output {'rows' if shared_rows else 'elements'} of "
+                                    f"{self.lhs.tensor.name}: the result would be wrong; pass insist=True to "
+                                    "run it anyway")
+            plan.race = "ignored"
+        elif race == "Atomics":
+            if bf16:
+                raise ScheduleError(f"parallelize({spec.outer!r}, race='Atomics'): the CPU has no atomic add "
+                                    "on bfloat16; use 'ParallelReduction'")
+            plan.race = "boundary-atomics" if shared_rows else "atomics"
+        else:  # Temporary, ParallelReduction: a zeroed copy of the output per chunk
+            plan.race = "partials"
+        return IndexVar(spec.outer)
 
     def _choose_order(self, lhs, rhs, user_order):
         """choose_order, with a refused reorder explained in terms of split pieces."""

@@ -1,0 +1,273 @@
+"""The scheduling directives of issue 25: position loops (``pos``, ``fuse``, a split of
+positions), ``bound``, nested splits, race strategies, parallel loops below the
+outermost. Every kernel is checked against numpy.einsum on one thread and on two
+threads with splitting forced (``MIN_PARALLEL_WORK = 0``, per-thread copies at any
+size), over random shapes and densities (empty rows included) and CSR, DCSR and CSF
+operands; every refusal is a ScheduleError that names the directive."""
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import spcomp
+from spcomp import Schedule
+from spcomp.errors import KernelRuntimeError, ScheduleError
+from spcomp.lower import possplit
+from spcomp.runtime import partials
+
+from conftest import examples, record_splits, spcomp_threads
+
+
+@contextlib.contextmanager
+def threads(n):
+    """``n`` threads; with two, every call splits and per-thread copies are taken at any size."""
+    share = partials.COPY_SHARE
+    partials.COPY_SHARE = float("inf")
+    try:
+        with spcomp_threads(n, min_work=0 if n > 1 else None):
+            yield
+    finally:
+        partials.COPY_SHARE = share
+
+
+def _compile(expr, formats, schedule):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return spcomp.compile(expr, formats=formats, schedule=schedule)
+
+
+def _sparse(rng, shape, density, skew=False):
+    """A dense array with about ``density`` of its entries nonzero; ``skew``: the
+    first rows far denser than the rest (a power-law-like row length profile)."""
+    a = rng.standard_normal(shape)
+    keep = rng.random(shape) < density
+    if skew and shape[0] > 1:
+        keep[: max(1, shape[0] // 8)] = rng.random((max(1, shape[0] // 8),) + shape[1:]) < 0.9
+    return np.where(keep, a, 0.0)
+
+
+def _tensor(a, fmt):
+    return spcomp.Tensor.from_numpy(a, fmt)
+
+
+def _run_both(k, reference, **operands):
+    """The kernel's result on one thread and on two (split forced) against ``reference``."""
+    for n in (1, 2):
+        with threads(n):
+            got = k(**operands)
+        np.testing.assert_allclose(np.asarray(got), reference, rtol=1e-10, atol=1e-10,
+                                   err_msg=f"{n} thread(s)")
+
+
+# ------------------------------------------------------------------ position splits
+
+POS_KERNELS = [
+    # expr, formats, operand whose positions are split, index, einsum, shapes of the operands
+    ("y[i] = A[i,j] * x[j]", {"A": "csr"}, "A", "j", "ij,j->i", {"A": 2, "x": (1,)}),
+    ("y[i] = A[i,j] * x[j]", {"A": "dcsr"}, "A", "j", "ij,j->i", {"A": 2, "x": (1,)}),
+    ("y[i] = A[i,j] * x[j]", {"A": "dcsr"}, "A", "i", "ij,j->i", {"A": 2, "x": (1,)}),
+    ("Y[i,k] = A[i,j] * B[j,k]", {"A": "csr"}, "A", "j", "ij,jk->ik", {"A": 2, "B": (1, 3)}),
+    ("y[j] = A[i,j] * x[i]", {"A": "csr"}, "A", "j", "ij,i->j", {"A": 2, "x": (0,)}),
+    ("a = A[i,j] * x[j]", {"A": "csr"}, "A", "j", "ij,j->", {"A": 2, "x": (1,)}),
+    ("Y[i,j] = B[i,j,k] * c[k]", {"B": "csf"}, "B", "k", "ijk,k->ij", {"B": 3, "c": (2,)}),
+    ("Y[i,j] = B[i,j,k] * c[k]", {"B": "csf"}, "B", "j", "ijk,k->ij", {"B": 3, "c": (2,)}),
+    ("y[i] = 2 * A[i,j] * x[j] - A[i,j] * z[j]", {"A": "csr"}, "A", "j", None, {"A": 2, "x": (1,), "z": (1,)}),
+]
+
+
+def _operands(rng, shapes, sparse_name, fmt, dims, density, skew):
+    ops, dense = {}, {}
+    for name, spec in shapes.items():
+        if name == sparse_name:
+            a = _sparse(rng, tuple(dims[:spec]), density, skew)
+            dense[name] = a
+            ops[name] = _tensor(a, fmt)
+        else:
+            a = rng.standard_normal(tuple(dims[d] if d < len(dims) else 3 for d in spec))
+            dense[name] = ops[name] = a
+    return ops, dense
+
+
+@settings(max_examples=examples(30))
+@given(case=st.sampled_from(range(len(POS_KERNELS))), dims=st.lists(st.integers(1, 23), min_size=3, max_size=3),
+       density=st.sampled_from([0.0, 0.05, 0.2, 0.6, 1.0]), factor=st.integers(1, 19), skew=st.booleans(),
+       race=st.sampled_from([None, "Atomics", "ParallelReduction", "Temporary"]), seed=st.integers(0, 99))
+def test_position_split_matches_einsum(case, dims, density, factor, skew, race, seed):
+    expr, formats, name, index, spec, shapes = POS_KERNELS[case]
+    rng = np.random.default_rng(seed)
+    ops, dense = _operands(rng, shapes, name, formats[name], dims, density, skew)
+    s = Schedule().pos(index, "q", name).split("q", "c", "p", factor).parallelize("c", race=race)
+    k = _compile(expr, formats, s)
+    if spec is None:
+        ref = 2 * dense["A"] @ dense["x"] - dense["A"] @ dense["z"]
+    else:
+        ref = np.einsum(spec, *[dense[n] for n in shapes])
+    _run_both(k, ref, **ops)
+
+
+@settings(max_examples=examples(10))
+@given(dims=st.lists(st.integers(1, 30), min_size=2, max_size=2), density=st.sampled_from([0.0, 0.1, 0.5]),
+       parts=st.integers(1, 9), seed=st.integers(0, 99))
+def test_position_divide_and_fuse(dims, density, parts, seed):
+    rng = np.random.default_rng(seed)
+    a = _sparse(rng, tuple(dims), density, skew=True)
+    x = rng.standard_normal(dims[1])
+    A = _tensor(a, "csr")
+    for s in (Schedule().pos("j", "q", "A").divide("q", "c", "p", parts).parallelize("c"),
+              Schedule().fuse("i", "j", "f").parallelize("f"),
+              Schedule().fuse("i", "j", "f").pos("f", "fpos", "A").split("fpos", "c", "p", parts)
+              .parallelize("c"),
+              Schedule().fuse("i", "j", "f")):  # sequential: one loop over the nonzeros
+        k = _compile("y[i] = A[i,j] * x[j]", {"A": "csr"}, s)
+        _run_both(k, a @ x, A=A, x=x)
+
+
+def test_position_split_accumulates_into_old_output():
+    rng = np.random.default_rng(3)
+    a = _sparse(rng, (40, 30), 0.2, skew=True)
+    x, y0 = rng.standard_normal(30), rng.standard_normal(40)
+    k = _compile("y[i] += A[i,j] * x[j]", {"A": "csr"},
+                 Schedule().pos("j", "q", "A").split("q", "c", "p", 7).parallelize("c"))
+    for n in (1, 2):
+        y = y0.copy()
+        with threads(n):
+            k(A=_tensor(a, "csr"), x=x, y=y)
+        np.testing.assert_allclose(y, y0 + a @ x, rtol=1e-12)
+
+
+def test_position_split_really_splits_and_reads_as_chunks(monkeypatch):
+    rng = np.random.default_rng(4)
+    a = _sparse(rng, (64, 50), 0.1, skew=True)
+    x = rng.standard_normal(50)
+    k = _compile("y[i] = A[i,j] * x[j]", {"A": "csr"},
+                 Schedule().pos("j", "q", "A").split("q", "c", "p", 16).parallelize("c"))
+    assert "for c in chunks of 16 positions of A level 2 (parallel: threads, races: boundary-atomics)" in k.loops
+    assert "atomic_add" in k.ir and "A2_first" in k.ir
+    low = k.lowered
+    assert low.threads.positions == ("A", 1) and low.threads.split == (16, True)
+    splits = record_splits(monkeypatch)
+    with threads(2):
+        np.testing.assert_allclose(k(A=_tensor(a, "csr"), x=x), a @ x, rtol=1e-12)
+    assert splits, "the call ran on one thread"
+
+
+def test_position_split_partials_are_per_thread_copies():
+    k = _compile("y[i] = A[i,j] * x[j]", {"A": "csr"},
+                 Schedule().pos("j", "q", "A").split("q", "c", "p", 16).parallelize("c", race="ParallelReduction"))
+    assert k.lowered.threads.partials and "atomic_add" not in k.ir
+
+
+def test_position_loop_unsplit_is_sequential_default_nest():
+    rng = np.random.default_rng(5)
+    a = _sparse(rng, (9, 7), 0.4)
+    x = rng.standard_normal(7)
+    k = _compile("y[i] = A[i,j] * x[j]", {"A": "csr"}, Schedule().pos("j", "q", "A").sequential())
+    np.testing.assert_allclose(k(A=_tensor(a, "csr"), x=x), a @ x)
+    assert "for q in positions of A level 2:" in k.loops
+
+
+# ---------------------------------------------------------- position split refusals
+
+REFUSALS = [
+    ("y[i] = relu(A[i,j] * x[j])", {"A": "csr"}, Schedule().pos("j", "q", "A").split("q", "c", "p", 4),
+     "not linear in A"),
+    ("y[i] = A[i,j] * x[j] + b[i]", {"A": "csr"}, Schedule().pos("j", "q", "A").split("q", "c", "p", 4),
+     "not linear in A"),
+    ("y[i] = A[i,j] * A[i,j]", {"A": "csr"}, Schedule().pos("j", "q", "A"), "not linear in A"),
+    ("C[i,j] = A[i,j] * x[j]", {"A": "csr", "C": "csr"}, Schedule().pos("j", "q", "A"), "dense outputs"),
+    ("y[i] = A[i,j] * x[j]", {"A": "coo"}, Schedule().pos("j", "q", "A"), "unique coordinates"),
+    ("y[i] = A[i,j] * x[j]", {"A": "csr"}, Schedule().pos("i", "q", "A"), "not a compressed level"),
+    ("y[i] = A[i,j] * x[j]", {"A": "csr"}, Schedule().pos("j", "q", "B"), "no operand B"),
+    ("y[i] = A[i,j] * x[j]", {"A": "csr"}, Schedule().fuse("j", "i", "f"), "no operand stores i"),
+    ("y[i] = A[i,j] * x[j]", {"A": "csr", "x": "c"}, Schedule().pos("j", "q", "A"), "also walks x"),
+    ("y[i] = A[i,j] * x[j]", {"A": "csr"}, Schedule().pos("j", "q", "A").split("q", "c", "p", 4).parallelize("p"),
+     "only the loop over chunks"),
+    ("y[i] = A[i,j] * x[j]", {"A": "csr"}, Schedule().pos("j", "q", "A").split("q", "c", "p", 4).parallelize("i"),
+     "only the loop over chunks"),
+    ("y[i] = A[i,j] * x[j]", {"A": "csr"},
+     Schedule().pos("j", "q", "A").split("q", "c", "p", 4).parallelize("c", race="NoRaces"), "share the output"),
+    ("y[i] = A[i,j] * x[j]", {"A": "csr"},
+     Schedule().pos("j", "q", "A").split("q", "c", "p", 4).parallelize("c", race="IgnoreRaces"), "insist=True"),
+    ("y[i] = A[i,j] * x[j]", {"A": "csr"}, Schedule().pos("j", "q", "A").reorder("j", "i"), "moves the position"),
+    ("y[i] = A[i,j] * x[j]", {"A": "csr"},
+     Schedule().pos("j", "q", "A").split("q", "c", "p", 4).pos("i", "r", "A").split("r", "d", "e", 2),
+     "one position split"),
+    ("y[i] = A[i,j] * x[j]", {"A": "csr"}, Schedule().pos("j", "q", "A").split("i", "i0", "i1", 4),
+     "split the position loop instead"),
+]
+
+
+@pytest.mark.parametrize("expr, formats, schedule, words", REFUSALS)
+def test_position_split_refusals(expr, formats, schedule, words):
+    with pytest.raises(ScheduleError, match=words):
+        _compile(expr, formats, schedule)
+
+
+def test_position_split_refused_on_cuda():
+    with pytest.raises(ScheduleError, match="CPU backend only"):
+        spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"}, backend="cuda-sim",
+                       schedule=Schedule().pos("j", "q", "A").split("q", "c", "p", 4))
+
+
+def test_ignore_races_when_insisted_compiles_plain_adds():
+    k = _compile("y[i] = A[i,j] * x[j]", {"A": "csr"}, Schedule().pos("j", "q", "A").split("q", "c", "p", 4)
+                 .parallelize("c", race="IgnoreRaces", insist=True))
+    assert "atomic_add" not in k.ir and "races: ignored" in k.loops
+
+
+def test_directive_arguments_are_checked():
+    with pytest.raises(ScheduleError, match="unknown race strategy"):
+        Schedule().parallelize("i", race="Locks")
+    with pytest.raises(ScheduleError, match="three distinct"):
+        Schedule().fuse("i", "i", "f")
+    with pytest.raises(ScheduleError, match="operand name"):
+        Schedule().pos("j", "j", "A")
+    with pytest.raises(ScheduleError, match="limit must be"):
+        Schedule().bound("i", 0)
+
+
+# ----------------------------------------------------------------- pure algorithms
+
+@settings(max_examples=examples(60))
+@given(lengths=st.lists(st.integers(0, 6), min_size=1, max_size=30), factor=st.integers(1, 9),
+       data=st.data())
+def test_search_and_chunk_rows_model(lengths, factor, data):
+    """The rows a range of chunks touches: exactly the rows holding its positions."""
+    pos = np.concatenate([[0], np.cumsum(lengths)])
+    total = int(pos[-1])
+    chunks = -(-total // factor)
+    lo = data.draw(st.integers(0, max(chunks, 0)))
+    hi = data.draw(st.integers(lo, max(chunks, 0)))
+    first, last = possplit.chunk_rows(pos, factor, lo, hi)
+    p0, p1 = min(lo * factor, total), min(hi * factor, total)
+    rows = {int(np.searchsorted(pos, p, side="right")) - 1 for p in range(p0, p1)}
+    if not rows:
+        assert first == last == 0
+    else:
+        assert first == min(rows) and last == max(rows) + 1
+        assert pos[first] <= p0 < pos[first + 1] and pos[last - 1] <= p1 - 1 < pos[last]
+
+
+
+def _notation(expr, formats):
+    return _compile(expr, formats, None).notation
+
+
+@pytest.mark.parametrize("expr, linear", [
+    ("y[i] = A[i,j] * x[j]", True),
+    ("y[i] = 2 * A[i,j] * x[j] - A[i,j] * z[j]", True),
+    ("y[i] = A[i,j] * x[j] / 3", True),
+    ("y[i] = -(A[i,j] * x[j])", True),
+    ("y[i] = A[i,j] * x[j] + z[i]", False),
+    ("y[i] = A[i,j] * A[i,j]", False),
+    ("y[i] = relu(A[i,j] * x[j])", False),
+    ("y[i] = x[j] / A[i,j]", False),
+])
+def test_linear_in_cases(expr, linear):
+    n = _notation(expr, {"A": "csr"})
+    assert possplit.linear_in(n.rhs, "A") is linear
