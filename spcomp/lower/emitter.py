@@ -344,7 +344,7 @@ class LoopEmitter:
             coord = n.Var(self.fresh(i.name), I64)
             start, end = (self.lo, self.hi) if parallel else (n.i64(0), size)
             if chained is not None:
-                start, end = self.positions.ranges[0]
+                start, end = self.positions.current[1:]  # this pass's rows
             kind = self.opt.parallel_kind
             where = f"0..{size.name}" + (f" (parallel: {kind})" if parallel else "")
             if not keys:

@@ -254,6 +254,7 @@ class Lowerer:
             shape = "dense"
             sink = DenseSink(out, access_chain(lhs), self.sizes,  # positions: rows in pieces, added up
                              accumulate=self.accumulate or bool(self.scatter) or self.pos_plan is not None)
+            self.accumulate_inside = self.accumulate or bool(self.scatter)  # (_position_passes)
             self.out_sink = sink
             self.bindings.append(Binding(out.vals, "output", self.out_name, -1, "vals", storage=self.out_name))
         else:
@@ -312,10 +313,6 @@ class Lowerer:
             self.parallel = par.choose_parallel(self.facts(), shape)
         if self.pos_plan is not None:
             self.partials = self.pos_plan.race == "partials"
-            if self.pos_plan.race == "atomics":
-                self.out_sink.atomic = True
-            elif self.pos_plan.race == "boundary-atomics":
-                self.out_sink.atomic_if = self.pos_plan.boundary
         elif self.parallel is not None and split_mod.base_of(self.parallel) not in self.lhs.indices:
             if self.opt.caps.atomics:
                 self.out_sink.atomic = True  # iterations of a reduction loop add into the output concurrently
@@ -413,7 +410,7 @@ class Lowerer:
             return None  # a position loop's chunks: record() says so
         return par.parallel_positions(self.facts(), self.parallel, self.out_shape)
 
-    def emitter(self, sink) -> LoopEmitter:
+    def emitter(self, sink, text: bool = True) -> LoopEmitter:
         """A loop emitter for this lowering's nest, its values going to ``sink``."""
         ctx = NestContext(self.opt, self.lhs, self.params, self.sizes, self.fresh, self.compute,
                           self.position, self.loop_order, self.split_pieces, self.transposes,
@@ -421,18 +418,37 @@ class Lowerer:
                           self.out_shape, self.workspace,
                           "+=" if self.accumulate or self.scatter or self.pos_plan is not None else "=",
                           parallel_depth=0 if self.outer else 1, positions=self.pos_plan)
-        return LoopEmitter(ctx, sink, self.loops_text)
+        return LoopEmitter(ctx, sink, self.loops_text if text else [])
 
     def emit_nest(self, sink, env) -> list:
         """The loop nest over the outer loops, its values going to ``sink``."""
+        if self.pos_plan is not None:
+            return self._position_passes(sink, env)
         emitter = self.emitter(sink)
-        head = []
-        if self.pos_plan is not None:  # the chunks' positions and the rows that hold them
-            self.pos_plan.params = self.params[self.pos_plan.name]
-            head = self.pos_plan.prelude(self.lo or n.i64(0), self.hi, self.sizes, self.fresh)
-            self.loops_text.append(self.pos_plan.describe(self.parallel is not None, self.opt.parallel_kind))
-        nest = head + emitter.nest(self.outer, self.expr, sink, env, depth=1 if head else 0)
+        nest = emitter.nest(self.outer, self.expr, sink, env, depth=0)
         self.position_ends = emitter.position_ends
+        return nest
+
+    def _position_passes(self, sink, env) -> list:
+        """A position loop's nest (possplit.py): the chunks' positions and the rows
+        holding them, then the nest over the first row, the inner rows and the last
+        row; the first and last may be shared with neighbouring chunks, so their
+        updates add (atomically where the race strategy says), while an inner row of
+        a row-indexed output is this range's alone and stored."""
+        plan = self.pos_plan
+        plan.params = self.params[plan.name]
+        nest = plan.prelude(self.lo or n.i64(0), self.hi, self.sizes, self.fresh)
+        self.loops_text.append(plan.describe(self.parallel is not None, self.opt.parallel_kind))
+        owned = plan.chain[0] in self.lhs.indices and plan.race != "ignored"
+        for k, (edge, start, end) in enumerate(plan.passes()):
+            plan.current = (edge, start, end)
+            sink.atomic = plan.race == "atomics" or (edge and plan.race == "boundary-atomics")
+            sink.accumulate = True if edge or not owned else self.accumulate_inside
+            emitter = self.emitter(sink, text=k == 0)  # k.loops shows the nest once
+            nest.append(n.Comment(("the first row" if k == 0 else "the last row" if k == 2 else "the inner rows")
+                                  + " of the range"))
+            nest += emitter.nest(self.outer, self.expr, sink, env.child(), depth=1)
+            self.position_ends.update(emitter.position_ends)
         return nest
 
     def table_sizes(self) -> dict:

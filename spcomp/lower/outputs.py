@@ -163,18 +163,11 @@ class DenseSink(Sink):
     #: set by the lowerer when a parallel reduction loop adds into the output (GPU):
     #: every update is an ``AtomicAdd``
     atomic = False
-    #: set by the lowerer for a position loop's chunks (possplit.py): env -> the condition
-    #: under which an update may race (a chunk's first or last row), made atomic there only
-    atomic_if = None
 
     def innermost(self, value, env):
-        t = self.vals.type.elem
         if self.atomic:
+            t = self.vals.type.elem
             return [n.AtomicAdd(self.vals, self.linear(env), value if value.type == t else n.Cast(value, t))]
-        if self.atomic_if is not None:
-            return [n.If(self.atomic_if(env),
-                         n.block(n.AtomicAdd(self.vals, self.linear(env), value if value.type == t else n.Cast(value, t))),
-                         n.block(store_value(self.vals, self.linear(env), value, self.accumulate)))]
         return [store_value(self.vals, self.linear(env), value, self.accumulate)]
 
 

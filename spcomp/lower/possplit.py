@@ -187,7 +187,8 @@ class PositionPlan:
     chain: list                      # the operand's indices, levels 0..level
     params: object = None            # the operand's TensorParams
     ranges: dict = field(default_factory=dict)  # level -> (lo var, hi var)
-    race: str = "none"               # none | boundary-atomics | atomics | partials | ignore
+    race: str = "none"               # none | boundary-atomics | atomics | partials | ignored
+    current: tuple = ()              # the pass being emitted: (edge?, first, end) (passes())
 
     @property
     def name(self) -> str:
@@ -245,12 +246,27 @@ class PositionPlan:
     def level_of(self, i: IndexVar):
         return self.chain.index(i) if i in self.chain else None
 
+    def passes(self) -> list:
+        """The nest runs three times: over the range's first row, the rows strictly
+        inside it (wholly this range's: no clamps, no races on rows), its last row.
+        ``(edge?, first, end)`` of the level-0 positions of each."""
+        first, last = self.ranges[0]
+        one = n.i64(1)
+        after = n.Binary("+", first, one)
+        return [(True, first, n.Binary("min", after, last)),
+                (False, after, n.Binary("-", last, one)),
+                (True, n.Binary("max", after, n.Binary("-", last, one)), last)]
+
     def clamp(self, loop: n.For, m: int) -> n.For:
-        """The loop over level ``m``'s positions (or level 0's coordinates) kept in its range."""
-        lo, hi = self.ranges[m]
+        """The loop over level ``m``'s positions (or level 0's coordinates) kept in
+        its range in the current pass (:meth:`passes`)."""
         from dataclasses import replace
+        edge, start, end = self.current
         if m == 0:
-            return replace(loop, start=lo, end=hi)
+            return replace(loop, start=start, end=end)
+        if not edge:
+            return loop
+        lo, hi = self.ranges[m]
         return replace(loop, start=n.Binary("max", loop.start, lo), end=n.Binary("min", loop.end, hi))
 
     def check_loop(self, i, keys, full) -> None:
@@ -263,14 +279,6 @@ class PositionPlan:
             raise ScheduleError(f"{self.spec.what}: the loop over {i.name} also walks {others}; a position "
                                 f"loop needs {self.name} to be the only sparse operand of the loops over "
                                 f"{', '.join(x.name for x in self.chain)}")
-
-    def boundary(self, env) -> n.Expr:
-        """True at the first or last level-0 position of this call's range: the rows
-        a neighbouring chunk may share."""
-        first, last = self.ranges[0]
-        levels = self.acc.tensor.format.levels
-        q = env.bound[self.chain[0]] if levels[0].is_dense else env.pos[(self.acc, 0)].pos
-        return n.Binary("||", n.Binary("==", q, first), n.Binary("==", q, n.Binary("-", last, n.i64(1))))
 
     def describe(self, parallel: bool, kind: str) -> str:
         s = self.spec
