@@ -271,3 +271,146 @@ def _notation(expr, formats):
 def test_linear_in_cases(expr, linear):
     n = _notation(expr, {"A": "csr"})
     assert possplit.linear_in(n.rhs, "A") is linear
+
+
+# ------------------------------------------------------------------ race strategies
+
+RACE_KERNELS = [
+    # expr, formats, the reduction loop run in parallel, einsum, dims of the sparse operand, dense operand spec
+    ("y[j] = A[i,j] * x[i]", {"A": "csr"}, "i", "ij,i->j", 2, {"x": (0,)}),
+    ("y[j] = A[i,j] * x[i]", {"A": "dcsr"}, "i", "ij,i->j", 2, {"x": (0,)}),
+    ("Y[j,k] = A[i,j] * B[i,k]", {"A": "csr"}, "i", "ij,ik->jk", 2, {"B": (0, 2)}),
+    ("Y[k] = C[i,j,k]", {"C": "csf"}, "i", "ijk->k", 3, {}),
+    ("a = A[i,j] * x[j]", {"A": "csr"}, "i", "ij,j->", 2, {"x": (1,)}),
+]
+
+
+@settings(max_examples=examples(25))
+@given(case=st.sampled_from(range(len(RACE_KERNELS))), dims=st.lists(st.integers(1, 17), min_size=3, max_size=3),
+       density=st.sampled_from([0.0, 0.1, 0.5, 1.0]),
+       race=st.sampled_from(["Atomics", "Temporary", "ParallelReduction"]), seed=st.integers(0, 99))
+def test_race_strategies_on_reduction_loops(case, dims, density, race, seed):
+    expr, formats, loop, spec, order, dense_specs = RACE_KERNELS[case]
+    rng = np.random.default_rng(seed)
+    name = next(iter(formats))
+    a = _sparse(rng, tuple(dims[:order]), density)
+    ops = {name: _tensor(a, formats[name])}
+    dense = [a]
+    for d, shape in dense_specs.items():
+        ops[d] = rng.standard_normal(tuple(dims[k] for k in shape))
+        dense.append(ops[d])
+    k = _compile(expr, formats, Schedule().parallelize(loop, race=race))
+    assert ("atomic_add" in k.ir) == (race == "Atomics")
+    assert k.lowered.threads.partials == (race != "Atomics")
+    _run_both(k, np.einsum(spec, *dense), **ops)
+
+
+def test_race_strategy_refusals_and_insist():
+    expr, f = "y[j] = A[i,j] * x[i]", {"A": "csr"}
+    with pytest.raises(ScheduleError, match="NoRaces.*is wrong here"):
+        _compile(expr, f, Schedule().parallelize("i", race="NoRaces"))
+    with pytest.raises(ScheduleError, match="insist=True"):
+        _compile(expr, f, Schedule().parallelize("i", race="IgnoreRaces"))
+    with pytest.raises(ScheduleError, match="only dense outputs"):
+        _compile("c[j] = A[i,j] * x[i]", {"A": "csr", "c": "c"}, Schedule().parallelize("i", race="Atomics"))
+    with pytest.raises(ScheduleError, match="no atomic add on bfloat16"):
+        spcomp.compile(expr, formats=f, dtypes={"y": "bfloat16"}, schedule=Schedule().parallelize("i", race="Atomics"))
+    with pytest.raises(ScheduleError, match="no per-thread copies"):
+        spcomp.compile(expr, formats=f, backend="cuda-sim",
+                       schedule=Schedule().parallelize("i", "gpu-thread", race="Temporary"))
+    # a two-index output takes per-thread copies only when asked for
+    with pytest.raises(ScheduleError, match="reduction index"):
+        _compile("Y[j,k] = A[i,j] * B[i,k]", f, Schedule().parallelize("i"))
+    # insisting runs plain adds: right on one thread
+    rng = np.random.default_rng(0)
+    a, x = _sparse(rng, (9, 7), 0.4), rng.standard_normal(9)
+    k = _compile(expr, f, Schedule().parallelize("i", race="IgnoreRaces", insist=True))
+    assert "atomic_add" not in k.ir and not k.lowered.threads.partials
+    with threads(1):
+        np.testing.assert_allclose(k(A=_tensor(a, "csr"), x=x), a.T @ x)
+
+
+def test_no_race_strategies_on_an_output_loop_change_nothing():
+    rng = np.random.default_rng(1)
+    a, x = _sparse(rng, (12, 5), 0.3), rng.standard_normal(5)
+    plain = _compile("y[i] = A[i,j] * x[j]", {"A": "csr"}, Schedule().parallelize("i"))
+    for race in ("NoRaces", "Atomics", "ParallelReduction", "IgnoreRaces"):
+        k = _compile("y[i] = A[i,j] * x[j]", {"A": "csr"}, Schedule().parallelize("i", race=race))
+        assert k.ir == plain.ir
+        _run_both(k, a @ x, A=_tensor(a, "csr"), x=x)
+
+
+def test_atomics_race_strategy_on_cuda_sim():
+    rng = np.random.default_rng(2)
+    a, x = _sparse(rng, (10, 6), 0.4), rng.standard_normal(10)
+    k = spcomp.compile("y[j] = A[i,j] * x[i]", formats={"A": "csr"}, backend="cuda-sim",
+                       schedule=Schedule().parallelize("i", "gpu-thread", race="Atomics"))
+    np.testing.assert_allclose(k(A=_tensor(a, "csr"), x=x), a.T @ x, rtol=1e-12)
+
+
+# ------------------------------------------------------------------------- bound
+
+BOUND_KERNELS = [
+    ("y[i] = A[i,j] * x[j]", {"A": "csr"}, "j", "ij,j->i", 2, {"x": (1,)}),
+    ("y[i] = A[i,j] * x[j]", {"A": "dcsr"}, "j", "ij,j->i", 2, {"x": (1,)}),
+    ("Y[i,j] = C[i,j,k] * c[k]", {"C": "csf"}, "k", "ijk,k->ij", 3, {"c": (2,)}),
+]
+
+
+def _longest(a, level):
+    """The most nonzeros under one position of the level above ``level``."""
+    nz = a != 0
+    if level == 1:
+        return int(nz.sum(axis=1).max(initial=0))
+    return int(nz.sum(axis=2).max(initial=0))
+
+
+@settings(max_examples=examples(20))
+@given(case=st.sampled_from(range(len(BOUND_KERNELS))), dims=st.lists(st.integers(1, 12), min_size=3, max_size=3),
+       density=st.sampled_from([0.1, 0.5, 1.0]), slack=st.integers(-2, 3), seed=st.integers(0, 99))
+def test_bound_checks_the_trip_count(case, dims, density, slack, seed):
+    expr, formats, loop, spec, order, dense_specs = BOUND_KERNELS[case]
+    rng = np.random.default_rng(seed)
+    name = next(iter(formats))
+    a = _sparse(rng, tuple(dims[:order]), density)
+    ops = {name: _tensor(a, formats[name])}
+    dense = [a]
+    for d, shape in dense_specs.items():
+        ops[d] = rng.standard_normal(tuple(dims[k] for k in shape))
+        dense.append(ops[d])
+    longest = _longest(a, order - 1)
+    limit = max(1, longest + slack)
+    k = _compile(expr, formats, Schedule().bound(loop, limit))
+    if limit >= longest:
+        _run_both(k, np.einsum(spec, *dense), **ops)
+    else:
+        for n in (1, 2):
+            with threads(n), pytest.raises(KernelRuntimeError, match="Schedule.bound"):
+                k(**ops)
+
+
+def test_bound_on_dense_loop_unrolls_and_refuses_while_loops():
+    rng = np.random.default_rng(3)
+    k = _compile("Y[i,k] = A[i,j] * B[j,k]", {"A": "csr"}, Schedule().bound("k", 4))
+    assert "unroll: 4" in k.ir
+    a = _sparse(rng, (5, 6), 0.5)
+    B3, B5 = rng.standard_normal((6, 3)), rng.standard_normal((6, 5))
+    np.testing.assert_allclose(k(A=_tensor(a, "csr"), B=B3), a @ B3)
+    with pytest.raises(KernelRuntimeError, match="Schedule.bound"):
+        k(A=_tensor(a, "csr"), B=B5)
+    with pytest.raises(ScheduleError, match="bound applies to for loops"):
+        _compile("y[i] = A[i,j] * x[j]", {"A": "csr", "x": "c"}, Schedule().bound("j", 4))
+    with pytest.raises(ScheduleError, match="no index 'q'"):
+        _compile("y[i] = A[i,j] * x[j]", {"A": "csr"}, Schedule().bound("q", 4))
+
+
+def test_bound_on_cuda_sim():
+    rng = np.random.default_rng(4)
+    a, x = _sparse(rng, (6, 8), 0.3), rng.standard_normal(8)
+    k = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"}, backend="cuda-sim",
+                       schedule=Schedule().bound("j", 8))
+    np.testing.assert_allclose(k(A=_tensor(a, "csr"), x=x), a @ x, rtol=1e-12)
+    k = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"}, backend="cuda-sim",
+                       schedule=Schedule().bound("j", 1))
+    with pytest.raises(KernelRuntimeError, match="Schedule.bound"):
+        k(A=_tensor(np.ones((2, 3)), "csr"), x=np.ones(3))

@@ -86,6 +86,7 @@ class LoopEmitter:
         self.position_ends: dict = {}  # position loop var -> its level's last position (prefetch.py)
         self._temps: set = set()       # the scalar temporaries hoisting made
         self.cases = 0                 # if/else cases the loops emitted so far (lattice.count_cases)
+        self.bounded: set = set()      # loops whose Schedule.bound was checked (the lowerer asks)
 
     def nest(self, order, expr, sink, env: Env, depth: int) -> list:
         stmts, expr = self.hoist(expr, env, depth)
@@ -505,14 +506,22 @@ class LoopEmitter:
         return out
 
     def _user_hints(self, stmts, i):
-        """Schedule.vectorize / unroll: hints on the loop over ``i``."""
+        """Schedule.vectorize / unroll: hints on the loop over ``i``; Schedule.bound:
+        a check of its trip count before it (and an unroll hint for a small bound)."""
         vec = dict(self.opt.vectorize).get(i.name)
         unr = dict(self.opt.unroll).get(i.name)
-        if vec is None and unr is None:
+        limit = dict(getattr(self.opt, "bounds", ())).get(i.name)
+        if limit is not None and unr is None and limit <= 64:
+            unr = limit
+        if vec is None and unr is None and limit is None:
             return stmts
         out, done = [], False
         for s in stmts:
             if not done and isinstance(s, n.For):
+                if limit is not None:  # a violated bound stops the kernel before the loop runs
+                    out.append(n.If(n.Binary(">", n.Binary("-", s.end, s.start), n.i64(limit)),
+                                    n.block(n.Return(n.STATUS_BOUND_EXCEEDED))))
+                    self.bounded.add(i.name)
                 s = dataclasses.replace(s, vectorize=s.vectorize if vec is None else (vec or 8),
                                         unroll=s.unroll if unr is None else unr)
                 done = True

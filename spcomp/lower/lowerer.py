@@ -20,7 +20,7 @@ from ..errors import ScheduleError, UnsupportedError
 from ..formats import Format
 from ..ir import nodes as n
 from ..ir.types import F32, F64, I64, ptr
-from ..notation import Access, Add, Assignment, IndexVar, TensorVar, accesses
+from ..notation import Access, Add, Assignment, TensorVar, accesses
 from . import parallel as par
 from . import possplit
 from . import split as split_mod
@@ -91,6 +91,7 @@ class Lowerer:
         self.warnings: list = []
         self.position_ends: dict = {}  # set by the nest's emitter: each compressed loop's last position
         self.partials = False  # the parallel loop reduces into per-chunk copies of the output
+        self.racy = False      # IgnoreRaces with insist=True: iterations add into the output unguarded
 
     # ================================================================ setup
     def run(self) -> Lowered:
@@ -314,10 +315,13 @@ class Lowerer:
         if self.pos_plan is not None:
             self.partials = self.pos_plan.race == "partials"
         elif self.parallel is not None and split_mod.base_of(self.parallel) not in self.lhs.indices:
-            if self.opt.caps.atomics:
+            strategy = par.reduction_strategy(self.opt, self.lhs)  # (parallel.py)
+            if strategy == "atomics":
                 self.out_sink.atomic = True  # iterations of a reduction loop add into the output concurrently
-            else:  # each chunk adds into its own zeroed copy, summed by the runtime (launch.py)
+            elif strategy == "partials":  # each chunk adds into its own zeroed copy, summed by the runtime
                 self.partials = True
+            elif strategy == "ignored":  # IgnoreRaces, insisted on: plain adds into a zeroed output
+                self.out_sink.accumulate = self.racy = True
         if isinstance(self.out_sink, AppendSink):
             self.out_sink.rows_in_parallel = self.parallel is not None
         self.lo = self.hi = None
@@ -427,7 +431,16 @@ class Lowerer:
         emitter = self.emitter(sink)
         nest = emitter.nest(self.outer, self.expr, sink, env, depth=0)
         self.position_ends = emitter.position_ends
+        self._check_bounds(emitter.bounded)
         return nest
+
+    def _check_bounds(self, bounded) -> None:
+        """Every Schedule.bound must have found its for loop."""
+        for index, limit in self.opt.bounds:
+            if index not in bounded:
+                raise ScheduleError(f"bound({index!r}, {limit}): the loop over {index} is not a for loop with a "
+                                    "trip count known on entry (it co-iterates sparse operands in a while loop, "
+                                    "or the nest has no such loop); bound applies to for loops")
 
     def _position_passes(self, sink, env) -> list:
         """A position loop's nest (possplit.py): the chunks' positions and the rows
@@ -449,6 +462,8 @@ class Lowerer:
                                   + " of the range"))
             nest += emitter.nest(self.outer, self.expr, sink, env.child(), depth=1)
             self.position_ends.update(emitter.position_ends)
+            bounded = emitter.bounded if k == 0 else bounded & emitter.bounded
+        self._check_bounds(bounded)
         return nest
 
     def table_sizes(self) -> dict:
@@ -479,7 +494,8 @@ class Lowerer:
         """A dense ``=`` output that only this kernel's nest writes, one thread per element."""
         sink = self.out_sink
         return (self.out_shape == "dense" and isinstance(sink, DenseSink) and not self.accumulate
-                and not sink.atomic and not (self.partials and self.scatter) and self.pos_plan is None)
+                and not sink.atomic and not (self.partials and self.scatter) and self.pos_plan is None
+                and not self.racy)
 
     def _zero_rows(self, nest: list) -> list:
         """The nest clearing each output row itself when it adds into them (coverage.py)."""
@@ -573,76 +589,18 @@ class Lowerer:
 
     # ----------------------------------------------------- position loops
     def _position_loop(self, lhs, rhs, user_order):
-        """The position loop's plan (possplit.py), checked; the user order with the
-        operand's chain of loops first."""
-        self.pos_plan = None
-        if not self.opt.pos_split:
-            return user_order
-        spec = possplit.PosSplit(*self.opt.pos_split)
-        acc = possplit.find_operand(spec, rhs)
-        level = possplit.check(spec, acc, lhs, rhs, self.opt.caps)
-        chain = access_chain(acc)[:level + 1]
-        for base, outer, inner, _f in self.opt.split:
-            if base in {i.name for i in chain}:
-                raise ScheduleError(f"{spec.what}: split({base!r}, {outer!r}, {inner!r}, ...) splits a loop "
-                                    "the positions give; split the position loop instead")
-        named = set(spec.names) | {spec.index, spec.parent}
-        if user_order and named & set(user_order) - {spec.parent, spec.index} or (
-                user_order and [x for x in user_order if x in {i.name for i in chain}]
-                != [i.name for i in chain if i.name in user_order]):
-            raise ScheduleError(f"{spec.what}: reorder({', '.join(map(repr, user_order))}) moves the position "
-                                f"loop; it runs outermost, over {', '.join(i.name for i in chain)} in level order")
-        self.pos_plan = possplit.PositionPlan(spec, acc, level, chain)
-        rest = [x for x in (user_order or []) if x not in {i.name for i in chain}]
-        return [i.name for i in chain] + rest
+        """The position loop's plan, checked; the user order with the operand's
+        chain of loops first (possplit.plan_for)."""
+        self.pos_plan, order = possplit.plan_for(self.opt, lhs, rhs, user_order)
+        return order
 
     def _check_position_order(self, order, rhs) -> None:
-        """The chain's loops outermost, the operand not transposed; its parameters."""
-        plan = self.pos_plan
-        if plan is None:
-            return
-        if order[:len(plan.chain)] != plan.chain:
-            raise ScheduleError(f"{plan.spec.what}: the loops over {', '.join(i.name for i in plan.chain)} must "
-                                f"run outermost, but the loop order is {', '.join(i.name for i in order)}")
-        if plan.acc not in accesses(rhs):
-            raise ScheduleError(f"{plan.spec.what}: {plan.name} is read through a transposed copy in this loop "
-                                "order; its positions cannot be split")
+        if self.pos_plan is not None:
+            possplit.check_order(self.pos_plan, order, rhs)
 
     def _position_parallel(self):
-        """The chunk loop when it runs on threads (asked, or by default), and the race strategy."""
-        plan, opt = self.pos_plan, self.opt
-        spec = plan.spec
-        want = opt.parallel
-        if want is None:
-            return None
-        if want != "auto" and want != spec.outer:
-            loops = ", ".join(i.name for i in plan.chain) + (f", {spec.inner}" if spec.inner else "")
-            raise ScheduleError(f"parallelize({want!r}): with {spec.what} only the loop over chunks of positions "
-                                f"({spec.outer}) can run on threads ({loops} run inside it)")
-        race, insist = opt.race or (None, False)
-        shared_rows = plan.chain[0] in self.lhs.indices  # chunks share only their first and last rows
-        bf16 = self.lhs.tensor.dtype == "bfloat16"
-        if race is None:
-            race = "Atomics" if shared_rows and not bf16 else "ParallelReduction"
-        if race == "NoRaces":
-            raise ScheduleError(f"parallelize({spec.outer!r}, race='NoRaces'): chunks of positions share the "
-                                f"output's {'rows at their ends' if shared_rows else 'elements'}; use 'Atomics' "
-                                "or 'ParallelReduction'")
-        if race == "IgnoreRaces":
-            if not insist:
-                raise ScheduleError(f"parallelize({spec.outer!r}, race='IgnoreRaces'): chunks of positions add "
-                                    f"into shared output {'rows' if shared_rows else 'elements'} of "
-                                    f"{self.lhs.tensor.name}: the result would be wrong; pass insist=True to "
-                                    "run it anyway")
-            plan.race = "ignored"
-        elif race == "Atomics":
-            if bf16:
-                raise ScheduleError(f"parallelize({spec.outer!r}, race='Atomics'): the CPU has no atomic add "
-                                    "on bfloat16; use 'ParallelReduction'")
-            plan.race = "boundary-atomics" if shared_rows else "atomics"
-        else:  # Temporary, ParallelReduction: a zeroed copy of the output per chunk
-            plan.race = "partials"
-        return IndexVar(spec.outer)
+        """The chunk loop when it runs on threads, with its race strategy (possplit.race_plan)."""
+        return possplit.race_plan(self.pos_plan, self.opt, self.lhs)
 
     def _choose_order(self, lhs, rhs, user_order):
         """choose_order, with a refused reorder explained in terms of split pieces."""

@@ -73,11 +73,50 @@ def partials_ok(opt, lhs) -> bool:
             and lhs.tensor.format.is_dense and len(lhs.indices) <= 1)
 
 
+def reduction_strategy(opt, lhs):
+    """How iterations of a parallel loop over a reduction index keep apart, from the
+    schedule's race strategy (``parallelize(..., race=)``, TACO's names) and the
+    backend: "atomics", "partials" (per-thread copies, runtime/partials.py),
+    "ignored" (plain adds: IgnoreRaces with insist=True), or None when they cannot
+    (:func:`race_refusal` says why)."""
+    race, insist = opt.race or (None, False)
+    if race is None:
+        return "atomics" if gpu_atomics(opt, lhs) else "partials" if partials_ok(opt, lhs) else None
+    if race == "IgnoreRaces":
+        return "ignored" if insist and opt.parallel is not None else None
+    if race == "NoRaces" or opt.parallel is None or not lhs.tensor.format.is_dense:
+        return None
+    if race == "Atomics":
+        return "atomics" if opt.caps.atomics or (opt.caps.host_threads and lhs.tensor.dtype != "bfloat16") else None
+    return "partials" if opt.caps.host_threads else None  # Temporary, ParallelReduction
+
+
+def race_refusal(opt, lhs, i) -> str:
+    """Why iterations of the loop over reduction index ``i`` may not run in parallel."""
+    race, _insist = opt.race or (None, False)
+    out = lhs.tensor.name
+    if race == "NoRaces":
+        return f"race='NoRaces' is wrong here: iterations of {i.name} add into the same elements of {out}"
+    if race == "IgnoreRaces":
+        return (f"race='IgnoreRaces': iterations of {i.name} add into the same elements of {out}, so the result "
+                "would be wrong; pass insist=True to run it anyway")
+    if race is not None and not lhs.tensor.format.is_dense:
+        return f"race={race!r}: the sparse output {out} is assembled in order; only dense outputs take it"
+    if race == "Atomics":
+        return f"race='Atomics': backend {opt.caps.name!r} has no atomic add on {lhs.tensor.dtype}"
+    if race is not None:
+        return f"race={race!r}: backend {opt.caps.name!r} has no per-thread copies (use 'Atomics')"
+    return (f"{i.name} is a reduction index: iterations would race on the output "
+            f"{out} (the GPU backends add into a dense output with atomics; "
+            "CPU threads add up private copies of a scalar or vector output only); "
+            "keep this loop sequential, or name a race strategy (parallelize(..., race='Atomics'))")
+
+
 def scalar_sum_loop(f: LoopFacts):
     """The first loop of a scalar output's sum, when CPU threads may run it into
     per-thread partial sums (:func:`partials_ok`); else None. The sum keeps its
     register accumulator (and its vector lanes) within each thread's range."""
-    if f.lhs.indices or not f.loop_order or not partials_ok(f.opt, f.lhs):
+    if f.lhs.indices or not f.loop_order or reduction_strategy(f.opt, f.lhs) is None:
         return None
     top, _body = split_sums(f.expr)
     first = f.loop_order[0]
@@ -122,11 +161,8 @@ def choose_parallel(f: LoopFacts, shape: str):
 
 def _parallel_ok(f: LoopFacts, i, shape):
     lhs = f.lhs
-    if i not in lhs.indices and not (shape == "dense" and (f.gpu_atomics() or partials_ok(f.opt, lhs))):
-        return False, (f"{i.name} is a reduction index: iterations would race on the output "
-                       f"{lhs.tensor.name} (the GPU backends add into a dense output with atomics; "
-                       "CPU threads add up private copies of a scalar or vector output only); "
-                       "keep this loop sequential")
+    if i not in lhs.indices and not (shape == "dense" and reduction_strategy(f.opt, lhs)):
+        return False, race_refusal(f.opt, lhs, i)
     if shape in ("csf", "coo"):
         ok, why = splittable(lhs, i, shape)
         if not ok:

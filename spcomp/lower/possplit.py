@@ -291,6 +291,74 @@ class PositionPlan:
         return f"for {s.outer} in positions of {where}{par}: {', '.join(i.name for i in self.chain)} from the positions"
 
 
+def plan_for(opt, lhs, rhs, user_order):
+    """``(PositionPlan or None, the user order with the operand's chain first)``."""
+    if not opt.pos_split:
+        return None, user_order
+    spec = PosSplit(*opt.pos_split)
+    acc = find_operand(spec, rhs)
+    level = check(spec, acc, lhs, rhs, opt.caps)
+    chain = [acc.indices[d] for d in acc.tensor.format.order][:level + 1]
+    names = [i.name for i in chain]
+    for base, outer, inner, _f in opt.split:
+        if base in names:
+            raise ScheduleError(f"{spec.what}: split({base!r}, {outer!r}, {inner!r}, ...) splits a loop "
+                                "the positions give; split the position loop instead")
+    if user_order and (set(spec.names) & set(user_order)
+                       or [x for x in user_order if x in names] != [x for x in names if x in user_order]):
+        raise ScheduleError(f"{spec.what}: reorder({', '.join(map(repr, user_order))}) moves the position "
+                            f"loop; it runs outermost, over {', '.join(names)} in level order")
+    return PositionPlan(spec, acc, level, chain), names + [x for x in (user_order or []) if x not in names]
+
+
+def check_order(plan: PositionPlan, order, rhs) -> None:
+    """The chain's loops outermost, the operand not read through a transposed copy."""
+    if order[:len(plan.chain)] != plan.chain:
+        raise ScheduleError(f"{plan.spec.what}: the loops over {', '.join(i.name for i in plan.chain)} must "
+                            f"run outermost, but the loop order is {', '.join(i.name for i in order)}")
+    if plan.acc not in accesses(rhs):
+        raise ScheduleError(f"{plan.spec.what}: {plan.name} is read through a transposed copy in this loop "
+                            "order; its positions cannot be split")
+
+
+def race_plan(plan: PositionPlan, opt, lhs):
+    """The chunk loop (an IndexVar) when it runs on threads -- asked for, or by
+    default -- and ``plan.race``: the strategy for the output elements two chunks
+    share (by default atomics at a range's first and last row of a row-indexed
+    output, else per-thread copies)."""
+    spec = plan.spec
+    want = opt.parallel
+    if want is None:
+        return None
+    if want != "auto" and want != spec.outer:
+        loops = ", ".join(i.name for i in plan.chain) + (f", {spec.inner}" if spec.inner else "")
+        raise ScheduleError(f"parallelize({want!r}): with {spec.what} only the loop over chunks of positions "
+                            f"({spec.outer}) can run on threads ({loops} run inside it)")
+    race, insist = opt.race or (None, False)
+    shared_rows = plan.chain[0] in lhs.indices  # chunks share only their first and last rows
+    bf16 = lhs.tensor.dtype == "bfloat16"
+    shared = "rows at their ends" if shared_rows else "elements"
+    if race is None:
+        race = "Atomics" if shared_rows and not bf16 else "ParallelReduction"
+    if race == "NoRaces":
+        raise ScheduleError(f"parallelize({spec.outer!r}, race='NoRaces'): chunks of positions share the "
+                            f"output's {shared}; use 'Atomics' or 'ParallelReduction'")
+    if race == "IgnoreRaces":
+        if not insist:
+            raise ScheduleError(f"parallelize({spec.outer!r}, race='IgnoreRaces'): chunks of positions add into "
+                                f"shared output {shared} of {lhs.tensor.name}: the result would be wrong; pass "
+                                "insist=True to run it anyway")
+        plan.race = "ignored"
+    elif race == "Atomics":
+        if bf16:
+            raise ScheduleError(f"parallelize({spec.outer!r}, race='Atomics'): the CPU has no atomic add "
+                                "on bfloat16; use 'ParallelReduction'")
+        plan.race = "boundary-atomics" if shared_rows else "atomics"
+    else:  # Temporary, ParallelReduction: a zeroed copy of the output per chunk
+        plan.race = "partials"
+    return IndexVar(spec.outer)
+
+
 def search(pos, target, count, out, fresh) -> list:
     """``out = max{q in [0, count) : pos[q] <= target}`` by bisection, for
     ``pos[0] <= target < pos[count]`` (the parent position holding ``target``; of
