@@ -453,6 +453,7 @@ class Lowerer:
         nest = plan.prelude(self.lo or n.i64(0), self.hi, self.sizes, self.fresh)
         self.loops_text.append(plan.describe(self.parallel is not None, self.opt.parallel_kind))
         owned = plan.chain[0] in self.lhs.indices and plan.race != "ignored"
+        bounded = None  # the bounds every pass checked
         for k, (edge, start, end) in enumerate(plan.passes()):
             plan.current = (edge, start, end)
             sink.atomic = plan.race == "atomics" or (edge and plan.race == "boundary-atomics")
@@ -462,7 +463,7 @@ class Lowerer:
                                   + " of the range"))
             nest += emitter.nest(self.outer, self.expr, sink, env.child(), depth=1)
             self.position_ends.update(emitter.position_ends)
-            bounded = emitter.bounded if k == 0 else bounded & emitter.bounded
+            bounded = emitter.bounded if bounded is None else bounded & emitter.bounded
         self._check_bounds(bounded)
         return nest
 
