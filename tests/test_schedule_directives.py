@@ -414,3 +414,65 @@ def test_bound_on_cuda_sim():
                        schedule=Schedule().bound("j", 1))
     with pytest.raises(KernelRuntimeError, match="Schedule.bound"):
         k(A=_tensor(np.ones((2, 3)), "csr"), x=np.ones(3))
+
+
+# ------------------------------------------------------------------ nested splits
+
+NESTED_KERNELS = [
+    # expr, formats, the index split, einsum, operand shapes as dims indices (dims: i, j, l)
+    ("y[i] = A[i,j] * x[j]", {"A": "csr"}, "i", "ij,j->i", {"A": (0, 1), "x": (1,)}),
+    ("Y[i,l] = A[i,j] * B[j,l]", {"A": "csr"}, "l", "ij,jl->il", {"A": (0, 1), "B": (1, 2)}),
+    ("Y[i,l] = A[i,j] * B[j,l]", {"A": "dcsr"}, "l", "ij,jl->il", {"A": (0, 1), "B": (1, 2)}),
+    ("Y[i,j,l] = C[i,j,k] * D[k,l]", {"C": "csf"}, "l", "ijk,kl->ijl", {"C": (0, 1, 2), "D": (2, 3)}),
+    ("y[i] = A[i,j] * x[j]", {}, "j", "ij,j->i", {"A": (0, 1), "x": (1,)}),
+]
+
+
+@settings(max_examples=examples(30))
+@given(case=st.sampled_from(range(len(NESTED_KERNELS))), dims=st.lists(st.integers(1, 14), min_size=4, max_size=4),
+       f1=st.integers(1, 9), f2=st.integers(1, 5), f3=st.integers(1, 3), which=st.sampled_from(["o", "i"]),
+       third=st.booleans(), density=st.sampled_from([0.1, 0.5, 1.0]), seed=st.integers(0, 99))
+def test_nested_splits_match_einsum(case, dims, f1, f2, f3, which, third, density, seed):
+    expr, formats, idx, spec, shapes = NESTED_KERNELS[case]
+    rng = np.random.default_rng(seed)
+    ops, dense = {}, []
+    for name, axes in shapes.items():
+        shape = tuple(dims[a] for a in axes)
+        if name in formats:
+            a = _sparse(rng, shape, density)
+            ops[name] = _tensor(a, formats[name])
+        else:
+            a = ops[name] = rng.standard_normal(shape)
+        dense.append(a)
+    piece = idx + "0" if which == "o" else idx + "1"
+    s = Schedule().split(idx, idx + "0", idx + "1", f1).split(piece, piece + "a", piece + "b", f2)
+    if third:  # the inner piece of the nested split, split once more
+        s = s.split(piece + "b", "u", "v", f3)
+    k = _compile(expr, formats, s)
+    _run_both(k, np.einsum(spec, *dense), **ops)
+
+
+def test_nested_split_reorder_and_refusals():
+    rng = np.random.default_rng(6)
+    A, B = rng.standard_normal((9, 5)), rng.standard_normal((5, 11))
+    s = (Schedule().split("i", "i0", "i1", 4).split("i1", "i10", "i11", 2).split("j", "j0", "j1", 3)
+         .reorder("i0", "j0", "i10", "i11", "j1").parallelize("i0"))
+    k = _compile("C[i,j] = A[i,k] * B[k,j]", {}, s)
+    firsts = [line.split()[1] for line in k.loops.splitlines()[1:] if line.strip().startswith("for")]
+    assert firsts[:5] == ["i0", "j0", "i10", "i11", "j1"]
+    _run_both(k, A @ B, A=A, B=B)
+    with pytest.raises(ScheduleError, match="name all of them or none"):
+        _compile("C[i,j] = A[i,k] * B[k,j]", {},
+                 Schedule().split("i", "i0", "i1", 4).split("i1", "i10", "i11", 2).reorder("i10", "j"))
+    with pytest.raises(ScheduleError, match="divided"):
+        _compile("C[i,j] = A[i,k] * B[k,j]", {}, Schedule().split("i", "i0", "i1", 4).divide("i1", "a", "b", 2))
+    with pytest.raises(ScheduleError, match="has no index .q."):
+        _compile("C[i,j] = A[i,k] * B[k,j]", {}, Schedule().split("i", "i0", "i1", 4).split("q", "a", "b", 2))
+    with pytest.raises(ScheduleError, match="already an index"):
+        _compile("C[i,j] = A[i,k] * B[k,j]", {}, Schedule().split("i", "i0", "i1", 4).split("i1", "i0", "b", 2))
+    with pytest.raises(ScheduleError, match="piece of a piece"):
+        _compile("C[i,j] = A[i,k] * B[k,j]", {}, Schedule().split("i", "i0", "i1", 4).split("i0", "a", "b", 2)
+                 .parallelize("a"))
+    with pytest.raises(ScheduleError, match="replaced"):
+        _compile("C[i,j] = A[i,k] * B[k,j]", {}, Schedule().split("i", "i0", "i1", 4).split("i1", "a", "b", 2)
+                 .reorder("i0", "i1", "j"))

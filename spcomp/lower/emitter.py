@@ -37,6 +37,7 @@ from . import lattice as lat
 from .context import Env
 from .functions import lower_call
 from . import split as split_mod
+from . import splittree
 from .normalize import ZERO, nested_sums, replace, specialize, split_sums
 from .order import access_chain
 from .outputs import AppendSink, DenseSink, ReduceSink, ScalarSink, WorkspaceSink
@@ -443,8 +444,9 @@ class LoopEmitter:
         return sink.reserve(i, bound)
 
     def _split_loop(self, piece, rest, expr, sink, env, depth) -> list:
-        """One piece of a split loop; the second binds ``i = i0*f + i1``."""
-        base = piece.base
+        """One piece of a split loop (of a piece, splittree.py); the last of a tree's
+        pieces binds the index, ``i = i0*f + i1``."""
+        base = split_mod.base_of(piece)
         L = lat.build(expr, base, lambda a: self._iter_key(a, base, env))
         if L.empty:
             return []
@@ -455,23 +457,24 @@ class LoopEmitter:
                 f"split({base.name!r}, ...): the loop over {base.name} walks {self._user_name(acc.tensor.name)}'s "
                 f"level {l + 1} ({acc.tensor.format.levels[l].spec()}); only dense loops can be split")
         parallel = self.parallel is not None and piece == self.parallel and depth == self.parallel_depth
-        second = split_mod.bound_partner(piece, env.bound)
-        start, end = n.i64(0), split_mod.extent(piece, self.sizes[base], env.bound)
-        self._note(depth, f"for {piece.name} in {split_mod.describe(piece, second)}"
-                          + (f" (parallel: {self.opt.parallel_kind})" if parallel else ""))
+        nested = isinstance(piece.base, SplitPiece)
+        start = n.i64(0)
+        end = split_mod.extent(piece, splittree.size_of(piece.base, self.sizes, env.bound), env.bound)
+        text = (splittree.describe(piece) if nested
+                else split_mod.describe(piece, split_mod.bound_partner(piece, env.bound)))
+        self._note(depth, f"for {piece.name} in {text}" + (f" (parallel: {self.opt.parallel_kind})" if parallel else ""))
         if parallel:
             start, end = self.lo, self.hi
         var = n.Var(self.fresh(piece.name), I64)
         inner = env.child()
-        split_mod.bind(piece, var, inner.bound)
-        if second:
+        body, total = splittree.resolve(piece, var, inner.bound, self.sizes, self.fresh)
+        if total is not None:
             coord = n.Var(self.fresh(base.name), I64)
-            body = [n.Declare(coord, split_mod.coordinate(piece, var, env.bound, self.sizes[base]))]
-            body += self._body(base, rest, expr, sink, inner, coord, depth)
+            body = body + [n.Declare(coord, total)] + self._body(base, rest, expr, sink, inner, coord, depth)
         else:
-            body = self.nest(rest, expr, sink, inner, depth + 1)
+            body = body + self.nest(rest, expr, sink, inner, depth + 1)
         loop = [n.For(var, start, end, n.block(*body), parallel=self.opt.parallel_kind if parallel else None)]
-        if second:
+        if total is not None:
             loop = self._vector_hint(loop, sink, rest)
         return self._user_hints(loop, piece)
 

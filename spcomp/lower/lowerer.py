@@ -24,6 +24,7 @@ from ..notation import Access, Add, Assignment, TensorVar, accesses
 from . import parallel as par
 from . import possplit
 from . import split as split_mod
+from . import splittree
 from .blas import direct_gemm, gemm_call, gemm_into_temporary, offload
 from .context import Binding, Env, Names, TensorParams, level_array_type, value_type
 from .coverage import writes_every_element, zero_rows
@@ -585,8 +586,8 @@ class Lowerer:
         if not self.opt.split:
             return self.opt.order
         names = {i.name for acc in [lhs] + accesses(rhs) for i in acc.indices}
-        split_mod.check(self.opt.split, names, lhs.tensor.format.is_dense)
-        return split_mod.order_for_graph(self.opt.order, self.opt.split)
+        splittree.check(self.opt.split, names, lhs.tensor.format.is_dense)
+        return splittree.order_for_graph(self.opt.order, self.opt.split, names)
 
     # ----------------------------------------------------- position loops
     def _position_loop(self, lhs, rhs, user_order):
@@ -618,9 +619,9 @@ class Lowerer:
         self.loop_order = list(order)
         if not self.opt.split:
             return
-        self.split_pieces = split_mod.pieces(self.opt.split, order)
-        self.loop_order = split_mod.expand(order, self.split_pieces, self.opt.order)
-        split_mod.check_reductions_adjacent(self.loop_order, set(order) - set(self.lhs.indices))
+        self.split_pieces = splittree.pieces(self.opt.split, order)  # pieces of pieces too
+        self.loop_order = splittree.expand(order, self.split_pieces, self.opt.order)
+        splittree.check_reductions_adjacent(self.loop_order, set(order) - set(self.lhs.indices))
         self.outer = split_mod.restrict(self.loop_order, self.outer)
 
     # --------------------------------------------------------------- values

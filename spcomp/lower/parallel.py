@@ -146,6 +146,9 @@ def choose_parallel(f: LoopFacts, shape: str):
         why = (f"parallelize({first.name!r}, {kind!r}): the {shape} output {lhs.tensor.name} is appended to "
                "one entry at a time per row, which a team of GPU threads would race on; use 'gpu-thread' "
                "(a thread per row)")
+    elif isinstance(first, SplitPiece) and isinstance(first.base, SplitPiece):
+        why = (f"parallelize({first.name!r}): a piece of a piece of a split loop does not run on threads "
+               f"(its trip count varies); parallelize a piece of the first split ({split_mod.base_of(first).name})")
     elif isinstance(first, SplitPiece) and not f.opt.caps.host_threads:
         why = f"parallelize({first.name!r}, {kind!r}): a piece of a split loop runs on CPU threads only"
     else:
