@@ -476,3 +476,75 @@ def test_nested_split_reorder_and_refusals():
     with pytest.raises(ScheduleError, match="replaced"):
         _compile("C[i,j] = A[i,k] * B[k,j]", {}, Schedule().split("i", "i0", "i1", 4).split("i1", "a", "b", 2)
                  .reorder("i0", "i1", "j"))
+
+
+# ------------------------------------------ parallel loops below the outermost one
+
+INNER_KERNELS = [
+    ("Y[i,k] = A[i,j] * B[j,k]", {"A": "csr"}, "k", "ij,jk->ik", {"A": (0, 1), "B": (1, 2)}),
+    ("Y[i,k] = A[i,j] * B[j,k]", {"A": "dcsr"}, "k", "ij,jk->ik", {"A": (0, 1), "B": (1, 2)}),
+    ("Y[i,j,l] = C[i,j,k] * D[k,l]", {"C": "csf"}, "l", "ijk,kl->ijl", {"C": (0, 1, 2), "D": (2, 3)}),
+    ("Y[i,j,l] = C[i,j,k] * D[k,l]", {"C": "csf"}, "j", "ijk,kl->ijl", {"C": (0, 1, 2), "D": (2, 3)}),
+]
+
+
+@settings(max_examples=examples(20))
+@given(case=st.sampled_from(range(len(INNER_KERNELS))), dims=st.lists(st.integers(1, 13), min_size=4, max_size=4),
+       density=st.sampled_from([0.0, 0.2, 0.7]), seed=st.integers(0, 99))
+def test_parallel_loop_below_the_outermost(case, dims, density, seed):
+    expr, formats, loop, spec, shapes = INNER_KERNELS[case]
+    rng = np.random.default_rng(seed)
+    ops, dense = {}, []
+    for name, axes in shapes.items():
+        shape = tuple(dims[a] for a in axes)
+        a = _sparse(rng, shape, density) if name in formats else rng.standard_normal(shape)
+        ops[name] = _tensor(a, formats[name]) if name in formats else a
+        dense.append(a)
+    if case == 3:  # j is a compressed level of C: its range changes with i
+        with pytest.raises(ScheduleError, match="only a dense loop runs in parallel"):
+            _compile(expr, formats, Schedule().parallelize(loop))
+        return
+    k = _compile(expr, formats, Schedule().parallelize(loop))
+    assert f"for {loop} in 0..N_{loop} (parallel: threads)" in k.loops
+    _run_both(k, np.einsum(spec, *dense), **ops)
+
+
+def test_parallel_loop_below_the_outermost_refusals():
+    with pytest.raises(ScheduleError, match="reduction index whose iterations"):
+        _compile("y[i] = A[i,j] * x[j]", {}, Schedule().parallelize("j"))
+    with pytest.raises(ScheduleError, match="assembled in loop order"):
+        _compile("C[i,k] = A[i,j] * B[j,k]", {"A": "csr", "C": "csr", "B": "csr"}, Schedule().parallelize("k"))
+    with pytest.raises(ScheduleError, match="CPU threads only"):
+        spcomp.compile("Y[i,k] = A[i,j] * B[j,k]", formats={"A": "csr"}, backend="cuda-sim",
+                       schedule=Schedule().parallelize("k", "gpu-thread"))
+    with pytest.raises(ScheduleError, match="split loop runs on threads only as the outermost"):
+        _compile("Y[i,k] = A[i,j] * B[j,k]", {"A": "csr"},
+                 Schedule().split("k", "k0", "k1", 4).parallelize("k1"))
+
+
+# ------------------------- a sparse output, threads over an operand's top level
+
+@settings(max_examples=examples(15))
+@given(case=st.sampled_from([0, 1, 2]), dims=st.lists(st.integers(1, 15), min_size=3, max_size=3),
+       density=st.sampled_from([0.0, 0.1, 0.5]), seed=st.integers(0, 99))
+def test_sparse_output_parallel_over_top_positions(case, dims, density, seed):
+    rng = np.random.default_rng(seed)
+    if case < 2:
+        a = _sparse(rng, tuple(dims[:2]), density)
+        expr, formats, ref = "C[i,j] = 2 * A[i,j]", {"A": "dcsr", "C": ["csr", "dcsr"][case]}, 2 * a
+        ops = {"A": _tensor(a, "dcsr")}
+    else:
+        a = _sparse(rng, tuple(dims), density)
+        x = rng.standard_normal(dims[2])
+        expr, formats, ref = "C[i,j] = A[i,j,k] * x[k]", {"A": "csf", "C": "csr"}, np.einsum("ijk,k->ij", a, x)
+        ops = {"A": _tensor(a, "csf"), "x": x}
+    if case == 1:  # a compressed first output level is appended in order
+        with pytest.raises(ScheduleError, match="appended to in order"):
+            _compile(expr, formats, Schedule().parallelize("i"))
+        return
+    k = _compile(expr, formats, Schedule().parallelize("i"))
+    assert k.lowered.threads.positions == ("A", 0)
+    for n in (1, 2):
+        with threads(n):
+            got = k(**ops)
+        np.testing.assert_allclose(got.to_numpy(), ref, rtol=1e-12, atol=1e-12)

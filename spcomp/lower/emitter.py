@@ -72,7 +72,7 @@ class NestContext:
     out_shape: str = "dense"
     workspace: dict | None = None
     output_op: str = "="     # how the nest's note shows a dense output's update ("=" or "+=")
-    parallel_depth: int = 0  # the nest depth of the parallel loop: 1 for a scalar's sum
+    parallel_depth: int | None = 0  # the parallel loop's nest depth: 1 for a scalar's sum, None: any (inner)
     positions: object = None  # possplit.PositionPlan: the chain's loops clamped to a chunk's rows
 
 
@@ -307,7 +307,8 @@ class LoopEmitter:
             la = self._level_access(acc, l, env, addressing)
             iters[k] = la.kind.iterator(la, self.fresh)
         size = self.sizes[i]
-        parallel = self.parallel is not None and i == self.parallel and depth == self.parallel_depth
+        parallel = (self.parallel is not None and i == self.parallel
+                    and (self.parallel_depth is None or depth == self.parallel_depth))
         chained = self.positions.level_of(i) if self.positions is not None else None
         if chained is not None:  # a loop the position loop's chunks give (possplit.py)
             self.positions.check_loop(i, keys, L.full)

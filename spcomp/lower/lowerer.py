@@ -93,6 +93,7 @@ class Lowerer:
         self.position_ends: dict = {}  # set by the nest's emitter: each compressed loop's last position
         self.partials = False  # the parallel loop reduces into per-chunk copies of the output
         self.racy = False      # IgnoreRaces with insist=True: iterations add into the output unguarded
+        self.inner_parallel = False  # the parallel loop runs below the outermost one (parallel.inner_parallel)
 
     # ================================================================ setup
     def run(self) -> Lowered:
@@ -313,6 +314,9 @@ class Lowerer:
             self.parallel = self._position_parallel()
         else:
             self.parallel = par.choose_parallel(self.facts(), shape)
+        # a parallel loop below the outermost (parallel.inner_parallel): the output is zeroed by the runtime
+        self.inner_parallel = (self.pos_plan is None and self.parallel is not None
+                               and self.parallel is not self.loop_order[0])
         if self.pos_plan is not None:
             self.partials = self.pos_plan.race == "partials"
         elif self.parallel is not None and split_mod.base_of(self.parallel) not in self.lhs.indices:
@@ -422,7 +426,8 @@ class Lowerer:
                           None if self.pos_plan is not None else self.parallel, self.lo, self.hi,
                           self.out_shape, self.workspace,
                           "+=" if self.accumulate or self.scatter or self.pos_plan is not None else "=",
-                          parallel_depth=0 if self.outer else 1, positions=self.pos_plan)
+                          parallel_depth=None if self.inner_parallel else 0 if self.outer else 1,
+                          positions=self.pos_plan)
         return LoopEmitter(ctx, sink, self.loops_text if text else [])
 
     def emit_nest(self, sink, env) -> list:
@@ -497,7 +502,7 @@ class Lowerer:
         sink = self.out_sink
         return (self.out_shape == "dense" and isinstance(sink, DenseSink) and not self.accumulate
                 and not sink.atomic and not (self.partials and self.scatter) and self.pos_plan is None
-                and not self.racy)
+                and not self.racy and not self.inner_parallel)
 
     def _zero_rows(self, nest: list) -> list:
         """The nest clearing each output row itself when it adds into them (coverage.py)."""

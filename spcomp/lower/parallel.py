@@ -139,8 +139,7 @@ def choose_parallel(f: LoopFacts, shape: str):
         raise ScheduleError(f"parallelize({want!r}): the output {lhs.tensor.name} has no loop to "
                             "split; iterations of a reduction into one value would race")
     if want != "auto" and want != first.name:
-        raise ScheduleError(f"parallelize({want!r}): only the outermost loop ({first.name}) can run "
-                            "on threads; reorder it first")
+        return inner_parallel(f, want, shape, first)
     why = None
     if kind in TEAM_MEMBERS and shape != "dense":
         why = (f"parallelize({first.name!r}, {kind!r}): the {shape} output {lhs.tensor.name} is appended to "
@@ -160,6 +159,40 @@ def choose_parallel(f: LoopFacts, shape: str):
     if want == "auto":
         return None
     raise ScheduleError(why)
+
+
+def inner_parallel(f: LoopFacts, want: str, shape: str, first):
+    """A parallel loop below the outermost one (TACO's parallelize of an inner loop):
+    each thread runs the loops outside it whole and its own range of this one. Only
+    where that is right and pays: on CPU threads, a dense loop (its range the same
+    in every iteration outside it) over an index of a dense output (each thread
+    stores its own elements); else a ScheduleError saying why."""
+    loop = next((x for x in f.loop_order if x.name == want), None)
+    where = f"parallelize({want!r})"
+    if loop is None:
+        raise ScheduleError(f"{where}: no loop of that name runs in this nest")
+    if isinstance(loop, SplitPiece):
+        raise ScheduleError(f"{where}: a piece of a split loop runs on threads only as the outermost loop "
+                            f"({first.name} is); reorder it first")
+    if not f.opt.caps.host_threads:
+        raise ScheduleError(f"{where}: a parallel loop below the outermost one ({first.name}) runs on CPU threads "
+                            f"only; backend {f.opt.caps.name!r} maps the outermost loop")
+    if shape != "dense":
+        raise ScheduleError(f"{where}: the {shape} output {f.lhs.tensor.name} is assembled in loop order, so only "
+                            f"its outermost loop ({first.name}) can be split over threads")
+    if loop not in f.lhs.indices:
+        raise ScheduleError(f"{where}: only the outermost loop ({first.name}) or, below it, a dense loop over an "
+                            f"output index can run on threads; {want} is a reduction index whose iterations would "
+                            f"race on {f.lhs.tensor.name}")
+    for acc in accesses(f.rhs):
+        fmt = acc.tensor.format
+        if loop in acc.indices and not fmt.is_dense:
+            level = access_chain(acc).index(loop)
+            if not fmt.levels[level].locatable:
+                raise ScheduleError(f"{where}: the loop over {want} walks {acc.tensor.name}'s level {level + 1} "
+                                    f"({fmt.levels[level].spec()}), whose range changes with the loops outside it; "
+                                    "only a dense loop runs in parallel below the outermost one")
+    return loop
 
 
 def _parallel_ok(f: LoopFacts, i, shape):
@@ -183,8 +216,9 @@ def top_positions(f: LoopFacts, i, shape):
     compressed level and nothing else (a DCSR or CSF operand, no co-iteration):
     its positions can be split over host threads like rows, since a unique level
     gives every position its own coordinate and so its own rows of a dense
-    output. None otherwise."""
-    if shape != "dense" or not f.opt.caps.host_threads:
+    output -- or, for a sparse output assembled in two phases (assembly.py), its own
+    row of counts and entries. None otherwise."""
+    if shape not in ("dense", "csf") or not f.opt.caps.host_threads or (shape == "csf" and f.opt.append_chunks):
         return None
     L = probe_lattice(f.expr, i)
     if L.full or len(L.points) != 1:
