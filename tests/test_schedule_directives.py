@@ -512,7 +512,7 @@ def test_parallel_loop_below_the_outermost(case, dims, density, seed):
 def test_parallel_loop_below_the_outermost_refusals():
     with pytest.raises(ScheduleError, match="reduction index whose iterations"):
         _compile("y[i] = A[i,j] * x[j]", {}, Schedule().parallelize("j"))
-    with pytest.raises(ScheduleError, match="assembled in loop order"):
+    with pytest.raises(ScheduleError, match="sparse output C is assembled in loop order"):
         _compile("C[i,k] = A[i,j] * B[j,k]", {"A": "csr", "C": "csr", "B": "csr"}, Schedule().parallelize("k"))
     with pytest.raises(ScheduleError, match="CPU threads only"):
         spcomp.compile("Y[i,k] = A[i,j] * B[j,k]", formats={"A": "csr"}, backend="cuda-sim",

@@ -349,7 +349,8 @@ class LoopEmitter:
             if chained is not None:
                 start, end = self.positions.current[1:]  # this pass's rows
             kind = self.opt.parallel_kind
-            where = f"0..{size.name}" + (f" (parallel: {kind})" if parallel else "")
+            where = ("the range's rows" if chained is not None else f"0..{size.name}") + (
+                f" (parallel: {kind})" if parallel else "")
             if not keys:
                 self._note(depth, f"for {i.name} in {where}")
                 inner = env.child()
@@ -514,9 +515,8 @@ class LoopEmitter:
         a check of its trip count before it (and an unroll hint for a small bound)."""
         vec = dict(self.opt.vectorize).get(i.name)
         unr = dict(self.opt.unroll).get(i.name)
-        limit = dict(getattr(self.opt, "bounds", ())).get(i.name)
-        if limit is not None and unr is None and limit <= 64:
-            unr = limit
+        limit = dict(self.opt.bounds).get(i.name)
+        unr = limit if unr is None and limit is not None and limit <= 64 else unr
         if vec is None and unr is None and limit is None:
             return stmts
         out, done = [], False

@@ -178,8 +178,8 @@ def inner_parallel(f: LoopFacts, want: str, shape: str, first):
         raise ScheduleError(f"{where}: a parallel loop below the outermost one ({first.name}) runs on CPU threads "
                             f"only; backend {f.opt.caps.name!r} maps the outermost loop")
     if shape != "dense":
-        raise ScheduleError(f"{where}: the {shape} output {f.lhs.tensor.name} is assembled in loop order, so only "
-                            f"its outermost loop ({first.name}) can be split over threads")
+        raise ScheduleError(f"{where}: only the outermost loop ({first.name}) can run on threads; the sparse output "
+                            f"{f.lhs.tensor.name} is assembled in loop order (reorder the loop outermost first)")
     if loop not in f.lhs.indices:
         raise ScheduleError(f"{where}: only the outermost loop ({first.name}) or, below it, a dense loop over an "
                             f"output index can run on threads; {want} is a reduction index whose iterations would "
