@@ -548,3 +548,30 @@ def test_sparse_output_parallel_over_top_positions(case, dims, density, seed):
         with threads(n):
             got = k(**ops)
         np.testing.assert_allclose(got.to_numpy(), ref, rtol=1e-12, atol=1e-12)
+
+
+# -------------------------------------- order-preserving directives: bitwise equal
+
+@settings(max_examples=examples(15))
+@given(dims=st.lists(st.integers(1, 40), min_size=3, max_size=3), density=st.sampled_from([0.0, 0.1, 0.6]),
+       factor=st.integers(1, 50), seed=st.integers(0, 99))
+def test_order_preserving_directives_are_bitwise_the_default(dims, density, factor, seed):
+    """On one thread a position loop, a fused loop, a nested split and a bound add in
+    the default SpMV nest's order: the same bits (SpMM's default nest keeps register
+    blocks of the output that a position loop's nest does not, so it is compared by
+    tolerance in the tests above)."""
+    rng = np.random.default_rng(seed)
+    a = _sparse(rng, tuple(dims[:2]), density, skew=True)
+    x = rng.standard_normal(dims[1])
+    A = _tensor(a, "csr")
+    expr, f = "y[i] = A[i,j] * x[j]", {"A": "csr"}
+    longest = max(1, _longest(a, 1))
+    schedules = [Schedule().pos("j", "q", "A").split("q", "c", "p", factor).parallelize("c"),
+                 Schedule().fuse("i", "j", "f").sequential(),
+                 Schedule().split("i", "i0", "i1", factor).split("i1", "i10", "i11", 3),
+                 Schedule().bound("j", longest)]
+    with threads(1):
+        base = _compile(expr, f, None)(A=A, x=x)
+        for s in schedules:
+            got = _compile(expr, f, s)(A=A, x=x)
+            assert np.array_equal(got, base), str(s)
