@@ -172,8 +172,8 @@ def inner_parallel(f: LoopFacts, want: str, shape: str, first):
     if loop is None:
         raise ScheduleError(f"{where}: no loop of that name runs in this nest")
     if isinstance(loop, SplitPiece):
-        raise ScheduleError(f"{where}: a piece of a split loop runs on threads only as the outermost loop "
-                            f"({first.name} is); reorder it first")
+        raise ScheduleError(f"{where}: a piece of a split loop runs on threads only as the outermost loop; "
+                            f"only the outermost loop ({first.name}) can run on threads there; reorder it first")
     if not f.opt.caps.host_threads:
         raise ScheduleError(f"{where}: a parallel loop below the outermost one ({first.name}) runs on CPU threads "
                             f"only; backend {f.opt.caps.name!r} maps the outermost loop")
