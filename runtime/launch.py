@@ -44,6 +44,8 @@ def parallel_extent(low, sizes, storages) -> int:
             n = -(-n // factor)
         return n
     n = sizes[th.parallel]
+    if th.fused is not None:  # two dense loops run as one (lower/densefuse.py)
+        n *= sizes[th.fused]
     if th.split:
         factor, outer = th.split
         factor = split_factor(factor, n)

@@ -183,7 +183,8 @@ REFUSALS = [
     ("y[i] = A[i,j] * x[j]", {"A": "coo"}, Schedule().pos("j", "q", "A"), "unique coordinates"),
     ("y[i] = A[i,j] * x[j]", {"A": "csr"}, Schedule().pos("i", "q", "A"), "not a compressed level"),
     ("y[i] = A[i,j] * x[j]", {"A": "csr"}, Schedule().pos("j", "q", "B"), "no operand B"),
-    ("y[i] = A[i,j] * x[j]", {"A": "csr"}, Schedule().fuse("j", "i", "f"), "no operand stores i"),
+    ("y[i] = A[i,j] * x[j]", {"A": "csr"}, Schedule().fuse("j", "i", "f"), "indices of a dense output"),
+    ("y[i] = A[i,j] * x[j]", {}, Schedule().fuse("i", "j", "f"), "indices of a dense output"),
     ("y[i] = A[i,j] * x[j]", {"A": "csr", "x": "c"}, Schedule().pos("j", "q", "A"), "also walks x"),
     ("y[i] = A[i,j] * x[j]", {"A": "csr"}, Schedule().pos("j", "q", "A").split("q", "c", "p", 4).parallelize("p"),
      "only the loop over chunks"),
@@ -575,3 +576,46 @@ def test_order_preserving_directives_are_bitwise_the_default(dims, density, fact
         for s in schedules:
             got = _compile(expr, f, s)(A=A, x=x)
             assert np.array_equal(got, base), str(s)
+
+
+# ------------------------------------------------------------- fuse of dense loops
+
+FUSE_KERNELS = [
+    ("C[i,j] = A[i,k] * B[k,j]", {}, "ik,kj->ij", {"A": (0, 2), "B": (2, 1)}),
+    ("C[i,j] = A[i,j] * 2 + B[i,j]", {}, None, {"A": (0, 1), "B": (0, 1)}),
+    ("Y[i,k] = A[i,j] * B[j,k]", {"A": "csr"}, "ij,jk->ik", {"A": (0, 2), "B": (2, 1)}),
+    ("Y[i,k] = A[i,j] * B[j,k]", {"A": "dcsr"}, "ij,jk->ik", {"A": (0, 2), "B": (2, 1)}),
+]
+
+
+@settings(max_examples=examples(20))
+@given(case=st.sampled_from(range(len(FUSE_KERNELS))), dims=st.lists(st.integers(1, 13), min_size=3, max_size=3),
+       density=st.sampled_from([0.0, 0.3, 1.0]), parallel=st.booleans(), seed=st.integers(0, 99))
+def test_fuse_of_two_dense_loops(case, dims, density, parallel, seed):
+    expr, formats, spec, shapes = FUSE_KERNELS[case]
+    rng = np.random.default_rng(seed)
+    ops, dense = {}, []
+    for name, axes in shapes.items():
+        shape = tuple(dims[a] for a in axes)
+        a = _sparse(rng, shape, density) if name in formats else rng.standard_normal(shape)
+        ops[name] = _tensor(a, formats[name]) if name in formats else a
+        dense.append(a)
+    out = expr.split("[")[0]
+    i, j = expr[len(out) + 1], expr[len(out) + 3]
+    s = Schedule().fuse(i, j, "f")
+    s = s.parallelize("f") if parallel else s
+    if case == 3:  # DCSR's top level stores i sparsely: no fixed range to fuse
+        with pytest.raises(ScheduleError, match="stores i sparsely"):
+            _compile(expr, formats, s)
+        return
+    k = _compile(expr, formats, s)
+    assert f"for f in 0..N_{i}*N_{j}" in k.loops
+    ref = 2 * dense[0] + dense[1] if spec is None else np.einsum(spec, *dense)
+    _run_both(k, ref, **ops)
+    if parallel:
+        assert k.lowered.threads.fused == j
+
+
+def test_fuse_of_dense_loops_refused_on_cuda():
+    with pytest.raises(ScheduleError, match="CPU backend only"):
+        spcomp.compile("C[i,j] = A[i,k] * B[k,j]", backend="cuda-sim", schedule=Schedule().fuse("i", "j", "f"))

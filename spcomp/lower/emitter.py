@@ -37,7 +37,7 @@ from . import lattice as lat
 from .context import Env
 from .functions import lower_call
 from . import split as split_mod
-from . import splittree
+from . import densefuse, splittree
 from .normalize import ZERO, nested_sums, replace, specialize, split_sums
 from .order import access_chain
 from .outputs import AppendSink, DenseSink, ReduceSink, ScalarSink, WorkspaceSink
@@ -74,6 +74,7 @@ class NestContext:
     output_op: str = "="     # how the nest's note shows a dense output's update ("=" or "+=")
     parallel_depth: int | None = 0  # the parallel loop's nest depth: 1 for a scalar's sum, None: any (inner)
     positions: object = None  # possplit.PositionPlan: the chain's loops clamped to a chunk's rows
+    fused: object = None      # densefuse.DenseFuse: two dense loops run as one
 
 
 class LoopEmitter:
@@ -294,6 +295,8 @@ class LoopEmitter:
     def loop(self, i, rest, expr, sink, env, depth) -> list:
         if isinstance(i, SplitPiece):
             return self._split_loop(i, rest, expr, sink, env, depth)
+        if self.fused is not None and i == self.fused.outer:
+            return densefuse.emit(self, self.fused, rest, expr, sink, env, depth)
         L = lat.build(expr, i, lambda a: self._iter_key(a, i, env))
         if L.empty:
             return []
@@ -312,7 +315,6 @@ class LoopEmitter:
         chained = self.positions.level_of(i) if self.positions is not None else None
         if chained is not None:  # a loop the position loop's chunks give (possplit.py)
             self.positions.check_loop(i, keys, L.full)
-        # --- one sparse iterator, nothing else
         if not L.full and len(keys) == 1:
             k = keys[0]
             it = iters[k]
@@ -342,7 +344,6 @@ class LoopEmitter:
             if member:
                 loop = self._mark_member(loop, member)
             return [*grow, n.Comment(f"loop over {i.name}: {k[0]!r} level {k[1] + 1}"), *loop]
-        # --- the whole dimension
         if L.full:
             coord = n.Var(self.fresh(i.name), I64)
             start, end = (self.lo, self.hi) if parallel else (n.i64(0), size)
@@ -386,7 +387,7 @@ class LoopEmitter:
             for k in keys:
                 loop_body.append(n.If(matches[k], n.block(*iters[k].advance())))
             return [*pre, n.For(coord, n.i64(0), size, n.block(*loop_body))]
-        # --- co-iteration: one while loop per lattice point
+        # co-iteration: one while loop per lattice point (above: one sparse iterator; the whole dimension)
         for k in keys:
             self._require_ordered(k, i)
         stmts = []
@@ -511,8 +512,7 @@ class LoopEmitter:
         return out
 
     def _user_hints(self, stmts, i):
-        """Schedule.vectorize / unroll: hints on the loop over ``i``; Schedule.bound:
-        a check of its trip count before it (and an unroll hint for a small bound)."""
+        """vectorize / unroll hints on the loop over ``i``; bound: a trip-count check before it."""
         vec = dict(self.opt.vectorize).get(i.name)
         unr = dict(self.opt.unroll).get(i.name)
         limit = dict(self.opt.bounds).get(i.name)

@@ -16,6 +16,8 @@ one place (:meth:`Lowerer.record`):
 """
 from __future__ import annotations
 
+import dataclasses
+
 from ..errors import ScheduleError, UnsupportedError
 from ..formats import Format
 from ..ir import nodes as n
@@ -23,6 +25,8 @@ from ..ir.types import F32, F64, I64, ptr
 from ..notation import Access, Add, Assignment, TensorVar, accesses
 from . import parallel as par
 from . import possplit
+from .densefuse import DenseFuse
+from .densefuse import check_order as densefuse_check_order
 from . import split as split_mod
 from . import splittree
 from .blas import direct_gemm, gemm_call, gemm_into_temporary, offload
@@ -94,6 +98,7 @@ class Lowerer:
         self.partials = False  # the parallel loop reduces into per-chunk copies of the output
         self.racy = False      # IgnoreRaces with insist=True: iterations add into the output unguarded
         self.inner_parallel = False  # the parallel loop runs below the outermost one (parallel.inner_parallel)
+        self.fused = None      # densefuse.DenseFuse: two dense loops run as one
 
     # ================================================================ setup
     def run(self) -> Lowered:
@@ -397,6 +402,7 @@ class Lowerer:
             balance = positions = (plan.name, plan.level)
             split = (plan.spec.factor, True)
         threads = ThreadPlan(
+            fused=self.fused.inner.name if self.fused is not None and self.parallel is not None else None,
             parallel=split_mod.base_of(self.parallel).name if self.parallel is not None else None,
             balance=balance, split=split, positions=positions,
             work_scale=par.work_scale(facts, balance), work_dense=par.work_dense(facts, balance),
@@ -427,7 +433,7 @@ class Lowerer:
                           self.out_shape, self.workspace,
                           "+=" if self.accumulate or self.scatter or self.pos_plan is not None else "=",
                           parallel_depth=None if self.inner_parallel else 0 if self.outer else 1,
-                          positions=self.pos_plan)
+                          positions=self.pos_plan, fused=self.fused)
         return LoopEmitter(ctx, sink, self.loops_text if text else [])
 
     def emit_nest(self, sink, env) -> list:
@@ -502,7 +508,7 @@ class Lowerer:
         sink = self.out_sink
         return (self.out_shape == "dense" and isinstance(sink, DenseSink) and not self.accumulate
                 and not sink.atomic and not (self.partials and self.scatter) and self.pos_plan is None
-                and not self.racy and not self.inner_parallel)
+                and not self.racy and not self.inner_parallel and self.fused is None)
 
     def _zero_rows(self, nest: list) -> list:
         """The nest clearing each output row itself when it adds into them (coverage.py)."""
@@ -539,7 +545,8 @@ class Lowerer:
         names loops is about the loop nest, which the offload would take away."""
         o = self.opt
         return (o.blas and o.caps.blas and o.parallel in (None, "auto")
-                and not (o.order or o.precompute or o.vectorize or o.unroll or o.split))
+                and not (o.order or o.precompute or o.vectorize or o.unroll or o.split or o.pos_split
+                         or o.bounds))
 
     def output_loops_dense(self) -> bool:
         """Whether a sparse output level's index is iterated over its whole range
@@ -597,13 +604,21 @@ class Lowerer:
     # ----------------------------------------------------- position loops
     def _position_loop(self, lhs, rhs, user_order):
         """The position loop's plan, checked; the user order with the operand's
-        chain of loops first (possplit.plan_for)."""
+        chain of loops first (possplit.plan_for). A lone fuse of two dense loops
+        is a densefuse.DenseFuse instead (kept as ``fused``)."""
         self.pos_plan, order = possplit.plan_for(self.opt, lhs, rhs, user_order)
+        self.fused = None
+        if isinstance(self.pos_plan, DenseFuse):
+            self.fused, self.pos_plan = self.pos_plan, None
+            if self.opt.parallel == self.fused.name:  # the fused loop runs where its outer index's would
+                self.opt = dataclasses.replace(self.opt, parallel=self.fused.outer.name)
         return order
 
     def _check_position_order(self, order, rhs) -> None:
         if self.pos_plan is not None:
             possplit.check_order(self.pos_plan, order, rhs)
+        if self.fused is not None:
+            densefuse_check_order(self.fused, order)
 
     def _position_parallel(self):
         """The chunk loop when it runs on threads, with its race strategy (possplit.race_plan)."""

@@ -296,6 +296,10 @@ def plan_for(opt, lhs, rhs, user_order):
     if not opt.pos_split:
         return None, user_order
     spec = PosSplit(*opt.pos_split)
+    if spec.parent and not spec.operand and spec.factor == 1 and not spec.inner and not _stores_under(spec, rhs):
+        from .densefuse import plan  # a lone fuse of two dense loops
+        return plan(spec, lhs, rhs, opt.caps), [spec.parent, spec.index] + [
+            x for x in (user_order or []) if x not in (spec.parent, spec.index, spec.outer)]
     acc = find_operand(spec, rhs)
     level = check(spec, acc, lhs, rhs, opt.caps)
     chain = [acc.indices[d] for d in acc.tensor.format.order][:level + 1]
@@ -309,6 +313,15 @@ def plan_for(opt, lhs, rhs, user_order):
         raise ScheduleError(f"{spec.what}: reorder({', '.join(map(repr, user_order))}) moves the position "
                             f"loop; it runs outermost, over {', '.join(names)} in level order")
     return PositionPlan(spec, acc, level, chain), names + [x for x in (user_order or []) if x not in names]
+
+
+def _stores_under(spec, rhs) -> bool:
+    """Whether some operand stores ``spec.index`` in a compressed level right under ``spec.parent``'s."""
+    try:
+        find_operand(spec, rhs)
+    except ScheduleError as e:
+        return "several accesses" in str(e)
+    return True
 
 
 def check_order(plan: PositionPlan, order, rhs) -> None:

@@ -153,6 +153,7 @@ class ThreadPlan:
     gpu_choice: object = None  # default_schedule.RowChoice: thread or warp per row, picked per call
     partials: bool = False     # the parallel loop reduces: each chunk adds into its own copy of the output
     # with ``positions`` and ``split``: the loop runs over chunks of ``factor`` positions (possplit.py)
+    fused: str | None = None   # the parallel loop is fused with this inner index's (densefuse.py)
 
 
 @dataclass
