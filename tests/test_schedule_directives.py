@@ -619,3 +619,13 @@ def test_fuse_of_two_dense_loops(case, dims, density, parallel, seed):
 def test_fuse_of_dense_loops_refused_on_cuda():
     with pytest.raises(ScheduleError, match="CPU backend only"):
         spcomp.compile("C[i,j] = A[i,k] * B[k,j]", backend="cuda-sim", schedule=Schedule().fuse("i", "j", "f"))
+
+
+def test_new_directives_survive_the_tuning_cache():
+    from spcomp.runtime import tuning
+    for s in (Schedule().pos("j", "q", "A").split("q", "c", "p", 64).parallelize("c", race="Atomics"),
+              Schedule().fuse("i", "j", "f").bound("f", 9),
+              Schedule().parallelize("i", race="IgnoreRaces", insist=True)):
+        assert tuning.from_data(tuning.to_data(s)) == s
+    with pytest.raises(ScheduleError, match="bad arguments"):
+        tuning.from_data([["parallelize", "i", "threads", "Atomics", "yes"]])
