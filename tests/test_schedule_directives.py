@@ -629,3 +629,13 @@ def test_new_directives_survive_the_tuning_cache():
         assert tuning.from_data(tuning.to_data(s)) == s
     with pytest.raises(ScheduleError, match="bad arguments"):
         tuning.from_data([["parallelize", "i", "threads", "Atomics", "yes"]])
+
+
+def test_nested_splits_on_cuda_sim_run_or_refuse():
+    rng = np.random.default_rng(7)
+    A, x = rng.standard_normal((13, 6)), rng.standard_normal(6)
+    s = Schedule().split("i", "i0", "i1", 5).split("i1", "i10", "i11", 2)
+    k = spcomp.compile("y[i] = A[i,j] * x[j]", backend="cuda-sim", schedule=s)
+    np.testing.assert_allclose(k(A=A, x=x), A @ x, rtol=1e-12)
+    with pytest.raises(ScheduleError, match="CPU threads only"):
+        spcomp.compile("y[i] = A[i,j] * x[j]", backend="cuda-sim", schedule=s.parallelize("i0", "gpu-thread"))
