@@ -51,7 +51,10 @@ def preferred(low) -> bool:
     blocks of calls) and 1.04x with a two-thread SpMV between calls. Where a row is
     one operand's walk counting is cheap: the sparse add measured 1.14x and 0.92x,
     SDDMM 0.94x and 0.91x (its copy of the later chunks' entries costs more than its
-    count), so they keep count and fill."""
+    count), so they keep count and fill. A loop over an operand's top positions
+    (DCSR, CSF) always counts and fills: its chunks are not ranges of output rows."""
+    if low.threads.positions is not None:
+        return False  # threads split an operand's top positions: chunks are not blocks of output rows
     if MODE != "auto":
         return MODE == "always"
     return bool(low.threads.work_scale)

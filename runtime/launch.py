@@ -38,8 +38,14 @@ def parallel_extent(low, sizes, storages) -> int:
     th = low.threads
     if th.positions is not None:
         pos = storages[th.positions[0]].levels[th.positions[1]]["pos"]
-        return int(pos[-1]) if len(pos) else 0
+        n = int(pos[-1]) if len(pos) else 0
+        if th.split:  # chunks of a position loop (lower/possplit.py)
+            factor = split_factor(th.split[0], n)
+            n = -(-n // factor)
+        return n
     n = sizes[th.parallel]
+    if th.fused is not None:  # two dense loops run as one (lower/densefuse.py)
+        n *= sizes[th.fused]
     if th.split:
         factor, outer = th.split
         factor = split_factor(factor, n)

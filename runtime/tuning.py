@@ -29,7 +29,7 @@ from . import cache, trust
 FILE_LIMIT = 1 << 20  # a tuning file is a few kilobytes; anything larger is not ours
 # the directives a tuned schedule may hold (each a Schedule method of that name)
 DIRECTIVES = ("reorder", "parallelize", "sequential", "precompute", "no_precompute", "no_blas",
-              "keep_layout", "split", "divide", "vectorize", "unroll")
+              "keep_layout", "split", "divide", "vectorize", "unroll", "pos", "fuse", "bound")
 _lock = threading.Lock()
 _generation = [0]  # bumped by record(): spcomp.compile's in-memory kernels without a schedule go stale
 
@@ -114,7 +114,9 @@ def from_data(data) -> Schedule:
             if len(args) != 1 or not isinstance(args[0], list):
                 raise ScheduleError(f"not a reorder directive: {d!r}")
             args = args[0]
-        if not all(isinstance(a, (str, int)) and not isinstance(a, bool) for a in args):
+        plain = args[:3] if d[0] == "parallelize" else args  # parallelize(i, how, race, insist: a bool)
+        if not all(isinstance(a, (str, int)) and not isinstance(a, bool) for a in plain) or (
+                d[0] == "parallelize" and len(args) > 3 and not isinstance(args[3], bool)):
             raise ScheduleError(f"bad arguments in {d!r}")
         s = getattr(s, d[0])(*args)
     return s

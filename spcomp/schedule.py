@@ -18,6 +18,10 @@ from dataclasses import dataclass
 from .errors import ScheduleError
 
 PARALLEL_KINDS = ("threads", "gpu-block", "gpu-thread", "gpu-warp")
+#: TACO's ``OutputRaceStrategy`` names, for ``parallelize(..., race=...)``
+RACE_STRATEGIES = ("IgnoreRaces", "NoRaces", "Atomics", "Temporary", "ParallelReduction")
+#: ``bound`` limits: 1 .. 2**31 - 1 iterations
+BOUND_MAX = 2 ** 31 - 1
 #: ``split`` factors: 1 ..  2**31 - 1. A factor at least the dimension's size is one
 #: block (the right answer, nothing gained); larger ones are refused as mistakes.
 SPLIT_FACTOR_MAX = 2 ** 31 - 1
@@ -56,12 +60,26 @@ class Schedule:
             raise ScheduleError("reorder takes index names, e.g. reorder('i', 'k', 'j')")
         return self._with("reorder", tuple(indices))
 
-    def parallelize(self, index: str, how: str = "threads") -> "Schedule":
-        """Run the loop over ``index`` in parallel: on CPU threads or mapped to the GPU."""
+    def parallelize(self, index: str, how: str = "threads", race: str | None = None,
+                    insist: bool = False) -> "Schedule":
+        """Run the loop over ``index`` in parallel: on CPU threads or mapped to the GPU.
+
+        ``race`` names how iterations that update the same output element are kept
+        apart (TACO's ``OutputRaceStrategy``): ``"NoRaces"`` (none can: refused where
+        the compiler sees that some can), ``"Atomics"`` (atomic adds), ``"Temporary"``
+        and ``"ParallelReduction"`` (each CPU thread adds into its own zeroed copy of
+        the output, the copies are added at the end), ``"IgnoreRaces"`` (plain stores;
+        refused where iterations race unless ``insist=True``: then the result may be
+        wrong). None: the compiler chooses (docs/guide.md, "Scheduling")."""
         if how not in PARALLEL_KINDS:
             raise ScheduleError(f"parallelize({index!r}, {how!r}): unknown kind; use one of "
                                 f"{', '.join(PARALLEL_KINDS)}")
-        return self._with("parallelize", index, how)
+        if race is None and not insist:
+            return self._with("parallelize", index, how)  # the key of schedules without a strategy
+        if race not in RACE_STRATEGIES:
+            raise ScheduleError(f"parallelize({index!r}, {how!r}, race={race!r}): unknown race strategy; "
+                                f"use one of {', '.join(RACE_STRATEGIES)}")
+        return self._with("parallelize", index, how, race, bool(insist))
 
     def sequential(self) -> "Schedule":
         """Run every loop on one thread (no default parallelisation)."""
@@ -129,6 +147,39 @@ class Schedule:
         parts = _count(f"divide({index!r}, {outer!r}, {inner!r}, {parts!r})", parts, 1, SPLIT_FACTOR_MAX, "parts")
         return self._with("divide", index, outer, inner, parts)
 
+    def pos(self, index: str, pos_index: str, operand: str) -> "Schedule":
+        """Walk the loop over ``index`` by ``operand``'s positions of the compressed
+        level storing it, as one loop ``pos_index`` over all of that level's positions
+        (the loops over the levels above it follow from the positions: each chunk of
+        positions finds its rows by searching their ``pos`` arrays). This is TACO's
+        ``fuse`` + ``pos``: ``split(pos_index, ...)`` then cuts the nonzeros into equal
+        chunks, and ``parallelize`` of the outer piece balances threads by nonzeros."""
+        call = f"pos({index!r}, {pos_index!r}, {operand!r})"
+        if not all(isinstance(x, str) for x in (index, pos_index, operand)) or index == pos_index:
+            raise ScheduleError(f"{call}: an index, a new name for its position loop and an operand name, "
+                                "e.g. pos('j', 'jpos', 'A')")
+        return self._with("pos", index, pos_index, operand)
+
+    def fuse(self, outer: str, inner: str, fused: str) -> "Schedule":
+        """Run the loop over ``inner``, nested directly in the one over ``outer``, and
+        that loop as one loop ``fused`` (TACO's fuse). Where ``inner`` is a compressed
+        level under ``outer``'s level of one operand (CSR's row/column pair), the fused
+        loop runs over that operand's nonzeros (the same as ``pos(inner, fused, A)``);
+        ``pos``, ``split`` and ``parallelize`` can name ``fused``."""
+        call = f"fuse({outer!r}, {inner!r}, {fused!r})"
+        if not all(isinstance(x, str) for x in (outer, inner, fused)) or len({outer, inner, fused}) != 3:
+            raise ScheduleError(f"{call}: three distinct index names, e.g. fuse('i', 'j', 'f')")
+        return self._with("fuse", outer, inner, fused)
+
+    def bound(self, index: str, limit: int) -> "Schedule":
+        """Declare that the loop over ``index`` runs at most ``limit`` times (TACO's
+        bound): the kernel checks it on every entry to the loop and stops with a
+        ``KernelRuntimeError`` when a call's data break it (never reading or writing
+        out of bounds); a small bound (at most 64) also unrolls the loop that many times."""
+        call = f"bound({index!r}, {limit!r})"
+        _index_name(call, index)
+        return self._with("bound", index, _count(call, limit, 1, BOUND_MAX, "limit"))
+
     def vectorize(self, index: str, width: int = 0) -> "Schedule":
         """Ask the backend to vectorise the loop over ``index`` ``width`` lanes wide:
         0 lets it choose, 1 keeps the loop scalar, else a power of two up to 64."""
@@ -169,19 +220,25 @@ class Schedule:
 
 
 def check_names(schedule: Schedule, notation) -> None:
-    """Every index a schedule names must be one the expression uses."""
+    """Every index a schedule names must be one the expression uses, or a loop an
+    earlier directive made (a split's pieces, a position loop, a fused loop)."""
     from .notation import accesses
     used = {i.name for a in [notation.lhs] + accesses(notation.rhs) for i in a.indices}
-    splits = [d for d in schedule.directives if d[0] in ("split", "divide")]
-    for kind, base, *_ in splits:
-        if base not in used:
-            raise ScheduleError(f"{kind}({base!r}, ...): the expression has no index {base!r} "
-                                f"(its indices: {', '.join(sorted(used)) or 'none'})")
-    used = used | {name for s in splits for name in s[2:4]}  # the pieces are loops too
-    for d in schedule.directives:
-        names = d[1] if d[0] == "reorder" else d[1:2] if d[0] in (
-            "parallelize", "precompute", "vectorize", "unroll") else ()
+
+    def need(d, names):
         for n in names:
             if n not in used:
-                raise ScheduleError(f"{d[0]}({n!r}): the expression has no index {n!r} "
+                args = ", ".join(repr(x) for x in d[1:])
+                raise ScheduleError(f"{d[0]}({args}): the expression has no index {n!r} "
                                     f"(its indices: {', '.join(sorted(used)) or 'none'})")
+    made = {"split": (2, 4), "divide": (2, 4), "pos": (2, 3), "fuse": (3, 4)}
+    takes = {"split": 1, "divide": 1, "pos": 1, "fuse": 2}
+    for d in schedule.directives:  # loops a directive makes can be named by later ones
+        if d[0] in made:
+            need(d, d[1:1 + takes[d[0]]])
+            lo, hi = made[d[0]]
+            used = used | set(d[lo:hi])
+    for d in schedule.directives:
+        names = d[1] if d[0] == "reorder" else d[1:2] if d[0] in (
+            "parallelize", "precompute", "vectorize", "unroll", "bound") else ()
+        need(d, names)

@@ -25,6 +25,7 @@ from .schedule import Schedule
 MAX_PERMUTATIONS = 24     # loop orders tried: all of up to 4 loops
 SPLIT_FACTORS = (64, 1024)
 VECTOR_WIDTHS = (1, 4, 8, 16)
+POS_CHUNK = 2048          # nonzeros per chunk of a position split (threads take ranges of chunks)
 TIME_BUDGET = 0.05        # seconds of calls per candidate measurement (at least MIN_CALLS)
 MIN_CALLS = 3
 
@@ -77,6 +78,9 @@ def candidates(kernel, limit: int | None = None) -> list:
                 found.append(Schedule().reorder(*perm))
     for i in order:
         found.append(Schedule().parallelize(i))
+        if i not in out_indices:  # a reduction loop on threads, by each race strategy
+            found += [Schedule().parallelize(i, race=r) for r in ("Atomics", "ParallelReduction")]
+    found += _position_splits(kernel)
     if reductions:
         found.append(Schedule().no_precompute())
         found += [Schedule().precompute(r) for r in reductions]
@@ -95,6 +99,22 @@ def candidates(kernel, limit: int | None = None) -> list:
             seen.add(s.key())
             unique.append(s)
     return unique[:limit] if limit else unique
+
+
+def _position_splits(kernel) -> list:
+    """A split of each sparse operand's compressed levels into chunks of POS_CHUNK
+    nonzeros, the chunks on threads (nnz-balanced whatever the rows' lengths)."""
+    from .formats import Compressed
+    from .notation import accesses
+    out = []
+    for acc in dict.fromkeys(accesses(kernel.notation.rhs)):
+        fmt = acc.tensor.format
+        for level, kind in enumerate(fmt.levels):
+            if isinstance(kind, Compressed) and kind.unique:
+                idx = acc.indices[fmt.order[level]].name
+                out.append(Schedule().pos(idx, idx + "_pos", acc.tensor.name)
+                           .split(idx + "_pos", idx + "_c", idx + "_p", POS_CHUNK).parallelize(idx + "_c"))
+    return out
 
 
 def threads() -> int:

@@ -52,6 +52,7 @@ STATUS_OUT_OF_MEMORY = 2
 STATUS_TOO_LARGE_FOR_BLAS = 3
 STATUS_INTERRUPTED = 4
 STATUS_INDEX_OVERFLOW = 5
+STATUS_BOUND_EXCEEDED = 6
 STATUS_CODES = {
     STATUS_OK: "ok",
     STATUS_PACKED_OVERFLOW: "a packed-block level got more nonzeros in a block than it has slots",
@@ -61,6 +62,8 @@ STATUS_CODES = {
     STATUS_INTERRUPTED: "interrupted (the process's interrupt flag was set: Ctrl-C)",
     STATUS_INDEX_OVERFLOW: "a sparse output got more entries than its 32-bit positions hold (the runtime "
                            "runs the 64-bit kernel then)",
+    STATUS_BOUND_EXCEEDED: "a loop would run more iterations than its Schedule.bound allows (the kernel "
+                           "stopped before running it; the data break the declared bound)",
 }
 
 

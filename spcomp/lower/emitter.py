@@ -37,6 +37,7 @@ from . import lattice as lat
 from .context import Env
 from .functions import lower_call
 from . import split as split_mod
+from . import densefuse, splittree
 from .normalize import ZERO, nested_sums, replace, specialize, split_sums
 from .order import access_chain
 from .outputs import AppendSink, DenseSink, ReduceSink, ScalarSink, WorkspaceSink
@@ -71,7 +72,9 @@ class NestContext:
     out_shape: str = "dense"
     workspace: dict | None = None
     output_op: str = "="     # how the nest's note shows a dense output's update ("=" or "+=")
-    parallel_depth: int = 0  # the nest depth of the parallel loop: 1 for a scalar's sum
+    parallel_depth: int | None = 0  # the parallel loop's nest depth: 1 for a scalar's sum, None: any (inner)
+    positions: object = None  # possplit.PositionPlan: the chain's loops clamped to a chunk's rows
+    fused: object = None      # densefuse.DenseFuse: two dense loops run as one
 
 
 class LoopEmitter:
@@ -85,6 +88,7 @@ class LoopEmitter:
         self.position_ends: dict = {}  # position loop var -> its level's last position (prefetch.py)
         self._temps: set = set()       # the scalar temporaries hoisting made
         self.cases = 0                 # if/else cases the loops emitted so far (lattice.count_cases)
+        self.bounded: set = set()      # loops whose Schedule.bound was checked (the lowerer asks)
 
     def nest(self, order, expr, sink, env: Env, depth: int) -> list:
         stmts, expr = self.hoist(expr, env, depth)
@@ -291,6 +295,8 @@ class LoopEmitter:
     def loop(self, i, rest, expr, sink, env, depth) -> list:
         if isinstance(i, SplitPiece):
             return self._split_loop(i, rest, expr, sink, env, depth)
+        if self.fused is not None and i == self.fused.outer:
+            return densefuse.emit(self, self.fused, rest, expr, sink, env, depth)
         L = lat.build(expr, i, lambda a: self._iter_key(a, i, env))
         if L.empty:
             return []
@@ -304,8 +310,11 @@ class LoopEmitter:
             la = self._level_access(acc, l, env, addressing)
             iters[k] = la.kind.iterator(la, self.fresh)
         size = self.sizes[i]
-        parallel = self.parallel is not None and i == self.parallel and depth == self.parallel_depth
-        # --- one sparse iterator, nothing else
+        parallel = (self.parallel is not None and i == self.parallel
+                    and (self.parallel_depth is None or depth == self.parallel_depth))
+        chained = self.positions.level_of(i) if self.positions is not None else None
+        if chained is not None:  # a loop the position loop's chunks give (possplit.py)
+            self.positions.check_loop(i, keys, L.full)
         if not L.full and len(keys) == 1:
             k = keys[0]
             it = iters[k]
@@ -324,6 +333,8 @@ class LoopEmitter:
             grow = [] if parallel else self._reserve(i, rest, sink, it.segment_length())
             loop = it.loop(coord, body)
             sink.release(i)
+            if chained is not None:
+                loop = [self.positions.clamp(loop[0], chained)]
             self._note_position_end(loop, k)
             if parallel:  # threads take ranges of the level's positions (_top_positions)
                 assert len(loop) == 1 and isinstance(loop[0], n.For), "a unique compressed level loops with For"
@@ -333,12 +344,14 @@ class LoopEmitter:
             if member:
                 loop = self._mark_member(loop, member)
             return [*grow, n.Comment(f"loop over {i.name}: {k[0]!r} level {k[1] + 1}"), *loop]
-        # --- the whole dimension
         if L.full:
             coord = n.Var(self.fresh(i.name), I64)
             start, end = (self.lo, self.hi) if parallel else (n.i64(0), size)
+            if chained is not None:
+                start, end = self.positions.current[1:]  # this pass's rows
             kind = self.opt.parallel_kind
-            where = f"0..{size.name}" + (f" (parallel: {kind})" if parallel else "")
+            where = ("the range's rows" if chained is not None else f"0..{size.name}") + (
+                f" (parallel: {kind})" if parallel else "")
             if not keys:
                 self._note(depth, f"for {i.name} in {where}")
                 inner = env.child()
@@ -374,7 +387,7 @@ class LoopEmitter:
             for k in keys:
                 loop_body.append(n.If(matches[k], n.block(*iters[k].advance())))
             return [*pre, n.For(coord, n.i64(0), size, n.block(*loop_body))]
-        # --- co-iteration: one while loop per lattice point
+        # co-iteration: one while loop per lattice point (above: one sparse iterator; the whole dimension)
         for k in keys:
             self._require_ordered(k, i)
         stmts = []
@@ -434,8 +447,9 @@ class LoopEmitter:
         return sink.reserve(i, bound)
 
     def _split_loop(self, piece, rest, expr, sink, env, depth) -> list:
-        """One piece of a split loop; the second binds ``i = i0*f + i1``."""
-        base = piece.base
+        """One piece of a split loop (of a piece, splittree.py); the last of a tree's
+        pieces binds the index, ``i = i0*f + i1``."""
+        base = split_mod.base_of(piece)
         L = lat.build(expr, base, lambda a: self._iter_key(a, base, env))
         if L.empty:
             return []
@@ -446,23 +460,24 @@ class LoopEmitter:
                 f"split({base.name!r}, ...): the loop over {base.name} walks {self._user_name(acc.tensor.name)}'s "
                 f"level {l + 1} ({acc.tensor.format.levels[l].spec()}); only dense loops can be split")
         parallel = self.parallel is not None and piece == self.parallel and depth == self.parallel_depth
-        second = split_mod.bound_partner(piece, env.bound)
-        start, end = n.i64(0), split_mod.extent(piece, self.sizes[base], env.bound)
-        self._note(depth, f"for {piece.name} in {split_mod.describe(piece, second)}"
-                          + (f" (parallel: {self.opt.parallel_kind})" if parallel else ""))
+        nested = isinstance(piece.base, SplitPiece)
+        start = n.i64(0)
+        end = split_mod.extent(piece, splittree.size_of(piece.base, self.sizes, env.bound), env.bound)
+        text = (splittree.describe(piece) if nested
+                else split_mod.describe(piece, split_mod.bound_partner(piece, env.bound)))
+        self._note(depth, f"for {piece.name} in {text}" + (f" (parallel: {self.opt.parallel_kind})" if parallel else ""))
         if parallel:
             start, end = self.lo, self.hi
         var = n.Var(self.fresh(piece.name), I64)
         inner = env.child()
-        split_mod.bind(piece, var, inner.bound)
-        if second:
+        body, total = splittree.resolve(piece, var, inner.bound, self.sizes, self.fresh)
+        if total is not None:
             coord = n.Var(self.fresh(base.name), I64)
-            body = [n.Declare(coord, split_mod.coordinate(piece, var, env.bound, self.sizes[base]))]
-            body += self._body(base, rest, expr, sink, inner, coord, depth)
+            body = body + [n.Declare(coord, total)] + self._body(base, rest, expr, sink, inner, coord, depth)
         else:
-            body = self.nest(rest, expr, sink, inner, depth + 1)
+            body = body + self.nest(rest, expr, sink, inner, depth + 1)
         loop = [n.For(var, start, end, n.block(*body), parallel=self.opt.parallel_kind if parallel else None)]
-        if second:
+        if total is not None:
             loop = self._vector_hint(loop, sink, rest)
         return self._user_hints(loop, piece)
 
@@ -497,14 +512,20 @@ class LoopEmitter:
         return out
 
     def _user_hints(self, stmts, i):
-        """Schedule.vectorize / unroll: hints on the loop over ``i``."""
+        """vectorize / unroll hints on the loop over ``i``; bound: a trip-count check before it."""
         vec = dict(self.opt.vectorize).get(i.name)
         unr = dict(self.opt.unroll).get(i.name)
-        if vec is None and unr is None:
+        limit = dict(self.opt.bounds).get(i.name)
+        unr = limit if unr is None and limit is not None and limit <= 64 else unr
+        if vec is None and unr is None and limit is None:
             return stmts
         out, done = [], False
         for s in stmts:
             if not done and isinstance(s, n.For):
+                if limit is not None:  # a violated bound stops the kernel before the loop runs
+                    out.append(n.If(n.Binary(">", n.Binary("-", s.end, s.start), n.i64(limit)),
+                                    n.block(n.Return(n.STATUS_BOUND_EXCEEDED))))
+                    self.bounded.add(i.name)
                 s = dataclasses.replace(s, vectorize=s.vectorize if vec is None else (vec or 8),
                                         unroll=s.unroll if unr is None else unr)
                 done = True

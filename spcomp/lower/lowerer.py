@@ -16,13 +16,19 @@ one place (:meth:`Lowerer.record`):
 """
 from __future__ import annotations
 
+import dataclasses
+
 from ..errors import ScheduleError, UnsupportedError
 from ..formats import Format
 from ..ir import nodes as n
 from ..ir.types import F32, F64, I64, ptr
 from ..notation import Access, Add, Assignment, TensorVar, accesses
 from . import parallel as par
+from . import possplit
+from .densefuse import DenseFuse
+from .densefuse import check_order as densefuse_check_order
 from . import split as split_mod
+from . import splittree
 from .blas import direct_gemm, gemm_call, gemm_into_temporary, offload
 from .context import Binding, Env, Names, TensorParams, level_array_type, value_type
 from .coverage import writes_every_element, zero_rows
@@ -90,6 +96,9 @@ class Lowerer:
         self.warnings: list = []
         self.position_ends: dict = {}  # set by the nest's emitter: each compressed loop's last position
         self.partials = False  # the parallel loop reduces into per-chunk copies of the output
+        self.racy = False      # IgnoreRaces with insist=True: iterations add into the output unguarded
+        self.inner_parallel = False  # the parallel loop runs below the outermost one (parallel.inner_parallel)
+        self.fused = None      # densefuse.DenseFuse: two dense loops run as one
 
     # ================================================================ setup
     def run(self) -> Lowered:
@@ -121,6 +130,7 @@ class Lowerer:
                            or bool(self.opt.precompute))
         self.gemms = []
         user_order = self._check_splits(lhs, rhs)
+        user_order = self._position_loop(lhs, rhs, user_order)
         try:
             order, transposes = self._choose_order(lhs, pushed, user_order)
             rhs = pushed
@@ -172,6 +182,7 @@ class Lowerer:
                 f"to {fmt.spec()!r} at each call (pass it in that format to avoid the copy)")
         self.rhs = rhs
         self.notation_rhs = notation_rhs
+        self._check_position_order(order, rhs)
         self.lhs = lhs
         # top-level reductions: scatter (outside an output index) or gather
         top, body = split_sums(rhs)
@@ -249,8 +260,9 @@ class Lowerer:
                 return two_phase
         if fmt.is_dense:
             shape = "dense"
-            sink = DenseSink(out, access_chain(lhs), self.sizes,
-                             accumulate=self.accumulate or bool(self.scatter))
+            sink = DenseSink(out, access_chain(lhs), self.sizes,  # positions: rows in pieces, added up
+                             accumulate=self.accumulate or bool(self.scatter) or self.pos_plan is not None)
+            self.accumulate_inside = self.accumulate or bool(self.scatter)  # (_position_passes)
             self.out_sink = sink
             self.bindings.append(Binding(out.vals, "output", self.out_name, -1, "vals", storage=self.out_name))
         else:
@@ -303,12 +315,23 @@ class Lowerer:
         if shape != "dense" and self.scatter:
             self.workspace = self.make_workspace()
         # parallel outer loop
-        self.parallel = par.choose_parallel(self.facts(), shape)
-        if self.parallel is not None and split_mod.base_of(self.parallel) not in self.lhs.indices:
-            if self.opt.caps.atomics:
+        if self.pos_plan is not None:
+            self.parallel = self._position_parallel()
+        else:
+            self.parallel = par.choose_parallel(self.facts(), shape)
+        # a parallel loop below the outermost (parallel.inner_parallel): the output is zeroed by the runtime
+        self.inner_parallel = (self.pos_plan is None and self.parallel is not None
+                               and self.parallel is not self.loop_order[0])
+        if self.pos_plan is not None:
+            self.partials = self.pos_plan.race == "partials"
+        elif self.parallel is not None and split_mod.base_of(self.parallel) not in self.lhs.indices:
+            strategy = par.reduction_strategy(self.opt, self.lhs)  # (parallel.py)
+            if strategy == "atomics":
                 self.out_sink.atomic = True  # iterations of a reduction loop add into the output concurrently
-            else:  # each chunk adds into its own zeroed copy, summed by the runtime (launch.py)
+            elif strategy == "partials":  # each chunk adds into its own zeroed copy, summed by the runtime
                 self.partials = True
+            elif strategy == "ignored":  # IgnoreRaces, insisted on: plain adds into a zeroed output
+                self.out_sink.accumulate = self.racy = True
         if isinstance(self.out_sink, AppendSink):
             self.out_sink.rows_in_parallel = self.parallel is not None
         self.lo = self.hi = None
@@ -371,10 +394,17 @@ class Lowerer:
         output.expand = self.expand
         facts, walked = self.facts(), self.parallel_positions
         balance = par.balance(facts, self.parallel, walked)
+        split, positions = split_mod.extent_rule(self.parallel), None
+        if walked is not None:
+            positions = (walked[0].tensor.name, walked[1])
+        if self.pos_plan is not None and self.parallel is not None:  # chunks of positions (possplit.py)
+            plan = self.pos_plan
+            balance = positions = (plan.name, plan.level)
+            split = (plan.spec.factor, True)
         threads = ThreadPlan(
+            fused=self.fused.inner.name if self.fused is not None and self.parallel is not None else None,
             parallel=split_mod.base_of(self.parallel).name if self.parallel is not None else None,
-            balance=balance, split=split_mod.extent_rule(self.parallel),
-            positions=None if walked is None else (walked[0].tensor.name, walked[1]),
+            balance=balance, split=split, positions=positions,
             work_scale=par.work_scale(facts, balance), work_dense=par.work_dense(facts, balance),
             partials=self.partials)
         inspection = Inspection(notation=notation, order=self.order, warnings=self.warnings,
@@ -391,22 +421,62 @@ class Lowerer:
     @property
     def parallel_positions(self):
         """``(access, 0)`` when the threads split a top compressed level's positions."""
+        if self.pos_plan is not None:
+            return None  # a position loop's chunks: record() says so
         return par.parallel_positions(self.facts(), self.parallel, self.out_shape)
 
-    def emitter(self, sink) -> LoopEmitter:
+    def emitter(self, sink, text: bool = True) -> LoopEmitter:
         """A loop emitter for this lowering's nest, its values going to ``sink``."""
         ctx = NestContext(self.opt, self.lhs, self.params, self.sizes, self.fresh, self.compute,
                           self.position, self.loop_order, self.split_pieces, self.transposes,
-                          self.parallel, self.lo, self.hi, self.out_shape, self.workspace,
-                          "+=" if self.accumulate or self.scatter else "=",
-                          parallel_depth=0 if self.outer else 1)
-        return LoopEmitter(ctx, sink, self.loops_text)
+                          None if self.pos_plan is not None else self.parallel, self.lo, self.hi,
+                          self.out_shape, self.workspace,
+                          "+=" if self.accumulate or self.scatter or self.pos_plan is not None else "=",
+                          parallel_depth=None if self.inner_parallel else 0 if self.outer else 1,
+                          positions=self.pos_plan, fused=self.fused)
+        return LoopEmitter(ctx, sink, self.loops_text if text else [])
 
     def emit_nest(self, sink, env) -> list:
         """The loop nest over the outer loops, its values going to ``sink``."""
+        if self.pos_plan is not None:
+            return self._position_passes(sink, env)
         emitter = self.emitter(sink)
         nest = emitter.nest(self.outer, self.expr, sink, env, depth=0)
         self.position_ends = emitter.position_ends
+        self._check_bounds(emitter.bounded)
+        return nest
+
+    def _check_bounds(self, bounded) -> None:
+        """Every Schedule.bound must have found its for loop."""
+        for index, limit in self.opt.bounds:
+            if index not in bounded:
+                raise ScheduleError(f"bound({index!r}, {limit}): the loop over {index} is not a for loop with a "
+                                    "trip count known on entry (it co-iterates sparse operands in a while loop, "
+                                    "or the nest has no such loop); bound applies to for loops")
+
+    def _position_passes(self, sink, env) -> list:
+        """A position loop's nest (possplit.py): the chunks' positions and the rows
+        holding them, then the nest over the first row, the inner rows and the last
+        row; the first and last may be shared with neighbouring chunks, so their
+        updates add (atomically where the race strategy says), while an inner row of
+        a row-indexed output is this range's alone and stored."""
+        plan = self.pos_plan
+        plan.params = self.params[plan.name]
+        nest = plan.prelude(self.lo or n.i64(0), self.hi, self.sizes, self.fresh)
+        self.loops_text.append(plan.describe(self.parallel is not None, self.opt.parallel_kind))
+        owned = plan.chain[0] in self.lhs.indices and plan.race != "ignored"
+        bounded = None  # the bounds every pass checked
+        for k, (edge, start, end) in enumerate(plan.passes()):
+            plan.current = (edge, start, end)
+            sink.atomic = plan.race == "atomics" or (edge and plan.race == "boundary-atomics")
+            sink.accumulate = True if edge or not owned else self.accumulate_inside
+            emitter = self.emitter(sink, text=k == 0)  # k.loops shows the nest once
+            nest.append(n.Comment(("the first row" if k == 0 else "the last row" if k == 2 else "the inner rows")
+                                  + " of the range"))
+            nest += emitter.nest(self.outer, self.expr, sink, env.child(), depth=1)
+            self.position_ends.update(emitter.position_ends)
+            bounded = emitter.bounded if bounded is None else bounded & emitter.bounded
+        self._check_bounds(bounded)
         return nest
 
     def table_sizes(self) -> dict:
@@ -437,7 +507,8 @@ class Lowerer:
         """A dense ``=`` output that only this kernel's nest writes, one thread per element."""
         sink = self.out_sink
         return (self.out_shape == "dense" and isinstance(sink, DenseSink) and not self.accumulate
-                and not sink.atomic and not (self.partials and self.scatter))
+                and not sink.atomic and not (self.partials and self.scatter) and self.pos_plan is None
+                and not self.racy and not self.inner_parallel and self.fused is None)
 
     def _zero_rows(self, nest: list) -> list:
         """The nest clearing each output row itself when it adds into them (coverage.py)."""
@@ -474,7 +545,8 @@ class Lowerer:
         names loops is about the loop nest, which the offload would take away."""
         o = self.opt
         return (o.blas and o.caps.blas and o.parallel in (None, "auto")
-                and not (o.order or o.precompute or o.vectorize or o.unroll or o.split))
+                and not (o.order or o.precompute or o.vectorize or o.unroll or o.split or o.pos_split
+                         or o.bounds))
 
     def output_loops_dense(self) -> bool:
         """Whether a sparse output level's index is iterated over its whole range
@@ -526,8 +598,31 @@ class Lowerer:
         if not self.opt.split:
             return self.opt.order
         names = {i.name for acc in [lhs] + accesses(rhs) for i in acc.indices}
-        split_mod.check(self.opt.split, names, lhs.tensor.format.is_dense)
-        return split_mod.order_for_graph(self.opt.order, self.opt.split)
+        splittree.check(self.opt.split, names, lhs.tensor.format.is_dense)
+        return splittree.order_for_graph(self.opt.order, self.opt.split, names)
+
+    # ----------------------------------------------------- position loops
+    def _position_loop(self, lhs, rhs, user_order):
+        """The position loop's plan, checked; the user order with the operand's
+        chain of loops first (possplit.plan_for). A lone fuse of two dense loops
+        is a densefuse.DenseFuse instead (kept as ``fused``)."""
+        self.pos_plan, order = possplit.plan_for(self.opt, lhs, rhs, user_order)
+        self.fused = None
+        if isinstance(self.pos_plan, DenseFuse):
+            self.fused, self.pos_plan = self.pos_plan, None
+            if self.opt.parallel == self.fused.name:  # the fused loop runs where its outer index's would
+                self.opt = dataclasses.replace(self.opt, parallel=self.fused.outer.name)
+        return order
+
+    def _check_position_order(self, order, rhs) -> None:
+        if self.pos_plan is not None:
+            possplit.check_order(self.pos_plan, order, rhs)
+        if self.fused is not None:
+            densefuse_check_order(self.fused, order)
+
+    def _position_parallel(self):
+        """The chunk loop when it runs on threads, with its race strategy (possplit.race_plan)."""
+        return possplit.race_plan(self.pos_plan, self.opt, self.lhs)
 
     def _choose_order(self, lhs, rhs, user_order):
         """choose_order, with a refused reorder explained in terms of split pieces."""
@@ -544,9 +639,9 @@ class Lowerer:
         self.loop_order = list(order)
         if not self.opt.split:
             return
-        self.split_pieces = split_mod.pieces(self.opt.split, order)
-        self.loop_order = split_mod.expand(order, self.split_pieces, self.opt.order)
-        split_mod.check_reductions_adjacent(self.loop_order, set(order) - set(self.lhs.indices))
+        self.split_pieces = splittree.pieces(self.opt.split, order)  # pieces of pieces too
+        self.loop_order = splittree.expand(order, self.split_pieces, self.opt.order)
+        splittree.check_reductions_adjacent(self.loop_order, set(order) - set(self.lhs.indices))
         self.outer = split_mod.restrict(self.loop_order, self.outer)
 
     # --------------------------------------------------------------- values

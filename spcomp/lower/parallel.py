@@ -73,11 +73,50 @@ def partials_ok(opt, lhs) -> bool:
             and lhs.tensor.format.is_dense and len(lhs.indices) <= 1)
 
 
+def reduction_strategy(opt, lhs):
+    """How iterations of a parallel loop over a reduction index keep apart, from the
+    schedule's race strategy (``parallelize(..., race=)``, TACO's names) and the
+    backend: "atomics", "partials" (per-thread copies, runtime/partials.py),
+    "ignored" (plain adds: IgnoreRaces with insist=True), or None when they cannot
+    (:func:`race_refusal` says why)."""
+    race, insist = opt.race or (None, False)
+    if race is None:
+        return "atomics" if gpu_atomics(opt, lhs) else "partials" if partials_ok(opt, lhs) else None
+    if race == "IgnoreRaces":
+        return "ignored" if insist and opt.parallel is not None else None
+    if race == "NoRaces" or opt.parallel is None or not lhs.tensor.format.is_dense:
+        return None
+    if race == "Atomics":
+        return "atomics" if opt.caps.atomics or (opt.caps.host_threads and lhs.tensor.dtype != "bfloat16") else None
+    return "partials" if opt.caps.host_threads else None  # Temporary, ParallelReduction
+
+
+def race_refusal(opt, lhs, i) -> str:
+    """Why iterations of the loop over reduction index ``i`` may not run in parallel."""
+    race, _insist = opt.race or (None, False)
+    out = lhs.tensor.name
+    if race == "NoRaces":
+        return f"race='NoRaces' is wrong here: iterations of {i.name} add into the same elements of {out}"
+    if race == "IgnoreRaces":
+        return (f"race='IgnoreRaces': iterations of {i.name} add into the same elements of {out}, so the result "
+                "would be wrong; pass insist=True to run it anyway")
+    if race is not None and not lhs.tensor.format.is_dense:
+        return f"race={race!r}: the sparse output {out} is assembled in order; only dense outputs take it"
+    if race == "Atomics":
+        return f"race='Atomics': backend {opt.caps.name!r} has no atomic add on {lhs.tensor.dtype}"
+    if race is not None:
+        return f"race={race!r}: backend {opt.caps.name!r} has no per-thread copies (use 'Atomics')"
+    return (f"{i.name} is a reduction index: iterations would race on the output "
+            f"{out} (the GPU backends add into a dense output with atomics; "
+            "CPU threads add up private copies of a scalar or vector output only); "
+            "keep this loop sequential, or name a race strategy (parallelize(..., race='Atomics'))")
+
+
 def scalar_sum_loop(f: LoopFacts):
     """The first loop of a scalar output's sum, when CPU threads may run it into
     per-thread partial sums (:func:`partials_ok`); else None. The sum keeps its
     register accumulator (and its vector lanes) within each thread's range."""
-    if f.lhs.indices or not f.loop_order or not partials_ok(f.opt, f.lhs):
+    if f.lhs.indices or not f.loop_order or reduction_strategy(f.opt, f.lhs) is None:
         return None
     top, _body = split_sums(f.expr)
     first = f.loop_order[0]
@@ -100,13 +139,15 @@ def choose_parallel(f: LoopFacts, shape: str):
         raise ScheduleError(f"parallelize({want!r}): the output {lhs.tensor.name} has no loop to "
                             "split; iterations of a reduction into one value would race")
     if want != "auto" and want != first.name:
-        raise ScheduleError(f"parallelize({want!r}): only the outermost loop ({first.name}) can run "
-                            "on threads; reorder it first")
+        return inner_parallel(f, want, shape, first)
     why = None
     if kind in TEAM_MEMBERS and shape != "dense":
         why = (f"parallelize({first.name!r}, {kind!r}): the {shape} output {lhs.tensor.name} is appended to "
                "one entry at a time per row, which a team of GPU threads would race on; use 'gpu-thread' "
                "(a thread per row)")
+    elif isinstance(first, SplitPiece) and isinstance(first.base, SplitPiece):
+        why = (f"parallelize({first.name!r}): a piece of a piece of a split loop does not run on threads "
+               f"(its trip count varies); parallelize a piece of the first split ({split_mod.base_of(first).name})")
     elif isinstance(first, SplitPiece) and not f.opt.caps.host_threads:
         why = f"parallelize({first.name!r}, {kind!r}): a piece of a split loop runs on CPU threads only"
     else:
@@ -120,13 +161,44 @@ def choose_parallel(f: LoopFacts, shape: str):
     raise ScheduleError(why)
 
 
+def inner_parallel(f: LoopFacts, want: str, shape: str, first):
+    """A parallel loop below the outermost one (TACO's parallelize of an inner loop):
+    each thread runs the loops outside it whole and its own range of this one. Only
+    where that is right and pays: on CPU threads, a dense loop (its range the same
+    in every iteration outside it) over an index of a dense output (each thread
+    stores its own elements); else a ScheduleError saying why."""
+    loop = next((x for x in f.loop_order if x.name == want), None)
+    where = f"parallelize({want!r})"
+    if loop is None:
+        raise ScheduleError(f"{where}: no loop of that name runs in this nest")
+    if isinstance(loop, SplitPiece):
+        raise ScheduleError(f"{where}: a piece of a split loop runs on threads only as the outermost loop; "
+                            f"only the outermost loop ({first.name}) can run on threads there; reorder it first")
+    if not f.opt.caps.host_threads:
+        raise ScheduleError(f"{where}: a parallel loop below the outermost one ({first.name}) runs on CPU threads "
+                            f"only; backend {f.opt.caps.name!r} maps the outermost loop")
+    if shape != "dense":
+        raise ScheduleError(f"{where}: only the outermost loop ({first.name}) can run on threads; the sparse output "
+                            f"{f.lhs.tensor.name} is assembled in loop order (reorder the loop outermost first)")
+    if loop not in f.lhs.indices:
+        raise ScheduleError(f"{where}: only the outermost loop ({first.name}) or, below it, a dense loop over an "
+                            f"output index can run on threads; {want} is a reduction index whose iterations would "
+                            f"race on {f.lhs.tensor.name}")
+    for acc in accesses(f.rhs):
+        fmt = acc.tensor.format
+        if loop in acc.indices and not fmt.is_dense:
+            level = access_chain(acc).index(loop)
+            if not fmt.levels[level].locatable:
+                raise ScheduleError(f"{where}: the loop over {want} walks {acc.tensor.name}'s level {level + 1} "
+                                    f"({fmt.levels[level].spec()}), whose range changes with the loops outside it; "
+                                    "only a dense loop runs in parallel below the outermost one")
+    return loop
+
+
 def _parallel_ok(f: LoopFacts, i, shape):
     lhs = f.lhs
-    if i not in lhs.indices and not (shape == "dense" and (f.gpu_atomics() or partials_ok(f.opt, lhs))):
-        return False, (f"{i.name} is a reduction index: iterations would race on the output "
-                       f"{lhs.tensor.name} (the GPU backends add into a dense output with atomics; "
-                       "CPU threads add up private copies of a scalar or vector output only); "
-                       "keep this loop sequential")
+    if i not in lhs.indices and not (shape == "dense" and reduction_strategy(f.opt, lhs)):
+        return False, race_refusal(f.opt, lhs, i)
     if shape in ("csf", "coo"):
         ok, why = splittable(lhs, i, shape)
         if not ok:
@@ -144,8 +216,9 @@ def top_positions(f: LoopFacts, i, shape):
     compressed level and nothing else (a DCSR or CSF operand, no co-iteration):
     its positions can be split over host threads like rows, since a unique level
     gives every position its own coordinate and so its own rows of a dense
-    output. None otherwise."""
-    if shape != "dense" or not f.opt.caps.host_threads:
+    output -- or, for a sparse output assembled in two phases (assembly.py), its own
+    row of counts and entries. None otherwise."""
+    if shape not in ("dense", "csf") or not f.opt.caps.host_threads or (shape == "csf" and f.opt.append_chunks):
         return None
     L = probe_lattice(f.expr, i)
     if L.full or len(L.points) != 1:

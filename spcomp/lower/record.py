@@ -39,6 +39,10 @@ class Options:
     blas: bool = False                # dense matrix products by a BLAS gemm call (blas.py)
     vector_gathers: bool = True       # vectorise loops that gather (the CPU's gathers are fast)
     split: tuple = ()                 # (index, outer, inner, factor) per Schedule.split
+    # a position loop (Schedule.pos / fuse, split or not): possplit.PosSplit's fields as a tuple
+    pos_split: tuple = ()
+    race: tuple = ()                  # (strategy, insist) per parallelize(..., race=)
+    bounds: tuple = ()                # (index, limit) per Schedule.bound
     # CPU threads and a sparse output with dense rows: each chunk of rows appends to
     # arrays of its own and the runtime stitches them (runtime/chunks.py) instead of
     # the two-phase count and fill (assembly.py)
@@ -63,8 +67,11 @@ class Options:
     def from_schedule(cls, schedule, drop_zeros, name, caps) -> "Options":
         """The options of a ``Schedule`` for a backend with capabilities ``caps``;
         ScheduleError for a parallel mapping the backend does not run."""
+        from .possplit import from_directives
+        spec, dense_splits = from_directives(schedule.directives)
         par = schedule.parallel
         kind = caps.default_parallel_kind
+        race = tuple(par[2:4]) if par is not None and len(par) > 2 else ()
         if schedule.get("sequential"):
             parallel = None
         elif par is not None:
@@ -80,18 +87,28 @@ class Options:
             parallel_kind=kind,
             order=schedule.order,
             precompute=tuple(p[0] for p in schedule.get("precompute")),
-            vectorize=tuple((v[0], v[1]) for v in schedule.get("vectorize")),
-            unroll=tuple((u[0], u[1]) for u in schedule.get("unroll")),
+            vectorize=tuple((_loop_of(v[0], spec), v[1]) for v in schedule.get("vectorize")),
+            unroll=tuple((_loop_of(u[0], spec), u[1]) for u in schedule.get("unroll")),
             auto_precompute=not schedule.get("no_precompute"),
             blas=caps.blas and not schedule.get("no_blas"),
             auto_layout=not schedule.get("keep_layout"),
             bounded_appends=not caps.growable_outputs,
             vector_gathers=caps.vector_gathers,
-            split=tuple(tuple(s) for s in schedule.get("split"))
-            + tuple((b, o, i, -parts) for b, o, i, parts in schedule.get("divide")),  # (lower/split.py)
+            split=tuple(tuple(s[1:]) if s[0] == "split" else (s[1], s[2], s[3], -s[4])  # (lower/split.py)
+                        for s in dense_splits),
+            pos_split=() if spec is None else tuple(vars(spec).values()),
+            race=race,
+            bounds=tuple((_loop_of(b[0], spec), b[1]) for b in schedule.get("bound")),
             name=name,
             caps=caps,
         )
+
+
+def _loop_of(name: str, spec) -> str:
+    """The loop a hint names: a position loop's pieces hint the loop over its level."""
+    if spec is not None and name in (spec.inner or spec.outer,):
+        return spec.index
+    return name
 
 
 @dataclass
@@ -135,6 +152,8 @@ class ThreadPlan:
     work_dense: tuple = ()     # indices of the dense loops under each balanced nonzero
     gpu_choice: object = None  # default_schedule.RowChoice: thread or warp per row, picked per call
     partials: bool = False     # the parallel loop reduces: each chunk adds into its own copy of the output
+    # with ``positions`` and ``split``: the loop runs over chunks of ``factor`` positions (possplit.py)
+    fused: str | None = None   # the parallel loop is fused with this inner index's (densefuse.py)
 
 
 @dataclass

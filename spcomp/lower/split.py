@@ -118,7 +118,7 @@ def expand(order, split_pieces, user_order) -> list:
 def restrict(loop_order, indices) -> list:
     """The loops of ``loop_order`` that run ``indices`` (pieces for split ones)."""
     wanted = set(indices)
-    return [x for x in loop_order if (x.base if isinstance(x, SplitPiece) else x) in wanted]
+    return [x for x in loop_order if base_of(x) in wanted]
 
 
 def check_reductions_adjacent(loop_order, reductions) -> None:
@@ -184,8 +184,10 @@ def coordinate(piece: SplitPiece, var, env_bound, size) -> n.Expr:
 
 
 def base_of(i):
-    """The index a loop runs over: the split index for a piece."""
-    return i.base if isinstance(i, SplitPiece) else i
+    """The index a loop runs over: the split index for a piece (of a piece: splittree.py)."""
+    while isinstance(i, SplitPiece):
+        i = i.base
+    return i
 
 
 def extent_rule(i):
