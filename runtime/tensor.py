@@ -126,12 +126,28 @@ class Tensor:
             data = m.data if m.data.dtype == target else m.data.astype(target)
             levels = [{}, {"pos": m.indptr, "crd": m.indices}]
             return cls(fmt, shape, levels, data, validated=False)
+        if kind == "bsr" and fmt == Format.bsr(*m.blocksize):
+            return cls._from_scipy_bsr(m, fmt, shape, target)
         coo = m.tocoo()
         coords = getattr(coo, "coords", None)
         if coords is None:
             coords = (coo.row, coo.col)
         fmt, levels, vals = _cv.pack_coo(fmt, shape, tuple(coords), coo.data, target, True, overflow)
         return cls(fmt, shape, levels, vals, validated=True)
+
+    @classmethod
+    def _from_scipy_bsr(cls, m, fmt, shape, target) -> "Tensor":
+        """Zero-copy: scipy's BSR arrays are ``bsr(R,C)``'s levels (``indptr`` -> ``pos``,
+        ``indices`` -> ``crd``, ``data`` of shape ``(nblocks, R, C)`` flattened -> ``vals``)."""
+        from .convert import check_block_fit
+        check_block_fit(fmt, shape, "scipy bsr matrix")
+        _check_scipy_compressed(m)
+        if not m.has_canonical_format:  # unsorted or duplicated blocks: SciPy's pass on a copy
+            m = m.copy()
+            m.sum_duplicates()
+        data = m.data if m.data.dtype == target else m.data.astype(target)
+        levels = [{}, {"pos": m.indptr, "crd": m.indices}] + [{} for _ in fmt.levels[2:]]
+        return cls(fmt, shape, levels, data.reshape(-1), validated=False)
 
     @classmethod
     def from_arrays(cls, format, shape, levels, vals) -> "Tensor":
@@ -243,7 +259,7 @@ class Tensor:
     def to_scipy(self, kind: str = "csr"):
         """A ``scipy.sparse`` array (``csr_array`` etc.; any ``asformat`` kind) of a 2-D tensor.
 
-        bfloat16 values become float32 (SciPy has no bfloat16). A csr/csc tensor with
+        bfloat16 values become float32 (SciPy has no bfloat16). A csr/csc/bsr tensor with
         ``kind`` equal to its layout shares its arrays with the result.
         """
         import scipy.sparse as sp
@@ -259,6 +275,11 @@ class Tensor:
             cls = sp.csr_array if kind == "csr" else sp.csc_array
             lv = self.levels[1]
             return cls((vals, lv["crd"], lv["pos"]), shape=self.shape)
+        if kind == "bsr" and fmt.blocks is not None and fmt == Format.bsr(*fmt.blocks):
+            self.validate()  # scipy's bsr_array is these very arrays
+            R, C = fmt.blocks
+            lv = self.levels[1]
+            return sp.bsr_array((vals.reshape(-1, R, C), lv["crd"], lv["pos"]), shape=self.shape)
         coords, values = self.to_coo()
         if values.dtype == _cv.BFLOAT16:
             values = values.astype(np.float32)
@@ -378,7 +399,13 @@ def _check_scipy_compressed(m) -> None:
     """Check a scipy CSR/CSC's indptr and indices before SciPy or a kernel reads them
     (SciPy does not check arrays handed to its constructors)."""
     from spcomp.errors import InvalidTensorError
-    major, minor = (m.shape[0], m.shape[1]) if m.format == "csr" else (m.shape[1], m.shape[0])
+    major, minor = (m.shape[0], m.shape[1]) if m.format != "csc" else (m.shape[1], m.shape[0])
+    if m.format == "bsr":  # counted in blocks
+        R, C = m.blocksize
+        major, minor = major // R, minor // C
+        if m.data.ndim != 3 or m.data.shape[1:] != (R, C):
+            raise InvalidTensorError(f"scipy bsr matrix: data has shape {m.data.shape}, expected "
+                                     f"(nblocks, {R}, {C})")
     indptr, indices = np.asarray(m.indptr), np.asarray(m.indices)
     what = f"scipy {m.format} matrix"
     if indptr.ndim != 1 or len(indptr) != major + 1:

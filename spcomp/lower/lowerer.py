@@ -16,11 +16,12 @@ one place (:meth:`Lowerer.record`):
 """
 from __future__ import annotations
 
-from ..errors import ScheduleError, UnsupportedError
+from ..errors import FormatError, ScheduleError, UnsupportedError
 from ..formats import Format
 from ..ir import nodes as n
 from ..ir.types import F32, F64, I64, ptr
 from ..notation import Access, Add, Assignment, TensorVar, accesses
+from . import blocked
 from . import parallel as par
 from . import split as split_mod
 from .blas import direct_gemm, gemm_call, gemm_into_temporary, offload
@@ -113,6 +114,11 @@ class Lowerer:
             self.expand = lhs.tensor.format
             t = lhs.tensor
             lhs = Access(TensorVar(t.name, t.order, stand_in, t.dtype), lhs.indices)
+        # the runtime sees the operands' own accesses; the nest reads blocked ones by levels
+        self.record_lhs = lhs
+        self.blocking = blocked.rewrite(lhs, rhs)
+        if self.blocking is not None:
+            lhs, rhs = self.blocking.lhs, self.blocking.rhs
         # A[i,i] on a sparse A reads a diagonal storage the runtime builds (diagonal.py)
         rhs, self.diagonals = diagonal_storages(rhs, {t.name for t in a.tensors.values()}
                                                 | {lhs.tensor.name + "_old"})
@@ -147,7 +153,14 @@ class Lowerer:
         self.transposes = {}
         self.dense_relayouts = []
         taken = {t.name for t in a.tensors.values()} | set(self.diagonals)
-        relayout = _dense_relayouts(rhs, order, self.opt.auto_layout, skip={g.temp for g in self.gemms})
+        views = self.blocking.views if self.blocking is not None else set()
+        relayout = _dense_relayouts(rhs, order, self.opt.auto_layout, skip={g.temp for g in self.gemms} | views)
+        for acc in transposes:
+            if acc.tensor in views:
+                raise FormatError(f"operand {acc.tensor.name} is read by blocks ({acc!r} over levels "
+                                  f"{acc.tensor.format.spec()}) against the loop order "
+                                  f"({', '.join(i.name for i in order)}); spcomp does not transpose an "
+                                  "operand read by blocks: store it in the order the other operands use")
         for acc, fmt in list(transposes.items()) + list(relayout.items()):
             t = acc.tensor
             fmt = _transposable(fmt)
@@ -228,9 +241,10 @@ class Lowerer:
             vals = n.Var(self.fresh(f"{name}_vals"), ptr(value_type(t)))
             self.params[name] = TensorParams(name, t, levels, vals)
             if not is_out and name not in temps:
+                own = self.blocking.own_level if self.blocking is not None else (lambda _t, l: l)
                 for l, arrays in enumerate(levels):
                     for arr, v in arrays.items():
-                        self.bindings.append(Binding(v, "input", operand, l, arr, storage=name))
+                        self.bindings.append(Binding(v, "input", operand, own(name, l), arr, storage=name))
                 self.bindings.append(Binding(vals, "input", operand, -1, "vals", storage=name))
 
     # ------------------------------------------------------------ build
@@ -369,14 +383,20 @@ class Lowerer:
     def record(self, module, entry, bindings, output: OutputPlan, notation, loops: list) -> Lowered:
         """The Lowered record of this lowering: the one place it is built."""
         output.expand = self.expand
+        if self.blocking is not None:  # the runtime checks the operands' own accesses (blocked.py)
+            notation = Assignment(self.record_lhs, self.blocking.restore(notation.rhs), notation.accumulate)
         facts, walked = self.facts(), self.parallel_positions
         balance = par.balance(facts, self.parallel, walked)
+        # (storage, level) pairs name the operand's own levels (a block-read one's differ)
+        own = (lambda p: p)  # noqa: E731
+        if self.blocking is not None:
+            own = (lambda p: None if p is None else (p[0], self.blocking.own_level(p[0], p[1])))
         threads = ThreadPlan(
             parallel=split_mod.base_of(self.parallel).name if self.parallel is not None else None,
-            balance=balance, split=split_mod.extent_rule(self.parallel),
-            positions=None if walked is None else (walked[0].tensor.name, walked[1]),
-            work_scale=par.work_scale(facts, balance), work_dense=par.work_dense(facts, balance),
-            partials=self.partials)
+            balance=own(balance), split=split_mod.extent_rule(self.parallel),
+            positions=None if walked is None else own((walked[0].tensor.name, walked[1])),
+            work_scale=tuple(own(p) for p in par.work_scale(facts, balance)),
+            work_dense=par.work_dense(facts, balance), partials=self.partials)
         inspection = Inspection(notation=notation, order=self.order, warnings=self.warnings,
                                 loops="\n".join(loops + [f"(layout: {r})" for r in self.dense_relayouts]),
                                 blas=[g.describe() for g in self.gemms])
@@ -473,7 +493,7 @@ class Lowerer:
         """Offload only on the CPU and under the default schedule: a schedule that
         names loops is about the loop nest, which the offload would take away."""
         o = self.opt
-        return (o.blas and o.caps.blas and o.parallel in (None, "auto")
+        return (o.blas and o.caps.blas and o.parallel in (None, "auto") and self.blocking is None
                 and not (o.order or o.precompute or o.vectorize or o.unroll or o.split))
 
     def output_loops_dense(self) -> bool:

@@ -1,0 +1,190 @@
+"""Blocked formats in the lowering: each index a blocked operand cuts becomes two.
+
+A ``bsr(R,C)`` operand ``A[i,j]`` stores levels over ``(i/R, j/C, i%R, j%C)``
+(``Format.level_map``). Before anything else looks at the statement, the lowerer
+renames every use of a cut index ``i`` into the pair of :class:`BlockPiece` indices
+``(i_o, i_i)`` with ``i = i_o*R + i_i`` -- the same pair split.py's ``SplitPiece``
+makes of a split loop, but here the pieces are real coordinates of the operands'
+levels, so they are indices of the statement, not loops of one:
+
+* a blocked operand is read through its level view, ``A[i_o, j_o, i_i, j_i]`` over
+  ``d c d d``: its own levels, nothing added;
+* any other operand's *dense* level over ``i`` becomes two dense levels over
+  ``(i_o, i_i)``. Its positions do not change (``q*N + i = (q*N/R + i_o)*R + i_i``),
+  so a dense operand is read at the compound coordinate, with no copy and no new
+  array, and a CSR operand's rows under a blocked row index stay where they are;
+* a level that cannot be cut (compressed, singleton, packed-block or bitmap over a
+  cut index: its coordinates are not ``i_o*R + i_i`` positions) is refused with a
+  FormatError naming the operand and the level, as is a sparse output that is not
+  blocked like its operands.
+
+The rewritten statement has ordinary indices and unblocked formats only, so the
+iteration graph, the merge lattices (a loop over ``j_o`` co-iterates the blocked
+levels with every operand that does not use ``j``), the sinks, the parallel choice
+and both backends work unchanged. The runtime binds the pieces' sizes from their
+base's (``N/R`` and ``R``) and refuses shapes that are not multiples of the block
+(``runtime/plan.py``). :meth:`Blocking.restore` gives the runtime back the
+operands' own accesses for shape checks and argument slots.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import FormatError
+from ..formats import Format
+from ..notation import Access, IndexVar, Reduce, Sum, TensorVar, accesses
+from .normalize import rebuild, replace
+
+
+@dataclass(frozen=True)
+class BlockPiece(IndexVar):
+    """One coordinate of a cut index: ``outer`` counts blocks of ``factor``, the other
+    piece the place in a block (``base = outer*factor + inner``)."""
+    base: IndexVar = None
+    factor: int = 1
+    outer: bool = True
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def piece(base: IndexVar, factor: int, outer: bool) -> BlockPiece:
+    return BlockPiece(f"{base.name}_{'o' if outer else 'i'}", base=base, factor=factor, outer=outer)
+
+
+def level_indices(acc: Access) -> list:
+    """The coordinate each level of ``acc``'s blocked format holds, as indices."""
+    fmt = acc.tensor.format
+    return [acc.indices[d] if part == "whole" else piece(acc.indices[d], fmt.blocks[d], part == "outer")
+            for d, part in fmt.level_map()]
+
+
+@dataclass
+class Blocking:
+    """The statement with cut indices renamed, and how to undo it for the runtime."""
+    lhs: Access
+    rhs: object
+    cuts: dict                                      # base IndexVar -> block size
+    originals: dict = field(default_factory=dict)   # view Access -> the operand's own Access
+    level_maps: dict = field(default_factory=dict)  # tensor name -> view level -> its own level
+
+    def restore(self, expr):
+        """``expr`` with every view access replaced by the operand's own access."""
+        for view, own in self.originals.items():
+            expr = replace(expr, view, own)
+        return expr
+
+    def own_level(self, tensor: str, level: int) -> int:
+        """The level of the operand's own format that view level ``level`` reads."""
+        m = self.level_maps.get(tensor)
+        return level if m is None else m[level]
+
+    @property
+    def views(self) -> set:
+        return {v.tensor for v in self.originals}
+
+
+def rewrite(lhs: Access, rhs) -> Blocking | None:
+    """The statement in block pieces, or None when no operand is blocked."""
+    accs = [lhs] + list(dict.fromkeys(accesses(rhs)))
+    cuts = _cuts(accs)
+    if not cuts:
+        return None
+    names = {i.name for acc in accs for i in acc.indices}
+    for i, f in cuts.items():
+        for p in (piece(i, f, True), piece(i, f, False)):
+            if p.name in names:
+                raise FormatError(f"index {i.name} is cut into blocks, and its pieces are named "
+                                  f"{i.name}_o and {i.name}_i, but the statement already has an index "
+                                  f"{p.name}; rename it")
+    b = Blocking(lhs, rhs, cuts)
+    seen: dict = {}
+    for acc in accs:
+        view = _view(acc, cuts, b, is_output=acc is lhs)
+        if view is None:
+            continue
+        other = seen.setdefault(acc.tensor.name, view.tensor)
+        if other != view.tensor:
+            raise FormatError(f"operand {acc.tensor.name} is read with a cut index in one access and not "
+                              f"in another ({acc!r}); spcomp reads one operand through one level view")
+        b.originals[view] = acc
+    views = {own: view for view, own in b.originals.items()}
+    b.lhs = views.get(lhs, lhs)
+    b.rhs = _renamed(rhs, views, cuts)
+    return b
+
+
+def _cuts(accs) -> dict:
+    cuts: dict = {}
+    by: dict = {}
+    for acc in accs:
+        fmt = acc.tensor.format
+        if fmt.blocks is None:
+            continue
+        if len(set(acc.indices)) != len(acc.indices):
+            raise FormatError(f"operand {acc.tensor.name} is stored as {fmt} and read as {acc!r}: a blocked "
+                              "operand cannot repeat an index (a diagonal of blocks)")
+        for d, f in enumerate(fmt.blocks):
+            if f <= 1:
+                continue
+            i = acc.indices[d]
+            if cuts.setdefault(i, f) != f:
+                raise FormatError(f"index {i.name} is cut into blocks of {cuts[i]} by {by[i]} and of {f} "
+                                  f"by operand {acc.tensor.name} ({fmt}): operands that share a blocked "
+                                  "index need the same block size along it")
+            by.setdefault(i, f"operand {acc.tensor.name} ({fmt})")
+    return cuts
+
+
+def _view(acc: Access, cuts: dict, b: Blocking, is_output: bool):
+    """``acc`` read through its levels, each holding one plain or piece coordinate."""
+    fmt, t = acc.tensor.format, acc.tensor
+    if fmt.blocks is None and not any(i in cuts for i in acc.indices):
+        return None
+    who = f"output {t.name}" if is_output else f"operand {t.name}"
+    if len(set(acc.indices)) != len(acc.indices):
+        raise FormatError(f"{who} ({fmt}) is read as {acc!r}, repeating index(es) that a blocked operand "
+                          "cuts into blocks; spcomp cannot read a diagonal across blocks")
+    if is_output and fmt.blocks is None and not fmt.is_dense:
+        cut = next(i for i in acc.indices if i in cuts)
+        raise FormatError(f"output {t.name} is stored as {fmt}, but index {cut.name} is cut into blocks "
+                          f"of {cuts[cut]} by a blocked operand: store {t.name} dense, or blocked with the "
+                          "same blocks (e.g. bsr(R,C)), so its levels follow the blocks")
+    levels, idx, lmap = [], [], []
+    for l, ((d, part), kind) in enumerate(zip(fmt.level_map(), fmt.levels)):
+        i = acc.indices[d]
+        if part != "whole":
+            levels.append(kind)
+            idx.append(piece(i, cuts[i], part == "outer"))
+            lmap.append(l)
+        elif i in cuts:
+            if not kind.is_dense:
+                raise FormatError(
+                    f"{who} is stored as {fmt}: its level {l + 1} ({kind.spec()}, a {kind.kind_name} level) "
+                    f"holds index {i.name}, which a blocked operand cuts into blocks of {cuts[i]}; only a "
+                    f"dense level can be read block by block. Store {t.name} blocked like that operand "
+                    f"(e.g. bsr), or dense")
+            levels += [kind, kind]
+            idx += [piece(i, cuts[i], True), piece(i, cuts[i], False)]
+            lmap += [l, l]
+        else:
+            levels.append(kind)
+            idx.append(i)
+            lmap.append(l)
+    b.level_maps[t.name] = tuple(lmap)
+    return Access(TensorVar(t.name, len(idx), Format(tuple(levels)), t.dtype), tuple(idx))
+
+
+def _renamed(e, views: dict, cuts: dict):
+    """``e`` with accesses read through their views and sums over a cut index nested
+    over its two pieces (outer first)."""
+    if isinstance(e, Access):
+        return views.get(e, e)
+    if isinstance(e, (Sum, Reduce)) and e.index in cuts:
+        f = cuts[e.index]
+        body = _renamed(e.body, views, cuts)
+        o, i = piece(e.index, f, True), piece(e.index, f, False)
+        if isinstance(e, Sum):
+            return Sum(o, Sum(i, body))
+        return Reduce(e.op, o, Reduce(e.op, i, body))
+    return rebuild(e, lambda c: _renamed(c, views, cuts))
