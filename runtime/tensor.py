@@ -114,7 +114,7 @@ class Tensor:
         target = _cv.resolve_dtype(dtype, m.dtype)
         kind = m.format
         m = _scipy_ready(m, target)
-        if kind in ("csr", "csc"):
+        if kind in ("csr", "csc", "bsr"):
             _check_scipy_compressed(m)
         if (kind in ("csr", "csc") and len(shape) == 2 and _is_dense_compressed(fmt)
                 and fmt.order == ((0, 1) if kind == "csr" else (1, 0))):
@@ -141,7 +141,6 @@ class Tensor:
         ``indices`` -> ``crd``, ``data`` of shape ``(nblocks, R, C)`` flattened -> ``vals``)."""
         from .convert import check_block_fit
         check_block_fit(fmt, shape, "scipy bsr matrix")
-        _check_scipy_compressed(m)
         if not m.has_canonical_format:  # unsorted or duplicated blocks: SciPy's pass on a copy
             m = m.copy()
             m.sum_duplicates()
@@ -342,7 +341,7 @@ def expand_output(t: Tensor, fmt: Format) -> Tensor:
 
 
 def _is_dense_compressed(fmt: Format) -> bool:
-    return (fmt.ndim == 2 and isinstance(fmt.levels[0], Dense)
+    return (fmt.ndim == 2 and fmt.blocks is None and isinstance(fmt.levels[0], Dense)
             and isinstance(fmt.levels[1], Compressed) and fmt.levels[1].ordered and fmt.levels[1].unique)
 
 
@@ -401,11 +400,13 @@ def _check_scipy_compressed(m) -> None:
     from spcomp.errors import InvalidTensorError
     major, minor = (m.shape[0], m.shape[1]) if m.format != "csc" else (m.shape[1], m.shape[0])
     if m.format == "bsr":  # counted in blocks
-        R, C = m.blocksize
+        if np.ndim(m.data) != 3:
+            raise InvalidTensorError(f"scipy bsr matrix: data has shape {np.shape(m.data)}, expected "
+                                     "(nblocks, R, C)")
+        R, C = m.data.shape[1:]
+        if R < 1 or C < 1 or major % R or minor % C:
+            raise InvalidTensorError(f"scipy bsr matrix: blocks of {R}x{C} do not tile its shape {m.shape}")
         major, minor = major // R, minor // C
-        if m.data.ndim != 3 or m.data.shape[1:] != (R, C):
-            raise InvalidTensorError(f"scipy bsr matrix: data has shape {m.data.shape}, expected "
-                                     f"(nblocks, {R}, {C})")
     indptr, indices = np.asarray(m.indptr), np.asarray(m.indices)
     what = f"scipy {m.format} matrix"
     if indptr.ndim != 1 or len(indptr) != major + 1:

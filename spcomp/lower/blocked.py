@@ -59,6 +59,14 @@ def level_indices(acc: Access) -> list:
             for d, part in fmt.level_map()]
 
 
+class Reblock(Exception):
+    """The lowerer's signal to lower again with these operands read from copies in the blocks."""
+
+    def __init__(self, names: frozenset):
+        super().__init__(sorted(names))
+        self.names = names
+
+
 @dataclass
 class Blocking:
     """The statement with cut indices renamed, and how to undo it for the runtime."""
@@ -67,6 +75,9 @@ class Blocking:
     cuts: dict                                      # base IndexVar -> block size
     originals: dict = field(default_factory=dict)   # view Access -> the operand's own Access
     level_maps: dict = field(default_factory=dict)  # tensor name -> view level -> its own level
+    # storage -> (operand, blocked Format): sparse operands converted to the blocks at each call
+    converted: dict = field(default_factory=dict)
+    lhs_own: Access = None  # the statement's output access
 
     def restore(self, expr):
         """``expr`` with every view access replaced by the operand's own access."""
@@ -79,13 +90,26 @@ class Blocking:
         m = self.level_maps.get(tensor)
         return level if m is None else m[level]
 
+    def reblock_or_refuse(self) -> None:
+        """Called when the loop order would transpose an operand read by blocks: raise
+        :class:`Reblock` naming the sparse, unblocked inputs read at their own levels
+        (dense ones cut in two), whose level order is what conflicts with the blocked
+        operands'; copies in the blocks order their levels alike. Return (the caller
+        refuses) when there are none."""
+        names = frozenset(own.tensor.name for own in self.originals.values()
+                          if own is not self.lhs_own and own.tensor.format.blocks is None
+                          and not own.tensor.format.is_dense)
+        if names:
+            raise Reblock(names)
+
     @property
     def views(self) -> set:
         return {v.tensor for v in self.originals}
 
 
-def rewrite(lhs: Access, rhs) -> Blocking | None:
-    """The statement in block pieces, or None when no operand is blocked."""
+def rewrite(lhs: Access, rhs, reblock=frozenset()) -> Blocking | None:
+    """The statement in block pieces, or None when no operand is blocked; the operands
+    named in ``reblock`` are read from copies in the blocks."""
     accs = [lhs] + list(dict.fromkeys(accesses(rhs)))
     cuts = _cuts(accs)
     if not cuts:
@@ -97,18 +121,25 @@ def rewrite(lhs: Access, rhs) -> Blocking | None:
                 raise FormatError(f"index {i.name} is cut into blocks, and its pieces are named "
                                   f"{i.name}_o and {i.name}_i, but the statement already has an index "
                                   f"{p.name}; rename it")
-    b = Blocking(lhs, rhs, cuts)
+    b = Blocking(lhs, rhs, cuts, lhs_own=lhs)
     seen: dict = {}
+    views: dict = {}  # the statement's access -> the access the nest reads
+    taken = {acc.tensor.name for acc in accs}
+    # a copy in the blocks orders its dimensions as the first blocked operand orders them
+    first = next(acc for acc in accs if acc.tensor.format.blocks is not None)
+    rank = {first.indices[d]: k for k, d in enumerate(first.tensor.format.order)}
     for acc in accs:
-        view = _view(acc, cuts, b, is_output=acc is lhs)
+        copy = acc is not lhs and (_needs_blocks(acc, cuts) or acc.tensor.name in reblock)
+        own = _reblocked(acc, cuts, b, taken, rank) if copy else acc
+        view = _view(own, cuts, b, is_output=acc is lhs)
         if view is None:
             continue
-        other = seen.setdefault(acc.tensor.name, view.tensor)
+        other = seen.setdefault(own.tensor.name, view.tensor)
         if other != view.tensor:
             raise FormatError(f"operand {acc.tensor.name} is read with a cut index in one access and not "
                               f"in another ({acc!r}); spcomp reads one operand through one level view")
-        b.originals[view] = acc
-    views = {own: view for view, own in b.originals.items()}
+        b.originals[view] = own
+        views[acc] = view
     b.lhs = views.get(lhs, lhs)
     b.rhs = _renamed(rhs, views, cuts)
     return b
@@ -134,6 +165,34 @@ def _cuts(accs) -> dict:
                                   "index need the same block size along it")
             by.setdefault(i, f"operand {acc.tensor.name} ({fmt})")
     return cuts
+
+
+def _needs_blocks(acc: Access, cuts: dict) -> bool:
+    """Whether a level that is not dense holds a whole index that another operand cuts."""
+    fmt = acc.tensor.format
+    return any(part == "whole" and acc.indices[d] in cuts and not kind.is_dense
+               for (d, part), kind in zip(fmt.level_map(), fmt.levels))
+
+
+def _reblocked(acc: Access, cuts: dict, b: Blocking, taken: set, rank: dict) -> Access:
+    """A sparse operand whose sparse level holds a cut index, read from a copy in the
+    same blocks (its levels over the blocks, dense levels inside them) that the runtime
+    makes at each call, as it makes a transposed copy (``OperandPlan.transposes``)."""
+    from .. import formats
+    t, fmt = acc.tensor, acc.tensor.format
+    blocks = tuple(cuts.get(i, 1) for i in acc.indices)
+    order = tuple(sorted(fmt.order, key=lambda d: (rank.get(acc.indices[d], len(rank)), fmt.order.index(d))))
+    outer = tuple(formats.Compressed() if kind.fixed_slots else kind for kind in fmt.levels[:fmt.ndim])
+    inner = tuple(formats.Dense() for d in order if blocks[d] > 1)
+    new = Format(outer + inner, order, blocks=blocks)
+    if len(blocks) == 2 and new in (Format.bsr(*blocks), Format.bsc(*blocks)):
+        new = Format.bsr(*blocks) if order == (0, 1) else Format.bsc(*blocks)  # its preset name
+    name, k = f"{t.name}_blocks", 2
+    while name in taken:
+        name, k = f"{t.name}_blocks{k}", k + 1
+    taken.add(name)
+    b.converted[name] = (t.name, new)
+    return Access(TensorVar(name, t.order, new, t.dtype), acc.indices)
 
 
 def _view(acc: Access, cuts: dict, b: Blocking, is_output: bool):

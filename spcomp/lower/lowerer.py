@@ -94,6 +94,19 @@ class Lowerer:
 
     # ================================================================ setup
     def run(self) -> Lowered:
+        """Lower; a sparse operand read by blocks at its own levels whose order conflicts
+        with the blocked operands' is read from a copy in the blocks instead (blocked.py)."""
+        self.reblock = frozenset()
+        while True:
+            try:
+                return self._run()
+            except blocked.Reblock as e:
+                if e.names <= self.reblock:
+                    raise UnsupportedError(f"internal: reblocking {sorted(e.names)} did not settle") from None
+                self.reblock |= e.names
+                self.warnings, self.loops_text = [], []
+
+    def _run(self) -> Lowered:
         a = self.a
         lhs, rhs = a.lhs, a.rhs
         self.accumulate = a.accumulate
@@ -116,7 +129,7 @@ class Lowerer:
             lhs = Access(TensorVar(t.name, t.order, stand_in, t.dtype), lhs.indices)
         # the runtime sees the operands' own accesses; the nest reads blocked ones by levels
         self.record_lhs = lhs
-        self.blocking = blocked.rewrite(lhs, rhs)
+        self.blocking = blocked.rewrite(lhs, rhs, self.reblock)
         if self.blocking is not None:
             lhs, rhs = self.blocking.lhs, self.blocking.rhs
         # A[i,i] on a sparse A reads a diagonal storage the runtime builds (diagonal.py)
@@ -153,10 +166,19 @@ class Lowerer:
         self.transposes = {}
         self.dense_relayouts = []
         taken = {t.name for t in a.tensors.values()} | set(self.diagonals)
+        if self.blocking is not None:  # sparse operands read from copies in the blocks (blocked.py)
+            taken |= set(self.blocking.converted)
+            for storage, (operand, fmt) in self.blocking.converted.items():
+                self.transposes[storage] = (operand, fmt)
+                self.warnings.append(
+                    f"operand {operand} is stored as {a.tensors[operand].format}, whose sparse levels hold "
+                    f"indices that a blocked operand cuts into blocks; spcomp converts it to {str(fmt)!r} at "
+                    f"each call (pass it in that format to avoid the copy)")
         views = self.blocking.views if self.blocking is not None else set()
         relayout = _dense_relayouts(rhs, order, self.opt.auto_layout, skip={g.temp for g in self.gemms} | views)
         for acc in transposes:
             if acc.tensor in views:
+                self.blocking.reblock_or_refuse()
                 raise FormatError(f"operand {acc.tensor.name} is read by blocks ({acc!r} over levels "
                                   f"{acc.tensor.format.spec()}) against the loop order "
                                   f"({', '.join(i.name for i in order)}); spcomp does not transpose an "
