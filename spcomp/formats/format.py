@@ -307,7 +307,7 @@ def _parse_levels(text: str) -> tuple:
         m = _LEVEL.match(text, pos)
         if not m:
             raise FormatError(f"format {text!r}: cannot read a level at {text[pos:]!r}; levels are "
-                              "d, c, q, p(B,K), b or a preset (dense csr csc coo dcsr csf ell twell)"
+                              "d, c, q, p(B,K), b or a preset (dense csr csc coo dcsr csf ell twell bsr bsc)"
                               + _did_you_mean(text))
         letter, args = m.group(1), m.group(2)
         flags = [a.strip() for a in args.split(",")] if args is not None else []
