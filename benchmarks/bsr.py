@@ -12,9 +12,14 @@ row times, interleaved on the same inputs:
   blocks included, so both kernels do the same multiply-adds) with
   ``formats={"A": "csr"}``.
 
-Ratios are peer time / spcomp bsr time (above 1: spcomp's BSR is faster). One
-thread by default (scipy's kernels have one); ``--threads 2`` lets spcomp use two
-and says so. Results are checked against each other before timing.
+A second table times 2:4 structured sparsity: a weight ``W`` (n x n, two nonzeros
+in every four consecutive entries of a row) in ``nm(2,4)`` times dense activations
+``X`` (n x k), against NumPy's dense ``W @ X`` (BLAS, same thread count through
+threadpoolctl) and spcomp's CSR kernel on the same weight.
+
+Ratios are peer time / spcomp time (above 1: spcomp's blocked kernel is faster).
+One thread by default (scipy's kernels have one); ``--threads 2`` lets spcomp and
+BLAS use two and says so. Results are checked against each other before timing.
 
 Run: ``python -m benchmarks.bsr [--n 4096] [--k 64] [--density 0.02] [--threads 1]``.
 """
@@ -27,7 +32,8 @@ import scipy.sparse as sp
 
 import spcomp
 
-from .common import TimingPolicy, fmt_ratio, fmt_time, measure_interleaved, render_text, Column, LoadMonitor
+from .common import (Column, LoadMonitor, Threads, TimingPolicy, fmt_ratio, fmt_time, measure_interleaved,
+                     render_text)
 
 
 def block_sparse(n: int, R: int, C: int, density: float, seed: int = 0) -> sp.bsr_array:
@@ -74,6 +80,36 @@ def run(n: int, K: int, density: float, blocks: list, threads: int, policy: Timi
     return rows
 
 
+def two_four(n: int, seed: int = 0) -> np.ndarray:
+    """An n x n weight pruned to 2:4 along its rows (the two largest of every four kept)."""
+    w = np.random.default_rng(seed).standard_normal((n, n // 4, 4))
+    drop = np.argsort(np.abs(w), axis=2)[:, :, :2]
+    np.put_along_axis(w, drop, 0.0, axis=2)
+    return w.reshape(n, n)
+
+
+def run_nm(n: int, K: int, threads: int, policy: TimingPolicy) -> list:
+    W = two_four(n)
+    X = np.random.default_rng(2).standard_normal((n, K))
+    Wt = spcomp.Tensor.from_numpy(W, "nm(2,4)")
+    csr = sp.csr_array(W)
+    k_nm = spcomp.compile("Y[i,k] = W[i,j] * X[j,k]", formats={"W": "nm(2,4)"})
+    k_csr = spcomp.compile("Y[i,k] = W[i,j] * X[j,k]", formats={"W": "csr"})
+    ref = W @ X
+    for name, got in (("nm", k_nm(W=Wt, X=X)), ("csr", k_csr(W=csr, X=X))):
+        if not np.allclose(got, ref, rtol=1e-9, atol=1e-9):
+            raise SystemExit(f"spcomp {name} disagrees with BLAS on the 2:4 weight")
+    load = LoadMonitor()
+    t = measure_interleaved({"spcomp nm": lambda: k_nm(W=Wt, X=X), "blas": lambda: W @ X,
+                             "spcomp csr": lambda: k_csr(W=csr, X=X)}, policy)
+    share = load.share()
+    ours = t["spcomp nm"].median_s
+    return [{"weight": f"{n}x{n} 2:4", "k": K, "spcomp nm(2,4)": fmt_time(ours),
+             "dense BLAS": fmt_time(t["blas"].median_s), "blas/nm": fmt_ratio(t["blas"].median_s, ours),
+             "spcomp csr": fmt_time(t["spcomp csr"].median_s), "csr/nm": fmt_ratio(t["spcomp csr"].median_s, ours),
+             "other load": "?" if share is None else f"{share:.0%}"}]
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=4096)
@@ -84,11 +120,16 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     a = p.parse_args(argv)
     policy = TimingPolicy(min_repeats=9, target_s=1.5, rounds=a.rounds)
+    threads = Threads(spcomp)
+    threads.set(a.threads)
     rows = run(a.n, a.k, a.density, [int(b) for b in a.blocks.split(",")], a.threads, policy)
-    cols = [Column(c, c) for c in rows[0]]
     print(f"Y = A @ X: A {a.n}x{a.n} float64 with {a.density:.0%} of its blocks stored, X {a.n}x{a.k}; "
           f"spcomp on {a.threads} thread(s), scipy on one; medians of interleaved rounds")
-    print(render_text(cols, rows))
+    print(render_text([Column(c, c) for c in rows[0]], rows))
+    rows = run_nm(a.n, a.k, a.threads, policy)
+    print(f"\nY = W @ X: W 2:4 structured ({a.n}x{a.n}, float64), X {a.n}x{a.k}; spcomp and BLAS on "
+          f"{a.threads} thread(s) ({threads.blas_info()})")
+    print(render_text([Column(c, c) for c in rows[0]], rows))
 
 
 if __name__ == "__main__":

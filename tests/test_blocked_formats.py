@@ -219,7 +219,7 @@ def test_format_strings_and_presets():
     assert Format.parse("bsc(4,2)").level_map() == ((1, "outer"), (0, "outer"), (1, "inner"), (0, "inner"))
     assert Format.parse("bsr(4)") == Format.bsr(4, 4) and Format.parse("bsr(R=3,C=1)").levels == f.levels[:3]
     assert Format.parse("bsr(3,3)") != Format.parse("bsr(3,2)")
-    for bad, words in [("dcdd/4", "needs 2 levels"), ("dddd/2,2", "only dense levels"), ("bsr", "block size"),
+    for bad, words in [("dcdd/4", "needs 2 levels"), ("dddd/2,2", "only dense levels"), ("bsr", "needs its sizes"),
                        ("bsr(x,2)", "integer"), ("dcdd/0,2", "at least 1"), ("bsr(2,2)/2,2", "no '/blocks'")]:
         with pytest.raises(FormatError, match=words):
             Format.parse(bad)
@@ -283,3 +283,67 @@ def test_shapes_not_a_multiple_of_the_block_are_refused_at_call_time():
 def test_combinations_that_cannot_be_read_by_blocks_name_the_operand(text, formats, words):
     with pytest.raises(FormatError, match=words):
         spcomp.compile(text, formats=formats)
+
+
+# ------------------------------------------------------- N:M structured sparsity
+
+def nm_matrix(rng, rows, cols, N, M, full=0.7):
+    """A (rows, cols) array with at most N nonzeros in every M consecutive entries of a
+    row (exactly N in a fraction ``full`` of the blocks), sorted as a pruner leaves it."""
+    a = rng.standard_normal((rows, cols // M, M))
+    keep = np.argsort(rng.random((rows, cols // M, M)), axis=2)
+    count = np.where(rng.random((rows, cols // M)) < full, N, rng.integers(0, N + 1, (rows, cols // M)))
+    mask = np.argsort(keep, axis=2) < count[..., None]
+    return (a * mask).reshape(rows, cols)
+
+
+@pytest.mark.parametrize("what", ["spmm", "spmv", "masked"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nm_kernels_match_einsum(backend, what):
+    @settings(max_examples=examples(8 if backend == "cpu" else 3))
+    @given(st.sampled_from([(1, 2), (2, 4), (1, 4), (4, 8), (3, 4)]), st.integers(1, 5), st.integers(1, 4),
+           st.integers(1, 4), st.integers(0, 1000))
+    def check(nm, rows, blocks, K, seed):
+        N, M = nm
+        rng = np.random.default_rng(seed)
+        W = nm_matrix(rng, rows, blocks * M, N, M)
+        fmt = {"W": f"nm({N},{M})"}
+        if what == "spmm":
+            X = rng.standard_normal((blocks * M, K))
+            out, ref = spcomp.compile("Y[i,k] = W[i,j] * X[j,k]", formats=fmt, backend=backend)(W=W, X=X), W @ X
+        elif what == "spmv":
+            x = rng.standard_normal(blocks * M)
+            out, ref = spcomp.compile("y[i] = W[i,j] * x[j]", formats=fmt, backend=backend)(W=W, x=x), W @ x
+        else:  # the 2:4 weight's gradient pattern: an N:M output masked by W
+            G, X = rng.standard_normal((rows, K)), rng.standard_normal((K, blocks * M))
+            k = spcomp.compile("D[i,j] = W[i,j] * G[i,k] * X[k,j]", formats={**fmt, "D": f"nm({N},{M})"},
+                               backend=backend)
+            out, ref = dense_of(k(W=W, G=G, X=X)), W * (G @ X)
+        np.testing.assert_allclose(dense_of(out), ref, rtol=1e-10, atol=1e-10)
+    check()
+
+
+def test_nm_arrays_are_the_usual_compressed_values_and_indices_zero_copy():
+    """A pruner's 2:4 output -- values (rows, cols/2) and in-block indices -- wrapped as is."""
+    rng = np.random.default_rng(0)
+    W = nm_matrix(rng, 6, 16, 2, 4, full=1.0)
+    blocks = W.reshape(6, 4, 4)
+    idx = np.sort(np.argsort(blocks == 0, axis=2, kind="stable")[:, :, :2], axis=2)  # nonzeros first
+    values = np.take_along_axis(blocks, idx, axis=2).reshape(6, 8)
+    indices = idx.astype(np.int16).reshape(6, 8)
+    count = np.full(6 * 4, 2, np.int32)
+    t = Tensor.from_arrays("nm(2,4)", W.shape, [{}, {"count": count, "crd": indices.reshape(-1)}],
+                           values.reshape(-1))
+    assert np.shares_memory(t.vals, values) and np.shares_memory(t.levels[1]["crd"], indices)
+    np.testing.assert_array_equal(t.to_numpy(), W)
+    x = rng.standard_normal(16)
+    np.testing.assert_allclose(spcomp.compile("y[i] = W[i,j] * x[j]", formats={"W": "nm(2,4)"})(W=t, x=x), W @ x)
+
+
+def test_nm_refuses_a_block_with_more_than_n_entries_naming_it():
+    W = np.array([[1.0, 2, 3, 0, 0, 0, 0, 1]])
+    with pytest.raises(spcomp.errors.PackedOverflowError, match=r"block 0 \(coordinates 0\.\.3\).*3 nonzeros"):
+        Tensor.from_numpy(W, "nm(2,4)")
+    with pytest.raises(FormatError, match="1 <= N <= M"):
+        Format.parse("nm(5,4)")
+    assert Format.parse("nm(N=2,M=4)") == Format.nm(2, 4) and Format.parse("nm(2,4)").spec() == "dp(4,2)"

@@ -5,7 +5,7 @@ Format strings: level letters (``registry.py``) ``d`` ``c`` ``q`` ``p(B,K)`` / `
 optional flags (``c(nonunique)``, ``q(unordered)``, ``p(256,32,unordered)``),
 an optional mode order after a colon (``"dc:1,0"`` is CSC), optional block sizes
 after a slash (``"dcdd/4,4"`` is ``bsr(4,4)``), or a preset name:
-``dense csr csc coo dcsr csf ell(K=..) twell(B=..,K=..) bsr(R,C) bsc(R,C)``.
+``dense csr csc coo dcsr csf ell(K=..) twell(B=..,K=..) bsr(R,C) bsc(R,C) nm(N,M)``.
 
 Blocked formats (MLIR's dim→level maps): ``blocks[d] = b > 1`` cuts dimension ``d``
 into an outer level (``i floordiv b``, placed by ``order`` like any dimension) and an
@@ -180,6 +180,14 @@ class Format:
         return Format((Dense(),) * (ndim - 1) + (PackedBlock(None, K),), name=f"ell(K={K})")
 
     @staticmethod
+    def nm(N: int = 2, M: int = 4, ndim: int = 2) -> "Format":
+        """N:M structured sparsity along the last dimension (2:4): dense rows, each cut
+        into blocks of M coordinates holding at most N entries -- the packed-block level
+        ``p(M,N)``: ``vals`` is the usual compressed ``(rows, cols*N/M)`` value array and
+        ``crd`` the in-block index of each (int16), ``count`` the entries per block."""
+        return Format((Dense(),) * (ndim - 1) + (PackedBlock(M, N),), name=f"nm({N},{M})")
+
+    @staticmethod
     def bsr(R: int, C: int) -> "Format":
         """Block sparse rows: ``d c d d`` over ``(i/R, j/C, i%R, j%C)``, scipy's ``bsr_array``
         (``indptr``, ``indices``, ``data`` of shape ``(nblocks, R, C)``)."""
@@ -216,21 +224,34 @@ class Format:
 _PRESET_ARGS = re.compile(r"^(\w+)\s*(?:\((.*)\))?$")
 
 
-def _block_preset(name: str, args: str | None) -> Format:
-    """``bsr(R,C)`` / ``bsc(R,C)`` (also ``R=..,C=..``; one number is a square block)."""
+def _numbers(name: str, args: str | None, keys: tuple, example: str) -> dict:
+    """``name(a,b)`` or ``name(A=a,B=b)``: the numbers by key (``keys``, in order)."""
     parts = [p.strip() for p in (args or "").split(",") if p.strip()]
     values = {}
     for k, part in enumerate(parts):
         key, _, value = part.rpartition("=")
-        key = key.strip() or "RC"[min(k, 1)]
-        if key not in ("R", "C") or key in values:
-            raise FormatError(f"format {name}({args}): give the block as ({name}(R,C)), e.g. {name}(4,4)")
+        key = key.strip() or keys[min(k, len(keys) - 1)]
+        if key not in keys or key in values:
+            raise FormatError(f"format {name}({args}): give {','.join(keys)} as numbers, e.g. {example}")
         try:
             values[key] = int(value)
         except ValueError:
             raise FormatError(f"format {name}({args}): {key} must be an integer, got {value.strip()!r}") from None
     if not values:
-        raise FormatError(f"format {name!r} needs its block size, e.g. {name}(4,4)")
+        raise FormatError(f"format {name!r} needs its sizes, e.g. {example}")
+    return values
+
+
+def _two_numbers(name: str, args: str | None, keys: tuple, example: str) -> tuple:
+    values = _numbers(name, args, keys, example)
+    if len(values) != 2:
+        raise FormatError(f"format {name}({args}): give both {' and '.join(keys)}, e.g. {example}")
+    return values[keys[0]], values[keys[1]]
+
+
+def _block_preset(name: str, args: str | None) -> Format:
+    """``bsr(R,C)`` / ``bsc(R,C)`` (also ``R=..,C=..``; one number is a square block)."""
+    values = _numbers(name, args, ("R", "C"), f"{name}(4,4)")
     R = values.get("R", values.get("C"))
     C = values.get("C", R)
     return Format.bsr(R, C) if name == "bsr" else Format.bsc(R, C)
@@ -253,6 +274,11 @@ def _check_blocks(fmt: Format, levels: tuple, blocks: tuple) -> None:
 def _preset(name: str, args: str | None, ndim: int | None) -> Format | None:
     if name in ("bsr", "bsc"):
         return _block_preset(name, args)
+    if name == "nm":
+        N, M = _two_numbers(name, args, ("N", "M"), "nm(2,4)")
+        if not 1 <= N <= M:
+            raise FormatError(f"format nm({args}): N:M sparsity keeps N of every M entries, 1 <= N <= M")
+        return Format.nm(N, M, 2 if ndim is None else ndim)
     kwargs: dict = {}
     if args:
         for part in args.split(","):
@@ -307,7 +333,7 @@ def _parse_levels(text: str) -> tuple:
         m = _LEVEL.match(text, pos)
         if not m:
             raise FormatError(f"format {text!r}: cannot read a level at {text[pos:]!r}; levels are "
-                              "d, c, q, p(B,K), b or a preset (dense csr csc coo dcsr csf ell twell bsr bsc)"
+                              "d, c, q, p(B,K), b or a preset (dense csr csc coo dcsr csf ell twell bsr bsc nm)"
                               + _did_you_mean(text))
         letter, args = m.group(1), m.group(2)
         flags = [a.strip() for a in args.split(",")] if args is not None else []
@@ -318,7 +344,7 @@ def _parse_levels(text: str) -> tuple:
     return tuple(levels)
 
 
-_PRESETS = ("dense", "csr", "csc", "coo", "dcsr", "csf", "ell", "twell", "bsr", "bsc")
+_PRESETS = ("dense", "csr", "csc", "coo", "dcsr", "csf", "ell", "twell", "bsr", "bsc", "nm")
 
 
 def _did_you_mean(text: str) -> str:
