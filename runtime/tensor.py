@@ -336,6 +336,8 @@ def expand_output(t: Tensor, fmt: Format) -> Tensor:
     sub-block, zero where the kernel stored nothing. The stand-in has ``fmt``'s mode
     order and its entries are unique and sorted in storage order: the levels above the
     first substituted one keep the kernel's arrays, the rest are built without a sort."""
+    if t.format.blocks != fmt.blocks:  # assembled in an operand's blocks (lower/blocked.py)
+        return t.to_format(fmt)
     levels, vals = _cv.repack_below(t.format, t.levels, t.vals, fmt, t.shape)
     return Tensor(fmt, t.shape, levels, vals, validated=True)
 

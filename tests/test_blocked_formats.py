@@ -9,6 +9,7 @@ cannot read by blocks are clear errors, never a wrong answer.
 """
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 import spcomp
 from spcomp import Format, Tensor
 from spcomp.backends.cuda import sim
-from spcomp.errors import FormatError, InvalidTensorError, ShapeError, TranspositionWarning
+from spcomp.errors import FormatError, InvalidTensorError, ShapeError, TranspositionWarning, UnsupportedError
 
 from conftest import examples
 
@@ -164,6 +165,25 @@ def test_a_bsr_output_of_a_masked_dense_product_is_scipys_bsr():
     np.testing.assert_allclose(out.toarray(), a * (U @ V), atol=1e-12)
 
 
+def test_a_transposed_blocked_operand_is_read_from_a_copy_in_the_other_block_order():
+    rng = np.random.default_rng(4)
+    a, b = block_matrix(rng, 6, 6, 2, 2, 0.5), block_matrix(rng, 6, 6, 2, 2, 0.5)
+    for out in ("dense", "bsr(2,2)"):
+        with pytest.warns(TranspositionWarning, match=r"converts it to 'bsc\(2,2\)'"):
+            k = spcomp.compile("C[i,j] = A[i,j] + B[j,i]", formats={"A": "bsr(2,2)", "B": "bsr(2,2)", "C": out})
+        np.testing.assert_allclose(dense_of(k(A=a, B=b)), a + b.T)
+
+
+def test_a_sparse_output_of_a_cut_index_is_assembled_in_blocks_and_converted():
+    rng = np.random.default_rng(5)
+    a, b = block_matrix(rng, 6, 9, 2, 3, 0.5), rng.standard_normal((9, 4)) * (rng.random((9, 4)) < 0.4)
+    with pytest.warns(TranspositionWarning, match=r"output C \(csr\).*assembles it as 'bsr\(2,1\)'"):
+        k = spcomp.compile("C[i,k] = A[i,j] * B[j,k]", formats={"A": "bsr(2,3)", "B": "csr", "C": "csr"})
+    out = k(A=a, B=b)
+    assert out.format == Format.csr()
+    np.testing.assert_allclose(out.to_numpy(), a @ b, atol=1e-12)
+
+
 def test_bsr_plus_csr_converts_the_csr_operand_with_a_warning():
     rng = np.random.default_rng(1)
     a = block_matrix(rng, 6, 6, 2, 3, 0.5)
@@ -171,6 +191,42 @@ def test_bsr_plus_csr_converts_the_csr_operand_with_a_warning():
     with pytest.warns(TranspositionWarning, match=r"operand B is stored as csr.*bsr\(2,3\)"):
         k = spcomp.compile("C[i,j] = A[i,j] + B[i,j]", formats={"A": "bsr(2,3)", "B": "csr"})
     np.testing.assert_allclose(k(A=a, B=b), a + b.toarray())
+
+
+# ------------------------------------------- random statements (spcomp.testing)
+
+def test_random_statements_with_blocked_operands_match_the_reference():
+    """``spcomp.testing``'s random expressions with matrices sometimes drawn ``bsr`` /
+    ``bsc`` (``formats(..., blocks=(2,))``; operands() makes cut indices multiples of
+    2): each compiles and matches the reference, or is refused with a FormatError
+    naming an operand or the output."""
+    from spcomp.testing import check_kernel
+    from spcomp.testing.strategies import expressions, formats, operands, output_formats
+    outcomes = {"ok": 0, "refused": 0, "blocked": 0}
+
+    @settings(max_examples=examples(60))
+    @given(st.data())
+    def check(data):
+        case = data.draw(expressions(max_operands=3, max_order=2, min_output_order=1, functions=("relu", "abs"), diagonals=False,
+                                     input_formats=lambda nd: formats(nd, kinds="dcb", blocks=(2,)),
+                                     output_format=lambda nd: output_formats(nd, allow_packed=False, blocks=(2,))))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", TranspositionWarning)
+                spcomp.compile(case.text, formats=case.formats)
+        except (FormatError, UnsupportedError) as e:
+            assert re.search(r"(operand|output) \w+", str(e)), e
+            outcomes["refused"] += 1
+            return
+        ops = data.draw(operands(case), label="operands")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TranspositionWarning)
+            check_kernel(case.text, case.formats, ops)
+        outcomes["ok"] += 1
+        outcomes["blocked"] += any(f.startswith("bs") for f in case.formats.values())
+    check()
+    # refusals are reductions a block cannot nest (sum over k of B[k,j] inside j's loops)
+    assert outcomes["ok"] > 2 * outcomes["refused"] and outcomes["blocked"] >= examples(60) // 10, outcomes
 
 
 # ------------------------------------------------------------------ round trips
@@ -274,11 +330,10 @@ def test_shapes_not_a_multiple_of_the_block_are_refused_at_call_time():
 
 
 @pytest.mark.parametrize("text,formats,words", [
-    ("C[i,k] = A[i,j] * B[j,k]", {"A": "bsr(2,2)", "B": "csr", "C": "csr"}, "output C is stored as csr"),
     ("C[i,j] = A[i,j] * B[i,j]", {"A": "bsr(2,2)", "B": "bsr(2,4)"}, "same block size"),
     ("y[i] = A[i,i] * x[i]", {"A": "bsr(2,2)"}, "cannot repeat an index"),
     ("y[i_o] = A[i_o,j] * B[i,j]", {"A": "dense", "B": "bsr(2,2)"}, "already has an index i_o"),
-    ("C[i,j] = A[i,j] + B[j,i]", {"A": "bsr(2,2)", "B": "bsr(2,2)"}, "does not transpose an operand read by blocks"),
+    ("Y[j] = A[j,i] * A[k,j]", {"A": "bsc(2,2)"}, r"operand A \(bsc\(2,2\)\) is read by blocks as A\[j,i\]"),
 ])
 def test_combinations_that_cannot_be_read_by_blocks_name_the_operand(text, formats, words):
     with pytest.raises(FormatError, match=words):

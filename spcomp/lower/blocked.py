@@ -60,11 +60,13 @@ def level_indices(acc: Access) -> list:
 
 
 class Reblock(Exception):
-    """The lowerer's signal to lower again with these operands read from copies in the blocks."""
+    """The lowerer's signal to lower again with these accesses read from copies in the
+    blocks: ``wanted`` maps an access of the statement to the mode order of its copy
+    (None: the blocked operands' order)."""
 
-    def __init__(self, names: frozenset):
-        super().__init__(sorted(names))
-        self.names = names
+    def __init__(self, wanted: dict):
+        super().__init__(sorted(map(repr, wanted)))
+        self.wanted = wanted
 
 
 @dataclass
@@ -78,6 +80,7 @@ class Blocking:
     # storage -> (operand, blocked Format): sparse operands converted to the blocks at each call
     converted: dict = field(default_factory=dict)
     lhs_own: Access = None  # the statement's output access
+    users: dict = field(default_factory=dict)  # view Access -> the statement's access it reads
 
     def restore(self, expr):
         """``expr`` with every view access replaced by the operand's own access."""
@@ -90,26 +93,36 @@ class Blocking:
         m = self.level_maps.get(tensor)
         return level if m is None else m[level]
 
-    def reblock_or_refuse(self) -> None:
-        """Called when the loop order would transpose an operand read by blocks: raise
-        :class:`Reblock` naming the sparse, unblocked inputs read at their own levels
-        (dense ones cut in two), whose level order is what conflicts with the blocked
-        operands'; copies in the blocks order their levels alike. Return (the caller
-        refuses) when there are none."""
-        names = frozenset(own.tensor.name for own in self.originals.values()
-                          if own is not self.lhs_own and own.tensor.format.blocks is None
-                          and not own.tensor.format.is_dense)
-        if names:
-            raise Reblock(names)
+    def copies_for(self, view: Access, wanted: Format) -> dict:
+        """The copies in the blocks that may let the loop order read ``view``, which it
+        would transpose (``wanted``: the view's format in that order), as
+        :class:`Reblock`'s ``wanted``; empty when there are none (then refuse).
+
+        First every sparse, unblocked input read at its own levels (dense ones cut in
+        two): their level order, not the blocked operand's, is what usually conflicts,
+        and a copy in the blocks orders its levels alike. Else a copy of ``view``'s
+        operand in the order asked, when whole blocks can hold it (outer levels, then
+        inner ones in the same order)."""
+        split = {user: None for v, user in self.users.items() if user is not self.lhs_own
+                 and self.originals[v].tensor.format.blocks is None
+                 and not self.originals[v].tensor.format.is_dense}
+        if split:
+            return split
+        user = self.users.get(view)
+        if user is None or user is self.lhs_own:
+            return {}
+        order = _order_asked(view, wanted, user)
+        return {} if order is None else {user: order}
 
     @property
     def views(self) -> set:
         return {v.tensor for v in self.originals}
 
 
-def rewrite(lhs: Access, rhs, reblock=frozenset()) -> Blocking | None:
-    """The statement in block pieces, or None when no operand is blocked; the operands
-    named in ``reblock`` are read from copies in the blocks."""
+def rewrite(lhs: Access, rhs, reblock=None) -> Blocking | None:
+    """The statement in block pieces, or None when no operand is blocked; the accesses
+    in ``reblock`` (access -> mode order or None) are read from copies in the blocks."""
+    reblock = reblock or {}
     accs = [lhs] + list(dict.fromkeys(accesses(rhs)))
     cuts = _cuts(accs)
     if not cuts:
@@ -125,12 +138,10 @@ def rewrite(lhs: Access, rhs, reblock=frozenset()) -> Blocking | None:
     seen: dict = {}
     views: dict = {}  # the statement's access -> the access the nest reads
     taken = {acc.tensor.name for acc in accs}
-    # a copy in the blocks orders its dimensions as the first blocked operand orders them
-    first = next(acc for acc in accs if acc.tensor.format.blocks is not None)
-    rank = {first.indices[d]: k for k, d in enumerate(first.tensor.format.order)}
+    rank = _ranks(accs)
     for acc in accs:
-        copy = acc is not lhs and (_needs_blocks(acc, cuts) or acc.tensor.name in reblock)
-        own = _reblocked(acc, cuts, b, taken, rank) if copy else acc
+        copy = acc is not lhs and (_needs_blocks(acc, cuts) or acc in reblock)
+        own = _reblocked(acc, cuts, b, taken, rank, reblock.get(acc)) if copy else acc
         view = _view(own, cuts, b, is_output=acc is lhs)
         if view is None:
             continue
@@ -139,10 +150,23 @@ def rewrite(lhs: Access, rhs, reblock=frozenset()) -> Blocking | None:
             raise FormatError(f"operand {acc.tensor.name} is read with a cut index in one access and not "
                               f"in another ({acc!r}); spcomp reads one operand through one level view")
         b.originals[view] = own
+        b.users[view] = acc
         views[acc] = view
     b.lhs = views.get(lhs, lhs)
     b.rhs = _renamed(rhs, views, cuts)
     return b
+
+
+def _order_asked(view: Access, wanted: Format, user: Access):
+    """The mode order of a copy in the blocks that stores ``user``'s dimensions in the
+    order ``wanted`` first reaches them (its outer levels follow the loops; the inner
+    ones come after, as whole blocks need), or None when that is the order it has."""
+    held = [view.indices[d] for d in wanted.order]
+    bases = list(dict.fromkeys(p.base if isinstance(p, BlockPiece) else p for p in held))
+    if any(i not in bases for i in user.indices):
+        return None
+    order = tuple(user.indices.index(i) for i in bases)
+    return None if order == tuple(user.tensor.format.order) else order
 
 
 def _cuts(accs) -> dict:
@@ -174,19 +198,53 @@ def _needs_blocks(acc: Access, cuts: dict) -> bool:
                for (d, part), kind in zip(fmt.level_map(), fmt.levels))
 
 
-def _reblocked(acc: Access, cuts: dict, b: Blocking, taken: set, rank: dict) -> Access:
-    """A sparse operand whose sparse level holds a cut index, read from a copy in the
-    same blocks (its levels over the blocks, dense levels inside them) that the runtime
-    makes at each call, as it makes a transposed copy (``OperandPlan.transposes``)."""
+def _ranks(accs) -> dict:
+    """Index -> its place in the first blocked access's mode order: copies in the
+    blocks order their dimensions alike."""
+    first = next(acc for acc in accs if acc.tensor.format.blocks is not None)
+    return {first.indices[d]: k for k, d in enumerate(first.tensor.format.order)}
+
+
+def in_blocks(acc: Access, cuts: dict, rank: dict, order=None, output: bool = False) -> Format:
+    """``acc``'s format over the blocks of ``cuts``: its levels over the blocks (a
+    packed-block level compressed; for an ``output``, every sparse level, which any
+    kernel can append to), dense levels inside them, dimensions in ``order`` or else
+    ordered by ``rank`` (then by its own order)."""
     from .. import formats
-    t, fmt = acc.tensor, acc.tensor.format
+    fmt = acc.tensor.format
     blocks = tuple(cuts.get(i, 1) for i in acc.indices)
-    order = tuple(sorted(fmt.order, key=lambda d: (rank.get(acc.indices[d], len(rank)), fmt.order.index(d))))
-    outer = tuple(formats.Compressed() if kind.fixed_slots else kind for kind in fmt.levels[:fmt.ndim])
+    if order is None:
+        order = tuple(sorted(fmt.order, key=lambda d: (rank.get(acc.indices[d], len(rank)), fmt.order.index(d))))
+    outer = tuple(formats.Compressed() if kind.fixed_slots or (output and not kind.is_dense) else kind
+                  for kind in fmt.levels[:fmt.ndim])
     inner = tuple(formats.Dense() for d in order if blocks[d] > 1)
     new = Format(outer + inner, order, blocks=blocks)
     if len(blocks) == 2 and new in (Format.bsr(*blocks), Format.bsc(*blocks)):
         new = Format.bsr(*blocks) if order == (0, 1) else Format.bsc(*blocks)  # its preset name
+    return new
+
+
+def output_in_blocks(lhs: Access, rhs) -> Format | None:
+    """The format a sparse, unblocked output is assembled in when a blocked operand
+    cuts one of its indices (the runtime converts the result to the output's own
+    format), or None when the output is assembled as it is."""
+    fmt = lhs.tensor.format
+    if fmt.blocks is not None or fmt.is_dense:
+        return None
+    accs = [lhs] + list(dict.fromkeys(accesses(rhs)))
+    cuts = _cuts(accs)
+    if not any(i in cuts for i in lhs.indices):
+        return None
+    return in_blocks(lhs, cuts, _ranks(accs), output=True)
+
+
+def _reblocked(acc: Access, cuts: dict, b: Blocking, taken: set, rank: dict, order=None) -> Access:
+    """An operand read from a copy in the blocks (its levels over the blocks, dense
+    levels inside them) that the runtime makes at each call, as it makes a transposed
+    copy (``OperandPlan.transposes``): a sparse level of it holds a cut index, or its
+    level order conflicts with the loop order (``order``: the copy's mode order)."""
+    t = acc.tensor
+    new = in_blocks(acc, cuts, rank, order)
     name, k = f"{t.name}_blocks", 2
     while name in taken:
         name, k = f"{t.name}_blocks{k}", k + 1

@@ -96,14 +96,12 @@ class Lowerer:
     def run(self) -> Lowered:
         """Lower; a sparse operand read by blocks at its own levels whose order conflicts
         with the blocked operands' is read from a copy in the blocks instead (blocked.py)."""
-        self.reblock = frozenset()
+        self.reblock = {}
         while True:
             try:
                 return self._run()
             except blocked.Reblock as e:
-                if e.names <= self.reblock:
-                    raise UnsupportedError(f"internal: reblocking {sorted(e.names)} did not settle") from None
-                self.reblock |= e.names
+                self.reblock = {**self.reblock, **e.wanted}
                 self.warnings, self.loops_text = [], []
 
     def _run(self) -> Lowered:
@@ -120,11 +118,20 @@ class Lowerer:
             self.accumulate = False
         else:
             self.old_alias = None
+        # a sparse output of an index a blocked operand cuts: assembled in the blocks,
+        # converted by the runtime (blocked.py)
+        own_format = lhs.tensor.format
+        blocks = blocked.output_in_blocks(lhs, rhs)
+        if blocks is not None:
+            t = lhs.tensor
+            lhs = Access(TensorVar(t.name, t.order, blocks, t.dtype), lhs.indices)
+            self.warnings.append(f"output {t.name} ({own_format}) has indices a blocked operand cuts into "
+                                 f"blocks: spcomp assembles it as {str(blocks)!r} and converts it at each call")
         # dense levels under sparse ones: assembled compressed, expanded by the runtime
         self.expand = None
         stand_in = assembled_format(lhs.tensor.format)
-        if stand_in is not lhs.tensor.format:
-            self.expand = lhs.tensor.format
+        if stand_in is not lhs.tensor.format or blocks is not None:
+            self.expand = own_format
             t = lhs.tensor
             lhs = Access(TensorVar(t.name, t.order, stand_in, t.dtype), lhs.indices)
         # the runtime sees the operands' own accesses; the nest reads blocked ones by levels
@@ -171,18 +178,23 @@ class Lowerer:
             for storage, (operand, fmt) in self.blocking.converted.items():
                 self.transposes[storage] = (operand, fmt)
                 self.warnings.append(
-                    f"operand {operand} is stored as {a.tensors[operand].format}, whose sparse levels hold "
-                    f"indices that a blocked operand cuts into blocks; spcomp converts it to {str(fmt)!r} at "
-                    f"each call (pass it in that format to avoid the copy)")
+                    f"operand {operand} is stored as {a.tensors[operand].format}, which the blocked loops cannot "
+                    f"read (a sparse level holds an index a blocked operand cuts into blocks, or its level order "
+                    f"conflicts with the loop order); spcomp converts it to {str(fmt)!r} at each call (pass it in "
+                    f"that format to avoid the copy)")
         views = self.blocking.views if self.blocking is not None else set()
         relayout = _dense_relayouts(rhs, order, self.opt.auto_layout, skip={g.temp for g in self.gemms} | views)
         for acc in transposes:
             if acc.tensor in views:
-                self.blocking.reblock_or_refuse()
-                raise FormatError(f"operand {acc.tensor.name} is read by blocks ({acc!r} over levels "
-                                  f"{acc.tensor.format.spec()}) against the loop order "
-                                  f"({', '.join(i.name for i in order)}); spcomp does not transpose an "
-                                  "operand read by blocks: store it in the order the other operands use")
+                wanted = self.blocking.copies_for(acc, transposes[acc])
+                if any(self.reblock.get(user, False) != order for user, order in wanted.items()):
+                    raise blocked.Reblock(wanted)  # lower again, reading copies in the blocks
+                user = self.blocking.users[acc]
+                raise FormatError(f"operand {user.tensor.name} ({user.tensor.format}) is read by blocks as "
+                                  f"{user!r} over levels {acc.tensor.format.spec()} against the loop order "
+                                  f"({', '.join(i.name for i in order)}), and no copy in the blocks fits the "
+                                  "loops either (a block's inner coordinates come after every outer one); "
+                                  "compute the reduction in a separate statement or store the operand unblocked")
         for acc, fmt in list(transposes.items()) + list(relayout.items()):
             t = acc.tensor
             fmt = _transposable(fmt)
