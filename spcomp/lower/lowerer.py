@@ -83,6 +83,10 @@ def _transposable(fmt: Format) -> Format:
     return Format(levels, fmt.order)
 
 
+# lowerings of one statement with operands read from copies in the blocks (blocked.py)
+MAX_REBLOCKS = 4
+
+
 class Lowerer:
     def __init__(self, assignment: Assignment, options: Options | None = None):
         self.a = assignment
@@ -96,8 +100,9 @@ class Lowerer:
     def run(self) -> Lowered:
         """Lower; a sparse operand read by blocks at its own levels whose order conflicts
         with the blocked operands' is read from a copy in the blocks instead (blocked.py)."""
-        self.reblock = {}
-        while True:
+        self.reblock, self.last_try = {}, False
+        for attempt in range(MAX_REBLOCKS + 1):
+            self.last_try = attempt == MAX_REBLOCKS  # then a conflict is refused, not retried
             try:
                 return self._run()
             except blocked.Reblock as e:
@@ -187,7 +192,8 @@ class Lowerer:
         for acc in transposes:
             if acc.tensor in views:
                 wanted = self.blocking.copies_for(acc, transposes[acc])
-                if any(self.reblock.get(user, False) != order for user, order in wanted.items()):
+                if not self.last_try and any(self.reblock.get(user, False) != order
+                                             for user, order in wanted.items()):
                     raise blocked.Reblock(wanted)  # lower again, reading copies in the blocks
                 user = self.blocking.users[acc]
                 raise FormatError(f"operand {user.tensor.name} ({user.tensor.format}) is read by blocks as "
