@@ -15,8 +15,9 @@ the type's module name, so ``import spcomp`` never imports torch), or through
   kernel is 18-25 % faster on SpMV than the 64-bit one reading int64, measured in
   docs/torch.md; ``index_bits=64`` keeps them);
 * CUDA tensors (``backend="cuda"``) become pycuda ``GPUArray`` views of the same
-  device memory, after torch's current stream is synchronised (pycuda launches on
-  its own stream and synchronises after).
+  device memory, and the launch is ordered on the device against torch's current
+  stream (:class:`TorchStreamOrder`): it waits for what torch queued before the
+  call and torch's later work waits for it; the host waits for this launch alone.
 
 A result comes back as torch when any operand was: a dense array through
 ``torch.from_numpy`` (shared memory), a sparse Tensor as the torch layout of its
@@ -32,6 +33,7 @@ import numpy as np
 from spcomp.errors import OperandError
 from spcomp.formats import Dense
 
+from . import streams
 from .convert import BFLOAT16
 from .tensor import Tensor
 from .torch_convert import (compressed_level, coordinate_list, from_numpy, numpy_view, sparse_parts, to_torch,
@@ -92,11 +94,8 @@ def host_value(t, caps=None):
 def device_value(t, caps):
     """A CUDA tensor as a pycuda GPUArray over the same memory (``backend="cuda"``).
 
-    pycuda launches on its own (default) stream and synchronises the context after
-    the launch; torch's current stream is synchronised first (:func:`sync_stream`),
-    so whatever torch queued on the tensor is done before the kernel reads it. The
-    launch is not put on torch's stream itself: pycuda takes its own Stream objects
-    only (docs/torch.md, Limits)."""
+    Nothing is synchronised here: :func:`call` runs the launch under a
+    :class:`TorchStreamOrder`, which fences it against torch's current stream."""
     if caps is None or not caps.device_arrays:
         raise OperandError("a CUDA tensor is an operand of backend='cuda' kernels only (this kernel's "
                            "backend runs on the host): call .cpu() first")
@@ -106,15 +105,55 @@ def device_value(t, caps):
                            "(the launch copies it to the device) and dense ones on the device")
     if not t.is_contiguous():
         raise OperandError("a CUDA tensor operand must be contiguous (call .contiguous())")
-    sync_stream(t)
     import pycuda.gpuarray as gpuarray
     dtype = BFLOAT16 if t.dtype is torch.bfloat16 else np.dtype(str(t.dtype).replace("torch.", ""))
     return gpuarray.GPUArray(tuple(t.shape), dtype, gpudata=np.uintp(t.data_ptr()), base=t)
 
 
-def sync_stream(t) -> None:
-    """Wait for torch's current stream on ``t``'s device (before pycuda launches)."""
-    torch_module().cuda.current_stream(t.device).synchronize()
+class TorchStreamOrder:
+    """Orders a pycuda launch against torch's current stream on one device, on the device.
+
+    pycuda launches on its own ``Stream`` objects only, so the launch goes on a
+    pycuda stream that torch sees as an ``ExternalStream`` (one per device and
+    thread, created on first use): before the launch that stream waits for torch's
+    current stream (what torch queued on the operands is done first), after it
+    torch's current stream waits for it (what torch queues next sees the result).
+    Neither wait blocks the host (``wait_stream`` records an event and enqueues the
+    wait). The protocol is :mod:`.streams`."""
+
+    _local = threading.local()
+
+    def __init__(self, device):
+        self.device = device
+        self.external = None
+
+    def stream(self):
+        torch = torch_module()
+        made = getattr(self._local, "streams", None)
+        if made is None:
+            made = self._local.streams = {}
+        key = str(self.device)
+        if key not in made:
+            import pycuda.driver as drv
+            own = drv.Stream()
+            made[key] = (own, torch.cuda.ExternalStream(own.handle, device=self.device))
+        own, self.external = made[key]
+        return own
+
+    def before(self, stream) -> None:
+        self.external.wait_stream(torch_module().cuda.current_stream(self.device))
+
+    def after(self, stream) -> None:
+        torch_module().cuda.current_stream(self.device).wait_stream(self.external)
+
+
+def cuda_device(operands: dict):
+    """The device of the first CUDA torch tensor among ``operands``, or None."""
+    torch = torch_module()
+    for v in operands.values():
+        if isinstance(v, torch.Tensor) and v.is_cuda:
+            return v.device
+    return None
 
 
 def result(value, out_dtype):
@@ -154,7 +193,12 @@ def call(kernel, operands: dict, output_name: str, out_dtype, caps):
     torch -- the very tensor passed as the output when the kernel wrote into it."""
     host = {name: host_value(v, caps) if type(v).__module__.startswith("torch") else v
             for name, v in operands.items()}
-    out = kernel(**host)
+    device = cuda_device(operands) if caps is not None and caps.device_arrays else None
+    if device is None:
+        out = kernel(**host)
+    else:
+        with streams.ordered(TorchStreamOrder(device)):
+            out = kernel(**host)
     given = operands.get(output_name)
     if given is not None and out is host[output_name] and host[output_name] is not given:
         return given

@@ -55,6 +55,39 @@ def test_unary_function_matches_numpy_at_special_values(f, dtype):
         _assert_same(k(x=x), want.astype(np.float32).astype(np.float64), f, 2e-6, atol=1e-6)
 
 
+def _ulps(got, want):
+    """|got - want| in units of the float32 spacing at ``want`` (float64 reference)."""
+    w32 = want.astype(np.float32)
+    return np.abs(got.astype(np.float64) - want) / np.spacing(np.abs(w32)).astype(np.float64)
+
+
+@pytest.mark.parametrize("f, lo, hi, limit", [("erf", -5, 5, 0.54), ("exp", -87, 88.7, 0.51),
+                                              ("tanh", -12, 12, 0.51), ("tanh", -0.1, 0.1, 0.51),
+                                              ("silu", -80, 80, 2.5), ("sigmoid", -80, 80, 2.5),
+                                              # x < 0: 1 + erf cancels in float32 whatever erf
+                                              # is (a correctly rounded erff gives 11.3 ulp)
+                                              ("gelu", -2, 12, 11.3)])
+def test_float32_erf_exp_tanh_forms_are_within_an_ulp_over_a_dense_grid(f, lo, hi, limit):
+    """The CPU backend computes float32 erf, exp and tanh (and gelu, silu, sigmoid through them)
+    with its own vectorisable forms (backends/cpu/math_functions.py), not libm: held to
+    float32 rounding over ~10^6 points against the float64 NumPy meaning."""
+    tiny = np.float32(10.0) ** np.arange(-37, 0, 0.05).astype(np.float32)
+    x = np.concatenate([np.linspace(lo, hi, 1_000_003).astype(np.float32), tiny, -tiny])
+    got = spcomp.compile(f"y[i] = {f}(x[i])", dtype="float32")(x=x)
+    want = _expected(f, x.astype(np.float64))
+    small = np.abs(want) < 1e-37  # subnormal results: absolute, as the formula's float32 steps give
+    assert _ulps(got[~small], want[~small]).max() <= limit
+    assert np.allclose(got[small], want[small], rtol=0, atol=1e-37)
+
+
+def test_float32_erf_and_exp_are_not_libm_calls():
+    """The point of the forms: no call to erff/expf, so the loop can vectorise."""
+    for f in ("erf", "exp", "gelu", "silu", "tanh"):
+        k = spcomp.compile(f"y[i] = {f}(x[i])", dtype="float32")
+        for symbol in ("erff", "expf", "tanhf"):
+            assert f'@"{symbol}"' not in k.source, (f, symbol)
+
+
 @pytest.mark.parametrize("f", BINARY)
 def test_binary_function_matches_numpy_at_special_values(f):
     k = spcomp.compile(f"y[i] = {f}(x[i], p[i])")

@@ -192,6 +192,8 @@ class ExpressionLowering:
 
         if e.func in n.COMPOUND_INTRINSICS:
             return math_functions.expand(self.b, libm, e.func, xs, lt)
+        if e.func in ("erf", "exp", "tanh"):  # float32: vectorisable forms (math_functions)
+            return getattr(math_functions, e.func)(self.b, libm, xs[0], lt)
         return self.b.call(libm(e.func, len(xs)), xs, name=e.func)
 
     def expr_Select(self, e: n.Select):

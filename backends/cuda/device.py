@@ -13,13 +13,16 @@ Scalars are converted to the parameter's C type. It returns the kernel's status
 missing; emitting CUDA C still works everywhere.
 
 The CUDA context is the device's primary context (``pycuda.autoprimaryctx``),
-shared with other libraries in the process.
+shared with other libraries in the process. Inside :func:`streams.ordered` (a call
+with CUDA torch tensors) the launch goes on the order's stream, fenced against the
+caller's stream on the device, and only that stream is waited for.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from spcomp import errors
+from spcomp.runtime import streams
 
 from .emit import emit_module
 from .launch import launch_config
@@ -100,9 +103,20 @@ class GpuModule:
             drv.Context.set_limit(drv.limit.MALLOC_HEAP_SIZE, int(heap_bytes))
         grid3 = (grid, 1, 1) if isinstance(grid, (int, np.integer)) else tuple(grid) + (1,) * (3 - len(grid))
         block3 = (block, 1, 1) if isinstance(block, (int, np.integer)) else tuple(block) + (1,) * (3 - len(block))
-        self._functions[function_name](*call, grid=tuple(int(g) for g in grid3),
-                                       block=tuple(int(b) for b in block3))
-        drv.Context.synchronize()
+        shape = {"grid": tuple(int(g) for g in grid3), "block": tuple(int(b) for b in block3)}
+        order = streams.current()
+        if order is None:  # pycuda's own stream; the whole context is waited for
+            self._functions[function_name](*call, **shape)
+            drv.Context.synchronize()
+            return int(status[0])
+        # a caller's stream order (a CUDA torch tensor among the operands): the launch goes on
+        # the order's stream, after the caller's queued work and before its next, and only
+        # that stream is waited for (the status word and copied-back host arrays are read)
+        stream = order.stream()
+        order.before(stream)
+        self._functions[function_name](*call, stream=stream, **shape)
+        order.after(stream)
+        stream.synchronize()
         return int(status[0])
 
 
