@@ -256,10 +256,14 @@ class Lowerer:
         self.bindings: list = []
         self.sizes = {}
         gemm_indices = {i for acc in gemm_operands for i in acc.indices} - set(self.order)
+        self.block_sizes = []  # a block's inner size is a constant of the kernel (blocked.py)
         for i in sorted(list(self.order) + list(gemm_indices), key=lambda x: x.name):
             v = n.Var(self.fresh(f"N_{i.name}"), I64)
             self.sizes[i] = v
-            self.bindings.append(Binding(v, "size", index=i.name))
+            if isinstance(i, blocked.BlockPiece) and not i.outer:
+                self.block_sizes.append(n.Declare(v, n.i64(i.factor)))
+            else:
+                self.bindings.append(Binding(v, "size", index=i.name))
         self.coords = {}
         self.params: dict = {}
         self.out_name = self.lhs.tensor.name
@@ -375,6 +379,7 @@ class Lowerer:
         env = Env()
         body = []
         body.append(n.Comment(f"{self.a!r}"))
+        body += self.block_sizes
         body += self.out_sink.prologue()
         if self.workspace:
             body += self.workspace["prologue"]
