@@ -1,8 +1,8 @@
 """BSR SpMM: spcomp's ``bsr(R,C)`` kernel against scipy's BSR ``@`` dense and spcomp's CSR.
 
-``Y[i,k] = A[i,j] * X[j,k]`` on a block-sparse matrix (whole R x C blocks stored,
-a given fraction of the blocks present), float64, for 4x4 and 16x16 blocks. Each
-row times, interleaved on the same inputs:
+``Y[i,k] = A[i,j] * X[j,k]`` (and SpMV, ``X`` one column) on a block-sparse matrix
+(whole R x C blocks stored, a given fraction of the blocks present), float64, for
+4x4 and 16x16 blocks. Each row times, interleaved on the same inputs:
 
 - ``spcomp bsr``: the kernel compiled with ``formats={"A": "bsr(R,C)"}``, called
   with the very scipy ``bsr_array`` (zero-copy: its indptr/indices/data are the
@@ -57,27 +57,33 @@ def run(n: int, K: int, density: float, blocks: list, threads: int, policy: Timi
         A = block_sparse(n, R, R, density)
         csr = A.tocsr()  # explicit zeros inside blocks kept: the same multiply-adds
         csr.sort_indices()
-        k_bsr = spcomp.compile("Y[i,k] = A[i,j] * X[j,k]", formats={"A": f"bsr({R},{R})"})
-        k_csr = spcomp.compile("Y[i,k] = A[i,j] * X[j,k]", formats={"A": "csr"})
-        ref = A @ X
-        for name, got in (("spcomp bsr", k_bsr(A=A, X=X)), ("spcomp csr", k_csr(A=csr, X=X))):
-            if not np.allclose(got, ref, rtol=1e-9, atol=1e-9):
-                raise SystemExit(f"{name} disagrees with scipy for {R}x{R} blocks")
-        load = LoadMonitor()
-        t = measure_interleaved({
-            "spcomp bsr": lambda: k_bsr(A=A, X=X),
-            "scipy bsr": lambda: A @ X,
-            "spcomp csr": lambda: k_csr(A=csr, X=X),
-        }, policy)
-        share = load.share()
-        ours = t["spcomp bsr"].median_s
-        rows.append({"blocks": f"{R}x{R}", "nnz": f"{A.nnz:,}",
-                     "spcomp bsr": fmt_time(ours), "scipy bsr": fmt_time(t["scipy bsr"].median_s),
-                     "scipy/spcomp": fmt_ratio(t["scipy bsr"].median_s, ours),
-                     "spcomp csr": fmt_time(t["spcomp csr"].median_s),
-                     "csr/bsr": fmt_ratio(t["spcomp csr"].median_s, ours),
-                     "other load": "?" if share is None else f"{share:.0%}"})
+        for op, text, B in (("SpMM", "Y[i,k] = A[i,j] * X[j,k]", X), ("SpMV", "Y[i] = A[i,j] * X[j]", X[:, 0].copy())):
+            rows.append(_row(op, text, A, csr, B, R, policy))
     return rows
+
+
+def _row(op, text, A, csr, X, R, policy) -> dict:
+    """One statement timed three ways (spcomp bsr, scipy bsr, spcomp csr), checked first."""
+    k_bsr = spcomp.compile(text, formats={"A": f"bsr({R},{R})"})
+    k_csr = spcomp.compile(text, formats={"A": "csr"})
+    ref = A @ X
+    for name, got in (("spcomp bsr", k_bsr(A=A, X=X)), ("spcomp csr", k_csr(A=csr, X=X))):
+        if not np.allclose(got, ref, rtol=1e-9, atol=1e-9):
+            raise SystemExit(f"{name} disagrees with scipy for {R}x{R} blocks ({op})")
+    load = LoadMonitor()
+    t = measure_interleaved({
+        "spcomp bsr": lambda: k_bsr(A=A, X=X),
+        "scipy bsr": lambda: A @ X,
+        "spcomp csr": lambda: k_csr(A=csr, X=X),
+    }, policy)
+    share = load.share()
+    ours = t["spcomp bsr"].median_s
+    return {"op": op, "blocks": f"{R}x{R}", "nnz": f"{A.nnz:,}",
+            "spcomp bsr": fmt_time(ours), "scipy bsr": fmt_time(t["scipy bsr"].median_s),
+            "scipy/spcomp": fmt_ratio(t["scipy bsr"].median_s, ours),
+            "spcomp csr": fmt_time(t["spcomp csr"].median_s),
+            "csr/bsr": fmt_ratio(t["spcomp csr"].median_s, ours),
+            "other load": "?" if share is None else f"{share:.0%}"}
 
 
 def two_four(n: int, seed: int = 0) -> np.ndarray:
@@ -123,7 +129,8 @@ def main(argv=None) -> None:
     threads = Threads(spcomp)
     threads.set(a.threads)
     rows = run(a.n, a.k, a.density, [int(b) for b in a.blocks.split(",")], a.threads, policy)
-    print(f"Y = A @ X: A {a.n}x{a.n} float64 with {a.density:.0%} of its blocks stored, X {a.n}x{a.k}; "
+    print(f"Y = A @ X: A {a.n}x{a.n} float64 with {a.density:.0%} of its blocks stored, X {a.n}x{a.k} (SpMM) "
+          f"or {a.n} (SpMV); "
           f"spcomp on {a.threads} thread(s), scipy on one; medians of interleaved rounds")
     print(render_text([Column(c, c) for c in rows[0]], rows))
     rows = run_nm(a.n, a.k, a.threads, policy)
