@@ -3,9 +3,13 @@
 A ``bsr(R,C)`` operand ``A[i,j]`` stores levels over ``(i/R, j/C, i%R, j%C)``
 (``Format.level_map``). Before anything else looks at the statement, the lowerer
 renames every use of a cut index ``i`` into the pair of :class:`BlockPiece` indices
-``(i_o, i_i)`` with ``i = i_o*R + i_i`` -- the same pair split.py's ``SplitPiece``
-makes of a split loop, but here the pieces are real coordinates of the operands'
-levels, so they are indices of the statement, not loops of one:
+``(i_o, i_i)`` with ``i = i_o*R + i_i`` -- the pair split.py makes of a split loop,
+with the same representation (``split.IndexPiece``: base, factor, outer), but here
+the pieces are coordinates the operands' levels store, so they are indices of the
+statement rather than loops of the schedule, and a dense operand's compound
+coordinate comes from its two dense levels (``(q*N/R + i_o)*R + i_i``) rather than
+from split.py's ``i0*f + i1`` at the inner loop; the shapes being whole blocks, no
+remainder guard is needed:
 
 * a blocked operand is read through its level view, ``A[i_o, j_o, i_i, j_i]`` over
   ``d c d d``: its own levels, nothing added;
@@ -34,15 +38,13 @@ from ..errors import FormatError
 from ..formats import Format
 from ..notation import Access, IndexVar, Reduce, Sum, TensorVar, accesses
 from .normalize import rebuild, replace
+from .split import IndexPiece
 
 
 @dataclass(frozen=True)
-class BlockPiece(IndexVar):
-    """One coordinate of a cut index: ``outer`` counts blocks of ``factor``, the other
-    piece the place in a block (``base = outer*factor + inner``)."""
-    base: IndexVar = None
-    factor: int = 1
-    outer: bool = True
+class BlockPiece(IndexPiece):
+    """One coordinate of a cut index (``base = outer*factor + inner``): an index of the
+    statement, where split.py's ``SplitPiece`` is a loop of the schedule."""
 
     def __repr__(self) -> str:
         return self.name
