@@ -78,9 +78,10 @@ def check_storage(fmt: Format, shape, name=None) -> None:
     would hold more than ``POSITION_LIMIT`` positions: their ``pos``/``count``/``crd``/
     ``vals`` arrays could not exist. Levels below a compressed one are sized by its
     arrays, which validation compares."""
+    dims = fmt.level_shape(shape)
     P = 1
     for l, lvl in enumerate(fmt.levels):
-        N = int(shape[fmt.order[l]])
+        N = dims[l]
         if not lvl.shape_sized:
             return
         P = lvl.num_positions(P, N, {})

@@ -158,8 +158,52 @@ def level_kind(level) -> str:
 
 
 def storage_dims(fmt: Format, shape) -> list:
-    """Size of the dimension each storage level holds."""
-    return [int(shape[d]) for d in fmt.order]
+    """Size of the coordinates each storage level holds (a blocked level's: ``N/b`` or ``b``)."""
+    return list(fmt.level_shape(shape))
+
+
+def check_block_fit(fmt: Format, shape, what: str = "the tensor") -> None:
+    """ShapeError when a blocked format's dimension is not a multiple of its block:
+    spcomp stores whole blocks only (as scipy's BSR does)."""
+    misfit = fmt.block_misfit(shape)
+    if misfit is not None:
+        d, size, b = misfit
+        raise ShapeError(f"{what} has shape {tuple(int(s) for s in shape)} but format {str(fmt)!r} cuts "
+                         f"dimension {d} into blocks of {b}, and {size} is not a multiple of {b}; "
+                         "pad it to a multiple or use an unblocked format")
+
+
+def _pack_blocked(fmt: Format, shape, coords, values, dtype, sum_duplicates, overflow):
+    """pack_coo of a blocked format: the entries' level coordinates packed into its level view."""
+    shape = check_shape(shape)
+    if len(shape) != fmt.ndim:
+        raise FormatError(f"format {str(fmt)!r} has {fmt.ndim} dimension(s) but the tensor has {len(shape)}")
+    check_block_fit(fmt, shape)
+    coords = _as_coords(coords, len(shape))
+    for d, c in enumerate(coords):
+        bad = np.flatnonzero((c < 0) | (c >= shape[d])) if c.ndim == 1 else np.zeros(0, np.int64)
+        if bad.size:
+            k = int(bad[0])
+            raise InvalidTensorError(f"coords[{d}][{k}] = {int(c[k])} is out of range for dimension {d} "
+                                     f"of size {shape[d]}")
+    lcoords = fmt.to_level_coords([c.astype(np.int64, copy=False) for c in coords])
+    _v, levels, vals = pack_coo(fmt.level_view(), fmt.level_shape(shape), lcoords, values, dtype,
+                                sum_duplicates, overflow)
+    return fmt, levels, vals
+
+
+def _blocked_view(a: np.ndarray, fmt: Format) -> np.ndarray:
+    """A dense array as the level view of a blocked format (a view: reshape, transpose)."""
+    check_block_fit(fmt, a.shape, "the array")
+    shape, axis = [], {}
+    for d, b in enumerate(fmt.blocks):
+        if b > 1:
+            axis[(d, "outer")], axis[(d, "inner")] = len(shape), len(shape) + 1
+            shape += [a.shape[d] // b, b]
+        else:
+            axis[(d, "whole")] = len(shape)
+            shape.append(a.shape[d])
+    return a.reshape(shape).transpose([axis[key] for key in fmt.level_map()])
 
 
 def _check_overflow_mode(overflow: str) -> None:
@@ -233,6 +277,8 @@ def pack_coo(fmt: Format, shape, coords, values, dtype=None, sum_duplicates=True
     entries are already unique and sorted in storage order (skips the sort).
     """
     _check_overflow_mode(overflow)
+    if fmt.blocks is not None:
+        return _pack_blocked(fmt, shape, coords, values, dtype, sum_duplicates, overflow)
     shape = check_shape(shape)
     ndim = len(shape)
     if fmt.ndim != ndim:
@@ -346,6 +392,9 @@ def pack_dense(a, fmt: Format, dtype=None, overflow="error"):
     if fmt.ndim != a.ndim:
         raise FormatError(f"format {str(fmt)!r} has {fmt.ndim} level(s) but the array has "
                           f"{a.ndim} dimension(s)")
+    if fmt.blocks is not None:
+        _v, levels, vals = pack_dense(_blocked_view(a, fmt), fmt.level_view(), dtype, overflow)
+        return fmt, levels, vals
     st = np.transpose(a, fmt.order) if a.ndim else a
     if fmt.is_dense:
         return fmt, [{} for _ in fmt.levels], np.array(st, dtype=target, order="C").reshape(-1)
@@ -444,6 +493,8 @@ def repack_below(src: Format, levels: list, vals: np.ndarray, fmt: Format, shape
     order whose levels agree with ``fmt``'s down to some level ``L``: the arrays of the
     levels above ``L`` are kept as they are, and only the entries' coordinates from
     ``L`` down are read back and packed (in storage order already: no sort)."""
+    if fmt.blocks is not None:  # kept levels and their view agree: repack the view
+        return repack_below(src.level_view(), levels, vals, fmt.level_view(), fmt.level_shape(shape))
     dims = storage_dims(fmt, shape)
     L = next((l for l, (a, b) in enumerate(zip(src.levels, fmt.levels)) if a != b), fmt.ndim)
     if L == fmt.ndim:
@@ -468,8 +519,13 @@ def unpack_coo(fmt: Format, shape, levels: list, vals: np.ndarray):
     """Stored entries as (storage-ordered coordinate arrays, values), in storage order.
 
     Walks the used positions top-down; unused packed slots are skipped. Assumes
-    well-formed storage (validate first when the arrays come from a user).
+    well-formed storage (validate first when the arrays come from a user). A blocked
+    format's entries come back as dimension coordinates in mode order.
     """
+    if fmt.blocks is not None:
+        lcoords, values = unpack_coo(fmt.level_view(), fmt.level_shape(shape), levels, vals)
+        dcoords = fmt.from_level_coords(lcoords) if values.size else [np.zeros(0, np.int64)] * fmt.ndim
+        return [dcoords[d] for d in fmt.order], values
     dims = storage_dims(fmt, shape)
     cur = np.zeros(1, np.int64)
     coords: list = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from spcomp.errors import OperandError, ShapeError
+from spcomp.lower.blocked import BlockPiece
 from spcomp.lower.order import access_chain
 from spcomp.notation import accesses
 
@@ -94,6 +95,13 @@ class CallPlan:
                 shown = output_name
             self.shape_checks.append((name, len(acc.indices), [i.name for i in acc.indices], shown))
         self.index_names = [i.name for i in low.inspection.order]
+        # indices a blocked operand cuts: (piece, base, block size, outer), and who cuts it
+        self.pieces = [(i.name, i.base.name, i.factor, i.outer) for i in low.inspection.order
+                       if isinstance(i, BlockPiece)]
+        self.cut_by = {i.base.name: (acc.tensor.name, acc.tensor.format) for acc in
+                       [notation.lhs] + accesses(low.inspection.notation.rhs)
+                       if acc.tensor.format.blocks is not None for i in access_chain(acc)
+                       if isinstance(i, BlockPiece)}
         ofmt = out_t.format
         self.plain_output = low.output.shape == "dense" and ofmt.order == tuple(range(ofmt.ndim))
         self.out_indices = [i.name for i in notation.lhs.indices]
@@ -141,6 +149,14 @@ class CallPlan:
                     raise ShapeError(f"output {self.output_name} dimension {d} (index {i}) has size "
                                      f"{shape[d]} but dimension {o_dim} of {o_name} has size {sizes[i]}")
                 sizes.setdefault(i, int(shape[d]))
+        for piece, base, factor, outer in self.pieces:
+            if base not in sizes:
+                continue
+            if sizes[base] % factor:
+                who, fmt = self.cut_by.get(base, ("an operand", "blocked"))
+                raise ShapeError(f"index {base} has size {sizes[base]}, but {who} is stored as {fmt}, which "
+                                 f"cuts it into blocks of {factor}: the size must be a multiple of {factor}")
+            sizes[piece] = sizes[base] // factor if outer else factor
         for i in self.index_names:
             if i not in sizes:
                 raise ShapeError(f"the size of index {i} cannot be inferred from the operands; pass "

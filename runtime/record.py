@@ -35,7 +35,7 @@ RECORD_VERSION = 1
 RECORD_MODULES = (
     "spcomp.ir.types", "spcomp.ir.nodes", "spcomp.ir.target", "spcomp.notation.nodes",
     "spcomp.formats.level", "spcomp.formats.format",
-    "spcomp.lower.context", "spcomp.lower.record", "spcomp.lower.split",
+    "spcomp.lower.context", "spcomp.lower.record", "spcomp.lower.split", "spcomp.lower.blocked",
     "spcomp.lower.diagonal", "spcomp.lower.assembly", "spcomp.lower.blas",
     "spcomp.backends.cuda.default_schedule",
 ) + tuple(dict.fromkeys(kind.__module__ for kind in LEVEL_KINDS.values()))  # every registered level kind

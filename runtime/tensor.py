@@ -114,7 +114,7 @@ class Tensor:
         target = _cv.resolve_dtype(dtype, m.dtype)
         kind = m.format
         m = _scipy_ready(m, target)
-        if kind in ("csr", "csc"):
+        if kind in ("csr", "csc", "bsr"):
             _check_scipy_compressed(m)
         if (kind in ("csr", "csc") and len(shape) == 2 and _is_dense_compressed(fmt)
                 and fmt.order == ((0, 1) if kind == "csr" else (1, 0))):
@@ -126,12 +126,27 @@ class Tensor:
             data = m.data if m.data.dtype == target else m.data.astype(target)
             levels = [{}, {"pos": m.indptr, "crd": m.indices}]
             return cls(fmt, shape, levels, data, validated=False)
+        if kind == "bsr" and fmt == Format.bsr(*m.blocksize):
+            return cls._from_scipy_bsr(m, fmt, shape, target)
         coo = m.tocoo()
         coords = getattr(coo, "coords", None)
         if coords is None:
             coords = (coo.row, coo.col)
         fmt, levels, vals = _cv.pack_coo(fmt, shape, tuple(coords), coo.data, target, True, overflow)
         return cls(fmt, shape, levels, vals, validated=True)
+
+    @classmethod
+    def _from_scipy_bsr(cls, m, fmt, shape, target) -> "Tensor":
+        """Zero-copy: scipy's BSR arrays are ``bsr(R,C)``'s levels (``indptr`` -> ``pos``,
+        ``indices`` -> ``crd``, ``data`` of shape ``(nblocks, R, C)`` flattened -> ``vals``)."""
+        from .convert import check_block_fit
+        check_block_fit(fmt, shape, "scipy bsr matrix")
+        if not m.has_canonical_format:  # unsorted or duplicated blocks: SciPy's pass on a copy
+            m = m.copy()
+            m.sum_duplicates()
+        data = m.data if m.data.dtype == target else m.data.astype(target)
+        levels = [{}, {"pos": m.indptr, "crd": m.indices}] + [{} for _ in fmt.levels[2:]]
+        return cls(fmt, shape, levels, data.reshape(-1), validated=False)
 
     @classmethod
     def from_arrays(cls, format, shape, levels, vals) -> "Tensor":
@@ -243,7 +258,7 @@ class Tensor:
     def to_scipy(self, kind: str = "csr"):
         """A ``scipy.sparse`` array (``csr_array`` etc.; any ``asformat`` kind) of a 2-D tensor.
 
-        bfloat16 values become float32 (SciPy has no bfloat16). A csr/csc tensor with
+        bfloat16 values become float32 (SciPy has no bfloat16). A csr/csc/bsr tensor with
         ``kind`` equal to its layout shares its arrays with the result.
         """
         import scipy.sparse as sp
@@ -259,6 +274,11 @@ class Tensor:
             cls = sp.csr_array if kind == "csr" else sp.csc_array
             lv = self.levels[1]
             return cls((vals, lv["crd"], lv["pos"]), shape=self.shape)
+        if kind == "bsr" and fmt.blocks is not None and fmt == Format.bsr(*fmt.blocks):
+            self.validate()  # scipy's bsr_array is these very arrays
+            R, C = fmt.blocks
+            lv = self.levels[1]
+            return sp.bsr_array((vals.reshape(-1, R, C), lv["crd"], lv["pos"]), shape=self.shape)
         coords, values = self.to_coo()
         if values.dtype == _cv.BFLOAT16:
             values = values.astype(np.float32)
@@ -316,12 +336,14 @@ def expand_output(t: Tensor, fmt: Format) -> Tensor:
     sub-block, zero where the kernel stored nothing. The stand-in has ``fmt``'s mode
     order and its entries are unique and sorted in storage order: the levels above the
     first substituted one keep the kernel's arrays, the rest are built without a sort."""
+    if t.format.blocks != fmt.blocks:  # assembled in an operand's blocks (lower/blocked.py)
+        return t.to_format(fmt)
     levels, vals = _cv.repack_below(t.format, t.levels, t.vals, fmt, t.shape)
     return Tensor(fmt, t.shape, levels, vals, validated=True)
 
 
 def _is_dense_compressed(fmt: Format) -> bool:
-    return (fmt.ndim == 2 and isinstance(fmt.levels[0], Dense)
+    return (fmt.ndim == 2 and fmt.blocks is None and isinstance(fmt.levels[0], Dense)
             and isinstance(fmt.levels[1], Compressed) and fmt.levels[1].ordered and fmt.levels[1].unique)
 
 
@@ -378,7 +400,15 @@ def _check_scipy_compressed(m) -> None:
     """Check a scipy CSR/CSC's indptr and indices before SciPy or a kernel reads them
     (SciPy does not check arrays handed to its constructors)."""
     from spcomp.errors import InvalidTensorError
-    major, minor = (m.shape[0], m.shape[1]) if m.format == "csr" else (m.shape[1], m.shape[0])
+    major, minor = (m.shape[0], m.shape[1]) if m.format != "csc" else (m.shape[1], m.shape[0])
+    if m.format == "bsr":  # counted in blocks
+        if np.ndim(m.data) != 3:
+            raise InvalidTensorError(f"scipy bsr matrix: data has shape {np.shape(m.data)}, expected "
+                                     "(nblocks, R, C)")
+        R, C = m.data.shape[1:]
+        if R < 1 or C < 1 or major % R or minor % C:
+            raise InvalidTensorError(f"scipy bsr matrix: blocks of {R}x{C} do not tile its shape {m.shape}")
+        major, minor = major // R, minor // C
     indptr, indices = np.asarray(m.indptr), np.asarray(m.indices)
     what = f"scipy {m.format} matrix"
     if indptr.ndim != 1 or len(indptr) != major + 1:

@@ -84,6 +84,15 @@ def validate_storage(fmt: Format, shape, levels, vals, name: str | None = None) 
     if len(shape) != fmt.ndim:
         raise InvalidTensorError(f"{t}: shape {shape} has {len(shape)} dimension(s) but format "
                                  f"{str(fmt)!r} has {fmt.ndim} level(s)")
+    if fmt.blocks is not None:  # whole blocks: the level view's arrays over the level shape
+        misfit = fmt.block_misfit(shape)
+        if misfit is not None:
+            d, size, b = misfit
+            raise InvalidTensorError(f"{t}: shape {shape} in format {str(fmt)!r}: dimension {d} has size "
+                                     f"{size}, not a multiple of its block size {b}")
+        validate_storage(fmt.level_view(), fmt.level_shape(shape), levels, vals,
+                         f"{name or 'tensor'} ({str(fmt)} levels)")
+        return
     check_storage(fmt, shape, name)
     if isinstance(levels, Mapping) or len(levels) != fmt.ndim:
         raise InvalidTensorError(f"{t}: format {str(fmt)!r} has {fmt.ndim} level(s); levels must be "

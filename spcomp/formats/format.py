@@ -3,8 +3,14 @@
 ``Format(levels, order)``: level ``l`` stores tensor dimension ``order[l]``.
 Format strings: level letters (``registry.py``) ``d`` ``c`` ``q`` ``p(B,K)`` / ``p(K)`` ``b`` with
 optional flags (``c(nonunique)``, ``q(unordered)``, ``p(256,32,unordered)``),
-an optional mode order after a colon (``"dc:1,0"`` is CSC), or a preset name:
-``dense csr csc coo dcsr csf ell(K=..) twell(B=..,K=..)``.
+an optional mode order after a colon (``"dc:1,0"`` is CSC), optional block sizes
+after a slash (``"dcdd/4,4"`` is ``bsr(4,4)``), or a preset name:
+``dense csr csc coo dcsr csf ell(K=..) twell(B=..,K=..) bsr(R,C) bsc(R,C) nm(N,M)``.
+
+Blocked formats (MLIR's dim→level maps): ``blocks[d] = b > 1`` cuts dimension ``d``
+into an outer level (``i floordiv b``, placed by ``order`` like any dimension) and an
+inner level (``i mod b``, after every outer level, again in ``order``), so
+``bsr(R,C)`` is ``d c d d`` over ``(i,j) -> (i/R, j/C, i%R, j%C)``: scipy's BSR arrays.
 """
 from __future__ import annotations
 
@@ -26,15 +32,21 @@ class Format:
     levels: tuple
     order: tuple = None  # type: ignore[assignment]
     name: str | None = None  # the preset it came from, for printing
+    blocks: tuple | None = None  # per dimension: its block size (None: one level per dimension)
 
     def __post_init__(self):
         levels = tuple(self.levels)
         object.__setattr__(self, "levels", levels)
-        order = tuple(range(len(levels))) if self.order is None else tuple(int(o) for o in self.order)
+        blocks = None if self.blocks is None else tuple(int(b) for b in self.blocks)
+        object.__setattr__(self, "blocks", blocks)
+        ndim = len(levels) if blocks is None else len(blocks)
+        order = tuple(range(ndim)) if self.order is None else tuple(int(o) for o in self.order)
         object.__setattr__(self, "order", order)
-        if sorted(order) != list(range(len(levels))):
+        if sorted(order) != list(range(ndim)):
             raise FormatError(f"format {self.spec()!r}: mode order {order} is not a permutation "
-                              f"of 0..{len(levels) - 1}")
+                              f"of 0..{ndim - 1}")
+        if blocks is not None:
+            _check_blocks(self, levels, blocks)
         for lvl in levels:
             if not isinstance(lvl, Level):
                 raise FormatError(f"format level {lvl!r} is not a Level")
@@ -46,19 +58,71 @@ class Format:
     # ------------------------------------------------------------ facts
     @property
     def ndim(self) -> int:
-        return len(self.levels)
+        """The tensor's order (its number of dimensions; of levels too unless blocked)."""
+        return len(self.levels) if self.blocks is None else len(self.blocks)
 
     @property
     def is_dense(self) -> bool:
         return all(l.is_dense for l in self.levels)
+
+    # ----------------------------------------------------- blocked formats
+    def level_map(self) -> tuple:
+        """Per level ``(dim, part)``: ``part`` is 'whole', 'outer' (``i floordiv b``)
+        or 'inner' (``i mod b``)."""
+        if self.blocks is None:
+            return tuple((d, "whole") for d in self.order)
+        cut = [d for d in self.order if self.blocks[d] > 1]
+        return (tuple((d, "outer" if self.blocks[d] > 1 else "whole") for d in self.order)
+                + tuple((d, "inner") for d in cut))
+
+    def level_view(self) -> "Format":
+        """The levels as a plain format, one level per stored coordinate: a blocked
+        tensor's arrays are exactly those of this format over :meth:`level_shape`."""
+        return self if self.blocks is None else Format(self.levels)
+
+    def level_shape(self, shape) -> tuple:
+        """The size of each level's coordinates (floor division for outer levels)."""
+        if self.blocks is None:
+            return tuple(int(shape[d]) for d in self.order)
+        b = self.blocks
+        return tuple(int(shape[d]) if part == "whole" else
+                     int(shape[d]) // b[d] if part == "outer" else b[d] for d, part in self.level_map())
+
+    def block_misfit(self, shape):
+        """``(dim, size, block)`` of the first dimension not a multiple of its block, or None."""
+        for d, b in enumerate(self.blocks or ()):
+            if b > 1 and int(shape[d]) % b:
+                return d, int(shape[d]), b
+        return None
+
+    def to_level_coords(self, coords) -> list:
+        """Per level, the coordinates (integer arrays, one per dimension in ``coords``)."""
+        b = self.blocks
+        return [coords[d] if part == "whole" else coords[d] // b[d] if part == "outer" else coords[d] % b[d]
+                for d, part in self.level_map()]
+
+    def from_level_coords(self, lcoords) -> list:
+        """Per dimension, the coordinates of entries given per level."""
+        out = [None] * self.ndim
+        for (d, part), c in zip(self.level_map(), lcoords):
+            if part == "whole":
+                out[d] = c
+            elif part == "outer":
+                out[d] = c * self.blocks[d] if out[d] is None else c * self.blocks[d] + out[d]
+            else:
+                out[d] = c if out[d] is None else out[d] + c
+        return out
 
     def level_of_dim(self, dim: int) -> int:
         return self.order.index(dim)
 
     def spec(self) -> str:
         text = "".join(l.spec() for l in self.levels)
-        if self.order is not None and tuple(self.order) != tuple(range(len(self.levels))):
-            text += ":" + ",".join(str(o) for o in self.order)
+        order = self.order or ()
+        if tuple(order) != tuple(range(len(order))):
+            text += ":" + ",".join(str(o) for o in order)
+        if self.blocks is not None:
+            text += "/" + ",".join(str(b) for b in self.blocks)
         return text
 
     def __str__(self) -> str:
@@ -68,13 +132,14 @@ class Format:
         return f"Format({self.spec()!r})"
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, Format) and self.levels == other.levels and self.order == other.order
+        return (isinstance(other, Format) and self.levels == other.levels and self.order == other.order
+                and self.blocks == other.blocks)
 
     def __hash__(self) -> int:
-        return hash((self.levels, self.order))
+        return hash((self.levels, self.order, self.blocks))
 
     def with_order(self, order) -> "Format":
-        return Format(self.levels, tuple(order))
+        return Format(self.levels, tuple(order), blocks=self.blocks)
 
     # ---------------------------------------------------------- presets
     @staticmethod
@@ -114,6 +179,28 @@ class Format:
         """ELLPACK: dense rows with K slots each."""
         return Format((Dense(),) * (ndim - 1) + (PackedBlock(None, K),), name=f"ell(K={K})")
 
+    @staticmethod
+    def nm(N: int = 2, M: int = 4, ndim: int = 2) -> "Format":
+        """N:M structured sparsity along the last dimension (2:4): dense rows, each cut
+        into blocks of M coordinates holding at most N entries -- the packed-block level
+        ``p(M,N)``: ``vals`` is the usual compressed ``(rows, cols*N/M)`` value array and
+        ``crd`` the in-block index of each (int16), ``count`` the entries per block."""
+        return Format((Dense(),) * (ndim - 1) + (PackedBlock(M, N),), name=f"nm({N},{M})")
+
+    @staticmethod
+    def bsr(R: int, C: int) -> "Format":
+        """Block sparse rows: ``d c d d`` over ``(i/R, j/C, i%R, j%C)``, scipy's ``bsr_array``
+        (``indptr``, ``indices``, ``data`` of shape ``(nblocks, R, C)``)."""
+        inner = (Dense(),) * ((R > 1) + (C > 1))
+        return Format((Dense(), Compressed()) + inner, (0, 1), name=f"bsr({R},{C})", blocks=(R, C))
+
+    @staticmethod
+    def bsc(R: int, C: int) -> "Format":
+        """Block sparse columns: ``d c d d`` over ``(j/C, i/R, j%C, i%R)`` (blocks stored
+        column-major: the BSR storage of the transpose)."""
+        inner = (Dense(),) * ((R > 1) + (C > 1))
+        return Format((Dense(), Compressed()) + inner, (1, 0), name=f"bsc({R},{C})", blocks=(R, C))
+
     # ----------------------------------------------------------- parsing
     @staticmethod
     def parse(spec, ndim: int | None = None) -> "Format":
@@ -137,7 +224,61 @@ class Format:
 _PRESET_ARGS = re.compile(r"^(\w+)\s*(?:\((.*)\))?$")
 
 
+def _numbers(name: str, args: str | None, keys: tuple, example: str) -> dict:
+    """``name(a,b)`` or ``name(A=a,B=b)``: the numbers by key (``keys``, in order)."""
+    parts = [p.strip() for p in (args or "").split(",") if p.strip()]
+    values = {}
+    for k, part in enumerate(parts):
+        key, _, value = part.rpartition("=")
+        key = key.strip() or keys[min(k, len(keys) - 1)]
+        if key not in keys or key in values:
+            raise FormatError(f"format {name}({args}): give {','.join(keys)} as numbers, e.g. {example}")
+        try:
+            values[key] = int(value)
+        except ValueError:
+            raise FormatError(f"format {name}({args}): {key} must be an integer, got {value.strip()!r}") from None
+    if not values:
+        raise FormatError(f"format {name!r} needs its sizes, e.g. {example}")
+    return values
+
+
+def _two_numbers(name: str, args: str | None, keys: tuple, example: str) -> tuple:
+    values = _numbers(name, args, keys, example)
+    if len(values) != 2:
+        raise FormatError(f"format {name}({args}): give both {' and '.join(keys)}, e.g. {example}")
+    return values[keys[0]], values[keys[1]]
+
+
+def _block_preset(name: str, args: str | None) -> Format:
+    """``bsr(R,C)`` / ``bsc(R,C)`` (also ``R=..,C=..``; one number is a square block)."""
+    values = _numbers(name, args, ("R", "C"), f"{name}(4,4)")
+    R = values.get("R", values.get("C"))
+    C = values.get("C", R)
+    return Format.bsr(R, C) if name == "bsr" else Format.bsc(R, C)
+
+
+def _check_blocks(fmt: Format, levels: tuple, blocks: tuple) -> None:
+    """A blocked format's levels match its map: one per dimension plus one per cut one."""
+    if any(b < 1 for b in blocks):
+        raise FormatError(f"format {fmt.spec()!r}: block sizes must be at least 1, got {blocks}")
+    want = len(blocks) + sum(1 for b in blocks if b > 1)
+    if len(levels) != want:
+        raise FormatError(f"format {fmt.spec()!r}: blocks {blocks} cut {want - len(blocks)} dimension(s), "
+                          f"so it needs {want} levels (outer levels in mode order, then the inner ones), "
+                          f"not {len(levels)}")
+    if all(lvl.is_dense for lvl in levels):
+        raise FormatError(f"format {fmt.spec()!r}: a blocked format with only dense levels is a dense "
+                          "tensor; use 'dense'")
+
+
 def _preset(name: str, args: str | None, ndim: int | None) -> Format | None:
+    if name in ("bsr", "bsc"):
+        return _block_preset(name, args)
+    if name == "nm":
+        N, M = _two_numbers(name, args, ("N", "M"), "nm(2,4)")
+        if not 1 <= N <= M:
+            raise FormatError(f"format nm({args}): N:M sparsity keeps N of every M entries, 1 <= N <= M")
+        return Format.nm(N, M, 2 if ndim is None else ndim)
     kwargs: dict = {}
     if args:
         for part in args.split(","):
@@ -192,7 +333,7 @@ def _parse_levels(text: str) -> tuple:
         m = _LEVEL.match(text, pos)
         if not m:
             raise FormatError(f"format {text!r}: cannot read a level at {text[pos:]!r}; levels are "
-                              "d, c, q, p(B,K), b or a preset (dense csr csc coo dcsr csf ell twell)"
+                              "d, c, q, p(B,K), b or a preset (dense csr csc coo dcsr csf ell twell bsr bsc nm)"
                               + _did_you_mean(text))
         letter, args = m.group(1), m.group(2)
         flags = [a.strip() for a in args.split(",")] if args is not None else []
@@ -203,7 +344,7 @@ def _parse_levels(text: str) -> tuple:
     return tuple(levels)
 
 
-_PRESETS = ("dense", "csr", "csc", "coo", "dcsr", "csf", "ell", "twell")
+_PRESETS = ("dense", "csr", "csc", "coo", "dcsr", "csf", "ell", "twell", "bsr", "bsc", "nm")
 
 
 def _did_you_mean(text: str) -> str:
@@ -226,18 +367,23 @@ def _make_level(letter: str, flags: list, text: str) -> Level:
 def _parse_string(text: str, ndim: int | None) -> Format:
     if not text:
         raise FormatError("empty format string")
-    body, _, order_text = text.partition(":")
+    text_nb, _, block_text = text.partition("/")
+    body, _, order_text = text_nb.partition(":")
     m = _PRESET_ARGS.match(body.strip())
-    if m and m.group(1) in ("dense", "csr", "csc", "coo", "dcsr", "csf", "twell", "ell"):
+    if m and m.group(1) in _PRESETS:
         fmt = _preset(m.group(1), m.group(2), ndim)
+        if block_text:
+            raise FormatError(f"format {text!r}: a preset takes no '/blocks'; write its levels, e.g. 'dcdd/4,4'")
         if order_text:
-            return Format(fmt.levels, _parse_order(order_text, text), name=None)
+            return Format(fmt.levels, _parse_order(order_text, text), name=None, blocks=fmt.blocks)
         return fmt
     levels = _parse_levels(body)
     order = _parse_order(order_text, text) if order_text else None
-    if order is not None and len(order) != len(levels):
-        raise FormatError(f"format {text!r}: mode order has {len(order)} entries for {len(levels)} levels")
-    return Format(levels, order)
+    blocks = _parse_order(block_text, text) if block_text else None
+    dims = len(levels) if blocks is None else len(blocks)
+    if order is not None and len(order) != dims:
+        raise FormatError(f"format {text!r}: mode order has {len(order)} entries for {dims} dimension(s)")
+    return Format(levels, order, blocks=blocks)
 
 
 def _parse_order(order_text: str, text: str) -> tuple:

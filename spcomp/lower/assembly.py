@@ -278,7 +278,7 @@ def _build(lw):
 def _function_body(lw, sink, phase) -> list:
     from .context import Env
     lw.out_sink = sink
-    body = [n.Comment(f"{lw.a!r}  ({phase} phase)")]
+    body = [n.Comment(f"{lw.a!r}  ({phase} phase)"), *lw.block_sizes]
     body += sink.prologue()
     if lw.workspace:
         body += lw.workspace["prologue"]

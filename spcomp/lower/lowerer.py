@@ -16,22 +16,18 @@ one place (:meth:`Lowerer.record`):
 """
 from __future__ import annotations
 
-import dataclasses
-
-from ..errors import ScheduleError, UnsupportedError
+from ..errors import FormatError, ScheduleError, UnsupportedError
 from ..formats import Format
 from ..ir import nodes as n
 from ..ir.types import F32, F64, I64, ptr
 from ..notation import Access, Add, Assignment, TensorVar, accesses
+from . import blocked
 from . import parallel as par
-from . import possplit
-from .densefuse import DenseFuse
-from .densefuse import check_order as densefuse_check_order
 from . import split as split_mod
-from . import splittree
 from .blas import direct_gemm, gemm_call, gemm_into_temporary, offload
 from .context import Binding, Env, Names, TensorParams, level_array_type, value_type
 from .coverage import writes_every_element, zero_rows
+from .directives import LoopDirectives
 from .diagonal import diagonal_storages
 from .emitter import BITS_PER_STEP, LoopEmitter, NestContext
 from .normalize import lift_sums, push_sums, replace, split_sums
@@ -88,7 +84,11 @@ def _transposable(fmt: Format) -> Format:
     return Format(levels, fmt.order)
 
 
-class Lowerer:
+# lowerings of one statement with operands read from copies in the blocks (blocked.py)
+MAX_REBLOCKS = 4
+
+
+class Lowerer(LoopDirectives):
     def __init__(self, assignment: Assignment, options: Options | None = None):
         self.a = assignment
         self.opt = options or Options()
@@ -102,6 +102,18 @@ class Lowerer:
 
     # ================================================================ setup
     def run(self) -> Lowered:
+        """Lower; a sparse operand read by blocks at its own levels whose order conflicts
+        with the blocked operands' is read from a copy in the blocks instead (blocked.py)."""
+        self.reblock, self.last_try = {}, False
+        for attempt in range(MAX_REBLOCKS + 1):
+            self.last_try = attempt == MAX_REBLOCKS  # then a conflict is refused, not retried
+            try:
+                return self._run()
+            except blocked.Reblock as e:
+                self.reblock = {**self.reblock, **e.wanted}
+                self.warnings, self.loops_text = [], []
+
+    def _run(self) -> Lowered:
         a = self.a
         lhs, rhs = a.lhs, a.rhs
         self.accumulate = a.accumulate
@@ -115,13 +127,27 @@ class Lowerer:
             self.accumulate = False
         else:
             self.old_alias = None
+        # a sparse output of an index a blocked operand cuts: assembled in the blocks,
+        # converted by the runtime (blocked.py)
+        own_format = lhs.tensor.format
+        blocks = blocked.output_in_blocks(lhs, rhs)
+        if blocks is not None:
+            t = lhs.tensor
+            lhs = Access(TensorVar(t.name, t.order, blocks, t.dtype), lhs.indices)
+            self.warnings.append(f"output {t.name} ({own_format}) has indices a blocked operand cuts into "
+                                 f"blocks: spcomp assembles it as {str(blocks)!r} and converts it at each call")
         # dense levels under sparse ones: assembled compressed, expanded by the runtime
         self.expand = None
         stand_in = assembled_format(lhs.tensor.format)
-        if stand_in is not lhs.tensor.format:
-            self.expand = lhs.tensor.format
+        if stand_in is not lhs.tensor.format or blocks is not None:
+            self.expand = own_format
             t = lhs.tensor
             lhs = Access(TensorVar(t.name, t.order, stand_in, t.dtype), lhs.indices)
+        # the runtime sees the operands' own accesses; the nest reads blocked ones by levels
+        self.record_lhs = lhs
+        self.blocking = blocked.rewrite(lhs, rhs, self.reblock)
+        if self.blocking is not None:
+            lhs, rhs = self.blocking.lhs, self.blocking.rhs
         # A[i,i] on a sparse A reads a diagonal storage the runtime builds (diagonal.py)
         rhs, self.diagonals = diagonal_storages(rhs, {t.name for t in a.tensors.values()}
                                                 | {lhs.tensor.name + "_old"})
@@ -157,7 +183,29 @@ class Lowerer:
         self.transposes = {}
         self.dense_relayouts = []
         taken = {t.name for t in a.tensors.values()} | set(self.diagonals)
-        relayout = _dense_relayouts(rhs, order, self.opt.auto_layout, skip={g.temp for g in self.gemms})
+        if self.blocking is not None:  # sparse operands read from copies in the blocks (blocked.py)
+            taken |= set(self.blocking.converted)
+            for storage, (operand, fmt) in self.blocking.converted.items():
+                self.transposes[storage] = (operand, fmt)
+                self.warnings.append(
+                    f"operand {operand} is stored as {a.tensors[operand].format}, which the blocked loops cannot "
+                    f"read (a sparse level holds an index a blocked operand cuts into blocks, or its level order "
+                    f"conflicts with the loop order); spcomp converts it to {str(fmt)!r} at each call (pass it in "
+                    f"that format to avoid the copy)")
+        views = self.blocking.views if self.blocking is not None else set()
+        relayout = _dense_relayouts(rhs, order, self.opt.auto_layout, skip={g.temp for g in self.gemms} | views)
+        for acc in transposes:
+            if acc.tensor in views:
+                wanted = self.blocking.copies_for(acc, transposes[acc])
+                if not self.last_try and any(self.reblock.get(user, False) != order
+                                             for user, order in wanted.items()):
+                    raise blocked.Reblock(wanted)  # lower again, reading copies in the blocks
+                user = self.blocking.users[acc]
+                raise FormatError(f"operand {user.tensor.name} ({user.tensor.format}) is read by blocks as "
+                                  f"{user!r} over levels {acc.tensor.format.spec()} against the loop order "
+                                  f"({', '.join(i.name for i in order)}), and no copy in the blocks fits the "
+                                  "loops either (a block's inner coordinates come after every outer one); "
+                                  "compute the reduction in a separate statement or store the operand unblocked")
         for acc, fmt in list(transposes.items()) + list(relayout.items()):
             t = acc.tensor
             fmt = _transposable(fmt)
@@ -214,10 +262,14 @@ class Lowerer:
         self.bindings: list = []
         self.sizes = {}
         gemm_indices = {i for acc in gemm_operands for i in acc.indices} - set(self.order)
+        self.block_sizes = []  # a block's inner size is a constant of the kernel (blocked.py)
         for i in sorted(list(self.order) + list(gemm_indices), key=lambda x: x.name):
             v = n.Var(self.fresh(f"N_{i.name}"), I64)
             self.sizes[i] = v
-            self.bindings.append(Binding(v, "size", index=i.name))
+            if isinstance(i, blocked.BlockPiece) and not i.outer:
+                self.block_sizes.append(n.Declare(v, n.i64(i.factor)))
+            else:
+                self.bindings.append(Binding(v, "size", index=i.name))
         self.coords = {}
         self.params: dict = {}
         self.out_name = self.lhs.tensor.name
@@ -239,9 +291,10 @@ class Lowerer:
             vals = n.Var(self.fresh(f"{name}_vals"), ptr(value_type(t)))
             self.params[name] = TensorParams(name, t, levels, vals)
             if not is_out and name not in temps:
+                own = self.blocking.own_level if self.blocking is not None else (lambda _t, l: l)
                 for l, arrays in enumerate(levels):
                     for arr, v in arrays.items():
-                        self.bindings.append(Binding(v, "input", operand, l, arr, storage=name))
+                        self.bindings.append(Binding(v, "input", operand, own(name, l), arr, storage=name))
                 self.bindings.append(Binding(vals, "input", operand, -1, "vals", storage=name))
 
     # ------------------------------------------------------------ build
@@ -344,6 +397,7 @@ class Lowerer:
         env = Env()
         body = []
         body.append(n.Comment(f"{self.a!r}"))
+        body += self.block_sizes
         body += self.out_sink.prologue()
         if self.workspace:
             body += self.workspace["prologue"]
@@ -392,6 +446,8 @@ class Lowerer:
     def record(self, module, entry, bindings, output: OutputPlan, notation, loops: list) -> Lowered:
         """The Lowered record of this lowering: the one place it is built."""
         output.expand = self.expand
+        if self.blocking is not None:  # the runtime checks the operands' own accesses (blocked.py)
+            notation = Assignment(self.record_lhs, self.blocking.restore(notation.rhs), notation.accumulate)
         facts, walked = self.facts(), self.parallel_positions
         balance = par.balance(facts, self.parallel, walked)
         split, positions = split_mod.extent_rule(self.parallel), None
@@ -401,12 +457,16 @@ class Lowerer:
             plan = self.pos_plan
             balance = positions = (plan.name, plan.level)
             split = (plan.spec.factor, True)
+        # (storage, level) pairs name the operand's own levels (a block-read one's differ)
+        own = (lambda p: p)  # noqa: E731
+        if self.blocking is not None:
+            own = (lambda p: None if p is None else (p[0], self.blocking.own_level(p[0], p[1])))
         threads = ThreadPlan(
             fused=self.fused.inner.name if self.fused is not None and self.parallel is not None else None,
             parallel=split_mod.base_of(self.parallel).name if self.parallel is not None else None,
-            balance=balance, split=split, positions=positions,
-            work_scale=par.work_scale(facts, balance), work_dense=par.work_dense(facts, balance),
-            partials=self.partials)
+            balance=own(balance), split=split, positions=own(positions),
+            work_scale=tuple(own(p) for p in par.work_scale(facts, balance)),
+            work_dense=par.work_dense(facts, balance), partials=self.partials)
         inspection = Inspection(notation=notation, order=self.order, warnings=self.warnings,
                                 loops="\n".join(loops + [f"(layout: {r})" for r in self.dense_relayouts]),
                                 blas=[g.describe() for g in self.gemms])
@@ -544,7 +604,7 @@ class Lowerer:
         """Offload only on the CPU and under the default schedule: a schedule that
         names loops is about the loop nest, which the offload would take away."""
         o = self.opt
-        return (o.blas and o.caps.blas and o.parallel in (None, "auto")
+        return (o.blas and o.caps.blas and o.parallel in (None, "auto") and self.blocking is None
                 and not (o.order or o.precompute or o.vectorize or o.unroll or o.split or o.pos_split
                          or o.bounds))
 
@@ -586,67 +646,6 @@ class Lowerer:
             "arrays": [values, bits, touched],  # heap arrays live throughout the nest
             "start": first_scatter,
         }
-
-    # ============================================================ the nest
-
-    # --------------------------------------------------------------- loops
-
-    # ---------------------------------------------------------------- split
-    def _check_splits(self, lhs, rhs):
-        """Refuse splits that cannot apply; the user order in base indices."""
-        self.split_pieces = {}
-        if not self.opt.split:
-            return self.opt.order
-        names = {i.name for acc in [lhs] + accesses(rhs) for i in acc.indices}
-        splittree.check(self.opt.split, names, lhs.tensor.format.is_dense)
-        return splittree.order_for_graph(self.opt.order, self.opt.split, names)
-
-    # ----------------------------------------------------- position loops
-    def _position_loop(self, lhs, rhs, user_order):
-        """The position loop's plan, checked; the user order with the operand's
-        chain of loops first (possplit.plan_for). A lone fuse of two dense loops
-        is a densefuse.DenseFuse instead (kept as ``fused``)."""
-        self.pos_plan, order = possplit.plan_for(self.opt, lhs, rhs, user_order)
-        self.fused = None
-        if isinstance(self.pos_plan, DenseFuse):
-            self.fused, self.pos_plan = self.pos_plan, None
-            if self.opt.parallel == self.fused.name:  # the fused loop runs where its outer index's would
-                self.opt = dataclasses.replace(self.opt, parallel=self.fused.outer.name)
-        return order
-
-    def _check_position_order(self, order, rhs) -> None:
-        if self.pos_plan is not None:
-            possplit.check_order(self.pos_plan, order, rhs)
-        if self.fused is not None:
-            densefuse_check_order(self.fused, order)
-
-    def _position_parallel(self):
-        """The chunk loop when it runs on threads, with its race strategy (possplit.race_plan)."""
-        return possplit.race_plan(self.pos_plan, self.opt, self.lhs)
-
-    def _choose_order(self, lhs, rhs, user_order):
-        """choose_order, with a refused reorder explained in terms of split pieces."""
-        try:
-            return choose_order(lhs, rhs, user_order)
-        except ScheduleError as e:
-            if not self.opt.split:
-                raise
-            pieces = ", ".join(f"{b} runs where the later of {o}, {i} runs" for b, o, i, _f in self.opt.split)
-            raise ScheduleError(f"{e} (the schedule splits loops: {pieces})") from None
-
-    def _expand_splits(self, order):
-        """Put the pieces of split indices into the loop order and the outer loops."""
-        self.loop_order = list(order)
-        if not self.opt.split:
-            return
-        self.split_pieces = splittree.pieces(self.opt.split, order)  # pieces of pieces too
-        self.loop_order = splittree.expand(order, self.split_pieces, self.opt.order)
-        splittree.check_reductions_adjacent(self.loop_order, set(order) - set(self.lhs.indices))
-        self.outer = split_mod.restrict(self.loop_order, self.outer)
-
-    # --------------------------------------------------------------- values
-
-    # ------------------------------------------------------------- printing
 
 
 def lower(assignment: Assignment, options: Options | None = None) -> Lowered:

@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 from ..errors import ScheduleError, UnsupportedError
 from ..formats import Format
 from ..notation import Access, accesses, free_indices
+from .blocked import level_indices
 from .normalize import split_sums
 
 
 def access_chain(a: Access) -> list:
-    """The indices of ``a`` in storage (level) order."""
+    """The indices of ``a`` in storage (level) order (block pieces for a blocked format)."""
+    if a.tensor.format.blocks is not None:
+        return level_indices(a)
     return [a.indices[d] for d in a.tensor.format.order]
 
 

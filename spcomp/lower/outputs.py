@@ -59,7 +59,7 @@ def assembled_format(fmt):
     if levels == fmt.levels:
         return fmt
     from ..formats import Format
-    return Format(levels, fmt.order)
+    return Format(levels, fmt.order, blocks=fmt.blocks)
 
 
 def applies(fmt) -> bool:

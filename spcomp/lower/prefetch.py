@@ -91,7 +91,9 @@ def _with_prefetches(outer: n.For, last, fresh, sizes: dict) -> n.For | None:
             break
         prelude.append(s)
     written = {x.array for x in n.walk(outer.body) if isinstance(x, n.Store)}
-    assigned = {x.var for x in n.walk(outer.body) if isinstance(x, (n.Assign, n.Declare))}
+    # variables the loop sets, loop counters of nested loops included (a row start that
+    # reads one is not the dense loop's row: blocked kernels' D[(i_o*N_i_i + i_i)*N_j + j])
+    assigned = {x.var for x in n.walk(outer.body) if isinstance(x, (n.Assign, n.Declare, n.For))}
     safe = _recomputable(outer, prelude, written, assigned)
     jumping = _jumping(prelude, safe)
     rows = {}  # (array, row start: an expression of the sparse loop's variables) -> the dense loop

@@ -27,12 +27,22 @@ from ..notation import IndexVar
 
 
 @dataclass(frozen=True)
-class SplitPiece(IndexVar):
-    """One of the two loops ``split`` makes of ``base``: the ``outer`` piece counts
-    blocks of ``factor`` coordinates, the other counts within a block."""
+class IndexPiece(IndexVar):
+    """One of the two pieces of index ``base`` with ``base = outer*factor + inner``:
+    the ``outer`` piece counts blocks of ``factor`` coordinates, the other the place
+    in a block. A :class:`SplitPiece` is a loop a schedule makes; a blocked format's
+    pieces (``blocked.BlockPiece``) are coordinates its levels store."""
     base: IndexVar = None
     factor: int = 1
     outer: bool = True
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class SplitPiece(IndexPiece):
+    """One of the two loops ``split`` makes of ``base`` (``partner``: the other's name)."""
     partner: str = ""
 
     def __repr__(self) -> str:

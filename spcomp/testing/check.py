@@ -250,6 +250,15 @@ def complete_sizes(notation, sizes: dict, draw_size, cap_given: bool = False) ->
             if c not in by_class:
                 by_class[c] = int(draw_size())
             out[i.name] = by_class[c]
+    # an index a blocked format cuts: a multiple of its block (the largest block asked)
+    block = {}
+    for acc in [notation.lhs] + accesses(notation.rhs):
+        for i, b in zip(acc.indices, acc.tensor.format.blocks or ()):
+            block[classes[i.name]] = max(block.get(classes[i.name], 1), b)
+    for name, c in classes.items():
+        if name in out and block.get(c, 1) > 1:
+            b = block[c]
+            out[name] = max(b, out[name] - out[name] % b)
     return out
 
 

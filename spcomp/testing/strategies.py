@@ -100,7 +100,7 @@ _PRESETS = {  # preset -> (orders it fits, level letters it uses)
 
 @st.composite
 def formats(draw, ndim: int, kinds: str = "dcqpb", allow_packed: bool = True, allow_order: bool = True,
-            allow_unordered: bool = False, presets: bool = True, max_block: int = 8):
+            allow_unordered: bool = False, presets: bool = True, max_block: int = 8, blocks=()):
     """A format string that the compiler accepts for an *input* of order ``ndim``.
 
     Each stored dimension gets a level whose letter is in ``kinds``:
@@ -118,10 +118,14 @@ def formats(draw, ndim: int, kinds: str = "dcqpb", allow_packed: bool = True, al
     level: expect :class:`~spcomp.errors.UnsupportedError`). With ``presets`` a
     preset name (``csr``, ``csc``, ``dcsr``, ``coo``, ``csf``, ``dense``) that fits
     ``ndim`` and ``kinds`` is sometimes drawn instead. ``ndim == 0`` gives
-    ``"dense"`` (a scalar).
+    ``"dense"`` (a scalar). With ``blocks`` (block sizes, e.g. ``(2,)``) a matrix is
+    blocked half of the time, ``bsr(R,C)`` or ``bsc(R,C)`` with R and C drawn from ``blocks``
+    (:func:`operands` makes every index a blocked format cuts a multiple of its block).
     """
     if ndim == 0:
         return "dense"
+    if blocks and ndim == 2 and _chance(draw, 2):
+        return draw(_blocked(blocks, allow_order))
     usable = [k for k in kinds if k in "dcpb" and (k != "p" or allow_packed)]
     if not usable:
         usable = ["c"] if "c" in kinds or "q" in kinds else ["d"]
@@ -155,9 +159,16 @@ def formats(draw, ndim: int, kinds: str = "dcqpb", allow_packed: bool = True, al
 
 
 @st.composite
+def _blocked(draw, blocks, allow_order: bool = True):
+    """``bsr(R,C)`` (or, with ``allow_order``, ``bsc(R,C)``), R and C drawn from ``blocks``."""
+    kind = draw(st.sampled_from(["bsr", "bsc"] if allow_order else ["bsr"]))
+    return f"{kind}({draw(st.sampled_from(blocks))},{draw(st.sampled_from(blocks))})"
+
+
+@st.composite
 def output_formats(draw, ndim: int, allow_packed: bool = True, allow_order: bool = True,
                    packed_k: str = "full", max_block: int = 8, allow_dense: bool = True,
-                   allow_bitmap: bool = True):
+                   allow_bitmap: bool = True, blocks=()):
     """A format the compiler can *assemble* as an output of order ``ndim``.
 
     One of: all dense; dense levels then compressed levels (csr, dcsr, csf style);
@@ -173,10 +184,13 @@ def output_formats(draw, ndim: int, allow_packed: bool = True, allow_order: bool
     K = ``max_block`` (one block spans the whole row: :func:`operands` caps that
     dimension to K). ``packed_k="any"`` draws any 1 <= K <= B: then a
     :class:`~spcomp.errors.PackedOverflowError` is a legitimate outcome when a
-    block gets more than K nonzeros.
+    block gets more than K nonzeros. With ``blocks``, as in :func:`formats`, a matrix
+    output is sometimes ``bsr(R,C)`` / ``bsc(R,C)``.
     """
     if ndim == 0:
         return "dense"
+    if blocks and ndim == 2 and _chance(draw, 3):
+        return draw(_blocked(blocks, allow_order))
     shapes = ["csf", "coo"] + (["dense"] if allow_dense else []) + (["packed"] if allow_packed else [])
     if ndim >= 2:
         shapes.append("mixed")
