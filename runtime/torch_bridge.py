@@ -9,8 +9,9 @@ the type's module name, so ``import spcomp`` never imports torch), or through
   one is the kernel's storage itself, one whose strides are another dense layout
   the kernel reads (``dd:1,0`` and a transposed tensor) is wrapped as that layout
   (``operands.Operands.tensor``), anything else is copied once per call;
-* ``sparse_csr`` / ``sparse_csc`` / coalesced ``sparse_coo`` become ``csr`` /
-  ``csc`` / ``coo`` Tensors over the same index and value buffers, remembered per
+* ``sparse_csr`` / ``sparse_csc`` / coalesced ``sparse_coo`` / ``sparse_bsr`` become
+  ``csr`` / ``csc`` / ``coo`` / ``bsr(R,C)`` Tensors over the same index and value buffers
+  (``sparse_bsc``: ``bsc(R,C)``, its values copied with each block transposed), remembered per
   torch object (validated once, int64 indices narrowed to int32 once: the 32-bit
   kernel is 18-25 % faster on SpMV than the 64-bit one reading int64, measured in
   docs/torch.md; ``index_bits=64`` keeps them);
@@ -36,7 +37,7 @@ from spcomp.formats import Dense
 from . import streams
 from .convert import BFLOAT16
 from .tensor import Tensor
-from .torch_convert import (compressed_level, coordinate_list, from_numpy, numpy_view, sparse_parts, to_torch,
+from .torch_convert import (compressed_level, coordinate_list, from_numpy, is_bsr, numpy_view, sparse_parts, to_torch,
                             torch_dtype, torch_module)
 
 __all__ = ["call", "host_value", "sparse_tensor", "result", "numpy_view", "from_numpy", "torch_dtype",
@@ -158,7 +159,7 @@ def cuda_device(operands: dict):
 
 def result(value, out_dtype):
     """A kernel's result as torch: dense arrays shared, sparse in torch's layout
-    when it has one (csr, csc, coo), else the spcomp Tensor; a scalar as a 0-d tensor."""
+    when it has one (csr, csc, coo, bsr), else the spcomp Tensor; a scalar as a 0-d tensor."""
     if isinstance(value, np.ndarray):
         return from_numpy(value)
     if isinstance(value, Tensor):
@@ -166,7 +167,8 @@ def result(value, out_dtype):
         torch = torch_module()
         if fmt.is_dense:
             return to_torch(value, torch.strided)
-        if value.ndim == 2 and isinstance(fmt.levels[0], Dense) and compressed_level(fmt.levels[1]):
+        if is_bsr(fmt) or (fmt.blocks is None and value.ndim == 2 and isinstance(fmt.levels[0], Dense)
+                           and compressed_level(fmt.levels[1])):
             return to_torch(value)
         if coordinate_list(fmt):
             return to_torch(value, torch.sparse_coo)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from spcomp.errors import DTypeError, OperandError
-from spcomp.formats import Compressed, Dense, Singleton
+from spcomp.formats import Compressed, Dense, Format, Singleton
 
 from .convert import BFLOAT16
 
@@ -64,7 +64,8 @@ def torch_dtype(dtype: np.dtype):
 
 def from_torch(cls, t, index_bits: int | None = None):
     """A torch tensor as a ``cls`` (spcomp Tensor) in the format of its layout: strided -> dense
-    (row-major values; other strides copied), sparse_csr -> csr, sparse_csc -> csc, sparse_coo -> coo."""
+    (row-major values; other strides copied), sparse_csr -> csr, sparse_csc -> csc, sparse_coo -> coo,
+    sparse_bsr -> bsr(R,C), sparse_bsc -> bsc(R,C)."""
     torch = torch_module()
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"from_torch takes a torch.Tensor, not {type(t).__name__}")
@@ -108,8 +109,37 @@ def sparse_parts(t) -> tuple:
         levels = [{"pos": np.array([0, idx.shape[1]], dtype=idx.dtype), "crd": idx[0]}]
         levels += [{"crd": idx[d]} for d in range(1, len(shape))]
         return "coo", shape, levels, vals
+    if t.layout in (torch.sparse_bsr, torch.sparse_bsc):
+        return _block_parts(t, shape, torch)
     raise OperandError(f"torch layout {t.layout} is not an spcomp operand; pass strided, sparse_coo, "
-                       "sparse_csr or sparse_csc tensors")
+                       "sparse_csr, sparse_csc, sparse_bsr or sparse_bsc tensors")
+
+
+def _block_parts(t, shape, torch) -> tuple:
+    """A ``sparse_bsr`` tensor is ``bsr(R,C)``'s arrays as they are (``crow_indices`` ->
+    ``pos``, ``col_indices`` -> ``crd``, ``values`` of shape ``(nblocks, R, C)`` -> ``vals``:
+    scipy's layout too). A ``sparse_bsc`` tensor's blocks are row-major R x C while
+    ``bsc(R,C)`` stores each block column-major, so its values are copied once with
+    each block transposed (its index arrays are used as they are)."""
+    values = t.values()
+    if t.ndim != 2 or values.ndim != 3:
+        raise OperandError(f"a batched or hybrid {t.layout} tensor (shape {shape}, values "
+                           f"{tuple(values.shape)}) is not an spcomp operand: pass 2-D block tensors")
+    R, C = (int(s) for s in values.shape[1:])
+    rows = t.layout == torch.sparse_bsr
+    pos = numpy_view(t.crow_indices() if rows else t.ccol_indices())
+    crd = numpy_view(t.col_indices() if rows else t.row_indices())
+    vals = numpy_view(values)
+    if not rows:
+        vals = np.ascontiguousarray(vals.transpose(0, 2, 1))
+    fmt = Format.bsr(R, C) if rows else Format.bsc(R, C)
+    levels = [{}, {"pos": pos, "crd": crd}] + [{} for _ in fmt.levels[2:]]
+    return fmt, shape, levels, vals.reshape(-1)
+
+
+def is_bsr(fmt) -> bool:
+    """Whether ``fmt`` is a ``bsr(R,C)`` preset (torch's ``sparse_bsr`` layout)."""
+    return fmt.blocks is not None and fmt == Format.bsr(*fmt.blocks)
 
 
 # ------------------------------------------------------------------ spcomp -> torch
@@ -122,7 +152,9 @@ def to_torch(t, layout=None):
     natural = None
     if fmt.is_dense:
         natural = torch.strided
-    elif t.ndim == 2 and isinstance(levels[0], Dense) and compressed_level(levels[1]):
+    elif is_bsr(fmt):
+        natural = torch.sparse_bsr
+    elif fmt.blocks is None and t.ndim == 2 and isinstance(levels[0], Dense) and compressed_level(levels[1]):
         natural = torch.sparse_csr if fmt.order == (0, 1) else torch.sparse_csc
     elif coordinate_list(fmt):
         natural = torch.sparse_coo
@@ -138,6 +170,14 @@ def to_torch(t, layout=None):
             pos, crd = pos.astype(np.int64), crd.astype(np.int64)
         make = torch.sparse_csr_tensor if want == torch.sparse_csr else torch.sparse_csc_tensor
         return make(from_numpy(pos), from_numpy(crd), from_numpy(t.vals), t.shape, check_invariants=False)
+    if want == natural == torch.sparse_bsr:
+        lv = t.levels[1]
+        pos, crd = lv["pos"], lv["crd"]
+        if pos.dtype != crd.dtype or pos.dtype not in (np.int32, np.int64):
+            pos, crd = pos.astype(np.int64), crd.astype(np.int64)
+        R, C = fmt.blocks
+        return torch.sparse_bsr_tensor(from_numpy(pos), from_numpy(crd), from_numpy(t.vals.reshape(-1, R, C)),
+                                       t.shape, check_invariants=False)
     if want == torch.sparse_coo:
         coords, values = t.to_coo()
         return torch.sparse_coo_tensor(from_numpy(coords), from_numpy(np.ascontiguousarray(values)), t.shape,

@@ -10,6 +10,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as hst
 
 import spcomp
 from spcomp import Tensor
@@ -196,3 +198,46 @@ def test_tensor_from_torch_and_to_torch_share_arrays():
         warnings.simplefilter("ignore")
         assert tw.to_torch().layout == torch.sparse_coo
     np.testing.assert_array_equal(tw.to_torch().to_dense().numpy(), m.toarray())
+
+
+@pytest.mark.filterwarnings("ignore:Sparse BSR tensor support is in beta state")
+@pytest.mark.filterwarnings("ignore:Sparse BSC tensor support is in beta state")
+@settings(max_examples=25, deadline=None)
+@given(R=hst.sampled_from([1, 2, 3, 4]), C=hst.sampled_from([1, 2, 4]), mb=hst.integers(1, 5),
+       nb=hst.integers(1, 5), density=hst.floats(0.1, 0.9), seed=hst.integers(0, 2**16))
+def test_block_layouts_are_bsr_and_bsc_operands_and_bsr_results(R, C, mb, nb, density, seed):
+    """torch sparse_bsr: bsr(R,C) over the very index and value buffers; sparse_bsc:
+    bsc(R,C) (values copied, each block transposed); a bsr output returns sparse_bsr.
+    Checked against einsum on the dense arrays, random block shapes and densities."""
+    rng = np.random.default_rng(seed)
+    shape = (mb * R, nb * C)
+    blocks = rng.random((mb, nb)) < density
+    A = np.kron(blocks, np.ones((R, C))) * rng.standard_normal(shape)
+    x = rng.standard_normal(shape[1])
+    tb = torch.from_numpy(A).to_sparse_bsr((R, C))
+    k = spcomp.compile(SPMV, formats={"W": f"bsr({R},{C})"})
+    st = k.runtime.operands.storages({"W": tb, "x": torch.from_numpy(x)})["W"]
+    assert data_ptr(st.levels[1]["pos"]) == tb.crow_indices().data_ptr()
+    if tb.values().numel():  # (an empty buffer has no address to share)
+        assert data_ptr(st.levels[1]["crd"]) == tb.col_indices().data_ptr()
+        assert data_ptr(st.vals) == tb.values().data_ptr()
+    y = k(W=tb, x=torch.from_numpy(x))
+    assert isinstance(y, torch.Tensor)
+    np.testing.assert_allclose(y.numpy(), np.einsum("ij,j->i", A, x), rtol=1e-12, atol=1e-12)
+    tc = torch.from_numpy(A).to_sparse_bsc((R, C))
+    kc = spcomp.compile(SPMV, formats={"W": f"bsc({R},{C})"})
+    np.testing.assert_allclose(kc(W=tc, x=x), np.einsum("ij,j->i", A, x), rtol=1e-12, atol=1e-12)
+    mask = spcomp.compile("C[i,j] = W[i,j] * B[i,j]", formats={"W": f"bsr({R},{C})", "C": f"bsr({R},{C})"})
+    out = mask(W=tb, B=torch.from_numpy(A))
+    assert out.layout == torch.sparse_bsr and tuple(out.values().shape[1:]) == (R, C)
+    np.testing.assert_allclose(out.to_dense().numpy(), A * A, rtol=1e-12, atol=1e-12)
+    back = Tensor.from_torch(tb).to_torch()
+    assert back.layout == torch.sparse_bsr
+    assert not tb.values().numel() or back.values().data_ptr() == tb.values().data_ptr()
+
+
+@pytest.mark.filterwarnings("ignore:Sparse BSR tensor support is in beta state")
+def test_batched_block_tensors_are_refused_by_name():
+    t = torch.ones(2, 4, 4).to_sparse_bsr((2, 2))  # a batch of two 4 x 4 BSR matrices
+    with pytest.raises(spcomp.errors.OperandError, match="batched or hybrid"):
+        Tensor.from_torch(t)
