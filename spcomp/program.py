@@ -3,12 +3,15 @@
 ``spcomp.compile`` returns a :class:`ProgramKernel` for text with more than one
 statement (``frontend/program.py`` splits and checks it). The statements run in
 order; a run of consecutive statements that each write a dense row-major tensor
-(a temporary or an output) is lowered statement by statement and joined into
-one native function (``lower/fuse.py``): one launch, no Python between the
-statements, and a temporary passed from one loop nest to the next through the
-same array. A statement that writes a sparse tensor, and any statement on a
-backend without raw pointers (the CUDA backends), runs as a kernel of its own,
-its result handed to the next one by the runtime (``k.loops`` says which is which).
+or a sparse one assembled in one pass (a temporary or an output) is lowered
+statement by statement and joined into one native function (``lower/fuse.py``):
+one launch, no Python between the statements, a dense temporary passed from one
+loop nest to the next through the same array, a sparse one through the arrays
+its writer grows (and frees at the end when nothing else sees it). A statement
+that cannot join (a sparse ``+=``, a packed-block output, a reader that needs a
+transposed copy) and any statement on a backend without raw pointers (the CUDA
+backends) runs as a kernel of its own, its result handed to the next one by the
+runtime (``k.loops`` says which is which; ``k.launches`` counts them).
 """
 from __future__ import annotations
 
@@ -55,12 +58,12 @@ class ProgramKernel:
         segments, k = [], 0
         while k < len(stmts):
             run = [k]
-            written = {stmts[k].lhs.tensor.name}
+            written = {stmts[k].lhs.tensor.name: _made(fusable[k])} if fusable[k] is not None else {}
             while (fusable[k] is not None and run[-1] + 1 < len(stmts)
                    and fusable[run[-1] + 1] is not None
                    and _reads_plainly(fusable[run[-1] + 1], written)):
                 run.append(run[-1] + 1)
-                written.add(stmts[run[-1]].lhs.tensor.name)
+                written[stmts[run[-1]].lhs.tensor.name] = _made(fusable[run[-1]])
             if len(run) >= 2 and fusable[k] is not None:
                 segments.append(("fused", self._fused_run(run, fusable), run))
             else:
@@ -76,16 +79,30 @@ class ProgramKernel:
         return opts
 
     def _fusable_lowering(self, k: int):
-        """Statement ``k`` lowered for a fused run, or None when it cannot join one."""
+        """Statement ``k`` lowered for a fused run, or None when it cannot join one:
+        it must write a dense row-major tensor, or a sparse one it assembles in one
+        pass into arrays it grows itself (not ``+=``, no packed level, and no ``+=``
+        before it in the program: a 32-bit overflow reruns the whole run)."""
         caps = self._target.capabilities
-        a = self.program.statements[k]
+        stmts = self.program.statements
+        a = stmts[k]
         fmt = a.lhs.tensor.format
-        if not (caps.pointers and caps.host_threads) or not fmt.is_dense or fmt.order != tuple(range(fmt.ndim)):
+        if not (caps.pointers and caps.host_threads):
+            return None
+        if fmt.is_dense:
+            if fmt.order != tuple(range(fmt.ndim)):
+                return None
+        elif a.accumulate or any(s.accumulate for s in stmts[:k]) or any(l.fixed_slots for l in fmt.levels):
             return None
         low = self._target.lower(a, self._statement_options(k, True))
-        if (low.output.shape != "dense" or low.output.growable or low.output.bounded
-                or low.output.assembly is not None or low.append_chunks
-                or any(b.role not in ("size", "input", "output") for b in low.code.bindings)):
+        if fmt.is_dense:
+            if (low.output.shape != "dense" or low.output.growable or low.output.bounded
+                    or low.output.assembly is not None or low.append_chunks
+                    or any(b.role not in ("size", "input", "output") for b in low.code.bindings)):
+                return None
+        elif (low.output.shape == "dense" or low.output.bounded or low.output.assembly is not None
+              or low.append_chunks or low.output.expand is not None
+              or any(b.role not in _SPARSE_ROLES for b in low.code.bindings)):
             return None
         return low
 
@@ -93,8 +110,18 @@ class ProgramKernel:
         a = self.program.statements[k]
         return Kernel(self.program.texts[k], a, self._statement_options(k, False), self._target, self.schedule)
 
+    def _internal(self, run: list) -> set:
+        """Sparse tensors a run writes that nothing outside it sees: not returned and
+        read by no later statement outside the run. The fused function frees them."""
+        stmts = self.program.statements
+        later = {acc.tensor.name for k in range(run[-1] + 1, len(stmts)) for acc in _accesses(stmts[k])}
+        return {stmts[k].lhs.tensor.name for k in run
+                if not stmts[k].lhs.tensor.format.is_dense
+                and stmts[k].lhs.tensor.name not in self.outputs and stmts[k].lhs.tensor.name not in later}
+
     def _fused_run(self, run: list, lowerings: list) -> FusedRun:
         stmts = self.program.statements
+        internal = self._internal(run)
         steps = []
         for k in run:
             a, low = stmts[k], lowerings[k]
@@ -102,21 +129,22 @@ class ProgramKernel:
             inputs = list(dict.fromkeys(acc.tensor.name for acc in _accesses(a)))
             ctx = CallContext(self.program.texts[k], a, low, self._target, name, inputs)
             steps.append(FusedStep(name, ctx, Variant(low, None, None).arg_plan, low, a.accumulate,
-                                   name in self.outputs))
-        built: dict = {32: self._build(run, [lowerings[k] for k in run])}
+                                   name in self.outputs, sparse=not a.lhs.tensor.format.is_dense,
+                                   internal=name in internal))
+        built: dict = {32: self._build(run, [lowerings[k] for k in run], internal)}
 
         def build(bits):
             if bits not in built:
                 lows = [self._target.lower(stmts[k], self._statement_options(k, True, bits)) for k in run]
-                built[bits] = self._build(run, lows)
+                built[bits] = self._build(run, lows, internal)
             return built[bits][:3]
         fused = FusedRun(steps, build, self._options.index32_limit, self.expression)
         fused.compiled = built[32]
         return fused
 
-    def _build(self, run: list, lows: list) -> tuple:
+    def _build(self, run: list, lows: list, internal: set) -> tuple:
         """Join the statements' functions and compile them: (function, sources, arg
-        plans, module, compiled)."""
+        plans, module, compiled, merged)."""
         stmts = self.program.statements
         written: dict = {}
         links = []
@@ -124,9 +152,10 @@ class ProgramKernel:
             mine = {acc.tensor.name for acc in _accesses(stmts[k])}
             links.append({name: w for name, w in written.items() if name in mine})
             written[stmts[k].lhs.tensor.name] = j
+        frees = [{stmts[k].lhs.tensor.name} & internal for k in run]
         fn, sources, merged = fuse([low.entry_function for low in lows], [low.code.bindings for low in lows],
                                    links, name=self._options.name, docs=[repr(stmts[k]) for k in run],
-                                   share_loop=self._shared_loops(run, lows))
+                                   share_loop=self._shared_loops(run, lows), frees=frees)
         module = irn.Module((fn,), fn.name)
         record = dataclasses.replace(lows[0], code=Code(module, fn.name, []))
         compiled = self._target.build(record)
@@ -170,6 +199,10 @@ class ProgramKernel:
             which = ", ".join(str(k + 1) for k in run)
             if kind == "fused":
                 parts.append(f"# statements {which}: one native function, one after the other (one thread)")
+                for st in seg.steps:
+                    if st.sparse:
+                        parts.append(f"# {st.name}: sparse, assembled inside the function"
+                                     + (" and freed there" if st.internal else ", handed back"))
                 merged = seg.compiled[5]
                 for j, st in enumerate(seg.steps):
                     if merged[j]:
@@ -257,17 +290,26 @@ def _accesses(a) -> list:
     return accesses(a.rhs)
 
 
-def _reads_plainly(low, written: set) -> bool:
-    """Whether a lowering reads every tensor of ``written`` as itself (a row-major
-    dense array, no transposed or diagonal copy the runtime would have to make)."""
+_SPARSE_ROLES = ("size", "input", "output", "output_grow", "capacity")
+
+
+def _reads_plainly(low, written: dict) -> bool:
+    """Whether a lowering reads every tensor of ``written`` (name -> the arrays its
+    writer makes, ``(level, array)``) as itself: no transposed or diagonal copy
+    the runtime would have to make, and only arrays the writer makes."""
     ops = low.operands
     copied = {op for op, _f in ops.transposes.values()} | {d.operand for d in ops.diagonals.values()}
-    if copied & written:
+    if copied & set(written):
         return False
     for b in low.code.bindings:
-        if b.role == "input" and b.storage in written and b.array != "vals":
+        if b.role == "input" and b.storage in written and (b.level, b.array) not in written[b.storage]:
             return False
     return True
+
+
+def _made(low) -> set:
+    """``(level, array)`` of every array a lowering's output parameters hand over."""
+    return {(b.level, b.array) for b in low.code.bindings if b.role in ("output", "output_grow")}
 
 
 def _is_scalar(value) -> bool:

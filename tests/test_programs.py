@@ -69,14 +69,41 @@ def test_dense_statements_fuse_into_one_function():
     assert np.allclose(k(A=A, B=B, c=c), A @ (B @ c))
 
 
-def test_sparse_temporary_runs_as_its_own_kernel():
+def test_sparse_temporary_runs_inside_one_function():
     A = sp.random(12, 9, density=0.3, format="csr", random_state=3)
     B = sp.random(9, 7, density=0.3, format="csr", random_state=4)
     c = np.arange(7.0)
     k = spcomp.compile("T[i,k] = A[i,j]*B[j,k]; y[i] = T[i,k]*c[k]",
                        formats={"A": "csr", "B": "csr", "T": "csr"})
-    assert k.launches == 2 and "a kernel of its own" in k.loops
-    assert np.allclose(k(A=A, B=B, c=c), (A @ B) @ c)
+    assert k.launches == 1 and "a kernel of its own" not in k.loops
+    assert "T: sparse, assembled inside the function and freed there" in k.loops
+    assert k.ir.count("int32_t kernel(") == 1
+    assert "free(freed" in k.ir                    # the temporary's grown arrays freed natively
+    for _ in range(3):
+        assert np.allclose(k(A=A, B=B, c=c), (A @ B) @ c)
+
+
+def test_sparse_output_and_kept_temporary_come_back_as_tensors():
+    A = sp.random(12, 9, density=0.3, format="csr", random_state=3)
+    B = sp.random(9, 7, density=0.3, format="csr", random_state=4)
+    D = sp.random(12, 7, density=0.3, format="csr", random_state=5)
+    fmts = {"A": "csr", "B": "csr", "T": "csr", "C": "csr", "D": "csr"}
+    k = spcomp.compile("T[i,k] = A[i,j]*B[j,k]; C[i,k] = T[i,k] + D[i,k]", formats=fmts, outputs=["T", "C"])
+    assert k.launches == 1 and "T: sparse, assembled inside the function, handed back" in k.loops
+    out = k(A=A, B=B, D=D)
+    assert np.allclose(out["T"].to_numpy(), (A @ B).toarray())
+    assert np.allclose(out["C"].to_numpy(), (A @ B + D).toarray())
+
+
+def test_sparse_temporary_read_transposed_runs_as_its_own_kernel():
+    A = sp.random(12, 9, density=0.3, format="csr", random_state=3)
+    B = sp.random(9, 7, density=0.3, format="csr", random_state=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TranspositionWarning)
+        k = spcomp.compile("T[i,k] = A[i,j]*B[j,k]; C[k,i] = T[i,k] * 2",
+                           formats={"A": "csr", "B": "csr", "T": "csr", "C": "csr"})
+    assert k.launches == 2 and "a kernel of its own" in k.loops   # T is read through a transposed copy
+    assert np.allclose(k(A=A, B=B).to_numpy(), 2 * (A @ B).toarray().T)
 
 
 def test_several_outputs_come_back_as_a_dict():
