@@ -58,6 +58,7 @@ class FusedStep:
         self.returned = returned
         self.sparse = sparse      # writes a sparse tensor (an Output the kernel appends to)
         self.internal = internal  # ... that the fused function frees itself
+        self.sizing = low         # the lowering whose thread plan guesses a sparse output's entries
 
 
 class FusedRun:
@@ -94,7 +95,7 @@ class FusedRun:
             shape = tuple(sizes[i] for i in ctx.plan.out_indices)
             capacity = None
             if st.sparse:
-                capacity = first_capacity(st.low, sizes, storages, ctx.plan.out_indices)
+                capacity = first_capacity(st.sizing, sizes, storages, ctx.plan.out_indices)
                 pending[st.name] = Pending(shape, ctx.plan.out_format, capacity)
                 array = None
             else:

@@ -128,9 +128,12 @@ class ProgramKernel:
             name = a.lhs.tensor.name
             inputs = list(dict.fromkeys(acc.tensor.name for acc in _accesses(a)))
             ctx = CallContext(self.program.texts[k], a, low, self._target, name, inputs)
-            steps.append(FusedStep(name, ctx, Variant(low, None, None).arg_plan, low, a.accumulate,
-                                   name in self.outputs, sparse=not a.lhs.tensor.format.is_dense,
-                                   internal=name in internal))
+            sparse = not a.lhs.tensor.format.is_dense
+            step = FusedStep(name, ctx, Variant(low, None, None).arg_plan, low, a.accumulate,
+                             name in self.outputs, sparse=sparse, internal=name in internal)
+            if sparse:  # the parallel lowering's thread plan guesses its entries (SpGEMM's products)
+                step.sizing = self._target.lower(a, self._statement_options(k, False))
+            steps.append(step)
         built: dict = {32: self._build(run, [lowerings[k] for k in run], internal)}
 
         def build(bits):
