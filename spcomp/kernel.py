@@ -240,9 +240,10 @@ class Kernel:
         (``spcomp.dask`` ships one to its workers this way) instead of compiling it
         there. Same format, same signing rules; :func:`spcomp.loads` reads them."""
         from .runtime import cache, trust
-        return cache.pack(self._payload(), trust.as_key(key))
+        return cache.pack(self.payload(), trust.as_key(key))
 
-    def _payload(self) -> dict:
+    def payload(self) -> dict:
+        """What :meth:`to_bytes` packs: plain data (runtime/record.py) and object code."""
         caps = self.runtime.caps
         if not caps.saveable:
             raise SpcompError(f"kernels of backend {self._target.name!r} cannot be saved")
@@ -254,7 +255,7 @@ class Kernel:
                     self._variant_with(bits, "chunks", append_chunks=True)
         relayouts = {}
         if caps.relayout_on_threads and self._options.auto_layout:
-            relayouts = {key: relayout_kernels.copy_kernel(key, copy_kernel)._payload()
+            relayouts = {key: relayout_kernels.copy_kernel(key, copy_kernel).payload()
                          for key in relayout_kernels.copies_of(self.runtime.plan.storages)}
         return {
             "expression": self.expression, "notation": self.notation, "options": self._options,
@@ -286,12 +287,13 @@ class Kernel:
         from .runtime import cache, trust
         payload = cache.unpack(bytes(data), where, trust.as_key(key))
         try:
-            return cls._from_payload(payload, where)
+            return cls.from_payload(payload, where)
         except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise CacheError(f"{where}: not a saved kernel of this spcomp ({type(e).__name__}: {e})") from None
 
     @classmethod
-    def _from_payload(cls, payload: dict, path) -> "Kernel":
+    def from_payload(cls, payload: dict, path) -> "Kernel":
+        """The kernel a verified :meth:`payload` describes (``path`` names it in errors)."""
         target = get_target(payload["backend"])
         if payload["machine"] != target.cache_key():
             raise CacheError(f"{path} was compiled for another machine or library version "
@@ -301,7 +303,7 @@ class Kernel:
             compiled = target.load(entry["compiled"], entry["lowered"])
             variants[bits] = Variant(entry["lowered"], compiled, target.entry(compiled, entry["lowered"]))
         for key, copy in payload.get("relayouts", {}).items():
-            relayout_kernels.install(key, cls._from_payload(copy, path))
+            relayout_kernels.install(key, cls.from_payload(copy, path))
         return cls(payload["expression"], payload["notation"], payload["options"], target, None,
                    variants=variants)
 

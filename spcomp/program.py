@@ -19,11 +19,11 @@ import dataclasses
 
 import numpy as np
 
-from .errors import OperandError, SpcompError
+from .errors import CacheError, OperandError, SpcompError
 from .ir import nodes as irn
 from .ir.printer import print_ir
 from .kernel import Kernel
-from .lower.fuse import fuse
+from .lower.fuse import FusedParam, fuse
 from .lower.record import Code
 from .runtime.call import CallContext
 from .runtime.launch import Variant
@@ -34,7 +34,7 @@ class ProgramKernel:
     """Several statements compiled together. Call it with the inputs by name; it
     returns the one output, or a dict of them (``outputs``)."""
 
-    def __init__(self, expression: str, program, options, target, schedule=None):
+    def __init__(self, expression: str, program, options, target, schedule=None, saved=None):
         self.expression = expression
         self.program = program
         self.schedule = schedule
@@ -44,7 +44,7 @@ class ProgramKernel:
         self.temporaries = list(program.temporaries)
         self.inputs = [n for n in program.inputs if n not in program.outputs]
         self._accumulated = [s.lhs.tensor.name for s in program.statements if s.accumulate]
-        self.segments = self._plan()
+        self.segments = self._restore(saved) if saved is not None else self._cached_plan()
         self.warnings = [w for kind, seg, _ in self.segments
                          for w in (seg.warnings if kind == "kernel" else
                                    [x for st in seg.steps for x in st.low.inspection.warnings])]
@@ -65,7 +65,7 @@ class ProgramKernel:
                 run.append(run[-1] + 1)
                 written[stmts[run[-1]].lhs.tensor.name] = _made(fusable[run[-1]])
             if len(run) >= 2 and fusable[k] is not None:
-                segments.append(("fused", self._fused_run(run, fusable), run))
+                segments.append(("fused", self._fused_run(run, [fusable[j] for j in run]), run))
             else:
                 run = [k]
                 segments.append(("kernel", self._kernel(k), run))
@@ -119,12 +119,14 @@ class ProgramKernel:
                 if not stmts[k].lhs.tensor.format.is_dense
                 and stmts[k].lhs.tensor.name not in self.outputs and stmts[k].lhs.tensor.name not in later}
 
-    def _fused_run(self, run: list, lowerings: list) -> FusedRun:
+    def _fused_run(self, run: list, lowerings: list, built: dict | None = None, sizing: dict | None = None):
+        """The FusedRun of statements ``run`` (``lowerings[j]``: statement ``run[j]``'s
+        32-bit lowering); ``built`` and ``sizing`` are given when loaded from a record."""
         stmts = self.program.statements
         internal = self._internal(run)
         steps = []
-        for k in run:
-            a, low = stmts[k], lowerings[k]
+        for k, low in zip(run, lowerings):
+            a = stmts[k]
             name = a.lhs.tensor.name
             inputs = list(dict.fromkeys(acc.tensor.name for acc in _accesses(a)))
             ctx = CallContext(self.program.texts[k], a, low, self._target, name, inputs)
@@ -132,9 +134,11 @@ class ProgramKernel:
             step = FusedStep(name, ctx, Variant(low, None, None).arg_plan, low, a.accumulate,
                              name in self.outputs, sparse=sparse, internal=name in internal)
             if sparse:  # the parallel lowering's thread plan guesses its entries (SpGEMM's products)
-                step.sizing = self._target.lower(a, self._statement_options(k, False))
+                step.sizing = sizing[name] if sizing is not None else \
+                    self._target.lower(a, self._statement_options(k, False))
             steps.append(step)
-        built: dict = {32: self._build(run, [lowerings[k] for k in run], internal)}
+        if built is None:
+            built = {32: self._build(run, list(lowerings), internal)}
 
         def build(bits):
             if bits not in built:
@@ -143,6 +147,7 @@ class ProgramKernel:
             return built[bits][:3]
         fused = FusedRun(steps, build, self._options.index32_limit, self.expression)
         fused.compiled = built[32]
+        fused.variants = built  # every index width built so far (saved with the program)
         return fused
 
     def _build(self, run: list, lows: list, internal: set) -> tuple:
@@ -164,7 +169,7 @@ class ProgramKernel:
         compiled = self._target.build(record)
         function = self._target.entry(compiled, record)
         plans = [Variant(low, None, None).arg_plan for low in lows]
-        return function, sources, plans, module, compiled, merged
+        return function, sources, plans, module, compiled, merged, lows
 
     def _shared_loops(self, run: list, lows: list) -> list:
         """Per statement of a run: the name of its outer loop's index when it may run
@@ -238,14 +243,102 @@ class ProgramKernel:
     def backend(self) -> str:
         return self._target.name
 
+    # -------------------------------------------------- save, load, disk cache
     def save(self, path, key=None) -> None:
-        """Programs are not saved yet: SpcompError (compile them in each process)."""
-        raise SpcompError("a program of several statements cannot be saved yet; save each statement's "
-                          "kernel, or compile the program in each process")
+        """Write this program (every native function it runs, as :meth:`Kernel.save`
+        writes a kernel) to ``path``; :func:`spcomp.load` reads it without compiling.
+        The same rules as a kernel file: it holds machine code, so load only files
+        you trust; with ``key`` it is signed (HMAC-SHA256) and loading needs the key."""
+        from pathlib import Path
+
+        from .runtime import cache
+        cache.write_atomic(Path(path), self.to_bytes(key))
 
     def to_bytes(self, key=None) -> bytes:
-        """Programs are not saved yet (see :meth:`save`)."""
-        self.save(None, key)
+        """The bytes :meth:`save` writes (``spcomp.loads`` reads them)."""
+        from .runtime import cache, trust
+        return cache.pack(self.payload(), trust.as_key(key))
+
+    def payload(self) -> dict:
+        """The program as record data (runtime/record.py): its checked statements, the
+        options, and per segment a kernel's own bytes or the fused function's
+        lowerings, kernel IR and object code for each index width built."""
+        if not self._target.capabilities.saveable:
+            raise SpcompError(f"programs of backend {self._target.name!r} cannot be saved")
+        p = self.program
+        segments = []
+        for kind, seg, run in self.segments:
+            if kind == "kernel":
+                segments.append({"kind": "kernel", "run": list(run), "kernel": seg.to_bytes()})
+                continue
+            variants = {bits: {"lowered": list(b[6]), "module": b[3], "compiled": self._target.dump(b[4]),
+                               "sources": [[x.statement, x.position] for x in b[1]], "merged": list(b[5])}
+                        for bits, b in seg.variants.items()}
+            segments.append({"kind": "fused", "run": list(run), "variants": variants,
+                             "sizing": {st.name: st.sizing for st in seg.steps if st.sparse}})
+        return {"kind": "program", "expression": self.expression, "statements": p.statements,
+                "texts": p.texts, "inputs": p.inputs, "outputs": p.outputs, "temporaries": p.temporaries,
+                "options": self._options, "backend": self._target.name, "machine": self._target.cache_key(),
+                "segments": segments}
+
+    @classmethod
+    def from_payload(cls, payload: dict, where: str) -> "ProgramKernel":
+        """The program a verified :meth:`payload` describes (``where`` names it in errors)."""
+        from .backends import get_target
+        from .frontend.program import Program
+        target = get_target(payload["backend"])
+        if payload["machine"] != target.cache_key():
+            raise CacheError(f"{where} was compiled for another machine or library version "
+                             f"({payload['machine'][0]}); recompile it here")
+        program = Program(tuple(payload["statements"]), tuple(payload["texts"]), tuple(payload["inputs"]),
+                          tuple(payload["outputs"]), tuple(payload["temporaries"]))
+        return cls(payload["expression"], program, payload["options"], target, None, saved=payload["segments"])
+
+    def _restore(self, segments: list) -> list:
+        """The segments of a saved program: kernels from their own bytes, fused runs
+        from their records (no lowering, no LLVM for the widths saved)."""
+        out = []
+        for entry in segments:
+            run = list(entry["run"])
+            if entry["kind"] == "kernel":
+                out.append(("kernel", Kernel.from_bytes(entry["kernel"], None, "a saved program's kernel"), run))
+                continue
+            built = {bits: self._restore_built(v) for bits, v in entry["variants"].items()}
+            out.append(("fused", self._fused_run(run, built[32][6], built, entry["sizing"]), run))
+        return out
+
+    def _restore_built(self, v: dict) -> tuple:
+        lows, module = list(v["lowered"]), v["module"]
+        record = dataclasses.replace(lows[0], code=Code(module, module.entry, []))
+        compiled = self._target.load(v["compiled"], record)
+        function = self._target.entry(compiled, record)
+        sources = [FusedParam(int(a), int(b)) for a, b in v["sources"]]
+        plans = [Variant(low, None, None).arg_plan for low in lows]
+        return function, sources, plans, module, compiled, list(v["merged"]), lows
+
+    def _cached_plan(self) -> list:
+        """The segments from the disk cache (runtime/cache.py: a signed record under this
+        user's key) when this program was compiled before, else planned and stored."""
+        from .runtime import cache
+        target = self._target
+        if not target.capabilities.saveable:
+            return self._plan()
+        tensors = sorted((t.name, t.order, t.format.spec(), t.dtype) for t in self.program.tensors.values())
+        digest = cache.key_digest(("program", self.expression, repr(self.program), tensors, self.outputs,
+                                   repr(self._options), target.name) + target.cache_key())
+        payload = cache.load_entry(digest)
+        if payload is not None:
+            try:
+                return self._restore(payload["segments"])
+            except (SpcompError, KeyError, TypeError, AttributeError, ValueError, IndexError):
+                pass  # unusable here: plan again below
+        segments = self._plan()
+        self.segments = segments
+        try:
+            cache.store_entry(digest, self.payload())
+        except SpcompError:
+            pass
+        return segments
 
     def __repr__(self) -> str:
         return f"<spcomp.ProgramKernel {self.expression!r} outputs={self.outputs} backend={self._target.name}>"

@@ -200,10 +200,3 @@ def test_loops_not_shared_when_a_row_is_read_elsewhere():
     k = spcomp.compile("T[i,j] = A[i,j] * 2; y[i] = T[j,i] * x[j]")
     assert "runs inside" not in k.loops
     assert np.allclose(k(A=A, x=x), (2 * A).T @ x)
-
-
-def test_programs_are_not_saved_yet():
-    from spcomp.errors import SpcompError
-    k = spcomp.compile("t[i] = x[i] * 2; y[i] = t[i] + 1")
-    with pytest.raises(SpcompError, match="cannot be saved"):
-        k.to_bytes()
