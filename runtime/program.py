@@ -45,6 +45,21 @@ class Pending:
         return 32
 
 
+class FusedBuild:
+    """One index width of a fused run, compiled: the entry ``function``, where each of
+    its parameters comes from (``sources``: ``FusedParam`` s), each statement's
+    argument recipe (``plans``) and lowering (``lows``), the kernel IR ``module``,
+    the target's ``compiled`` object, which statements share the previous one's
+    outer loop (``merged``), and, when that one loop runs on threads, the
+    ``variant`` the launcher splits (its ``lowered.threads`` the first statement's
+    thread plan; the function then takes ``lo``, ``hi`` first)."""
+
+    def __init__(self, function, sources, plans, module, compiled, merged, lows, variant=None):
+        self.function, self.sources, self.plans = function, sources, plans
+        self.module, self.compiled, self.merged, self.lows = module, compiled, merged, lows
+        self.variant = variant
+
+
 class FusedStep:
     """One statement of a fused run: its output's name, call context and argument recipe."""
 
@@ -62,9 +77,8 @@ class FusedStep:
 
 
 class FusedRun:
-    """Consecutive statements that write dense tensors, compiled into one function.
-    ``build(bits)`` gives ``(function, [FusedParam], [arg plan per statement])`` for an
-    index width, compiled on first use."""
+    """Consecutive statements compiled into one function. ``build(bits)`` gives the
+    :class:`FusedBuild` of an index width, compiled on first use."""
 
     def __init__(self, steps: list, build, index32_limit: int, expression: str):
         self.steps = steps
@@ -105,9 +119,9 @@ class FusedRun:
             per_step.append((storages, sizes, array, capacity))
             bits = max(bits, index_bits(storages, sizes, self.limit))
             work += call_work(ctx.caps, st.low, st.low, sizes, storages)
-        function, sources, plans = self.build(bits)
+        built = self.build(bits)
         lists, outs = [], []
-        for st, plan, (storages, sizes, array, capacity) in zip(self.steps, plans, per_step):
+        for st, plan, (storages, sizes, array, capacity) in zip(self.steps, built.plans, per_step):
             if st.sparse:
                 out = Output(st.low, sizes, None, bits, False, False)
                 out.capacity = capacity
@@ -117,9 +131,14 @@ class FusedRun:
                 out_arg = (lambda b, array=array: data_ptr(array))
             args, _ = call_args(plan, storages, sizes, bits, True, _input_arg(st.ctx), out_arg, capacity)
             lists.append(args)
-        args = [lists[s.statement][s.position] for s in sources]
+        args = [lists[s.statement][s.position] for s in built.sources]
         try:
-            status = interrupt.run(work, function, *args)
+            if built.variant is None:
+                status = interrupt.run(work, built.function, *args)
+            else:  # one loop nest over the rows: split over threads like a kernel's parallel loop
+                storages, sizes = per_step[0][0], per_step[0][1]
+                status = max(self.steps[0].ctx.launcher.run(built.variant, [0, 0] + args, 0,
+                                                            built.variant.lowered, sizes, storages, work))
         except BaseException:  # Ctrl-C: free what the kernel allocated
             for out in outs:
                 out.discard()

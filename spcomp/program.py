@@ -23,11 +23,11 @@ from .errors import CacheError, OperandError, SpcompError
 from .ir import nodes as irn
 from .ir.printer import print_ir
 from .kernel import Kernel
-from .lower.fuse import FusedParam, fuse
+from .lower.fuse import FusedParam, fuse, parallel_rows
 from .lower.record import Code
 from .runtime.call import CallContext
 from .runtime.launch import Variant
-from .runtime.program import FusedRun, FusedStep
+from .runtime.program import FusedBuild, FusedRun, FusedStep
 
 
 class ProgramKernel:
@@ -144,15 +144,15 @@ class ProgramKernel:
             if bits not in built:
                 lows = [self._target.lower(stmts[k], self._statement_options(k, True, bits)) for k in run]
                 built[bits] = self._build(run, lows, internal)
-            return built[bits][:3]
+            return built[bits]
         fused = FusedRun(steps, build, self._options.index32_limit, self.expression)
         fused.compiled = built[32]
         fused.variants = built  # every index width built so far (saved with the program)
         return fused
 
-    def _build(self, run: list, lows: list, internal: set) -> tuple:
-        """Join the statements' functions and compile them: (function, sources, arg
-        plans, module, compiled, merged)."""
+    def _build(self, run: list, lows: list, internal: set) -> FusedBuild:
+        """Join the statements' functions and compile them (on threads where
+        :meth:`_row_threads` allows)."""
         stmts = self.program.statements
         written: dict = {}
         links = []
@@ -164,12 +164,43 @@ class ProgramKernel:
         fn, sources, merged = fuse([low.entry_function for low in lows], [low.code.bindings for low in lows],
                                    links, name=self._options.name, docs=[repr(stmts[k]) for k in run],
                                    share_loop=self._shared_loops(run, lows), frees=frees)
+        threads = self._row_threads(run, lows, merged)
+        if threads is not None:
+            fn = parallel_rows(fn)
+            threads = threads if fn is not None else None
+        return self._compiled(fn, sources, merged, lows, threads)
+
+    def _compiled(self, fn, sources, merged, lows, threads, saved=None) -> FusedBuild:
+        """The fused function compiled (or ``saved``'s object code loaded) into a FusedBuild."""
         module = irn.Module((fn,), fn.name)
         record = dataclasses.replace(lows[0], code=Code(module, fn.name, []))
-        compiled = self._target.build(record)
+        if threads is not None:
+            record = dataclasses.replace(record, threads=threads)
+        compiled = self._target.build(record) if saved is None else self._target.load(saved, record)
         function = self._target.entry(compiled, record)
         plans = [Variant(low, None, None).arg_plan for low in lows]
-        return function, sources, plans, module, compiled, merged, lows
+        variant = Variant(record, compiled, function) if threads is not None else None
+        return FusedBuild(function, sources, plans, module, compiled, merged, lows, variant)
+
+    def _row_threads(self, run: list, lows: list, merged: list):
+        """The thread plan of a fused run whose statements all run in one loop over
+        rows and each write only the row it is on (a dense output whose first index
+        is the loop's): the first statement's own parallel plan when that loop is
+        the one it would run on threads, unsplit and without per-thread copies;
+        else None (the run stays on one thread). Each thread's chunk of rows runs
+        the whole nest, so a temporary's row is written and read by one thread."""
+        if len(run) < 2 or not all(merged[1:]) or not self._target.capabilities.host_threads:
+            return None
+        stmts = self.program.statements
+        for k, low in zip(run, lows):
+            lhs, order = stmts[k].lhs, low.inspection.order
+            if not order or not lhs.indices or lhs.indices[0] != order[0] or not lhs.tensor.format.is_dense:
+                return None
+        plan = self._target.lower(stmts[run[0]], self._statement_options(run[0], False)).threads
+        if (plan.parallel != lows[0].inspection.order[0].name or plan.split or plan.positions is not None
+                or plan.partials or plan.gpu_choice is not None):
+            return None
+        return plan
 
     def _shared_loops(self, run: list, lows: list) -> list:
         """Per statement of a run: the name of its outer loop's index when it may run
@@ -206,12 +237,14 @@ class ProgramKernel:
         for kind, seg, run in self.segments:
             which = ", ".join(str(k + 1) for k in run)
             if kind == "fused":
-                parts.append(f"# statements {which}: one native function, one after the other (one thread)")
+                on = ("its rows split over threads" if seg.compiled.variant is not None
+                      else "one thread")
+                parts.append(f"# statements {which}: one native function, one after the other ({on})")
                 for st in seg.steps:
                     if st.sparse:
                         parts.append(f"# {st.name}: sparse, assembled inside the function"
                                      + (" and freed there" if st.internal else ", handed back"))
-                merged = seg.compiled[5]
+                merged = seg.compiled.merged
                 for j, st in enumerate(seg.steps):
                     if merged[j]:
                         parts.append(f"# statement {run[j] + 1} runs inside statement {run[j - 1] + 1}'s outer loop, "
@@ -226,12 +259,12 @@ class ProgramKernel:
     @property
     def ir(self) -> str:
         """The kernel IR of every native function the program runs, as C-like code."""
-        return "\n".join(print_ir(seg.compiled[3]) if kind == "fused" else seg.ir
+        return "\n".join(print_ir(seg.compiled.module) if kind == "fused" else seg.ir
                          for kind, seg, _ in self.segments)
 
     @property
     def source(self) -> str:
-        return "\n".join(self._target.source(seg.compiled[4]) if kind == "fused" else seg.source
+        return "\n".join(self._target.source(seg.compiled.compiled) if kind == "fused" else seg.source
                          for kind, seg, _ in self.segments)
 
     @property
@@ -271,8 +304,9 @@ class ProgramKernel:
             if kind == "kernel":
                 segments.append({"kind": "kernel", "run": list(run), "kernel": seg.to_bytes()})
                 continue
-            variants = {bits: {"lowered": list(b[6]), "module": b[3], "compiled": self._target.dump(b[4]),
-                               "sources": [[x.statement, x.position] for x in b[1]], "merged": list(b[5])}
+            variants = {bits: {"lowered": list(b.lows), "module": b.module, "compiled": self._target.dump(b.compiled),
+                               "sources": [[x.statement, x.position] for x in b.sources], "merged": list(b.merged),
+                               "threads": b.variant.lowered.threads if b.variant is not None else None}
                         for bits, b in seg.variants.items()}
             segments.append({"kind": "fused", "run": list(run), "variants": variants,
                              "sizing": {st.name: st.sizing for st in seg.steps if st.sparse}})
@@ -304,17 +338,14 @@ class ProgramKernel:
                 out.append(("kernel", Kernel.from_bytes(entry["kernel"], None, "a saved program's kernel"), run))
                 continue
             built = {bits: self._restore_built(v) for bits, v in entry["variants"].items()}
-            out.append(("fused", self._fused_run(run, built[32][6], built, entry["sizing"]), run))
+            out.append(("fused", self._fused_run(run, built[32].lows, built, entry["sizing"]), run))
         return out
 
-    def _restore_built(self, v: dict) -> tuple:
-        lows, module = list(v["lowered"]), v["module"]
-        record = dataclasses.replace(lows[0], code=Code(module, module.entry, []))
-        compiled = self._target.load(v["compiled"], record)
-        function = self._target.entry(compiled, record)
+    def _restore_built(self, v: dict) -> FusedBuild:
+        module = v["module"]
         sources = [FusedParam(int(a), int(b)) for a, b in v["sources"]]
-        plans = [Variant(low, None, None).arg_plan for low in lows]
-        return function, sources, plans, module, compiled, list(v["merged"]), lows
+        return self._compiled(module.function(module.entry), sources, list(v["merged"]), list(v["lowered"]),
+                              v["threads"], saved=v["compiled"])
 
     def _cached_plan(self) -> list:
         """The segments from the disk cache (runtime/cache.py: a signed record under this

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..ir import nodes as n
-from ..ir.types import Type
+from ..ir.types import I64, Type
 from .context import Names
 
 
@@ -101,6 +101,24 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
     body.append(n.Return(n.STATUS_OK))
     doc = "\n".join(docs)
     return n.Function(name, tuple(params), n.Block(tuple(body)), doc=doc), sources, merged
+
+
+def parallel_rows(fn: n.Function) -> n.Function | None:
+    """``fn`` over rows ``[lo, hi)`` (parameters ``lo``, ``hi`` first, the lowerer's
+    convention for a kernel whose outer loop runs on threads) when its body is one
+    block of declarations and one loop from 0, then ``return 0``; else None. The
+    caller has checked that each iteration writes only its own rows."""
+    body = list(fn.body.body)
+    if len(body) != 2 or not isinstance(body[0], n.Block) or not isinstance(body[1], n.Return):
+        return None
+    found = _one_loop(list(body[0].body))
+    if found is None or any(v.name in ("lo", "hi") for v in _variables(fn)):
+        return None
+    prefix, loop = found
+    lo, hi = n.Var("lo", I64), n.Var("hi", I64)
+    loop = dataclasses.replace(loop, start=lo, end=hi, parallel="threads")
+    return dataclasses.replace(fn, params=(lo, hi) + tuple(fn.params),
+                               body=n.Block((n.Block(tuple(prefix) + (loop,)), body[1])))
 
 
 def _free_slot(slot, names) -> n.Block:
