@@ -1,7 +1,7 @@
 """Contraction order: a factorised product against the statement as written and its peers.
 
     python -m benchmarks.contraction [--n 20000] [--per-row 16] [--repeat 7] [--threads 1]
-                                     [--section all|products|programs]
+                                     [--section all|products|programs] [--clock wall|cpu]
 
 Each case is one statement of three or four operands. spcomp runs it with the plan
 its cost model picks at the first call (``auto``) and as written
@@ -32,13 +32,16 @@ import spcomp
 DENSE_LIMIT = 4e8  # dense copies above this many elements are not made (numpy.einsum column)
 
 
+CLOCK = time.perf_counter  # --clock cpu: this process's CPU time (less disturbed by others on a shared host)
+
+
 def _median(fn, repeat):
     fn()
     times = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCK() - t0)
     return float(np.median(times))
 
 
@@ -140,7 +143,11 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--section", choices=["all", "products", "programs"], default="all")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: process CPU time (all threads), steadier on a shared host")
     args = p.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.threads:
         spcomp.set_num_threads(args.threads)
     if args.section in ("all", "programs"):

@@ -29,6 +29,7 @@ from .memory import data_ptr
 from .operands import Dense, index_bits
 from .outputs import Output
 from .plan import call_args
+from .threads import get_num_threads
 
 
 class Pending:
@@ -73,7 +74,10 @@ class FusedStep:
         self.returned = returned
         self.sparse = sparse      # writes a sparse tensor (an Output the kernel appends to)
         self.internal = internal  # ... that the fused function frees itself
-        self.sizing = low         # the lowering whose thread plan guesses a sparse output's entries
+        # the statement lowered as a kernel of its own (threads allowed), kept for the
+        # first statement and sparse ones: its thread plan guesses a sparse output's
+        # entries and says whether a call is big enough for threads
+        self.parallel = None
 
 
 class FusedRun:
@@ -86,6 +90,21 @@ class FusedRun:
         self.limit = index32_limit
         self.expression = expression
         self.compiled = None  # what build(32) made, for inspection (set by spcomp.program)
+
+    def wants_threads(self, env: dict) -> bool:
+        """Whether this call is better run as the statements' own kernels: the run is
+        on one thread, and its first statement, as a kernel of its own, would split
+        this call over several threads (the launcher's measured threshold)."""
+        st = self.steps[0]
+        low = st.parallel
+        if (self.build(32).variant is not None or low is None or low.threads.parallel is None
+                or get_num_threads() <= 1):
+            return False
+        ops = {name: env[name] for name in st.ctx.plan.names if name != st.name}
+        if st.accumulate:
+            ops[st.name] = env[st.name]
+        storages = _storages(st.ctx, ops, {})
+        return st.ctx.launcher.splits(low, st.ctx.plan.bind_sizes(storages, ops), storages)
 
     def run(self, env: dict) -> None:
         """Run the statements on the values in ``env`` (inputs and earlier results by
@@ -109,7 +128,7 @@ class FusedRun:
             shape = tuple(sizes[i] for i in ctx.plan.out_indices)
             capacity = None
             if st.sparse:
-                capacity = first_capacity(st.sizing, sizes, storages, ctx.plan.out_indices)
+                capacity = first_capacity(st.parallel or st.low, sizes, storages, ctx.plan.out_indices)
                 pending[st.name] = Pending(shape, ctx.plan.out_format, capacity)
                 array = None
             else:

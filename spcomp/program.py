@@ -44,6 +44,9 @@ class ProgramKernel:
         self.temporaries = list(program.temporaries)
         self.inputs = [n for n in program.inputs if n not in program.outputs]
         self._accumulated = [s.lhs.tensor.name for s in program.statements if s.accumulate]
+        self._parallel_lows: dict = {}
+        self._split_kernels: dict = {}
+        self.last_launches = 0  # native functions (kernels or fused runs) the last call ran
         self.segments = self._restore(saved) if saved is not None else self._cached_plan()
         self.warnings = [w for kind, seg, _ in self.segments
                          for w in (seg.warnings if kind == "kernel" else
@@ -106,6 +109,20 @@ class ProgramKernel:
             return None
         return low
 
+    def _parallel_lowering(self, k: int):
+        """Statement ``k`` lowered as a kernel of its own (threads allowed), once."""
+        if k not in self._parallel_lows:
+            a = self.program.statements[k]
+            self._parallel_lows[k] = self._target.lower(a, self._statement_options(k, False))
+        return self._parallel_lows[k]
+
+    def _split_kernel(self, k: int) -> Kernel:
+        """Statement ``k`` of a fused run as a kernel of its own, compiled on first use:
+        what a call runs when :meth:`FusedRun.wants_threads`."""
+        if k not in self._split_kernels:
+            self._split_kernels[k] = self._kernel(k)
+        return self._split_kernels[k]
+
     def _kernel(self, k: int) -> Kernel:
         a = self.program.statements[k]
         return Kernel(self.program.texts[k], a, self._statement_options(k, False), self._target, self.schedule)
@@ -133,9 +150,8 @@ class ProgramKernel:
             sparse = not a.lhs.tensor.format.is_dense
             step = FusedStep(name, ctx, Variant(low, None, None).arg_plan, low, a.accumulate,
                              name in self.outputs, sparse=sparse, internal=name in internal)
-            if sparse:  # the parallel lowering's thread plan guesses its entries (SpGEMM's products)
-                step.sizing = sizing[name] if sizing is not None else \
-                    self._target.lower(a, self._statement_options(k, False))
+            if sparse or k == run[0]:  # see FusedStep.parallel
+                step.parallel = sizing[name] if sizing is not None else self._parallel_lowering(k)
             steps.append(step)
         if built is None:
             built = {32: self._build(run, list(lowerings), internal)}
@@ -196,7 +212,7 @@ class ProgramKernel:
             lhs, order = stmts[k].lhs, low.inspection.order
             if not order or not lhs.indices or lhs.indices[0] != order[0] or not lhs.tensor.format.is_dense:
                 return None
-        plan = self._target.lower(stmts[run[0]], self._statement_options(run[0], False)).threads
+        plan = self._parallel_lowering(run[0]).threads
         if (plan.parallel != lows[0].inspection.order[0].name or plan.split or plan.positions is not None
                 or plan.partials or plan.gpu_choice is not None):
             return None
@@ -237,8 +253,11 @@ class ProgramKernel:
         for kind, seg, run in self.segments:
             which = ", ".join(str(k + 1) for k in run)
             if kind == "fused":
-                on = ("its rows split over threads" if seg.compiled.variant is not None
-                      else "one thread")
+                if seg.compiled.variant is not None:
+                    on = "its rows split over threads"
+                else:
+                    on = ("one thread; a call whose first statement would split over threads runs the "
+                          "statements as kernels of their own instead")
                 parts.append(f"# statements {which}: one native function, one after the other ({on})")
                 for st in seg.steps:
                     if st.sparse:
@@ -309,7 +328,7 @@ class ProgramKernel:
                                "threads": b.variant.lowered.threads if b.variant is not None else None}
                         for bits, b in seg.variants.items()}
             segments.append({"kind": "fused", "run": list(run), "variants": variants,
-                             "sizing": {st.name: st.sizing for st in seg.steps if st.sparse}})
+                             "sizing": {st.name: st.parallel for st in seg.steps if st.parallel is not None}})
         return {"kind": "program", "expression": self.expression, "statements": p.statements,
                 "texts": p.texts, "inputs": p.inputs, "outputs": p.outputs, "temporaries": p.temporaries,
                 "options": self._options, "backend": self._target.name, "machine": self._target.cache_key(),
@@ -393,17 +412,22 @@ class ProgramKernel:
             if self.program.tensors[name].order == 0 and _is_scalar(v):
                 env[name] = np.array(v, dtype=_dtype(self.program.tensors[name].dtype))
                 scalars.add(name)
+        launches = 0
         for kind, seg, run in self.segments:
-            if kind == "fused":
+            if kind == "fused" and not seg.wants_threads(env):
                 seg.run(env)
-            else:
-                k = run[0]
+                launches += 1
+                continue
+            for k in run:  # a kernel of its own, or a fused run's statements on threads
+                kernel = seg if kind == "kernel" else self._split_kernel(k)
                 a = self.program.statements[k]
                 name = a.lhs.tensor.name
-                args = {n: env[n] for n in seg.inputs}
+                args = {n: env[n] for n in kernel.inputs}
                 if a.accumulate:
                     args[name] = env[name]
-                env[name] = seg(**args)
+                env[name] = kernel(**args)
+                launches += 1
+        self.last_launches = launches
         out = {}
         for name in self.outputs:
             v = env[name]

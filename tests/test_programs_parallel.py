@@ -127,4 +127,4 @@ def test_epilogue_runs_on_threads():
 ])
 def test_runs_that_are_not_row_wise_stay_on_one_thread(text, formats):
     k = spcomp.compile(text, formats=formats)
-    assert "(one thread)" in k.loops and "parallel: threads" not in k.ir
+    assert "(one thread;" in k.loops and "parallel: threads" not in k.ir

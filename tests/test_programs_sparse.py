@@ -23,7 +23,7 @@ from spcomp.lower import record
 from spcomp.runtime import launch
 from spcomp.testing.check import densify
 
-from conftest import examples
+from conftest import examples, spcomp_threads
 
 # statements that make the first [i,k] tensor from the inputs (einsum of the dense inputs)
 FIRST = [
@@ -180,3 +180,16 @@ def test_sparse_accumulate_keeps_its_own_kernel():
     assert k.launches == 2
     got = k(A=A, B=B, C=spcomp.Tensor.from_scipy(C) if hasattr(spcomp.Tensor, "from_scipy") else C)
     assert np.allclose(densify(got), C.toarray() + 2 * (A @ B).toarray())
+
+
+def test_a_call_big_enough_for_threads_runs_the_statements_as_kernels():
+    """A fused run stays on one thread; where its first statement alone would split a
+    call over threads, the call runs the statements as kernels of their own."""
+    k = _spgemm_chain()
+    ops = _operands()
+    with spcomp_threads(1):
+        assert np.allclose(k(**ops), _want(ops)) and k.last_launches == 1
+    with spcomp_threads(2, min_work=0):
+        assert np.allclose(k(**ops), _want(ops)) and k.last_launches == 3
+    with spcomp_threads(2, min_work=10 ** 12):   # too little work to split: fused
+        assert np.allclose(k(**ops), _want(ops)) and k.last_launches == 1
