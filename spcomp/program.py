@@ -12,6 +12,11 @@ that cannot join (a sparse ``+=``, a packed-block output, a reader that needs a
 transposed copy) and any statement on a backend without raw pointers (the CUDA
 backends) runs as a kernel of its own, its result handed to the next one by the
 runtime (``k.loops`` says which is which; ``k.launches`` counts them).
+
+A fused run that is one loop over rows, each statement writing only its row,
+runs that loop on threads; another fused run stays on one thread, and a call
+big enough for threads runs its statements as their own kernels instead.
+Programs save, load and disk-cache as kernels do (:meth:`ProgramKernel.payload`).
 """
 from __future__ import annotations
 
