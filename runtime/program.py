@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from spcomp.errors import OperandError
+from spcomp.errors import KernelRuntimeError, OperandError
+from spcomp.ir.nodes import STATUS_INDEX_OVERFLOW
 
 from . import interrupt
 from .launch import WiderIndices, call_work, first_capacity, raise_status
@@ -165,8 +166,8 @@ class FusedRun:
         if status != 0:
             for out in outs:
                 out.discard()
-            if status == 5 and bits == 64:
-                status = -1  # cannot happen with 64-bit positions: a KernelRuntimeError
+            if status == STATUS_INDEX_OVERFLOW and bits == 64:
+                raise KernelRuntimeError(f"program {self.expression!r}: a 64-bit sparse tensor overflowed")
             raise_status(status, None, self.steps[-1].name, self.expression)
         it = iter(outs)
         for st, (_s, _z, array, _c) in zip(self.steps, per_step):

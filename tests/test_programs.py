@@ -27,6 +27,9 @@ def _run(case, ops, backend="cpu"):
         warnings.simplefilter("ignore", TranspositionWarning)
         k = spcomp.compile(case.text, formats=case.formats, outputs=list(case.outputs), backend=backend)
     got = k(**{n: v[1] for n, v in ops.items()})
+    if isinstance(k, spcomp.ProgramKernel):  # what k.loops claims is what runs
+        assert k.loops.count("one native function") + k.loops.count("a kernel of its own") == k.launches
+        assert k.last_launches >= k.launches
     want = reference_program(k.program, {n: v[0] for n, v in ops.items()})
     if len(case.outputs) == 1:
         got = {case.outputs[0]: got}
