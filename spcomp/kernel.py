@@ -267,13 +267,10 @@ class Kernel:
 
     @classmethod
     def load(cls, path, key=None) -> "Kernel":
-        """The kernel :meth:`save` wrote to ``path``. Loading runs the machine code the
-        file holds: load only files you trust, as you would a shared library. With
-        ``key``, the file must be signed with it (``save(path, key=...)``); a signed
-        file needs its key. The file is checked (signature or checksum, format,
-        this machine and spcomp version) before anything in it is used."""
+        """The kernel :meth:`save` wrote to ``path``, checked (signature or checksum, format,
+        machine, spcomp version) before use; with ``key`` it must be signed with it. Loading
+        runs the machine code it holds: load only files you trust, as a shared library."""
         from pathlib import Path
-
         try:
             data = Path(path).read_bytes()
         except OSError as e:
