@@ -1,6 +1,7 @@
 """Contraction order: a factorised product against the statement as written and its peers.
 
     python -m benchmarks.contraction [--n 20000] [--per-row 16] [--repeat 7] [--threads 1]
+                                     [--section all|products|programs] [--clock wall|cpu]
 
 Each case is one statement of three or four operands. spcomp runs it with the plan
 its cost model picks at the first call (``auto``) and as written
@@ -11,6 +12,12 @@ where they fit in memory, and SciPy sparse products in the cheapest order writte
 by hand. Each result is checked against SciPy's before it is timed. The model's
 operation counts (iterations of the innermost loops) are printed beside the times.
 Times are medians of ``--repeat`` calls; on a shared machine they are noisy.
+
+The ``programs`` section times programs whose statements write a sparse
+temporary (SpGEMM then SpMV, SpGEMM then a sparse add): the program as one
+``spcomp.compile`` (``k.launches`` native functions, 1 where it fused), the same
+statements as separate kernels chained in Python (each with its default
+schedule, threads included), and SciPy.
 """
 from __future__ import annotations
 
@@ -25,13 +32,16 @@ import spcomp
 DENSE_LIMIT = 4e8  # dense copies above this many elements are not made (numpy.einsum column)
 
 
+CLOCK = time.perf_counter  # --clock cpu: this process's CPU time (less disturbed by others on a shared host)
+
+
 def _median(fn, repeat):
     fn()
     times = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCK() - t0)
     return float(np.median(times))
 
 
@@ -82,15 +92,68 @@ def _sddmm_spmm(S, Q, K, V):
     return sp.csr_matrix((vals, (coo.row, coo.col)), shape=S.shape) @ V
 
 
+def _programs(n, per_row):
+    A = sp.random(n, n, density=per_row / n, format="csr", random_state=1)
+    B = sp.random(n, n, density=per_row / n, format="csr", random_state=2)
+    D = sp.random(n, n, density=per_row / n, format="csr", random_state=3)
+    c = np.random.default_rng(0).standard_normal(n)
+    csr = {"A": "csr", "B": "csr", "D": "csr", "T": "csr", "C": "csr"}
+    return [
+        ("T = A·B (csr); y = T·c", ["T[i,k] = A[i,j]*B[j,k]", "y[i] = T[i,k]*c[k]"], csr,
+         dict(A=A, B=B, c=c), lambda: (A @ B) @ c),
+        ("T = A·B (csr); C = T + D (csr)", ["T[i,k] = A[i,j]*B[j,k]", "C[i,k] = T[i,k] + D[i,k]"], csr,
+         dict(A=A, B=B, D=D), lambda: A @ B + D),
+    ]
+
+
+def _dense(x):
+    if isinstance(x, spcomp.Tensor):
+        return x.to_numpy()
+    return x.toarray() if sp.issparse(x) else np.asarray(x)
+
+
+def programs(args):
+    """The programs section: one compiled program against its statements one by one."""
+    print(f"# programs with a sparse temporary, n={args.n} stored per row={args.per_row}, "
+          f"medians of {args.repeat} calls (ms)")
+    print(" | ".join(["case", "launches", "spcomp program", "statements as separate kernels", "scipy"]))
+    for name, texts, fmts, ops, scipy_fn in _programs(args.n, args.per_row):
+        text = "; ".join(texts)
+        prog = spcomp.compile(text, formats={k: v for k, v in fmts.items() if f"{k}[" in text})
+        kernels = [spcomp.compile(t, formats={k: v for k, v in fmts.items() if f"{k}[" in t}) for t in texts]
+
+        def chained(kernels=kernels, ops=ops):
+            env = dict(ops)
+            for k in kernels:
+                env[k.output_name] = k(**{n: env[n] for n in k.inputs})
+            return env[kernels[-1].output_name]
+        want = _dense(scipy_fn())
+        for got in (prog(**ops), chained()):
+            assert np.allclose(_dense(got), want, rtol=1e-8, atol=1e-8 * max(1.0, np.abs(want).max())), name
+        print(" | ".join([name, str(getattr(prog, "launches", "?")),
+                          f"{1e3 * _median(lambda: prog(**ops), args.repeat):.3f}",
+                          f"{1e3 * _median(chained, args.repeat):.3f}",
+                          f"{1e3 * _median(scipy_fn, args.repeat):.3f}"]), flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=20000)
     p.add_argument("--per-row", type=int, default=16)
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--section", choices=["all", "products", "programs"], default="all")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: process CPU time (all threads), steadier on a shared host")
     args = p.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.threads:
         spcomp.set_num_threads(args.threads)
+    if args.section in ("all", "programs"):
+        programs(args)
+    if args.section == "programs":
+        return
     try:
         import opt_einsum
     except ImportError:

@@ -4,39 +4,86 @@ Each statement keeps its own call plan (``CallContext``): its operands become
 storages and its index sizes are bound exactly as for a one-statement kernel.
 The dense arrays the statements write -- temporaries and outputs -- are
 allocated here first, in program order, so that a later statement binds its
-sizes against them; then the argument lists of all statements are laid out in
-the fused function's parameter order (``spcomp.lower.fuse.FusedParam``) and the
+sizes against them; a sparse tensor the run writes stands in as a
+:class:`Pending` (its shape and a guess of its entries) until the kernel has
+assembled it. Then the argument lists of all statements are laid out in the
+fused function's parameter order (``spcomp.lower.fuse.FusedParam``) and the
 function runs once. No Python runs between the statements.
+
+A sparse statement's output is an :class:`~.outputs.Output` as in a one-statement
+call: its fixed arrays (a csr's ``pos``) are allocated here, its growing arrays
+by the kernel into slots. A sparse temporary nothing outside the run reads is
+freed by the kernel itself; on an error status :meth:`Output.discard` frees
+what the slots still hold. A 32-bit overflow (status 5) runs the whole run
+again with the 64-bit function (no statement of such a run accumulates).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from spcomp.errors import OperandError
+from spcomp.errors import KernelRuntimeError, OperandError
+from spcomp.ir.nodes import STATUS_INDEX_OVERFLOW
 
 from . import interrupt
-from .launch import call_work, raise_status
+from .launch import WiderIndices, call_work, first_capacity, raise_status
 from .memory import data_ptr
-from .operands import index_bits
+from .operands import Dense, index_bits
+from .outputs import Output
 from .plan import call_args
+from .threads import get_num_threads
+
+
+class Pending:
+    """A sparse tensor a fused run writes, standing in for it before the call: its
+    shape and format for binding sizes, a guess of its entries for sizing the
+    arrays of statements that read it. Its arrays are the kernel's own."""
+    __slots__ = ("shape", "format", "nnz", "levels")
+
+    def __init__(self, shape, fmt, nnz):
+        self.shape, self.format, self.nnz = tuple(shape), fmt, int(nnz)
+        self.levels = [{} for _ in fmt.levels]
+
+    def index_bits_needed(self) -> int:
+        return 32
+
+
+class FusedBuild:
+    """One index width of a fused run, compiled: the entry ``function``, where each of
+    its parameters comes from (``sources``: ``FusedParam`` s), each statement's
+    argument recipe (``plans``) and lowering (``lows``), the kernel IR ``module``,
+    the target's ``compiled`` object, which statements share the previous one's
+    outer loop (``merged``), and, when that one loop runs on threads, the
+    ``variant`` the launcher splits (its ``lowered.threads`` the first statement's
+    thread plan; the function then takes ``lo``, ``hi`` first)."""
+
+    def __init__(self, function, sources, plans, module, compiled, merged, lows, variant=None):
+        self.function, self.sources, self.plans = function, sources, plans
+        self.module, self.compiled, self.merged, self.lows = module, compiled, merged, lows
+        self.variant = variant
 
 
 class FusedStep:
     """One statement of a fused run: its output's name, call context and argument recipe."""
 
-    def __init__(self, name: str, ctx, arg_plan, low, accumulate: bool, returned: bool):
+    def __init__(self, name: str, ctx, arg_plan, low, accumulate: bool, returned: bool,
+                 sparse: bool = False, internal: bool = False):
         self.name = name
         self.ctx = ctx
         self.arg_plan = arg_plan
         self.low = low
         self.accumulate = accumulate
         self.returned = returned
+        self.sparse = sparse      # writes a sparse tensor (an Output the kernel appends to)
+        self.internal = internal  # ... that the fused function frees itself
+        # the statement lowered as a kernel of its own (threads allowed), kept for the
+        # first statement and sparse ones: its thread plan guesses a sparse output's
+        # entries and says whether a call is big enough for threads
+        self.parallel = None
 
 
 class FusedRun:
-    """Consecutive statements that write dense tensors, compiled into one function.
-    ``build(bits)`` gives ``(function, [FusedParam], [arg plan per statement])`` for an
-    index width, compiled on first use."""
+    """Consecutive statements compiled into one function. ``build(bits)`` gives the
+    :class:`FusedBuild` of an index width, compiled on first use."""
 
     def __init__(self, steps: list, build, index32_limit: int, expression: str):
         self.steps = steps
@@ -45,37 +92,117 @@ class FusedRun:
         self.expression = expression
         self.compiled = None  # what build(32) made, for inspection (set by spcomp.program)
 
+    def wants_threads(self, env: dict) -> bool:
+        """Whether this call is better run as the statements' own kernels: the run is
+        on one thread, and its first statement, as a kernel of its own, would split
+        this call over several threads (the launcher's measured threshold)."""
+        st = self.steps[0]
+        low = st.parallel
+        if (self.build(32).variant is not None or low is None or low.threads.parallel is None
+                or get_num_threads() <= 1):
+            return False
+        ops = {name: env[name] for name in st.ctx.plan.names if name != st.name}
+        if st.accumulate:
+            ops[st.name] = env[st.name]
+        storages = _storages(st.ctx, ops, {})
+        return st.ctx.launcher.splits(low, st.ctx.plan.bind_sizes(storages, ops), storages)
+
     def run(self, env: dict) -> None:
         """Run the statements on the values in ``env`` (inputs and earlier results by
-        name); each statement's result is put in ``env`` under its name."""
-        per_step, bits, work = [], 32, 0
+        name); each statement's result is put in ``env`` under its name (a sparse
+        temporary the kernel freed is not)."""
+        try:
+            self._run(env, 32)
+        except WiderIndices:  # a sparse tensor outgrew 32-bit positions
+            self._run(env, 64)
+
+    def _run(self, env: dict, bits: int) -> None:
+        per_step, pending, work = [], {}, 0
         for st in self.steps:
             ctx = st.ctx
-            ops = {name: env[name] for name in ctx.plan.names if name != st.name}
+            ops = {name: env[name] for name in ctx.plan.names if name != st.name and name not in pending}
             given = env.get(st.name) if st.accumulate else None
             if given is not None:
                 ops[st.name] = given
-            storages = ctx.operands.storages(ops)
+            storages = _storages(ctx, ops, pending)
             sizes = ctx.plan.bind_sizes(storages, ops)
             shape = tuple(sizes[i] for i in ctx.plan.out_indices)
-            array = _accumulator(st.name, given, shape, ctx.plan.out_dtype) if st.accumulate else \
-                np.zeros(shape, dtype=ctx.plan.out_dtype)
-            env[st.name] = array
-            per_step.append((storages, sizes, array))
+            capacity = None
+            if st.sparse:
+                capacity = first_capacity(st.parallel or st.low, sizes, storages, ctx.plan.out_indices)
+                pending[st.name] = Pending(shape, ctx.plan.out_format, capacity)
+                array = None
+            else:
+                array = _accumulator(st.name, given, shape, ctx.plan.out_dtype) if st.accumulate else \
+                    np.zeros(shape, dtype=ctx.plan.out_dtype)
+                env[st.name] = array
+            per_step.append((storages, sizes, array, capacity))
             bits = max(bits, index_bits(storages, sizes, self.limit))
             work += call_work(ctx.caps, st.low, st.low, sizes, storages)
-        function, sources, plans = self.build(bits)
-        lists = []
-        for st, plan, (storages, sizes, array) in zip(self.steps, plans, per_step):
-            args, _ = call_args(plan, storages, sizes, bits, True, st.ctx.operands.input_arg,
-                                lambda b, array=array: data_ptr(array))
+        built = self.build(bits)
+        lists, outs = [], []
+        for st, plan, (storages, sizes, array, capacity) in zip(self.steps, built.plans, per_step):
+            if st.sparse:
+                out = Output(st.low, sizes, None, bits, False, False)
+                out.capacity = capacity
+                outs.append(out)
+                out_arg = out.arg
+            else:
+                out_arg = (lambda b, array=array: data_ptr(array))
+            args, _ = call_args(plan, storages, sizes, bits, True, _input_arg(st.ctx), out_arg, capacity)
             lists.append(args)
-        args = [lists[s.statement][s.position] for s in sources]
-        status = interrupt.run(work, function, *args)
+        args = [lists[s.statement][s.position] for s in built.sources]
+        try:
+            if built.variant is None:
+                status = interrupt.run(work, built.function, *args)
+            else:  # one loop nest over the rows: split over threads like a kernel's parallel loop
+                storages, sizes = per_step[0][0], per_step[0][1]
+                status = max(self.steps[0].ctx.launcher.run(built.variant, [0, 0] + args, 0,
+                                                            built.variant.lowered, sizes, storages, work))
+        except BaseException:  # Ctrl-C: free what the kernel allocated
+            for out in outs:
+                out.discard()
+            raise
         if status != 0:
+            for out in outs:
+                out.discard()
+            if status == STATUS_INDEX_OVERFLOW and bits == 64:
+                raise KernelRuntimeError(f"program {self.expression!r}: a 64-bit sparse tensor overflowed")
             raise_status(status, None, self.steps[-1].name, self.expression)
-        for st, (_s, _z, array) in zip(self.steps, per_step):
-            env[st.name] = array.item() if array.ndim == 0 and st.returned and not st.accumulate else array
+        it = iter(outs)
+        for st, (_s, _z, array, _c) in zip(self.steps, per_step):
+            if st.sparse:
+                out = next(it)
+                if st.internal:
+                    out.discard()  # the kernel freed its arrays and emptied the slots: a no-op
+                else:
+                    env[st.name] = out.result()
+            else:
+                env[st.name] = array.item() if array.ndim == 0 and st.returned and not st.accumulate else array
+
+
+def _storages(ctx, ops: dict, pending: dict) -> dict:
+    """Storage name -> Dense, Tensor or Pending for each input storage of a step."""
+    out = {}
+    for spec in ctx.plan.storages:
+        p = pending.get(spec.operand)
+        if p is not None:
+            out[spec.storage] = p
+            continue
+        value = ops[spec.operand]
+        if spec.plain and type(value) is np.ndarray and value.dtype == spec.dtype and value.flags.c_contiguous:
+            out[spec.storage] = Dense(value)
+        else:
+            out[spec.storage] = ctx.operands.operand(spec, value)
+    return out
+
+
+def _input_arg(ctx):
+    """An input array's argument; none for a Pending tensor (the fused function
+    reads it from its writer's parameters, so its argument is never passed)."""
+    def arg(st, bits, k, pointers):
+        return 0 if type(st) is Pending else ctx.operands.input_arg(st, bits, k, pointers)
+    return arg
 
 
 def _accumulator(name, given, shape, dtype) -> np.ndarray:

@@ -27,11 +27,11 @@ def __getattr__(name):
         from .api import clear_cache
         return clear_cache
     if name == "load":
-        from .kernel import Kernel
-        return Kernel.load
+        from .saved import load
+        return load
     if name == "loads":
-        from .kernel import Kernel
-        return Kernel.from_bytes
+        from .saved import loads
+        return loads
     if name == "Kernel":
         from .kernel import Kernel
         return Kernel

@@ -241,9 +241,10 @@ class Kernel:
         (``spcomp.dask`` ships one to its workers this way) instead of compiling it
         there. Same format, same signing rules; :func:`spcomp.loads` reads them."""
         from .runtime import cache, trust
-        return cache.pack(self._payload(), trust.as_key(key))
+        return cache.pack(self.payload(), trust.as_key(key))
 
-    def _payload(self) -> dict:
+    def payload(self) -> dict:
+        """What :meth:`to_bytes` packs: plain data (runtime/record.py) and object code."""
         caps = self.runtime.caps
         if not caps.saveable:
             raise SpcompError(f"kernels of backend {self._target.name!r} cannot be saved")
@@ -255,7 +256,7 @@ class Kernel:
                     self._variant_with(bits, "chunks", append_chunks=True)
         relayouts = {}
         if caps.relayout_on_threads and self._options.auto_layout:
-            relayouts = {key: relayout_kernels.copy_kernel(key, copy_kernel)._payload()
+            relayouts = {key: relayout_kernels.copy_kernel(key, copy_kernel).payload()
                          for key in relayout_kernels.copies_of(self.runtime.plan.storages)}
         return {
             "expression": self.expression, "notation": self.notation, "options": self._options,
@@ -267,13 +268,10 @@ class Kernel:
 
     @classmethod
     def load(cls, path, key=None) -> "Kernel":
-        """The kernel :meth:`save` wrote to ``path``. Loading runs the machine code the
-        file holds: load only files you trust, as you would a shared library. With
-        ``key``, the file must be signed with it (``save(path, key=...)``); a signed
-        file needs its key. The file is checked (signature or checksum, format,
-        this machine and spcomp version) before anything in it is used."""
+        """The kernel :meth:`save` wrote to ``path``, checked (signature or checksum, format,
+        machine, spcomp version) before use; with ``key`` it must be signed with it. Loading
+        runs the machine code it holds: load only files you trust, as a shared library."""
         from pathlib import Path
-
         try:
             data = Path(path).read_bytes()
         except OSError as e:
@@ -287,12 +285,13 @@ class Kernel:
         from .runtime import cache, trust
         payload = cache.unpack(bytes(data), where, trust.as_key(key))
         try:
-            return cls._from_payload(payload, where)
+            return cls.from_payload(payload, where)
         except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise CacheError(f"{where}: not a saved kernel of this spcomp ({type(e).__name__}: {e})") from None
 
     @classmethod
-    def _from_payload(cls, payload: dict, path) -> "Kernel":
+    def from_payload(cls, payload: dict, path) -> "Kernel":
+        """The kernel a verified :meth:`payload` describes (``path`` names it in errors)."""
         target = get_target(payload["backend"])
         if payload["machine"] != target.cache_key():
             raise CacheError(f"{path} was compiled for another machine or library version "
@@ -302,7 +301,7 @@ class Kernel:
             compiled = target.load(entry["compiled"], entry["lowered"])
             variants[bits] = Variant(entry["lowered"], compiled, target.entry(compiled, entry["lowered"]))
         for key, copy in payload.get("relayouts", {}).items():
-            relayout_kernels.install(key, cls._from_payload(copy, path))
+            relayout_kernels.install(key, cls.from_payload(copy, path))
         return cls(payload["expression"], payload["notation"], payload["options"], target, None,
                    variants=variants)
 

@@ -3,12 +3,20 @@
 ``spcomp.compile`` returns a :class:`ProgramKernel` for text with more than one
 statement (``frontend/program.py`` splits and checks it). The statements run in
 order; a run of consecutive statements that each write a dense row-major tensor
-(a temporary or an output) is lowered statement by statement and joined into
-one native function (``lower/fuse.py``): one launch, no Python between the
-statements, and a temporary passed from one loop nest to the next through the
-same array. A statement that writes a sparse tensor, and any statement on a
-backend without raw pointers (the CUDA backends), runs as a kernel of its own,
-its result handed to the next one by the runtime (``k.loops`` says which is which).
+or a sparse one assembled in one pass (a temporary or an output) is lowered
+statement by statement and joined into one native function (``lower/fuse.py``):
+one launch, no Python between the statements, a dense temporary passed from one
+loop nest to the next through the same array, a sparse one through the arrays
+its writer grows (and frees at the end when nothing else sees it). A statement
+that cannot join (a sparse ``+=``, a packed-block output, a reader that needs a
+transposed copy) and any statement on a backend without raw pointers (the CUDA
+backends) runs as a kernel of its own, its result handed to the next one by the
+runtime (``k.loops`` says which is which; ``k.launches`` counts them).
+
+A fused run that is one loop over rows, each statement writing only its row,
+runs that loop on threads; another fused run stays on one thread, and a call
+big enough for threads runs its statements as their own kernels instead.
+Programs save, load and disk-cache as kernels do (:meth:`ProgramKernel.payload`).
 """
 from __future__ import annotations
 
@@ -16,22 +24,22 @@ import dataclasses
 
 import numpy as np
 
-from .errors import OperandError, SpcompError
+from .errors import CacheError, OperandError, SpcompError
 from .ir import nodes as irn
 from .ir.printer import print_ir
 from .kernel import Kernel
-from .lower.fuse import fuse
+from .lower.fuse import FusedParam, fuse, parallel_rows
 from .lower.record import Code
 from .runtime.call import CallContext
 from .runtime.launch import Variant
-from .runtime.program import FusedRun, FusedStep
+from .runtime.program import FusedBuild, FusedRun, FusedStep
 
 
 class ProgramKernel:
     """Several statements compiled together. Call it with the inputs by name; it
     returns the one output, or a dict of them (``outputs``)."""
 
-    def __init__(self, expression: str, program, options, target, schedule=None):
+    def __init__(self, expression: str, program, options, target, schedule=None, saved=None):
         self.expression = expression
         self.program = program
         self.schedule = schedule
@@ -41,7 +49,10 @@ class ProgramKernel:
         self.temporaries = list(program.temporaries)
         self.inputs = [n for n in program.inputs if n not in program.outputs]
         self._accumulated = [s.lhs.tensor.name for s in program.statements if s.accumulate]
-        self.segments = self._plan()
+        self._parallel_lows: dict = {}
+        self._split_kernels: dict = {}
+        self.last_launches = 0  # native functions (kernels or fused runs) the last call ran
+        self.segments = self._restore(saved) if saved is not None else self._cached_plan()
         self.warnings = [w for kind, seg, _ in self.segments
                          for w in (seg.warnings if kind == "kernel" else
                                    [x for st in seg.steps for x in st.low.inspection.warnings])]
@@ -55,14 +66,14 @@ class ProgramKernel:
         segments, k = [], 0
         while k < len(stmts):
             run = [k]
-            written = {stmts[k].lhs.tensor.name}
+            written = {stmts[k].lhs.tensor.name: _made(fusable[k])} if fusable[k] is not None else {}
             while (fusable[k] is not None and run[-1] + 1 < len(stmts)
                    and fusable[run[-1] + 1] is not None
                    and _reads_plainly(fusable[run[-1] + 1], written)):
                 run.append(run[-1] + 1)
-                written.add(stmts[run[-1]].lhs.tensor.name)
+                written[stmts[run[-1]].lhs.tensor.name] = _made(fusable[run[-1]])
             if len(run) >= 2 and fusable[k] is not None:
-                segments.append(("fused", self._fused_run(run, fusable), run))
+                segments.append(("fused", self._fused_run(run, [fusable[j] for j in run]), run))
             else:
                 run = [k]
                 segments.append(("kernel", self._kernel(k), run))
@@ -76,47 +87,93 @@ class ProgramKernel:
         return opts
 
     def _fusable_lowering(self, k: int):
-        """Statement ``k`` lowered for a fused run, or None when it cannot join one."""
+        """Statement ``k`` lowered for a fused run, or None when it cannot join one:
+        it must write a dense row-major tensor, or a sparse one it assembles in one
+        pass into arrays it grows itself (not ``+=``, no packed level, and no ``+=``
+        before it in the program: a 32-bit overflow reruns the whole run)."""
         caps = self._target.capabilities
-        a = self.program.statements[k]
+        stmts = self.program.statements
+        a = stmts[k]
         fmt = a.lhs.tensor.format
-        if not (caps.pointers and caps.host_threads) or not fmt.is_dense or fmt.order != tuple(range(fmt.ndim)):
+        if not (caps.pointers and caps.host_threads):
+            return None
+        if fmt.is_dense:
+            if fmt.order != tuple(range(fmt.ndim)):
+                return None
+        elif a.accumulate or any(s.accumulate for s in stmts[:k]) or any(l.fixed_slots for l in fmt.levels):
             return None
         low = self._target.lower(a, self._statement_options(k, True))
-        if (low.output.shape != "dense" or low.output.growable or low.output.bounded
-                or low.output.assembly is not None or low.append_chunks
-                or any(b.role not in ("size", "input", "output") for b in low.code.bindings)):
+        if fmt.is_dense:
+            if (low.output.shape != "dense" or low.output.growable or low.output.bounded
+                    or low.output.assembly is not None or low.append_chunks
+                    or any(b.role not in ("size", "input", "output") for b in low.code.bindings)):
+                return None
+        elif (low.output.shape == "dense" or low.output.bounded or low.output.assembly is not None
+              or low.append_chunks or low.output.expand is not None
+              or any(b.role not in _SPARSE_ROLES for b in low.code.bindings)):
             return None
         return low
+
+    def _parallel_lowering(self, k: int):
+        """Statement ``k`` lowered as a kernel of its own (threads allowed), once."""
+        if k not in self._parallel_lows:
+            a = self.program.statements[k]
+            self._parallel_lows[k] = self._target.lower(a, self._statement_options(k, False))
+        return self._parallel_lows[k]
+
+    def _split_kernel(self, k: int) -> Kernel:
+        """Statement ``k`` of a fused run as a kernel of its own, compiled on first use:
+        what a call runs when :meth:`FusedRun.wants_threads`."""
+        if k not in self._split_kernels:
+            self._split_kernels[k] = self._kernel(k)
+        return self._split_kernels[k]
 
     def _kernel(self, k: int) -> Kernel:
         a = self.program.statements[k]
         return Kernel(self.program.texts[k], a, self._statement_options(k, False), self._target, self.schedule)
 
-    def _fused_run(self, run: list, lowerings: list) -> FusedRun:
+    def _internal(self, run: list) -> set:
+        """Sparse tensors a run writes that nothing outside it sees: not returned and
+        read by no later statement outside the run. The fused function frees them."""
         stmts = self.program.statements
+        later = {acc.tensor.name for k in range(run[-1] + 1, len(stmts)) for acc in _accesses(stmts[k])}
+        return {stmts[k].lhs.tensor.name for k in run
+                if not stmts[k].lhs.tensor.format.is_dense
+                and stmts[k].lhs.tensor.name not in self.outputs and stmts[k].lhs.tensor.name not in later}
+
+    def _fused_run(self, run: list, lowerings: list, built: dict | None = None, sizing: dict | None = None):
+        """The FusedRun of statements ``run`` (``lowerings[j]``: statement ``run[j]``'s
+        32-bit lowering); ``built`` and ``sizing`` are given when loaded from a record."""
+        stmts = self.program.statements
+        internal = self._internal(run)
         steps = []
-        for k in run:
-            a, low = stmts[k], lowerings[k]
+        for k, low in zip(run, lowerings):
+            a = stmts[k]
             name = a.lhs.tensor.name
             inputs = list(dict.fromkeys(acc.tensor.name for acc in _accesses(a)))
             ctx = CallContext(self.program.texts[k], a, low, self._target, name, inputs)
-            steps.append(FusedStep(name, ctx, Variant(low, None, None).arg_plan, low, a.accumulate,
-                                   name in self.outputs))
-        built: dict = {32: self._build(run, [lowerings[k] for k in run])}
+            sparse = not a.lhs.tensor.format.is_dense
+            step = FusedStep(name, ctx, Variant(low, None, None).arg_plan, low, a.accumulate,
+                             name in self.outputs, sparse=sparse, internal=name in internal)
+            if sparse or k == run[0]:  # see FusedStep.parallel
+                step.parallel = sizing[name] if sizing is not None else self._parallel_lowering(k)
+            steps.append(step)
+        if built is None:
+            built = {32: self._build(run, list(lowerings), internal)}
 
         def build(bits):
             if bits not in built:
                 lows = [self._target.lower(stmts[k], self._statement_options(k, True, bits)) for k in run]
-                built[bits] = self._build(run, lows)
-            return built[bits][:3]
+                built[bits] = self._build(run, lows, internal)
+            return built[bits]
         fused = FusedRun(steps, build, self._options.index32_limit, self.expression)
         fused.compiled = built[32]
+        fused.variants = built  # every index width built so far (saved with the program)
         return fused
 
-    def _build(self, run: list, lows: list) -> tuple:
-        """Join the statements' functions and compile them: (function, sources, arg
-        plans, module, compiled)."""
+    def _build(self, run: list, lows: list, internal: set) -> FusedBuild:
+        """Join the statements' functions and compile them (on threads where
+        :meth:`_row_threads` allows)."""
         stmts = self.program.statements
         written: dict = {}
         links = []
@@ -124,15 +181,47 @@ class ProgramKernel:
             mine = {acc.tensor.name for acc in _accesses(stmts[k])}
             links.append({name: w for name, w in written.items() if name in mine})
             written[stmts[k].lhs.tensor.name] = j
+        frees = [{stmts[k].lhs.tensor.name} & internal for k in run]
         fn, sources, merged = fuse([low.entry_function for low in lows], [low.code.bindings for low in lows],
                                    links, name=self._options.name, docs=[repr(stmts[k]) for k in run],
-                                   share_loop=self._shared_loops(run, lows))
+                                   share_loop=self._shared_loops(run, lows), frees=frees)
+        threads = self._row_threads(run, lows, merged)
+        if threads is not None:
+            fn = parallel_rows(fn)
+            threads = threads if fn is not None else None
+        return self._compiled(fn, sources, merged, lows, threads)
+
+    def _compiled(self, fn, sources, merged, lows, threads, saved=None) -> FusedBuild:
+        """The fused function compiled (or ``saved``'s object code loaded) into a FusedBuild."""
         module = irn.Module((fn,), fn.name)
         record = dataclasses.replace(lows[0], code=Code(module, fn.name, []))
-        compiled = self._target.build(record)
+        if threads is not None:
+            record = dataclasses.replace(record, threads=threads)
+        compiled = self._target.build(record) if saved is None else self._target.load(saved, record)
         function = self._target.entry(compiled, record)
         plans = [Variant(low, None, None).arg_plan for low in lows]
-        return function, sources, plans, module, compiled, merged
+        variant = Variant(record, compiled, function) if threads is not None else None
+        return FusedBuild(function, sources, plans, module, compiled, merged, lows, variant)
+
+    def _row_threads(self, run: list, lows: list, merged: list):
+        """The thread plan of a fused run whose statements all run in one loop over
+        rows and each write only the row it is on (a dense output whose first index
+        is the loop's): the first statement's own parallel plan when that loop is
+        the one it would run on threads, unsplit and without per-thread copies;
+        else None (the run stays on one thread). Each thread's chunk of rows runs
+        the whole nest, so a temporary's row is written and read by one thread."""
+        if len(run) < 2 or not all(merged[1:]) or not self._target.capabilities.host_threads:
+            return None
+        stmts = self.program.statements
+        for k, low in zip(run, lows):
+            lhs, order = stmts[k].lhs, low.inspection.order
+            if not order or not lhs.indices or lhs.indices[0] != order[0] or not lhs.tensor.format.is_dense:
+                return None
+        plan = self._parallel_lowering(run[0]).threads
+        if (plan.parallel != lows[0].inspection.order[0].name or plan.split or plan.positions is not None
+                or plan.partials or plan.gpu_choice is not None):
+            return None
+        return plan
 
     def _shared_loops(self, run: list, lows: list) -> list:
         """Per statement of a run: the name of its outer loop's index when it may run
@@ -169,8 +258,17 @@ class ProgramKernel:
         for kind, seg, run in self.segments:
             which = ", ".join(str(k + 1) for k in run)
             if kind == "fused":
-                parts.append(f"# statements {which}: one native function, one after the other (one thread)")
-                merged = seg.compiled[5]
+                if seg.compiled.variant is not None:
+                    on = "its rows split over threads"
+                else:
+                    on = ("one thread; a call whose first statement would split over threads runs the "
+                          "statements as kernels of their own instead")
+                parts.append(f"# statements {which}: one native function, one after the other ({on})")
+                for st in seg.steps:
+                    if st.sparse:
+                        parts.append(f"# {st.name}: sparse, assembled inside the function"
+                                     + (" and freed there" if st.internal else ", handed back"))
+                merged = seg.compiled.merged
                 for j, st in enumerate(seg.steps):
                     if merged[j]:
                         parts.append(f"# statement {run[j] + 1} runs inside statement {run[j - 1] + 1}'s outer loop, "
@@ -185,12 +283,12 @@ class ProgramKernel:
     @property
     def ir(self) -> str:
         """The kernel IR of every native function the program runs, as C-like code."""
-        return "\n".join(print_ir(seg.compiled[3]) if kind == "fused" else seg.ir
+        return "\n".join(print_ir(seg.compiled.module) if kind == "fused" else seg.ir
                          for kind, seg, _ in self.segments)
 
     @property
     def source(self) -> str:
-        return "\n".join(self._target.source(seg.compiled[4]) if kind == "fused" else seg.source
+        return "\n".join(self._target.source(seg.compiled.compiled) if kind == "fused" else seg.source
                          for kind, seg, _ in self.segments)
 
     @property
@@ -202,14 +300,100 @@ class ProgramKernel:
     def backend(self) -> str:
         return self._target.name
 
+    # -------------------------------------------------- save, load, disk cache
     def save(self, path, key=None) -> None:
-        """Programs are not saved yet: SpcompError (compile them in each process)."""
-        raise SpcompError("a program of several statements cannot be saved yet; save each statement's "
-                          "kernel, or compile the program in each process")
+        """Write this program (every native function it runs, as :meth:`Kernel.save`
+        writes a kernel) to ``path``; :func:`spcomp.load` reads it without compiling.
+        The same rules as a kernel file: it holds machine code, so load only files
+        you trust; with ``key`` it is signed (HMAC-SHA256) and loading needs the key."""
+        from pathlib import Path
+
+        from .runtime import cache
+        cache.write_atomic(Path(path), self.to_bytes(key))
 
     def to_bytes(self, key=None) -> bytes:
-        """Programs are not saved yet (see :meth:`save`)."""
-        self.save(None, key)
+        """The bytes :meth:`save` writes (``spcomp.loads`` reads them)."""
+        from .runtime import cache, trust
+        return cache.pack(self.payload(), trust.as_key(key))
+
+    def payload(self) -> dict:
+        """The program as record data (runtime/record.py): its checked statements, the
+        options, and per segment a kernel's own bytes or the fused function's
+        lowerings, kernel IR and object code for each index width built."""
+        if not self._target.capabilities.saveable:
+            raise SpcompError(f"programs of backend {self._target.name!r} cannot be saved")
+        p = self.program
+        segments = []
+        for kind, seg, run in self.segments:
+            if kind == "kernel":
+                segments.append({"kind": "kernel", "run": list(run), "kernel": seg.to_bytes()})
+                continue
+            variants = {bits: {"lowered": list(b.lows), "module": b.module, "compiled": self._target.dump(b.compiled),
+                               "sources": [[x.statement, x.position] for x in b.sources], "merged": list(b.merged),
+                               "threads": b.variant.lowered.threads if b.variant is not None else None}
+                        for bits, b in seg.variants.items()}
+            segments.append({"kind": "fused", "run": list(run), "variants": variants,
+                             "sizing": {st.name: st.parallel for st in seg.steps if st.parallel is not None}})
+        return {"kind": "program", "expression": self.expression, "statements": p.statements,
+                "texts": p.texts, "inputs": p.inputs, "outputs": p.outputs, "temporaries": p.temporaries,
+                "options": self._options, "backend": self._target.name, "machine": self._target.cache_key(),
+                "segments": segments}
+
+    @classmethod
+    def from_payload(cls, payload: dict, where: str) -> "ProgramKernel":
+        """The program a verified :meth:`payload` describes (``where`` names it in errors)."""
+        from .backends import get_target
+        from .frontend.program import Program
+        target = get_target(payload["backend"])
+        if payload["machine"] != target.cache_key():
+            raise CacheError(f"{where} was compiled for another machine or library version "
+                             f"({payload['machine'][0]}); recompile it here")
+        program = Program(tuple(payload["statements"]), tuple(payload["texts"]), tuple(payload["inputs"]),
+                          tuple(payload["outputs"]), tuple(payload["temporaries"]))
+        return cls(payload["expression"], program, payload["options"], target, None, saved=payload["segments"])
+
+    def _restore(self, segments: list) -> list:
+        """The segments of a saved program: kernels from their own bytes, fused runs
+        from their records (no lowering, no LLVM for the widths saved)."""
+        out = []
+        for entry in segments:
+            run = list(entry["run"])
+            if entry["kind"] == "kernel":
+                out.append(("kernel", Kernel.from_bytes(entry["kernel"], None, "a saved program's kernel"), run))
+                continue
+            built = {bits: self._restore_built(v) for bits, v in entry["variants"].items()}
+            out.append(("fused", self._fused_run(run, built[32].lows, built, entry["sizing"]), run))
+        return out
+
+    def _restore_built(self, v: dict) -> FusedBuild:
+        module = v["module"]
+        sources = [FusedParam(int(a), int(b)) for a, b in v["sources"]]
+        return self._compiled(module.function(module.entry), sources, list(v["merged"]), list(v["lowered"]),
+                              v["threads"], saved=v["compiled"])
+
+    def _cached_plan(self) -> list:
+        """The segments from the disk cache (runtime/cache.py: a signed record under this
+        user's key) when this program was compiled before, else planned and stored."""
+        from .runtime import cache
+        target = self._target
+        if not target.capabilities.saveable:
+            return self._plan()
+        tensors = sorted((t.name, t.order, t.format.spec(), t.dtype) for t in self.program.tensors.values())
+        digest = cache.key_digest(("program", self.expression, repr(self.program), tensors, self.outputs,
+                                   repr(self._options), target.name) + target.cache_key())
+        payload = cache.load_entry(digest)
+        if payload is not None:
+            try:
+                return self._restore(payload["segments"])
+            except (SpcompError, KeyError, TypeError, AttributeError, ValueError, IndexError):
+                pass  # unusable here: plan again below
+        segments = self._plan()
+        self.segments = segments
+        try:
+            cache.store_entry(digest, self.payload())
+        except SpcompError:
+            pass
+        return segments
 
     def __repr__(self) -> str:
         return f"<spcomp.ProgramKernel {self.expression!r} outputs={self.outputs} backend={self._target.name}>"
@@ -233,17 +417,22 @@ class ProgramKernel:
             if self.program.tensors[name].order == 0 and _is_scalar(v):
                 env[name] = np.array(v, dtype=_dtype(self.program.tensors[name].dtype))
                 scalars.add(name)
+        launches = 0
         for kind, seg, run in self.segments:
-            if kind == "fused":
+            if kind == "fused" and not seg.wants_threads(env):
                 seg.run(env)
-            else:
-                k = run[0]
+                launches += 1
+                continue
+            for k in run:  # a kernel of its own, or a fused run's statements on threads
+                kernel = seg if kind == "kernel" else self._split_kernel(k)
                 a = self.program.statements[k]
                 name = a.lhs.tensor.name
-                args = {n: env[n] for n in seg.inputs}
+                args = {n: env[n] for n in kernel.inputs}
                 if a.accumulate:
                     args[name] = env[name]
-                env[name] = seg(**args)
+                env[name] = kernel(**args)
+                launches += 1
+        self.last_launches = launches
         out = {}
         for name in self.outputs:
             v = env[name]
@@ -257,17 +446,26 @@ def _accesses(a) -> list:
     return accesses(a.rhs)
 
 
-def _reads_plainly(low, written: set) -> bool:
-    """Whether a lowering reads every tensor of ``written`` as itself (a row-major
-    dense array, no transposed or diagonal copy the runtime would have to make)."""
+_SPARSE_ROLES = ("size", "input", "output", "output_grow", "capacity")
+
+
+def _reads_plainly(low, written: dict) -> bool:
+    """Whether a lowering reads every tensor of ``written`` (name -> the arrays its
+    writer makes, ``(level, array)``) as itself: no transposed or diagonal copy
+    the runtime would have to make, and only arrays the writer makes."""
     ops = low.operands
     copied = {op for op, _f in ops.transposes.values()} | {d.operand for d in ops.diagonals.values()}
-    if copied & written:
+    if copied & set(written):
         return False
     for b in low.code.bindings:
-        if b.role == "input" and b.storage in written and b.array != "vals":
+        if b.role == "input" and b.storage in written and (b.level, b.array) not in written[b.storage]:
             return False
     return True
+
+
+def _made(low) -> set:
+    """``(level, array)`` of every array a lowering's output parameters hand over."""
+    return {(b.level, b.array) for b in low.code.bindings if b.role in ("output", "output_grow")}
 
 
 def _is_scalar(value) -> bool:

@@ -127,4 +127,4 @@ def test_saved_kernel_carries_its_copy_kernels(tmp_path, monkeypatch):
     assert got.vals.tobytes() == want.vals.tobytes()
     # a kernel that keeps its layout carries no copy kernel
     kept = spcomp.compile(expr, formats={"B": "csr", "C": "csr"}, schedule=spcomp.Schedule().keep_layout())
-    assert kept._payload()["relayouts"] == {}
+    assert kept.payload()["relayouts"] == {}

@@ -8,13 +8,20 @@ own block in program order, and a temporary that one statement writes and a
 later one reads becomes a single parameter: the reader's input array *is* the
 writer's output array, so the reader sees the values just stored, and no two
 parameters of the function alias (the backends mark pointers ``noalias``).
+
+A sparse temporary's arrays that its writer grows itself (``malloc``/``realloc``,
+published through a pointer-to-pointer parameter, the slot) are read by a later
+statement from that slot: its block starts by loading each pointer. Where the
+temporary is not returned, the function frees those arrays at its end and
+nulls the slots, so no Python runs between the statements or after them; on an
+error status the slots still hold what was allocated and the runtime frees it.
 """
 from __future__ import annotations
 
 import dataclasses
 
 from ..ir import nodes as n
-from ..ir.types import Type
+from ..ir.types import I64, Type
 from .context import Names
 
 
@@ -27,12 +34,15 @@ class FusedParam:
 
 
 def fuse(functions: list, bindings: list, links: list, name: str = "program", docs=(),
-         share_loop=()) -> tuple:
+         share_loop=(), frees=()) -> tuple:
     """``(Function, [FusedParam], merged)``: ``functions[k]`` (statement ``k``'s kernel
     function, its parameters described by ``bindings[k]``) run in order in one
     function. ``links[k]`` maps a storage statement ``k`` reads to the statement
-    that writes it earlier in the same function (a dense temporary): the reader's
-    ``vals`` parameter is replaced by the writer's output parameter.
+    that writes it earlier in the same function: each array parameter the reader
+    has for it is replaced by the writer's output parameter (a dense temporary's
+    values, a sparse one's first ``pos``), or by a local loaded from the writer's
+    slot (an array the writer grows). ``frees[k]`` names the sparse tensors
+    statement ``k`` writes whose grown arrays the function frees at its end.
 
     ``share_loop[k]``, when given, names the index of statement ``k``'s outer loop
     if the caller has checked that it may run inside statement ``k - 1``'s outer
@@ -42,16 +52,19 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
     loop (``merged[k]`` True): the consumer reads each row while it is in cache."""
     names = Names()
     renamed: list = []      # per statement: old name -> new Var
-    outputs: list = []      # per statement: tensor -> its output vals Var (after renaming)
+    outputs: list = []      # per statement: (tensor, level, array) -> (its Var after renaming, role)
     params, sources, body = [], [], []
     merged = [False] * len(functions)
     for k, fn in enumerate(functions):
         mapping: dict = {}
-        shared = {}
-        for pos, b in enumerate(bindings[k]):
-            if b.role == "input" and b.storage in links[k] and b.array == "vals":
-                writer = links[k][b.storage]
-                shared[b.var.name] = outputs[writer][b.storage]
+        shared, slots = {}, {}
+        for b in bindings[k]:
+            if b.role == "input" and b.storage in links[k]:
+                var, role = outputs[links[k][b.storage]][(b.storage, b.level, b.array)]
+                if role == "output":
+                    shared[b.var.name] = var
+                else:  # a grown array: read its pointer from the writer's slot
+                    slots[b.var.name] = var
         for var in _variables(fn):
             if var.name in mapping:
                 continue
@@ -60,9 +73,9 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
         outs = {}
         for pos, (param, b) in enumerate(zip(fn.params, bindings[k])):
             new = mapping[param.name]
-            if b.role == "output":
-                outs[b.tensor] = new
-            if param.name in shared:
+            if b.role in ("output", "output_grow"):
+                outs[(b.tensor, b.level, b.array)] = (new, b.role)
+            if param.name in shared or param.name in slots:
                 continue
             params.append(new)
             sources.append(FusedParam(k, pos))
@@ -71,7 +84,8 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
         if stmts and isinstance(stmts[-1], n.Return) and stmts[-1].status == n.STATUS_OK:
             stmts.pop()
         note = [n.Comment(f"statement {k + 1}: {docs[k]}")] if k < len(docs) else []
-        stmts = note + [_rename(s, mapping) for s in stmts]
+        loads = [n.Declare(mapping[old], n.Load(slot, n.i64(0))) for old, slot in slots.items()]
+        stmts = note + loads + [_rename(s, mapping) for s in stmts]
         index = share_loop[k] if k < len(share_loop) else None
         if index is not None and body:
             joined = _join_loops(body[-1], stmts, mapping.get(index))
@@ -80,9 +94,41 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
                 merged[k] = True
                 continue
         body.append(n.Block(tuple(stmts)))
+    for k, tensors in enumerate(frees):
+        for (tensor, _level, _array), (slot, role) in outputs[k].items():
+            if tensor in tensors and role == "output_grow":
+                body.append(_free_slot(slot, names))
     body.append(n.Return(n.STATUS_OK))
     doc = "\n".join(docs)
     return n.Function(name, tuple(params), n.Block(tuple(body)), doc=doc), sources, merged
+
+
+def parallel_rows(fn: n.Function) -> n.Function | None:
+    """``fn`` over rows ``[lo, hi)`` (parameters ``lo``, ``hi`` first, the lowerer's
+    convention for a kernel whose outer loop runs on threads) when its body is one
+    block of declarations and one loop from 0, then ``return 0``; else None. The
+    caller has checked that each iteration writes only its own rows."""
+    body = list(fn.body.body)
+    if len(body) != 2 or not isinstance(body[0], n.Block) or not isinstance(body[1], n.Return):
+        return None
+    found = _one_loop(list(body[0].body))
+    if found is None or any(v.name in ("lo", "hi") for v in _variables(fn)):
+        return None
+    prefix, loop = found
+    lo, hi = n.Var("lo", I64), n.Var("hi", I64)
+    loop = dataclasses.replace(loop, start=lo, end=hi, parallel="threads")
+    return dataclasses.replace(fn, params=(lo, hi) + tuple(fn.params),
+                               body=n.Block((n.Block(tuple(prefix) + (loop,)), body[1])))
+
+
+def _free_slot(slot, names) -> n.Block:
+    """``free(slot[0]); slot[0] = NULL``: a grown temporary array freed, its slot
+    emptied (so the runtime, which frees what a failed call left, frees nothing)."""
+    array = n.Var(names("freed"), slot.type.elem)
+    null = n.Var(names("null"), slot.type.elem)
+    return n.Block((n.Comment(f"free the temporary's array {slot.name}[0]"),
+                    n.Declare(array, n.Load(slot, n.i64(0))), n.Free(array),
+                    n.Declare(null), n.Store(slot, n.i64(0), null)))
 
 
 def _one_loop(stmts):
