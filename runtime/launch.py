@@ -27,6 +27,13 @@ from .operands import Dense
 # and column against SpMV's 0.7 ns per nonzero on a Zen 4), so MTTKRP's R=16 loop
 # makes each nonzero weigh 4 (docs/performance.md, "Threads").
 DENSE_ITERATION_WORK = 0.25
+# Work of starting one segment of a sparse level nested under a balanced nonzero (a
+# CSF fiber: TTV's k loop for one (i, j)): the loop's start, its mispredicted exit
+# and the store after it. Measured on TTV csf (Intel Xeon, 1 thread): ~3.5 ns a
+# fiber against ~0.45 ns a nonzero and ~0.5 ns a calibration unit, so 200³ 1 %
+# (80k nonzeros in 35k fibers of 2.3) is ~2.5x the work its nonzeros count
+# (docs/performance.md, "csf kernels on threads"); 6 keeps the estimate a bit low.
+SEGMENT_WORK = 6
 # a growable output's first capacity counts at most this many times the inputs'
 # stored entries from the products its loops form (initial_capacity)
 PRODUCT_GUESS_CAP = 16
@@ -73,20 +80,29 @@ def _level_pos(balance, storages):
 def segment_scale(low, storages) -> float:
     """The product of the mean segment lengths of the sparse levels a balanced
     nonzero's nested loops walk (``ThreadPlan.work_scale``); 1 when none."""
-    per = 1.0
+    return _segments(low, storages)[0]
+
+
+def _segments(low, storages) -> tuple:
+    """(the product of the nested levels' mean segment lengths, the segments a
+    balanced nonzero starts in them: one of the first nested level, then one per
+    entry of each level above a further one)."""
+    per, started = 1.0, 0.0
     for name, level in low.threads.work_scale:
         t = storages.get(name)
         inner = t.levels[level].get("pos") if t is not None and not isinstance(t, Dense) else None
         if inner is not None and len(inner) > 1:
+            started += per
             per *= max(int(inner[-1]) / (len(inner) - 1), 1.0)
-    return per
+    return per, started
 
 
 def work(n, pos, sizes, low, storages) -> int:
     """Work units of a call: with a balancing pos array, rows + its nonzeros times
     the mean length of the sparse segments each nonzero walks in its nested loops
-    (``work_scale``, SpGEMM's rows of B) and times its nested dense loops'
-    iterations (``work_dense``, SpMM's k) at DENSE_ITERATION_WORK each; else the
+    (``work_scale``, SpGEMM's rows of B, a CSF tensor's fibers) and times its nested
+    dense loops' iterations (``work_dense``, SpMM's k) at DENSE_ITERATION_WORK each,
+    plus SEGMENT_WORK for each nested segment it starts; else the
     dense iteration space. A split piece's chunks are not balanced by a pos array,
     but its whole loop's nonzeros still measure the call (else a split SpMV counted
     N_i*N_j units and always split)."""
@@ -98,7 +114,8 @@ def work(n, pos, sizes, low, storages) -> int:
         dense = 1
         for index in low.threads.work_dense:
             dense *= max(int(sizes.get(index, 1)), 1)
-        per = segment_scale(low, storages) * max(dense * DENSE_ITERATION_WORK, 1.0)
+        scale, started = _segments(low, storages)
+        per = scale * max(dense * DENSE_ITERATION_WORK, 1.0) + started * SEGMENT_WORK
         return n + int((int(pos[-1]) if len(pos) else 0) * per)
     total = 1  # no nonzero count to go by: the loop nest's dense iteration space bounds it
     for v in sizes.values():
