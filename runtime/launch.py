@@ -97,6 +97,48 @@ def _segments(low, storages) -> tuple:
     return per, started
 
 
+def _nested_chain(low, storages, sizes) -> tuple:
+    """The pos arrays of the levels of the balanced tensor nested right under its
+    balanced level (a CSF tensor's fibers and their entries), and the weight of a
+    leaf entry (its dense loops at DENSE_ITERATION_WORK each, at least 1)."""
+    th = low.threads
+    if not th.work_scale or th.balance is None:
+        return (), 1.0
+    name, level = th.balance
+    t = storages.get(name)
+    chain = []
+    for depth, (inner_name, inner_level) in enumerate(th.work_scale):
+        if inner_name != name or inner_level != level + 1 + depth or t is None or isinstance(t, Dense):
+            break
+        inner = t.levels[inner_level].get("pos")
+        if inner is None or len(inner) == 0:
+            break
+        chain.append(inner)
+    dense = 1
+    for index in th.work_dense:
+        dense *= max(int(sizes.get(index, 1)), 1)
+    return tuple(chain), max(dense * DENSE_ITERATION_WORK, 1.0)
+
+
+def nested_weights(low, storages, pos, sizes, chain=None):
+    """Cumulative work at each index of the parallel loop, for cutting it into
+    chunks: where the balanced level's entries head deeper levels of the same tensor
+    (a CSF tensor's fibers under each top position), SEGMENT_WORK for each segment
+    they start plus the leaf entries under them (times the dense loops inside), so a
+    position with long fibers weighs more than one with as many short ones; else
+    ``pos`` itself (a row weighs its entries)."""
+    if pos is None:
+        return None
+    chain, leaf = chain or _nested_chain(low, storages, sizes)
+    if not chain:
+        return pos
+    at, started = np.asarray(pos, dtype=np.int64), np.zeros(len(pos), dtype=np.float64)
+    for inner in chain:
+        started += at * SEGMENT_WORK  # each entry here starts a segment of the next level
+        at = np.asarray(inner, dtype=np.int64)[at]
+    return started + at * leaf
+
+
 def work(n, pos, sizes, low, storages) -> int:
     """Work units of a call: with a balancing pos array, rows + its nonzeros times
     the mean length of the sparse segments each nonzero walks in its nested loops
@@ -206,6 +248,7 @@ class Launcher:
         self.caps = target.capabilities
         self.host_threads = self.caps.host_threads
         self.bounds_cache: dict = {}
+        self.weights_cache: dict = {}  # (id(pos), nested levels, leaf weight) -> (weakref to pos, weights)
         calibrate = getattr(target, "split_threshold", None)
         if self.host_threads and calibrate is not None:
             _threads.set_calibrator(calibrate)
@@ -245,7 +288,7 @@ class Launcher:
             a[lohi], a[lohi + 1] = 0, n
             return fn, a
         if self.driver_of(variant) is not None and threads > 1:
-            bounds = self.bounds(n, threads, pos)
+            bounds = self.bounds(n, threads, self.weights(low, storages, pos, sizes))
             call_args = [len(bounds) - 1, data_ptr(bounds)] + args[:lohi] + args[lohi + 2:]
             if low.threads.partials:
                 slot = partials.out_slot(variant)
@@ -282,7 +325,8 @@ class Launcher:
             a[lohi] = lo
             a[lohi + 1] = hi
             return fn(*a)
-        return interrupt.run(units, _threads.run_ranges, call, n, pos, None, work(n, pos, sizes, low, storages))
+        return interrupt.run(units, _threads.run_ranges, call, n, nested_weights(low, storages, pos, sizes), None,
+                             work(n, pos, sizes, low, storages))
 
     def driver_bounds(self, variant, fn, sizes, storages):
         """The bounds array a parallel-driver launch points at (kept alive with it)."""
@@ -290,7 +334,7 @@ class Launcher:
             return None
         low = variant.lowered
         return self.bounds(parallel_extent(low, sizes, storages), _threads.get_num_threads(),
-                           balance_pos(low, storages))
+                           self.weights(low, storages, balance_pos(low, storages), sizes))
 
     def driver_of(self, variant):
         """The variant's native parallel driver (looked up once), or None; always None
@@ -302,6 +346,26 @@ class Launcher:
             variant.driver = finder(variant.compiled, variant.lowered) if finder else None
             variant.driver_checked = True
         return variant.driver
+
+    def weights(self, low, storages, pos, sizes):
+        """:func:`nested_weights` for a driver's bounds: one array object per ``pos``
+        and nested levels, computed once and kept while ``pos`` lives -- the bounds
+        cache is keyed by its identity and drops the bounds when it dies, and a call
+        hands the driver only their address (as for ``pos`` itself, see bounds())."""
+        if pos is None:
+            return None
+        chain, leaf = _nested_chain(low, storages, sizes)
+        if not chain:
+            return pos
+        key = (id(pos), tuple(id(c) for c in chain), leaf)
+        with _BOUNDS_LOCK:
+            hit = self.weights_cache.get(key)
+            if hit is not None and hit[0]() is pos:
+                return hit[1]
+            weights = nested_weights(low, storages, pos, sizes, (chain, leaf))
+            cache = self.weights_cache
+            cache[key] = (weakref.ref(pos, lambda _r, key=key, cache=cache: cache.pop(key, None)), weights)
+            return weights
 
     def bounds(self, n, threads, pos):
         """Row bounds of the threads' chunks, balanced by ``pos``; cached per pos array

@@ -122,7 +122,7 @@ def test_short_fibers_weigh_into_the_estimate(monkeypatch):
 def test_the_split_is_balanced_by_the_entries_under_each_position(monkeypatch):
     """One top position (i = 0) holding half of the fibers gets a chunk of its own:
     an even cut of the 41 positions would give one thread ~3/4 of the work. (The
-    weights are the next level's entries, a CSF tensor's fibers, each plus one.)"""
+    fibers here are alike, one nonzero each.)"""
     from spcomp.runtime.launch import Launcher
     rng = np.random.default_rng(5)
     nj, nk = 440, 10
@@ -137,4 +137,30 @@ def test_the_split_is_balanced_by_the_entries_under_each_position(monkeypatch):
     with threads(2, 0):
         got = kernel("ttv")(B=B, c=c)
     assert cuts and {tuple(int(x) for x in b) for b in cuts} == {(0, 1, 41)}  # position 0 alone, then the other 40
+    np.testing.assert_allclose(got, np.einsum("ijk,k->ij", B.to_numpy(), c), rtol=1e-12)
+
+
+def test_long_fibers_weigh_more_than_short_ones_in_the_cut(monkeypatch):
+    """Position 0 holds 10 fibers of 100 nonzeros, positions 1..40 10 fibers of 1:
+    cut by fibers (each position ~alike) the first thread would get ~5x the second's
+    nonzeros; cut by SEGMENT_WORK per fiber plus the nonzeros under it, the two
+    chunks' work differs by at most one light position's."""
+    from spcomp.runtime.launch import Launcher
+    rng = np.random.default_rng(6)
+    heavy = np.stack([np.zeros(1000, np.int64), np.repeat(np.arange(10), 100), np.tile(np.arange(100), 10)])
+    light = np.stack([np.repeat(np.arange(1, 41), 10), np.tile(np.arange(10), 40), np.zeros(400, np.int64)])
+    coords = np.concatenate([heavy, light], axis=1)
+    B = Tensor.from_coo(coords, rng.random(coords.shape[1]), (41, 10, 100), "csf")
+    c = rng.random(100)
+    cuts = []
+    real = Launcher.bounds
+    monkeypatch.setattr(Launcher, "bounds", lambda self, n, t, pos: cuts.append(real(self, n, t, pos)) or cuts[-1])
+    with threads(2, 0):
+        got = kernel("ttv")(B=B, c=c)
+    assert cuts and len({tuple(int(x) for x in b) for b in cuts}) == 1
+    _lo, cut, hi = (int(x) for x in cuts[0])
+    assert hi == 41
+    per_position = 1 + np.array([1000 + 10 * SEGMENT_WORK] + [10 + 10 * SEGMENT_WORK] * 40)  # (+1: a position)
+    first, second = per_position[:cut].sum(), per_position[cut:].sum()
+    assert abs(int(first) - int(second)) <= per_position[1], (cut, first, second)
     np.testing.assert_allclose(got, np.einsum("ijk,k->ij", B.to_numpy(), c), rtol=1e-12)
