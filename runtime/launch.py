@@ -27,6 +27,13 @@ from .operands import Dense
 # and column against SpMV's 0.7 ns per nonzero on a Zen 4), so MTTKRP's R=16 loop
 # makes each nonzero weigh 4 (docs/performance.md, "Threads").
 DENSE_ITERATION_WORK = 0.25
+# Work of starting one segment of a sparse level nested under a balanced nonzero (a
+# CSF fiber: TTV's k loop for one (i, j)): the loop's start, its mispredicted exit
+# and the store after it. Measured on TTV csf (Intel Xeon, 1 thread): ~3.5 ns a
+# fiber against ~0.45 ns a nonzero and ~0.5 ns a calibration unit, so 200³ 1 %
+# (80k nonzeros in 35k fibers of 2.3) is ~2.5x the work its nonzeros count
+# (docs/performance.md, "csf kernels on threads"); 6 keeps the estimate a bit low.
+SEGMENT_WORK = 6
 # a growable output's first capacity counts at most this many times the inputs'
 # stored entries from the products its loops form (initial_capacity)
 PRODUCT_GUESS_CAP = 16
@@ -73,20 +80,71 @@ def _level_pos(balance, storages):
 def segment_scale(low, storages) -> float:
     """The product of the mean segment lengths of the sparse levels a balanced
     nonzero's nested loops walk (``ThreadPlan.work_scale``); 1 when none."""
-    per = 1.0
+    return _segments(low, storages)[0]
+
+
+def _segments(low, storages) -> tuple:
+    """(the product of the nested levels' mean segment lengths, the segments a
+    balanced nonzero starts in them: one of the first nested level, then one per
+    entry of each level above a further one)."""
+    per, started = 1.0, 0.0
     for name, level in low.threads.work_scale:
         t = storages.get(name)
         inner = t.levels[level].get("pos") if t is not None and not isinstance(t, Dense) else None
         if inner is not None and len(inner) > 1:
+            started += per
             per *= max(int(inner[-1]) / (len(inner) - 1), 1.0)
-    return per
+    return per, started
+
+
+def _nested_chain(low, storages, sizes) -> tuple:
+    """The pos arrays of the levels of the balanced tensor nested right under its
+    balanced level (a CSF tensor's fibers and their entries), and the weight of a
+    leaf entry (its dense loops at DENSE_ITERATION_WORK each, at least 1)."""
+    th = low.threads
+    if not th.work_scale or th.balance is None:
+        return (), 1.0
+    name, level = th.balance
+    t = storages.get(name)
+    chain = []
+    for depth, (inner_name, inner_level) in enumerate(th.work_scale):
+        if inner_name != name or inner_level != level + 1 + depth or t is None or isinstance(t, Dense):
+            break
+        inner = t.levels[inner_level].get("pos")
+        if inner is None or len(inner) == 0:
+            break
+        chain.append(inner)
+    dense = 1
+    for index in th.work_dense:
+        dense *= max(int(sizes.get(index, 1)), 1)
+    return tuple(chain), max(dense * DENSE_ITERATION_WORK, 1.0)
+
+
+def nested_weights(low, storages, pos, sizes, chain=None):
+    """Cumulative work at each index of the parallel loop, for cutting it into
+    chunks: where the balanced level's entries head deeper levels of the same tensor
+    (a CSF tensor's fibers under each top position), SEGMENT_WORK for each segment
+    they start plus the leaf entries under them (times the dense loops inside), so a
+    position with long fibers weighs more than one with as many short ones; else
+    ``pos`` itself (a row weighs its entries)."""
+    if pos is None:
+        return None
+    chain, leaf = chain or _nested_chain(low, storages, sizes)
+    if not chain:
+        return pos
+    at, started = np.asarray(pos, dtype=np.int64), np.zeros(len(pos), dtype=np.float64)
+    for inner in chain:
+        started += at * SEGMENT_WORK  # each entry here starts a segment of the next level
+        at = np.asarray(inner, dtype=np.int64)[at]
+    return started + at * leaf
 
 
 def work(n, pos, sizes, low, storages) -> int:
     """Work units of a call: with a balancing pos array, rows + its nonzeros times
     the mean length of the sparse segments each nonzero walks in its nested loops
-    (``work_scale``, SpGEMM's rows of B) and times its nested dense loops'
-    iterations (``work_dense``, SpMM's k) at DENSE_ITERATION_WORK each; else the
+    (``work_scale``, SpGEMM's rows of B, a CSF tensor's fibers) and times its nested
+    dense loops' iterations (``work_dense``, SpMM's k) at DENSE_ITERATION_WORK each,
+    plus SEGMENT_WORK for each nested segment it starts; else the
     dense iteration space. A split piece's chunks are not balanced by a pos array,
     but its whole loop's nonzeros still measure the call (else a split SpMV counted
     N_i*N_j units and always split)."""
@@ -98,7 +156,8 @@ def work(n, pos, sizes, low, storages) -> int:
         dense = 1
         for index in low.threads.work_dense:
             dense *= max(int(sizes.get(index, 1)), 1)
-        per = segment_scale(low, storages) * max(dense * DENSE_ITERATION_WORK, 1.0)
+        scale, started = _segments(low, storages)
+        per = scale * max(dense * DENSE_ITERATION_WORK, 1.0) + started * SEGMENT_WORK
         return n + int((int(pos[-1]) if len(pos) else 0) * per)
     total = 1  # no nonzero count to go by: the loop nest's dense iteration space bounds it
     for v in sizes.values():
@@ -189,6 +248,7 @@ class Launcher:
         self.caps = target.capabilities
         self.host_threads = self.caps.host_threads
         self.bounds_cache: dict = {}
+        self.weights_cache: dict = {}  # (id(pos), nested levels, leaf weight) -> (weakref to pos, weights)
         calibrate = getattr(target, "split_threshold", None)
         if self.host_threads and calibrate is not None:
             _threads.set_calibrator(calibrate)
@@ -228,7 +288,7 @@ class Launcher:
             a[lohi], a[lohi + 1] = 0, n
             return fn, a
         if self.driver_of(variant) is not None and threads > 1:
-            bounds = self.bounds(n, threads, pos)
+            bounds = self.bounds(n, threads, self.weights(low, storages, pos, sizes))
             call_args = [len(bounds) - 1, data_ptr(bounds)] + args[:lohi] + args[lohi + 2:]
             if low.threads.partials:
                 slot = partials.out_slot(variant)
@@ -265,7 +325,8 @@ class Launcher:
             a[lohi] = lo
             a[lohi + 1] = hi
             return fn(*a)
-        return interrupt.run(units, _threads.run_ranges, call, n, pos, None, work(n, pos, sizes, low, storages))
+        return interrupt.run(units, _threads.run_ranges, call, n, nested_weights(low, storages, pos, sizes), None,
+                             work(n, pos, sizes, low, storages))
 
     def driver_bounds(self, variant, fn, sizes, storages):
         """The bounds array a parallel-driver launch points at (kept alive with it)."""
@@ -273,7 +334,7 @@ class Launcher:
             return None
         low = variant.lowered
         return self.bounds(parallel_extent(low, sizes, storages), _threads.get_num_threads(),
-                           balance_pos(low, storages))
+                           self.weights(low, storages, balance_pos(low, storages), sizes))
 
     def driver_of(self, variant):
         """The variant's native parallel driver (looked up once), or None; always None
@@ -285,6 +346,26 @@ class Launcher:
             variant.driver = finder(variant.compiled, variant.lowered) if finder else None
             variant.driver_checked = True
         return variant.driver
+
+    def weights(self, low, storages, pos, sizes):
+        """:func:`nested_weights` for a driver's bounds: one array object per ``pos``
+        and nested levels, computed once and kept while ``pos`` lives -- the bounds
+        cache is keyed by its identity and drops the bounds when it dies, and a call
+        hands the driver only their address (as for ``pos`` itself, see bounds())."""
+        if pos is None:
+            return None
+        chain, leaf = _nested_chain(low, storages, sizes)
+        if not chain:
+            return pos
+        key = (id(pos), tuple(id(c) for c in chain), leaf)
+        with _BOUNDS_LOCK:
+            hit = self.weights_cache.get(key)
+            if hit is not None and hit[0]() is pos:
+                return hit[1]
+            weights = nested_weights(low, storages, pos, sizes, (chain, leaf))
+            cache = self.weights_cache
+            cache[key] = (weakref.ref(pos, lambda _r, key=key, cache=cache: cache.pop(key, None)), weights)
+            return weights
 
     def bounds(self, n, threads, pos):
         """Row bounds of the threads' chunks, balanced by ``pos``; cached per pos array
