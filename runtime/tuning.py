@@ -10,8 +10,11 @@ methods, which check every argument again.
 
 Entries are keyed by the problem's *bucket*: each operand's shape and, for sparse
 ones, its density rounded to a quarter decade, so a tuned schedule is reused for
-problems alike and retuned for others. ``latest`` is the last tuned schedule,
-which ``spcomp.compile`` uses for the kernel when no schedule is given.
+problems alike and retuned for others. A kernel compiled without a schedule runs
+the schedule tuned for its first call's bucket, if there is one, else the default
+(``tuned_buckets``, ``tuner.adopt_tuned``): a schedule found on one problem -- a
+small matrix, or a busy host that made one thread win -- is not applied to others.
+``latest`` is the last tuned schedule (what ``lookup`` returns without a bucket).
 """
 from __future__ import annotations
 
@@ -182,9 +185,21 @@ def notation_key(expression: str, notation, backend: str):
     return name, {"expression": expression, "tensors": [list(t) for t in tensors], "backend": backend}
 
 
-def tuned_schedule(expression: str, notation, backend: str):
-    """The latest schedule ``spcomp.tune`` recorded for this kernel, or None."""
+def tuned_buckets(expression: str, notation, backend: str) -> dict:
+    """``{bucket: Schedule}``: every schedule ``spcomp.tune`` recorded for this kernel,
+    by the problem bucket it was tuned on (empty when none or the cache is off). A
+    compile does not know its problem, so the kernel picks at its first call
+    (``tuner.adopt_tuned``): a schedule tuned on one problem is not applied to others."""
     if tune_dir() is None:
-        return None
-    hit = lookup(notation_key(expression, notation, backend)[0])
-    return None if hit is None else hit[0]
+        return {}
+    folder, key = _trusted(create=False)
+    if folder is None:
+        return {}
+    found = {}
+    for problem, item in _read(folder, key, notation_key(expression, notation, backend)[0]).get(
+            "buckets", {}).items():
+        try:
+            found[problem] = from_data(item.get("schedule"))
+        except (ScheduleError, TypeError, ValueError, AttributeError):
+            continue
+    return found

@@ -5,7 +5,7 @@ import functools
 import os
 import warnings
 
-from .errors import DensifyWarning, ScheduleError, TranspositionWarning, UnsupportedError
+from .errors import DensifyWarning, TranspositionWarning
 from .formats import Format
 from .notation.functions import densifying_calls
 from .kernel import Kernel
@@ -77,19 +77,11 @@ def compile(expression: str, formats: dict | None = None, dtype="float64", sched
     if kernel is None:
         notation = to_notation(expression, formats=formats, dtypes=dtypes, default_dtype=dtype)
         target = get_target(backend)
-        tuned = None if explicit else _tuned(expression, notation, backend)
-        kernel = None
-        if tuned is not None:  # the schedule spcomp.tune kept for this kernel (tuner.py)
-            try:
-                check_names(tuned, notation)
-                options = options_from_schedule(tuned, drop_zeros, name, target.capabilities)
-                kernel = Kernel(expression, notation, options, target, tuned)
-            except (ScheduleError, UnsupportedError):
-                kernel = None  # no longer legal (another spcomp version): the default
-        if kernel is None:
-            check_names(schedule, notation)
-            options = options_from_schedule(schedule, drop_zeros, name, target.capabilities)
-            kernel = Kernel(expression, notation, options, target, schedule)
+        check_names(schedule, notation)
+        options = options_from_schedule(schedule, drop_zeros, name, target.capabilities)
+        kernel = Kernel(expression, notation, options, target, schedule)
+        # the schedules spcomp.tune kept for this kernel, by problem: the first call picks (tuner.py)
+        kernel.tuned_buckets = None if explicit else (_tuned(expression, notation, backend) or None)
         kernel.autotune = not explicit and os.environ.get("SPCOMP_AUTOTUNE") == "1"
         _attach_contraction(kernel, schedule)
         densifying = _remember(key, kernel)
@@ -163,11 +155,11 @@ def vjp(expression: str, wrt=None, formats: dict | None = None, dtype="float64",
                cotangent_format=cotangent_format, schedule=schedule, output_drops_zeros=drops)
 
 
-def _tuned(expression, notation, backend):
+def _tuned(expression, notation, backend) -> dict:
     try:
-        return tuning.tuned_schedule(expression, notation, backend)
+        return tuning.tuned_buckets(expression, notation, backend)
     except Exception:  # an unreadable tuning cache never stops a compile
-        return None
+        return {}
 
 
 def options_from_schedule(schedule: Schedule, drop_zeros, name, caps) -> Options:

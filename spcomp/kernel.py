@@ -44,6 +44,7 @@ class Kernel:
         self._fast = None
         self.contraction = None  # spcomp.contraction.Contraction: may run a factorised program instead
         self.autotune = False  # SPCOMP_AUTOTUNE=1 and no schedule given: tune on the first call (tuner.py)
+        self.tuned_buckets = None  # {problem bucket: schedule spcomp.tune kept}: the first call picks
         low = self._variant(32).lowered  # compile now: errors surface at compile(), source is ready
         self.warnings = list(low.inspection.warnings)
         self.output_name = notation.lhs.tensor.name
@@ -325,7 +326,7 @@ class Kernel:
             result = MISS if fast is None else fast.call(operands)
             if result is not MISS:
                 return result
-        if self.autotune:
+        if self.autotune or self.tuned_buckets:
             adopt_tuned(self, operands)
         ctx = self.runtime
         if any_torch(operands):  # their buffers as storages, the result back as torch

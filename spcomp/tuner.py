@@ -7,8 +7,8 @@ unrolling of the innermost loop, a divide of the outer loop into one block per
 thread. A candidate the lowerer refuses is listed as
 refused; one whose result differs from the default schedule's (beyond rounding)
 is listed as wrong and never kept. The fastest is recorded in the tuning cache
-(runtime/tuning.py), which later ``spcomp.compile`` calls of the kernel without
-a schedule use. Tuning never runs during a plain call unless ``SPCOMP_AUTOTUNE=1``.
+(runtime/tuning.py) under the problem's bucket; a later ``spcomp.compile`` of the
+kernel without a schedule runs it from a first call in the same bucket. Tuning never runs during a plain call unless ``SPCOMP_AUTOTUNE=1``.
 """
 from __future__ import annotations
 
@@ -241,10 +241,23 @@ def _compile(kernel, schedule: Schedule):
 
 
 def adopt_tuned(kernel, operands: dict) -> None:
-    """Tune ``kernel`` on these operands (``SPCOMP_AUTOTUNE=1``, first call) and make it
-    run with the kept schedule from now on."""
-    kernel.autotune = False
-    best = tune(kernel, progress=False, **operands).kernel
+    """At ``kernel``'s first call: with ``SPCOMP_AUTOTUNE=1`` tune it on these operands,
+    else take the schedule ``spcomp.tune`` kept for these operands' problem bucket
+    (``kernel.tuned_buckets``), if any; the kernel runs with it from now on. A bucket
+    with no tuned schedule keeps the default."""
+    buckets, kernel.tuned_buckets = kernel.tuned_buckets, None
+    if kernel.autotune:
+        kernel.autotune = False
+        best = tune(kernel, progress=False, **operands).kernel
+    else:
+        from .runtime import tuning
+        schedule = (buckets or {}).get(tuning.bucket(operands))
+        if schedule is None:
+            return
+        try:
+            best = kernel.with_schedule(schedule)
+        except (ScheduleError, UnsupportedError):  # no longer legal (another spcomp version)
+            return
     if best is not kernel:
         kernel._options, kernel._variants, kernel.schedule = best._options, best._variants, best.schedule
         kernel.runtime, kernel.warnings, kernel._fast = best.runtime, best.warnings, None

@@ -68,11 +68,33 @@ def test_later_compiles_use_the_tuned_schedule(tune_dir):
     k, ops = _spmv()
     r = spcomp.tune(k, **FAST, **ops)
     again = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"})
+    np.testing.assert_allclose(again(**ops), ops["A"] @ ops["x"])  # the first call, in the tuned bucket
     assert again.schedule == r.schedule
     explicit = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"}, schedule=Schedule())
     assert explicit.schedule == Schedule()
     second = spcomp.tune(again, **FAST, **ops)  # same problem bucket: from the cache, nothing timed
     assert second.cached and second.schedule == r.schedule
+
+
+def test_a_schedule_tuned_on_one_problem_is_not_applied_to_another(tune_dir):
+    """A kernel compiled without a schedule takes the tuned one only for a first call
+    in the bucket it was tuned on: another shape or density runs the default."""
+    from spcomp.runtime import tuning
+    k, ops = _spmv()
+    name, describe = tuning.notation_key(k.expression, k.notation, k.backend)
+    kept = Schedule().sequential()  # as if one thread had won on a busy host
+    assert tuning.record(name, tuning.bucket(ops), kept, 1e-3, describe)
+    spcomp.clear_cache()
+    other = {"A": sp.random(97, 61, density=0.5, format="csr", random_state=3), "x": np.ones(61)}
+    fresh = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"})
+    np.testing.assert_allclose(fresh(**other), other["A"] @ other["x"])
+    assert fresh.schedule == Schedule()  # another bucket: the default, although a tuned one exists
+    fresh(**ops)
+    assert fresh.schedule == Schedule()  # the choice is made once, at the first call
+    spcomp.clear_cache()
+    same = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"})
+    np.testing.assert_allclose(same(**ops), ops["A"] @ ops["x"])
+    assert same.schedule == kept and "parallel" not in same.loops
 
 
 def test_cache_files_are_private_signed_json(tune_dir):
@@ -86,7 +108,9 @@ def test_cache_files_are_private_signed_json(tune_dir):
     assert entry["kernel"]["expression"] == "y[i] = A[i,j] * x[j]"
     f.write_bytes(header + b"\n" + body.replace(b'"seconds"', b'"Seconds"'))  # tampered: ignored
     spcomp.clear_cache()
-    assert spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"}).schedule == Schedule()
+    untrusted = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"})
+    untrusted(**ops)
+    assert untrusted.schedule == Schedule()
 
 
 def test_a_shared_directory_is_refused(tune_dir):
