@@ -8,7 +8,9 @@ sizes against them; a sparse tensor the run writes stands in as a
 :class:`Pending` (its shape and a guess of its entries) until the kernel has
 assembled it. Then the argument lists of all statements are laid out in the
 fused function's parameter order (``spcomp.lower.fuse.FusedParam``) and the
-function runs once. No Python runs between the statements.
+function runs once. No Python runs between the statements. A dense temporary the
+function keeps as one row (``FusedBuild.rows``: see ``spcomp.lower.fuse.row_workspace``)
+is not allocated here at all; it stands in as a Pending for binding sizes.
 
 A sparse statement's output is an :class:`~.outputs.Output` as in a one-statement
 call: its fixed arrays (a csr's ``pos``) are allocated here, its growing arrays
@@ -56,10 +58,11 @@ class FusedBuild:
     ``variant`` the launcher splits (its ``lowered.threads`` the first statement's
     thread plan; the function then takes ``lo``, ``hi`` first)."""
 
-    def __init__(self, function, sources, plans, module, compiled, merged, lows, variant=None):
+    def __init__(self, function, sources, plans, module, compiled, merged, lows, variant=None, rows=()):
         self.function, self.sources, self.plans = function, sources, plans
         self.module, self.compiled, self.merged, self.lows = module, compiled, merged, lows
         self.variant = variant
+        self.rows = list(rows)  # dense temporaries the function keeps as one row of its own
 
 
 class FusedStep:
@@ -118,6 +121,7 @@ class FusedRun:
 
     def _run(self, env: dict, bits: int) -> None:
         per_step, pending, work = [], {}, 0
+        rows = set(self.build(32).rows)  # the same temporaries at every index width
         for st in self.steps:
             ctx = st.ctx
             ops = {name: env[name] for name in ctx.plan.names if name != st.name and name not in pending}
@@ -131,6 +135,9 @@ class FusedRun:
             if st.sparse:
                 capacity = first_capacity(st.parallel or st.low, sizes, storages, ctx.plan.out_indices)
                 pending[st.name] = Pending(shape, ctx.plan.out_format, capacity)
+                array = None
+            elif st.name in rows:  # the function allocates one row of it itself
+                pending[st.name] = Pending(shape, ctx.plan.out_format, 0)
                 array = None
             else:
                 array = _accumulator(st.name, given, shape, ctx.plan.out_dtype) if st.accumulate else \
@@ -147,6 +154,8 @@ class FusedRun:
                 out.capacity = capacity
                 outs.append(out)
                 out_arg = out.arg
+            elif array is None:  # a row workspace: its parameter is gone from the function
+                out_arg = (lambda b: 0)
             else:
                 out_arg = (lambda b, array=array: data_ptr(array))
             args, _ = call_args(plan, storages, sizes, bits, True, _input_arg(st.ctx), out_arg, capacity)
@@ -177,7 +186,7 @@ class FusedRun:
                     out.discard()  # the kernel freed its arrays and emptied the slots: a no-op
                 else:
                     env[st.name] = out.result()
-            else:
+            elif array is not None:
                 env[st.name] = array.item() if array.ndim == 0 and st.returned and not st.accumulate else array
 
 

@@ -15,7 +15,9 @@ runtime (``k.loops`` says which is which; ``k.launches`` counts them).
 
 A fused run that is one loop over rows, each statement writing only its row,
 runs that loop on threads; another fused run stays on one thread, and a call
-big enough for threads runs its statements as their own kernels instead.
+big enough for threads runs its statements as their own kernels instead. An
+unreturned dense temporary touched only at the fused loop's row is one row of
+workspace inside the function (``_row_temporaries``), never the whole array.
 Programs save, load and disk-cache as kernels do (:meth:`ProgramKernel.payload`).
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ from .errors import CacheError, OperandError, SpcompError
 from .ir import nodes as irn
 from .ir.printer import print_ir
 from .kernel import Kernel
-from .lower.fuse import FusedParam, fuse, parallel_rows
+from .lower.fuse import FusedParam, fuse, parallel_rows, row_workspace
 from .lower.record import Code
 from .runtime.call import CallContext
 from .runtime.launch import Variant
@@ -186,12 +188,59 @@ class ProgramKernel:
                                    links, name=self._options.name, docs=[repr(stmts[k]) for k in run],
                                    share_loop=self._shared_loops(run, lows), frees=frees)
         threads = self._row_threads(run, lows, merged)
+        params = {(s.statement, s.position): p for s, p in zip(sources, fn.params)}
         if threads is not None:
             fn = parallel_rows(fn)
             threads = threads if fn is not None else None
-        return self._compiled(fn, sources, merged, lows, threads)
+        rows = []
+        for name, (j, widths) in self._row_temporaries(run, lows, merged).items():
+            found = self._row_params(lows[j].code.bindings, j, params, name, widths)
+            kept = row_workspace(fn, *found, not lows[j].output.overwrites) if found is not None else None
+            if kept is not None:
+                sources = [s for s in sources if params[(s.statement, s.position)] != found[0]]
+                fn = kept
+                rows.append(name)
+        return self._compiled(fn, sources, merged, lows, threads, rows=rows)
 
-    def _compiled(self, fn, sources, merged, lows, threads, saved=None) -> FusedBuild:
+    def _row_temporaries(self, run: list, lows: list, merged: list) -> dict:
+        """Dense temporaries of a run that may live as one row (``lower.fuse.row_workspace``):
+        name -> (its writer's place in the run, the indices after its first). Legal where
+        nothing outside the run reads it, its writer stores row by row in its outer loop,
+        and every reader runs inside that loop (merged) and reads it at the loop's row."""
+        stmts = self.program.statements
+        later = {acc.tensor.name for k in range(run[-1] + 1, len(stmts)) for acc in _accesses(stmts[k])}
+        out = {}
+        for j, k in enumerate(run):
+            a, order = stmts[k], lows[j].inspection.order
+            name, idx = a.lhs.tensor.name, a.lhs.indices
+            if (not a.lhs.tensor.format.is_dense or name in self.outputs or name in later or a.accumulate
+                    or len(idx) < 2 or len(set(idx)) != len(idx) or not order or idx[0] != order[0]
+                    or any(acc.tensor.name == name for acc in _accesses(a))):
+                continue
+            readers = [r for r in range(j + 1, len(run)) if name in {x.tensor.name for x in _accesses(stmts[run[r]])}]
+            if not readers or not all(merged[j + 1:readers[-1] + 1]):
+                continue
+            if all(acc.indices and lows[r].inspection.order and acc.indices[0] == lows[r].inspection.order[0]
+                   for r in readers for acc in _accesses(stmts[run[r]]) if acc.tensor.name == name):
+                out[name] = (j, [i.name for i in idx[1:]])
+        return out
+
+    @staticmethod
+    def _row_params(bindings, j: int, params: dict, name: str, widths: list):
+        """``(vals, [size vars])``: the fused function's parameters for temporary
+        ``name``'s values and its sizes after the first (from its writer ``j``), or None."""
+        vals, sizes = None, {}
+        for pos, b in enumerate(bindings):
+            p = params.get((j, pos))
+            if b.role == "output" and b.tensor == name and b.array == "vals":
+                vals = p
+            elif b.role == "size":
+                sizes[b.index] = p
+        if vals is None or any(sizes.get(w) is None for w in widths):
+            return None
+        return vals, [sizes[w] for w in widths]
+
+    def _compiled(self, fn, sources, merged, lows, threads, saved=None, rows=()) -> FusedBuild:
         """The fused function compiled (or ``saved``'s object code loaded) into a FusedBuild."""
         module = irn.Module((fn,), fn.name)
         record = dataclasses.replace(lows[0], code=Code(module, fn.name, []))
@@ -201,7 +250,7 @@ class ProgramKernel:
         function = self._target.entry(compiled, record)
         plans = [Variant(low, None, None).arg_plan for low in lows]
         variant = Variant(record, compiled, function) if threads is not None else None
-        return FusedBuild(function, sources, plans, module, compiled, merged, lows, variant)
+        return FusedBuild(function, sources, plans, module, compiled, merged, lows, variant, rows)
 
     def _row_threads(self, run: list, lows: list, merged: list):
         """The thread plan of a fused run whose statements all run in one loop over
@@ -268,6 +317,9 @@ class ProgramKernel:
                     if st.sparse:
                         parts.append(f"# {st.name}: sparse, assembled inside the function"
                                      + (" and freed there" if st.internal else ", handed back"))
+                for name in seg.compiled.rows:
+                    parts.append(f"# {name}: a row workspace (one row, allocated and freed inside the function, "
+                                 "one per thread), never the whole array")
                 merged = seg.compiled.merged
                 for j, st in enumerate(seg.steps):
                     if merged[j]:
@@ -329,7 +381,7 @@ class ProgramKernel:
                 segments.append({"kind": "kernel", "run": list(run), "kernel": seg.to_bytes()})
                 continue
             variants = {bits: {"lowered": list(b.lows), "module": b.module, "compiled": self._target.dump(b.compiled),
-                               "sources": [[x.statement, x.position] for x in b.sources], "merged": list(b.merged),
+                               "sources": [[x.statement, x.position] for x in b.sources], "merged": list(b.merged), "rows": list(b.rows),
                                "threads": b.variant.lowered.threads if b.variant is not None else None}
                         for bits, b in seg.variants.items()}
             segments.append({"kind": "fused", "run": list(run), "variants": variants,
@@ -369,7 +421,7 @@ class ProgramKernel:
         module = v["module"]
         sources = [FusedParam(int(a), int(b)) for a, b in v["sources"]]
         return self._compiled(module.function(module.entry), sources, list(v["merged"]), list(v["lowered"]),
-                              v["threads"], saved=v["compiled"])
+                              v["threads"], saved=v["compiled"], rows=list(v.get("rows", ())))
 
     def _cached_plan(self) -> list:
         """The segments from the disk cache (runtime/cache.py: a signed record under this

@@ -15,6 +15,10 @@ statement from that slot: its block starts by loading each pointer. Where the
 temporary is not returned, the function frees those arrays at its end and
 nulls the slots, so no Python runs between the statements or after them; on an
 error status the slots still hold what was allocated and the runtime frees it.
+
+A dense temporary only ever touched at the fused row loop's current row becomes a
+row workspace (:func:`row_workspace`): one row allocated inside the function (per
+thread), so memory does not grow with the number of rows.
 """
 from __future__ import annotations
 
@@ -192,3 +196,125 @@ def _rename(node, mapping: dict):
         if new is not old:
             changes[f.name] = new
     return dataclasses.replace(node, **changes) if changes else node
+
+
+def row_workspace(fn: n.Function, vals: n.Var, widths: list, zero: bool = True):
+    """``fn`` with the dense temporary whose values parameter is ``vals`` kept as one
+    row: a local array of ``prod(widths)`` values (the temporary's sizes after its
+    first) allocated before the row loop, zeroed at the top of each iteration when
+    ``zero`` (its writer does not store every element) unless the writer already
+    zeroes the row there itself, indexed by the position within the row,
+    and freed after the loop (and at each interrupt poll or error return inside it).
+    Called on a fused (possibly ``parallel_rows``) function, so each thread's call
+    allocates its own row. None when ``vals`` is not used only by loads and stores
+    inside one top-level loop; the caller has checked that every access at iteration
+    ``t`` of that loop lands in row ``t`` and that nothing outside reads the array."""
+    if not widths or vals not in fn.params:
+        return None
+    body = list(fn.body.body)
+    holders = [k for k, s in enumerate(body) if _mentions(s, vals)]
+    if len(holders) != 1 or not isinstance(body[holders[0]], n.Block):
+        return None
+    stmts = list(body[holders[0]].body)
+    at = [k for k, s in enumerate(stmts) if _mentions(s, vals)]
+    if len(at) != 1 or not isinstance(stmts[at[0]], n.For):
+        return None
+    loop = stmts[at[0]]
+    width = widths[0]
+    for w in widths[1:]:
+        width = n.Binary("*", width, w)
+    ws = n.Var(vals.name.replace("_vals", "") + "_row", vals.type)
+    if any(v.name == ws.name for v in _variables(fn)):
+        return None
+    inner = _RowRewrite(vals, ws, loop.var, width).stmt(loop.body)
+    if _mentions(inner, vals):
+        return None  # read other than element by element (a Gemm, a pointer handed on)
+    if zero and not any(_zeroes_row(x, ws) for x in n.walk(inner)):
+        q = n.Var("q_" + ws.name, I64)
+        zero = n.Store(ws, q, n.const(0, vals.type.elem))
+        inner = n.Block((n.Comment(f"zero {ws.name}: the row the statements fill next"),
+                         n.For(q, n.i64(0), width, n.Block((zero,))), *inner.body))
+    loop = dataclasses.replace(loop, body=inner)
+    note = n.Comment(f"{ws.name}: the temporary's row, one per call (per thread), not the whole array")
+    stmts[at[0]:at[0] + 1] = [note, n.Allocate(ws, width), loop, n.Free(ws)]
+    body[holders[0]] = n.Block(tuple(stmts))
+    params = tuple(p for p in fn.params if p != vals)
+    return dataclasses.replace(fn, params=params, body=n.Block(tuple(body)))
+
+
+class _RowRewrite:
+    """Loads and stores of ``vals`` at iteration ``t`` moved to ``ws`` at the same
+    place within the row; polls and error returns free ``ws`` first."""
+
+    def __init__(self, vals, ws, t, width):
+        self.vals, self.ws, self.t, self.width = vals, ws, t, width
+
+    def index(self, e):
+        # t*W + rest (how a row-major temporary's first index enters): rest
+        if (isinstance(e, n.Binary) and e.op == "+" and isinstance(e.lhs, n.Binary) and e.lhs.op == "*"
+                and e.lhs.lhs == self.t and not n.uses(e.rhs, {self.t})):
+            return e.rhs
+        return n.Binary("-", e, n.Binary("*", self.t, self.width))
+
+    def expr(self, e):
+        if isinstance(e, n.Load) and e.array == self.vals:
+            return n.Load(self.ws, self.index(self.expr(e.index)))
+        if isinstance(e, (n.Var, n.Const)) or not dataclasses.is_dataclass(e):
+            return e
+        return self._fields(e)
+
+    def stmt(self, s):
+        if isinstance(s, n.For) and _zeroes_row(s, self.vals):
+            start = s.start
+            if (isinstance(start, n.Binary) and start.op == "*" and start.lhs == self.t
+                    and s.end == n.Binary("+", start, start.rhs)):  # for q in t*W .. t*W + W
+                store = s.body.body[0]
+                return dataclasses.replace(s, start=n.i64(0), end=start.rhs,
+                                           body=n.Block((dataclasses.replace(store, array=self.ws),)))
+        if isinstance(s, (n.Store, n.AtomicAdd, n.Prefetch)) and s.array == self.vals:
+            changes = {"array": self.ws, "index": self.index(self.expr(s.index))}
+            if not isinstance(s, n.Prefetch):
+                changes["value"] = self.expr(s.value)
+            return dataclasses.replace(s, **changes)
+        if isinstance(s, n.PollInterrupt):
+            return dataclasses.replace(s, free=tuple(s.free) + (self.ws,))
+        if isinstance(s, n.Return) and s.status != n.STATUS_OK:
+            return n.Block((n.Free(self.ws), s))
+        if isinstance(s, n.Block):
+            return n.Block(tuple(self.stmt(x) for x in s.body))
+        return self._fields(s)
+
+    def _fields(self, node):
+        changes = {}
+        for f in dataclasses.fields(node):
+            old = getattr(node, f.name)
+            if isinstance(old, n.Block):
+                new = self.stmt(old)
+            elif isinstance(old, tuple) and f.name != "free":
+                new = tuple(self.stmt(x) if _is_stmt(x) else self.expr(x) for x in old)
+            elif dataclasses.is_dataclass(old) and not isinstance(old, Type):
+                new = self.stmt(old) if _is_stmt(old) else self.expr(old)
+            else:
+                new = old
+            if new is not old:
+                changes[f.name] = new
+        return dataclasses.replace(node, **changes) if changes else node
+
+
+def _is_stmt(x) -> bool:
+    return isinstance(x, (n.Comment, n.Declare, n.Assign, n.Store, n.AtomicAdd, n.Block, n.For, n.While,
+                          n.If, n.Allocate, n.Reallocate, n.Free, n.Sort, n.Prefetch, n.Gemm, n.Return,
+                          n.PollInterrupt))
+
+
+def _zeroes_row(s, vals) -> bool:
+    """Whether ``s`` is a loop whose only statement stores a constant into ``vals``
+    at the loop's index (a writer's own row zeroing, lower/coverage.zero_rows)."""
+    if not isinstance(s, n.For) or len(s.body.body) != 1:
+        return False
+    x = s.body.body[0]
+    return isinstance(x, n.Store) and x.array == vals and x.index == s.var and isinstance(x.value, n.Const)
+
+
+def _mentions(node, var) -> bool:
+    return any(isinstance(x, n.Var) and x == var for x in n.walk(node))
