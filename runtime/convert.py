@@ -35,7 +35,7 @@ import ml_dtypes
 import numpy as np
 
 from spcomp.errors import DTypeError, FormatError, InvalidTensorError, PackedOverflowError, ShapeError
-from spcomp.formats import Dense, Format, PackedBlock
+from spcomp.formats import Format, PackedBlock
 from spcomp.formats import storage
 from spcomp.formats.level import PackContext
 
@@ -140,16 +140,6 @@ def _work_dtype(dtype: np.dtype) -> np.dtype:
 
 
 index_array = storage.index_array  # int32 when the values fit, else int64
-
-
-def packed_crd_dtype(level: PackedBlock) -> np.dtype:
-    return np.dtype(np.int16 if level.crd_dtype_bits() == 16 else np.int32)
-
-
-def check_packed_level(fmt: Format, l: int, level: PackedBlock, dim_size: int) -> None:
-    """A FormatError when a kernel could not read packed-block level ``l`` in its types
-    (the level's rule: ``PackedBlock.check_types``)."""
-    level.check_types(fmt, l, dim_size)
 
 
 def level_kind(level) -> str:
@@ -402,7 +392,7 @@ def pack_dense(a, fmt: Format, dtype=None, overflow="error"):
     # Leading dense levels: their positions are the row-major index of their coordinates,
     # so one flat index per nonzero gives the parent position of the first sparse level.
     lead = 0
-    while isinstance(fmt.levels[lead], Dense):
+    while fmt.levels[lead].is_dense:
         lead += 1
     mask = st != 0
     values = st[mask].astype(target, copy=False)   # boolean indexing gives a fresh array
@@ -476,7 +466,7 @@ def _overflow_error(fmt, l, lvl, dims, counts, largest, nb) -> PackedOverflowErr
     B = lvl.block_size(dims[l])
     lo, hi = b * B, min((b + 1) * B, dims[l]) - 1
     above = fmt.levels[:l]
-    if all(isinstance(x, Dense) for x in above):
+    if all(x.is_dense for x in above):
         where = f"under index {tuple(int(i) for i in np.unravel_index(q, dims[:l]))} " if l else ""
     else:
         where = f"under parent position {q} "

@@ -19,7 +19,7 @@ import weakref
 
 import numpy as np
 
-from spcomp.errors import DTypeError, OperandError
+from spcomp.errors import DTypeError, OperandError, UnsupportedError
 from spcomp.ir.types import to_numpy
 from spcomp.lower.context import level_array_type
 from spcomp.lower.order import access_chain
@@ -144,15 +144,20 @@ class OutputLayout:
             (-1, "vals")]
 
     def fixed_size(self, level: int, array: str) -> int:
-        """Entries of an array whose size does not depend on what the kernel appends:
-        the first stored level's ``pos`` (one per row, plus one) and packed-block
-        arrays (a slot block per row and tile)."""
-        if array == "pos":
-            return self.dense_positions + 1
-        kind = self.fmt.levels[level if level >= 0 else -1]
-        size = self.level_sizes[level if level >= 0 else -1]
-        blocks = self.dense_positions * kind.num_blocks(size)
-        return blocks if array == "count" else blocks * kind.K
+        """Entries of an array whose size does not depend on what the kernel appends,
+        as the level says (``Level.fixed_array_size``: the first stored level's ``pos``,
+        packed-block arrays) with the dense rows above as its parent positions;
+        ``vals`` has the last level's positions where the shape alone fixes them."""
+        l = level if level >= 0 else len(self.fmt.levels) - 1
+        kind, size = self.fmt.levels[l], self.level_sizes[l]
+        if array == "vals":
+            n = kind.num_positions(self.dense_positions, size, {}) if kind.shape_sized else None
+        else:
+            n = kind.fixed_array_size(array, self.dense_positions, size)
+        if n is None:
+            raise UnsupportedError(f"output format {self.fmt.spec()!r}: level {l} ({kind.kind_name}) "
+                                   f"does not fix the size of {array!r} before the kernel runs")
+        return n
 
     def tensor(self, shape, take) -> Tensor:
         """The output Tensor, the arrays taken level by level: ``take(key, n, dtype)``

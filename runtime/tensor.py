@@ -28,7 +28,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from spcomp.errors import DTypeError, ShapeError
-from spcomp.formats import Compressed, Dense, Format
+from spcomp.formats import Format
 from spcomp.ir.types import to_numpy
 
 from . import convert as _cv
@@ -343,8 +343,10 @@ def expand_output(t: Tensor, fmt: Format) -> Tensor:
 
 
 def _is_dense_compressed(fmt: Format) -> bool:
-    return (fmt.ndim == 2 and fmt.blocks is None and isinstance(fmt.levels[0], Dense)
-            and isinstance(fmt.levels[1], Compressed) and fmt.levels[1].ordered and fmt.levels[1].unique)
+    """SciPy's CSR layout: a full level without arrays over one with ordered, unique
+    segments (``Level.compressed_segments``), so indptr and indices are shared."""
+    return (fmt.ndim == 2 and fmt.blocks is None and fmt.levels[0].is_dense
+            and fmt.levels[1].compressed_segments)
 
 
 def as_tensor(x, format=None, dtype=None, overflow: str = "error") -> Tensor:

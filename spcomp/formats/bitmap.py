@@ -47,6 +47,10 @@ class Bitmap(Level):
     def num_positions(self, parent_positions, dim_size, arrays):
         return parent_positions * dim_size
 
+    def fixed_array_size(self, array, parent_positions, dim_size):
+        """``map``: a byte per coordinate under every parent position."""
+        return parent_positions * dim_size if array == "map" else None
+
     def array_type(self, array, index_bits):
         return I8
 

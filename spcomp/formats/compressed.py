@@ -43,6 +43,10 @@ class Compressed(Level):
             raise FormatError(f"format {text!r}: a compressed level takes no numbers")
         return cls(**level_flags(words, text, "compressed"))
 
+    def fixed_array_size(self, array, parent_positions, dim_size):
+        """``pos``: one entry per parent position and one more; ``crd`` grows."""
+        return parent_positions + 1 if array == "pos" else None
+
     def num_positions(self, parent_positions, dim_size, arrays):
         return int(arrays["pos"][parent_positions]) if len(arrays["pos"]) > parent_positions else 0
 

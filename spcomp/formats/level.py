@@ -94,7 +94,9 @@ class Level:
 
     # A level with a fixed number of slots per parent (packed-block): it holds
     # only what fits, so outputs of this kind store nonzeros only, and a
-    # transposed copy of it is stored compressed instead.
+    # transposed copy of it is stored compressed instead. Such a kind says its
+    # geometry: ``block_size(N)``, ``num_blocks(N)`` and ``K`` slots per block
+    # (``spcomp.testing.fit_packed`` trims data to fit through them).
     fixed_slots = False
 
     # Some of its positions hold no entry (packed-block slots, bitmap bytes of 0):
@@ -108,6 +110,11 @@ class Level:
     # Has exactly its parent's positions, one coordinate each (singleton): a parent
     # that validates tells it which positions hold equal coordinates (CheckContext.same).
     aligned_with_parent: ClassVar[bool] = False
+
+    # Names of the integer arguments its spelling takes (``p(B,K)``: ("B", "K")); a
+    # kind without any is spelled by its letter alone, so test strategies draw it
+    # anywhere a level may stand without being told about it.
+    parameters: ClassVar[tuple] = ()
 
     @classmethod
     def from_spec(cls, words: list, numbers: list, text: str) -> "Level":
@@ -141,6 +148,19 @@ class Level:
         """Check this level's arrays (``ctx.fail`` on the first defect); return its
         number of positions."""
         raise NotImplementedError
+
+    def fixed_array_size(self, array: str, parent_positions: int, dim_size: int):
+        """Entries of one of its arrays when they follow from its parent's positions and
+        its dimension's size alone, so an output can allocate the array before the
+        kernel runs; None when what the kernel appends decides. None by default."""
+        return None
+
+    @property
+    def compressed_segments(self) -> bool:
+        """Stores CSR's pair, one segment of ``pos`` per parent position and the ordered,
+        unique coordinates in ``crd``: SciPy's indptr and indices, shared without a copy."""
+        return (tuple((a.name, a.role) for a in self.storage) == (("pos", "segments"), ("crd", "coordinates"))
+                and self.ordered and self.unique)
 
     @property
     def is_dense(self) -> bool:

@@ -33,6 +33,7 @@ class PackedBlock(Level):
     fixed_slots: ClassVar[bool] = True
     has_unused_positions: ClassVar[bool] = True
     shape_sized: ClassVar[bool] = True
+    parameters: ClassVar[tuple] = ("B", "K")
     B: int | None = 256
     K: int = 32
     ordered: bool = True
@@ -75,6 +76,11 @@ class PackedBlock(Level):
 
     def num_positions(self, parent_positions, dim_size, arrays):
         return parent_positions * self.num_blocks(dim_size) * self.K
+
+    def fixed_array_size(self, array, parent_positions, dim_size):
+        """``count``: one per (parent, block); ``crd``: K slots per (parent, block)."""
+        blocks = parent_positions * self.num_blocks(dim_size)
+        return {"count": blocks, "crd": blocks * self.K}.get(array)
 
     def crd_dtype_bits(self) -> int:
         """Width of stored in-block coordinates: 16 bits when B fits, else 32."""

@@ -52,12 +52,12 @@ def fit_packed(a: np.ndarray, fmt) -> np.ndarray:
     unchanged copy."""
     fmt = Format.parse(fmt, a.ndim)
     a = np.array(a, copy=True)
-    if a.ndim == 0 or not any(isinstance(l, PackedBlock) for l in fmt.levels):
+    if a.ndim == 0 or not any(l.fixed_slots for l in fmt.levels):
         return a
     s = np.transpose(a, fmt.order)  # a view: zeroing it zeroes a
     dims = s.shape
     for l, lvl in enumerate(fmt.levels):
-        if not isinstance(lvl, PackedBlock):
+        if not lvl.fixed_slots:
             continue
         N = dims[l]
         if N == 0 or s.size == 0:

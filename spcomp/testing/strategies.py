@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from hypothesis import strategies as st
 
+from ..formats.registry import LEVEL_KINDS
 from .check import VALUES, np_dtype, fit_packed, random_tensor, random_values  # noqa: F401 (re-exported)
 
 __all__ = [
@@ -67,6 +68,18 @@ def _strategy(x):
 
 # ================================================================ formats
 
+def _free_letters() -> str:
+    """Letters of the registered level kinds spelled by the letter alone that may stand
+    at any level (no parameters, not tied to a parent as a singleton is): the
+    strategies draw a newly registered kind of that sort with no change here."""
+    return "".join(k.letter for k in LEVEL_KINDS.values() if not k.parameters and not k.aligned_with_parent)
+
+
+def _all_letters() -> str:
+    """Every registered level letter (the default ``kinds``)."""
+    return "".join(LEVEL_KINDS)
+
+
 @st.composite
 def _packed_level(draw, max_b: int = 8, ell: bool = True, k: str = "any"):
     """``p(B,K)`` with 1 <= B <= max_b, 1 <= K <= B (``k="full"``: K = B), or an ELL ``p(K)``."""
@@ -99,13 +112,15 @@ _PRESETS = {  # preset -> (orders it fits, level letters it uses)
 
 
 @st.composite
-def formats(draw, ndim: int, kinds: str = "dcqpb", allow_packed: bool = True, allow_order: bool = True,
+def formats(draw, ndim: int, kinds: str | None = None, allow_packed: bool = True, allow_order: bool = True,
             allow_unordered: bool = False, presets: bool = True, max_block: int = 8, blocks=()):
     """A format string that the compiler accepts for an *input* of order ``ndim``.
 
-    Each stored dimension gets a level whose letter is in ``kinds``:
+    Each stored dimension gets a level whose letter is in ``kinds`` (default: every
+    letter in ``formats.registry.LEVEL_KINDS``):
 
-    * ``d`` dense, ``c`` compressed and ``b`` bitmap, anywhere (``"cd"``, ``"dc"``, ``"bc"`` alike);
+    * ``d`` dense, ``c`` compressed, ``b`` bitmap and any registered kind spelled by
+      its letter alone, anywhere (``"cd"``, ``"dc"``, ``"bc"`` alike);
     * ``q`` singleton only as in COO: a run ``c(nonunique) q(nonunique) .. q`` that
       ends the format (singletons need a non-unique compressed parent);
     * ``p`` packed-block ``p(B,K)`` with small ``1 <= B <= max_block`` and
@@ -126,7 +141,10 @@ def formats(draw, ndim: int, kinds: str = "dcqpb", allow_packed: bool = True, al
         return "dense"
     if blocks and ndim == 2 and _chance(draw, 2):
         return draw(_blocked(blocks, allow_order))
-    usable = [k for k in kinds if k in "dcpb" and (k != "p" or allow_packed)]
+    kinds = _all_letters() if kinds is None else kinds
+    drawable = _free_letters() + "p"  # p(B,K): its parameters are drawn by _packed_level
+    usable = [k for k in kinds if k in LEVEL_KINDS and k in drawable
+              and (allow_packed or not LEVEL_KINDS[k].fixed_slots)]
     if not usable:
         usable = ["c"] if "c" in kinds or "q" in kinds else ["d"]
     if presets and _chance(draw, 5):
@@ -174,7 +192,8 @@ def output_formats(draw, ndim: int, allow_packed: bool = True, allow_order: bool
     One of: all dense; dense levels then compressed levels (csr, dcsr, csf style);
     dense levels, a compressed level, then compressed or dense levels in any mix
     (``cd``, ``dcd``, ``cdc``: dense sub-blocks under stored positions); with
-    ``allow_bitmap`` dense, compressed and bitmap levels in any order, one bitmap at least;
+    ``allow_bitmap`` the kinds spelled by their letter alone (dense, compressed, bitmap
+    and any newly registered one) in any order, one other than d and c at least;
     dense levels then a coordinate list (``c(nonunique) q .. q``); dense levels then
     one packed-block level ``p(B,K)`` / ``p(K)``. With ``allow_order`` a random mode
     order is added a third of the time (a transposed output).
@@ -194,7 +213,8 @@ def output_formats(draw, ndim: int, allow_packed: bool = True, allow_order: bool
     shapes = ["csf", "coo"] + (["dense"] if allow_dense else []) + (["packed"] if allow_packed else [])
     if ndim >= 2:
         shapes.append("mixed")
-    if allow_bitmap:
+    others = [k for k in _free_letters() if k not in "dc"]
+    if allow_bitmap and others:
         shapes.append("bitmap")
     shape = draw(st.sampled_from(shapes))
     if shape == "dense":
@@ -209,9 +229,9 @@ def output_formats(draw, ndim: int, allow_packed: bool = True, allow_order: bool
             below[draw(st.integers(0, len(below) - 1))] = "d"
         levels = ["d"] * lead + ["c"] + below
     elif shape == "bitmap":
-        levels = [draw(st.sampled_from("dcb")) for _ in range(ndim)]
-        if "b" not in levels:
-            levels[draw(st.integers(0, ndim - 1))] = "b"
+        levels = [draw(st.sampled_from(_free_letters())) for _ in range(ndim)]
+        if not set(levels) & set(others):
+            levels[draw(st.integers(0, ndim - 1))] = draw(st.sampled_from(others))
     elif shape == "coo":
         lead = draw(st.integers(0, ndim - 1))
         levels = ["d"] * lead + _coo_tail(ndim - lead)
@@ -392,7 +412,7 @@ def _decorate(draw, node: _Node, functions, literals: bool) -> _Node:
 def expressions(draw, max_operands: int = 4, max_order: int = 3, functions=DEFAULT_FUNCTIONS,
                 literals: bool = True, reductions: bool = True, scalars: bool = True,
                 repeat_tensors: bool = True, transposed_outputs: bool = True, accumulate: bool = True,
-                input_formats=True, output_format=True, kinds: str = "dcqpb", allow_packed: bool = True,
+                input_formats=True, output_format=True, kinds: str | None = None, allow_packed: bool = True,
                 allow_order: bool = True, min_operands: int = 1, max_indices: int | None = None,
                 min_output_order: int = 0, diagonals: bool = True, divisions: bool = True):
     """A random well-formed expression with a format per tensor: an :class:`ExpressionCase`.
@@ -540,7 +560,7 @@ def operands(draw, case: ExpressionCase, dtype="float64", sizes=None, density=No
 def all_format_strings(ndim: int, kinds: str = "dcq", blocks=((2, 2), (3, 1))) -> list:
     """Every input format of order ``ndim`` over ``kinds`` with identity mode order
     (packed levels from ``blocks``); handy for exhaustive parametrisation."""
-    letters = [k for k in kinds if k in "dcb"] + [f"p({b},{k})" for b, k in blocks if "p" in kinds]
+    letters = [k for k in kinds if k in _free_letters()] + [f"p({b},{k})" for b, k in blocks if "p" in kinds]
     out = ["".join(p) for p in itertools.product(letters, repeat=ndim)]
     if "q" in kinds:
         for tail in range(2, ndim + 1):
