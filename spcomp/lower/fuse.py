@@ -276,6 +276,8 @@ class _RowRewrite:
             if not isinstance(s, n.Prefetch):
                 changes["value"] = self.expr(s.value)
             return dataclasses.replace(s, **changes)
+        if isinstance(s, n.Comment) and f" of {self.vals.name} here" in s.text:  # the row-zeroing note
+            return n.Comment(f"zero {self.ws.name}, the row the statements fill next")
         if isinstance(s, n.PollInterrupt):
             return dataclasses.replace(s, free=tuple(s.free) + (self.ws,))
         if isinstance(s, n.Return) and s.status != n.STATUS_OK:
