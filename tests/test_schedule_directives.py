@@ -55,6 +55,21 @@ def _tensor(a, fmt):
     return spcomp.Tensor.from_numpy(a, fmt)
 
 
+def _case_operands(formats, order, dense_specs, dims, density, seed):
+    """A kernel table row's operands: the one sparse operand (dense array ``a`` and its
+    Tensor) and each dense operand drawn at its dims; ``dense`` lists the arrays in the
+    row's einsum order."""
+    rng = np.random.default_rng(seed)
+    name = next(iter(formats))
+    a = _sparse(rng, tuple(dims[:order]), density)
+    ops = {name: _tensor(a, formats[name])}
+    dense = [a]
+    for d, shape in dense_specs.items():
+        ops[d] = rng.standard_normal(tuple(dims[k] for k in shape))
+        dense.append(ops[d])
+    return a, ops, dense
+
+
 def _run_both(k, reference, **operands):
     """The kernel's result on one thread and on two (split forced) against ``reference``."""
     for n in (1, 2):
@@ -292,14 +307,7 @@ RACE_KERNELS = [
        race=st.sampled_from(["Atomics", "Temporary", "ParallelReduction"]), seed=st.integers(0, 99))
 def test_race_strategies_on_reduction_loops(case, dims, density, race, seed):
     expr, formats, loop, spec, order, dense_specs = RACE_KERNELS[case]
-    rng = np.random.default_rng(seed)
-    name = next(iter(formats))
-    a = _sparse(rng, tuple(dims[:order]), density)
-    ops = {name: _tensor(a, formats[name])}
-    dense = [a]
-    for d, shape in dense_specs.items():
-        ops[d] = rng.standard_normal(tuple(dims[k] for k in shape))
-        dense.append(ops[d])
+    a, ops, dense = _case_operands(formats, order, dense_specs, dims, density, seed)
     k = _compile(expr, formats, Schedule().parallelize(loop, race=race))
     assert ("atomic_add" in k.ir) == (race == "Atomics")
     assert k.lowered.threads.partials == (race != "Atomics")
@@ -371,14 +379,7 @@ def _longest(a, level):
        density=st.sampled_from([0.1, 0.5, 1.0]), slack=st.integers(-2, 3), seed=st.integers(0, 99))
 def test_bound_checks_the_trip_count(case, dims, density, slack, seed):
     expr, formats, loop, spec, order, dense_specs = BOUND_KERNELS[case]
-    rng = np.random.default_rng(seed)
-    name = next(iter(formats))
-    a = _sparse(rng, tuple(dims[:order]), density)
-    ops = {name: _tensor(a, formats[name])}
-    dense = [a]
-    for d, shape in dense_specs.items():
-        ops[d] = rng.standard_normal(tuple(dims[k] for k in shape))
-        dense.append(ops[d])
+    a, ops, dense = _case_operands(formats, order, dense_specs, dims, density, seed)
     longest = _longest(a, order - 1)
     limit = max(1, longest + slack)
     k = _compile(expr, formats, Schedule().bound(loop, limit))
