@@ -156,6 +156,26 @@ def spcomp_threads(n: int, min_work: int | None = None):
         _threads.MIN_PARALLEL_WORK = work
 
 
+@contextlib.contextmanager
+def split_everything(n: int, monkeypatch, any_copies: bool = False):
+    """``n`` threads even for tiny work (and, with ``any_copies``, per-thread partial
+    copies of the output whatever their size); yields the list of (extent, parts)
+    splits the runtime made."""
+    from spcomp.runtime import partials
+    from spcomp.runtime import threads as _threads
+    calls = []
+    real = _threads.split
+
+    def spy(extent, parts, pos=None):
+        calls.append((extent, parts))
+        return real(extent, parts, pos)
+    monkeypatch.setattr(_threads, "split", spy)
+    if any_copies:
+        monkeypatch.setattr(partials, "COPY_SHARE", float("inf"))
+    with spcomp_threads(n, min_work=0):
+        yield calls
+
+
 def record_splits(monkeypatch) -> list:
     """A list that collects the thread count each time the runtime cuts a call's
     row bounds for the native driver, and the number of chunks each time the Python

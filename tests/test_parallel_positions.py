@@ -10,32 +10,15 @@ cases that must stay sequential.
 """
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import spcomp
-from spcomp.runtime import threads as _threads
 from spcomp.testing import check_kernel, random_operands
 
-from conftest import examples, spcomp_threads
-
-
-@contextlib.contextmanager
-def split_everything(n, monkeypatch):
-    """``n`` threads, even for tiny work; yields the list of (extent, parts) splits."""
-    calls = []
-    real = _threads.split
-
-    def spy(extent, parts, pos=None):
-        calls.append((extent, parts))
-        return real(extent, parts, pos)
-    monkeypatch.setattr(_threads, "split", spy)
-    with spcomp_threads(n, min_work=0):
-        yield calls
+from conftest import examples, split_everything
 
 
 def _lowered(k):

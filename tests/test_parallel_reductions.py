@@ -10,8 +10,6 @@ against the NumPy reference. These tests force splitting of small inputs
 """
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -23,23 +21,7 @@ from spcomp.runtime import launch, partials
 from spcomp.runtime import threads as _threads
 from spcomp.testing import check_kernel, random_operands
 
-from conftest import examples, spcomp_threads
-
-
-@contextlib.contextmanager
-def split_everything(n, monkeypatch):
-    """``n`` threads, even for tiny work, and partial copies whatever their size;
-    yields the list of (extent, parts) splits."""
-    calls = []
-    real = _threads.split
-
-    def spy(extent, parts, pos=None):
-        calls.append((extent, parts))
-        return real(extent, parts, pos)
-    monkeypatch.setattr(_threads, "split", spy)
-    monkeypatch.setattr(partials, "COPY_SHARE", float("inf"))
-    with spcomp_threads(n, min_work=0):
-        yield calls
+from conftest import examples, spcomp_threads, split_everything
 
 
 REDUCTIONS = [
@@ -100,7 +82,7 @@ def test_split_reductions_match_one_thread(expr, formats, threads, monkeypatch):
         return k(**o)
     with spcomp_threads(1):
         one = call()
-    with split_everything(threads, monkeypatch) as calls:
+    with split_everything(threads, monkeypatch, any_copies=True) as calls:
         two = call()
         again = call()
     assert calls, "the call was not split"
@@ -159,7 +141,7 @@ def test_python_pool_partials(monkeypatch):
     ops = random_operands(k, sizes={"i": 50, "j": 6}, density=0.5, seed=1)
     with spcomp_threads(1):
         one = k(**ops)
-    with split_everything(2, monkeypatch) as calls:
+    with split_everything(2, monkeypatch, any_copies=True) as calls:
         two = k(**ops)
     assert calls
     np.testing.assert_allclose(two, one, rtol=1e-12, atol=1e-12)
