@@ -163,21 +163,16 @@ def to_torch(t, layout=None):
         return from_numpy(np.ascontiguousarray(t.to_numpy()) if not fmt.is_dense or fmt.order != tuple(
             range(t.ndim)) else t.vals.reshape(t.shape))
     t.validate()
-    if want == natural and want in (torch.sparse_csr, torch.sparse_csc):
-        lv = t.levels[1]
+    if want == natural and want in (torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr):
+        lv = t.levels[1]  # csr/csc/bsr: the compressed level's arrays are torch's indices
         pos, crd = lv["pos"], lv["crd"]
         if pos.dtype != crd.dtype or pos.dtype not in (np.int32, np.int64):
             pos, crd = pos.astype(np.int64), crd.astype(np.int64)
-        make = torch.sparse_csr_tensor if want == torch.sparse_csr else torch.sparse_csc_tensor
-        return make(from_numpy(pos), from_numpy(crd), from_numpy(t.vals), t.shape, check_invariants=False)
-    if want == natural == torch.sparse_bsr:
-        lv = t.levels[1]
-        pos, crd = lv["pos"], lv["crd"]
-        if pos.dtype != crd.dtype or pos.dtype not in (np.int32, np.int64):
-            pos, crd = pos.astype(np.int64), crd.astype(np.int64)
-        R, C = fmt.blocks
-        return torch.sparse_bsr_tensor(from_numpy(pos), from_numpy(crd), from_numpy(t.vals.reshape(-1, R, C)),
-                                       t.shape, check_invariants=False)
+        if want == torch.sparse_bsr:
+            vals, make = t.vals.reshape(-1, *fmt.blocks), torch.sparse_bsr_tensor
+        else:
+            vals, make = t.vals, (torch.sparse_csr_tensor if want == torch.sparse_csr else torch.sparse_csc_tensor)
+        return make(from_numpy(pos), from_numpy(crd), from_numpy(vals), t.shape, check_invariants=False)
     if want == torch.sparse_coo:
         coords, values = t.to_coo()
         return torch.sparse_coo_tensor(from_numpy(coords), from_numpy(np.ascontiguousarray(values)), t.shape,
