@@ -32,13 +32,12 @@ import weakref
 import numpy as np
 
 from spcomp.errors import OperandError
-from spcomp.formats import Dense
 
 from . import streams
 from .convert import BFLOAT16
 from .tensor import Tensor
-from .torch_convert import (compressed_level, coordinate_list, from_numpy, is_bsr, numpy_view, sparse_parts, to_torch,
-                            torch_dtype, torch_module)
+from .torch_convert import (from_numpy, natural_layout, numpy_view, sparse_parts, to_torch, torch_dtype,
+                            torch_module)
 
 __all__ = ["call", "host_value", "sparse_tensor", "result", "numpy_view", "from_numpy", "torch_dtype",
            "torch_module", "BFLOAT16"]
@@ -163,16 +162,7 @@ def result(value, out_dtype):
     if isinstance(value, np.ndarray):
         return from_numpy(value)
     if isinstance(value, Tensor):
-        fmt = value.format
-        torch = torch_module()
-        if fmt.is_dense:
-            return to_torch(value, torch.strided)
-        if is_bsr(fmt) or (fmt.blocks is None and value.ndim == 2 and isinstance(fmt.levels[0], Dense)
-                           and compressed_level(fmt.levels[1])):
-            return to_torch(value)
-        if coordinate_list(fmt):
-            return to_torch(value, torch.sparse_coo)
-        return value
+        return value if natural_layout(value) is None else to_torch(value)
     if type(value).__module__.startswith("pycuda"):
         return device_result(value)
     if isinstance(value, (int, float)):

@@ -148,16 +148,7 @@ def to_torch(t, layout=None):
     """A Tensor as torch (``Tensor.to_torch``): the layout of its format, sharing arrays."""
     torch = torch_module()
     fmt = t.format
-    levels = fmt.levels
-    natural = None
-    if fmt.is_dense:
-        natural = torch.strided
-    elif is_bsr(fmt):
-        natural = torch.sparse_bsr
-    elif fmt.blocks is None and t.ndim == 2 and isinstance(levels[0], Dense) and compressed_level(levels[1]):
-        natural = torch.sparse_csr if fmt.order == (0, 1) else torch.sparse_csc
-    elif coordinate_list(fmt):
-        natural = torch.sparse_coo
+    natural = natural_layout(t)
     want = layout if layout is not None else (natural or torch.sparse_coo)
     if want == torch.strided:
         return from_numpy(np.ascontiguousarray(t.to_numpy()) if not fmt.is_dense or fmt.order != tuple(
@@ -178,6 +169,23 @@ def to_torch(t, layout=None):
         return torch.sparse_coo_tensor(from_numpy(coords), from_numpy(np.ascontiguousarray(values)), t.shape,
                                        check_invariants=False)
     return to_torch(t, torch.sparse_coo).to_sparse(layout=want)
+
+
+def natural_layout(t):
+    """The torch layout Tensor ``t``'s format is stored as (its arrays are that layout's
+    buffers): strided, sparse_csr / sparse_csc / sparse_bsr, sparse_coo; None where
+    torch has none (twell, ell, dcsr, csf, ...)."""
+    torch = torch_module()
+    fmt, levels = t.format, t.format.levels
+    if fmt.is_dense:
+        return torch.strided
+    if is_bsr(fmt):
+        return torch.sparse_bsr
+    if fmt.blocks is None and t.ndim == 2 and isinstance(levels[0], Dense) and compressed_level(levels[1]):
+        return torch.sparse_csr if fmt.order == (0, 1) else torch.sparse_csc
+    if coordinate_list(fmt):
+        return torch.sparse_coo
+    return None
 
 
 def compressed_level(level) -> bool:
