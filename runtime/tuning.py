@@ -14,7 +14,6 @@ problems alike and retuned for others. A kernel compiled without a schedule runs
 the schedule tuned for its first call's bucket, if there is one, else the default
 (``tuned_buckets``, ``tuner.adopt_tuned``): a schedule found on one problem -- a
 small matrix, or a busy host that made one thread win -- is not applied to others.
-``latest`` is the last tuned schedule (what ``lookup`` returns without a bucket).
 """
 from __future__ import annotations
 
@@ -141,20 +140,30 @@ def _read(folder: Path, key: bytes, name: str) -> dict:
     return entry if isinstance(entry, dict) else {}
 
 
-def lookup(name: str, problem: str | None = None):
-    """``(Schedule, seconds)`` recorded for kernel ``name`` and ``problem`` (a
-    :func:`bucket`), or the latest tuned one when ``problem`` is None; None if none."""
+def _buckets(name: str) -> dict:
+    """``{bucket: stored item}`` of kernel ``name``: empty when the cache is off, not
+    private, or holds nothing (valid) for it."""
     folder, key = _trusted(create=False)
     if folder is None:
-        return None
-    entry = _read(folder, key, name)
-    got = entry.get("latest") if problem is None else entry.get("buckets", {}).get(problem)
-    if not isinstance(got, dict):
+        return {}
+    found = _read(folder, key, name).get("buckets", {})
+    return found if isinstance(found, dict) else {}
+
+
+def _schedule(item):
+    """``(Schedule, seconds)`` of a stored item, or None where it is not a valid one."""
+    if not isinstance(item, dict):
         return None
     try:
-        return from_data(got.get("schedule")), float(got.get("seconds", 0.0))
+        return from_data(item.get("schedule")), float(item.get("seconds", 0.0))
     except (ScheduleError, TypeError, ValueError):
         return None
+
+
+def lookup(name: str, problem: str):
+    """``(Schedule, seconds)`` recorded for kernel ``name`` and ``problem`` (a
+    :func:`bucket`); None if none."""
+    return _schedule(_buckets(name).get(problem))
 
 
 def record(name: str, problem: str, schedule: Schedule, seconds: float, describe: dict) -> bool:
@@ -168,7 +177,6 @@ def record(name: str, problem: str, schedule: Schedule, seconds: float, describe
         item = {"schedule": to_data(schedule), "seconds": float(seconds), "bucket": problem}
         entry["kernel"] = describe
         entry.setdefault("buckets", {})[problem] = item
-        entry["latest"] = item
         body = json.dumps(entry, sort_keys=True, indent=1).encode()
         trust.write_private(folder / f"{name}.json", trust.sign(body, key) + body)
         _generation[0] += 1
@@ -190,16 +198,9 @@ def tuned_buckets(expression: str, notation, backend: str) -> dict:
     by the problem bucket it was tuned on (empty when none or the cache is off). A
     compile does not know its problem, so the kernel picks at its first call
     (``tuner.adopt_tuned``): a schedule tuned on one problem is not applied to others."""
-    if tune_dir() is None:
-        return {}
-    folder, key = _trusted(create=False)
-    if folder is None:
-        return {}
     found = {}
-    for problem, item in _read(folder, key, notation_key(expression, notation, backend)[0]).get(
-            "buckets", {}).items():
-        try:
-            found[problem] = from_data(item.get("schedule"))
-        except (ScheduleError, TypeError, ValueError, AttributeError):
-            continue
+    for problem, item in _buckets(notation_key(expression, notation, backend)[0]).items():
+        got = _schedule(item)
+        if got is not None:
+            found[problem] = got[0]
     return found
