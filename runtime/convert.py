@@ -35,7 +35,7 @@ import ml_dtypes
 import numpy as np
 
 from spcomp.errors import DTypeError, FormatError, InvalidTensorError, PackedOverflowError, ShapeError
-from spcomp.formats import Format, PackedBlock
+from spcomp.formats import Format
 from spcomp.formats import storage
 from spcomp.formats.level import PackContext
 
@@ -214,15 +214,11 @@ def _run_starts(n: int, *keys: np.ndarray) -> np.ndarray:
 
 
 def _with_level(fmt: Format, l: int, level) -> Format:
-    """``fmt`` with level ``l`` replaced; a twell/ell preset name follows the new K."""
+    """``fmt`` with level ``l`` replaced; a preset's name follows the new last level
+    where the level spells it (``Level.preset_name``: twell, ell with the new K)."""
     levels = list(fmt.levels)
     levels[l] = level
-    name = None
-    if fmt.name and isinstance(level, PackedBlock) and l == fmt.ndim - 1:
-        if fmt.name.startswith("twell"):
-            name = f"twell(B={level.B},K={level.K})"
-        elif fmt.name.startswith("ell"):
-            name = f"ell(K={level.K})"
+    name = level.preset_name(fmt.name) if fmt.name and l == len(levels) - 1 else None
     return Format(tuple(levels), fmt.order, name=name)
 
 

@@ -161,17 +161,17 @@ class OutputLayout:
 
     def tensor(self, shape, take) -> Tensor:
         """The output Tensor, the arrays taken level by level: ``take(key, n, dtype)``
-        gives the first ``n`` entries of array ``key`` (``pos`` first, which says
-        how many entries the level's other arrays hold)."""
+        gives the first ``n`` entries of array ``key`` (first the arrays whose size the
+        level fixes, ``Level.fixed_array_size``: ``pos``, which says how many entries
+        the level's other arrays hold)."""
         levels = self.fmt.levels
         level_arrays = [dict() for _ in levels]
         parent = self.dense_positions
         for l in range(self.first, len(levels)):
-            kind = levels[l]
-            arrays = {}
-            if "pos" in kind.arrays:
-                arrays["pos"] = take((l, "pos"), parent + 1, self.dtype_of(l, "pos"))
-            count = kind.num_positions(parent, self.level_sizes[l], arrays)
+            kind, size = levels[l], self.level_sizes[l]
+            arrays = {a: take((l, a), fixed, self.dtype_of(l, a)) for a in kind.arrays
+                      if (fixed := kind.fixed_array_size(a, parent, size)) is not None}
+            count = kind.num_positions(parent, size, arrays)
             for a in kind.arrays:
                 if a not in arrays:
                     arrays[a] = take((l, a), count, self.dtype_of(l, a))

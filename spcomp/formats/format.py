@@ -15,6 +15,7 @@ inner level (``i mod b``, after every outer level, again in ``order``), so
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from dataclasses import dataclass
 
@@ -51,7 +52,7 @@ class Format:
             if not isinstance(lvl, Level):
                 raise FormatError(f"format level {lvl!r} is not a Level")
         for l, lvl in enumerate(levels):
-            if isinstance(lvl, Singleton) and l == 0:
+            if lvl.aligned_with_parent and l == 0:
                 raise FormatError(f"format {self.spec()!r}: a singleton level (q) needs a parent level "
                                   "above it; use 'coo' = c(nonunique) q for coordinate lists")
 
@@ -320,7 +321,10 @@ def _preset(name: str, args: str | None, ndim: int | None) -> Format | None:
     return None
 
 
-_LEVEL = re.compile(r"\s*([" + "".join(LEVEL_KINDS) + r"])(?:\(([^)]*)\))?")
+@functools.lru_cache(maxsize=8)
+def _level_pattern(letters: str):
+    """A level's spelling, one of ``letters`` with optional flags in parentheses."""
+    return re.compile(r"\s*([" + re.escape(letters) + r"])(?:\(([^)]*)\))?")
 
 
 def _parse_levels(text: str) -> tuple:
@@ -330,10 +334,12 @@ def _parse_levels(text: str) -> tuple:
         if text[pos].isspace():
             pos += 1
             continue
-        m = _LEVEL.match(text, pos)
+        m = _level_pattern("".join(LEVEL_KINDS)).match(text, pos)  # kinds registered now
         if not m:
+            spelled = ", ".join(k.letter + (f"({','.join(k.parameters)})" if k.parameters else "")
+                                for k in LEVEL_KINDS.values())
             raise FormatError(f"format {text!r}: cannot read a level at {text[pos:]!r}; levels are "
-                              "d, c, q, p(B,K), b or a preset (dense csr csc coo dcsr csf ell twell bsr bsc nm)"
+                              f"{spelled} or a preset ({' '.join(_PRESETS)})"
                               + _did_you_mean(text))
         letter, args = m.group(1), m.group(2)
         flags = [a.strip() for a in args.split(",")] if args is not None else []

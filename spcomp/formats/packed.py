@@ -82,6 +82,21 @@ class PackedBlock(Level):
         blocks = parent_positions * self.num_blocks(dim_size)
         return {"count": blocks, "crd": blocks * self.K}.get(array)
 
+    def positions_expr(self, parent_count, dim, arrays):
+        return mul(mul(parent_count, self.num_blocks_expr(dim)), n.i64(self.K))
+
+    def output_size_cap(self):
+        """ELL (``p(K)``): one block spans the row, so a row holds at most K entries."""
+        return self.K if self.B is None else None
+
+    def preset_name(self, name):
+        """``twell(B=..,K=..)`` / ``ell(K=..)`` with this level's numbers."""
+        if name.startswith("twell"):
+            return f"twell(B={self.B},K={self.K})"
+        if name.startswith("ell"):
+            return f"ell(K={self.K})"
+        return None
+
     def crd_dtype_bits(self) -> int:
         """Width of stored in-block coordinates: 16 bits when B fits, else 32."""
         return 16 if (self.B is not None and self.B <= 32768) else 32
@@ -237,6 +252,26 @@ class PackedBlock(Level):
 
     def iterator(self, la, fresh) -> "PackedIterator":
         return PackedIterator(la, fresh)
+
+    def append_entry(self, arrays, parent_pos, coord, dim, store_value_at, overflow, fresh) -> list:
+        """An output's append (TACO's getAppendCoord for fixed slots): ``coord`` into the
+        next free slot of its block under ``parent_pos``, ``store_value_at(slot)`` there,
+        and ``overflow`` set to 1 instead when the block's K slots are taken."""
+        from ..ir.types import I32
+        bs, nb = self.block_size_expr(dim), self.num_blocks_expr(dim)
+        tile, slot = n.Var(fresh("tile"), I64), n.Var(fresh("slot"), I64)
+        count, crd = arrays["count"], arrays["crd"]
+        at = add(mul(tile, n.i64(self.K)), slot)
+        block_no = n.Binary("/", coord, bs)
+        return [
+            n.Declare(tile, add(mul(parent_pos, nb), block_no)),
+            n.Declare(slot, n.Cast(n.Load(count, tile), I64)),
+            n.If(n.Binary("<", slot, n.i64(self.K)), n.block(
+                n.Store(crd, at, n.Cast(n.Binary("-", coord, mul(block_no, bs)), crd.type.elem)),
+                store_value_at(at)),
+                n.block(n.Assign(overflow, n.Const(1, I32)))),
+            n.Store(count, tile, n.Cast(add(slot, n.i64(1)), count.type.elem)),
+        ]
 
     # IR expressions shared by the iterator and the output appender
     def block_size_expr(self, dim):

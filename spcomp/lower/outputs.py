@@ -10,10 +10,7 @@ when a reduction loop runs outside the output's last index (Gustavson).
 from __future__ import annotations
 
 from ..errors import UnsupportedError
-from ..formats.compressed import Compressed
 from ..formats.level import PosInfo
-from ..formats.packed import PackedBlock
-from ..formats.singleton import Singleton
 from ..ir import nodes as n
 from ..ir.build import add, mul
 from ..ir.types import I32, I64
@@ -66,7 +63,7 @@ def applies(fmt) -> bool:
     """Whether ``fmt`` is dense levels (at least one) then unique compressed ones."""
     d = dense_prefix(fmt)
     rest = fmt.levels[d:]
-    return d >= 1 and bool(rest) and all(isinstance(l, Compressed) and l.unique for l in rest)
+    return d >= 1 and bool(rest) and all(l.segmented and l.unique for l in rest)
 
 
 def _refusal(sparse, d, shown) -> str:
@@ -81,10 +78,10 @@ def _refusal(sparse, d, shown) -> str:
         if kind.fixed_slots and k < len(sparse) - 1:
             return (f"level {l} ({spec}) is packed-block with levels below it: its slots hold "
                     "coordinates of the last level only")
-        if not kind.unique and not (k == 0 and all(isinstance(x, Singleton) for x in sparse[1:])):
+        if not kind.unique and not (k == 0 and all(x.aligned_with_parent for x in sparse[1:])):
             return (f"level {l} ({spec}) is non-unique: a coordinate list is one non-unique "
                     "compressed level then singletons only")
-        if isinstance(kind, Singleton) and not (k > 0 and not sparse[0].unique):
+        if kind.aligned_with_parent and not (k > 0 and not sparse[0].unique):
             return (f"level {l} ({spec}) is a singleton under a unique level: a singleton is "
                     "appended with its non-unique parent (coo) only")
         if not kind.ordered:
@@ -145,30 +142,40 @@ class ReduceSink(Sink):
 
 
 class DenseSink(Sink):
-    """Locate into a dense output: ``out[linear(i, j, ...)] (+)= value``."""
+    """Insert into an output whose levels all insert (dense ones):
+    ``out[position(i, j, ...)] (+)= value``, the position and any marks each level's
+    (``Level.insert_position``, ``insert_coord``): ``i * N_j + j`` for dense rows."""
 
     def __init__(self, params, chain, sizes, accumulate: bool):
         self.vals = params.vals
+        self.levels = params.tensor.format.levels
+        self.arrays = params.levels  # per level: {array: Var}
         self.chain = chain        # output indices in storage order
         self.sizes = sizes        # IndexVar -> size var
         self.accumulate = accumulate
 
     def linear(self, env):
-        lin = None
-        for i in self.chain:
+        return self._insert(env)[0]
+
+    def _insert(self, env):
+        """(the value's position, the levels' statements that mark it stored)."""
+        pos, marks = None, []
+        for level, arrays, i in zip(self.levels, self.arrays, self.chain):
             c = env.bound[i]
-            lin = c if lin is None else add(mul(lin, self.sizes[i]), c)
-        return lin if lin is not None else n.i64(0)
+            pos = level.insert_position(pos, self.sizes[i], c)
+            marks += level.insert_coord(arrays, pos, c)
+        return (pos if pos is not None else n.i64(0)), marks
 
     #: set by the lowerer when a parallel reduction loop adds into the output (GPU):
     #: every update is an ``AtomicAdd``
     atomic = False
 
     def innermost(self, value, env):
+        at, marks = self._insert(env)
         if self.atomic:
             t = self.vals.type.elem
-            return [n.AtomicAdd(self.vals, self.linear(env), value if value.type == t else n.Cast(value, t))]
-        return [store_value(self.vals, self.linear(env), value, self.accumulate)]
+            return [*marks, n.AtomicAdd(self.vals, at, value if value.type == t else n.Cast(value, t))]
+        return [*marks, store_value(self.vals, at, value, self.accumulate)]
 
 
 class AppendSink(Sink):
@@ -219,6 +226,9 @@ class AppendSink(Sink):
 
     # ------------------------------------------------------------ shape
     def _classify(self, lhs) -> str:
+        """How the stored levels are appended, from what they can do: one level of fixed
+        slots last ('packed', the level's ``append_entry``), unique segmented levels
+        ('csf'), or a non-unique segmented level over levels aligned with it ('coo')."""
         sparse = self.levels[self.d:]
         name = lhs.tensor.name
         if not sparse:
@@ -228,12 +238,12 @@ class AppendSink(Sink):
             raise UnsupportedError(
                 f"internal: output {name}: the lowerer assembles a dense level (level {lv + 1}) below a "
                 "sparse one through outputs.assembled_format, not in the sink")
-        if len(sparse) == 1 and isinstance(sparse[0], PackedBlock):
+        if len(sparse) == 1 and sparse[0].fixed_slots:
             return "packed"
-        if all(isinstance(l, Compressed) and l.unique for l in sparse):
+        if all(l.segmented and l.unique for l in sparse):
             return "csf"
-        if (isinstance(sparse[0], Compressed) and not sparse[0].unique
-                and all(isinstance(l, Singleton) for l in sparse[1:]) and len(sparse) > 1):
+        if (sparse[0].segmented and not sparse[0].unique
+                and all(l.aligned_with_parent for l in sparse[1:]) and len(sparse) > 1):
             return "coo"
         raise UnsupportedError(
             f"output {name} in format {self.asked}: {_refusal(sparse, self.d, self.asked.levels[self.d:])}; spcomp "
@@ -399,14 +409,13 @@ class AppendSink(Sink):
         l = self._level_of(index)
         if l is None:
             return []
-        if l < self.d:
-            parent = env.pos.get(("out", l - 1), PosInfo(n.i64(0))) if l > 0 else PosInfo(n.i64(0))
-            from ..ir.types import I64 as _I64
-            pos = env.bound[index] if l == 0 else add(mul(parent.pos, self.sizes[index]),
-                                                        env.bound[index])
-            var = n.Var(self.fresh(f"p{self.p.var_name}{l + 1}"), _I64)
+        if l < self.d:  # a leading level that inserts: its position from its parent's
+            parent = env.pos.get(("out", l - 1), PosInfo(n.i64(0))).pos if l > 0 else None
+            c = env.bound[index]
+            pos = self.levels[l].insert_position(parent, self.sizes[index], c)
+            var = n.Var(self.fresh(f"p{self.p.var_name}{l + 1}"), I64)
             env.pos[("out", l)] = PosInfo(var)
-            return [n.Declare(var, pos)]
+            return [n.Declare(var, pos), *self.levels[l].insert_coord(self.p.levels[l], var, c)]
         if self.shape == "csf" and l < len(self.levels) - 1:
             child = self.counters[l + 1]
             begin = n.Var(self.fresh(f"p{self.p.var_name}{l + 2}_begin"), I64)
@@ -455,25 +464,11 @@ class AppendSink(Sink):
         c = env.bound[last]
         if self.shape == "packed":
             level = self.levels[-1]
-            dim = self.sizes[last]
             q = env.pos[("out", m - 2)].pos if m >= 2 else n.i64(0)
-            bs = level.block_size_expr(dim)
-            nb = level.num_blocks_expr(dim)
-            tile = n.Var(self.fresh("tile"), I64)
-            slot = n.Var(self.fresh("slot"), I64)
-            count = self._array(m - 1, "count")
-            crd = self._array(m - 1, "crd")
-            at = add(mul(tile, n.i64(level.K)), slot)
-            block_no = n.Binary("/", c, bs)
-            return [
-                n.Declare(tile, add(mul(q, nb), block_no)),
-                n.Declare(slot, n.Cast(n.Load(count, tile), I64)),
-                n.If(n.Binary("<", slot, n.i64(level.K)), n.block(
-                    n.Store(crd, at, n.Cast(n.Binary("-", c, mul(block_no, bs)), crd.type.elem)),
-                    store_value(self.p.vals, at, value, False)),
-                    n.block(n.Assign(self.overflow, n.Const(1, I32)))),
-                n.Store(count, tile, n.Cast(add(slot, n.i64(1)), count.type.elem)),
-            ]
+            arrays = {a: self._array(m - 1, a) for a in level.arrays}
+            return level.append_entry(arrays, q, c, self.sizes[last],
+                                      lambda at: store_value(self.p.vals, at, value, False), self.overflow,
+                                      self.fresh)
         group = m - 1 if self.shape == "csf" else self.d
         p = self.counters[group]
         out = [] if self.chain[-1] in self.reserved else self._ensure(group, p)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ScheduleError
-from ..formats import Compressed
 from ..notation import Access, accesses
 from .normalize import split_sums
 from . import lattice as lat
@@ -228,7 +227,7 @@ def top_positions(f: LoopFacts, i, shape):
         return None
     acc, level = next(iter(point))
     kind = acc.tensor.format.levels[level]
-    if level != 0 or not isinstance(kind, Compressed) or not kind.unique:
+    if level != 0 or not kind.segmented or not kind.unique:
         return None
     return acc, level
 

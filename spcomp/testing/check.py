@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..formats import Format, PackedBlock
+from ..formats import Format
 from .reference import reference
 
 __all__ = ["TOLERANCES", "VALUES", "KernelCheck", "check_kernel", "densify", "fit_packed", "random_operands",
@@ -217,12 +217,13 @@ def index_classes(notation) -> dict:
 
 
 def _ell_cap(notation) -> dict:
-    """Index name -> the largest size an ELL (``p(K)``) output level allows."""
-    out_t = notation.lhs.tensor
-    fmt = out_t.format
-    if not fmt.levels or not isinstance(fmt.levels[-1], PackedBlock) or fmt.levels[-1].B is not None:
+    """Index name -> the largest size the output's last level allows
+    (``Level.output_size_cap``: an ELL ``p(K)`` level's K)."""
+    fmt = notation.lhs.tensor.format
+    cap = fmt.levels[-1].output_size_cap() if fmt.levels else None
+    if cap is None:
         return {}
-    return {notation.lhs.indices[fmt.order[-1]].name: fmt.levels[-1].K}
+    return {notation.lhs.indices[fmt.order[-1]].name: cap}
 
 
 def complete_sizes(notation, sizes: dict, draw_size, cap_given: bool = False) -> dict:
