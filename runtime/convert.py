@@ -182,7 +182,7 @@ def _pack_blocked(fmt: Format, shape, coords, values, dtype, sum_duplicates, ove
     return fmt, levels, vals
 
 
-def _blocked_view(a: np.ndarray, fmt: Format) -> np.ndarray:
+def blocked_view(a: np.ndarray, fmt: Format) -> np.ndarray:
     """A dense array as the level view of a blocked format (a view: reshape, transpose)."""
     check_block_fit(fmt, a.shape, "the array")
     shape, axis = [], {}
@@ -379,7 +379,7 @@ def pack_dense(a, fmt: Format, dtype=None, overflow="error"):
         raise FormatError(f"format {str(fmt)!r} has {fmt.ndim} level(s) but the array has "
                           f"{a.ndim} dimension(s)")
     if fmt.blocks is not None:
-        _v, levels, vals = pack_dense(_blocked_view(a, fmt), fmt.level_view(), dtype, overflow)
+        _v, levels, vals = pack_dense(blocked_view(a, fmt), fmt.level_view(), dtype, overflow)
         return fmt, levels, vals
     st = np.transpose(a, fmt.order) if a.ndim else a
     if fmt.is_dense:

@@ -64,7 +64,7 @@ class Grid(Level):
         ctx.same = None
         return ctx.P * ctx.N
 
-    def assembled_as(self, under_sparse):
+    def assembled_as(self, under_sparse, levels_below=False):
         """Appended compressed under a sparse level, as a dense level is."""
         return Compressed() if under_sparse else self
 

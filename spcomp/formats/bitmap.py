@@ -54,7 +54,7 @@ class Bitmap(Level):
     def array_type(self, array, index_bits):
         return I8
 
-    def assembled_as(self, under_sparse: bool):
+    def assembled_as(self, under_sparse: bool, levels_below: bool = False):
         from .compressed import Compressed
         return Compressed()
 

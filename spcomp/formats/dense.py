@@ -21,7 +21,7 @@ class Dense(Level):
             raise FormatError(f"format {text!r}: a dense level takes no flags")
         return cls()
 
-    def assembled_as(self, under_sparse: bool):
+    def assembled_as(self, under_sparse: bool, levels_below: bool = False):
         """Under a sparse level an output's dense level is appended compressed and
         expanded by the runtime into zero-filled blocks (outputs.assembled_format)."""
         if under_sparse:

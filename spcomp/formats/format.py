@@ -5,7 +5,7 @@ Format strings: level letters (``registry.py``) ``d`` ``c`` ``q`` ``p(B,K)`` / `
 optional flags (``c(nonunique)``, ``q(unordered)``, ``p(256,32,unordered)``),
 an optional mode order after a colon (``"dc:1,0"`` is CSC), optional block sizes
 after a slash (``"dcdd/4,4"`` is ``bsr(4,4)``), or a preset name:
-``dense csr csc coo dcsr csf ell(K=..) twell(B=..,K=..) bsr(R,C) bsc(R,C) nm(N,M)``.
+``dense csr csc coo dcsr csf ell(K=..) twell(B=..,K=..) bsr(R,C) bsc(R,C) bell(R,C,K) nm(N,M)``.
 
 Blocked formats (MLIR's dim→level maps): ``blocks[d] = b > 1`` cuts dimension ``d``
 into an outer level (``i floordiv b``, placed by ``order`` like any dimension) and an
@@ -202,6 +202,14 @@ class Format:
         inner = (Dense(),) * ((R > 1) + (C > 1))
         return Format((Dense(), Compressed()) + inner, (1, 0), name=f"bsc({R},{C})", blocks=(R, C))
 
+    @staticmethod
+    def blocked_ell(R: int, C: int, K: int) -> "Format":
+        """Blocked ELL (cuSPARSE's Blocked-ELL): ``d p(K) d d`` over ``(i/R, j/C, i%R, j%C)``,
+        each row of blocks holding K block slots (``count`` used, ``crd`` their block
+        columns) and each slot a dense R x C block of values."""
+        inner = (Dense(),) * ((R > 1) + (C > 1))
+        return Format((Dense(), PackedBlock(None, K)) + inner, (0, 1), name=f"bell({R},{C},{K})", blocks=(R, C))
+
     # ----------------------------------------------------------- parsing
     @staticmethod
     def parse(spec, ndim: int | None = None) -> "Format":
@@ -258,6 +266,16 @@ def _block_preset(name: str, args: str | None) -> Format:
     return Format.bsr(R, C) if name == "bsr" else Format.bsc(R, C)
 
 
+def _blocked_ell_preset(args: str | None) -> Format:
+    """``bell(R,C,K)`` (also ``R=..,C=..,K=..``): all three sizes, each at least 1."""
+    values = _numbers("bell", args, ("R", "C", "K"), "bell(2,2,4)")
+    if len(values) != 3:
+        raise FormatError(f"format bell({args}): give R, C and K, e.g. bell(2,2,4)")
+    if min(values.values()) < 1:
+        raise FormatError(f"format bell({args}): R, C and K must be at least 1")
+    return Format.blocked_ell(values["R"], values["C"], values["K"])
+
+
 def _check_blocks(fmt: Format, levels: tuple, blocks: tuple) -> None:
     """A blocked format's levels match its map: one per dimension plus one per cut one."""
     if any(b < 1 for b in blocks):
@@ -275,6 +293,8 @@ def _check_blocks(fmt: Format, levels: tuple, blocks: tuple) -> None:
 def _preset(name: str, args: str | None, ndim: int | None) -> Format | None:
     if name in ("bsr", "bsc"):
         return _block_preset(name, args)
+    if name == "bell":
+        return _blocked_ell_preset(args)
     if name == "nm":
         N, M = _two_numbers(name, args, ("N", "M"), "nm(2,4)")
         if not 1 <= N <= M:
@@ -350,7 +370,7 @@ def _parse_levels(text: str) -> tuple:
     return tuple(levels)
 
 
-_PRESETS = ("dense", "csr", "csc", "coo", "dcsr", "csf", "ell", "twell", "bsr", "bsc", "nm")
+_PRESETS = ("dense", "csr", "csc", "coo", "dcsr", "csf", "ell", "twell", "bsr", "bsc", "bell", "nm")
 
 
 def _did_you_mean(text: str) -> str:

@@ -128,10 +128,11 @@ class Level:
         from ..ir.types import I32, I64
         return I32 if index_bits == 32 else I64
 
-    def assembled_as(self, under_sparse: bool) -> "Level":
+    def assembled_as(self, under_sparse: bool, levels_below: bool = False) -> "Level":
         """The level a kernel appends in place of this one when it is an output level
-        (``under_sparse``: a sparse level is above it); the runtime then packs the
-        result into this kind (``lower/outputs.assembled_format``). Itself by default."""
+        (``under_sparse``: a sparse level is above it; ``levels_below``: it is not the
+        last level); the runtime then packs the result into this kind
+        (``lower/outputs.assembled_format``). Itself by default."""
         return self
 
     def pack(self, ctx: PackContext):

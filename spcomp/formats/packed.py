@@ -61,6 +61,16 @@ class PackedBlock(Level):
             return cls(None, numbers[0], ordered=flags["ordered"])
         raise FormatError(f"format {text!r}: a packed-block level is p(B,K) or p(K)")
 
+    def assembled_as(self, under_sparse: bool, levels_below: bool = False):
+        """A kernel fills the slots itself (``append_entry``) as the last level under dense
+        ones only; elsewhere (blocked ELL's block columns, above their dense blocks) it
+        appends the level compressed and the runtime packs the slots, a block with more
+        entries than K being a PackedOverflowError then."""
+        if under_sparse or levels_below:
+            from .compressed import Compressed
+            return Compressed()
+        return self
+
     def array_type(self, array, index_bits):
         from ..ir.types import I16, I32
         if array == "count":

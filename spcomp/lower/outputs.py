@@ -46,13 +46,16 @@ def dense_prefix(fmt) -> int:
 def assembled_format(fmt):
     """The format the kernel assembles an output of ``fmt`` in: ``fmt`` itself, or,
     when a dense level sits below a sparse one (``cd``, ``dcd``, ``ccd``, ``cdc``),
-    the same levels with each such dense level compressed. The runtime then expands
+    the same levels with each such dense level compressed (and any level whose
+    ``assembled_as`` says so: bitmap, a packed-block level above others, as in blocked
+    ELL). The runtime then expands
     the result to ``fmt`` (``runtime/convert.expand_output``): every stored parent
     position gets its whole dense sub-block, zero-filled where nothing was computed.
     The stand-in keeps the mode order and the coordinates' order, so the expansion
     is one pass without a sort."""
     d = dense_prefix(fmt)
-    levels = tuple(kind.assembled_as(l > d) for l, kind in enumerate(fmt.levels))
+    last = len(fmt.levels) - 1
+    levels = tuple(kind.assembled_as(l > d, l < last) for l, kind in enumerate(fmt.levels))
     if levels == fmt.levels:
         return fmt
     from ..formats import Format
