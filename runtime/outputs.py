@@ -264,14 +264,20 @@ class Output:
                 free(ptr.value)
                 ptr.value = None
 
+    def _slotted(self):
+        """(level, kind) of the output's fixed-slot level (``Level.fixed_slots``), or None."""
+        return next(((l, k) for l, k in enumerate(self.fmt.levels) if k.fixed_slots), None)
+
     def largest_count(self):
-        for (_l, a), arr in self.arrays.items():
-            if a == "count":
-                return int(arr.max()) if arr.size else 0
-        return 0
+        """The most entries a block of the fixed-slot level was given (0: none)."""
+        found = self._slotted()
+        if found is None:
+            return 0
+        l, kind = found
+        return kind.largest_fill({a: arr for (m, a), arr in self.arrays.items() if m == l})
 
     def packed_k(self):
-        return self.fmt.levels[-1].K
+        return self._slotted()[1].K
 
     # --------------------------------------------------------------- result
     def _taken(self, key, n, dtype):

@@ -1,9 +1,10 @@
-"""The level protocol as the extension point (spcomp/formats/level.py): a level kind
-written here, in a test, and registered for the test's duration only, is parsed,
+"""The level protocol as the extension point (spcomp/formats/level.py): level kinds
+written here, in a test, and registered for the test's duration only, are parsed,
 packed, validated, read and written by generated kernels (CPU and cuda-sim) with no
-edit anywhere in spcomp -- everything asks the level what it can do. The kind,
-``g`` ("grid"), stores what a dense level stores, but is its own class: no code
-that asks ``isinstance(level, Dense)`` or compares kind names would recognise it.
+edit anywhere in spcomp -- everything asks the level what it can do. ``g`` ("grid")
+stores what a dense level stores and ``m`` ("mask") a byte per coordinate as a
+bitmap does, with its own iterator; both are their own classes, so no code that
+asks ``isinstance(level, Dense)`` or compares kind names would recognise them.
 The insert hooks of the built-in kinds that insert are unit-tested here too."""
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import spcomp
 from spcomp.errors import FormatError
 from spcomp.formats import LEVEL_KINDS, Format
 from spcomp.formats.compressed import Compressed
-from spcomp.formats.level import Level, PosInfo
+from spcomp.formats.level import Level, LevelIterator, PosInfo, StorageArray
 from spcomp.ir import nodes as n
 from spcomp.ir.printer import print_ir
 from spcomp.ir.types import I8, I64, ptr
@@ -81,10 +82,106 @@ class Grid(Level):
         return PosInfo(self.insert_position(la.parent.pos, la.dim, coord))
 
 
+@dataclass(frozen=True)
+class Mask(Level):
+    """A sparse kind: ``keep[q * N + c]`` is 1 where coordinate ``c`` of parent ``q`` is
+    stored; values exist at every position (those of unset bytes are 0 and unread)."""
+    letter: ClassVar[str] = "m"
+    kind_name: ClassVar[str] = "mask"
+    arrays: ClassVar[tuple] = ("keep",)
+    storage: ClassVar[tuple] = (StorageArray("keep", "membership", "int8: 1 stored, 0 not"),)
+    has_unused_positions: ClassVar[bool] = True
+    shape_sized: ClassVar[bool] = True
+
+    @classmethod
+    def from_spec(cls, words, numbers, text):
+        if words or numbers:
+            raise FormatError(f"format {text!r}: a mask level takes no flags")
+        return cls()
+
+    def spec(self) -> str:
+        return "m"
+
+    def num_positions(self, parent_positions, dim_size, arrays):
+        return parent_positions * dim_size
+
+    def fixed_array_size(self, array, parent_positions, dim_size):
+        return parent_positions * dim_size if array == "keep" else None
+
+    def array_type(self, array, index_bits):
+        return I8
+
+    def assembled_as(self, under_sparse, levels_below=False):
+        return Compressed()
+
+    def pack(self, ctx):
+        positions = ctx.ppos * ctx.N + ctx.coords
+        keep = np.zeros(ctx.P * ctx.N, np.int8)
+        keep[positions] = 1
+        return {"keep": keep}, positions, ctx.P * ctx.N
+
+    def unpack(self, arrays, cur, N):
+        every = (cur[:, None] * N + np.arange(N, dtype=np.int64)).reshape(-1)
+        kept = np.asarray(arrays["keep"])[every] != 0
+        counts = kept.reshape(len(cur), N).sum(axis=1) if len(cur) else np.zeros(0, np.int64)
+        return every[kept], every[kept] - np.repeat(cur, counts) * N, counts
+
+    def validate(self, ctx):
+        keep = ctx.index_array("keep")
+        if keep.shape[0] != ctx.P * ctx.N:
+            ctx.fail(f"keep has {keep.shape[0]} entries but needs {ctx.P * ctx.N}")
+        if ((keep != 0) & (keep != 1)).any():
+            ctx.fail("keep holds only 0 and 1")
+        ctx.same = None
+        return ctx.P * ctx.N
+
+    def positions_expr(self, parent_count, dim, arrays):
+        return n.Binary("*", parent_count, dim)
+
+    def iterator(self, la, fresh):
+        return MaskIterator(la, fresh)
+
+
+class MaskIterator(LevelIterator):
+    """Coordinates ``c`` of parent ``q`` whose byte is set, in order (the protocol's
+    init/valid/load/position/advance; ``loop`` is the base class's)."""
+
+    def __init__(self, la, fresh):
+        super().__init__(la, fresh)
+        self.c = n.Var(fresh("c" + la.name), I64)
+        self.base = n.Var(fresh("p" + la.name + "_base"), I64)
+
+    def _skip(self):
+        at = n.Binary("+", self.base, self.c)
+        unset = n.Binary("==", n.Load(self.la.arrays["keep"], at), n.Const(0, I8))
+        return n.While(n.Binary("&&", n.Binary("<", self.c, self.la.dim), unset),
+                       n.block(n.Assign(self.c, n.Binary("+", self.c, n.i64(1)))))
+
+    def init(self):
+        return [n.Declare(self.base, n.Binary("*", self.la.parent.pos, self.la.dim)),
+                n.Declare(self.c, n.i64(0)), self._skip()]
+
+    def valid(self):
+        return n.Binary("<", self.c, self.la.dim)
+
+    def load(self, coord):
+        return [n.Assign(coord, self.c)]
+
+    def position(self):
+        return PosInfo(n.Binary("+", self.base, self.c))
+
+    def advance(self):
+        return [n.Assign(self.c, n.Binary("+", self.c, n.i64(1))), self._skip()]
+
+
+TEST_KINDS = {"g": Grid, "m": Mask}
+
+
 @pytest.fixture
 def grid(monkeypatch):
-    """The grid kind registered under ``g`` for one test."""
-    monkeypatch.setitem(LEVEL_KINDS, "g", Grid)
+    """The test kinds (grid ``g``, mask ``m``) registered for one test."""
+    for letter, kind in TEST_KINDS.items():
+        monkeypatch.setitem(LEVEL_KINDS, letter, kind)
     return Grid
 
 
@@ -101,8 +198,8 @@ def test_an_unregistered_letter_is_refused_and_a_registered_one_parses(monkeypat
         Format.parse("dx")
 
 
-@pytest.mark.parametrize("spec", ["g", "dg", "gd", "gc", "cg", "gg:1,0", "gcg"])
-def test_grid_storage_round_trips(grid, spec):
+@pytest.mark.parametrize("spec", ["g", "dg", "gd", "gc", "cg", "gg:1,0", "gcg", "m", "dm", "md", "cm:1,0", "gmc"])
+def test_test_kinds_round_trip(grid, spec):
     ndim = len(spec.split(":")[0])
     rng = np.random.default_rng(ndim)
     a = rng.random((4, 3, 5)[:ndim]) * (rng.random((4, 3, 5)[:ndim]) < 0.5)
@@ -113,8 +210,8 @@ def test_grid_storage_round_trips(grid, spec):
 
 
 @pytest.mark.filterwarnings("ignore::spcomp.errors.TranspositionWarning")
-@pytest.mark.parametrize("spec", ["dg", "gd", "gg", "gc", "cg", "gg:1,0", "cg:1,0"])
-def test_kernels_read_and_write_grid_levels(grid, spec):
+@pytest.mark.parametrize("spec", ["dg", "gd", "gg", "gc", "cg", "gg:1,0", "cg:1,0", "dm", "mc", "mm", "gm:1,0"])
+def test_kernels_read_and_write_test_kinds(grid, spec):
     check_kernel("C[i,j] = A[i,j] * B[i,j] + A[i,j]", {"A": spec, "B": "csr", "C": spec},
                  sizes=SIZES, density=0.4, seed=1)
     check_kernel("y[i] = A[i,j] * x[j]", {"A": spec, "x": "g"}, sizes=SIZES, density=0.5, seed=2)
@@ -130,8 +227,9 @@ def test_random_formats_with_the_registered_kind_match_einsum(data):
     """The test strategies draw the new kind (registered: spelled by its letter alone)
     in input and output formats, and kernels over them match einsum."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(LEVEL_KINDS, "g", Grid)
-        a_fmt = data.draw(formats(2, kinds="dcg", presets=False))
+        for letter, kind in TEST_KINDS.items():
+            mp.setitem(LEVEL_KINDS, letter, kind)
+        a_fmt = data.draw(formats(2, kinds="dcgm", presets=False))
         c_fmt = data.draw(output_formats(2, allow_packed=False))
         i, j = data.draw(st.integers(0, 5)), data.draw(st.integers(0, 5))
         dense, a = data.draw(tensors((i, j), a_fmt))

@@ -96,7 +96,9 @@ class Level:
     # only what fits, so outputs of this kind store nonzeros only, and a
     # transposed copy of it is stored compressed instead. Such a kind says its
     # geometry: ``block_size(N)``, ``num_blocks(N)`` and ``K`` slots per block
-    # (``spcomp.testing.fit_packed`` trims data to fit through them).
+    # (``spcomp.testing.fit_packed`` trims data to fit through them); its output
+    # appends through ``append_entry`` and a full block's error quotes
+    # ``largest_fill(arrays)``, the most entries a block was given.
     fixed_slots = False
 
     # Some of its positions hold no entry (packed-block slots, bitmap bytes of 0):

@@ -95,6 +95,12 @@ class PackedBlock(Level):
     def positions_expr(self, parent_count, dim, arrays):
         return mul(mul(parent_count, self.num_blocks_expr(dim)), n.i64(self.K))
 
+    def largest_fill(self, arrays) -> int:
+        """The most entries any block was given (its ``count``; past K when a kernel
+        overflowed it): what the overflow error suggests for K."""
+        count = arrays["count"]
+        return int(count.max()) if count.size else 0
+
     def output_size_cap(self):
         """ELL (``p(K)``): one block spans the row, so a row holds at most K entries."""
         return self.K if self.B is None else None

@@ -252,7 +252,7 @@ def balance(f: LoopFacts, parallel, walked):
         if fmt.is_dense or chain[0] != parallel or len(chain) < 2:
             continue
         top_walked = walked is not None and walked[0] is acc
-        if (fmt.levels[0].is_dense or top_walked) and "pos" in fmt.levels[1].arrays:
+        if (fmt.levels[0].is_dense or top_walked) and fmt.levels[1].segmented:
             return (acc.tensor.name, 1)  # indexed like the parallel loop: rows, or top positions
     return None
 
@@ -269,7 +269,7 @@ def work_scale(f: LoopFacts, balanced) -> tuple:
             chain = access_chain(a)
             if idx in chain and a.tensor.format.levels:
                 level = chain.index(idx)
-                if level > 0 and "pos" in a.tensor.format.levels[level].arrays:
+                if level > 0 and a.tensor.format.levels[level].segmented:
                     scale.append((a.tensor.name, level))
                     break
     return tuple(scale)
