@@ -143,17 +143,32 @@ class OutputLayout:
         return [(l, a) for l in range(self.first, len(self.fmt.levels)) for a in self.fmt.levels[l].arrays] + [
             (-1, "vals")]
 
+    def _shape_parents(self, l: int):
+        """Positions of the levels above level ``l`` when the shape alone fixes them (the
+        dense rows, then shape-sized levels such as an inserted bitmap's), else None."""
+        parent = self.dense_positions
+        for k in range(self.first, l):
+            kind = self.fmt.levels[k]
+            if not kind.shape_sized:
+                return None
+            parent = kind.num_positions(parent, self.level_sizes[k], {})
+        return parent
+
     def fixed_size(self, level: int, array: str) -> int:
         """Entries of an array whose size does not depend on what the kernel appends,
         as the level says (``Level.fixed_array_size``: the first stored level's ``pos``,
-        packed-block arrays) with the dense rows above as its parent positions;
-        ``vals`` has the last level's positions where the shape alone fixes them."""
+        packed-block arrays, a bitmap's bytes) with the positions above as its parents
+        where the shape fixes them; ``vals`` has the last level's positions where the
+        shape alone fixes them."""
         l = level if level >= 0 else len(self.fmt.levels) - 1
         kind, size = self.fmt.levels[l], self.level_sizes[l]
-        if array == "vals":
-            n = kind.num_positions(self.dense_positions, size, {}) if kind.shape_sized else None
+        parent = self._shape_parents(l)
+        if parent is None:
+            n = None
+        elif array == "vals":
+            n = kind.num_positions(parent, size, {}) if kind.shape_sized else None
         else:
-            n = kind.fixed_array_size(array, self.dense_positions, size)
+            n = kind.fixed_array_size(array, parent, size)
         if n is None:
             raise UnsupportedError(f"output format {self.fmt.spec()!r}: level {l} ({kind.kind_name}) "
                                    f"does not fix the size of {array!r} before the kernel runs")

@@ -293,3 +293,25 @@ def test_the_dense_sink_asks_each_level_where_to_insert_and_what_to_mark():
     sink = DenseSink(p, [i, j], {i: n.Var("N_i", I64), j: n.Var("N_j", I64)}, accumulate=False)
     assert _text(sink.innermost(n.Var("v", F64), env)) == ("C2_map[((i * N_j) + j)] = 1;\n"
                                                            "C_vals[((i * N_j) + j)] = v;")
+
+
+def test_an_output_whose_levels_all_insert_is_written_in_place():
+    """``db``: the append sink's 'insert' shape places the value through the levels and
+    marks its byte, grows nothing and keeps the format (no stand-in, no repacking)."""
+    from spcomp.lower.context import Env, Names, TensorParams, level_array_type
+    from spcomp.lower.outputs import AppendSink, assembled_format
+    from spcomp.notation import Access, IndexVar, TensorVar
+    from spcomp.ir.types import F64
+    fmt = Format.parse("db")
+    assert assembled_format(fmt) is fmt and assembled_format(Format.parse("cb")) != Format.parse("cb")
+    levels = [{a: n.Var(f"C{l + 1}_{a}", ptr(level_array_type(kind, a, 32))) for a in kind.arrays}
+              for l, kind in enumerate(fmt.levels)]
+    p = TensorParams("C", TensorVar("C", 2, fmt), levels, n.Var("C_vals", ptr(F64)))
+    i, j = IndexVar("i"), IndexVar("j")
+    sizes = {i: n.Var("N_i", I64), j: n.Var("N_j", I64)}
+    sink = AppendSink(p, Access(p.tensor, (i, j)), False, Names(), sizes, n.Var("capacity", I64))
+    assert sink.shape == "insert" and sink.growable() == [] and sink.addresses(j)
+    env = Env()
+    env.bound[i], env.bound[j] = n.Var("i", I64), n.Var("j", I64)
+    text = _text(sink.enter(i, env) + sink.innermost(n.Var("v", F64), env))
+    assert "C2_map[((pC1 * N_j) + j)] = 1;" in text and "C_vals[((pC1 * N_j) + j)] = value" in text

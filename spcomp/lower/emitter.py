@@ -259,7 +259,7 @@ class LoopEmitter:
         if isinstance(sink, ScalarSink):
             return False
         if isinstance(sink, AppendSink):
-            return i in sink.chain[:sink.d] or (sink.shape == "packed" and i in sink.chain)
+            return sink.addresses(i)
         return True
 
     def _locates(self, i, expr, env, coord):

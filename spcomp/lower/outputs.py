@@ -3,7 +3,8 @@
 A *sink* receives events from the loop nest: ``enter``/``exit`` around the
 body of each loop (with the loop's index bound) and ``innermost`` with the
 value. Dense outputs are located; sparse outputs are appended in one pass
-(compressed levels in CSF or COO shape, packed-block tiles with a count), or
+(compressed levels in CSF or COO shape, packed-block tiles with a count),
+inserted through the levels' insert hooks when every level inserts (bitmaps), or
 gathered in a workspace — a dense row plus the list of touched coordinates —
 when a reduction loop runs outside the output's last index (Gustavson).
 """
@@ -44,7 +45,8 @@ def dense_prefix(fmt) -> int:
 
 
 def assembled_format(fmt):
-    """The format the kernel assembles an output of ``fmt`` in: ``fmt`` itself, or,
+    """The format the kernel assembles an output of ``fmt`` in: ``fmt`` itself (also when
+    every level inserts: ``db``, ``bb``, ``bd``), or,
     when a dense level sits below a sparse one (``cd``, ``dcd``, ``ccd``, ``cdc``),
     the same levels with each such dense level compressed (and any level whose
     ``assembled_as`` says so: bitmap, a packed-block level above others, as in blocked
@@ -53,6 +55,8 @@ def assembled_format(fmt):
     position gets its whole dense sub-block, zero-filled where nothing was computed.
     The stand-in keeps the mode order and the coordinates' order, so the expansion
     is one pass without a sort."""
+    if all(kind.inserts for kind in fmt.levels):
+        return fmt  # every level inserts: the kernel writes each in place (AppendSink 'insert')
     d = dense_prefix(fmt)
     last = len(fmt.levels) - 1
     levels = tuple(kind.assembled_as(l > d, l < last) for l, kind in enumerate(fmt.levels))
@@ -75,12 +79,6 @@ def _refusal(sparse, d, shown) -> str:
     for k, kind in enumerate(sparse):
         l = d + k + 1  # levels are counted from 1 in messages
         spec = shown[k].spec()
-        if kind.fixed_slots and k > 0:
-            return (f"level {l} ({spec}) is packed-block under a sparse level: its slot blocks are "
-                    "allocated per row of dense levels above it only")
-        if kind.fixed_slots and k < len(sparse) - 1:
-            return (f"level {l} ({spec}) is packed-block with levels below it: its slots hold "
-                    "coordinates of the last level only")
         if not kind.unique and not (k == 0 and all(x.aligned_with_parent for x in sparse[1:])):
             return (f"level {l} ({spec}) is non-unique: a coordinate list is one non-unique "
                     "compressed level then singletons only")
@@ -186,7 +184,8 @@ class AppendSink(Sink):
 
     Supported shapes: dense levels, then either compressed levels (CSR, DCSR,
     CSF), or one non-unique compressed level and singletons (COO), or one
-    packed-block level (TwELL/ELL)."""
+    packed-block level (TwELL/ELL), or levels that all insert (a bitmap: each
+    value placed and marked through the levels' insert hooks)."""
 
     def __init__(self, params, lhs, drop_zeros: bool, fresh, sizes, capacity=None, index_limit=None,
                  asked=None):
@@ -229,13 +228,17 @@ class AppendSink(Sink):
 
     # ------------------------------------------------------------ shape
     def _classify(self, lhs) -> str:
-        """How the stored levels are appended, from what they can do: one level of fixed
-        slots last ('packed', the level's ``append_entry``), unique segmented levels
-        ('csf'), or a non-unique segmented level over levels aligned with it ('coo')."""
+        """How the stored levels are written, from what they can do: every level inserts
+        ('insert': positions and marks from ``insert_position`` / ``insert_coord``), one
+        level of fixed slots last ('packed', the level's ``append_entry``), unique
+        segmented levels ('csf'), or a non-unique segmented level over levels aligned
+        with it ('coo')."""
         sparse = self.levels[self.d:]
         name = lhs.tensor.name
         if not sparse:
             raise UnsupportedError("internal: AppendSink on a dense output")
+        if all(l.inserts for l in sparse):
+            return "insert"
         if any(l.is_dense for l in sparse):
             lv = self.d + [l.is_dense for l in sparse].index(True)
             raise UnsupportedError(
@@ -251,8 +254,8 @@ class AppendSink(Sink):
         raise UnsupportedError(
             f"output {name} in format {self.asked}: {_refusal(sparse, self.d, self.asked.levels[self.d:])}; spcomp "
             "assembles sparse outputs whose levels are dense then compressed (csr, dcsr, csf, with "
-            "dense levels anywhere below: cd, dcd, cdc), coordinate lists (coo), or one packed-block "
-            "level last (twell, ell)")
+            "dense levels anywhere below: cd, dcd, cdc), coordinate lists (coo), packed-block levels "
+            "(twell, ell, bell) or levels that all insert (db, bb)")
 
     def growable(self):
         """(level, array) pairs the kernel allocates and grows itself."""
@@ -408,12 +411,30 @@ class AppendSink(Sink):
     def _level_of(self, index):
         return self.chain.index(index) if index in self.chain else None
 
+    @property
+    def placed(self) -> int:
+        """Leading levels whose positions enter() places: the dense ones, or, when every
+        level inserts, all but the last (whose position and mark go with the value)."""
+        return len(self.levels) - 1 if self.shape == "insert" else self.d
+
+    def addresses(self, index) -> bool:
+        """Whether a coordinate of ``index`` addresses the output's memory: it places a
+        position (a leading dense level, any level of an inserted output) or a packed
+        output's tile."""
+        if index not in self.chain:
+            return False
+        return self.chain.index(index) < self.d or self.shape in ("packed", "insert")
+
+    def _parent_pos(self, env, l):
+        """The position of level ``l - 1`` (None above the first level)."""
+        return env.pos.get(("out", l - 1), PosInfo(n.i64(0))).pos if l > 0 else None
+
     def enter(self, index, env):
         l = self._level_of(index)
         if l is None:
             return []
-        if l < self.d:  # a leading level that inserts: its position from its parent's
-            parent = env.pos.get(("out", l - 1), PosInfo(n.i64(0))).pos if l > 0 else None
+        if l < self.placed:  # a leading level that inserts: its position from its parent's
+            parent = self._parent_pos(env, l)
             c = env.bound[index]
             pos = self.levels[l].insert_position(parent, self.sizes[index], c)
             var = n.Var(self.fresh(f"p{self.p.var_name}{l + 1}"), I64)
@@ -465,6 +486,10 @@ class AppendSink(Sink):
         m = len(self.levels)
         last = self.chain[-1]
         c = env.bound[last]
+        if self.shape == "insert":
+            level = self.levels[-1]
+            at = level.insert_position(self._parent_pos(env, m - 1), self.sizes[last], c)
+            return [*level.insert_coord(self.p.levels[m - 1], at, c), store_value(self.p.vals, at, value, False)]
         if self.shape == "packed":
             level = self.levels[-1]
             q = env.pos[("out", m - 2)].pos if m >= 2 else n.i64(0)
