@@ -35,7 +35,7 @@ import ml_dtypes
 import numpy as np
 
 from spcomp.errors import DTypeError, FormatError, InvalidTensorError, PackedOverflowError, ShapeError
-from spcomp.formats import Format, PackedBlock
+from spcomp.formats import Format
 from spcomp.formats import storage
 from spcomp.formats.level import PackContext
 
@@ -182,7 +182,7 @@ def _pack_blocked(fmt: Format, shape, coords, values, dtype, sum_duplicates, ove
     return fmt, levels, vals
 
 
-def _blocked_view(a: np.ndarray, fmt: Format) -> np.ndarray:
+def blocked_view(a: np.ndarray, fmt: Format) -> np.ndarray:
     """A dense array as the level view of a blocked format (a view: reshape, transpose)."""
     check_block_fit(fmt, a.shape, "the array")
     shape, axis = [], {}
@@ -214,15 +214,11 @@ def _run_starts(n: int, *keys: np.ndarray) -> np.ndarray:
 
 
 def _with_level(fmt: Format, l: int, level) -> Format:
-    """``fmt`` with level ``l`` replaced; a twell/ell preset name follows the new K."""
+    """``fmt`` with level ``l`` replaced; a preset's name follows the new last level
+    where the level spells it (``Level.preset_name``: twell, ell with the new K)."""
     levels = list(fmt.levels)
     levels[l] = level
-    name = None
-    if fmt.name and isinstance(level, PackedBlock) and l == fmt.ndim - 1:
-        if fmt.name.startswith("twell"):
-            name = f"twell(B={level.B},K={level.K})"
-        elif fmt.name.startswith("ell"):
-            name = f"ell(K={level.K})"
+    name = level.preset_name(fmt.name) if fmt.name and l == len(levels) - 1 else None
     return Format(tuple(levels), fmt.order, name=name)
 
 
@@ -383,7 +379,7 @@ def pack_dense(a, fmt: Format, dtype=None, overflow="error"):
         raise FormatError(f"format {str(fmt)!r} has {fmt.ndim} level(s) but the array has "
                           f"{a.ndim} dimension(s)")
     if fmt.blocks is not None:
-        _v, levels, vals = pack_dense(_blocked_view(a, fmt), fmt.level_view(), dtype, overflow)
+        _v, levels, vals = pack_dense(blocked_view(a, fmt), fmt.level_view(), dtype, overflow)
         return fmt, levels, vals
     st = np.transpose(a, fmt.order) if a.ndim else a
     if fmt.is_dense:

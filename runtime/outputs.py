@@ -143,17 +143,32 @@ class OutputLayout:
         return [(l, a) for l in range(self.first, len(self.fmt.levels)) for a in self.fmt.levels[l].arrays] + [
             (-1, "vals")]
 
+    def _shape_parents(self, l: int):
+        """Positions of the levels above level ``l`` when the shape alone fixes them (the
+        dense rows, then shape-sized levels such as an inserted bitmap's), else None."""
+        parent = self.dense_positions
+        for k in range(self.first, l):
+            kind = self.fmt.levels[k]
+            if not kind.shape_sized:
+                return None
+            parent = kind.num_positions(parent, self.level_sizes[k], {})
+        return parent
+
     def fixed_size(self, level: int, array: str) -> int:
         """Entries of an array whose size does not depend on what the kernel appends,
         as the level says (``Level.fixed_array_size``: the first stored level's ``pos``,
-        packed-block arrays) with the dense rows above as its parent positions;
-        ``vals`` has the last level's positions where the shape alone fixes them."""
+        packed-block arrays, a bitmap's bytes) with the positions above as its parents
+        where the shape fixes them; ``vals`` has the last level's positions where the
+        shape alone fixes them."""
         l = level if level >= 0 else len(self.fmt.levels) - 1
         kind, size = self.fmt.levels[l], self.level_sizes[l]
-        if array == "vals":
-            n = kind.num_positions(self.dense_positions, size, {}) if kind.shape_sized else None
+        parent = self._shape_parents(l)
+        if parent is None:
+            n = None
+        elif array == "vals":
+            n = kind.num_positions(parent, size, {}) if kind.shape_sized else None
         else:
-            n = kind.fixed_array_size(array, self.dense_positions, size)
+            n = kind.fixed_array_size(array, parent, size)
         if n is None:
             raise UnsupportedError(f"output format {self.fmt.spec()!r}: level {l} ({kind.kind_name}) "
                                    f"does not fix the size of {array!r} before the kernel runs")
@@ -161,17 +176,17 @@ class OutputLayout:
 
     def tensor(self, shape, take) -> Tensor:
         """The output Tensor, the arrays taken level by level: ``take(key, n, dtype)``
-        gives the first ``n`` entries of array ``key`` (``pos`` first, which says
-        how many entries the level's other arrays hold)."""
+        gives the first ``n`` entries of array ``key`` (first the arrays whose size the
+        level fixes, ``Level.fixed_array_size``: ``pos``, which says how many entries
+        the level's other arrays hold)."""
         levels = self.fmt.levels
         level_arrays = [dict() for _ in levels]
         parent = self.dense_positions
         for l in range(self.first, len(levels)):
-            kind = levels[l]
-            arrays = {}
-            if "pos" in kind.arrays:
-                arrays["pos"] = take((l, "pos"), parent + 1, self.dtype_of(l, "pos"))
-            count = kind.num_positions(parent, self.level_sizes[l], arrays)
+            kind, size = levels[l], self.level_sizes[l]
+            arrays = {a: take((l, a), fixed, self.dtype_of(l, a)) for a in kind.arrays
+                      if (fixed := kind.fixed_array_size(a, parent, size)) is not None}
+            count = kind.num_positions(parent, size, arrays)
             for a in kind.arrays:
                 if a not in arrays:
                     arrays[a] = take((l, a), count, self.dtype_of(l, a))
@@ -264,14 +279,20 @@ class Output:
                 free(ptr.value)
                 ptr.value = None
 
+    def _slotted(self):
+        """(level, kind) of the output's fixed-slot level (``Level.fixed_slots``), or None."""
+        return next(((l, k) for l, k in enumerate(self.fmt.levels) if k.fixed_slots), None)
+
     def largest_count(self):
-        for (_l, a), arr in self.arrays.items():
-            if a == "count":
-                return int(arr.max()) if arr.size else 0
-        return 0
+        """The most entries a block of the fixed-slot level was given (0: none)."""
+        found = self._slotted()
+        if found is None:
+            return 0
+        l, kind = found
+        return kind.largest_fill({a: arr for (m, a), arr in self.arrays.items() if m == l})
 
     def packed_k(self):
-        return self.fmt.levels[-1].K
+        return self._slotted()[1].K
 
     # --------------------------------------------------------------- result
     def _taken(self, key, n, dtype):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from spcomp.errors import DTypeError, OperandError
-from spcomp.formats import Compressed, Dense, Format, Singleton
+from spcomp.formats import Format
 
 from .convert import BFLOAT16
 
@@ -181,20 +181,16 @@ def natural_layout(t):
         return torch.strided
     if is_bsr(fmt):
         return torch.sparse_bsr
-    if fmt.blocks is None and t.ndim == 2 and isinstance(levels[0], Dense) and compressed_level(levels[1]):
+    if fmt.blocks is None and t.ndim == 2 and levels[0].is_dense and levels[1].compressed_segments:
         return torch.sparse_csr if fmt.order == (0, 1) else torch.sparse_csc
     if coordinate_list(fmt):
         return torch.sparse_coo
     return None
 
 
-def compressed_level(level) -> bool:
-    """A compressed level with sorted, unique coordinates (what torch's CSR/CSC hold)."""
-    return isinstance(level, Compressed) and level.ordered and level.unique
-
-
 def coordinate_list(fmt) -> bool:
-    """A coordinate list (``coo``): one compressed level, then singletons, in dimension order."""
+    """A coordinate list (``coo``): one segmented level, then levels aligned with it
+    (singletons), in dimension order."""
     lv = fmt.levels
-    return (len(lv) >= 1 and isinstance(lv[0], Compressed) and all(isinstance(l, Singleton) for l in lv[1:])
+    return (len(lv) >= 1 and lv[0].segmented and all(l.aligned_with_parent for l in lv[1:])
             and fmt.order == tuple(range(len(lv))))

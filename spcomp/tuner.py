@@ -104,13 +104,12 @@ def candidates(kernel, limit: int | None = None) -> list:
 def _position_splits(kernel) -> list:
     """A split of each sparse operand's compressed levels into chunks of POS_CHUNK
     nonzeros, the chunks on threads (nnz-balanced whatever the rows' lengths)."""
-    from .formats import Compressed
     from .notation import accesses
     out = []
     for acc in dict.fromkeys(accesses(kernel.notation.rhs)):
         fmt = acc.tensor.format
         for level, kind in enumerate(fmt.levels):
-            if isinstance(kind, Compressed) and kind.unique:
+            if kind.segmented and kind.unique:
                 idx = acc.indices[fmt.order[level]].name
                 out.append(Schedule().pos(idx, idx + "_pos", acc.tensor.name)
                            .split(idx + "_pos", idx + "_c", idx + "_p", POS_CHUNK).parallelize(idx + "_c"))

@@ -102,10 +102,20 @@ def test_dense_under_sparse_kernels_compile_with_nvcc(expr, formats):
     assert report and all(info["spill_stores"] == 0 for info in report.values())
 
 
-@pytest.mark.parametrize("fmt,level", [("c(nonunique)qd", "level 1"), ("dp(4,2)d", "level 2")])
+@pytest.mark.parametrize("fmt,level", [("c(nonunique)qd", "level 1"), ("c(nonunique)cd", "level 1")])
 def test_a_format_that_cannot_be_assembled_names_its_level(fmt, level):
     with pytest.raises(UnsupportedError, match=level):
         spcomp.compile("Y[i,j,k] = X[i,j,k] * 2", formats={"X": "csf", "Y": fmt})
+
+
+def test_a_packed_block_level_above_others_is_appended_compressed_and_packed():
+    """``PackedBlock.assembled_as``: above other levels (blocked ELL's block columns) the
+    kernel appends it compressed and the runtime packs the slots, a block with more
+    entries than K being a PackedOverflowError."""
+    check_kernel("Y[i,j,k] = X[i,j,k] * 2", {"X": "csf", "Y": "dp(4,4)d"}, sizes=SIZES, density=0.4)
+    k = spcomp.compile("Y[i,j,k] = X[i,j,k] * 2", formats={"X": "dense", "Y": "dp(4,1)d"})
+    with pytest.raises(spcomp.errors.PackedOverflowError):
+        k(X=np.ones((2, 4, 2)))
 
 
 def _dense_under_sparse(spec: str) -> bool:

@@ -21,7 +21,7 @@ from itertools import product
 import numpy as np
 
 from spcomp.errors import OperandError, ShapeError, UnsupportedError
-from spcomp.formats import Format, PackedBlock
+from spcomp.formats import Format
 from spcomp.notation import accesses
 from spcomp.runtime import Tensor, resolve_dtype
 
@@ -69,7 +69,7 @@ def apply(kernel, *, threads: int = 1, split_every: int = 8, chunk_type: str | N
     rhs, temps = plan.hoist(notation.rhs, split, set(notation.tensors))
     if temps:
         return _lifted(kernel, rhs, temps, arrays, options)
-    if split and any(isinstance(lv, PackedBlock) for lv in out_format.levels):
+    if split and any(lv.fixed_slots for lv in out_format.levels):
         raise UnsupportedError(f"{WHAT}: the output {out} is packed-block ({out_format.spec()}), whose "
                                "partial results cannot be added; keep the contracted index "
                                f"{sorted(split)[0]} in one chunk")

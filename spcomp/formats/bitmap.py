@@ -54,9 +54,32 @@ class Bitmap(Level):
     def array_type(self, array, index_bits):
         return I8
 
-    def assembled_as(self, under_sparse: bool):
+    def assembled_as(self, under_sparse: bool, levels_below: bool = False):
         from .compressed import Compressed
         return Compressed()
+
+    def positions_expr(self, parent_count, dim, arrays):
+        return self.insert_size(parent_count, dim)
+
+    # ------------------------------------------------------------ insert
+    inserts: ClassVar[bool] = True
+
+    def insert_size(self, parent_size, dim):
+        """A byte per coordinate under every parent position."""
+        return mul(parent_size, dim)
+
+    def insert_position(self, parent_pos, dim, coord):
+        """``parent * N + coord``, as a dense level places it."""
+        return coord if parent_pos is None else add(mul(parent_pos, dim), coord)
+
+    def insert_init(self, arrays, begin, end, fresh):
+        """Every byte of ``[begin, end)`` 0: nothing stored there yet."""
+        p = n.Var(fresh("p_map"), I64)
+        return [n.For(p, begin, end, n.block(n.Store(arrays["map"], p, n.Const(0, I8))))]
+
+    def insert_coord(self, arrays, pos, coord):
+        """``map[pos] = 1``: the coordinate is stored."""
+        return [n.Store(arrays["map"], pos, n.Const(1, I8))]
 
     # ------------------------------------------------------------ storage
     def pack(self, ctx):

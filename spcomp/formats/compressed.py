@@ -50,6 +50,10 @@ class Compressed(Level):
     def num_positions(self, parent_positions, dim_size, arrays):
         return int(arrays["pos"][parent_positions]) if len(arrays["pos"]) > parent_positions else 0
 
+    def positions_expr(self, parent_count, dim, arrays):
+        """``pos[parent_count]``: where the last parent's segment ends."""
+        return as_i64(n.Load(arrays["pos"], parent_count))
+
     def spec(self) -> str:
         flags = [f for f, on in (("nonunique", not self.unique), ("unordered", not self.ordered)) if on]
         return "c" + (f"({','.join(flags)})" if flags else "")

@@ -21,7 +21,7 @@ class Dense(Level):
             raise FormatError(f"format {text!r}: a dense level takes no flags")
         return cls()
 
-    def assembled_as(self, under_sparse: bool):
+    def assembled_as(self, under_sparse: bool, levels_below: bool = False):
         """Under a sparse level an output's dense level is appended compressed and
         expanded by the runtime into zero-filled blocks (outputs.assembled_format)."""
         if under_sparse:
@@ -62,8 +62,22 @@ class Dense(Level):
 
     def locate(self, la, coord) -> PosInfo:
         """Position of ``coord`` under the parent: ``parent * N + coord``."""
+        return PosInfo(self.insert_position(la.parent.pos, la.dim, coord))
+
+    def positions_expr(self, parent_count, dim, arrays):
+        return self.insert_size(parent_count, dim)
+
+    # ------------------------------------------------------------ insert
+    inserts: ClassVar[bool] = True
+
+    def insert_size(self, parent_size, dim):
+        """``parent_size * N`` (``N`` alone under one parent position)."""
         from ..ir import nodes as n
-        pos = la.parent.pos
-        if isinstance(pos, n.Const) and pos.value == 0:
-            return PosInfo(coord)
-        return PosInfo(n.Binary("+", n.Binary("*", pos, la.dim), coord))
+        return dim if parent_size == n.i64(1) else n.Binary("*", parent_size, dim)
+
+    def insert_position(self, parent_pos, dim, coord):
+        """``parent * N + coord`` (``coord`` under the root); nothing to mark."""
+        from ..ir import nodes as n
+        if parent_pos is None or (isinstance(parent_pos, n.Const) and parent_pos.value == 0):
+            return coord
+        return n.Binary("+", n.Binary("*", parent_pos, dim), coord)

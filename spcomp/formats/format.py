@@ -5,7 +5,7 @@ Format strings: level letters (``registry.py``) ``d`` ``c`` ``q`` ``p(B,K)`` / `
 optional flags (``c(nonunique)``, ``q(unordered)``, ``p(256,32,unordered)``),
 an optional mode order after a colon (``"dc:1,0"`` is CSC), optional block sizes
 after a slash (``"dcdd/4,4"`` is ``bsr(4,4)``), or a preset name:
-``dense csr csc coo dcsr csf ell(K=..) twell(B=..,K=..) bsr(R,C) bsc(R,C) nm(N,M)``.
+``dense csr csc coo dcsr csf ell(K=..) twell(B=..,K=..) bsr(R,C) bsc(R,C) bell(R,C,K) nm(N,M)``.
 
 Blocked formats (MLIR's dim→level maps): ``blocks[d] = b > 1`` cuts dimension ``d``
 into an outer level (``i floordiv b``, placed by ``order`` like any dimension) and an
@@ -15,6 +15,7 @@ inner level (``i mod b``, after every outer level, again in ``order``), so
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from dataclasses import dataclass
 
@@ -51,7 +52,7 @@ class Format:
             if not isinstance(lvl, Level):
                 raise FormatError(f"format level {lvl!r} is not a Level")
         for l, lvl in enumerate(levels):
-            if isinstance(lvl, Singleton) and l == 0:
+            if lvl.aligned_with_parent and l == 0:
                 raise FormatError(f"format {self.spec()!r}: a singleton level (q) needs a parent level "
                                   "above it; use 'coo' = c(nonunique) q for coordinate lists")
 
@@ -201,6 +202,14 @@ class Format:
         inner = (Dense(),) * ((R > 1) + (C > 1))
         return Format((Dense(), Compressed()) + inner, (1, 0), name=f"bsc({R},{C})", blocks=(R, C))
 
+    @staticmethod
+    def blocked_ell(R: int, C: int, K: int) -> "Format":
+        """Blocked ELL (cuSPARSE's Blocked-ELL): ``d p(K) d d`` over ``(i/R, j/C, i%R, j%C)``,
+        each row of blocks holding K block slots (``count`` used, ``crd`` their block
+        columns) and each slot a dense R x C block of values."""
+        inner = (Dense(),) * ((R > 1) + (C > 1))
+        return Format((Dense(), PackedBlock(None, K)) + inner, (0, 1), name=f"bell({R},{C},{K})", blocks=(R, C))
+
     # ----------------------------------------------------------- parsing
     @staticmethod
     def parse(spec, ndim: int | None = None) -> "Format":
@@ -257,6 +266,16 @@ def _block_preset(name: str, args: str | None) -> Format:
     return Format.bsr(R, C) if name == "bsr" else Format.bsc(R, C)
 
 
+def _blocked_ell_preset(args: str | None) -> Format:
+    """``bell(R,C,K)`` (also ``R=..,C=..,K=..``): all three sizes, each at least 1."""
+    values = _numbers("bell", args, ("R", "C", "K"), "bell(2,2,4)")
+    if len(values) != 3:
+        raise FormatError(f"format bell({args}): give R, C and K, e.g. bell(2,2,4)")
+    if min(values.values()) < 1:
+        raise FormatError(f"format bell({args}): R, C and K must be at least 1")
+    return Format.blocked_ell(values["R"], values["C"], values["K"])
+
+
 def _check_blocks(fmt: Format, levels: tuple, blocks: tuple) -> None:
     """A blocked format's levels match its map: one per dimension plus one per cut one."""
     if any(b < 1 for b in blocks):
@@ -274,6 +293,8 @@ def _check_blocks(fmt: Format, levels: tuple, blocks: tuple) -> None:
 def _preset(name: str, args: str | None, ndim: int | None) -> Format | None:
     if name in ("bsr", "bsc"):
         return _block_preset(name, args)
+    if name == "bell":
+        return _blocked_ell_preset(args)
     if name == "nm":
         N, M = _two_numbers(name, args, ("N", "M"), "nm(2,4)")
         if not 1 <= N <= M:
@@ -320,7 +341,10 @@ def _preset(name: str, args: str | None, ndim: int | None) -> Format | None:
     return None
 
 
-_LEVEL = re.compile(r"\s*([" + "".join(LEVEL_KINDS) + r"])(?:\(([^)]*)\))?")
+@functools.lru_cache(maxsize=8)
+def _level_pattern(letters: str):
+    """A level's spelling, one of ``letters`` with optional flags in parentheses."""
+    return re.compile(r"\s*([" + re.escape(letters) + r"])(?:\(([^)]*)\))?")
 
 
 def _parse_levels(text: str) -> tuple:
@@ -330,10 +354,12 @@ def _parse_levels(text: str) -> tuple:
         if text[pos].isspace():
             pos += 1
             continue
-        m = _LEVEL.match(text, pos)
+        m = _level_pattern("".join(LEVEL_KINDS)).match(text, pos)  # kinds registered now
         if not m:
+            spelled = ", ".join(k.letter + (f"({','.join(k.parameters)})" if k.parameters else "")
+                                for k in LEVEL_KINDS.values())
             raise FormatError(f"format {text!r}: cannot read a level at {text[pos:]!r}; levels are "
-                              "d, c, q, p(B,K), b or a preset (dense csr csc coo dcsr csf ell twell bsr bsc nm)"
+                              f"{spelled} or a preset ({' '.join(_PRESETS)})"
                               + _did_you_mean(text))
         letter, args = m.group(1), m.group(2)
         flags = [a.strip() for a in args.split(",")] if args is not None else []
@@ -344,7 +370,7 @@ def _parse_levels(text: str) -> tuple:
     return tuple(levels)
 
 
-_PRESETS = ("dense", "csr", "csc", "coo", "dcsr", "csf", "ell", "twell", "bsr", "bsc", "nm")
+_PRESETS = ("dense", "csr", "csc", "coo", "dcsr", "csf", "ell", "twell", "bsr", "bsc", "bell", "nm")
 
 
 def _did_you_mean(text: str) -> str:

@@ -96,7 +96,9 @@ class Level:
     # only what fits, so outputs of this kind store nonzeros only, and a
     # transposed copy of it is stored compressed instead. Such a kind says its
     # geometry: ``block_size(N)``, ``num_blocks(N)`` and ``K`` slots per block
-    # (``spcomp.testing.fit_packed`` trims data to fit through them).
+    # (``spcomp.testing.fit_packed`` trims data to fit through them); its output
+    # appends through ``append_entry`` and a full block's error quotes
+    # ``largest_fill(arrays)``, the most entries a block was given.
     fixed_slots = False
 
     # Some of its positions hold no entry (packed-block slots, bitmap bytes of 0):
@@ -128,10 +130,11 @@ class Level:
         from ..ir.types import I32, I64
         return I32 if index_bits == 32 else I64
 
-    def assembled_as(self, under_sparse: bool) -> "Level":
+    def assembled_as(self, under_sparse: bool, levels_below: bool = False) -> "Level":
         """The level a kernel appends in place of this one when it is an output level
-        (``under_sparse``: a sparse level is above it); the runtime then packs the
-        result into this kind (``lower/outputs.assembled_format``). Itself by default."""
+        (``under_sparse``: a sparse level is above it; ``levels_below``: it is not the
+        last level); the runtime then packs the result into this kind
+        (``lower/outputs.assembled_format``). Itself by default."""
         return self
 
     def pack(self, ctx: PackContext):
@@ -156,11 +159,66 @@ class Level:
         return None
 
     @property
+    def segmented(self) -> bool:
+        """Stores one segment of ``pos`` per parent position and a coordinate per position
+        in ``crd``: an output's kernel appends such a level by counting its positions and
+        closing each parent's segment (CSF's levels, the top of a coordinate list), and
+        a unique one gives each position its own coordinate, so its positions can be
+        split over threads like rows."""
+        return tuple((a.name, a.role) for a in self.storage) == (("pos", "segments"), ("crd", "coordinates"))
+
+    @property
     def compressed_segments(self) -> bool:
         """Stores CSR's pair, one segment of ``pos`` per parent position and the ordered,
         unique coordinates in ``crd``: SciPy's indptr and indices, shared without a copy."""
-        return (tuple((a.name, a.role) for a in self.storage) == (("pos", "segments"), ("crd", "coordinates"))
-                and self.ordered and self.unique)
+        return self.segmented and self.ordered and self.unique
+
+    def positions_expr(self, parent_count, dim, arrays):
+        """IR for how many positions the level has under ``parent_count`` positions of its
+        parent (``arrays``: its parameters), or None when no cheap expression says (the
+        emitter then knows no last position for a loop below it). None by default."""
+        return None
+
+    def output_size_cap(self):
+        """The largest dimension size an output level of this kind holds whatever the
+        kernel computes there (an ELL level's K slots per row), or None: any size. Test
+        data is drawn within it (``spcomp.testing.check``)."""
+        return None
+
+    def preset_name(self, name: str):
+        """The name of preset ``name`` spelled with this level's parameters, when this
+        level (the last one) carries them and packing changed them (a packed-block K
+        grown by ``overflow='grow'``); None when the name does not follow the level."""
+        return None
+
+    # ----- insert side (TACO's insert capability: getSize, getInsertCoord,
+    # getInsertInitCoords, getInsertFinalizeLevel): an output level whose positions follow
+    # from its parent's position and the coordinate alone, written in any order. Output
+    # sinks place and mark a value through these instead of knowing the layout.
+    inserts: ClassVar[bool] = False
+
+    def insert_size(self, parent_size, dim):
+        """IR: the level's positions under ``parent_size`` positions of its parent."""
+        raise NotImplementedError
+
+    def insert_position(self, parent_pos, dim, coord):
+        """IR: the position of ``coord`` under parent position ``parent_pos`` (None or
+        0 at the first level)."""
+        raise NotImplementedError
+
+    def insert_init(self, arrays, begin, end, fresh) -> list:
+        """Statements that make positions ``[begin, end)`` hold nothing before a kernel
+        inserts into them (``arrays``: the level's parameters; ``fresh(name)``: a new
+        variable name). [] where the runtime's zero-filled arrays already do."""
+        return []
+
+    def insert_coord(self, arrays, pos, coord) -> list:
+        """Statements that record ``coord`` as stored at ``pos`` (a bitmap's byte)."""
+        return []
+
+    def insert_finalize(self, arrays, size) -> list:
+        """Statements after the last insert, ``size`` the level's positions."""
+        return []
 
     @property
     def is_dense(self) -> bool:

@@ -61,6 +61,16 @@ class PackedBlock(Level):
             return cls(None, numbers[0], ordered=flags["ordered"])
         raise FormatError(f"format {text!r}: a packed-block level is p(B,K) or p(K)")
 
+    def assembled_as(self, under_sparse: bool, levels_below: bool = False):
+        """A kernel fills the slots itself (``append_entry``) as the last level under dense
+        ones only; elsewhere (blocked ELL's block columns, above their dense blocks) it
+        appends the level compressed and the runtime packs the slots, a block with more
+        entries than K being a PackedOverflowError then."""
+        if under_sparse or levels_below:
+            from .compressed import Compressed
+            return Compressed()
+        return self
+
     def array_type(self, array, index_bits):
         from ..ir.types import I16, I32
         if array == "count":
@@ -81,6 +91,27 @@ class PackedBlock(Level):
         """``count``: one per (parent, block); ``crd``: K slots per (parent, block)."""
         blocks = parent_positions * self.num_blocks(dim_size)
         return {"count": blocks, "crd": blocks * self.K}.get(array)
+
+    def positions_expr(self, parent_count, dim, arrays):
+        return mul(mul(parent_count, self.num_blocks_expr(dim)), n.i64(self.K))
+
+    def largest_fill(self, arrays) -> int:
+        """The most entries any block was given (its ``count``; past K when a kernel
+        overflowed it): what the overflow error suggests for K."""
+        count = arrays["count"]
+        return int(count.max()) if count.size else 0
+
+    def output_size_cap(self):
+        """ELL (``p(K)``): one block spans the row, so a row holds at most K entries."""
+        return self.K if self.B is None else None
+
+    def preset_name(self, name):
+        """``twell(B=..,K=..)`` / ``ell(K=..)`` with this level's numbers."""
+        if name.startswith("twell"):
+            return f"twell(B={self.B},K={self.K})"
+        if name.startswith("ell"):
+            return f"ell(K={self.K})"
+        return None
 
     def crd_dtype_bits(self) -> int:
         """Width of stored in-block coordinates: 16 bits when B fits, else 32."""
@@ -237,6 +268,26 @@ class PackedBlock(Level):
 
     def iterator(self, la, fresh) -> "PackedIterator":
         return PackedIterator(la, fresh)
+
+    def append_entry(self, arrays, parent_pos, coord, dim, store_value_at, overflow, fresh) -> list:
+        """An output's append (TACO's getAppendCoord for fixed slots): ``coord`` into the
+        next free slot of its block under ``parent_pos``, ``store_value_at(slot)`` there,
+        and ``overflow`` set to 1 instead when the block's K slots are taken."""
+        from ..ir.types import I32
+        bs, nb = self.block_size_expr(dim), self.num_blocks_expr(dim)
+        tile, slot = n.Var(fresh("tile"), I64), n.Var(fresh("slot"), I64)
+        count, crd = arrays["count"], arrays["crd"]
+        at = add(mul(tile, n.i64(self.K)), slot)
+        block_no = n.Binary("/", coord, bs)
+        return [
+            n.Declare(tile, add(mul(parent_pos, nb), block_no)),
+            n.Declare(slot, n.Cast(n.Load(count, tile), I64)),
+            n.If(n.Binary("<", slot, n.i64(self.K)), n.block(
+                n.Store(crd, at, n.Cast(n.Binary("-", coord, mul(block_no, bs)), crd.type.elem)),
+                store_value_at(at)),
+                n.block(n.Assign(overflow, n.Const(1, I32)))),
+            n.Store(count, tile, n.Cast(add(slot, n.i64(1)), count.type.elem)),
+        ]
 
     # IR expressions shared by the iterator and the output appender
     def block_size_expr(self, dim):

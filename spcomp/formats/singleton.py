@@ -32,6 +32,9 @@ class Singleton(Level):
     def num_positions(self, parent_positions, dim_size, arrays):
         return parent_positions
 
+    def positions_expr(self, parent_count, dim, arrays):
+        return parent_count
+
     def spec(self) -> str:
         flags = [f for f, on in (("nonunique", not self.unique), ("unordered", not self.ordered)) if on]
         return "q" + (f"({','.join(flags)})" if flags else "")

@@ -25,11 +25,9 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..errors import ScheduleError, UnsupportedError
-from ..formats import Compressed, Format
+from ..formats import Format
 from ..formats.level import LevelAccess, PosInfo
-from ..formats.singleton import Singleton
 from ..ir import nodes as n
-from ..ir.build import as_i64
 from ..ir.types import BOOL, F32, I64
 from ..notation import (Access, Add, Call, Div, Literal, Mul, Neg, Reduce, Sub, Sum, TensorVar, accesses,
                         free_indices)
@@ -261,7 +259,7 @@ class LoopEmitter:
         if isinstance(sink, ScalarSink):
             return False
         if isinstance(sink, AppendSink):
-            return i in sink.chain[:sink.d] or (sink.shape == "packed" and i in sink.chain)
+            return sink.addresses(i)
         return True
 
     def _locates(self, i, expr, env, coord):
@@ -655,35 +653,30 @@ class LoopEmitter:
         self.loops_text.append("  " * depth + text)
 
     def _note_position_end(self, loop: list, key) -> None:
-        """Remember the last position of a compressed level (CSR's ``pos[N_i] - 1``,
+        """Remember the last position of a segmented level (CSR's ``pos[N_i] - 1``,
         CSF's third level ``pos3[pos2[pos1[1]]] - 1``) for the loop walking it: the
         prefetch passes clamp their look-ahead reads of ``crd`` there (prefetch.py).
-        The count of the parent level's positions is built level by level: a dense
-        level multiplies it by its size, a compressed one reads it from its ``pos``,
-        a singleton keeps it; under any other kind it is not known. A singleton level
-        (COO's second) has its parent's positions, so it ends where the compressed
-        level above its run of singletons ends."""
+        The count of the parent level's positions is built level by level, each level
+        saying its own (``Level.positions_expr``: a dense level multiplies by its size,
+        a compressed one reads its ``pos``); under a level that cannot say it is not
+        known. A level aligned with its parent (COO's singletons) walks its parent's
+        positions, so it ends where the segmented level above its run ends."""
         acc, l = key
         levels = acc.tensor.format.levels
         if len(loop) != 1 or not isinstance(loop[0], n.For):
             return
-        while l > 0 and isinstance(levels[l], Singleton):
+        while l > 0 and levels[l].aligned_with_parent:
             l -= 1
-        if "pos" not in levels[l].arrays:
+        if not levels[l].segmented:
             return
         chain = access_chain(acc)
         arrays = self.params[acc.tensor.name].levels
         count = n.i64(1)
-        for m in range(l):
-            kind = levels[m]
-            if kind.is_dense:
-                size = self.sizes[chain[m]]
-                count = size if count == n.i64(1) else n.Binary("*", count, size)
-            elif isinstance(kind, Compressed):
-                count = as_i64(n.Load(arrays[m]["pos"], count))
-            elif not isinstance(kind, Singleton):
+        for m in range(l + 1):
+            count = levels[m].positions_expr(count, self.sizes[chain[m]], arrays[m])
+            if count is None:
                 return
-        self.position_ends[loop[0].var] = n.Binary("-", as_i64(n.Load(arrays[l]["pos"], count)), n.i64(1))
+        self.position_ends[loop[0].var] = n.Binary("-", count, n.i64(1))
 
     def _temp_tensors(self):
         return self._temps

@@ -3,17 +3,15 @@
 A *sink* receives events from the loop nest: ``enter``/``exit`` around the
 body of each loop (with the loop's index bound) and ``innermost`` with the
 value. Dense outputs are located; sparse outputs are appended in one pass
-(compressed levels in CSF or COO shape, packed-block tiles with a count), or
+(compressed levels in CSF or COO shape, packed-block tiles with a count),
+inserted through the levels' insert hooks when every level inserts (bitmaps), or
 gathered in a workspace — a dense row plus the list of touched coordinates —
 when a reduction loop runs outside the output's last index (Gustavson).
 """
 from __future__ import annotations
 
 from ..errors import UnsupportedError
-from ..formats.compressed import Compressed
 from ..formats.level import PosInfo
-from ..formats.packed import PackedBlock
-from ..formats.singleton import Singleton
 from ..ir import nodes as n
 from ..ir.build import add, mul
 from ..ir.types import I32, I64
@@ -47,15 +45,21 @@ def dense_prefix(fmt) -> int:
 
 
 def assembled_format(fmt):
-    """The format the kernel assembles an output of ``fmt`` in: ``fmt`` itself, or,
+    """The format the kernel assembles an output of ``fmt`` in: ``fmt`` itself (also when
+    every level inserts: ``db``, ``bb``, ``bd``), or,
     when a dense level sits below a sparse one (``cd``, ``dcd``, ``ccd``, ``cdc``),
-    the same levels with each such dense level compressed. The runtime then expands
+    the same levels with each such dense level compressed (and any level whose
+    ``assembled_as`` says so: bitmap, a packed-block level above others, as in blocked
+    ELL). The runtime then expands
     the result to ``fmt`` (``runtime/convert.expand_output``): every stored parent
     position gets its whole dense sub-block, zero-filled where nothing was computed.
     The stand-in keeps the mode order and the coordinates' order, so the expansion
     is one pass without a sort."""
+    if all(kind.inserts for kind in fmt.levels):
+        return fmt  # every level inserts: the kernel writes each in place (AppendSink 'insert')
     d = dense_prefix(fmt)
-    levels = tuple(kind.assembled_as(l > d) for l, kind in enumerate(fmt.levels))
+    last = len(fmt.levels) - 1
+    levels = tuple(kind.assembled_as(l > d, l < last) for l, kind in enumerate(fmt.levels))
     if levels == fmt.levels:
         return fmt
     from ..formats import Format
@@ -66,7 +70,7 @@ def applies(fmt) -> bool:
     """Whether ``fmt`` is dense levels (at least one) then unique compressed ones."""
     d = dense_prefix(fmt)
     rest = fmt.levels[d:]
-    return d >= 1 and bool(rest) and all(isinstance(l, Compressed) and l.unique for l in rest)
+    return d >= 1 and bool(rest) and all(l.segmented and l.unique for l in rest)
 
 
 def _refusal(sparse, d, shown) -> str:
@@ -75,16 +79,10 @@ def _refusal(sparse, d, shown) -> str:
     for k, kind in enumerate(sparse):
         l = d + k + 1  # levels are counted from 1 in messages
         spec = shown[k].spec()
-        if kind.fixed_slots and k > 0:
-            return (f"level {l} ({spec}) is packed-block under a sparse level: its slot blocks are "
-                    "allocated per row of dense levels above it only")
-        if kind.fixed_slots and k < len(sparse) - 1:
-            return (f"level {l} ({spec}) is packed-block with levels below it: its slots hold "
-                    "coordinates of the last level only")
-        if not kind.unique and not (k == 0 and all(isinstance(x, Singleton) for x in sparse[1:])):
+        if not kind.unique and not (k == 0 and all(x.aligned_with_parent for x in sparse[1:])):
             return (f"level {l} ({spec}) is non-unique: a coordinate list is one non-unique "
                     "compressed level then singletons only")
-        if isinstance(kind, Singleton) and not (k > 0 and not sparse[0].unique):
+        if kind.aligned_with_parent and not (k > 0 and not sparse[0].unique):
             return (f"level {l} ({spec}) is a singleton under a unique level: a singleton is "
                     "appended with its non-unique parent (coo) only")
         if not kind.ordered:
@@ -145,30 +143,40 @@ class ReduceSink(Sink):
 
 
 class DenseSink(Sink):
-    """Locate into a dense output: ``out[linear(i, j, ...)] (+)= value``."""
+    """Insert into an output whose levels all insert (dense ones):
+    ``out[position(i, j, ...)] (+)= value``, the position and any marks each level's
+    (``Level.insert_position``, ``insert_coord``): ``i * N_j + j`` for dense rows."""
 
     def __init__(self, params, chain, sizes, accumulate: bool):
         self.vals = params.vals
+        self.levels = params.tensor.format.levels
+        self.arrays = params.levels  # per level: {array: Var}
         self.chain = chain        # output indices in storage order
         self.sizes = sizes        # IndexVar -> size var
         self.accumulate = accumulate
 
     def linear(self, env):
-        lin = None
-        for i in self.chain:
+        return self._insert(env)[0]
+
+    def _insert(self, env):
+        """(the value's position, the levels' statements that mark it stored)."""
+        pos, marks = None, []
+        for level, arrays, i in zip(self.levels, self.arrays, self.chain):
             c = env.bound[i]
-            lin = c if lin is None else add(mul(lin, self.sizes[i]), c)
-        return lin if lin is not None else n.i64(0)
+            pos = level.insert_position(pos, self.sizes[i], c)
+            marks += level.insert_coord(arrays, pos, c)
+        return (pos if pos is not None else n.i64(0)), marks
 
     #: set by the lowerer when a parallel reduction loop adds into the output (GPU):
     #: every update is an ``AtomicAdd``
     atomic = False
 
     def innermost(self, value, env):
+        at, marks = self._insert(env)
         if self.atomic:
             t = self.vals.type.elem
-            return [n.AtomicAdd(self.vals, self.linear(env), value if value.type == t else n.Cast(value, t))]
-        return [store_value(self.vals, self.linear(env), value, self.accumulate)]
+            return [*marks, n.AtomicAdd(self.vals, at, value if value.type == t else n.Cast(value, t))]
+        return [*marks, store_value(self.vals, at, value, self.accumulate)]
 
 
 class AppendSink(Sink):
@@ -176,7 +184,8 @@ class AppendSink(Sink):
 
     Supported shapes: dense levels, then either compressed levels (CSR, DCSR,
     CSF), or one non-unique compressed level and singletons (COO), or one
-    packed-block level (TwELL/ELL)."""
+    packed-block level (TwELL/ELL), or levels that all insert (a bitmap: each
+    value placed and marked through the levels' insert hooks)."""
 
     def __init__(self, params, lhs, drop_zeros: bool, fresh, sizes, capacity=None, index_limit=None,
                  asked=None):
@@ -219,27 +228,34 @@ class AppendSink(Sink):
 
     # ------------------------------------------------------------ shape
     def _classify(self, lhs) -> str:
+        """How the stored levels are written, from what they can do: every level inserts
+        ('insert': positions and marks from ``insert_position`` / ``insert_coord``), one
+        level of fixed slots last ('packed', the level's ``append_entry``), unique
+        segmented levels ('csf'), or a non-unique segmented level over levels aligned
+        with it ('coo')."""
         sparse = self.levels[self.d:]
         name = lhs.tensor.name
         if not sparse:
             raise UnsupportedError("internal: AppendSink on a dense output")
+        if all(l.inserts for l in sparse):
+            return "insert"
         if any(l.is_dense for l in sparse):
             lv = self.d + [l.is_dense for l in sparse].index(True)
             raise UnsupportedError(
                 f"internal: output {name}: the lowerer assembles a dense level (level {lv + 1}) below a "
                 "sparse one through outputs.assembled_format, not in the sink")
-        if len(sparse) == 1 and isinstance(sparse[0], PackedBlock):
+        if len(sparse) == 1 and sparse[0].fixed_slots:
             return "packed"
-        if all(isinstance(l, Compressed) and l.unique for l in sparse):
+        if all(l.segmented and l.unique for l in sparse):
             return "csf"
-        if (isinstance(sparse[0], Compressed) and not sparse[0].unique
-                and all(isinstance(l, Singleton) for l in sparse[1:]) and len(sparse) > 1):
+        if (sparse[0].segmented and not sparse[0].unique
+                and all(l.aligned_with_parent for l in sparse[1:]) and len(sparse) > 1):
             return "coo"
         raise UnsupportedError(
             f"output {name} in format {self.asked}: {_refusal(sparse, self.d, self.asked.levels[self.d:])}; spcomp "
             "assembles sparse outputs whose levels are dense then compressed (csr, dcsr, csf, with "
-            "dense levels anywhere below: cd, dcd, cdc), coordinate lists (coo), or one packed-block "
-            "level last (twell, ell)")
+            "dense levels anywhere below: cd, dcd, cdc), coordinate lists (coo), packed-block levels "
+            "(twell, ell, bell) or levels that all insert (db, bb)")
 
     def growable(self):
         """(level, array) pairs the kernel allocates and grows itself."""
@@ -395,18 +411,35 @@ class AppendSink(Sink):
     def _level_of(self, index):
         return self.chain.index(index) if index in self.chain else None
 
+    @property
+    def placed(self) -> int:
+        """Leading levels whose positions enter() places: the dense ones, or, when every
+        level inserts, all but the last (whose position and mark go with the value)."""
+        return len(self.levels) - 1 if self.shape == "insert" else self.d
+
+    def addresses(self, index) -> bool:
+        """Whether a coordinate of ``index`` addresses the output's memory: it places a
+        position (a leading dense level, any level of an inserted output) or a packed
+        output's tile."""
+        if index not in self.chain:
+            return False
+        return self.chain.index(index) < self.d or self.shape in ("packed", "insert")
+
+    def _parent_pos(self, env, l):
+        """The position of level ``l - 1`` (None above the first level)."""
+        return env.pos.get(("out", l - 1), PosInfo(n.i64(0))).pos if l > 0 else None
+
     def enter(self, index, env):
         l = self._level_of(index)
         if l is None:
             return []
-        if l < self.d:
-            parent = env.pos.get(("out", l - 1), PosInfo(n.i64(0))) if l > 0 else PosInfo(n.i64(0))
-            from ..ir.types import I64 as _I64
-            pos = env.bound[index] if l == 0 else add(mul(parent.pos, self.sizes[index]),
-                                                        env.bound[index])
-            var = n.Var(self.fresh(f"p{self.p.var_name}{l + 1}"), _I64)
+        if l < self.placed:  # a leading level that inserts: its position from its parent's
+            parent = self._parent_pos(env, l)
+            c = env.bound[index]
+            pos = self.levels[l].insert_position(parent, self.sizes[index], c)
+            var = n.Var(self.fresh(f"p{self.p.var_name}{l + 1}"), I64)
             env.pos[("out", l)] = PosInfo(var)
-            return [n.Declare(var, pos)]
+            return [n.Declare(var, pos), *self.levels[l].insert_coord(self.p.levels[l], var, c)]
         if self.shape == "csf" and l < len(self.levels) - 1:
             child = self.counters[l + 1]
             begin = n.Var(self.fresh(f"p{self.p.var_name}{l + 2}_begin"), I64)
@@ -453,27 +486,17 @@ class AppendSink(Sink):
         m = len(self.levels)
         last = self.chain[-1]
         c = env.bound[last]
+        if self.shape == "insert":
+            level = self.levels[-1]
+            at = level.insert_position(self._parent_pos(env, m - 1), self.sizes[last], c)
+            return [*level.insert_coord(self.p.levels[m - 1], at, c), store_value(self.p.vals, at, value, False)]
         if self.shape == "packed":
             level = self.levels[-1]
-            dim = self.sizes[last]
             q = env.pos[("out", m - 2)].pos if m >= 2 else n.i64(0)
-            bs = level.block_size_expr(dim)
-            nb = level.num_blocks_expr(dim)
-            tile = n.Var(self.fresh("tile"), I64)
-            slot = n.Var(self.fresh("slot"), I64)
-            count = self._array(m - 1, "count")
-            crd = self._array(m - 1, "crd")
-            at = add(mul(tile, n.i64(level.K)), slot)
-            block_no = n.Binary("/", c, bs)
-            return [
-                n.Declare(tile, add(mul(q, nb), block_no)),
-                n.Declare(slot, n.Cast(n.Load(count, tile), I64)),
-                n.If(n.Binary("<", slot, n.i64(level.K)), n.block(
-                    n.Store(crd, at, n.Cast(n.Binary("-", c, mul(block_no, bs)), crd.type.elem)),
-                    store_value(self.p.vals, at, value, False)),
-                    n.block(n.Assign(self.overflow, n.Const(1, I32)))),
-                n.Store(count, tile, n.Cast(add(slot, n.i64(1)), count.type.elem)),
-            ]
+            arrays = {a: self._array(m - 1, a) for a in level.arrays}
+            return level.append_entry(arrays, q, c, self.sizes[last],
+                                      lambda at: store_value(self.p.vals, at, value, False), self.overflow,
+                                      self.fresh)
         group = m - 1 if self.shape == "csf" else self.d
         p = self.counters[group]
         out = [] if self.chain[-1] in self.reserved else self._ensure(group, p)

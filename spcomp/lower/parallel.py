@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ScheduleError
-from ..formats import Compressed
 from ..notation import Access, accesses
 from .normalize import split_sums
 from . import lattice as lat
@@ -228,7 +227,7 @@ def top_positions(f: LoopFacts, i, shape):
         return None
     acc, level = next(iter(point))
     kind = acc.tensor.format.levels[level]
-    if level != 0 or not isinstance(kind, Compressed) or not kind.unique:
+    if level != 0 or not kind.segmented or not kind.unique:
         return None
     return acc, level
 
@@ -253,7 +252,7 @@ def balance(f: LoopFacts, parallel, walked):
         if fmt.is_dense or chain[0] != parallel or len(chain) < 2:
             continue
         top_walked = walked is not None and walked[0] is acc
-        if (fmt.levels[0].is_dense or top_walked) and "pos" in fmt.levels[1].arrays:
+        if (fmt.levels[0].is_dense or top_walked) and fmt.levels[1].segmented:
             return (acc.tensor.name, 1)  # indexed like the parallel loop: rows, or top positions
     return None
 
@@ -270,7 +269,7 @@ def work_scale(f: LoopFacts, balanced) -> tuple:
             chain = access_chain(a)
             if idx in chain and a.tensor.format.levels:
                 level = chain.index(idx)
-                if level > 0 and "pos" in a.tensor.format.levels[level].arrays:
+                if level > 0 and a.tensor.format.levels[level].segmented:
                     scale.append((a.tensor.name, level))
                     break
     return tuple(scale)

@@ -31,7 +31,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import ScheduleError
-from ..formats import Compressed
 from ..ir import nodes as n
 from ..ir.build import as_i64
 from ..ir.types import I64
@@ -159,12 +158,12 @@ def check(spec: PosSplit, acc: Access, lhs: Access, rhs, caps) -> int:
     if not lhs.tensor.format.is_dense:
         raise ScheduleError(f"{what}: position splits are supported for dense outputs (and scalars) only; "
                             f"{lhs.tensor.name} is {lhs.tensor.format.spec()!r}")
-    if not isinstance(kind, Compressed) or not kind.unique:
+    if not kind.segmented or not kind.unique:
         raise ScheduleError(f"{what}: {acc.tensor.name}'s level {level + 1} ({kind.spec()}) storing {spec.index} "
                             "is not a compressed level with unique coordinates; only those have positions to split")
     for m in range(level):
         k = fmt.levels[m]
-        if not ((m == 0 and k.is_dense) or (isinstance(k, Compressed) and k.unique)):
+        if not ((m == 0 and k.is_dense) or (k.segmented and k.unique)):
             raise ScheduleError(f"{what}: {acc.tensor.name}'s level {m + 1} ({k.spec()}) above {spec.index}'s "
                                 "level must be compressed and unique (or dense at the top) for positions "
                                 "to find their rows")
@@ -236,12 +235,13 @@ class PositionPlan:
         return stmts
 
     def _count(self, m, sizes) -> n.Expr:
-        """The number of positions of level ``m`` of the chain."""
+        """The number of positions of level ``m`` of the chain, each level saying its own
+        from its parent's (``Level.positions_expr``)."""
         levels = self.acc.tensor.format.levels
-        if m == 0:
-            return sizes[self.chain[0]] if levels[0].is_dense else as_i64(
-                n.Load(self.params.levels[0]["pos"], n.i64(1)))
-        return as_i64(n.Load(self.params.levels[m]["pos"], self._count(m - 1, sizes)))
+        count = n.i64(1)
+        for l in range(m + 1):
+            count = levels[l].positions_expr(count, sizes[self.chain[l]], self.params.levels[l])
+        return count
 
     def level_of(self, i: IndexVar):
         return self.chain.index(i) if i in self.chain else None

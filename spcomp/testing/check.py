@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..formats import Format, PackedBlock
+from ..formats import Format
 from .reference import reference
 
 __all__ = ["TOLERANCES", "VALUES", "KernelCheck", "check_kernel", "densify", "fit_packed", "random_operands",
@@ -50,13 +50,24 @@ def fit_packed(a: np.ndarray, fmt) -> np.ndarray:
     levels do not overflow (each (parent, block) keeps at most K coordinates; the
     ones later in the block are dropped). Formats without packed levels return an
     unchanged copy."""
+    from ..runtime.convert import blocked_view
     fmt = Format.parse(fmt, a.ndim)
     a = np.array(a, copy=True)
     if a.ndim == 0 or not any(l.fixed_slots for l in fmt.levels):
         return a
-    s = np.transpose(a, fmt.order)  # a view: zeroing it zeroes a
+    if fmt.blocks is not None:  # blocked ELL: the levels' view of the blocks
+        if fmt.block_misfit(a.shape) is None:
+            _fit_levels(blocked_view(a, fmt), fmt.levels)
+        return a
+    _fit_levels(np.transpose(a, fmt.order), fmt.levels)  # a view: zeroing it zeroes a
+    return a
+
+
+def _fit_levels(s: np.ndarray, levels) -> None:
+    """Zero entries of ``s`` (an array in storage order, one axis a level) that the
+    packed-block levels have no slot for."""
     dims = s.shape
-    for l, lvl in enumerate(fmt.levels):
+    for l, lvl in enumerate(levels):
         if not lvl.fixed_slots:
             continue
         N = dims[l]
@@ -82,7 +93,6 @@ def fit_packed(a: np.ndarray, fmt) -> np.ndarray:
             for k in range(len(idx[0])):
                 sel = tuple(int(p[k]) for p in prefix) + (int(idx[1][k]),)
                 s[sel] = 0
-    return a
 
 
 def random_values(rng: np.random.Generator, shape, density: float, empty_rows: float = 0.0) -> np.ndarray:
@@ -217,12 +227,17 @@ def index_classes(notation) -> dict:
 
 
 def _ell_cap(notation) -> dict:
-    """Index name -> the largest size an ELL (``p(K)``) output level allows."""
-    out_t = notation.lhs.tensor
-    fmt = out_t.format
-    if not fmt.levels or not isinstance(fmt.levels[-1], PackedBlock) or fmt.levels[-1].B is not None:
-        return {}
-    return {notation.lhs.indices[fmt.order[-1]].name: fmt.levels[-1].K}
+    """Index name -> the largest size the output's levels allow (``Level.output_size_cap``:
+    an ELL ``p(K)`` level's K; K blocks of a blocked ELL's block columns)."""
+    fmt = notation.lhs.tensor.format
+    out: dict = {}
+    for level, (d, part) in zip(fmt.levels, fmt.level_map()):
+        cap = level.output_size_cap()
+        if cap is not None and part != "inner":
+            name = notation.lhs.indices[d].name
+            cap *= fmt.blocks[d] if part == "outer" else 1
+            out[name] = min(out.get(name, cap), cap)
+    return out
 
 
 def complete_sizes(notation, sizes: dict, draw_size, cap_given: bool = False) -> dict:

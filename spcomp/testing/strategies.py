@@ -135,12 +135,13 @@ def formats(draw, ndim: int, kinds: str | None = None, allow_packed: bool = True
     ``ndim`` and ``kinds`` is sometimes drawn instead. ``ndim == 0`` gives
     ``"dense"`` (a scalar). With ``blocks`` (block sizes, e.g. ``(2,)``) a matrix is
     blocked half of the time, ``bsr(R,C)`` or ``bsc(R,C)`` with R and C drawn from ``blocks``
+    (and blocked ELL ``bell(R,C,K)``, 1 <= K <= 3, when ``p`` is in ``kinds`` and ``allow_packed``)
     (:func:`operands` makes every index a blocked format cuts a multiple of its block).
     """
     if ndim == 0:
         return "dense"
     if blocks and ndim == 2 and _chance(draw, 2):
-        return draw(_blocked(blocks, allow_order))
+        return draw(_blocked(blocks, allow_order, allow_packed and (kinds is None or "p" in kinds)))
     kinds = _all_letters() if kinds is None else kinds
     drawable = _free_letters() + "p"  # p(B,K): its parameters are drawn by _packed_level
     usable = [k for k in kinds if k in LEVEL_KINDS and k in drawable
@@ -177,10 +178,12 @@ def formats(draw, ndim: int, kinds: str | None = None, allow_packed: bool = True
 
 
 @st.composite
-def _blocked(draw, blocks, allow_order: bool = True):
-    """``bsr(R,C)`` (or, with ``allow_order``, ``bsc(R,C)``), R and C drawn from ``blocks``."""
-    kind = draw(st.sampled_from(["bsr", "bsc"] if allow_order else ["bsr"]))
-    return f"{kind}({draw(st.sampled_from(blocks))},{draw(st.sampled_from(blocks))})"
+def _blocked(draw, blocks, allow_order: bool = True, allow_packed: bool = False):
+    """``bsr(R,C)`` (or, with ``allow_order``, ``bsc(R,C)``; with ``allow_packed``, blocked
+    ELL ``bell(R,C,K)`` with 1 <= K <= 3), R and C drawn from ``blocks``."""
+    kind = draw(st.sampled_from(["bsr"] + ["bsc"] * allow_order + ["bell"] * allow_packed))
+    sizes = f"{draw(st.sampled_from(blocks))},{draw(st.sampled_from(blocks))}"
+    return f"bell({sizes},{draw(st.integers(1, 3))})" if kind == "bell" else f"{kind}({sizes})"
 
 
 @st.composite
@@ -204,12 +207,13 @@ def output_formats(draw, ndim: int, allow_packed: bool = True, allow_order: bool
     dimension to K). ``packed_k="any"`` draws any 1 <= K <= B: then a
     :class:`~spcomp.errors.PackedOverflowError` is a legitimate outcome when a
     block gets more than K nonzeros. With ``blocks``, as in :func:`formats`, a matrix
-    output is sometimes ``bsr(R,C)`` / ``bsc(R,C)``.
+    output is sometimes ``bsr(R,C)`` / ``bsc(R,C)`` (or ``bell(R,C,K)`` with ``allow_packed``:
+    :func:`operands` caps its block columns to K, so no row of blocks overflows).
     """
     if ndim == 0:
         return "dense"
     if blocks and ndim == 2 and _chance(draw, 3):
-        return draw(_blocked(blocks, allow_order))
+        return draw(_blocked(blocks, allow_order, allow_packed))
     shapes = ["csf", "coo"] + (["dense"] if allow_dense else []) + (["packed"] if allow_packed else [])
     if ndim >= 2:
         shapes.append("mixed")

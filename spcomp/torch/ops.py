@@ -218,7 +218,8 @@ class KernelOp:
             lv = {}
             for a in kind.arrays:
                 lv[a] = views[k]
-                wide |= kind.letter in "cq" and views[k].dtype == np.int64
+                # an array of the kernel's index type (pos, crd) given as int64: 64-bit kernel
+                wide |= kind.array_type(a, 32) != kind.array_type(a, 64) and views[k].dtype == np.int64
                 k += 1
             levels.append(lv)
         t = Tensor(fmt, shape, levels, views[-1], index_bits=64 if wide else None).validate(name)
