@@ -48,6 +48,25 @@ class _Bytes:
         self.__array_interface__ = {"data": (ptr, False), "shape": (n,), "typestr": dtype.str, "version": 3}
 
 
+class _Owned(_Bytes):
+    """A :class:`_Bytes` that frees its memory when NumPy lets it go."""
+
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr: int, n: int, dtype: np.dtype):
+        super().__init__(ptr, n, dtype)
+        self.ptr = ptr
+
+    def __del__(self, _free=None):
+        (_free or free)(self.ptr)
+
+
+def owned_view(ptr: int, n: int, dtype: np.dtype) -> np.ndarray:
+    """``n`` items of malloc'd memory as NumPy, freed with the last array using them
+    (a ``__del__`` of the array's base: ~0.9 us less than a ``weakref.finalize``)."""
+    return np.asarray(_Owned(ptr, n, np.dtype(dtype)))
+
+
 def malloc_view(ptr: int, n: int, dtype: np.dtype) -> np.ndarray:
     """``n`` items of malloc'd memory as NumPy, not owning it (its ``base`` is an
     object a finalizer can watch to free it). An ``__array_interface__`` costs ~1 us;

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
-import weakref
 
 import numpy as np
 
@@ -26,7 +25,7 @@ from spcomp.lower.context import level_array_type
 from spcomp.lower.order import access_chain
 
 from . import memory
-from .memory import data_ptr, free, malloc_view, mostly_unused
+from .memory import data_ptr, free, mostly_unused, owned_view
 from .plan import np_dtype
 from .tensor import Tensor
 
@@ -310,9 +309,7 @@ class Output:
             trimmed = memory.realloc(ptr, nbytes)
             if trimmed:
                 ptr = trimmed
-        view = malloc_view(ptr, n, dtype)
-        weakref.finalize(view.base, free, ptr)
-        return view
+        return owned_view(ptr, n, dtype)
 
     def result(self):
         if not self.dense_out:
