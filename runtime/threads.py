@@ -229,6 +229,12 @@ def min_parallel_work(units: int | None = None, threads: int | None = None) -> i
     return got.value
 
 
+def measured_threshold(threads: int):
+    """The :class:`SplitThreshold` of ``threads`` in this process (its ``value``,
+    ``samples`` and ``due``), or None before the first sample (benchmarks report it)."""
+    return _measured.get(threads)
+
+
 def threshold_decides(units: int | None) -> bool:
     """Whether the measured threshold decides a call of ``units`` (None: unknown,
     so it may): no fixed one is set and the call is inside the measured band."""
