@@ -64,7 +64,14 @@ class _Owned(_Bytes):
 def owned_view(ptr: int, n: int, dtype: np.dtype) -> np.ndarray:
     """``n`` items of malloc'd memory as NumPy, freed with the last array using them
     (a ``__del__`` of the array's base: ~0.9 us less than a ``weakref.finalize``)."""
-    return np.asarray(_Owned(ptr, n, np.dtype(dtype)))
+    dtype = np.dtype(dtype)
+    return _as_dtype(np.asarray(_Owned(ptr, n, dtype)), dtype)
+
+
+def _as_dtype(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``arr`` as ``dtype``: a type-string names only NumPy's own dtypes (ml_dtypes'
+    bfloat16 reads back as two-byte void), so any other is a view of the same bytes."""
+    return arr if arr.dtype == dtype else arr.view(dtype)
 
 
 def malloc_view(ptr: int, n: int, dtype: np.dtype) -> np.ndarray:
@@ -73,7 +80,7 @@ def malloc_view(ptr: int, n: int, dtype: np.dtype) -> np.ndarray:
     a ctypes array of ``n`` bytes cost ~8 us, as ctypes made a new type per length,
     three or four times a chunked SpGEMM call."""
     dtype = np.dtype(dtype)
-    return np.asarray(_Bytes(ptr, n, dtype))
+    return _as_dtype(np.asarray(_Bytes(ptr, n, dtype)), dtype)
 
 
 def same_contents(a: np.ndarray, b: np.ndarray) -> bool:
