@@ -155,11 +155,14 @@ def test_a_load_inflated_sample_is_taken_again_later_and_the_smallest_kept():
 
 
 def test_a_busy_host_makes_a_sample_suspect_below_the_clamp():
-    t, clock = threshold([50_000, 40_000, 45_000], loads=[1.5, 0.2])
+    """A sample taken while the load average says the cores are busy may have caught
+    a quiet moment: it counts as the clamp (one thread) until a clean one comes."""
+    t, clock = threshold([5_000, 40_000, 45_000], loads=[1.5, 0.2])
     t.sample()
-    assert t.value == 50_000 and t.due == clock.t + policy.RETRY_FIRST_S
+    assert t.value == HIGH and t.due == clock.t + policy.RETRY_FIRST_S
     clock.t = t.due
     t.sample()
+    assert t.value == 40_000 and t.due is not None
     clock.t = t.due
     t.sample()
     assert t.value == 40_000 and t.due is None
