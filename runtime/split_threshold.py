@@ -44,6 +44,9 @@ class SplitThreshold:
     """The threshold of one thread count: ``value`` (None before the first sample),
     ``due`` (when the next sample is wanted; None once settled)."""
 
+    __slots__ = ("measure", "lowest", "highest", "fallback", "clock", "load", "busy_load", "value", "due",
+                 "clean", "samples", "wait")
+
     def __init__(self, measure, lowest: int, highest: int, fallback: int, clock=None, load=None,
                  busy_load: float = 1.0):
         self.measure = measure    # () -> units, or None when it cannot be measured

@@ -179,11 +179,10 @@ MIN_PARALLEL_WORK: int | None = None
 _measured: dict = {}  # threads -> its SplitThreshold in this process (split_threshold.py)
 _measure_lock = threading.Lock()
 _calibrator = None  # threads -> units or None: the CPU backend's measurement (set by launch.py)
-# what a cached split decision (fastcall.py) checks before it is reused: [0] the
-# generation, bumped when a threshold or the thread count changes; [1] when a
-# threshold wants its next sample (0: none does), so that a call on a cached path
-# goes the general way, which takes the sample
-split_state = [0, 0.0]
+# what a cached split decision (fastcall.py) checks before it is reused (with its
+# threshold's next sample time): [0] the generation, bumped when a threshold or the
+# thread count changes
+split_state = [0]
 
 
 def set_calibrator(fn) -> None:
@@ -220,12 +219,8 @@ def min_parallel_work(units: int | None = None, threads: int | None = None) -> i
             if got is None:
                 got = _measured[threads] = SplitThreshold(
                     lambda: _measure(threads), SPLIT_NEVER_WORK, SPLIT_ALWAYS_WORK, FALLBACK_PARALLEL_WORK)
-            if got.wants_sample():
-                changed = got.sample()
-                pending = [t.due for t in _measured.values() if t.due is not None]
-                split_state[1] = min(pending) if pending else 0.0
-                if changed:
-                    split_state[0] += 1
+            if got.wants_sample() and got.sample():
+                split_state[0] += 1
     return got.value
 
 

@@ -50,7 +50,7 @@ def fresh(monkeypatch):
     fake.clock = Clock()
     monkeypatch.setattr(policy, "now", fake.clock)
     monkeypatch.setattr(policy, "load_per_core", lambda: 0.1)
-    monkeypatch.setattr(_threads, "split_state", [0, 0.0])
+    monkeypatch.setattr(_threads, "split_state", [0])
     monkeypatch.setattr(_threads, "MIN_PARALLEL_WORK", None)
     monkeypatch.delenv("SPCOMP_MIN_PARALLEL_WORK", raising=False)
     monkeypatch.setattr(_threads, "_measured", {})
@@ -195,7 +195,8 @@ def test_a_failed_measurement_is_final():
 def test_min_parallel_work_samples_again_and_bumps_the_generation(fresh):
     fresh.value = 10 ** 9
     assert _threads.min_parallel_work(50_000, 2) == _threads.SPLIT_ALWAYS_WORK
-    generation, due = _threads.split_state
+    (generation,) = _threads.split_state
+    due = _threads.measured_threshold(2).due
     assert due == fresh.clock.t + policy.RETRY_FIRST_S
     fresh.value = 20_000
     assert _threads.min_parallel_work(50_000, 2) == _threads.SPLIT_ALWAYS_WORK  # not due yet
@@ -204,7 +205,7 @@ def test_min_parallel_work_samples_again_and_bumps_the_generation(fresh):
     assert _threads.split_state[0] > generation
     fresh.clock.t += policy.RETRY_FIRST_S
     assert _threads.min_parallel_work(50_000, 2) == 20_000
-    assert _threads.split_state[1] == 0  # settled: no sample pending
+    assert _threads.measured_threshold(2).due is None  # settled: no sample pending
     assert fresh.calls == [2, 2, 2]
 
 
@@ -228,3 +229,31 @@ def test_a_cached_fast_path_picks_up_a_new_threshold(fresh, monkeypatch):
         assert split and set(split) == {2}
     for y in one + two:
         np.testing.assert_array_equal(y, one[0])
+
+
+def test_a_sample_due_for_another_thread_count_leaves_the_fast_path_alone(fresh, monkeypatch):
+    """A fast path watches the threshold of its own thread count: one still sampling
+    for another count (a process that used 3 threads before) does not send every
+    2-thread call the general way."""
+    import scipy.sparse as sp
+    A = sp.random(3000, 3000, density=0.004, format="csr", random_state=np.random.default_rng(0))
+    x = np.random.default_rng(1).random(3000)
+    k = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"})
+    general = []
+    real = _threads.min_parallel_work
+    monkeypatch.setattr(_threads, "min_parallel_work", lambda *a, **kw: (general.append(a), real(*a, **kw))[1])
+    fresh.value = 10 ** 9  # 3 threads: suspect, sampled again later
+    with spcomp_threads(3):
+        k(A=A, x=x)
+    assert _threads.measured_threshold(3).due is not None
+    fresh.value = 20_000
+    with spcomp_threads(2):
+        k(A=A, x=x)
+        fresh.clock.t += policy.RETRY_FIRST_S
+        k(A=A, x=x)  # the confirming sample: settled
+        assert _threads.measured_threshold(2).due is None
+        fresh.clock.t += 10 * policy.RETRY_MAX_S  # the 3-thread sample is long due
+        general.clear()
+        for _ in range(5):
+            k(A=A, x=x)
+        assert len(general) <= 1  # (at most the call that rebuilt the fast path)
