@@ -222,7 +222,10 @@ def case_spgemm(env: Env, out_fmt: str = "csr", data=None) -> Case:
     case.kernel = k
     case.add("spcomp", f"C[i,j] = A[i,k]*B[k,j], A,B csr, C {out_fmt} (workspace)", lambda: k(A=A, B=B),
              lambda r: C.check_sparse(_sp_of(r), ref))
-    case.add("scipy", "A @ B (scipy.sparse CSR; its result's column indices are not sorted)", lambda: A @ B,
+    # scipy sorts no result's columns; whether this one's are is checked, not assumed
+    order = "sorted" if (A @ B).has_sorted_indices else "not sorted (has_sorted_indices is False)"
+    case.add("scipy", f"A @ B (scipy.sparse CSR; its result's column indices are {order}, "
+             f"spcomp's are{' not' if not ordered else ''} sorted)", lambda: A @ B,
              lambda r: C.check_sparse(r, ref))
     if not env.skip_torch(case):
         At, Bt = env.torch_csr(A), env.torch_csr(B)
@@ -482,6 +485,7 @@ TARGETS = [
     ("spmm", "scipy", "all", 2.5), ("spmm", "torch", "all", 1.0),
     ("add", "scipy", "all", 1.0),
     ("spmv", "scipy", 1, 1.0),
+    ("spgemm", "scipy", 1, 1.0), ("spgemm", "scipy", "all", 1.8),  # issue 25: into sorted CSR
 ]
 
 
@@ -497,6 +501,21 @@ def target_lines(results: dict, thread_list: list) -> list:
             continue
         got = times[peer] / times["spcomp"]
         lines.append(f"{label}: {got:.2f}× — {'met' if got >= need else 'MISSED'}")
+    return lines
+
+
+def threshold_notes(thread_list: list) -> list:
+    """What spcomp's measured one-thread threshold was at each thread count: at the
+    clamp, the host was busy when it was sampled and calls under it ran on one thread."""
+    from spcomp.runtime import threads as _threads
+    lines = []
+    for n in thread_list:
+        t = _threads.measured_threshold(n) if n > 1 else None
+        if t is not None and t.value is not None:
+            busy = " — the clamp: the host was busy, calls under it ran on one thread" \
+                if t.value >= _threads.SPLIT_ALWAYS_WORK else ""
+            lines.append(f"spcomp's one-thread threshold at {n} threads: {t.value:,} work units "
+                         f"({t.samples} sample(s){', settled' if t.due is None else ', sampling again'}){busy}")
     return lines
 
 
@@ -554,6 +573,7 @@ def main(argv=None) -> int:
              f"{policy.rounds} interleaved round(s) of the row's implementations",
              "scipy.sparse kernels are single-threaded: their 'all threads' rows run the same code as the 1-thread rows"]
     notes += threads.notes
+    notes += threshold_notes(thread_list)
     for case in cases:
         for impl in case.impls:
             if impl.column != "spcomp":
@@ -565,7 +585,7 @@ def main(argv=None) -> int:
         machine.append(f"other processes used {others:.0%} of the machine's CPU time during the run"
                        + (" — WARNING: the numbers are skewed by that load; rerun on an idle machine "
                           "(--wait-idle 600)" if others > 0.05 else ""))
-    targets = target_lines(results, thread_list) if (only is None or {"spmv", "spmm", "add"} & only) else []
+    targets = target_lines(results, thread_list) if (only is None or {"spmv", "spmm", "add", "spgemm"} & only) else []
     mode = "quick" if args.quick else "full"
 
     print(f"spcomp kernels vs peers ({mode} run, threads {','.join(map(str, thread_list))}, "
@@ -578,7 +598,7 @@ def main(argv=None) -> int:
     for line in notes:
         print("- " + line)
     if targets:
-        print("\ntargets (issue 4)" + (", at the quick sizes: the targets are set for the full run's "
+        print("\ntargets (issues 4, 25)" + (", at the quick sizes: the targets are set for the full run's "
                                       "(a quick SpMV or add is under the runtime's threshold for "
                                       "splitting and runs on one thread)" if args.quick else "") + ":")
         for line in targets:
@@ -595,7 +615,7 @@ def main(argv=None) -> int:
         md += [C.render_markdown(COLUMNS, rows), ""]
         md += [f"- {line}" for line in notes]
         if targets:
-            md += ["", "Targets (issue 4):", ""] + [f"- {line}" for line in targets]
+            md += ["", "Targets (issues 4, 25):", ""] + [f"- {line}" for line in targets]
         if failures:
             md += ["", "FAILED checks (not timed):", ""] + [f"- {f}" for f in failures]
         with open(args.markdown, "w", encoding="utf-8") as f:

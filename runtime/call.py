@@ -77,7 +77,7 @@ def run(ctx: CallContext, variant, sizing, storages, sizes, bits, given, operand
             fast = fastcall.build(ctx.plan, ctx.operands, ctx.launcher, variant, operands, storages, args, lohi,
                                   sizes, given, output_name=ctx.output_name, accumulate=ctx.accumulate,
                                   overwrite=ctx.overwrites(low), fail=ctx.fail,
-                                  wrap=lambda fn: interrupt.wrap(fn, units))
+                                  wrap=lambda fn: interrupt.wrap(fn, units), units=units)
         try:
             statuses = ctx.run(variant, args, lohi, low, sizes, storages, units)
         except BaseException:  # Ctrl-C (interrupt.py): free what the kernel allocated

@@ -23,6 +23,7 @@ once. :func:`preferred` says which kernels gain.
 from __future__ import annotations
 
 import ctypes
+import itertools
 
 import numpy as np
 
@@ -83,26 +84,47 @@ def _view(address: int, count: int, dtype: np.dtype) -> np.ndarray:
     return malloc_view(address, count, dtype)
 
 
+class _Slots:
+    """Where a chunked variant's argument list takes the capacity and the grown
+    arrays' pointers: worked out once per variant, not per call."""
+
+    __slots__ = ("cap", "grow")
+
+    def __init__(self, arg_plan):
+        self.cap = next(k for k, (role, _a, _b) in enumerate(arg_plan) if role == "capacity")
+        self.grow = {k: (b.level, b.array) for k, (role, b, _x) in enumerate(arg_plan)
+                     if role == "out" and b.role == "output_grow"}
+
+
+def _slots(variant) -> _Slots:
+    slots = variant.chunk_slots
+    if slots is None:
+        slots = variant.chunk_slots = _Slots(variant.arg_plan)
+    return slots
+
+
 def run_chunks(ctx, variant, storages, sizes, bits, out, capacity: int, call_units: int = 0):
     """Run ``variant`` (``Lowered.append_chunks``) over the threads' row ranges
     into ``out`` (an ``Output``) and return the stitched result; ``call_units``,
-    the call's work (launch.call_work), decides whether Ctrl-C must be able to stop it."""
+    the call's work (launch.call_work, the same units), decides whether Ctrl-C must
+    be able to stop it and whether the call splits."""
     low = variant.lowered
     n = parallel_extent(low, sizes, storages)
     pos = balance_pos(low, storages)
-    units = work(n, pos, sizes, low, storages)
+    units = call_units or work(n, pos, sizes, low, storages)
     args, lohi = ctx.args(variant.arg_plan, storages, sizes, bits, lambda b: out.arg(b, True), capacity)
-    cap_slot = next(k for k, (role, _a, _b) in enumerate(variant.arg_plan) if role == "capacity")
-    grow_slots = {k: (b.level, b.array) for k, (role, b, _x) in enumerate(variant.arg_plan)
-                  if role == "out" and b.role == "output_grow"}
-    weight = (lambda lo, hi: int(pos[hi]) - int(pos[lo]) + hi - lo) if pos is not None else (lambda lo, hi: hi - lo)
-    whole = max(weight(0, n), 1)
+    slots = _slots(variant)
+    cap_slot, grow_slots = slots.cap, slots.grow
+    whole = max(int(pos[n]) - int(pos[0]) + n if pos is not None else n, 1)
 
     def chunk_capacity(lo, hi):
         # the first chunk's arrays become the result's: they start at the whole call's
         # capacity, so the others' entries fit after its own in memory that the
         # previous call's result (same request) left warm; the rest start at their share
-        return capacity if lo == 0 else max(1024, int(capacity * CHUNK_SLACK * weight(lo, hi) / whole))
+        if lo == 0:
+            return capacity
+        share = int(pos[hi]) - int(pos[lo]) + hi - lo if pos is not None else hi - lo
+        return max(1024, int(capacity * CHUNK_SLACK * share / whole))
     chunks = []
 
     def call(lo, hi):
@@ -155,25 +177,35 @@ def _run_on_driver(launcher, driver, args, lohi, cap_slot, grow_slots, n, pos, c
     with an SpMV between calls took 4.3 ms by the pool against 2.9 by count and fill."""
     bounds = launcher.bounds(n, _threads.get_num_threads(), pos)
     count = len(bounds) - 1
-    caps = np.array([chunk_capacity(int(bounds[c]), int(bounds[c + 1])) for c in range(count)], dtype=np.int64)
-    made = {key: np.zeros(count, dtype=np.int64) for key in grow_slots.values()}  # the kernels' pointers
-    where = {key: data_ptr(a) + 8 * np.arange(count, dtype=np.int64) for key, a in made.items()}
+    edges = bounds.tolist()
+    g = len(grow_slots)
+    # per-chunk arrays, one row each: the capacities; the pointers the kernels set
+    # (one row per grown array); where each of those pointers is (what the driver passes)
+    table = np.empty((1 + 2 * g, count), dtype=np.int64)
+    table[0] = [chunk_capacity(edges[c], edges[c + 1]) for c in range(count)]
+    table[1:1 + g] = 0
+    base = data_ptr(table)
+    table[1 + g:] = base + 8 * (count + np.arange(g * count, dtype=np.int64)).reshape(g, count)
     a = list(args)
-    a[cap_slot] = data_ptr(caps)
-    for k, key in grow_slots.items():
-        a[k] = data_ptr(where[key])
+    a[cap_slot] = base
+    for j, k in enumerate(grow_slots):
+        a[k] = base + 8 * count * (1 + g + j)
     del a[lohi:lohi + 2]
     try:
         status = driver(count, data_ptr(bounds), *a)
     finally:  # whatever ran, its arrays are freed with the chunks
+        made = table[1:1 + g].T.tolist()
+        keys = list(grow_slots.values())
         for c in range(count):
-            chunks.append(_Chunk(int(bounds[c]), int(bounds[c + 1]),
-                                 {key: ctypes.c_void_p(int(made[key][c]) or None) for key in made}))
+            chunks.append(_Chunk(edges[c], edges[c + 1],
+                                 {key: ctypes.c_void_p(made[c][j] or None) for j, key in enumerate(keys)}))
     return status
 
 
 def _stitch(out, chunks, n: int, capacity: int) -> None:
-    """Join the chunks' arrays into ``out``'s (see the module docstring)."""
+    """Join the chunks' arrays into ``out``'s (see the module docstring). Plain
+    arrays (coordinates, values) are moved with one ``memmove`` each; only a deeper
+    level's ``pos``, whose entries shift, goes through NumPy."""
     layout = out.layout
     levels = layout.fmt.levels
     d, m = layout.first, len(levels)
@@ -183,29 +215,33 @@ def _stitch(out, chunks, n: int, capacity: int) -> None:
     pos_d = out.arrays[(d, "pos")]
     limit = np.iinfo(pos_d.dtype).max if out.index_limit is None else out.index_limit
     # entries each chunk holds at each compressed level, and the offsets they start at
-    counts = {l: [] for l in range(d, m)}
+    counts = {d: []}
     for c in chunks:
-        seg = pos_d[c.lo * rows_per + 1: c.hi * rows_per + 1]
-        np.maximum.accumulate(seg, out=seg)
-        counts[d].append(int(seg[-1]) if seg.size else 0)
+        lo, hi = c.lo * rows_per + 1, c.hi * rows_per + 1
+        if hi > lo:
+            seg = pos_d[lo:hi]
+            np.maximum.accumulate(seg, out=seg)
+            counts[d].append(int(pos_d[hi - 1]))
+        else:
+            counts[d].append(0)
     for l in range(d + 1, m):
         counts[l] = [int(_view(c.grow[(l, "pos")].value, counts[l - 1][t] + 1, layout.dtype_of(l, "pos"))[-1])
                      for t, c in enumerate(chunks)]
-    starts = {l: np.concatenate([[0], np.cumsum(counts[l], dtype=np.int64)]) for l in counts}
+    starts = {l: list(itertools.accumulate(counts[l], initial=0)) for l in counts}
     for l in range(d, m):
         if starts[l][-1] > limit:  # (the 64-bit kernel runs the call again)
-            raise WiderIndices(f"{int(starts[l][-1])} entries at level {l + 1}")
+            raise WiderIndices(f"{starts[l][-1]} entries at level {l + 1}")
     for t in range(1, len(chunks)):
-        lo, hi = chunks[t].lo * rows_per, chunks[t].hi * rows_per
-        pos_d[lo + 1: hi + 1] += pos_d.dtype.type(starts[d][t])
-    for key in chunks[0].grow:
+        if starts[d][t]:
+            lo, hi = chunks[t].lo * rows_per, chunks[t].hi * rows_per
+            pos_d[lo + 1: hi + 1] += pos_d.dtype.type(starts[d][t])
+    room = max(capacity, MIN_CAPACITY)  # what the kernel allocated (AppendSink's prologue)
+    for key, first in chunks[0].grow.items():
         l, array = key
         group = l - 1 if array == "pos" else (m - 1 if array == "vals" else l)
         dt = layout.dtype_of(l, array)
         extra = 1 if array == "pos" else 0
-        total = int(starts[group][-1]) + extra
-        first = chunks[0].grow[key]
-        room = max(capacity, MIN_CAPACITY)  # what the kernel allocated (AppendSink's prologue)
+        total = starts[group][-1] + extra
         if counts[group][0] >= room or total > room:  # it grew, or the rest do not fit
             grown = realloc(first.value, max(total, 1) * dt.itemsize)
             if not grown:
@@ -214,14 +250,17 @@ def _stitch(out, chunks, n: int, capacity: int) -> None:
             grown = first.value
         first.value = None  # the output owns it now
         out.grow[key].value = grown
-        joined = _view(grown, total, dt)
+        size = dt.itemsize
         for t in range(1, len(chunks)):
-            at, count = int(starts[group][t]), counts[group][t]
-            part = _view(chunks[t].grow[key].value, count + extra, dt)
-            if array == "pos":  # entry 0 is the chunk's 0; the rest move by the entries before
-                joined[at + 1: at + count + 1] = part[1:] + dt.type(starts[l][t])
-            else:
-                joined[at: at + count] = part
+            at, count = starts[group][t], counts[group][t]
+            part = chunks[t].grow[key].value
+            if array != "pos":
+                if count:
+                    ctypes.memmove(grown + at * size, part, count * size)
+                continue
+            # entry 0 is the chunk's 0; the rest move by the entries before
+            joined = _view(grown, total, dt)
+            joined[at + 1: at + count + 1] = _view(part, count + 1, dt)[1:] + dt.type(starts[l][t])
     out.capacity = capacity  # _take keeps the first chunk's arrays whole when nearly full, as one thread's
 
 

@@ -15,7 +15,7 @@ import weakref
 
 import numpy as np
 
-from . import forksafe, threads as _threads
+from . import forksafe, split_threshold, threads as _threads
 from .memory import data_ptr, pointer_parts
 from .operands import Dense, refuse_overlap, scipy_unchanged
 from . import outputs
@@ -53,10 +53,12 @@ class FastCall:
     call is about a microsecond over the ctypes call (benchmarks/call_overhead.py)."""
     __slots__ = ("checks", "count", "fn", "args", "out_slots", "out_shape", "out_dtype",
                  "threads", "keep", "given", "zero_given", "overwrite", "fail", "apart", "new_out",
-                 "tensors", "arrays", "scipys", "out_check", "single_out", "spec")
+                 "tensors", "arrays", "scipys", "out_check", "single_out", "spec", "split_generation",
+                 "split_threshold")
 
     def __init__(self, checks, fn, args, out_slots, out_shape, out_dtype, threads, keep,
-                 given=None, zero_given=True, overwrite=False, fail=None):
+                 given=None, zero_given=True, overwrite=False, fail=None, split_generation=None,
+                 split_threshold=None):
         self.checks = tuple(checks)
         self.count = len(self.checks)
         self.fn = fn
@@ -66,6 +68,11 @@ class FastCall:
         self.out_shape = out_shape
         self.out_dtype = out_dtype
         self.threads = threads  # thread count the launch was planned for, if it matters
+        # threads.split_state's generation when the split was decided by the measured
+        # threshold (None: it was not), and that threshold (its next sample's time): a
+        # new threshold, or this one due for a sample, misses
+        self.split_generation = split_generation
+        self.split_threshold = split_threshold
         self.keep = keep  # the thread bounds array whose pointer is in args
         self.given = given  # name of the output operand when the caller passes it
         self.zero_given = zero_given and not overwrite  # "=" kernels clear a given output, "+=" ones add to it
@@ -100,6 +107,8 @@ class FastCall:
     def bind(self, operands):
         """The argument list for ``operands`` (output slot unset), or None."""
         if self.threads is not None and self.threads != _threads.get_num_threads():
+            return None
+        if self.split_generation is not None and _split_stale(self.split_generation, self.split_threshold):
             return None
         get = operands.get
         for name, ref in self.tensors:  # a missing name never matches (a dead ref gives None)
@@ -158,6 +167,16 @@ class FastCall:
 MISS = object()  # what FastCall.call returns when the operands are not the last call's
 
 
+def _split_stale(generation: int, threshold) -> bool:
+    """Whether a split decided under ``generation`` by ``threshold`` must be decided
+    again: a threshold or the thread count changed since, or this threshold wants its
+    next sample (taken by the general path, which a miss leads to)."""
+    if _threads.split_state[0] != generation:
+        return True
+    due = threshold.due if threshold is not None else None
+    return due is not None and split_threshold.now() >= due
+
+
 def _specialise(fc: "FastCall"):
     """``fc``'s checks and native call as one straight-line Python function of the
     operands dict: each operand's check inlined with its constants as the
@@ -172,6 +191,12 @@ def _specialise(fc: "FastCall"):
     body = ["if len(operands) != COUNT: return MISS"]
     if fc.threads is not None:
         body.append("if nthreads() != THREADS: return MISS")
+    if fc.split_generation is not None:  # (split_stale, inlined)
+        ns.update({"SPLIT": _threads.split_state, "GEN": fc.split_generation, "TH": fc.split_threshold,
+                   "clock": split_threshold.now})
+        body.append("if SPLIT[0] != GEN: return MISS")
+        if fc.split_threshold is not None:
+            body.append("due = TH.due\nif due is not None and clock() >= due: return MISS")
     body.append("get = operands.get")
     value = ["c%d" % k for k in range(len(fc.args))]  # the argument expressions, in order
     for k, v in enumerate(fc.args):
@@ -287,7 +312,7 @@ def remember(recent, fast, operands):
 
 
 def build(plan, op_cache, launcher, variant, operands, storages, args, lohi, sizes, given, *,
-          output_name, accumulate, overwrite, fail, wrap=None):
+          output_name, accumulate, overwrite, fail, wrap=None, units=None):
     """The FastCall that repeats this call, or None when an operand is a converted
     copy (its conversion must run on every call) or the given output is not a
     plain writeable row-major array of the output's shape. ``wrap(fn)`` is what a
@@ -318,7 +343,10 @@ def build(plan, op_cache, launcher, variant, operands, storages, args, lohi, siz
             marked[k] = OUT
         elif role == "in" and checks[plan.operand_of[a]][0] == ARRAY:
             marked[k] = Slot(plan.operand_of[a], args[k])
+    # the generation the split is decided under, read first: a change after it only misses
+    generation = _threads.split_state[0] if lohi is not None and _threads.threshold_decides(units) else None
     launch = launcher.launch(variant, marked, lohi, variant.lowered, sizes, storages)
+    watched = _threads.measured_threshold(_threads.get_num_threads()) if generation is not None else None
     if launch is None:
         return None
     fn, call_args = launch
@@ -332,4 +360,4 @@ def build(plan, op_cache, launcher, variant, operands, storages, args, lohi, siz
         out_shape, plan.out_dtype,
         _threads.get_num_threads() if lohi is not None else None,
         launcher.driver_bounds(variant, fn, sizes, storages),
-        output_name if given is not None else None, not accumulate, overwrite, fail)
+        output_name if given is not None else None, not accumulate, overwrite, fail, generation, watched)

@@ -399,3 +399,4 @@ class Variant:
         self.driver = None  # native parallel driver, looked up on first parallel call
         self.driver_checked = False
         self.two_phase = None  # the count and fill phases (assemble.py), built on first use
+        self.chunk_slots = None  # where a chunked variant takes its per-chunk arguments (chunks.py)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import weakref
+import math
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from spcomp.lower.context import level_array_type
 from spcomp.lower.order import access_chain
 
 from . import memory
-from .memory import data_ptr, free, malloc_view, mostly_unused
+from .memory import data_ptr, free, mostly_unused, owned_view
 from .plan import np_dtype
 from .tensor import Tensor
 
@@ -116,6 +116,12 @@ class DeviceOutput:
         return self.array
 
 
+@functools.lru_cache(maxsize=256)
+def _array_dtype(level, array: str, bits: int) -> np.dtype:
+    """A level array's NumPy dtype, asked a few times a call (~2 us each uncached)."""
+    return to_numpy(level_array_type(level, array, bits))
+
+
 class OutputLayout:
     """A sparse output's levels as the runtime sees them: level ``first`` is the first
     stored one (the levels above it are dense: ``dense_positions`` rows), each level's
@@ -130,13 +136,13 @@ class OutputLayout:
         while d < len(fmt.levels) and fmt.levels[d].is_dense:
             d += 1
         self.first = d
-        self.dense_positions = int(np.prod(self.level_sizes[:d])) if d else 1
+        self.dense_positions = math.prod(int(x) for x in self.level_sizes[:d])
 
     def dtype_of(self, level: int, array: str) -> np.dtype:
         """The NumPy dtype of one of the output's arrays (``vals``: the values')."""
         if array == "vals":
             return self.dtype
-        return to_numpy(level_array_type(self.fmt.levels[level], array, self.bits))
+        return _array_dtype(self.fmt.levels[level], array, self.bits)
 
     def keys(self) -> list:
         """``(level, array)`` of every stored array, ``(-1, "vals")`` last."""
@@ -324,9 +330,7 @@ class Output:
             trimmed = memory.realloc(ptr, nbytes)
             if trimmed:
                 ptr = trimmed
-        view = malloc_view(ptr, n, dtype)
-        weakref.finalize(view.base, free, ptr)
-        return view
+        return owned_view(ptr, n, dtype)
 
     def result(self):
         if not self.dense_out:

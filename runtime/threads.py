@@ -13,6 +13,7 @@ import threading
 import numpy as np
 
 from .handoff import Task, Worker
+from .split_threshold import SplitThreshold
 
 _lock = threading.Lock()
 _pool: "_Pool | None" = None
@@ -130,6 +131,7 @@ def set_num_threads(n: int) -> None:
     with _lock:
         _num_threads = n
         _pool = None  # idle workers of the old pool stay parked; a new pool is sized to n
+        split_state[0] += 1  # (cached split decisions were made for the old count)
 
 
 def _get_pool() -> "_Pool":
@@ -174,9 +176,13 @@ SPLIT_ALWAYS_WORK = 4_000_000
 SPLIT_NEVER_WORK = 4_096
 # a fixed threshold when set (tests set 0 to split every call); None: measured
 MIN_PARALLEL_WORK: int | None = None
-_measured: dict = {}  # threads -> threshold measured in this process
+_measured: dict = {}  # threads -> its SplitThreshold in this process (split_threshold.py)
 _measure_lock = threading.Lock()
 _calibrator = None  # threads -> units or None: the CPU backend's measurement (set by launch.py)
+# what a cached split decision (fastcall.py) checks before it is reused (with its
+# threshold's next sample time): [0] the generation, bumped when a threshold or the
+# thread count changes
+split_state = [0]
 
 
 def set_calibrator(fn) -> None:
@@ -190,13 +196,14 @@ def set_calibrator(fn) -> None:
 def min_parallel_work(units: int | None = None, threads: int | None = None) -> int:
     """The work units below which a call stays on the calling thread: MIN_PARALLEL_WORK
     or ``SPCOMP_MIN_PARALLEL_WORK`` when set, else the host's fork/join cost against
-    per-unit work, measured once per process and thread count (calibrate.py in the CPU
+    per-unit work, measured per process and thread count (calibrate.py in the CPU
     backend), between SPLIT_NEVER_WORK and SPLIT_ALWAYS_WORK (FALLBACK_PARALLEL_WORK
     when it cannot be measured). ``units``, a call's work, lets a call outside that
     band skip the measurement. A measurement made while other processes hold the
     cores finds a team slow to wake (a scheduler tick, milliseconds) and keeps the
-    process's calls below SPLIT_ALWAYS_WORK on one thread: at worst what one thread
-    costs, where splitting on such a machine costs ten times that."""
+    process's calls below SPLIT_ALWAYS_WORK on one thread -- at worst what one thread
+    costs, where splitting on such a machine costs ten times that -- until a later
+    sample finds the host quiet (split_threshold.py: spaced samples, the smallest kept)."""
     if MIN_PARALLEL_WORK is not None:
         return MIN_PARALLEL_WORK
     env = _env_threshold()
@@ -206,12 +213,29 @@ def min_parallel_work(units: int | None = None, threads: int | None = None) -> i
         return SPLIT_ALWAYS_WORK
     threads = get_num_threads() if threads is None else threads
     got = _measured.get(threads)
-    if got is None:
+    if got is None or got.wants_sample():
         with _measure_lock:
             got = _measured.get(threads)
             if got is None:
-                got = _measured[threads] = _measure(threads)
-    return got
+                got = _measured[threads] = SplitThreshold(
+                    lambda: _measure(threads), SPLIT_NEVER_WORK, SPLIT_ALWAYS_WORK, FALLBACK_PARALLEL_WORK)
+            if got.wants_sample() and got.sample():
+                split_state[0] += 1
+    return got.value
+
+
+def measured_threshold(threads: int):
+    """The :class:`SplitThreshold` of ``threads`` in this process (its ``value``,
+    ``samples`` and ``due``), or None before the first sample (benchmarks report it)."""
+    return _measured.get(threads)
+
+
+def threshold_decides(units: int | None) -> bool:
+    """Whether the measured threshold decides a call of ``units`` (None: unknown,
+    so it may): no fixed one is set and the call is inside the measured band."""
+    if MIN_PARALLEL_WORK is not None or _env_threshold() is not None:
+        return False
+    return units is None or SPLIT_NEVER_WORK <= units < SPLIT_ALWAYS_WORK
 
 
 def _env_threshold():
@@ -224,17 +248,13 @@ def _env_threshold():
     return None
 
 
-def _measure(threads: int) -> int:
+def _measure(threads: int):
+    """The calibrator's units for ``threads``, or None (none set, one thread, a
+    forked child: libgomp's team is unusable there)."""
     from . import forksafe
-    got = None
-    if _calibrator is not None and threads > 1 and not forksafe.forked():
-        try:
-            got = _calibrator(threads)
-        except Exception:  # a failed measurement keeps the fixed threshold
-            got = None
-    if got is None:
-        return FALLBACK_PARALLEL_WORK
-    return int(min(max(got, SPLIT_NEVER_WORK), SPLIT_ALWAYS_WORK))
+    if _calibrator is None or threads <= 1 or forksafe.forked():
+        return None
+    return _calibrator(threads)
 
 
 def run_ranges(call, n: int, pos: np.ndarray | None = None, threads: int | None = None,

@@ -404,3 +404,33 @@ def test_spgemm_work_counts_the_rows_of_B_each_nonzero_walks(monkeypatch, mode):
         one = k(A=A, B=B)
     assert_same_bits(one, two)
     np.testing.assert_allclose(two.to_numpy(), (A @ B).toarray(), rtol=1e-12, atol=1e-12)
+
+
+def test_kernel_arrays_as_numpy_keep_their_dtype_and_are_freed_with_the_last_view(monkeypatch):
+    """The stitched output's arrays are malloc'd memory seen as NumPy (memory.py):
+    a dtype NumPy's type strings cannot name (ml_dtypes' bfloat16) stays itself, and
+    an owned view frees its memory once, when its last view goes."""
+    import ctypes
+
+    from spcomp.runtime import memory
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    src = np.arange(4, dtype=bf16)
+    seen = memory.malloc_view(src.ctypes.data, 4, bf16)
+    assert seen.dtype == bf16 and seen.tolist() == src.tolist()
+    freed = []
+    real = memory.free
+    monkeypatch.setattr(memory, "free", lambda p: (freed.append(p), real(p)))
+    for dtype in (bf16, np.dtype(np.int32), np.dtype(np.float64)):
+        freed.clear()  # (malloc may hand the last address out again)
+        p = libc.malloc(4 * dtype.itemsize)
+        owned = memory.owned_view(p, 4, dtype)
+        owned[:] = 3
+        assert owned.dtype == dtype and owned.tolist() == [3, 3, 3, 3]
+        part = owned[1:3]
+        del owned
+        assert p not in freed  # a view still uses it
+        del part
+        assert freed.count(p) == 1

@@ -1,9 +1,12 @@
 """The one-thread threshold is measured on the host (threads.min_parallel_work, cpu/calibrate.py).
 
 A call of fewer work units than the threshold stays on the calling thread. It is
-measured once per process and thread count (fork/join cost of libgomp's team
-against one unit of SpMV work), kept between SPLIT_NEVER_WORK and
-SPLIT_ALWAYS_WORK, and calls outside that band never pay for the measurement.
+measured per process and thread count (fork/join cost of libgomp's team against
+one unit of SpMV work), kept between SPLIT_NEVER_WORK and SPLIT_ALWAYS_WORK, and
+calls outside that band never pay for the measurement. A sample that looks
+load-inflated is taken again later (runtime/split_threshold.py: the policy is
+tested here with an injected clock, measurement and load, no timing), and a
+cached fast path picks up a new threshold.
 """
 from __future__ import annotations
 
@@ -12,9 +15,20 @@ import pytest
 
 import spcomp
 from spcomp.backends.cpu import calibrate
+from spcomp.runtime import split_threshold as policy
 from spcomp.runtime import threads as _threads
 
 from conftest import record_splits, spcomp_threads
+
+
+class Clock:
+    """A clock that moves only when told."""
+
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
 
 
 @pytest.fixture
@@ -33,6 +47,10 @@ def fresh(monkeypatch):
             return self.value
     fake = Fake()
     fake.calls = calls
+    fake.clock = Clock()
+    monkeypatch.setattr(policy, "now", fake.clock)
+    monkeypatch.setattr(policy, "load_per_core", lambda: 0.1)
+    monkeypatch.setattr(_threads, "split_state", [0])
     monkeypatch.setattr(_threads, "MIN_PARALLEL_WORK", None)
     monkeypatch.delenv("SPCOMP_MIN_PARALLEL_WORK", raising=False)
     monkeypatch.setattr(_threads, "_measured", {})
@@ -98,3 +116,144 @@ def test_calibration_measures_positive_costs():
     assert 0 < unit < 1000  # ns per unit of SpMV work
     assert fork_join >= 0
     assert calibrate.threshold(1) is None
+
+
+# ---------------------------------------------------------------- the re-measuring policy
+
+LOW, HIGH, FALLBACK = 100, 1_000_000, 5_000
+
+
+def threshold(samples, loads=None, clock=None):
+    """A SplitThreshold fed ``samples`` (then repeating the last) under ``loads``."""
+    samples, loads = list(samples), list(loads or [0.1])
+
+    def measure():
+        return samples.pop(0) if len(samples) > 1 else samples[0]
+
+    def load():
+        return loads.pop(0) if len(loads) > 1 else loads[0]
+    clock = clock or Clock()
+    return policy.SplitThreshold(measure, LOW, HIGH, FALLBACK, clock=clock, load=load), clock
+
+
+def test_a_load_inflated_sample_is_taken_again_later_and_the_smallest_kept():
+    t, clock = threshold([10 ** 9, 20_000, 30_000])
+    assert t.wants_sample()
+    t.sample()
+    assert t.value == HIGH  # clamped: the team took a scheduler tick to wake
+    assert not t.wants_sample()  # not before its time
+    clock.t += policy.RETRY_FIRST_S
+    assert t.wants_sample()
+    assert t.sample() and t.value == 20_000
+    clock.t += policy.RETRY_FIRST_S  # a clean sample is confirmed by one more, spaced
+    assert t.wants_sample()
+    assert not t.sample() and t.value == 20_000  # the larger second sample does not raise it
+    assert t.due is None  # settled
+    clock.t += 10 ** 6
+    assert not t.wants_sample()
+    assert t.samples == 3
+
+
+def test_a_busy_host_makes_a_sample_suspect_below_the_clamp():
+    """A sample taken while the load average says the cores are busy may have caught
+    a quiet moment: it counts as the clamp (one thread) until a clean one comes."""
+    t, clock = threshold([5_000, 40_000, 45_000], loads=[1.5, 0.2])
+    t.sample()
+    assert t.value == HIGH and t.due == clock.t + policy.RETRY_FIRST_S
+    clock.t = t.due
+    t.sample()
+    assert t.value == 40_000 and t.due is not None
+    clock.t = t.due
+    t.sample()
+    assert t.value == 40_000 and t.due is None
+
+
+def test_suspect_samples_back_off_and_never_stop():
+    t, clock = threshold([10 ** 9])
+    waits = []
+    for _ in range(12):
+        before = clock.t
+        t.sample()
+        waits.append(t.due - before)
+        clock.t = t.due
+    assert waits[:3] == [policy.RETRY_FIRST_S, 2 * policy.RETRY_FIRST_S, 4 * policy.RETRY_FIRST_S]
+    assert max(waits) == policy.RETRY_MAX_S and waits[-1] == policy.RETRY_MAX_S
+    assert t.value == HIGH
+
+
+def test_a_failed_measurement_is_final():
+    for failure in (None, RuntimeError("no driver")):
+        def measure(failure=failure):
+            if isinstance(failure, Exception):
+                raise failure
+            return failure
+        t = policy.SplitThreshold(measure, LOW, HIGH, FALLBACK, clock=Clock(), load=lambda: 0.1)
+        t.sample()
+        assert t.value == FALLBACK and t.due is None and not t.wants_sample()
+
+
+def test_min_parallel_work_samples_again_and_bumps_the_generation(fresh):
+    fresh.value = 10 ** 9
+    assert _threads.min_parallel_work(50_000, 2) == _threads.SPLIT_ALWAYS_WORK
+    (generation,) = _threads.split_state
+    due = _threads.measured_threshold(2).due
+    assert due == fresh.clock.t + policy.RETRY_FIRST_S
+    fresh.value = 20_000
+    assert _threads.min_parallel_work(50_000, 2) == _threads.SPLIT_ALWAYS_WORK  # not due yet
+    fresh.clock.t = due
+    assert _threads.min_parallel_work(50_000, 2) == 20_000
+    assert _threads.split_state[0] > generation
+    fresh.clock.t += policy.RETRY_FIRST_S
+    assert _threads.min_parallel_work(50_000, 2) == 20_000
+    assert _threads.measured_threshold(2).due is None  # settled: no sample pending
+    assert fresh.calls == [2, 2, 2]
+
+
+def test_a_cached_fast_path_picks_up_a_new_threshold(fresh, monkeypatch):
+    """A kernel called again and again with the same operands (its FastCall path)
+    stays on one thread while the measurement says so, and splits once a later
+    sample finds the host quiet, without any call of another kind in between."""
+    import scipy.sparse as sp
+    A = sp.random(3000, 3000, density=0.004, format="csr", random_state=np.random.default_rng(0))
+    x = np.random.default_rng(1).random(3000)
+    k = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"})
+    split = record_splits(monkeypatch)
+    with spcomp_threads(2):
+        fresh.value = 10 ** 9  # a busy host: the team is slow to wake
+        one = [k(A=A, x=x) for _ in range(3)]
+        assert split == []
+        assert k._fast is not None  # the repeated calls ran on the fast path
+        fresh.value = _threads.SPLIT_NEVER_WORK  # quiet now, once the sample is due
+        fresh.clock.t += policy.RETRY_FIRST_S
+        two = [k(A=A, x=x) for _ in range(3)]
+        assert split and set(split) == {2}
+    for y in one + two:
+        np.testing.assert_array_equal(y, one[0])
+
+
+def test_a_sample_due_for_another_thread_count_leaves_the_fast_path_alone(fresh, monkeypatch):
+    """A fast path watches the threshold of its own thread count: one still sampling
+    for another count (a process that used 3 threads before) does not send every
+    2-thread call the general way."""
+    import scipy.sparse as sp
+    A = sp.random(3000, 3000, density=0.004, format="csr", random_state=np.random.default_rng(0))
+    x = np.random.default_rng(1).random(3000)
+    k = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"})
+    general = []
+    real = _threads.min_parallel_work
+    monkeypatch.setattr(_threads, "min_parallel_work", lambda *a, **kw: (general.append(a), real(*a, **kw))[1])
+    fresh.value = 10 ** 9  # 3 threads: suspect, sampled again later
+    with spcomp_threads(3):
+        k(A=A, x=x)
+    assert _threads.measured_threshold(3).due is not None
+    fresh.value = 20_000
+    with spcomp_threads(2):
+        k(A=A, x=x)
+        fresh.clock.t += policy.RETRY_FIRST_S
+        k(A=A, x=x)  # the confirming sample: settled
+        assert _threads.measured_threshold(2).due is None
+        fresh.clock.t += 10 * policy.RETRY_MAX_S  # the 3-thread sample is long due
+        general.clear()
+        for _ in range(5):
+            k(A=A, x=x)
+        assert len(general) <= 1  # (at most the call that rebuilt the fast path)

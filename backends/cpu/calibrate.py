@@ -1,4 +1,4 @@
-"""Measuring, once per process, what splitting a call over libgomp's team costs on this host.
+"""Measuring what splitting a call over libgomp's team costs on this host.
 
 The runtime keeps a call on one thread when its work (rows + nonzeros, launch.py's
 units) would gain less from ``T`` threads than waking and joining the team costs.
@@ -8,7 +8,9 @@ one unit on one thread (a row of 8 nonzeros over a cache-resident vector is 9
 units), and ``fork_join_ns``, what a driver call over ``T`` near-empty chunks
 costs beyond the same work on this thread. A call gains from ``T`` threads when
 ``W * unit * (1 - 1/T) > fork_join``. Minimum times over repeated runs are used:
-the machine may be shared and a minimum is what a quiet moment costs.
+the machine may be shared and a minimum is what a quiet moment costs. The runtime
+decides when to measure (again: runtime/split_threshold.py); the kernel is compiled
+once per process.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ ROW_NONZEROS = 8
 ROWS = 4096  # 36k units: ~20-40 us on one thread, long enough to time, short to repeat
 REPEATS = 25
 BUDGET_NS = 20_000_000  # per measured quantity: the whole measurement stays well under 0.1 s
+_kernel = None  # (function, driver) of the compiled SpMV, kept for later measurements
 
 
 def _spmv() -> Module:
@@ -55,9 +58,12 @@ def _best(call, repeats: int = REPEATS, budget_ns: int = BUDGET_NS) -> float:
 def measure(threads: int) -> tuple | None:
     """``(unit_ns, fork_join_ns)`` on this host for a team of ``threads``, or None
     where no native driver can be built (no libgomp)."""
-    from .jit import compile_module
-    cm = compile_module(_spmv())
-    fn, driver = cm.function("calibrate_spmv"), cm.parallel_driver("calibrate_spmv")
+    global _kernel
+    if _kernel is None:
+        from .jit import compile_module
+        cm = compile_module(_spmv())
+        _kernel = (cm.function("calibrate_spmv"), cm.parallel_driver("calibrate_spmv"))
+    fn, driver = _kernel
     if driver is None:
         return None
     rng = np.random.default_rng(0)
