@@ -109,6 +109,14 @@ class Level:
     # (num_positions reads no array): dense, packed-block, bitmap.
     shape_sized: ClassVar[bool] = False
 
+    # Its positions are its coordinates laid out under the parent's (``parent * N + c``:
+    # dense, bitmap), and its iterator's ``loop`` counts coordinates ``0..N`` with a
+    # ``For`` (testing each one where not every coordinate is stored). Under the root
+    # a position is a row, so threads split such a loop by ranges of coordinates as
+    # they split a dense one (``lower/parallel.coordinate_rows``), and the level below
+    # it is indexed by rows.
+    coordinate_positions: ClassVar[bool] = False
+
     # Has exactly its parent's positions, one coordinate each (singleton): a parent
     # that validates tells it which positions hold equal coordinates (CheckContext.same).
     aligned_with_parent: ClassVar[bool] = False
@@ -307,6 +315,19 @@ class LevelIterator:
     def remaining(self):
         """After ``init``: an expression bounding the coordinates still to come, or None."""
         return None
+
+    def loop_between(self, coord, body, lo, hi) -> list:
+        """The loop of a top level whose iterations threads split: ``loop`` with its
+        ``For`` counting ``[lo, hi)`` only (positions, which a ``coordinate_positions``
+        level's are its coordinates). A level whose ``loop`` ends in no ``For`` cannot
+        be split and raises."""
+        import dataclasses
+
+        from ..ir import nodes as n
+        *head, last = self.loop(coord, body)
+        if not isinstance(last, n.For):
+            raise NotImplementedError(f"{self.la.kind.kind_name} level: its loop is not a For, threads cannot split it")
+        return [*head, dataclasses.replace(last, start=lo, end=hi)]
 
     def loop(self, coord, body) -> list:
         """A loop over every coordinate; ``body(PosInfo)`` gives its statements.
