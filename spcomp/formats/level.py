@@ -126,6 +126,26 @@ class Level:
     # anywhere a level may stand without being told about it.
     parameters: ClassVar[tuple] = ()
 
+    # Flags an input level of this kind may carry wherever it stands: the test strategies
+    # (``spcomp.testing.formats``) add each now and then, ``unordered`` only when asked
+    # (the compiler refuses to merge an unordered level).
+    drawn_flags: ClassVar[tuple] = ()
+
+    @classmethod
+    def draw_parameters(cls, pick, largest: int, roomy: bool = False) -> tuple:
+        """The integer arguments of a spelling the test strategies draw (``p(B,K)``'s),
+        none above ``largest``, each from ``pick(lo, hi)`` (an integer in ``[lo, hi]``
+        that Hypothesis draws); ``roomy``: ones that hold whatever an output level gets
+        (K = B). () for a kind without ``parameters``."""
+        return ()
+
+    @classmethod
+    def drawn_run(cls, length: int):
+        """For a kind tied to its parent's positions: the spellings of the ``length``
+        levels that end in it which the test strategies draw (a singleton's coordinate
+        list, ``c(nonunique) q(nonunique) .. q``); None for any other kind."""
+        return None
+
     @classmethod
     def from_spec(cls, words: list, numbers: list, text: str) -> "Level":
         """The level a format string spells with this kind's letter: ``words`` are its
