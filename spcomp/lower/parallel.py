@@ -163,9 +163,10 @@ def choose_parallel(f: LoopFacts, shape: str):
 def inner_parallel(f: LoopFacts, want: str, shape: str, first):
     """A parallel loop below the outermost one (TACO's parallelize of an inner loop):
     each thread runs the loops outside it whole and its own range of this one. Only
-    where that is right and pays: on CPU threads, a dense loop (its range the same
-    in every iteration outside it) over an index of a dense output (each thread
-    stores its own elements); else a ScheduleError saying why."""
+    where that is right and pays: on CPU threads, a dense loop or one over a level
+    whose positions are its coordinates (a bitmap: its range ``0..N`` the same in
+    every iteration outside it) over an index of a dense output (each thread stores
+    its own elements); else a ScheduleError saying why."""
     loop = next((x for x in f.loop_order if x.name == want), None)
     where = f"parallelize({want!r})"
     if loop is None:
@@ -187,10 +188,15 @@ def inner_parallel(f: LoopFacts, want: str, shape: str, first):
         fmt = acc.tensor.format
         if loop in acc.indices and not fmt.is_dense:
             level = access_chain(acc).index(loop)
-            if not fmt.levels[level].locatable:
+            if not (fmt.levels[level].locatable or fmt.levels[level].coordinate_positions):
                 raise ScheduleError(f"{where}: the loop over {want} walks {acc.tensor.name}'s level {level + 1} "
                                     f"({fmt.levels[level].spec()}), whose range changes with the loops outside it; "
                                     "only a dense loop runs in parallel below the outermost one")
+    L = probe_lattice(f.expr, loop)
+    if (not L.full or L.points) and lone_iterator(f.expr, loop) is None:
+        raise ScheduleError(f"{where}: the loop over {want} merges sparse operands, and a merge's iterations "
+                            "are not known up front; only a dense loop, or one walking a single bitmap level, runs "
+                            "in parallel below the outermost one")
     return loop
 
 
