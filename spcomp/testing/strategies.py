@@ -171,7 +171,7 @@ def formats(draw, ndim: int, kinds: str | None = None, allow_packed: bool = True
             return draw(st.sampled_from(fits))
     tail, runs = 0, _runs(kinds)
     if runs and ndim >= 2 and _chance(draw, 4):
-        run = draw(st.sampled_from(runs))
+        run = runs[0] if len(runs) == 1 else draw(st.sampled_from(runs))
         tail = draw(st.integers(2, ndim))
     levels = [_spell(draw, LEVEL_KINDS[draw(st.sampled_from(usable))], max_block, unordered=allow_unordered)
               for _ in range(ndim - tail)]
@@ -249,9 +249,9 @@ def output_formats(draw, ndim: int, allow_packed: bool = True, allow_order: bool
             levels[draw(st.integers(0, ndim - 1))] = draw(st.sampled_from(others))
     elif shape == "coo":
         lead = draw(st.integers(0, ndim - 1))
-        levels = ["d"] * lead + draw(st.sampled_from(runs)).drawn_run(ndim - lead)
+        levels = ["d"] * lead + (runs[0] if len(runs) == 1 else draw(st.sampled_from(runs))).drawn_run(ndim - lead)
     else:
-        kind = draw(st.sampled_from(parameterised))
+        kind = parameterised[0] if len(parameterised) == 1 else draw(st.sampled_from(parameterised))
         levels = ["d"] * (ndim - 1) + [_spell(draw, kind, max_block, roomy=packed_k == "full", flags=False)]
     order = None
     if allow_order and ndim >= 2 and _chance(draw, 3):
