@@ -68,6 +68,17 @@ def test_a_bitmap_row_loop_is_balanced_by_the_level_below():
     assert "(GPU default: a warp per i" in gpu.loops
 
 
+@pytest.mark.parametrize("expr, fmt", [(SPMV, "bc"), (SPMV, "cc"), ("y[j] = A[i,j] * x[i]", "cc"),
+                                       ("s = A[i,j]", "cc")])
+@pytest.mark.parametrize("cols, mapping", [(60, "gpu-warp"), (6, "gpu-thread")])
+def test_the_gpu_default_runs_a_warp_per_long_bitmap_row_or_stored_row(expr, fmt, cols, mapping):
+    """Long rows (>= 16 entries on average) of a bitmap-over-compressed or a DCSR run a
+    warp each, short ones a thread each, on the same kernel."""
+    for seed in range(2):
+        r = check_kernel(expr, {"A": fmt}, backend="cuda-sim", sizes={"i": 9, "j": cols}, density=0.8, seed=seed)
+        assert r.kernel.last_launch["mapping"] == mapping
+
+
 @pytest.mark.parametrize("kind", ["gpu-warp", "gpu-block"])
 @pytest.mark.parametrize("fmt", ["bd", "bc", "cc", "cb"])
 def test_a_team_per_bitmap_row_or_compressed_position_splits_the_loop_inside(kind, fmt):
