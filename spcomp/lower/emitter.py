@@ -37,7 +37,7 @@ from . import lattice as lat
 from .context import Env
 from .functions import lower_call
 from . import split as split_mod
-from . import densefuse, splittree
+from . import densefuse, gpumap, splittree
 from .normalize import ZERO, nested_sums, replace, specialize, split_sums
 from .order import access_chain
 from .outputs import AppendSink, DenseSink, ReduceSink, ScalarSink, WorkspaceSink
@@ -89,6 +89,8 @@ class LoopEmitter:
         self._temps: set = set()       # the scalar temporaries hoisting made
         self.cases = 0                 # if/else cases the loops emitted so far (lattice.count_cases)
         self.bounded: set = set()      # loops whose Schedule.bound was checked (the lowerer asks)
+        self.members = gpumap.members_of(ctx.opt)  # loops parallelize names inside the GPU team loop
+        self.members_placed: dict = {}  # member loop variable -> the index it runs (gpumap.check_nesting)
 
     def nest(self, order, expr, sink, env: Env, depth: int) -> list:
         stmts, expr = self.hoist(expr, env, depth)
@@ -322,7 +324,7 @@ class LoopEmitter:
             self._note(depth, f"for {i.name} in {k[0].tensor.name} level {k[1] + 1} ({k[0].tensor.format.levels[k[1]].spec()})"
                               + (f" (parallel: {self.opt.parallel_kind}, by positions)" if parallel else ""))
 
-            member = self._member(i, sink, env)
+            member, racy = self._member(i, sink, env)
 
             def body(info, k=k):
                 e = env.child()
@@ -331,7 +333,7 @@ class LoopEmitter:
                     e.team = None
                 return self._body(i, rest, expr, sink, e, coord, depth)
             grow = [] if parallel else self._reserve(i, rest, sink, it.segment_length())
-            loop = it.loop(coord, body)
+            loop = self._racing(sink, racy, lambda: it.loop(coord, body))
             sink.release(i)
             if chained is not None:
                 loop = [self.positions.clamp(loop[0], chained)]
@@ -342,7 +344,7 @@ class LoopEmitter:
             loop = self._vector_hint(loop, sink, rest, gathers=self._gathers(expr, k[0], i))
             loop = self._user_hints(loop, i)
             if member:
-                loop = self._mark_member(loop, member)
+                loop = self._mark_member(loop, member, i.name)
             return [*grow, n.Comment(f"loop over {i.name}: {k[0]!r} level {k[1] + 1}"), *loop]
         if L.full:
             coord = n.Var(self.fresh(i.name), I64)
@@ -355,16 +357,18 @@ class LoopEmitter:
             if not keys:
                 self._note(depth, f"for {i.name} in {where}")
                 inner = env.child()
-                if parallel and kind in TEAM_MEMBERS and self.out_shape == "dense":
+                if parallel and kind in TEAM_MEMBERS and self.out_shape == "dense" and not self.opt.members:
                     inner.team = TEAM_MEMBERS[kind]
-                member = self._member(i, sink, env)
+                member, racy = self._member(i, sink, env)
                 if member:
                     inner.team = None
                 grow = [] if parallel else self._reserve(i, rest, sink, size)
-                body = self._body(i, rest, expr, sink, inner, coord, depth)
+                body = self._racing(sink, racy, lambda: self._body(i, rest, expr, sink, inner, coord, depth))
                 sink.release(i)
                 loop = [n.For(coord, start, end, n.block(*body),
                               parallel=kind if parallel else member)]
+                if member and not parallel:
+                    self.members_placed[coord.name] = i.name
                 return grow + self._user_hints(self._vector_hint(loop, sink, rest), i)
             for k in keys:
                 self._require_ordered(k, i)
@@ -470,13 +474,17 @@ class LoopEmitter:
             start, end = self.lo, self.hi
         var = n.Var(self.fresh(piece.name), I64)
         inner = env.child()
+        member, racy = self._member(piece, sink, env)
         body, total = splittree.resolve(piece, var, inner.bound, self.sizes, self.fresh)
         if total is not None:
             coord = n.Var(self.fresh(base.name), I64)
-            body = body + [n.Declare(coord, total)] + self._body(base, rest, expr, sink, inner, coord, depth)
+            body = body + [n.Declare(coord, total)] + self._racing(
+                sink, racy, lambda: self._body(base, rest, expr, sink, inner, coord, depth))
         else:
-            body = body + self.nest(rest, expr, sink, inner, depth + 1)
-        loop = [n.For(var, start, end, n.block(*body), parallel=self.opt.parallel_kind if parallel else None)]
+            body = body + self._racing(sink, racy, lambda: self.nest(rest, expr, sink, inner, depth + 1))
+        loop = [n.For(var, start, end, n.block(*body), parallel=self.opt.parallel_kind if parallel else member)]
+        if member:
+            self.members_placed[var.name] = piece.name
         if total is not None:
             loop = self._vector_hint(loop, sink, rest)
         return self._user_hints(loop, piece)
@@ -492,21 +500,45 @@ class LoopEmitter:
         body += it.advance()
         return n.While(it.valid(), n.block(*body))
 
-    def _member(self, i, sink, env):
-        """Inside a GPU team loop (a block or warp per iteration), the first loop
-        whose iterations are independent is split among the team: a reduction
-        into a temporary, or a loop over an index of the dense output."""
+    def _member(self, i, sink, env) -> tuple:
+        """``(mapping, racy)``: the member mapping of the loop over ``i`` (None: none)
+        and whether its iterations add into shared output elements (atomically).
+        A loop a ``parallelize`` directive names (gpumap.py) is one; else, inside a
+        GPU team loop (a block or warp per iteration), the first loop whose
+        iterations are independent is split among the team: a reduction into a
+        temporary, or a loop over an index of the dense output."""
+        asked = self.members.get(i.name)
+        if asked is not None:
+            if not isinstance(sink, (ScalarSink, ReduceSink, DenseSink)):
+                raise ScheduleError(f"{asked.what}: the loop over {i.name} appends to the sparse output "
+                                    f"{self.lhs.tensor.name} in order; a team of GPU threads would race on it")
+            owns = isinstance(sink, DenseSink) and split_mod.base_of(i) in self.lhs.indices
+            race = gpumap.member_race(asked, isinstance(sink, DenseSink), owns)
+            return asked.mapping, race == "atomics"
         if env.team is None:
-            return None
+            return None, False
         if isinstance(sink, ScalarSink) or (isinstance(sink, DenseSink) and i in self.lhs.indices):
-            return env.team
-        return None
+            return env.team, False
+        return None, False
 
-    def _mark_member(self, stmts, member):
+    @staticmethod
+    def _racing(sink, racy: bool, emit):
+        """``emit()`` with ``sink``'s updates atomic when ``racy`` (a member loop over a
+        reduction index adding into the output)."""
+        if not racy:
+            return emit()
+        saved, sink.atomic = sink.atomic, True
+        try:
+            return emit()
+        finally:
+            sink.atomic = saved
+
+    def _mark_member(self, stmts, member, index: str):
         out, done = [], False
         for s in stmts:
             if not done and isinstance(s, n.For):
                 s = dataclasses.replace(s, parallel=member, vectorize=0)
+                self.members_placed[s.var.name] = index
                 done = True
             out.append(s)
         return out

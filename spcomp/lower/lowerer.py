@@ -22,6 +22,7 @@ from ..ir import nodes as n
 from ..ir.types import F32, F64, I64, ptr
 from ..notation import Access, Add, Assignment, TensorVar, accesses
 from . import blocked
+from . import gpumap
 from . import parallel as par
 from . import split as split_mod
 from .blas import direct_gemm, gemm_call, gemm_into_temporary, offload
@@ -95,6 +96,7 @@ class Lowerer(LoopDirectives):
         self.loops_text: list = []
         self.warnings: list = []
         self.position_ends: dict = {}  # set by the nest's emitter: each compressed loop's last position
+        self.members_placed: dict = {}  # GPU member loops the nest marked (gpumap.check_nesting)
         self.partials = False  # the parallel loop reduces into per-chunk copies of the output
         self.racy = False      # IgnoreRaces with insist=True: iterations add into the output unguarded
         self.inner_parallel = False  # the parallel loop runs below the outermost one (parallel.inner_parallel)
@@ -435,6 +437,7 @@ class Lowerer(LoopDirectives):
         fn = n.Function(self.opt.name, tuple(b.var for b in self.bindings), n.block(*body),
                         doc=f"{self.a!r}\nloop order: {', '.join(i.name for i in self.loop_order)}",
                         per_chunk=per_chunk)
+        gpumap.check_nesting(fn, self.opt, self.members_placed)
         module = n.Module((fn,), entry=self.opt.name)
         return self.record(module, self.opt.name, self.bindings,
                            OutputPlan(shape, grow, self.bounded, overwrites=self._overwrites_output(fn),
@@ -503,6 +506,7 @@ class Lowerer(LoopDirectives):
         emitter = self.emitter(sink)
         nest = emitter.nest(self.outer, self.expr, sink, env, depth=0)
         self.position_ends = emitter.position_ends
+        self.members_placed.update(emitter.members_placed)
         self._check_bounds(emitter.bounded)
         return nest
 
@@ -535,6 +539,7 @@ class Lowerer(LoopDirectives):
                                   + " of the range"))
             nest += emitter.nest(self.outer, self.expr, sink, env.child(), depth=1)
             self.position_ends.update(emitter.position_ends)
+            self.members_placed.update(emitter.members_placed)
             bounded = emitter.bounded if bounded is None else bounded & emitter.bounded
         self._check_bounds(bounded)
         return nest
