@@ -22,7 +22,7 @@ from ..ir import nodes as n
 from ..ir.types import F32, F64, I64, ptr
 from ..notation import Access, Add, Assignment, TensorVar, accesses
 from . import blocked
-from . import gpumap
+from . import gpumap, gpupositions
 from . import parallel as par
 from . import split as split_mod
 from .blas import direct_gemm, gemm_call, gemm_into_temporary, offload
@@ -526,22 +526,31 @@ class Lowerer(LoopDirectives):
         a row-indexed output is this range's alone and stored."""
         plan = self.pos_plan
         plan.params = self.params[plan.name]
-        nest = plan.prelude(self.lo or n.i64(0), self.hi, self.sizes, self.fresh)
         self.loops_text.append(plan.describe(self.parallel is not None, self.opt.parallel_kind))
-        owned = plan.chain[0] in self.lhs.indices and plan.race != "ignored"
-        bounded = None  # the bounds every pass checked
-        for k, (edge, start, end) in enumerate(plan.passes()):
-            plan.current = (edge, start, end)
-            sink.atomic = plan.race == "atomics" or (edge and plan.race == "boundary-atomics")
-            sink.accumulate = True if edge or not owned else self.accumulate_inside
-            emitter = self.emitter(sink, text=k == 0)  # k.loops shows the nest once
-            nest.append(n.Comment(("the first row" if k == 0 else "the last row" if k == 2 else "the inner rows")
-                                  + " of the range"))
-            nest += emitter.nest(self.outer, self.expr, sink, env.child(), depth=1)
-            self.position_ends.update(emitter.position_ends)
-            self.members_placed.update(emitter.members_placed)
-            bounded = emitter.bounded if bounded is None else bounded & emitter.bounded
-        self._check_bounds(bounded)
+        self._bounded = None  # the bounds every pass checked
+
+        def chunks(lo, hi, span=None):
+            nest = plan.prelude(lo, hi, self.sizes, self.fresh, span)
+            owned = plan.chain[0] in self.lhs.indices and plan.race != "ignored"
+            for k, (edge, start, end) in enumerate(plan.passes()):
+                plan.current = (edge, start, end)
+                sink.atomic = plan.race == "atomics" or (edge and plan.race == "boundary-atomics")
+                sink.accumulate = True if edge or not owned else self.accumulate_inside
+                emitter = self.emitter(sink, text=k == 0 and self._bounded is None)  # k.loops shows it once
+                nest.append(n.Comment(("the first row" if k == 0 else "the last row" if k == 2 else
+                                       "the inner rows") + " of the range"))
+                nest += emitter.nest(self.outer, self.expr, sink, env.child(), depth=1)
+                self.position_ends.update(emitter.position_ends)
+                self.members_placed.update(emitter.members_placed)
+                self._bounded = emitter.bounded if self._bounded is None else self._bounded & emitter.bounded
+            return nest
+
+        if self.parallel is not None and not self.opt.caps.host_threads:  # a GPU thread per chunk
+            nest = gpupositions.chunk_loops(plan.spec, self.opt, self.lo, self.hi, self.fresh, chunks,
+                                            self.members_placed)
+        else:
+            nest = chunks(self.lo or n.i64(0), self.hi)
+        self._check_bounds(self._bounded)
         return nest
 
     def table_sizes(self) -> dict:
