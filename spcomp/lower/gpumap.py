@@ -14,8 +14,9 @@ gpu-block      gpu-warp           ``gpu-warp`` (a warp of the block per iteratio
 gpu-block      gpu-thread         ``gpu-thread`` (the block's threads), or
                                   ``gpu-lane`` when a gpu-warp member encloses it
 gpu-warp       gpu-thread         ``gpu-lane`` (the warp's 32 lanes)
-gpu-thread     anything           refused: one thread has no members
 =============  =================  ==========================================
+
+Two loops on one level are refused (a gpu-thread loop, one thread, has no members).
 
 Races among a member loop's iterations (:func:`member_race`): a loop over an
 output index writes its own elements; a loop over a reduction index either
@@ -70,10 +71,7 @@ def grid_and_members(directives: list, caps) -> tuple:
                                 "one loop per GPU level")
         by_level[d[1]] = d
     levels = [lv for lv in LEVELS if lv in by_level]
-    grid = by_level[levels[0]]
-    if grid[1] == "gpu-thread":
-        raise ScheduleError(f"parallelize({grid[0]!r}, 'gpu-thread'): a gpu-thread loop is one thread per "
-                            "iteration; no loop inside it can be split among threads")
+    grid = by_level[levels[0]]  # (a gpu-thread grid loop has no members: one loop per level)
     members = []
     for lv in levels[1:]:
         d = by_level[lv]

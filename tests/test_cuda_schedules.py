@@ -1,0 +1,349 @@
+"""TACO's GPU scheduling language on the CUDA backends (docs/scheduling.md, "GPU schedules").
+
+Random legal GPU schedules -- split factors, which loops run as blocks, warps and
+threads, race strategies; position loops cut into chunks per thread or into
+block > warp > thread sub-chunks -- over formats x shapes x densities, compiled for
+``cuda-sim``, run under forced launches of several blocks (blocks run concurrently
+on the harness' workers, so atomics really contend) and checked against
+``numpy.einsum``; where the schedule keeps every output element's order of
+additions (no atomics, no team reduction) the result must equal the one-thread-per-row
+schedule's bit for bit. Every kernel is compiled by nvcc for sm_90 (skipped without
+nvcc). The refusals name the directive and say why. Nothing here needs a GPU; the
+real-device test at the end is skipped without one.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import spcomp
+import spcomp.backends.cuda as cuda
+from spcomp import Schedule
+from spcomp.errors import ScheduleError
+from spcomp.tuner import gpu_candidates
+
+from conftest import examples
+
+HAS_NVCC = cuda.nvcc_available()
+GPU_OK, GPU_WHY = cuda.device.gpu_available()
+_launch: dict = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def forced_launches():
+    """Launch every kernel built here with ``_launch``'s grid and block (as test_cuda_properties.py)."""
+    real = cuda.launch_config
+
+    def forced(function, args_by_name, block=256, max_grid=cuda.launch.MAX_GRID):
+        grid, block = real(function, args_by_name, block, max_grid)
+        return (_launch["grid"], _launch["block"]) if _launch else (grid, block)
+
+    spcomp.clear_cache()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cuda, "launch_config", forced)
+        yield
+    _launch.clear()
+    spcomp.clear_cache()
+
+
+def _nvcc(k):
+    if not HAS_NVCC:
+        return
+    report = cuda.check(k, arch="sm_90")["sm_90"]
+    assert set(report) == set(cuda.signature.parse_kernels(k.source)), report
+
+
+def _kernels_of(source: str) -> str:
+    return source[source.index('extern "C"'):]
+
+
+# ----------------------------------------------------------------- cases
+
+EXPRS = {
+    "spmv": ("y[i] = A[i,j] * x[j]", "ij,j->i"),
+    "spmm": ("C[i,k] = A[i,j] * B[j,k]", "ij,jk->ik"),
+    "spmtv": ("y[j] = A[i,j] * z[i]", "ij,i->j"),      # a scatter: chunks share any element
+    "sddmm": ("C[i,j] = A[i,j] * D[i,k] * E[j,k]", "ij,ik,jk->ij"),
+}
+RACES = (None, "ParallelReduction", "Temporary", "Atomics")
+
+
+@st.composite
+def problems(draw, names):
+    name = draw(st.sampled_from(names))
+    text, spec = EXPRS[name]
+    rows, cols, inner = draw(st.integers(1, 40)), draw(st.integers(1, 30)), draw(st.integers(1, 5))
+    density = draw(st.sampled_from([0.0, 0.05, 0.3, 1.0]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    A = rng.standard_normal((rows, cols)) * (rng.random((rows, cols)) < density)
+    if draw(st.booleans()) and rows > 1:  # one long row: chunks of positions cut it
+        A[draw(st.integers(0, rows - 1))] = rng.standard_normal(cols)
+    ops = {"A": A}
+    if name == "spmv":
+        ops["x"] = rng.standard_normal(cols)
+    elif name == "spmtv":
+        ops["z"] = rng.standard_normal(rows)
+    elif name == "spmm":
+        ops["B"] = rng.standard_normal((cols, inner))
+    else:
+        ops["D"], ops["E"] = rng.standard_normal((rows, inner)), rng.standard_normal((cols, inner))
+    return name, text, spec, ops
+
+
+def _row_schedule(draw, name):
+    """A split of the rows mapped to block / warp / thread, or a team per row."""
+    f = draw(st.sampled_from([1, 3, 8, 32, 64]))
+    split = Schedule().split("i", "i0", "i1", f)
+    inner = {"spmv": "j", "spmm": "k", "sddmm": "j"}[name]
+    race = draw(st.sampled_from(RACES)) if inner == "j" else draw(st.sampled_from((None, "NoRaces")))
+    shape = draw(st.sampled_from(["thread", "block-thread", "block-warp-lane", "warp-lane", "team"]))
+    if shape == "thread":
+        return split.parallelize("i0", "gpu-thread")
+    if shape == "block-thread":
+        return split.parallelize("i0", "gpu-block").parallelize("i1", "gpu-thread")
+    if shape == "block-warp-lane":
+        return (split.parallelize("i0", "gpu-block").parallelize("i1", "gpu-warp")
+                .parallelize(inner, "gpu-thread", race=race))
+    if shape == "warp-lane":
+        return split.parallelize("i0", "gpu-warp").parallelize(inner, "gpu-thread", race=race)
+    kind = draw(st.sampled_from(["gpu-warp", "gpu-block"]))
+    return Schedule().parallelize("i", kind).parallelize(inner, "gpu-thread", race=race)
+
+
+def _position_schedule(draw, name):
+    """TACO's fuse + pos + split: chunks per thread / warp / block, or block > warp > thread."""
+    base = Schedule().fuse("i", "j", "f").pos("f", "fpos", "A")
+    race = draw(st.sampled_from((None, "Atomics") if name == "spmtv" else RACES))
+    if draw(st.booleans()):
+        nnz = draw(st.sampled_from([1, 4, 8, 33]))
+        kind = draw(st.sampled_from(["gpu-thread", "gpu-warp", "gpu-block"]))
+        return base.split("fpos", "c", "p", nnz).parallelize("c", kind, race=race)
+    per_thread = draw(st.sampled_from([1, 2, 5, 8]))
+    threads_per_warp = draw(st.sampled_from([3, 32]))
+    warps = draw(st.sampled_from([1, 2, 8]))
+    s = (base.split("fpos", "block", "fpos1", per_thread * threads_per_warp * warps)
+         .split("fpos1", "warp", "fpos2", per_thread * threads_per_warp)
+         .split("fpos2", "thread", "nz", per_thread))
+    outer = "IgnoreRaces" if race in ("Atomics", "ParallelReduction", "Temporary") else race
+    s = s.parallelize("block", "gpu-block", race=outer)
+    if draw(st.booleans()):  # the warp level mapped, or sequential inside the block
+        s = s.parallelize("warp", "gpu-warp", race=outer)
+    return s.parallelize("thread", "gpu-thread", race=race)
+
+
+def _run(name, text, spec, ops, schedule, data):
+    _launch.update(grid=data.draw(st.sampled_from([1, 2, 5]), label="grid"),
+                   block=data.draw(st.sampled_from([32, 64, 256]), label="block"))
+    k = spcomp.compile(text, formats={"A": "csr"}, backend="cuda-sim", schedule=schedule)
+    got = k(**ops)
+    ref = np.einsum(spec, *ops.values())
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)
+    _nvcc(k)
+    src = _kernels_of(k.source)
+    assert "parallel: gpu-" in src
+    if "atomicAdd" not in src and "_reduce<" not in src:  # each element summed in the nest's order
+        plain = spcomp.compile(text, formats={"A": "csr"}, backend="cuda-sim",
+                               schedule=Schedule().parallelize("i", "gpu-thread"))
+        np.testing.assert_array_equal(got, plain(**ops))
+    return src
+
+
+@settings(max_examples=examples(30))
+@given(data=st.data())
+def test_split_rows_on_blocks_warps_and_threads(data):
+    name, text, spec, ops = data.draw(problems(["spmv", "spmm", "sddmm"]), label="problem")
+    schedule = _row_schedule(data.draw, name)
+    src = _run(name, text, spec, ops, schedule, data)
+    members = [d for d in schedule.directives if d[0] == "parallelize"][1:]
+    for d in members:  # each member directive became a member loop of its team
+        mapping = "gpu-lane" if d[2] == "gpu-thread" and "gpu-warp" in src.split("parallel: gpu-lane")[0] else d[2]
+        assert f"parallel: {mapping}" in src, (schedule, mapping)
+
+
+@settings(max_examples=examples(30))
+@given(data=st.data())
+def test_position_loops_on_gpu_threads(data):
+    name, text, spec, ops = data.draw(problems(["spmv", "spmm", "spmtv"]), label="problem")
+    schedule = _position_schedule(data.draw, name)
+    src = _run(name, text, spec, ops, schedule, data)
+    assert "while (" in src  # the binary search of the chunk's rows
+
+
+def test_taco_spmv_nnz_balanced():
+    """TACO's scheduleSpMVGPU (NNZ_PER_THREAD=8, BLOCK_SIZE=256): a block's chunk of
+    2048 nonzeros, a warp's 256, a thread's 8; a thread finds its rows by binary
+    search; shared rows added atomically."""
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((300, 200)) * (rng.random((300, 200)) < 0.1)
+    A[7] = rng.standard_normal(200)  # a row longer than a thread's chunk
+    x = rng.standard_normal(200)
+    nnz_per_thread, block_size = 8, 256
+    s = (Schedule().fuse("i", "j", "f").pos("f", "fpos", "A")
+         .split("fpos", "block", "fpos1", nnz_per_thread * block_size)
+         .split("fpos1", "warp", "fpos2", nnz_per_thread * 32)
+         .split("fpos2", "thread", "thread_nz", nnz_per_thread)
+         .parallelize("block", "gpu-block", race="IgnoreRaces")
+         .parallelize("warp", "gpu-warp", race="IgnoreRaces")
+         .parallelize("thread", "gpu-thread", race="Atomics"))
+    _launch.update(grid=3, block=256)
+    k = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"}, backend="cuda-sim", schedule=s)
+    np.testing.assert_allclose(k(A=A, x=x), A @ x, rtol=1e-12, atol=1e-12)
+    src = _kernels_of(k.source)
+    for m in ("gpu-block", "gpu-warp", "gpu-lane"):
+        assert f"parallel: {m}" in src
+    assert "atomicAdd(&y_vals" in src
+    _nvcc(k)
+
+
+def test_taco_spmv_row_per_warp():
+    """TACO's scheduleSpMVRowsGPU translated: rows per block, a warp per row, the
+    warp's lanes split the row and combine partial sums by shuffles."""
+    rng = np.random.default_rng(2)
+    A = rng.standard_normal((90, 70)) * (rng.random((90, 70)) < 0.3)
+    x = rng.standard_normal(70)
+    s = (Schedule().split("i", "block", "row", 8)
+         .parallelize("block", "gpu-block", race="NoRaces")
+         .parallelize("row", "gpu-warp", race="IgnoreRaces")
+         .parallelize("j", "gpu-thread", race="ParallelReduction"))
+    _launch.update(grid=4, block=128)
+    k = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"}, backend="cuda-sim", schedule=s)
+    np.testing.assert_allclose(k(A=A, x=x), A @ x, rtol=1e-12, atol=1e-12)
+    assert "spc_warp_reduce<spc_sum_op>" in k.source
+    _nvcc(k)
+
+
+def test_taco_spmm_nnz_balanced_warps():
+    """TACO's scheduleSpMMGPU translated: chunks of nonzeros per warp, the warp's
+    lanes split the dense columns k, rows shared between warps added atomically."""
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((50, 40)) * (rng.random((50, 40)) < 0.2)
+    B = rng.standard_normal((40, 33))
+    s = (Schedule().fuse("i", "j", "f").pos("f", "fpos", "A")
+         .split("fpos", "block", "fpos1", 8 * 8).split("fpos1", "warp", "nnz", 8)
+         .parallelize("block", "gpu-block", race="IgnoreRaces")
+         .parallelize("warp", "gpu-warp", race="IgnoreRaces")
+         .parallelize("k", "gpu-thread", race="Atomics"))
+    _launch.update(grid=2, block=256)
+    k = spcomp.compile("C[i,k] = A[i,j] * B[j,k]", formats={"A": "csr"}, backend="cuda-sim", schedule=s)
+    np.testing.assert_allclose(k(A=A, B=B), A @ B, rtol=1e-12, atol=1e-12)
+    assert "parallel: gpu-lane" in k.source and "atomicAdd(&C_vals" in k.source
+    _nvcc(k)
+
+
+def test_member_ignore_races_insisted_runs():
+    """IgnoreRaces with insist=True on a reduction member: the team still combines the
+    partial sums (a scalar cannot be raced on), so the result is right."""
+    A = np.arange(12.0).reshape(3, 4)
+    x = np.ones(4)
+    s = Schedule().parallelize("i", "gpu-warp").parallelize("j", "gpu-thread", race="IgnoreRaces", insist=True)
+    k = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"}, backend="cuda-sim", schedule=s)
+    np.testing.assert_allclose(k(A=A, x=x), A @ x)
+
+
+# ------------------------------------------------------------- refusals
+
+SPMV, SPMM, SPMTV = EXPRS["spmv"][0], EXPRS["spmm"][0], EXPRS["spmtv"][0]
+FUSED = Schedule().fuse("i", "j", "f").pos("f", "fpos", "A")
+REFUSALS = [
+    (SPMV, Schedule().parallelize("i", "gpu-thread").parallelize("j", "gpu-thread"), "one loop per GPU level"),
+    (SPMV, Schedule().split("i", "i0", "i1", 4).parallelize("i0", "gpu-block").parallelize("i1", "gpu-block"),
+     "one loop per GPU level"),
+    (SPMV, Schedule().split("i", "i0", "i1", 4).parallelize("i1", "gpu-warp").parallelize("i0", "gpu-thread"),
+     "only as the outermost loop"),  # the warp loop is the grid's: it would sit inside i0
+    (SPMV, Schedule().parallelize("i", "gpu-block").parallelize("j", "gpu-thread", race="NoRaces"),
+     "race='NoRaces' is wrong here"),
+    (SPMV, Schedule().parallelize("i", "gpu-warp").parallelize("j", "gpu-thread", race="IgnoreRaces"),
+     "pass insist=True"),
+    (SPMM, Schedule().parallelize("i", "gpu-block").parallelize("j", "gpu-thread", race="ParallelReduction"),
+     "use race='Atomics'"),
+    (SPMM, Schedule().parallelize("i", "gpu-block").parallelize("j", "gpu-thread", race="NoRaces"),
+     "use 'Atomics'"),
+    (SPMV, Schedule().split("i", "i0", "i1", 4).parallelize("i0", "gpu-block").parallelize("x", "gpu-thread"),
+     "no index 'x'"),
+    ("y[i] = A[i,j] * x[j] + B[i,j] * x[j]",
+     Schedule().parallelize("i", "gpu-warp").parallelize("j", "gpu-thread"), "no for loop over j"),
+    (SPMV, Schedule().parallelize("j", "gpu-block"), "runs on CPU threads only"),
+    (SPMV, FUSED.split("fpos", "c", "p", 8).parallelize("c", "gpu-thread", race="NoRaces"),
+     "chunks of positions share"),
+    (SPMV, FUSED.split("fpos", "c", "p", 8).parallelize("c", "gpu-thread", race="IgnoreRaces"), "insist=True"),
+    (SPMTV, FUSED.split("fpos", "c", "p", 8).parallelize("c", "gpu-thread", race="ParallelReduction"),
+     "no per-thread copies"),
+    (SPMV, FUSED.split("fpos", "c", "p", 8).parallelize("p", "gpu-thread"), "only the loop over chunks"),
+    (SPMV, FUSED.divide("fpos", "c", "p", 8).split("p", "w", "t", 2).parallelize("c", "gpu-block"),
+     "fixed number of positions"),
+    (SPMV, FUSED.split("fpos", "b", "p", 64).split("p", "w", "t", 8).parallelize("b", "gpu-block")
+     .parallelize("w", "gpu-warp", race="NoRaces").parallelize("t", "gpu-thread"), "race='NoRaces'"),
+    ("C[i,j] = 2 * A[i,j]", Schedule().parallelize("i", "gpu-block").parallelize("j", "gpu-thread"),
+     "sparse|appended"),
+]
+
+
+@pytest.mark.parametrize("text, schedule, words", REFUSALS)
+def test_refusals_name_the_directive(text, schedule, words):
+    formats = {"A": "csr"}
+    if "B[i,j]" in text:
+        formats["B"] = "csr"
+    if text.startswith("C[i,j] = 2"):
+        formats["C"] = "csr"
+    with pytest.raises(ScheduleError, match=words) as e:
+        spcomp.compile(text, formats=formats, backend="cuda-sim", schedule=schedule)
+    assert "parallelize(" in str(e.value) or "fuse(" in str(e.value)
+
+
+def test_sub_chunks_are_gpu_only():
+    with pytest.raises(ScheduleError, match="one level of chunks"):
+        spcomp.compile(SPMV, formats={"A": "csr"},
+                       schedule=FUSED.split("fpos", "b", "p", 64).split("p", "t", "nz", 8).parallelize("b"))
+
+
+# ------------------------------------------------------------------ tuner
+
+@pytest.mark.parametrize("text, spec, names", [
+    (SPMV, "ij,j->i", ("A", "x")),
+    (SPMM, "ij,jk->ik", ("A", "B")),
+])
+def test_tuner_gpu_candidates_compile_and_match(text, spec, names):
+    """Every GPU candidate of the tuner is legal here: it compiles (nvcc too) and
+    matches einsum on cuda-sim. (Timings under cuda-sim mean nothing; not asserted.)"""
+    rng = np.random.default_rng(4)
+    ops = {"A": rng.standard_normal((37, 29)) * (rng.random((37, 29)) < 0.2)}
+    ops[names[1]] = rng.standard_normal(29) if names[1] == "x" else rng.standard_normal((29, 6))
+    _launch.update(grid=2, block=64)
+    k = spcomp.compile(text, formats={"A": "csr"}, backend="cuda-sim")
+    cands = gpu_candidates(k)
+    kinds = {d[2] for s in cands for d in s.directives if d[0] == "parallelize"}
+    assert kinds == {"gpu-thread", "gpu-warp", "gpu-block"}
+    assert any(d[0] == "pos" for s in cands for d in s.directives)
+    ref = np.einsum(spec, *ops.values())
+    for s in cands:
+        kk = k.with_schedule(s)
+        np.testing.assert_allclose(kk(**ops), ref, rtol=1e-10, atol=1e-10, err_msg=str(s))
+        _nvcc(kk)
+
+
+def test_tuner_lists_gpu_candidates_for_cuda_kernels_only():
+    from spcomp.tuner import candidates
+    cpu = spcomp.compile(SPMV, formats={"A": "csr"})
+    gpu = spcomp.compile(SPMV, formats={"A": "csr"}, backend="cuda-sim")
+    gpu_keys = {s.key() for s in gpu_candidates(gpu)}
+    assert not gpu_keys & {s.key() for s in candidates(cpu)}
+    assert gpu_keys <= {s.key() for s in candidates(gpu)}
+
+
+# --------------------------------------------------------------- a real GPU
+
+@pytest.mark.skipif(not GPU_OK, reason=f"no GPU: {GPU_WHY}")
+def test_taco_gpu_schedules_on_a_real_gpu():
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((500, 300)) * (rng.random((500, 300)) < 0.05)
+    x = rng.standard_normal(300)
+    _launch.clear()
+    for s in (FUSED.split("fpos", "block", "fpos1", 2048).split("fpos1", "warp", "fpos2", 256)
+              .split("fpos2", "thread", "nz", 8).parallelize("block", "gpu-block", race="IgnoreRaces")
+              .parallelize("warp", "gpu-warp", race="IgnoreRaces").parallelize("thread", "gpu-thread", race="Atomics"),
+              Schedule().split("i", "b", "r", 8).parallelize("b", "gpu-block").parallelize("r", "gpu-warp")
+              .parallelize("j", "gpu-thread", race="ParallelReduction")):
+        k = spcomp.compile(SPMV, formats={"A": "csr"}, backend="cuda", schedule=s)
+        np.testing.assert_allclose(k(A=A, x=x), A @ x, rtol=1e-10, atol=1e-10)
