@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..errors import ScheduleError, UnsupportedError
+from ..errors import UnsupportedError
 from ..formats import Compressed, Format
 from ..formats.level import LevelAccess, PosInfo
 from ..formats.singleton import Singleton
@@ -296,7 +296,7 @@ class LoopEmitter:
 
     def loop(self, i, rest, expr, sink, env, depth) -> list:
         if isinstance(i, SplitPiece):
-            return self._split_loop(i, rest, expr, sink, env, depth)
+            return splittree.emit(self, i, rest, expr, sink, env, depth)
         if self.fused is not None and i == self.fused.outer:
             return densefuse.emit(self, self.fused, rest, expr, sink, env, depth)
         L = lat.build(expr, i, lambda a: self._iter_key(a, i, env))
@@ -333,7 +333,7 @@ class LoopEmitter:
                     e.team = None
                 return self._body(i, rest, expr, sink, e, coord, depth)
             grow = [] if parallel else self._reserve(i, rest, sink, it.segment_length())
-            loop = self._racing(sink, racy, lambda: it.loop(coord, body))
+            loop = gpumap.racing(sink, racy, lambda: it.loop(coord, body))
             sink.release(i)
             if chained is not None:
                 loop = [self.positions.clamp(loop[0], chained)]
@@ -363,12 +363,11 @@ class LoopEmitter:
                 if member:
                     inner.team = None
                 grow = [] if parallel else self._reserve(i, rest, sink, size)
-                body = self._racing(sink, racy, lambda: self._body(i, rest, expr, sink, inner, coord, depth))
+                body = gpumap.racing(sink, racy, lambda: self._body(i, rest, expr, sink, inner, coord, depth))
                 sink.release(i)
-                loop = [n.For(coord, start, end, n.block(*body),
-                              parallel=kind if parallel else member)]
-                if member and not parallel:
-                    self.members_placed[coord.name] = i.name
+                loop = [n.For(coord, start, end, n.block(*body), parallel=kind if parallel else None)]
+                if member:
+                    loop = self._mark_member(loop, member, i.name)
                 return grow + self._user_hints(self._vector_hint(loop, sink, rest), i)
             for k in keys:
                 self._require_ordered(k, i)
@@ -450,45 +449,6 @@ class LoopEmitter:
             return []
         return sink.reserve(i, bound)
 
-    def _split_loop(self, piece, rest, expr, sink, env, depth) -> list:
-        """One piece of a split loop (of a piece, splittree.py); the last of a tree's
-        pieces binds the index, ``i = i0*f + i1``."""
-        base = split_mod.base_of(piece)
-        L = lat.build(expr, base, lambda a: self._iter_key(a, base, env))
-        if L.empty:
-            return []
-        keys = sorted(L.iterators(), key=repr)
-        if keys or not L.full:
-            acc, l = keys[0]
-            raise ScheduleError(
-                f"split({base.name!r}, ...): the loop over {base.name} walks {self._user_name(acc.tensor.name)}'s "
-                f"level {l + 1} ({acc.tensor.format.levels[l].spec()}); only dense loops can be split")
-        parallel = self.parallel is not None and piece == self.parallel and depth == self.parallel_depth
-        nested = isinstance(piece.base, SplitPiece)
-        start = n.i64(0)
-        end = split_mod.extent(piece, splittree.size_of(piece.base, self.sizes, env.bound), env.bound)
-        text = (splittree.describe(piece) if nested
-                else split_mod.describe(piece, split_mod.bound_partner(piece, env.bound)))
-        self._note(depth, f"for {piece.name} in {text}" + (f" (parallel: {self.opt.parallel_kind})" if parallel else ""))
-        if parallel:
-            start, end = self.lo, self.hi
-        var = n.Var(self.fresh(piece.name), I64)
-        inner = env.child()
-        member, racy = self._member(piece, sink, env)
-        body, total = splittree.resolve(piece, var, inner.bound, self.sizes, self.fresh)
-        if total is not None:
-            coord = n.Var(self.fresh(base.name), I64)
-            body = body + [n.Declare(coord, total)] + self._racing(
-                sink, racy, lambda: self._body(base, rest, expr, sink, inner, coord, depth))
-        else:
-            body = body + self._racing(sink, racy, lambda: self.nest(rest, expr, sink, inner, depth + 1))
-        loop = [n.For(var, start, end, n.block(*body), parallel=self.opt.parallel_kind if parallel else member)]
-        if member:
-            self.members_placed[var.name] = piece.name
-        if total is not None:
-            loop = self._vector_hint(loop, sink, rest)
-        return self._user_hints(loop, piece)
-
     def _remainder(self, i, rest, expr, sink, env, depth, k, it):
         """The tail of a merge where one iterator is left: walk it to its end."""
         coord = n.Var(self.fresh(i.name), I64)
@@ -501,37 +461,17 @@ class LoopEmitter:
         return n.While(it.valid(), n.block(*body))
 
     def _member(self, i, sink, env) -> tuple:
-        """``(mapping, racy)``: the member mapping of the loop over ``i`` (None: none)
-        and whether its iterations add into shared output elements (atomically).
-        A loop a ``parallelize`` directive names (gpumap.py) is one; else, inside a
-        GPU team loop (a block or warp per iteration), the first loop whose
-        iterations are independent is split among the team: a reduction into a
-        temporary, or a loop over an index of the dense output."""
+        """``(mapping or None, racy)`` of the loop over ``i``: one a ``parallelize`` names
+        (gpumap.asked_member); else, inside a GPU team loop, the first loop whose
+        iterations are independent: a reduction into a temporary, or a dense output's index."""
         asked = self.members.get(i.name)
         if asked is not None:
-            if not isinstance(sink, (ScalarSink, ReduceSink, DenseSink)):
-                raise ScheduleError(f"{asked.what}: the loop over {i.name} appends to the sparse output "
-                                    f"{self.lhs.tensor.name} in order; a team of GPU threads would race on it")
-            owns = isinstance(sink, DenseSink) and split_mod.base_of(i) in self.lhs.indices
-            race = gpumap.member_race(asked, isinstance(sink, DenseSink), owns)
-            return asked.mapping, race == "atomics"
+            return gpumap.asked_member(asked, i, sink, self.lhs)
         if env.team is None:
             return None, False
         if isinstance(sink, ScalarSink) or (isinstance(sink, DenseSink) and i in self.lhs.indices):
             return env.team, False
         return None, False
-
-    @staticmethod
-    def _racing(sink, racy: bool, emit):
-        """``emit()`` with ``sink``'s updates atomic when ``racy`` (a member loop over a
-        reduction index adding into the output)."""
-        if not racy:
-            return emit()
-        saved, sink.atomic = sink.atomic, True
-        try:
-            return emit()
-        finally:
-            sink.atomic = saved
 
     def _mark_member(self, stmts, member, index: str):
         out, done = [], False

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 from ..errors import ScheduleError
 from ..ir import nodes as n
+from . import split as split_mod
+from .outputs import DenseSink, ReduceSink, ScalarSink
 
 # the GPU levels, outermost first
 LEVELS = ("gpu-block", "gpu-warp", "gpu-thread")
@@ -117,6 +119,28 @@ def member_race(member: Member, writes_output: bool, owns_elements: bool) -> str
     raise ScheduleError(f"{what}: race={race!r}: the iterations of {member.index} add into the same output "
                         "elements" + (", so the result would be wrong; pass insist=True to run it anyway"
                                       if race == "IgnoreRaces" else "; use 'Atomics'"))
+
+
+def asked_member(member: Member, i, sink, lhs) -> tuple:
+    """``(mapping, racy)`` of the loop over ``i`` that ``member`` names, its values going
+    to ``sink`` (outputs.py): racy when its iterations add into shared output elements."""
+    if not isinstance(sink, (ScalarSink, ReduceSink, DenseSink)):
+        raise ScheduleError(f"{member.what}: the loop over {i.name} appends to the sparse output "
+                            f"{lhs.tensor.name} in order; a team of GPU threads would race on it")
+    owns = isinstance(sink, DenseSink) and split_mod.base_of(i) in lhs.indices
+    return member.mapping, member_race(member, isinstance(sink, DenseSink), owns) == "atomics"
+
+
+def racing(sink, racy: bool, emit):
+    """``emit()`` with ``sink``'s updates atomic when ``racy`` (a member loop over a
+    reduction index adding into the output)."""
+    if not racy:
+        return emit()
+    saved, sink.atomic = sink.atomic, True
+    try:
+        return emit()
+    finally:
+        sink.atomic = saved
 
 
 def check_nesting(fn: n.Function, opt, placed: dict) -> None:
