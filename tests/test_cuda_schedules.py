@@ -71,9 +71,11 @@ RACES = (None, "ParallelReduction", "Temporary", "Atomics")
 
 
 @st.composite
-def problems(draw, names):
+def problems(draw, names, formats):
     name = draw(st.sampled_from(names))
     text, spec = EXPRS[name]
+    fmt = draw(st.sampled_from(formats))
+    dtype = draw(st.sampled_from(["float64", "float64", "float32"]))
     rows, cols, inner = draw(st.integers(1, 40)), draw(st.integers(1, 30)), draw(st.integers(1, 5))
     density = draw(st.sampled_from([0.0, 0.05, 0.3, 1.0]))
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
@@ -89,7 +91,8 @@ def problems(draw, names):
         ops["B"] = rng.standard_normal((cols, inner))
     else:
         ops["D"], ops["E"] = rng.standard_normal((rows, inner)), rng.standard_normal((cols, inner))
-    return name, text, spec, ops
+    ops = {k: v.astype(dtype) for k, v in ops.items()}
+    return name, text, spec, ops, {"A": fmt}, dtype
 
 
 def _row_schedule(draw, name):
@@ -133,42 +136,69 @@ def _position_schedule(draw, name):
     return s.parallelize("thread", "gpu-thread", race=race)
 
 
-def _run(name, text, spec, ops, schedule, data):
+def _in_order(source: str) -> bool:
+    """Whether every output element is summed in the loop nest's order (no atomics,
+    no team reduction): then any such schedule gives the same bits."""
+    src = _kernels_of(source)
+    return "atomicAdd" not in src and "_reduce<" not in src
+
+
+def _run(problem, schedule, data, stats):
+    name, text, spec, ops, formats, dtype = problem
     _launch.update(grid=data.draw(st.sampled_from([1, 2, 5]), label="grid"),
                    block=data.draw(st.sampled_from([32, 64, 256]), label="block"))
-    k = spcomp.compile(text, formats={"A": "csr"}, backend="cuda-sim", schedule=schedule)
+    k = spcomp.compile(text, formats=formats, dtype=dtype, backend="cuda-sim", schedule=schedule)
     got = k(**ops)
-    ref = np.einsum(spec, *ops.values())
-    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)
+    ref = np.einsum(spec, *(v.astype(np.float64) for v in ops.values()))
+    tol = 1e-10 if dtype == "float64" else 1e-4
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
     _nvcc(k)
     src = _kernels_of(k.source)
     assert "parallel: gpu-" in src
-    if "atomicAdd" not in src and "_reduce<" not in src:  # each element summed in the nest's order
-        plain = spcomp.compile(text, formats={"A": "csr"}, backend="cuda-sim",
-                               schedule=Schedule().parallelize("i", "gpu-thread"))
-        np.testing.assert_array_equal(got, plain(**ops))
+    stats.ok()
+    stats.feature(*(m for m in ("gpu-block", "gpu-warp", "gpu-thread", "gpu-lane") if f"parallel: {m}" in src))
+    stats.feature(*(f for f, mark in (("atomics", "atomicAdd"), ("team reduction", "_reduce<"),
+                                      ("binary search", "while (")) if mark in src))
+    if _in_order(k.source):  # bitwise: the default schedule, and a thread per row
+        for other in (Schedule(), Schedule().parallelize("i", "gpu-thread")):
+            plain = spcomp.compile(text, formats=formats, dtype=dtype, backend="cuda-sim", schedule=other)
+            theirs = plain(**ops)
+            if (plain.last_launch or {}).get("mapping") != "gpu-warp" and _in_order(plain.source):
+                np.testing.assert_array_equal(got, theirs)
+                stats.feature("bitwise vs " + ("default" if not other.directives else "thread per row"))
     return src
 
 
-@settings(max_examples=examples(30))
-@given(data=st.data())
-def test_split_rows_on_blocks_warps_and_threads(data):
-    name, text, spec, ops = data.draw(problems(["spmv", "spmm", "sddmm"]), label="problem")
-    schedule = _row_schedule(data.draw, name)
-    src = _run(name, text, spec, ops, schedule, data)
-    members = [d for d in schedule.directives if d[0] == "parallelize"][1:]
-    for d in members:  # each member directive became a member loop of its team
-        mapping = "gpu-lane" if d[2] == "gpu-thread" and "gpu-warp" in src.split("parallel: gpu-lane")[0] else d[2]
-        assert f"parallel: {mapping}" in src, (schedule, mapping)
+def test_split_rows_on_blocks_warps_and_threads(outcome_stats):
+    @settings(max_examples=examples(30))
+    @given(data=st.data())
+    def run(data):
+        problem = data.draw(problems(["spmv", "spmm", "sddmm"], ["csr", "dense", "dc"]), label="problem")
+        schedule = _row_schedule(data.draw, problem[0])
+        src = _run(problem, schedule, data, outcome_stats)
+        mapped = [d for d in schedule.directives if d[0] == "parallelize"]
+        warp = any(d[2] == "gpu-warp" for d in mapped)
+        for d in mapped[1:]:  # each member directive became a member loop of its team
+            lanes = d[2] == "gpu-thread" and warp  # a thread of a warp is a lane
+            assert f"parallel: {'gpu-lane' if lanes else d[2]}" in src, (schedule, d)
+
+    run()
+    f = outcome_stats.features
+    assert f["gpu-lane"] and f["team reduction"] and f["bitwise vs thread per row"], outcome_stats.summary()
 
 
-@settings(max_examples=examples(30))
-@given(data=st.data())
-def test_position_loops_on_gpu_threads(data):
-    name, text, spec, ops = data.draw(problems(["spmv", "spmm", "spmtv"]), label="problem")
-    schedule = _position_schedule(data.draw, name)
-    src = _run(name, text, spec, ops, schedule, data)
-    assert "while (" in src  # the binary search of the chunk's rows
+def test_position_loops_on_gpu_threads(outcome_stats):
+    @settings(max_examples=examples(30))
+    @given(data=st.data())
+    def run(data):
+        problem = data.draw(problems(["spmv", "spmm", "spmtv"], ["csr", "dcsr"]), label="problem")
+        schedule = _position_schedule(data.draw, problem[0])
+        _run(problem, schedule, data, outcome_stats)
+
+    run()
+    f = outcome_stats.features
+    assert f["binary search"] == outcome_stats.counts["ok"] and f["atomics"] and f["gpu-lane"], \
+        outcome_stats.summary()
 
 
 def test_taco_spmv_nnz_balanced():
@@ -252,6 +282,7 @@ REFUSALS = [
      "one loop per GPU level"),
     (SPMV, Schedule().split("i", "i0", "i1", 4).parallelize("i1", "gpu-warp").parallelize("i0", "gpu-thread"),
      "only as the outermost loop"),  # the warp loop is the grid's: it would sit inside i0
+    (SPMV, Schedule().parallelize("i", "gpu-block").parallelize("i", "gpu-thread"), "runs on one GPU level"),
     (SPMV, Schedule().parallelize("i", "gpu-block").parallelize("j", "gpu-thread", race="NoRaces"),
      "race='NoRaces' is wrong here"),
     (SPMV, Schedule().parallelize("i", "gpu-warp").parallelize("j", "gpu-thread", race="IgnoreRaces"),

@@ -71,6 +71,10 @@ def grid_and_members(directives: list, caps) -> tuple:
         if d[1] in by_level and by_level[d[1]][0] != d[0]:
             raise ScheduleError(f"parallelize({d[0]!r}, {d[1]!r}): {by_level[d[1]][0]} already runs as {d[1]}; "
                                 "one loop per GPU level")
+        twice = next((x for x in by_level.values() if x[0] == d[0] and x[1] != d[1]), None)
+        if twice is not None:
+            raise ScheduleError(f"parallelize({d[0]!r}, {d[1]!r}): {d[0]} already runs as {twice[1]}; "
+                                "a loop runs on one GPU level (split it to map its pieces to two)")
         by_level[d[1]] = d
     levels = [lv for lv in LEVELS if lv in by_level]
     grid = by_level[levels[0]]  # (a gpu-thread grid loop has no members: one loop per level)
