@@ -25,27 +25,14 @@ from spcomp.errors import ScheduleError
 from spcomp.tuner import gpu_candidates
 
 from conftest import examples
+from cuda_launches import forced_launches_fixture
 
 HAS_NVCC = cuda.nvcc_available()
 GPU_OK, GPU_WHY = cuda.device.gpu_available()
 _launch: dict = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def forced_launches():
-    """Launch every kernel built here with ``_launch``'s grid and block (as test_cuda_properties.py)."""
-    real = cuda.launch_config
-
-    def forced(function, args_by_name, block=256, max_grid=cuda.launch.MAX_GRID):
-        grid, block = real(function, args_by_name, block, max_grid)
-        return (_launch["grid"], _launch["block"]) if _launch else (grid, block)
-
-    spcomp.clear_cache()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cuda, "launch_config", forced)
-        yield
-    _launch.clear()
-    spcomp.clear_cache()
+forced_launches = forced_launches_fixture(_launch)
 
 
 def _nvcc(k):
@@ -68,6 +55,7 @@ EXPRS = {
     "sddmm": ("C[i,j] = A[i,j] * D[i,k] * E[j,k]", "ij,ik,jk->ij"),
 }
 RACES = (None, "ParallelReduction", "Temporary", "Atomics")
+SPMV, SPMM, SPMTV = EXPRS["spmv"][0], EXPRS["spmm"][0], EXPRS["spmtv"][0]
 
 
 @st.composite
@@ -201,65 +189,65 @@ def test_position_loops_on_gpu_threads(outcome_stats):
         outcome_stats.summary()
 
 
+def taco_spmv(nnz_per_thread=8, block_size=256) -> Schedule:
+    """TACO's scheduleSpMVGPU: a block's chunk of nonzeros, a warp's, a thread's."""
+    return (Schedule().fuse("i", "j", "f").pos("f", "fpos", "A")
+            .split("fpos", "block", "fpos1", nnz_per_thread * block_size)
+            .split("fpos1", "warp", "fpos2", nnz_per_thread * 32)
+            .split("fpos2", "thread", "thread_nz", nnz_per_thread)
+            .parallelize("block", "gpu-block", race="IgnoreRaces")
+            .parallelize("warp", "gpu-warp", race="IgnoreRaces")
+            .parallelize("thread", "gpu-thread", race="Atomics"))
+
+
+def taco_spmv_rows(rows_per_block=8) -> Schedule:
+    """TACO's scheduleSpMVRowsGPU in spcomp's spelling."""
+    return (Schedule().split("i", "block", "row", rows_per_block)
+            .parallelize("block", "gpu-block", race="NoRaces")
+            .parallelize("row", "gpu-warp", race="IgnoreRaces")
+            .parallelize("j", "gpu-thread", race="ParallelReduction"))
+
+
+def _taco_case(text, schedule, launch, seed, **shapes) -> str:
+    """Compile ``text`` (A csr) with ``schedule`` for cuda-sim, run it under ``launch``,
+    check it against einsum and nvcc; its kernels' source."""
+    rng = np.random.default_rng(seed)
+    ops = {name: rng.standard_normal(shape) for name, shape in shapes.items()}
+    ops["A"] = ops["A"] * (rng.random(ops["A"].shape) < 0.2)
+    ops["A"][min(7, ops["A"].shape[0] - 1)] = rng.standard_normal(ops["A"].shape[1])  # one long row
+    spec = next(v[1] for v in EXPRS.values() if v[0] == text)
+    _launch.update(grid=launch[0], block=launch[1])
+    k = spcomp.compile(text, formats={"A": "csr"}, backend="cuda-sim", schedule=schedule)
+    np.testing.assert_allclose(k(**ops), np.einsum(spec, *ops.values()), rtol=1e-12, atol=1e-12)
+    _nvcc(k)
+    return _kernels_of(k.source)
+
+
 def test_taco_spmv_nnz_balanced():
-    """TACO's scheduleSpMVGPU (NNZ_PER_THREAD=8, BLOCK_SIZE=256): a block's chunk of
-    2048 nonzeros, a warp's 256, a thread's 8; a thread finds its rows by binary
-    search; shared rows added atomically."""
-    rng = np.random.default_rng(1)
-    A = rng.standard_normal((300, 200)) * (rng.random((300, 200)) < 0.1)
-    A[7] = rng.standard_normal(200)  # a row longer than a thread's chunk
-    x = rng.standard_normal(200)
-    nnz_per_thread, block_size = 8, 256
-    s = (Schedule().fuse("i", "j", "f").pos("f", "fpos", "A")
-         .split("fpos", "block", "fpos1", nnz_per_thread * block_size)
-         .split("fpos1", "warp", "fpos2", nnz_per_thread * 32)
-         .split("fpos2", "thread", "thread_nz", nnz_per_thread)
-         .parallelize("block", "gpu-block", race="IgnoreRaces")
-         .parallelize("warp", "gpu-warp", race="IgnoreRaces")
-         .parallelize("thread", "gpu-thread", race="Atomics"))
-    _launch.update(grid=3, block=256)
-    k = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"}, backend="cuda-sim", schedule=s)
-    np.testing.assert_allclose(k(A=A, x=x), A @ x, rtol=1e-12, atol=1e-12)
-    src = _kernels_of(k.source)
+    """TACO's GPU SpMV (NNZ_PER_THREAD=8, BLOCK_SIZE=256): a thread finds its rows by
+    binary search; rows shared between threads are added atomically."""
+    src = _taco_case(SPMV, taco_spmv(), (3, 256), 1, A=(300, 200), x=200)
     for m in ("gpu-block", "gpu-warp", "gpu-lane"):
         assert f"parallel: {m}" in src
     assert "atomicAdd(&y_vals" in src
-    _nvcc(k)
 
 
 def test_taco_spmv_row_per_warp():
-    """TACO's scheduleSpMVRowsGPU translated: rows per block, a warp per row, the
-    warp's lanes split the row and combine partial sums by shuffles."""
-    rng = np.random.default_rng(2)
-    A = rng.standard_normal((90, 70)) * (rng.random((90, 70)) < 0.3)
-    x = rng.standard_normal(70)
-    s = (Schedule().split("i", "block", "row", 8)
-         .parallelize("block", "gpu-block", race="NoRaces")
-         .parallelize("row", "gpu-warp", race="IgnoreRaces")
-         .parallelize("j", "gpu-thread", race="ParallelReduction"))
-    _launch.update(grid=4, block=128)
-    k = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"}, backend="cuda-sim", schedule=s)
-    np.testing.assert_allclose(k(A=A, x=x), A @ x, rtol=1e-12, atol=1e-12)
-    assert "spc_warp_reduce<spc_sum_op>" in k.source
-    _nvcc(k)
+    """A warp per row: the lanes split the row and combine partial sums by shuffles."""
+    src = _taco_case(SPMV, taco_spmv_rows(), (4, 128), 2, A=(90, 70), x=70)
+    assert "spc_warp_reduce<spc_sum_op>" in src and "atomicAdd" not in src
 
 
 def test_taco_spmm_nnz_balanced_warps():
     """TACO's scheduleSpMMGPU translated: chunks of nonzeros per warp, the warp's
     lanes split the dense columns k, rows shared between warps added atomically."""
-    rng = np.random.default_rng(3)
-    A = rng.standard_normal((50, 40)) * (rng.random((50, 40)) < 0.2)
-    B = rng.standard_normal((40, 33))
     s = (Schedule().fuse("i", "j", "f").pos("f", "fpos", "A")
          .split("fpos", "block", "fpos1", 8 * 8).split("fpos1", "warp", "nnz", 8)
          .parallelize("block", "gpu-block", race="IgnoreRaces")
          .parallelize("warp", "gpu-warp", race="IgnoreRaces")
          .parallelize("k", "gpu-thread", race="Atomics"))
-    _launch.update(grid=2, block=256)
-    k = spcomp.compile("C[i,k] = A[i,j] * B[j,k]", formats={"A": "csr"}, backend="cuda-sim", schedule=s)
-    np.testing.assert_allclose(k(A=A, B=B), A @ B, rtol=1e-12, atol=1e-12)
-    assert "parallel: gpu-lane" in k.source and "atomicAdd(&C_vals" in k.source
-    _nvcc(k)
+    src = _taco_case(SPMM, s, (2, 256), 3, A=(50, 40), B=(40, 33))
+    assert "parallel: gpu-lane" in src and "atomicAdd(&C_vals" in src
 
 
 def test_member_ignore_races_insisted_runs():
@@ -274,7 +262,6 @@ def test_member_ignore_races_insisted_runs():
 
 # ------------------------------------------------------------- refusals
 
-SPMV, SPMM, SPMTV = EXPRS["spmv"][0], EXPRS["spmm"][0], EXPRS["spmtv"][0]
 FUSED = Schedule().fuse("i", "j", "f").pos("f", "fpos", "A")
 REFUSALS = [
     (SPMV, Schedule().parallelize("i", "gpu-thread").parallelize("j", "gpu-thread"), "one loop per GPU level"),
@@ -371,10 +358,6 @@ def test_taco_gpu_schedules_on_a_real_gpu():
     A = rng.standard_normal((500, 300)) * (rng.random((500, 300)) < 0.05)
     x = rng.standard_normal(300)
     _launch.clear()
-    for s in (FUSED.split("fpos", "block", "fpos1", 2048).split("fpos1", "warp", "fpos2", 256)
-              .split("fpos2", "thread", "nz", 8).parallelize("block", "gpu-block", race="IgnoreRaces")
-              .parallelize("warp", "gpu-warp", race="IgnoreRaces").parallelize("thread", "gpu-thread", race="Atomics"),
-              Schedule().split("i", "b", "r", 8).parallelize("b", "gpu-block").parallelize("r", "gpu-warp")
-              .parallelize("j", "gpu-thread", race="ParallelReduction")):
+    for s in (taco_spmv(), taco_spmv_rows()):
         k = spcomp.compile(SPMV, formats={"A": "csr"}, backend="cuda", schedule=s)
         np.testing.assert_allclose(k(A=A, x=x), A @ x, rtol=1e-10, atol=1e-10)
