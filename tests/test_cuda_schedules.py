@@ -22,6 +22,7 @@ import spcomp
 import spcomp.backends.cuda as cuda
 from spcomp import Schedule
 from spcomp.errors import ScheduleError
+from spcomp.lower import gpumap, gpupositions, possplit
 from spcomp.tuner import gpu_candidates
 
 from conftest import examples
@@ -89,9 +90,11 @@ def _row_schedule(draw, name):
     split = Schedule().split("i", "i0", "i1", f)
     inner = {"spmv": "j", "spmm": "k", "sddmm": "j"}[name]
     race = draw(st.sampled_from(RACES)) if inner == "j" else draw(st.sampled_from((None, "NoRaces")))
-    shape = draw(st.sampled_from(["thread", "block-thread", "block-warp-lane", "warp-lane", "team"]))
+    shape = draw(st.sampled_from(["thread", "block-thread", "block-warp", "block-warp-lane", "warp-lane", "team"]))
     if shape == "thread":
         return split.parallelize("i0", "gpu-thread")
+    if shape == "block-warp":  # a warp per row, the row's work team-uniform (lane 0 stores)
+        return split.parallelize("i0", "gpu-block").parallelize("i1", "gpu-warp")
     if shape == "block-thread":
         return split.parallelize("i0", "gpu-block").parallelize("i1", "gpu-thread")
     if shape == "block-warp-lane":
@@ -258,6 +261,41 @@ def test_member_ignore_races_insisted_runs():
     s = Schedule().parallelize("i", "gpu-warp").parallelize("j", "gpu-thread", race="IgnoreRaces", insist=True)
     k = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"}, backend="cuda-sim", schedule=s)
     np.testing.assert_allclose(k(A=A, x=x), A @ x)
+
+
+# ------------------------------------------------- the mapping, unit by unit
+
+GPU = spcomp.backends.get_target("cuda-sim").capabilities
+
+
+@pytest.mark.parametrize("directives, grid, members", [
+    ([("i", "gpu-thread")], ("i", "gpu-thread"), ()),
+    ([("j", "gpu-thread"), ("i", "gpu-warp")], ("i", "gpu-warp"), (("j", "gpu-lane", None, False),)),
+    ([("t", "gpu-thread", "Atomics", False), ("w", "gpu-warp"), ("b", "gpu-block")], ("b", "gpu-block"),
+     (("w", "gpu-warp", None, False), ("t", "gpu-lane", "Atomics", False))),
+    ([("i0", "gpu-block"), ("i1", "gpu-thread")], ("i0", "gpu-block"), (("i1", "gpu-thread", None, False),)),
+])
+def test_grid_and_members(directives, grid, members):
+    """The highest level is the grid's loop; a thread of a warp is a lane; the CPU keeps the last one."""
+    assert gpumap.grid_and_members(directives, GPU) == (grid, members)
+    cpu = spcomp.backends.get_target("cpu").capabilities
+    assert gpumap.grid_and_members(directives, cpu) == (directives[-1], ())
+
+
+def test_chunk_race_reads_every_level():
+    from spcomp.lower.record import Options
+    spec = possplit.PosSplit("A", "j", "i", "b", "t", 64, "s", pieces=(("w", 8),))
+
+    def race(grid_race, *members):
+        opt = Options(parallel="b", parallel_kind="gpu-block", race=grid_race,
+                      members=tuple((m, "gpu-warp", r, i) for m, r, i in members), caps=GPU)
+        return gpupositions.chunk_race(spec, opt)[:2]
+    assert race(("IgnoreRaces", False), ("w", "IgnoreRaces", False), ("k", "Atomics", False)) == ("Atomics", False)
+    assert race(("IgnoreRaces", False), ("w", "NoRaces", False)) == ("NoRaces", False)
+    assert race((), ("w", "ParallelReduction", False)) == ("ParallelReduction", False)
+    assert race(("IgnoreRaces", True), ("w", "IgnoreRaces", False)) == ("IgnoreRaces", False)
+    assert race(("IgnoreRaces", True)) == ("IgnoreRaces", True)
+    assert race(()) == (None, False)
 
 
 # ------------------------------------------------------------- refusals
