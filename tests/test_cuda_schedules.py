@@ -308,6 +308,7 @@ REFUSALS = [
     (SPMV, Schedule().split("i", "i0", "i1", 4).parallelize("i1", "gpu-warp").parallelize("i0", "gpu-thread"),
      "only as the outermost loop"),  # the warp loop is the grid's: it would sit inside i0
     (SPMV, Schedule().parallelize("i", "gpu-block").parallelize("i", "gpu-thread"), "runs on one GPU level"),
+    (SPMV, Schedule().parallelize("i", "gpu-block").parallelize("j", "gpu-warp"), "warps cannot combine"),
     (SPMV, Schedule().parallelize("i", "gpu-block").parallelize("j", "gpu-thread", race="NoRaces"),
      "race='NoRaces' is wrong here"),
     (SPMV, Schedule().parallelize("i", "gpu-warp").parallelize("j", "gpu-thread", race="IgnoreRaces"),

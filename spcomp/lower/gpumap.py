@@ -132,6 +132,9 @@ def asked_member(member: Member, i, sink, lhs) -> tuple:
         raise ScheduleError(f"{member.what}: the loop over {i.name} appends to the sparse output "
                             f"{lhs.tensor.name} in order; a team of GPU threads would race on it")
     owns = isinstance(sink, DenseSink) and split_mod.base_of(i) in lhs.indices
+    if member.mapping == "gpu-warp" and not isinstance(sink, DenseSink):
+        raise ScheduleError(f"{member.what}: the loop over {i.name} sums into a value of the block's iteration, "
+                            "which the block's warps cannot combine; map it to 'gpu-thread' (the block's threads)")
     return member.mapping, member_race(member, isinstance(sink, DenseSink), owns) == "atomics"
 
 
