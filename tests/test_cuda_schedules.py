@@ -253,6 +253,18 @@ def test_taco_spmm_nnz_balanced_warps():
     assert "parallel: gpu-lane" in src and "atomicAdd(&C_vals" in src
 
 
+def test_taco_sddmm_nnz_balanced_warps():
+    """TACO's scheduleSDDMMGPU into a dense output: chunks of nonzeros per warp, the
+    lanes split the k sum and combine it by shuffles (ParallelReduction)."""
+    s = (Schedule().fuse("i", "j", "f").pos("f", "fpos", "A")
+         .split("fpos", "block", "fpos1", 8 * 8).split("fpos1", "warp", "nnz", 8)
+         .parallelize("block", "gpu-block", race="IgnoreRaces")
+         .parallelize("warp", "gpu-warp", race="IgnoreRaces")
+         .parallelize("k", "gpu-thread", race="ParallelReduction"))
+    src = _taco_case(EXPRS["sddmm"][0], s, (2, 128), 4, A=(40, 30), D=(40, 37), E=(30, 37))
+    assert "spc_warp_reduce<spc_sum_op>" in src and "parallel: gpu-lane" in src
+
+
 def test_member_ignore_races_insisted_runs():
     """IgnoreRaces with insist=True on a reduction member: the team still combines the
     partial sums (a scalar cannot be raced on), so the result is right."""
