@@ -265,6 +265,40 @@ def test_taco_sddmm_nnz_balanced_warps():
     assert "spc_warp_reduce<spc_sum_op>" in src and "parallel: gpu-lane" in src
 
 
+@pytest.mark.parametrize("team, member, race", [
+    ("gpu-block", "gpu-thread", "ParallelReduction"), ("gpu-warp", "gpu-thread", "Temporary"),
+    ("gpu-block", "gpu-thread", "Atomics"), ("gpu-block", "gpu-warp", "Atomics"),
+])
+@pytest.mark.parametrize("n", [1, 255, 1000])
+def test_dot_product_reduced_per_team(team, member, race, n):
+    """A reduction into a scalar: ParallelReduction / Temporary sum each team's part
+    with shuffles and add it once (one atomicAdd per team); Atomics add per element."""
+    rng = np.random.default_rng(n)
+    x, y = rng.standard_normal(n), rng.standard_normal(n)
+    s = Schedule().split("i", "i0", "i1", 64).parallelize("i0", team).parallelize("i1", member, race=race)
+    _launch.update(grid=3, block=128)
+    k = spcomp.compile("s = x[i] * y[i]", backend="cuda-sim", schedule=s)
+    np.testing.assert_allclose(k(x=x, y=y), x @ y, rtol=1e-12, atol=1e-12)
+    src = _kernels_of(k.source)
+    assert ("_reduce<spc_sum_op>" in src) == (race != "Atomics"), src
+    _nvcc(k)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "dense"])
+@pytest.mark.parametrize("team", ["gpu-warp", "gpu-block"])
+def test_row_max_reduced_by_the_team(fmt, team):
+    """max over a row split among a team's members: combined by a max butterfly, the
+    count of visited entries by a sum (unstored entries count as zeros)."""
+    rng = np.random.default_rng(6)
+    A = rng.standard_normal((40, 30)) * (rng.random((40, 30)) < 0.3) - 5 * (rng.random((40, 30)) < 0.1)
+    _launch.update(grid=2, block=64)
+    k = spcomp.compile("m[i] = max(j, A[i,j])", formats={"A": fmt}, backend="cuda-sim",
+                       schedule=Schedule().parallelize("i", team).parallelize("j", "gpu-thread"))
+    np.testing.assert_array_equal(k(A=A), A.max(axis=1))
+    assert "_reduce<spc_max_op>" in k.source
+    _nvcc(k)
+
+
 def test_member_ignore_races_insisted_runs():
     """IgnoreRaces with insist=True on a reduction member: the team still combines the
     partial sums (a scalar cannot be raced on), so the result is right."""
@@ -327,6 +361,8 @@ REFUSALS = [
      "pass insist=True"),
     (SPMM, Schedule().parallelize("i", "gpu-block").parallelize("j", "gpu-thread", race="ParallelReduction"),
      "use race='Atomics'"),
+    (SPMTV, Schedule().split("i", "i0", "i1", 8).parallelize("i0", "gpu-block")
+     .parallelize("i1", "gpu-thread", race="Temporary"), "change inside the loop"),
     (SPMM, Schedule().parallelize("i", "gpu-block").parallelize("j", "gpu-thread", race="NoRaces"),
      "use 'Atomics'"),
     (SPMV, Schedule().split("i", "i0", "i1", 4).parallelize("i0", "gpu-block").parallelize("x", "gpu-thread"),

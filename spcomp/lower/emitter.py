@@ -102,6 +102,10 @@ class LoopEmitter:
         i = order[0]
         if self.workspace and sink is self.out_sink and self.position[i] == self.workspace["start"]:
             return stmts + self.workspace_region(order, expr, env, depth)
+        if i.name in self.members and gpumap.partial_sum(self.members[i.name], i, sink, env, self.lhs):
+            t = n.Var(self.fresh("t" + i.name), self.compute)  # the team's sum, added once (gpumap.py)
+            return stmts + [n.Declare(t, n.const(0, self.compute)), *self.loop(
+                i, order[1:], expr, ScalarSink(t), env, depth), *sink.innermost(t, env)]
         return stmts + self.loop(i, order[1:], expr, sink, env, depth)
 
     def hoist(self, expr, env, depth):

@@ -22,7 +22,9 @@ Races among a member loop's iterations (:func:`member_race`): a loop over an
 output index writes its own elements; a loop over a reduction index either
 accumulates a scalar (the team combines the members' partial values with
 shuffles: ``ParallelReduction``/``Temporary``, and what ``Atomics`` gets too) or
-adds into the output directly (``Atomics``: atomic adds). ``NoRaces`` and
+adds into the output directly (``Atomics``: atomic adds; ``ParallelReduction``:
+a scalar the team sums and adds once, where the output element is fixed outside
+the loop, :func:`partial_sum`). ``NoRaces`` and
 ``IgnoreRaces`` are refused where the iterations race (``insist=True`` runs
 ``IgnoreRaces`` anyway, as on the CPU). :func:`check_nesting` refuses member
 loops the lowered nest does not place inside their team.
@@ -117,9 +119,9 @@ def member_race(member: Member, writes_output: bool, owns_elements: bool) -> str
     if race == "IgnoreRaces" and member.insist:
         return "ignored"
     if race in ("Temporary", "ParallelReduction"):
-        raise ScheduleError(f"{what}: the iterations of {member.index} add into the output's elements directly "
-                            "(not into a scalar a team can combine); use race='Atomics', or reorder so that "
-                            f"{member.index} is the innermost loop")
+        raise ScheduleError(f"{what}: the iterations of {member.index} add into output elements that change "
+                            "inside the loop (no single sum for the team to combine); use race='Atomics', or "
+                            f"reorder so that {member.index} is the innermost loop")
     raise ScheduleError(f"{what}: race={race!r}: the iterations of {member.index} add into the same output "
                         "elements" + (", so the result would be wrong; pass insist=True to run it anyway"
                                       if race == "IgnoreRaces" else "; use 'Atomics'"))
@@ -136,6 +138,15 @@ def asked_member(member: Member, i, sink, lhs) -> tuple:
         raise ScheduleError(f"{member.what}: the loop over {i.name} sums into a value of the block's iteration, "
                             "which the block's warps cannot combine; map it to 'gpu-thread' (the block's threads)")
     return member.mapping, member_race(member, isinstance(sink, DenseSink), owns) == "atomics"
+
+
+def partial_sum(member: Member, i, sink, env, lhs) -> bool:
+    """Whether the member loop over reduction index ``i`` sums into a scalar that the
+    team combines and adds into the output once (``ParallelReduction``/``Temporary``:
+    a block's partial dot product, one atomic add per block), instead of adding into
+    the output at each iteration: where the output element is fixed outside the loop."""
+    return (member.race in ("ParallelReduction", "Temporary") and isinstance(sink, DenseSink)
+            and split_mod.base_of(i) not in lhs.indices and all(x in env.bound for x in lhs.indices))
 
 
 def racing(sink, racy: bool, emit):
