@@ -119,7 +119,7 @@ def _position_splits(kernel) -> list:
 def gpu_candidates(kernel) -> list:
     """GPU mappings of ``kernel``'s loops (docs/scheduling.md, "GPU schedules"): the outer
     loop per thread, warp or block; rows per block split among the block's threads
-    (:data:`GPU_ROWS_PER_BLOCK`); a warp per row with its lanes splitting the
+    (:data:`GPU_ROWS_PER_BLOCK`; a scalar output's sum reduced per block); a warp per row with its lanes splitting the
     innermost loop, alone or :data:`GPU_ROWS_PER_BLOCK` rows to a block; chunks of
     :data:`GPU_NNZ_PER_THREAD` nonzeros per thread of each compressed level, flat and
     as TACO's block > warp > thread chunks (threads adding shared rows atomically)."""
@@ -133,9 +133,11 @@ def gpu_candidates(kernel) -> list:
     # the lanes of a warp split the innermost loop: a reduction's partial sums are combined by shuffles
     lanes = order[-1]
     race = None if lanes in {i.name for i in kernel.notation.lhs.indices} else "ParallelReduction"
+    # a scalar output: each block's threads sum their part, the block adds its sum once
+    summed = None if kernel.notation.lhs.indices else "ParallelReduction"
     for rows in GPU_ROWS_PER_BLOCK:
         split = Schedule().split(outer, o0, o1, rows)
-        found.append(split.parallelize(o0, "gpu-block").parallelize(o1, "gpu-thread"))
+        found.append(split.parallelize(o0, "gpu-block").parallelize(o1, "gpu-thread", race=summed))
         if len(order) > 1:
             found.append(split.parallelize(o0, "gpu-block").parallelize(o1, "gpu-warp")
                          .parallelize(lanes, "gpu-thread", race=race))

@@ -405,22 +405,25 @@ def test_sub_chunks_are_gpu_only():
 
 # ------------------------------------------------------------------ tuner
 
-@pytest.mark.parametrize("text, spec, names", [
-    (SPMV, "ij,j->i", ("A", "x")),
-    (SPMM, "ij,jk->ik", ("A", "B")),
+@pytest.mark.parametrize("text, spec, shapes", [
+    (SPMV, "ij,j->i", {"A": (37, 29), "x": 29}),
+    (SPMM, "ij,jk->ik", {"A": (37, 29), "B": (29, 6)}),
+    ("s = A[i,j] * x[j]", "ij,j->", {"A": (37, 29), "x": 29}),
+    ("s = x[i] * y[i]", "i,i->", {"x": 700, "y": 700}),
 ])
-def test_tuner_gpu_candidates_compile_and_match(text, spec, names):
+def test_tuner_gpu_candidates_compile_and_match(text, spec, shapes):
     """Every GPU candidate of the tuner is legal here: it compiles (nvcc too) and
     matches einsum on cuda-sim. (Timings under cuda-sim mean nothing; not asserted.)"""
     rng = np.random.default_rng(4)
-    ops = {"A": rng.standard_normal((37, 29)) * (rng.random((37, 29)) < 0.2)}
-    ops[names[1]] = rng.standard_normal(29) if names[1] == "x" else rng.standard_normal((29, 6))
+    ops = {name: rng.standard_normal(shape) for name, shape in shapes.items()}
+    if "A" in ops:
+        ops["A"] = ops["A"] * (rng.random(ops["A"].shape) < 0.2)
     _launch.update(grid=2, block=64)
-    k = spcomp.compile(text, formats={"A": "csr"}, backend="cuda-sim")
+    k = spcomp.compile(text, formats={"A": "csr"} if "A" in ops else {}, backend="cuda-sim")
     cands = gpu_candidates(k)
     kinds = {d[2] for s in cands for d in s.directives if d[0] == "parallelize"}
     assert kinds == {"gpu-thread", "gpu-warp", "gpu-block"}
-    assert any(d[0] == "pos" for s in cands for d in s.directives)
+    assert any(d[0] == "pos" for s in cands for d in s.directives) == ("A" in ops)
     ref = np.einsum(spec, *ops.values())
     for s in cands:
         kk = k.with_schedule(s)
