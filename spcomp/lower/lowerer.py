@@ -523,26 +523,29 @@ class Lowerer(LoopDirectives):
         holding them, then the nest over the first row, the inner rows and the last
         row; the first and last may be shared with neighbouring chunks, so their
         updates add (atomically where the race strategy says), while an inner row of
-        a row-indexed output is this range's alone and stored."""
+        a row-indexed output is this range's alone and stored. On the GPU that is
+        the body of a loop over the chunks (gpupositions.py)."""
         plan = self.pos_plan
         plan.params = self.params[plan.name]
         self.loops_text.append(plan.describe(self.parallel is not None, self.opt.parallel_kind))
-        self._bounded = None  # the bounds every pass checked
+        bounded = None  # the bounds every pass checked
 
         def chunks(lo, hi, span=None):
+            """One range of chunks' (or sub-chunk positions' ``span``) search and passes."""
+            nonlocal bounded
             nest = plan.prelude(lo, hi, self.sizes, self.fresh, span)
             owned = plan.chain[0] in self.lhs.indices and plan.race != "ignored"
             for k, (edge, start, end) in enumerate(plan.passes()):
                 plan.current = (edge, start, end)
                 sink.atomic = plan.race == "atomics" or (edge and plan.race == "boundary-atomics")
                 sink.accumulate = True if edge or not owned else self.accumulate_inside
-                emitter = self.emitter(sink, text=k == 0 and self._bounded is None)  # k.loops shows it once
+                emitter = self.emitter(sink, text=k == 0 and bounded is None)  # k.loops shows the nest once
                 nest.append(n.Comment(("the first row" if k == 0 else "the last row" if k == 2 else
                                        "the inner rows") + " of the range"))
                 nest += emitter.nest(self.outer, self.expr, sink, env.child(), depth=1)
                 self.position_ends.update(emitter.position_ends)
                 self.members_placed.update(emitter.members_placed)
-                self._bounded = emitter.bounded if self._bounded is None else self._bounded & emitter.bounded
+                bounded = emitter.bounded if bounded is None else bounded & emitter.bounded
             return nest
 
         if self.parallel is not None and not self.opt.caps.host_threads:  # a GPU thread per chunk
@@ -550,7 +553,7 @@ class Lowerer(LoopDirectives):
                                             self.members_placed)
         else:
             nest = chunks(self.lo or n.i64(0), self.hi)
-        self._check_bounds(self._bounded)
+        self._check_bounds(bounded)
         return nest
 
     def table_sizes(self) -> dict:
