@@ -299,6 +299,31 @@ def test_row_max_reduced_by_the_team(fmt, team):
     _nvcc(k)
 
 
+@pytest.mark.parametrize("fmt", ["csf", "dcc"])
+def test_taco_tensor_kernels_nnz_balanced(fmt):
+    """TACO's GPU TTV (block > warp > thread chunks of B's fibers, atomics) and MTTKRP
+    (chunks per warp, the lanes over the dense j) on a 3-D sparse tensor."""
+    rng = np.random.default_rng(8)
+    B = rng.standard_normal((20, 15, 12)) * (rng.random((20, 15, 12)) < 0.2)
+    c, C, D = rng.standard_normal(12), rng.standard_normal((15, 6)), rng.standard_normal((12, 6))
+    ttv = (Schedule().fuse("i", "j", "f").pos("f", "fpos", "B")
+           .split("fpos", "block", "fpos1", 8 * 64).split("fpos1", "warp", "fpos2", 8 * 32)
+           .split("fpos2", "thread", "nz", 8).parallelize("block", "gpu-block", race="IgnoreRaces")
+           .parallelize("warp", "gpu-warp", race="IgnoreRaces").parallelize("thread", "gpu-thread", race="Atomics"))
+    mttkrp = (Schedule().fuse("i", "k", "f").pos("f", "fpos", "B")
+              .split("fpos", "block", "fpos1", 64).split("fpos1", "warp", "nnz", 8)
+              .parallelize("block", "gpu-block", race="IgnoreRaces")
+              .parallelize("warp", "gpu-warp", race="IgnoreRaces").parallelize("j", "gpu-thread", race="Atomics"))
+    _launch.update(grid=2, block=64)
+    for text, s, ops, spec in (("A[i,j] = B[i,j,k] * c[k]", ttv, {"B": B, "c": c}, "ijk,k->ij"),
+                               ("A[i,j] = B[i,k,l] * C[k,j] * D[l,j]", mttkrp, {"B": B, "C": C, "D": D},
+                                "ikl,kj,lj->ij")):
+        k = spcomp.compile(text, formats={"B": fmt}, backend="cuda-sim", schedule=s)
+        np.testing.assert_allclose(k(**ops), np.einsum(spec, *ops.values()), rtol=1e-12, atol=1e-12)
+        assert "sub-chunks of 8" in k.loops and "parallel: gpu-lane" in k.source
+        _nvcc(k)
+
+
 def test_member_ignore_races_insisted_runs():
     """IgnoreRaces with insist=True on a reduction member: the team still combines the
     partial sums (a scalar cannot be raced on), so the result is right."""

@@ -298,9 +298,10 @@ class PositionPlan:
         f = f"ceil(nnz/{-s.factor})" if s.factor < 0 else str(s.factor)
         where = f"{self.name} level {self.level + 1}"
         par = f" (parallel: {kind}, races: {self.race})" if parallel else ""
+        subs = "".join(f"; {name} over sub-chunks of {size}" for name, size in s.pieces)
         if s.inner:
-            return (f"for {s.outer} in chunks of {f} positions of {where}{par}; {s.inner} within a chunk: "
-                    f"{', '.join(i.name for i in self.chain)} from the positions")
+            return (f"for {s.outer} in chunks of {f} positions of {where}{par}{subs}; {s.inner} within a "
+                    f"chunk: {', '.join(i.name for i in self.chain)} from the positions")
         return f"for {s.outer} in positions of {where}{par}: {', '.join(i.name for i in self.chain)} from the positions"
 
 
