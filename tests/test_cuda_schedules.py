@@ -110,10 +110,15 @@ def _position_schedule(draw, name):
     """TACO's fuse + pos + split: chunks per thread / warp / block, or block > warp > thread."""
     base = Schedule().fuse("i", "j", "f").pos("f", "fpos", "A")
     race = draw(st.sampled_from((None, "Atomics") if name == "spmtv" else RACES))
-    if draw(st.booleans()):
+    shape = draw(st.sampled_from(["chunks", "a position per member", "sub-chunks"]))
+    if shape == "chunks":
         nnz = draw(st.sampled_from([1, 4, 8, 33]))
         kind = draw(st.sampled_from(["gpu-thread", "gpu-warp", "gpu-block"]))
         return base.split("fpos", "c", "p", nnz).parallelize("c", kind, race=race)
+    if shape == "a position per member":  # TACO's split(fpos, block, fpos1, N).parallelize(fpos1, GPUThread)
+        nnz = draw(st.sampled_from([5, 32, 256]))
+        kind = draw(st.sampled_from(["gpu-warp", "gpu-block"]))
+        return base.split("fpos", "c", "p", nnz).parallelize("c", kind).parallelize("p", "gpu-thread", race=race)
     per_thread = draw(st.sampled_from([1, 2, 5, 8]))
     threads_per_warp = draw(st.sampled_from([3, 32]))
     warps = draw(st.sampled_from([1, 2, 8]))
@@ -402,6 +407,8 @@ REFUSALS = [
      "no per-thread copies"),
     (SPMV, FUSED.split("fpos", "c", "p", 8).parallelize("p", "gpu-thread"), "only the loop over chunks"),
     (SPMV, FUSED.divide("fpos", "c", "p", 8).split("p", "w", "t", 2).parallelize("c", "gpu-block"),
+     "fixed number of positions"),
+    (SPMV, FUSED.divide("fpos", "c", "p", 8).parallelize("c", "gpu-block").parallelize("p", "gpu-thread"),
      "fixed number of positions"),
     (SPMV, FUSED.split("fpos", "b", "p", 64).split("p", "w", "t", 8).parallelize("b", "gpu-block")
      .parallelize("w", "gpu-warp", race="NoRaces").parallelize("t", "gpu-thread"), "race='NoRaces'"),

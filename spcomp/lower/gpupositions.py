@@ -10,6 +10,8 @@ iteration (:func:`chunk_loops`). Where the schedule cuts a chunk further
 the sub-chunks are loops nested in it, each run by the GPU level its ``parallelize``
 names (gpumap.py: a block's warps, a warp's lanes) or sequentially, and the
 innermost sub-chunk's positions ``[first, end)`` are what a thread searches and walks.
+A ``parallelize`` of the loop within a chunk (TACO's ``split(fpos, block, fpos1,
+N).parallelize(fpos1, GPUThread)``) gives each of its team's members one position.
 
 Rows shared by neighbouring chunks are the races: :func:`chunk_race` reads the
 strategies of all the levels together (TACO's SpMV asks IgnoreRaces of the block
@@ -18,6 +20,7 @@ every level's chunks apart).
 """
 from __future__ import annotations
 
+from ..errors import ScheduleError
 from ..ir import nodes as n
 from ..ir.types import I64
 from . import gpumap
@@ -50,11 +53,16 @@ def chunk_loops(spec, opt, lo, hi, fresh, body, placed: dict) -> list:
     (loop variable -> piece name) for gpumap.check_nesting."""
     chunk = n.Var(fresh(spec.outer), I64)
     note = n.Comment(f"{spec.what}: one chunk of positions per {opt.parallel_kind} iteration")
-    if not spec.pieces:
-        work = body(chunk, n.Binary("+", chunk, n.i64(1)))
-        return [note, n.For(chunk, lo, hi, n.block(*work), parallel=opt.parallel_kind)]
     members = gpumap.members_of(opt)
     levels = [(spec.outer, spec.factor), *spec.pieces]
+    if spec.inner in members:  # the positions within a chunk run on the team: one each (TACO's fpos1)
+        levels.append((spec.inner, 1))
+    if len(levels) == 1:
+        work = body(chunk, n.Binary("+", chunk, n.i64(1)))
+        return [note, n.For(chunk, lo, hi, n.block(*work), parallel=opt.parallel_kind)]
+    if spec.factor < 0:
+        raise ScheduleError(f"{spec.what}: sub-chunks (here {levels[1][0]}'s) need a chunk of a fixed number of "
+                            "positions; split the position loop instead of dividing it")
 
     def positions(k, start, end) -> list:
         """The loops from level ``k`` in, over the positions ``[start, end)`` of level k-1's piece."""
