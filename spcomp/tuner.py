@@ -117,12 +117,12 @@ def _position_splits(kernel) -> list:
 
 
 def gpu_candidates(kernel) -> list:
-    """GPU mappings of ``kernel``'s loops (docs/scheduling.md, "GPU schedules"): the outer
-    loop per thread, warp or block; rows per block split among the block's threads
-    (:data:`GPU_ROWS_PER_BLOCK`; a scalar output's sum reduced per block); a warp per row with its lanes splitting the
-    innermost loop, alone or :data:`GPU_ROWS_PER_BLOCK` rows to a block; chunks of
-    :data:`GPU_NNZ_PER_THREAD` nonzeros per thread of each compressed level, flat and
-    as TACO's block > warp > thread chunks (threads adding shared rows atomically)."""
+    """GPU mappings of ``kernel``'s loops (docs/cuda.md, "TACO's GPU schedules"): the
+    outer loop per thread, warp or block; :data:`GPU_ROWS_PER_BLOCK` rows per block
+    on the block's threads (a scalar output's sum reduced per block), or a warp per
+    row with its lanes splitting the innermost loop; a warp per row; chunks of
+    :data:`GPU_NNZ_PER_THREAD` nonzeros (or one) per thread of each compressed level,
+    flat and as TACO's block > warp > thread chunks (shared rows added atomically)."""
     order = [i.name for i in kernel.lowered.inspection.order]
     if not order:
         return []
@@ -147,6 +147,8 @@ def gpu_candidates(kernel) -> list:
         pos = Schedule().pos(idx, idx + "_pos", acc)
         for nnz in GPU_NNZ_PER_THREAD:
             found.append(pos.split(idx + "_pos", idx + "_c", idx + "_p", nnz).parallelize(idx + "_c", "gpu-thread"))
+        found.append(pos.split(idx + "_pos", idx + "_c", idx + "_p", GPU_BLOCK)  # a nonzero per thread
+                     .parallelize(idx + "_c", "gpu-block").parallelize(idx + "_p", "gpu-thread", race="Atomics"))
         nnz, (block, warp, thread) = GPU_NNZ_PER_THREAD[0], (idx + x for x in ("_block", "_warp", "_thread"))
         found.append(pos.split(idx + "_pos", block, idx + "_b", nnz * GPU_BLOCK)  # TACO's GPU SpMV
                      .split(idx + "_b", warp, idx + "_w", nnz * 32).split(idx + "_w", thread, idx + "_t", nnz)
