@@ -358,6 +358,13 @@ def test_grid_and_members(directives, grid, members):
     assert gpumap.grid_and_members(directives, cpu) == (directives[-1], ())
 
 
+def test_a_loop_named_again_takes_the_last_mapping():
+    """As on the CPU: parallelize of the same loop twice keeps the last directive."""
+    d = [("i", "gpu-block"), ("j", "gpu-thread"), ("i", "gpu-warp")]
+    assert gpumap.grid_and_members(d, GPU) == (("i", "gpu-warp"), (("j", "gpu-lane", None, False),))
+    assert gpumap.grid_and_members([("i", "gpu-block"), ("i", "gpu-thread")], GPU) == (("i", "gpu-thread"), ())
+
+
 def test_chunk_race_reads_every_level():
     from spcomp.lower.record import Options
     spec = possplit.PosSplit("A", "j", "i", "b", "t", 64, "s", pieces=(("w", 8),))
@@ -383,7 +390,6 @@ REFUSALS = [
      "one loop per GPU level"),
     (SPMV, Schedule().split("i", "i0", "i1", 4).parallelize("i1", "gpu-warp").parallelize("i0", "gpu-thread"),
      "only as the outermost loop"),  # the warp loop is the grid's: it would sit inside i0
-    (SPMV, Schedule().parallelize("i", "gpu-block").parallelize("i", "gpu-thread"), "runs on one GPU level"),
     (SPMV, Schedule().parallelize("i", "gpu-block").parallelize("j", "gpu-warp"), "warps cannot combine"),
     (SPMV, Schedule().parallelize("i", "gpu-block").parallelize("j", "gpu-thread", race="NoRaces"),
      "race='NoRaces' is wrong here"),

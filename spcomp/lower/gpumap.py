@@ -59,24 +59,21 @@ class Member:
 
 def grid_and_members(directives: list, caps) -> tuple:
     """``(grid directive or None, members)`` from a schedule's ``parallelize``
-    directives (their arguments). On a backend of host threads, or with one
-    directive, the last one is the grid-level loop and there are no members."""
+    directives (their arguments). On a backend of host threads, or with one loop
+    named, the last directive is the grid-level loop and there are no members."""
     if not directives:
         return None, ()
-    if caps.host_threads or len(directives) == 1:
+    if caps.host_threads or len({d[0] for d in directives}) == 1:
         return directives[-1], ()
+    latest = {d[0]: d for d in directives}  # a loop named again: the last word counts (as on the CPU)
     by_level = {}
-    for d in directives:
+    for d in latest.values():
         if d[1] not in LEVELS:
             raise ScheduleError(f"parallelize({d[0]!r}, {d[1]!r}): several loops on the GPU take "
                                 f"{', '.join(LEVELS)}")
-        if d[1] in by_level and by_level[d[1]][0] != d[0]:
+        if d[1] in by_level:
             raise ScheduleError(f"parallelize({d[0]!r}, {d[1]!r}): {by_level[d[1]][0]} already runs as {d[1]}; "
                                 "one loop per GPU level")
-        twice = next((x for x in by_level.values() if x[0] == d[0] and x[1] != d[1]), None)
-        if twice is not None:
-            raise ScheduleError(f"parallelize({d[0]!r}, {d[1]!r}): {d[0]} already runs as {twice[1]}; "
-                                "a loop runs on one GPU level (split it to map its pieces to two)")
         by_level[d[1]] = d
     levels = [lv for lv in LEVELS if lv in by_level]
     grid = by_level[levels[0]]  # (a gpu-thread grid loop has no members: one loop per level)
