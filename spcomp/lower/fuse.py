@@ -204,7 +204,8 @@ def row_workspace(fn: n.Function, vals: n.Var, widths: list, zero: bool = True):
     first) allocated before the row loop, zeroed at the top of each iteration when
     ``zero`` (its writer does not store every element) unless the writer already
     zeroes the row there itself, indexed by the position within the row,
-    and freed after the loop (and at each interrupt poll or error return inside it).
+    and freed after the loop (and at each interrupt poll, error return or failed
+    allocation inside it; a second row's failed allocation frees the first).
     Called on a fused (possibly ``parallel_rows``) function, so each thread's call
     allocates its own row. None when ``vals`` is not used only by loads and stores
     inside one top-level loop; the caller has checked that every access at iteration
@@ -236,7 +237,12 @@ def row_workspace(fn: n.Function, vals: n.Var, widths: list, zero: bool = True):
                          n.For(q, n.i64(0), width, n.Block((zero,))), *inner.body))
     loop = dataclasses.replace(loop, body=inner)
     note = n.Comment(f"{ws.name}: the temporary's row, one per call (per thread), not the whole array")
-    stmts[at[0]:at[0] + 1] = [note, n.Allocate(ws, width), loop, n.Free(ws)]
+    # row workspaces allocated before this one and freed after the loop: if this
+    # allocation fails they are freed before the out-of-memory return
+    after = stmts[at[0] + 1:]
+    live = tuple(x.var for x in stmts[:at[0]] if isinstance(x, n.Allocate)
+                 and any(isinstance(y, n.Free) and y.var == x.var for y in after))
+    stmts[at[0]:at[0] + 1] = [note, n.Allocate(ws, width, free=live), loop, n.Free(ws)]
     body[holders[0]] = n.Block(tuple(stmts))
     params = tuple(p for p in fn.params if p != vals)
     return dataclasses.replace(fn, params=params, body=n.Block(tuple(body)))
@@ -278,8 +284,9 @@ class _RowRewrite:
             return dataclasses.replace(s, **changes)
         if isinstance(s, n.Comment) and f" of {self.vals.name} here" in s.text:  # the row-zeroing note
             return n.Comment(f"zero {self.ws.name}, the row the statements fill next")
-        if isinstance(s, n.PollInterrupt):
-            return dataclasses.replace(s, free=tuple(s.free) + (self.ws,))
+        if isinstance(s, (n.PollInterrupt, n.Allocate)):  # a poll or a failed allocation frees the row too
+            return dataclasses.replace(self._fields(s) if isinstance(s, n.Allocate) else s,
+                                       free=tuple(s.free) + (self.ws,))
         if isinstance(s, n.Return) and s.status != n.STATUS_OK:
             return n.Block((n.Free(self.ws), s))
         if isinstance(s, n.Block):
