@@ -27,11 +27,12 @@ from spcomp.errors import KernelRuntimeError, OperandError
 from spcomp.ir.nodes import STATUS_INDEX_OVERFLOW
 
 from . import interrupt
-from .launch import WiderIndices, call_work, first_capacity, raise_status
+from .launch import WiderIndices, call_work, first_capacity, parallel_extent, raise_status
 from .memory import data_ptr
 from .operands import Dense, index_bits
 from .outputs import Output
 from .plan import call_args
+from .program_chunks import run_chunked
 from .threads import get_num_threads
 
 
@@ -88,9 +89,12 @@ class FusedRun:
     """Consecutive statements compiled into one function. ``build(bits)`` gives the
     :class:`FusedBuild` of an index width, compiled on first use."""
 
-    def __init__(self, steps: list, build, index32_limit: int, expression: str):
+    def __init__(self, steps: list, build, index32_limit: int, expression: str, chunks=None):
         self.steps = steps
         self.build = build
+        # chunks(bits): the FusedBuild run over each thread's [lo, hi) rows, or None
+        # where the run has none (program_chunks.py)
+        self.chunks = chunks or (lambda bits: None)
         self.limit = index32_limit
         self.expression = expression
         self.compiled = None  # what build(32) made, for inspection (set by spcomp.program)
@@ -101,8 +105,8 @@ class FusedRun:
         this call over several threads (the launcher's measured threshold)."""
         st = self.steps[0]
         low = st.parallel
-        if (self.build(32).variant is not None or low is None or low.threads.parallel is None
-                or get_num_threads() <= 1):
+        if (self.build(32).variant is not None or self.chunks(32) is not None or low is None
+                or low.threads.parallel is None or get_num_threads() <= 1):
             return False
         ops = {name: env[name] for name in st.ctx.plan.names if name != st.name}
         if st.accumulate:
@@ -118,6 +122,27 @@ class FusedRun:
             self._run(env, 32)
         except WiderIndices:  # a sparse tensor outgrew 32-bit positions
             self._run(env, 64)
+
+    def _chunked(self, bits: int, per_step: list):
+        """The chunked build when this call runs on threads: the run has one, several
+        threads are set, every statement spans the same rows, and the first statement's
+        work is worth splitting (the launcher's threshold); else None."""
+        if get_num_threads() <= 1:
+            return None
+        built = self.chunks(bits)
+        if built is None:
+            return None
+        extent = self._extent(built, per_step)
+        if extent is None:
+            return None
+        storages, sizes = per_step[0][0], per_step[0][1]
+        return built if self.steps[0].ctx.launcher.splits(built.lows[0], sizes, storages) else None
+
+    @staticmethod
+    def _extent(built, per_step):
+        """The rows every statement of a chunked build loops over, or None when they differ."""
+        extents = {parallel_extent(low, sizes, storages) for low, (storages, sizes, _a, _c) in zip(built.lows, per_step)}
+        return extents.pop() if len(extents) == 1 else None
 
     def _run(self, env: dict, bits: int) -> None:
         per_step, pending, work = [], {}, 0
@@ -146,11 +171,18 @@ class FusedRun:
             per_step.append((storages, sizes, array, capacity))
             bits = max(bits, index_bits(storages, sizes, self.limit))
             work += call_work(ctx.caps, st.low, st.low, sizes, storages)
-        built = self.build(bits)
+        chunked = self._chunked(bits, per_step)
+        built = chunked or self.build(bits)
+        if chunked is not None:  # the chunked function keeps no row workspaces: whole arrays
+            for j, st in enumerate(self.steps):
+                if st.name in rows:
+                    storages, sizes, _a, capacity = per_step[j]
+                    shape = tuple(sizes[i] for i in st.ctx.plan.out_indices)
+                    per_step[j] = (storages, sizes, np.zeros(shape, dtype=st.ctx.plan.out_dtype), capacity)
         lists, outs = [], []
-        for st, plan, (storages, sizes, array, capacity) in zip(self.steps, built.plans, per_step):
+        for st, low, plan, (storages, sizes, array, capacity) in zip(self.steps, built.lows, built.plans, per_step):
             if st.sparse:
-                out = Output(st.low, sizes, None, bits, False, False)
+                out = Output(low if chunked else st.low, sizes, None, bits, False, False)
                 out.capacity = capacity
                 outs.append(out)
                 out_arg = out.arg
@@ -162,7 +194,13 @@ class FusedRun:
             lists.append(args)
         args = [lists[s.statement][s.position] for s in built.sources]
         try:
-            if built.variant is None:
+            if chunked is not None:  # every statement over each thread's rows, one launch
+                sparse = [j for j, st in enumerate(self.steps) if st.sparse]
+                status = max(run_chunked(self.steps[0].ctx.launcher, built, args, self._extent(built, per_step),
+                                         per_step[0][1], per_step[0][0], dict(zip(sparse, outs)),
+                                         {j: per_step[j][3] for j in sparse},
+                                         {j for j in sparse if not self.steps[j].internal}, work))
+            elif built.variant is None:
                 status = interrupt.run(work, built.function, *args)
             else:  # one loop nest over the rows: split over threads like a kernel's parallel loop
                 storages, sizes = per_step[0][0], per_step[0][1]

@@ -143,9 +143,11 @@ class ProgramKernel:
                 if not stmts[k].lhs.tensor.format.is_dense
                 and stmts[k].lhs.tensor.name not in self.outputs and stmts[k].lhs.tensor.name not in later}
 
-    def _fused_run(self, run: list, lowerings: list, built: dict | None = None, sizing: dict | None = None):
+    def _fused_run(self, run: list, lowerings: list, built: dict | None = None, sizing: dict | None = None,
+                   chunked: dict | None = None):
         """The FusedRun of statements ``run`` (``lowerings[j]``: statement ``run[j]``'s
-        32-bit lowering); ``built`` and ``sizing`` are given when loaded from a record."""
+        32-bit lowering); ``built``, ``sizing`` and ``chunked`` are given when loaded
+        from a record."""
         stmts = self.program.statements
         internal = self._internal(run)
         steps = []
@@ -168,14 +170,72 @@ class ProgramKernel:
                 lows = [self._target.lower(stmts[k], self._statement_options(k, True, bits)) for k in run]
                 built[bits] = self._build(run, lows, internal)
             return built[bits]
-        fused = FusedRun(steps, build, self._options.index32_limit, self.expression)
+        if chunked is None:
+            lows = self._chunk_lowerings(run, 32, lowerings)
+            chunked = {32: self._chunk_build(run, lows, internal)} if lows is not None else {}
+
+        def build_chunks(bits):
+            if not chunked:
+                return None
+            if bits not in chunked:
+                lows = self._chunk_lowerings(run, bits, build(bits).lows)
+                chunked[bits] = self._chunk_build(run, lows, internal) if lows is not None else None
+            return chunked[bits]
+        fused = FusedRun(steps, build, self._options.index32_limit, self.expression, build_chunks)
         fused.compiled = built[32]
         fused.variants = built  # every index width built so far (saved with the program)
+        fused.chunk_variants = chunked  # ... and of the chunked function, where the run has one
         return fused
 
-    def _build(self, run: list, lows: list, internal: set) -> FusedBuild:
-        """Join the statements' functions and compile them (on threads where
-        :meth:`_row_threads` allows)."""
+    def _chunk_lowerings(self, run: list, bits: int, fused: list):
+        """The statements of a run that writes a sparse temporary lowered for chunks of
+        rows (``lower.fuse``: every statement over each thread's ``[lo, hi)``, a sparse
+        one appending its rows from 0), or None where the run cannot be split so: each
+        statement must run on threads over its outer loop, which is its output's first
+        index, every sparse output must be stored rows first (a dense level, then a
+        compressed one whose ``pos`` the statement sets at every row) and every tensor
+        the run writes must be read at the reader's row. Each reads its operands as its
+        ``fused`` lowering does (the call binds them once for both functions)."""
+        stmts = self.program.statements
+        if not any(not stmts[k].lhs.tensor.format.is_dense for k in run) or not self._target.capabilities.host_threads:
+            return None
+        lows, written = [], {}
+        for k, plain in zip(run, fused):
+            a, fmt = stmts[k], stmts[k].lhs.tensor.format
+            opts = dataclasses.replace(self._statement_options(k, False, bits), auto_layout=False, append_chunks=True)
+            low = self._target.lower(a, opts)
+            plan, first = low.threads, (a.lhs.indices[0].name if a.lhs.indices else None)
+            if (a.accumulate or first is None or low.operands != plain.operands or plan.parallel != first or plan.split or plan.positions is not None
+                    or plan.partials or plan.gpu_choice is not None or plan.fused is not None
+                    or low.output.bounded or low.output.assembly is not None or low.output.expand is not None
+                    or not _reads_plainly(low, written)
+                    or any(b.role not in _SPARSE_ROLES + ("lo", "hi") for b in low.code.bindings)):
+                return None
+            if fmt.is_dense:
+                if low.output.shape != "dense" or low.output.growable or fmt.order != tuple(range(fmt.ndim)):
+                    return None
+            elif not (low.append_chunks and fmt.levels[0].is_dense and not fmt.levels[1].is_dense
+                      and fmt.order == tuple(range(fmt.ndim)) and _sets_every_row(low)):
+                return None
+            for acc in _accesses(a):
+                if acc.tensor.name in written and (not acc.indices or acc.indices[0].name != first):
+                    return None
+            written[a.lhs.tensor.name] = _made(low)
+            lows.append(low)
+        return lows
+
+    def _chunk_build(self, run: list, lows: list, internal: set) -> FusedBuild:
+        """The chunk lowerings of a run joined into one function over ``[lo, hi)`` and compiled."""
+        stmts = self.program.statements
+        links, frees = self._links(run, internal)
+        fn, sources, merged = fuse([low.entry_function for low in lows], [low.code.bindings for low in lows],
+                                   links, name=self._options.name, docs=[repr(stmts[k]) for k in run], frees=frees)
+        return self._compiled(fn, sources, merged, lows, lows[0].threads)
+
+    def _links(self, run: list, internal: set) -> tuple:
+        """``(links, frees)`` for ``lower.fuse.fuse``: per statement, the tensors it reads
+        that an earlier statement of the run writes (name -> that statement's place),
+        and the sparse tensors it writes that the function frees."""
         stmts = self.program.statements
         written: dict = {}
         links = []
@@ -183,7 +243,13 @@ class ProgramKernel:
             mine = {acc.tensor.name for acc in _accesses(stmts[k])}
             links.append({name: w for name, w in written.items() if name in mine})
             written[stmts[k].lhs.tensor.name] = j
-        frees = [{stmts[k].lhs.tensor.name} & internal for k in run]
+        return links, [{stmts[k].lhs.tensor.name} & internal for k in run]
+
+    def _build(self, run: list, lows: list, internal: set) -> FusedBuild:
+        """Join the statements' functions and compile them (on threads where
+        :meth:`_row_threads` allows)."""
+        stmts = self.program.statements
+        links, frees = self._links(run, internal)
         fn, sources, merged = fuse([low.entry_function for low in lows], [low.code.bindings for low in lows],
                                    links, name=self._options.name, docs=[repr(stmts[k]) for k in run],
                                    share_loop=self._shared_loops(run, lows), frees=frees)
@@ -309,6 +375,9 @@ class ProgramKernel:
             if kind == "fused":
                 if seg.compiled.variant is not None:
                     on = "its rows split over threads"
+                elif seg.chunks(32) is not None:
+                    on = ("one thread; a call big enough for threads runs it on each thread's chunk of rows, "
+                          "every statement over those rows, a sparse temporary appended per chunk")
                 else:
                     on = ("one thread; a call whose first statement would split over threads runs the "
                           "statements as kernels of their own instead")
@@ -380,16 +449,20 @@ class ProgramKernel:
             if kind == "kernel":
                 segments.append({"kind": "kernel", "run": list(run), "kernel": seg.to_bytes()})
                 continue
-            variants = {bits: {"lowered": list(b.lows), "module": b.module, "compiled": self._target.dump(b.compiled),
-                               "sources": [[x.statement, x.position] for x in b.sources], "merged": list(b.merged), "rows": list(b.rows),
-                               "threads": b.variant.lowered.threads if b.variant is not None else None}
-                        for bits, b in seg.variants.items()}
-            segments.append({"kind": "fused", "run": list(run), "variants": variants,
+            segments.append({"kind": "fused", "run": list(run), "variants": self._built_records(seg.variants),
+                             "chunks": self._built_records(seg.chunk_variants),
                              "sizing": {st.name: st.parallel for st in seg.steps if st.parallel is not None}})
         return {"kind": "program", "expression": self.expression, "statements": p.statements,
                 "texts": p.texts, "inputs": p.inputs, "outputs": p.outputs, "temporaries": p.temporaries,
                 "options": self._options, "backend": self._target.name, "machine": self._target.cache_key(),
                 "segments": segments}
+
+    def _built_records(self, builds: dict) -> dict:
+        """Index width -> the record of that width's FusedBuild (None where it has none)."""
+        return {bits: None if b is None else {
+            "lowered": list(b.lows), "module": b.module, "compiled": self._target.dump(b.compiled),
+            "sources": [[x.statement, x.position] for x in b.sources], "merged": list(b.merged), "rows": list(b.rows),
+            "threads": b.variant.lowered.threads if b.variant is not None else None} for bits, b in builds.items()}
 
     @classmethod
     def from_payload(cls, payload: dict, where: str) -> "ProgramKernel":
@@ -414,7 +487,8 @@ class ProgramKernel:
                 out.append(("kernel", Kernel.from_bytes(entry["kernel"], None, "a saved program's kernel"), run))
                 continue
             built = {bits: self._restore_built(v) for bits, v in entry["variants"].items()}
-            out.append(("fused", self._fused_run(run, built[32].lows, built, entry["sizing"]), run))
+            chunked = {bits: v and self._restore_built(v) for bits, v in entry.get("chunks", {}).items()}
+            out.append(("fused", self._fused_run(run, built[32].lows, built, entry["sizing"], chunked), run))
         return out
 
     def _restore_built(self, v: dict) -> FusedBuild:
@@ -513,6 +587,15 @@ def _reads_plainly(low, written: dict) -> bool:
         if b.role == "input" and b.storage in written and (b.level, b.array) not in written[b.storage]:
             return False
     return True
+
+
+def _sets_every_row(low) -> bool:
+    """Whether a chunk lowering's row loop stores its output's row-end ``pos`` at
+    the top of every iteration (so a chunk's rows all end where it wrote them)."""
+    pos = {b.var for b in low.code.bindings if b.role == "output" and b.array == "pos"}
+    loops = [s for s in low.entry_function.body.body if isinstance(s, irn.For) and s.parallel == "threads"]
+    return (len(pos) == 1 and len(loops) == 1
+            and any(isinstance(s, irn.Store) and s.array in pos for s in loops[0].body.body))
 
 
 def _made(low) -> set:

@@ -183,13 +183,17 @@ def test_sparse_accumulate_keeps_its_own_kernel():
 
 
 def test_a_call_big_enough_for_threads_runs_the_statements_as_kernels():
-    """A fused run stays on one thread; where its first statement alone would split a
-    call over threads, the call runs the statements as kernels of their own."""
-    k = _spgemm_chain()
+    """A fused run that cannot run by chunks of rows (its last statement scatters
+    across T's rows) stays on one thread; where its first statement alone would split
+    a call over threads, the call runs the statements as kernels of their own."""
+    k = spcomp.compile("T[i,k] = A[i,j]*B[j,k]\nz[k] = T[i,k]*c[i]", formats={"A": "csr", "B": "csr", "T": "csr"})
+    assert "a call whose first statement would split over threads runs the statements" in k.loops
     ops = _operands()
+    del ops["D"]
+    want = (ops["A"] @ ops["B"]).T @ ops["c"]
     with spcomp_threads(1):
-        assert np.allclose(k(**ops), _want(ops)) and k.last_launches == 1
+        assert np.allclose(k(**ops), want) and k.last_launches == 1
     with spcomp_threads(2, min_work=0):
-        assert np.allclose(k(**ops), _want(ops)) and k.last_launches == 3
+        assert np.allclose(k(**ops), want) and k.last_launches == 2
     with spcomp_threads(2, min_work=10 ** 12):   # too little work to split: fused
-        assert np.allclose(k(**ops), _want(ops)) and k.last_launches == 1
+        assert np.allclose(k(**ops), want) and k.last_launches == 1

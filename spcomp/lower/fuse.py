@@ -53,20 +53,31 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
     loop (same range; every temporary it reads is read at the row that loop is on,
     and was written at that row: see ``spcomp.program``). Where both functions are
     one loop over that index after declarations, the bodies are joined into one
-    loop (``merged[k]`` True): the consumer reads each row while it is in cache."""
+    loop (``merged[k]`` True): the consumer reads each row while it is in cache.
+
+    Functions lowered for chunks of rows (``lo``, ``hi`` parameters, a sparse output
+    appended per chunk: ``Options.append_chunks``) share the first one's ``lo`` and
+    ``hi``, and the function's ``per_chunk`` parameters are all of theirs: each
+    ``[lo, hi)`` call runs every statement over those rows. A reader of a temporary
+    appended that way reads its chunk's first row as starting at 0."""
     names = Names()
     renamed: list = []      # per statement: old name -> new Var
     outputs: list = []      # per statement: (tensor, level, array) -> (its Var after renaming, role)
+    bounds: dict = {}       # "lo"/"hi" -> the first statement's Var: every statement runs those rows
     params, sources, body = [], [], []
     merged = [False] * len(functions)
     for k, fn in enumerate(functions):
         mapping: dict = {}
-        shared, slots = {}, {}
+        shared, slots, chunk_pos = {}, {}, set()
         for b in bindings[k]:
-            if b.role == "input" and b.storage in links[k]:
+            if b.role in ("lo", "hi") and b.role in bounds:
+                shared[b.var.name] = bounds[b.role]
+            elif b.role == "input" and b.storage in links[k]:
                 var, role = outputs[links[k][b.storage]][(b.storage, b.level, b.array)]
                 if role == "output":
                     shared[b.var.name] = var
+                    if b.array == "pos" and "lo" in bounds:
+                        chunk_pos.add(var)
                 else:  # a grown array: read its pointer from the writer's slot
                     slots[b.var.name] = var
         for var in _variables(fn):
@@ -74,6 +85,9 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
                 continue
             mapping[var.name] = shared.get(var.name) or n.Var(names(var.name), var.type)
         renamed.append(mapping)
+        for b in bindings[k]:
+            if b.role in ("lo", "hi"):
+                bounds.setdefault(b.role, mapping[b.var.name])
         outs = {}
         for pos, (param, b) in enumerate(zip(fn.params, bindings[k])):
             new = mapping[param.name]
@@ -90,6 +104,8 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
         note = [n.Comment(f"statement {k + 1}: {docs[k]}")] if k < len(docs) else []
         loads = [n.Declare(mapping[old], n.Load(slot, n.i64(0))) for old, slot in slots.items()]
         stmts = note + loads + [_rename(s, mapping) for s in stmts]
+        if chunk_pos:
+            stmts = [_chunk_starts(s, chunk_pos, bounds["lo"]) for s in stmts]
         index = share_loop[k] if k < len(share_loop) else None
         if index is not None and body:
             joined = _join_loops(body[-1], stmts, mapping.get(index))
@@ -104,7 +120,28 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
                 body.append(_free_slot(slot, names))
     body.append(n.Return(n.STATUS_OK))
     doc = "\n".join(docs)
-    return n.Function(name, tuple(params), n.Block(tuple(body)), doc=doc), sources, merged
+    per_chunk = tuple(renamed[k][p].name for k, fn in enumerate(functions) for p in fn.per_chunk)
+    return n.Function(name, tuple(params), n.Block(tuple(body)), doc=doc, per_chunk=per_chunk), sources, merged
+
+
+def _chunk_starts(node, arrays: set, lo):
+    """``node`` with each load ``pos[e]`` of ``arrays`` (a chunk-appended temporary's
+    row ends, counted from 0 in each ``[lo, hi)`` call) read as 0 at ``e == lo``: the
+    chunk's first row starts at 0, while ``pos[lo]`` is the previous chunk's to write."""
+    if isinstance(node, n.Load) and node.array in arrays:
+        load = n.Load(node.array, _chunk_starts(node.index, arrays, lo))
+        return n.Select(n.Binary("==", load.index, lo), n.const(0, load.type), load)
+    if isinstance(node, tuple):
+        return tuple(_chunk_starts(x, arrays, lo) for x in node)
+    if isinstance(node, (n.Var, n.Const, Type)) or not dataclasses.is_dataclass(node) or isinstance(node, type):
+        return node
+    changes = {}
+    for f in dataclasses.fields(node):
+        old = getattr(node, f.name)
+        new = _chunk_starts(old, arrays, lo)
+        if new is not old:
+            changes[f.name] = new
+    return dataclasses.replace(node, **changes) if changes else node
 
 
 def parallel_rows(fn: n.Function) -> n.Function | None:
