@@ -17,7 +17,9 @@ call: its fixed arrays (a csr's ``pos``) are allocated here, its growing arrays
 by the kernel into slots. A sparse temporary nothing outside the run reads is
 freed by the kernel itself; on an error status :meth:`Output.discard` frees
 what the slots still hold. A 32-bit overflow (status 5) runs the whole run
-again with the 64-bit function (no statement of such a run accumulates).
+again with the 64-bit function (no statement of such a run accumulates). A call
+big enough for threads of a run that has a chunked function runs that instead
+(:mod:`.program_chunks`): the same arguments, per-chunk capacities and slots.
 """
 from __future__ import annotations
 

@@ -14,7 +14,11 @@ backends) runs as a kernel of its own, its result handed to the next one by the
 runtime (``k.loops`` says which is which; ``k.launches`` counts them).
 
 A fused run that is one loop over rows, each statement writing only its row,
-runs that loop on threads; another fused run stays on one thread, and a call
+runs that loop on threads. A run that assembles csr-like temporaries, each
+statement looping over the rows it writes and reading the run's tensors at that
+row, also gets a function over each thread's chunk of rows (every statement over
+those rows, sparse ones appending per chunk: ``_chunk_lowerings``,
+``runtime/program_chunks.py``). Another fused run stays on one thread, and a call
 big enough for threads runs its statements as their own kernels instead. An
 unreturned dense temporary touched only at the fused loop's row is one row of
 workspace inside the function (``_row_temporaries``), never the whole array.
