@@ -8,8 +8,8 @@ statement by statement and joined into one native function (``lower/fuse.py``):
 one launch, no Python between the statements, a dense temporary passed from one
 loop nest to the next through the same array, a sparse one through the arrays
 its writer grows (and frees at the end when nothing else sees it). A statement
-that cannot join (a sparse ``+=``, a packed-block output, a reader that needs a
-transposed copy) and any statement on a backend without raw pointers (the CUDA
+that cannot join (a packed-block output, a reader that needs a transposed copy,
+a sparse statement after a dense ``+=``) and any statement on a backend without raw pointers (the CUDA
 backends) runs as a kernel of its own, its result handed to the next one by the
 runtime (``k.loops`` says which is which; ``k.launches`` counts them).
 
@@ -95,8 +95,10 @@ class ProgramKernel:
     def _fusable_lowering(self, k: int):
         """Statement ``k`` lowered for a fused run, or None when it cannot join one:
         it must write a dense row-major tensor, or a sparse one it assembles in one
-        pass into arrays it grows itself (not ``+=``, no packed level, and no ``+=``
-        before it in the program: a 32-bit overflow reruns the whole run)."""
+        pass into arrays it grows itself (no packed level, and no dense ``+=`` before
+        it in the program: a 32-bit overflow reruns the whole run, and a dense ``+=``
+        adds into the caller's array in place; a sparse ``+=`` reads the caller's
+        tensor and assembles a new one, ``C = C_old + ...``, so it may rerun)."""
         caps = self._target.capabilities
         stmts = self.program.statements
         a = stmts[k]
@@ -106,7 +108,8 @@ class ProgramKernel:
         if fmt.is_dense:
             if fmt.order != tuple(range(fmt.ndim)):
                 return None
-        elif a.accumulate or any(s.accumulate for s in stmts[:k]) or any(l.fixed_slots for l in fmt.levels):
+        elif (any(s.accumulate and s.lhs.tensor.format.is_dense for s in stmts[:k])
+              or any(l.fixed_slots for l in fmt.levels)):
             return None
         low = self._target.lower(a, self._statement_options(k, True))
         if fmt.is_dense:
@@ -209,7 +212,8 @@ class ProgramKernel:
             opts = dataclasses.replace(self._statement_options(k, False, bits), auto_layout=False, append_chunks=True)
             low = self._target.lower(a, opts)
             plan, first = low.threads, (a.lhs.indices[0].name if a.lhs.indices else None)
-            if (a.accumulate or first is None or low.operands != plain.operands or plan.parallel != first or plan.split or plan.positions is not None
+            if ((a.accumulate and fmt.is_dense) or first is None or low.operands != plain.operands
+                    or plan.parallel != first or plan.split or plan.positions is not None
                     or plan.partials or plan.gpu_choice is not None or plan.fused is not None
                     or low.output.bounded or low.output.assembly is not None or low.output.expand is not None
                     or not _reads_plainly(low, written)

@@ -170,16 +170,48 @@ def test_bad_operand_of_a_fused_sparse_run_is_named():
         k(**ops)
 
 
-def test_sparse_accumulate_keeps_its_own_kernel():
-    """A sparse ``+=`` (rewritten to C = C_old + E) is not fused."""
-    A = sp.random(6, 5, density=0.4, format="csr", random_state=2)
-    B = sp.random(5, 6, density=0.4, format="csr", random_state=3)
-    C = sp.random(6, 6, density=0.3, format="csr", random_state=4)
-    k = spcomp.compile("T[i,k] = A[i,j]*B[j,k]; C[i,k] += T[i,k] * 2",
-                       formats={"A": "csr", "B": "csr", "T": "csr", "C": "csr"})
-    assert k.launches == 2
-    got = k(A=A, B=B, C=spcomp.Tensor.from_scipy(C) if hasattr(spcomp.Tensor, "from_scipy") else C)
-    assert np.allclose(densify(got), C.toarray() + 2 * (A @ B).toarray())
+@settings(max_examples=examples(25), deadline=None)
+@given(st.data())
+def test_sparse_accumulate_joins_the_function(data):
+    """A sparse ``+=`` (rewritten to ``C = C_old + E``: it reads the caller's tensor
+    and assembles a new one) runs inside the fused function, after or between sparse
+    temporaries, at 1 and 2 threads; the caller's tensor is left as it was."""
+    text, fmts, last, refs = data.draw(chains(), label="program")
+    if last not in fmts:   # a closing reduction: accumulate its input instead
+        text, last, refs = "; ".join(text.split("; ")[:-1]), refs[-2][0], refs[:-1]
+    c_format = data.draw(st.sampled_from(["csr", "dcsr"]), label="C format")
+    scale = data.draw(st.sampled_from(["* 2", "+ D[i,k]"]), label="added")
+    text += f"; C[i,k] += {last}[i,k] {scale}"
+    outputs = ["C"]
+    if data.draw(st.booleans(), label="read after"):
+        text += "; y[i] = C[i,k] * c[k]"
+        outputs.append("y")
+    sizes = data.draw(st.tuples(*[st.integers(1, 9)] * 4), label="sizes")
+    ops = _inputs(data.draw, sizes)
+    ops["C"] = sp.random(sizes[0], sizes[2], density=0.3, format="csr", random_state=sizes[3])
+    before = ops["C"].copy()
+    formats = {n: f for n, f in {**INPUT_FORMATS, **fmts, "C": c_format}.items() if f"{n}[" in text}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TranspositionWarning)
+        k = spcomp.compile(text, formats=formats, outputs=outputs)
+    assert k.launches == 1, k.loops
+    used = {n: v for n, v in ops.items() if n in k.inputs or n == "C"}
+    env = {n: densify(v) for n, v in used.items()}
+    for name, ref in refs:
+        env[name] = ref(env)
+    want_c = env["C"] + (env[last] * 2 if scale == "* 2" else env[last] + env["D"])
+    for threads in (1, 2):
+        with spcomp_threads(threads, min_work=0):
+            got = k(**used)
+        got = got if isinstance(got, dict) else {"C": got}
+        assert np.allclose(densify(got["C"]), want_c, rtol=1e-10, atol=1e-10), (text, threads)
+        if "y" in outputs:
+            assert np.allclose(got["y"], want_c @ env["c"], rtol=1e-10, atol=1e-10), (text, threads)
+        if threads == 1 or k.segments[0][1].chunks(32) is not None:
+            assert k.last_launches == 1
+        else:   # no chunked function (a dcsr or coo tensor): a big enough call runs kernels of their own
+            assert k.last_launches in (1, len(k.program.statements))
+    assert abs(ops["C"] - before).sum() == 0
 
 
 def test_a_call_big_enough_for_threads_runs_the_statements_as_kernels():
