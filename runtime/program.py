@@ -201,7 +201,8 @@ class FusedRun:
                 status = max(run_chunked(self.steps[0].ctx.launcher, built, args, self._extent(built, per_step),
                                          per_step[0][1], per_step[0][0], dict(zip(sparse, outs)),
                                          {j: per_step[j][3] for j in sparse},
-                                         {j for j in sparse if not self.steps[j].internal}, work))
+                                         {j for j in sparse if not self.steps[j].internal  # (packed: rows in place)
+                                          and built.lows[j].output.growable}, work))
             elif built.variant is None:
                 status = interrupt.run(work, built.function, *args)
             else:  # one loop nest over the rows: split over threads like a kernel's parallel loop
@@ -217,7 +218,11 @@ class FusedRun:
                 out.discard()
             if status == STATUS_INDEX_OVERFLOW and bits == 64:
                 raise KernelRuntimeError(f"program {self.expression!r}: a 64-bit sparse tensor overflowed")
-            raise_status(status, None, self.steps[-1].name, self.expression)
+            # a packed-block overflow names the output whose block outgrew its slots
+            packed = [out for out in outs if any(l.fixed_slots for l in out.fmt.levels)
+                      and out.largest_count() > out.packed_k()]
+            raise_status(status, packed[0] if packed else None, packed[0].name if packed else self.steps[-1].name,
+                         self.expression)
         it = iter(outs)
         for st, (_s, _z, array, _c) in zip(self.steps, per_step):
             if st.sparse:

@@ -8,8 +8,8 @@ statement by statement and joined into one native function (``lower/fuse.py``):
 one launch, no Python between the statements, a dense temporary passed from one
 loop nest to the next through the same array, a sparse one through the arrays
 its writer grows (and frees at the end when nothing else sees it). A statement
-that cannot join (a packed-block output, a reader that needs a transposed copy,
-a sparse statement after a dense ``+=``) and any statement on a backend without raw pointers (the CUDA
+that cannot join (a reader that needs a transposed copy, a sparse statement
+after a dense ``+=``) and any statement on a backend without raw pointers (the CUDA
 backends) runs as a kernel of its own, its result handed to the next one by the
 runtime (``k.loops`` says which is which; ``k.launches`` counts them).
 
@@ -95,7 +95,8 @@ class ProgramKernel:
     def _fusable_lowering(self, k: int):
         """Statement ``k`` lowered for a fused run, or None when it cannot join one:
         it must write a dense row-major tensor, or a sparse one it assembles in one
-        pass into arrays it grows itself (no packed level, and no dense ``+=`` before
+        pass into arrays it grows itself or fixed ones (a packed-block level: the
+        runtime allocates them), and no dense ``+=`` before
         it in the program: a 32-bit overflow reruns the whole run, and a dense ``+=``
         adds into the caller's array in place; a sparse ``+=`` reads the caller's
         tensor and assembles a new one, ``C = C_old + ...``, so it may rerun)."""
@@ -108,8 +109,7 @@ class ProgramKernel:
         if fmt.is_dense:
             if fmt.order != tuple(range(fmt.ndim)):
                 return None
-        elif (any(s.accumulate and s.lhs.tensor.format.is_dense for s in stmts[:k])
-              or any(l.fixed_slots for l in fmt.levels)):
+        elif any(s.accumulate and s.lhs.tensor.format.is_dense for s in stmts[:k]):
             return None
         low = self._target.lower(a, self._statement_options(k, True))
         if fmt.is_dense:
@@ -200,7 +200,8 @@ class ProgramKernel:
         one appending its rows from 0), or None where the run cannot be split so: each
         statement must run on threads over its outer loop, which is its output's first
         index, every sparse output must be stored rows first (a dense level, then a
-        compressed one whose ``pos`` the statement sets at every row) and every tensor
+        compressed one whose ``pos`` the statement sets at every row, or packed
+        blocks, whose fixed arrays each chunk fills at its own rows) and every tensor
         the run writes must be read at the reader's row. Each reads its operands as its
         ``fused`` lowering does (the call binds them once for both functions)."""
         stmts = self.program.statements
@@ -221,6 +222,9 @@ class ProgramKernel:
                 return None
             if fmt.is_dense:
                 if low.output.shape != "dense" or low.output.growable or fmt.order != tuple(range(fmt.ndim)):
+                    return None
+            elif low.output.shape == "packed":  # fixed blocks per row: each chunk fills its own rows
+                if low.output.growable or not fmt.levels[0].is_dense or fmt.order != tuple(range(fmt.ndim)):
                     return None
             elif not (low.append_chunks and fmt.levels[0].is_dense and not fmt.levels[1].is_dense
                       and fmt.order == tuple(range(fmt.ndim)) and _sets_every_row(low)):
@@ -391,7 +395,10 @@ class ProgramKernel:
                           "statements as kernels of their own instead")
                 parts.append(f"# statements {which}: one native function, one after the other ({on})")
                 for st in seg.steps:
-                    if st.sparse:
+                    if st.sparse and st.low.output.shape == "packed":
+                        parts.append(f"# {st.name}: packed blocks, filled inside the function into arrays "
+                                     "the runtime allocates" + ("" if st.internal else ", handed back"))
+                    elif st.sparse:
                         parts.append(f"# {st.name}: sparse, assembled inside the function"
                                      + (" and freed there" if st.internal else ", handed back"))
                 for name in seg.compiled.rows:
