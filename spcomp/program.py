@@ -75,7 +75,7 @@ class ProgramKernel:
             written = {stmts[k].lhs.tensor.name: _made(fusable[k])} if fusable[k] is not None else {}
             while (fusable[k] is not None and run[-1] + 1 < len(stmts)
                    and fusable[run[-1] + 1] is not None
-                   and _reads_plainly(fusable[run[-1] + 1], written)):
+                   and _reads_plainly(fusable[run[-1] + 1], written, copies=True)):
                 run.append(run[-1] + 1)
                 written[stmts[run[-1]].lhs.tensor.name] = _made(fusable[run[-1]])
             if len(run) >= 2 and fusable[k] is not None:
@@ -244,6 +244,21 @@ class ProgramKernel:
                                    links, name=self._options.name, docs=[repr(stmts[k]) for k in run], frees=frees)
         return self._compiled(fn, sources, merged, lows, lows[0].threads)
 
+    def _transposed(self, run: list, lows: list, links: list) -> list:
+        """Per statement of a run: the storages it reads as a transposed copy of a
+        temporary the run wrote (``_reads_plainly`` allowed only csr ones), as
+        ``lower.fuse.fuse`` takes them: storage -> (writer, tensor, rows index, columns index)."""
+        stmts = self.program.statements
+        out = []
+        for j, k in enumerate(run):
+            mine = {}
+            for storage, (op, _fmt) in lows[j].operands.transposes.items():
+                if op in links[j]:
+                    acc = next(a for a in _accesses(stmts[k]) if a.tensor.name == op)
+                    mine[storage] = (links[j][op], op, acc.indices[0].name, acc.indices[1].name)
+            out.append(mine)
+        return out
+
     def _links(self, run: list, internal: set) -> tuple:
         """``(links, frees)`` for ``lower.fuse.fuse``: per statement, the tensors it reads
         that an earlier statement of the run writes (name -> that statement's place),
@@ -264,7 +279,8 @@ class ProgramKernel:
         links, frees = self._links(run, internal)
         fn, sources, merged = fuse([low.entry_function for low in lows], [low.code.bindings for low in lows],
                                    links, name=self._options.name, docs=[repr(stmts[k]) for k in run],
-                                   share_loop=self._shared_loops(run, lows), frees=frees)
+                                   share_loop=self._shared_loops(run, lows), frees=frees,
+                                   transposed=self._transposed(run, lows, links))
         threads = self._row_threads(run, lows, merged)
         params = {(s.statement, s.position): p for s, p in zip(sources, fn.params)}
         if threads is not None:
@@ -404,6 +420,12 @@ class ProgramKernel:
                 for name in seg.compiled.rows:
                     parts.append(f"# {name}: a row workspace (one row, allocated and freed inside the function, "
                                  "one per thread), never the whole array")
+                written = set()
+                for j, st in enumerate(seg.steps):
+                    for op in sorted({op for op, _f in st.low.operands.transposes.values()} & written):
+                        parts.append(f"# statement {run[j] + 1} reads {op} through a transposed copy made inside "
+                                     "the function (and freed after it)")
+                    written.add(st.name)
                 merged = seg.compiled.merged
                 for j, st in enumerate(seg.steps):
                     if merged[j]:
@@ -588,16 +610,22 @@ def _accesses(a) -> list:
 
 
 _SPARSE_ROLES = ("size", "input", "output", "output_grow", "capacity")
+_CSR_ARRAYS = {(1, "pos"), (1, "crd"), (-1, "vals")}  # what a csr writer's parameters hand over
 
 
-def _reads_plainly(low, written: dict) -> bool:
+def _reads_plainly(low, written: dict, copies: bool = False) -> bool:
     """Whether a lowering reads every tensor of ``written`` (name -> the arrays its
-    writer makes, ``(level, array)``) as itself: no transposed or diagonal copy
-    the runtime would have to make, and only arrays the writer makes."""
+    writer makes, ``(level, array)``) as itself, and only arrays the writer makes:
+    no diagonal copy, and no transposed copy the runtime would have to make, except
+    (``copies``) the transpose of a 2-d csr temporary, which the fused function
+    makes itself (``lower/fused_transpose.py``)."""
     ops = low.operands
-    copied = {op for op, _f in ops.transposes.values()} | {d.operand for d in ops.diagonals.values()}
-    if copied & set(written):
+    if {d.operand for d in ops.diagonals.values()} & set(written):
         return False
+    for op, fmt in ops.transposes.values():
+        if op in written and not (copies and written[op] == _CSR_ARRAYS and len(fmt.levels) == 2
+                                  and fmt.levels[0].is_dense and not fmt.levels[1].is_dense and fmt.order == (1, 0)):
+            return False
     for b in low.code.bindings:
         if b.role == "input" and b.storage in written and (b.level, b.array) not in written[b.storage]:
             return False

@@ -27,6 +27,7 @@ import dataclasses
 from ..ir import nodes as n
 from ..ir.types import I64, Type
 from .context import Names
+from .fused_transpose import TransposedCopy, free_on_every_exit, transpose_block
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +39,7 @@ class FusedParam:
 
 
 def fuse(functions: list, bindings: list, links: list, name: str = "program", docs=(),
-         share_loop=(), frees=()) -> tuple:
+         share_loop=(), frees=(), transposed=()) -> tuple:
     """``(Function, [FusedParam], merged)``: ``functions[k]`` (statement ``k``'s kernel
     function, its parameters described by ``bindings[k]``) run in order in one
     function. ``links[k]`` maps a storage statement ``k`` reads to the statement
@@ -59,7 +60,12 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
     appended per chunk: ``Options.append_chunks``) share the first one's ``lo`` and
     ``hi``, and the function's ``per_chunk`` parameters are all of theirs: each
     ``[lo, hi)`` call runs every statement over those rows. A reader of a temporary
-    appended that way reads its chunk's first row as starting at 0."""
+    appended that way reads its chunk's first row as starting at 0.
+
+    ``transposed[k]``, when given, maps a storage statement ``k`` reads as a
+    transposed copy of a csr temporary (``T_T``) to ``(writer, tensor, rows index,
+    columns index)``: the copy is made at the top of the reader's block from the
+    writer's arrays (:mod:`.fused_transpose`) and freed after it."""
     names = Names()
     renamed: list = []      # per statement: old name -> new Var
     outputs: list = []      # per statement: (tensor, level, array) -> (its Var after renaming, role)
@@ -69,6 +75,8 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
     for k, fn in enumerate(functions):
         mapping: dict = {}
         shared, slots, chunk_pos = {}, {}, set()
+        copies = transposed[k] if k < len(transposed) else {}
+        copied = {b.var.name for b in bindings[k] if b.role == "input" and b.storage in copies}
         for b in bindings[k]:
             if b.role in ("lo", "hi") and b.role in bounds:
                 shared[b.var.name] = bounds[b.role]
@@ -93,7 +101,7 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
             new = mapping[param.name]
             if b.role in ("output", "output_grow"):
                 outs[(b.tensor, b.level, b.array)] = (new, b.role)
-            if param.name in shared or param.name in slots:
+            if param.name in shared or param.name in slots or param.name in copied:
                 continue
             params.append(new)
             sources.append(FusedParam(k, pos))
@@ -103,9 +111,17 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
             stmts.pop()
         note = [n.Comment(f"statement {k + 1}: {docs[k]}")] if k < len(docs) else []
         loads = [n.Declare(mapping[old], n.Load(slot, n.i64(0))) for old, slot in slots.items()]
-        stmts = note + loads + [_rename(s, mapping) for s in stmts]
+        stmts = [_rename(s, mapping) for s in stmts]
         if chunk_pos:
             stmts = [_chunk_starts(s, chunk_pos, bounds["lo"]) for s in stmts]
+        made = []
+        for storage, (writer, tensor, rows, cols) in copies.items():
+            copy, prologue = _transposed_copy(storage, bindings[k], mapping, outputs[writer], tensor, rows, cols, names)
+            loads += prologue + transpose_block(copy, names)
+            made += copy.arrays
+        if made:
+            stmts = free_on_every_exit(stmts, made) + [n.Free(a) for a in made]
+        stmts = note + loads + stmts
         index = share_loop[k] if k < len(share_loop) else None
         if index is not None and body:
             joined = _join_loops(body[-1], stmts, mapping.get(index))
@@ -122,6 +138,25 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
     doc = "\n".join(docs)
     per_chunk = tuple(renamed[k][p].name for k, fn in enumerate(functions) for p in fn.per_chunk)
     return n.Function(name, tuple(params), n.Block(tuple(body)), doc=doc, per_chunk=per_chunk), sources, merged
+
+
+def _transposed_copy(storage, bindings, mapping, written, tensor, rows, cols, names) -> tuple:
+    """``(TransposedCopy, prologue)``: the reader's arrays of ``storage`` (now locals)
+    made from ``tensor``'s arrays as its writer left them (``written``: (tensor,
+    level, array) -> (Var, role)); the prologue loads the grown ones from their slots."""
+    mine = {(b.level, b.array): mapping[b.var.name] for b in bindings if b.role == "input" and b.storage == storage}
+    size = {b.index: mapping[b.var.name] for b in bindings if b.role == "size"}
+    prologue, source = [], {}
+    for key in ((1, "pos"), (1, "crd"), (-1, "vals")):
+        var, role = written[(tensor, *key)]
+        if role == "output_grow":
+            local = n.Var(names(f"{tensor}_{key[1]}_source"), var.type.elem)
+            prologue.append(n.Declare(local, n.Load(var, n.i64(0))))
+            var = local
+        source[key] = var
+    copy = TransposedCopy(mine[(1, "pos")], mine[(1, "crd")], mine[(-1, "vals")], source[(1, "pos")],
+                          source[(1, "crd")], source[(-1, "vals")], size[rows], size[cols])
+    return copy, prologue
 
 
 def _chunk_starts(node, arrays: set, lo):
