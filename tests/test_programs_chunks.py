@@ -19,10 +19,12 @@ from hypothesis import strategies as st
 import spcomp
 from spcomp.lower import record
 from spcomp.runtime import launch
-from spcomp.runtime import threads as _threads
+from spcomp.runtime import program as runtime_program
 from spcomp.testing.check import densify
 
 from conftest import examples, spcomp_threads
+from test_programs_parallel import splits
+from test_programs_sparse import chain_operands
 
 FIRST = [
     ("T1[i,k] = A[i,j] * B[j,k]", lambda e: e["A"] @ e["B"]),
@@ -77,23 +79,6 @@ def _inputs(draw, rows):
             "E": rng.standard_normal((rows, K)), "c": rng.standard_normal(K)}
 
 
-def _split_counter(mp):
-    """A list that records the (extent, parts) of each split (Python pool or driver bounds)."""
-    calls = []
-    real, bounds = _threads.split, launch.Launcher.bounds
-
-    def spy(extent, parts, pos=None):
-        calls.append((extent, parts))
-        return real(extent, parts, pos)
-
-    def spy_bounds(self, extent, parts, pos):
-        calls.append((extent, parts))
-        return bounds(self, extent, parts, pos)
-    mp.setattr(_threads, "split", spy)
-    mp.setattr(launch.Launcher, "bounds", spy_bounds)
-    return calls
-
-
 def _dense(x):
     return np.asarray(densify(x))
 
@@ -116,8 +101,7 @@ def test_sparse_row_chains_run_by_chunks_and_match_numpy(data):
         with pytest.MonkeyPatch.context() as mp:
             if pool:
                 mp.setattr(launch.Launcher, "driver_of", lambda self, variant: None)
-            calls = _split_counter(mp)
-            with spcomp_threads(threads, min_work=0):
+            with splits(threads, mp) as calls:
                 got = k(**used)
         got = got if isinstance(got, dict) else {outputs[0]: got}
         for name in outputs:
@@ -137,14 +121,6 @@ def _chain(outputs=("y",)):
                           outputs=list(outputs))
 
 
-def _operands(n=60, seed=1):
-    rng = np.random.default_rng(seed)
-    return dict(A=sp.random(n, n, density=0.2, format="csr", random_state=rng),
-                B=sp.random(n, n, density=0.2, format="csr", random_state=rng),
-                D=sp.random(n, n, density=0.1, format="csr", random_state=rng),
-                c=rng.standard_normal(n))
-
-
 def _check(got, ops):
     T = ops["A"] @ ops["B"]
     assert np.allclose(got["T"].to_numpy(), T.toarray())
@@ -160,7 +136,7 @@ def test_chunks_grow_their_arrays_inside_the_function(monkeypatch, pool):
     if pool:
         monkeypatch.setattr(launch.Launcher, "driver_of", lambda self, variant: None)
     k = _chain(("T", "U", "y"))
-    ops = _operands()
+    ops = chain_operands(n=60)
     with spcomp_threads(2, min_work=0):
         for _ in range(3):
             _check(k(**ops), ops)
@@ -175,13 +151,13 @@ def test_chunks_past_the_32_bit_limit_rerun_at_64_bits(monkeypatch, tmp_path):
     spcomp.clear_cache()
     try:
         k = _chain(("T", "U", "y"))
-        ops = _operands()
+        ops = chain_operands(n=60)
         assert (ops["A"] @ ops["B"]).nnz > 300
         with spcomp_threads(2, min_work=0):
             _check(k(**ops), ops)
         seg = k.segments[0][1]
         assert seg.chunk_variants.get(64) is not None   # the 64-bit chunked function ran
-        small = _operands(n=8)
+        small = chain_operands(n=8)
         with spcomp_threads(2, min_work=0):
             _check(k(**small), small)
     finally:
@@ -190,11 +166,14 @@ def test_chunks_past_the_32_bit_limit_rerun_at_64_bits(monkeypatch, tmp_path):
 
 def test_small_calls_keep_the_one_thread_function(monkeypatch):
     k = _chain(("T", "U", "y"))
-    ops = _operands()
-    calls = _split_counter(monkeypatch)
+    ops = chain_operands(n=60)
+
+    def no_chunks(*a, **kw):
+        raise AssertionError("a call too small to split ran by chunks")
+    monkeypatch.setattr(runtime_program, "run_chunked", no_chunks)
     with spcomp_threads(2, min_work=10 ** 12):
         _check(k(**ops), ops)
-    assert k.last_launches == 1 and not calls
+    assert k.last_launches == 1 and k.segments[0][1].chunks(32) is not None
 
 
 def test_saved_program_runs_by_chunks(tmp_path, monkeypatch):
@@ -202,9 +181,8 @@ def test_saved_program_runs_by_chunks(tmp_path, monkeypatch):
     k.save(tmp_path / "p.spc")
     loaded = spcomp.load(tmp_path / "p.spc")
     assert "each thread's chunk of rows" in loaded.loops
-    ops = _operands(seed=3)
-    calls = _split_counter(monkeypatch)
-    with spcomp_threads(2, min_work=0):
+    ops = chain_operands(n=60, seed=3)
+    with splits(2, monkeypatch) as calls:
         _check(loaded(**ops), ops)
     assert (60, 2) in calls and loaded.last_launches == 1
 

@@ -123,7 +123,8 @@ def _spgemm_chain(formats=None):
                           formats=fmts)
 
 
-def _operands(n=30, seed=1):
+def chain_operands(n=30, seed=1):
+    """A, B, D (csr, n x n) and c for the SpGEMM-add-SpMV chain (test_programs_chunks too)."""
     rng = np.random.default_rng(seed)
     return dict(A=sp.random(n, n, density=0.2, format="csr", random_state=rng),
                 B=sp.random(n, n, density=0.2, format="csr", random_state=rng),
@@ -141,7 +142,7 @@ def test_temporaries_grow_inside_the_function(monkeypatch):
     monkeypatch.setattr(launch, "FIRST_CAPACITY", 1)
     k = _spgemm_chain()
     assert k.launches == 1
-    ops = _operands()
+    ops = chain_operands()
     for _ in range(3):
         assert np.allclose(k(**ops), _want(ops))
 
@@ -152,10 +153,10 @@ def test_a_temporary_past_the_32_bit_limit_reruns_at_64_bits(monkeypatch, tmp_pa
     spcomp.clear_cache()
     try:
         k = _spgemm_chain()
-        ops = _operands()
+        ops = chain_operands()
         assert (ops["A"] @ ops["B"]).nnz > 40   # T outgrows the 32-bit kernel's positions
         assert np.allclose(k(**ops), _want(ops))
-        small = _operands(n=5)
+        small = chain_operands(n=5)
         assert np.allclose(k(**small), _want(small))
     finally:
         spcomp.clear_cache()
@@ -164,7 +165,7 @@ def test_a_temporary_past_the_32_bit_limit_reruns_at_64_bits(monkeypatch, tmp_pa
 def test_bad_operand_of_a_fused_sparse_run_is_named():
     from spcomp.errors import ShapeError
     k = _spgemm_chain()
-    ops = _operands()
+    ops = chain_operands()
     ops["D"] = sp.random(29, 30, density=0.1, format="csr", random_state=0)
     with pytest.raises(ShapeError, match="D"):
         k(**ops)
@@ -220,7 +221,7 @@ def test_a_call_big_enough_for_threads_runs_the_statements_as_kernels():
     a call over threads, the call runs the statements as kernels of their own."""
     k = spcomp.compile("T[i,k] = A[i,j]*B[j,k]\nz[k] = T[i,k]*c[i]", formats={"A": "csr", "B": "csr", "T": "csr"})
     assert "a call whose first statement would split over threads runs the statements" in k.loops
-    ops = _operands()
+    ops = chain_operands()
     del ops["D"]
     want = (ops["A"] @ ops["B"]).T @ ops["c"]
     with spcomp_threads(1):
