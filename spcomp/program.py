@@ -241,7 +241,8 @@ class ProgramKernel:
         stmts = self.program.statements
         links, frees = self._links(run, internal)
         fn, sources, merged = fuse([low.entry_function for low in lows], [low.code.bindings for low in lows],
-                                   links, name=self._options.name, docs=[repr(stmts[k]) for k in run], frees=frees)
+                                   links, name=f"{self._options.name}_chunks", docs=[repr(stmts[k]) for k in run],
+                                   frees=frees)
         return self._compiled(fn, sources, merged, lows, lows[0].threads)
 
     def _transposed(self, run: list, lows: list, links: list) -> list:
@@ -440,9 +441,17 @@ class ProgramKernel:
 
     @property
     def ir(self) -> str:
-        """The kernel IR of every native function the program runs, as C-like code."""
-        return "\n".join(print_ir(seg.compiled.module) if kind == "fused" else seg.ir
-                         for kind, seg, _ in self.segments)
+        """The kernel IR of every native function the program runs, as C-like code (a
+        fused run's function over chunks of rows, ``NAME_chunks``, after its own)."""
+        parts = []
+        for kind, seg, _ in self.segments:
+            if kind != "fused":
+                parts.append(seg.ir)
+                continue
+            parts.append(print_ir(seg.compiled.module))
+            if seg.chunks(32) is not None:
+                parts.append(print_ir(seg.chunks(32).module))
+        return "\n".join(parts)
 
     @property
     def source(self) -> str:
