@@ -533,7 +533,8 @@ class ProgramKernel:
                 out.append(("kernel", Kernel.from_bytes(entry["kernel"], None, "a saved program's kernel"), run))
                 continue
             built = {bits: self._restore_built(v) for bits, v in entry["variants"].items()}
-            chunked = {bits: v and self._restore_built(v) for bits, v in entry.get("chunks", {}).items()}
+            chunked = ({bits: v and self._restore_built(v) for bits, v in entry["chunks"].items()}
+                       if "chunks" in entry else None)  # (a record from before chunks: planned here)
             out.append(("fused", self._fused_run(run, built[32].lows, built, entry["sizing"], chunked), run))
         return out
 
