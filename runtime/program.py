@@ -23,6 +23,9 @@ big enough for threads of a run that has a chunked function runs that instead
 """
 from __future__ import annotations
 
+import ctypes
+import dataclasses
+
 import numpy as np
 
 from spcomp.errors import KernelRuntimeError, OperandError
@@ -61,11 +64,12 @@ class FusedBuild:
     ``variant`` the launcher splits (its ``lowered.threads`` the first statement's
     thread plan; the function then takes ``lo``, ``hi`` first)."""
 
-    def __init__(self, function, sources, plans, module, compiled, merged, lows, variant=None, rows=()):
+    def __init__(self, function, sources, plans, module, compiled, merged, lows, variant=None, rows=(), own_pos=()):
         self.function, self.sources, self.plans = function, sources, plans
         self.module, self.compiled, self.merged, self.lows = module, compiled, merged, lows
         self.variant = variant
         self.rows = list(rows)  # dense temporaries the function keeps as one row of its own
+        self.own_pos = list(own_pos)  # csr temporaries whose row ends the function allocates (a slot)
 
 
 class FusedStep:
@@ -184,10 +188,14 @@ class FusedRun:
         lists, outs = [], []
         for st, low, plan, (storages, sizes, array, capacity) in zip(self.steps, built.lows, built.plans, per_step):
             if st.sparse:
-                out = Output(low if chunked else st.low, sizes, None, bits, False, False)
+                low = low if chunked else st.low
+                if st.name in built.own_pos:  # its row ends come back through a slot, as grown arrays do
+                    low = dataclasses.replace(low, output=dataclasses.replace(
+                        low.output, growable=list(low.output.growable) + [(1, "pos")]))
+                out = Output(low, sizes, None, bits, False, False)
                 out.capacity = capacity
                 outs.append(out)
-                out_arg = out.arg
+                out_arg = _own_pos_arg(out) if st.name in built.own_pos else out.arg
             elif array is None:  # a row workspace: its parameter is gone from the function
                 out_arg = (lambda b: 0)
             else:
@@ -233,6 +241,15 @@ class FusedRun:
                     env[st.name] = out.result()
             elif array is not None:
                 env[st.name] = array.item() if array.ndim == 0 and st.returned and not st.accumulate else array
+
+
+def _own_pos_arg(out):
+    """An output's arguments where the function allocates its row ends: their slot."""
+    def arg(b):
+        if b.role == "output" and (b.level, b.array) == (1, "pos"):
+            return ctypes.byref(out.grow[(1, "pos")])
+        return out.arg(b)
+    return arg
 
 
 def _storages(ctx, ops: dict, pending: dict) -> dict:

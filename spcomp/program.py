@@ -278,10 +278,11 @@ class ProgramKernel:
         :meth:`_row_threads` allows)."""
         stmts = self.program.statements
         links, frees = self._links(run, internal)
+        own_pos = [self._own_pos(k, low, internal) for k, low in zip(run, lows)]
         fn, sources, merged = fuse([low.entry_function for low in lows], [low.code.bindings for low in lows],
                                    links, name=self._options.name, docs=[repr(stmts[k]) for k in run],
                                    share_loop=self._shared_loops(run, lows), frees=frees,
-                                   transposed=self._transposed(run, lows, links))
+                                   transposed=self._transposed(run, lows, links), own_pos=own_pos)
         threads = self._row_threads(run, lows, merged)
         params = {(s.statement, s.position): p for s, p in zip(sources, fn.params)}
         if threads is not None:
@@ -295,7 +296,21 @@ class ProgramKernel:
                 sources = [s for s in sources if params[(s.statement, s.position)] != found[0]]
                 fn = kept
                 rows.append(name)
-        return self._compiled(fn, sources, merged, lows, threads, rows=rows)
+        return self._compiled(fn, sources, merged, lows, threads, rows=rows,
+                              own_pos=[stmts[k].lhs.tensor.name for k, o in zip(run, own_pos) if o])
+
+    def _own_pos(self, k: int, low, internal: set) -> dict:
+        """``{tensor: rows index}`` when statement ``k`` writes a csr temporary the run
+        frees whose row ends the fused function may allocate itself (``lower.fuse``),
+        else {}: the runtime allocates a returned tensor's (it hands it back) and
+        each thread's chunks share one (``_chunk_build``)."""
+        a = self.program.statements[k]
+        fmt = a.lhs.tensor.format
+        if (a.lhs.tensor.name not in internal or len(fmt.levels) != 2 or not fmt.levels[0].is_dense
+                or fmt.levels[1].is_dense or fmt.order != (0, 1) or low.output.expand is not None
+                or (1, "pos") not in {(b.level, b.array) for b in low.code.bindings if b.role == "output"}):
+            return {}
+        return {a.lhs.tensor.name: a.lhs.indices[0].name}
 
     def _row_temporaries(self, run: list, lows: list, merged: list) -> dict:
         """Dense temporaries of a run that may live as one row (``lower.fuse.row_workspace``):
@@ -335,7 +350,7 @@ class ProgramKernel:
             return None
         return vals, [sizes[w] for w in widths]
 
-    def _compiled(self, fn, sources, merged, lows, threads, saved=None, rows=()) -> FusedBuild:
+    def _compiled(self, fn, sources, merged, lows, threads, saved=None, rows=(), own_pos=()) -> FusedBuild:
         """The fused function compiled (or ``saved``'s object code loaded) into a FusedBuild."""
         module = irn.Module((fn,), fn.name)
         record = dataclasses.replace(lows[0], code=Code(module, fn.name, []))
@@ -345,7 +360,7 @@ class ProgramKernel:
         function = self._target.entry(compiled, record)
         plans = [Variant(low, None, None).arg_plan for low in lows]
         variant = Variant(record, compiled, function) if threads is not None else None
-        return FusedBuild(function, sources, plans, module, compiled, merged, lows, variant, rows)
+        return FusedBuild(function, sources, plans, module, compiled, merged, lows, variant, rows, own_pos)
 
     def _row_threads(self, run: list, lows: list, merged: list):
         """The thread plan of a fused run whose statements all run in one loop over
@@ -508,6 +523,7 @@ class ProgramKernel:
         return {bits: None if b is None else {
             "lowered": list(b.lows), "module": b.module, "compiled": self._target.dump(b.compiled),
             "sources": [[x.statement, x.position] for x in b.sources], "merged": list(b.merged), "rows": list(b.rows),
+            "own_pos": list(b.own_pos),
             "threads": b.variant.lowered.threads if b.variant is not None else None} for bits, b in builds.items()}
 
     @classmethod
@@ -542,7 +558,8 @@ class ProgramKernel:
         module = v["module"]
         sources = [FusedParam(int(a), int(b)) for a, b in v["sources"]]
         return self._compiled(module.function(module.entry), sources, list(v["merged"]), list(v["lowered"]),
-                              v["threads"], saved=v["compiled"], rows=list(v.get("rows", ())))
+                              v["threads"], saved=v["compiled"], rows=list(v.get("rows", ())),
+                              own_pos=list(v.get("own_pos", ())))
 
     def _cached_plan(self) -> list:
         """The segments from the disk cache (runtime/cache.py: a signed record under this

@@ -230,3 +230,29 @@ def test_a_call_big_enough_for_threads_runs_the_statements_as_kernels():
         assert np.allclose(k(**ops), want) and k.last_launches == 2
     with spcomp_threads(2, min_work=10 ** 12):   # too little work to split: fused
         assert np.allclose(k(**ops), want) and k.last_launches == 1
+
+
+def test_an_unreturned_csr_temporary_gets_its_row_ends_from_the_function(monkeypatch):
+    """T's and U's ``pos`` are allocated (zeroed) inside the fused function and freed
+    there, like their grown arrays; the runtime allocates no ``n + 1`` array for them.
+    A returned csr tensor keeps the runtime's ``pos`` (it is handed back)."""
+    from spcomp.runtime import outputs as runtime_outputs
+    k = _spgemm_chain()
+    one_thread = k.ir.split("int32_t kernel_chunks(")[0]   # (the chunks share the runtime's pos)
+    assert "T2_pos = (int32_t*)calloc((N_i + 1), sizeof(int32_t));" in one_thread
+    assert "restrict T2_pos_out" in one_thread and "restrict T2_pos," not in one_thread
+    shapes, real = [], np.zeros
+
+    def spy(shape, *a, **kw):
+        shapes.append(shape)
+        return real(shape, *a, **kw)
+    monkeypatch.setattr(runtime_outputs.np, "zeros", spy)
+    ops = chain_operands()
+    with spcomp_threads(1):
+        assert np.allclose(k(**ops), _want(ops))
+    assert 31 not in shapes and (31,) not in shapes, shapes
+    returned = _spgemm_chain()
+    k2 = spcomp.compile(returned.expression, formats={n: "csr" for n in "ABDTU"}, outputs=["T", "y"])
+    assert "restrict T2_pos," in k2.ir.split("int32_t kernel_chunks(")[0]
+    got = k2(**ops)
+    assert np.allclose(got["T"].to_numpy(), (ops["A"] @ ops["B"]).toarray())

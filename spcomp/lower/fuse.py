@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..ir import nodes as n
-from ..ir.types import I64, Type
+from ..ir.types import I64, Type, ptr
 from .context import Names
 from .fused_transpose import TransposedCopy, free_on_every_exit, transpose_block
 
@@ -39,7 +39,7 @@ class FusedParam:
 
 
 def fuse(functions: list, bindings: list, links: list, name: str = "program", docs=(),
-         share_loop=(), frees=(), transposed=()) -> tuple:
+         share_loop=(), frees=(), transposed=(), own_pos=()) -> tuple:
     """``(Function, [FusedParam], merged)``: ``functions[k]`` (statement ``k``'s kernel
     function, its parameters described by ``bindings[k]``) run in order in one
     function. ``links[k]`` maps a storage statement ``k`` reads to the statement
@@ -65,7 +65,13 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
     ``transposed[k]``, when given, maps a storage statement ``k`` reads as a
     transposed copy of a csr temporary (``T_T``) to ``(writer, tensor, rows index,
     columns index)``: the copy is made at the top of the reader's block from the
-    writer's arrays (:mod:`.fused_transpose`) and freed after it."""
+    writer's arrays (:mod:`.fused_transpose`) and freed after it.
+
+    ``own_pos[k]``, when given, maps a csr tensor statement ``k`` writes to the
+    index of its rows: its row-end ``pos`` (else an array the runtime allocates) is
+    allocated by the function (zeroed, rows + 1 entries) and published through a
+    slot parameter in its place, like the arrays the writer grows (readers load it
+    from the slot, ``frees`` frees it)."""
     names = Names()
     renamed: list = []      # per statement: old name -> new Var
     outputs: list = []      # per statement: (tensor, level, array) -> (its Var after renaming, role)
@@ -93,12 +99,24 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
                 continue
             mapping[var.name] = shared.get(var.name) or n.Var(names(var.name), var.type)
         renamed.append(mapping)
+        loads: list = []
         for b in bindings[k]:
             if b.role in ("lo", "hi"):
                 bounds.setdefault(b.role, mapping[b.var.name])
         outs = {}
+        owned = own_pos[k] if k < len(own_pos) else {}
+        size = {b.index: mapping[b.var.name] for b in bindings[k] if b.role == "size"}
         for pos, (param, b) in enumerate(zip(fn.params, bindings[k])):
             new = mapping[param.name]
+            if b.role == "output" and (b.level, b.array) == (1, "pos") and b.tensor in owned:
+                slot = n.Var(names(f"{new.name}_out"), ptr(new.type))
+                loads += [n.Comment(f"{new.name}: {b.tensor}'s row ends, allocated here, published in {slot.name}"),
+                          n.Allocate(new, n.Binary("+", size[owned[b.tensor]], n.i64(1)), zero=True),
+                          n.Store(slot, n.i64(0), new)]
+                outs[(b.tensor, b.level, b.array)] = (slot, "output_grow")
+                params.append(slot)
+                sources.append(FusedParam(k, pos))
+                continue
             if b.role in ("output", "output_grow"):
                 outs[(b.tensor, b.level, b.array)] = (new, b.role)
             if param.name in shared or param.name in slots or param.name in copied:
@@ -110,7 +128,7 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
         if stmts and isinstance(stmts[-1], n.Return) and stmts[-1].status == n.STATUS_OK:
             stmts.pop()
         note = [n.Comment(f"statement {k + 1}: {docs[k]}")] if k < len(docs) else []
-        loads = [n.Declare(mapping[old], n.Load(slot, n.i64(0))) for old, slot in slots.items()]
+        loads += [n.Declare(mapping[old], n.Load(slot, n.i64(0))) for old, slot in slots.items()]
         stmts = [_rename(s, mapping) for s in stmts]
         if chunk_pos:
             stmts = [_chunk_starts(s, chunk_pos, bounds["lo"]) for s in stmts]
