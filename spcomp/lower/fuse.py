@@ -183,7 +183,10 @@ def _chunk_starts(node, arrays: set, lo):
     chunk's first row starts at 0, while ``pos[lo]`` is the previous chunk's to write."""
     if isinstance(node, n.Load) and node.array in arrays:
         load = n.Load(node.array, _chunk_starts(node.index, arrays, lo))
-        return n.Select(n.Binary("==", load.index, lo), n.const(0, load.type), load)
+        e = load.index
+        if isinstance(e, n.Binary) and e.op == "+" and isinstance(e.rhs, n.Const) and e.rhs.value >= 1:
+            return load  # a row's end, pos[row + 1]: past lo (the reader's rows are lo and after)
+        return n.Select(n.Binary("==", e, lo), n.const(0, load.type), load)
     if isinstance(node, tuple):
         return tuple(_chunk_starts(x, arrays, lo) for x in node)
     if isinstance(node, (n.Var, n.Const, Type)) or not dataclasses.is_dataclass(node) or isinstance(node, type):
