@@ -84,3 +84,16 @@ def test_the_copy_survives_growth(monkeypatch):
     B = sp.random(30, 50, density=0.2, format="csr", random_state=6)
     for _ in range(2):
         assert np.allclose(k(A=A, B=B).to_numpy(), 2 * (A @ B).toarray().T)
+
+
+@pytest.mark.parametrize("shape, density", [((5, 7), 0.0), ((1, 1), 1.0), ((7, 1), 1.0), ((1, 9), 1.0)])
+def test_the_copy_of_empty_and_one_line_temporaries(shape, density):
+    """No entries (every column empty), one row, one column: the counting sort's edges."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TranspositionWarning)
+        k = spcomp.compile("T[i,k] = D[i,k] * 3\nZ[k,i] = T[i,k] + F[k,i]",
+                           formats={"D": "csr", "T": "csr", "Z": "csr"})
+    assert "copy_next" in k.ir
+    D = sp.random(*shape, density=density, format="csr", random_state=0)
+    F = np.arange(shape[0] * shape[1], dtype=float).reshape(shape[::-1])
+    assert np.allclose(k(D=D, F=F).to_numpy(), 3 * D.toarray().T + F)
