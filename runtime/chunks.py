@@ -264,4 +264,12 @@ def _stitch(out, chunks, n: int, capacity: int) -> None:
     out.capacity = capacity  # _take keeps the first chunk's arrays whole when nearly full, as one thread's
 
 
-__all__ = ["MODE", "preferred", "run_chunks"]
+def stitch(out, chunks, n: int, capacity: int) -> None:
+    """Join chunks (each with ``lo``, ``hi`` and ``grow``: (level, array) -> the
+    ``ctypes.c_void_p`` its call set; ``capacity``: what the first one started
+    with) into ``out``'s arrays, as for this module's own chunks; a fused program
+    run by chunks of rows (program_chunks.py) stitches its returned outputs so."""
+    _stitch(out, chunks, n, capacity)
+
+
+__all__ = ["MODE", "preferred", "run_chunks", "stitch"]
