@@ -22,6 +22,18 @@ def compile_kernel(expression: str, formats: dict | None = None, schedule=None) 
     return spcomp.compile(expression, formats=formats or {}, dtype="float32", schedule=schedule)
 
 
+def own_kernel(kernel) -> "spcomp.Kernel":
+    """A Kernel sharing ``kernel``'s compiled code (no compile) with call state of its own.
+
+    Each layer calls its own: the runtime's fast path replays a kernel's last calls
+    (runtime/fastcall.py) while the same weight Tensor comes back with new activation
+    arrays laid out as before, so one shared kernel alternating between the up and down
+    weights (or the layers of a model) would take the ~40 us general path every call."""
+    from spcomp.kernel import Kernel
+    return Kernel(kernel.expression, kernel.notation, kernel.options, kernel.target, kernel.schedule,
+                  variants=kernel.variants)
+
+
 def call_kernel(kernel, **operands):
     """Run a kernel, then drop the operands from its per-object conversion cache.
 
@@ -48,6 +60,16 @@ def dense_operand(a: np.ndarray, layout: str) -> "spcomp.Tensor":
     if storage.dtype != DTYPE or not storage.flags.c_contiguous:
         storage = np.ascontiguousarray(storage, dtype=DTYPE)
     return Tensor(layout, a.shape, [{}, {}], storage.reshape(-1), validated=True)
+
+
+def stored_rows(a: np.ndarray) -> np.ndarray:
+    """The feature-major storage of a (tokens, features) array: ``a.T`` as a plain
+    row-major float32 array (a view when ``a`` is already laid out so, else a copy),
+    for the kernels written over stored arrays (``Yt[o,t] += Xt[i,t] * W[o,i]``)."""
+    t = a.T
+    if t.dtype != DTYPE or not t.flags.c_contiguous:
+        t = np.ascontiguousarray(t, dtype=DTYPE)
+    return t
 
 
 def vector_operand(v: np.ndarray) -> "spcomp.Tensor":
