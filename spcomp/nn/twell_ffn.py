@@ -65,6 +65,9 @@ class TwellMode:
                           for n0 in range(0, self.ffn, self.B)]
         self.act_has_bias = b_act is not None
         self._w_act, self._b_act = w_act, b_act
+        #: None, or ``f(x) -> A^T``: the dense pre-activation ``Wa x^T + ba`` (ffn, tokens) as
+        #: a row-major float32 array, for the H-by-columns path (see _forward_relu_columns)
+        self.gate_product = None
         self._slabs: dict = {}
         self._packed_kernels: dict = {}
         self.sparsifier = "relu" if (self.activation == "relu" and self.topk is None
@@ -82,6 +85,12 @@ class TwellMode:
             colsum = call_kernel(compile_kernel("S[d] = Wd[n,d]"), Wd=self.wd)
             self._wd_colsum = Tensor.from_numpy(colsum, "dense")
         self._kernels_for(self.K)
+
+    @property
+    def act_weights(self) -> tuple:
+        """``(weight, bias)`` of the projection that decides sparsity (the gate, else
+        up), (ffn, hidden) and (ffn,) float32 arrays (bias None when absent)."""
+        return self._w_act, self._b_act
 
     def _kernels_for(self, K: int) -> tuple:
         """(packed activation kernel, consumer kernel) for twell(B, K) (compiled once each)."""
@@ -226,6 +235,39 @@ class TwellMode:
         return out
 
     def _forward_relu_columns(self, x: np.ndarray) -> np.ndarray:
+        if self.gate_product is not None:
+            return self._forward_relu_product(x)
+        return self._forward_relu_slabs(x)
+
+    def _forward_relu_product(self, x: np.ndarray) -> np.ndarray:
+        """The ReLU FFN by columns with the dense pre-activation from ``gate_product``
+        (spcomp.torch: torch's own GEMM, the library of the dense baseline, on torch's
+        threads): then per thread, for its slab of the FFN width, the ReLU's nonzeros
+        compressed by columns straight from ``A^T``'s rows, and the consumer on them."""
+        T = x.shape[0]
+        At = self.gate_product(x)
+        if At.shape != (self.ffn, T) or At.dtype != DTYPE or not At.flags.c_contiguous:
+            raise ShapeError(f"gate_product gave {At.dtype} {At.shape}; expected row-major float32 "
+                             f"({self.ffn}, {T})")
+        X = dense_operand(x, TOKEN_MAJOR)
+        cuts = self._slab_cuts(num_threads()) if num_threads() > 1 else [(0, self.ffn)]
+        out = filled((T, self.hidden), TOKEN_MAJOR, self.b_down)
+        outputs = [out] + [np.zeros_like(out) for _ in cuts[1:]]
+        relu = compile_kernel("H[t,n] = relu(At[n,t])", {"H": COLUMN_MAJOR})
+        consumer = self._consumer({"H": COLUMN_MAJOR})
+
+        def run(p):
+            lo, hi = cuts[p]
+            H = call_kernel(relu, At=At[lo:hi])
+            call_kernel(consumer, **self._column_operands(H, X, lo, hi, outputs[p]))
+            return H.nnz
+        nnz = parallel_map(run, list(range(len(cuts))))
+        self.last_nnz = int(sum(nnz))
+        self.last_size = T * self.ffn
+        self._sum_outputs(out, outputs[1:])
+        return out
+
+    def _forward_relu_slabs(self, x: np.ndarray) -> np.ndarray:
         """The ReLU FFN with H compressed by columns, one weight slab per thread.
 
         Each thread runs the gate kernel on its slab of the gate weight, writing its

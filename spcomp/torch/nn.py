@@ -20,7 +20,7 @@ from spcomp import nn as spnn
 
 from .ops import layer_op, register_layer
 
-__all__ = ["SparseLinear", "SparseFFN", "linear_weights"]
+__all__ = ["SparseLinear", "SparseFFN", "linear_weights", "torch_gate_product"]
 
 
 def linear_weights(linear) -> tuple:
@@ -28,6 +28,24 @@ def linear_weights(linear) -> tuple:
     w = linear.weight.detach().to(torch.float32).cpu().numpy()
     b = None if linear.bias is None else linear.bias.detach().to(torch.float32).cpu().numpy()
     return w, b
+
+
+def torch_gate_product(weight, bias):
+    """``f(x) -> A^T = W x^T + b``, (out, tokens) float32 NumPy, by ``torch.addmm``.
+
+    For the ReLU activation-sparse FFN (``SparseFFN.gate_product``): its dense gate
+    product is then torch's own GEMM (MKL in the CPU wheel, torch's threads), the
+    library the dense block runs on, where the NumPy layer calls SciPy's OpenBLAS per
+    weight slab. The tensors share the layer's arrays (no copy)."""
+    w = torch.from_numpy(weight)
+    b = None if bias is None else torch.from_numpy(bias)[:, None]
+
+    def product(x):
+        xt = torch.from_numpy(x).T
+        with torch.no_grad():
+            at = torch.mm(w, xt) if b is None else torch.addmm(b, w, xt)
+        return at.numpy()
+    return product
 
 
 class _LayerModule(torch.nn.Module):
@@ -82,6 +100,8 @@ class SparseFFN(_LayerModule):
 
     def __init__(self, layer: "spnn.SparseFFN"):
         super().__init__(layer, layer.hidden, layer.hidden)
+        if layer.mode == "activation" and layer.sparsifier == "relu":
+            layer.gate_product = torch_gate_product(*layer.act_weights)
 
     @classmethod
     def from_linears(cls, up, down, gate=None, *, activation: str = "gelu", mode: str | None = None,
