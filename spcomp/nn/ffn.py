@@ -11,7 +11,7 @@ import numpy as np
 from spcomp.errors import ShapeError
 
 from .activations import ACTIVATIONS, activation_expr
-from .kernels import DTYPE, FEATURE_MAJOR, as_matrix, as_tokens, compile_kernel, empty, own_kernel, stored_rows
+from .kernels import DTYPE, FEATURE_MAJOR, as_matrix, as_tokens, compile_kernel, empty, own_kernel, stored_rows, token_rows
 from .linear import SparseLinear
 from .twell_ffn import COLUMNS_FROM_TOKENS, TwellMode
 
@@ -186,7 +186,7 @@ class SparseFFN(TwellMode):
         x2, lead = as_tokens(x, self.hidden)
         x2 = np.ascontiguousarray(x2, dtype=DTYPE)
         out = self._forward_weight(x2) if self.mode == "weight" else self._forward_activation(x2)
-        return np.ascontiguousarray(out).reshape(*lead, self.hidden)
+        return token_rows(out).reshape(*lead, self.hidden)
 
     # weight-sparse ---------------------------------------------------------
     def _forward_weight(self, x: np.ndarray) -> np.ndarray:

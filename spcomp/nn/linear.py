@@ -20,7 +20,7 @@ import numpy as np
 from spcomp.errors import ShapeError
 
 from .kernels import (DTYPE, FEATURE_MAJOR, TOKEN_MAJOR, as_matrix, as_tokens, as_vector, call_kernel,
-                      compile_kernel, dense_operand, filled, own_kernel, stored_rows)
+                      compile_kernel, dense_operand, filled, own_kernel, stored_rows, token_rows)
 from .parallel import parallel_map, row_ranges, serial_when_small
 
 __all__ = ["SparseLinear", "prune_magnitude", "WEIGHT_FORMATS"]
@@ -138,7 +138,7 @@ class SparseLinear:
         """``x`` (..., in) -> (..., out), float32."""
         x2, lead = as_tokens(x, self.in_features)
         y = self.forward(x2)
-        return np.ascontiguousarray(y).reshape(*lead, self.out_features)
+        return token_rows(y).reshape(*lead, self.out_features)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """(tokens, in) -> (tokens, out); the result is laid out as ``self.layout``

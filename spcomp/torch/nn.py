@@ -30,6 +30,15 @@ def linear_weights(linear) -> tuple:
     return w, b
 
 
+def split_small_calls(layer) -> None:
+    """Let the runtime split a weight-sparse layer's calls over the threads however
+    small (``SparseLinear.serial_small = False``). The NumPy layer keeps small calls on
+    one thread so that no libgomp team spins into OpenBLAS's next GEMM; under torch
+    the GEMMs around it run on that same libgomp team (torch/lib/libgomp.so.1 is the
+    one both load), so there is no second pool to collide with."""
+    layer.serial_small = False
+
+
 def torch_gate_product(weight, bias):
     """``f(x) -> A^T = W x^T + b``, (out, tokens) float32 NumPy, by ``torch.addmm``.
 
@@ -68,6 +77,7 @@ class SparseLinear(_LayerModule):
 
     def __init__(self, layer: "spnn.SparseLinear"):
         super().__init__(layer, layer.in_features, layer.out_features)
+        split_small_calls(layer)
 
     @classmethod
     def from_linear(cls, linear, density: float | None = None, format: str = "csr") -> "SparseLinear":
@@ -100,7 +110,10 @@ class SparseFFN(_LayerModule):
 
     def __init__(self, layer: "spnn.SparseFFN"):
         super().__init__(layer, layer.hidden, layer.hidden)
-        if layer.mode == "activation" and layer.sparsifier == "relu":
+        if layer.mode == "weight":
+            for lin in layer.layers:
+                split_small_calls(lin)
+        elif layer.sparsifier == "relu":
             layer.gate_product = torch_gate_product(*layer.act_weights)
 
     @classmethod
