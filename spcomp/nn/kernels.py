@@ -30,8 +30,10 @@ def own_kernel(kernel) -> "spcomp.Kernel":
     arrays laid out as before, so one shared kernel alternating between the up and down
     weights (or the layers of a model) would take the ~40 us general path every call."""
     from spcomp.kernel import Kernel
-    return Kernel(kernel.expression, kernel.notation, kernel.options, kernel.target, kernel.schedule,
-                  variants=kernel.variants)
+    own = Kernel(kernel.expression, kernel.notation, kernel.options, kernel.target, kernel.schedule,
+                 variants=kernel.variants)
+    own.contraction, own.autotune, own.tuned_buckets = kernel.contraction, kernel.autotune, kernel.tuned_buckets
+    return own
 
 
 def call_kernel(kernel, **operands):
