@@ -68,6 +68,7 @@ class TwellMode:
         #: None, or ``f(x) -> A^T``: the dense pre-activation ``Wa x^T + ba`` (ffn, tokens) as
         #: a row-major float32 array, for the H-by-columns path (see _forward_relu_columns)
         self.gate_product = None
+        self._product = None
         self._slabs: dict = {}
         self._packed_kernels: dict = {}
         self.sparsifier = "relu" if (self.activation == "relu" and self.topk is None
@@ -104,13 +105,13 @@ class TwellMode:
         self._packed_kernels[K] = (act, self._consumer(tw))
         return self._packed_kernels[K]
 
-    def _consumer(self, formats: dict):
+    def _consumer(self, formats: dict, schedule=None):
         """The down projection (fused with the up projection when gated) reading H
         in the format given; it adds into O, which starts as the bias or zero."""
         if self.gated:
             up = "(X[t,k]*Wu[n,k] + bu[n])" if self.b_up is not None else "X[t,k]*Wu[n,k]"
-            return compile_kernel(f"O[t,d] += H[t,n] * {up} * Wd[n,d]", formats)
-        return compile_kernel("O[t,d] += H[t,n] * Wd[n,d]", formats)
+            return compile_kernel(f"O[t,d] += H[t,n] * {up} * Wd[n,d]", formats, schedule)
+        return compile_kernel("O[t,d] += H[t,n] * Wd[n,d]", formats, schedule)
 
     # ---------------------------------------------------------------- call
     def activations(self, x: np.ndarray):
@@ -242,30 +243,33 @@ class TwellMode:
     def _forward_relu_product(self, x: np.ndarray) -> np.ndarray:
         """The ReLU FFN by columns with the dense pre-activation from ``gate_product``
         (spcomp.torch: torch's own GEMM, the library of the dense baseline, on torch's
-        threads): then per thread, for its slab of the FFN width, the ReLU's nonzeros
-        compressed by columns straight from ``A^T``'s rows, and the consumer on them."""
+        threads), then two kernels over the whole FFN width that the runtime splits on
+        the same libgomp team torch's GEMM just used: the ReLU's nonzeros compressed
+        by columns from ``A^T``'s rows, and the consumer with its column loop parallel
+        (each thread adds into its own copy of the output). No Python threads: after
+        torch's GEMM its team's workers spin a while, and a thread of another pool
+        would wait for the core they hold (a Python-threads prototype was no faster
+        than OpenBLAS's gate, docs/torch.md)."""
         T = x.shape[0]
         At = self.gate_product(x)
         if At.shape != (self.ffn, T) or At.dtype != DTYPE or not At.flags.c_contiguous:
             raise ShapeError(f"gate_product gave {At.dtype} {At.shape}; expected row-major float32 "
                              f"({self.ffn}, {T})")
-        X = dense_operand(x, TOKEN_MAJOR)
-        cuts = self._slab_cuts(num_threads()) if num_threads() > 1 else [(0, self.ffn)]
+        relu, consumer = self._product_kernels()
+        H = call_kernel(relu, At=At)
         out = filled((T, self.hidden), TOKEN_MAJOR, self.b_down)
-        outputs = [out] + [np.zeros_like(out) for _ in cuts[1:]]
-        relu = compile_kernel("H[t,n] = relu(At[n,t])", {"H": COLUMN_MAJOR})
-        consumer = self._consumer({"H": COLUMN_MAJOR})
-
-        def run(p):
-            lo, hi = cuts[p]
-            H = call_kernel(relu, At=At[lo:hi])
-            call_kernel(consumer, **self._column_operands(H, X, lo, hi, outputs[p]))
-            return H.nnz
-        nnz = parallel_map(run, list(range(len(cuts))))
-        self.last_nnz = int(sum(nnz))
+        call_kernel(consumer, **self._column_operands(H, dense_operand(x, TOKEN_MAJOR), 0, self.ffn, out))
+        self.last_nnz = int(H.nnz)
         self.last_size = T * self.ffn
-        self._sum_outputs(out, outputs[1:])
         return out
+
+    def _product_kernels(self) -> tuple:
+        """(ReLU compressing ``A^T``'s rows by columns, consumer parallel over columns)."""
+        if self._product is None:
+            relu = compile_kernel("H[t,n] = relu(At[n,t])", {"H": COLUMN_MAJOR})
+            by_columns = spcomp.Schedule().parallelize("n", race="ParallelReduction")
+            self._product = (relu, self._consumer({"H": COLUMN_MAJOR}, by_columns))
+        return self._product
 
     def _forward_relu_slabs(self, x: np.ndarray) -> np.ndarray:
         """The ReLU FFN with H compressed by columns, one weight slab per thread.
