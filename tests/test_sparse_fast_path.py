@@ -118,3 +118,24 @@ def test_a_dead_operands_id_reused_is_not_confused(spgemm):
     for seed in range(20, 30):
         A = _csr(seed)
         _same(spgemm(A=A, B=B), A, B)
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-pass", "chunks"])
+def test_an_output_past_the_32_bit_limit_repeats_with_the_64_bit_kernel(monkeypatch, tmp_path, request, split):
+    from spcomp.lower import record
+    if split:
+        request.getfixturevalue("two_threads_always_split")
+    monkeypatch.setattr(record, "INDEX32_LIMIT", 40)  # read when a kernel is compiled
+    monkeypatch.setenv("SPCOMP_CACHE_DIR", str(tmp_path / "cache"))
+    spcomp.clear_cache()
+    try:
+        k = spcomp.compile(SPGEMM, formats={"A": "csr", "B": "csr", "C": "csr"}, dtype="float64")
+        A, B = _csr(13, n=30, density=0.2), _csr(14, n=30, density=0.2)
+        small = A[:1]
+        for _ in range(3):  # past the limit, then one row (32-bit again), alternating
+            big = k(A=A, B=B)
+            assert big.nnz > 40 and big.levels[1]["crd"].dtype == np.int64
+            _same(big, A, B)
+            _same(k(A=small, B=B), small, B)
+    finally:
+        spcomp.clear_cache()
