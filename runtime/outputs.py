@@ -238,15 +238,17 @@ class Output:
         for key, size, dtype in fixed:
             self.arrays[key] = np.zeros(size, dtype=dtype)
 
-    def again(self) -> "Output":
+    def again(self, allocate: bool = True) -> "Output":
         """A fresh output of the same call (a sparse one, nothing given): its layout and
-        allocation plan reused, for a call repeated with the same operands (sparsecall.py)."""
+        allocation plan reused, for a call repeated with the same operands (sparsecall.py).
+        ``allocate=False``: nothing allocated yet (a template kept between calls)."""
         out = object.__new__(Output)
         out.name, out.fmt, out.dtype, out.shape = self.name, self.fmt, self.dtype, self.shape
         out.dense_out, out.index_limit, out.layout, out._plan = False, self.index_limit, self.layout, self._plan
         out.capacity = None
         out.arrays, out.grow, out.bounded = {}, {}, {}
-        out._allocate()
+        if allocate:
+            out._allocate()
         return out
 
     def _alloc_dense(self, given, accumulate, overwrite, level_sizes):

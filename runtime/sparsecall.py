@@ -39,7 +39,7 @@ class SparseRepeat:
         self.ctx, self.variant, self.sizes, self.bits = ctx, variant, sizes, bits
         self.capacity, self.units = capacity, units
         self.refs = tuple((name, weakref.ref(st)) for name, st in storages.items())
-        self.proto = out.again()
+        self.proto = out.again(allocate=False)  # (holds no arrays between calls)
         self.settings = _settings()
         self.template, self.out_slots, self.lohi = None, (), None
         if ctx.caps.pointers:

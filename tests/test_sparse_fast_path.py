@@ -139,3 +139,13 @@ def test_an_output_past_the_32_bit_limit_repeats_with_the_64_bit_kernel(monkeypa
             _same(k(A=small, B=B), small, B)
     finally:
         spcomp.clear_cache()
+
+
+def test_a_kept_repeat_holds_no_output_memory(spgemm):
+    """Up to 8 repeats stay per kernel: none keeps an output array alive."""
+    A, B = _csr(15), _csr(16)
+    spgemm(A=A, B=B)
+    repeat = spgemm._fast.latest.runner
+    assert repeat.proto.arrays == {} and repeat.proto.grow == {}
+    _same(spgemm(A=A, B=B), A, B)
+    assert repeat.proto.arrays == {}
