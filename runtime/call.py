@@ -7,7 +7,7 @@ call (here), the two-phase assembly (``assemble.py``) and the chunked append
 """
 from __future__ import annotations
 
-from . import chunks, fastcall, interrupt, launch
+from . import chunks, fastcall, interrupt, launch, sparsecall
 from .launch import Launcher, call_work, raise_status
 from .operands import Dense, Operands, is_device_array
 from .outputs import DeviceOutput, Output, PlainOutput
@@ -60,7 +60,9 @@ class CallContext:
 
 def run(ctx: CallContext, variant, sizing, storages, sizes, bits, given, operands):
     """Run ``variant`` (its output one-pass or dense) and return ``(result, fast)``:
-    ``fast`` the FastCall that repeats this call, when one can (else None).
+    ``fast`` the FastCall that repeats this call, when one can (else None): a
+    dense output's by its argument list (fastcall.py), a sparse one's by what the
+    call worked out from its operands (sparsecall.py).
     ``sizing`` is the lowering whose thread plan sizes a growable output."""
     low = variant.lowered
     out = ctx.output(low, sizes, given, bits, storages)
@@ -69,7 +71,9 @@ def run(ctx: CallContext, variant, sizing, storages, sizes, bits, given, operand
         capacity = out.capacity = launch.first_capacity(sizing, sizes, storages, ctx.plan.out_indices)
     units = call_work(ctx.caps, low, sizing, sizes, storages)
     if capacity is not None and low.append_chunks:  # (only a growable output can be chunked)
-        return chunks.run_chunks(ctx, variant, storages, sizes, bits, out, capacity, units), None
+        result = chunks.run_chunks(ctx, variant, storages, sizes, bits, out, capacity, units)
+        return result, sparsecall.build(ctx, variant, out, storages, sizes, bits, capacity, units, given,
+                                        operands, sizing)
     pointers, fast = ctx.caps.pointers, None
     while True:
         args, lohi = ctx.args(variant.arg_plan, storages, sizes, bits, lambda b: out.arg(b, pointers), capacity)
@@ -94,4 +98,6 @@ def run(ctx: CallContext, variant, sizing, storages, sizes, bits, given, operand
         if s != 0:
             out.discard()
             ctx.fail(s, out)
+    if fast is None and type(out) is Output and out.capacity == capacity:  # a sparse output, not rerun
+        fast = sparsecall.build(ctx, variant, out, storages, sizes, bits, capacity, units, given, operands, sizing)
     return out.result(), fast

@@ -103,16 +103,18 @@ def _slots(variant) -> _Slots:
     return slots
 
 
-def run_chunks(ctx, variant, storages, sizes, bits, out, capacity: int, call_units: int = 0):
+def run_chunks(ctx, variant, storages, sizes, bits, out, capacity: int, call_units: int = 0, prepared=None):
     """Run ``variant`` (``Lowered.append_chunks``) over the threads' row ranges
     into ``out`` (an ``Output``) and return the stitched result; ``call_units``,
     the call's work (launch.call_work, the same units), decides whether Ctrl-C must
-    be able to stop it and whether the call splits."""
+    be able to stop it and whether the call splits. ``prepared``: the argument
+    list and ``lo``'s slot when the caller has them (sparsecall.py)."""
     low = variant.lowered
     n = parallel_extent(low, sizes, storages)
     pos = balance_pos(low, storages)
     units = call_units or work(n, pos, sizes, low, storages)
-    args, lohi = ctx.args(variant.arg_plan, storages, sizes, bits, lambda b: out.arg(b, True), capacity)
+    args, lohi = prepared or ctx.args(variant.arg_plan, storages, sizes, bits, lambda b: out.arg(b, True),
+                                      capacity)
     slots = _slots(variant)
     cap_slot, grow_slots = slots.cap, slots.grow
     whole = max(int(pos[n]) - int(pos[0]) + n if pos is not None else n, 1)
@@ -264,4 +266,12 @@ def _stitch(out, chunks, n: int, capacity: int) -> None:
     out.capacity = capacity  # _take keeps the first chunk's arrays whole when nearly full, as one thread's
 
 
-__all__ = ["MODE", "preferred", "run_chunks"]
+def stitch(out, chunks, n: int, capacity: int) -> None:
+    """Join chunks (each with ``lo``, ``hi`` and ``grow``: (level, array) -> the
+    ``ctypes.c_void_p`` its call set; ``capacity``: what the first one started
+    with) into ``out``'s arrays, as for this module's own chunks; a fused program
+    run by chunks of rows (program_chunks.py) stitches its returned outputs so."""
+    _stitch(out, chunks, n, capacity)
+
+
+__all__ = ["MODE", "preferred", "run_chunks", "stitch"]

@@ -54,12 +54,15 @@ class FastCall:
     __slots__ = ("checks", "count", "fn", "args", "out_slots", "out_shape", "out_dtype",
                  "threads", "keep", "given", "zero_given", "overwrite", "fail", "apart", "new_out",
                  "tensors", "arrays", "scipys", "out_check", "single_out", "spec", "split_generation",
-                 "split_threshold")
+                 "split_threshold", "runner")
 
     def __init__(self, checks, fn, args, out_slots, out_shape, out_dtype, threads, keep,
                  given=None, zero_given=True, overwrite=False, fail=None, split_generation=None,
-                 split_threshold=None):
+                 split_threshold=None, runner=None):
         self.checks = tuple(checks)
+        # for a sparse output (sparsecall.py): what runs the call once the operands
+        # passed, returning the result or MISS, in place of the argument list's call
+        self.runner = runner
         self.count = len(self.checks)
         self.fn = fn
         self.args = args
@@ -145,6 +148,8 @@ class FastCall:
         return list(self.args) if args is None else args
 
     def run(self, args, operands):
+        if self.runner is not None:
+            return self.runner()
         if self.given is None:
             out = self.new_out()
         else:
@@ -228,6 +233,10 @@ def _specialise(fc: "FastCall"):
                 else f"unchanged(v, sf{j})")
         body.append(f"v = get(sn{j})\n"
                     f"if v is None or v is not sr{j}() or sw{j}() is None or not ({same}): return MISS")
+    if fc.runner is not None:  # a sparse output: the runner allocates, calls and builds the result
+        ns["RUN"] = fc.runner
+        body.append("return RUN()")
+        return _defined(body, ns)
     if fc.given is not None:
         name, check = fc.out_check
         ns.update({"on": name, "ocheck": check})
@@ -257,8 +266,14 @@ def _specialise(fc: "FastCall"):
         value[k] = "po"
     body.append(f"status = fn({', '.join(value)})\nif status: fail(status)")
     body.append("return out" if fc.out_shape or fc.given is not None else "return out.item()")
+    return _defined(body, ns)
+
+
+def _defined(body: list, ns: dict):
+    """The function ``call(operands)`` whose body is ``body`` (lines of fixed
+    identifiers), its names looked up in ``ns``."""
     src = "def call(operands):\n" + "".join("    " + line + "\n" for part in body for line in part.split("\n"))
-    exec(_compiled(src), ns)  # noqa: S102 (fixed identifiers only, see above)
+    exec(_compiled(src), ns)  # noqa: S102 (fixed identifiers only, see _specialise)
     return ns["call"]
 
 
@@ -311,19 +326,10 @@ def remember(recent, fast, operands):
     return recent
 
 
-def build(plan, op_cache, launcher, variant, operands, storages, args, lohi, sizes, given, *,
-          output_name, accumulate, overwrite, fail, wrap=None, units=None):
-    """The FastCall that repeats this call, or None when an operand is a converted
-    copy (its conversion must run on every call) or the given output is not a
-    plain writeable row-major array of the output's shape. ``wrap(fn)`` is what a
-    repeated call runs instead of ``fn`` (a long one: where Ctrl-C stops it)."""
-    out_shape = tuple(sizes[i] for i in plan.out_indices)
-    checks = {}
-    if given is not None:
-        out_check = (out_shape, plan.out_dtype)
-        if not plain_output_array(given, out_check):
-            return None
-        checks[output_name] = (OUTPUT, out_check)
+def _operand_checks(plan, op_cache, operands, storages, checks: dict):
+    """``checks`` with each operand's ``(kind, fingerprint)`` added (what a repeated
+    call checks of it), or None when one is a converted copy whose conversion must
+    run on every call."""
     for storage, operand, fmt, _dtype, _plain in plan.storages:
         value, st = operands[operand], storages[storage]
         if type(st) is Dense and st.array is value:
@@ -337,6 +343,45 @@ def build(plan, op_cache, launcher, variant, operands, storages, args, lohi, siz
             check = (SCIPY, (hit[2], weakref.ref(st)))
         if checks.setdefault(operand, check)[0] != check[0]:
             return None
+    return checks
+
+
+def build_sparse(plan, op_cache, operands, storages, make_runner, units):
+    """The FastCall that repeats a sparse output's call through ``make_runner()``'s
+    runner (sparsecall.py) while the very operands come back, or None where one is an
+    ndarray (a new one laid out alike passes the checks, but the runner keeps the
+    old one's storage) or a converted copy. The thread count and the split's
+    generation are checked as for any FastCall: they chose the call's variant."""
+    checks = _operand_checks(plan, op_cache, operands, storages, {})
+    if checks is None or any(kind == ARRAY for kind, _fp in checks.values()):
+        return None
+    runner = make_runner()
+    if runner is None:
+        return None
+    generation = _threads.split_state[0] if _threads.threshold_decides(units) else None
+    threads = _threads.get_num_threads()
+    watched = _threads.measured_threshold(threads) if generation is not None else None
+    entries = [(name, weakref.ref(operands[name]), kind, fp, ()) for name, (kind, fp) in checks.items()]
+    return FastCall(entries, None, (), (), (), None, threads, None, split_generation=generation,
+                    split_threshold=watched, runner=runner)
+
+
+def build(plan, op_cache, launcher, variant, operands, storages, args, lohi, sizes, given, *,
+          output_name, accumulate, overwrite, fail, wrap=None, units=None):
+    """The FastCall that repeats this call, or None when an operand is a converted
+    copy (its conversion must run on every call) or the given output is not a
+    plain writeable row-major array of the output's shape. ``wrap(fn)`` is what a
+    repeated call runs instead of ``fn`` (a long one: where Ctrl-C stops it)."""
+    out_shape = tuple(sizes[i] for i in plan.out_indices)
+    checks = {}
+    if given is not None:
+        out_check = (out_shape, plan.out_dtype)
+        if not plain_output_array(given, out_check):
+            return None
+        checks[output_name] = (OUTPUT, out_check)
+    checks = _operand_checks(plan, op_cache, operands, storages, checks)
+    if checks is None:
+        return None
     marked = list(args)
     for k, (role, a, _b) in enumerate(variant.arg_plan):
         if role == "out":

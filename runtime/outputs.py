@@ -225,11 +225,31 @@ class Output:
             raise OperandError(f"output {self.name} is sparse: the kernel assembles it, so do not "
                                "pass it (pass it only with +=)")
         grow, bounded = set(low.output.growable), set(low.output.bounded)
-        for key in self.layout.keys():
-            if key in grow:
-                self.grow[key] = ctypes.c_void_p(0)
-            elif key not in bounded:
-                self.arrays[key] = np.zeros(self.layout.fixed_size(*key), dtype=self.layout.dtype_of(*key))
+        # what each call of this output allocates: the grown arrays' pointers, the fixed arrays
+        self._plan = ([key for key in self.layout.keys() if key in grow],
+                      [(key, self.layout.fixed_size(*key), self.layout.dtype_of(*key))
+                       for key in self.layout.keys() if key not in grow and key not in bounded])
+        self._allocate()
+
+    def _allocate(self):
+        grown, fixed = self._plan
+        for key in grown:
+            self.grow[key] = ctypes.c_void_p(0)
+        for key, size, dtype in fixed:
+            self.arrays[key] = np.zeros(size, dtype=dtype)
+
+    def again(self, allocate: bool = True) -> "Output":
+        """A fresh output of the same call (a sparse one, nothing given): its layout and
+        allocation plan reused, for a call repeated with the same operands (sparsecall.py).
+        ``allocate=False``: nothing allocated yet (a template kept between calls)."""
+        out = object.__new__(Output)
+        out.name, out.fmt, out.dtype, out.shape = self.name, self.fmt, self.dtype, self.shape
+        out.dense_out, out.index_limit, out.layout, out._plan = False, self.index_limit, self.layout, self._plan
+        out.capacity = None
+        out.arrays, out.grow, out.bounded = {}, {}, {}
+        if allocate:
+            out._allocate()
+        return out
 
     def _alloc_dense(self, given, accumulate, overwrite, level_sizes):
         if given is None:

@@ -17,9 +17,14 @@ call: its fixed arrays (a csr's ``pos``) are allocated here, its growing arrays
 by the kernel into slots. A sparse temporary nothing outside the run reads is
 freed by the kernel itself; on an error status :meth:`Output.discard` frees
 what the slots still hold. A 32-bit overflow (status 5) runs the whole run
-again with the 64-bit function (no statement of such a run accumulates).
+again with the 64-bit function (no statement of such a run accumulates). A call
+big enough for threads of a run that has a chunked function runs that instead
+(:mod:`.program_chunks`): the same arguments, per-chunk capacities and slots.
 """
 from __future__ import annotations
+
+import ctypes
+import dataclasses
 
 import numpy as np
 
@@ -27,11 +32,12 @@ from spcomp.errors import KernelRuntimeError, OperandError
 from spcomp.ir.nodes import STATUS_INDEX_OVERFLOW
 
 from . import interrupt
-from .launch import WiderIndices, call_work, first_capacity, raise_status
+from .launch import WiderIndices, call_work, first_capacity, parallel_extent, raise_status
 from .memory import data_ptr
 from .operands import Dense, index_bits
 from .outputs import Output
 from .plan import call_args
+from .program_chunks import run_chunked
 from .threads import get_num_threads
 
 
@@ -58,11 +64,12 @@ class FusedBuild:
     ``variant`` the launcher splits (its ``lowered.threads`` the first statement's
     thread plan; the function then takes ``lo``, ``hi`` first)."""
 
-    def __init__(self, function, sources, plans, module, compiled, merged, lows, variant=None, rows=()):
+    def __init__(self, function, sources, plans, module, compiled, merged, lows, variant=None, rows=(), own_pos=()):
         self.function, self.sources, self.plans = function, sources, plans
         self.module, self.compiled, self.merged, self.lows = module, compiled, merged, lows
         self.variant = variant
         self.rows = list(rows)  # dense temporaries the function keeps as one row of its own
+        self.own_pos = list(own_pos)  # csr temporaries whose row ends the function allocates (a slot)
 
 
 class FusedStep:
@@ -88,9 +95,12 @@ class FusedRun:
     """Consecutive statements compiled into one function. ``build(bits)`` gives the
     :class:`FusedBuild` of an index width, compiled on first use."""
 
-    def __init__(self, steps: list, build, index32_limit: int, expression: str):
+    def __init__(self, steps: list, build, index32_limit: int, expression: str, chunks=None):
         self.steps = steps
         self.build = build
+        # chunks(bits): the FusedBuild run over each thread's [lo, hi) rows, or None
+        # where the run has none (program_chunks.py)
+        self.chunks = chunks or (lambda bits: None)
         self.limit = index32_limit
         self.expression = expression
         self.compiled = None  # what build(32) made, for inspection (set by spcomp.program)
@@ -101,8 +111,8 @@ class FusedRun:
         this call over several threads (the launcher's measured threshold)."""
         st = self.steps[0]
         low = st.parallel
-        if (self.build(32).variant is not None or low is None or low.threads.parallel is None
-                or get_num_threads() <= 1):
+        if (self.build(32).variant is not None or self.chunks(32) is not None or low is None
+                or low.threads.parallel is None or get_num_threads() <= 1):
             return False
         ops = {name: env[name] for name in st.ctx.plan.names if name != st.name}
         if st.accumulate:
@@ -118,6 +128,27 @@ class FusedRun:
             self._run(env, 32)
         except WiderIndices:  # a sparse tensor outgrew 32-bit positions
             self._run(env, 64)
+
+    def _chunked(self, bits: int, per_step: list):
+        """The chunked build when this call runs on threads: the run has one, several
+        threads are set, every statement spans the same rows, and the first statement's
+        work is worth splitting (the launcher's threshold); else None."""
+        if get_num_threads() <= 1:
+            return None
+        built = self.chunks(bits)
+        if built is None:
+            return None
+        extent = self._extent(built, per_step)
+        if extent is None:
+            return None
+        storages, sizes = per_step[0][0], per_step[0][1]
+        return built if self.steps[0].ctx.launcher.splits(built.lows[0], sizes, storages) else None
+
+    @staticmethod
+    def _extent(built, per_step):
+        """The rows every statement of a chunked build loops over, or None when they differ."""
+        extents = {parallel_extent(low, sizes, storages) for low, (storages, sizes, _a, _c) in zip(built.lows, per_step)}
+        return extents.pop() if len(extents) == 1 else None
 
     def _run(self, env: dict, bits: int) -> None:
         per_step, pending, work = [], {}, 0
@@ -146,14 +177,25 @@ class FusedRun:
             per_step.append((storages, sizes, array, capacity))
             bits = max(bits, index_bits(storages, sizes, self.limit))
             work += call_work(ctx.caps, st.low, st.low, sizes, storages)
-        built = self.build(bits)
+        chunked = self._chunked(bits, per_step)
+        built = chunked or self.build(bits)
+        if chunked is not None:  # the chunked function keeps no row workspaces: whole arrays
+            for j, st in enumerate(self.steps):
+                if st.name in rows:
+                    storages, sizes, _a, capacity = per_step[j]
+                    shape = tuple(sizes[i] for i in st.ctx.plan.out_indices)
+                    per_step[j] = (storages, sizes, np.zeros(shape, dtype=st.ctx.plan.out_dtype), capacity)
         lists, outs = [], []
-        for st, plan, (storages, sizes, array, capacity) in zip(self.steps, built.plans, per_step):
+        for st, low, plan, (storages, sizes, array, capacity) in zip(self.steps, built.lows, built.plans, per_step):
             if st.sparse:
-                out = Output(st.low, sizes, None, bits, False, False)
+                low = low if chunked else st.low
+                if st.name in built.own_pos:  # its row ends come back through a slot, as grown arrays do
+                    low = dataclasses.replace(low, output=dataclasses.replace(
+                        low.output, growable=list(low.output.growable) + [(1, "pos")]))
+                out = Output(low, sizes, None, bits, False, False)
                 out.capacity = capacity
                 outs.append(out)
-                out_arg = out.arg
+                out_arg = _own_pos_arg(out) if st.name in built.own_pos else out.arg
             elif array is None:  # a row workspace: its parameter is gone from the function
                 out_arg = (lambda b: 0)
             else:
@@ -162,7 +204,14 @@ class FusedRun:
             lists.append(args)
         args = [lists[s.statement][s.position] for s in built.sources]
         try:
-            if built.variant is None:
+            if chunked is not None:  # every statement over each thread's rows, one launch
+                sparse = [j for j, st in enumerate(self.steps) if st.sparse]
+                status = max(run_chunked(self.steps[0].ctx.launcher, built, args, self._extent(built, per_step),
+                                         per_step[0][1], per_step[0][0], dict(zip(sparse, outs)),
+                                         {j: per_step[j][3] for j in sparse},
+                                         {j for j in sparse if not self.steps[j].internal  # (packed: rows in place)
+                                          and built.lows[j].output.growable}, work))
+            elif built.variant is None:
                 status = interrupt.run(work, built.function, *args)
             else:  # one loop nest over the rows: split over threads like a kernel's parallel loop
                 storages, sizes = per_step[0][0], per_step[0][1]
@@ -177,7 +226,11 @@ class FusedRun:
                 out.discard()
             if status == STATUS_INDEX_OVERFLOW and bits == 64:
                 raise KernelRuntimeError(f"program {self.expression!r}: a 64-bit sparse tensor overflowed")
-            raise_status(status, None, self.steps[-1].name, self.expression)
+            # a packed-block overflow names the output whose block outgrew its slots
+            packed = [out for out in outs if any(l.fixed_slots for l in out.fmt.levels)
+                      and out.largest_count() > out.packed_k()]
+            raise_status(status, packed[0] if packed else None, packed[0].name if packed else self.steps[-1].name,
+                         self.expression)
         it = iter(outs)
         for st, (_s, _z, array, _c) in zip(self.steps, per_step):
             if st.sparse:
@@ -188,6 +241,15 @@ class FusedRun:
                     env[st.name] = out.result()
             elif array is not None:
                 env[st.name] = array.item() if array.ndim == 0 and st.returned and not st.accumulate else array
+
+
+def _own_pos_arg(out):
+    """An output's arguments where the function allocates its row ends: their slot."""
+    def arg(b):
+        if b.role == "output" and (b.level, b.array) == (1, "pos"):
+            return ctypes.byref(out.grow[(1, "pos")])
+        return out.arg(b)
+    return arg
 
 
 def _storages(ctx, ops: dict, pending: dict) -> dict:

@@ -8,13 +8,17 @@ statement by statement and joined into one native function (``lower/fuse.py``):
 one launch, no Python between the statements, a dense temporary passed from one
 loop nest to the next through the same array, a sparse one through the arrays
 its writer grows (and frees at the end when nothing else sees it). A statement
-that cannot join (a sparse ``+=``, a packed-block output, a reader that needs a
-transposed copy) and any statement on a backend without raw pointers (the CUDA
+that cannot join (a reader that needs a transposed copy, a sparse statement
+after a dense ``+=``) and any statement on a backend without raw pointers (the CUDA
 backends) runs as a kernel of its own, its result handed to the next one by the
 runtime (``k.loops`` says which is which; ``k.launches`` counts them).
 
 A fused run that is one loop over rows, each statement writing only its row,
-runs that loop on threads; another fused run stays on one thread, and a call
+runs that loop on threads. A run that assembles csr-like temporaries, each
+statement looping over the rows it writes and reading the run's tensors at that
+row, also gets a function over each thread's chunk of rows (every statement over
+those rows, sparse ones appending per chunk: ``_chunk_lowerings``,
+``runtime/program_chunks.py``). Another fused run stays on one thread, and a call
 big enough for threads runs its statements as their own kernels instead. An
 unreturned dense temporary touched only at the fused loop's row is one row of
 workspace inside the function (``_row_temporaries``), never the whole array.
@@ -71,7 +75,7 @@ class ProgramKernel:
             written = {stmts[k].lhs.tensor.name: _made(fusable[k])} if fusable[k] is not None else {}
             while (fusable[k] is not None and run[-1] + 1 < len(stmts)
                    and fusable[run[-1] + 1] is not None
-                   and _reads_plainly(fusable[run[-1] + 1], written)):
+                   and _reads_plainly(fusable[run[-1] + 1], written, copies=True)):
                 run.append(run[-1] + 1)
                 written[stmts[run[-1]].lhs.tensor.name] = _made(fusable[run[-1]])
             if len(run) >= 2 and fusable[k] is not None:
@@ -91,8 +95,11 @@ class ProgramKernel:
     def _fusable_lowering(self, k: int):
         """Statement ``k`` lowered for a fused run, or None when it cannot join one:
         it must write a dense row-major tensor, or a sparse one it assembles in one
-        pass into arrays it grows itself (not ``+=``, no packed level, and no ``+=``
-        before it in the program: a 32-bit overflow reruns the whole run)."""
+        pass into arrays it grows itself or fixed ones (a packed-block level: the
+        runtime allocates them), and no dense ``+=`` before
+        it in the program: a 32-bit overflow reruns the whole run, and a dense ``+=``
+        adds into the caller's array in place; a sparse ``+=`` reads the caller's
+        tensor and assembles a new one, ``C = C_old + ...``, so it may rerun)."""
         caps = self._target.capabilities
         stmts = self.program.statements
         a = stmts[k]
@@ -102,7 +109,7 @@ class ProgramKernel:
         if fmt.is_dense:
             if fmt.order != tuple(range(fmt.ndim)):
                 return None
-        elif a.accumulate or any(s.accumulate for s in stmts[:k]) or any(l.fixed_slots for l in fmt.levels):
+        elif any(s.accumulate and s.lhs.tensor.format.is_dense for s in stmts[:k]):
             return None
         low = self._target.lower(a, self._statement_options(k, True))
         if fmt.is_dense:
@@ -143,9 +150,11 @@ class ProgramKernel:
                 if not stmts[k].lhs.tensor.format.is_dense
                 and stmts[k].lhs.tensor.name not in self.outputs and stmts[k].lhs.tensor.name not in later}
 
-    def _fused_run(self, run: list, lowerings: list, built: dict | None = None, sizing: dict | None = None):
+    def _fused_run(self, run: list, lowerings: list, built: dict | None = None, sizing: dict | None = None,
+                   chunked: dict | None = None):
         """The FusedRun of statements ``run`` (``lowerings[j]``: statement ``run[j]``'s
-        32-bit lowering); ``built`` and ``sizing`` are given when loaded from a record."""
+        32-bit lowering); ``built``, ``sizing`` and ``chunked`` are given when loaded
+        from a record."""
         stmts = self.program.statements
         internal = self._internal(run)
         steps = []
@@ -168,14 +177,93 @@ class ProgramKernel:
                 lows = [self._target.lower(stmts[k], self._statement_options(k, True, bits)) for k in run]
                 built[bits] = self._build(run, lows, internal)
             return built[bits]
-        fused = FusedRun(steps, build, self._options.index32_limit, self.expression)
+        if chunked is None:
+            lows = self._chunk_lowerings(run, 32, lowerings)
+            chunked = {32: self._chunk_build(run, lows, internal)} if lows is not None else {}
+
+        def build_chunks(bits):
+            if not chunked:
+                return None
+            if bits not in chunked:
+                lows = self._chunk_lowerings(run, bits, build(bits).lows)
+                chunked[bits] = self._chunk_build(run, lows, internal) if lows is not None else None
+            return chunked[bits]
+        fused = FusedRun(steps, build, self._options.index32_limit, self.expression, build_chunks)
         fused.compiled = built[32]
         fused.variants = built  # every index width built so far (saved with the program)
+        fused.chunk_variants = chunked  # ... and of the chunked function, where the run has one
         return fused
 
-    def _build(self, run: list, lows: list, internal: set) -> FusedBuild:
-        """Join the statements' functions and compile them (on threads where
-        :meth:`_row_threads` allows)."""
+    def _chunk_lowerings(self, run: list, bits: int, fused: list):
+        """The statements of a run that writes a sparse temporary lowered for chunks of
+        rows (``lower.fuse``: every statement over each thread's ``[lo, hi)``, a sparse
+        one appending its rows from 0), or None where the run cannot be split so: each
+        statement must run on threads over its outer loop, which is its output's first
+        index, every sparse output must be stored rows first (a dense level, then a
+        compressed one whose ``pos`` the statement sets at every row, or packed
+        blocks, whose fixed arrays each chunk fills at its own rows) and every tensor
+        the run writes must be read at the reader's row. Each reads its operands as its
+        ``fused`` lowering does (the call binds them once for both functions)."""
+        stmts = self.program.statements
+        if not any(not stmts[k].lhs.tensor.format.is_dense for k in run) or not self._target.capabilities.host_threads:
+            return None
+        lows, written = [], {}
+        for k, plain in zip(run, fused):
+            a, fmt = stmts[k], stmts[k].lhs.tensor.format
+            opts = dataclasses.replace(self._statement_options(k, False, bits), auto_layout=False, append_chunks=True)
+            low = self._target.lower(a, opts)
+            plan, first = low.threads, (a.lhs.indices[0].name if a.lhs.indices else None)
+            if ((a.accumulate and fmt.is_dense) or first is None or low.operands != plain.operands
+                    or plan.parallel != first or plan.split or plan.positions is not None
+                    or plan.partials or plan.gpu_choice is not None or plan.fused is not None
+                    or low.output.bounded or low.output.assembly is not None or low.output.expand is not None
+                    or not _reads_plainly(low, written)
+                    or any(b.role not in _SPARSE_ROLES + ("lo", "hi") for b in low.code.bindings)):
+                return None
+            if fmt.is_dense:
+                if low.output.shape != "dense" or low.output.growable or fmt.order != tuple(range(fmt.ndim)):
+                    return None
+            elif low.output.shape == "packed":  # fixed blocks per row: each chunk fills its own rows
+                if low.output.growable or not fmt.levels[0].is_dense or fmt.order != tuple(range(fmt.ndim)):
+                    return None
+            elif not (low.append_chunks and fmt.levels[0].is_dense and not fmt.levels[1].is_dense
+                      and fmt.order == tuple(range(fmt.ndim)) and _sets_every_row(low)):
+                return None
+            for acc in _accesses(a):
+                if acc.tensor.name in written and (not acc.indices or acc.indices[0].name != first):
+                    return None
+            written[a.lhs.tensor.name] = _made(low)
+            lows.append(low)
+        return lows
+
+    def _chunk_build(self, run: list, lows: list, internal: set) -> FusedBuild:
+        """The chunk lowerings of a run joined into one function over ``[lo, hi)`` and compiled."""
+        stmts = self.program.statements
+        links, frees = self._links(run, internal)
+        fn, sources, merged = fuse([low.entry_function for low in lows], [low.code.bindings for low in lows],
+                                   links, name=f"{self._options.name}_chunks", docs=[repr(stmts[k]) for k in run],
+                                   frees=frees)
+        return self._compiled(fn, sources, merged, lows, lows[0].threads)
+
+    def _transposed(self, run: list, lows: list, links: list) -> list:
+        """Per statement of a run: the storages it reads as a transposed copy of a
+        temporary the run wrote (``_reads_plainly`` allowed only csr ones), as
+        ``lower.fuse.fuse`` takes them: storage -> (writer, tensor, rows index, columns index)."""
+        stmts = self.program.statements
+        out = []
+        for j, k in enumerate(run):
+            mine = {}
+            for storage, (op, _fmt) in lows[j].operands.transposes.items():
+                if op in links[j]:
+                    acc = next(a for a in _accesses(stmts[k]) if a.tensor.name == op)
+                    mine[storage] = (links[j][op], op, acc.indices[0].name, acc.indices[1].name)
+            out.append(mine)
+        return out
+
+    def _links(self, run: list, internal: set) -> tuple:
+        """``(links, frees)`` for ``lower.fuse.fuse``: per statement, the tensors it reads
+        that an earlier statement of the run writes (name -> that statement's place),
+        and the sparse tensors it writes that the function frees."""
         stmts = self.program.statements
         written: dict = {}
         links = []
@@ -183,10 +271,18 @@ class ProgramKernel:
             mine = {acc.tensor.name for acc in _accesses(stmts[k])}
             links.append({name: w for name, w in written.items() if name in mine})
             written[stmts[k].lhs.tensor.name] = j
-        frees = [{stmts[k].lhs.tensor.name} & internal for k in run]
+        return links, [{stmts[k].lhs.tensor.name} & internal for k in run]
+
+    def _build(self, run: list, lows: list, internal: set) -> FusedBuild:
+        """Join the statements' functions and compile them (on threads where
+        :meth:`_row_threads` allows)."""
+        stmts = self.program.statements
+        links, frees = self._links(run, internal)
+        own_pos = [self._own_pos(k, low, internal) for k, low in zip(run, lows)]
         fn, sources, merged = fuse([low.entry_function for low in lows], [low.code.bindings for low in lows],
                                    links, name=self._options.name, docs=[repr(stmts[k]) for k in run],
-                                   share_loop=self._shared_loops(run, lows), frees=frees)
+                                   share_loop=self._shared_loops(run, lows), frees=frees,
+                                   transposed=self._transposed(run, lows, links), own_pos=own_pos)
         threads = self._row_threads(run, lows, merged)
         params = {(s.statement, s.position): p for s, p in zip(sources, fn.params)}
         if threads is not None:
@@ -200,7 +296,21 @@ class ProgramKernel:
                 sources = [s for s in sources if params[(s.statement, s.position)] != found[0]]
                 fn = kept
                 rows.append(name)
-        return self._compiled(fn, sources, merged, lows, threads, rows=rows)
+        return self._compiled(fn, sources, merged, lows, threads, rows=rows,
+                              own_pos=[stmts[k].lhs.tensor.name for k, o in zip(run, own_pos) if o])
+
+    def _own_pos(self, k: int, low, internal: set) -> dict:
+        """``{tensor: rows index}`` when statement ``k`` writes a csr temporary the run
+        frees whose row ends the fused function may allocate itself (``lower.fuse``),
+        else {}: the runtime allocates a returned tensor's (it hands it back) and
+        each thread's chunks share one (``_chunk_build``)."""
+        a = self.program.statements[k]
+        fmt = a.lhs.tensor.format
+        if (a.lhs.tensor.name not in internal or len(fmt.levels) != 2 or not fmt.levels[0].is_dense
+                or fmt.levels[1].is_dense or fmt.order != (0, 1) or low.output.expand is not None
+                or (1, "pos") not in {(b.level, b.array) for b in low.code.bindings if b.role == "output"}):
+            return {}
+        return {a.lhs.tensor.name: a.lhs.indices[0].name}
 
     def _row_temporaries(self, run: list, lows: list, merged: list) -> dict:
         """Dense temporaries of a run that may live as one row (``lower.fuse.row_workspace``):
@@ -240,7 +350,7 @@ class ProgramKernel:
             return None
         return vals, [sizes[w] for w in widths]
 
-    def _compiled(self, fn, sources, merged, lows, threads, saved=None, rows=()) -> FusedBuild:
+    def _compiled(self, fn, sources, merged, lows, threads, saved=None, rows=(), own_pos=()) -> FusedBuild:
         """The fused function compiled (or ``saved``'s object code loaded) into a FusedBuild."""
         module = irn.Module((fn,), fn.name)
         record = dataclasses.replace(lows[0], code=Code(module, fn.name, []))
@@ -250,7 +360,7 @@ class ProgramKernel:
         function = self._target.entry(compiled, record)
         plans = [Variant(low, None, None).arg_plan for low in lows]
         variant = Variant(record, compiled, function) if threads is not None else None
-        return FusedBuild(function, sources, plans, module, compiled, merged, lows, variant, rows)
+        return FusedBuild(function, sources, plans, module, compiled, merged, lows, variant, rows, own_pos)
 
     def _row_threads(self, run: list, lows: list, merged: list):
         """The thread plan of a fused run whose statements all run in one loop over
@@ -309,17 +419,29 @@ class ProgramKernel:
             if kind == "fused":
                 if seg.compiled.variant is not None:
                     on = "its rows split over threads"
+                elif seg.chunks(32) is not None:
+                    on = ("one thread; a call big enough for threads runs it on each thread's chunk of rows, "
+                          "every statement over those rows, a sparse temporary appended per chunk")
                 else:
                     on = ("one thread; a call whose first statement would split over threads runs the "
                           "statements as kernels of their own instead")
                 parts.append(f"# statements {which}: one native function, one after the other ({on})")
                 for st in seg.steps:
-                    if st.sparse:
+                    if st.sparse and st.low.output.shape == "packed":
+                        parts.append(f"# {st.name}: packed blocks, filled inside the function into arrays "
+                                     "the runtime allocates" + ("" if st.internal else ", handed back"))
+                    elif st.sparse:
                         parts.append(f"# {st.name}: sparse, assembled inside the function"
                                      + (" and freed there" if st.internal else ", handed back"))
                 for name in seg.compiled.rows:
                     parts.append(f"# {name}: a row workspace (one row, allocated and freed inside the function, "
                                  "one per thread), never the whole array")
+                written = set()
+                for j, st in enumerate(seg.steps):
+                    for op in sorted({op for op, _f in st.low.operands.transposes.values()} & written):
+                        parts.append(f"# statement {run[j] + 1} reads {op} through a transposed copy made inside "
+                                     "the function (and freed after it)")
+                    written.add(st.name)
                 merged = seg.compiled.merged
                 for j, st in enumerate(seg.steps):
                     if merged[j]:
@@ -334,9 +456,17 @@ class ProgramKernel:
 
     @property
     def ir(self) -> str:
-        """The kernel IR of every native function the program runs, as C-like code."""
-        return "\n".join(print_ir(seg.compiled.module) if kind == "fused" else seg.ir
-                         for kind, seg, _ in self.segments)
+        """The kernel IR of every native function the program runs, as C-like code (a
+        fused run's function over chunks of rows, ``NAME_chunks``, after its own)."""
+        parts = []
+        for kind, seg, _ in self.segments:
+            if kind != "fused":
+                parts.append(seg.ir)
+                continue
+            parts.append(print_ir(seg.compiled.module))
+            if seg.chunks(32) is not None:
+                parts.append(print_ir(seg.chunks(32).module))
+        return "\n".join(parts)
 
     @property
     def source(self) -> str:
@@ -380,16 +510,21 @@ class ProgramKernel:
             if kind == "kernel":
                 segments.append({"kind": "kernel", "run": list(run), "kernel": seg.to_bytes()})
                 continue
-            variants = {bits: {"lowered": list(b.lows), "module": b.module, "compiled": self._target.dump(b.compiled),
-                               "sources": [[x.statement, x.position] for x in b.sources], "merged": list(b.merged), "rows": list(b.rows),
-                               "threads": b.variant.lowered.threads if b.variant is not None else None}
-                        for bits, b in seg.variants.items()}
-            segments.append({"kind": "fused", "run": list(run), "variants": variants,
+            segments.append({"kind": "fused", "run": list(run), "variants": self._built_records(seg.variants),
+                             "chunks": self._built_records(seg.chunk_variants),
                              "sizing": {st.name: st.parallel for st in seg.steps if st.parallel is not None}})
         return {"kind": "program", "expression": self.expression, "statements": p.statements,
                 "texts": p.texts, "inputs": p.inputs, "outputs": p.outputs, "temporaries": p.temporaries,
                 "options": self._options, "backend": self._target.name, "machine": self._target.cache_key(),
                 "segments": segments}
+
+    def _built_records(self, builds: dict) -> dict:
+        """Index width -> the record of that width's FusedBuild (None where it has none)."""
+        return {bits: None if b is None else {
+            "lowered": list(b.lows), "module": b.module, "compiled": self._target.dump(b.compiled),
+            "sources": [[x.statement, x.position] for x in b.sources], "merged": list(b.merged), "rows": list(b.rows),
+            "own_pos": list(b.own_pos),
+            "threads": b.variant.lowered.threads if b.variant is not None else None} for bits, b in builds.items()}
 
     @classmethod
     def from_payload(cls, payload: dict, where: str) -> "ProgramKernel":
@@ -414,14 +549,17 @@ class ProgramKernel:
                 out.append(("kernel", Kernel.from_bytes(entry["kernel"], None, "a saved program's kernel"), run))
                 continue
             built = {bits: self._restore_built(v) for bits, v in entry["variants"].items()}
-            out.append(("fused", self._fused_run(run, built[32].lows, built, entry["sizing"]), run))
+            chunked = ({bits: v and self._restore_built(v) for bits, v in entry["chunks"].items()}
+                       if "chunks" in entry else None)  # (a record from before chunks: planned here)
+            out.append(("fused", self._fused_run(run, built[32].lows, built, entry["sizing"], chunked), run))
         return out
 
     def _restore_built(self, v: dict) -> FusedBuild:
         module = v["module"]
         sources = [FusedParam(int(a), int(b)) for a, b in v["sources"]]
         return self._compiled(module.function(module.entry), sources, list(v["merged"]), list(v["lowered"]),
-                              v["threads"], saved=v["compiled"], rows=list(v.get("rows", ())))
+                              v["threads"], saved=v["compiled"], rows=list(v.get("rows", ())),
+                              own_pos=list(v.get("own_pos", ())))
 
     def _cached_plan(self) -> list:
         """The segments from the disk cache (runtime/cache.py: a signed record under this
@@ -499,20 +637,35 @@ def _accesses(a) -> list:
 
 
 _SPARSE_ROLES = ("size", "input", "output", "output_grow", "capacity")
+_CSR_ARRAYS = {(1, "pos"), (1, "crd"), (-1, "vals")}  # what a csr writer's parameters hand over
 
 
-def _reads_plainly(low, written: dict) -> bool:
+def _reads_plainly(low, written: dict, copies: bool = False) -> bool:
     """Whether a lowering reads every tensor of ``written`` (name -> the arrays its
-    writer makes, ``(level, array)``) as itself: no transposed or diagonal copy
-    the runtime would have to make, and only arrays the writer makes."""
+    writer makes, ``(level, array)``) as itself, and only arrays the writer makes:
+    no diagonal copy, and no transposed copy the runtime would have to make, except
+    (``copies``) the transpose of a 2-d csr temporary, which the fused function
+    makes itself (``lower/fused_transpose.py``)."""
     ops = low.operands
-    copied = {op for op, _f in ops.transposes.values()} | {d.operand for d in ops.diagonals.values()}
-    if copied & set(written):
+    if {d.operand for d in ops.diagonals.values()} & set(written):
         return False
+    for op, fmt in ops.transposes.values():
+        if op in written and not (copies and written[op] == _CSR_ARRAYS and len(fmt.levels) == 2
+                                  and fmt.levels[0].is_dense and not fmt.levels[1].is_dense and fmt.order == (1, 0)):
+            return False
     for b in low.code.bindings:
         if b.role == "input" and b.storage in written and (b.level, b.array) not in written[b.storage]:
             return False
     return True
+
+
+def _sets_every_row(low) -> bool:
+    """Whether a chunk lowering's row loop stores its output's row-end ``pos`` at
+    the top of every iteration (so a chunk's rows all end where it wrote them)."""
+    pos = {b.var for b in low.code.bindings if b.role == "output" and b.array == "pos"}
+    loops = [s for s in low.entry_function.body.body if isinstance(s, irn.For) and s.parallel == "threads"]
+    return (len(pos) == 1 and len(loops) == 1
+            and any(isinstance(s, irn.Store) and s.array in pos for s in loops[0].body.body))
 
 
 def _made(low) -> set:

@@ -4,7 +4,7 @@ The candidates are schedules of the kernel's own loops: the default, one thread,
 other loop orders, each loop run in parallel, hoisting reductions or not, a
 split of the outer dense loop with its outer piece on threads, vector widths and
 unrolling of the innermost loop, a divide of the outer loop into one block per
-thread. A candidate the lowerer refuses is listed as
+thread; for the CUDA backends, GPU mappings too (:func:`gpu_candidates`). A candidate the lowerer refuses is listed as
 refused; one whose result differs from the default schedule's (beyond rounding)
 is listed as wrong and never kept. The fastest is recorded in the tuning cache
 (runtime/tuning.py) under the problem's bucket; a later ``spcomp.compile`` of the
@@ -26,6 +26,12 @@ MAX_PERMUTATIONS = 24     # loop orders tried: all of up to 4 loops
 SPLIT_FACTORS = (64, 1024)
 VECTOR_WIDTHS = (1, 4, 8, 16)
 POS_CHUNK = 2048          # nonzeros per chunk of a position split (threads take ranges of chunks)
+# GPU mappings (gpu_candidates): rows a block takes, nonzeros a thread takes, the
+# launch's threads per block (backends/cuda/launch.py) that sizes a block's chunk
+GPU_BACKENDS = ("cuda", "cuda-sim")
+GPU_ROWS_PER_BLOCK = (32, 256)
+GPU_NNZ_PER_THREAD = (8, 64)
+GPU_BLOCK = 256
 TIME_BUDGET = 0.05        # seconds of calls per candidate measurement (at least MIN_CALLS)
 MIN_CALLS = 3
 
@@ -93,6 +99,8 @@ def candidates(kernel, limit: int | None = None) -> list:
         found += [Schedule().vectorize(inner, w) for w in VECTOR_WIDTHS]
         found.append(Schedule().unroll(inner, 4))
     found.append(Schedule().no_blas())
+    if getattr(kernel, "backend", "cpu") in GPU_BACKENDS:
+        found += gpu_candidates(kernel)
     seen, unique = set(), []
     for s in found:
         if s.key() not in seen:
@@ -104,15 +112,61 @@ def candidates(kernel, limit: int | None = None) -> list:
 def _position_splits(kernel) -> list:
     """A split of each sparse operand's compressed levels into chunks of POS_CHUNK
     nonzeros, the chunks on threads (nnz-balanced whatever the rows' lengths)."""
+    return [Schedule().pos(idx, idx + "_pos", acc).split(idx + "_pos", idx + "_c", idx + "_p", POS_CHUNK)
+            .parallelize(idx + "_c") for acc, idx in _compressed_levels(kernel)]
+
+
+def gpu_candidates(kernel) -> list:
+    """GPU mappings of ``kernel``'s loops (docs/cuda.md, "TACO's GPU schedules"): the
+    outer loop per thread, warp or block; :data:`GPU_ROWS_PER_BLOCK` rows per block
+    on the block's threads (a scalar output's sum reduced per block), or a warp per
+    row with its lanes splitting the innermost loop; a warp per row; chunks of
+    :data:`GPU_NNZ_PER_THREAD` nonzeros (or one) per thread of each compressed level,
+    flat and as TACO's block > warp > thread chunks (shared rows added atomically)."""
+    order = [i.name for i in kernel.lowered.inspection.order]
+    if not order:
+        return []
+    outer, found = order[0], []
+    o0, o1 = outer + "_o", outer + "_i"
+    for kind in ("gpu-thread", "gpu-warp", "gpu-block"):
+        found.append(Schedule().parallelize(outer, kind))
+    # the lanes of a warp split the innermost loop: a reduction's partial sums are combined by shuffles
+    lanes = order[-1]
+    race = None if lanes in {i.name for i in kernel.notation.lhs.indices} else "ParallelReduction"
+    # a scalar output: each block's threads sum their part, the block adds its sum once
+    summed = None if kernel.notation.lhs.indices else "ParallelReduction"
+    for rows in GPU_ROWS_PER_BLOCK:
+        split = Schedule().split(outer, o0, o1, rows)
+        found.append(split.parallelize(o0, "gpu-block").parallelize(o1, "gpu-thread", race=summed))
+        if len(order) > 1:
+            found.append(split.parallelize(o0, "gpu-block").parallelize(o1, "gpu-warp")
+                         .parallelize(lanes, "gpu-thread", race=race))
+    if len(order) > 1:
+        found.append(Schedule().parallelize(outer, "gpu-warp").parallelize(lanes, "gpu-thread", race=race))
+    for acc, idx in _compressed_levels(kernel):
+        pos = Schedule().pos(idx, idx + "_pos", acc)
+        for nnz in GPU_NNZ_PER_THREAD:
+            found.append(pos.split(idx + "_pos", idx + "_c", idx + "_p", nnz).parallelize(idx + "_c", "gpu-thread"))
+        found.append(pos.split(idx + "_pos", idx + "_c", idx + "_p", GPU_BLOCK)  # a nonzero per thread
+                     .parallelize(idx + "_c", "gpu-block").parallelize(idx + "_p", "gpu-thread", race="Atomics"))
+        nnz, (block, warp, thread) = GPU_NNZ_PER_THREAD[0], (idx + x for x in ("_block", "_warp", "_thread"))
+        found.append(pos.split(idx + "_pos", block, idx + "_b", nnz * GPU_BLOCK)  # TACO's GPU SpMV
+                     .split(idx + "_b", warp, idx + "_w", nnz * 32).split(idx + "_w", thread, idx + "_t", nnz)
+                     .parallelize(block, "gpu-block", race="IgnoreRaces")
+                     .parallelize(warp, "gpu-warp", race="IgnoreRaces")
+                     .parallelize(thread, "gpu-thread", race="Atomics"))
+    return found
+
+
+def _compressed_levels(kernel) -> list:
+    """``(operand, index)`` of each compressed level with unique coordinates."""
     from .notation import accesses
     out = []
     for acc in dict.fromkeys(accesses(kernel.notation.rhs)):
         fmt = acc.tensor.format
         for level, kind in enumerate(fmt.levels):
             if kind.segmented and kind.unique:
-                idx = acc.indices[fmt.order[level]].name
-                out.append(Schedule().pos(idx, idx + "_pos", acc.tensor.name)
-                           .split(idx + "_pos", idx + "_c", idx + "_p", POS_CHUNK).parallelize(idx + "_c"))
+                out.append((acc.tensor.name, acc.indices[fmt.order[level]].name))
     return out
 
 

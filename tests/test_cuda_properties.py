@@ -35,6 +35,7 @@ from spcomp.testing import check_kernel
 from spcomp.testing.strategies import expressions, formats, operands, output_formats
 
 from conftest import examples
+from cuda_launches import forced_launches_fixture
 
 BACKEND = "cuda-sim"
 HAS_NVCC = cuda.nvcc_available()
@@ -48,21 +49,7 @@ def _reason(e: Exception) -> str:
     return str(e).splitlines()[0][:140]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def forced_launches():
-    """Launch every cuda-sim kernel built in this module with ``_launch``'s grid and block."""
-    real = cuda.launch_config
-
-    def forced(function, args_by_name, block=256, max_grid=cuda.launch.MAX_GRID):
-        grid, block = real(function, args_by_name, block, max_grid)  # still validates the bounds
-        return (_launch["grid"], _launch["block"]) if _launch else (grid, block)
-
-    spcomp.clear_cache()  # the targets bind launch_config when a kernel is built
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cuda, "launch_config", forced)
-        yield
-    _launch.clear()
-    spcomp.clear_cache()
+forced_launches = forced_launches_fixture(_launch)
 
 
 def _dense_mostly(ndim):

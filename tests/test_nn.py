@@ -128,6 +128,35 @@ def test_weight_sparse_ffn(data, act, gated):
     close(ffn(data["x"]), h @ W2.T + data["b2"])
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_weight_sparse_ffn_repeated_calls_with_new_inputs(data, threads):
+    """Each layer calls a kernel of its own, so its repeated calls replay the last
+    one with new activation arrays; every call's result is its own input's."""
+    ffn = SparseFFN.weight_sparse(data["w1"], data["b1"], data["w2"], data["b2"], density=0.3)
+    assert ffn.up.kernel is not ffn.down.kernel and ffn.up.kernel.expression == ffn.down.kernel.expression
+    U, W2 = (l.weight_numpy().astype(np.float64) for l in (ffn.up, ffn.down))
+    rng = np.random.default_rng(3)
+    with spcomp_threads(threads, min_work=0):
+        for T in (5, 5, 70, 5, 70):
+            x = rng.standard_normal((T, U.shape[1])).astype(np.float32)
+            close(ffn(x), gelu(x.astype(np.float64) @ U.T + data["b1"]) @ W2.T + data["b2"])
+            close(ffn.up(x), x.astype(np.float64) @ U.T + data["b1"])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 200), (64, 7), (130, 65), (257, 384)])
+def test_transposed_and_stored_rows(shape):
+    from spcomp.nn.kernels import stored_rows, token_rows, transposed
+    a = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    t = transposed(a)
+    assert t.flags.c_contiguous
+    np.testing.assert_array_equal(t, a.T)
+    assert np.shares_memory(stored_rows(t.T), t)  # already feature-major: a view
+    np.testing.assert_array_equal(stored_rows(a), a.T)
+    np.testing.assert_array_equal(token_rows(t.T), a)
+    assert token_rows(a) is a
+    np.testing.assert_array_equal(stored_rows(a.astype(np.float64)), a.T)
+
+
 def test_weight_sparse_dense_format_and_no_bias(data):
     ffn = SparseFFN.from_dense(data["w1"], None, data["w2"], None, weight_density=0.5, weight_format="dense")
     U, W2 = (l.weight_numpy().astype(np.float64) for l in (ffn.up, ffn.down))

@@ -122,9 +122,9 @@ def test_epilogue_runs_on_threads():
 
 @pytest.mark.parametrize("text, formats", [
     ("t[j] = B[j,k]*c[k]\ny[i] = A[i,j]*t[j]", {"A": "csr", "B": "csr"}),   # t is read whole, not by row
-    ("T[i,k] = A[i,j]*B[j,k]; y[i] = T[i,k]*c[k]", {"A": "csr", "B": "csr", "T": "csr"}),  # sparse T appended
     ("T[i,j] = A[i,j] * 2; y[j] = T[i,j] * c[i]", {"A": "csr"}),             # y is scattered across rows
 ])
 def test_runs_that_are_not_row_wise_stay_on_one_thread(text, formats):
+    """(A run appending a sparse temporary runs by chunks instead: test_programs_chunks.py.)"""
     k = spcomp.compile(text, formats=formats)
     assert "(one thread;" in k.loops and "parallel: threads" not in k.ir

@@ -132,3 +132,41 @@ def test_saved_program_keeps_its_row_workspace(tmp_path):
     assert "# P: a row workspace" in loaded.loops
     ops = _operands("ffn-epilogue", 11, 4, 6, 0.5, 2)
     assert np.allclose(loaded(**ops), PROGRAMS["ffn-epilogue"][2]({**ops, "W": ops["W"].toarray()}))
+
+
+def _heap_in_use():
+    """Bytes glibc's malloc has handed out (heap and mmapped blocks), or None."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(f, ctypes.c_size_t) for f in
+                    "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = MallInfo2
+    info = fn()
+    return info.hblkhd + info.uordblks
+
+
+def test_failed_second_row_workspace_frees_the_first():
+    """T's row (16 MB) is allocated, then U's row (2**58 doubles) fails: the function
+    frees T's row before its out-of-memory return, call after call."""
+    k = spcomp.compile("T[i,k] = A[i,j]*B[j,k]\nU[i,l] = T[i,k]*D[k,l]\ny[i] = U[i,l]",
+                       formats={"A": "csr", "B": "csr", "D": "csr"})
+    assert "# T: a row workspace" in k.loops and "# U: a row workspace" in k.loops
+    assert "if (!U_row) { free(T_row); return 2; }" in k.ir, k.ir
+    if _heap_in_use() is None:
+        pytest.skip("no glibc mallinfo2 to count the heap")
+    width = 2_000_000
+    ops = {"A": sp.random(2, 4, density=0.5, format="csr", random_state=0),
+           "B": sp.random(4, width, density=1e-6, format="csr", random_state=1),
+           "D": sp.csr_matrix((width, 2 ** 58))}
+    with pytest.raises(spcomp.KernelRuntimeError, match="could not allocate"):
+        k(**ops)
+    before = _heap_in_use()
+    for _ in range(5):
+        with pytest.raises(spcomp.KernelRuntimeError, match="could not allocate"):
+            k(**ops)
+    assert _heap_in_use() - before < 8 * width // 2  # five leaked rows would be 80 MB

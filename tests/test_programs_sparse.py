@@ -123,7 +123,8 @@ def _spgemm_chain(formats=None):
                           formats=fmts)
 
 
-def _operands(n=30, seed=1):
+def chain_operands(n=30, seed=1):
+    """A, B, D (csr, n x n) and c for the SpGEMM-add-SpMV chain (test_programs_chunks too)."""
     rng = np.random.default_rng(seed)
     return dict(A=sp.random(n, n, density=0.2, format="csr", random_state=rng),
                 B=sp.random(n, n, density=0.2, format="csr", random_state=rng),
@@ -141,7 +142,7 @@ def test_temporaries_grow_inside_the_function(monkeypatch):
     monkeypatch.setattr(launch, "FIRST_CAPACITY", 1)
     k = _spgemm_chain()
     assert k.launches == 1
-    ops = _operands()
+    ops = chain_operands()
     for _ in range(3):
         assert np.allclose(k(**ops), _want(ops))
 
@@ -152,10 +153,10 @@ def test_a_temporary_past_the_32_bit_limit_reruns_at_64_bits(monkeypatch, tmp_pa
     spcomp.clear_cache()
     try:
         k = _spgemm_chain()
-        ops = _operands()
+        ops = chain_operands()
         assert (ops["A"] @ ops["B"]).nnz > 40   # T outgrows the 32-bit kernel's positions
         assert np.allclose(k(**ops), _want(ops))
-        small = _operands(n=5)
+        small = chain_operands(n=5)
         assert np.allclose(k(**small), _want(small))
     finally:
         spcomp.clear_cache()
@@ -164,32 +165,94 @@ def test_a_temporary_past_the_32_bit_limit_reruns_at_64_bits(monkeypatch, tmp_pa
 def test_bad_operand_of_a_fused_sparse_run_is_named():
     from spcomp.errors import ShapeError
     k = _spgemm_chain()
-    ops = _operands()
+    ops = chain_operands()
     ops["D"] = sp.random(29, 30, density=0.1, format="csr", random_state=0)
     with pytest.raises(ShapeError, match="D"):
         k(**ops)
 
 
-def test_sparse_accumulate_keeps_its_own_kernel():
-    """A sparse ``+=`` (rewritten to C = C_old + E) is not fused."""
-    A = sp.random(6, 5, density=0.4, format="csr", random_state=2)
-    B = sp.random(5, 6, density=0.4, format="csr", random_state=3)
-    C = sp.random(6, 6, density=0.3, format="csr", random_state=4)
-    k = spcomp.compile("T[i,k] = A[i,j]*B[j,k]; C[i,k] += T[i,k] * 2",
-                       formats={"A": "csr", "B": "csr", "T": "csr", "C": "csr"})
-    assert k.launches == 2
-    got = k(A=A, B=B, C=spcomp.Tensor.from_scipy(C) if hasattr(spcomp.Tensor, "from_scipy") else C)
-    assert np.allclose(densify(got), C.toarray() + 2 * (A @ B).toarray())
+@settings(max_examples=examples(25), deadline=None)
+@given(st.data())
+def test_sparse_accumulate_joins_the_function(data):
+    """A sparse ``+=`` (rewritten to ``C = C_old + E``: it reads the caller's tensor
+    and assembles a new one) runs inside the fused function, after or between sparse
+    temporaries, at 1 and 2 threads; the caller's tensor is left as it was."""
+    text, fmts, last, refs = data.draw(chains(), label="program")
+    if last not in fmts:   # a closing reduction: accumulate its input instead
+        text, last, refs = "; ".join(text.split("; ")[:-1]), refs[-2][0], refs[:-1]
+    c_format = data.draw(st.sampled_from(["csr", "dcsr"]), label="C format")
+    scale = data.draw(st.sampled_from(["* 2", "+ D[i,k]"]), label="added")
+    text += f"; C[i,k] += {last}[i,k] {scale}"
+    outputs = ["C"]
+    if data.draw(st.booleans(), label="read after"):
+        text += "; y[i] = C[i,k] * c[k]"
+        outputs.append("y")
+    sizes = data.draw(st.tuples(*[st.integers(1, 9)] * 4), label="sizes")
+    ops = _inputs(data.draw, sizes)
+    ops["C"] = sp.random(sizes[0], sizes[2], density=0.3, format="csr", random_state=sizes[3])
+    before = ops["C"].copy()
+    formats = {n: f for n, f in {**INPUT_FORMATS, **fmts, "C": c_format}.items() if f"{n}[" in text}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TranspositionWarning)
+        k = spcomp.compile(text, formats=formats, outputs=outputs)
+    assert k.launches == 1, k.loops
+    used = {n: v for n, v in ops.items() if n in k.inputs or n == "C"}
+    env = {n: densify(v) for n, v in used.items()}
+    for name, ref in refs:
+        env[name] = ref(env)
+    want_c = env["C"] + (env[last] * 2 if scale == "* 2" else env[last] + env["D"])
+    for threads in (1, 2):
+        with spcomp_threads(threads, min_work=0):
+            got = k(**used)
+        got = got if isinstance(got, dict) else {"C": got}
+        assert np.allclose(densify(got["C"]), want_c, rtol=1e-10, atol=1e-10), (text, threads)
+        if "y" in outputs:
+            assert np.allclose(got["y"], want_c @ env["c"], rtol=1e-10, atol=1e-10), (text, threads)
+        if threads == 1 or k.segments[0][1].chunks(32) is not None:
+            assert k.last_launches == 1
+        else:   # no chunked function (a dcsr or coo tensor): a big enough call runs kernels of their own
+            assert k.last_launches in (1, len(k.program.statements))
+    assert abs(ops["C"] - before).sum() == 0
 
 
 def test_a_call_big_enough_for_threads_runs_the_statements_as_kernels():
-    """A fused run stays on one thread; where its first statement alone would split a
-    call over threads, the call runs the statements as kernels of their own."""
-    k = _spgemm_chain()
-    ops = _operands()
+    """A fused run that cannot run by chunks of rows (its last statement scatters
+    across T's rows) stays on one thread; where its first statement alone would split
+    a call over threads, the call runs the statements as kernels of their own."""
+    k = spcomp.compile("T[i,k] = A[i,j]*B[j,k]\nz[k] = T[i,k]*c[i]", formats={"A": "csr", "B": "csr", "T": "csr"})
+    assert "a call whose first statement would split over threads runs the statements" in k.loops
+    ops = chain_operands()
+    del ops["D"]
+    want = (ops["A"] @ ops["B"]).T @ ops["c"]
     with spcomp_threads(1):
-        assert np.allclose(k(**ops), _want(ops)) and k.last_launches == 1
+        assert np.allclose(k(**ops), want) and k.last_launches == 1
     with spcomp_threads(2, min_work=0):
-        assert np.allclose(k(**ops), _want(ops)) and k.last_launches == 3
+        assert np.allclose(k(**ops), want) and k.last_launches == 2
     with spcomp_threads(2, min_work=10 ** 12):   # too little work to split: fused
-        assert np.allclose(k(**ops), _want(ops)) and k.last_launches == 1
+        assert np.allclose(k(**ops), want) and k.last_launches == 1
+
+
+def test_an_unreturned_csr_temporary_gets_its_row_ends_from_the_function(monkeypatch):
+    """T's and U's ``pos`` are allocated (zeroed) inside the fused function and freed
+    there, like their grown arrays; the runtime allocates no ``n + 1`` array for them.
+    A returned csr tensor keeps the runtime's ``pos`` (it is handed back)."""
+    from spcomp.runtime import outputs as runtime_outputs
+    k = _spgemm_chain()
+    one_thread = k.ir.split("int32_t kernel_chunks(")[0]   # (the chunks share the runtime's pos)
+    assert "T2_pos = (int32_t*)calloc((N_i + 1), sizeof(int32_t));" in one_thread
+    assert "restrict T2_pos_out" in one_thread and "restrict T2_pos," not in one_thread
+    shapes, real = [], np.zeros
+
+    def spy(shape, *a, **kw):
+        shapes.append(shape)
+        return real(shape, *a, **kw)
+    monkeypatch.setattr(runtime_outputs.np, "zeros", spy)
+    ops = chain_operands()
+    with spcomp_threads(1):
+        assert np.allclose(k(**ops), _want(ops))
+    assert 31 not in shapes and (31,) not in shapes, shapes
+    returned = _spgemm_chain()
+    k2 = spcomp.compile(returned.expression, formats={n: "csr" for n in "ABDTU"}, outputs=["T", "y"])
+    assert "restrict T2_pos," in k2.ir.split("int32_t kernel_chunks(")[0]
+    got = k2(**ops)
+    assert np.allclose(got["T"].to_numpy(), (ops["A"] @ ops["B"]).toarray())

@@ -224,10 +224,19 @@ def test_position_split_refusals(expr, formats, schedule, words):
         _compile(expr, formats, schedule)
 
 
-def test_position_split_refused_on_cuda():
-    with pytest.raises(ScheduleError, match="CPU backend only"):
-        spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"}, backend="cuda-sim",
+def test_position_split_runs_on_cuda_sim():
+    """A chunk of positions per GPU thread (tests/test_cuda_schedules.py has the rest)."""
+    rng = np.random.default_rng(3)
+    A, x = rng.standard_normal((9, 7)) * (rng.random((9, 7)) < 0.5), rng.standard_normal(7)
+    k = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"}, backend="cuda-sim",
                        schedule=Schedule().pos("j", "q", "A").split("q", "c", "p", 4))
+    np.testing.assert_allclose(k(A=A, x=x), A @ x, rtol=1e-12, atol=1e-12)
+
+
+def test_position_sub_chunks_refused_on_the_cpu():
+    with pytest.raises(ScheduleError, match="one level of chunks"):
+        _compile("y[i] = A[i,j] * x[j]", {"A": "csr"},
+                 Schedule().pos("j", "q", "A").split("q", "c", "p", 8).split("p", "w", "t", 2))
 
 
 def test_ignore_races_when_insisted_compiles_plain_adds():
@@ -636,7 +645,7 @@ def test_nested_splits_on_cuda_sim_run_or_refuse():
     rng = np.random.default_rng(7)
     A, x = rng.standard_normal((13, 6)), rng.standard_normal(6)
     s = Schedule().split("i", "i0", "i1", 5).split("i1", "i10", "i11", 2)
-    k = spcomp.compile("y[i] = A[i,j] * x[j]", backend="cuda-sim", schedule=s)
-    np.testing.assert_allclose(k(A=A, x=x), A @ x, rtol=1e-12)
-    with pytest.raises(ScheduleError, match="CPU threads only"):
-        spcomp.compile("y[i] = A[i,j] * x[j]", backend="cuda-sim", schedule=s.parallelize("i0", "gpu-thread"))
+    for t in (s, s.parallelize("i0", "gpu-thread"),
+              s.parallelize("i0", "gpu-block").parallelize("i10", "gpu-warp").parallelize("i11", "gpu-thread")):
+        k = spcomp.compile("y[i] = A[i,j] * x[j]", backend="cuda-sim", schedule=t)
+        np.testing.assert_allclose(k(A=A, x=x), A @ x, rtol=1e-12)

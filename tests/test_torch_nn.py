@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import spcomp.nn as spnn
+from spcomp.errors import ShapeError
 
 torch = pytest.importorskip("torch")
 st = pytest.importorskip("spcomp.torch")
@@ -52,6 +53,39 @@ def test_sparse_ffn_matches_the_dense_block_and_the_numpy_layer(gated, mode):
                                     **(dict(weight_density=0.25) if mode == "weight" else dict(topk=0.25)))
     np.testing.assert_array_equal(sparse(x).numpy(), ref(x.numpy()))
     assert abs(sparse.sparsity - 0.75) < 0.01
+
+
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_relu_ffn_takes_the_gate_product_from_torch(gated, threads):
+    """The ReLU activation-sparse module computes its dense gate with torch
+    (SparseFFN.gate_product) from 64 tokens on; the result is the dense block's, and
+    the NumPy layer's (its own BLAS gate per slab) to float32 rounding."""
+    from conftest import spcomp_threads
+    up, down = linear(16, 200, 4, bias=not gated), linear(200, 16, 5)
+    gate = linear(16, 200, 6) if gated else None
+    ffn = st.SparseFFN.from_linears(up, down, gate=gate, activation="relu")
+    assert ffn.layer.gate_product is not None
+    calls = []
+    product = ffn.layer.gate_product
+    ffn.layer.gate_product = lambda a: calls.append(a.shape) or product(a)
+    x = torch.randn(70, 16)
+    with torch.no_grad():
+        h = torch.relu(gate(x)) * up(x) if gated else torch.relu(up(x))
+        want = down(h).numpy()
+    w = lambda l: None if l is None else l.weight.detach().numpy()  # noqa: E731
+    b = lambda l: None if l is None or l.bias is None else l.bias.detach().numpy()  # noqa: E731
+    ref = spnn.SparseFFN.from_dense(w(up), b(up), w(down), b(down), w_gate=w(gate), b_gate=b(gate),
+                                    activation="relu")
+    with spcomp_threads(threads, min_work=0):
+        got = ffn(x).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got, ref(x.numpy()), rtol=1e-5, atol=1e-6)
+    assert calls == [(70, 16)]
+    assert abs(ffn.sparsity - ref.sparsity) < 1e-9 and 0.2 < ffn.sparsity < 0.8
+    ffn.layer.gate_product = lambda a: product(a)[:, :-1]  # a wrong shape is refused, not read past
+    with pytest.raises(ShapeError, match="gate_product"):
+        ffn(x)
 
 
 def test_modules_compile_without_graph_breaks():

@@ -146,15 +146,15 @@ class StatementLowering:
             self.branch_to(end)
         self.enter(end)
 
-    def byte_count(self, count_expr, elem):
+    def byte_count(self, count_expr, elem, oom=None):
         """(element count as i64, byte count >= 1); a negative count or one whose byte
-        count does not fit in an i64 jumps to the out-of-memory exit."""
+        count does not fit in an i64 jumps to the out-of-memory exit (``oom`` when given)."""
         count = self.to_i64(self.expr(count_expr), count_expr.type)
         size = sizeof(elem)
         too_big = self.b.icmp_unsigned(">", count, ir.Constant(I64_T, (2**63 - 1) // size),
                                        name="too.big")
         ok = self.new_block("size.ok")
-        self.b.cbranch(too_big, self.out_of_memory(), ok)
+        self.b.cbranch(too_big, oom or self.out_of_memory(), ok)
         self.enter(ok)
         count = self.at_least_one(count)
         return count, self.b.mul(count, ir.Constant(I64_T, size), name="bytes", flags=("nuw",))
@@ -164,15 +164,30 @@ class StatementLowering:
         is_zero = self.b.icmp_unsigned("==", value, ir.Constant(I64_T, 0))
         return self.b.select(is_zero, ir.Constant(I64_T, 1), value)
 
-    def check_allocation(self, p, var):
+    def check_allocation(self, p, var, oom=None):
         ok = self.new_block(f"{var.name}.allocated")
         failed = self.b.icmp_unsigned("==", p, ir.Constant(PTR, None), name=f"{var.name}.failed")
-        self.b.cbranch(failed, self.out_of_memory(), ok)
+        self.b.cbranch(failed, oom or self.out_of_memory(), ok)
         self.enter(ok)
+
+    def freeing_then_out_of_memory(self, s: n.Allocate):
+        """The exit of a failed ``s``: free ``s.free``, then the out-of-memory return;
+        None (the shared exit) when it frees nothing."""
+        if not s.free:
+            return None
+        here = self.b.block
+        fail = self.new_block(f"{s.var.name}.failed.free")
+        self.enter(fail)
+        for v in s.free:
+            self.stmt_Free(n.Free(v))
+        self.b.branch(self.out_of_memory())
+        self.b.position_at_end(here)
+        return fail
 
     def stmt_Allocate(self, s: n.Allocate):
         var = s.var
-        count, nbytes = self.byte_count(s.count, var.type.elem)
+        oom = self.freeing_then_out_of_memory(s)
+        count, nbytes = self.byte_count(s.count, var.type.elem, oom)
         if s.zero:
             calloc = self.ml.external("calloc", PTR, [I64_T, I64_T])
             p = self.b.call(calloc, [count, ir.Constant(I64_T, sizeof(var.type.elem))],
@@ -180,7 +195,7 @@ class StatementLowering:
         else:
             malloc = self.ml.external("malloc", PTR, [I64_T])
             p = self.b.call(malloc, [nbytes], name=var.name)
-        self.check_allocation(p, var)
+        self.check_allocation(p, var, oom)
         self.b.store(p, self.declare(var))
 
     def stmt_Reallocate(self, s: n.Reallocate):

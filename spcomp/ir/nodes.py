@@ -24,7 +24,9 @@ IR against them before either backend sees it):
   ``"gpu-block"``, ``"gpu-thread"``, ``"gpu-warp"``, ``"gpu-lane"``
   (:data:`PARALLEL_MAPPINGS`; backends/cuda/emit.py says how they nest).
 * ``Allocate``/``Reallocate``/``Free`` manage heap arrays held in pointer
-  variables (CPU: malloc/realloc/free from libc; ``zero`` means calloc).
+  variables (CPU: malloc/realloc/free from libc; ``zero`` means calloc). A failed
+  allocation returns ``STATUS_OUT_OF_MEMORY``, an ``Allocate`` after freeing its
+  ``free`` pointers (arrays allocated before it that nothing else would free).
 * ``Sort`` sorts ``count`` elements (integers, f32 or f64) of ``array`` starting at
   ``start`` ascending; both backends run the heap sort of :mod:`spcomp.ir.sort`.
 * ``Prefetch`` asks the cache for the line holding ``array[index]``: it reads and
@@ -244,6 +246,9 @@ class Allocate:
     var: Var  # of PointerType; declared by this statement
     count: Expr
     zero: bool = False
+    # heap arrays already live here that a failed allocation frees before its status-2
+    # return (the CPU backend): a function's second workspace failing frees the first
+    free: tuple = ()  # of Var
 
 
 @dataclass(frozen=True)
@@ -393,7 +398,9 @@ def children(node) -> tuple:
         return (node.cond, node.body)
     if isinstance(node, If):
         return (node.cond, node.then) + ((node.otherwise,) if node.otherwise is not None else ())
-    if isinstance(node, (Allocate, Reallocate)):
+    if isinstance(node, Allocate):
+        return (node.var, node.count) + tuple(node.free)
+    if isinstance(node, Reallocate):
         return (node.var, node.count)
     if isinstance(node, Free):
         return (node.var,)

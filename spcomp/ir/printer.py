@@ -158,7 +158,11 @@ class CPrinter:
         elem = self.type_name(s.var.type.elem)
         fn = (f"calloc({self.expr(s.count)}, sizeof({elem}))" if s.zero
               else f"malloc(sizeof({elem}) * {self.expr(s.count)})")
-        return [self.line(d, f"{t} {s.var.name} = ({t}){fn};")]
+        out = [self.line(d, f"{t} {s.var.name} = ({t}){fn};")]
+        if s.free:
+            leave = "".join(f"free({v.name}); " for v in s.free) + f"return {n.STATUS_OUT_OF_MEMORY};"
+            out.append(self.line(d, f"if (!{s.var.name}) {{ {leave} }}"))
+        return out
 
     def stmt_Reallocate(self, s: n.Reallocate, d):
         t = self.type_name(s.var.type)

@@ -250,6 +250,9 @@ class _Verifier:
     def stmt_Allocate(self, s: n.Allocate):
         self.pointer_var(s.var, "allocating into", s)
         self.count(s.count, s)
+        for v in s.free:
+            self.pointer_var(v, "freeing", s)
+            self.lookup(v, s)
         self.declare(s.var, s)
 
     def stmt_Reallocate(self, s: n.Reallocate):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..errors import ScheduleError, UnsupportedError
+from ..errors import UnsupportedError
 from ..formats import Format
 from ..formats.level import LevelAccess, PosInfo
 from ..ir import nodes as n
@@ -35,7 +35,7 @@ from . import lattice as lat
 from .context import Env
 from .functions import lower_call
 from . import split as split_mod
-from . import densefuse, splittree
+from . import densefuse, gpumap, splittree
 from .normalize import ZERO, nested_sums, replace, specialize, split_sums
 from .order import access_chain
 from .outputs import AppendSink, DenseSink, ReduceSink, ScalarSink, WorkspaceSink
@@ -87,6 +87,8 @@ class LoopEmitter:
         self._temps: set = set()       # the scalar temporaries hoisting made
         self.cases = 0                 # if/else cases the loops emitted so far (lattice.count_cases)
         self.bounded: set = set()      # loops whose Schedule.bound was checked (the lowerer asks)
+        self.members = gpumap.members_of(ctx.opt)  # loops parallelize names inside the GPU team loop
+        self.members_placed: dict = {}  # member loop variable -> the index it runs (gpumap.check_nesting)
 
     def nest(self, order, expr, sink, env: Env, depth: int) -> list:
         stmts, expr = self.hoist(expr, env, depth)
@@ -98,6 +100,10 @@ class LoopEmitter:
         i = order[0]
         if self.workspace and sink is self.out_sink and self.position[i] == self.workspace["start"]:
             return stmts + self.workspace_region(order, expr, env, depth)
+        if i.name in self.members and gpumap.partial_sum(self.members[i.name], i, sink, env, self.lhs):
+            t = n.Var(self.fresh("t" + i.name), self.compute)  # the team's sum, added once (gpumap.py)
+            return stmts + [n.Declare(t, n.const(0, self.compute)), *self.loop(
+                i, order[1:], expr, ScalarSink(t), env, depth), *sink.innermost(t, env)]
         return stmts + self.loop(i, order[1:], expr, sink, env, depth)
 
     def hoist(self, expr, env, depth):
@@ -292,7 +298,7 @@ class LoopEmitter:
 
     def loop(self, i, rest, expr, sink, env, depth) -> list:
         if isinstance(i, SplitPiece):
-            return self._split_loop(i, rest, expr, sink, env, depth)
+            return splittree.emit(self, i, rest, expr, sink, env, depth)
         if self.fused is not None and i == self.fused.outer:
             return densefuse.emit(self, self.fused, rest, expr, sink, env, depth)
         L = lat.build(expr, i, lambda a: self._iter_key(a, i, env))
@@ -322,8 +328,9 @@ class LoopEmitter:
                               + (f" (parallel: {self.opt.parallel_kind}{'' if rows else ', by positions'})"
                                  if parallel else ""))
 
-            member = self._member(i, sink, env)
-            team = self.opt.parallel_kind if parallel and self.out_shape == "dense" else None
+            member, racy = self._member(i, sink, env)
+            team = (self.opt.parallel_kind if parallel and self.out_shape == "dense" and not self.opt.members
+                    else None)
 
             def body(info, k=k):
                 e = env.child()
@@ -335,7 +342,8 @@ class LoopEmitter:
                 return self._body(i, rest, expr, sink, e, coord, depth)
             grow = [] if parallel else self._reserve(i, rest, sink, it.segment_length())
             # threads take ranges of the level's positions (parallel.top_positions, coordinate_rows)
-            loop = it.loop_between(coord, body, self.lo, self.hi) if parallel else it.loop(coord, body)
+            loop = gpumap.racing(sink, racy, lambda: it.loop_between(coord, body, self.lo, self.hi) if parallel
+                                 else it.loop(coord, body))
             sink.release(i)
             if chained is not None:
                 loop = [self.positions.clamp(loop[0], chained)]
@@ -345,7 +353,7 @@ class LoopEmitter:
             loop = self._vector_hint(loop, sink, rest, gathers=self._gathers(expr, k[0], i))
             loop = self._user_hints(loop, i)
             if member:
-                loop = self._mark_member(loop, member)
+                loop = self._mark_member(loop, member, i.name)
             return [*grow, n.Comment(f"loop over {i.name}: {k[0]!r} level {k[1] + 1}"), *loop]
         if L.full:
             coord = n.Var(self.fresh(i.name), I64)
@@ -358,16 +366,17 @@ class LoopEmitter:
             if not keys:
                 self._note(depth, f"for {i.name} in {where}")
                 inner = env.child()
-                if parallel and kind in TEAM_MEMBERS and self.out_shape == "dense":
+                if parallel and kind in TEAM_MEMBERS and self.out_shape == "dense" and not self.opt.members:
                     inner.team = TEAM_MEMBERS[kind]
-                member = self._member(i, sink, env)
+                member, racy = self._member(i, sink, env)
                 if member:
                     inner.team = None
                 grow = [] if parallel else self._reserve(i, rest, sink, size)
-                body = self._body(i, rest, expr, sink, inner, coord, depth)
+                body = gpumap.racing(sink, racy, lambda: self._body(i, rest, expr, sink, inner, coord, depth))
                 sink.release(i)
-                loop = [n.For(coord, start, end, n.block(*body),
-                              parallel=kind if parallel else member)]
+                loop = [n.For(coord, start, end, n.block(*body), parallel=kind if parallel else None)]
+                if member:
+                    loop = self._mark_member(loop, member, i.name)
                 return grow + self._user_hints(self._vector_hint(loop, sink, rest), i)
             for k in keys:
                 self._require_ordered(k, i)
@@ -449,41 +458,6 @@ class LoopEmitter:
             return []
         return sink.reserve(i, bound)
 
-    def _split_loop(self, piece, rest, expr, sink, env, depth) -> list:
-        """One piece of a split loop (of a piece, splittree.py); the last of a tree's
-        pieces binds the index, ``i = i0*f + i1``."""
-        base = split_mod.base_of(piece)
-        L = lat.build(expr, base, lambda a: self._iter_key(a, base, env))
-        if L.empty:
-            return []
-        keys = sorted(L.iterators(), key=repr)
-        if keys or not L.full:
-            acc, l = keys[0]
-            raise ScheduleError(
-                f"split({base.name!r}, ...): the loop over {base.name} walks {self._user_name(acc.tensor.name)}'s "
-                f"level {l + 1} ({acc.tensor.format.levels[l].spec()}); only dense loops can be split")
-        parallel = self.parallel is not None and piece == self.parallel and depth == self.parallel_depth
-        nested = isinstance(piece.base, SplitPiece)
-        start = n.i64(0)
-        end = split_mod.extent(piece, splittree.size_of(piece.base, self.sizes, env.bound), env.bound)
-        text = (splittree.describe(piece) if nested
-                else split_mod.describe(piece, split_mod.bound_partner(piece, env.bound)))
-        self._note(depth, f"for {piece.name} in {text}" + (f" (parallel: {self.opt.parallel_kind})" if parallel else ""))
-        if parallel:
-            start, end = self.lo, self.hi
-        var = n.Var(self.fresh(piece.name), I64)
-        inner = env.child()
-        body, total = splittree.resolve(piece, var, inner.bound, self.sizes, self.fresh)
-        if total is not None:
-            coord = n.Var(self.fresh(base.name), I64)
-            body = body + [n.Declare(coord, total)] + self._body(base, rest, expr, sink, inner, coord, depth)
-        else:
-            body = body + self.nest(rest, expr, sink, inner, depth + 1)
-        loop = [n.For(var, start, end, n.block(*body), parallel=self.opt.parallel_kind if parallel else None)]
-        if total is not None:
-            loop = self._vector_hint(loop, sink, rest)
-        return self._user_hints(loop, piece)
-
     def _remainder(self, i, rest, expr, sink, env, depth, k, it):
         """The tail of a merge where one iterator is left: walk it to its end."""
         coord = n.Var(self.fresh(i.name), I64)
@@ -495,21 +469,25 @@ class LoopEmitter:
         body += it.advance()
         return n.While(it.valid(), n.block(*body))
 
-    def _member(self, i, sink, env):
-        """Inside a GPU team loop (a block or warp per iteration), the first loop
-        whose iterations are independent is split among the team: a reduction
-        into a temporary, or a loop over an index of the dense output."""
+    def _member(self, i, sink, env) -> tuple:
+        """``(mapping or None, racy)`` of the loop over ``i``: one a ``parallelize`` names
+        (gpumap.asked_member); else, inside a GPU team loop, the first loop whose
+        iterations are independent: a reduction into a temporary, or a dense output's index."""
+        asked = self.members.get(i.name)
+        if asked is not None:
+            return gpumap.asked_member(asked, i, sink, self.lhs)
         if env.team is None:
-            return None
+            return None, False
         if isinstance(sink, ScalarSink) or (isinstance(sink, DenseSink) and i in self.lhs.indices):
-            return env.team
-        return None
+            return env.team, False
+        return None, False
 
-    def _mark_member(self, stmts, member):
+    def _mark_member(self, stmts, member, index: str):
         out, done = [], False
         for s in stmts:
             if not done and isinstance(s, n.For):
                 s = dataclasses.replace(s, parallel=member, vectorize=0)
+                self.members_placed[s.var.name] = index
                 done = True
             out.append(s)
         return out

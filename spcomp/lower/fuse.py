@@ -25,8 +25,9 @@ from __future__ import annotations
 import dataclasses
 
 from ..ir import nodes as n
-from ..ir.types import I64, Type
+from ..ir.types import I64, Type, ptr
 from .context import Names
+from .fused_transpose import TransposedCopy, free_on_every_exit, transpose_block
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +39,7 @@ class FusedParam:
 
 
 def fuse(functions: list, bindings: list, links: list, name: str = "program", docs=(),
-         share_loop=(), frees=()) -> tuple:
+         share_loop=(), frees=(), transposed=(), own_pos=()) -> tuple:
     """``(Function, [FusedParam], merged)``: ``functions[k]`` (statement ``k``'s kernel
     function, its parameters described by ``bindings[k]``) run in order in one
     function. ``links[k]`` maps a storage statement ``k`` reads to the statement
@@ -53,20 +54,44 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
     loop (same range; every temporary it reads is read at the row that loop is on,
     and was written at that row: see ``spcomp.program``). Where both functions are
     one loop over that index after declarations, the bodies are joined into one
-    loop (``merged[k]`` True): the consumer reads each row while it is in cache."""
+    loop (``merged[k]`` True): the consumer reads each row while it is in cache.
+
+    Functions lowered for chunks of rows (``lo``, ``hi`` parameters, a sparse output
+    appended per chunk: ``Options.append_chunks``) share the first one's ``lo`` and
+    ``hi``, and the function's ``per_chunk`` parameters are all of theirs: each
+    ``[lo, hi)`` call runs every statement over those rows. A reader of a temporary
+    appended that way reads its chunk's first row as starting at 0.
+
+    ``transposed[k]``, when given, maps a storage statement ``k`` reads as a
+    transposed copy of a csr temporary (``T_T``) to ``(writer, tensor, rows index,
+    columns index)``: the copy is made at the top of the reader's block from the
+    writer's arrays (:mod:`.fused_transpose`) and freed after it.
+
+    ``own_pos[k]``, when given, maps a csr tensor statement ``k`` writes to the
+    index of its rows: its row-end ``pos`` (else an array the runtime allocates) is
+    allocated by the function (zeroed, rows + 1 entries) and published through a
+    slot parameter in its place, like the arrays the writer grows (readers load it
+    from the slot, ``frees`` frees it)."""
     names = Names()
     renamed: list = []      # per statement: old name -> new Var
     outputs: list = []      # per statement: (tensor, level, array) -> (its Var after renaming, role)
+    bounds: dict = {}       # "lo"/"hi" -> the first statement's Var: every statement runs those rows
     params, sources, body = [], [], []
     merged = [False] * len(functions)
     for k, fn in enumerate(functions):
         mapping: dict = {}
-        shared, slots = {}, {}
+        shared, slots, chunk_pos = {}, {}, set()
+        copies = transposed[k] if k < len(transposed) else {}
+        copied = {b.var.name for b in bindings[k] if b.role == "input" and b.storage in copies}
         for b in bindings[k]:
-            if b.role == "input" and b.storage in links[k]:
+            if b.role in ("lo", "hi") and b.role in bounds:
+                shared[b.var.name] = bounds[b.role]
+            elif b.role == "input" and b.storage in links[k]:
                 var, role = outputs[links[k][b.storage]][(b.storage, b.level, b.array)]
                 if role == "output":
                     shared[b.var.name] = var
+                    if b.array == "pos" and "lo" in bounds:
+                        chunk_pos.add(var)
                 else:  # a grown array: read its pointer from the writer's slot
                     slots[b.var.name] = var
         for var in _variables(fn):
@@ -74,12 +99,27 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
                 continue
             mapping[var.name] = shared.get(var.name) or n.Var(names(var.name), var.type)
         renamed.append(mapping)
+        loads: list = []
+        for b in bindings[k]:
+            if b.role in ("lo", "hi"):
+                bounds.setdefault(b.role, mapping[b.var.name])
         outs = {}
+        owned = own_pos[k] if k < len(own_pos) else {}
+        size = {b.index: mapping[b.var.name] for b in bindings[k] if b.role == "size"}
         for pos, (param, b) in enumerate(zip(fn.params, bindings[k])):
             new = mapping[param.name]
+            if b.role == "output" and (b.level, b.array) == (1, "pos") and b.tensor in owned:
+                slot = n.Var(names(f"{new.name}_out"), ptr(new.type))
+                loads += [n.Comment(f"{new.name}: {b.tensor}'s row ends, allocated here, published in {slot.name}"),
+                          n.Allocate(new, n.Binary("+", size[owned[b.tensor]], n.i64(1)), zero=True),
+                          n.Store(slot, n.i64(0), new)]
+                outs[(b.tensor, b.level, b.array)] = (slot, "output_grow")
+                params.append(slot)
+                sources.append(FusedParam(k, pos))
+                continue
             if b.role in ("output", "output_grow"):
                 outs[(b.tensor, b.level, b.array)] = (new, b.role)
-            if param.name in shared or param.name in slots:
+            if param.name in shared or param.name in slots or param.name in copied:
                 continue
             params.append(new)
             sources.append(FusedParam(k, pos))
@@ -88,8 +128,18 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
         if stmts and isinstance(stmts[-1], n.Return) and stmts[-1].status == n.STATUS_OK:
             stmts.pop()
         note = [n.Comment(f"statement {k + 1}: {docs[k]}")] if k < len(docs) else []
-        loads = [n.Declare(mapping[old], n.Load(slot, n.i64(0))) for old, slot in slots.items()]
-        stmts = note + loads + [_rename(s, mapping) for s in stmts]
+        loads += [n.Declare(mapping[old], n.Load(slot, n.i64(0))) for old, slot in slots.items()]
+        stmts = [_rename(s, mapping) for s in stmts]
+        if chunk_pos:
+            stmts = [_chunk_starts(s, chunk_pos, bounds["lo"]) for s in stmts]
+        made = []
+        for storage, (writer, tensor, rows, cols) in copies.items():
+            copy, prologue = _transposed_copy(storage, bindings[k], mapping, outputs[writer], tensor, rows, cols, names)
+            loads += prologue + transpose_block(copy, names)
+            made += copy.arrays
+        if made:
+            stmts = free_on_every_exit(stmts, made) + [n.Free(a) for a in made]
+        stmts = note + loads + stmts
         index = share_loop[k] if k < len(share_loop) else None
         if index is not None and body:
             joined = _join_loops(body[-1], stmts, mapping.get(index))
@@ -104,7 +154,50 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
                 body.append(_free_slot(slot, names))
     body.append(n.Return(n.STATUS_OK))
     doc = "\n".join(docs)
-    return n.Function(name, tuple(params), n.Block(tuple(body)), doc=doc), sources, merged
+    per_chunk = tuple(renamed[k][p].name for k, fn in enumerate(functions) for p in fn.per_chunk)
+    return n.Function(name, tuple(params), n.Block(tuple(body)), doc=doc, per_chunk=per_chunk), sources, merged
+
+
+def _transposed_copy(storage, bindings, mapping, written, tensor, rows, cols, names) -> tuple:
+    """``(TransposedCopy, prologue)``: the reader's arrays of ``storage`` (now locals)
+    made from ``tensor``'s arrays as its writer left them (``written``: (tensor,
+    level, array) -> (Var, role)); the prologue loads the grown ones from their slots."""
+    mine = {(b.level, b.array): mapping[b.var.name] for b in bindings if b.role == "input" and b.storage == storage}
+    size = {b.index: mapping[b.var.name] for b in bindings if b.role == "size"}
+    prologue, source = [], {}
+    for key in ((1, "pos"), (1, "crd"), (-1, "vals")):
+        var, role = written[(tensor, *key)]
+        if role == "output_grow":
+            local = n.Var(names(f"{tensor}_{key[1]}_source"), var.type.elem)
+            prologue.append(n.Declare(local, n.Load(var, n.i64(0))))
+            var = local
+        source[key] = var
+    copy = TransposedCopy(mine[(1, "pos")], mine[(1, "crd")], mine[(-1, "vals")], source[(1, "pos")],
+                          source[(1, "crd")], source[(-1, "vals")], size[rows], size[cols])
+    return copy, prologue
+
+
+def _chunk_starts(node, arrays: set, lo):
+    """``node`` with each load ``pos[e]`` of ``arrays`` (a chunk-appended temporary's
+    row ends, counted from 0 in each ``[lo, hi)`` call) read as 0 at ``e == lo``: the
+    chunk's first row starts at 0, while ``pos[lo]`` is the previous chunk's to write."""
+    if isinstance(node, n.Load) and node.array in arrays:
+        load = n.Load(node.array, _chunk_starts(node.index, arrays, lo))
+        e = load.index
+        if isinstance(e, n.Binary) and e.op == "+" and isinstance(e.rhs, n.Const) and e.rhs.value >= 1:
+            return load  # a row's end, pos[row + 1]: past lo (the reader's rows are lo and after)
+        return n.Select(n.Binary("==", e, lo), n.const(0, load.type), load)
+    if isinstance(node, tuple):
+        return tuple(_chunk_starts(x, arrays, lo) for x in node)
+    if isinstance(node, (n.Var, n.Const, Type)) or not dataclasses.is_dataclass(node) or isinstance(node, type):
+        return node
+    changes = {}
+    for f in dataclasses.fields(node):
+        old = getattr(node, f.name)
+        new = _chunk_starts(old, arrays, lo)
+        if new is not old:
+            changes[f.name] = new
+    return dataclasses.replace(node, **changes) if changes else node
 
 
 def parallel_rows(fn: n.Function) -> n.Function | None:
@@ -204,7 +297,8 @@ def row_workspace(fn: n.Function, vals: n.Var, widths: list, zero: bool = True):
     first) allocated before the row loop, zeroed at the top of each iteration when
     ``zero`` (its writer does not store every element) unless the writer already
     zeroes the row there itself, indexed by the position within the row,
-    and freed after the loop (and at each interrupt poll or error return inside it).
+    and freed after the loop (and at each interrupt poll, error return or failed
+    allocation inside it; a second row's failed allocation frees the first).
     Called on a fused (possibly ``parallel_rows``) function, so each thread's call
     allocates its own row. None when ``vals`` is not used only by loads and stores
     inside one top-level loop; the caller has checked that every access at iteration
@@ -236,7 +330,12 @@ def row_workspace(fn: n.Function, vals: n.Var, widths: list, zero: bool = True):
                          n.For(q, n.i64(0), width, n.Block((zero,))), *inner.body))
     loop = dataclasses.replace(loop, body=inner)
     note = n.Comment(f"{ws.name}: the temporary's row, one per call (per thread), not the whole array")
-    stmts[at[0]:at[0] + 1] = [note, n.Allocate(ws, width), loop, n.Free(ws)]
+    # row workspaces allocated before this one and freed after the loop: if this
+    # allocation fails they are freed before the out-of-memory return
+    after = stmts[at[0] + 1:]
+    live = tuple(x.var for x in stmts[:at[0]] if isinstance(x, n.Allocate)
+                 and any(isinstance(y, n.Free) and y.var == x.var for y in after))
+    stmts[at[0]:at[0] + 1] = [note, n.Allocate(ws, width, free=live), loop, n.Free(ws)]
     body[holders[0]] = n.Block(tuple(stmts))
     params = tuple(p for p in fn.params if p != vals)
     return dataclasses.replace(fn, params=params, body=n.Block(tuple(body)))
@@ -278,8 +377,9 @@ class _RowRewrite:
             return dataclasses.replace(s, **changes)
         if isinstance(s, n.Comment) and f" of {self.vals.name} here" in s.text:  # the row-zeroing note
             return n.Comment(f"zero {self.ws.name}, the row the statements fill next")
-        if isinstance(s, n.PollInterrupt):
-            return dataclasses.replace(s, free=tuple(s.free) + (self.ws,))
+        if isinstance(s, (n.PollInterrupt, n.Allocate)):  # a poll or a failed allocation frees the row too
+            return dataclasses.replace(self._fields(s) if isinstance(s, n.Allocate) else s,
+                                       free=tuple(s.free) + (self.ws,))
         if isinstance(s, n.Return) and s.status != n.STATUS_OK:
             return n.Block((n.Free(self.ws), s))
         if isinstance(s, n.Block):

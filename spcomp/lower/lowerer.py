@@ -22,6 +22,7 @@ from ..ir import nodes as n
 from ..ir.types import F32, F64, I64, ptr
 from ..notation import Access, Add, Assignment, TensorVar, accesses
 from . import blocked
+from . import gpumap, gpupositions
 from . import parallel as par
 from . import split as split_mod
 from .blas import direct_gemm, gemm_call, gemm_into_temporary, offload
@@ -95,6 +96,7 @@ class Lowerer(LoopDirectives):
         self.loops_text: list = []
         self.warnings: list = []
         self.position_ends: dict = {}  # set by the nest's emitter: each compressed loop's last position
+        self.members_placed: dict = {}  # GPU member loops the nest marked (gpumap.check_nesting)
         self.partials = False  # the parallel loop reduces into per-chunk copies of the output
         self.racy = False      # IgnoreRaces with insist=True: iterations add into the output unguarded
         self.inner_parallel = False  # the parallel loop runs below the outermost one (parallel.inner_parallel)
@@ -435,6 +437,7 @@ class Lowerer(LoopDirectives):
         fn = n.Function(self.opt.name, tuple(b.var for b in self.bindings), n.block(*body),
                         doc=f"{self.a!r}\nloop order: {', '.join(i.name for i in self.loop_order)}",
                         per_chunk=per_chunk)
+        gpumap.check_nesting(fn, self.opt, self.members_placed)
         module = n.Module((fn,), entry=self.opt.name)
         return self.record(module, self.opt.name, self.bindings,
                            OutputPlan(shape, grow, self.bounded, overwrites=self._overwrites_output(fn),
@@ -503,6 +506,7 @@ class Lowerer(LoopDirectives):
         emitter = self.emitter(sink)
         nest = emitter.nest(self.outer, self.expr, sink, env, depth=0)
         self.position_ends = emitter.position_ends
+        self.members_placed.update(emitter.members_placed)
         self._check_bounds(emitter.bounded)
         return nest
 
@@ -519,23 +523,36 @@ class Lowerer(LoopDirectives):
         holding them, then the nest over the first row, the inner rows and the last
         row; the first and last may be shared with neighbouring chunks, so their
         updates add (atomically where the race strategy says), while an inner row of
-        a row-indexed output is this range's alone and stored."""
+        a row-indexed output is this range's alone and stored. On the GPU that is
+        the body of a loop over the chunks (gpupositions.py)."""
         plan = self.pos_plan
         plan.params = self.params[plan.name]
-        nest = plan.prelude(self.lo or n.i64(0), self.hi, self.sizes, self.fresh)
         self.loops_text.append(plan.describe(self.parallel is not None, self.opt.parallel_kind))
-        owned = plan.chain[0] in self.lhs.indices and plan.race != "ignored"
         bounded = None  # the bounds every pass checked
-        for k, (edge, start, end) in enumerate(plan.passes()):
-            plan.current = (edge, start, end)
-            sink.atomic = plan.race == "atomics" or (edge and plan.race == "boundary-atomics")
-            sink.accumulate = True if edge or not owned else self.accumulate_inside
-            emitter = self.emitter(sink, text=k == 0)  # k.loops shows the nest once
-            nest.append(n.Comment(("the first row" if k == 0 else "the last row" if k == 2 else "the inner rows")
-                                  + " of the range"))
-            nest += emitter.nest(self.outer, self.expr, sink, env.child(), depth=1)
-            self.position_ends.update(emitter.position_ends)
-            bounded = emitter.bounded if bounded is None else bounded & emitter.bounded
+
+        def chunks(lo, hi, span=None):
+            """One range of chunks' (or sub-chunk positions' ``span``) search and passes."""
+            nonlocal bounded
+            nest = plan.prelude(lo, hi, self.sizes, self.fresh, span)
+            owned = plan.chain[0] in self.lhs.indices and plan.race != "ignored"
+            for k, (edge, start, end) in enumerate(plan.passes()):
+                plan.current = (edge, start, end)
+                sink.atomic = plan.race == "atomics" or (edge and plan.race == "boundary-atomics")
+                sink.accumulate = True if edge or not owned else self.accumulate_inside
+                emitter = self.emitter(sink, text=k == 0 and bounded is None)  # k.loops shows the nest once
+                nest.append(n.Comment(("the first row" if k == 0 else "the last row" if k == 2 else
+                                       "the inner rows") + " of the range"))
+                nest += emitter.nest(self.outer, self.expr, sink, env.child(), depth=1)
+                self.position_ends.update(emitter.position_ends)
+                self.members_placed.update(emitter.members_placed)
+                bounded = emitter.bounded if bounded is None else bounded & emitter.bounded
+            return nest
+
+        if self.parallel is not None and not self.opt.caps.host_threads:  # a GPU thread per chunk
+            nest = gpupositions.chunk_loops(plan.spec, self.opt, self.lo, self.hi, self.fresh, chunks,
+                                            self.members_placed)
+        else:
+            nest = chunks(self.lo or n.i64(0), self.hi)
         self._check_bounds(bounded)
         return nest
 

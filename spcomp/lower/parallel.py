@@ -147,8 +147,6 @@ def choose_parallel(f: LoopFacts, shape: str):
     elif isinstance(first, SplitPiece) and isinstance(first.base, SplitPiece):
         why = (f"parallelize({first.name!r}): a piece of a piece of a split loop does not run on threads "
                f"(its trip count varies); parallelize a piece of the first split ({split_mod.base_of(first).name})")
-    elif isinstance(first, SplitPiece) and not f.opt.caps.host_threads:
-        why = f"parallelize({first.name!r}, {kind!r}): a piece of a split loop runs on CPU threads only"
     else:
         ok, reason = _parallel_ok(f, split_mod.base_of(first), shape)
         if not ok:

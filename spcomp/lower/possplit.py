@@ -28,7 +28,7 @@ thread its own copy of the output (runtime/partials.py).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import ScheduleError
 from ..ir import nodes as n
@@ -47,10 +47,14 @@ class PosSplit:
     inner: str      # the loop within a chunk ("" unsplit)
     factor: int     # positions per chunk; -P: P chunks (a divide); 1 unsplit
     what: str       # the directives, for messages
+    # splits of the piece within a chunk (TACO's block > warp > thread chunks on the
+    # GPU, gpupositions.py): (name, positions per sub-chunk) outermost first; ``inner``
+    # is then the loop within the last one
+    pieces: tuple = ()
 
     @property
     def names(self) -> tuple:
-        return tuple(x for x in (self.outer, self.inner) if x)
+        return tuple(x for x in (self.outer, *(p[0] for p in self.pieces), self.inner) if x)
 
 
 def from_directives(directives) -> tuple:
@@ -72,6 +76,10 @@ def from_directives(directives) -> tuple:
                 made[name] = [operand, inner, parent, f"{t0}.{text}"]
             else:
                 made[name] = [operand, index, "", text]
+        elif kind == "split" and chosen is not None and d[1] == chosen.inner:  # a chunk cut into sub-chunks
+            _, base, outer, inner, count = d
+            chosen = replace(chosen, inner=inner, pieces=chosen.pieces + ((outer, count),),
+                             what=f"{chosen.what}.split({base!r}, {outer!r}, {inner!r}, {count})")
         elif kind in ("split", "divide") and d[1] in made:
             _, base, outer, inner, count = d
             operand, index, parent, text = made.pop(base)
@@ -152,9 +160,12 @@ def check(spec: PosSplit, acc: Access, lhs: Access, rhs, caps) -> int:
     chain = [acc.indices[d] for d in fmt.order]
     level = [i.name for i in chain].index(spec.index)
     kind = fmt.levels[level]
-    if not caps.host_threads:
-        raise ScheduleError(f"{what}: position loops run on the CPU backend only (backend {caps.name!r} "
-                            "does not split positions; use its default schedule)")
+    if spec.pieces and caps.host_threads:
+        raise ScheduleError(f"{what}: a chunk of positions cut into sub-chunks maps them to GPU blocks, warps and "
+                            f"threads; backend {caps.name!r} runs one level of chunks (split the position loop once)")
+    if spec.pieces and spec.factor < 0:
+        raise ScheduleError(f"{what}: sub-chunks need a chunk of a fixed number of positions; split the position "
+                            "loop instead of dividing it")
     if not lhs.tensor.format.is_dense:
         raise ScheduleError(f"{what}: position splits are supported for dense outputs (and scalars) only; "
                             f"{lhs.tensor.name} is {lhs.tensor.format.spec()!r}")
@@ -197,16 +208,19 @@ class PositionPlan:
         """The number of positions of the walked level."""
         return self._count(self.level, sizes)
 
-    def prelude(self, lo, hi, sizes, fresh) -> list:
-        """Positions ``[P0, P1)`` of the chunks ``[lo, hi)`` and, level by level up the
-        chain, the positions of the parents that hold them (zero ranges when empty)."""
+    def prelude(self, lo, hi, sizes, fresh, span=None) -> list:
+        """Positions ``[P0, P1)`` of the chunks ``[lo, hi)`` (or the positions ``span``,
+        a sub-chunk's: gpupositions.py) and, level by level up the chain, the
+        positions of the parents that hold them (zero ranges when empty)."""
         spec = self.spec
         total = n.Var(fresh(f"{self.name}{self.level + 1}_positions"), I64)
         stmts = [n.Comment(f"{spec.what}: chunks [lo, hi) as positions of {self.name} level {self.level + 1}, "
                            "the rows holding them by binary search"),
                  n.Declare(total, self.total(sizes))]
         factor = n.Var(fresh("chunk"), I64)
-        if spec.factor > 0:
+        if span is not None:
+            lo, hi, factor = span[0], span[1], n.i64(1)
+        elif spec.factor > 0:
             stmts.append(n.Declare(factor, n.i64(spec.factor)))
         else:  # a divide into P chunks: ceil(total / P), at least 1
             parts = -spec.factor
@@ -260,7 +274,6 @@ class PositionPlan:
     def clamp(self, loop: n.For, m: int) -> n.For:
         """The loop over level ``m``'s positions (or level 0's coordinates) kept in
         its range in the current pass (:meth:`passes`)."""
-        from dataclasses import replace
         edge, start, end = self.current
         if m == 0:
             return replace(loop, start=start, end=end)
@@ -285,9 +298,10 @@ class PositionPlan:
         f = f"ceil(nnz/{-s.factor})" if s.factor < 0 else str(s.factor)
         where = f"{self.name} level {self.level + 1}"
         par = f" (parallel: {kind}, races: {self.race})" if parallel else ""
+        subs = "".join(f"; {name} over sub-chunks of {size}" for name, size in s.pieces)
         if s.inner:
-            return (f"for {s.outer} in chunks of {f} positions of {where}{par}; {s.inner} within a chunk: "
-                    f"{', '.join(i.name for i in self.chain)} from the positions")
+            return (f"for {s.outer} in chunks of {f} positions of {where}{par}{subs}; {s.inner} within a "
+                    f"chunk: {', '.join(i.name for i in self.chain)} from the positions")
         return f"for {s.outer} in positions of {where}{par}: {', '.join(i.name for i in self.chain)} from the positions"
 
 
@@ -348,25 +362,36 @@ def race_plan(plan: PositionPlan, opt, lhs):
         raise ScheduleError(f"parallelize({want!r}): with {spec.what} only the loop over chunks of positions "
                             f"({spec.outer}) can run on threads ({loops} run inside it)")
     race, insist = opt.race or (None, False)
+    gpu = not opt.caps.host_threads
+    who = spec.outer
+    if gpu and spec.pieces:  # block > warp > thread chunks: the levels' strategies together
+        from .gpupositions import chunk_race
+        race, insist, who = chunk_race(spec, opt)
     shared_rows = plan.chain[0] in lhs.indices  # chunks share only their first and last rows
-    bf16 = lhs.tensor.dtype == "bfloat16"
+    bf16 = lhs.tensor.dtype == "bfloat16" and not gpu  # the GPU adds bfloat16 atomically (a CAS loop)
     shared = "rows at their ends" if shared_rows else "elements"
     if race is None:
-        race = "Atomics" if shared_rows and not bf16 else "ParallelReduction"
+        race = "Atomics" if (shared_rows or gpu) and not bf16 else "ParallelReduction"
     if race == "NoRaces":
-        raise ScheduleError(f"parallelize({spec.outer!r}, race='NoRaces'): chunks of positions share the "
+        raise ScheduleError(f"parallelize({who!r}, race='NoRaces'): chunks of positions share the "
                             f"output's {shared}; use 'Atomics' or 'ParallelReduction'")
     if race == "IgnoreRaces":
         if not insist:
-            raise ScheduleError(f"parallelize({spec.outer!r}, race='IgnoreRaces'): chunks of positions add into "
+            raise ScheduleError(f"parallelize({who!r}, race='IgnoreRaces'): chunks of positions add into "
                                 f"shared output {shared} of {lhs.tensor.name}: the result would be wrong; pass "
                                 "insist=True to run it anyway")
         plan.race = "ignored"
     elif race == "Atomics":
         if bf16:
-            raise ScheduleError(f"parallelize({spec.outer!r}, race='Atomics'): the CPU has no atomic add "
+            raise ScheduleError(f"parallelize({who!r}, race='Atomics'): the CPU has no atomic add "
                                 "on bfloat16; use 'ParallelReduction'")
         plan.race = "boundary-atomics" if shared_rows else "atomics"
+    elif gpu:  # Temporary, ParallelReduction: a thread's partial sum of a shared row, added atomically
+        if not shared_rows:
+            raise ScheduleError(f"parallelize({who!r}, race={race!r}): chunks of positions scatter into "
+                                f"elements of {lhs.tensor.name} that any chunk may share, and the GPU keeps no "
+                                "per-thread copies of the output; use 'Atomics'")
+        plan.race = "boundary-atomics"
     else:  # Temporary, ParallelReduction: a zeroed copy of the output per chunk
         plan.race = "partials"
     return IndexVar(spec.outer)

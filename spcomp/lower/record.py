@@ -42,6 +42,9 @@ class Options:
     # a position loop (Schedule.pos / fuse, split or not): possplit.PosSplit's fields as a tuple
     pos_split: tuple = ()
     race: tuple = ()                  # (strategy, insist) per parallelize(..., race=)
+    # GPU loops inside the parallel one that split its iterations among a team
+    # (several parallelize directives: gpumap.py): (index, mapping, race, insist)
+    members: tuple = ()
     bounds: tuple = ()                # (index, limit) per Schedule.bound
     # CPU threads and a sparse output with dense rows: each chunk of rows appends to
     # arrays of its own and the runtime stitches them (runtime/chunks.py) instead of
@@ -67,9 +70,10 @@ class Options:
     def from_schedule(cls, schedule, drop_zeros, name, caps) -> "Options":
         """The options of a ``Schedule`` for a backend with capabilities ``caps``;
         ScheduleError for a parallel mapping the backend does not run."""
+        from .gpumap import grid_and_members
         from .possplit import from_directives
         spec, dense_splits = from_directives(schedule.directives)
-        par = schedule.parallel
+        par, members = grid_and_members(schedule.get("parallelize"), caps)
         kind = caps.default_parallel_kind
         race = tuple(par[2:4]) if par is not None and len(par) > 2 else ()
         if schedule.get("sequential"):
@@ -98,6 +102,7 @@ class Options:
                         for s in dense_splits),
             pos_split=() if spec is None else tuple(vars(spec).values()),
             race=race,
+            members=members if parallel is not None else (),
             bounds=tuple((_loop_of(b[0], spec), b[1]) for b in schedule.get("bound")),
             name=name,
             caps=caps,

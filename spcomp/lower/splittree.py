@@ -18,6 +18,8 @@ from __future__ import annotations
 from ..errors import ScheduleError
 from ..ir import nodes as n
 from ..ir.types import I64
+from . import gpumap
+from . import lattice as lat
 from . import split as split_mod
 from .split import SplitPiece
 
@@ -169,3 +171,43 @@ def describe(piece) -> str:
     """A nested piece's range as the loop nest text shows it."""
     side = "blocks" if piece.outer else "within a block"
     return f"{side} of {piece.factor} of {piece.base.name}"
+
+
+def emit(em, piece, rest, expr, sink, env, depth) -> list:
+    """One piece of a split loop (of a piece), for the LoopEmitter ``em``; the last of
+    a tree's pieces binds the index, ``i = i0*f + i1``. A piece a ``parallelize``
+    names below the GPU's grid-level loop is a member loop of its team (gpumap.py)."""
+    base = split_mod.base_of(piece)
+    L = lat.build(expr, base, lambda a: em._iter_key(a, base, env))
+    if L.empty:
+        return []
+    keys = sorted(L.iterators(), key=repr)
+    if keys or not L.full:
+        acc, l = keys[0]
+        raise ScheduleError(
+            f"split({base.name!r}, ...): the loop over {base.name} walks {em._user_name(acc.tensor.name)}'s "
+            f"level {l + 1} ({acc.tensor.format.levels[l].spec()}); only dense loops can be split")
+    parallel = em.parallel is not None and piece == em.parallel and depth == em.parallel_depth
+    start = n.i64(0)
+    end = split_mod.extent(piece, size_of(piece.base, em.sizes, env.bound), env.bound)
+    text = (describe(piece) if isinstance(piece.base, SplitPiece)
+            else split_mod.describe(piece, split_mod.bound_partner(piece, env.bound)))
+    em._note(depth, f"for {piece.name} in {text}" + (f" (parallel: {em.opt.parallel_kind})" if parallel else ""))
+    if parallel:
+        start, end = em.lo, em.hi
+    var = n.Var(em.fresh(piece.name), I64)
+    inner = env.child()
+    member, racy = em._member(piece, sink, env) if piece.name in em.members else (None, False)
+    body, total = resolve(piece, var, inner.bound, em.sizes, em.fresh)
+    if total is not None:
+        coord = n.Var(em.fresh(base.name), I64)
+        body = body + [n.Declare(coord, total)] + gpumap.racing(
+            sink, racy, lambda: em._body(base, rest, expr, sink, inner, coord, depth))
+    else:
+        body = body + gpumap.racing(sink, racy, lambda: em.nest(rest, expr, sink, inner, depth + 1))
+    loop = [n.For(var, start, end, n.block(*body), parallel=em.opt.parallel_kind if parallel else None)]
+    if member:
+        loop = em._mark_member(loop, member, piece.name)
+    if total is not None:
+        loop = em._vector_hint(loop, sink, rest)
+    return em._user_hints(loop, piece)

@@ -11,7 +11,7 @@ import numpy as np
 from spcomp.errors import ShapeError
 
 from .activations import ACTIVATIONS, activation_expr
-from .kernels import DTYPE, as_matrix, as_tokens, call_kernel, compile_kernel, dense_operand, empty
+from .kernels import DTYPE, FEATURE_MAJOR, as_matrix, as_tokens, compile_kernel, empty, own_kernel, stored_rows, token_rows
 from .linear import SparseLinear
 from .twell_ffn import COLUMNS_FROM_TOKENS, TwellMode
 
@@ -138,13 +138,13 @@ class SparseFFN(TwellMode):
         if self.down.in_features != self.ffn or self.down.out_features != self.hidden:
             raise ShapeError(f"w_down has shape ({self.down.out_features}, {self.down.in_features}); "
                              f"expected ({self.hidden}, {self.ffn})")
-        layout = self.up.layout
+        # over the stored arrays (feature-major for csr/csc: U^T, H^T), plain row-major
+        # operands either way, so repeated calls take the runtime's fast path (linear.py)
         if self.gated:
-            self.act_kernel = compile_kernel(f"H[t,n] = {activation_expr(self.activation, 'G[t,n]')} * U[t,n]",
-                                             {"U": layout, "G": layout, "H": layout})
+            act = compile_kernel(f"H[a,b] = {activation_expr(self.activation, 'G[a,b]')} * U[a,b]")
         else:
-            self.act_kernel = compile_kernel(f"H[t,n] = {activation_expr(self.activation, 'U[t,n]')}",
-                                             {"U": layout, "H": layout})
+            act = compile_kernel(f"H[a,b] = {activation_expr(self.activation, 'U[a,b]')}")
+        self.act_kernel = own_kernel(act)
         self.layers = [l for l in (self.gate, self.up, self.down) if l is not None]
 
     # ---------------------------------------------------------------- facts
@@ -186,19 +186,20 @@ class SparseFFN(TwellMode):
         x2, lead = as_tokens(x, self.hidden)
         x2 = np.ascontiguousarray(x2, dtype=DTYPE)
         out = self._forward_weight(x2) if self.mode == "weight" else self._forward_activation(x2)
-        return np.ascontiguousarray(out).reshape(*lead, self.hidden)
+        return token_rows(out).reshape(*lead, self.hidden)
 
     # weight-sparse ---------------------------------------------------------
     def _forward_weight(self, x: np.ndarray) -> np.ndarray:
         u = self.up.forward(x)
         g = self.gate.forward(x) if self.gated else None
         h = empty(u.shape, self.up.layout)
-        ops = {"U": dense_operand(u, self.up.layout), "H": h}
+        stored = stored_rows if self.up.layout == FEATURE_MAJOR else np.asarray
+        ops = {"U": stored(u), "H": stored(h)}
         if g is not None:
-            ops["G"] = dense_operand(g, self.up.layout)
-        # one call: the activation's float32 forms vectorise (backends/cpu/math_functions.py),
-        # so a 64 x 1536 GELU is ~50 us; the runtime splits it over threads when it is
-        # large enough (a Python pool per call cost more than the work at MiniLM's shapes)
-        call_kernel(self.act_kernel, **ops)
+            ops["G"] = stored(g)
+        # one call: the activation's float32 forms vectorise (backends/cpu/math_functions.py);
+        # the runtime splits it over threads when it is large enough (a Python pool per
+        # call cost more than the work at MiniLM's shapes)
+        self.act_kernel(**ops)
         return self.down.forward(h)
 

@@ -22,6 +22,20 @@ def compile_kernel(expression: str, formats: dict | None = None, schedule=None) 
     return spcomp.compile(expression, formats=formats or {}, dtype="float32", schedule=schedule)
 
 
+def own_kernel(kernel) -> "spcomp.Kernel":
+    """A Kernel sharing ``kernel``'s compiled code (no compile) with call state of its own.
+
+    Each layer calls its own: the runtime's fast path replays a kernel's last calls
+    (runtime/fastcall.py) while the same weight Tensor comes back with new activation
+    arrays laid out as before, so one shared kernel alternating between the up and down
+    weights (or the layers of a model) would take the ~40 us general path every call."""
+    from spcomp.kernel import Kernel
+    own = Kernel(kernel.expression, kernel.notation, kernel.options, kernel.target, kernel.schedule,
+                 variants=kernel.variants)
+    own.contraction, own.autotune, own.tuned_buckets = kernel.contraction, kernel.autotune, kernel.tuned_buckets
+    return own
+
+
 def call_kernel(kernel, **operands):
     """Run a kernel, then drop the operands from its per-object conversion cache.
 
@@ -48,6 +62,33 @@ def dense_operand(a: np.ndarray, layout: str) -> "spcomp.Tensor":
     if storage.dtype != DTYPE or not storage.flags.c_contiguous:
         storage = np.ascontiguousarray(storage, dtype=DTYPE)
     return Tensor(layout, a.shape, [{}, {}], storage.reshape(-1), validated=True)
+
+
+def stored_rows(a: np.ndarray) -> np.ndarray:
+    """The feature-major storage of a (tokens, features) array: ``a.T`` as a plain
+    row-major float32 array (a view when ``a`` is already laid out so, else a copy),
+    for the kernels written over stored arrays (``Yt[o,t] += Xt[i,t] * W[o,i]``)."""
+    t = a.T
+    if t.dtype != DTYPE or not t.flags.c_contiguous:
+        t = transposed(a)
+    return t
+
+
+def transposed(a: np.ndarray, rows: int = 64) -> np.ndarray:
+    """``a.T`` (2-D) as a new row-major float32 array, copied ``rows`` rows of ``a`` at
+    a time: NumPy's one strided copy of a 256 x 384 float32 matrix takes ~90 us here,
+    by blocks of 64 rows ~30 us (each block's reads stay in cache across its columns)."""
+    out = np.empty(a.shape[::-1], DTYPE)
+    for r in range(0, a.shape[0], rows):
+        out[:, r:r + rows] = a[r:r + rows].T
+    return out
+
+
+def token_rows(a: np.ndarray) -> np.ndarray:
+    """A (tokens, features) array as a row-major float32 one (a view when it is one)."""
+    if a.dtype == DTYPE and a.flags.c_contiguous:
+        return a
+    return transposed(a.T) if a.T.flags.c_contiguous else np.ascontiguousarray(a, dtype=DTYPE)
 
 
 def vector_operand(v: np.ndarray) -> "spcomp.Tensor":

@@ -71,7 +71,7 @@ def parallel_map(fn, items: list) -> list:
     return results
 
 
-def serial_when_small(nonzero_work: int):
+def serial_when_small(nonzero_work: int, enabled: bool = True):
     """Keep a weight-sparse call on this thread when its rows + nonzeros are under the
     runtime's threshold, although its token loop makes the runtime's estimate larger.
 
@@ -79,10 +79,11 @@ def serial_when_small(nonzero_work: int):
     it keeps spinning into the next GEMM while OpenBLAS's threads spin into the next
     kernel. Measured on the MiniLM encoder (examples/minilm_sparse.py --sweep, 2
     threads): a 10 %-density model's forward took 51-66 ms with these calls split,
-    38-45 ms on one thread each (docs/ffn.md)."""
+    38-45 ms on one thread each (docs/ffn.md). ``enabled=False`` leaves the split to
+    the runtime (spcomp.torch: torch's threads are the same libgomp team)."""
     from spcomp.runtime.threads import MIN_PARALLEL_WORK, FALLBACK_PARALLEL_WORK
     limit = FALLBACK_PARALLEL_WORK if MIN_PARALLEL_WORK is None else MIN_PARALLEL_WORK
-    return spcomp.thread_limit(1) if nonzero_work < limit else contextlib.nullcontext()
+    return spcomp.thread_limit(1) if enabled and nonzero_work < limit else contextlib.nullcontext()
 
 
 def row_ranges(n: int, work: np.ndarray | None = None, min_rows: int = 8) -> list:

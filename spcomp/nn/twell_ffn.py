@@ -65,6 +65,10 @@ class TwellMode:
                           for n0 in range(0, self.ffn, self.B)]
         self.act_has_bias = b_act is not None
         self._w_act, self._b_act = w_act, b_act
+        #: None, or ``f(x) -> A^T``: the dense pre-activation ``Wa x^T + ba`` (ffn, tokens) as
+        #: a row-major float32 array, for the H-by-columns path (see _forward_relu_columns)
+        self.gate_product = None
+        self._product = None
         self._slabs: dict = {}
         self._packed_kernels: dict = {}
         self.sparsifier = "relu" if (self.activation == "relu" and self.topk is None
@@ -83,6 +87,12 @@ class TwellMode:
             self._wd_colsum = Tensor.from_numpy(colsum, "dense")
         self._kernels_for(self.K)
 
+    @property
+    def act_weights(self) -> tuple:
+        """``(weight, bias)`` of the projection that decides sparsity (the gate, else
+        up), (ffn, hidden) and (ffn,) float32 arrays (bias None when absent)."""
+        return self._w_act, self._b_act
+
     def _kernels_for(self, K: int) -> tuple:
         """(packed activation kernel, consumer kernel) for twell(B, K) (compiled once each)."""
         hit = self._packed_kernels.get(K)
@@ -95,13 +105,13 @@ class TwellMode:
         self._packed_kernels[K] = (act, self._consumer(tw))
         return self._packed_kernels[K]
 
-    def _consumer(self, formats: dict):
+    def _consumer(self, formats: dict, schedule=None):
         """The down projection (fused with the up projection when gated) reading H
         in the format given; it adds into O, which starts as the bias or zero."""
         if self.gated:
             up = "(X[t,k]*Wu[n,k] + bu[n])" if self.b_up is not None else "X[t,k]*Wu[n,k]"
-            return compile_kernel(f"O[t,d] += H[t,n] * {up} * Wd[n,d]", formats)
-        return compile_kernel("O[t,d] += H[t,n] * Wd[n,d]", formats)
+            return compile_kernel(f"O[t,d] += H[t,n] * {up} * Wd[n,d]", formats, schedule)
+        return compile_kernel("O[t,d] += H[t,n] * Wd[n,d]", formats, schedule)
 
     # ---------------------------------------------------------------- call
     def activations(self, x: np.ndarray):
@@ -226,6 +236,42 @@ class TwellMode:
         return out
 
     def _forward_relu_columns(self, x: np.ndarray) -> np.ndarray:
+        if self.gate_product is not None:
+            return self._forward_relu_product(x)
+        return self._forward_relu_slabs(x)
+
+    def _forward_relu_product(self, x: np.ndarray) -> np.ndarray:
+        """The ReLU FFN by columns with the dense pre-activation from ``gate_product``
+        (spcomp.torch: torch's own GEMM, the library of the dense baseline, on torch's
+        threads), then two kernels over the whole FFN width that the runtime splits on
+        the same libgomp team torch's GEMM just used: the ReLU's nonzeros compressed
+        by columns from ``A^T``'s rows, and the consumer with its column loop parallel
+        (each thread adds into its own copy of the output). No Python threads: after
+        torch's GEMM its team's workers spin a while, and a thread of another pool
+        would wait for the core they hold (a Python-threads prototype was no faster
+        than OpenBLAS's gate, docs/torch.md)."""
+        T = x.shape[0]
+        At = self.gate_product(x)
+        if At.shape != (self.ffn, T) or At.dtype != DTYPE or not At.flags.c_contiguous:
+            raise ShapeError(f"gate_product gave {At.dtype} {At.shape}; expected row-major float32 "
+                             f"({self.ffn}, {T})")
+        relu, consumer = self._product_kernels()
+        H = call_kernel(relu, At=At)
+        out = filled((T, self.hidden), TOKEN_MAJOR, self.b_down)
+        call_kernel(consumer, **self._column_operands(H, dense_operand(x, TOKEN_MAJOR), 0, self.ffn, out))
+        self.last_nnz = int(H.nnz)
+        self.last_size = T * self.ffn
+        return out
+
+    def _product_kernels(self) -> tuple:
+        """(ReLU compressing ``A^T``'s rows by columns, consumer parallel over columns)."""
+        if self._product is None:
+            relu = compile_kernel("H[t,n] = relu(At[n,t])", {"H": COLUMN_MAJOR})
+            by_columns = spcomp.Schedule().parallelize("n", race="ParallelReduction")
+            self._product = (relu, self._consumer({"H": COLUMN_MAJOR}, by_columns))
+        return self._product
+
+    def _forward_relu_slabs(self, x: np.ndarray) -> np.ndarray:
         """The ReLU FFN with H compressed by columns, one weight slab per thread.
 
         Each thread runs the gate kernel on its slab of the gate weight, writing its

@@ -20,7 +20,7 @@ from spcomp import nn as spnn
 
 from .ops import layer_op, register_layer
 
-__all__ = ["SparseLinear", "SparseFFN", "linear_weights"]
+__all__ = ["SparseLinear", "SparseFFN", "linear_weights", "torch_gate_product"]
 
 
 def linear_weights(linear) -> tuple:
@@ -28,6 +28,33 @@ def linear_weights(linear) -> tuple:
     w = linear.weight.detach().to(torch.float32).cpu().numpy()
     b = None if linear.bias is None else linear.bias.detach().to(torch.float32).cpu().numpy()
     return w, b
+
+
+def split_small_calls(layer) -> None:
+    """Let the runtime split a weight-sparse layer's calls over the threads however
+    small (``SparseLinear.serial_small = False``). The NumPy layer keeps small calls on
+    one thread so that no libgomp team spins into OpenBLAS's next GEMM; under torch
+    the GEMMs around it run on that same libgomp team (torch/lib/libgomp.so.1 is the
+    one both load), so there is no second pool to collide with."""
+    layer.serial_small = False
+
+
+def torch_gate_product(weight, bias):
+    """``f(x) -> A^T = W x^T + b``, (out, tokens) float32 NumPy, by ``torch.addmm``.
+
+    For the ReLU activation-sparse FFN (``SparseFFN.gate_product``): its dense gate
+    product is then torch's own GEMM (MKL in the CPU wheel, torch's threads), the
+    library the dense block runs on, where the NumPy layer calls SciPy's OpenBLAS per
+    weight slab. The tensors share the layer's arrays (no copy)."""
+    w = torch.from_numpy(weight)
+    b = None if bias is None else torch.from_numpy(bias)[:, None]
+
+    def product(x):
+        xt = torch.from_numpy(x).T
+        with torch.no_grad():
+            at = torch.mm(w, xt) if b is None else torch.addmm(b, w, xt)
+        return at.numpy()
+    return product
 
 
 class _LayerModule(torch.nn.Module):
@@ -50,6 +77,7 @@ class SparseLinear(_LayerModule):
 
     def __init__(self, layer: "spnn.SparseLinear"):
         super().__init__(layer, layer.in_features, layer.out_features)
+        split_small_calls(layer)
 
     @classmethod
     def from_linear(cls, linear, density: float | None = None, format: str = "csr") -> "SparseLinear":
@@ -82,6 +110,11 @@ class SparseFFN(_LayerModule):
 
     def __init__(self, layer: "spnn.SparseFFN"):
         super().__init__(layer, layer.hidden, layer.hidden)
+        if layer.mode == "weight":
+            for lin in layer.layers:
+                split_small_calls(lin)
+        elif layer.sparsifier == "relu":
+            layer.gate_product = torch_gate_product(*layer.act_weights)
 
     @classmethod
     def from_linears(cls, up, down, gate=None, *, activation: str = "gelu", mode: str | None = None,

@@ -1,0 +1,134 @@
+"""A fused run on threads by chunks of rows: every statement over one ``[lo, hi)`` range.
+
+A fused run whose statements each write only the row their outer loop is on, its
+sparse temporaries csr-like (rows first), is also built from the statements'
+chunk lowerings (``Options.append_chunks``, joined by ``spcomp.lower.fuse``): one
+call over ``[lo, hi)`` runs every statement over those rows, each sparse
+statement appending its rows to arrays of its own from position 0, and a later
+statement reading them in the same call. The runtime calls it once per thread
+(the native driver, else the Python pool) with per-chunk capacities and output
+slots, then, as for a one-statement chunked kernel (:mod:`.chunks`), stitches
+each returned sparse output from the chunks; an unreturned temporary was freed by
+each call itself. One launch, like the one-thread function.
+"""
+from __future__ import annotations
+
+import ctypes
+from types import SimpleNamespace
+
+import numpy as np
+
+from . import interrupt
+from . import threads as _threads
+from .chunks import CHUNK_SLACK, stitch
+from .launch import balance_pos, work
+from .memory import data_ptr, free
+
+
+class _Chunk:
+    """One ``[lo, hi)`` call's rows and the arrays it allocated: (step, (level,
+    array)) -> the pointer its slot holds."""
+
+    __slots__ = ("lo", "hi", "slots")
+
+    def __init__(self, lo: int, hi: int, slots: dict):
+        self.lo, self.hi, self.slots = lo, hi, slots
+
+    def free(self):
+        for p in self.slots.values():
+            if p.value:
+                free(p.value)
+                p.value = None
+
+
+def per_chunk_params(built) -> tuple:
+    """``(capacities, slots)``: where the fused function's per-chunk parameters sit in
+    its argument list, as position -> step (a sparse statement's first capacity)
+    and position -> (step, (level, array)) (one of its grown arrays' slot)."""
+    fn = built.module.function(built.module.entry)
+    capacities, slots = {}, {}
+    for at, (src, param) in enumerate(zip(built.sources, fn.params)):
+        if param.name not in fn.per_chunk:
+            continue
+        role, b, _x = built.plans[src.statement][src.position]
+        if role == "capacity":
+            capacities[at] = src.statement
+        else:
+            slots[at] = (src.statement, (b.level, b.array))
+    return capacities, slots
+
+
+def run_chunked(launcher, built, args: list, n: int, sizes: dict, storages: dict, outs: dict,
+                capacities: dict, returned: set, units: int) -> list:
+    """Run ``built`` (a chunked FusedBuild; ``args`` its arguments, ``lo``/``hi`` first)
+    over ``[0, n)`` split by the first statement's balance (``sizes``, ``storages``);
+    ``outs``/``capacities``: step -> Output / first capacity of each sparse step;
+    ``returned``: the steps whose output is stitched into its Output. Returns the
+    calls' statuses; the chunks' arrays are freed whatever happens."""
+    low = built.lows[0]
+    pos = balance_pos(low, storages)
+    weights = launcher.weights(low, storages, pos, sizes)
+    cap_at, slot_at = per_chunk_params(built)
+    weight = (lambda lo, hi: int(pos[hi]) - int(pos[lo]) + hi - lo) if pos is not None else (lambda lo, hi: hi - lo)
+    whole = max(weight(0, n), 1)
+
+    def capacity(step, lo, hi):
+        # a returned output's first chunk becomes its arrays: it starts at the whole
+        # call's estimate (as chunks.run_chunks); the rest start at their share
+        c = capacities[step]
+        return c if lo == 0 and step in returned else max(1024, int(c * CHUNK_SLACK * weight(lo, hi) / whole))
+    chunks: list = []
+    try:
+        driver = launcher.driver_of(built.variant) if _threads.get_num_threads() > 1 else None
+        if driver is not None:
+            statuses = [interrupt.run(units, _on_driver, launcher, driver, args, n, weights, cap_at, slot_at,
+                                      capacity, chunks)]
+        else:
+            def call(lo, hi):
+                chunk = _Chunk(lo, hi, {key: ctypes.c_void_p(0) for key in slot_at.values()})
+                chunks.append(chunk)
+                a = list(args)
+                a[0], a[1] = lo, hi
+                for at, step in cap_at.items():
+                    a[at] = capacity(step, lo, hi)
+                for at, key in slot_at.items():
+                    a[at] = ctypes.byref(chunk.slots[key])
+                return built.function(*a)
+            statuses = interrupt.run(units, _threads.run_ranges, call, n, weights, None,
+                                     work(n, pos, sizes, low, storages))
+        if not any(statuses):
+            chunks.sort(key=lambda c: c.lo)
+            for step in sorted(returned):
+                views = [SimpleNamespace(lo=c.lo, hi=c.hi, grow={key: p for (s, key), p in c.slots.items()
+                                                                 if s == step}) for c in chunks]
+                stitch(outs[step], views, n, capacity(step, 0, chunks[0].hi if chunks else n))
+        return statuses
+    finally:
+        for c in chunks:
+            c.free()
+
+
+def _on_driver(launcher, driver, args, n, weights, cap_at, slot_at, capacity, chunks) -> int:
+    """One native driver call over the balanced chunks, each chunk's capacities and
+    slots element ``c`` of per-chunk arrays; the chunks it ran go to ``chunks``."""
+    bounds = launcher.bounds(n, _threads.get_num_threads(), weights)
+    count = len(bounds) - 1
+    ranges = [(int(bounds[c]), int(bounds[c + 1])) for c in range(count)]
+    caps = {at: np.array([capacity(step, lo, hi) for lo, hi in ranges], dtype=np.int64)
+            for at, step in cap_at.items()}
+    made = {at: np.zeros(count, dtype=np.int64) for at in slot_at}  # the calls' pointers
+    where = {at: data_ptr(m) + 8 * np.arange(count, dtype=np.int64) for at, m in made.items()}
+    a = list(args)
+    for at, values in caps.items():
+        a[at] = data_ptr(values)
+    for at, addresses in where.items():
+        a[at] = data_ptr(addresses)
+    try:
+        return driver(count, data_ptr(bounds), *a[2:])
+    finally:  # whatever ran, its arrays are freed with the chunks
+        for c, (lo, hi) in enumerate(ranges):
+            chunks.append(_Chunk(lo, hi, {key: ctypes.c_void_p(int(made[at][c]) or None)
+                                          for at, key in slot_at.items()}))
+
+
+__all__ = ["per_chunk_params", "run_chunked"]

@@ -1,0 +1,93 @@
+"""A fused run's transposed copy of a csr temporary, made inside the function.
+
+A statement that reads a temporary against its storage order (``C[k,i] = T[i,k]``
+with ``T`` csr) reads a copy stored the other way (``T_T``, format ``dc:1,0``: a
+``pos`` over the columns, the rows as coordinates). For a temporary written
+earlier in the same fused function, :func:`transpose_block` builds that copy right
+there, from the writer's arrays, by a counting sort: count each column's entries,
+prefix-sum them into ``pos``, then walk the rows in order and drop each entry into
+the next free slot of its column (so each column's rows come out ascending). The
+copy's three arrays are the function's own heap arrays, freed after the reader.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from ..ir import nodes as n
+from ..ir.types import I64, ptr
+
+
+@dataclasses.dataclass
+class TransposedCopy:
+    """The arrays of one copy (the reader's parameter variables, now locals) and
+    what they are made from: the writer's ``pos``, ``crd`` and ``vals`` (pointer
+    expressions) and the temporary's row and column counts."""
+    pos: n.Var
+    crd: n.Var
+    vals: n.Var
+    src_pos: object
+    src_crd: object
+    src_vals: object
+    rows: object
+    cols: object
+
+    @property
+    def arrays(self) -> list:
+        return [self.pos, self.crd, self.vals]
+
+
+def _i64(e):
+    return e if e.type == I64 else n.Cast(e, I64)
+
+
+def transpose_block(c: TransposedCopy, names) -> list:
+    """Statements that allocate and fill ``c``'s arrays (``names`` makes fresh
+    variable names). An allocation that fails frees the copy's arrays made before it."""
+    nnz, col, row, p, q, at = (n.Var(names(x), I64) for x in ("copy_nnz", "copy_col", "copy_row", "copy_p",
+                                                               "copy_q", "copy_at"))
+    pos_t, crd_t = c.pos.type.elem, c.crd.type.elem
+    nxt = n.Var(names("copy_next"), ptr(I64))
+    one = n.const(1, pos_t)
+    count = n.For(p, n.i64(0), nnz, n.Block((
+        n.Declare(col, n.Binary("+", _i64(n.Load(c.src_crd, p)), n.i64(1))),
+        n.Store(c.pos, col, n.Binary("+", n.Load(c.pos, col), one)))))
+    scan = n.For(q, n.i64(0), c.cols, n.Block((
+        n.Store(c.pos, n.Binary("+", q, n.i64(1)),
+                n.Binary("+", n.Load(c.pos, n.Binary("+", q, n.i64(1))), n.Load(c.pos, q))),
+        n.Store(nxt, q, _i64(n.Load(c.pos, q))))))
+    place = n.For(row, n.i64(0), c.rows, n.Block((
+        n.For(p, _i64(n.Load(c.src_pos, row)), _i64(n.Load(c.src_pos, n.Binary("+", row, n.i64(1)))), n.Block((
+            n.Declare(col, _i64(n.Load(c.src_crd, p))),
+            n.Declare(at, n.Load(nxt, col)),
+            n.Store(nxt, col, n.Binary("+", at, n.i64(1))),
+            n.Store(c.crd, at, n.Cast(row, crd_t) if crd_t != I64 else row),
+            n.Store(c.vals, at, n.Load(c.src_vals, p))))),)))
+    return [
+        n.Comment(f"{c.vals.name}: the temporary transposed here (count per column, scan, place), "
+                  "freed after its reader"),
+        n.Declare(nnz, _i64(n.Load(c.src_pos, c.rows))),
+        n.Allocate(c.pos, n.Binary("+", c.cols, n.i64(1)), zero=True),
+        n.Allocate(c.crd, n.Binary("max", nnz, n.i64(1)), free=(c.pos,)),
+        n.Allocate(c.vals, n.Binary("max", nnz, n.i64(1)), free=(c.pos, c.crd)),
+        n.Allocate(nxt, n.Binary("max", c.cols, n.i64(1)), free=(c.pos, c.crd, c.vals)),
+        count, scan, place, n.Free(nxt),
+    ]
+
+
+def free_on_every_exit(stmts: list, arrays: list) -> list:
+    """``stmts`` (a reader's block) with ``arrays`` freed wherever it may leave early:
+    before an error return, at an interrupt poll and on a failed allocation."""
+    def go(s):
+        if isinstance(s, n.Return) and s.status != n.STATUS_OK:
+            return n.Block(tuple(n.Free(a) for a in arrays) + (s,))
+        if isinstance(s, (n.PollInterrupt, n.Allocate)):
+            return dataclasses.replace(s, free=tuple(s.free) + tuple(arrays))
+        if isinstance(s, n.Block):
+            return n.Block(tuple(go(x) for x in s.body))
+        if isinstance(s, (n.For, n.While)):
+            return dataclasses.replace(s, body=go(s.body))
+        if isinstance(s, n.If):
+            return dataclasses.replace(s, then=go(s.then),
+                                       otherwise=go(s.otherwise) if s.otherwise is not None else None)
+        return s
+    return [go(s) for s in stmts]
