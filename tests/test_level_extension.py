@@ -21,11 +21,12 @@ from spcomp.errors import FormatError
 from spcomp.formats import LEVEL_KINDS, Format
 from spcomp.formats.compressed import Compressed
 from spcomp.formats.level import Level, LevelIterator, PosInfo, StorageArray
+from spcomp.formats.packed import PackedBlock
 from spcomp.ir import nodes as n
 from spcomp.ir.printer import print_ir
 from spcomp.ir.types import I8, I64, ptr
 from spcomp.testing import check_kernel
-from spcomp.testing.strategies import formats, output_formats, tensors
+from spcomp.testing.strategies import all_format_strings, formats, output_formats, tensors
 
 from conftest import examples
 
@@ -235,6 +236,78 @@ def test_random_formats_with_the_registered_kind_match_einsum(data):
         dense, a = data.draw(tensors((i, j), a_fmt))
         check_kernel("C[i,j] = A[i,j] * 2 + B[i,j]", {"A": a_fmt, "B": "csr", "C": c_fmt},
                      operands={"A": a}, sizes={"i": i, "j": j}, seed=3)
+
+
+# ------------------------------------------------------- kinds with parameters
+
+@dataclass(frozen=True)
+class Slots(PackedBlock):
+    """Packed-block storage under its own letter and class, ``s(B,K)`` / ``s(K)``: a kind
+    whose spelling takes parameters and an ``unordered`` flag, which the strategies draw
+    through the kind's own ``draw_parameters`` and ``drawn_flags`` without knowing it."""
+    letter: ClassVar[str] = "s"
+    kind_name: ClassVar[str] = "slots"
+
+    def spec(self) -> str:
+        return "s" + super().spec()[1:]
+
+
+@pytest.fixture
+def slots(monkeypatch):
+    monkeypatch.setitem(LEVEL_KINDS, "s", Slots)
+    return Slots
+
+
+def test_strategies_draw_a_registered_kind_with_parameters_and_flags(slots):
+    """Input formats over ``d`` and ``s`` hold only those kinds, in both spellings
+    (``s(B,K)``, ELL ``s(K)``), with and without the flag; output formats put a roomy
+    one (K = B: no block can overflow) last under dense levels; the exhaustive lists
+    spell it from the block sizes given."""
+    seen, outputs = set(), set()
+
+    @settings(max_examples=150, deadline=None, database=None)
+    @given(data=st.data())
+    def draw(data):
+        spec = data.draw(formats(2, kinds="ds", allow_unordered=True, presets=False, max_block=4))
+        levels = Format.parse(spec, ndim=2).levels
+        assert {type(x) for x in levels} <= {LEVEL_KINDS["d"], Slots}, spec
+        for x in levels:
+            if isinstance(x, Slots):
+                assert 1 <= x.K <= (x.B or 4) <= 4, spec
+                seen.add((x.B is None, x.ordered))
+        out = Format.parse(data.draw(output_formats(2, allow_order=False, max_block=4)), ndim=2)
+        if any(isinstance(x, Slots) for x in out.levels):
+            last = out.levels[-1]
+            assert isinstance(last, Slots) and last.K == (last.B or 4), out
+            outputs.add(last.B is None)
+
+    draw()
+    assert seen == {(True, True), (True, False), (False, True), (False, False)}
+    assert outputs
+    assert all_format_strings(1, kinds="s", blocks=((2, 2), (3, 1))) == ["s(2,2)", "s(3,1)"]
+
+
+@settings(max_examples=examples(15), deadline=None)
+@given(data=st.data())
+def test_kernels_over_a_drawn_kind_with_parameters_match_einsum(data):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(LEVEL_KINDS, "s", Slots)
+        a_fmt = data.draw(formats(2, kinds="dcs", presets=False, max_block=4))
+        c_fmt = data.draw(output_formats(2, max_block=4, allow_order=False))
+        i, j = data.draw(st.integers(0, 5)), data.draw(st.integers(0, 4))  # j: an ELL s(4) row's slots
+        _dense, a = data.draw(tensors((i, j), a_fmt))
+        check_kernel("C[i,j] = A[i,j] * 2 + B[i,j]", {"A": a_fmt, "B": "csr", "C": c_fmt},
+                     operands={"A": a}, sizes={"i": i, "j": j}, seed=4)
+
+
+@pytest.mark.parametrize("a_fmt, c_fmt", [("ds(2,1)", "ds(4,4)"), ("s(3,2)c", "ds(4)"), ("cs(2,unordered)", "dd")])
+def test_kernels_read_and_write_a_registered_kind_with_parameters(slots, a_fmt, c_fmt):
+    """(An unordered level is walked alone: the compiler refuses to merge it.)"""
+    if Format.parse(a_fmt).levels[-1].ordered:
+        check_kernel("C[i,j] = A[i,j] * 2 + B[i,j]", {"A": a_fmt, "B": "csr", "C": c_fmt},
+                     sizes={"i": 5, "j": 4}, density=0.6, seed=5)
+    else:
+        check_kernel("C[i,j] = A[i,j] * 2", {"A": a_fmt, "C": c_fmt}, sizes={"i": 5, "j": 4}, density=0.6, seed=5)
 
 
 # ------------------------------------------------------------------ insert hooks

@@ -1,4 +1,4 @@
-"""Outer loops over a top compressed level run on threads (Lowerer._top_positions).
+"""Outer loops over a top compressed level run on threads (parallel.top_positions).
 
 A DCSR matrix or a CSF tensor has no dense row loop to split: the outer loop walks
 the stored coordinates of its first level. When that level is unique and nothing
@@ -6,7 +6,7 @@ co-iterates with it, every position owns its own rows of a dense output, so the
 runtime splits the positions over threads (balanced by the next level's ``pos``).
 These tests force splitting of small inputs (MIN_PARALLEL_WORK = 0) and check the
 split happened, the results against NumPy, bitwise equality with one thread, and the
-cases that must stay sequential.
+cases that must stay sequential. The GPU backends split the positions over the grid.
 """
 from __future__ import annotations
 
@@ -40,11 +40,24 @@ def test_top_compressed_loops_are_parallel_by_positions(expr, formats, walked):
     assert "// parallel: threads" in k.ir
 
 
+@pytest.mark.parametrize("expr, formats", [
+    ("y[i] = A[i,j] * x[j]", {"A": "cc"}),
+    ("y[i] = A[i,j] * x[j]", {"A": "cb"}),
+    ("Y[i,j] = 2 * A[i,j]", {"A": "cc", "Y": "dc"}),   # two-phase assembly, counted by positions
+])
+def test_top_compressed_loops_run_on_gpu_threads_by_positions(expr, formats):
+    """The GPU grid splits a top compressed level's positions as CPU threads do."""
+    k = spcomp.compile(expr, formats=formats, backend="cuda-sim")
+    assert k.lowered.threads.positions == ("A", 0)
+    assert "(parallel: gpu-thread, by positions)" in k.loops or "(parallel: gpu-block, by positions)" in k.loops
+    for seed in range(3):
+        check_kernel(expr, formats, backend="cuda-sim", seed=seed, sizes={"i": 9, "j": 6})
+
+
 @pytest.mark.parametrize("expr, formats, backend", [
     ("y[i] = A[i,j] * x[j]", {"A": "coo"}, "cpu"),                         # non-unique top level
     ("y[i] = A[i,j] * x[j] + B[i,j] * x[j]", {"A": "cc", "B": "cc"}, "cpu"),  # two levels co-iterate
     ("C[i,j] = 2 * A[i,j]", {"A": "cc", "C": "cc"}, "cpu"),                # sparse output
-    ("y[i] = A[i,j] * x[j]", {"A": "cc"}, "cuda-sim"),                     # CPU threads only
     ("y[i] = A[i,j] * x[j]", {"A": "csr"}, "cpu"),                         # dense rows: split by rows
 ])
 def test_loops_that_are_not_split_by_positions(expr, formats, backend):

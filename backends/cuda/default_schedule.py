@@ -11,12 +11,14 @@ outer parallel loop by what the kernel does with it:
   (``backends/cuda/staging.py``), and every thread reads them from there;
 * **a thread or a warp per row, chosen from the data at each call** -- when the
   outer loop walks the rows of a compressed operand (the lowered kernel's
-  ``balance``) and a warp can split a row (SpMV, SDDMM with a dense output, Aᵀx):
+  ``balance``: under a dense or bitmap level, or the stored rows of a DCSR's top
+  level, whose positions the grid splits as CPU threads do) and a warp can split a
+  row (SpMV, SDDMM with a dense output, Aᵀx):
   rows averaging at least :data:`WARP_ROW_THRESHOLD` stored entries run a warp
   each, shorter rows a thread each. The thread variant is built with the kernel,
   the warp variant on the first call that picks it;
 * otherwise a thread per iteration (the only legal team-free mapping: sparse
-  and packed outputs, outer loops over dense operands).
+  and packed outputs, outer loops over dense operands or a bitmap's rows).
 """
 from __future__ import annotations
 

@@ -33,6 +33,7 @@ class Bitmap(Level):
     storage: ClassVar[tuple] = (StorageArray("map", "membership", "int8: 1 stored, 0 not"),)
     has_unused_positions: ClassVar[bool] = True
     shape_sized: ClassVar[bool] = True
+    coordinate_positions: ClassVar[bool] = True
 
     @classmethod
     def from_spec(cls, words, numbers, text):

@@ -35,6 +35,7 @@ class Compressed(Level):
                                 StorageArray("crd", "coordinates", "index"))
     ordered: bool = True
     unique: bool = True
+    drawn_flags: ClassVar[tuple] = ("unordered",)
 
     @classmethod
     def from_spec(cls, words, numbers, text):

@@ -12,6 +12,7 @@ class Dense(Level):
     letter: ClassVar[str] = "d"
     kind_name: ClassVar[str] = "dense"
     shape_sized: ClassVar[bool] = True
+    coordinate_positions: ClassVar[bool] = True
     arrays: ClassVar[tuple] = ()
 
     @classmethod

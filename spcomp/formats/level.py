@@ -109,6 +109,14 @@ class Level:
     # (num_positions reads no array): dense, packed-block, bitmap.
     shape_sized: ClassVar[bool] = False
 
+    # Its positions are its coordinates laid out under the parent's (``parent * N + c``:
+    # dense, bitmap), and its iterator's ``loop`` counts coordinates ``0..N`` with a
+    # ``For`` (testing each one where not every coordinate is stored). Under the root
+    # a position is a row, so threads split such a loop by ranges of coordinates as
+    # they split a dense one (``lower/parallel.coordinate_rows``), and the level below
+    # it is indexed by rows.
+    coordinate_positions: ClassVar[bool] = False
+
     # Has exactly its parent's positions, one coordinate each (singleton): a parent
     # that validates tells it which positions hold equal coordinates (CheckContext.same).
     aligned_with_parent: ClassVar[bool] = False
@@ -117,6 +125,26 @@ class Level:
     # kind without any is spelled by its letter alone, so test strategies draw it
     # anywhere a level may stand without being told about it.
     parameters: ClassVar[tuple] = ()
+
+    # Flags an input level of this kind may carry wherever it stands: the test strategies
+    # (``spcomp.testing.formats``) add each now and then, ``unordered`` only when asked
+    # (the compiler refuses to merge an unordered level).
+    drawn_flags: ClassVar[tuple] = ()
+
+    @classmethod
+    def draw_parameters(cls, pick, largest: int, roomy: bool = False) -> tuple:
+        """The integer arguments of a spelling the test strategies draw (``p(B,K)``'s),
+        none above ``largest``, each from ``pick(lo, hi)`` (an integer in ``[lo, hi]``
+        that Hypothesis draws); ``roomy``: ones that hold whatever an output level gets
+        (K = B). () for a kind without ``parameters``."""
+        return ()
+
+    @classmethod
+    def drawn_run(cls, length: int):
+        """For a kind tied to its parent's positions: the spellings of the ``length``
+        levels that end in it which the test strategies draw (a singleton's coordinate
+        list, ``c(nonunique) q(nonunique) .. q``); None for any other kind."""
+        return None
 
     @classmethod
     def from_spec(cls, words: list, numbers: list, text: str) -> "Level":
@@ -307,6 +335,19 @@ class LevelIterator:
     def remaining(self):
         """After ``init``: an expression bounding the coordinates still to come, or None."""
         return None
+
+    def loop_between(self, coord, body, lo, hi) -> list:
+        """The loop of a top level whose iterations threads split: ``loop`` with its
+        ``For`` counting ``[lo, hi)`` only (positions, which a ``coordinate_positions``
+        level's are its coordinates). A level whose ``loop`` ends in no ``For`` cannot
+        be split and raises."""
+        import dataclasses
+
+        from ..ir import nodes as n
+        *head, last = self.loop(coord, body)
+        if not isinstance(last, n.For):
+            raise NotImplementedError(f"{self.la.kind.kind_name} level: its loop is not a For, threads cannot split it")
+        return [*head, dataclasses.replace(last, start=lo, end=hi)]
 
     def loop(self, coord, body) -> list:
         """A loop over every coordinate; ``body(PosInfo)`` gives its statements.

@@ -34,6 +34,7 @@ class PackedBlock(Level):
     has_unused_positions: ClassVar[bool] = True
     shape_sized: ClassVar[bool] = True
     parameters: ClassVar[tuple] = ("B", "K")
+    drawn_flags: ClassVar[tuple] = ("unordered",)
     B: int | None = 256
     K: int = 32
     ordered: bool = True
@@ -60,6 +61,15 @@ class PackedBlock(Level):
         if len(numbers) == 1:
             return cls(None, numbers[0], ordered=flags["ordered"])
         raise FormatError(f"format {text!r}: a packed-block level is p(B,K) or p(K)")
+
+    @classmethod
+    def draw_parameters(cls, pick, largest, roomy=False):
+        """``(B, K)`` with 1 <= K <= B <= ``largest``, or one time in six an ELL ``(K,)``;
+        ``roomy``: K = B, and an ELL row of ``largest`` slots (``output_size_cap``)."""
+        if pick(0, 5) == 3:  # a middle choice: Hypothesis favours the smallest
+            return (largest if roomy else pick(1, largest),)
+        B = pick(1, largest)
+        return (B, B if roomy or pick(0, 1) else pick(1, B))
 
     def assembled_as(self, under_sparse: bool, levels_below: bool = False):
         """A kernel fills the slots itself (``append_entry``) as the last level under dense

@@ -29,6 +29,16 @@ class Singleton(Level):
             raise FormatError(f"format {text!r}: a singleton level takes no numbers")
         return cls(**level_flags(words, text, "singleton"))
 
+    @classmethod
+    def drawn_run(cls, length):
+        """A coordinate list over ``length`` dimensions: a non-unique compressed level, then
+        non-unique singletons and a unique one (a compressed level alone for one)."""
+        from .compressed import Compressed
+        if length == 1:
+            return [Compressed().spec()]
+        return ([Compressed(unique=False).spec()] + [cls(unique=False).spec()] * (length - 2)
+                + [cls().spec()])
+
     def num_positions(self, parent_positions, dim_size, arrays):
         return parent_positions
 

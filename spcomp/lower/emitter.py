@@ -323,26 +323,33 @@ class LoopEmitter:
             k = keys[0]
             it = iters[k]
             coord = n.Var(self.fresh(i.name), I64)
+            rows = k[0].tensor.format.levels[k[1]].coordinate_positions  # its positions are rows
             self._note(depth, f"for {i.name} in {k[0].tensor.name} level {k[1] + 1} ({k[0].tensor.format.levels[k[1]].spec()})"
-                              + (f" (parallel: {self.opt.parallel_kind}, by positions)" if parallel else ""))
+                              + (f" (parallel: {self.opt.parallel_kind}{'' if rows else ', by positions'})"
+                                 if parallel else ""))
 
             member, racy = self._member(i, sink, env)
+            team = (self.opt.parallel_kind if parallel and self.out_shape == "dense" and not self.opt.members
+                    else None)
 
             def body(info, k=k):
                 e = env.child()
                 e.pos[k] = info
+                if team in TEAM_MEMBERS:  # a team per row: its members split a loop inside
+                    e.team = TEAM_MEMBERS[team]
                 if member:
                     e.team = None
                 return self._body(i, rest, expr, sink, e, coord, depth)
             grow = [] if parallel else self._reserve(i, rest, sink, it.segment_length())
-            loop = gpumap.racing(sink, racy, lambda: it.loop(coord, body))
+            # threads take ranges of the level's positions (parallel.top_positions, coordinate_rows)
+            loop = gpumap.racing(sink, racy, lambda: it.loop_between(coord, body, self.lo, self.hi) if parallel
+                                 else it.loop(coord, body))
             sink.release(i)
             if chained is not None:
                 loop = [self.positions.clamp(loop[0], chained)]
             self._note_position_end(loop, k)
-            if parallel:  # threads take ranges of the level's positions (_top_positions)
-                assert len(loop) == 1 and isinstance(loop[0], n.For), "a unique compressed level loops with For"
-                loop = [dataclasses.replace(loop[0], start=self.lo, end=self.hi, parallel=self.opt.parallel_kind)]
+            if parallel:
+                loop = [*loop[:-1], dataclasses.replace(loop[-1], parallel=self.opt.parallel_kind)]
             loop = self._vector_hint(loop, sink, rest, gathers=self._gathers(expr, k[0], i))
             loop = self._user_hints(loop, i)
             if member:

@@ -161,9 +161,10 @@ def choose_parallel(f: LoopFacts, shape: str):
 def inner_parallel(f: LoopFacts, want: str, shape: str, first):
     """A parallel loop below the outermost one (TACO's parallelize of an inner loop):
     each thread runs the loops outside it whole and its own range of this one. Only
-    where that is right and pays: on CPU threads, a dense loop (its range the same
-    in every iteration outside it) over an index of a dense output (each thread
-    stores its own elements); else a ScheduleError saying why."""
+    where that is right and pays: on CPU threads, a dense loop or one over a level
+    whose positions are its coordinates (a bitmap: its range ``0..N`` the same in
+    every iteration outside it) over an index of a dense output (each thread stores
+    its own elements); else a ScheduleError saying why."""
     loop = next((x for x in f.loop_order if x.name == want), None)
     where = f"parallelize({want!r})"
     if loop is None:
@@ -185,10 +186,15 @@ def inner_parallel(f: LoopFacts, want: str, shape: str, first):
         fmt = acc.tensor.format
         if loop in acc.indices and not fmt.is_dense:
             level = access_chain(acc).index(loop)
-            if not fmt.levels[level].locatable:
+            if not (fmt.levels[level].locatable or fmt.levels[level].coordinate_positions):
                 raise ScheduleError(f"{where}: the loop over {want} walks {acc.tensor.name}'s level {level + 1} "
                                     f"({fmt.levels[level].spec()}), whose range changes with the loops outside it; "
                                     "only a dense loop runs in parallel below the outermost one")
+    L = probe_lattice(f.expr, loop)
+    if (not L.full or L.points) and lone_iterator(f.expr, loop) is None:
+        raise ScheduleError(f"{where}: the loop over {want} merges sparse operands, and a merge's iterations "
+                            "are not known up front; only a dense loop, or one walking a single bitmap level, runs "
+                            "in parallel below the outermost one")
     return loop
 
 
@@ -203,9 +209,32 @@ def _parallel_ok(f: LoopFacts, i, shape):
     if shape == "packed" and access_chain(lhs)[0] != i:
         return False, "packed output rows must be split by the outer index"
     L = probe_lattice(f.expr, i)
-    if (not L.full or L.points) and top_positions(f, i, shape) is None:
+    if (not L.full or L.points) and coordinate_rows(f, i) is None and top_positions(f, i, shape) is None:
         return False, f"loop {i.name} co-iterates sparse operands"
     return True, ""
+
+
+def lone_iterator(expr, i):
+    """``(access, level)`` when the outer loop over ``i`` walks one operand's level
+    and nothing else (no co-iteration, no dense loop over the whole range); else None."""
+    L = probe_lattice(expr, i)
+    if L.full or len(L.points) != 1:
+        return None
+    (point,) = L.points
+    return next(iter(point)) if len(point) == 1 else None
+
+
+def coordinate_rows(f: LoopFacts, i):
+    """``(access, 0)`` when the outer loop over ``i`` walks one operand's top level
+    whose positions are its coordinates (``Level.coordinate_positions``: a bitmap
+    tests a byte per row) and nothing else: its iterations are rows as independent
+    as a dense loop's, so threads or a GPU grid split them by ranges of ``i`` and an
+    output takes them as it takes a dense loop's rows. None otherwise."""
+    key = lone_iterator(f.expr, i)
+    if key is None:
+        return None
+    acc, level = key
+    return key if level == 0 and acc.tensor.format.levels[0].coordinate_positions else None
 
 
 def top_positions(f: LoopFacts, i, shape):
@@ -215,15 +244,12 @@ def top_positions(f: LoopFacts, i, shape):
     gives every position its own coordinate and so its own rows of a dense
     output -- or, for a sparse output assembled in two phases (assembly.py), its own
     row of counts and entries. None otherwise."""
-    if shape not in ("dense", "csf") or not f.opt.caps.host_threads or (shape == "csf" and f.opt.append_chunks):
+    if shape not in ("dense", "csf") or (shape == "csf" and f.opt.append_chunks):
         return None
-    L = probe_lattice(f.expr, i)
-    if L.full or len(L.points) != 1:
+    key = lone_iterator(f.expr, i)
+    if key is None:
         return None
-    (point,) = L.points
-    if len(point) != 1:
-        return None
-    acc, level = next(iter(point))
+    acc, level = key
     kind = acc.tensor.format.levels[level]
     if level != 0 or not kind.segmented or not kind.unique:
         return None
@@ -250,7 +276,7 @@ def balance(f: LoopFacts, parallel, walked):
         if fmt.is_dense or chain[0] != parallel or len(chain) < 2:
             continue
         top_walked = walked is not None and walked[0] is acc
-        if (fmt.levels[0].is_dense or top_walked) and fmt.levels[1].segmented:
+        if (fmt.levels[0].coordinate_positions or top_walked) and fmt.levels[1].segmented:
             return (acc.tensor.name, 1)  # indexed like the parallel loop: rows, or top positions
     return None
 

@@ -25,6 +25,7 @@ documented as "a value or a strategy" can be either.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import zlib
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from hypothesis import strategies as st
 
+from ..errors import FormatError
+from ..formats.format import Format
 from ..formats.registry import LEVEL_KINDS
 from .check import VALUES, np_dtype, fit_packed, random_tensor, random_values  # noqa: F401 (re-exported)
 
@@ -80,22 +83,33 @@ def _all_letters() -> str:
     return "".join(LEVEL_KINDS)
 
 
-@st.composite
-def _packed_level(draw, max_b: int = 8, ell: bool = True, k: str = "any"):
-    """``p(B,K)`` with 1 <= B <= max_b, 1 <= K <= B (``k="full"``: K = B), or an ELL ``p(K)``."""
-    if ell and _chance(draw, 6):
-        K = draw(st.integers(1, max_b)) if k == "any" else max_b
-        return f"p({K})"
-    B = draw(st.integers(1, max_b))
-    K = B if k == "full" or draw(st.booleans()) else draw(st.integers(1, B))
-    return f"p({B},{K})"
+def _spell(draw, kind, largest: int, roomy: bool = False, unordered: bool = False, flags: bool = True) -> str:
+    """A level of ``kind`` as a format spells it: the arguments the kind draws itself
+    (``Level.draw_parameters``, none above ``largest``; ``roomy`` for an output), and
+    now and then each of its ``drawn_flags`` (with ``flags``; ``unordered`` only with
+    ``unordered``). The kind's own ``spec`` writes it, so no kind is spelled here."""
+    numbers = kind.draw_parameters(lambda lo, hi: draw(st.integers(lo, hi)), largest, roomy)
+    words = [f for f in kind.drawn_flags if flags and (unordered or f != "unordered") and _chance(draw, 4)]
+    return kind.from_spec(words, list(numbers), kind.letter).spec()
 
 
-def _coo_tail(length: int) -> list:
-    """The levels of a coordinate list over ``length`` dimensions: c(nonunique) q.. q."""
-    if length == 1:
-        return ["c"]
-    return ["c(nonunique)"] + ["q(nonunique)"] * (length - 2) + ["q"]
+@functools.lru_cache(maxsize=256)
+def _letters(spec: str, ndim: int) -> frozenset:
+    """The level letters a format (a preset, a run of levels) uses; empty when it does
+    not fit ``ndim``."""
+    try:
+        fmt = Format.parse(spec, ndim=ndim)
+    except FormatError:
+        return frozenset()
+    return frozenset(type(level).letter for level in fmt.levels) if fmt.ndim == ndim else frozenset()
+
+
+def _runs(kinds: str, heads: bool = True) -> list:
+    """The kinds in ``kinds`` tied to their parent (a singleton): drawn only as the run
+    their ``drawn_run`` spells (COO's ``c(nonunique) q .. q``), which with ``heads``
+    uses letters of ``kinds`` alone."""
+    return [k for k in LEVEL_KINDS.values() if k.aligned_with_parent and k.letter in kinds
+            and (not heads or _letters("".join(k.drawn_run(2)), 2) <= set(kinds))]
 
 
 def _with_order(levels: list, order) -> str:
@@ -105,10 +119,13 @@ def _with_order(levels: list, order) -> str:
     return text
 
 
-_PRESETS = {  # preset -> (orders it fits, level letters it uses)
-    "csr": ((2,), "dc"), "csc": ((2,), "dc"), "dcsr": ((2,), "c"),
-    "coo": ((1, 2, 3, 4), "cq"), "csf": ((1, 2, 3, 4), "c"),
-}
+# presets drawn in place of level strings where their levels' kinds are allowed
+_PRESETS = ("csr", "csc", "dcsr", "coo", "csf", "dense")
+
+
+def _preset_fits(name: str, ndim: int, kinds: str, allow_order: bool) -> bool:
+    used = _letters(name, ndim)
+    return bool(used) and used <= set(kinds) and (allow_order or name != "csc")
 
 
 @st.composite
@@ -140,41 +157,32 @@ def formats(draw, ndim: int, kinds: str | None = None, allow_packed: bool = True
     """
     if ndim == 0:
         return "dense"
+    bell = kinds is None or _letters(_BLOCKED_ELL, 2) <= set(kinds)
     if blocks and ndim == 2 and _chance(draw, 2):
-        return draw(_blocked(blocks, allow_order, allow_packed and (kinds is None or "p" in kinds)))
+        return draw(_blocked(blocks, allow_order, allow_packed and bell))
     kinds = _all_letters() if kinds is None else kinds
-    drawable = _free_letters() + "p"  # p(B,K): its parameters are drawn by _packed_level
-    usable = [k for k in kinds if k in LEVEL_KINDS and k in drawable
+    usable = [k for k in kinds if k in LEVEL_KINDS and not LEVEL_KINDS[k].aligned_with_parent
               and (allow_packed or not LEVEL_KINDS[k].fixed_slots)]
-    if not usable:
-        usable = ["c"] if "c" in kinds or "q" in kinds else ["d"]
+    if not usable:  # only kinds tied to a parent: the head of their run
+        usable = sorted({x for k in _runs(kinds, heads=False) for x in _letters(k.drawn_run(1)[0], 1)}) or ["d"]
     if presets and _chance(draw, 5):
-        fits = [p for p, (orders, letters) in _PRESETS.items()
-                if ndim in orders and set(letters) <= set(kinds) and not (p == "csc" and not allow_order)]
-        if set("d") <= set(kinds):
-            fits.append("dense")
+        fits = [p for p in _PRESETS if _preset_fits(p, ndim, kinds, allow_order)]
         if fits:
             return draw(st.sampled_from(fits))
-    tail = 0
-    if "q" in kinds and "c" in kinds and ndim >= 2 and _chance(draw, 4):
+    tail, runs = 0, _runs(kinds)
+    if runs and ndim >= 2 and _chance(draw, 4):
+        run = runs[0] if len(runs) == 1 else draw(st.sampled_from(runs))
         tail = draw(st.integers(2, ndim))
-    levels = []
-    for _ in range(ndim - tail):
-        letter = draw(st.sampled_from(usable))
-        if letter == "p":
-            lvl = draw(_packed_level(max_block))
-            if allow_unordered and _chance(draw, 4):
-                lvl = lvl[:-1] + ",unordered)"
-        elif letter == "c" and allow_unordered and _chance(draw, 4):
-            lvl = "c(unordered)"
-        else:
-            lvl = letter
-        levels.append(lvl)
-    levels += _coo_tail(tail) if tail else []
+    levels = [_spell(draw, LEVEL_KINDS[draw(st.sampled_from(usable))], max_block, unordered=allow_unordered)
+              for _ in range(ndim - tail)]
+    levels += run.drawn_run(tail) if tail else []
     order = None
     if allow_order and ndim >= 2 and _chance(draw, 3):
         order = draw(st.permutations(range(ndim)))
     return _with_order(levels, order)
+
+
+_BLOCKED_ELL = "bell(2,2,1)"  # the preset whose kinds decide whether blocked ELL is drawn
 
 
 @st.composite
@@ -214,7 +222,10 @@ def output_formats(draw, ndim: int, allow_packed: bool = True, allow_order: bool
         return "dense"
     if blocks and ndim == 2 and _chance(draw, 3):
         return draw(_blocked(blocks, allow_order, allow_packed))
-    shapes = ["csf", "coo"] + (["dense"] if allow_dense else []) + (["packed"] if allow_packed else [])
+    runs = _runs(_all_letters())
+    parameterised = [k for k in LEVEL_KINDS.values() if k.parameters and not k.aligned_with_parent]
+    shapes = (["csf"] + (["coo"] if runs else []) + (["dense"] if allow_dense else [])
+              + (["packed"] if allow_packed and parameterised else []))
     if ndim >= 2:
         shapes.append("mixed")
     others = [k for k in _free_letters() if k not in "dc"]
@@ -238,9 +249,10 @@ def output_formats(draw, ndim: int, allow_packed: bool = True, allow_order: bool
             levels[draw(st.integers(0, ndim - 1))] = draw(st.sampled_from(others))
     elif shape == "coo":
         lead = draw(st.integers(0, ndim - 1))
-        levels = ["d"] * lead + _coo_tail(ndim - lead)
+        levels = ["d"] * lead + (runs[0] if len(runs) == 1 else draw(st.sampled_from(runs))).drawn_run(ndim - lead)
     else:
-        levels = ["d"] * (ndim - 1) + [draw(_packed_level(max_block, ell=True, k=packed_k))]
+        kind = parameterised[0] if len(parameterised) == 1 else draw(st.sampled_from(parameterised))
+        levels = ["d"] * (ndim - 1) + [_spell(draw, kind, max_block, roomy=packed_k == "full", flags=False)]
     order = None
     if allow_order and ndim >= 2 and _chance(draw, 3):
         order = draw(st.permutations(range(ndim)))
@@ -564,10 +576,13 @@ def operands(draw, case: ExpressionCase, dtype="float64", sizes=None, density=No
 def all_format_strings(ndim: int, kinds: str = "dcq", blocks=((2, 2), (3, 1))) -> list:
     """Every input format of order ``ndim`` over ``kinds`` with identity mode order
     (packed levels from ``blocks``); handy for exhaustive parametrisation."""
-    letters = [k for k in kinds if k in _free_letters()] + [f"p({b},{k})" for b, k in blocks if "p" in kinds]
+    kinds_with_parameters = [LEVEL_KINDS[k] for k in kinds if k in LEVEL_KINDS and LEVEL_KINDS[k].parameters]
+    letters = [k for k in kinds if k in _free_letters()] + [
+        kind.from_spec([], list(b), kind.letter).spec()
+        for kind in kinds_with_parameters for b in blocks if len(b) == len(kind.parameters)]
     out = ["".join(p) for p in itertools.product(letters, repeat=ndim)]
-    if "q" in kinds:
+    for run in _runs(kinds, heads=False):
         for tail in range(2, ndim + 1):
             for p in itertools.product(letters, repeat=ndim - tail):
-                out.append("".join(p) + "".join(_coo_tail(tail)))
+                out.append("".join(p) + "".join(run.drawn_run(tail)))
     return out
