@@ -237,7 +237,8 @@ def _structural_ok(lhs, rhs, order) -> bool:
 
 
 def _sparse_inputs(rhs):
-    return [a for a in accesses(rhs) if not a.tensor.format.is_dense]
+    """The distinct sparse accesses: ``A[l,j] * A[l,j]`` needs one transposed copy, not two."""
+    return list(dict.fromkeys(a for a in accesses(rhs) if not a.tensor.format.is_dense))
 
 
 def _fewest_transpositions(lhs, rhs, indices) -> int:
