@@ -67,7 +67,10 @@ QUICK = Sizes(n=5000, density=0.004, k=64, g_n=2000, g_density=0.005,
               t_n=100, t_density=0.01, rank=16, dense_peer=True)
 
 FULL_POLICY = C.TimingPolicy(warmup=3, min_repeats=10, max_repeats=500, target_s=1.0, pause_s=0.25, rounds=5)
-QUICK_POLICY = C.TimingPolicy(warmup=1, min_repeats=3, max_repeats=50, target_s=0.05, pause_s=0.05)
+# the pause outlasts NumPy's OpenBLAS workers, which spin ~0.15 s after a call on this
+# host: with 0.05 s a 2-thread spcomp row that followed the NumPy column waited on
+# that spinning thread for its whole 0.05 s window (SpMV 8 ms a call, docs/performance.md)
+QUICK_POLICY = C.TimingPolicy(warmup=1, min_repeats=3, max_repeats=50, target_s=0.05, pause_s=0.25)
 
 
 # --------------------------------------------------------------- cases
