@@ -372,9 +372,9 @@ class LoopEmitter:
                 if member:
                     inner.team = None
                 grow = [] if parallel else self._reserve(i, rest, sink, size)
-                body = gpumap.racing(sink, racy, lambda: self._body(i, rest, expr, sink, inner, coord, depth))
+                stmts = gpumap.racing(sink, racy, lambda: self._body(i, rest, expr, sink, inner, coord, depth))
                 sink.release(i)
-                loop = [n.For(coord, start, end, n.block(*body), parallel=kind if parallel else None)]
+                loop = [n.For(coord, start, end, n.block(*stmts), parallel=kind if parallel else None)]
                 if member:
                     loop = self._mark_member(loop, member, i.name)
                 return grow + self._user_hints(self._vector_hint(loop, sink, rest), i)
