@@ -14,7 +14,6 @@ process would stop the whole session.
 """
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import os
 import subprocess
