@@ -39,12 +39,6 @@ class Grid(Level):
     shape_sized: ClassVar[bool] = True
     inserts: ClassVar[bool] = True
 
-    @classmethod
-    def from_spec(cls, words, numbers, text):
-        if words or numbers:
-            raise FormatError(f"format {text!r}: a grid level takes no flags")
-        return cls()
-
     def spec(self) -> str:
         return "g"
 
@@ -93,12 +87,6 @@ class Mask(Level):
     storage: ClassVar[tuple] = (StorageArray("keep", "membership", "int8: 1 stored, 0 not"),)
     has_unused_positions: ClassVar[bool] = True
     shape_sized: ClassVar[bool] = True
-
-    @classmethod
-    def from_spec(cls, words, numbers, text):
-        if words or numbers:
-            raise FormatError(f"format {text!r}: a mask level takes no flags")
-        return cls()
 
     def spec(self) -> str:
         return "m"

@@ -35,13 +35,6 @@ class Bitmap(Level):
     shape_sized: ClassVar[bool] = True
     coordinate_positions: ClassVar[bool] = True
 
-    @classmethod
-    def from_spec(cls, words, numbers, text):
-        if words or numbers:
-            from ..errors import FormatError
-            raise FormatError(f"format {text!r}: a bitmap level (b) takes no flags")
-        return cls()
-
     def spec(self) -> str:
         return "b"
 

@@ -15,13 +15,6 @@ class Dense(Level):
     coordinate_positions: ClassVar[bool] = True
     arrays: ClassVar[tuple] = ()
 
-    @classmethod
-    def from_spec(cls, words, numbers, text):
-        if words or numbers:
-            from ..errors import FormatError
-            raise FormatError(f"format {text!r}: a dense level takes no flags")
-        return cls()
-
     def assembled_as(self, under_sparse: bool, levels_below: bool = False):
         """Under a sparse level an output's dense level is appended compressed and
         expanded by the runtime into zero-filled blocks (outputs.assembled_format)."""

@@ -149,8 +149,12 @@ class Level:
     @classmethod
     def from_spec(cls, words: list, numbers: list, text: str) -> "Level":
         """The level a format string spells with this kind's letter: ``words`` are its
-        flags, ``numbers`` its integer arguments, ``text`` the whole format (for errors)."""
-        raise NotImplementedError
+        flags, ``numbers`` its integer arguments, ``text`` the whole format (for errors).
+        By default a kind without parameters (dense, bitmap): any flag or number is refused."""
+        if words or numbers:
+            from ..errors import FormatError
+            raise FormatError(f"format {text!r}: a {cls.kind_name} level ({cls.letter}) takes no flags")
+        return cls()
 
     def array_type(self, array: str, index_bits: int):
         """The kernel's element type (an ``ir.types.ScalarType``) of one of its arrays:
