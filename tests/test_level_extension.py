@@ -39,9 +39,6 @@ class Grid(Level):
     shape_sized: ClassVar[bool] = True
     inserts: ClassVar[bool] = True
 
-    def spec(self) -> str:
-        return "g"
-
     is_dense = property(lambda self: True)
     locatable = property(lambda self: True)
     full = property(lambda self: True)
@@ -87,9 +84,6 @@ class Mask(Level):
     storage: ClassVar[tuple] = (StorageArray("keep", "membership", "int8: 1 stored, 0 not"),)
     has_unused_positions: ClassVar[bool] = True
     shape_sized: ClassVar[bool] = True
-
-    def spec(self) -> str:
-        return "m"
 
     def num_positions(self, parent_positions, dim_size, arrays):
         return parent_positions * dim_size

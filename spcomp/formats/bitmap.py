@@ -35,9 +35,6 @@ class Bitmap(Level):
     shape_sized: ClassVar[bool] = True
     coordinate_positions: ClassVar[bool] = True
 
-    def spec(self) -> str:
-        return "b"
-
     def num_positions(self, parent_positions, dim_size, arrays):
         return parent_positions * dim_size
 

@@ -38,9 +38,6 @@ class Dense(Level):
     def num_positions(self, parent_positions, dim_size, arrays):
         return parent_positions * dim_size
 
-    def spec(self) -> str:
-        return "d"
-
     def pack(self, ctx):
         return {}, ctx.ppos * ctx.N + ctx.coords, ctx.P * ctx.N
 

@@ -271,8 +271,9 @@ class Level:
         raise NotImplementedError
 
     def spec(self) -> str:
-        """This level in format-string syntax."""
-        raise NotImplementedError
+        """This level in format-string syntax: by default its letter alone (the
+        spelling the default :meth:`from_spec` reads)."""
+        return self.letter
 
     def __str__(self) -> str:
         return self.spec()
