@@ -70,6 +70,20 @@ def _case_operands(formats, order, dense_specs, dims, density, seed):
     return a, ops, dense
 
 
+def _axes_operands(shapes, formats, dims, density, seed):
+    """A table row's operands given by axes (``{name: (axis, ...)}`` into ``dims``):
+    sparse where ``formats`` names the operand, dense otherwise; ``dense`` lists the
+    arrays in the row's einsum order."""
+    rng = np.random.default_rng(seed)
+    ops, dense = {}, []
+    for name, axes in shapes.items():
+        shape = tuple(dims[a] for a in axes)
+        a = _sparse(rng, shape, density) if name in formats else rng.standard_normal(shape)
+        ops[name] = _tensor(a, formats[name]) if name in formats else a
+        dense.append(a)
+    return ops, dense
+
+
 def _run_both(k, reference, **operands):
     """The kernel's result on one thread and on two (split forced) against ``reference``."""
     for n in (1, 2):
@@ -504,13 +518,7 @@ INNER_KERNELS = [
        density=st.sampled_from([0.0, 0.2, 0.7]), seed=st.integers(0, 99))
 def test_parallel_loop_below_the_outermost(case, dims, density, seed):
     expr, formats, loop, spec, shapes = INNER_KERNELS[case]
-    rng = np.random.default_rng(seed)
-    ops, dense = {}, []
-    for name, axes in shapes.items():
-        shape = tuple(dims[a] for a in axes)
-        a = _sparse(rng, shape, density) if name in formats else rng.standard_normal(shape)
-        ops[name] = _tensor(a, formats[name]) if name in formats else a
-        dense.append(a)
+    ops, dense = _axes_operands(shapes, formats, dims, density, seed)
     if case == 3:  # j is a compressed level of C: its range changes with i
         with pytest.raises(ScheduleError, match="only a dense loop runs in parallel"):
             _compile(expr, formats, Schedule().parallelize(loop))
@@ -603,13 +611,7 @@ FUSE_KERNELS = [
        density=st.sampled_from([0.0, 0.3, 1.0]), parallel=st.booleans(), seed=st.integers(0, 99))
 def test_fuse_of_two_dense_loops(case, dims, density, parallel, seed):
     expr, formats, spec, shapes = FUSE_KERNELS[case]
-    rng = np.random.default_rng(seed)
-    ops, dense = {}, []
-    for name, axes in shapes.items():
-        shape = tuple(dims[a] for a in axes)
-        a = _sparse(rng, shape, density) if name in formats else rng.standard_normal(shape)
-        ops[name] = _tensor(a, formats[name]) if name in formats else a
-        dense.append(a)
+    ops, dense = _axes_operands(shapes, formats, dims, density, seed)
     out = expr.split("[")[0]
     i, j = expr[len(out) + 1], expr[len(out) + 3]
     s = Schedule().fuse(i, j, "f")
