@@ -58,26 +58,30 @@ def check_order(fuse: DenseFuse, order) -> None:
                             f"{fuse.outer.name}, but the loop order is {', '.join(i.name for i in order)}")
 
 
-def emit(em, fuse: DenseFuse, rest, expr, sink, env, depth) -> list:
-    """The fused loop, for the LoopEmitter ``em`` reaching the outer index."""
-    i, j = fuse.outer, fuse.inner
-    if not rest or rest[0] != j:
-        raise ScheduleError(f"{fuse.what}: the loop over {j.name} must run directly inside the one over {i.name}")
-    size_i, size_j = em.sizes[i], em.sizes[j]
-    parallel = em.parallel is not None and i == em.parallel and depth == em.parallel_depth
-    start, end = (em.lo, em.hi) if parallel else (n.i64(0), n.Binary("*", size_i, size_j))
-    kind = em.opt.parallel_kind
-    em._note(depth, f"for {fuse.name} in 0..N_{i.name}*N_{j.name}: {i.name} = {fuse.name} / N_{j.name}, "
-                    f"{j.name} = {fuse.name} % N_{j.name}" + (f" (parallel: {kind})" if parallel else ""))
-    f = n.Var(em.fresh(fuse.name), I64)
-    ci, cj = n.Var(em.fresh(i.name), I64), n.Var(em.fresh(j.name), I64)
-    inner = env.child()
-    body = [n.Declare(ci, n.Binary("/", f, size_j)), n.Declare(cj, n.Binary("%", f, size_j))]
-    for index, coord in ((i, ci), (j, cj)):
-        inner.bound[index] = coord
-        body += em._locates(index, expr, inner, coord)
-        body += sink.enter(index, inner)
-    body += em.nest(rest[1:], expr, sink, inner, depth + 1)
-    body += sink.exit(j, inner) + sink.exit(i, inner)
-    loop = [n.For(f, start, end, n.block(*body), parallel=kind if parallel else None)]
-    return em._user_hints(loop, IndexVar(fuse.name))
+class DenseFuseEmission:
+    """The LoopEmitter's step for a ``fuse`` of two dense loops (mixed into LoopEmitter,
+    whose own steps it calls)."""
+
+    def _emit_dense_fuse(self, fuse: DenseFuse, rest, expr, sink, env, depth) -> list:
+        """The fused loop, for the LoopEmitter reaching the outer index."""
+        i, j = fuse.outer, fuse.inner
+        if not rest or rest[0] != j:
+            raise ScheduleError(f"{fuse.what}: the loop over {j.name} must run directly inside the one over {i.name}")
+        size_i, size_j = self.sizes[i], self.sizes[j]
+        parallel = self.parallel is not None and i == self.parallel and depth == self.parallel_depth
+        start, end = (self.lo, self.hi) if parallel else (n.i64(0), n.Binary("*", size_i, size_j))
+        kind = self.opt.parallel_kind
+        self._note(depth, f"for {fuse.name} in 0..N_{i.name}*N_{j.name}: {i.name} = {fuse.name} / N_{j.name}, "
+                        f"{j.name} = {fuse.name} % N_{j.name}" + (f" (parallel: {kind})" if parallel else ""))
+        f = n.Var(self.fresh(fuse.name), I64)
+        ci, cj = n.Var(self.fresh(i.name), I64), n.Var(self.fresh(j.name), I64)
+        inner = env.child()
+        body = [n.Declare(ci, n.Binary("/", f, size_j)), n.Declare(cj, n.Binary("%", f, size_j))]
+        for index, coord in ((i, ci), (j, cj)):
+            inner.bound[index] = coord
+            body += self._locates(index, expr, inner, coord)
+            body += sink.enter(index, inner)
+        body += self.nest(rest[1:], expr, sink, inner, depth + 1)
+        body += sink.exit(j, inner) + sink.exit(i, inner)
+        loop = [n.For(f, start, end, n.block(*body), parallel=kind if parallel else None)]
+        return self._user_hints(loop, IndexVar(fuse.name))

@@ -35,7 +35,9 @@ from . import lattice as lat
 from .context import Env
 from .functions import lower_call
 from . import split as split_mod
-from . import densefuse, gpumap, splittree
+from . import gpumap
+from .densefuse import DenseFuseEmission
+from .splittree import SplitPieceEmission
 from .normalize import ZERO, nested_sums, replace, specialize, split_sums
 from .order import access_chain
 from .outputs import AppendSink, DenseSink, ReduceSink, ScalarSink, WorkspaceSink
@@ -75,7 +77,7 @@ class NestContext:
     fused: object = None      # densefuse.DenseFuse: two dense loops run as one
 
 
-class LoopEmitter:
+class LoopEmitter(SplitPieceEmission, DenseFuseEmission):
     """Emits the loop nest of one function; ``out_sink`` receives the output's values."""
 
     def __init__(self, ctx: NestContext, out_sink, loops_text: list | None = None):
@@ -298,9 +300,9 @@ class LoopEmitter:
 
     def loop(self, i, rest, expr, sink, env, depth) -> list:
         if isinstance(i, SplitPiece):
-            return splittree.emit(self, i, rest, expr, sink, env, depth)
+            return self._emit_split_piece(i, rest, expr, sink, env, depth)
         if self.fused is not None and i == self.fused.outer:
-            return densefuse.emit(self, self.fused, rest, expr, sink, env, depth)
+            return self._emit_dense_fuse(self.fused, rest, expr, sink, env, depth)
         L = lat.build(expr, i, lambda a: self._iter_key(a, i, env))
         if L.empty:
             return []

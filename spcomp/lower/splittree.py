@@ -173,41 +173,46 @@ def describe(piece) -> str:
     return f"{side} of {piece.factor} of {piece.base.name}"
 
 
-def emit(em, piece, rest, expr, sink, env, depth) -> list:
-    """One piece of a split loop (of a piece), for the LoopEmitter ``em``; the last of
-    a tree's pieces binds the index, ``i = i0*f + i1``. A piece a ``parallelize``
-    names below the GPU's grid-level loop is a member loop of its team (gpumap.py)."""
-    base = split_mod.base_of(piece)
-    L = lat.build(expr, base, lambda a: em._iter_key(a, base, env))
-    if L.empty:
-        return []
-    keys = sorted(L.iterators(), key=repr)
-    if keys or not L.full:
-        acc, l = keys[0]
-        raise ScheduleError(
-            f"split({base.name!r}, ...): the loop over {base.name} walks {em._user_name(acc.tensor.name)}'s "
-            f"level {l + 1} ({acc.tensor.format.levels[l].spec()}); only dense loops can be split")
-    parallel = em.parallel is not None and piece == em.parallel and depth == em.parallel_depth
-    start = n.i64(0)
-    end = split_mod.extent(piece, size_of(piece.base, em.sizes, env.bound), env.bound)
-    text = (describe(piece) if isinstance(piece.base, SplitPiece)
-            else split_mod.describe(piece, split_mod.bound_partner(piece, env.bound)))
-    em._note(depth, f"for {piece.name} in {text}" + (f" (parallel: {em.opt.parallel_kind})" if parallel else ""))
-    if parallel:
-        start, end = em.lo, em.hi
-    var = n.Var(em.fresh(piece.name), I64)
-    inner = env.child()
-    member, racy = em._member(piece, sink, env) if piece.name in em.members else (None, False)
-    body, total = resolve(piece, var, inner.bound, em.sizes, em.fresh)
-    if total is not None:
-        coord = n.Var(em.fresh(base.name), I64)
-        body = body + [n.Declare(coord, total)] + gpumap.racing(
-            sink, racy, lambda: em._body(base, rest, expr, sink, inner, coord, depth))
-    else:
-        body = body + gpumap.racing(sink, racy, lambda: em.nest(rest, expr, sink, inner, depth + 1))
-    loop = [n.For(var, start, end, n.block(*body), parallel=em.opt.parallel_kind if parallel else None)]
-    if member:
-        loop = em._mark_member(loop, member, piece.name)
-    if total is not None:
-        loop = em._vector_hint(loop, sink, rest)
-    return em._user_hints(loop, piece)
+class SplitPieceEmission:
+    """The LoopEmitter's step for one piece of a split loop (mixed into LoopEmitter,
+    whose own steps it calls)."""
+
+    def _emit_split_piece(self, piece, rest, expr, sink, env, depth) -> list:
+        """One piece of a split loop (of a piece), for the LoopEmitter; the last of
+        a tree's pieces binds the index, ``i = i0*f + i1``. A piece a ``parallelize``
+        names below the GPU's grid-level loop is a member loop of its team (gpumap.py)."""
+        base = split_mod.base_of(piece)
+        L = lat.build(expr, base, lambda a: self._iter_key(a, base, env))
+        if L.empty:
+            return []
+        keys = sorted(L.iterators(), key=repr)
+        if keys or not L.full:
+            acc, l = keys[0]
+            raise ScheduleError(
+                f"split({base.name!r}, ...): the loop over {base.name} walks {self._user_name(acc.tensor.name)}'s "
+                f"level {l + 1} ({acc.tensor.format.levels[l].spec()}); only dense loops can be split")
+        parallel = self.parallel is not None and piece == self.parallel and depth == self.parallel_depth
+        start = n.i64(0)
+        end = split_mod.extent(piece, size_of(piece.base, self.sizes, env.bound), env.bound)
+        text = (describe(piece) if isinstance(piece.base, SplitPiece)
+                else split_mod.describe(piece, split_mod.bound_partner(piece, env.bound)))
+        on = f" (parallel: {self.opt.parallel_kind})" if parallel else ""
+        self._note(depth, f"for {piece.name} in {text}{on}")
+        if parallel:
+            start, end = self.lo, self.hi
+        var = n.Var(self.fresh(piece.name), I64)
+        inner = env.child()
+        member, racy = self._member(piece, sink, env) if piece.name in self.members else (None, False)
+        body, total = resolve(piece, var, inner.bound, self.sizes, self.fresh)
+        if total is not None:
+            coord = n.Var(self.fresh(base.name), I64)
+            body = body + [n.Declare(coord, total)] + gpumap.racing(
+                sink, racy, lambda: self._body(base, rest, expr, sink, inner, coord, depth))
+        else:
+            body = body + gpumap.racing(sink, racy, lambda: self.nest(rest, expr, sink, inner, depth + 1))
+        loop = [n.For(var, start, end, n.block(*body), parallel=self.opt.parallel_kind if parallel else None)]
+        if member:
+            loop = self._mark_member(loop, member, piece.name)
+        if total is not None:
+            loop = self._vector_hint(loop, sink, rest)
+        return self._user_hints(loop, piece)
