@@ -356,15 +356,6 @@ class Kernel:
         options = Options.from_schedule(schedule, o.drop_zeros, o.name, self._target.capabilities)
         return Kernel(self.expression, self.notation, options, self._target, schedule)
 
-    def twin(self) -> "Kernel":
-        """A Kernel sharing this one's compiled variants (no compile) with call state
-        of its own: its fast path's recent operand sets (runtime/fastcall.py), so two
-        callers alternating between operands (the layers of a model) each keep theirs."""
-        twin = Kernel(self.expression, self.notation, self._options, self._target, self.schedule,
-                      variants=self._variants)
-        twin.contraction, twin.autotune, twin.tuned_buckets = self.contraction, self.autotune, self.tuned_buckets
-        return twin
-
     def _call_with(self, bits, storages, sizes, given, operands):
         """The call with ``bits``-bit indices, from its operands' storages."""
         variant = self._variants.get(bits) or self._variant(bits)

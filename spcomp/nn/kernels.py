@@ -23,13 +23,17 @@ def compile_kernel(expression: str, formats: dict | None = None, schedule=None) 
 
 
 def own_kernel(kernel) -> "spcomp.Kernel":
-    """``kernel.twin()``: the same compiled code with call state of its own.
+    """A Kernel sharing ``kernel``'s compiled code (no compile) with call state of its own.
 
     Each layer calls its own: the runtime's fast path replays a kernel's last calls
     (runtime/fastcall.py) while the same weight Tensor comes back with new activation
     arrays laid out as before, so one shared kernel alternating between the up and down
     weights (or the layers of a model) would take the ~40 us general path every call."""
-    return kernel.twin()
+    from spcomp.kernel import Kernel
+    own = Kernel(kernel.expression, kernel.notation, kernel.options, kernel.target, kernel.schedule,
+                 variants=kernel.variants)
+    own.contraction, own.autotune, own.tuned_buckets = kernel.contraction, kernel.autotune, kernel.tuned_buckets
+    return own
 
 
 def call_kernel(kernel, **operands):
