@@ -6,6 +6,9 @@ its output if its chunks shared it. Instead the output's values parameter is a
 per-chunk one (``Function.per_chunk``): chunk ``c`` adds into row ``c`` of a zeroed
 ``(chunks, size)`` array, and the rows are added into the output in chunk order
 after the team joins (TACO's ``ParallelReduction`` / ``Temporary`` strategies).
+The first chunk of a kernel that adds into its output (``+=``, or an output the
+runtime zeroed) adds into the output itself: one copy fewer to zero and to add,
+half the copies on two threads (a 64-token FFN's 512 KB output: ~0.1 ms a call).
 The sum is reassociated against one thread's, so float results agree to rounding
 (and are the same from call to call for one thread count). A call splits only
 where zeroing and adding the copies costs little against its work
@@ -73,12 +76,15 @@ class PartialDriver:
         self.assign = assign  # the output is not zeroed: the sum replaces it (add_into)
 
     def __call__(self, *args):
-        parts = np.zeros((self.count, self.size), self.dtype)
-        where = data_ptr(parts) + parts.strides[0] * np.arange(self.count, dtype=np.int64)
+        own = 0 if self.assign else 1  # chunks that add into the output itself (see module docstring)
+        parts = np.zeros((self.count - own, self.size), self.dtype)
+        where = np.empty(self.count, dtype=np.int64)
+        where[:own] = args[self.slot]
+        where[own:] = data_ptr(parts) + parts.strides[0] * np.arange(self.count - own, dtype=np.int64)
         a = list(args)
         a[self.slot] = data_ptr(where)
         status = self.driver(*a)
-        if status == 0:
+        if status == 0 and len(parts):
             add_into(args[self.slot], parts, self.assign)
         return status
 
@@ -88,11 +94,12 @@ def on_pool(run_ranges, fn, args, lohi, slot, size, dtype, n, pos, work, assign=
     copies = {}
 
     def call(lo, hi):
-        part = np.zeros(size, dtype)
-        copies[lo] = part
         a = list(args)
         a[lohi], a[lohi + 1] = lo, hi
-        a[slot] = data_ptr(part)
+        if lo > 0 or assign:  # the first chunk adds into the output itself (module docstring)
+            part = np.zeros(size, dtype)
+            copies[lo] = part
+            a[slot] = data_ptr(part)
         return fn(*a)
     statuses = run_ranges(call, n, pos, None, work)
     if not any(statuses) and copies:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -196,6 +197,8 @@ ref = small["A"].astype(np.float64) @ small["B"] @ small["D"]
 for _ in range(2):
     error = np.abs(k(**small) - ref).max() / np.abs(ref).max()
     assert error < 1e-4, error
+from spcomp.runtime import interrupt
+assert not interrupt.requested()
 print("ok", lates)
 """
 
@@ -247,6 +250,10 @@ def test_ctrl_c_stops_a_sparse_product_in_every_assembly(mode):
 _HELPER_SCRIPT = _PREAMBLE + r"""
 from spcomp.runtime import interrupt
 
+def raising(signum, frame):  # a SIGINT handler of the user's: the watch does not apply
+    raise KeyboardInterrupt
+signal.signal(signal.SIGINT, raising)
+
 def watch():  # stands for a kernel: polls the flag
     while not interrupt.requested():
         time.sleep(0.001)
@@ -258,13 +265,60 @@ finished = []
 interrupted_within(5, lambda: interrupt.run(interrupt.LONG_WORK, watch))
 assert finished and not interrupt.requested()
 assert interrupt.run(interrupt.LONG_WORK, lambda a, b: a + b, 2, 3) == 5
+assert interrupt.run(interrupt.LONG_WORK, threading.current_thread).name == "spcomp-interruptible"
 print("ok")
 """
 
 
-def test_ctrl_c_sets_the_flag_waits_for_the_call_and_clears_it():
+def test_with_a_handler_of_its_own_ctrl_c_sets_the_flag_waits_for_the_helper_and_clears_it():
+    """Where SIGINT has a handler other than Python's (which may not raise), a long
+    call runs on the helper thread and the main thread waits, interruptibly."""
     run = subprocess.run([sys.executable, "-c", _HELPER_SCRIPT], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+
+
+def test_a_long_call_is_watched_on_the_main_thread():
+    """A long call stays on the main thread (libgomp's team is per calling thread);
+    while it runs, the wakeup fd is the watcher's: a SIGINT byte there sets the flag
+    and is passed on to the fd the process had, which is back after the call."""
+    from spcomp.runtime import interrupt
+    assert threading.current_thread() is threading.main_thread()
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    os.set_blocking(read_end, False)
+    before = signal.set_wakeup_fd(write_end)
+    seen = {}
+
+    def probe():
+        seen["thread"] = threading.current_thread()
+        fd = signal.set_wakeup_fd(-1)
+        signal.set_wakeup_fd(fd)
+        seen["fd"] = fd
+        os.write(fd, bytes([signal.SIGINT]))  # what the C-level handler writes on Ctrl-C
+        deadline = time.monotonic() + 5
+        while not interrupt.requested() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        seen["flag"] = interrupt.requested()
+        return 4
+    try:
+        assert interrupt.run(interrupt.LONG_WORK, probe) == 4
+        assert signal.set_wakeup_fd(before) == write_end
+        assert seen["thread"] is threading.main_thread() and seen["fd"] != write_end
+        assert seen["flag"] and not interrupt.requested()
+        deadline = time.monotonic() + 5
+        forwarded = b""
+        while not forwarded and time.monotonic() < deadline:
+            try:
+                forwarded = os.read(read_end, 16)
+            except BlockingIOError:
+                time.sleep(0.001)
+        assert forwarded == bytes([signal.SIGINT])
+    finally:
+        signal.set_wakeup_fd(before)
+        os.close(read_end)
+        os.close(write_end)
+    with spcomp.thread_limit(1):
+        assert interrupt.run(interrupt.LONG_WORK, spcomp.get_num_threads) == 1
 
 
 def test_a_kernel_that_finds_the_flag_set_raises_keyboard_interrupt():
@@ -300,16 +354,6 @@ def test_a_poll_frees_the_workspace_it_stops_with():
     ir = spcomp.compile("C[i,j] = A[i,k] * B[k,j]", formats={"A": "csr", "B": "csr", "C": "csr"}).ir
     poll = next(line for line in ir.splitlines() if "interrupt_requested" in line)
     assert "free(workspace);" in poll and "free(workspace_bits);" in poll and "return 4;" in poll
-
-
-def test_a_long_call_on_the_helper_keeps_the_callers_thread_limit():
-    """``thread_limit`` is the calling thread's: the helper that runs a long call for
-    the main thread (runtime/interrupt.py) runs it under the caller's count."""
-    from spcomp.runtime import interrupt
-    assert threading.current_thread() is threading.main_thread()
-    with spcomp.thread_limit(1):
-        assert interrupt.run(interrupt.LONG_WORK, spcomp.get_num_threads) == 1
-    assert interrupt.run(interrupt.LONG_WORK, threading.current_thread).name == "spcomp-interruptible"
 
 
 def test_a_lock_held_at_fork_is_free_in_the_child():
