@@ -33,6 +33,7 @@ from .outputs import AppendSink, applies, dense_prefix
 from .parallel import choose_parallel
 from .polls import poll_outer_loops
 from .prefetch import prefetch_rows
+from .zeroskip import skip_zero_blocks
 
 ROW_POS = "row_pos"  # binding role / array name: per-row starts of a lower level
 
@@ -285,6 +286,8 @@ def _function_body(lw, sink, phase) -> list:
     nest = lw.emit_nest(sink, Env())
     if phase == "fill" and lw.opt.caps.vector_units:  # the count phase reads no rows
         nest = prefetch_rows(nest, lw.position_ends, lw.fresh, lw.table_sizes())
+    if lw.opt.caps.vector_units:
+        nest = skip_zero_blocks(nest, lw.fresh)
     if lw.opt.caps.host_threads:  # Ctrl-C stops a long host call (polls.py)
         nest = poll_outer_loops(nest, lw.workspace["arrays"] if lw.workspace else [])
     body += nest

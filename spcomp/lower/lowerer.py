@@ -36,6 +36,7 @@ from .order import access_chain, choose_order
 from .outputs import AppendSink, DenseSink, assembled_format
 from .polls import poll_outer_loops
 from .prefetch import prefetch_rows
+from .zeroskip import skip_zero_blocks
 from .record import (Code, Inspection, Lowered, OperandPlan, Options, OutputPlan,  # noqa: F401
                      ThreadPlan)
 from .regblock import block_rows
@@ -422,7 +423,7 @@ class Lowerer(LoopDirectives):
                 sizes = self.table_sizes()
                 nest = block_rows(nest, self.fresh, self.position_ends, sizes)
                 nest = prefetch_rows(nest, self.position_ends, self.fresh, sizes)
-                nest = self._zero_rows(nest)
+                nest = skip_zero_blocks(self._zero_rows(nest), self.fresh)
             if self.opt.caps.host_threads:  # Ctrl-C stops a long host call (polls.py)
                 nest = poll_outer_loops(nest, gemm_temps + (self.workspace["arrays"] if self.workspace else []))
             body += _free_before_error_returns(nest, gemm_temps)
