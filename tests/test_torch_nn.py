@@ -64,8 +64,8 @@ def test_relu_ffn_takes_the_gate_product_from_torch(gated, threads):
     from conftest import spcomp_threads
     up, down = linear(16, 200, 4, bias=not gated), linear(200, 16, 5)
     gate = linear(16, 200, 6) if gated else None
-    ffn = st.SparseFFN.from_linears(up, down, gate=gate, activation="relu")
-    assert ffn.layer.gate_product is not None
+    ffn = st.SparseFFN.from_linears(up, down, gate=gate, activation="relu", gate_screen=False)
+    assert ffn.layer.gate_product is not None and ffn.layer.gate_entries is None
     calls = []
     product = ffn.layer.gate_product
     ffn.layer.gate_product = lambda a: calls.append(a.shape) or product(a)
@@ -86,6 +86,35 @@ def test_relu_ffn_takes_the_gate_product_from_torch(gated, threads):
     ffn.layer.gate_product = lambda a: product(a)[:, :-1]  # a wrong shape is refused, not read past
     with pytest.raises(ShapeError, match="gate_product"):
         ffn(x)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_relu_ffn_screens_its_gate_in_bfloat16(gated, threads, monkeypatch):
+    """gate_screen=True finds the gate's nonzeros by the bfloat16 screen
+    (torch/gate_screen.py): the same entries and, to float32 rounding, the same
+    result as the float32 gate; "auto" takes it only where it is fast and exact."""
+    from conftest import spcomp_threads
+    from spcomp.torch import gate_screen
+    if not gate_screen.accumulates_in_float32():
+        pytest.skip("this torch build's bfloat16 matrix product does not sum in float32")
+    monkeypatch.setattr(gate_screen, "available", lambda: True)
+    up, down = linear(16, 200, 4, bias=not gated), linear(200, 16, 5)
+    gate = linear(16, 200, 6) if gated else None
+    screened = st.SparseFFN.from_linears(up, down, gate=gate, activation="relu", gate_screen=True)
+    plain = st.SparseFFN.from_linears(up, down, gate=gate, activation="relu", gate_screen=False)
+    assert isinstance(screened.layer.gate_entries, gate_screen.GateScreen)
+    x = torch.randn(70, 16)
+    with spcomp_threads(threads, min_work=0):
+        got, want = screened(x).numpy(), plain(x).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert screened.layer.last_nnz == plain.layer.last_nnz > 0
+    assert screened.layer.gate_entries.last_candidates >= screened.layer.last_nnz
+    monkeypatch.setattr(gate_screen, "available", lambda: False)
+    auto = st.SparseFFN.from_linears(up, down, gate=gate, activation="relu")
+    assert auto.layer.gate_entries is None
+    with pytest.raises(ValueError, match="gate_screen=True"):
+        st.SparseFFN.from_linears(up, down, gate=gate, activation="relu", gate_screen=True)
 
 
 def test_modules_compile_without_graph_breaks():

@@ -68,6 +68,9 @@ class TwellMode:
         #: None, or ``f(x) -> A^T``: the dense pre-activation ``Wa x^T + ba`` (ffn, tokens) as
         #: a row-major float32 array, for the H-by-columns path (see _forward_relu_columns)
         self.gate_product = None
+        #: None, or ``f(x) -> H``: the ReLU gate's stored entries (``dc:1,0``) found another
+        #: way than the dense pre-activation (spcomp.torch's bfloat16 screen, torch/gate_screen.py)
+        self.gate_entries = None
         self._product = None
         self._slabs: dict = {}
         self._packed_kernels: dict = {}
@@ -236,7 +239,7 @@ class TwellMode:
         return out
 
     def _forward_relu_columns(self, x: np.ndarray) -> np.ndarray:
-        if self.gate_product is not None:
+        if self.gate_product is not None or self.gate_entries is not None:
             return self._forward_relu_product(x)
         return self._forward_relu_slabs(x)
 
@@ -251,12 +254,15 @@ class TwellMode:
         would wait for the core they hold (a Python-threads prototype was no faster
         than OpenBLAS's gate, docs/torch.md)."""
         T = x.shape[0]
-        At = self.gate_product(x)
-        if At.shape != (self.ffn, T) or At.dtype != DTYPE or not At.flags.c_contiguous:
-            raise ShapeError(f"gate_product gave {At.dtype} {At.shape}; expected row-major float32 "
-                             f"({self.ffn}, {T})")
         relu, consumer = self._product_kernels()
-        H = call_kernel(relu, At=At)
+        if self.gate_entries is not None:
+            H = self.gate_entries(x)
+        else:
+            At = self.gate_product(x)
+            if At.shape != (self.ffn, T) or At.dtype != DTYPE or not At.flags.c_contiguous:
+                raise ShapeError(f"gate_product gave {At.dtype} {At.shape}; expected row-major float32 "
+                                 f"({self.ffn}, {T})")
+            H = call_kernel(relu, At=At)
         out = filled((T, self.hidden), TOKEN_MAJOR, self.b_down)
         call_kernel(consumer, **self._column_operands(H, dense_operand(x, TOKEN_MAJOR), 0, self.ffn, out))
         self.last_nnz = int(H.nnz)

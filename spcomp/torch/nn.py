@@ -18,6 +18,7 @@ import torch
 
 from spcomp import nn as spnn
 
+from . import gate_screen as screen
 from .ops import layer_op, register_layer
 
 __all__ = ["SparseLinear", "SparseFFN", "linear_weights", "torch_gate_product"]
@@ -108,22 +109,33 @@ class SparseFFN(_LayerModule):
     gated ``down(act(gate(x)) * up(x))``; weight-sparse (``density``) or
     activation-sparse TwELL (``topk`` / ``threshold``, or the zeros of a ReLU)."""
 
-    def __init__(self, layer: "spnn.SparseFFN"):
+    def __init__(self, layer: "spnn.SparseFFN", gate_screen: bool | str = "auto"):
         super().__init__(layer, layer.hidden, layer.hidden)
         if layer.mode == "weight":
             for lin in layer.layers:
                 split_small_calls(lin)
         elif layer.sparsifier == "relu":
             layer.gate_product = torch_gate_product(*layer.act_weights)
+            if gate_screen not in ("auto", True, False):
+                raise ValueError(f"gate_screen={gate_screen!r}: expected 'auto', True or False")
+            if gate_screen is True and not screen.available():
+                raise ValueError("gate_screen=True: this CPU or torch build has no float32-accumulating "
+                                 "bfloat16 matrix product (AMX / AVX512-BF16)")
+            if gate_screen is True or (gate_screen == "auto" and screen.available()):
+                layer.gate_entries = screen.GateScreen(*layer.act_weights)
 
     @classmethod
     def from_linears(cls, up, down, gate=None, *, activation: str = "gelu", mode: str | None = None,
                      density: float | None = None, weight_format: str = "csr", topk=None, threshold=None,
                      select: str = "value", compensate: bool = False, B: int = 256, K: int = 32,
-                     consume: str = "auto") -> "SparseFFN":
+                     consume: str = "auto", gate_screen: bool | str = "auto") -> "SparseFFN":
         """From the block's ``nn.Linear`` s (``gate`` for gated MLPs); the options
         are ``spcomp.nn.SparseFFN.from_dense`` 's (``density`` is its
-        ``weight_density``; the mode follows the options when not given)."""
+        ``weight_density``; the mode follows the options when not given).
+        ``gate_screen``: for a ReLU activation-sparse block, find the gate's nonzeros
+        with a bfloat16 screen and a float32 recompute of the entries it cannot rule
+        out (exact to float32, torch/gate_screen.py); "auto" where the CPU has
+        bfloat16 units, True to insist, False for the float32 gate."""
         w_up, b_up = linear_weights(up)
         w_down, b_down = linear_weights(down)
         w_gate, b_gate = linear_weights(gate) if gate is not None else (None, None)
@@ -131,7 +143,7 @@ class SparseFFN(_LayerModule):
                                           activation=activation, weight_density=density,
                                           weight_format=weight_format, topk=topk, threshold=threshold, B=B, K=K,
                                           select=select, compensate=compensate, mode=mode, consume=consume)
-        return cls(layer)
+        return cls(layer, gate_screen=gate_screen)
 
     @property
     def mode(self) -> str:
