@@ -15,7 +15,10 @@ Rows: the dense block in PyTorch (``F.linear``, its BLAS: MKL in the CPU wheel),
                                   sparse_csr, ``torch.addmm(b, W_csr, x^T)``
   activation-sparse 99 / 99.5 %  spcomp.torch.SparseFFN (mode="activation", TwELL). Gated ReLU:
                                   the gate bias is shifted so ReLU leaves 1 % / 0.5 % of each
-                                  row; torch: dense gate, ``to_sparse_csr``, up at the kept
+                                  row; where the CPU has bfloat16 units the gate's nonzeros come
+                                  from the bfloat16 screen (exact to float32, docs/ffn.md) and a
+                                  second row, "f32 gate", times the float32 gate product;
+                                  torch: dense gate, ``to_sparse_csr``, up at the kept
                                   entries by ``torch.sparse.sampled_addmm``, down by CSR @ dense.
                                   GELU: top-k (k = 1 % / 0.5 % of the width); torch: dense
                                   activation, ``topk``, CSR @ dense.
@@ -182,6 +185,11 @@ def bench_block(size: str, T: int, rounds: int) -> list:
                 ffn = st.SparseFFN.from_linears(up, down, gate=g2, activation="relu")
                 ref = lambda g2=g2: _ref(x64, up, down, g2, F.relu)  # noqa: E731
                 tf = _torch_gated_relu(g2, up, down, x)
+                if ffn.layer.gate_entries is not None:  # the bfloat16 screen: also the float32 gate's row
+                    f32 = st.SparseFFN.from_linears(up, down, gate=g2, activation="relu", gate_screen=False)
+                    fns[name + " (f32 gate)|spcomp"] = lambda f32=f32: f32(x)
+                    fns[name + " (f32 gate)|torch-csr"] = tf
+                    checks[name + " (f32 gate)"] = (ref, f32)
             else:
                 k = max(1, round((1 - sp) * Fw))
                 ffn = st.SparseFFN.from_linears(up, down, activation="gelu", topk=k)
@@ -194,15 +202,15 @@ def bench_block(size: str, T: int, rounds: int) -> list:
         dense = med["dense"]
         title = f"{size} FFN block (hidden {D}, FFN {Fw}, {'gated relu' if gated else 'gelu'}), {T} tokens"
         print(f"\n{title}")
-        print(f"{'variant':26s} {'dense ms':>9s} {'spcomp ms':>10s} {'x dense':>8s} {'torch-csr ms':>13s} "
+        print(f"{'variant':31s} {'dense ms':>9s} {'spcomp ms':>10s} {'x dense':>8s} {'torch-csr ms':>13s} "
               f"{'x dense':>8s} {'rel err':>8s}  sparsity")
-        print(f"{'dense PyTorch':26s} {dense * 1e3:9.2f}")
+        print(f"{'dense PyTorch':31s} {dense * 1e3:9.2f}")
         for name, (ref, info) in checks.items():
             ours, theirs = med[name + "|spcomp"], med[name + "|torch-csr"]
             r = ref()
             err = max(rel_err(fns[name + "|spcomp"](), r), rel_err(fns[name + "|torch-csr"](), r))
             sparsity = info if isinstance(info, float) else info.sparsity
-            print(f"{name:26s} {dense * 1e3:9.2f} {ours * 1e3:10.2f} {dense / ours:7.2f}x {theirs * 1e3:13.2f} "
+            print(f"{name:31s} {dense * 1e3:9.2f} {ours * 1e3:10.2f} {dense / ours:7.2f}x {theirs * 1e3:13.2f} "
                   f"{dense / theirs:7.2f}x {err:8.1e}  {sparsity:.4f}")
             rows.append(dict(table=title, variant=name, dense_s=dense, spcomp_s=ours, torch_csr_s=theirs,
                              spcomp_x=dense / ours, torch_csr_x=dense / theirs, rel_err=err, sparsity=sparsity,
