@@ -89,19 +89,31 @@ class _Watcher:
         os.set_blocking(self.write_end, False)  # set_wakeup_fd requires it
         self.lock = threading.Lock()  # makes "armed -> set the flag" and "disarm -> clear" atomic
         self.armed = False
+        self.depth = 0  # watched calls under way on the main thread (one inside another)
         self.previous = -1
         self.thread = threading.Thread(target=self._read, name="spcomp-interrupt-watch", daemon=True)
         self.thread.start()
 
     def arm(self) -> None:
+        """Start watching (nested calls on the main thread watch once: only the
+        outermost sets and puts back the wakeup fd)."""
+        if self.depth > 0:
+            self.depth += 1
+            return
         _flag.value = 0  # only a watched SIGINT sets it: never left set from before
-        self.previous = signal.set_wakeup_fd(self.write_end, warn_on_full_buffer=False)
+        previous = signal.set_wakeup_fd(self.write_end, warn_on_full_buffer=False)
+        if previous != self.write_end:  # (ours: an arm a signal cut short; keep what was there)
+            self.previous = previous
         with self.lock:
             self.armed = True
+        self.depth = 1
 
     def disarm_surely(self) -> None:
         """Put the process's wakeup fd back and clear the flag, even when a signal
         handler raises at a bytecode in between (it is raised after, once)."""
+        self.depth -= 1
+        if self.depth > 0:
+            return
         pending = None
         while True:
             try:

@@ -378,3 +378,20 @@ def test_a_lock_held_at_fork_is_free_in_the_child():
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
         lock.release()
+
+
+def test_a_watched_call_inside_another_puts_the_wakeup_fd_back_once():
+    """A long call made while another is under way on the main thread (a program's
+    run calling a kernel) watches once: the fd the process had is back at the end."""
+    from spcomp.runtime import interrupt
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    before = signal.set_wakeup_fd(write_end)
+    try:
+        inner = lambda: interrupt.run(interrupt.LONG_WORK, lambda: 7)  # noqa: E731
+        assert interrupt.run(interrupt.LONG_WORK, inner) == 7
+        assert signal.set_wakeup_fd(write_end) == write_end
+    finally:
+        signal.set_wakeup_fd(before)
+        os.close(read_end)
+        os.close(write_end)
