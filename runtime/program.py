@@ -31,7 +31,7 @@ import numpy as np
 from spcomp.errors import KernelRuntimeError, OperandError
 from spcomp.ir.nodes import STATUS_INDEX_OVERFLOW
 
-from . import interrupt
+from . import interrupt, partials
 from .launch import WiderIndices, call_work, first_capacity, parallel_extent, raise_status
 from .memory import data_ptr
 from .operands import Dense, index_bits
@@ -104,6 +104,7 @@ class FusedRun:
         self.limit = index32_limit
         self.expression = expression
         self.compiled = None  # what build(32) made, for inspection (set by spcomp.program)
+        self.why = None  # why the run has no chunked function, where the planner said
 
     def wants_threads(self, env: dict) -> bool:
         """Whether this call is better run as the statements' own kernels: the run is
@@ -142,7 +143,12 @@ class FusedRun:
         if extent is None:
             return None
         storages, sizes = per_step[0][0], per_step[0][1]
-        return built if self.steps[0].ctx.launcher.splits(built.lows[0], sizes, storages) else None
+        launcher = self.steps[0].ctx.launcher
+        if not launcher.splits(built.lows[0], sizes, storages):
+            return None
+        # a sum into per-chunk copies splits only where the copies cost little (partials.py)
+        return built if all(launcher.splits(low, z, s) for low, (s, z, _a, _c) in zip(built.lows, per_step)
+                            if low.threads.partials) else None
 
     @staticmethod
     def _extent(built, per_step):
@@ -203,27 +209,35 @@ class FusedRun:
             args, _ = call_args(plan, storages, sizes, bits, True, _input_arg(st.ctx), out_arg, capacity)
             lists.append(args)
         args = [lists[s.statement][s.position] for s in built.sources]
+        # a dense += a chunked call adds into in place, as it was before the call: a
+        # chunk's error or overflow (rerun at 64 bits) must not leave some rows added
+        kept = [(a, a.copy()) for st, low, (_s, _z, a, _c) in zip(self.steps, built.lows, per_step)
+                if chunked is not None and st.accumulate and a is not None and not low.threads.partials]
         try:
             if chunked is not None:  # every statement over each thread's rows, one launch
                 sparse = [j for j, st in enumerate(self.steps) if st.sparse]
+                copies = {j: (partials.out_size(low, per_step[j][1]), partials.out_dtype(low), low.output.overwrites)
+                          for j, low in enumerate(built.lows) if low.threads.partials}
                 status = max(run_chunked(self.steps[0].ctx.launcher, built, args, self._extent(built, per_step),
                                          per_step[0][1], per_step[0][0], dict(zip(sparse, outs)),
                                          {j: per_step[j][3] for j in sparse},
                                          {j for j in sparse if not self.steps[j].internal  # (packed: rows in place)
-                                          and built.lows[j].output.growable}, work))
+                                          and built.lows[j].output.growable}, work, copies))
             elif built.variant is None:
                 status = interrupt.run(work, built.function, *args)
             else:  # one loop nest over the rows: split over threads like a kernel's parallel loop
                 storages, sizes = per_step[0][0], per_step[0][1]
                 status = max(self.steps[0].ctx.launcher.run(built.variant, [0, 0] + args, 0,
                                                             built.variant.lowered, sizes, storages, work))
-        except BaseException:  # Ctrl-C: free what the kernel allocated
+        except BaseException:  # Ctrl-C (or a stitch past 32 bits): free what the kernel allocated
             for out in outs:
                 out.discard()
+            _restore(kept)
             raise
         if status != 0:
             for out in outs:
                 out.discard()
+            _restore(kept)
             if status == STATUS_INDEX_OVERFLOW and bits == 64:
                 raise KernelRuntimeError(f"program {self.expression!r}: a 64-bit sparse tensor overflowed")
             # a packed-block overflow names the output whose block outgrew its slots
@@ -241,6 +255,12 @@ class FusedRun:
                     env[st.name] = out.result()
             elif array is not None:
                 env[st.name] = array.item() if array.ndim == 0 and st.returned and not st.accumulate else array
+
+
+def _restore(kept: list) -> None:
+    """Put back the values of each ``(array, copy)``."""
+    for array, copy in kept:
+        np.copyto(array, copy)
 
 
 def _own_pos_arg(out):

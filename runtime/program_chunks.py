@@ -9,7 +9,10 @@ statement reading them in the same call. The runtime calls it once per thread
 (the native driver, else the Python pool) with per-chunk capacities and output
 slots, then, as for a one-statement chunked kernel (:mod:`.chunks`), stitches
 each returned sparse output from the chunks; an unreturned temporary was freed by
-each call itself. One launch, like the one-thread function.
+each call itself. A statement that sums over the rows (a scalar, or a dense output
+indexed by something else: ``ThreadPlan.partials``) adds into a zeroed copy of its
+output per chunk, and the copies are added into the output in chunk order after
+the join (:mod:`.partials`). One launch, like the one-thread function.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from . import threads as _threads
 from .chunks import CHUNK_SLACK, stitch
 from .launch import balance_pos, work
 from .memory import data_ptr, free
+from .partials import add_into
 
 
 class _Chunk:
@@ -42,33 +46,39 @@ class _Chunk:
 
 
 def per_chunk_params(built) -> tuple:
-    """``(capacities, slots)``: where the fused function's per-chunk parameters sit in
-    its argument list, as position -> step (a sparse statement's first capacity)
-    and position -> (step, (level, array)) (one of its grown arrays' slot)."""
+    """``(capacities, slots, copies)``: where the fused function's per-chunk parameters
+    sit in its argument list, as position -> step (a sparse statement's first
+    capacity), position -> (step, (level, array)) (one of its grown arrays' slot)
+    and position -> step (a summing statement's output values: a copy per chunk)."""
     fn = built.module.function(built.module.entry)
-    capacities, slots = {}, {}
+    capacities, slots, copies = {}, {}, {}
     for at, (src, param) in enumerate(zip(built.sources, fn.params)):
         if param.name not in fn.per_chunk:
             continue
         role, b, _x = built.plans[src.statement][src.position]
         if role == "capacity":
             capacities[at] = src.statement
+        elif role == "out" and built.lows[src.statement].threads.partials:
+            copies[at] = src.statement
         else:
             slots[at] = (src.statement, (b.level, b.array))
-    return capacities, slots
+    return capacities, slots, copies
 
 
 def run_chunked(launcher, built, args: list, n: int, sizes: dict, storages: dict, outs: dict,
-                capacities: dict, returned: set, units: int) -> list:
+                capacities: dict, returned: set, units: int, copies: dict | None = None) -> list:
     """Run ``built`` (a chunked FusedBuild; ``args`` its arguments, ``lo``/``hi`` first)
     over ``[0, n)`` split by the first statement's balance (``sizes``, ``storages``);
     ``outs``/``capacities``: step -> Output / first capacity of each sparse step;
-    ``returned``: the steps whose output is stitched into its Output. Returns the
-    calls' statuses; the chunks' arrays are freed whatever happens."""
+    ``returned``: the steps whose output is stitched into its Output; ``copies``:
+    step -> (values, dtype, assign) of each statement summing into per-chunk copies.
+    Returns the calls' statuses; the chunks' arrays are freed whatever happens, and
+    the copies are added into the outputs only when every chunk succeeded."""
     low = built.lows[0]
     pos = balance_pos(low, storages)
     weights = launcher.weights(low, storages, pos, sizes)
-    cap_at, slot_at = per_chunk_params(built)
+    cap_at, slot_at, copy_at = per_chunk_params(built)
+    parts: dict = {at: {} for at in copy_at}  # position -> chunk's lo -> its copy
     weight = (lambda lo, hi: int(pos[hi]) - int(pos[lo]) + hi - lo) if pos is not None else (lambda lo, hi: hi - lo)
     whole = max(weight(0, n), 1)
 
@@ -82,7 +92,7 @@ def run_chunked(launcher, built, args: list, n: int, sizes: dict, storages: dict
         driver = launcher.driver_of(built.variant) if _threads.get_num_threads() > 1 else None
         if driver is not None:
             statuses = [interrupt.run(units, _on_driver, launcher, driver, args, n, weights, cap_at, slot_at,
-                                      capacity, chunks)]
+                                      capacity, chunks, {at: (copies[step], parts[at]) for at, step in copy_at.items()})]
         else:
             def call(lo, hi):
                 chunk = _Chunk(lo, hi, {key: ctypes.c_void_p(0) for key in slot_at.values()})
@@ -93,6 +103,10 @@ def run_chunked(launcher, built, args: list, n: int, sizes: dict, storages: dict
                     a[at] = capacity(step, lo, hi)
                 for at, key in slot_at.items():
                     a[at] = ctypes.byref(chunk.slots[key])
+                for at, step in copy_at.items():
+                    size, dtype, _assign = copies[step]
+                    part = parts[at][lo] = np.zeros(size, dtype)
+                    a[at] = data_ptr(part)
                 return built.function(*a)
             statuses = interrupt.run(units, _threads.run_ranges, call, n, weights, None,
                                      work(n, pos, sizes, low, storages))
@@ -102,22 +116,31 @@ def run_chunked(launcher, built, args: list, n: int, sizes: dict, storages: dict
                 views = [SimpleNamespace(lo=c.lo, hi=c.hi, grow={key: p for (s, key), p in c.slots.items()
                                                                  if s == step}) for c in chunks]
                 stitch(outs[step], views, n, capacity(step, 0, chunks[0].hi if chunks else n))
+            for at, step in copy_at.items():  # in chunk order: the same sum from call to call
+                if parts[at]:
+                    add_into(args[at], np.stack([parts[at][lo] for lo in sorted(parts[at])]), copies[step][2])
         return statuses
     finally:
         for c in chunks:
             c.free()
 
 
-def _on_driver(launcher, driver, args, n, weights, cap_at, slot_at, capacity, chunks) -> int:
-    """One native driver call over the balanced chunks, each chunk's capacities and
-    slots element ``c`` of per-chunk arrays; the chunks it ran go to ``chunks``."""
+def _on_driver(launcher, driver, args, n, weights, cap_at, slot_at, capacity, chunks, copies) -> int:
+    """One native driver call over the balanced chunks, each chunk's capacities,
+    slots and output copies element ``c`` of per-chunk arrays; the chunks it ran go
+    to ``chunks``, the copies (position -> ((values, dtype, _), lo -> copy)) are made here."""
     bounds = launcher.bounds(n, _threads.get_num_threads(), weights)
     count = len(bounds) - 1
     ranges = [(int(bounds[c]), int(bounds[c + 1])) for c in range(count)]
+    for at, ((size, dtype, _assign), mine) in copies.items():
+        table = np.zeros((count, size), dtype)
+        mine.update((lo, table[c]) for c, (lo, _hi) in enumerate(ranges))
+    where = {at: np.array([data_ptr(mine[lo]) for lo, _hi in ranges], dtype=np.int64)
+             for at, (_x, mine) in copies.items()}
     caps = {at: np.array([capacity(step, lo, hi) for lo, hi in ranges], dtype=np.int64)
             for at, step in cap_at.items()}
     made = {at: np.zeros(count, dtype=np.int64) for at in slot_at}  # the calls' pointers
-    where = {at: data_ptr(m) + 8 * np.arange(count, dtype=np.int64) for at, m in made.items()}
+    where.update({at: data_ptr(m) + 8 * np.arange(count, dtype=np.int64) for at, m in made.items()})
     a = list(args)
     for at, values in caps.items():
         a[at] = data_ptr(values)

@@ -14,12 +14,14 @@ backends) runs as a kernel of its own, its result handed to the next one by the
 runtime (``k.loops`` says which is which; ``k.launches`` counts them).
 
 A fused run that is one loop over rows, each statement writing only its row,
-runs that loop on threads. A run that assembles csr-like temporaries, each
-statement looping over the rows it writes and reading the run's tensors at that
+runs that loop on threads. Another run whose statements each loop over the rows
+they write (a dense ``+=`` adding into its rows), or sum over them into a copy of
+their output per chunk (a scalar reduction), and read the run's tensors at that
 row, also gets a function over each thread's chunk of rows (every statement over
-those rows, sparse ones appending per chunk: ``_chunk_lowerings``,
-``runtime/program_chunks.py``). Another fused run stays on one thread, and a call
-big enough for threads runs its statements as their own kernels instead. An
+those rows, csr-like temporaries appended per chunk: ``_chunk_lowerings``,
+``runtime/program_chunks.py``). Any other fused run (a dcsr or coo temporary, whose
+rows its writer appends on one thread) stays on one thread, ``k.loops`` says why,
+and a call big enough for threads runs its statements as their own kernels instead. An
 unreturned dense temporary touched only at the fused loop's row is one row of
 workspace inside the function (``_row_temporaries``), never the whole array.
 Programs save, load and disk-cache as kernels do (``program_saved.py``).
@@ -178,62 +180,77 @@ class ProgramKernel(SavedProgram):
                 lows = [self._target.lower(stmts[k], self._statement_options(k, True, bits)) for k in run]
                 built[bits] = self._build(run, lows, internal)
             return built[bits]
+        why = None
         if chunked is None:
-            lows = self._chunk_lowerings(run, 32, lowerings)
-            chunked = {32: self._chunk_build(run, lows, internal)} if lows is not None else {}
+            lows = self._chunk_lowerings(run, 32, lowerings) if built[32].variant is None else "rows on threads"
+            why = lows if isinstance(lows, str) else None
+            chunked = {32: self._chunk_build(run, lows, internal)} if why is None else {}
 
         def build_chunks(bits):
             if not chunked:
                 return None
             if bits not in chunked:
                 lows = self._chunk_lowerings(run, bits, build(bits).lows)
-                chunked[bits] = self._chunk_build(run, lows, internal) if lows is not None else None
+                chunked[bits] = None if isinstance(lows, str) else self._chunk_build(run, lows, internal)
             return chunked[bits]
         fused = FusedRun(steps, build, self._options.index32_limit, self.expression, build_chunks)
         fused.compiled = built[32]
         fused.variants = built  # every index width built so far (saved with the program)
         fused.chunk_variants = chunked  # ... and of the chunked function, where the run has one
+        fused.why = why  # why it has none (None: it has one, or it was loaded)
         return fused
 
     def _chunk_lowerings(self, run: list, bits: int, fused: list):
-        """The statements of a run that writes a sparse temporary lowered for chunks of
-        rows (``lower.fuse``: every statement over each thread's ``[lo, hi)``, a sparse
-        one appending its rows from 0), or None where the run cannot be split so: each
-        statement must run on threads over its outer loop, which is its output's first
-        index, every sparse output must be stored rows first (a dense level, then a
-        compressed one whose ``pos`` the statement sets at every row, or packed
-        blocks, whose fixed arrays each chunk fills at its own rows) and every tensor
-        the run writes must be read at the reader's row. Each reads its operands as its
-        ``fused`` lowering does (the call binds them once for both functions)."""
+        """The statements of a run lowered for chunks of rows (``lower.fuse``: every
+        statement over each thread's ``[lo, hi)``, a sparse one appending its rows
+        from 0), or the reason the run cannot be split so: each statement must run
+        on threads over its outer loop, which is its output's first index or, for a
+        reduction into per-chunk copies of a dense output (``ThreadPlan.partials``:
+        a scalar sum, added up after the join), the row index it reads the run's
+        tensors at; every sparse output must be stored rows first (a dense level,
+        then a compressed one whose ``pos`` the statement sets at every row, or
+        packed blocks, whose fixed arrays each chunk fills at its own rows) and every
+        tensor the run writes must be read at the reader's row (a per-chunk copy not
+        at all). Each reads its operands as its ``fused`` lowering does (the call
+        binds them once for both functions)."""
         stmts = self.program.statements
-        if not any(not stmts[k].lhs.tensor.format.is_dense for k in run) or not self._target.capabilities.host_threads:
-            return None
-        lows, written = [], {}
+        if not self._target.capabilities.host_threads:
+            return "no host threads"
+        lows, written, copies = [], {}, set()
         for k, plain in zip(run, fused):
-            a, fmt = stmts[k], stmts[k].lhs.tensor.format
+            a, fmt, name = stmts[k], stmts[k].lhs.tensor.format, stmts[k].lhs.tensor.name
             opts = dataclasses.replace(self._statement_options(k, False, bits), auto_layout=False, append_chunks=True)
             low = self._target.lower(a, opts)
-            plan, first = low.threads, (a.lhs.indices[0].name if a.lhs.indices else None)
-            if ((a.accumulate and fmt.is_dense) or first is None or low.operands != plain.operands
-                    or plan.parallel != first or plan.split or plan.positions is not None
-                    or plan.partials or plan.gpu_choice is not None or plan.fused is not None
+            plan = low.threads
+            first = plan.parallel if plan.partials else (a.lhs.indices[0].name if a.lhs.indices else None)
+            if not fmt.is_dense and not fmt.levels[0].is_dense:
+                return (f"{name} is not stored rows first (its first level is compressed): its rows are "
+                        "appended on one thread")
+            if (first is None or low.operands != plain.operands or plan.parallel != first or plan.split
+                    or plan.positions is not None or plan.gpu_choice is not None or plan.fused is not None
                     or low.output.bounded or low.output.assembly is not None or low.output.expand is not None
                     or not _reads_plainly(low, written)
                     or any(b.role not in _SPARSE_ROLES + ("lo", "hi") for b in low.code.bindings)):
-                return None
+                return f"statement {k + 1} does not run over rows the others share"
             if fmt.is_dense:
                 if low.output.shape != "dense" or low.output.growable or fmt.order != tuple(range(fmt.ndim)):
-                    return None
+                    return f"{name} is not a row-major dense array"
+            elif plan.partials:
+                return f"{name} is sparse and summed over rows"
             elif low.output.shape == "packed":  # fixed blocks per row: each chunk fills its own rows
                 if low.output.growable or not fmt.levels[0].is_dense or fmt.order != tuple(range(fmt.ndim)):
-                    return None
-            elif not (low.append_chunks and fmt.levels[0].is_dense and not fmt.levels[1].is_dense
+                    return f"{name}'s blocks are not stored by rows"
+            elif not (low.append_chunks and not fmt.levels[1].is_dense
                       and fmt.order == tuple(range(fmt.ndim)) and _sets_every_row(low)):
-                return None
+                return f"{name} is not appended row by row"
             for acc in _accesses(a):
+                if acc.tensor.name in copies:
+                    return f"statement {k + 1} reads {acc.tensor.name}, whole only after every chunk"
                 if acc.tensor.name in written and (not acc.indices or acc.indices[0].name != first):
-                    return None
-            written[a.lhs.tensor.name] = _made(low)
+                    return f"statement {k + 1} reads {acc.tensor.name} away from the row it is on"
+            written[name] = _made(low)
+            if plan.partials:
+                copies.add(name)
             lows.append(low)
         return lows
 
@@ -422,9 +439,13 @@ class ProgramKernel(SavedProgram):
                     on = "its rows split over threads"
                 elif seg.chunks(32) is not None:
                     on = ("one thread; a call big enough for threads runs it on each thread's chunk of rows, "
-                          "every statement over those rows, a sparse temporary appended per chunk")
+                          "every statement over those rows"
+                          + (", a sparse temporary appended per chunk" if any(st.sparse for st in seg.steps) else "")
+                          + ("" if not any(low.threads.partials for low in seg.chunks(32).lows) else
+                             ", a sum over rows into a copy per chunk added up after them"))
                 else:
-                    on = ("one thread; a call whose first statement would split over threads runs the "
+                    on = ("one thread" + (f", not by chunks of rows: {seg.why}" if seg.why else "")
+                          + "; a call whose first statement would split over threads runs the "
                           "statements as kernels of their own instead")
                 parts.append(f"# statements {which}: one native function, one after the other ({on})")
                 for st in seg.steps:

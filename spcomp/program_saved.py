@@ -49,7 +49,8 @@ class SavedProgram:
                 continue
             segments.append({"kind": "fused", "run": list(run), "variants": self._built_records(seg.variants),
                              "chunks": self._built_records(seg.chunk_variants),
-                             "sizing": {st.name: st.parallel for st in seg.steps if st.parallel is not None}})
+                             "sizing": {st.name: st.parallel for st in seg.steps if st.parallel is not None},
+                             "why": seg.why})
         return {"kind": "program", "expression": self.expression, "statements": p.statements,
                 "texts": p.texts, "inputs": p.inputs, "outputs": p.outputs, "temporaries": p.temporaries,
                 "options": self._options, "backend": self._target.name, "machine": self._target.cache_key(),
@@ -88,7 +89,9 @@ class SavedProgram:
             built = {bits: self._restore_built(v) for bits, v in entry["variants"].items()}
             chunked = ({bits: v and self._restore_built(v) for bits, v in entry["chunks"].items()}
                        if "chunks" in entry else None)  # (a record from before chunks: planned here)
-            out.append(("fused", self._fused_run(run, built[32].lows, built, entry["sizing"], chunked), run))
+            fused = self._fused_run(run, built[32].lows, built, entry["sizing"], chunked)
+            fused.why = entry.get("why")  # (k.loops: why it has no chunked function)
+            out.append(("fused", fused, run))
         return out
 
     def _restore_built(self, v: dict) -> FusedBuild:

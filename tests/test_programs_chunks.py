@@ -193,11 +193,14 @@ def test_saved_program_runs_by_chunks(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("text, formats, why", [
-    ("T[i,k] = A[i,j]*B[j,k]\nz[k] = T[i,k]*c[i]", {"T": "csr"}, "z scatters across T's rows"),
-    ("T[i,k] = A[i,j]*B[j,k]\ny[i] = T[i,k]*c[k]", {"T": "dcsr"}, "T's rows are not stored first"),
-    ("T[i,k] = A[i,j]*B[j,k]\ns = sum(i, sum(k, T[i,k]))", {"T": "csr"}, "s sums every row"),
+    ("T[i,k] = A[i,j]*B[j,k]\nz[k] = T[i,k]*c[i]\ny[i] = T[i,k]*z[k]", {"T": "csr"},
+     "statement 3 reads z, whole only after every chunk"),
+    ("T[i,k] = A[i,j]*B[j,k]\ny[i] = T[i,k]*c[k]", {"T": "dcsr"}, "T is not stored rows first"),
+    ("T[i,k] = A[i,j]*B[j,k]\ny[i] = T[i,k]*c[k]", {"T": "coo"}, "T is not stored rows first"),
+    ("T[i,k] = A[i,j]*B[j,k]\nU[k,i] = T[i,k]*2", {"T": "csr"}, "statement 2 does not run over rows"),
 ])
 def test_runs_not_split_by_rows_have_no_chunked_function(text, formats, why):
+    """k.loops says why such a run stays on one thread."""
     k = spcomp.compile(text, formats={"A": "csr", "B": "csr", **formats})
-    assert k.launches == 1 and "chunk of rows" not in k.loops, why
+    assert k.launches == 1 and "chunk of rows" not in k.loops and why in k.loops, k.loops
     assert k.segments[0][1].chunks(32) is None

@@ -122,9 +122,10 @@ def test_epilogue_runs_on_threads():
 
 @pytest.mark.parametrize("text, formats", [
     ("t[j] = B[j,k]*c[k]\ny[i] = A[i,j]*t[j]", {"A": "csr", "B": "csr"}),   # t is read whole, not by row
-    ("T[i,j] = A[i,j] * 2; y[j] = T[i,j] * c[i]", {"A": "csr"}),             # y is scattered across rows
+    ("T[i,j] = A[i,j] * 2; y[j] = T[i,j] * c[i]; w[i] = T[i,j] * y[j]", {"A": "csr"}),  # y is whole after all rows
 ])
 def test_runs_that_are_not_row_wise_stay_on_one_thread(text, formats):
-    """(A run appending a sparse temporary runs by chunks instead: test_programs_chunks.py.)"""
+    """(A run appending a sparse temporary or summing over rows runs by chunks
+    instead: test_programs_chunks.py, test_programs_reduce.py.)"""
     k = spcomp.compile(text, formats=formats)
-    assert "(one thread;" in k.loops and "parallel: threads" not in k.ir
+    assert "(one thread, not by chunks of rows" in k.loops and "parallel: threads" not in k.ir
