@@ -97,3 +97,65 @@ def test_the_copy_of_empty_and_one_line_temporaries(shape, density):
     D = sp.random(*shape, density=density, format="csr", random_state=0)
     F = np.arange(shape[0] * shape[1], dtype=float).reshape(shape[::-1])
     assert np.allclose(k(D=D, F=F).to_numpy(), 3 * D.toarray().T + F)
+
+
+_REALLOC = {"calls": 0, "fail_at": None}
+
+
+def _counting_realloc():
+    """A libc realloc stand-in that counts its calls and fails call ``fail_at``
+    (kept alive for the process: a kernel bound to it may outlive the test)."""
+    import ctypes
+    libc = ctypes.CDLL(None)
+    real = libc.realloc
+    real.restype, real.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t]
+
+    @ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+    def fake(p, size):
+        _REALLOC["calls"] += 1
+        if _REALLOC["calls"] == _REALLOC["fail_at"]:
+            return None
+        return real(p, size)
+    _REALLOC["keep"] = fake
+    return ctypes.cast(fake, ctypes.c_void_p).value, ctypes.cast(real, ctypes.c_void_p).value
+
+
+def test_a_failed_realloc_in_the_reader_frees_the_transposed_copy(monkeypatch, tmp_path):
+    """C's arrays grow by realloc after T's transposed copy (2M columns: an 8 MB
+    ``pos``) is made; the last realloc of a call fails: the function frees the copy
+    before its out-of-memory return, call after call (glibc's heap counted)."""
+    import llvmlite.binding as llvm
+    from spcomp.runtime import launch
+    from test_programs_rows import _heap_in_use
+    if _heap_in_use() is None:
+        pytest.skip("no glibc mallinfo2 to count the heap")
+    monkeypatch.setenv("SPCOMP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(launch, "FIRST_CAPACITY", 1)
+    fake, real = _counting_realloc()
+    llvm.add_symbol("realloc", fake)
+    try:
+        k = spcomp.compile("Tr[i,k] = Ar[i,j]*Br[j,k]\nCr[k,i] = Tr[i,k]*2",
+                           formats={"Ar": "csr", "Br": "csr", "Tr": "csr", "Cr": "csr"})
+    finally:
+        llvm.add_symbol("realloc", real)   # kernels compiled after this use libc's own
+    assert "if (!Cr_vals) { free(Tr_T2_pos);" in k.ir, k.ir
+    width = 2_000_000
+    A = sp.random(3, 40, density=0.5, format="csr", random_state=0)
+    B = sp.random(40, width, density=2e-5, format="csr", random_state=1)
+    want = 2 * (A @ B).T.toarray()
+    _REALLOC.update(calls=0, fail_at=None)
+    assert np.allclose(k(Ar=A, Br=B).to_numpy(), want)   # a call's reallocs, counted
+    per_call = _REALLOC["calls"]
+    assert per_call > 2
+    failing = lambda: _REALLOC.update(calls=0, fail_at=per_call)   # noqa: E731 (the last: Cr's)
+    failing()
+    with pytest.raises(spcomp.KernelRuntimeError, match="could not allocate"):
+        k(Ar=A, Br=B)
+    before = _heap_in_use()
+    for _ in range(5):
+        failing()
+        with pytest.raises(spcomp.KernelRuntimeError, match="could not allocate"):
+            k(Ar=A, Br=B)
+    _REALLOC["fail_at"] = None
+    assert _heap_in_use() - before < 4 * width   # five leaked copies would be 40 MB
+    assert np.allclose(k(Ar=A, Br=B).to_numpy(), want)

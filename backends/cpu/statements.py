@@ -170,8 +170,8 @@ class StatementLowering:
         self.b.cbranch(failed, oom or self.out_of_memory(), ok)
         self.enter(ok)
 
-    def freeing_then_out_of_memory(self, s: n.Allocate):
-        """The exit of a failed ``s``: free ``s.free``, then the out-of-memory return;
+    def freeing_then_out_of_memory(self, s):
+        """The exit of a failed ``s`` (Allocate or Reallocate): free ``s.free``, then the out-of-memory return;
         None (the shared exit) when it frees nothing."""
         if not s.free:
             return None
@@ -201,10 +201,11 @@ class StatementLowering:
     def stmt_Reallocate(self, s: n.Reallocate):
         var = s.var
         slot = self.slot(var)
-        _, nbytes = self.byte_count(s.count, var.type.elem)
+        oom = self.freeing_then_out_of_memory(s)
+        _, nbytes = self.byte_count(s.count, var.type.elem, oom)
         realloc = self.ml.external("realloc", PTR, [PTR, I64_T])
         p = self.b.call(realloc, [self.b.load(slot, name=var.name), nbytes], name=var.name)
-        self.check_allocation(p, var)
+        self.check_allocation(p, var, oom)
         self.b.store(p, slot)
 
     def stmt_Free(self, s: n.Free):

@@ -255,6 +255,9 @@ class Allocate:
 class Reallocate:
     var: Var
     count: Expr
+    # the function's own heap arrays live here (a transposed copy, row workspaces) that
+    # a failed reallocation frees before its status-2 return, as Allocate.free
+    free: tuple = ()  # of Var
 
 
 @dataclass(frozen=True)
@@ -401,7 +404,7 @@ def children(node) -> tuple:
     if isinstance(node, Allocate):
         return (node.var, node.count) + tuple(node.free)
     if isinstance(node, Reallocate):
-        return (node.var, node.count)
+        return (node.var, node.count) + tuple(node.free)
     if isinstance(node, Free):
         return (node.var,)
     if isinstance(node, Sort):

@@ -167,7 +167,11 @@ class CPrinter:
     def stmt_Reallocate(self, s: n.Reallocate, d):
         t = self.type_name(s.var.type)
         elem = self.type_name(s.var.type.elem)
-        return [self.line(d, f"{s.var.name} = ({t})realloc({s.var.name}, sizeof({elem}) * {self.expr(s.count)});")]
+        out = [self.line(d, f"{s.var.name} = ({t})realloc({s.var.name}, sizeof({elem}) * {self.expr(s.count)});")]
+        if s.free:
+            leave = "".join(f"free({v.name}); " for v in s.free) + f"return {n.STATUS_OUT_OF_MEMORY};"
+            out.append(self.line(d, f"if (!{s.var.name}) {{ {leave} }}"))
+        return out
 
     def stmt_Free(self, s: n.Free, d):
         return [self.line(d, f"free({s.var.name});")]

@@ -259,6 +259,9 @@ class _Verifier:
         self.pointer_var(s.var, "reallocating", s)
         self.lookup(s.var, s)
         self.count(s.count, s)
+        for v in s.free:
+            self.pointer_var(v, "freeing", s)
+            self.lookup(v, s)
 
     def stmt_Free(self, s: n.Free):
         self.pointer_var(s.var, "freeing", s)

@@ -377,8 +377,8 @@ class _RowRewrite:
             return dataclasses.replace(s, **changes)
         if isinstance(s, n.Comment) and f" of {self.vals.name} here" in s.text:  # the row-zeroing note
             return n.Comment(f"zero {self.ws.name}, the row the statements fill next")
-        if isinstance(s, (n.PollInterrupt, n.Allocate)):  # a poll or a failed allocation frees the row too
-            return dataclasses.replace(self._fields(s) if isinstance(s, n.Allocate) else s,
+        if isinstance(s, (n.PollInterrupt, n.Allocate, n.Reallocate)):  # a poll or failed (re)allocation frees it too
+            return dataclasses.replace(self._fields(s) if not isinstance(s, n.PollInterrupt) else s,
                                        free=tuple(s.free) + (self.ws,))
         if isinstance(s, n.Return) and s.status != n.STATUS_OK:
             return n.Block((n.Free(self.ws), s))

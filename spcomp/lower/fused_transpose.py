@@ -76,11 +76,12 @@ def transpose_block(c: TransposedCopy, names) -> list:
 
 def free_on_every_exit(stmts: list, arrays: list) -> list:
     """``stmts`` (a reader's block) with ``arrays`` freed wherever it may leave early:
-    before an error return, at an interrupt poll and on a failed allocation."""
+    before an error return, at an interrupt poll and on a failed allocation or
+    reallocation (a reader's growing output)."""
     def go(s):
         if isinstance(s, n.Return) and s.status != n.STATUS_OK:
             return n.Block(tuple(n.Free(a) for a in arrays) + (s,))
-        if isinstance(s, (n.PollInterrupt, n.Allocate)):
+        if isinstance(s, (n.PollInterrupt, n.Allocate, n.Reallocate)):
             return dataclasses.replace(s, free=tuple(s.free) + tuple(arrays))
         if isinstance(s, n.Block):
             return n.Block(tuple(go(x) for x in s.body))
