@@ -37,6 +37,7 @@ from .ir import nodes as irn
 from .ir.printer import print_ir
 from .kernel import Kernel
 from .lower.fuse import fuse, parallel_rows, row_workspace
+from .lower.heap_exits import free_on_early_exits
 from .lower.record import Code
 from .runtime.call import CallContext
 from .runtime.launch import Variant
@@ -261,7 +262,7 @@ class ProgramKernel(SavedProgram):
         fn, sources, merged = fuse([low.entry_function for low in lows], [low.code.bindings for low in lows],
                                    links, name=f"{self._options.name}_chunks", docs=[repr(stmts[k]) for k in run],
                                    frees=frees)
-        return self._compiled(fn, sources, merged, lows, lows[0].threads)
+        return self._compiled(free_on_early_exits(fn), sources, merged, lows, lows[0].threads)
 
     def _transposed(self, run: list, lows: list, links: list) -> list:
         """Per statement of a run: the storages it reads as a transposed copy of a
@@ -314,7 +315,7 @@ class ProgramKernel(SavedProgram):
                 sources = [s for s in sources if params[(s.statement, s.position)] != found[0]]
                 fn = kept
                 rows.append(name)
-        return self._compiled(fn, sources, merged, lows, threads, rows=rows,
+        return self._compiled(free_on_early_exits(fn), sources, merged, lows, threads, rows=rows,
                               own_pos=[stmts[k].lhs.tensor.name for k, o in zip(run, own_pos) if o])
 
     def _own_pos(self, k: int, low, internal: set) -> dict:
