@@ -19,9 +19,10 @@ they write (a dense ``+=`` adding into its rows), or sum over them into a copy o
 their output per chunk (a scalar reduction), and read the run's tensors at that
 row, also gets a function over each thread's chunk of rows (every statement over
 those rows, csr-like temporaries appended per chunk: ``_chunk_lowerings``,
-``runtime/program_chunks.py``). Any other fused run (a dcsr or coo temporary, whose
-rows its writer appends on one thread) stays on one thread, ``k.loops`` says why,
-and a call big enough for threads runs its statements as their own kernels instead. An
+``runtime/program_chunks.py``; an unreturned 2-d dcsr or coo temporary is csr
+there). Any other fused run (a returned dcsr or coo tensor, whose rows its writer
+appends on one thread) stays on one thread, ``k.loops`` says why, and a call big
+enough for threads runs its statements as their own kernels instead. An
 unreturned dense temporary touched only at the fused loop's row is one row of
 workspace inside the function (``_row_temporaries``), never the whole array.
 Programs save, load and disk-cache as kernels do (``program_saved.py``).
@@ -33,6 +34,7 @@ import dataclasses
 import numpy as np
 
 from .errors import OperandError
+from .formats.format import Format
 from .ir import nodes as irn
 from .ir.printer import print_ir
 from .kernel import Kernel
@@ -213,10 +215,11 @@ class ProgramKernel(SavedProgram):
         packed blocks, whose fixed arrays each chunk fills at its own rows) and every
         tensor the run writes must be read at the reader's row (a per-chunk copy not
         at all). Each reads its operands as its ``fused`` lowering does (the call
-        binds them once for both functions)."""
-        stmts = self.program.statements
+        binds them once for both functions). An unreturned 2-d dcsr or coo temporary
+        is csr in this function (``_csr_stand_ins``): its rows are then stored first."""
         if not self._target.capabilities.host_threads:
             return "no host threads"
+        stmts = _with_formats(self.program.statements, self._csr_stand_ins(run))
         lows, written, copies = [], {}, set()
         for k, plain in zip(run, fused):
             a, fmt, name = stmts[k], stmts[k].lhs.tensor.format, stmts[k].lhs.tensor.name
@@ -225,8 +228,8 @@ class ProgramKernel(SavedProgram):
             plan = low.threads
             first = plan.parallel if plan.partials else (a.lhs.indices[0].name if a.lhs.indices else None)
             if not fmt.is_dense and not fmt.levels[0].is_dense:
-                return (f"{name} is not stored rows first (its first level is compressed): its rows are "
-                        "appended on one thread")
+                return (f"{name} is stored compressed first and returned, read after the run or not 2-d: "
+                        "its rows are appended on one thread")
             if (first is None or low.operands != plain.operands or plan.parallel != first or plan.split
                     or plan.positions is not None or plan.gpu_choice is not None or plan.fused is not None
                     or low.output.bounded or low.output.assembly is not None or low.output.expand is not None
@@ -254,6 +257,13 @@ class ProgramKernel(SavedProgram):
                 copies.add(name)
             lows.append(low)
         return lows
+
+    def _csr_stand_ins(self, run: list) -> dict:
+        """Name -> csr for each 2-d temporary of ``run`` stored compressed first (dcsr,
+        coo) that nothing outside the run sees: chunks of rows cannot append its top
+        level, but as csr each appends its rows, and no one sees the difference."""
+        return {name: Format.csr() for name in self._internal(run)
+                if self.program.tensors[name].order == 2 and not self.program.tensors[name].format.levels[0].is_dense}
 
     def _chunk_build(self, run: list, lows: list, internal: set) -> FusedBuild:
         """The chunk lowerings of a run joined into one function over ``[lo, hi)`` and compiled."""
@@ -454,8 +464,11 @@ class ProgramKernel(SavedProgram):
                         parts.append(f"# {st.name}: packed blocks, filled inside the function into arrays "
                                      "the runtime allocates" + ("" if st.internal else ", handed back"))
                     elif st.sparse:
+                        stand_in = (seg.chunks(32) is not None and st.internal
+                                    and not self.program.tensors[st.name].format.levels[0].is_dense)
                         parts.append(f"# {st.name}: sparse, assembled inside the function"
-                                     + (" and freed there" if st.internal else ", handed back"))
+                                     + (" and freed there" if st.internal else ", handed back")
+                                     + (" (as csr in the function over chunks of rows)" if stand_in else ""))
                 for name in seg.compiled.rows:
                     parts.append(f"# {name}: a row workspace (one row, allocated and freed inside the function, "
                                  "one per thread), never the whole array")
@@ -549,6 +562,20 @@ class ProgramKernel(SavedProgram):
             out[name] = v.item() if name in scalars or (isinstance(v, np.ndarray) and v.ndim == 0
                                                          and name not in self._accumulated) else v
         return out[self.outputs[0]] if len(self.outputs) == 1 else out
+
+
+def _with_formats(statements, formats: dict) -> list:
+    """``statements`` with each tensor named in ``formats`` (name -> Format) stored so."""
+    if not formats:
+        return list(statements)
+    from .notation.nodes import Access, Assignment, children, with_children
+
+    def recast(e):
+        if isinstance(e, Access):
+            f = formats.get(e.tensor.name)
+            return e if f is None else Access(dataclasses.replace(e.tensor, format=f), e.indices)
+        return with_children(e, [recast(c) for c in children(e)])
+    return [Assignment(recast(a.lhs), recast(a.rhs), a.accumulate) for a in statements]
 
 
 def _accesses(a) -> list:

@@ -70,7 +70,7 @@ def chunk_chains(draw):
     return "\n".join(texts), fmts, outputs, refs
 
 
-def _inputs(draw, rows):
+def chain_inputs(draw, rows):
     J, K, L = 6, 7, 3
     seed = draw(st.integers(0, 2 ** 16), label="seed")
     density = draw(st.sampled_from([0.0, 0.2, 0.6]), label="density")
@@ -82,7 +82,7 @@ def _inputs(draw, rows):
             "E": rng.standard_normal((rows, K)), "c": rng.standard_normal(K)}
 
 
-def _dense(x):
+def dense_of(x):
     return np.asarray(densify(x))
 
 
@@ -92,14 +92,14 @@ def test_sparse_row_chains_run_by_chunks_and_match_numpy(data):
     text, fmts, outputs, refs = data.draw(chunk_chains(), label="program")
     rows = data.draw(st.integers(1, 40), label="rows")
     pool = data.draw(st.booleans(), label="python pool")
-    ops = _inputs(data.draw, rows)
+    ops = chain_inputs(data.draw, rows)
     formats = {n: f for n, f in {**INPUT_FORMATS, **fmts}.items() if f"{n}[" in text}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TranspositionWarning)   # B under D + A*B: an input's copy
         k = spcomp.compile(text, formats=formats, outputs=outputs)
     assert k.launches == 1 and "each thread's chunk of rows" in k.loops, k.loops
     used = {n: v for n, v in ops.items() if n in k.inputs}
-    env = {n: _dense(v) for n, v in used.items()}
+    env = {n: dense_of(v) for n, v in used.items()}
     for name, ref in refs:
         env[name] = ref(env)
     for threads in (1, 2):
@@ -110,7 +110,7 @@ def test_sparse_row_chains_run_by_chunks_and_match_numpy(data):
                 got = k(**used)
         got = got if isinstance(got, dict) else {outputs[0]: got}
         for name in outputs:
-            assert np.allclose(_dense(got[name]), env[name], rtol=1e-10, atol=1e-10), (text, name, threads)
+            assert np.allclose(dense_of(got[name]), env[name], rtol=1e-10, atol=1e-10), (text, name, threads)
             if formats.get(name) == "csr":
                 s = got[name].to_scipy()
                 s.check_format(full_check=True)   # the stitched arrays are a valid csr
@@ -192,15 +192,28 @@ def test_saved_program_runs_by_chunks(tmp_path, monkeypatch):
     assert (60, 2) in calls and loaded.last_launches == 1
 
 
-@pytest.mark.parametrize("text, formats, why", [
-    ("T[i,k] = A[i,j]*B[j,k]\nz[k] = T[i,k]*c[i]\ny[i] = T[i,k]*z[k]", {"T": "csr"},
+@pytest.mark.parametrize("text, formats, outputs, why", [
+    ("T[i,k] = A[i,j]*B[j,k]\nz[k] = T[i,k]*c[i]\ny[i] = T[i,k]*z[k]", {"T": "csr"}, None,
      "statement 3 reads z, whole only after every chunk"),
-    ("T[i,k] = A[i,j]*B[j,k]\ny[i] = T[i,k]*c[k]", {"T": "dcsr"}, "T is not stored rows first"),
-    ("T[i,k] = A[i,j]*B[j,k]\ny[i] = T[i,k]*c[k]", {"T": "coo"}, "T is not stored rows first"),
-    ("T[i,k] = A[i,j]*B[j,k]\nU[k,i] = T[i,k]*2", {"T": "csr"}, "statement 2 does not run over rows"),
+    ("T[i,k] = A[i,j]*B[j,k]\ny[i] = T[i,k]*c[k]", {"T": "dcsr"}, ["T", "y"], "T is stored compressed first and returned"),
+    ("T[i,k] = A[i,j]*B[j,k]\ny[i] = T[i,k]*c[k]", {"T": "coo"}, ["T", "y"], "T is stored compressed first and returned"),
+    ("T[i,k] = A[i,j]*B[j,k]\nU[k,i] = T[i,k]*2", {"T": "csr"}, None, "statement 2 does not run over rows"),
 ])
-def test_runs_not_split_by_rows_have_no_chunked_function(text, formats, why):
+def test_runs_not_split_by_rows_have_no_chunked_function(text, formats, outputs, why):
     """k.loops says why such a run stays on one thread."""
-    k = spcomp.compile(text, formats={"A": "csr", "B": "csr", **formats})
+    k = spcomp.compile(text, formats={"A": "csr", "B": "csr", **formats}, outputs=outputs)
     assert k.launches == 1 and "chunk of rows" not in k.loops and why in k.loops, k.loops
     assert k.segments[0][1].chunks(32) is None
+
+
+@pytest.mark.parametrize("fmt", ["dcsr", "coo"])
+def test_an_unreturned_dcsr_or_coo_temporary_is_csr_in_the_chunked_function(monkeypatch, fmt):
+    k = spcomp.compile("T[i,k] = A[i,j]*B[j,k]\nU[i,k] = T[i,k] + D[i,k]\ny[i] = U[i,k]*c[k]",
+                       formats={"A": "csr", "B": "csr", "D": "csr", "T": fmt, "U": fmt})
+    assert "# T: sparse, assembled inside the function and freed there (as csr in the function over chunks" in k.loops
+    chunks = k.ir.split("int32_t kernel_chunks(")[1]
+    assert "T1_crd" not in chunks and "T2_pos" in chunks   # no top-level coordinates: rows first
+    ops = chain_operands(n=60)
+    with splits(2, monkeypatch) as calls:
+        assert np.allclose(k(**ops), (ops["A"] @ ops["B"] + ops["D"]) @ ops["c"])
+    assert (60, 2) in calls and k.last_launches == 1

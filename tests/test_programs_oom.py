@@ -20,7 +20,7 @@ import spcomp
 from spcomp.errors import TranspositionWarning
 from spcomp.runtime import launch
 
-from test_programs_rows import _heap_in_use
+from test_programs_rows import heap_in_use
 
 _REALLOC = {"calls": 0, "fail_at": None}
 _LIBC = ctypes.CDLL(None)
@@ -63,16 +63,16 @@ def _leaks(k, ops, fail_at, want_bytes):
         with pytest.raises(spcomp.KernelRuntimeError, match="could not allocate"):
             k(**ops)
     failing_call()
-    before = _heap_in_use()
+    before = heap_in_use()
     for _ in range(5):
         failing_call()
     _REALLOC["fail_at"] = None
-    return _heap_in_use() - before
+    return heap_in_use() - before
 
 
 @pytest.fixture(autouse=True)
 def _small_first_capacity(monkeypatch):
-    if _heap_in_use() is None:
+    if heap_in_use() is None:
         pytest.skip("no glibc mallinfo2 to count the heap")
     monkeypatch.setattr(launch, "FIRST_CAPACITY", 1)   # every sparse output grows by realloc
 

@@ -1,5 +1,8 @@
 """Fused runs that end in a sum over rows or add into a dense array, by chunks of rows.
 
+(Their temporaries are csr, dense, or dcsr and coo, which are csr in the function
+over chunks when the program does not return them.)
+
 A statement summing over the rows the run's other statements write (a scalar
 reduction, or a dense output indexed by something else) adds into a zeroed copy
 of its output per chunk, the copies added up after the join; a dense ``+=`` adds
@@ -22,10 +25,12 @@ from spcomp.lower import record
 from spcomp.runtime import launch
 
 from conftest import examples, spcomp_threads
-from test_programs_chunks import FIRST, INPUT_FORMATS, NEXT, _dense, _inputs
+from test_programs_chunks import FIRST, INPUT_FORMATS, NEXT, chain_inputs, dense_of
 from test_programs_parallel import splits
 from test_programs_sparse import chain_operands
 
+# an unreturned dcsr or coo temporary is csr in the function over chunks of rows
+TEMPORARY_FORMATS = ["csr", "csr", "dense", "dcsr", "coo"]
 # statements reading the run's last tensor {p} (rows x K) that end it
 ENDS = [
     ("s = sum(i, sum(k, {p}[i,k]))", lambda e, p: e[p].sum()),
@@ -39,16 +44,16 @@ ENDS = [
 
 @st.composite
 def ending_chains(draw):
-    """``(text, formats, outputs, refs, end)``: 1 to 3 row-wise statements, the first
-    writing a csr or dense temporary, then one statement of ENDS, returned."""
+    """``(text, formats, outputs, refs, end)``: 1 to 3 row-wise statements writing
+    temporaries of TEMPORARY_FORMATS, then one statement of ENDS, returned."""
     count = draw(st.integers(1, 3))
     text, ref = draw(st.sampled_from(FIRST))
     texts, refs = [text], [("T1", lambda e, ref=ref: ref(e))]
-    fmts, last = {"T1": draw(st.sampled_from(["csr", "csr", "dense"]))}, "T1"
+    fmts, last = {"T1": draw(st.sampled_from(TEMPORARY_FORMATS))}, "T1"
     for n in range(2, count + 1):
         text, ref = draw(st.sampled_from(NEXT))
         name = f"T{n}"
-        fmts[name] = draw(st.sampled_from(["csr", "dense"]))
+        fmts[name] = draw(st.sampled_from(TEMPORARY_FORMATS))
         texts.append(text.format(t=name, p=last))
         refs.append((name, lambda e, ref=ref, p=last: ref(e, p)))
         last = name
@@ -56,8 +61,8 @@ def ending_chains(draw):
     end = text.split("[")[0].split(" ")[0]
     texts.append(text.format(p=last))
     refs.append((end, lambda e, ref=ref, p=last: ref(e, p)))
-    names = [name for name, _ in refs[:-1]]
-    outputs = sorted({end} | set(draw(st.lists(st.sampled_from(names), max_size=1))))
+    names = [name for name, _ in refs[:-1] if fmts[name] in ("csr", "dense")]   # (dcsr, coo: csr stand-ins)
+    outputs = sorted({end} | (set(draw(st.lists(st.sampled_from(names), max_size=1))) if names else set()))
     return "\n".join(texts), fmts, outputs, refs, end
 
 
@@ -67,15 +72,17 @@ def test_runs_ending_in_a_sum_or_a_dense_add_run_by_chunks_and_match_numpy(data)
     text, fmts, outputs, refs, end = data.draw(ending_chains(), label="program")
     rows = data.draw(st.integers(1, 40), label="rows")
     pool = data.draw(st.booleans(), label="python pool")
-    ops = _inputs(data.draw, rows)
+    ops = chain_inputs(data.draw, rows)
     ops["Y"] = np.random.default_rng(rows).standard_normal((rows, 7))
     formats = {n: f for n, f in {**INPUT_FORMATS, **fmts}.items() if f"{n}[" in text}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TranspositionWarning)   # B under D + A*B: an input's copy
         k = spcomp.compile(text, formats=formats, outputs=outputs)
-    assert k.launches == 1 and "each thread's chunk of rows" in k.loops, k.loops
+    # (dense temporaries only, each statement at the shared loop's row: that loop on threads)
+    assert k.launches == 1 and ("each thread's chunk of rows" in k.loops or "its rows split over threads" in k.loops), \
+        k.loops
     used = {n: v for n, v in ops.items() if n in k.inputs or n == end == "Y"}
-    env = {n: _dense(v) for n, v in used.items()}
+    env = {n: dense_of(v) for n, v in used.items()}
     for name, ref in refs:
         env[name] = ref(env)
     for threads in (1, 2):
@@ -89,7 +96,7 @@ def test_runs_ending_in_a_sum_or_a_dense_add_run_by_chunks_and_match_numpy(data)
                 got = k(**args)
         got = got if isinstance(got, dict) else {outputs[0]: got}
         for name in outputs:
-            assert np.allclose(_dense(got[name]), env[name], rtol=1e-10, atol=1e-10), (text, name, threads)
+            assert np.allclose(dense_of(got[name]), env[name], rtol=1e-10, atol=1e-10), (text, name, threads)
         if end == "Y":
             assert got["Y"] is args["Y"]   # updated in place
         assert k.last_launches == 1

@@ -134,7 +134,7 @@ def test_saved_program_keeps_its_row_workspace(tmp_path):
     assert np.allclose(loaded(**ops), PROGRAMS["ffn-epilogue"][2]({**ops, "W": ops["W"].toarray()}))
 
 
-def _heap_in_use():
+def heap_in_use():
     """Bytes glibc's malloc has handed out (heap and mmapped blocks), or None."""
     import ctypes
 
@@ -157,7 +157,7 @@ def test_failed_second_row_workspace_frees_the_first():
                        formats={"A": "csr", "B": "csr", "D": "csr"})
     assert "# T: a row workspace" in k.loops and "# U: a row workspace" in k.loops
     assert "if (!U_row) { free(T_row); return 2; }" in k.ir, k.ir
-    if _heap_in_use() is None:
+    if heap_in_use() is None:
         pytest.skip("no glibc mallinfo2 to count the heap")
     width = 2_000_000
     ops = {"A": sp.random(2, 4, density=0.5, format="csr", random_state=0),
@@ -165,8 +165,8 @@ def test_failed_second_row_workspace_frees_the_first():
            "D": sp.csr_matrix((width, 2 ** 58))}
     with pytest.raises(spcomp.KernelRuntimeError, match="could not allocate"):
         k(**ops)
-    before = _heap_in_use()
+    before = heap_in_use()
     for _ in range(5):
         with pytest.raises(spcomp.KernelRuntimeError, match="could not allocate"):
             k(**ops)
-    assert _heap_in_use() - before < 8 * width // 2  # five leaked rows would be 80 MB
+    assert heap_in_use() - before < 8 * width // 2  # five leaked rows would be 80 MB
