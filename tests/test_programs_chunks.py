@@ -86,6 +86,17 @@ def dense_of(x):
     return np.asarray(densify(x))
 
 
+def call_split(k, args: dict, threads: int, pool: bool, outputs: list):
+    """``k(**args)`` on ``threads`` threads, every call split (by the Python pool when
+    ``pool``): (the outputs by name, the splits made)."""
+    with pytest.MonkeyPatch.context() as mp:
+        if pool:
+            mp.setattr(launch.Launcher, "driver_of", lambda self, variant: None)
+        with splits(threads, mp) as calls:
+            got = k(**args)
+    return (got if isinstance(got, dict) else {outputs[0]: got}), calls
+
+
 @settings(max_examples=examples(25), deadline=None)
 @given(st.data())
 def test_sparse_row_chains_run_by_chunks_and_match_numpy(data):
@@ -103,12 +114,7 @@ def test_sparse_row_chains_run_by_chunks_and_match_numpy(data):
     for name, ref in refs:
         env[name] = ref(env)
     for threads in (1, 2):
-        with pytest.MonkeyPatch.context() as mp:
-            if pool:
-                mp.setattr(launch.Launcher, "driver_of", lambda self, variant: None)
-            with splits(threads, mp) as calls:
-                got = k(**used)
-        got = got if isinstance(got, dict) else {outputs[0]: got}
+        got, calls = call_split(k, used, threads, pool, outputs)
         for name in outputs:
             assert np.allclose(dense_of(got[name]), env[name], rtol=1e-10, atol=1e-10), (text, name, threads)
             if formats.get(name) == "csr":

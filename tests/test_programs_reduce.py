@@ -15,7 +15,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +24,7 @@ from spcomp.lower import record
 from spcomp.runtime import launch
 
 from conftest import examples, spcomp_threads
-from test_programs_chunks import FIRST, INPUT_FORMATS, NEXT, chain_inputs, dense_of
+from test_programs_chunks import FIRST, INPUT_FORMATS, NEXT, call_split, chain_inputs, dense_of
 from test_programs_parallel import splits
 from test_programs_sparse import chain_operands
 
@@ -89,12 +88,7 @@ def test_runs_ending_in_a_sum_or_a_dense_add_run_by_chunks_and_match_numpy(data)
         args = dict(used)
         if end == "Y":
             args["Y"] = ops["Y"].copy()
-        with pytest.MonkeyPatch.context() as mp:
-            if pool:
-                mp.setattr(launch.Launcher, "driver_of", lambda self, variant: None)
-            with splits(threads, mp) as calls:
-                got = k(**args)
-        got = got if isinstance(got, dict) else {outputs[0]: got}
+        got, calls = call_split(k, args, threads, pool, outputs)
         for name in outputs:
             assert np.allclose(dense_of(got[name]), env[name], rtol=1e-10, atol=1e-10), (text, name, threads)
         if end == "Y":
