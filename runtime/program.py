@@ -19,7 +19,9 @@ freed by the kernel itself; on an error status :meth:`Output.discard` frees
 what the slots still hold. A 32-bit overflow (status 5) runs the whole run
 again with the 64-bit function (no statement of such a run accumulates). A call
 big enough for threads of a run that has a chunked function runs that instead
-(:mod:`.program_chunks`): the same arguments, per-chunk capacities and slots.
+(:mod:`.program_chunks`): the same arguments, per-chunk capacities, slots and
+copies of summed outputs; with a dense ``+=`` (chunks add into the caller's rows
+in place) it runs 64-bit at once, since a rerun would add some rows twice.
 """
 from __future__ import annotations
 
@@ -184,6 +186,12 @@ class FusedRun:
             bits = max(bits, index_bits(storages, sizes, self.limit))
             work += call_work(ctx.caps, st.low, st.low, sizes, storages)
         chunked = self._chunked(bits, per_step)
+        if chunked is not None and bits == 32 and any(
+                st.accumulate and not st.sparse and not low.threads.partials for st, low in zip(self.steps, chunked.lows)):
+            # a dense += adds into the caller's rows chunk by chunk: a stitch past 32 bits
+            # after some chunks added would rerun them, so such a call runs 64-bit at once
+            bits = 64
+            chunked = self._chunked(bits, per_step)
         built = chunked or self.build(bits)
         if chunked is not None:  # the chunked function keeps no row workspaces: whole arrays
             for j, st in enumerate(self.steps):
@@ -209,10 +217,6 @@ class FusedRun:
             args, _ = call_args(plan, storages, sizes, bits, True, _input_arg(st.ctx), out_arg, capacity)
             lists.append(args)
         args = [lists[s.statement][s.position] for s in built.sources]
-        # a dense += a chunked call adds into in place, as it was before the call: a
-        # chunk's error or overflow (rerun at 64 bits) must not leave some rows added
-        kept = [(a, a.copy()) for st, low, (_s, _z, a, _c) in zip(self.steps, built.lows, per_step)
-                if chunked is not None and st.accumulate and a is not None and not low.threads.partials]
         try:
             if chunked is not None:  # every statement over each thread's rows, one launch
                 sparse = [j for j, st in enumerate(self.steps) if st.sparse]
@@ -232,12 +236,10 @@ class FusedRun:
         except BaseException:  # Ctrl-C (or a stitch past 32 bits): free what the kernel allocated
             for out in outs:
                 out.discard()
-            _restore(kept)
             raise
         if status != 0:
             for out in outs:
                 out.discard()
-            _restore(kept)
             if status == STATUS_INDEX_OVERFLOW and bits == 64:
                 raise KernelRuntimeError(f"program {self.expression!r}: a 64-bit sparse tensor overflowed")
             # a packed-block overflow names the output whose block outgrew its slots
@@ -255,12 +257,6 @@ class FusedRun:
                     env[st.name] = out.result()
             elif array is not None:
                 env[st.name] = array.item() if array.ndim == 0 and st.returned and not st.accumulate else array
-
-
-def _restore(kept: list) -> None:
-    """Put back the values of each ``(array, copy)``."""
-    for array, copy in kept:
-        np.copyto(array, copy)
 
 
 def _own_pos_arg(out):

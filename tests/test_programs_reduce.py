@@ -98,9 +98,10 @@ def test_runs_ending_in_a_sum_or_a_dense_add_run_by_chunks_and_match_numpy(data)
             assert (rows, 2) in calls, calls   # the rows were split over two threads
 
 
-def test_a_dense_add_is_not_repeated_when_the_chunks_rerun_at_64_bits(monkeypatch, tmp_path):
+def test_a_dense_add_by_chunks_runs_64_bit_at_once(monkeypatch, tmp_path):
     """T's chunks together pass the (lowered) 32-bit limit only when stitched, after
-    every chunk added its rows into Y: the rerun at 64 bits starts from Y as given."""
+    every chunk added its rows into Y: a 64-bit rerun would add them twice, so a
+    chunked call with a dense += runs the 64-bit function from the start."""
     monkeypatch.setattr(record, "INDEX32_LIMIT", 300)
     monkeypatch.setenv("SPCOMP_CACHE_DIR", str(tmp_path / "cache"))
     spcomp.clear_cache()
