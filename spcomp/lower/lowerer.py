@@ -307,10 +307,12 @@ class Lowerer(LoopDirectives):
         self.capacity_param = None
         self.bounded = ()
         self.drops_zeros = False
+        self.accumulate_inside = False  # (_position_passes; a dense output's is set below)
         grow = []
-        if not fmt.is_dense and not self.opt.append_chunks:
+        if not fmt.is_dense and (self.pos_plan is not None or not self.opt.append_chunks):
             from . import assembly
-            two_phase = assembly.plan(self)  # rows in parallel: count, scan, fill
+            # rows in parallel: count, scan, fill (by chunks of positions: possparse.py)
+            two_phase = self._position_assembly() if self.pos_plan is not None else assembly.plan(self)
             if two_phase is not None:
                 return two_phase
         if fmt.is_dense:

@@ -1,0 +1,127 @@
+"""Position splits into sparse outputs (lower/possparse.py): a csr-like output whose
+entries follow the split operand's positions, assembled by count and fill per chunk
+of positions. Every kernel is checked against numpy.einsum on one thread and on two
+threads with every call split, and its arrays (pos, crd, vals) against the default
+schedule's bit for bit (each entry is computed the same way and lands at the same
+place). Refusals name why."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import spcomp
+from spcomp import Schedule
+from spcomp.errors import ScheduleError
+
+from conftest import examples, record_splits, spcomp_threads
+
+SPARSE_OUT = [
+    # expr, formats, operand, index split, einsum, operand axes
+    ("C[i,j] = A[i,j] * B[i,j]", {"A": "csr", "C": "csr"}, "A", "j", "ij,ij->ij", {"A": (0, 1), "B": (0, 1)}),
+    ("C[i,j] = A[i,j] * B[i,j]", {"A": "dcsr", "C": "csr"}, "A", "j", "ij,ij->ij", {"A": (0, 1), "B": (0, 1)}),
+    ("C[i,j] = A[i,j] * x[j]", {"A": "csr", "C": "csr"}, "A", "j", "ij,j->ij", {"A": (0, 1), "x": (1,)}),
+    ("C[i,j] = A[i,j] * D[i,k] * E[k,j]", {"A": "csr", "C": "csr"}, "A", "j", "ij,ik,kj->ij",
+     {"A": (0, 1), "D": (0, 2), "E": (2, 1)}),  # SDDMM: a sum under each position
+    ("Y[i,j] = B[i,j,k] * c[k]", {"B": "csf", "Y": "csr"}, "B", "j", "ijk,k->ij", {"B": (0, 1, 2), "c": (2,)}),
+]
+
+
+def _compile(expr, formats, schedule=None, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return spcomp.compile(expr, formats=formats, schedule=schedule, **kw)
+
+
+def _operands(axes, formats, dims, density, seed):
+    rng = np.random.default_rng(seed)
+    ops, dense = {}, []
+    for name, ax in axes.items():
+        shape = tuple(dims[a] for a in ax)
+        a = rng.standard_normal(shape)
+        if name in formats:
+            keep = rng.random(shape) < density
+            keep[: max(1, shape[0] // 6)] |= rng.random((max(1, shape[0] // 6),) + shape[1:]) < 0.8  # long rows
+            a = np.where(keep, a, 0.0)
+            ops[name] = spcomp.Tensor.from_numpy(a, formats[name])
+        else:
+            ops[name] = a
+        dense.append(a)
+    return ops, dense
+
+
+def _same_arrays(got, want):
+    """Bitwise equal storages: every level array and the values."""
+    assert got.shape == want.shape
+    for lg, lw in zip(got.levels, want.levels):
+        assert lg.keys() == lw.keys()
+        for key in lg:
+            np.testing.assert_array_equal(np.asarray(lg[key]), np.asarray(lw[key]), err_msg=key)
+    np.testing.assert_array_equal(np.asarray(got.vals).view(np.uint8), np.asarray(want.vals).view(np.uint8))
+
+
+@settings(max_examples=examples(25), deadline=None)
+@given(case=st.sampled_from(range(len(SPARSE_OUT))), dims=st.lists(st.integers(1, 17), min_size=3, max_size=3),
+       density=st.sampled_from([0.0, 0.1, 0.3, 1.0]), factor=st.integers(1, 13), fuse=st.booleans(),
+       race=st.sampled_from([None, "Atomics", "NoRaces"]), seed=st.integers(0, 99))
+def test_position_split_into_sparse_output(case, dims, density, factor, fuse, race, seed):
+    expr, formats, name, index, spec, axes = SPARSE_OUT[case]
+    ops, dense = _operands(axes, formats, dims, density, seed)
+    base = (Schedule().fuse("i", index, "f").pos("f", "q", name) if fuse and index == "j" and name == "A"
+            else Schedule().pos(index, "q", name))
+    k = _compile(expr, formats, base.split("q", "c", "p", factor).parallelize("c", race=race))
+    default = _compile(expr, formats)
+    ref = np.einsum(spec, *dense)
+    want = default(**ops)
+    for n in (1, 2):
+        with spcomp_threads(n, min_work=0 if n > 1 else None):
+            got = k(**ops)
+        np.testing.assert_allclose(got.to_numpy(), ref, rtol=1e-10, atol=1e-10, err_msg=f"{n} thread(s)")
+        _same_arrays(got, want)
+
+
+def test_sparse_output_position_split_really_splits(monkeypatch):
+    ops, dense = _operands({"A": (0, 1), "B": (0, 1)}, {"A": "csr"}, (60, 40), 0.1, 1)
+    k = _compile("C[i,j] = A[i,j] * B[i,j]", {"A": "csr", "C": "csr"},
+                 Schedule().pos("j", "q", "A").split("q", "c", "p", 8).parallelize("c"))
+    assert "two-phase assembly of C" in k.loops and "atomic_add" in k.ir
+    splits = record_splits(monkeypatch)
+    with spcomp_threads(2, min_work=0):
+        got = k(**ops)
+    assert splits, "the call ran on one thread"
+    _same_arrays(got, _compile("C[i,j] = A[i,j] * B[i,j]", {"A": "csr", "C": "csr"})(**ops))
+    np.testing.assert_array_equal(got.to_numpy(), dense[0] * dense[1])
+
+
+def test_sequential_position_loop_appends_in_order():
+    ops, dense = _operands({"A": (0, 1), "x": (1,)}, {"A": "csr"}, (9, 7), 0.4, 2)
+    k = _compile("C[i,j] = A[i,j] * x[j]", {"A": "csr", "C": "csr"}, Schedule().pos("j", "q", "A").sequential())
+    assert "two-phase" not in k.loops
+    np.testing.assert_array_equal(k(**ops).to_numpy(), dense[0] * dense[1])
+
+
+REFUSALS = [
+    ("C[i,j] = A[i,j] * x[j]", {"A": "csr", "C": "dcsr"}, Schedule().pos("j", "q", "A"), {},
+     "dense levels then one compressed level"),
+    ("C[i,j] = A[i,j] * x[j]", {"A": "csr", "C": "csc"}, Schedule().pos("j", "q", "A"), {}, "storage order"),
+    ("C[i,j] = A[i,j] * x[j]", {"A": "dcsr", "C": "csr"}, Schedule().pos("i", "q", "A"), {}, "storage order"),
+    ("C[i,j] = A[i,j] * x[j]", {"A": "csr", "C": "csr"}, Schedule().pos("j", "q", "A"), {"drop_zeros": True},
+     "computed zeros are kept"),
+    ("C[i,j] += A[i,j] * x[j]", {"A": "csr", "C": "csr"}, Schedule().pos("j", "q", "A"), {}, "with '='"),
+    ("C[i,j] = A[i,j] * x[j]", {"A": "csr", "C": "csr"},
+     Schedule().pos("j", "q", "A").split("q", "c", "p", 4).parallelize("c", race="ParallelReduction"), {},
+     "no copies to add up"),
+    ("C[i,j] = A[i,j] * x[j]", {"A": "csr", "C": "csr"}, Schedule().pos("j", "q", "A").split("q", "c", "p", 4),
+     {"backend": "cuda-sim"}, "a thread per row"),
+    ("C[i,j] = A[i,j] + B[i,j]", {"A": "csr", "B": "csr", "C": "csr"}, Schedule().pos("j", "q", "A"), {},
+     "also walks B"),
+]
+
+
+@pytest.mark.parametrize("expr, formats, schedule, kw, words", REFUSALS)
+def test_sparse_output_position_split_refusals(expr, formats, schedule, kw, words):
+    with pytest.raises(ScheduleError, match=words):
+        _compile(expr, formats, schedule, **kw)
