@@ -22,7 +22,7 @@ from ..ir import nodes as n
 from ..ir.types import F32, F64, I64, ptr
 from ..notation import Access, Add, Assignment, TensorVar, accesses
 from . import blocked
-from . import gpumap, gpupositions
+from . import gpumap, gpupositions, rowpos
 from . import parallel as par
 from . import split as split_mod
 from .blas import direct_gemm, gemm_call, gemm_into_temporary, offload
@@ -510,6 +510,7 @@ class Lowerer(LoopDirectives):
         self.position_ends = emitter.position_ends
         self.members_placed.update(emitter.members_placed)
         self._check_bounds(emitter.bounded)
+        self.loops_text += rowpos.check_applied(self.opt, emitter.row_pos_done)
         return nest
 
     def _check_bounds(self, bounded) -> None:

@@ -41,6 +41,7 @@ class Options:
     split: tuple = ()                 # (index, outer, inner, factor) per Schedule.split
     # a position loop (Schedule.pos / fuse, split or not): possplit.PosSplit's fields as a tuple
     pos_split: tuple = ()
+    row_pos: tuple = ()               # TACO's pos within a row: rowpos.RowPos's fields as a tuple
     race: tuple = ()                  # (strategy, insist) per parallelize(..., race=)
     # GPU loops inside the parallel one that split its iterations among a team
     # (several parallelize directives: gpumap.py): (index, mapping, race, insist)
@@ -72,7 +73,10 @@ class Options:
         ScheduleError for a parallel mapping the backend does not run."""
         from .gpumap import grid_and_members
         from .possplit import from_directives
-        spec, dense_splits = from_directives(schedule.directives)
+        from .rowpos import take
+        row, directives = take(schedule.directives, caps)
+        schedule = type(schedule)(directives)
+        spec, dense_splits = from_directives(directives)
         par, members = grid_and_members(schedule.get("parallelize"), caps)
         kind = caps.default_parallel_kind
         race = tuple(par[2:4]) if par is not None and len(par) > 2 else ()
@@ -101,6 +105,7 @@ class Options:
             split=tuple(tuple(s[1:]) if s[0] == "split" else (s[1], s[2], s[3], -s[4])  # (lower/split.py)
                         for s in dense_splits),
             pos_split=() if spec is None else tuple(vars(spec).values()),
+            row_pos=() if row is None else tuple(vars(row).values()),
             race=race,
             members=members if parallel is not None else (),
             bounds=tuple((_loop_of(b[0], spec), b[1]) for b in schedule.get("bound")),
