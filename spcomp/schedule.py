@@ -30,6 +30,8 @@ SPLIT_FACTOR_MAX = 2 ** 31 - 1
 UNROLL_MAX = 64
 #: ``vectorize`` widths: 0 (the backend decides), or a power of two up to 64 lanes.
 VECTOR_WIDTH_MAX = 64
+#: ``gpu(block=)``: threads per CUDA block, 1 .. 1024 (a multiple of 32 where warps are mapped)
+GPU_BLOCK_MAX = 1024
 
 
 def _count(call: str, value, lo: int, hi: int, what: str) -> int:
@@ -206,6 +208,15 @@ class Schedule:
         call = f"unroll({index!r}, {factor!r})"
         _index_name(call, index)
         return self._with("unroll", index, _count(call, factor, 1, UNROLL_MAX, "factor"))
+
+    def gpu(self, block: int) -> "Schedule":
+        """Launch the CUDA kernel with ``block`` threads per block (the backends'
+        default is 256): 1..1024, and a multiple of 32 where the kernel maps warps
+        or blocks (a warp per row, a block's team, TACO's block > warp > thread
+        chunks). The emitted kernel says so (``__launch_bounds__``); the CPU
+        backend refuses it."""
+        call = f"gpu(block={block!r})"
+        return self._with("gpu", _count(call, block, 1, GPU_BLOCK_MAX, "block size"))
 
     # ------------------------------------------------------------- queries
     def get(self, name):

@@ -471,7 +471,8 @@ class Lowerer(LoopDirectives):
             parallel=split_mod.base_of(self.parallel).name if self.parallel is not None else None,
             balance=own(balance), split=split, positions=own(positions),
             work_scale=tuple(own(p) for p in par.work_scale(facts, balance)),
-            work_dense=par.work_dense(facts, balance), partials=self.partials)
+            work_dense=par.work_dense(facts, balance), partials=self.partials,
+            gpu_block=gpumap.check_block(module, self.opt))
         inspection = Inspection(notation=notation, order=self.order, warnings=self.warnings,
                                 loops="\n".join(loops + [f"(layout: {r})" for r in self.dense_relayouts]),
                                 blas=[g.describe() for g in self.gemms])

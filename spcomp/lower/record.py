@@ -47,6 +47,7 @@ class Options:
     # (several parallelize directives: gpumap.py): (index, mapping, race, insist)
     members: tuple = ()
     bounds: tuple = ()                # (index, limit) per Schedule.bound
+    gpu_block: int = 0                # CUDA threads per block (Schedule.gpu; 0: the backend's default)
     # CPU threads and a sparse output with dense rows: each chunk of rows appends to
     # arrays of its own and the runtime stitches them (runtime/chunks.py) instead of
     # the two-phase count and fill (assembly.py)
@@ -80,6 +81,10 @@ class Options:
         par, members = grid_and_members(schedule.get("parallelize"), caps)
         kind = caps.default_parallel_kind
         race = tuple(par[2:4]) if par is not None and len(par) > 2 else ()
+        gpu = schedule.get("gpu")
+        if gpu and caps.host_threads:
+            raise ScheduleError(f"gpu(block={gpu[-1][0]}): a launch's block size is for the CUDA backends; "
+                                f"backend {caps.name!r} runs CPU threads")
         if schedule.get("sequential"):
             parallel = None
         elif par is not None:
@@ -109,6 +114,7 @@ class Options:
             race=race,
             members=members if parallel is not None else (),
             bounds=tuple((_loop_of(b[0], spec), b[1]) for b in schedule.get("bound")),
+            gpu_block=gpu[-1][0] if gpu else 0,
             name=name,
             caps=caps,
         )
@@ -164,6 +170,7 @@ class ThreadPlan:
     partials: bool = False     # the parallel loop reduces: each chunk adds into its own copy of the output
     # with ``positions`` and ``split``: the loop runs over chunks of ``factor`` positions (possplit.py)
     fused: str | None = None   # the parallel loop is fused with this inner index's (densefuse.py)
+    gpu_block: int = 0         # CUDA threads per block (Schedule.gpu; 0: the backend's default)
 
 
 @dataclass
