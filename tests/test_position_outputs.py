@@ -27,6 +27,7 @@ SPARSE_OUT = [
     ("C[i,j] = A[i,j] * D[i,k] * E[k,j]", {"A": "csr", "C": "csr"}, "A", "j", "ij,ik,kj->ij",
      {"A": (0, 1), "D": (0, 2), "E": (2, 1)}),  # SDDMM: a sum under each position
     ("Y[i,j] = B[i,j,k] * c[k]", {"B": "csf", "Y": "csr"}, "B", "j", "ijk,k->ij", {"B": (0, 1, 2), "c": (2,)}),
+    ("Y[i,j,k] = B[i,j,k] * c[k]", {"B": "csf", "Y": "ddc"}, "B", "k", "ijk,k->ijk", {"B": (0, 1, 2), "c": (2,)}),
 ]
 
 
@@ -83,6 +84,32 @@ def test_position_split_into_sparse_output(case, dims, density, factor, fuse, ra
         _same_arrays(got, want)
 
 
+DROPPING = [  # relu makes zeros of nonzeros: the output keeps only the positive values
+    ("C[i,j] = relu(A[i,j] * B[i,j])", {"A": "csr", "C": "csr"}, "A", "j", {"A": (0, 1), "B": (0, 1)}),
+    ("C[i,j] = relu(A[i,j] * B[i,j])", {"A": "dcsr", "C": "csr"}, "A", "j", {"A": (0, 1), "B": (0, 1)}),
+    ("Y[i,j,k] = relu(B[i,j,k] * c[k])", {"B": "csf", "Y": "ddc"}, "B", "k", {"B": (0, 1, 2), "c": (2,)}),
+]
+
+
+@settings(max_examples=examples(20), deadline=None)
+@given(case=st.sampled_from(range(len(DROPPING))), dims=st.lists(st.integers(1, 17), min_size=3, max_size=3),
+       density=st.sampled_from([0.0, 0.2, 1.0]), factor=st.integers(1, 9), seed=st.integers(0, 99))
+def test_position_split_into_sparse_output_dropping_zeros(case, dims, density, factor, seed):
+    """A range counts the nonzero entries of its first row that earlier ranges hold."""
+    expr, formats, name, index, axes = DROPPING[case]
+    ops, dense = _operands(axes, formats, dims, density, seed)
+    product = dense[0] * (dense[1] if dense[1].ndim == dense[0].ndim else dense[1].reshape(1, 1, -1))
+    k = _compile(expr, formats, Schedule().pos(index, "q", name).split("q", "c", "p", factor).parallelize("c"),
+                 drop_zeros=True)
+    want = _compile(expr, formats, drop_zeros=True)(**ops)
+    for n in (1, 2):
+        with spcomp_threads(n, min_work=0 if n > 1 else None):
+            got = k(**ops)
+        np.testing.assert_array_equal(got.to_numpy(), np.maximum(product, 0.0), err_msg=f"{n} thread(s)")
+        _same_arrays(got, want)
+    assert np.all(np.asarray(got.vals) > 0)
+
+
 def test_sparse_output_position_split_really_splits(monkeypatch):
     ops, dense = _operands({"A": (0, 1), "B": (0, 1)}, {"A": "csr"}, (60, 40), 0.1, 1)
     k = _compile("C[i,j] = A[i,j] * B[i,j]", {"A": "csr", "C": "csr"},
@@ -108,8 +135,6 @@ REFUSALS = [
      "dense levels then one compressed level"),
     ("C[i,j] = A[i,j] * x[j]", {"A": "csr", "C": "csc"}, Schedule().pos("j", "q", "A"), {}, "storage order"),
     ("C[i,j] = A[i,j] * x[j]", {"A": "dcsr", "C": "csr"}, Schedule().pos("i", "q", "A"), {}, "storage order"),
-    ("C[i,j] = A[i,j] * x[j]", {"A": "csr", "C": "csr"}, Schedule().pos("j", "q", "A"), {"drop_zeros": True},
-     "computed zeros are kept"),
     ("C[i,j] += A[i,j] * x[j]", {"A": "csr", "C": "csr"}, Schedule().pos("j", "q", "A"), {}, "with '='"),
     ("C[i,j] = A[i,j] * x[j]", {"A": "csr", "C": "csr"},
      Schedule().pos("j", "q", "A").split("q", "c", "p", 4).parallelize("c", race="ParallelReduction"), {},

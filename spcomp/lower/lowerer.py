@@ -22,7 +22,7 @@ from ..ir import nodes as n
 from ..ir.types import F32, F64, I64, ptr
 from ..notation import Access, Add, Assignment, TensorVar, accesses
 from . import blocked
-from . import gpumap, gpupositions, rowpos
+from . import gpumap, gpupositions, possparse, rowpos
 from . import parallel as par
 from . import split as split_mod
 from .blas import direct_gemm, gemm_call, gemm_into_temporary, offload
@@ -538,6 +538,7 @@ class Lowerer(LoopDirectives):
             """One range of chunks' (or sub-chunk positions' ``span``) search and passes."""
             nonlocal bounded
             nest = plan.prelude(lo, hi, self.sizes, self.fresh, span)
+            nest += possparse.skipped_entries(self, sink, env)  # a sparse output dropping zeros
             owned = plan.chain[0] in self.lhs.indices and plan.race != "ignored"
             for k, (edge, start, end) in enumerate(plan.passes()):
                 plan.current = (edge, start, end)

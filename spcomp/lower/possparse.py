@@ -5,10 +5,10 @@ begin and end inside a row. A sparse output can still be assembled chunk by chun
 when its entries follow the split operand's positions one for one: the output is
 dense levels then one compressed level (csr-like), its indices in storage order
 are the operand's chain of levels down to the walked one (``C[i,j] = A[i,j] * B[i,j]``
-with A csr), and no computed zero is dropped. Then every position of the walked
-level makes exactly one output entry, computed whole inside the chunk that holds
-the position (no sum across chunks, so the right side need not be linear), and the
-two phases of assembly.py work per chunk:
+with A csr). Then every position of the walked level makes at most one output
+entry (exactly one unless computed zeros are dropped), computed whole inside the
+chunk that holds the position (no sum across chunks, so the right side need not be
+linear), and the two phases of assembly.py work per chunk:
 
 1. ``NAME_count`` counts each row's entries; a range's first and last rows may be
    shared with the neighbouring ranges, so their counts are *added* into the
@@ -16,7 +16,9 @@ two phases of assembly.py work per chunk:
 2. the runtime's prefix sum gives the row starts;
 3. ``NAME_fill`` writes a row's entries from its start plus the entries that earlier
    ranges hold of it: ``max(0, P0 - pos[q])``, the row's positions before the
-   range's first one ``P0`` (one entry each).
+   range's first one ``P0`` (one entry each); where zeros are dropped, the range
+   first counts the nonzero values of those positions (:func:`skipped_entries`:
+   one more pass over at most one row, the values computed as the fill does).
 
 Each entry lands where the default schedule puts it, so the arrays are the same
 bit for bit. Everything else is refused with the reason (:func:`refusal`).
@@ -45,9 +47,6 @@ def refusal(spec, acc, lhs, level: int, opt, accumulate: bool):
         return (why + f"when its indices in storage order ({', '.join(i.name for i in out_chain)}) are "
                 f"{acc.tensor.name}'s levels down to the split one ({', '.join(i.name for i in chain)}): then each "
                 f"position of {acc.tensor.name} makes one entry of {out}")
-    if opt.drop_zeros:
-        return why + ("when computed zeros are kept (drop_zeros=True makes a chunk's entries depend on "
-                      "values, so the entries of a row before a chunk are unknown to it)")
     if accumulate:
         return why + "with '=' (with '+=' the entries of the old output would be merged in)"
     if not opt.caps.host_threads:
@@ -90,6 +89,7 @@ class ChunkFillSink(FillSink):
     def __init__(self, params, lhs, drop_zeros, fresh, sizes, starts, plan):
         super().__init__(params, lhs, drop_zeros, fresh, sizes, starts)
         self.plan = plan
+        self.skipped = None  # dropping zeros: the first row's entries before the range (skipped_entries)
 
     def enter(self, index, env):
         out = super().enter(index, env)
@@ -98,10 +98,48 @@ class ChunkFillSink(FillSink):
         plan = self.plan
         level = plan.level
         parent = env.pos[(plan.acc, level - 1)].pos if level else n.i64(0)
-        first_of_row = as_i64(n.Load(plan.params.levels[level]["pos"], parent))
-        before = n.Binary("max", n.i64(0), n.Binary("-", plan.ranges[level][0], first_of_row))
+        if self.skipped is None:  # one entry a position
+            first_of_row = as_i64(n.Load(plan.params.levels[level]["pos"], parent))
+            before = n.Binary("max", n.i64(0), n.Binary("-", plan.ranges[level][0], first_of_row))
+        else:  # only the range's first row has entries in earlier ranges
+            first_row = plan.ranges[level - 1][0]
+            before = n.Select(n.Binary("==", parent, first_row), self.skipped, n.i64(0))
         counter = self.counters[self.d]
         return out + [n.Assign(counter, add(counter, before))]
+
+
+class _SkipCountSink(CountSink):
+    """Counts the entries of the one row it is run over, storing nothing."""
+
+    def row_end(self, q):
+        return []
+
+    def epilogue(self):
+        return []
+
+
+def skipped_entries(lw, sink, env) -> list:
+    """Where a fill drops zeros: a pass over the range's first row, its positions
+    before the range's first one only, counting the nonzero values into the
+    variable ``sink.skipped`` that the row's start adds (called once the range's
+    positions are known, before its passes). Nothing for other sinks."""
+    if not isinstance(sink, ChunkFillSink) or not sink.drop:
+        return []
+    plan = lw.pos_plan
+    level = plan.level
+    counter = _SkipCountSink(sink.p, lw.lhs, True, lw.fresh, lw.sizes, {})
+    saved, current = dict(plan.ranges), plan.current
+    first = {m: plan.ranges[m][0] for m in range(level)}
+    plan.ranges = {**{m: (first[m], add(first[m], n.i64(1))) for m in range(level)},
+                   level: (n.i64(0), plan.ranges[level][0])}
+    plan.current = (True, first[0], n.Binary("min", add(first[0], n.i64(1)), saved[0][1]))
+    try:
+        nest = lw.emitter(counter, text=False).nest(lw.outer, lw.expr, counter, env.child(), depth=1)
+    finally:
+        plan.ranges, plan.current = saved, current
+    sink.skipped = counter.counters[sink.d]
+    return [n.Comment("the nonzero entries of the range's first row in earlier ranges (zeros are dropped)"),
+            *counter.prologue(), *nest]
 
 
 def build(lw):
@@ -124,4 +162,4 @@ def sinks(lw, out, drop, per_row) -> tuple:
             ChunkFillSink(out, lw.lhs, drop, lw.fresh, lw.sizes, per_row, plan))
 
 
-__all__ = ["refusal", "check", "ChunkCountSink", "ChunkFillSink", "build", "sinks"]
+__all__ = ["refusal", "check", "ChunkCountSink", "ChunkFillSink", "build", "sinks", "skipped_entries"]
