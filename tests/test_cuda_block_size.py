@@ -21,7 +21,8 @@ from conftest import examples
 
 HAS_NVCC = cuda.nvcc.nvcc_available()
 SPMV, SPMM = "y[i] = A[i,j] * x[j]", "Y[i,k] = A[i,j] * B[j,k]"
-KERNELS = [(SPMV, "ij,j->i", {"x": (1,)}), (SPMM, "ij,jk->ik", {"B": (1, 2)}), ("s = A[i,j] * x[j]", "ij,j->", {"x": (1,)})]
+KERNELS = [(SPMV, "ij,j->i", {"x": (1,)}), (SPMM, "ij,jk->ik", {"B": (1, 2)}),
+           ("s = A[i,j] * x[j]", "ij,j->", {"x": (1,)})]
 MAPPINGS = [
     None,  # the default (a thread or a warp per row, picked per call)
     Schedule().parallelize("i", "gpu-thread"),

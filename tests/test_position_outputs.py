@@ -6,17 +6,15 @@ schedule's bit for bit (each entry is computed the same way and lands at the sam
 place). Refusals name why."""
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import spcomp
 from spcomp import Schedule
 from spcomp.errors import ScheduleError
 
+from schedule_operands import compile_quiet, operands_by_axes
 from conftest import examples, record_splits, spcomp_threads
 
 SPARSE_OUT = [
@@ -31,27 +29,8 @@ SPARSE_OUT = [
 ]
 
 
-def _compile(expr, formats, schedule=None, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return spcomp.compile(expr, formats=formats, schedule=schedule, **kw)
-
-
 def _operands(axes, formats, dims, density, seed):
-    rng = np.random.default_rng(seed)
-    ops, dense = {}, []
-    for name, ax in axes.items():
-        shape = tuple(dims[a] for a in ax)
-        a = rng.standard_normal(shape)
-        if name in formats:
-            keep = rng.random(shape) < density
-            keep[: max(1, shape[0] // 6)] |= rng.random((max(1, shape[0] // 6),) + shape[1:]) < 0.8  # long rows
-            a = np.where(keep, a, 0.0)
-            ops[name] = spcomp.Tensor.from_numpy(a, formats[name])
-        else:
-            ops[name] = a
-        dense.append(a)
-    return ops, dense
+    return operands_by_axes(axes, formats, dims, density, seed, long_rows=True)
 
 
 def _same_arrays(got, want):
@@ -73,8 +52,8 @@ def test_position_split_into_sparse_output(case, dims, density, factor, fuse, ra
     ops, dense = _operands(axes, formats, dims, density, seed)
     base = (Schedule().fuse("i", index, "f").pos("f", "q", name) if fuse and index == "j" and name == "A"
             else Schedule().pos(index, "q", name))
-    k = _compile(expr, formats, base.split("q", "c", "p", factor).parallelize("c", race=race))
-    default = _compile(expr, formats)
+    k = compile_quiet(expr, formats, base.split("q", "c", "p", factor).parallelize("c", race=race))
+    default = compile_quiet(expr, formats)
     ref = np.einsum(spec, *dense)
     want = default(**ops)
     for n in (1, 2):
@@ -99,9 +78,9 @@ def test_position_split_into_sparse_output_dropping_zeros(case, dims, density, f
     expr, formats, name, index, axes = DROPPING[case]
     ops, dense = _operands(axes, formats, dims, density, seed)
     product = dense[0] * (dense[1] if dense[1].ndim == dense[0].ndim else dense[1].reshape(1, 1, -1))
-    k = _compile(expr, formats, Schedule().pos(index, "q", name).split("q", "c", "p", factor).parallelize("c"),
+    k = compile_quiet(expr, formats, Schedule().pos(index, "q", name).split("q", "c", "p", factor).parallelize("c"),
                  drop_zeros=True)
-    want = _compile(expr, formats, drop_zeros=True)(**ops)
+    want = compile_quiet(expr, formats, drop_zeros=True)(**ops)
     for n in (1, 2):
         with spcomp_threads(n, min_work=0 if n > 1 else None):
             got = k(**ops)
@@ -112,20 +91,20 @@ def test_position_split_into_sparse_output_dropping_zeros(case, dims, density, f
 
 def test_sparse_output_position_split_really_splits(monkeypatch):
     ops, dense = _operands({"A": (0, 1), "B": (0, 1)}, {"A": "csr"}, (60, 40), 0.1, 1)
-    k = _compile("C[i,j] = A[i,j] * B[i,j]", {"A": "csr", "C": "csr"},
+    k = compile_quiet("C[i,j] = A[i,j] * B[i,j]", {"A": "csr", "C": "csr"},
                  Schedule().pos("j", "q", "A").split("q", "c", "p", 8).parallelize("c"))
     assert "two-phase assembly of C" in k.loops and "atomic_add" in k.ir
     splits = record_splits(monkeypatch)
     with spcomp_threads(2, min_work=0):
         got = k(**ops)
     assert splits, "the call ran on one thread"
-    _same_arrays(got, _compile("C[i,j] = A[i,j] * B[i,j]", {"A": "csr", "C": "csr"})(**ops))
+    _same_arrays(got, compile_quiet("C[i,j] = A[i,j] * B[i,j]", {"A": "csr", "C": "csr"})(**ops))
     np.testing.assert_array_equal(got.to_numpy(), dense[0] * dense[1])
 
 
 def test_sequential_position_loop_appends_in_order():
     ops, dense = _operands({"A": (0, 1), "x": (1,)}, {"A": "csr"}, (9, 7), 0.4, 2)
-    k = _compile("C[i,j] = A[i,j] * x[j]", {"A": "csr", "C": "csr"}, Schedule().pos("j", "q", "A").sequential())
+    k = compile_quiet("C[i,j] = A[i,j] * x[j]", {"A": "csr", "C": "csr"}, Schedule().pos("j", "q", "A").sequential())
     assert "two-phase" not in k.loops
     np.testing.assert_array_equal(k(**ops).to_numpy(), dense[0] * dense[1])
 
@@ -149,4 +128,4 @@ REFUSALS = [
 @pytest.mark.parametrize("expr, formats, schedule, kw, words", REFUSALS)
 def test_sparse_output_position_split_refusals(expr, formats, schedule, kw, words):
     with pytest.raises(ScheduleError, match=words):
-        _compile(expr, formats, schedule, **kw)
+        compile_quiet(expr, formats, schedule, **kw)

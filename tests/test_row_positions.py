@@ -6,17 +6,15 @@ default schedule where the positions' order is kept and no reduction is reassoci
 and through cuda-sim; every refusal names why."""
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import spcomp
 from spcomp import Schedule
 from spcomp.errors import ScheduleError
 
+from schedule_operands import compile_quiet, operands_by_axes
 from conftest import examples, spcomp_threads
 
 KERNELS = [
@@ -30,24 +28,8 @@ KERNELS = [
 ]
 
 
-def _compile(expr, formats, schedule=None, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return spcomp.compile(expr, formats=formats, schedule=schedule, **kw)
-
-
 def _operands(axes, formats, dims, density, seed):
-    rng = np.random.default_rng(seed)
-    ops, dense = {}, []
-    for name, ax in axes.items():
-        a = rng.standard_normal(tuple(dims[x] for x in ax))
-        if name in formats:
-            a = np.where(rng.random(a.shape) < density, a, 0.0)
-            ops[name] = spcomp.Tensor.from_numpy(a, formats[name])
-        else:
-            ops[name] = a
-        dense.append(a)
-    return ops, dense
+    return operands_by_axes(axes, formats, dims, density, seed, long_rows=False)
 
 
 def _dense(x):
@@ -70,10 +52,10 @@ def test_row_positions_match_einsum_and_default(case, dims, density, factor, hin
         s = s.split("jpos", "j0", "j1", factor)
     if hint is not None and (split or hint[1] == "jpos"):
         s = getattr(s, hint[0])(hint[1], hint[2])
-    k = _compile(expr, formats, s)
+    k = compile_quiet(expr, formats, s)
     assert "over one segment of" in k.loops
     ref = np.einsum(spec, *dense)
-    base = _compile(expr, formats, Schedule().vectorize(index, 1) if reduction else None)(**ops)
+    base = compile_quiet(expr, formats, Schedule().vectorize(index, 1) if reduction else None)(**ops)
     for n in (1, 2):
         with spcomp_threads(n, min_work=0 if n > 1 else None):
             got = k(**ops)
@@ -81,12 +63,12 @@ def test_row_positions_match_einsum_and_default(case, dims, density, factor, hin
         if not reduction:  # the same adds in the same order: bit for bit
             np.testing.assert_array_equal(_dense(got), _dense(base))
     if reduction and hint is None:  # a scalar loop cut into blocks still adds in order
-        k1 = _compile(expr, formats, s.vectorize("j1" if split else "jpos", 1))
+        k1 = compile_quiet(expr, formats, s.vectorize("j1" if split else "jpos", 1))
         np.testing.assert_array_equal(_dense(k1(**ops)), _dense(base))
 
 
 def test_row_position_split_is_a_strip_mined_loop():
-    k = _compile("y[i] = A[i,j] * x[j]", {"A": "csr"},
+    k = compile_quiet("y[i] = A[i,j] * x[j]", {"A": "csr"},
                  Schedule().pos("j", "jpos", "A", within="i").split("jpos", "j0", "j1", 4).unroll("j1", 4)
                  .parallelize("i"))
     assert "for (int64_t j0 = 0;" in k.ir and "unroll: 4" in k.ir
@@ -100,9 +82,9 @@ def test_warp_lanes_take_a_rows_positions_on_cuda_sim():
     taco = (Schedule().parallelize("i", "gpu-warp").pos("j", "jpos", "A", within="i")
             .split("jpos", "thread_nz", "thread", 32).parallelize("thread", "gpu-thread", race="ParallelReduction"))
     lanes = Schedule().parallelize("i", "gpu-warp").parallelize("j", "gpu-thread", race="ParallelReduction")
-    k = _compile("y[i] = A[i,j] * x[j]", {"A": "csr"}, taco, backend="cuda-sim")
+    k = compile_quiet("y[i] = A[i,j] * x[j]", {"A": "csr"}, taco, backend="cuda-sim")
     np.testing.assert_allclose(k(A=a, x=x), a @ x, rtol=1e-12, atol=1e-12)
-    assert k.source == _compile("y[i] = A[i,j] * x[j]", {"A": "csr"}, lanes, backend="cuda-sim").source
+    assert k.source == compile_quiet("y[i] = A[i,j] * x[j]", {"A": "csr"}, lanes, backend="cuda-sim").source
 
 
 REFUSALS = [
@@ -121,12 +103,12 @@ REFUSALS = [
 @pytest.mark.parametrize("schedule, kw, words", REFUSALS)
 def test_row_position_refusals(schedule, kw, words):
     with pytest.raises(ScheduleError, match=words):
-        _compile("y[i] = A[i,j] * x[j]", {"A": "csr"}, schedule, **kw)
+        compile_quiet("y[i] = A[i,j] * x[j]", {"A": "csr"}, schedule, **kw)
 
 
 def test_row_positions_of_a_merged_loop_are_refused():
     with pytest.raises(ScheduleError, match="does not walk A's positions alone"):
-        _compile("y[i] = (A[i,j] + B[i,j]) * x[j]", {"A": "csr", "B": "csr"},
+        compile_quiet("y[i] = (A[i,j] + B[i,j]) * x[j]", {"A": "csr", "B": "csr"},
                  Schedule().pos("j", "jpos", "A", within="i"))
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 from ..errors import ScheduleError
 from ..ir import nodes as n
 from ..ir.build import add, as_i64
-from ..ir.types import I64
 from . import assembly
 from .assembly import CountSink, FillSink
 from .outputs import applies, dense_prefix
