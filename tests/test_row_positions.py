@@ -115,3 +115,41 @@ def test_row_positions_of_a_merged_loop_are_refused():
 def test_within_must_be_a_name():
     with pytest.raises(ScheduleError, match="within names"):
         Schedule().pos("j", "jpos", "A", within="j")
+
+
+def test_tacos_spmv_cpu_schedule():
+    """TACO's scheduleSpMVCPU: split(i, i0, i1, 32).pos(j, jpos, A(i,j)).split(jpos, jpos0, jpos1, 4)
+    .reorder({i0, i1, jpos0, jpos1}).parallelize(i0, CPUThread, NoRaces).parallelize(jpos1, CPUVector, ...)."""
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((100, 80)) * (rng.random((100, 80)) < 0.3)
+    x = rng.standard_normal(80)
+    s = (Schedule().split("i", "i0", "i1", 32).pos("j", "jpos", "A", within="i").split("jpos", "jpos0", "jpos1", 4)
+         .reorder("i0", "i1", "jpos0", "jpos1").parallelize("i0", race="NoRaces").vectorize("jpos1"))
+    k = compile_quiet("y[i] = A[i,j] * x[j]", {"A": "csr"}, s)
+    for n in (1, 2):
+        with spcomp_threads(n, min_work=0 if n > 1 else None):
+            np.testing.assert_allclose(k(A=a, x=x), a @ x, rtol=1e-12)
+
+
+def test_tacos_spmm_cpu_schedule_is_refused_with_the_reason():
+    """TACO's scheduleSpMMCPU runs the dense k loop between jpos0 and jpos1: spcomp
+    strip-mines the row's position loop in place, so that order is refused."""
+    s = (Schedule().split("i", "i0", "i1", 16).pos("j", "jpos", "A", within="i").split("jpos", "jpos0", "jpos1", 4)
+         .reorder("i0", "i1", "jpos0", "k", "jpos1").parallelize("i0", race="NoRaces").vectorize("k"))
+    with pytest.raises(ScheduleError, match="separates the pieces"):
+        compile_quiet("Y[i,k] = A[i,j] * B[j,k]", {"A": "csr"}, s)
+
+
+def test_tacos_spmv_rows_gpu_schedule_on_cuda_sim():
+    """TACO's scheduleSpMVRowsGPU, with its pos of a row: the block > warp > lanes kernel."""
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal((100, 80)) * (rng.random((100, 80)) < 0.3)
+    x = rng.standard_normal(80)
+    rows = Schedule().split("i", "block", "row", 8).parallelize("block", "gpu-block", race="NoRaces") \
+        .parallelize("row", "gpu-warp")
+    taco = rows.pos("j", "jpos", "A", within="i").split("jpos", "thread_nz", "thread", 32) \
+        .parallelize("thread", "gpu-thread", race="ParallelReduction")
+    k = compile_quiet("y[i] = A[i,j] * x[j]", {"A": "csr"}, taco, backend="cuda-sim")
+    np.testing.assert_allclose(k(A=a, x=x), a @ x, rtol=1e-12)
+    lanes = rows.parallelize("j", "gpu-thread", race="ParallelReduction")
+    assert k.source == compile_quiet("y[i] = A[i,j] * x[j]", {"A": "csr"}, lanes, backend="cuda-sim").source
