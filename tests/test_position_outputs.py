@@ -3,7 +3,7 @@ entries follow the split operand's positions, assembled by count and fill per ch
 of positions. Every kernel is checked against numpy.einsum on one thread and on two
 threads with every call split, and its arrays (pos, crd, vals) against the default
 schedule's bit for bit (each entry is computed the same way and lands at the same
-place). Refusals name why."""
+place); on cuda-sim (a GPU thread per chunk) and through nvcc too. Refusals name why."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import spcomp.backends.cuda as cuda
 from spcomp import Schedule
 from spcomp.errors import ScheduleError
 
@@ -118,8 +119,9 @@ REFUSALS = [
     ("C[i,j] = A[i,j] * x[j]", {"A": "csr", "C": "csr"},
      Schedule().pos("j", "q", "A").split("q", "c", "p", 4).parallelize("c", race="ParallelReduction"), {},
      "no copies to add up"),
-    ("C[i,j] = A[i,j] * x[j]", {"A": "csr", "C": "csr"}, Schedule().pos("j", "q", "A").split("q", "c", "p", 4),
-     {"backend": "cuda-sim"}, "a thread per row"),
+    ("C[i,j] = A[i,j] * x[j]", {"A": "csr", "C": "csr"}, Schedule().pos("j", "q", "A").split("q", "c", "p", 8)
+     .split("p", "w", "t", 2).parallelize("c", "gpu-block").parallelize("w", "gpu-thread"), {"backend": "cuda-sim"},
+     "one level of chunks"),
     ("C[i,j] = A[i,j] + B[i,j]", {"A": "csr", "B": "csr", "C": "csr"}, Schedule().pos("j", "q", "A"), {},
      "also walks B"),
 ]
@@ -129,3 +131,27 @@ REFUSALS = [
 def test_sparse_output_position_split_refusals(expr, formats, schedule, kw, words):
     with pytest.raises(ScheduleError, match=words):
         compile_quiet(expr, formats, schedule, **kw)
+
+
+@settings(max_examples=examples(10), deadline=None)
+@given(dims=st.lists(st.integers(1, 40), min_size=2, max_size=2), density=st.sampled_from([0.0, 0.2, 1.0]),
+       factor=st.integers(1, 9), drop=st.booleans(), seed=st.integers(0, 99))
+def test_position_split_into_sparse_output_on_cuda_sim(dims, density, factor, drop, seed):
+    """A GPU thread per chunk: counts added atomically, fills from the row starts."""
+    expr = "C[i,j] = relu(A[i,j] * B[i,j])" if drop else "C[i,j] = A[i,j] * B[i,j]"
+    ops, (a, b) = _operands({"A": (0, 1), "B": (0, 1)}, {"A": "csr"}, dims, density, seed)
+    formats = {"A": "csr", "C": "csr"}
+    s = Schedule().pos("j", "q", "A").split("q", "c", "p", factor)
+    k = compile_quiet(expr, formats, s, backend="cuda-sim", drop_zeros=drop)
+    got = k(**ops)
+    np.testing.assert_array_equal(got.to_numpy(), np.maximum(a * b, 0.0) if drop else a * b)
+    _same_arrays(got, compile_quiet(expr, formats, backend="cuda-sim", drop_zeros=drop)(**ops))
+
+
+@pytest.mark.skipif(not cuda.nvcc_available(), reason="nvcc (the CUDA toolkit) is not installed")
+@pytest.mark.parametrize("drop", [False, True])
+def test_sparse_output_position_split_compiles_with_nvcc(drop):
+    k = compile_quiet("C[i,j] = relu(A[i,j] * B[i,j])", {"A": "csr", "C": "csr"},
+                      Schedule().pos("j", "q", "A").split("q", "c", "p", 4), backend="cuda-sim", drop_zeros=drop)
+    report = cuda.check(k, arch="sm_90")["sm_90"]
+    assert set(report) == set(cuda.signature.parse_kernels(k.source)) == {"kernel_count", "kernel_fill"}

@@ -21,7 +21,9 @@ linear), and the two phases of assembly.py work per chunk:
    one more pass over at most one row, the values computed as the fill does).
 
 Each entry lands where the default schedule puts it, so the arrays are the same
-bit for bit. Everything else is refused with the reason (:func:`refusal`).
+bit for bit. On CPU threads a range of chunks is a thread's; on the GPU, a chunk
+is a thread's (the count adds atomically there too). Everything else is refused
+with the reason (:func:`refusal`).
 """
 from __future__ import annotations
 
@@ -48,8 +50,9 @@ def refusal(spec, acc, lhs, level: int, opt, accumulate: bool):
                 f"position of {acc.tensor.name} makes one entry of {out}")
     if accumulate:
         return why + "with '=' (with '+=' the entries of the old output would be merged in)"
-    if not opt.caps.host_threads:
-        return why + f"on CPU threads; backend {opt.caps.name!r} assembles sparse outputs a thread per row"
+    if spec.pieces:
+        return why + ("with one level of chunks (a GPU thread each): a block's warps and threads would share "
+                      "the counters of the rows they append to")
     race = opt.race[0] if opt.race else None
     if race not in (None, "NoRaces", "Atomics"):
         return (f"parallelize({spec.outer!r}, race={race!r}): chunks of positions write entries of the sparse "
