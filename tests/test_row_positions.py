@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spcomp import Schedule
-from spcomp.errors import ScheduleError
+from spcomp.errors import KernelRuntimeError, ScheduleError
 
 from schedule_operands import compile_quiet, operands_by_axes
 from conftest import examples, spcomp_threads
@@ -153,3 +153,14 @@ def test_tacos_spmv_rows_gpu_schedule_on_cuda_sim():
     np.testing.assert_allclose(k(A=a, x=x), a @ x, rtol=1e-12)
     lanes = rows.parallelize("j", "gpu-thread", race="ParallelReduction")
     assert k.source == compile_quiet("y[i] = A[i,j] * x[j]", {"A": "csr"}, lanes, backend="cuda-sim").source
+
+
+def test_bound_on_a_rows_positions_is_the_rows_length():
+    a = np.zeros((5, 9))
+    a[1, :3] = 1.0
+    s = Schedule().pos("j", "jpos", "A", within="i").bound("jpos", 4)
+    k = compile_quiet("y[i] = A[i,j] * x[j]", {"A": "csr"}, s)
+    np.testing.assert_allclose(k(A=a, x=np.ones(9)), a.sum(axis=1))
+    a[2, :] = 1.0  # a row of 9 positions
+    with pytest.raises(KernelRuntimeError):
+        k(A=a, x=np.ones(9))

@@ -7,7 +7,7 @@ the loop the default nest already runs there, so alone it changes nothing;
 ``split("jpos", "j0", "j1", F)`` strip-mines it (``j0`` over blocks of ``F`` of the
 row's positions, ``j1`` within one: the order of the positions is kept, so the
 result is the default schedule's bit for bit), and ``unroll``/``vectorize`` may
-name ``jpos``, ``j0`` or ``j1``. On the GPU, ``parallelize("j1", "gpu-thread")``
+name ``jpos``, ``j0`` or ``j1``, and ``bound("jpos", n)`` bounds a row's length. On the GPU, ``parallelize("j1", "gpu-thread")``
 with ``F = 32`` under a warp per row hands the row's positions to the warp's lanes
 32 apart (TACO's ``split(jpos, thread_nz, thread, WARP_SIZE)``): the lane mapping
 ``parallelize("j", "gpu-thread")`` already runs (gpumap.py), so it is rewritten to
@@ -80,6 +80,8 @@ def take(directives, caps) -> tuple:
                                 "split the position loop once")
         if d[0] == "reorder":
             d = ("reorder", _reorder(spec, d[1]))
+        elif d[0] == "bound" and d[1] == spec.name:  # a bound on a row's positions: its length
+            d = ("bound", spec.index, *d[2:])
         elif d[0] == "parallelize" and d[1] in spec.names():
             d = _lanes(spec, d, caps)
             spec = dataclasses.replace(spec, outer="", inner="", factor=1)  # the lanes stride it
