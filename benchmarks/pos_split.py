@@ -9,8 +9,12 @@ chunk finding its rows by binary search (the rows two chunks share are added
 atomically). Both kernels are timed in one process in interleaved blocks on the
 same thread count; results are checked against SciPy.
 
+``--sddmm K`` times ``C[i,j] = A[i,j] * D[i,k] * E[k,j]`` into a csr ``C`` instead
+(a sparse output whose entries follow A's positions: counted and filled per range
+of chunks, lower/possparse.py; checked bitwise against the default's).
+
 Run: ``python -m benchmarks.pos_split [--rows 200000] [--threads 2] [--blocks 7] [--hub]
-[--min-work 0]`` (``--min-work 0``: split every call, whatever the host's measured
+[--min-work 0] [--sddmm 16]`` (``--min-work 0``: split every call, whatever the host's measured
 one-thread threshold, which a loaded host sets high).
 """
 from __future__ import annotations
@@ -64,6 +68,8 @@ def main(argv=None) -> None:
                     help="calls below this many work units stay on one thread (default: the host's measured "
                          "threshold, which a loaded host sets high; 0 splits every call)")
     ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--sddmm", type=int, default=0, metavar="K",
+                    help="time SDDMM into a csr output with K-wide dense factors instead of SpMV")
     a = ap.parse_args(argv)
     A = power_law(a.rows, a.cols, a.alpha, a.mean, hub=a.hub)
     x = np.random.default_rng(1).standard_normal(a.cols)
@@ -71,24 +77,36 @@ def main(argv=None) -> None:
     print(f"matrix {a.rows}x{a.cols}, nnz {A.nnz}, longest row {lengths.max()} "
           f"({100 * lengths.max() / A.nnz:.1f} % of nnz), top 1 % of rows hold "
           f"{100 * np.sort(lengths)[-max(1, a.rows // 100):].sum() / A.nnz:.1f} %")
-    expr = "y[i] = A[i,j] * x[j]"
+    T = spcomp.Tensor.from_scipy(A, "csr")
+    if a.sddmm:
+        rng = np.random.default_rng(2)
+        expr, formats = "C[i,j] = A[i,j] * D[i,k] * E[k,j]", {"A": "csr", "C": "csr"}
+        operands = {"A": T, "D": rng.standard_normal((a.rows, a.sddmm)), "E": rng.standard_normal((a.sddmm, a.cols))}
+    else:
+        expr, formats, operands = "y[i] = A[i,j] * x[j]", {"A": "csr"}, {"A": T, "x": x}
     kernels = {
-        "rows (default)": spcomp.compile(expr, formats={"A": "csr"}),
-        f"pos split {a.chunk}": spcomp.compile(expr, formats={"A": "csr"}, schedule=Schedule()
+        "rows (default)": spcomp.compile(expr, formats=formats),
+        f"pos split {a.chunk}": spcomp.compile(expr, formats=formats, schedule=Schedule()
                                                .pos("j", "q", "A").split("q", "c", "p", a.chunk).parallelize("c")),
     }
-    T = spcomp.Tensor.from_scipy(A, "csr")
-    ref = A @ x
     spcomp.set_num_threads(a.threads)
     if a.min_work is not None:
         from spcomp.runtime import threads as _threads
         _threads.MIN_PARALLEL_WORK = a.min_work
-    for name, k in kernels.items():
-        np.testing.assert_allclose(k(A=T, x=x), ref, rtol=1e-9, atol=1e-9)
+    results = [k(**operands) for k in kernels.values()]
+    if a.sddmm:
+        rows = np.repeat(np.arange(a.rows), np.diff(A.indptr))  # each stored entry's row (never D @ E whole)
+        want = A.data * np.einsum("pk,kp->p", operands["D"][rows], operands["E"][:, A.indices])
+        np.testing.assert_allclose(np.asarray(results[0].vals), want, rtol=1e-9, atol=1e-9)
+        assert all(np.array_equal(results[0].vals, r.vals) and np.array_equal(results[0].levels[1]["crd"],
+                                                                                r.levels[1]["crd"]) for r in results)
+    else:
+        for r in results:
+            np.testing.assert_allclose(r, A @ x, rtol=1e-9, atol=1e-9)
     best = {name: float("inf") for name in kernels}
     for _ in range(a.blocks):  # interleaved: the host's load hits both alike
         for name, k in kernels.items():
-            best[name] = min(best[name], _best(lambda k=k: k(A=T, x=x), a.repeat))
+            best[name] = min(best[name], _best(lambda k=k: k(**operands), a.repeat))
     base = best["rows (default)"]
     print(f"{'schedule':<20} {'threads':>7} {'best ms':>9} {'vs rows':>8}")
     for name, t in best.items():

@@ -31,7 +31,7 @@ from . import cache, trust
 FILE_LIMIT = 1 << 20  # a tuning file is a few kilobytes; anything larger is not ours
 # the directives a tuned schedule may hold (each a Schedule method of that name)
 DIRECTIVES = ("reorder", "parallelize", "sequential", "precompute", "no_precompute", "no_blas",
-              "keep_layout", "split", "divide", "vectorize", "unroll", "pos", "fuse", "bound")
+              "keep_layout", "split", "divide", "vectorize", "unroll", "pos", "fuse", "bound", "gpu")
 _lock = threading.Lock()
 _generation = [0]  # bumped by record(): spcomp.compile's in-memory kernels without a schedule go stale
 

@@ -30,6 +30,8 @@ SPLIT_FACTOR_MAX = 2 ** 31 - 1
 UNROLL_MAX = 64
 #: ``vectorize`` widths: 0 (the backend decides), or a power of two up to 64 lanes.
 VECTOR_WIDTH_MAX = 64
+#: ``gpu(block=)``: threads per CUDA block, 1 .. 1024 (a multiple of 32 where warps are mapped)
+GPU_BLOCK_MAX = 1024
 
 
 def _count(call: str, value, lo: int, hi: int, what: str) -> int:
@@ -147,18 +149,28 @@ class Schedule:
         parts = _count(f"divide({index!r}, {outer!r}, {inner!r}, {parts!r})", parts, 1, SPLIT_FACTOR_MAX, "parts")
         return self._with("divide", index, outer, inner, parts)
 
-    def pos(self, index: str, pos_index: str, operand: str) -> "Schedule":
+    def pos(self, index: str, pos_index: str, operand: str, within: str | None = None) -> "Schedule":
         """Walk the loop over ``index`` by ``operand``'s positions of the compressed
         level storing it, as one loop ``pos_index`` over all of that level's positions
         (the loops over the levels above it follow from the positions: each chunk of
         positions finds its rows by searching their ``pos`` arrays). This is TACO's
         ``fuse`` + ``pos``: ``split(pos_index, ...)`` then cuts the nonzeros into equal
-        chunks, and ``parallelize`` of the outer piece balances threads by nonzeros."""
-        call = f"pos({index!r}, {pos_index!r}, {operand!r})"
+        chunks, and ``parallelize`` of the outer piece balances threads by nonzeros.
+
+        ``within="i"`` (the index stored just above ``index``) is TACO's ``pos`` of
+        one segment: ``pos_index`` runs over the positions of one row, inside the
+        loop over ``i``; ``split``, ``unroll``, ``vectorize`` and, on the GPU, a warp's
+        lanes can name it and its pieces (docs/guide.md, "Position loops")."""
+        call = f"pos({index!r}, {pos_index!r}, {operand!r}" + ("" if within is None else f", within={within!r}") + ")"
         if not all(isinstance(x, str) for x in (index, pos_index, operand)) or index == pos_index:
             raise ScheduleError(f"{call}: an index, a new name for its position loop and an operand name, "
                                 "e.g. pos('j', 'jpos', 'A')")
-        return self._with("pos", index, pos_index, operand)
+        if within is None:
+            return self._with("pos", index, pos_index, operand)
+        if not isinstance(within, str) or within in (index, pos_index):
+            raise ScheduleError(f"{call}: within names the index of the loop around the segment, "
+                                "e.g. pos('j', 'jpos', 'A', within='i')")
+        return self._with("pos", index, pos_index, operand, within)
 
     def fuse(self, outer: str, inner: str, fused: str) -> "Schedule":
         """Run the loop over ``inner``, nested directly in the one over ``outer``, and
@@ -196,6 +208,15 @@ class Schedule:
         call = f"unroll({index!r}, {factor!r})"
         _index_name(call, index)
         return self._with("unroll", index, _count(call, factor, 1, UNROLL_MAX, "factor"))
+
+    def gpu(self, block: int) -> "Schedule":
+        """Launch the CUDA kernel with ``block`` threads per block (the backends'
+        default is 256): 1..1024, and a multiple of 32 where the kernel maps warps
+        or blocks (a warp per row, a block's team, TACO's block > warp > thread
+        chunks). The emitted kernel says so (``__launch_bounds__``); the CPU
+        backend refuses it."""
+        call = f"gpu(block={block!r})"
+        return self._with("gpu", _count(call, block, 1, GPU_BLOCK_MAX, "block size"))
 
     # ------------------------------------------------------------- queries
     def get(self, name):

@@ -32,6 +32,7 @@ GPU_BACKENDS = ("cuda", "cuda-sim")
 GPU_ROWS_PER_BLOCK = (32, 256)
 GPU_NNZ_PER_THREAD = (8, 64)
 GPU_BLOCK = 256
+GPU_BLOCK_SIZES = (128, 512)  # other block sizes tried (Schedule.gpu) with a thread and a warp per row
 TIME_BUDGET = 0.05        # seconds of calls per candidate measurement (at least MIN_CALLS)
 MIN_CALLS = 3
 
@@ -120,7 +121,8 @@ def gpu_candidates(kernel) -> list:
     """GPU mappings of ``kernel``'s loops (docs/cuda.md, "TACO's GPU schedules"): the
     outer loop per thread, warp or block; :data:`GPU_ROWS_PER_BLOCK` rows per block
     on the block's threads (a scalar output's sum reduced per block), or a warp per
-    row with its lanes splitting the innermost loop; a warp per row; chunks of
+    row with its lanes splitting the innermost loop; a warp per row; a thread and a
+    warp per row with :data:`GPU_BLOCK_SIZES` threads per block; chunks of
     :data:`GPU_NNZ_PER_THREAD` nonzeros (or one) per thread of each compressed level,
     flat and as TACO's block > warp > thread chunks (shared rows added atomically)."""
     order = [i.name for i in kernel.lowered.inspection.order]
@@ -130,6 +132,8 @@ def gpu_candidates(kernel) -> list:
     o0, o1 = outer + "_o", outer + "_i"
     for kind in ("gpu-thread", "gpu-warp", "gpu-block"):
         found.append(Schedule().parallelize(outer, kind))
+    for block in GPU_BLOCK_SIZES:  # the launch's block size (the others launch GPU_BLOCK threads)
+        found += [Schedule().parallelize(outer, kind).gpu(block) for kind in ("gpu-thread", "gpu-warp")]
     # the lanes of a warp split the innermost loop: a reduction's partial sums are combined by shuffles
     lanes = order[-1]
     race = None if lanes in {i.name for i in kernel.notation.lhs.indices} else "ParallelReduction"

@@ -208,7 +208,7 @@ REFUSALS = [
     ("y[i] = A[i,j] * x[j] + b[i]", {"A": "csr"}, Schedule().pos("j", "q", "A").split("q", "c", "p", 4),
      "not linear in A"),
     ("y[i] = A[i,j] * A[i,j]", {"A": "csr"}, Schedule().pos("j", "q", "A"), "not linear in A"),
-    ("C[i,j] = A[i,j] * x[j]", {"A": "csr", "C": "csr"}, Schedule().pos("j", "q", "A"), "dense outputs"),
+    ("C[i,j] = A[i,j] * x[j]", {"A": "csr", "C": "dcsr"}, Schedule().pos("j", "q", "A"), "one compressed level"),
     ("y[i] = A[i,j] * x[j]", {"A": "coo"}, Schedule().pos("j", "q", "A"), "unique coordinates"),
     ("y[i] = A[i,j] * x[j]", {"A": "csr"}, Schedule().pos("i", "q", "A"), "not a compressed level"),
     ("y[i] = A[i,j] * x[j]", {"A": "csr"}, Schedule().pos("j", "q", "B"), "no operand B"),

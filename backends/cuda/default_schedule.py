@@ -74,7 +74,7 @@ def lower_default(notation, opt):
     base = lower(notation, opt)
     threads = base.threads
     if (not is_default(opt) or threads.parallel is None or base.output.shape != "dense"
-            or threads.split or base.output.assembly is not None):
+            or threads.split or base.output.assembly is not None or opt.gpu_block % 32):
         return base
     block = _team_lowering(notation, opt, "gpu-block", base)
     if block is not None and _stages(block):

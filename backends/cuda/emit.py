@@ -175,7 +175,8 @@ def sort_helper_name(t: ScalarType) -> str:
 class CudaEmitter(TeamEmission, CPrinter):
     """A :class:`~spcomp.ir.printer.CPrinter` that prints CUDA C (see the module docs)."""
 
-    def __init__(self):
+    def __init__(self, block: int = 0):
+        self.block = block  # threads per block of every launch (Schedule.gpu), 0: unknown
         self.ctx = Ctx("kernel")
         self.private: set[str] = set()
         self.counter = 0
@@ -437,7 +438,8 @@ class CudaEmitter(TeamEmission, CPrinter):
         grid = self.check_structure(f)
         lines = [f"// {line}" for line in f.doc.splitlines()] if f.doc else []
         params = self.params(f) + [f"int32_t* __restrict__ {STATUS_PARAM}"]
-        lines.append(f'extern "C" __global__ void {f.name}(\n    ' + ",\n    ".join(params) + ") {")
+        bounds = f"__launch_bounds__({self.block}) " if self.block and grid else ""
+        lines.append(f'extern "C" __global__ void {bounds}{f.name}(\n    ' + ",\n    ".join(params) + ") {")
         if grid:
             self.ctx = Ctx("kernel")
         else:
@@ -471,9 +473,11 @@ class CudaEmitter(TeamEmission, CPrinter):
         return PRELUDE + "\n" + "\n\n".join(helpers + [self.function(f) for f in m.functions]) + "\n"
 
 
-def emit_module(module: n.Module) -> str:
-    """CUDA C source for every function of ``module`` (a prelude, then one kernel each)."""
-    return CudaEmitter().module(module)
+def emit_module(module: n.Module, block: int = 0) -> str:
+    """CUDA C source for every function of ``module`` (a prelude, then one kernel each);
+    ``block``: the threads per block every launch uses (``Schedule.gpu``), declared
+    to nvcc as ``__launch_bounds__`` (0: not declared)."""
+    return CudaEmitter(block).module(module)
 
 
 def emit_function(function: n.Function) -> str:

@@ -12,6 +12,7 @@ from spcomp.errors import BackendUnavailableError
 from spcomp.ir.target import Capabilities
 
 GPU_KINDS = ("gpu-thread", "gpu-block", "gpu-warp")
+DEFAULT_BLOCK = 256  # threads per block of a launch without Schedule.gpu(block=)
 
 
 def _capabilities(name: str) -> Capabilities:
@@ -52,7 +53,7 @@ class CudaSimTarget(_GpuTarget):
         from . import emit_module
         from .signature import signatures
         from .sim import compile_sim
-        source = emit_module(lowered.code.module)
+        source = emit_module(lowered.code.module, lowered.threads.gpu_block)
         return (source, compile_sim(source, signatures(lowered.code.module)))
 
     def run(self, compiled, lowered, args, grid, block) -> int:
@@ -68,7 +69,7 @@ class CudaTarget(_GpuTarget):
 
     def build(self, lowered):
         from . import emit_module
-        source = emit_module(lowered.code.module)
+        source = emit_module(lowered.code.module, lowered.threads.gpu_block)
         return (source, None)
 
     def run(self, compiled, lowered, args, grid, block) -> int:
@@ -104,6 +105,6 @@ class GpuCall:
         low, compiled = self.built[how]
         fn = low.entry_function
         scalars = {p.name: a if isinstance(a, int) else 0 for p, a in zip(fn.params, args)}
-        grid, block = self.launch_config(fn, scalars)
+        grid, block = self.launch_config(fn, scalars, low.threads.gpu_block or DEFAULT_BLOCK)
         self.target.last_launch = {"mapping": how, "grid": grid, "block": block, "why": why}
         return self.target.run(compiled, low, args, grid, block)

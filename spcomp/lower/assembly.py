@@ -62,7 +62,7 @@ def plan(lw):
         lw.workspace = None
         return None
     lw.parallel = parallel
-    return _build(lw)
+    return build(lw)
 
 
 # ----------------------------------------------------------------- sinks
@@ -221,7 +221,9 @@ def _row_arrays(lw, out, d):
     return arrays
 
 
-def _build(lw):
+def build(lw, make_sinks=None):
+    """The two functions and their Lowered record; ``make_sinks(lw, out, drop,
+    per_row)`` gives other (count, fill) sinks (a position loop's: possparse.py)."""
     lhs = lw.lhs
     out = lw.params[lw.out_name]
     d = dense_prefix(lhs.tensor.format)
@@ -250,8 +252,11 @@ def _build(lw):
     fill_bindings.append(out_binding(-1, "vals", out.vals))
 
     names = set(lw.fresh.used)  # both nests start from the same names: the functions read alike
-    count_sink = CountSink(out, lhs, drop, lw.fresh, lw.sizes, per_row, lw.opt.index_limit)
-    fill_sink = FillSink(out, lhs, drop, lw.fresh, lw.sizes, per_row)
+    if make_sinks is None:
+        count_sink = CountSink(out, lhs, drop, lw.fresh, lw.sizes, per_row, lw.opt.index_limit)
+        fill_sink = FillSink(out, lhs, drop, lw.fresh, lw.sizes, per_row)
+    else:
+        count_sink, fill_sink = make_sinks(lw, out, drop, per_row)
     mark = len(lw.loops_text)
     count_body = _function_body(lw, count_sink, "count")
     del lw.loops_text[mark:]
@@ -266,8 +271,9 @@ def _build(lw):
     fill_fn = n.Function(f"{base}_fill", tuple(b.var for b in fill_bindings), n.block(*fill_body),
                          doc=doc + f"\nphase 2 of 2: write {name}'s entries from each row's start")
     module = n.Module((count_fn, fill_fn), entry=fill_fn.name)
-    lw.loops_text.insert(mark, f"(two-phase assembly of {name}: {count_fn.name} counts each {lw.parallel.name} "
-                               f"row, a prefix sum gives the row starts, {fill_fn.name} writes the rows)")
+    rows = "chunk's rows" if lw.pos_plan is not None else f"{lw.parallel.name} row"
+    lw.loops_text.insert(mark, f"(two-phase assembly of {name}: {count_fn.name} counts each {rows}, "
+                               f"a prefix sum gives the row starts, {fill_fn.name} writes the rows)")
     from ..notation import Assignment
     from .record import OutputPlan
     return lw.record(module, fill_fn.name, fill_bindings,
@@ -296,4 +302,4 @@ def _function_body(lw, sink, phase) -> list:
     return body
 
 
-__all__ = ["TwoPhase", "CountSink", "FillSink", "plan", "ROW_POS"]
+__all__ = ["TwoPhase", "CountSink", "FillSink", "plan", "build", "ROW_POS"]

@@ -11,7 +11,7 @@ import dataclasses
 
 from ..errors import ScheduleError
 from ..notation import accesses
-from . import possplit
+from . import possparse, possplit
 from . import split as split_mod
 from . import splittree
 from .densefuse import DenseFuse
@@ -39,6 +39,10 @@ class LoopDirectives:
         is a densefuse.DenseFuse instead (kept as ``fused``)."""
         self.pos_plan, order = possplit.plan_for(self.opt, lhs, rhs, user_order)
         self.fused = None
+        if self.pos_plan is not None and not isinstance(self.pos_plan, DenseFuse) \
+                and not lhs.tensor.format.is_dense:  # entries that follow the positions
+            p = self.pos_plan
+            possparse.check(p.spec, p.acc, lhs, p.level, self.opt, self.a.accumulate)
         if isinstance(self.pos_plan, DenseFuse):
             self.fused, self.pos_plan = self.pos_plan, None
             if self.opt.parallel == self.fused.name:  # the fused loop runs where its outer index's would
@@ -54,6 +58,11 @@ class LoopDirectives:
     def _position_parallel(self):
         """The chunk loop when it runs on threads, with its race strategy (possplit.race_plan)."""
         return possplit.race_plan(self.pos_plan, self.opt, self.lhs)
+
+    def _position_assembly(self):
+        """A sparse output's two phases by chunks of positions when they run on
+        threads (possparse.build); None for one pass in order on one thread."""
+        return possparse.build(self)
 
     def _choose_order(self, lhs, rhs, user_order):
         """choose_order, with a refused reorder explained in terms of split pieces."""

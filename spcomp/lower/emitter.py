@@ -35,7 +35,7 @@ from . import lattice as lat
 from .context import Env
 from .functions import lower_call
 from . import split as split_mod
-from . import gpumap
+from . import gpumap, rowpos
 from .densefuse import DenseFuseEmission
 from .splittree import SplitPieceEmission
 from .normalize import ZERO, nested_sums, replace, specialize, split_sums
@@ -89,6 +89,7 @@ class LoopEmitter(SplitPieceEmission, DenseFuseEmission):
         self._temps: set = set()       # the scalar temporaries hoisting made
         self.cases = 0                 # if/else cases the loops emitted so far (lattice.count_cases)
         self.bounded: set = set()      # loops whose Schedule.bound was checked (the lowerer asks)
+        self.row_pos_done: set = set()  # the within-row position loop, once found (rowpos.py)
         self.members = gpumap.members_of(ctx.opt)  # loops parallelize names inside the GPU team loop
         self.members_placed: dict = {}  # member loop variable -> the index it runs (gpumap.check_nesting)
 
@@ -353,7 +354,7 @@ class LoopEmitter(SplitPieceEmission, DenseFuseEmission):
             if parallel:
                 loop = [*loop[:-1], dataclasses.replace(loop[-1], parallel=self.opt.parallel_kind)]
             loop = self._vector_hint(loop, sink, rest, gathers=self._gathers(expr, k[0], i))
-            loop = self._user_hints(loop, i)
+            loop = rowpos.strip(self.opt, self._user_hints(loop, i), i, k, self.fresh, self.row_pos_done)
             if member:
                 loop = self._mark_member(loop, member, i.name)
             return [*grow, n.Comment(f"loop over {i.name}: {k[0]!r} level {k[1] + 1}"), *loop]

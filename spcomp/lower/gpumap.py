@@ -188,3 +188,23 @@ def check_nesting(fn: n.Function, opt, placed: dict) -> None:
                 where = f"inside a {team} loop" if team else "outside every parallel loop"
                 raise ScheduleError(f"{m.what}: the loop over {m.index} runs {where}; a {m.mapping} member "
                                     f"must sit directly in a {need} loop's iteration (reorder it there)")
+
+
+#: the IR loop mappings that need whole warps in a block (a warp per iteration, a
+#: block's team, the lanes of a warp; a block's reduction combines per-warp sums)
+WARP_MAPPINGS = ("gpu-warp", "gpu-block", "gpu-lane")
+
+
+def check_block(module: n.Module, opt) -> int:
+    """``opt.gpu_block`` (Schedule.gpu), refused when it is not a multiple of 32 and
+    the kernel maps warps or blocks: a warp's lanes and a block's per-warp partial
+    sums need whole warps."""
+    block = opt.gpu_block
+    if not block or block % 32 == 0:
+        return block
+    for f in module.functions:
+        for x in n.walk(f.body):
+            if isinstance(x, n.For) and x.parallel in WARP_MAPPINGS:
+                raise ScheduleError(f"gpu(block={block}): the kernel maps loop {x.var.name} to {x.parallel!r}, "
+                                    "which needs whole warps in a block: use a multiple of 32")
+    return block

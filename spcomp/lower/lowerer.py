@@ -22,7 +22,7 @@ from ..ir import nodes as n
 from ..ir.types import F32, F64, I64, ptr
 from ..notation import Access, Add, Assignment, TensorVar, accesses
 from . import blocked
-from . import gpumap, gpupositions
+from . import gpumap, gpupositions, possparse, rowpos
 from . import parallel as par
 from . import split as split_mod
 from .blas import direct_gemm, gemm_call, gemm_into_temporary, offload
@@ -308,10 +308,12 @@ class Lowerer(LoopDirectives):
         self.capacity_param = None
         self.bounded = ()
         self.drops_zeros = False
+        self.accumulate_inside = False  # (_position_passes; a dense output's is set below)
         grow = []
-        if not fmt.is_dense and not self.opt.append_chunks:
+        if not fmt.is_dense and (self.pos_plan is not None or not self.opt.append_chunks):
             from . import assembly
-            two_phase = assembly.plan(self)  # rows in parallel: count, scan, fill
+            # rows in parallel: count, scan, fill (by chunks of positions: possparse.py)
+            two_phase = self._position_assembly() if self.pos_plan is not None else assembly.plan(self)
             if two_phase is not None:
                 return two_phase
         if fmt.is_dense:
@@ -470,7 +472,8 @@ class Lowerer(LoopDirectives):
             parallel=split_mod.base_of(self.parallel).name if self.parallel is not None else None,
             balance=own(balance), split=split, positions=own(positions),
             work_scale=tuple(own(p) for p in par.work_scale(facts, balance)),
-            work_dense=par.work_dense(facts, balance), partials=self.partials)
+            work_dense=par.work_dense(facts, balance), partials=self.partials,
+            gpu_block=gpumap.check_block(module, self.opt))
         inspection = Inspection(notation=notation, order=self.order, warnings=self.warnings,
                                 loops="\n".join(loops + [f"(layout: {r})" for r in self.dense_relayouts]),
                                 blas=[g.describe() for g in self.gemms])
@@ -509,6 +512,7 @@ class Lowerer(LoopDirectives):
         self.position_ends = emitter.position_ends
         self.members_placed.update(emitter.members_placed)
         self._check_bounds(emitter.bounded)
+        self.loops_text += rowpos.check_applied(self.opt, emitter.row_pos_done)
         return nest
 
     def _check_bounds(self, bounded) -> None:
@@ -535,6 +539,7 @@ class Lowerer(LoopDirectives):
             """One range of chunks' (or sub-chunk positions' ``span``) search and passes."""
             nonlocal bounded
             nest = plan.prelude(lo, hi, self.sizes, self.fresh, span)
+            nest += possparse.skipped_entries(self, sink, env)  # a sparse output dropping zeros
             owned = plan.chain[0] in self.lhs.indices and plan.race != "ignored"
             for k, (edge, start, end) in enumerate(plan.passes()):
                 plan.current = (edge, start, end)

@@ -15,7 +15,8 @@ run as usual, each clamped to its range (:meth:`PositionPlan.clamp`): the first
 row of a chunk and its last may be shared with the neighbouring chunks, the rows
 between belong to it alone.
 
-What this needs (:func:`check`, :meth:`PositionPlan.check_loop`): a dense output;
+What this needs (:func:`check`, :meth:`PositionPlan.check_loop`): a dense output
+(or a sparse one whose entries follow the positions: possparse.py);
 levels 1..L of the operand compressed and unique, level 0 dense or compressed and
 unique; the chain's loops outermost and in level order, each walking that operand
 alone; and a right side *linear* in the operand (:func:`linear_in`: every term
@@ -153,9 +154,9 @@ def find_operand(spec: PosSplit, rhs) -> Access:
     return found[0]
 
 
-def check(spec: PosSplit, acc: Access, lhs: Access, rhs, caps) -> int:
+def check(spec: PosSplit, acc: Access, lhs: Access, rhs, opt) -> int:
     """Refuse a position loop the lowerer cannot honour; the level it walks."""
-    what = spec.what
+    what, caps = spec.what, opt.caps
     fmt = acc.tensor.format
     chain = [acc.indices[d] for d in fmt.order]
     level = [i.name for i in chain].index(spec.index)
@@ -166,9 +167,6 @@ def check(spec: PosSplit, acc: Access, lhs: Access, rhs, caps) -> int:
     if spec.pieces and spec.factor < 0:
         raise ScheduleError(f"{what}: sub-chunks need a chunk of a fixed number of positions; split the position "
                             "loop instead of dividing it")
-    if not lhs.tensor.format.is_dense:
-        raise ScheduleError(f"{what}: position splits are supported for dense outputs (and scalars) only; "
-                            f"{lhs.tensor.name} is {lhs.tensor.format.spec()!r}")
     if not kind.segmented or not kind.unique:
         raise ScheduleError(f"{what}: {acc.tensor.name}'s level {level + 1} ({kind.spec()}) storing {spec.index} "
                             "is not a compressed level with unique coordinates; only those have positions to split")
@@ -180,7 +178,7 @@ def check(spec: PosSplit, acc: Access, lhs: Access, rhs, caps) -> int:
                                 "to find their rows")
     if len(set(chain[:level + 1])) != level + 1:
         raise ScheduleError(f"{what}: {acc!r} repeats an index; its positions cannot be split")
-    if not linear_in(rhs, acc.tensor.name):
+    if lhs.tensor.format.is_dense and not linear_in(rhs, acc.tensor.name):  # (a sparse output: possparse.py)
         raise ScheduleError(f"{what}: the right side is not linear in {acc.tensor.name} (every term a product "
                             f"with one value of {acc.tensor.name}, no function around it), so a row's pieces in "
                             "different chunks would not add up to the row's result")
@@ -315,7 +313,7 @@ def plan_for(opt, lhs, rhs, user_order):
         return plan(spec, lhs, rhs, opt.caps), [spec.parent, spec.index] + [
             x for x in (user_order or []) if x not in (spec.parent, spec.index, spec.outer)]
     acc = find_operand(spec, rhs)
-    level = check(spec, acc, lhs, rhs, opt.caps)
+    level = check(spec, acc, lhs, rhs, opt)
     chain = [acc.indices[d] for d in acc.tensor.format.order][:level + 1]
     names = [i.name for i in chain]
     for base, outer, inner, _f in opt.split:
@@ -361,6 +359,9 @@ def race_plan(plan: PositionPlan, opt, lhs):
         loops = ", ".join(i.name for i in plan.chain) + (f", {spec.inner}" if spec.inner else "")
         raise ScheduleError(f"parallelize({want!r}): with {spec.what} only the loop over chunks of positions "
                             f"({spec.outer}) can run on threads ({loops} run inside it)")
+    if not lhs.tensor.format.is_dense:  # only a range's edge rows' counts are shared (possparse.py)
+        plan.race = "boundary-atomics"
+        return IndexVar(spec.outer)
     race, insist = opt.race or (None, False)
     gpu = not opt.caps.host_threads
     who = spec.outer

@@ -41,11 +41,13 @@ class Options:
     split: tuple = ()                 # (index, outer, inner, factor) per Schedule.split
     # a position loop (Schedule.pos / fuse, split or not): possplit.PosSplit's fields as a tuple
     pos_split: tuple = ()
+    row_pos: tuple = ()               # TACO's pos within a row: rowpos.RowPos's fields as a tuple
     race: tuple = ()                  # (strategy, insist) per parallelize(..., race=)
     # GPU loops inside the parallel one that split its iterations among a team
     # (several parallelize directives: gpumap.py): (index, mapping, race, insist)
     members: tuple = ()
     bounds: tuple = ()                # (index, limit) per Schedule.bound
+    gpu_block: int = 0                # CUDA threads per block (Schedule.gpu; 0: the backend's default)
     # CPU threads and a sparse output with dense rows: each chunk of rows appends to
     # arrays of its own and the runtime stitches them (runtime/chunks.py) instead of
     # the two-phase count and fill (assembly.py)
@@ -72,10 +74,17 @@ class Options:
         ScheduleError for a parallel mapping the backend does not run."""
         from .gpumap import grid_and_members
         from .possplit import from_directives
-        spec, dense_splits = from_directives(schedule.directives)
+        from .rowpos import take
+        row, directives = take(schedule.directives, caps)
+        schedule = type(schedule)(directives)
+        spec, dense_splits = from_directives(directives)
         par, members = grid_and_members(schedule.get("parallelize"), caps)
         kind = caps.default_parallel_kind
         race = tuple(par[2:4]) if par is not None and len(par) > 2 else ()
+        gpu = schedule.get("gpu")
+        if gpu and caps.host_threads:
+            raise ScheduleError(f"gpu(block={gpu[-1][0]}): a launch's block size is for the CUDA backends; "
+                                f"backend {caps.name!r} runs CPU threads")
         if schedule.get("sequential"):
             parallel = None
         elif par is not None:
@@ -101,9 +110,11 @@ class Options:
             split=tuple(tuple(s[1:]) if s[0] == "split" else (s[1], s[2], s[3], -s[4])  # (lower/split.py)
                         for s in dense_splits),
             pos_split=() if spec is None else tuple(vars(spec).values()),
+            row_pos=() if row is None else tuple(vars(row).values()),
             race=race,
             members=members if parallel is not None else (),
             bounds=tuple((_loop_of(b[0], spec), b[1]) for b in schedule.get("bound")),
+            gpu_block=gpu[-1][0] if gpu else 0,
             name=name,
             caps=caps,
         )
@@ -159,6 +170,7 @@ class ThreadPlan:
     partials: bool = False     # the parallel loop reduces: each chunk adds into its own copy of the output
     # with ``positions`` and ``split``: the loop runs over chunks of ``factor`` positions (possplit.py)
     fused: str | None = None   # the parallel loop is fused with this inner index's (densefuse.py)
+    gpu_block: int = 0         # CUDA threads per block (Schedule.gpu; 0: the backend's default)
 
 
 @dataclass
