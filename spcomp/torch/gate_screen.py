@@ -73,11 +73,16 @@ def available() -> bool:
     return bfloat16_units() and accumulates_in_float32()
 
 
-def _row_norms(m: np.ndarray) -> np.ndarray:
-    """Euclidean norms of the rows, rounded up to float32 (inf where they overflow)."""
+def _rounded_up(norms: np.ndarray) -> np.ndarray:
+    """float64 norms as float32 no smaller (inf where they overflow, NaN stays)."""
     with np.errstate(over="ignore", invalid="ignore"):
-        n = np.sqrt(np.einsum("ij,ij->i", m, m, dtype=np.float64)) * _UP
-        return np.nextafter(n.astype(np.float32), np.float32(np.inf))
+        return np.nextafter((norms * _UP).astype(np.float32), np.float32(np.inf))
+
+
+def _row_norms(m: np.ndarray) -> np.ndarray:
+    """Euclidean norms of the rows, summed in float64, rounded up to float32."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _rounded_up(np.sqrt(np.einsum("ij,ij->i", m, m, dtype=np.float64)))
 
 
 class GateScreen:
@@ -111,12 +116,15 @@ class GateScreen:
     def __call__(self, x: np.ndarray):
         x = np.ascontiguousarray(x, dtype=np.float32)
         xt = torch.from_numpy(x)
-        x_hat = xt.to(torch.bfloat16)
         with torch.no_grad():
+            x_hat = xt.to(torch.bfloat16)
             g = torch.mm(self.w_hat, x_hat.T).to(torch.float32).numpy()
-        x_hat32 = x_hat.to(torch.float32).numpy()
+            # the tokens' norms on torch's threads, summed in float64 (no under- or overflow
+            # of float32 squares: a norm of 1e-30-sized values must not come out 0)
+            hat = _rounded_up(torch.linalg.vector_norm(x_hat, dim=1, dtype=torch.float64).numpy())
+            rest = _rounded_up(torch.linalg.vector_norm(xt - x_hat.to(torch.float32), dim=1,
+                                                        dtype=torch.float64).numpy())
         with np.errstate(over="ignore", invalid="ignore"):
-            hat, rest = _row_norms(x_hat32), _row_norms(x - x_hat32)
             # (+ 2^-100: bfloat16 subnormals the matrix units read as zero, K * 2^-126 at most)
             A = (rest.astype(np.float64) + self.gamma3 * (hat.astype(np.float64) + rest)) * _UP + 2.0 ** -100
         A = np.nextafter(A.astype(np.float32), np.float32(np.inf))
