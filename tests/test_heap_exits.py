@@ -51,3 +51,12 @@ def test_an_array_freed_inside_a_branch_counts_as_freed_after_it():
         n.Free(a))
     fn = free_on_early_exits(n.Function("f", (flag,), body))
     assert _frees(fn.body.body[2]) == []
+
+
+def test_a_one_statement_kernel_frees_its_first_workspace_when_the_second_malloc_fails():
+    """The pass runs on every CPU function, not only fused runs' (SpGEMM's three
+    workspace mallocs: a failing second or third frees the ones before it)."""
+    import spcomp
+    ir = spcomp.compile("C[i,j] = A[i,k] * B[k,j]", formats={"A": "csr", "B": "csr", "C": "csr"}).ir
+    assert "if (!workspace_bits) { free(workspace); return 2; }" in ir
+    assert "if (!workspace_list) { free(workspace); free(workspace_bits); return 2; }" in ir

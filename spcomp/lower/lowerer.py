@@ -16,6 +16,8 @@ one place (:meth:`Lowerer.record`):
 """
 from __future__ import annotations
 
+import dataclasses
+
 from ..errors import FormatError, ScheduleError, UnsupportedError
 from ..formats import Format
 from ..ir import nodes as n
@@ -35,6 +37,7 @@ from .normalize import lift_sums, push_sums, replace, split_sums
 from .order import access_chain, choose_order
 from .outputs import AppendSink, DenseSink, assembled_format
 from .polls import poll_outer_loops
+from .heap_exits import free_on_early_exits
 from .prefetch import prefetch_rows
 from .zeroskip import skip_zero_blocks
 from .record import (Code, Inspection, Lowered, OperandPlan, Options, OutputPlan,  # noqa: F401
@@ -452,6 +455,8 @@ class Lowerer(LoopDirectives):
     def record(self, module, entry, bindings, output: OutputPlan, notation, loops: list) -> Lowered:
         """The Lowered record of this lowering: the one place it is built."""
         output.expand = self.expand
+        if self.opt.caps.host_threads:  # a failed allocation frees what the function already holds
+            module = dataclasses.replace(module, functions=tuple(free_on_early_exits(f) for f in module.functions))
         if self.blocking is not None:  # the runtime checks the operands' own accesses (blocked.py)
             notation = Assignment(self.record_lhs, self.blocking.restore(notation.rhs), notation.accumulate)
         facts, walked = self.facts(), self.parallel_positions
