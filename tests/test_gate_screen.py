@@ -102,3 +102,15 @@ def test_a_bfloat16_accumulator_is_detected(monkeypatch):
         monkeypatch.setattr(torch, "mm", real_mm)
         screen.accumulates_in_float32.cache_clear()
     assert screen.accumulates_in_float32()
+
+
+def test_subnormal_weights_against_large_tokens_keep_their_entries():
+    """bfloat16 subnormals may be read as zero by the matrix units: the bound's
+    absolute terms cover that (a weight row of 1e-39 against tokens of 1e6 adds
+    2e-30, which a bias of -1.5e-30 leaves positive)."""
+    x = np.full((3, 2048), 1e6, np.float32)
+    w = np.full((4, 2048), 1e-39, np.float32)
+    w[1:] = -1.0  # clearly negative rows beside it
+    b = np.full(4, -1.5e-30, np.float32)
+    H, g = _check(x, w, b)
+    assert np.all(H[:, 0] > 0) and not np.any(H[:, 1:])

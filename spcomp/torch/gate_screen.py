@@ -103,7 +103,9 @@ class GateScreen:
         with np.errstate(invalid="ignore"):  # inf - inf: a NaN norm keeps every entry of the row
             hat, rest = _row_norms(w_hat32), _row_norms(self.weight - w_hat32)
         self.P = np.nextafter(hat + rest, np.float32(np.inf))
-        self.Q = rest
+        # (+ 2^-100, here and in A: bfloat16 subnormals the matrix units read as zero change
+        # a product by at most 2^-126 times the other factor, sqrt(K) 2^-126 times a norm)
+        self.Q = np.nextafter(rest + np.float32(2.0 ** -100), np.float32(np.inf))
         self.gamma3 = 3.0 * _gamma(self.hidden + 1)
         self.screen = spcomp.compile(
             f"C[t,n] = heaviside(Gt[n,t] + abs(Gt[n,t]) * {_ROUNDING!r} + A[t]*P[n] + B[t]*Q[n] + b[n] + 1e-30, 1.0)",
@@ -125,7 +127,6 @@ class GateScreen:
             rest = _rounded_up(torch.linalg.vector_norm(xt - x_hat.to(torch.float32), dim=1,
                                                         dtype=torch.float64).numpy())
         with np.errstate(over="ignore", invalid="ignore"):
-            # (+ 2^-100: bfloat16 subnormals the matrix units read as zero, K * 2^-126 at most)
             A = (rest.astype(np.float64) + self.gamma3 * (hat.astype(np.float64) + rest)) * _UP + 2.0 ** -100
         A = np.nextafter(A.astype(np.float32), np.float32(np.inf))
         C = self.screen(Gt=g, A=A, P=self.P, B=hat, Q=self.Q, b=self.bias)
