@@ -8,7 +8,7 @@ So the bfloat16 product only *screens*, with a rigorous error bound, and the
 entries it cannot rule out are recomputed in float32:
 
     Ĝ = bf16(Wg) · bf16(X)^T                       (torch, fp32 accumulation, bf16 out)
-    C[t,n] = [Ĝ + |Ĝ|/128 + A[t]·P[n] + B[t]·Q[n] + bg[n] > 0]      (kernel: candidates)
+    C[t,n] = [Ĝ + |Ĝ|/128 + A[t]·P[n] + B[t]·Q[n] + bg'[n] ≥ 0]     (kernel: candidates)
     H[t,n] = C[t,n] · relu(X[t,k]·Wg[n,k] + bg[n])                  (kernel: fp32, candidates only)
 
 With x̂ = bf16(x), δx = x - x̂ (and ŵ, δw the same for a weight row), exactly
@@ -16,10 +16,12 @@ With x̂ = bf16(x), δx = x - x̂ (and ŵ, δw the same for a weight row), exact
 known before the call (the weights') or in O(tokens x hidden) (the tokens'), and
 float32 summation of K products errs by at most γ_K = K u / (1 - K u) of Σ|x||w|
 (u = 2^-24), once in the GEMM and once in the recompute. With ``A = ‖δx‖ + 3γ‖x̂‖ +
-3γ‖δx‖``, ``P = ‖ŵ‖ + ‖δw‖``, ``B = ‖x̂‖``, ``Q = ‖δw‖`` (each rounded up), the
-screen's margin covers them, and ``|Ĝ|/128`` covers Ĝ's rounding to bfloat16
-(2^-8) and the screen's own float32 arithmetic (``+ 1e-30`` and ``2^-100`` in A:
-subnormals the matrix units flush). An entry left out therefore has
+3γ‖δx‖``, ``P = ‖ŵ‖ + ‖δw‖``, ``B = ‖x̂‖``, ``Q = ‖δw‖`` (each rounded up) and the
+bias raised by ``3γ|bg|`` (a recompute may start its sum at the bias), the screen's
+margin covers them, and ``|Ĝ|/128`` covers Ĝ's rounding to bfloat16
+(2^-8) and the screen's own float32 arithmetic (``+ 1e-30``, and ``2^-100`` in A
+and in Q: subnormals the matrix units read or write as zero; an infinite Ĝ makes
+the test NaN through ``|Ĝ|``, which keeps the entry). An entry left out therefore has
 ``fl32(x·w) + b ≤ 0``: H is what the float32 gate followed by ReLU keeps,
 entry for entry. Infinities and NaN make a norm infinite and the test NaN or
 +inf, which keeps the entry (the recompute then gives float32's answer).
@@ -107,6 +109,11 @@ class GateScreen:
         # a product by at most 2^-126 times the other factor, sqrt(K) 2^-126 times a norm)
         self.Q = np.nextafter(rest + np.float32(2.0 ** -100), np.float32(np.inf))
         self.gamma3 = 3.0 * _gamma(self.hidden + 1)
+        # the recompute may start its sum at the bias: its error also scales with |b|
+        with np.errstate(over="ignore", invalid="ignore"):
+            self.screen_bias = np.nextafter(
+                (self.bias.astype(np.float64) * (1.0 + np.sign(self.bias) * self.gamma3)).astype(np.float32),
+                np.float32(np.inf))
         self.screen = spcomp.compile(
             f"C[t,n] = heaviside(Gt[n,t] + abs(Gt[n,t]) * {_ROUNDING!r} + A[t]*P[n] + B[t]*Q[n] + b[n] + 1e-30, 1.0)",
             formats={"C": _CANDIDATES}, dtype="float32")
@@ -129,7 +136,7 @@ class GateScreen:
         with np.errstate(over="ignore", invalid="ignore"):
             A = (rest.astype(np.float64) + self.gamma3 * (hat.astype(np.float64) + rest)) * _UP + 2.0 ** -100
         A = np.nextafter(A.astype(np.float32), np.float32(np.inf))
-        C = self.screen(Gt=g, A=A, P=self.P, B=hat, Q=self.Q, b=self.bias)
+        C = self.screen(Gt=g, A=A, P=self.P, B=hat, Q=self.Q, b=self.screen_bias)
         C.vals.fill(1.0)  # the test's NaN (kept: an infinity is involved) must not reach H's values
         self.last_candidates = int(C.nnz)
         return self.recompute(C=C, X=x, W=self.weight, b=self.bias)
