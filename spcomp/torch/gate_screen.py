@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 import spcomp
+from spcomp.nn.kernels import own_kernel
 
 # Ĝ's rounding to bfloat16 (2^-8 relative) and the screen's float32 sum, over-covered
 _ROUNDING = 2.0 ** -7
@@ -114,9 +115,11 @@ class GateScreen:
             self.screen_bias = np.nextafter(
                 (self.bias.astype(np.float64) * (1.0 + np.sign(self.bias) * self.gamma3)).astype(np.float32),
                 np.float32(np.inf))
-        self.screen = spcomp.compile(
+        # kernels of this layer's own (shared code): the repeated-call fast path keeps
+        # each layer's weights and norms (nn/kernels.own_kernel)
+        self.screen = own_kernel(spcomp.compile(
             f"C[t,n] = heaviside(Gt[n,t] + abs(Gt[n,t]) * {_ROUNDING!r} + A[t]*P[n] + B[t]*Q[n] + b[n] + 1e-30, 1.0)",
-            formats={"C": _CANDIDATES}, dtype="float32")
+            formats={"C": _CANDIDATES}, dtype="float32"))
         self.recompute = spcomp.compile("H[t,n] = C[t,n] * relu(X[t,k]*W[n,k] + b[n])",
                                         formats={"C": _CANDIDATES, "H": _CANDIDATES}, dtype="float32",
                                         drop_zeros=True)
@@ -137,6 +140,6 @@ class GateScreen:
             A = (rest.astype(np.float64) + self.gamma3 * (hat.astype(np.float64) + rest)) * _UP + 2.0 ** -100
         A = np.nextafter(A.astype(np.float32), np.float32(np.inf))
         C = self.screen(Gt=g, A=A, P=self.P, B=hat, Q=self.Q, b=self.screen_bias)
-        C.vals.fill(1.0)  # the test's NaN (kept: an infinity is involved) must not reach H's values
+        C.vals.fill(1.0)  # a NaN test value (kept: an infinity is involved) must not reach H
         self.last_candidates = int(C.nnz)
         return self.recompute(C=C, X=x, W=self.weight, b=self.bias)
