@@ -11,6 +11,7 @@ changed pointers swapped in, through one straight-line function generated for it
 from __future__ import annotations
 
 import functools
+import time
 import weakref
 
 import numpy as np
@@ -54,11 +55,11 @@ class FastCall:
     __slots__ = ("checks", "count", "fn", "args", "out_slots", "out_shape", "out_dtype",
                  "threads", "keep", "given", "zero_given", "overwrite", "fail", "apart", "new_out",
                  "tensors", "arrays", "scipys", "out_check", "single_out", "spec", "split_generation",
-                 "split_threshold", "runner")
+                 "split_threshold", "runner", "split_units")
 
     def __init__(self, checks, fn, args, out_slots, out_shape, out_dtype, threads, keep,
                  given=None, zero_given=True, overwrite=False, fail=None, split_generation=None,
-                 split_threshold=None, runner=None):
+                 split_threshold=None, runner=None, split_units=None):
         self.checks = tuple(checks)
         # for a sparse output (sparsecall.py): what runs the call once the operands
         # passed, returning the result or MISS, in place of the argument list's call
@@ -76,6 +77,9 @@ class FastCall:
         # new threshold, or this one due for a sample, misses
         self.split_generation = split_generation
         self.split_threshold = split_threshold
+        # the call's work units when the threshold made it split (its time is checked for
+        # a wait on a core another library holds: threads.note_split), else None
+        self.split_units = split_units
         self.keep = keep  # the thread bounds array whose pointer is in args
         self.given = given  # name of the output operand when the caller passes it
         self.zero_given = zero_given and not overwrite  # "=" kernels clear a given output, "+=" ones add to it
@@ -163,7 +167,12 @@ class FastCall:
         else:
             for k in self.out_slots:
                 args[k] = p
-        status = self.fn(*args)
+        if self.split_units is None:
+            status = self.fn(*args)
+        else:  # a split: did it wait for a core? (threads.note_split)
+            start = time.perf_counter()
+            status = self.fn(*args)
+            _threads.note_split(self.split_units, time.perf_counter() - start)
         if status != 0:
             self.fail(status)
         return out if self.out_shape or self.given is not None else out.item()
@@ -200,6 +209,8 @@ def _specialise(fc: "FastCall"):
         ns.update({"SPLIT": _threads.split_state, "GEN": fc.split_generation, "TH": fc.split_threshold,
                    "clock": split_threshold.now})
         body.append("if SPLIT[0] != GEN: return MISS")
+        ns["HOLD"] = _threads.hold  # (a hold's end: threads.note_split; 0 when none)
+        body.append("if HOLD[0] and clock() >= HOLD[0]: return MISS")
         if fc.split_threshold is not None:
             body.append("due = TH.due\nif due is not None and clock() >= due: return MISS")
     body.append("get = operands.get")
@@ -264,7 +275,11 @@ def _specialise(fc: "FastCall"):
         body.append("po = data_ptr(out)")
     for k in fc.out_slots:
         value[k] = "po"
-    body.append(f"status = fn({', '.join(value)})\nif status: fail(status)")
+    if fc.split_units is not None:  # a split: did it wait for a core? (threads.note_split)
+        ns.update({"perf": time.perf_counter, "note": _threads.note_split, "UNITS": fc.split_units})
+        body.append(f"t0 = perf()\nstatus = fn({', '.join(value)})\nnote(UNITS, perf() - t0)\nif status: fail(status)")
+    else:
+        body.append(f"status = fn({', '.join(value)})\nif status: fail(status)")
     body.append("return out" if fc.out_shape or fc.given is not None else "return out.item()")
     return _defined(body, ns)
 
@@ -405,4 +420,5 @@ def build(plan, op_cache, launcher, variant, operands, storages, args, lohi, siz
         out_shape, plan.out_dtype,
         _threads.get_num_threads() if lohi is not None else None,
         launcher.driver_bounds(variant, fn, sizes, storages),
-        output_name if given is not None else None, not accumulate, overwrite, fail, generation, watched)
+        output_name if given is not None else None, not accumulate, overwrite, fail, generation, watched,
+        split_units=units if generation is not None and fn is not variant.function else None)

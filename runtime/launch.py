@@ -9,6 +9,7 @@ nested loops walk. The same facts size a growable output's first allocation.
 """
 from __future__ import annotations
 
+import time
 import weakref
 
 import numpy as np
@@ -311,7 +312,12 @@ class Launcher:
         launch = self.launch(variant, args, lohi, low, sizes, storages)
         if launch is not None:
             fn, call_args = launch
-            return [interrupt.run(units, fn, *call_args)]
+            if fn is variant.function or not _threads.threshold_decides(units):
+                return [interrupt.run(units, fn, *call_args)]
+            start = time.perf_counter()  # a split the threshold decided: did it wait for a core?
+            status = interrupt.run(units, fn, *call_args)
+            _threads.note_split(units, time.perf_counter() - start)
+            return [status]
         fn = variant.function
         n = parallel_extent(low, sizes, storages)
         pos = balance_pos(low, storages)

@@ -13,6 +13,7 @@ import threading
 import numpy as np
 
 from .handoff import Task, Worker
+from . import split_threshold
 from .split_threshold import SplitThreshold
 
 _lock = threading.Lock()
@@ -184,6 +185,46 @@ _calibrator = None  # threads -> units or None: the CPU backend's measurement (s
 # thread count changes
 split_state = [0]
 
+# A split call can wait for a core that another library's threads hold: OpenBLAS's
+# workers spin ~0.15 s after each NumPy BLAS call, and a two-thread SpMV of 0.4 ms
+# then takes ~7 ms (the scheduler shares the core in slices of milliseconds). A split
+# call of the measured band (below SPLIT_ALWAYS_WORK) that took STALL_FACTOR times
+# what one thread would need (SERIAL_S_PER_UNIT a unit), and at least STALL_FLOOR_S,
+# waited so: the calls of the band then stay on the calling thread for HOLD_S
+# (note_split); :data:`hold` holds the time it ends (0: none), which cached decisions
+# check too.
+SERIAL_S_PER_UNIT = 0.75e-9   # ~3 ms for SPLIT_ALWAYS_WORK units on one thread
+STALL_FACTOR = 2.0
+STALL_FLOOR_S = 2e-3
+HOLD_S = 0.25
+hold = [0.0]
+
+
+def note_split(units: int | None, elapsed: float) -> bool:
+    """After a call the measured threshold split, taking ``elapsed`` seconds: whether
+    it waited for a core (see above), in which case the band's calls stay on one
+    thread for HOLD_S, and cached decisions are made again."""
+    if units is None or not threshold_decides(units):
+        return False
+    if elapsed < STALL_FLOOR_S or elapsed < STALL_FACTOR * units * SERIAL_S_PER_UNIT:
+        return False
+    hold[0] = split_threshold.now() + HOLD_S
+    split_state[0] += 1
+    return True
+
+
+def _held() -> bool:
+    """Whether a hold (note_split) is on; one that has ended is cleared here, and the
+    decisions cached under it are made again."""
+    until = hold[0]
+    if not until:
+        return False
+    if split_threshold.now() < until:
+        return True
+    hold[0] = 0.0
+    split_state[0] += 1
+    return False
+
 
 def set_calibrator(fn) -> None:
     """Give the measurement of the host's fork/join cost (``fn(threads)`` -> the
@@ -210,6 +251,8 @@ def min_parallel_work(units: int | None = None, threads: int | None = None) -> i
     if env is not None:
         return env
     if units is not None and (units >= SPLIT_ALWAYS_WORK or units < SPLIT_NEVER_WORK):
+        return SPLIT_ALWAYS_WORK
+    if _held():  # a split call just waited for a core another library's threads held
         return SPLIT_ALWAYS_WORK
     threads = get_num_threads() if threads is None else threads
     got = _measured.get(threads)

@@ -51,6 +51,7 @@ def fresh(monkeypatch):
     monkeypatch.setattr(policy, "now", fake.clock)
     monkeypatch.setattr(policy, "load_per_core", lambda: 0.1)
     monkeypatch.setattr(_threads, "split_state", [0])
+    monkeypatch.setattr(_threads, "hold", [0.0])
     monkeypatch.setattr(_threads, "MIN_PARALLEL_WORK", None)
     monkeypatch.delenv("SPCOMP_MIN_PARALLEL_WORK", raising=False)
     monkeypatch.setattr(_threads, "_measured", {})
@@ -257,3 +258,68 @@ def test_a_sample_due_for_another_thread_count_leaves_the_fast_path_alone(fresh,
         for _ in range(5):
             k(A=A, x=x)
         assert len(general) <= 1  # (at most the call that rebuilt the fast path)
+
+
+def test_a_split_that_waited_for_a_core_holds_the_band_on_one_thread(fresh, monkeypatch):
+    """A split call far slower than one thread would be waited for a core (NumPy's
+    OpenBLAS workers spin after each BLAS call): the band's calls stay on one
+    thread for HOLD_S, and cached decisions are made again when it starts and ends."""
+    assert _threads.min_parallel_work(50_000, 2) == 10_000
+    generation = _threads.split_state[0]
+    assert not _threads.note_split(50_000, 1e-3)   # under the floor: a slow wake at most
+    assert not _threads.note_split(3_000_000, 4e-3)  # ~2.3 ms of work on one thread: not a wait
+    assert _threads.split_state[0] == generation and not _threads.hold[0]
+    assert _threads.note_split(50_000, 7e-3)        # 0.04 ms of work took 7 ms
+    assert _threads.split_state[0] > generation
+    assert _threads.min_parallel_work(50_000, 2) == _threads.SPLIT_ALWAYS_WORK
+    assert _threads.min_parallel_work(_threads.SPLIT_ALWAYS_WORK, 2) <= _threads.SPLIT_ALWAYS_WORK
+    fresh.clock.t += _threads.HOLD_S
+    generation = _threads.split_state[0]
+    assert _threads.min_parallel_work(50_000, 2) == 10_000
+    assert _threads.split_state[0] > generation and not _threads.hold[0]
+    # calls outside the band and fixed thresholds are never held
+    assert not _threads.note_split(_threads.SPLIT_ALWAYS_WORK, 1.0)
+    monkeypatch.setattr(_threads, "MIN_PARALLEL_WORK", 0)
+    assert not _threads.note_split(50_000, 1.0)
+
+
+def test_a_repeated_call_that_waited_runs_on_one_thread_until_the_hold_ends(fresh, monkeypatch):
+    """The general path and the fast path both time the calls the threshold split;
+    one that waited keeps the repeated calls on one thread, the fast path included,
+    until the hold ends (every split here is made to look slow)."""
+    import scipy.sparse as sp
+    A = sp.random(3000, 3000, density=0.004, format="csr", random_state=np.random.default_rng(0))
+    x = np.random.default_rng(1).random(3000)
+    k = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"})
+    fresh.value = _threads.SPLIT_NEVER_WORK  # every call of the band splits
+    timed = []
+    real = _threads.note_split
+    monkeypatch.setattr(_threads, "note_split", lambda units, elapsed: (timed.append(units), real(units, 1.0))[1])
+    with spcomp_threads(2):
+        first = k(A=A, x=x)
+        assert len(timed) == 1 and _threads.hold[0]
+        held = [k(A=A, x=x) for _ in range(4)]
+        assert len(timed) == 1 and k._fast is not None  # on one thread, the fast path too
+        fresh.clock.t += _threads.HOLD_S
+        after = [k(A=A, x=x) for _ in range(3)]
+        assert len(timed) == 2  # split again once the hold ended (and held again)
+    for y in held + after:
+        np.testing.assert_array_equal(y, first)
+
+
+def test_the_fast_path_times_the_calls_it_splits(fresh, monkeypatch):
+    """Repeated split calls (the generated fast path) are timed too; calls that did
+    not wait leave the threshold alone."""
+    import scipy.sparse as sp
+    A = sp.random(3000, 3000, density=0.004, format="csr", random_state=np.random.default_rng(0))
+    x = np.random.default_rng(1).random(3000)
+    k = spcomp.compile("y[i] = A[i,j] * x[j]", formats={"A": "csr"})
+    fresh.value = _threads.SPLIT_NEVER_WORK
+    timed = []
+    real = _threads.note_split
+    monkeypatch.setattr(_threads, "note_split", lambda units, elapsed: (timed.append(units), real(units, 0.0))[1])
+    with spcomp_threads(2):
+        for _ in range(5):
+            k(A=A, x=x)
+    assert len(timed) == 5 and len(set(timed)) == 1 and not _threads.hold[0]
+    assert k._fast is not None and k._fast.latest.split_units == timed[0]
