@@ -20,6 +20,8 @@ from spcomp.runtime import threads as _threads
 
 from conftest import record_splits, spcomp_threads
 
+STALL_FLOOR_S = _threads.STALL_FLOOR_S  # (the fixture below turns the timing off)
+
 
 class Clock:
     """A clock that moves only when told."""
@@ -52,6 +54,9 @@ def fresh(monkeypatch):
     monkeypatch.setattr(policy, "load_per_core", lambda: 0.1)
     monkeypatch.setattr(_threads, "split_state", [0])
     monkeypatch.setattr(_threads, "hold", [0.0])
+    # real calls are timed (threads.note_split): on a loaded host one may really wait
+    # for a core and hold the band; these tests set what the timing says themselves
+    monkeypatch.setattr(_threads, "STALL_FLOOR_S", float("inf"))
     monkeypatch.setattr(_threads, "MIN_PARALLEL_WORK", None)
     monkeypatch.delenv("SPCOMP_MIN_PARALLEL_WORK", raising=False)
     monkeypatch.setattr(_threads, "_measured", {})
@@ -264,6 +269,7 @@ def test_a_split_that_waited_for_a_core_holds_the_band_on_one_thread(fresh, monk
     """A split call far slower than one thread would be waited for a core (NumPy's
     OpenBLAS workers spin after each BLAS call): the band's calls stay on one
     thread for HOLD_S, and cached decisions are made again when it starts and ends."""
+    monkeypatch.setattr(_threads, "STALL_FLOOR_S", STALL_FLOOR_S)
     assert _threads.min_parallel_work(50_000, 2) == 10_000
     generation = _threads.split_state[0]
     assert not _threads.note_split(50_000, 1e-3)   # under the floor: a slow wake at most
@@ -287,6 +293,7 @@ def test_a_repeated_call_that_waited_runs_on_one_thread_until_the_hold_ends(fres
     """The general path and the fast path both time the calls the threshold split;
     one that waited keeps the repeated calls on one thread, the fast path included,
     until the hold ends (every split here is made to look slow)."""
+    monkeypatch.setattr(_threads, "STALL_FLOOR_S", STALL_FLOOR_S)
     import scipy.sparse as sp
     A = sp.random(3000, 3000, density=0.004, format="csr", random_state=np.random.default_rng(0))
     x = np.random.default_rng(1).random(3000)
