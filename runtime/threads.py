@@ -190,24 +190,33 @@ split_state = [0]
 # then takes ~7 ms (the scheduler shares the core in slices of milliseconds). A split
 # call of the measured band (below SPLIT_ALWAYS_WORK) that took STALL_FACTOR times
 # what one thread would need (SERIAL_S_PER_UNIT a unit), and at least STALL_FLOOR_S,
-# waited so: the calls of the band then stay on the calling thread for HOLD_S
-# (note_split); :data:`hold` holds the time it ends (0: none), which cached decisions
-# check too.
+# waited so. STALLS_TO_HOLD such calls in a row (one alone is also what waking a team
+# that slept through an idle spell can cost, once) keep the band's calls on the calling
+# thread for HOLD_S (note_split); :data:`hold` holds the time it ends (0: none), which
+# cached decisions check too.
 SERIAL_S_PER_UNIT = 0.75e-9   # ~3 ms for SPLIT_ALWAYS_WORK units on one thread
 STALL_FACTOR = 2.0
 STALL_FLOOR_S = 2e-3
+STALLS_TO_HOLD = 2
 HOLD_S = 0.25
 hold = [0.0]
+_stalls = [0]  # split calls in a row that waited
 
 
 def note_split(units: int | None, elapsed: float) -> bool:
     """After a call the measured threshold split, taking ``elapsed`` seconds: whether
-    it waited for a core (see above), in which case the band's calls stay on one
-    thread for HOLD_S, and cached decisions are made again."""
+    it was the STALLS_TO_HOLD-th in a row to wait for a core (see above), in which
+    case the band's calls stay on one thread for HOLD_S, and cached decisions are
+    made again."""
     if units is None or not threshold_decides(units):
         return False
     if elapsed < STALL_FLOOR_S or elapsed < STALL_FACTOR * units * SERIAL_S_PER_UNIT:
+        _stalls[0] = 0
         return False
+    _stalls[0] += 1
+    if _stalls[0] < STALLS_TO_HOLD:
+        return False
+    _stalls[0] = 0
     hold[0] = split_threshold.now() + HOLD_S
     split_state[0] += 1
     return True
