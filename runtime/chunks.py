@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ctypes
 import itertools
-import time
 
 import numpy as np
 
@@ -143,10 +142,8 @@ def run_chunks(ctx, variant, storages, sizes, bits, out, capacity: int, call_uni
     try:
         driver = _driver(ctx.launcher, variant, n, units)
         if driver is not None:  # libgomp's team, like every other parallel kernel
-            start = time.perf_counter()
-            statuses = [interrupt.run(call_units, _run_on_driver, ctx.launcher, driver, args, lohi, cap_slot,
-                                      grow_slots, n, pos, chunk_capacity, chunks)]
-            _threads.note_split(units, time.perf_counter() - start)  # did it wait for a core?
+            statuses = [_threads.run_split(units, interrupt.run, call_units, _run_on_driver, ctx.launcher, driver,
+                                           args, lohi, cap_slot, grow_slots, n, pos, chunk_capacity, chunks)]
         else:  # (Ctrl-C: run_ranges returns once no worker runs, then the chunks are freed)
             statuses = interrupt.run(call_units, _threads.run_ranges, call, n, pos, None, units)
         for s in statuses:

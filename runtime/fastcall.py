@@ -11,7 +11,6 @@ changed pointers swapped in, through one straight-line function generated for it
 from __future__ import annotations
 
 import functools
-import time
 import weakref
 
 import numpy as np
@@ -77,8 +76,8 @@ class FastCall:
         # new threshold, or this one due for a sample, misses
         self.split_generation = split_generation
         self.split_threshold = split_threshold
-        # the call's work units when the threshold made it split (its time is checked for
-        # a wait on a core another library holds: threads.note_split), else None
+        # the call's work units when the threshold made it split (``fn`` then times it
+        # for a wait on a core another library holds: threads.run_split), else None
         self.split_units = split_units
         self.keep = keep  # the thread bounds array whose pointer is in args
         self.given = given  # name of the output operand when the caller passes it
@@ -167,12 +166,7 @@ class FastCall:
         else:
             for k in self.out_slots:
                 args[k] = p
-        if self.split_units is None:
-            status = self.fn(*args)
-        else:  # a split: did it wait for a core? (threads.note_split)
-            start = time.perf_counter()
-            status = self.fn(*args)
-            _threads.note_split(self.split_units, time.perf_counter() - start)
+        status = self.fn(*args)
         if status != 0:
             self.fail(status)
         return out if self.out_shape or self.given is not None else out.item()
@@ -275,11 +269,7 @@ def _specialise(fc: "FastCall"):
         body.append("po = data_ptr(out)")
     for k in fc.out_slots:
         value[k] = "po"
-    if fc.split_units is not None:  # a split: did it wait for a core? (threads.note_split)
-        ns.update({"perf": time.perf_counter, "note": _threads.note_split, "UNITS": fc.split_units})
-        body.append(f"t0 = perf()\nstatus = fn({', '.join(value)})\nnote(UNITS, perf() - t0)\nif status: fail(status)")
-    else:
-        body.append(f"status = fn({', '.join(value)})\nif status: fail(status)")
+    body.append(f"status = fn({', '.join(value)})\nif status: fail(status)")
     body.append("return out" if fc.out_shape or fc.given is not None else "return out.item()")
     return _defined(body, ns)
 
@@ -410,15 +400,19 @@ def build(plan, op_cache, launcher, variant, operands, storages, args, lohi, siz
     if launch is None:
         return None
     fn, call_args = launch
+    split_units = units if generation is not None and fn is not variant.function else None
+    repeat = fn if wrap is None else wrap(fn)
+    if split_units is not None:  # a split the threshold decided: timed (threads.note_split)
+        repeat = functools.partial(_threads.run_split, split_units, repeat)
     template = [v.value if type(v) is Slot else v for v in call_args]
     entries = []
     for name, (kind, fp) in checks.items():
         slots = tuple(k for k, v in enumerate(call_args) if type(v) is Slot and v.name == name)
         entries.append((name, weakref.ref(operands[name]), kind, fp, slots))
     return FastCall(
-        entries, fn if wrap is None else wrap(fn), template, tuple(k for k, v in enumerate(call_args) if v is OUT),
+        entries, repeat, template, tuple(k for k, v in enumerate(call_args) if v is OUT),
         out_shape, plan.out_dtype,
         _threads.get_num_threads() if lohi is not None else None,
         launcher.driver_bounds(variant, fn, sizes, storages),
         output_name if given is not None else None, not accumulate, overwrite, fail, generation, watched,
-        split_units=units if generation is not None and fn is not variant.function else None)
+        split_units=split_units)

@@ -9,7 +9,6 @@ nested loops walk. The same facts size a growable output's first allocation.
 """
 from __future__ import annotations
 
-import time
 import weakref
 
 import numpy as np
@@ -312,12 +311,9 @@ class Launcher:
         launch = self.launch(variant, args, lohi, low, sizes, storages)
         if launch is not None:
             fn, call_args = launch
-            if fn is variant.function or not _threads.threshold_decides(units):
+            if fn is variant.function:
                 return [interrupt.run(units, fn, *call_args)]
-            start = time.perf_counter()  # a split the threshold decided: did it wait for a core?
-            status = interrupt.run(units, fn, *call_args)
-            _threads.note_split(units, time.perf_counter() - start)
-            return [status]
+            return [_threads.run_split(units, interrupt.run, units, fn, *call_args)]  # did it wait for a core?
         fn = variant.function
         n = parallel_extent(low, sizes, storages)
         pos = balance_pos(low, storages)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import numpy as np
 
 from .handoff import Task, Worker
@@ -220,6 +221,14 @@ def note_split(units: int | None, elapsed: float) -> bool:
     hold[0] = split_threshold.now() + HOLD_S
     split_state[0] += 1
     return True
+
+
+def run_split(units: int | None, fn, *args):
+    """``fn(*args)``, a call the threshold split, timed for :func:`note_split`."""
+    start = time.perf_counter()
+    result = fn(*args)
+    note_split(units, time.perf_counter() - start)
+    return result
 
 
 def _held() -> bool:

@@ -61,9 +61,8 @@ def _blocked(loop: n.For, fresh) -> list | None:
         return None
     decls, value = test
     t = loop.var
-    blocks, b, lo, hi, hit = (n.Var(fresh(name), I64) for name in (f"{t.name}_blocks", f"{t.name}_block",
-                                                                      f"{t.name}_lo", f"{t.name}_hi", "hit"))
-    hit = dataclasses.replace(hit, type=I32)
+    blocks, b, lo, hi = (n.Var(fresh(f"{t.name}_{part}"), I64) for part in ("blocks", "block", "lo", "hi"))
+    hit = n.Var(fresh("hit"), I32)
     extent = loop.end if _is_zero(loop.start) else n.Binary("-", loop.end, loop.start)
     start = n.Binary("*", b, n.i64(BLOCK))
     if not _is_zero(loop.start):
