@@ -58,6 +58,9 @@ def _cases(n, per_row, rng):
     U, V = rng.standard_normal((m, 8)), rng.standard_normal((m, 8))
     S = sp.random(m, m, density=per_row / m, format="csr", random_state=4)
     Q, K, Vv = (rng.standard_normal((m, 32)) for _ in range(3))
+    s = max(n // 10, 64)  # three sparse matrices: as written, each (i, l) merges a row of B with a column of C
+    A3, B3, C3 = (sp.random(s, s, density=per_row / s, format="csr", random_state=r) for r in (5, 6, 7))
+    all_csr = {"A": "csr", "B": "csr", "C": "csr"}
     return [
         ("y = A·B·c (SpMV chain)", "y[i] = A[i,j]*B[j,k]*c[k]", {"A": "csr", "B": "csr"},
          dict(A=A, B=B, c=c), "ij,jk,k->i", lambda: A @ (B @ c)),
@@ -66,6 +69,10 @@ def _cases(n, per_row, rng):
         ("TTM chain Y[i,r,s] = X[i,j,k]·U[j,r]·V[k,s]", "Y[i,r,s] = X[i,j,k]*U[j,r]*V[k,s]", {"X": "csf"},
          dict(X=_tensor3(T, m), U=U, V=V), "ijk,jr,ks->irs",
          lambda: _ttm_scipy(T, m, U, V)),
+        (f"Y = A·B·C, all csr ({s}²), dense Y", "Y[i,l] = A[i,j]*B[j,k]*C[k,l]", all_csr,
+         dict(A=A3, B=B3, C=C3), "ij,jk,kl->il", lambda: ((A3 @ B3) @ C3).toarray()),
+        (f"Y = A·B·C, all csr ({s}²), csr Y", "Y[i,l] = A[i,j]*B[j,k]*C[k,l]", dict(all_csr, Y="csr"),
+         dict(A=A3, B=B3, C=C3), "ij,jk,kl->il", lambda: (A3 @ B3) @ C3),
         ("attention O = (S∘QKᵀ)·V", "O[i,d] = S[i,j]*Q[i,k]*K[j,k]*V[j,d]", {"S": "csr"},
          dict(S=S, Q=Q, K=K, V=Vv), "ij,ik,jk,jd->id", lambda: _sddmm_spmm(S, Q, K, Vv)),
     ]
@@ -172,7 +179,7 @@ def main(argv=None):
         want = scipy_fn()
         want = want.toarray() if sp.issparse(want) else np.asarray(want)
         for k in (auto, plain):
-            got = k(**ops)
+            got = _dense(k(**ops))
             assert np.allclose(got, want, rtol=1e-8, atol=1e-8 * max(1.0, np.abs(want).max())), name
         plan, single = auto.contraction.plan(ops)
         row = [name, plan.describe() if plan.factorised else "as written", f"{plan.cost:.3g}", f"{single:.3g}",

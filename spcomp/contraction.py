@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from .errors import SpcompError
 from .lower import contract
 
 
@@ -41,9 +42,9 @@ class Contraction:
 
     @staticmethod
     def applies(notation) -> bool:
-        """Whether a statement is a product this planner may factorise."""
-        fmt = notation.lhs.tensor.format
-        if not fmt.is_dense or contract.product_factors(notation) is None:
+        """Whether a statement is a product this planner may factorise: three or more
+        factors, one of them sparse (into a dense output or a sparse one)."""
+        if contract.product_factors(notation) is None:
             return False
         return any(not a.tensor.format.is_dense for a in _accesses(notation))
 
@@ -76,17 +77,39 @@ class Contraction:
         return plan, single
 
     def _plan(self, sizes, density, build=True):
-        single = contract.statement_cost(self.notation, sizes, density)
+        """``(plan, cost as written, its ProgramKernel or None)``: the cheapest plan
+        that compiles (a temporary's storage the lowerer refuses moves on to the next)."""
+        built = self._as_built(density)
+        single = (contract.statement_cost(self.notation, sizes, built[1], lowered=built[0]) if built is not None
+                  else contract.statement_cost(self.notation, sizes, density))
         if self.fixed is not None:
             plan = self.fixed
-        else:
-            plan = contract.best(self.notation, sizes, density, self.dtype)
-        if plan.factorised and math.isnan(plan.cost):
-            plan = contract.Plan(plan.statements, _program_cost(plan, sizes, density), plan.temporaries)
-        program = self._program(plan) if build and plan.factorised else None
-        return plan, single, program
+            plan = contract.Plan(plan.statements, contract.program_cost(plan.statements, sizes, density),
+                                 plan.temporaries)
+            return plan, single, self.program(plan) if build else None
+        for plan in contract.ranked(self.notation, sizes, density, self.dtype, single):
+            if not plan.factorised or not build:
+                return plan, single, None
+            try:
+                return plan, single, self.program(plan)
+            except SpcompError:
+                continue  # (ranked ends with the statement as written)
+        raise AssertionError("ranked plans end with the statement itself")
 
-    def _program(self, plan):
+    def _as_built(self, density):
+        """The kernel's own nest for the cost model, ``((right side, loop order, the
+        storages it reads transposed), densities with those storages' added)``, or
+        None when the kernel has no such record."""
+        low = getattr(self.kernel, "lowered", None)
+        if low is None:
+            return None
+        dens = dict(density)
+        for storage, (operand, _fmt) in low.operands.transposes.items():
+            dens[storage] = density.get(operand, 1.0)
+        return (low.inspection.notation.rhs, list(low.inspection.order), set(low.operands.transposes)), dens
+
+    def program(self, plan):
+        """The ProgramKernel that runs a factorised ``plan`` (compiled here, not cached)."""
         from .frontend.program import Program
         from .program import ProgramKernel
         a = self.notation
@@ -135,14 +158,6 @@ class Contraction:
         plan, single, program = self.last
         return (f"(contraction order for the last call's operands: {plan.describe()} -- about "
                 f"{plan.cost:.3g} iterations against {single:.3g} as written)\n" + program.loops)
-
-
-def _program_cost(plan, sizes, density) -> float:
-    dens, cost = dict(density), 0.0
-    for s in plan.statements:
-        cost += contract.statement_cost(s, sizes, dens)
-        dens[s.lhs.tensor.name] = 1.0
-    return cost
 
 
 def _accesses(a) -> list:

@@ -12,9 +12,15 @@ lowerer builds it: the sums pushed as the lowerer pushes them, the loop order it
 chooses (order.choose_order), a pushed sum evaluated once per iteration of the
 loops down to the last index it depends on, and each loop's iterations thinned
 by the densities of the sparse factors fully bound there (independent uniform
-sparsity: nnz(A) iterations over A's stored entries). A dense temporary also
-costs its size (it is zeroed, written, read). Counts, not times: the tests
-assert them.
+sparsity: nnz(A) iterations over A's stored entries). Where two or more sparse
+factors are co-iterated at one loop (an intersection walked by a two-finger
+merge), the walk costs the sum of their fibers' lengths, not the entries they
+share; an operand the loop order reads against its storage costs a copy of its
+entries. A temporary is dense (it costs its size: zeroed, written, read) or, where
+the product is expected to be sparse, compressed (csr-like; it costs its expected
+entries, from independent uniform sparsity: a sum over m products of density p
+leaves ``1 - (1-p)^m``), in either order of its indices. Counts, not times: the
+tests assert them.
 """
 from __future__ import annotations
 
@@ -30,6 +36,13 @@ from .order import choose_order
 
 #: a factorised plan must save at least this fraction of the one-statement cost
 MIN_SAVING = 0.5
+#: a temporary expected denser than this is only tried dense
+SPARSE_TEMPORARY = 0.25
+#: what an entry of a compressed temporary costs against a dense one's element
+#: (appended with its coordinate, its row's workspace drained)
+SPARSE_ENTRY = 3.0
+#: what copying an entry of an operand read against its storage costs (convert.py's sort)
+TRANSPOSE_ENTRY = 4.0
 
 
 def product_factors(a: Assignment) -> list | None:
@@ -59,19 +72,46 @@ class Plan:
         return len(self.statements) > 1
 
     def describe(self) -> str:
-        return "; ".join(repr(s) for s in self.statements)
+        """The statements, each temporary stored sparse marked with its format."""
+        return "; ".join(repr(s) + ("" if s.lhs.tensor.format.is_dense or k == len(self.statements) - 1
+                                    else f" ({s.lhs.tensor.name}: {s.lhs.tensor.format})")
+                         for k, s in enumerate(self.statements))
 
 
-def statement_cost(a: Assignment, sizes: dict, density: dict) -> float:
-    """Estimated innermost iterations of ``a``'s loop nest (see the module docstring)."""
-    rhs = push_sums(lift_sums(a.rhs))
-    try:
-        order, _ = choose_order(a.lhs, rhs, None)
-    except UnsupportedError:
-        return math.inf
+def statement_cost(a: Assignment, sizes: dict, density: dict, *, lowered=None) -> float:
+    """Estimated innermost iterations of ``a``'s loop nest (see the module docstring).
+    ``lowered``: ``(right side, loop order, operands read transposed)`` of the nest
+    the kernel really built, where there is one (the model then counts that nest,
+    not the one it would pick)."""
+    if lowered is not None:
+        rhs, order, transposed = lowered
+    else:
+        rhs = push_sums(lift_sums(a.rhs))
+        try:
+            order, moved = choose_order(a.lhs, rhs, None)
+        except UnsupportedError:
+            return math.inf
+        transposed = {acc.tensor.name for acc in moved}
     rank = {i: k for k, i in enumerate(order)}
     out = frozenset(a.lhs.indices)
-    return _cost(rhs, out, frozenset(), 1.0, rank, sizes, density)
+    cost = _cost(rhs, out, frozenset(), 1.0, rank, sizes, density)
+    for name in transposed:
+        acc = next((f for f in _accesses_of(rhs) if f.tensor.name == name), None)
+        if acc is not None:
+            cost += TRANSPOSE_ENTRY * _entries(acc, sizes, density)
+    return cost
+
+
+def _accesses_of(e) -> list:
+    from ..notation import accesses
+    return accesses(e)
+
+
+def _entries(acc: Access, sizes: dict, density: dict) -> float:
+    n = density.get(acc.tensor.name, 1.0)
+    for i in acc.indices:
+        n *= sizes.get(i.name, 1)
+    return n
 
 
 def _cost(e, free: frozenset, bound: frozenset, count: float, rank, sizes, density) -> float:
@@ -85,7 +125,7 @@ def _cost(e, free: frozenset, bound: frozenset, count: float, rank, sizes, densi
         inner *= sizes.get(i.name, 1)
     for f in accs:
         inner *= density.get(f.tensor.name, 1.0)
-    total = inner
+    total = inner + _merge_walks(accs, here, bound, count, rank, sizes, density)
     everything = bound | here
     for s in subs:
         deps = free_indices(s)
@@ -101,6 +141,33 @@ def _cost(e, free: frozenset, bound: frozenset, count: float, rank, sizes, densi
     return total
 
 
+def _merge_walks(accs, here: frozenset, bound: frozenset, count: float, rank, sizes, density) -> float:
+    """Steps of the merges: at a loop where two or more sparse factors end (each one's
+    last index in loop order), the lowerer walks their fibers side by side, which
+    costs the sum of their lengths per visit of that loop, whatever they share."""
+    ending: dict = {}
+    for f in accs:
+        if f.tensor.format.is_dense or not f.indices:
+            continue
+        last = max(f.indices, key=lambda i: rank.get(i, -1))
+        if last in here:
+            ending.setdefault(last, []).append(f)
+    total = 0.0
+    for x, group in ending.items():
+        if len(group) < 2:
+            continue
+        above = [i for i in here if rank.get(i, -1) < rank.get(x, -1)]
+        visits = count
+        for i in above:
+            visits *= sizes.get(i.name, 1)
+        known = bound | frozenset(above)
+        for f in accs:
+            if set(f.indices) <= known:
+                visits *= density.get(f.tensor.name, 1.0)
+        total += visits * sizes.get(x.name, 1) * sum(density.get(f.tensor.name, 1.0) for f in group)
+    return total
+
+
 def _loop_indices(fs) -> frozenset:
     out = set()
     for f in fs:
@@ -111,37 +178,115 @@ def _loop_indices(fs) -> frozenset:
 
 def plans(a: Assignment, sizes: dict, density: dict, dtype: str) -> list:
     """Every plan for ``a`` -- the statement itself, and each sequence of pairwise
-    contractions into dense temporaries ``t1``, ``t2`` ... -- with its cost."""
+    contractions into temporaries ``t1``, ``t2`` ..., each stored dense or
+    compressed (in either order of its indices) -- with its cost."""
+    out = [Plan((a,), statement_cost(a, sizes, density))]
     fs = product_factors(a)
     if fs is None:
-        return [Plan((a,), statement_cost(a, sizes, density))]
-    out = [Plan((a,), statement_cost(a, sizes, density))]
+        return out
     accs = [f for f in fs if isinstance(f, Access)]
     lits = [f for f in fs if isinstance(f, Literal)]
     taken = {t for t in a.tensors} | {i.name for f in accs for i in f.indices}
     for seq in _sequences(accs, a.lhs, taken, dtype, sizes, density):
-        stmts, dens, cost = [], dict(density), 0.0
-        for lhs, group in seq[:-1]:
-            s = Assignment(lhs, _sum_over(lhs, group))
-            stmts.append(s)
-            cost += statement_cost(s, sizes, dens) + _size(lhs, sizes)
-            dens[lhs.tensor.name] = 1.0
-        last = Assignment(a.lhs, _sum_over(a.lhs, seq[-1][1] + lits), a.accumulate)
-        stmts.append(last)
-        cost += statement_cost(last, sizes, dens)
-        out.append(Plan(tuple(stmts), cost, tuple(s.lhs.tensor.name for s in stmts[:-1])))
+        for storage in itertools.product(STORAGES, repeat=len(seq) - 1):
+            plan = _priced(a, seq, storage, lits, sizes, density)
+            if plan is not None:
+                out.append(plan)
     return out
+
+
+#: how a temporary may be stored: dense, compressed in its indices' order, or reversed
+STORAGES = ("dense", "compressed", "compressed, reversed")
+
+
+def _priced(a: Assignment, seq, storage, lits, sizes, density):
+    """The plan of one contraction sequence with its temporaries stored as ``storage``
+    says, or None where a storage does not apply (a dense product, a reversed vector)."""
+    stmts, dens, cost, stored = [], dict(density), 0.0, {}
+    for (lhs, group), how in zip(seq[:-1], storage):
+        group = [stored.get(f, f) for f in group]
+        placed = _stored(lhs, how, group, sizes, dens)
+        if placed is None:
+            return None
+        target, fill = placed
+        s = Assignment(target, _sum_over(target, group))
+        stmts.append(s)
+        cost += statement_cost(s, sizes, dens) + _temporary_cost(target, fill, sizes)
+        dens[target.tensor.name] = 1.0 if target.tensor.format.is_dense else fill
+        stored[lhs] = target
+    last = Assignment(a.lhs, _sum_over(a.lhs, [stored.get(f, f) for f in seq[-1][1]] + lits), a.accumulate)
+    stmts.append(last)
+    cost += statement_cost(last, sizes, dens)
+    return Plan(tuple(stmts), cost, tuple(s.lhs.tensor.name for s in stmts[:-1]))
+
+
+def _stored(lhs: Access, how: str, members: list, sizes: dict, density: dict):
+    """``(the temporary's access stored as ``how``, its expected fill)`` or None."""
+    if how == "dense":
+        return lhs, 1.0
+    n = len(lhs.indices)
+    if n == 0 or (how != "compressed" and n != 2):
+        return None
+    fill = product_density(members, lhs, sizes, density)
+    if fill > SPARSE_TEMPORARY:
+        return None
+    indices = lhs.indices if how == "compressed" else lhs.indices[::-1]
+    fmt = Format.parse("c" if n == 1 else "d" + "c" * (n - 1))
+    t = lhs.tensor
+    return Access(TensorVar(t.name, t.order, fmt, t.dtype), tuple(indices)), fill
+
+
+def product_density(members: list, lhs: Access, sizes: dict, density: dict) -> float:
+    """The expected fraction of ``lhs``'s coordinates that the product of ``members``
+    summed over the indices ``lhs`` drops leaves nonzero, from independent uniform
+    sparsity: each coordinate sums m products, each nonzero with probability p."""
+    p = 1.0
+    for f in members:
+        if isinstance(f, Access):
+            p *= density.get(f.tensor.name, 1.0)
+    if p >= 1.0:
+        return 1.0
+    m = 1.0
+    for i in dict.fromkeys(i for f in members if isinstance(f, Access) for i in f.indices):
+        if i not in lhs.indices:
+            m *= sizes.get(i.name, 1)
+    return -math.expm1(m * math.log1p(-p))
+
+
+def _temporary_cost(target: Access, fill: float, sizes: dict) -> float:
+    if target.tensor.format.is_dense:
+        return _size(target, sizes)
+    return SPARSE_ENTRY * fill * _size(target, sizes)
+
+
+def program_cost(statements, sizes: dict, density: dict) -> float:
+    """The model's cost of a program of products (a fixed factorisation): each
+    temporary dense, or compressed at its expected fill."""
+    dens, cost = dict(density), 0.0
+    for s in statements[:-1]:
+        fill = 1.0
+        if not s.lhs.tensor.format.is_dense:
+            idx, body = split_sums(lift_sums(s.rhs))
+            fill = product_density(factors(body), s.lhs, sizes, dens)
+        cost += statement_cost(s, sizes, dens) + _temporary_cost(s.lhs, fill, sizes)
+        dens[s.lhs.tensor.name] = fill
+    return cost + statement_cost(statements[-1], sizes, dens)
+
+
+def ranked(a: Assignment, sizes: dict, density: dict, dtype: str, single: float | None = None) -> list:
+    """The plans worth running, best first: factorised ones that cost at most
+    :data:`MIN_SAVING` of the statement as written (``single``: its cost when the
+    caller counted the nest it really built), then the statement itself."""
+    options = plans(a, sizes, density, dtype)
+    own = options[0] if single is None else Plan(options[0].statements, single)
+    cheaper = sorted((p for p in options[1:] if p.cost <= MIN_SAVING * own.cost), key=lambda p: p.cost)
+    return cheaper + [own]
 
 
 def best(a: Assignment, sizes: dict, density: dict, dtype: str) -> Plan:
     """The cheapest plan, keeping the one statement unless a factorised plan costs
     at most :data:`MIN_SAVING` of it."""
-    options = plans(a, sizes, density, dtype)
-    single = options[0]
-    cheapest = min(options, key=lambda p: p.cost)
-    if cheapest.factorised and cheapest.cost <= MIN_SAVING * single.cost:
-        return cheapest
-    return single
+    return ranked(a, sizes, density, dtype)[0]
 
 
 def fixed(a: Assignment, groups: tuple, dtype: str) -> Plan:
@@ -223,4 +368,5 @@ def _fresh(base: str, taken: set) -> str:
     return f"{base}{k}"
 
 
-__all__ = ["MIN_SAVING", "Plan", "best", "fixed", "plans", "product_factors", "statement_cost"]
+__all__ = ["MIN_SAVING", "Plan", "best", "fixed", "plans", "product_density", "product_factors", "program_cost",
+           "ranked", "statement_cost"]

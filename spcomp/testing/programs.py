@@ -112,9 +112,11 @@ def reference_program(program, operands: dict) -> dict:
 
 
 @st.composite
-def products(draw, operands: int | None = None):
+def products(draw, operands: int | None = None, sparse_output: bool = False):
     """``(text, formats, shapes)``: one statement multiplying 3 or 4 operands of order
-    1 or 2 over a chain of indices (``y[i] = A[i,j]*B[j,k]*c[k]`` and its kin)."""
+    1 or 2 over a chain of indices (``y[i] = A[i,j]*B[j,k]*c[k]`` and its kin); with
+    ``sparse_output`` the output ``Y`` is sometimes stored sparse (any format the
+    compiler assembles, packed ones aside)."""
     count = operands or draw(st.integers(3, 4))
     chain = list("ijklm"[:count + 1])
     sizes = {i: draw(st.integers(1, 6)) for i in chain}
@@ -130,6 +132,8 @@ def products(draw, operands: int | None = None):
     keep = draw(st.sampled_from([[chain[0]], [], [chain[0], chain[-1]]]))
     used = {i for x in factors for i in x[2:-1].split(",")}
     keep = [i for i in keep if i in used]
+    if sparse_output and keep and draw(st.booleans()):
+        fmts["Y"] = draw(output_formats(len(keep), allow_packed=False, allow_dense=False))
     return f"{_access('Y', tuple(keep))} = {' * '.join(factors)}", fmts, shapes
 
 
