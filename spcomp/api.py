@@ -83,7 +83,7 @@ def compile(expression: str, formats: dict | None = None, dtype="float64", sched
         # the schedules spcomp.tune kept for this kernel, by problem: the first call picks (tuner.py)
         kernel.tuned_buckets = None if explicit else (_tuned(expression, notation, backend) or None)
         kernel.autotune = not explicit and os.environ.get("SPCOMP_AUTOTUNE") == "1"
-        _attach_contraction(kernel, schedule)
+        _attach_contraction(kernel, schedule, explicit)
         densifying = _remember(key, kernel)
     for w in kernel.warnings:  # on every compile, cached or not: the copy happens on every call
         warnings.warn(w, TranspositionWarning, stacklevel=2)
@@ -106,14 +106,20 @@ def _remember(key, kernel) -> tuple:
     return texts
 
 
-def _attach_contraction(kernel, schedule) -> None:
-    """Give a product of three or more tensors its contraction planner (spcomp/contraction.py)."""
+def _attach_contraction(kernel, schedule, explicit: bool) -> None:
+    """Give a product of three or more tensors its contraction planner, and a reduction
+    under an element-wise epilogue its split (spcomp/contraction.py, lower/epilogue.py)."""
     from .contraction import Contraction
     fixed = schedule.get("factorize")
     if fixed and fixed[-1][0] is False:
         return
     if Contraction.applies(kernel.notation):
         kernel.contraction = Contraction(kernel, fixed[-1][0] if fixed else None)
+    elif not explicit:  # (a schedule names the statement's loops: it runs as written)
+        from .lower.epilogue import split
+        plan = split(kernel.notation)
+        if plan is not None:
+            kernel.contraction = Contraction(kernel, plan=plan)
 
 
 def _is_program(expression, outputs) -> bool:

@@ -24,12 +24,17 @@ from .lower import contract
 class Contraction:
     """Chooses, per call, between a kernel's statement and its factorised programs."""
 
-    def __init__(self, kernel, groups=None):
+    def __init__(self, kernel, groups=None, plan=None):
         self.kernel = kernel
         self.notation = kernel.notation
         self.dtype = "float64" if any(t.dtype == "float64" for t in self.notation.tensors.values()) \
             else "float32"
-        self.fixed = contract.fixed(self.notation, groups, self.dtype) if groups else None
+        # a plan fixed for every call: Schedule().factorize's groups, or an epilogue
+        # split off its reduction (lower/epilogue.py), whose program is built once
+        self.fixed = plan if plan is not None else (contract.fixed(self.notation, groups, self.dtype)
+                                                    if groups else None)
+        self._fixed_program = None
+        self.epilogue = plan is not None
         self.cache: dict = {}   # (shapes, density buckets) -> (Plan, one-statement cost, ProgramKernel | None)
         self.last = None
         self._last_ids = None
@@ -86,7 +91,9 @@ class Contraction:
             plan = self.fixed
             plan = contract.Plan(plan.statements, contract.program_cost(plan.statements, sizes, density),
                                  plan.temporaries)
-            return plan, single, self.program(plan) if build else None
+            if build and self._fixed_program is None:
+                self._fixed_program = self.program(plan)
+            return plan, single, self._fixed_program if build else None
         for plan in contract.ranked(self.notation, sizes, density, self.dtype, single):
             if not plan.factorised or not build:
                 return plan, single, None
@@ -156,6 +163,9 @@ class Contraction:
         if self.last is None or self.last[2] is None:
             return ""
         plan, single, program = self.last
+        if self.epilogue:
+            return (f"(its reduction runs as a statement of its own, in the loop order it would have alone, "
+                    f"the epilogue after it: {plan.describe()})\n" + program.loops)
         return (f"(contraction order for the last call's operands: {plan.describe()} -- about "
                 f"{plan.cost:.3g} iterations against {single:.3g} as written)\n" + program.loops)
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from ..errors import UnsupportedError
 from ..formats import Format
-from ..notation import Access, Assignment, Literal, Mul, TensorVar, free_indices
+from ..notation import Access, Assignment, Literal, Mul, Reduce, Sum, TensorVar, children, free_indices
 from .normalize import factors, lift_sums, push_sums, split_sums, wrap_sums
 from .order import choose_order
 
@@ -117,7 +117,17 @@ def _entries(acc: Access, sizes: dict, density: dict) -> float:
 def _cost(e, free: frozenset, bound: frozenset, count: float, rank, sizes, density) -> float:
     idx, body = split_sums(e)
     fs = factors(body)
-    here = (free | frozenset(idx) | _loop_indices(fs)) - bound
+    loose = []  # accesses under a sum, a function...: they add loops, they thin nothing
+    while any(not isinstance(f, (Access, Literal, Sum, Reduce, Mul)) for f in fs):
+        opened = []
+        for f in fs:
+            if isinstance(f, (Access, Literal, Sum, Reduce, Mul)):
+                opened.append(f)
+            else:
+                for c in children(f):
+                    (loose if isinstance(c, Access) else opened).append(c)
+        fs = [x for f in opened for x in (factors(f) if isinstance(f, Mul) else [f])]
+    here = (free | frozenset(idx) | _loop_indices(fs + loose)) - bound
     accs = [f for f in fs if isinstance(f, Access)]
     subs = [f for f in fs if not isinstance(f, (Access, Literal))]
     inner = count

@@ -78,6 +78,7 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
     bounds: dict = {}       # "lo"/"hi" -> the first statement's Var: every statement runs those rows
     params, sources, body = [], [], []
     merged = [False] * len(functions)
+    sizes: set = set()      # names of the size parameters (N_i ...), after renaming
     for k, fn in enumerate(functions):
         mapping: dict = {}
         shared, slots, chunk_pos = {}, {}, set()
@@ -106,6 +107,7 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
         outs = {}
         owned = own_pos[k] if k < len(own_pos) else {}
         size = {b.index: mapping[b.var.name] for b in bindings[k] if b.role == "size"}
+        sizes.update(v.name for v in size.values())
         for pos, (param, b) in enumerate(zip(fn.params, bindings[k])):
             new = mapping[param.name]
             if b.role == "output" and (b.level, b.array) == (1, "pos") and b.tensor in owned:
@@ -142,7 +144,7 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
         stmts = note + loads + stmts
         index = share_loop[k] if k < len(share_loop) else None
         if index is not None and body:
-            joined = _join_loops(body[-1], stmts, mapping.get(index))
+            joined = _join_loops(body[-1], stmts, mapping.get(index), sizes)
             if joined is not None:
                 body[-1] = joined
                 merged[k] = True
@@ -245,14 +247,18 @@ def _one_loop(stmts):
     return list(stmts[:-1]), loop
 
 
-def _join_loops(previous: n.Block, stmts: list, var) -> n.Block | None:
+def _join_loops(previous: n.Block, stmts: list, var, sizes: set) -> n.Block | None:
     """``previous`` (a statement's block, or blocks already joined) with ``stmts``'s
     loop over ``var`` run inside its loop, at the same iteration; None when either
-    is not one loop over the index."""
+    is not one loop over every row (0 to a size parameter, ``sizes``: the caller
+    checked that the two sizes are the same tensor's rows). A first loop over an
+    operand's stored positions (a compressed or packed level) visits only some rows."""
     first, second = _one_loop(list(previous.body)), _one_loop(stmts)
     if first is None or second is None or var is None or second[1].var != var:
         return None
     (prefix1, loop1), (prefix2, loop2) = first, second
+    if not all(isinstance(e, n.Var) and e.name in sizes for e in (loop1.end, loop2.end)):
+        return None
     inner = _rename(loop2.body, {var.name: loop1.var})
     loop = dataclasses.replace(loop1, body=n.Block(tuple(loop1.body.body) + (inner,)))
     return n.Block(tuple(prefix1 + prefix2 + [loop]))
