@@ -74,6 +74,11 @@ class ProgramKernel(SavedProgram):
         """``(kind, object, statement numbers)`` per segment, in order: "fused" (a
         FusedRun of two or more statements) or "kernel" (one statement's Kernel)."""
         stmts = self.program.statements
+        if not self._target.capabilities.pointers:  # the CUDA backends: one kernel per run (program_gpu.py)
+            from .program_gpu import plan_gpu
+            self._split_kernels = {k: self._kernel(k) for k in range(len(stmts))}
+            return plan_gpu(self.program, [self._split_kernels[k] for k in range(len(stmts))],
+                            self._options.index32_limit, self.expression)
         fusable = [self._fusable_lowering(k) for k in range(len(stmts))]
         segments, k = [], 0
         while k < len(stmts):
@@ -445,7 +450,9 @@ class ProgramKernel(SavedProgram):
         parts = []
         for kind, seg, run in self.segments:
             which = ", ".join(str(k + 1) for k in run)
-            if kind == "fused":
+            if kind == "fused" and hasattr(seg, "describe"):  # one CUDA kernel (program_gpu.py)
+                parts.append(seg.describe())
+            elif kind == "fused":
                 if seg.compiled.variant is not None:
                     on = "its rows split over threads"
                 elif seg.chunks(32) is not None:
