@@ -9,9 +9,10 @@ one launch, no Python between the statements, a dense temporary passed from one
 loop nest to the next through the same array, a sparse one through the arrays
 its writer grows (and frees at the end when nothing else sees it). A statement
 that cannot join (a reader that needs a transposed copy, a sparse statement
-after a dense ``+=``) and any statement on a backend without raw pointers (the CUDA
-backends) runs as a kernel of its own, its result handed to the next one by the
-runtime (``k.loops`` says which is which; ``k.launches`` counts them).
+after a dense ``+=``) runs as a kernel of its own, its result handed to the next one
+by the runtime (``k.loops`` says which is which; ``k.launches`` counts them). On a
+backend without raw pointers (the CUDA backends) ``program_gpu.py`` plans instead:
+runs of dense statements as one CUDA kernel, the others kernels of their own.
 
 A fused run that is one loop over rows, each statement writing only its row,
 runs that loop on threads. Another run whose statements each loop over the rows

@@ -235,8 +235,9 @@ class GpuProgramRun:
     def describe(self) -> str:
         """``k.loops``' lines for this run."""
         which = ", ".join(str(k + 1) for k in self.run_statements)
-        parts = [f"# statements {which}: one kernel, one launch (a grid-wide barrier between the statements; "
-                 "the grid at most the blocks resident at once)"]
+        parts = [f"# statements {which}: one native function, one CUDA kernel launch (a grid-wide barrier "
+                 "between the statements; the grid at most the blocks resident at once; a call with GPU arrays "
+                 "or torch tensors runs them as kernels of their own)"]
         for k, st in zip(self.run_statements, self.steps):
             parts.append(f"# statement {k + 1}\n{st.low.inspection.notation!r}\n{st.low.inspection.loops}")
         return "\n".join(parts)
