@@ -96,27 +96,23 @@ def _reads_plainly(low, written: set) -> bool:
 
 @dataclasses.dataclass
 class GpuStep:
-    """One statement of a GPU run, as ``spcomp.program`` inspects it."""
+    """One statement of a GPU run: its output, its own kernel, its 32-bit lowering
+    (``spcomp.program`` reads the warnings there)."""
     name: str
     kernel: object
     low: object
     returned: bool
-    sparse: bool = False
-    internal: bool = False
 
 
 @dataclasses.dataclass
 class GpuBuild:
     """One fused kernel: an index width and a mapping per statement."""
     function: irn.Function
-    sources: list
+    sources: list  # FusedParam per parameter before the barrier's two
     lows: list
     block: int
-    compiled: tuple  # (CUDA C, cuda-sim module or None)
-    module: irn.Module = None
-    variant: object = None  # (what spcomp.program's inspection asks of a fused build)
-    rows: tuple = ()
-    merged: list = dataclasses.field(default_factory=list)
+    compiled: tuple  # (CUDA C, cuda-sim module or None): ``k.source`` prints the first
+    module: irn.Module  # ``k.ir`` prints it
 
 
 class GpuProgramRun:
@@ -132,10 +128,10 @@ class GpuProgramRun:
         self.steps = [GpuStep(stmts[k].lhs.tensor.name, kern, kern.lowered, stmts[k].lhs.tensor.name in program.outputs)
                       for k, kern in zip(run, kernels)]
         self.built: dict = {}
-        self.why = None
         self.compiled = self.build(32, tuple(_default(kern.variant(32)) for kern in kernels))
 
     def chunks(self, bits):
+        """No function over chunks of rows (``k.ir`` asks)."""
         return None
 
     # ----------------------------------------------------------------- build
@@ -167,8 +163,7 @@ class GpuProgramRun:
         if self.target.name == "cuda-sim":
             from .backends.cuda.sim import compile_sim
             sim = compile_sim(source, {fn.name: program_signature(fn)})
-        return GpuBuild(fn, sources, lows, block, (source, sim), irn.Module((fn,), fn.name),
-                        merged=[False] * len(lows))
+        return GpuBuild(fn, sources, lows, block, (source, sim), irn.Module((fn,), fn.name))
 
     # ------------------------------------------------------------------ call
     def wants_threads(self, env: dict) -> bool:

@@ -130,6 +130,18 @@ def test_rows_pick_a_warp_or_a_thread_inside_the_one_kernel():
     assert source.count("__global__ void") == 1 and "spc_grid_sync(" in source.split("__global__")[1]
 
 
+def test_a_block_per_row_statement_shares_the_kernel_too():
+    # SpMM's default is a block per row with the row staged in shared memory
+    k = spcomp.compile("Y[i,k] = A[i,j]*B[j,k]; Z[i,k] = relu(Y[i,k]) * 2; s = Z[i,k]*Z[i,k]",
+                       formats={"A": "csr"}, backend="cuda-sim")
+    A = sp.random(500, 64, density=0.3, format="csr", random_state=1)
+    B = np.random.default_rng(1).standard_normal((64, 48))
+    Z = np.maximum(A @ B, 0) * 2
+    assert np.isclose(k(A=A, B=B), np.einsum("ik,ik->", Z, Z), rtol=1e-12)
+    assert k.last_launches == 1
+    assert k._target.last_launch["mapping"] == "one kernel: gpu-block, gpu-thread, gpu-thread"
+
+
 def test_statements_needing_host_work_stay_kernels_of_their_own():
     # a sparse output (counted, prefix-summed and filled from the host) and a
     # transposed copy of a temporary cannot join: the others still do
@@ -150,6 +162,7 @@ PROGRAMS = [
     ("t[i] = A[i,j]*x[j]; y[i] = sigmoid(t[i]) + t[i]*2; s = y[i]*t[i]", {"A": "csr"}),
     ("t[i] = A[i,j]*x[j]; u[j] = A[i,j]*t[i]", {"A": "csr"}),
     ("t[i] = A[i,j]*x[j]; M[i,j] = A[i,j]*t[i]; z[i] = M[i,j]*x[j]", {"A": "dense"}),
+    ("M[i,k] = A[i,j]*B[j,k]; t[i] = relu(M[i,k]) * x[k]", {"A": "csr"}),
 ]
 
 
@@ -159,8 +172,8 @@ def test_every_fused_kernel_compiles_with_nvcc(text, formats):
     k = spcomp.compile(text, formats=formats, backend="cuda-sim")
     (seg,) = _fused_kernels(k)
     A = sp.random(M, N, density=0.6, format="csr", random_state=1)
-    x = np.ones(N)
-    k(A=A if formats["A"] == "csr" else A.toarray(), x=x)  # builds the warp-per-row kernel where it picks one
+    ops = {"A": A if formats["A"] == "csr" else A.toarray(), "x": np.ones(N), "B": np.ones((N, N))}
+    k(**{n: v for n, v in ops.items() if n in k.inputs})  # builds the warp-per-row kernel where it picks one
     assert len(seg.built) >= 1
     for built in seg.built.values():
         report = nvcc.check_source(built.compiled[0], arch="sm_90")

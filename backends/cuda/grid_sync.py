@@ -36,7 +36,7 @@ from .emit import CudaEmitter, sort_helper_name
 from .prelude import PRELUDE
 from .signature import STATUS_PARAM, KernelParam, KernelSignature, kernel_params, readonly_params
 
-GRID_SYNC_STATUS = 7  # a block waited longer than the bound at the grid-wide barrier
+GRID_SYNC_STATUS = 7  # a block waited longer than the bound at the barrier (past the IR's statuses, ir/nodes.py)
 BARRIER_PARAM = "spc_grid_barrier"
 TIMEOUT_PARAM = "spc_sync_ns"
 BARRIER_WORDS = 4
