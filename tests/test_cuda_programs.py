@@ -6,7 +6,9 @@ a scalar sum) run under cuda-sim as one launch; each result is checked against
 numpy.einsum and against the same statements run as kernels of their own. Every
 fused kernel compiles with nvcc where it is installed. The grid-wide barrier:
 the launch never has more blocks than run at once, and an oversubscribed grid
-(a test-only override of that count) reports an error instead of hanging.
+(a test-only override of that count) reports an error instead of hanging; on
+its own, the barrier orders six rounds of neighbour exchanges between blocks, and
+gives up (status 7) when half the grid cannot start.
 """
 from __future__ import annotations
 
@@ -213,3 +215,36 @@ def test_an_oversubscribed_grid_reports_an_error_instead_of_hanging(monkeypatch)
     assert "t[i] = A[i,j]*x[j]" in str(info.value)
     monkeypatch.undo()
     assert np.allclose(k(**ops), want) and k.last_launches == 1
+
+
+ROUNDS_KERNEL = r"""
+extern "C" __global__ void rounds(int64_t rounds, int64_t* cells, int64_t* seen, unsigned int* bar,
+                                  int64_t limit_ns, int32_t* spc_status) {
+  // each round: every block writes its cell, then (after the barrier) reads its neighbour's
+  int64_t b = blockIdx.x, n = gridDim.x;
+  for (int64_t r = 0; r < rounds; ++r) {
+    if (threadIdx.x == 0) cells[b] = r * 1000 + b;
+    if (spc_grid_sync(bar, limit_ns)) { atomicMax(spc_status, 7); return; }
+    if (threadIdx.x == 0) seen[r * n + b] = cells[(b + 1) % n];
+    if (spc_grid_sync(bar, limit_ns)) { atomicMax(spc_status, 7); return; }
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("workers,grid,status", [(4, 4, 0), (2, 4, 7)])
+def test_the_grid_barrier_orders_every_round_or_gives_up(monkeypatch, workers, grid, status):
+    from spcomp.backends.cuda.grid_sync import GRID_SYNC
+    from spcomp.backends.cuda.prelude import PRELUDE
+    from spcomp.backends.cuda.sim import compile_sim
+    sim = compile_sim(PRELUDE + GRID_SYNC + ROUNDS_KERNEL)
+    rounds = 6
+    cells, seen = np.zeros(grid, dtype=np.int64), np.full(rounds * grid, -1, dtype=np.int64)
+    bar = np.zeros(4, dtype=np.uint32)
+    got = sim.launch("rounds", [rounds, cells, seen, bar, 200_000_000], grid=grid, block=64, workers=workers)
+    assert got == status
+    if status == 0:  # every block saw its neighbour's value of the same round
+        want = [r * 1000 + (b + 1) % grid for r in range(rounds) for b in range(grid)]
+        assert seen.tolist() == want
+    else:  # two blocks ran and waited for two that could not start: each gave up after 0.2 s
+        assert bar[2] == 1
