@@ -9,9 +9,10 @@ one launch, no Python between the statements, a dense temporary passed from one
 loop nest to the next through the same array, a sparse one through the arrays
 its writer grows (and frees at the end when nothing else sees it). A statement
 that cannot join (a reader that needs a transposed copy, a sparse statement
-after a dense ``+=``) and any statement on a backend without raw pointers (the CUDA
-backends) runs as a kernel of its own, its result handed to the next one by the
-runtime (``k.loops`` says which is which; ``k.launches`` counts them).
+after a dense ``+=``) runs as a kernel of its own, its result handed to the next one
+by the runtime (``k.loops`` says which is which; ``k.launches`` counts them). On a
+backend without raw pointers (the CUDA backends) ``program_gpu.py`` plans instead:
+runs of dense statements as one CUDA kernel, the others kernels of their own.
 
 A fused run that is one loop over rows, each statement writing only its row,
 runs that loop on threads. Another run whose statements each loop over the rows
@@ -74,6 +75,11 @@ class ProgramKernel(SavedProgram):
         """``(kind, object, statement numbers)`` per segment, in order: "fused" (a
         FusedRun of two or more statements) or "kernel" (one statement's Kernel)."""
         stmts = self.program.statements
+        if not self._target.capabilities.pointers:  # the CUDA backends: one kernel per run (program_gpu.py)
+            from .program_gpu import plan_gpu
+            self._split_kernels = {k: self._kernel(k) for k in range(len(stmts))}
+            return plan_gpu(self.program, [self._split_kernels[k] for k in range(len(stmts))],
+                            self._options.index32_limit, self.expression)
         fusable = [self._fusable_lowering(k) for k in range(len(stmts))]
         segments, k = [], 0
         while k < len(stmts):
@@ -445,7 +451,9 @@ class ProgramKernel(SavedProgram):
         parts = []
         for kind, seg, run in self.segments:
             which = ", ".join(str(k + 1) for k in run)
-            if kind == "fused":
+            if kind == "fused" and hasattr(seg, "describe"):  # one CUDA kernel (program_gpu.py)
+                parts.append(seg.describe())
+            elif kind == "fused":
                 if seg.compiled.variant is not None:
                     on = "its rows split over threads"
                 elif seg.chunks(32) is not None:

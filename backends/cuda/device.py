@@ -71,6 +71,31 @@ class GpuModule:
             raise NvccError(f"pycuda could not compile the CUDA source:\n{e}", log=str(e), arch=arch or "") from e
         self._functions = {name: self._module.get_function(name) for name in self.kernels}
 
+    def co_resident_blocks(self, function_name: str, block: int) -> int:
+        """Blocks of ``block`` threads of this kernel the device runs at once (what a
+        grid-wide barrier needs): per multiprocessor the fewest that threads,
+        registers (allocated per warp in 256s), static shared memory and the block
+        limit allow, times the multiprocessors."""
+        import pycuda.driver as drv
+        fn = self._functions[function_name]
+        dev = drv.Context.get_device()
+        attr = drv.device_attribute
+
+        def get(name, default):
+            a = getattr(attr, name, None)
+            return dev.get_attribute(a) if a is not None else default
+        warps = -(-int(block) // 32)
+        limits = [get("MAX_THREADS_PER_MULTIPROCESSOR", 1024) // (warps * 32),
+                  get("MAX_BLOCKS_PER_MULTIPROCESSOR", 16)]
+        regs = int(getattr(fn, "num_regs", 0))
+        if regs:
+            per_warp = -(-regs * 32 // 256) * 256
+            limits.append(get("MAX_REGISTERS_PER_MULTIPROCESSOR", 65536) // (per_warp * warps))
+        shared = int(getattr(fn, "shared_size_bytes", 0))
+        if shared:
+            limits.append(get("MAX_SHARED_MEMORY_PER_MULTIPROCESSOR", 49152) // shared)
+        return max(1, min(limits)) * get("MULTIPROCESSOR_COUNT", 1)
+
     def launch(self, function_name: str, args, grid=1, block=256, heap_bytes: int | None = None) -> int:
         """Run ``function_name`` over ``grid`` x ``block`` threads and return its status.
 

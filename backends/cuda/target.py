@@ -66,6 +66,7 @@ class CudaTarget(_GpuTarget):
 
     def __init__(self):
         self._modules: dict = {}  # CUDA C text -> pycuda module, compiled on the first launch
+        self.program_modules: dict = {}  # ... of a program's statements as one kernel (spcomp/program_gpu.py)
 
     def build(self, lowered):
         from . import emit_module

@@ -1,0 +1,270 @@
+"""A program's statements in one kernel launch on the CUDA backends (issue 24).
+
+On ``cuda`` and ``cuda-sim`` a run of consecutive statements that each write a
+dense row-major array in one launch -- no host work between them: no sparse
+output (counted, prefix-summed and filled from the host), no serial kernel, no
+``+=`` (it adds into the caller's array), no transposed or diagonal copy of a
+tensor the run writes -- becomes one ``__global__`` kernel: the statements'
+functions joined by :func:`spcomp.lower.fuse.fuse` (a temporary is one
+parameter, its writer's output), printed with a grid-wide barrier between them
+(:mod:`spcomp.backends.cuda.grid_sync`). The temporaries are device memory the
+launch allocates like any output. Each statement keeps its own mapping: where
+the default schedule leaves a thread or a warp per row to the call
+(``RowChoice``), the call's rows pick it as for a kernel of its own, and the
+kernel of that combination is built on first use. The grid is the largest any
+statement asks for, at most the blocks the device (or the harness) keeps
+resident at once -- the barrier needs every block running.
+
+A call whose operands are GPU arrays or torch tensors runs the statements as
+kernels of their own (their results stay where the operands are), as does any
+statement the run cannot take (``k.loops`` says which).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .backends.cuda.default_schedule import mapping
+from .backends.cuda.grid_sync import (BARRIER_WORDS, GRID_SYNC_STATUS, emit_program, program_signature,
+                                      sim_co_resident_blocks,
+                                      with_barrier)
+from .backends.cuda.launch import launch_config
+from .backends.cuda.target import DEFAULT_BLOCK
+from .errors import KernelRuntimeError, UnsupportedError
+from .ir import nodes as irn
+from .lower.fuse import fuse
+from .runtime.launch import parallel_extent, raise_status
+from .runtime.operands import index_bits, is_device_array, is_torch
+
+SYNC_TIMEOUT_S = 60.0  # longest wait at the grid-wide barrier before the launch reports an error
+_ROLES = ("lo", "hi", "size", "input", "output")
+
+
+def plan_gpu(program, kernels: list, index32_limit: int, expression: str) -> list:
+    """The segments (``spcomp.program.ProgramKernel._plan``'s form) of a program on
+    a CUDA backend: runs of two or more joinable statements as one
+    :class:`GpuProgramRun`, every other statement as its own kernel."""
+    stmts = program.statements
+    segments, k = [], 0
+    while k < len(stmts):
+        run, written = [k], {stmts[k].lhs.tensor.name}
+        if _joinable(stmts[k], kernels[k]):
+            block = kernels[k].lowered.threads.gpu_block
+            j = k + 1
+            while (j < len(stmts) and _joinable(stmts[j], kernels[j])
+                   and kernels[j].lowered.threads.gpu_block == block and _reads_plainly(kernels[j].lowered, written)):
+                run.append(j)
+                written.add(stmts[j].lhs.tensor.name)
+                j += 1
+        fused = None
+        if len(run) >= 2:
+            try:
+                fused = GpuProgramRun(program, run, [kernels[j] for j in run], index32_limit, expression)
+            except UnsupportedError:
+                fused = None  # the emitter refused the joined kernel: the statements run one by one
+        if fused is not None:
+            segments.append(("fused", fused, run))
+        else:
+            run = [k]
+            segments.append(("kernel", kernels[k], run))
+        k = run[-1] + 1
+    return segments
+
+
+def _joinable(a, kernel) -> bool:
+    """Whether statement ``a`` (compiled as ``kernel``) needs no host work before or
+    after its one launch: a fresh dense row-major output, a grid-level loop."""
+    fmt = a.lhs.tensor.format
+    low = kernel.lowered
+    out = low.output
+    return (not a.accumulate and kernel.contraction is None and fmt.is_dense
+            and fmt.order == tuple(range(fmt.ndim)) and out.shape == "dense" and not out.growable
+            and not out.bounded and out.assembly is None and out.expand is None and not low.append_chunks
+            and all(b.role in _ROLES for b in low.code.bindings) and mapping(low) != "serial")
+
+
+def _reads_plainly(low, written: set) -> bool:
+    """Whether a lowering reads each tensor of ``written`` as its values array
+    itself: no transposed or diagonal copy the runtime would make before the launch."""
+    ops = low.operands
+    if {d.operand for d in ops.diagonals.values()} & written or {op for op, _f in ops.transposes.values()} & written:
+        return False
+    return all((b.level, b.array) == (-1, "vals") for b in low.code.bindings
+               if b.role == "input" and b.storage in written)
+
+
+@dataclasses.dataclass
+class GpuStep:
+    """One statement of a GPU run: its output, its own kernel, its 32-bit lowering
+    (``spcomp.program`` reads the warnings there)."""
+    name: str
+    kernel: object
+    low: object
+    returned: bool
+
+
+@dataclasses.dataclass
+class GpuBuild:
+    """One fused kernel: an index width and a mapping per statement."""
+    function: irn.Function
+    sources: list  # FusedParam per parameter before the barrier's two
+    lows: list
+    block: int
+    compiled: tuple  # (CUDA C, cuda-sim module or None): ``k.source`` prints the first
+    module: irn.Module  # ``k.ir`` prints it
+
+
+class GpuProgramRun:
+    """Consecutive statements of a program as one kernel on a CUDA backend."""
+
+    def __init__(self, program, run: list, kernels: list, index32_limit: int, expression: str):
+        self.program = program
+        self.run_statements = run
+        self.target = kernels[0].target
+        self.limit = index32_limit
+        self.expression = expression
+        stmts = program.statements
+        self.steps = [GpuStep(stmts[k].lhs.tensor.name, kern, kern.lowered, stmts[k].lhs.tensor.name in program.outputs)
+                      for k, kern in zip(run, kernels)]
+        self.built: dict = {}
+        self.compiled = self.build(32, tuple(_default(kern.variant(32)) for kern in kernels))
+
+    def chunks(self, bits):
+        """No function over chunks of rows (``k.ir`` asks)."""
+        return None
+
+    # ----------------------------------------------------------------- build
+    def build(self, bits: int, hows: tuple) -> GpuBuild:
+        """The kernel of ``bits``-bit indices with statement ``j`` mapped ``hows[j]``."""
+        key = (bits, hows)
+        if key not in self.built:
+            lows = [_lowering(st.kernel.variant(bits), how) for st, how in zip(self.steps, hows)]
+            self.built[key] = self._compile(lows)
+        return self.built[key]
+
+    def _compile(self, lows: list) -> GpuBuild:
+        written, links, bindings = {}, [], []
+        for j, low in enumerate(lows):
+            links.append({b.storage: written[b.storage] for b in low.code.bindings
+                          if b.role == "input" and b.storage in written})
+            # every statement has its own [lo, hi): fuse shares lo/hi, so they are passed as sizes
+            bindings.append([dataclasses.replace(b, role="size", index=f"{b.role}{j}") if b.role in ("lo", "hi")
+                             else b for b in low.code.bindings])
+            written[self.steps[j].name] = j
+        name = "statements_" + "_".join(str(k + 1) for k in self.run_statements)
+        docs = [self.program.texts[k] for k in self.run_statements]
+        fn, sources, _merged = fuse([low.entry_function for low in lows], bindings, links, name, docs)
+        fn = with_barrier(fn)
+        blocks = {low.threads.gpu_block for low in lows}
+        block = blocks.pop() if len(blocks) == 1 and 0 not in blocks else DEFAULT_BLOCK
+        source = emit_program(fn, block)
+        sim = None
+        if self.target.name == "cuda-sim":
+            from .backends.cuda.sim import compile_sim
+            sim = compile_sim(source, {fn.name: program_signature(fn)})
+        return GpuBuild(fn, sources, lows, block, (source, sim), irn.Module((fn,), fn.name))
+
+    # ------------------------------------------------------------------ call
+    def wants_threads(self, env: dict) -> bool:
+        """Whether this call runs the statements as kernels of their own instead:
+        an operand is a GPU array or a torch tensor (results stay where they are)."""
+        return any(is_device_array(env.get(name)) or is_torch(env.get(name))
+                   for st in self.steps for name in st.kernel.runtime.plan.names)
+
+    def run(self, env: dict) -> None:
+        """Run the statements in one launch on ``env``'s values; each result is put
+        in ``env`` under its name."""
+        per_step, bits = [], 32
+        for st in self.steps:
+            ctx = st.kernel.runtime
+            ops = {name: env[name] for name in ctx.plan.names if name != st.name}
+            storages = ctx.operands.storages(ops)
+            sizes = ctx.plan.bind_sizes(storages, ops)
+            array = np.zeros(tuple(sizes[i] for i in ctx.plan.out_indices), dtype=ctx.plan.out_dtype)
+            env[st.name] = array  # a later statement binds its sizes against it
+            per_step.append((storages, sizes, array))
+            bits = max(bits, index_bits(storages, sizes, self.limit))
+        lists, hows = [], []
+        for st, (storages, sizes, array) in zip(self.steps, per_step):
+            variant = st.kernel.variant(bits)
+            args, lohi = st.kernel.runtime.args(variant.arg_plan, storages, sizes, bits,
+                                                lambda b, a=array: a.reshape(-1))
+            if lohi is not None:
+                args[lohi], args[lohi + 1] = 0, parallel_extent(variant.lowered, sizes, storages)
+            choice = variant.function.choice
+            hows.append(choice.pick(args)[0] if choice is not None else _default(variant))
+            lists.append(args)
+        built = self.build(bits, tuple(hows))
+        status = self._launch(built, lists, hows)
+        if status == GRID_SYNC_STATUS:
+            raise KernelRuntimeError(
+                f"program {self.expression!r}: statements {', '.join(str(k + 1) for k in self.run_statements)} "
+                f"run as one kernel, and a block waited more than {SYNC_TIMEOUT_S:g} s at the grid-wide barrier "
+                "between them: the grid's blocks were not all resident at once")
+        if status != 0:
+            raise_status(status, None, self.steps[-1].name, self.expression)
+        for st, (_s, _z, array) in zip(self.steps, per_step):
+            if array.ndim == 0 and st.returned:
+                env[st.name] = array.item()
+
+    def _launch(self, built: GpuBuild, lists: list, hows: list) -> int:
+        """Launch the kernel on the statements' argument lists; returns its status."""
+        grid = 1
+        for low, args in zip(built.lows, lists):
+            fn = low.entry_function
+            scalars = {p.name: a if isinstance(a, int) else 0 for p, a in zip(fn.params, args)}
+            grid = max(grid, launch_config(fn, scalars, built.block)[0])
+        args = [lists[s.statement][s.position] for s in built.sources]
+        args += [np.zeros(BARRIER_WORDS, dtype=np.int32), int(SYNC_TIMEOUT_S * 1e9)]
+        resident = co_resident_blocks(self.target, built)
+        launch = min(grid, resident)
+        self.target.last_launch = {"mapping": "one kernel: " + ", ".join(hows), "grid": launch,
+                                   "block": built.block, "why": f"{grid} blocks wanted, {resident} resident at once"}
+        name = built.function.name
+        if built.compiled[1] is not None:
+            return built.compiled[1].launch(name, args, launch, built.block, workers=sim_co_resident_blocks())
+        return _gpu_module(self.target, built).launch(name, args, launch, built.block)
+
+    # ------------------------------------------------------------ inspection
+    def describe(self) -> str:
+        """``k.loops``' lines for this run."""
+        which = ", ".join(str(k + 1) for k in self.run_statements)
+        parts = [f"# statements {which}: one native function, one CUDA kernel launch (a grid-wide barrier "
+                 "between the statements; the grid at most the blocks resident at once; a call with GPU arrays "
+                 "or torch tensors runs them as kernels of their own)"]
+        for k, st in zip(self.run_statements, self.steps):
+            parts.append(f"# statement {k + 1}\n{st.low.inspection.notation!r}\n{st.low.inspection.loops}")
+        return "\n".join(parts)
+
+
+def co_resident_blocks(target, built: GpuBuild) -> int:
+    """Blocks of ``built``'s kernel that run at once: the harness's worker threads
+    on cuda-sim, the device's occupancy on a GPU."""
+    if built.compiled[1] is not None:
+        return sim_co_resident_blocks()
+    return _gpu_module(target, built).co_resident_blocks(built.function.name, built.block)
+
+
+def _gpu_module(target, built: GpuBuild):
+    """The pycuda module of ``built`` (compiled on first use, kept by the target)."""
+    from .backends.cuda.device import compile_gpu, gpu_available
+    from .errors import BackendUnavailableError
+    ok, why = gpu_available()
+    if not ok:
+        raise BackendUnavailableError(f"backend 'cuda' cannot run here: {why}")
+    modules = target.program_modules
+    source = built.compiled[0]
+    if source not in modules:
+        modules[source] = compile_gpu(source, kernels={built.function.name: program_signature(built.function)})
+    return modules[source]
+
+
+def _default(variant) -> str:
+    return variant.function.default
+
+
+def _lowering(variant, how: str):
+    """The variant's lowering mapped ``how`` (its warp lowering where the call's rows pick one)."""
+    call = variant.function
+    return variant.lowered if how == call.default else call.choice.warp
