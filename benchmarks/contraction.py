@@ -61,7 +61,12 @@ def _cases(n, per_row, rng):
     s = max(n // 10, 64)  # three sparse matrices: as written, each (i, l) merges a row of B with a column of C
     A3, B3, C3 = (sp.random(s, s, density=per_row / s, format="csr", random_state=r) for r in (5, 6, 7))
     all_csr = {"A": "csr", "B": "csr", "C": "csr"}
+    # the FFN's down projection with a bias: the sum under "+" (as written: t, d, n)
+    H = sp.random(256, 4 * m, density=0.02, format="csr", random_state=8)
+    Wd, bias = rng.standard_normal((4 * m, m)), rng.standard_normal(m)
     return [
+        ("epilogue O = H·Wd + b (H csr 2 %)", "O[t,d] = H[t,n]*Wd[n,d] + b[d]", {"H": "csr"},
+         dict(H=H, Wd=Wd, b=bias), None, lambda: H @ Wd + bias),
         ("y = A·B·c (SpMV chain)", "y[i] = A[i,j]*B[j,k]*c[k]", {"A": "csr", "B": "csr"},
          dict(A=A, B=B, c=c), "ij,jk,k->i", lambda: A @ (B @ c)),
         ("Y = A·B·C, C thin dense", "Y[i,l] = A[i,j]*B[j,k]*C[k,l]", {"A": "csr", "B": "csr"},
@@ -189,6 +194,10 @@ def main(argv=None):
         dense = [v.toarray() if sp.issparse(v) else (v.to_numpy() if isinstance(v, spcomp.Tensor) else v)
                  for v in ops.values()] if sum(np.prod(getattr(v, "shape", ())) for v in ops.values()) \
             < DENSE_LIMIT else None
+        if spec is None:  # not a product: einsum cannot say it
+            row += ["not a product", "not a product"]
+            print(" | ".join(row), flush=True)
+            continue
         if dense is None:
             row.append("too large dense")
         else:
