@@ -108,3 +108,15 @@ def test_a_producer_over_stored_positions_does_not_share_its_loop():
     got = k(A=spcomp.Tensor.from_numpy(A, fmts["A"]), B=B).to_numpy()
     assert np.allclose(got, A.sum(axis=0).T[:, :, None] / (np.abs(B) + 1))
     assert "its reduction runs as a statement of its own" in k.loops
+
+
+@pytest.mark.skipif(__import__("spcomp.backends.cuda.sim", fromlist=["compiler"]).compiler() is None,
+                    reason="cuda-sim needs a host C++ compiler (g++)")
+def test_the_split_runs_as_one_launch_on_cuda_sim():
+    H = sp.random(30, 40, density=0.1, format="csr", random_state=1)
+    rng = np.random.default_rng(1)
+    Wd, b = rng.standard_normal((40, 8)), rng.standard_normal(8)
+    k = spcomp.compile("O[t,d] = relu(H[t,n]*Wd[n,d] + b[d])", formats={"H": "csr"}, backend="cuda-sim")
+    assert np.allclose(k(H=H, Wd=Wd, b=b), np.maximum(H @ Wd + b, 0))
+    assert "its reduction runs as a statement of its own" in k.loops
+    assert k.contraction.last[2].last_launches == 1
