@@ -39,7 +39,7 @@ from .memory import data_ptr
 from .operands import Dense, index_bits
 from .outputs import Output
 from .plan import call_args
-from .program_chunks import run_chunked
+from .program_chunks import as_declared, run_chunked
 from .threads import get_num_threads
 
 
@@ -253,6 +253,8 @@ class FusedRun:
                 out = next(it)
                 if st.internal:
                     out.discard()  # the kernel freed its arrays and emptied the slots: a no-op
+                elif out.fmt != st.ctx.plan.out_format:  # computed in a rows-first stand-in
+                    env[st.name] = as_declared(out.result(), st.ctx.plan.out_format, bits)
                 else:
                     env[st.name] = out.result()
             elif array is not None:

@@ -9,7 +9,9 @@ statement reading them in the same call. The runtime calls it once per thread
 (the native driver, else the Python pool) with per-chunk capacities and output
 slots, then, as for a one-statement chunked kernel (:mod:`.chunks`), stitches
 each returned sparse output from the chunks; an unreturned temporary was freed by
-each call itself. A statement that sums over the rows (a scalar, or a dense output
+each call itself. A tensor stored compressed first (dcsr, coo, csf) is computed in
+a rows-first stand-in (csr) and, when returned or read after the run, converted
+back to its own format after the join (:func:`as_declared`). A statement that sums over the rows (a scalar, or a dense output
 indexed by something else: ``ThreadPlan.partials``) adds into a zeroed copy of its
 output per chunk, and the copies are added into the output in chunk order after
 the join (:mod:`.partials`). One launch, like the one-thread function.
@@ -23,10 +25,15 @@ import numpy as np
 
 from . import interrupt
 from . import threads as _threads
+from spcomp.ir.types import to_numpy
+from spcomp.lower.context import level_array_type
+
 from .chunks import CHUNK_SLACK, stitch
+from .convert import repack_below
 from .launch import balance_pos, work
 from .memory import data_ptr, free
 from .partials import add_into
+from .tensor import Tensor
 
 
 class _Chunk:
@@ -154,4 +161,16 @@ def _on_driver(launcher, driver, args, n, weights, cap_at, slot_at, capacity, ch
                                           for at, key in slot_at.items()}))
 
 
-__all__ = ["per_chunk_params", "run_chunked"]
+def as_declared(t: Tensor, fmt, bits: int) -> Tensor:
+    """A tensor the chunked function computed in a rows-first stand-in
+    (``lower.outputs.rows_first``: csr for a dcsr or coo) in its declared ``fmt``,
+    as the one-thread function returns it: the same entries in the same order (the
+    stand-in's; ``repack_below`` builds ``fmt``'s levels in O(rows + nnz), no sort)
+    and index arrays of the ``bits``-wide kernel's types."""
+    levels, vals = repack_below(t.format, t.levels, t.vals, fmt, t.shape)
+    levels = [{a: np.asarray(x, dtype=to_numpy(level_array_type(kind, a, bits))) for a, x in arrays.items()}
+              for kind, arrays in zip(fmt.levels, levels)]
+    return Tensor(fmt, t.shape, levels, vals, validated=True)
+
+
+__all__ = ["as_declared", "per_chunk_params", "run_chunked"]

@@ -41,6 +41,7 @@ from .ir.printer import print_ir
 from .kernel import Kernel
 from .lower.fuse import fuse, parallel_rows, row_workspace
 from .lower.heap_exits import free_on_early_exits
+from .lower.outputs import rows_first
 from .lower.record import Code
 from .runtime.call import CallContext
 from .runtime.launch import Variant
@@ -230,12 +231,14 @@ class ProgramKernel(SavedProgram):
         for k, plain in zip(run, fused):
             a, fmt, name = stmts[k], stmts[k].lhs.tensor.format, stmts[k].lhs.tensor.name
             opts = dataclasses.replace(self._statement_options(k, False, bits), auto_layout=False, append_chunks=True)
+            if not fmt.is_dense:  # skip computed zeros where the one-thread function does (a stand-in's
+                opts = dataclasses.replace(opts, drop_zeros=plain.output.drops_zeros)  # dense rows would not)
             low = self._target.lower(a, opts)
             plan = low.threads
             first = plan.parallel if plan.partials else (a.lhs.indices[0].name if a.lhs.indices else None)
             if not fmt.is_dense and not fmt.levels[0].is_dense:
-                return (f"{name} is stored compressed first and returned, read after the run or not 2-d: "
-                        "its rows are appended on one thread")
+                return (f"{name} is stored compressed first ({fmt.spec()}) with no rows-first stand-in "
+                        "(or is given to the run): its rows are appended on one thread")
             if (first is None or low.operands != plain.operands or plan.parallel != first or plan.split
                     or plan.positions is not None or plan.gpu_choice is not None or plan.fused is not None
                     or low.output.bounded or low.output.assembly is not None or low.output.expand is not None
@@ -265,11 +268,22 @@ class ProgramKernel(SavedProgram):
         return lows
 
     def _csr_stand_ins(self, run: list) -> dict:
-        """Name -> csr for each 2-d temporary of ``run`` stored compressed first (dcsr,
-        coo) that nothing outside the run sees: chunks of rows cannot append its top
-        level, but as csr each appends its rows, and no one sees the difference."""
-        return {name: Format.csr() for name in self._internal(run)
-                if self.program.tensors[name].order == 2 and not self.program.tensors[name].format.levels[0].is_dense}
+        """Name -> its stand-in (``lower.outputs.rows_first``: csr for a 2-d dcsr or
+        coo) for each sparse tensor of ``run`` stored compressed first: chunks of rows
+        cannot append its top level, but in a format whose first level is dense each
+        appends its rows. An unreturned one nobody sees so; a returned one, or one read
+        after the run, is converted to its own format after the chunks (the runtime)."""
+        stmts = self.program.statements
+        out = {}
+        for k in run:
+            t = stmts[k].lhs.tensor
+            stand_in = None if t.format.is_dense else rows_first(t.format)
+            # never one the caller passes (+=: the function reads its arrays as given)
+            given = stmts[k].accumulate or any(s.lhs.tensor.name == t.name for s in stmts if s is not stmts[k])
+            if stand_in is not None and not given and not any(
+                    acc.tensor.name == t.name for j in run if j <= k for acc in _accesses(stmts[j])):
+                out[t.name] = stand_in
+        return out
 
     def _chunk_build(self, run: list, lows: list, internal: set) -> FusedBuild:
         """The chunk lowerings of a run joined into one function over ``[lo, hi)`` and compiled."""
@@ -467,16 +481,19 @@ class ProgramKernel(SavedProgram):
                           + "; a call whose first statement would split over threads runs the "
                           "statements as kernels of their own instead")
                 parts.append(f"# statements {which}: one native function, one after the other ({on})")
-                for st in seg.steps:
+                for j, st in enumerate(seg.steps):
                     if st.sparse and st.low.output.shape == "packed":
                         parts.append(f"# {st.name}: packed blocks, filled inside the function into arrays "
                                      "the runtime allocates" + ("" if st.internal else ", handed back"))
                     elif st.sparse:
-                        stand_in = (seg.chunks(32) is not None and st.internal
-                                    and not self.program.tensors[st.name].format.levels[0].is_dense)
+                        chunks = seg.chunks(32)
+                        fmt = self.program.tensors[st.name].format
+                        stand_in = None if chunks is None else chunks.lows[j].inspection.notation.lhs.tensor.format
                         parts.append(f"# {st.name}: sparse, assembled inside the function"
                                      + (" and freed there" if st.internal else ", handed back")
-                                     + (" (as csr in the function over chunks of rows)" if stand_in else ""))
+                                     + ("" if stand_in in (None, fmt) else
+                                        f" (as {stand_in} in the function over chunks of rows"
+                                        + (")" if st.internal else f", converted to {fmt} after them)")))
                 for name in seg.compiled.rows:
                     parts.append(f"# {name}: a row workspace (one row, allocated and freed inside the function, "
                                  "one per thread), never the whole array")

@@ -201,8 +201,8 @@ def test_saved_program_runs_by_chunks(tmp_path, monkeypatch):
 @pytest.mark.parametrize("text, formats, outputs, why", [
     ("T[i,k] = A[i,j]*B[j,k]\nz[k] = T[i,k]*c[i]\ny[i] = T[i,k]*z[k]", {"T": "csr"}, None,
      "statement 3 reads z, whole only after every chunk"),
-    ("T[i,k] = A[i,j]*B[j,k]\ny[i] = T[i,k]*c[k]", {"T": "dcsr"}, ["T", "y"], "T is stored compressed first and returned"),
-    ("T[i,k] = A[i,j]*B[j,k]\ny[i] = T[i,k]*c[k]", {"T": "coo"}, ["T", "y"], "T is stored compressed first and returned"),
+    ("T[i,k] = A[i,j]*B[j,k]\nC[i,k] += T[i,k]", {"T": "csr", "C": "dcsr"}, None,
+     "C is stored compressed first (cc) with no rows-first stand-in"),
     ("T[i,k] = A[i,j]*B[j,k]\nU[k,i] = T[i,k]*2", {"T": "csr"}, None, "statement 2 does not run over rows"),
 ])
 def test_runs_not_split_by_rows_have_no_chunked_function(text, formats, outputs, why):

@@ -66,6 +66,25 @@ def assembled_format(fmt):
     return Format(levels, fmt.order, blocks=fmt.blocks)
 
 
+def rows_first(fmt):
+    """A stand-in for ``fmt`` whose first level is dense, for a fused run's function
+    over chunks of rows (each chunk appends its rows; a compressed first level is
+    appended on one thread): a dense level, then unique compressed ones (a 2-d dcsr
+    or coo -> csr, csf -> ``dss``). None when ``fmt`` is not stored compressed first
+    in mode order, or a level below is not compressed or singleton. The stand-in
+    holds the same entries in the same order, so ``runtime/convert.repack_below``
+    gives ``fmt`` back in one pass without a sort."""
+    from ..formats import Format
+    from ..formats.compressed import Compressed
+    from ..formats.dense import Dense
+    from ..formats.singleton import Singleton
+    if (fmt.blocks is not None or fmt.ndim < 2 or fmt.order != tuple(range(fmt.ndim))
+            or type(fmt.levels[0]) is not Compressed or not fmt.levels[0].ordered
+            or any(type(l) not in (Compressed, Singleton) or not l.ordered for l in fmt.levels[1:])):
+        return None
+    return Format.csr() if fmt.ndim == 2 else Format((Dense(),) + (Compressed(),) * (fmt.ndim - 1))
+
+
 def applies(fmt) -> bool:
     """Whether ``fmt`` is dense levels (at least one) then unique compressed ones."""
     d = dense_prefix(fmt)
