@@ -199,6 +199,10 @@ class FusedRun:
                     storages, sizes, _a, capacity = per_step[j]
                     shape = tuple(sizes[i] for i in st.ctx.plan.out_indices)
                     per_step[j] = (storages, sizes, np.zeros(shape, dtype=st.ctx.plan.out_dtype), capacity)
+                elif st.sparse and _stand_in(chunked.lows[j], st):  # its own lowering, on rows, guesses its size
+                    storages, sizes, array, _c = per_step[j]
+                    per_step[j] = (storages, sizes, array,
+                                   first_capacity(chunked.lows[j], sizes, storages, st.ctx.plan.out_indices))
         lists, outs = [], []
         for st, low, plan, (storages, sizes, array, capacity) in zip(self.steps, built.lows, built.plans, per_step):
             if st.sparse:
@@ -253,12 +257,17 @@ class FusedRun:
                 out = next(it)
                 if st.internal:
                     out.discard()  # the kernel freed its arrays and emptied the slots: a no-op
-                elif out.fmt != st.ctx.plan.out_format:  # computed in a rows-first stand-in
+                elif out.fmt != st.ctx.plan.out_format:  # computed in a rows-first stand-in (dcsr as csr)
                     env[st.name] = as_declared(out.result(), st.ctx.plan.out_format, bits)
                 else:
                     env[st.name] = out.result()
             elif array is not None:
                 env[st.name] = array.item() if array.ndim == 0 and st.returned and not st.accumulate else array
+
+
+def _stand_in(low, st) -> bool:
+    """Whether a chunk lowering computes step ``st``'s tensor in a rows-first stand-in."""
+    return low.inspection.notation.lhs.tensor.format != st.ctx.plan.out_format
 
 
 def _own_pos_arg(out):

@@ -162,15 +162,42 @@ def _on_driver(launcher, driver, args, n, weights, cap_at, slot_at, capacity, ch
 
 
 def as_declared(t: Tensor, fmt, bits: int) -> Tensor:
-    """A tensor the chunked function computed in a rows-first stand-in
-    (``lower.outputs.rows_first``: csr for a dcsr or coo) in its declared ``fmt``,
-    as the one-thread function returns it: the same entries in the same order (the
-    stand-in's; ``repack_below`` builds ``fmt``'s levels in O(rows + nnz), no sort)
-    and index arrays of the ``bits``-wide kernel's types."""
-    levels, vals = repack_below(t.format, t.levels, t.vals, fmt, t.shape)
+    """A tensor the chunked function computed in a rows-first stand-in (a dense level,
+    then compressed ones: ``lower.outputs.rows_first``) in its declared ``fmt``, as the
+    one-thread function returns it: the same entries in the same order and index
+    arrays of the ``bits``-wide kernel's types. Compressed levels below (dcsr, csf)
+    keep the stand-in's arrays, only the top level is compressed (O(rows)); a
+    coordinate list (coo) gets each entry's coordinates (O(nnz)); anything else is
+    repacked from the entries (``repack_below``: a few passes over them, no sort)."""
+    below = fmt.levels[1:]
+    if all(a == b for a, b in zip(below, t.format.levels[1:])):
+        levels, vals = _compress_top(t), t.vals
+    elif not fmt.levels[0].unique and all(l.aligned_with_parent for l in below):
+        levels, vals = _coordinates(t), t.vals
+    else:
+        levels, vals = repack_below(t.format, t.levels, t.vals, fmt, t.shape)
     levels = [{a: np.asarray(x, dtype=to_numpy(level_array_type(kind, a, bits))) for a, x in arrays.items()}
               for kind, arrays in zip(fmt.levels, levels)]
     return Tensor(fmt, t.shape, levels, vals, validated=True)
+
+
+def _compress_top(t: Tensor) -> list:
+    """A rows-first tensor's levels with its dense first level compressed: the rows
+    that hold entries (the writer appends no empty row), their row ends kept."""
+    pos = t.levels[1]["pos"]
+    rows = np.flatnonzero(np.diff(pos))
+    top = {"pos": np.array([0, rows.size]), "crd": rows}
+    return [top, {**t.levels[1], "pos": np.append(pos[rows], pos[-1])}] + list(t.levels[2:])
+
+
+def _coordinates(t: Tensor) -> list:
+    """A rows-first tensor's levels as a coordinate list: every entry's coordinates,
+    the last level's ``crd`` kept."""
+    coords = [np.arange(t.shape[0])]
+    for arrays in t.levels[1:]:
+        counts = np.diff(arrays["pos"])
+        coords = [np.repeat(c, counts) for c in coords] + [arrays["crd"]]
+    return [{"pos": np.array([0, t.vals.size]), "crd": coords[0]}] + [{"crd": c} for c in coords[1:]]
 
 
 __all__ = ["as_declared", "per_chunk_params", "run_chunked"]
