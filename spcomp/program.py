@@ -20,10 +20,10 @@ they write (a dense ``+=`` adding into its rows), or sum over them into a copy o
 their output per chunk (a scalar reduction), and read the run's tensors at that
 row, also gets a function over each thread's chunk of rows (every statement over
 those rows, csr-like temporaries appended per chunk: ``_chunk_lowerings``,
-``runtime/program_chunks.py``; an unreturned 2-d dcsr or coo temporary is csr
-there). Any other fused run (a returned dcsr or coo tensor, whose rows its writer
-appends on one thread) stays on one thread, ``k.loops`` says why, and a call big
-enough for threads runs its statements as their own kernels instead. An
+``runtime/program_chunks.py``; a dcsr, coo or csf tensor is stored rows first
+there, csr or dcc, and converted back after the join where returned). Any other
+fused run stays on one thread, ``k.loops`` says why, and a call big enough for
+threads runs its statements as their own kernels instead. An
 unreturned dense temporary touched only at the fused loop's row is one row of
 workspace inside the function (``_row_temporaries``), never the whole array.
 Programs save, load and disk-cache as kernels do (``program_saved.py``).
@@ -222,8 +222,9 @@ class ProgramKernel(SavedProgram):
         packed blocks, whose fixed arrays each chunk fills at its own rows) and every
         tensor the run writes must be read at the reader's row (a per-chunk copy not
         at all). Each reads its operands as its ``fused`` lowering does (the call
-        binds them once for both functions). An unreturned 2-d dcsr or coo temporary
-        is csr in this function (``_csr_stand_ins``): its rows are then stored first."""
+        binds them once for both functions). A tensor stored compressed first (dcsr,
+        coo, csf) is stored rows first in this function (``_csr_stand_ins``), dropping
+        computed zeros where its one-thread lowering does, so that both give the same entries."""
         if not self._target.capabilities.host_threads:
             return "no host threads"
         stmts = _with_formats(self.program.statements, self._csr_stand_ins(run))
