@@ -216,3 +216,56 @@ def test_stand_ins_grow_and_rerun_at_64_bits(monkeypatch, tmp_path, pool):
     finally:
         spcomp.clear_cache()
 
+
+
+@pytest.mark.parametrize("spec, ndim, stand_in", [
+    ("dcsr", 2, "dc"), ("coo", 2, "dc"), ("csf", 3, "dcc"), ("coo", 3, "dcc"), ("c c(nonunique) q", 3, "dcc"),
+    ("csr", 2, None), ("csc", 2, None), ("cc:1,0", 2, None), ("bsr(2,2)", 2, None), ("c(unordered) c", 2, None),
+    ("c", 1, None), ("cd", 2, None), ("ell(K=4)", 2, None),
+])
+def test_rows_first_stand_ins(spec, ndim, stand_in):
+    from spcomp.lower.outputs import rows_first
+    got = rows_first(spcomp.Format.parse(spec, ndim))
+    assert (got and got.spec()) == stand_in
+
+
+@settings(max_examples=examples(40), deadline=None)
+@given(st.sampled_from([("dcsr", 2), ("coo", 2), ("csf", 3), ("coo", 3), ("c c(nonunique) q", 3)]),
+       st.integers(0, 9), st.sampled_from([0.0, 0.2, 0.7]), st.integers(0, 2 ** 16), st.sampled_from([32, 64]))
+def test_as_declared_packs_the_stand_in_as_the_format_would(spec, rows, density, seed, bits):
+    """From a rows-first tensor (empty rows included), the declared format's arrays as
+    packing the same entries gives them, in the kernel's index types."""
+    from spcomp.ir.types import to_numpy
+    from spcomp.lower.context import level_array_type
+    from spcomp.lower.outputs import rows_first
+    from spcomp.runtime.program_chunks import as_declared
+    text, ndim = spec
+    fmt = spcomp.Format.parse(text, ndim)
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((rows,) + (4, 5)[:ndim - 1])
+    a[rng.random(a.shape) > density] = 0
+    a[rows // 2:rows // 2 + 2] = 0
+    got = as_declared(spcomp.Tensor.from_numpy(a, rows_first(fmt)), fmt, bits)
+    want = spcomp.Tensor.from_numpy(a, fmt)
+    assert got.format == fmt and np.array_equal(got.to_numpy(), a)
+    for kind, g, w in zip(fmt.levels, got.levels, want.levels):
+        assert g.keys() == w.keys()
+        for key in w:
+            assert np.array_equal(g[key], w[key]) and g[key].dtype == to_numpy(level_array_type(kind, key, bits))
+    assert np.array_equal(got.vals, want.vals)
+
+
+def test_saved_program_returning_dcsr_runs_by_chunks(tmp_path, monkeypatch):
+    k = spcomp.compile("T[i,k] = A[i,j]*B[j,k]\ny[i] = T[i,k]*c[k]",
+                       formats={"A": "csr", "B": "csr", "T": "dcsr"}, outputs=["T", "y"])
+    k.save(tmp_path / "p.spc")
+    loaded = spcomp.load(tmp_path / "p.spc")
+    assert "as csr in the function over chunks of rows, converted to dcsr after them" in loaded.loops
+    ops = {n: sp.random(40, 40, density=0.1, format="csr", random_state=s) for s, n in enumerate("AB")}
+    ops["c"] = np.arange(40.0)
+    one = k(**ops)
+    with splits(2, monkeypatch) as calls:
+        two = loaded(**ops)
+    assert (40, 2) in calls and loaded.last_launches == 1
+    assert_identical(one["T"], two["T"], "T")
+    assert np.array_equal(one["y"], two["y"])
