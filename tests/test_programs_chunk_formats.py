@@ -11,8 +11,6 @@ the Python pool.
 """
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -20,12 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import spcomp
-from spcomp.errors import TranspositionWarning
 from spcomp.lower import record
 from spcomp.runtime import launch
 
 from conftest import examples
-from test_programs_chunks import call_split, dense_of
+from test_programs_chunks import call_split, chunked_case, compile_quietly, dense_of
 from test_programs_parallel import splits
 
 MATRIX = {
@@ -131,26 +128,12 @@ def assert_identical(a, b, what):
     assert a.vals.dtype == b.vals.dtype and np.array_equal(a.vals, b.vals), what
 
 
-def compile_quietly(text, formats, outputs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TranspositionWarning)   # B under D + A*B: an input's copy
-        return spcomp.compile(text, formats=formats, outputs=outputs)
-
-
 @settings(max_examples=examples(30), deadline=None)
 @given(st.data())
 def test_compressed_first_outputs_run_by_chunks_bit_for_bit(data):
-    text, fmts, outputs, refs = data.draw(programs(), label="program")
-    rows = data.draw(st.integers(0, 30), label="rows")
-    pool = data.draw(st.booleans(), label="python pool")
-    ops = random_inputs(data.draw, rows)
-    formats = {n: f for n, f in {**INPUT_FORMATS, **fmts}.items() if f"{n}[" in text}
-    k = compile_quietly(text, formats, outputs)
-    assert k.launches == 1 and "each thread's chunk of rows" in k.loops, k.loops
-    used = {n: v for n, v in ops.items() if n in k.inputs}
-    env = {n: dense_of(v) for n, v in used.items()}
-    for name, ref in refs:
-        env[name] = ref(env)
+    k, formats, outputs, used, env, rows, pool = chunked_case(data, programs(), random_inputs, INPUT_FORMATS,
+                                                              st.integers(0, 30))
+    text = k.expression
     one, _ = call_split(k, used, 1, pool, outputs)   # the one-thread function
     two, calls = call_split(k, used, 2, pool, outputs)
     for name in outputs:

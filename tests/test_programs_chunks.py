@@ -97,22 +97,37 @@ def call_split(k, args: dict, threads: int, pool: bool, outputs: list):
     return (got if isinstance(got, dict) else {outputs[0]: got}), calls
 
 
-@settings(max_examples=examples(25), deadline=None)
-@given(st.data())
-def test_sparse_row_chains_run_by_chunks_and_match_numpy(data):
-    text, fmts, outputs, refs = data.draw(chunk_chains(), label="program")
-    rows = data.draw(st.integers(1, 40), label="rows")
-    pool = data.draw(st.booleans(), label="python pool")
-    ops = chain_inputs(data.draw, rows)
-    formats = {n: f for n, f in {**INPUT_FORMATS, **fmts}.items() if f"{n}[" in text}
+def compile_quietly(text, formats, outputs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TranspositionWarning)   # B under D + A*B: an input's copy
-        k = spcomp.compile(text, formats=formats, outputs=outputs)
+        return spcomp.compile(text, formats=formats, outputs=outputs)
+
+
+def chunked_case(data, programs, inputs, input_formats: dict, rows):
+    """One drawn program (``programs``: (text, formats, outputs, refs)) compiled, with
+    operands of ``rows`` rows (``inputs(draw, rows)``) and NumPy's results:
+    ``(k, formats, outputs, used operands, expected by name, rows, pool)``; the run
+    must be one launch with a function over chunks of rows."""
+    text, fmts, outputs, refs = data.draw(programs, label="program")
+    rows = data.draw(rows, label="rows")
+    pool = data.draw(st.booleans(), label="python pool")
+    ops = inputs(data.draw, rows)
+    formats = {n: f for n, f in {**input_formats, **fmts}.items() if f"{n}[" in text}
+    k = compile_quietly(text, formats, outputs)
     assert k.launches == 1 and "each thread's chunk of rows" in k.loops, k.loops
     used = {n: v for n, v in ops.items() if n in k.inputs}
     env = {n: dense_of(v) for n, v in used.items()}
     for name, ref in refs:
         env[name] = ref(env)
+    return k, formats, outputs, used, env, rows, pool
+
+
+@settings(max_examples=examples(25), deadline=None)
+@given(st.data())
+def test_sparse_row_chains_run_by_chunks_and_match_numpy(data):
+    k, formats, outputs, used, env, rows, pool = chunked_case(data, chunk_chains(), chain_inputs, INPUT_FORMATS,
+                                                              st.integers(1, 40))
+    text = k.expression
     for threads in (1, 2):
         got, calls = call_split(k, used, threads, pool, outputs)
         for name in outputs:
