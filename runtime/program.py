@@ -160,7 +160,10 @@ class FusedRun:
 
     def _run(self, env: dict, bits: int) -> None:
         per_step, pending, work = [], {}, 0
-        rows = set(self.build(32).rows)  # the same temporaries at every index width
+        # row workspaces of either function (the same temporaries at every index width):
+        # an array is allocated below for those the function run does not keep
+        chunks = self.chunks(32)
+        rows = set(self.build(32).rows) | set(chunks.rows if chunks is not None else ())
         for st in self.steps:
             ctx = st.ctx
             ops = {name: env[name] for name in ctx.plan.names if name != st.name and name not in pending}
@@ -175,7 +178,7 @@ class FusedRun:
                 capacity = first_capacity(st.parallel or st.low, sizes, storages, ctx.plan.out_indices)
                 pending[st.name] = Pending(shape, ctx.plan.out_format, capacity)
                 array = None
-            elif st.name in rows:  # the function allocates one row of it itself
+            elif st.name in rows:  # the function may allocate one row of it itself
                 pending[st.name] = Pending(shape, ctx.plan.out_format, 0)
                 array = None
             else:
@@ -193,16 +196,15 @@ class FusedRun:
             bits = 64
             chunked = self._chunked(bits, per_step)
         built = chunked or self.build(bits)
-        if chunked is not None:  # the chunked function keeps no row workspaces: whole arrays
-            for j, st in enumerate(self.steps):
-                if st.name in rows:
-                    storages, sizes, _a, capacity = per_step[j]
-                    shape = tuple(sizes[i] for i in st.ctx.plan.out_indices)
-                    per_step[j] = (storages, sizes, np.zeros(shape, dtype=st.ctx.plan.out_dtype), capacity)
-                elif st.sparse and _stand_in(chunked.lows[j], st):  # its own lowering, on rows, guesses its size
-                    storages, sizes, array, _c = per_step[j]
-                    per_step[j] = (storages, sizes, array,
-                                   first_capacity(chunked.lows[j], sizes, storages, st.ctx.plan.out_indices))
+        for j, st in enumerate(self.steps):
+            if st.name in rows and st.name not in built.rows:  # a whole array in this function
+                storages, sizes, _a, capacity = per_step[j]
+                shape = tuple(sizes[i] for i in st.ctx.plan.out_indices)
+                per_step[j] = (storages, sizes, np.zeros(shape, dtype=st.ctx.plan.out_dtype), capacity)
+            elif chunked is not None and st.sparse and _stand_in(chunked.lows[j], st):  # guessed by its chunk lowering
+                storages, sizes, array, _c = per_step[j]
+                per_step[j] = (storages, sizes, array,
+                               first_capacity(chunked.lows[j], sizes, storages, st.ctx.plan.out_indices))
         lists, outs = [], []
         for st, low, plan, (storages, sizes, array, capacity) in zip(self.steps, built.lows, built.plans, per_step):
             if st.sparse:

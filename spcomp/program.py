@@ -287,13 +287,34 @@ class ProgramKernel(SavedProgram):
         return out
 
     def _chunk_build(self, run: list, lows: list, internal: set) -> FusedBuild:
-        """The chunk lowerings of a run joined into one function over ``[lo, hi)`` and compiled."""
+        """The chunk lowerings of a run joined into one function over ``[lo, hi)`` and
+        compiled: a statement that reads at its row what the previous one wrote there
+        runs inside that one's row loop where both are one loop (dense outputs), and a
+        dense temporary touched only so is a row workspace of each chunk's call, as in
+        the one-thread function (the runtime allocates it whole for the function that
+        does not keep it so)."""
         stmts = self.program.statements
         links, frees = self._links(run, internal)
         fn, sources, merged = fuse([low.entry_function for low in lows], [low.code.bindings for low in lows],
                                    links, name=f"{self._options.name}_chunks", docs=[repr(stmts[k]) for k in run],
-                                   frees=frees)
-        return self._compiled(free_on_early_exits(fn), sources, merged, lows, lows[0].threads)
+                                   share_loop=self._shared_loops(run, lows), frees=frees)
+        params = {(s.statement, s.position): p for s, p in zip(sources, fn.params)}
+        fn, sources, kept = self._keep_rows(run, lows, merged, fn, sources, params)
+        return self._compiled(free_on_early_exits(fn), sources, merged, lows, lows[0].threads, rows=kept)
+
+    def _keep_rows(self, run: list, lows: list, merged: list, fn, sources: list, params: dict) -> tuple:
+        """``(fn, sources, names)``: the fused function with each of ``_row_temporaries``
+        kept as a row workspace where it can be (``params``: (statement, position) ->
+        the parameter it became)."""
+        rows = []
+        for name, (j, widths) in self._row_temporaries(run, lows, merged).items():
+            found = self._row_params(lows[j].code.bindings, j, params, name, widths)
+            kept = row_workspace(fn, *found, not lows[j].output.overwrites) if found is not None else None
+            if kept is not None:
+                sources = [s for s in sources if params[(s.statement, s.position)] != found[0]]
+                fn = kept
+                rows.append(name)
+        return fn, sources, rows
 
     def _transposed(self, run: list, lows: list, links: list) -> list:
         """Per statement of a run: the storages it reads as a transposed copy of a
@@ -338,14 +359,7 @@ class ProgramKernel(SavedProgram):
         if threads is not None:
             fn = parallel_rows(fn)
             threads = threads if fn is not None else None
-        rows = []
-        for name, (j, widths) in self._row_temporaries(run, lows, merged).items():
-            found = self._row_params(lows[j].code.bindings, j, params, name, widths)
-            kept = row_workspace(fn, *found, not lows[j].output.overwrites) if found is not None else None
-            if kept is not None:
-                sources = [s for s in sources if params[(s.statement, s.position)] != found[0]]
-                fn = kept
-                rows.append(name)
+        fn, sources, rows = self._keep_rows(run, lows, merged, fn, sources, params)
         return self._compiled(free_on_early_exits(fn), sources, merged, lows, threads, rows=rows,
                               own_pos=[stmts[k].lhs.tensor.name for k, o in zip(run, own_pos) if o])
 
@@ -495,9 +509,16 @@ class ProgramKernel(SavedProgram):
                                      + ("" if stand_in in (None, fmt) else
                                         f" (as {stand_in} in the function over chunks of rows"
                                         + (")" if st.internal else f", converted to {fmt} after them)")))
-                for name in seg.compiled.rows:
+                chunk_rows = seg.chunks(32).rows if seg.chunks(32) is not None else []
+                for name in dict.fromkeys(seg.compiled.rows + chunk_rows):
+                    if name not in seg.compiled.rows:
+                        parts.append(f"# {name}: a row workspace in the function over chunks of rows (one row "
+                                     "per chunk's call), the whole array in the one-thread function")
+                        continue
                     parts.append(f"# {name}: a row workspace (one row, allocated and freed inside the function, "
-                                 "one per thread), never the whole array")
+                                 "one per thread), never the whole array"
+                                 + ("" if name in chunk_rows or seg.chunks(32) is None else
+                                    " (but the whole array in the function over chunks of rows)"))
                 written = set()
                 for j, st in enumerate(seg.steps):
                     for op in sorted({op for op, _f in st.low.operands.transposes.values()} & written):

@@ -21,6 +21,7 @@ import spcomp
 from spcomp.runtime import program as runtime_program
 
 from conftest import examples, spcomp_threads
+from test_programs_parallel import splits
 
 PROGRAMS = {
     "spmm-then-matvec": ("T[i,k] = A[i,j]*B[j,k]; y[i] = T[i,k]*c[k]", ["T"],
@@ -170,3 +171,65 @@ def test_failed_second_row_workspace_frees_the_first():
         with pytest.raises(spcomp.KernelRuntimeError, match="could not allocate"):
             k(**ops)
     assert heap_in_use() - before < 8 * width // 2  # five leaked rows would be 80 MB
+
+
+CHUNK_MIDDLE = [("D[i,k] = T[i,k] + E[i,k]", lambda e: e["T"] + e["E"]),
+                ("D[i,k] = T[i,k] * E[i,k]", lambda e: e["T"] * e["E"]),
+                ("D[i,k] = exp(-T[i,k]) * E[i,k]", lambda e: np.exp(-e["T"]) * e["E"])]
+CHUNK_LAST = [("y[i] = D[i,k] * c[k]", lambda e: e["D"] @ e["c"]),
+              ("Y[i,l] = D[i,k] * G[k,l]", lambda e: e["D"] @ e["G"]),
+              ("Y[i,k] = relu(D[i,k]) + E[i,k]", lambda e: np.maximum(e["D"], 0) + e["E"])]
+
+
+@settings(max_examples=examples(20), deadline=None)
+@given(st.data())
+def test_row_workspaces_in_the_function_over_chunks_of_rows(data):
+    """A sparse T (rows appended per chunk), then a dense D that the last statement
+    reads at its row: in the function over chunks of rows D's writer and reader share
+    one loop and D is a row of each chunk's call; the runtime allocates no D. The
+    results match NumPy and, bit for bit, the one-thread function."""
+    t_fmt = data.draw(st.sampled_from(["csr", "dcsr"]), label="T's format")
+    middle, middle_ref = data.draw(st.sampled_from(CHUNK_MIDDLE), label="D")
+    last, last_ref = data.draw(st.sampled_from(CHUNK_LAST), label="last")
+    rows = data.draw(st.integers(0, 40), label="rows")
+    density = data.draw(st.sampled_from([0.0, 0.2, 0.6]), label="density")
+    seed = data.draw(st.integers(0, 2 ** 16), label="seed")
+    out = last.split("[")[0]
+    text = f"T[i,k] = A[i,j]*B[j,k]\n{middle}\n{last}"
+    k = spcomp.compile(text, formats={n: f for n, f in {"A": "csr", "B": "csr", "G": "csr", "T": t_fmt}.items()
+                                      if f"{n}[" in text})
+    chunks = k.segments[0][1].chunks(32)
+    assert chunks is not None and chunks.rows == ["D"], k.loops
+    assert "# D: a row workspace" in k.loops and "whole array in the function over chunks" not in k.loops
+    chunk_ir = k.ir.split("_chunks(")[1]
+    assert "D_row = (double*)malloc(sizeof(double) * N_" in chunk_ir and "D_vals" not in chunk_ir
+    rng = np.random.default_rng(seed)
+    ops = {"A": sp.random(rows, 6, density=density, format="csr", random_state=seed),
+           "B": sp.random(6, 7, density=0.5, format="csr", random_state=seed + 1),
+           "E": rng.standard_normal((rows, 7)), "c": rng.standard_normal(7),
+           "G": sp.random(7, 3, density=0.5, format="csr", random_state=seed + 2)}
+    ops = {n: v for n, v in ops.items() if n in k.inputs}
+    env = {n: (v.toarray() if sp.issparse(v) else v) for n, v in ops.items()}
+    env["T"] = env["A"] @ env["B"]
+    env["D"] = middle_ref(env)
+    want = last_ref(env)
+    with spcomp_threads(1):
+        one = k(**ops)
+    with pytest.MonkeyPatch.context() as mp:
+        shapes = []
+        real = np.zeros
+        mp.setattr(runtime_program.np, "zeros", lambda shape, *a, **kw: shapes.append(shape) or real(shape, *a, **kw))
+        with splits(2, mp) as calls:
+            two = k(**ops)
+    assert np.allclose(two, want, rtol=1e-10, atol=1e-10) and np.array_equal(one, two), out
+    if rows >= 2:  # by chunks (a smaller call may run the one-thread function, D whole if T is dcsr)
+        assert (rows, 2) in calls and k.last_launches == 1
+        assert shapes.count((rows, 7)) == (1 if out == "Y" and want.shape == (rows, 7) else 0), shapes
+
+
+def test_a_row_workspace_whose_reader_appends_stays_whole_in_the_chunks():
+    """D's reader writes a sparse S, so it keeps a loop of its own: D is a whole array
+    in both functions (never a row it would read after the row moved on)."""
+    k = spcomp.compile("T[i,k] = A[i,j]*B[j,k]\nD[i,k] = T[i,k] + E[i,k]\nS[i,k] = D[i,k] * F[i,k]",
+                       formats={"A": "csr", "B": "csr", "T": "csr", "F": "csr", "S": "csr"})
+    assert k.segments[0][1].chunks(32) is not None and "row workspace" not in k.loops, k.loops

@@ -230,18 +230,21 @@ def _free_slot(slot, names) -> n.Block:
                     n.Declare(null), n.Store(slot, n.i64(0), null)))
 
 
-def _one_loop(stmts):
+def _one_loop(stmts, loads: bool = False):
     """``(prefix, loop)`` when ``stmts`` are comments and declarations that read no
-    array, then one sequential ``For`` from 0; else None."""
+    array (any array with ``loads``: they stay before the loop), then one sequential
+    ``For`` from 0 or one over a chunk's rows (``lo`` .. ``hi``, ``parallel_rows``'s
+    threads); else None."""
     if not stmts or not isinstance(stmts[-1], n.For):
         return None
     loop = stmts[-1]
-    if loop.parallel is not None or loop.start != n.i64(0):
+    if not (loop.parallel is None and loop.start == n.i64(0)
+            or loop.parallel == "threads" and isinstance(loop.start, n.Var) and isinstance(loop.end, n.Var)):
         return None
     for s in stmts[:-1]:
         if isinstance(s, n.Comment):
             continue
-        if isinstance(s, n.Declare) and not any(isinstance(x, n.Load) for x in n.walk(s)):
+        if isinstance(s, n.Declare) and (loads or not any(isinstance(x, n.Load) for x in n.walk(s))):
             continue
         return None
     return list(stmts[:-1]), loop
@@ -250,14 +253,22 @@ def _one_loop(stmts):
 def _join_loops(previous: n.Block, stmts: list, var, sizes: set) -> n.Block | None:
     """``previous`` (a statement's block, or blocks already joined) with ``stmts``'s
     loop over ``var`` run inside its loop, at the same iteration; None when either
-    is not one loop over every row (0 to a size parameter, ``sizes``: the caller
-    checked that the two sizes are the same tensor's rows). A first loop over an
-    operand's stored positions (a compressed or packed level) visits only some rows."""
-    first, second = _one_loop(list(previous.body)), _one_loop(stmts)
+    is not one loop over every row: 0 to a size parameter (``sizes``: the caller
+    checked that the two sizes are the same tensor's rows), or, in a function over
+    chunks of rows, both a chunk's ``lo`` .. ``hi``. A first loop over an operand's
+    stored positions (a compressed or packed level) visits only some rows.
+    ``previous``'s declarations may read arrays (a temporary's slots: they still run
+    before its loop); ``stmts``'s would move before that loop, so theirs may not."""
+    first, second = _one_loop(list(previous.body), loads=True), _one_loop(stmts)
     if first is None or second is None or var is None or second[1].var != var:
         return None
     (prefix1, loop1), (prefix2, loop2) = first, second
-    if not all(isinstance(e, n.Var) and e.name in sizes for e in (loop1.end, loop2.end)):
+    if loop1.parallel != loop2.parallel:
+        return None
+    if loop1.parallel is not None:  # a chunk's rows
+        if loop1.start != loop2.start or loop1.end != loop2.end:
+            return None
+    elif not all(isinstance(e, n.Var) and e.name in sizes for e in (loop1.end, loop2.end)):
         return None
     inner = _rename(loop2.body, {var.name: loop1.var})
     loop = dataclasses.replace(loop1, body=n.Block(tuple(loop1.body.body) + (inner,)))
