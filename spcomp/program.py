@@ -25,7 +25,8 @@ there, csr or dcc, and converted back after the join where returned). Any other
 fused run stays on one thread, ``k.loops`` says why, and a call big enough for
 threads runs its statements as their own kernels instead. An
 unreturned dense temporary touched only at the fused loop's row is one row of
-workspace inside the function (``_row_temporaries``), never the whole array.
+workspace inside the function (``_row_temporaries``, ``_keep_rows``; in the
+function over chunks of rows too), never the whole array.
 Programs save, load and disk-cache as kernels do (``program_saved.py``).
 """
 from __future__ import annotations
