@@ -201,7 +201,8 @@ class FusedRun:
                 storages, sizes, _a, capacity = per_step[j]
                 shape = tuple(sizes[i] for i in st.ctx.plan.out_indices)
                 per_step[j] = (storages, sizes, np.zeros(shape, dtype=st.ctx.plan.out_dtype), capacity)
-            elif chunked is not None and st.sparse and _stand_in(chunked.lows[j], st):  # guessed by its chunk lowering
+            elif chunked is not None and st.sparse and _stand_in(chunked.lows[j], st):
+                # a stand-in's size is guessed by its chunk lowering (rows parallel, unlike a dcsr kernel's)
                 storages, sizes, array, _c = per_step[j]
                 per_step[j] = (storages, sizes, array,
                                first_capacity(chunked.lows[j], sizes, storages, st.ctx.plan.out_indices))

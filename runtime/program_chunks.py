@@ -10,11 +10,12 @@ statement reading them in the same call. The runtime calls it once per thread
 slots, then, as for a one-statement chunked kernel (:mod:`.chunks`), stitches
 each returned sparse output from the chunks; an unreturned temporary was freed by
 each call itself. A tensor stored compressed first (dcsr, coo, csf) is computed in
-a rows-first stand-in (csr) and, when returned or read after the run, converted
-back to its own format after the join (:func:`as_declared`). A statement that sums over the rows (a scalar, or a dense output
-indexed by something else: ``ThreadPlan.partials``) adds into a zeroed copy of its
-output per chunk, and the copies are added into the output in chunk order after
-the join (:mod:`.partials`). One launch, like the one-thread function.
+a rows-first stand-in (csr, dcc) and, when returned or read after the run,
+converted back to its own format after the join (:func:`as_declared`). A statement
+that sums over the rows (a scalar, or a dense output indexed by something else:
+``ThreadPlan.partials``) adds into a zeroed copy of its output per chunk, and the
+copies are added into the output in chunk order after the join (:mod:`.partials`).
+One launch, like the one-thread function.
 """
 from __future__ import annotations
 

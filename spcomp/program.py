@@ -36,7 +36,6 @@ import dataclasses
 import numpy as np
 
 from .errors import OperandError
-from .formats.format import Format
 from .ir import nodes as irn
 from .ir.printer import print_ir
 from .kernel import Kernel
