@@ -143,7 +143,8 @@ def run_chunks(ctx, variant, storages, sizes, bits, out, capacity: int, call_uni
         driver = _driver(ctx.launcher, variant, n, units)
         if driver is not None:  # libgomp's team, like every other parallel kernel
             statuses = [_threads.run_split(units, interrupt.run, call_units, _run_on_driver, ctx.launcher, driver,
-                                           args, lohi, cap_slot, grow_slots, n, pos, chunk_capacity, chunks)]
+                                           args, lohi, cap_slot, grow_slots, n, pos, chunk_capacity, chunks,
+                                           key=driver)]
         else:  # (Ctrl-C: run_ranges returns once no worker runs, then the chunks are freed)
             statuses = interrupt.run(call_units, _threads.run_ranges, call, n, pos, None, units)
         for s in statuses:

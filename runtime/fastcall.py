@@ -403,7 +403,7 @@ def build(plan, op_cache, launcher, variant, operands, storages, args, lohi, siz
     split_units = units if generation is not None and fn is not variant.function else None
     repeat = fn if wrap is None else wrap(fn)
     if split_units is not None:  # a split the threshold decided: timed (threads.note_split)
-        repeat = functools.partial(_threads.run_split, split_units, repeat)
+        repeat = functools.partial(_threads.run_split, split_units, repeat, key=fn)
     template = [v.value if type(v) is Slot else v for v in call_args]
     entries = []
     for name, (kind, fp) in checks.items():

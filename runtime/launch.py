@@ -313,7 +313,7 @@ class Launcher:
             fn, call_args = launch
             if fn is variant.function:
                 return [interrupt.run(units, fn, *call_args)]
-            return [_threads.run_split(units, interrupt.run, units, fn, *call_args)]  # did it wait for a core?
+            return [_threads.run_split(units, interrupt.run, units, fn, *call_args, key=fn)]  # waited for a core?
         fn = variant.function
         n = parallel_extent(low, sizes, storages)
         pos = balance_pos(low, storages)

@@ -194,8 +194,16 @@ split_state = [0]
 # waited so. STALLS_TO_HOLD such calls in a row (one alone is also what waking a team
 # that slept through an idle spell can cost, once) keep the band's calls on the calling
 # thread for HOLD_S (note_split); :data:`hold` holds the time it ends (0: none), which
-# cached decisions check too.
+# cached decisions check too. A unit's cost differs between kernels (an SpMV's unit is
+# a multiply-add, an SpGEMM's a scatter into a workspace, several times dearer: its
+# two-thread calls of 1.6-2.6 ms all looked like waits and held it on one thread), so a
+# kernel whose split calls have been timed before must also be BEST_FACTOR times slower
+# than its fastest split call per unit so far (``key``: the kernel's function).
 SERIAL_S_PER_UNIT = 0.75e-9   # ~3 ms for SPLIT_ALWAYS_WORK units on one thread
+BEST_FACTOR = 3.0
+PACE_CALLS = 3                # timed split calls of a kernel before its own pace is the yardstick
+RATES_KEPT = 512              # kernels whose pace is remembered (the newest)
+_best_rate: dict = {}         # id(kernel function) -> (fastest split call's seconds per unit, calls timed)
 STALL_FACTOR = 2.0
 STALL_FLOOR_S = 2e-3
 STALLS_TO_HOLD = 2
@@ -204,14 +212,25 @@ hold = [0.0]
 _stalls = [0]  # split calls in a row that waited
 
 
-def note_split(units: int | None, elapsed: float) -> bool:
+def note_split(units: int | None, elapsed: float, key=None) -> bool:
     """After a call the measured threshold split, taking ``elapsed`` seconds: whether
     it was the STALLS_TO_HOLD-th in a row to wait for a core (see above), in which
     case the band's calls stay on one thread for HOLD_S, and cached decisions are
-    made again."""
+    made again. ``key``: the kernel's function, whose fastest split call per unit is
+    the yardstick once it has one."""
     if units is None or not threshold_decides(units):
         return False
-    if elapsed < STALL_FLOOR_S or elapsed < STALL_FACTOR * units * SERIAL_S_PER_UNIT:
+    quick = elapsed < STALL_FLOOR_S or elapsed < STALL_FACTOR * units * SERIAL_S_PER_UNIT
+    if key is not None and units > 0:
+        rate = elapsed / units
+        best, timed = _best_rate.pop(id(key), (rate, 0))
+        _best_rate[id(key)] = (min(rate, best), timed + 1)  # (re-inserted: the newest last)
+        while len(_best_rate) > RATES_KEPT:
+            del _best_rate[next(iter(_best_rate))]
+        # the kernel's own pace once PACE_CALLS calls set it (until then the generic rule:
+        # a kernel whose first calls all wait is held as before)
+        quick = quick or (timed >= PACE_CALLS and rate < BEST_FACTOR * best)
+    if quick:
         _stalls[0] = 0
         return False
     _stalls[0] += 1
@@ -223,11 +242,12 @@ def note_split(units: int | None, elapsed: float) -> bool:
     return True
 
 
-def run_split(units: int | None, fn, *args):
-    """``fn(*args)``, a call the threshold split, timed for :func:`note_split`."""
+def run_split(units: int | None, fn, *args, key=None):
+    """``fn(*args)``, a call the threshold split, timed for :func:`note_split`
+    (``key``: the kernel's function, when ``fn`` is a wrapper; else ``fn``)."""
     start = time.perf_counter()
     result = fn(*args)
-    note_split(units, time.perf_counter() - start)
+    note_split(units, time.perf_counter() - start, fn if key is None else key)
     return result
 
 

@@ -55,6 +55,8 @@ def _general_path_fails(k, monkeypatch):
 def test_repeated_call_is_served_and_exact(spgemm, monkeypatch, request, split):
     if split:
         request.getfixturevalue("two_threads_always_split")
+    else:  # a fixed threshold: a measured one due for its next sample would send a call
+        monkeypatch.setattr(threads, "MIN_PARALLEL_WORK", 1 << 40)  # to the general path on purpose
     A, B = _csr(0), _csr(1)
     _same(spgemm(A=A, B=B), A, B)
     with monkeypatch.context() as m:

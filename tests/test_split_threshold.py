@@ -55,6 +55,7 @@ def fresh(monkeypatch):
     monkeypatch.setattr(_threads, "split_state", [0])
     monkeypatch.setattr(_threads, "hold", [0.0])
     monkeypatch.setattr(_threads, "_stalls", [0])
+    monkeypatch.setattr(_threads, "_best_rate", {})
     # real calls are timed (threads.note_split): on a loaded host one may really wait
     # for a core and hold the band; these tests set what the timing says themselves
     monkeypatch.setattr(_threads, "STALL_FLOOR_S", float("inf"))
@@ -294,6 +295,31 @@ def test_a_split_that_waited_for_a_core_holds_the_band_on_one_thread(fresh, monk
     assert not _threads.note_split(50_000, 1.0)
 
 
+def test_a_kernel_dear_per_unit_is_judged_by_its_own_best_split(fresh, monkeypatch):
+    """An SpGEMM's unit (a scatter into a workspace) costs several SpMV units: its
+    ordinary two-thread calls (2.4-2.6 ms for 500 000 units, more than twice the generic
+    0.75 ns a unit) are not waits once PACE_CALLS calls have set its pace; a call
+    BEST_FACTOR times slower than its best still is. Until then the generic rule holds
+    (a kernel whose first calls all wait is held as before)."""
+    monkeypatch.setattr(_threads, "STALL_FLOOR_S", STALL_FLOOR_S)
+    spgemm, spmv = object(), object()
+    assert _threads.PACE_CALLS == 3
+    assert not _threads.note_split(500_000, 2.2e-3, spgemm)   # a wait by the generic rule, alone
+    assert not _threads.note_split(500_000, 1.0e-3, spgemm)   # (quick: the run of waits ends)
+    assert not _threads.note_split(500_000, 2.2e-3, spgemm)
+    generation = _threads.split_state[0]
+    for elapsed in (2.6e-3, 2.4e-3, 2.5e-3, 2.6e-3):           # its pace set: ~2.5x its best, not waits
+        assert not _threads.note_split(500_000, elapsed, spgemm)
+    assert _threads.split_state[0] == generation and not _threads.hold[0]
+    assert not _threads.note_split(500_000, 3.5e-3, spgemm)  # 3.5x its best: waited, once
+    assert _threads.note_split(500_000, 3.6e-3, spgemm)
+    assert _threads.split_state[0] > generation
+    # another kernel has no pace yet: the generic rule (0.04 ms of work took 7 ms)
+    fresh.clock.t += _threads.HOLD_S
+    assert not _threads.note_split(50_000, 7e-3, spmv)
+    assert _threads.note_split(50_000, 7e-3, spmv)
+
+
 def test_a_repeated_call_that_waited_runs_on_one_thread_until_the_hold_ends(fresh, monkeypatch):
     """The general path and the fast path both time the calls the threshold split;
     one that waited keeps the repeated calls on one thread, the fast path included,
@@ -306,7 +332,8 @@ def test_a_repeated_call_that_waited_runs_on_one_thread_until_the_hold_ends(fres
     fresh.value = _threads.SPLIT_NEVER_WORK  # every call of the band splits
     timed = []
     real = _threads.note_split
-    monkeypatch.setattr(_threads, "note_split", lambda units, elapsed: (timed.append(units), real(units, 1.0))[1])
+    monkeypatch.setattr(_threads, "note_split",
+                        lambda units, elapsed, key=None: (timed.append(units), real(units, 1.0))[1])
     with spcomp_threads(2):
         first = k(A=A, x=x)
         assert len(timed) == 1 and not _threads.hold[0]  # one slow split alone holds nothing
@@ -331,7 +358,8 @@ def test_the_fast_path_times_the_calls_it_splits(fresh, monkeypatch):
     fresh.value = _threads.SPLIT_NEVER_WORK
     timed = []
     real = _threads.note_split
-    monkeypatch.setattr(_threads, "note_split", lambda units, elapsed: (timed.append(units), real(units, 0.0))[1])
+    monkeypatch.setattr(_threads, "note_split",
+                        lambda units, elapsed, key=None: (timed.append(units), real(units, 0.0))[1])
     with spcomp_threads(2):
         for _ in range(5):
             k(A=A, x=x)
