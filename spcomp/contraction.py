@@ -58,6 +58,11 @@ class Contraction:
         """The ProgramKernel a call with these operands runs, or None for the kernel itself."""
         if self.kernel.output_name in operands and not self.notation.accumulate:
             return None  # an output given to write into: the kernel's own path
+        if self.epilogue:  # the same program whatever the operands: nothing to measure
+            if self._fixed_program is None:
+                self._fixed_program = self.program(self.fixed)
+            self.last = (self.fixed, math.nan, self._fixed_program)
+            return self._fixed_program
         ids = tuple(id(operands.get(name)) for name, _d, _i in self._shape_of)
         if ids == self._last_ids and self.last is not None:
             return self.last[2]  # the same objects again (a plan is a speed choice: never a wrong answer)
