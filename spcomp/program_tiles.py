@@ -1,0 +1,74 @@
+"""Which dense temporaries of a program's function over chunks of rows live as a tile.
+
+A fused run's function over ``[lo, hi)`` keeps an unreturned dense temporary as one
+row where every reader runs inside its writer's row loop (``ProgramKernel._keep_rows``).
+Where a reader keeps a loop of its own (a sparse output appended row by row), the
+temporary would be the whole array; :func:`keep_tiles` makes it a tile of rows
+instead (``lower.tiles.tile_workspaces``). Its checks are the program's: the
+temporary is dense, written by one statement of the run (not ``+=``, not a sum
+over rows) at the row its loop is on, read by a later one of the run, and
+nothing after the run or returned sees it. That every reader reads it at the
+row its loop is on the chunk lowerings have already checked
+(``ProgramKernel._chunk_lowerings``).
+"""
+from __future__ import annotations
+
+from .lower.tiles import tile_rows_text, tile_workspaces
+from .notation import accesses
+
+
+def temporary_params(bindings, j: int, params: dict, name: str, widths: list):
+    """``(vals, [size vars])``: the fused function's parameters for temporary
+    ``name``'s values and its sizes after the first (from its writer ``j``;
+    ``params``: (statement, position) -> the parameter it became), or None."""
+    vals, sizes = None, {}
+    for pos, b in enumerate(bindings):
+        p = params.get((j, pos))
+        if b.role == "output" and b.tensor == name and b.array == "vals":
+            vals = p
+        elif b.role == "size":
+            sizes[b.index] = p
+    if vals is None or any(sizes.get(w) is None for w in widths):
+        return None
+    return vals, [sizes[w] for w in widths]
+
+
+def tile_temporaries(program, outputs: list, run: list, lows: list, kept: list) -> dict:
+    """Name -> (its writer's place in the run, the index names after its first) for
+    each dense temporary of a chunk-lowered run that a tile may hold (``kept``: those
+    already row workspaces)."""
+    stmts = program.statements
+    later = {acc.tensor.name for k in range(run[-1] + 1, len(stmts)) for acc in accesses(stmts[k].rhs)}
+    out = {}
+    for j, k in enumerate(run):
+        a, low = stmts[k], lows[j]
+        name, idx = a.lhs.tensor.name, a.lhs.indices
+        writers = [s for s in stmts if s.lhs.tensor.name == name]
+        if (not a.lhs.tensor.format.is_dense or name in outputs or name in later or name in kept or a.accumulate
+                or len(writers) != 1 or not idx or len(set(idx)) != len(idx) or low.threads.partials
+                or low.threads.parallel != idx[0].name
+                or any(acc.tensor.name == name for acc in accesses(a.rhs))):
+            continue
+        if any(name in {x.tensor.name for x in accesses(stmts[r].rhs)} for r in run[j + 1:]):
+            out[name] = (j, [i.name for i in idx[1:]])
+    return out
+
+
+def keep_tiles(program, outputs: list, run: list, lows: list, fn, sources: list, params: dict, kept: list) -> tuple:
+    """``(fn, sources, names, rows text)``: the function over chunks of rows with
+    :func:`tile_temporaries` kept as tiles where it can be (all or none), their
+    parameters dropped from ``sources``; ``rows text`` says how many rows a tile has."""
+    temps, names, widths = [], [], []
+    for name, (j, idx) in tile_temporaries(program, outputs, run, lows, kept).items():
+        found = temporary_params(lows[j].code.bindings, j, params, name, idx)
+        if found is None:
+            continue
+        temps.append((found[0], found[1], not lows[j].output.overwrites))
+        names.append(name)
+        widths.append([f"N_{i}" for i in idx])
+    tiled = tile_workspaces(fn, temps) if temps else None
+    if tiled is None:
+        return fn, sources, [], ""
+    gone = {t[0] for t in temps}
+    sources = [s for s in sources if params[(s.statement, s.position)] not in gone]
+    return tiled, sources, names, tile_rows_text(widths)
