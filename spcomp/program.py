@@ -26,7 +26,8 @@ fused run stays on one thread, ``k.loops`` says why, and a call big enough for
 threads runs its statements as their own kernels instead. An
 unreturned dense temporary touched only at the fused loop's row is one row of
 workspace inside the function (``_row_temporaries``, ``_keep_rows``; in the
-function over chunks of rows too), never the whole array.
+function over chunks of rows too), never the whole array; one whose reader keeps a
+loop of its own is a tile of rows in the function over chunks (``program_tiles.py``).
 Programs save, load and disk-cache as kernels do (``program_saved.py``).
 """
 from __future__ import annotations
