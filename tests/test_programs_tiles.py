@@ -135,3 +135,18 @@ def test_the_example_keeps_a_tile_and_frees_it(monkeypatch):
     assert (300, K) not in shapes and (300, 2) in calls
     want = (ops["A"] @ ops["B"]) * ops["D"].toarray()
     assert np.allclose(got.to_numpy(), want)
+
+
+def test_a_saved_program_keeps_its_tiles(tmp_path):
+    """The tile is in the saved record (``FusedBuild.tiles``): a loaded program says so
+    and gives the same entries."""
+    k = compiled("T[i,k] = D[i,k] * E[i,k]; C[i,k] = T[i,k] * F[i,k]", {"D": "csr", "F": "csr", "C": "csr"}, True, 10)
+    k.save(tmp_path / "p.spk")
+    loaded = spcomp.load(tmp_path / "p.spk")
+    assert "# T: a tile of max(1, 10 // (N_k)) rows" in loaded.loops and loaded.loops == k.loops
+    ops = operands(5, 33, 0.4)
+    args = {n: v for n, v in ops.items() if n in k.inputs}
+    got, shapes, calls = run_spied(loaded, args, 2, False)
+    assert (33, 2) in calls and (33, K) not in shapes
+    assert_identical(got, run_spied(k, args, 2, False)[0], "C")
+    assert np.allclose(got.to_numpy(), ops["D"].toarray() * ops["E"] * ops["F"].toarray())
