@@ -364,8 +364,12 @@ class ProgramKernel(SavedProgram):
             fn = parallel_rows(fn)
             threads = threads if fn is not None else None
         fn, sources, rows = self._keep_rows(run, lows, merged, fn, sources, params)
-        return self._compiled(free_on_early_exits(fn), sources, merged, lows, threads, rows=rows,
-                              own_pos=[stmts[k].lhs.tensor.name for k, o in zip(run, own_pos) if o])
+        tiled, text = [], ""
+        if threads is None:
+            fn, sources, tiled, text = keep_tiles(self.program, self.outputs, run, lows, fn, sources, params, rows)
+        return self._compiled(free_on_early_exits(fn), sources, merged, lows, threads, rows=rows + tiled,
+                              own_pos=[stmts[k].lhs.tensor.name for k, o in zip(run, own_pos) if o],
+                              tiles={name: text for name in tiled})
 
     def _own_pos(self, k: int, low, internal: set) -> dict:
         """``{tensor: rows index}`` when statement ``k`` writes a csr temporary the run
@@ -499,11 +503,13 @@ class ProgramKernel(SavedProgram):
                                         f" (as {stand_in} in the function over chunks of rows"
                                         + (")" if st.internal else f", converted to {fmt} after them)")))
                 chunk_rows = seg.chunks(32).rows if seg.chunks(32) is not None else []
+                tiles = {**seg.compiled.tiles, **(seg.chunks(32).tiles if seg.chunks(32) is not None else {})}
                 for name in dict.fromkeys(seg.compiled.rows + chunk_rows):
-                    if seg.chunks(32) is not None and name in seg.chunks(32).tiles:
-                        parts.append(f"# {name}: a tile of {seg.chunks(32).tiles[name]} rows in the function over "
-                                     "chunks of rows (every statement over one tile, then the next; allocated per "
-                                     "chunk's call), the whole array in the one-thread function")
+                    if name in tiles:
+                        parts.append(f"# {name}: a tile of {tiles[name]} rows (every statement over one tile, then "
+                                     "the next; allocated inside the function, per chunk's call on threads)"
+                                     + ("" if name in seg.compiled.tiles else
+                                        " in the function over chunks of rows, the whole array in the one-thread one"))
                         continue
                     if name not in seg.compiled.rows:
                         parts.append(f"# {name}: a row workspace in the function over chunks of rows (one row "

@@ -1,15 +1,16 @@
-"""Which dense temporaries of a program's function over chunks of rows live as a tile.
+"""Which dense temporaries of a fused run live as a tile of rows.
 
-A fused run's function over ``[lo, hi)`` keeps an unreturned dense temporary as one
-row where every reader runs inside its writer's row loop (``ProgramKernel._keep_rows``).
-Where a reader keeps a loop of its own (a sparse output appended row by row), the
-temporary would be the whole array; :func:`keep_tiles` makes it a tile of rows
-instead (``lower.tiles.tile_workspaces``). Its checks are the program's: the
-temporary is dense, written by one statement of the run (not ``+=``, not a sum
-over rows) at the row its loop is on, read by a later one of the run, and
-nothing after the run or returned sees it. That every reader reads it at the
-row its loop is on the chunk lowerings have already checked
-(``ProgramKernel._chunk_lowerings``).
+A fused run's function keeps an unreturned dense temporary as one row where every
+reader runs inside its writer's row loop (``ProgramKernel._keep_rows``). Where a
+reader keeps a loop of its own (a sparse output appended row by row), the temporary
+would be the whole array; :func:`keep_tiles` makes it a tile of rows instead in the
+function over chunks of rows and, where it can, the one-thread one
+(``lower.tiles.tile_workspaces``). Its checks are the program's: the temporary is
+dense, written by one statement of the run (not ``+=``, not a sum over rows) at the
+row its loop is on, read by a later one of the run, and nothing after the run or
+returned sees it, and every reader reads it at the row its outer loop is on. The
+one-thread function (``ProgramKernel._build``) gets the same tiles where its loops
+allow (``tile_workspaces``: each from 0 to a size).
 """
 from __future__ import annotations
 
@@ -35,8 +36,9 @@ def temporary_params(bindings, j: int, params: dict, name: str, widths: list):
 
 def tile_temporaries(program, outputs: list, run: list, lows: list, kept: list) -> dict:
     """Name -> (its writer's place in the run, the index names after its first) for
-    each dense temporary of a chunk-lowered run that a tile may hold (``kept``: those
-    already row workspaces)."""
+    each dense temporary of a run that a tile may hold (``kept``: those already row
+    workspaces): written at the row its writer's outer loop is on, read by later
+    statements of the run at the row their outer loops are on."""
     stmts = program.statements
     later = {acc.tensor.name for k in range(run[-1] + 1, len(stmts)) for acc in accesses(stmts[k].rhs)}
     out = {}
@@ -44,12 +46,15 @@ def tile_temporaries(program, outputs: list, run: list, lows: list, kept: list) 
         a, low = stmts[k], lows[j]
         name, idx = a.lhs.tensor.name, a.lhs.indices
         writers = [s for s in stmts if s.lhs.tensor.name == name]
+        order = low.inspection.order
         if (not a.lhs.tensor.format.is_dense or name in outputs or name in later or name in kept or a.accumulate
                 or len(writers) != 1 or not idx or len(set(idx)) != len(idx) or low.threads.partials
-                or low.threads.parallel != idx[0].name
-                or any(acc.tensor.name == name for acc in accesses(a.rhs))):
+                or not order or order[0] != idx[0] or any(acc.tensor.name == name for acc in accesses(a.rhs))):
             continue
-        if any(name in {x.tensor.name for x in accesses(stmts[r].rhs)} for r in run[j + 1:]):
+        reads = [(r, acc) for r in range(j + 1, len(run)) for acc in accesses(stmts[run[r]].rhs)
+                 if acc.tensor.name == name]
+        if reads and all(acc.indices and lows[r].inspection.order and acc.indices[0] == lows[r].inspection.order[0]
+                         for r, acc in reads):
             out[name] = (j, [i.name for i in idx[1:]])
     return out
 

@@ -20,30 +20,39 @@ def _at(row, col):
     return n.Binary("+", n.Binary("*", row, N), col)
 
 
-def _function(prefix2=(), suffix1=(), second_stores=None):
+ROWS = n.Var("N_rows", I64)
+
+
+def _function(prefix2=(), suffix1=(), second_stores=None, chunks=True):
     """``T[i, q] += 2 x[i, q]`` (adding into T, so a tile must start zeroed), then
-    ``y[i] += T[i, q]`` for each q: two loops over ``lo .. hi``."""
+    ``y[i] += T[i, q]`` for each q: two loops over ``lo .. hi`` (else, a one-thread
+    function, over ``0 .. N_rows``)."""
+    lo, hi = (LO, HI) if chunks else (n.i64(0), ROWS)
     add = n.Store(T, _at(I, Q), n.Binary("+", n.Load(T, _at(I, Q)),
                                          n.Binary("*", n.Load(X, _at(I, Q)), n.const(2, F64))))
-    first = n.Block((n.Comment("statement 1"), n.For(I, LO, HI, n.Block((n.For(Q, n.i64(0), N, n.Block((add,))),))),
+    first = n.Block((n.Comment("statement 1"), n.For(I, lo, hi, n.Block((n.For(Q, n.i64(0), N, n.Block((add,))),))),
                      *suffix1))
     into = second_stores or Y
     read = n.Store(into, I2, n.Binary("+", n.Load(into, I2), n.Load(T, _at(I2, Q2))))
-    second = n.Block((*prefix2, n.For(I2, LO, HI, n.Block((n.For(Q2, n.i64(0), N, n.Block((read,))),)))))
-    return n.Function("two", (LO, HI, N, T, X, Y), n.Block((first, second, n.Return(n.STATUS_OK))))
+    second = n.Block((*prefix2, n.For(I2, lo, hi, n.Block((n.For(Q2, n.i64(0), N, n.Block((read,))),)))))
+    return n.Function("two", (LO, HI, N, T, X, Y) if chunks else (ROWS, N, T, X, Y),
+                      n.Block((first, second, n.Return(n.STATUS_OK))))
 
 
-def test_a_tile_of_rows_gives_the_whole_arrays_result(monkeypatch):
+@pytest.mark.parametrize("chunks", [True, False])
+def test_a_tile_of_rows_gives_the_whole_arrays_result(monkeypatch, chunks):
     monkeypatch.setattr(tiles, "TILE_VALUES", 5)   # N = 2: tiles of 2 rows, the last one partial
-    fn = tiles.tile_workspaces(_function(), [(T, [N], True)])
-    assert fn is not None and T not in fn.params and [p.name for p in fn.params] == ["lo", "hi", "N", "x_vals", "y_vals"]
+    fn = tiles.tile_workspaces(_function(chunks=chunks), [(T, [N], True)])
+    assert fn is not None and T not in fn.params
+    assert [p.name for p in fn.params] == ["lo", "hi"] * chunks + ["N_rows"] * (not chunks) + ["N", "x_vals", "y_vals"]
     verify_module(n.Module((fn,), fn.name))
     run = compile_module(n.Module((fn,), fn.name)).function("two")
     x = np.arange(20.0).reshape(10, 2)
     y = np.zeros(10)
-    assert run(1, 8, 2, x.ctypes.data, y.ctypes.data) == 0
+    lo, hi = (1, 8) if chunks else (0, 7)
+    assert run(*((lo, hi) if chunks else (hi,)), 2, x.ctypes.data, y.ctypes.data) == 0
     want = np.zeros(10)
-    want[1:8] = 2 * x[1:8].sum(axis=1)
+    want[lo:hi] = 2 * x[lo:hi].sum(axis=1)
     assert np.array_equal(y, want)
 
 

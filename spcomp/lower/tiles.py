@@ -1,10 +1,11 @@
-"""Tile workspaces: a dense temporary kept as a few rows of a function over chunks of rows.
+"""Tile workspaces: a dense temporary kept as a few rows of a fused function.
 
-A fused run's function over ``[lo, hi)`` (``spcomp.lower.fuse``, a chunk lowering
-per statement) runs its statements one after another, each over every row of the
-chunk. A dense temporary that a later statement reads from a loop of its own (one
-that could not join the writer's row loop: a sparse output appended row by row)
-would need the whole chunk's rows of it, so the runtime allocates the whole array.
+A fused run's function (``spcomp.lower.fuse``: over a chunk's ``[lo, hi)``, a chunk
+lowering per statement, or the one-thread function over all rows) runs its
+statements one after another, each over every row. A dense temporary that a later
+statement reads from a loop of its own (one that could not join the writer's row
+loop: a sparse output appended row by row) would need the whole chunk's rows of it,
+so the runtime allocates the whole array.
 :func:`tile_workspaces` instead runs the statements over tiles of ``R`` rows (for
 each tile every statement over its rows, in program order) with the temporary a
 local array of ``R`` rows, indexed from the tile's first row: memory stays at
@@ -44,25 +45,35 @@ def tile_rows_text(widths: list) -> str:
 
 
 def tile_workspaces(fn: n.Function, temps: list):
-    """``fn`` (over ``lo``, ``hi``, its first two parameters) with each temporary of
-    ``temps`` (``(vals parameter, [its sizes after the first], zero)``: ``zero`` when
-    its writer does not store every element of its rows) kept as a tile of rows,
-    its parameter gone; None when ``fn`` is not statements each made of
-    declarations, one loop over ``lo .. hi`` and (the last only) code after it, or
-    those cannot be interleaved by tiles (module docstring), or a temporary is
-    used other than element by element inside those loops."""
-    if not ENABLED or not temps or len(fn.params) < 2 or [p.name for p in fn.params[:2]] != ["lo", "hi"]:
+    """``fn`` with each temporary of ``temps`` (``(vals parameter, [its sizes after
+    the first], zero)``: ``zero`` when its writer does not store every element of
+    its rows) kept as a tile of rows, its parameter gone. ``fn`` is a function over
+    ``lo``, ``hi`` (its first two parameters: every statement loops over those
+    rows) or a one-thread function whose statements each loop from 0 to a size
+    parameter and touch a temporary of ``temps`` there (at the loop's row: the
+    caller's check), so that all run over its rows. None when ``fn`` is not
+    statements each made of declarations, that loop and (the last only) code
+    after it, or those cannot be interleaved by tiles (module docstring), or a
+    temporary is used other than element by element inside those loops."""
+    if not ENABLED or not temps:
         return None
-    lo, hi = fn.params[:2]
+    vals = {t[0] for t in temps}
+    chunks = len(fn.params) >= 2 and [p.name for p in fn.params[:2]] == ["lo", "hi"]
+    lo, hi = fn.params[:2] if chunks else (n.i64(0), None)
     body = list(fn.body.body)
     blocks = []
     while len(blocks) < len(body) and isinstance(body[len(blocks)], n.Block):
-        split = _split(body[len(blocks)], lo, hi)
+        split = _split(body[len(blocks)])
         if split is None:
+            break
+        loop = split[1]
+        if hi is None and isinstance(loop.end, n.Var) and loop.end in fn.params:
+            hi = loop.end  # the one-thread function: the first statement's rows
+        if loop.start != lo or (loop.end != hi if chunks else not (
+                isinstance(loop.end, n.Var) and loop.end in fn.params and _pointers(loop) & vals)):
             break
         blocks.append(split)
     tail = body[len(blocks):]
-    vals = {t[0] for t in temps}
     if len(blocks) < 2 or not _interleaves(blocks) or any(_pointers(x) & vals for x in tail):
         return None
     if any(_pointers(s) & vals for prefix, _loop, suffix in blocks for s in prefix + suffix):
@@ -78,7 +89,8 @@ def tile_workspaces(fn: n.Function, temps: list):
     first, last = fresh("tile_lo"), fresh("tile_hi")
     arrays, bases, inner = {}, {}, [n.Declare(first, n.Binary("+", lo, n.Binary("*", tile, rows))),
                                     n.Declare(last, n.Binary("min", n.Binary("+", first, rows), hi))]
-    setup = [n.Comment(f"{', '.join(v.name.replace('_vals', '') for v, _w, _z in temps)}: a tile of {rows.name} rows each, not the whole array; "
+    names = ", ".join(v.name.replace("_vals", "") for v, _w, _z in temps)
+    setup = [n.Comment(f"{names}: a tile of {rows.name} rows each, not the whole array; "
                        "every statement runs over one tile's rows before the next tile"),
              n.Declare(rows, n.Binary("max", n.i64(1), n.Binary("/", n.i64(TILE_VALUES),
                                                                  n.Binary("max", total, n.i64(1)))))]
@@ -105,14 +117,12 @@ def tile_workspaces(fn: n.Function, temps: list):
     return dataclasses.replace(fn, params=params, body=n.Block((stmts, *tail)))
 
 
-def _split(block: n.Block, lo, hi):
-    """``(prefix, loop, suffix)`` of a statement's block whose one top-level loop runs
-    over ``lo .. hi``, else None."""
+def _split(block: n.Block):
+    """``(prefix, loop, suffix)`` of a statement's block: its first top-level loop,
+    the declarations before it (no loop among them) and what follows; else None."""
     stmts = list(block.body)
     at = [k for k, s in enumerate(stmts) if isinstance(s, n.For)]
-    if len(at) != 1 or stmts[at[0]].start != lo or stmts[at[0]].end != hi:
-        return None
-    if any(_has_loop(s) for s in stmts if s is not stmts[at[0]]):
+    if not at or any(_has_loop(s) for s in stmts[:at[0]]):
         return None
     return stmts[:at[0]], stmts[at[0]], stmts[at[0] + 1:]
 
@@ -123,8 +133,9 @@ def _has_loop(s) -> bool:
 
 def _interleaves(blocks: list) -> bool:
     """Whether the statements may run tile by tile: no code after any loop but the
-    last's except frees (of a row workspace: they move after the tiles), and a later statement's declarations touch no array an earlier one does,
-    its loop only reads those."""
+    last's except frees (of a row workspace: they move after the tiles), and a later
+    statement's declarations touch no array an earlier one does, its loop only reads
+    those."""
     seen: set = set()
     for b, (prefix, loop, suffix) in enumerate(blocks):
         if b < len(blocks) - 1 and any(not isinstance(s, (n.Comment, n.Free)) for s in suffix):
