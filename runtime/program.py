@@ -66,12 +66,14 @@ class FusedBuild:
     ``variant`` the launcher splits (its ``lowered.threads`` the first statement's
     thread plan; the function then takes ``lo``, ``hi`` first)."""
 
-    def __init__(self, function, sources, plans, module, compiled, merged, lows, variant=None, rows=(), own_pos=()):
+    def __init__(self, function, sources, plans, module, compiled, merged, lows, variant=None, rows=(), own_pos=(),
+                 tiles=None):
         self.function, self.sources, self.plans = function, sources, plans
         self.module, self.compiled, self.merged, self.lows = module, compiled, merged, lows
         self.variant = variant
         self.rows = list(rows)  # dense temporaries the function keeps as one row of its own
         self.own_pos = list(own_pos)  # csr temporaries whose row ends the function allocates (a slot)
+        self.tiles = dict(tiles or {})  # those of ``rows`` kept as a tile of rows -> how many (lower/tiles.py)
 
 
 class FusedStep:

@@ -26,7 +26,8 @@ fused run stays on one thread, ``k.loops`` says why, and a call big enough for
 threads runs its statements as their own kernels instead. An
 unreturned dense temporary touched only at the fused loop's row is one row of
 workspace inside the function (``_row_temporaries``, ``_keep_rows``; in the
-function over chunks of rows too), never the whole array.
+function over chunks of rows too), never the whole array; one whose reader keeps a
+loop of its own is a tile of rows in the function over chunks (``program_tiles.py``).
 Programs save, load and disk-cache as kernels do (``program_saved.py``).
 """
 from __future__ import annotations
@@ -46,6 +47,7 @@ from .lower.record import Code
 from .runtime.call import CallContext
 from .runtime.launch import Variant
 from .program_saved import SavedProgram
+from .program_tiles import keep_tiles, temporary_params
 from .runtime.program import FusedBuild, FusedRun, FusedStep
 
 
@@ -300,7 +302,9 @@ class ProgramKernel(SavedProgram):
                                    share_loop=self._shared_loops(run, lows), frees=frees)
         params = {(s.statement, s.position): p for s, p in zip(sources, fn.params)}
         fn, sources, kept = self._keep_rows(run, lows, merged, fn, sources, params)
-        return self._compiled(free_on_early_exits(fn), sources, merged, lows, lows[0].threads, rows=kept)
+        fn, sources, tiled, text = keep_tiles(self.program, self.outputs, run, lows, fn, sources, params, kept)
+        return self._compiled(free_on_early_exits(fn), sources, merged, lows, lows[0].threads, rows=kept + tiled,
+                              tiles={name: text for name in tiled})
 
     def _keep_rows(self, run: list, lows: list, merged: list, fn, sources: list, params: dict) -> tuple:
         """``(fn, sources, names)``: the fused function with each of ``_row_temporaries``
@@ -308,7 +312,7 @@ class ProgramKernel(SavedProgram):
         the parameter it became)."""
         rows = []
         for name, (j, widths) in self._row_temporaries(run, lows, merged).items():
-            found = self._row_params(lows[j].code.bindings, j, params, name, widths)
+            found = temporary_params(lows[j].code.bindings, j, params, name, widths)
             kept = row_workspace(fn, *found, not lows[j].output.overwrites) if found is not None else None
             if kept is not None:
                 sources = [s for s in sources if params[(s.statement, s.position)] != found[0]]
@@ -360,8 +364,12 @@ class ProgramKernel(SavedProgram):
             fn = parallel_rows(fn)
             threads = threads if fn is not None else None
         fn, sources, rows = self._keep_rows(run, lows, merged, fn, sources, params)
-        return self._compiled(free_on_early_exits(fn), sources, merged, lows, threads, rows=rows,
-                              own_pos=[stmts[k].lhs.tensor.name for k, o in zip(run, own_pos) if o])
+        tiled, text = [], ""
+        if threads is None:
+            fn, sources, tiled, text = keep_tiles(self.program, self.outputs, run, lows, fn, sources, params, rows)
+        return self._compiled(free_on_early_exits(fn), sources, merged, lows, threads, rows=rows + tiled,
+                              own_pos=[stmts[k].lhs.tensor.name for k, o in zip(run, own_pos) if o],
+                              tiles={name: text for name in tiled})
 
     def _own_pos(self, k: int, low, internal: set) -> dict:
         """``{tensor: rows index}`` when statement ``k`` writes a csr temporary the run
@@ -399,22 +407,7 @@ class ProgramKernel(SavedProgram):
                 out[name] = (j, [i.name for i in idx[1:]])
         return out
 
-    @staticmethod
-    def _row_params(bindings, j: int, params: dict, name: str, widths: list):
-        """``(vals, [size vars])``: the fused function's parameters for temporary
-        ``name``'s values and its sizes after the first (from its writer ``j``), or None."""
-        vals, sizes = None, {}
-        for pos, b in enumerate(bindings):
-            p = params.get((j, pos))
-            if b.role == "output" and b.tensor == name and b.array == "vals":
-                vals = p
-            elif b.role == "size":
-                sizes[b.index] = p
-        if vals is None or any(sizes.get(w) is None for w in widths):
-            return None
-        return vals, [sizes[w] for w in widths]
-
-    def _compiled(self, fn, sources, merged, lows, threads, saved=None, rows=(), own_pos=()) -> FusedBuild:
+    def _compiled(self, fn, sources, merged, lows, threads, saved=None, rows=(), own_pos=(), tiles=None) -> FusedBuild:
         """The fused function compiled (or ``saved``'s object code loaded) into a FusedBuild."""
         module = irn.Module((fn,), fn.name)
         record = dataclasses.replace(lows[0], code=Code(module, fn.name, []))
@@ -424,7 +417,7 @@ class ProgramKernel(SavedProgram):
         function = self._target.entry(compiled, record)
         plans = [Variant(low, None, None).arg_plan for low in lows]
         variant = Variant(record, compiled, function) if threads is not None else None
-        return FusedBuild(function, sources, plans, module, compiled, merged, lows, variant, rows, own_pos)
+        return FusedBuild(function, sources, plans, module, compiled, merged, lows, variant, rows, own_pos, tiles)
 
     def _row_threads(self, run: list, lows: list, merged: list):
         """The thread plan of a fused run whose statements all run in one loop over
@@ -510,7 +503,14 @@ class ProgramKernel(SavedProgram):
                                         f" (as {stand_in} in the function over chunks of rows"
                                         + (")" if st.internal else f", converted to {fmt} after them)")))
                 chunk_rows = seg.chunks(32).rows if seg.chunks(32) is not None else []
+                tiles = {**seg.compiled.tiles, **(seg.chunks(32).tiles if seg.chunks(32) is not None else {})}
                 for name in dict.fromkeys(seg.compiled.rows + chunk_rows):
+                    if name in tiles:
+                        parts.append(f"# {name}: a tile of {tiles[name]} rows (every statement over one tile, then "
+                                     "the next; allocated inside the function, per chunk's call on threads)"
+                                     + ("" if name in seg.compiled.tiles else
+                                        " in the function over chunks of rows, the whole array in the one-thread one"))
+                        continue
                     if name not in seg.compiled.rows:
                         parts.append(f"# {name}: a row workspace in the function over chunks of rows (one row "
                                      "per chunk's call), the whole array in the one-thread function")

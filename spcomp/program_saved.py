@@ -12,6 +12,7 @@ from __future__ import annotations
 from .errors import CacheError, SpcompError
 from .kernel import Kernel
 from .lower.fuse import FusedParam
+from .lower.tiles import settings_key as tiles_key
 from .runtime.program import FusedBuild
 
 
@@ -61,7 +62,7 @@ class SavedProgram:
         return {bits: None if b is None else {
             "lowered": list(b.lows), "module": b.module, "compiled": self._target.dump(b.compiled),
             "sources": [[x.statement, x.position] for x in b.sources], "merged": list(b.merged), "rows": list(b.rows),
-            "own_pos": list(b.own_pos),
+            "own_pos": list(b.own_pos), "tiles": dict(b.tiles),
             "threads": b.variant.lowered.threads if b.variant is not None else None} for bits, b in builds.items()}
 
     @classmethod
@@ -99,7 +100,7 @@ class SavedProgram:
         sources = [FusedParam(int(a), int(b)) for a, b in v["sources"]]
         return self._compiled(module.function(module.entry), sources, list(v["merged"]), list(v["lowered"]),
                               v["threads"], saved=v["compiled"], rows=list(v.get("rows", ())),
-                              own_pos=list(v.get("own_pos", ())))
+                              own_pos=list(v.get("own_pos", ())), tiles=v.get("tiles"))
 
     def _cached_plan(self) -> list:
         """The segments from the disk cache (runtime/cache.py: a signed record under this
@@ -110,7 +111,7 @@ class SavedProgram:
             return self._plan()
         tensors = sorted((t.name, t.order, t.format.spec(), t.dtype) for t in self.program.tensors.values())
         digest = cache.key_digest(("program", self.expression, repr(self.program), tensors, self.outputs,
-                                   repr(self._options), target.name) + target.cache_key())
+                                   repr(self._options), target.name) + target.cache_key() + tiles_key())
         payload = cache.load_entry(digest)
         if payload is not None:
             try:
