@@ -120,12 +120,10 @@ def test_cuda_sim_programs_are_not_saved():
 
 
 def test_a_compiled_program_is_disk_cached_and_a_new_process_loads_it(cache_dir):
+    """One fresh process compiles the program into the disk cache, the next loads it
+    without compiling (both fresh: what this test worker's earlier tests left in its
+    process cannot change what goes into the key), and this process loads it too."""
     text, fmts = PROGRAMS[1]
-    k = spcomp.compile(text, formats=fmts)
-    ops = _operands(k, 1)
-    want = k(**ops)
-    entries = set(cache_dir.glob("*.spk"))
-    assert entries
     script = textwrap.dedent(f"""
         import numpy as np, scipy.sparse as sp, spcomp
         import spcomp.backends.cpu as cpu
@@ -135,10 +133,19 @@ def test_a_compiled_program_is_disk_cached_and_a_new_process_loads_it(cache_dir)
         k = spcomp.compile({text!r}, formats={fmts!r})
         print("compiled" if called else "loaded", k.launches)
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env={**os.environ, "SPCOMP_CACHE_DIR": str(cache_dir)})
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["loaded", "1"]
+
+    def fresh_process():
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             env={**os.environ, "SPCOMP_CACHE_DIR": str(cache_dir)})
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    assert fresh_process() == ["compiled", "1"]
+    assert set(cache_dir.glob("*.spk"))
+    assert fresh_process() == ["loaded", "1"]
+    k = spcomp.compile(text, formats=fmts)
+    ops = _operands(k, 1)
+    want = k(**ops)
     spcomp.clear_cache()
     _same(spcomp.compile(text, formats=fmts)(**ops), want)
 
