@@ -40,7 +40,7 @@ from .errors import OperandError
 from .ir import nodes as irn
 from .ir.printer import print_ir
 from .kernel import Kernel
-from .lower.fuse import fuse, parallel_rows, row_workspace
+from .lower.fuse import fuse, made_arrays, parallel_rows, reads_plainly, row_workspace
 from .lower.heap_exits import free_on_early_exits
 from .lower.outputs import rows_first
 from .lower.record import Code
@@ -87,12 +87,12 @@ class ProgramKernel(SavedProgram):
         segments, k = [], 0
         while k < len(stmts):
             run = [k]
-            written = {stmts[k].lhs.tensor.name: _made(fusable[k])} if fusable[k] is not None else {}
+            written = {stmts[k].lhs.tensor.name: made_arrays(fusable[k])} if fusable[k] is not None else {}
             while (fusable[k] is not None and run[-1] + 1 < len(stmts)
                    and fusable[run[-1] + 1] is not None
-                   and _reads_plainly(fusable[run[-1] + 1], written, copies=True)):
+                   and reads_plainly(fusable[run[-1] + 1], written, copies=True)):
                 run.append(run[-1] + 1)
-                written[stmts[run[-1]].lhs.tensor.name] = _made(fusable[run[-1]])
+                written[stmts[run[-1]].lhs.tensor.name] = made_arrays(fusable[run[-1]])
             if len(run) >= 2 and fusable[k] is not None:
                 segments.append(("fused", self._fused_run(run, [fusable[j] for j in run]), run))
             else:
@@ -245,7 +245,7 @@ class ProgramKernel(SavedProgram):
             if (first is None or low.operands != plain.operands or plan.parallel != first or plan.split
                     or plan.positions is not None or plan.gpu_choice is not None or plan.fused is not None
                     or low.output.bounded or low.output.assembly is not None or low.output.expand is not None
-                    or not _reads_plainly(low, written)
+                    or not reads_plainly(low, written)
                     or any(b.role not in _SPARSE_ROLES + ("lo", "hi") for b in low.code.bindings)):
                 return f"statement {k + 1} does not run over rows the others share"
             if fmt.is_dense:
@@ -264,7 +264,7 @@ class ProgramKernel(SavedProgram):
                     return f"statement {k + 1} reads {acc.tensor.name}, whole only after every chunk"
                 if acc.tensor.name in written and (not acc.indices or acc.indices[0].name != first):
                     return f"statement {k + 1} reads {acc.tensor.name} away from the row it is on"
-            written[name] = _made(low)
+            written[name] = made_arrays(low)
             if plan.partials:
                 copies.add(name)
             lows.append(low)
@@ -322,7 +322,7 @@ class ProgramKernel(SavedProgram):
 
     def _transposed(self, run: list, lows: list, links: list) -> list:
         """Per statement of a run: the storages it reads as a transposed copy of a
-        temporary the run wrote (``_reads_plainly`` allowed only csr ones), as
+        temporary the run wrote (``lower.fuse.reads_plainly`` allowed only csr ones), as
         ``lower.fuse.fuse`` takes them: storage -> (writer, tensor, rows index, columns index)."""
         stmts = self.program.statements
         out = []
@@ -476,13 +476,14 @@ class ProgramKernel(SavedProgram):
             if kind == "fused" and hasattr(seg, "describe"):  # one CUDA kernel (program_gpu.py)
                 parts.append(seg.describe())
             elif kind == "fused":
+                chunks = seg.chunks(32)  # the function over chunks of rows, where the run has one
                 if seg.compiled.variant is not None:
                     on = "its rows split over threads"
-                elif seg.chunks(32) is not None:
+                elif chunks is not None:
                     on = ("one thread; a call big enough for threads runs it on each thread's chunk of rows, "
                           "every statement over those rows"
                           + (", a sparse temporary appended per chunk" if any(st.sparse for st in seg.steps) else "")
-                          + ("" if not any(low.threads.partials for low in seg.chunks(32).lows) else
+                          + ("" if not any(low.threads.partials for low in chunks.lows) else
                              ", a sum over rows into a copy per chunk added up after them"))
                 else:
                     on = ("one thread" + (f", not by chunks of rows: {seg.why}" if seg.why else "")
@@ -494,7 +495,6 @@ class ProgramKernel(SavedProgram):
                         parts.append(f"# {st.name}: packed blocks, filled inside the function into arrays "
                                      "the runtime allocates" + ("" if st.internal else ", handed back"))
                     elif st.sparse:
-                        chunks = seg.chunks(32)
                         fmt = self.program.tensors[st.name].format
                         stand_in = None if chunks is None else chunks.lows[j].inspection.notation.lhs.tensor.format
                         parts.append(f"# {st.name}: sparse, assembled inside the function"
@@ -502,8 +502,8 @@ class ProgramKernel(SavedProgram):
                                      + ("" if stand_in in (None, fmt) else
                                         f" (as {stand_in} in the function over chunks of rows"
                                         + (")" if st.internal else f", converted to {fmt} after them)")))
-                chunk_rows = seg.chunks(32).rows if seg.chunks(32) is not None else []
-                tiles = {**seg.compiled.tiles, **(seg.chunks(32).tiles if seg.chunks(32) is not None else {})}
+                chunk_rows = chunks.rows if chunks is not None else []
+                tiles = {**seg.compiled.tiles, **(chunks.tiles if chunks is not None else {})}
                 for name in dict.fromkeys(seg.compiled.rows + chunk_rows):
                     if name in tiles:
                         parts.append(f"# {name}: a tile of {tiles[name]} rows (every statement over one tile, then "
@@ -517,7 +517,7 @@ class ProgramKernel(SavedProgram):
                         continue
                     parts.append(f"# {name}: a row workspace (one row, allocated and freed inside the function, "
                                  "one per thread), never the whole array"
-                                 + ("" if name in chunk_rows or seg.chunks(32) is None else
+                                 + ("" if name in chunk_rows or chunks is None else
                                     " (but the whole array in the function over chunks of rows)"))
                 written = set()
                 for j, st in enumerate(seg.steps):
@@ -631,28 +631,6 @@ def _accesses(a) -> list:
 
 
 _SPARSE_ROLES = ("size", "input", "output", "output_grow", "capacity")
-_CSR_ARRAYS = {(1, "pos"), (1, "crd"), (-1, "vals")}  # what a csr writer's parameters hand over
-
-
-def _reads_plainly(low, written: dict, copies: bool = False) -> bool:
-    """Whether a lowering reads every tensor of ``written`` (name -> the arrays its
-    writer makes, ``(level, array)``) as itself, and only arrays the writer makes:
-    no diagonal copy, and no transposed copy the runtime would have to make, except
-    (``copies``) the transpose of a 2-d csr temporary, which the fused function
-    makes itself (``lower/fused_transpose.py``)."""
-    ops = low.operands
-    if {d.operand for d in ops.diagonals.values()} & set(written):
-        return False
-    for op, fmt in ops.transposes.values():
-        if op in written and not (copies and written[op] == _CSR_ARRAYS and len(fmt.levels) == 2
-                                  and fmt.levels[0].is_dense and not fmt.levels[1].is_dense and fmt.order == (1, 0)):
-            return False
-    for b in low.code.bindings:
-        if b.role == "input" and b.storage in written and (b.level, b.array) not in written[b.storage]:
-            return False
-    return True
-
-
 def _sets_every_row(low) -> bool:
     """Whether a chunk lowering's row loop stores its output's row-end ``pos`` at
     the top of every iteration (so a chunk's rows all end where it wrote them)."""
@@ -660,11 +638,6 @@ def _sets_every_row(low) -> bool:
     loops = [s for s in low.entry_function.body.body if isinstance(s, irn.For) and s.parallel == "threads"]
     return (len(pos) == 1 and len(loops) == 1
             and any(isinstance(s, irn.Store) and s.array in pos for s in loops[0].body.body))
-
-
-def _made(low) -> set:
-    """``(level, array)`` of every array a lowering's output parameters hand over."""
-    return {(b.level, b.array) for b in low.code.bindings if b.role in ("output", "output_grow")}
 
 
 def _is_scalar(value) -> bool:

@@ -33,12 +33,15 @@ from .backends.cuda.launch import launch_config
 from .backends.cuda.target import DEFAULT_BLOCK
 from .errors import KernelRuntimeError, UnsupportedError
 from .ir import nodes as irn
-from .lower.fuse import fuse
+from .lower.fuse import fuse, reads_plainly
 from .runtime.launch import parallel_extent, raise_status
 from .runtime.operands import index_bits, is_device_array, is_torch
 
 SYNC_TIMEOUT_S = 60.0  # longest wait at the grid-wide barrier before the launch reports an error
 _ROLES = ("lo", "hi", "size", "input", "output")
+# what a joinable statement hands the next one: its dense values array itself (no
+# transposed or diagonal copy of it, which the runtime would make between launches)
+DENSE_ARRAYS = frozenset({(-1, "vals")})
 
 
 def plan_gpu(program, kernels: list, index32_limit: int, expression: str) -> list:
@@ -48,14 +51,14 @@ def plan_gpu(program, kernels: list, index32_limit: int, expression: str) -> lis
     stmts = program.statements
     segments, k = [], 0
     while k < len(stmts):
-        run, written = [k], {stmts[k].lhs.tensor.name}
+        run, written = [k], {stmts[k].lhs.tensor.name: DENSE_ARRAYS}
         if _joinable(stmts[k], kernels[k]):
             block = kernels[k].lowered.threads.gpu_block
             j = k + 1
             while (j < len(stmts) and _joinable(stmts[j], kernels[j])
-                   and kernels[j].lowered.threads.gpu_block == block and _reads_plainly(kernels[j].lowered, written)):
+                   and kernels[j].lowered.threads.gpu_block == block and reads_plainly(kernels[j].lowered, written)):
                 run.append(j)
-                written.add(stmts[j].lhs.tensor.name)
+                written[stmts[j].lhs.tensor.name] = DENSE_ARRAYS
                 j += 1
         fused = None
         if len(run) >= 2:
@@ -82,16 +85,6 @@ def _joinable(a, kernel) -> bool:
             and fmt.order == tuple(range(fmt.ndim)) and out.shape == "dense" and not out.growable
             and not out.bounded and out.assembly is None and out.expand is None and not low.append_chunks
             and all(b.role in _ROLES for b in low.code.bindings) and mapping(low) != "serial")
-
-
-def _reads_plainly(low, written: set) -> bool:
-    """Whether a lowering reads each tensor of ``written`` as its values array
-    itself: no transposed or diagonal copy the runtime would make before the launch."""
-    ops = low.operands
-    if {d.operand for d in ops.diagonals.values()} & written or {op for op, _f in ops.transposes.values()} & written:
-        return False
-    return all((b.level, b.array) == (-1, "vals") for b in low.code.bindings
-               if b.role == "input" and b.storage in written)
 
 
 @dataclasses.dataclass

@@ -202,6 +202,34 @@ def _chunk_starts(node, arrays: set, lo):
     return dataclasses.replace(node, **changes) if changes else node
 
 
+def made_arrays(low) -> set:
+    """``(level, array)`` of every array a lowering's output parameters hand over."""
+    return {(b.level, b.array) for b in low.code.bindings if b.role in ("output", "output_grow")}
+
+
+#: what a csr writer's parameters hand over (reads_plainly)
+CSR_ARRAYS = {(1, "pos"), (1, "crd"), (-1, "vals")}
+
+
+def reads_plainly(low, written: dict, copies: bool = False) -> bool:
+    """Whether a lowering reads every tensor of ``written`` (name -> the arrays its
+    writer makes, ``(level, array)``: :func:`made_arrays`) as itself, and only arrays the writer makes:
+    no diagonal copy, and no transposed copy the runtime would have to make, except
+    (``copies``) the transpose of a 2-d csr temporary, which the fused function
+    makes itself (``lower/fused_transpose.py``)."""
+    ops = low.operands
+    if {d.operand for d in ops.diagonals.values()} & set(written):
+        return False
+    for op, fmt in ops.transposes.values():
+        if op in written and not (copies and written[op] == CSR_ARRAYS and len(fmt.levels) == 2
+                                  and fmt.levels[0].is_dense and not fmt.levels[1].is_dense and fmt.order == (1, 0)):
+            return False
+    for b in low.code.bindings:
+        if b.role == "input" and b.storage in written and (b.level, b.array) not in written[b.storage]:
+            return False
+    return True
+
+
 def parallel_rows(fn: n.Function) -> n.Function | None:
     """``fn`` over rows ``[lo, hi)`` (parameters ``lo``, ``hi`` first, the lowerer's
     convention for a kernel whose outer loop runs on threads) when its body is one
