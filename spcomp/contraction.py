@@ -59,10 +59,8 @@ class Contraction:
         if self.kernel.output_name in operands and not self.notation.accumulate:
             return None  # an output given to write into: the kernel's own path
         if self.epilogue:  # the same program whatever the operands: nothing to measure
-            if self._fixed_program is None:
-                self._fixed_program = self.program(self.fixed)
-            self.last = (self.fixed, math.nan, self._fixed_program)
-            return self._fixed_program
+            self.last = (self.fixed, math.nan, self._fixed_kernel())
+            return self.last[2]
         ids = tuple(id(operands.get(name)) for name, _d, _i in self._shape_of)
         if ids == self._last_ids and self.last is not None:
             return self.last[2]  # the same objects again (a plan is a speed choice: never a wrong answer)
@@ -89,16 +87,12 @@ class Contraction:
     def _plan(self, sizes, density, build=True):
         """``(plan, cost as written, its ProgramKernel or None)``: the cheapest plan
         that compiles (a temporary's storage the lowerer refuses moves on to the next)."""
-        built = self._as_built(density)
-        single = (contract.statement_cost(self.notation, sizes, built[1], lowered=built[0]) if built is not None
-                  else contract.statement_cost(self.notation, sizes, density))
+        lowered, dens = self._as_built(density)
+        single = contract.statement_cost(self.notation, sizes, dens, lowered=lowered)
         if self.fixed is not None:
-            plan = self.fixed
-            plan = contract.Plan(plan.statements, contract.program_cost(plan.statements, sizes, density),
-                                 plan.temporaries)
-            if build and self._fixed_program is None:
-                self._fixed_program = self.program(plan)
-            return plan, single, self._fixed_program if build else None
+            plan = contract.Plan(self.fixed.statements, contract.program_cost(self.fixed.statements, sizes, density),
+                                 self.fixed.temporaries)
+            return plan, single, self._fixed_kernel() if build else None
         for plan in contract.ranked(self.notation, sizes, density, self.dtype, single):
             if not plan.factorised or not build:
                 return plan, single, None
@@ -108,13 +102,16 @@ class Contraction:
                 continue  # (ranked ends with the statement as written)
         raise AssertionError("ranked plans end with the statement itself")
 
+    def _fixed_kernel(self):
+        """The fixed plan's ProgramKernel, compiled at its first use."""
+        if self._fixed_program is None:
+            self._fixed_program = self.program(self.fixed)
+        return self._fixed_program
+
     def _as_built(self, density):
-        """The kernel's own nest for the cost model, ``((right side, loop order, the
-        storages it reads transposed), densities with those storages' added)``, or
-        None when the kernel has no such record."""
-        low = getattr(self.kernel, "lowered", None)
-        if low is None:
-            return None
+        """The kernel's own nest for the cost model: ``((right side, loop order, the
+        storages it reads transposed), densities with those storages' added)``."""
+        low = self.kernel.lowered
         dens = dict(density)
         for storage, (operand, _fmt) in low.operands.transposes.items():
             dens[storage] = density.get(operand, 1.0)

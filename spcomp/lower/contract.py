@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from ..errors import UnsupportedError
 from ..formats import Format
-from ..notation import Access, Assignment, Literal, Mul, Reduce, Sum, TensorVar, children, free_indices
+from ..notation import Access, Assignment, Literal, Mul, Reduce, Sum, TensorVar, accesses, children, free_indices
 from .normalize import factors, lift_sums, push_sums, split_sums, wrap_sums
 from .order import choose_order
 
@@ -96,15 +96,10 @@ def statement_cost(a: Assignment, sizes: dict, density: dict, *, lowered=None) -
     out = frozenset(a.lhs.indices)
     cost = _cost(rhs, out, frozenset(), 1.0, rank, sizes, density)
     for name in transposed:
-        acc = next((f for f in _accesses_of(rhs) if f.tensor.name == name), None)
+        acc = next((f for f in accesses(rhs) if f.tensor.name == name), None)
         if acc is not None:
             cost += TRANSPOSE_ENTRY * _entries(acc, sizes, density)
     return cost
-
-
-def _accesses_of(e) -> list:
-    from ..notation import accesses
-    return accesses(e)
 
 
 def _entries(acc: Access, sizes: dict, density: dict) -> float:
@@ -315,7 +310,7 @@ def fixed(a: Assignment, groups: tuple, dtype: str) -> Plan:
             raise UnsupportedError(f"factorize group {group!r}: names {', '.join(missing) or 'too few operands'}; "
                                    f"the operands left are {', '.join(accs)}")
         members = [accs.pop(g) for g in group]
-        name = _fresh("t", taken)
+        name = fresh_name("t", taken)
         rest = list(accs.values())
         lhs = _temporary(name, members, rest, a.lhs, dtype)
         stmts.append(Assignment(lhs, _sum_over(lhs, members)))
@@ -335,7 +330,7 @@ def _sequences(accs, out: Access, taken: set, dtype: str, sizes, density):
         for x, y in itertools.combinations(range(len(current)), 2):
             pair = [current[x], current[y]]
             rest = [f for k, f in enumerate(current) if k not in (x, y)]
-            name = _fresh("t", set(names))
+            name = fresh_name("t", set(names))
             lhs = _temporary(name, pair, rest, out, dtype)
             yield from go(rest + [lhs], steps + [(lhs, pair)], names | {name})
         if steps:  # stop early: the rest in one statement
@@ -370,7 +365,8 @@ def _size(lhs: Access, sizes: dict) -> float:
     return n
 
 
-def _fresh(base: str, taken: set) -> str:
+def fresh_name(base: str, taken: set) -> str:
+    """``base1``, ``base2`` ...: the first not in ``taken``, which then holds it too."""
     k = 1
     while f"{base}{k}" in taken:
         k += 1
@@ -378,5 +374,5 @@ def _fresh(base: str, taken: set) -> str:
     return f"{base}{k}"
 
 
-__all__ = ["MIN_SAVING", "Plan", "best", "fixed", "plans", "product_density", "product_factors", "program_cost",
+__all__ = ["MIN_SAVING", "Plan", "best", "fixed", "fresh_name", "plans", "product_density", "product_factors", "program_cost",
            "ranked", "statement_cost"]

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from ..errors import SpcompError
 from ..formats import Format
-from ..notation import Access, Assignment, Sum, TensorVar, free_indices
-from .contract import Plan
+from ..notation import Access, Assignment, Sum, TensorVar, accesses, free_indices
+from .contract import Plan, fresh_name
 from .normalize import lift_sums, nested_sums, push_sums, replace, split_sums
 from .order import choose_order
 
@@ -30,7 +30,7 @@ def split(a: Assignment) -> Plan | None:
     rhs = lift_sums(a.rhs)
     if split_sums(rhs)[0]:
         return None  # the sum is the whole right side: nothing sits on top of it
-    taken = set(a.tensors) | {i.name for acc in [a.lhs] for i in acc.indices}
+    taken = set(a.tensors) | {i.name for i in a.lhs.indices}
     statements, final = [], rhs
     for s in nested_sums(rhs):
         if not isinstance(s, Sum) or not free_indices(s):
@@ -51,15 +51,11 @@ def _temporary(s: Sum, a: Assignment, taken: set) -> Access | None:
     others in order of appearance; the compute type of the statement."""
     free = free_indices(s)
     ordered = [i for i in a.lhs.indices if i in free]
-    ordered += [i for i in dict.fromkeys(i for acc in _accesses(s) for i in acc.indices)
+    ordered += [i for i in dict.fromkeys(i for acc in accesses(s) for i in acc.indices)
                 if i in free and i not in ordered]
     if len(ordered) != len(free):
         return None
-    k = 1
-    while f"t{k}" in taken:
-        k += 1
-    name = f"t{k}"
-    taken.add(name)
+    name = fresh_name("t", taken)
     dtype = "float64" if any(t.dtype == "float64" for t in a.tensors.values()) else "float32"
     return Access(TensorVar(name, len(ordered), Format.dense(len(ordered)), dtype), tuple(ordered))
 
@@ -75,11 +71,6 @@ def _reorders(temporary: Access, s: Sum) -> bool:
     summed, _body = split_sums(s)
     first_summed = min(rank.get(i, len(order)) for i in summed)
     return any(rank.get(i, -1) > first_summed for i in temporary.indices)
-
-
-def _accesses(e) -> list:
-    from ..notation import accesses
-    return accesses(e)
 
 
 __all__ = ["split"]
