@@ -331,22 +331,27 @@ def remember(recent, fast, operands):
     return recent
 
 
+def operand_check(value, st, fmt, op_cache):
+    """What a repeated call checks of one operand, ``(kind, fingerprint)``, given the
+    storage ``st`` a call made of ``value``; None when ``st`` is a converted copy
+    whose conversion must run on every call."""
+    if type(st) is Dense and st.array is value:
+        return ARRAY, (value.shape, value.strides, value.dtype)
+    if st is value:  # a Tensor in the kernel's format and dtype
+        return TENSOR, None
+    hit = op_cache.cached(value, fmt)
+    if hit is None or hit[1] is not st or hit[2] is None:
+        return None
+    return SCIPY, (hit[2], weakref.ref(st))
+
+
 def _operand_checks(plan, op_cache, operands, storages, checks: dict):
     """``checks`` with each operand's ``(kind, fingerprint)`` added (what a repeated
     call checks of it), or None when one is a converted copy whose conversion must
     run on every call."""
     for storage, operand, fmt, _dtype, _plain in plan.storages:
-        value, st = operands[operand], storages[storage]
-        if type(st) is Dense and st.array is value:
-            check = (ARRAY, (value.shape, value.strides, value.dtype))
-        elif st is value:  # a Tensor in the kernel's format and dtype
-            check = (TENSOR, None)
-        else:
-            hit = op_cache.cached(value, fmt)
-            if hit is None or hit[1] is not st or hit[2] is None:
-                return None
-            check = (SCIPY, (hit[2], weakref.ref(st)))
-        if checks.setdefault(operand, check)[0] != check[0]:
+        check = operand_check(operands[operand], storages[storage], fmt, op_cache)
+        if check is None or checks.setdefault(operand, check)[0] != check[0]:
             return None
     return checks
 
@@ -393,17 +398,10 @@ def build(plan, op_cache, launcher, variant, operands, storages, args, lohi, siz
             marked[k] = OUT
         elif role == "in" and checks[plan.operand_of[a]][0] == ARRAY:
             marked[k] = Slot(plan.operand_of[a], args[k])
-    # the generation the split is decided under, read first: a change after it only misses
-    generation = _threads.split_state[0] if lohi is not None and _threads.threshold_decides(units) else None
-    launch = launcher.launch(variant, marked, lohi, variant.lowered, sizes, storages)
-    watched = _threads.measured_threshold(_threads.get_num_threads()) if generation is not None else None
-    if launch is None:
+    launched = repeat_launch(launcher, variant, marked, lohi, sizes, storages, units, wrap)
+    if launched is None:
         return None
-    fn, call_args = launch
-    split_units = units if generation is not None and fn is not variant.function else None
-    repeat = fn if wrap is None else wrap(fn)
-    if split_units is not None:  # a split the threshold decided: timed (threads.note_split)
-        repeat = functools.partial(_threads.run_split, split_units, repeat, key=fn)
+    repeat, call_args, generation, watched, split_units, fn = launched
     template = [v.value if type(v) is Slot else v for v in call_args]
     entries = []
     for name, (kind, fp) in checks.items():
@@ -416,3 +414,24 @@ def build(plan, op_cache, launcher, variant, operands, storages, args, lohi, siz
         launcher.driver_bounds(variant, fn, sizes, storages),
         output_name if given is not None else None, not accumulate, overwrite, fail, generation, watched,
         split_units=split_units)
+
+
+def repeat_launch(launcher, variant, marked, lohi, sizes, storages, units, wrap=None):
+    """How a repeated call of ``variant`` runs: ``(function, its argument list,
+    split generation, watched threshold, split units, the native function)``, the
+    arguments being ``marked`` laid out as the launcher lays them out (markers kept,
+    so the caller finds its slots); None when the Python pool must run it. The
+    generation is that of the split the measured threshold decided (None: it did
+    not); ``wrap(fn)`` is what runs instead of a long ``fn`` (where Ctrl-C stops it)."""
+    # the generation the split is decided under, read first: a change after it only misses
+    generation = _threads.split_state[0] if lohi is not None and _threads.threshold_decides(units) else None
+    launch = launcher.launch(variant, marked, lohi, variant.lowered, sizes, storages)
+    watched = _threads.measured_threshold(_threads.get_num_threads()) if generation is not None else None
+    if launch is None:
+        return None
+    fn, call_args = launch
+    split_units = units if generation is not None and fn is not variant.function else None
+    repeat = fn if wrap is None else wrap(fn)
+    if split_units is not None:  # a split the threshold decided: timed (threads.note_split)
+        repeat = functools.partial(_threads.run_split, split_units, repeat, key=fn)
+    return repeat, call_args, generation, watched, split_units, fn

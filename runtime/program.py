@@ -22,6 +22,10 @@ big enough for threads of a run that has a chunked function runs that instead
 (:mod:`.program_chunks`): the same arguments, per-chunk capacities, slots and
 copies of summed outputs; with a dense ``+=`` (chunks add into the caller's rows
 in place) it runs 64-bit at once, since a rerun would add some rows twice.
+
+A run of dense statements keeps its last call (:mod:`.program_repeat`): called
+again with the same operands it replays the argument list, ~4 us of Python
+instead of all of the above.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ from .operands import Dense, index_bits
 from .outputs import Output
 from .plan import call_args
 from .program_chunks import as_declared, run_chunked
+from .program_repeat import record
 from .threads import get_num_threads
 
 
@@ -109,6 +114,12 @@ class FusedRun:
         self.expression = expression
         self.compiled = None  # what build(32) made, for inspection (set by spcomp.program)
         self.why = None  # why the run has no chunked function, where the planner said
+        self.repeat = None  # the last call, repeatable while its operands come back (program_repeat.py)
+
+    def repeated(self, env: dict) -> bool:
+        """Whether the last call, repeated on ``env``, ran (its results are in ``env``)."""
+        repeat = self.repeat
+        return repeat is not None and repeat.call(env)
 
     def wants_threads(self, env: dict) -> bool:
         """Whether this call is better run as the statements' own kernels: the run is
@@ -153,6 +164,10 @@ class FusedRun:
         # a sum into per-chunk copies splits only where the copies cost little (partials.py)
         return built if all(launcher.splits(low, z, s) for low, (s, z, _a, _c) in zip(built.lows, per_step)
                             if low.threads.partials) else None
+
+    def _fail(self, status: int):
+        """Raise the error of a failed repeated call (a run of dense statements)."""
+        raise_status(status, None, self.steps[-1].name, self.expression)
 
     @staticmethod
     def _extent(built, per_step):
@@ -256,6 +271,8 @@ class FusedRun:
                       and out.largest_count() > out.packed_k()]
             raise_status(status, packed[0] if packed else None, packed[0].name if packed else self.steps[-1].name,
                          self.expression)
+        if chunked is None:
+            self.repeat = record(self, built, per_step, bits, env, work, self._fail, Pending)
         it = iter(outs)
         for st, (_s, _z, array, _c) in zip(self.steps, per_step):
             if st.sparse:

@@ -123,9 +123,15 @@ class GpuProgramRun:
         self.built: dict = {}
         self.compiled = self.build(32, tuple(_default(kern.variant(32)) for kern in kernels))
 
+    repeat = None  # no repeated-call record: a device call's arguments are built each call
+
     def chunks(self, bits):
         """No function over chunks of rows (``k.ir`` asks)."""
         return None
+
+    def repeated(self, env: dict) -> bool:
+        """Never: every call takes the general path (see ``repeat``)."""
+        return False
 
     # ----------------------------------------------------------------- build
     def build(self, bits: int, hows: tuple) -> GpuBuild:

@@ -1,0 +1,206 @@
+"""A program's repeated call (runtime/program_repeat.py): the last call's argument
+list replayed while the same operands come back.
+
+Each test makes the general path unavailable after the first call where it
+claims the repeat ran (so a repeat that silently fell back would fail), and
+checks every result against NumPy: new arrays laid out alike swap their
+pointers in, arrays changed in place are read afresh, anything else (another
+shape, a changed SciPy matrix, another thread count, a read-only ``+=`` array,
+a wrong operand name) takes the general path and its checks.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import spcomp
+from spcomp.errors import OperandError, TranspositionWarning, UnsupportedError
+from spcomp.runtime import threads
+from spcomp.runtime.program import FusedRun
+from spcomp.testing.programs import close, program_operands, programs, reference_program
+
+from conftest import examples
+
+
+@pytest.fixture
+def no_general_path(monkeypatch):
+    """Calling this makes FusedRun's general path raise: what runs after it must repeat."""
+    def forbid():
+        def refuse(self, env, bits):
+            raise AssertionError("the general path ran where the repeat should have")
+        monkeypatch.setattr(FusedRun, "_run", refuse)
+    return forbid
+
+
+def _mv_program():
+    return spcomp.compile("t[i] = A[i,j]*x[j]; y[i] = t[i] + b[i]", formats={"A": "csr"})
+
+
+def _operands(seed=0, n=40):
+    rng = np.random.default_rng(seed)
+    return (sp.random(n, n, density=0.2, format="csr", random_state=seed),
+            rng.standard_normal(n), rng.standard_normal(n))
+
+
+def test_same_operands_repeat_and_return_new_arrays(no_general_path):
+    k = _mv_program()
+    A, x, b = _operands()
+    first = k(A=A, x=x, b=b)
+    run = k.segments[0][1]
+    assert k.launches == 1 and run.repeat is not None
+    assert run.repeat.names == {"A", "x", "b"}
+    no_general_path()
+    second = k(A=A, x=x, b=b)
+    assert second is not first  # a fresh output each call: the caller may keep the last one
+    np.testing.assert_allclose(second, A @ x + b)
+    np.testing.assert_allclose(first, A @ x + b)
+    x[:] = 2.0  # changed in place: read afresh
+    np.testing.assert_allclose(k(A=A, x=x, b=b), A @ x + b)
+    assert k.last_launches == 1
+
+
+def test_new_arrays_laid_out_alike_swap_pointers(no_general_path):
+    k = _mv_program()
+    A, x, b = _operands()
+    k(A=A, x=x, b=b)
+    no_general_path()
+    for seed in range(1, 4):
+        _, x2, b2 = _operands(seed)
+        np.testing.assert_allclose(k(A=A, x=x2, b=b2), A @ x2 + b2)
+
+
+def test_other_layouts_and_changed_matrices_take_the_general_path():
+    k = _mv_program()
+    A, x, b = _operands()
+    k(A=A, x=x, b=b)
+    A2, x2, b2 = _operands(5, n=23)  # another shape
+    np.testing.assert_allclose(k(A=A2, x=x2, b=b2), A2 @ x2 + b2)
+    np.testing.assert_allclose(k(A=A, x=x, b=b), A @ x + b)
+    A.data = A.data * 3.0  # a new data array in the same matrix object
+    np.testing.assert_allclose(k(A=A, x=x, b=b), A @ x + b)
+    xs = np.ascontiguousarray(np.stack([x, x], axis=1))[:, 0]  # strided: converted, never repeated
+    np.testing.assert_allclose(k(A=A, x=xs, b=b), A @ x + b)
+    np.testing.assert_allclose(k(A=A, x=x.astype(np.float32), b=b), A @ x + b, rtol=1e-6)
+
+
+def test_wrong_names_still_raise_after_a_repeat():
+    k = _mv_program()
+    A, x, b = _operands()
+    k(A=A, x=x, b=b)
+    with pytest.raises(OperandError, match="missing operand"):
+        k(A=A, x=x)
+    with pytest.raises(OperandError, match="unexpected operand"):
+        k(A=A, x=x, c=b)
+    with pytest.raises(OperandError, match="unexpected operand"):
+        k(A=A, x=x, b=b, t=b)
+
+
+def test_thread_count_change_misses():
+    k = _mv_program()
+    A, x, b = _operands()
+    k(A=A, x=x, b=b)
+    with threads.thread_limit(1):
+        np.testing.assert_allclose(k(A=A, x=x, b=b), A @ x + b)
+    np.testing.assert_allclose(k(A=A, x=x, b=b), A @ x + b)
+
+
+def test_accumulated_output_is_updated_in_place(no_general_path):
+    k = spcomp.compile("t[i] = A[i,j]*x[j]; y[i] += t[i] * 2", formats={"A": "csr"})
+    A, x, _ = _operands()
+    y = np.ones(40)
+    k(y=y, A=A, x=x)
+    run = k.segments[0][1]
+    assert k.launches == 1 and run.repeat is not None
+    no_general_path()
+    got = k(y=y, A=A, x=x)
+    assert got is y
+    np.testing.assert_allclose(y, 1 + 4 * (A @ x))
+    y2 = np.zeros(40)
+    k(y=y2, A=A, x=x)
+    np.testing.assert_allclose(y2, 2 * (A @ x))
+
+
+def test_read_only_accumulated_output_is_refused():
+    k = spcomp.compile("t[i] = A[i,j]*x[j]; y[i] += t[i] * 2", formats={"A": "csr"})
+    A, x, _ = _operands()
+    y = np.ones(40)
+    k(y=y, A=A, x=x)
+    frozen = np.ones(40)
+    frozen.flags.writeable = False
+    with pytest.raises(OperandError, match="writeable"):
+        k(y=frozen, A=A, x=x)
+    np.testing.assert_array_equal(frozen, 1.0)
+
+
+def test_scalar_output_repeats(no_general_path):
+    k = spcomp.compile("t[i] = A[i,j]*x[j]; s = sum(i, abs(t[i]))", formats={"A": "csr"})
+    A, x, _ = _operands()
+    want = np.abs(A @ x).sum()
+    assert k(A=A, x=x) == pytest.approx(want)
+    no_general_path()
+    got = k(A=A, x=x)
+    assert isinstance(got, float) and got == pytest.approx(want)
+
+
+def test_several_outputs_repeat(no_general_path):
+    k = spcomp.compile("t[i] = A[i,j]*x[j]; y[i] = t[i] + b[i]", formats={"A": "csr"}, outputs=["t", "y"])
+    A, x, b = _operands()
+    k(A=A, x=x, b=b)
+    no_general_path()
+    got = k(A=A, x=x, b=b)
+    np.testing.assert_allclose(got["t"], A @ x)
+    np.testing.assert_allclose(got["y"], A @ x + b)
+
+
+def test_row_split_run_repeats(monkeypatch, no_general_path):
+    """A run whose one loop over rows is split over threads repeats the split."""
+    monkeypatch.setattr(threads, "MIN_PARALLEL_WORK", 0)
+    k = _mv_program()
+    A, x, b = _operands(n=400)
+    with threads.thread_limit(2):
+        np.testing.assert_allclose(k(A=A, x=x, b=b), A @ x + b)
+        assert k.segments[0][1].repeat.inputs.keep is not None  # the native driver's bounds: split
+        no_general_path()
+        for seed in range(3):
+            _, x2, b2 = _operands(seed, n=400)
+            np.testing.assert_allclose(k(A=A, x=x2, b=b2), A @ x2 + b2)
+
+
+@settings(max_examples=examples(25), deadline=None)
+@given(st.data())
+def test_random_programs_repeat_with_new_and_changed_operands(data):
+    """Random programs called three times: the first operands, new ones of the same
+    shapes, then the first again after one of its arrays changed in place."""
+    case = data.draw(programs(max_statements=3))
+    first = data.draw(program_operands(case))
+    second = data.draw(program_operands(case))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TranspositionWarning)
+            k = spcomp.compile(case.text, formats=case.formats, outputs=list(case.outputs))
+    except UnsupportedError as e:
+        assert str(e)
+        return
+
+    def check(ops):
+        got = k(**{n: v[1] for n, v in ops.items()})
+        want = reference_program(k.program, {n: v[0] for n, v in ops.items()})
+        got = {case.outputs[0]: got} if len(case.outputs) == 1 else got
+        for name in case.outputs:
+            assert close(got[name], want[name]), (str(case), name)
+
+    check(first)
+    check(first)
+    check(second)
+    dense = [n for n, (_ref, v) in first.items() if isinstance(v, np.ndarray) and v.size]
+    if dense:
+        name = dense[0]
+        ref, v = first[name]
+        v *= -1.5
+        first[name] = (ref * -1.5, v)
+    check(first)
