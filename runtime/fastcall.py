@@ -15,7 +15,7 @@ import weakref
 
 import numpy as np
 
-from . import forksafe, split_threshold, threads as _threads
+from . import forksafe, native_entry, split_threshold, threads as _threads
 from .memory import data_ptr, pointer_parts
 from .operands import Dense, refuse_overlap, scipy_unchanged
 from . import outputs
@@ -54,7 +54,7 @@ class FastCall:
     __slots__ = ("checks", "count", "fn", "args", "out_slots", "out_shape", "out_dtype",
                  "threads", "keep", "given", "zero_given", "overwrite", "fail", "apart", "new_out",
                  "tensors", "arrays", "scipys", "out_check", "single_out", "spec", "split_generation",
-                 "split_threshold", "runner", "split_units")
+                 "split_threshold", "runner", "split_units", "native")
 
     def __init__(self, checks, fn, args, out_slots, out_shape, out_dtype, threads, keep,
                  given=None, zero_given=True, overwrite=False, fail=None, split_generation=None,
@@ -95,6 +95,7 @@ class FastCall:
         self.scipys = tuple((name, ref, fp) for name, ref, kind, fp, _s in self.checks if kind == SCIPY)
         self.out_check = next(((name, fp) for name, _r, kind, fp, _s in self.checks if kind == OUTPUT), None)
         self.spec = None  # the specialised function, made when the FastCall first serves a call
+        self.native = None  # ... and its native entry (native_entry.py), where one can be made
 
     def call(self, operands):
         """The result of the call with ``operands``, or MISS when they are not the
@@ -108,6 +109,7 @@ class FastCall:
         if args is None:
             return MISS
         self.spec = _specialise(self)
+        self.native = _native(self)
         return self.run(args, operands)
 
     def bind(self, operands):
@@ -274,6 +276,29 @@ def _specialise(fc: "FastCall"):
     return _defined(body, ns)
 
 
+def _native(fc: "FastCall"):
+    """``fc``'s native entry (native_entry.py), or None: not for a sparse output's
+    runner, a wrapped function (a long call watched for Ctrl-C, a split the
+    threshold times) or a split whose threshold is due for samples."""
+    if fc.runner is not None or fc.split_threshold is not None:
+        return None
+    checks = []
+    for name, ref, kind, fp, slots in fc.checks:
+        if kind == ARRAY:
+            checks.append((name, ref, 1, fp[0], fp[1], fp[2], slots))
+        elif kind == TENSOR:
+            checks.append((name, ref, 0, (), (), None, slots))
+        elif kind == SCIPY:
+            data, indices, indptr, shape, extents = fp[0]
+            if type(extents) is not bytes:  # (compared in Python, same_contents)
+                return None
+            checks.append((name, ref, 2, (), (), None, slots, (data, indices, indptr, fp[1], shape, extents)))
+    return native_entry.make(fc.fn, list(fc.args), fc.count, checks, fc.new_out, fc.given, fc.out_shape,
+                             fc.out_dtype, fc.zero_given, fc.apart, fc.out_slots,
+                             not fc.out_shape and fc.given is None, fc.threads, fc.split_generation,
+                             (fc.fn, fc.keep))
+
+
 def _defined(body: list, ns: dict):
     """The function ``call(operands)`` whose body is ``body`` (lines of fixed
     identifiers), its names looked up in ``ns``."""
@@ -306,6 +331,13 @@ class Recent:
 
     def call(self, operands):
         fast = self.latest
+        native = fast.native
+        if native is not None:  # the checks and the call in C (native_entry.py)
+            result = native_entry.run(native, operands)
+            if result is not native_entry.MISS:
+                if type(result) is tuple:
+                    fast.fail(result[0])
+                return result
         spec = fast.spec  # (its specialised function called here: one Python call less)
         result = spec(operands) if spec is not None else fast.call(operands)
         if result is not MISS:
