@@ -4,5 +4,5 @@ script can find. Everything else about the package is in pyproject.toml."""
 import numpy
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("spcomp.runtime._fastentry", ["runtime/fastentry.c"],
+setup(ext_modules=[Extension("spcomp.runtime.fastentry", ["runtime/fastentry.c"],
                              include_dirs=[numpy.get_include()], extra_compile_args=["-O2"], optional=True)])

@@ -1,4 +1,4 @@
-/* spcomp.runtime._fastentry: a kernel's repeated call in native code.
+/* spcomp.runtime.fastentry: a kernel's repeated call in native code.
  *
  * runtime/fastcall.py's FastCall checks that a call's operands are those of an
  * earlier one and replays its argument list. Done in Python, a warm call costs
@@ -373,7 +373,7 @@ static void entry_dealloc(Entry *e) {
 
 static PyTypeObject EntryType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "spcomp.runtime._fastentry.Entry",
+    .tp_name = "spcomp.runtime.fastentry.Entry",
     .tp_basicsize = sizeof(Entry),
     .tp_dealloc = (destructor)entry_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
@@ -530,9 +530,9 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_fastentry", NULL, -1, methods};
+static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "fastentry", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__fastentry(void) {
+PyMODINIT_FUNC PyInit_fastentry(void) {
     import_array();
     if (PyType_Ready(&EntryType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module_def);

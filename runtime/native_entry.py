@@ -3,7 +3,7 @@
 A kernel's warm repeated call through :mod:`.fastcall` costs a few microseconds
 of Python, and with cold host caches (a call after a burst of other work) ~80 us,
 most of it the interpreter touching its own objects and ctypes converting the
-arguments. The optional extension ``spcomp.runtime._fastentry`` (``fastentry.c``,
+arguments. The optional extension ``spcomp.runtime.fastentry`` (``fastentry.c``,
 built at install time when a C compiler is there) checks the same things and
 calls the kernel's function directly. :func:`make` builds its ``Entry`` for a
 call whose every check and argument it can take (``fastcall.FastCall.native``
@@ -24,11 +24,11 @@ import numpy as np
 from . import threads as _threads
 
 try:
-    from . import _fastentry
+    from . import fastentry
 except ImportError:  # built without a C compiler: the Python fast path alone
-    _fastentry = None
+    fastentry = None
 
-MISS = _fastentry.MISS if _fastentry is not None else object()
+MISS = fastentry.MISS if fastentry is not None else object()
 # the argument types the entry passes as 64-bit integers (fastentry.c)
 _INTEGER_ARGS = frozenset([ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_long, ctypes.c_longlong,
                            ctypes.c_int, ctypes.c_size_t, ctypes.c_ssize_t, ctypes.c_uint64, ctypes.c_uint32])
@@ -38,7 +38,7 @@ MAX_ARGS, MAX_DIMS, MAX_SLOTS = 48, 8, 8  # as fastentry.c sizes its tables
 
 def available() -> bool:
     """Whether the extension was built and is not turned off."""
-    return _fastentry is not None and os.environ.get("SPCOMP_NATIVE_ENTRY", "1") != "0"
+    return fastentry is not None and os.environ.get("SPCOMP_NATIVE_ENTRY", "1") != "0"
 
 
 def make(fn, template: list, count: int, checks: list, alloc, given, out_shape: tuple, out_dtype, zero_given: bool,
@@ -71,7 +71,7 @@ def make(fn, template: list, count: int, checks: list, alloc, given, out_shape: 
     split = split_generation is not None
     try:
         address = ctypes.cast(fn, ctypes.c_void_p).value
-        return _fastentry.make(
+        return fastentry.make(
             address, [v if type(v) is int else 0 for v in template], count,
             checks,
             np.ndarray, _alloc_kind(alloc), alloc, given, out_shape, dtype, nbytes, zero_given, apart, out_slots, scalar,
@@ -93,4 +93,4 @@ def _alloc_kind(alloc) -> int:
 
 def run(entry, operands):
     """The call's result, ``(status,)`` when the kernel failed, or MISS."""
-    return _fastentry.run(entry, operands)
+    return fastentry.run(entry, operands)

@@ -22,7 +22,7 @@ from spcomp.errors import OperandError
 from spcomp.runtime import Tensor, native_entry, threads
 
 pytestmark = pytest.mark.skipif(not native_entry.available(),
-                                reason="spcomp.runtime._fastentry was not built (no C compiler at install)")
+                                reason="spcomp.runtime.fastentry was not built (no C compiler at install)")
 
 
 def _kernel():
