@@ -44,7 +44,7 @@ from .operands import Dense, index_bits
 from .outputs import Output
 from .plan import call_args
 from .program_chunks import as_declared, run_chunked
-from .program_repeat import record
+from .program_repeat import own_pos_arg, record
 from .threads import get_num_threads
 
 
@@ -165,9 +165,16 @@ class FusedRun:
         return built if all(launcher.splits(low, z, s) for low, (s, z, _a, _c) in zip(built.lows, per_step)
                             if low.threads.partials) else None
 
-    def _fail(self, status: int):
-        """Raise the error of a failed repeated call (a run of dense statements)."""
-        raise_status(status, None, self.steps[-1].name, self.expression)
+    def _fail(self, status: int, outs: list, bits: int):
+        """Raise the error of a failed call of the ``bits``-bit function, its sparse
+        outputs ``outs`` discarded (a 32-bit overflow raises WiderIndices)."""
+        if status == STATUS_INDEX_OVERFLOW and bits == 64:
+            raise KernelRuntimeError(f"program {self.expression!r}: a 64-bit sparse tensor overflowed")
+        # a packed-block overflow names the output whose block outgrew its slots
+        packed = [out for out in outs if any(l.fixed_slots for l in out.fmt.levels)
+                  and out.largest_count() > out.packed_k()]
+        raise_status(status, packed[0] if packed else None, packed[0].name if packed else self.steps[-1].name,
+                     self.expression)
 
     @staticmethod
     def _extent(built, per_step):
@@ -233,7 +240,7 @@ class FusedRun:
                 out = Output(low, sizes, None, bits, False, False)
                 out.capacity = capacity
                 outs.append(out)
-                out_arg = _own_pos_arg(out) if st.name in built.own_pos else out.arg
+                out_arg = own_pos_arg(out) if st.name in built.own_pos else out.arg
             elif array is None:  # a row workspace: its parameter is gone from the function
                 out_arg = (lambda b: 0)
             else:
@@ -264,15 +271,9 @@ class FusedRun:
         if status != 0:
             for out in outs:
                 out.discard()
-            if status == STATUS_INDEX_OVERFLOW and bits == 64:
-                raise KernelRuntimeError(f"program {self.expression!r}: a 64-bit sparse tensor overflowed")
-            # a packed-block overflow names the output whose block outgrew its slots
-            packed = [out for out in outs if any(l.fixed_slots for l in out.fmt.levels)
-                      and out.largest_count() > out.packed_k()]
-            raise_status(status, packed[0] if packed else None, packed[0].name if packed else self.steps[-1].name,
-                         self.expression)
+            self._fail(status, outs, bits)
         if chunked is None:
-            self.repeat = record(self, built, per_step, bits, env, work, self._fail, Pending)
+            self.repeat = record(self, built, per_step, outs, bits, env, work, self._fail, Pending)
         it = iter(outs)
         for st, (_s, _z, array, _c) in zip(self.steps, per_step):
             if st.sparse:
@@ -290,15 +291,6 @@ class FusedRun:
 def _stand_in(low, st) -> bool:
     """Whether a chunk lowering computes step ``st``'s tensor in a rows-first stand-in."""
     return low.inspection.notation.lhs.tensor.format != st.ctx.plan.out_format
-
-
-def _own_pos_arg(out):
-    """An output's arguments where the function allocates its row ends: their slot."""
-    def arg(b):
-        if b.role == "output" and (b.level, b.array) == (1, "pos"):
-            return ctypes.byref(out.grow[(1, "pos")])
-        return out.arg(b)
-    return arg
 
 
 def _storages(ctx, ops: dict, pending: dict) -> dict:

@@ -1,31 +1,41 @@
 """A fused run's call, repeated while the same operands come back.
 
 A program's general call (:meth:`.program.FusedRun._run`) binds every statement's
-sizes, converts and checks its operands, and lays out the fused function's
-arguments: ~50 us of Python for a small run, against ~4 us for a one-statement
-kernel on its fast path (:mod:`.fastcall`). When a run wrote only dense tensors on
-this thread or through its row split (no sparse statement, no chunked function),
+sizes, converts and checks its operands, guesses each sparse statement's entries
+and lays out the fused function's arguments: ~50 us of Python for a small run,
+against ~1 us for a one-statement kernel on its fast path (:mod:`.fastcall`).
+When a run ran on this thread or through its row split (not by chunks of rows),
 the next call with the very operands (or new ndarrays laid out alike: the next
 batch) needs none of it again: the argument list is the last one with the
-changed input pointers and fresh output arrays swapped in. :class:`RunRepeat`
-keeps that list; its input checks are a :class:`~.fastcall.FastCall`'s (the very
+changed input pointers and fresh outputs swapped in. :class:`RunRepeat` keeps
+that list; its input checks are a :class:`~.fastcall.FastCall`'s (the very
 Tensor, an unchanged SciPy matrix, an ndarray's shape, strides and dtype; the
 thread count and the split threshold's generation the call was planned under).
 A ``+=`` output must again be a writeable row-major array of its shape and dtype.
-Every other array the run writes -- outputs and temporaries alike -- is new each
-call, as on the general path, so concurrent calls never share one.
+Every array the run writes -- outputs and temporaries alike -- is new each call,
+as on the general path, so concurrent calls never share one: a dense one made
+with ``np.zeros``, a sparse one as an :class:`~.outputs.Output` made again from
+the last call's (``Output.again``: its fixed arrays and the slots the kernel
+grows the others into), with the last call's first capacity. A sparse tensor
+that outgrew 32-bit positions makes the repeat step aside (the general path
+runs it again at 64 bits), so a run with a dense ``+=`` and a sparse statement
+is never repeated: the general path would add twice.
 """
 from __future__ import annotations
 
+import ctypes
 import weakref
 
 import numpy as np
+
+from spcomp.ir.nodes import STATUS_INDEX_OVERFLOW
 
 from . import interrupt, threads as _threads
 from .fastcall import ARRAY, FastCall, operand_check, plain_output_array, repeat_launch
 from .memory import data_ptr
 from .operands import Dense
 from .plan import call_args
+from .program_chunks import as_declared
 
 
 class Mark:
@@ -36,15 +46,48 @@ class Mark:
         self.name = name
 
 
+class OutMark:
+    """Argument ``binding`` of sparse step ``step``'s output, in a list being recorded."""
+    __slots__ = ("step", "binding")
+
+    def __init__(self, step, binding):
+        self.step, self.binding = step, binding
+
+
+class SparseStep:
+    """How a repeat makes and finishes one sparse statement's output."""
+    __slots__ = ("name", "proto", "capacity", "own_pos", "internal", "declared", "slots")
+
+    def __init__(self, name, out, own_pos, internal, declared):
+        self.name = name
+        self.proto = out.again(allocate=False)  # (holds no arrays between calls)
+        self.capacity = out.capacity
+        self.own_pos = own_pos    # its row ends come back through a slot (own_pos_arg)
+        self.internal = internal  # the function frees it: nothing to return
+        self.declared = declared  # the format to convert a rows-first stand-in to, or None
+        self.slots = ()           # (argument position, binding) of its arguments
+
+
+def own_pos_arg(out):
+    """An output's arguments where the function allocates its row ends: their slot."""
+    def arg(b):
+        if b.role == "output" and (b.level, b.array) == (1, "pos"):
+            return ctypes.byref(out.grow[(1, "pos")])
+        return out.arg(b)
+    return arg
+
+
 class RunRepeat:
     """What a repeated call of a fused run does: check, allocate, call."""
-    __slots__ = ("inputs", "given", "fresh", "fail", "names")
+    __slots__ = ("inputs", "given", "fresh", "sparse", "bits", "fail", "names")
 
-    def __init__(self, inputs, given, fresh, fail):
+    def __init__(self, inputs, given, fresh, sparse, bits, fail):
         self.inputs = inputs  # a FastCall: the input checks and the argument template
         self.given = given    # ((name, (shape, dtype), slots), ...) of the += outputs
         self.fresh = fresh    # ((name, shape, dtype, slots, as_scalar), ...) of the arrays made each call
-        self.fail = fail      # status -> raises
+        self.sparse = sparse  # SparseSteps, in program order
+        self.bits = bits      # the index width of the function it calls
+        self.fail = fail      # (status, the call's sparse Outputs, bits) -> raises
         # every operand name a call must pass: a caller whose names are exactly these
         # needs no check that it passed nothing else
         self.names = frozenset([e[0] for e in inputs.checks] + [g[0] for g in given])
@@ -69,22 +112,48 @@ class RunRepeat:
             for k in slots:
                 args[k] = p
             made.append((name, a, as_scalar))
-        status = self.inputs.fn(*args)
+        outs = []
+        for step in self.sparse:
+            out = step.proto.again()
+            out.capacity = step.capacity
+            arg = own_pos_arg(out) if step.own_pos else out.arg
+            for k, b in step.slots:
+                args[k] = arg(b)
+            outs.append(out)
+        try:
+            status = self.inputs.fn(*args)
+        except BaseException:  # Ctrl-C: free what the kernel allocated
+            for out in outs:
+                out.discard()
+            raise
         if status:
-            self.fail(status)
+            for out in outs:
+                out.discard()
+            if status == STATUS_INDEX_OVERFLOW and self.bits == 32:
+                return False  # outgrew 32-bit positions: the general path runs it at 64 bits
+            self.fail(status, outs, self.bits)
         for name, a, as_scalar in made:
             env[name] = a.item() if as_scalar else a
+        for step, out in zip(self.sparse, outs):
+            if step.internal:
+                out.discard()  # the kernel freed its arrays and emptied the slots: a no-op
+            elif step.declared is not None:
+                env[step.name] = as_declared(out.result(), step.declared, self.bits)
+            else:
+                env[step.name] = out.result()
         return True
 
 
-def record(run, built, per_step, bits: int, env: dict, work: int, fail, stand_in):
+def record(run, built, per_step, outs: list, bits: int, env: dict, work: int, fail, stand_in):
     """The :class:`RunRepeat` of the call just made of ``run`` with ``built`` (its
-    steps' ``(storages, sizes, array, capacity)`` in ``per_step``; ``stand_in``: the
+    steps' ``(storages, sizes, array, capacity)`` in ``per_step``, its sparse steps'
+    Outputs in ``outs``; ``stand_in``: the
     type standing in for a tensor the function keeps itself), or None where
-    a repeat could not be trusted: a sparse statement, an operand converted per
-    call, an operand both read and written, or a launch the Python pool runs."""
+    a repeat could not be trusted: an operand converted per call, a dense ``+=``
+    with a sparse statement (a repeat stepping aside at 32 bits would add twice),
+    or a launch the Python pool runs."""
     steps = run.steps
-    if any(st.sparse for st in steps):
+    if any(st.sparse for st in steps) and any(st.accumulate and not st.sparse for st in steps):
         return None
     written = {st.name for st in steps}
     accumulated = {st.name for st in steps if st.accumulate}
@@ -100,7 +169,8 @@ def record(run, built, per_step, bits: int, env: dict, work: int, fail, stand_in
             check = operand_check(env[spec.operand], storage, spec.format, st.ctx.operands)
             if check is None or checks.setdefault(spec.operand, check)[0] != check[0]:
                 return None
-    marked = _marked_args(run, built, per_step, bits, checks, names_of, written)
+    sparse_of = {j: out for j, out in zip([j for j, st in enumerate(steps) if st.sparse], outs)}
+    marked = _marked_args(run, built, per_step, bits, checks, names_of, written, sparse_of)
     variant = built.variant
     if variant is None:
         fn, call_list, generation, watched, split_units, keep = interrupt.wrap(built.function, work), marked, \
@@ -119,9 +189,18 @@ def record(run, built, per_step, bits: int, env: dict, work: int, fail, stand_in
         generation = _threads.split_state[0]
     template = [0 if type(v) is Mark else v for v in call_list]
     slots_of: dict = {}
+    sparse = {j: SparseStep(steps[j].name, out, steps[j].name in built.own_pos, steps[j].internal,
+                            None if out.fmt == steps[j].ctx.plan.out_format else steps[j].ctx.plan.out_format)
+              for j, out in sparse_of.items()}
+    out_slots: dict = {}
     for k, v in enumerate(call_list):
         if type(v) is Mark:
             slots_of.setdefault(v.name, []).append(k)
+        elif type(v) is OutMark:
+            template[k] = 0
+            out_slots.setdefault(v.step, []).append((k, v.binding))
+    for j, step in sparse.items():
+        step.slots = tuple(out_slots.get(j, ()))
     for k, v in enumerate(call_list):  # an input array's recorded pointer, swapped when a new array comes
         if type(v) is Mark and v.name not in written:
             template[k] = data_ptr(env[v.name])
@@ -131,7 +210,7 @@ def record(run, built, per_step, bits: int, env: dict, work: int, fail, stand_in
                       split_generation=generation, split_threshold=watched, split_units=split_units)
     given, fresh = [], []
     for st, (_s, sizes, array, _c) in zip(steps, per_step):
-        if array is None:  # a row workspace the function keeps itself
+        if array is None:  # a sparse tensor, or a row workspace the function keeps itself
             continue
         slots = tuple(slots_of.get(st.name, ()))
         if st.name in accumulated:
@@ -139,15 +218,16 @@ def record(run, built, per_step, bits: int, env: dict, work: int, fail, stand_in
         else:
             fresh.append((st.name, array.shape, array.dtype, slots,
                           array.ndim == 0 and st.returned))
-    return RunRepeat(inputs, tuple(given), tuple(fresh), fail)
+    return RunRepeat(inputs, tuple(given), tuple(fresh), tuple(sparse[j] for j in sorted(sparse)), bits, fail)
 
 
-def _marked_args(run, built, per_step, bits, checks, names_of, written) -> list:
+def _marked_args(run, built, per_step, bits, checks, names_of, written, sparse_of) -> list:
     """The fused function's argument list as the call just made laid it out, with a
     :class:`Mark` wherever a call may pass another pointer: a run-written array
-    (new each call, or the caller's ``+=`` array) and an input ndarray."""
+    (new each call, or the caller's ``+=`` array) and an input ndarray; an
+    :class:`OutMark` for each argument of a sparse output."""
     lists = []
-    for st, plan, (storages, sizes, array, capacity) in zip(run.steps, built.plans, per_step):
+    for j, (st, plan, (storages, sizes, array, capacity)) in enumerate(zip(run.steps, built.plans, per_step)):
         ctx = st.ctx
 
         def in_arg(storage, b, k, pointers, ctx=ctx):
@@ -158,7 +238,9 @@ def _marked_args(run, built, per_step, bits, checks, names_of, written) -> list:
                 return 0
             return ctx.operands.input_arg(storage, b, k, pointers)
 
-        def out_arg(binding, name=st.name, array=array):
+        def out_arg(binding, name=st.name, array=array, j=j):
+            if j in sparse_of:
+                return OutMark(j, binding)
             return 0 if array is None else Mark(name)
         args, _ = call_args(plan, storages, sizes, bits, True, in_arg, out_arg, capacity)
         lists.append(args)

@@ -204,3 +204,60 @@ def test_random_programs_repeat_with_new_and_changed_operands(data):
         v *= -1.5
         first[name] = (ref * -1.5, v)
     check(first)
+
+
+def _chain_operands(seed=0, n=30):
+    rng = np.random.default_rng(seed)
+    return (sp.random(n, n, density=0.1, format="csr", random_state=seed),
+            sp.random(n, n, density=0.1, format="csr", random_state=seed + 1), rng.standard_normal(n))
+
+
+def test_sparse_temporary_repeats(no_general_path):
+    k = spcomp.compile("T[i,k] = A[i,j]*B[j,k]; y[i] = T[i,k]*x[k]",
+                       formats={"A": "csr", "B": "csr", "T": "csr"})
+    A, B, x = _chain_operands()
+    np.testing.assert_allclose(k(A=A, B=B, x=x), (A @ B) @ x)
+    assert k.launches == 1 and k.segments[0][1].repeat is not None
+    no_general_path()
+    for seed in range(3):
+        x2 = np.random.default_rng(seed).standard_normal(30)
+        np.testing.assert_allclose(k(A=A, B=B, x=x2), (A @ B) @ x2)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "dcsr", "coo"])
+def test_sparse_outputs_repeat_as_new_tensors(fmt, no_general_path):
+    k = spcomp.compile("T[i,k] = A[i,j]*B[j,k]; U[i,k] = T[i,k]*s[k]",
+                       formats={"A": "csr", "B": "csr", "T": "csr", "U": fmt}, outputs=["T", "U"])
+    A, B, s = _chain_operands(3)
+    first = k(A=A, B=B, s=s)
+    assert k.segments[0][1].repeat is not None
+    no_general_path()
+    second = k(A=A, B=B, s=s)
+    assert second["U"] is not first["U"] and second["T"] is not first["T"]
+    want = (A @ B).toarray()
+    for got in (first, second):
+        np.testing.assert_allclose(got["T"].to_numpy(), want)
+        np.testing.assert_allclose(got["U"].to_numpy(), want * s)
+        assert got["U"].format == k.program.tensors["U"].format  # the declared format, stand-ins converted
+
+
+def test_a_repeat_past_32_bit_positions_steps_aside(monkeypatch):
+    """T's entries depend on d's values (zeros dropped): the first call fits 32-bit
+    positions, a later one with new values laid out alike does not. The repeat
+    must hand that call to the general path, which runs it at 64 bits."""
+    from spcomp.lower import record as lower_record
+    monkeypatch.setattr(lower_record, "INDEX32_LIMIT", 40)
+    k = spcomp.compile("T[i,k] = A[i,j]*d[j]*B[j,k]; y[i] = T[i,k]*x[k]",
+                       formats={"A": "csr", "B": "csr", "T": "csr"}, drop_zeros=True)
+    n = 30
+    A = sp.csr_matrix((np.ones(n), np.zeros(n, dtype=np.int32), np.arange(n + 1)), shape=(n, n))  # column 0
+    B = sp.csr_matrix((np.ones(n), np.arange(n), np.r_[0, np.full(n, n)]), shape=(n, n))  # row 0
+    x = np.arange(1.0, n + 1)
+    d = np.zeros(n)  # A·diag(d)·B empty: nothing stored
+    np.testing.assert_allclose(k(A=A, d=d, B=B, x=x), A @ (d[:, None] * B.toarray()) @ x)
+    run = k.segments[0][1]
+    assert k.launches == 1 and run.repeat is not None and run.repeat.bits == 32
+    d2 = np.ones(n)  # all n² entries: past the limit of 40
+    np.testing.assert_allclose(k(A=A, d=d2, B=B, x=x), A @ (d2[:, None] * B.toarray()) @ x)
+    assert run.repeat.bits == 64  # the general path ran at 64 bits and recorded that call
+    np.testing.assert_allclose(k(A=A, d=d2, B=B, x=x), A @ (d2[:, None] * B.toarray()) @ x)
