@@ -114,10 +114,9 @@ class ProgramKernel(SavedProgram):
         """Statement ``k`` lowered for a fused run, or None when it cannot join one:
         it must write a dense row-major tensor, or a sparse one it assembles in one
         pass into arrays it grows itself or fixed ones (a packed-block level: the
-        runtime allocates them), and no dense ``+=`` before
-        it in the program: a 32-bit overflow reruns the whole run, and a dense ``+=``
-        adds into the caller's array in place; a sparse ``+=`` reads the caller's
-        tensor and assembles a new one, ``C = C_old + ...``, so it may rerun)."""
+        runtime allocates them). (A run with a dense ``+=`` before a sparse statement
+        runs 64-bit at once: ``FusedRun``; a sparse ``+=`` reads the caller's tensor and
+        assembles a new one, ``C = C_old + ...``, so it may rerun.)"""
         caps = self._target.capabilities
         stmts = self.program.statements
         a = stmts[k]
@@ -127,8 +126,6 @@ class ProgramKernel(SavedProgram):
         if fmt.is_dense:
             if fmt.order != tuple(range(fmt.ndim)):
                 return None
-        elif any(s.accumulate and s.lhs.tensor.format.is_dense for s in stmts[:k]):
-            return None
         low = self._target.lower(a, self._statement_options(k, True))
         if fmt.is_dense:
             if (low.output.shape != "dense" or low.output.growable or low.output.bounded
