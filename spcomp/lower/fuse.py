@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..formats import Compressed, Dense
 from ..ir import nodes as n
 from ..ir.types import I64, Type, ptr
 from .context import Names
@@ -167,15 +168,15 @@ def _transposed_copy(storage, bindings, mapping, written, tensor, rows, cols, na
     mine = {(b.level, b.array): mapping[b.var.name] for b in bindings if b.role == "input" and b.storage == storage}
     size = {b.index: mapping[b.var.name] for b in bindings if b.role == "size"}
     prologue, source = [], {}
-    for key in ((1, "pos"), (1, "crd"), (-1, "vals")):
-        var, role = written[(tensor, *key)]
+    for (t, level, array), (var, role) in written.items():
+        if t != tensor:
+            continue
         if role == "output_grow":
-            local = n.Var(names(f"{tensor}_{key[1]}_source"), var.type.elem)
+            local = n.Var(names(f"{tensor}_{array}{max(level, 0)}_source"), var.type.elem)
             prologue.append(n.Declare(local, n.Load(var, n.i64(0))))
             var = local
-        source[key] = var
-    copy = TransposedCopy(mine[(1, "pos")], mine[(1, "crd")], mine[(-1, "vals")], source[(1, "pos")],
-                          source[(1, "crd")], source[(-1, "vals")], size[rows], size[cols])
+        source[(level, array)] = var
+    copy = TransposedCopy(mine[(1, "pos")], mine[(1, "crd")], mine[(-1, "vals")], source, size[rows], size[cols])
     return copy, prologue
 
 
@@ -207,27 +208,29 @@ def made_arrays(low) -> set:
     return {(b.level, b.array) for b in low.code.bindings if b.role in ("output", "output_grow")}
 
 
-#: what a csr writer's parameters hand over (reads_plainly)
-CSR_ARRAYS = {(1, "pos"), (1, "crd"), (-1, "vals")}
-
-
-def reads_plainly(low, written: dict, copies: bool = False) -> bool:
+def reads_plainly(low, written: dict, copies=()) -> bool:
     """Whether a lowering reads every tensor of ``written`` (name -> the arrays its
     writer makes, ``(level, array)``: :func:`made_arrays`) as itself, and only arrays the writer makes:
     no diagonal copy, and no transposed copy the runtime would have to make, except
-    (``copies``) the transpose of a 2-d csr temporary, which the fused function
-    makes itself (``lower/fused_transpose.py``)."""
+    of the 2-d sparse temporaries named in ``copies`` read as a ``dc`` copy, which the
+    fused function makes itself (``lower/fused_transpose.py``; the caller checked
+    that their writers store them so it can)."""
     ops = low.operands
     if {d.operand for d in ops.diagonals.values()} & set(written):
         return False
     for op, fmt in ops.transposes.values():
-        if op in written and not (copies and written[op] == CSR_ARRAYS and len(fmt.levels) == 2
-                                  and fmt.levels[0].is_dense and not fmt.levels[1].is_dense and fmt.order == (1, 0)):
+        if op in written and not (op in copies and is_dense_compressed(fmt)):
             return False
     for b in low.code.bindings:
         if b.role == "input" and b.storage in written and (b.level, b.array) not in written[b.storage]:
             return False
     return True
+
+
+def is_dense_compressed(fmt) -> bool:
+    """Whether ``fmt`` is 2-d ``dc`` in either mode order (what an in-function copy is)."""
+    return (fmt.blocks is None and len(fmt.levels) == 2 and type(fmt.levels[0]) is Dense
+            and type(fmt.levels[1]) is Compressed and fmt.levels[1].unique)
 
 
 def parallel_rows(fn: n.Function) -> n.Function | None:

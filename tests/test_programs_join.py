@@ -1,0 +1,159 @@
+"""Statements that used to split a program into several kernels now join one function.
+
+Two cases (issue 24): a sparse statement after a dense ``+=`` (such a run calls its
+64-bit function at once, so a 32-bit overflow never reruns the ``+=``), and a
+reader of a 2-d sparse temporary stored ``dc`` (csr, csc), ``cc`` (dcsr) or
+``c q`` (coo) against its order (the copy is made inside the function,
+``lower/fused_transpose.py``, ``spcomp/program_copies.py``). Every result is
+checked against numpy.einsum; what still cannot join (a 3-d temporary read in
+another mode order) runs as kernels of their own, ``k.loops`` saying why.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import spcomp
+from spcomp.lower import record
+from spcomp.testing.check import densify
+
+from conftest import examples, spcomp_threads
+
+
+def _compile(text, formats, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # TranspositionWarning: the copy the function makes
+        return spcomp.compile(text, formats=formats, **kw)
+
+
+def _dense(v):
+    return np.asarray(densify(v), dtype=np.float64)
+
+
+def _ops(seed, I=13, J=11, K=9):
+    rng = np.random.default_rng(seed)
+    return {"A": sp.random(I, J, density=0.3, format="csr", random_state=seed),
+            "B": sp.random(J, K, density=0.3, format="csr", random_state=seed + 1),
+            "F": rng.standard_normal((K, I)), "x": rng.standard_normal(I), "w": rng.standard_normal(K)}
+
+
+@pytest.mark.parametrize("t_format", ["csr", "dcsr", "coo"])
+@pytest.mark.parametrize("z_format", ["csr", "dcsr", "coo", "dense"])
+def test_a_transposed_read_of_a_sparse_temporary_joins(t_format, z_format):
+    k = _compile("T[i,k] = A[i,j]*B[j,k]; Z[k,i] = T[i,k] + F[k,i]",
+                 {"A": "csr", "B": "csr", "T": t_format, "Z": z_format})
+    assert k.launches == 1, k.loops
+    ops = _ops(7)
+    want = np.einsum("ij,jk->ki", ops["A"].toarray(), ops["B"].toarray()) + ops["F"]
+    for threads in (1, 2):
+        with spcomp_threads(threads, min_work=0):
+            assert np.allclose(_dense(k(A=ops["A"], B=ops["B"], F=ops["F"])), want)
+
+
+def test_a_csc_temporary_read_by_rows_joins():
+    k = _compile("T[i,k] = A[i,j]*B[j,k]; Z[i,k] = T[i,k] * 2; y[i] = Z[i,k]*w[k]",
+                 {"A": "csr", "B": "csr", "T": "csc", "Z": "csr"})
+    assert k.launches == 1 and "reads T through a transposed copy made inside the function" in k.loops, k.loops
+    ops = _ops(3)
+    assert np.allclose(k(A=ops["A"], B=ops["B"], w=ops["w"]), 2 * (ops["A"] @ ops["B"]) @ ops["w"])
+
+
+@pytest.mark.parametrize("t_format", ["dcsr", "coo"])
+def test_the_copy_of_a_grown_temporary(monkeypatch, t_format):
+    """T's arrays grow by realloc (capacity 1 at first) before the copy reads them."""
+    from spcomp.runtime import launch
+    monkeypatch.setattr(launch, "FIRST_CAPACITY", 1)
+    k = _compile("T[i,k] = A[i,j]*B[j,k]; Z[k,i] = T[i,k]*3", {"A": "csr", "B": "csr", "T": t_format, "Z": "csr"})
+    assert k.launches == 1
+    ops = _ops(11, I=40, J=30, K=35)
+    assert np.allclose(_dense(k(A=ops["A"], B=ops["B"])), 3 * (ops["A"] @ ops["B"]).T.toarray())
+
+
+def test_a_3d_temporary_read_in_another_order_keeps_kernels_and_says_why():
+    k = _compile("T[i,j,k] = A[i,j,k]*2; Z[k,j,i] = T[i,j,k]*3", {"A": "csf", "T": "csf", "Z": "csf"})
+    assert k.launches == 2
+    assert "a kernel of its own (not in the run before it: it reads T (ccc) through a copy" in k.loops, k.loops
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((4, 5, 6)) * (rng.random((4, 5, 6)) < 0.3)
+    got = _dense(k(A=spcomp.Tensor.from_numpy(a, "csf")))
+    assert np.allclose(got, 6 * np.einsum("ijk->kji", a))
+
+
+def test_a_sparse_statement_after_a_dense_add_joins():
+    k = _compile("Y[i,k] += A[i,j]*B[j,k]; T[i,k] = A[i,j]*B[j,k]; z[k] = T[i,k]*x[i]",
+                 {"A": "csr", "B": "csr", "T": "csr"})
+    assert k.launches == 1, k.loops
+    ops = _ops(5)
+    P = (ops["A"] @ ops["B"]).toarray()
+    Y = np.ones(P.shape)
+    got = k(A=ops["A"], B=ops["B"], x=ops["x"], Y=Y)
+    assert got["Y"] is Y and np.allclose(Y, 1 + P)
+    assert np.allclose(got["z"], np.einsum("ik,i->k", P, ops["x"]))
+    assert k.segments[0][1].variants.get(64) is not None   # called 64-bit at once
+
+
+def test_a_dense_add_before_an_overflowing_sparse_statement_adds_once(monkeypatch):
+    """T passes the (lowered) 32-bit limit: a rerun of the whole run at 64 bits would
+    add into Y twice; the run calls the 64-bit function from the start instead."""
+    monkeypatch.setattr(record, "INDEX32_LIMIT", 30)
+    k = _compile("Y[i,k] += A[i,k]*2; T[i,k] = A[i,j]*B[j,k]", {"A": "csr", "B": "csr", "T": "csr"},
+                 outputs=["Y", "T"])
+    assert k.launches == 1
+    ops = _ops(1, I=12, J=12, K=12)
+    P = (ops["A"] @ ops["B"]).toarray()
+    assert np.count_nonzero(P) > 30
+    Y = np.ones((12, 12))
+    with spcomp_threads(1):
+        got = k(A=ops["A"], B=ops["B"], Y=Y)
+    assert np.allclose(Y, 1 + 2 * ops["A"].toarray()) and np.allclose(_dense(got["T"]), P)
+
+
+@settings(max_examples=examples(25), deadline=None)
+@given(st.data())
+def test_random_chains_with_adds_and_transposed_reads(data):
+    """A writer of a temporary in a random format, its reader (by rows or against
+    them), a dense += before or after, and sometimes a statement reading the
+    reader's output: checked against numpy.einsum at one and two threads."""
+    t_format = data.draw(st.sampled_from(["csr", "csc", "dcsr", "coo", "dense"]), label="T")
+    z_format = data.draw(st.sampled_from(["csr", "dcsr", "coo", "dense"]), label="Z")
+    flip = data.draw(st.booleans(), label="Z is T transposed")
+    add = data.draw(st.sampled_from([None, "before", "after"]), label="Y +=")
+    then = data.draw(st.booleans(), label="then y = Z*v")
+    I, J, K = (data.draw(st.integers(1, 8), label=n) for n in "IJK")
+    seed = data.draw(st.integers(0, 2 ** 16), label="seed")
+    ops = _ops(seed, I, J, K)
+    rng = np.random.default_rng(seed)
+    ops["G"] = rng.standard_normal((I, K))
+    z_idx, g = ("k,i", "F[k,i]") if flip else ("i,k", "G[i,k]")
+    stmts = ["T[i,k] = A[i,j]*B[j,k]", f"Z[{z_idx}] = T[i,k] * {g}"]
+    if then:
+        stmts.append(f"y[{z_idx[0]}] = Z[{z_idx}] * {'x' if flip else 'w'}[{z_idx[2]}]")
+    if add == "before":
+        stmts.insert(0, "Y[i,j] += A[i,j] * 3")
+    elif add == "after":
+        stmts.append("Y[i,j] += A[i,j] * 3")
+    formats = {"A": "csr", "B": "csr", "T": t_format, "Z": z_format}
+    k = _compile("; ".join(stmts), formats)
+    if t_format != "dense":
+        assert k.launches == 1, k.loops   # every statement joins one function
+    T = ops["A"].toarray() @ ops["B"].toarray()
+    Z = T.T * ops["F"] if flip else T * ops["G"]
+    want = {"Z": Z}
+    if then:
+        want = {"y": Z @ (ops["x"] if flip else ops["w"])}
+    args = {n: v for n, v in ops.items() if n in k.inputs}
+    for threads in (1, 2):
+        with spcomp_threads(threads, min_work=0):
+            Y = np.ones((I, J))
+            got = k(**args, **({"Y": Y} if add else {}))
+        if add:
+            assert np.allclose(Y, 1 + 3 * ops["A"].toarray())
+            got = {n: v for n, v in got.items() if n != "Y"}
+        got = got if isinstance(got, dict) else {k.outputs[0]: got}
+        for name, value in want.items():
+            assert np.allclose(_dense(got[name]), value), (stmts, formats, threads, name)
