@@ -7,12 +7,12 @@ or a sparse one assembled in one pass (a temporary or an output) is lowered
 statement by statement and joined into one native function (``lower/fuse.py``):
 one launch, no Python between the statements, a dense temporary passed from one
 loop nest to the next through the same array, a sparse one through the arrays
-its writer grows (and frees at the end when nothing else sees it); a 2-d sparse
-temporary read against its order through a ``dc`` copy the function makes
-(``program_copies.py``), a sparse statement after a dense ``+=`` too (such a run
-runs 64-bit at once: ``runtime/program.py``). A statement that cannot join (a
-reader of a 3-d sparse temporary in another mode order, of a diagonal copy; an
-output no fused function writes) runs as a kernel of its own, its result handed
+its writer grows (and frees at the end when nothing else sees it); a sparse
+temporary read against its order through a copy the function makes (``dc`` for
+2-d, a coordinate list above: ``program_copies.py``), a sparse statement after a
+dense ``+=`` too (such a run runs 64-bit at once: ``runtime/program.py``). A
+statement that cannot join (a reader of a diagonal copy, of a transposed copy of a
+blocked or unordered temporary; an output no fused function writes) runs as a kernel of its own, its result handed
 to the next one by the runtime (``k.loops`` says which is which, and why;
 ``k.launches`` counts them). On a
 backend without raw pointers (the CUDA backends) ``program_gpu.py`` plans instead:
@@ -50,7 +50,8 @@ from .lower.outputs import rows_first
 from .lower.record import Code
 from .runtime.call import CallContext
 from .runtime.launch import Variant
-from .program_copies import apart_reason, copy_recasts, copyable, reads_only_copies, transposed_copies
+from .program_copies import (apart_reason, copy_recasts, copyable, declared_in_warnings, reads_only_copies,
+                             transposed_copies)
 from .program_saved import SavedProgram
 from .program_tiles import keep_tiles, temporary_params
 from .runtime.program import FusedBuild, FusedRun, FusedStep
@@ -129,7 +130,7 @@ class ProgramKernel(SavedProgram):
             recast = copy_recasts(low, copyables)
             alt = self._fusable_lowering(k, recast) if recast else None
             if alt is not None and reads_only_copies(alt, recast) and reads_plainly(alt, written, copyables):
-                return alt
+                return declared_in_warnings(alt, recast, copyables)
         if low is not None and reads_plainly(low, written, copyables):
             return low
         return apart_reason(k, low, written, {n: t.format for n, t in self.program.tensors.items()})

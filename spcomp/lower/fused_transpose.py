@@ -1,4 +1,4 @@
-"""A fused run's transposed copy of a 2-d sparse temporary, made inside the function.
+"""A fused run's copy of a sparse temporary in another mode order, made inside the function.
 
 A statement that reads a temporary against its storage order (``C[k,i] = T[i,k]``
 with ``T`` csr) reads a copy stored the other way (``T_T``, format ``dc:1,0``: a
@@ -11,7 +11,9 @@ writer may store ``T`` as ``dc`` (csr, or csc read by rows: its "rows" are then 
 columns), ``cc`` (dcsr: rows walked through its stored row coordinates) or
 ``c q`` (coo: one row coordinate per entry), each with its top level ordered; the
 copy is always ``dc`` (``spcomp.program_copies`` asks the reader's lowering for
-that). The copy's three arrays are the function's own heap arrays, freed after the reader.
+that). A temporary of order 3 or more is copied as a sorted coordinate list
+instead (:func:`sorted_copy_block`: a stable counting sort per level but the last).
+The copy's arrays are the function's own heap arrays, freed after the reader.
 """
 from __future__ import annotations
 
@@ -96,6 +98,129 @@ def transpose_block(c: TransposedCopy, names) -> list:
         n.Allocate(nxt, n.Binary("max", c.cols, n.i64(1)), free=(c.pos, c.crd, c.vals)),
         count, scan, place, n.Free(nxt),
     ]
+
+
+@dataclasses.dataclass
+class SortedCopy:
+    """A copy stored as a coordinate list (``c(nonunique) q(nonunique) ... q``) in
+    another mode order: its arrays (``target``: (level, array) -> the reader's
+    parameter variable, now a local), the writer's (``source``), the size of each
+    of the writer's levels' dimensions (``sizes``) and, per level of the copy, the
+    writer's level that holds its coordinate (``key``)."""
+    target: dict
+    source: dict
+    sizes: list
+    key: list
+
+    @property
+    def arrays(self) -> list:
+        return list(self.target.values())
+
+
+def _walk(c: SortedCopy, level: int, parent, coords: list, body, names):
+    """A loop over the writer's entries in storage order (each level dense, compressed
+    or singleton, told by its arrays), ``body(coords, p)`` run at each with its
+    coordinates (per writer level) and its position ``p``."""
+    if level == len(c.sizes):
+        return body(coords, parent)
+    pos, crd = c.source.get((level, "pos")), c.source.get((level, "crd"))
+    if crd is None:  # dense: positions parent * N + coordinate
+        x = n.Var(names("copy_c"), I64)
+        at = n.Binary("+", n.Binary("*", parent, c.sizes[level]), x)
+        p = n.Var(names("copy_p"), I64)
+        inner = _walk(c, level + 1, p, coords + [x], body, names)
+        return n.For(x, n.i64(0), c.sizes[level], n.Block((n.Declare(p, at), inner)))
+    x = n.Var(names("copy_c"), I64)
+    if pos is None:  # singleton: the parent's position, one coordinate
+        return n.Block((n.Declare(x, _i64(n.Load(crd, parent))),
+                        _walk(c, level + 1, parent, coords + [x], body, names)))
+    p = n.Var(names("copy_p"), I64)
+    return n.For(p, _i64(n.Load(pos, parent)), _i64(n.Load(pos, n.Binary("+", parent, n.i64(1)))), n.Block((
+        n.Declare(x, _i64(n.Load(crd, p))), _walk(c, level + 1, p, coords + [x], body, names))))
+
+
+def _positions(c: SortedCopy):
+    """The writer's entry count: its last level's positions (each level's from its parent's)."""
+    count = n.i64(1)
+    for level, size in enumerate(c.sizes):
+        pos = c.source.get((level, "pos"))
+        if (level, "crd") not in c.source:
+            count = n.Binary("*", count, size)
+        elif pos is not None:
+            count = _i64(n.Load(pos, count))
+    return count
+
+
+def sorted_copy_block(c: SortedCopy, names) -> list:
+    """Statements that allocate and fill ``c``'s arrays: the writer's entries walked
+    once into a coordinate array per level (at their positions), then stably sorted
+    by each of the copy's levels but the last, last to first (a counting sort each:
+    count, scan, place a permutation), then laid out in that order. Entries that agree
+    on every level but the copy's last come out in the writer's order, which is
+    ascending in that level's coordinate, so the list is sorted. Every temporary is
+    freed before the reader runs; a failed allocation frees what was made before it."""
+    ndim = len(c.sizes)
+    nnz = n.Var(names("copy_nnz"), I64)
+    coords = [n.Var(names(f"copy_key{level}"), ptr(I64)) for level in range(ndim)]
+    perm = [n.Var(names("copy_order"), ptr(I64)), n.Var(names("copy_order"), ptr(I64))]
+    live: list = []
+    out = [n.Comment(f"the temporary laid out as a sorted coordinate list here (counting sorts), freed after its "
+                     "reader"), n.Declare(nnz, _positions(c))]
+
+    def alloc(var, size, zero=False):
+        out.append(n.Allocate(var, n.Binary("max", size, n.i64(1)), zero=zero, free=tuple(live)))
+        live.append(var)
+    for var in coords + perm:
+        alloc(var, nnz)
+    out.append(_walk(c, 0, n.i64(0), [], lambda xs, p: n.Block(tuple(
+        n.Store(coords[level], p, x) for level, x in enumerate(xs))), names))
+    e = n.Var(names("copy_e"), I64)
+    out.append(n.For(e, n.i64(0), nnz, n.Block((n.Store(perm[0], e, e),))))
+    current = 0
+    for level in reversed(range(ndim - 1)):  # stable sorts by the copy's levels, last but one to first
+        key, size = coords[c.key[level]], c.sizes[c.key[level]]
+        count = n.Var(names("copy_count"), ptr(I64))
+        alloc(count, n.Binary("+", size, n.i64(1)), zero=True)
+        src, dst = perm[current], perm[1 - current]
+        x, at, q = (n.Var(names(v), I64) for v in ("copy_x", "copy_at", "copy_q"))
+        out += [
+            n.For(e, n.i64(0), nnz, n.Block((
+                n.Declare(x, n.Binary("+", n.Load(key, n.Load(src, e)), n.i64(1))),
+                n.Store(count, x, n.Binary("+", n.Load(count, x), n.i64(1)))))),
+            n.For(q, n.i64(0), size, n.Block((
+                n.Store(count, n.Binary("+", q, n.i64(1)),
+                        n.Binary("+", n.Load(count, n.Binary("+", q, n.i64(1))), n.Load(count, q))),))),
+            n.For(e, n.i64(0), nnz, n.Block((
+                n.Declare(x, n.Load(key, n.Load(src, e))),
+                n.Declare(at, n.Load(count, x)),
+                n.Store(count, x, n.Binary("+", at, n.i64(1))),
+                n.Store(dst, at, n.Load(src, e))))),
+            n.Free(count)]
+        live.remove(count)
+        current = 1 - current
+    made = []
+    pos = c.target[(0, "pos")]
+    out.append(n.Allocate(pos, n.i64(2), free=tuple(live)))
+    made.append(pos)
+    for level in range(ndim):
+        crd = c.target[(level, "crd")]
+        out.append(n.Allocate(crd, n.Binary("max", nnz, n.i64(1)), free=tuple(live + made)))
+        made.append(crd)
+    vals = c.target[(-1, "vals")]
+    out.append(n.Allocate(vals, n.Binary("max", nnz, n.i64(1)), free=tuple(live + made)))
+    pos_t = pos.type.elem
+    out += [n.Store(pos, n.i64(0), n.const(0, pos_t)),
+            n.Store(pos, n.i64(1), n.Cast(nnz, pos_t) if pos_t != I64 else nnz)]
+    src, x = perm[current], n.Var(names("copy_x"), I64)
+    fill = [n.Declare(x, n.Load(src, e))]
+    for level in range(ndim):
+        crd = c.target[(level, "crd")]
+        value = n.Load(coords[c.key[level]], x)
+        fill.append(n.Store(crd, e, n.Cast(value, crd.type.elem) if crd.type.elem != I64 else value))
+    fill.append(n.Store(vals, e, n.Load(c.source[(-1, "vals")], x)))
+    out.append(n.For(e, n.i64(0), nnz, n.Block(tuple(fill))))
+    out += [n.Free(v) for v in live]
+    return out
 
 
 def free_on_every_exit(stmts: list, arrays: list) -> list:
