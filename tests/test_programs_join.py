@@ -178,3 +178,20 @@ def test_random_chains_with_adds_and_transposed_reads(data):
         got = got if isinstance(got, dict) else {k.outputs[0]: got}
         for name, value in want.items():
             assert np.allclose(_dense(got[name]), value), (stmts, formats, threads, name)
+
+
+def test_a_loaded_program_lowers_its_reader_alike_at_64_bits(monkeypatch):
+    """The reader of a dcsr T was lowered to see T as dc; a loaded program re-derives
+    that from its saved 32-bit lowering when it first needs the 64-bit function (T
+    passes the lowered 32-bit limit), and keeps why statement 3 is a kernel of its own."""
+    monkeypatch.setattr(record, "INDEX32_LIMIT", 30)
+    k = _compile("T[i,k] = A[i,j]*B[j,k]; Z[k,i] = T[i,k]*2; v[k] = Z[k,k]",
+                 {"A": "csr", "B": "csr", "T": "dcsr", "Z": "csr"})
+    loaded = spcomp.loads(k.to_bytes())
+    assert loaded.launches == 2 and loaded.loops == k.loops and "reads Z through a diagonal copy" in loaded.loops
+    ops = _ops(4, I=12, J=12, K=12)
+    P = (ops["A"] @ ops["B"]).toarray()
+    assert np.count_nonzero(P) > 30
+    with spcomp_threads(1):
+        got = loaded(A=ops["A"], B=ops["B"])
+    assert np.allclose(got, 2 * np.diag(P)) and 64 in loaded.segments[0][1].variants
