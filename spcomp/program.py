@@ -50,8 +50,8 @@ from .lower.outputs import rows_first
 from .lower.record import Code
 from .runtime.call import CallContext
 from .runtime.launch import Variant
-from .program_copies import (apart_reason, copy_recasts, copyable, declared_in_warnings, reads_only_copies,
-                             transposed_copies)
+from .program_copies import (apart_reason, copy_recasts, copyable_written, declared_in_warnings,
+                             reads_only_copies, run_statements, transposed_copies, with_formats)
 from .program_saved import SavedProgram
 from .program_tiles import keep_tiles, temporary_params
 from .runtime.program import FusedBuild, FusedRun, FusedStep
@@ -125,7 +125,7 @@ class ProgramKernel(SavedProgram):
         ``written``: name -> arrays; ``low`` its fusable lowering, or None), lowered
         again to read a sparse temporary of the run through a ``dc`` copy where that
         lets the function make the copy (``program_copies``); else why it cannot join."""
-        copyables = self._copyables(written)
+        copyables = copyable_written(self.program.tensors, written)
         if low is not None and not reads_plainly(low, written, copyables):
             recast = copy_recasts(low, copyables)
             alt = self._fusable_lowering(k, recast) if recast else None
@@ -134,12 +134,6 @@ class ProgramKernel(SavedProgram):
         if low is not None and reads_plainly(low, written, copyables):
             return low
         return apart_reason(k, low, written, {n: t.format for n, t in self.program.tensors.items()})
-
-    def _copyables(self, written) -> dict:
-        """Name -> format of the sparse tensors of ``written`` a fused function can transpose."""
-        tensors = self.program.tensors
-        return {n: tensors[n].format for n in written if not tensors[n].format.is_dense
-                and copyable(tensors[n].format)}
 
     def _fusable_lowering(self, k: int, recast: dict | None = None):
         """Statement ``k`` lowered for a fused run, or None when it cannot join one:
@@ -158,7 +152,7 @@ class ProgramKernel(SavedProgram):
         if fmt.is_dense:
             if fmt.order != tuple(range(fmt.ndim)):
                 return None
-        low = self._target.lower(_with_formats([a], recast or {})[0], self._statement_options(k, True))
+        low = self._target.lower(with_formats([a], recast or {})[0], self._statement_options(k, True))
         if fmt.is_dense:
             if (low.output.shape != "dense" or low.output.growable or low.output.bounded
                     or low.output.assembly is not None or low.append_chunks
@@ -202,7 +196,7 @@ class ProgramKernel(SavedProgram):
         """The FusedRun of statements ``run`` (``lowerings[j]``: statement ``run[j]``'s
         32-bit lowering); ``built``, ``sizing`` and ``chunked`` are given when loaded
         from a record."""
-        stmts = self._run_statements(run, lowerings)
+        stmts = run_statements(self.program, run, lowerings)
         internal = self._internal(run)
         steps = []
         for k, low in zip(run, lowerings):
@@ -244,18 +238,6 @@ class ProgramKernel(SavedProgram):
         fused.why = why  # why it has none (None: it has one, or it was loaded)
         return fused
 
-    def _run_statements(self, run: list, lows: list) -> list:
-        """The program's statements, each of ``run`` seeing the temporaries it reads
-        through an in-function copy as ``lows`` (its 32-bit lowering) does (``_joining``)."""
-        stmts = list(self.program.statements)
-        written: dict = {}
-        for k, low in zip(run, lows):
-            recast = copy_recasts(low, self._copyables(written))
-            if recast:
-                stmts[k] = _with_formats([stmts[k]], recast)[0]
-            written[stmts[k].lhs.tensor.name] = None
-        return stmts
-
     def _chunk_lowerings(self, run: list, bits: int, fused: list):
         """The statements of a run lowered for chunks of rows (``lower.fuse``: every
         statement over each thread's ``[lo, hi)``, a sparse one appending its rows
@@ -273,7 +255,7 @@ class ProgramKernel(SavedProgram):
         computed zeros where its one-thread lowering does, so that both give the same entries."""
         if not self._target.capabilities.host_threads:
             return "no host threads"
-        stmts = _with_formats(self.program.statements, self._csr_stand_ins(run))
+        stmts = with_formats(self.program.statements, self._csr_stand_ins(run))
         lows, written, copies = [], {}, set()
         for k, plain in zip(run, fused):
             a, fmt, name = stmts[k], stmts[k].lhs.tensor.format, stmts[k].lhs.tensor.name
@@ -654,20 +636,6 @@ class ProgramKernel(SavedProgram):
             out[name] = v.item() if name in scalars or (isinstance(v, np.ndarray) and v.ndim == 0
                                                          and name not in self._accumulated) else v
         return out[self.outputs[0]] if len(self.outputs) == 1 else out
-
-
-def _with_formats(statements, formats: dict) -> list:
-    """``statements`` with each tensor named in ``formats`` (name -> Format) stored so."""
-    if not formats:
-        return list(statements)
-    from .notation.nodes import Access, Assignment, children, with_children
-
-    def recast(e):
-        if isinstance(e, Access):
-            f = formats.get(e.tensor.name)
-            return e if f is None else Access(dataclasses.replace(e.tensor, format=f), e.indices)
-        return with_children(e, [recast(c) for c in children(e)])
-    return [Assignment(recast(a.lhs), recast(a.rhs), a.accumulate) for a in statements]
 
 
 def _accesses(a) -> list:

@@ -22,6 +22,7 @@ import dataclasses
 from .formats import Compressed, Dense, Format, Singleton
 from .lower.fuse import is_fused_copy
 from .notation import accesses
+from .notation.nodes import Access, Assignment, children, with_children
 
 
 def copyable(fmt) -> bool:
@@ -106,3 +107,36 @@ def transposed_copies(statements, run: list, lows: list, links: list) -> list:
                 mine[storage] = (writer, op, [acc.indices[d].name for d in order], [order.index(d) for d in fmt.order])
         out.append(mine)
     return out
+
+
+def copyable_written(tensors: dict, written) -> dict:
+    """Name -> declared format of each sparse tensor of ``written`` (names; ``tensors``
+    the program's, name -> TensorVar) a fused function can copy (:func:`copyable`)."""
+    return {n: tensors[n].format for n in written if not tensors[n].format.is_dense and copyable(tensors[n].format)}
+
+
+def run_statements(program, run: list, lows: list) -> list:
+    """The program's statements, each of ``run`` seeing the temporaries it reads
+    through an in-function copy as ``lows`` (its 32-bit lowering) does: what its
+    64-bit lowering and its call plan are made from (``ProgramKernel._joining``)."""
+    stmts = list(program.statements)
+    written: list = []
+    for k, low in zip(run, lows):
+        recast = copy_recasts(low, copyable_written(program.tensors, written))
+        if recast:
+            stmts[k] = with_formats([stmts[k]], recast)[0]
+        written.append(stmts[k].lhs.tensor.name)
+    return stmts
+
+
+def with_formats(statements, formats: dict) -> list:
+    """``statements`` with each tensor named in ``formats`` (name -> Format) stored so."""
+    if not formats:
+        return list(statements)
+
+    def recast(e):
+        if isinstance(e, Access):
+            f = formats.get(e.tensor.name)
+            return e if f is None else Access(dataclasses.replace(e.tensor, format=f), e.indices)
+        return with_children(e, [recast(c) for c in children(e)])
+    return [Assignment(recast(a.lhs), recast(a.rhs), a.accumulate) for a in statements]

@@ -138,7 +138,8 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
             stmts = [_chunk_starts(s, chunk_pos, bounds["lo"]) for s in stmts]
         made = []
         for storage, (writer, tensor, levels, key) in copies.items():
-            copy, prologue = _transposed_copy(storage, bindings[k], mapping, outputs[writer], tensor, levels, key, names)
+            copy, prologue = _transposed_copy(storage, bindings[k], mapping, outputs[writer], tensor, levels, key,
+                                              names)
             loads += prologue + (transpose_block(copy, names) if isinstance(copy, TransposedCopy)
                                  else sorted_copy_block(copy, names))
             made += copy.arrays

@@ -164,7 +164,7 @@ def sorted_copy_block(c: SortedCopy, names) -> list:
     coords = [n.Var(names(f"copy_key{level}"), ptr(I64)) for level in range(ndim)]
     perm = [n.Var(names("copy_order"), ptr(I64)), n.Var(names("copy_order"), ptr(I64))]
     live: list = []
-    out = [n.Comment(f"the temporary laid out as a sorted coordinate list here (counting sorts), freed after its "
+    out = [n.Comment("the temporary laid out as a sorted coordinate list here (counting sorts), freed after its "
                      "reader"), n.Declare(nnz, _positions(c))]
 
     def alloc(var, size, zero=False):
