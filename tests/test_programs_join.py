@@ -20,8 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import spcomp
+from spcomp.errors import UnsupportedError
 from spcomp.lower import record
 from spcomp.testing.check import densify
+from spcomp.testing.programs import close, program_operands, programs, reference_program
 
 from conftest import examples, spcomp_threads
 
@@ -195,3 +197,26 @@ def test_a_loaded_program_lowers_its_reader_alike_at_64_bits(monkeypatch):
     with spcomp_threads(1):
         got = loaded(A=ops["A"], B=ops["B"])
     assert np.allclose(got, 2 * np.diag(P)) and 64 in loaded.segments[0][1].variants
+
+
+@settings(max_examples=examples(20), deadline=None)
+@given(st.data())
+def test_random_programs_of_order_3_match_numpy(data):
+    """Random programs over tensors of order up to 3 (temporaries of random formats,
+    read in whatever mode order their readers' outputs take: copies of any order made
+    inside the function), at one and two threads."""
+    case = data.draw(programs(max_statements=3, max_order=3, transposed_reads=True))
+    ops = data.draw(program_operands(case))
+    try:
+        k = _compile(case.text, case.formats, outputs=list(case.outputs))
+    except UnsupportedError as e:
+        assert str(e)
+        return
+    assert k.loops.count("one native function") + k.loops.count("a kernel of its own") == k.launches
+    want = reference_program(k.program, {n: v[0] for n, v in ops.items()})
+    for threads in (1, 2):
+        with spcomp_threads(threads, min_work=0):
+            got = k(**{n: v[1] for n, v in ops.items()})
+        got = got if len(case.outputs) > 1 else {case.outputs[0]: got}
+        for name in case.outputs:
+            assert close(got[name], want[name]), (str(case), name, threads)
