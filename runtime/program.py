@@ -17,7 +17,8 @@ call: its fixed arrays (a csr's ``pos``) are allocated here, its growing arrays
 by the kernel into slots. A sparse temporary nothing outside the run reads is
 freed by the kernel itself; on an error status :meth:`Output.discard` frees
 what the slots still hold. A 32-bit overflow (status 5) runs the whole run
-again with the 64-bit function (no statement of such a run accumulates). A call
+again with the 64-bit function; a run with a dense ``+=`` before a sparse statement
+calls its 64-bit function at once instead (a rerun would add twice). A call
 big enough for threads of a run that has a chunked function runs that instead
 (:mod:`.program_chunks`): the same arguments, per-chunk capacities, slots and
 copies of summed outputs; with a dense ``+=`` (chunks add into the caller's rows
@@ -176,6 +177,14 @@ class FusedRun:
         raise_status(status, packed[0] if packed else None, packed[0].name if packed else self.steps[-1].name,
                      self.expression)
 
+    def _adds_before_assembling(self) -> bool:
+        """Whether a dense ``+=`` runs before a sparse statement: that one's 32-bit
+        overflow (status 5) would rerun the run 64-bit after the ``+=`` added into the
+        caller's array, adding twice, so such a run calls its 64-bit function at once.
+        (A sparse statement before the ``+=`` has finished, checks included, when it starts.)"""
+        adds = [j for j, st in enumerate(self.steps) if st.accumulate and not st.sparse]
+        return bool(adds) and any(st.sparse for st in self.steps[adds[0] + 1:])
+
     @staticmethod
     def _extent(built, per_step):
         """The rows every statement of a chunked build loops over, or None when they differ."""
@@ -212,6 +221,8 @@ class FusedRun:
             per_step.append((storages, sizes, array, capacity))
             bits = max(bits, index_bits(storages, sizes, self.limit))
             work += call_work(ctx.caps, st.low, st.low, sizes, storages)
+        if bits == 32 and self._adds_before_assembling():
+            bits = 64
         chunked = self._chunked(bits, per_step)
         if chunked is not None and bits == 32 and any(
                 st.accumulate and not st.sparse and not low.threads.partials for st, low in zip(self.steps, chunked.lows)):

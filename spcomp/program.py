@@ -7,10 +7,14 @@ or a sparse one assembled in one pass (a temporary or an output) is lowered
 statement by statement and joined into one native function (``lower/fuse.py``):
 one launch, no Python between the statements, a dense temporary passed from one
 loop nest to the next through the same array, a sparse one through the arrays
-its writer grows (and frees at the end when nothing else sees it). A statement
-that cannot join (a reader that needs a transposed copy, a sparse statement
-after a dense ``+=``) runs as a kernel of its own, its result handed to the next one
-by the runtime (``k.loops`` says which is which; ``k.launches`` counts them). On a
+its writer grows (and frees at the end when nothing else sees it); a sparse
+temporary read against its order through a copy the function makes (``dc`` for
+2-d, a coordinate list above: ``program_copies.py``), a sparse statement after a
+dense ``+=`` too (such a run runs 64-bit at once: ``runtime/program.py``). A
+statement that cannot join (a reader of a diagonal copy, of a transposed copy of a
+blocked or unordered temporary; an output no fused function writes) runs as a kernel of its own, its result handed
+to the next one by the runtime (``k.loops`` says which is which, and why;
+``k.launches`` counts them). On a
 backend without raw pointers (the CUDA backends) ``program_gpu.py`` plans instead:
 runs of dense statements as one CUDA kernel, the others kernels of their own.
 
@@ -46,6 +50,8 @@ from .lower.outputs import rows_first
 from .lower.record import Code
 from .runtime.call import CallContext
 from .runtime.launch import Variant
+from .program_copies import (apart_reason, copy_recasts, copyable_written, declared_in_warnings,
+                             reads_only_copies, run_statements, transposed_copies, with_formats)
 from .program_saved import SavedProgram
 from .program_tiles import keep_tiles, temporary_params
 from .runtime.program import FusedBuild, FusedRun, FusedStep
@@ -68,6 +74,7 @@ class ProgramKernel(SavedProgram):
         self._parallel_lows: dict = {}
         self._split_kernels: dict = {}
         self.last_launches = 0  # native functions (kernels or fused runs) the last call ran
+        self.apart: dict = {}  # statement -> why it does not join the fused run before it (planning)
         self.segments = self._restore(saved) if saved is not None else self._cached_plan()
         # the run of a program that fused whole, whose last call a call may repeat at once
         self._only_run = self.segments[0][1] if len(self.segments) == 1 and self.segments[0][0] == "fused" else None
@@ -89,15 +96,18 @@ class ProgramKernel(SavedProgram):
         fusable = [self._fusable_lowering(k) for k in range(len(stmts))]
         segments, k = [], 0
         while k < len(stmts):
-            run = [k]
+            run, lows = [k], [fusable[k]]
             written = {stmts[k].lhs.tensor.name: made_arrays(fusable[k])} if fusable[k] is not None else {}
-            while (fusable[k] is not None and run[-1] + 1 < len(stmts)
-                   and fusable[run[-1] + 1] is not None
-                   and reads_plainly(fusable[run[-1] + 1], written, copies=True)):
+            while fusable[k] is not None and run[-1] + 1 < len(stmts):
+                low = self._joining(run[-1] + 1, fusable[run[-1] + 1], written)
+                if isinstance(low, str):
+                    self.apart[run[-1] + 1] = low
+                    break
                 run.append(run[-1] + 1)
-                written[stmts[run[-1]].lhs.tensor.name] = made_arrays(fusable[run[-1]])
+                lows.append(low)
+                written[stmts[run[-1]].lhs.tensor.name] = made_arrays(low)
             if len(run) >= 2 and fusable[k] is not None:
-                segments.append(("fused", self._fused_run(run, [fusable[j] for j in run]), run))
+                segments.append(("fused", self._fused_run(run, lows), run))
             else:
                 run = [k]
                 segments.append(("kernel", self._kernel(k), run))
@@ -110,14 +120,29 @@ class ProgramKernel(SavedProgram):
             opts = dataclasses.replace(opts, parallel=None, auto_layout=False)
         return opts
 
-    def _fusable_lowering(self, k: int):
+    def _joining(self, k: int, low, written: dict):
+        """Statement ``k``'s lowering for joining the run before it (which writes
+        ``written``: name -> arrays; ``low`` its fusable lowering, or None), lowered
+        again to read a sparse temporary of the run through a ``dc`` copy where that
+        lets the function make the copy (``program_copies``); else why it cannot join."""
+        copyables = copyable_written(self.program.tensors, written)
+        if low is not None and not reads_plainly(low, written, copyables):
+            recast = copy_recasts(low, copyables)
+            alt = self._fusable_lowering(k, recast) if recast else None
+            if alt is not None and reads_only_copies(alt, recast) and reads_plainly(alt, written, copyables):
+                return declared_in_warnings(alt, recast, copyables)
+        if low is not None and reads_plainly(low, written, copyables):
+            return low
+        return apart_reason(k, low, written, {n: t.format for n, t in self.program.tensors.items()})
+
+    def _fusable_lowering(self, k: int, recast: dict | None = None):
         """Statement ``k`` lowered for a fused run, or None when it cannot join one:
         it must write a dense row-major tensor, or a sparse one it assembles in one
         pass into arrays it grows itself or fixed ones (a packed-block level: the
-        runtime allocates them), and no dense ``+=`` before
-        it in the program: a 32-bit overflow reruns the whole run, and a dense ``+=``
-        adds into the caller's array in place; a sparse ``+=`` reads the caller's
-        tensor and assembles a new one, ``C = C_old + ...``, so it may rerun)."""
+        runtime allocates them). (A run with a dense ``+=`` before a sparse statement
+        runs 64-bit at once: ``FusedRun``; a sparse ``+=`` reads the caller's tensor and
+        assembles a new one, ``C = C_old + ...``, so it may rerun.) ``recast``: formats
+        the statement is lowered to see tensors in (``program_copies.copy_recasts``)."""
         caps = self._target.capabilities
         stmts = self.program.statements
         a = stmts[k]
@@ -127,9 +152,7 @@ class ProgramKernel(SavedProgram):
         if fmt.is_dense:
             if fmt.order != tuple(range(fmt.ndim)):
                 return None
-        elif any(s.accumulate and s.lhs.tensor.format.is_dense for s in stmts[:k]):
-            return None
-        low = self._target.lower(a, self._statement_options(k, True))
+        low = self._target.lower(with_formats([a], recast or {})[0], self._statement_options(k, True))
         if fmt.is_dense:
             if (low.output.shape != "dense" or low.output.growable or low.output.bounded
                     or low.output.assembly is not None or low.append_chunks
@@ -173,7 +196,7 @@ class ProgramKernel(SavedProgram):
         """The FusedRun of statements ``run`` (``lowerings[j]``: statement ``run[j]``'s
         32-bit lowering); ``built``, ``sizing`` and ``chunked`` are given when loaded
         from a record."""
-        stmts = self.program.statements
+        stmts = run_statements(self.program, run, lowerings)
         internal = self._internal(run)
         steps = []
         for k, low in zip(run, lowerings):
@@ -232,7 +255,7 @@ class ProgramKernel(SavedProgram):
         computed zeros where its one-thread lowering does, so that both give the same entries."""
         if not self._target.capabilities.host_threads:
             return "no host threads"
-        stmts = _with_formats(self.program.statements, self._csr_stand_ins(run))
+        stmts = with_formats(self.program.statements, self._csr_stand_ins(run))
         lows, written, copies = [], {}, set()
         for k, plain in zip(run, fused):
             a, fmt, name = stmts[k], stmts[k].lhs.tensor.format, stmts[k].lhs.tensor.name
@@ -323,21 +346,6 @@ class ProgramKernel(SavedProgram):
                 rows.append(name)
         return fn, sources, rows
 
-    def _transposed(self, run: list, lows: list, links: list) -> list:
-        """Per statement of a run: the storages it reads as a transposed copy of a
-        temporary the run wrote (``lower.fuse.reads_plainly`` allowed only csr ones), as
-        ``lower.fuse.fuse`` takes them: storage -> (writer, tensor, rows index, columns index)."""
-        stmts = self.program.statements
-        out = []
-        for j, k in enumerate(run):
-            mine = {}
-            for storage, (op, _fmt) in lows[j].operands.transposes.items():
-                if op in links[j]:
-                    acc = next(a for a in _accesses(stmts[k]) if a.tensor.name == op)
-                    mine[storage] = (links[j][op], op, acc.indices[0].name, acc.indices[1].name)
-            out.append(mine)
-        return out
-
     def _links(self, run: list, internal: set) -> tuple:
         """``(links, frees)`` for ``lower.fuse.fuse``: per statement, the tensors it reads
         that an earlier statement of the run writes (name -> that statement's place),
@@ -360,7 +368,8 @@ class ProgramKernel(SavedProgram):
         fn, sources, merged = fuse([low.entry_function for low in lows], [low.code.bindings for low in lows],
                                    links, name=self._options.name, docs=[repr(stmts[k]) for k in run],
                                    share_loop=self._shared_loops(run, lows), frees=frees,
-                                   transposed=self._transposed(run, lows, links), own_pos=own_pos)
+                                   transposed=transposed_copies(self.program.statements, run, lows, links),
+                                   own_pos=own_pos)
         threads = self._row_threads(run, lows, merged)
         params = {(s.statement, s.position): p for s, p in zip(sources, fn.params)}
         if threads is not None:
@@ -535,7 +544,8 @@ class ProgramKernel(SavedProgram):
                                      "at the same iteration: the rows it reads were just written")
                     parts.append(f"{st.low.inspection.notation!r}\n{st.low.inspection.loops}")
             else:
-                parts.append(f"# statement {which}: a kernel of its own\n{seg.loops}")
+                why = f" (not in the run before it: {self.apart[run[0]]})" if run[0] in self.apart else ""
+                parts.append(f"# statement {which}: a kernel of its own{why}\n{seg.loops}")
         parts.append(f"# returns {', '.join(self.outputs)}"
                      + (f"; temporaries {', '.join(self.temporaries)}" if self.temporaries else ""))
         return "\n".join(parts)
@@ -626,20 +636,6 @@ class ProgramKernel(SavedProgram):
             out[name] = v.item() if name in scalars or (isinstance(v, np.ndarray) and v.ndim == 0
                                                          and name not in self._accumulated) else v
         return out[self.outputs[0]] if len(self.outputs) == 1 else out
-
-
-def _with_formats(statements, formats: dict) -> list:
-    """``statements`` with each tensor named in ``formats`` (name -> Format) stored so."""
-    if not formats:
-        return list(statements)
-    from .notation.nodes import Access, Assignment, children, with_children
-
-    def recast(e):
-        if isinstance(e, Access):
-            f = formats.get(e.tensor.name)
-            return e if f is None else Access(dataclasses.replace(e.tensor, format=f), e.indices)
-        return with_children(e, [recast(c) for c in children(e)])
-    return [Assignment(recast(a.lhs), recast(a.rhs), a.accumulate) for a in statements]
 
 
 def _accesses(a) -> list:

@@ -46,7 +46,8 @@ class SavedProgram:
         segments = []
         for kind, seg, run in self.segments:
             if kind == "kernel":
-                segments.append({"kind": "kernel", "run": list(run), "kernel": seg.to_bytes()})
+                segments.append({"kind": "kernel", "run": list(run), "kernel": seg.to_bytes(),
+                                 "apart": self.apart.get(run[0])})
                 continue
             segments.append({"kind": "fused", "run": list(run), "variants": self._built_records(seg.variants),
                              "chunks": self._built_records(seg.chunk_variants),
@@ -85,6 +86,8 @@ class SavedProgram:
         for entry in segments:
             run = list(entry["run"])
             if entry["kind"] == "kernel":
+                if entry.get("apart"):  # (k.loops: why it does not join the run before it)
+                    self.apart[run[0]] = entry["apart"]
                 out.append(("kernel", Kernel.from_bytes(entry["kernel"], None, "a saved program's kernel"), run))
                 continue
             built = {bits: self._restore_built(v) for bits, v in entry["variants"].items()}

@@ -98,10 +98,11 @@ def test_sparse_output_and_kept_temporary_come_back_as_tensors():
     assert np.allclose(out["C"].to_numpy(), (A @ B + D).toarray())
 
 
-@pytest.mark.parametrize("t_format, launches", [("csr", 1), ("dcsr", 2)])
+@pytest.mark.parametrize("t_format, launches", [("csr", 1), ("dcsr", 1), ("coo", 1), ("csc", 1)])
 def test_sparse_temporary_read_transposed(t_format, launches):
-    """A csr temporary read through a transposed copy is transposed inside the fused
-    function (test_programs_transposed.py); any other format keeps a kernel of its own."""
+    """A 2-d sparse temporary read through a transposed copy is transposed inside the
+    fused function (test_programs_transposed.py, test_programs_join.py; a 3-d one read
+    in another mode order keeps a kernel of its own)."""
     A = sp.random(12, 9, density=0.3, format="csr", random_state=3)
     B = sp.random(9, 7, density=0.3, format="csr", random_state=4)
     with warnings.catch_warnings():

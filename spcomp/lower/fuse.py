@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..formats import Compressed, Dense, Singleton
 from ..ir import nodes as n
 from ..ir.types import I64, Type, ptr
 from .context import Names
-from .fused_transpose import TransposedCopy, free_on_every_exit, transpose_block
+from .fused_transpose import SortedCopy, TransposedCopy, free_on_every_exit, sorted_copy_block, transpose_block
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,9 +64,10 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
     appended that way reads its chunk's first row as starting at 0.
 
     ``transposed[k]``, when given, maps a storage statement ``k`` reads as a
-    transposed copy of a csr temporary (``T_T``) to ``(writer, tensor, rows index,
-    columns index)``: the copy is made at the top of the reader's block from the
-    writer's arrays (:mod:`.fused_transpose`) and freed after it.
+    transposed copy of a sparse temporary (``T_T``) to ``(writer, tensor, the index of
+    each of the writer's levels, the writer's level of each of the copy's)``: the copy
+    is made at the top of the reader's block from the writer's arrays
+    (:mod:`.fused_transpose`) and freed after it.
 
     ``own_pos[k]``, when given, maps a csr tensor statement ``k`` writes to the
     index of its rows: its row-end ``pos`` (else an array the runtime allocates) is
@@ -135,9 +137,11 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
         if chunk_pos:
             stmts = [_chunk_starts(s, chunk_pos, bounds["lo"]) for s in stmts]
         made = []
-        for storage, (writer, tensor, rows, cols) in copies.items():
-            copy, prologue = _transposed_copy(storage, bindings[k], mapping, outputs[writer], tensor, rows, cols, names)
-            loads += prologue + transpose_block(copy, names)
+        for storage, (writer, tensor, levels, key) in copies.items():
+            copy, prologue = _transposed_copy(storage, bindings[k], mapping, outputs[writer], tensor, levels, key,
+                                              names)
+            loads += prologue + (transpose_block(copy, names) if isinstance(copy, TransposedCopy)
+                                 else sorted_copy_block(copy, names))
             made += copy.arrays
         if made:
             stmts = free_on_every_exit(stmts, made) + [n.Free(a) for a in made]
@@ -160,23 +164,28 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
     return n.Function(name, tuple(params), n.Block(tuple(body)), doc=doc, per_chunk=per_chunk), sources, merged
 
 
-def _transposed_copy(storage, bindings, mapping, written, tensor, rows, cols, names) -> tuple:
-    """``(TransposedCopy, prologue)``: the reader's arrays of ``storage`` (now locals)
-    made from ``tensor``'s arrays as its writer left them (``written``: (tensor,
-    level, array) -> (Var, role)); the prologue loads the grown ones from their slots."""
+def _transposed_copy(storage, bindings, mapping, written, tensor, levels, key, names) -> tuple:
+    """``(copy, prologue)``: the reader's arrays of ``storage`` (now locals) made from
+    ``tensor``'s arrays as its writer left them (``written``: (tensor, level, array) ->
+    (Var, role)); ``levels`` names the index of each of the writer's levels, ``key``
+    the writer's level of each of the copy's. A 2-d ``dc`` copy is a
+    :class:`TransposedCopy`, any other (a coordinate list) a :class:`SortedCopy`.
+    The prologue loads the grown arrays from their slots."""
     mine = {(b.level, b.array): mapping[b.var.name] for b in bindings if b.role == "input" and b.storage == storage}
     size = {b.index: mapping[b.var.name] for b in bindings if b.role == "size"}
     prologue, source = [], {}
-    for key in ((1, "pos"), (1, "crd"), (-1, "vals")):
-        var, role = written[(tensor, *key)]
+    for (t, level, array), (var, role) in written.items():
+        if t != tensor:
+            continue
         if role == "output_grow":
-            local = n.Var(names(f"{tensor}_{key[1]}_source"), var.type.elem)
+            local = n.Var(names(f"{tensor}_{array}{max(level, 0)}_source"), var.type.elem)
             prologue.append(n.Declare(local, n.Load(var, n.i64(0))))
             var = local
-        source[key] = var
-    copy = TransposedCopy(mine[(1, "pos")], mine[(1, "crd")], mine[(-1, "vals")], source[(1, "pos")],
-                          source[(1, "crd")], source[(-1, "vals")], size[rows], size[cols])
-    return copy, prologue
+        source[(level, array)] = var
+    if (1, "pos") in mine and len(levels) == 2:
+        return TransposedCopy(mine[(1, "pos")], mine[(1, "crd")], mine[(-1, "vals")], source,
+                              size[levels[0]], size[levels[1]]), prologue
+    return SortedCopy(mine, source, [size[i] for i in levels], list(key)), prologue
 
 
 def _chunk_starts(node, arrays: set, lo):
@@ -207,27 +216,34 @@ def made_arrays(low) -> set:
     return {(b.level, b.array) for b in low.code.bindings if b.role in ("output", "output_grow")}
 
 
-#: what a csr writer's parameters hand over (reads_plainly)
-CSR_ARRAYS = {(1, "pos"), (1, "crd"), (-1, "vals")}
-
-
-def reads_plainly(low, written: dict, copies: bool = False) -> bool:
+def reads_plainly(low, written: dict, copies=()) -> bool:
     """Whether a lowering reads every tensor of ``written`` (name -> the arrays its
     writer makes, ``(level, array)``: :func:`made_arrays`) as itself, and only arrays the writer makes:
     no diagonal copy, and no transposed copy the runtime would have to make, except
-    (``copies``) the transpose of a 2-d csr temporary, which the fused function
-    makes itself (``lower/fused_transpose.py``)."""
+    of the sparse temporaries named in ``copies`` read as a copy :func:`is_fused_copy`
+    describes, which the fused function makes itself (``lower/fused_transpose.py``; the caller checked
+    that their writers store them so it can)."""
     ops = low.operands
     if {d.operand for d in ops.diagonals.values()} & set(written):
         return False
     for op, fmt in ops.transposes.values():
-        if op in written and not (copies and written[op] == CSR_ARRAYS and len(fmt.levels) == 2
-                                  and fmt.levels[0].is_dense and not fmt.levels[1].is_dense and fmt.order == (1, 0)):
+        if op in written and not (op in copies and is_fused_copy(fmt)):
             return False
     for b in low.code.bindings:
         if b.role == "input" and b.storage in written and (b.level, b.array) not in written[b.storage]:
             return False
     return True
+
+
+def is_fused_copy(fmt) -> bool:
+    """Whether ``fmt`` is what an in-function copy is stored as (``lower/fused_transpose.py``):
+    2-d ``dc`` in either mode order, or a coordinate list (``c q ... q``) of order 3 or more."""
+    if fmt.blocks is not None or len(fmt.levels) < 2:
+        return False
+    if len(fmt.levels) == 2:
+        return type(fmt.levels[0]) is Dense and type(fmt.levels[1]) is Compressed and fmt.levels[1].unique
+    return (type(fmt.levels[0]) is Compressed and fmt.levels[0].ordered
+            and all(type(lvl) is Singleton and lvl.ordered for lvl in fmt.levels[1:]))
 
 
 def parallel_rows(fn: n.Function) -> n.Function | None:

@@ -44,8 +44,12 @@ def _access(name, idx) -> str:
 
 
 @st.composite
-def programs(draw, max_statements: int = 4, max_order: int = 2, sparse_temporaries: bool = True):
-    """A :class:`ProgramCase` of 1 to ``max_statements`` statements."""
+def programs(draw, max_statements: int = 4, max_order: int = 2, sparse_temporaries: bool = True,
+             transposed_reads: bool = False):
+    """A :class:`ProgramCase` of 1 to ``max_statements`` statements. With
+    ``transposed_reads`` every written tensor of order 2 or more draws a format (dense
+    among them), and a statement that reads the one just written often writes its
+    indices in another order (``Z[k,i] = T[i,k]``): a transposed read."""
     sizes = {i: draw(st.integers(1, 5)) for i in INDEX_POOL}
     avail: dict = {}   # name -> index tuple, inputs and written tensors
     inputs: dict = {}
@@ -71,10 +75,13 @@ def programs(draw, max_statements: int = 4, max_order: int = 2, sparse_temporari
         indices = list(dict.fromkeys(i for u in used for i in avail[u]))
         order = draw(st.integers(0, min(max_order, len(indices))))
         lhs_idx = tuple(draw(st.permutations(indices)))[:order] if order else ()
+        prev = avail[written[-1]] if written and written[-1] in used else ()
+        if transposed_reads and len(prev) >= 2 and draw(st.booleans()):
+            lhs_idx = tuple(draw(st.permutations(prev).filter(lambda p: p != prev)))
         name = f"T{s + 1}"
         texts.append(f"{_access(name, lhs_idx)} = {rhs}")
-        if order and sparse_temporaries and draw(st.booleans()):
-            fmts[name] = draw(output_formats(order, allow_packed=False))
+        if len(lhs_idx) and sparse_temporaries and (transposed_reads or draw(st.booleans())):
+            fmts[name] = draw(output_formats(len(lhs_idx), allow_packed=False))
         avail[name] = lhs_idx
         written.append(name)
     read = {u for t in texts for u in _names(t.split("=", 1)[1])}

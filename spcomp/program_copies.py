@@ -1,0 +1,142 @@
+"""A fused run's reads of its own sparse temporaries through transposed copies.
+
+A statement that reads a 2-d sparse temporary against the order its writer stores
+it in (``Z[k,i] = T[i,k]``, ``T`` csr; or ``T`` csc read by rows) reads a copy,
+``T_T``. Inside a fused function that copy is made from the writer's arrays by a
+counting sort (``lower/fused_transpose.py``), which builds ``dc`` (a ``pos`` over
+the copy's outer index) for a 2-d ``T`` stored ``dc``, ``cc`` (dcsr) or ``c q``
+(coo), its top level ordered, and a sorted coordinate list for a larger one of
+ordered dense, compressed or singleton levels (:func:`copyable`). A reader whose
+own lowering would ask for another copy format (``cc:1,0`` of a dcsr ``T``,
+``ccc:2,1,0`` of a csf one) is lowered again seeing ``T`` as ``dc`` (or a
+coordinate list) in ``T``'s mode order (:func:`stand_in`), so that the copy it asks
+for is of that kind in the other order; the function reads ``T`` only through that
+copy (:func:`reads_only_copies`), so what ``T`` looks like to it otherwise does not
+matter. Anything else (a blocked or unordered temporary, a diagonal copy) keeps a
+kernel of its own, :func:`apart_reason` saying why.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from .formats import Compressed, Dense, Format, Singleton
+from .lower.fuse import is_fused_copy
+from .notation import accesses
+from .notation.nodes import Access, Assignment, children, with_children
+
+
+def copyable(fmt) -> bool:
+    """Whether a sparse temporary stored in ``fmt`` can be copied in another mode order
+    inside the fused function. 2-d: ``dc`` (csr, csc), ``cc`` (dcsr) or ``c q`` (coo),
+    a compressed top level ordered (its rows are walked in order, so each column's
+    rows come out ascending). Order 3 or more: dense, compressed or singleton levels,
+    every one ordered (the entries are walked in order; see ``sorted_copy_block``)."""
+    if fmt.blocks is not None or len(fmt.levels) < 2:
+        return False
+    kinds = [type(lvl) for lvl in fmt.levels]
+    if len(kinds) == 2 and kinds[0] is Dense:
+        return kinds[1] is Compressed
+    if len(kinds) == 2:
+        return kinds[0] is Compressed and fmt.levels[0].ordered and kinds[1] in (Compressed, Singleton)
+    return (kinds[0] is not Singleton and all(k in (Dense, Compressed, Singleton) for k in kinds)
+            and all(lvl.ordered for lvl in fmt.levels))
+
+
+def stand_in(fmt) -> Format:
+    """What a reader is lowered to see a copyable temporary as, in its mode order:
+    ``dc`` for order 2 (the copy it then asks for is ``dc`` the other way), a
+    coordinate list otherwise (so is the copy)."""
+    if len(fmt.levels) == 2:
+        return Format((Dense(), Compressed()), fmt.order)
+    return Format((Compressed(unique=False),) + (Singleton(unique=False),) * (len(fmt.levels) - 2)
+                  + (Singleton(),), fmt.order)
+
+
+def copy_recasts(low, copyables: dict) -> dict:
+    """Name -> :func:`stand_in` for each temporary of ``copyables`` (name -> its
+    declared format, each :func:`copyable`) that ``low`` reads through a transposed
+    copy and that is not ``dc`` already: the formats the reader is lowered with."""
+    return {op: stand_in(copyables[op]) for op, _fmt in low.operands.transposes.values()
+            if op in copyables and not is_fused_copy(copyables[op])}
+
+
+def declared_in_warnings(low, recast: dict, copyables: dict):
+    """``low`` (lowered with ``recast``) with its warnings naming each recast tensor's
+    declared format (``copyables``), not the stand-in it was lowered to see."""
+    warnings = list(low.inspection.warnings)
+    for op, fmt in recast.items():
+        warnings = [w.replace(f"operand {op} is stored as {fmt}", f"operand {op} is stored as {copyables[op]}")
+                    for w in warnings]
+    return dataclasses.replace(low, inspection=dataclasses.replace(low.inspection, warnings=warnings))
+
+
+def reads_only_copies(low, names) -> bool:
+    """Whether ``low`` reads none of ``names`` but through a transposed copy."""
+    return not any(b.role == "input" and b.storage in names for b in low.code.bindings)
+
+
+def apart_reason(statement: int, low, written: dict, formats: dict) -> str:
+    """Why statement ``statement`` (0-based; ``low`` its fusable lowering, or None)
+    does not join the run before it, which writes ``written`` (name -> arrays),
+    ``formats`` the tensors' declared formats."""
+    if low is None:
+        return "its output is not one a fused function writes (a row-major dense array, or a sparse tensor " \
+               "assembled in one pass)"
+    for d in low.operands.diagonals.values():
+        if d.operand in written:
+            return f"it reads {d.operand} through a diagonal copy"
+    for op, fmt in low.operands.transposes.values():
+        if op in written:
+            return (f"it reads {op} ({formats[op].spec()}) through a copy stored {fmt.spec()!r}, which the fused "
+                    "function makes only of an unblocked temporary of ordered dense, compressed or singleton levels")
+    return "it reads arrays the run's statements do not hand over"
+
+
+def transposed_copies(statements, run: list, lows: list, links: list) -> list:
+    """Per statement of a run: the storages it reads as a transposed copy of a
+    temporary the run wrote, as ``lower.fuse.fuse`` takes them: storage -> (writer,
+    tensor, the index of each of the writer's levels, the writer's level of each of the copy's)."""
+    out = []
+    for j, k in enumerate(run):
+        mine = {}
+        for storage, (op, fmt) in lows[j].operands.transposes.items():
+            if op in links[j]:
+                writer = links[j][op]
+                order = statements[run[writer]].lhs.tensor.format.order
+                acc = next(a for a in accesses(statements[k].rhs) if a.tensor.name == op)
+                mine[storage] = (writer, op, [acc.indices[d].name for d in order], [order.index(d) for d in fmt.order])
+        out.append(mine)
+    return out
+
+
+def copyable_written(tensors: dict, written) -> dict:
+    """Name -> declared format of each sparse tensor of ``written`` (names; ``tensors``
+    the program's, name -> TensorVar) a fused function can copy (:func:`copyable`)."""
+    return {n: tensors[n].format for n in written if not tensors[n].format.is_dense and copyable(tensors[n].format)}
+
+
+def run_statements(program, run: list, lows: list) -> list:
+    """The program's statements, each of ``run`` seeing the temporaries it reads
+    through an in-function copy as ``lows`` (its 32-bit lowering) does: what its
+    64-bit lowering and its call plan are made from (``ProgramKernel._joining``)."""
+    stmts = list(program.statements)
+    written: list = []
+    for k, low in zip(run, lows):
+        recast = copy_recasts(low, copyable_written(program.tensors, written))
+        if recast:
+            stmts[k] = with_formats([stmts[k]], recast)[0]
+        written.append(stmts[k].lhs.tensor.name)
+    return stmts
+
+
+def with_formats(statements, formats: dict) -> list:
+    """``statements`` with each tensor named in ``formats`` (name -> Format) stored so."""
+    if not formats:
+        return list(statements)
+
+    def recast(e):
+        if isinstance(e, Access):
+            f = formats.get(e.tensor.name)
+            return e if f is None else Access(dataclasses.replace(e.tensor, format=f), e.indices)
+        return with_children(e, [recast(c) for c in children(e)])
+    return [Assignment(recast(a.lhs), recast(a.rhs), a.accumulate) for a in statements]
