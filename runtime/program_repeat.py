@@ -18,8 +18,8 @@ with ``np.zeros``, a sparse one as an :class:`~.outputs.Output` made again from
 the last call's (``Output.again``: its fixed arrays and the slots the kernel
 grows the others into), with the last call's first capacity. A sparse tensor
 that outgrew 32-bit positions makes the repeat step aside (the general path
-runs it again at 64 bits), so a run with a dense ``+=`` and a sparse statement
-is never repeated: the general path would add twice.
+runs it again at 64 bits); a run with a dense ``+=`` before a sparse statement
+runs at 64 bits from the start, where nothing steps aside.
 """
 from __future__ import annotations
 
@@ -150,11 +150,11 @@ def record(run, built, per_step, outs: list, bits: int, env: dict, work: int, fa
     Outputs in ``outs``; ``stand_in``: the
     type standing in for a tensor the function keeps itself), or None where
     a repeat could not be trusted: an operand converted per call, a dense ``+=``
-    with a sparse statement (a repeat stepping aside at 32 bits would add twice),
+    with a sparse statement at 32 bits (a repeat stepping aside would add twice),
     or a launch the Python pool runs."""
     steps = run.steps
-    if any(st.sparse for st in steps) and any(st.accumulate and not st.sparse for st in steps):
-        return None
+    if bits == 32 and any(st.sparse for st in steps) and any(st.accumulate and not st.sparse for st in steps):
+        return None  # (the general path runs such a run at 64 bits from the start: program.py)
     written = {st.name for st in steps}
     accumulated = {st.name for st in steps if st.accumulate}
     checks, names_of = {}, {}

@@ -261,3 +261,19 @@ def test_a_repeat_past_32_bit_positions_steps_aside(monkeypatch):
     np.testing.assert_allclose(k(A=A, d=d2, B=B, x=x), A @ (d2[:, None] * B.toarray()) @ x)
     assert run.repeat.bits == 64  # the general path ran at 64 bits and recorded that call
     np.testing.assert_allclose(k(A=A, d=d2, B=B, x=x), A @ (d2[:, None] * B.toarray()) @ x)
+
+
+def test_dense_accumulate_then_sparse_repeats_at_64_bits(no_general_path):
+    """A dense += before a sparse statement runs at 64 bits from the start (a rerun
+    would add twice): its repeat, at 64 bits, never steps aside."""
+    k = spcomp.compile("Y[i,k] += A[i,k] * 2; T[i,k] = A[i,j]*B[j,k]; z[i] = T[i,k]*x[k]",
+                       formats={"A": "csr", "B": "csr", "T": "csr"}, outputs=["Y", "z"])
+    A, B, x = _chain_operands(5)
+    Y = np.ones((30, 30))
+    k(Y=Y, A=A, B=B, x=x)
+    run = k.segments[0][1]
+    assert k.launches == 1 and run.repeat is not None and run.repeat.bits == 64
+    no_general_path()
+    got = k(Y=Y, A=A, B=B, x=x)
+    np.testing.assert_allclose(Y, 1 + 4 * A.toarray())
+    np.testing.assert_allclose(got["z"], (A @ B) @ x)
