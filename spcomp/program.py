@@ -536,15 +536,24 @@ class ProgramKernel(SavedProgram):
                     parts.append(f"{st.low.inspection.notation!r}\n{st.low.inspection.loops}")
             else:
                 parts.append(f"# statement {which}: a kernel of its own\n{seg.loops}")
-        parts.append(f"# returns {', '.join(self.outputs)}"
-                     + (f"; temporaries {', '.join(self.temporaries)}" if self.temporaries else ""))
+        parts.append(f"# returns {', '.join(self.outputs)}" + (f"; {self._temporaries_line}" if self.temporaries else ""))
         return "\n".join(parts)
+
+    @property
+    def _temporaries_line(self) -> str:
+        """``temporaries t (csr, chosen from A, B), u (dense)``: each temporary's format
+        and, where the compiler chose it (``lower/temporary_formats.py``), the sparse
+        operands whose zeros bound it."""
+        chosen = dict(self.program.chosen)
+        return "temporaries " + ", ".join(
+            f"{n} ({self.program.tensors[n].format}"
+            + (f", chosen from {', '.join(chosen[n])})" if n in chosen else ")") for n in self.temporaries)
 
     @property
     def ir(self) -> str:
         """The kernel IR of every native function the program runs, as C-like code (a
         fused run's function over chunks of rows, ``NAME_chunks``, after its own)."""
-        parts = []
+        parts = [f"// {self._temporaries_line}"] if self.temporaries else []
         for kind, seg, _ in self.segments:
             if kind != "fused":
                 parts.append(seg.ir)
