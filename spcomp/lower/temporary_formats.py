@@ -24,7 +24,7 @@ import dataclasses
 
 from ..errors import SpcompError
 from ..formats import Format
-from ..notation import Access, Assignment, accesses, children, with_children
+from ..notation import Access, Assignment, Reduce, Sum, accesses, children, with_children
 from ..notation.functions import densifying_calls
 from . import lattice as lat
 from .order import choose_order
@@ -43,7 +43,8 @@ def choose_temporary_formats(statements, temporaries, given=()) -> dict:
     others keep their dense format). ``statements`` are checked Assignments."""
     stmts = list(statements)
     chosen: dict = {}
-    for k, a in enumerate(stmts):
+    for k in range(len(stmts)):
+        a = stmts[k]  # as the choices before it left it
         name = a.lhs.tensor.name
         if name not in temporaries or name in given or a.accumulate:
             continue
@@ -60,16 +61,55 @@ def choose_temporary_formats(statements, temporaries, given=()) -> dict:
 
 def sparse_bound(a: Assignment) -> list:
     """Per dimension of ``a``'s left side: the names of the sparse operands the right
-    side is zero without along that index (empty: the dimension is not sparse-bound)."""
+    side is zero without along that index (empty: the dimension is not sparse-bound).
+
+    An operand bounds index ``k`` through a level that may leave ``k``'s coordinates
+    out; where that level lies below a summed index ``j`` of the same operand, the
+    temporary's ``k`` is the union of the operand's ``k`` over the ``j`` the sum
+    visits, so it bounds ``k`` only where the sum's other factors are sparse in
+    ``j`` too: ``Σ_j A[i,j]·B[j,k]`` of two sparse operands unites a few rows of
+    ``B`` (sparse), ``Σ_n H[t,n]·W[n,d]`` with a dense ``H`` unites all of them
+    (dense for any density that makes the n × d operand worth storing sparse)."""
+    sums = _enclosing_sums(a.rhs)
     out = []
     for idx in a.lhs.indices:
-        L = lat.build(a.rhs, idx, lambda acc, idx=idx: _sparse_key(acc, idx))
+        def key(acc, idx=idx):
+            if _sparse_key(acc, idx) is None or any(_unites(acc, idx, s) for s in sums[id(acc)]):
+                return None
+            return acc.tensor.name, acc.indices
+        L = lat.build(a.rhs, idx, key)
         if L.full or not L.points:
             out.append(())
             continue
-        names = {key[0] for key in L.iterators()}
+        # the operands of its smallest points: B of {B, A·B} (exp(A)·B is zero wherever B is)
+        names = {k[0] for p in L.points if not any(q < p for q in L.points) for k in p}
         out.append(tuple(dict.fromkeys(acc.tensor.name for acc in accesses(a.rhs) if acc.tensor.name in names)))
     return out
+
+
+def _enclosing_sums(e, around=()) -> dict:
+    """id(access) -> the Sum and Reduce nodes around it in ``e``."""
+    if isinstance(e, Access):
+        return {id(e): around}
+    if isinstance(e, (Sum, Reduce)):
+        around = around + (e,)
+    out: dict = {}
+    for c in children(e):
+        out.update(_enclosing_sums(c, around))
+    return out
+
+
+def _unites(acc: Access, idx, s) -> bool:
+    """Whether the sum ``s`` unites ``acc``'s ``idx`` coordinates over all of its
+    index: ``acc`` stores ``idx`` below ``s.index``, and without ``acc`` the sum's
+    body is not sparse in that index (some term has no sparse operand holding it)."""
+    levels = [d for d, _part in acc.tensor.format.level_map()]
+    mine = [acc.indices[d] for d in levels]
+    if s.index not in mine or mine.index(s.index) > len(mine) - 1 - mine[::-1].index(idx):
+        return False
+    others = lat.build(s.body, s.index, lambda x: None if x is acc or x.tensor.format.is_dense
+                       or s.index not in x.indices else (x.tensor.name, x.indices))
+    return others.full
 
 
 def with_formats(statements, formats: dict) -> list:

@@ -44,8 +44,10 @@ def _access(name, idx) -> str:
 
 
 @st.composite
-def programs(draw, max_statements: int = 4, max_order: int = 2, sparse_temporaries: bool = True):
-    """A :class:`ProgramCase` of 1 to ``max_statements`` statements."""
+def programs(draw, max_statements: int = 4, max_order: int = 2, sparse_temporaries: bool = True,
+             input_kinds: str = "dc"):
+    """A :class:`ProgramCase` of 1 to ``max_statements`` statements; the inputs' levels
+    are of ``input_kinds`` (``"cq"``: sparse inputs only, coo among them)."""
     sizes = {i: draw(st.integers(1, 5)) for i in INDEX_POOL}
     avail: dict = {}   # name -> index tuple, inputs and written tensors
     inputs: dict = {}
@@ -56,7 +58,7 @@ def programs(draw, max_statements: int = 4, max_order: int = 2, sparse_temporari
         idx = tuple(draw(st.permutations(INDEX_POOL)))[:order]
         name = "ABCD"[k]
         avail[name] = inputs[name] = idx
-        fmts[name] = draw(input_formats(order, kinds="dc", allow_packed=False))
+        fmts[name] = draw(input_formats(order, kinds=input_kinds, allow_packed=False))
     texts, written = [], []
     for s in range(draw(st.integers(1, max_statements))):
         names = list(avail)
