@@ -44,6 +44,7 @@ from .lower.fuse import fuse, made_arrays, parallel_rows, reads_plainly, row_wor
 from .lower.heap_exits import free_on_early_exits
 from .lower.outputs import rows_first
 from .lower.record import Code
+from .lower.temporary_formats import with_formats
 from .runtime.call import CallContext
 from .runtime.launch import Variant
 from .program_saved import SavedProgram
@@ -232,7 +233,7 @@ class ProgramKernel(SavedProgram):
         computed zeros where its one-thread lowering does, so that both give the same entries."""
         if not self._target.capabilities.host_threads:
             return "no host threads"
-        stmts = _with_formats(self.program.statements, self._csr_stand_ins(run))
+        stmts = with_formats(self.program.statements, self._csr_stand_ins(run))
         lows, written, copies = [], {}, set()
         for k, plain in zip(run, fused):
             a, fmt, name = stmts[k], stmts[k].lhs.tensor.format, stmts[k].lhs.tensor.name
@@ -635,20 +636,6 @@ class ProgramKernel(SavedProgram):
             out[name] = v.item() if name in scalars or (isinstance(v, np.ndarray) and v.ndim == 0
                                                          and name not in self._accumulated) else v
         return out[self.outputs[0]] if len(self.outputs) == 1 else out
-
-
-def _with_formats(statements, formats: dict) -> list:
-    """``statements`` with each tensor named in ``formats`` (name -> Format) stored so."""
-    if not formats:
-        return list(statements)
-    from .notation.nodes import Access, Assignment, children, with_children
-
-    def recast(e):
-        if isinstance(e, Access):
-            f = formats.get(e.tensor.name)
-            return e if f is None else Access(dataclasses.replace(e.tensor, format=f), e.indices)
-        return with_children(e, [recast(c) for c in children(e)])
-    return [Assignment(recast(a.lhs), recast(a.rhs), a.accumulate) for a in statements]
 
 
 def _accesses(a) -> list:

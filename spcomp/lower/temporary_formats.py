@@ -34,7 +34,7 @@ from .order import choose_order
 class Choice:
     """A temporary's chosen format and the sparse operands whose zeros bound it."""
     format: Format
-    operands: tuple   # names, in order of first appearance in the writer's right side
+    operands: tuple   # names, dimension by dimension, each in the order the writer reads them
 
 
 def choose_temporary_formats(statements, temporaries, given=()) -> dict:
