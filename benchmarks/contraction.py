@@ -1,7 +1,7 @@
 """Contraction order: a factorised product against the statement as written and its peers.
 
     python -m benchmarks.contraction [--n 20000] [--per-row 16] [--repeat 7] [--threads 1]
-                                     [--section all|products|programs] [--clock wall|cpu]
+                                     [--section all|products|programs|temporaries] [--clock wall|cpu]
 
 Each case is one statement of three or four operands. spcomp runs it with the plan
 its cost model picks at the first call (``auto``) and as written
@@ -18,6 +18,11 @@ temporary (SpGEMM then SpMV, SpGEMM then a sparse add): the program as one
 ``spcomp.compile`` (``k.launches`` native functions, 1 where it fused), the same
 statements as separate kernels chained in Python (each with its default
 schedule, threads included), and SciPy.
+
+The ``temporaries`` section times SpGEMM then SpMV with the temporary ``t`` left
+to the compiler (csr, chosen from its operands) against ``formats={"t": "dense"}``
+(one dense row of workspace where the reader walks ``t`` by rows, the whole
+n × n array where it walks it by columns): ``--section temporaries --n 5000 --per-row 5``.
 """
 from __future__ import annotations
 
@@ -148,13 +153,43 @@ def programs(args):
                           f"{1e3 * _median(scipy_fn, args.repeat):.3f}"]), flush=True)
 
 
+def temporaries(args):
+    """The temporaries section: a program's unnamed temporary in the format the compiler
+    chose from its operands against ``formats={"t": "dense"}``, interleaved best-of."""
+    n = args.n
+    A = sp.random(n, n, density=args.per_row / n, format="csr", random_state=1)
+    B = sp.random(n, n, density=args.per_row / n, format="csr", random_state=2)
+    x = np.random.default_rng(0).standard_normal(n)
+    print(f"# temporaries: chosen format against dense, n={n} stored per row={args.per_row}, "
+          f"best of {args.repeat} interleaved calls (ms)")
+    print(" | ".join(["case", "chosen", "spcomp chosen", "spcomp t dense"]))
+    for name, text, want in [("t = A·B; y = t·x", "t[i,k] = A[i,j]*B[j,k]; y[i] = t[i,k]*x[k]", lambda: A @ (B @ x)),
+                             ("t = A·B; y = tᵀ·x", "t[i,k] = A[i,j]*B[j,k]; y[k] = t[i,k]*x[i]",
+                              lambda: (A @ B).T @ x)]:
+        chosen = spcomp.compile(text, formats={"A": "csr", "B": "csr"})
+        dense = spcomp.compile(text, formats={"A": "csr", "B": "csr", "t": "dense"})
+        runs = {"chosen": lambda k=chosen: k(A=A, B=B, x=x)}
+        if "y[i]" in text or n * n <= DENSE_LIMIT:  # (y[i] keeps one row of a dense t; y[k] all of it)
+            runs["dense"] = lambda k=dense: k(A=A, B=B, x=x)
+        for fn in runs.values():
+            assert np.allclose(fn(), want()), name
+        best = {}
+        for _ in range(args.repeat):
+            for key, fn in runs.items():
+                t0 = CLOCK()
+                fn()
+                best[key] = min(best.get(key, float("inf")), CLOCK() - t0)
+        print(" | ".join([name, str(chosen.program.tensors["t"].format), f"{1e3 * best['chosen']:.3f}",
+                          f"{1e3 * best['dense']:.3f}" if "dense" in best else "over DENSE_LIMIT"]), flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=20000)
     p.add_argument("--per-row", type=int, default=16)
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--section", choices=["all", "products", "programs"], default="all")
+    p.add_argument("--section", choices=["all", "products", "programs", "temporaries"], default="all")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="cpu: process CPU time (all threads), steadier on a shared host")
     args = p.parse_args(argv)
@@ -164,7 +199,9 @@ def main(argv=None):
         spcomp.set_num_threads(args.threads)
     if args.section in ("all", "programs"):
         programs(args)
-    if args.section == "programs":
+    if args.section in ("all", "temporaries"):
+        temporaries(args)
+    if args.section in ("programs", "temporaries"):
         return
     try:
         import opt_einsum

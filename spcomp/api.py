@@ -58,8 +58,9 @@ def compile(expression: str, formats: dict | None = None, dtype="float64", sched
     Several statements (separated by ``;`` or newlines) make a program
     (:class:`~spcomp.program.ProgramKernel`): later statements read what earlier
     ones wrote; ``outputs`` names what it returns (default: every written name no
-    later statement reads), the other written names are temporaries (dense unless
-    ``formats`` names them).
+    later statement reads), the other written names are temporaries (stored as
+    ``formats`` names them, else sparse where the statement writing them is zero
+    wherever a sparse operand stores nothing, dense elsewhere).
     """
     from .frontend import to_notation
     explicit = schedule is not None
@@ -138,7 +139,35 @@ def _compile_program(expression, formats, dtype, dtypes, schedule, backend, drop
                             "alone to schedule it")
     target = get_target(backend)
     options = options_from_schedule(schedule, drop_zeros, name, target.capabilities)
-    return ProgramKernel(expression, program, options, target, schedule)
+    return _with_chosen_temporaries(program, formats or {},
+                                    lambda p: ProgramKernel(expression, p, options, target, schedule))
+
+
+def _with_chosen_temporaries(program, given: dict, build):
+    """``build(program)`` with each temporary that ``given`` does not name stored in
+    the format its writer's zero structure bounds (``lower/temporary_formats.py``);
+    where the program does not compile so (an spcomp error), every temporary dense."""
+    import dataclasses
+
+    from .errors import SpcompError
+    from .lower.temporary_formats import choose_temporary_formats, with_formats
+    chosen = choose_temporary_formats(program.statements, program.temporaries, given)
+    if not chosen:
+        return build(program)
+    picked = dataclasses.replace(
+        program, statements=tuple(with_formats(program.statements, {n: c.format for n, c in chosen.items()})),
+        chosen=tuple((n, c.operands) for n, c in chosen.items()))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            kernel = build(picked)
+        except SpcompError:
+            kernel = None
+    if kernel is None:
+        return build(program)
+    for w in caught:  # the picked program's own warnings, now that it is the one returned
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return kernel
 
 
 def vjp(expression: str, wrt=None, formats: dict | None = None, dtype="float64", *, dtypes: dict | None = None,

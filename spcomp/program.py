@@ -48,10 +48,11 @@ from .lower.fuse import fuse, made_arrays, parallel_rows, reads_plainly, row_wor
 from .lower.heap_exits import free_on_early_exits
 from .lower.outputs import rows_first
 from .lower.record import Code
+from .lower.temporary_formats import with_formats
 from .runtime.call import CallContext
 from .runtime.launch import Variant
 from .program_copies import (apart_reason, copy_recasts, copyable_written, declared_in_warnings,
-                             reads_only_copies, run_statements, transposed_copies, with_formats)
+                             reads_only_copies, run_statements, transposed_copies)
 from .program_saved import SavedProgram
 from .program_tiles import keep_tiles, temporary_params
 from .runtime.program import FusedBuild, FusedRun, FusedStep
@@ -546,15 +547,24 @@ class ProgramKernel(SavedProgram):
             else:
                 why = f" (not in the run before it: {self.apart[run[0]]})" if run[0] in self.apart else ""
                 parts.append(f"# statement {which}: a kernel of its own{why}\n{seg.loops}")
-        parts.append(f"# returns {', '.join(self.outputs)}"
-                     + (f"; temporaries {', '.join(self.temporaries)}" if self.temporaries else ""))
+        parts.append(f"# returns {', '.join(self.outputs)}" + (f"; {self._temporaries_line}" if self.temporaries else ""))
         return "\n".join(parts)
+
+    @property
+    def _temporaries_line(self) -> str:
+        """``temporaries t (csr, chosen from A, B), u (dense)``: each temporary's format
+        and, where the compiler chose it (``lower/temporary_formats.py``), the sparse
+        operands whose zeros bound it."""
+        chosen = dict(self.program.chosen)
+        return "temporaries " + ", ".join(
+            f"{n} ({self.program.tensors[n].format}"
+            + (f", chosen from {', '.join(chosen[n])})" if n in chosen else ")") for n in self.temporaries)
 
     @property
     def ir(self) -> str:
         """The kernel IR of every native function the program runs, as C-like code (a
         fused run's function over chunks of rows, ``NAME_chunks``, after its own)."""
-        parts = []
+        parts = [f"// {self._temporaries_line}"] if self.temporaries else []
         for kind, seg, _ in self.segments:
             if kind != "fused":
                 parts.append(seg.ir)

@@ -21,8 +21,8 @@ import dataclasses
 
 from .formats import Compressed, Dense, Format, Singleton
 from .lower.fuse import is_fused_copy
+from .lower.temporary_formats import with_formats
 from .notation import accesses
-from .notation.nodes import Access, Assignment, children, with_children
 
 
 def copyable(fmt) -> bool:
@@ -127,16 +127,3 @@ def run_statements(program, run: list, lows: list) -> list:
             stmts[k] = with_formats([stmts[k]], recast)[0]
         written.append(stmts[k].lhs.tensor.name)
     return stmts
-
-
-def with_formats(statements, formats: dict) -> list:
-    """``statements`` with each tensor named in ``formats`` (name -> Format) stored so."""
-    if not formats:
-        return list(statements)
-
-    def recast(e):
-        if isinstance(e, Access):
-            f = formats.get(e.tensor.name)
-            return e if f is None else Access(dataclasses.replace(e.tensor, format=f), e.indices)
-        return with_children(e, [recast(c) for c in children(e)])
-    return [Assignment(recast(a.lhs), recast(a.rhs), a.accumulate) for a in statements]

@@ -55,6 +55,7 @@ class SavedProgram:
                              "why": seg.why})
         return {"kind": "program", "expression": self.expression, "statements": p.statements,
                 "texts": p.texts, "inputs": p.inputs, "outputs": p.outputs, "temporaries": p.temporaries,
+                "chosen": p.chosen,
                 "options": self._options, "backend": self._target.name, "machine": self._target.cache_key(),
                 "segments": segments}
 
@@ -76,7 +77,8 @@ class SavedProgram:
             raise CacheError(f"{where} was compiled for another machine or library version "
                              f"({payload['machine'][0]}); recompile it here")
         program = Program(tuple(payload["statements"]), tuple(payload["texts"]), tuple(payload["inputs"]),
-                          tuple(payload["outputs"]), tuple(payload["temporaries"]))
+                          tuple(payload["outputs"]), tuple(payload["temporaries"]),
+                          tuple(payload.get("chosen", ())))
         return cls(payload["expression"], program, payload["options"], target, None, saved=payload["segments"])
 
     def _restore(self, segments: list) -> list:

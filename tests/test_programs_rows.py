@@ -46,7 +46,8 @@ def _operands(name, rows, inner, cols, density, seed):
 
 
 def _formats(name):
-    return {"H": "dense", "W": "csr"} if name == "ffn-epilogue" else {"A": "csr", "B": "csr"}
+    """The operands' formats; T dense as given (the compiler would choose csr for it)."""
+    return {"H": "dense", "W": "csr"} if name == "ffn-epilogue" else {"A": "csr", "B": "csr", "T": "dense"}
 
 
 def _row_sized(k, temp):
@@ -155,7 +156,7 @@ def test_failed_second_row_workspace_frees_the_first():
     """T's row (16 MB) is allocated, then U's row (2**58 doubles) fails: the function
     frees T's row before its out-of-memory return, call after call."""
     k = spcomp.compile("T[i,k] = A[i,j]*B[j,k]\nU[i,l] = T[i,k]*D[k,l]\ny[i] = U[i,l]",
-                       formats={"A": "csr", "B": "csr", "D": "csr"})
+                       formats={"A": "csr", "B": "csr", "D": "csr", "T": "dense", "U": "dense"})
     assert "# T: a row workspace" in k.loops and "# U: a row workspace" in k.loops
     assert "if (!U_row) { free(T_row); return 2; }" in k.ir, k.ir
     if heap_in_use() is None:
@@ -196,7 +197,8 @@ def test_row_workspaces_in_the_function_over_chunks_of_rows(data):
     seed = data.draw(st.integers(0, 2 ** 16), label="seed")
     out = last.split("[")[0]
     text = f"T[i,k] = A[i,j]*B[j,k]\n{middle}\n{last}"
-    k = spcomp.compile(text, formats={n: f for n, f in {"A": "csr", "B": "csr", "G": "csr", "T": t_fmt}.items()
+    k = spcomp.compile(text, formats={n: f for n, f in {"A": "csr", "B": "csr", "G": "csr", "T": t_fmt,
+                                                        "D": "dense"}.items()
                                       if f"{n}[" in text})
     chunks = k.segments[0][1].chunks(32)
     assert chunks is not None and chunks.rows == ["D"], k.loops

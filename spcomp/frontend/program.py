@@ -50,6 +50,7 @@ class Program:
     inputs: tuple       # names read and never written: operands the caller passes
     outputs: tuple      # names returned, in order of writing
     temporaries: tuple  # names written and not returned
+    chosen: tuple = ()  # (temporary, sparse operands) per temporary whose format the compiler chose
 
     def __repr__(self) -> str:
         return "\n".join(repr(s) for s in self.statements)

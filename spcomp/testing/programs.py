@@ -45,8 +45,9 @@ def _access(name, idx) -> str:
 
 @st.composite
 def programs(draw, max_statements: int = 4, max_order: int = 2, sparse_temporaries: bool = True,
-             transposed_reads: bool = False):
-    """A :class:`ProgramCase` of 1 to ``max_statements`` statements. With
+             transposed_reads: bool = False, input_kinds: str = "dc"):
+    """A :class:`ProgramCase` of 1 to ``max_statements`` statements; the inputs' levels
+    are of ``input_kinds`` (``"cq"``: sparse inputs only, coo among them). With
     ``transposed_reads`` every written tensor of order 2 or more draws a format (dense
     among them), and a statement that reads the one just written often writes its
     indices in another order (``Z[k,i] = T[i,k]``): a transposed read."""
@@ -60,7 +61,7 @@ def programs(draw, max_statements: int = 4, max_order: int = 2, sparse_temporari
         idx = tuple(draw(st.permutations(INDEX_POOL)))[:order]
         name = "ABCD"[k]
         avail[name] = inputs[name] = idx
-        fmts[name] = draw(input_formats(order, kinds="dc", allow_packed=False))
+        fmts[name] = draw(input_formats(order, kinds=input_kinds, allow_packed=False))
     texts, written = [], []
     for s in range(draw(st.integers(1, max_statements))):
         names = list(avail)
