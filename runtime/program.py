@@ -30,7 +30,6 @@ instead of all of the above.
 """
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 
 import numpy as np
