@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 
 from .errors import SpcompError
 from .lower import contract
+from .operand_stats import measure_operands
 
 
 class Contraction:
@@ -132,32 +132,15 @@ class Contraction:
     def measure(self, operands):
         """``(cache key, index sizes, densities)`` of a call's operands, or None when
         one cannot be measured (an unknown kind of operand)."""
-        sizes, density, shapes, buckets = {}, {}, [], []
-        for name, dense, indices in self._shape_of:
-            value = operands.get(name)
-            if value is None:
-                return None
-            shape = getattr(value, "shape", None)
-            shape = tuple(shape) if shape is not None else np.shape(value)
-            if len(shape) != len(indices):
-                return None  # the kernel's own checks say what is wrong
-            size = math.prod(shape)
-            if dense or size == 0:
-                d = 1.0
-                buckets.append(0)
-            else:
-                nnz = getattr(value, "nnz", None)
-                if nnz is None:
-                    if type(value) is not np.ndarray:
-                        return None
-                    nnz = np.count_nonzero(value)
-                d = int(nnz) / size
-                buckets.append(math.floor(math.log2(d)) if d > 0 else -999)
-            density[name] = d
-            shapes.append(shape)
-            for i, n in zip(indices, shape):
+        measured = measure_operands(self._shape_of, operands)
+        if measured is None:
+            return None
+        key, shapes, density = measured
+        sizes = {}
+        for (name, _dense, indices) in self._shape_of:
+            for i, n in zip(indices, shapes[name]):
                 sizes.setdefault(i, int(n))
-        return (tuple(shapes), tuple(buckets)), sizes, density
+        return key, sizes, density
 
     def describe(self) -> str:
         """What ``k.loops`` adds: the last call's plan when it was factorised ("" while

@@ -53,6 +53,7 @@ from .runtime.call import CallContext
 from .runtime.launch import Variant
 from .program_copies import (apart_reason, copy_recasts, copyable_written, declared_in_warnings,
                              reads_only_copies, run_statements, transposed_copies)
+from .program_density import DensityVariants
 from .program_saved import SavedProgram
 from .program_tiles import keep_tiles, temporary_params
 from .runtime.program import FusedBuild, FusedRun, FusedStep
@@ -80,6 +81,10 @@ class ProgramKernel(SavedProgram):
         # the run of a program that fused whole, whose last call a call may repeat at once
         self._only_run = self.segments[0][1] if len(self.segments) == 1 and self.segments[0][0] == "fused" else None
         self._operand_names = frozenset(self.inputs) | frozenset(self._accumulated)
+        # a dense variant for operands that would fill a chosen sparse temporary in
+        self.density = DensityVariants(
+            program, self.inputs, lambda p: ProgramKernel(expression, p, options, target, schedule)) \
+            if program.chosen else None
         self.warnings = [w for kind, seg, _ in self.segments
                          for w in (seg.warnings if kind == "kernel" else
                                    [x for st in seg.steps for x in st.low.inspection.warnings])]
@@ -548,6 +553,9 @@ class ProgramKernel(SavedProgram):
                 why = f" (not in the run before it: {self.apart[run[0]]})" if run[0] in self.apart else ""
                 parts.append(f"# statement {which}: a kernel of its own{why}\n{seg.loops}")
         parts.append(f"# returns {', '.join(self.outputs)}" + (f"; {self._temporaries_line}" if self.temporaries else ""))
+        variant = self.density.last_variant() if self.density is not None else None
+        if variant is not None:  # what the last call ran: its program's variant
+            return self.density.describe() + "\n" + variant.loops
         return "\n".join(parts)
 
     @property
@@ -557,7 +565,7 @@ class ProgramKernel(SavedProgram):
         operands whose zeros bound it."""
         chosen = dict(self.program.chosen)
         return "temporaries " + ", ".join(
-            f"{n} ({self.program.tensors[n].format}"
+            f"{n} ({self.program.tensors[n].format if self.program.tensors[n].order else 'scalar'}"
             + (f", chosen from {', '.join(chosen[n])})" if n in chosen else ")") for n in self.temporaries)
 
     @property
@@ -581,8 +589,10 @@ class ProgramKernel(SavedProgram):
 
     @property
     def launches(self) -> int:
-        """Native functions a call runs: 1 when the whole program fused."""
-        return len(self.segments)
+        """Native functions a call runs: 1 when the whole program fused (those of the
+        dense variant the last call ran, where it ran one: program_density.py)."""
+        variant = self.density.last_variant() if self.density is not None else None
+        return variant.launches if variant is not None else len(self.segments)
 
     @property
     def backend(self) -> str:
@@ -609,6 +619,12 @@ class ProgramKernel(SavedProgram):
                 (f"unexpected operand(s) {', '.join(unexpected)}; " if unexpected else "")
                 + (f"missing operand(s) {', '.join(missing)}; " if missing else "")
                 + f"this program takes {', '.join(sorted(allowed))}")
+        if self.density is not None:
+            variant = self.density.kernel_for(operands)
+            if variant is not None:
+                result = variant(**operands)
+                self.last_launches = variant.last_launches
+                return result
         env = dict(operands)
         scalars = set()
         for name in self._accumulated:

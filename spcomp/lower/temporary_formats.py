@@ -16,7 +16,10 @@ it would make a statement read some tensor through a transposed copy that the
 dense temporary did not need, or where a reader applies a function with f(0) ≠ 0
 to it (that reader visits every coordinate anyway).
 Statements are taken in order, each seeing the formats chosen before it, so a
-chain of sparse statements stays sparse.
+chain of sparse statements stays sparse. The choice is structural; at a call,
+:func:`expected_fills` estimates from the operands' densities how full each chosen
+temporary will be, and the program keeps a dense variant for operands that would
+fill one (``spcomp/program_density.py``).
 """
 from __future__ import annotations
 
@@ -172,3 +175,34 @@ def _named(fmt: Format) -> Format:
         if preset == fmt:
             return preset
     return fmt
+
+
+def expected_fills(statements, names, shapes: dict, density: dict) -> dict:
+    """Name -> the expected fraction of its coordinates that is stored, for each
+    temporary in ``names`` (chosen sparse), from the inputs' ``shapes`` and
+    ``density`` (stored / size; absent: 1), statement by statement so that a later
+    temporary sees an earlier one's fill (each statement's index sizes are its
+    own). A product summed over indices is
+    :func:`~spcomp.lower.contract.product_density` (independent uniform nonzeros);
+    anything else is bounded by the sum of its operands' densities (a union)."""
+    from .contract import product_density
+    from .normalize import factors, lift_sums, split_sums
+    shapes, density = dict(shapes), dict(density)
+    fills = {}
+    for a in statements:
+        sizes = {}
+        for acc in accesses(a.rhs):
+            for i, n in zip(acc.indices, shapes.get(acc.tensor.name, ())):
+                sizes.setdefault(i.name, n)
+        name = a.lhs.tensor.name
+        shapes[name] = tuple(sizes.get(i.name, 1) for i in a.lhs.indices)
+        if name not in names:
+            continue
+        _summed, body = split_sums(lift_sums(a.rhs))
+        members = factors(body)
+        if all(isinstance(f, Access) or not accesses(f) for f in members):
+            fill = product_density([f for f in members if isinstance(f, Access)], a.lhs, sizes, density)
+        else:
+            fill = min(1.0, sum(density.get(acc.tensor.name, 1.0) for acc in accesses(a.rhs)))
+        fills[name] = density[name] = fill
+    return fills
