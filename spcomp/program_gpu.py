@@ -31,7 +31,7 @@ from .backends.cuda.grid_sync import (BARRIER_WORDS, GRID_SYNC_STATUS, emit_prog
                                       with_barrier)
 from .backends.cuda.launch import launch_config
 from .backends.cuda.target import DEFAULT_BLOCK
-from .errors import KernelRuntimeError, UnsupportedError
+from .errors import DTypeError, KernelRuntimeError, OperandError, ShapeError, UnsupportedError
 from .ir import nodes as irn
 from .lower.fuse import fuse, reads_plainly
 from .runtime.launch import parallel_extent, raise_status
@@ -77,14 +77,16 @@ def plan_gpu(program, kernels: list, index32_limit: int, expression: str) -> lis
 
 def _joinable(a, kernel) -> bool:
     """Whether statement ``a`` (compiled as ``kernel``) needs no host work before or
-    after its one launch: a fresh dense row-major output, a grid-level loop."""
+    after its one launch: a dense row-major output (``+=`` adds into the caller's
+    array, uploaded and copied back with the others), written whole in the launch.
+    A serial statement joins too: one thread of the grid runs it between barriers."""
     fmt = a.lhs.tensor.format
     low = kernel.lowered
     out = low.output
-    return (not a.accumulate and kernel.contraction is None and fmt.is_dense
+    return (kernel.contraction is None and fmt.is_dense
             and fmt.order == tuple(range(fmt.ndim)) and out.shape == "dense" and not out.growable
             and not out.bounded and out.assembly is None and out.expand is None and not low.append_chunks
-            and all(b.role in _ROLES for b in low.code.bindings) and mapping(low) != "serial")
+            and all(b.role in _ROLES for b in low.code.bindings))
 
 
 @dataclasses.dataclass
@@ -95,6 +97,7 @@ class GpuStep:
     kernel: object
     low: object
     returned: bool
+    accumulate: bool  # ``+=``: it adds into the caller's array
 
 
 @dataclasses.dataclass
@@ -118,8 +121,8 @@ class GpuProgramRun:
         self.limit = index32_limit
         self.expression = expression
         stmts = program.statements
-        self.steps = [GpuStep(stmts[k].lhs.tensor.name, kern, kern.lowered, stmts[k].lhs.tensor.name in program.outputs)
-                      for k, kern in zip(run, kernels)]
+        self.steps = [GpuStep(stmts[k].lhs.tensor.name, kern, kern.lowered, stmts[k].lhs.tensor.name in program.outputs,
+                              stmts[k].accumulate) for k, kern in zip(run, kernels)]
         self.built: dict = {}
         self.compiled = self.build(32, tuple(_default(kern.variant(32)) for kern in kernels))
 
@@ -174,14 +177,20 @@ class GpuProgramRun:
     def run(self, env: dict) -> None:
         """Run the statements in one launch on ``env``'s values; each result is put
         in ``env`` under its name."""
-        per_step, bits = [], 32
+        per_step, bits, copied = [], 32, []
         for st in self.steps:
             ctx = st.kernel.runtime
             ops = {name: env[name] for name in ctx.plan.names if name != st.name}
             storages = ctx.operands.storages(ops)
+            if st.accumulate:  # its sizes bind against the caller's array too
+                ops[st.name] = env[st.name]
             sizes = ctx.plan.bind_sizes(storages, ops)
-            array = np.zeros(tuple(sizes[i] for i in ctx.plan.out_indices), dtype=ctx.plan.out_dtype)
-            env[st.name] = array  # a later statement binds its sizes against it
+            shape, dtype = tuple(sizes[i] for i in ctx.plan.out_indices), ctx.plan.out_dtype
+            if st.accumulate:
+                array = self._added_into(st.name, env[st.name], shape, dtype, copied)
+            else:
+                array = np.zeros(shape, dtype=dtype)
+            env[st.name] = array  # a later statement binds its sizes against it (and reads it)
             per_step.append((storages, sizes, array))
             bits = max(bits, index_bits(storages, sizes, self.limit))
         lists, hows = [], []
@@ -203,9 +212,31 @@ class GpuProgramRun:
                 "between them: the grid's blocks were not all resident at once")
         if status != 0:
             raise_status(status, None, self.steps[-1].name, self.expression)
+        for name, given, array in copied:  # a += array that was not row-major: its sums go back in place
+            given[...] = array
+            env[name] = given
         for st, (_s, _z, array) in zip(self.steps, per_step):
-            if array.ndim == 0 and st.returned:
+            if array.ndim == 0 and st.returned and not st.accumulate:
                 env[st.name] = array.item()
+
+    def _added_into(self, name: str, given, shape: tuple, dtype, copied: list) -> np.ndarray:
+        """The array a ``+=`` statement adds into: the caller's own (the launch uploads
+        it and copies the sums back into it), or a row-major copy of it, noted in
+        ``copied`` to be written back after the launch."""
+        if not isinstance(given, np.ndarray):
+            raise OperandError(f"output {name} (+=) must be a numpy.ndarray (or, for an order-0 output, "
+                               f"a Python or NumPy scalar), not {type(given).__name__}")
+        if given.shape != shape:
+            raise ShapeError(f"output {name} has shape {given.shape}, the program computes {shape}")
+        if given.dtype != dtype:
+            raise DTypeError(f"output {name} has dtype {given.dtype} but the program writes {np.dtype(dtype)}")
+        if not given.flags.writeable:
+            raise OperandError(f"output {name} (+=) is read-only: it is updated in place")
+        if given.flags.c_contiguous:
+            return given
+        array = np.ascontiguousarray(given)
+        copied.append((name, given, array))
+        return array
 
     def _launch(self, built: GpuBuild, lists: list, hows: list) -> int:
         """Launch the kernel on the statements' argument lists; returns its status."""
