@@ -2,13 +2,17 @@
 
 On ``cuda`` and ``cuda-sim`` a run of consecutive statements that each write a
 dense row-major array in one launch -- no host work between them: no sparse
-output (counted, prefix-summed and filled from the host), no serial kernel, no
-``+=`` (it adds into the caller's array), no transposed or diagonal copy of a
-tensor the run writes -- becomes one ``__global__`` kernel: the statements'
-functions joined by :func:`spcomp.lower.fuse.fuse` (a temporary is one
-parameter, its writer's output), printed with a grid-wide barrier between them
-(:mod:`spcomp.backends.cuda.grid_sync`). The temporaries are device memory the
-launch allocates like any output. Each statement keeps its own mapping: where
+output (counted, prefix-summed and filled from the host), no transposed or
+diagonal copy of a tensor the run writes -- becomes one ``__global__`` kernel:
+the statements' functions joined by :func:`spcomp.lower.fuse.fuse` (a temporary
+is one parameter, its writer's output), printed with a grid-wide barrier between
+them (:mod:`spcomp.backends.cuda.grid_sync`). The temporaries are device memory
+the launch allocates like any output. A dense ``+=`` output is the caller's own
+array (uploaded with the operands, the sums copied back into it; a row-major
+copy written back for any other layout), so the statement adds into the old
+values and a later statement of the run reads the sums after the barrier. A
+serial statement (no grid-level loop) runs on one thread of the grid between
+two barriers. Each statement keeps its own mapping: where
 the default schedule leaves a thread or a warp per row to the call
 (``RowChoice``), the call's rows pick it as for a kernel of its own, and the
 kernel of that combination is built on first use. The grid is the largest any
@@ -25,7 +29,6 @@ import dataclasses
 
 import numpy as np
 
-from .backends.cuda.default_schedule import mapping
 from .backends.cuda.grid_sync import (BARRIER_WORDS, GRID_SYNC_STATUS, emit_program, program_signature,
                                       sim_co_resident_blocks,
                                       with_barrier)
