@@ -96,7 +96,7 @@ def _reference(steps, env):
     return env
 
 
-def _separately(k, ops):
+def separately(k, ops):
     """The program run with every statement a kernel of its own."""
     fused = [seg for kind, seg, _ in k.segments if kind == "fused"]
     for seg in fused:
@@ -108,7 +108,7 @@ def _separately(k, ops):
             del seg.wants_threads
 
 
-def _fused_kernels(k):
+def fused_kernels(k):
     return [seg for kind, seg, _ in k.segments if isinstance(seg, program_gpu.GpuProgramRun)]
 
 
@@ -134,7 +134,7 @@ def test_random_chains_run_as_one_launch(steps, fmt, density, seed):
     for name in outputs:
         assert np.allclose(got[name], want[name], rtol=1e-10, atol=1e-10), (text, name, got[name], want[name])
     assert all(got[n] is given[n] for n in added)  # updated in place
-    alone = _separately(k, {**ops, **{n: v.copy() for n, v in old.items()}})
+    alone = separately(k, {**ops, **{n: v.copy() for n, v in old.items()}})
     alone = alone if len(outputs) > 1 else {out: alone}
     assert k.last_launches == len(steps)
     for name in outputs:
@@ -194,7 +194,7 @@ PROGRAMS = [
 @pytest.mark.parametrize("text,formats", PROGRAMS)
 def test_every_fused_kernel_compiles_with_nvcc(text, formats):
     k = spcomp.compile(text, formats=formats, backend="cuda-sim")
-    (seg,) = _fused_kernels(k)
+    (seg,) = fused_kernels(k)
     A = sp.random(M, N, density=0.6, format="csr", random_state=1)
     ops = {"A": A if formats["A"] == "csr" else A.toarray(), "x": np.ones(N), "B": np.ones((N, N))}
     k(**{n: v for n, v in ops.items() if n in k.inputs})  # builds the warp-per-row kernel where it picks one

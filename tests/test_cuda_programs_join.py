@@ -19,13 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import spcomp
-from spcomp import program_gpu
 from spcomp.backends.cuda import nvcc
 from spcomp.backends.cuda.grid_sync import SERIAL_THREAD
 from spcomp.errors import DTypeError, OperandError, ShapeError, TranspositionWarning, UnsupportedError
 from spcomp.testing.programs import close, program_operands, programs, reference_program
 
 from conftest import examples
+from test_cuda_programs import fused_kernels, separately
 
 M, N = 600, 40  # several blocks of 256 threads: the barrier is crossed for real
 A = sp.random(M, N, density=0.2, format="csr", random_state=7)
@@ -35,10 +35,6 @@ W = np.random.default_rng(7).standard_normal(M)
 
 def _compile(text, **kw):
     return spcomp.compile(text, formats={"A": "csr"}, backend="cuda-sim", **kw)
-
-
-def _fused(k):
-    return [seg for kind, seg, _ in k.segments if isinstance(seg, program_gpu.GpuProgramRun)]
 
 
 @pytest.fixture(autouse=True)
@@ -157,22 +153,10 @@ JOINED = [
 @pytest.mark.parametrize("text", JOINED)
 def test_every_joined_kernel_compiles_with_nvcc(text):
     k = _compile(text, outputs=["y", "m"] if "m +=" in text else None)
-    (seg,) = _fused(k)
+    (seg,) = fused_kernels(k)
     for built in seg.built.values():
         report = nvcc.check_source(built.compiled[0], arch="sm_90")
         assert set(report) == {built.function.name}
-
-
-def _separately(k, ops):
-    """The program run with every statement a kernel of its own."""
-    fused = _fused(k)
-    for seg in fused:
-        seg.wants_threads = lambda env: True
-    try:
-        return k(**ops)
-    finally:
-        for seg in fused:
-            del seg.wants_threads
 
 
 def _fresh(ops: dict) -> dict:
@@ -201,7 +185,7 @@ def test_random_programs_with_adds_cuda_sim(data):
     for name in case.accumulated:  # the caller's array holds the sums
         if isinstance(call[name][1], np.ndarray):
             assert got[name] is call[name][1]
-    alone = _separately(k, {n: v[1] for n, v in _fresh(ops).items()})
+    alone = separately(k, {n: v[1] for n, v in _fresh(ops).items()})
     alone = alone if isinstance(alone, dict) else {case.outputs[0]: alone}
     for name in case.outputs:
         assert close(alone[name], want[name]), (str(case), name)
