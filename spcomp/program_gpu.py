@@ -38,7 +38,7 @@ from .errors import DTypeError, KernelRuntimeError, OperandError, ShapeError, Un
 from .ir import nodes as irn
 from .lower.fuse import fuse, reads_plainly
 from .runtime.launch import parallel_extent, raise_status
-from .runtime.operands import index_bits, is_device_array, is_torch
+from .runtime.operands import index_bits, is_device_array, is_torch, refuse_overlap
 
 SYNC_TIMEOUT_S = 60.0  # longest wait at the grid-wide barrier before the launch reports an error
 _ROLES = ("lo", "hi", "size", "input", "output")
@@ -180,6 +180,7 @@ class GpuProgramRun:
     def run(self, env: dict) -> None:
         """Run the statements in one launch on ``env``'s values; each result is put
         in ``env`` under its name."""
+        self._refuse_shared_sums(env)
         per_step, bits, copied = [], 32, []
         for st in self.steps:
             ctx = st.kernel.runtime
@@ -221,6 +222,18 @@ class GpuProgramRun:
         for st, (_s, _z, array) in zip(self.steps, per_step):
             if array.ndim == 0 and st.returned and not st.accumulate:
                 env[st.name] = array.item()
+
+    def _refuse_shared_sums(self, env: dict) -> None:
+        """OperandError where a ``+=`` array shares memory with an input of the run or
+        with another ``+=`` array: the launch uploads each once and adds into its own
+        copy, so the statements would not see each other's sums (as one by one)."""
+        written = {st.name for st in self.steps}
+        inputs = {name: env[name] for st in self.steps for name in st.kernel.runtime.plan.names
+                  if name not in written}
+        sums = {st.name: env[st.name] for st in self.steps if st.accumulate}
+        for name, given in sums.items():
+            if isinstance(given, np.ndarray):
+                refuse_overlap(given, {**inputs, **sums}, name)
 
     def _added_into(self, name: str, given, shape: tuple, dtype, copied: list) -> np.ndarray:
         """The array a ``+=`` statement adds into: the caller's own (the launch uploads

@@ -111,6 +111,20 @@ def test_a_read_only_add_operand_is_refused():
         k(A=A, x=X, y=y)
 
 
+def test_an_add_operand_sharing_memory_is_refused():
+    # the launch uploads each array once: a sum the caller also passes as an input
+    # (or as a second sum) would not be seen updated by the other statements
+    k = _compile("t[i] = A[i,j]*x[j]; y[i] += t[i] + w[i]; z[i] += y[i]*2", outputs=["y", "z"])
+    assert k.launches == 1, k.loops
+    w = W.copy()
+    with pytest.raises(OperandError, match="y shares memory with input w"):
+        k(A=A, x=X, w=w, y=w, z=np.zeros(M))
+    y = np.zeros(M)
+    with pytest.raises(OperandError, match="shares memory"):
+        k(A=A, x=X, w=W, y=y, z=y[::-1])
+    assert not y.any() and np.array_equal(w, W)
+
+
 def test_a_serial_statement_runs_on_one_thread_between_the_barriers():
     k = _compile("y[i] = A[i,j]*x[j]; m = max(i, y[i]); z[i] = y[i] / m")
     assert k.launches == 1, k.loops
