@@ -157,16 +157,17 @@ def test_serial_statements_first_and_alone():
 
 
 JOINED = [
-    "t[i] = A[i,j]*x[j]; y[i] += relu(t[i])*2",
-    "y[i] = A[i,j]*x[j]; m = max(i, y[i]); z[i] = y[i] / m",
-    "y[i] = A[i,j]*x[j]; m += max(i, y[i])",
+    ("t[i] = A[i,j]*x[j]; y[i] += relu(t[i])*2", None),
+    ("y[i] = A[i,j]*x[j]; m = max(i, y[i]); z[i] = y[i] / m", None),
+    ("y[i] = A[i,j]*x[j]; m += max(i, y[i])", ["y", "m"]),
+    ("Y[i,k] += A[i,j]*B[j,k]; s += Y[i,k]*Y[i,k]", ["Y", "s"]),
 ]
 
 
 @pytest.mark.skipif(not nvcc.nvcc_available(), reason="nvcc (the CUDA toolkit) is not installed")
-@pytest.mark.parametrize("text", JOINED)
-def test_every_joined_kernel_compiles_with_nvcc(text):
-    k = _compile(text, outputs=["y", "m"] if "m +=" in text else None)
+@pytest.mark.parametrize("text,outputs", JOINED)
+def test_every_joined_kernel_compiles_with_nvcc(text, outputs):
+    k = _compile(text, outputs=outputs)
     (seg,) = fused_kernels(k)
     for built in seg.built.values():
         report = nvcc.check_source(built.compiled[0], arch="sm_90")
