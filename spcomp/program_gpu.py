@@ -2,13 +2,17 @@
 
 On ``cuda`` and ``cuda-sim`` a run of consecutive statements that each write a
 dense row-major array in one launch -- no host work between them: no sparse
-output (counted, prefix-summed and filled from the host), no serial kernel, no
-``+=`` (it adds into the caller's array), no transposed or diagonal copy of a
-tensor the run writes -- becomes one ``__global__`` kernel: the statements'
-functions joined by :func:`spcomp.lower.fuse.fuse` (a temporary is one
-parameter, its writer's output), printed with a grid-wide barrier between them
-(:mod:`spcomp.backends.cuda.grid_sync`). The temporaries are device memory the
-launch allocates like any output. Each statement keeps its own mapping: where
+output (counted, prefix-summed and filled from the host), no transposed or
+diagonal copy of a tensor the run writes -- becomes one ``__global__`` kernel:
+the statements' functions joined by :func:`spcomp.lower.fuse.fuse` (a temporary
+is one parameter, its writer's output), printed with a grid-wide barrier between
+them (:mod:`spcomp.backends.cuda.grid_sync`). The temporaries are device memory
+the launch allocates like any output. A dense ``+=`` output is the caller's own
+array (uploaded with the operands, the sums copied back into it; a row-major
+copy written back for any other layout), so the statement adds into the old
+values and a later statement of the run reads the sums after the barrier. A
+serial statement (no grid-level loop) runs on one thread of the grid between
+two barriers. Each statement keeps its own mapping: where
 the default schedule leaves a thread or a warp per row to the call
 (``RowChoice``), the call's rows pick it as for a kernel of its own, and the
 kernel of that combination is built on first use. The grid is the largest any
@@ -25,17 +29,16 @@ import dataclasses
 
 import numpy as np
 
-from .backends.cuda.default_schedule import mapping
 from .backends.cuda.grid_sync import (BARRIER_WORDS, GRID_SYNC_STATUS, emit_program, program_signature,
                                       sim_co_resident_blocks,
                                       with_barrier)
 from .backends.cuda.launch import launch_config
 from .backends.cuda.target import DEFAULT_BLOCK
-from .errors import KernelRuntimeError, UnsupportedError
+from .errors import DTypeError, KernelRuntimeError, OperandError, ShapeError, UnsupportedError
 from .ir import nodes as irn
 from .lower.fuse import fuse, reads_plainly
 from .runtime.launch import parallel_extent, raise_status
-from .runtime.operands import index_bits, is_device_array, is_torch
+from .runtime.operands import index_bits, is_device_array, is_torch, refuse_overlap
 
 SYNC_TIMEOUT_S = 60.0  # longest wait at the grid-wide barrier before the launch reports an error
 _ROLES = ("lo", "hi", "size", "input", "output")
@@ -77,14 +80,16 @@ def plan_gpu(program, kernels: list, index32_limit: int, expression: str) -> lis
 
 def _joinable(a, kernel) -> bool:
     """Whether statement ``a`` (compiled as ``kernel``) needs no host work before or
-    after its one launch: a fresh dense row-major output, a grid-level loop."""
+    after its one launch: a dense row-major output (``+=`` adds into the caller's
+    array, uploaded and copied back with the others), written whole in the launch.
+    A serial statement joins too: one thread of the grid runs it between barriers."""
     fmt = a.lhs.tensor.format
     low = kernel.lowered
     out = low.output
-    return (not a.accumulate and kernel.contraction is None and fmt.is_dense
+    return (kernel.contraction is None and fmt.is_dense
             and fmt.order == tuple(range(fmt.ndim)) and out.shape == "dense" and not out.growable
             and not out.bounded and out.assembly is None and out.expand is None and not low.append_chunks
-            and all(b.role in _ROLES for b in low.code.bindings) and mapping(low) != "serial")
+            and all(b.role in _ROLES for b in low.code.bindings))
 
 
 @dataclasses.dataclass
@@ -95,6 +100,7 @@ class GpuStep:
     kernel: object
     low: object
     returned: bool
+    accumulate: bool  # ``+=``: it adds into the caller's array
 
 
 @dataclasses.dataclass
@@ -118,8 +124,8 @@ class GpuProgramRun:
         self.limit = index32_limit
         self.expression = expression
         stmts = program.statements
-        self.steps = [GpuStep(stmts[k].lhs.tensor.name, kern, kern.lowered, stmts[k].lhs.tensor.name in program.outputs)
-                      for k, kern in zip(run, kernels)]
+        self.steps = [GpuStep(stmts[k].lhs.tensor.name, kern, kern.lowered, stmts[k].lhs.tensor.name in program.outputs,
+                              stmts[k].accumulate) for k, kern in zip(run, kernels)]
         self.built: dict = {}
         self.compiled = self.build(32, tuple(_default(kern.variant(32)) for kern in kernels))
 
@@ -174,14 +180,21 @@ class GpuProgramRun:
     def run(self, env: dict) -> None:
         """Run the statements in one launch on ``env``'s values; each result is put
         in ``env`` under its name."""
-        per_step, bits = [], 32
+        self._refuse_shared_sums(env)
+        per_step, bits, copied = [], 32, []
         for st in self.steps:
             ctx = st.kernel.runtime
             ops = {name: env[name] for name in ctx.plan.names if name != st.name}
             storages = ctx.operands.storages(ops)
+            if st.accumulate:  # its sizes bind against the caller's array too
+                ops[st.name] = env[st.name]
             sizes = ctx.plan.bind_sizes(storages, ops)
-            array = np.zeros(tuple(sizes[i] for i in ctx.plan.out_indices), dtype=ctx.plan.out_dtype)
-            env[st.name] = array  # a later statement binds its sizes against it
+            shape, dtype = tuple(sizes[i] for i in ctx.plan.out_indices), ctx.plan.out_dtype
+            if st.accumulate:
+                array = self._added_into(st.name, env[st.name], shape, dtype, copied)
+            else:
+                array = np.zeros(shape, dtype=dtype)
+            env[st.name] = array  # a later statement binds its sizes against it (and reads it)
             per_step.append((storages, sizes, array))
             bits = max(bits, index_bits(storages, sizes, self.limit))
         lists, hows = [], []
@@ -203,9 +216,43 @@ class GpuProgramRun:
                 "between them: the grid's blocks were not all resident at once")
         if status != 0:
             raise_status(status, None, self.steps[-1].name, self.expression)
+        for name, given, array in copied:  # a += array that was not row-major: its sums go back in place
+            given[...] = array
+            env[name] = given
         for st, (_s, _z, array) in zip(self.steps, per_step):
-            if array.ndim == 0 and st.returned:
+            if array.ndim == 0 and st.returned and not st.accumulate:
                 env[st.name] = array.item()
+
+    def _refuse_shared_sums(self, env: dict) -> None:
+        """OperandError where a ``+=`` array shares memory with an input of the run or
+        with another ``+=`` array: the launch uploads each once and adds into its own
+        copy, so the statements would not see each other's sums (as one by one)."""
+        written = {st.name for st in self.steps}
+        inputs = {name: env[name] for st in self.steps for name in st.kernel.runtime.plan.names
+                  if name not in written}
+        sums = {st.name: env[st.name] for st in self.steps if st.accumulate}
+        for name, given in sums.items():
+            if isinstance(given, np.ndarray):
+                refuse_overlap(given, {**inputs, **sums}, name)
+
+    def _added_into(self, name: str, given, shape: tuple, dtype, copied: list) -> np.ndarray:
+        """The array a ``+=`` statement adds into: the caller's own (the launch uploads
+        it and copies the sums back into it), or a row-major copy of it, noted in
+        ``copied`` to be written back after the launch."""
+        if not isinstance(given, np.ndarray):
+            raise OperandError(f"output {name} (+=) must be a numpy.ndarray (or, for an order-0 output, "
+                               f"a Python or NumPy scalar), not {type(given).__name__}")
+        if given.shape != shape:
+            raise ShapeError(f"output {name} has shape {given.shape}, the program computes {shape}")
+        if given.dtype != dtype:
+            raise DTypeError(f"output {name} has dtype {given.dtype} but the program writes {np.dtype(dtype)}")
+        if not given.flags.writeable:
+            raise OperandError(f"output {name} (+=) is read-only: it is updated in place")
+        if given.flags.c_contiguous:
+            return given
+        array = np.ascontiguousarray(given)
+        copied.append((name, given, array))
+        return array
 
     def _launch(self, built: GpuBuild, lists: list, hows: list) -> int:
         """Launch the kernel on the statements' argument lists; returns its status."""

@@ -2,7 +2,8 @@
 
 Random chains of 2 to 4 statements (csr or dense matrices, dense temporaries,
 element-wise statements, row sums mapped a thread or a warp per row, scatters,
-a scalar sum) run under cuda-sim as one launch; each result is checked against
+``+=`` into the caller's vector, a scalar sum or a serial scalar max) run under
+cuda-sim as one launch; each result is checked against
 numpy.einsum and against the same statements run as kernels of their own. Every
 fused kernel compiles with nvcc where it is installed. The grid-wide barrier:
 the launch never has more blocks than run at once, and an oversubscribed grid
@@ -41,7 +42,7 @@ def chains(draw):
     for s in range(count):
         name = f"t{s + 1}"
         last = s == count - 1
-        kinds = ["sum_rows", "elementwise", "scatter", "matrix"] + (["scalar"] if last else [])
+        kinds = ["sum_rows", "elementwise", "scatter", "matrix", "add"] + (["scalar", "serial"] if last else [])
         kind = draw(st.sampled_from(kinds))
         prev = steps[-1][0] if steps else None
         pick_rows = (lambda: prev if prev in rows else draw(st.sampled_from(rows)))
@@ -60,6 +61,14 @@ def chains(draw):
             a = pick_rows()
             steps.append((name, f"{name}[j] = A[i,j]*{a}[i]", ("ij,i->j", "A", a)))
             cols.append(name)
+        elif kind == "add":  # into the caller's vector (an output, updated in place)
+            name = f"y{s + 1}"
+            a = pick_rows()
+            steps.append((name, f"{name}[i] += {a}[i]*2", ("add", a)))
+            rows.append(name)
+        elif kind == "serial":  # a max has no atomic form: one thread of the grid does it
+            a = pick_rows()
+            steps.append((name, f"{name} = max(i, {a}[i])", ("max", a)))
         elif kind == "matrix":
             name = f"m{s + 1}"
             a = pick_rows()
@@ -78,12 +87,16 @@ def _reference(steps, env):
             v = env[a]
             v = np.maximum(v, 0) if f == "relu" else 1 / (1 + np.exp(-v)) if f == "sigmoid" else v
             env[name] = v + env[b] * 2
+        elif how[0] == "add":
+            env[name] = env[name] + env[how[1]] * 2
+        elif how[0] == "max":
+            env[name] = env[how[1]].max()
         else:
             env[name] = np.einsum(how[0], *(env[o] for o in how[1:]))
     return env
 
 
-def _separately(k, ops):
+def separately(k, ops):
     """The program run with every statement a kernel of its own."""
     fused = [seg for kind, seg, _ in k.segments if kind == "fused"]
     for seg in fused:
@@ -95,7 +108,7 @@ def _separately(k, ops):
             del seg.wants_threads
 
 
-def _fused_kernels(k):
+def fused_kernels(k):
     return [seg for kind, seg, _ in k.segments if isinstance(seg, program_gpu.GpuProgramRun)]
 
 
@@ -104,19 +117,28 @@ def _fused_kernels(k):
 def test_random_chains_run_as_one_launch(steps, fmt, density, seed):
     text = "; ".join(t for _n, t, _h in steps)
     out = steps[-1][0]
-    k = spcomp.compile(text, formats={"A": fmt} if "A[" in text else {}, backend="cuda-sim", outputs=[out])
+    added = [n for n, _t, how in steps if how[0] == "add"]
+    outputs = list(dict.fromkeys(added + [out]))
+    k = spcomp.compile(text, formats={"A": fmt} if "A[" in text else {}, backend="cuda-sim", outputs=outputs)
     A = sp.random(M, N, density=density, format="csr", random_state=seed)
     rng = np.random.default_rng(seed)
     x, w = rng.standard_normal(N), rng.standard_normal(M)
+    old = {n: rng.standard_normal(M) for n in added}  # the += vectors' values before the call
     ops = {n: v for n, v in {"A": A if fmt == "csr" else A.toarray(), "x": x, "w": w}.items() if n in k.inputs}
-    got = k(**ops)
+    given = {n: v.copy() for n, v in old.items()}
+    got = k(**ops, **given)
+    got = got if len(outputs) > 1 else {out: got}
     assert k.last_launches == k.launches == 1, k.loops  # every template writes a dense array in one launch
     assert "one native function, one CUDA kernel launch" in k.loops
-    want = _reference(steps, {"A": A.toarray(), "x": x, "w": w})[out]
-    assert np.allclose(got, want, rtol=1e-10, atol=1e-10), (text, got, want)
-    alone = _separately(k, ops)
+    want = _reference(steps, {"A": A.toarray(), "x": x, "w": w, **old})
+    for name in outputs:
+        assert np.allclose(got[name], want[name], rtol=1e-10, atol=1e-10), (text, name, got[name], want[name])
+    assert all(got[n] is given[n] for n in added)  # updated in place
+    alone = separately(k, {**ops, **{n: v.copy() for n, v in old.items()}})
+    alone = alone if len(outputs) > 1 else {out: alone}
     assert k.last_launches == len(steps)
-    assert np.allclose(got, alone, rtol=1e-12, atol=1e-12)
+    for name in outputs:
+        assert np.allclose(got[name], alone[name], rtol=1e-12, atol=1e-12)
 
 
 def test_rows_pick_a_warp_or_a_thread_inside_the_one_kernel():
@@ -172,7 +194,7 @@ PROGRAMS = [
 @pytest.mark.parametrize("text,formats", PROGRAMS)
 def test_every_fused_kernel_compiles_with_nvcc(text, formats):
     k = spcomp.compile(text, formats=formats, backend="cuda-sim")
-    (seg,) = _fused_kernels(k)
+    (seg,) = fused_kernels(k)
     A = sp.random(M, N, density=0.6, format="csr", random_state=1)
     ops = {"A": A if formats["A"] == "csr" else A.toarray(), "x": np.ones(N), "B": np.ones((N, N))}
     k(**{n: v for n, v in ops.items() if n in k.inputs})  # builds the warp-per-row kernel where it picks one

@@ -17,6 +17,11 @@ both the GPU and the harness): a block that waits longer raises the give-up
 flag, every block leaves with :data:`GRID_SYNC_STATUS`, and the runtime raises
 an error naming the program instead of hanging.
 
+A serial statement (no grid-level loop: one thread does it all, as in a serial
+kernel) is guarded by :data:`SERIAL_THREAD`: thread 0 of block 0 runs it and
+every other thread goes straight on to the barrier, which then makes its
+results visible to the next statement.
+
 A statement's ``Return`` leaves only that statement (``goto`` to its end, where
 every thread meets the barrier); after the barrier every thread reads the
 status word and the kernel stops when a statement reported one.
@@ -40,6 +45,7 @@ GRID_SYNC_STATUS = 7  # a block waited longer than the bound at the barrier (pas
 BARRIER_PARAM = "spc_grid_barrier"
 TIMEOUT_PARAM = "spc_sync_ns"
 BARRIER_WORDS = 4
+SERIAL_THREAD = "blockIdx.x == 0 && threadIdx.x == 0"  # the one thread of the grid that runs a serial statement
 
 GRID_SYNC = r"""// ---- grid-wide barrier of a fused program kernel (spcomp/backends/cuda/grid_sync.py) ----
 #ifdef SPCOMP_CUDA_SIM
@@ -149,14 +155,16 @@ class ProgramEmitter(CudaEmitter):
             part = n.Function(f"{fn.name} (statement block {k + 1})", fn.params[:-2], block)
             self.start(part)
             self.readonly = readonly  # staged copies only of arrays no statement writes
-            if not self.check_structure(part):
-                self.fail(f"statement block {k + 1} has no grid-level parallel loop: a serial statement is a "
-                          "kernel of its own")
+            serial = not self.check_structure(part)
             self.end_label = f"spc_statement_{k + 1}_done"
-            self.ctx = Ctx("kernel")
+            self.ctx = Ctx("serial" if serial else "kernel")
             try:
                 lines.append(self.line(1, "{"))
-                lines += self.block_lines(block, 2)
+                if serial:  # the other threads go straight to the barrier below
+                    lines.append(self.line(2, f"if ({SERIAL_THREAD}) {{  // a serial statement: one thread runs it"))
+                lines += self.block_lines(block, 3 if serial else 2)
+                if serial:
+                    lines.append(self.line(2, "}"))
                 lines.append(self.line(1, "}"))
             finally:
                 self.ctx = Ctx("kernel")

@@ -5,6 +5,8 @@ fixed pool of index names (so every statement agrees on each index's size):
 each statement writes a new tensor ``T1``, ``T2`` ... from the inputs and the
 tensors earlier statements wrote, temporaries get random formats (dense or
 sparse), and the last written tensor is always returned (others sometimes).
+With ``accumulate`` some statements are ``+=`` into a dense output the caller
+passes (:func:`program_operands` draws its old value).
 :func:`reference_program` runs a checked program statement by statement with
 :func:`~spcomp.testing.reference` in float64. :func:`products` draws one
 statement multiplying three or four operands (the contraction-order tests).
@@ -34,6 +36,7 @@ class ProgramCase:
     inputs: dict = field(hash=False)
     sizes: dict = field(hash=False)
     outputs: tuple = ()
+    accumulated: dict = field(default_factory=dict, hash=False)  # += output -> its indices
 
     def __str__(self) -> str:
         return f"{self.text!r} formats={self.formats} outputs={self.outputs}"
@@ -45,12 +48,13 @@ def _access(name, idx) -> str:
 
 @st.composite
 def programs(draw, max_statements: int = 4, max_order: int = 2, sparse_temporaries: bool = True,
-             transposed_reads: bool = False, input_kinds: str = "dc"):
+             transposed_reads: bool = False, input_kinds: str = "dc", accumulate: bool = False):
     """A :class:`ProgramCase` of 1 to ``max_statements`` statements; the inputs' levels
     are of ``input_kinds`` (``"cq"``: sparse inputs only, coo among them). With
     ``transposed_reads`` every written tensor of order 2 or more draws a format (dense
     among them), and a statement that reads the one just written often writes its
-    indices in another order (``Z[k,i] = T[i,k]``): a transposed read."""
+    indices in another order (``Z[k,i] = T[i,k]``): a transposed read. With
+    ``accumulate`` some statements are ``+=`` (those are dense outputs)."""
     sizes = {i: draw(st.integers(1, 5)) for i in INDEX_POOL}
     avail: dict = {}   # name -> index tuple, inputs and written tensors
     inputs: dict = {}
@@ -62,7 +66,7 @@ def programs(draw, max_statements: int = 4, max_order: int = 2, sparse_temporari
         name = "ABCD"[k]
         avail[name] = inputs[name] = idx
         fmts[name] = draw(input_formats(order, kinds=input_kinds, allow_packed=False))
-    texts, written = [], []
+    texts, written, accumulated = [], [], {}
     for s in range(draw(st.integers(1, max_statements))):
         names = list(avail)
         used = draw(st.lists(st.sampled_from(names), min_size=1, max_size=3))
@@ -80,17 +84,20 @@ def programs(draw, max_statements: int = 4, max_order: int = 2, sparse_temporari
         if transposed_reads and len(prev) >= 2 and draw(st.booleans()):
             lhs_idx = tuple(draw(st.permutations(prev).filter(lambda p: p != prev)))
         name = f"T{s + 1}"
-        texts.append(f"{_access(name, lhs_idx)} = {rhs}")
-        if len(lhs_idx) and sparse_temporaries and (transposed_reads or draw(st.booleans())):
+        adds = accumulate and draw(st.booleans())
+        texts.append(f"{_access(name, lhs_idx)} {'+=' if adds else '='} {rhs}")
+        if adds:
+            accumulated[name] = lhs_idx
+        elif len(lhs_idx) and sparse_temporaries and (transposed_reads or draw(st.booleans())):
             fmts[name] = draw(output_formats(len(lhs_idx), allow_packed=False))
         avail[name] = lhs_idx
         written.append(name)
     read = {u for t in texts for u in _names(t.split("=", 1)[1])}
     inputs = {n: idx for n, idx in inputs.items() if n in read}
     fmts = {n: f for n, f in fmts.items() if n in read or n in written}
-    outs = tuple(n for n in written[:-1] if draw(st.booleans())) + (written[-1],)
+    outs = tuple(n for n in written[:-1] if n in accumulated or draw(st.booleans())) + (written[-1],)
     sep = draw(st.sampled_from(["; ", "\n"]))
-    return ProgramCase(sep.join(texts), fmts, inputs, sizes, outs)
+    return ProgramCase(sep.join(texts), fmts, inputs, sizes, outs, accumulated)
 
 
 def _names(text: str) -> set:
@@ -100,11 +107,16 @@ def _names(text: str) -> set:
 
 @st.composite
 def program_operands(draw, case: ProgramCase):
-    """Operands for a :class:`ProgramCase`: name -> ``(dense float64, operand)``."""
+    """Operands for a :class:`ProgramCase`: name -> ``(dense float64, operand)``; a
+    ``+=`` output's operand is its own copy (the program updates it in place), a
+    Python float for an order-0 one."""
     out = {}
     for name, idx in case.inputs.items():
         shape = tuple(case.sizes[i] for i in idx)
         out[name] = draw(tensors(shape, case.formats.get(name, "dense")))
+    for name, idx in case.accumulated.items():
+        dense, _tensor = draw(tensors(tuple(case.sizes[i] for i in idx), "dense"))
+        out[name] = (dense, dense.copy() if idx else float(dense))
     return out
 
 
