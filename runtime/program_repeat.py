@@ -33,7 +33,7 @@ from spcomp.ir.nodes import STATUS_INDEX_OVERFLOW
 from . import interrupt, threads as _threads
 from .fastcall import ARRAY, FastCall, operand_check, plain_output_array, repeat_launch
 from .memory import data_ptr
-from .operands import Dense
+from .operands import Dense, refuse_overlap
 from .plan import call_args
 from .program_chunks import as_declared
 
@@ -102,6 +102,7 @@ class RunRepeat:
             v = env.get(name)
             if not plain_output_array(v, check):
                 return False
+            refuse_overlap(v, env, name)  # (added to in place: no input may share its memory)
             p = data_ptr(v)
             for k in slots:
                 args[k] = p

@@ -51,6 +51,7 @@ from .lower.record import Code
 from .lower.temporary_formats import with_formats
 from .runtime.call import CallContext
 from .runtime.launch import Variant
+from .runtime.operands import refuse_overlap
 from .program_copies import (apart_reason, copy_recasts, copyable_written, declared_in_warnings,
                              reads_only_copies, run_statements, transposed_copies)
 from .program_density import DensityVariants
@@ -632,6 +633,8 @@ class ProgramKernel(SavedProgram):
             if self.program.tensors[name].order == 0 and _is_scalar(v):
                 env[name] = np.array(v, dtype=_dtype(self.program.tensors[name].dtype))
                 scalars.add(name)
+            else:  # added to in place: an input sharing its memory would be read half-updated
+                refuse_overlap(v, operands, name)
         launches = 0
         for kind, seg, run in self.segments:
             if kind == "fused" and seg.repeated(env):  # the last call's operands again

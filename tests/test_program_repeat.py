@@ -277,3 +277,48 @@ def test_dense_accumulate_then_sparse_repeats_at_64_bits(no_general_path):
     got = k(Y=Y, A=A, B=B, x=x)
     np.testing.assert_allclose(Y, 1 + 4 * A.toarray())
     np.testing.assert_allclose(got["z"], (A @ B) @ x)
+
+
+def test_an_accumulated_output_sharing_memory_with_an_input_is_refused():
+    """y is added to in place while x is read: y = x would read half-updated values.
+    Refused on the general path and on the repeat alike."""
+    k = spcomp.compile("t[i] = A[i,j]*x[j]; y[i] += t[i] * 2", formats={"A": "csr"})
+    A, x, _ = _operands()
+    y = np.ones(40)
+    k(y=y, A=A, x=x)
+    k(y=y, A=A, x=x)
+    assert k.segments[0][1].repeat is not None
+    with pytest.raises(OperandError, match="shares memory"):
+        k(y=x, A=A, x=x)
+    with pytest.raises(OperandError, match="shares memory"):
+        k(y=x[:40], A=A, x=x)
+    fresh = spcomp.compile("t[i] = A[i,j]*x[j]; z[i] += t[i] * 3", formats={"A": "csr"})
+    with pytest.raises(OperandError, match="shares memory"):
+        fresh(z=x, A=A, x=x)  # the general path
+
+
+@settings(max_examples=examples(20), deadline=None)
+@given(st.data())
+def test_random_programs_with_adds_repeat(data):
+    """Random programs with += statements on the CPU, called twice on fresh copies of
+    the same starting values (the second call may repeat): both match the reference
+    and the caller's arrays hold the sums."""
+    case = data.draw(programs(max_statements=3, accumulate=True))
+    ops = data.draw(program_operands(case))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TranspositionWarning)
+        try:
+            k = spcomp.compile(case.text, formats=case.formats, outputs=list(case.outputs))
+        except UnsupportedError as e:
+            assert str(e)
+            return
+    want = reference_program(k.program, {n: v[0] for n, v in ops.items()})
+    for _ in range(2):
+        call = {n: v[1].copy() if isinstance(v[1], np.ndarray) else v[1] for n, v in ops.items()}
+        got = k(**call)
+        got = got if len(case.outputs) > 1 else {case.outputs[0]: got}
+        for name in case.outputs:
+            assert close(got[name], want[name]), (str(case), name, got[name], want[name])
+        for name in case.accumulated:
+            if isinstance(call[name], np.ndarray):
+                assert got[name] is call[name]
