@@ -380,23 +380,8 @@ static PyTypeObject EntryType = {
     .tp_doc = "A kernel's repeated call, checked and made in native code (see make).",
 };
 
-static int int_list(PyObject *seq, int *out, int most, const char *what) {
-    /* the ints of a tuple or list into out; -1 (and an error) when there are too many */
-    Py_ssize_t n = PySequence_Size(seq);
-    if (n < 0) return -1;
-    if (n > most) { PyErr_Format(PyExc_ValueError, "too many %s (%zd > %d)", what, n, most); return -1; }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *v = PySequence_GetItem(seq, i);
-        if (v == NULL) return -1;
-        long x = PyLong_AsLong(v);
-        Py_DECREF(v);
-        if (x == -1 && PyErr_Occurred()) return -1;
-        out[i] = (int)x;
-    }
-    return (int)n;
-}
-
 static int ssize_list(PyObject *seq, Py_ssize_t *out, int most, const char *what) {
+    /* the integers of a tuple or list into out; -1 (and an error) when there are too many */
     Py_ssize_t n = PySequence_Size(seq);
     if (n < 0) return -1;
     if (n > most) { PyErr_Format(PyExc_ValueError, "too many %s (%zd > %d)", what, n, most); return -1; }
@@ -408,6 +393,14 @@ static int ssize_list(PyObject *seq, Py_ssize_t *out, int most, const char *what
         if (out[i] == -1 && PyErr_Occurred()) return -1;
     }
     return (int)n;
+}
+
+static int int_list(PyObject *seq, int *out, int most, const char *what) {
+    /* as ssize_list, into ints (slot numbers, below MAX_ARGS) */
+    Py_ssize_t wide[MAX_ARGS];
+    int n = ssize_list(seq, wide, most < MAX_ARGS ? most : MAX_ARGS, what);
+    for (int i = 0; i < n; i++) out[i] = (int)wide[i];
+    return n;
 }
 
 #define KEEP(field, value) do { Py_INCREF(value); e->field = (value); } while (0)

@@ -119,7 +119,11 @@ def test_random_chains_run_as_one_launch(steps, fmt, density, seed):
     out = steps[-1][0]
     added = [n for n, _t, how in steps if how[0] == "add"]
     outputs = list(dict.fromkeys(added + [out]))
-    k = spcomp.compile(text, formats={"A": fmt} if "A[" in text else {}, backend="cuda-sim", outputs=outputs)
+    # every temporary named dense: a sparse one (what the compiler would choose for
+    # A*w of a csr A) is assembled between launches on these backends
+    temporaries = {n: "dense" for n, _t, _h in steps if n not in outputs}
+    k = spcomp.compile(text, formats={**({"A": fmt} if "A[" in text else {}), **temporaries}, backend="cuda-sim",
+                       outputs=outputs)
     A = sp.random(M, N, density=density, format="csr", random_state=seed)
     rng = np.random.default_rng(seed)
     x, w = rng.standard_normal(N), rng.standard_normal(M)
