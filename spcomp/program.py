@@ -56,6 +56,7 @@ from .program_copies import (apart_reason, copy_recasts, copyable_written, decla
                              reads_only_copies, run_statements, transposed_copies)
 from .program_density import DensityVariants
 from .program_saved import SavedProgram
+from .program_text import fused_run_lines
 from .program_tiles import keep_tiles, temporary_params
 from .runtime.program import FusedBuild, FusedRun, FusedStep
 
@@ -488,75 +489,22 @@ class ProgramKernel(SavedProgram):
 
     @property
     def loops(self) -> str:
-        """Every statement's loop nest, grouped by the native function that runs it."""
+        """Every statement's loop nest, grouped by the native function that runs it (the
+        variant's, with the line that says why, where the last call ran one)."""
+        variant = self.density.last_variant() if self.density is not None else None
+        if variant is not None:  # what the last call ran: its program's variant
+            return self.density.describe() + "\n" + variant.loops
         parts = []
         for kind, seg, run in self.segments:
             which = ", ".join(str(k + 1) for k in run)
             if kind == "fused" and hasattr(seg, "describe"):  # one CUDA kernel (program_gpu.py)
                 parts.append(seg.describe())
             elif kind == "fused":
-                chunks = seg.chunks(32)  # the function over chunks of rows, where the run has one
-                if seg.compiled.variant is not None:
-                    on = "its rows split over threads"
-                elif chunks is not None:
-                    on = ("one thread; a call big enough for threads runs it on each thread's chunk of rows, "
-                          "every statement over those rows"
-                          + (", a sparse temporary appended per chunk" if any(st.sparse for st in seg.steps) else "")
-                          + ("" if not any(low.threads.partials for low in chunks.lows) else
-                             ", a sum over rows into a copy per chunk added up after them"))
-                else:
-                    on = ("one thread" + (f", not by chunks of rows: {seg.why}" if seg.why else "")
-                          + "; a call whose first statement would split over threads runs the "
-                          "statements as kernels of their own instead")
-                parts.append(f"# statements {which}: one native function, one after the other ({on})")
-                for j, st in enumerate(seg.steps):
-                    if st.sparse and st.low.output.shape == "packed":
-                        parts.append(f"# {st.name}: packed blocks, filled inside the function into arrays "
-                                     "the runtime allocates" + ("" if st.internal else ", handed back"))
-                    elif st.sparse:
-                        fmt = self.program.tensors[st.name].format
-                        stand_in = None if chunks is None else chunks.lows[j].inspection.notation.lhs.tensor.format
-                        parts.append(f"# {st.name}: sparse, assembled inside the function"
-                                     + (" and freed there" if st.internal else ", handed back")
-                                     + ("" if stand_in in (None, fmt) else
-                                        f" (as {stand_in} in the function over chunks of rows"
-                                        + (")" if st.internal else f", converted to {fmt} after them)")))
-                chunk_rows = chunks.rows if chunks is not None else []
-                tiles = {**seg.compiled.tiles, **(chunks.tiles if chunks is not None else {})}
-                for name in dict.fromkeys(seg.compiled.rows + chunk_rows):
-                    if name in tiles:
-                        parts.append(f"# {name}: a tile of {tiles[name]} rows (every statement over one tile, then "
-                                     "the next; allocated inside the function, per chunk's call on threads)"
-                                     + ("" if name in seg.compiled.tiles else
-                                        " in the function over chunks of rows, the whole array in the one-thread one"))
-                        continue
-                    if name not in seg.compiled.rows:
-                        parts.append(f"# {name}: a row workspace in the function over chunks of rows (one row "
-                                     "per chunk's call), the whole array in the one-thread function")
-                        continue
-                    parts.append(f"# {name}: a row workspace (one row, allocated and freed inside the function, "
-                                 "one per thread), never the whole array"
-                                 + ("" if name in chunk_rows or chunks is None else
-                                    " (but the whole array in the function over chunks of rows)"))
-                written = set()
-                for j, st in enumerate(seg.steps):
-                    for op in sorted({op for op, _f in st.low.operands.transposes.values()} & written):
-                        parts.append(f"# statement {run[j] + 1} reads {op} through a transposed copy made inside "
-                                     "the function (and freed after it)")
-                    written.add(st.name)
-                merged = seg.compiled.merged
-                for j, st in enumerate(seg.steps):
-                    if merged[j]:
-                        parts.append(f"# statement {run[j] + 1} runs inside statement {run[j - 1] + 1}'s outer loop, "
-                                     "at the same iteration: the rows it reads were just written")
-                    parts.append(f"{st.low.inspection.notation!r}\n{st.low.inspection.loops}")
+                parts.extend(fused_run_lines(self.program, seg, run))
             else:
                 why = f" (not in the run before it: {self.apart[run[0]]})" if run[0] in self.apart else ""
                 parts.append(f"# statement {which}: a kernel of its own{why}\n{seg.loops}")
         parts.append(f"# returns {', '.join(self.outputs)}" + (f"; {self._temporaries_line}" if self.temporaries else ""))
-        variant = self.density.last_variant() if self.density is not None else None
-        if variant is not None:  # what the last call ran: its program's variant
-            return self.density.describe() + "\n" + variant.loops
         return "\n".join(parts)
 
     @property

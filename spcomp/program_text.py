@@ -1,0 +1,71 @@
+"""What ``k.loops`` says of a program's fused run: the native function's plan, then each statement.
+
+A :class:`~spcomp.program.ProgramKernel` prints every segment of its program; a
+fused run (``runtime/program.py``'s ``FusedRun``) gets the lines here: on what it
+runs (one thread, its rows split, or a function over chunks of rows), how each
+sparse tensor and row or tile workspace lives inside the function, the transposed
+copies made there, and which statements share an outer loop.
+"""
+from __future__ import annotations
+
+
+def fused_run_lines(program, seg, run: list) -> list:
+    """The ``k.loops`` lines of fused run ``seg`` (statements ``run`` of ``program``)."""
+    parts = []
+    which = ", ".join(str(k + 1) for k in run)
+    chunks = seg.chunks(32)  # the function over chunks of rows, where the run has one
+    if seg.compiled.variant is not None:
+        on = "its rows split over threads"
+    elif chunks is not None:
+        on = ("one thread; a call big enough for threads runs it on each thread's chunk of rows, "
+              "every statement over those rows"
+              + (", a sparse temporary appended per chunk" if any(st.sparse for st in seg.steps) else "")
+              + ("" if not any(low.threads.partials for low in chunks.lows) else
+                 ", a sum over rows into a copy per chunk added up after them"))
+    else:
+        on = ("one thread" + (f", not by chunks of rows: {seg.why}" if seg.why else "")
+              + "; a call whose first statement would split over threads runs the "
+              "statements as kernels of their own instead")
+    parts.append(f"# statements {which}: one native function, one after the other ({on})")
+    for j, st in enumerate(seg.steps):
+        if st.sparse and st.low.output.shape == "packed":
+            parts.append(f"# {st.name}: packed blocks, filled inside the function into arrays "
+                         "the runtime allocates" + ("" if st.internal else ", handed back"))
+        elif st.sparse:
+            fmt = program.tensors[st.name].format
+            stand_in = None if chunks is None else chunks.lows[j].inspection.notation.lhs.tensor.format
+            parts.append(f"# {st.name}: sparse, assembled inside the function"
+                         + (" and freed there" if st.internal else ", handed back")
+                         + ("" if stand_in in (None, fmt) else
+                            f" (as {stand_in} in the function over chunks of rows"
+                            + (")" if st.internal else f", converted to {fmt} after them)")))
+    chunk_rows = chunks.rows if chunks is not None else []
+    tiles = {**seg.compiled.tiles, **(chunks.tiles if chunks is not None else {})}
+    for name in dict.fromkeys(seg.compiled.rows + chunk_rows):
+        if name in tiles:
+            parts.append(f"# {name}: a tile of {tiles[name]} rows (every statement over one tile, then "
+                         "the next; allocated inside the function, per chunk's call on threads)"
+                         + ("" if name in seg.compiled.tiles else
+                            " in the function over chunks of rows, the whole array in the one-thread one"))
+            continue
+        if name not in seg.compiled.rows:
+            parts.append(f"# {name}: a row workspace in the function over chunks of rows (one row "
+                         "per chunk's call), the whole array in the one-thread function")
+            continue
+        parts.append(f"# {name}: a row workspace (one row, allocated and freed inside the function, "
+                     "one per thread), never the whole array"
+                     + ("" if name in chunk_rows or chunks is None else
+                        " (but the whole array in the function over chunks of rows)"))
+    written = set()
+    for j, st in enumerate(seg.steps):
+        for op in sorted({op for op, _f in st.low.operands.transposes.values()} & written):
+            parts.append(f"# statement {run[j] + 1} reads {op} through a transposed copy made inside "
+                         "the function (and freed after it)")
+        written.add(st.name)
+    merged = seg.compiled.merged
+    for j, st in enumerate(seg.steps):
+        if merged[j]:
+            parts.append(f"# statement {run[j] + 1} runs inside statement {run[j - 1] + 1}'s outer loop, "
+                         "at the same iteration: the rows it reads were just written")
+        parts.append(f"{st.low.inspection.notation!r}\n{st.low.inspection.loops}")
+    return parts
