@@ -282,17 +282,17 @@ def _native(fc: "FastCall"):
     threshold times) or a split whose threshold is due for samples."""
     if fc.runner is not None or fc.split_threshold is not None:
         return None
-    checks = []
+    checks = []  # (the kinds are fastentry.c's own numbers: TENSOR 0, ARRAY 1, SCIPY 2)
     for name, ref, kind, fp, slots in fc.checks:
         if kind == ARRAY:
-            checks.append((name, ref, 1, fp[0], fp[1], fp[2], slots))
+            checks.append((name, ref, kind, fp[0], fp[1], fp[2], slots))
         elif kind == TENSOR:
-            checks.append((name, ref, 0, (), (), None, slots))
+            checks.append((name, ref, kind, (), (), None, slots))
         elif kind == SCIPY:
             data, indices, indptr, shape, extents = fp[0]
             if type(extents) is not bytes:  # (compared in Python, same_contents)
                 return None
-            checks.append((name, ref, 2, (), (), None, slots, (data, indices, indptr, fp[1], shape, extents)))
+            checks.append((name, ref, kind, (), (), None, slots, (data, indices, indptr, fp[1], shape, extents)))
     return native_entry.make(fc.fn, list(fc.args), fc.count, checks, fc.new_out, fc.given, fc.out_shape,
                              fc.out_dtype, fc.zero_given, fc.apart, fc.out_slots,
                              not fc.out_shape and fc.given is None, fc.threads, fc.split_generation,

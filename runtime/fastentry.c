@@ -27,7 +27,7 @@
 #define MAX_DIMS 8
 #define MAX_SLOTS 8
 
-enum { TENSOR = 0, ARRAY = 1, SCIPY = 2 };
+enum { TENSOR = 0, ARRAY = 1, SCIPY = 2 };  /* runtime/fastcall.py's check kinds, the same numbers */
 enum { ALLOC_CALL = 0, ALLOC_ZEROS = 1, ALLOC_EMPTY = 2 };
 
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
@@ -47,8 +47,6 @@ typedef struct {
        its shape, and its row extents as bytes */
     PyObject *data, *indices, *indptr, *converted, *sshape, *extents;
 } Check;
-
-typedef int32_t (*Kernel)();
 
 typedef struct {
     PyObject_HEAD

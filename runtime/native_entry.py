@@ -50,9 +50,9 @@ def make(fn, template: list, count: int, checks: list, alloc, given, out_shape: 
     reference, kind, shape, strides, dtype, slots, scipy)`` (kind 0: the very
     object, 1: an ndarray laid out alike, 2: an unchanged SciPy matrix, whose
     ``scipy`` is ``(data, indices, indptr, converted Tensor: weak references;
-    shape; row extents as bytes)``); ``template``: the
-    argument list, None where a call swaps a pointer in; the rest as a FastCall
-    keeps them (fastcall.py)."""
+    shape; row extents as bytes)``); ``template``: the argument list (at the
+    checks' and the output's slots whatever the FastCall keeps there: each call
+    swaps a pointer in); the rest as a FastCall keeps them (fastcall.py)."""
     if not available():
         return None
     if getattr(fn, "restype", None) not in _STATUS_TYPES or getattr(fn, "argtypes", None) is None:
@@ -72,9 +72,7 @@ def make(fn, template: list, count: int, checks: list, alloc, given, out_shape: 
     try:
         address = ctypes.cast(fn, ctypes.c_void_p).value
         return fastentry.make(
-            address, [v if type(v) is int else 0 for v in template], count,
-            checks,
-            np.ndarray, _alloc_kind(alloc), alloc, given, out_shape, dtype, nbytes, zero_given, apart, out_slots, scalar,
+            address, [v if type(v) is int else 0 for v in template], count, checks, np.ndarray, _alloc_kind(alloc), alloc, given, out_shape, dtype, nbytes, zero_given, apart, out_slots, scalar,
             vars(_threads), threads or 0, _threads.split_state if split else None,
             split_generation if split else 0, _threads.hold, keep)
     except (ValueError, TypeError, OverflowError, ctypes.ArgumentError):

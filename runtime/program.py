@@ -24,9 +24,9 @@ big enough for threads of a run that has a chunked function runs that instead
 copies of summed outputs; with a dense ``+=`` (chunks add into the caller's rows
 in place) it runs 64-bit at once, since a rerun would add some rows twice.
 
-A run of dense statements keeps its last call (:mod:`.program_repeat`): called
-again with the same operands it replays the argument list, ~4 us of Python
-instead of all of the above.
+A run that ran on this thread or through its row split keeps its last call
+(:mod:`.program_repeat`): called again with the same operands it replays the
+argument list with fresh outputs, ~4 us of Python instead of all of the above.
 """
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ from .memory import data_ptr
 from .operands import Dense, index_bits
 from .outputs import Output
 from .plan import call_args
-from .program_chunks import as_declared, run_chunked
-from .program_repeat import own_pos_arg, record
+from .program_chunks import run_chunked
+from .program_repeat import own_pos_arg, record, sparse_result
 from .threads import get_num_threads
 
 
@@ -287,13 +287,7 @@ class FusedRun:
         it = iter(outs)
         for st, (_s, _z, array, _c) in zip(self.steps, per_step):
             if st.sparse:
-                out = next(it)
-                if st.internal:
-                    out.discard()  # the kernel freed its arrays and emptied the slots: a no-op
-                elif out.fmt != st.ctx.plan.out_format:  # computed in a rows-first stand-in (dcsr as csr)
-                    env[st.name] = as_declared(out.result(), st.ctx.plan.out_format, bits)
-                else:
-                    env[st.name] = out.result()
+                sparse_result(next(it), st, bits, env)
             elif array is not None:
                 env[st.name] = array.item() if array.ndim == 0 and st.returned and not st.accumulate else array
 

@@ -55,17 +55,28 @@ class OutMark:
 
 
 class SparseStep:
-    """How a repeat makes and finishes one sparse statement's output."""
-    __slots__ = ("name", "proto", "capacity", "own_pos", "internal", "declared", "slots")
+    """How a repeat makes one sparse statement's output: ``step`` (a FusedStep) as
+    the last call's Output ``out`` laid it out."""
+    __slots__ = ("step", "proto", "capacity", "own_pos", "slots")
 
-    def __init__(self, name, out, own_pos, internal, declared):
-        self.name = name
+    def __init__(self, step, out, own_pos):
+        self.step = step
         self.proto = out.again(allocate=False)  # (holds no arrays between calls)
         self.capacity = out.capacity
         self.own_pos = own_pos    # its row ends come back through a slot (own_pos_arg)
-        self.internal = internal  # the function frees it: nothing to return
-        self.declared = declared  # the format to convert a rows-first stand-in to, or None
         self.slots = ()           # (argument position, binding) of its arguments
+
+
+def sparse_result(out, step, bits: int, env: dict) -> None:
+    """Put a sparse statement's finished Output ``out`` in ``env`` under its name:
+    as it is, converted to its declared format where it was computed in a rows-first
+    stand-in (dcsr as csr), or nowhere where the function freed it itself."""
+    if step.internal:
+        out.discard()  # the kernel freed its arrays and emptied the slots: a no-op
+    elif out.fmt != step.ctx.plan.out_format:
+        env[step.name] = as_declared(out.result(), step.ctx.plan.out_format, bits)
+    else:
+        env[step.name] = out.result()
 
 
 def own_pos_arg(out):
@@ -135,13 +146,8 @@ class RunRepeat:
             self.fail(status, outs, self.bits)
         for name, a, as_scalar in made:
             env[name] = a.item() if as_scalar else a
-        for step, out in zip(self.sparse, outs):
-            if step.internal:
-                out.discard()  # the kernel freed its arrays and emptied the slots: a no-op
-            elif step.declared is not None:
-                env[step.name] = as_declared(out.result(), step.declared, self.bits)
-            else:
-                env[step.name] = out.result()
+        for sparse, out in zip(self.sparse, outs):
+            sparse_result(out, sparse.step, self.bits, env)
         return True
 
 
@@ -188,23 +194,19 @@ def record(run, built, per_step, outs: list, bits: int, env: dict, work: int, fa
     # thread count and threshold: a change misses
     if generation is None:
         generation = _threads.split_state[0]
-    template = [0 if type(v) is Mark else v for v in call_list]
-    slots_of: dict = {}
-    sparse = {j: SparseStep(steps[j].name, out, steps[j].name in built.own_pos, steps[j].internal,
-                            None if out.fmt == steps[j].ctx.plan.out_format else steps[j].ctx.plan.out_format)
-              for j, out in sparse_of.items()}
-    out_slots: dict = {}
+    # the argument list with every marker replaced: an input array's recorded pointer
+    # (swapped when a new array comes), 0 where each call puts a fresh output's
+    template, slots_of, out_slots = list(call_list), {}, {}
     for k, v in enumerate(call_list):
         if type(v) is Mark:
             slots_of.setdefault(v.name, []).append(k)
+            template[k] = 0 if v.name in written else data_ptr(env[v.name])
         elif type(v) is OutMark:
-            template[k] = 0
             out_slots.setdefault(v.step, []).append((k, v.binding))
+            template[k] = 0
+    sparse = {j: SparseStep(steps[j], out, steps[j].name in built.own_pos) for j, out in sparse_of.items()}
     for j, step in sparse.items():
         step.slots = tuple(out_slots.get(j, ()))
-    for k, v in enumerate(call_list):  # an input array's recorded pointer, swapped when a new array comes
-        if type(v) is Mark and v.name not in written:
-            template[k] = data_ptr(env[v.name])
     entries = [(name, weakref.ref(env[name]), kind, fp, tuple(slots_of.get(name, ())))
                for name, (kind, fp) in checks.items()]
     inputs = FastCall(entries, fn, template, (), (), None, _threads.get_num_threads(), keep,

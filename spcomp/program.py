@@ -560,7 +560,7 @@ class ProgramKernel(SavedProgram):
             # the last call's operands again, every name checked by the repeat itself
             self.last_launches = 1
             return self._returned(operands, ())
-        allowed = set(self.inputs) | set(self._accumulated)
+        allowed = self._operand_names
         unexpected = sorted(set(operands) - allowed)
         missing = sorted(allowed - set(operands))
         if unexpected or missing:
