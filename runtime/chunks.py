@@ -33,11 +33,14 @@ from spcomp.lower.outputs import MIN_CAPACITY
 from . import interrupt
 from . import threads as _threads
 from .launch import WiderIndices, balance_pos, parallel_extent, work
+from .meet_chunks import run_meet
 from .memory import data_ptr, free, malloc_view, realloc
 
 # "auto": chunks where counting would repeat nested sparse loops, else two phases
 # (see preferred); tests force "always" or "never" to cover both ways on the CPU
 MODE = "auto"
+# chunks that can meet in the output's arrays do (meet_chunks.py); tests set False for the copy
+MEET = True
 # a chunk's first capacity is its share of the call's estimate times this, so an
 # estimate that is about right does not make a chunk double its arrays at the end
 CHUNK_SLACK = 1.125
@@ -115,6 +118,13 @@ def run_chunks(ctx, variant, storages, sizes, bits, out, capacity: int, call_uni
     units = call_units or work(n, pos, sizes, low, storages)
     args, lohi = prepared or ctx.args(variant.arg_plan, storages, sizes, bits, lambda b: out.arg(b, True),
                                       capacity)
+    if low.output.meet:  # the chunks share the output's arrays (meet_chunks.py)
+        def fallback():
+            plain = variant.fallback
+            again = ctx.output(plain.lowered, sizes, None, bits, storages)
+            again.capacity = capacity
+            return run_chunks(ctx, plain, storages, sizes, bits, again, capacity, units)
+        return run_meet(ctx, variant, storages, sizes, out, capacity, units, (args, lohi), fallback)
     slots = _slots(variant)
     cap_slot, grow_slots = slots.cap, slots.grow
     whole = max(int(pos[n]) - int(pos[0]) + n if pos is not None else n, 1)

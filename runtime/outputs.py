@@ -215,7 +215,8 @@ class Output:
         self.dense_out = low.output.shape == "dense"
         self.index_limit = low.output.index_limit  # the most entries the kernel's positions hold
         self.capacity = None  # entries the kernel's growable arrays start with (set by the caller)
-        self.arrays, self.grow, self.bounded = {}, {}, {}
+        self.arrays, self.grow, self.bounded, self.shared = {}, {}, {}, {}
+        self.shared_offset = 0  # where the result starts in the shared arrays (meet_chunks.py)
         level_sizes = [sizes[i.name] for i in access_chain(low.inspection.notation.lhs)]
         self.layout = OutputLayout(self.fmt, level_sizes, bits, self.dtype)
         if self.dense_out:
@@ -224,8 +225,9 @@ class Output:
         if given is not None and not accumulate:
             raise OperandError(f"output {self.name} is sparse: the kernel assembles it, so do not "
                                "pass it (pass it only with +=)")
-        grow, bounded = set(low.output.growable), set(low.output.bounded)
+        grow, bounded = set(low.output.growable), set(low.output.bounded) | set(low.output.meet)
         # what each call of this output allocates: the grown arrays' pointers, the fixed arrays
+        # (bounded arrays and those chunks share are allocated at the capacity the call picks)
         self._plan = ([key for key in self.layout.keys() if key in grow],
                       [(key, self.layout.fixed_size(*key), self.layout.dtype_of(*key))
                        for key in self.layout.keys() if key not in grow and key not in bounded])
@@ -246,7 +248,7 @@ class Output:
         out.name, out.fmt, out.dtype, out.shape = self.name, self.fmt, self.dtype, self.shape
         out.dense_out, out.index_limit, out.layout, out._plan = False, self.index_limit, self.layout, self._plan
         out.capacity = None
-        out.arrays, out.grow, out.bounded = {}, {}, {}
+        out.arrays, out.grow, out.bounded, out.shared, out.shared_offset = {}, {}, {}, {}, 0
         if allocate:
             out._allocate()
         return out
@@ -277,6 +279,8 @@ class Output:
             return ctypes.byref(self.grow[(b.level, b.array)])
         elif b.role in ("output_bounded", "needed"):
             arr = self._bounded_array(b)
+        elif b.role == "output_meet":  # allocated by the call once it has split the rows (meet_chunks.py)
+            return 0
         else:
             arr = self.arrays[(b.level, b.array)]
         return data_ptr(arr) if pointers else arr
@@ -293,6 +297,12 @@ class Output:
                 arr = np.zeros(self.capacity + (1 if b.array == "pos" else 0), self.layout.dtype_of(*key))
             self.bounded[key] = arr
         return arr
+
+    def share(self, keys, total: int) -> dict:
+        """Allocate the arrays ``keys`` that chunks meeting in the middle share, ``total``
+        entries each (uninitialised: each entry is written before it is read)."""
+        self.shared = {key: np.empty(max(total, 1), self.layout.dtype_of(*key)) for key in keys}
+        return self.shared
 
     def needed(self) -> int:
         """Entries a bounded-append kernel needed (0 when it grows its own arrays)."""
@@ -325,6 +335,10 @@ class Output:
         """The first ``n`` entries of one of the output's arrays."""
         if key in self.arrays:
             return self.arrays[key]
+        if key in self.shared:  # a view where the chunks' entries start; cut when much is unused
+            whole = self.shared[key]
+            part = whole[self.shared_offset:self.shared_offset + n]
+            return part.copy() if mostly_unused(n, whole.shape[0]) else part
         if key in self.bounded:
             whole = self.bounded[key]
             return whole[:n].copy() if mostly_unused(n, whole.shape[0]) else whole[:n]

@@ -20,7 +20,7 @@ from .bounds import check_sizes
 from .convert import BFLOAT16, FLOAT32, FLOAT64
 
 # Binding roles that are arrays of the output (allocated by the runtime or the kernel)
-OUTPUT_ROLES = ("output", "output_grow", "output_bounded", "needed", "row_pos")
+OUTPUT_ROLES = ("output", "output_grow", "output_bounded", "output_meet", "needed", "row_pos")
 
 
 def np_dtype(name: str) -> np.dtype:

@@ -23,7 +23,7 @@ def _settings() -> tuple:
     """The module settings (tests set them) that decide a call's variant, its split
     or its first capacity besides the operands: a repeat made under others misses."""
     return (_threads.MIN_PARALLEL_WORK, os.environ.get("SPCOMP_MIN_PARALLEL_WORK"), chunks.MODE,
-            launch.FIRST_CAPACITY)
+            chunks.MEET, launch.FIRST_CAPACITY)
 
 
 class SparseRepeat:

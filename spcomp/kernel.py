@@ -11,13 +11,12 @@ in chunks (``chunks.py``), and a repeated call takes the fast path
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from .backends import get_target
 from .errors import CacheError, KernelRuntimeError, SpcompError
 from .frontend import to_notation
+from .kernel_variants import KernelVariants
 from .ir.printer import print_ir
 from .lower.record import Options
 from .notation import accesses
@@ -31,7 +30,7 @@ from .schedule import Schedule, check_names
 from .tuner import adopt_tuned
 
 
-class Kernel:
+class Kernel(KernelVariants):
     """A compiled index-notation kernel. Call it with operands by name."""
 
     def __init__(self, expression: str, notation, options, target, schedule=None, variants: dict | None = None):
@@ -167,60 +166,6 @@ class Kernel:
         for v in values:
             self.runtime.operands.forget(v)
 
-    # ------------------------------------------------------------ variants
-    def _variant(self, bits: int) -> Variant:
-        v = self._variants.get(bits)
-        if v is None:
-            v = self._variants[bits] = self._load_or_build(bits)
-        return v
-
-    def _variant_with(self, bits: int, tag: str, **changes) -> Variant:
-        """The variant lowered with ``changes`` to this kernel's options, built once
-        and kept under ``(bits, tag)`` (so ``save`` ships it): "one-pass" (no parallel
-        loop: a sparse output appended in one pass, for calls too small to split) and
-        "chunks" (each ``[lo, hi)`` call appends its rows to arrays of its own)."""
-        key = (bits, tag)
-        v = self._variants.get(key)
-        if v is None:
-            v = self._variants[key] = self._load_or_build(bits, dataclasses.replace(self._options, **changes))
-        return v
-
-    def _assembly_variant(self, variant, bits, sizes, storages):
-        """For a sparse output assembled in parallel: the variant a call of this size
-        runs -- one pass on one thread, chunks on host threads -- or None for the
-        two-phase count and fill (the GPU, or rows the chunks cannot cover)."""
-        caps = self.runtime.caps
-        if caps.host_threads and not self.runtime.launcher.splits(variant.lowered, sizes, storages):
-            return self._variant_with(bits, "one-pass", parallel=None)
-        if caps.chunked_assembly and chunks.preferred(variant.lowered):
-            chunked = self._variant_with(bits, "chunks", append_chunks=True)
-            if chunked.lowered.append_chunks:
-                return chunked
-        return None
-
-    def _load_or_build(self, bits: int, options=None) -> Variant:
-        from .runtime import cache
-        options = dataclasses.replace(options or self._options, index_bits=bits)
-        target = self._target
-        digest = None
-        if target.capabilities.saveable:
-            tensors = sorted((t.name, t.order, t.format.spec(), t.dtype) for t in self.notation.tensors.values())
-            digest = cache.key_digest((self.expression, repr(self.notation), tensors, repr(options), bits,
-                                       target.name) + target.cache_key())
-            payload = cache.load_entry(digest)
-            if payload is not None:
-                try:
-                    lowered = payload["lowered"]
-                    compiled = target.load(payload["compiled"], lowered)
-                    return Variant(lowered, compiled, target.entry(compiled, lowered))
-                except (SpcompError, KeyError, TypeError, AttributeError):
-                    pass  # unusable here: rebuild below
-        lowered = target.lower(self.notation, options)
-        compiled = target.build(lowered)
-        if digest is not None:
-            cache.store_entry(digest, {"lowered": lowered, "compiled": target.dump(compiled)})
-        return Variant(lowered, compiled, target.entry(compiled, lowered))
-
     # -------------------------------------------------------- save / load
     def save(self, path, key=None) -> None:
         """Write this kernel (every index width compiled so far, the variants a call
@@ -254,7 +199,7 @@ class Kernel:
             if self._variants[bits].lowered.output.assembly is not None and caps.host_threads:
                 self._variant_with(bits, "one-pass", parallel=None)
                 if caps.chunked_assembly and chunks.preferred(self._variants[bits].lowered):
-                    self._variant_with(bits, "chunks", append_chunks=True)
+                    self._chunks_variant(bits)
         relayouts = {}
         if caps.relayout_on_threads and self._options.auto_layout:
             relayouts = {key: relayout_kernels.copy_kernel(key, copy_kernel).payload()

@@ -55,6 +55,8 @@ STATUS_TOO_LARGE_FOR_BLAS = 3
 STATUS_INTERRUPTED = 4
 STATUS_INDEX_OVERFLOW = 5
 STATUS_BOUND_EXCEEDED = 6
+# (7: the CUDA grid barrier's timeout, backends/cuda/grid_sync.py)
+STATUS_CHUNK_ROOM = 8
 STATUS_CODES = {
     STATUS_OK: "ok",
     STATUS_PACKED_OVERFLOW: "a packed-block level got more nonzeros in a block than it has slots",

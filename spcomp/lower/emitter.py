@@ -171,12 +171,14 @@ class LoopEmitter(SplitPieceEmission, DenseFuseEmission):
             body += self.out_sink.exit(last, drain_env)
             return body
 
+        meet = getattr(self.out_sink, "meet", None)  # a chunk going down drains from the end (meet.py)
+
         def from_list(clear_bits=True):
             t = n.Var(self.fresh("k"), I64)
             coord = n.Var(self.fresh(last.name), I64)
             clear = [n.Store(w["bits"], n.Binary(">>", coord, n.i64(6)), n.i64(0))] if clear_bits else []
             return n.For(t, n.i64(0), c, n.block(
-                n.Declare(coord, n.Load(w["touched"], t)),
+                n.Declare(coord, n.Load(w["touched"], t if meet is None else meet.nth(t, c))),
                 *clear,  # its whole word: all drained
                 *drain(coord)))
         stmts += self.out_sink.reserve(last, c)  # the drain appends at most the touched count
@@ -377,6 +379,11 @@ class LoopEmitter(SplitPieceEmission, DenseFuseEmission):
                 grow = [] if parallel else self._reserve(i, rest, sink, size)
                 stmts = gpumap.racing(sink, racy, lambda: self._body(i, rest, expr, sink, inner, coord, depth))
                 sink.release(i)
+                meet = getattr(sink, "meet", None) if parallel else None
+                if meet is not None:  # a chunk going down walks its rows last to first (meet.py)
+                    walk = n.Var(self.fresh(i.name + "_walk"), I64)
+                    stmts = [n.Declare(coord, meet.row(walk, start, end)), *stmts]
+                    coord = walk
                 loop = [n.For(coord, start, end, n.block(*stmts), parallel=kind if parallel else None)]
                 if member:
                     loop = self._mark_member(loop, member, i.name)

@@ -32,7 +32,7 @@ from .context import Binding, Env, Names, TensorParams, level_array_type, value_
 from .coverage import writes_every_element, zero_rows
 from .directives import LoopDirectives
 from .diagonal import diagonal_storages
-from .emitter import BITS_PER_STEP, LoopEmitter, NestContext
+from .emitter import LoopEmitter, NestContext
 from .normalize import lift_sums, push_sums, replace, split_sums
 from .order import access_chain, choose_order
 from .outputs import AppendSink, DenseSink, assembled_format
@@ -44,6 +44,8 @@ from .record import (Code, Inspection, Lowered, OperandPlan, Options, OutputPlan
                      ThreadPlan)
 from .regblock import block_rows
 from .split import SplitPiece
+from .workspace import make_workspace
+from . import meet as meet_mod
 
 
 def _dense_relayouts(rhs, order, enabled: bool, skip=frozenset()) -> dict:
@@ -395,6 +397,13 @@ class Lowerer(LoopDirectives):
                 self.out_sink.accumulate = self.racy = True
         if isinstance(self.out_sink, AppendSink):
             self.out_sink.rows_in_parallel = self.parallel is not None
+        # chunks of rows that share the output's arrays, meeting in the middle (meet.py)
+        meetable = isinstance(self.out_sink, AppendSink) and meet_mod.applies(
+            fmt, self.workspace, self.parallel, self.loop_order, self._appends_in_chunks(shape), self.expr)
+        meet = (meet_mod.adopt(self.bindings, self.out_sink, out, self.fresh)
+                if meetable and self.opt.meet_chunks else None)
+        if meet is not None:
+            grow = []
         self.lo = self.hi = None
         params_front = []
         if self.parallel is not None:
@@ -438,6 +447,10 @@ class Lowerer(LoopDirectives):
         body += self.out_sink.epilogue()
         per_chunk = (tuple(b.var.name for b in self.bindings if b.role in ("capacity", "output_grow"))
                      if self._appends_in_chunks(shape) else ())
+        if meet is not None:
+            if not meet.walked:
+                raise UnsupportedError("internal: the chunks meeting in the middle need the row loop walked back")
+            per_chunk = tuple(v.name for v in meet.params)
         if self.partials:  # chunk c adds into copy c of the output
             per_chunk = (out.vals.name,)
         fn = n.Function(self.opt.name, tuple(b.var for b in self.bindings), n.block(*body),
@@ -448,7 +461,8 @@ class Lowerer(LoopDirectives):
         return self.record(module, self.opt.name, self.bindings,
                            OutputPlan(shape, grow, self.bounded, overwrites=self._overwrites_output(fn),
                                       index_limit=self.opt.index_limit,
-                                      drops_zeros=self.drops_zeros),
+                                      drops_zeros=self.drops_zeros, meetable=meetable,
+                                      meet=meet.keys if meet is not None else ()),
                            Assignment(self.lhs, self.notation_rhs, self.accumulate),
                            [g.describe() for g in self.gemms] + self.loops_text)
 
@@ -650,30 +664,8 @@ class Lowerer(LoopDirectives):
         return False
 
     def make_workspace(self):
-        lhs = self.lhs
-        last = access_chain(lhs)[-1]
-        first_scatter = min(self.position[r] for r in self.scatter)
-        if self.position[last] < first_scatter:
-            raise UnsupportedError("internal: workspace not needed")
-        size = self.sizes[last]
-        values = n.Var(self.fresh("workspace"), ptr(self.compute))
-        bits = n.Var(self.fresh("workspace_bits"), ptr(I64))
-        words = n.Var(self.fresh("workspace_words"), I64)
-        touched = n.Var(self.fresh("workspace_list"), ptr(I64))
-        count = n.Var(self.fresh("workspace_count"), I64)
-        return {
-            "index": last, "values": values, "bits": bits, "words": words, "touched": touched, "count": count,
-            "prologue": [n.Comment(f"workspace: a dense row over {last.name}, a bitmap of the touched "
-                                   "coordinates and their list"),
-                         n.Declare(words, n.Binary("/", n.Binary("+", size, n.i64(63)), n.i64(64))),
-                         n.Allocate(values, n.Binary("max", size, n.i64(1)), zero=True),
-                         n.Allocate(bits, n.Binary("max", words, n.i64(1)), zero=True),
-                         # BITS_PER_STEP spare slots for the in-order refill (_bitmap_to_list)
-                         n.Allocate(touched, n.Binary("+", size, n.i64(BITS_PER_STEP)), zero=False)],
-            "epilogue": [n.Free(values), n.Free(bits), n.Free(touched)],
-            "arrays": [values, bits, touched],  # heap arrays live throughout the nest
-            "start": first_scatter,
-        }
+        """The dense row, bitmap and touched list a scattered output row is gathered in."""
+        return make_workspace(self.lhs, self.scatter, self.position, self.sizes, self.compute, self.fresh)
 
 
 def lower(assignment: Assignment, options: Options | None = None) -> Lowered:

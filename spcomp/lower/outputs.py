@@ -235,6 +235,7 @@ class AppendSink(Sink):
         self.overflow = None
         self.needed = None     # Options.bounded_appends: where the kernel reports the entries it needed
         self.reserved = set()  # indices whose loop made room for its appends (reserve)
+        self.meet = None       # meet.Meet: chunks of rows sharing the arrays, meeting in the middle
         m = len(self.levels)
         name = params.var_name
         if self.shape in ("csf", "coo"):
@@ -345,9 +346,15 @@ class AppendSink(Sink):
         output's last index (one append per iteration at most): a test per row
         instead of per entry. Hand-written C of the CSR add: 3.9-4.4 ms against
         4.6-5.4 with a test per entry."""
-        if self.shape not in ("csf", "coo") or index != self.chain[-1] or not self.grow_ptrs:
+        if self.shape not in ("csf", "coo") or index != self.chain[-1]:
             return []
         group = len(self.levels) - 1 if self.shape == "csf" else self.d
+        if self.meet is not None:  # no growing: the row must fit the chunk's room (meet.py)
+            self.reserved.add(index)
+            return [n.Comment(f"does this loop's entries of {self.p.var_name} fit the chunk's room?"),
+                    *self.meet.room_for(self.counters[group], bound)]
+        if not self.grow_ptrs:
+            return []
         cap = self.caps[group]
         need = n.Var(self.fresh(f"{self.p.var_name}{group + 1}_need"), I64)
         self.reserved.add(index)
@@ -361,9 +368,12 @@ class AppendSink(Sink):
 
     # ------------------------------------------------------- prologue
     def prologue(self):
-        out = []
+        out = [] if self.meet is None else self.meet.prologue()
         cap0 = self.capacity
         for g, cap in self.caps.items():
+            if self.meet is not None:  # no capacity: the chunk's room is the runtime's (meet.py)
+                out.append(n.Declare(self.counters[g], self.meet.start()))
+                continue
             out.append(n.Declare(self.counters[g], n.i64(0)))
             # bounded: the runtime allocated exactly cap0 entries
             out.append(n.Declare(cap, cap0 if self.needed is not None else n.Binary("max", cap0, n.i64(MIN_CAPACITY))))
@@ -377,6 +387,8 @@ class AppendSink(Sink):
         return out
 
     def epilogue(self):
+        if self.meet is not None:  # the runtime kept every position inside the chunks' rooms
+            return self.meet.epilogue(self.counters[len(self.levels) - 1])
         out = self.too_many_entries(self.counters.values())
         if self.shape in ("csf", "coo") and self.d == 0:
             out.append(n.Store(self._array(0, "pos"), n.i64(1),
@@ -475,7 +487,7 @@ class AppendSink(Sink):
         if l == self.d - 1 and self.shape in ("csf", "coo"):
             q = env.pos[("out", l)].pos
             pos = self._array(self.d, "pos")
-            out.append(n.Store(pos, add(q, n.i64(1)),
+            out.append(n.Store(pos, add(q, n.i64(1)) if self.meet is None else self.meet.row_end(q),
                                n.Cast(self.counters[self.d], pos.type.elem)))
         if self.shape == "csf" and self.d <= l < len(self.levels) - 1:
             p = self.counters[l]
@@ -518,6 +530,11 @@ class AppendSink(Sink):
                                       self.fresh)
         group = m - 1 if self.shape == "csf" else self.d
         p = self.counters[group]
+        if self.meet is not None:  # one level below the rows: its coordinate and the value (meet.py)
+            at, crd = self.meet.at(p), self._array(m - 1, "crd")
+            return [*self.meet.guard([n.Store(crd, at, n.Cast(c, crd.type.elem)),
+                                      store_value(self._array(-1, "vals"), at, value, False)]),
+                    self.meet.advance(p)]
         out = [] if self.chain[-1] in self.reserved else self._ensure(group, p)
         levels = [m - 1] if self.shape == "csf" else range(self.d, m)
         stores = []

@@ -52,6 +52,10 @@ class Options:
     # arrays of its own and the runtime stitches them (runtime/chunks.py) instead of
     # the two-phase count and fill (assembly.py)
     append_chunks: bool = False
+    # with append_chunks, for a csr-like output drained from a workspace: chunks share
+    # the output's arrays, pairs meeting in the middle, so none is copied after the
+    # join (lower/meet.py, runtime/meet_chunks.py)
+    meet_chunks: bool = False
     # the GPU: a sparse output appended one entry at a time gets arrays the runtime
     # allocates at a capacity; the kernel stores what fits, counts the rest, reports
     # the entries it needed, and the runtime runs it again when they did not fit
@@ -155,6 +159,8 @@ class OutputPlan:
     # where it has dense ones under sparse ones (outputs.assembled_format); the runtime expands
     expand: object = None
     drops_zeros: bool = False  # a sparse output that skips computed zeros (its stored values are nonzero)
+    meet: tuple = ()           # (level, array) the chunks share, pairs meeting in the middle (lower/meet.py)
+    meetable: bool = False     # chunks of this lowering could meet (Options.meet_chunks would apply)
 
 
 @dataclass

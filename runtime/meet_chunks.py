@@ -1,0 +1,191 @@
+"""CPU threads appending a csr-like output by chunks of rows that meet in one buffer.
+
+The kernel's side is ``spcomp/lower/meet.py``. This module runs it:
+
+* the rows are cut into the launcher's balanced chunks (one per thread); each gets
+  a room of its share of the call's capacity estimate. Pairs of chunks share a
+  region: chunk ``2k`` may write ``[floor, M)``, going down from ``M``, chunk
+  ``2k + 1`` ``[M, ceiling)``, going up; the runtime writes ``M`` as the row end
+  between them before the call;
+* one native driver call runs the chunks; every chunk writes its rows' ends (going
+  down, a row's start) in positions of the shared arrays, and where its counter
+  ended (``reached``: its lowest position going down, one past its highest up);
+* the pairs' runs are moved together (none with two threads), the row ends
+  shifted so the first row starts at 0, and the result's arrays are views of the
+  shared ones from where the first pair's entries start;
+* a chunk whose rows did not fit returns ``STATUS_CHUNK_ROOM`` with its count
+  still reported: the call runs once more with the room each chunk needed.
+
+Without a native driver (no libgomp, a forked child), or on a call that stays on
+one thread, ``fallback`` runs the chunks that append to arrays of their own
+(runtime/chunks.py).
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+
+import numpy as np
+
+from spcomp.ir.nodes import STATUS_CHUNK_ROOM
+from spcomp.lower.outputs import MIN_CAPACITY
+
+from . import interrupt
+from . import threads as _threads
+from .launch import balance_pos, parallel_extent
+from .memory import data_ptr
+
+# a chunk's room is its share of the call's estimate times this
+MEET_SLACK = 1.125
+
+
+class _Slots:
+    """Where a meeting variant's argument list takes its per-chunk tables and the
+    shared arrays: worked out once per variant."""
+
+    __slots__ = ("floor", "ceiling", "down", "reached", "shared")
+
+    def __init__(self, arg_plan):
+        roles = {role: k for k, (role, _a, _b) in enumerate(arg_plan)}
+        self.floor, self.ceiling, self.down = roles["meet_floor"], roles["meet_ceiling"], roles["meet_down"]
+        self.reached = roles["meet_reached"]
+        self.shared = {k: (b.level, b.array) for k, (role, b, _x) in enumerate(arg_plan)
+                       if role == "out" and b.role == "output_meet"}
+
+
+def _slots(variant) -> _Slots:
+    slots = variant.chunk_slots
+    if slots is None:
+        slots = variant.chunk_slots = _Slots(variant.arg_plan)
+    return slots
+
+
+def driver_for(ctx, variant, n: int, units: int):
+    """The variant's native driver when this call splits, else None."""
+    threads = _threads.get_num_threads()
+    if n < 2 or threads <= 1 or units < _threads.min_parallel_work(units, threads):
+        return None
+    return ctx.launcher.driver_of(variant)
+
+
+def rooms(edges: list, pos, capacity: int) -> list:
+    """Each chunk's room in entries: its share (``pos``'s entries plus one per row,
+    as the launcher balances them) of ``capacity`` times MEET_SLACK."""
+    whole = (int(pos[edges[-1]]) - int(pos[edges[0]]) if pos is not None else 0) + edges[-1] - edges[0]
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        share = (int(pos[hi]) - int(pos[lo]) if pos is not None else 0) + hi - lo
+        out.append(max(MIN_CAPACITY, math.ceil(capacity * MEET_SLACK * share / max(whole, 1))))
+    return out
+
+
+def layout(room: list) -> tuple:
+    """``(floors, ceilings, downs, meets, total)`` for chunks of ``room`` entries:
+    chunk ``2k`` goes down to its floor from the point ``meets[k]`` where chunk
+    ``2k + 1`` starts going up; the regions follow each other."""
+    count = len(room)
+    floors, ceilings, downs, meets = [], [], [], []
+    at = 0
+    for c in range(0, count, 2):
+        mid = at + room[c]
+        floors.append(at), ceilings.append(mid), downs.append(1), meets.append(mid)
+        at = mid
+        if c + 1 < count:
+            floors.append(mid), ceilings.append(mid + room[c + 1]), downs.append(0)
+            at = mid + room[c + 1]
+    return floors, ceilings, downs, meets, at
+
+
+def needed_rooms(reached: list, floors: list, ceilings: list, downs: list) -> list:
+    """The entries each chunk counted, from where its counter ended."""
+    return [ceiling - end if down else end - floor
+            for end, floor, ceiling, down in zip(reached, floors, ceilings, downs)]
+
+
+def run_meet(ctx, variant, storages, sizes, out, capacity: int, units: int, prepared, fallback):
+    """Run ``variant`` (lowered with ``Options.meet_chunks``) over the threads' rows into
+    ``out`` and return the result; ``prepared``: ``(args, lohi)``, the argument list
+    (its output slots as ``out.arg`` gives them); ``fallback()`` runs the call by
+    chunks of arrays of their own."""
+    low = variant.lowered
+    n = parallel_extent(low, sizes, storages)
+    driver = driver_for(ctx, variant, n, units)
+    if driver is None:
+        return fallback()
+    pos = balance_pos(low, storages)
+    edges = ctx.launcher.bounds(n, _threads.get_num_threads(), pos)
+    room = rooms(edges.tolist(), pos, capacity)
+    for _attempt in range(2):
+        status, total = _run(ctx, variant, driver, edges, room, out, units, prepared)
+        if status == 0:
+            return out.result()
+        if status != STATUS_CHUNK_ROOM or total is None:
+            out.discard()
+            ctx.fail(status, out)
+        room = total  # each chunk's count: exactly what the next run needs
+    return fallback()
+
+
+def _run(ctx, variant, driver, edges, room, out, units, prepared):
+    """One driver call with chunks of ``room`` entries: ``(status, None)``, or on
+    ``STATUS_CHUNK_ROOM`` the room each chunk needed. On success ``out`` holds the
+    joined result."""
+    slots = _slots(variant)
+    bounds = edges.tolist()
+    floors, ceilings, downs, meets, total = layout(room)
+    limit = out.index_limit
+    if limit is not None and total > limit:  # 32-bit positions: let the 64-bit kernel have it
+        from .launch import WiderIndices
+        raise WiderIndices(f"{total} entries of room")
+    layout_d = out.layout.first
+    ends = out.arrays[(layout_d, "pos")]
+    ends[0] = 0
+    for k, meet in enumerate(meets):  # the row end between a pair's chunks: where they meet
+        ends[bounds[min(2 * k + 1, len(bounds) - 1)]] = meet
+    shared = out.share(slots.shared.values(), total)
+    count = len(room)
+    # per chunk: floor, ceiling, down, and the slot its counter is reported in
+    table = np.array([floors, ceilings, downs, [0] * count, [0] * count], dtype=np.int64)
+    base = data_ptr(table)
+    table[4] = base + 8 * (3 * count + np.arange(count, dtype=np.int64))
+    args, lohi = prepared
+    a = list(args)
+    for k, key in slots.shared.items():
+        a[k] = data_ptr(shared[key])
+    a[slots.floor], a[slots.ceiling], a[slots.down] = base, base + 8 * count, base + 16 * count
+    a[slots.reached] = base + 32 * count
+    del a[lohi:lohi + 2]
+    status = _threads.run_split(units, interrupt.run, units, driver, count, data_ptr(edges), *a, key=driver)
+    reached = table[3].tolist()
+    if status == STATUS_CHUNK_ROOM:
+        return status, needed_rooms(reached, floors, ceilings, downs)
+    if status != 0:
+        return status, None
+    _join(out, ends, bounds, meets, reached, shared)
+    return 0, None
+
+
+def _join(out, ends, bounds: list, meets: list, reached: list, shared: dict) -> None:
+    """Move each pair's run behind the previous one's (pairs after the first; the
+    row end between two pairs, written by both neighbours, is set here), shift the
+    row ends so the first row starts at 0, and say where the result starts."""
+    count = len(bounds) - 1
+    first = reached[0]
+    end = reached[1] if count > 1 else meets[0]  # where the first pair's entries end
+    for k in range(1, len(meets)):
+        lo_row, hi_row = bounds[2 * k], bounds[min(2 * k + 2, count)]
+        start, stop = reached[2 * k], reached[2 * k + 1] if 2 * k + 1 < count else meets[k]
+        if start != end:
+            for arr in shared.values():
+                size = arr.dtype.itemsize
+                ctypes.memmove(data_ptr(arr) + end * size, data_ptr(arr) + start * size, (stop - start) * size)
+            seg = ends[lo_row + 1:hi_row + 1]
+            seg -= seg.dtype.type(start - end)
+        ends[lo_row] = end
+        end += stop - start
+    if first:
+        ends -= ends.dtype.type(first)
+    out.shared_offset = first
+
+
+__all__ = ["MEET_SLACK", "layout", "needed_rooms", "rooms", "run_meet"]
