@@ -18,7 +18,10 @@ runtime then stitches the chunks:
 Against the two-phase count and fill (spcomp/assemble.py), which the GPU keeps
 (thousands of threads cannot each own growable arrays), this walks the loop
 nest once instead of twice; the price is copying the later chunks' entries
-once. :func:`preferred` says which kernels gain.
+once. :func:`preferred` says which kernels gain. Where the rows are drained from
+a workspace (SpGEMM into csr), the chunks instead share the output's arrays in
+pairs that meet in the middle and nothing is copied (:mod:`.meet_chunks`); the
+copying chunks are then its fallback.
 """
 from __future__ import annotations
 
