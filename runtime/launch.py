@@ -403,3 +403,4 @@ class Variant:
         self.two_phase = None  # the count and fill phases (assemble.py), built on first use
         self.chunk_slots = None  # where a chunked variant takes its per-chunk arguments (chunks.py)
         self.fallback = None  # a meeting chunks variant's: the chunks with arrays of their own (meet_chunks.py)
+        self.meet_rooms = None  # meet_chunks.py: rooms each row split's chunks counted, for the next call

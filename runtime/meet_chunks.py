@@ -114,22 +114,33 @@ def run_meet(ctx, variant, storages, sizes, out, capacity: int, units: int, prep
         return fallback()
     pos = balance_pos(low, storages)
     edges = ctx.launcher.bounds(n, _threads.get_num_threads(), pos)
-    room = rooms(edges.tolist(), pos, capacity)
+    learned = variant.meet_rooms.get((id(edges), capacity)) if variant.meet_rooms else None
+    room = learned[1] if learned is not None and learned[0] is edges else rooms(edges.tolist(), pos, capacity)
     for _attempt in range(2):
-        status, total = _run(ctx, variant, driver, edges, room, out, units, prepared)
+        status, counts = _run(ctx, variant, driver, edges, room, out, units, prepared)
         if status == 0:
+            _learn(variant, edges, capacity, counts)
             return out.result()
-        if status != STATUS_CHUNK_ROOM or total is None:
+        if status != STATUS_CHUNK_ROOM or counts is None:
             out.discard()
             ctx.fail(status, out)
-        room = total  # each chunk's count: exactly what the next run needs
+        room = counts  # each chunk's count: exactly what the next run needs
     return fallback()
 
 
+def _learn(variant, edges, capacity: int, counts: list) -> None:
+    """Keep the rooms the next call with the same row split and estimate asks for: what
+    each chunk counted and a sixteenth more. The same operands give the same counts,
+    so the arrays are not mostly unused (which would copy the result) nor too small."""
+    if variant.meet_rooms is None or len(variant.meet_rooms) > 16:
+        variant.meet_rooms = {}
+    variant.meet_rooms[(id(edges), capacity)] = (edges, [c + c // 16 + MIN_CAPACITY for c in counts])
+
+
 def _run(ctx, variant, driver, edges, room, out, units, prepared):
-    """One driver call with chunks of ``room`` entries: ``(status, None)``, or on
-    ``STATUS_CHUNK_ROOM`` the room each chunk needed. On success ``out`` holds the
-    joined result."""
+    """One driver call with chunks of ``room`` entries: ``(status, counts)``, the
+    entries each chunk counted (None on an error status). On success ``out`` holds
+    the joined result."""
     slots = _slots(variant)
     bounds = edges.tolist()
     floors, ceilings, downs, meets, total = layout(room)
@@ -157,12 +168,12 @@ def _run(ctx, variant, driver, edges, room, out, units, prepared):
     del a[lohi:lohi + 2]
     status = _threads.run_split(units, interrupt.run, units, driver, count, data_ptr(edges), *a, key=driver)
     reached = table[3].tolist()
-    if status == STATUS_CHUNK_ROOM:
-        return status, needed_rooms(reached, floors, ceilings, downs)
-    if status != 0:
+    if status not in (0, STATUS_CHUNK_ROOM):
         return status, None
-    _join(out, ends, bounds, meets, reached, shared)
-    return 0, None
+    counts = needed_rooms(reached, floors, ceilings, downs)
+    if status == 0:
+        _join(out, ends, bounds, meets, reached, shared)
+    return status, counts
 
 
 def _join(out, ends, bounds: list, meets: list, reached: list, shared: dict) -> None:

@@ -151,6 +151,20 @@ def test_a_chunk_out_of_room_runs_again_with_what_it_counted(monkeypatch, joins)
     assert joins["run"] == 2 and joins["join"] == 1  # the first run was too small, the second fit
 
 
+def test_the_next_call_takes_the_rooms_the_last_one_counted(monkeypatch, joins):
+    monkeypatch.setattr(launch, "FIRST_CAPACITY", 1)
+    A = sp.random(80, 70, density=0.3, format="csr", random_state=7)
+    B = sp.random(70, 90, density=0.3, format="csr", random_state=8)
+    k = spcomp.compile(SPGEMM, formats=CSR3)
+    with spcomp_threads(2, 0), meeting(True):
+        first = k(A=A, B=B)
+        assert joins["run"] == 2  # too small, then what each chunk counted
+        second = k(A=A, B=B)
+    assert joins["run"] == 3 and joins["join"] == 2  # learned: one run
+    ref = (A @ B).toarray()
+    assert np.allclose(first.to_scipy().toarray(), ref) and np.allclose(second.to_scipy().toarray(), ref)
+
+
 def test_without_a_native_driver_the_copying_chunks_run(monkeypatch, joins):
     monkeypatch.setattr(meet_chunks, "driver_for", lambda *a: None)
     with spcomp_threads(2, 0), meeting(True):
