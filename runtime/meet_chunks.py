@@ -124,7 +124,9 @@ def run_meet(ctx, variant, storages, sizes, out, capacity: int, units: int, prep
         if status != STATUS_CHUNK_ROOM or counts is None:
             out.discard()
             ctx.fail(status, out)
-        room = counts  # each chunk's count: exactly what the next run needs
+        # what each chunk counted and some more: a row's room is checked before it
+        # drops computed zeros, for as many entries as it touched
+        room = with_margin(counts)
     return fallback()
 
 
@@ -134,7 +136,12 @@ def _learn(variant, edges, capacity: int, counts: list) -> None:
     so the arrays are not mostly unused (which would copy the result) nor too small."""
     if variant.meet_rooms is None or len(variant.meet_rooms) > 16:
         variant.meet_rooms = {}
-    variant.meet_rooms[(id(edges), capacity)] = (edges, [c + c // 16 + MIN_CAPACITY for c in counts])
+    variant.meet_rooms[(id(edges), capacity)] = (edges, with_margin(counts))
+
+
+def with_margin(counts: list) -> list:
+    """Rooms for chunks that counted ``counts`` entries: a sixteenth more, and MIN_CAPACITY."""
+    return [c + c // 16 + MIN_CAPACITY for c in counts]
 
 
 def _run(ctx, variant, driver, edges, room, out, units, prepared):

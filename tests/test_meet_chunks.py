@@ -165,6 +165,20 @@ def test_the_next_call_takes_the_rooms_the_last_one_counted(monkeypatch, joins):
     assert np.allclose(first.to_scipy().toarray(), ref) and np.allclose(second.to_scipy().toarray(), ref)
 
 
+def test_computed_zeros_dropped_going_down_and_up(joins):
+    rng = np.random.default_rng(5)
+    # every row of A is (1, 1, x, ...) and rows 0 and 1 of B cancel: half the products sum to 0
+    A = np.zeros((40, 6)); A[:, 0] = A[:, 1] = 1.0; A[::2, 2] = rng.random(20)
+    B = np.zeros((6, 30)); B[0, :15] = rng.random(15); B[1, :15] = -B[0, :15]; B[2, 10:] = 2.0
+    k = spcomp.compile(SPGEMM, formats=CSR3, drop_zeros=True)
+    with spcomp_threads(2, 0), meeting(True):
+        C = k(A=sp.csr_matrix(A), B=sp.csr_matrix(B))
+    assert joins["join"] == 1
+    S = C.to_scipy()
+    assert np.all(S.data != 0) and S.has_sorted_indices
+    assert np.allclose(S.toarray(), A @ B)
+
+
 def test_without_a_native_driver_the_copying_chunks_run(monkeypatch, joins):
     monkeypatch.setattr(meet_chunks, "driver_for", lambda *a: None)
     with spcomp_threads(2, 0), meeting(True):
@@ -200,12 +214,15 @@ def test_32_bit_positions_past_their_limit_take_the_64_bit_kernel(monkeypatch):
 @given(i=st.integers(0, 50), j=st.integers(0, 40), k=st.integers(0, 15),
        density=st.sampled_from([0.0, 0.05, 0.3, 1.0]), empty_rows=st.sampled_from([0.0, 0.5]),
        nthreads=st.sampled_from([2, 3, 4]), capacity=st.sampled_from([None, 1]),
-       unordered=st.booleans(), seed=st.integers(0, 2**16))
-@example(i=1, j=5, k=3, density=1.0, empty_rows=0.0, nthreads=2, capacity=None, unordered=False, seed=0)
+       unordered=st.booleans(), drop=st.booleans(), seed=st.integers(0, 2**16))
+@example(i=1, j=5, k=3, density=1.0, empty_rows=0.0, nthreads=2, capacity=None, unordered=False, drop=False,
+         seed=0)
 def test_property_meeting_chunks_match_the_reference(i, j, k, density, empty_rows, nthreads, capacity,
-                                                     unordered, seed):
+                                                     unordered, drop, seed):
+    """Bit for bit as the copying chunks, which test_parallel_assembly checks against
+    the dense reference (and check_kernel here too); with computed zeros dropped."""
     formats = dict(CSR3, C="d c(unordered)" if unordered else "csr")
-    kernel = spcomp.compile(SPGEMM, formats=formats)
+    kernel = spcomp.compile(SPGEMM, formats=formats, drop_zeros=drop)
     ops = make_operands(kernel.notation, {"i": i, "j": j, "k": k}, np.random.default_rng(seed), density,
                         empty_rows=empty_rows)
     before = launch.FIRST_CAPACITY
@@ -213,9 +230,9 @@ def test_property_meeting_chunks_match_the_reference(i, j, k, density, empty_row
     try:
         with spcomp_threads(nthreads, 0):
             with meeting(True):
-                met = check_kernel(SPGEMM, formats, operands=ops).result
+                met = check_kernel(SPGEMM, formats, operands=ops, drop_zeros=drop).result
             with meeting(False):
-                copied = check_kernel(SPGEMM, formats, operands=ops).result
+                copied = check_kernel(SPGEMM, formats, operands=ops, drop_zeros=drop).result
     finally:
         launch.FIRST_CAPACITY = before
     assert_same_bits(met, copied)
