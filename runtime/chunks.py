@@ -102,13 +102,6 @@ class _Slots:
                      if role == "out" and b.role == "output_grow"}
 
 
-def _slots(variant) -> _Slots:
-    slots = variant.chunk_slots
-    if slots is None:
-        slots = variant.chunk_slots = _Slots(variant.arg_plan)
-    return slots
-
-
 def run_chunks(ctx, variant, storages, sizes, bits, out, capacity: int, call_units: int = 0, prepared=None):
     """Run ``variant`` (``Lowered.append_chunks``) over the threads' row ranges
     into ``out`` (an ``Output``) and return the stitched result; ``call_units``,
@@ -128,7 +121,7 @@ def run_chunks(ctx, variant, storages, sizes, bits, out, capacity: int, call_uni
             again.capacity = capacity
             return run_chunks(ctx, plain, storages, sizes, bits, again, capacity, units)
         return run_meet(ctx, variant, storages, sizes, out, capacity, units, (args, lohi), fallback)
-    slots = _slots(variant)
+    slots = variant.slots(_Slots)
     cap_slot, grow_slots = slots.cap, slots.grow
     whole = max(int(pos[n]) - int(pos[0]) + n if pos is not None else n, 1)
 

@@ -404,3 +404,10 @@ class Variant:
         self.chunk_slots = None  # where a chunked variant takes its per-chunk arguments (chunks.py)
         self.fallback = None  # a meeting chunks variant's: the chunks with arrays of their own (meet_chunks.py)
         self.meet_rooms = None  # meet_chunks.py: rooms each row split's chunks counted, for the next call
+
+    def slots(self, make):
+        """Where a chunked variant's argument list takes its per-chunk arguments
+        (``make(arg_plan)``: chunks.py's or meet_chunks.py's), worked out once."""
+        if self.chunk_slots is None:
+            self.chunk_slots = make(self.arg_plan)
+        return self.chunk_slots

@@ -53,13 +53,6 @@ class _Slots:
                        if role == "out" and b.role == "output_meet"}
 
 
-def _slots(variant) -> _Slots:
-    slots = variant.chunk_slots
-    if slots is None:
-        slots = variant.chunk_slots = _Slots(variant.arg_plan)
-    return slots
-
-
 def driver_for(ctx, variant, n: int, units: int):
     """The variant's native driver when this call splits, else None."""
     threads = _threads.get_num_threads()
@@ -148,7 +141,7 @@ def _run(ctx, variant, driver, edges, room, out, units, prepared):
     """One driver call with chunks of ``room`` entries: ``(status, counts)``, the
     entries each chunk counted (None on an error status). On success ``out`` holds
     the joined result."""
-    slots = _slots(variant)
+    slots = variant.slots(_Slots)
     bounds = edges.tolist()
     floors, ceilings, downs, meets, total = layout(room)
     limit = out.index_limit

@@ -223,3 +223,14 @@ def pytest_configure(config):
     every property and example test."""
     from spcomp.runtime.outputs import poison_unzeroed
     poison_unzeroed(True)
+
+
+def assert_same_bits(a, b):
+    """Two result Tensors hold the same format, shape and arrays, bit for bit."""
+    import numpy as np
+    assert a.format == b.format and a.shape == b.shape
+    mine = [np.asarray(x) for level in a.levels for x in level.values()] + [np.asarray(a.vals)]
+    theirs = [np.asarray(x) for level in b.levels for x in level.values()] + [np.asarray(b.vals)]
+    for x, y in zip(mine, theirs):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert x.tobytes() == y.tobytes()

@@ -28,22 +28,10 @@ from spcomp.runtime import meet_chunks
 from spcomp.testing import check_kernel
 from spcomp.testing.check import make_operands
 
-from conftest import spcomp_threads
+from conftest import assert_same_bits, spcomp_threads
 
 SPGEMM = "C[i,j] = A[i,k] * B[k,j]"
 CSR3 = {"A": "csr", "B": "csr", "C": "csr"}
-
-
-def arrays(t):
-    out = [np.asarray(a) for level in t.levels for a in level.values()]
-    return out + [np.asarray(t.vals)]
-
-
-def assert_same_bits(a, b):
-    assert a.format == b.format and a.shape == b.shape
-    for x, y in zip(arrays(a), arrays(b)):
-        assert x.dtype == y.dtype and x.shape == y.shape
-        assert x.tobytes() == y.tobytes()
 
 
 @contextlib.contextmanager

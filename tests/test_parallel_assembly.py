@@ -28,7 +28,7 @@ from spcomp.runtime import threads as _threads
 from spcomp.testing import check_kernel
 from spcomp.testing.check import make_operands
 
-from conftest import record_splits, spcomp_threads
+from conftest import assert_same_bits, record_splits, spcomp_threads
 
 CSR3 = {"A": "csr", "B": "csr", "C": "csr"}
 ADD = "C[i,j] = A[i,j] + B[i,j]"
@@ -56,19 +56,6 @@ SIZES = {"i": 70, "j": 45, "k": 30, "l": 20}
 def threads(n, min_work=0):
     """Run kernels on ``n`` threads, splitting even small work (``min_work``)."""
     return spcomp_threads(n, min_work)
-
-
-def arrays(t):
-    """A result Tensor's level arrays and values, for bitwise comparison."""
-    out = [np.asarray(a) for level in t.levels for a in level.values()]
-    return out + [np.asarray(t.vals)]
-
-
-def assert_same_bits(a, b):
-    assert a.format == b.format and a.shape == b.shape
-    for x, y in zip(arrays(a), arrays(b)):
-        assert x.dtype == y.dtype and x.shape == y.shape
-        assert x.tobytes() == y.tobytes()
 
 
 def two_phase(kernel):
