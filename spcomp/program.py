@@ -53,7 +53,7 @@ from .runtime.call import CallContext
 from .runtime.launch import Variant
 from .runtime.operands import refuse_overlap
 from .program_copies import (apart_reason, copy_recasts, copyable_written, declared_in_warnings,
-                             reads_only_copies, run_statements, transposed_copies)
+                             reads_only_copies, row_major_temporaries, run_statements, in_function_copies)
 from .program_density import DensityVariants
 from .program_saved import SavedProgram
 from .program_text import fused_run_lines
@@ -79,6 +79,8 @@ class ProgramKernel(SavedProgram):
         self._split_kernels: dict = {}
         self.last_launches = 0  # native functions (kernels or fused runs) the last call ran
         self.apart: dict = {}  # statement -> why it does not join the fused run before it (planning)
+        # dense temporaries declared in another mode order, row-major in fused functions
+        self._row_major = row_major_temporaries(program) if target.capabilities.pointers else {}
         self.segments = self._restore(saved) if saved is not None else self._cached_plan()
         # the run of a program that fused whole, whose last call a call may repeat at once
         self._only_run = self.segments[0][1] if len(self.segments) == 1 and self.segments[0][0] == "fused" else None
@@ -134,12 +136,12 @@ class ProgramKernel(SavedProgram):
         again to read a sparse temporary of the run through a ``dc`` copy where that
         lets the function make the copy (``program_copies``); else why it cannot join."""
         copyables = copyable_written(self.program.tensors, written)
-        if low is not None and not reads_plainly(low, written, copyables):
+        if low is not None and not reads_plainly(low, written, copyables, True):
             recast = copy_recasts(low, copyables)
             alt = self._fusable_lowering(k, recast) if recast else None
-            if alt is not None and reads_only_copies(alt, recast) and reads_plainly(alt, written, copyables):
+            if alt is not None and reads_only_copies(alt, recast) and reads_plainly(alt, written, copyables, True):
                 return declared_in_warnings(alt, recast, copyables)
-        if low is not None and reads_plainly(low, written, copyables):
+        if low is not None and reads_plainly(low, written, copyables, True):
             return low
         return apart_reason(k, low, written, {n: t.format for n, t in self.program.tensors.items()})
 
@@ -150,17 +152,17 @@ class ProgramKernel(SavedProgram):
         runtime allocates them). (A run with a dense ``+=`` before a sparse statement
         runs 64-bit at once: ``FusedRun``; a sparse ``+=`` reads the caller's tensor and
         assembles a new one, ``C = C_old + ...``, so it may rerun.) ``recast``: formats
-        the statement is lowered to see tensors in (``program_copies.copy_recasts``)."""
+        the statement is lowered to see tensors in (``program_copies.copy_recasts``; a
+        dense temporary declared column-major is seen row-major: ``row_major_temporaries``)."""
         caps = self._target.capabilities
-        stmts = self.program.statements
-        a = stmts[k]
+        a = with_formats([self.program.statements[k]], {**self._row_major, **(recast or {})})[0]
         fmt = a.lhs.tensor.format
         if not (caps.pointers and caps.host_threads):
             return None
         if fmt.is_dense:
             if fmt.order != tuple(range(fmt.ndim)):
                 return None
-        low = self._target.lower(with_formats([a], recast or {})[0], self._statement_options(k, True))
+        low = self._target.lower(a, self._statement_options(k, True))
         if fmt.is_dense:
             if (low.output.shape != "dense" or low.output.growable or low.output.bounded
                     or low.output.assembly is not None or low.append_chunks
@@ -175,7 +177,7 @@ class ProgramKernel(SavedProgram):
     def _parallel_lowering(self, k: int):
         """Statement ``k`` lowered as a kernel of its own (threads allowed), once."""
         if k not in self._parallel_lows:
-            a = self.program.statements[k]
+            a = with_formats([self.program.statements[k]], self._row_major)[0]
             self._parallel_lows[k] = self._target.lower(a, self._statement_options(k, False))
         return self._parallel_lows[k]
 
@@ -204,7 +206,7 @@ class ProgramKernel(SavedProgram):
         """The FusedRun of statements ``run`` (``lowerings[j]``: statement ``run[j]``'s
         32-bit lowering); ``built``, ``sizing`` and ``chunked`` are given when loaded
         from a record."""
-        stmts = run_statements(self.program, run, lowerings)
+        stmts = run_statements(self.program, run, lowerings, self._row_major)
         internal = self._internal(run)
         steps = []
         for k, low in zip(run, lowerings):
@@ -263,7 +265,7 @@ class ProgramKernel(SavedProgram):
         computed zeros where its one-thread lowering does, so that both give the same entries."""
         if not self._target.capabilities.host_threads:
             return "no host threads"
-        stmts = with_formats(self.program.statements, self._csr_stand_ins(run))
+        stmts = with_formats(self.program.statements, {**self._row_major, **self._csr_stand_ins(run)})
         lows, written, copies = [], {}, set()
         for k, plain in zip(run, fused):
             a, fmt, name = stmts[k], stmts[k].lhs.tensor.format, stmts[k].lhs.tensor.name
@@ -376,7 +378,7 @@ class ProgramKernel(SavedProgram):
         fn, sources, merged = fuse([low.entry_function for low in lows], [low.code.bindings for low in lows],
                                    links, name=self._options.name, docs=[repr(stmts[k]) for k in run],
                                    share_loop=self._shared_loops(run, lows), frees=frees,
-                                   transposed=transposed_copies(self.program.statements, run, lows, links),
+                                   transposed=in_function_copies(self.program.statements, run, lows, links),
                                    own_pos=own_pos)
         threads = self._row_threads(run, lows, merged)
         params = {(s.statement, s.position): p for s, p in zip(sources, fn.params)}

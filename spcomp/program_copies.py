@@ -21,6 +21,7 @@ import dataclasses
 
 from .formats import Compressed, Dense, Format, Singleton
 from .lower.fuse import is_fused_copy
+from .lower.fused_diagonal import buildable, diagonal_read
 from .lower.temporary_formats import with_formats
 from .notation import accesses
 
@@ -82,9 +83,14 @@ def apart_reason(statement: int, low, written: dict, formats: dict) -> str:
     if low is None:
         return "its output is not one a fused function writes (a row-major dense array, or a sparse tensor " \
                "assembled in one pass)"
-    for d in low.operands.diagonals.values():
-        if d.operand in written:
-            return f"it reads {d.operand} through a diagonal copy"
+    transposed = {op for op, _fmt in low.operands.transposes.values()}
+    for storage, d in low.operands.diagonals.items():
+        if d.operand in written and storage in transposed:
+            return f"it reads {d.operand} through a transposed copy of its diagonal, which no fused function makes"
+        if d.operand in written and not buildable(d):
+            return (f"it reads {d.operand} ({formats[d.operand].spec()}) through a diagonal copy, which the fused "
+                    "function makes only of an unblocked temporary of ordered dense, compressed or singleton "
+                    "levels whose storage order keeps the diagonal's indices in its own order")
     for op, fmt in low.operands.transposes.values():
         if op in written:
             return (f"it reads {op} ({formats[op].spec()}) through a copy stored {fmt.spec()!r}, which the fused "
@@ -92,13 +98,20 @@ def apart_reason(statement: int, low, written: dict, formats: dict) -> str:
     return "it reads arrays the run's statements do not hand over"
 
 
-def transposed_copies(statements, run: list, lows: list, links: list) -> list:
+def in_function_copies(statements, run: list, lows: list, links: list) -> list:
     """Per statement of a run: the storages it reads as a transposed copy of a
     temporary the run wrote, as ``lower.fuse.fuse`` takes them: storage -> (writer,
-    tensor, the index of each of the writer's levels, the writer's level of each of the copy's)."""
+    tensor, the index of each of the writer's levels, the writer's level of each of
+    the copy's); and those it reads as a diagonal of one: storage -> its
+    ``lower.fused_diagonal.DiagonalRead``."""
     out = []
     for j, k in enumerate(run):
         mine = {}
+        for storage, d in lows[j].operands.diagonals.items():
+            if d.operand in links[j]:
+                writer = links[j][d.operand]
+                mine[storage] = diagonal_read(writer, d, list(d.indices),
+                                              [i.name for i in statements[run[writer]].lhs.indices])
         for storage, (op, fmt) in lows[j].operands.transposes.items():
             if op in links[j]:
                 writer = links[j][op]
@@ -115,11 +128,26 @@ def copyable_written(tensors: dict, written) -> dict:
     return {n: tensors[n].format for n in written if not tensors[n].format.is_dense and copyable(tensors[n].format)}
 
 
-def run_statements(program, run: list, lows: list) -> list:
+def row_major_temporaries(program) -> dict:
+    """Name -> the row-major dense format of each unblocked dense temporary declared
+    in another mode order (``dd:1,0``). The fused planning lowers its writer and
+    readers seeing it so: nothing outside the program sees a temporary, and
+    row-major it is one more array the fused function hands from loop nest to loop
+    nest (a row workspace, rows on threads) with no copy between its statements."""
+    out = {}
+    for name in program.temporaries:
+        fmt = program.tensors[name].format
+        if fmt.is_dense and fmt.blocks is None and fmt.order != tuple(range(len(fmt.levels))):
+            out[name] = Format(tuple(Dense() for _ in fmt.levels), tuple(range(len(fmt.levels))))
+    return out
+
+
+def run_statements(program, run: list, lows: list, row_major: dict) -> list:
     """The program's statements, each of ``run`` seeing the temporaries it reads
-    through an in-function copy as ``lows`` (its 32-bit lowering) does: what its
+    through an in-function copy as ``lows`` (its 32-bit lowering) does, and the
+    ``row_major`` ones (:func:`row_major_temporaries`) row-major: what its
     64-bit lowering and its call plan are made from (``ProgramKernel._joining``)."""
-    stmts = list(program.statements)
+    stmts = with_formats(program.statements, row_major)
     written: list = []
     for k, low in zip(run, lows):
         recast = copy_recasts(low, copyable_written(program.tensors, written))

@@ -117,7 +117,7 @@ class SortedCopy:
         return list(self.target.values())
 
 
-def _walk(c: SortedCopy, level: int, parent, coords: list, body, names):
+def walk_entries(c: SortedCopy, level: int, parent, coords: list, body, names):
     """A loop over the writer's entries in storage order (each level dense, compressed
     or singleton, told by its arrays), ``body(coords, p)`` run at each with its
     coordinates (per writer level) and its position ``p``."""
@@ -128,18 +128,18 @@ def _walk(c: SortedCopy, level: int, parent, coords: list, body, names):
         x = n.Var(names("copy_c"), I64)
         at = n.Binary("+", n.Binary("*", parent, c.sizes[level]), x)
         p = n.Var(names("copy_p"), I64)
-        inner = _walk(c, level + 1, p, coords + [x], body, names)
+        inner = walk_entries(c, level + 1, p, coords + [x], body, names)
         return n.For(x, n.i64(0), c.sizes[level], n.Block((n.Declare(p, at), inner)))
     x = n.Var(names("copy_c"), I64)
     if pos is None:  # singleton: the parent's position, one coordinate
         return n.Block((n.Declare(x, _i64(n.Load(crd, parent))),
-                        _walk(c, level + 1, parent, coords + [x], body, names)))
+                        walk_entries(c, level + 1, parent, coords + [x], body, names)))
     p = n.Var(names("copy_p"), I64)
     return n.For(p, _i64(n.Load(pos, parent)), _i64(n.Load(pos, n.Binary("+", parent, n.i64(1)))), n.Block((
-        n.Declare(x, _i64(n.Load(crd, p))), _walk(c, level + 1, p, coords + [x], body, names))))
+        n.Declare(x, _i64(n.Load(crd, p))), walk_entries(c, level + 1, p, coords + [x], body, names))))
 
 
-def _positions(c: SortedCopy):
+def entry_count(c: SortedCopy):
     """The writer's entry count: its last level's positions (each level's from its parent's)."""
     count = n.i64(1)
     for level, size in enumerate(c.sizes):
@@ -165,14 +165,14 @@ def sorted_copy_block(c: SortedCopy, names) -> list:
     perm = [n.Var(names("copy_order"), ptr(I64)), n.Var(names("copy_order"), ptr(I64))]
     live: list = []
     out = [n.Comment("the temporary laid out as a sorted coordinate list here (counting sorts), freed after its "
-                     "reader"), n.Declare(nnz, _positions(c))]
+                     "reader"), n.Declare(nnz, entry_count(c))]
 
     def alloc(var, size, zero=False):
         out.append(n.Allocate(var, n.Binary("max", size, n.i64(1)), zero=zero, free=tuple(live)))
         live.append(var)
     for var in coords + perm:
         alloc(var, nnz)
-    out.append(_walk(c, 0, n.i64(0), [], lambda xs, p: n.Block(tuple(
+    out.append(walk_entries(c, 0, n.i64(0), [], lambda xs, p: n.Block(tuple(
         n.Store(coords[level], p, x) for level, x in enumerate(xs))), names))
     e = n.Var(names("copy_e"), I64)
     out.append(n.For(e, n.i64(0), nnz, n.Block((n.Store(perm[0], e, e),))))

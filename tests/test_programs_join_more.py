@@ -1,0 +1,212 @@
+"""More statements join one fused function (issue 24): diagonal reads of a run's
+temporaries and column-major dense temporaries.
+
+A statement that reads a sparse temporary of its run on a diagonal (``v[k] =
+T[k,k]``, ``Z[i,j] = T[i,i,j]``) reads a diagonal storage the fused function now
+gathers itself from the writer's arrays (``lower/fused_diagonal.py``); a dense
+temporary declared column-major (``dd:1,0``) is written and read row-major inside
+the function (``program_copies.row_major_temporaries``). Every result is checked
+against numpy.einsum and against the statements compiled and run one by one; what
+still cannot join keeps a kernel of its own, ``k.loops`` saying why.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import spcomp
+from spcomp.errors import OperandError, ShapeError
+from spcomp.lower import record
+from spcomp.testing.check import densify
+
+from conftest import examples, spcomp_threads
+
+DIAGONAL = "reads T through a diagonal copy gathered inside the function"
+
+
+def _compile(text, formats, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # TranspositionWarning and the like
+        return spcomp.compile(text, formats=formats, **kw)
+
+
+def _dense(v):
+    return np.asarray(densify(v), dtype=np.float64)
+
+
+def _one_by_one(statements: list, formats: dict, operands: dict) -> dict:
+    """Each statement compiled as a kernel of its own and run in order, each
+    result handed to the next by name: name -> result."""
+    env = dict(operands)
+    for text in statements:
+        name = text.split("[")[0].strip()
+        k = _compile(text, {n: f for n, f in formats.items() if f"{n}[" in text})
+        env[name] = k(**{n: env[n] for n in k.inputs})
+    return env
+
+
+def _square(seed, n=9, density=0.35):
+    rng = np.random.default_rng(seed)
+    return {"A": sp.random(n, n, density=density, format="csr", random_state=seed),
+            "B": sp.random(n, n, density=density, format="csr", random_state=seed + 1),
+            "x": rng.standard_normal(n), "w": rng.standard_normal(n)}
+
+
+@pytest.mark.parametrize("t_format", ["csr", "csc", "dcsr", "coo"])
+@pytest.mark.parametrize("reader", ["v[k] = T[k,k] * 2", "v[i] = T[i,i] * x[i] + w[i]"])
+@pytest.mark.parametrize("v_format", ["dense", "c"])
+def test_a_diagonal_read_of_a_sparse_temporary_joins(t_format, reader, v_format):
+    text = f"T[i,k] = A[i,j]*B[j,k]; {reader}"
+    formats = {"A": "csr", "B": "csr", "T": t_format, "v": v_format}
+    k = _compile(text, formats)
+    assert k.launches == 1 and DIAGONAL in k.loops, k.loops
+    ops = _square(len(t_format + reader + v_format))
+    d = np.diag((ops["A"] @ ops["B"]).toarray())
+    want = 2 * d if "x" not in reader else d * ops["x"] + ops["w"]
+    by_one = _one_by_one([s.strip() for s in text.split(";")], formats, ops)["v"]
+    for threads in (1, 2):
+        with spcomp_threads(threads, min_work=0):
+            got = k(**{n: ops[n] for n in k.inputs})
+        assert np.allclose(_dense(got), want) and np.allclose(_dense(got), _dense(by_one))
+
+
+@pytest.mark.parametrize("t_format", ["csf", "coo", "dcc", "ccc:0,2,1"])
+@pytest.mark.parametrize("read", [("i,i,j", "i,j"), ("i,j,i", "i,j"), ("i,i,i", "i"), ("j,i,i", "j,i")])
+def test_a_diagonal_of_a_3d_temporary_joins(monkeypatch, t_format, read):
+    """Diagonals of order 1 and 2 (a compressed level opened whenever its parent or
+    coordinate changes, a dense one at parent * N + coordinate), T's arrays grown
+    from a capacity of 1 before the diagonal reads them."""
+    from spcomp.runtime import launch
+    monkeypatch.setattr(launch, "FIRST_CAPACITY", 1)
+    acc, out = read
+    k = _compile(f"T[i,j,k] = A[i,j,k]*B[i,j,k]; Z[{out}] = T[{acc}] * 3",
+                 {"A": "csf", "B": "csf", "T": t_format, "Z": "dense"})
+    assert k.launches == 1 and DIAGONAL in k.loops, k.loops
+    rng = np.random.default_rng(len(t_format + acc))
+    a, b = (rng.standard_normal((6, 6, 6)) * (rng.random((6, 6, 6)) < 0.5) for _ in range(2))
+    got = k(A=spcomp.Tensor.from_numpy(a, "csf"), B=spcomp.Tensor.from_numpy(b, "csf"))
+    assert np.allclose(got, 3 * np.einsum(f"{acc.replace(',', '')}->{out.replace(',', '')}", a * b))
+
+
+def test_a_column_major_dense_temporary_joins():
+    text = "T[i,k] = A[i,j]*B[j,k]; v[i] = T[i,k] * w[k]; u[k] = T[i,k] * x[i]"
+    formats = {"A": "csr", "B": "csr", "T": "dd:1,0"}
+    k = _compile(text, formats)
+    assert k.launches == 1, k.loops
+    assert "T: declared dd:1,0, written and read row-major inside the function" in k.loops, k.loops
+    ops = _square(5, n=12)
+    P = (ops["A"] @ ops["B"]).toarray()
+    by_one = _one_by_one([s.strip() for s in text.split(";")], formats, ops)
+    for threads in (1, 2):
+        with spcomp_threads(threads, min_work=0):
+            got = k(A=ops["A"], B=ops["B"], w=ops["w"], x=ops["x"])
+        assert np.allclose(got["v"], P @ ops["w"]) and np.allclose(got["u"], ops["x"] @ P)
+        assert np.allclose(got["v"], by_one["v"]) and np.allclose(got["u"], by_one["u"])
+
+
+def test_a_returned_column_major_output_keeps_its_layout():
+    """A returned dense tensor is the caller's to see in its declared layout: its
+    statement stays a kernel of its own (its output is not one a fused function
+    writes), and the result comes back column-major."""
+    k = _compile("T[i,k] = A[i,j]*B[j,k]; v[i] = T[i,k] * w[k]", {"A": "csr", "B": "csr", "T": "dd:1,0"},
+                 outputs=["T", "v"])
+    ops = _square(8)
+    got = k(A=ops["A"], B=ops["B"], w=ops["w"])
+    P = (ops["A"] @ ops["B"]).toarray()
+    assert np.allclose(got["T"], P) and got["T"].flags.f_contiguous
+    assert np.allclose(got["v"], P @ ops["w"])
+
+
+@pytest.mark.parametrize("text, t_format, z_format, why", [
+    ("T[i,j,k] = A[i,j,k]*B[i,j,k]; Z[i,j] = T[j,i,i] * 2", "csf", "csr",
+     "it reads T through a transposed copy of its diagonal, which no fused function makes"),
+    ("T[i,j,k] = A[i,j,k]*B[i,j,k]; Z[i,j] = T[i,j,i] * 2", "ccc:2,1,0", "dense",
+     "it reads T (ccc:2,1,0) through a diagonal copy, which the fused function makes only of"),
+])
+def test_a_diagonal_the_function_cannot_gather_keeps_a_kernel_and_says_why(text, t_format, z_format, why):
+    k = _compile(text, {"A": "csf", "B": "csf", "T": t_format, "Z": z_format})
+    assert k.launches == 2 and f"a kernel of its own (not in the run before it: {why}" in k.loops, k.loops
+    rng = np.random.default_rng(3)
+    a, b = (rng.standard_normal((5, 5, 5)) * (rng.random((5, 5, 5)) < 0.5) for _ in range(2))
+    acc = text.split("T[")[2].split("]")[0].replace(",", "")
+    got = _dense(k(A=spcomp.Tensor.from_numpy(a, "csf"), B=spcomp.Tensor.from_numpy(b, "csf")))
+    assert np.allclose(got, 2 * np.einsum(f"{acc}->ij", a * b))
+
+
+def test_a_diagonal_read_past_32_bits_and_saved(monkeypatch):
+    """T passes the (lowered) 32-bit limit: the run reruns 64-bit, the diagonal
+    gathered again there; a saved and loaded program does the same."""
+    monkeypatch.setattr(record, "INDEX32_LIMIT", 30)
+    k = _compile("T[i,k] = A[i,j]*B[j,k]; v[k] = T[k,k] * 2", {"A": "csr", "B": "csr", "T": "dcsr"})
+    loaded = spcomp.loads(k.to_bytes())
+    assert k.launches == 1 and loaded.launches == 1 and loaded.loops == k.loops
+    ops = _square(4, n=12, density=0.4)
+    P = (ops["A"] @ ops["B"]).toarray()
+    assert np.count_nonzero(P) > 30
+    for kernel in (k, loaded):
+        with spcomp_threads(1):
+            got = kernel(A=ops["A"], B=ops["B"])
+        assert np.allclose(got, 2 * np.diag(P)) and 64 in kernel.segments[0][1].variants
+
+
+def test_bad_input_still_gives_spcomp_errors():
+    k = _compile("T[i,k] = A[i,j]*B[j,k]; v[k] = T[k,k] * 2", {"A": "csr", "B": "csr", "T": "csr"})
+    A, B = sp.random(9, 7, density=0.4, format="csr", random_state=1), sp.random(7, 8, density=0.4, random_state=2)
+    with pytest.raises(ShapeError, match="T: dimensions 0 and 1 are both indexed by k"):
+        k(A=A, B=B.tocsr())           # T is 9 x 8: no diagonal
+    with pytest.raises(ShapeError):
+        k(A=A, B=sp.random(6, 9, density=0.4, format="csr"))
+    with pytest.raises(OperandError, match="missing operand"):
+        k(A=A)
+    c = _compile("T[i,k] = A[i,j]*B[j,k]; v[i] = T[i,k] * w[k]", {"A": "csr", "B": "csr", "T": "dd:1,0"})
+    with pytest.raises(ShapeError):
+        c(A=A, B=B.tocsr(), w=np.ones(5))
+
+
+@settings(max_examples=examples(25), deadline=None)
+@given(st.data())
+def test_random_programs_with_diagonals_and_column_major_temporaries(data):
+    """A writer of T in a random format (sparse, dense, column-major dense), random
+    readers of it (its diagonal, its rows, its columns), sometimes a statement
+    reading a reader's output: every statement joins one function, and matches
+    numpy.einsum and the statements run one by one, at one and two threads."""
+    t_format = data.draw(st.sampled_from(["csr", "csc", "dcsr", "coo", "dense", "dd:1,0"]), label="T")
+    readers = data.draw(st.lists(st.sampled_from([
+        ("v", "v[k] = T[k,k] * 2", "kk->k"), ("y", "y[i] = T[i,i] * x[i]", "ii,i->i"),
+        ("r", "r[i] = T[i,k] * w[k]", "ik,k->i"), ("c", "c[k] = T[i,k] * x[i]", "ik,i->k"),
+        ("d", "d[i] = T[i,i] + T[i,k] * w[k]", None)]), min_size=1, max_size=3, unique=True), label="readers")
+    out_format = data.draw(st.sampled_from(["dense", "c"]), label="reader outputs")
+    then = data.draw(st.booleans(), label="then s = first reader's output * 3")
+    n = data.draw(st.integers(1, 9), label="n")
+    density = data.draw(st.sampled_from([0.0, 0.2, 0.6]), label="density")
+    a_format = data.draw(st.sampled_from(["csr", "csc", "dcsr", "coo", "dense"]), label="A")
+    seed = data.draw(st.integers(0, 2 ** 16), label="seed")
+    ops = _square(seed, n=n, density=density)
+    stmts = ["T[i,k] = A[i,j]*B[j,k]"] + [text for _n, text, _e in readers]
+    if then:
+        stmts.append(f"s[i] = {readers[0][0]}[i] * 3")
+    formats = {"A": a_format, "B": "csr", "T": t_format, **{name: out_format for name, _t, _e in readers}}
+    outputs = [name for name, _t, _e in readers] + (["s"] if then else [])
+    k = _compile("; ".join(stmts), formats, outputs=outputs)
+    assert k.launches == 1, k.loops
+    P = ops["A"].toarray() @ ops["B"].toarray()
+    args = {name: ops[name] for name in k.inputs}
+    by_one = _one_by_one(stmts, formats, ops)
+    for threads in (1, 2):
+        with spcomp_threads(threads, min_work=0):
+            got = k(**args)
+        got = got if len(outputs) > 1 else {outputs[0]: got}
+        for name, _text, spec in readers:
+            want = np.diag(P) + P @ ops["w"] if spec is None else \
+                np.einsum(spec, P, *([ops["x"]] if "x" in _text else [ops["w"]] if "w" in _text else []))
+            if name == "v":
+                want = 2 * want
+            assert np.allclose(_dense(got[name]), want), (stmts, formats, threads, name)
+            assert np.allclose(_dense(got[name]), _dense(by_one[name])), (stmts, formats, threads, name)
+        if then:
+            assert np.allclose(_dense(got["s"]), 3 * _dense(by_one[readers[0][0]]))
