@@ -9,10 +9,12 @@ one launch, no Python between the statements, a dense temporary passed from one
 loop nest to the next through the same array, a sparse one through the arrays
 its writer grows (and frees at the end when nothing else sees it); a sparse
 temporary read against its order through a copy the function makes (``dc`` for
-2-d, a coordinate list above: ``program_copies.py``), a sparse statement after a
-dense ``+=`` too (such a run runs 64-bit at once: ``runtime/program.py``). A
-statement that cannot join (a reader of a diagonal copy, of a transposed copy of a
-blocked or unordered temporary; an output no fused function writes) runs as a kernel of its own, its result handed
+2-d, a coordinate list above: ``program_copies.py``) or on a diagonal (gathered
+there: ``lower/fused_diagonal.py``), a dense temporary declared column-major seen
+row-major, a sparse statement after a dense ``+=`` too (such a run runs 64-bit at
+once: ``runtime/program.py``). A statement that cannot join (a reader of a
+transposed copy of a blocked or unordered temporary or of its diagonal; an output no
+fused function writes) runs as a kernel of its own, its result handed
 to the next one by the runtime (``k.loops`` says which is which, and why;
 ``k.launches`` counts them). On a
 backend without raw pointers (the CUDA backends) ``program_gpu.py`` plans instead:

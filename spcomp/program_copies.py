@@ -12,8 +12,11 @@ own lowering would ask for another copy format (``cc:1,0`` of a dcsr ``T``,
 coordinate list) in ``T``'s mode order (:func:`stand_in`), so that the copy it asks
 for is of that kind in the other order; the function reads ``T`` only through that
 copy (:func:`reads_only_copies`), so what ``T`` looks like to it otherwise does not
-matter. Anything else (a blocked or unordered temporary, a diagonal copy) keeps a
-kernel of its own, :func:`apart_reason` saying why.
+matter. A diagonal of a temporary is gathered inside the function too
+(``lower/fused_diagonal.py``, :func:`in_function_copies`). Anything else (a blocked
+or unordered temporary, a diagonal the function cannot gather) keeps a kernel of
+its own, :func:`apart_reason` saying why. A dense temporary declared in another
+mode order is seen row-major by every fused lowering (:func:`row_major_temporaries`).
 """
 from __future__ import annotations
 
