@@ -210,3 +210,45 @@ def test_random_programs_with_diagonals_and_column_major_temporaries(data):
             assert np.allclose(_dense(got[name]), _dense(by_one[name])), (stmts, formats, threads, name)
         if then:
             assert np.allclose(_dense(got["s"]), 3 * _dense(by_one[readers[0][0]]))
+
+
+def test_a_column_major_temporary_read_by_rows_is_a_row_workspace():
+    """Seen row-major, T is written and read at the fused loop's row: one row of
+    workspace per thread, the rows split over threads."""
+    k = _compile("T[i,k] = A[i,j]*B[j,k]; v[i] = T[i,k] * w[k]", {"A": "csr", "B": "csr", "T": "dd:1,0"})
+    assert k.launches == 1 and "T: a row workspace" in k.loops and "rows split over threads" in k.loops, k.loops
+    ops = _square(9, n=40)
+    with spcomp_threads(2, min_work=0):
+        got = k(A=ops["A"], B=ops["B"], w=ops["w"])
+    assert np.allclose(got, (ops["A"] @ ops["B"]) @ ops["w"])
+
+
+@settings(max_examples=examples(20), deadline=None)
+@given(st.data())
+def test_random_diagonals_of_3d_temporaries(data):
+    """T of order 3 in a random format and mode order, read on a random diagonal
+    into an output of a random format: it joins (the diagonal gathered inside the
+    function) or keeps a kernel of its own that ``k.loops`` says why; either way
+    the result matches numpy.einsum, at one and two threads."""
+    order = data.draw(st.permutations([0, 1, 2]), label="T's mode order")
+    levels = data.draw(st.sampled_from(["ccc", "dcc", "coo"]), label="T's levels")
+    t_format = f"{'c(nonunique)q(nonunique)q' if levels == 'coo' else levels}:{','.join(map(str, order))}"
+    acc = data.draw(st.sampled_from(["i,i,j", "i,j,i", "j,i,i", "i,i,i"]), label="T read at")
+    out = data.draw(st.permutations(sorted(set(acc.split(",")))), label="output indices")
+    z_format = data.draw(st.sampled_from(["dense", "sparse"]), label="Z")
+    z_format = "dense" if z_format == "dense" else ("c" if len(out) == 1 else "csr")
+    n = data.draw(st.integers(1, 6), label="n")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 16), label="seed"))
+    a, b = (rng.standard_normal((n, n, n)) * (rng.random((n, n, n)) < 0.5) for _ in range(2))
+    text = f"T[i,j,k] = A[i,j,k]*B[i,j,k]; Z[{','.join(out)}] = T[{acc}] * 3"
+    k = _compile(text, {"A": "csf", "B": "csf", "T": t_format, "Z": z_format})
+    if k.launches == 1:
+        assert DIAGONAL in k.loops, k.loops
+    else:
+        assert "statement 2: a kernel of its own (not in the run before it: " in k.loops \
+            or "statement 1: a kernel of its own" in k.loops, k.loops
+    want = 3 * np.einsum(f"{acc.replace(',', '')}->{''.join(out)}", a * b)
+    for threads in (1, 2):
+        with spcomp_threads(threads, min_work=0):
+            got = k(A=spcomp.Tensor.from_numpy(a, "csf"), B=spcomp.Tensor.from_numpy(b, "csf"))
+        assert np.allclose(_dense(got), want), (text, t_format, z_format, threads)
