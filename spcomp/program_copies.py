@@ -24,7 +24,7 @@ import dataclasses
 
 from .formats import Compressed, Dense, Format, Singleton
 from .lower.fuse import is_fused_copy
-from .lower.fused_diagonal import buildable, diagonal_read
+from .lower.fused_diagonal import buildable, diagonal_read, diagonal_storages
 from .lower.temporary_formats import with_formats
 from .notation import accesses
 
@@ -86,14 +86,12 @@ def apart_reason(statement: int, low, written: dict, formats: dict) -> str:
     if low is None:
         return "its output is not one a fused function writes (a row-major dense array, or a sparse tensor " \
                "assembled in one pass)"
-    transposed = {op for op, _fmt in low.operands.transposes.values()}
-    for storage, d in low.operands.diagonals.items():
-        if d.operand in written and storage in transposed:
-            return f"it reads {d.operand} through a transposed copy of its diagonal, which no fused function makes"
-        if d.operand in written and not buildable(d):
-            return (f"it reads {d.operand} ({formats[d.operand].spec()}) through a diagonal copy, which the fused "
-                    "function makes only of an unblocked temporary of ordered dense, compressed or singleton "
-                    "levels whose storage order keeps the diagonal's indices in its own order")
+    for _storage, diagonal, fmt in diagonal_storages(low):
+        d = low.operands.diagonals[diagonal]
+        if d.operand in written and not buildable(d, fmt):
+            return (f"it reads {d.operand} ({formats[d.operand].spec()}) through a diagonal copy stored "
+                    f"{fmt.spec()!r}, which the fused function makes only of an unblocked temporary of dense, "
+                    "compressed or singleton levels, into dense or compressed levels")
     for op, fmt in low.operands.transposes.values():
         if op in written:
             return (f"it reads {op} ({formats[op].spec()}) through a copy stored {fmt.spec()!r}, which the fused "
@@ -110,11 +108,12 @@ def in_function_copies(statements, run: list, lows: list, links: list) -> list:
     out = []
     for j, k in enumerate(run):
         mine = {}
-        for storage, d in lows[j].operands.diagonals.items():
+        for storage, diagonal, fmt in diagonal_storages(lows[j]):
+            d = lows[j].operands.diagonals[diagonal]
             if d.operand in links[j]:
                 writer = links[j][d.operand]
                 mine[storage] = diagonal_read(writer, d, list(d.indices),
-                                              [i.name for i in statements[run[writer]].lhs.indices])
+                                              [i.name for i in statements[run[writer]].lhs.indices], fmt)
         for storage, (op, fmt) in lows[j].operands.transposes.items():
             if op in links[j]:
                 writer = links[j][op]

@@ -57,7 +57,7 @@ def _square(seed, n=9, density=0.35):
             "x": rng.standard_normal(n), "w": rng.standard_normal(n)}
 
 
-@pytest.mark.parametrize("t_format", ["csr", "csc", "dcsr", "coo"])
+@pytest.mark.parametrize("t_format", ["csr", "csc", "dcsr", "coo", "dc(unordered)"])
 @pytest.mark.parametrize("reader", ["v[k] = T[k,k] * 2", "v[i] = T[i,i] * x[i] + w[i]"])
 @pytest.mark.parametrize("v_format", ["dense", "c"])
 def test_a_diagonal_read_of_a_sparse_temporary_joins(t_format, reader, v_format):
@@ -122,20 +122,28 @@ def test_a_returned_column_major_output_keeps_its_layout():
     assert np.allclose(got["v"], P @ ops["w"])
 
 
-@pytest.mark.parametrize("text, t_format, z_format, why", [
-    ("T[i,j,k] = A[i,j,k]*B[i,j,k]; Z[i,j] = T[j,i,i] * 2", "csf", "csr",
-     "it reads T through a transposed copy of its diagonal, which no fused function makes"),
-    ("T[i,j,k] = A[i,j,k]*B[i,j,k]; Z[i,j] = T[i,j,i] * 2", "ccc:2,1,0", "dense",
-     "it reads T (ccc:2,1,0) through a diagonal copy, which the fused function makes only of"),
-])
-def test_a_diagonal_the_function_cannot_gather_keeps_a_kernel_and_says_why(text, t_format, z_format, why):
-    k = _compile(text, {"A": "csf", "B": "csf", "T": t_format, "Z": z_format})
-    assert k.launches == 2 and f"a kernel of its own (not in the run before it: {why}" in k.loops, k.loops
+@pytest.mark.parametrize("t_format", ["csf", "ccc:2,1,0", "ccc:1,2,0", "c(unordered)cc"])
+@pytest.mark.parametrize("read", ["j,i,i", "i,j,i"])
+def test_a_diagonal_asked_in_another_order_is_sorted_inside_the_function(t_format, read):
+    """A csr Z asks for T's diagonal rows first: a transposed copy of the diagonal,
+    or a T whose storage order (or unordered level) meets its entries out of order.
+    The kept entries are counting-sorted inside the function."""
+    k = _compile(f"T[i,j,k] = A[i,j,k]*B[i,j,k]; Z[i,j] = T[{read}] * 2",
+                 {"A": "csf", "B": "csf", "T": t_format, "Z": "csr"})
+    assert k.launches == 1 and DIAGONAL in k.loops, k.loops
     rng = np.random.default_rng(3)
-    a, b = (rng.standard_normal((5, 5, 5)) * (rng.random((5, 5, 5)) < 0.5) for _ in range(2))
-    acc = text.split("T[")[2].split("]")[0].replace(",", "")
+    a, b = (rng.standard_normal((7, 7, 7)) * (rng.random((7, 7, 7)) < 0.5) for _ in range(2))
     got = _dense(k(A=spcomp.Tensor.from_numpy(a, "csf"), B=spcomp.Tensor.from_numpy(b, "csf")))
-    assert np.allclose(got, 2 * np.einsum(f"{acc}->ij", a * b))
+    assert np.allclose(got, 2 * np.einsum(f"{read.replace(',', '')}->ij", a * b))
+
+
+def test_a_diagonal_the_function_cannot_gather_keeps_a_kernel_and_says_why():
+    """A packed (ell) temporary: its levels are not walked inside the function."""
+    k = _compile("T[i,k] = A[i,j]*B[j,k]; v[k] = T[k,k] * 2", {"A": "csr", "B": "csr", "T": "ell"})
+    why = "it reads T (dp(32)) through a diagonal copy stored 'd', which the fused function makes only of"
+    assert k.launches == 2 and f"a kernel of its own (not in the run before it: {why}" in k.loops, k.loops
+    ops = _square(6)
+    assert np.allclose(k(A=ops["A"], B=ops["B"]), 2 * np.diag((ops["A"] @ ops["B"]).toarray()))
 
 
 def test_a_diagonal_read_past_32_bits_and_saved(monkeypatch):
@@ -231,7 +239,8 @@ def test_random_diagonals_of_3d_temporaries(data):
     function) or keeps a kernel of its own that ``k.loops`` says why; either way
     the result matches numpy.einsum, at one and two threads."""
     order = data.draw(st.permutations([0, 1, 2]), label="T's mode order")
-    levels = data.draw(st.sampled_from(["ccc", "dcc", "coo"]), label="T's levels")
+    levels = data.draw(st.sampled_from(["ccc", "dcc", "coo", "c(unordered)cc", "dc(unordered)c"]),
+                       label="T's levels")
     t_format = f"{'c(nonunique)q(nonunique)q' if levels == 'coo' else levels}:{','.join(map(str, order))}"
     acc = data.draw(st.sampled_from(["i,i,j", "i,j,i", "j,i,i", "i,i,i"]), label="T read at")
     out = data.draw(st.permutations(sorted(set(acc.split(",")))), label="output indices")

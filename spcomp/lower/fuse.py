@@ -28,7 +28,7 @@ from ..formats import Compressed, Dense, Singleton
 from ..ir import nodes as n
 from ..ir.types import I64, Type, ptr
 from .context import Names
-from .fused_diagonal import DiagonalCopy, DiagonalRead, buildable, diagonal_block
+from .fused_diagonal import DiagonalCopy, DiagonalRead, buildable, diagonal_block, diagonal_storages
 from .fused_transpose import SortedCopy, TransposedCopy, free_on_every_exit, sorted_copy_block, transpose_block
 
 
@@ -250,15 +250,15 @@ def reads_plainly(low, written: dict, copies=(), diagonals: bool = False) -> boo
     """Whether a lowering reads every tensor of ``written`` (name -> the arrays its
     writer makes, ``(level, array)``: :func:`made_arrays`) as itself, and only arrays the writer makes:
     no diagonal copy (with ``diagonals``, none the function cannot make itself:
-    ``fused_diagonal.buildable``, not read through a transposed copy), and no
+    ``fused_diagonal.buildable``), and no
     transposed copy the runtime would have to make, except
     of the sparse temporaries named in ``copies`` read as a copy :func:`is_fused_copy`
     describes, which the fused function makes itself (``lower/fused_transpose.py``; the caller checked
     that their writers store them so it can)."""
     ops = low.operands
-    transposed = {op for op, _fmt in ops.transposes.values()}
-    for storage, d in ops.diagonals.items():
-        if d.operand in written and not (diagonals and buildable(d) and storage not in transposed):
+    for _storage, diagonal, fmt in diagonal_storages(low):
+        d = ops.diagonals[diagonal]
+        if d.operand in written and not (diagonals and buildable(d, fmt)):
             return False
     for op, fmt in ops.transposes.values():
         if op in written and not (op in copies and is_fused_copy(fmt)):
