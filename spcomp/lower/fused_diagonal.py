@@ -29,7 +29,7 @@ from ..formats import Compressed, Dense, Singleton
 from ..ir import nodes as n
 from ..ir.types import I64, ptr
 from .diagonal import Diagonal
-from .fused_transpose import entry_count, walk_entries
+from .fused_transpose import entry_count, sort_pass, walk_entries
 
 
 def buildable(diag: Diagonal, fmt) -> bool:
@@ -205,21 +205,7 @@ def diagonal_block(c: DiagonalCopy, names) -> list:
         key, size = coords[level], c.sizes[r.kept[level]]
         count = n.Var(names("diag_count"), ptr(I64))
         alloc(count, n.Binary("+", size, n.i64(1)))
-        src, dst = perm[current], perm[1 - current]
-        x, at, q = (n.Var(names(v), I64) for v in ("diag_x", "diag_at", "diag_q"))
-        out += [
-            n.For(e, n.i64(0), m, n.Block((
-                n.Declare(x, n.Binary("+", n.Load(key, n.Load(src, e)), n.i64(1))),
-                n.Store(count, x, n.Binary("+", n.Load(count, x), n.i64(1)))))),
-            n.For(q, n.i64(0), size, n.Block((
-                n.Store(count, n.Binary("+", q, n.i64(1)),
-                        n.Binary("+", n.Load(count, n.Binary("+", q, n.i64(1))), n.Load(count, q))),))),
-            n.For(e, n.i64(0), m, n.Block((
-                n.Declare(x, n.Load(key, n.Load(src, e))),
-                n.Declare(at, n.Load(count, x)),
-                n.Store(count, x, n.Binary("+", at, n.i64(1))),
-                n.Store(dst, at, n.Load(src, e))))),
-            n.Free(count)]
+        out += sort_pass(key, size, perm[current], perm[1 - current], count, m, names)
         live.remove(count)
         current = 1 - current
     at = n.Var(names("diag_entry"), I64)

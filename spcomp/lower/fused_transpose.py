@@ -151,6 +151,26 @@ def entry_count(c: SortedCopy):
     return count
 
 
+def sort_pass(key, size, src, dst, count, entries, names) -> list:
+    """Statements that stably counting-sort the permutation ``src`` (``entries`` long)
+    by ``key[src[e]]`` (coordinates below ``size``) into ``dst``, counting in
+    ``count`` (``size + 1`` zeroed entries, freed at the end): count, scan, place."""
+    e, x, at, q = (n.Var(names(v), I64) for v in ("copy_e", "copy_x", "copy_at", "copy_q"))
+    return [
+        n.For(e, n.i64(0), entries, n.Block((
+            n.Declare(x, n.Binary("+", n.Load(key, n.Load(src, e)), n.i64(1))),
+            n.Store(count, x, n.Binary("+", n.Load(count, x), n.i64(1)))))),
+        n.For(q, n.i64(0), size, n.Block((
+            n.Store(count, n.Binary("+", q, n.i64(1)),
+                    n.Binary("+", n.Load(count, n.Binary("+", q, n.i64(1))), n.Load(count, q))),))),
+        n.For(e, n.i64(0), entries, n.Block((
+            n.Declare(x, n.Load(key, n.Load(src, e))),
+            n.Declare(at, n.Load(count, x)),
+            n.Store(count, x, n.Binary("+", at, n.i64(1))),
+            n.Store(dst, at, n.Load(src, e))))),
+        n.Free(count)]
+
+
 def sorted_copy_block(c: SortedCopy, names) -> list:
     """Statements that allocate and fill ``c``'s arrays: the writer's entries walked
     once into a coordinate array per level (at their positions), then stably sorted
@@ -181,21 +201,7 @@ def sorted_copy_block(c: SortedCopy, names) -> list:
         key, size = coords[c.key[level]], c.sizes[c.key[level]]
         count = n.Var(names("copy_count"), ptr(I64))
         alloc(count, n.Binary("+", size, n.i64(1)), zero=True)
-        src, dst = perm[current], perm[1 - current]
-        x, at, q = (n.Var(names(v), I64) for v in ("copy_x", "copy_at", "copy_q"))
-        out += [
-            n.For(e, n.i64(0), nnz, n.Block((
-                n.Declare(x, n.Binary("+", n.Load(key, n.Load(src, e)), n.i64(1))),
-                n.Store(count, x, n.Binary("+", n.Load(count, x), n.i64(1)))))),
-            n.For(q, n.i64(0), size, n.Block((
-                n.Store(count, n.Binary("+", q, n.i64(1)),
-                        n.Binary("+", n.Load(count, n.Binary("+", q, n.i64(1))), n.Load(count, q))),))),
-            n.For(e, n.i64(0), nnz, n.Block((
-                n.Declare(x, n.Load(key, n.Load(src, e))),
-                n.Declare(at, n.Load(count, x)),
-                n.Store(count, x, n.Binary("+", at, n.i64(1))),
-                n.Store(dst, at, n.Load(src, e))))),
-            n.Free(count)]
+        out += sort_pass(key, size, perm[current], perm[1 - current], count, nnz, names)
         live.remove(count)
         current = 1 - current
     made = []
