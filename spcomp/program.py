@@ -122,6 +122,10 @@ class ProgramKernel(SavedProgram):
                 segments.append(("fused", self._fused_run(run, lows), run))
             else:
                 run = [k]
+                if fusable[k] is None:  # (k.loops says so, as for a statement the run before it could not take)
+                    self.apart.setdefault(k, apart_reason(k, None, {}, {}))
+                elif k:
+                    self.apart.setdefault(k, "the statement before it joins no run, and none after it joins it")
                 segments.append(("kernel", self._kernel(k), run))
             k = run[-1] + 1
         return segments
@@ -506,7 +510,8 @@ class ProgramKernel(SavedProgram):
             elif kind == "fused":
                 parts.extend(fused_run_lines(self.program, seg, run))
             else:
-                why = f" (not in the run before it: {self.apart[run[0]]})" if run[0] in self.apart else ""
+                lead = "not in the run before it" if run[0] else "in no fused run"
+                why = f" ({lead}: {self.apart[run[0]]})" if run[0] in self.apart else ""
                 parts.append(f"# statement {which}: a kernel of its own{why}\n{seg.loops}")
         parts.append(f"# returns {', '.join(self.outputs)}" + (f"; {self._temporaries_line}" if self.temporaries else ""))
         return "\n".join(parts)

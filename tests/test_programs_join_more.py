@@ -115,6 +115,9 @@ def test_a_returned_column_major_output_keeps_its_layout():
     writes), and the result comes back column-major."""
     k = _compile("T[i,k] = A[i,j]*B[j,k]; v[i] = T[i,k] * w[k]", {"A": "csr", "B": "csr", "T": "dd:1,0"},
                  outputs=["T", "v"])
+    assert "statement 1: a kernel of its own (in no fused run: its output is not one a fused function writes" \
+        in k.loops and "statement 2: a kernel of its own (not in the run before it: the statement before it " \
+        "joins no run" in k.loops, k.loops
     ops = _square(8)
     got = k(A=ops["A"], B=ops["B"], w=ops["w"])
     P = (ops["A"] @ ops["B"]).toarray()
