@@ -13,7 +13,7 @@ temporary read against its order through a copy the function makes (``dc`` for
 there: ``lower/fused_diagonal.py``), a dense temporary declared column-major seen
 row-major, a sparse statement after a dense ``+=`` too (such a run runs 64-bit at
 once: ``runtime/program.py``). A statement that cannot join (a reader of a
-transposed copy of a blocked or unordered temporary or of its diagonal; an output no
+transposed copy or a diagonal of a blocked or packed temporary; an output no
 fused function writes) runs as a kernel of its own, its result handed
 to the next one by the runtime (``k.loops`` says which is which, and why;
 ``k.launches`` counts them). On a

@@ -264,3 +264,28 @@ def test_random_diagonals_of_3d_temporaries(data):
         with spcomp_threads(threads, min_work=0):
             got = k(A=spcomp.Tensor.from_numpy(a, "csf"), B=spcomp.Tensor.from_numpy(b, "csf"))
         assert np.allclose(_dense(got), want), (text, t_format, z_format, threads)
+
+
+@pytest.mark.parametrize("text, t_format, shape", [
+    ("T[i,j,k] = A[i,j,l]*B[l,k]; Z[j,i,k] = T[i,j,k] * 3", "dcc(unordered)", (6, 5, 7, 8)),
+    ("T[i,j,k] = A[i,j,l]*B[l,k]; Z[k,j,i] = T[i,j,k] * 3", "dcc(unordered)", (6, 5, 7, 8)),
+    ("T[i,k] = A[i,l]*B[l,k]; Z[k,i] = T[i,k] * 3", "dc(unordered)", (9, 7, 8)),
+    ("T[i,k] = A[i,l]*B[l,k]; Z[k,i] = T[i,k] * 3", "c(unordered)c", (9, 7, 8)),
+])
+def test_a_transposed_read_of_an_unordered_temporary_joins(text, t_format, shape):
+    """T's entries come as touched (a workspace appended unordered): the copy made
+    inside the function is sorted by every level, so Z (coo) comes out sorted."""
+    k = _compile(text, {"A": "csf" if len(shape) == 4 else "csr", "B": "csr", "T": t_format, "Z": "coo"})
+    assert k.launches == 1 and "reads T through a transposed copy made inside the function" in k.loops, k.loops
+    rng = np.random.default_rng(len(text))
+    a = rng.standard_normal(shape[:-1]) * (rng.random(shape[:-1]) < 0.4)
+    b = rng.standard_normal(shape[-2:]) * (rng.random(shape[-2:]) < 0.4)
+    got = k(A=spcomp.Tensor.from_numpy(a, "csf" if a.ndim == 3 else "csr"), B=spcomp.Tensor.from_numpy(b, "csr"))
+    got.validate("Z")
+    coords, _values = got.to_coo()
+    keys = list(zip(*coords))
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)
+    lhs = text.split("; Z[")[1].split("]")[0].replace(",", "")
+    t_idx = "ijk" if a.ndim == 3 else "ik"
+    want = 3 * np.einsum(f"{'ijl' if a.ndim == 3 else 'il'},lk->{t_idx}", a, b)
+    assert np.allclose(_dense(got), np.einsum(f"{t_idx}->{lhs}", want))

@@ -66,7 +66,8 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
 
     ``transposed[k]``, when given, maps a storage statement ``k`` reads as a
     transposed copy of a sparse temporary (``T_T``) to ``(writer, tensor, the index of
-    each of the writer's levels, the writer's level of each of the copy's)``, or a
+    each of the writer's levels, the writer's level of each of the copy's, whether
+    the writer has an unordered level: the copy is then sorted by every level)``, or a
     diagonal storage of one (``T_diag``) to its :class:`.fused_diagonal.DiagonalRead`:
     the copy is made at the top of the reader's block from the writer's arrays
     (:mod:`.fused_transpose`, :mod:`.fused_diagonal`) and freed after it.
@@ -148,9 +149,9 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
                 loads += prologue + diagonal_block(copy, names)
                 made += copy.arrays
                 continue
-            writer, tensor, levels, key = spec
+            writer, tensor, levels, key, unordered = spec
             copy, prologue = _transposed_copy(storage, bindings[k], mapping, outputs[writer], tensor, levels, key,
-                                              names)
+                                              unordered, names)
             loads += prologue + (transpose_block(copy, names) if isinstance(copy, TransposedCopy)
                                  else sorted_copy_block(copy, names))
             made += copy.arrays
@@ -175,12 +176,13 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
     return n.Function(name, tuple(params), n.Block(tuple(body)), doc=doc, per_chunk=per_chunk), sources, merged
 
 
-def _transposed_copy(storage, bindings, mapping, written, tensor, levels, key, names) -> tuple:
+def _transposed_copy(storage, bindings, mapping, written, tensor, levels, key, unordered, names) -> tuple:
     """``(copy, prologue)``: the reader's arrays of ``storage`` (now locals) made from
     ``tensor``'s arrays as its writer left them (``written``: (tensor, level, array) ->
     (Var, role)); ``levels`` names the index of each of the writer's levels, ``key``
     the writer's level of each of the copy's. A 2-d ``dc`` copy is a
-    :class:`TransposedCopy`, any other (a coordinate list) a :class:`SortedCopy`.
+    :class:`TransposedCopy`, any other (a coordinate list) a :class:`SortedCopy`
+    (sorted by every level where the writer has an unordered one, ``unordered``).
     The prologue loads the grown arrays from their slots."""
     mine = {(b.level, b.array): mapping[b.var.name] for b in bindings if b.role == "input" and b.storage == storage}
     size = {b.index: mapping[b.var.name] for b in bindings if b.role == "size"}
@@ -188,7 +190,7 @@ def _transposed_copy(storage, bindings, mapping, written, tensor, levels, key, n
     if (1, "pos") in mine and len(levels) == 2:
         return TransposedCopy(mine[(1, "pos")], mine[(1, "crd")], mine[(-1, "vals")], source,
                               size[levels[0]], size[levels[1]]), prologue
-    return SortedCopy(mine, source, [size[i] for i in levels], list(key)), prologue
+    return SortedCopy(mine, source, [size[i] for i in levels], list(key), unordered), prologue
 
 
 def _written_arrays(written, tensor, names) -> tuple:
@@ -271,11 +273,11 @@ def reads_plainly(low, written: dict, copies=(), diagonals: bool = False) -> boo
 
 def is_fused_copy(fmt) -> bool:
     """Whether ``fmt`` is what an in-function copy is stored as (``lower/fused_transpose.py``):
-    2-d ``dc`` in either mode order, or a coordinate list (``c q ... q``) of order 3 or more."""
+    ``dc`` in either mode order, or a coordinate list (``c q ... q``)."""
     if fmt.blocks is not None or len(fmt.levels) < 2:
         return False
-    if len(fmt.levels) == 2:
-        return type(fmt.levels[0]) is Dense and type(fmt.levels[1]) is Compressed and fmt.levels[1].unique
+    if len(fmt.levels) == 2 and type(fmt.levels[0]) is Dense:
+        return type(fmt.levels[1]) is Compressed and fmt.levels[1].unique
     return (type(fmt.levels[0]) is Compressed and fmt.levels[0].ordered
             and all(type(lvl) is Singleton and lvl.ordered for lvl in fmt.levels[1:]))
 

@@ -106,11 +106,13 @@ class SortedCopy:
     another mode order: its arrays (``target``: (level, array) -> the reader's
     parameter variable, now a local), the writer's (``source``), the size of each
     of the writer's levels' dimensions (``sizes``) and, per level of the copy, the
-    writer's level that holds its coordinate (``key``)."""
+    writer's level that holds its coordinate (``key``); ``unordered``: the writer has
+    an unordered level, so its walk is in no order and the copy is sorted by every level."""
     target: dict
     source: dict
     sizes: list
     key: list
+    unordered: bool = False
 
     @property
     def arrays(self) -> list:
@@ -197,7 +199,7 @@ def sorted_copy_block(c: SortedCopy, names) -> list:
     e = n.Var(names("copy_e"), I64)
     out.append(n.For(e, n.i64(0), nnz, n.Block((n.Store(perm[0], e, e),))))
     current = 0
-    for level in reversed(range(ndim - 1)):  # stable sorts by the copy's levels, last but one to first
+    for level in reversed(range(ndim if c.unordered else ndim - 1)):  # stable sorts, last (but one) to first
         key, size = coords[c.key[level]], c.sizes[c.key[level]]
         count = n.Var(names("copy_count"), ptr(I64))
         alloc(count, n.Binary("+", size, n.i64(1)), zero=True)
