@@ -284,6 +284,8 @@ class ProgramKernel(SavedProgram):
             if not fmt.is_dense and not fmt.levels[0].is_dense:
                 return (f"{name} is stored compressed first ({fmt.spec()}) with no rows-first stand-in "
                         "(or is given to the run): its rows are appended on one thread")
+            if any(d.operand in written for d in low.operands.diagonals.values()):
+                return f"statement {k + 1} reads a diagonal of a tensor the run writes, gathered whole before it"
             if (first is None or low.operands != plain.operands or plan.parallel != first or plan.split
                     or plan.positions is not None or plan.gpu_choice is not None or plan.fused is not None
                     or low.output.bounded or low.output.assembly is not None or low.output.expand is not None
