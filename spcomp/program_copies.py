@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 
 from .formats import Compressed, Dense, Format, Singleton
-from .lower.fuse import is_fused_copy
 from .lower.fused_diagonal import buildable, diagonal_read, diagonal_storages
 from .lower.temporary_formats import with_formats
 from .notation import accesses
@@ -104,7 +103,8 @@ def in_function_copies(statements, run: list, lows: list, links: list) -> list:
     """Per statement of a run: the storages it reads as a transposed copy of a
     temporary the run wrote, as ``lower.fuse.fuse`` takes them: storage -> (writer,
     tensor, the index of each of the writer's levels, the writer's level of each of
-    the copy's); and those it reads as a diagonal of one: storage -> its
+    the copy's, whether the writer has an unordered level); and those it reads as a
+    diagonal of one: storage -> its
     ``lower.fused_diagonal.DiagonalRead``."""
     out = []
     for j, k in enumerate(run):

@@ -291,3 +291,26 @@ def test_a_transposed_read_of_an_unordered_temporary_joins(text, t_format, shape
     t_idx = "ijk" if a.ndim == 3 else "ik"
     want = 3 * np.einsum(f"{'ijl' if a.ndim == 3 else 'il'},lk->{t_idx}", a, b)
     assert np.allclose(_dense(got), np.einsum(f"{t_idx}->{lhs}", want))
+
+
+def test_diagonal_read_plans_one_walk_or_a_sort():
+    """``lower.fused_diagonal.diagonal_read``: which writer level each diagonal level
+    keeps, which levels must agree, and whether one walk meets the entries in order."""
+    from spcomp.formats import Format
+    from spcomp.lower.diagonal import Diagonal, diagonal_format
+    from spcomp.lower.fused_diagonal import buildable, diagonal_read
+
+    def read(fmt, dims, asked=None):
+        fmt = Format.parse(fmt, len(dims))
+        d = Diagonal("T", fmt, dims, tuple("jik"[x] for x in dims), diagonal_format(fmt, dims))
+        asked = asked or d.format
+        return buildable(d, asked), diagonal_read(0, d, list(d.indices), list("abc"[:len(dims)]), asked)
+    ok, r = read("csc", (0, 0))           # T[k,k], columns first: keeps the row level (compressed)
+    assert ok and r.first == (0, 0) and r.kept == (0,) and r.dense == (False,) and r.in_order
+    ok, r = read("csr", (0, 0))           # rows first: the dense level is kept
+    assert ok and r.kept == (0,) and r.dense == (True,) and r.in_order
+    ok, r = read("ccc:2,1,0", (0, 1, 0))  # T[j,i,j] stored k, i, j: the diagonal is i, j; the walk meets j, i
+    assert ok and r.first == (0, 1, 0) and r.kept == (1, 0) and not r.in_order
+    ok, r = read("csf", (0, 1, 1), Format.parse("cc:1,0", 2))  # T[j,i,i] asked i first: sorted
+    assert ok and not r.in_order and r.kept == (1, 0)
+    assert not read("ell", (0, 0))[0]     # a packed level is not walked
