@@ -34,7 +34,7 @@ import dataclasses
 
 import numpy as np
 
-from spcomp.errors import KernelRuntimeError, OperandError
+from spcomp.errors import KernelRuntimeError, OperandError, ShapeError
 from spcomp.ir.nodes import STATUS_INDEX_OVERFLOW
 
 from . import interrupt, partials
@@ -303,7 +303,7 @@ def _storages(ctx, ops: dict, pending: dict) -> dict:
     for spec in ctx.plan.storages:
         p = pending.get(spec.operand)
         if p is not None:
-            out[spec.storage] = p
+            out[spec.storage] = _diagonal_of(ctx, spec, p) if spec.storage in ctx.plan.derived else p
             continue
         value = ops[spec.operand]
         if spec.plain and type(value) is np.ndarray and value.dtype == spec.dtype and value.flags.c_contiguous:
@@ -311,6 +311,20 @@ def _storages(ctx, ops: dict, pending: dict) -> dict:
         else:
             out[spec.storage] = ctx.operands.operand(spec, value)
     return out
+
+
+def _diagonal_of(ctx, spec, p: Pending) -> Pending:
+    """The Pending diagonal storage (``lower/diagonal.py``) of a tensor ``p`` the run
+    writes, which the fused function gathers itself (``lower/fused_diagonal.py``): a
+    ShapeError where the dimensions a repeated index covers differ in size, as for
+    an operand (``Operands.diagonal``)."""
+    diag = ctx.operands.diagonals[ctx.plan.derived[spec.storage]]
+    kept = diag.kept
+    for d, k in enumerate(diag.dims):
+        if p.shape[kept[k]] != p.shape[d]:
+            raise ShapeError(f"tensor {spec.operand}: dimensions {kept[k]} and {d} are both indexed by "
+                             f"{diag.indices[d]} but have sizes {p.shape[kept[k]]} and {p.shape[d]}")
+    return Pending(tuple(p.shape[d] for d in kept), spec.format, p.nnz)
 
 
 def _input_arg(ctx):

@@ -9,10 +9,12 @@ one launch, no Python between the statements, a dense temporary passed from one
 loop nest to the next through the same array, a sparse one through the arrays
 its writer grows (and frees at the end when nothing else sees it); a sparse
 temporary read against its order through a copy the function makes (``dc`` for
-2-d, a coordinate list above: ``program_copies.py``), a sparse statement after a
-dense ``+=`` too (such a run runs 64-bit at once: ``runtime/program.py``). A
-statement that cannot join (a reader of a diagonal copy, of a transposed copy of a
-blocked or unordered temporary; an output no fused function writes) runs as a kernel of its own, its result handed
+2-d, a coordinate list above: ``program_copies.py``) or on a diagonal (gathered
+there: ``lower/fused_diagonal.py``), a dense temporary declared column-major seen
+row-major, a sparse statement after a dense ``+=`` too (such a run runs 64-bit at
+once: ``runtime/program.py``). A statement that cannot join (a reader of a
+transposed copy or a diagonal of a blocked or packed temporary; an output no
+fused function writes) runs as a kernel of its own, its result handed
 to the next one by the runtime (``k.loops`` says which is which, and why;
 ``k.launches`` counts them). On a
 backend without raw pointers (the CUDA backends) ``program_gpu.py`` plans instead:
@@ -53,7 +55,7 @@ from .runtime.call import CallContext
 from .runtime.launch import Variant
 from .runtime.operands import refuse_overlap
 from .program_copies import (apart_reason, copy_recasts, copyable_written, declared_in_warnings,
-                             reads_only_copies, run_statements, transposed_copies)
+                             reads_only_copies, row_major_temporaries, run_statements, in_function_copies)
 from .program_density import DensityVariants
 from .program_saved import SavedProgram
 from .program_text import fused_run_lines
@@ -79,6 +81,8 @@ class ProgramKernel(SavedProgram):
         self._split_kernels: dict = {}
         self.last_launches = 0  # native functions (kernels or fused runs) the last call ran
         self.apart: dict = {}  # statement -> why it does not join the fused run before it (planning)
+        # dense temporaries declared in another mode order, row-major in fused functions
+        self._row_major = row_major_temporaries(program) if target.capabilities.pointers else {}
         self.segments = self._restore(saved) if saved is not None else self._cached_plan()
         # the run of a program that fused whole, whose last call a call may repeat at once
         self._only_run = self.segments[0][1] if len(self.segments) == 1 and self.segments[0][0] == "fused" else None
@@ -118,6 +122,10 @@ class ProgramKernel(SavedProgram):
                 segments.append(("fused", self._fused_run(run, lows), run))
             else:
                 run = [k]
+                if fusable[k] is None:  # (k.loops says so, as for a statement the run before it could not take)
+                    self.apart.setdefault(k, apart_reason(k, None, {}, {}))
+                elif k:
+                    self.apart.setdefault(k, "the statement before it joins no run, and none after it joins it")
                 segments.append(("kernel", self._kernel(k), run))
             k = run[-1] + 1
         return segments
@@ -134,12 +142,12 @@ class ProgramKernel(SavedProgram):
         again to read a sparse temporary of the run through a ``dc`` copy where that
         lets the function make the copy (``program_copies``); else why it cannot join."""
         copyables = copyable_written(self.program.tensors, written)
-        if low is not None and not reads_plainly(low, written, copyables):
+        if low is not None and not reads_plainly(low, written, copyables, True):
             recast = copy_recasts(low, copyables)
             alt = self._fusable_lowering(k, recast) if recast else None
-            if alt is not None and reads_only_copies(alt, recast) and reads_plainly(alt, written, copyables):
+            if alt is not None and reads_only_copies(alt, recast) and reads_plainly(alt, written, copyables, True):
                 return declared_in_warnings(alt, recast, copyables)
-        if low is not None and reads_plainly(low, written, copyables):
+        if low is not None and reads_plainly(low, written, copyables, True):
             return low
         return apart_reason(k, low, written, {n: t.format for n, t in self.program.tensors.items()})
 
@@ -150,17 +158,17 @@ class ProgramKernel(SavedProgram):
         runtime allocates them). (A run with a dense ``+=`` before a sparse statement
         runs 64-bit at once: ``FusedRun``; a sparse ``+=`` reads the caller's tensor and
         assembles a new one, ``C = C_old + ...``, so it may rerun.) ``recast``: formats
-        the statement is lowered to see tensors in (``program_copies.copy_recasts``)."""
+        the statement is lowered to see tensors in (``program_copies.copy_recasts``; a
+        dense temporary declared column-major is seen row-major: ``row_major_temporaries``)."""
         caps = self._target.capabilities
-        stmts = self.program.statements
-        a = stmts[k]
+        a = with_formats([self.program.statements[k]], {**self._row_major, **(recast or {})})[0]
         fmt = a.lhs.tensor.format
         if not (caps.pointers and caps.host_threads):
             return None
         if fmt.is_dense:
             if fmt.order != tuple(range(fmt.ndim)):
                 return None
-        low = self._target.lower(with_formats([a], recast or {})[0], self._statement_options(k, True))
+        low = self._target.lower(a, self._statement_options(k, True))
         if fmt.is_dense:
             if (low.output.shape != "dense" or low.output.growable or low.output.bounded
                     or low.output.assembly is not None or low.append_chunks
@@ -175,7 +183,7 @@ class ProgramKernel(SavedProgram):
     def _parallel_lowering(self, k: int):
         """Statement ``k`` lowered as a kernel of its own (threads allowed), once."""
         if k not in self._parallel_lows:
-            a = self.program.statements[k]
+            a = with_formats([self.program.statements[k]], self._row_major)[0]
             self._parallel_lows[k] = self._target.lower(a, self._statement_options(k, False))
         return self._parallel_lows[k]
 
@@ -204,7 +212,7 @@ class ProgramKernel(SavedProgram):
         """The FusedRun of statements ``run`` (``lowerings[j]``: statement ``run[j]``'s
         32-bit lowering); ``built``, ``sizing`` and ``chunked`` are given when loaded
         from a record."""
-        stmts = run_statements(self.program, run, lowerings)
+        stmts = run_statements(self.program, run, lowerings, self._row_major)
         internal = self._internal(run)
         steps = []
         for k, low in zip(run, lowerings):
@@ -263,7 +271,7 @@ class ProgramKernel(SavedProgram):
         computed zeros where its one-thread lowering does, so that both give the same entries."""
         if not self._target.capabilities.host_threads:
             return "no host threads"
-        stmts = with_formats(self.program.statements, self._csr_stand_ins(run))
+        stmts = with_formats(self.program.statements, {**self._row_major, **self._csr_stand_ins(run)})
         lows, written, copies = [], {}, set()
         for k, plain in zip(run, fused):
             a, fmt, name = stmts[k], stmts[k].lhs.tensor.format, stmts[k].lhs.tensor.name
@@ -276,6 +284,8 @@ class ProgramKernel(SavedProgram):
             if not fmt.is_dense and not fmt.levels[0].is_dense:
                 return (f"{name} is stored compressed first ({fmt.spec()}) with no rows-first stand-in "
                         "(or is given to the run): its rows are appended on one thread")
+            if any(d.operand in written for d in low.operands.diagonals.values()):
+                return f"statement {k + 1} reads a diagonal of a tensor the run writes, gathered whole before it"
             if (first is None or low.operands != plain.operands or plan.parallel != first or plan.split
                     or plan.positions is not None or plan.gpu_choice is not None or plan.fused is not None
                     or low.output.bounded or low.output.assembly is not None or low.output.expand is not None
@@ -376,7 +386,7 @@ class ProgramKernel(SavedProgram):
         fn, sources, merged = fuse([low.entry_function for low in lows], [low.code.bindings for low in lows],
                                    links, name=self._options.name, docs=[repr(stmts[k]) for k in run],
                                    share_loop=self._shared_loops(run, lows), frees=frees,
-                                   transposed=transposed_copies(self.program.statements, run, lows, links),
+                                   transposed=in_function_copies(self.program.statements, run, lows, links),
                                    own_pos=own_pos)
         threads = self._row_threads(run, lows, merged)
         params = {(s.statement, s.position): p for s, p in zip(sources, fn.params)}
@@ -502,7 +512,8 @@ class ProgramKernel(SavedProgram):
             elif kind == "fused":
                 parts.extend(fused_run_lines(self.program, seg, run))
             else:
-                why = f" (not in the run before it: {self.apart[run[0]]})" if run[0] in self.apart else ""
+                lead = "not in the run before it" if run[0] else "in no fused run"
+                why = f" ({lead}: {self.apart[run[0]]})" if run[0] in self.apart else ""
                 parts.append(f"# statement {which}: a kernel of its own{why}\n{seg.loops}")
         parts.append(f"# returns {', '.join(self.outputs)}" + (f"; {self._temporaries_line}" if self.temporaries else ""))
         return "\n".join(parts)

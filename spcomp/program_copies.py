@@ -5,48 +5,52 @@ it in (``Z[k,i] = T[i,k]``, ``T`` csr; or ``T`` csc read by rows) reads a copy,
 ``T_T``. Inside a fused function that copy is made from the writer's arrays by a
 counting sort (``lower/fused_transpose.py``), which builds ``dc`` (a ``pos`` over
 the copy's outer index) for a 2-d ``T`` stored ``dc``, ``cc`` (dcsr) or ``c q``
-(coo), its top level ordered, and a sorted coordinate list for a larger one of
-ordered dense, compressed or singleton levels (:func:`copyable`). A reader whose
+(coo), its top level ordered, and a sorted coordinate list for any other of dense,
+compressed or singleton levels (:func:`copyable`: a larger one, or one with an
+unordered top level; sorted by every level where the writer has an unordered
+one). A reader whose
 own lowering would ask for another copy format (``cc:1,0`` of a dcsr ``T``,
 ``ccc:2,1,0`` of a csf one) is lowered again seeing ``T`` as ``dc`` (or a
 coordinate list) in ``T``'s mode order (:func:`stand_in`), so that the copy it asks
 for is of that kind in the other order; the function reads ``T`` only through that
 copy (:func:`reads_only_copies`), so what ``T`` looks like to it otherwise does not
-matter. Anything else (a blocked or unordered temporary, a diagonal copy) keeps a
-kernel of its own, :func:`apart_reason` saying why.
+matter. A diagonal of a temporary is gathered inside the function too
+(``lower/fused_diagonal.py``, :func:`in_function_copies`). Anything else (a blocked
+or packed temporary, a diagonal the function cannot gather) keeps a kernel of
+its own, :func:`apart_reason` saying why. A dense temporary declared in another
+mode order is seen row-major by every fused lowering (:func:`row_major_temporaries`).
 """
 from __future__ import annotations
 
 import dataclasses
 
 from .formats import Compressed, Dense, Format, Singleton
-from .lower.fuse import is_fused_copy
+from .lower.fused_diagonal import buildable, diagonal_read, diagonal_storages
 from .lower.temporary_formats import with_formats
 from .notation import accesses
 
 
 def copyable(fmt) -> bool:
     """Whether a sparse temporary stored in ``fmt`` can be copied in another mode order
-    inside the fused function. 2-d: ``dc`` (csr, csc), ``cc`` (dcsr) or ``c q`` (coo),
-    a compressed top level ordered (its rows are walked in order, so each column's
-    rows come out ascending). Order 3 or more: dense, compressed or singleton levels,
-    every one ordered (the entries are walked in order; see ``sorted_copy_block``)."""
+    inside the fused function: dense, compressed or singleton levels, unblocked, the
+    top one not a singleton. A 2-d one whose rows are walked in order (``dc``, or a
+    compressed top level ordered) is copied as ``dc`` (each column's rows come out
+    ascending); any other as a sorted coordinate list (``sorted_copy_block``: sorted
+    by every level where the writer has an unordered one)."""
     if fmt.blocks is not None or len(fmt.levels) < 2:
         return False
     kinds = [type(lvl) for lvl in fmt.levels]
     if len(kinds) == 2 and kinds[0] is Dense:
         return kinds[1] is Compressed
-    if len(kinds) == 2:
-        return kinds[0] is Compressed and fmt.levels[0].ordered and kinds[1] in (Compressed, Singleton)
-    return (kinds[0] is not Singleton and all(k in (Dense, Compressed, Singleton) for k in kinds)
-            and all(lvl.ordered for lvl in fmt.levels))
+    return kinds[0] is not Singleton and all(k in (Dense, Compressed, Singleton) for k in kinds)
 
 
 def stand_in(fmt) -> Format:
     """What a reader is lowered to see a copyable temporary as, in its mode order:
     ``dc`` for order 2 (the copy it then asks for is ``dc`` the other way), a
-    coordinate list otherwise (so is the copy)."""
-    if len(fmt.levels) == 2:
+    coordinate list otherwise, or for an order-2 one whose top level is unordered
+    (its rows come in no order: the copy is sorted by both levels)."""
+    if len(fmt.levels) == 2 and (type(fmt.levels[0]) is Dense or fmt.levels[0].ordered):
         return Format((Dense(), Compressed()), fmt.order)
     return Format((Compressed(unique=False),) + (Singleton(unique=False),) * (len(fmt.levels) - 2)
                   + (Singleton(),), fmt.order)
@@ -55,9 +59,9 @@ def stand_in(fmt) -> Format:
 def copy_recasts(low, copyables: dict) -> dict:
     """Name -> :func:`stand_in` for each temporary of ``copyables`` (name -> its
     declared format, each :func:`copyable`) that ``low`` reads through a transposed
-    copy and that is not ``dc`` already: the formats the reader is lowered with."""
+    copy and that is not its stand-in already: the formats the reader is lowered with."""
     return {op: stand_in(copyables[op]) for op, _fmt in low.operands.transposes.values()
-            if op in copyables and not is_fused_copy(copyables[op])}
+            if op in copyables and stand_in(copyables[op]) != copyables[op]}
 
 
 def declared_in_warnings(low, recast: dict, copyables: dict):
@@ -82,29 +86,43 @@ def apart_reason(statement: int, low, written: dict, formats: dict) -> str:
     if low is None:
         return "its output is not one a fused function writes (a row-major dense array, or a sparse tensor " \
                "assembled in one pass)"
-    for d in low.operands.diagonals.values():
-        if d.operand in written:
-            return f"it reads {d.operand} through a diagonal copy"
+    for _storage, diagonal, fmt in diagonal_storages(low):
+        d = low.operands.diagonals[diagonal]
+        if d.operand in written and not buildable(d, fmt):
+            return (f"it reads {d.operand} ({formats[d.operand].spec()}) through a diagonal copy stored "
+                    f"{fmt.spec()!r}, which the fused function makes only of an unblocked temporary of dense, "
+                    "compressed or singleton levels, into dense or compressed levels")
     for op, fmt in low.operands.transposes.values():
         if op in written:
             return (f"it reads {op} ({formats[op].spec()}) through a copy stored {fmt.spec()!r}, which the fused "
-                    "function makes only of an unblocked temporary of ordered dense, compressed or singleton levels")
+                    "function makes only of an unblocked temporary of dense, compressed or singleton levels")
     return "it reads arrays the run's statements do not hand over"
 
 
-def transposed_copies(statements, run: list, lows: list, links: list) -> list:
+def in_function_copies(statements, run: list, lows: list, links: list) -> list:
     """Per statement of a run: the storages it reads as a transposed copy of a
     temporary the run wrote, as ``lower.fuse.fuse`` takes them: storage -> (writer,
-    tensor, the index of each of the writer's levels, the writer's level of each of the copy's)."""
+    tensor, the index of each of the writer's levels, the writer's level of each of
+    the copy's, whether the writer has an unordered level); and those it reads as a
+    diagonal of one: storage -> its
+    ``lower.fused_diagonal.DiagonalRead``."""
     out = []
     for j, k in enumerate(run):
         mine = {}
+        for storage, diagonal, fmt in diagonal_storages(lows[j]):
+            d = lows[j].operands.diagonals[diagonal]
+            if d.operand in links[j]:
+                writer = links[j][d.operand]
+                mine[storage] = diagonal_read(writer, d, list(d.indices),
+                                              [i.name for i in statements[run[writer]].lhs.indices], fmt)
         for storage, (op, fmt) in lows[j].operands.transposes.items():
             if op in links[j]:
                 writer = links[j][op]
                 order = statements[run[writer]].lhs.tensor.format.order
                 acc = next(a for a in accesses(statements[k].rhs) if a.tensor.name == op)
-                mine[storage] = (writer, op, [acc.indices[d].name for d in order], [order.index(d) for d in fmt.order])
+                wfmt = statements[run[writer]].lhs.tensor.format
+                mine[storage] = (writer, op, [acc.indices[d].name for d in order], [order.index(d) for d in fmt.order],
+                                 not all(lvl.ordered for lvl in wfmt.levels))
         out.append(mine)
     return out
 
@@ -115,11 +133,26 @@ def copyable_written(tensors: dict, written) -> dict:
     return {n: tensors[n].format for n in written if not tensors[n].format.is_dense and copyable(tensors[n].format)}
 
 
-def run_statements(program, run: list, lows: list) -> list:
+def row_major_temporaries(program) -> dict:
+    """Name -> the row-major dense format of each unblocked dense temporary declared
+    in another mode order (``dd:1,0``). The fused planning lowers its writer and
+    readers seeing it so: nothing outside the program sees a temporary, and
+    row-major it is one more array the fused function hands from loop nest to loop
+    nest (a row workspace, rows on threads) with no copy between its statements."""
+    out = {}
+    for name in program.temporaries:
+        fmt = program.tensors[name].format
+        if fmt.is_dense and fmt.blocks is None and fmt.order != tuple(range(len(fmt.levels))):
+            out[name] = Format(tuple(Dense() for _ in fmt.levels), tuple(range(len(fmt.levels))))
+    return out
+
+
+def run_statements(program, run: list, lows: list, row_major: dict) -> list:
     """The program's statements, each of ``run`` seeing the temporaries it reads
-    through an in-function copy as ``lows`` (its 32-bit lowering) does: what its
+    through an in-function copy as ``lows`` (its 32-bit lowering) does, and the
+    ``row_major`` ones (:func:`row_major_temporaries`) row-major: what its
     64-bit lowering and its call plan are made from (``ProgramKernel._joining``)."""
-    stmts = list(program.statements)
+    stmts = with_formats(program.statements, row_major)
     written: list = []
     for k, low in zip(run, lows):
         recast = copy_recasts(low, copyable_written(program.tensors, written))

@@ -4,7 +4,7 @@ A :class:`~spcomp.program.ProgramKernel` prints every segment of its program; a
 fused run (``runtime/program.py``'s ``FusedRun``) gets the lines here: on what it
 runs (one thread, its rows split, or a function over chunks of rows), how each
 sparse tensor and row or tile workspace lives inside the function, the transposed
-copies made there, and which statements share an outer loop.
+and diagonal copies made there, a column-major dense temporary kept row-major, and which statements share an outer loop.
 """
 from __future__ import annotations
 
@@ -58,9 +58,16 @@ def fused_run_lines(program, seg, run: list) -> list:
                         " (but the whole array in the function over chunks of rows)"))
     written = set()
     for j, st in enumerate(seg.steps):
+        declared = program.tensors[st.name].format
+        if not st.sparse and declared.order != tuple(range(len(declared.levels))):
+            parts.append(f"# {st.name}: declared {declared.spec()}, written and read row-major inside the "
+                         "function (a temporary: no copy between its statements)")
         for op in sorted({op for op, _f in st.low.operands.transposes.values()} & written):
             parts.append(f"# statement {run[j] + 1} reads {op} through a transposed copy made inside "
                          "the function (and freed after it)")
+        for op in sorted({d.operand for d in st.low.operands.diagonals.values()} & written):
+            parts.append(f"# statement {run[j] + 1} reads {op} through a diagonal copy gathered inside "
+                         "the function from its writer's arrays (and freed after it)")
         written.add(st.name)
     merged = seg.compiled.merged
     for j, st in enumerate(seg.steps):

@@ -5,9 +5,9 @@ Two cases (issue 24): a sparse statement after a dense ``+=`` (such a run calls 
 reader of a 2-d sparse temporary stored ``dc`` (csr, csc), ``cc`` (dcsr) or
 ``c q`` (coo) against its order, or of a 3-d one in another mode order (the copy
 is made inside the function, ``lower/fused_transpose.py``,
-``spcomp/program_copies.py``). Every result is checked against numpy.einsum; what
-still cannot join (a diagonal read) runs as kernels of their own, ``k.loops``
-saying why.
+``spcomp/program_copies.py``). Every result is checked against numpy.einsum; a
+diagonal read joins too (``test_programs_join_more.py`` has more), and what still
+cannot join runs as kernels of their own, ``k.loops`` saying why.
 """
 from __future__ import annotations
 
@@ -99,10 +99,10 @@ def test_a_3d_temporary_read_in_another_mode_order_joins(monkeypatch, t_format, 
     assert np.allclose(got, 3 * np.einsum(f"ijk->{z_index.replace(',', '')}", a * b))
 
 
-def test_a_diagonal_read_keeps_a_kernel_and_says_why():
+def test_a_diagonal_read_joins():
     k = _compile("T[i,k] = A[i,j]*B[j,k]; v[k] = T[k,k] * 2", {"A": "csr", "B": "csr", "T": "csr"})
-    assert k.launches == 2
-    assert "a kernel of its own (not in the run before it: it reads T through a diagonal copy)" in k.loops, k.loops
+    assert k.launches == 1
+    assert "reads T through a diagonal copy gathered inside the function" in k.loops, k.loops
     ops = _ops(2, I=9, J=9, K=9)
     assert np.allclose(k(A=ops["A"], B=ops["B"]), 2 * np.diag((ops["A"] @ ops["B"]).toarray()))
 
@@ -185,12 +185,12 @@ def test_random_chains_with_adds_and_transposed_reads(data):
 def test_a_loaded_program_lowers_its_reader_alike_at_64_bits(monkeypatch):
     """The reader of a dcsr T was lowered to see T as dc; a loaded program re-derives
     that from its saved 32-bit lowering when it first needs the 64-bit function (T
-    passes the lowered 32-bit limit), and keeps why statement 3 is a kernel of its own."""
+    passes the lowered 32-bit limit), and gathers Z's diagonal inside it as well."""
     monkeypatch.setattr(record, "INDEX32_LIMIT", 30)
     k = _compile("T[i,k] = A[i,j]*B[j,k]; Z[k,i] = T[i,k]*2; v[k] = Z[k,k]",
                  {"A": "csr", "B": "csr", "T": "dcsr", "Z": "csr"})
     loaded = spcomp.loads(k.to_bytes())
-    assert loaded.launches == 2 and loaded.loops == k.loops and "reads Z through a diagonal copy" in loaded.loops
+    assert loaded.launches == 1 and loaded.loops == k.loops and "reads Z through a diagonal copy" in loaded.loops
     ops = _ops(4, I=12, J=12, K=12)
     P = (ops["A"] @ ops["B"]).toarray()
     assert np.count_nonzero(P) > 30

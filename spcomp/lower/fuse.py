@@ -28,6 +28,7 @@ from ..formats import Compressed, Dense, Singleton
 from ..ir import nodes as n
 from ..ir.types import I64, Type, ptr
 from .context import Names
+from .fused_diagonal import DiagonalCopy, DiagonalRead, buildable, diagonal_block, diagonal_storages
 from .fused_transpose import SortedCopy, TransposedCopy, free_on_every_exit, sorted_copy_block, transpose_block
 
 
@@ -65,9 +66,11 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
 
     ``transposed[k]``, when given, maps a storage statement ``k`` reads as a
     transposed copy of a sparse temporary (``T_T``) to ``(writer, tensor, the index of
-    each of the writer's levels, the writer's level of each of the copy's)``: the copy
-    is made at the top of the reader's block from the writer's arrays
-    (:mod:`.fused_transpose`) and freed after it.
+    each of the writer's levels, the writer's level of each of the copy's, whether
+    the writer has an unordered level: the copy is then sorted by every level)``, or a
+    diagonal storage of one (``T_diag``) to its :class:`.fused_diagonal.DiagonalRead`:
+    the copy is made at the top of the reader's block from the writer's arrays
+    (:mod:`.fused_transpose`, :mod:`.fused_diagonal`) and freed after it.
 
     ``own_pos[k]``, when given, maps a csr tensor statement ``k`` writes to the
     index of its rows: its row-end ``pos`` (else an array the runtime allocates) is
@@ -81,6 +84,7 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
     params, sources, body = [], [], []
     merged = [False] * len(functions)
     sizes: set = set()      # names of the size parameters (N_i ...), after renaming
+    size_vars: list = []    # per statement: index -> its size parameter, after renaming
     for k, fn in enumerate(functions):
         mapping: dict = {}
         shared, slots, chunk_pos = {}, {}, set()
@@ -110,6 +114,7 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
         owned = own_pos[k] if k < len(own_pos) else {}
         size = {b.index: mapping[b.var.name] for b in bindings[k] if b.role == "size"}
         sizes.update(v.name for v in size.values())
+        size_vars.append(size)
         for pos, (param, b) in enumerate(zip(fn.params, bindings[k])):
             new = mapping[param.name]
             if b.role == "output" and (b.level, b.array) == (1, "pos") and b.tensor in owned:
@@ -137,9 +142,16 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
         if chunk_pos:
             stmts = [_chunk_starts(s, chunk_pos, bounds["lo"]) for s in stmts]
         made = []
-        for storage, (writer, tensor, levels, key) in copies.items():
+        for storage, spec in copies.items():
+            if isinstance(spec, DiagonalRead):
+                copy, prologue = _diagonal_copy(storage, bindings[k], mapping, outputs[spec.writer], spec,
+                                                size_vars[spec.writer], names)
+                loads += prologue + diagonal_block(copy, names)
+                made += copy.arrays
+                continue
+            writer, tensor, levels, key, unordered = spec
             copy, prologue = _transposed_copy(storage, bindings[k], mapping, outputs[writer], tensor, levels, key,
-                                              names)
+                                              unordered, names)
             loads += prologue + (transpose_block(copy, names) if isinstance(copy, TransposedCopy)
                                  else sorted_copy_block(copy, names))
             made += copy.arrays
@@ -164,15 +176,27 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
     return n.Function(name, tuple(params), n.Block(tuple(body)), doc=doc, per_chunk=per_chunk), sources, merged
 
 
-def _transposed_copy(storage, bindings, mapping, written, tensor, levels, key, names) -> tuple:
+def _transposed_copy(storage, bindings, mapping, written, tensor, levels, key, unordered, names) -> tuple:
     """``(copy, prologue)``: the reader's arrays of ``storage`` (now locals) made from
     ``tensor``'s arrays as its writer left them (``written``: (tensor, level, array) ->
     (Var, role)); ``levels`` names the index of each of the writer's levels, ``key``
     the writer's level of each of the copy's. A 2-d ``dc`` copy is a
-    :class:`TransposedCopy`, any other (a coordinate list) a :class:`SortedCopy`.
+    :class:`TransposedCopy`, any other (a coordinate list) a :class:`SortedCopy`
+    (sorted by every level where the writer has an unordered one, ``unordered``).
     The prologue loads the grown arrays from their slots."""
     mine = {(b.level, b.array): mapping[b.var.name] for b in bindings if b.role == "input" and b.storage == storage}
     size = {b.index: mapping[b.var.name] for b in bindings if b.role == "size"}
+    source, prologue = _written_arrays(written, tensor, names)
+    if (1, "pos") in mine and len(levels) == 2:
+        return TransposedCopy(mine[(1, "pos")], mine[(1, "crd")], mine[(-1, "vals")], source,
+                              size[levels[0]], size[levels[1]]), prologue
+    return SortedCopy(mine, source, [size[i] for i in levels], list(key), unordered), prologue
+
+
+def _written_arrays(written, tensor, names) -> tuple:
+    """``(source, prologue)``: ``tensor``'s arrays as its writer left them (``written``:
+    (tensor, level, array) -> (Var, role)) by (level, array), each grown one loaded
+    from its slot by the prologue."""
     prologue, source = [], {}
     for (t, level, array), (var, role) in written.items():
         if t != tensor:
@@ -182,10 +206,18 @@ def _transposed_copy(storage, bindings, mapping, written, tensor, levels, key, n
             prologue.append(n.Declare(local, n.Load(var, n.i64(0))))
             var = local
         source[(level, array)] = var
-    if (1, "pos") in mine and len(levels) == 2:
-        return TransposedCopy(mine[(1, "pos")], mine[(1, "crd")], mine[(-1, "vals")], source,
-                              size[levels[0]], size[levels[1]]), prologue
-    return SortedCopy(mine, source, [size[i] for i in levels], list(key)), prologue
+    return source, prologue
+
+
+def _diagonal_copy(storage, bindings, mapping, written, read, writer_sizes, names) -> tuple:
+    """``(copy, prologue)``: the reader's arrays of diagonal storage ``storage`` (now
+    locals) made from ``read.tensor``'s arrays as its writer left them; each writer
+    level's size is the writer's size parameter of its index (``writer_sizes``), else the reader's."""
+    mine = {(b.level, b.array): mapping[b.var.name] for b in bindings if b.role == "input" and b.storage == storage}
+    size = {b.index: mapping[b.var.name] for b in bindings if b.role == "size"}
+    source, prologue = _written_arrays(written, read.tensor, names)
+    sizes = [writer_sizes.get(w) or size[r] for w, r in read.levels]
+    return DiagonalCopy(mine, source, sizes, read), prologue
 
 
 def _chunk_starts(node, arrays: set, lo):
@@ -216,16 +248,20 @@ def made_arrays(low) -> set:
     return {(b.level, b.array) for b in low.code.bindings if b.role in ("output", "output_grow")}
 
 
-def reads_plainly(low, written: dict, copies=()) -> bool:
+def reads_plainly(low, written: dict, copies=(), diagonals: bool = False) -> bool:
     """Whether a lowering reads every tensor of ``written`` (name -> the arrays its
     writer makes, ``(level, array)``: :func:`made_arrays`) as itself, and only arrays the writer makes:
-    no diagonal copy, and no transposed copy the runtime would have to make, except
+    no diagonal copy (with ``diagonals``, none the function cannot make itself:
+    ``fused_diagonal.buildable``), and no
+    transposed copy the runtime would have to make, except
     of the sparse temporaries named in ``copies`` read as a copy :func:`is_fused_copy`
     describes, which the fused function makes itself (``lower/fused_transpose.py``; the caller checked
     that their writers store them so it can)."""
     ops = low.operands
-    if {d.operand for d in ops.diagonals.values()} & set(written):
-        return False
+    for _storage, diagonal, fmt in diagonal_storages(low):
+        d = ops.diagonals[diagonal]
+        if d.operand in written and not (diagonals and buildable(d, fmt)):
+            return False
     for op, fmt in ops.transposes.values():
         if op in written and not (op in copies and is_fused_copy(fmt)):
             return False
@@ -237,11 +273,11 @@ def reads_plainly(low, written: dict, copies=()) -> bool:
 
 def is_fused_copy(fmt) -> bool:
     """Whether ``fmt`` is what an in-function copy is stored as (``lower/fused_transpose.py``):
-    2-d ``dc`` in either mode order, or a coordinate list (``c q ... q``) of order 3 or more."""
+    ``dc`` in either mode order, or a coordinate list (``c q ... q``)."""
     if fmt.blocks is not None or len(fmt.levels) < 2:
         return False
-    if len(fmt.levels) == 2:
-        return type(fmt.levels[0]) is Dense and type(fmt.levels[1]) is Compressed and fmt.levels[1].unique
+    if len(fmt.levels) == 2 and type(fmt.levels[0]) is Dense:
+        return type(fmt.levels[1]) is Compressed and fmt.levels[1].unique
     return (type(fmt.levels[0]) is Compressed and fmt.levels[0].ordered
             and all(type(lvl) is Singleton and lvl.ordered for lvl in fmt.levels[1:]))
 

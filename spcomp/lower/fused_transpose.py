@@ -106,18 +106,20 @@ class SortedCopy:
     another mode order: its arrays (``target``: (level, array) -> the reader's
     parameter variable, now a local), the writer's (``source``), the size of each
     of the writer's levels' dimensions (``sizes``) and, per level of the copy, the
-    writer's level that holds its coordinate (``key``)."""
+    writer's level that holds its coordinate (``key``); ``unordered``: the writer has
+    an unordered level, so its walk is in no order and the copy is sorted by every level."""
     target: dict
     source: dict
     sizes: list
     key: list
+    unordered: bool = False
 
     @property
     def arrays(self) -> list:
         return list(self.target.values())
 
 
-def _walk(c: SortedCopy, level: int, parent, coords: list, body, names):
+def walk_entries(c: SortedCopy, level: int, parent, coords: list, body, names):
     """A loop over the writer's entries in storage order (each level dense, compressed
     or singleton, told by its arrays), ``body(coords, p)`` run at each with its
     coordinates (per writer level) and its position ``p``."""
@@ -128,18 +130,18 @@ def _walk(c: SortedCopy, level: int, parent, coords: list, body, names):
         x = n.Var(names("copy_c"), I64)
         at = n.Binary("+", n.Binary("*", parent, c.sizes[level]), x)
         p = n.Var(names("copy_p"), I64)
-        inner = _walk(c, level + 1, p, coords + [x], body, names)
+        inner = walk_entries(c, level + 1, p, coords + [x], body, names)
         return n.For(x, n.i64(0), c.sizes[level], n.Block((n.Declare(p, at), inner)))
     x = n.Var(names("copy_c"), I64)
     if pos is None:  # singleton: the parent's position, one coordinate
         return n.Block((n.Declare(x, _i64(n.Load(crd, parent))),
-                        _walk(c, level + 1, parent, coords + [x], body, names)))
+                        walk_entries(c, level + 1, parent, coords + [x], body, names)))
     p = n.Var(names("copy_p"), I64)
     return n.For(p, _i64(n.Load(pos, parent)), _i64(n.Load(pos, n.Binary("+", parent, n.i64(1)))), n.Block((
-        n.Declare(x, _i64(n.Load(crd, p))), _walk(c, level + 1, p, coords + [x], body, names))))
+        n.Declare(x, _i64(n.Load(crd, p))), walk_entries(c, level + 1, p, coords + [x], body, names))))
 
 
-def _positions(c: SortedCopy):
+def entry_count(c: SortedCopy):
     """The writer's entry count: its last level's positions (each level's from its parent's)."""
     count = n.i64(1)
     for level, size in enumerate(c.sizes):
@@ -149,6 +151,26 @@ def _positions(c: SortedCopy):
         elif pos is not None:
             count = _i64(n.Load(pos, count))
     return count
+
+
+def sort_pass(key, size, src, dst, count, entries, names) -> list:
+    """Statements that stably counting-sort the permutation ``src`` (``entries`` long)
+    by ``key[src[e]]`` (coordinates below ``size``) into ``dst``, counting in
+    ``count`` (``size + 1`` zeroed entries, freed at the end): count, scan, place."""
+    e, x, at, q = (n.Var(names(v), I64) for v in ("copy_e", "copy_x", "copy_at", "copy_q"))
+    return [
+        n.For(e, n.i64(0), entries, n.Block((
+            n.Declare(x, n.Binary("+", n.Load(key, n.Load(src, e)), n.i64(1))),
+            n.Store(count, x, n.Binary("+", n.Load(count, x), n.i64(1)))))),
+        n.For(q, n.i64(0), size, n.Block((
+            n.Store(count, n.Binary("+", q, n.i64(1)),
+                    n.Binary("+", n.Load(count, n.Binary("+", q, n.i64(1))), n.Load(count, q))),))),
+        n.For(e, n.i64(0), entries, n.Block((
+            n.Declare(x, n.Load(key, n.Load(src, e))),
+            n.Declare(at, n.Load(count, x)),
+            n.Store(count, x, n.Binary("+", at, n.i64(1))),
+            n.Store(dst, at, n.Load(src, e))))),
+        n.Free(count)]
 
 
 def sorted_copy_block(c: SortedCopy, names) -> list:
@@ -165,37 +187,23 @@ def sorted_copy_block(c: SortedCopy, names) -> list:
     perm = [n.Var(names("copy_order"), ptr(I64)), n.Var(names("copy_order"), ptr(I64))]
     live: list = []
     out = [n.Comment("the temporary laid out as a sorted coordinate list here (counting sorts), freed after its "
-                     "reader"), n.Declare(nnz, _positions(c))]
+                     "reader"), n.Declare(nnz, entry_count(c))]
 
     def alloc(var, size, zero=False):
         out.append(n.Allocate(var, n.Binary("max", size, n.i64(1)), zero=zero, free=tuple(live)))
         live.append(var)
     for var in coords + perm:
         alloc(var, nnz)
-    out.append(_walk(c, 0, n.i64(0), [], lambda xs, p: n.Block(tuple(
+    out.append(walk_entries(c, 0, n.i64(0), [], lambda xs, p: n.Block(tuple(
         n.Store(coords[level], p, x) for level, x in enumerate(xs))), names))
     e = n.Var(names("copy_e"), I64)
     out.append(n.For(e, n.i64(0), nnz, n.Block((n.Store(perm[0], e, e),))))
     current = 0
-    for level in reversed(range(ndim - 1)):  # stable sorts by the copy's levels, last but one to first
+    for level in reversed(range(ndim if c.unordered else ndim - 1)):  # stable sorts, last (but one) to first
         key, size = coords[c.key[level]], c.sizes[c.key[level]]
         count = n.Var(names("copy_count"), ptr(I64))
         alloc(count, n.Binary("+", size, n.i64(1)), zero=True)
-        src, dst = perm[current], perm[1 - current]
-        x, at, q = (n.Var(names(v), I64) for v in ("copy_x", "copy_at", "copy_q"))
-        out += [
-            n.For(e, n.i64(0), nnz, n.Block((
-                n.Declare(x, n.Binary("+", n.Load(key, n.Load(src, e)), n.i64(1))),
-                n.Store(count, x, n.Binary("+", n.Load(count, x), n.i64(1)))))),
-            n.For(q, n.i64(0), size, n.Block((
-                n.Store(count, n.Binary("+", q, n.i64(1)),
-                        n.Binary("+", n.Load(count, n.Binary("+", q, n.i64(1))), n.Load(count, q))),))),
-            n.For(e, n.i64(0), nnz, n.Block((
-                n.Declare(x, n.Load(key, n.Load(src, e))),
-                n.Declare(at, n.Load(count, x)),
-                n.Store(count, x, n.Binary("+", at, n.i64(1))),
-                n.Store(dst, at, n.Load(src, e))))),
-            n.Free(count)]
+        out += sort_pass(key, size, perm[current], perm[1 - current], count, nnz, names)
         live.remove(count)
         current = 1 - current
     made = []

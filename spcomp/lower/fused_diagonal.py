@@ -1,0 +1,220 @@
+"""A fused run's diagonal of a sparse temporary (``T[k,k]``), made inside the function.
+
+A statement that repeats an index on a sparse tensor reads a *diagonal storage*
+(``lower/diagonal.py``): ``T_diag[k] = T[k,k]``, its levels those of ``T``'s
+dimensions kept (each index keeps its first dimension), in ``T``'s storage order,
+a dense level staying dense and any other made compressed. For a temporary its
+own fused run wrote, :func:`diagonal_block` builds that storage right there from
+the writer's arrays in one pass: walk ``T``'s entries in storage order
+(``fused_transpose.walk_entries``), keep those whose coordinates agree on every
+repeated index, and drop each into the diagonal's levels -- a dense level at
+``parent * N + coordinate``, a compressed one opening a new position when its
+parent position or its coordinate changes (counted per parent, prefix-summed
+into ``pos`` afterwards). That one pass is in order when the asked levels hold
+the indices in the order each first comes in ``T``'s storage order (always so
+for a diagonal of order 1): the walk is sorted by the storage-order coordinates,
+and the kept entries agree on each repeated index. The arrays are the function's own, freed
+after the reader. A reader that asks for the diagonal in another mode order (a
+transposed copy of it, ``Z[i,j] = T[j,i,i]`` into a csr ``Z``), or a ``T`` whose
+storage order does not meet the diagonal's entries in its order (or with an
+unordered level), gets the kept
+entries gathered into a coordinate list first, stably counting-sorted by each of
+the asked levels, last to first, and then dropped into those levels the same way.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from ..formats import Compressed, Dense, Singleton
+from ..ir import nodes as n
+from ..ir.types import I64, ptr
+from .diagonal import Diagonal
+from .fused_transpose import entry_count, sort_pass, walk_entries
+
+
+def buildable(diag: Diagonal, fmt) -> bool:
+    """Whether :func:`diagonal_block` can build ``diag`` stored ``fmt`` (its own
+    format, or that of a transposed copy of it) from its operand's arrays: the
+    operand unblocked, every level dense, compressed or singleton (ordered or not),
+    the top one not a singleton; ``fmt`` unblocked, of dense and unique compressed levels."""
+    src = diag.operand_format
+    if src.blocks is not None or not src.levels or type(src.levels[0]) is Singleton:
+        return False
+    if not all(type(lvl) in (Dense, Compressed, Singleton) for lvl in src.levels):
+        return False
+    return fmt.blocks is None and all(type(lvl) is Dense or type(lvl) is Compressed and lvl.unique
+                                      for lvl in fmt.levels)
+
+
+def diagonal_storages(low) -> list:
+    """``(storage read, diagonal storage, format)`` for each way a lowering reads a
+    diagonal: the diagonal storage itself (in its own format), or a transposed copy
+    of it (in that copy's)."""
+    ops = low.operands
+    read = {b.storage for b in low.code.bindings if b.role == "input"}
+    return [(storage, op, fmt) for storage, (op, fmt) in ops.transposes.items()
+            if op in ops.diagonals and storage in read] + \
+        [(storage, storage, d.format) for storage, d in ops.diagonals.items() if storage in read]
+
+
+@dataclasses.dataclass(frozen=True)
+class DiagonalRead:
+    """A reader's diagonal storage of a temporary its run wrote, as ``lower.fuse.fuse``
+    takes it: the ``writer``'s place in the run, the ``tensor``, per writer level the
+    index of its dimension, the writer's name and the reader's (``levels``), and the
+    writer level whose coordinate it must equal (``first``: itself where it comes
+    first), per level of the storage the writer level whose coordinate it holds
+    (``kept``) and whether it is dense (``dense``), and whether one walk of the
+    writer's entries meets them in the storage's order (``in_order``)."""
+    writer: int
+    tensor: str
+    levels: tuple
+    first: tuple
+    kept: tuple
+    dense: tuple
+    in_order: bool
+
+
+def diagonal_read(writer: int, diag: Diagonal, indices: list, written: list, fmt) -> DiagonalRead:
+    """The :class:`DiagonalRead` of ``diag`` stored ``fmt`` (its own format, or a
+    transposed copy's; its operand written by the run's statement ``writer``;
+    ``indices``, ``written``: the reader's and the writer's index name per operand
+    dimension)."""
+    src = diag.operand_format
+    dims = [diag.dims[d] for d in src.order]  # per writer level: the diagonal dimension it lands on
+    first = tuple(dims.index(x) for x in dims)
+    kept = tuple(dims.index(d) for d in fmt.order)
+    return DiagonalRead(writer, diag.operand, tuple((written[d], indices[d]) for d in src.order), first, kept,
+                        tuple(lvl.is_dense for lvl in fmt.levels),
+                        list(fmt.order) == list(dict.fromkeys(dims)) and all(lvl.ordered for lvl in src.levels))
+
+
+@dataclasses.dataclass
+class DiagonalCopy:
+    """One diagonal made in the function: the reader's arrays (``target``: (level,
+    array) -> its parameter variable, now a local), the writer's (``source``), the
+    size of each writer level's dimension (``sizes``) and the :class:`DiagonalRead`."""
+    target: dict
+    source: dict
+    sizes: list
+    read: DiagonalRead
+
+    @property
+    def arrays(self) -> list:
+        return list(self.target.values())
+
+
+class _Levels:
+    """The storage's levels being filled (``alloc`` allocates an array zeroed, ``emit``
+    adds a statement): :meth:`place` drops one entry (its coordinate per level, its
+    value) into them, entries coming in the storage's order."""
+
+    def __init__(self, c: DiagonalCopy, nnz, alloc, emit, names):
+        self.c, self.state, self.bounds = c, [], []
+        parents = n.i64(1)  # the positions of the level above (a bound for a compressed one)
+        for level, dense in enumerate(c.read.dense):
+            self.bounds.append(parents)
+            cur = n.Var(names("diag_at"), I64)
+            emit(n.Declare(cur, n.i64(0)))
+            if dense:
+                self.state.append((cur, None, None, None))
+                parents = n.Binary("*", parents, c.sizes[c.read.kept[level]])
+                continue
+            alloc(c.target[(level, "pos")], n.Binary("+", parents, n.i64(1)))
+            alloc(c.target[(level, "crd")], nnz)
+            last_parent, last, count = (n.Var(names(x), I64) for x in ("diag_parent", "diag_last", "diag_count"))
+            for v, init in ((last_parent, -1), (last, -1), (count, 0)):
+                emit(n.Declare(v, n.i64(init)))
+            self.state.append((cur, last_parent, last, count))
+            parents = nnz
+        alloc(c.target[(-1, "vals")], parents)
+
+    def place(self, xs: list, value) -> list:
+        c, body, parent = self.c, [], n.i64(0)
+        for level, (cur, last_parent, last, count) in enumerate(self.state):
+            x = xs[level]
+            if last is None:
+                body.append(n.Assign(cur, n.Binary("+", n.Binary("*", parent, c.sizes[c.read.kept[level]]), x)))
+            else:
+                pos, crd = c.target[(level, "pos")], c.target[(level, "crd")]
+                at = n.Binary("+", parent, n.i64(1))
+                body.append(n.If(n.Binary("||", n.Binary("!=", parent, last_parent), n.Binary("!=", x, last)),
+                                 n.Block((n.Assign(cur, count), n.Assign(count, n.Binary("+", count, n.i64(1))),
+                                          n.Store(crd, cur, _cast(x, crd.type.elem)),
+                                          n.Store(pos, at, n.Binary("+", n.Load(pos, at), n.const(1, pos.type.elem))),
+                                          n.Assign(last_parent, parent), n.Assign(last, x)))))
+            parent = cur
+        vals = c.target[(-1, "vals")]
+        return body + [n.Store(vals, parent, n.Binary("+", n.Load(vals, parent), value))]
+
+    def sums(self, names) -> list:
+        """Each compressed level's counts per parent, prefix-summed into its ``pos``."""
+        out = []
+        for level, (_cur, _lp, last, _count) in enumerate(self.state):
+            if last is None:
+                continue
+            pos, q = self.c.target[(level, "pos")], n.Var(names("diag_q"), I64)
+            above = self.state[level - 1][3] if level and self.state[level - 1][3] is not None else self.bounds[level]
+            out.append(n.For(q, n.i64(0), above, n.Block((
+                n.Store(pos, n.Binary("+", q, n.i64(1)),
+                        n.Binary("+", n.Load(pos, n.Binary("+", q, n.i64(1))), n.Load(pos, q))),))))
+        return out
+
+
+def diagonal_block(c: DiagonalCopy, names) -> list:
+    """Statements that allocate and fill ``c``'s arrays (``names`` makes fresh
+    variable names); a failed allocation frees the arrays made before it."""
+    r = c.read
+    nnz = n.Var(names("diag_nnz"), I64)
+    out = [n.Comment(f"{c.target[(-1, 'vals')].name}: the diagonal of {r.tensor} gathered here from its "
+                     "writer's arrays, freed after its reader"), n.Declare(nnz, entry_count(c))]
+    live: list = []
+
+    def alloc(var, count, zero=True):
+        out.append(n.Allocate(var, n.Binary("max", count, n.i64(1)), zero=zero, free=tuple(live)))
+        live.append(var)
+    levels = _Levels(c, nnz, alloc, out.append, names)
+    src_vals = c.source[(-1, "vals")]
+
+    def kept_only(xs, body):
+        on = None
+        for w, f in enumerate(r.first):
+            if f != w:
+                same = n.Binary("==", xs[w], xs[f])
+                on = same if on is None else n.Binary("&&", on, same)
+        return n.Block(tuple(body)) if on is None else n.Block((n.If(on, n.Block(tuple(body))),))
+    if r.in_order:
+        out.append(walk_entries(c, 0, n.i64(0), [], lambda xs, p: kept_only(
+            xs, levels.place([xs[w] for w in r.kept], n.Load(src_vals, p))), names))
+        return out + levels.sums(names)
+    # another order: the kept entries as a coordinate list, sorted by the levels, then placed
+    m, e = n.Var(names("diag_m"), I64), n.Var(names("diag_e"), I64)
+    coords = [n.Var(names("diag_key"), ptr(I64)) for _ in r.kept]
+    values = n.Var(names("diag_vals"), src_vals.type)
+    perm = [n.Var(names("diag_order"), ptr(I64)), n.Var(names("diag_order"), ptr(I64))]
+    temps = coords + [values] + perm
+    for var in temps:
+        alloc(var, nnz, zero=False)
+    out.append(n.Declare(m, n.i64(0)))
+    out.append(walk_entries(c, 0, n.i64(0), [], lambda xs, p: kept_only(xs, [
+        *(n.Store(coords[level], m, xs[w]) for level, w in enumerate(r.kept)),
+        n.Store(values, m, n.Load(src_vals, p)), n.Assign(m, n.Binary("+", m, n.i64(1)))]), names))
+    out.append(n.For(e, n.i64(0), m, n.Block((n.Store(perm[0], e, e),))))
+    current = 0
+    for level in reversed(range(len(r.kept))):  # stable counting sorts, last level to first
+        key, size = coords[level], c.sizes[r.kept[level]]
+        count = n.Var(names("diag_count"), ptr(I64))
+        alloc(count, n.Binary("+", size, n.i64(1)))
+        out += sort_pass(key, size, perm[current], perm[1 - current], count, m, names)
+        live.remove(count)
+        current = 1 - current
+    at = n.Var(names("diag_entry"), I64)
+    out.append(n.For(e, n.i64(0), m, n.Block((
+        n.Declare(at, n.Load(perm[current], e)),
+        *levels.place([n.Load(key, at) for key in coords], n.Load(values, at))))))
+    out += [n.Free(v) for v in temps]
+    return out + levels.sums(names)
+
+
+def _cast(x, t):
+    return x if t == I64 else n.Cast(x, t)
