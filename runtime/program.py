@@ -43,7 +43,7 @@ from .memory import data_ptr
 from .operands import Dense, index_bits
 from .outputs import Output
 from .plan import call_args
-from .program_chunks import run_chunked
+from .program_chunks import ChunkPlan, run_chunked
 from .program_repeat import own_pos_arg, record, sparse_result
 from .threads import get_num_threads
 
@@ -263,11 +263,11 @@ class FusedRun:
                 sparse = [j for j, st in enumerate(self.steps) if st.sparse]
                 copies = {j: (partials.out_size(low, per_step[j][1]), partials.out_dtype(low), low.output.overwrites)
                           for j, low in enumerate(built.lows) if low.threads.partials}
-                status = max(run_chunked(self.steps[0].ctx.launcher, built, args, self._extent(built, per_step),
-                                         per_step[0][1], per_step[0][0], dict(zip(sparse, outs)),
-                                         {j: per_step[j][3] for j in sparse},
-                                         {j for j in sparse if not self.steps[j].internal  # (packed: rows in place)
-                                          and built.lows[j].output.growable}, work, copies))
+                plan = ChunkPlan(self.steps[0].ctx.launcher, built, self._extent(built, per_step),
+                                 per_step[0][1], per_step[0][0], {j: per_step[j][3] for j in sparse},
+                                 {j for j in sparse if not self.steps[j].internal  # (packed: rows in place)
+                                  and built.lows[j].output.growable}, work, copies)
+                status = max(run_chunked(plan, args, dict(zip(sparse, outs))))
             elif built.variant is None:
                 status = interrupt.run(work, built.function, *args)
             else:  # one loop nest over the rows: split over threads like a kernel's parallel loop

@@ -73,58 +73,90 @@ def per_chunk_params(built) -> tuple:
     return capacities, slots, copies
 
 
-def run_chunked(launcher, built, args: list, n: int, sizes: dict, storages: dict, outs: dict,
-                capacities: dict, returned: set, units: int, copies: dict | None = None) -> list:
-    """Run ``built`` (a chunked FusedBuild; ``args`` its arguments, ``lo``/``hi`` first)
-    over ``[0, n)`` split by the first statement's balance (``sizes``, ``storages``);
-    ``outs``/``capacities``: step -> Output / first capacity of each sparse step;
-    ``returned``: the steps whose output is stitched into its Output; ``copies``:
-    step -> (values, dtype, assign) of each statement summing into per-chunk copies.
-    Returns the calls' statuses; the chunks' arrays are freed whatever happens, and
-    the copies are added into the outputs only when every chunk succeeded."""
-    low = built.lows[0]
-    pos = balance_pos(low, storages)
-    weights = launcher.weights(low, storages, pos, sizes)
-    cap_at, slot_at, copy_at = per_chunk_params(built)
-    parts: dict = {at: {} for at in copy_at}  # position -> chunk's lo -> its copy
-    weight = (lambda lo, hi: int(pos[hi]) - int(pos[lo]) + hi - lo) if pos is not None else (lambda lo, hi: hi - lo)
-    whole = max(weight(0, n), 1)
+class ChunkPlan:
+    """How a chunked call runs, from its operands alone: the rows' balance, where the
+    per-chunk parameters sit, each chunk's first capacity, the summed outputs'
+    copies, and the driver with its chunks (or the Python pool with the call's
+    work). Made by each general call and kept by its repeat
+    (:mod:`.program_repeat_chunks`), which runs it again on fresh outputs; nothing
+    in it changes once made, so concurrent calls may share it."""
 
-    def capacity(step, lo, hi):
-        # a returned output's first chunk becomes its arrays: it starts at the whole
-        # call's estimate (as chunks.run_chunks); the rest start at their share
-        c = capacities[step]
-        return c if lo == 0 and step in returned else max(1024, int(c * CHUNK_SLACK * weight(lo, hi) / whole))
+    __slots__ = ("built", "n", "pos", "weights", "cap_at", "slot_at", "copy_at", "copies", "capacities",
+                 "returned", "units", "work", "whole", "driver", "bounds", "ranges", "caps", "first_hi")
+
+    def __init__(self, launcher, built, n: int, sizes: dict, storages: dict, capacities: dict, returned: set,
+                 units: int, copies: dict | None = None):
+        """``built``: a chunked FusedBuild over ``[0, n)``, split by its first
+        statement's balance (``sizes``, ``storages``); ``capacities``: step -> first
+        capacity of each sparse step; ``returned``: the steps whose output is stitched
+        into its Output; ``copies``: step -> (values, dtype, assign) of each statement
+        summing into per-chunk copies; ``units``: the call's work (interrupt.py)."""
+        low = built.lows[0]
+        self.built, self.n, self.units = built, n, units
+        self.pos = pos = balance_pos(low, storages)
+        self.weights = launcher.weights(low, storages, pos, sizes)
+        self.cap_at, self.slot_at, self.copy_at = per_chunk_params(built)
+        self.copies, self.capacities, self.returned = copies or {}, capacities, frozenset(returned)
+        self.whole = max(self._weight(0, n), 1)
+        threads = _threads.get_num_threads()
+        self.driver = launcher.driver_of(built.variant) if threads > 1 else None
+        self.bounds = self.ranges = self.caps = self.work = None
+        if self.driver is not None:
+            self.bounds = launcher.bounds(n, threads, self.weights)
+            self.ranges = [(int(lo), int(hi)) for lo, hi in zip(self.bounds[:-1], self.bounds[1:])]
+            self.caps = {at: np.array([self.capacity(step, lo, hi) for lo, hi in self.ranges], dtype=np.int64)
+                         for at, step in self.cap_at.items()}
+        else:
+            self.work = work(n, pos, sizes, low, storages)
+        self.first_hi = self.ranges[0][1] if self.ranges else n
+
+    def _weight(self, lo: int, hi: int) -> int:
+        pos = self.pos
+        return int(pos[hi]) - int(pos[lo]) + hi - lo if pos is not None else hi - lo
+
+    def capacity(self, step, lo: int, hi: int) -> int:
+        """A chunk's first capacity: a returned output's first chunk becomes its arrays,
+        so it starts at the whole call's estimate (as chunks.run_chunks); the rest
+        start at their share."""
+        c = self.capacities[step]
+        return c if lo == 0 and step in self.returned else \
+            max(1024, int(c * CHUNK_SLACK * self._weight(lo, hi) / self.whole))
+
+
+def run_chunked(plan: ChunkPlan, args: list, outs: dict) -> list:
+    """Run ``plan``'s function on ``args`` (its arguments, ``lo``/``hi`` first; a summed
+    output's slot holds the output's pointer), ``outs``: step -> Output of each
+    sparse step. Returns the calls' statuses; the chunks' arrays are freed whatever
+    happens, and the copies are added into the outputs only when every chunk succeeded."""
+    built, n, copies = plan.built, plan.n, plan.copies
+    parts: dict = {at: {} for at in plan.copy_at}  # position -> chunk's lo -> its copy
     chunks: list = []
     try:
-        driver = launcher.driver_of(built.variant) if _threads.get_num_threads() > 1 else None
-        if driver is not None:
-            statuses = [interrupt.run(units, _on_driver, launcher, driver, args, n, weights, cap_at, slot_at,
-                                      capacity, chunks, {at: (copies[step], parts[at]) for at, step in copy_at.items()})]
+        if plan.driver is not None:
+            statuses = [interrupt.run(plan.units, _on_driver, plan, args, chunks, parts)]
         else:
             def call(lo, hi):
-                chunk = _Chunk(lo, hi, {key: ctypes.c_void_p(0) for key in slot_at.values()})
+                chunk = _Chunk(lo, hi, {key: ctypes.c_void_p(0) for key in plan.slot_at.values()})
                 chunks.append(chunk)
                 a = list(args)
                 a[0], a[1] = lo, hi
-                for at, step in cap_at.items():
-                    a[at] = capacity(step, lo, hi)
-                for at, key in slot_at.items():
+                for at, step in plan.cap_at.items():
+                    a[at] = plan.capacity(step, lo, hi)
+                for at, key in plan.slot_at.items():
                     a[at] = ctypes.byref(chunk.slots[key])
-                for at, step in copy_at.items():
+                for at, step in plan.copy_at.items():
                     size, dtype, _assign = copies[step]
                     part = parts[at][lo] = np.zeros(size, dtype)
                     a[at] = data_ptr(part)
                 return built.function(*a)
-            statuses = interrupt.run(units, _threads.run_ranges, call, n, weights, None,
-                                     work(n, pos, sizes, low, storages))
+            statuses = interrupt.run(plan.units, _threads.run_ranges, call, n, plan.weights, None, plan.work)
         if not any(statuses):
             chunks.sort(key=lambda c: c.lo)
-            for step in sorted(returned):
+            for step in sorted(plan.returned):
                 views = [SimpleNamespace(lo=c.lo, hi=c.hi, grow={key: p for (s, key), p in c.slots.items()
                                                                  if s == step}) for c in chunks]
-                stitch(outs[step], views, n, capacity(step, 0, chunks[0].hi if chunks else n))
-            for at, step in copy_at.items():  # in chunk order: the same sum from call to call
+                stitch(outs[step], views, n, plan.capacity(step, 0, chunks[0].hi if chunks else n))
+            for at, step in plan.copy_at.items():  # in chunk order: the same sum from call to call
                 if parts[at]:
                     add_into(args[at], np.stack([parts[at][lo] for lo in sorted(parts[at])]), copies[step][2])
         return statuses
@@ -133,33 +165,37 @@ def run_chunked(launcher, built, args: list, n: int, sizes: dict, storages: dict
             c.free()
 
 
-def _on_driver(launcher, driver, args, n, weights, cap_at, slot_at, capacity, chunks, copies) -> int:
-    """One native driver call over the balanced chunks, each chunk's capacities,
-    slots and output copies element ``c`` of per-chunk arrays; the chunks it ran go
-    to ``chunks``, the copies (position -> ((values, dtype, _), lo -> copy)) are made here."""
-    bounds = launcher.bounds(n, _threads.get_num_threads(), weights)
-    count = len(bounds) - 1
-    ranges = [(int(bounds[c]), int(bounds[c + 1])) for c in range(count)]
-    for at, ((size, dtype, _assign), mine) in copies.items():
-        table = np.zeros((count, size), dtype)
-        mine.update((lo, table[c]) for c, (lo, _hi) in enumerate(ranges))
-    where = {at: np.array([data_ptr(mine[lo]) for lo, _hi in ranges], dtype=np.int64)
-             for at, (_x, mine) in copies.items()}
-    caps = {at: np.array([capacity(step, lo, hi) for lo, hi in ranges], dtype=np.int64)
-            for at, step in cap_at.items()}
-    made = {at: np.zeros(count, dtype=np.int64) for at in slot_at}  # the calls' pointers
-    where.update({at: data_ptr(m) + 8 * np.arange(count, dtype=np.int64) for at, m in made.items()})
+def _on_driver(plan: ChunkPlan, args, chunks, parts) -> int:
+    """One native driver call over the plan's chunks, each chunk's capacities, slots
+    and output copies element ``c`` of per-chunk arrays; the chunks it ran go to
+    ``chunks``, the copies (position -> lo -> copy, in ``parts``) are made here."""
+    ranges = plan.ranges
+    count = len(ranges)
+    where = {}
+    for at, step in plan.copy_at.items():
+        size, dtype, _assign = plan.copies[step]
+        copy_table = np.zeros((count, size), dtype)
+        parts[at].update((lo, copy_table[c]) for c, (lo, _hi) in enumerate(ranges))
+        where[at] = data_ptr(copy_table) + copy_table.strides[0] * np.arange(count, dtype=np.int64)
+    g = len(plan.slot_at)
+    # the calls' pointers, a row per slot, then a row per slot of where each one is
+    table = np.zeros((2 * g, count), dtype=np.int64)
+    base = data_ptr(table)
+    table[g:] = base + 8 * np.arange(g * count, dtype=np.int64).reshape(g, count)
     a = list(args)
-    for at, values in caps.items():
+    for at, values in plan.caps.items():
         a[at] = data_ptr(values)
     for at, addresses in where.items():
         a[at] = data_ptr(addresses)
+    for r, at in enumerate(plan.slot_at):
+        a[at] = base + 8 * count * (g + r)
     try:
-        return driver(count, data_ptr(bounds), *a[2:])
+        return plan.driver(count, data_ptr(plan.bounds), *a[2:])
     finally:  # whatever ran, its arrays are freed with the chunks
+        keys = list(plan.slot_at.values())
+        rows = table[:g].T.tolist()
         for c, (lo, hi) in enumerate(ranges):
-            chunks.append(_Chunk(lo, hi, {key: ctypes.c_void_p(int(made[at][c]) or None)
-                                          for at, key in slot_at.items()}))
+            chunks.append(_Chunk(lo, hi, {key: ctypes.c_void_p(rows[c][r] or None) for r, key in enumerate(keys)}))
 
 
 def as_declared(t: Tensor, fmt, bits: int) -> Tensor:
@@ -201,4 +237,4 @@ def _coordinates(t: Tensor) -> list:
     return [{"pos": np.array([0, t.vals.size]), "crd": coords[0]}] + [{"crd": c} for c in coords[1:]]
 
 
-__all__ = ["as_declared", "per_chunk_params", "run_chunked"]
+__all__ = ["ChunkPlan", "as_declared", "per_chunk_params", "run_chunked"]
