@@ -24,9 +24,10 @@ big enough for threads of a run that has a chunked function runs that instead
 copies of summed outputs; with a dense ``+=`` (chunks add into the caller's rows
 in place) it runs 64-bit at once, since a rerun would add some rows twice.
 
-A run that ran on this thread or through its row split keeps its last call
-(:mod:`.program_repeat`): called again with the same operands it replays the
-argument list with fresh outputs, ~4 us of Python instead of all of the above.
+A run keeps its last call (:mod:`.program_repeat`; by chunks,
+:mod:`.program_repeat_chunks`): called again with the same operands it replays
+the argument list with fresh outputs (and, by chunks, the same chunks), a few us
+of Python instead of all of the above.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ import numpy as np
 from spcomp.errors import KernelRuntimeError, OperandError, ShapeError
 from spcomp.ir.nodes import STATUS_INDEX_OVERFLOW
 
-from . import interrupt, partials
+from . import interrupt, partials, threads as _threads
 from .launch import WiderIndices, call_work, first_capacity, parallel_extent, raise_status
 from .memory import data_ptr
 from .operands import Dense, index_bits
@@ -45,6 +46,7 @@ from .outputs import Output
 from .plan import call_args
 from .program_chunks import ChunkPlan, run_chunked
 from .program_repeat import own_pos_arg, record, sparse_result
+from .program_repeat_chunks import record_chunks
 from .threads import get_num_threads
 
 
@@ -222,6 +224,7 @@ class FusedRun:
             work += call_work(ctx.caps, st.low, st.low, sizes, storages)
         if bits == 32 and self._adds_before_assembling():
             bits = 64
+        generation = _threads.split_state[0]  # (read before the split is decided: a later change misses)
         chunked = self._chunked(bits, per_step)
         if chunked is not None and bits == 32 and any(
                 st.accumulate and not st.sparse and not low.threads.partials for st, low in zip(self.steps, chunked.lows)):
@@ -282,8 +285,8 @@ class FusedRun:
             for out in outs:
                 out.discard()
             self._fail(status, outs, bits)
-        if chunked is None:
-            self.repeat = record(self, built, per_step, outs, bits, env, work, self._fail, Pending)
+        self.repeat = record(self, built, per_step, outs, bits, env, work, self._fail, Pending) if chunked is None \
+            else record_chunks(self, built, per_step, outs, bits, env, self._fail, Pending, plan, generation)
         it = iter(outs)
         for st, (_s, _z, array, _c) in zip(self.steps, per_step):
             if st.sparse:

@@ -32,6 +32,7 @@ from spcomp.ir.nodes import STATUS_INDEX_OVERFLOW
 
 from . import interrupt, threads as _threads
 from .fastcall import ARRAY, FastCall, operand_check, plain_output_array, repeat_launch
+from .launch import WiderIndices
 from .memory import data_ptr
 from .operands import Dense, refuse_overlap
 from .plan import call_args
@@ -133,10 +134,12 @@ class RunRepeat:
                 args[k] = arg(b)
             outs.append(out)
         try:
-            status = self.inputs.fn(*args)
-        except BaseException:  # Ctrl-C: free what the kernel allocated
+            status = self.launch(args, outs)
+        except BaseException as e:  # Ctrl-C (or a stitch past 32 bits): free what the kernel allocated
             for out in outs:
                 out.discard()
+            if type(e) is WiderIndices and self.bits == 32:
+                return False  # the general path runs it at 64 bits
             raise
         if status:
             for out in outs:
@@ -150,15 +153,42 @@ class RunRepeat:
             sparse_result(out, sparse.step, self.bits, env)
         return True
 
+    def launch(self, args: list, outs: list) -> int:
+        """The native call on ``args`` (``outs``: the sparse steps' Outputs); its status."""
+        return self.inputs.fn(*args)
+
 
 def record(run, built, per_step, outs: list, bits: int, env: dict, work: int, fail, stand_in):
     """The :class:`RunRepeat` of the call just made of ``run`` with ``built`` (its
     steps' ``(storages, sizes, array, capacity)`` in ``per_step``, its sparse steps'
     Outputs in ``outs``; ``stand_in``: the
     type standing in for a tensor the function keeps itself), or None where
+    a repeat could not be trusted (see :func:`replay_parts`) or the Python pool
+    runs the launch."""
+    def launch(marked):
+        variant = built.variant
+        if variant is None:
+            return interrupt.wrap(built.function, work), marked, None, None, None, None
+        storages, sizes = per_step[0][0], per_step[0][1]
+        launched = repeat_launch(run.steps[0].ctx.launcher, variant, [0, 0] + marked, 0, sizes, storages, work,
+                                 lambda f: interrupt.wrap(f, work))
+        if launched is None:
+            return None
+        fn, call_list, generation, watched, split_units, native = launched
+        return fn, call_list, generation, watched, split_units, \
+            run.steps[0].ctx.launcher.driver_bounds(variant, native, sizes, storages)
+    parts = replay_parts(run, built, per_step, outs, bits, env, stand_in, launch)
+    return None if parts is None else RunRepeat(*parts, bits, fail)
+
+
+def replay_parts(run, built, per_step, outs: list, bits: int, env: dict, stand_in, launch):
+    """``(inputs, given, fresh, sparse)`` of a :class:`RunRepeat` of the call just made
+    (see :func:`record`); ``launch(marked)`` lays out the argument list ``marked``
+    as the repeat calls it: ``(function, argument list, split generation, watched
+    threshold, split units, the array whose pointer it holds)``, or None. None where
     a repeat could not be trusted: an operand converted per call, a dense ``+=``
     with a sparse statement at 32 bits (a repeat stepping aside would add twice),
-    or a launch the Python pool runs."""
+    or no launch."""
     steps = run.steps
     if bits == 32 and any(st.sparse for st in steps) and any(st.accumulate and not st.sparse for st in steps):
         return None  # (the general path runs such a run at 64 bits from the start: program.py)
@@ -177,19 +207,10 @@ def record(run, built, per_step, outs: list, bits: int, env: dict, work: int, fa
             if check is None or checks.setdefault(spec.operand, check)[0] != check[0]:
                 return None
     sparse_of = {j: out for j, out in zip([j for j, st in enumerate(steps) if st.sparse], outs)}
-    marked = _marked_args(run, built, per_step, bits, checks, names_of, written, sparse_of)
-    variant = built.variant
-    if variant is None:
-        fn, call_list, generation, watched, split_units, keep = interrupt.wrap(built.function, work), marked, \
-            None, None, None, None
-    else:
-        storages, sizes = per_step[0][0], per_step[0][1]
-        launched = repeat_launch(steps[0].ctx.launcher, variant, [0, 0] + marked, 0, sizes, storages, work,
-                                 lambda f: interrupt.wrap(f, work))
-        if launched is None:
-            return None
-        fn, call_list, generation, watched, split_units, native = launched
-        keep = steps[0].ctx.launcher.driver_bounds(variant, native, sizes, storages)
+    launched = launch(_marked_args(run, built, per_step, bits, checks, names_of, written, sparse_of))
+    if launched is None:
+        return None
+    fn, call_list, generation, watched, split_units, keep = launched
     # whether the run fused or split its statements, and how, was decided under this
     # thread count and threshold: a change misses
     if generation is None:
@@ -221,7 +242,7 @@ def record(run, built, per_step, outs: list, bits: int, env: dict, work: int, fa
         else:
             fresh.append((st.name, array.shape, array.dtype, slots,
                           array.ndim == 0 and st.returned))
-    return RunRepeat(inputs, tuple(given), tuple(fresh), tuple(sparse[j] for j in sorted(sparse)), bits, fail)
+    return inputs, tuple(given), tuple(fresh), tuple(sparse[j] for j in sorted(sparse))
 
 
 def _marked_args(run, built, per_step, bits, checks, names_of, written, sparse_of) -> list:

@@ -19,7 +19,7 @@ from .fastcall import MISS, build_sparse
 from .launch import WiderIndices
 
 
-def _settings() -> tuple:
+def call_settings() -> tuple:
     """The module settings (tests set them) that decide a call's variant, its split
     or its first capacity besides the operands: a repeat made under others misses."""
     return (_threads.MIN_PARALLEL_WORK, os.environ.get("SPCOMP_MIN_PARALLEL_WORK"), chunks.MODE,
@@ -40,7 +40,7 @@ class SparseRepeat:
         self.capacity, self.units = capacity, units
         self.refs = tuple((name, weakref.ref(st)) for name, st in storages.items())
         self.proto = out.again(allocate=False)  # (holds no arrays between calls)
-        self.settings = _settings()
+        self.settings = call_settings()
         self.template, self.out_slots, self.lohi = None, (), None
         if ctx.caps.pointers:
             # inputs' pointers, sizes and capacity are the operands'; only the output's change
@@ -49,7 +49,7 @@ class SparseRepeat:
             self.out_slots = tuple((k, b) for k, (role, b, _x) in enumerate(variant.arg_plan) if role == "out")
 
     def __call__(self):
-        if _settings() != self.settings:
+        if call_settings() != self.settings:
             return MISS
         storages = {}
         for name, ref in self.refs:
