@@ -37,6 +37,7 @@ from .memory import data_ptr
 from .operands import Dense, refuse_overlap
 from .plan import call_args
 from .program_chunks import as_declared
+from .sparsecall import call_settings
 
 
 class Mark:
@@ -91,9 +92,9 @@ def own_pos_arg(out):
 
 class RunRepeat:
     """What a repeated call of a fused run does: check, allocate, call."""
-    __slots__ = ("inputs", "given", "fresh", "sparse", "bits", "fail", "names")
+    __slots__ = ("inputs", "given", "fresh", "sparse", "bits", "fail", "names", "settings", "aside")
 
-    def __init__(self, inputs, given, fresh, sparse, bits, fail):
+    def __init__(self, inputs, given, fresh, sparse, bits, fail, settings=None):
         self.inputs = inputs  # a FastCall: the input checks and the argument template
         self.given = given    # ((name, (shape, dtype), slots), ...) of the += outputs
         self.fresh = fresh    # ((name, shape, dtype, slots, as_scalar), ...) of the arrays made each call
@@ -103,10 +104,19 @@ class RunRepeat:
         # every operand name a call must pass: a caller whose names are exactly these
         # needs no check that it passed nothing else
         self.names = frozenset([e[0] for e in inputs.checks] + [g[0] for g in given])
+        # the threshold settings the call was planned under, where they chose its function
+        # (a fixed threshold set or cleared since may choose another): None where they did not
+        self.settings = settings
+        # set once a call outgrew 32-bit positions: the general path records the 64-bit
+        # call, and until then no caller runs this one again (ProgramKernel tries a
+        # repeat twice when the first try misses)
+        self.aside = False
 
     def call(self, env: dict) -> bool:
         """Run the call on ``env`` (inputs by name; the results are put there) when
         its operands are the recorded ones; False, having done nothing, when not."""
+        if self.aside or (self.settings is not None and call_settings() != self.settings):
+            return False
         args = self.inputs.bind(env)
         if args is None:
             return False
@@ -139,12 +149,14 @@ class RunRepeat:
             for out in outs:
                 out.discard()
             if type(e) is WiderIndices and self.bits == 32:
+                self.aside = True
                 return False  # the general path runs it at 64 bits
             raise
         if status:
             for out in outs:
                 out.discard()
             if status == STATUS_INDEX_OVERFLOW and self.bits == 32:
+                self.aside = True
                 return False  # outgrew 32-bit positions: the general path runs it at 64 bits
             self.fail(status, outs, self.bits)
         for name, a, as_scalar in made:
@@ -178,7 +190,9 @@ def record(run, built, per_step, outs: list, bits: int, env: dict, work: int, fa
         return fn, call_list, generation, watched, split_units, \
             run.steps[0].ctx.launcher.driver_bounds(variant, native, sizes, storages)
     parts = replay_parts(run, built, per_step, outs, bits, env, stand_in, launch)
-    return None if parts is None else RunRepeat(*parts, bits, fail)
+    if parts is None:
+        return None
+    return RunRepeat(*parts, bits, fail, call_settings() if run.threshold_decides() else None)
 
 
 def replay_parts(run, built, per_step, outs: list, bits: int, env: dict, stand_in, launch):

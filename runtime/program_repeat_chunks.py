@@ -29,16 +29,12 @@ from .sparsecall import call_settings
 
 class ChunkRepeat(RunRepeat):
     """A :class:`RunRepeat` whose launch runs a :class:`~.program_chunks.ChunkPlan`."""
-    __slots__ = ("plan", "order", "settings")
+    __slots__ = ("plan", "order")
 
     def __init__(self, parts, bits, fail, plan, order):
-        super().__init__(*parts, bits, fail)
+        super().__init__(*parts, bits, fail, call_settings())
         self.plan = plan            # the chunks, from the operands alone
         self.order = tuple(order)   # the sparse steps' places in the run, as the Outputs come
-        self.settings = call_settings()
-
-    def call(self, env: dict) -> bool:
-        return call_settings() == self.settings and RunRepeat.call(self, env)
 
     def launch(self, args: list, outs: list) -> int:
         return max(run_chunked(self.plan, args, dict(zip(self.order, outs))))
