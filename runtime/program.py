@@ -123,14 +123,6 @@ class FusedRun:
         repeat = self.repeat
         return repeat is not None and repeat.call(env)
 
-    def threshold_decides(self) -> bool:
-        """Whether the split threshold chooses how a call runs: the run's one loop is
-        split over rows, or it has a chunked function, or its first statement may run
-        split as a kernel of its own (:meth:`wants_threads`)."""
-        low = self.steps[0].parallel
-        return (self.build(32).variant is not None or self.chunks(32) is not None
-                or (low is not None and low.threads.parallel is not None))
-
     def wants_threads(self, env: dict) -> bool:
         """Whether this call is better run as the statements' own kernels: the run is
         on one thread, and its first statement, as a kernel of its own, would split

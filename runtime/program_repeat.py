@@ -104,8 +104,9 @@ class RunRepeat:
         # every operand name a call must pass: a caller whose names are exactly these
         # needs no check that it passed nothing else
         self.names = frozenset([e[0] for e in inputs.checks] + [g[0] for g in given])
-        # the threshold settings the call was planned under, where they chose its function
-        # (a fixed threshold set or cleared since may choose another): None where they did not
+        # the threshold settings the call was planned under where they chose between the
+        # run's functions (a fixed threshold set or cleared since may choose another: ~1 us
+        # a check, so only there); None elsewhere
         self.settings = settings
         # set once a call outgrew 32-bit positions: the general path records the 64-bit
         # call, and until then no caller runs this one again (ProgramKernel tries a
@@ -192,7 +193,8 @@ def record(run, built, per_step, outs: list, bits: int, env: dict, work: int, fa
     parts = replay_parts(run, built, per_step, outs, bits, env, stand_in, launch)
     if parts is None:
         return None
-    return RunRepeat(*parts, bits, fail, call_settings() if run.threshold_decides() else None)
+    # (a run with a function over chunks of rows: the threshold chose the one-thread one)
+    return RunRepeat(*parts, bits, fail, call_settings() if run.chunks(32) is not None else None)
 
 
 def replay_parts(run, built, per_step, outs: list, bits: int, env: dict, stand_in, launch):
