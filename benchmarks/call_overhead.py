@@ -6,7 +6,8 @@
 
 The last row is a program of two statements fused into one native function
 (``t = A x; y = t + b``): its repeated call against the same function called
-with the argument list that call replays.
+with the argument list that call replays. A last line times a program run by
+chunks of rows on two threads: its repeated call against its general path.
 
 A tiny SpMV (64 x 64, 10 % dense, float64), so that the kernel's own work is a
 hundred nanoseconds or so and the rest is the call: the kernel called with an
@@ -108,6 +109,36 @@ def native_program(k, operands):
     return lambda: (fn(*args), keep)
 
 
+def chunked_program(rng, calls: int, repeat: int, clock) -> None:
+    """A program run by chunks of rows on two threads (``T = A B`` csr, ``y = T c``;
+    every call split): its repeated call (``runtime/program_repeat_chunks.py``)
+    against the general path, the same call with the repeat dropped before it."""
+    from spcomp.runtime import threads
+    n = 64
+    A, B = (Tensor.from_scipy(sp.random(n, n, density=0.1, format="csr", random_state=rng), "csr") for _ in "AB")
+    k = spcomp.compile("T[i,k] = A[i,j]*B[j,k]; y[i] = T[i,k]*c[k]", formats={"A": "csr", "B": "csr", "T": "csr"})
+    ops = {"A": A, "B": B, "c": rng.random(n)}
+    run = k.segments[0][1]
+
+    def general():
+        run.repeat = None
+        k(**ops)
+    before = spcomp.get_num_threads(), threads.MIN_PARALLEL_WORK
+    spcomp.set_num_threads(2)
+    threads.MIN_PARALLEL_WORK = 0
+    try:
+        k(**ops)
+        if "chunk of rows" not in k.loops or run.repeat is None:
+            raise SystemExit("the program has no repeated call by chunks")
+        ours = min(bench(lambda: k(**ops), calls, repeat, clock), bench(lambda: k(**ops), calls, repeat, clock))
+        base = min(bench(general, calls, repeat, clock), bench(general, calls, repeat, clock))
+    finally:
+        spcomp.set_num_threads(before[0])
+        threads.MIN_PARALLEL_WORK = before[1]
+    print(f"\nprogram by chunks of rows, 2 threads: repeated call {ours:.2f} us, general path {base:.2f} us "
+          f"({base / ours:.1f}x)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--calls", type=int, default=20000)
@@ -147,6 +178,7 @@ def main() -> None:
     base = min(bench(raw, a.calls, a.repeat, clock), bench(raw, a.calls, a.repeat, clock))
     name = "program, 2 statements"
     print(f"{name:<22} {ours:>10.2f} {base:>10.2f} {ours - base:>8.2f} {ours / base:>6.2f}")
+    chunked_program(rng, max(a.calls // 20, 100), a.repeat, clock)
     if a.cold:
         evict = Evictor(a.evict_mb)
         print(f"\ncold caches ({a.evict_mb} MB written before each call; median of {a.cold} calls)")
