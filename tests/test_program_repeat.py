@@ -10,6 +10,7 @@ a wrong operand name) takes the general path and its checks.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -27,14 +28,17 @@ from spcomp.testing.programs import close, program_operands, programs, reference
 from conftest import examples
 
 
+def forbid_general_path(mp):
+    """Makes FusedRun's general path raise (``mp``: a MonkeyPatch): what runs after must repeat."""
+    def refuse(self, env, bits):
+        raise AssertionError("the general path ran where the repeat should have")
+    mp.setattr(FusedRun, "_run", refuse)
+
+
 @pytest.fixture
 def no_general_path(monkeypatch):
     """Calling this makes FusedRun's general path raise: what runs after it must repeat."""
-    def forbid():
-        def refuse(self, env, bits):
-            raise AssertionError("the general path ran where the repeat should have")
-        monkeypatch.setattr(FusedRun, "_run", refuse)
-    return forbid
+    return lambda: forbid_general_path(monkeypatch)
 
 
 def _mv_program():
@@ -171,11 +175,10 @@ def test_row_split_run_repeats(monkeypatch, no_general_path):
             np.testing.assert_allclose(k(A=A, x=x2, b=b2), A @ x2 + b2)
 
 
-@settings(max_examples=examples(25), deadline=None)
-@given(st.data())
-def test_random_programs_repeat_with_new_and_changed_operands(data):
-    """Random programs called three times: the first operands, new ones of the same
-    shapes, then the first again after one of its arrays changed in place."""
+def call_with_new_and_changed_operands(data, around=contextlib.nullcontext):
+    """A random program (at most 3 statements) called four times within ``around()``:
+    the first operands, again, new ones of the same shapes, then the first again
+    after one of its arrays changed in place; each result checked."""
     case = data.draw(programs(max_statements=3))
     first = data.draw(program_operands(case))
     second = data.draw(program_operands(case))
@@ -193,17 +196,25 @@ def test_random_programs_repeat_with_new_and_changed_operands(data):
         got = {case.outputs[0]: got} if len(case.outputs) == 1 else got
         for name in case.outputs:
             assert close(got[name], want[name]), (str(case), name)
+    with around():
+        check(first)
+        check(first)
+        check(second)
+        dense = [n for n, (_ref, v) in first.items() if isinstance(v, np.ndarray) and v.size]
+        if dense:
+            name = dense[0]
+            ref, v = first[name]
+            v *= -1.5
+            first[name] = (ref * -1.5, v)
+        check(first)
 
-    check(first)
-    check(first)
-    check(second)
-    dense = [n for n, (_ref, v) in first.items() if isinstance(v, np.ndarray) and v.size]
-    if dense:
-        name = dense[0]
-        ref, v = first[name]
-        v *= -1.5
-        first[name] = (ref * -1.5, v)
-    check(first)
+
+@settings(max_examples=examples(25), deadline=None)
+@given(st.data())
+def test_random_programs_repeat_with_new_and_changed_operands(data):
+    """Random programs called three times: the first operands, new ones of the same
+    shapes, then the first again after one of its arrays changed in place."""
+    call_with_new_and_changed_operands(data)
 
 
 def _chain_operands(seed=0, n=30):

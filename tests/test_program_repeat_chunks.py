@@ -11,8 +11,6 @@ thread count or threshold, a 32-bit overflow) takes the general path.
 """
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -20,15 +18,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import spcomp
-from spcomp.errors import OperandError, TranspositionWarning, UnsupportedError
+from spcomp.errors import OperandError
 from spcomp.runtime import launch, program_repeat_chunks, threads
 from spcomp.runtime.program import FusedRun
 from spcomp.runtime.program_repeat_chunks import ChunkRepeat
-from spcomp.testing.programs import close, program_operands, programs, reference_program
 
 from conftest import examples, spcomp_threads
-from test_program_repeat import no_general_path  # noqa: F401 (a fixture)
-from test_programs_chunks import chain_inputs, chunk_chains, compile_quietly, dense_of
+from test_program_repeat import call_with_new_and_changed_operands, forbid_general_path
+from test_programs_chunks import INPUT_FORMATS, chain_inputs, chunk_chains, compile_quietly, dense_of
 
 CHAIN = "T[i,k] = A[i,j]*B[j,k]; y[i] = T[i,k]*c[k]"
 FORMATS = {"A": "csr", "B": "csr", "T": "csr"}
@@ -43,6 +40,12 @@ def by_chunks(monkeypatch):
     monkeypatch.setattr(program_repeat_chunks, "run_chunked", lambda *a: launched.append(1) or real(*a))
     with spcomp_threads(2, min_work=0):
         yield launched
+
+
+@pytest.fixture
+def no_general_path(monkeypatch):
+    """Calling this makes FusedRun's general path raise: what runs after it must repeat."""
+    return lambda: forbid_general_path(monkeypatch)
 
 
 @pytest.fixture
@@ -244,46 +247,13 @@ def test_a_repeat_past_32_bit_positions_steps_aside(n, outputs, by_chunks, gener
     assert by_chunks == [1, 1]
 
 
-def _no_general_path(mp):
-    def refuse(self, env, bits):
-        raise AssertionError("the general path ran where the repeat should have")
-    mp.setattr(FusedRun, "_run", refuse)
-
-
 @settings(max_examples=examples(25), deadline=None)
 @given(st.data())
 def test_random_programs_repeat_on_two_threads_with_new_and_changed_operands(data):
     """Random programs on two threads, every call split (by chunks where the run has a
     function over them), called four times: the first operands, again, new ones of the
     same shapes, then the first again after one of its arrays changed in place."""
-    case = data.draw(programs(max_statements=3))
-    first = data.draw(program_operands(case))
-    second = data.draw(program_operands(case))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", TranspositionWarning)
-            k = spcomp.compile(case.text, formats=case.formats, outputs=list(case.outputs))
-    except UnsupportedError as e:
-        assert str(e)
-        return
-
-    def check(ops):
-        got = k(**{n: v[1] for n, v in ops.items()})
-        want = reference_program(k.program, {n: v[0] for n, v in ops.items()})
-        got = {case.outputs[0]: got} if len(case.outputs) == 1 else got
-        for name in case.outputs:
-            assert close(got[name], want[name]), (str(case), name)
-    with spcomp_threads(2, min_work=0):
-        check(first)
-        check(first)
-        check(second)
-        dense = [n for n, (_ref, v) in first.items() if isinstance(v, np.ndarray) and v.size]
-        if dense:
-            name = dense[0]
-            ref, v = first[name]
-            v *= -1.5
-            first[name] = (ref * -1.5, v)
-        check(first)
+    call_with_new_and_changed_operands(data, lambda: spcomp_threads(2, min_work=0))
 
 
 @settings(max_examples=examples(20), deadline=None)
@@ -296,7 +266,7 @@ def test_random_row_chains_repeat_by_chunks(data):
     rows = data.draw(st.integers(2, 40), label="rows")
     pool = data.draw(st.booleans(), label="python pool")
     ops = chain_inputs(data.draw, rows)
-    formats = {n: f for n, f in {"A": "csr", "B": "csr", "D": "csr", "G": "csr", **fmts}.items() if f"{n}[" in text}
+    formats = {n: f for n, f in {**INPUT_FORMATS, **fmts}.items() if f"{n}[" in text}
     k = compile_quietly(text, formats, outputs)
     tensors = data.draw(st.booleans(), label="spcomp Tensors")
     # (an empty SciPy matrix is converted each call, never repeated: operands.py)
@@ -320,7 +290,7 @@ def test_random_row_chains_repeat_by_chunks(data):
             assert k.segments[0][1].repeat is None
             return
         assert type(k.segments[0][1].repeat) is ChunkRepeat, k.loops
-        _no_general_path(mp)
+        forbid_general_path(mp)
         second = check(used)
         for name in outputs:
             assert second[name] is not first[name]
