@@ -297,3 +297,21 @@ def test_random_row_chains_repeat_by_chunks(data):
         dense = [n for n, v in used.items() if isinstance(v, np.ndarray)]
         if dense:
             check({**used, dense[0]: np.random.default_rng(rows).standard_normal(used[dense[0]].shape)})
+
+
+def test_concurrent_repeats_share_no_output(by_chunks):
+    """Calls from several Python threads at once replay one ChunkRepeat (the plan is
+    read only): each gets its own outputs, all right."""
+    from concurrent.futures import ThreadPoolExecutor
+    k = spcomp.compile("T[i,k] = A[i,j]*B[j,k]; y[i] = T[i,k]*c[k]", formats=FORMATS, outputs=["T", "y"])
+    ops = _operands(9)
+    k(**ops)
+    assert type(k.segments[0][1].repeat) is ChunkRepeat
+    want = (ops["A"] @ ops["B"]).toarray()
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: k(**ops), range(40)))
+    assert len({id(g["T"]) for g in got}) == 40 and len({id(g["y"]) for g in got}) == 40
+    for g in got:
+        np.testing.assert_allclose(g["T"].to_numpy(), want)
+        np.testing.assert_allclose(g["y"], want @ ops["c"])
+    assert by_chunks  # (a call from a pool thread runs with that thread's count: it may miss)
