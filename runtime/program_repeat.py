@@ -4,13 +4,15 @@ A program's general call (:meth:`.program.FusedRun._run`) binds every statement'
 sizes, converts and checks its operands, guesses each sparse statement's entries
 and lays out the fused function's arguments: ~50 us of Python for a small run,
 against ~1 us for a one-statement kernel on its fast path (:mod:`.fastcall`).
-When a run ran on this thread or through its row split (not by chunks of rows),
-the next call with the very operands (or new ndarrays laid out alike: the next
+The next call with the very operands (or new ndarrays laid out alike: the next
 batch) needs none of it again: the argument list is the last one with the
 changed input pointers and fresh outputs swapped in. :class:`RunRepeat` keeps
 that list; its input checks are a :class:`~.fastcall.FastCall`'s (the very
 Tensor, an unchanged SciPy matrix, an ndarray's shape, strides and dtype; the
 thread count and the split threshold's generation the call was planned under).
+Its launch is the function (or the row split's driver) on this thread; a call
+that ran by chunks of rows repeats through :mod:`.program_repeat_chunks`, whose
+launch runs the chunks again (:func:`replay_parts` builds both).
 A ``+=`` output must again be a writeable row-major array of its shape and dtype.
 Every array the run writes -- outputs and temporaries alike -- is new each call,
 as on the general path, so concurrent calls never share one: a dense one made
@@ -18,8 +20,8 @@ with ``np.zeros``, a sparse one as an :class:`~.outputs.Output` made again from
 the last call's (``Output.again``: its fixed arrays and the slots the kernel
 grows the others into), with the last call's first capacity. A sparse tensor
 that outgrew 32-bit positions makes the repeat step aside (the general path
-runs it again at 64 bits); a run with a dense ``+=`` before a sparse statement
-runs at 64 bits from the start, where nothing steps aside.
+runs it again at 64 bits, and records that call); a run with a dense ``+=``
+before a sparse statement runs at 64 bits from the start, where nothing steps aside.
 """
 from __future__ import annotations
 
