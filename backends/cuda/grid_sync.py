@@ -135,11 +135,16 @@ class ProgramEmitter(CudaEmitter):
         self.end_label = None
 
     def stmt_Return(self, s: n.Return, d):
-        lines = super().stmt_Return(s, d)
-        return [line.replace("return;", f"goto {self.end_label};") for line in lines]
+        return self._to_end(super().stmt_Return(s, d))
 
     def stmt_Allocate(self, s: n.Allocate, d):
-        lines = super().stmt_Allocate(s, d)
+        return self._to_end(super().stmt_Allocate(s, d))
+
+    def _to_end(self, lines: list) -> list:
+        """``return;`` as a jump to the statement's end (in a helper, outside any
+        statement -- the sort -- it stays a return)."""
+        if self.end_label is None:
+            return lines
         return [line.replace("return;", f"goto {self.end_label};") for line in lines]
 
     def program(self, fn: n.Function) -> str:
@@ -175,6 +180,7 @@ class ProgramEmitter(CudaEmitter):
                 lines.append(self.line(1, f"if (*(volatile int32_t*){STATUS_PARAM} != 0) return;  "
                                           "// a statement failed: the later ones do not run"))
         lines.append("}")
+        self.end_label = None
         return "\n".join(lines)
 
 
