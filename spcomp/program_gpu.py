@@ -1,9 +1,10 @@
 """A program's statements in one kernel launch on the CUDA backends (issue 24).
 
 On ``cuda`` and ``cuda-sim`` a run of consecutive statements that each write a
-dense row-major array in one launch -- no host work between them: no sparse
-output (counted, prefix-summed and filled from the host), no transposed or
-diagonal copy of a tensor the run writes -- becomes one ``__global__`` kernel:
+dense row-major array, or a sparse one of dense rows counted and filled in two
+phases, in one launch -- no host work between them: no transposed or diagonal
+copy of a tensor the run writes, no appends into arrays that grow --
+becomes one ``__global__`` kernel:
 the statements' functions joined by :func:`spcomp.lower.fuse.fuse` (a temporary
 is one parameter, its writer's output), printed with a grid-wide barrier between
 them (:mod:`spcomp.backends.cuda.grid_sync`). The temporaries are device memory
@@ -11,6 +12,10 @@ the launch allocates like any output. A dense ``+=`` output is the caller's own
 array (uploaded with the operands, the sums copied back into it; a row-major
 copy written back for any other layout), so the statement adds into the old
 values and a later statement of the run reads the sums after the barrier. A
+two-phase sparse output is counted, prefix-summed on the device and filled
+between barriers, into arrays the host allocated at an estimate before the
+launch; when they were too small the host runs the launch again with room for
+what it counted (``lower/device_scan.py``, ``program_gpu_sparse.py``). A
 serial statement (no grid-level loop) runs on one thread of the grid between
 two barriers. Each statement keeps its own mapping: where
 the default schedule leaves a thread or a warp per row to the call
@@ -126,7 +131,7 @@ def _joinable_sparse(a, kernel) -> bool:
             and not out.growable and not out.bounded and out.expand is None and not low.append_chunks
             and low.threads.positions is None and not low.threads.split
             and all(b.role in _SPARSE_ROLES for b in low.code.bindings)
-            and all(b.role in _ROLES for b in low.output.assembly.count_bindings))
+            and all(b.role in _SPARSE_ROLES for b in low.output.assembly.count_bindings))
 
 
 @dataclasses.dataclass
@@ -241,7 +246,7 @@ class GpuProgramRun:
             sizes = ctx.plan.bind_sizes(storages, ops)
             shape, dtype = tuple(sizes[i] for i in ctx.plan.out_indices), ctx.plan.out_dtype
             if st.sparse:
-                array = SparseRows(st.low, sizes, storages, ctx.plan.out_indices, 32)
+                array = SparseRows(st.low, sizes, storages, ctx.plan.out_indices, 32, self.limit)
                 env[st.name] = array.placeholder()  # a later statement binds its sizes against it
             else:
                 if st.accumulate:
@@ -252,6 +257,9 @@ class GpuProgramRun:
             per_step.append((storages, sizes, array))
             bits = max(bits, index_bits(storages, sizes, self.limit))
         rows = [array for _s, _z, array in per_step if isinstance(array, SparseRows)]
+        for r in rows:
+            if bits != 32:  # an operand needs 64-bit indices: so do the outputs' arrays
+                r.grow(bits)
         sums = {st.name: array.copy() for st, (_s, _z, array) in zip(self.steps, per_step)
                 if st.accumulate and rows}  # a launch run again adds into the old values again
         for launch in range(RERUNS + 1):
@@ -359,6 +367,10 @@ class GpuProgramRun:
                  "or torch tensors runs them as kernels of their own)"]
         for k, st in zip(self.run_statements, self.steps):
             parts.append(f"# statement {k + 1}\n{st.low.inspection.notation!r}\n{st.low.inspection.loops}")
+            if st.sparse:
+                parts.append(f"({st.name} inside the launch: counted, a prefix sum on one thread, filled, a barrier "
+                             "after each; its arrays are allocated before the launch at an estimate, and the launch "
+                             "runs again with room for what it counted when they were too small)")
         return "\n".join(parts)
 
 

@@ -28,15 +28,16 @@ from .runtime.plan import np_dtype, output_level_sizes
 class SparseRows:
     """A two-phase output's arrays for one fused launch, at a capacity per level."""
 
-    def __init__(self, low, sizes: dict, storages: dict, out_indices, bits: int, capacity: int | None = None):
+    def __init__(self, low, sizes: dict, storages: dict, out_indices, bits: int, limit: int):
         notation = low.inspection.notation
         t = notation.lhs.tensor
         self.layout = OutputLayout(t.format, output_level_sizes(notation, sizes), bits, np_dtype(t.dtype))
         self.shape = tuple(sizes[i.name] for i in notation.lhs.indices)
         self.first = low.output.assembly.first
         self.levels = len(t.format.levels)
-        if capacity is None:
-            capacity = first_capacity(low, sizes, storages, out_indices)
+        capacity = first_capacity(low, sizes, storages, out_indices)
+        if bits == 32:  # a level past the 32-bit limit overflows, and the launch runs again with 64-bit indices
+            capacity = min(capacity, limit)
         self.capacity = {l: int(capacity) for l in range(self.first, self.levels)}
         self.needed = np.zeros(self.levels - self.first, dtype=np.int64)
         self._allocate()
@@ -72,7 +73,8 @@ class SparseRows:
         return int(self.needed.max()) if len(self.needed) else 0
 
     def grow(self, bits: int) -> None:
-        """Room for exactly what the last launch counted, zeroed again, at ``bits``-bit indices."""
+        """Room for exactly what the last launch counted (at least the room it had),
+        zeroed again, at ``bits``-bit indices."""
         for l in self.capacity:
             self.capacity[l] = max(self.capacity[l], int(self.needed[l - self.first]))
         self.layout = OutputLayout(self.layout.fmt, self.layout.level_sizes, bits, self.layout.dtype)
