@@ -175,6 +175,7 @@ class GpuProgramRun:
                               stmts[k].accumulate) for k, kern in zip(run, kernels)]
         self.built: dict = {}
         self.reruns = 0  # launches run again because a sparse output outgrew its arrays
+        self.gave_up = 0  # launches in which a block gave up waiting at a barrier
         self.compiled = self.build(32, tuple(_default(kern.variant(32)) for kern in kernels))
 
     repeat = None  # no repeated-call record: a device call's arguments are built each call
@@ -197,7 +198,7 @@ class GpuProgramRun:
         return self.built[key]
 
     def _compile(self, lows: list) -> GpuBuild:
-        written, links, bindings, functions = {}, [], [], []  # functions: a two-phase one's three phases
+        written, links, bindings, functions = {}, [], [], []  # a two-phase statement: its phased function
         for j, low in enumerate(lows):
             if self.steps[j].sparse:
                 phased = phased_function(low, self.steps[j].name)
@@ -281,6 +282,9 @@ class GpuProgramRun:
                 f"program {self.expression!r}: statements {', '.join(str(k + 1) for k in self.run_statements)} "
                 f"run as one kernel, and a block waited more than {SYNC_TIMEOUT_S:g} s at the grid-wide barrier "
                 "between them: the grid's blocks were not all resident at once")
+        if status == CAPACITY_STATUS:  # (each launch had room for what the one before counted)
+            raise KernelRuntimeError(f"program {self.expression!r}: a sparse output counted more entries than its "
+                                     f"arrays held in {RERUNS + 1} launches, each given room for the last one's")
         if status != 0:
             raise_status(status, None, self.steps[-1].name, self.expression)
         for name, given, array in copied:  # a += array that was not row-major: its sums go back in place
@@ -348,15 +352,19 @@ class GpuProgramRun:
             scalars = {p.name: a if isinstance(a, int) else 0 for p, a in zip(fn.params, args)}
             grid = max(grid, launch_config(fn, scalars, built.block)[0])
         args = [lists[s.statement][s.position] for s in built.sources]
-        args += [np.zeros(BARRIER_WORDS, dtype=np.int32), int(SYNC_TIMEOUT_S * 1e9)]
+        barrier = np.zeros(BARRIER_WORDS, dtype=np.int32)
+        args += [barrier, int(SYNC_TIMEOUT_S * 1e9)]
         resident = co_resident_blocks(self.target, built)
         launch = min(grid, resident)
         self.target.last_launch = {"mapping": "one kernel: " + ", ".join(hows), "grid": launch,
                                    "block": built.block, "why": f"{grid} blocks wanted, {resident} resident at once"}
         name = built.function.name
         if built.compiled[1] is not None:
-            return built.compiled[1].launch(name, args, launch, built.block, workers=sim_co_resident_blocks())
-        return _gpu_module(self.target, built).launch(name, args, launch, built.block)
+            status = built.compiled[1].launch(name, args, launch, built.block, workers=sim_co_resident_blocks())
+        else:
+            status = _gpu_module(self.target, built).launch(name, args, launch, built.block)
+        self.gave_up += int(barrier[2] != 0)  # (pycuda copies the words back too)
+        return status
 
     # ------------------------------------------------------------ inspection
     def describe(self) -> str:
@@ -368,9 +376,9 @@ class GpuProgramRun:
         for k, st in zip(self.run_statements, self.steps):
             parts.append(f"# statement {k + 1}\n{st.low.inspection.notation!r}\n{st.low.inspection.loops}")
             if st.sparse:
-                parts.append(f"({st.name} inside the launch: counted, a prefix sum on one thread, filled, a barrier "
-                             "after each; its arrays are allocated before the launch at an estimate, and the launch "
-                             "runs again with room for what it counted when they were too small)")
+                parts.append(f"({st.name} inside the launch: counted, a two-level prefix sum, filled, a barrier "
+                             "after each step; its arrays are allocated before the launch at an estimate, and the "
+                             "launch runs again with room for what it counted when they were too small)")
         return "\n".join(parts)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .lower.assembly import ROW_POS
+from .lower import device_scan
 from .runtime.launch import first_capacity
 from .runtime.outputs import OutputLayout
 from .runtime.plan import np_dtype, output_level_sizes
@@ -40,6 +41,9 @@ class SparseRows:
             capacity = min(capacity, limit)
         self.capacity = {l: int(capacity) for l in range(self.first, self.levels)}
         self.needed = np.zeros(self.levels - self.first, dtype=np.int64)
+        self.chunk_rows = device_scan.SCAN_CHUNK
+        self.chunks = max(-(-self.layout.dense_positions // self.chunk_rows), 1)
+        self.chunk_sums = np.zeros((self.levels - self.first) * self.chunks, dtype=np.int64)
         self._allocate()
 
     def _allocate(self) -> None:
@@ -62,8 +66,10 @@ class SparseRows:
         return self.arrays[(b.level, b.array)]
 
     def extra_args(self) -> list:
-        """The phased function's last arguments: rows, each level's capacity, ``needed``."""
-        return [self.layout.dense_positions] + [self.capacity[l] for l in sorted(self.capacity)] + [self.needed]
+        """The phased function's last arguments (``lower/device_scan.py``): rows, rows
+        per chunk, chunks, each level's capacity, ``needed``, the chunk sums."""
+        caps = [self.capacity[l] for l in sorted(self.capacity)]
+        return [self.layout.dense_positions, self.chunk_rows, self.chunks, *caps, self.needed, self.chunk_sums]
 
     def overflowed(self) -> bool:
         """Whether the launch counted more entries than a level holds."""

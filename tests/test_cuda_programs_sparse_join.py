@@ -6,8 +6,9 @@ the run's one launch, into arrays the host allocated before it at an estimate;
 a later statement of the run reads the sparse temporary after the barrier. When
 the estimate is too small the kernel fills nothing and the host runs the launch
 again with room for what it counted. Random chains of such statements run under
-cuda-sim against numpy.einsum and against the statements run one by one; the
-joined kernels compile with nvcc.
+cuda-sim against numpy.einsum and against the statements run one by one (random
+programs with any temporary format: test_cuda_programs_join.py); the joined
+kernels compile with nvcc.
 """
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import spcomp
+from spcomp import program_gpu
 from spcomp.backends.cuda import nvcc
-from spcomp.errors import DTypeError, OperandError, ShapeError
-from spcomp.lower import record
+from spcomp.errors import DTypeError, KernelRuntimeError, OperandError, ShapeError
+from spcomp.lower import device_scan, record
 from spcomp.lower.device_scan import CAPACITY_STATUS
+from spcomp.program_gpu_sparse import SparseRows
 from spcomp.runtime import launch
 from spcomp.testing.programs import close
 
@@ -66,7 +69,7 @@ def test_a_csr_temporary_joins_the_launch_and_a_later_statement_reads_it():
     k = _compile("T[i,j] = A[i,j] * B[i,j]; y[i] = T[i,j] * x[j]", {"T": "csr"})
     assert k.launches == 1, k.loops
     (seg,) = fused_kernels(k)
-    assert seg.steps[0].sparse and "T inside the launch: counted, a prefix sum" in k.loops
+    assert seg.steps[0].sparse and "T inside the launch: counted, a two-level prefix sum" in k.loops
     y = k(A=A, B=B, x=X)
     assert k.last_launches == 1 and seg.reruns == 0
     assert np.allclose(y, A.multiply(B) @ X)
@@ -106,10 +109,21 @@ def test_too_small_arrays_run_the_launch_again_with_room(monkeypatch):
     k = _compile("T[i,j] = A[i,j] + B[i,j]; y[i] = T[i,j] * x[j]", {"T": "csr"}, outputs=["T", "y"])
     (seg,) = fused_kernels(k)
     out = k(A=A, B=B, x=X)
-    assert seg.reruns == 1
+    # every block left the first launch after the scan's barrier (none waited at the
+    # next one for a block that saw the status early and left: grid_sync.STATUS_WORD)
+    assert seg.reruns == 1 and seg.gave_up == 0
     assert np.allclose(out["T"].to_numpy(), (A + B).toarray()) and np.allclose(out["y"], (A + B) @ X)
     k(A=A, B=B, x=X)
     assert seg.reruns == 2  # each call starts from the estimate again
+
+
+def test_arrays_that_never_get_room_raise_instead_of_looping(monkeypatch):
+    monkeypatch.setattr(launch, "FIRST_CAPACITY", 3)
+    monkeypatch.setattr(SparseRows, "grow", lambda self, bits: None)  # as if the counts kept growing
+    k = _compile("T[i,j] = A[i,j] * B[i,j]; y[i] = T[i,j] * x[j]", {"T": "csr"})
+    with pytest.raises(KernelRuntimeError, match="counted more entries than its arrays held"):
+        k(A=A, B=B, x=X)
+    assert fused_kernels(k)[0].reruns == program_gpu.RERUNS
 
 
 def test_a_rerun_does_not_add_twice_into_a_dense_add(monkeypatch):
@@ -148,12 +162,33 @@ def test_more_entries_than_32_bit_positions_hold_run_again_with_64_bit_indices(m
     assert np.allclose(out["T"].to_numpy(), want.toarray()) and np.allclose(out["y"], want @ X)
 
 
-def test_the_scan_returns_a_status_of_its_own():
+def test_the_scan_steps_are_barriers_apart_and_report_a_status_of_their_own():
     k = _compile("T[i,j] = A[i,j] * B[i,j]; y[i] = T[i,j] * x[j]", {"T": "csr"})
     (seg,) = fused_kernels(k)
     source = next(iter(seg.built.values())).compiled[0]
     assert f"atomicMax(spc_status, {CAPACITY_STATUS})" in source
-    assert source.count("spc_grid_sync((unsigned int*)") == 3  # count | scan | fill | y
+    assert source.count("spc_grid_sync((unsigned int*)") == 5  # count | 3 scan steps | fill | y
+    assert source.count("if (((volatile int32_t*)spc_grid_barrier)[3] != 0) return;") == 5
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_the_two_level_scan_over_many_chunks(monkeypatch, chunk):
+    # rows in chunks of `chunk` (the host passes it to the kernel):
+    # the per-chunk scans, the chunk starts and their sums give the exact row starts,
+    # empty rows and a last partial chunk included
+    monkeypatch.setattr(device_scan, "SCAN_CHUNK", chunk)
+    P = sp.random(M, N, density=0.05, format="csr", random_state=4)
+    P = sp.csr_matrix(P.multiply((np.arange(M) % 3 != 0)[:, None]))  # every third row empty
+    k = _compile("T[i,j] = P[i,j] * B[i,j] + P[i,j]; y[i] = T[i,j] * x[j]", {"P": "csr", "T": "csr"},
+                 outputs=["T", "y"])
+    out = k(P=P, B=B, x=X)
+    alone = separately(k, {"P": P, "B": B, "x": X})["T"]  # counted, scanned on the host, filled
+    T = out["T"]
+    for a in ("pos", "crd"):
+        assert np.array_equal(T.levels[1][a], alone.levels[1][a])
+    want = P.multiply(B) + P
+    assert np.array_equal(T.vals, alone.vals) and np.allclose(T.to_numpy(), want.toarray())
+    assert np.allclose(out["y"], want @ X)
 
 
 @pytest.mark.parametrize("ops,error", [
@@ -266,3 +301,4 @@ def test_random_chains_with_sparse_temporaries_run_as_one_launch(chain):
     alone = alone if isinstance(alone, dict) else {outputs[0]: alone}
     for name in outputs:
         assert np.allclose(_dense(alone[name]), _dense(got[name]), rtol=1e-12, atol=1e-12), (text, name)
+
