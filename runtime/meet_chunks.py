@@ -13,7 +13,7 @@ The kernel's side is ``spcomp/lower/meet.py``. This module runs it:
 * the pairs' runs are moved together (none with two threads), the row ends
   shifted so the first row starts at 0, and the result's arrays are views of the
   shared ones from where the first pair's entries start;
-* a chunk whose rows did not fit returns ``STATUS_CHUNK_ROOM`` with its count
+* a chunk whose rows did not fit returns ``STATUS_NO_ROOM`` with its count
   still reported: the call runs once more with the room each chunk needed.
 
 Without a native driver (no libgomp, a forked child), or on a call that stays on
@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from spcomp.ir.nodes import STATUS_CHUNK_ROOM
+from spcomp.ir.nodes import STATUS_NO_ROOM
 from spcomp.lower.outputs import MIN_CAPACITY
 
 from . import interrupt
@@ -114,7 +114,7 @@ def run_meet(ctx, variant, storages, sizes, out, capacity: int, units: int, prep
         if status == 0:
             _learn(variant, edges, capacity, counts)
             return out.result()
-        if status != STATUS_CHUNK_ROOM or counts is None:
+        if status != STATUS_NO_ROOM or counts is None:
             out.discard()
             ctx.fail(status, out)
         # what each chunk counted and some more: a row's room is checked before it
@@ -168,7 +168,7 @@ def _run(ctx, variant, driver, edges, room, out, units, prepared):
     del a[lohi:lohi + 2]
     status = _threads.run_split(units, interrupt.run, units, driver, count, data_ptr(edges), *a, key=driver)
     reached = table[3].tolist()
-    if status not in (0, STATUS_CHUNK_ROOM):
+    if status not in (0, STATUS_NO_ROOM):
         return status, None
     counts = needed_rooms(reached, floors, ceilings, downs)
     if status == 0:

@@ -1,9 +1,10 @@
 """A program's statements in one kernel launch on the CUDA backends (issue 24).
 
 On ``cuda`` and ``cuda-sim`` a run of consecutive statements that each write a
-dense row-major array in one launch -- no host work between them: no sparse
-output (counted, prefix-summed and filled from the host), no transposed or
-diagonal copy of a tensor the run writes -- becomes one ``__global__`` kernel:
+dense row-major array, or a sparse one of dense rows counted and filled in two
+phases, in one launch -- no host work between them: no transposed or diagonal
+copy of a tensor the run writes, no appends into arrays that grow --
+becomes one ``__global__`` kernel:
 the statements' functions joined by :func:`spcomp.lower.fuse.fuse` (a temporary
 is one parameter, its writer's output), printed with a grid-wide barrier between
 them (:mod:`spcomp.backends.cuda.grid_sync`). The temporaries are device memory
@@ -11,6 +12,10 @@ the launch allocates like any output. A dense ``+=`` output is the caller's own
 array (uploaded with the operands, the sums copied back into it; a row-major
 copy written back for any other layout), so the statement adds into the old
 values and a later statement of the run reads the sums after the barrier. A
+two-phase sparse output is counted, prefix-summed on the device and filled
+between barriers, into arrays the host allocated at an estimate before the
+launch; when they were too small the host runs the launch again with room for
+what it counted (``lower/device_scan.py``, ``program_gpu_sparse.py``). A
 serial statement (no grid-level loop) runs on one thread of the grid between
 two barriers. Each statement keeps its own mapping: where
 the default schedule leaves a thread or a warp per row to the call
@@ -36,12 +41,16 @@ from .backends.cuda.launch import launch_config
 from .backends.cuda.target import DEFAULT_BLOCK
 from .errors import DTypeError, KernelRuntimeError, OperandError, ShapeError, UnsupportedError
 from .ir import nodes as irn
-from .lower.fuse import fuse, reads_plainly
+from .lower.device_scan import CAPACITY_STATUS, phased_function, split_phases
+from .lower.fuse import fuse, made_arrays, reads_plainly
+from .program_gpu_sparse import SparseRows
 from .runtime.launch import parallel_extent, raise_status
 from .runtime.operands import index_bits, is_device_array, is_torch, refuse_overlap
 
 SYNC_TIMEOUT_S = 60.0  # longest wait at the grid-wide barrier before the launch reports an error
 _ROLES = ("lo", "hi", "size", "input", "output")
+_SPARSE_ROLES = _ROLES + ("row_pos",)  # a two-phase output's per-row counts of its lower levels
+RERUNS = 3  # launches with more room for a sparse output before the run gives up (one suffices)
 # what a joinable statement hands the next one: its dense values array itself (no
 # transposed or diagonal copy of it, which the runtime would make between launches)
 DENSE_ARRAYS = frozenset({(-1, "vals")})
@@ -54,14 +63,14 @@ def plan_gpu(program, kernels: list, index32_limit: int, expression: str) -> lis
     stmts = program.statements
     segments, k = [], 0
     while k < len(stmts):
-        run, written = [k], {stmts[k].lhs.tensor.name: DENSE_ARRAYS}
+        run, written = [k], {stmts[k].lhs.tensor.name: _made(kernels[k])}
         if _joinable(stmts[k], kernels[k]):
             block = kernels[k].lowered.threads.gpu_block
             j = k + 1
             while (j < len(stmts) and _joinable(stmts[j], kernels[j])
-                   and kernels[j].lowered.threads.gpu_block == block and reads_plainly(kernels[j].lowered, written)):
+                   and kernels[j].lowered.threads.gpu_block == block and _reads_in_run(kernels[j].lowered, written)):
                 run.append(j)
-                written[stmts[j].lhs.tensor.name] = DENSE_ARRAYS
+                written[stmts[j].lhs.tensor.name] = _made(kernels[j])
                 j += 1
         fused = None
         if len(run) >= 2:
@@ -78,18 +87,51 @@ def plan_gpu(program, kernels: list, index32_limit: int, expression: str) -> lis
     return segments
 
 
+def _made(kernel) -> frozenset:
+    """The arrays a statement of a run hands the later ones: a dense output's values,
+    a two-phase sparse output's arrays (its ``pos``, ``crd``, ``vals``)."""
+    low = kernel.lowered
+    return frozenset(made_arrays(low)) if low.output.assembly is not None else DENSE_ARRAYS
+
+
+def _reads_in_run(low, written: dict) -> bool:
+    """Whether a statement reads the run's tensors as they are written (``reads_plainly``)
+    and does not split its rows by the positions of a sparse one (whose entries the
+    host does not know before the launch)."""
+    positions = low.threads.positions
+    sparse = {name for name, arrays in written.items() if arrays != DENSE_ARRAYS}
+    return reads_plainly(low, written) and (positions is None or positions[0] not in sparse)
+
+
 def _joinable(a, kernel) -> bool:
     """Whether statement ``a`` (compiled as ``kernel``) needs no host work before or
     after its one launch: a dense row-major output (``+=`` adds into the caller's
-    array, uploaded and copied back with the others), written whole in the launch.
-    A serial statement joins too: one thread of the grid runs it between barriers."""
+    array, uploaded and copied back with the others), written whole in the launch,
+    or a sparse output of dense rows counted and filled in two phases
+    (:func:`_joinable_sparse`). A serial statement joins too: one thread of the
+    grid runs it between barriers."""
     fmt = a.lhs.tensor.format
     low = kernel.lowered
     out = low.output
+    if out.assembly is not None:
+        return _joinable_sparse(a, kernel)
     return (kernel.contraction is None and fmt.is_dense
             and fmt.order == tuple(range(fmt.ndim)) and out.shape == "dense" and not out.growable
             and not out.bounded and out.assembly is None and out.expand is None and not low.append_chunks
             and all(b.role in _ROLES for b in low.code.bindings))
+
+
+def _joinable_sparse(a, kernel) -> bool:
+    """Whether a two-phase statement's count, prefix sum and fill can run inside the
+    launch (``lower/device_scan.py``): an assigned (not ``+=``) output of dense rows
+    (``first`` >= 1) whose rows are the parallel loop (not a split of positions)."""
+    low = kernel.lowered
+    out = low.output
+    return (kernel.contraction is None and not a.accumulate and out.assembly.first >= 1
+            and not out.growable and not out.bounded and out.expand is None and not low.append_chunks
+            and low.threads.positions is None and not low.threads.split
+            and all(b.role in _SPARSE_ROLES for b in low.code.bindings)
+            and all(b.role in _SPARSE_ROLES for b in low.output.assembly.count_bindings))
 
 
 @dataclasses.dataclass
@@ -101,6 +143,11 @@ class GpuStep:
     low: object
     returned: bool
     accumulate: bool  # ``+=``: it adds into the caller's array
+
+    @property
+    def sparse(self) -> bool:
+        """Whether its output is counted, scanned and filled in the launch (device_scan.py)."""
+        return self.low.output.assembly is not None
 
 
 @dataclasses.dataclass
@@ -127,6 +174,8 @@ class GpuProgramRun:
         self.steps = [GpuStep(stmts[k].lhs.tensor.name, kern, kern.lowered, stmts[k].lhs.tensor.name in program.outputs,
                               stmts[k].accumulate) for k, kern in zip(run, kernels)]
         self.built: dict = {}
+        self.reruns = 0  # launches run again because a sparse output outgrew its arrays
+        self.gave_up = 0  # launches in which a block gave up waiting at a barrier
         self.compiled = self.build(32, tuple(_default(kern.variant(32)) for kern in kernels))
 
     repeat = None  # no repeated-call record: a device call's arguments are built each call
@@ -149,18 +198,24 @@ class GpuProgramRun:
         return self.built[key]
 
     def _compile(self, lows: list) -> GpuBuild:
-        written, links, bindings = {}, [], []
+        written, links, bindings, functions = {}, [], [], []  # a two-phase statement: its phased function
         for j, low in enumerate(lows):
-            links.append({b.storage: written[b.storage] for b in low.code.bindings
+            if self.steps[j].sparse:
+                phased = phased_function(low, self.steps[j].name)
+                function, own = phased.function, phased.bindings
+            else:
+                function, own = low.entry_function, low.code.bindings
+            functions.append(function)
+            links.append({b.storage: written[b.storage] for b in own
                           if b.role == "input" and b.storage in written})
             # every statement has its own [lo, hi): fuse shares lo/hi, so they are passed as sizes
             bindings.append([dataclasses.replace(b, role="size", index=f"{b.role}{j}") if b.role in ("lo", "hi")
-                             else b for b in low.code.bindings])
+                             else b for b in own])
             written[self.steps[j].name] = j
         name = "statements_" + "_".join(str(k + 1) for k in self.run_statements)
         docs = [self.program.texts[k] for k in self.run_statements]
-        fn, sources, _merged = fuse([low.entry_function for low in lows], bindings, links, name, docs)
-        fn = with_barrier(fn)
+        fn, sources, _merged = fuse(functions, bindings, links, name, docs)
+        fn = with_barrier(_phases_apart(fn, [st.sparse for st in self.steps]))
         blocks = {low.threads.gpu_block for low in lows}
         block = blocks.pop() if len(blocks) == 1 and 0 not in blocks else DEFAULT_BLOCK
         source = emit_program(fn, block)
@@ -179,7 +234,8 @@ class GpuProgramRun:
 
     def run(self, env: dict) -> None:
         """Run the statements in one launch on ``env``'s values; each result is put
-        in ``env`` under its name."""
+        in ``env`` under its name. A sparse output that outgrew its arrays runs the
+        launch again with room for what it counted (``reruns`` counts those)."""
         self._refuse_shared_sums(env)
         per_step, bits, copied = [], 32, []
         for st in self.steps:
@@ -190,38 +246,72 @@ class GpuProgramRun:
                 ops[st.name] = env[st.name]
             sizes = ctx.plan.bind_sizes(storages, ops)
             shape, dtype = tuple(sizes[i] for i in ctx.plan.out_indices), ctx.plan.out_dtype
-            if st.accumulate:
-                array = self._added_into(st.name, env[st.name], shape, dtype, copied)
+            if st.sparse:
+                array = SparseRows(st.low, sizes, storages, ctx.plan.out_indices, 32, self.limit)
+                env[st.name] = array.placeholder()  # a later statement binds its sizes against it
             else:
-                array = np.zeros(shape, dtype=dtype)
-            env[st.name] = array  # a later statement binds its sizes against it (and reads it)
+                if st.accumulate:
+                    array = self._added_into(st.name, env[st.name], shape, dtype, copied)
+                else:
+                    array = np.zeros(shape, dtype=dtype)
+                env[st.name] = array  # a later statement binds its sizes against it (and reads it)
             per_step.append((storages, sizes, array))
             bits = max(bits, index_bits(storages, sizes, self.limit))
-        lists, hows = [], []
-        for st, (storages, sizes, array) in zip(self.steps, per_step):
-            variant = st.kernel.variant(bits)
-            args, lohi = st.kernel.runtime.args(variant.arg_plan, storages, sizes, bits,
-                                                lambda b, a=array: a.reshape(-1))
-            if lohi is not None:
-                args[lohi], args[lohi + 1] = 0, parallel_extent(variant.lowered, sizes, storages)
-            choice = variant.function.choice
-            hows.append(choice.pick(args)[0] if choice is not None else _default(variant))
-            lists.append(args)
-        built = self.build(bits, tuple(hows))
-        status = self._launch(built, lists, hows)
+        rows = [array for _s, _z, array in per_step if isinstance(array, SparseRows)]
+        for r in rows:
+            if bits != 32:  # an operand needs 64-bit indices: so do the outputs' arrays
+                r.grow(bits)
+        sums = {st.name: array.copy() for st, (_s, _z, array) in zip(self.steps, per_step)
+                if st.accumulate and rows}  # a launch run again adds into the old values again
+        for launch in range(RERUNS + 1):
+            status = self._launch_at(bits, per_step)
+            if not rows or launch == RERUNS or status not in (CAPACITY_STATUS, irn.STATUS_INDEX_OVERFLOW):
+                break
+            # the sparse outputs' arrays were too small (or their positions too narrow):
+            # run again with room for exactly what this launch counted
+            if status == irn.STATUS_INDEX_OVERFLOW or any(r.most_needed() > self.limit for r in rows):
+                bits = 64
+            for r in rows:
+                r.grow(bits)
+            for st, (_s, _z, array) in zip(self.steps, per_step):
+                if not st.sparse:
+                    array[...] = sums[st.name] if st.accumulate else 0
+            self.reruns += 1
         if status == GRID_SYNC_STATUS:
             raise KernelRuntimeError(
                 f"program {self.expression!r}: statements {', '.join(str(k + 1) for k in self.run_statements)} "
                 f"run as one kernel, and a block waited more than {SYNC_TIMEOUT_S:g} s at the grid-wide barrier "
                 "between them: the grid's blocks were not all resident at once")
+        if status == CAPACITY_STATUS:  # (each launch had room for what the one before counted)
+            raise KernelRuntimeError(f"program {self.expression!r}: a sparse output counted more entries than its "
+                                     f"arrays held in {RERUNS + 1} launches, each given room for the last one's")
         if status != 0:
             raise_status(status, None, self.steps[-1].name, self.expression)
         for name, given, array in copied:  # a += array that was not row-major: its sums go back in place
             given[...] = array
             env[name] = given
         for st, (_s, _z, array) in zip(self.steps, per_step):
-            if array.ndim == 0 and st.returned and not st.accumulate:
+            if st.sparse:
+                env[st.name] = array.result()
+            elif array.ndim == 0 and st.returned and not st.accumulate:
                 env[st.name] = array.item()
+
+    def _launch_at(self, bits: int, per_step: list) -> int:
+        """One launch of the ``bits``-bit kernel on the statements' arrays; its status."""
+        lists, hows = [], []
+        for st, (storages, sizes, array) in zip(self.steps, per_step):
+            variant = st.kernel.variant(bits)
+            out_arg = array.out_arg if st.sparse else (lambda b, a=array: a.reshape(-1))
+            args, lohi = st.kernel.runtime.args(variant.arg_plan, storages, sizes, bits, out_arg)
+            if lohi is not None:
+                args[lohi], args[lohi + 1] = 0, parallel_extent(variant.lowered, sizes, storages)
+            if st.sparse:
+                args += array.extra_args()
+            choice = variant.function.choice
+            hows.append(choice.pick(args)[0] if choice is not None else _default(variant))
+            lists.append(args)
+        built = self.build(bits, tuple(hows))
+        return self._launch(built, lists, hows)
 
     def _refuse_shared_sums(self, env: dict) -> None:
         """OperandError where a ``+=`` array shares memory with an input of the run or
@@ -258,19 +348,23 @@ class GpuProgramRun:
         """Launch the kernel on the statements' argument lists; returns its status."""
         grid = 1
         for low, args in zip(built.lows, lists):
-            fn = low.entry_function
+            fn = low.entry_function  # a two-phase statement's fill: its parameters come first
             scalars = {p.name: a if isinstance(a, int) else 0 for p, a in zip(fn.params, args)}
             grid = max(grid, launch_config(fn, scalars, built.block)[0])
         args = [lists[s.statement][s.position] for s in built.sources]
-        args += [np.zeros(BARRIER_WORDS, dtype=np.int32), int(SYNC_TIMEOUT_S * 1e9)]
+        barrier = np.zeros(BARRIER_WORDS, dtype=np.int32)
+        args += [barrier, int(SYNC_TIMEOUT_S * 1e9)]
         resident = co_resident_blocks(self.target, built)
         launch = min(grid, resident)
         self.target.last_launch = {"mapping": "one kernel: " + ", ".join(hows), "grid": launch,
                                    "block": built.block, "why": f"{grid} blocks wanted, {resident} resident at once"}
         name = built.function.name
         if built.compiled[1] is not None:
-            return built.compiled[1].launch(name, args, launch, built.block, workers=sim_co_resident_blocks())
-        return _gpu_module(self.target, built).launch(name, args, launch, built.block)
+            status = built.compiled[1].launch(name, args, launch, built.block, workers=sim_co_resident_blocks())
+        else:
+            status = _gpu_module(self.target, built).launch(name, args, launch, built.block)
+        self.gave_up += int(barrier[2] != 0)  # (pycuda copies the words back too)
+        return status
 
     # ------------------------------------------------------------ inspection
     def describe(self) -> str:
@@ -281,7 +375,21 @@ class GpuProgramRun:
                  "or torch tensors runs them as kernels of their own)"]
         for k, st in zip(self.run_statements, self.steps):
             parts.append(f"# statement {k + 1}\n{st.low.inspection.notation!r}\n{st.low.inspection.loops}")
+            if st.sparse:
+                parts.append(f"({st.name} inside the launch: counted, a two-level prefix sum, filled, a barrier "
+                             "after each step; its arrays are allocated before the launch at an estimate, and the "
+                             "launch runs again with room for what it counted when they were too small)")
         return "\n".join(parts)
+
+
+def _phases_apart(fn: irn.Function, sparse: list) -> irn.Function:
+    """A fused function with each two-phase statement's block split into its count,
+    scan and fill blocks (device_scan.py): the emitter puts a barrier after each."""
+    body = list(fn.body.body)
+    blocks = []
+    for k, block in enumerate(body[:len(sparse)]):
+        blocks += split_phases(block.body) if sparse[k] else [block]
+    return dataclasses.replace(fn, body=irn.Block(tuple(blocks + body[len(sparse):])))
 
 
 def co_resident_blocks(target, built: GpuBuild) -> int:

@@ -181,7 +181,10 @@ def _fresh(ops: dict) -> dict:
 @settings(max_examples=examples(8), deadline=None)
 @given(st.data())
 def test_random_programs_with_adds_cuda_sim(data):
-    case = data.draw(programs(max_statements=3, sparse_temporaries=False, accumulate=True))
+    # with sparse temporaries of any format too: those of dense rows join the launch
+    # (test_cuda_programs_sparse_join.py), the others run as kernels of their own
+    sparse = data.draw(st.booleans(), label="sparse temporaries")
+    case = data.draw(programs(max_statements=3, sparse_temporaries=sparse, accumulate=True))
     ops = data.draw(program_operands(case))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TranspositionWarning)

@@ -98,7 +98,7 @@ def test_the_meeting_kernel_walks_rows_and_drains_backwards():
     text = print_ir(low.entry_function)
     assert "i_walk" in text and "C_down * (((lo + hi) - 1) - (2 * i_walk))" in text
     assert "C2_pos[(pC1 + (1 - C_down))]" in text
-    assert "return 8;" in text  # STATUS_CHUNK_ROOM
+    assert "return 8;" in text  # STATUS_NO_ROOM
     assert "realloc" not in text and "calloc(max(capacity" not in text
 
 

@@ -9,8 +9,9 @@ its own grid-stride loop and mapping (a thread, a warp or a block per row), so
 any grid computes it whole. Between two statements every thread of the grid
 waits at :data:`GRID_SYNC`'s ``spc_grid_sync``: a software barrier (pycuda has
 no cooperative launch) on a small array the runtime zeroes before each launch --
-blocks arrived, generation, a give-up flag. It is correct only when every block
-of the grid is resident at once, so the runtime launches at most that many
+blocks arrived, generation, a give-up flag, the status word as the last block
+to arrive saw it. It is correct only when every block of the grid is resident
+at once, so the runtime launches at most that many
 (:func:`sim_co_resident_blocks`, ``device.GpuModule.co_resident_blocks``).
 The wait is bounded (the kernel's ``spc_sync_ns`` argument, a wall clock on
 both the GPU and the harness): a block that waits longer raises the give-up
@@ -24,7 +25,10 @@ results visible to the next statement.
 
 A statement's ``Return`` leaves only that statement (``goto`` to its end, where
 every thread meets the barrier); after the barrier every thread reads the
-status word and the kernel stops when a statement reported one.
+status the barrier copied (:data:`STATUS_WORD`) and the kernel stops when a
+statement reported one. Not the live status word: a faster block may already
+have left the barrier and reported a status in the next statement, and a slower
+block that saw it would leave while the others wait at the next barrier.
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ GRID_SYNC_STATUS = 7  # a block waited longer than the bound at the barrier (pas
 BARRIER_PARAM = "spc_grid_barrier"
 TIMEOUT_PARAM = "spc_sync_ns"
 BARRIER_WORDS = 4
+STATUS_WORD = 3  # the barrier word holding the status as the last block to arrive saw it
 SERIAL_THREAD = "blockIdx.x == 0 && threadIdx.x == 0"  # the one thread of the grid that runs a serial statement
 
 GRID_SYNC = r"""// ---- grid-wide barrier of a fused program kernel (spcomp/backends/cuda/grid_sync.py) ----
@@ -68,10 +73,11 @@ __device__ __forceinline__ void spc_spin_pause(void) {
 #endif
 }
 #endif
-// bar[0]: blocks arrived, bar[1]: generation, bar[2]: a block gave up waiting.
+// bar[0]: blocks arrived, bar[1]: generation, bar[2]: a block gave up waiting,
+// bar[3]: the status word as the last block to arrive saw it (with `status`).
 // Every block of the grid must be resident; returns nonzero (in every thread of
 // the block) when this block waited more than limit_ns or another gave up.
-__device__ int spc_grid_sync(unsigned int* bar, int64_t limit_ns) {
+__device__ int spc_grid_sync(unsigned int* bar, int64_t limit_ns, const int32_t* status = nullptr) {
   __shared__ int spc_sync_failed;
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -82,6 +88,9 @@ __device__ int spc_grid_sync(unsigned int* bar, int64_t limit_ns) {
     __threadfence();
     if (atomicAdd(&bar[0], 1u) == blocks - 1u) {
       atomicExch(&bar[0], 0u);
+      // what the statements before this barrier reported, the same for every block: a
+      // block's later statement may set the live word before a slow block reads it
+      if (status != nullptr) atomicExch(&bar[3], (unsigned int)*(volatile const int32_t*)status);
       __threadfence();
       atomicAdd(&bar[1], 1u);
     } else {
@@ -135,11 +144,16 @@ class ProgramEmitter(CudaEmitter):
         self.end_label = None
 
     def stmt_Return(self, s: n.Return, d):
-        lines = super().stmt_Return(s, d)
-        return [line.replace("return;", f"goto {self.end_label};") for line in lines]
+        return self._to_end(super().stmt_Return(s, d))
 
     def stmt_Allocate(self, s: n.Allocate, d):
-        lines = super().stmt_Allocate(s, d)
+        return self._to_end(super().stmt_Allocate(s, d))
+
+    def _to_end(self, lines: list) -> list:
+        """``return;`` as a jump to the statement's end (in a helper, outside any
+        statement -- the sort -- it stays a return)."""
+        if self.end_label is None:
+            return lines
         return [line.replace("return;", f"goto {self.end_label};") for line in lines]
 
     def program(self, fn: n.Function) -> str:
@@ -170,11 +184,14 @@ class ProgramEmitter(CudaEmitter):
                 self.ctx = Ctx("kernel")
             lines.append(f"  {self.end_label}: ;")
             if k + 1 < len(statements):
-                lines.append(self.line(1, f"if (spc_grid_sync((unsigned int*){BARRIER_PARAM}, {TIMEOUT_PARAM})) "
-                                          f"{{ atomicMax({STATUS_PARAM}, {GRID_SYNC_STATUS}); return; }}"))
-                lines.append(self.line(1, f"if (*(volatile int32_t*){STATUS_PARAM} != 0) return;  "
+                sync = f"spc_grid_sync((unsigned int*){BARRIER_PARAM}, {TIMEOUT_PARAM}, {STATUS_PARAM})"
+                lines.append(self.line(1, f"if ({sync}) {{ atomicMax({STATUS_PARAM}, {GRID_SYNC_STATUS}); return; }}"))
+                # the status as the barrier saw it (not the live word a faster block may
+                # already have set in the next statement): every block leaves, or none
+                lines.append(self.line(1, f"if (((volatile int32_t*){BARRIER_PARAM})[{STATUS_WORD}] != 0) return;  "
                                           "// a statement failed: the later ones do not run"))
         lines.append("}")
+        self.end_label = None
         return "\n".join(lines)
 
 

@@ -56,7 +56,8 @@ STATUS_INTERRUPTED = 4
 STATUS_INDEX_OVERFLOW = 5
 STATUS_BOUND_EXCEEDED = 6
 # (7: the CUDA grid barrier's timeout, backends/cuda/grid_sync.py)
-STATUS_CHUNK_ROOM = 8
+# an output's arrays, or a chunk's room in them, were too small (lower/meet.py, lower/device_scan.py)
+STATUS_NO_ROOM = 8
 STATUS_CODES = {
     STATUS_OK: "ok",
     STATUS_PACKED_OVERFLOW: "a packed-block level got more nonzeros in a block than it has slots",
@@ -68,6 +69,8 @@ STATUS_CODES = {
                            "runs the 64-bit kernel then)",
     STATUS_BOUND_EXCEEDED: "a loop would run more iterations than its Schedule.bound allows (the kernel "
                            "stopped before running it; the data break the declared bound)",
+    STATUS_NO_ROOM: "an output's arrays (or a chunk of rows' share of them) were too small for its entries "
+                    "(the runtime runs the call again with the room it counted)",
 }
 
 

@@ -19,7 +19,7 @@ It applies where a row's entries come from a workspace (Gustavson), the only
 place the lowering can walk a row's coordinates backwards (the touched list), and
 where the parallel loop is the dense loop over the output's rows. A chunk's room
 is ``[floor, ceiling)``; a row that would not fit sets ``full`` and nothing more
-is stored, and the kernel returns ``STATUS_CHUNK_ROOM`` with its count still
+is stored, and the kernel returns ``STATUS_NO_ROOM`` with its count still
 reported (``reached``), so the runtime reruns with the room each chunk needed.
 """
 from __future__ import annotations
@@ -95,7 +95,7 @@ class Meet:
 
     def epilogue(self, counter) -> list:
         return [n.Store(self.reached, n.i64(0), counter),
-                n.If(n.Binary("!=", self.full, n.i64(0)), n.block(n.Return(n.STATUS_CHUNK_ROOM)))]
+                n.If(n.Binary("!=", self.full, n.i64(0)), n.block(n.Return(n.STATUS_NO_ROOM)))]
 
 
 def applies(fmt, workspace, parallel, loop_order, chunked: bool, expr) -> bool:

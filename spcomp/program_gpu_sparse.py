@@ -1,0 +1,100 @@
+"""The host's part of a sparse output counted, scanned and filled inside a fused GPU launch.
+
+A statement of a fused CUDA program run (``program_gpu.py``) whose output is
+assembled in two phases runs them both, and the prefix sum between them, in the
+run's one launch (:mod:`spcomp.lower.device_scan`). The host cannot allocate
+between the phases, so it allocates before the launch: the per-row count arrays
+(one ``rows + 1`` array per compressed level, the first of them the output's
+``pos``), and the coordinate and value arrays at a capacity --
+``runtime.launch.first_capacity``, the estimate a growable output starts at
+(``launch.FIRST_CAPACITY`` forces it in tests). The launch writes each level's
+total entries to ``needed``; when one exceeds its capacity the kernel fills
+nothing and the host runs the launch again with room for exactly that many
+(:meth:`SparseRows.grow`), as a bounded-append kernel is run again
+(``runtime/call.py``). Before the launch a later statement of the run sees the
+output as an empty tensor of its shape (it binds its sizes against it; its
+arrays are the writer's own parameters in the kernel).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .lower.assembly import ROW_POS
+from .lower import device_scan
+from .runtime.launch import first_capacity
+from .runtime.outputs import OutputLayout
+from .runtime.plan import np_dtype, output_level_sizes
+
+
+class SparseRows:
+    """A two-phase output's arrays for one fused launch, at a capacity per level."""
+
+    def __init__(self, low, sizes: dict, storages: dict, out_indices, bits: int, limit: int):
+        notation = low.inspection.notation
+        t = notation.lhs.tensor
+        self.layout = OutputLayout(t.format, output_level_sizes(notation, sizes), bits, np_dtype(t.dtype))
+        self.shape = tuple(sizes[i.name] for i in notation.lhs.indices)
+        self.first = low.output.assembly.first
+        self.levels = len(t.format.levels)
+        capacity = first_capacity(low, sizes, storages, out_indices)
+        if bits == 32:  # a level past the 32-bit limit overflows, and the launch runs again with 64-bit indices
+            capacity = min(capacity, limit)
+        self.capacity = {l: int(capacity) for l in range(self.first, self.levels)}
+        self.needed = np.zeros(self.levels - self.first, dtype=np.int64)
+        self.chunk_rows = device_scan.SCAN_CHUNK
+        self.chunks = max(-(-self.layout.dense_positions // self.chunk_rows), 1)
+        self.chunk_sums = np.zeros((self.levels - self.first) * self.chunks, dtype=np.int64)
+        self._allocate()
+
+    def _allocate(self) -> None:
+        rows = self.layout.dense_positions
+        index = self.layout.dtype_of(self.first, "pos")
+        # per-row counts at [q + 1], then row starts: level first's are the output pos
+        self.per_row = {l: np.zeros(rows + 1, dtype=index) for l in range(self.first, self.levels)}
+        self.arrays = {(self.first, "pos"): self.per_row[self.first]}
+        for l in range(self.first, self.levels):
+            room = max(self.capacity[l], 1)  # no zero-length device arrays
+            if l > self.first:
+                self.arrays[(l, "pos")] = np.zeros(max(self.capacity[l - 1], 1) + 1, dtype=index)
+            self.arrays[(l, "crd")] = np.zeros(room, dtype=index)
+        self.arrays[(-1, "vals")] = np.zeros(max(self.capacity[self.levels - 1], 1), dtype=self.layout.dtype)
+
+    def out_arg(self, b):
+        """The array of one of the fill's output parameters."""
+        if b.role == ROW_POS:
+            return self.per_row[b.level]
+        return self.arrays[(b.level, b.array)]
+
+    def extra_args(self) -> list:
+        """The phased function's last arguments (``lower/device_scan.py``): rows, rows
+        per chunk, chunks, each level's capacity, ``needed``, the chunk sums."""
+        caps = [self.capacity[l] for l in sorted(self.capacity)]
+        return [self.layout.dense_positions, self.chunk_rows, self.chunks, *caps, self.needed, self.chunk_sums]
+
+    def overflowed(self) -> bool:
+        """Whether the launch counted more entries than a level holds."""
+        return any(int(self.needed[l - self.first]) > self.capacity[l] for l in self.capacity)
+
+    def most_needed(self) -> int:
+        return int(self.needed.max()) if len(self.needed) else 0
+
+    def grow(self, bits: int) -> None:
+        """Room for exactly what the last launch counted (at least the room it had),
+        zeroed again, at ``bits``-bit indices."""
+        for l in self.capacity:
+            self.capacity[l] = max(self.capacity[l], int(self.needed[l - self.first]))
+        self.layout = OutputLayout(self.layout.fmt, self.layout.level_sizes, bits, self.layout.dtype)
+        self.needed[:] = 0
+        self._allocate()
+
+    def result(self):
+        """The output Tensor: each array cut to the entries the launch stored."""
+        return self.layout.tensor(self.shape, lambda key, count, _dtype: self.arrays[key][:count])
+
+    def placeholder(self):
+        """An empty tensor of the output's shape and format (what a later statement of
+        the run binds its sizes against before the launch)."""
+        return self.layout.tensor(self.shape, lambda key, count, dtype: np.zeros(count, dtype=dtype))
+
+
+__all__ = ["SparseRows"]
