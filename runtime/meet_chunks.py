@@ -32,7 +32,7 @@ from spcomp.lower.outputs import MIN_CAPACITY
 
 from . import interrupt
 from . import threads as _threads
-from .launch import balance_pos, parallel_extent
+from .launch import WiderIndices, balance_pos, parallel_extent
 from .memory import data_ptr
 
 # a chunk's room is its share of the call's estimate times this
@@ -107,29 +107,50 @@ def run_meet(ctx, variant, storages, sizes, out, capacity: int, units: int, prep
         return fallback()
     pos = balance_pos(low, storages)
     edges = ctx.launcher.bounds(n, _threads.get_num_threads(), pos)
-    learned = variant.meet_rooms.get((id(edges), capacity)) if variant.meet_rooms else None
-    room = learned[1] if learned is not None and learned[0] is edges else rooms(edges.tolist(), pos, capacity)
+    key = (id(edges), capacity)
+    plan = variant.meet_rooms.get(key) if variant.meet_rooms else None
+    if plan is None or plan.edges is not edges:
+        plan = _Plan(edges, rooms(edges.tolist(), pos, capacity), learned=False)
     for _attempt in range(2):
-        status, counts = _run(ctx, variant, driver, edges, room, out, units, prepared)
+        status, counts = _run(variant, driver, plan, out, units, prepared)
         if status == 0:
-            _learn(variant, edges, capacity, counts)
+            if not plan.learned:
+                _keep(variant, key, _Plan(edges, with_margin(counts), learned=True))
             return out.result()
-        if status != STATUS_NO_ROOM or counts is None:
+        if status != STATUS_NO_ROOM:
             out.discard()
             ctx.fail(status, out)
         # what each chunk counted and some more: a row's room is checked before it
         # drops computed zeros, for as many entries as it touched
-        room = with_margin(counts)
+        plan = _Plan(edges, with_margin(counts), learned=False)
     return fallback()
 
 
-def _learn(variant, edges, capacity: int, counts: list) -> None:
+class _Plan:
+    """The rooms of one row split's chunks and what follows from them: the layout,
+    the row ends the runtime presets, and the per-chunk table the driver reads
+    (floor, ceiling, down, the counter each chunk reports, and that slot's offset)."""
+
+    __slots__ = ("edges", "bounds", "room", "floors", "ceilings", "downs", "meets", "total", "presets",
+                 "template", "learned")
+
+    def __init__(self, edges, room: list, learned: bool):
+        self.edges, self.bounds, self.room, self.learned = edges, edges.tolist(), room, learned
+        self.floors, self.ceilings, self.downs, self.meets, self.total = layout(room)
+        last = len(self.bounds) - 1
+        self.presets = [(self.bounds[min(2 * k + 1, last)], meet) for k, meet in enumerate(self.meets)]
+        count = len(room)
+        self.template = np.array([self.floors, self.ceilings, self.downs, [0] * count,
+                                  [8 * (3 * count + c) for c in range(count)]], dtype=np.int64)
+
+
+def _keep(variant, key, plan: _Plan) -> None:
     """Keep the rooms the next call with the same row split and estimate asks for: what
     each chunk counted and a sixteenth more. The same operands give the same counts,
     so the arrays are not mostly unused (which would copy the result) nor too small."""
     if variant.meet_rooms is None or len(variant.meet_rooms) > 16:
         variant.meet_rooms = {}
-    variant.meet_rooms[(id(edges), capacity)] = (edges, with_margin(counts))
+    variant.meet_rooms[key] = plan
 
 
 def with_margin(counts: list) -> list:
@@ -137,43 +158,39 @@ def with_margin(counts: list) -> list:
     return [c + c // 16 + MIN_CAPACITY for c in counts]
 
 
-def _run(ctx, variant, driver, edges, room, out, units, prepared):
-    """One driver call with chunks of ``room`` entries: ``(status, counts)``, the
-    entries each chunk counted (None on an error status). On success ``out`` holds
-    the joined result."""
+def _run(variant, driver, plan: _Plan, out, units, prepared):
+    """One driver call with ``plan``'s rooms: ``(status, counts)``, the entries each
+    chunk counted (None on success with rooms already learned, or an error status).
+    On success ``out`` holds the joined result."""
     slots = variant.slots(_Slots)
-    bounds = edges.tolist()
-    floors, ceilings, downs, meets, total = layout(room)
     limit = out.index_limit
-    if limit is not None and total > limit:  # 32-bit positions: let the 64-bit kernel have it
-        from .launch import WiderIndices
-        raise WiderIndices(f"{total} entries of room")
-    layout_d = out.layout.first
-    ends = out.arrays[(layout_d, "pos")]
-    ends[0] = 0
-    for k, meet in enumerate(meets):  # the row end between a pair's chunks: where they meet
-        ends[bounds[min(2 * k + 1, len(bounds) - 1)]] = meet
-    shared = out.share(slots.shared.values(), total)
-    count = len(room)
-    # per chunk: floor, ceiling, down, and the slot its counter is reported in
-    table = np.array([floors, ceilings, downs, [0] * count, [0] * count], dtype=np.int64)
+    if limit is not None and plan.total > limit:  # 32-bit positions: let the 64-bit kernel have it
+        raise WiderIndices(f"{plan.total} entries of room")
+    ends = out.arrays[(out.layout.first, "pos")]
+    for row, meet in plan.presets:  # the row end between a pair's chunks: where they meet
+        ends[row] = meet
+    shared = out.share(slots.shared.values(), plan.total)
+    count = len(plan.room)
+    table = plan.template.copy()  # (a call's own: concurrent calls share the plan)
     base = data_ptr(table)
-    table[4] = base + 8 * (3 * count + np.arange(count, dtype=np.int64))
+    table[4] += base
     args, lohi = prepared
     a = list(args)
     for k, key in slots.shared.items():
         a[k] = data_ptr(shared[key])
-    a[slots.floor], a[slots.ceiling], a[slots.down] = base, base + 8 * count, base + 16 * count
-    a[slots.reached] = base + 32 * count
+    a[slots.floor], a[slots.ceiling], a[slots.down], a[slots.reached] = (
+        base, base + 8 * count, base + 16 * count, base + 32 * count)
     del a[lohi:lohi + 2]
-    status = _threads.run_split(units, interrupt.run, units, driver, count, data_ptr(edges), *a, key=driver)
-    reached = table[3].tolist()
+    status = _threads.run_split(units, interrupt.run, units, driver, count, data_ptr(plan.edges), *a,
+                                key=driver)
     if status not in (0, STATUS_NO_ROOM):
         return status, None
-    counts = needed_rooms(reached, floors, ceilings, downs)
+    reached = table[3].tolist()
     if status == 0:
-        _join(out, ends, bounds, meets, reached, shared)
-    return status, counts
+        _join(out, ends, plan.bounds, plan.meets, reached, shared)
+        if plan.learned:
+            return 0, None
+    return status, needed_rooms(reached, plan.floors, plan.ceilings, plan.downs)
 
 
 def _join(out, ends, bounds: list, meets: list, reached: list, shared: dict) -> None:
