@@ -120,7 +120,7 @@ def run_chunks(ctx, variant, storages, sizes, bits, out, capacity: int, call_uni
             again = ctx.output(plain.lowered, sizes, None, bits, storages)
             again.capacity = capacity
             return run_chunks(ctx, plain, storages, sizes, bits, again, capacity, units)
-        return run_meet(ctx, variant, storages, sizes, out, capacity, units, (args, lohi), fallback)
+        return run_meet(ctx, variant, n, pos, out, capacity, units, (args, lohi), fallback)
     slots = variant.slots(_Slots)
     cap_slot, grow_slots = slots.cap, slots.grow
     whole = max(int(pos[n]) - int(pos[0]) + n if pos is not None else n, 1)
@@ -169,11 +169,8 @@ def run_chunks(ctx, variant, storages, sizes, bits, out, capacity: int, call_uni
 
 def _driver(launcher, variant, n: int, units: int):
     """The variant's native parallel driver when this call splits, else None (one
-    thread, or no libgomp: the Python pool runs the chunks)."""
-    threads = _threads.get_num_threads()
-    if n < 2 or threads <= 1 or units < _threads.min_parallel_work(units, threads):
-        return None
-    return launcher.driver_of(variant)
+    thread, or no libgomp: the Python pool runs the chunks); a seam tests replace."""
+    return launcher.split_driver(variant, n, units)
 
 
 def _run_on_driver(launcher, driver, args, lohi, cap_slot, grow_slots, n, pos, chunk_capacity, chunks):

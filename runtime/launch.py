@@ -349,6 +349,16 @@ class Launcher:
             variant.driver_checked = True
         return variant.driver
 
+    def split_driver(self, variant, n: int, units: int):
+        """The variant's native driver when a call over ``n`` rows of ``units`` work
+        splits (more than one row and thread, at or above the threshold), else None:
+        for the chunked appends (chunks.py, meet_chunks.py), which run the driver
+        themselves."""
+        threads = _threads.get_num_threads()
+        if n < 2 or threads <= 1 or units < _threads.min_parallel_work(units, threads):
+            return None
+        return self.driver_of(variant)
+
     def weights(self, low, storages, pos, sizes):
         """:func:`nested_weights` for a driver's bounds: one array object per ``pos``
         and nested levels, computed once and kept while ``pos`` lives -- the bounds

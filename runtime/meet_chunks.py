@@ -32,7 +32,7 @@ from spcomp.lower.outputs import MIN_CAPACITY
 
 from . import interrupt
 from . import threads as _threads
-from .launch import WiderIndices, balance_pos, parallel_extent
+from .launch import WiderIndices
 from .memory import data_ptr
 
 # a chunk's room is its share of the call's estimate times this
@@ -51,14 +51,6 @@ class _Slots:
         self.reached = roles["meet_reached"]
         self.shared = {k: (b.level, b.array) for k, (role, b, _x) in enumerate(arg_plan)
                        if role == "out" and b.role == "output_meet"}
-
-
-def driver_for(ctx, variant, n: int, units: int):
-    """The variant's native driver when this call splits, else None."""
-    threads = _threads.get_num_threads()
-    if n < 2 or threads <= 1 or units < _threads.min_parallel_work(units, threads):
-        return None
-    return ctx.launcher.driver_of(variant)
 
 
 def rooms(edges: list, pos, capacity: int) -> list:
@@ -95,17 +87,14 @@ def needed_rooms(reached: list, floors: list, ceilings: list, downs: list) -> li
             for end, floor, ceiling, down in zip(reached, floors, ceilings, downs)]
 
 
-def run_meet(ctx, variant, storages, sizes, out, capacity: int, units: int, prepared, fallback):
-    """Run ``variant`` (lowered with ``Options.meet_chunks``) over the threads' rows into
-    ``out`` and return the result; ``prepared``: ``(args, lohi)``, the argument list
-    (its output slots as ``out.arg`` gives them); ``fallback()`` runs the call by
-    chunks of arrays of their own."""
-    low = variant.lowered
-    n = parallel_extent(low, sizes, storages)
-    driver = driver_for(ctx, variant, n, units)
+def run_meet(ctx, variant, n: int, pos, out, capacity: int, units: int, prepared, fallback):
+    """Run ``variant`` (lowered with ``Options.meet_chunks``) over the threads' ``n`` rows
+    (balanced by ``pos``) into ``out`` and return the result; ``prepared``: ``(args,
+    lohi)``, the argument list (its output slots as ``out.arg`` gives them);
+    ``fallback()`` runs the call by chunks of arrays of their own."""
+    driver = ctx.launcher.split_driver(variant, n, units)
     if driver is None:
         return fallback()
-    pos = balance_pos(low, storages)
     edges = ctx.launcher.bounds(n, _threads.get_num_threads(), pos)
     key = (id(edges), capacity)
     plan = variant.meet_rooms.get(key) if variant.meet_rooms else None

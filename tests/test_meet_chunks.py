@@ -168,7 +168,7 @@ def test_computed_zeros_dropped_going_down_and_up(joins):
 
 
 def test_without_a_native_driver_the_copying_chunks_run(monkeypatch, joins):
-    monkeypatch.setattr(meet_chunks, "driver_for", lambda *a: None)
+    monkeypatch.setattr(launch.Launcher, "split_driver", lambda *a: None)
     with spcomp_threads(2, 0), meeting(True):
         r = check_kernel(SPGEMM, CSR3, sizes={"i": 30, "j": 20, "k": 10}, density=0.3, seed=1)
     assert r.result.nnz > 0 and joins["run"] == 0

@@ -115,22 +115,20 @@ def applies(fmt, workspace, parallel, loop_order, chunked: bool, expr) -> bool:
 def adopt(bindings: list, sink, out, fresh) -> Meet:
     """Turn ``sink``'s growable arrays into arrays the runtime allocates and every
     chunk shares (role ``output_meet``) and add the per-chunk parameters
-    (roles ``meet_floor``, ``meet_ceiling``, ``meet_down``); returns the Meet the sink
-    and the emitter then use."""
+    (roles ``meet_floor``, ``meet_ceiling``, ``meet_down``, ``meet_reached``); returns
+    the Meet the sink and the emitter then use."""
     name = out.var_name
     floor, ceiling, down = (n.Var(fresh(f"{name}_{x}"), I64) for x in ("floor", "ceiling", "down"))
     meet = Meet(floor, ceiling, down, n.Var(fresh(f"{name}_reached"), ptr(I64)),
                 *(n.Var(fresh(f"{name}_{x}"), I64) for x in ("full", "step", "below")))
-    shared = dict(sink.out_params)
-    keys = {param.name: key for key, param in shared.items()}
+    keys = {param.name: key for key, param in sink.out_params.items()}
     for k, b in enumerate(bindings):
-        if b.role == "output_grow" and b.var.name in keys:
-            l, arr = keys[b.var.name]
-            local = out.vals if arr == "vals" else out.array(l, arr)
+        if b.role == "output_grow" and b.var.name in keys:  # the array itself, not where to publish it
+            local = sink.grow_ptrs[keys[b.var.name]]
             bindings[k] = Binding(local, "output_meet", b.tensor, b.level, b.array, storage=b.storage)
     bindings += [Binding(meet.floor, "meet_floor"), Binding(meet.ceiling, "meet_ceiling"),
                  Binding(meet.down, "meet_down"), Binding(meet.reached, "meet_reached")]
-    meet.keys = tuple(shared)
+    meet.keys = tuple(sink.out_params)
     sink.bind_growable({}, {})
     sink.meet = meet
     return meet
