@@ -361,6 +361,21 @@ def test_bit_intrinsics_on_i64_including_the_sign_bit_and_zero():
             compile_module(Module((elementwise("bad", I32, I32, lambda e: Call(name, (e,), I32)),)))
 
 
+@pytest.mark.parametrize("last", [0, 9, (1 << 62)])
+def test_clamp_index_keeps_coordinates_within_0_to_last(last):
+    """``clamp_index(c, last)`` (ir.build.clamp_coordinate's one compare): a coordinate
+    in ``0..last`` passes unchanged; a negative one (a huge unsigned one) and one past
+    ``last`` become ``last``, so an address formed from it stays inside the array."""
+    from spcomp.ir.nodes import Const
+    cm = compile_module(Module((elementwise("clamp", I64, I64,
+                                            lambda e: Call("clamp_index", (e, Const(last, I64)), I64)),)))
+    x = np.array([0, 1, 5, 9, 10, last, last + 1, -1, -(1 << 63), (1 << 63) - 1, -last], dtype=np.int64)
+    want = np.array([v if 0 <= v <= last else last for v in x.tolist()], dtype=np.int64)
+    np.testing.assert_array_equal(run_elementwise(cm, "clamp", x, np.int64), want)
+    with pytest.raises(KernelIRError, match="clamp_index takes 2 i64"):
+        compile_module(Module((elementwise("bad", I64, I64, lambda e: Call("clamp_index", (e,), I64)),)))
+
+
 def test_casts():
     pairs = [(F64, I32), (F32, I64), (I32, F64), (I64, F32), (I32, I64), (I64, I8), (I16, I32),
              (F32, F64), (F64, F32), (I32, BOOL), (F64, BOOL), (BOOL, I32), (BOOL, F32)]

@@ -51,7 +51,7 @@ MALFORMED = {
                         "arithmetic on bf16 .*storage-only"),
     "shift a float": (fn(n.Declare(t, n.Binary("<<", n.const(1, F32), n.const(1, F32)))),
                       "operator '<<' on f32"),
-    "intrinsic": (fn(n.Declare(t, n.Call("ctz", (n.const(1, F32),), F32))), "intrinsic ctz takes and returns one i64"),
+    "intrinsic": (fn(n.Declare(t, n.Call("ctz", (n.const(1, F32),), F32))), "intrinsic ctz takes 1 i64 and returns one"),
     "index a scalar": (fn(n.Declare(t, n.Load(size, zero))), "indexing a non-pointer of type i64"),
     "sort bools": (fn(n.Sort(n.Var("b", ptr(BOOL)), zero, size), params=(size, n.Var("b", ptr(BOOL)))),
                    "sorting an array of bool"),

@@ -178,6 +178,9 @@ class ExpressionLowering:
             if e.func == "clear_lowest":  # a wrapping sub (no nsw): 0 and bit 63 alone are fine
                 x = self.expr(e.args[0])
                 return self.b.and_(x, self.b.sub(x, ir.Constant(I64_T, 1)), name=e.func)
+            if e.func == "clamp_index":  # unsigned: a negative coordinate is past ``last`` too
+                c, last = (self.expr(a) for a in e.args)
+                return self.b.select(self.b.icmp_unsigned("<=", c, last), c, last, name="clamped")
             fn = self.ml.external("llvm.cttz.i64", I64_T, [I64_T, I1_T])  # defined (64) for 0
             return self.b.call(fn, [self.expr(e.args[0]), ir.Constant(I1_T, 0)], name=e.func)
         xs = [self.expr(a) for a in e.args]

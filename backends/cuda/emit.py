@@ -225,7 +225,7 @@ class CudaEmitter(TeamEmission, CPrinter):
 
     def expr_Call(self, e: n.Call) -> str:
         if e.func in n.INT_INTRINSICS:
-            return f"spc_{e.func}({self.expr(e.args[0])})"
+            return f"spc_{e.func}({', '.join(self.expr(a) for a in e.args)})"
         if e.func in n.COMPOUND_INTRINSICS:  # the prelude's overloads for float and double
             return f"spc_{e.func}({', '.join(self.expr(a) for a in e.args)})"
         return super().expr_Call(e)

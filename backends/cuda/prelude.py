@@ -35,6 +35,8 @@ __device__ __forceinline__ uint16_t spc_f32_to_bf16(float f) {  // round to near
 __device__ __forceinline__ int64_t spc_ctz(int64_t x) { return x == 0 ? 64 : (int64_t)__ffsll((long long)x) - 1; }
 __device__ __forceinline__ int64_t spc_popcount(int64_t x) { return (int64_t)__popcll((unsigned long long)x); }
 __device__ __forceinline__ int64_t spc_clear_lowest(int64_t x) { unsigned long long u = (unsigned long long)x; return (int64_t)(u & (u - 1ULL)); }
+// a coordinate read from an operand kept within 0..last (a negative one is a huge unsigned one)
+__device__ __forceinline__ int64_t spc_clamp_index(int64_t c, int64_t last) { return (unsigned long long)c <= (unsigned long long)last ? c : last; }
 
 template <typename T> __device__ __forceinline__ T spc_min(T a, T b) { return b < a ? b : a; }
 template <typename T> __device__ __forceinline__ T spc_max(T a, T b) { return a < b ? b : a; }

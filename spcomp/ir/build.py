@@ -14,9 +14,11 @@ def clamp_coordinate(c, size):
     """``c`` kept within ``0 .. size-1`` (0 when ``size`` is 0): a coordinate read from
     an operand's ``crd`` and used to address other arrays can then never reach
     outside them, even if the caller changed the operand's indices after it was
-    validated (a SciPy matrix mutated in place). Two ALU operations per entry,
-    vectorisable; a coordinate of a valid operand passes unchanged."""
-    return n.Binary("max", n.Binary("min", c, n.Binary("-", size, n.i64(1))), n.i64(0))
+    validated (a SciPy matrix mutated in place). One unsigned compare and a
+    select per entry (the bound is loop-invariant); a coordinate of a valid
+    operand passes unchanged."""
+    last = n.Binary("max", n.Binary("-", size, n.i64(1)), n.i64(0))
+    return n.Call("clamp_index", (c, last), I64)
 
 
 def add(a, b):

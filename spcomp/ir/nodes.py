@@ -146,8 +146,12 @@ BINARY_INTRINSICS = ("pow", "atan2", "maximum", "minimum", "heaviside", "mod")
 # on an i64, to walk bitmaps: ``ctz`` the index of its lowest set bit (64 for 0),
 # ``popcount`` the number of set bits, ``clear_lowest`` the word without its lowest set
 # bit (``x & (x - 1)`` in wrapping arithmetic: integer ``-`` may not overflow, and
-# ``x - 1`` does for a word holding only bit 63)
-INT_INTRINSICS = ("ctz", "popcount", "clear_lowest")
+# ``x - 1`` does for a word holding only bit 63); and, on two, ``clamp_index(c, last)``
+# ``c`` where ``0 <= c <= last``, else ``last``: one unsigned compare and a select (a
+# negative ``c`` is a huge unsigned one), for coordinates read from an operand
+# (ir.build.clamp_coordinate)
+INT_INTRINSICS = ("ctz", "popcount", "clear_lowest", "clamp_index")
+INT_ARITY = {"clamp_index": 2}
 
 
 @dataclass(frozen=True)

@@ -347,8 +347,9 @@ class _Verifier:
         t = e.type
         args = [self.expr(a) for a in e.args]
         if e.func in n.INT_INTRINSICS:
-            if t != I64 or args != [I64]:
-                raise self.error(f"intrinsic {e.func} takes and returns one i64", e)
+            arity = n.INT_ARITY.get(e.func, 1)
+            if t != I64 or args != [I64] * arity:
+                raise self.error(f"intrinsic {e.func} takes {arity} i64 and returns one", e)
         elif e.func not in n.INTRINSICS:
             raise self.error(f"unknown intrinsic {e.func!r}", e)
         elif t not in (F32, F64):
