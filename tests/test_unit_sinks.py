@@ -134,13 +134,16 @@ def test_rows_of_a_parallel_append_are_left_to_the_stitch():
     assert "stitched" in _text(threads.epilogue())
 
 
-def test_workspace_sink_marks_each_coordinate_once_and_adds_its_value():
+def test_workspace_sink_marks_each_coordinate_once_stores_its_first_value_and_adds_the_rest():
     values, bits, touched = (n.Var(x, ptr(t)) for x, t in (("w", F64), ("bits", I64), ("list", I64)))
     count = n.Var("count", I64)
     sink = WorkspaceSink(values, bits, touched, count, J)
     text = _text(sink.innermost(n.Var("v", F64), _env(j=n.Var("j", I64))))
     assert "list[count] = j;" in text and "w[j] += v;" in text
     assert text.index("bits[(j >> 6)]") < text.index("list[count]")  # tested before it is listed
+    # the first touch stores (the drain leaves the row's values: never read before written)
+    first, again = text.split("} else {")
+    assert "w[j] = v;" in first and "w[j] +=" not in first and "w[j] += v;" in again
     symbolic = WorkspaceSink(None, bits, touched, count, J)  # a count phase: no values
     assert "w[" not in _text(symbolic.innermost(n.Var("v", F64), _env(j=n.Var("j", I64))))
 

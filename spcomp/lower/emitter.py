@@ -164,8 +164,8 @@ class LoopEmitter(SplitPieceEmission, DenseFuseEmission):
         def drain(coord):
             drain_env = env.child()
             drain_env.bound[last] = coord
-            body = [n.Declare(value, n.Load(w["values"], coord)),
-                    n.Store(w["values"], coord, n.const(0, self.compute))] if not symbolic else []
+            # (the row's values stay: the next row's first touch stores, WorkspaceSink)
+            body = [n.Declare(value, n.Load(w["values"], coord))] if not symbolic else []
             body += self.out_sink.enter(last, drain_env)
             body += self.out_sink.innermost(value, drain_env)
             body += self.out_sink.exit(last, drain_env)

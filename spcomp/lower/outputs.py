@@ -549,7 +549,10 @@ class AppendSink(Sink):
 
 class WorkspaceSink(Sink):
     """Scatter into a dense row of the output's last dimension, remembering
-    which coordinates were touched; the lowerer drains it in order."""
+    which coordinates were touched; the lowerer drains it in order. A coordinate's
+    first value of the row is stored, later ones added: the row's values are never
+    read before they are written, so the drain leaves them as they are (one store
+    and one load fewer per entry than clearing them and adding to 0)."""
 
     def __init__(self, values, bits, touched, count, index):
         # values None: only which coordinates are touched matters (a count phase)
@@ -560,12 +563,11 @@ class WorkspaceSink(Sink):
         c = env.bound[self.index]
         word_at = n.Binary(">>", c, n.i64(6))
         bit = n.Binary("<<", n.i64(1), n.Binary("&", c, n.i64(63)))
-        out = [
-            n.If(n.Binary("==", n.Binary("&", n.Load(self.bits, word_at), bit), n.i64(0)), n.block(
-                n.Store(self.bits, word_at, n.Binary("|", n.Load(self.bits, word_at), bit)),
-                n.Store(self.touched, self.count, c),
-                n.Assign(self.count, add(self.count, n.i64(1))))),
-        ]
+        first = [n.Store(self.bits, word_at, n.Binary("|", n.Load(self.bits, word_at), bit)),
+                 n.Store(self.touched, self.count, c),
+                 n.Assign(self.count, add(self.count, n.i64(1)))]
+        again = None
         if self.values is not None:
-            out.append(n.Store(self.values, c, n.Binary("+", n.Load(self.values, c), value)))
-        return out
+            first.append(n.Store(self.values, c, value))
+            again = n.block(n.Store(self.values, c, n.Binary("+", n.Load(self.values, c), value)))
+        return [n.If(n.Binary("==", n.Binary("&", n.Load(self.bits, word_at), bit), n.i64(0)), n.block(*first), again)]

@@ -28,7 +28,8 @@ def make_workspace(lhs, scatter, position, sizes, compute, fresh) -> dict:
         "prologue": [n.Comment(f"workspace: a dense row over {last.name}, a bitmap of the touched "
                                "coordinates and their list"),
                      n.Declare(words, n.Binary("/", n.Binary("+", size, n.i64(63)), n.i64(64))),
-                     n.Allocate(values, n.Binary("max", size, n.i64(1)), zero=True),
+                     # (written before read: a coordinate's first touch stores, WorkspaceSink)
+                     n.Allocate(values, n.Binary("max", size, n.i64(1)), zero=False),
                      n.Allocate(bits, n.Binary("max", words, n.i64(1)), zero=True),
                      # BITS_PER_STEP spare slots for the in-order refill (_bitmap_to_list)
                      n.Allocate(touched, n.Binary("+", size, n.i64(BITS_PER_STEP)), zero=False)],
