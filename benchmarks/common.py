@@ -115,6 +115,7 @@ def parse_threads(text: str | None) -> list:
 class Timing:
     median_s: float
     samples: list = field(default_factory=list)
+    round_medians: list = field(default_factory=list)  # measure_interleaved: one per round
 
     @property
     def repeats(self) -> int:
@@ -165,11 +166,22 @@ def measure_interleaved(fns: dict, policy: TimingPolicy) -> dict:
     and its peer in the next can differ by 30 % for no reason of their own."""
     share = policy.per_round()
     samples = {name: [] for name in fns}
+    rounds = {name: [] for name in fns}
     for r in range(max(1, policy.rounds)):
         for name, fn in fns.items():
             pause(policy)  # later rounds: one call wakes the pools the pause put to sleep
-            samples[name] += measure(fn, share if r == 0 else share.scaled(warmup=1)).samples
-    return {name: Timing(statistics.median(s), s) for name, s in samples.items()}
+            got = measure(fn, share if r == 0 else share.scaled(warmup=1))
+            samples[name] += got.samples
+            rounds[name].append(got.median_s)
+    return {name: Timing(statistics.median(s), s, rounds[name]) for name, s in samples.items()}
+
+
+def paired_ratios(peer: Timing, ours: Timing) -> list:
+    """peer / ours within each interleaved round: both were timed within about a
+    second of each other, so a host whose pace drifts from minute to minute (this
+    one moves by up to 1.8x) changes both alike; the ratio of whole-run medians
+    mixes rounds taken at different paces."""
+    return [p / o for p, o in zip(peer.round_medians, ours.round_medians) if o > 0]
 
 
 def measure_each_call(fn: Callable[[], Any], calls: int, warmup: int = 1000) -> Timing:

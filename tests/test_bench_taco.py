@@ -102,3 +102,13 @@ def test_every_kernel_of_the_comparison_is_defined_for_taco_and_spcomp():
         if case.scipy is not None:
             assert case.check(case.scipy())[0], case.key
         assert set(case.taco_operands) <= set("AByxXCDEc")
+
+
+def test_paired_ratios_compare_each_round_with_itself():
+    """The kernels benchmark judges its targets on per-round ratios: a round timed at
+    half the host's pace slows both implementations alike, and its ratio stays."""
+    from benchmarks.common import Timing, paired_ratios
+    ours = Timing(2.0, [], [1.0, 2.0, 1.0])   # the second round ran at half pace
+    peer = Timing(4.0, [], [2.0, 4.0, 2.5])
+    assert paired_ratios(peer, ours) == [2.0, 2.0, 2.5]
+    assert paired_ratios(peer, Timing(1.0, [], [])) == []  # no rounds recorded: nothing paired
