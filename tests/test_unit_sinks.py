@@ -144,6 +144,11 @@ def test_workspace_sink_marks_each_coordinate_once_stores_its_first_value_and_ad
     # the first touch stores (the drain leaves the row's values: never read before written)
     first, again = text.split("} else {")
     assert "w[j] = v;" in first and "w[j] +=" not in first and "w[j] += v;" in again
+    # a computed value is computed once, before the branch, when the sink can name it
+    named = WorkspaceSink(values, bits, touched, count, J, lambda base: base + "_1")
+    text = _text(named.innermost(n.Binary("*", n.Var("a", F64), n.Var("b", F64)), _env(j=n.Var("j", I64))))
+    assert text.startswith("double product_1 = (a * b);") and text.count("a * b") == 1
+    assert "w[j] = product_1;" in text and "w[j] += product_1;" in text
     symbolic = WorkspaceSink(None, bits, touched, count, J)  # a count phase: no values
     assert "w[" not in _text(symbolic.innermost(n.Var("v", F64), _env(j=n.Var("j", I64))))
 

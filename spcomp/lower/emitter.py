@@ -155,7 +155,7 @@ class LoopEmitter(SplitPieceEmission, DenseFuseEmission):
         self._note(depth, f"workspace over {last.name}:")
         stmts = [n.Declare(c, n.i64(0))]
         symbolic = getattr(self.out_sink, "symbolic", False)  # a count phase needs no values
-        inner = WorkspaceSink(None if symbolic else w["values"], w["bits"], w["touched"], c, last)
+        inner = WorkspaceSink(None if symbolic else w["values"], w["bits"], w["touched"], c, last, self.fresh)
         stmts += self.nest(order, expr, inner, env.child(), depth + 1)
         # drain in coordinate order: scan the bitmap when it is short enough for the
         # number of touched coordinates, else sort the touched list

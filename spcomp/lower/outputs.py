@@ -554,10 +554,11 @@ class WorkspaceSink(Sink):
     read before they are written, so the drain leaves them as they are (one store
     and one load fewer per entry than clearing them and adding to 0)."""
 
-    def __init__(self, values, bits, touched, count, index):
+    def __init__(self, values, bits, touched, count, index, fresh=None):
         # values None: only which coordinates are touched matters (a count phase)
         self.values, self.bits, self.touched, self.count = values, bits, touched, count
         self.index = index
+        self.fresh = fresh  # names a variable for the value both branches use (else it is repeated)
 
     def innermost(self, value, env):
         c = env.bound[self.index]
@@ -566,8 +567,13 @@ class WorkspaceSink(Sink):
         first = [n.Store(self.bits, word_at, n.Binary("|", n.Load(self.bits, word_at), bit)),
                  n.Store(self.touched, self.count, c),
                  n.Assign(self.count, add(self.count, n.i64(1)))]
-        again = None
+        again, out = None, []
         if self.values is not None:
+            if self.fresh is not None and not isinstance(value, (n.Var, n.Const)):
+                # computed once before the branch: LLVM does not merge the two branches' loads
+                v = n.Var(self.fresh("product"), value.type)
+                out, value = [n.Declare(v, value)], v
             first.append(n.Store(self.values, c, value))
             again = n.block(n.Store(self.values, c, n.Binary("+", n.Load(self.values, c), value)))
-        return [n.If(n.Binary("==", n.Binary("&", n.Load(self.bits, word_at), bit), n.i64(0)), n.block(*first), again)]
+        return out + [n.If(n.Binary("==", n.Binary("&", n.Load(self.bits, word_at), bit), n.i64(0)),
+                           n.block(*first), again)]
