@@ -27,7 +27,10 @@ their output per chunk (a scalar reduction), and read the run's tensors at that
 row, also gets a function over each thread's chunk of rows (every statement over
 those rows, csr-like temporaries appended per chunk: ``_chunk_lowerings``,
 ``runtime/program_chunks.py``; a dcsr, coo or csf tensor is stored rows first
-there, csr or dcc, and converted back after the join where returned). Any other
+there, csr or dcc, and converted back after the join where returned). A run
+that reads a temporary of its own through an in-function copy (transposed, or a
+diagonal) runs a call big enough for threads in phases cut at each copy, each
+phase one launch on threads (``program_phases.py``). Any other
 fused run stays on one thread, ``k.loops`` says why, and a call big enough for
 threads runs its statements as their own kernels instead. An
 unreturned dense temporary touched only at the fused loop's row is one row of
