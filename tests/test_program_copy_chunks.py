@@ -37,11 +37,13 @@ def _compile(text, formats):
         return spcomp.compile(text, formats=formats)
 
 
-def _operands(n: int, density: float, seed: int) -> dict:
+def _operands(n: int, density: float, seed: int, inner: int | None = None, cols: int | None = None) -> dict:
+    """``A`` n x inner, ``B`` inner x cols (square by default), ``c`` over A's rows, ``x`` over B's columns."""
     rng = np.random.default_rng(seed)
-    return {"A": sp.random(n, n, density=density, format="csr", random_state=seed),
-            "B": sp.random(n, n, density=density, format="csr", random_state=seed + 1),
-            "c": rng.standard_normal(n), "x": rng.standard_normal(n)}
+    inner, cols = inner or n, cols or n
+    return {"A": sp.random(n, inner, density=density, format="csr", random_state=seed),
+            "B": sp.random(inner, cols, density=density, format="csr", random_state=seed + 1),
+            "c": rng.standard_normal(n), "x": rng.standard_normal(cols)}
 
 
 def _expected(text: str, ops: dict):
@@ -156,13 +158,22 @@ def test_row_copies_match_the_general_conversion(t_format):
     assert np.array_equal(values, np.diag(a)[np.diag(a) != 0]) and np.array_equal(coords[0], np.flatnonzero(np.diag(a)))
 
 
+def test_a_diagonal_of_a_non_square_temporary_is_refused_on_threads_too():
+    k = _compile(DIAGONAL, {"A": "csr", "B": "csr", "T": "csr"})
+    ops = _operands(12, 0.3, 4, cols=9)
+    for threads in (1, 2):
+        with spcomp_threads(threads, min_work=0), pytest.raises(spcomp.ShapeError, match="T"):
+            k(A=ops["A"], B=ops["B"], x=ops["x"])
+
+
 @settings(max_examples=examples(20), deadline=None)
 @given(reader=st.sampled_from([TRANSPOSED, DIAGONAL]), t_format=st.sampled_from(["csr", "csc", "dcsr", "coo"]),
-       n=st.integers(2, 40), density=st.floats(0.0, 0.5), seed=st.integers(0, 2 ** 16))
-def test_phases_agree_with_einsum_and_one_thread(reader, t_format, n, density, seed):
+       n=st.integers(2, 40), inner=st.integers(1, 30), cols=st.integers(1, 30),
+       density=st.floats(0.0, 0.5), seed=st.integers(0, 2 ** 16))
+def test_phases_agree_with_einsum_and_one_thread(reader, t_format, n, inner, cols, density, seed):
     formats = {"A": "csr", "B": "csr", "T": t_format, "Z": "csr"}
     k = _compile(reader, {x: f for x, f in formats.items() if f"{x}[" in reader})
-    ops = _operands(n, density, seed)
+    ops = _operands(n, density, seed, inner, cols if reader == TRANSPOSED else n)
     inputs = {x: ops[x] for x in k.inputs}
     with spcomp_threads(1):
         one = k(**inputs)
