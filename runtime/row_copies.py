@@ -36,10 +36,10 @@ def swapped(t, fmt, drop_zeros: bool):
             and t.vals.dtype in _SCIPY_DTYPES):
         return None
     level = t.levels[1]
-    if drop_zeros and not np.all(t.vals[:int(level["pos"][-1])]):  # (zeros to drop: rare, the general path drops them)
+    nnz = int(level["pos"][-1])
+    if drop_zeros and not np.all(t.vals[:nnz]):  # (zeros to drop: rare, the general path drops them)
         return None
     rows, cols = (t.shape[d] for d in t.format.order)
-    nnz = int(level["pos"][-1])
     m = sp.csr_array((t.vals[:nnz], level["crd"][:nnz], level["pos"]), shape=(rows, cols), copy=False).tocsc()
     levels = [{}, {"pos": m.indptr.astype(level["pos"].dtype, copy=False),
                    "crd": m.indices.astype(level["crd"].dtype, copy=False)}]
