@@ -635,7 +635,7 @@ class ProgramKernel(SavedProgram):
             seg.run(env)
             return 1
         if kind == "fused":  # a call big enough for threads: in phases, or statement by statement
-            return sum(self._run_segment(*s, env) for s in self._phase_segments(run, seg.phases))
+            return sum(self._run_segment(*s, env) for s in self._phase_segments(run, getattr(seg, "phases", None)))
         a = self.program.statements[run[0]]
         name = a.lhs.tensor.name
         args = {n: env[n] for n in seg.inputs}
