@@ -17,6 +17,7 @@ from spcomp.errors import DTypeError, OperandError, ShapeError, SpcompError
 
 from .convert import scalar_value
 from .memory import data_ptr, same_contents
+from .row_copies import by_rows, diagonal_entries
 from .tensor import Tensor
 
 
@@ -290,12 +291,15 @@ class Operands:
                 raise ShapeError(f"operand {operand}: dimensions {kept[k]} and {d} are both indexed by "
                                  f"{diag.indices[d]} but have sizes {tensor.shape[kept[k]]} and "
                                  f"{tensor.shape[d]}")
-        coords, values = tensor.to_coo()
-        keep = np.ones(values.shape[0], dtype=bool)
-        for d, k in enumerate(diag.dims):
-            keep &= coords[d] == coords[kept[k]]
-        out = Tensor.from_coo(coords[kept][:, keep], values[keep], tuple(tensor.shape[d] for d in kept),
-                              diag.format, dtype=dtype)
+        if len(kept) == 1 and tensor.ndim == 2 and by_rows(tensor.format):  # T[k,k] of a csr-like T
+            coords, values = diagonal_entries(tensor)
+        else:
+            coords, values = tensor.to_coo()
+            keep = np.ones(values.shape[0], dtype=bool)
+            for d, k in enumerate(diag.dims):
+                keep &= coords[d] == coords[kept[k]]
+            coords, values = coords[kept][:, keep], values[keep]
+        out = Tensor.from_coo(coords, values, tuple(tensor.shape[d] for d in kept), diag.format, dtype=dtype)
         if source != storage:  # read through a transposed copy
             out = out.to_format(fmt, drop_zeros=False)
         out.validate()

@@ -116,6 +116,7 @@ class FusedRun:
         self.expression = expression
         self.compiled = None  # what build(32) made, for inspection (set by spcomp.program)
         self.why = None  # why the run has no chunked function, where the planner said
+        self.phases = None  # statements in phases a call on threads runs, cut at in-function copies
         self.repeat = None  # the last call, repeatable while its operands come back (program_repeat.py)
 
     def repeated(self, env: dict) -> bool:

@@ -195,8 +195,8 @@ def record(run, built, per_step, outs: list, bits: int, env: dict, work: int, fa
     parts = replay_parts(run, built, per_step, outs, bits, env, stand_in, launch)
     if parts is None:
         return None
-    # (a run with a function over chunks of rows: the threshold chose the one-thread one)
-    return RunRepeat(*parts, bits, fail, call_settings() if run.chunks(32) is not None else None)
+    # (a run with a function over chunks of rows, or phases: the threshold chose the one-thread one)
+    return RunRepeat(*parts, bits, fail, call_settings() if run.chunks(32) is not None or run.phases else None)
 
 
 def replay_parts(run, built, per_step, outs: list, bits: int, env: dict, stand_in, launch):

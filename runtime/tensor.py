@@ -33,6 +33,7 @@ from spcomp.ir.types import to_numpy
 
 from . import convert as _cv
 from .bounds import check_shape, native_index_array
+from .row_copies import swapped
 from .validate import validate_storage
 
 __all__ = ["Tensor", "as_tensor"]
@@ -294,6 +295,10 @@ class Tensor:
             return self
         if self.format.is_dense:
             return Tensor.from_numpy(self.to_numpy(), fmt, overflow=overflow)
+        self.validate()
+        fast = swapped(self, fmt, drop_zeros)  # csr <-> csc: a counting sort, no coordinate list
+        if fast is not None:
+            return fast
         coords, values = self.to_coo(drop_zeros=drop_zeros)
         return Tensor.from_coo(coords, values, self.shape, fmt, dtype=self.dtype, overflow=overflow)
 

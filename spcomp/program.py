@@ -27,7 +27,10 @@ their output per chunk (a scalar reduction), and read the run's tensors at that
 row, also gets a function over each thread's chunk of rows (every statement over
 those rows, csr-like temporaries appended per chunk: ``_chunk_lowerings``,
 ``runtime/program_chunks.py``; a dcsr, coo or csf tensor is stored rows first
-there, csr or dcc, and converted back after the join where returned). Any other
+there, csr or dcc, and converted back after the join where returned). A run
+that reads a temporary of its own through an in-function copy (transposed, or a
+diagonal) runs a call big enough for threads in phases cut at each copy, each
+phase one launch on threads (``program_phases.py``). Any other
 fused run stays on one thread, ``k.loops`` says why, and a call big enough for
 threads runs its statements as their own kernels instead. An
 unreturned dense temporary touched only at the fused loop's row is one row of
@@ -57,6 +60,7 @@ from .runtime.operands import refuse_overlap
 from .program_copies import (apart_reason, copy_recasts, copyable_written, declared_in_warnings,
                              reads_only_copies, row_major_temporaries, run_statements, in_function_copies)
 from .program_density import DensityVariants
+from .program_phases import copy_phases, phase_segments
 from .program_saved import SavedProgram
 from .program_text import fused_run_lines
 from .program_tiles import keep_tiles, temporary_params
@@ -79,6 +83,7 @@ class ProgramKernel(SavedProgram):
         self._accumulated = [s.lhs.tensor.name for s in program.statements if s.accumulate]
         self._parallel_lows: dict = {}
         self._split_kernels: dict = {}
+        self._phased: dict = {}  # a fused run's statements -> its segments on threads (program_phases.py)
         self.last_launches = 0  # native functions (kernels or fused runs) the last call ran
         self.apart: dict = {}  # statement -> why it does not join the fused run before it (planning)
         # dense temporaries declared in another mode order, row-major in fused functions
@@ -194,6 +199,29 @@ class ProgramKernel(SavedProgram):
             self._split_kernels[k] = self._kernel(k)
         return self._split_kernels[k]
 
+    def _phase_segments(self, run: list, phases) -> list:
+        """What a call big enough for threads runs of the fused run of statements ``run``
+        (on one thread else): its ``phases`` (``program_phases.py``), each one launch; or,
+        without phases, its statements as kernels of their own. Built on first use."""
+        if tuple(run) not in self._phased:
+            self._phased[tuple(run)] = phase_segments(phases or [[k] for k in run], self._split_kernel,
+                                                  self._phase_run)
+        return self._phased[tuple(run)]
+
+    def _phase_run(self, phase: list):
+        """The FusedRun of a phase's statements, none reading a copy of another's
+        tensor (each reads the tensors of earlier phases as operands); None where they
+        do not join so."""
+        lows, written = [], {}
+        for k in phase:
+            low = self._fusable_lowering(k)
+            low = self._joining(k, low, written) if lows else low
+            if low is None or isinstance(low, str):
+                return None
+            lows.append(low)
+            written[self.program.statements[k].lhs.tensor.name] = made_arrays(low)
+        return self._fused_run(phase, lows)
+
     def _kernel(self, k: int) -> Kernel:
         a = self.program.statements[k]
         return Kernel(self.program.texts[k], a, self._statement_options(k, False), self._target, self.schedule)
@@ -252,6 +280,8 @@ class ProgramKernel(SavedProgram):
         fused.variants = built  # every index width built so far (saved with the program)
         fused.chunk_variants = chunked  # ... and of the chunked function, where the run has one
         fused.why = why  # why it has none (None: it has one, or it was loaded)
+        phases = copy_phases(self.program.statements, run, lowerings)
+        fused.phases = phases if len(phases) > 1 and not chunked else None
         return fused
 
     def _chunk_lowerings(self, run: list, bits: int, fused: list):
@@ -594,26 +624,25 @@ class ProgramKernel(SavedProgram):
                 scalars.add(name)
             else:  # added to in place: an input sharing its memory would be read half-updated
                 refuse_overlap(v, operands, name)
-        launches = 0
-        for kind, seg, run in self.segments:
-            if kind == "fused" and seg.repeated(env):  # the last call's operands again
-                launches += 1
-                continue
-            if kind == "fused" and not seg.wants_threads(env):
-                seg.run(env)
-                launches += 1
-                continue
-            for k in run:  # a kernel of its own, or a fused run's statements on threads
-                kernel = seg if kind == "kernel" else self._split_kernel(k)
-                a = self.program.statements[k]
-                name = a.lhs.tensor.name
-                args = {n: env[n] for n in kernel.inputs}
-                if a.accumulate:
-                    args[name] = env[name]
-                env[name] = kernel(**args)
-                launches += 1
-        self.last_launches = launches
+        self.last_launches = sum(self._run_segment(kind, seg, run, env) for kind, seg, run in self.segments)
         return self._returned(env, scalars)
+
+    def _run_segment(self, kind: str, seg, run: list, env: dict) -> int:
+        """Run one segment on ``env`` (its results put there by name); the launches it made."""
+        if kind == "fused" and seg.repeated(env):  # the last call's operands again
+            return 1
+        if kind == "fused" and not seg.wants_threads(env):
+            seg.run(env)
+            return 1
+        if kind == "fused":  # a call big enough for threads: in phases, or statement by statement
+            return sum(self._run_segment(*s, env) for s in self._phase_segments(run, getattr(seg, "phases", None)))
+        a = self.program.statements[run[0]]
+        name = a.lhs.tensor.name
+        args = {n: env[n] for n in seg.inputs}
+        if a.accumulate:
+            args[name] = env[name]
+        env[name] = seg(**args)
+        return 1
 
     def _returned(self, env: dict, scalars) -> object:
         """The output of a call (a dict by name when there are several) from ``env``;

@@ -2,11 +2,13 @@
 
 A :class:`~spcomp.program.ProgramKernel` prints every segment of its program; a
 fused run (``runtime/program.py``'s ``FusedRun``) gets the lines here: on what it
-runs (one thread, its rows split, or a function over chunks of rows), how each
+runs (one thread, its rows split, a function over chunks of rows, or in phases on threads), how each
 sparse tensor and row or tile workspace lives inside the function, the transposed
 and diagonal copies made there, a column-major dense temporary kept row-major, and which statements share an outer loop.
 """
 from __future__ import annotations
+
+from .program_phases import phases_text
 
 
 def fused_run_lines(program, seg, run: list) -> list:
@@ -22,6 +24,12 @@ def fused_run_lines(program, seg, run: list) -> list:
               + (", a sparse temporary appended per chunk" if any(st.sparse for st in seg.steps) else "")
               + ("" if not any(low.threads.partials for low in chunks.lows) else
                  ", a sum over rows into a copy per chunk added up after them"))
+    elif seg.phases:
+        on = ("one thread; a call whose first statement would split over threads runs it on threads in "
+              f"phases, {phases_text(seg.phases)}, cut before each statement that reads a copy of a temporary "
+              "the phase before wrote (the copy needs it whole: stitched, then copied as the reader binds it), "
+              "each phase one launch: by chunks of rows where its statements have such a function, else "
+              "statement by statement")
     else:
         on = ("one thread" + (f", not by chunks of rows: {seg.why}" if seg.why else "")
               + "; a call whose first statement would split over threads runs the "

@@ -1,0 +1,65 @@
+"""A fused run with in-function copies, run in phases by a call big enough for threads.
+
+A fused run whose statement reads a sparse temporary of the run through a copy the
+function makes (a transposed copy: ``program_copies.py``; a diagonal gathered:
+``lower/fused_diagonal.py``) has no function over chunks of rows: the copy needs
+the whole temporary, every chunk's rows of it, before its reader starts -- a
+barrier that a function over one ``[lo, hi)`` cannot hold. Its one-thread function
+runs small calls. A call big enough for threads runs the run in phases instead
+(:func:`copy_phases`): the run is cut before each statement that reads a copy of a
+tensor its phase writes, and each phase runs on threads as one launch -- a fused
+run of its own (by chunks of rows, every statement of the phase over each thread's
+rows, where it has such a function) or, a phase of one statement, that statement's
+own kernel (its parallel loop split over threads). The temporary crosses to the
+next phase whole: its chunks stitched into one tensor, then copied (transposed, or
+its diagonal gathered) by the operand layer as the reader binds it, as for an
+operand read against its order. So Python runs between phases (the next phase's
+call), never between the statements of one phase; one native driver call over
+every phase, barrier and copy included, is still to do.
+"""
+from __future__ import annotations
+
+
+def copied_reads(low) -> set:
+    """The tensors lowering ``low`` reads through a copy: transposed, or a diagonal."""
+    return ({op for op, _fmt in low.operands.transposes.values()}
+            | {d.operand for d in low.operands.diagonals.values()})
+
+
+def copy_phases(statements, run: list, lows: list) -> list:
+    """The statements of fused run ``run`` (``lows``: their lowerings in it) in phases:
+    lists of statement numbers, a new one started at each statement that reads through
+    a copy a tensor an earlier statement of the current phase writes. A run that reads
+    no copy of its own tensors is one phase."""
+    phases: list = []
+    written: set = set()
+    for k, low in zip(run, lows):
+        if not phases or copied_reads(low) & written:
+            phases.append([])
+            written = set()
+        phases[-1].append(k)
+        written.add(statements[k].lhs.tensor.name)
+    return phases
+
+
+def phase_segments(phases: list, kernel_of, run_of) -> list:
+    """``(kind, object, statements)`` per launch of a phased call, as a program's
+    segments: a phase of several statements as the FusedRun ``run_of(phase)`` makes
+    (None where they do not join without the copies: then each its own kernel), one
+    of a single statement as its kernel ``kernel_of(k)``."""
+    out = []
+    for phase in phases:
+        fused = run_of(phase) if len(phase) > 1 else None
+        if fused is None:
+            out.extend(("kernel", kernel_of(k), [k]) for k in phase)
+        else:
+            out.append(("fused", fused, phase))
+    return out
+
+
+def phases_text(phases: list) -> str:
+    """``statements 1 | 2, 3``: the phases as ``k.loops`` names them."""
+    return "statements " + " | ".join(", ".join(str(k + 1) for k in phase) for phase in phases)
+
+
+__all__ = ["copied_reads", "copy_phases", "phase_segments", "phases_text"]
