@@ -41,6 +41,7 @@ from .backends.cuda.launch import launch_config
 from .backends.cuda.target import DEFAULT_BLOCK
 from .errors import DTypeError, KernelRuntimeError, OperandError, ShapeError, UnsupportedError
 from .ir import nodes as irn
+from .lower.device_compact import stand_in
 from .lower.device_scan import CAPACITY_STATUS, phased_function, split_phases
 from .lower.fuse import fuse, made_arrays, reads_plainly
 from .program_gpu_sparse import SparseRows
@@ -56,51 +57,97 @@ RERUNS = 3  # launches with more room for a sparse output before the run gives u
 DENSE_ARRAYS = frozenset({(-1, "vals")})
 
 
-def plan_gpu(program, kernels: list, index32_limit: int, expression: str) -> list:
+def plan_gpu(program, kernels: list, index32_limit: int, expression: str, recompiled=None) -> list:
     """The segments (``spcomp.program.ProgramKernel._plan``'s form) of a program on
     a CUDA backend: runs of two or more joinable statements as one
-    :class:`GpuProgramRun`, every other statement as its own kernel."""
+    :class:`GpuProgramRun`, every other statement as its own kernel.
+    ``recompiled(k, {name: format}, drop_zeros)``: statement ``k`` compiled with
+    tensors stored so -- an output stored compressed first is joined through its dense-first
+    stand-in (``lower/device_compact.py``)."""
     stmts = program.statements
+    originals = kernels
+    kernels, stored = _with_stand_ins(stmts, kernels, recompiled)
     segments, k = [], 0
     while k < len(stmts):
-        run, written = [k], {stmts[k].lhs.tensor.name: _made(kernels[k])}
+        run, written = [k], {stmts[k].lhs.tensor.name: _made(kernels[k], stored[k])}
         if _joinable(stmts[k], kernels[k]):
             block = kernels[k].lowered.threads.gpu_block
             j = k + 1
             while (j < len(stmts) and _joinable(stmts[j], kernels[j])
                    and kernels[j].lowered.threads.gpu_block == block and _reads_in_run(kernels[j].lowered, written)):
                 run.append(j)
-                written[stmts[j].lhs.tensor.name] = _made(kernels[j])
+                written[stmts[j].lhs.tensor.name] = _made(kernels[j], stored[j])
                 j += 1
         fused = None
         if len(run) >= 2:
             try:
-                fused = GpuProgramRun(program, run, [kernels[j] for j in run], index32_limit, expression)
+                fused = GpuProgramRun(program, run, [kernels[j] for j in run], index32_limit, expression,
+                                      [stored[j] for j in run])
             except UnsupportedError:
                 fused = None  # the emitter refused the joined kernel: the statements run one by one
         if fused is not None:
             segments.append(("fused", fused, run))
         else:
             run = [k]
-            segments.append(("kernel", kernels[k], run))
+            segments.append(("kernel", originals[k], run))
         k = run[-1] + 1
     return segments
 
 
-def _made(kernel) -> frozenset:
+def _with_stand_ins(stmts, kernels: list, recompiled) -> tuple:
+    """``(kernels, stored)``: each statement's kernel for a run -- for an output stored
+    compressed first that its own kernel cannot assemble in the launch, its dense-first
+    stand-in's kernel where that one can, ``stored[k]`` then the output's format
+    (else None)."""
+    out, stored = list(kernels), [None] * len(stmts)
+    if recompiled is None or len(stmts) < 2:
+        return out, stored
+    for k, a in enumerate(stmts):
+        fmt = a.lhs.tensor.format
+        alt = stand_in(fmt) if not fmt.is_dense and not _joinable(a, kernels[k]) else None
+        if alt is None:
+            continue
+        try:
+            # computed zeros skipped where the statement's own kernel skips them: the same entries
+            kernel = recompiled(k, {a.lhs.tensor.name: alt}, kernels[k].lowered.output.drops_zeros)
+        except UnsupportedError:
+            continue
+        if kernel.lowered.output.assembly is not None and _joinable(a, kernel):
+            out[k], stored[k] = kernel, fmt
+    return out, stored
+
+
+def _made(kernel, stored=None) -> frozenset:
     """The arrays a statement of a run hands the later ones: a dense output's values,
-    a two-phase sparse output's arrays (its ``pos``, ``crd``, ``vals``)."""
+    a two-phase sparse output's arrays (its ``pos``, ``crd``, ``vals``; those of the
+    format it is ``stored`` in, for a stand-in)."""
     low = kernel.lowered
+    if stored is not None:
+        return frozenset({(l, a) for l, kind in enumerate(stored.levels) for a in kind.arrays} | {(-1, "vals")})
     return frozenset(made_arrays(low)) if low.output.assembly is not None else DENSE_ARRAYS
 
 
 def _reads_in_run(low, written: dict) -> bool:
     """Whether a statement reads the run's tensors as they are written (``reads_plainly``)
     and does not split its rows by the positions of a sparse one (whose entries the
-    host does not know before the launch)."""
+    host does not know before the launch) -- except the top positions of one stored
+    compressed first, whole: the launch reads their count from its ``pos`` (:func:`_hi_from_pos`)."""
     positions = low.threads.positions
     sparse = {name for name, arrays in written.items() if arrays != DENSE_ARRAYS}
-    return reads_plainly(low, written) and (positions is None or positions[0] not in sparse)
+    if not reads_plainly(low, written):
+        return False
+    return positions is None or positions[0] not in sparse or _device_extent(low, written)
+
+
+def _device_extent(low, written: dict) -> bool:
+    """Whether ``low``'s threads split the top positions of a run's output stored
+    compressed first (it hands over level 0's ``pos``) whole, and a ``hi`` parameter
+    bounds them."""
+    th = low.threads
+    return (th.positions[1] == 0 and not th.split and (0, "pos") in written[th.positions[0]]
+            and any(b.role == "hi" for b in low.code.bindings)
+            and any(b.role == "input" and b.storage == th.positions[0] and (b.level, b.array) == (0, "pos")
+                    for b in low.code.bindings))
 
 
 def _joinable(a, kernel) -> bool:
@@ -143,6 +190,7 @@ class GpuStep:
     low: object
     returned: bool
     accumulate: bool  # ``+=``: it adds into the caller's array
+    stored: object = None  # the output's format when ``kernel`` writes its dense-first stand-in
 
     @property
     def sparse(self) -> bool:
@@ -164,15 +212,16 @@ class GpuBuild:
 class GpuProgramRun:
     """Consecutive statements of a program as one kernel on a CUDA backend."""
 
-    def __init__(self, program, run: list, kernels: list, index32_limit: int, expression: str):
+    def __init__(self, program, run: list, kernels: list, index32_limit: int, expression: str, stored=None):
         self.program = program
         self.run_statements = run
         self.target = kernels[0].target
         self.limit = index32_limit
         self.expression = expression
         stmts = program.statements
+        stored = stored or [None] * len(run)
         self.steps = [GpuStep(stmts[k].lhs.tensor.name, kern, kern.lowered, stmts[k].lhs.tensor.name in program.outputs,
-                              stmts[k].accumulate) for k, kern in zip(run, kernels)]
+                              stmts[k].accumulate, fmt) for k, kern, fmt in zip(run, kernels, stored)]
         self.built: dict = {}
         self.reruns = 0  # launches run again because a sparse output outgrew its arrays
         self.gave_up = 0  # launches in which a block gave up waiting at a barrier
@@ -199,12 +248,18 @@ class GpuProgramRun:
 
     def _compile(self, lows: list) -> GpuBuild:
         written, links, bindings, functions = {}, [], [], []  # a two-phase statement: its phased function
+        phases = []
         for j, low in enumerate(lows):
             if self.steps[j].sparse:
-                phased = phased_function(low, self.steps[j].name)
+                phased = phased_function(low, self.steps[j].name, self.steps[j].stored)
                 function, own = phased.function, phased.bindings
+                phases.append(phased.phases)
             else:
                 function, own = low.entry_function, low.code.bindings
+                phases.append(0)
+            top = low.threads.positions
+            if top is not None and top[0] in written and self.steps[written[top[0]]].stored is not None:
+                function, own = _hi_from_pos(function, own, top[0])
             functions.append(function)
             links.append({b.storage: written[b.storage] for b in own
                           if b.role == "input" and b.storage in written})
@@ -215,7 +270,7 @@ class GpuProgramRun:
         name = "statements_" + "_".join(str(k + 1) for k in self.run_statements)
         docs = [self.program.texts[k] for k in self.run_statements]
         fn, sources, _merged = fuse(functions, bindings, links, name, docs)
-        fn = with_barrier(_phases_apart(fn, [st.sparse for st in self.steps]))
+        fn = with_barrier(_phases_apart(fn, phases))
         blocks = {low.threads.gpu_block for low in lows}
         block = blocks.pop() if len(blocks) == 1 and 0 not in blocks else DEFAULT_BLOCK
         source = emit_program(fn, block)
@@ -247,7 +302,7 @@ class GpuProgramRun:
             sizes = ctx.plan.bind_sizes(storages, ops)
             shape, dtype = tuple(sizes[i] for i in ctx.plan.out_indices), ctx.plan.out_dtype
             if st.sparse:
-                array = SparseRows(st.low, sizes, storages, ctx.plan.out_indices, 32, self.limit)
+                array = SparseRows(st.low, sizes, storages, ctx.plan.out_indices, 32, self.limit, st.stored)
                 env[st.name] = array.placeholder()  # a later statement binds its sizes against it
             else:
                 if st.accumulate:
@@ -376,20 +431,42 @@ class GpuProgramRun:
         for k, st in zip(self.run_statements, self.steps):
             parts.append(f"# statement {k + 1}\n{st.low.inspection.notation!r}\n{st.low.inspection.loops}")
             if st.sparse:
-                parts.append(f"({st.name} inside the launch: counted, a two-level prefix sum, filled, a barrier "
+                top = (f" (as {st.low.inspection.notation.lhs.tensor.format.spec()!r}), then its first level "
+                       "written from the row starts" if st.stored is not None else "")
+                parts.append(f"({st.name} inside the launch: counted, a two-level prefix sum, filled{top}, a barrier "
                              "after each step; its arrays are allocated before the launch at an estimate, and the "
                              "launch runs again with room for what it counted when they were too small)")
         return "\n".join(parts)
 
 
-def _phases_apart(fn: irn.Function, sparse: list) -> irn.Function:
+def _phases_apart(fn: irn.Function, phases: list) -> irn.Function:
     """A fused function with each two-phase statement's block split into its count,
-    scan and fill blocks (device_scan.py): the emitter puts a barrier after each."""
+    scan and fill blocks (``phases[k]`` of them, 0 for other statements:
+    device_scan.py): the emitter puts a barrier after each."""
     body = list(fn.body.body)
     blocks = []
-    for k, block in enumerate(body[:len(sparse)]):
-        blocks += split_phases(block.body) if sparse[k] else [block]
-    return dataclasses.replace(fn, body=irn.Block(tuple(blocks + body[len(sparse):])))
+    for k, block in enumerate(body[:len(phases)]):
+        blocks += split_phases(block.body, phases[k]) if phases[k] else [block]
+    return dataclasses.replace(fn, body=irn.Block(tuple(blocks + body[len(phases):])))
+
+
+def _hi_from_pos(function: irn.Function, bindings: list, tensor: str) -> tuple:
+    """``(function, bindings)`` of a statement whose threads split the top positions of
+    ``tensor``, a sparse output of the same launch: its ``hi`` read from ``tensor``'s
+    level-0 ``pos`` after the barrier (the host passes a ``hi`` it ignores: before the
+    launch it does not know the count)."""
+    hi = next(b.var for b in bindings if b.role == "hi")
+    pos = next(b.var for b in bindings
+               if b.role == "input" and b.storage == tensor and (b.level, b.array) == (0, "pos"))
+    taken = {p.name for p in function.params}
+    ignored = irn.Var(next(f"{hi.name}_host{k or ''}" for k in range(len(taken) + 1)
+                           if f"{hi.name}_host{k or ''}" not in taken), hi.type)
+    params = tuple(ignored if p.name == hi.name else p for p in function.params)
+    read = irn.Declare(hi, irn.Cast(irn.Load(pos, irn.i64(1)), hi.type))
+    body = irn.Block((irn.Comment(f"{hi.name}: {tensor}'s top positions, counted in this launch"), read)
+                     + tuple(function.body.body))
+    bindings = [dataclasses.replace(b, var=ignored) if b.role == "hi" else b for b in bindings]
+    return dataclasses.replace(function, params=params, body=body), bindings
 
 
 def co_resident_blocks(target, built: GpuBuild) -> int:

@@ -37,6 +37,7 @@ from ..ir.build import add
 from ..ir.types import I64, ptr
 from .assembly import ROW_POS
 from .context import Binding
+from .device_compact import UNIQUE, FirstLevel, first_kind
 
 # the launch ran out of room for a sparse output's entries: the host runs it again
 CAPACITY_STATUS = n.STATUS_NO_ROOM
@@ -59,12 +60,15 @@ class Phased:
     bindings: list
     first: int   # the first compressed level
     levels: int  # the output's levels
+    phases: int = PHASES  # its blocks: one more for an output stored compressed first (device_compact.py)
 
 
-def phased_function(low, name: str) -> Phased:
+def phased_function(low, name: str, stored=None) -> Phased:
     """The phases of ``low`` (a two-phase lowering whose output is ``name``) as one
     function; UnsupportedError when the count takes a parameter the fill does not
-    (the function has the fill's) or the two name a variable with two types."""
+    (the function has the fill's) or the two name a variable with two types.
+    ``stored``: the format the output is stored in when ``low`` writes its dense-first
+    stand-in (:mod:`.device_compact`): one more phase writes its first level."""
     plan = low.output.assembly
     module = low.code.module
     count, fill = module.function(plan.count), module.function(plan.fill)
@@ -73,6 +77,12 @@ def phased_function(low, name: str) -> Phased:
     _same_types(count, fill)
     bindings = list(low.code.bindings)
     first = plan.first
+    kind = first_kind(stored) if stored is not None else None
+    if stored is not None and (kind is None or first != 1):
+        raise UnsupportedError(f"output {name}: format {stored.spec()!r} is not built from a dense-first stand-in")
+    if kind is not None:  # the stand-in's row starts are not the output's pos: a row array of its own
+        bindings = [dataclasses.replace(b, role=ROW_POS) if b.role == "output" and (b.level, b.array) == (first, "pos")
+                    else b for b in bindings]
     per_row = {b.level: b.var for b in bindings
                if b.role == ROW_POS or (b.role == "output" and (b.level, b.array) == (first, "pos"))}
     levels = len(low.inspection.notation.lhs.tensor.format.levels)
@@ -95,24 +105,32 @@ def phased_function(low, name: str) -> Phased:
               Binding(chunks, CHUNKS_ROLE, name, storage=name)]
     extras += [Binding(caps[l], CAPACITY_ROLE, name, l, storage=name) for l in caps]
     extras += [Binding(needed, NEEDED_ROLE, name, storage=name), Binding(sums, CHUNK_SUMS_ROLE, name, storage=name)]
-    scan = _Scan(per_row, rows, chunk_rows, chunks, sums, first, fresh)
-    body = n.Block((_phase(count), scan.chunks_in_place(), scan.chunk_starts(caps, needed), scan.add_starts(),
-                    _phase(fill), n.Return(n.STATUS_OK)))
-    doc = (f"{fill.doc}\nthe phases in one launch: count, a two-level prefix sum on the device, fill "
-           "(a grid-wide barrier after each step)")
-    fn = n.Function(f"{fill.name}_phased", tuple(fill.params) + tuple(b.var for b in extras), body, doc=doc)
-    return Phased(fn, bindings + extras, first, levels)
+    top = None
+    if kind is not None:
+        crd = next(b.var for b in bindings if b.role == "output" and (b.level, b.array) == (first, "crd"))
+        top = FirstLevel(kind, name, per_row[first], crd.type, rows, lambda base: fresh(base).name)
+        extras += top.bindings()
+    flags = (top.flags, per_row[first]) if kind == UNIQUE else None
+    scan = _Scan(per_row, rows, chunk_rows, chunks, sums, first, fresh, flags)
+    phases = [_phase(count), scan.chunks_in_place(), scan.chunk_starts(caps, needed), scan.add_starts(), _phase(fill)]
+    phases += [top.phase()] if top is not None else []
+    doc = (f"{fill.doc}\nthe phases in one launch: count, a two-level prefix sum on the device, fill"
+           + (f", {name}'s first level from the row starts" if top is not None else "")
+           + " (a grid-wide barrier after each step)")
+    fn = n.Function(f"{fill.name}_phased", tuple(fill.params) + tuple(b.var for b in extras),
+                    n.Block(tuple(phases) + (n.Return(n.STATUS_OK),)), doc=doc)
+    return Phased(fn, bindings + extras, first, levels, len(phases))
 
 
-def split_phases(stmts: tuple) -> list:
+def split_phases(stmts: tuple, phases: int = PHASES) -> list:
     """A fused statement block (:func:`spcomp.lower.fuse.fuse` of a phased function:
-    a note and loads, then its :data:`PHASES` blocks) as that many blocks, the note
+    a note and loads, then its ``phases`` blocks) as that many blocks, the note
     and loads kept with the count phase."""
     body = list(stmts)
-    if len(body) < PHASES or not all(isinstance(b, n.Block) for b in body[-PHASES:]):
-        raise ValueError(f"a phased statement ends with its {PHASES} phase blocks")
-    count = n.Block(tuple(body[:-PHASES]) + tuple(body[-PHASES].body))
-    return [count] + body[-PHASES + 1:]
+    if len(body) < phases or not all(isinstance(b, n.Block) for b in body[-phases:]):
+        raise ValueError(f"a phased statement ends with its {phases} phase blocks")
+    count = n.Block(tuple(body[:-phases]) + tuple(body[-phases].body))
+    return [count] + body[-phases + 1:]
 
 
 def _phase(fn: n.Function) -> n.Block:
@@ -125,12 +143,18 @@ def _phase(fn: n.Function) -> n.Block:
 
 class _Scan:
     """The three steps of the two-level scan of the per-row counts (``per_row``:
-    compressed level -> its array, the count of row ``q`` at ``[q + 1]``)."""
+    compressed level -> its array, the count of row ``q`` at ``[q + 1]``), and of
+    the row flags where given (``(flags, counts)``: 1 at ``flags[q + 1]`` when
+    ``counts[q + 1]`` is not 0; their chunk sums after the levels')."""
 
-    def __init__(self, per_row: dict, rows, chunk_rows, chunks, sums, first: int, fresh):
+    def __init__(self, per_row: dict, rows, chunk_rows, chunks, sums, first: int, fresh, flags=None):
         self.per_row, self.rows, self.chunk_rows, self.chunks = per_row, rows, chunk_rows, chunks
         self.sums, self.first = sums, first
         self.fresh = fresh
+        self.flags = flags
+        # what each step scans: slot of the chunk sums -> array; the flags first, so
+        # that step 1 reads the counts they flag before scanning them in place
+        self.scanned = dict(per_row) if flags is None else {first + len(per_row): flags[0], **per_row}
 
     def _sum_at(self, l: int, c) -> n.Expr:
         return add(n.Binary("*", n.i64(l - self.first), self.chunks), c)
@@ -144,8 +168,16 @@ class _Scan:
 
     def _grid_over_chunks(self, note: str, per_level) -> n.Block:
         c = self.fresh("chunk")
-        inner = [s for l, arr in self.per_row.items() for s in per_level(l, arr, c)]
+        inner = [s for l, arr in self.scanned.items() for s in per_level(l, arr, c)]
         return n.Block((n.Comment(note), n.For(c, n.i64(0), self.chunks, n.Block(tuple(inner)), parallel="gpu-thread")))
+
+    def _count(self, l, arr, total, q) -> n.Stmt:
+        """``total += `` row ``q``'s count (its flag, for the flags)."""
+        if self.flags is not None and arr is self.flags[0]:
+            counts = self.flags[1]
+            return n.If(n.Binary("!=", n.Cast(n.Load(counts, add(q, n.i64(1))), I64), n.i64(0)),
+                        n.Block((n.Assign(total, add(total, n.i64(1))),)))
+        return n.Assign(total, add(total, n.Cast(n.Load(arr, add(q, n.i64(1))), I64)))
 
     def chunks_in_place(self) -> n.Block:
         """Step 1, a thread per chunk: its rows' counts -> starts within the chunk
@@ -154,18 +186,19 @@ class _Scan:
             total = self.fresh(f"chunk_total{l + 1}")
             return [n.Declare(total, n.i64(0)),
                     self._over_chunk(c, lambda q: [
-                        n.Assign(total, add(total, n.Cast(n.Load(arr, add(q, n.i64(1))), I64))),
+                        self._count(l, arr, total, q),
                         n.Store(arr, add(q, n.i64(1)), n.Cast(total, arr.type.elem))]),
                     n.Store(self.sums, self._sum_at(l, c), total)]
         return self._grid_over_chunks("prefix sum of the row counts, step 1: each chunk of rows", level)
 
     def chunk_starts(self, caps: dict, needed) -> n.Block:
         """Step 2, one thread: chunk totals -> chunk starts (exclusive); each level's
-        total to ``needed``; CAPACITY_STATUS when one exceeds its capacity."""
+        total to ``needed`` (the flags' after them); CAPACITY_STATUS when one exceeds
+        its capacity."""
         out: list = [n.Comment("prefix sum of the row counts, step 2 (one thread): the chunks' starts, "
                                "each level's total")]
         totals = {}
-        for l in self.per_row:
+        for l in self.scanned:
             total, c, v = self.fresh(f"total{l + 1}"), self.fresh("chunk"), self.fresh("chunk_sum")
             at = self._sum_at(l, c)
             step = (n.Declare(v, n.Load(self.sums, at)), n.Store(self.sums, at, total),
@@ -174,7 +207,8 @@ class _Scan:
                     n.Store(needed, n.i64(l - self.first), total)]
             totals[l] = total
         for l, total in totals.items():
-            out.append(n.If(n.Binary(">", total, caps[l]), n.Block((n.Return(CAPACITY_STATUS),))))
+            if l in caps:
+                out.append(n.If(n.Binary(">", total, caps[l]), n.Block((n.Return(CAPACITY_STATUS),))))
         return n.Block(tuple(out))
 
     def add_starts(self) -> n.Block:
