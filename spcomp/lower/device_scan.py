@@ -112,7 +112,7 @@ def phased_function(low, name: str, stored=None) -> Phased:
         extras += top.bindings()
     flags = (top.flags, per_row[first]) if kind == UNIQUE else None
     scan = _Scan(per_row, rows, chunk_rows, chunks, sums, first, fresh, flags)
-    phases = [_phase(count), scan.chunks_in_place(), scan.chunk_starts(caps, needed), scan.add_starts(), _phase(fill)]
+    phases = [_phase(count), scan.chunk_totals(), scan.chunk_starts(caps, needed), scan.scan_chunks(), _phase(fill)]
     phases += [top.phase()] if top is not None else []
     doc = (f"{fill.doc}\nthe phases in one launch: count, a two-level prefix sum on the device, fill"
            + (f", {name}'s first level from the row starts" if top is not None else "")
@@ -160,36 +160,34 @@ class _Scan:
         return add(n.Binary("*", n.i64(l - self.first), self.chunks), c)
 
     def _over_chunk(self, c, body) -> n.For:
-        """``for q in chunk c's rows: body(q)``."""
+        """``for q in chunk c's rows: body(q)``, split among the block's threads
+        (neighbouring threads read neighbouring rows)."""
         q = self.fresh("q")
         start = n.Binary("*", c, self.chunk_rows)
         end = n.Binary("min", add(start, self.chunk_rows), self.rows)
-        return n.For(q, start, end, n.Block(tuple(body(q))))
+        return n.For(q, start, end, n.Block(tuple(body(q))), parallel="gpu-thread")
 
-    def _grid_over_chunks(self, note: str, per_level) -> n.Block:
+    def _block_per_chunk(self, note: str, per_level) -> n.Block:
         c = self.fresh("chunk")
         inner = [s for l, arr in self.scanned.items() for s in per_level(l, arr, c)]
-        return n.Block((n.Comment(note), n.For(c, n.i64(0), self.chunks, n.Block(tuple(inner)), parallel="gpu-thread")))
+        return n.Block((n.Comment(note), n.For(c, n.i64(0), self.chunks, n.Block(tuple(inner)), parallel="gpu-block")))
 
-    def _count(self, l, arr, total, q) -> n.Stmt:
-        """``total += `` row ``q``'s count (its flag, for the flags)."""
+    def _addend(self, arr, q) -> n.Expr:
+        """Row ``q``'s count (its flag, for the flags' array)."""
         if self.flags is not None and arr is self.flags[0]:
-            counts = self.flags[1]
-            return n.If(n.Binary("!=", n.Cast(n.Load(counts, add(q, n.i64(1))), I64), n.i64(0)),
-                        n.Block((n.Assign(total, add(total, n.i64(1))),)))
-        return n.Assign(total, add(total, n.Cast(n.Load(arr, add(q, n.i64(1))), I64)))
+            count = n.Cast(n.Load(self.flags[1], add(q, n.i64(1))), I64)
+            return n.Select(n.Binary("!=", count, n.i64(0)), n.i64(1), n.i64(0))
+        return n.Cast(n.Load(arr, add(q, n.i64(1))), I64)
 
-    def chunks_in_place(self) -> n.Block:
-        """Step 1, a thread per chunk: its rows' counts -> starts within the chunk
-        (inclusive, at ``[q + 1]``); the chunk's total into the chunk sums."""
+    def chunk_totals(self) -> n.Block:
+        """Step 1, a block per chunk: its rows' counts summed (the block's threads
+        read neighbouring rows) into the chunk sums."""
         def level(l, arr, c):
             total = self.fresh(f"chunk_total{l + 1}")
             return [n.Declare(total, n.i64(0)),
-                    self._over_chunk(c, lambda q: [
-                        self._count(l, arr, total, q),
-                        n.Store(arr, add(q, n.i64(1)), n.Cast(total, arr.type.elem))]),
+                    self._over_chunk(c, lambda q: [n.Assign(total, add(total, self._addend(arr, q)))]),
                     n.Store(self.sums, self._sum_at(l, c), total)]
-        return self._grid_over_chunks("prefix sum of the row counts, step 1: each chunk of rows", level)
+        return self._block_per_chunk("prefix sum of the row counts, step 1: each chunk's total", level)
 
     def chunk_starts(self, caps: dict, needed) -> n.Block:
         """Step 2, one thread: chunk totals -> chunk starts (exclusive); each level's
@@ -211,16 +209,18 @@ class _Scan:
                 out.append(n.If(n.Binary(">", total, caps[l]), n.Block((n.Return(CAPACITY_STATUS),))))
         return n.Block(tuple(out))
 
-    def add_starts(self) -> n.Block:
-        """Step 3, a thread per chunk: the chunk's start added to its rows'."""
+    def scan_chunks(self) -> n.Block:
+        """Step 3, a block per chunk: its rows' counts -> inclusive row ends in place
+        (at ``[q + 1]``), from the chunk's start: a scan across the block's threads
+        (``backends/cuda/team.py``), the flags' first so that they read the counts
+        before those are overwritten."""
         def level(l, arr, c):
-            start = self.fresh(f"chunk_start{l + 1}")
-            return [n.Declare(start, n.Load(self.sums, self._sum_at(l, c))),
+            running = self.fresh(f"row_end{l + 1}")
+            return [n.Declare(running, n.Load(self.sums, self._sum_at(l, c))),
                     self._over_chunk(c, lambda q: [
-                        n.Store(arr, add(q, n.i64(1)),
-                                n.Cast(add(n.Cast(n.Load(arr, add(q, n.i64(1))), I64), start), arr.type.elem))])]
-        return self._grid_over_chunks("prefix sum of the row counts, step 3: each chunk's start added to its rows",
-                                      level)
+                        n.Assign(running, add(running, self._addend(arr, q))),
+                        n.Store(arr, add(q, n.i64(1)), n.Cast(running, arr.type.elem))])]
+        return self._block_per_chunk("prefix sum of the row counts, step 3: each chunk scanned from its start", level)
 
 
 def _variables(fn: n.Function) -> list:
