@@ -2,7 +2,9 @@
 
 On ``cuda`` and ``cuda-sim`` a run of consecutive statements that each write a
 dense row-major array, or a sparse one of dense rows counted and filled in two
-phases, in one launch -- no host work between them: no transposed or diagonal
+phases, or one stored compressed first (dcsr, csf, a 2-d coo) whose dense-first
+stand-in is (``lower/device_compact.py``: one more phase writes its first
+level), in one launch -- no host work between them: no transposed or diagonal
 copy of a tensor the run writes, no appends into arrays that grow --
 becomes one ``__global__`` kernel:
 the statements' functions joined by :func:`spcomp.lower.fuse.fuse` (a temporary
@@ -16,6 +18,8 @@ two-phase sparse output is counted, prefix-summed on the device and filled
 between barriers, into arrays the host allocated at an estimate before the
 launch; when they were too small the host runs the launch again with room for
 what it counted (``lower/device_scan.py``, ``program_gpu_sparse.py``). A
+statement whose threads split the top positions of an output stored compressed
+first earlier in the launch reads their count on the device (:func:`_hi_from_pos`). A
 serial statement (no grid-level loop) runs on one thread of the grid between
 two barriers. Each statement keeps its own mapping: where
 the default schedule leaves a thread or a warp per row to the call

@@ -11,7 +11,10 @@ between the phases, so it allocates before the launch: the per-row count arrays
 total entries to ``needed``; when one exceeds its capacity the kernel fills
 nothing and the host runs the launch again with room for exactly that many
 (:meth:`SparseRows.grow`), as a bounded-append kernel is run again
-(``runtime/call.py``). Before the launch a later statement of the run sees the
+(``runtime/call.py``). An output stored compressed first (``lower/device_compact.py``)
+is allocated as its dense-first stand-in's arrays plus its own first level's
+(``pos``, ``crd``, and level 1's ``pos`` and the row flags for unique levels),
+and the result is cut in its own format. Before the launch a later statement of the run sees the
 output as an empty tensor of its shape (it binds its sizes against it; its
 arrays are the writer's own parameters in the kernel).
 """

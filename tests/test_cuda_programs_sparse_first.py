@@ -4,7 +4,8 @@ A statement whose output is dcsr, csf or a 2-d coo joins the run's launch throug
 its dense-first stand-in (csr, ``dcc``): counted, prefix-summed and filled as
 test_cuda_programs_sparse_join.py checks, then one more phase writes the output's
 first level from the row starts (a second scan, over "the row has entries" flags,
-places dcsr's rows). A later statement reads the output after the barrier, also
+places dcsr's rows). The 32 -> 64-bit rerun is test_cuda_programs_sparse_join.py's,
+for these formats too. A later statement reads the output after the barrier, also
 one whose threads split its top positions (their count is read on the device).
 Results under cuda-sim against numpy.einsum and the statements run one by one
 (array for array); the kernels compile with nvcc.
@@ -18,9 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import spcomp
-from spcomp.backends.cuda import nvcc
+from spcomp.backends.cuda import nvcc, sim
+from spcomp.backends.cuda.emit import emit_module
+from spcomp.backends.cuda.signature import signatures
 from spcomp.formats import Format
-from spcomp.lower import device_compact, device_scan, record
+from spcomp.ir import nodes as n
+from spcomp.ir.types import I64, ptr
+from spcomp.lower import device_compact, device_scan
 from spcomp.runtime import launch
 
 from conftest import examples
@@ -104,19 +109,6 @@ def test_too_small_arrays_run_the_launch_again_with_room(monkeypatch, fmt):
     assert np.allclose(out["T"].to_numpy(), (A + B).toarray()) and np.allclose(out["y"], (A + B) @ X)
 
 
-@pytest.mark.parametrize("fmt", FIRST)
-def test_more_entries_than_32_bit_positions_hold_run_again_with_64_bit_indices(monkeypatch, fmt):
-    monkeypatch.setattr(record, "INDEX32_LIMIT", 300)  # read when the program compiles
-    k = _compile("T[i,j] = A[i,j] * B[i,j] + B[i,j]; y[i] = T[i,j] * x[j]", fmt, ["T", "y"])
-    assert k.launches == 1, k.loops
-    out = k(A=A, B=B, x=X)
-    (seg,) = fused_kernels(k)
-    want = A.multiply(B) + B
-    assert want.nnz > 300 and seg.reruns == 1 and any(bits == 64 for bits, _hows in seg.built)
-    assert out["T"].levels[0]["pos"].dtype == np.int64
-    assert np.allclose(out["T"].to_numpy(), want.toarray()) and np.allclose(out["y"], want @ X)
-
-
 @pytest.mark.parametrize("chunk", [1, 7])
 def test_the_row_flags_scan_over_many_chunks(monkeypatch, chunk):
     monkeypatch.setattr(device_scan, "SCAN_CHUNK", chunk)
@@ -193,3 +185,41 @@ def test_random_compressed_first_outputs_match_einsum(case):
             "Y": lambda: T + 1}[out_name]()
     assert np.allclose(got["T"].to_numpy(), T) and np.allclose(got[out_name], want)
     _same_arrays(got["T"], separately(k, ops)["T"])
+
+
+# ------------------------------------------- the block scan (backends/cuda/team.py)
+
+def _chunk_scan_function():
+    """``out[q] = start[c] + counts[chunk c's rows up to q]``, a block per chunk of
+    ``size`` rows: a member loop that scans a scalar, as device_scan's step 3."""
+    counts, out, start = n.Var("counts", ptr(I64)), n.Var("out", ptr(I64)), n.Var("start", ptr(I64))
+    totals, rows, size, chunks = n.Var("totals", ptr(I64)), n.Var("rows", I64), n.Var("size", I64), n.Var("chunks", I64)
+    c, q, run = n.Var("c", I64), n.Var("q", I64), n.Var("running", I64)
+    first = n.Binary("*", c, size)
+    body = n.Block((n.Declare(run, n.Load(start, c)),
+                    n.For(q, first, n.Binary("min", n.Binary("+", first, size), rows), n.Block((
+                        n.Assign(run, n.Binary("+", run, n.Load(counts, q))),
+                        n.Store(out, q, run))), parallel="gpu-thread"),
+                    n.Store(totals, c, run)))
+    return n.Function("chunk_scan", (counts, out, start, totals, rows, size, chunks),
+                      n.Block((n.For(c, n.i64(0), chunks, body, parallel="gpu-block"), n.Return())))
+
+
+@pytest.mark.parametrize("rows,size", [(1, 1), (700, 64), (700, 256), (1000, 300), (513, 1024)])
+def test_a_member_loop_that_scans_a_scalar_gives_the_sequential_sums(rows, size):
+    f = _chunk_scan_function()
+    source = emit_module(n.Module((f,)))
+    assert "spc_block_scan(" in source
+    mod = sim.compile_sim(source, signatures(n.Module((f,))))
+    rng = np.random.default_rng(rows + size)
+    counts = rng.integers(0, 5, rows).astype(np.int64)
+    chunks = -(-rows // size)
+    start = rng.integers(0, 100, chunks).astype(np.int64)
+    out, totals = np.zeros(rows, dtype=np.int64), np.zeros(chunks, dtype=np.int64)
+    assert mod.launch("chunk_scan", [counts, out, start, totals, rows, size, chunks], 3, 64) == 0
+    for k in range(chunks):
+        part = counts[k * size:(k + 1) * size]
+        assert np.array_equal(out[k * size:(k + 1) * size], start[k] + np.cumsum(part))
+        assert totals[k] == start[k] + part.sum()
+    if nvcc.nvcc_available():
+        nvcc.check_source(source)

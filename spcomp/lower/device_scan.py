@@ -11,21 +11,24 @@ between, so :func:`phased_function` joins them into one function of
 barrier after each:
 
 1. the count phase, as lowered (grid-stride over the rows);
-2. the scan of the per-row counts, in three steps (a two-level scan): the
-   grid's threads each scan a chunk of rows (:data:`SCAN_CHUNK` of them, passed
-   by the host) of each compressed level in place and note the chunk's total;
-   one thread scans the chunk totals into chunk starts, writes each level's
-   total to ``needed`` and returns :data:`CAPACITY_STATUS` when a total exceeds
-   the capacity the host allocated that level's arrays at -- every block then
-   leaves after the barrier, nothing is filled, no later statement runs, and
-   the host runs the launch again with room for exactly ``needed``; the
-   threads add each chunk's start to its rows. Level ``first``'s row starts are
-   the output ``pos``;
-3. the fill phase, as lowered, into arrays of at least the capacity.
+2. the scan of the per-row counts, in three steps (a two-level scan): a block
+   per chunk of rows (:data:`SCAN_CHUNK` of them, passed by the host) sums
+   each compressed level's counts in the chunk, its threads reading
+   neighbouring rows (a block reduction); one thread scans the chunk totals
+   into chunk starts, writes each level's total to ``needed`` and returns
+   :data:`CAPACITY_STATUS` when a total exceeds the capacity the host
+   allocated that level's arrays at -- every block then leaves after the
+   barrier, nothing is filled, no later statement runs, and the host runs the
+   launch again with room for exactly ``needed``; a block per chunk scans its
+   rows in place from the chunk's start (a member loop that scans a scalar,
+   printed by ``backends/cuda/team.py`` as rounds of ``spc_block_scan``).
+   Level ``first``'s row starts are the output ``pos``;
+3. the fill phase, as lowered, into arrays of at least the capacity;
+4. for an output stored compressed first, lowered as its dense-first
+   stand-in (:mod:`.device_compact`): its first level from the row starts
+   (the scan then also sums the rows' "has entries" flags).
 
-Each thread scans its chunk sequentially (on a GPU neighbouring threads then
-read far apart: a block-wide scan in shared memory would be faster), and one
-thread scans the ``rows / SCAN_CHUNK`` chunk totals.
+One thread scans the ``rows / SCAN_CHUNK`` chunk totals.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ from .device_compact import UNIQUE, FirstLevel, first_kind
 
 # the launch ran out of room for a sparse output's entries: the host runs it again
 CAPACITY_STATUS = n.STATUS_NO_ROOM
-SCAN_CHUNK = 1024  # rows one thread scans in the first and last steps of the scan (the host passes it)
+SCAN_CHUNK = 1024  # rows one block sums, then scans, in the first and last steps of the scan (the host passes it)
 PHASES = 5  # blocks of a phased function: count, the scan's three steps, fill
 ROWS_ROLE = "rows"          # the number of rows (dense positions above the first compressed level)
 CHUNK_ROWS_ROLE = "chunk_rows"  # rows per chunk of the scan: SCAN_CHUNK
