@@ -19,7 +19,10 @@ between barriers, into arrays the host allocated at an estimate before the
 launch; when they were too small the host runs the launch again with room for
 what it counted (``lower/device_scan.py``, ``program_gpu_sparse.py``). A
 statement whose threads split the top positions of an output stored compressed
-first earlier in the launch reads their count on the device (:func:`_hi_from_pos`). A
+first earlier in the launch reads their count on the device (:func:`_hi_from_pos`).
+A serial statement appending a sparse output into arrays of a fixed capacity
+(bounded appends) joins too: it reports status 8 when its entries did not fit
+(:func:`_refuse_overflow`) and the host runs the launch again with room. A
 serial statement (no grid-level loop) runs on one thread of the grid between
 two barriers. Each statement keeps its own mapping: where
 the default schedule leaves a thread or a warp per row to the call
@@ -48,14 +51,17 @@ from .ir import nodes as irn
 from .lower.device_compact import stand_in
 from .lower.device_scan import CAPACITY_STATUS, phased_function, split_phases
 from .lower.fuse import fuse, made_arrays, reads_plainly
-from .program_gpu_sparse import SparseRows
+from .program_gpu_sparse import BoundedAppends, SparseRows
 from .runtime.launch import parallel_extent, raise_status
 from .runtime.operands import index_bits, is_device_array, is_torch, refuse_overlap
 
 SYNC_TIMEOUT_S = 60.0  # longest wait at the grid-wide barrier before the launch reports an error
 _ROLES = ("lo", "hi", "size", "input", "output")
 _SPARSE_ROLES = _ROLES + ("row_pos",)  # a two-phase output's per-row counts of its lower levels
-RERUNS = 3  # launches with more room for a sparse output before the run gives up (one suffices)
+_BOUNDED_ROLES = _ROLES + ("capacity", "output_bounded", "needed")  # a serial statement's bounded appends
+# launches with more room for a sparse output before the run gives up (one suffices; one more
+# for each further sparse output of the run, whose statement runs only once those before it fit)
+RERUNS = 3
 # what a joinable statement hands the next one: its dense values array itself (no
 # transposed or diagonal copy of it, which the runtime would make between launches)
 DENSE_ARRAYS = frozenset({(-1, "vals")})
@@ -100,15 +106,16 @@ def plan_gpu(program, kernels: list, index32_limit: int, expression: str, recomp
 
 def _with_stand_ins(stmts, kernels: list, recompiled) -> tuple:
     """``(kernels, stored)``: each statement's kernel for a run -- for an output stored
-    compressed first that its own kernel cannot assemble in the launch, its dense-first
-    stand-in's kernel where that one can, ``stored[k]`` then the output's format
-    (else None)."""
+    compressed first that its own kernel cannot assemble in the launch, or only on one
+    thread (bounded appends), its dense-first stand-in's kernel where that one can,
+    ``stored[k]`` then the output's format (else None)."""
     out, stored = list(kernels), [None] * len(stmts)
     if recompiled is None or len(stmts) < 2:
         return out, stored
     for k, a in enumerate(stmts):
         fmt = a.lhs.tensor.format
-        alt = stand_in(fmt) if not fmt.is_dense and not _joinable(a, kernels[k]) else None
+        serial = not _joinable(a, kernels[k]) or kernels[k].lowered.output.bounded  # (one thread appends)
+        alt = stand_in(fmt) if not fmt.is_dense and serial else None
         if alt is None:
             continue
         try:
@@ -126,6 +133,8 @@ def _made(kernel, stored=None) -> frozenset:
     a two-phase sparse output's arrays (its ``pos``, ``crd``, ``vals``; those of the
     format it is ``stored`` in, for a stand-in)."""
     low = kernel.lowered
+    if low.output.bounded:
+        return frozenset((b.level, b.array) for b in low.code.bindings if b.role in ("output", "output_bounded"))
     if stored is not None:
         return frozenset({(l, a) for l, kind in enumerate(stored.levels) for a in kind.arrays} | {(-1, "vals")})
     return frozenset(made_arrays(low)) if low.output.assembly is not None else DENSE_ARRAYS
@@ -166,6 +175,8 @@ def _joinable(a, kernel) -> bool:
     out = low.output
     if out.assembly is not None:
         return _joinable_sparse(a, kernel)
+    if out.bounded:
+        return _joinable_bounded(a, kernel)
     return (kernel.contraction is None and fmt.is_dense
             and fmt.order == tuple(range(fmt.ndim)) and out.shape == "dense" and not out.growable
             and not out.bounded and out.assembly is None and out.expand is None and not low.append_chunks
@@ -185,6 +196,18 @@ def _joinable_sparse(a, kernel) -> bool:
             and all(b.role in _SPARSE_ROLES for b in low.output.assembly.count_bindings))
 
 
+def _joinable_bounded(a, kernel) -> bool:
+    """Whether a statement appending into arrays of a fixed capacity can run inside
+    the launch: serial (one thread appends), assigned, nothing else to grow."""
+    low = kernel.lowered
+    out = low.output
+    return (kernel.contraction is None and not a.accumulate and low.threads.parallel is None
+            and not out.growable and out.assembly is None and out.expand is None and not low.append_chunks
+            and all(b.role in _BOUNDED_ROLES for b in low.code.bindings)
+            and sum(b.role == "needed" for b in low.code.bindings) == 1
+            and sum(b.role == "capacity" for b in low.code.bindings) == 1)
+
+
 @dataclasses.dataclass
 class GpuStep:
     """One statement of a GPU run: its output, its own kernel, its 32-bit lowering
@@ -200,6 +223,11 @@ class GpuStep:
     def sparse(self) -> bool:
         """Whether its output is counted, scanned and filled in the launch (device_scan.py)."""
         return self.low.output.assembly is not None
+
+    @property
+    def bounded(self) -> bool:
+        """Whether its output is appended into arrays of a fixed capacity (one thread)."""
+        return bool(self.low.output.bounded)
 
 
 @dataclasses.dataclass
@@ -261,6 +289,9 @@ class GpuProgramRun:
             else:
                 function, own = low.entry_function, low.code.bindings
                 phases.append(0)
+            if self.steps[j].bounded:  # (its arrays are outputs a later statement reads, as any)
+                function = _refuse_overflow(function, own)
+                own = [dataclasses.replace(b, role="output") if b.role == "output_bounded" else b for b in own]
             top = low.threads.positions
             if top is not None and top[0] in written and self.steps[written[top[0]]].stored is not None:
                 function, own = _hi_from_pos(function, own, top[0])
@@ -277,6 +308,9 @@ class GpuProgramRun:
         fn = with_barrier(_phases_apart(fn, phases))
         blocks = {low.threads.gpu_block for low in lows}
         block = blocks.pop() if len(blocks) == 1 and 0 not in blocks else DEFAULT_BLOCK
+        if block % 32 and any(st.sparse for st in self.steps):
+            raise UnsupportedError(f"a block of {block} threads: the scan of a sparse output inside the launch "
+                                   "needs whole warps (a multiple of 32)")
         source = emit_program(fn, block)
         sim = None
         if self.target.name == "cuda-sim":
@@ -305,7 +339,10 @@ class GpuProgramRun:
                 ops[st.name] = env[st.name]
             sizes = ctx.plan.bind_sizes(storages, ops)
             shape, dtype = tuple(sizes[i] for i in ctx.plan.out_indices), ctx.plan.out_dtype
-            if st.sparse:
+            if st.bounded:
+                array = BoundedAppends(st.low, sizes, storages, ctx.plan.out_indices, 32, self.limit)
+                env[st.name] = array.placeholder()
+            elif st.sparse:
                 array = SparseRows(st.low, sizes, storages, ctx.plan.out_indices, 32, self.limit, st.stored)
                 env[st.name] = array.placeholder()  # a later statement binds its sizes against it
             else:
@@ -316,15 +353,16 @@ class GpuProgramRun:
                 env[st.name] = array  # a later statement binds its sizes against it (and reads it)
             per_step.append((storages, sizes, array))
             bits = max(bits, index_bits(storages, sizes, self.limit))
-        rows = [array for _s, _z, array in per_step if isinstance(array, SparseRows)]
+        rows = [array for _s, _z, array in per_step if isinstance(array, (SparseRows, BoundedAppends))]
         for r in rows:
             if bits != 32:  # an operand needs 64-bit indices: so do the outputs' arrays
                 r.grow(bits)
         sums = {st.name: array.copy() for st, (_s, _z, array) in zip(self.steps, per_step)
                 if st.accumulate and rows}  # a launch run again adds into the old values again
-        for launch in range(RERUNS + 1):
+        reruns = RERUNS + max(len(rows) - 1, 0)
+        for launch in range(reruns + 1):
             status = self._launch_at(bits, per_step)
-            if not rows or launch == RERUNS or status not in (CAPACITY_STATUS, irn.STATUS_INDEX_OVERFLOW):
+            if not rows or launch == reruns or status not in (CAPACITY_STATUS, irn.STATUS_INDEX_OVERFLOW):
                 break
             # the sparse outputs' arrays were too small (or their positions too narrow):
             # run again with room for exactly what this launch counted
@@ -333,7 +371,7 @@ class GpuProgramRun:
             for r in rows:
                 r.grow(bits)
             for st, (_s, _z, array) in zip(self.steps, per_step):
-                if not st.sparse:
+                if not (st.sparse or st.bounded):
                     array[...] = sums[st.name] if st.accumulate else 0
             self.reruns += 1
         if status == GRID_SYNC_STATUS:
@@ -343,14 +381,14 @@ class GpuProgramRun:
                 "between them: the grid's blocks were not all resident at once")
         if status == CAPACITY_STATUS:  # (each launch had room for what the one before counted)
             raise KernelRuntimeError(f"program {self.expression!r}: a sparse output counted more entries than its "
-                                     f"arrays held in {RERUNS + 1} launches, each given room for the last one's")
+                                     f"arrays held in {reruns + 1} launches, each given room for the last one's")
         if status != 0:
             raise_status(status, None, self.steps[-1].name, self.expression)
         for name, given, array in copied:  # a += array that was not row-major: its sums go back in place
             given[...] = array
             env[name] = given
         for st, (_s, _z, array) in zip(self.steps, per_step):
-            if st.sparse:
+            if st.sparse or st.bounded:
                 env[st.name] = array.result()
             elif array.ndim == 0 and st.returned and not st.accumulate:
                 env[st.name] = array.item()
@@ -360,8 +398,9 @@ class GpuProgramRun:
         lists, hows = [], []
         for st, (storages, sizes, array) in zip(self.steps, per_step):
             variant = st.kernel.variant(bits)
-            out_arg = array.out_arg if st.sparse else (lambda b, a=array: a.reshape(-1))
-            args, lohi = st.kernel.runtime.args(variant.arg_plan, storages, sizes, bits, out_arg)
+            out_arg = array.out_arg if st.sparse or st.bounded else (lambda b, a=array: a.reshape(-1))
+            args, lohi = st.kernel.runtime.args(variant.arg_plan, storages, sizes, bits, out_arg,
+                                                array.capacity if st.bounded else None)
             if lohi is not None:
                 args[lohi], args[lohi + 1] = 0, parallel_extent(variant.lowered, sizes, storages)
             if st.sparse:
@@ -440,6 +479,10 @@ class GpuProgramRun:
                 parts.append(f"({st.name} inside the launch: counted, a two-level prefix sum, filled{top}, a barrier "
                              "after each step; its arrays are allocated before the launch at an estimate, and the "
                              "launch runs again with room for what it counted when they were too small)")
+            elif st.bounded:
+                parts.append(f"({st.name} inside the launch: one thread appends it; when its entries did not fit "
+                             "it reports so before any later statement reads it, and the launch runs again with "
+                             "room for them)")
         return "\n".join(parts)
 
 
@@ -452,6 +495,22 @@ def _phases_apart(fn: irn.Function, phases: list) -> irn.Function:
     for k, block in enumerate(body[:len(phases)]):
         blocks += split_phases(block.body, phases[k]) if phases[k] else [block]
     return dataclasses.replace(fn, body=irn.Block(tuple(blocks + body[len(phases):])))
+
+
+def _refuse_overflow(function: irn.Function, bindings: list) -> irn.Function:
+    """A bounded-append statement's function that returns CAPACITY_STATUS after its
+    appends when they needed more entries than its arrays hold: a later statement of
+    the launch must not read a cut output (the host runs the launch again)."""
+    needed = next(b.var for b in bindings if b.role == "needed")
+    capacity = next(b.var for b in bindings if b.role == "capacity")
+    body = list(function.body.body)
+    if body and isinstance(body[-1], irn.Return) and body[-1].status == irn.STATUS_OK:
+        body.pop()
+    body += [irn.Comment("the appends did not fit: the host runs the launch again with room for them"),
+             irn.If(irn.Binary(">", irn.Cast(irn.Load(needed, irn.i64(0)), capacity.type), capacity),
+                    irn.Block((irn.Return(CAPACITY_STATUS),))),
+             irn.Return(irn.STATUS_OK)]
+    return dataclasses.replace(function, body=irn.Block(tuple(body)))
 
 
 def _hi_from_pos(function: irn.Function, bindings: list, tensor: str) -> tuple:

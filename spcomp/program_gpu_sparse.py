@@ -26,7 +26,7 @@ from .lower.assembly import ROW_POS
 from .lower import device_scan
 from .lower.device_compact import UNIQUE, first_kind
 from .runtime.launch import first_capacity
-from .runtime.outputs import OutputLayout
+from .runtime.outputs import Output, OutputLayout
 from .runtime.plan import np_dtype, output_level_sizes
 
 
@@ -121,4 +121,44 @@ class SparseRows:
         return OutputLayout(self.stored, self.layout.level_sizes, self.layout.bits, self.layout.dtype)
 
 
-__all__ = ["SparseRows"]
+class BoundedAppends:
+    """A serial statement's output appended into arrays of a fixed capacity (bounded
+    appends, as a kernel of its own on the GPU: ``runtime/call.py``) in a fused launch:
+    the statement stores what fits, counts every entry into ``needed``, and returns
+    CAPACITY_STATUS when they did not fit (``program_gpu._refuse_overflow``), so the
+    host runs the launch again with room for exactly that many."""
+
+    def __init__(self, low, sizes: dict, storages: dict, out_indices, bits: int, limit: int):
+        self.low, self.sizes = low, sizes
+        capacity = first_capacity(low, sizes, storages, out_indices)
+        self.capacity = int(min(capacity, limit) if bits == 32 else capacity)
+        self.out = self._output(bits)
+
+    def _output(self, bits: int) -> Output:
+        out = Output(self.low, self.sizes, None, bits, False, False)
+        out.capacity = self.capacity
+        return out
+
+    def out_arg(self, b):
+        return self.out.arg(b, pointers=False)
+
+    def extra_args(self) -> list:
+        return []
+
+    def most_needed(self) -> int:
+        return self.out.needed()
+
+    def grow(self, bits: int) -> None:
+        """Room for what the last launch counted, fresh arrays at ``bits``-bit indices."""
+        self.capacity = max(self.capacity, self.out.needed())
+        self.out = self._output(bits)
+
+    def result(self):
+        return self.out.result()
+
+    def placeholder(self):
+        """An empty tensor of the output's shape and format."""
+        return self.out.layout.tensor(self.out.shape, lambda key, count, dtype: np.zeros(count, dtype=dtype))
+
+
+__all__ = ["SparseRows", "BoundedAppends"]

@@ -25,7 +25,7 @@ from spcomp.backends.cuda.signature import signatures
 from spcomp.formats import Format
 from spcomp.ir import nodes as n
 from spcomp.ir.types import I64, ptr
-from spcomp.lower import device_compact, device_scan
+from spcomp.lower import device_compact, device_scan, record
 from spcomp.runtime import launch
 
 from conftest import examples
@@ -126,7 +126,7 @@ def test_the_first_level_is_a_phase_of_its_own():
     assert "the first level from the row starts" in source
 
 
-def test_formats_without_a_stand_in_do_not_join():
+def test_formats_without_a_stand_in_join_on_one_thread():
     assert device_compact.first_kind(Format.parse("coo")) == device_compact.COORDINATES
     assert device_compact.first_kind(Format.parse("dcsr")) == device_compact.UNIQUE
     assert device_compact.stand_in(Format.parse("csr")) is None  # dense first: joins as it is
@@ -135,9 +135,11 @@ def test_formats_without_a_stand_in_do_not_join():
     Xt = rng.standard_normal((30, 4, 3)) * (rng.random((30, 4, 3)) < 0.3)
     k = spcomp.compile("T[i,j,k] = X[i,j,k] * 2; z[i,j] = T[i,j,k] * v[k]", formats={"X": "dcc", "T": "coo"},
                        backend="cuda-sim", outputs=["T", "z"])
-    assert k.launches == 2
+    assert k.launches == 1, k.loops
+    (seg,) = fused_kernels(k)
+    assert seg.steps[0].stored is None and seg.steps[0].bounded  # appended by one thread (bounded appends)
     out = k(X=Xt, v=np.ones(3))
-    assert np.allclose(out["T"].to_numpy(), 2 * Xt)
+    assert np.allclose(out["T"].to_numpy(), 2 * Xt) and np.allclose(out["z"], (2 * Xt).sum(axis=2))
 
 
 @pytest.mark.skipif(not nvcc.nvcc_available(), reason="nvcc (the CUDA toolkit) is not installed")
@@ -223,3 +225,61 @@ def test_a_member_loop_that_scans_a_scalar_gives_the_sequential_sums(rows, size)
         assert totals[k] == start[k] + part.sum()
     if nvcc.nvcc_available():
         nvcc.check_source(source)
+
+
+def test_a_block_of_partial_warps_runs_the_statements_one_by_one(monkeypatch):
+    from spcomp import program_gpu
+    monkeypatch.setattr(program_gpu, "DEFAULT_BLOCK", 48)  # the scan's warp shuffles need whole warps
+    k = _compile("T[i,j] = A[i,j] * B[i,j] * 2; y[i] = T[i,j] * x[j]", "dcsr", ["T", "y"])  # (not cached)
+    assert k.launches == 2 and not fused_kernels(k)
+    assert np.allclose(k(A=A, B=B, x=X)["y"], 2 * (A.multiply(B) @ X))
+
+
+# ------------------------------------ bounded appends: one thread, a fixed capacity
+
+BOUNDED = "T[i,j] = A[i,j] * B[i,j]; S[i,j] = T[i,j] + B[i,j]; y[i] = S[i,j] * x[j]"
+
+
+def test_a_serial_statement_with_bounded_appends_joins_after_a_dcsr_temporary():
+    # S co-iterates T's stored rows with B's: one thread appends it (bounded appends)
+    k = _compile(BOUNDED, "dcsr", ["T", "S", "y"], {"S": "csr"})
+    assert k.launches == 1, k.loops
+    (seg,) = fused_kernels(k)
+    assert seg.steps[0].stored is not None and seg.steps[1].bounded and "one thread appends it" in k.loops
+    out = k(A=A, B=B, x=X)
+    want = A.multiply(B) + B
+    assert seg.reruns == 0 and np.allclose(out["S"].to_numpy(), want.toarray()) and np.allclose(out["y"], want @ X)
+    alone = separately(k, {"A": A, "B": B, "x": X})
+    _same_arrays(out["S"], alone["S"])
+    _same_arrays(out["T"], alone["T"])
+
+
+def test_bounded_appends_that_do_not_fit_run_the_launch_again(monkeypatch):
+    monkeypatch.setattr(launch, "FIRST_CAPACITY", 3)
+    k = _compile(BOUNDED, "dcsr", ["S", "y"], {"S": "csr"})
+    (seg,) = fused_kernels(k)
+    out = k(A=A, B=B, x=X)
+    # T's scan reports first (S does not run), then S's appends: each output gets room once
+    assert seg.reruns == 2 and seg.gave_up == 0
+    want = A.multiply(B) + B
+    assert np.allclose(out["S"].to_numpy(), want.toarray()) and np.allclose(out["y"], want @ X)
+
+
+def test_bounded_appends_past_32_bit_positions_run_again_with_64_bit_indices(monkeypatch):
+    monkeypatch.setattr(record, "INDEX32_LIMIT", 300)
+    k = _compile("S[i,j] = T[i,j] + B[i,j]; y[i] = S[i,j] * x[j]", "dcsr", ["S", "y"], {"S": "csr"})
+    assert k.launches == 1, k.loops
+    T = sp.random(M, N, density=0.1, format="csr", random_state=3)
+    out = k(T=T, B=B, x=X)
+    (seg,) = fused_kernels(k)
+    want = T + B
+    assert want.nnz > 300 and seg.reruns >= 1 and any(bits == 64 for bits, _hows in seg.built)
+    assert np.allclose(out["S"].to_numpy(), want.toarray()) and np.allclose(out["y"], want @ X)
+
+
+@pytest.mark.skipif(not nvcc.nvcc_available(), reason="nvcc (the CUDA toolkit) is not installed")
+def test_the_bounded_append_kernel_compiles_with_nvcc():
+    k = _compile(BOUNDED, "dcsr", ["S", "y"], {"S": "csr"})
+    (seg,) = fused_kernels(k)
+    for built in seg.built.values():
+        assert set(nvcc.check_source(built.compiled[0], arch="sm_90")) == {built.function.name}
