@@ -154,8 +154,8 @@ def _reads_in_run(low, written: dict) -> bool:
 
 def _device_extent(low, written: dict) -> bool:
     """Whether ``low``'s threads split the top positions of a run's output stored
-    compressed first (it hands over level 0's ``pos``) whole, and a ``hi`` parameter
-    bounds them."""
+    compressed first (it hands over level 0's ``pos``: a stand-in's or one thread's
+    appends) whole, and a ``hi`` parameter bounds them."""
     th = low.threads
     return (th.positions[1] == 0 and not th.split and (0, "pos") in written[th.positions[0]]
             and any(b.role == "hi" for b in low.code.bindings)
@@ -293,7 +293,7 @@ class GpuProgramRun:
                 function = _refuse_overflow(function, own)
                 own = [dataclasses.replace(b, role="output") if b.role == "output_bounded" else b for b in own]
             top = low.threads.positions
-            if top is not None and top[0] in written and self.steps[written[top[0]]].stored is not None:
+            if top is not None and top[0] in written:  # (_reads_in_run let only top positions through)
                 function, own = _hi_from_pos(function, own, top[0])
             functions.append(function)
             links.append({b.storage: written[b.storage] for b in own

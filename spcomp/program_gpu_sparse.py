@@ -140,12 +140,15 @@ class BoundedAppends:
         return out
 
     def out_arg(self, b):
+        """The array of one of the statement's output parameters (``needed`` too)."""
         return self.out.arg(b, pointers=False)
 
     def extra_args(self) -> list:
+        """None: the capacity is the statement's own ``capacity`` parameter."""
         return []
 
     def most_needed(self) -> int:
+        """The entries the last launch counted."""
         return self.out.needed()
 
     def grow(self, bits: int) -> None:
@@ -154,6 +157,7 @@ class BoundedAppends:
         self.out = self._output(bits)
 
     def result(self):
+        """The output Tensor, its arrays cut to the entries appended."""
         return self.out.result()
 
     def placeholder(self):

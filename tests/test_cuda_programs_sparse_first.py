@@ -163,7 +163,8 @@ def _cases(draw):
     seed = draw(st.integers(0, 2**16))
     fmt = draw(st.sampled_from(FIRST))
     op = draw(st.sampled_from(["*", "+"]))
-    reader = draw(st.sampled_from(["y[i] = T[i,j] * x[j]", "u[j] = T[i,j] * w[i]", "Y[i,j] = T[i,j] + 1"]))
+    reader = draw(st.sampled_from(["y[i] = T[i,j] * x[j]", "u[j] = T[i,j] * w[i]", "Y[i,j] = T[i,j] + 1",
+                                   "S[i,j] = T[i,j] + Q[i,j]"]))  # (S: one thread's bounded appends)
     return rows, cols, density, empty, seed, fmt, op, reader
 
 
@@ -177,15 +178,16 @@ def test_random_compressed_first_outputs_match_einsum(case):
     x, w = np.linspace(-1, 1, cols), np.linspace(1, 2, rows)
     text = f"T[i,j] = P[i,j] {op} Q[i,j]; {reader}"
     out_name = reader[0]
-    k = spcomp.compile(text, formats={"P": "csr", "Q": "csr", "T": fmt}, backend="cuda-sim",
-                       outputs=["T", out_name])
+    formats = {"P": "csr", "Q": "csr", "T": fmt, **({"S": "csr"} if out_name == "S" else {})}
+    k = spcomp.compile(text, formats=formats, backend="cuda-sim", outputs=["T", out_name])
     assert k.launches == 1, k.loops
     ops = {"P": P, "Q": Q, **({"x": x} if out_name == "y" else {"w": w} if out_name == "u" else {})}
     got = k(**ops)
     T = np.einsum("ij,ij->ij", P.toarray(), Q.toarray()) if op == "*" else P.toarray() + Q.toarray()
     want = {"y": lambda: np.einsum("ij,j->i", T, x), "u": lambda: np.einsum("ij,i->j", T, w),
-            "Y": lambda: T + 1}[out_name]()
-    assert np.allclose(got["T"].to_numpy(), T) and np.allclose(got[out_name], want)
+            "Y": lambda: T + 1, "S": lambda: T + Q.toarray()}[out_name]()
+    result = got[out_name].to_numpy() if out_name == "S" else got[out_name]
+    assert np.allclose(got["T"].to_numpy(), T) and np.allclose(result, want)
     _same_arrays(got["T"], separately(k, ops)["T"])
 
 
@@ -283,3 +285,13 @@ def test_the_bounded_append_kernel_compiles_with_nvcc():
     (seg,) = fused_kernels(k)
     for built in seg.built.values():
         assert set(nvcc.check_source(built.compiled[0], arch="sm_90")) == {built.function.name}
+
+
+def test_a_reader_split_over_the_top_positions_of_one_threads_dcsr_reads_their_count_on_the_device():
+    k = _compile("S[i,j] = T[i,j] + B[i,j]; y[i] = S[i,j] * x[j]", "dcsr", ["S", "y"], {"S": "dcsr"})
+    assert k.launches == 1, k.loops
+    (seg,) = fused_kernels(k)
+    assert seg.steps[0].bounded and seg.steps[0].stored is None and "by positions" in k.loops
+    T = sp.random(M, N, density=0.1, format="csr", random_state=3)
+    out = k(T=T, B=B, x=X)
+    assert np.allclose(out["S"].to_numpy(), (T + B).toarray()) and np.allclose(out["y"], (T + B) @ X)
