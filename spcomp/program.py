@@ -109,7 +109,10 @@ class ProgramKernel(SavedProgram):
             from .program_gpu import plan_gpu
             self._split_kernels = {k: self._kernel(k) for k in range(len(stmts))}
             return plan_gpu(self.program, [self._split_kernels[k] for k in range(len(stmts))],
-                            self._options.index32_limit, self.expression)
+                            self._options.index32_limit, self.expression,
+                            lambda k, formats, drops: Kernel(
+                                self.program.texts[k], with_formats([stmts[k]], formats)[0], dataclasses.replace(
+                                    self._statement_options(k, False), drop_zeros=drops), self._target, self.schedule))
         fusable = [self._fusable_lowering(k) for k in range(len(stmts))]
         segments, k = [], 0
         while k < len(stmts):

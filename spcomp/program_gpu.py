@@ -2,7 +2,9 @@
 
 On ``cuda`` and ``cuda-sim`` a run of consecutive statements that each write a
 dense row-major array, or a sparse one of dense rows counted and filled in two
-phases, in one launch -- no host work between them: no transposed or diagonal
+phases, or one stored compressed first (dcsr, csf, a 2-d coo) whose dense-first
+stand-in is (``lower/device_compact.py``: one more phase writes its first
+level), in one launch -- no host work between them: no transposed or diagonal
 copy of a tensor the run writes, no appends into arrays that grow --
 becomes one ``__global__`` kernel:
 the statements' functions joined by :func:`spcomp.lower.fuse.fuse` (a temporary
@@ -16,6 +18,11 @@ two-phase sparse output is counted, prefix-summed on the device and filled
 between barriers, into arrays the host allocated at an estimate before the
 launch; when they were too small the host runs the launch again with room for
 what it counted (``lower/device_scan.py``, ``program_gpu_sparse.py``). A
+statement whose threads split the top positions of an output stored compressed
+first earlier in the launch reads their count on the device (:func:`_hi_from_pos`).
+A serial statement appending a sparse output into arrays of a fixed capacity
+(bounded appends) joins too: it reports status 8 when its entries did not fit
+(:func:`_refuse_overflow`) and the host runs the launch again with room. A
 serial statement (no grid-level loop) runs on one thread of the grid between
 two barriers. Each statement keeps its own mapping: where
 the default schedule leaves a thread or a warp per row to the call
@@ -41,66 +48,119 @@ from .backends.cuda.launch import launch_config
 from .backends.cuda.target import DEFAULT_BLOCK
 from .errors import DTypeError, KernelRuntimeError, OperandError, ShapeError, UnsupportedError
 from .ir import nodes as irn
+from .lower.device_compact import stand_in
 from .lower.device_scan import CAPACITY_STATUS, phased_function, split_phases
 from .lower.fuse import fuse, made_arrays, reads_plainly
-from .program_gpu_sparse import SparseRows
+from .program_gpu_sparse import BoundedAppends, SparseRows
 from .runtime.launch import parallel_extent, raise_status
 from .runtime.operands import index_bits, is_device_array, is_torch, refuse_overlap
 
 SYNC_TIMEOUT_S = 60.0  # longest wait at the grid-wide barrier before the launch reports an error
 _ROLES = ("lo", "hi", "size", "input", "output")
 _SPARSE_ROLES = _ROLES + ("row_pos",)  # a two-phase output's per-row counts of its lower levels
-RERUNS = 3  # launches with more room for a sparse output before the run gives up (one suffices)
+_BOUNDED_ROLES = _ROLES + ("capacity", "output_bounded", "needed")  # a serial statement's bounded appends
+# launches with more room for a sparse output before the run gives up (one suffices; one more
+# for each further sparse output of the run, whose statement runs only once those before it fit)
+RERUNS = 3
 # what a joinable statement hands the next one: its dense values array itself (no
 # transposed or diagonal copy of it, which the runtime would make between launches)
 DENSE_ARRAYS = frozenset({(-1, "vals")})
 
 
-def plan_gpu(program, kernels: list, index32_limit: int, expression: str) -> list:
+def plan_gpu(program, kernels: list, index32_limit: int, expression: str, recompiled=None) -> list:
     """The segments (``spcomp.program.ProgramKernel._plan``'s form) of a program on
     a CUDA backend: runs of two or more joinable statements as one
-    :class:`GpuProgramRun`, every other statement as its own kernel."""
+    :class:`GpuProgramRun`, every other statement as its own kernel.
+    ``recompiled(k, {name: format}, drop_zeros)``: statement ``k`` compiled with
+    tensors stored so -- an output stored compressed first is joined through its dense-first
+    stand-in (``lower/device_compact.py``)."""
     stmts = program.statements
+    originals = kernels
+    kernels, stored = _with_stand_ins(stmts, kernels, recompiled)
     segments, k = [], 0
     while k < len(stmts):
-        run, written = [k], {stmts[k].lhs.tensor.name: _made(kernels[k])}
+        run, written = [k], {stmts[k].lhs.tensor.name: _made(kernels[k], stored[k])}
         if _joinable(stmts[k], kernels[k]):
             block = kernels[k].lowered.threads.gpu_block
             j = k + 1
             while (j < len(stmts) and _joinable(stmts[j], kernels[j])
                    and kernels[j].lowered.threads.gpu_block == block and _reads_in_run(kernels[j].lowered, written)):
                 run.append(j)
-                written[stmts[j].lhs.tensor.name] = _made(kernels[j])
+                written[stmts[j].lhs.tensor.name] = _made(kernels[j], stored[j])
                 j += 1
         fused = None
         if len(run) >= 2:
             try:
-                fused = GpuProgramRun(program, run, [kernels[j] for j in run], index32_limit, expression)
+                fused = GpuProgramRun(program, run, [kernels[j] for j in run], index32_limit, expression,
+                                      [stored[j] for j in run])
             except UnsupportedError:
                 fused = None  # the emitter refused the joined kernel: the statements run one by one
         if fused is not None:
             segments.append(("fused", fused, run))
         else:
             run = [k]
-            segments.append(("kernel", kernels[k], run))
+            segments.append(("kernel", originals[k], run))
         k = run[-1] + 1
     return segments
 
 
-def _made(kernel) -> frozenset:
+def _with_stand_ins(stmts, kernels: list, recompiled) -> tuple:
+    """``(kernels, stored)``: each statement's kernel for a run -- for an output stored
+    compressed first that its own kernel cannot assemble in the launch, or only on one
+    thread (bounded appends), its dense-first stand-in's kernel where that one can,
+    ``stored[k]`` then the output's format (else None)."""
+    out, stored = list(kernels), [None] * len(stmts)
+    if recompiled is None or len(stmts) < 2:
+        return out, stored
+    for k, a in enumerate(stmts):
+        fmt = a.lhs.tensor.format
+        serial = not _joinable(a, kernels[k]) or kernels[k].lowered.output.bounded  # (one thread appends)
+        alt = stand_in(fmt) if not fmt.is_dense and serial else None
+        if alt is None:
+            continue
+        try:
+            # computed zeros skipped where the statement's own kernel skips them: the same entries
+            kernel = recompiled(k, {a.lhs.tensor.name: alt}, kernels[k].lowered.output.drops_zeros)
+        except UnsupportedError:
+            continue
+        if kernel.lowered.output.assembly is not None and _joinable(a, kernel):
+            out[k], stored[k] = kernel, fmt
+    return out, stored
+
+
+def _made(kernel, stored=None) -> frozenset:
     """The arrays a statement of a run hands the later ones: a dense output's values,
-    a two-phase sparse output's arrays (its ``pos``, ``crd``, ``vals``)."""
+    a two-phase sparse output's arrays (its ``pos``, ``crd``, ``vals``; those of the
+    format it is ``stored`` in, for a stand-in)."""
     low = kernel.lowered
+    if low.output.bounded:
+        return frozenset((b.level, b.array) for b in low.code.bindings if b.role in ("output", "output_bounded"))
+    if stored is not None:
+        return frozenset({(l, a) for l, kind in enumerate(stored.levels) for a in kind.arrays} | {(-1, "vals")})
     return frozenset(made_arrays(low)) if low.output.assembly is not None else DENSE_ARRAYS
 
 
 def _reads_in_run(low, written: dict) -> bool:
     """Whether a statement reads the run's tensors as they are written (``reads_plainly``)
     and does not split its rows by the positions of a sparse one (whose entries the
-    host does not know before the launch)."""
+    host does not know before the launch) -- except the top positions of one stored
+    compressed first, whole: the launch reads their count from its ``pos`` (:func:`_hi_from_pos`)."""
     positions = low.threads.positions
     sparse = {name for name, arrays in written.items() if arrays != DENSE_ARRAYS}
-    return reads_plainly(low, written) and (positions is None or positions[0] not in sparse)
+    if not reads_plainly(low, written):
+        return False
+    return positions is None or positions[0] not in sparse or _device_extent(low, written)
+
+
+def _device_extent(low, written: dict) -> bool:
+    """Whether ``low``'s threads split the top positions of a run's output stored
+    compressed first (it hands over level 0's ``pos``: a stand-in's or one thread's
+    appends) whole, and a ``hi`` parameter bounds them."""
+    th = low.threads
+    return (th.positions[1] == 0 and not th.split and (0, "pos") in written[th.positions[0]]
+            and any(b.role == "hi" for b in low.code.bindings)
+            and any(b.role == "input" and b.storage == th.positions[0] and (b.level, b.array) == (0, "pos")
+                    for b in low.code.bindings))
 
 
 def _joinable(a, kernel) -> bool:
@@ -115,6 +175,8 @@ def _joinable(a, kernel) -> bool:
     out = low.output
     if out.assembly is not None:
         return _joinable_sparse(a, kernel)
+    if out.bounded:
+        return _joinable_bounded(a, kernel)
     return (kernel.contraction is None and fmt.is_dense
             and fmt.order == tuple(range(fmt.ndim)) and out.shape == "dense" and not out.growable
             and not out.bounded and out.assembly is None and out.expand is None and not low.append_chunks
@@ -134,6 +196,18 @@ def _joinable_sparse(a, kernel) -> bool:
             and all(b.role in _SPARSE_ROLES for b in low.output.assembly.count_bindings))
 
 
+def _joinable_bounded(a, kernel) -> bool:
+    """Whether a statement appending into arrays of a fixed capacity can run inside
+    the launch: serial (one thread appends), assigned, nothing else to grow."""
+    low = kernel.lowered
+    out = low.output
+    return (kernel.contraction is None and not a.accumulate and low.threads.parallel is None
+            and not out.growable and out.assembly is None and out.expand is None and not low.append_chunks
+            and all(b.role in _BOUNDED_ROLES for b in low.code.bindings)
+            and sum(b.role == "needed" for b in low.code.bindings) == 1
+            and sum(b.role == "capacity" for b in low.code.bindings) == 1)
+
+
 @dataclasses.dataclass
 class GpuStep:
     """One statement of a GPU run: its output, its own kernel, its 32-bit lowering
@@ -143,11 +217,17 @@ class GpuStep:
     low: object
     returned: bool
     accumulate: bool  # ``+=``: it adds into the caller's array
+    stored: object = None  # the output's format when ``kernel`` writes its dense-first stand-in
 
     @property
     def sparse(self) -> bool:
         """Whether its output is counted, scanned and filled in the launch (device_scan.py)."""
         return self.low.output.assembly is not None
+
+    @property
+    def bounded(self) -> bool:
+        """Whether its output is appended into arrays of a fixed capacity (one thread)."""
+        return bool(self.low.output.bounded)
 
 
 @dataclasses.dataclass
@@ -164,15 +244,16 @@ class GpuBuild:
 class GpuProgramRun:
     """Consecutive statements of a program as one kernel on a CUDA backend."""
 
-    def __init__(self, program, run: list, kernels: list, index32_limit: int, expression: str):
+    def __init__(self, program, run: list, kernels: list, index32_limit: int, expression: str, stored=None):
         self.program = program
         self.run_statements = run
         self.target = kernels[0].target
         self.limit = index32_limit
         self.expression = expression
         stmts = program.statements
+        stored = stored or [None] * len(run)
         self.steps = [GpuStep(stmts[k].lhs.tensor.name, kern, kern.lowered, stmts[k].lhs.tensor.name in program.outputs,
-                              stmts[k].accumulate) for k, kern in zip(run, kernels)]
+                              stmts[k].accumulate, fmt) for k, kern, fmt in zip(run, kernels, stored)]
         self.built: dict = {}
         self.reruns = 0  # launches run again because a sparse output outgrew its arrays
         self.gave_up = 0  # launches in which a block gave up waiting at a barrier
@@ -199,12 +280,21 @@ class GpuProgramRun:
 
     def _compile(self, lows: list) -> GpuBuild:
         written, links, bindings, functions = {}, [], [], []  # a two-phase statement: its phased function
+        phases = []
         for j, low in enumerate(lows):
             if self.steps[j].sparse:
-                phased = phased_function(low, self.steps[j].name)
+                phased = phased_function(low, self.steps[j].name, self.steps[j].stored)
                 function, own = phased.function, phased.bindings
+                phases.append(phased.phases)
             else:
                 function, own = low.entry_function, low.code.bindings
+                phases.append(0)
+            if self.steps[j].bounded:  # (its arrays are outputs a later statement reads, as any)
+                function = _refuse_overflow(function, own)
+                own = [dataclasses.replace(b, role="output") if b.role == "output_bounded" else b for b in own]
+            top = low.threads.positions
+            if top is not None and top[0] in written:  # (_reads_in_run let only top positions through)
+                function, own = _hi_from_pos(function, own, top[0])
             functions.append(function)
             links.append({b.storage: written[b.storage] for b in own
                           if b.role == "input" and b.storage in written})
@@ -215,9 +305,12 @@ class GpuProgramRun:
         name = "statements_" + "_".join(str(k + 1) for k in self.run_statements)
         docs = [self.program.texts[k] for k in self.run_statements]
         fn, sources, _merged = fuse(functions, bindings, links, name, docs)
-        fn = with_barrier(_phases_apart(fn, [st.sparse for st in self.steps]))
+        fn = with_barrier(_phases_apart(fn, phases))
         blocks = {low.threads.gpu_block for low in lows}
         block = blocks.pop() if len(blocks) == 1 and 0 not in blocks else DEFAULT_BLOCK
+        if block % 32 and any(st.sparse for st in self.steps):
+            raise UnsupportedError(f"a block of {block} threads: the scan of a sparse output inside the launch "
+                                   "needs whole warps (a multiple of 32)")
         source = emit_program(fn, block)
         sim = None
         if self.target.name == "cuda-sim":
@@ -246,8 +339,11 @@ class GpuProgramRun:
                 ops[st.name] = env[st.name]
             sizes = ctx.plan.bind_sizes(storages, ops)
             shape, dtype = tuple(sizes[i] for i in ctx.plan.out_indices), ctx.plan.out_dtype
-            if st.sparse:
-                array = SparseRows(st.low, sizes, storages, ctx.plan.out_indices, 32, self.limit)
+            if st.bounded:
+                array = BoundedAppends(st.low, sizes, storages, ctx.plan.out_indices, 32, self.limit)
+                env[st.name] = array.placeholder()
+            elif st.sparse:
+                array = SparseRows(st.low, sizes, storages, ctx.plan.out_indices, 32, self.limit, st.stored)
                 env[st.name] = array.placeholder()  # a later statement binds its sizes against it
             else:
                 if st.accumulate:
@@ -257,15 +353,16 @@ class GpuProgramRun:
                 env[st.name] = array  # a later statement binds its sizes against it (and reads it)
             per_step.append((storages, sizes, array))
             bits = max(bits, index_bits(storages, sizes, self.limit))
-        rows = [array for _s, _z, array in per_step if isinstance(array, SparseRows)]
+        rows = [array for _s, _z, array in per_step if isinstance(array, (SparseRows, BoundedAppends))]
         for r in rows:
             if bits != 32:  # an operand needs 64-bit indices: so do the outputs' arrays
                 r.grow(bits)
         sums = {st.name: array.copy() for st, (_s, _z, array) in zip(self.steps, per_step)
                 if st.accumulate and rows}  # a launch run again adds into the old values again
-        for launch in range(RERUNS + 1):
+        reruns = RERUNS + max(len(rows) - 1, 0)
+        for launch in range(reruns + 1):
             status = self._launch_at(bits, per_step)
-            if not rows or launch == RERUNS or status not in (CAPACITY_STATUS, irn.STATUS_INDEX_OVERFLOW):
+            if not rows or launch == reruns or status not in (CAPACITY_STATUS, irn.STATUS_INDEX_OVERFLOW):
                 break
             # the sparse outputs' arrays were too small (or their positions too narrow):
             # run again with room for exactly what this launch counted
@@ -274,7 +371,7 @@ class GpuProgramRun:
             for r in rows:
                 r.grow(bits)
             for st, (_s, _z, array) in zip(self.steps, per_step):
-                if not st.sparse:
+                if not (st.sparse or st.bounded):
                     array[...] = sums[st.name] if st.accumulate else 0
             self.reruns += 1
         if status == GRID_SYNC_STATUS:
@@ -284,14 +381,14 @@ class GpuProgramRun:
                 "between them: the grid's blocks were not all resident at once")
         if status == CAPACITY_STATUS:  # (each launch had room for what the one before counted)
             raise KernelRuntimeError(f"program {self.expression!r}: a sparse output counted more entries than its "
-                                     f"arrays held in {RERUNS + 1} launches, each given room for the last one's")
+                                     f"arrays held in {reruns + 1} launches, each given room for the last one's")
         if status != 0:
             raise_status(status, None, self.steps[-1].name, self.expression)
         for name, given, array in copied:  # a += array that was not row-major: its sums go back in place
             given[...] = array
             env[name] = given
         for st, (_s, _z, array) in zip(self.steps, per_step):
-            if st.sparse:
+            if st.sparse or st.bounded:
                 env[st.name] = array.result()
             elif array.ndim == 0 and st.returned and not st.accumulate:
                 env[st.name] = array.item()
@@ -301,8 +398,9 @@ class GpuProgramRun:
         lists, hows = [], []
         for st, (storages, sizes, array) in zip(self.steps, per_step):
             variant = st.kernel.variant(bits)
-            out_arg = array.out_arg if st.sparse else (lambda b, a=array: a.reshape(-1))
-            args, lohi = st.kernel.runtime.args(variant.arg_plan, storages, sizes, bits, out_arg)
+            out_arg = array.out_arg if st.sparse or st.bounded else (lambda b, a=array: a.reshape(-1))
+            args, lohi = st.kernel.runtime.args(variant.arg_plan, storages, sizes, bits, out_arg,
+                                                array.capacity if st.bounded else None)
             if lohi is not None:
                 args[lohi], args[lohi + 1] = 0, parallel_extent(variant.lowered, sizes, storages)
             if st.sparse:
@@ -376,20 +474,62 @@ class GpuProgramRun:
         for k, st in zip(self.run_statements, self.steps):
             parts.append(f"# statement {k + 1}\n{st.low.inspection.notation!r}\n{st.low.inspection.loops}")
             if st.sparse:
-                parts.append(f"({st.name} inside the launch: counted, a two-level prefix sum, filled, a barrier "
+                top = (f" (as {st.low.inspection.notation.lhs.tensor.format.spec()!r}), then its first level "
+                       "written from the row starts" if st.stored is not None else "")
+                parts.append(f"({st.name} inside the launch: counted, a two-level prefix sum, filled{top}, a barrier "
                              "after each step; its arrays are allocated before the launch at an estimate, and the "
                              "launch runs again with room for what it counted when they were too small)")
+            elif st.bounded:
+                parts.append(f"({st.name} inside the launch: one thread appends it; when its entries did not fit "
+                             "it reports so before any later statement reads it, and the launch runs again with "
+                             "room for them)")
         return "\n".join(parts)
 
 
-def _phases_apart(fn: irn.Function, sparse: list) -> irn.Function:
+def _phases_apart(fn: irn.Function, phases: list) -> irn.Function:
     """A fused function with each two-phase statement's block split into its count,
-    scan and fill blocks (device_scan.py): the emitter puts a barrier after each."""
+    scan and fill blocks (``phases[k]`` of them, 0 for other statements:
+    device_scan.py): the emitter puts a barrier after each."""
     body = list(fn.body.body)
     blocks = []
-    for k, block in enumerate(body[:len(sparse)]):
-        blocks += split_phases(block.body) if sparse[k] else [block]
-    return dataclasses.replace(fn, body=irn.Block(tuple(blocks + body[len(sparse):])))
+    for k, block in enumerate(body[:len(phases)]):
+        blocks += split_phases(block.body, phases[k]) if phases[k] else [block]
+    return dataclasses.replace(fn, body=irn.Block(tuple(blocks + body[len(phases):])))
+
+
+def _refuse_overflow(function: irn.Function, bindings: list) -> irn.Function:
+    """A bounded-append statement's function that returns CAPACITY_STATUS after its
+    appends when they needed more entries than its arrays hold: a later statement of
+    the launch must not read a cut output (the host runs the launch again)."""
+    needed = next(b.var for b in bindings if b.role == "needed")
+    capacity = next(b.var for b in bindings if b.role == "capacity")
+    body = list(function.body.body)
+    if body and isinstance(body[-1], irn.Return) and body[-1].status == irn.STATUS_OK:
+        body.pop()
+    body += [irn.Comment("the appends did not fit: the host runs the launch again with room for them"),
+             irn.If(irn.Binary(">", irn.Cast(irn.Load(needed, irn.i64(0)), capacity.type), capacity),
+                    irn.Block((irn.Return(CAPACITY_STATUS),))),
+             irn.Return(irn.STATUS_OK)]
+    return dataclasses.replace(function, body=irn.Block(tuple(body)))
+
+
+def _hi_from_pos(function: irn.Function, bindings: list, tensor: str) -> tuple:
+    """``(function, bindings)`` of a statement whose threads split the top positions of
+    ``tensor``, a sparse output of the same launch: its ``hi`` read from ``tensor``'s
+    level-0 ``pos`` after the barrier (the host passes a ``hi`` it ignores: before the
+    launch it does not know the count)."""
+    hi = next(b.var for b in bindings if b.role == "hi")
+    pos = next(b.var for b in bindings
+               if b.role == "input" and b.storage == tensor and (b.level, b.array) == (0, "pos"))
+    taken = {p.name for p in function.params}
+    ignored = irn.Var(next(f"{hi.name}_host{k or ''}" for k in range(len(taken) + 1)
+                           if f"{hi.name}_host{k or ''}" not in taken), hi.type)
+    params = tuple(ignored if p.name == hi.name else p for p in function.params)
+    read = irn.Declare(hi, irn.Cast(irn.Load(pos, irn.i64(1)), hi.type))
+    body = irn.Block((irn.Comment(f"{hi.name}: {tensor}'s top positions, counted in this launch"), read)
+                     + tuple(function.body.body))
+    bindings = [dataclasses.replace(b, var=ignored) if b.role == "hi" else b for b in bindings]
+    return dataclasses.replace(function, params=params, body=body), bindings
 
 
 def co_resident_blocks(target, built: GpuBuild) -> int:

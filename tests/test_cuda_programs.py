@@ -172,18 +172,15 @@ def test_a_block_per_row_statement_shares_the_kernel_too():
 
 def test_statements_needing_host_work_stay_kernels_of_their_own():
     # a transposed copy of a temporary cannot join (the runtime makes it between
-    # launches), nor can a sparse output with a compressed first level (dcsr); a csr
-    # output joins (counted, scanned and filled inside the launch:
-    # test_cuda_programs_sparse_join.py)
+    # launches); a csr output joins (counted, scanned and filled inside the launch:
+    # test_cuda_programs_sparse_join.py), and so do dcsr and one thread's appends
+    # (test_cuda_programs_sparse_first.py)
     k = spcomp.compile("t[i] = A[i,j]*x[j]; y[i] = t[i]*2; C[i,j] = A[i,j]*y[i]",
                        formats={"A": "csr", "C": "csr"}, backend="cuda-sim")
     assert [kind for kind, _s, _r in k.segments] == ["fused"]
     k2 = spcomp.compile("M[i,j] = A[i,j]*w[i]; Z[j,i] = M[i,j]*2", formats={"A": "csr", "Z": "csr"},
                         backend="cuda-sim")
     assert k2.launches == 2 and "a kernel of its own" in k2.loops
-    k3 = spcomp.compile("M[i,j] = A[i,j]*w[i]; z[j] = M[i,j]*w[i]", formats={"A": "csr", "M": "dcsr"},
-                        backend="cuda-sim")
-    assert k3.launches == 2 and "a kernel of its own" in k3.loops
     A = sp.random(M, N, density=0.2, format="csr", random_state=2)
     x = np.arange(N, dtype=float)
     got = k(A=A, x=x)

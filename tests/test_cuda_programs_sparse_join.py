@@ -150,15 +150,16 @@ def test_every_level_of_an_order_3_output_gets_room(monkeypatch):
     assert np.allclose(out["T"].to_numpy(), 2 * Xt) and np.isclose(out["s"], np.sum(4 * Xt * Xt))
 
 
-def test_more_entries_than_32_bit_positions_hold_run_again_with_64_bit_indices(monkeypatch):
+@pytest.mark.parametrize("fmt", ["csr", "dcsr", "coo"])  # (dcsr, coo: test_cuda_programs_sparse_first.py)
+def test_more_entries_than_32_bit_positions_hold_run_again_with_64_bit_indices(monkeypatch, fmt):
     monkeypatch.setattr(record, "INDEX32_LIMIT", 300)  # read when the program compiles
-    k = _compile("T[i,j] = A[i,j] * B[i,j] + A[i,j]; y[i] = T[i,j] * x[j]", {"T": "csr"}, outputs=["T", "y"])
+    k = _compile("T[i,j] = A[i,j] * B[i,j] + A[i,j]; y[i] = T[i,j] * x[j]", {"T": fmt}, outputs=["T", "y"])
     assert k.launches == 1, k.loops
     out = k(A=A, B=B, x=X)
     (seg,) = fused_kernels(k)
     want = A.multiply(B) + A
     assert want.nnz > 300 and seg.reruns == 1 and any(bits == 64 for bits, _hows in seg.built)
-    assert out["T"].levels[1]["pos"].dtype == np.int64
+    assert out["T"].levels[int(fmt == "csr")]["pos"].dtype == np.int64
     assert np.allclose(out["T"].to_numpy(), want.toarray()) and np.allclose(out["y"], want @ X)
 
 

@@ -82,6 +82,27 @@ template <typename Op, typename T> __device__ T spc_block_reduce(T v) {  // bloc
   for (unsigned w = 1; w < blockDim.x / 32u; ++w) total = Op()(total, spc_partials[w]);
   return total;
 }
+// an inclusive sum across a block (blockDim.x % 32 == 0), every thread calling it;
+// *total gets the block's sum (a member loop that scans a scalar: team.py)
+template <typename T> __device__ T spc_block_scan(T v, T* total) {
+  __shared__ T spc_warp_sums[32];
+  const unsigned lane = threadIdx.x % 32u, warp = threadIdx.x / 32u;
+  for (unsigned offset = 1; offset < 32u; offset <<= 1) {
+    const T up = __shfl_up_sync(0xffffffffu, v, offset);
+    if (lane >= offset) v += up;
+  }
+  __syncthreads();  // an earlier scan has finished reading spc_warp_sums
+  if (lane == 31u) spc_warp_sums[warp] = v;
+  __syncthreads();
+  T before = 0, all = 0;
+  for (unsigned w = 0; w < blockDim.x / 32u; ++w) {
+    const T sum = spc_warp_sums[w];
+    if (w < warp) before += sum;
+    all += sum;
+  }
+  *total = all;
+  return v + before;
+}
 
 // atomics the hardware lacks
 __device__ __forceinline__ void spc_atomic_add_bf16(uint16_t* p, float v) {

@@ -175,9 +175,66 @@ class TeamEmission:
             out[name] = (var, ops.pop())
         return out
 
+    def scan_of(self, s: n.For) -> str | None:
+        """The scalar a block's member loop scans, or None: its body starts with the
+        loop's one assignment of an outer i64 ``v = v + x`` (``x`` not naming ``v``)
+        and the rest reads ``v`` -- each iteration sees the sum up to it, in order."""
+        body = s.body.body
+        if s.parallel not in ("gpu-thread", "threads") or self.ctx.kind != "block" or not body:
+            return None
+        a = body[0]
+        if not (isinstance(a, n.Assign) and a.var.type == I64 and isinstance(a.value, n.Binary)
+                and a.value.op == "+" and a.value.lhs == a.var and a.var not in set(n.walk(a.value.rhs))):
+            return None
+        if a.var.name in declared(s.body) | {s.var.name}:
+            return None
+        rest = n.Block(tuple(body[1:]))
+        inner = declared(s.body) | {s.var.name}
+        if any(isinstance(x, n.Assign) and x.var.name not in inner for x in n.walk(rest)):
+            return None  # it assigns the scalar again, or accumulates another
+        return a.var.name if a.var in set(n.walk(rest)) else None
+
+    def scan_loop(self, s: n.For, d) -> list:
+        """A block's member loop that scans a scalar (:meth:`scan_of`), in rounds of
+        ``blockDim.x`` iterations that every thread of the block runs: each thread
+        computes its iteration's addend, ``spc_block_scan`` gives it the inclusive
+        sum of the round's addends up to it, the rest of the body runs with the
+        scalar at that sum plus the rounds before; after the loop the scalar holds
+        the whole sum, as in the sequential loop. Neighbouring threads take
+        neighbouring iterations: an array indexed by the loop is read coalesced."""
+        team = self.ctx
+        assign = s.body.body[0]
+        var, t = assign.var, self.type_name(assign.var.type)
+        carry, base, addend, total = self.fresh("carry"), self.fresh("base"), self.fresh("addend"), self.fresh("round")
+        it, it_t = s.var.name, self.type_name(s.var.type)
+        end = self.expr(s.end)
+        lines = [self.line(d, f"{t} {carry} = {var.name};  // the scan: the sum before each round"),
+                 self.line(d, f"for ({it_t} {base} = {self.expr(s.start)}; {base} < {end}; {base} += blockDim.x) {{  "
+                              f"// parallel: {s.parallel} -- a round of the block's threads, one iteration each, "
+                              "scanned together"),
+                 self.line(d + 1, f"const {it_t} {it} = {base} + threadIdx.x;"),
+                 self.line(d + 1, f"{t} {addend} = 0;")]
+        self.ctx = Ctx("thread", member=True, where=describe_loop(s))
+        try:
+            lines.append(self.line(d + 1, f"if ({it} < {end}) {addend} = {self.expr(assign.value.rhs)};"))
+            lines += [self.line(d + 1, f"{t} {total};"),
+                      self.line(d + 1, f"{var.name} = {carry} + spc_block_scan({addend}, &{total});  "
+                                       "// the inclusive sum up to this iteration"),
+                      self.line(d + 1, f"if ({it} < {end}) {{")]
+            lines += self.block_lines(n.Block(tuple(s.body.body[1:])), d + 2)
+        finally:
+            self.ctx = team
+        lines += [self.line(d + 1, "}"), self.line(d + 1, f"{carry} += {total};"), self.line(d, "}"),
+                  self.line(d, f"{var.name} = {carry};  // every thread of the block gets the total")]
+        if self.barrier_needed([s]):
+            lines.append(self.line(d, "__syncthreads();  // the block sees what the loop wrote"))
+        return lines
+
     def member_loop(self, s: n.For, d):
         team = self.ctx
         kind = s.parallel
+        if self.scan_of(s) is not None:
+            return self.scan_loop(s, d)
         if kind == "gpu-lane":
             head = self.loop_head(s, "spc_lane()", "32", "the warp's 32 lanes split the iterations")
             combine, who = "spc_warp_reduce", "warp"

@@ -11,21 +11,24 @@ between, so :func:`phased_function` joins them into one function of
 barrier after each:
 
 1. the count phase, as lowered (grid-stride over the rows);
-2. the scan of the per-row counts, in three steps (a two-level scan): the
-   grid's threads each scan a chunk of rows (:data:`SCAN_CHUNK` of them, passed
-   by the host) of each compressed level in place and note the chunk's total;
-   one thread scans the chunk totals into chunk starts, writes each level's
-   total to ``needed`` and returns :data:`CAPACITY_STATUS` when a total exceeds
-   the capacity the host allocated that level's arrays at -- every block then
-   leaves after the barrier, nothing is filled, no later statement runs, and
-   the host runs the launch again with room for exactly ``needed``; the
-   threads add each chunk's start to its rows. Level ``first``'s row starts are
-   the output ``pos``;
-3. the fill phase, as lowered, into arrays of at least the capacity.
+2. the scan of the per-row counts, in three steps (a two-level scan): a block
+   per chunk of rows (:data:`SCAN_CHUNK` of them, passed by the host) sums
+   each compressed level's counts in the chunk, its threads reading
+   neighbouring rows (a block reduction); one thread scans the chunk totals
+   into chunk starts, writes each level's total to ``needed`` and returns
+   :data:`CAPACITY_STATUS` when a total exceeds the capacity the host
+   allocated that level's arrays at -- every block then leaves after the
+   barrier, nothing is filled, no later statement runs, and the host runs the
+   launch again with room for exactly ``needed``; a block per chunk scans its
+   rows in place from the chunk's start (a member loop that scans a scalar,
+   printed by ``backends/cuda/team.py`` as rounds of ``spc_block_scan``).
+   Level ``first``'s row starts are the output ``pos``;
+3. the fill phase, as lowered, into arrays of at least the capacity;
+4. for an output stored compressed first, lowered as its dense-first
+   stand-in (:mod:`.device_compact`): its first level from the row starts
+   (the scan then also sums the rows' "has entries" flags).
 
-Each thread scans its chunk sequentially (on a GPU neighbouring threads then
-read far apart: a block-wide scan in shared memory would be faster), and one
-thread scans the ``rows / SCAN_CHUNK`` chunk totals.
+One thread scans the ``rows / SCAN_CHUNK`` chunk totals.
 """
 from __future__ import annotations
 
@@ -37,10 +40,11 @@ from ..ir.build import add
 from ..ir.types import I64, ptr
 from .assembly import ROW_POS
 from .context import Binding
+from .device_compact import UNIQUE, FirstLevel, first_kind
 
 # the launch ran out of room for a sparse output's entries: the host runs it again
 CAPACITY_STATUS = n.STATUS_NO_ROOM
-SCAN_CHUNK = 1024  # rows one thread scans in the first and last steps of the scan (the host passes it)
+SCAN_CHUNK = 1024  # rows one block sums, then scans, in the first and last steps of the scan (the host passes it)
 PHASES = 5  # blocks of a phased function: count, the scan's three steps, fill
 ROWS_ROLE = "rows"          # the number of rows (dense positions above the first compressed level)
 CHUNK_ROWS_ROLE = "chunk_rows"  # rows per chunk of the scan: SCAN_CHUNK
@@ -59,12 +63,15 @@ class Phased:
     bindings: list
     first: int   # the first compressed level
     levels: int  # the output's levels
+    phases: int = PHASES  # its blocks: one more for an output stored compressed first (device_compact.py)
 
 
-def phased_function(low, name: str) -> Phased:
+def phased_function(low, name: str, stored=None) -> Phased:
     """The phases of ``low`` (a two-phase lowering whose output is ``name``) as one
     function; UnsupportedError when the count takes a parameter the fill does not
-    (the function has the fill's) or the two name a variable with two types."""
+    (the function has the fill's) or the two name a variable with two types.
+    ``stored``: the format the output is stored in when ``low`` writes its dense-first
+    stand-in (:mod:`.device_compact`): one more phase writes its first level."""
     plan = low.output.assembly
     module = low.code.module
     count, fill = module.function(plan.count), module.function(plan.fill)
@@ -73,6 +80,12 @@ def phased_function(low, name: str) -> Phased:
     _same_types(count, fill)
     bindings = list(low.code.bindings)
     first = plan.first
+    kind = first_kind(stored) if stored is not None else None
+    if stored is not None and (kind is None or first != 1):
+        raise UnsupportedError(f"output {name}: format {stored.spec()!r} is not built from a dense-first stand-in")
+    if kind is not None:  # the stand-in's row starts are not the output's pos: a row array of its own
+        bindings = [dataclasses.replace(b, role=ROW_POS) if b.role == "output" and (b.level, b.array) == (first, "pos")
+                    else b for b in bindings]
     per_row = {b.level: b.var for b in bindings
                if b.role == ROW_POS or (b.role == "output" and (b.level, b.array) == (first, "pos"))}
     levels = len(low.inspection.notation.lhs.tensor.format.levels)
@@ -95,24 +108,32 @@ def phased_function(low, name: str) -> Phased:
               Binding(chunks, CHUNKS_ROLE, name, storage=name)]
     extras += [Binding(caps[l], CAPACITY_ROLE, name, l, storage=name) for l in caps]
     extras += [Binding(needed, NEEDED_ROLE, name, storage=name), Binding(sums, CHUNK_SUMS_ROLE, name, storage=name)]
-    scan = _Scan(per_row, rows, chunk_rows, chunks, sums, first, fresh)
-    body = n.Block((_phase(count), scan.chunks_in_place(), scan.chunk_starts(caps, needed), scan.add_starts(),
-                    _phase(fill), n.Return(n.STATUS_OK)))
-    doc = (f"{fill.doc}\nthe phases in one launch: count, a two-level prefix sum on the device, fill "
-           "(a grid-wide barrier after each step)")
-    fn = n.Function(f"{fill.name}_phased", tuple(fill.params) + tuple(b.var for b in extras), body, doc=doc)
-    return Phased(fn, bindings + extras, first, levels)
+    top = None
+    if kind is not None:
+        crd = next(b.var for b in bindings if b.role == "output" and (b.level, b.array) == (first, "crd"))
+        top = FirstLevel(kind, name, per_row[first], crd.type, rows, lambda base: fresh(base).name)
+        extras += top.bindings()
+    flags = (top.flags, per_row[first]) if kind == UNIQUE else None
+    scan = _Scan(per_row, rows, chunk_rows, chunks, sums, first, fresh, flags)
+    phases = [_phase(count), scan.chunk_totals(), scan.chunk_starts(caps, needed), scan.scan_chunks(), _phase(fill)]
+    phases += [top.phase()] if top is not None else []
+    doc = (f"{fill.doc}\nthe phases in one launch: count, a two-level prefix sum on the device, fill"
+           + (f", {name}'s first level from the row starts" if top is not None else "")
+           + " (a grid-wide barrier after each step)")
+    fn = n.Function(f"{fill.name}_phased", tuple(fill.params) + tuple(b.var for b in extras),
+                    n.Block(tuple(phases) + (n.Return(n.STATUS_OK),)), doc=doc)
+    return Phased(fn, bindings + extras, first, levels, len(phases))
 
 
-def split_phases(stmts: tuple) -> list:
+def split_phases(stmts: tuple, phases: int = PHASES) -> list:
     """A fused statement block (:func:`spcomp.lower.fuse.fuse` of a phased function:
-    a note and loads, then its :data:`PHASES` blocks) as that many blocks, the note
+    a note and loads, then its ``phases`` blocks) as that many blocks, the note
     and loads kept with the count phase."""
     body = list(stmts)
-    if len(body) < PHASES or not all(isinstance(b, n.Block) for b in body[-PHASES:]):
-        raise ValueError(f"a phased statement ends with its {PHASES} phase blocks")
-    count = n.Block(tuple(body[:-PHASES]) + tuple(body[-PHASES].body))
-    return [count] + body[-PHASES + 1:]
+    if len(body) < phases or not all(isinstance(b, n.Block) for b in body[-phases:]):
+        raise ValueError(f"a phased statement ends with its {phases} phase blocks")
+    count = n.Block(tuple(body[:-phases]) + tuple(body[-phases].body))
+    return [count] + body[-phases + 1:]
 
 
 def _phase(fn: n.Function) -> n.Block:
@@ -125,47 +146,60 @@ def _phase(fn: n.Function) -> n.Block:
 
 class _Scan:
     """The three steps of the two-level scan of the per-row counts (``per_row``:
-    compressed level -> its array, the count of row ``q`` at ``[q + 1]``)."""
+    compressed level -> its array, the count of row ``q`` at ``[q + 1]``), and of
+    the row flags where given (``(flags, counts)``: 1 at ``flags[q + 1]`` when
+    ``counts[q + 1]`` is not 0; their chunk sums after the levels')."""
 
-    def __init__(self, per_row: dict, rows, chunk_rows, chunks, sums, first: int, fresh):
+    def __init__(self, per_row: dict, rows, chunk_rows, chunks, sums, first: int, fresh, flags=None):
         self.per_row, self.rows, self.chunk_rows, self.chunks = per_row, rows, chunk_rows, chunks
         self.sums, self.first = sums, first
         self.fresh = fresh
+        self.flags = flags
+        # what each step scans: slot of the chunk sums -> array; the flags first, so
+        # that step 1 reads the counts they flag before scanning them in place
+        self.scanned = dict(per_row) if flags is None else {first + len(per_row): flags[0], **per_row}
 
     def _sum_at(self, l: int, c) -> n.Expr:
         return add(n.Binary("*", n.i64(l - self.first), self.chunks), c)
 
     def _over_chunk(self, c, body) -> n.For:
-        """``for q in chunk c's rows: body(q)``."""
+        """``for q in chunk c's rows: body(q)``, split among the block's threads
+        (neighbouring threads read neighbouring rows)."""
         q = self.fresh("q")
         start = n.Binary("*", c, self.chunk_rows)
         end = n.Binary("min", add(start, self.chunk_rows), self.rows)
-        return n.For(q, start, end, n.Block(tuple(body(q))))
+        return n.For(q, start, end, n.Block(tuple(body(q))), parallel="gpu-thread")
 
-    def _grid_over_chunks(self, note: str, per_level) -> n.Block:
+    def _block_per_chunk(self, note: str, per_level) -> n.Block:
         c = self.fresh("chunk")
-        inner = [s for l, arr in self.per_row.items() for s in per_level(l, arr, c)]
-        return n.Block((n.Comment(note), n.For(c, n.i64(0), self.chunks, n.Block(tuple(inner)), parallel="gpu-thread")))
+        inner = [s for l, arr in self.scanned.items() for s in per_level(l, arr, c)]
+        return n.Block((n.Comment(note), n.For(c, n.i64(0), self.chunks, n.Block(tuple(inner)), parallel="gpu-block")))
 
-    def chunks_in_place(self) -> n.Block:
-        """Step 1, a thread per chunk: its rows' counts -> starts within the chunk
-        (inclusive, at ``[q + 1]``); the chunk's total into the chunk sums."""
+    def _addend(self, arr, q) -> n.Expr:
+        """Row ``q``'s count (its flag, for the flags' array)."""
+        if self.flags is not None and arr is self.flags[0]:
+            count = n.Cast(n.Load(self.flags[1], add(q, n.i64(1))), I64)
+            return n.Select(n.Binary("!=", count, n.i64(0)), n.i64(1), n.i64(0))
+        return n.Cast(n.Load(arr, add(q, n.i64(1))), I64)
+
+    def chunk_totals(self) -> n.Block:
+        """Step 1, a block per chunk: its rows' counts summed (the block's threads
+        read neighbouring rows) into the chunk sums."""
         def level(l, arr, c):
             total = self.fresh(f"chunk_total{l + 1}")
             return [n.Declare(total, n.i64(0)),
-                    self._over_chunk(c, lambda q: [
-                        n.Assign(total, add(total, n.Cast(n.Load(arr, add(q, n.i64(1))), I64))),
-                        n.Store(arr, add(q, n.i64(1)), n.Cast(total, arr.type.elem))]),
+                    self._over_chunk(c, lambda q: [n.Assign(total, add(total, self._addend(arr, q)))]),
                     n.Store(self.sums, self._sum_at(l, c), total)]
-        return self._grid_over_chunks("prefix sum of the row counts, step 1: each chunk of rows", level)
+        return self._block_per_chunk("prefix sum of the row counts, step 1: each chunk's total", level)
 
     def chunk_starts(self, caps: dict, needed) -> n.Block:
         """Step 2, one thread: chunk totals -> chunk starts (exclusive); each level's
-        total to ``needed``; CAPACITY_STATUS when one exceeds its capacity."""
+        total to ``needed`` (the flags' after them); CAPACITY_STATUS when one exceeds
+        its capacity."""
         out: list = [n.Comment("prefix sum of the row counts, step 2 (one thread): the chunks' starts, "
                                "each level's total")]
         totals = {}
-        for l in self.per_row:
+        for l in self.scanned:
             total, c, v = self.fresh(f"total{l + 1}"), self.fresh("chunk"), self.fresh("chunk_sum")
             at = self._sum_at(l, c)
             step = (n.Declare(v, n.Load(self.sums, at)), n.Store(self.sums, at, total),
@@ -174,19 +208,22 @@ class _Scan:
                     n.Store(needed, n.i64(l - self.first), total)]
             totals[l] = total
         for l, total in totals.items():
-            out.append(n.If(n.Binary(">", total, caps[l]), n.Block((n.Return(CAPACITY_STATUS),))))
+            if l in caps:
+                out.append(n.If(n.Binary(">", total, caps[l]), n.Block((n.Return(CAPACITY_STATUS),))))
         return n.Block(tuple(out))
 
-    def add_starts(self) -> n.Block:
-        """Step 3, a thread per chunk: the chunk's start added to its rows'."""
+    def scan_chunks(self) -> n.Block:
+        """Step 3, a block per chunk: its rows' counts -> inclusive row ends in place
+        (at ``[q + 1]``), from the chunk's start: a scan across the block's threads
+        (``backends/cuda/team.py``), the flags' first so that they read the counts
+        before those are overwritten."""
         def level(l, arr, c):
-            start = self.fresh(f"chunk_start{l + 1}")
-            return [n.Declare(start, n.Load(self.sums, self._sum_at(l, c))),
+            running = self.fresh(f"row_end{l + 1}")
+            return [n.Declare(running, n.Load(self.sums, self._sum_at(l, c))),
                     self._over_chunk(c, lambda q: [
-                        n.Store(arr, add(q, n.i64(1)),
-                                n.Cast(add(n.Cast(n.Load(arr, add(q, n.i64(1))), I64), start), arr.type.elem))])]
-        return self._grid_over_chunks("prefix sum of the row counts, step 3: each chunk's start added to its rows",
-                                      level)
+                        n.Assign(running, add(running, self._addend(arr, q))),
+                        n.Store(arr, add(q, n.i64(1)), n.Cast(running, arr.type.elem))])]
+        return self._block_per_chunk("prefix sum of the row counts, step 3: each chunk scanned from its start", level)
 
 
 def _variables(fn: n.Function) -> list:
