@@ -60,7 +60,9 @@ def fused_run_lines(program, seg, run: list) -> list:
     for j, st in enumerate(seg.steps):
         declared = program.tensors[st.name].format
         if not st.sparse and declared.order != tuple(range(len(declared.levels))):
-            parts.append(f"# {st.name}: declared {declared.spec()}, written and read row-major inside the "
+            parts.append(f"# {st.name}: declared {declared.spec()}, written in that order into the array "
+                         "handed back (an output)" if st.returned else
+                         f"# {st.name}: declared {declared.spec()}, written and read row-major inside the "
                          "function (a temporary: no copy between its statements)")
         for op in sorted({op for op, _f in st.low.operands.transposes.values()} & written):
             parts.append(f"# statement {run[j] + 1} reads {op} through a transposed copy made inside "

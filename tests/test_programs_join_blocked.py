@@ -1,0 +1,205 @@
+"""The last gaps of issue 24: packed temporaries read against their order or on a
+diagonal, and returned column-major dense outputs, join one fused function.
+
+A packed-block temporary (``ell``, ``twell``, ``dp(B,K)`` in any mode order, of
+order 3 too) read through a transposed copy or on a diagonal has its used slots
+walked inside the function (``fused_transpose.walk_entries``), gathered, sorted and
+placed into the copy (``fused_diagonal.copy_read``); a dense output declared in
+another mode order (``dd:1,0``) is written in that order straight into the array
+handed back, which the runtime allocates so (``runtime.outputs.zeros_in_order``).
+A blocked temporary (``bsr``) still keeps a kernel of its own, ``k.loops`` saying
+why: its kernel assembles it unblocked and the runtime cuts it into blocks after.
+Every result is checked against numpy.einsum and against the statements compiled
+and run one by one, at one and two threads, 32- and 64-bit indices, after save/load.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import spcomp
+from spcomp.errors import OperandError, ShapeError
+from spcomp.lower import record
+
+from conftest import examples, spcomp_threads
+from program_steps import compile_quiet as _compile, dense as _dense, one_by_one as _one_by_one
+
+COPY = "reads T through a transposed copy made inside the function"
+DIAGONAL = "reads T through a diagonal copy gathered inside the function"
+
+
+def _ops(seed, n=8, m=6, density=0.35):
+    rng = np.random.default_rng(seed)
+    return {"A": sp.random(n, m, density=density, format="csr", random_state=seed),
+            "B": sp.random(m, n, density=density, format="csr", random_state=seed + 1),
+            "x": rng.standard_normal(n), "w": rng.standard_normal(m)}
+
+
+def _same(a, b) -> bool:
+    """Equal dense values, bitwise."""
+    return np.array_equal(_dense(a), _dense(b))
+
+
+@pytest.mark.parametrize("t_format", ["ell(K=8)", "twell(B=4,K=4)", "dp(2,2,unordered)", "dp(8):1,0",
+                                      "twell(B=3,K=3)"])
+@pytest.mark.parametrize("z_format", ["csr", "dcsr", "coo", "dense"])
+def test_a_packed_temporary_read_transposed_is_copied_inside_the_function(t_format, z_format):
+    text = "T[i,k] = A[i,j]*B[j,k]; Z[k,i] = T[i,k] * 3"
+    formats = {"A": "csr", "B": "csr", "T": t_format, "Z": z_format}
+    k = _compile(text, formats)
+    assert k.launches == 1, k.loops
+    ops = _ops(3)
+    want = 3 * (ops["A"] @ ops["B"]).toarray().T
+    by_one = _one_by_one([s.strip() for s in text.split(";")], formats, ops)
+    if t_format != "dp(8):1,0" and z_format != "dense":   # (T read in its own order, or a dense Z)
+        assert COPY in k.loops, k.loops
+    for threads in (1, 2):
+        with spcomp_threads(threads, min_work=0):
+            got = k(A=ops["A"], B=ops["B"])
+        assert np.allclose(_dense(got), want) and _same(got, by_one["Z"]), (threads, k.loops)
+        if z_format != "dense":
+            assert str(got.format) == str(spcomp.Format.parse(z_format, 2))
+            got.validate("Z")
+
+
+def test_a_packed_temporary_of_order_3_is_copied_as_a_sorted_coordinate_list():
+    rng = np.random.default_rng(5)
+    X = (rng.random((4, 5, 6)) < 0.3) * rng.standard_normal((4, 5, 6))
+    for t_format, z_format in [("ddp(2,2)", "csf"), ("ddp(6)", "coo"), ("ddp(3,3):2,0,1", "csf"),
+                               ("ddp(2,2,unordered)", "ccc:1,0,2")]:
+        formats = {"X": "csf", "T": t_format, "Z": z_format}
+        k = _compile("T[i,j,k] = X[i,j,k] * 2; Z[k,j,i] = T[i,j,k] * 3", formats)
+        assert k.launches == 1, k.loops
+        got = k(X=spcomp.Tensor.from_numpy(X, "csf"))
+        assert np.allclose(got.to_numpy(), np.einsum("ijk->kji", 6 * X)), t_format
+        got.validate("Z")
+
+
+@pytest.mark.parametrize("t_format", ["ell(K=8)", "twell(B=4,K=4)", "dp(3,3,unordered)"])
+def test_a_diagonal_of_a_packed_temporary_is_gathered_inside_the_function(t_format):
+    text = "T[i,k] = A[i,j]*B[j,k]; v[k] = T[k,k] * x[k]"
+    formats = {"A": "csr", "B": "csr", "T": t_format}
+    k = _compile(text, formats)
+    assert k.launches == 1 and DIAGONAL in k.loops, k.loops
+    ops = _ops(4, n=8, m=8)
+    want = np.diag((ops["A"] @ ops["B"]).toarray()) * ops["x"]
+    by_one = _one_by_one([s.strip() for s in text.split(";")], formats, ops)
+    for threads in (1, 2):
+        with spcomp_threads(threads, min_work=0):
+            got = k(A=ops["A"], B=ops["B"], x=ops["x"])
+        assert np.allclose(got, want) and np.array_equal(got, by_one["v"])
+
+
+def test_packed_copies_past_32_bits_and_saved(monkeypatch):
+    """T passes the (lowered) 32-bit limit: the run reruns 64-bit, the copy and the
+    diagonal made again there; a saved and loaded program does the same."""
+    monkeypatch.setattr(record, "INDEX32_LIMIT", 30)
+    text = "T[i,k] = A[i,j]*B[j,k]; Z[k,i] = T[i,k] * 3; v[k] = T[k,k] * 2"
+    k = _compile(text, {"A": "csr", "B": "csr", "T": "twell(B=4,K=4)", "Z": "csr"}, outputs=["Z", "v"])
+    loaded = spcomp.loads(k.to_bytes())
+    assert k.launches == 1 and loaded.launches == 1 and loaded.loops == k.loops, k.loops
+    ops = _ops(6, n=12, m=12, density=0.4)
+    P = (ops["A"] @ ops["B"]).toarray()
+    assert np.count_nonzero(P) > 30
+    for kernel in (k, loaded):
+        with spcomp_threads(1):
+            got = kernel(A=ops["A"], B=ops["B"])
+        assert np.allclose(got["Z"].to_numpy(), 3 * P.T) and np.allclose(got["v"], 2 * np.diag(P))
+        assert 64 in kernel.segments[0][1].variants
+
+
+@pytest.mark.parametrize("y_format, idx", [("dd:1,0", "i,k"), ("ddd:2,0,1", "i,k,m"), ("ddd:1,2,0", "i,k,m")])
+def test_a_returned_column_major_output_is_written_in_its_order(y_format, idx):
+    """The output comes back in its declared layout (a transposed view of its
+    storage, as a kernel of its own returns it), on the first call and on the
+    repeated ones (``program_repeat``), bitwise equal to the statements one by one."""
+    rng = np.random.default_rng(2)
+    mid = "*W[m]" if idx.count(",") == 2 else ""
+    text = f"T[i,k] = A[i,j]*B[j,k]; Y[{idx}] = T[i,k] * 2{mid}"
+    formats = {"A": "csr", "B": "csr", "T": "csr", "Y": y_format}
+    k = _compile(text, formats)
+    assert k.launches == 1 and f"Y: declared {y_format}, written in that order into the array handed back" \
+        in k.loops, k.loops
+    ops = _ops(7, n=8, m=8)
+    ops["W"] = rng.standard_normal(3)
+    inputs = {n: ops[n] for n in k.inputs}
+    by_one = _one_by_one([s.strip() for s in text.split(";")], formats, ops)["Y"]
+    order = list(spcomp.Format.parse(y_format, len(idx.split(","))).order)
+    for threads in (1, 2, 1):
+        with spcomp_threads(threads, min_work=0):
+            for _ in range(2):
+                got = k(**inputs)
+                assert np.array_equal(got, by_one), threads
+                assert np.transpose(got, order).flags.c_contiguous == np.transpose(by_one, order).flags.c_contiguous
+                assert np.transpose(got, order).flags.c_contiguous
+    P = (ops["A"] @ ops["B"]).toarray() * 2
+    want = P if not mid else np.einsum("ik,m->ikm", P, ops["W"])
+    assert np.allclose(got, want)
+    loaded = spcomp.loads(k.to_bytes())
+    assert loaded.launches == 1 and np.array_equal(loaded(**inputs), by_one)
+
+
+def test_what_still_cannot_join_says_why():
+    k = _compile("T[i,k] = A[i,j]*B[j,k]; Z[k,i] = T[i,k] * 3", {"A": "csr", "B": "csr", "T": "bsr(2,2)",
+                                                                  "Z": "csr"})
+    assert k.launches == 2 and "its output is not one a fused function writes (blocked, bsr(2,2)" in k.loops
+    ops = _ops(1, n=8, m=8)
+    assert np.allclose(k(A=ops["A"], B=ops["B"]).to_numpy(), 3 * (ops["A"] @ ops["B"]).toarray().T)
+    k = _compile("T[i,k] = A[i,j]*B[j,k]; Y[i,k] += T[i,k] * 3", {"A": "csr", "B": "csr", "Y": "dd:1,0"})
+    assert k.launches == 2 and "a dense tensor declared dd:1,0 that it adds into" in k.loops, k.loops
+
+
+def test_bad_input_still_gives_spcomp_errors():
+    k = _compile("T[i,k] = A[i,j]*B[j,k]; Z[k,i] = T[i,k] * 3", {"A": "csr", "B": "csr", "T": "twell(B=4,K=4)",
+                                                                  "Z": "csr"})
+    ops = _ops(2)
+    with pytest.raises(ShapeError):
+        k(A=ops["A"], B=ops["A"])
+    with pytest.raises(OperandError, match="missing operand"):
+        k(A=ops["A"])
+    k = _compile("T[i,k] = A[i,j]*B[j,k]; Y[i,k] = T[i,k] * 2", {"A": "csr", "B": "csr", "Y": "dd:1,0"})
+    with pytest.raises(ShapeError):
+        k(A=ops["A"], B=ops["A"])
+
+
+@settings(max_examples=examples(25), deadline=None)
+@given(st.data())
+def test_random_packed_temporaries_and_column_major_outputs_match_numpy(data):
+    """A packed temporary of random block size, slots, order flag and mode order,
+    read by rows, against them or on its diagonal into an output of a random format
+    (a dense one in a random mode order too): one launch, equal to numpy.einsum at
+    one and two threads and to the statements run one by one."""
+    n = data.draw(st.integers(1, 9), label="n")
+    B = data.draw(st.integers(1, n), label="B")
+    ell = data.draw(st.booleans(), label="ell (one block per row)")
+    level = f"p({n})" if ell else f"p({B},{B}{',unordered' if data.draw(st.booleans(), label='unordered') else ''})"
+    t_format = "d" + level + data.draw(st.sampled_from(["", ":1,0"]), label="T's mode order")
+    read = data.draw(st.sampled_from(["Z[i,k] = T[i,k] * 3", "Z[k,i] = T[i,k] * 3", "z[k] = T[k,k] * x[k]",
+                                      "Z[k,i] = T[i,k] * G[i,k]"]), label="reader")
+    z_format = data.draw(st.sampled_from(["csr", "dcsr", "coo", "dd", "dd:1,0"]), label="Z")
+    density = data.draw(st.sampled_from([0.0, 0.2, 0.6]), label="density")
+    seed = data.draw(st.integers(0, 2 ** 16), label="seed")
+    ops = _ops(seed, n=n, m=n, density=density)
+    ops["G"] = np.random.default_rng(seed).standard_normal((n, n))
+    text = f"T[i,k] = A[i,j]*B[j,k]; {read}"
+    formats = {"A": "csr", "B": "csr", "T": t_format}
+    if read.startswith("Z"):
+        formats["Z"] = z_format
+    k = _compile(text, formats)
+    assert k.launches == 1, k.loops
+    P = ops["A"].toarray() @ ops["B"].toarray()
+    want = {"Z[i,k] = T[i,k] * 3": lambda: 3 * P, "Z[k,i] = T[i,k] * 3": lambda: 3 * P.T,
+            "z[k] = T[k,k] * x[k]": lambda: np.diag(P) * ops["x"],
+            "Z[k,i] = T[i,k] * G[i,k]": lambda: (P * ops["G"]).T}[read]()
+    inputs = {name: ops[name] for name in k.inputs}
+    by_one = _one_by_one([s.strip() for s in text.split(";")], formats, ops)[read.split("[")[0]]
+    for threads in (1, 2):
+        with spcomp_threads(threads, min_work=0):
+            got = k(**inputs)
+        assert np.allclose(_dense(got), want, atol=1e-12), (text, formats, threads)
+        assert np.allclose(_dense(got), _dense(by_one), atol=1e-12, rtol=1e-12), (text, formats, threads)
+        if isinstance(got, np.ndarray) and formats.get("Z") == "dd:1,0":
+            assert got.flags.f_contiguous
