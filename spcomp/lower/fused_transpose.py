@@ -14,6 +14,8 @@ copy is always ``dc`` (``spcomp.program_copies`` asks the reader's lowering for
 that). A temporary of order 3 or more is copied as a sorted coordinate list
 instead (:func:`sorted_copy_block`: a stable counting sort per level but the last).
 The copy's arrays are the function's own heap arrays, freed after the reader.
+:func:`walk_entries` also walks packed-block levels (their used slots only): a
+packed temporary's copy is gathered and sorted by ``fused_diagonal.copy_read``.
 """
 from __future__ import annotations
 
