@@ -17,8 +17,9 @@ A ``+=`` output must again be a writeable row-major array of its shape and dtype
 Every array the run writes -- outputs and temporaries alike -- is new each call,
 as on the general path, so concurrent calls never share one: a dense one zeroed
 in its mode order (``outputs.zeros_in_order``), a sparse one as an
-:class:`~.outputs.Output` made again from the last call's (``Output.again``: its fixed arrays and the slots the kernel
-grows the others into), with the last call's first capacity. A sparse tensor
+:class:`~.outputs.Output` made again from the last call's (``Output.again``: its
+fixed arrays and the slots the kernel grows the others into), with the last
+call's first capacity. A sparse tensor
 that outgrew 32-bit positions makes the repeat step aside (the general path
 runs it again at 64 bits, and records that call); a run with a dense ``+=``
 before a sparse statement runs at 64 bits from the start, where nothing steps aside.
