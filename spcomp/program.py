@@ -14,8 +14,8 @@ there: ``lower/fused_diagonal.py``), a dense temporary declared column-major see
 row-major, a returned one written in its declared order into the array handed
 back, a sparse statement after a dense ``+=`` too (such a run runs 64-bit at
 once: ``runtime/program.py``). A statement that cannot join (a reader of a
-copy or a diagonal of a bitmap temporary; an output no fused function writes: a
-blocked one, a dense ``+=`` one in another mode order) runs as a kernel of its
+copy or a diagonal of a bitmap or blocked temporary; an output no fused function
+writes: blocked ELL, a dense ``+=`` one in another mode order) runs as a kernel of its
 own, its result handed to the next one by the runtime (``k.loops`` says which is
 which, and why; ``k.launches`` counts them). On a
 backend without raw pointers (the CUDA backends) ``program_gpu.py`` plans instead:
@@ -55,7 +55,7 @@ from .lower.temporary_formats import with_formats
 from .runtime.call import CallContext
 from .runtime.launch import Variant
 from .runtime.operands import refuse_overlap
-from .program_copies import (apart_reason, copy_recasts, copyable_written, declared_in_warnings,
+from .program_copies import (apart_reason, copy_recasts, copyable_written, declared_in_warnings, expandable,
                              reads_only_copies, row_major_temporaries, run_statements, in_function_copies)
 from .program_density import DensityVariants
 from .program_saved import SavedProgram
@@ -157,7 +157,8 @@ class ProgramKernel(SavedProgram):
         """Statement ``k`` lowered for a fused run, or None when it cannot join one:
         it must write a dense tensor (one in another mode order only anew), or a sparse one it assembles in one
         pass into arrays it grows itself or fixed ones (a packed-block level: the
-        runtime allocates them). (A run with a dense ``+=`` before a sparse statement
+        runtime allocates them; a blocked one in a stand-in laid out for each reader:
+        ``program_copies.expandable``). (A run with a dense ``+=`` before a sparse statement
         runs 64-bit at once: ``FusedRun``; a sparse ``+=`` reads the caller's tensor and
         assembles a new one, ``C = C_old + ...``, so it may rerun.) ``recast``: formats
         the statement is lowered to see tensors in (``program_copies.copy_recasts``; a
@@ -176,7 +177,7 @@ class ProgramKernel(SavedProgram):
                     or any(b.role not in ("size", "input", "output") for b in low.code.bindings)):
                 return None
         elif (low.output.shape == "dense" or low.output.bounded or low.output.assembly is not None
-              or low.append_chunks or low.output.expand is not None
+              or low.append_chunks or (low.output.expand is not None and not expandable(low))
               or any(b.role not in _SPARSE_ROLES for b in low.code.bindings)):
             return None
         return low

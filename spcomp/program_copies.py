@@ -17,9 +17,11 @@ copy (:func:`reads_only_copies`), so what ``T`` looks like to it otherwise does 
 matter. A diagonal of a temporary is gathered inside the function too
 (``lower/fused_diagonal.py``, :func:`in_function_copies`), and so is a copy of a
 temporary with a packed-block level (its used slots walked, sorted and placed:
-``fused_diagonal.copy_read``). Anything else (a bitmap temporary; a blocked one
-never joins: the runtime cuts its writer's result into blocks) keeps a kernel of
-its own, :func:`apart_reason` saying why. A dense temporary declared in another
+``fused_diagonal.copy_read``); a temporary its writer assembles in a stand-in (a
+blocked one, or one with a dense level below a sparse one) is laid out in its
+declared levels for each reader there (:func:`expandable`). Anything else (a bitmap
+or blocked temporary read through a copy) keeps a kernel of its own,
+:func:`apart_reason` saying why. A dense temporary declared in another
 mode order is seen row-major by every fused lowering (:func:`row_major_temporaries`).
 """
 from __future__ import annotations
@@ -27,7 +29,8 @@ from __future__ import annotations
 import dataclasses
 
 from .formats import Compressed, Dense, Format, PackedBlock, Singleton
-from .lower.fused_diagonal import buildable, copy_read, diagonal_read, diagonal_storages, walkable
+from .lower.fused_diagonal import (buildable, copy_read, diagonal_read, diagonal_storages, expand_read, placeable,
+                                   walkable)
 from .lower.temporary_formats import with_formats
 from .notation import accesses
 
@@ -92,8 +95,8 @@ def apart_reason(statement: int, low, written: dict, formats: dict, assignment=N
     if low is None:
         fmt = assignment.lhs.tensor.format if assignment is not None else None
         if fmt is not None and fmt.blocks is not None:
-            return (f"its output is not one a fused function writes (blocked, {fmt}: its kernel assembles "
-                    "it unblocked and the runtime cuts it into blocks afterwards)")
+            return (f"its output is not one a fused function writes (blocked, {fmt}: its kernel assembles it "
+                    "in a stand-in the fused function does not lay out so, converted by the runtime afterwards)")
         if fmt is not None and fmt.is_dense and fmt.order != tuple(range(fmt.ndim)):
             return (f"its output is not one a fused function writes (a dense tensor declared {fmt} that "
                     "it adds into, +=: only one it writes anew is written in that order)")
@@ -113,16 +116,35 @@ def apart_reason(statement: int, low, written: dict, formats: dict, assignment=N
     return "it reads arrays the run's statements do not hand over"
 
 
+def expandable(low) -> bool:
+    """Whether a fused function can lay out the sparse output ``low`` assembles in a
+    stand-in (``low.output.expand``: dense levels below sparse ones, blocks included,
+    stored compressed; after a kernel of its own the runtime expands it) in its
+    declared format for the run's readers (``fused_diagonal.expand_read``): the same
+    levels, mode order and blocks, the stand-in's walkable, the declared ones placeable."""
+    stand, fmt = low.inspection.notation.lhs.tensor.format, low.output.expand
+    return (stand.blocks == fmt.blocks and stand.order == fmt.order and len(stand.levels) == len(fmt.levels)
+            and walkable(stand.level_view()) and placeable(fmt.level_view()))
+
+
 def in_function_copies(statements, run: list, lows: list, links: list) -> list:
     """Per statement of a run: the storages it reads as a transposed copy of a
     temporary the run wrote, as ``lower.fuse.fuse`` takes them: storage -> (writer,
     tensor, the index of each of the writer's levels, the writer's level of each of
     the copy's, whether the writer has an unordered level); and those it reads as a
-    diagonal of one: storage -> its
-    ``lower.fused_diagonal.DiagonalRead``."""
+    diagonal of one, or as a tensor whose writer assembled it in a stand-in
+    (:func:`expandable`): storage -> its ``lower.fused_diagonal.DiagonalRead``."""
     out = []
     for j, k in enumerate(run):
         mine = {}
+        for storage in {b.storage for b in lows[j].code.bindings if b.role == "input"} & set(links[j]):
+            writer = lows[links[j][storage]]
+            if writer.output.expand is not None:
+                acc = next(a for a in accesses(statements[k].rhs) if a.tensor.name == storage)
+                mine[storage] = expand_read(links[j][storage], storage, writer.inspection.notation.lhs.tensor.format,
+                                            [i.name for i in acc.indices],
+                                            [i.name for i in statements[run[links[j][storage]]].lhs.indices],
+                                            writer.output.expand)
         for storage, diagonal, fmt in diagonal_storages(lows[j]):
             d = lows[j].operands.diagonals[diagonal]
             if d.operand in links[j]:

@@ -39,6 +39,10 @@ def fused_run_lines(program, seg, run: list) -> list:
                          + ("" if stand_in in (None, fmt) else
                             f" (as {stand_in} in the function over chunks of rows"
                             + (")" if st.internal else f", converted to {fmt} after them)")))
+            if st.low.output.expand is not None:
+                parts.append(f"# {st.name}: assembled as {st.low.inspection.notation.lhs.tensor.format.spec()}, laid "
+                             f"out as {fmt} inside the function for each reader"
+                             + ("" if st.internal else " (and by the runtime, handed back)"))
     chunk_rows = chunks.rows if chunks is not None else []
     tiles = {**seg.compiled.tiles, **(chunks.tiles if chunks is not None else {})}
     for name in dict.fromkeys(seg.compiled.rows + chunk_rows):

@@ -154,7 +154,7 @@ def test_a_tensor_read_after_the_run_has_its_format(monkeypatch, fmt):
     formats = {"A": "csr", "B": "csr", "D": "csr", "T": "csr", "U": fmt, "v": "bsr(2,2)"}
     k = compile_quietly(text, formats, ["U", "v"])
     assert k.launches == 2 and f"as csr in the function over chunks of rows, converted to {fmt}" in k.loops
-    assert "not in the run before it: its output is not one a fused function writes" in k.loops, k.loops
+    assert "statement 3: a kernel of its own (not in the run before it:" in k.loops, k.loops
     seen = []
     real = spcomp.Kernel.__call__
 

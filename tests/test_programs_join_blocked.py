@@ -6,9 +6,11 @@ order 3 too) read through a transposed copy or on a diagonal has its used slots
 walked inside the function (``fused_transpose.walk_entries``), gathered, sorted and
 placed into the copy (``fused_diagonal.copy_read``); a dense output declared in
 another mode order (``dd:1,0``) is written in that order straight into the array
-handed back, which the runtime allocates so (``runtime.outputs.zeros_in_order``).
-A blocked temporary (``bsr``) still keeps a kernel of its own, ``k.loops`` saying
-why: its kernel assembles it unblocked and the runtime cuts it into blocks after.
+handed back, which the runtime allocates so (``runtime.outputs.zeros_in_order``);
+a blocked temporary (``bsr``, ``bsc``, ``cd``...), which its writer assembles with
+its dense levels compressed, is laid out in its blocks for each reader inside the
+function (``fused_diagonal.expand_read``). What still cannot join (blocked ELL, a
+blocked temporary read against its block order) keeps a kernel of its own, ``k.loops`` saying why.
 Every result is checked against numpy.einsum and against the statements compiled
 and run one by one, at one and two threads, 32- and 64-bit indices, after save/load.
 """
@@ -142,11 +144,92 @@ def test_a_returned_column_major_output_is_written_in_its_order(y_format, idx):
     assert loaded.launches == 1 and np.array_equal(loaded(**inputs), by_one)
 
 
+@pytest.mark.parametrize("t_format", ["bsr(2,2)", "bsc(2,4)", "ccdd/2,2", "cd", "dcdd:1,0/4,2"])
+@pytest.mark.parametrize("returned", [False, True])
+def test_a_blocked_temporary_is_laid_out_in_its_blocks_inside_the_function(t_format, returned):
+    """Its writer assembles it in a stand-in (dense levels below sparse ones stored
+    compressed); the function lays it out in its declared blocks for each reader,
+    the runtime (as after a kernel of its own) where it is handed back."""
+    text = "T[i,k] = A[i,k]*3; y[i] = T[i,k] * x[k]; Y[k,i] = T[i,k] * G[k,i]"   # (A*B into bsc: refused)
+    formats = {"A": "csr", "T": t_format}
+    outputs = ["T", "y", "Y"] if returned else ["y", "Y"]
+    k = _compile(text, formats, outputs=outputs)
+    assert k.launches == 1 and "laid out as" in k.loops, k.loops
+    ops = _ops(8, n=8, m=8)
+    ops["G"] = np.random.default_rng(8).standard_normal((8, 8))
+    by_one = _one_by_one([s.strip() for s in text.split(";")], formats, ops)
+    P = 3 * ops["A"].toarray()
+    for threads in (1, 2):
+        with spcomp_threads(threads, min_work=0):
+            got = k(A=ops["A"], x=ops["x"], G=ops["G"])
+        assert np.allclose(got["y"], P @ ops["x"]) and np.allclose(got["Y"], P.T * ops["G"])
+        assert _same(got["y"], by_one["y"]) and _same(got["Y"], by_one["Y"])
+        if returned:
+            assert str(got["T"].format) == str(spcomp.Format.parse(t_format, 2)) and _same(got["T"], by_one["T"])
+            got["T"].validate("T")
+
+
+def test_a_blocked_temporary_past_32_bits_and_saved(monkeypatch):
+    monkeypatch.setattr(record, "INDEX32_LIMIT", 30)
+    k = _compile("T[i,k] = A[i,j]*B[j,k]; y[i] = T[i,k] * x[k]", {"A": "csr", "B": "csr", "T": "bsr(2,3)"})
+    loaded = spcomp.loads(k.to_bytes())
+    assert k.launches == 1 and loaded.launches == 1 and loaded.loops == k.loops, k.loops
+    ops = _ops(6, n=12, m=12, density=0.4)
+    P = (ops["A"] @ ops["B"]).toarray()
+    for kernel in (k, loaded):
+        with spcomp_threads(1):
+            got = kernel(A=ops["A"], B=ops["B"], x=ops["x"])
+        assert np.allclose(got, P @ ops["x"]) and 64 in kernel.segments[0][1].variants
+
+
+@settings(max_examples=examples(20), deadline=None)
+@given(st.data())
+def test_random_blocked_temporaries_match_numpy(data):
+    """A temporary of random blocks (R, C dividing the shape), block order and
+    levels, read as itself by a dense and a sparse statement: one launch, equal to
+    numpy.einsum at one and two threads and to the statements run one by one."""
+    R, C = data.draw(st.integers(1, 3), label="R"), data.draw(st.integers(1, 3), label="C")
+    I, K, J = R * data.draw(st.integers(1, 3), label="I/R"), C * data.draw(st.integers(1, 3), label="K/C"), \
+        data.draw(st.integers(1, 5), label="J")
+    top = data.draw(st.sampled_from(["dc", "cc"]), label="block levels")
+    order = data.draw(st.sampled_from(["", ":1,0"]), label="block order")
+    cut = [b for b in (R, C) if b > 1] if not order else [b for b in (C, R) if b > 1]
+    t_format = top + "d" * len(cut) + order + (f"/{R},{C}" if cut else "")
+    z_format = data.draw(st.sampled_from(["csr", "dcsr", "dd", "dd:1,0"]), label="Z")
+    density = data.draw(st.sampled_from([0.0, 0.3, 0.7]), label="density")
+    seed = data.draw(st.integers(0, 2 ** 16), label="seed")
+    rng = np.random.default_rng(seed)
+    ops = {"A": sp.random(I, J, density=density, format="csr", random_state=seed),
+           "B": sp.random(J, K, density=density, format="csr", random_state=seed + 1),
+           "C": sp.random(I, K, density=density, format="csr", random_state=seed + 2),
+           "x": rng.standard_normal(K), "G": rng.standard_normal((I, K))}
+    product = not order and data.draw(st.booleans(), label="T = A*B (else C*3)")  # (A*B into bsc: refused)
+    write = "T[i,k] = A[i,j]*B[j,k]" if product else "T[i,k] = C[i,k]*3"
+    text = f"{write}; y[i] = T[i,k] * x[k]; Z[i,k] = T[i,k] * G[i,k]"
+    formats = {n: f for n, f in {"A": "csr", "B": "csr", "C": "csr", "T": t_format, "Z": z_format}.items()
+               if f"{n}[" in text}
+    k = _compile(text, formats, outputs=["y", "Z"])
+    # (a sparse Z over T's cut indices is assembled in blocks and converted: a kernel of its own)
+    assert ("laid out as" in k.loops or not cut) and (k.launches == 1 or z_format in ("csr", "dcsr")), k.loops
+    P = ops["A"].toarray() @ ops["B"].toarray() if product else 3 * ops["C"].toarray()
+    by_one = _one_by_one([s.strip() for s in text.split(";")], formats, ops)
+    for threads in (1, 2):
+        with spcomp_threads(threads, min_work=0):
+            got = k(**{n: ops[n] for n in k.inputs})
+        assert np.allclose(got["y"], P @ ops["x"]) and np.allclose(_dense(got["Z"]), P * ops["G"]), t_format
+        assert _same(got["y"], by_one["y"]) and _same(got["Z"], by_one["Z"]), (t_format, z_format, threads)
+
+
 def test_what_still_cannot_join_says_why():
+    k = _compile("T[i,k] = A[i,j]*B[j,k]; y[i] = T[i,k] * x[k]", {"A": "csr", "B": "csr", "T": "bell(R=2,C=2,K=4)"})
+    assert k.launches == 2 and "its output is not one a fused function writes (blocked, bell(2,2,4)" in k.loops
+    ops = _ops(1, n=8, m=8)
+    assert np.allclose(k(A=ops["A"], B=ops["B"], x=ops["x"]), (ops["A"] @ ops["B"]).toarray() @ ops["x"])
     k = _compile("T[i,k] = A[i,j]*B[j,k]; Z[k,i] = T[i,k] * 3", {"A": "csr", "B": "csr", "T": "bsr(2,2)",
                                                                   "Z": "csr"})
-    assert k.launches == 2 and "its output is not one a fused function writes (blocked, bsr(2,2)" in k.loops
-    ops = _ops(1, n=8, m=8)
+    # (Z, csr over T's cut indices, is assembled in T's blocks and converted by the runtime)
+    assert k.launches == 2 and "statement 2: a kernel of its own (not in the run before it: its output is not one " \
+        "a fused function writes" in k.loops, k.loops
     assert np.allclose(k(A=ops["A"], B=ops["B"]).to_numpy(), 3 * (ops["A"] @ ops["B"]).toarray().T)
     k = _compile("T[i,k] = A[i,j]*B[j,k]; Y[i,k] += T[i,k] * 3", {"A": "csr", "B": "csr", "Y": "dd:1,0"})
     assert k.launches == 2 and "a dense tensor declared dd:1,0 that it adds into" in k.loops, k.loops

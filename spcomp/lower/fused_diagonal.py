@@ -75,7 +75,8 @@ class DiagonalRead:
     (``kept``) and its kind (``kinds``: :func:`level_kind`), whether one walk of the
     writer's entries meets them in the storage's order (``in_order``), and per writer
     level its PackedBlock where it is one (``packed``, else None). A transposed copy
-    is one with no repeated index (:func:`copy_read`)."""
+    is one with no repeated index (:func:`copy_read`), a stand-in laid out in its
+    declared levels one level for level (:func:`expand_read`)."""
     writer: int
     tensor: str
     levels: tuple
@@ -110,6 +111,22 @@ def copy_read(writer: int, tensor: str, src, indices: list, written: list, fmt) 
                         tuple(range(len(src.order))), kept, tuple(level_kind(lvl) for lvl in fmt.levels),
                         kept == tuple(range(len(kept))) and all(lvl.ordered for lvl in src.levels),
                         _packed_levels(src))
+
+
+def expand_read(writer: int, tensor: str, stand_in, indices: list, written: list, fmt) -> DiagonalRead:
+    """The :class:`DiagonalRead` that lays out ``tensor``, assembled by the run's
+    statement ``writer`` in ``stand_in`` (``lower.outputs.assembled_format``: its dense
+    levels below sparse ones stored compressed), in its declared ``fmt``: level for
+    level (the same mode order and blocks), in one walk (the stand-in's entries are
+    unique and in storage order), each dense level's block zero-filled. A level's
+    size is its index's (``indices``, ``written``: the reader's and the writer's
+    index name per dimension; ``i_o`` for a blocked one's outer level), or the block."""
+    def name(names, d, part):
+        return fmt.blocks[d] if part == "inner" else names[d] + ("_o" if part == "outer" else "")
+    levels = tuple((name(written, d, part), name(indices, d, part)) for d, part in fmt.level_map())
+    ident = tuple(range(len(levels)))
+    return DiagonalRead(writer, tensor, levels, ident, ident, tuple(level_kind(lvl) for lvl in fmt.levels),
+                        all(lvl.ordered for lvl in stand_in.levels), _packed_levels(stand_in))
 
 
 def diagonal_read(writer: int, diag: Diagonal, indices: list, written: list, fmt) -> DiagonalRead:
@@ -219,7 +236,8 @@ def diagonal_block(c: DiagonalCopy, names) -> list:
     variable names); a failed allocation frees the arrays made before it."""
     r = c.read
     nnz = n.Var(names("diag_nnz"), I64)
-    what = "diagonal" if r.first != tuple(range(len(r.first))) else "copy in another mode order"
+    what = ("diagonal" if r.first != tuple(range(len(r.first))) else
+            "copy in another mode order" if r.kept != r.first else "declared storage")
     out = [n.Comment(f"{c.target[(-1, 'vals')].name}: the {what} of {r.tensor} gathered here from its "
                      "writer's arrays, freed after its reader"), n.Declare(nnz, entry_count(c))]
     live: list = []
