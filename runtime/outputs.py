@@ -53,6 +53,15 @@ def fresh_output(shape, dtype, overwrite: bool) -> np.ndarray:
     return out
 
 
+def zeros_in_order(shape, order, dtype) -> np.ndarray:
+    """A zeroed dense array of ``shape`` (index order) stored in mode ``order``: for
+    ``dd:1,0`` a column-major one (a transposed view of its row-major storage, as a
+    kernel's own dense output in that order is). A fused function writes it there."""
+    if not order or tuple(order) == tuple(range(len(order))):
+        return np.zeros(shape, dtype=dtype)
+    return np.transpose(np.zeros([shape[d] for d in order], dtype=dtype), np.argsort(order))
+
+
 def fresh_maker(shape, dtype, overwrite: bool):
     """A function of no arguments that makes what ``fresh_output(shape, dtype,
     overwrite)`` makes, bound once for a repeated call (fastcall.py): NumPy's

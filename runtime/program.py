@@ -42,7 +42,7 @@ from . import interrupt, partials, threads as _threads
 from .launch import WiderIndices, call_work, first_capacity, parallel_extent, raise_status
 from .memory import data_ptr
 from .operands import Dense, index_bits
-from .outputs import Output
+from .outputs import Output, zeros_in_order
 from .plan import call_args
 from .program_chunks import ChunkPlan, run_chunked
 from .program_repeat import own_pos_arg, record, sparse_result
@@ -218,7 +218,7 @@ class FusedRun:
                 array = None
             else:
                 array = _accumulator(st.name, given, shape, ctx.plan.out_dtype) if st.accumulate else \
-                    np.zeros(shape, dtype=ctx.plan.out_dtype)
+                    zeros_in_order(shape, ctx.plan.out_format.order, ctx.plan.out_dtype)
                 env[st.name] = array
             per_step.append((storages, sizes, array, capacity))
             bits = max(bits, index_bits(storages, sizes, self.limit))

@@ -15,10 +15,11 @@ that ran by chunks of rows repeats through :mod:`.program_repeat_chunks`, whose
 launch runs the chunks again (:func:`replay_parts` builds both).
 A ``+=`` output must again be a writeable row-major array of its shape and dtype.
 Every array the run writes -- outputs and temporaries alike -- is new each call,
-as on the general path, so concurrent calls never share one: a dense one made
-with ``np.zeros``, a sparse one as an :class:`~.outputs.Output` made again from
-the last call's (``Output.again``: its fixed arrays and the slots the kernel
-grows the others into), with the last call's first capacity. A sparse tensor
+as on the general path, so concurrent calls never share one: a dense one zeroed
+in its mode order (``outputs.zeros_in_order``), a sparse one as an
+:class:`~.outputs.Output` made again from the last call's (``Output.again``: its
+fixed arrays and the slots the kernel grows the others into), with the last
+call's first capacity. A sparse tensor
 that outgrew 32-bit positions makes the repeat step aside (the general path
 runs it again at 64 bits, and records that call); a run with a dense ``+=``
 before a sparse statement runs at 64 bits from the start, where nothing steps aside.
@@ -28,8 +29,6 @@ from __future__ import annotations
 import ctypes
 import weakref
 
-import numpy as np
-
 from spcomp.ir.nodes import STATUS_INDEX_OVERFLOW
 
 from . import interrupt, threads as _threads
@@ -37,6 +36,7 @@ from .fastcall import ARRAY, FastCall, operand_check, plain_output_array, repeat
 from .launch import WiderIndices
 from .memory import data_ptr
 from .operands import Dense, refuse_overlap
+from .outputs import zeros_in_order
 from .plan import call_args
 from .program_chunks import as_declared
 from .sparsecall import call_settings
@@ -99,7 +99,7 @@ class RunRepeat:
     def __init__(self, inputs, given, fresh, sparse, bits, fail, settings=None):
         self.inputs = inputs  # a FastCall: the input checks and the argument template
         self.given = given    # ((name, (shape, dtype), slots), ...) of the += outputs
-        self.fresh = fresh    # ((name, shape, dtype, slots, as_scalar), ...) of the arrays made each call
+        self.fresh = fresh    # ((name, shape, mode order, dtype, slots, as_scalar), ...) of the arrays made each call
         self.sparse = sparse  # SparseSteps, in program order
         self.bits = bits      # the index width of the function it calls
         self.fail = fail      # (status, the call's sparse Outputs, bits) -> raises
@@ -132,8 +132,8 @@ class RunRepeat:
             for k in slots:
                 args[k] = p
         made = []
-        for name, shape, dtype, slots, as_scalar in self.fresh:
-            a = np.zeros(shape, dtype)
+        for name, shape, order, dtype, slots, as_scalar in self.fresh:
+            a = zeros_in_order(shape, order, dtype)
             p = data_ptr(a)
             for k in slots:
                 args[k] = p
@@ -258,7 +258,7 @@ def replay_parts(run, built, per_step, outs: list, bits: int, env: dict, stand_i
         if st.name in accumulated:
             given.append((st.name, (array.shape, array.dtype), slots))
         else:
-            fresh.append((st.name, array.shape, array.dtype, slots,
+            fresh.append((st.name, array.shape, st.ctx.plan.out_format.order, array.dtype, slots,
                           array.ndim == 0 and st.returned))
     return inputs, tuple(given), tuple(fresh), tuple(sparse[j] for j in sorted(sparse))
 

@@ -11,12 +11,13 @@ its writer grows (and frees at the end when nothing else sees it); a sparse
 temporary read against its order through a copy the function makes (``dc`` for
 2-d, a coordinate list above: ``program_copies.py``) or on a diagonal (gathered
 there: ``lower/fused_diagonal.py``), a dense temporary declared column-major seen
-row-major, a sparse statement after a dense ``+=`` too (such a run runs 64-bit at
+row-major, a returned one written in its declared order into the array handed
+back, a sparse statement after a dense ``+=`` too (such a run runs 64-bit at
 once: ``runtime/program.py``). A statement that cannot join (a reader of a
-transposed copy or a diagonal of a blocked or packed temporary; an output no
-fused function writes) runs as a kernel of its own, its result handed
-to the next one by the runtime (``k.loops`` says which is which, and why;
-``k.launches`` counts them). On a
+copy or a diagonal of a bitmap or blocked temporary; an output no fused function
+writes: blocked ELL, a dense ``+=`` one in another mode order) runs as a kernel of its
+own, its result handed to the next one by the runtime (``k.loops`` says which is
+which, and why; ``k.launches`` counts them). On a
 backend without raw pointers (the CUDA backends) ``program_gpu.py`` plans instead:
 runs of dense statements as one CUDA kernel, the others kernels of their own.
 
@@ -57,7 +58,7 @@ from .lower.temporary_formats import with_formats
 from .runtime.call import CallContext
 from .runtime.launch import Variant
 from .runtime.operands import refuse_overlap
-from .program_copies import (apart_reason, copy_recasts, copyable_written, declared_in_warnings,
+from .program_copies import (apart_reason, copy_recasts, copyable_written, declared_in_warnings, expandable,
                              reads_only_copies, row_major_temporaries, run_statements, in_function_copies)
 from .program_density import DensityVariants
 from .program_phases import copy_phases, phase_segments
@@ -131,7 +132,7 @@ class ProgramKernel(SavedProgram):
             else:
                 run = [k]
                 if fusable[k] is None:  # (k.loops says so, as for a statement the run before it could not take)
-                    self.apart.setdefault(k, apart_reason(k, None, {}, {}))
+                    self.apart.setdefault(k, apart_reason(k, None, {}, {}, stmts[k]))
                 elif k:
                     self.apart.setdefault(k, "the statement before it joins no run, and none after it joins it")
                 segments.append(("kernel", self._kernel(k), run))
@@ -157,13 +158,15 @@ class ProgramKernel(SavedProgram):
                 return declared_in_warnings(alt, recast, copyables)
         if low is not None and reads_plainly(low, written, copyables, True):
             return low
-        return apart_reason(k, low, written, {n: t.format for n, t in self.program.tensors.items()})
+        return apart_reason(k, low, written, {n: t.format for n, t in self.program.tensors.items()},
+                            self.program.statements[k])
 
     def _fusable_lowering(self, k: int, recast: dict | None = None):
         """Statement ``k`` lowered for a fused run, or None when it cannot join one:
-        it must write a dense row-major tensor, or a sparse one it assembles in one
+        it must write a dense tensor (one in another mode order only anew), or a sparse one it assembles in one
         pass into arrays it grows itself or fixed ones (a packed-block level: the
-        runtime allocates them). (A run with a dense ``+=`` before a sparse statement
+        runtime allocates them; a blocked one in a stand-in laid out for each reader:
+        ``program_copies.expandable``). (A run with a dense ``+=`` before a sparse statement
         runs 64-bit at once: ``FusedRun``; a sparse ``+=`` reads the caller's tensor and
         assembles a new one, ``C = C_old + ...``, so it may rerun.) ``recast``: formats
         the statement is lowered to see tensors in (``program_copies.copy_recasts``; a
@@ -173,9 +176,8 @@ class ProgramKernel(SavedProgram):
         fmt = a.lhs.tensor.format
         if not (caps.pointers and caps.host_threads):
             return None
-        if fmt.is_dense:
-            if fmt.order != tuple(range(fmt.ndim)):
-                return None
+        if fmt.is_dense and fmt.order != tuple(range(fmt.ndim)) and (fmt.blocks is not None or a.accumulate):
+            return None  # (written anew in another mode order it is allocated so: runtime zeros_in_order)
         low = self._target.lower(a, self._statement_options(k, True))
         if fmt.is_dense:
             if (low.output.shape != "dense" or low.output.growable or low.output.bounded
@@ -183,7 +185,7 @@ class ProgramKernel(SavedProgram):
                     or any(b.role not in ("size", "input", "output") for b in low.code.bindings)):
                 return None
         elif (low.output.shape == "dense" or low.output.bounded or low.output.assembly is not None
-              or low.append_chunks or low.output.expand is not None
+              or low.append_chunks or (low.output.expand is not None and not expandable(low))
               or any(b.role not in _SPARSE_ROLES for b in low.code.bindings)):
             return None
         return low

@@ -15,30 +15,39 @@ coordinate list) in ``T``'s mode order (:func:`stand_in`), so that the copy it a
 for is of that kind in the other order; the function reads ``T`` only through that
 copy (:func:`reads_only_copies`), so what ``T`` looks like to it otherwise does not
 matter. A diagonal of a temporary is gathered inside the function too
-(``lower/fused_diagonal.py``, :func:`in_function_copies`). Anything else (a blocked
-or packed temporary, a diagonal the function cannot gather) keeps a kernel of
-its own, :func:`apart_reason` saying why. A dense temporary declared in another
+(``lower/fused_diagonal.py``, :func:`in_function_copies`), and so is a copy of a
+temporary with a packed-block level (its used slots walked, sorted and placed:
+``fused_diagonal.copy_read``); a temporary its writer assembles in a stand-in (a
+blocked one, or one with a dense level below a sparse one) is laid out in its
+declared levels for each reader there (:func:`expandable`). Anything else (a bitmap
+or blocked temporary read through a copy) keeps a kernel of its own,
+:func:`apart_reason` saying why. A dense temporary declared in another
 mode order is seen row-major by every fused lowering (:func:`row_major_temporaries`).
 """
 from __future__ import annotations
 
 import dataclasses
 
-from .formats import Compressed, Dense, Format, Singleton
-from .lower.fused_diagonal import buildable, diagonal_read, diagonal_storages
+from .formats import Compressed, Dense, Format, PackedBlock, Singleton
+from .lower.fused_diagonal import (buildable, copy_read, diagonal_read, diagonal_storages, expand_read, placeable,
+                                   walkable)
 from .lower.temporary_formats import with_formats
 from .notation import accesses
 
 
 def copyable(fmt) -> bool:
     """Whether a sparse temporary stored in ``fmt`` can be copied in another mode order
-    inside the fused function: dense, compressed or singleton levels, unblocked, the
-    top one not a singleton. A 2-d one whose rows are walked in order (``dc``, or a
-    compressed top level ordered) is copied as ``dc`` (each column's rows come out
-    ascending); any other as a sorted coordinate list (``sorted_copy_block``: sorted
-    by every level where the writer has an unordered one)."""
+    inside the fused function: dense, compressed, singleton or packed-block levels,
+    unblocked, the top one not a singleton. A 2-d one whose rows are walked in order
+    (``dc``, or a compressed top level ordered) is copied as ``dc`` (each column's rows
+    come out ascending); any other as a sorted coordinate list (``sorted_copy_block``:
+    sorted by every level where the writer has an unordered one). One with a
+    packed-block level has its used slots gathered and sorted into either
+    (``fused_diagonal.copy_read``)."""
     if fmt.blocks is not None or len(fmt.levels) < 2:
         return False
+    if any(type(lvl) is PackedBlock for lvl in fmt.levels):
+        return walkable(fmt)
     kinds = [type(lvl) for lvl in fmt.levels]
     if len(kinds) == 2 and kinds[0] is Dense:
         return kinds[1] is Compressed
@@ -79,24 +88,43 @@ def reads_only_copies(low, names) -> bool:
     return not any(b.role == "input" and b.storage in names for b in low.code.bindings)
 
 
-def apart_reason(statement: int, low, written: dict, formats: dict) -> str:
-    """Why statement ``statement`` (0-based; ``low`` its fusable lowering, or None)
-    does not join the run before it, which writes ``written`` (name -> arrays),
-    ``formats`` the tensors' declared formats."""
+def apart_reason(statement: int, low, written: dict, formats: dict, assignment=None) -> str:
+    """Why statement ``statement`` (0-based; ``low`` its fusable lowering, or None;
+    ``assignment`` the statement, where known) does not join the run before it,
+    which writes ``written`` (name -> arrays), ``formats`` the tensors' declared formats."""
     if low is None:
-        return "its output is not one a fused function writes (a row-major dense array, or a sparse tensor " \
+        fmt = assignment.lhs.tensor.format if assignment is not None else None
+        if fmt is not None and fmt.blocks is not None:
+            return (f"its output is not one a fused function writes (blocked, {fmt}: its kernel assembles it "
+                    "in a stand-in the fused function does not lay out so, converted by the runtime afterwards)")
+        if fmt is not None and fmt.is_dense and fmt.order != tuple(range(fmt.ndim)):
+            return (f"its output is not one a fused function writes (a dense tensor declared {fmt} that "
+                    "it adds into, +=: only one it writes anew is written in that order)")
+        return "its output is not one a fused function writes (a dense array, or a sparse tensor " \
                "assembled in one pass)"
     for _storage, diagonal, fmt in diagonal_storages(low):
         d = low.operands.diagonals[diagonal]
         if d.operand in written and not buildable(d, fmt):
             return (f"it reads {d.operand} ({formats[d.operand].spec()}) through a diagonal copy stored "
                     f"{fmt.spec()!r}, which the fused function makes only of an unblocked temporary of dense, "
-                    "compressed or singleton levels, into dense or compressed levels")
+                    "compressed, singleton or packed-block levels, into dense, compressed or singleton levels")
     for op, fmt in low.operands.transposes.values():
         if op in written:
             return (f"it reads {op} ({formats[op].spec()}) through a copy stored {fmt.spec()!r}, which the fused "
-                    "function makes only of an unblocked temporary of dense, compressed or singleton levels")
+                    "function makes only of an unblocked temporary of dense, compressed, singleton or "
+                    "packed-block levels")
     return "it reads arrays the run's statements do not hand over"
+
+
+def expandable(low) -> bool:
+    """Whether a fused function can lay out the sparse output ``low`` assembles in a
+    stand-in (``low.output.expand``: dense levels below sparse ones, blocks included,
+    stored compressed; after a kernel of its own the runtime expands it) in its
+    declared format for the run's readers (``fused_diagonal.expand_read``): the same
+    levels, mode order and blocks, the stand-in's walkable, the declared ones placeable."""
+    stand, fmt = low.inspection.notation.lhs.tensor.format, low.output.expand
+    return (stand.blocks == fmt.blocks and stand.order == fmt.order and len(stand.levels) == len(fmt.levels)
+            and walkable(stand.level_view()) and placeable(fmt.level_view()))
 
 
 def in_function_copies(statements, run: list, lows: list, links: list) -> list:
@@ -104,11 +132,19 @@ def in_function_copies(statements, run: list, lows: list, links: list) -> list:
     temporary the run wrote, as ``lower.fuse.fuse`` takes them: storage -> (writer,
     tensor, the index of each of the writer's levels, the writer's level of each of
     the copy's, whether the writer has an unordered level); and those it reads as a
-    diagonal of one: storage -> its
-    ``lower.fused_diagonal.DiagonalRead``."""
+    diagonal of one, or as a tensor whose writer assembled it in a stand-in
+    (:func:`expandable`): storage -> its ``lower.fused_diagonal.DiagonalRead``."""
     out = []
     for j, k in enumerate(run):
         mine = {}
+        for storage in {b.storage for b in lows[j].code.bindings if b.role == "input"} & set(links[j]):
+            writer = lows[links[j][storage]]
+            if writer.output.expand is not None:
+                acc = next(a for a in accesses(statements[k].rhs) if a.tensor.name == storage)
+                mine[storage] = expand_read(links[j][storage], storage, writer.inspection.notation.lhs.tensor.format,
+                                            [i.name for i in acc.indices],
+                                            [i.name for i in statements[run[links[j][storage]]].lhs.indices],
+                                            writer.output.expand)
         for storage, diagonal, fmt in diagonal_storages(lows[j]):
             d = lows[j].operands.diagonals[diagonal]
             if d.operand in links[j]:
@@ -121,6 +157,10 @@ def in_function_copies(statements, run: list, lows: list, links: list) -> list:
                 order = statements[run[writer]].lhs.tensor.format.order
                 acc = next(a for a in accesses(statements[k].rhs) if a.tensor.name == op)
                 wfmt = statements[run[writer]].lhs.tensor.format
+                if any(type(lvl) is PackedBlock for lvl in wfmt.levels):
+                    mine[storage] = copy_read(writer, op, wfmt, [i.name for i in acc.indices],
+                                              [i.name for i in statements[run[writer]].lhs.indices], fmt)
+                    continue
                 mine[storage] = (writer, op, [acc.indices[d].name for d in order], [order.index(d) for d in fmt.order],
                                  not all(lvl.ordered for lvl in wfmt.levels))
         out.append(mine)

@@ -47,6 +47,10 @@ def fused_run_lines(program, seg, run: list) -> list:
                          + ("" if stand_in in (None, fmt) else
                             f" (as {stand_in} in the function over chunks of rows"
                             + (")" if st.internal else f", converted to {fmt} after them)")))
+            if st.low.output.expand is not None:
+                parts.append(f"# {st.name}: assembled as {st.low.inspection.notation.lhs.tensor.format.spec()}, laid "
+                             f"out as {fmt} inside the function for each reader"
+                             + ("" if st.internal else " (and by the runtime, handed back)"))
     chunk_rows = chunks.rows if chunks is not None else []
     tiles = {**seg.compiled.tiles, **(chunks.tiles if chunks is not None else {})}
     for name in dict.fromkeys(seg.compiled.rows + chunk_rows):
@@ -68,7 +72,9 @@ def fused_run_lines(program, seg, run: list) -> list:
     for j, st in enumerate(seg.steps):
         declared = program.tensors[st.name].format
         if not st.sparse and declared.order != tuple(range(len(declared.levels))):
-            parts.append(f"# {st.name}: declared {declared.spec()}, written and read row-major inside the "
+            parts.append(f"# {st.name}: declared {declared.spec()}, written in that order into the array "
+                         "handed back (an output)" if st.returned else
+                         f"# {st.name}: declared {declared.spec()}, written and read row-major inside the "
                          "function (a temporary: no copy between its statements)")
         for op in sorted({op for op, _f in st.low.operands.transposes.values()} & written):
             parts.append(f"# statement {run[j] + 1} reads {op} through a transposed copy made inside "

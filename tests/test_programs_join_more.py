@@ -11,8 +11,6 @@ still cannot join keeps a kernel of its own, ``k.loops`` saying why.
 """
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -22,32 +20,11 @@ from hypothesis import strategies as st
 import spcomp
 from spcomp.errors import OperandError, ShapeError
 from spcomp.lower import record
-from spcomp.testing.check import densify
 
 from conftest import examples, spcomp_threads
+from program_steps import compile_quiet as _compile, dense as _dense, one_by_one as _one_by_one
 
 DIAGONAL = "reads T through a diagonal copy gathered inside the function"
-
-
-def _compile(text, formats, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # TranspositionWarning and the like
-        return spcomp.compile(text, formats=formats, **kw)
-
-
-def _dense(v):
-    return np.asarray(densify(v), dtype=np.float64)
-
-
-def _one_by_one(statements: list, formats: dict, operands: dict) -> dict:
-    """Each statement compiled as a kernel of its own and run in order, each
-    result handed to the next by name: name -> result."""
-    env = dict(operands)
-    for text in statements:
-        name = text.split("[")[0].strip()
-        k = _compile(text, {n: f for n, f in formats.items() if f"{n}[" in text})
-        env[name] = k(**{n: env[n] for n in k.inputs})
-    return env
 
 
 def _square(seed, n=9, density=0.35):
@@ -113,14 +90,14 @@ def test_a_column_major_dense_temporary_joins():
 
 
 def test_a_returned_column_major_output_keeps_its_layout():
-    """A returned dense tensor is the caller's to see in its declared layout: its
-    statement stays a kernel of its own (its output is not one a fused function
-    writes), and the result comes back column-major."""
-    k = _compile("T[i,k] = A[i,j]*B[j,k]; v[i] = T[i,k] * w[k]", {"A": "csr", "B": "csr", "T": "dd:1,0"},
-                 outputs=["T", "v"])
-    assert "statement 1: a kernel of its own (in no fused run: its output is not one a fused function writes" \
-        in k.loops and "statement 2: a kernel of its own (not in the run before it: the statement before it " \
-        "joins no run" in k.loops, k.loops
+    """A returned dense tensor is the caller's to see in its declared layout: the
+    fused function writes it column-major into the array it hands back (one launch),
+    and the result comes back column-major, as its kernel of its own returns it."""
+    text = "T[i,k] = A[i,j]*B[j,k]; v[i] = T[i,k] * w[k]"
+    formats = {"A": "csr", "B": "csr", "T": "dd:1,0"}
+    k = _compile(text, formats, outputs=["T", "v"])
+    assert k.launches == 1 and "T: declared dd:1,0, written in that order into the array handed back" in k.loops, \
+        k.loops
     ops = _square(8)
     got = k(A=ops["A"], B=ops["B"], w=ops["w"])
     P = (ops["A"] @ ops["B"]).toarray()
@@ -144,9 +121,9 @@ def test_a_diagonal_asked_in_another_order_is_sorted_inside_the_function(t_forma
 
 
 def test_a_diagonal_the_function_cannot_gather_keeps_a_kernel_and_says_why():
-    """A packed (ell) temporary: its levels are not walked inside the function."""
-    k = _compile("T[i,k] = A[i,j]*B[j,k]; v[k] = T[k,k] * 2", {"A": "csr", "B": "csr", "T": "ell"})
-    why = "it reads T (dp(32)) through a diagonal copy stored 'd', which the fused function makes only of"
+    """A bitmap (db) temporary: its levels are not walked inside the function."""
+    k = _compile("T[i,k] = A[i,j]*B[j,k]; v[k] = T[k,k] * 2", {"A": "csr", "B": "csr", "T": "db"})
+    why = "it reads T (db) through a diagonal copy stored 'd', which the fused function makes only of"
     assert k.launches == 2 and f"a kernel of its own (not in the run before it: {why}" in k.loops, k.loops
     ops = _square(6)
     assert np.allclose(k(A=ops["A"], B=ops["B"]), 2 * np.diag((ops["A"] @ ops["B"]).toarray()))
@@ -307,11 +284,12 @@ def test_diagonal_read_plans_one_walk_or_a_sort():
         asked = asked or d.format
         return buildable(d, asked), diagonal_read(0, d, list(d.indices), list("abc"[:len(dims)]), asked)
     ok, r = read("csc", (0, 0))           # T[k,k], columns first: keeps the row level (compressed)
-    assert ok and r.first == (0, 0) and r.kept == (0,) and r.dense == (False,) and r.in_order
+    assert ok and r.first == (0, 0) and r.kept == (0,) and r.kinds == ("compressed",) and r.in_order
     ok, r = read("csr", (0, 0))           # rows first: the dense level is kept
-    assert ok and r.kept == (0,) and r.dense == (True,) and r.in_order
+    assert ok and r.kept == (0,) and r.kinds == ("dense",) and r.in_order
     ok, r = read("ccc:2,1,0", (0, 1, 0))  # T[j,i,j] stored k, i, j: the diagonal is i, j; the walk meets j, i
     assert ok and r.first == (0, 1, 0) and r.kept == (1, 0) and not r.in_order
     ok, r = read("csf", (0, 1, 1), Format.parse("cc:1,0", 2))  # T[j,i,i] asked i first: sorted
     assert ok and not r.in_order and r.kept == (1, 0)
-    assert not read("ell", (0, 0))[0]     # a packed level is not walked
+    assert read("ell", (0, 0))[0] and read("ell", (0, 0))[1].packed[1].K == 32  # a packed level is walked
+    assert not read("db", (0, 0))[0]      # a bitmap one is not

@@ -68,7 +68,8 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
     transposed copy of a sparse temporary (``T_T``) to ``(writer, tensor, the index of
     each of the writer's levels, the writer's level of each of the copy's, whether
     the writer has an unordered level: the copy is then sorted by every level)``, or a
-    diagonal storage of one (``T_diag``) to its :class:`.fused_diagonal.DiagonalRead`:
+    diagonal storage of one (``T_diag``), or a temporary its writer assembled in a
+    stand-in (read laid out in its declared levels), to its :class:`.fused_diagonal.DiagonalRead`:
     the copy is made at the top of the reader's block from the writer's arrays
     (:mod:`.fused_transpose`, :mod:`.fused_diagonal`) and freed after it.
 
@@ -93,7 +94,7 @@ def fuse(functions: list, bindings: list, links: list, name: str = "program", do
         for b in bindings[k]:
             if b.role in ("lo", "hi") and b.role in bounds:
                 shared[b.var.name] = bounds[b.role]
-            elif b.role == "input" and b.storage in links[k]:
+            elif b.role == "input" and b.storage in links[k] and b.storage not in copies:
                 var, role = outputs[links[k][b.storage]][(b.storage, b.level, b.array)]
                 if role == "output":
                     shared[b.var.name] = var
@@ -216,7 +217,7 @@ def _diagonal_copy(storage, bindings, mapping, written, read, writer_sizes, name
     mine = {(b.level, b.array): mapping[b.var.name] for b in bindings if b.role == "input" and b.storage == storage}
     size = {b.index: mapping[b.var.name] for b in bindings if b.role == "size"}
     source, prologue = _written_arrays(written, read.tensor, names)
-    sizes = [writer_sizes.get(w) or size[r] for w, r in read.levels]
+    sizes = [n.i64(w) if isinstance(w, int) else writer_sizes.get(w) or size[r] for w, r in read.levels]
     return DiagonalCopy(mine, source, sizes, read), prologue
 
 

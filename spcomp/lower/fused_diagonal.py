@@ -25,25 +25,33 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..formats import Compressed, Dense, Singleton
+from ..formats import Compressed, Dense, PackedBlock, Singleton
 from ..ir import nodes as n
 from ..ir.types import I64, ptr
 from .diagonal import Diagonal
 from .fused_transpose import entry_count, sort_pass, walk_entries
 
 
+def walkable(src) -> bool:
+    """Whether ``fused_transpose.walk_entries`` walks a tensor stored ``src``: unblocked,
+    every level dense, compressed, singleton or packed-block (ordered or not), the top
+    one not a singleton."""
+    return (src.blocks is None and bool(src.levels) and type(src.levels[0]) is not Singleton
+            and all(type(lvl) in (Dense, Compressed, Singleton, PackedBlock) for lvl in src.levels))
+
+
+def placeable(fmt) -> bool:
+    """Whether :class:`_Levels` fills storage ``fmt``: unblocked, of dense, compressed
+    (unique or not) and singleton levels, the top one not a singleton."""
+    return (fmt.blocks is None and bool(fmt.levels) and type(fmt.levels[0]) is not Singleton
+            and all(type(lvl) in (Dense, Compressed, Singleton) for lvl in fmt.levels))
+
+
 def buildable(diag: Diagonal, fmt) -> bool:
     """Whether :func:`diagonal_block` can build ``diag`` stored ``fmt`` (its own
-    format, or that of a transposed copy of it) from its operand's arrays: the
-    operand unblocked, every level dense, compressed or singleton (ordered or not),
-    the top one not a singleton; ``fmt`` unblocked, of dense and unique compressed levels."""
-    src = diag.operand_format
-    if src.blocks is not None or not src.levels or type(src.levels[0]) is Singleton:
-        return False
-    if not all(type(lvl) in (Dense, Compressed, Singleton) for lvl in src.levels):
-        return False
-    return fmt.blocks is None and all(type(lvl) is Dense or type(lvl) is Compressed and lvl.unique
-                                      for lvl in fmt.levels)
+    format, or that of a transposed copy of it) from its operand's arrays
+    (:func:`walkable`, :func:`placeable`)."""
+    return walkable(diag.operand_format) and placeable(fmt)
 
 
 def diagonal_storages(low) -> list:
@@ -64,15 +72,61 @@ class DiagonalRead:
     index of its dimension, the writer's name and the reader's (``levels``), and the
     writer level whose coordinate it must equal (``first``: itself where it comes
     first), per level of the storage the writer level whose coordinate it holds
-    (``kept``) and whether it is dense (``dense``), and whether one walk of the
-    writer's entries meets them in the storage's order (``in_order``)."""
+    (``kept``) and its kind (``kinds``: :func:`level_kind`), whether one walk of the
+    writer's entries meets them in the storage's order (``in_order``), and per writer
+    level its PackedBlock where it is one (``packed``, else None). A transposed copy
+    is one with no repeated index (:func:`copy_read`), a stand-in laid out in its
+    declared levels one level for level (:func:`expand_read`)."""
     writer: int
     tensor: str
     levels: tuple
     first: tuple
     kept: tuple
-    dense: tuple
+    kinds: tuple
     in_order: bool
+    packed: tuple = ()
+
+
+def level_kind(lvl) -> str:
+    """How :class:`_Levels` fills a level: "dense", "compressed" (a position per new
+    coordinate under its parent), "repeated" (nonunique: a position per entry) or "singleton"."""
+    if type(lvl) is Singleton:
+        return "singleton"
+    if type(lvl) is Compressed:
+        return "compressed" if lvl.unique else "repeated"
+    return "dense"
+
+
+def _packed_levels(src) -> tuple:
+    return tuple(lvl if type(lvl) is PackedBlock else None for lvl in src.levels)
+
+
+def copy_read(writer: int, tensor: str, src, indices: list, written: list, fmt) -> DiagonalRead:
+    """The :class:`DiagonalRead` of a copy of ``tensor`` (stored ``src``, written by the
+    run's statement ``writer``) stored ``fmt``, another mode order (``indices``,
+    ``written``: the reader's and the writer's index name per dimension): every entry
+    kept, so :func:`diagonal_block` gathers, sorts and places them all."""
+    kept = tuple(src.order.index(d) for d in fmt.order)
+    return DiagonalRead(writer, tensor, tuple((written[d], indices[d]) for d in src.order),
+                        tuple(range(len(src.order))), kept, tuple(level_kind(lvl) for lvl in fmt.levels),
+                        kept == tuple(range(len(kept))) and all(lvl.ordered for lvl in src.levels),
+                        _packed_levels(src))
+
+
+def expand_read(writer: int, tensor: str, stand_in, indices: list, written: list, fmt) -> DiagonalRead:
+    """The :class:`DiagonalRead` that lays out ``tensor``, assembled by the run's
+    statement ``writer`` in ``stand_in`` (``lower.outputs.assembled_format``: its dense
+    levels below sparse ones stored compressed), in its declared ``fmt``: level for
+    level (the same mode order and blocks), in one walk (the stand-in's entries are
+    unique and in storage order), each dense level's block zero-filled. A level's
+    size is its index's (``indices``, ``written``: the reader's and the writer's
+    index name per dimension; ``i_o`` for a blocked one's outer level), or the block."""
+    def name(names, d, part):
+        return fmt.blocks[d] if part == "inner" else names[d] + ("_o" if part == "outer" else "")
+    levels = tuple((name(written, d, part), name(indices, d, part)) for d, part in fmt.level_map())
+    ident = tuple(range(len(levels)))
+    return DiagonalRead(writer, tensor, levels, ident, ident, tuple(level_kind(lvl) for lvl in fmt.levels),
+                        all(lvl.ordered for lvl in stand_in.levels), _packed_levels(stand_in))
 
 
 def diagonal_read(writer: int, diag: Diagonal, indices: list, written: list, fmt) -> DiagonalRead:
@@ -85,8 +139,9 @@ def diagonal_read(writer: int, diag: Diagonal, indices: list, written: list, fmt
     first = tuple(dims.index(x) for x in dims)
     kept = tuple(dims.index(d) for d in fmt.order)
     return DiagonalRead(writer, diag.operand, tuple((written[d], indices[d]) for d in src.order), first, kept,
-                        tuple(lvl.is_dense for lvl in fmt.levels),
-                        list(fmt.order) == list(dict.fromkeys(dims)) and all(lvl.ordered for lvl in src.levels))
+                        tuple(level_kind(lvl) for lvl in fmt.levels),
+                        list(fmt.order) == list(dict.fromkeys(dims)) and all(lvl.ordered for lvl in src.levels),
+                        _packed_levels(src))
 
 
 @dataclasses.dataclass
@@ -103,6 +158,11 @@ class DiagonalCopy:
     def arrays(self) -> list:
         return list(self.target.values())
 
+    @property
+    def packed(self) -> dict:
+        """Writer level -> its PackedBlock (``walk_entries``)."""
+        return {level: p for level, p in enumerate(self.read.packed) if p is not None}
+
 
 class _Levels:
     """The storage's levels being filled (``alloc`` allocates an array zeroed, ``emit``
@@ -112,37 +172,47 @@ class _Levels:
     def __init__(self, c: DiagonalCopy, nnz, alloc, emit, names):
         self.c, self.state, self.bounds = c, [], []
         parents = n.i64(1)  # the positions of the level above (a bound for a compressed one)
-        for level, dense in enumerate(c.read.dense):
+        for level, kind in enumerate(c.read.kinds):
             self.bounds.append(parents)
             cur = n.Var(names("diag_at"), I64)
             emit(n.Declare(cur, n.i64(0)))
-            if dense:
-                self.state.append((cur, None, None, None))
+            if kind == "dense":
+                self.state.append((kind, cur, None, None, None))
                 parents = n.Binary("*", parents, c.sizes[c.read.kept[level]])
                 continue
-            alloc(c.target[(level, "pos")], n.Binary("+", parents, n.i64(1)))
             alloc(c.target[(level, "crd")], nnz)
+            if kind == "singleton":  # one coordinate per parent position, at that position
+                self.state.append((kind, cur, None, None, None))
+                continue
+            alloc(c.target[(level, "pos")], n.Binary("+", parents, n.i64(1)))
             last_parent, last, count = (n.Var(names(x), I64) for x in ("diag_parent", "diag_last", "diag_count"))
             for v, init in ((last_parent, -1), (last, -1), (count, 0)):
                 emit(n.Declare(v, n.i64(init)))
-            self.state.append((cur, last_parent, last, count))
+            self.state.append((kind, cur, last_parent, last, count))
             parents = nnz
         alloc(c.target[(-1, "vals")], parents)
 
     def place(self, xs: list, value) -> list:
         c, body, parent = self.c, [], n.i64(0)
-        for level, (cur, last_parent, last, count) in enumerate(self.state):
+        for level, (kind, cur, last_parent, last, count) in enumerate(self.state):
             x = xs[level]
-            if last is None:
+            if kind == "dense":
                 body.append(n.Assign(cur, n.Binary("+", n.Binary("*", parent, c.sizes[c.read.kept[level]]), x)))
+            elif kind == "singleton":
+                crd = c.target[(level, "crd")]
+                body += [n.Assign(cur, parent), n.Store(crd, cur, _cast(x, crd.type.elem))]
             else:
                 pos, crd = c.target[(level, "pos")], c.target[(level, "crd")]
                 at = n.Binary("+", parent, n.i64(1))
-                body.append(n.If(n.Binary("||", n.Binary("!=", parent, last_parent), n.Binary("!=", x, last)),
-                                 n.Block((n.Assign(cur, count), n.Assign(count, n.Binary("+", count, n.i64(1))),
-                                          n.Store(crd, cur, _cast(x, crd.type.elem)),
-                                          n.Store(pos, at, n.Binary("+", n.Load(pos, at), n.const(1, pos.type.elem))),
-                                          n.Assign(last_parent, parent), n.Assign(last, x)))))
+                opens = (n.Block((n.Assign(cur, count), n.Assign(count, n.Binary("+", count, n.i64(1))),
+                                  n.Store(crd, cur, _cast(x, crd.type.elem)),
+                                  n.Store(pos, at, n.Binary("+", n.Load(pos, at), n.const(1, pos.type.elem))),
+                                  n.Assign(last_parent, parent), n.Assign(last, x))))
+                if kind == "repeated":  # a position per entry
+                    body.append(opens)
+                else:
+                    body.append(n.If(n.Binary("||", n.Binary("!=", parent, last_parent), n.Binary("!=", x, last)),
+                                     opens))
             parent = cur
         vals = c.target[(-1, "vals")]
         return body + [n.Store(vals, parent, n.Binary("+", n.Load(vals, parent), value))]
@@ -150,11 +220,11 @@ class _Levels:
     def sums(self, names) -> list:
         """Each compressed level's counts per parent, prefix-summed into its ``pos``."""
         out = []
-        for level, (_cur, _lp, last, _count) in enumerate(self.state):
+        for level, (_kind, _cur, _lp, last, _count) in enumerate(self.state):
             if last is None:
                 continue
             pos, q = self.c.target[(level, "pos")], n.Var(names("diag_q"), I64)
-            above = self.state[level - 1][3] if level and self.state[level - 1][3] is not None else self.bounds[level]
+            above = self.state[level - 1][4] if level and self.state[level - 1][4] is not None else self.bounds[level]
             out.append(n.For(q, n.i64(0), above, n.Block((
                 n.Store(pos, n.Binary("+", q, n.i64(1)),
                         n.Binary("+", n.Load(pos, n.Binary("+", q, n.i64(1))), n.Load(pos, q))),))))
@@ -166,7 +236,9 @@ def diagonal_block(c: DiagonalCopy, names) -> list:
     variable names); a failed allocation frees the arrays made before it."""
     r = c.read
     nnz = n.Var(names("diag_nnz"), I64)
-    out = [n.Comment(f"{c.target[(-1, 'vals')].name}: the diagonal of {r.tensor} gathered here from its "
+    what = ("diagonal" if r.first != tuple(range(len(r.first))) else
+            "copy in another mode order" if r.kept != r.first else "declared storage")
+    out = [n.Comment(f"{c.target[(-1, 'vals')].name}: the {what} of {r.tensor} gathered here from its "
                      "writer's arrays, freed after its reader"), n.Declare(nnz, entry_count(c))]
     live: list = []
 

@@ -14,6 +14,8 @@ copy is always ``dc`` (``spcomp.program_copies`` asks the reader's lowering for
 that). A temporary of order 3 or more is copied as a sorted coordinate list
 instead (:func:`sorted_copy_block`: a stable counting sort per level but the last).
 The copy's arrays are the function's own heap arrays, freed after the reader.
+:func:`walk_entries` also walks packed-block levels (their used slots only): a
+packed temporary's copy is gathered and sorted by ``fused_diagonal.copy_read``.
 """
 from __future__ import annotations
 
@@ -113,6 +115,7 @@ class SortedCopy:
     sizes: list
     key: list
     unordered: bool = False
+    packed: dict = dataclasses.field(default_factory=dict)  # writer level -> its PackedBlock (walk_entries)
 
     @property
     def arrays(self) -> list:
@@ -120,11 +123,14 @@ class SortedCopy:
 
 
 def walk_entries(c: SortedCopy, level: int, parent, coords: list, body, names):
-    """A loop over the writer's entries in storage order (each level dense, compressed
-    or singleton, told by its arrays), ``body(coords, p)`` run at each with its
-    coordinates (per writer level) and its position ``p``."""
+    """A loop over the writer's entries in storage order (each level dense, compressed,
+    singleton or packed-block, told by its arrays; ``c.packed`` holds a packed level's
+    B and K), ``body(coords, p)`` run at each with its coordinates (per writer level)
+    and its position ``p``."""
     if level == len(c.sizes):
         return body(coords, parent)
+    if level in c.packed:
+        return _walk_packed(c, level, parent, coords, body, names)
     pos, crd = c.source.get((level, "pos")), c.source.get((level, "crd"))
     if crd is None:  # dense: positions parent * N + coordinate
         x = n.Var(names("copy_c"), I64)
@@ -141,12 +147,33 @@ def walk_entries(c: SortedCopy, level: int, parent, coords: list, body, names):
         n.Declare(x, _i64(n.Load(crd, p))), walk_entries(c, level + 1, p, coords + [x], body, names))))
 
 
+def _walk_packed(c: SortedCopy, level: int, parent, coords: list, body, names):
+    """:func:`walk_entries` at a packed-block level: under ``parent`` each block ``b``
+    owns the K slots from ``(parent * nb + b) * K``, the first ``count`` of them used,
+    each holding its coordinate within the block (unused slots are skipped)."""
+    packed, size = c.packed[level], c.sizes[level]
+    count, crd = c.source[(level, "count")], c.source[(level, "crd")]
+    b, s, tile, p, x = (n.Var(names(v), I64) for v in ("copy_block", "copy_s", "copy_tile", "copy_p", "copy_c"))
+    blocks = packed.num_blocks_expr(size)
+    inner = walk_entries(c, level + 1, p, coords + [x], body, names)
+    return n.For(b, n.i64(0), blocks, n.Block((
+        n.Declare(tile, n.Binary("+", n.Binary("*", parent, blocks), b)),
+        n.For(s, n.i64(0), _i64(n.Load(count, tile)), n.Block((
+            n.Declare(p, n.Binary("+", n.Binary("*", tile, n.i64(packed.K)), s)),
+            n.Declare(x, n.Binary("+", n.Binary("*", b, packed.block_size_expr(size)), _i64(n.Load(crd, p)))),
+            inner))))))
+
+
 def entry_count(c: SortedCopy):
-    """The writer's entry count: its last level's positions (each level's from its parent's)."""
+    """The writer's entry count: its last level's positions (each level's from its
+    parent's; a packed level's are all its slots, used or not: a bound)."""
     count = n.i64(1)
     for level, size in enumerate(c.sizes):
         pos = c.source.get((level, "pos"))
-        if (level, "crd") not in c.source:
+        if level in c.packed:
+            count = n.Binary("*", n.Binary("*", count, c.packed[level].num_blocks_expr(size)),
+                             n.i64(c.packed[level].K))
+        elif (level, "crd") not in c.source:
             count = n.Binary("*", count, size)
         elif pos is not None:
             count = _i64(n.Load(pos, count))
