@@ -101,7 +101,7 @@ def native_program(k, operands):
     if args is None:
         raise SystemExit("the program has no repeated call for these operands")
     keep = []
-    for _name, shape, dtype, slots, _scalar in repeat.fresh:
+    for _name, shape, _order, dtype, slots, _scalar in repeat.fresh:
         keep.append(np.zeros(shape, dtype))
         for slot in slots:
             args[slot] = keep[-1].ctypes.data
