@@ -36,11 +36,18 @@ def swapped(t, fmt, drop_zeros: bool):
             and t.vals.dtype in _SCIPY_DTYPES):
         return None
     level = t.levels[1]
-    nnz = int(level["pos"][-1])
+    pos = level["pos"]
+    nnz = int(pos[-1])
     if drop_zeros and not np.all(t.vals[:nnz]):  # (zeros to drop: rare, the general path drops them)
         return None
     rows, cols = (t.shape[d] for d in t.format.order)
-    m = sp.csr_array((t.vals[:nnz], level["crd"][:nnz], level["pos"]), shape=(rows, cols), copy=False).tocsc()
+    crd = level["crd"][:nnz]
+    # SciPy's counting sort indexes its counts by these coordinates unchecked: arrays
+    # changed in place since the tensor was validated go the general (checked) way
+    if (len(pos) != rows + 1 or pos[0] != 0 or nnz > len(level["crd"]) or nnz > len(t.vals)
+            or np.any(pos[1:] < pos[:-1]) or (nnz and (crd.min() < 0 or crd.max() >= cols))):
+        return None
+    m = sp.csr_array((t.vals[:nnz], crd, pos), shape=(rows, cols), copy=False).tocsc()
     levels = [{}, {"pos": m.indptr.astype(level["pos"].dtype, copy=False),
                    "crd": m.indices.astype(level["crd"].dtype, copy=False)}]
     return type(t)(fmt, t.shape, levels, m.data, validated=True)
