@@ -35,6 +35,7 @@ import scipy.sparse as sp
 
 import spcomp
 from spcomp import Tensor
+from spcomp.runtime.outputs import zeros_in_order
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
@@ -101,8 +102,8 @@ def native_program(k, operands):
     if args is None:
         raise SystemExit("the program has no repeated call for these operands")
     keep = []
-    for _name, shape, _order, dtype, slots, _scalar in repeat.fresh:
-        keep.append(np.zeros(shape, dtype))
+    for _name, shape, order, dtype, slots, _scalar in repeat.fresh:
+        keep.append(zeros_in_order(shape, order, dtype))  # as the repeat makes them
         for slot in slots:
             args[slot] = keep[-1].ctypes.data
     fn = repeat.inputs.fn

@@ -137,19 +137,19 @@ def test_rows_of_a_parallel_append_are_left_to_the_stitch():
 def test_workspace_sink_marks_each_coordinate_once_stores_its_first_value_and_adds_the_rest():
     values, bits, touched = (n.Var(x, ptr(t)) for x, t in (("w", F64), ("bits", I64), ("list", I64)))
     count = n.Var("count", I64)
-    sink = WorkspaceSink(values, bits, touched, count, J)
+    sink = WorkspaceSink(values, bits, touched, count, J, lambda base: base + "_1")
     text = _text(sink.innermost(n.Var("v", F64), _env(j=n.Var("j", I64))))
     assert "list[count] = j;" in text and "w[j] += v;" in text
     assert text.index("bits[(j >> 6)]") < text.index("list[count]")  # tested before it is listed
     # the first touch stores (the drain leaves the row's values: never read before written)
     first, again = text.split("} else {")
     assert "w[j] = v;" in first and "w[j] +=" not in first and "w[j] += v;" in again
-    # a computed value is computed once, before the branch, when the sink can name it
-    named = WorkspaceSink(values, bits, touched, count, J, lambda base: base + "_1")
-    text = _text(named.innermost(n.Binary("*", n.Var("a", F64), n.Var("b", F64)), _env(j=n.Var("j", I64))))
+    # a computed value is computed once, before the branch (a variable is used as it is)
+    assert "double" not in _text(sink.innermost(n.Var("v", F64), _env(j=n.Var("j", I64))))
+    text = _text(sink.innermost(n.Binary("*", n.Var("a", F64), n.Var("b", F64)), _env(j=n.Var("j", I64))))
     assert text.startswith("double product_1 = (a * b);") and text.count("a * b") == 1
     assert "w[j] = product_1;" in text and "w[j] += product_1;" in text
-    symbolic = WorkspaceSink(None, bits, touched, count, J)  # a count phase: no values
+    symbolic = WorkspaceSink(None, bits, touched, count, J, lambda base: base)  # a count phase: no values
     assert "w[" not in _text(symbolic.innermost(n.Var("v", F64), _env(j=n.Var("j", I64))))
 
 

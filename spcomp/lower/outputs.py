@@ -554,11 +554,11 @@ class WorkspaceSink(Sink):
     read before they are written, so the drain leaves them as they are (one store
     and one load fewer per entry than clearing them and adding to 0)."""
 
-    def __init__(self, values, bits, touched, count, index, fresh=None):
+    def __init__(self, values, bits, touched, count, index, fresh):
         # values None: only which coordinates are touched matters (a count phase)
         self.values, self.bits, self.touched, self.count = values, bits, touched, count
         self.index = index
-        self.fresh = fresh  # names a variable for the value both branches use (else it is repeated)
+        self.fresh = fresh  # names the variable holding a computed value both branches use
 
     def innermost(self, value, env):
         c = env.bound[self.index]
@@ -569,7 +569,7 @@ class WorkspaceSink(Sink):
                  n.Assign(self.count, add(self.count, n.i64(1)))]
         again, out = None, []
         if self.values is not None:
-            if self.fresh is not None and not isinstance(value, (n.Var, n.Const)):
+            if not isinstance(value, (n.Var, n.Const)):
                 # computed once before the branch: LLVM does not merge the two branches' loads
                 v = n.Var(self.fresh("product"), value.type)
                 out, value = [n.Declare(v, value)], v
