@@ -157,7 +157,7 @@ class FusedRun:
         built = self.chunks(bits)
         if built is None:
             return None
-        extent = self._extent(built, per_step)
+        extent = self.extent(built, per_step)
         if extent is None:
             return None
         storages, sizes = per_step[0][0], per_step[0][1]
@@ -168,7 +168,7 @@ class FusedRun:
         return built if all(launcher.splits(low, z, s) for low, (s, z, _a, _c) in zip(built.lows, per_step)
                             if low.threads.partials) else None
 
-    def _fail(self, status: int, outs: list, bits: int):
+    def fail(self, status: int, outs: list, bits: int):
         """Raise the error of a failed call of the ``bits``-bit function, its sparse
         outputs ``outs`` discarded (a 32-bit overflow raises WiderIndices)."""
         if status == STATUS_INDEX_OVERFLOW and bits == 64:
@@ -188,12 +188,15 @@ class FusedRun:
         return bool(adds) and any(st.sparse for st in self.steps[adds[0] + 1:])
 
     @staticmethod
-    def _extent(built, per_step):
+    def extent(built, per_step):
         """The rows every statement of a chunked build loops over, or None when they differ."""
         extents = {parallel_extent(low, sizes, storages) for low, (storages, sizes, _a, _c) in zip(built.lows, per_step)}
         return extents.pop() if len(extents) == 1 else None
 
-    def _run(self, env: dict, bits: int) -> None:
+    def bind(self, env: dict, bits: int) -> tuple:
+        """``(per_step, work, bits)``: each statement's storages, sizes, dense array (put
+        in ``env``; None for a sparse or row-workspace one) and first capacity; the
+        call's work; the index width it needs (at least ``bits``)."""
         per_step, pending, work = [], {}, 0
         # row workspaces of either function (the same temporaries at every index width):
         # an array is allocated below for those the function run does not keep
@@ -223,6 +226,35 @@ class FusedRun:
             per_step.append((storages, sizes, array, capacity))
             bits = max(bits, index_bits(storages, sizes, self.limit))
             work += call_work(ctx.caps, st.low, st.low, sizes, storages)
+        return per_step, work, bits
+
+    def arg_list(self, built, per_step: list, chunked: bool, bits: int) -> tuple:
+        """``(args, outs)``: ``built``'s argument list (``lo``, ``hi`` first where it takes them) for
+        the bound ``per_step`` at ``bits``, and the Outputs of its sparse statements."""
+        lists, outs = [], []
+        for st, low, plan, (storages, sizes, array, capacity) in zip(self.steps, built.lows, built.plans, per_step):
+            if st.sparse:
+                low = low if chunked else st.low
+                if st.name in built.own_pos:  # its row ends come back through a slot, as grown arrays do
+                    low = dataclasses.replace(low, output=dataclasses.replace(
+                        low.output, growable=list(low.output.growable) + [(1, "pos")]))
+                out = Output(low, sizes, None, bits, False, False)
+                out.capacity = capacity
+                outs.append(out)
+                out_arg = own_pos_arg(out) if st.name in built.own_pos else out.arg
+            elif array is None:  # a row workspace: its parameter is gone from the function
+                out_arg = (lambda b: 0)
+            else:
+                out_arg = (lambda b, array=array: data_ptr(array))
+            args, _ = call_args(plan, storages, sizes, bits, True, _input_arg(st.ctx), out_arg, capacity)
+            lists.append(args)
+        args = [lists[s.statement][s.position] for s in built.sources]
+        return args, outs
+
+    def _run(self, env: dict, bits: int) -> None:
+        per_step, work, bits = self.bind(env, bits)
+        chunks = self.chunks(32)
+        rows = set(self.build(32).rows) | set(chunks.rows if chunks is not None else ())
         if bits == 32 and self._adds_before_assembling():
             bits = 64
         generation = _threads.split_state[0]  # (read before the split is decided: a later change misses)
@@ -244,30 +276,13 @@ class FusedRun:
                 storages, sizes, array, _c = per_step[j]
                 per_step[j] = (storages, sizes, array,
                                first_capacity(chunked.lows[j], sizes, storages, st.ctx.plan.out_indices))
-        lists, outs = [], []
-        for st, low, plan, (storages, sizes, array, capacity) in zip(self.steps, built.lows, built.plans, per_step):
-            if st.sparse:
-                low = low if chunked else st.low
-                if st.name in built.own_pos:  # its row ends come back through a slot, as grown arrays do
-                    low = dataclasses.replace(low, output=dataclasses.replace(
-                        low.output, growable=list(low.output.growable) + [(1, "pos")]))
-                out = Output(low, sizes, None, bits, False, False)
-                out.capacity = capacity
-                outs.append(out)
-                out_arg = own_pos_arg(out) if st.name in built.own_pos else out.arg
-            elif array is None:  # a row workspace: its parameter is gone from the function
-                out_arg = (lambda b: 0)
-            else:
-                out_arg = (lambda b, array=array: data_ptr(array))
-            args, _ = call_args(plan, storages, sizes, bits, True, _input_arg(st.ctx), out_arg, capacity)
-            lists.append(args)
-        args = [lists[s.statement][s.position] for s in built.sources]
+        args, outs = self.arg_list(built, per_step, chunked is not None, bits)
         try:
             if chunked is not None:  # every statement over each thread's rows, one launch
                 sparse = [j for j, st in enumerate(self.steps) if st.sparse]
                 copies = {j: (partials.out_size(low, per_step[j][1]), partials.out_dtype(low), low.output.overwrites)
                           for j, low in enumerate(built.lows) if low.threads.partials}
-                plan = ChunkPlan(self.steps[0].ctx.launcher, built, self._extent(built, per_step),
+                plan = ChunkPlan(self.steps[0].ctx.launcher, built, self.extent(built, per_step),
                                  per_step[0][1], per_step[0][0], {j: per_step[j][3] for j in sparse},
                                  {j for j in sparse if not self.steps[j].internal  # (packed: rows in place)
                                   and built.lows[j].output.growable}, work, copies)
@@ -285,9 +300,9 @@ class FusedRun:
         if status != 0:
             for out in outs:
                 out.discard()
-            self._fail(status, outs, bits)
-        self.repeat = record(self, built, per_step, outs, bits, env, work, self._fail, Pending) if chunked is None \
-            else record_chunks(self, built, per_step, outs, bits, env, self._fail, Pending, plan, generation)
+            self.fail(status, outs, bits)
+        self.repeat = record(self, built, per_step, outs, bits, env, work, self.fail, Pending) if chunked is None \
+            else record_chunks(self, built, per_step, outs, bits, env, self.fail, Pending, plan, generation)
         it = iter(outs)
         for st, (_s, _z, array, _c) in zip(self.steps, per_step):
             if st.sparse:

@@ -28,12 +28,11 @@ their output per chunk (a scalar reduction), and read the run's tensors at that
 row, also gets a function over each thread's chunk of rows (every statement over
 those rows, csr-like temporaries appended per chunk: ``_chunk_lowerings``,
 ``runtime/program_chunks.py``; a dcsr, coo or csf tensor is stored rows first
-there, csr or dcc, and converted back after the join where returned). A run
-that reads a temporary of its own through an in-function copy (transposed, or a
-diagonal) runs a call big enough for threads in phases cut at each copy, each
-phase one launch on threads (``program_phases.py``). Any other
-fused run stays on one thread, ``k.loops`` says why, and a call big enough for
-threads runs its statements as their own kernels instead. An
+there, csr or dcc, and converted back after the join where returned). Any other run
+runs a call big enough for threads in phases cut wherever that join fails, all of
+them one native call on a thread team when only dense tensors cross a phase
+(``program_phases.team_plan``, ``runtime/program_team.py``); else one launch per phase
+cut at each in-function copy, or per statement (``k.loops`` says which, and why). An
 unreturned dense temporary touched only at the fused loop's row is one row of
 workspace inside the function (``_row_temporaries``, ``_keep_rows``; in the
 function over chunks of rows too), never the whole array; one whose reader keeps a
@@ -61,7 +60,7 @@ from .runtime.operands import refuse_overlap
 from .program_copies import (apart_reason, copy_recasts, copyable_written, declared_in_warnings, expandable,
                              reads_only_copies, row_major_temporaries, run_statements, in_function_copies)
 from .program_density import DensityVariants
-from .program_phases import copy_phases, phase_segments
+from .program_phases import copy_phases, phase_segments, team_plan
 from .program_saved import SavedProgram
 from .program_text import fused_run_lines
 from .program_tiles import keep_tiles, temporary_params
@@ -198,20 +197,26 @@ class ProgramKernel(SavedProgram):
         return self._parallel_lows[k]
 
     def _split_kernel(self, k: int) -> Kernel:
-        """Statement ``k`` of a fused run as a kernel of its own, compiled on first use:
-        what a call runs when :meth:`FusedRun.wants_threads`."""
+        """Statement ``k`` of a fused run as a kernel of its own, compiled on first use."""
         if k not in self._split_kernels:
             self._split_kernels[k] = self._kernel(k)
         return self._split_kernels[k]
 
     def _phase_segments(self, run: list, phases) -> list:
-        """What a call big enough for threads runs of the fused run of statements ``run``
-        (on one thread else): its ``phases`` (``program_phases.py``), each one launch; or,
-        without phases, its statements as kernels of their own. Built on first use."""
+        """A big call's launches of fused run ``run`` outside a team: its ``phases``
+        (``program_phases.py``), else its statements' own kernels. Built on first use."""
         if tuple(run) not in self._phased:
             self._phased[tuple(run)] = phase_segments(phases or [[k] for k in run], self._split_kernel,
                                                   self._phase_run)
         return self._phased[tuple(run)]
+
+    def _team(self, run: list, seg) -> tuple:
+        """``(phases, TeamRun or why not)`` of fused run ``run`` (``seg``): ``program_phases.team_plan``."""
+        if ("team",) + tuple(run) not in self._phased:
+            lows = dict(zip(run, seg.compiled.lows))
+            self._phased[("team",) + tuple(run)] = team_plan(run, seg.steps, lambda ks: not isinstance(
+                self._chunk_lowerings(ks, 32, [lows[k] for k in ks]), str), self._phase_run, self._target)
+        return self._phased[("team",) + tuple(run)]
 
     def _phase_run(self, phase: list):
         """The FusedRun of a phase's statements, none reading a copy of another's
@@ -545,7 +550,7 @@ class ProgramKernel(SavedProgram):
             if kind == "fused" and hasattr(seg, "describe"):  # one CUDA kernel (program_gpu.py)
                 parts.append(seg.describe())
             elif kind == "fused":
-                parts.extend(fused_run_lines(self.program, seg, run))
+                parts.extend(fused_run_lines(self.program, seg, run, lambda: self._team(run, seg)))
             else:
                 lead = "not in the run before it" if run[0] else "in no fused run"
                 why = f" ({lead}: {self.apart[run[0]]})" if run[0] in self.apart else ""
@@ -639,7 +644,9 @@ class ProgramKernel(SavedProgram):
         if kind == "fused" and not seg.wants_threads(env):
             seg.run(env)
             return 1
-        if kind == "fused":  # a call big enough for threads: in phases, or statement by statement
+        if kind == "fused":  # a call big enough for threads: one team call, or in phases, or statement by statement
+            if not isinstance(team := self._team(run, seg)[1], str):
+                return team.run(env) or 1
             return sum(self._run_segment(*s, env) for s in self._phase_segments(run, getattr(seg, "phases", None)))
         a = self.program.statements[run[0]]
         name = a.lhs.tensor.name

@@ -57,9 +57,42 @@ def phase_segments(phases: list, kernel_of, run_of) -> list:
     return out
 
 
+def team_cut(run: list, joins) -> list:
+    """The statements of fused run ``run`` in phases for one call on a thread team
+    (``runtime/program_team.py``): from each statement, the longest stretch of them
+    that ``joins`` (a function over chunks of rows: every statement of it over each
+    thread's rows), else that statement alone (a serial phase, run by one thread of
+    the team). The cut falls wherever the chunked join fails, whatever the reason."""
+    phases, i = [], 0
+    while i < len(run):
+        j = i + 1
+        if joins(run[i:j]):
+            while j < len(run) and joins(run[i:j + 1]):
+                j += 1
+        phases.append(run[i:j])
+        i = j
+    return phases
+
+
+def team_plan(run: list, steps: list, joins, phase_run, target) -> tuple:
+    """``(phases, TeamRun or why not)`` for fused run ``run`` (``steps``: its FusedSteps):
+    its :func:`team_cut`, each phase the FusedRun ``phase_run(phase)`` makes (None: its
+    statements do not join without the run's in-function copies)."""
+    from .runtime.program_team import TeamRun, refusal
+    sparse = [(k, st.name) for k, st in zip(run, steps) if st.sparse]
+    if sparse:  # (before any phase is compiled)
+        return [], f"statement {sparse[0][0] + 1} writes {sparse[0][1]}, sparse: stitched between phases by the runtime"
+    phases = team_cut(run, joins)
+    runs = [phase_run(phase) for phase in phases]
+    if any(r is None for r in runs):
+        return phases, "a phase's statements do not join without the run's in-function copies"
+    why = refusal(runs, phases, target)
+    return phases, why if why is not None else TeamRun(runs, target)
+
+
 def phases_text(phases: list) -> str:
     """``statements 1 | 2, 3``: the phases as ``k.loops`` names them."""
     return "statements " + " | ".join(", ".join(str(k + 1) for k in phase) for phase in phases)
 
 
-__all__ = ["copied_reads", "copy_phases", "phase_segments", "phases_text"]
+__all__ = ["copied_reads", "copy_phases", "phase_segments", "phases_text", "team_cut", "team_plan"]

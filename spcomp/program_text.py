@@ -11,8 +11,9 @@ from __future__ import annotations
 from .program_phases import phases_text
 
 
-def fused_run_lines(program, seg, run: list) -> list:
-    """The ``k.loops`` lines of fused run ``seg`` (statements ``run`` of ``program``)."""
+def fused_run_lines(program, seg, run: list, team=None) -> list:
+    """The ``k.loops`` lines of fused run ``seg`` (statements ``run`` of ``program``);
+    ``team()``: its phases and TeamRun, or why it has none (``program_phases.team_plan``)."""
     parts = []
     which = ", ".join(str(k + 1) for k in run)
     chunks = seg.chunks(32)  # the function over chunks of rows, where the run has one
@@ -24,6 +25,11 @@ def fused_run_lines(program, seg, run: list) -> list:
               + (", a sparse temporary appended per chunk" if any(st.sparse for st in seg.steps) else "")
               + ("" if not any(low.threads.partials for low in chunks.lows) else
                  ", a sum over rows into a copy per chunk added up after them"))
+    elif team is not None and not isinstance(team()[1], str):
+        on = ("one thread; a call whose first statement would split over threads runs as one native call "
+              f"on a thread team, in phases {phases_text(team()[0])} (cut where the statements do not join "
+              "over chunks of rows): a phase over the threads' chunks of rows, or on one thread of the team, "
+              "a barrier between phases, a sum into copies per chunk added natively after its phase")
     elif seg.phases:
         on = ("one thread; a call whose first statement would split over threads runs it on threads in "
               f"phases, {phases_text(seg.phases)}, cut before each statement that reads a copy of a temporary "
@@ -33,7 +39,8 @@ def fused_run_lines(program, seg, run: list) -> list:
     else:
         on = ("one thread" + (f", not by chunks of rows: {seg.why}" if seg.why else "")
               + "; a call whose first statement would split over threads runs the "
-              "statements as kernels of their own instead")
+              "statements as kernels of their own instead"
+              + (f" (not one call on a thread team: {team()[1]})" if team is not None else ""))
     parts.append(f"# statements {which}: one native function, one after the other ({on})")
     for j, st in enumerate(seg.steps):
         if st.sparse and st.low.output.shape == "packed":

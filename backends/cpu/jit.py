@@ -328,3 +328,19 @@ def load_object(object_code: bytes, ir_module: n.Module) -> CompiledModule:
         raise CacheError("the object code runs on libgomp's threads, and libgomp cannot be loaded here; "
                          "recompile the kernel on this machine")
     return CompiledModule(ir_module, object_code)
+
+
+def compile_llvm(llmod, names: list) -> tuple:
+    """``(engine, addresses)``: an llvmlite module built here (not from kernel IR: the
+    team driver of backends/cpu/team.py) optimised, loaded, and the addresses of its
+    functions ``names``; the engine owns the code (keep it while calling them)."""
+    host = _get_host()
+    llmod.triple, llmod.data_layout = host.triple, host.data_layout
+    with _lock, _module_in_own_context(str(llmod)) as ref:
+        host.optimize(ref)
+        obj = host.tm.emit_object(ref)
+    with _lock:
+        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), host.make_target_machine(jit=True))
+        engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+        engine.finalize_object()
+    return engine, {name: engine.get_function_address(name) for name in names}

@@ -58,6 +58,22 @@ class CpuTarget:
         from .calibrate import threshold
         return threshold(threads)
 
+    def team_available(self) -> bool:
+        """Whether fused runs' phases may run as one call on a libgomp team (team.py)."""
+        from .parallel import gomp_library
+        return gomp_library() is not None
+
+    def team_sums(self, dtype_name: str) -> bool:
+        """Whether the team driver adds per-chunk copies of this dtype itself."""
+        from .team import summable
+        return summable(dtype_name)
+
+    def team_driver(self, phases: list):
+        """The compiled team driver (team.py) of ``phases``: ``(split, parameter IR
+        types, per-chunk parameter indices, summed dtypes)`` each."""
+        from .team import PhaseSpec, TeamDriver
+        return TeamDriver([PhaseSpec(*p) for p in phases])
+
     def parallel_driver(self, compiled, lowered):
         """``f(nthreads, bounds, args...)`` running the kernel on native threads, or None."""
         return compiled.parallel_driver(lowered.code.entry)

@@ -1,0 +1,146 @@
+"""A fused run's phases on one libgomp team: one native call for a call big enough for threads.
+
+A fused run with no function over chunks of rows of its own is cut into phases
+(``spcomp/program_phases.team_cut``), each a FusedRun: *split* where it has a
+function over ``[lo, hi)`` rows (every statement of the phase over each
+thread's rows: ``program_chunks``), else *serial* (its one-thread function). A
+big call binds every phase in order (each dense tensor a phase writes is
+allocated then, so later phases bind against it), lays out their argument lists,
+bounds and per-chunk copies in one frame, and calls the target's team driver
+(``backends/cpu/team.py``) once: the phases in order on one team, a barrier
+between them, a summed output's copies added natively after its phase, the
+statuses shared (a failure stops every later phase). No Python runs between
+phases. What crosses a phase boundary must be dense: a run with a sparse
+statement keeps the phased path (``program_phases.phase_segments``), and
+:func:`refusal` says why.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+from . import interrupt, partials
+from .launch import balance_pos
+from .memory import data_ptr
+from .program_chunks import per_chunk_params
+from .threads import get_num_threads
+
+
+def refusal(runs: list, statements: list, target) -> str | None:
+    """Why phases ``runs`` (FusedRuns; ``statements``: each one's statement numbers)
+    cannot run as one team call, or None."""
+    if getattr(target, "team_driver", None) is None or not target.team_available():
+        return "no native team (libgomp) here"
+    for run, ks in zip(runs, statements):
+        for st, k in zip(run.steps, ks):
+            if st.sparse:
+                return f"statement {k + 1} writes {st.name}, sparse: stitched between phases by the runtime"
+        chunks = run.chunks(32)
+        if chunks is None and run.build(32).variant is not None:
+            return f"statements {', '.join(str(k + 1) for k in ks)} split their rows as one loop"
+        if chunks is not None:
+            _c, slots, copies = per_chunk_params(chunks)
+            if slots:
+                return "a phase allocates per chunk"
+            for at, j in copies.items():
+                if not target.team_sums(partials.out_dtype(chunks.lows[j]).name):
+                    return f"statement {ks[j] + 1} sums {run.steps[j].name} into copies of a dtype added in Python"
+    return None
+
+
+class TeamRun:
+    """Phases ``runs`` (FusedRuns, in order) run by one native team call."""
+
+    def __init__(self, runs: list, target):
+        self.runs = runs
+        self.target = target
+        self.drivers: dict = {}  # bits -> the compiled team driver
+
+    def split(self, p: int) -> bool:
+        return self.runs[p].chunks(32) is not None
+
+    def _driver(self, bits: int, builds: list):
+        if bits not in self.drivers:
+            specs = []
+            for p, built in enumerate(builds):
+                fn = built.module.function(built.module.entry)
+                split = self.split(p)
+                params = fn.params[2:] if split else fn.params
+                chunked = {k - 2 for k in per_chunk_params(built)[2]} if split else set()
+                sums = tuple(partials.out_dtype(built.lows[j]).name
+                             for j in per_chunk_params(built)[2].values()) if split else ()
+                specs.append((split, tuple(p_.type for p_ in params), frozenset(chunked), sums))
+            self.drivers[bits] = self.target.team_driver(specs)
+        return self.drivers[bits]
+
+    def run(self, env: dict) -> None:
+        """Run every phase on ``env`` (inputs and earlier results by name), one native call."""
+        bound, bits, work = [], 32, 0
+        for run in self.runs:  # each phase's dense results allocated before the next binds
+            per_step, units, need = run.bind(env, 32)
+            bound.append(per_step)
+            bits, work = max(bits, need), work + units
+        builds = [run.chunks(bits) if self.split(p) else run.build(bits) for p, run in enumerate(self.runs)]
+        driver = self._driver(bits, builds)
+        threads = get_num_threads()
+        frame = np.zeros(driver.words, dtype=np.int64)
+        keep = []  # arrays whose addresses the frame holds
+        for p, (run, built, per_step) in enumerate(zip(self.runs, builds, bound)):
+            _whole_rows(run, built, per_step)
+            args, _outs = run.arg_list(built, per_step, self.split(p), bits)
+            fn = built.module.function(built.module.entry)
+            base = driver.bases[p]
+            frame[base] = ctypes.cast(built.function, ctypes.c_void_p).value
+            if self.split(p):
+                low, (storages, sizes) = built.lows[0], per_step[0][:2]
+                launcher = run.steps[0].ctx.launcher
+                n = run.extent(built, per_step)
+                bounds = launcher.bounds(n, threads, launcher.weights(low, storages, balance_pos(low, storages), sizes))
+                keep.append(bounds)
+                count = len(bounds) - 1
+                frame[base + 1], frame[base + 2] = count, data_ptr(bounds)
+                for s, (at, j) in enumerate(per_chunk_params(built)[2].items()):
+                    size, dtype = partials.out_size(built.lows[j], per_step[j][1]), partials.out_dtype(built.lows[j])
+                    table = np.zeros((count, size), dtype)
+                    where = data_ptr(table) + table.strides[0] * np.arange(count, dtype=np.int64)
+                    keep += [table, where]
+                    frame[driver.sums[p][s]:driver.sums[p][s] + 5] = (
+                        args[at], data_ptr(table), count, size, int(built.lows[j].output.overwrites))
+                    args[at] = data_ptr(where)
+                args, params = args[2:], fn.params[2:]
+            else:
+                params = fn.params
+            frame[base + 3:base + 3 + len(args)] = [_word(a, q.type) for a, q in zip(args, params)]
+        status = interrupt.run(work, driver.function, threads, data_ptr(frame))
+        if status != 0:
+            self.runs[-1].fail(status, [], bits)
+        for run, per_step in zip(self.runs, bound):
+            for st, (_s, _z, array, _c) in zip(run.steps, per_step):
+                if array is not None:
+                    env[st.name] = array.item() if array.ndim == 0 and st.returned and not st.accumulate else array
+
+
+def _whole_rows(run, built, per_step: list) -> None:
+    """A row workspace of the run's other function that ``built`` keeps whole: its array."""
+    rows = set(run.build(32).rows) | set(run.chunks(32).rows if run.chunks(32) is not None else ())
+    for j, st in enumerate(run.steps):
+        if st.name in rows and st.name not in built.rows:
+            storages, sizes, _a, capacity = per_step[j]
+            shape = tuple(sizes[i] for i in st.ctx.plan.out_indices)
+            per_step[j] = (storages, sizes, np.zeros(shape, dtype=st.ctx.plan.out_dtype), capacity)
+
+
+def _word(value, ty) -> int:
+    """An argument as the 64-bit frame word the driver reads it from (a float's bits)."""
+    name = getattr(ty, "name", None)
+    if name == "f64":
+        return int(np.float64(value).view(np.int64))
+    if name == "f32":
+        return int(np.float32(value).view(np.int32))
+    if isinstance(value, ctypes.c_void_p):
+        return value.value or 0
+    return int(value or 0)
+
+
+__all__ = ["TeamRun", "refusal"]

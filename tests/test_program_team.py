@@ -1,0 +1,207 @@
+"""A fused run's phases as one native call on a thread team (runtime/program_team.py).
+
+A fused run with no function over chunks of rows is cut wherever the chunked join
+fails (spcomp/program_phases.team_cut); a call big enough for threads runs every
+phase in one call of the team driver (backends/cpu/team.py): a barrier between
+phases, a sum into per-chunk copies added natively in chunk order. Each call here
+is split (a threshold of 0) and checked against NumPy, bit for bit against the one
+thread function (or, where a phase sums into copies per chunk, against the same
+phases run one launch each, whose copies Python adds in the same order), and for
+its single launch.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from llvmlite import ir
+
+import spcomp
+from spcomp.backends.cpu.jit import compile_llvm
+from spcomp.backends.cpu.team import PhaseSpec, TeamDriver
+from spcomp.errors import UnsupportedError
+from spcomp.ir.types import F64, I64, PointerType
+from spcomp.program_phases import team_cut
+from spcomp.runtime import program_team
+from spcomp.testing.programs import program_operands, programs, reference_program
+
+from conftest import examples, spcomp_threads
+
+SUMMED = "t[i] = A[i,j]*x[j]; y[j] = A[i,j]*t[i]; z[i] = A[i,j]*y[j]"
+
+
+def _compile(text, formats, outputs=None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return spcomp.compile(text, formats=formats, outputs=outputs)
+
+
+@pytest.fixture
+def team_calls(monkeypatch):
+    """Counts the team driver's calls."""
+    calls = []
+    real = program_team.TeamRun.run
+    monkeypatch.setattr(program_team.TeamRun, "run", lambda self, env: calls.append(1) or real(self, env))
+    return calls
+
+
+# ---------------------------------------------------------------- the cut
+def test_the_cut_takes_the_longest_joining_stretch_and_leaves_the_rest_alone():
+    joins = lambda ks: ks in ([0], [0, 1], [2], [3], [2, 3], [5])  # noqa: E731
+    assert team_cut([0, 1, 2, 3, 4, 5], joins) == [[0, 1], [2, 3], [4], [5]]
+    assert team_cut([0, 1], lambda ks: False) == [[0], [1]]
+    assert team_cut([0, 1, 2], lambda ks: True) == [[0, 1, 2]]
+
+
+# ------------------------------------------------------- the native driver
+def _functions():
+    """``serial(out, status)``: stores 7 at out[0], returns status; ``split(lo, hi, out, v)``:
+    out[i] = v + i over its rows, returns 0."""
+    mod = ir.Module()
+    i32, i64, f64, ptr = ir.IntType(32), ir.IntType(64), ir.DoubleType(), ir.PointerType()
+    f = ir.Function(mod, ir.FunctionType(i32, [ptr, i64]), name="serial")
+    b = ir.IRBuilder(f.append_basic_block())
+    b.store(ir.Constant(f64, 7.0), f.args[0])
+    b.ret(b.trunc(f.args[1], i32))
+    g = ir.Function(mod, ir.FunctionType(i32, [i64, i64, ptr, f64]), name="split")
+    entry, loop, done = (g.append_basic_block(x) for x in ("e", "l", "d"))
+    b = ir.IRBuilder(entry)
+    b.cbranch(b.icmp_signed("<", g.args[0], g.args[1]), loop, done)
+    b.position_at_end(loop)
+    i = b.phi(i64)
+    i.add_incoming(g.args[0], entry)
+    b.store(b.fadd(g.args[3], b.sitofp(i, f64)), b.gep(g.args[2], [i], source_etype=f64))
+    nxt = b.add(i, ir.Constant(i64, 1))
+    i.add_incoming(nxt, loop)
+    b.cbranch(b.icmp_signed("<", nxt, g.args[1]), loop, done)
+    b.position_at_end(done)
+    b.ret(ir.Constant(i32, 0))
+    return compile_llvm(mod, ["serial", "split"])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("status", [0, 3])
+def test_the_driver_runs_phases_in_order_and_a_status_stops_the_later_ones(threads, status):
+    _engine, at = _functions()
+    ptr = PointerType(F64)
+    d = TeamDriver([PhaseSpec(False, (ptr, I64)), PhaseSpec(True, (ptr, F64), frozenset(), ("float64",))])
+    marker, out = np.zeros(1), np.full(10, -1.0)
+    bounds = np.array([0, 3, 7, 10], np.int64)
+    copies = np.arange(30, dtype=np.float64).reshape(3, 10) / 7
+    frame = np.zeros(d.words, np.int64)
+    frame[d.bases[0]], frame[d.bases[0] + 3], frame[d.bases[0] + 4] = at["serial"], marker.ctypes.data, status
+    p = d.bases[1]
+    frame[p:p + 5] = (at["split"], 3, bounds.ctypes.data, out.ctypes.data, np.float64(0.5).view(np.int64))
+    s = d.sums[1][0]
+    frame[s:s + 5] = (out.ctypes.data, copies.ctypes.data, 3, 10, 0)
+    assert d.function(threads, frame.ctypes.data) == status
+    assert marker[0] == 7.0
+    if status:  # the split phase and the sum never ran
+        assert (out == -1).all()
+        return
+    want = np.arange(10) + 0.5
+    for row in copies:  # in chunk order, as runtime/partials.add_into
+        want += row
+    assert np.array_equal(out, want)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int64", "int32"])
+def test_the_driver_replaces_an_output_with_the_sum_of_its_copies(dtype):
+    _engine, at = _functions()
+    d = TeamDriver([PhaseSpec(False, (PointerType(F64), I64), frozenset(), (dtype,))])
+    marker, out = np.zeros(1), np.full(5, 100, dtype)
+    copies = (np.arange(15) % 4).astype(dtype).reshape(3, 5)
+    frame = np.zeros(d.words, np.int64)
+    frame[d.bases[0]], frame[d.bases[0] + 3] = at["serial"], marker.ctypes.data
+    s = d.sums[0][0]
+    frame[s:s + 5] = (out.ctypes.data, copies.ctypes.data, 3, 5, 1)
+    assert d.function(2, frame.ctypes.data) == 0
+    assert np.array_equal(out, copies.sum(axis=0))
+
+
+# ---------------------------------------------------------------- programs
+def _summed_operands(n=300, seed=1):
+    return {"A": sp.random(n, n, density=0.05, format="csr", random_state=seed),
+            "x": np.random.default_rng(seed).standard_normal(n)}
+
+
+def test_a_run_reading_a_sum_over_rows_runs_as_one_team_call(team_calls):
+    k = _compile(SUMMED, {"A": "csr"})
+    assert "one native call on a thread team, in phases statements 1, 2 | 3" in k.loops, k.loops
+    ops = _summed_operands()
+    with spcomp_threads(1):
+        one = k(**ops)
+    assert not team_calls
+    with spcomp_threads(2, min_work=0):
+        two = k(**ops)
+        assert k.last_launches == 1 and team_calls == [1]
+        again = k(**ops)
+        # the same phases one launch each (Python adds the copies, in the same chunk order)
+        (_kind, seg, run), = k.segments
+        env = dict(ops)
+        for r in k._team(run, seg)[1].runs:
+            r.run(env)
+    a = ops["A"].toarray()
+    assert np.allclose(two, a @ (a.T @ (a @ ops["x"])))
+    assert np.allclose(two, one)
+    assert np.array_equal(two, again) and np.array_equal(two, env["z"])
+
+
+def test_a_forked_child_runs_the_team_call_on_its_own_thread():
+    k = _compile(SUMMED, {"A": "csr"})
+    ops = _summed_operands(200, 2)
+    with spcomp_threads(2, min_work=0):
+        want = k(**ops)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            ok = False
+            try:
+                got = k(**ops)
+                ok = k.last_launches == 1 and np.allclose(got, want)
+            finally:
+                os._exit(0 if ok else 1)
+        _pid, code = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(code) == 0
+
+
+def test_a_run_with_a_sparse_temporary_says_why_it_keeps_the_old_path():
+    k = _compile("T[i,k] = A[i,j]*B[j,k]; v[k] = T[k,k]*x[k]", {"A": "csr", "B": "csr", "T": "csr"})
+    assert "T, sparse: stitched between phases by the runtime" in k.loops or "team" not in k.loops, k.loops
+
+
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_random_programs_on_a_team_match_numpy_and_one_thread(data):
+    case = data.draw(programs(max_statements=4, accumulate=True, transposed_reads=True), label="program")
+    try:
+        k = _compile(case.text, case.formats, list(case.outputs))
+    except UnsupportedError:
+        return
+    operands = data.draw(program_operands(case), label="operands")
+
+    def call(threads, min_work=None):
+        args = {n: (v[1].copy() if isinstance(v[1], np.ndarray) else v[1]) for n, v in operands.items()}
+        with spcomp_threads(threads, min_work):
+            got = k(**args)
+        return got if isinstance(got, dict) else {k.outputs[0]: got}
+    one = call(1)
+    two = call(2, 0)
+    teams = [k._team(run, seg) for kind, seg, run in k.segments
+             if kind == "fused" and seg.compiled.variant is None and seg.chunks(32) is None]
+    covered = [t for _p, t in teams if not isinstance(t, str)]
+    if teams and len(covered) == len(teams) and all(kind == "fused" for kind, _s, _r in k.segments):
+        assert k.last_launches == len(k.segments)
+    want = reference_program(k.program, {n: v[0] for n, v in operands.items()})
+    sums = any(low.threads.partials for t in covered for r in t.runs if r.chunks(32) is not None
+               for low in r.chunks(32).lows)
+    for name in k.outputs:
+        got = np.asarray(spcomp.testing.check.densify(two[name]))
+        assert np.allclose(got, want[name], rtol=1e-9, atol=1e-9), (case, name)
+        if not sums:
+            assert np.array_equal(got, np.asarray(spcomp.testing.check.densify(one[name])), equal_nan=True), \
+                (case, name)
