@@ -21,7 +21,7 @@ import ctypes
 import numpy as np
 
 from . import interrupt, partials
-from .launch import balance_pos
+from .launch import balance_pos, parallel_extent
 from .memory import data_ptr
 from .program_chunks import per_chunk_params
 from .threads import get_num_threads
@@ -37,8 +37,6 @@ def refusal(runs: list, statements: list, target) -> str | None:
             if st.sparse:
                 return f"statement {k + 1} writes {st.name}, sparse: stitched between phases by the runtime"
         chunks = run.chunks(32)
-        if chunks is None and run.build(32).variant is not None:
-            return f"statements {', '.join(str(k + 1) for k in ks)} split their rows as one loop"
         if chunks is not None:
             _c, slots, copies = per_chunk_params(chunks)
             if slots:
@@ -58,20 +56,31 @@ class TeamRun:
         self.drivers: dict = {}  # bits -> the compiled team driver
 
     def split(self, p: int) -> bool:
-        return self.runs[p].chunks(32) is not None
+        """Whether phase ``p`` runs over the threads' chunks of rows: by its function over
+        chunks, or its one loop over rows (its one-thread function split as a kernel's)."""
+        return self.runs[p].chunks(32) is not None or self.runs[p].build(32).variant is not None
 
-    def _driver(self, bits: int, builds: list):
+    def _build(self, p: int, bits: int):
+        run = self.runs[p]
+        return run.chunks(bits) if run.chunks(32) is not None else run.build(bits)
+
+    def _driver(self, bits: int, builds: list) -> tuple:
+        """``(driver, phases)``: the team driver of the ``bits``-wide builds, compiled once,
+        and per phase what a call needs of it: whether it is split, by a function over
+        chunks, its parameters' IR types (after ``lo``, ``hi``) and its summed copies,
+        ``(argument position, statement, dtype, replaces)``."""
         if bits not in self.drivers:
-            specs = []
+            specs, phases = [], []
             for p, built in enumerate(builds):
                 fn = built.module.function(built.module.entry)
-                split = self.split(p)
-                params = fn.params[2:] if split else fn.params
-                chunked = {k - 2 for k in per_chunk_params(built)[2]} if split else set()
-                sums = tuple(partials.out_dtype(built.lows[j]).name
-                             for j in per_chunk_params(built)[2].values()) if split else ()
-                specs.append((split, tuple(p_.type for p_ in params), frozenset(chunked), sums))
-            self.drivers[bits] = self.target.team_driver(specs)
+                split, chunked = self.split(p), self.runs[p].chunks(32) is not None
+                types = tuple(q.type for q in (fn.params[2:] if split else fn.params))
+                copies = [(at, j, partials.out_dtype(built.lows[j]), built.lows[j].output.overwrites)
+                          for at, j in (per_chunk_params(built)[2].items() if chunked else ())]
+                specs.append((split, types, frozenset(at - 2 for at, *_r in copies),
+                              tuple(c[2].name for c in copies)))
+                phases.append((split, chunked, types, copies))
+            self.drivers[bits] = (self.target.team_driver(specs), phases)
         return self.drivers[bits]
 
     def run(self, env: dict) -> None:
@@ -81,37 +90,37 @@ class TeamRun:
             per_step, units, need = run.bind(env, 32)
             bound.append(per_step)
             bits, work = max(bits, need), work + units
-        builds = [run.chunks(bits) if self.split(p) else run.build(bits) for p, run in enumerate(self.runs)]
-        driver = self._driver(bits, builds)
+        builds = [self._build(p, bits) for p in range(len(self.runs))]
+        driver, phases = self._driver(bits, builds)
         threads = get_num_threads()
         frame = np.zeros(driver.words, dtype=np.int64)
         keep = []  # arrays whose addresses the frame holds
         for p, (run, built, per_step) in enumerate(zip(self.runs, builds, bound)):
+            split, chunked, types, copies = phases[p]
             _whole_rows(run, built, per_step)
-            args, _outs = run.arg_list(built, per_step, self.split(p), bits)
-            fn = built.module.function(built.module.entry)
+            args, _outs = run.arg_list(built, per_step, chunked, bits)
             base = driver.bases[p]
             frame[base] = ctypes.cast(built.function, ctypes.c_void_p).value
-            if self.split(p):
-                low, (storages, sizes) = built.lows[0], per_step[0][:2]
+            if split:
+                storages, sizes = per_step[0][:2]
+                low = built.lows[0] if chunked else built.variant.lowered  # (rows: the first statement's plan)
                 launcher = run.steps[0].ctx.launcher
-                n = run.extent(built, per_step)
+                n = run.extent(built, per_step) if chunked else parallel_extent(low, sizes, storages)
                 bounds = launcher.bounds(n, threads, launcher.weights(low, storages, balance_pos(low, storages), sizes))
                 keep.append(bounds)
                 count = len(bounds) - 1
                 frame[base + 1], frame[base + 2] = count, data_ptr(bounds)
-                for s, (at, j) in enumerate(per_chunk_params(built)[2].items()):
-                    size, dtype = partials.out_size(built.lows[j], per_step[j][1]), partials.out_dtype(built.lows[j])
+                for s, (at, j, dtype, replaces) in enumerate(copies):
+                    size = partials.out_size(built.lows[j], per_step[j][1])
                     table = np.zeros((count, size), dtype)
                     where = data_ptr(table) + table.strides[0] * np.arange(count, dtype=np.int64)
                     keep += [table, where]
-                    frame[driver.sums[p][s]:driver.sums[p][s] + 5] = (
-                        args[at], data_ptr(table), count, size, int(built.lows[j].output.overwrites))
+                    frame[driver.sums[p][s]:driver.sums[p][s] + 5] = (args[at], data_ptr(table), count, size,
+                                                                      int(replaces))
                     args[at] = data_ptr(where)
-                args, params = args[2:], fn.params[2:]
-            else:
-                params = fn.params
-            frame[base + 3:base + 3 + len(args)] = [_word(a, q.type) for a, q in zip(args, params)]
+                if chunked:
+                    args = args[2:]
+            frame[base + 3:base + 3 + len(args)] = [_word(a, t) for a, t in zip(args, types)]
         status = interrupt.run(work, driver.function, threads, data_ptr(frame))
         if status != 0:
             self.runs[-1].fail(status, [], bits)

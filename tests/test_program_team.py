@@ -205,3 +205,33 @@ def test_random_programs_on_a_team_match_numpy_and_one_thread(data):
         if not sums:
             assert np.array_equal(got, np.asarray(spcomp.testing.check.densify(one[name])), equal_nan=True), \
                 (case, name)
+
+
+@pytest.mark.parametrize("text, formats, phases", [
+    ("t[i] = A[i,j]*x[j]; y[i] = D[i,j]*t[i]", {"A": "csr", "D": "dcsr"}, "statements 1 | 2"),
+    ("t[j] = B[i,j]*x[i]; u[i] = A[i,j]*t[j]; w[i] = u[i]*u[i]", {"A": "csr", "B": "csr"}, "statements 1 | 2, 3"),
+])
+def test_runs_that_once_ran_statement_by_statement_are_one_team_call(text, formats, phases, team_calls):
+    """A statement over positions (dcsr) runs on one thread of the team; a phase whose
+    one-thread function splits its rows as one loop runs over the team's chunks."""
+    k = _compile(text, formats)
+    assert f"one native call on a thread team, in phases {phases}" in k.loops, k.loops
+    n = 240
+    rng = np.random.default_rng(3)
+    ops = {"A": sp.random(n, n, density=0.05, format="csr", random_state=4),
+           "B": sp.random(n, n, density=0.05, format="csr", random_state=5),
+           "D": sp.random(n, n, density=0.05, format="csr", random_state=6),
+           "x": rng.standard_normal(n)}
+    ops = {name: ops[name] for name in k.inputs}
+    with spcomp_threads(1):
+        one = k(**ops)
+    with spcomp_threads(2, min_work=0):
+        two = k(**ops)
+        assert k.last_launches == 1 and team_calls == [1]
+    dense = {name: np.asarray(spcomp.testing.check.densify(v)) for name, v in ops.items()}
+    if "D" in dense:
+        want = dense["D"].sum(axis=1) * (dense["A"] @ dense["x"])
+        assert np.allclose(two, want) and np.array_equal(one, two)  # no sum over rows: bit for bit
+    else:
+        u = dense["A"] @ (dense["B"].T @ dense["x"])
+        assert np.allclose(two, u * u) and np.allclose(one, two)
