@@ -228,6 +228,23 @@ class FusedRun:
             work += call_work(ctx.caps, st.low, st.low, sizes, storages)
         return per_step, work, bits
 
+    def settle(self, built, per_step: list, chunked: bool) -> None:
+        """``per_step`` made fit for ``built`` (chunked: the function over chunks): an array
+        for a row workspace the other function keeps but ``built`` does not, and a
+        rows-first stand-in's first capacity guessed by its chunk lowering."""
+        chunks = self.chunks(32)
+        rows = set(self.build(32).rows) | set(chunks.rows if chunks is not None else ())
+        for j, st in enumerate(self.steps):
+            if st.name in rows and st.name not in built.rows:  # a whole array in this function
+                storages, sizes, _a, capacity = per_step[j]
+                shape = tuple(sizes[i] for i in st.ctx.plan.out_indices)
+                per_step[j] = (storages, sizes, np.zeros(shape, dtype=st.ctx.plan.out_dtype), capacity)
+            elif chunked and st.sparse and _stand_in(built.lows[j], st):
+                # a stand-in's size is guessed by its chunk lowering (rows parallel, unlike a dcsr kernel's)
+                storages, sizes, array, _c = per_step[j]
+                per_step[j] = (storages, sizes, array,
+                               first_capacity(built.lows[j], sizes, storages, st.ctx.plan.out_indices))
+
     def arg_list(self, built, per_step: list, chunked: bool, bits: int) -> tuple:
         """``(args, outs)``: ``built``'s argument list (``lo``, ``hi`` first where it takes them) for
         the bound ``per_step`` at ``bits``, and the Outputs of its sparse statements."""
@@ -253,8 +270,6 @@ class FusedRun:
 
     def _run(self, env: dict, bits: int) -> None:
         per_step, work, bits = self.bind(env, bits)
-        chunks = self.chunks(32)
-        rows = set(self.build(32).rows) | set(chunks.rows if chunks is not None else ())
         if bits == 32 and self._adds_before_assembling():
             bits = 64
         generation = _threads.split_state[0]  # (read before the split is decided: a later change misses)
@@ -266,16 +281,7 @@ class FusedRun:
             bits = 64
             chunked = self._chunked(bits, per_step)
         built = chunked or self.build(bits)
-        for j, st in enumerate(self.steps):
-            if st.name in rows and st.name not in built.rows:  # a whole array in this function
-                storages, sizes, _a, capacity = per_step[j]
-                shape = tuple(sizes[i] for i in st.ctx.plan.out_indices)
-                per_step[j] = (storages, sizes, np.zeros(shape, dtype=st.ctx.plan.out_dtype), capacity)
-            elif chunked is not None and st.sparse and _stand_in(chunked.lows[j], st):
-                # a stand-in's size is guessed by its chunk lowering (rows parallel, unlike a dcsr kernel's)
-                storages, sizes, array, _c = per_step[j]
-                per_step[j] = (storages, sizes, array,
-                               first_capacity(chunked.lows[j], sizes, storages, st.ctx.plan.out_indices))
+        self.settle(built, per_step, chunked is not None)
         args, outs = self.arg_list(built, per_step, chunked is not None, bits)
         try:
             if chunked is not None:  # every statement over each thread's rows, one launch

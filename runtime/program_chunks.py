@@ -165,6 +165,26 @@ def run_chunked(plan: ChunkPlan, args: list, outs: dict) -> list:
             c.free()
 
 
+def join_slots(plan: ChunkPlan, ranges: list, pointers, outs: dict, ok: bool) -> None:
+    """After one call ran ``plan``'s function over ``ranges`` (the team call of
+    program_team.py), the pointers its chunks' grown arrays got (``pointers``: a row
+    per slot, a column per chunk): the returned outputs stitched from them (``outs``:
+    step -> Output) where ``ok`` (every chunk succeeded), every chunk's arrays freed."""
+    keys = list(plan.slot_at.values())
+    rows = [list(map(int, row)) for row in pointers]
+    chunks = [_Chunk(lo, hi, {key: ctypes.c_void_p(rows[r][c] or None) for r, key in enumerate(keys)})
+              for c, (lo, hi) in enumerate(ranges)]
+    try:
+        if ok:
+            for step in sorted(plan.returned):
+                views = [SimpleNamespace(lo=c.lo, hi=c.hi, grow={key: p for (s, key), p in c.slots.items()
+                                                                 if s == step}) for c in chunks]
+                stitch(outs[step], views, plan.n, plan.capacity(step, 0, chunks[0].hi if chunks else plan.n))
+    finally:
+        for c in chunks:
+            c.free()
+
+
 def _on_driver(plan: ChunkPlan, args, chunks, parts) -> int:
     """One native driver call over the plan's chunks, each chunk's capacities, slots
     and output copies element ``c`` of per-chunk arrays; the chunks it ran go to
@@ -237,4 +257,4 @@ def _coordinates(t: Tensor) -> list:
     return [{"pos": np.array([0, t.vals.size]), "crd": coords[0]}] + [{"crd": c} for c in coords[1:]]
 
 
-__all__ = ["ChunkPlan", "as_declared", "per_chunk_params", "run_chunked"]
+__all__ = ["ChunkPlan", "as_declared", "join_slots", "per_chunk_params", "run_chunked"]

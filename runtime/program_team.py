@@ -21,9 +21,10 @@ import ctypes
 import numpy as np
 
 from . import interrupt, partials
-from .launch import balance_pos, parallel_extent
+from .launch import WiderIndices, balance_pos, parallel_extent
 from .memory import data_ptr
-from .program_chunks import per_chunk_params
+from .program_chunks import ChunkPlan, join_slots, per_chunk_params
+from .program_repeat import sparse_result
 from .threads import get_num_threads
 
 
@@ -33,15 +34,9 @@ def refusal(runs: list, statements: list, target) -> str | None:
     if getattr(target, "team_driver", None) is None or not target.team_available():
         return "no native team (libgomp) here"
     for run, ks in zip(runs, statements):
-        for st, k in zip(run.steps, ks):
-            if st.sparse:
-                return f"statement {k + 1} writes {st.name}, sparse: stitched between phases by the runtime"
         chunks = run.chunks(32)
         if chunks is not None:
-            _c, slots, copies = per_chunk_params(chunks)
-            if slots:
-                return "a phase allocates per chunk"
-            for at, j in copies.items():
+            for at, j in per_chunk_params(chunks)[2].items():
                 if not target.team_sums(partials.out_dtype(chunks.lows[j]).name):
                     return f"statement {ks[j] + 1} sums {run.steps[j].name} into copies of a dtype added in Python"
     return None
@@ -77,67 +72,117 @@ class TeamRun:
                 types = tuple(q.type for q in (fn.params[2:] if split else fn.params))
                 copies = [(at, j, partials.out_dtype(built.lows[j]), built.lows[j].output.overwrites)
                           for at, j in (per_chunk_params(built)[2].items() if chunked else ())]
-                specs.append((split, types, frozenset(at - 2 for at, *_r in copies),
-                              tuple(c[2].name for c in copies)))
+                per_chunk = [at for where in per_chunk_params(built) for at in where] if chunked else []
+                specs.append((split, types, frozenset(at - 2 for at in per_chunk), tuple(c[2].name for c in copies)))
                 phases.append((split, chunked, types, copies))
             self.drivers[bits] = (self.target.team_driver(specs), phases)
         return self.drivers[bits]
 
     def run(self, env: dict) -> None:
-        """Run every phase on ``env`` (inputs and earlier results by name), one native call."""
-        bound, bits, work = [], 32, 0
+        """Run every phase on ``env`` (inputs and earlier results by name), one native call;
+        a sparse tensor outgrowing 32-bit positions runs the call again 64-bit (a run with
+        a dense ``+=`` and a sparse statement runs 64-bit at once: a rerun would add twice)."""
+        steps = [st for run in self.runs for st in run.steps]
+        wide = any(st.sparse for st in steps) and any(st.accumulate and not st.sparse for st in steps)
+        try:
+            self._run(env, 64 if wide else 32)
+        except WiderIndices:
+            self._run(env, 64)
+
+    def _run(self, env: dict, bits: int) -> None:
+        bound, work = [], 0
         for run in self.runs:  # each phase's dense results allocated before the next binds
-            per_step, units, need = run.bind(env, 32)
+            per_step, units, need = run.bind(env, bits)
             bound.append(per_step)
             bits, work = max(bits, need), work + units
         builds = [self._build(p, bits) for p in range(len(self.runs))]
         driver, phases = self._driver(bits, builds)
         threads = get_num_threads()
         frame = np.zeros(driver.words, dtype=np.int64)
-        keep = []  # arrays whose addresses the frame holds
-        for p, (run, built, per_step) in enumerate(zip(self.runs, builds, bound)):
-            split, chunked, types, copies = phases[p]
-            _whole_rows(run, built, per_step)
-            args, _outs = run.arg_list(built, per_step, chunked, bits)
-            base = driver.bases[p]
-            frame[base] = ctypes.cast(built.function, ctypes.c_void_p).value
-            if split:
-                storages, sizes = per_step[0][:2]
-                low = built.lows[0] if chunked else built.variant.lowered  # (rows: the first statement's plan)
-                launcher = run.steps[0].ctx.launcher
-                n = run.extent(built, per_step) if chunked else parallel_extent(low, sizes, storages)
-                bounds = launcher.bounds(n, threads, launcher.weights(low, storages, balance_pos(low, storages), sizes))
-                keep.append(bounds)
-                count = len(bounds) - 1
-                frame[base + 1], frame[base + 2] = count, data_ptr(bounds)
-                for s, (at, j, dtype, replaces) in enumerate(copies):
-                    size = partials.out_size(built.lows[j], per_step[j][1])
-                    table = np.zeros((count, size), dtype)
-                    where = data_ptr(table) + table.strides[0] * np.arange(count, dtype=np.int64)
-                    keep += [table, where]
-                    frame[driver.sums[p][s]:driver.sums[p][s] + 5] = (args[at], data_ptr(table), count, size,
-                                                                      int(replaces))
-                    args[at] = data_ptr(where)
-                if chunked:
-                    args = args[2:]
-            frame[base + 3:base + 3 + len(args)] = [_word(a, t) for a, t in zip(args, types)]
-        status = interrupt.run(work, driver.function, threads, data_ptr(frame))
+        keep, outs, joins = [], [], []  # arrays the frame points into; each phase's Outputs; chunked joins
+        try:
+            for p, (run, built, per_step) in enumerate(zip(self.runs, builds, bound)):
+                split, chunked, types, copies = phases[p]
+                run.settle(built, per_step, chunked)
+                args, mine = run.arg_list(built, per_step, chunked, bits)
+                outs.append(mine)
+                base = driver.bases[p]
+                frame[base] = ctypes.cast(built.function, ctypes.c_void_p).value
+                if split:
+                    storages, sizes = per_step[0][:2]
+                    low = built.lows[0] if chunked else built.variant.lowered  # (rows: the first statement's plan)
+                    launcher = run.steps[0].ctx.launcher
+                    n = run.extent(built, per_step) if chunked else parallel_extent(low, sizes, storages)
+                    bounds = launcher.bounds(n, threads, launcher.weights(low, storages, balance_pos(low, storages),
+                                                                          sizes))
+                    keep.append(bounds)
+                    count = len(bounds) - 1
+                    frame[base + 1], frame[base + 2] = count, data_ptr(bounds)
+                    for s, (at, j, dtype, replaces) in enumerate(copies):
+                        size = partials.out_size(built.lows[j], per_step[j][1])
+                        table = np.zeros((count, size), dtype)
+                        where = data_ptr(table) + table.strides[0] * np.arange(count, dtype=np.int64)
+                        keep += [table, where]
+                        frame[driver.sums[p][s]:driver.sums[p][s] + 5] = (args[at], data_ptr(table), count, size,
+                                                                          int(replaces))
+                        args[at] = data_ptr(where)
+                    if chunked and any(st.sparse for st in run.steps):
+                        joins.append(self._chunk_slots(p, run, built, per_step, args, bounds, work, keep, mine))
+                    if chunked:
+                        args = args[2:]
+                frame[base + 3:base + 3 + len(args)] = [_word(a, t) for a, t in zip(args, types)]
+            status = None
+            try:
+                status = interrupt.run(work, driver.function, threads, data_ptr(frame))
+            finally:  # every chunk's arrays freed, the returned ones stitched first where all went well
+                errors = []
+                for join in joins:
+                    try:
+                        join_slots(*join, status == 0 and not errors)
+                    except BaseException as e:  # (past 32 bits: the caller runs it 64-bit)
+                        errors.append(e)
+                if errors:
+                    raise errors[0]
+        except BaseException:
+            for mine in outs:
+                for out in mine:
+                    out.discard()
+            raise
         if status != 0:
-            self.runs[-1].fail(status, [], bits)
-        for run, per_step in zip(self.runs, bound):
+            for mine in outs:
+                for out in mine:
+                    out.discard()
+            self.runs[-1].fail(status, [o for mine in outs for o in mine], bits)
+        for run, per_step, mine in zip(self.runs, bound, outs):
+            it = iter(mine)
             for st, (_s, _z, array, _c) in zip(run.steps, per_step):
-                if array is not None:
+                if st.sparse:
+                    sparse_result(next(it), st, bits, env)
+                elif array is not None:
                     env[st.name] = array.item() if array.ndim == 0 and st.returned and not st.accumulate else array
 
-
-def _whole_rows(run, built, per_step: list) -> None:
-    """A row workspace of the run's other function that ``built`` keeps whole: its array."""
-    rows = set(run.build(32).rows) | set(run.chunks(32).rows if run.chunks(32) is not None else ())
-    for j, st in enumerate(run.steps):
-        if st.name in rows and st.name not in built.rows:
-            storages, sizes, _a, capacity = per_step[j]
-            shape = tuple(sizes[i] for i in st.ctx.plan.out_indices)
-            per_step[j] = (storages, sizes, np.zeros(shape, dtype=st.ctx.plan.out_dtype), capacity)
+    @staticmethod
+    def _chunk_slots(p, run, built, per_step, args, bounds, work, keep, mine) -> tuple:
+        """A chunked phase's sparse statements: each chunk's first capacities and the slots
+        its grown arrays come back in, laid into ``args`` as the native drivers take them
+        (one word per chunk); ``(plan, ranges, slot table, step -> Output)`` to join after."""
+        sparse = [j for j, st in enumerate(run.steps) if st.sparse]
+        plan = ChunkPlan(run.steps[0].ctx.launcher, built, int(bounds[-1]), per_step[0][1], per_step[0][0],
+                         {j: per_step[j][3] for j in sparse},
+                         {j for j in sparse if not run.steps[j].internal and built.lows[j].output.growable}, work)
+        ranges = [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        count = len(ranges)
+        for at, step in plan.cap_at.items():
+            caps = np.array([plan.capacity(step, lo, hi) for lo, hi in ranges], dtype=np.int64)
+            keep.append(caps)
+            args[at] = data_ptr(caps)
+        g = len(plan.slot_at)
+        table = np.zeros((2 * g, count), dtype=np.int64)  # a row of pointers per slot, then their addresses
+        table[g:] = data_ptr(table) + 8 * np.arange(g * count, dtype=np.int64).reshape(g, count)
+        keep.append(table)
+        for r, at in enumerate(plan.slot_at):
+            args[at] = data_ptr(table) + 8 * count * (g + r)
+        return plan, ranges, table[:g], dict(zip(sparse, mine))
 
 
 def _word(value, ty) -> int:
@@ -149,6 +194,8 @@ def _word(value, ty) -> int:
         return int(np.float32(value).view(np.int32))
     if isinstance(value, ctypes.c_void_p):
         return value.value or 0
+    if type(value).__name__ == "CArgObject":  # ctypes.byref(slot): the slot's address
+        return ctypes.addressof(value._obj)
     return int(value or 0)
 
 

@@ -169,9 +169,18 @@ def test_a_forked_child_runs_the_team_call_on_its_own_thread():
     assert os.WEXITSTATUS(code) == 0
 
 
-def test_a_run_with_a_sparse_temporary_says_why_it_keeps_the_old_path():
-    k = _compile("T[i,k] = A[i,j]*B[j,k]; v[k] = T[k,k]*x[k]", {"A": "csr", "B": "csr", "T": "csr"})
-    assert "T, sparse: stitched between phases by the runtime" in k.loops or "team" not in k.loops, k.loops
+def test_a_sparse_tensor_read_by_a_later_phase_keeps_the_old_path_and_says_why(team_calls):
+    k = _compile("t[i] = A[i,j]*x[j]; Y[i,j] = D[i,j]*t[i]; z[i] = Y[i,j]*x[j]",
+                 {"A": "csr", "D": "dcsr", "Y": "dcsr"})
+    assert "not one call on a thread team: statement 3 reads Y, sparse, from an earlier phase" in k.loops, k.loops
+    n = 200
+    ops = {"A": sp.random(n, n, density=0.05, format="csr", random_state=1),
+           "D": sp.random(n, n, density=0.05, format="csr", random_state=2), "x": np.ones(n)}
+    with spcomp_threads(2, min_work=0):
+        got = k(**ops)
+        assert k.last_launches == 3 and not team_calls
+    want = (ops["D"].toarray() * (ops["A"] @ ops["x"])[:, None]) @ ops["x"]
+    assert np.allclose(got, want)
 
 
 @settings(max_examples=examples(40), deadline=None, suppress_health_check=list(HealthCheck))
@@ -235,3 +244,42 @@ def test_runs_that_once_ran_statement_by_statement_are_one_team_call(text, forma
     else:
         u = dense["A"] @ (dense["B"].T @ dense["x"])
         assert np.allclose(two, u * u) and np.allclose(one, two)
+
+
+@pytest.mark.parametrize("text, formats, returned", [
+    # a csr output appended per chunk in the last phase, stitched after the team call
+    ("y[j] = A[i,j]*x[i]; Z[i,j] = A[i,j]*y[j]", {"A": "csr", "Z": "csr"}, "dc"),
+    # a dcsr output assembled on one thread of the team
+    ("t[i] = A[i,j]*x[j]; Y[i,j] = D[i,j]*t[i]", {"A": "csr", "D": "dcsr", "Y": "dcsr"}, "cc"),
+    # a dcsr temporary computed as csr per chunk inside its phase, freed there
+    ("y[j] = A[i,j]*x[i]; Z[i,j] = A[i,j]*y[j]; w[i] = Z[i,j]*x[j]", {"A": "csr", "Z": "dcsr"}, None),
+])
+def test_sparse_tensors_inside_a_phase_run_in_the_team_call(text, formats, returned, team_calls):
+    k = _compile(text, formats)
+    assert "one native call on a thread team" in k.loops, k.loops
+    n = 260
+    ops = {"A": sp.random(n, n, density=0.05, format="csr", random_state=7),
+           "D": sp.random(n, n, density=0.05, format="csr", random_state=8),
+           "x": np.random.default_rng(9).standard_normal(n)}
+    ops = {name: ops[name] for name in k.inputs}
+    with spcomp_threads(1):
+        one = k(**ops)
+    with spcomp_threads(2, min_work=0):
+        two = k(**ops)
+        assert k.last_launches == 1 and team_calls == [1]
+        again = k(**ops)
+    a, x = ops["A"].toarray(), ops["x"]
+    if "D" in ops:
+        want = ops["D"].toarray() * (a @ x)[:, None]
+    else:
+        want = a * (a.T @ x)[None, :]
+        want = want @ x if returned is None else want
+    got = np.asarray(spcomp.testing.check.densify(two))
+    assert np.allclose(got, want)
+    assert np.allclose(got, np.asarray(spcomp.testing.check.densify(one)))
+    assert np.array_equal(got, np.asarray(spcomp.testing.check.densify(again)))
+    if returned is not None:
+        assert two.format.spec() == returned, two.format
+        if "D" in ops:  # no sum over rows: bit for bit, entries in the same order
+            assert all(np.array_equal(p, q) for l1, l2 in zip(one.levels, two.levels) for p, q in
+                       zip(l1.values(), l2.values())) and np.array_equal(one.vals, two.vals)
