@@ -23,6 +23,9 @@ big enough for threads of a run that has a chunked function runs that instead
 (:mod:`.program_chunks`): the same arguments, per-chunk capacities, slots and
 copies of summed outputs; with a dense ``+=`` (chunks add into the caller's rows
 in place) it runs 64-bit at once, since a rerun would add some rows twice.
+A run with neither may run as phases on one thread team (:mod:`.program_team`),
+which binds and lays out each phase as :meth:`FusedRun.bind`, :meth:`FusedRun.settle`
+and :meth:`FusedRun.arg_list` do for ``_run``.
 
 A run keeps its last call (:mod:`.program_repeat`; by chunks,
 :mod:`.program_repeat_chunks`): called again with the same operands it replays

@@ -14,8 +14,12 @@ own kernel (its parallel loop split over threads). The temporary crosses to the
 next phase whole: its chunks stitched into one tensor, then copied (transposed, or
 its diagonal gathered) by the operand layer as the reader binds it, as for an
 operand read against its order. So Python runs between phases (the next phase's
-call), never between the statements of one phase; one native driver call over
-every phase, barrier and copy included, is still to do.
+call), never between the statements of one phase.
+
+Any other run without a chunked function is cut by :func:`team_cut` wherever the
+chunked join fails, and a big call runs all its phases as one native call on a
+thread team (:func:`team_plan`, ``runtime/program_team.py``) where no sparse
+tensor crosses a phase; the copies above are not made inside that call yet.
 """
 from __future__ import annotations
 

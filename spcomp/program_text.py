@@ -2,7 +2,8 @@
 
 A :class:`~spcomp.program.ProgramKernel` prints every segment of its program; a
 fused run (``runtime/program.py``'s ``FusedRun``) gets the lines here: on what it
-runs (one thread, its rows split, a function over chunks of rows, or in phases on threads), how each
+runs (one thread, its rows split, a function over chunks of rows, one call on a thread team in
+phases, or in phases on threads), how each
 sparse tensor and row or tile workspace lives inside the function, the transposed
 and diagonal copies made there, a column-major dense temporary kept row-major, and which statements share an outer loop.
 """
