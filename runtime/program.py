@@ -196,11 +196,14 @@ class FusedRun:
         extents = {parallel_extent(low, sizes, storages) for low, (storages, sizes, _a, _c) in zip(built.lows, per_step)}
         return extents.pop() if len(extents) == 1 else None
 
-    def bind(self, env: dict, bits: int) -> tuple:
+    def bind(self, env: dict, bits: int, pending: dict | None = None) -> tuple:
         """``(per_step, work, bits)``: each statement's storages, sizes, dense array (put
         in ``env``; None for a sparse or row-workspace one) and first capacity; the
-        call's work; the index width it needs (at least ``bits``)."""
-        per_step, pending, work = [], {}, 0
+        call's work; the index width it needs (at least ``bits``). ``pending``: name ->
+        Pending of sparse tensors not assembled yet (an earlier phase's: program_team.py),
+        to which this run's are added."""
+        per_step, work = [], 0
+        pending = {} if pending is None else pending
         # row workspaces of either function (the same temporaries at every index width):
         # an array is allocated below for those the function run does not keep
         chunks = self.chunks(32)

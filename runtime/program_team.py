@@ -33,8 +33,22 @@ def refusal(runs: list, statements: list, target) -> str | None:
     cannot run as one team call, or None."""
     if getattr(target, "team_driver", None) is None or not target.team_available():
         return "no native team (libgomp) here"
+    writers = {}  # sparse tensor -> (its writer's step, whether by chunks) of the phases before
     for run, ks in zip(runs, statements):
+        for st, k in zip(run.steps, ks):
+            for spec in st.ctx.plan.storages:
+                if spec.operand not in writers:
+                    continue
+                writer, chunked = writers[spec.operand]
+                if chunked:
+                    return (f"statement {k + 1} reads {spec.operand}, sparse, appended per chunk by an earlier "
+                            "phase (stitched between phases by the runtime)")
+                if (spec.storage != spec.operand or spec.storage in st.ctx.plan.derived
+                        or spec.format != writer.ctx.plan.out_format):
+                    return (f"statement {k + 1} reads {spec.operand}, sparse, from an earlier phase through a copy "
+                            "(made between phases by the runtime)")
         chunks = run.chunks(32)
+        writers.update((st.name, (st, chunks is not None)) for st in run.steps if st.sparse)
         if chunks is not None:
             for at, j in per_chunk_params(chunks)[2].items():
                 if not target.team_sums(partials.out_dtype(chunks.lows[j]).name):
@@ -90,9 +104,9 @@ class TeamRun:
             self._run(env, 64)
 
     def _run(self, env: dict, bits: int) -> None:
-        bound, work = [], 0
+        bound, work, pending = [], 0, {}
         for run in self.runs:  # each phase's dense results allocated before the next binds
-            per_step, units, need = run.bind(env, bits)
+            per_step, units, need = run.bind(env, bits, pending)
             bound.append(per_step)
             bits, work = max(bits, need), work + units
         builds = [self._build(p, bits) for p in range(len(self.runs))]
@@ -100,12 +114,15 @@ class TeamRun:
         threads = get_num_threads()
         frame = np.zeros(driver.words, dtype=np.int64)
         keep, outs, joins = [], [], []  # arrays the frame points into; each phase's Outputs; chunked joins
+        written = {}  # sparse tensor -> the Output an earlier phase assembles it in
         try:
             for p, (run, built, per_step) in enumerate(zip(self.runs, builds, bound)):
                 split, chunked, types, copies = phases[p]
                 run.settle(built, per_step, chunked)
                 args, mine = run.arg_list(built, per_step, chunked, bits)
                 outs.append(mine)
+                through = _handed_over(run, built, per_step, written, args)
+                written.update(zip([st.name for st in run.steps if st.sparse], mine))
                 base = driver.bases[p]
                 frame[base] = ctypes.cast(built.function, ctypes.c_void_p).value
                 if split:
@@ -130,7 +147,10 @@ class TeamRun:
                         joins.append(self._chunk_slots(p, run, built, per_step, args, bounds, work, keep, mine))
                     if chunked:
                         args = args[2:]
+                        through = {at - 2 for at in through}
                 frame[base + 3:base + 3 + len(args)] = [_word(a, t) for a, t in zip(args, types)]
+                for at in through:
+                    frame[base + 3 + len(types) + at] = 1
             status = None
             try:
                 status = interrupt.run(work, driver.function, threads, data_ptr(frame))
@@ -183,6 +203,29 @@ class TeamRun:
         for r, at in enumerate(plan.slot_at):
             args[at] = data_ptr(table) + 8 * count * (g + r)
         return plan, ranges, table[:g], dict(zip(sparse, mine))
+
+
+def _handed_over(run, built, per_step: list, written: dict, args: list) -> set:
+    """Lay into ``args`` the arrays of sparse tensors an earlier phase assembles (``written``:
+    name -> Output) that ``built`` reads: a fixed one's address, or, for an array its
+    writer grows, the address of the slot it will be in (returned: those positions,
+    which the driver reads through when the phase starts)."""
+    through = set()
+    for at, src in enumerate(built.sources):
+        role, storage, slot = built.plans[src.statement][src.position]
+        if role != "in":
+            continue
+        out = written.get(run.steps[src.statement].ctx.plan.operand_of[storage])
+        if out is None:
+            continue
+        key = [(l, a) for l, kind in enumerate(out.fmt.levels) for a in kind.arrays][slot] \
+            if slot < sum(len(kind.arrays) for kind in out.fmt.levels) else (-1, "vals")
+        if key in out.grow:
+            args[at] = ctypes.addressof(out.grow[key])
+            through.add(at)
+        else:
+            args[at] = data_ptr(out.arrays[key])
+    return through
 
 
 def _word(value, ty) -> int:

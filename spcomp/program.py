@@ -214,10 +214,8 @@ class ProgramKernel(SavedProgram):
         """``(phases, TeamRun or why not)`` of fused run ``run`` (``seg``): ``program_phases.team_plan``."""
         if ("team",) + tuple(run) not in self._phased:
             lows = dict(zip(run, seg.compiled.lows))
-            self._phased[("team",) + tuple(run)] = team_plan(
-                run, {k: st.name for k, st in zip(run, seg.steps) if st.sparse},
-                lambda r: {acc.tensor.name for acc in _accesses(self.program.statements[r])}, lambda ks: not isinstance(
-                    self._chunk_lowerings(ks, 32, [lows[k] for k in ks]), str), self._phase_run, self._target)
+            self._phased[("team",) + tuple(run)] = team_plan(run, lambda ks: not isinstance(
+                self._chunk_lowerings(ks, 32, [lows[k] for k in ks]), str), self._phase_run, self._target)
         return self._phased[("team",) + tuple(run)]
 
     def _phase_run(self, phase: list):

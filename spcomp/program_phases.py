@@ -78,21 +78,12 @@ def team_cut(run: list, joins) -> list:
     return phases
 
 
-def team_plan(run: list, sparse: dict, reads, joins, phase_run, target) -> tuple:
-    """``(phases, TeamRun or why not)`` for fused run ``run`` (``sparse``: statement ->
-    the sparse tensor it writes; ``reads(k)``: the tensors statement ``k`` reads): its
-    :func:`team_cut`, each phase the FusedRun ``phase_run(phase)`` makes (None: its
-    statements do not join without the run's in-function copies). A sparse tensor may
-    not cross phases: its chunks are stitched, or its copy made, by the runtime."""
+def team_plan(run: list, joins, phase_run, target) -> tuple:
+    """``(phases, TeamRun or why not)`` for fused run ``run``: its :func:`team_cut`, each
+    phase the FusedRun ``phase_run(phase)`` makes (None: its statements do not join
+    without the run's in-function copies), the reason from ``program_team.refusal``."""
     from .runtime.program_team import TeamRun, refusal
     phases = team_cut(run, joins)
-    for p, phase in enumerate(phases):  # (before any phase is compiled)
-        later = [k for q in phases[p + 1:] for k in q]
-        for k in phase:
-            readers = [r for r in later if k in sparse and sparse[k] in reads(r)]
-            if readers:
-                return phases, (f"statement {readers[0] + 1} reads {sparse[k]}, sparse, from an earlier phase "
-                                "(stitched, or copied, between phases by the runtime)")
     runs = [phase_run(phase) for phase in phases]
     if any(r is None for r in runs):
         return phases, "a phase's statements do not join without the run's in-function copies"

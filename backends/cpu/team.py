@@ -20,7 +20,9 @@ interrupt) skips the work of every later phase, the barriers still met.
 
 The functions are called through pointers held in ``frame`` (i64 words: the
 status, then per phase its function's address, chunk count, bounds and
-parameters, a per-chunk one as the address of one word per chunk; per sum the
+parameters, a per-chunk one as the address of one word per chunk, then a flag
+per parameter: set, the word is the address the argument is read from when the
+phase starts -- the slot an earlier phase grew a sparse tensor's array into; per sum the
 output, the copies, their count and size and whether the sum replaces the
 output): the driver is compiled once per run and index width, its phases'
 code is where it was compiled. In a process made by ``os.fork()`` the driver
@@ -66,7 +68,7 @@ def layout(phases: list) -> tuple:
     at, bases, sums = 1, [], []
     for p in phases:
         bases.append(at)
-        at += HEAD + len(p.params)
+        at += HEAD + 2 * len(p.params)
         sums.append([])
         for _ in p.sums:
             sums[-1].append(at)
@@ -146,7 +148,14 @@ def _phase(b, frame, spec: PhaseSpec, base: int, t, team, status_at):
     with b.if_then(_ok(b, status_at)):
         # (a pointer typed with the function's type: llvmlite reads the callee's type from it)
         fn = b.inttoptr(b.load(_word(b, frame, base), typ=_I64), fnty.as_pointer())
-        words = [b.load(_word(b, frame, base + HEAD + k), typ=_I64) for k in range(len(types))]
+        # a parameter whose flag word is set is read through its word: the slot where an
+        # earlier phase left an array it grew (a sparse tensor handed over)
+        words = []
+        for k in range(len(types)):
+            at = _word(b, frame, base + HEAD + k)
+            flag = b.load(_word(b, frame, base + HEAD + len(types) + k), typ=_I64)
+            through = b.icmp_signed("!=", flag, zero)
+            words.append(b.load(b.select(through, b.inttoptr(b.load(at, typ=_I64), _PTR), at), typ=_I64))
         if not spec.split:
             with b.if_then(b.icmp_signed("==", t, zero)):
                 status = b.call(fn, [_as(b, w, ty) for w, ty in zip(words, types)])
