@@ -40,20 +40,40 @@ def refusal(runs: list, statements: list, target) -> str | None:
                 if spec.operand not in writers:
                     continue
                 writer, chunked = writers[spec.operand]
-                if chunked:
+                if chunked is not None and not _joinable(writer, chunked):
                     return (f"statement {k + 1} reads {spec.operand}, sparse, appended per chunk by an earlier "
-                            "phase (stitched between phases by the runtime)")
+                            "phase in a layout the team does not join (stitched between phases by the runtime)")
                 if (spec.storage != spec.operand or spec.storage in st.ctx.plan.derived
                         or spec.format != writer.ctx.plan.out_format):
                     return (f"statement {k + 1} reads {spec.operand}, sparse, from an earlier phase through a copy "
                             "(made between phases by the runtime)")
         chunks = run.chunks(32)
-        writers.update((st.name, (st, chunks is not None)) for st in run.steps if st.sparse)
+        writers.update((st.name, (st, chunks.lows[j] if chunks is not None else None))
+                       for j, st in enumerate(run.steps) if st.sparse)
         if chunks is not None:
             for at, j in per_chunk_params(chunks)[2].items():
                 if not target.team_sums(partials.out_dtype(chunks.lows[j]).name):
                     return f"statement {ks[j] + 1} sums {run.steps[j].name} into copies of a dtype added in Python"
     return None
+
+
+def _joinable(step, low) -> bool:
+    """Whether the team driver stitches step's tensor, appended per chunk by chunk lowering
+    ``low``, between phases: in its declared format, a dense level then a compressed one
+    whose row ends the runtime allocates and whose coordinates and values grow."""
+    fmt = low.inspection.notation.lhs.tensor.format
+    return (fmt == step.ctx.plan.out_format and len(fmt.levels) == 2 and fmt.levels[0].is_dense
+            and not fmt.levels[1].is_dense and list(low.output.growable) == [(1, "crd"), (-1, "vals")])
+
+
+def _readers(runs: list) -> set:
+    """``(phase, step)`` of each sparse statement of a chunked phase that a later phase reads."""
+    out = set()
+    for p, run in enumerate(runs):
+        later = {spec.operand for r in runs[p + 1:] for st in r.steps for spec in st.ctx.plan.storages}
+        if run.chunks(32) is not None:
+            out.update((p, j) for j, st in enumerate(run.steps) if st.sparse and st.name in later)
+    return out
 
 
 class TeamRun:
@@ -63,6 +83,7 @@ class TeamRun:
         self.runs = runs
         self.target = target
         self.drivers: dict = {}  # bits -> the compiled team driver
+        self.joined = _readers(runs)  # (phase, step) the driver stitches between phases
 
     def split(self, p: int) -> bool:
         """Whether phase ``p`` runs over the threads' chunks of rows: by its function over
@@ -87,7 +108,10 @@ class TeamRun:
                 copies = [(at, j, partials.out_dtype(built.lows[j]), built.lows[j].output.overwrites)
                           for at, j in (per_chunk_params(built)[2].items() if chunked else ())]
                 per_chunk = [at for where in per_chunk_params(built) for at in where] if chunked else []
-                specs.append((split, types, frozenset(at - 2 for at in per_chunk), tuple(c[2].name for c in copies)))
+                joins = tuple((bits // 8, bits // 8, partials.out_dtype(built.lows[j]).itemsize)
+                              for j in range(len(built.lows)) if (p, j) in self.joined)
+                specs.append((split, types, frozenset(at - 2 for at in per_chunk), tuple(c[2].name for c in copies),
+                              joins))
                 phases.append((split, chunked, types, copies))
             self.drivers[bits] = (self.target.team_driver(specs), phases)
         return self.drivers[bits]
@@ -145,6 +169,7 @@ class TeamRun:
                         args[at] = data_ptr(where)
                     if chunked and any(st.sparse for st in run.steps):
                         joins.append(self._chunk_slots(p, run, built, per_step, args, bounds, work, keep, mine))
+                        self._native_joins(driver, frame, p, joins[-1], count, bounds)
                     if chunked:
                         args = args[2:]
                         through = {at - 2 for at in through}
@@ -181,15 +206,29 @@ class TeamRun:
                 elif array is not None:
                     env[st.name] = array.item() if array.ndim == 0 and st.returned and not st.accumulate else array
 
-    @staticmethod
-    def _chunk_slots(p, run, built, per_step, args, bounds, work, keep, mine) -> tuple:
+    def _native_joins(self, driver, frame, p: int, join: tuple, count: int, bounds) -> None:
+        """The words of the stitches the driver makes after phase ``p`` (``join``: its
+        chunk plan, ranges, pointer rows and Outputs by step)."""
+        plan, _ranges, pointers, by_step = join
+        row_of = {key: r for r, key in enumerate(plan.slot_at.values())}
+        for base, j in zip(driver.joins[p], sorted(j for q, j in self.joined if q == p)):
+            out = by_step[j]
+            pos = out.arrays[(1, "pos")]
+            limit = np.iinfo(pos.dtype).max if out.index_limit is None else out.index_limit
+            frame[base:base + 4] = (data_ptr(pos), count, data_ptr(bounds), limit)
+            for a, key in enumerate([(1, "crd"), (-1, "vals")]):
+                frame[base + 4 + 2 * a] = data_ptr(pointers) + 8 * count * row_of[(j, key)]
+                frame[base + 5 + 2 * a] = ctypes.addressof(out.grow[key])
+
+    def _chunk_slots(self, p, run, built, per_step, args, bounds, work, keep, mine) -> tuple:
         """A chunked phase's sparse statements: each chunk's first capacities and the slots
         its grown arrays come back in, laid into ``args`` as the native drivers take them
         (one word per chunk); ``(plan, ranges, slot table, step -> Output)`` to join after."""
         sparse = [j for j, st in enumerate(run.steps) if st.sparse]
         plan = ChunkPlan(run.steps[0].ctx.launcher, built, int(bounds[-1]), per_step[0][1], per_step[0][0],
                          {j: per_step[j][3] for j in sparse},
-                         {j for j in sparse if not run.steps[j].internal and built.lows[j].output.growable}, work)
+                         {j for j in sparse if not run.steps[j].internal and built.lows[j].output.growable
+                          and (p, j) not in self.joined}, work)  # (those the driver stitches: not again)
         ranges = [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
         count = len(ranges)
         for at, step in plan.cap_at.items():

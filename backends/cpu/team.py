@@ -43,6 +43,7 @@ from .llvm_types import register_type
 _I32, _I64, _PTR, _VOID = ir.IntType(32), ir.IntType(64), ir.PointerType(), ir.VoidType()
 HEAD = 3  # a phase's words before its parameters: function, chunk count, bounds
 SUM = 5   # a sum's words: output, copies, count, size, replace
+JOIN = 4  # a join's words: row ends, chunk count, bounds, index limit; then per array: chunks' pointers, slot
 _SUM_TYPES = {"float64": ir.DoubleType(), "float32": ir.FloatType(), "int64": _I64, "int32": _I32}
 
 
@@ -55,6 +56,7 @@ class PhaseSpec:
     params: tuple
     per_chunk: frozenset = frozenset()
     sums: tuple = ()
+    joins: tuple = ()  # per csr-like output appended per chunk and read later: (pos bytes, array bytes...)
 
 
 def summable(dtype_name: str) -> bool:
@@ -63,9 +65,9 @@ def summable(dtype_name: str) -> bool:
 
 
 def layout(phases: list) -> tuple:
-    """``(phase bases, sum bases, words)``: where each phase's and each sum's words
-    start in the frame (a list per phase), and the frame's length."""
-    at, bases, sums = 1, [], []
+    """``(phase bases, sum bases, join bases, words)``: where each phase's, each sum's
+    and each join's words start in the frame (lists per phase), and its length."""
+    at, bases, sums, joins = 1, [], [], []
     for p in phases:
         bases.append(at)
         at += HEAD + 2 * len(p.params)
@@ -73,7 +75,11 @@ def layout(phases: list) -> tuple:
         for _ in p.sums:
             sums[-1].append(at)
             at += SUM
-    return bases, sums, at
+        joins.append([])
+        for widths in p.joins:
+            joins[-1].append(at)
+            at += JOIN + 2 * (len(widths) - 1)
+    return bases, sums, joins, at
 
 
 def build_team(phases: list) -> ir.Module:
@@ -90,12 +96,18 @@ def build_team(phases: list) -> ir.Module:
     t = b.sext(b.call(tid_fn, []), _I64)
     team = b.sext(b.call(team_fn, []), _I64)
     status_at = _word(b, frame, 0)
-    bases, sum_bases, _n = layout(phases)
+    bases, sum_bases, join_bases, _n = layout(phases)
+    c_fns = _c_functions(mod)
     for p, spec in enumerate(phases):
         _phase(b, frame, spec, bases[p], t, team, status_at)
         _barrier(b, barrier, team)
         for dtype, base in zip(spec.sums, sum_bases[p]):
             _sum(b, frame, _SUM_TYPES[dtype], base, t, team, status_at)
+            _barrier(b, barrier, team)
+        for widths, base in zip(spec.joins, join_bases[p]):
+            with b.if_then(b.icmp_signed("==", t, ir.Constant(_I64, 0))):
+                with b.if_then(_ok(b, status_at)):
+                    _join(b, frame, widths, base, status_at, c_fns)
             _barrier(b, barrier, team)
     b.ret_void()
 
@@ -236,15 +248,110 @@ def _sum(b, frame, ty, base: int, t, team, status_at):
         b.position_at_end(after)
 
 
+def _c_functions(mod) -> dict:
+    return {"realloc": ir.Function(mod, ir.FunctionType(_PTR, [_PTR, _I64]), name="realloc"),
+            "free": ir.Function(mod, ir.FunctionType(_VOID, [_PTR]), name="free"),
+            "memcpy": ir.Function(mod, ir.FunctionType(_PTR, [_PTR, _PTR, _I64]), name="memcpy")}
+
+
+def _loop(b, start, stop, name):
+    """``for (i = start; i < stop; i++)``: yields ``i`` with the builder in the body."""
+    head = b.block
+    body = b.append_basic_block(name)
+    after = b.append_basic_block(name + ".done")
+    b.cbranch(b.icmp_signed("<", start, stop), body, after)
+    b.position_at_end(body)
+    i = b.phi(_I64)
+    i.add_incoming(start, head)
+    yield i
+    nxt = b.add(i, ir.Constant(_I64, 1))
+    i.add_incoming(nxt, b.block)
+    b.cbranch(b.icmp_signed("<", nxt, stop), body, after)
+    b.position_at_end(after)
+
+
+def _join(b, frame, widths: tuple, base: int, status_at, c):
+    """One thread stitches a rows-first output (a dense level, then a compressed one)
+    the phase's chunks appended, as ``runtime/chunks.py`` does: each chunk's row ends
+    made non-decreasing and shifted by the entries of the chunks before it, each
+    grown array the first chunk's reallocated to the whole, the others' copied in
+    after it and freed (their slots emptied), the result in the output's slot. An
+    index past the limit sets status 5 (the call runs again 64-bit), a failed
+    realloc status 2; nothing is moved then."""
+    one = ir.Constant(_I64, 1)
+    pty = ir.IntType(8 * widths[0])
+    pos = b.inttoptr(b.load(_word(b, frame, base), typ=_I64), _PTR)
+    count = b.load(_word(b, frame, base + 1), typ=_I64)
+    bounds = b.inttoptr(b.load(_word(b, frame, base + 2), typ=_I64), _PTR)
+    limit = b.load(_word(b, frame, base + 3), typ=_I64)
+    starts = b.alloca(_I64, size=b.add(count, one))  # the chunks' first entries, then the total
+    b.store(ir.Constant(_I64, 0), starts)
+    running = b.alloca(_I64)
+    for c_ in _loop(b, ir.Constant(_I64, 0), count, "join.count"):
+        lo = b.load(_word(b, bounds, c_), typ=_I64)
+        hi = b.load(_word(b, bounds, b.add(c_, one)), typ=_I64)
+        b.store(ir.Constant(_I64, 0), running)
+        for i in _loop(b, b.add(lo, one), b.add(hi, one), "join.max"):
+            at = b.gep(pos, [i], inbounds=True, source_etype=pty)
+            v = b.sext(b.load(at, typ=pty), _I64)
+            m = b.load(running, typ=_I64)
+            m = b.select(b.icmp_signed(">", v, m), v, m)
+            b.store(m, running)
+            b.store(b.trunc(m, pty) if pty.width < 64 else m, at)
+        first = b.load(b.gep(starts, [c_], source_etype=_I64), typ=_I64)
+        b.store(b.add(first, b.load(running, typ=_I64)), b.gep(starts, [b.add(c_, one)], source_etype=_I64))
+    total = b.load(b.gep(starts, [count], source_etype=_I64), typ=_I64)
+    with b.if_else(b.icmp_signed(">", total, limit)) as (past, fits):
+        with past:
+            b.atomic_rmw("max", status_at, ir.Constant(_I64, 5), "monotonic")
+        with fits:
+            for c_ in _loop(b, one, count, "join.shift"):
+                lo = b.load(_word(b, bounds, c_), typ=_I64)
+                hi = b.load(_word(b, bounds, b.add(c_, one)), typ=_I64)
+                shift = b.load(b.gep(starts, [c_], source_etype=_I64), typ=_I64)
+                for i in _loop(b, b.add(lo, one), b.add(hi, one), "join.add"):
+                    at = b.gep(pos, [i], inbounds=True, source_etype=pty)
+                    v = b.add(b.sext(b.load(at, typ=pty), _I64), shift)
+                    b.store(b.trunc(v, pty) if pty.width < 64 else v, at)
+            for a, size in enumerate(widths[1:]):
+                _join_array(b, frame, base + JOIN + 2 * a, size, count, starts, total, status_at, c)
+
+
+def _join_array(b, frame, base: int, size: int, count, starts, total, status_at, c):
+    one = ir.Constant(_I64, 1)
+    rows = b.inttoptr(b.load(_word(b, frame, base), typ=_I64), _PTR)  # each chunk's pointer
+    slot = b.inttoptr(b.load(_word(b, frame, base + 1), typ=_I64), _PTR)
+    nbytes = b.mul(b.select(b.icmp_signed(">", total, one), total, one), ir.Constant(_I64, size))
+    first = b.inttoptr(b.load(rows, typ=_I64), _PTR)
+    whole = b.call(c["realloc"], [first, nbytes])
+    with b.if_else(b.icmp_unsigned("==", b.ptrtoint(whole, _I64), ir.Constant(_I64, 0))) as (failed, done):
+        with failed:
+            b.atomic_rmw("max", status_at, ir.Constant(_I64, 2), "monotonic")
+        with done:
+            b.store(ir.Constant(_I64, 0), rows)  # the output owns it now
+            for c_ in _loop(b, one, count, "join.copy"):
+                at = _word(b, rows, c_)
+                part = b.inttoptr(b.load(at, typ=_I64), _PTR)
+                start = b.load(b.gep(starts, [c_], source_etype=_I64), typ=_I64)
+                n = b.sub(b.load(b.gep(starts, [b.add(c_, one)], source_etype=_I64), typ=_I64), start)
+                with b.if_then(b.icmp_signed(">", n, ir.Constant(_I64, 0))):
+                    dest = b.gep(whole, [b.mul(start, ir.Constant(_I64, size))], source_etype=ir.IntType(8))
+                    b.call(c["memcpy"], [dest, part, b.mul(n, ir.Constant(_I64, size))])
+                with b.if_then(b.icmp_unsigned("!=", b.ptrtoint(part, _I64), ir.Constant(_I64, 0))):
+                    b.call(c["free"], [part])
+                b.store(ir.Constant(_I64, 0), at)
+            b.store(b.ptrtoint(whole, _I64), slot)
+
+
 class TeamDriver:
     """The compiled driver of one list of phases: ``driver(nthreads, frame)``."""
 
     def __init__(self, phases: list):
         from .jit import compile_llvm
         self.phases = list(phases)
-        self.bases, self.sums, self.words = layout(self.phases)
+        self.bases, self.sums, self.joins, self.words = layout(self.phases)
         self._engine, addresses = compile_llvm(build_team(self.phases), ["spcomp_team"])
         self.function = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p)(addresses["spcomp_team"])
 
 
-__all__ = ["HEAD", "SUM", "PhaseSpec", "TeamDriver", "build_team", "layout", "summable"]
+__all__ = ["HEAD", "JOIN", "SUM", "PhaseSpec", "TeamDriver", "build_team", "layout", "summable"]
