@@ -364,3 +364,22 @@ def test_a_stitch_past_32_bits_runs_the_team_call_again_64_bit(monkeypatch, tmp_
         assert np.allclose(got, a.sum(axis=1) + d.sum(axis=1))
     finally:
         spcomp.clear_cache()
+
+
+def test_an_interrupted_phase_stops_the_team_call_and_the_next_call_runs_whole(team_calls):
+    """Ctrl-C's flag set: the first phase returns its status, no later phase starts, the
+    call raises KeyboardInterrupt with every array the phases grew freed; the next
+    call (flag clear) runs as before."""
+    from spcomp.runtime import flags
+    k = _compile(CROSSING, {"A": "csr", "D": "dcsr", "Z": "csr", "Y": "csr", "V": "csr"})
+    ops = _crossing_operands(150)
+    with spcomp_threads(2, min_work=0):
+        flags.interrupt.value = 1
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                k(**ops)
+        finally:
+            flags.interrupt.value = 0
+        got = k(**ops)
+        assert k.last_launches == 1 and team_calls == [1, 1]
+    assert np.allclose(np.asarray(spcomp.testing.check.densify(got)), _crossing_expected(ops))
