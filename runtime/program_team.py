@@ -20,11 +20,14 @@ import ctypes
 
 import numpy as np
 
+from spcomp.ir.types import I32, I64, from_numpy
+
 from . import interrupt, partials
 from .launch import WiderIndices, balance_pos, parallel_extent
-from .memory import data_ptr
+from .memory import data_ptr, free
 from .program_chunks import ChunkPlan, join_slots, per_chunk_params
 from .program_repeat import sparse_result
+from .program_team_copies import ARRAYS, copied, copies_before, copy_types
 from .threads import get_num_threads
 
 
@@ -43,6 +46,8 @@ def refusal(runs: list, statements: list, target) -> str | None:
                 if chunked is not None and not _joinable(writer, chunked):
                     return (f"statement {k + 1} reads {spec.operand}, sparse, appended per chunk by an earlier "
                             "phase in a layout the team does not join (stitched between phases by the runtime)")
+                if spec.storage != spec.operand and copied(st, spec, writer) and getattr(target, "team_copies", bool)():
+                    continue
                 if (spec.storage != spec.operand or spec.storage in st.ctx.plan.derived
                         or spec.format != writer.ctx.plan.out_format):
                     return (f"statement {k + 1} reads {spec.operand}, sparse, from an earlier phase through a copy "
@@ -84,6 +89,9 @@ class TeamRun:
         self.target = target
         self.drivers: dict = {}  # bits -> the compiled team driver
         self.joined = _readers(runs)  # (phase, step) the driver stitches between phases
+        self.copies = copies_before(runs)  # per phase, the tensors transposed just before it
+        self.steps = [item for p, names in enumerate(self.copies) for item in [("copy", t) for t in names] + [("run", p)]]
+        self.copiers: dict = {}  # (bits, dtype) -> (address, owner) of the copy function
 
     def split(self, p: int) -> bool:
         """Whether phase ``p`` runs over the threads' chunks of rows: by its function over
@@ -101,7 +109,13 @@ class TeamRun:
         ``(argument position, statement, dtype, replaces)``."""
         if bits not in self.drivers:
             specs, phases = [], []
-            for p, built in enumerate(builds):
+            for kind, what in self.steps:
+                if kind == "copy":
+                    types = copy_types(I32 if bits == 32 else I64, from_numpy(self._writer(what).ctx.plan.out_dtype))
+                    specs.append((False, types, frozenset(), (), ()))
+                    phases.append((False, False, types, []))
+                    continue
+                p, built = what, builds[what]
                 fn = built.module.function(built.module.entry)
                 split, chunked = self.split(p), self.runs[p].chunks(32) is not None
                 types = tuple(q.type for q in (fn.params[2:] if split else fn.params))
@@ -115,6 +129,15 @@ class TeamRun:
                 phases.append((split, chunked, types, copies))
             self.drivers[bits] = (self.target.team_driver(specs), phases)
         return self.drivers[bits]
+
+    def _writer(self, name: str):
+        return next(st for run in self.runs for st in run.steps if st.name == name)
+
+    def _copier(self, bits: int, dtype) -> int:
+        key = (bits, dtype)
+        if key not in self.copiers:
+            self.copiers[key] = self.target.team_transpose(I32 if bits == 32 else I64, from_numpy(dtype))
+        return self.copiers[key][0]
 
     def run(self, env: dict) -> None:
         """Run every phase on ``env`` (inputs and earlier results by name), one native call;
@@ -139,15 +162,28 @@ class TeamRun:
         frame = np.zeros(driver.words, dtype=np.int64)
         keep, outs, joins = [], [], []  # arrays the frame points into; each phase's Outputs; chunked joins
         written = {}  # sparse tensor -> the Output an earlier phase assembles it in
+        made = {}  # tensor -> the three slots its transposed copy's arrays are left in
         try:
-            for p, (run, built, per_step) in enumerate(zip(self.runs, builds, bound)):
-                split, chunked, types, copies = phases[p]
+            for i, (kind, p) in enumerate(self.steps):
+                base = driver.bases[i]
+                if kind == "copy":  # p: the tensor to transpose (program_team_copies.py)
+                    out, slots = written[p], np.zeros(3, dtype=np.int64)
+                    keep.append(slots)
+                    made[p] = slots
+                    frame[base] = self._copier(bits, out.dtype)
+                    words = [_array_word(out, key) for key in ARRAYS] + [
+                        (pending[p].shape[0], False), (pending[p].shape[1], False)] + [
+                        (data_ptr(slots) + 8 * k, False) for k in range(3)]
+                    frame[base + 3:base + 3 + len(words)] = [w for w, _f in words]
+                    frame[base + 3 + len(words):base + 3 + 2 * len(words)] = [int(f) for _w, f in words]
+                    continue
+                run, built, per_step = self.runs[p], builds[p], bound[p]
+                split, chunked, types, copies = phases[i]
                 run.settle(built, per_step, chunked)
                 args, mine = run.arg_list(built, per_step, chunked, bits)
                 outs.append(mine)
-                through = _handed_over(run, built, per_step, written, args)
+                through = _handed_over(run, built, written, made, args)
                 written.update(zip([st.name for st in run.steps if st.sparse], mine))
-                base = driver.bases[p]
                 frame[base] = ctypes.cast(built.function, ctypes.c_void_p).value
                 if split:
                     storages, sizes = per_step[0][:2]
@@ -164,12 +200,12 @@ class TeamRun:
                         table = np.zeros((count, size), dtype)
                         where = data_ptr(table) + table.strides[0] * np.arange(count, dtype=np.int64)
                         keep += [table, where]
-                        frame[driver.sums[p][s]:driver.sums[p][s] + 5] = (args[at], data_ptr(table), count, size,
+                        frame[driver.sums[i][s]:driver.sums[i][s] + 5] = (args[at], data_ptr(table), count, size,
                                                                           int(replaces))
                         args[at] = data_ptr(where)
                     if chunked and any(st.sparse for st in run.steps):
                         joins.append(self._chunk_slots(p, run, built, per_step, args, bounds, work, keep, mine))
-                        self._native_joins(driver, frame, p, joins[-1], count, bounds)
+                        self._native_joins(driver.joins[i], frame, p, joins[-1], count, bounds)
                     if chunked:
                         args = args[2:]
                         through = {at - 2 for at in through}
@@ -186,6 +222,10 @@ class TeamRun:
                         join_slots(*join, status == 0 and not errors)
                     except BaseException as e:  # (past 32 bits: the caller runs it 64-bit)
                         errors.append(e)
+                for slots in made.values():  # the copies' arrays, the readers done with them
+                    for address in slots.tolist():
+                        if address:
+                            free(address)
                 if errors:
                     raise errors[0]
         except BaseException:
@@ -206,12 +246,12 @@ class TeamRun:
                 elif array is not None:
                     env[st.name] = array.item() if array.ndim == 0 and st.returned and not st.accumulate else array
 
-    def _native_joins(self, driver, frame, p: int, join: tuple, count: int, bounds) -> None:
-        """The words of the stitches the driver makes after phase ``p`` (``join``: its
-        chunk plan, ranges, pointer rows and Outputs by step)."""
+    def _native_joins(self, bases: list, frame, p: int, join: tuple, count: int, bounds) -> None:
+        """The words (at ``bases``) of the stitches the driver makes after phase ``p``
+        (``join``: its chunk plan, ranges, pointer rows and Outputs by step)."""
         plan, _ranges, pointers, by_step = join
         row_of = {key: r for r, key in enumerate(plan.slot_at.values())}
-        for base, j in zip(driver.joins[p], sorted(j for q, j in self.joined if q == p)):
+        for base, j in zip(bases, sorted(j for q, j in self.joined if q == p)):
             out = by_step[j]
             pos = out.arrays[(1, "pos")]
             limit = np.iinfo(pos.dtype).max if out.index_limit is None else out.index_limit
@@ -244,27 +284,37 @@ class TeamRun:
         return plan, ranges, table[:g], dict(zip(sparse, mine))
 
 
-def _handed_over(run, built, per_step: list, written: dict, args: list) -> set:
+def _handed_over(run, built, written: dict, made: dict, args: list) -> set:
     """Lay into ``args`` the arrays of sparse tensors an earlier phase assembles (``written``:
-    name -> Output) that ``built`` reads: a fixed one's address, or, for an array its
-    writer grows, the address of the slot it will be in (returned: those positions,
-    which the driver reads through when the phase starts)."""
+    name -> Output) that ``built`` reads, or of their transposed copies (``made``: name ->
+    the copy's slots): a fixed array's address, or, for one that is grown or copied in
+    the call, the address of the slot it will be in (returned: those positions, which
+    the driver reads through when the phase starts)."""
     through = set()
     for at, src in enumerate(built.sources):
         role, storage, slot = built.plans[src.statement][src.position]
         if role != "in":
             continue
-        out = written.get(run.steps[src.statement].ctx.plan.operand_of[storage])
+        name = run.steps[src.statement].ctx.plan.operand_of[storage]
+        out = written.get(name)
         if out is None:
             continue
         key = [(l, a) for l, kind in enumerate(out.fmt.levels) for a in kind.arrays][slot] \
             if slot < sum(len(kind.arrays) for kind in out.fmt.levels) else (-1, "vals")
-        if key in out.grow:
-            args[at] = ctypes.addressof(out.grow[key])
-            through.add(at)
+        if storage != name:  # its transposed copy, made before this phase (csr-like: the same keys)
+            args[at], indirect = data_ptr(made[name]) + 8 * ARRAYS.index(key), True
         else:
-            args[at] = data_ptr(out.arrays[key])
+            args[at], indirect = _array_word(out, key)
+        if indirect:
+            through.add(at)
     return through
+
+
+def _array_word(out, key) -> tuple:
+    """``(word, through)``: an Output's array by address (fixed), or its slot's (grown)."""
+    if key in out.grow:
+        return ctypes.addressof(out.grow[key]), True
+    return data_ptr(out.arrays[key]), False
 
 
 def _word(value, ty) -> int:

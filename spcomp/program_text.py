@@ -29,8 +29,10 @@ def fused_run_lines(program, seg, run: list, team=None) -> list:
     elif team is not None and not isinstance(team()[1], str):
         on = ("one thread; a call whose first statement would split over threads runs as one native call "
               f"on a thread team, in phases {phases_text(team()[0])} (cut where the statements do not join "
-              "over chunks of rows): a phase over the threads' chunks of rows, or on one thread of the team, "
-              "a barrier between phases, a sum into copies per chunk added natively after its phase")
+              "over chunks of rows: a phase over the threads' chunks of rows, or on one thread of the team; "
+              "a barrier between phases, a sum into copies per chunk added natively after its phase"
+              + "".join(f", a transposed copy of {t} made between phases by one thread of the team"
+                        for names in team()[1].copies for t in names) + ")")
     elif seg.phases:
         on = ("one thread; a call whose first statement would split over threads runs it on threads in "
               f"phases, {phases_text(seg.phases)}, cut before each statement that reads a copy of a temporary "

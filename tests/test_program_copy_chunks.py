@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import spcomp
+from spcomp.backends.cpu.target import CpuTarget
 from spcomp.program_phases import copy_phases
 from spcomp.runtime import program as runtime_program
 from spcomp.runtime import row_copies
@@ -74,11 +75,18 @@ def _one_and_two_threads(k, ops: dict, monkeypatch) -> tuple:
     return one, two, splits
 
 
+@pytest.mark.parametrize("team", [True, False])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_a_transposed_read_runs_in_phases_on_threads(threads, chunked_calls, monkeypatch):
+def test_a_transposed_read_runs_in_phases_on_threads(threads, team, chunked_calls, monkeypatch):
+    """On threads: one team call (runtime/program_team.py: T stitched and transposed
+    inside it), or, without a native team, a launch per phase."""
+    if not team:
+        monkeypatch.setattr(CpuTarget, "team_available", lambda self: False)
     k = _compile(TRANSPOSED, {"A": "csr", "B": "csr", "T": "csr", "Z": "csr"})
+    monkeypatch.setattr(k, "_phased", {})  # (the same program compiled before: its plans made afresh here)
     assert k.launches == 1 and k.segments[0][1].phases == [[0], [1, 2]], k.loops
-    assert "on threads in phases, statements 1 | 2, 3" in k.loops, k.loops
+    assert ("one native call on a thread team, in phases statements 1 | 2, 3" if team else
+            "on threads in phases, statements 1 | 2, 3") in k.loops, k.loops
     ops = _operands(60, 0.08, 1)
     one, two, splits = _one_and_two_threads(k, ops, monkeypatch)
     with spcomp_threads(threads, min_work=0):
@@ -86,8 +94,8 @@ def test_a_transposed_read_runs_in_phases_on_threads(threads, chunked_calls, mon
     np.testing.assert_allclose(got, _expected(TRANSPOSED, ops), rtol=1e-12, atol=1e-12)
     assert np.array_equal(two, one)  # the same sums in the same order
     # two launches on threads: T's writer, then statements 2 and 3 by chunks of rows
-    assert splits and chunked_calls[:1] == [1]
-    assert k.last_launches == (1 if threads == 1 else 2)
+    assert splits and chunked_calls[:1] == ([] if team else [1])
+    assert k.last_launches == (1 if threads == 1 or team else 2)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -115,7 +123,7 @@ def test_a_saved_program_runs_in_phases_after_loading(tmp_path, chunked_calls, m
     assert loaded.loops == k.loops and loaded.segments[0][1].phases == [[0], [1, 2]]
     ops = _operands(40, 0.1, 3)
     one, two, splits = _one_and_two_threads(loaded, ops, monkeypatch)
-    assert loaded.last_launches == 2 and chunked_calls == [1] and np.array_equal(one, two)
+    assert loaded.last_launches == 1 and chunked_calls == [] and np.array_equal(one, two)  # one team call
     np.testing.assert_allclose(two, _expected(TRANSPOSED, ops), rtol=1e-12, atol=1e-12)
 
 
@@ -182,7 +190,10 @@ def test_phases_agree_with_einsum_and_one_thread(reader, t_format, n, inner, col
     np.testing.assert_allclose(densify(two), _expected(reader, ops), rtol=1e-10, atol=1e-10)
     assert np.array_equal(densify(two), densify(one))
     phases = k.segments[0][1].phases if k.segments[0][0] == "fused" else None
-    if phases and (k.last_launches > 1 or t_format == "csr"):  # (a dcsr or coo T's own kernel stays on one
+    team = k._team(k.segments[0][2], k.segments[0][1])[1] if phases else "none"
+    if not isinstance(team, str):  # one call on a thread team, the copy made inside it
+        assert k.last_launches == 1, k.loops
+    elif phases and (k.last_launches > 1 or t_format == "csr"):  # (a dcsr or coo T's own kernel stays on one
         # thread for its writer: so does the run) on threads in phases: a launch per phase, or per
         # statement of one that does not join
         assert len(phases) <= k.last_launches <= len(k.program.statements), k.loops

@@ -193,21 +193,46 @@ def test_a_sparse_tensor_one_thread_of_the_team_assembles_is_read_by_later_phase
     assert np.array_equal(one.vals, two.vals)
 
 
-def test_a_sparse_tensor_read_through_a_copy_by_a_later_phase_keeps_the_phases_at_copies(team_calls):
-    """The transposed copy is not made inside the team call yet: such a run keeps its
-    phases cut at the copy, one launch each, Python between them."""
+@pytest.mark.parametrize("fmt", ["csr", "dcsr"])
+def test_a_transposed_copy_is_made_inside_the_team_call(fmt, team_calls):
+    """``T`` (appended per chunk, or on one thread: dcsr) is stitched and transposed
+    by one thread of the team between the phases, the reader taking the copy's arrays
+    through their slots: one launch, bit for bit the one-thread function's result."""
     k = _compile("T[i,k] = A[i,j]*B[j,k]; Z[k,i] = T[i,k]*2; y[k] = Z[k,i]*c[i]",
-                 {"A": "csr", "B": "csr", "T": "csr", "Z": "csr"})
+                 {"A": "csr", "B": "csr", "T": "csr", "Z": "csr"} if fmt == "csr" else
+                 {"A": "dcsr", "B": "csr", "T": "dcsr", "Z": "csr"})
+    (_kind, seg, run), = k.segments
+    team = k._team(run, seg)[1]
+    if fmt == "dcsr":  # (a dcsr T's writer walks A's stored rows: T is copied by the runtime)
+        assert isinstance(team, str) and "through a copy" in team, team
+        return
+    assert team.copies == [[], ["T"]] and "transposed copy of T made between phases" in k.loops, k.loops
+    n = 150
+    ops = {"A": sp.random(n, n, density=0.04, format="csr", random_state=1),
+           "B": sp.random(n, n, density=0.04, format="csr", random_state=2),
+           "c": np.random.default_rng(3).standard_normal(n)}
+    with spcomp_threads(1):
+        one = k(**ops)
+    with spcomp_threads(2, min_work=0):
+        two = k(**ops)
+        assert k.last_launches == 1 and team_calls == [1]
+    assert np.allclose(two, 2 * (ops["A"] @ ops["B"]).toarray().T @ ops["c"])
+    assert np.array_equal(one, two)
+
+
+def test_a_diagonal_read_keeps_the_phases_at_copies(team_calls):
+    """A diagonal is not gathered inside the team call yet: a launch per phase."""
+    k = _compile("T[i,k] = A[i,j]*B[j,k]; v[k] = T[k,k]*x[k]", {"A": "csr", "B": "csr", "T": "csr"})
     (_kind, seg, run), = k.segments
     why = k._team(run, seg)[1]
     assert isinstance(why, str) and "statement 2 reads T, sparse, from an earlier phase through a copy" in why, why
     n = 120
     ops = {"A": sp.random(n, n, density=0.05, format="csr", random_state=1),
-           "B": sp.random(n, n, density=0.05, format="csr", random_state=2), "c": np.ones(n)}
+           "B": sp.random(n, n, density=0.05, format="csr", random_state=2), "x": np.ones(n)}
     with spcomp_threads(2, min_work=0):
         got = k(**ops)
         assert k.last_launches == 2 and not team_calls
-    assert np.allclose(got, 2 * (ops["A"] @ ops["B"]).toarray().T @ ops["c"])
+    assert np.allclose(got, np.diag((ops["A"] @ ops["B"]).toarray()))
 
 
 @settings(max_examples=examples(40), deadline=None, suppress_health_check=list(HealthCheck))

@@ -74,6 +74,18 @@ class CpuTarget:
         from .team import PhaseSpec, TeamDriver
         return TeamDriver([PhaseSpec(*p) for p in phases])
 
+    def team_copies(self) -> bool:
+        """Whether a team call makes transposed copies between its phases (team_transpose)."""
+        return True
+
+    def team_transpose(self, index, value) -> tuple:
+        """``(address, owner)`` of a compiled ``lower/fused_transpose.transpose_function``
+        for these IR types (the owner keeps the code alive), for a team call's copies."""
+        from spcomp.lower.fused_transpose import transpose_function
+        from . import compile_module
+        compiled = compile_module(transpose_function("spcomp_team_transpose", index, value))
+        return compiled.address("spcomp_team_transpose"), compiled
+
     def parallel_driver(self, compiled, lowered):
         """``f(nthreads, bounds, args...)`` running the kernel on native threads, or None."""
         return compiled.parallel_driver(lowered.code.entry)

@@ -276,3 +276,26 @@ def free_on_every_exit(stmts: list, arrays: list) -> list:
                                        otherwise=go(s.otherwise) if s.otherwise is not None else None)
         return s
     return [go(s) for s in stmts]
+
+
+def transpose_function(name: str, index, value) -> n.Module:
+    """A function of its own making :func:`transpose_block`'s copy of a csr-like
+    temporary (``index``, ``value``: its IR types) between two phases of a team call
+    (``runtime/program_team.py``):
+    ``int32 NAME(pos, crd, vals, rows, cols, pos_out, crd_out, vals_out)``, the copy's
+    arrays left in the three slots (the caller frees them), status 2 when an
+    allocation fails (nothing left allocated)."""
+    count = iter(range(1 << 30))
+
+    def names(base: str) -> str:
+        return f"{base}_{next(count)}"
+    src = {(1, "pos"): n.Var("pos", ptr(index)), (1, "crd"): n.Var("crd", ptr(index)),
+           (-1, "vals"): n.Var("vals", ptr(value))}
+    rows, cols = n.Var("rows", I64), n.Var("cols", I64)
+    copy = TransposedCopy(n.Var("copy_pos", ptr(index)), n.Var("copy_crd", ptr(index)), n.Var("copy_vals", ptr(value)),
+                          src, rows, cols)
+    slots = [n.Var(f"{a.name}_out", ptr(a.type)) for a in copy.arrays]
+    body = transpose_block(copy, names) + [n.Store(s, n.i64(0), a) for s, a in zip(slots, copy.arrays)] + [n.Return()]
+    fn = n.Function(name, (src[(1, "pos")], src[(1, "crd")], src[(-1, "vals")], rows, cols, *slots), n.Block(tuple(body)),
+                    doc="a csr-like temporary transposed between two phases of a team call")
+    return n.Module((fn,), name)
