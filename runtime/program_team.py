@@ -10,9 +10,13 @@ bounds and per-chunk copies in one frame, and calls the target's team driver
 (``backends/cpu/team.py``) once: the phases in order on one team, a barrier
 between them, a summed output's copies added natively after its phase, the
 statuses shared (a failure stops every later phase). No Python runs between
-phases. What crosses a phase boundary must be dense: a run with a sparse
-statement keeps the phased path (``program_phases.phase_segments``), and
-:func:`refusal` says why.
+phases. A sparse tensor a later phase reads is handed over inside the call: its
+writer's fixed arrays by address, its grown ones through their slots (the driver
+reads such an argument when the phase starts); one appended per chunk (csr) is
+stitched by the driver after its phase, one read transposed is copied there
+(:mod:`.program_team_copies`). Sparse outputs no later phase reads are stitched
+after the call, as a chunked call's are. A run the driver cannot take so keeps the
+per-phase path (``program_phases.phase_segments``); :func:`refusal` says why.
 """
 from __future__ import annotations
 

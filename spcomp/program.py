@@ -30,7 +30,7 @@ those rows, csr-like temporaries appended per chunk: ``_chunk_lowerings``,
 ``runtime/program_chunks.py``; a dcsr, coo or csf tensor is stored rows first
 there, csr or dcc, and converted back after the join where returned). Any other run
 runs a call big enough for threads in phases cut wherever that join fails, all of
-them one native call on a thread team when only dense tensors cross a phase
+them one native call on a thread team where it can hand every tensor across
 (``program_phases.team_plan``, ``runtime/program_team.py``); else one launch per phase
 cut at each in-function copy, or per statement (``k.loops`` says which, and why). An
 unreturned dense temporary touched only at the fused loop's row is one row of

@@ -18,8 +18,9 @@ call), never between the statements of one phase.
 
 Any other run without a chunked function is cut by :func:`team_cut` wherever the
 chunked join fails, and a big call runs all its phases as one native call on a
-thread team (:func:`team_plan`, ``runtime/program_team.py``) where no sparse
-tensor crosses a phase; the copies above are not made inside that call yet.
+thread team (:func:`team_plan`, ``runtime/program_team.py``) unless a sparse
+tensor crosses a phase in a way that call cannot hand over (a transposed copy of a
+csr temporary it makes itself; a diagonal it does not yet).
 """
 from __future__ import annotations
 

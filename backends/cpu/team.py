@@ -15,7 +15,8 @@ phase reads what this one wrote. A phase that summed into a copy of its output
 per chunk is followed by the sum: each thread adds a slice of the output's
 elements, every element over the chunks in chunk order (the same additions, in
 the same order, as ``runtime/partials.add_into``: bit for bit), then a barrier.
-Every phase checks the shared status first: a non-zero status (an error, an
+A csr-like output appended per chunk that a later phase reads is stitched after
+its phase by thread 0 (:func:`_join`), then a barrier. Every phase checks the shared status first: a non-zero status (an error, an
 interrupt) skips the work of every later phase, the barriers still met.
 
 The functions are called through pointers held in ``frame`` (i64 words: the
