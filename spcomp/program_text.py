@@ -27,7 +27,8 @@ def fused_run_lines(program, seg, run: list, team=None) -> list:
               + ("" if not any(low.threads.partials for low in chunks.lows) else
                  ", a sum over rows into a copy per chunk added up after them"))
     elif team is not None and not isinstance(team()[1], str):
-        on = ("one thread; a call whose first statement would split over threads runs as one native call "
+        on = ("one thread" + (f", not by chunks of rows: {seg.why}" if seg.why else "")
+              + "; a call whose first statement would split over threads runs as one native call "
               f"on a thread team, in phases {phases_text(team()[0])} (cut where the statements do not join "
               "over chunks of rows: a phase over the threads' chunks of rows, or on one thread of the team; "
               "a barrier between phases, a sum into copies per chunk added natively after its phase"
