@@ -50,6 +50,10 @@ def refusal(runs: list, statements: list, target) -> str | None:
                 if chunked is not None and not _joinable(writer, chunked):
                     return (f"statement {k + 1} reads {spec.operand}, sparse, appended per chunk by an earlier "
                             "phase in a layout the team does not join (stitched between phases by the runtime)")
+                if writer.low.output.expand is not None or writer.low.inspection.notation.lhs.tensor.format != \
+                        writer.ctx.plan.out_format:
+                    return (f"statement {k + 1} reads {spec.operand}, sparse, which an earlier phase assembles in "
+                            "another layout (laid out for its readers by the runtime)")
                 if spec.storage != spec.operand and copied(st, spec, writer) and getattr(target, "team_copies", bool)():
                     continue
                 if (spec.storage != spec.operand or spec.storage in st.ctx.plan.derived
@@ -143,24 +147,28 @@ class TeamRun:
             self.copiers[key] = self.target.team_transpose(I32 if bits == 32 else I64, from_numpy(dtype))
         return self.copiers[key][0]
 
-    def run(self, env: dict) -> None:
-        """Run every phase on ``env`` (inputs and earlier results by name), one native call;
+    def run(self, env: dict) -> bool:
+        """Run every phase on ``env`` (inputs and earlier results by name), one native call
+        (False, nothing run: a phase's statements span different rows at this call);
         a sparse tensor outgrowing 32-bit positions runs the call again 64-bit (a run with
         a dense ``+=`` and a sparse statement runs 64-bit at once: a rerun would add twice)."""
         steps = [st for run in self.runs for st in run.steps]
         wide = any(st.sparse for st in steps) and any(st.accumulate and not st.sparse for st in steps)
         try:
-            self._run(env, 64 if wide else 32)
+            return self._run(env, 64 if wide else 32)
         except WiderIndices:
-            self._run(env, 64)
+            return self._run(env, 64)
 
-    def _run(self, env: dict, bits: int) -> None:
+    def _run(self, env: dict, bits: int) -> bool:
         bound, work, pending = [], 0, {}
         for run in self.runs:  # each phase's dense results allocated before the next binds
             per_step, units, need = run.bind(env, bits, pending)
             bound.append(per_step)
             bits, work = max(bits, need), work + units
         builds = [self._build(p, bits) for p in range(len(self.runs))]
+        if any(run.chunks(32) is not None and run.extent(built, per_step) is None
+               for run, built, per_step in zip(self.runs, builds, bound)):
+            return False  # (as FusedRun._chunked: such a call runs on one thread; here, in the per-phase path)
         driver, phases = self._driver(bits, builds)
         threads = get_num_threads()
         frame = np.zeros(driver.words, dtype=np.int64)
@@ -249,6 +257,7 @@ class TeamRun:
                     sparse_result(next(it), st, bits, env)
                 elif array is not None:
                     env[st.name] = array.item() if array.ndim == 0 and st.returned and not st.accumulate else array
+        return True
 
     def _native_joins(self, bases: list, frame, p: int, join: tuple, count: int, bounds) -> None:
         """The words (at ``bases``) of the stitches the driver makes after phase ``p``

@@ -645,8 +645,8 @@ class ProgramKernel(SavedProgram):
             seg.run(env)
             return 1
         if kind == "fused":  # a call big enough for threads: one team call, or in phases, or statement by statement
-            if not isinstance(team := self._team(run, seg)[1], str):
-                return team.run(env) or 1
+            if not isinstance(team := self._team(run, seg)[1], str) and team.run(env):
+                return 1
             return sum(self._run_segment(*s, env) for s in self._phase_segments(run, getattr(seg, "phases", None)))
         a = self.program.statements[run[0]]
         name = a.lhs.tensor.name
