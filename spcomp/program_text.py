@@ -29,7 +29,7 @@ def fused_run_lines(program, seg, run: list, team=None) -> list:
     elif team is not None and not isinstance(team()[1], str):
         on = ("one thread" + (f", not by chunks of rows: {seg.why}" if seg.why else "")
               + "; a call whose first statement would split over threads runs as one native call "
-              f"on a thread team, in phases {phases_text(team()[0])} (cut where the statements do not join "
+              f"on a thread team, in phases, {phases_text(team()[0])} (cut where the statements do not join "
               "over chunks of rows: a phase over the threads' chunks of rows, or on one thread of the team; "
               "a barrier between phases, a sum into copies per chunk added natively after its phase"
               + "".join(f", a transposed copy of {t} made between phases by one thread of the team"

@@ -85,7 +85,7 @@ def test_a_transposed_read_runs_in_phases_on_threads(threads, team, chunked_call
     k = _compile(TRANSPOSED, {"A": "csr", "B": "csr", "T": "csr", "Z": "csr"})
     monkeypatch.setattr(k, "_phased", {})  # (the same program compiled before: its plans made afresh here)
     assert k.launches == 1 and k.segments[0][1].phases == [[0], [1, 2]], k.loops
-    assert ("one native call on a thread team, in phases statements 1 | 2, 3" if team else
+    assert ("one native call on a thread team, in phases, statements 1 | 2, 3" if team else
             "on threads in phases, statements 1 | 2, 3") in k.loops, k.loops
     ops = _operands(60, 0.08, 1)
     one, two, splits = _one_and_two_threads(k, ops, monkeypatch)

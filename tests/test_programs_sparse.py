@@ -218,10 +218,12 @@ def test_sparse_accumulate_joins_the_function(data):
 def test_a_call_big_enough_for_threads_runs_the_statements_as_kernels():
     """A fused run that cannot run by chunks of rows (its last statement reads z, a
     sum over all of T's rows) stays on one thread; where its first statement alone
-    would split a call over threads, the call runs the statements as kernels of their own."""
+    would split a call over threads, the call runs as one call on a thread team
+    (runtime/program_team.py), or, without one, the statements as kernels of their own."""
     k = spcomp.compile("T[i,k] = A[i,j]*B[j,k]\nz[k] = T[i,k]*c[i]\ny[i] = T[i,k]*z[k]",
                        formats={"A": "csr", "B": "csr", "T": "csr"}, outputs=["y"])
-    assert "a call whose first statement would split over threads runs the statements" in k.loops
+    assert "a call whose first statement would split over threads runs as one native call on a thread team" \
+        in k.loops, k.loops
     ops = chain_operands()
     del ops["D"]
     T = ops["A"] @ ops["B"]
@@ -229,7 +231,12 @@ def test_a_call_big_enough_for_threads_runs_the_statements_as_kernels():
     with spcomp_threads(1):
         assert np.allclose(k(**ops), want) and k.last_launches == 1
     with spcomp_threads(2, min_work=0):
+        assert np.allclose(k(**ops), want) and k.last_launches == 1
+        (_kind, seg, run), = k.segments
+        team = k._phased.pop(("team",) + tuple(run))
+        k._phased[("team",) + tuple(run)] = ([], "no team")  # the per-statement path, as without libgomp
         assert np.allclose(k(**ops), want) and k.last_launches == 3
+        k._phased[("team",) + tuple(run)] = team
     with spcomp_threads(2, min_work=10 ** 12):   # too little work to split: fused
         assert np.allclose(k(**ops), want) and k.last_launches == 1
 
