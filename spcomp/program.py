@@ -59,7 +59,7 @@ from .runtime.call import CallContext
 from .runtime.launch import Variant
 from .runtime.operands import refuse_overlap
 from .program_copies import (apart_reason, copy_recasts, copyable_written, declared_in_warnings, expandable,
-                             reads_only_copies, row_major_temporaries, run_statements, in_function_copies)
+                             handed_arrays, reads_only_copies, row_major_temporaries, run_statements, in_function_copies)
 from .program_density import DensityVariants
 from .program_phases import copy_phases, phase_segments
 from .program_saved import SavedProgram
@@ -118,7 +118,7 @@ class ProgramKernel(SavedProgram):
         segments, k = [], 0
         while k < len(stmts):
             run, lows = [k], [fusable[k]]
-            written = {stmts[k].lhs.tensor.name: made_arrays(fusable[k])} if fusable[k] is not None else {}
+            written = {stmts[k].lhs.tensor.name: handed_arrays(fusable[k])} if fusable[k] is not None else {}
             while fusable[k] is not None and run[-1] + 1 < len(stmts):
                 low = self._joining(run[-1] + 1, fusable[run[-1] + 1], written)
                 if isinstance(low, str):
@@ -126,7 +126,7 @@ class ProgramKernel(SavedProgram):
                     break
                 run.append(run[-1] + 1)
                 lows.append(low)
-                written[stmts[run[-1]].lhs.tensor.name] = made_arrays(low)
+                written[stmts[run[-1]].lhs.tensor.name] = handed_arrays(low)
             if len(run) >= 2 and fusable[k] is not None:
                 segments.append(("fused", self._fused_run(run, lows), run))
             else:
@@ -224,7 +224,7 @@ class ProgramKernel(SavedProgram):
             if low is None or isinstance(low, str):
                 return None
             lows.append(low)
-            written[self.program.statements[k].lhs.tensor.name] = made_arrays(low)
+            written[self.program.statements[k].lhs.tensor.name] = handed_arrays(low)
         return self._fused_run(phase, lows)
 
     def _kernel(self, k: int) -> Kernel:

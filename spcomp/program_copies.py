@@ -31,6 +31,7 @@ import dataclasses
 from .formats import Compressed, Dense, Format, PackedBlock, Singleton
 from .lower.fused_diagonal import (buildable, copy_read, diagonal_read, diagonal_storages, expand_read, placeable,
                                    walkable)
+from .lower.fuse import made_arrays
 from .lower.temporary_formats import with_formats
 from .notation import accesses
 
@@ -125,6 +126,18 @@ def expandable(low) -> bool:
     stand, fmt = low.inspection.notation.lhs.tensor.format, low.output.expand
     return (stand.blocks == fmt.blocks and stand.order == fmt.order and len(stand.levels) == len(fmt.levels)
             and walkable(stand.level_view()) and placeable(fmt.level_view()))
+
+
+def handed_arrays(low) -> set:
+    """``(level, array)`` of what a fused writer hands its run's readers: the arrays it
+    makes (``lower.fuse.made_arrays``), and, for one assembled in a stand-in
+    (:func:`expandable`), those of its declared levels, which the function lays out
+    for each reader (a bitmap's ``map`` too)."""
+    out = made_arrays(low)
+    fmt = low.output.expand
+    if fmt is not None:
+        out |= {(level, array) for level, lvl in enumerate(fmt.levels) for array in lvl.arrays} | {(-1, "vals")}
+    return out
 
 
 def in_function_copies(statements, run: list, lows: list, links: list) -> list:

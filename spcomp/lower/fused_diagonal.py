@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..formats import Compressed, Dense, PackedBlock, Singleton
+from ..formats.bitmap import Bitmap
 from ..ir import nodes as n
 from ..ir.types import I64, ptr
 from .diagonal import Diagonal
@@ -41,10 +42,10 @@ def walkable(src) -> bool:
 
 
 def placeable(fmt) -> bool:
-    """Whether :class:`_Levels` fills storage ``fmt``: unblocked, of dense, compressed
-    (unique or not) and singleton levels, the top one not a singleton."""
+    """Whether :class:`_Levels` fills storage ``fmt``: unblocked, of dense, bitmap,
+    compressed (unique or not) and singleton levels, the top one not a singleton."""
     return (fmt.blocks is None and bool(fmt.levels) and type(fmt.levels[0]) is not Singleton
-            and all(type(lvl) in (Dense, Compressed, Singleton) for lvl in fmt.levels))
+            and all(type(lvl) in (Dense, Bitmap, Compressed, Singleton) for lvl in fmt.levels))
 
 
 def buildable(diag: Diagonal, fmt) -> bool:
@@ -88,10 +89,13 @@ class DiagonalRead:
 
 
 def level_kind(lvl) -> str:
-    """How :class:`_Levels` fills a level: "dense", "compressed" (a position per new
-    coordinate under its parent), "repeated" (nonunique: a position per entry) or "singleton"."""
+    """How :class:`_Levels` fills a level: "dense", "bitmap" (placed as a dense one,
+    its byte set), "compressed" (a position per new coordinate under its parent),
+    "repeated" (nonunique: a position per entry) or "singleton"."""
     if type(lvl) is Singleton:
         return "singleton"
+    if type(lvl) is Bitmap:
+        return "bitmap"
     if type(lvl) is Compressed:
         return "compressed" if lvl.unique else "repeated"
     return "dense"
@@ -176,9 +180,11 @@ class _Levels:
             self.bounds.append(parents)
             cur = n.Var(names("diag_at"), I64)
             emit(n.Declare(cur, n.i64(0)))
-            if kind == "dense":
+            if kind in ("dense", "bitmap"):
                 self.state.append((kind, cur, None, None, None))
                 parents = n.Binary("*", parents, c.sizes[c.read.kept[level]])
+                if kind == "bitmap":  # a byte per position, 0 (zeroed) until an entry lands there
+                    alloc(c.target[(level, "map")], parents)
                 continue
             alloc(c.target[(level, "crd")], nnz)
             if kind == "singleton":  # one coordinate per parent position, at that position
@@ -196,8 +202,10 @@ class _Levels:
         c, body, parent = self.c, [], n.i64(0)
         for level, (kind, cur, last_parent, last, count) in enumerate(self.state):
             x = xs[level]
-            if kind == "dense":
+            if kind in ("dense", "bitmap"):
                 body.append(n.Assign(cur, n.Binary("+", n.Binary("*", parent, c.sizes[c.read.kept[level]]), x)))
+                if kind == "bitmap":
+                    body.append(n.Store(c.target[(level, "map")], cur, n.const(1, c.target[(level, "map")].type.elem)))
             elif kind == "singleton":
                 crd = c.target[(level, "crd")]
                 body += [n.Assign(cur, parent), n.Store(crd, cur, _cast(x, crd.type.elem))]
