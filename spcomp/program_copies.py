@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 
 from .formats import Compressed, Dense, Format, PackedBlock, Singleton
+from .formats.bitmap import Bitmap
 from .lower.fused_diagonal import (buildable, copy_read, diagonal_read, diagonal_storages, expand_read, placeable,
                                    walkable)
 from .lower.fuse import made_arrays
@@ -47,7 +48,7 @@ def copyable(fmt) -> bool:
     (``fused_diagonal.copy_read``)."""
     if fmt.blocks is not None or len(fmt.levels) < 2:
         return False
-    if any(type(lvl) is PackedBlock for lvl in fmt.levels):
+    if any(type(lvl) in (PackedBlock, Bitmap) for lvl in fmt.levels):
         return walkable(fmt)
     kinds = [type(lvl) for lvl in fmt.levels]
     if len(kinds) == 2 and kinds[0] is Dense:
@@ -170,7 +171,7 @@ def in_function_copies(statements, run: list, lows: list, links: list) -> list:
                 order = statements[run[writer]].lhs.tensor.format.order
                 acc = next(a for a in accesses(statements[k].rhs) if a.tensor.name == op)
                 wfmt = statements[run[writer]].lhs.tensor.format
-                if any(type(lvl) is PackedBlock for lvl in wfmt.levels):
+                if any(type(lvl) in (PackedBlock, Bitmap) for lvl in wfmt.levels):
                     mine[storage] = copy_read(writer, op, wfmt, [i.name for i in acc.indices],
                                               [i.name for i in statements[run[writer]].lhs.indices], fmt)
                     continue

@@ -35,10 +35,10 @@ from .fused_transpose import entry_count, sort_pass, walk_entries
 
 def walkable(src) -> bool:
     """Whether ``fused_transpose.walk_entries`` walks a tensor stored ``src``: unblocked,
-    every level dense, compressed, singleton or packed-block (ordered or not), the top
-    one not a singleton."""
+    every level dense, bitmap, compressed, singleton or packed-block (ordered or not),
+    the top one not a singleton."""
     return (src.blocks is None and bool(src.levels) and type(src.levels[0]) is not Singleton
-            and all(type(lvl) in (Dense, Compressed, Singleton, PackedBlock) for lvl in src.levels))
+            and all(type(lvl) in (Dense, Bitmap, Compressed, Singleton, PackedBlock) for lvl in src.levels))
 
 
 def placeable(fmt) -> bool:
