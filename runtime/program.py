@@ -194,7 +194,7 @@ class FusedRun:
         return extents.pop() if len(extents) == 1 else None
 
     def _run(self, env: dict, bits: int) -> None:
-        per_step, pending, work = [], {}, 0
+        per_step, pending, work, given_of = [], {}, 0, {}
         # row workspaces of either function (the same temporaries at every index width):
         # an array is allocated below for those the function run does not keep
         chunks = self.chunks(32)
@@ -217,8 +217,10 @@ class FusedRun:
                 pending[st.name] = Pending(shape, ctx.plan.out_format, 0)
                 array = None
             else:
-                array = _accumulator(st.name, given, shape, ctx.plan.out_dtype) if st.accumulate else \
-                    zeros_in_order(shape, ctx.plan.out_format.order, ctx.plan.out_dtype)
+                array = _accumulator(st.name, given, shape, ctx.plan.out_dtype, ctx.plan.out_format.order) \
+                    if st.accumulate else zeros_in_order(shape, ctx.plan.out_format.order, ctx.plan.out_dtype)
+                if st.accumulate:
+                    given_of[st.name] = given
                 env[st.name] = array
             per_step.append((storages, sizes, array, capacity))
             bits = max(bits, index_bits(storages, sizes, self.limit))
@@ -292,6 +294,9 @@ class FusedRun:
         for st, (_s, _z, array, _c) in zip(self.steps, per_step):
             if st.sparse:
                 sparse_result(next(it), st, bits, env)
+            elif array is not None and array is not given_of.get(st.name, array):
+                given_of[st.name][...] = array  # added into a copy laid out in its mode order: back
+                env[st.name] = given_of[st.name]
             elif array is not None:
                 env[st.name] = array.item() if array.ndim == 0 and st.returned and not st.accumulate else array
 
@@ -339,14 +344,22 @@ def _input_arg(ctx):
     return arg
 
 
-def _accumulator(name, given, shape, dtype) -> np.ndarray:
-    """The array a ``+=`` statement adds into: the caller's own when it is a
-    row-major array of the output's dtype and shape (updated in place)."""
+def _accumulator(name, given, shape, dtype, order=()) -> np.ndarray:
+    """The array a ``+=`` statement adds into: the caller's own when it is laid out
+    as the output's mode ``order`` stores it (row-major; column-major for ``dd:1,0``)
+    in the output's dtype and shape (updated in place); for one declared in another
+    mode order and passed otherwise, a copy in that order (added back by the caller)."""
     if not isinstance(given, np.ndarray):
         raise OperandError(f"output {name} (+=) must be a numpy.ndarray (or, for an order-0 output, "
                            f"a Python or NumPy scalar), not {type(given).__name__}")
     if given.shape != shape:
         raise OperandError(f"output {name} has shape {given.shape}, the program computes {shape}")
+    if order and tuple(order) != tuple(range(len(order))) and given.dtype == dtype and given.flags.writeable:
+        if np.transpose(given, order).flags.c_contiguous:
+            return given
+        copy = zeros_in_order(shape, order, dtype)
+        copy[...] = given
+        return copy
     if given.dtype != dtype or not given.flags.c_contiguous or not given.flags.writeable:
         raise OperandError(f"output {name} (+=) must be a writeable row-major {dtype} array to be "
                            f"updated in place; it is {given.dtype}")

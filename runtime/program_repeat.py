@@ -210,11 +210,15 @@ def replay_parts(run, built, per_step, outs: list, bits: int, env: dict, stand_i
     as the repeat calls it: ``(function, argument list, split generation, watched
     threshold, split units, the array whose pointer it holds)``, or None. None where
     a repeat could not be trusted: an operand converted per call, a dense ``+=``
-    with a sparse statement at 32 bits (a repeat stepping aside would add twice),
+    with a sparse statement at 32 bits (a repeat stepping aside would add twice) or
+    into a tensor declared in another mode order (the general path lays it out),
     or no launch."""
     steps = run.steps
     if bits == 32 and any(st.sparse for st in steps) and any(st.accumulate and not st.sparse for st in steps):
         return None  # (the general path runs such a run at 64 bits from the start: program.py)
+    if any(st.accumulate and not st.sparse and list(st.ctx.plan.out_format.order) != sorted(st.ctx.plan.out_format.order)
+           for st in steps):
+        return None  # a += into one declared in another mode order: its layout is checked per call
     written = {st.name for st in steps}
     accumulated = {st.name for st in steps if st.accumulate}
     checks, names_of = {}, {}

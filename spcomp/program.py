@@ -176,8 +176,8 @@ class ProgramKernel(SavedProgram):
         fmt = a.lhs.tensor.format
         if not (caps.pointers and caps.host_threads):
             return None
-        if fmt.is_dense and fmt.order != tuple(range(fmt.ndim)) and (fmt.blocks is not None or a.accumulate):
-            return None  # (written anew in another mode order it is allocated so: runtime zeros_in_order)
+        if fmt.is_dense and fmt.order != tuple(range(fmt.ndim)) and fmt.blocks is not None:
+            return None  # (one in another mode order is allocated, or a += one laid out, so: runtime/program.py)
         low = self._target.lower(a, self._statement_options(k, True))
         if fmt.is_dense:
             if (low.output.shape != "dense" or low.output.growable or low.output.bounded

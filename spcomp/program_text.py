@@ -72,7 +72,10 @@ def fused_run_lines(program, seg, run: list) -> list:
     for j, st in enumerate(seg.steps):
         declared = program.tensors[st.name].format
         if not st.sparse and declared.order != tuple(range(len(declared.levels))):
-            parts.append(f"# {st.name}: declared {declared.spec()}, written in that order into the array "
+            parts.append(f"# {st.name}: declared {declared.spec()}, added (+=) in that order into your array "
+                         "(into a copy laid out so and added back where yours is laid out otherwise)"
+                         if st.accumulate else
+                         f"# {st.name}: declared {declared.spec()}, written in that order into the array "
                          "handed back (an output)" if st.returned else
                          f"# {st.name}: declared {declared.spec()}, written and read row-major inside the "
                          "function (a temporary: no copy between its statements)")
