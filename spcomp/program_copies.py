@@ -32,6 +32,7 @@ from .formats import Compressed, Dense, Format, PackedBlock, Singleton
 from .formats.bitmap import Bitmap
 from .lower.fused_diagonal import (buildable, copy_read, diagonal_read, diagonal_storages, expand_read, placeable,
                                    walkable)
+from .lower.blocked import output_in_blocks
 from .lower.fuse import made_arrays
 from .lower.temporary_formats import with_formats
 from .notation import accesses
@@ -99,9 +100,11 @@ def apart_reason(statement: int, low, written: dict, formats: dict, assignment=N
         if fmt is not None and fmt.blocks is not None:
             return (f"its output is not one a fused function writes (blocked, {fmt}: its kernel assembles it "
                     "in a stand-in the fused function does not lay out so, converted by the runtime afterwards)")
-        if fmt is not None and fmt.is_dense and fmt.order != tuple(range(fmt.ndim)):
-            return (f"its output is not one a fused function writes (a dense tensor declared {fmt} that "
-                    "it adds into, +=: only one it writes anew is written in that order)")
+        blocks = output_in_blocks(assignment.lhs, assignment.rhs) if assignment is not None else None
+        if blocks is not None:
+            return (f"its output ({fmt}) has an index a blocked operand cuts: its kernel assembles it in that "
+                    f"operand's blocks ({blocks}), converted by the runtime afterwards, which the fused "
+                    "function does not do")
         return "its output is not one a fused function writes (a dense array, or a sparse tensor " \
                "assembled in one pass)"
     for _storage, diagonal, fmt in diagonal_storages(low):
