@@ -35,8 +35,8 @@ import dataclasses
 
 import numpy as np
 
-from spcomp.errors import KernelRuntimeError, OperandError, ShapeError
-from spcomp.ir.nodes import STATUS_INDEX_OVERFLOW
+from spcomp.errors import KernelRuntimeError, OperandError, PackedOverflowError, ShapeError
+from spcomp.ir.nodes import STATUS_INDEX_OVERFLOW, STATUS_PACKED_OVERFLOW
 
 from . import interrupt, partials, threads as _threads
 from .launch import WiderIndices, call_work, first_capacity, parallel_extent, raise_status
@@ -176,6 +176,13 @@ class FusedRun:
         # a packed-block overflow names the output whose block outgrew its slots
         packed = [out for out in outs if any(l.fixed_slots for l in out.fmt.levels)
                   and out.largest_count() > out.packed_k()]
+        laid = [st for st in self.steps if st.low.output.expand is not None
+                and any(l.fixed_slots for l in st.low.output.expand.levels)]
+        if status == STATUS_PACKED_OVERFLOW and not packed and laid:  # laid out in the function (blocked ELL)
+            raise PackedOverflowError(
+                f"{' or '.join(st.name for st in laid)} ({', '.join(str(st.low.output.expand) for st in laid)}): "
+                "a block got more nonzeros than its packed-block level's K slots as the fused function laid it "
+                "out; compile with a larger K")
         raise_status(status, packed[0] if packed else None, packed[0].name if packed else self.steps[-1].name,
                      self.expression)
 

@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import spcomp
-from spcomp.errors import DTypeError, OperandError, ShapeError, UnsupportedError
+from spcomp.errors import DTypeError, OperandError, PackedOverflowError, ShapeError, UnsupportedError
 from spcomp.testing.programs import close, program_operands, programs, reference_program
 
 from conftest import examples, spcomp_threads
@@ -177,10 +177,33 @@ def test_a_compressed_first_vector_temporary_joins_on_one_thread():
     assert k.last_launches == 1 and np.allclose(got, (A @ x) * c)
 
 
+@pytest.mark.parametrize("t_format", ["bell(2,2,4)", "bell(4,2,4)", "bell(2,4,8)"])
+@pytest.mark.parametrize("read", ["y[i] = T[i,k]*c[k]", "Z[i,k] = T[i,k]*3", "y[k] = T[i,k]*c[i]"])
+def test_a_blocked_ell_temporary_is_laid_out_in_its_slots_inside_the_function(t_format, read):
+    ops = _ops(10, n=8, m=8)
+    P = (ops["A"] @ ops["B"]).toarray()
+    out = read.split("[")[0]
+    want = {"y[i] = T[i,k]*c[k]": P @ ops["c"], "Z[i,k] = T[i,k]*3": 3 * P,
+            "y[k] = T[i,k]*c[i]": ops["c"] @ P}[read]
+    formats = {"A": "csr", "B": "csr", "T": t_format, **({"Z": t_format} if out == "Z" else {})}
+    k, got = _check(f"T[i,k] = A[i,j]*B[j,k]; {read}", formats, ops, want, out)
+    assert f"laid out as {t_format}" in k.loops, k.loops
+    if out == "Z":
+        assert str(got.format) == t_format
+        got.validate("Z")
+
+
+def test_a_blocked_ell_block_past_its_slots_raises_packed_overflow():
+    ops = _ops(11, n=8, m=8, density=0.6)
+    k = _compile("T[i,k] = A[i,j]*B[j,k]; y[i] = T[i,k]*c[k]", {"A": "csr", "B": "csr", "T": "bell(2,2,1)"})
+    assert k.launches == 1, k.loops
+    for _ in range(2):
+        with pytest.raises(PackedOverflowError, match=r"T \(bell\(2,2,1\)\).*larger K"):
+            k(A=ops["A"], B=ops["B"], c=ops["c"])
+
+
 def test_what_still_keeps_a_kernel_of_its_own_says_why():
     ops = _ops(10, n=8, m=8)
-    k = _compile("T[i,k] = A[i,j]*B[j,k]; y[i] = T[i,k]*c[k]", {"A": "csr", "B": "csr", "T": "bell(2,2,4)"})
-    assert k.launches == 2 and "blocked, bell(2,2,4)" in k.loops, k.loops
     k = _compile("T[i,k] = A[i,j]*B[j,k]; Z[k,i] = T[i,k]*3", {"A": "csr", "B": "csr", "T": "bsr(2,2)", "Z": "csr"})
     assert k.launches == 2 and "has an index a blocked operand cuts" in k.loops, k.loops
 

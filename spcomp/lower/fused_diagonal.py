@@ -43,9 +43,10 @@ def walkable(src) -> bool:
 
 def placeable(fmt) -> bool:
     """Whether :class:`_Levels` fills storage ``fmt``: unblocked, of dense, bitmap,
-    compressed (unique or not) and singleton levels, the top one not a singleton."""
+    compressed (unique or not), singleton and packed-block levels (a block past its
+    K slots returns ``STATUS_PACKED_OVERFLOW``), the top one not a singleton."""
     return (fmt.blocks is None and bool(fmt.levels) and type(fmt.levels[0]) is not Singleton
-            and all(type(lvl) in (Dense, Bitmap, Compressed, Singleton) for lvl in fmt.levels))
+            and all(type(lvl) in (Dense, Bitmap, Compressed, Singleton, PackedBlock) for lvl in fmt.levels))
 
 
 def buildable(diag: Diagonal, fmt) -> bool:
@@ -74,8 +75,9 @@ class DiagonalRead:
     writer level whose coordinate it must equal (``first``: itself where it comes
     first), per level of the storage the writer level whose coordinate it holds
     (``kept``) and its kind (``kinds``: :func:`level_kind`), whether one walk of the
-    writer's entries meets them in the storage's order (``in_order``), and per writer
-    level its PackedBlock where it is one (``packed``, else None). A transposed copy
+    writer's entries meets them in the storage's order (``in_order``), per writer
+    level its PackedBlock where it is one (``packed``, else None), and per level of
+    the storage the same (``placed``: a blocked ELL laid out by :func:`expand_read`). A transposed copy
     is one with no repeated index (:func:`copy_read`), a stand-in laid out in its
     declared levels one level for level (:func:`expand_read`)."""
     writer: int
@@ -86,16 +88,20 @@ class DiagonalRead:
     kinds: tuple
     in_order: bool
     packed: tuple = ()
+    placed: tuple = ()  # per storage level its PackedBlock where it fills one (expand_read), else None
 
 
 def level_kind(lvl) -> str:
     """How :class:`_Levels` fills a level: "dense", "bitmap" (placed as a dense one,
-    its byte set), "compressed" (a position per new coordinate under its parent),
+    its byte set), "packed" (a slot of its block per new coordinate under its parent),
+    "compressed" (a position per new coordinate under its parent),
     "repeated" (nonunique: a position per entry) or "singleton"."""
     if type(lvl) is Singleton:
         return "singleton"
     if type(lvl) is Bitmap:
         return "bitmap"
+    if type(lvl) is PackedBlock:
+        return "packed"
     if type(lvl) is Compressed:
         return "compressed" if lvl.unique else "repeated"
     return "dense"
@@ -130,7 +136,7 @@ def expand_read(writer: int, tensor: str, stand_in, indices: list, written: list
     levels = tuple((name(written, d, part), name(indices, d, part)) for d, part in fmt.level_map())
     ident = tuple(range(len(levels)))
     return DiagonalRead(writer, tensor, levels, ident, ident, tuple(level_kind(lvl) for lvl in fmt.levels),
-                        all(lvl.ordered for lvl in stand_in.levels), _packed_levels(stand_in))
+                        all(lvl.ordered for lvl in stand_in.levels), _packed_levels(stand_in), _packed_levels(fmt))
 
 
 def diagonal_read(writer: int, diag: Diagonal, indices: list, written: list, fmt) -> DiagonalRead:
@@ -174,7 +180,7 @@ class _Levels:
     value) into them, entries coming in the storage's order."""
 
     def __init__(self, c: DiagonalCopy, nnz, alloc, emit, names):
-        self.c, self.state, self.bounds = c, [], []
+        self.c, self.state, self.bounds, self.packed = c, [], [], {}
         parents = n.i64(1)  # the positions of the level above (a bound for a compressed one)
         for level, kind in enumerate(c.read.kinds):
             self.bounds.append(parents)
@@ -185,6 +191,17 @@ class _Levels:
                 parents = n.Binary("*", parents, c.sizes[c.read.kept[level]])
                 if kind == "bitmap":  # a byte per position, 0 (zeroed) until an entry lands there
                     alloc(c.target[(level, "map")], parents)
+                continue
+            if kind == "packed":  # K slots per (parent, block), count[tile] of them used
+                packed = self.packed[level] = c.read.placed[level]
+                tiles = n.Binary("*", parents, packed.num_blocks_expr(c.sizes[c.read.kept[level]]))
+                alloc(c.target[(level, "count")], tiles)
+                alloc(c.target[(level, "crd")], n.Binary("*", tiles, n.i64(packed.K)))
+                last_parent, last = n.Var(names("diag_parent"), I64), n.Var(names("diag_last"), I64)
+                for v in (last_parent, last):
+                    emit(n.Declare(v, n.i64(-1)))
+                self.state.append((kind, cur, last_parent, last, None))
+                parents = n.Binary("*", tiles, n.i64(packed.K))
                 continue
             alloc(c.target[(level, "crd")], nnz)
             if kind == "singleton":  # one coordinate per parent position, at that position
@@ -206,6 +223,8 @@ class _Levels:
                 body.append(n.Assign(cur, n.Binary("+", n.Binary("*", parent, c.sizes[c.read.kept[level]]), x)))
                 if kind == "bitmap":
                     body.append(n.Store(c.target[(level, "map")], cur, n.const(1, c.target[(level, "map")].type.elem)))
+            elif kind == "packed":
+                body.append(self._slot(level, parent, x))
             elif kind == "singleton":
                 crd = c.target[(level, "crd")]
                 body += [n.Assign(cur, parent), n.Store(crd, cur, _cast(x, crd.type.elem))]
@@ -225,11 +244,29 @@ class _Levels:
         vals = c.target[(-1, "vals")]
         return body + [n.Store(vals, parent, n.Binary("+", n.Load(vals, parent), value))]
 
+    def _slot(self, level: int, parent, x):
+        """At packed level ``level``: a new (parent, coordinate) takes the next slot of
+        its block (``count[tile]``, the in-block coordinate stored), or the function
+        returns ``STATUS_PACKED_OVERFLOW`` when the block's K are taken."""
+        _kind, cur, last_parent, last, _ = self.state[level]
+        packed, size = self.packed[level], self.c.sizes[self.c.read.kept[level]]
+        count, crd = self.c.target[(level, "count")], self.c.target[(level, "crd")]
+        bs = packed.block_size_expr(size)
+        block = n.Binary("/", x, bs)
+        tile = n.Binary("+", n.Binary("*", parent, packed.num_blocks_expr(size)), block)
+        used = _i64(n.Load(count, tile))
+        return n.If(n.Binary("||", n.Binary("!=", parent, last_parent), n.Binary("!=", x, last)), n.Block((
+            n.If(n.Binary(">=", used, n.i64(packed.K)), n.Block((n.Return(n.STATUS_PACKED_OVERFLOW),))),
+            n.Assign(cur, n.Binary("+", n.Binary("*", tile, n.i64(packed.K)), used)),
+            n.Store(crd, cur, _cast(n.Binary("-", x, n.Binary("*", block, bs)), crd.type.elem)),
+            n.Store(count, tile, n.Binary("+", n.Load(count, tile), n.const(1, count.type.elem))),
+            n.Assign(last_parent, parent), n.Assign(last, x))))
+
     def sums(self, names) -> list:
         """Each compressed level's counts per parent, prefix-summed into its ``pos``."""
         out = []
-        for level, (_kind, _cur, _lp, last, _count) in enumerate(self.state):
-            if last is None:
+        for level, (kind, _cur, _lp, last, _count) in enumerate(self.state):
+            if last is None or kind == "packed":
                 continue
             pos, q = self.c.target[(level, "pos")], n.Var(names("diag_q"), I64)
             above = self.state[level - 1][4] if level and self.state[level - 1][4] is not None else self.bounds[level]
@@ -294,6 +331,10 @@ def diagonal_block(c: DiagonalCopy, names) -> list:
         *levels.place([n.Load(key, at) for key in coords], n.Load(values, at))))))
     out += [n.Free(v) for v in temps]
     return out + levels.sums(names)
+
+
+def _i64(e):
+    return e if e.type == I64 else n.Cast(e, I64)
 
 
 def _cast(x, t):
