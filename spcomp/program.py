@@ -14,8 +14,8 @@ there: ``lower/fused_diagonal.py``), a dense temporary declared column-major see
 row-major, a returned one written in its declared order into the array handed
 back, a sparse statement after a dense ``+=`` too (such a run runs 64-bit at
 once: ``runtime/program.py``). A statement that cannot join (a reader of a
-copy or a diagonal of a bitmap or blocked temporary; an output no fused function
-writes: blocked ELL, a dense ``+=`` one in another mode order) runs as a kernel of its
+copy of a blocked temporary; an output no fused function writes: one assembled in
+another operand's blocks) runs as a kernel of its
 own, its result handed to the next one by the runtime (``k.loops`` says which is
 which, and why; ``k.launches`` counts them). On a
 backend without raw pointers (the CUDA backends) ``program_gpu.py`` plans instead:

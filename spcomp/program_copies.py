@@ -18,9 +18,11 @@ matter. A diagonal of a temporary is gathered inside the function too
 (``lower/fused_diagonal.py``, :func:`in_function_copies`), and so is a copy of a
 temporary with a packed-block level (its used slots walked, sorted and placed:
 ``fused_diagonal.copy_read``); a temporary its writer assembles in a stand-in (a
-blocked one, or one with a dense level below a sparse one) is laid out in its
-declared levels for each reader there (:func:`expandable`). Anything else (a bitmap
-or blocked temporary read through a copy) keeps a kernel of its own,
+blocked one, blocked ELL too, or one with a dense or bitmap level below a sparse one,
+or a bitmap above one) is laid out in its declared levels for each reader there
+(:func:`expandable`, :func:`handed_arrays`), and a bitmap one read through a copy
+has its set bytes walked. Anything else (a blocked temporary read through a copy,
+an output assembled in another operand's blocks) keeps a kernel of its own,
 :func:`apart_reason` saying why. A dense temporary declared in another
 mode order is seen row-major by every fused lowering (:func:`row_major_temporaries`).
 """
@@ -40,12 +42,12 @@ from .notation import accesses
 
 def copyable(fmt) -> bool:
     """Whether a sparse temporary stored in ``fmt`` can be copied in another mode order
-    inside the fused function: dense, compressed, singleton or packed-block levels,
-    unblocked, the top one not a singleton. A 2-d one whose rows are walked in order
+    inside the fused function: dense, bitmap, compressed, singleton or packed-block
+    levels, unblocked, the top one not a singleton. A 2-d one whose rows are walked in order
     (``dc``, or a compressed top level ordered) is copied as ``dc`` (each column's rows
     come out ascending); any other as a sorted coordinate list (``sorted_copy_block``:
     sorted by every level where the writer has an unordered one). One with a
-    packed-block level has its used slots gathered and sorted into either
+    packed-block or bitmap level has its used slots (set bytes) gathered and sorted into either
     (``fused_diagonal.copy_read``)."""
     if fmt.blocks is not None or len(fmt.levels) < 2:
         return False
@@ -112,12 +114,13 @@ def apart_reason(statement: int, low, written: dict, formats: dict, assignment=N
         if d.operand in written and not buildable(d, fmt):
             return (f"it reads {d.operand} ({formats[d.operand].spec()}) through a diagonal copy stored "
                     f"{fmt.spec()!r}, which the fused function makes only of an unblocked temporary of dense, "
-                    "compressed, singleton or packed-block levels, into dense, compressed or singleton levels")
+                    "bitmap, compressed, singleton or packed-block levels, into dense, bitmap, compressed, "
+                    "singleton or packed-block levels")
     for op, fmt in low.operands.transposes.values():
         if op in written:
             return (f"it reads {op} ({formats[op].spec()}) through a copy stored {fmt.spec()!r}, which the fused "
-                    "function makes only of an unblocked temporary of dense, compressed, singleton or "
-                    "packed-block levels")
+                    "function makes only of an unblocked temporary of dense, bitmap, compressed, singleton "
+                    "or packed-block levels")
     return "it reads arrays the run's statements do not hand over"
 
 

@@ -20,6 +20,9 @@ storage order does not meet the diagonal's entries in its order (or with an
 unordered level), gets the kept
 entries gathered into a coordinate list first, stably counting-sorted by each of
 the asked levels, last to first, and then dropped into those levels the same way.
+The same placing lays out a stand-in in its declared levels (:func:`expand_read`):
+a bitmap level as a dense one with its byte set, a packed-block level (blocked ELL)
+by the next slot of the entry's block, ``STATUS_PACKED_OVERFLOW`` when its K are taken.
 """
 from __future__ import annotations
 
