@@ -106,7 +106,7 @@ def apart_reason(statement: int, low, written: dict, formats: dict, assignment=N
         if blocks is not None:
             return (f"its output ({fmt}) has an index a blocked operand cuts: its kernel assembles it in that "
                     f"operand's blocks ({blocks}), converted by the runtime afterwards, which the fused "
-                    "function does not do")
+                    "function does not do for a later statement to read")
         return "its output is not one a fused function writes (a dense array, or a sparse tensor " \
                "assembled in one pass)"
     for _storage, diagonal, fmt in diagonal_storages(low):
@@ -124,13 +124,18 @@ def apart_reason(statement: int, low, written: dict, formats: dict, assignment=N
     return "it reads arrays the run's statements do not hand over"
 
 
-def expandable(low) -> bool:
+def expandable(low, read: bool = True) -> bool:
     """Whether a fused function can lay out the sparse output ``low`` assembles in a
     stand-in (``low.output.expand``: dense levels below sparse ones, blocks included,
     stored compressed; after a kernel of its own the runtime expands it) in its
     declared format for the run's readers (``fused_diagonal.expand_read``): the same
-    levels, mode order and blocks, the stand-in's walkable, the declared ones placeable."""
+    levels, mode order and blocks, the stand-in's walkable, the declared ones placeable.
+    One assembled in another operand's blocks (a csr ``Z`` over indices a bsr operand
+    cuts) joins only where no later statement reads it (``read`` False): the runtime
+    converts it once handed back, as after a kernel of its own."""
     stand, fmt = low.inspection.notation.lhs.tensor.format, low.output.expand
+    if not read and stand.blocks != fmt.blocks:
+        return True
     return (stand.blocks == fmt.blocks and stand.order == fmt.order and len(stand.levels) == len(fmt.levels)
             and walkable(stand.level_view()) and placeable(fmt.level_view()))
 
@@ -142,7 +147,7 @@ def handed_arrays(low) -> set:
     for each reader (a bitmap's ``map`` too)."""
     out = made_arrays(low)
     fmt = low.output.expand
-    if fmt is not None:
+    if fmt is not None and expandable(low):
         out |= {(level, array) for level, lvl in enumerate(fmt.levels) for array in lvl.arrays} | {(-1, "vals")}
     return out
 

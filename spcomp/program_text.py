@@ -47,7 +47,11 @@ def fused_run_lines(program, seg, run: list) -> list:
                          + ("" if stand_in in (None, fmt) else
                             f" (as {stand_in} in the function over chunks of rows"
                             + (")" if st.internal else f", converted to {fmt} after them)")))
-            if st.low.output.expand is not None:
+            if st.low.output.expand is not None and st.low.inspection.notation.lhs.tensor.format.blocks != fmt.blocks:
+                parts.append(f"# {st.name}: assembled in an operand's blocks as "
+                             f"{st.low.inspection.notation.lhs.tensor.format.spec()}, converted to {fmt} by the "
+                             "runtime, handed back (no statement reads it)")
+            elif st.low.output.expand is not None:
                 parts.append(f"# {st.name}: assembled as {st.low.inspection.notation.lhs.tensor.format.spec()}, laid "
                              f"out as {fmt} inside the function for each reader"
                              + ("" if st.internal else " (and by the runtime, handed back)"))

@@ -202,10 +202,24 @@ def test_a_blocked_ell_block_past_its_slots_raises_packed_overflow():
             k(A=ops["A"], B=ops["B"], c=ops["c"])
 
 
+@pytest.mark.parametrize("z_format", ["csr", "dcsr", "coo", "bc"])
+def test_an_output_assembled_in_a_blocked_operands_blocks_joins_where_nothing_reads_it(z_format):
+    ops = _ops(10, n=8, m=8)
+    text = "T[i,k] = A[i,j]*B[j,k]; Z[k,i] = T[i,k]*3"
+    k, got = _check(text, {"A": "csr", "B": "csr", "T": "bsr(2,2)", "Z": z_format}, ops,
+                    3 * (ops["A"] @ ops["B"]).toarray().T, "Z")
+    assert f"converted to {spcomp.Format.parse(z_format, 2)} by the runtime, handed back (no statement reads it)" in k.loops, k.loops
+    assert str(got.format) == str(spcomp.Format.parse(z_format, 2))
+    got.validate("Z")
+
+
 def test_what_still_keeps_a_kernel_of_its_own_says_why():
     ops = _ops(10, n=8, m=8)
-    k = _compile("T[i,k] = A[i,j]*B[j,k]; Z[k,i] = T[i,k]*3", {"A": "csr", "B": "csr", "T": "bsr(2,2)", "Z": "csr"})
-    assert k.launches == 2 and "has an index a blocked operand cuts" in k.loops, k.loops
+    k = _compile("T[i,k] = A[i,j]*B[j,k]; Z[k,i] = T[i,k]*3; y[k] = Z[k,i]*c[i]",
+                 {"A": "csr", "B": "csr", "T": "bsr(2,2)", "Z": "csr"})
+    assert k.launches == 3 and "has an index a blocked operand cuts" in k.loops, k.loops
+    got = k(A=ops["A"], B=ops["B"], c=ops["c"])
+    assert np.allclose(got, 3 * (ops["A"] @ ops["B"]).toarray().T @ ops["c"])
 
 
 _FORMATS = st.sampled_from(["bc", "cb", "bb", "db", "bc:1,0", "csr", "dcsr", "coo", "dense", "ell(K=8)", "cd"])
