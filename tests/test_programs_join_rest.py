@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 import spcomp
 from spcomp.errors import DTypeError, OperandError, PackedOverflowError, ShapeError, UnsupportedError
+from spcomp.lower import record
 from spcomp.testing.programs import close, program_operands, programs, reference_program
 
 from conftest import examples, spcomp_threads
@@ -251,3 +252,25 @@ def test_random_programs_with_bitmap_temporaries_are_one_launch(data):
     got = got if len(case.outputs) > 1 else {case.outputs[0]: got}
     for name in case.outputs:
         assert close(got[name], want[name]), (str(case), formats, name)
+
+
+@pytest.mark.parametrize("t_format", ["bc", "db", "bell(2,2,8)"])
+def test_past_32_bits_and_saved(monkeypatch, t_format):
+    """T passes the (lowered) 32-bit limit: the run reruns 64-bit, the layout, the copy
+    and the diagonal made again there; a saved and loaded program does the same."""
+    monkeypatch.setattr(record, "INDEX32_LIMIT", 30)
+    text = "T[i,k] = A[i,j]*B[j,k]; Z[k,i] = T[i,k] * 3; v[i] = T[i,k] * c[k]" if t_format.startswith("bell") \
+        else "T[i,k] = A[i,j]*B[j,k]; Z[k,i] = T[i,k] * 3; v[k] = T[k,k] * 2"
+    k = _compile(text, {"A": "csr", "B": "csr", "T": t_format, "Z": "dense" if t_format.startswith("bell") else "csr"},
+                 outputs=["Z", "v"])
+    loaded = spcomp.loads(k.to_bytes())
+    assert k.launches == 1 and loaded.launches == 1 and loaded.loops == k.loops, k.loops
+    ops = _ops(6, n=12, m=12, density=0.4)
+    P = (ops["A"] @ ops["B"]).toarray()
+    assert np.count_nonzero(P) > 30
+    for kernel in (k, loaded):
+        with spcomp_threads(1):
+            got = kernel(**{n: ops[n] for n in kernel.inputs})
+        assert np.allclose(_dense(got["Z"]), 3 * P.T)
+        assert np.allclose(got["v"], P @ ops["c"] if t_format.startswith("bell") else 2 * np.diag(P))
+        assert 64 in kernel.segments[0][1].variants
