@@ -1,6 +1,7 @@
-"""The rest of issue 24 on one thread: bitmap temporaries and outputs, copies and
-diagonals of bitmap temporaries, and a ``+=`` into a column-major dense output join
-the one-thread fused function.
+"""The rest of issue 24 on one thread: bitmap and blocked ELL temporaries and
+outputs, copies and diagonals of bitmap temporaries, an output assembled in a
+blocked operand's blocks that nothing reads after, and a ``+=`` into a column-major
+dense output join the one-thread fused function.
 
 A writer of a bitmap tensor (``bc``, ``cb``: a ``b`` level over a sparse one) assembles
 it compressed (``lower.outputs.assembled_format``); the fused function lays it out in
@@ -8,8 +9,9 @@ its bitmap levels for each reader (``fused_diagonal._Levels``: a byte set per en
 and the runtime expands a returned one as after a kernel of its own. One whose levels
 all insert (``db``, ``bb``) is written in place. Read against its order or on a
 diagonal it is walked (set bytes only: ``fused_transpose.walk_entries``), gathered,
-sorted and placed. A ``+=`` into a ``dd:1,0`` output adds into the caller's array in
-place where it is column-major, else into a column-major copy added back.
+sorted and placed. A blocked ELL (``bell``) is laid out in its slots the same way (a
+block past K: PackedOverflowError). A ``+=`` into a ``dd:1,0`` output adds into the
+caller's array in place where it is column-major, else into a column-major copy added back.
 Every result is checked against numpy.einsum, bitwise against the statements
 compiled and run one by one, and for one launch on a one-thread call.
 """
@@ -230,7 +232,8 @@ _FORMATS = st.sampled_from(["bc", "cb", "bb", "db", "bc:1,0", "csr", "dcsr", "co
 @given(st.data())
 def test_random_programs_with_bitmap_temporaries_are_one_launch(data):
     """Random programs whose written tensors of order 2 take bitmap, packed, blocked-like
-    and other formats: numpy.einsum's results, in one launch on a one-thread call."""
+    and other formats (a 2-d ``+=`` output sometimes ``dd:1,0``): numpy.einsum's
+    results, in one launch on a one-thread call."""
     case = data.draw(programs(max_statements=4, accumulate=True, transposed_reads=True, input_kinds="dcq"))
     formats = dict(case.formats)
     for statement in case.text.replace("; ", "\n").split("\n"):
@@ -238,6 +241,8 @@ def test_random_programs_with_bitmap_temporaries_are_one_launch(data):
         name = lhs.split("[")[0]
         if name in formats and name not in case.accumulated and lhs.count(",") == 1:
             formats[name] = data.draw(_FORMATS, label=f"{name} format")
+        elif name in case.accumulated and lhs.count(",") == 1 and data.draw(st.booleans(), label=f"{name} dd:1,0"):
+            formats[name] = "dd:1,0"   # a += into a column-major output (your array row-major: a copy added back)
     ops = data.draw(program_operands(case))
     try:
         k = _compile(case.text, formats, outputs=list(case.outputs))
