@@ -53,6 +53,10 @@ def _check(text, formats, ops, want, out, outputs=None):
     by_one = _one_by_one([s.strip() for s in text.split(";")], formats, ops)
     assert np.allclose(_dense(got), want), k.loops
     assert np.array_equal(_dense(got), _dense(by_one[out])), k.loops
+    with spcomp_threads(2, min_work=0):   # (a call big enough for threads: in phases or statement by statement)
+        two = k(**{n: ops[n] for n in k.inputs})
+    two = two[out] if isinstance(two, dict) else two
+    assert np.array_equal(_dense(two), _dense(got)), k.loops
     return k, got
 
 
@@ -146,11 +150,11 @@ def test_a_column_major_accumulated_output_joins(layout):
     assert "Y: declared dd:1,0, added (+=) in that order into your array" in k.loops
     Y0 = rng.standard_normal((6, 4))
     t = _compile("t[i] = A[i,j]*x[j]", {"A": "csr"})(A=A, x=x)
-    for _ in range(3):  # (a repeat of the call too: such a run takes the general path each time)
+    for threads in (1, 1, 1, 2):  # (a repeat of the call too: such a run takes the general path each time)
         Y = np.array(Y0, order=layout)
-        with spcomp_threads(1):
+        with spcomp_threads(threads, min_work=0 if threads > 1 else None):
             out = k(A=A, x=x, c=c, Y=Y)
-        assert k.last_launches == 1
+        assert k.last_launches == 1 or threads > 1
         assert out["Y"] is Y and Y.flags.f_contiguous == (layout == "F")
         apart = _compile("Y[i,k] += t[i]*c[k]", {"Y": "dd:1,0"})(t=t, c=c, Y=np.array(Y0, order=layout))
         assert np.allclose(Y, Y0 + np.einsum("ij,j,k->ik", A.toarray(), x, c))
