@@ -15,7 +15,7 @@ row-major, a returned one written in its declared order into the array handed
 back, a sparse statement after a dense ``+=`` too (such a run runs 64-bit at
 once: ``runtime/program.py``). A statement that cannot join (a reader of a
 copy of a blocked temporary; an output no fused function writes: one assembled in
-another operand's blocks that a later statement reads) runs as a kernel of its
+another operand's blocks that a later statement reads on a diagonal) runs as a kernel of its
 own, its result handed to the next one by the runtime (``k.loops`` says which is
 which, and why; ``k.launches`` counts them). On a
 backend without raw pointers (the CUDA backends) ``program_gpu.py`` plans instead:
@@ -185,14 +185,15 @@ class ProgramKernel(SavedProgram):
                     or any(b.role not in ("size", "input", "output") for b in low.code.bindings)):
                 return None
         elif (low.output.shape == "dense" or low.output.bounded or low.output.assembly is not None
-              or low.append_chunks or (low.output.expand is not None and not expandable(low, self._read_after(k)))
+              or low.append_chunks or (low.output.expand is not None and not expandable(low, self._later(k)))
               or any(b.role not in _SPARSE_ROLES for b in low.code.bindings)):
             return None
         return low
 
-    def _read_after(self, k: int) -> bool:
+    def _later(self, k: int) -> str:
         name = self.program.statements[k].lhs.tensor.name
-        return any(acc.tensor.name == name for a in self.program.statements[k + 1:] for acc in _accesses(a))
+        reads = [acc for a in self.program.statements[k + 1:] for acc in _accesses(a) if acc.tensor.name == name]
+        return "diagonal" if any(len(set(a.indices)) < len(a.indices) for a in reads) else "plain" if reads else "none"
 
     def _parallel_lowering(self, k: int):
         """Statement ``k`` lowered as a kernel of its own (threads allowed), once."""

@@ -33,7 +33,7 @@ import dataclasses
 from .formats import Compressed, Dense, Format, PackedBlock, Singleton
 from .formats.bitmap import Bitmap
 from .lower.fused_diagonal import (buildable, copy_read, diagonal_read, diagonal_storages, expand_read, placeable,
-                                   walkable)
+                                   unblock_read, walkable)
 from .lower.blocked import output_in_blocks
 from .lower.fuse import made_arrays
 from .lower.temporary_formats import with_formats
@@ -105,8 +105,9 @@ def apart_reason(statement: int, low, written: dict, formats: dict, assignment=N
         blocks = output_in_blocks(assignment.lhs, assignment.rhs) if assignment is not None else None
         if blocks is not None:
             return (f"its output ({fmt}) has an index a blocked operand cuts: its kernel assembles it in that "
-                    f"operand's blocks ({blocks}), converted by the runtime afterwards, which the fused "
-                    "function does not do for a later statement to read")
+                    f"operand's blocks ({blocks}), converted by the runtime afterwards; the fused "
+                    "function lays it out for a later statement only to read plainly or through a copy, "
+                    "not on a diagonal")
         return "its output is not one a fused function writes (a dense array, or a sparse tensor " \
                "assembled in one pass)"
     for _storage, diagonal, fmt in diagonal_storages(low):
@@ -124,18 +125,21 @@ def apart_reason(statement: int, low, written: dict, formats: dict, assignment=N
     return "it reads arrays the run's statements do not hand over"
 
 
-def expandable(low, read: bool = True) -> bool:
+def expandable(low, later: str = "plain") -> bool:
     """Whether a fused function can lay out the sparse output ``low`` assembles in a
     stand-in (``low.output.expand``: dense levels below sparse ones, blocks included,
     stored compressed; after a kernel of its own the runtime expands it) in its
     declared format for the run's readers (``fused_diagonal.expand_read``): the same
     levels, mode order and blocks, the stand-in's walkable, the declared ones placeable.
     One assembled in another operand's blocks (a csr ``Z`` over indices a bsr operand
-    cuts) joins only where no later statement reads it (``read`` False): the runtime
-    converts it once handed back, as after a kernel of its own."""
+    cuts) is unblocked for each reader (``fused_diagonal.unblock_read``: gathered,
+    sorted, placed; ``later``: how later statements read it, "none", "plain" or
+    "diagonal", which refuses), the runtime converting it handed back as after a
+    kernel of its own."""
     stand, fmt = low.inspection.notation.lhs.tensor.format, low.output.expand
-    if not read and stand.blocks != fmt.blocks:
-        return True
+    if stand.blocks != fmt.blocks:  # in an operand's blocks: unblocked for each reader
+        return later == "none" or (later == "plain" and stand.blocks is not None and fmt.blocks is None
+                                   and walkable(stand.level_view()) and placeable(fmt))
     return (stand.blocks == fmt.blocks and stand.order == fmt.order and len(stand.levels) == len(fmt.levels)
             and walkable(stand.level_view()) and placeable(fmt.level_view()))
 
@@ -164,7 +168,13 @@ def in_function_copies(statements, run: list, lows: list, links: list) -> list:
         mine = {}
         for storage in {b.storage for b in lows[j].code.bindings if b.role == "input"} & set(links[j]):
             writer = lows[links[j][storage]]
-            if writer.output.expand is not None:
+            stand = writer.inspection.notation.lhs.tensor.format
+            if writer.output.expand is not None and stand.blocks != writer.output.expand.blocks:
+                acc = next(a for a in accesses(statements[k].rhs) if a.tensor.name == storage)
+                mine[storage] = unblock_read(links[j][storage], storage, stand, [i.name for i in acc.indices],
+                                             [i.name for i in statements[run[links[j][storage]]].lhs.indices],
+                                             writer.output.expand)
+            elif writer.output.expand is not None:
                 acc = next(a for a in accesses(statements[k].rhs) if a.tensor.name == storage)
                 mine[storage] = expand_read(links[j][storage], storage, writer.inspection.notation.lhs.tensor.format,
                                             [i.name for i in acc.indices],
@@ -182,6 +192,11 @@ def in_function_copies(statements, run: list, lows: list, links: list) -> list:
                 order = statements[run[writer]].lhs.tensor.format.order
                 acc = next(a for a in accesses(statements[k].rhs) if a.tensor.name == op)
                 wfmt = statements[run[writer]].lhs.tensor.format
+                stand, expand = lows[writer].inspection.notation.lhs.tensor.format, lows[writer].output.expand
+                if expand is not None and stand.blocks != expand.blocks:  # copied from its blocks
+                    mine[storage] = unblock_read(writer, op, stand, [i.name for i in acc.indices],
+                                                 [i.name for i in statements[run[writer]].lhs.indices], fmt)
+                    continue
                 if any(type(lvl) in (PackedBlock, Bitmap) for lvl in wfmt.levels):
                     mine[storage] = copy_read(writer, op, wfmt, [i.name for i in acc.indices],
                                               [i.name for i in statements[run[writer]].lhs.indices], fmt)

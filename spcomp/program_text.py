@@ -49,8 +49,9 @@ def fused_run_lines(program, seg, run: list) -> list:
                             + (")" if st.internal else f", converted to {fmt} after them)")))
             if st.low.output.expand is not None and st.low.inspection.notation.lhs.tensor.format.blocks != fmt.blocks:
                 parts.append(f"# {st.name}: assembled in an operand's blocks as "
-                             f"{st.low.inspection.notation.lhs.tensor.format.spec()}, converted to {fmt} by the "
-                             "runtime, handed back (no statement reads it)")
+                             f"{st.low.inspection.notation.lhs.tensor.format.spec()}, laid out as {fmt} inside the "
+                             "function for each reader (gathered, sorted, placed)"
+                             + ("" if st.internal else f" and converted to {fmt} by the runtime, handed back"))
             elif st.low.output.expand is not None:
                 parts.append(f"# {st.name}: assembled as {st.low.inspection.notation.lhs.tensor.format.spec()}, laid "
                              f"out as {fmt} inside the function for each reader"

@@ -226,9 +226,9 @@ def test_what_still_cannot_join_says_why():
     assert k.launches == 1 and "laid out as bell(2,2,4)" in k.loops, k.loops
     ops = _ops(1, n=8, m=8)
     assert np.allclose(k(A=ops["A"], B=ops["B"], x=ops["x"]), (ops["A"] @ ops["B"]).toarray() @ ops["x"])
-    k = _compile("T[i,k] = A[i,j]*B[j,k]; Z[k,i] = T[i,k] * 3; W[k,i] = Z[k,i] * 2",
+    k = _compile("T[i,k] = A[i,j]*B[j,k]; Z[k,i] = T[i,k] * 3; W[k] = Z[k,k] * 2",
                  {"A": "csr", "B": "csr", "T": "bsr(2,2)", "Z": "csr"}, outputs=["Z", "W"])
-    # (Z, csr over T's cut indices, is assembled in T's blocks and converted by the runtime: read by W)
+    # (Z, csr over T's cut indices, is assembled in T's blocks and converted by the runtime: W reads its diagonal)
     assert k.launches == 3 and "statement 2: a kernel of its own (not in the run before it: its output (csr) has " \
         "an index a blocked operand cuts: its kernel assembles it in that operand's blocks" in k.loops, k.loops
     assert np.allclose(k(A=ops["A"], B=ops["B"])["Z"].to_numpy(), 3 * (ops["A"] @ ops["B"]).toarray().T)

@@ -142,6 +142,24 @@ def expand_read(writer: int, tensor: str, stand_in, indices: list, written: list
                         all(lvl.ordered for lvl in stand_in.levels), _packed_levels(stand_in), _packed_levels(fmt))
 
 
+def unblock_read(writer: int, tensor: str, stand_in, indices: list, written: list, fmt) -> DiagonalRead:
+    """The :class:`DiagonalRead` that lays out ``tensor``, assembled by the run's
+    statement ``writer`` in a blocked ``stand_in`` (an operand's blocks:
+    ``lower.blocked.output_in_blocks``), in the unblocked ``fmt`` (its declared
+    format, or a copy's in another mode order): the stand-in's entries walked in its
+    levels (``i_o``, ..., ``i_i``), each dimension's coordinate ``outer * block +
+    inner``, gathered, sorted by ``fmt``'s levels and placed."""
+    where = {part_dim: level for level, part_dim in enumerate(stand_in.level_map())}
+    levels = tuple((stand_in.blocks[d] if part == "inner" else written[d] + ("_o" if part == "outer" else ""),
+                    stand_in.blocks[d] if part == "inner" else indices[d] + ("_o" if part == "outer" else ""))
+                   for d, part in stand_in.level_map())
+    kept = tuple((where[(d, "outer")], where[(d, "inner")], stand_in.blocks[d]) if (d, "outer") in where
+                 else where[(d, "whole")] for d in fmt.order)
+    return DiagonalRead(writer, tensor, levels, tuple(range(len(levels))), kept,
+                        tuple(level_kind(lvl) for lvl in fmt.levels), False, _packed_levels(stand_in.level_view()),
+                        _packed_levels(fmt))
+
+
 def diagonal_read(writer: int, diag: Diagonal, indices: list, written: list, fmt) -> DiagonalRead:
     """The :class:`DiagonalRead` of ``diag`` stored ``fmt`` (its own format, or a
     transposed copy's; its operand written by the run's statement ``writer``;
@@ -171,6 +189,20 @@ class DiagonalCopy:
     def arrays(self) -> list:
         return list(self.target.values())
 
+    def coord(self, xs: list, kept):
+        """The coordinate a storage level holds: writer level ``kept``'s (``xs``: per
+        writer level), or ``outer * block + inner`` for ``(outer, inner, block)``
+        (:func:`unblock_read`: a dimension a blocked stand-in cuts in two)."""
+        if isinstance(kept, tuple):
+            return n.Binary("+", n.Binary("*", xs[kept[0]], n.i64(kept[2])), xs[kept[1]])
+        return xs[kept]
+
+    def size_of(self, kept):
+        """The size of the coordinates :meth:`coord` gives."""
+        if isinstance(kept, tuple):
+            return n.Binary("*", self.sizes[kept[0]], n.i64(kept[2]))
+        return self.sizes[kept]
+
     @property
     def packed(self) -> dict:
         """Writer level -> its PackedBlock (``walk_entries``)."""
@@ -191,13 +223,13 @@ class _Levels:
             emit(n.Declare(cur, n.i64(0)))
             if kind in ("dense", "bitmap"):
                 self.state.append((kind, cur, None, None, None))
-                parents = n.Binary("*", parents, c.sizes[c.read.kept[level]])
+                parents = n.Binary("*", parents, c.size_of(c.read.kept[level]))
                 if kind == "bitmap":  # a byte per position, 0 (zeroed) until an entry lands there
                     alloc(c.target[(level, "map")], parents)
                 continue
             if kind == "packed":  # K slots per (parent, block), count[tile] of them used
                 packed = self.packed[level] = c.read.placed[level]
-                tiles = n.Binary("*", parents, packed.num_blocks_expr(c.sizes[c.read.kept[level]]))
+                tiles = n.Binary("*", parents, packed.num_blocks_expr(c.size_of(c.read.kept[level])))
                 alloc(c.target[(level, "count")], tiles)
                 alloc(c.target[(level, "crd")], n.Binary("*", tiles, n.i64(packed.K)))
                 last_parent, last = n.Var(names("diag_parent"), I64), n.Var(names("diag_last"), I64)
@@ -223,7 +255,7 @@ class _Levels:
         for level, (kind, cur, last_parent, last, count) in enumerate(self.state):
             x = xs[level]
             if kind in ("dense", "bitmap"):
-                body.append(n.Assign(cur, n.Binary("+", n.Binary("*", parent, c.sizes[c.read.kept[level]]), x)))
+                body.append(n.Assign(cur, n.Binary("+", n.Binary("*", parent, c.size_of(c.read.kept[level])), x)))
                 if kind == "bitmap":
                     body.append(n.Store(c.target[(level, "map")], cur, n.const(1, c.target[(level, "map")].type.elem)))
             elif kind == "packed":
@@ -252,7 +284,7 @@ class _Levels:
         its block (``count[tile]``, the in-block coordinate stored), or the function
         returns ``STATUS_PACKED_OVERFLOW`` when the block's K are taken."""
         _kind, cur, last_parent, last, _ = self.state[level]
-        packed, size = self.packed[level], self.c.sizes[self.c.read.kept[level]]
+        packed, size = self.packed[level], self.c.size_of(self.c.read.kept[level])
         count, crd = self.c.target[(level, "count")], self.c.target[(level, "crd")]
         bs = packed.block_size_expr(size)
         block = n.Binary("/", x, bs)
@@ -305,7 +337,7 @@ def diagonal_block(c: DiagonalCopy, names) -> list:
         return n.Block(tuple(body)) if on is None else n.Block((n.If(on, n.Block(tuple(body))),))
     if r.in_order:
         out.append(walk_entries(c, 0, n.i64(0), [], lambda xs, p: kept_only(
-            xs, levels.place([xs[w] for w in r.kept], n.Load(src_vals, p))), names))
+            xs, levels.place([c.coord(xs, w) for w in r.kept], n.Load(src_vals, p))), names))
         return out + levels.sums(names)
     # another order: the kept entries as a coordinate list, sorted by the levels, then placed
     m, e = n.Var(names("diag_m"), I64), n.Var(names("diag_e"), I64)
@@ -317,12 +349,12 @@ def diagonal_block(c: DiagonalCopy, names) -> list:
         alloc(var, nnz, zero=False)
     out.append(n.Declare(m, n.i64(0)))
     out.append(walk_entries(c, 0, n.i64(0), [], lambda xs, p: kept_only(xs, [
-        *(n.Store(coords[level], m, xs[w]) for level, w in enumerate(r.kept)),
+        *(n.Store(coords[level], m, c.coord(xs, w)) for level, w in enumerate(r.kept)),
         n.Store(values, m, n.Load(src_vals, p)), n.Assign(m, n.Binary("+", m, n.i64(1)))]), names))
     out.append(n.For(e, n.i64(0), m, n.Block((n.Store(perm[0], e, e),))))
     current = 0
     for level in reversed(range(len(r.kept))):  # stable counting sorts, last level to first
-        key, size = coords[level], c.sizes[r.kept[level]]
+        key, size = coords[level], c.size_of(r.kept[level])
         count = n.Var(names("diag_count"), ptr(I64))
         alloc(count, n.Binary("+", size, n.i64(1)))
         out += sort_pass(key, size, perm[current], perm[1 - current], count, m, names)
