@@ -51,6 +51,7 @@ from .ir import nodes as irn
 from .lower.device_compact import stand_in
 from .lower.device_scan import CAPACITY_STATUS, phased_function, split_phases
 from .lower.fuse import fuse, made_arrays, reads_plainly
+from .program_gpu_copies import TRANSPOSE, copy_args, copy_function, device_copies
 from .program_gpu_sparse import BoundedAppends, SparseRows
 from .runtime.launch import parallel_extent, raise_status
 from .runtime.operands import index_bits, is_device_array, is_torch, refuse_overlap
@@ -80,11 +81,12 @@ def plan_gpu(program, kernels: list, index32_limit: int, expression: str, recomp
     segments, k = [], 0
     while k < len(stmts):
         run, written = [k], {stmts[k].lhs.tensor.name: _made(kernels[k], stored[k])}
+        formats = {a.lhs.tensor.name: a.lhs.tensor.format for a in stmts}
         if _joinable(stmts[k], kernels[k]):
             block = kernels[k].lowered.threads.gpu_block
             j = k + 1
             while (j < len(stmts) and _joinable(stmts[j], kernels[j])
-                   and kernels[j].lowered.threads.gpu_block == block and _reads_in_run(kernels[j].lowered, written)):
+                   and kernels[j].lowered.threads.gpu_block == block and _reads_in_run(kernels[j].lowered, written, formats)):
                 run.append(j)
                 written[stmts[j].lhs.tensor.name] = _made(kernels[j], stored[j])
                 j += 1
@@ -140,14 +142,21 @@ def _made(kernel, stored=None) -> frozenset:
     return frozenset(made_arrays(low)) if low.output.assembly is not None else DENSE_ARRAYS
 
 
-def _reads_in_run(low, written: dict) -> bool:
-    """Whether a statement reads the run's tensors as they are written (``reads_plainly``)
-    and does not split its rows by the positions of a sparse one (whose entries the
-    host does not know before the launch) -- except the top positions of one stored
-    compressed first, whole: the launch reads their count from its ``pos`` (:func:`_hi_from_pos`)."""
+def _reads_in_run(low, written: dict, formats: dict) -> bool:
+    """Whether a statement reads the run's tensors as they are written (``reads_plainly``),
+    or through a transposed copy or a diagonal the launch makes (``program_gpu_copies.py``),
+    and does not split its rows by the positions of a sparse one or of such a copy (whose
+    entries the host does not know before the launch) -- except the top positions of one
+    stored compressed first, whole: the launch reads their count from its ``pos`` (:func:`_hi_from_pos`)."""
+    copies = device_copies(low, set(written), formats)
+    if copies is None:
+        return False
     positions = low.threads.positions
     sparse = {name for name, arrays in written.items() if arrays != DENSE_ARRAYS}
-    if not reads_plainly(low, written):
+    transposed = {c.tensor for c in copies if c.kind == TRANSPOSE}
+    if not reads_plainly(low, written, copies=transposed, diagonals=True):
+        return False
+    if positions is not None and positions[0] in {c.storage for c in copies}:
         return False
     return positions is None or positions[0] not in sparse or _device_extent(low, written)
 
@@ -239,6 +248,7 @@ class GpuBuild:
     block: int
     compiled: tuple  # (CUDA C, cuda-sim module or None): ``k.source`` prints the first
     module: irn.Module  # ``k.ir`` prints it
+    order: list = dataclasses.field(default_factory=list)  # per joined function: its step, or (step, copy, CopyFunction)
 
 
 class GpuProgramRun:
@@ -254,6 +264,7 @@ class GpuProgramRun:
         stored = stored or [None] * len(run)
         self.steps = [GpuStep(stmts[k].lhs.tensor.name, kern, kern.lowered, stmts[k].lhs.tensor.name in program.outputs,
                               stmts[k].accumulate, fmt) for k, kern, fmt in zip(run, kernels, stored)]
+        self.formats = {a.lhs.tensor.name: a.lhs.tensor.format for a in stmts}
         self.built: dict = {}
         self.reruns = 0  # launches run again because a sparse output outgrew its arrays
         self.gave_up = 0  # launches in which a block gave up waiting at a barrier
@@ -280,8 +291,17 @@ class GpuProgramRun:
 
     def _compile(self, lows: list) -> GpuBuild:
         written, links, bindings, functions = {}, [], [], []  # a two-phase statement: its phased function
-        phases = []
+        phases, order, made = [], [], {}  # made: a step's output arrays, (level, array) -> its Var
         for j, low in enumerate(lows):
+            before = {st.name for st in self.steps[:j]}
+            for c in device_copies(low, before, self.formats) or []:  # (plan_gpu checked they are buildable)
+                copy = copy_function(c, f"{c.storage}_copy{j + 1}", low.code.bindings, made[c.tensor])
+                functions.append(copy.function)
+                bindings.append(copy.bindings)
+                links.append({c.tensor: written[c.tensor]})
+                phases.append(0)
+                order.append((j, c, copy))
+                written[c.storage] = len(functions) - 1
             if self.steps[j].sparse:
                 phased = phased_function(low, self.steps[j].name, self.steps[j].stored)
                 function, own = phased.function, phased.bindings
@@ -301,7 +321,10 @@ class GpuProgramRun:
             # every statement has its own [lo, hi): fuse shares lo/hi, so they are passed as sizes
             bindings.append([dataclasses.replace(b, role="size", index=f"{b.role}{j}") if b.role in ("lo", "hi")
                              else b for b in own])
-            written[self.steps[j].name] = j
+            written[self.steps[j].name] = len(functions) - 1
+            order.append(j)
+            made[self.steps[j].name] = {(b.level, b.array): b.var for b in own
+                                        if b.role == "output" and b.tensor == self.steps[j].name}
         name = "statements_" + "_".join(str(k + 1) for k in self.run_statements)
         docs = [self.program.texts[k] for k in self.run_statements]
         fn, sources, _merged = fuse(functions, bindings, links, name, docs)
@@ -316,7 +339,7 @@ class GpuProgramRun:
         if self.target.name == "cuda-sim":
             from .backends.cuda.sim import compile_sim
             sim = compile_sim(source, {fn.name: program_signature(fn)})
-        return GpuBuild(fn, sources, lows, block, (source, sim), irn.Module((fn,), fn.name))
+        return GpuBuild(fn, sources, lows, block, (source, sim), irn.Module((fn,), fn.name), order)
 
     # ------------------------------------------------------------------ call
     def wants_threads(self, env: dict) -> bool:
@@ -409,7 +432,21 @@ class GpuProgramRun:
             hows.append(choice.pick(args)[0] if choice is not None else _default(variant))
             lists.append(args)
         built = self.build(bits, tuple(hows))
-        return self._launch(built, lists, hows)
+        joined = [lists[at] if isinstance(at, int) else self._copy_args(at, per_step) for at in built.order]
+        return self._launch(built, lists, joined, hows)
+
+    def _copy_args(self, at: tuple, per_step: list) -> list:
+        """A copy block's arguments (``program_gpu_copies.copy_args``): its writer's shape and room."""
+        _j, c, copy = at
+        w = next(i for i, st in enumerate(self.steps) if st.name == c.tensor)
+        array = per_step[w][2]
+        if isinstance(array, SparseRows):
+            shape, room = array.shape, array.capacity[array.levels - 1]
+        elif isinstance(array, BoundedAppends):
+            shape, room = array.out.shape, array.capacity
+        else:
+            shape, room = array.shape, 0
+        return copy_args(copy, self.formats[c.tensor], shape, room)
 
     def _refuse_shared_sums(self, env: dict) -> None:
         """OperandError where a ``+=`` array shares memory with an input of the run or
@@ -442,14 +479,15 @@ class GpuProgramRun:
         copied.append((name, given, array))
         return array
 
-    def _launch(self, built: GpuBuild, lists: list, hows: list) -> int:
-        """Launch the kernel on the statements' argument lists; returns its status."""
+    def _launch(self, built: GpuBuild, lists: list, joined: list, hows: list) -> int:
+        """Launch the kernel on the statements' argument lists (``joined``: every joined
+        function's, the copies' too); returns its status."""
         grid = 1
         for low, args in zip(built.lows, lists):
             fn = low.entry_function  # a two-phase statement's fill: its parameters come first
             scalars = {p.name: a if isinstance(a, int) else 0 for p, a in zip(fn.params, args)}
             grid = max(grid, launch_config(fn, scalars, built.block)[0])
-        args = [lists[s.statement][s.position] for s in built.sources]
+        args = [joined[s.statement][s.position] for s in built.sources]
         barrier = np.zeros(BARRIER_WORDS, dtype=np.int32)
         args += [barrier, int(SYNC_TIMEOUT_S * 1e9)]
         resident = co_resident_blocks(self.target, built)
