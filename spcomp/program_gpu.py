@@ -4,8 +4,11 @@ On ``cuda`` and ``cuda-sim`` a run of consecutive statements that each write a
 dense row-major array, or a sparse one of dense rows counted and filled in two
 phases, or one stored compressed first (dcsr, csf, a 2-d coo) whose dense-first
 stand-in is (``lower/device_compact.py``: one more phase writes its first
-level), in one launch -- no host work between them: no transposed or diagonal
-copy of a tensor the run writes, no appends into arrays that grow --
+level), in one launch -- no host work between them: no appends into arrays that
+grow; a transposed copy (``dc`` over its columns, made by one thread) or a dense
+diagonal (a thread per row) of a tensor the run writes is one more block of the
+kernel before its reader (``program_gpu_copies.py``, ``lower/device_copies.py``),
+any other copy keeps the reader a kernel of its own --
 becomes one ``__global__`` kernel:
 the statements' functions joined by :func:`spcomp.lower.fuse.fuse` (a temporary
 is one parameter, its writer's output), printed with a grid-wide barrier between
@@ -509,7 +512,9 @@ class GpuProgramRun:
         parts = [f"# statements {which}: one native function, one CUDA kernel launch (a grid-wide barrier "
                  "between the statements; the grid at most the blocks resident at once; a call with GPU arrays "
                  "or torch tensors runs them as kernels of their own)"]
-        for k, st in zip(self.run_statements, self.steps):
+        for j, (k, st) in enumerate(zip(self.run_statements, self.steps)):
+            for _j, c, _copy in (at for at in self.compiled.order if not isinstance(at, int) and at[0] == j):
+                parts.append(_copy_note(c))
             parts.append(f"# statement {k + 1}\n{st.low.inspection.notation!r}\n{st.low.inspection.loops}")
             if st.sparse:
                 top = (f" (as {st.low.inspection.notation.lhs.tensor.format.spec()!r}), then its first level "
@@ -522,6 +527,15 @@ class GpuProgramRun:
                              "it reports so before any later statement reads it, and the launch runs again with "
                              "room for them)")
         return "\n".join(parts)
+
+
+def _copy_note(c) -> str:
+    """``k.loops``' line for a copy the launch makes before its reader (``program_gpu_copies.py``)."""
+    if c.kind == TRANSPOSE:
+        return (f"({c.storage}: {c.tensor} transposed inside the launch by ONE thread of the grid -- count per "
+                "column, prefix sum, fill in row order, the host's copy exactly -- between two barriers, into "
+                f"arrays the host allocated at {c.tensor}'s capacity)")
+    return f"({c.storage}: {c.tensor}'s diagonal gathered inside the launch, a thread per row, between two barriers)"
 
 
 def _phases_apart(fn: irn.Function, phases: list) -> irn.Function:
