@@ -88,7 +88,7 @@ def plan_gpu(program, kernels: list, index32_limit: int, expression: str, recomp
         if _joinable(stmts[k], kernels[k]):
             block = kernels[k].lowered.threads.gpu_block
             j = k + 1
-            while (j < len(stmts) and _joinable(stmts[j], kernels[j])
+            while (j < len(stmts) and _joinable(stmts[j], kernels[j]) and not _adds_into_written(stmts[j], written)
                    and kernels[j].lowered.threads.gpu_block == block and _reads_in_run(kernels[j].lowered, written, formats)):
                 run.append(j)
                 written[stmts[j].lhs.tensor.name] = _made(kernels[j], stored[j])
@@ -109,6 +109,12 @@ def plan_gpu(program, kernels: list, index32_limit: int, expression: str, recomp
     return segments
 
 
+def _adds_into_written(a, written: dict) -> bool:
+    """Whether ``a`` is a sparse ``+=`` into a tensor the run wrote before it: the launch
+    reads the old entries from what the caller passed, which the run has not made yet."""
+    return a.accumulate and not a.lhs.tensor.format.is_dense and a.lhs.tensor.name in written
+
+
 def _with_stand_ins(stmts, kernels: list, recompiled) -> tuple:
     """``(kernels, stored)``: each statement's kernel for a run -- for an output stored
     compressed first that its own kernel cannot assemble in the launch, or only on one
@@ -120,7 +126,7 @@ def _with_stand_ins(stmts, kernels: list, recompiled) -> tuple:
     for k, a in enumerate(stmts):
         fmt = a.lhs.tensor.format
         serial = not _joinable(a, kernels[k]) or kernels[k].lowered.output.bounded  # (one thread appends)
-        alt = stand_in(fmt) if not fmt.is_dense and serial else None
+        alt = stand_in(fmt) if not fmt.is_dense and serial and not a.accumulate else None
         if alt is None:
             continue
         try:
@@ -197,11 +203,15 @@ def _joinable(a, kernel) -> bool:
 
 def _joinable_sparse(a, kernel) -> bool:
     """Whether a two-phase statement's count, prefix sum and fill can run inside the
-    launch (``lower/device_scan.py``): an assigned (not ``+=``) output of dense rows
-    (``first`` >= 1) whose rows are the parallel loop (not a split of positions)."""
+    launch (``lower/device_scan.py``): an output of dense rows (``first`` >= 1) whose
+    rows are the parallel loop (not a split of positions). A ``+=`` one is lowered as
+    ``S = S_old + ...`` (the caller's tensor an input): its count is of the union of
+    the old and new entries per row, and the launch hands back new arrays."""
     low = kernel.lowered
     out = low.output
-    return (kernel.contraction is None and not a.accumulate and out.assembly.first >= 1
+    if a.accumulate and not any(b.role == "input" and b.tensor == a.lhs.tensor.name for b in low.code.bindings):
+        return False
+    return (kernel.contraction is None and out.assembly.first >= 1
             and not out.growable and not out.bounded and out.expand is None and not low.append_chunks
             and low.threads.positions is None and not low.threads.split
             and all(b.role in _SPARSE_ROLES for b in low.code.bindings)
@@ -359,8 +369,8 @@ class GpuProgramRun:
         per_step, bits, copied = [], 32, []
         for st in self.steps:
             ctx = st.kernel.runtime
-            ops = {name: env[name] for name in ctx.plan.names if name != st.name}
-            storages = ctx.operands.storages(ops)
+            ops = {name: env[name] for name in ctx.plan.names if name != st.name or (st.sparse and st.accumulate)}
+            storages = ctx.operands.storages(ops)  # (a sparse +=: the caller's tensor is its S_old)
             if st.accumulate:  # its sizes bind against the caller's array too
                 ops[st.name] = env[st.name]
             sizes = ctx.plan.bind_sizes(storages, ops)
@@ -384,7 +394,7 @@ class GpuProgramRun:
             if bits != 32:  # an operand needs 64-bit indices: so do the outputs' arrays
                 r.grow(bits)
         sums = {st.name: array.copy() for st, (_s, _z, array) in zip(self.steps, per_step)
-                if st.accumulate and rows}  # a launch run again adds into the old values again
+                if st.accumulate and not (st.sparse or st.bounded) and rows}  # a launch run again adds into the old values again
         reruns = RERUNS + max(len(rows) - 1, 0)
         for launch in range(reruns + 1):
             status = self._launch_at(bits, per_step)
@@ -398,7 +408,7 @@ class GpuProgramRun:
                 r.grow(bits)
             for st, (_s, _z, array) in zip(self.steps, per_step):
                 if not (st.sparse or st.bounded):
-                    array[...] = sums[st.name] if st.accumulate else 0
+                    array[...] = sums[st.name] if st.name in sums else 0
             self.reruns += 1
         if status == GRID_SYNC_STATUS:
             raise KernelRuntimeError(

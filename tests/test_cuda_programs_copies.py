@@ -62,9 +62,19 @@ def _same(a, b) -> bool:
     """Bitwise the same arrays for a sparse result (the host's copy, exactly); close for a
     dense one (a reader of a copy may map its rows otherwise alone -- a warp per row --
     and sum in another order)."""
-    if hasattr(a, "arrays"):
-        return all(np.array_equal(x, y) for x, y in zip(a.arrays, b.arrays)) and len(a.arrays) == len(b.arrays)
+    if hasattr(a, "levels"):
+        return same_arrays(a, b)
     return close(_dense(a), _dense(b))
+
+
+def same_arrays(a, b) -> bool:
+    """Whether two sparse Tensors have the same format, shape and arrays, bit for bit."""
+    if a.format != b.format or a.shape != b.shape or len(a.levels) != len(b.levels):
+        return False
+    for x, y in zip(a.levels, b.levels):
+        if sorted(x) != sorted(y) or not all(np.array_equal(x[key], y[key]) for key in x):
+            return False
+    return np.array_equal(a.vals, b.vals)
 
 
 def _last(result):
