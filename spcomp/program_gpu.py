@@ -8,7 +8,8 @@ level), in one launch -- no host work between them: no appends into arrays that
 grow; a transposed copy (``dc`` over its columns, made by one thread) or a dense
 diagonal (a thread per row) of a tensor the run writes is one more block of the
 kernel before its reader (``program_gpu_copies.py``, ``lower/device_copies.py``),
-any other copy keeps the reader a kernel of its own --
+any other copy keeps the reader a kernel of its own; a sparse ``+=`` is lowered as
+``S = S_old + ...``: it reads the caller's tensor and assembles new arrays --
 becomes one ``__global__`` kernel:
 the statements' functions joined by :func:`spcomp.lower.fuse.fuse` (a temporary
 is one parameter, its writer's output), printed with a grid-wide barrier between
@@ -238,7 +239,7 @@ class GpuStep:
     kernel: object
     low: object
     returned: bool
-    accumulate: bool  # ``+=``: it adds into the caller's array
+    accumulate: bool  # ``+=``: it adds into the caller's array (a sparse one: reads it, assembles a new one)
     stored: object = None  # the output's format when ``kernel`` writes its dense-first stand-in
 
     @property
@@ -532,6 +533,10 @@ class GpuProgramRun:
                 parts.append(f"({st.name} inside the launch: counted, a two-level prefix sum, filled{top}, a barrier "
                              "after each step; its arrays are allocated before the launch at an estimate, and the "
                              "launch runs again with room for what it counted when they were too small)")
+                if st.accumulate:
+                    parts.append(f"({st.name} +=: the tensor you pass is read as {st.name}_old, each row's count is "
+                                 "of the union of its old and new entries, and new arrays are handed back; yours "
+                                 "are left as they were)")
             elif st.bounded:
                 parts.append(f"({st.name} inside the launch: one thread appends it; when its entries did not fit "
                              "it reports so before any later statement reads it, and the launch runs again with "
