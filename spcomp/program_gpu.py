@@ -89,7 +89,7 @@ def plan_gpu(program, kernels: list, index32_limit: int, expression: str, recomp
         if _joinable(stmts[k], kernels[k]):
             block = kernels[k].lowered.threads.gpu_block
             j = k + 1
-            while (j < len(stmts) and _joinable(stmts[j], kernels[j]) and not _adds_into_written(stmts[j], written)
+            while (j < len(stmts) and _joinable(stmts[j], kernels[j])
                    and kernels[j].lowered.threads.gpu_block == block and _reads_in_run(kernels[j].lowered, written, formats)):
                 run.append(j)
                 written[stmts[j].lhs.tensor.name] = _made(kernels[j], stored[j])
@@ -108,12 +108,6 @@ def plan_gpu(program, kernels: list, index32_limit: int, expression: str, recomp
             segments.append(("kernel", originals[k], run))
         k = run[-1] + 1
     return segments
-
-
-def _adds_into_written(a, written: dict) -> bool:
-    """Whether ``a`` is a sparse ``+=`` into a tensor the run wrote before it: the launch
-    reads the old entries from what the caller passed, which the run has not made yet."""
-    return a.accumulate and not a.lhs.tensor.format.is_dense and a.lhs.tensor.name in written
 
 
 def _with_stand_ins(stmts, kernels: list, recompiled) -> tuple:
