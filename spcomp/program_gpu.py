@@ -51,10 +51,12 @@ from .backends.cuda.grid_sync import (BARRIER_WORDS, GRID_SYNC_STATUS, emit_prog
 from .backends.cuda.launch import launch_config
 from .backends.cuda.target import DEFAULT_BLOCK
 from .errors import DTypeError, KernelRuntimeError, OperandError, ShapeError, UnsupportedError
+from .formats import Compressed
 from .ir import nodes as irn
 from .lower.device_compact import stand_in
 from .lower.device_scan import CAPACITY_STATUS, phased_function, split_phases
 from .lower.fuse import fuse, made_arrays, reads_plainly
+from .notation import accesses
 from .program_gpu_copies import TRANSPOSE, copy_args, copy_function, device_copies
 from .program_gpu_sparse import BoundedAppends, SparseRows
 from .runtime.launch import parallel_extent, raise_status
@@ -208,9 +210,29 @@ def _joinable_sparse(a, kernel) -> bool:
         return False
     return (kernel.contraction is None and out.assembly.first >= 1
             and not out.growable and not out.bounded and out.expand is None and not low.append_chunks
-            and low.threads.positions is None and not low.threads.split
+            and _rows_apart(low)
             and all(b.role in _SPARSE_ROLES for b in low.code.bindings)
             and all(b.role in _SPARSE_ROLES for b in low.output.assembly.count_bindings))
+
+
+def _rows_apart(low) -> bool:
+    """Whether each output row of a two-phase statement is counted and filled by one
+    thread: its rows are the parallel loop, or its threads split the top positions of an
+    input whose top level is unique compressed (dcsr: one stored row each) whose
+    coordinate is the output's row -- not a split of a row's nonzeros, whose threads
+    would count one row together."""
+    th = low.threads
+    if th.split:
+        return False
+    if th.positions is None:
+        return True
+    storage, level = th.positions
+    notation = low.inspection.notation
+    fmt = low.operands.transposes.get(storage, (None, None))[1] or next(
+        (acc.tensor.format for acc in accesses(notation.rhs) if acc.tensor.name == storage), None)
+    out = notation.lhs
+    return (level == 0 and fmt is not None and type(fmt.levels[0]) is Compressed and fmt.levels[0].unique
+            and th.parallel == out.indices[out.tensor.format.order[0]].name)
 
 
 def _joinable_bounded(a, kernel) -> bool:
