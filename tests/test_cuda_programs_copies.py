@@ -21,12 +21,12 @@ from hypothesis import strategies as st
 
 import spcomp
 from spcomp.backends.cuda import nvcc
-from spcomp.errors import TranspositionWarning
+from spcomp.errors import TranspositionWarning, UnsupportedError
 from spcomp.formats import Format
 from spcomp.lower.device_copies import gatherable, transposable
 from spcomp.lower.diagonal import Diagonal
 from spcomp.runtime import launch
-from spcomp.testing.programs import close
+from spcomp.testing.programs import close, program_operands, programs, reference_program
 
 from conftest import examples
 from test_cuda_programs import fused_kernels, separately
@@ -180,7 +180,7 @@ def copy_chains(draw):
     return "; ".join(text), formats, z
 
 
-@settings(max_examples=examples(5), deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 @given(copy_chains())
 def test_random_copy_chains_cuda_sim(chain):
     text, formats, reference = chain
@@ -190,3 +190,26 @@ def test_random_copy_chains_cuda_sim(chain):
     if formats["T"] == "csr":  # a copy the device makes: the run is one launch
         assert k.launches == 1, (text, formats, k.loops)
     assert _same(got, separately(k, _ops(k))) or close(_dense(separately(k, _ops(k))), reference)
+
+
+@settings(max_examples=examples(3), deadline=None)
+@given(st.data())
+def test_random_programs_with_transposed_reads_cuda_sim(data):
+    # any program, its temporaries read transposed often: what joins agrees with the
+    # reference and with the statements run as kernels of their own
+    case = data.draw(programs(max_statements=3, transposed_reads=True))
+    ops = data.draw(program_operands(case))
+    try:
+        k = _compile(case.text, case.formats, outputs=list(case.outputs))
+    except UnsupportedError as e:
+        assert str(e)
+        return
+    assert k.loops.count("one native function") + k.loops.count("a kernel of its own") == k.launches
+    got = k(**{n: v[1] for n, v in ops.items()})
+    got = got if isinstance(got, dict) else {case.outputs[0]: got}
+    want = reference_program(k.program, {n: v[0] for n, v in ops.items()})
+    alone = separately(k, {n: v[1] for n, v in ops.items()})
+    alone = alone if isinstance(alone, dict) else {case.outputs[0]: alone}
+    for name in case.outputs:
+        assert close(got[name], want[name]), (str(case), name)
+        assert close(alone[name], want[name]), (str(case), name)
