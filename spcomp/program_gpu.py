@@ -396,7 +396,8 @@ class GpuProgramRun:
                 array = BoundedAppends(st.low, sizes, storages, ctx.plan.out_indices, 32, self.limit)
                 env[st.name] = array.placeholder()
             elif st.sparse:
-                array = SparseRows(st.low, sizes, storages, ctx.plan.out_indices, 32, self.limit, st.stored)
+                array = SparseRows(st.low, sizes, storages, ctx.plan.out_indices, 32, self.limit, st.stored,
+                                   _read_room(ctx.plan.names, self.steps, per_step))
                 env[st.name] = array.placeholder()  # a later statement binds its sizes against it
             else:
                 if st.accumulate:
@@ -558,6 +559,18 @@ class GpuProgramRun:
                              "it reports so before any later statement reads it, and the launch runs again with "
                              "room for them)")
         return "\n".join(parts)
+
+
+def _read_room(names, steps: list, per_step: list) -> int:
+    """The entries the run's sparse temporaries among ``names`` have room for (their
+    arrays' capacity): what a reader's estimate adds, since it sees them empty."""
+    room = 0
+    for st, (_s, _z, array) in zip(steps, per_step):
+        if st.name in names and isinstance(array, SparseRows):
+            room += array.capacity[array.levels - 1]
+        elif st.name in names and isinstance(array, BoundedAppends):
+            room += array.capacity
+    return room
 
 
 def _copy_note(c) -> str:
