@@ -115,8 +115,9 @@ def test_the_transposed_copy_after_a_rerun_for_room(monkeypatch):
     monkeypatch.setattr(launch, "FIRST_CAPACITY", 3)
     k = _compile("T[i,j] = A[i,j]*3; Z[j,i] = T[i,j]", {"A": "csr", "T": "csr", "Z": "csr"})
     (seg,) = fused_kernels(k)
+    before = seg.reruns
     got = k(A=A)
-    assert seg.reruns >= 1 and k.launches == 1
+    assert seg.reruns > before and k.launches == 1
     assert np.array_equal(_dense(got), 3 * A.toarray().T)
 
 
