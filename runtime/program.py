@@ -38,8 +38,8 @@ import dataclasses
 
 import numpy as np
 
-from spcomp.errors import KernelRuntimeError, OperandError, ShapeError
-from spcomp.ir.nodes import STATUS_INDEX_OVERFLOW
+from spcomp.errors import KernelRuntimeError, OperandError, PackedOverflowError, ShapeError
+from spcomp.ir.nodes import STATUS_INDEX_OVERFLOW, STATUS_PACKED_OVERFLOW
 
 from . import interrupt, partials, threads as _threads
 from .launch import WiderIndices, call_work, first_capacity, parallel_extent, raise_status
@@ -179,6 +179,13 @@ class FusedRun:
         # a packed-block overflow names the output whose block outgrew its slots
         packed = [out for out in outs if any(l.fixed_slots for l in out.fmt.levels)
                   and out.largest_count() > out.packed_k()]
+        laid = [st for st in self.steps if st.low.output.expand is not None
+                and any(l.fixed_slots for l in st.low.output.expand.levels)]
+        if status == STATUS_PACKED_OVERFLOW and not packed and laid:  # laid out in the function (blocked ELL)
+            raise PackedOverflowError(
+                f"{' or '.join(st.name for st in laid)} ({', '.join(str(st.low.output.expand) for st in laid)}): "
+                "a block got more nonzeros than its packed-block level's K slots as the fused function laid it "
+                "out; compile with a larger K")
         raise_status(status, packed[0] if packed else None, packed[0].name if packed else self.steps[-1].name,
                      self.expression)
 
@@ -197,12 +204,13 @@ class FusedRun:
         return extents.pop() if len(extents) == 1 else None
 
     def bind(self, env: dict, bits: int, pending: dict | None = None) -> tuple:
-        """``(per_step, work, bits)``: each statement's storages, sizes, dense array (put
-        in ``env``; None for a sparse or row-workspace one) and first capacity; the
-        call's work; the index width it needs (at least ``bits``). ``pending``: name ->
-        Pending of sparse tensors not assembled yet (an earlier phase's: program_team.py),
-        to which this run's are added."""
-        per_step, work = [], 0
+        """``(per_step, work, bits, given_of)``: each statement's storages, sizes, dense array
+        (put in ``env``; None for a sparse or row-workspace one) and first capacity; the
+        call's work; the index width it needs (at least ``bits``); each ``+=`` output's
+        array as the caller gave it (see ``put_results``). ``pending``: name -> Pending of
+        sparse tensors not assembled yet (an earlier phase's: program_team.py), to which
+        this run's are added."""
+        per_step, work, given_of = [], 0, {}
         pending = {} if pending is None else pending
         # row workspaces of either function (the same temporaries at every index width):
         # an array is allocated below for those the function run does not keep
@@ -226,13 +234,15 @@ class FusedRun:
                 pending[st.name] = Pending(shape, ctx.plan.out_format, 0)
                 array = None
             else:
-                array = _accumulator(st.name, given, shape, ctx.plan.out_dtype) if st.accumulate else \
-                    zeros_in_order(shape, ctx.plan.out_format.order, ctx.plan.out_dtype)
+                array = _accumulator(st.name, given, shape, ctx.plan.out_dtype, ctx.plan.out_format.order) \
+                    if st.accumulate else zeros_in_order(shape, ctx.plan.out_format.order, ctx.plan.out_dtype)
+                if st.accumulate:
+                    given_of[st.name] = given
                 env[st.name] = array
             per_step.append((storages, sizes, array, capacity))
             bits = max(bits, index_bits(storages, sizes, self.limit))
             work += call_work(ctx.caps, st.low, st.low, sizes, storages)
-        return per_step, work, bits
+        return per_step, work, bits, given_of
 
     def settle(self, built, per_step: list, chunked: bool) -> None:
         """``per_step`` made fit for ``built`` (chunked: the function over chunks): an array
@@ -275,7 +285,7 @@ class FusedRun:
         return args, outs
 
     def _run(self, env: dict, bits: int) -> None:
-        per_step, work, bits = self.bind(env, bits)
+        per_step, work, bits, given_of = self.bind(env, bits)
         if bits == 32 and self._adds_before_assembling():
             bits = 64
         generation = _threads.split_state[0]  # (read before the split is decided: a later change misses)
@@ -315,10 +325,19 @@ class FusedRun:
             self.fail(status, outs, bits)
         self.repeat = record(self, built, per_step, outs, bits, env, work, self.fail, Pending) if chunked is None \
             else record_chunks(self, built, per_step, outs, bits, env, self.fail, Pending, plan, generation)
+        self.put_results(per_step, outs, bits, env, given_of)
+
+    def put_results(self, per_step: list, outs: list, bits: int, env: dict, given_of: dict) -> None:
+        """Each statement's result in ``env`` after a successful call: a sparse one from its
+        Output, a dense one's array (a ``+=`` into a copy laid out in its declared mode
+        order added back into the caller's array, ``given_of``)."""
         it = iter(outs)
         for st, (_s, _z, array, _c) in zip(self.steps, per_step):
             if st.sparse:
                 sparse_result(next(it), st, bits, env)
+            elif array is not None and array is not given_of.get(st.name, array):
+                given_of[st.name][...] = array  # added into a copy laid out in its mode order: back
+                env[st.name] = given_of[st.name]
             elif array is not None:
                 env[st.name] = array.item() if array.ndim == 0 and st.returned and not st.accumulate else array
 
@@ -366,14 +385,22 @@ def _input_arg(ctx):
     return arg
 
 
-def _accumulator(name, given, shape, dtype) -> np.ndarray:
-    """The array a ``+=`` statement adds into: the caller's own when it is a
-    row-major array of the output's dtype and shape (updated in place)."""
+def _accumulator(name, given, shape, dtype, order=()) -> np.ndarray:
+    """The array a ``+=`` statement adds into: the caller's own when it is laid out
+    as the output's mode ``order`` stores it (row-major; column-major for ``dd:1,0``)
+    in the output's dtype and shape (updated in place); for one declared in another
+    mode order and passed otherwise, a copy in that order (added back by the caller)."""
     if not isinstance(given, np.ndarray):
         raise OperandError(f"output {name} (+=) must be a numpy.ndarray (or, for an order-0 output, "
                            f"a Python or NumPy scalar), not {type(given).__name__}")
     if given.shape != shape:
         raise OperandError(f"output {name} has shape {given.shape}, the program computes {shape}")
+    if order and tuple(order) != tuple(range(len(order))) and given.dtype == dtype and given.flags.writeable:
+        if np.transpose(given, order).flags.c_contiguous:
+            return given
+        copy = zeros_in_order(shape, order, dtype)
+        copy[...] = given
+        return copy
     if given.dtype != dtype or not given.flags.c_contiguous or not given.flags.writeable:
         raise OperandError(f"output {name} (+=) must be a writeable row-major {dtype} array to be "
                            f"updated in place; it is {given.dtype}")

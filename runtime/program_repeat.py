@@ -40,6 +40,7 @@ from .outputs import zeros_in_order
 from .plan import call_args
 from .program_chunks import as_declared
 from .sparsecall import call_settings
+from .tensor import expand_output
 
 
 class Mark:
@@ -74,9 +75,13 @@ class SparseStep:
 def sparse_result(out, step, bits: int, env: dict) -> None:
     """Put a sparse statement's finished Output ``out`` in ``env`` under its name:
     as it is, converted to its declared format where it was computed in a rows-first
-    stand-in (dcsr as csr), or nowhere where the function freed it itself."""
+    stand-in (dcsr as csr), laid out in its declared levels where its writer assembled
+    it in one (``lower.outputs.assembled_format``: a bitmap or dense level below a
+    sparse one, blocks), or nowhere where the function freed it itself."""
     if step.internal:
         out.discard()  # the kernel freed its arrays and emptied the slots: a no-op
+    elif step.low.output.expand is not None and out.fmt == step.low.inspection.notation.lhs.tensor.format:
+        env[step.name] = expand_output(out.result(), step.low.output.expand)
     elif out.fmt != step.ctx.plan.out_format:
         env[step.name] = as_declared(out.result(), step.ctx.plan.out_format, bits)
     else:
@@ -205,11 +210,15 @@ def replay_parts(run, built, per_step, outs: list, bits: int, env: dict, stand_i
     as the repeat calls it: ``(function, argument list, split generation, watched
     threshold, split units, the array whose pointer it holds)``, or None. None where
     a repeat could not be trusted: an operand converted per call, a dense ``+=``
-    with a sparse statement at 32 bits (a repeat stepping aside would add twice),
+    with a sparse statement at 32 bits (a repeat stepping aside would add twice) or
+    into a tensor declared in another mode order (the general path lays it out),
     or no launch."""
     steps = run.steps
     if bits == 32 and any(st.sparse for st in steps) and any(st.accumulate and not st.sparse for st in steps):
         return None  # (the general path runs such a run at 64 bits from the start: program.py)
+    if any(st.accumulate and not st.sparse and list(st.ctx.plan.out_format.order) != sorted(st.ctx.plan.out_format.order)
+           for st in steps):
+        return None  # a += into one declared in another mode order: its layout is checked per call
     written = {st.name for st in steps}
     accumulated = {st.name for st in steps if st.accumulate}
     checks, names_of = {}, {}

@@ -30,7 +30,6 @@ from . import interrupt, partials
 from .launch import WiderIndices, balance_pos, parallel_extent
 from .memory import data_ptr, free
 from .program_chunks import ChunkPlan, join_slots, per_chunk_params
-from .program_repeat import sparse_result
 from .program_team_copies import ARRAYS, copied, copies_before, copy_types
 from .threads import get_num_threads
 
@@ -160,10 +159,11 @@ class TeamRun:
             return self._run(env, 64)
 
     def _run(self, env: dict, bits: int) -> bool:
-        bound, work, pending = [], 0, {}
+        bound, work, pending, given = [], 0, {}, []
         for run in self.runs:  # each phase's dense results allocated before the next binds
-            per_step, units, need = run.bind(env, bits, pending)
+            per_step, units, need, given_of = run.bind(env, bits, pending)
             bound.append(per_step)
+            given.append(given_of)
             bits, work = max(bits, need), work + units
         builds = [self._build(p, bits) for p in range(len(self.runs))]
         if any(run.chunks(32) is not None and run.extent(built, per_step) is None
@@ -250,13 +250,8 @@ class TeamRun:
                 for out in mine:
                     out.discard()
             self.runs[-1].fail(status, [o for mine in outs for o in mine], bits)
-        for run, per_step, mine in zip(self.runs, bound, outs):
-            it = iter(mine)
-            for st, (_s, _z, array, _c) in zip(run.steps, per_step):
-                if st.sparse:
-                    sparse_result(next(it), st, bits, env)
-                elif array is not None:
-                    env[st.name] = array.item() if array.ndim == 0 and st.returned and not st.accumulate else array
+        for run, per_step, mine, given_of in zip(self.runs, bound, outs, given):
+            run.put_results(per_step, mine, bits, env, given_of)
         return True
 
     def _native_joins(self, bases: list, frame, p: int, join: tuple, count: int, bounds) -> None:

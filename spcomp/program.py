@@ -14,8 +14,8 @@ there: ``lower/fused_diagonal.py``), a dense temporary declared column-major see
 row-major, a returned one written in its declared order into the array handed
 back, a sparse statement after a dense ``+=`` too (such a run runs 64-bit at
 once: ``runtime/program.py``). A statement that cannot join (a reader of a
-copy or a diagonal of a bitmap or blocked temporary; an output no fused function
-writes: blocked ELL, a dense ``+=`` one in another mode order) runs as a kernel of its
+copy of a blocked temporary; an output no fused function writes: one assembled in
+another operand's blocks that a later statement reads on a diagonal) runs as a kernel of its
 own, its result handed to the next one by the runtime (``k.loops`` says which is
 which, and why; ``k.launches`` counts them). On a
 backend without raw pointers (the CUDA backends) ``program_gpu.py`` plans instead:
@@ -58,7 +58,7 @@ from .runtime.call import CallContext
 from .runtime.launch import Variant
 from .runtime.operands import refuse_overlap
 from .program_copies import (apart_reason, copy_recasts, copyable_written, declared_in_warnings, expandable,
-                             reads_only_copies, row_major_temporaries, run_statements, in_function_copies)
+                             handed_arrays, reads_only_copies, row_major_temporaries, run_statements, in_function_copies)
 from .program_density import DensityVariants
 from .program_phases import copy_phases, phase_segments, team_plan
 from .program_saved import SavedProgram
@@ -117,7 +117,7 @@ class ProgramKernel(SavedProgram):
         segments, k = [], 0
         while k < len(stmts):
             run, lows = [k], [fusable[k]]
-            written = {stmts[k].lhs.tensor.name: made_arrays(fusable[k])} if fusable[k] is not None else {}
+            written = {stmts[k].lhs.tensor.name: handed_arrays(fusable[k])} if fusable[k] is not None else {}
             while fusable[k] is not None and run[-1] + 1 < len(stmts):
                 low = self._joining(run[-1] + 1, fusable[run[-1] + 1], written)
                 if isinstance(low, str):
@@ -125,7 +125,7 @@ class ProgramKernel(SavedProgram):
                     break
                 run.append(run[-1] + 1)
                 lows.append(low)
-                written[stmts[run[-1]].lhs.tensor.name] = made_arrays(low)
+                written[stmts[run[-1]].lhs.tensor.name] = handed_arrays(low)
             if len(run) >= 2 and fusable[k] is not None:
                 segments.append(("fused", self._fused_run(run, lows), run))
             else:
@@ -175,8 +175,8 @@ class ProgramKernel(SavedProgram):
         fmt = a.lhs.tensor.format
         if not (caps.pointers and caps.host_threads):
             return None
-        if fmt.is_dense and fmt.order != tuple(range(fmt.ndim)) and (fmt.blocks is not None or a.accumulate):
-            return None  # (written anew in another mode order it is allocated so: runtime zeros_in_order)
+        if fmt.is_dense and fmt.order != tuple(range(fmt.ndim)) and fmt.blocks is not None:
+            return None  # (one in another mode order is allocated, or a += one laid out, so: runtime/program.py)
         low = self._target.lower(a, self._statement_options(k, True))
         if fmt.is_dense:
             if (low.output.shape != "dense" or low.output.growable or low.output.bounded
@@ -184,10 +184,15 @@ class ProgramKernel(SavedProgram):
                     or any(b.role not in ("size", "input", "output") for b in low.code.bindings)):
                 return None
         elif (low.output.shape == "dense" or low.output.bounded or low.output.assembly is not None
-              or low.append_chunks or (low.output.expand is not None and not expandable(low))
+              or low.append_chunks or (low.output.expand is not None and not expandable(low, self._later(k)))
               or any(b.role not in _SPARSE_ROLES for b in low.code.bindings)):
             return None
         return low
+
+    def _later(self, k: int) -> str:
+        name = self.program.statements[k].lhs.tensor.name
+        reads = [acc for a in self.program.statements[k + 1:] for acc in _accesses(a) if acc.tensor.name == name]
+        return "diagonal" if any(len(set(a.indices)) < len(a.indices) for a in reads) else "plain" if reads else "none"
 
     def _parallel_lowering(self, k: int):
         """Statement ``k`` lowered as a kernel of its own (threads allowed), once."""
@@ -229,7 +234,7 @@ class ProgramKernel(SavedProgram):
             if low is None or isinstance(low, str):
                 return None
             lows.append(low)
-            written[self.program.statements[k].lhs.tensor.name] = made_arrays(low)
+            written[self.program.statements[k].lhs.tensor.name] = handed_arrays(low)
         return self._fused_run(phase, lows)
 
     def _kernel(self, k: int) -> Kernel:

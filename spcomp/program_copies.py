@@ -18,9 +18,11 @@ matter. A diagonal of a temporary is gathered inside the function too
 (``lower/fused_diagonal.py``, :func:`in_function_copies`), and so is a copy of a
 temporary with a packed-block level (its used slots walked, sorted and placed:
 ``fused_diagonal.copy_read``); a temporary its writer assembles in a stand-in (a
-blocked one, or one with a dense level below a sparse one) is laid out in its
-declared levels for each reader there (:func:`expandable`). Anything else (a bitmap
-or blocked temporary read through a copy) keeps a kernel of its own,
+blocked one, blocked ELL too, or one with a dense or bitmap level below a sparse one,
+or a bitmap above one) is laid out in its declared levels for each reader there
+(:func:`expandable`, :func:`handed_arrays`), and a bitmap one read through a copy
+has its set bytes walked. Anything else (a blocked temporary read through a copy,
+an output assembled in another operand's blocks) keeps a kernel of its own,
 :func:`apart_reason` saying why. A dense temporary declared in another
 mode order is seen row-major by every fused lowering (:func:`row_major_temporaries`).
 """
@@ -29,24 +31,27 @@ from __future__ import annotations
 import dataclasses
 
 from .formats import Compressed, Dense, Format, PackedBlock, Singleton
+from .formats.bitmap import Bitmap
 from .lower.fused_diagonal import (buildable, copy_read, diagonal_read, diagonal_storages, expand_read, placeable,
-                                   walkable)
+                                   unblock_read, walkable)
+from .lower.blocked import output_in_blocks
+from .lower.fuse import made_arrays
 from .lower.temporary_formats import with_formats
 from .notation import accesses
 
 
 def copyable(fmt) -> bool:
     """Whether a sparse temporary stored in ``fmt`` can be copied in another mode order
-    inside the fused function: dense, compressed, singleton or packed-block levels,
-    unblocked, the top one not a singleton. A 2-d one whose rows are walked in order
+    inside the fused function: dense, bitmap, compressed, singleton or packed-block
+    levels, unblocked, the top one not a singleton. A 2-d one whose rows are walked in order
     (``dc``, or a compressed top level ordered) is copied as ``dc`` (each column's rows
     come out ascending); any other as a sorted coordinate list (``sorted_copy_block``:
     sorted by every level where the writer has an unordered one). One with a
-    packed-block level has its used slots gathered and sorted into either
+    packed-block or bitmap level has its used slots (set bytes) gathered and sorted into either
     (``fused_diagonal.copy_read``)."""
     if fmt.blocks is not None or len(fmt.levels) < 2:
         return False
-    if any(type(lvl) is PackedBlock for lvl in fmt.levels):
+    if any(type(lvl) in (PackedBlock, Bitmap) for lvl in fmt.levels):
         return walkable(fmt)
     kinds = [type(lvl) for lvl in fmt.levels]
     if len(kinds) == 2 and kinds[0] is Dense:
@@ -97,9 +102,12 @@ def apart_reason(statement: int, low, written: dict, formats: dict, assignment=N
         if fmt is not None and fmt.blocks is not None:
             return (f"its output is not one a fused function writes (blocked, {fmt}: its kernel assembles it "
                     "in a stand-in the fused function does not lay out so, converted by the runtime afterwards)")
-        if fmt is not None and fmt.is_dense and fmt.order != tuple(range(fmt.ndim)):
-            return (f"its output is not one a fused function writes (a dense tensor declared {fmt} that "
-                    "it adds into, +=: only one it writes anew is written in that order)")
+        blocks = output_in_blocks(assignment.lhs, assignment.rhs) if assignment is not None else None
+        if blocks is not None:
+            return (f"its output ({fmt}) has an index a blocked operand cuts: its kernel assembles it in that "
+                    f"operand's blocks ({blocks}), converted by the runtime afterwards; the fused "
+                    "function lays it out for a later statement only to read plainly or through a copy, "
+                    "not on a diagonal")
         return "its output is not one a fused function writes (a dense array, or a sparse tensor " \
                "assembled in one pass)"
     for _storage, diagonal, fmt in diagonal_storages(low):
@@ -107,24 +115,45 @@ def apart_reason(statement: int, low, written: dict, formats: dict, assignment=N
         if d.operand in written and not buildable(d, fmt):
             return (f"it reads {d.operand} ({formats[d.operand].spec()}) through a diagonal copy stored "
                     f"{fmt.spec()!r}, which the fused function makes only of an unblocked temporary of dense, "
-                    "compressed, singleton or packed-block levels, into dense, compressed or singleton levels")
+                    "bitmap, compressed, singleton or packed-block levels, into dense, bitmap, compressed, "
+                    "singleton or packed-block levels")
     for op, fmt in low.operands.transposes.values():
         if op in written:
             return (f"it reads {op} ({formats[op].spec()}) through a copy stored {fmt.spec()!r}, which the fused "
-                    "function makes only of an unblocked temporary of dense, compressed, singleton or "
-                    "packed-block levels")
+                    "function makes only of an unblocked temporary of dense, bitmap, compressed, singleton "
+                    "or packed-block levels")
     return "it reads arrays the run's statements do not hand over"
 
 
-def expandable(low) -> bool:
+def expandable(low, later: str = "plain") -> bool:
     """Whether a fused function can lay out the sparse output ``low`` assembles in a
     stand-in (``low.output.expand``: dense levels below sparse ones, blocks included,
     stored compressed; after a kernel of its own the runtime expands it) in its
     declared format for the run's readers (``fused_diagonal.expand_read``): the same
-    levels, mode order and blocks, the stand-in's walkable, the declared ones placeable."""
+    levels, mode order and blocks, the stand-in's walkable, the declared ones placeable.
+    One assembled in another operand's blocks (a csr ``Z`` over indices a bsr operand
+    cuts) is unblocked for each reader (``fused_diagonal.unblock_read``: gathered,
+    sorted, placed; ``later``: how later statements read it, "none", "plain" or
+    "diagonal", which refuses), the runtime converting it handed back as after a
+    kernel of its own."""
     stand, fmt = low.inspection.notation.lhs.tensor.format, low.output.expand
+    if stand.blocks != fmt.blocks:  # in an operand's blocks: unblocked for each reader
+        return later == "none" or (later == "plain" and stand.blocks is not None and fmt.blocks is None
+                                   and walkable(stand.level_view()) and placeable(fmt))
     return (stand.blocks == fmt.blocks and stand.order == fmt.order and len(stand.levels) == len(fmt.levels)
             and walkable(stand.level_view()) and placeable(fmt.level_view()))
+
+
+def handed_arrays(low) -> set:
+    """``(level, array)`` of what a fused writer hands its run's readers: the arrays it
+    makes (``lower.fuse.made_arrays``), and, for one assembled in a stand-in
+    (:func:`expandable`), those of its declared levels, which the function lays out
+    for each reader (a bitmap's ``map`` too)."""
+    out = made_arrays(low)
+    fmt = low.output.expand
+    if fmt is not None and expandable(low):
+        out |= {(level, array) for level, lvl in enumerate(fmt.levels) for array in lvl.arrays} | {(-1, "vals")}
+    return out
 
 
 def in_function_copies(statements, run: list, lows: list, links: list) -> list:
@@ -139,7 +168,13 @@ def in_function_copies(statements, run: list, lows: list, links: list) -> list:
         mine = {}
         for storage in {b.storage for b in lows[j].code.bindings if b.role == "input"} & set(links[j]):
             writer = lows[links[j][storage]]
-            if writer.output.expand is not None:
+            stand = writer.inspection.notation.lhs.tensor.format
+            if writer.output.expand is not None and stand.blocks != writer.output.expand.blocks:
+                acc = next(a for a in accesses(statements[k].rhs) if a.tensor.name == storage)
+                mine[storage] = unblock_read(links[j][storage], storage, stand, [i.name for i in acc.indices],
+                                             [i.name for i in statements[run[links[j][storage]]].lhs.indices],
+                                             writer.output.expand)
+            elif writer.output.expand is not None:
                 acc = next(a for a in accesses(statements[k].rhs) if a.tensor.name == storage)
                 mine[storage] = expand_read(links[j][storage], storage, writer.inspection.notation.lhs.tensor.format,
                                             [i.name for i in acc.indices],
@@ -157,7 +192,12 @@ def in_function_copies(statements, run: list, lows: list, links: list) -> list:
                 order = statements[run[writer]].lhs.tensor.format.order
                 acc = next(a for a in accesses(statements[k].rhs) if a.tensor.name == op)
                 wfmt = statements[run[writer]].lhs.tensor.format
-                if any(type(lvl) is PackedBlock for lvl in wfmt.levels):
+                stand, expand = lows[writer].inspection.notation.lhs.tensor.format, lows[writer].output.expand
+                if expand is not None and stand.blocks != expand.blocks:  # copied from its blocks
+                    mine[storage] = unblock_read(writer, op, stand, [i.name for i in acc.indices],
+                                                 [i.name for i in statements[run[writer]].lhs.indices], fmt)
+                    continue
+                if any(type(lvl) in (PackedBlock, Bitmap) for lvl in wfmt.levels):
                     mine[storage] = copy_read(writer, op, wfmt, [i.name for i in acc.indices],
                                               [i.name for i in statements[run[writer]].lhs.indices], fmt)
                     continue

@@ -4,8 +4,12 @@ On ``cuda`` and ``cuda-sim`` a run of consecutive statements that each write a
 dense row-major array, or a sparse one of dense rows counted and filled in two
 phases, or one stored compressed first (dcsr, csf, a 2-d coo) whose dense-first
 stand-in is (``lower/device_compact.py``: one more phase writes its first
-level), in one launch -- no host work between them: no transposed or diagonal
-copy of a tensor the run writes, no appends into arrays that grow --
+level), in one launch -- no host work between them: no appends into arrays that
+grow; a transposed copy (``dc`` over its columns, made by one thread) or a dense
+diagonal (a thread per row) of a tensor the run writes is one more block of the
+kernel before its reader (``program_gpu_copies.py``, ``lower/device_copies.py``),
+any other copy keeps the reader a kernel of its own; a sparse ``+=`` is lowered as
+``S = S_old + ...``: it reads the caller's tensor and assembles new arrays --
 becomes one ``__global__`` kernel:
 the statements' functions joined by :func:`spcomp.lower.fuse.fuse` (a temporary
 is one parameter, its writer's output), printed with a grid-wide barrier between
@@ -47,10 +51,13 @@ from .backends.cuda.grid_sync import (BARRIER_WORDS, GRID_SYNC_STATUS, emit_prog
 from .backends.cuda.launch import launch_config
 from .backends.cuda.target import DEFAULT_BLOCK
 from .errors import DTypeError, KernelRuntimeError, OperandError, ShapeError, UnsupportedError
+from .formats import Compressed
 from .ir import nodes as irn
 from .lower.device_compact import stand_in
 from .lower.device_scan import CAPACITY_STATUS, phased_function, split_phases
 from .lower.fuse import fuse, made_arrays, reads_plainly
+from .notation import accesses
+from .program_gpu_copies import TRANSPOSE, copy_args, copy_function, device_copies
 from .program_gpu_sparse import BoundedAppends, SparseRows
 from .runtime.launch import parallel_extent, raise_status
 from .runtime.operands import index_bits, is_device_array, is_torch, refuse_overlap
@@ -80,11 +87,12 @@ def plan_gpu(program, kernels: list, index32_limit: int, expression: str, recomp
     segments, k = [], 0
     while k < len(stmts):
         run, written = [k], {stmts[k].lhs.tensor.name: _made(kernels[k], stored[k])}
+        formats = {a.lhs.tensor.name: a.lhs.tensor.format for a in stmts}
         if _joinable(stmts[k], kernels[k]):
             block = kernels[k].lowered.threads.gpu_block
             j = k + 1
             while (j < len(stmts) and _joinable(stmts[j], kernels[j])
-                   and kernels[j].lowered.threads.gpu_block == block and _reads_in_run(kernels[j].lowered, written)):
+                   and kernels[j].lowered.threads.gpu_block == block and _reads_in_run(kernels[j].lowered, written, formats)):
                 run.append(j)
                 written[stmts[j].lhs.tensor.name] = _made(kernels[j], stored[j])
                 j += 1
@@ -115,7 +123,7 @@ def _with_stand_ins(stmts, kernels: list, recompiled) -> tuple:
     for k, a in enumerate(stmts):
         fmt = a.lhs.tensor.format
         serial = not _joinable(a, kernels[k]) or kernels[k].lowered.output.bounded  # (one thread appends)
-        alt = stand_in(fmt) if not fmt.is_dense and serial else None
+        alt = stand_in(fmt) if not fmt.is_dense and serial and not a.accumulate else None
         if alt is None:
             continue
         try:
@@ -140,14 +148,21 @@ def _made(kernel, stored=None) -> frozenset:
     return frozenset(made_arrays(low)) if low.output.assembly is not None else DENSE_ARRAYS
 
 
-def _reads_in_run(low, written: dict) -> bool:
-    """Whether a statement reads the run's tensors as they are written (``reads_plainly``)
-    and does not split its rows by the positions of a sparse one (whose entries the
-    host does not know before the launch) -- except the top positions of one stored
-    compressed first, whole: the launch reads their count from its ``pos`` (:func:`_hi_from_pos`)."""
+def _reads_in_run(low, written: dict, formats: dict) -> bool:
+    """Whether a statement reads the run's tensors as they are written (``reads_plainly``),
+    or through a transposed copy or a diagonal the launch makes (``program_gpu_copies.py``),
+    and does not split its rows by the positions of a sparse one or of such a copy (whose
+    entries the host does not know before the launch) -- except the top positions of one
+    stored compressed first, whole: the launch reads their count from its ``pos`` (:func:`_hi_from_pos`)."""
+    copies = device_copies(low, set(written), formats)
+    if copies is None:
+        return False
     positions = low.threads.positions
     sparse = {name for name, arrays in written.items() if arrays != DENSE_ARRAYS}
-    if not reads_plainly(low, written):
+    transposed = {c.tensor for c in copies if c.kind == TRANSPOSE}
+    if not reads_plainly(low, written, copies=transposed, diagonals=True):
+        return False
+    if positions is not None and positions[0] in {c.storage for c in copies}:
         return False
     return positions is None or positions[0] not in sparse or _device_extent(low, written)
 
@@ -185,15 +200,39 @@ def _joinable(a, kernel) -> bool:
 
 def _joinable_sparse(a, kernel) -> bool:
     """Whether a two-phase statement's count, prefix sum and fill can run inside the
-    launch (``lower/device_scan.py``): an assigned (not ``+=``) output of dense rows
-    (``first`` >= 1) whose rows are the parallel loop (not a split of positions)."""
+    launch (``lower/device_scan.py``): an output of dense rows (``first`` >= 1) whose
+    rows are the parallel loop (not a split of positions). A ``+=`` one is lowered as
+    ``S = S_old + ...`` (the caller's tensor an input): its count is of the union of
+    the old and new entries per row, and the launch hands back new arrays."""
     low = kernel.lowered
     out = low.output
-    return (kernel.contraction is None and not a.accumulate and out.assembly.first >= 1
+    if a.accumulate and not any(b.role == "input" and b.tensor == a.lhs.tensor.name for b in low.code.bindings):
+        return False
+    return (kernel.contraction is None and out.assembly.first >= 1
             and not out.growable and not out.bounded and out.expand is None and not low.append_chunks
-            and low.threads.positions is None and not low.threads.split
+            and _rows_apart(low)
             and all(b.role in _SPARSE_ROLES for b in low.code.bindings)
             and all(b.role in _SPARSE_ROLES for b in low.output.assembly.count_bindings))
+
+
+def _rows_apart(low) -> bool:
+    """Whether each output row of a two-phase statement is counted and filled by one
+    thread: its rows are the parallel loop, or its threads split the top positions of an
+    input whose top level is unique compressed (dcsr: one stored row each) whose
+    coordinate is the output's row -- not a split of a row's nonzeros, whose threads
+    would count one row together."""
+    th = low.threads
+    if th.split:
+        return False
+    if th.positions is None:
+        return True
+    storage, level = th.positions
+    notation = low.inspection.notation
+    fmt = low.operands.transposes.get(storage, (None, None))[1] or next(
+        (acc.tensor.format for acc in accesses(notation.rhs) if acc.tensor.name == storage), None)
+    out = notation.lhs
+    return (level == 0 and fmt is not None and type(fmt.levels[0]) is Compressed and fmt.levels[0].unique
+            and th.parallel == out.indices[out.tensor.format.order[0]].name)
 
 
 def _joinable_bounded(a, kernel) -> bool:
@@ -216,7 +255,7 @@ class GpuStep:
     kernel: object
     low: object
     returned: bool
-    accumulate: bool  # ``+=``: it adds into the caller's array
+    accumulate: bool  # ``+=``: it adds into the caller's array (a sparse one: reads it, assembles a new one)
     stored: object = None  # the output's format when ``kernel`` writes its dense-first stand-in
 
     @property
@@ -239,6 +278,7 @@ class GpuBuild:
     block: int
     compiled: tuple  # (CUDA C, cuda-sim module or None): ``k.source`` prints the first
     module: irn.Module  # ``k.ir`` prints it
+    order: list = dataclasses.field(default_factory=list)  # per joined function: its step, or (step, copy, CopyFunction)
 
 
 class GpuProgramRun:
@@ -254,6 +294,7 @@ class GpuProgramRun:
         stored = stored or [None] * len(run)
         self.steps = [GpuStep(stmts[k].lhs.tensor.name, kern, kern.lowered, stmts[k].lhs.tensor.name in program.outputs,
                               stmts[k].accumulate, fmt) for k, kern, fmt in zip(run, kernels, stored)]
+        self.formats = {a.lhs.tensor.name: a.lhs.tensor.format for a in stmts}
         self.built: dict = {}
         self.reruns = 0  # launches run again because a sparse output outgrew its arrays
         self.gave_up = 0  # launches in which a block gave up waiting at a barrier
@@ -280,8 +321,17 @@ class GpuProgramRun:
 
     def _compile(self, lows: list) -> GpuBuild:
         written, links, bindings, functions = {}, [], [], []  # a two-phase statement: its phased function
-        phases = []
+        phases, order, made = [], [], {}  # made: a step's output arrays, (level, array) -> its Var
         for j, low in enumerate(lows):
+            before = {st.name for st in self.steps[:j]}
+            for c in device_copies(low, before, self.formats) or []:  # (plan_gpu checked they are buildable)
+                copy = copy_function(c, f"{c.storage}_copy{j + 1}", low.code.bindings, made[c.tensor])
+                functions.append(copy.function)
+                bindings.append(copy.bindings)
+                links.append({c.tensor: written[c.tensor]})
+                phases.append(0)
+                order.append((j, c, copy))
+                written[c.storage] = len(functions) - 1
             if self.steps[j].sparse:
                 phased = phased_function(low, self.steps[j].name, self.steps[j].stored)
                 function, own = phased.function, phased.bindings
@@ -301,7 +351,10 @@ class GpuProgramRun:
             # every statement has its own [lo, hi): fuse shares lo/hi, so they are passed as sizes
             bindings.append([dataclasses.replace(b, role="size", index=f"{b.role}{j}") if b.role in ("lo", "hi")
                              else b for b in own])
-            written[self.steps[j].name] = j
+            written[self.steps[j].name] = len(functions) - 1
+            order.append(j)
+            made[self.steps[j].name] = {(b.level, b.array): b.var for b in own
+                                        if b.role == "output" and b.tensor == self.steps[j].name}
         name = "statements_" + "_".join(str(k + 1) for k in self.run_statements)
         docs = [self.program.texts[k] for k in self.run_statements]
         fn, sources, _merged = fuse(functions, bindings, links, name, docs)
@@ -316,7 +369,7 @@ class GpuProgramRun:
         if self.target.name == "cuda-sim":
             from .backends.cuda.sim import compile_sim
             sim = compile_sim(source, {fn.name: program_signature(fn)})
-        return GpuBuild(fn, sources, lows, block, (source, sim), irn.Module((fn,), fn.name))
+        return GpuBuild(fn, sources, lows, block, (source, sim), irn.Module((fn,), fn.name), order)
 
     # ------------------------------------------------------------------ call
     def wants_threads(self, env: dict) -> bool:
@@ -333,8 +386,8 @@ class GpuProgramRun:
         per_step, bits, copied = [], 32, []
         for st in self.steps:
             ctx = st.kernel.runtime
-            ops = {name: env[name] for name in ctx.plan.names if name != st.name}
-            storages = ctx.operands.storages(ops)
+            ops = {name: env[name] for name in ctx.plan.names if name != st.name or (st.sparse and st.accumulate)}
+            storages = ctx.operands.storages(ops)  # (a sparse +=: the caller's tensor is its S_old)
             if st.accumulate:  # its sizes bind against the caller's array too
                 ops[st.name] = env[st.name]
             sizes = ctx.plan.bind_sizes(storages, ops)
@@ -343,7 +396,8 @@ class GpuProgramRun:
                 array = BoundedAppends(st.low, sizes, storages, ctx.plan.out_indices, 32, self.limit)
                 env[st.name] = array.placeholder()
             elif st.sparse:
-                array = SparseRows(st.low, sizes, storages, ctx.plan.out_indices, 32, self.limit, st.stored)
+                array = SparseRows(st.low, sizes, storages, ctx.plan.out_indices, 32, self.limit, st.stored,
+                                   _read_room(ctx.plan.names, self.steps, per_step))
                 env[st.name] = array.placeholder()  # a later statement binds its sizes against it
             else:
                 if st.accumulate:
@@ -358,7 +412,7 @@ class GpuProgramRun:
             if bits != 32:  # an operand needs 64-bit indices: so do the outputs' arrays
                 r.grow(bits)
         sums = {st.name: array.copy() for st, (_s, _z, array) in zip(self.steps, per_step)
-                if st.accumulate and rows}  # a launch run again adds into the old values again
+                if st.accumulate and not (st.sparse or st.bounded) and rows}  # a launch run again adds into the old values again
         reruns = RERUNS + max(len(rows) - 1, 0)
         for launch in range(reruns + 1):
             status = self._launch_at(bits, per_step)
@@ -372,7 +426,7 @@ class GpuProgramRun:
                 r.grow(bits)
             for st, (_s, _z, array) in zip(self.steps, per_step):
                 if not (st.sparse or st.bounded):
-                    array[...] = sums[st.name] if st.accumulate else 0
+                    array[...] = sums[st.name] if st.name in sums else 0
             self.reruns += 1
         if status == GRID_SYNC_STATUS:
             raise KernelRuntimeError(
@@ -409,7 +463,21 @@ class GpuProgramRun:
             hows.append(choice.pick(args)[0] if choice is not None else _default(variant))
             lists.append(args)
         built = self.build(bits, tuple(hows))
-        return self._launch(built, lists, hows)
+        joined = [lists[at] if isinstance(at, int) else self._copy_args(at, per_step) for at in built.order]
+        return self._launch(built, lists, joined, hows)
+
+    def _copy_args(self, at: tuple, per_step: list) -> list:
+        """A copy block's arguments (``program_gpu_copies.copy_args``): its writer's shape and room."""
+        _j, c, copy = at
+        w = next(i for i, st in enumerate(self.steps) if st.name == c.tensor)
+        array = per_step[w][2]
+        if isinstance(array, SparseRows):
+            shape, room = array.shape, array.capacity[array.levels - 1]
+        elif isinstance(array, BoundedAppends):
+            shape, room = array.out.shape, array.capacity
+        else:
+            shape, room = array.shape, 0
+        return copy_args(copy, self.formats[c.tensor], shape, room)
 
     def _refuse_shared_sums(self, env: dict) -> None:
         """OperandError where a ``+=`` array shares memory with an input of the run or
@@ -442,14 +510,15 @@ class GpuProgramRun:
         copied.append((name, given, array))
         return array
 
-    def _launch(self, built: GpuBuild, lists: list, hows: list) -> int:
-        """Launch the kernel on the statements' argument lists; returns its status."""
+    def _launch(self, built: GpuBuild, lists: list, joined: list, hows: list) -> int:
+        """Launch the kernel on the statements' argument lists (``joined``: every joined
+        function's, the copies' too); returns its status."""
         grid = 1
         for low, args in zip(built.lows, lists):
             fn = low.entry_function  # a two-phase statement's fill: its parameters come first
             scalars = {p.name: a if isinstance(a, int) else 0 for p, a in zip(fn.params, args)}
             grid = max(grid, launch_config(fn, scalars, built.block)[0])
-        args = [lists[s.statement][s.position] for s in built.sources]
+        args = [joined[s.statement][s.position] for s in built.sources]
         barrier = np.zeros(BARRIER_WORDS, dtype=np.int32)
         args += [barrier, int(SYNC_TIMEOUT_S * 1e9)]
         resident = co_resident_blocks(self.target, built)
@@ -471,7 +540,9 @@ class GpuProgramRun:
         parts = [f"# statements {which}: one native function, one CUDA kernel launch (a grid-wide barrier "
                  "between the statements; the grid at most the blocks resident at once; a call with GPU arrays "
                  "or torch tensors runs them as kernels of their own)"]
-        for k, st in zip(self.run_statements, self.steps):
+        for j, (k, st) in enumerate(zip(self.run_statements, self.steps)):
+            for _j, c, _copy in (at for at in self.compiled.order if not isinstance(at, int) and at[0] == j):
+                parts.append(_copy_note(c))
             parts.append(f"# statement {k + 1}\n{st.low.inspection.notation!r}\n{st.low.inspection.loops}")
             if st.sparse:
                 top = (f" (as {st.low.inspection.notation.lhs.tensor.format.spec()!r}), then its first level "
@@ -479,11 +550,36 @@ class GpuProgramRun:
                 parts.append(f"({st.name} inside the launch: counted, a two-level prefix sum, filled{top}, a barrier "
                              "after each step; its arrays are allocated before the launch at an estimate, and the "
                              "launch runs again with room for what it counted when they were too small)")
+                if st.accumulate:
+                    parts.append(f"({st.name} +=: the tensor you pass is read as {st.name}_old, each row's count is "
+                                 "of the union of its old and new entries, and new arrays are handed back; yours "
+                                 "are left as they were)")
             elif st.bounded:
                 parts.append(f"({st.name} inside the launch: one thread appends it; when its entries did not fit "
                              "it reports so before any later statement reads it, and the launch runs again with "
                              "room for them)")
         return "\n".join(parts)
+
+
+def _read_room(names, steps: list, per_step: list) -> int:
+    """The entries the run's sparse temporaries among ``names`` have room for (their
+    arrays' capacity): what a reader's estimate adds, since it sees them empty."""
+    room = 0
+    for st, (_s, _z, array) in zip(steps, per_step):
+        if st.name in names and isinstance(array, SparseRows):
+            room += array.capacity[array.levels - 1]
+        elif st.name in names and isinstance(array, BoundedAppends):
+            room += array.capacity
+    return room
+
+
+def _copy_note(c) -> str:
+    """``k.loops``' line for a copy the launch makes before its reader (``program_gpu_copies.py``)."""
+    if c.kind == TRANSPOSE:
+        return (f"({c.storage}: {c.tensor} transposed inside the launch by ONE thread of the grid -- count per "
+                "column, prefix sum, fill in row order, the host's copy exactly -- between two barriers, into "
+                f"arrays the host allocated at {c.tensor}'s capacity)")
+    return f"({c.storage}: {c.tensor}'s diagonal gathered inside the launch, a thread per row, between two barriers)"
 
 
 def _phases_apart(fn: irn.Function, phases: list) -> irn.Function:

@@ -33,7 +33,8 @@ from .runtime.plan import np_dtype, output_level_sizes
 class SparseRows:
     """A two-phase output's arrays for one fused launch, at a capacity per level."""
 
-    def __init__(self, low, sizes: dict, storages: dict, out_indices, bits: int, limit: int, stored=None):
+    def __init__(self, low, sizes: dict, storages: dict, out_indices, bits: int, limit: int, stored=None,
+                 more: int = 0):
         notation = low.inspection.notation
         t = notation.lhs.tensor
         self.layout = OutputLayout(t.format, output_level_sizes(notation, sizes), bits, np_dtype(t.dtype))
@@ -44,7 +45,9 @@ class SparseRows:
         self.shape = tuple(sizes[i.name] for i in notation.lhs.indices)
         self.first = low.output.assembly.first
         self.levels = len(t.format.levels)
-        capacity = first_capacity(low, sizes, storages, out_indices)
+        # ``more``: room for the entries of the run's sparse temporaries it reads, which the
+        # estimate sees empty before the launch (their placeholders)
+        capacity = first_capacity(low, sizes, storages, out_indices) + more
         if bits == 32:  # a level past the 32-bit limit overflows, and the launch runs again with 64-bit indices
             capacity = min(capacity, limit)
         self.capacity = {l: int(capacity) for l in range(self.first, self.levels)}

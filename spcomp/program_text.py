@@ -58,7 +58,12 @@ def fused_run_lines(program, seg, run: list, team=None) -> list:
                          + ("" if stand_in in (None, fmt) else
                             f" (as {stand_in} in the function over chunks of rows"
                             + (")" if st.internal else f", converted to {fmt} after them)")))
-            if st.low.output.expand is not None:
+            if st.low.output.expand is not None and st.low.inspection.notation.lhs.tensor.format.blocks != fmt.blocks:
+                parts.append(f"# {st.name}: assembled in an operand's blocks as "
+                             f"{st.low.inspection.notation.lhs.tensor.format.spec()}, laid out as {fmt} inside the "
+                             "function for each reader (gathered, sorted, placed)"
+                             + ("" if st.internal else f" and converted to {fmt} by the runtime, handed back"))
+            elif st.low.output.expand is not None:
                 parts.append(f"# {st.name}: assembled as {st.low.inspection.notation.lhs.tensor.format.spec()}, laid "
                              f"out as {fmt} inside the function for each reader"
                              + ("" if st.internal else " (and by the runtime, handed back)"))
@@ -83,7 +88,10 @@ def fused_run_lines(program, seg, run: list, team=None) -> list:
     for j, st in enumerate(seg.steps):
         declared = program.tensors[st.name].format
         if not st.sparse and declared.order != tuple(range(len(declared.levels))):
-            parts.append(f"# {st.name}: declared {declared.spec()}, written in that order into the array "
+            parts.append(f"# {st.name}: declared {declared.spec()}, added (+=) in that order into your array "
+                         "(into a copy laid out so and added back where yours is laid out otherwise)"
+                         if st.accumulate else
+                         f"# {st.name}: declared {declared.spec()}, written in that order into the array "
                          "handed back (an output)" if st.returned else
                          f"# {st.name}: declared {declared.spec()}, written and read row-major inside the "
                          "function (a temporary: no copy between its statements)")

@@ -20,12 +20,16 @@ storage order does not meet the diagonal's entries in its order (or with an
 unordered level), gets the kept
 entries gathered into a coordinate list first, stably counting-sorted by each of
 the asked levels, last to first, and then dropped into those levels the same way.
+The same placing lays out a stand-in in its declared levels (:func:`expand_read`):
+a bitmap level as a dense one with its byte set, a packed-block level (blocked ELL)
+by the next slot of the entry's block, ``STATUS_PACKED_OVERFLOW`` when its K are taken.
 """
 from __future__ import annotations
 
 import dataclasses
 
 from ..formats import Compressed, Dense, PackedBlock, Singleton
+from ..formats.bitmap import Bitmap
 from ..ir import nodes as n
 from ..ir.types import I64, ptr
 from .diagonal import Diagonal
@@ -34,17 +38,18 @@ from .fused_transpose import entry_count, sort_pass, walk_entries
 
 def walkable(src) -> bool:
     """Whether ``fused_transpose.walk_entries`` walks a tensor stored ``src``: unblocked,
-    every level dense, compressed, singleton or packed-block (ordered or not), the top
-    one not a singleton."""
+    every level dense, bitmap, compressed, singleton or packed-block (ordered or not),
+    the top one not a singleton."""
     return (src.blocks is None and bool(src.levels) and type(src.levels[0]) is not Singleton
-            and all(type(lvl) in (Dense, Compressed, Singleton, PackedBlock) for lvl in src.levels))
+            and all(type(lvl) in (Dense, Bitmap, Compressed, Singleton, PackedBlock) for lvl in src.levels))
 
 
 def placeable(fmt) -> bool:
-    """Whether :class:`_Levels` fills storage ``fmt``: unblocked, of dense, compressed
-    (unique or not) and singleton levels, the top one not a singleton."""
+    """Whether :class:`_Levels` fills storage ``fmt``: unblocked, of dense, bitmap,
+    compressed (unique or not), singleton and packed-block levels (a block past its
+    K slots returns ``STATUS_PACKED_OVERFLOW``), the top one not a singleton."""
     return (fmt.blocks is None and bool(fmt.levels) and type(fmt.levels[0]) is not Singleton
-            and all(type(lvl) in (Dense, Compressed, Singleton) for lvl in fmt.levels))
+            and all(type(lvl) in (Dense, Bitmap, Compressed, Singleton, PackedBlock) for lvl in fmt.levels))
 
 
 def buildable(diag: Diagonal, fmt) -> bool:
@@ -73,8 +78,9 @@ class DiagonalRead:
     writer level whose coordinate it must equal (``first``: itself where it comes
     first), per level of the storage the writer level whose coordinate it holds
     (``kept``) and its kind (``kinds``: :func:`level_kind`), whether one walk of the
-    writer's entries meets them in the storage's order (``in_order``), and per writer
-    level its PackedBlock where it is one (``packed``, else None). A transposed copy
+    writer's entries meets them in the storage's order (``in_order``), per writer
+    level its PackedBlock where it is one (``packed``, else None), and per level of
+    the storage the same (``placed``: a blocked ELL laid out by :func:`expand_read`). A transposed copy
     is one with no repeated index (:func:`copy_read`), a stand-in laid out in its
     declared levels one level for level (:func:`expand_read`)."""
     writer: int
@@ -85,13 +91,20 @@ class DiagonalRead:
     kinds: tuple
     in_order: bool
     packed: tuple = ()
+    placed: tuple = ()  # per storage level its PackedBlock where it fills one (expand_read), else None
 
 
 def level_kind(lvl) -> str:
-    """How :class:`_Levels` fills a level: "dense", "compressed" (a position per new
-    coordinate under its parent), "repeated" (nonunique: a position per entry) or "singleton"."""
+    """How :class:`_Levels` fills a level: "dense", "bitmap" (placed as a dense one,
+    its byte set), "packed" (a slot of its block per new coordinate under its parent),
+    "compressed" (a position per new coordinate under its parent),
+    "repeated" (nonunique: a position per entry) or "singleton"."""
     if type(lvl) is Singleton:
         return "singleton"
+    if type(lvl) is Bitmap:
+        return "bitmap"
+    if type(lvl) is PackedBlock:
+        return "packed"
     if type(lvl) is Compressed:
         return "compressed" if lvl.unique else "repeated"
     return "dense"
@@ -126,7 +139,25 @@ def expand_read(writer: int, tensor: str, stand_in, indices: list, written: list
     levels = tuple((name(written, d, part), name(indices, d, part)) for d, part in fmt.level_map())
     ident = tuple(range(len(levels)))
     return DiagonalRead(writer, tensor, levels, ident, ident, tuple(level_kind(lvl) for lvl in fmt.levels),
-                        all(lvl.ordered for lvl in stand_in.levels), _packed_levels(stand_in))
+                        all(lvl.ordered for lvl in stand_in.levels), _packed_levels(stand_in), _packed_levels(fmt))
+
+
+def unblock_read(writer: int, tensor: str, stand_in, indices: list, written: list, fmt) -> DiagonalRead:
+    """The :class:`DiagonalRead` that lays out ``tensor``, assembled by the run's
+    statement ``writer`` in a blocked ``stand_in`` (an operand's blocks:
+    ``lower.blocked.output_in_blocks``), in the unblocked ``fmt`` (its declared
+    format, or a copy's in another mode order): the stand-in's entries walked in its
+    levels (``i_o``, ..., ``i_i``), each dimension's coordinate ``outer * block +
+    inner``, gathered, sorted by ``fmt``'s levels and placed."""
+    where = {part_dim: level for level, part_dim in enumerate(stand_in.level_map())}
+    levels = tuple((stand_in.blocks[d] if part == "inner" else written[d] + ("_o" if part == "outer" else ""),
+                    stand_in.blocks[d] if part == "inner" else indices[d] + ("_o" if part == "outer" else ""))
+                   for d, part in stand_in.level_map())
+    kept = tuple((where[(d, "outer")], where[(d, "inner")], stand_in.blocks[d]) if (d, "outer") in where
+                 else where[(d, "whole")] for d in fmt.order)
+    return DiagonalRead(writer, tensor, levels, tuple(range(len(levels))), kept,
+                        tuple(level_kind(lvl) for lvl in fmt.levels), False, _packed_levels(stand_in.level_view()),
+                        _packed_levels(fmt))
 
 
 def diagonal_read(writer: int, diag: Diagonal, indices: list, written: list, fmt) -> DiagonalRead:
@@ -158,6 +189,20 @@ class DiagonalCopy:
     def arrays(self) -> list:
         return list(self.target.values())
 
+    def coord(self, xs: list, kept):
+        """The coordinate a storage level holds: writer level ``kept``'s (``xs``: per
+        writer level), or ``outer * block + inner`` for ``(outer, inner, block)``
+        (:func:`unblock_read`: a dimension a blocked stand-in cuts in two)."""
+        if isinstance(kept, tuple):
+            return n.Binary("+", n.Binary("*", xs[kept[0]], n.i64(kept[2])), xs[kept[1]])
+        return xs[kept]
+
+    def size_of(self, kept):
+        """The size of the coordinates :meth:`coord` gives."""
+        if isinstance(kept, tuple):
+            return n.Binary("*", self.sizes[kept[0]], n.i64(kept[2]))
+        return self.sizes[kept]
+
     @property
     def packed(self) -> dict:
         """Writer level -> its PackedBlock (``walk_entries``)."""
@@ -170,15 +215,28 @@ class _Levels:
     value) into them, entries coming in the storage's order."""
 
     def __init__(self, c: DiagonalCopy, nnz, alloc, emit, names):
-        self.c, self.state, self.bounds = c, [], []
+        self.c, self.state, self.bounds, self.packed = c, [], [], {}
         parents = n.i64(1)  # the positions of the level above (a bound for a compressed one)
         for level, kind in enumerate(c.read.kinds):
             self.bounds.append(parents)
             cur = n.Var(names("diag_at"), I64)
             emit(n.Declare(cur, n.i64(0)))
-            if kind == "dense":
+            if kind in ("dense", "bitmap"):
                 self.state.append((kind, cur, None, None, None))
-                parents = n.Binary("*", parents, c.sizes[c.read.kept[level]])
+                parents = n.Binary("*", parents, c.size_of(c.read.kept[level]))
+                if kind == "bitmap":  # a byte per position, 0 (zeroed) until an entry lands there
+                    alloc(c.target[(level, "map")], parents)
+                continue
+            if kind == "packed":  # K slots per (parent, block), count[tile] of them used
+                packed = self.packed[level] = c.read.placed[level]
+                tiles = n.Binary("*", parents, packed.num_blocks_expr(c.size_of(c.read.kept[level])))
+                alloc(c.target[(level, "count")], tiles)
+                alloc(c.target[(level, "crd")], n.Binary("*", tiles, n.i64(packed.K)))
+                last_parent, last = n.Var(names("diag_parent"), I64), n.Var(names("diag_last"), I64)
+                for v in (last_parent, last):
+                    emit(n.Declare(v, n.i64(-1)))
+                self.state.append((kind, cur, last_parent, last, None))
+                parents = n.Binary("*", tiles, n.i64(packed.K))
                 continue
             alloc(c.target[(level, "crd")], nnz)
             if kind == "singleton":  # one coordinate per parent position, at that position
@@ -196,8 +254,12 @@ class _Levels:
         c, body, parent = self.c, [], n.i64(0)
         for level, (kind, cur, last_parent, last, count) in enumerate(self.state):
             x = xs[level]
-            if kind == "dense":
-                body.append(n.Assign(cur, n.Binary("+", n.Binary("*", parent, c.sizes[c.read.kept[level]]), x)))
+            if kind in ("dense", "bitmap"):
+                body.append(n.Assign(cur, n.Binary("+", n.Binary("*", parent, c.size_of(c.read.kept[level])), x)))
+                if kind == "bitmap":
+                    body.append(n.Store(c.target[(level, "map")], cur, n.const(1, c.target[(level, "map")].type.elem)))
+            elif kind == "packed":
+                body.append(self._slot(level, parent, x))
             elif kind == "singleton":
                 crd = c.target[(level, "crd")]
                 body += [n.Assign(cur, parent), n.Store(crd, cur, _cast(x, crd.type.elem))]
@@ -217,11 +279,29 @@ class _Levels:
         vals = c.target[(-1, "vals")]
         return body + [n.Store(vals, parent, n.Binary("+", n.Load(vals, parent), value))]
 
+    def _slot(self, level: int, parent, x):
+        """At packed level ``level``: a new (parent, coordinate) takes the next slot of
+        its block (``count[tile]``, the in-block coordinate stored), or the function
+        returns ``STATUS_PACKED_OVERFLOW`` when the block's K are taken."""
+        _kind, cur, last_parent, last, _ = self.state[level]
+        packed, size = self.packed[level], self.c.size_of(self.c.read.kept[level])
+        count, crd = self.c.target[(level, "count")], self.c.target[(level, "crd")]
+        bs = packed.block_size_expr(size)
+        block = n.Binary("/", x, bs)
+        tile = n.Binary("+", n.Binary("*", parent, packed.num_blocks_expr(size)), block)
+        used = _i64(n.Load(count, tile))
+        return n.If(n.Binary("||", n.Binary("!=", parent, last_parent), n.Binary("!=", x, last)), n.Block((
+            n.If(n.Binary(">=", used, n.i64(packed.K)), n.Block((n.Return(n.STATUS_PACKED_OVERFLOW),))),
+            n.Assign(cur, n.Binary("+", n.Binary("*", tile, n.i64(packed.K)), used)),
+            n.Store(crd, cur, _cast(n.Binary("-", x, n.Binary("*", block, bs)), crd.type.elem)),
+            n.Store(count, tile, n.Binary("+", n.Load(count, tile), n.const(1, count.type.elem))),
+            n.Assign(last_parent, parent), n.Assign(last, x))))
+
     def sums(self, names) -> list:
         """Each compressed level's counts per parent, prefix-summed into its ``pos``."""
         out = []
-        for level, (_kind, _cur, _lp, last, _count) in enumerate(self.state):
-            if last is None:
+        for level, (kind, _cur, _lp, last, _count) in enumerate(self.state):
+            if last is None or kind == "packed":
                 continue
             pos, q = self.c.target[(level, "pos")], n.Var(names("diag_q"), I64)
             above = self.state[level - 1][4] if level and self.state[level - 1][4] is not None else self.bounds[level]
@@ -257,7 +337,7 @@ def diagonal_block(c: DiagonalCopy, names) -> list:
         return n.Block(tuple(body)) if on is None else n.Block((n.If(on, n.Block(tuple(body))),))
     if r.in_order:
         out.append(walk_entries(c, 0, n.i64(0), [], lambda xs, p: kept_only(
-            xs, levels.place([xs[w] for w in r.kept], n.Load(src_vals, p))), names))
+            xs, levels.place([c.coord(xs, w) for w in r.kept], n.Load(src_vals, p))), names))
         return out + levels.sums(names)
     # another order: the kept entries as a coordinate list, sorted by the levels, then placed
     m, e = n.Var(names("diag_m"), I64), n.Var(names("diag_e"), I64)
@@ -269,12 +349,12 @@ def diagonal_block(c: DiagonalCopy, names) -> list:
         alloc(var, nnz, zero=False)
     out.append(n.Declare(m, n.i64(0)))
     out.append(walk_entries(c, 0, n.i64(0), [], lambda xs, p: kept_only(xs, [
-        *(n.Store(coords[level], m, xs[w]) for level, w in enumerate(r.kept)),
+        *(n.Store(coords[level], m, c.coord(xs, w)) for level, w in enumerate(r.kept)),
         n.Store(values, m, n.Load(src_vals, p)), n.Assign(m, n.Binary("+", m, n.i64(1)))]), names))
     out.append(n.For(e, n.i64(0), m, n.Block((n.Store(perm[0], e, e),))))
     current = 0
     for level in reversed(range(len(r.kept))):  # stable counting sorts, last level to first
-        key, size = coords[level], c.sizes[r.kept[level]]
+        key, size = coords[level], c.size_of(r.kept[level])
         count = n.Var(names("diag_count"), ptr(I64))
         alloc(count, n.Binary("+", size, n.i64(1)))
         out += sort_pass(key, size, perm[current], perm[1 - current], count, m, names)
@@ -286,6 +366,10 @@ def diagonal_block(c: DiagonalCopy, names) -> list:
         *levels.place([n.Load(key, at) for key in coords], n.Load(values, at))))))
     out += [n.Free(v) for v in temps]
     return out + levels.sums(names)
+
+
+def _i64(e):
+    return e if e.type == I64 else n.Cast(e, I64)
 
 
 def _cast(x, t):

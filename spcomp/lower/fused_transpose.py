@@ -123,8 +123,8 @@ class SortedCopy:
 
 
 def walk_entries(c: SortedCopy, level: int, parent, coords: list, body, names):
-    """A loop over the writer's entries in storage order (each level dense, compressed,
-    singleton or packed-block, told by its arrays; ``c.packed`` holds a packed level's
+    """A loop over the writer's entries in storage order (each level dense, bitmap,
+    compressed, singleton or packed-block, told by its arrays; ``c.packed`` holds a packed level's
     B and K), ``body(coords, p)`` run at each with its coordinates (per writer level)
     and its position ``p``."""
     if level == len(c.sizes):
@@ -132,6 +132,13 @@ def walk_entries(c: SortedCopy, level: int, parent, coords: list, body, names):
     if level in c.packed:
         return _walk_packed(c, level, parent, coords, body, names)
     pos, crd = c.source.get((level, "pos")), c.source.get((level, "crd"))
+    if (level, "map") in c.source:  # bitmap: positions parent * N + coordinate, those whose byte is set
+        x, p = n.Var(names("copy_c"), I64), n.Var(names("copy_p"), I64)
+        inner = walk_entries(c, level + 1, p, coords + [x], body, names)
+        return n.For(x, n.i64(0), c.sizes[level], n.Block((
+            n.Declare(p, n.Binary("+", n.Binary("*", parent, c.sizes[level]), x)),
+            n.If(n.Binary("!=", n.Load(c.source[(level, "map")], p), n.const(0, c.source[(level, "map")].type.elem)),
+                 n.Block((inner,))))))
     if crd is None:  # dense: positions parent * N + coordinate
         x = n.Var(names("copy_c"), I64)
         at = n.Binary("+", n.Binary("*", parent, c.sizes[level]), x)
@@ -166,7 +173,8 @@ def _walk_packed(c: SortedCopy, level: int, parent, coords: list, body, names):
 
 def entry_count(c: SortedCopy):
     """The writer's entry count: its last level's positions (each level's from its
-    parent's; a packed level's are all its slots, used or not: a bound)."""
+    parent's; a packed level's are all its slots, used or not, and a bitmap's all its
+    coordinates: bounds)."""
     count = n.i64(1)
     for level, size in enumerate(c.sizes):
         pos = c.source.get((level, "pos"))
