@@ -62,7 +62,7 @@ from .program_copies import (apart_reason, copy_recasts, copyable_written, decla
 from .program_density import DensityVariants
 from .program_phases import copy_phases, phase_segments, team_plan
 from .program_saved import SavedProgram
-from .program_text import fused_run_lines
+from .program_text import segment_lines, temporaries_line
 from .program_tiles import keep_tiles, temporary_params
 from .runtime.program import FusedBuild, FusedRun, FusedStep
 
@@ -549,29 +549,13 @@ class ProgramKernel(SavedProgram):
         variant = self.density.last_variant() if self.density is not None else None
         if variant is not None:  # what the last call ran: its program's variant
             return self.density.describe() + "\n" + variant.loops
-        parts = []
-        for kind, seg, run in self.segments:
-            which = ", ".join(str(k + 1) for k in run)
-            if kind == "fused" and hasattr(seg, "describe"):  # one CUDA kernel (program_gpu.py)
-                parts.append(seg.describe())
-            elif kind == "fused":
-                parts.extend(fused_run_lines(self.program, seg, run, lambda: self._team(run, seg)))
-            else:
-                lead = "not in the run before it" if run[0] else "in no fused run"
-                why = f" ({lead}: {self.apart[run[0]]})" if run[0] in self.apart else ""
-                parts.append(f"# statement {which}: a kernel of its own{why}\n{seg.loops}")
+        parts = segment_lines(self.program, self.segments, self.apart, self._team)
         parts.append(f"# returns {', '.join(self.outputs)}" + (f"; {self._temporaries_line}" if self.temporaries else ""))
         return "\n".join(parts)
 
     @property
     def _temporaries_line(self) -> str:
-        """``temporaries t (csr, chosen from A, B), u (dense)``: each temporary's format
-        and, where the compiler chose it (``lower/temporary_formats.py``), the sparse
-        operands whose zeros bound it."""
-        chosen = dict(self.program.chosen)
-        return "temporaries " + ", ".join(
-            f"{n} ({self.program.tensors[n].format if self.program.tensors[n].order else 'scalar'}"
-            + (f", chosen from {', '.join(chosen[n])})" if n in chosen else ")") for n in self.temporaries)
+        return temporaries_line(self.program, self.temporaries)
 
     @property
     def ir(self) -> str:

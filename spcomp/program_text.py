@@ -109,3 +109,31 @@ def fused_run_lines(program, seg, run: list, team=None) -> list:
                          "at the same iteration: the rows it reads were just written")
         parts.append(f"{st.low.inspection.notation!r}\n{st.low.inspection.loops}")
     return parts
+
+
+def segment_lines(program, segments, apart: dict, team_of) -> list:
+    """``k.loops``' lines for each segment of a program: a CUDA run's own description, a
+    fused run's (``team_of(run, seg)``: its thread-team plan, asked only when printed),
+    or a statement's kernel with why it stands apart (``apart``: statement -> reason)."""
+    parts = []
+    for kind, seg, run in segments:
+        which = ", ".join(str(k + 1) for k in run)
+        if kind == "fused" and hasattr(seg, "describe"):  # one CUDA kernel (program_gpu.py)
+            parts.append(seg.describe())
+        elif kind == "fused":
+            parts.extend(fused_run_lines(program, seg, run, lambda run=run, seg=seg: team_of(run, seg)))
+        else:
+            lead = "not in the run before it" if run[0] else "in no fused run"
+            why = f" ({lead}: {apart[run[0]]})" if run[0] in apart else ""
+            parts.append(f"# statement {which}: a kernel of its own{why}\n{seg.loops}")
+    return parts
+
+
+def temporaries_line(program, temporaries) -> str:
+    """``temporaries t (csr, chosen from A, B), u (dense)``: each temporary's format
+    and, where the compiler chose it (``lower/temporary_formats.py``), the sparse
+    operands whose zeros bound it."""
+    chosen = dict(program.chosen)
+    return "temporaries " + ", ".join(
+        f"{n} ({program.tensors[n].format if program.tensors[n].order else 'scalar'}"
+        + (f", chosen from {', '.join(chosen[n])})" if n in chosen else ")") for n in temporaries)
