@@ -51,21 +51,17 @@ from .backends.cuda.grid_sync import (BARRIER_WORDS, GRID_SYNC_STATUS, emit_prog
 from .backends.cuda.launch import launch_config
 from .backends.cuda.target import DEFAULT_BLOCK
 from .errors import DTypeError, KernelRuntimeError, OperandError, ShapeError, UnsupportedError
-from .formats import Compressed
 from .ir import nodes as irn
 from .lower.device_compact import stand_in
 from .lower.device_scan import CAPACITY_STATUS, phased_function, split_phases
 from .lower.fuse import fuse, made_arrays, reads_plainly
-from .notation import accesses
 from .program_gpu_copies import TRANSPOSE, copy_args, copy_function, device_copies
+from .program_gpu_join import inserted, joinable
 from .program_gpu_sparse import BoundedAppends, SparseRows
 from .runtime.launch import parallel_extent, raise_status
 from .runtime.operands import index_bits, is_device_array, is_torch, refuse_overlap
 
 SYNC_TIMEOUT_S = 60.0  # longest wait at the grid-wide barrier before the launch reports an error
-_ROLES = ("lo", "hi", "size", "input", "output")
-_SPARSE_ROLES = _ROLES + ("row_pos",)  # a two-phase output's per-row counts of its lower levels
-_BOUNDED_ROLES = _ROLES + ("capacity", "output_bounded", "needed")  # a serial statement's bounded appends
 # launches with more room for a sparse output before the run gives up (one suffices; one more
 # for each further sparse output of the run, whose statement runs only once those before it fit)
 RERUNS = 3
@@ -88,10 +84,10 @@ def plan_gpu(program, kernels: list, index32_limit: int, expression: str, recomp
     while k < len(stmts):
         run, written = [k], {stmts[k].lhs.tensor.name: _made(kernels[k], stored[k])}
         formats = {a.lhs.tensor.name: a.lhs.tensor.format for a in stmts}
-        if _joinable(stmts[k], kernels[k]):
+        if joinable(stmts[k], kernels[k]):
             block = kernels[k].lowered.threads.gpu_block
             j = k + 1
-            while (j < len(stmts) and _joinable(stmts[j], kernels[j])
+            while (j < len(stmts) and joinable(stmts[j], kernels[j])
                    and kernels[j].lowered.threads.gpu_block == block and _reads_in_run(kernels[j].lowered, written, formats)):
                 run.append(j)
                 written[stmts[j].lhs.tensor.name] = _made(kernels[j], stored[j])
@@ -122,7 +118,7 @@ def _with_stand_ins(stmts, kernels: list, recompiled) -> tuple:
         return out, stored
     for k, a in enumerate(stmts):
         fmt = a.lhs.tensor.format
-        serial = not _joinable(a, kernels[k]) or kernels[k].lowered.output.bounded  # (one thread appends)
+        serial = not joinable(a, kernels[k]) or kernels[k].lowered.output.bounded  # (one thread appends)
         alt = stand_in(fmt) if not fmt.is_dense and serial and not a.accumulate else None
         if alt is None:
             continue
@@ -131,7 +127,7 @@ def _with_stand_ins(stmts, kernels: list, recompiled) -> tuple:
             kernel = recompiled(k, {a.lhs.tensor.name: alt}, kernels[k].lowered.output.drops_zeros)
         except UnsupportedError:
             continue
-        if kernel.lowered.output.assembly is not None and _joinable(a, kernel):
+        if kernel.lowered.output.assembly is not None and joinable(a, kernel):
             out[k], stored[k] = kernel, fmt
     return out, stored
 
@@ -141,7 +137,7 @@ def _made(kernel, stored=None) -> frozenset:
     a two-phase sparse output's arrays (its ``pos``, ``crd``, ``vals``; those of the
     format it is ``stored`` in, for a stand-in)."""
     low = kernel.lowered
-    if low.output.bounded:
+    if low.output.bounded or inserted(low):
         return frozenset((b.level, b.array) for b in low.code.bindings if b.role in ("output", "output_bounded"))
     if stored is not None:
         return frozenset({(l, a) for l, kind in enumerate(stored.levels) for a in kind.arrays} | {(-1, "vals")})
@@ -178,75 +174,6 @@ def _device_extent(low, written: dict) -> bool:
                     for b in low.code.bindings))
 
 
-def _joinable(a, kernel) -> bool:
-    """Whether statement ``a`` (compiled as ``kernel``) needs no host work before or
-    after its one launch: a dense row-major output (``+=`` adds into the caller's
-    array, uploaded and copied back with the others), written whole in the launch,
-    or a sparse output of dense rows counted and filled in two phases
-    (:func:`_joinable_sparse`). A serial statement joins too: one thread of the
-    grid runs it between barriers."""
-    fmt = a.lhs.tensor.format
-    low = kernel.lowered
-    out = low.output
-    if out.assembly is not None:
-        return _joinable_sparse(a, kernel)
-    if out.bounded:
-        return _joinable_bounded(a, kernel)
-    return (kernel.contraction is None and fmt.is_dense
-            and fmt.order == tuple(range(fmt.ndim)) and out.shape == "dense" and not out.growable
-            and not out.bounded and out.assembly is None and out.expand is None and not low.append_chunks
-            and all(b.role in _ROLES for b in low.code.bindings))
-
-
-def _joinable_sparse(a, kernel) -> bool:
-    """Whether a two-phase statement's count, prefix sum and fill can run inside the
-    launch (``lower/device_scan.py``): an output of dense rows (``first`` >= 1) whose
-    rows are the parallel loop (not a split of positions). A ``+=`` one is lowered as
-    ``S = S_old + ...`` (the caller's tensor an input): its count is of the union of
-    the old and new entries per row, and the launch hands back new arrays."""
-    low = kernel.lowered
-    out = low.output
-    if a.accumulate and not any(b.role == "input" and b.tensor == a.lhs.tensor.name for b in low.code.bindings):
-        return False
-    return (kernel.contraction is None and out.assembly.first >= 1
-            and not out.growable and not out.bounded and out.expand is None and not low.append_chunks
-            and _rows_apart(low)
-            and all(b.role in _SPARSE_ROLES for b in low.code.bindings)
-            and all(b.role in _SPARSE_ROLES for b in low.output.assembly.count_bindings))
-
-
-def _rows_apart(low) -> bool:
-    """Whether each output row of a two-phase statement is counted and filled by one
-    thread: its rows are the parallel loop, or its threads split the top positions of an
-    input whose top level is unique compressed (dcsr: one stored row each) whose
-    coordinate is the output's row -- not a split of a row's nonzeros, whose threads
-    would count one row together."""
-    th = low.threads
-    if th.split:
-        return False
-    if th.positions is None:
-        return True
-    storage, level = th.positions
-    notation = low.inspection.notation
-    fmt = low.operands.transposes.get(storage, (None, None))[1] or next(
-        (acc.tensor.format for acc in accesses(notation.rhs) if acc.tensor.name == storage), None)
-    out = notation.lhs
-    return (level == 0 and fmt is not None and type(fmt.levels[0]) is Compressed and fmt.levels[0].unique
-            and th.parallel == out.indices[out.tensor.format.order[0]].name)
-
-
-def _joinable_bounded(a, kernel) -> bool:
-    """Whether a statement appending into arrays of a fixed capacity can run inside
-    the launch: serial (one thread appends), assigned, nothing else to grow."""
-    low = kernel.lowered
-    out = low.output
-    return (kernel.contraction is None and not a.accumulate and low.threads.parallel is None
-            and not out.growable and out.assembly is None and out.expand is None and not low.append_chunks
-            and all(b.role in _BOUNDED_ROLES for b in low.code.bindings)
-            and sum(b.role == "needed" for b in low.code.bindings) == 1
-            and sum(b.role == "capacity" for b in low.code.bindings) == 1)
-
-
 @dataclasses.dataclass
 class GpuStep:
     """One statement of a GPU run: its output, its own kernel, its 32-bit lowering
@@ -265,8 +192,9 @@ class GpuStep:
 
     @property
     def bounded(self) -> bool:
-        """Whether its output is appended into arrays of a fixed capacity (one thread)."""
-        return bool(self.low.output.bounded)
+        """Whether its output is appended into arrays of a fixed capacity (one thread), or
+        inserted into arrays of a size known before the launch (a bitmap: ``inserted``)."""
+        return bool(self.low.output.bounded) or inserted(self.low)
 
 
 @dataclasses.dataclass
@@ -339,7 +267,7 @@ class GpuProgramRun:
             else:
                 function, own = low.entry_function, low.code.bindings
                 phases.append(0)
-            if self.steps[j].bounded:  # (its arrays are outputs a later statement reads, as any)
+            if self.steps[j].low.output.bounded:  # (its arrays are outputs a later statement reads, as any)
                 function = _refuse_overflow(function, own)
                 own = [dataclasses.replace(b, role="output") if b.role == "output_bounded" else b for b in own]
             top = low.threads.positions
@@ -554,6 +482,9 @@ class GpuProgramRun:
                     parts.append(f"({st.name} +=: the tensor you pass is read as {st.name}_old, each row's count is "
                                  "of the union of its old and new entries, and new arrays are handed back; yours "
                                  "are left as they were)")
+            elif st.bounded and not st.low.output.bounded:
+                parts.append(f"({st.name} inside the launch: inserted into arrays of its whole size, allocated "
+                             "before the launch)")
             elif st.bounded:
                 parts.append(f"({st.name} inside the launch: one thread appends it; when its entries did not fit "
                              "it reports so before any later statement reads it, and the launch runs again with "
