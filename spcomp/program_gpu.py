@@ -27,6 +27,8 @@ first earlier in the launch reads their count on the device (:func:`_hi_from_pos
 A serial statement appending a sparse output into arrays of a fixed capacity
 (bounded appends) joins too: it reports status 8 when its entries did not fit
 (:func:`_refuse_overflow`) and the host runs the launch again with room. A
+bitmap output (every level inserting: ``program_gpu_join.joinable_inserted``)
+joins as a dense one does, its arrays allocated at their whole size. A
 serial statement (no grid-level loop) runs on one thread of the grid between
 two barriers. Each statement keeps its own mapping: where
 the default schedule leaves a thread or a warp per row to the call
