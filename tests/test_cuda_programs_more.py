@@ -103,7 +103,8 @@ def test_a_cd_output_stays_apart_with_its_reason():
 
 
 def test_sampled_programs_that_stay_apart_say_why():
-    for case, launches, stmts, reasons in sample(6):
+    # (each compared with the reference and the statements run one by one)
+    for case, launches, stmts, reasons in sample(3, check=True):
         if launches is None:
             continue
         assert all(why for _j, why in reasons), str(case)
