@@ -70,6 +70,7 @@ RERUNS = 3
 # what a joinable statement hands the next one: its dense values array itself (no
 # transposed or diagonal copy of it, which the runtime would make between launches)
 DENSE_ARRAYS = frozenset({(-1, "vals")})
+EXPANDED = frozenset()  # what an output the host expands after the launch hands the later statements
 
 
 def plan_gpu(program, kernels: list, index32_limit: int, expression: str, recompiled=None) -> list:
@@ -139,6 +140,8 @@ def _made(kernel, stored=None) -> frozenset:
     a two-phase sparse output's arrays (its ``pos``, ``crd``, ``vals``; those of the
     format it is ``stored`` in, for a stand-in)."""
     low = kernel.lowered
+    if low.output.expand is not None:  # expanded by the host after the launch: nothing a later statement reads
+        return EXPANDED
     if low.output.bounded or inserted(low):
         return frozenset((b.level, b.array) for b in low.code.bindings if b.role in ("output", "output_bounded"))
     if stored is not None:
@@ -152,6 +155,9 @@ def _reads_in_run(low, written: dict, formats: dict) -> bool:
     and does not split its rows by the positions of a sparse one or of such a copy (whose
     entries the host does not know before the launch) -- except the top positions of one
     stored compressed first, whole: the launch reads their count from its ``pos`` (:func:`_hi_from_pos`)."""
+    expanded = {name for name, arrays in written.items() if arrays == EXPANDED}
+    if any(b.role == "input" and (b.tensor in expanded or b.storage in expanded) for b in low.code.bindings):
+        return False  # (its arrays exist only after the launch)
     copies = device_copies(low, set(written), formats)
     if copies is None:
         return False

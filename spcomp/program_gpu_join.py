@@ -75,11 +75,15 @@ def rows_apart(low) -> bool:
 
 def joinable_bounded(a, kernel) -> bool:
     """Whether a statement appending into arrays of a fixed capacity can run inside
-    the launch: serial (one thread appends), assigned, nothing else to grow."""
+    the launch: serial (one thread appends), assigned, nothing else to grow. One with
+    dense levels under compressed ones (``cd``) appends their stand-in and the host
+    expands it after the launch, as after a kernel of its own: no later statement of the
+    launch reads it (``program_gpu._made``)."""
     low = kernel.lowered
     out = low.output
     return (kernel.contraction is None and not a.accumulate and low.threads.parallel is None
-            and not out.growable and out.assembly is None and out.expand is None and not low.append_chunks
+            and not out.growable and out.assembly is None and not low.append_chunks
+            and (out.expand is None or not any(l.fixed_slots for l in out.expand.levels))
             and all(b.role in _BOUNDED_ROLES for b in low.code.bindings)
             and sum(b.role == "needed" for b in low.code.bindings) == 1
             and sum(b.role == "capacity" for b in low.code.bindings) == 1)
@@ -111,6 +115,8 @@ def apart_reason(a, kernel) -> str | None:
     roles = {b.role for b in low.code.bindings} - set(_BOUNDED_ROLES) - set(_SPARSE_ROLES)
     checks = [
         (kernel.contraction is not None, "a contraction split into kernels of their own"),
+        (out.expand is not None and out.bounded and low.threads.parallel is None and not a.accumulate,
+         f"its {fmt} output has fixed-slot levels the host lays out after the kernel"),
         (out.expand is not None, f"its {fmt} output is expanded from its stored entries after the kernel"),
         (bool(out.growable) or bool(low.append_chunks), "its output grows between launches (host appends)"),
         (bool(roles), f"parameters a launch does not pass ({', '.join(sorted(roles))})"),

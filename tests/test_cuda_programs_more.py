@@ -2,7 +2,9 @@
 
 A bitmap output (``b``, every stored level inserting at positions the host knows before
 the launch) joins: its arrays are allocated like a dense output's and its threads write
-their own slots. What stays apart says why (``program_gpu_join.apart_reason``); the
+their own slots. A serial ``cd`` output (dense levels under compressed ones) joins when no
+later statement of the launch reads it: one thread appends its stand-in into bounded
+arrays, and the host expands it after the launch. What stays apart says why (``program_gpu_join.apart_reason``); the
 sampler (tests/cuda_program_sampler.py) tallies those reasons over random programs.
 Results under cuda-sim against numpy.einsum and the statements run one by one; the
 kernels compile with nvcc.
@@ -93,13 +95,35 @@ def test_random_bitmaps_join(size, shift, seed):
     assert np.allclose(densify(alone["u"]), densify(got["u"])) and np.isclose(alone["z"], got["z"])
 
 
-def test_a_cd_output_stays_apart_with_its_reason():
+def _same_arrays(got, want):
+    assert got.format == want.format
+    for l, (g, w) in enumerate(zip(got.levels, want.levels)):
+        for a in w:
+            assert np.array_equal(g[a], w[a]), (l, a)
+    assert np.array_equal(got.vals, want.vals)
+
+
+@pytest.mark.parametrize("text", ["y[i] = A[i,j] * w[j]; t[i,j] = A[i,j] * y[i]",
+                                  "t[i,j] = A[i,j] * 2; y[i] = A[i,j] * w[j]"])
+def test_a_cd_output_no_later_statement_reads_joins(text):
+    # appended by one thread into its stand-in's bounded arrays, expanded by the host after
+    # the launch (as after a kernel of its own): array for array the same
+    k, got, fused, alone, apart = _run(text, {"A": "csr", "t": "cd"}, ["t", "y"], {"A": A, "w": W})
+    assert fused == 1 and apart == 2, k.loops
+    d = A.toarray()
+    y = np.einsum("ij,j->i", d, W)
+    assert np.allclose(got["y"], y) and np.array_equal(got["y"], alone["y"])
+    assert np.allclose(got["t"].to_numpy(), d * (y[:, None] if text.startswith("y") else 2))
+    _same_arrays(got["t"], alone["t"])
+
+
+def test_a_reader_of_a_cd_output_stays_apart_with_its_reason():
+    # the reader would need the expanded arrays, which exist only after the launch
     k = spcomp.compile("t[i,j] = A[i,j] * 2; y[i] = t[i,j]", formats={"A": "csr", "t": "cd"}, backend="cuda-sim",
                        outputs=["y"])
-    stmt = k.program.statements[0]
-    assert apart_reason(stmt, k._split_kernels[0]) == "its cd output is expanded from its stored entries after the kernel"
-    assert apart_reason(k.program.statements[1], k._split_kernels[1]) is None
-    assert np.allclose(k(A=A), 2 * A.toarray().sum(axis=1))
+    assert apart_reason(k.program.statements[0], k._split_kernels[0]) is None
+    assert [kind for kind, _s, _r in k.segments] == ["kernel", "kernel"]
+    assert np.allclose(k(A=A), 2 * A.toarray().sum(axis=1)) and k.last_launches == 2
 
 
 def test_sampled_programs_that_stay_apart_say_why():
