@@ -58,7 +58,7 @@ from .lower.device_compact import stand_in
 from .lower.device_scan import CAPACITY_STATUS, phased_function, split_phases
 from .lower.fuse import fuse, made_arrays, reads_plainly
 from .program_gpu_copies import TRANSPOSE, copy_args, copy_function, device_copies
-from .program_gpu_join import inserted, joinable
+from .program_gpu_join import apart_reason, inserted, joinable
 from .program_gpu_sparse import BoundedAppends, SparseRows
 from .runtime.launch import parallel_extent, raise_status
 from .runtime.operands import index_bits, is_device_array, is_torch, refuse_overlap
@@ -73,16 +73,19 @@ DENSE_ARRAYS = frozenset({(-1, "vals")})
 EXPANDED = frozenset()  # what an output the host expands after the launch hands the later statements
 
 
-def plan_gpu(program, kernels: list, index32_limit: int, expression: str, recompiled=None) -> list:
+def plan_gpu(program, kernels: list, index32_limit: int, expression: str, recompiled=None,
+             apart: dict | None = None) -> list:
     """The segments (``spcomp.program.ProgramKernel._plan``'s form) of a program on
     a CUDA backend: runs of two or more joinable statements as one
     :class:`GpuProgramRun`, every other statement as its own kernel.
     ``recompiled(k, {name: format}, drop_zeros)``: statement ``k`` compiled with
     tensors stored so -- an output stored compressed first is joined through its dense-first
-    stand-in (``lower/device_compact.py``)."""
+    stand-in (``lower/device_compact.py``). ``apart`` (statement -> why), filled for each
+    statement that does not join the run before it (``ProgramKernel.apart``'s form)."""
     stmts = program.statements
     originals = kernels
     kernels, stored = _with_stand_ins(stmts, kernels, recompiled)
+    reasons = apart if apart is not None else {}
     segments, k = [], 0
     while k < len(stmts):
         run, written = [k], {stmts[k].lhs.tensor.name: _made(kernels[k], stored[k])}
@@ -90,8 +93,14 @@ def plan_gpu(program, kernels: list, index32_limit: int, expression: str, recomp
         if joinable(stmts[k], kernels[k]):
             block = kernels[k].lowered.threads.gpu_block
             j = k + 1
-            while (j < len(stmts) and joinable(stmts[j], kernels[j])
-                   and kernels[j].lowered.threads.gpu_block == block and _reads_in_run(kernels[j].lowered, written, formats)):
+            while j < len(stmts):
+                why = apart_reason(stmts[j], kernels[j]) or (
+                    f"a block of {kernels[j].lowered.threads.gpu_block} threads, not {block}"
+                    if kernels[j].lowered.threads.gpu_block != block else
+                    _reads_in_run(kernels[j].lowered, written, formats))
+                if why is not None:
+                    reasons[j] = why
+                    break
                 run.append(j)
                 written[stmts[j].lhs.tensor.name] = _made(kernels[j], stored[j])
                 j += 1
@@ -105,6 +114,10 @@ def plan_gpu(program, kernels: list, index32_limit: int, expression: str, recomp
         if fused is not None:
             segments.append(("fused", fused, run))
         else:
+            if len(run) >= 2:
+                reasons[run[1]] = "the emitter refused the joined kernel"
+            elif k not in reasons:
+                reasons[k] = apart_reason(stmts[k], kernels[k]) or "the statement after it does not join it"
             run = [k]
             segments.append(("kernel", originals[k], run))
         k = run[-1] + 1
@@ -149,26 +162,31 @@ def _made(kernel, stored=None) -> frozenset:
     return frozenset(made_arrays(low)) if low.output.assembly is not None else DENSE_ARRAYS
 
 
-def _reads_in_run(low, written: dict, formats: dict) -> bool:
-    """Whether a statement reads the run's tensors as they are written (``reads_plainly``),
+def _reads_in_run(low, written: dict, formats: dict) -> str | None:
+    """None when a statement reads the run's tensors as they are written (``reads_plainly``),
     or through a transposed copy or a diagonal the launch makes (``program_gpu_copies.py``),
     and does not split its rows by the positions of a sparse one or of such a copy (whose
     entries the host does not know before the launch) -- except the top positions of one
-    stored compressed first, whole: the launch reads their count from its ``pos`` (:func:`_hi_from_pos`)."""
+    stored compressed first, whole: the launch reads their count from its ``pos`` (:func:`_hi_from_pos`);
+    else why not (``k.loops``' reason)."""
     expanded = {name for name, arrays in written.items() if arrays == EXPANDED}
-    if any(b.role == "input" and (b.tensor in expanded or b.storage in expanded) for b in low.code.bindings):
-        return False  # (its arrays exist only after the launch)
+    for b in low.code.bindings:
+        if b.role == "input" and (b.tensor in expanded or b.storage in expanded):
+            return f"it reads {b.tensor}, which the host expands only after the launch"
     copies = device_copies(low, set(written), formats)
     if copies is None:
-        return False
+        return "it reads a tensor of the run through a copy the launch does not make"
     positions = low.threads.positions
     sparse = {name for name, arrays in written.items() if arrays != DENSE_ARRAYS}
     transposed = {c.tensor for c in copies if c.kind == TRANSPOSE}
     if not reads_plainly(low, written, copies=transposed, diagonals=True):
-        return False
+        names = sorted(set(written) & {b.tensor for b in low.code.bindings if b.role == "input"})
+        return f"it reads {', '.join(names) or 'a tensor of the run'} in a layout the launch does not make"
     if positions is not None and positions[0] in {c.storage for c in copies}:
-        return False
-    return positions is None or positions[0] not in sparse or _device_extent(low, written)
+        return f"its threads split the positions of a copy of {positions[0]} made in the launch"
+    if positions is None or positions[0] not in sparse or _device_extent(low, written):
+        return None
+    return f"its threads split the positions of {positions[0]}, which the launch assembles"
 
 
 def _device_extent(low, written: dict) -> bool:

@@ -16,8 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import spcomp
+from spcomp import program_gpu
 from spcomp.errors import SpcompError
 from spcomp.program_gpu_join import apart_reason
+
+_plan_gpu = program_gpu.plan_gpu
 from spcomp.testing.programs import close, program_operands, programs, reference_program
 
 
@@ -44,7 +47,11 @@ def sample(count: int, seed_draws: bool = True, check: bool = False) -> list:
             _check(k, case, ops, got)
         found.append((case, launches, len(k.program.statements), apart_reasons(k)))
 
-    run()
+    program_gpu.plan_gpu = _planned
+    try:
+        run()
+    finally:
+        program_gpu.plan_gpu = _plan_gpu
     return found
 
 
@@ -65,31 +72,26 @@ def _check(k, case, ops, got) -> None:
         assert close(got[name], want[name]) and close(alone[name], want[name]), (str(case), name)
 
 
+_REASONS: dict = {}  # id(segments list) -> plan_gpu's reasons (statement -> why)
+
+
+def _planned(*args, **kwargs):
+    """``program_gpu.plan_gpu`` keeping the reasons it gives for the statements apart."""
+    apart: dict = {}
+    segments = _plan_gpu(*args, apart=apart, **kwargs)
+    _REASONS[id(segments)] = (segments, apart)
+    return segments
+
+
 def apart_reasons(k) -> list:
-    """``[(statement number, why)]`` for each statement of ``k`` that runs as a kernel of
-    its own (``program_gpu_join.apart_reason``; a joinable one kept apart by its reads)."""
+    """``[(statement number, why)]`` for each statement of ``k`` that starts a launch of its
+    own after the first (``program_gpu.plan_gpu``'s reason that it does not join the run
+    before it), and each statement alone (why not, even with the next one)."""
+    _segments, apart = _REASONS.get(id(k.segments), (None, {}))
     stmts = k.program.statements
-    out = []
-    for kind, _seg, run in k.segments:
-        if kind != "kernel":
-            continue
-        j = run[0]
-        why = apart_reason(stmts[j], k._split_kernels[j])
-        out.append((j + 1, why or _neighbours(k, j)))
-    return out
-
-
-def _neighbours(k, j: int) -> str:
-    """Why a joinable statement still runs alone: no joinable neighbour, another block size,
-    or (else) its reads of the run's tensors (or the next one's of its output)."""
-    stmts, kernels = k.program.statements, k._split_kernels
-    near = [i for i in (j - 1, j + 1) if 0 <= i < len(stmts) and apart_reason(stmts[i], kernels[i]) is None]
-    if not near:
-        return "joinable, but no neighbour is"
-    block = kernels[j].lowered.threads.gpu_block
-    if all(kernels[i].lowered.threads.gpu_block != block for i in near):
-        return "joinable, but its neighbours use another block size"
-    return "joinable, but reads (its own or the next statement's) the launch cannot make"
+    return [(run[0] + 1, apart.get(run[0]) or apart_reason(stmts[run[0]], k._split_kernels[run[0]])
+             or "(planned before the sampler hooked plan_gpu)")
+            for kind, _seg, run in k.segments if run[0] > 0 or kind == "kernel"]
 
 
 if __name__ == "__main__":
