@@ -28,7 +28,9 @@ A serial statement appending a sparse output into arrays of a fixed capacity
 (bounded appends) joins too: it reports status 8 when its entries did not fit
 (:func:`_refuse_overflow`) and the host runs the launch again with room. A
 bitmap output (every level inserting: ``program_gpu_join.joinable_inserted``)
-joins as a dense one does, its arrays allocated at their whole size. A
+joins as a dense one does, its arrays allocated at their whole size; a serial
+one with dense levels under compressed ones (``cd``) appends its stand-in and
+the host expands it after the launch (no later statement of it reads it). A
 serial statement (no grid-level loop) runs on one thread of the grid between
 two barriers. Each statement keeps its own mapping: where
 the default schedule leaves a thread or a warp per row to the call
