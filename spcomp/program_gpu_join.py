@@ -2,7 +2,7 @@
 
 ``program_gpu.plan_gpu`` joins consecutive statements that need no host work
 before or after their launch (:func:`joinable`); :func:`apart_reason` says, for one
-that cannot, what keeps it apart (the line ``k.loops`` and the tests' sampler print).
+that cannot, what keeps it apart (``plan_gpu``'s ``apart`` reasons; the tests' sampler tallies them).
 """
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ def joinable(a, kernel) -> bool:
     after its one launch: a dense row-major output (``+=`` adds into the caller's
     array, uploaded and copied back with the others), written whole in the launch,
     or a sparse output of dense rows counted and filled in two phases
-    (:func:`joinable_sparse`). A serial statement joins too: one thread of the
-    grid runs it between barriers."""
+    (:func:`joinable_sparse`), appended by one thread (:func:`joinable_bounded`), or
+    inserted into arrays of its whole size (:func:`joinable_inserted`). A serial
+    statement joins too: one thread of the grid runs it between barriers."""
     fmt = a.lhs.tensor.format
     low = kernel.lowered
     out = low.output
