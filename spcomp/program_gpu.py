@@ -118,7 +118,7 @@ def plan_gpu(program, kernels: list, index32_limit: int, expression: str, recomp
         else:
             if len(run) >= 2:
                 reasons[run[1]] = "the emitter refused the joined kernel"
-            elif k not in reasons:
+            elif k not in reasons and k + 1 < len(stmts):
                 reasons[k] = apart_reason(stmts[k], kernels[k]) or "the statement after it does not join it"
             run = [k]
             segments.append(("kernel", originals[k], run))

@@ -19,9 +19,11 @@ import spcomp
 from spcomp import program_gpu
 from spcomp.errors import SpcompError
 from spcomp.program_gpu_join import apart_reason
+from spcomp.testing.programs import close, program_operands, programs, reference_program
+
+from test_cuda_programs import separately
 
 _plan_gpu = program_gpu.plan_gpu
-from spcomp.testing.programs import close, program_operands, programs, reference_program
 
 
 def sample(count: int, seed_draws: bool = True, check: bool = False) -> list:
@@ -62,8 +64,6 @@ def _fresh(ops: dict) -> dict:
 
 def _check(k, case, ops, got) -> None:
     """Each output against the reference and the statements run one by one."""
-    from test_cuda_programs import separately
-
     want = reference_program(k.program, {n: v[0] for n, v in ops.items()})
     alone = separately(k, _fresh(ops))
     got = got if isinstance(got, dict) else {case.outputs[0]: got}
@@ -91,7 +91,7 @@ def apart_reasons(k) -> list:
     stmts = k.program.statements
     return [(run[0] + 1, apart.get(run[0]) or apart_reason(stmts[run[0]], k._split_kernels[run[0]])
              or "(planned before the sampler hooked plan_gpu)")
-            for kind, _seg, run in k.segments if run[0] > 0 or kind == "kernel"]
+            for kind, _seg, run in k.segments if run[0] > 0 or (kind == "kernel" and len(stmts) > 1)]
 
 
 if __name__ == "__main__":
