@@ -27,6 +27,10 @@ first earlier in the launch reads their count on the device (:func:`_hi_from_pos
 A serial statement appending a sparse output into arrays of a fixed capacity
 (bounded appends) joins too: it reports status 8 when its entries did not fit
 (:func:`_refuse_overflow`) and the host runs the launch again with room. A
+bitmap output (every level inserting: ``program_gpu_join.joinable_inserted``)
+joins as a dense one does, its arrays allocated at their whole size; a serial
+one with dense levels under compressed ones (``cd``) appends its stand-in and
+the host expands it after the launch (no later statement of it reads it). A
 serial statement (no grid-level loop) runs on one thread of the grid between
 two barriers. Each statement keeps its own mapping: where
 the default schedule leaves a thread or a warp per row to the call
@@ -51,48 +55,54 @@ from .backends.cuda.grid_sync import (BARRIER_WORDS, GRID_SYNC_STATUS, emit_prog
 from .backends.cuda.launch import launch_config
 from .backends.cuda.target import DEFAULT_BLOCK
 from .errors import DTypeError, KernelRuntimeError, OperandError, ShapeError, UnsupportedError
-from .formats import Compressed
 from .ir import nodes as irn
 from .lower.device_compact import stand_in
 from .lower.device_scan import CAPACITY_STATUS, phased_function, split_phases
 from .lower.fuse import fuse, made_arrays, reads_plainly
-from .notation import accesses
 from .program_gpu_copies import TRANSPOSE, copy_args, copy_function, device_copies
+from .program_gpu_join import apart_reason, inserted, joinable
 from .program_gpu_sparse import BoundedAppends, SparseRows
 from .runtime.launch import parallel_extent, raise_status
 from .runtime.operands import index_bits, is_device_array, is_torch, refuse_overlap
 
 SYNC_TIMEOUT_S = 60.0  # longest wait at the grid-wide barrier before the launch reports an error
-_ROLES = ("lo", "hi", "size", "input", "output")
-_SPARSE_ROLES = _ROLES + ("row_pos",)  # a two-phase output's per-row counts of its lower levels
-_BOUNDED_ROLES = _ROLES + ("capacity", "output_bounded", "needed")  # a serial statement's bounded appends
 # launches with more room for a sparse output before the run gives up (one suffices; one more
 # for each further sparse output of the run, whose statement runs only once those before it fit)
 RERUNS = 3
 # what a joinable statement hands the next one: its dense values array itself (no
 # transposed or diagonal copy of it, which the runtime would make between launches)
 DENSE_ARRAYS = frozenset({(-1, "vals")})
+EXPANDED = frozenset()  # what an output the host expands after the launch hands the later statements
 
 
-def plan_gpu(program, kernels: list, index32_limit: int, expression: str, recompiled=None) -> list:
+def plan_gpu(program, kernels: list, index32_limit: int, expression: str, recompiled=None,
+             apart: dict | None = None) -> list:
     """The segments (``spcomp.program.ProgramKernel._plan``'s form) of a program on
     a CUDA backend: runs of two or more joinable statements as one
     :class:`GpuProgramRun`, every other statement as its own kernel.
     ``recompiled(k, {name: format}, drop_zeros)``: statement ``k`` compiled with
     tensors stored so -- an output stored compressed first is joined through its dense-first
-    stand-in (``lower/device_compact.py``)."""
+    stand-in (``lower/device_compact.py``). ``apart`` (statement -> why), filled for each
+    statement that does not join the run before it (``ProgramKernel.apart``'s form)."""
     stmts = program.statements
     originals = kernels
     kernels, stored = _with_stand_ins(stmts, kernels, recompiled)
+    reasons = apart if apart is not None else {}
     segments, k = [], 0
     while k < len(stmts):
         run, written = [k], {stmts[k].lhs.tensor.name: _made(kernels[k], stored[k])}
         formats = {a.lhs.tensor.name: a.lhs.tensor.format for a in stmts}
-        if _joinable(stmts[k], kernels[k]):
+        if joinable(stmts[k], kernels[k]):
             block = kernels[k].lowered.threads.gpu_block
             j = k + 1
-            while (j < len(stmts) and _joinable(stmts[j], kernels[j])
-                   and kernels[j].lowered.threads.gpu_block == block and _reads_in_run(kernels[j].lowered, written, formats)):
+            while j < len(stmts):
+                why = apart_reason(stmts[j], kernels[j]) or (
+                    f"a block of {kernels[j].lowered.threads.gpu_block} threads, not {block}"
+                    if kernels[j].lowered.threads.gpu_block != block else
+                    _reads_in_run(kernels[j].lowered, written, formats))
+                if why is not None:
+                    reasons[j] = why
+                    break
                 run.append(j)
                 written[stmts[j].lhs.tensor.name] = _made(kernels[j], stored[j])
                 j += 1
@@ -106,6 +116,10 @@ def plan_gpu(program, kernels: list, index32_limit: int, expression: str, recomp
         if fused is not None:
             segments.append(("fused", fused, run))
         else:
+            if len(run) >= 2:
+                reasons[run[1]] = "the emitter refused the joined kernel"
+            elif k not in reasons and k + 1 < len(stmts):
+                reasons[k] = apart_reason(stmts[k], kernels[k]) or "the statement after it does not join it"
             run = [k]
             segments.append(("kernel", originals[k], run))
         k = run[-1] + 1
@@ -122,7 +136,7 @@ def _with_stand_ins(stmts, kernels: list, recompiled) -> tuple:
         return out, stored
     for k, a in enumerate(stmts):
         fmt = a.lhs.tensor.format
-        serial = not _joinable(a, kernels[k]) or kernels[k].lowered.output.bounded  # (one thread appends)
+        serial = not joinable(a, kernels[k]) or kernels[k].lowered.output.bounded  # (one thread appends)
         alt = stand_in(fmt) if not fmt.is_dense and serial and not a.accumulate else None
         if alt is None:
             continue
@@ -131,7 +145,7 @@ def _with_stand_ins(stmts, kernels: list, recompiled) -> tuple:
             kernel = recompiled(k, {a.lhs.tensor.name: alt}, kernels[k].lowered.output.drops_zeros)
         except UnsupportedError:
             continue
-        if kernel.lowered.output.assembly is not None and _joinable(a, kernel):
+        if kernel.lowered.output.assembly is not None and joinable(a, kernel):
             out[k], stored[k] = kernel, fmt
     return out, stored
 
@@ -141,30 +155,40 @@ def _made(kernel, stored=None) -> frozenset:
     a two-phase sparse output's arrays (its ``pos``, ``crd``, ``vals``; those of the
     format it is ``stored`` in, for a stand-in)."""
     low = kernel.lowered
-    if low.output.bounded:
+    if low.output.expand is not None:  # expanded by the host after the launch: nothing a later statement reads
+        return EXPANDED
+    if low.output.bounded or inserted(low):
         return frozenset((b.level, b.array) for b in low.code.bindings if b.role in ("output", "output_bounded"))
     if stored is not None:
         return frozenset({(l, a) for l, kind in enumerate(stored.levels) for a in kind.arrays} | {(-1, "vals")})
     return frozenset(made_arrays(low)) if low.output.assembly is not None else DENSE_ARRAYS
 
 
-def _reads_in_run(low, written: dict, formats: dict) -> bool:
-    """Whether a statement reads the run's tensors as they are written (``reads_plainly``),
+def _reads_in_run(low, written: dict, formats: dict) -> str | None:
+    """None when a statement reads the run's tensors as they are written (``reads_plainly``),
     or through a transposed copy or a diagonal the launch makes (``program_gpu_copies.py``),
     and does not split its rows by the positions of a sparse one or of such a copy (whose
     entries the host does not know before the launch) -- except the top positions of one
-    stored compressed first, whole: the launch reads their count from its ``pos`` (:func:`_hi_from_pos`)."""
+    stored compressed first, whole: the launch reads their count from its ``pos`` (:func:`_hi_from_pos`);
+    else why not (``k.loops``' reason)."""
+    expanded = {name for name, arrays in written.items() if arrays == EXPANDED}
+    for b in low.code.bindings:
+        if b.role == "input" and (b.tensor in expanded or b.storage in expanded):
+            return f"it reads {b.tensor}, which the host expands only after the launch"
     copies = device_copies(low, set(written), formats)
     if copies is None:
-        return False
+        return "it reads a tensor of the run through a copy the launch does not make"
     positions = low.threads.positions
     sparse = {name for name, arrays in written.items() if arrays != DENSE_ARRAYS}
     transposed = {c.tensor for c in copies if c.kind == TRANSPOSE}
     if not reads_plainly(low, written, copies=transposed, diagonals=True):
-        return False
+        names = sorted(set(written) & {b.tensor for b in low.code.bindings if b.role == "input"})
+        return f"it reads {', '.join(names) or 'a tensor of the run'} in a layout the launch does not make"
     if positions is not None and positions[0] in {c.storage for c in copies}:
-        return False
-    return positions is None or positions[0] not in sparse or _device_extent(low, written)
+        return f"its threads split the positions of a copy of {positions[0]} made in the launch"
+    if positions is None or positions[0] not in sparse or _device_extent(low, written):
+        return None
+    return f"its threads split the positions of {positions[0]}, which the launch assembles"
 
 
 def _device_extent(low, written: dict) -> bool:
@@ -176,75 +200,6 @@ def _device_extent(low, written: dict) -> bool:
             and any(b.role == "hi" for b in low.code.bindings)
             and any(b.role == "input" and b.storage == th.positions[0] and (b.level, b.array) == (0, "pos")
                     for b in low.code.bindings))
-
-
-def _joinable(a, kernel) -> bool:
-    """Whether statement ``a`` (compiled as ``kernel``) needs no host work before or
-    after its one launch: a dense row-major output (``+=`` adds into the caller's
-    array, uploaded and copied back with the others), written whole in the launch,
-    or a sparse output of dense rows counted and filled in two phases
-    (:func:`_joinable_sparse`). A serial statement joins too: one thread of the
-    grid runs it between barriers."""
-    fmt = a.lhs.tensor.format
-    low = kernel.lowered
-    out = low.output
-    if out.assembly is not None:
-        return _joinable_sparse(a, kernel)
-    if out.bounded:
-        return _joinable_bounded(a, kernel)
-    return (kernel.contraction is None and fmt.is_dense
-            and fmt.order == tuple(range(fmt.ndim)) and out.shape == "dense" and not out.growable
-            and not out.bounded and out.assembly is None and out.expand is None and not low.append_chunks
-            and all(b.role in _ROLES for b in low.code.bindings))
-
-
-def _joinable_sparse(a, kernel) -> bool:
-    """Whether a two-phase statement's count, prefix sum and fill can run inside the
-    launch (``lower/device_scan.py``): an output of dense rows (``first`` >= 1) whose
-    rows are the parallel loop (not a split of positions). A ``+=`` one is lowered as
-    ``S = S_old + ...`` (the caller's tensor an input): its count is of the union of
-    the old and new entries per row, and the launch hands back new arrays."""
-    low = kernel.lowered
-    out = low.output
-    if a.accumulate and not any(b.role == "input" and b.tensor == a.lhs.tensor.name for b in low.code.bindings):
-        return False
-    return (kernel.contraction is None and out.assembly.first >= 1
-            and not out.growable and not out.bounded and out.expand is None and not low.append_chunks
-            and _rows_apart(low)
-            and all(b.role in _SPARSE_ROLES for b in low.code.bindings)
-            and all(b.role in _SPARSE_ROLES for b in low.output.assembly.count_bindings))
-
-
-def _rows_apart(low) -> bool:
-    """Whether each output row of a two-phase statement is counted and filled by one
-    thread: its rows are the parallel loop, or its threads split the top positions of an
-    input whose top level is unique compressed (dcsr: one stored row each) whose
-    coordinate is the output's row -- not a split of a row's nonzeros, whose threads
-    would count one row together."""
-    th = low.threads
-    if th.split:
-        return False
-    if th.positions is None:
-        return True
-    storage, level = th.positions
-    notation = low.inspection.notation
-    fmt = low.operands.transposes.get(storage, (None, None))[1] or next(
-        (acc.tensor.format for acc in accesses(notation.rhs) if acc.tensor.name == storage), None)
-    out = notation.lhs
-    return (level == 0 and fmt is not None and type(fmt.levels[0]) is Compressed and fmt.levels[0].unique
-            and th.parallel == out.indices[out.tensor.format.order[0]].name)
-
-
-def _joinable_bounded(a, kernel) -> bool:
-    """Whether a statement appending into arrays of a fixed capacity can run inside
-    the launch: serial (one thread appends), assigned, nothing else to grow."""
-    low = kernel.lowered
-    out = low.output
-    return (kernel.contraction is None and not a.accumulate and low.threads.parallel is None
-            and not out.growable and out.assembly is None and out.expand is None and not low.append_chunks
-            and all(b.role in _BOUNDED_ROLES for b in low.code.bindings)
-            and sum(b.role == "needed" for b in low.code.bindings) == 1
-            and sum(b.role == "capacity" for b in low.code.bindings) == 1)
 
 
 @dataclasses.dataclass
@@ -265,8 +220,9 @@ class GpuStep:
 
     @property
     def bounded(self) -> bool:
-        """Whether its output is appended into arrays of a fixed capacity (one thread)."""
-        return bool(self.low.output.bounded)
+        """Whether its output is appended into arrays of a fixed capacity (one thread), or
+        inserted into arrays of a size known before the launch (a bitmap: ``inserted``)."""
+        return bool(self.low.output.bounded) or inserted(self.low)
 
 
 @dataclasses.dataclass
@@ -339,7 +295,7 @@ class GpuProgramRun:
             else:
                 function, own = low.entry_function, low.code.bindings
                 phases.append(0)
-            if self.steps[j].bounded:  # (its arrays are outputs a later statement reads, as any)
+            if self.steps[j].low.output.bounded:  # (its arrays are outputs a later statement reads, as any)
                 function = _refuse_overflow(function, own)
                 own = [dataclasses.replace(b, role="output") if b.role == "output_bounded" else b for b in own]
             top = low.threads.positions
@@ -554,6 +510,9 @@ class GpuProgramRun:
                     parts.append(f"({st.name} +=: the tensor you pass is read as {st.name}_old, each row's count is "
                                  "of the union of its old and new entries, and new arrays are handed back; yours "
                                  "are left as they were)")
+            elif st.bounded and not st.low.output.bounded:
+                parts.append(f"({st.name} inside the launch: inserted into arrays of its whole size, allocated "
+                             "before the launch)")
             elif st.bounded:
                 parts.append(f"({st.name} inside the launch: one thread appends it; when its entries did not fit "
                              "it reports so before any later statement reads it, and the launch runs again with "

@@ -28,6 +28,7 @@ from .lower.device_compact import UNIQUE, first_kind
 from .runtime.launch import first_capacity
 from .runtime.outputs import Output, OutputLayout
 from .runtime.plan import np_dtype, output_level_sizes
+from .runtime.tensor import expand_output
 
 
 class SparseRows:
@@ -160,8 +161,10 @@ class BoundedAppends:
         self.out = self._output(bits)
 
     def result(self):
-        """The output Tensor, its arrays cut to the entries appended."""
-        return self.out.result()
+        """The output Tensor, its arrays cut to the entries appended (dense levels under
+        compressed ones expanded, as after a kernel of its own)."""
+        expand = self.low.output.expand
+        return self.out.result() if expand is None else expand_output(self.out.result(), expand)
 
     def placeholder(self):
         """An empty tensor of the output's shape and format."""
