@@ -112,7 +112,8 @@ class ProgramKernel(SavedProgram):
                             self._options.index32_limit, self.expression,
                             lambda k, formats, drops: Kernel(
                                 self.program.texts[k], with_formats([stmts[k]], formats)[0], dataclasses.replace(
-                                    self._statement_options(k, False), drop_zeros=drops), self._target, self.schedule))
+                                    self._statement_options(k, False), drop_zeros=drops), self._target, self.schedule),
+                            apart=self.apart)
         fusable = [self._fusable_lowering(k) for k in range(len(stmts))]
         segments, k = [], 0
         while k < len(stmts):
