@@ -105,6 +105,17 @@ class TeamRun:
         chunks, or its one loop over rows (its one-thread function split as a kernel's)."""
         return self.runs[p].chunks(32) is not None or self.runs[p].build(32).variant is not None
 
+    def sums_over_rows(self) -> bool:
+        """Whether a phase sums over rows into per-chunk copies: its bits then differ
+        from the one-thread function's (``path_choice.py`` keeps such runs on the team)."""
+        for run in self.runs:
+            built = run.chunks(32)
+            lows = built.lows if built is not None else (
+                [run.build(32).variant.lowered] if run.build(32).variant is not None else [])
+            if any(low.threads.partials for low in lows):
+                return True
+        return False
+
     def _build(self, p: int, bits: int):
         run = self.runs[p]
         return run.chunks(bits) if run.chunks(32) is not None else run.build(bits)

@@ -64,6 +64,7 @@ from .program_phases import copy_phases, phase_segments, team_plan
 from .program_saved import SavedProgram
 from .program_text import segment_lines, temporaries_line
 from .program_tiles import keep_tiles, temporary_params
+from .runtime.path_choice import PathChoice, run_one_launch, size_class
 from .runtime.program import FusedBuild, FusedRun, FusedStep
 
 
@@ -84,6 +85,7 @@ class ProgramKernel(SavedProgram):
         self._parallel_lows: dict = {}
         self._split_kernels: dict = {}
         self._phased: dict = {}  # a fused run's statements -> its segments on threads (program_phases.py)
+        self._paths = PathChoice()  # a big call's one launch: team call or one thread, timed (path_choice.py)
         self.last_launches = 0  # native functions (kernels or fused runs) the last call ran
         self.apart: dict = {}  # statement -> why it does not join the fused run before it (planning)
         # dense temporaries declared in another mode order, row-major in fused functions
@@ -635,7 +637,11 @@ class ProgramKernel(SavedProgram):
             seg.run(env)
             return 1
         if kind == "fused":  # a call big enough for threads: one team call, or in phases, or statement by statement
-            if not isinstance(team := self._team(run, seg)[1], str) and team.run(env):
+            key = (tuple(run), size_class(env, self._operand_names))  # team or one thread: measured (path_choice.py)
+            if not isinstance(team := self._team(run, seg)[1], str) and run_one_launch(self._paths, key, team,
+                                                                                      seg.run, env):
+                if self._paths.chosen(key) != "one":  # a repeat would replay one thread: timed, or not chosen
+                    seg.repeat = None
                 return 1
             return sum(self._run_segment(*s, env) for s in self._phase_segments(run, getattr(seg, "phases", None)))
         a = self.program.statements[run[0]]
