@@ -77,7 +77,8 @@ _REASONS: dict = {}  # id(segments list) -> plan_gpu's reasons (statement -> why
 
 def _planned(*args, **kwargs):
     """``program_gpu.plan_gpu`` keeping the reasons it gives for the statements apart."""
-    apart: dict = {}
+    apart = kwargs.pop("apart", None)
+    apart = {} if apart is None else apart  # (the program's own, where it passes one)
     segments = _plan_gpu(*args, apart=apart, **kwargs)
     _REASONS[id(segments)] = (segments, apart)
     return segments

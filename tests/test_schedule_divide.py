@@ -78,4 +78,7 @@ def test_random_divides_equal_the_default_bitwise(expr, which, parts, parallel, 
     with spcomp_threads(threads, min_work=0):
         got = k(**ops)
     want = default(**ops)
+    if "BLAS" in default.loops:  # the default is one dgemm call: its own order of sums, not bit for bit
+        assert np.allclose(got, want, rtol=1e-12, atol=1e-12)
+        return
     assert np.asarray(got).tobytes() == np.asarray(want).tobytes()
