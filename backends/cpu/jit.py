@@ -204,17 +204,10 @@ class CompiledModule:
         self.optimized_ir = optimized_ir
         self._assembly: str | None = None
         self._functions: dict[str, object] = {}
-        host = _get_host()
         if b"spcomp_blas_" in self.object_code:  # calls BLAS (a Gemm statement)
             from .blas import register_symbols
             register_symbols()  # imports scipy.linalg: only for kernels that need it
-        with _lock:
-            # MCJIT owns the target machine it is given, so each engine gets its own.
-            engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""),
-                                                host.make_target_machine(jit=True))
-            engine.add_object_file(llvm.ObjectFileRef.from_data(self.object_code))
-            engine.finalize_object()
-        self._engine = engine
+        self._engine = engine = _load_object_code(self.object_code)
         self._addresses = {}
         for f in ir_module.functions:
             address = engine.get_function_address(f.name)
@@ -289,13 +282,27 @@ def to_llvm_ir(ir_module: n.Module, *, fast_math: bool = False) -> str:
 
 def compile_module(ir_module: n.Module, *, fast_math: bool = False) -> CompiledModule:
     """Lower, optimise (O3, host CPU), emit object code and load it."""
-    host = _get_host()
     text = to_llvm_ir(ir_module, fast_math=fast_math)
+    optimized, obj = _optimized_object(text)
+    return CompiledModule(ir_module, obj, text, optimized)
+
+
+def _optimized_object(text: str) -> tuple:
+    """``(optimised LLVM IR, object code)`` of LLVM IR ``text`` (O3, host CPU)."""
+    host = _get_host()
     with _lock, _module_in_own_context(text) as ref:
         host.optimize(ref)
-        optimized = str(ref)
-        obj = host.tm.emit_object(ref)
-    return CompiledModule(ir_module, obj, text, optimized)
+        return str(ref), host.tm.emit_object(ref)
+
+
+def _load_object_code(obj: bytes):
+    """An MCJIT engine holding ``obj``, loaded and finalised (its functions callable)."""
+    with _lock:
+        # MCJIT owns the target machine it is given, so each engine gets its own.
+        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _get_host().make_target_machine(jit=True))
+        engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+        engine.finalize_object()
+    return engine
 
 
 @contextlib.contextmanager
@@ -336,11 +343,5 @@ def compile_llvm(llmod, names: list) -> tuple:
     functions ``names``; the engine owns the code (keep it while calling them)."""
     host = _get_host()
     llmod.triple, llmod.data_layout = host.triple, host.data_layout
-    with _lock, _module_in_own_context(str(llmod)) as ref:
-        host.optimize(ref)
-        obj = host.tm.emit_object(ref)
-    with _lock:
-        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), host.make_target_machine(jit=True))
-        engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
-        engine.finalize_object()
+    engine = _load_object_code(_optimized_object(str(llmod))[1])
     return engine, {name: engine.get_function_address(name) for name in names}

@@ -105,10 +105,7 @@ def _add_driver(llmod, kernel, gomp, tid_fn, team_fn, per_chunk=frozenset()) -> 
     body = ir.Function(llmod, ir.FunctionType(_VOID, [_PTR]), name=kernel.name + "__omp_body")
     body.linkage = "internal"
     body.attributes.add("noinline")  # called directly only in a forked child: not worth a copy
-    entry = body.append_basic_block("entry")
-    loop = body.append_basic_block("chunk")
-    done = body.append_basic_block("done")
-    b = ir.IRBuilder(entry)
+    b = ir.IRBuilder(body.append_basic_block("entry"))
     data = body.args[0]
     t = b.sext(b.call(tid_fn, []), _I64)
     team = b.sext(b.call(team_fn, []), _I64)
@@ -116,27 +113,13 @@ def _add_driver(llmod, kernel, gomp, tid_fn, team_fn, per_chunk=frozenset()) -> 
     bounds = from_slot(b, b.load(slot(b, data, 0), typ=_I64), _PTR)
     params = [b.load(slot(b, data, FIRST_PARAM_SLOT + k), typ=_I64) for k in range(len(rest))]
     params = [p if k in per_chunk else from_slot(b, p, rest[k]) for k, p in enumerate(params)]
-    # thread t takes chunks C-1-t, C-1-t-T, ... down to 0: the calling thread (0) runs
-    # the last chunk, so of a chunked append's chunks (runtime/chunks.py), the ones it
-    # stitches after the join, the last is in its own cache (SpGEMM 2000² on 2 threads,
-    # one process, interleaved: 0.826-0.917 ms against 0.863-0.949 taking t, t+T, ...)
-    zero = ir.Constant(_I64, 0)
-    first = b.sub(b.sub(chunks, ir.Constant(_I64, 1)), t)
-    b.cbranch(b.icmp_signed(">=", first, zero), loop, done)
-    b.position_at_end(loop)
-    c = b.phi(_I64, name="c")
-    c.add_incoming(first, entry)
-    lo = b.load(b.gep(bounds, [c], inbounds=True, source_etype=_I64), typ=_I64)
-    hi = b.load(b.gep(bounds, [b.add(c, ir.Constant(_I64, 1))], inbounds=True, source_etype=_I64), typ=_I64)
-    for k in per_chunk:  # element c of the array the slot points at
-        values = b.inttoptr(params[k], _PTR)
-        params[k] = from_slot(b, b.load(b.gep(values, [c], inbounds=True, source_etype=_I64), typ=_I64), rest[k])
-    status = b.sext(b.call(kernel, [lo, hi] + params), _I64)
-    b.atomic_rmw("max", slot(b, data, 1), status, "monotonic")
-    nxt = b.sub(c, team, name="c.next")
-    c.add_incoming(nxt, loop)
-    b.cbranch(b.icmp_signed(">=", nxt, zero), loop, done)
-    b.position_at_end(done)
+    for c, lo, hi in thread_chunks(b, chunks, bounds, t, team):
+        args = list(params)
+        for k in per_chunk:  # element c of the array the slot points at
+            values = b.inttoptr(params[k], _PTR)
+            args[k] = from_slot(b, b.load(b.gep(values, [c], inbounds=True, source_etype=_I64), typ=_I64), rest[k])
+        status = b.sext(b.call(kernel, [lo, hi] + args), _I64)
+        b.atomic_rmw("max", slot(b, data, 1), status, "monotonic")
     b.ret_void()
 
     # the driver the runtime calls
@@ -151,8 +134,44 @@ def _add_driver(llmod, kernel, gomp, tid_fn, team_fn, per_chunk=frozenset()) -> 
     b.store(nthreads, slot(b, frame, 2))
     for k, arg in enumerate(drv.args[2:]):
         b.store(to_slot(b, arg), slot(b, frame, FIRST_PARAM_SLOT + k))
+    run_on_team(b, llmod, gomp, body, frame, nthreads)
+    b.ret(b.trunc(b.load(slot(b, frame, 1), typ=_I64), _I32))
+    return name
+
+
+def thread_chunks(b, chunks, bounds, t, team):
+    """Thread ``t`` of a team of ``team``'s chunks of the ``chunks`` in ``bounds`` (i64
+    row bounds, ``chunks + 1`` of them): yields ``(c, lo, hi)`` with the builder in the
+    loop's body, once per chunk ``C-1-t, C-1-t-T, ...`` down to 0. The calling thread
+    (0) runs the last chunk, so of a chunked append's chunks (runtime/chunks.py), the
+    ones it stitches after the join, the last is in its own cache (SpGEMM 2000² on 2
+    threads, one process, interleaved: 0.826-0.917 ms against 0.863-0.949 taking t,
+    t+T, ...). The team driver (team.py) takes its phases' chunks so too."""
+    zero, one = ir.Constant(_I64, 0), ir.Constant(_I64, 1)
+    head = b.block
+    loop = b.append_basic_block("chunk")
+    done = b.append_basic_block("chunks.done")
+    first = b.sub(b.sub(chunks, one), t)
+    b.cbranch(b.icmp_signed(">=", first, zero), loop, done)
+    b.position_at_end(loop)
+    c = b.phi(_I64, name="c")
+    c.add_incoming(first, head)
+    lo = b.load(b.gep(bounds, [c], inbounds=True, source_etype=_I64), typ=_I64)
+    hi = b.load(b.gep(bounds, [b.add(c, one)], inbounds=True, source_etype=_I64), typ=_I64)
+    yield c, lo, hi
+    nxt = b.sub(c, team, name="c.next")
+    c.add_incoming(nxt, b.block)
+    b.cbranch(b.icmp_signed(">=", nxt, zero), loop, done)
+    b.position_at_end(done)
+
+
+def run_on_team(b, llmod, gomp, body, frame, nthreads) -> None:
+    """Call ``body(frame)`` on a libgomp team of ``nthreads`` (``GOMP_parallel``), or, in
+    a process made by ``os.fork()`` (the runtime's ``spcomp_forked`` word set), on the
+    calling thread alone, a team of one; the builder is left after the call."""
+    fn = b.function
     forked = llmod.globals.get(FORKED_SYMBOL) or ir.GlobalVariable(llmod, _I32, name=FORKED_SYMBOL)
-    alone, team, done = (drv.append_basic_block(x) for x in ("forked", "team", "done"))
+    alone, team, done = (fn.append_basic_block(x) for x in ("forked", "team", "done"))
     b.cbranch(b.icmp_signed("!=", b.load(forked, typ=_I32), ir.Constant(_I32, 0)), alone, team)
     b.position_at_end(alone)  # outside a parallel region the body is thread 0 of a team of 1
     b.call(body, [frame])
@@ -161,8 +180,6 @@ def _add_driver(llmod, kernel, gomp, tid_fn, team_fn, per_chunk=frozenset()) -> 
     b.call(gomp, [body, frame, b.trunc(nthreads, _I32), ir.Constant(_I32, 0)])
     b.branch(done)
     b.position_at_end(done)
-    b.ret(b.trunc(b.load(slot(b, frame, 1), typ=_I64), _I32))
-    return name
 
 
 def driver_signature(f: n.Function):

@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from spcomp.ir.types import PointerType
-from spcomp.runtime.flags import FORKED_SYMBOL
 
 from .llvm_types import register_type
+from .parallel import run_on_team, thread_chunks
 
 _I32, _I64, _PTR, _VOID = ir.IntType(32), ir.IntType(64), ir.PointerType(), ir.VoidType()
 HEAD = 3  # a phase's words before its parameters: function, chunk count, bounds
@@ -114,16 +114,7 @@ def build_team(phases: list) -> ir.Module:
 
     drv = ir.Function(mod, ir.FunctionType(_I32, [_I64, _PTR]), name="spcomp_team")
     b = ir.IRBuilder(drv.append_basic_block("entry"))
-    forked = ir.GlobalVariable(mod, _I32, name=FORKED_SYMBOL)
-    alone, threads, done = (drv.append_basic_block(x) for x in ("forked", "team", "done"))
-    b.cbranch(b.icmp_signed("!=", b.load(forked, typ=_I32), ir.Constant(_I32, 0)), alone, threads)
-    b.position_at_end(alone)  # outside a parallel region the body is thread 0 of a team of 1
-    b.call(body, [drv.args[1]])
-    b.branch(done)
-    b.position_at_end(threads)
-    b.call(gomp, [body, drv.args[1], b.trunc(drv.args[0], _I32), ir.Constant(_I32, 0)])
-    b.branch(done)
-    b.position_at_end(done)
+    run_on_team(b, mod, gomp, body, drv.args[1], drv.args[0])
     b.ret(b.trunc(b.load(_word(b, drv.args[1], 0), typ=_I64), _I32))
     return mod
 
@@ -157,7 +148,7 @@ def _phase(b, frame, spec: PhaseSpec, base: int, t, team, status_at):
     """One phase's work on thread ``t``: its chunks, or (serial) the whole call on thread 0."""
     types = [_PTR if isinstance(x, PointerType) else register_type(x) for x in spec.params]
     fnty = ir.FunctionType(_I32, ([_I64, _I64] if spec.split else []) + types)
-    zero, one = ir.Constant(_I64, 0), ir.Constant(_I64, 1)
+    zero = ir.Constant(_I64, 0)
     with b.if_then(_ok(b, status_at)):
         # (a pointer typed with the function's type: llvmlite reads the callee's type from it)
         fn = b.inttoptr(b.load(_word(b, frame, base), typ=_I64), fnty.as_pointer())
@@ -176,27 +167,14 @@ def _phase(b, frame, spec: PhaseSpec, base: int, t, team, status_at):
             return
         chunks = b.load(_word(b, frame, base + 1), typ=_I64)
         bounds = b.inttoptr(b.load(_word(b, frame, base + 2), typ=_I64), _PTR)
-        first = b.sub(b.sub(chunks, one), t)
-        head = b.block
-        loop = b.append_basic_block("chunk")
-        after = b.append_basic_block("chunks.done")
-        b.cbranch(b.icmp_signed(">=", first, zero), loop, after)
-        b.position_at_end(loop)
-        c = b.phi(_I64)
-        c.add_incoming(first, head)
-        lo = b.load(_word(b, bounds, c), typ=_I64)
-        hi = b.load(_word(b, bounds, b.add(c, one)), typ=_I64)
-        args = []
-        for k, (w, ty) in enumerate(zip(words, types)):
-            if k in spec.per_chunk:  # element c of the words the parameter points at
-                w = b.load(_word(b, b.inttoptr(w, _PTR), c), typ=_I64)
-            args.append(_as(b, w, ty))
-        status = b.call(fn, [lo, hi] + args)
-        b.atomic_rmw("max", status_at, b.sext(status, _I64), "monotonic")
-        nxt = b.sub(c, team)
-        c.add_incoming(nxt, b.block)
-        b.cbranch(b.icmp_signed(">=", nxt, zero), loop, after)
-        b.position_at_end(after)
+        for c, lo, hi in thread_chunks(b, chunks, bounds, t, team):
+            args = []
+            for k, (w, ty) in enumerate(zip(words, types)):
+                if k in spec.per_chunk:  # element c of the words the parameter points at
+                    w = b.load(_word(b, b.inttoptr(w, _PTR), c), typ=_I64)
+                args.append(_as(b, w, ty))
+            status = b.call(fn, [lo, hi] + args)
+            b.atomic_rmw("max", status_at, b.sext(status, _I64), "monotonic")
 
 
 def _sum(b, frame, ty, base: int, t, team, status_at):
@@ -211,42 +189,39 @@ def _sum(b, frame, ty, base: int, t, team, status_at):
         replace = b.icmp_signed("!=", b.load(_word(b, frame, base + 4), typ=_I64), zero)
         lo = b.sdiv(b.mul(size, t), team)
         hi = b.sdiv(b.mul(size, b.add(t, one)), team)
-        head = b.block
-        loop = b.append_basic_block("sum")
-        after = b.append_basic_block("sum.done")
-        b.cbranch(b.icmp_signed("<", lo, hi), loop, after)
-        b.position_at_end(loop)
-        e = b.phi(_I64)
-        e.add_incoming(lo, head)
-        at_out = b.gep(out, [e], inbounds=True, source_etype=ty)
-        first = b.load(b.gep(table, [e], inbounds=True, source_etype=ty), typ=ty)
-        add = b.fadd if isinstance(ty, (ir.DoubleType, ir.FloatType)) else b.add
-        start = b.select(replace, first, add(b.load(at_out, typ=ty), first))
-        # copies 1 .. count-1 added one after another
-        inner_head = b.block
-        inner = b.append_basic_block("sum.copies")
-        inner_done = b.append_basic_block("sum.copies.done")
-        b.cbranch(b.icmp_signed(">", count, one), inner, inner_done)
-        b.position_at_end(inner)
-        c = b.phi(_I64)
-        v = b.phi(ty)
-        c.add_incoming(one, inner_head)
-        v.add_incoming(start, inner_head)
-        x = b.load(b.gep(table, [b.add(b.mul(c, size), e)], inbounds=True, source_etype=ty), typ=ty)
-        v2 = add(v, x)
-        c2 = b.add(c, one)
-        c.add_incoming(c2, b.block)
-        v.add_incoming(v2, b.block)
-        b.cbranch(b.icmp_signed("<", c2, count), inner, inner_done)
-        b.position_at_end(inner_done)
-        total = b.phi(ty)
-        total.add_incoming(start, inner_head)
-        total.add_incoming(v2, inner)
-        b.store(total, at_out)
-        e2 = b.add(e, one)
-        e.add_incoming(e2, b.block)
-        b.cbranch(b.icmp_signed("<", e2, hi), loop, after)
-        b.position_at_end(after)
+        for e in _loop(b, lo, hi, "sum"):
+            _sum_element(b, ty, out, table, count, size, replace, e)
+
+
+def _sum_element(b, ty, out, table, count, size, replace, e):
+    """Element ``e`` of a summed output: the output (or, replacing it, copy 0) plus
+    copies 1 .. count-1 added one after another."""
+    one = ir.Constant(_I64, 1)
+    at_out = b.gep(out, [e], inbounds=True, source_etype=ty)
+    first = b.load(b.gep(table, [e], inbounds=True, source_etype=ty), typ=ty)
+    add = b.fadd if isinstance(ty, (ir.DoubleType, ir.FloatType)) else b.add
+    start = b.select(replace, first, add(b.load(at_out, typ=ty), first))
+    # copies 1 .. count-1 added one after another
+    inner_head = b.block
+    inner = b.append_basic_block("sum.copies")
+    inner_done = b.append_basic_block("sum.copies.done")
+    b.cbranch(b.icmp_signed(">", count, one), inner, inner_done)
+    b.position_at_end(inner)
+    c = b.phi(_I64)
+    v = b.phi(ty)
+    c.add_incoming(one, inner_head)
+    v.add_incoming(start, inner_head)
+    x = b.load(b.gep(table, [b.add(b.mul(c, size), e)], inbounds=True, source_etype=ty), typ=ty)
+    v2 = add(v, x)
+    c2 = b.add(c, one)
+    c.add_incoming(c2, b.block)
+    v.add_incoming(v2, b.block)
+    b.cbranch(b.icmp_signed("<", c2, count), inner, inner_done)
+    b.position_at_end(inner_done)
+    total = b.phi(ty)
+    total.add_incoming(start, inner_head)
+    total.add_incoming(v2, inner)
+    b.store(total, at_out)
 
 
 def _c_functions(mod) -> dict:
