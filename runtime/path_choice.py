@@ -71,7 +71,7 @@ def run_one_launch(paths: PathChoice, key, team, one_thread, env: dict) -> bool:
     ``paths`` measured faster for ``key`` (timing this call while it measures); the team
     always where it sums over rows. False where the team call declined this call
     (nothing ran: the caller takes the per-phase path)."""
-    if team.sums_over_rows():
+    if team.sums_over_rows:
         return team.run(env)
     way = paths.pick(key)
     measuring = paths.measuring(key)

@@ -152,10 +152,7 @@ def run_chunked(plan: ChunkPlan, args: list, outs: dict) -> list:
             statuses = interrupt.run(plan.units, _threads.run_ranges, call, n, plan.weights, None, plan.work)
         if not any(statuses):
             chunks.sort(key=lambda c: c.lo)
-            for step in sorted(plan.returned):
-                views = [SimpleNamespace(lo=c.lo, hi=c.hi, grow={key: p for (s, key), p in c.slots.items()
-                                                                 if s == step}) for c in chunks]
-                stitch(outs[step], views, n, plan.capacity(step, 0, chunks[0].hi if chunks else n))
+            _stitch_returned(plan, chunks, outs)
             for at, step in plan.copy_at.items():  # in chunk order: the same sum from call to call
                 if parts[at]:
                     add_into(args[at], np.stack([parts[at][lo] for lo in sorted(parts[at])]), copies[step][2])
@@ -170,19 +167,31 @@ def join_slots(plan: ChunkPlan, ranges: list, pointers, outs: dict, ok: bool) ->
     program_team.py), the pointers its chunks' grown arrays got (``pointers``: a row
     per slot, a column per chunk): the returned outputs stitched from them (``outs``:
     step -> Output) where ``ok`` (every chunk succeeded), every chunk's arrays freed."""
-    keys = list(plan.slot_at.values())
-    rows = [list(map(int, row)) for row in pointers]
-    chunks = [_Chunk(lo, hi, {key: ctypes.c_void_p(rows[r][c] or None) for r, key in enumerate(keys)})
-              for c, (lo, hi) in enumerate(ranges)]
+    chunks = _chunks_of(plan, ranges, pointers)
     try:
         if ok:
-            for step in sorted(plan.returned):
-                views = [SimpleNamespace(lo=c.lo, hi=c.hi, grow={key: p for (s, key), p in c.slots.items()
-                                                                 if s == step}) for c in chunks]
-                stitch(outs[step], views, plan.n, plan.capacity(step, 0, chunks[0].hi if chunks else plan.n))
+            _stitch_returned(plan, chunks, outs)
     finally:
         for c in chunks:
             c.free()
+
+
+def _stitch_returned(plan: ChunkPlan, chunks: list, outs: dict) -> None:
+    """Each returned sparse output (``outs``: step -> Output) stitched from ``chunks``
+    (in row order) as a one-statement chunked kernel's are."""
+    for step in sorted(plan.returned):
+        views = [SimpleNamespace(lo=c.lo, hi=c.hi, grow={key: p for (s, key), p in c.slots.items() if s == step})
+                 for c in chunks]
+        stitch(outs[step], views, plan.n, plan.capacity(step, 0, chunks[0].hi if chunks else plan.n))
+
+
+def _chunks_of(plan: ChunkPlan, ranges: list, pointers) -> list:
+    """The ``_Chunk`` of each of ``ranges`` holding the arrays a native call left in its
+    slots (``pointers``: a row per slot, a column per chunk; 0 where none)."""
+    keys = list(plan.slot_at.values())
+    rows = [list(map(int, row)) for row in pointers]
+    return [_Chunk(lo, hi, {key: ctypes.c_void_p(rows[r][c] or None) for r, key in enumerate(keys)})
+            for c, (lo, hi) in enumerate(ranges)]
 
 
 def _on_driver(plan: ChunkPlan, args, chunks, parts) -> int:
@@ -212,10 +221,7 @@ def _on_driver(plan: ChunkPlan, args, chunks, parts) -> int:
     try:
         return plan.driver(count, data_ptr(plan.bounds), *a[2:])
     finally:  # whatever ran, its arrays are freed with the chunks
-        keys = list(plan.slot_at.values())
-        rows = table[:g].T.tolist()
-        for c, (lo, hi) in enumerate(ranges):
-            chunks.append(_Chunk(lo, hi, {key: ctypes.c_void_p(rows[c][r] or None) for r, key in enumerate(keys)}))
+        chunks.extend(_chunks_of(plan, ranges, table[:g]))
 
 
 def as_declared(t: Tensor, fmt, bits: int) -> Tensor:

@@ -21,6 +21,7 @@ per-phase path (``program_phases.phase_segments``); :func:`refusal` says why.
 from __future__ import annotations
 
 import ctypes
+import functools
 
 import numpy as np
 
@@ -105,9 +106,11 @@ class TeamRun:
         chunks, or its one loop over rows (its one-thread function split as a kernel's)."""
         return self.runs[p].chunks(32) is not None or self.runs[p].build(32).variant is not None
 
+    @functools.cached_property
     def sums_over_rows(self) -> bool:
         """Whether a phase sums over rows into per-chunk copies: its bits then differ
-        from the one-thread function's (``path_choice.py`` keeps such runs on the team)."""
+        from the one-thread function's (``path_choice.py`` keeps such runs on the team).
+        Asked by every big call: found once."""
         for run in self.runs:
             built = run.chunks(32)
             lows = built.lows if built is not None else (

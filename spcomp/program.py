@@ -637,12 +637,12 @@ class ProgramKernel(SavedProgram):
             seg.run(env)
             return 1
         if kind == "fused":  # a call big enough for threads: one team call, or in phases, or statement by statement
-            key = (tuple(run), size_class(env, self._operand_names))  # team or one thread: measured (path_choice.py)
-            if not isinstance(team := self._team(run, seg)[1], str) and run_one_launch(self._paths, key, team,
-                                                                                      seg.run, env):
-                if self._paths.chosen(key) != "one":  # a repeat would replay one thread: timed, or not chosen
-                    seg.repeat = None
-                return 1
+            if not isinstance(team := self._team(run, seg)[1], str):  # team or one thread: measured (path_choice.py)
+                key = (tuple(run), size_class(env, self._operand_names))
+                if run_one_launch(self._paths, key, team, seg.run, env):
+                    if self._paths.chosen(key) != "one":  # a repeat would replay one thread: timed, or not chosen
+                        seg.repeat = None
+                    return 1
             return sum(self._run_segment(*s, env) for s in self._phase_segments(run, getattr(seg, "phases", None)))
         a = self.program.statements[run[0]]
         name = a.lhs.tensor.name

@@ -19,6 +19,7 @@ class _Team:
     def __init__(self, sums=False, declines=False):
         self.calls, self.sums, self.declines = 0, sums, declines
 
+    @property
     def sums_over_rows(self):
         return self.sums
 

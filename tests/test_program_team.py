@@ -50,6 +50,16 @@ def team_calls(monkeypatch):
     return calls
 
 
+def _one_thread_then_team(k, ops, team_calls) -> tuple:
+    """``k``'s results on one thread, then on two threads as one team call (asserted)."""
+    with spcomp_threads(1):
+        one = k(**ops)
+    with spcomp_threads(2, min_work=0):
+        two = k(**ops)
+        assert k.last_launches == 1 and team_calls == [1]
+    return one, two
+
+
 # ---------------------------------------------------------------- the cut
 def test_the_cut_takes_the_longest_joining_stretch_and_leaves_the_rest_alone():
     joins = lambda ks: ks in ([0], [0, 1], [2], [3], [2, 3], [5])  # noqa: E731
@@ -181,11 +191,7 @@ def test_a_sparse_tensor_one_thread_of_the_team_assembles_is_read_by_later_phase
     ops = {"A": sp.random(n, n, density=0.05, format="csr", random_state=1),
            "D": sp.random(n, n, density=0.05, format="csr", random_state=2),
            "x": np.random.default_rng(3).standard_normal(n)}
-    with spcomp_threads(1):
-        one = k(**ops)
-    with spcomp_threads(2, min_work=0):
-        two = k(**ops)
-        assert k.last_launches == 1 and team_calls == [1]
+    one, two = _one_thread_then_team(k, ops, team_calls)
     y = ops["D"].toarray() * (ops["A"] @ ops["x"])[:, None]
     assert np.allclose(np.asarray(spcomp.testing.check.densify(two)), y * (y @ ops["x"])[:, None])
     assert two.format.spec() == one.format.spec()  # no sum over rows: bit for bit, entries in the same order
@@ -211,11 +217,7 @@ def test_a_transposed_copy_is_made_inside_the_team_call(fmt, team_calls):
     ops = {"A": sp.random(n, n, density=0.04, format="csr", random_state=1),
            "B": sp.random(n, n, density=0.04, format="csr", random_state=2),
            "c": np.random.default_rng(3).standard_normal(n)}
-    with spcomp_threads(1):
-        one = k(**ops)
-    with spcomp_threads(2, min_work=0):
-        two = k(**ops)
-        assert k.last_launches == 1 and team_calls == [1]
+    one, two = _one_thread_then_team(k, ops, team_calls)
     assert np.allclose(two, 2 * (ops["A"] @ ops["B"]).toarray().T @ ops["c"])
     assert np.array_equal(one, two)
 
@@ -285,11 +287,7 @@ def test_runs_that_once_ran_statement_by_statement_are_one_team_call(text, forma
            "D": sp.random(n, n, density=0.05, format="csr", random_state=6),
            "x": rng.standard_normal(n)}
     ops = {name: ops[name] for name in k.inputs}
-    with spcomp_threads(1):
-        one = k(**ops)
-    with spcomp_threads(2, min_work=0):
-        two = k(**ops)
-        assert k.last_launches == 1 and team_calls == [1]
+    one, two = _one_thread_then_team(k, ops, team_calls)
     dense = {name: np.asarray(spcomp.testing.check.densify(v)) for name, v in ops.items()}
     if "D" in dense:
         want = dense["D"].sum(axis=1) * (dense["A"] @ dense["x"])
